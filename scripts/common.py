@@ -1,0 +1,110 @@
+"""Shared plumbing every stage uses: params, stable ids, atomic writes, one-line errors.
+
+Stages keep their logic pure (table in -> table out) and call these helpers only at the edges.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+# The normalised prompt table every reader emits (DESIGN.md §2).
+PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
+
+
+class DataError(Exception):
+    """Bad input or params: the CLI prints it as one line (no traceback) and exits 2.
+
+    Name the file and the row, e.g. DataError("data/raw/x.csv: row 17: empty prompt").
+    """
+
+
+def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
+    """Read params.yaml (or one top-level section of it)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: params file not found (run from the repository root)")
+    with path.open(encoding="utf-8") as f:
+        params = yaml.safe_load(f) or {}
+    if section is None:
+        return params
+    if section not in params:
+        raise DataError(f"{path}: missing section '{section}'")
+    return params[section]
+
+
+def stable_id(source: str, key: str | int) -> str:
+    """Id of a row: the same on every run and machine (never Python's salted hash())."""
+    return hashlib.sha256(f"{source}\x00{key}".encode("utf-8")).hexdigest()[:16]
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
+
+    Readers of `target` never see a half-written file, and a crash leaves the old one intact.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.tmp-"
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            if target.exists():
+                shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj: Any, path: Path | str) -> None:
+    """Deterministic JSON (sorted keys, fixed indent), written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_parquet(df, path: Path | str) -> None:
+    """Write a DataFrame as parquet atomically, without the pandas index (byte-stable)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(None)  # pandas metadata embeds versions; keep bytes stable
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_parquet(path: Path | str):
+    """Read a stage's parquet input; a missing input is fatal and names the path."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
