@@ -32,6 +32,7 @@ COMMANDS = {
     "diff": "diff",
     "tag": "tag",
     "synthesize": "synthesize",
+    "replay-history": "history",
 }
 
 

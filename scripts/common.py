@@ -17,6 +17,14 @@ import yaml
 
 PARAMS_FILE = Path("params.yaml")
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
 # The normalised prompt table every reader emits (DESIGN.md §2).
 PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
 
@@ -68,6 +76,7 @@ def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # mkstemp/mkdtemp are owner-only
         if is_dir:
             if target.exists():
                 shutil.rmtree(target)

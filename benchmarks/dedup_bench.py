@@ -1,0 +1,195 @@
+"""Benchmark dedup_self on synthetic prompts with planted near-duplicates.
+
+    .venv/bin/python benchmarks/dedup_bench.py            # 100k rows + naive datasketch baseline
+    .venv/bin/python benchmarks/dedup_bench.py --1m       # 1M rows (+ the 100k baseline comparison)
+    .venv/bin/python benchmarks/dedup_bench.py --10m      # 10M rows
+    .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
+
+Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
+>= threshold: a pair counts as found when the two rows are not both kept), false removals, and the
+speed ratio against the naive datasketch approach (per-document MinHash + MinHashLSH insert/query)
+on the same first 100k rows in this process. Targets (issue 5, 2 cores): 10M in <= 300 s with peak
+RSS <= 6 GB; >= 20x the naive speed at equal or better recall.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import minhash as mh  # noqa: E402
+from scripts.dedup import DedupParams, dedup_self  # noqa: E402
+
+CHUNK = 200_000
+
+
+def peak_rss_gib() -> float:
+    """This process's peak RSS since the last reset_peak_rss() (Linux VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_rss() -> None:
+    """Start peak-RSS accounting afresh (so the generator's own peak is not charged to dedup)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def children_peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
+def vocabulary(size: int, rng: np.random.Generator) -> pa.Array:
+    syllables = np.array(["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "an", "el", "or", "ix", "um", "pre", "sto"])
+    parts = rng.integers(0, len(syllables), (size, 3))
+    lengths = rng.integers(1, 4, size)
+    words = ["".join(syllables[p[:n]]) + str(i % 7 if i % 5 == 0 else "") for i, (p, n) in enumerate(zip(parts, lengths))]
+    return pa.array(list(dict.fromkeys(words)))
+
+
+def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1):
+    """(texts, planted) where planted[k] = (row, source_row): row is a one-word edit or a re-cased copy."""
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(30_000, rng)
+    weights = 1.0 / np.arange(1, len(vocab) + 1) ** 1.05  # Zipf-like: common words share n-grams
+    weights /= weights.sum()
+    chunks, planted = [], []
+    for start in range(0, n, CHUNK):
+        m = min(CHUNK, n - start)
+        lengths = rng.integers(6, 32, m)
+        ids = rng.choice(len(vocab), int(lengths.sum()), p=weights)
+        offsets = mh.offsets_from_counts(lengths)
+        # planted rows copy an earlier row of the chunk and change one word (or only the case)
+        rows = np.sort(rng.choice(np.arange(1, m), int(m * planted_fraction), replace=False))
+        sources = (rng.random(len(rows)) * rows).astype(np.int64)
+        texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), vocab.take(pa.array(ids))), " ")
+        copies = pc.binary_join(
+            pa.ListArray.from_arrays(
+                pa.array(mh.offsets_from_counts(lengths[sources]).astype(np.int32)),
+                vocab.take(pa.array(_edited_ids(ids, offsets, sources, len(vocab), rng))),
+            ),
+            " ",
+        )
+        recase = rng.random(len(rows)) < 0.2
+        copies = pa.array(
+            np.where(recase, pc.utf8_upper(copies).to_numpy(zero_copy_only=False), copies.to_numpy(zero_copy_only=False))
+        )
+        merged = texts.to_numpy(zero_copy_only=False).copy()
+        merged[rows] = copies.to_numpy(zero_copy_only=False)
+        chunks.append(pa.array(merged, type=pa.large_string()))
+        planted.append(np.stack([rows + start, sources + start], axis=1))
+    return pa.concat_arrays(chunks), np.concatenate(planted)
+
+
+def _edited_ids(ids, offsets, sources, vocab_size, rng):
+    lengths = offsets[sources + 1] - offsets[sources]
+    out_offsets = mh.offsets_from_counts(lengths)
+    flat = ids[np.repeat(offsets[sources], lengths) + np.arange(lengths.sum()) - np.repeat(out_offsets[:-1], lengths)]
+    change = out_offsets[:-1] + (rng.random(len(sources)) * lengths).astype(np.int64)
+    flat[change] = rng.integers(0, vocab_size, len(sources))
+    return flat
+
+
+def true_pairs(texts: pa.Array, planted: np.ndarray, threshold: float) -> np.ndarray:
+    """Planted pairs whose exact shingle-Jaccard >= threshold."""
+    rows = np.unique(planted)
+    sets = mh.unique_sets(mh.shingle_hashes(texts.take(pa.array(rows))))
+    local = np.searchsorted(rows, planted)
+    return planted[mh.pair_jaccard(sets, sets, local) >= threshold]
+
+
+def recall(keep: np.ndarray, pairs: np.ndarray) -> float:
+    return float((~(keep[pairs[:, 0]] & keep[pairs[:, 1]])).mean()) if len(pairs) else 1.0
+
+
+def naive_datasketch(texts: list[str], threshold: float, num_perm: int) -> np.ndarray:
+    """The obvious version: per-document MinHash, then MinHashLSH query-then-insert in order."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    keep = np.ones(len(texts), dtype=bool)
+    for i, text in enumerate(texts):
+        tokens = re.findall(r"\w+", text.lower())
+        shingles = {" ".join(tokens[k : k + 3]) for k in range(max(1, len(tokens) - 2))} if tokens else set()
+        m = MinHash(num_perm=num_perm, seed=1)
+        for s in shingles:
+            m.update(s.encode("utf-8"))
+        if lsh.query(m):
+            keep[i] = False
+        else:
+            lsh.insert(str(i), m)
+    return keep
+
+
+def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: DedupParams) -> int:
+    """Removed rows without any kept row at Jaccard >= threshold (checked with our exact verifier)."""
+    from scripts.dedup import dedup_against
+
+    removed = np.nonzero(~keep)[0]
+    kept = np.nonzero(keep)[0]
+    cross = dedup_against(texts.take(pa.array(removed)), texts.take(pa.array(kept)), params.replace(threshold=threshold))
+    return int(cross.keep.sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("size", nargs="?", type=int, default=100_000)
+    parser.add_argument("--1m", dest="one_m", action="store_true", help="1,000,000 rows")
+    parser.add_argument("--10m", dest="ten_m", action="store_true", help="10,000,000 rows")
+    parser.add_argument("--threshold", type=float, default=0.7)
+    parser.add_argument("--no-naive", action="store_true", help="skip the datasketch baseline")
+    parser.add_argument("--workers", type=int, default=1, help="signature processes (0 = one per core)")
+    args = parser.parse_args()
+    size = 10_000_000 if args.ten_m else 1_000_000 if args.one_m else args.size
+    params = DedupParams(threshold=args.threshold, workers=args.workers)
+    bands, rows = params.banding
+
+    t0 = time.perf_counter()
+    texts, planted = synthetic_prompts(size)
+    print(f"generated {size:,} prompts ({len(planted):,} planted) in {time.perf_counter() - t0:.1f}s; "
+          f"rss {peak_rss_gib():.2f} GiB; threshold {args.threshold}, {bands}x{rows} bands, workers {args.workers}")
+
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    result = dedup_self(texts, None, params)
+    seconds = time.perf_counter() - t0
+    rss, child_rss = peak_rss_gib(), children_peak_rss_gib()
+    pairs = true_pairs(texts, planted, args.threshold)
+    workers_rss = f" (+ workers, each <= {child_rss:.2f} GiB)" if child_rss else ""
+    print(f"ours  {size:>10,} rows: {seconds:7.1f}s  {size / seconds:9,.0f} docs/s  peak RSS {rss:.2f} GiB{workers_rss}  "
+          f"removed {result.stats['removed']:,}  recall {recall(result.keep, pairs):.4f} of {len(pairs):,} true planted pairs  "
+          f"candidates {result.stats['candidate_pairs']:,}")
+
+    if args.no_naive:
+        return
+    n = min(size, 100_000)
+    sub = texts.slice(0, n)
+    sub_pairs = pairs[(pairs < n).all(axis=1)]
+    t0 = time.perf_counter()
+    ours = dedup_self(sub, None, params.replace(workers=1))  # one process, like the naive loop
+    ours_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = naive_datasketch(sub.to_pylist(), args.threshold, params.num_perm)
+    naive_s = time.perf_counter() - t0
+    print(f"ours  {n:>10,} rows: {ours_s:7.1f}s  recall {recall(ours.keep, sub_pairs):.4f}  "
+          f"false removals {false_removals(sub, ours.keep, args.threshold, params)}")
+    print(f"naive {n:>10,} rows: {naive_s:7.1f}s  recall {recall(naive, sub_pairs):.4f}  "
+          f"false removals {false_removals(sub, naive, args.threshold, params)}  (datasketch MinHash.update + MinHashLSH)")
+    print(f"speedup vs naive: {naive_s / ours_s:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

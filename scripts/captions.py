@@ -1,0 +1,81 @@
+"""captions@S: join each kept prompt with its image into the caption table.
+
+In:  data/dedup/S.parquet (kept rows, `text` = cleaned caption, `prompt` = raw prompt)
+     the source's images: data/images/S/ (rendered by generate@S, with manifest.parquet)
+     or, for sources that carry images, their raw path (rows already hold an `image` reference).
+Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, height, meta,
+     generation (JSON of the settings that rendered the image; null for carried images).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from scripts.common import DataError, read_parquet, write_parquet
+
+MANIFEST = "manifest.parquet"
+CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]
+GENERATION_FIELDS = ["model", "scheduler", "steps", "guidance", "seed", "format"]
+
+
+def join_rendered(rows: pd.DataFrame, manifest: pd.DataFrame, images_dir: str) -> pd.DataFrame:
+    """Attach rendered images (generate@S manifest) to rows; every row must have one."""
+    joined = rows.drop(columns=["image", "width", "height"], errors="ignore").merge(
+        manifest, on="id", how="left", validate="one_to_one"
+    )
+    missing = joined["file"].isna()
+    if missing.any():
+        first = joined.loc[missing, "id"].iloc[0]
+        raise DataError(
+            f"{images_dir}/{MANIFEST}: {int(missing.sum())} rows have no image (first id {first}); rerun generate"
+        )
+    joined["image"] = images_dir.rstrip("/") + "/" + joined["file"]
+    present = [f for f in GENERATION_FIELDS if f in joined.columns]
+    joined["generation"] = [
+        json.dumps({f: _plain(v) for f, v in zip(present, values)}, sort_keys=True)
+        for values in joined[present].itertuples(index=False, name=None)
+    ]
+    return joined
+
+
+def carried_images(rows: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Sources with their own images: the ingest reader already set `image`."""
+    missing = rows["image"].isna()
+    if missing.any():
+        first = rows.loc[missing, "id"].iloc[0]
+        raise DataError(f"source {source}: {int(missing.sum())} rows have no image reference (first id {first})")
+    return rows.assign(generation=None)
+
+
+def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
+    out = rows.rename(columns={"prompt": "orig_text"})
+    out = out[CAPTION_COLUMNS].sort_values("id", kind="stable").reset_index(drop=True)
+    out["width"] = out["width"].astype("Int64")
+    out["height"] = out["height"].astype("Int64")
+    return out
+
+
+def _plain(value):
+    """numpy scalars -> Python, so json.dumps is exact and stable."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def cli(
+    source: str = typer.Argument(..., help="source name in params.yaml: sources"),
+    input: Path = typer.Argument(..., help="data/dedup/S.parquet"),
+    images: Path = typer.Argument(..., help="data/images/S (rendered) or the source's raw path"),
+    output: Path = typer.Argument(..., help="data/captions/S.parquet"),
+) -> None:
+    """Join kept prompts with their images into the caption table."""
+    rows = read_parquet(input)
+    manifest_path = images / MANIFEST
+    if manifest_path.exists():
+        joined = join_rendered(rows, read_parquet(manifest_path), images.as_posix())
+    else:
+        joined = carried_images(rows, source)
+    table = caption_table(joined)
+    write_parquet(table, output)
+    print(f"captions@{source}: {len(table)} rows -> {output}")

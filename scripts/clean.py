@@ -1,0 +1,639 @@
+"""clean@S: the reference team's prompt filter (DESIGN.md §5), with every rule in params.yaml `clean`.
+
+Reads data/prompts/S.parquet, writes data/clean/S.parquet (input columns + `text`, the cleaned
+prompt), data/clean/S.dropped.parquet (input columns + `reason`, the first rule that dropped the
+row) and data/clean/S.report.json (counts per reason; a DVC metric).
+
+The rules run in fixed phases (see `clean_text`); what each phase does (limits, word lists, regexes)
+comes only from params. `load_rules` compiles them once into a frozen `Rules`, so cleaning a
+prompt is a pass over precompiled regexes, with cheap substring checks that skip most of them.
+
+Re-cleaning (the release stage, v4-b): call `clean_table(df, rules)` on rows that already carry
+`text`. It cleans `prompt` again, never `text`: the raw prompt is the source of truth, cleaning is
+not idempotent, and re-cleaning must reproduce exactly what this stage would have written. Rows the
+filter drops go to the dropped table; kept rows get `text` rewritten.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
+
+# Reason for rows whose prompt is missing or only whitespace (the reference crashed on them), and
+# for rows the rewrites emptied completely (the reference returned "").
+EMPTY = "empty"
+EMPTY_AFTER_CLEAN = "empty_after_clean"
+
+REQUIRED_KEYS = [
+    "banned_nospace", "max_dashes", "max_pipes", "ban_words", "max_repeat_ratio", "min_mean_word_len",
+    "normalise", "max_commas", "by_clause", "stop_phrases", "artists", "sites", "tidy",
+    "min_chars", "max_chars", "min_unique_words", "collapse_repeats", "thought_phrases", "finish",
+]
+
+
+# --------------------------------------------------------------------------- compiled rules
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One named rewrite: a plain-text replacement (`find`) or a regex substitution (`pattern`).
+
+    The guards are facts read off the regex when it is compiled: every match contains a digit
+    (`needs_digit`) and/or one of `literals` (lowercase when `ignore_case`). When the text lacks
+    them the regex cannot match, so it is skipped; that is most regexes for most prompts."""
+
+    name: str
+    sub: Callable[[str], str]
+    strip: bool = False
+    needs_digit: bool = False
+    literals: tuple[str, ...] = ()
+    ignore_case: bool = False
+
+
+@dataclass(frozen=True)
+class Phase:
+    """An ordered list of rewrites, their guards packed as plain tuples for a tight loop:
+    (needs_digit, literal or None, literals, ignore_case, sub, strip)."""
+
+    rewrites: tuple[Rewrite, ...]
+    steps: tuple[tuple[bool, str | None, tuple[str, ...], bool, Callable[[str], str], bool], ...]
+
+
+def _phase(rewrites: tuple[Rewrite, ...]) -> Phase:
+    steps = tuple(
+        (rw.needs_digit, rw.literals[0] if len(rw.literals) == 1 else None, rw.literals, rw.ignore_case,
+         rw.sub, rw.strip)
+        for rw in rewrites
+    )
+    return Phase(rewrites, steps)
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A phrase deleted as whole words in any case; `needle` is a lowercase substring it needs."""
+
+    needle: str
+    regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class ByClause:
+    marker: str
+    exempt: str
+    and_marker: str
+    cut_if_commas_after: int
+    cut_if_names_after: int
+    remove_to_comma: re.Pattern
+
+
+@dataclass(frozen=True)
+class Rules:
+    language: tuple[str, ...] | None  # languages kept, None = rule off
+    language_seed: int
+    banned_nospace: tuple[str, ...]
+    max_dashes: int
+    max_pipes: int
+    person_names: Any  # callable(text) -> number of PERSON entities, None = rule off
+    max_persons: int
+    ban_words: tuple[str, ...]  # lowercase
+    max_repeat_ratio: float
+    min_mean_word_len: float
+    normalise: Phase
+    max_commas: int
+    by_clause: ByClause
+    phrases: tuple[Phrase, ...]  # stop phrases, then "by artist"/artist, then "by site"/site
+    tidy: Phase
+    min_chars: int
+    max_chars: int
+    min_unique_words: int
+    collapse_repeats: Phase
+    thought_phrases: re.Pattern | None
+    finish: Phase
+    workers: int = 1  # processes for clean_table (same output for any number)
+    fast: bool = True  # guards on (see load_rules)
+    params: dict = field(default_factory=dict, compare=False, repr=False)  # what it was compiled from
+
+
+def load_rules(params_clean: dict, fast: bool = True) -> Rules:
+    """Compile params.yaml `clean` into Rules; a bad entry is a DataError naming its key.
+
+    `fast=False` leaves out the regex guards (same results, slower): the benchmark's baseline and
+    the tests' proof that the guards never change an output."""
+    if not isinstance(params_clean, dict):
+        raise DataError("params.yaml: clean: expected a mapping of rules")
+    missing = [key for key in REQUIRED_KEYS if key not in params_clean]
+    if missing:
+        raise DataError(f"params.yaml: clean: missing rule(s) {', '.join(missing)}")
+    p = params_clean
+    language = p.get("language") or {}
+    persons = p.get("person_names") or {}
+    phrases = [_phrase(x, "stop_phrases") for x in _strings(p, "stop_phrases")]
+    for key in ("artists", "sites"):
+        for name in _strings(p, key):
+            phrases += [_phrase("by " + name, key), _phrase(name, key)]
+    thoughts = _strings(p, "thought_phrases")
+    return Rules(
+        language=tuple(language.get("keep", ["en"])) if language.get("enabled") else None,
+        language_seed=int(language.get("seed", 0)),
+        banned_nospace=tuple(_strings(p, "banned_nospace")),
+        max_dashes=_number(p, "max_dashes", int),
+        max_pipes=_number(p, "max_pipes", int),
+        person_names=_person_counter(persons.get("model", "en_core_web_sm")) if persons.get("enabled") else None,
+        max_persons=int(persons.get("max_persons", 1)),
+        ban_words=tuple(w.lower() for w in _strings(p, "ban_words")),
+        max_repeat_ratio=_number(p, "max_repeat_ratio", float),
+        min_mean_word_len=_number(p, "min_mean_word_len", float),
+        normalise=_rewrites(p, "normalise", fast),
+        max_commas=_number(p, "max_commas", int),
+        by_clause=_by_clause(p["by_clause"]),
+        phrases=tuple(phrases),
+        tidy=_rewrites(p, "tidy", fast),
+        min_chars=_number(p, "min_chars", int),
+        max_chars=_number(p, "max_chars", int),
+        min_unique_words=_number(p, "min_unique_words", int),
+        collapse_repeats=_rewrites(p, "collapse_repeats", fast),
+        thought_phrases=(
+            re.compile(r"(?i)\b(" + "|".join(re.escape(t) for t in thoughts) + r")\b") if thoughts else None
+        ),
+        finish=_rewrites(p, "finish", fast),
+        workers=_workers(p.get("workers", 1)),
+        fast=fast,
+        params=copy.deepcopy(p),
+    )
+
+
+def _strings(p: dict, key: str) -> list[str]:
+    value = p[key] or []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise DataError(f"params.yaml: clean.{key}: expected a list of strings")
+    return [str(v) for v in value]
+
+
+def _workers(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"params.yaml: clean.workers: expected a whole number >= 1, got {value!r}")
+    return value
+
+
+def _number(p: dict, key: str, kind: type) -> Any:
+    value = p[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"params.yaml: clean.{key}: expected a number, got {value!r}")
+    return kind(value)
+
+
+def _regex(pattern: str, where: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"params.yaml: {where}: bad regex {pattern!r} ({exc})") from None
+
+
+def _rewrites(p: dict, key: str, fast: bool) -> Phase:
+    steps = p[key] or []
+    if not isinstance(steps, list):
+        raise DataError(f"params.yaml: clean.{key}: expected a list of rewrites")
+    compiled = []
+    for i, step in enumerate(steps):
+        where = f"clean.{key}[{i}]"
+        if not isinstance(step, dict) or "name" not in step or ("find" in step) == ("pattern" in step):
+            raise DataError(f"params.yaml: {where}: expected {{name, find|pattern, repl?, strip?}}")
+        compiled.append(_rewrite(step, where, fast))
+    return _phase(tuple(compiled))
+
+
+def _rewrite(step: dict, where: str, fast: bool) -> Rewrite:
+    name, repl, strip = str(step["name"]), str(step.get("repl", "")), bool(step.get("strip", False))
+    if "find" in step:
+        find = str(step["find"])
+        return Rewrite(name, lambda text: text.replace(find, repl), strip, literals=(find,) if fast else ())
+    regex = _regex(str(step["pattern"]), where)
+    try:
+        regex.sub(repl, "")  # a bad group reference in `repl` fails here, not on row 1,000,000
+    except (re.error, IndexError) as exc:
+        raise DataError(f"params.yaml: {where}: bad repl {repl!r} ({exc})") from None
+    sub = regex.sub
+    needs_digit, literals, ignore_case = _guards(regex) if fast else (False, (), False)
+    unchanged = _UNCHANGED_WHEN.get((regex.pattern, repl)) if fast else None
+    if unchanged is not None:
+        return Rewrite(name, lambda text: text if unchanged(text) else sub(repl, text), strip,
+                       needs_digit, literals, ignore_case)
+    return Rewrite(name, lambda text: sub(repl, text), strip, needs_digit, literals, ignore_case)
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII: whitespace is only " ", \\w is [A-Za-z0-9_], case folding is lower()."""
+    return text.isascii() and text.isprintable()
+
+
+def _no_adjacent_repeat(text: str, gap: int) -> bool:
+    """No \\w-run equals the run `gap` places after it (case-insensitively). A repeated word needs
+    that with gap 1, a repeated bigram with gap 2."""
+    if not _plain(text):
+        return False  # cannot tell cheaply: let the regex run
+    runs = _lower_word_runs(text)
+    return not any(map(bytes.__eq__, runs, runs[gap:]))
+
+
+@functools.lru_cache(maxsize=4)  # the word and bigram checks look at the same text in a row
+def _lower_word_runs(text: str) -> list[bytes]:
+    """The \\w-runs of printable ASCII text, lowercased (punctuation to spaces, then split)."""
+    return text.encode("ascii").lower().translate(_PUNCT_TO_SPACE).split()
+
+
+_PUNCT_TO_SPACE = bytes(c if chr(c).isalnum() or c == ord("_") else ord(" ") for c in range(256))
+
+
+# In printable ASCII, [^\w\s] is this class; simple ASCII classes let the regex engine skip ahead
+# fast, so these searches cost a fraction of the rewrites they rule out.
+_PUNCT = r"!-/:-@\[-\^`{-~"
+_SYMBOL = r"\"-+\-/:->@\[-\^`{-~"  # the same without ",.!?"
+_DOUBLED_PUNCT = re.compile(f"([{_PUNCT}])\\1")
+_SPACED_SYMBOL = re.compile(f"[{_SYMBOL}] | [{_SYMBOL}]$")
+_SPACED_PUNCT = re.compile(r" [.,;!?]")
+_PUNCT_PAIR = re.compile(r"[.,][.,]")
+
+
+def _no_spaced_symbol(text: str) -> bool:
+    """`\\s*([^\\w\\s,.!?])(?:\\s+|$)` only changes text where such a symbol has whitespace after it,
+    or ends the text after whitespace."""
+    return _plain(text) and not _SPACED_SYMBOL.search(text)
+
+
+def _no_comma_before_nonspace(text: str) -> bool:
+    """`(?<=[^ ]),(?=[^ ])` needs a comma followed by a character other than " "."""
+    return text.count(",") == text.count(", ") + text.endswith(",")
+
+
+# Cheap tests that prove a rewrite would return its input unchanged, for the exact (pattern,
+# repl) pairs of the default params whose regexes have no literal to guard on and run on every
+# prompt. Another pattern in params simply runs unguarded; tests check each entry against the
+# regex on real and random text.
+_UNCHANGED_WHEN: dict[tuple[str, str], Callable[[str], bool]] = {
+    (r"(?<=[^ ]),(?=[^ ])", ", "): _no_comma_before_nonspace,
+    (r"([^\w\s])\1+", r"\1"): lambda text: _plain(text) and not _DOUBLED_PUNCT.search(text),
+    (r"(?i)\b[a-z]\.\s", ""): lambda text: _plain(text) and ". " not in text,
+    (r"\s+", " "): lambda text: _plain(text) and "  " not in text,
+    (r"\s+([.,;!?])", r"\1"): lambda text: _plain(text) and not _SPACED_PUNCT.search(text),
+    (r"\s*([^\w\s,\.!\?])(?:\s+|$)", r"\1"): _no_spaced_symbol,
+    (r"[.,]{2,}", " "): lambda text: not _PUNCT_PAIR.search(text),
+    # a match is a \w-run (a bigram of them), whitespace, and the same run(s) again
+    (r"(?i)\b(\w+)(\s+\1\b)+", r"\1"): lambda text: _no_adjacent_repeat(text, 1),
+    (r"(?i)\b(\w+\s+\w+)(\s+\1\b)+", r"\1"): lambda text: _no_adjacent_repeat(text, 2),
+}
+
+
+def _guards(regex: re.Pattern) -> tuple[bool, tuple[str, ...], bool]:
+    """(needs_digit, literals, ignore_case): what any match of `regex` must contain, from its parse
+    tree. Conservative: whatever the walk does not understand adds no guard."""
+    from re import _parser as parser  # Python's own regex parser (stable within 3.11)
+
+    ignore_case = bool(regex.flags & re.IGNORECASE)
+    needs_digit, options = _required(parser.parse(regex.pattern).data, parser)
+    if ignore_case:
+        options = [tuple(x.lower() for x in opt) for opt in options if all(x.isascii() for x in opt)]
+    best = max(options, key=lambda opt: min(map(len, opt)), default=())
+    return needs_digit, best, ignore_case
+
+
+def _required(items, parser) -> tuple[bool, list[tuple[str, ...]]]:
+    """Walk one sequence of a parse tree: does every match need a digit, and which sets of
+    literals (one of each set must occur) does every match need."""
+    needs_digit, options, run = False, [], []
+    for op, av in list(items) + [(None, None)]:
+        if op is parser.LITERAL:
+            run.append(chr(av))
+            continue
+        if run:
+            options.append(("".join(run),))
+            run = []
+        if op is parser.IN:
+            if av == [(parser.CATEGORY, parser.CATEGORY_DIGIT)]:
+                needs_digit = True
+            elif av and all(kind is parser.LITERAL for kind, _ in av):
+                options.append(tuple(chr(c) for _, c in av))
+        elif op in (parser.MAX_REPEAT, parser.MIN_REPEAT, parser.POSSESSIVE_REPEAT) and av[0] >= 1:
+            digit, opts = _required(av[2], parser)
+            needs_digit, options = needs_digit or digit, options + opts
+        elif op is parser.SUBPATTERN and not (av[1] or av[2]):  # a group that changes no flags
+            digit, opts = _required(av[3], parser)
+            needs_digit, options = needs_digit or digit, options + opts
+        elif op is parser.ASSERT:  # a positive lookaround must match too
+            digit, opts = _required(av[1], parser)
+            needs_digit, options = needs_digit or digit, options + opts
+        elif op is parser.BRANCH:
+            walked = [_required(branch, parser) for branch in av[1]]
+            needs_digit = needs_digit or all(digit for digit, _ in walked)
+            if all(opts for _, opts in walked):  # one literal of some branch must occur
+                best = [max(opts, key=lambda opt: min(map(len, opt))) for _, opts in walked]
+                options.append(tuple(x for opt in best for x in opt))
+    return needs_digit, options
+
+
+def _phrase(phrase: str, key: str) -> Phrase:
+    regex = _regex(r"(?i)\b" + re.escape(phrase) + r"\b", f"clean.{key}: {phrase!r}")
+    return Phrase(needle=phrase.lower(), regex=regex)
+
+
+def _by_clause(p: Any) -> ByClause:
+    if not isinstance(p, dict):
+        raise DataError("params.yaml: clean.by_clause: expected a mapping")
+    try:
+        return ByClause(
+            marker=str(p["marker"]),
+            exempt=str(p["exempt"]),
+            and_marker=str(p["and_marker"]),
+            cut_if_commas_after=int(p["cut_if_commas_after"]),
+            cut_if_names_after=int(p["cut_if_names_after"]),
+            remove_to_comma=_regex(str(p["remove_to_comma"]), "clean.by_clause.remove_to_comma"),
+        )
+    except KeyError as exc:
+        raise DataError(f"params.yaml: clean.by_clause: missing {exc.args[0]}") from None
+
+
+def _person_counter(model: str) -> Callable[[str], int]:
+    """The reference's NER rule; spaCy and its model must already be installed (no downloads)."""
+    try:
+        import spacy
+
+        nlp = spacy.load(model)
+    except (ImportError, OSError) as exc:
+        raise DataError(
+            f"params.yaml: clean.person_names.enabled needs spaCy with the {model} model installed "
+            f"({type(exc).__name__}); set it to false or install them"
+        ) from None
+    return lambda text: sum(1 for ent in nlp(text).ents if ent.label_ == "PERSON")
+
+
+# --------------------------------------------------------------------------- the filter
+
+def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
+    """Clean one prompt: (cleaned text, None), or (None, name of the first rule that dropped it)."""
+    if text is None:
+        return None, EMPTY
+    text = text.strip()
+    if not text:
+        return None, EMPTY
+
+    # 1. drops on the raw prompt
+    if rules.language is not None and _language(text, rules.language_seed) not in rules.language:
+        return None, "language"
+    nospace = text.replace(" ", "")
+    if any(word in nospace for word in rules.banned_nospace):
+        return None, "banned_nospace"
+    if text.count("-") > rules.max_dashes:
+        return None, "max_dashes"
+    if text.count("|") > rules.max_pipes:
+        return None, "max_pipes"
+    if rules.person_names is not None and rules.person_names(text) > rules.max_persons:
+        return None, "person_names"
+    lower = text.lower()
+    if any(word in lower for word in rules.ban_words):
+        return None, "ban_words"
+    words = text.split()
+    if (len(words) - len(set(words))) / len(words) > rules.max_repeat_ratio:
+        return None, "max_repeat_ratio"
+    if sum(map(len, words)) / len(words) < rules.min_mean_word_len:
+        return None, "min_mean_word_len"
+
+    # 2. normalise punctuation and strip technical jargon
+    text = _run(rules.normalise, text)
+    if text.count(",") > rules.max_commas:
+        return None, "max_commas"
+
+    # 3-4. artist credits, stop phrases, artists and sites
+    text = _cut_by_clause(text, rules.by_clause)
+    text = _remove_phrases(text, rules.phrases)
+    text = _run(rules.tidy, text)
+
+    # 5. size of what is left
+    if len(text) < rules.min_chars:
+        return None, "min_chars"
+    if len(text) > rules.max_chars:
+        return None, "max_chars"
+    if len(set(text.split())) < rules.min_unique_words:
+        return None, "min_unique_words"
+
+    # 6-8. repeats, "thought" texts, final touches
+    text = _run(rules.collapse_repeats, text)
+    if rules.thought_phrases is not None and rules.thought_phrases.search(text):
+        return None, "thought_phrases"
+    text = _run(rules.finish, text)
+    if not text:
+        return None, EMPTY_AFTER_CLEAN
+    return text, None
+
+
+_DIGIT = re.compile(r"\d")
+
+
+def _run(phase: Phase, text: str) -> str:
+    """Apply a phase's rewrites in order, skipping those whose guards show they cannot match."""
+    lower = has_digit = None  # facts about the current text, recomputed after it changes
+    for needs_digit, literal, literals, ignore_case, sub, strip in phase.steps:
+        if needs_digit:
+            if has_digit is None:
+                has_digit = _DIGIT.search(text) is not None
+            if not has_digit:
+                text = text.strip() if strip else text
+                continue
+        if literals:
+            if ignore_case:
+                if lower is None:
+                    lower = text.lower() if text.isascii() else False  # False: Unicode folding, cannot tell
+                haystack = lower
+            else:
+                haystack = text
+            if haystack is not False and (
+                literal not in haystack if literal is not None else not any(x in haystack for x in literals)
+            ):
+                text = text.strip() if strip else text
+                continue
+        new = sub(text)
+        if strip:
+            new = new.strip()
+        if new != text:
+            text, lower, has_digit = new, None, None
+    return text
+
+
+def _cut_by_clause(text: str, by: ByClause) -> str:
+    """Drop an artist credit: cut at the first marker when a list of names follows it, then delete
+    "by ... ," up to the nearest comma. Texts with the exempt form ("surrounded by") are left alone
+    (a cut keeps a prefix, so a text without it never gains it)."""
+    if by.exempt in text:
+        return text
+    index = text.find(by.marker)
+    if index >= 0 and text[index + 2 :].count(",") >= by.cut_if_commas_after:
+        text = _cut_at(text, index)
+    index = text.find(by.marker)
+    if index >= 0:
+        after = text[index + 2 :]  # like the reference: from the marker's "y", so it is not counted
+        if after.count(by.and_marker) + after.count(by.marker) >= by.cut_if_names_after:
+            text = _cut_at(text, index)
+    return by.remove_to_comma.sub("", text)
+
+
+def _cut_at(text: str, index: int) -> str:
+    text = text[:index].strip()
+    return text[:-1] if text.endswith(",") else text
+
+
+def _remove_phrases(text: str, phrases: tuple[Phrase, ...]) -> str:
+    """Delete each phrase (whole words, any case) in order, trimming after each like the reference.
+
+    For ASCII text a phrase can only match where its lowercase form is a substring, so the regex
+    runs only then; non-ASCII text (Unicode case folding) always runs every regex."""
+    if not phrases:
+        return text
+    text = text.strip()
+    if not text.isascii():
+        for phrase in phrases:
+            text = phrase.regex.sub("", text).strip()
+        return text
+    lower = text.lower()
+    for phrase in phrases:
+        if phrase.needle in lower:
+            text = phrase.regex.sub("", text).strip()
+            lower = text.lower()
+    return text
+
+
+def _language(text: str, seed: int) -> str:
+    """langdetect's guess, seeded so it is the same on every run; undetectable text counts as kept
+    (the reference logged the exception and kept the prompt)."""
+    try:
+        from langdetect import DetectorFactory, detect
+        from langdetect.lang_detect_exception import LangDetectException
+    except ImportError:
+        raise DataError("params.yaml: clean.language.enabled needs the langdetect package") from None
+    DetectorFactory.seed = seed
+    try:
+        return detect(text)
+    except LangDetectException:
+        return "en"
+
+
+# --------------------------------------------------------------------------- tables
+
+def clean_table(df, rules: Rules, column: str = "prompt"):
+    """Clean `column` of every row: (kept rows + `text`, dropped rows + `reason`), order preserved."""
+    import pandas as pd
+
+    if column not in df.columns:
+        raise DataError(f"clean: input table has no '{column}' column")
+    values = [None if _missing(v) else str(v) for v in df[column].tolist()]
+    distinct = list(dict.fromkeys(v for v in values if v is not None))  # real sources repeat prompts a lot
+    cleaned = dict(zip(distinct, _clean_many(distinct, rules)))
+    results = [cleaned[v] if v is not None else (None, EMPTY) for v in values]
+    keep = pd.Series([text is not None for text, _ in results], index=df.index, dtype=bool)
+    kept = df[keep].copy()
+    kept["text"] = pd.Series([t for t, _ in results if t is not None], index=kept.index, dtype="string")
+    dropped = df[~keep].copy()
+    dropped["reason"] = pd.Series([r for t, r in results if t is None], index=dropped.index, dtype="string")
+    return kept.reset_index(drop=True), dropped.reset_index(drop=True)
+
+
+PARALLEL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
+
+
+def _clean_many(texts: list[str], rules: Rules) -> list[tuple[str | None, str | None]]:
+    """clean_text over many texts, in `rules.workers` processes when there are enough of them.
+    Workers rebuild the rules from their params (compiled regexes and lambdas do not pickle)."""
+    if rules.workers <= 1 or len(texts) < PARALLEL_MIN_ROWS:
+        return [clean_text(text, rules) for text in texts]
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork: the parent may hold pyarrow threads
+    with context.Pool(rules.workers, initializer=_start_worker, initargs=(rules.params, rules.fast)) as pool:
+        return pool.map(_clean_in_worker, texts, chunksize=2000)
+
+
+_WORKER_RULES: Rules | None = None
+
+
+def _start_worker(params: dict, fast: bool) -> None:
+    global _WORKER_RULES
+    _WORKER_RULES = load_rules(params, fast=fast)
+
+
+def _clean_in_worker(text: str) -> tuple[str | None, str | None]:
+    return clean_text(text, _WORKER_RULES)
+
+
+def pass_through(df, column: str = "prompt"):
+    """`sources.S.clean: false`: every row kept unchanged, `text` = the raw prompt (v4-a's bug)."""
+    kept = df.copy()
+    kept["text"] = kept[column].astype("string")
+    dropped = df.iloc[0:0].copy()
+    dropped["reason"] = kept["text"].iloc[0:0]
+    return kept.reset_index(drop=True), dropped.reset_index(drop=True)
+
+
+def report(source: str, rows_in: int, dropped, applied: bool) -> dict:
+    reasons = Counter(dropped["reason"].tolist())
+    return {
+        "source": source,
+        "cleaning_applied": applied,
+        "rows_in": rows_in,
+        "kept": rows_in - len(dropped),
+        "dropped": len(dropped),
+        "dropped_by_reason": dict(sorted(reasons.items())),
+    }
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def sibling_paths(output: Path) -> tuple[Path, Path]:
+    """data/clean/S.parquet -> (data/clean/S.dropped.parquet, data/clean/S.report.json)."""
+    output = Path(output)
+    stem = output.name[: -len(".parquet")] if output.name.endswith(".parquet") else output.stem
+    return output.with_name(f"{stem}.dropped.parquet"), output.with_name(f"{stem}.report.json")
+
+
+# --------------------------------------------------------------------------- commands
+
+def cli(source: str, input: Path, output: Path) -> None:
+    """clean@S: drop and rewrite prompts with params.yaml `clean` (or pass through when
+    sources.S.clean is false) -> output, its .dropped.parquet and .report.json."""
+    sources = load_params("sources")
+    if source not in (sources or {}):
+        raise DataError(f"params.yaml: sources: no source named '{source}'")
+    applied = bool((sources[source] or {}).get("clean", True))
+    df = read_parquet(input)
+    if "prompt" not in df.columns:
+        raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
+    if applied:
+        kept, dropped = clean_table(df, load_rules(load_params("clean")))
+    else:
+        kept, dropped = pass_through(df)
+    dropped_path, report_path = sibling_paths(output)
+    write_parquet(dropped, dropped_path)
+    write_json(report(source, len(df), dropped, applied), report_path)
+    write_parquet(kept, output)
+    print(f"clean {source}: {len(df)} rows in, {len(kept)} kept, {len(dropped)} dropped -> {output}")
+
+
+def cli_text(input: Path, output: Path) -> None:
+    """Clean a text file, one prompt per line -> JSONL {"text": str|null, "reason": str|null}."""
+    input = Path(input)
+    if not input.exists():
+        raise DataError(f"{input}: input not found")
+    rules = load_rules(load_params("clean"))
+    with input.open("rb") as src, atomic_path(output) as tmp:
+        with tmp.open("w", encoding="utf-8") as dst:
+            for line_no, raw in enumerate(src, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{input}: line {line_no}: not valid UTF-8") from None
+                text, reason = clean_text(line.rstrip("\r\n"), rules)
+                dst.write(json.dumps({"text": text, "reason": reason}, ensure_ascii=False) + "\n")

@@ -1,0 +1,577 @@
+"""dedup@S: near-duplicate removal with MinHash-LSH, verified by exact Jaccard.
+
+Pipeline of `dedup_self` (every step is array work; see scripts/minhash.py for the primitives):
+  1. shingle + sign the texts in batches (`dedup.workers` processes), keep only the LSH band keys
+     (uint32[bands, n]: 1.3 GB at 10M rows) and a 128-bit key of each text's token sequence;
+  2. group texts with identical token sequences (Jaccard 1; they would flood LSH buckets);
+  3. LSH: per band, sort the keys and pair rows that share one -> candidate pairs;
+  4. verify every candidate with the EXACT Jaccard of the two shingle sets (MinHash only proposes);
+  5. greedy keep/assign in keep order (`dedup.keep`): a row is kept unless it has a verified partner
+     that was already kept; a removed row points at its best kept partner. This guarantees both
+     properties of the issue: no two kept rows are verified near-duplicates, and every removed row's
+     `duplicate_of` is a KEPT row with Jaccard >= threshold. (Plain union-find clusters do not:
+     a chain a~b~c keeps only a although c may share nothing with a.)
+  6. union-find over the verified pairs gives the clusters reported as metrics.
+
+Public API (release.py and other stages call these; keep them stable):
+  DedupParams.from_mapping(params["dedup"]) / DedupParams()          documented defaults
+  dedup_self(texts, order_keys=None, params=None) -> SelfResult       keep, duplicate_of, jaccard, stats
+  build_index(texts, params=None) -> Index; Index.save(dir); Index.load(dir)
+  Index.query(new_texts) -> CrossResult                                O(new rows) cross-dedup
+  dedup_against(new_texts, reference, params=None) -> CrossResult      reference: Index or texts
+  near_duplicate_mask(new_texts, reference_texts, params) -> bool[n]   True = remove the new row
+
+The only probabilistic step is 3: a pair at exactly the threshold becomes a candidate with
+probability `band_recall` >= dedup.target_recall (0.995 by default); pairs above it more often.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import typer
+
+from scripts import minhash as mh
+from scripts.common import PARAMS_FILE, DataError, atomic_path, load_params, write_json
+
+# --- params --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """The `dedup:` section of params.yaml. These defaults apply where there is no params.yaml."""
+
+    threshold: float = 0.7  # remove a row whose shingle-Jaccard with a kept row is >= this
+    num_perm: int = 128  # MinHash permutations
+    ngram: int = 3  # shingle size (words or characters, per `unit`)
+    unit: str = "word"  # word | char
+    seed: int = 1  # permutation seed (datasketch-compatible)
+    scheme: str = "affine32"  # datasketch 2.x permutation scheme; the only one implemented
+    keep: str = "first"  # first (input order) | longest (most characters; ties by stable id)
+    bands: Optional[int] = None  # LSH bands; None = chosen from threshold and target_recall
+    rows: Optional[int] = None  # LSH rows per band; set both or neither
+    target_recall: float = 0.995  # pair recall at exactly the threshold when bands/rows are chosen
+    bucket_window: int = 64  # in a bucket, each row is paired with at most this many others
+    batch_size: int = 20_000  # texts per shingling/signature batch (bounds memory)
+    workers: int = 1  # processes computing signatures; 0 = one per CPU core
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, where: str = "params.yaml: dedup") -> "DedupParams":
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        try:
+            params = cls(**values)
+        except TypeError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        params.validate(where)
+        return params
+
+    def validate(self, where: str = "params.yaml: dedup") -> None:
+        checks = [
+            (0.0 < float(self.threshold) <= 1.0, "threshold must be in (0, 1]"),
+            (int(self.num_perm) >= 1, "num_perm must be >= 1"),
+            (int(self.ngram) >= 1, "ngram must be >= 1"),
+            (self.unit in ("word", "char"), "unit must be word or char"),
+            (self.scheme == "affine32", "scheme must be affine32 (datasketch 2.x default)"),
+            (self.keep in ("first", "longest"), "keep must be first or longest"),
+            ((self.bands is None) == (self.rows is None), "set both bands and rows, or neither"),
+            (0.0 < float(self.target_recall) < 1.0, "target_recall must be in (0, 1)"),
+            (int(self.bucket_window) >= 1, "bucket_window must be >= 1"),
+            (int(self.batch_size) >= 1, "batch_size must be >= 1"),
+            (int(self.workers) >= 0, "workers must be >= 0 (0 = one per CPU core)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DataError(f"{where}: {message}")
+        bands, rows = self.banding
+        if bands * rows > self.num_perm:
+            raise DataError(f"{where}: bands*rows = {bands * rows} exceeds num_perm = {self.num_perm}")
+
+    @property
+    def banding(self) -> tuple[int, int]:
+        if self.bands is not None and self.rows is not None:
+            return int(self.bands), int(self.rows)
+        return mh.choose_bands(float(self.threshold), int(self.num_perm), float(self.target_recall))
+
+    def replace(self, **changes) -> "DedupParams":
+        params = DedupParams(**{**asdict(self), **changes})
+        params.validate("dedup params")
+        return params
+
+
+def _resolve(params) -> DedupParams:
+    if params is None:
+        return DedupParams()
+    if isinstance(params, DedupParams):
+        return params
+    return DedupParams.from_mapping(params)
+
+
+# --- sketching: texts -> band keys, in batches ---------------------------------------------------
+
+
+@dataclass
+class Sketch:
+    band_keys: np.ndarray  # uint32[bands, n] (band-major: each band's sort reads one row)
+    sequence_keys: np.ndarray  # uint64[n, 2]: equal <=> identical shingle sequence
+    shingle_counts: np.ndarray  # int64[n]; 0 = no tokens (never a duplicate)
+
+
+def sketch(texts: pa.Array, params: DedupParams) -> Sketch:
+    """Band keys of every text, batch by batch; `dedup.workers` processes share the batches."""
+    bands, _ = params.banding
+    n = len(texts)
+    out = Sketch(
+        band_keys=np.empty((bands, n), dtype=np.uint32),
+        sequence_keys=np.empty((n, 2), dtype=np.uint64),
+        shingle_counts=np.empty(n, dtype=np.int64),
+    )
+    starts = range(0, n, params.batch_size)
+    workers = min(_workers(params.workers), len(starts))
+    if workers <= 1:
+        batches = (texts.slice(start, params.batch_size) for start in starts)
+        _fill(out, starts, map(_sketch_batch, batches, itertools.repeat(params)))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked workers inherit the texts (no copy, no pickling); only batch starts travel to them
+    global _FORKED_TEXTS
+    _FORKED_TEXTS = texts
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            _fill(out, starts, pool.map(_sketch_forked_batch, starts, itertools.repeat(params), chunksize=1))
+    finally:
+        _FORKED_TEXTS = None
+    return out
+
+
+_FORKED_TEXTS: pa.Array | None = None
+
+
+def _sketch_forked_batch(start: int, params: DedupParams):
+    return _sketch_batch(_FORKED_TEXTS.slice(start, params.batch_size), params)
+
+
+def _workers(setting: int) -> int:
+    return int(setting) if int(setting) > 0 else (os.cpu_count() or 1)
+
+
+def _sketch_batch(texts: pa.Array, params: DedupParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bands, rows = params.banding
+    shingles = mh.shingle_hashes(texts, params.unit, params.ngram)
+    signatures = mh.signatures(shingles, mh.permutations(params.num_perm, params.seed))
+    return mh.band_keys(signatures, bands, rows).T, mh.sequence_keys(shingles), shingles.counts
+
+
+def _fill(out: Sketch, starts: range, results) -> None:
+    for start, (band_keys, sequence_keys, counts) in zip(starts, results):
+        stop = start + len(counts)
+        out.band_keys[:, start:stop] = band_keys
+        out.sequence_keys[start:stop] = sequence_keys
+        out.shingle_counts[start:stop] = counts
+
+
+def shingles_of(texts: pa.Array, rows: np.ndarray, params: DedupParams) -> mh.Shingles:
+    """Shingle hashes of texts[rows] (only candidate rows are re-shingled for verification)."""
+    return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
+
+
+# --- self mode -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SelfResult:
+    keep: np.ndarray  # bool[n]
+    duplicate_of: np.ndarray  # int64[n]: index of the kept row a removed row duplicates, -1 if kept
+    jaccard: np.ndarray  # float64[n]: Jaccard with duplicate_of, NaN if kept
+    stats: dict = field(default_factory=dict)
+
+
+def dedup_self(texts, order_keys=None, params=None) -> SelfResult:
+    """Near-duplicate removal within one set of texts.
+
+    texts: sequence/array of str. order_keys: stable ids (str), used by keep=longest to break ties
+    (None: input position). Earlier rows (keep=first) or longer rows (keep=longest) are kept.
+    """
+    params = _resolve(params)
+    texts = mh.as_string_array(texts)
+    n = len(texts)
+    rank = _keep_rank(texts, order_keys, params.keep)
+    sk = sketch(texts, params)
+    nonempty = np.nonzero(sk.shingle_counts > 0)[0]
+    reps, members, member_rep = _identical_groups(sk.sequence_keys, rank, nonempty)
+
+    bands, rows = params.banding
+    reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
+    found = [mh.bucket_pairs(sk.band_keys[b][reps], params.bucket_window) for b in range(bands)]
+    candidates = reps[mh.unique_pairs(np.concatenate(found))] if found else np.zeros((0, 2), dtype=np.int64)
+    del found
+    del sk
+    pairs, jaccard = _verify_pairs(texts, candidates, params)
+
+    keep, duplicate_of, dup_jaccard = _greedy_assign(n, pairs, jaccard, rank)
+    # identical texts follow their representative (same shingle set: same Jaccard to its kept row)
+    rep_kept = keep[member_rep]
+    keep[members] = False
+    duplicate_of[members] = np.where(rep_kept, member_rep, duplicate_of[member_rep])
+    dup_jaccard[members] = np.where(rep_kept, 1.0, dup_jaccard[member_rep])
+
+    sizes = _component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
+    stats = {
+        "rows_in": int(n),
+        "kept": int(keep.sum()),
+        "removed": int(n - keep.sum()),
+        "clusters": int((sizes >= 2).sum()),
+        "largest_cluster": int(sizes.max()) if n else 0,
+        "exact_duplicates": int(len(members)),
+        "candidate_pairs": int(len(candidates)),
+        "verified_pairs": int(len(pairs)),
+        "no_tokens": int(n - len(nonempty)),
+        "threshold": float(params.threshold),
+        "bands": bands,
+        "rows": rows,
+        "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6),
+    }
+    return SelfResult(keep=keep, duplicate_of=duplicate_of, jaccard=dup_jaccard, stats=stats)
+
+
+def _keep_rank(texts: pa.Array, order_keys, keep: str) -> np.ndarray:
+    """rank[i] = position of row i in keep order (0 = kept first)."""
+    n = len(texts)
+    position = pa.array(np.arange(n, dtype=np.int64))
+    if keep == "first":
+        return np.arange(n, dtype=np.int64)
+    columns = {"neg_len": pc.negate(pc.utf8_length(texts).cast(pa.int64()))}
+    if order_keys is not None:
+        keys = mh.as_string_array(order_keys)
+        if len(keys) != n:
+            raise DataError(f"order_keys has {len(keys)} values for {n} texts")
+        columns["key"] = keys
+    columns["position"] = position
+    table = pa.table(columns)
+    order = pc.sort_indices(table, sort_keys=[(name, "ascending") for name in columns]).to_numpy()
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def _identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarray):
+    """Split `rows` into representatives (best rank of each identical-text group) and members.
+
+    Returns (reps, members, member_rep). One argsort on the first key finds the few rows that
+    share it; only those are sorted on both keys and rank.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        return empty, empty, empty
+    by_key = rows[np.argsort(sequence_keys[rows, 0])]
+    first_key = sequence_keys[by_key, 0]
+    shared = np.zeros(len(by_key), dtype=bool)
+    same = first_key[1:] == first_key[:-1]
+    shared[1:] |= same
+    shared[:-1] |= same
+    grouped = by_key[shared]
+    if len(grouped) == 0:
+        return np.sort(rows), empty, empty
+    order = grouped[np.lexsort((rank[grouped], sequence_keys[grouped, 1], sequence_keys[grouped, 0]))]
+    keys = sequence_keys[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
+    group_rep = order[first][np.cumsum(first) - 1]
+    reps = np.sort(np.concatenate([by_key[~shared], order[first]]))
+    return reps, order[~first], group_rep[~first]
+
+
+def _verify_pairs(texts: pa.Array, candidates: np.ndarray, params: DedupParams):
+    """Candidates whose exact shingle-Jaccard >= threshold, and those Jaccards."""
+    if len(candidates) == 0:
+        return candidates.reshape(0, 2), np.zeros(0)
+    rows = np.unique(candidates)
+    sets = mh.unique_sets(shingles_of(texts, rows, params))
+    local = np.searchsorted(rows, candidates)
+    jaccard = mh.pair_jaccard(sets, sets, local)
+    ok = jaccard >= params.threshold
+    return candidates[ok], jaccard[ok]
+
+
+def _greedy_assign(n: int, pairs: np.ndarray, jaccard: np.ndarray, rank: np.ndarray):
+    """Walk rows in keep order: keep a row unless a verified partner earlier in that order is kept."""
+    keep = np.ones(n, dtype=bool)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    dup_jaccard = np.full(n, np.nan)
+    if len(pairs) == 0:
+        return keep, duplicate_of, dup_jaccard
+    a, b = pairs[:, 0], pairs[:, 1]
+    swap = rank[a] > rank[b]
+    earlier = np.where(swap, b, a)
+    later = np.where(swap, a, b)
+    # per later row: its earlier partners, best first (highest Jaccard, then earliest in keep order)
+    order = np.lexsort((rank[earlier], -jaccard, rank[later]))
+    nodes, local = np.unique(np.stack([earlier[order], later[order]]), return_inverse=True)
+    earlier, later = local.reshape(2, -1).tolist()  # compact ids: Python lists only for rows with pairs
+    jac = jaccard[order].tolist()
+    kept = [True] * len(nodes)
+    dup = [-1] * len(nodes)
+    dup_j = [float("nan")] * len(nodes)
+    i, m = 0, len(later)
+    while i < m:
+        row = later[i]
+        j = i
+        while j < m and later[j] == row:
+            if dup[row] < 0 and kept[earlier[j]]:
+                dup[row], dup_j[row] = earlier[j], jac[j]
+            j += 1
+        if dup[row] >= 0:
+            kept[row] = False
+        i = j
+    keep[nodes] = kept
+    removed = np.flatnonzero(~np.array(kept))
+    duplicate_of[nodes[removed]] = nodes[np.array(dup, dtype=np.int64)[removed]]
+    dup_jaccard[nodes] = dup_j
+    return keep, duplicate_of, dup_jaccard
+
+
+def _component_sizes(n: int, edges: np.ndarray) -> np.ndarray:
+    """Union-find (by pointer jumping) over edges; returns the sizes of the components (by root)."""
+    parent = np.arange(n, dtype=np.int64)
+    if len(edges):
+        a, b = edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64)
+        while True:
+            ra, rb = parent[a], parent[b]
+            low = np.minimum(ra, rb)
+            changed = ra != rb
+            if not changed.any():
+                break
+            np.minimum.at(parent, ra[changed], low[changed])
+            np.minimum.at(parent, rb[changed], low[changed])
+            while True:  # compress paths until every row points at its root
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
+    return np.bincount(parent, minlength=n)
+
+
+# --- cross mode: new rows against a reference set ---------------------------------------------------
+
+
+@dataclass
+class CrossResult:
+    keep: np.ndarray  # bool[n_new]
+    duplicate_of: np.ndarray  # int64[n_new]: reference row index, -1 if kept
+    jaccard: np.ndarray  # float64[n_new], NaN if kept
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Index:
+    """LSH index of a reference set: per band, the sorted band keys and the reference row of each.
+
+    Querying new rows costs O(new rows * bands * log(reference)) with np.searchsorted; reference
+    texts are stored too because candidates are verified with exact Jaccard.
+    """
+
+    params: DedupParams
+    sorted_keys: np.ndarray  # uint32[bands, m] (m = reference rows with at least one shingle)
+    rows: np.ndarray  # uint32[bands, m]: reference row of each sorted key
+    texts: pa.Array  # reference texts, all rows
+
+    FILES = ("keys.npy", "rows.npy", "texts.parquet", "index.json")
+
+    def save(self, path: Path | str) -> None:
+        """Write the index as a directory (atomically: a reader never sees half an index)."""
+        with atomic_path(path, is_dir=True) as tmp:
+            np.save(tmp / "keys.npy", self.sorted_keys)
+            np.save(tmp / "rows.npy", self.rows)
+            pq.write_table(pa.table({"text": self.texts}), tmp / "texts.parquet", compression="zstd")
+            meta = {"params": asdict(self.params), "reference_rows": len(self.texts)}
+            (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path | str) -> "Index":
+        path = Path(path)
+        missing = [name for name in cls.FILES if not (path / name).exists()]
+        if missing:
+            raise DataError(f"{path}: not a dedup index (missing {', '.join(missing)})")
+        meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
+        params = DedupParams.from_mapping(meta["params"], where=f"{path / 'index.json'}: params")
+        texts = pq.read_table(path / "texts.parquet").column("text").combine_chunks()
+        return cls(params, np.load(path / "keys.npy", mmap_mode="r"), np.load(path / "rows.npy", mmap_mode="r"), texts)
+
+    def query(self, new_texts) -> CrossResult:
+        """Which new rows near-duplicate a reference row (only new rows are ever removed)."""
+        params = self.params
+        new = mh.as_string_array(new_texts)
+        n = len(new)
+        sk = sketch(new, params)
+        rows = np.nonzero(sk.shingle_counts > 0)[0]
+        found = [self._band_candidates(band, sk.band_keys[band][rows], rows) for band in range(len(self.sorted_keys))]
+        candidates = mh.unique_pairs(np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64))
+        keep = np.ones(n, dtype=bool)
+        duplicate_of = np.full(n, -1, dtype=np.int64)
+        jaccard = np.full(n, np.nan)
+        if len(candidates):
+            new_rows, ref_rows = np.unique(candidates[:, 0]), np.unique(candidates[:, 1])
+            local = np.stack(
+                [np.searchsorted(new_rows, candidates[:, 0]), np.searchsorted(ref_rows, candidates[:, 1])], axis=1
+            )
+            left, right = mh.ranked_pair(shingles_of(new, new_rows, params), shingles_of(self.texts, ref_rows, params))
+            j = mh.pair_jaccard(left, right, local)
+            ok = j >= params.threshold
+            # best reference row per new row: highest Jaccard, then lowest reference index
+            pairs, j = candidates[ok], j[ok]
+            order = np.lexsort((pairs[:, 1], -j, pairs[:, 0]))
+            pairs, j = pairs[order], j[order]
+            first = np.ones(len(pairs), dtype=bool)
+            first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+            hit = pairs[first, 0]
+            keep[hit] = False
+            duplicate_of[hit] = pairs[first, 1]
+            jaccard[hit] = j[first]
+        stats = {"rows_in": n, "kept": int(keep.sum()), "removed": int(n - keep.sum()), "candidate_pairs": int(len(candidates))}
+        return CrossResult(keep=keep, duplicate_of=duplicate_of, jaccard=jaccard, stats=stats)
+
+    def _band_candidates(self, band: int, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        sorted_keys = self.sorted_keys[band]
+        lo = np.searchsorted(sorted_keys, keys, side="left")
+        hi = np.searchsorted(sorted_keys, keys, side="right")
+        count = np.minimum(hi - lo, self.params.bucket_window)
+        new = np.repeat(rows, count)
+        at = np.repeat(lo, count) + (np.arange(int(count.sum())) - np.repeat(mh.offsets_from_counts(count)[:-1], count))
+        return np.stack([new, np.asarray(self.rows[band])[at]], axis=1).astype(np.int64)
+
+
+def build_index(texts, params=None) -> Index:
+    """Index a reference set for `Index.query` / `dedup_against`."""
+    params = _resolve(params)
+    texts = mh.as_string_array(texts)
+    sk = sketch(texts, params)
+    rows = np.nonzero(sk.shingle_counts > 0)[0]
+    bands, _ = params.banding
+    sorted_keys = np.empty((bands, len(rows)), dtype=np.uint32)
+    sorted_rows = np.empty((bands, len(rows)), dtype=np.uint32)
+    for band in range(bands):  # one sort of (key << 32 | row): by key, then by row
+        packed = np.sort((sk.band_keys[band][rows].astype(np.uint64) << np.uint64(32)) | rows.astype(np.uint64))
+        sorted_keys[band] = packed >> np.uint64(32)
+        sorted_rows[band] = packed & np.uint64(0xFFFFFFFF)
+    return Index(params=params, sorted_keys=sorted_keys, rows=sorted_rows, texts=texts)
+
+
+def dedup_against(new_texts, reference, params=None) -> CrossResult:
+    """Remove new rows that near-duplicate any reference row (reference: an Index or texts).
+
+    With an Index, its own params are used (they define its band keys); `params` must then be
+    None or equal to them.
+    """
+    if isinstance(reference, Index):
+        if params is not None and _result_params(_resolve(params)) != _result_params(reference.params):
+            raise DataError("dedup_against: params differ from the ones the index was built with")
+        return reference.query(new_texts)
+    return build_index(reference, params).query(new_texts)
+
+
+def _result_params(params: DedupParams) -> dict:
+    """The params that change results (workers and batch_size only change speed and memory)."""
+    return {k: v for k, v in asdict(params).items() if k not in ("workers", "batch_size")}
+
+
+def near_duplicate_mask(new_texts, reference_texts, params=None) -> np.ndarray:
+    """bool[n_new]: True where a new text near-duplicates a reference text (release.py's hook)."""
+    return ~dedup_against(new_texts, reference_texts, params).keep
+
+
+# --- stage CLI ---------------------------------------------------------------------------------------
+
+
+def _read_stage_input(path: Path) -> pa.Table:
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    for column in ("id", "text"):
+        if column not in table.column_names:
+            raise DataError(f"{path}: missing column '{column}'")
+    for column in ("id", "text"):
+        nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
+        if nulls.any():
+            raise DataError(f"{path}: row {int(np.argmax(nulls))}: {column} is null")
+    if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
+        raise DataError(f"{path}: column 'id' has repeated values")
+    return table.replace_schema_metadata(None)
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
+
+
+def cli(
+    source: str = typer.Argument(..., help="source name in params.yaml: sources"),
+    input: Path = typer.Argument(..., help="data/clean/S.parquet (dedup runs on column `text`)"),
+    output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
+) -> None:
+    """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard)."""
+    params = DedupParams.from_mapping(load_params("dedup"))
+    table = _read_stage_input(input)
+    ids = table.column("id").combine_chunks()
+    result = dedup_self(table.column("text"), ids, params)
+    removed = np.nonzero(~result.keep)[0]
+    clusters = pa.table(
+        {
+            "id": ids.take(pa.array(removed)),
+            "duplicate_of": ids.take(pa.array(result.duplicate_of[removed])),
+            "jaccard": pa.array(result.jaccard[removed], type=pa.float64()),
+        }
+    )
+    stem = output.name.removesuffix(".parquet")
+    _write_table(table.filter(pa.array(result.keep)), output)
+    _write_table(clusters, output.parent / f"{stem}.clusters.parquet")
+    report = {"source": source, **result.stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit, "keep": params.keep}
+    write_json(report, output.parent / f"{stem}.report.json")
+    print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
+
+
+def cli_text(
+    input: Path = typer.Argument(..., help="text file, one text per line"),
+    output: Path = typer.Argument(..., help="JSONL, one {keep, duplicate_of} per input line"),
+    threshold: Optional[float] = typer.Option(None, help="Jaccard threshold (default: params.yaml dedup.threshold, else 0.7)"),
+) -> None:
+    """Near-duplicate flags for a text file: works outside a DVC repo (built-in defaults)."""
+    params = DedupParams.from_mapping(load_params("dedup")) if PARAMS_FILE.exists() else DedupParams()
+    if threshold is not None:
+        if not 0.0 < threshold <= 1.0:
+            raise DataError(f"--threshold must be in (0, 1], got {threshold}")
+        params = params.replace(threshold=threshold)
+    lines = _read_lines(input)
+    result = dedup_self(lines, None, params)
+    with atomic_path(output) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):
+                f.write(json.dumps({"keep": keep, "duplicate_of": None if keep else dup}) + "\n")
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise DataError(f"{path}: input not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not valid UTF-8") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line.removesuffix("\r") for line in text.split("\n")] if text else []

@@ -1,0 +1,229 @@
+"""diff: what a dataset version gained and lost, row by row, between two git revisions.
+
+    python -m scripts diff REV_A REV_B [--release V] [--format md|json]
+
+Rows are matched by their stable `id`. Files are read at each revision through DVCFileSystem, so a
+branch, a tag or a commit works as long as its data is in the cache or the default remote;
+`workspace` means the working tree. With no
+--release, a revision that is itself a release name (a tag such as v4-a) compares that release;
+otherwise every release present at both revisions is compared.
+Removals are explained from REV_B's own records: the release's removed.parquet (recipe steps:
+cross-dedup, reclean, leaks), then the source's clean/dedup outputs, else "recipe" (the row's
+component is no longer in the recipe).
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import typer
+import yaml
+
+from scripts.common import DataError
+
+SPLITS = ("train", "validation")
+SAMPLES = 5
+WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
+
+
+@dataclass
+class Snapshot:
+    """One release at one revision: its metadata rows (both splits), removals and image hashes."""
+
+    rev: str
+    release: str
+    rows: pd.DataFrame  # id, source, split, text, file_name
+    removed: pd.DataFrame  # id, reason
+    image_md5: dict[str, str]  # id -> md5 of its image file
+
+
+# --- reading at a revision -----------------------------------------------------------------------
+
+
+def open_fs(repo: str, rev: str):
+    from dvc.api import DVCFileSystem
+
+    try:
+        return DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
+    except Exception as exc:
+        raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def releases_at(fs) -> dict:
+    with fs.open("params.yaml", "r") as f:
+        return (yaml.safe_load(f) or {}).get("releases") or {}
+
+
+def read_snapshot(fs, rev: str, release: str) -> Snapshot:
+    base = f"data/releases/{release}"
+    frames = []
+    image_md5: dict[str, str] = {}
+    for split in SPLITS:
+        path = f"{base}/{split}/metadata.jsonl"
+        try:
+            with fs.open(path, "r", encoding="utf-8") as f:
+                records = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
+        frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)
+        frames.append(frame)
+        image_md5.update(_image_hashes(fs, f"{base}/{split}", frame))
+    removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"])
+    return Snapshot(rev, release, pd.concat(frames, ignore_index=True), removed, image_md5)
+
+
+def _image_hashes(fs, folder: str, frame: pd.DataFrame) -> dict[str, str]:
+    """md5 per image from DVC's own index (no image bytes are read)."""
+    hashes = {}
+    for row in frame.itertuples(index=False):
+        info = fs.info(f"{folder}/{row.file_name}")
+        md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
+        hashes[row.id] = md5 or ""
+    return hashes
+
+
+def _read_parquet(fs, path: str, columns: list[str]) -> pd.DataFrame:
+    try:
+        with fs.open(path, "rb") as f:
+            return pd.read_parquet(io.BytesIO(f.read()))
+    except FileNotFoundError:
+        return pd.DataFrame(columns=columns)
+
+
+def source_removals(fs, sources: set[str]) -> dict[str, str]:
+    """id -> reason from the per-source clean and dedup outputs at one revision."""
+    reasons: dict[str, str] = {}
+    for source in sorted(sources):
+        dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"])
+        reasons.update({i: f"clean:{r}" for i, r in zip(dropped["id"], dropped["reason"])})
+        clusters = _read_parquet(fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"])
+        for row in clusters.itertuples(index=False):
+            reasons[row.id] = f"dedup:duplicate_of={row.duplicate_of} jaccard={float(row.jaccard):.2f}"
+    return reasons
+
+
+# --- comparing (tables in, report out) -----------------------------------------------------------
+
+
+def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
+    """Row-level differences per split and source; explain maps removed ids to reasons."""
+    a_rows, b_rows = a.rows.set_index("id"), b.rows.set_index("id")
+    report = {"rev_a": a.rev, "rev_b": b.rev, "release_a": a.release, "release_b": b.release, "splits": {}}
+    for split in SPLITS:
+        old = a_rows[a_rows["split"] == split]
+        new = b_rows[b_rows["split"] == split]
+        added = new.index.difference(old.index)
+        removed = old.index.difference(new.index)
+        both = old.index.intersection(new.index)
+        text_changed = both[(old.loc[both, "text"] != new.loc[both, "text"]).to_numpy()]
+        image_changed = [i for i in both if a.image_md5.get(i) != b.image_md5.get(i)]
+        reasons = pd.Series({i: explain.get(i, "recipe") for i in removed}, dtype=object)
+        report["splits"][split] = {
+            "rows_a": int(len(old)),
+            "rows_b": int(len(new)),
+            "added": int(len(added)),
+            "removed": int(len(removed)),
+            "text_changed": int(len(text_changed)),
+            "image_changed": int(len(image_changed)),
+            "added_by_source": _count(new.loc[added, "source"]),
+            "removed_by_source": _count(old.loc[removed, "source"]),
+            "removed_by_reason": _count(reasons.str.split(" ").str[0]) if len(reasons) else {},
+            "added_ids": sorted(added),
+            "removed_ids": sorted(removed),
+            "samples_added": [_sample(new, i) for i in sorted(added)[:SAMPLES]],
+            "samples_removed": [dict(_sample(old, i), reason=reasons[i]) for i in sorted(removed)[:SAMPLES]],
+            "samples_text_changed": [
+                {"id": i, "before": old.at[i, "text"], "after": new.at[i, "text"]} for i in sorted(text_changed)[:SAMPLES]
+            ],
+        }
+    train_texts = set(b.rows.loc[b.rows["split"] == "train", "text"])
+    report["leaks_b"] = int(b.rows.loc[b.rows["split"] == "validation", "text"].isin(train_texts).sum())
+    return report
+
+
+def _count(series: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in series.value_counts().sort_index().items()}
+
+
+def _sample(frame: pd.DataFrame, row_id: str) -> dict:
+    return {"id": row_id, "source": frame.at[row_id, "source"], "text": frame.at[row_id, "text"]}
+
+
+def to_markdown(report: dict) -> str:
+    a, b = report["rev_a"], report["rev_b"]
+    title = report["release_b"] if report["release_a"] == report["release_b"] else f"{report['release_a']} → {report['release_b']}"
+    lines = [f"## Dataset diff: `{title}` ({a} → {b})", "", "| split | rows before | rows after | added | removed | text changed | image changed |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for split, s in report["splits"].items():
+        lines.append(f"| {split} | {s['rows_a']} | {s['rows_b']} | +{s['added']} | -{s['removed']} | {s['text_changed']} | {s['image_changed']} |")
+    lines.append("")
+    lines.append(f"Validation rows whose text is also in train after the change: **{report['leaks_b']}**")
+    for split, s in report["splits"].items():
+        if not (s["added"] or s["removed"] or s["text_changed"]):
+            continue
+        lines += ["", f"### {split}", ""]
+        for label, key in (("added by source", "added_by_source"), ("removed by source", "removed_by_source"), ("removed by reason", "removed_by_reason")):
+            if s[key]:
+                lines.append(f"- {label}: " + ", ".join(f"`{k}` {v}" for k, v in s[key].items()))
+        if s["samples_removed"]:
+            lines += ["", "<details><summary>sample removed rows</summary>", "", "| id | source | reason | text |", "|---|---|---|---|"]
+            lines += [f"| `{r['id']}` | {r['source']} | {r['reason']} | {_cell(r['text'])} |" for r in s["samples_removed"]]
+            lines += ["", "</details>"]
+        if s["samples_added"]:
+            lines += ["", "<details><summary>sample added rows</summary>", "", "| id | source | text |", "|---|---|---|"]
+            lines += [f"| `{r['id']}` | {r['source']} | {_cell(r['text'])} |" for r in s["samples_added"]]
+            lines += ["", "</details>"]
+        if s["samples_text_changed"]:
+            lines += ["", "<details><summary>sample text changes</summary>", "", "| id | before | after |", "|---|---|---|"]
+            lines += [f"| `{r['id']}` | {_cell(r['before'])} | {_cell(r['after'])} |" for r in s["samples_text_changed"]]
+            lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")[:160]
+
+
+# --- command -------------------------------------------------------------------------------------
+
+
+def pick_releases(rev_a: str, rev_b: str, release: str | None, at_a: dict, at_b: dict) -> list[tuple[str, str]]:
+    if release:
+        pairs = [(release, release)]
+    elif rev_a in at_a and rev_b in at_b:
+        pairs = [(rev_a, rev_b)]
+    else:
+        pairs = [(r, r) for r in at_b if r in at_a]
+    for ra, rb in pairs:
+        if ra not in at_a or rb not in at_b:
+            missing = (rev_a, ra) if ra not in at_a else (rev_b, rb)
+            raise DataError(f"{missing[0]}:params.yaml: no release {missing[1]!r}")
+    if not pairs:
+        raise DataError(f"no release exists at both {rev_a} and {rev_b}")
+    return pairs
+
+
+def cli(
+    rev_a: str = typer.Argument(..., help="base revision (branch, tag or commit)"),
+    rev_b: str = typer.Argument(..., help="new revision"),
+    release: str = typer.Option(None, "--release", help="release name; default: see module doc"),
+    format: str = typer.Option("md", "--format", help="md (for a PR comment) or json"),
+    repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
+) -> None:
+    """Row-level diff of releases between two git revisions."""
+    if format not in ("md", "json"):
+        raise DataError(f"--format must be md or json, got {format!r}")
+    fs_a, fs_b = open_fs(str(repo), rev_a), open_fs(str(repo), rev_b)
+    reports = []
+    for release_a, release_b in pick_releases(rev_a, rev_b, release, releases_at(fs_a), releases_at(fs_b)):
+        a = read_snapshot(fs_a, rev_a, release_a)
+        b = read_snapshot(fs_b, rev_b, release_b)
+        explain = source_removals(fs_b, set(a.rows["source"]))
+        explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
+        reports.append(compare(a, b, explain))
+    if format == "json":
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(to_markdown(r) for r in reports))

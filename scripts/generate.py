@@ -1,0 +1,451 @@
+"""generate@S stage: render one image per prompt into a content-addressed, resumable image store.
+
+    python -m scripts generate S data/dedup/S.parquet data/images/S
+
+Each prompt row gets its own seed, derived from `generate.seed` and the row id (never from batch
+position), and its own initial noise, so an image depends only on (model, settings, prompt, seed).
+The image's file name is the key sha256(model identity, settings, prompt, seed):
+
+    data/images/S/manifest.parquet          one row per prompt (written last, atomically)
+    data/images/S/ab/abcdef0123....jpg      fanned out by the first two hex digits of the key
+
+The output is `persist: true` in dvc.yaml, so a re-run finds the previous images: it prunes files
+whose key is no longer wanted, renders only the missing keys, then writes the manifest. Every image
+is written to a temp file and renamed, so `kill -9` at any moment leaves only whole images and a
+re-run completes the set. Encoding and writing run in a thread pool while the next batch denoises.
+
+On CPU the pipeline runs in float64 (`generate.cpu_dtype`): float32 CPU kernels change the last bits
+with the batch size and thread count, float64 ones (measured) do not, so the saved bytes are the same
+for any batch size, thread count or engine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+
+import typer
+
+from scripts.common import DataError, load_params, read_parquet, write_parquet
+
+MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = ["id", "file", "key", "seed", "model", "model_revision", "scheduler", "steps", "guidance",
+                    "width", "height", "format"]
+FORMATS = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
+SCHEDULERS = ("ddim", "dpmpp", "euler")
+DTYPES = ("fp16", "bf16", "fp32", "fp64")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """params.yaml `generate:` (only the keys this stage reads; `sources` belongs to dvc.yaml)."""
+
+    model: str = "models/tiny-sd2"
+    allow_download: bool = False
+    prompt_field: str = "text"
+    steps: int = 6
+    guidance: float = 9.0
+    scheduler: str = "dpmpp"
+    height: int = 64
+    width: int = 64
+    resize: int | None = None  # final width in pixels (height keeps the aspect ratio); None keeps the size
+    format: str = "jpg"
+    batch_size: int = 16
+    dtype: str = "fp16"  # on a GPU
+    cpu_dtype: str = "fp64"  # on CPU: batch- and thread-invariant bytes (see module doc)
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 42
+    engine: str = "local"
+    ray_address: str | None = None
+    writers: int = 2  # encoder/writer threads
+
+    def render_settings(self, dtype: str) -> dict:
+        """Everything besides model, prompt and seed that changes the saved bytes (goes into the key)."""
+        return {"scheduler": self.scheduler, "steps": self.steps, "guidance": self.guidance, "height": self.height,
+                "width": self.width, "resize": self.resize, "format": self.format, "dtype": dtype}
+
+
+def load_settings(params: dict) -> Settings:
+    """Validate params.yaml `generate:` into Settings; a bad value is one DataError naming the key."""
+    known = {f for f in Settings.__dataclass_fields__}
+    values = {k: v for k, v in (params or {}).items() if k in known}
+    try:
+        s = Settings(**values)
+    except TypeError as exc:
+        raise DataError(f"params.yaml: generate: {exc}") from None
+    checks = [
+        (s.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {s.scheduler!r}"),
+        (str(s.format).lower() in FORMATS, f"format must be one of jpg|webp|png, got {s.format!r}"),
+        (s.dtype in DTYPES and s.cpu_dtype in DTYPES, f"dtype/cpu_dtype must be one of {DTYPES}"),
+        (s.device in ("auto", "cpu", "cuda") or str(s.device).startswith("cuda:"), f"device must be auto|cpu|cuda, got {s.device!r}"),
+        (s.engine in ("local", "ray"), f"engine must be local|ray, got {s.engine!r}"),
+        (int(s.steps) >= 1 and int(s.batch_size) >= 1 and int(s.writers) >= 1, "steps, batch_size and writers must be >= 1"),
+        (int(s.height) % 8 == 0 and int(s.width) % 8 == 0, f"height and width must be multiples of 8, got {s.height}x{s.width}"),
+        (s.resize is None or int(s.resize) >= 1, f"resize must be null or a positive width, got {s.resize!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DataError(f"params.yaml: generate.{message}")
+    return Settings(**{**asdict(s), "format": FORMATS[str(s.format).lower()], "steps": int(s.steps),
+                       "guidance": float(s.guidance), "height": int(s.height), "width": int(s.width),
+                       "resize": None if s.resize is None else int(s.resize), "batch_size": int(s.batch_size),
+                       "seed": int(s.seed), "writers": int(s.writers)})
+
+
+# ---------------------------------------------------------------- pure core: seeds, keys, plan
+
+def prompt_seed(global_seed: int, prompt_id: str) -> int:
+    """The seed of one prompt: depends on the global seed and the row id only (63 bits, fits int64)."""
+    digest = hashlib.sha256(f"{global_seed}\x00{prompt_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def image_key(model_identity: str, render_settings: dict, prompt: str, seed: int) -> str:
+    payload = json.dumps({"model": model_identity, "settings": render_settings, "prompt": prompt, "seed": seed},
+                         sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    prompt: str
+    seed: int
+    key: str
+    file: str  # relative to the output dir
+
+
+def plan_jobs(table, settings: Settings, model_identity: str, dtype: str, input_name: str = "input") -> list[Job]:
+    """One job per row, in row order. Bad rows (missing/empty text, duplicate id) are a DataError."""
+    field_name = settings.prompt_field
+    for column in ("id", field_name):
+        if column not in table.columns:
+            raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")
+    render = settings.render_settings(dtype)
+    jobs, seen = [], {}
+    for row, (prompt_id, prompt) in enumerate(zip(table["id"], table[field_name])):
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise DataError(f"{input_name}: row {row}: empty id")
+        if prompt_id in seen:
+            raise DataError(f"{input_name}: row {row}: duplicate id {prompt_id!r} (first at row {seen[prompt_id]})")
+        seen[prompt_id] = row
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{input_name}: row {row}: empty {field_name!r} (id {prompt_id})")
+        seed = prompt_seed(settings.seed, prompt_id)
+        key = image_key(model_identity, render, prompt, seed)
+        jobs.append(Job(prompt_id, prompt, seed, key, f"{key[:2]}/{key}.{settings.format}"))
+    return jobs
+
+
+def manifest_table(jobs: list[Job], settings: Settings, model_identity: str):
+    import pandas as pd
+
+    width, height = final_size(settings)
+    rows = {
+        "id": [j.id for j in jobs], "file": [j.file for j in jobs], "key": [j.key for j in jobs],
+        "seed": pd.array([j.seed for j in jobs], dtype="int64"),
+    }
+    n = len(jobs)
+    constants = {"model": settings.model, "model_revision": model_identity, "scheduler": settings.scheduler,
+                 "steps": settings.steps, "guidance": settings.guidance, "width": width, "height": height,
+                 "format": settings.format}
+    for name, value in constants.items():
+        rows[name] = [value] * n
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return df.astype({"steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
+
+
+def final_size(settings: Settings) -> tuple[int, int]:
+    if settings.resize is None:
+        return settings.width, settings.height
+    return settings.resize, max(1, round(settings.height * settings.resize / settings.width))
+
+
+# ---------------------------------------------------------------- model: where it is, what it is
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(local directory of the pipeline, identity string that changes when the weights change).
+
+    A local directory is identified by the sha256 of all its files; a hub id by its commit
+    (`id@revision`), resolved from the local cache unless `generate.allow_download` is true.
+    """
+    path = Path(settings.model)
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise DataError(f"generate.model={settings.model}: no model_index.json (not a diffusers pipeline dir)")
+        return str(path), "sha256:" + hash_directory(path)
+    if path.exists() or settings.model.startswith((".", "/")) or settings.model.count("/") != 1:
+        raise DataError(f"generate.model={settings.model}: not found (run `dvc repro tiny_model`, or give a hub id)")
+    quiet_libraries()
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        local = StableDiffusionPipeline.download(settings.model, local_files_only=not settings.allow_download)
+    except Exception as exc:
+        if settings.allow_download:
+            raise DataError(f"generate.model={settings.model}: cannot download ({type(exc).__name__})") from None
+        raise DataError(f"generate.model={settings.model}: no such directory and not in the local Hugging Face "
+                        "cache (build the tiny model with `dvc repro tiny_model`, or set "
+                        "generate.allow_download: true to fetch a hub id)") from None
+    return str(local), f"{settings.model}@{Path(local).name}"
+
+
+def hash_directory(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\x00")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def resolve_device(settings: Settings) -> tuple[str, str]:
+    """(torch device, dtype name) actually used; CPU always uses cpu_dtype."""
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError("generate.device=cuda but no CUDA device is available (use device: auto or cpu)")
+    return device, (settings.cpu_dtype if device == "cpu" else settings.dtype)
+
+
+_PIPELINES: dict = {}  # the loaded pipeline of this process, by model files and settings
+
+
+def load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
+    """The diffusers pipeline for these settings, loaded once per process (Ray workers, benchmarks)."""
+    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)  # a rebuilt model reloads
+    cache_key = (model_dir, stamp, device, dtype, settings.scheduler, settings.compile)
+    if cache_key not in _PIPELINES:
+        _PIPELINES.clear()  # one model in memory at a time
+        _PIPELINES[cache_key] = _load_pipeline(settings, model_dir, device, dtype)
+    return _PIPELINES[cache_key]
+
+
+def quiet_libraries() -> None:
+    """Silence per-prompt truncation notices, import-time backend notes and progress bars."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+
+
+def _load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
+    import torch
+
+    quiet_libraries()
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           StableDiffusionPipeline)
+
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True,
+                                                   safety_checker=None, requires_safety_checker=False)
+    pipe.to(device=device, dtype=torch_dtype)
+    scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+    extra = {"algorithm_type": "dpmsolver++"} if settings.scheduler == "dpmpp" else {}
+    pipe.scheduler = scheduler_class[settings.scheduler].from_config(pipe.scheduler.config, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    if device != "cpu":
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if settings.compile:
+        pipe.unet = torch.compile(pipe.unet)
+        pipe.vae.decode = torch.compile(pipe.vae.decode)
+    return pipe
+
+
+# ---------------------------------------------------------------- rendering and writing
+
+def initial_latents(jobs: list[Job], pipe, settings: Settings):
+    """Per-prompt noise from a per-prompt CPU generator: independent of batch, device and order."""
+    import torch
+
+    channels = pipe.unet.config.in_channels
+    scale = pipe.vae_scale_factor
+    shape = (1, channels, settings.height // scale, settings.width // scale)
+    noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(j.seed), dtype=torch.float32) for j in jobs]
+    return torch.cat(noise).to(device=pipe.device, dtype=pipe.unet.dtype)
+
+
+def encode_image(pixels, settings: Settings) -> bytes:
+    """uint8 HxWx3 array -> file bytes (no metadata, so the bytes depend only on the pixels)."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels)
+    size = final_size(settings)
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    buffer = BytesIO()
+    if settings.format == "jpg":
+        image.save(buffer, "JPEG", quality=95)
+    elif settings.format == "webp":
+        image.save(buffer, "WEBP", lossless=True)
+    else:
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Temp file + rename: a name in the store always holds a whole image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with tmp.open("wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RenderStats:
+    pipeline_calls: int = 0
+    prompts_rendered: int = 0
+
+
+def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: str) -> RenderStats:
+    """Render `jobs` into the store at `output`. The one function both engines run (Ray: one per GPU)."""
+    import torch
+
+    stats = RenderStats()
+    if not jobs:
+        return stats
+    device, dtype = resolve_device(settings)
+    pipe = load_pipeline(settings, model_dir, device, dtype)
+    out = Path(output)
+    max_pending = 2 * settings.batch_size  # bounded: encoding may lag one batch behind, never more
+    with ThreadPoolExecutor(settings.writers, thread_name_prefix="encode") as pool, torch.inference_mode():
+        pending: deque = deque()
+        for start in range(0, len(jobs), settings.batch_size):
+            batch = jobs[start:start + settings.batch_size]
+            padded = batch
+            if settings.compile and len(batch) < settings.batch_size:
+                padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape: no recompile
+            images = pipe([j.prompt for j in padded], num_inference_steps=settings.steps,
+                          guidance_scale=settings.guidance, height=settings.height, width=settings.width,
+                          latents=initial_latents(padded, pipe, settings), output_type="pt").images[:len(batch)]
+            stats.pipeline_calls += 1
+            stats.prompts_rendered += len(batch)
+            # [0,1] floats -> uint8 on the device (4x less to copy), then hand off to the encoders
+            pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for job, array in zip(batch, pixels):
+                pending.append(pool.submit(lambda a=array, j=job: write_file_atomic(out / j.file, encode_image(a, settings))))
+            while len(pending) > max_pending:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
+    return stats
+
+
+def render_with_ray(jobs: list[Job], settings: Settings, model_dir: str, output: str) -> RenderStats:
+    """Same shard function as Ray tasks, one per GPU (or per CPU when the cluster has none).
+
+    The output dir and model dir must be on a filesystem every Ray node sees (as on a GPU cluster).
+    """
+    if not jobs:
+        return RenderStats()
+    try:
+        import ray
+    except ImportError:
+        raise DataError("generate.engine=ray but ray is not installed (pip install ray)") from None
+    repo_root = str(Path(__file__).resolve().parents[1])
+    started_here = not ray.is_initialized()
+    if started_here:
+        python_path = os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p)
+        ray.init(address=settings.ray_address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": python_path}})  # workers import scripts.generate
+    try:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        workers = gpus or max(1, int(resources.get("CPU", 1)))
+        task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(render_shard)
+        shards = [jobs[i::workers] for i in range(workers)]
+        results = ray.get([task.remote(shard, settings, model_dir, output) for shard in shards if shard])
+    finally:
+        if started_here:
+            ray.shutdown()
+    total = RenderStats()
+    for r in results:
+        total.pipeline_calls += r.pipeline_calls
+        total.prompts_rendered += r.prompts_rendered
+    return total
+
+
+# ---------------------------------------------------------------- the store
+
+# What this stage writes: the manifest, <2 hex>/<key>.<ext>, and their temp files (`.<name>.tmp-...`).
+_STORE_FILE = re.compile(r"(\.?manifest\.parquet(\.tmp-.*)?|[0-9a-f]{2}/\.?[0-9a-f]{64}\.(jpg|webp|png)(\.tmp-.*)?)")
+_STORE_DIR = re.compile(r"[0-9a-f]{2}")
+
+
+def prune_store(output: Path, wanted: set[str]) -> int:
+    """Delete every file under `output` that is not a wanted image (old keys, temp files, manifest);
+    return how many files besides the manifest went.
+
+    Refuses, deleting nothing, when the directory holds anything this stage did not write: a
+    mistyped output path must not wipe someone's data.
+    """
+    if not output.exists():
+        return 0
+    paths = sorted(output.rglob("*"), reverse=True)
+    for path in paths:
+        rel = path.relative_to(output).as_posix()
+        ours = _STORE_DIR.fullmatch(rel) if path.is_dir() and not path.is_symlink() else _STORE_FILE.fullmatch(rel)
+        if not ours:
+            raise DataError(f"{output}: holds {rel!r}, which generate did not write; refusing to prune it "
+                            "(point the stage at its own image directory)")
+    removed = 0
+    for path in paths:
+        rel = path.relative_to(output).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif rel not in wanted:
+            path.unlink()
+            removed += rel != MANIFEST
+    return removed
+
+
+def generate(table, settings: Settings, output: Path, input_name: str = "input") -> dict:
+    """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts."""
+    model_dir, identity = resolve_model(settings)
+    _, dtype = resolve_device(settings)
+    jobs = plan_jobs(table, settings, identity, dtype, input_name)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    pruned = prune_store(output, {j.file for j in jobs})  # also drops the manifest: incomplete until the end
+    missing = [j for j in jobs if not (output / j.file).is_file()]
+    render = render_with_ray if settings.engine == "ray" else render_shard
+    stats = render(missing, settings, model_dir, str(output))
+    absent = [j.file for j in jobs if not (output / j.file).is_file()]
+    if absent:
+        raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")
+    write_parquet(manifest_table(jobs, settings, identity), output / MANIFEST)
+    return {"prompts": len(jobs), "rendered": stats.prompts_rendered, "reused": len(jobs) - len(missing),
+            "pruned": pruned, "pipeline_calls": stats.pipeline_calls}
+
+
+def cli(
+    source: str = typer.Argument(..., help="source name (params.yaml sources)"),
+    input: Path = typer.Argument(..., help="deduplicated prompt table, e.g. data/dedup/S.parquet"),
+    output: Path = typer.Argument(..., help="image store dir, e.g. data/images/S"),
+) -> None:
+    """Render one image per prompt into OUTPUT (resumable; only missing images are rendered)."""
+    settings = load_settings(load_params("generate"))
+    counts = generate(read_parquet(input), settings, output, input_name=str(input))
+    print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered, "
+          f"{counts['reused']} reused, {counts['pruned']} files pruned")

@@ -1,0 +1,88 @@
+"""replay-history: rebuild the published history v2 -> v3 -> v4-a -> v4-b in a fresh git repo.
+
+    python -m scripts replay-history DEST [--remote PATH]
+
+Copies this repository's tracked files into DEST, then for each release in params.yaml order:
+keeps only the releases up to it, `dvc repro`, commits, `dvc push`, and `python -m scripts tag`.
+The result is the reference history: four commits, four tags, each tag's dvc.lock pinning its data.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from scripts.common import DataError
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "t2i-datasets", "GIT_AUTHOR_EMAIL": "t2i@example.invalid",
+           "GIT_COMMITTER_NAME": "t2i-datasets", "GIT_COMMITTER_EMAIL": "t2i@example.invalid"}
+
+
+def release_names(params_text: str) -> list[str]:
+    from ruamel.yaml import YAML
+
+    return list((YAML().load(params_text).get("releases") or {}).keys())
+
+
+def params_up_to(params_text: str, last: str) -> str:
+    """params.yaml with the releases after `last` removed; comments and layout kept."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.width = 100
+    data = yaml.load(params_text)
+    names = list(data["releases"].keys())
+    for name in names[names.index(last) + 1:]:
+        del data["releases"][name]
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, **GIT_ENV}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
+
+
+def copy_tracked(src: Path, dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=src, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        if name == "dvc.lock":
+            continue  # the replay writes its own
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / name, target)
+
+
+def cli(
+    dest: Path = typer.Argument(..., help="new directory for the replayed repository"),
+    remote: Path = typer.Option(None, "--remote", help="DVC remote folder (default: DEST/.dvc-storage)"),
+) -> None:
+    """Replay the release history as commits and tags in a fresh repository."""
+    src = Path.cwd()
+    if dest.exists() and any(dest.iterdir()):
+        raise DataError(f"{dest}: exists and is not empty")
+    dest.mkdir(parents=True, exist_ok=True)
+    _run(["git", "init", "-q", "-b", "main"], dest)
+    copy_tracked(src, dest)
+    if remote is not None:
+        _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
+    params_text = (src / "params.yaml").read_text(encoding="utf-8")
+    python = [sys.executable, "-m"]
+    for name in release_names(params_text):
+        (dest / "params.yaml").write_text(params_up_to(params_text, name), encoding="utf-8")
+        _run(python + ["dvc", "repro", "-q"], dest)
+        _run(["git", "add", "-A"], dest)
+        _run(["git", "commit", "-q", "-m", f"Release {name}"], dest)
+        _run(python + ["dvc", "push", "-q"], dest)
+        _run(python + ["scripts", "tag", name], dest)
+        print(f"replayed {name}")

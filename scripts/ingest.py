@@ -1,0 +1,181 @@
+"""ingest@S: read source S in its native format, write the normalised prompt table.
+
+`python -m scripts ingest S data/prompts/S.parquet` reads `params.yaml: sources.S`, picks the reader
+by `kind` (scripts/readers/), and writes
+- data/prompts/S.parquet: scripts.common.PROMPT_COLUMNS (id, source, prompt, split, image, width,
+  height, meta) streamed in row groups of `batch_rows`;
+- data/prompts/S.report.json: rows read, rows written, skipped rows per reason.
+
+Every record passes the same checks here, whatever its format: prompt, image reference and kept
+native fields are valid UTF-8, the prompt has no NUL byte and is not empty (unless `keep_empty`),
+width/height fit the table. A bad record stops the stage with one line naming file
+and row (`on_error: fail`) or is counted under its reason in the report (`on_error: skip`). Both
+outputs are written to temp files and renamed at the end: a failed run leaves no partial file.
+"""
+from __future__ import annotations
+
+import json
+from array import array
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import typer
+
+from scripts.common import PROMPT_COLUMNS, DataError, atomic_path, load_params, stable_id, write_json
+
+if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
+    from scripts.readers import Problem, Record, SourceConfig
+
+
+def report_path(output: Path) -> Path:
+    """data/prompts/S.parquet -> data/prompts/S.report.json"""
+    return output.with_name(f"{output.stem}.report.json")
+
+
+MAX_SIDE = 2**31 - 1  # width/height are int32 columns
+
+
+def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[str, str] | None:
+    """(reason, detail) when the record cannot be written as it is, else None."""
+    prompt = record.prompt
+    if not isinstance(prompt, str):
+        return "empty_prompt", "prompt is missing"
+    if "\x00" in prompt:
+        return "nul_byte", "prompt contains a NUL byte"
+    for what, text in (("prompt", prompt), ("image reference", record.image or ""), ("native metadata", meta_json)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "not_utf8", f"{what} is not valid UTF-8"
+    if not keep_empty and not prompt.strip():
+        return "empty_prompt", "empty prompt"
+    for side in (record.width, record.height):
+        if side is not None and not 0 < side <= MAX_SIDE:
+            return "bad_size", f"image size {record.width}x{record.height} out of range"
+    return None
+
+
+class PromptTableWriter:
+    """Buffers rows and writes them to a parquet file in row groups of `batch_rows` (byte-stable)."""
+
+    def __init__(self, path: Path, batch_rows: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.schema = pa.schema([
+            ("id", pa.string()), ("source", pa.string()), ("prompt", pa.string()), ("split", pa.string()),
+            ("image", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("meta", pa.string()),
+        ])
+        assert self.schema.names == PROMPT_COLUMNS
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.batch_rows = batch_rows
+        self.columns: dict[str, list] = {name: [] for name in PROMPT_COLUMNS}
+        self.rows = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        for name in PROMPT_COLUMNS:
+            self.columns[name].append(row[name])
+        if len(self.columns["id"]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns["id"]:
+            arrays = [pa.array(self.columns[f.name], f.type) for f in self.schema]
+            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self.rows += len(self.columns["id"])
+            for values in self.columns.values():
+                values.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: PromptTableWriter,
+              report: dict[str, Any]) -> None:
+    """The shared policy: check each record, apply on_error, give it its stable id, write it."""
+    from scripts.readers import Problem, Record
+
+    skipped: dict[str, int] = report["skipped"]
+    ids = array("Q")  # 8 bytes per row: checks that native keys were unique
+    for item in items:
+        report["rows_read"] += 1
+        if isinstance(item, Record):
+            meta_json = json.dumps(item.meta, sort_keys=True, ensure_ascii=False)
+            found = record_problem(item, meta_json, cfg.keep_empty)
+            if found is None:
+                row_id = stable_id(source, item.key)
+                ids.append(int(row_id, 16))
+                writer.add({
+                    "id": row_id, "source": source, "prompt": item.prompt,
+                    "split": item.split, "image": item.image, "width": item.width, "height": item.height,
+                    "meta": meta_json,
+                })
+                continue
+            problem = Problem(item.file or cfg.path, item.where or f"record {item.key!r}", *found)
+        else:
+            problem = item
+        if cfg.on_error == "fail" and not problem.always_skip:
+            raise DataError(problem.message())
+        skipped[problem.reason] = skipped.get(problem.reason, 0) + 1
+    check_unique(ids, source)
+
+
+def check_unique(ids: array, source: str) -> None:
+    """Ids must be unique: two records with the same native key would break every later stage."""
+    import numpy as np
+
+    values = np.frombuffer(ids, dtype=np.uint64) if len(ids) else np.zeros(0, np.uint64)
+    values = np.sort(values)
+    repeated = values[1:][values[1:] == values[:-1]]
+    if len(repeated):
+        raise DataError(f"sources.{source}: {len(repeated)} records repeat a native key (e.g. id {int(repeated[0]):016x})")
+
+
+def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
+    """Read `source` with its reader and write the prompt table and its report; returns the report."""
+    from scripts.readers import READERS
+
+    if not Path(cfg.path).exists():
+        raise DataError(f"{cfg.path}: source path not found (sources.{source}.path)")
+    report: dict[str, Any] = {"source": source, "kind": cfg.kind, "path": cfg.path, "on_error": cfg.on_error,
+                              "rows_read": 0, "rows_written": 0, "skipped": {}}
+    info: dict[str, Any] = {}
+    with atomic_path(output) as tmp:
+        writer = PromptTableWriter(tmp, cfg.batch_rows)
+        try:
+            normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)
+        finally:
+            writer.close()
+        report["rows_written"] = writer.rows
+        report["skipped"] = dict(sorted(report["skipped"].items()))
+        report.update(info)
+        write_json(report, report_path(output))
+    return report
+
+
+def load_source(source: str) -> SourceConfig:
+    from pydantic import ValidationError
+
+    from scripts.readers import SourceConfig
+
+    sources = load_params("sources")
+    if source not in sources:
+        raise DataError(f"params.yaml: no source '{source}' under sources (have: {', '.join(sources)})")
+    try:
+        return SourceConfig(**sources[source])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DataError(f"params.yaml: sources.{source}.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def cli(
+    source: str = typer.Argument(..., help="name under params.yaml: sources"),
+    output: Path = typer.Argument(..., help="the prompt table to write, e.g. data/prompts/S.parquet"),
+) -> None:
+    """Ingest one source into the normalised prompt table (+ S.report.json beside it)."""
+    report = ingest(source, load_source(source), output)
+    skipped = sum(report["skipped"].values())
+    print(f"ingest {source}: {report['rows_written']} rows written, {skipped} skipped -> {output}")

@@ -1,0 +1,488 @@
+"""Vectorised MinHash primitives for near-duplicate removal (used by scripts/dedup.py).
+
+Everything works on batches of texts held as Arrow arrays and returns numpy arrays: no Python
+object is created per row or per shingle, so 10M prompts fit in a few GB.
+
+Shingling contract (DESIGN.md §2): lowercase, tokens = `\\w+` runs, word n-grams (`ngram`,
+default 3); a text with fewer than n tokens is ONE shingle of all its tokens; a text without tokens
+has no shingles (it is never anybody's duplicate). `unit="char"` uses character n-grams of the
+tokens joined by single spaces instead.
+
+Hashing (stable across processes and machines, never Python's salted `hash()`):
+  token      -> 64-bit hash of its UTF-8 bytes (`hash_byte_ranges`; char unit: the code point, mixed)
+  shingle    -> fmix64(C_w + sum_k unit_k * M_k) over its w units; sets are compared on these 64 bits
+  MinHash    -> datasketch 2.x "affine32" scheme applied to the low 32 bits of the shingle hash:
+                fmix32(h), then a_k * h + b_k mod 2^32 with datasketch's own (a, b) for the seed.
+So `datasketch.MinHash(num_perm, seed, hashfunc=lambda v: v)` fed with `shingle_hash32` values gives
+bit-identical signatures (tests/test_dedup.py checks it). The only difference from datasketch's
+defaults is the shingle hash: datasketch applies sha1 to each shingle's bytes, which costs a Python
+call per shingle; we hash token bytes and combine token hashes with numpy integer arithmetic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# RE2 spelling of Python's `re` non-word run: `\w` there is Unicode letters, digits and underscore.
+_NON_WORD = r"[^\p{L}\p{N}_]+"
+_MIX_MULT = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd constant: spreads successive units
+_SET_SALT = np.uint64(0xD6E8FEB86659FD93)  # an independent odd constant (token lengths, code points)
+
+
+@dataclass(frozen=True)
+class Shingles:
+    """Shingle hashes of n texts: text i owns hashes[offsets[i]:offsets[i+1]] (may repeat)."""
+
+    hashes: np.ndarray  # uint64
+    offsets: np.ndarray  # int64, length n + 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+# --- hashing helpers (uint64/uint32 arrays; numpy wraps around silently, which is intended) -----
+
+
+def fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3 64-bit finaliser: a fixed avalanching bijection."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def fmix32(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3 32-bit finaliser, exactly as datasketch's affine32 scheme pre-mixes its input."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> np.uint32(13))
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
+
+
+def _combine(h: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    return fmix64(h * _MIX_MULT + unit)
+
+
+_WORD_BYTE = np.zeros(256, dtype=bool)  # ASCII `\w`: [0-9A-Za-z_] (rows with other bytes use RE2)
+for _c in b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_":
+    _WORD_BYTE[_c] = True
+_TAIL_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+
+
+def hash_byte_ranges(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Stable 64-bit hash of each byte string data[start:start+length] (the token hash).
+
+    Reads 8 bytes at a time through an unaligned little-endian uint64 view, so the cost is one
+    mix per 8 bytes of text and identical on every machine.
+    """
+    padded = np.zeros(len(data) + 8, dtype=np.uint8)
+    padded[: len(data)] = data
+    words = np.ndarray((len(data) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    starts = starts.astype(np.int64)
+    h = _combine(lengths.astype(np.uint64) * _SET_SALT, words[starts] & _TAIL_MASKS[np.minimum(lengths, 8)])
+    idx = np.flatnonzero(lengths > 8)  # most tokens fit in one 8-byte word
+    for k in range(8, int(lengths.max(initial=0)), 8):
+        idx = idx[lengths[idx] > k]
+        word = words[starts[idx] + k] & _TAIL_MASKS[np.minimum(lengths[idx] - k, 8)]
+        h[idx] = _combine(h[idx], word)
+    return h
+
+
+def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64[n+1], utf-8 bytes) of a string array without copying the text."""
+    array = array.cast(pa.large_string())
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64, count=len(array) + 1, offset=array.offset * 8)
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return offsets, data
+
+
+def _ascii_tokens(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    r"""Token hashes and per-text counts of ASCII texts: `\w+` runs found with a byte table."""
+    offsets, data = _string_buffers(pc.ascii_lower(texts))
+    data = data[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
+    word = _WORD_BYTE[data]
+    boundary = np.zeros(len(data) + 1, dtype=bool)
+    boundary[offsets] = True  # a token never runs across two texts
+    before = np.concatenate([[False], word])
+    after = np.concatenate([word, [False]])
+    starts = np.flatnonzero(word & (~before[:-1] | boundary[:-1]))
+    ends = np.flatnonzero(word & (~after[1:] | boundary[1:])) + 1
+    counts = np.bincount(np.searchsorted(offsets, starts, side="right") - 1, minlength=len(texts))
+    return hash_byte_ranges(data, starts, ends - starts), counts
+
+
+def _regex_tokens(texts: pa.Array) -> pa.Array:
+    r"""Lowercased `\w+` tokens of any texts (RE2; `\w` spelt as Unicode letters/digits/_)."""
+    return pc.split_pattern_regex(pc.utf8_lower(texts), _NON_WORD)
+
+
+def _unicode_tokens(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    tokens = _regex_tokens(texts)
+    flat = pc.list_flatten(tokens)
+    parents = pc.list_parent_indices(tokens).to_numpy()
+    offsets, data = _string_buffers(flat)
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    counts = np.bincount(parents[nonempty], minlength=len(texts))
+    return hash_byte_ranges(data, offsets[:-1][nonempty], lengths[nonempty]), counts
+
+
+def _word_units(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Token hashes of all texts in order: ASCII texts by byte table, the others by RE2."""
+    ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    if ascii_rows.all():
+        values, counts = _ascii_tokens(texts)
+        return values, offsets_from_counts(counts)
+    other = np.flatnonzero(~ascii_rows)
+    plain = np.flatnonzero(ascii_rows)
+    v1, c1 = _ascii_tokens(texts.take(pa.array(plain)))
+    v2, c2 = _unicode_tokens(texts.take(pa.array(other)))
+    counts = np.zeros(len(texts), dtype=np.int64)
+    counts[plain], counts[other] = c1, c2
+    offsets = offsets_from_counts(counts)
+    values = np.empty(offsets[-1], dtype=np.uint64)
+    for rows, v, c in ((plain, v1, c1), (other, v2, c2)):
+        local = np.arange(len(v)) - np.repeat(offsets_from_counts(c)[:-1], c)
+        values[np.repeat(offsets[rows], c) + local] = v
+    return values, offsets
+
+
+# --- shingling -------------------------------------------------------------------------------------
+
+
+def as_string_array(texts) -> pa.Array:
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(list(texts), type=pa.large_string())
+    if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
+        return texts.fill_null("")
+    raise TypeError(f"texts must be strings, got {texts.type}")
+
+
+def _units(texts: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-text unit hashes (tokens or characters) and their offsets."""
+    if unit == "word":
+        return _word_units(texts)
+    if unit != "char":
+        raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
+    tokens = _regex_tokens(texts)
+    flat = pc.list_flatten(tokens)
+    parents = pc.list_parent_indices(tokens).to_numpy()
+    nonempty = pc.not_equal(pc.utf8_length(flat), 0).to_numpy(zero_copy_only=False)
+    counts = np.bincount(parents[nonempty], minlength=len(texts))
+    words = pa.LargeListArray.from_arrays(offsets_from_counts(counts), pc.filter(flat, pa.array(nonempty)))
+    joined = pc.binary_join(words, pa.scalar(" ", flat.type))
+    counts = pc.utf8_length(joined).to_numpy(zero_copy_only=False).astype(np.int64)
+    codepoints = np.frombuffer("".join(joined.to_pylist()).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return fmix64(codepoints + _SET_SALT), offsets_from_counts(counts)
+
+
+def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def shingle_hashes(texts, unit: str = "word", ngram: int = 3) -> Shingles:
+    """64-bit hashes of every text's shingles (see the module docstring for the contract)."""
+    if ngram < 1:
+        raise ValueError(f"ngram must be >= 1, got {ngram}")
+    texts = as_string_array(texts)
+    values, unit_offsets = _units(texts, unit)
+    lengths = np.diff(unit_offsets)
+    windows = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
+    offsets = offsets_from_counts(windows)
+    hashes = np.empty(offsets[-1], dtype=np.uint64)
+    # a shingle of w units: fmix64(C_w + sum_k unit_k * M_k), one mix per shingle
+    mult = _shingle_multipliers(ngram)
+    # full windows over the flat unit array, then keep the windows inside one text
+    total = len(values)
+    if total >= ngram:
+        h = np.full(total - ngram + 1, mult[ngram, 0], dtype=np.uint64)
+        for k in range(ngram):
+            h += values[k : total - ngram + 1 + k] * mult[k, 1]
+        doc = np.repeat(np.arange(len(lengths)), lengths)[: total - ngram + 1]
+        position = np.arange(total - ngram + 1)
+        inside = position + ngram <= unit_offsets[doc + 1]
+        doc, position = doc[inside], position[inside]
+        hashes[offsets[doc] + position - unit_offsets[doc]] = fmix64(h[inside])
+    # short texts (fewer units than ngram): one shingle of all their units
+    short = np.flatnonzero((lengths > 0) & (lengths < ngram))
+    h = mult[lengths[short], 0].copy()
+    for k in range(ngram - 1):
+        more = k < lengths[short]
+        h[more] += values[unit_offsets[short[more]] + k] * mult[k, 1]
+    hashes[offsets[short]] = fmix64(h)
+    return Shingles(hashes=hashes, offsets=offsets)
+
+
+def _shingle_multipliers(ngram: int) -> np.ndarray:
+    """uint64[ngram + 1, 2]: column 0 = constant per window width, column 1 = odd unit multipliers."""
+    draws = np.random.RandomState(0x5813).randint(0, 1 << 63, (ngram + 1, 2), dtype=np.uint64)
+    return draws * np.uint64(2) + np.uint64(1)
+
+
+def shingle_set(text: str, unit: str = "word", ngram: int = 3) -> set[int]:
+    """The shingle-hash set of one text (for tests and brute-force checks)."""
+    sh = shingle_hashes([text], unit, ngram)
+    return set(sh.hashes.tolist())
+
+
+def shingle_hash32(hashes: np.ndarray) -> np.ndarray:
+    """The 32-bit value MinHash permutes (what datasketch's `hashfunc` would return)."""
+    return (hashes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+# --- signatures --------------------------------------------------------------------------------------
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch 2.x affine32 permutation parameters (a odd, b) for this seed, bit for bit."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's "no value seen" sentinel
+
+
+def signatures(shingles: Shingles, perms: tuple[np.ndarray, np.ndarray], block: int = 4096) -> np.ndarray:
+    """uint32[n, num_perm] MinHash signatures; texts without shingles get all EMPTY.
+
+    Texts are grouped by shingle count L, so a group is a dense [texts, L] matrix: the minimum over
+    its L columns is L elementwise np.minimum calls on cache-sized [block, num_perm] arrays.
+    """
+    a, b = perms
+    counts = shingles.counts
+    sig = np.full((len(counts), len(a)), EMPTY, dtype=np.uint32)
+    hv = fmix32(shingle_hash32(shingles.hashes))
+    by_count = np.argsort(counts, kind="stable")
+    group_start = np.searchsorted(counts[by_count], np.arange(int(counts.max(initial=0)) + 2))
+    step = np.empty((block, len(a)), dtype=np.uint32)
+    for length in range(1, len(group_start) - 1):
+        group = by_count[group_start[length] : group_start[length + 1]]
+        for lo in range(0, len(group), block):
+            rows = group[lo : lo + block]
+            values = hv[shingles.offsets[rows][:, None] + np.arange(length)]  # [len(rows), length]
+            acc = np.full((len(rows), len(a)), EMPTY, dtype=np.uint32)
+            tmp = step[: len(rows)]
+            for k in range(length):
+                np.multiply(values[:, k : k + 1], a, out=tmp)
+                np.add(tmp, b, out=tmp)
+                np.minimum(acc, tmp, out=acc)
+            sig[rows] = acc
+    return sig
+
+
+def sequence_keys(shingles: Shingles) -> np.ndarray:
+    """uint64[n, 2] key of each text's token sequence: equal keys <=> same shingle sequence.
+
+    Cheap (no sort): texts that are identical after normalisation share a key, so they are grouped
+    before LSH instead of flooding its buckets. Texts without shingles get key (0, 0).
+    """
+    n = len(shingles.counts)
+    keys = np.zeros((n, 2), dtype=np.uint64)
+    has = np.nonzero(shingles.counts)[0]
+    if len(has) == 0:
+        return keys
+    doc = np.repeat(np.arange(n), shingles.counts)
+    position = (np.arange(len(doc)) - shingles.offsets[doc]).astype(np.uint64)
+    mixed = fmix64(shingles.hashes + position * _MIX_MULT)  # order matters: a sequence, not a set
+    starts = shingles.offsets[has]
+    keys[has, 0] = np.add.reduceat(mixed, starts) + shingles.counts[has].astype(np.uint64)
+    keys[has, 1] = np.add.reduceat(mixed * _SET_SALT ^ shingles.hashes, starts)
+    return keys
+
+
+# --- LSH banding -------------------------------------------------------------------------------------
+
+
+def choose_bands(threshold: float, num_perm: int, target_recall: float = 0.995) -> tuple[int, int]:
+    """The (bands, rows) with the most rows per band whose pair recall at `threshold` >= target.
+
+    Recall of a pair with Jaccard s is 1 - (1 - s^rows)^bands; more rows = fewer false candidates.
+    """
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if band_recall(threshold, bands, rows) >= target_recall:
+            return bands, rows
+    return num_perm, 1
+
+
+def band_recall(similarity: float, bands: int, rows: int) -> float:
+    return 1.0 - (1.0 - similarity**rows) ** bands
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """uint32[n, bands]: a multiply-shift hash of each band's `rows` signature values.
+
+    Equal bands always get equal keys; unequal ones collide with probability ~2^-32 (a collision
+    only adds a candidate pair, which exact verification then rejects).
+    """
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
+    multipliers = np.random.RandomState(0x5EED).randint(0, 1 << 63, (bands, rows + 1), dtype=np.uint64) | np.uint64(1)
+    values = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
+    values *= multipliers[:, :rows]
+    h = values.sum(axis=2, dtype=np.uint64) + multipliers[:, rows]
+    return (h >> np.uint64(32)).astype(np.uint32)
+
+
+def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
+    """Candidate pairs (int64[m, 2], p < q) of positions sharing a key in one band.
+
+    Positions are in keep order; one sort of (key << 32 | position) groups equal keys and keeps
+    that order inside a bucket. Buckets of up to window + 1 rows give all their pairs; in a bigger
+    bucket each row is paired with the `window` rows before it and with the bucket's first
+    `window` rows, so the work stays linear while every row still meets the rows kept first.
+    """
+    n = len(keys)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    if n >= 1 << 32:
+        raise ValueError("bucket_pairs: more than 2^32 rows")
+    packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64))
+    sorted_keys = packed >> np.uint64(32)
+    position = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del packed
+    new_bucket = np.ones(n, dtype=bool)
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_bucket[1:])
+    del sorted_keys
+    shared = ~new_bucket
+    shared[:-1] |= ~new_bucket[1:]
+    pos = np.flatnonzero(shared)  # rows in buckets of two or more
+    if len(pos) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    bucket_start = np.maximum.accumulate(np.where(new_bucket, np.arange(n), 0))
+    out = []
+    for d in range(1, window + 1):  # each row with the `window` rows after it in its bucket
+        pos = pos[pos + d < n]
+        pos = pos[bucket_start[pos + d] == bucket_start[pos]]
+        if len(pos) == 0:
+            break
+        out.append(np.stack([position[pos], position[pos + d]], axis=1))
+    far = np.flatnonzero(np.arange(n) - bucket_start > 2 * window)
+    for d in range(window):  # rows deep in a huge bucket also meet its first `window` rows
+        out.append(np.stack([position[bucket_start[far] + d], position[far]], axis=1))
+    return np.concatenate(out)
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy 2's hash-based np.unique is several times slower here)."""
+    values = np.sort(values)
+    keep = np.ones(len(values), dtype=bool)
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def dense_rank(values: np.ndarray) -> np.ndarray:
+    """int64 rank of each value among the distinct values (equal values, equal rank)."""
+    order = np.argsort(values)
+    ordered = values[order]
+    new = np.ones(len(values), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return rank
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Distinct rows of an int64[m, 2] pair array (values < 2^32), sorted."""
+    if len(pairs) == 0:
+        return pairs.reshape(0, 2).astype(np.int64)
+    packed = sorted_unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
+    return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
+
+
+# --- exact Jaccard of candidate pairs ---------------------------------------------------------------
+
+
+def unique_sets(shingles: Shingles) -> "RankedSets":
+    """Each text's shingle SET, as dense ranks (int64) of the 64-bit hashes, sorted per text.
+
+    Ranking once lets every later step pack (owner << 32 | rank) into one uint64 and use numpy's
+    fast plain sort; the ranks compare exactly like the full 64-bit hashes.
+    """
+    counts = shingles.counts
+    rank = dense_rank(shingles.hashes)
+    if len(rank) and rank.max() >= 1 << 32:
+        raise ValueError("unique_sets: more than 2^32 distinct shingles in one call")
+    doc = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
+    packed = sorted_unique((doc << np.uint64(32)) | rank.astype(np.uint64))
+    owner = (packed >> np.uint64(32)).astype(np.int64)
+    return RankedSets(
+        ranks=(packed & np.uint64(0xFFFFFFFF)).astype(np.int64),
+        offsets=offsets_from_counts(np.bincount(owner, minlength=len(counts))),
+    )
+
+
+@dataclass(frozen=True)
+class RankedSets:
+    """Shingle sets of n texts as ranks: text i owns ranks[offsets[i]:offsets[i+1]] (distinct)."""
+
+    ranks: np.ndarray  # int64
+    offsets: np.ndarray  # int64, length n + 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def ranked_pair(left: Shingles, right: Shingles) -> tuple[RankedSets, RankedSets]:
+    """unique_sets of two groups of texts ranked together (so their ranks are comparable)."""
+    n = len(left.counts)
+    both = unique_sets(
+        Shingles(hashes=np.concatenate([left.hashes, right.hashes]),
+                 offsets=np.concatenate([left.offsets, right.offsets[1:] + left.offsets[-1]]))
+    )
+    cut = both.offsets[n]
+    return (RankedSets(both.ranks[:cut], both.offsets[: n + 1]), RankedSets(both.ranks[cut:], both.offsets[n:] - cut))
+
+
+def pair_jaccard(left: RankedSets, right: RankedSets, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """float64 exact Jaccard of left-set pairs[:, 0] vs right-set pairs[:, 1] (see `ranked_pair`).
+
+    Vectorised: the two sets of every pair are laid side by side with the pair number as a prefix,
+    sorted, and equal neighbours counted. Two empty sets have Jaccard 0 (never duplicates).
+    """
+    out = np.zeros(len(pairs), dtype=np.float64)
+    lc, rc = left.counts, right.counts
+    ends = np.cumsum(lc[pairs[:, 0]] + rc[pairs[:, 1]]) if len(pairs) else np.zeros(0, dtype=np.int64)
+    start = 0
+    while start < len(pairs):  # chunks of about `chunk` shingles bound the memory
+        done = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, done + chunk, side="right")))
+        part = pairs[start:stop]
+        inter = _intersections(left, right, part)
+        union = lc[part[:, 0]] + rc[part[:, 1]] - inter
+        out[start:stop] = np.divide(inter, union, out=np.zeros(len(part)), where=union > 0)
+        start = stop
+    return out
+
+
+def _gather(sets: RankedSets, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ranks of `rows` and, for each, its position in `rows`."""
+    counts = sets.counts[rows]
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
+    local = np.arange(owner.size) - offsets_from_counts(counts)[owner]
+    return sets.ranks[sets.offsets[rows][owner] + local], owner
+
+
+def _intersections(left: RankedSets, right: RankedSets, pairs: np.ndarray) -> np.ndarray:
+    lr, lo = _gather(left, pairs[:, 0])
+    rr, ro = _gather(right, pairs[:, 1])
+    packed = np.concatenate([lo, ro]).astype(np.uint64) << np.uint64(32)
+    packed |= np.concatenate([lr, rr]).astype(np.uint64)
+    packed.sort()
+    same = packed[1:] == packed[:-1]  # a rank twice within one pair = a shared shingle
+    return np.bincount((packed[1:][same] >> np.uint64(32)).astype(np.int64), minlength=len(pairs))

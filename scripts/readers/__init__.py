@@ -1,0 +1,19 @@
+"""One reader per native source format (DESIGN.md §3), picked by `params.yaml: sources.<name>.kind`."""
+from scripts.readers.base import Problem, Record, SourceConfig
+from scripts.readers.csv_sources import read_kaggle_sd2, read_openprompts
+from scripts.readers.dalle3 import compile_simpletuner, read_dalle3
+from scripts.readers.parquet_sources import read_diffusiondb, read_gustavosta
+from scripts.readers.text import read_text
+from scripts.readers.webdataset import read_bucketed_webdataset
+
+READERS = {
+    "diffusiondb": read_diffusiondb,
+    "gustavosta": read_gustavosta,
+    "openprompts": read_openprompts,
+    "text": read_text,
+    "kaggle_sd2": read_kaggle_sd2,
+    "dalle3": read_dalle3,
+    "bucketed_webdataset": read_bucketed_webdataset,
+}
+
+__all__ = ["READERS", "Problem", "Record", "SourceConfig", "compile_simpletuner"]

@@ -1,0 +1,93 @@
+"""CSV sources: kind openprompts (krea `prompt,raw_data`) and kind kaggle_sd2 (`prompt` + {row}.png)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from scripts.archive import UnsafeArchive, check_image_pixels
+from scripts.readers.base import Problem, Record, SourceConfig, require_columns, source_files
+
+# raw_discord_data fields kept in meta (the generation settings of the original image)
+OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]
+
+
+def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str] | Problem]]:
+    """(data row number, {column: value}) per CSV record, or a Problem for a malformed one."""
+    with file.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader)
+        except (StopIteration, csv.Error):
+            header = []
+        require_columns(file, header, required)
+        number = 0
+        while True:
+            number += 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield number, Problem(file, f"row {number} (line {reader.line_num})", "bad_csv", f"malformed CSV ({exc})")
+                continue
+            if len(fields) != len(header):
+                yield number, Problem(file, f"row {number} (line {reader.line_num})", "bad_row",
+                                      f"expected {len(header)} fields, got {len(fields)}")
+                continue
+            yield number, dict(zip(header, fields))
+
+
+def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+    for file in source_files(Path(cfg.path), "*.csv", "CSV"):
+        for number, row in iter_csv(file, ["prompt", "raw_data"]):
+            if isinstance(row, Problem):
+                yield row
+                continue
+            try:
+                raw = json.loads(row["raw_data"])
+                if not isinstance(raw, dict):
+                    raise ValueError("not a JSON object")
+                discord = raw.get("raw_discord_data") or {}
+                if not isinstance(discord, dict):
+                    raise ValueError("raw_discord_data is not an object")
+            except ValueError as exc:
+                yield Problem(file, f"row {number}", "bad_json", f"malformed raw_data JSON ({str(exc).splitlines()[0]})")
+                continue
+            meta = {name: discord.get(name) for name in OPENPROMPTS_META}
+            yield Record(key=f"{file.name}:{number}", prompt=row["prompt"], meta=meta,
+                         file=file, where=f"row {number}")
+
+
+def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+    """gpt_generated_prompts.csv / hardcoded_prompts.csv (column `prompt`), image {row_index}.png beside."""
+    root = Path(cfg.path)
+    files = [root / name for name in cfg.csv_files] if cfg.csv_files else source_files(root, "*.csv", "CSV")
+    for file in files:
+        for number, row in iter_csv(file, ["prompt"]):
+            if isinstance(row, Problem):
+                yield row
+                continue
+            image = file.parent / f"{number - 1}.png"
+            sized = image_file_size(image, cfg.max_member_bytes, cfg.max_image_pixels)
+            if isinstance(sized, str):
+                reason, _, detail = sized.partition(":")
+                yield Problem(file, f"row {number}", reason, detail)
+                continue
+            yield Record(key=f"{file.name}:{number}", prompt=row["prompt"], image=image.as_posix(),
+                         width=sized[0], height=sized[1], meta={"row_index": number - 1}, file=file, where=f"row {number}")
+
+
+def image_file_size(image: Path, max_bytes: int, max_pixels: int) -> tuple[int, int] | str:
+    """(width, height) of a plain image file within the caps, or "reason:detail"."""
+    if image.is_symlink() or not image.is_file():
+        return f"missing_image:image {image} not found (or not a regular file)"
+    if image.stat().st_size > max_bytes:
+        return f"member_too_large:image {image} is larger than {max_bytes} bytes"
+    with image.open("rb") as f:
+        head = f.read(65536)
+    try:
+        return check_image_pixels(head, str(image), max_pixels)
+    except UnsafeArchive as exc:
+        return f"{exc.reason}:{exc}"

@@ -1,0 +1,175 @@
+"""Hub-published sources: kind diffusiondb (metadata.parquet or part zips) and kind gustavosta."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from scripts.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
+from scripts.common import DataError
+from scripts.readers.base import Problem, Record, SourceConfig, decode, require_columns
+from scripts.readers.csv_sources import image_file_size, iter_csv
+
+GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
+SAMPLERS = {1: "ddim", 2: "plms", 3: "k_euler", 4: "k_euler_ancestral", 5: "k_heun", 6: "k_dpm_2",
+            7: "k_dpm_2_ancestral", 8: "k_lms", 9: "others"}
+
+
+def iter_parquet(file: Path, columns: list[str], batch_rows: int) -> Iterator[dict[str, Any]]:
+    """Rows of a parquet file, streamed batch by batch (memory bounded by `batch_rows`)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as exc:
+        raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__})") from None
+    require_columns(file, pf.schema_arrow.names, columns)
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            yield from batch.to_pylist()
+    except DataError:
+        raise
+    except Exception as exc:  # corrupt pages, invalid UTF-8 in a string column, ...
+        raise DataError(f"{file}: unreadable parquet data ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def plain(value: Any) -> Any:
+    """A parquet value as JSON: timestamps as ISO strings, float32 noise trimmed."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    return value
+
+
+# ---------------------------------------------------------------- DiffusionDB
+METADATA_COLUMNS = ["image_name", "prompt", "part_id", "seed", "step", "cfg", "sampler", "width", "height",
+                    "user_name", "timestamp", "image_nsfw", "prompt_nsfw"]
+
+
+def chosen_part_ids(cfg: SourceConfig) -> list[int] | None:
+    """Explicit `part_ids`, or `num_parts` drawn from 1..part_id_max with `part_seed`; None = all."""
+    if cfg.part_ids is not None:
+        return sorted(cfg.part_ids)
+    if cfg.num_parts is not None:
+        if not 0 < cfg.num_parts <= cfg.part_id_max:
+            raise DataError(f"params.yaml: num_parts must be in 1..{cfg.part_id_max}, got {cfg.num_parts}")
+        return sorted(random.Random(cfg.part_seed).sample(range(1, cfg.part_id_max + 1), cfg.num_parts))
+    return None
+
+
+def read_diffusiondb(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+    root = Path(cfg.path)
+    parts = chosen_part_ids(cfg)
+    info["part_ids"] = parts
+    info["read"] = cfg.read
+    if cfg.read == "metadata":
+        yield from _diffusiondb_metadata(root / "metadata.parquet", parts, cfg)
+    else:
+        if parts is None:
+            parts = sorted(int(p.stem.split("-")[1]) for p in root.glob("part-*.zip"))
+            info["part_ids"] = parts
+        for part in parts:
+            yield from _diffusiondb_part(root / f"part-{part:06d}.zip", cfg)
+
+
+def _diffusiondb_metadata(file: Path, parts: list[int] | None, cfg: SourceConfig) -> Iterator[Record | Problem]:
+    if not file.is_file():
+        raise DataError(f"{file}: not found (DiffusionDB metadata.parquet)")
+    wanted = set(parts) if parts is not None else None
+    for number, row in enumerate(iter_parquet(file, METADATA_COLUMNS, cfg.batch_rows), start=1):
+        if wanted is not None and row["part_id"] not in wanted:
+            continue
+        if not row["image_name"]:
+            yield Problem(file, f"row {number}", "missing_key", "empty image_name")
+            continue
+        meta = {k: plain(v) for k, v in row.items() if k != "prompt"}
+        yield Record(key=row["image_name"], prompt=row["prompt"] if row["prompt"] is not None else "", meta=meta,
+                     file=file, where=f"row {number}")
+
+
+def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Problem]:
+    """part-NNNNNN.zip: images + a root part-NNNNNN.json {image: {p, se, c, st, sa}}."""
+    if not file.is_file():
+        raise DataError(f"{file}: not found (DiffusionDB part zip)")
+    try:
+        zf = zipfile.ZipFile(file)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{file}: not a readable zip ({exc})") from None
+    with zf:
+        json_name = f"{file.stem}.json"
+        try:
+            listing = json.loads(decode(read_zip_member(zf, zf.getinfo(json_name), cfg.max_member_bytes)))
+        except KeyError:
+            raise DataError(f"{file}: missing member {json_name}") from None
+        except (ValueError, UnsafeArchive) as exc:
+            raise DataError(f"{file}: member {json_name}: unreadable ({str(exc).splitlines()[0]})") from None
+        if not isinstance(listing, dict):
+            raise DataError(f"{file}: member {json_name}: not a JSON object")
+        members = {info.filename: info for info in zf.infolist()}
+        for name, entry in listing.items():
+            where = f"member {json_name}: entry {name!r}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("p"), str):
+                yield Problem(file, where, "bad_json", "entry is not an object with a string 'p'")
+                continue
+            if name not in members:
+                yield Problem(file, where, "missing_image", "image not in the zip")
+                continue
+            try:
+                head = read_zip_member(zf, members[name], cfg.max_member_bytes, limit=65536)
+                width, height = check_image_pixels(head, name, cfg.max_image_pixels)
+            except UnsafeArchive as exc:
+                yield Problem(file, where, exc.reason, str(exc))
+                continue
+            meta = {"image_name": name, "part_id": int(file.stem.split("-")[1]), "seed": entry.get("se"),
+                    "cfg": entry.get("c"), "step": entry.get("st"), "sampler": entry.get("sa")}
+            yield Record(key=name, prompt=entry["p"], image=make_ref(file, name), width=width, height=height, meta=meta, file=file, where=where)
+
+
+# ---------------------------------------------------------------- Gustavosta
+def read_gustavosta(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+    """data/{train,eval}.parquet (column Prompt), or the Kaggle SD2 copy {train,eval}.csv + images."""
+    root = Path(cfg.path)
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt = "parquet" if (root / "data" / "train.parquet").is_file() else "kaggle_csv"
+    info["format"] = fmt
+    found = False
+    for stem, split in GUSTAVOSTA_SPLITS.items():
+        if fmt == "parquet":
+            file = root / "data" / f"{stem}.parquet"
+            if not file.is_file():
+                continue
+            found = True
+            for number, row in enumerate(iter_parquet(file, ["Prompt"], cfg.batch_rows), start=1):
+                prompt = row["Prompt"] if row["Prompt"] is not None else ""
+                yield Record(key=f"{stem}:{number}", prompt=prompt, split=split, file=file, where=f"row {number}")
+        else:
+            file = root / f"{stem}.csv"
+            if not file.is_file():
+                continue
+            found = True
+            yield from _gustavosta_csv(file, root, stem, split, cfg)
+    if not found:
+        raise DataError(f"{root}: no Gustavosta files (data/train.parquet, data/eval.parquet, train.csv, eval.csv)")
+
+
+def _gustavosta_csv(file: Path, root: Path, stem: str, split: str, cfg: SourceConfig) -> Iterator[Record | Problem]:
+    for number, row in iter_csv(file, ["Prompt", "image_path"]):
+        if isinstance(row, Problem):
+            yield row
+            continue
+        relative = row["image_path"].replace("\\", "/")
+        if relative.startswith("/") or ".." in relative.split("/"):
+            yield Problem(file, f"row {number}", "unsafe_path", f"image_path {relative!r} leaves the source folder")
+            continue
+        sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels)
+        if isinstance(sized, str):
+            reason, _, detail = sized.partition(":")
+            yield Problem(file, f"row {number}", reason, detail)
+            continue
+        yield Record(key=f"{stem}:{number}", prompt=row["Prompt"], split=split, image=(root / relative).as_posix(),
+                     width=sized[0], height=sized[1], meta={"image_path": relative}, file=file, where=f"row {number}")

@@ -1,0 +1,86 @@
+"""kind: bucketed_webdataset - manifest.json (bucketed_shards_v1) + buckets/<bucket_id>/shard-NNNNNN.tar.
+
+Per sample (WebDataset: adjacent members sharing a key): <key>.jpg, <key>.txt (newline-terminated
+caption, the prompt), <key>.json (target_w/target_h or w/h, bucket_id, caption_* fields).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from scripts.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
+from scripts.common import DataError
+from scripts.readers.base import Problem, Record, SourceConfig, decode
+
+MANIFEST_FORMAT = "bucketed_shards_v1"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+META_FIELDS = ["caption_variant", "caption_selector_index", "caption_source_id"]
+
+
+def manifest_shards(root: Path) -> list[Path]:
+    """Shard paths listed by the manifest (or buckets/*/shard-*.tar), each checked to stay inside root."""
+    manifest_file = root / "manifest.json"
+    if not manifest_file.is_file():
+        raise DataError(f"{manifest_file}: not found (bucketed WebDataset export)")
+    try:
+        manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{manifest_file}: malformed JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{manifest_file}: format is not {MANIFEST_FORMAT!r}")
+    buckets = manifest.get("buckets")
+    if isinstance(buckets, dict):
+        buckets = [dict(v, bucket_id=k) for k, v in buckets.items() if isinstance(v, dict)]
+    listed = [s for b in buckets or [] if isinstance(b, dict) for s in b.get("shards", [])]
+    if not listed:
+        return sorted(root.glob("buckets/*/shard-*.tar"))
+    shards = []
+    for name in listed:
+        if not isinstance(name, str) or name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{manifest_file}: shard path {name!r} leaves the export folder")
+        shards.append(root / name)
+    return shards
+
+
+def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+    root = Path(cfg.path)
+    shards = manifest_shards(root)
+    info["shards"] = len(shards)
+    for shard in shards:
+        if not shard.is_file():
+            raise DataError(f"{shard}: shard listed in manifest.json not found")
+        with open_tar(shard) as buf:
+            for item in iter_samples(buf, cfg.max_member_bytes):
+                if isinstance(item, UnsafeArchive):
+                    yield Problem(shard, "", item.reason, str(item))
+                    continue
+                yield _sample(shard, *item, cfg)
+
+
+def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record | Problem:
+    where = f"sample {key!r}"
+    image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
+    if image_ext is None or "txt" not in members or "json" not in members:
+        return Problem(shard, where, "incomplete_sample", f"needs an image, .txt and .json, has {sorted(members)}")
+    try:
+        meta = json.loads(members["json"].read().decode("utf-8"))
+    except UnicodeDecodeError:
+        return Problem(shard, where, "not_utf8", "json member is not UTF-8")
+    except ValueError as exc:
+        return Problem(shard, where, "bad_json", f"malformed json ({str(exc).splitlines()[0]})")
+    if not isinstance(meta, dict):
+        return Problem(shard, where, "bad_json", "json member is not an object")
+    width, height = meta.get("target_w", meta.get("w")), meta.get("target_h", meta.get("h"))
+    if not (isinstance(width, int) and isinstance(height, int)) or isinstance(width, bool) or isinstance(height, bool):
+        return Problem(shard, where, "bad_size", "json has no integer target_w/target_h or w/h")
+    image = members[image_ext]
+    try:
+        pixels = check_image_pixels(image.read(), image.name, cfg.max_image_pixels)
+    except UnsafeArchive as exc:
+        return Problem(shard, where, exc.reason, str(exc))
+    caption = decode(members["txt"].read()).removesuffix("\n")
+    kept = {name: meta.get(name) for name in META_FIELDS}
+    kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
+    return Record(key=f"{shard.parent.name}/{shard.name}/{key}", prompt=caption, image=make_ref(shard, image.name),
+                  width=width, height=height, meta=kept, file=shard, where=where)

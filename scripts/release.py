@@ -1,0 +1,337 @@
+"""release@V: compose per-source splits into a published dataset version by its recipe.
+
+A recipe (params.yaml: releases.V) lists components - (source, split) -> train|validation - and
+optional steps. `base: W` inherits W's components and settings; the child's settings override.
+Steps run in this order, each recording why it removed a row:
+  1. components in order; `dedup_against: train|validation` drops added rows that near-duplicate
+     rows already in that split (cross-dedup: only the new rows are removed)
+  2. `reclean: true` re-applies the cleaning filter to every row, from its original prompt
+     (v4-b: the fix for v4-a, which added OpenPrompts batch 2 without cleaning)
+  3. `validation_leaks: exact|near|none` drops validation rows whose text is in train (exact) or
+     near-duplicates a train row (near, at dedup.threshold)
+Outputs (data/releases/V/): train/ and validation/ ImageFolder folders (metadata.jsonl + images,
+hardlinked where possible), removed.parquet (every removed row with its reason), stats.json (a DVC
+metric) and README.md (a Hugging Face data card).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
+
+SPLITS = ("train", "validation")
+LEAK_MODES = ("none", "exact", "near")
+RECIPE_KEYS = {"base", "description", "components", "reclean", "validation_leaks", "export"}
+COMPONENT_KEYS = {"source", "split", "into", "dedup_against"}
+ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
+
+
+@dataclass(frozen=True)
+class Component:
+    source: str
+    split: str  # train | validation | all
+    into: str  # train | validation
+    dedup_against: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    components: tuple[Component, ...]
+    reclean: bool = False
+    validation_leaks: str = "exact"
+    export: str = "imagefolder"
+    description: str = ""
+    lineage: tuple[str, ...] = field(default=())
+
+
+# --- recipe -----------------------------------------------------------------------------------
+
+
+def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Recipe:
+    """Flatten `base:` inheritance into one recipe (base components first)."""
+    if name not in releases:
+        raise DataError(f"params.yaml: releases.{_seen[-1] if _seen else name}: unknown release {name!r}")
+    if name in _seen:
+        raise DataError(f"params.yaml: releases: base cycle {' -> '.join(_seen + (name,))}")
+    spec = releases[name] or {}
+    unknown = set(spec) - RECIPE_KEYS
+    if unknown:
+        raise DataError(f"params.yaml: releases.{name}: unknown keys {sorted(unknown)} (allowed {sorted(RECIPE_KEYS)})")
+    own = tuple(_component(name, i, c) for i, c in enumerate(spec.get("components") or []))
+    if "base" in spec:
+        base = resolve_recipe(spec["base"], releases, _seen + (name,))
+        settings = {k: getattr(base, k) for k in ("reclean", "validation_leaks", "export")}
+        components, lineage = base.components + own, base.lineage + (name,)
+    else:
+        settings, components, lineage = {}, own, (name,)
+    settings.update({k: spec[k] for k in ("reclean", "validation_leaks", "export") if k in spec})
+    recipe = Recipe(name, components, description=spec.get("description", ""), lineage=lineage, **settings)
+    if recipe.validation_leaks not in LEAK_MODES:
+        raise DataError(f"params.yaml: releases.{name}.validation_leaks must be one of {LEAK_MODES}")
+    if not recipe.components:
+        raise DataError(f"params.yaml: releases.{name}: no components")
+    return recipe
+
+
+def _component(release: str, index: int, spec: dict) -> Component:
+    where = f"params.yaml: releases.{release}.components[{index}]"
+    unknown = set(spec) - COMPONENT_KEYS
+    if unknown:
+        raise DataError(f"{where}: unknown keys {sorted(unknown)} (allowed {sorted(COMPONENT_KEYS)})")
+    if "source" not in spec:
+        raise DataError(f"{where}: missing 'source'")
+    component = Component(
+        source=spec["source"],
+        split=spec.get("split", "all"),
+        into=spec.get("into", spec.get("split", "train")),
+        dedup_against=spec.get("dedup_against"),
+    )
+    if component.split not in SPLITS + ("all",):
+        raise DataError(f"{where}: split must be train, validation or all")
+    if component.into not in SPLITS or component.dedup_against not in SPLITS + (None,):
+        raise DataError(f"{where}: into/dedup_against must be train or validation")
+    return component
+
+
+# --- composition (tables in, tables out) --------------------------------------------------------
+
+
+def compose(recipe: Recipe, load_split, clean_rows, near_duplicates) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build the release rows and the removed rows (with `reason`).
+
+    load_split(source, split) -> rows; clean_rows(rows) -> (kept, dropped with reason);
+    near_duplicates(new_texts, reference_texts) -> bool mask over new_texts.
+    """
+    rows = pd.DataFrame(columns=ROW_COLUMNS)
+    removed: list[pd.DataFrame] = []
+    for component in recipe.components:
+        added = _component_rows(component, load_split)
+        if component.dedup_against and len(added):
+            reference = rows.loc[rows["split"] == component.dedup_against, "text"].tolist()
+            dup = near_duplicates(added["text"].tolist(), reference) if reference else None
+            if dup is not None and dup.any():
+                removed.append(added[dup].assign(reason=f"cross_dedup:{component.dedup_against}"))
+                added = added[~dup]
+        rows = pd.concat([rows, added], ignore_index=True) if len(rows) else added.reset_index(drop=True)
+    if recipe.reclean:
+        rows, dropped = clean_rows(rows)
+        removed.append(dropped)
+    if recipe.validation_leaks != "none":
+        rows, leaks = remove_validation_leaks(rows, recipe.validation_leaks, near_duplicates)
+        removed.append(leaks)
+    removed_rows = pd.concat(removed, ignore_index=True) if removed else pd.DataFrame(columns=ROW_COLUMNS + ["reason"])
+    return rows.reset_index(drop=True), removed_rows.reset_index(drop=True)
+
+
+def _component_rows(component: Component, load_split) -> pd.DataFrame:
+    parts = SPLITS if component.split == "all" else (component.split,)
+    frames = [load_split(component.source, part) for part in parts]
+    rows = pd.concat(frames, ignore_index=True).sort_values("id", kind="stable")
+    return rows[ROW_COLUMNS].assign(split=component.into).reset_index(drop=True)
+
+
+def remove_validation_leaks(rows: pd.DataFrame, mode: str, near_duplicates) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drop validation rows whose text is in train (exact), or near-duplicates a train row (near)."""
+    is_val = rows["split"] == "validation"
+    train_texts = rows.loc[~is_val, "text"]
+    exact = is_val & rows["text"].isin(set(train_texts))
+    leaks = [rows[exact].assign(reason="leak:exact")]
+    keep = ~exact
+    if mode == "near":
+        candidates = rows[is_val & keep]
+        if len(candidates) and len(train_texts):
+            near = near_duplicates(candidates["text"].tolist(), train_texts.tolist())
+            near_index = candidates.index[near]
+            leaks.append(rows.loc[near_index].assign(reason="leak:near"))
+            keep &= ~rows.index.isin(near_index)
+    return rows[keep], pd.concat(leaks, ignore_index=True)
+
+
+def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
+    stats = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
+    stats["rows"]["total"] = int(len(rows))
+    stats["by_source"] = {
+        s: {src: int(n) for src, n in rows.loc[rows["split"] == s, "source"].value_counts().sort_index().items()}
+        for s in SPLITS
+    }
+    stats["removed"] = {reason: int(n) for reason, n in removed["reason"].value_counts().sort_index().items()}
+    stats["removed"]["total"] = int(len(removed))
+    return stats
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def image_file_name(row) -> str:
+    """Where a row's image lives inside its split folder: images/<source>/<id><ext>."""
+    ext = os.path.splitext(str(row.image))[1].lower() or ".jpg"
+    return f"images/{row.source}/{row.id}{ext}"
+
+
+def place_image(ref: str, target: Path) -> None:
+    """Hardlink a rendered image (no copy), or extract a carried one from its archive."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if "!/" in ref:
+        from scripts.archive import read_member
+
+        target.write_bytes(read_member(ref))
+        return
+    if not os.path.isfile(ref):
+        raise DataError(f"{ref}: image not found")
+    try:
+        os.link(ref, target)
+    except OSError:  # another filesystem, or links not allowed: fall back to a copy
+        shutil.copyfile(ref, target)
+
+
+def write_imagefolder(rows: pd.DataFrame, folder: Path) -> None:
+    """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for row in rows.itertuples(index=False):
+        file_name = image_file_name(row)
+        place_image(row.image, folder / file_name)
+        record = {
+            "file_name": file_name,
+            "text": row.text,
+            "orig_text": row.orig_text,
+            "source": row.source,
+            "id": row.id,
+            "width": None if pd.isna(row.width) else int(row.width),
+            "height": None if pd.isna(row.height) else int(row.height),
+        }
+        lines.append(json.dumps(record, ensure_ascii=False, sort_keys=False))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+
+
+def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
+    """README.md with Hugging Face YAML front matter: counts, sources, recipe, params, licences."""
+    import yaml
+
+    sources = sorted({c.source for c in recipe.components})
+    licences = {s: (params["sources"].get(s) or {}).get("license", "unknown") for s in sources}
+    total = stats["rows"]["total"]
+    size = "n<1K" if total < 1_000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
+    front = {
+        "pretty_name": f"t2i-datasets {recipe.name}",
+        "license": "other",
+        "task_categories": ["text-to-image", "image-to-text"],
+        "size_categories": [size],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"{s}/**"} for s in SPLITS],
+            }
+        ],
+        "dataset_info": {"splits": [{"name": s, "num_examples": stats["rows"][s]} for s in SPLITS]},
+    }
+    recipe_yaml = {
+        "lineage": list(recipe.lineage),
+        "components": [c.__dict__ for c in recipe.components],
+        "reclean": recipe.reclean,
+        "validation_leaks": recipe.validation_leaks,
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        f"# t2i-datasets {recipe.name}",
+        "",
+        recipe.description or "",
+        "",
+        "## Rows",
+        "",
+        "| split | rows | " + " | ".join(sources) + " |",
+        "|---|---|" + "---|" * len(sources),
+    ]
+    for s in SPLITS:
+        per = [str(stats["by_source"][s].get(src, 0)) for src in sources]
+        lines.append(f"| {s} | {stats['rows'][s]} | " + " | ".join(per) + " |")
+    lines += ["", "## Removed rows", ""]
+    lines += [f"- `{reason}`: {n}" for reason, n in stats["removed"].items()]
+    lines += ["", "## Sources and licences", ""]
+    lines += [f"- `{s}` ({params['sources'][s].get('kind', '?')}): licence `{licences[s]}`" for s in sources]
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Params",
+        "",
+        "```yaml",
+        yaml.safe_dump({k: params.get(k) for k in ("dedup", "split")}, sort_keys=True).rstrip(),
+        "```",
+        "",
+        "Built by `dvc repro release@" + recipe.name + "`; the git tag of the same name pins every input.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- stage ---------------------------------------------------------------------------------------
+
+
+def _loader(splits_dir: Path):
+    def load_split(source: str, split: str) -> pd.DataFrame:
+        return read_parquet(splits_dir / source / f"{split}.parquet")
+
+    return load_split
+
+
+def _cleaner(params: dict):
+    from scripts.clean import clean_table, load_rules
+
+    rules = load_rules(params["clean"])
+
+    def clean_rows(rows: pd.DataFrame):
+        as_prompts = rows.drop(columns=["text"]).rename(columns={"orig_text": "prompt"})
+        kept, dropped = clean_table(as_prompts, rules)
+        back = {"prompt": "orig_text"}
+        kept = kept.rename(columns=back)[ROW_COLUMNS]
+        dropped = dropped.rename(columns=back).assign(text=dropped["prompt"])
+        return kept, dropped.assign(reason="clean:" + dropped["reason"].astype(str))[ROW_COLUMNS + ["reason"]]
+
+    return clean_rows
+
+
+def _near_duplicates(params: dict):
+    from scripts.dedup import near_duplicate_mask
+
+    def near_duplicates(new_texts: list[str], reference_texts: list[str]):
+        return near_duplicate_mask(new_texts, reference_texts, params["dedup"])
+
+    return near_duplicates
+
+
+def cli(
+    name: str = typer.Argument(..., help="release name in params.yaml: releases"),
+    splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
+    output: Path = typer.Argument(..., help="data/releases/V"),
+) -> None:
+    """Compose a release from per-source splits by its recipe."""
+    params = load_params()
+    recipe = resolve_recipe(name, params.get("releases") or {})
+    if recipe.export != "imagefolder":
+        raise DataError(f"params.yaml: releases.{name}.export: {recipe.export!r} is not supported (imagefolder)")
+    rows, removed = compose(recipe, _loader(splits), _cleaner(params), _near_duplicates(params))
+    stats = release_stats(rows, removed)
+    output.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        with atomic_path(output / split, is_dir=True) as tmp:
+            write_imagefolder(rows[rows["split"] == split], tmp)
+    write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), output / "removed.parquet")
+    with atomic_path(output / "README.md") as tmp:
+        tmp.write_text(data_card(recipe, stats, params), encoding="utf-8")
+    write_json(stats, output / "stats.json")
+    print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")

@@ -1,0 +1,591 @@
+"""synthesize@N: new prompts from a chat model, the reference team's ChatGPT/GPT-4 augmentation.
+
+Each request shows the model example prompts (drawn with a seeded RNG from example files, plus fixed
+examples), asks for more "in the similar style" and lists topics to avoid. The endpoint is any
+OpenAI-compatible chat-completions server (OpenAI, vLLM, llama.cpp server, Ollama).
+
+Reproducibility: every response is cached under OUT/cache/<sha256>.json, keyed by (base_url, request
+body). The cache is a DVC output with `persist: true`, so `dvc repro` on a clone with the cache
+pulled replays without network and only requests that are not cached yet reach the API. A request is
+written to the cache only after it succeeded, one file per request, atomically: a failed or killed
+run leaves every finished request cached, and the next run resumes from there.
+
+Outputs in OUT/: prompts.txt (one prompt per line, a normal `kind: text` source), cache/, report.json.
+Pure parts (params -> request bodies, completion text -> prompts) come first; HTTP and files last.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import difflib
+import email.utils
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import string
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scripts.common import DataError, atomic_path, load_params, write_json
+
+TEMPLATE_FIELDS = {"examples", "avoid_topics"}
+RESERVED_BODY_KEYS = {"model", "messages", "temperature", "max_tokens", "seed", "stream", "n"}
+
+
+# ---------------------------------------------------------------- params
+
+
+class ExampleSource(BaseModel):
+    """A file (or a folder of them) whose prompts are shown to the model as examples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str  # .txt (one prompt per line), .parquet (needs `column`), or a folder of those
+    column: str | None = None  # text column of a parquet file, e.g. "text" or "prompt"
+    count: int = Field(ge=0)  # examples drawn from this source per request
+
+
+class SynthesizeParams(BaseModel):
+    """One entry of `params.yaml: synthesize` (every key required: params.yaml is the one place)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str  # OpenAI-compatible root, e.g. https://api.openai.com/v1 or http://localhost:8000/v1
+    model: str
+    api_key_env: str | None  # name of the env var holding the key; null for servers without auth
+    temperature: float | None = Field(ge=0)  # null: not sent (the server's default)
+    max_tokens: int | None = Field(gt=0)  # null: not sent (e.g. use max_completion_tokens in extra_body)
+    extra_body: dict[str, Any]  # more request fields (top_p, ...); part of the cache key
+    requests: int = Field(ge=0)
+    seed: int
+    examples: list[ExampleSource]
+    fixed_examples: list[str]  # shown in every request after the drawn ones (the reference's 7)
+    avoid_topics: list[str]
+    system: str | None  # optional system message
+    template: str  # user message; fields {examples} and {avoid_topics}
+    max_chars: int = Field(gt=0)  # longer lines are dropped (counted)
+    drop_header_lines: bool  # drop lines ending with ':' ("Here are 20 more prompts:") or starting with '#'
+    offline: bool  # true: a request missing from the cache is an error, never a network call
+    concurrency: int = Field(ge=1)
+    timeout_s: float = Field(gt=0)
+    max_attempts: int = Field(ge=1)
+    backoff_base_s: float = Field(ge=0)
+    backoff_cap_s: float = Field(ge=0)
+
+
+def parse_params(name: str, raw: Any) -> SynthesizeParams:
+    """Validate one entry; a bad key or value is one line naming `synthesize.<name>.<key>`."""
+    where = f"params.yaml: synthesize.{name}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = set(SynthesizeParams.model_fields)
+    for key in raw:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise DataError(f"{where}: unknown key '{key}'{hint}")
+    try:
+        params = SynthesizeParams(**raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(part) for part in err["loc"])
+        raise DataError(f"{where}.{loc}: {err['msg']}") from None
+    check_template(params.template, where)
+    if not params.base_url.startswith(("http://", "https://")):
+        raise DataError(f"{where}.base_url: '{params.base_url}' is not an http(s) URL")
+    reserved = sorted(RESERVED_BODY_KEYS & set(params.extra_body))
+    if reserved:
+        raise DataError(f"{where}.extra_body: '{reserved[0]}' is set by the stage (use the param of that name)")
+    return params
+
+
+def check_template(template: str, where: str) -> None:
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise DataError(f"{where}.template: {exc} (write literal braces as {{{{ and }}}})") from None
+    unknown = fields - TEMPLATE_FIELDS
+    if unknown:
+        raise DataError(f"{where}.template: unknown field {{{sorted(unknown)[0]}}} "
+                        f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
+
+
+# ---------------------------------------------------------------- requests (pure)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """Seed of request `index`: depends only on (seed, index), so adding requests keeps the old ones."""
+    digest = hashlib.sha256(f"synthesize\x00{seed}\x00{index}".encode()).hexdigest()
+    return int(digest[:8], 16) & 0x7FFFFFFF
+
+
+def render_user_message(params: SynthesizeParams, examples: list[str]) -> str:
+    lines = [f"- {example}" for example in [*examples, *params.fixed_examples]]
+    return params.template.format(examples="\n".join(lines), avoid_topics=", ".join(params.avoid_topics))
+
+
+def build_request(params: SynthesizeParams, pools: list[list[str]], index: int) -> dict:
+    """The chat-completions body of request `index` (examples drawn with its own seeded RNG)."""
+    seed = request_seed(params.seed, index)
+    rng = random.Random(seed)
+    examples: list[str] = []
+    for source, pool in zip(params.examples, pools):
+        examples.extend(rng.sample(pool, source.count))
+    messages = [{"role": "user", "content": render_user_message(params, examples)}]
+    if params.system is not None:
+        messages.insert(0, {"role": "system", "content": params.system})
+    # `seed` makes two requests with the same examples distinct (and servers that honour it, repeatable)
+    body = {**params.extra_body, "model": params.model, "messages": messages, "seed": seed}
+    if params.temperature is not None:
+        body["temperature"] = params.temperature
+    if params.max_tokens is not None:
+        body["max_tokens"] = params.max_tokens
+    return body
+
+
+def build_requests(params: SynthesizeParams, pools: list[list[str]]) -> list[dict]:
+    for source, pool in zip(params.examples, pools):
+        if source.count > len(pool):
+            raise DataError(f"{source.path}: {len(pool)} example prompts, fewer than count={source.count}")
+    return [build_request(params, pools, index) for index in range(params.requests)]
+
+
+def cache_key(base_url: str, body: dict) -> str:
+    """sha256 of the endpoint and the whole body (model, messages, sampling params)."""
+    canonical = json.dumps({"base_url": base_url.rstrip("/"), "body": body},
+                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+_BULLET = re.compile(r"^(?:[-*•–—]\s+|\d{1,4}[.)]\s+|\(\d{1,4}\)\s+)")
+_QUOTE_PAIRS = {'"': '"', "“": "”", "„": "“", "'": "'", "‘": "’", "`": "`"}
+_ALNUM = re.compile(r"\w")
+LINE_COUNTS = ("total", "kept", "dropped_empty", "dropped_header", "dropped_too_long", "dropped_truncated")
+
+
+def clean_line(line: str) -> str:
+    """Strip bullets/numbering ("- ", "* ", "1. ", "1)", "(1)"), wrapping quotes and markdown bold."""
+    text = line.replace("**", "").strip()
+    while True:
+        stripped = _strip_quotes(_BULLET.sub("", text, count=1).strip())
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def _strip_quotes(text: str) -> str:
+    """'"a red kite",' -> 'a red kite'; left alone when the quotes do not pair or recur inside."""
+    body = text[:-1] if text.endswith(",") else text
+    close = _QUOTE_PAIRS.get(body[:1])
+    if close is None or len(body) < 2 or body[-1] != close:
+        return text
+    inner = body[1:-1]
+    if body[0] in inner or close in inner:  # '"a" and "b"' is not one quoted prompt
+        return text
+    return inner.strip()
+
+
+def parse_completion(content: str, *, max_chars: int, drop_header_lines: bool,
+                     truncated: bool = False) -> tuple[list[str], dict[str, int]]:
+    """Completion text -> prompts, one per line, with a count per drop reason.
+
+    `truncated` (finish_reason "length") drops the last non-blank line: the model stopped inside it.
+    """
+    lines = content.splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    counts = dict.fromkeys(LINE_COUNTS, 0)
+    prompts = []
+    for i, line in enumerate(lines):
+        counts["total"] += 1
+        text = clean_line(line)
+        if not _ALNUM.search(text):  # "", "---", "```"
+            counts["dropped_empty"] += 1
+        elif truncated and i == last:
+            counts["dropped_truncated"] += 1
+        elif drop_header_lines and (text.endswith(":") or text.startswith("#")):
+            counts["dropped_header"] += 1
+        elif len(text) > max_chars:
+            counts["dropped_too_long"] += 1
+        else:
+            prompts.append(text)
+    counts["kept"] = len(prompts)
+    return prompts, counts
+
+
+def read_completion(response: Any) -> tuple[str, bool]:
+    """(content, truncated) of a chat-completions response; ValueError if it is not one."""
+    try:
+        choice = response["choices"][0]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("no choices[0].message.content in the response") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError("choices[0].message.content is not a string")
+    return content or "", choice.get("finish_reason") == "length"
+
+
+# ---------------------------------------------------------------- example files
+
+
+def read_example_pool(source: ExampleSource) -> list[str]:
+    """Prompts of one example source, in file order (bullets stripped, blank lines skipped)."""
+    path = Path(source.path)
+    if not path.exists():
+        raise DataError(f"{path}: example source not found (run its upstream stage first)")
+    files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".parquet")) if path.is_dir() else [path]
+    pool: list[str] = []
+    for file in files:
+        if file.suffix == ".parquet":
+            pool.extend(_read_parquet_prompts(file, source.column))
+        else:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+            pool.extend(clean_line(line) for line in text.splitlines() if line.strip())
+    pool = [prompt for prompt in pool if prompt]
+    if not pool:
+        raise DataError(f"{path}: no example prompts")
+    return pool
+
+
+def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
+    from scripts.common import read_parquet
+
+    if column is None:
+        raise DataError(f"{file}: a parquet example source needs `column` (e.g. text)")
+    frame = read_parquet(file)
+    if column not in frame.columns:
+        raise DataError(f"{file}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
+    return [str(value).strip() for value in frame[column].dropna()]
+
+
+def file_sha256(path: Path) -> str:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\x00")
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- HTTP with retries
+
+
+class TransientError(Exception):
+    """Worth retrying: timeout, 429, 5xx, dropped connection, unreadable body."""
+
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class FatalError(Exception):
+    """Not worth retrying (400, 401, 404, ...)."""
+
+
+class RequestFailed(Exception):
+    """A request that gave up (fatal error or attempts spent), with what it cost."""
+
+    def __init__(self, message: str, stats: CallStats):
+        super().__init__(message)
+        self.stats = stats
+
+
+RETRY_KINDS = ("timeout", "http_429", "http_5xx", "connection", "invalid_response")
+
+
+@dataclass
+class CallStats:
+    attempts: int = 0
+    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRY_KINDS, 0))
+
+    def add(self, other: CallStats) -> None:
+        self.attempts += other.attempts
+        for kind, n in other.retries.items():
+            self.retries[kind] += n
+
+
+def backoff_delay(failures: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Wait before the next attempt: base * 2^(failures-1), at least Retry-After, at most cap."""
+    delay = base * 2 ** (failures - 1)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, cap)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
+    """One POST to /chat/completions; raises TransientError or FatalError (key never in messages)."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = _error_detail(exc)
+        if exc.code == 429:
+            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+        if exc.code >= 500:
+            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+        raise FatalError(f"HTTP {exc.code}{detail}") from None
+    except TimeoutError:
+        raise TransientError("timeout", f"no response within {timeout:g}s") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise TransientError("timeout", f"no response within {timeout:g}s") from None
+        raise TransientError("connection", f"connection failed ({exc.reason})") from None
+    except (ConnectionError, http.client.HTTPException) as exc:
+        raise TransientError("connection", f"connection failed ({type(exc).__name__})") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise TransientError("invalid_response", "response is not JSON") from None
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The server's own error message, short, on one line.
+
+    OpenAI, vLLM, llama.cpp: {"error": {"message": ...}}; Ollama: {"error": "..."}; FastAPI servers
+    (transformers serve): {"detail": "..."}; vLLM also {"message": ...}.
+    """
+    try:
+        payload = json.loads(exc.read() or b"null")
+        error = payload.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or payload.get("detail") or payload.get("message")
+    except Exception:  # any body shape: the status code alone is still a clear error
+        return ""
+    return f": {' '.join(str(message).split())[:200]}" if message else ""
+
+
+def call_with_retries(url: str, body: dict, api_key: str | None, params: SynthesizeParams) -> tuple[dict, CallStats]:
+    """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent."""
+    stats = CallStats()
+    for attempt in range(1, params.max_attempts + 1):
+        stats.attempts += 1
+        try:
+            response = post_chat(url, body, api_key, params.timeout_s)
+            try:
+                read_completion(response)
+            except ValueError as exc:
+                raise TransientError("invalid_response", str(exc)) from None
+            return response, stats
+        except FatalError as exc:
+            raise RequestFailed(str(exc), stats) from None
+        except TransientError as exc:
+            if attempt == params.max_attempts:
+                raise RequestFailed(f"{exc} (after {attempt} attempts)", stats) from None
+            stats.retries[exc.kind] += 1
+            time.sleep(backoff_delay(attempt, params.backoff_base_s, params.backoff_cap_s, exc.retry_after))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class ResponseCache:
+    """One JSON file per request: {"base_url", "request", "response"}; never the API key."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        # atomic_path reads the umask with os.umask(0) + restore, which is not thread-safe
+        self._write_lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            response = json.loads(path.read_text(encoding="utf-8"))["response"]
+            read_completion(response)
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
+        return response
+
+    def put(self, key: str, base_url: str, body: dict, response: dict) -> None:
+        try:
+            with self._write_lock:
+                write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
+        except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
+            raise DataError(f"{self.path(key)}: cannot write cache entry ({exc.strerror or exc})") from None
+
+    def remove_stale_temp_files(self) -> int:
+        """Temp files of a killed run (atomic_path names them .<name>.tmp-*); DVC must not track them."""
+        stale = list(self.directory.glob(".*.tmp-*"))
+        for path in stale:
+            path.unlink()
+        return len(stale)
+
+
+def synthesize(name: str, params: SynthesizeParams, out_dir: Path, api_key: str | None,
+               log=lambda message: print(message, file=sys.stderr)) -> dict:
+    """Run entry `name`: replay cached requests, call the API for the rest, write OUT/prompts.txt.
+
+    Returns the report (also written to OUT/report.json). A request that fails for good (fatal
+    status, or max_attempts spent) stops new requests and fails the stage with a DataError; what
+    finished stays cached, so the next run resumes.
+    """
+    cache = ResponseCache(out_dir / "cache")
+    cache.directory.mkdir(parents=True, exist_ok=True)
+    cache.remove_stale_temp_files()
+
+    pools = [read_example_pool(source) for source in params.examples] if params.requests else []
+    bodies = build_requests(params, pools)
+    keys = [cache_key(params.base_url, body) for body in bodies]
+    responses: dict[int, dict] = {}
+    for index, key in enumerate(keys):
+        cached = cache.get(key)
+        if cached is not None:
+            responses[index] = cached
+    missing = [index for index in range(len(bodies)) if index not in responses]
+    log(f"synthesize {name}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
+    if missing and params.offline:
+        raise DataError(f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "
+                        f"{cache.directory} and offline is true (pull the cache or set offline: false)")
+
+    stats, failures = _call_missing(params, bodies, keys, missing, cache, responses, api_key, log)
+    if failures:
+        index, message = min(failures)
+        raise DataError(f"synthesize {name}: request {index} failed: {_redact(message, api_key)}; "
+                        f"{len(responses)} of {len(bodies)} requests cached, re-run to resume")
+
+    prompts, line_counts, usage = _collect_prompts(params, [responses[i] for i in range(len(bodies))])
+    report = {
+        "name": name,
+        "base_url": params.base_url,
+        "model": params.model,
+        "requests": len(bodies),
+        "cache_hits": len(bodies) - len(missing),
+        "api_calls": len(missing),
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "lines": line_counts,
+        "prompts": len(prompts),
+        "usage": usage,
+        "example_sources": [
+            {"path": source.path, "sha256": file_sha256(Path(source.path)), "prompts": len(pool)}
+            for source, pool in zip(params.examples, pools)
+        ],
+    }
+    with atomic_path(out_dir / "prompts.txt") as tmp:
+        tmp.write_text("".join(f"{prompt}\n" for prompt in prompts), encoding="utf-8")
+    write_json(report, out_dir / "report.json")
+    log(f"synthesize {name}: {len(prompts)} prompts -> {out_dir / 'prompts.txt'}")
+    return report
+
+
+def _call_missing(params, bodies, keys, missing, cache, responses, api_key, log):
+    """Call the API for the missing requests, `concurrency` at a time; cache each success at once.
+
+    After the first request that fails for good, no new request starts (the ones in flight finish
+    and are cached): a broken key or an outage costs one request's retries, not thousands.
+    """
+    url = params.base_url.rstrip("/") + "/chat/completions"
+    stats = CallStats()
+    failures: list[tuple[int, str]] = []
+
+    stop = threading.Event()  # set by the first request that fails for good
+
+    def one(index: int) -> tuple[int, dict | None, CallStats, str | None] | None:
+        if stop.is_set():
+            return None
+        try:
+            response, call_stats = call_with_retries(url, bodies[index], api_key, params)
+        except RequestFailed as exc:
+            stop.set()
+            return index, None, exc.stats, str(exc)
+        cache.put(keys[index], params.base_url, bodies[index], response)
+        return index, response, call_stats, None
+
+    every = max(1, len(missing) // 10)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=params.concurrency)
+    try:
+        futures = [pool.submit(one, index) for index in missing]
+        done = 0
+        for future in concurrent.futures.as_completed(futures):
+            result = future.result()
+            if result is None:  # not started: an earlier request failed
+                continue
+            index, response, call_stats, error = result
+            stats.add(call_stats)
+            done += 1
+            if error is None:
+                responses[index] = response
+            else:
+                failures.append((index, error))
+            if done % every == 0 or done == len(missing):
+                log(f"  {done}/{len(missing)} requests done")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: in-flight requests finish and are cached
+    return stats, failures
+
+
+def _collect_prompts(params: SynthesizeParams, responses: list[dict]):
+    prompts: list[str] = []
+    counts = dict.fromkeys(LINE_COUNTS, 0)
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    for response in responses:
+        content, truncated = read_completion(response)
+        kept, line_counts = parse_completion(content, max_chars=params.max_chars,
+                                             drop_header_lines=params.drop_header_lines, truncated=truncated)
+        prompts.extend(kept)
+        for reason, n in line_counts.items():
+            counts[reason] += n
+        for kind in usage:
+            value = (response.get("usage") or {}).get(kind)
+            usage[kind] += value if isinstance(value, int) else 0
+    return prompts, counts, usage
+
+
+def _redact(message: str, api_key: str | None) -> str:
+    return message.replace(api_key, "***") if api_key else message
+
+
+def api_key_from_env(params: SynthesizeParams) -> str | None:
+    return os.environ.get(params.api_key_env) if params.api_key_env else None
+
+
+def cli(
+    name: Annotated[str, typer.Argument(help="entry of params.yaml: synthesize")],
+    out_dir: Annotated[Path, typer.Argument(help="writes prompts.txt, cache/ and report.json here")],
+) -> None:
+    """Ask a chat model for prompts like the examples (cached: replays offline)."""
+    entries = load_params("synthesize") or {}
+    if name not in entries:
+        raise DataError(f"params.yaml: synthesize has no entry '{name}' (entries: {', '.join(entries) or 'none'})")
+    params = parse_params(name, entries[name])
+    synthesize(name, params, out_dir, api_key_from_env(params))

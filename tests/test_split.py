@@ -1,0 +1,66 @@
+"""split@S: predefined splits kept, seeded hash draw stable per id and close to the fraction."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from scripts.common import DataError, stable_id
+from scripts.split import assign_splits, hash_unit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows(n, split=None):
+    return pd.DataFrame({"id": [stable_id("s", i) for i in range(n)], "split": [split] * n})
+
+
+def test_fraction_is_close_to_param():
+    chosen = assign_splits(rows(20_000), 0.05, 42)
+    share = (chosen == "validation").mean()
+    assert 0.045 < share < 0.055
+
+
+def test_a_rows_split_depends_only_on_its_id():
+    small = assign_splits(rows(500), 0.05, 42)
+    large = assign_splits(rows(5_000), 0.05, 42)
+    assert (large.iloc[:500].values == small.values).all()
+
+
+def test_seed_changes_the_draw():
+    assert not (assign_splits(rows(2_000), 0.5, 1).values == assign_splits(rows(2_000), 0.5, 2).values).all()
+
+
+def test_predefined_split_is_kept():
+    table = pd.concat([rows(50, "train"), rows(50, "validation")], ignore_index=True)
+    table["id"] = [stable_id("p", i) for i in range(100)]
+    chosen = assign_splits(table, 0.5, 42)
+    assert chosen.tolist() == ["train"] * 50 + ["validation"] * 50
+
+
+def test_unknown_predefined_split_is_an_error():
+    with pytest.raises(DataError, match="unknown split 'eval'"):
+        assign_splits(rows(3, "eval"), 0.05, 42)
+
+
+def test_hash_unit_is_machine_independent():
+    # sha256-based: a fixed value on every machine and process (never Python's salted hash)
+    a = subprocess.run([sys.executable, "-c", "from scripts.split import hash_unit; print(hash_unit(42, 'x'))"],
+                       capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
+    assert float(a) == hash_unit(42, "x")
+
+
+def test_cli_writes_both_splits(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"split": {"validation_fraction": 0.2, "seed": 7}}))
+    table = rows(200)
+    table["text"] = "a prompt"
+    table.to_parquet(tmp_path / "in.parquet")
+    subprocess.run([sys.executable, "-m", "scripts", "split", "s", "in.parquet", "out"], cwd=tmp_path,
+                   check=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    train = pd.read_parquet(tmp_path / "out" / "train.parquet")
+    val = pd.read_parquet(tmp_path / "out" / "validation.parquet")
+    assert len(train) + len(val) == 200 and 20 <= len(val) <= 60
+    assert set(train["split"]) == {"train"} and set(val["split"]) == {"validation"}
+    assert not set(train["id"]) & set(val["id"])

@@ -1,0 +1,118 @@
+"""tiny_model stage: an SD2-layout pipeline with seeded weights, saved reproducibly and atomically."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts.common import DataError
+from scripts.tiny_model import DEFAULTS, build_tokenizer_files, learn_bpe_merges, save_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
+    save_tiny_model({}, out)
+    return out
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_loads_as_an_sd2_pipeline_offline(tiny_model):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    assert pipe.safety_checker is None and pipe.feature_extractor is None
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    unet = pipe.unet.config
+    assert unet.use_linear_projection and unet.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert "CrossAttnDownBlock2D" in unet.down_block_types
+    assert pipe.vae_scale_factor == 8  # SD2's VAE downsampling
+    assert not pipe.unet.training and not pipe.vae.training and not pipe.text_encoder.training
+
+
+def test_renders_an_image_of_the_default_size(tiny_model):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red house by a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np").images
+    assert out.shape == (1, DEFAULTS["sample_size"], DEFAULTS["sample_size"], 3)
+    assert out.std() > 0.01  # random weights still give a non-constant image
+
+
+def test_tokenizer_is_our_byte_level_bpe(tiny_model):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_model / "tokenizer")
+    vocab = json.loads((tiny_model / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    assert len(tokenizer) == len(vocab) == 256 * 2 + DEFAULTS["bpe_merges"] + 2
+    ids = tokenizer("A Beautiful Cat, 4k").input_ids
+    assert ids[0] == vocab["<|startoftext|>"] and ids[-1] == vocab["<|endoftext|>"]
+    assert "beautiful</w>" in tokenizer.convert_ids_to_tokens(ids)  # a learned merge, not single bytes
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a beautiful cat , 4 k"
+    # byte-level: any unicode text encodes without unknown tokens
+    assert tokenizer.unk_token_id not in tokenizer("ñandú 🐈 東京").input_ids[1:-1]
+
+
+def test_bpe_learning_merges_the_most_frequent_pair_first():
+    merges = learn_bpe_merges(["aab", "aab", "ab"], 2)
+    assert merges[0] == ("a", "b</w>")  # (a, b</w>) occurs 3 times, (a, a) twice
+    assert merges[1] == ("a", "ab</w>")
+    vocab, lines = build_tokenizer_files(10)
+    assert len(lines) == 10 and list(vocab)[-2:] == ["<|startoftext|>", "<|endoftext|>"]
+
+
+def test_cli_build_is_byte_identical_to_another_build(tiny_model, tmp_path):
+    """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": dict(DEFAULTS)}), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "scripts", "tiny-model", "models/tiny-sd2"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    built = read_tree(tmp_path / "models" / "tiny-sd2")
+    assert built == read_tree(tiny_model)
+    assert {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
+            "scheduler/scheduler_config.json", "model_index.json"} <= set(built)
+    assert not any(name.endswith(".bin") for name in built)
+    assert not any(b"/tmp" in data for name, data in built.items() if name.endswith(".json"))
+
+
+def test_a_different_seed_gives_different_weights(tmp_path, tiny_model):
+    save_tiny_model({"seed": 1}, tmp_path / "m")
+    other = read_tree(tmp_path / "m")
+    base = read_tree(tiny_model)
+    assert other["unet/diffusion_pytorch_model.safetensors"] != base["unet/diffusion_pytorch_model.safetensors"]
+    assert other["unet/config.json"] == base["unet/config.json"]
+
+
+def test_rebuild_replaces_the_old_model_whole(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "stale.bin").write_bytes(b"old")
+    save_tiny_model({}, out)
+    assert not (out / "stale.bin").exists() and (out / "model_index.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left beside it
+
+
+def test_unknown_param_is_a_one_line_error(tmp_path):
+    with pytest.raises(DataError, match="tiny_model: unknown keys \\['unet_chanels'\\]"):
+        save_tiny_model({"unet_chanels": [8, 16]}, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
