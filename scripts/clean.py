@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
 
@@ -30,6 +30,8 @@ from scripts.common import DataError, atomic_path, load_params, read_parquet, wr
 # for rows the rewrites emptied completely (the reference returned "").
 EMPTY = "empty"
 EMPTY_AFTER_CLEAN = "empty_after_clean"
+
+_DIGIT = re.compile(r"\d")
 
 REQUIRED_KEYS = [
     "banned_nospace", "max_dashes", "max_pipes", "ban_words", "max_repeat_ratio", "min_mean_word_len",
@@ -54,24 +56,31 @@ class Rewrite:
     needs_digit: bool = False
     literals: tuple[str, ...] = ()
     ignore_case: bool = False
+    plain_literals: tuple[str, ...] = ()  # a stronger `literals` for printable-ASCII text
+    adds_digits: bool = True  # whether its replacement text itself holds a digit
 
 
 @dataclass(frozen=True)
 class Phase:
     """An ordered list of rewrites, their guards packed as plain tuples for a tight loop:
-    (needs_digit, literal or None, literals, ignore_case, sub, strip)."""
+    (needs_digit, literals, plain_literals, ignore_case, sub, strip). `steps_without_digits` is
+    the same list minus the steps that need a digit, for texts without one (most prompts): no
+    rewrite of the phase can add a digit, so those steps could never run (None if one could)."""
 
     rewrites: tuple[Rewrite, ...]
-    steps: tuple[tuple[bool, str | None, tuple[str, ...], bool, Callable[[str], str], bool], ...]
+    steps: tuple[tuple[bool, tuple[str, ...], tuple[str, ...], bool, Callable[[str], str], bool], ...]
+    steps_without_digits: tuple | None
 
 
 def _phase(rewrites: tuple[Rewrite, ...]) -> Phase:
-    steps = tuple(
-        (rw.needs_digit, rw.literals[0] if len(rw.literals) == 1 else None, rw.literals, rw.ignore_case,
-         rw.sub, rw.strip)
-        for rw in rewrites
-    )
-    return Phase(rewrites, steps)
+    steps = tuple((rw.needs_digit, rw.literals, rw.plain_literals, rw.ignore_case, rw.sub, rw.strip)
+                  for rw in rewrites)
+    # a skipped step still trims when it says strip: keep it as a trim-only step
+    without = tuple(step if not step[0] else (False, (), (), False, str, True) for step in steps
+                    if not step[0] or step[5])
+    if any(rw.adds_digits for rw in rewrites) or len(without) == len(steps):
+        without = None
+    return Phase(rewrites, steps, without)
 
 
 @dataclass(frozen=True)
@@ -212,19 +221,23 @@ def _rewrite(step: dict, where: str, fast: bool) -> Rewrite:
     name, repl, strip = str(step["name"]), str(step.get("repl", "")), bool(step.get("strip", False))
     if "find" in step:
         find = str(step["find"])
-        return Rewrite(name, lambda text: text.replace(find, repl), strip, literals=(find,) if fast else ())
+        return Rewrite(name, lambda text: text.replace(find, repl), strip, literals=(find,) if fast else (),
+                       adds_digits=bool(_DIGIT.search(repl)))
+    # group references (\\1, \\g<name>) copy what matched; only the rest of `repl` is new text
+    adds_digits = bool(_DIGIT.search(re.sub(r"\\(\d+|g<[^>]*>)", "", repl)))
     regex = _regex(str(step["pattern"]), where)
     try:
         regex.sub(repl, "")  # a bad group reference in `repl` fails here, not on row 1,000,000
     except (re.error, IndexError) as exc:
         raise DataError(f"params.yaml: {where}: bad repl {repl!r} ({exc})") from None
     sub = regex.sub
-    needs_digit, literals, ignore_case = _guards(regex) if fast else (False, (), False)
+    needs_digit, literals, plain_literals, ignore_case = _guards(regex) if fast else (False, (), (), False)
     unchanged = _UNCHANGED_WHEN.get((regex.pattern, repl)) if fast else None
     if unchanged is not None:
         return Rewrite(name, lambda text: text if unchanged(text) else sub(repl, text), strip,
-                       needs_digit, literals, ignore_case)
-    return Rewrite(name, lambda text: sub(repl, text), strip, needs_digit, literals, ignore_case)
+                       needs_digit, literals, ignore_case, plain_literals, adds_digits)
+    return Rewrite(name, lambda text: sub(repl, text), strip, needs_digit, literals, ignore_case, plain_literals,
+                   adds_digits)
 
 
 def _plain(text: str) -> bool:
@@ -289,26 +302,48 @@ _UNCHANGED_WHEN: dict[tuple[str, str], Callable[[str], bool]] = {
 }
 
 
-def _guards(regex: re.Pattern) -> tuple[bool, tuple[str, ...], bool]:
-    """(needs_digit, literals, ignore_case): what any match of `regex` must contain, from its parse
-    tree. Conservative: whatever the walk does not understand adds no guard."""
-    from re import _parser as parser  # Python's own regex parser (stable within 3.11)
-
+def _guards(regex: re.Pattern) -> tuple[bool, tuple[str, ...], tuple[str, ...], bool]:
+    """(needs_digit, literals, plain_literals, ignore_case): what any match of `regex` must contain,
+    read off its parse tree; `plain_literals`, when set, is a stronger guard for printable-ASCII
+    text, where \\s can only be " ". Conservative: what the walk does not understand adds no guard."""
+    try:
+        from re import _parser as parser  # Python's own regex parser (private; present in 3.11+)
+    except ImportError:
+        return False, (), (), False  # no guards: every regex runs, same results
     ignore_case = bool(regex.flags & re.IGNORECASE)
-    needs_digit, options = _required(parser.parse(regex.pattern).data, parser)
+    tree = parser.parse(regex.pattern)
+    needs_digit, options = _required(tree, parser, plain=False)
+    _, plain_options = _required(tree, parser, plain=True)
+    best, best_plain = _best(options, ignore_case), _best(plain_options, ignore_case)
+    if min(map(len, best_plain), default=0) <= min(map(len, best), default=0):
+        best_plain = ()  # no stronger than the general guard
+    return needs_digit, best, best_plain, ignore_case
+
+
+def _best(options: list[tuple[str, ...]], ignore_case: bool) -> tuple[str, ...]:
+    """The most selective option: the one whose shortest literal is longest."""
     if ignore_case:
         options = [tuple(x.lower() for x in opt) for opt in options if all(x.isascii() for x in opt)]
-    best = max(options, key=lambda opt: min(map(len, opt)), default=())
-    return needs_digit, best, ignore_case
+    return max(options, key=lambda opt: min(map(len, opt)), default=())
 
 
-def _required(items, parser) -> tuple[bool, list[tuple[str, ...]]]:
+def _required(items, parser, plain: bool) -> tuple[bool, list[tuple[str, ...]]]:
     """Walk one sequence of a parse tree: does every match need a digit, and which sets of
-    literals (one of each set must occur) does every match need."""
+    literals (one of each set must occur) does every match need. `plain`: read \\s as " "."""
+    space = [(parser.CATEGORY, parser.CATEGORY_SPACE)]
+    repeats = (parser.MAX_REPEAT, parser.MIN_REPEAT, parser.POSSESSIVE_REPEAT)
     needs_digit, options, run = False, [], []
     for op, av in list(items) + [(None, None)]:
         if op is parser.LITERAL:
             run.append(chr(av))
+            continue
+        if plain and op is parser.IN and av == space:
+            run.append(" ")
+            continue
+        if plain and op in repeats and av[0] >= 1 and list(av[2]) == [(parser.IN, space)]:
+            run.append(" ")  # one or more spaces: the run so far ends in " ", the next starts with one
+            options.append(("".join(run),))
+            run = [" "]
             continue
         if run:
             options.append(("".join(run),))
@@ -318,17 +353,17 @@ def _required(items, parser) -> tuple[bool, list[tuple[str, ...]]]:
                 needs_digit = True
             elif av and all(kind is parser.LITERAL for kind, _ in av):
                 options.append(tuple(chr(c) for _, c in av))
-        elif op in (parser.MAX_REPEAT, parser.MIN_REPEAT, parser.POSSESSIVE_REPEAT) and av[0] >= 1:
-            digit, opts = _required(av[2], parser)
+        elif op in repeats and av[0] >= 1:
+            digit, opts = _required(av[2], parser, plain)
             needs_digit, options = needs_digit or digit, options + opts
         elif op is parser.SUBPATTERN and not (av[1] or av[2]):  # a group that changes no flags
-            digit, opts = _required(av[3], parser)
+            digit, opts = _required(av[3], parser, plain)
             needs_digit, options = needs_digit or digit, options + opts
         elif op is parser.ASSERT:  # a positive lookaround must match too
-            digit, opts = _required(av[1], parser)
+            digit, opts = _required(av[1], parser, plain)
             needs_digit, options = needs_digit or digit, options + opts
         elif op is parser.BRANCH:
-            walked = [_required(branch, parser) for branch in av[1]]
+            walked = [_required(branch, parser, plain) for branch in av[1]]
             needs_digit = needs_digit or all(digit for digit, _ in walked)
             if all(opts for _, opts in walked):  # one literal of some branch must occur
                 best = [max(opts, key=lambda opt: min(map(len, opt))) for _, opts in walked]
@@ -430,19 +465,24 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
     return text, None
 
 
-_DIGIT = re.compile(r"\d")
-
-
 def _run(phase: Phase, text: str) -> str:
     """Apply a phase's rewrites in order, skipping those whose guards show they cannot match."""
-    lower = has_digit = None  # facts about the current text, recomputed after it changes
-    for needs_digit, literal, literals, ignore_case, sub, strip in phase.steps:
+    lower = has_digit = plain = None  # facts about the current text, recomputed after it changes
+    steps = phase.steps
+    if phase.steps_without_digits is not None and not _DIGIT.search(text):
+        steps, has_digit = phase.steps_without_digits, False
+    for needs_digit, literals, plain_literals, ignore_case, sub, strip in steps:
         if needs_digit:
             if has_digit is None:
                 has_digit = _DIGIT.search(text) is not None
             if not has_digit:
                 text = text.strip() if strip else text
                 continue
+        if plain_literals:
+            if plain is None:
+                plain = _plain(text)
+            if plain:
+                literals = plain_literals
         if literals:
             if ignore_case:
                 if lower is None:
@@ -451,7 +491,7 @@ def _run(phase: Phase, text: str) -> str:
             else:
                 haystack = text
             if haystack is not False and (
-                literal not in haystack if literal is not None else not any(x in haystack for x in literals)
+                literals[0] not in haystack if len(literals) == 1 else not any(x in haystack for x in literals)
             ):
                 text = text.strip() if strip else text
                 continue
@@ -459,7 +499,7 @@ def _run(phase: Phase, text: str) -> str:
         if strip:
             new = new.strip()
         if new != text:
-            text, lower, has_digit = new, None, None
+            text, lower, has_digit, plain = new, None, None, None
     return text
 
 

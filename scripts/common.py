@@ -36,13 +36,32 @@ class DataError(Exception):
     """
 
 
+_CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
+
+
 def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
-    """Read params.yaml (or one top-level section of it)."""
+    """Read params.yaml (or one top-level section of it), checked against scripts/params_schema.py.
+
+    A YAML syntax error, an unknown key or a wrong type is one DataError naming the file and key.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: params file not found (run from the repository root)")
-    with path.open(encoding="utf-8") as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        params = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DataError(f"{path}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    key = (str(path.resolve()), sha256_text(text))
+    if key not in _CHECKED_PARAMS:
+        from scripts.params_schema import check_params  # pydantic: imported only by stages that read params
+
+        check_params(params, str(path))
+        _CHECKED_PARAMS.add(key)
     if section is None:
         return params
     if section not in params:

@@ -61,6 +61,7 @@ class DedupParams:
     target_recall: float = 0.995  # pair recall at exactly the threshold when bands/rows are chosen
     bucket_window: int = 64  # in a bucket, each row is paired with at most this many others
     batch_size: int = 20_000  # texts per shingling/signature batch (bounds memory)
+    verify_batch: int = 500_000  # candidate pairs per exact-Jaccard batch (bounds memory)
     workers: int = 1  # processes computing signatures; 0 = one per CPU core
 
     @classmethod
@@ -88,6 +89,7 @@ class DedupParams:
             (0.0 < float(self.target_recall) < 1.0, "target_recall must be in (0, 1)"),
             (int(self.bucket_window) >= 1, "bucket_window must be >= 1"),
             (int(self.batch_size) >= 1, "batch_size must be >= 1"),
+            (int(self.verify_batch) >= 1, "verify_batch must be >= 1"),
             (int(self.workers) >= 0, "workers must be >= 0 (0 = one per CPU core)"),
         ]
         for ok, message in checks:
@@ -295,14 +297,30 @@ def _identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndar
 
 def _verify_pairs(texts: pa.Array, candidates: np.ndarray, params: DedupParams):
     """Candidates whose exact shingle-Jaccard >= threshold, and those Jaccards."""
-    if len(candidates) == 0:
-        return candidates.reshape(0, 2), np.zeros(0)
-    rows = np.unique(candidates)
-    sets = mh.unique_sets(shingles_of(texts, rows, params))
-    local = np.searchsorted(rows, candidates)
-    jaccard = mh.pair_jaccard(sets, sets, local)
+    jaccard = exact_jaccard(texts, texts, candidates, params)
     ok = jaccard >= params.threshold
     return candidates[ok], jaccard[ok]
+
+
+def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: DedupParams) -> np.ndarray:
+    """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]].
+
+    Works through `dedup.verify_batch` pairs at a time, re-shingling only the rows they name, so
+    memory stays bounded however many candidates LSH proposes.
+    """
+    out = np.zeros(len(pairs), dtype=np.float64)
+    for lo in range(0, len(pairs), params.verify_batch):
+        part = pairs[lo : lo + params.verify_batch]
+        if left is right:  # self mode: shingle each row once
+            rows = mh.sorted_unique(part.ravel())
+            sets = mh.unique_sets(shingles_of(left, rows, params))
+            out[lo : lo + len(part)] = mh.pair_jaccard(sets, sets, np.searchsorted(rows, part))
+            continue
+        left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
+        left_sets, right_sets = mh.ranked_pair(shingles_of(left, left_rows, params), shingles_of(right, right_rows, params))
+        local = np.stack([np.searchsorted(left_rows, part[:, 0]), np.searchsorted(right_rows, part[:, 1])], axis=1)
+        out[lo : lo + len(part)] = mh.pair_jaccard(left_sets, right_sets, local)
+    return out
 
 
 def _greedy_assign(n: int, pairs: np.ndarray, jaccard: np.ndarray, rank: np.ndarray):
@@ -422,12 +440,7 @@ class Index:
         duplicate_of = np.full(n, -1, dtype=np.int64)
         jaccard = np.full(n, np.nan)
         if len(candidates):
-            new_rows, ref_rows = np.unique(candidates[:, 0]), np.unique(candidates[:, 1])
-            local = np.stack(
-                [np.searchsorted(new_rows, candidates[:, 0]), np.searchsorted(ref_rows, candidates[:, 1])], axis=1
-            )
-            left, right = mh.ranked_pair(shingles_of(new, new_rows, params), shingles_of(self.texts, ref_rows, params))
-            j = mh.pair_jaccard(left, right, local)
+            j = exact_jaccard(new, self.texts, candidates, params)
             ok = j >= params.threshold
             # best reference row per new row: highest Jaccard, then lowest reference index
             pairs, j = candidates[ok], j[ok]
@@ -482,8 +495,8 @@ def dedup_against(new_texts, reference, params=None) -> CrossResult:
 
 
 def _result_params(params: DedupParams) -> dict:
-    """The params that change results (workers and batch_size only change speed and memory)."""
-    return {k: v for k, v in asdict(params).items() if k not in ("workers", "batch_size")}
+    """The params that change results (workers and the batch sizes only change speed and memory)."""
+    return {k: v for k, v in asdict(params).items() if k not in ("workers", "batch_size", "verify_batch")}
 
 
 def near_duplicate_mask(new_texts, reference_texts, params=None) -> np.ndarray:
@@ -549,8 +562,13 @@ def cli_text(
     output: Path = typer.Argument(..., help="JSONL, one {keep, duplicate_of} per input line"),
     threshold: Optional[float] = typer.Option(None, help="Jaccard threshold (default: params.yaml dedup.threshold, else 0.7)"),
 ) -> None:
-    """Near-duplicate flags for a text file: works outside a DVC repo (built-in defaults)."""
-    params = DedupParams.from_mapping(load_params("dedup")) if PARAMS_FILE.exists() else DedupParams()
+    """Near-duplicate flags for a text file; an empty line (no tokens) is always kept.
+
+    Works outside a DVC repo: without params.yaml (or its `dedup:` section) the DedupParams
+    defaults apply.
+    """
+    section = (load_params() or {}).get("dedup") if PARAMS_FILE.exists() else None
+    params = DedupParams.from_mapping(section)
     if threshold is not None:
         if not 0.0 < threshold <= 1.0:
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")

@@ -79,25 +79,26 @@ def load_settings(params: dict) -> Settings:
     values = {k: v for k, v in (params or {}).items() if k in known}
     try:
         s = Settings(**values)
-    except TypeError as exc:
+        numbers = {"steps": int(s.steps), "guidance": float(s.guidance), "height": int(s.height),
+                   "width": int(s.width), "resize": None if s.resize is None else int(s.resize),
+                   "batch_size": int(s.batch_size), "seed": int(s.seed), "writers": int(s.writers)}
+    except (TypeError, ValueError) as exc:
         raise DataError(f"params.yaml: generate: {exc}") from None
+    s = Settings(**{**asdict(s), **numbers})
     checks = [
         (s.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {s.scheduler!r}"),
         (str(s.format).lower() in FORMATS, f"format must be one of jpg|webp|png, got {s.format!r}"),
         (s.dtype in DTYPES and s.cpu_dtype in DTYPES, f"dtype/cpu_dtype must be one of {DTYPES}"),
         (s.device in ("auto", "cpu", "cuda") or str(s.device).startswith("cuda:"), f"device must be auto|cpu|cuda, got {s.device!r}"),
         (s.engine in ("local", "ray"), f"engine must be local|ray, got {s.engine!r}"),
-        (int(s.steps) >= 1 and int(s.batch_size) >= 1 and int(s.writers) >= 1, "steps, batch_size and writers must be >= 1"),
-        (int(s.height) % 8 == 0 and int(s.width) % 8 == 0, f"height and width must be multiples of 8, got {s.height}x{s.width}"),
-        (s.resize is None or int(s.resize) >= 1, f"resize must be null or a positive width, got {s.resize!r}"),
+        (s.steps >= 1 and s.batch_size >= 1 and s.writers >= 1, "steps, batch_size and writers must be >= 1"),
+        (s.height % 8 == 0 and s.width % 8 == 0, f"height and width must be multiples of 8, got {s.height}x{s.width}"),
+        (s.resize is None or s.resize >= 1, f"resize must be null or a positive width, got {s.resize!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise DataError(f"params.yaml: generate.{message}")
-    return Settings(**{**asdict(s), "format": FORMATS[str(s.format).lower()], "steps": int(s.steps),
-                       "guidance": float(s.guidance), "height": int(s.height), "width": int(s.width),
-                       "resize": None if s.resize is None else int(s.resize), "batch_size": int(s.batch_size),
-                       "seed": int(s.seed), "writers": int(s.writers)})
+    return Settings(**{**asdict(s), "format": FORMATS[str(s.format).lower()]})
 
 
 # ---------------------------------------------------------------- pure core: seeds, keys, plan
@@ -160,7 +161,8 @@ def manifest_table(jobs: list[Job], settings: Settings, model_identity: str):
     for name, value in constants.items():
         rows[name] = [value] * n
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    return df.astype({"steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
+    strings = {name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format")}
+    return df.astype({**strings, "steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
 
 
 def final_size(settings: Settings) -> tuple[int, int]:
@@ -198,7 +200,24 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return str(local), f"{settings.model}@{Path(local).name}"
 
 
+_DIRECTORY_HASHES: dict = {}  # (path, stamp) -> sha256, so a benchmark or Ray worker hashes a model once
+
+
+def directory_stamp(path: Path) -> tuple:
+    """Cheap fingerprint (names, sizes, mtimes, inodes): changes whenever a file is replaced."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    return tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files)
+
+
 def hash_directory(path: Path) -> str:
+    """sha256 over every file's relative name and bytes (an SD2 checkpoint: a few seconds, once per process)."""
+    cache_key = (str(Path(path).resolve()), directory_stamp(path))
+    if cache_key not in _DIRECTORY_HASHES:
+        _DIRECTORY_HASHES[cache_key] = _hash_files(Path(path))
+    return _DIRECTORY_HASHES[cache_key]
+
+
+def _hash_files(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\x00")
@@ -226,9 +245,7 @@ _PIPELINES: dict = {}  # the loaded pipeline of this process, by model files and
 
 def load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
     """The diffusers pipeline for these settings, loaded once per process (Ray workers, benchmarks)."""
-    files = sorted(p for p in Path(model_dir).rglob("*") if p.is_file())
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)  # a rebuilt model reloads
-    cache_key = (model_dir, stamp, device, dtype, settings.scheduler, settings.compile)
+    cache_key = (model_dir, directory_stamp(Path(model_dir)), device, dtype, settings.scheduler, settings.compile)
     if cache_key not in _PIPELINES:
         _PIPELINES.clear()  # one model in memory at a time
         _PIPELINES[cache_key] = _load_pipeline(settings, model_dir, device, dtype)

@@ -119,6 +119,10 @@ def build_pipeline(params: dict):
     import tempfile
 
     import torch
+
+    from scripts.generate import quiet_libraries
+
+    quiet_libraries()  # no progress bars or backend notes in the stage log
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

@@ -254,7 +254,7 @@ def test_results_are_identical_across_processes_with_different_hash_seeds(prompt
 def test_batch_size_and_worker_processes_do_not_change_the_result(prompts):
     a = dedup_self(prompts, None, DedupParams(batch_size=20_000))
     b = dedup_self(prompts, None, DedupParams(batch_size=97))
-    c = dedup_self(prompts, None, DedupParams(batch_size=700, workers=2))
+    c = dedup_self(prompts, None, DedupParams(batch_size=700, workers=2, verify_batch=50))
     for other in (b, c):
         assert np.array_equal(a.keep, other.keep) and np.array_equal(a.duplicate_of, other.duplicate_of)
     assert a.stats == c.stats
@@ -297,7 +297,9 @@ def test_cross_dedup_removes_only_new_rows_that_near_duplicate_the_reference(pro
     assert np.array_equal(result.keep, index.query(new).keep)
     assert np.array_equal(result.keep, dedup_against(new, reference, params).keep)
     assert np.array_equal(~result.keep, near_duplicate_mask(new, reference, {"threshold": 0.7}))
-    assert np.array_equal(result.keep, dedup_against(new, loaded, params.replace(workers=2, batch_size=500)).keep)
+    small_batches = params.replace(workers=2, batch_size=500, verify_batch=30)
+    assert np.array_equal(result.keep, dedup_against(new, loaded, small_batches).keep)
+    assert np.array_equal(result.keep, dedup_against(new, reference, small_batches).keep)
     with pytest.raises(DataError, match="params differ"):
         dedup_against(new, loaded, params.replace(threshold=0.8))
 
@@ -328,7 +330,7 @@ def test_params_are_validated_with_a_clear_message():
 # --- stage CLI and file-level CLI ----------------------------------------------------------------
 
 
-CLI_FILES = ("__init__.py", "__main__.py", "cli.py", "common.py", "dedup.py", "minhash.py")
+CLI_FILES = ("__init__.py", "__main__.py", "cli.py", "common.py", "params_schema.py", "dedup.py", "minhash.py")
 
 
 def _copy_cli(target: Path) -> Path:

@@ -225,6 +225,18 @@ def test_changing_a_setting_rerenders_and_prunes_everything(model_dir, tmp_path)
     assert len(list(out.rglob("*.jpg"))) == 3 and not list(out.rglob(".*"))
 
 
+def test_an_empty_prompt_set_empties_the_store_and_keeps_the_manifest_schema(model_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    generate(prompts_table(2), settings(model_dir), out)
+    schema = pq.read_schema(out / "manifest.parquet")
+    counts = generate(prompts_table(0), settings(model_dir), out)
+    assert counts == {"prompts": 0, "rendered": 0, "reused": 0, "pruned": 2, "pipeline_calls": 0}
+    assert [p.name for p in out.iterdir()] == ["manifest.parquet"]
+    assert pq.read_schema(out / "manifest.parquet").equals(schema)
+
+
 def test_refuses_to_prune_a_directory_it_did_not_write(model_dir, tmp_path):
     out = tmp_path / "out"
     generate(prompts_table(2), settings(model_dir), out)

@@ -1,0 +1,119 @@
+"""Faults in the middle of long work: the S3 server dies during `dvc push`, `dvc repro` is SIGKILLed
+during a stage. Afterwards the remote is complete, pulls are byte-identical, the next repro finishes
+with the same dvc.lock as an uninterrupted build, and the cache never holds a half-written file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_repo, env, run
+from test_s3_remote import (S3Server, add_s3_remote, aws_env, bucket, copy_built, dvc, file_digests,  # noqa: F401
+                            fresh_clone, object_count, s3_server, tracked_outputs)
+
+
+def cache_files(repo: Path) -> list[Path]:
+    root = repo / ".dvc" / "cache" / "files" / "md5"
+    return sorted(p for p in root.glob("*/*") if p.is_file())
+
+
+def assert_cache_intact(repo: Path) -> int:
+    """Every cache object hashes to its own name (a .dir object is the md5 of its JSON listing)."""
+    files = cache_files(repo)
+    bad = []
+    for file in files:
+        name = file.parent.name + file.name
+        expected = name.removesuffix(".dir")
+        if hashlib.md5(file.read_bytes()).hexdigest() != expected:
+            bad.append(str(file.relative_to(repo)))
+    assert not bad, f"{len(bad)} cache files do not match their names, e.g. {bad[:3]}"
+    return len(files)
+
+
+def outs_md5(lock_text: str) -> dict[str, str]:
+    lock = yaml.safe_load(lock_text)
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+# ------------------------------------------------------------------ S3 server dies during a push
+
+def stop_when(server: S3Server, bucket_name: str, count: int, proc: subprocess.Popen, seen: list[int]) -> None:
+    """Watch moto's state and kill the server once `count` objects have arrived."""
+    while proc.poll() is None and object_count(bucket_name) < count:
+        time.sleep(0.005)
+    seen.append(object_count(bucket_name))
+    server.stop()
+
+
+def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket):
+    repo = copy_built(built_repo, tmp_path / "repo")
+    add_s3_remote(repo, s3_server, bucket)
+    total = len(cache_files(repo))
+    assert total > 100
+
+    push_env = {**aws_env(False), "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}  # fail fast while down
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "push", "-j", "2"], cwd=repo, env=push_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[int] = []
+    watcher = threading.Thread(target=stop_when, args=(s3_server, bucket, total // 3, proc, seen))
+    watcher.start()
+    output, _ = proc.communicate(timeout=540)
+    watcher.join()
+    assert seen and seen[0] < total, "the push finished before the server was stopped: nothing was tested"
+    assert proc.returncode != 0, f"a push to a dead server must fail:\n{output[-2000:]}"
+    interrupted_at = object_count(bucket)
+    assert interrupted_at < total
+
+    s3_server.start()  # same port, same moto state: what arrived before the crash is still there
+    assert object_count(bucket) == interrupted_at
+    assert dvc(["status", "-c", "--json"], repo, check=False).stdout.strip() not in ("{}", "")
+    dvc(["push", "-j", "2"], repo)
+    assert dvc(["status", "-c", "--json"], repo).stdout.strip() in ("{}", "")
+    assert object_count(bucket) == total
+
+    clone = fresh_clone(repo, tmp_path / "clone")
+    dvc(["pull"], clone, with_credentials=True)
+    outputs = tracked_outputs(repo)
+    assert file_digests(clone, outputs) == file_digests(repo, outputs)
+    assert assert_cache_intact(clone) == total
+
+
+# ------------------------------------------------------------------ SIGKILL during a stage
+
+def test_repro_killed_mid_stage_recovers(built_repo, tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 540
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("Running stage 'generate@"):
+                time.sleep(2.0)  # let it write some images
+                break
+            assert time.monotonic() < deadline, "dvc repro never reached a generate stage"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage it runs: no cleanup handler runs
+        proc.wait()
+    assert any(line.startswith("Running stage 'generate@") for line in seen), "".join(seen[-20:])
+    assert proc.returncode == -signal.SIGKILL
+
+    assert_cache_intact(repo)  # what the killed run had committed so far is whole
+    rerun = run("dvc repro", repo)  # no manual cleanup: stale locks and temp files are DVC's problem
+    assert "Running stage 'generate@" in rerun.stdout
+    assert_cache_intact(repo)
+    uninterrupted = run(["git", "show", "HEAD:dvc.lock"], built_repo).stdout
+    assert outs_md5((repo / "dvc.lock").read_text()) == outs_md5(uninterrupted)
+    assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
+    leftovers = [str(p.relative_to(repo)) for p in (repo / "data").rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, f"temporary files left in the workspace: {leftovers[:5]}"
