@@ -223,6 +223,26 @@ def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: 
     return int(cross.keep.sum())
 
 
+def index_benchmark(texts: pa.Array, params: DedupParams) -> None:
+    """Cross-dedup as releases use it: a persisted index of the reference, queried with new rows."""
+    import tempfile
+
+    from scripts.dedup import Index, build_index
+
+    cut = len(texts) * 9 // 10
+    t0 = time.perf_counter()
+    index = build_index(texts.slice(0, cut), params)
+    built = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="dedup-index-") as tmp:
+        index.save(Path(tmp) / "index")
+        size = sum(f.stat().st_size for f in (Path(tmp) / "index").iterdir()) / 2**20
+        t0 = time.perf_counter()
+        result = Index.load(Path(tmp) / "index").query(texts.slice(cut))
+        queried = time.perf_counter() - t0
+    print(f"index {cut:>10,} reference rows: build {built:.1f}s, {size:.0f} MiB on disk; "
+          f"query {len(texts) - cut:,} new rows (load + query): {queried:.1f}s, removed {result.stats['removed']:,}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("size", nargs="?", type=int, default=100_000)
@@ -231,6 +251,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--no-naive", action="store_true", help="skip the datasketch baseline")
     parser.add_argument("--workers", type=int, default=1, help="signature processes (0 = one per core)")
+    parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
     args = parser.parse_args()
     size = 10_000_000 if args.ten_m else 1_000_000 if args.one_m else args.size
     params = DedupParams(threshold=args.threshold, workers=args.workers)
@@ -254,6 +275,8 @@ def main() -> None:
           f"removed {result.stats['removed']:,}  recall {recall(result.keep, pairs):.4f} of {len(pairs):,} true planted pairs  "
           f"candidates {result.stats['candidate_pairs']:,}")
 
+    if args.index:
+        index_benchmark(texts, params)
     if args.no_naive:
         return
     n = min(size, 100_000)

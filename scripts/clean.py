@@ -562,15 +562,16 @@ def _language(text: str, seed: int) -> str:
 
 # --------------------------------------------------------------------------- tables
 
-def clean_table(df, rules: Rules, column: str = "prompt"):
-    """Clean `column` of every row: (kept rows + `text`, dropped rows + `reason`), order preserved."""
+def clean_table(df, rules: Rules, column: str = "prompt", desc: str = "clean"):
+    """Clean `column` of every row: (kept rows + `text`, dropped rows + `reason`), order preserved.
+    `desc` names the loop in its progress bar and summary line (e.g. "clean@diffusiondb")."""
     import pandas as pd
 
     if column not in df.columns:
         raise DataError(f"clean: input table has no '{column}' column")
     values = [None if _missing(v) else str(v) for v in df[column].tolist()]
     distinct = list(dict.fromkeys(v for v in values if v is not None))  # real sources repeat prompts a lot
-    cleaned = dict(zip(distinct, _clean_many(distinct, rules)))
+    cleaned = dict(zip(distinct, _clean_many(distinct, rules, desc)))
     results = [cleaned[v] if v is not None else (None, EMPTY) for v in values]
     keep = pd.Series([text is not None for text, _ in results], index=df.index, dtype=bool)
     kept = df[keep].copy()
@@ -583,16 +584,19 @@ def clean_table(df, rules: Rules, column: str = "prompt"):
 PARALLEL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
 
 
-def _clean_many(texts: list[str], rules: Rules) -> list[tuple[str | None, str | None]]:
+def _clean_many(texts: list[str], rules: Rules, desc: str = "clean") -> list[tuple[str | None, str | None]]:
     """clean_text over many texts, in `rules.workers` processes when there are enough of them.
     Workers rebuild the rules from their params (compiled regexes and lambdas do not pickle)."""
+    from scripts.progress import track
+
     if rules.workers <= 1 or len(texts) < PARALLEL_MIN_ROWS:
-        return [clean_text(text, rules) for text in texts]
+        return [clean_text(text, rules) for text in track(texts, desc=desc, unit="distinct prompts")]
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no fork: the parent may hold pyarrow threads
     with context.Pool(rules.workers, initializer=_start_worker, initargs=(rules.params, rules.fast)) as pool:
-        return pool.map(_clean_in_worker, texts, chunksize=2000)
+        results = pool.imap(_clean_in_worker, texts, chunksize=2000)  # imap: in order, counted as they come
+        return list(track(results, total=len(texts), desc=desc, unit="distinct prompts"))
 
 
 _WORKER_RULES: Rules | None = None
@@ -652,7 +656,7 @@ def cli(source: str, input: Path, output: Path) -> None:
     if "prompt" not in df.columns:
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
     if applied:
-        kept, dropped = clean_table(df, load_rules(load_params("clean")))
+        kept, dropped = clean_table(df, load_rules(load_params("clean")), desc=f"clean@{source}")
     else:
         kept, dropped = pass_through(df)
     dropped_path, report_path = sibling_paths(output)

@@ -33,6 +33,8 @@ COMMANDS = {
     "tag": "tag",
     "synthesize": "synthesize",
     "replay-history": "history",
+    "plots": "report",
+    "dedup-preview": "preview:cli_dedup_preview",
 }
 
 

@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -457,6 +457,8 @@ class Index:
 
     def _band_candidates(self, band: int, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
         sorted_keys = self.sorted_keys[band]
+        order = np.argsort(keys)  # sorted queries walk the (memory-mapped) index in order
+        keys, rows = keys[order], rows[order]
         lo = np.searchsorted(sorted_keys, keys, side="left")
         hi = np.searchsorted(sorted_keys, keys, side="right")
         count = np.minimum(hi - lo, self.params.bucket_window)

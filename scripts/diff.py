@@ -160,6 +160,9 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {split} | {s['rows_a']} | {s['rows_b']} | +{s['added']} | -{s['removed']} | {s['text_changed']} | {s['image_changed']} |")
     lines.append("")
     lines.append(f"Validation rows whose text is also in train after the change: **{report['leaks_b']}**")
+    lines.append("")
+    lines.append(f"See: contact sheet `data/releases/{report['release_b']}/preview.jpg`, near-duplicates "
+                 f"`data/dedup/<source>.preview.html`, plots `dvc plots diff {a} {b}`")
     for split, s in report["splits"].items():
         if not (s["added"] or s["removed"] or s["text_changed"]):
             continue

@@ -139,6 +139,7 @@ class Dedup(Strict):
     target_recall: Optional[float] = None
     bucket_window: Optional[int] = None
     batch_size: Optional[int] = None
+    verify_batch: Optional[int] = None
     workers: Optional[int] = None
 
 
@@ -236,6 +237,16 @@ class SynthesizeEntry(Strict):
     backoff_cap_s: Optional[float] = None
 
 
+class Preview(Strict):
+    columns: Optional[int] = None
+    rows: Optional[int] = None
+    thumb: Optional[int] = None
+    caption_height: Optional[int] = None
+    quality: Optional[int] = None
+    dedup_clusters: Optional[int] = None
+    length_bin: Optional[int] = None
+
+
 class Params(Strict):
     """The whole file. A section may be absent (its stage then reports it missing when it runs)."""
 
@@ -247,6 +258,7 @@ class Params(Strict):
     split: Optional[Split] = None
     releases: Optional[dict[str, Release]] = None
     synthesize: Optional[dict[str, SynthesizeEntry]] = None
+    preview: Optional[Preview] = None
 
 
 # --- checking ------------------------------------------------------------------------------------

@@ -192,13 +192,16 @@ def place_image(ref: str, target: Path) -> None:
         shutil.copyfile(ref, target)
 
 
-def write_imagefolder(rows: pd.DataFrame, folder: Path) -> None:
-    """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it."""
+def write_imagefolder(rows: pd.DataFrame, folder: Path, on_image=None) -> None:
+    """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it.
+    `on_image()` is called after each image is placed (progress)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for row in rows.itertuples(index=False):
         file_name = image_file_name(row)
         place_image(row.image, folder / file_name)
+        if on_image is not None:
+            on_image()
         record = {
             "file_name": file_name,
             "text": row.text,
@@ -289,14 +292,14 @@ def _loader(splits_dir: Path):
     return load_split
 
 
-def _cleaner(params: dict):
+def _cleaner(params: dict, desc: str = "reclean"):
     from scripts.clean import clean_table, load_rules
 
     rules = load_rules(params["clean"])
 
     def clean_rows(rows: pd.DataFrame):
         as_prompts = rows.drop(columns=["text"]).rename(columns={"orig_text": "prompt"})
-        kept, dropped = clean_table(as_prompts, rules)
+        kept, dropped = clean_table(as_prompts, rules, desc=desc)
         back = {"prompt": "orig_text"}
         kept = kept.rename(columns=back)[ROW_COLUMNS]
         dropped = dropped.rename(columns=back).assign(text=dropped["prompt"])
@@ -324,12 +327,18 @@ def cli(
     recipe = resolve_recipe(name, params.get("releases") or {})
     if recipe.export != "imagefolder":
         raise DataError(f"params.yaml: releases.{name}.export: {recipe.export!r} is not supported (imagefolder)")
-    rows, removed = compose(recipe, _loader(splits), _cleaner(params), _near_duplicates(params))
+    from scripts.preview import load_geometry, write_release_preview
+    from scripts.progress import Progress
+
+    geometry = load_geometry(params.get("preview") or {})  # checked before the long work starts
+    rows, removed = compose(recipe, _loader(splits), _cleaner(params, f"release@{name} reclean"), _near_duplicates(params))
     stats = release_stats(rows, removed)
     output.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        with atomic_path(output / split, is_dir=True) as tmp:
-            write_imagefolder(rows[rows["split"] == split], tmp)
+    with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
+        for split in SPLITS:
+            with atomic_path(output / split, is_dir=True) as tmp:
+                write_imagefolder(rows[rows["split"] == split], tmp, progress.advance)
+    write_release_preview(output, output / "preview.jpg", geometry)
     write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), output / "removed.parquet")
     with atomic_path(output / "README.md") as tmp:
         tmp.write_text(data_card(recipe, stats, params), encoding="utf-8")

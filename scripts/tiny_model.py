@@ -120,9 +120,10 @@ def build_pipeline(params: dict):
 
     import torch
 
-    from scripts.generate import quiet_libraries
+    from transformers.utils import logging as transformers_logging
 
-    quiet_libraries()  # no progress bars or backend notes in the stage log
+    transformers_logging.set_verbosity_error()  # no progress bars or backend notes in the stage log
+    transformers_logging.disable_progress_bar()
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

@@ -627,3 +627,129 @@ def test_bad_input(tmp_path, name):
     after = files_under(ws)
     assert not [f for f in after if ".tmp-" in Path(f).name], "a temp file was left behind"
     assert files_under(tmp_path) - {f"ws/{f}" for f in after} == outside_before, "something was written outside the workspace"
+
+
+# ---------------------------------------------------------------- security invariants of the code
+# Static checks over scripts/: hostile model folders and data files must never reach code execution.
+# (Secrets: tests/test_synthesize.py proves the API key never reaches stdout, stderr or the cache;
+# tests/test_s3_remote.py proves S3 credentials never reach a committed file or a `dvc push -v` log.)
+
+import ast  # noqa: E402
+
+SCRIPTS = sorted((REPO / "scripts").rglob("*.py"))
+UNSAFE_LOADS = {"pickle.load", "pickle.loads", "torch.load", "joblib.load", "dill.load", "cloudpickle.load",
+                "pd.read_pickle", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load", "marshal.loads",
+                "shelve.open"}
+
+
+def calls(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Call):
+            yield node, ast.unparse(node.func)
+
+
+def keyword(call: ast.Call, name: str):
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def is_true(node) -> bool:
+    return isinstance(node, ast.Constant) and node.value is True
+
+
+def test_no_trust_remote_code_anywhere():
+    offenders = [f"{p.relative_to(REPO)}:{c.lineno}" for p in SCRIPTS for c, _ in calls(p)
+                 if keyword(c, "trust_remote_code") is not None and not (isinstance(keyword(c, "trust_remote_code"), ast.Constant)
+                                                                          and keyword(c, "trust_remote_code").value is False)]
+    assert not offenders, f"trust_remote_code set at {offenders}"
+    assert not [p for p in SCRIPTS if "trust_remote_code=True" in p.read_text(encoding="utf-8").replace(" ", "")]
+
+
+def test_model_weights_load_from_safetensors_only():
+    """Every diffusers/transformers model load says use_safetensors=True (a .bin file is a pickle)."""
+    loads = [(p, c, name) for p in SCRIPTS for c, name in calls(p)
+             if name.endswith(".from_pretrained") and not name.split(".")[-2].endswith(("Tokenizer", "Scheduler", "Config"))]
+    assert loads, "no model load found: this check is looking in the wrong place"
+    unsafe = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p, c, name in loads if not is_true(keyword(c, "use_safetensors"))]
+    assert not unsafe, f"model loads without use_safetensors=True: {unsafe}"
+    saves = [(p, c) for p in SCRIPTS for c, name in calls(p) if name.endswith(".save_pretrained")]
+    assert all(is_true(keyword(c, "safe_serialization")) for _, c in saves)
+
+
+def test_no_pickle_loads_of_data():
+    offenders = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p in SCRIPTS for c, name in calls(p) if name in UNSAFE_LOADS]
+    offenders += [f"{p.relative_to(REPO)}:{c.lineno} allow_pickle" for p in SCRIPTS for c, _ in calls(p)
+                  if is_true(keyword(c, "allow_pickle"))]
+    # PyYAML's load needs a Loader (positional or keyword) and only SafeLoader is safe; a one-argument
+    # `.load(text)` is ruamel's YAML() (round-trip, safe), unless it was built with typ="unsafe".
+    safe_loaders = ("yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader")
+    for p in SCRIPTS:
+        for c, name in calls(p):
+            loader = keyword(c, "Loader") or (c.args[1] if len(c.args) > 1 else None)
+            if name.endswith("yaml.load") and loader is not None and ast.unparse(loader) not in safe_loaders:
+                offenders.append(f"{p.relative_to(REPO)}:{c.lineno} {name} with {ast.unparse(loader)}")
+            typ = keyword(c, "typ")
+            if name.endswith("YAML") and isinstance(typ, ast.Constant) and typ.value == "unsafe":
+                offenders.append(f"{p.relative_to(REPO)}:{c.lineno} YAML(typ='unsafe')")
+    assert not offenders, f"unsafe deserialisation: {offenders}"
+
+
+def test_committed_dvc_config_holds_no_credentials():
+    config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")
+    for key in ("access_key_id", "secret_access_key", "session_token", "password", "credentialpath", "gdrive_client_secret"):
+        assert key not in config, f".dvc/config sets {key}: credentials belong in .dvc/config.local or the environment"
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=REPO).returncode
+    assert ignored == 0, ".dvc/config.local is not ignored by git"
+
+
+# ---------------------------------------------------------------- the params schema stays in step
+
+def test_the_repository_params_fit_the_schema():
+    from scripts.params_schema import check_params
+
+    check_params(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+
+
+@pytest.mark.parametrize("section", ["sources", "clean", "dedup", "generate", "tiny_model", "releases", "components", "synthesize"])
+def test_the_schema_knows_every_key_a_stage_reads(section):
+    """A key a stage accepts but the schema does not would be refused at stage start: keep them in step."""
+    from scripts import params_schema as schema
+
+    if section == "sources":
+        from scripts.readers.base import SourceConfig
+        stage, ours = set(SourceConfig.model_fields), set(schema.Source.model_fields)
+    elif section == "clean":
+        from scripts.clean import REQUIRED_KEYS
+        stage, ours = set(REQUIRED_KEYS) | {"workers", "language", "person_names"}, set(schema.Clean.model_fields)
+    elif section == "dedup":
+        from scripts.dedup import DedupParams
+        stage, ours = set(DedupParams.__dataclass_fields__), set(schema.Dedup.model_fields)
+    elif section == "generate":
+        from scripts.generate import Settings
+        stage, ours = set(Settings.__dataclass_fields__), set(schema.Generate.model_fields)
+    elif section == "tiny_model":
+        from scripts.tiny_model import DEFAULTS
+        stage, ours = set(DEFAULTS), set(schema.TinyModel.model_fields)
+    elif section == "releases":
+        from scripts.release import RECIPE_KEYS
+        stage, ours = set(RECIPE_KEYS), set(schema.Release.model_fields)
+    elif section == "components":
+        from scripts.release import COMPONENT_KEYS
+        stage, ours = set(COMPONENT_KEYS), set(schema.Component.model_fields)
+    else:
+        from scripts.synthesize import SynthesizeParams
+        stage, ours = set(SynthesizeParams.model_fields), set(schema.SynthesizeEntry.model_fields)
+    assert stage <= ours, f"scripts/params_schema.py lacks {sorted(stage - ours)} in {section}"
+
+
+def test_load_params_checks_once_and_names_the_file(tmp_path):
+    from scripts.common import DataError, load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text("split: {seed: 1, validation_fraction: 0.05}\n")
+    assert load_params("split", path) == {"seed": 1, "validation_fraction": 0.05}
+    path.write_text("split: {seed: 1, validation_fractoin: 0.05}\n")
+    with pytest.raises(DataError, match=r"params.yaml: split: unknown key 'validation_fractoin' \(did you mean 'validation_fraction'\?\)"):
+        load_params("split", path)
+    path.write_text("split: {seed: 1.5}\n")
+    with pytest.raises(DataError, match=r"params.yaml: split.seed: .*integer.*\(got 1.5\)"):
+        load_params("split", path)

@@ -310,10 +310,13 @@ def test_a_failed_run_keeps_the_previous_output_intact(tmp_path):
 
 
 def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"x": {"kind": "nope", "path": "."}}}))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    for source, expected in (("y", "no source 'y'"), ("x", "sources.x.kind")):
-        proc = subprocess.run([sys.executable, "-m", "scripts", "ingest", source, "o.parquet"], cwd=tmp_path,
+    cases = [({"x": {"kind": "text", "path": "."}}, "y", "no source 'y'"),
+             ({"x": {"kind": "nope", "path": "."}}, "x", "sources.x.kind")]
+    for i, (sources, source, expected) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "params.yaml").write_text(yaml.safe_dump({"sources": sources}))
+        proc = subprocess.run([sys.executable, "-m", "scripts", "ingest", source, "o.parquet"], cwd=tmp_path / str(i),
                               capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
 

@@ -1,0 +1,255 @@
+"""Pictures of the data for reviewers: a contact sheet per release and a near-duplicate sheet per source.
+
+- `data/releases/V/preview.jpg` (written by release@V): a grid of sample images with their captions.
+  The sample is deterministic: the rows whose sha256(id) sort first, so the same release always shows
+  the same rows and a re-run changes no byte. Captions use PIL's built-in bitmap font (no system font).
+  Geometry comes from params.yaml `preview`: the sheet is exactly
+  (columns * thumb) x (rows * (thumb + caption_height)) pixels.
+- `data/dedup/S.preview.html`: the largest near-duplicate clusters, each kept text beside the texts
+  removed as its duplicates, with their Jaccard. Self-contained HTML (no script, no network), every
+  text escaped. `python -m scripts dedup-preview S` writes it from existing dedup outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from scripts.common import DataError, atomic_path, load_params, read_parquet
+
+SPLITS = ("train", "validation")
+CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
+BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
+
+
+@dataclass(frozen=True)
+class SheetGeometry:
+    columns: int
+    rows: int
+    thumb: int  # each image is fit into thumb x thumb pixels
+    caption_height: int  # pixels of caption text under each image
+    quality: int = 90  # JPEG quality
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.columns * self.thumb, self.rows * (self.thumb + self.caption_height)
+
+
+# Used only for keys absent from params.yaml `preview` (a test's partial params.yaml); same values.
+DEFAULTS = {"columns": 4, "rows": 3, "thumb": 160, "caption_height": 48, "quality": 80, "dedup_clusters": 20}
+
+
+def load_geometry(params_preview: dict) -> SheetGeometry:
+    """params.yaml `preview` -> SheetGeometry; a non-positive value is a DataError naming the key."""
+    values = {}
+    for key in ("columns", "rows", "thumb", "caption_height", "quality"):
+        value = (params_preview or {}).get(key, DEFAULTS[key])
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "caption_height" else 1):
+            raise DataError(f"params.yaml: preview.{key}: expected a positive integer, got {value!r}")
+        values[key] = value
+    return SheetGeometry(**values)
+
+
+# --- contact sheet -------------------------------------------------------------------------------
+
+
+def sample_ids(ids, n: int) -> list[str]:
+    """The n ids whose sha256 sorts first: a deterministic sample, unbiased by id order."""
+    return sorted(ids, key=lambda i: hashlib.sha256(str(i).encode("utf-8")).hexdigest())[:n]
+
+
+def wrap_caption(text: str, width_px: int, height_px: int) -> list[str]:
+    """Word-wrap `text` into the lines that fit the caption box; the last line ends in "..." if cut."""
+    per_line, max_lines = max(1, width_px // CHAR_WIDTH), height_px // LINE_HEIGHT
+    if max_lines == 0:
+        return []
+    # the bitmap font covers latin-1 only: anything else becomes "?"
+    text = " ".join(str(text).split()).encode("latin-1", "replace").decode("latin-1")
+    lines, line = [], ""
+    for word in text.split(" "):
+        while len(word) > per_line:  # a word longer than a line is broken
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:per_line])
+            word = word[per_line:]
+        candidate = f"{line} {word}" if line else word
+        if len(candidate) <= per_line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: per_line - 3].rstrip() + "..."
+    return lines
+
+
+def contact_sheet(items: list[tuple[Path | None, str]], geometry: SheetGeometry):
+    """A PIL image: one cell per (image path, caption), row-major; a missing or unreadable image is a
+    grey box (the sheet is for looking, not a check). Size is always `geometry.size`."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default_imagefont()  # bitmap font built into Pillow: same pixels everywhere
+    sheet = Image.new("RGB", geometry.size, BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    cell_height = geometry.thumb + geometry.caption_height
+    for index, (path, caption) in enumerate(items[: geometry.columns * geometry.rows]):
+        x, y = (index % geometry.columns) * geometry.thumb, (index // geometry.columns) * cell_height
+        thumb = _thumbnail(path, geometry.thumb)
+        if thumb is None:
+            draw.rectangle([x + 2, y + 2, x + geometry.thumb - 3, y + geometry.thumb - 3], fill=MISSING)
+        else:
+            sheet.paste(thumb, (x + (geometry.thumb - thumb.width) // 2, y + (geometry.thumb - thumb.height) // 2))
+        for line_no, line in enumerate(wrap_caption(caption, geometry.thumb - 8, geometry.caption_height)):
+            draw.text((x + 4, y + geometry.thumb + line_no * LINE_HEIGHT), line, fill=INK, font=font)
+    return sheet
+
+
+def _thumbnail(path: Path | None, size: int):
+    from PIL import Image
+
+    if path is None:
+        return None
+    from PIL import ImageOps
+
+    try:
+        with Image.open(path) as image:
+            # fit (up or down, aspect kept) into the cell less a 2 px gutter: 64 px renders stay visible
+            return ImageOps.contain(image.convert("RGB"), (size - 4, size - 4), Image.Resampling.LANCZOS)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def release_sample(release_dir: Path, n: int) -> list[tuple[Path, str]]:
+    """(image path, caption) of the release's n sample rows, from both splits' metadata.jsonl."""
+    records = {}
+    for split in SPLITS:
+        metadata = Path(release_dir) / split / "metadata.jsonl"
+        if not metadata.exists():
+            raise DataError(f"{metadata}: not found (run release first)")
+        for line_no, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records[str(record["id"])] = (metadata.parent / record["file_name"], str(record["text"]))
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{metadata}: line {line_no}: not a metadata record with id, file_name, text") from None
+    return [records[i] for i in sample_ids(records, n)]
+
+
+def write_release_preview(release_dir: Path, output: Path, geometry: SheetGeometry) -> None:
+    """data/releases/V/preview.jpg: the contact sheet of the release's sample, written atomically."""
+    sheet = contact_sheet(release_sample(release_dir, geometry.columns * geometry.rows), geometry)
+    with atomic_path(output) as tmp:
+        sheet.save(tmp, format="JPEG", quality=geometry.quality)
+
+
+# --- near-duplicate sheet ------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+")
+
+PAGE_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; width: 100%; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
+td.kept { background: #eef7ee; width: 45%; }
+td.jaccard { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+mark { background: #ffe08a; }
+.id { color: #888; font-size: 80%; font-family: monospace; }
+"""
+
+
+def dedup_preview_html(clusters_df, kept_df, removed_df, n: int, title: str = "near-duplicates",
+                       text_column: str = "text") -> str:
+    """An HTML page of the n largest clusters: each kept text beside the texts removed as its
+    near-duplicates, with their Jaccard (words not in the kept text are highlighted).
+
+    clusters_df: id (removed), duplicate_of (kept id), jaccard - as in data/dedup/S.clusters.parquet.
+    kept_df / removed_df: tables with `id` and `text_column` holding those rows' texts (e.g. the
+    dedup output and its input). Clusters are ordered by size, then kept id; removed rows by Jaccard
+    (highest first), then id; so the page is the same bytes for the same inputs."""
+    for name, df, columns in (("clusters", clusters_df, ("id", "duplicate_of", "jaccard")),
+                              ("kept", kept_df, ("id", text_column)), ("removed", removed_df, ("id", text_column))):
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise DataError(f"dedup preview: {name} table has no column(s) {', '.join(missing)}")
+    kept_text = dict(zip(kept_df["id"].astype(str), kept_df[text_column]))
+    removed_text = dict(zip(removed_df["id"].astype(str), removed_df[text_column]))
+    members: dict[str, list[tuple[float, str]]] = {}
+    for rid, kid, jac in zip(clusters_df["id"].astype(str), clusters_df["duplicate_of"].astype(str),
+                             clusters_df["jaccard"]):
+        members.setdefault(kid, []).append((float(jac), rid))
+    order = sorted(members, key=lambda k: (-len(members[k]), k))[: max(0, n)]
+    removed_total = sum(len(m) for m in members.values())
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p id="summary">{len(members):,} clusters, {removed_total:,} rows removed; '
+        f"showing the {len(order):,} largest.</p>",
+    ]
+    for number, kid in enumerate(order, start=1):
+        rows = sorted(members[kid], key=lambda m: (-m[0], m[1]))
+        keep = str(kept_text.get(kid, "(kept row not found)"))
+        keep_words = {w.lower() for w in _TOKEN.findall(keep)}
+        parts += [
+            f'<table class="cluster" id="cluster-{number}">',
+            f"<caption>cluster {number}: {len(rows) + 1} rows</caption>",
+            "<tr><th>kept</th><th>removed</th><th>Jaccard</th></tr>",
+        ]
+        for i, (jac, rid) in enumerate(rows):
+            kept_cell = (f'<td class="kept" rowspan="{len(rows)}">{html.escape(keep)}'
+                         f'<div class="id">{html.escape(kid)}</div></td>') if i == 0 else ""
+            text = removed_text.get(rid)
+            shown = _highlight(str(text), keep_words) if text is not None else "(removed row not found)"
+            parts.append(f'<tr>{kept_cell}<td class="removed">{shown}<div class="id">{html.escape(rid)}</div></td>'
+                         f'<td class="jaccard">{jac:.3f}</td></tr>')
+        parts.append("</table>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _highlight(text: str, keep_words: set[str]) -> str:
+    """Escape `text`, marking the words that the kept text does not have."""
+    out, last = [], 0
+    for match in _TOKEN.finditer(text):
+        out.append(html.escape(text[last:match.start()]))
+        word = html.escape(match.group())
+        out.append(word if match.group().lower() in keep_words else f"<mark>{word}</mark>")
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+def write_dedup_preview(source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, output: Path,
+                        n: int) -> None:
+    """data/dedup/S.preview.html from the dedup stage's input, output and clusters."""
+    removed = read_parquet(clean_path)  # the dedup input holds the removed rows' texts
+    page = dedup_preview_html(read_parquet(clusters_path), read_parquet(dedup_path), removed, n,
+                              title=f"dedup@{source}: largest near-duplicate clusters")
+    with atomic_path(output) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def cli_dedup_preview(
+    source: str = typer.Argument(..., help="source name, e.g. diffusiondb"),
+    data: Path = typer.Option(Path("data"), "--data", help="data folder holding clean/ and dedup/"),
+    output: Path = typer.Option(None, "--output", help="default: DATA/dedup/SOURCE.preview.html"),
+) -> None:
+    """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
+    output = output or data / "dedup" / f"{source}.preview.html"
+    n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise DataError(f"params.yaml: preview.dedup_clusters: expected a positive integer, got {n!r}")
+    write_dedup_preview(source, data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet",
+                        data / "dedup" / f"{source}.clusters.parquet", output, n)
+    print(f"dedup-preview {source}: -> {output}")

@@ -1,0 +1,91 @@
+"""Progress for long loops: a live bar on a terminal, one summary line in logs and CI.
+
+    from scripts.progress import track
+    for row in track(rows, desc=f"clean@{source}", unit="prompts"):
+        ...
+
+On a terminal (stderr is a TTY) a rich bar shows done/total, rate and ETA while the loop runs and
+disappears at the end. Everywhere, exactly one line is printed to stderr when the loop finishes:
+
+    clean@diffusiondb: 1,234 prompts in 0.8 s (1,500 prompts/s)
+
+stderr, never stdout: commands such as `diff` print their result on stdout. An input that raises
+prints nothing (the error is the message); a loop left early (`break`, or an error in the loop's
+body) still gets its line, counting the items handed out before.
+For work that is not one Python loop (a process pool, batches), use `Progress` and `advance(n)`.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TextIO, TypeVar
+
+T = TypeVar("T")
+
+
+def summary_line(desc: str, done: int, seconds: float, unit: str = "rows") -> str:
+    """'desc: 1,234 rows in 0.8 s (1,500 rows/s)': the one line a finished loop leaves in a log."""
+    rate = f"{done / seconds:,.0f} {unit}/s" if seconds > 0 else f"- {unit}/s"
+    return f"{desc}: {done:,} {unit} in {seconds:.1f} s ({rate})"
+
+
+class Progress:
+    """Counts work done; a rich bar when `stream` is a terminal; the summary line on a clean exit.
+
+    `force_terminal` overrides the TTY check (tests; None = ask the stream)."""
+
+    def __init__(self, desc: str, total: int | None = None, unit: str = "rows",
+                 stream: TextIO | None = None, force_terminal: bool | None = None):
+        self.desc, self.total, self.unit = desc, total, unit
+        self.stream = stream if stream is not None else sys.stderr
+        is_tty = getattr(self.stream, "isatty", lambda: False)()
+        self.live = is_tty if force_terminal is None else force_terminal
+        self.done = 0
+        self._bar = self._task = None
+        self._start = 0.0
+
+    def __enter__(self) -> "Progress":
+        self._start = time.perf_counter()
+        if self.live:
+            self._start_bar()
+        return self
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TaskProgressColumn,
+                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+        console = Console(file=self.stream, force_terminal=True)
+        self._bar = RichProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"), TextColumn("elapsed"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.desc, total=self.total, rate=f"- {self.unit}/s")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            seconds = time.perf_counter() - self._start
+            rate = f"{self.done / seconds:,.0f} {self.unit}/s" if seconds > 0 else f"- {self.unit}/s"
+            self._bar.update(self._task, advance=n, rate=rate)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if exc_type is None or exc_type is GeneratorExit:
+            seconds = time.perf_counter() - self._start
+            print(summary_line(self.desc, self.done, seconds, self.unit), file=self.stream, flush=True)
+
+
+def track(iterable: Iterable[T], total: int | None = None, desc: str = "working", unit: str = "rows",
+          stream: TextIO | None = None, force_terminal: bool | None = None) -> Iterator[T]:
+    """Yield every item of `iterable` while showing progress (see the module doc)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with Progress(desc, total, unit, stream, force_terminal) as progress:
+        for item in iterable:
+            yield item
+            progress.advance()

@@ -1,0 +1,163 @@
+"""plots: the data files behind `dvc plots show` / `dvc plots diff` (declared under `plots:` in dvc.yaml).
+
+    python -m scripts plots data/releases data/clean data/dedup data/plots
+
+Each file is a small CSV covering every release (or every source), so one file per question:
+
+    prompt_lengths.csv  release, split, chars, rows        caption length histogram (chars = bin start)
+    source_mix.csv      release, split, source, rows, share, panel
+    clean_removed.csv   source, rule, rows, panel          rows dropped per cleaning rule
+    dedup_clusters.csv  source, cluster_size, clusters, panel   near-duplicate cluster sizes (kept + removed)
+
+`panel` names the small multiple a row belongs to (the templates in .dvc/plots/ facet on it; `rev` is
+added by DVC, so `dvc plots diff v4-a v4-b` draws both revisions side by side). Releases come from
+params.yaml `releases` and sources from `sources`, in that order; a missing input names its path.
+Generation speed is not plotted: generate@S records no timing in its manifest or elsewhere.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from scripts.common import DataError, atomic_path, load_params, read_parquet
+
+SPLITS = ("train", "validation")
+# file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
+PLOT_FILES = {
+    "prompt_lengths.csv": ["release", "split", "chars", "rows"],
+    "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
+    "clean_removed.csv": ["source", "rule", "rows", "panel"],
+    "dedup_clusters.csv": ["source", "cluster_size", "clusters", "panel"],
+}
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
+    """release, split, source, text of every row of every release (from metadata.jsonl)."""
+    records = []
+    for release in releases:
+        for split in SPLITS:
+            metadata = Path(releases_dir) / release / split / "metadata.jsonl"
+            if not metadata.exists():
+                raise DataError(f"{metadata}: not found (run release@{release} first)")
+            for line_no, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    records.append((release, split, str(record["source"]), str(record["text"])))
+                except (ValueError, KeyError, TypeError):
+                    raise DataError(f"{metadata}: line {line_no}: not a metadata record with source and text") from None
+    return pd.DataFrame(records, columns=["release", "split", "source", "text"])
+
+
+def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
+    reports = {}
+    for source in sources:
+        path = Path(clean_dir) / f"{source}.report.json"
+        if not path.exists():
+            raise DataError(f"{path}: not found (run clean@{source} first)")
+        try:
+            reports[source] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            raise DataError(f"{path}: not valid JSON") from None
+    return reports
+
+
+def read_clusters(dedup_dir: Path, sources: list[str]) -> dict[str, pd.DataFrame]:
+    return {s: read_parquet(Path(dedup_dir) / f"{s}.clusters.parquet") for s in sources}
+
+
+# --- tables (pure) -------------------------------------------------------------------------------
+
+
+def prompt_lengths(rows: pd.DataFrame, bin_width: int) -> pd.DataFrame:
+    """Histogram of caption length in characters per release and split; `chars` is the bin start.
+    Every bin between the shortest and the longest is listed (0 rows included) so lines stay honest."""
+    if bin_width < 1:
+        raise DataError(f"params.yaml: preview.length_bin: expected a positive integer, got {bin_width!r}")
+    if rows.empty:
+        return pd.DataFrame(columns=PLOT_FILES["prompt_lengths.csv"])
+    binned = rows.assign(chars=rows["text"].str.len() // bin_width * bin_width)
+    counts = binned.groupby(["release", "split", "chars"], sort=False).size()
+    bins = range(int(binned["chars"].min()), int(binned["chars"].max()) + 1, bin_width)
+    frames = []
+    for (release, split), _ in binned.groupby(["release", "split"], sort=False):
+        frames.append(pd.DataFrame({"release": release, "split": split, "chars": list(bins),
+                                    "rows": [int(counts.get((release, split, b), 0)) for b in bins]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def source_mix(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows per source in each release and split, with their share of that split."""
+    counts = rows.groupby(["release", "split", "source"], sort=False).size().rename("rows").reset_index()
+    totals = counts.groupby(["release", "split"], sort=False)["rows"].transform("sum")
+    counts["share"] = (counts["rows"] / totals).round(4)
+    counts["panel"] = counts["release"] + " / " + counts["split"]
+    return counts[PLOT_FILES["source_mix.csv"]]
+
+
+def clean_removed(reports: dict[str, dict]) -> pd.DataFrame:
+    """Rows dropped per cleaning rule and source (from data/clean/S.report.json)."""
+    records = [(source, rule, int(n)) for source, report in reports.items()
+               for rule, n in sorted((report.get("dropped_by_reason") or {}).items())]
+    table = pd.DataFrame(records, columns=["source", "rule", "rows"])
+    table["panel"] = table["source"]
+    return table[PLOT_FILES["clean_removed.csv"]]
+
+
+def dedup_cluster_sizes(clusters: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """How many near-duplicate clusters of each size (the kept row + its removed duplicates) per source."""
+    frames = []
+    for source, table in clusters.items():
+        if "duplicate_of" not in table.columns:
+            raise DataError(f"data/dedup/{source}.clusters.parquet: no 'duplicate_of' column")
+        sizes = table.groupby("duplicate_of").size() + 1
+        hist = sizes.value_counts().sort_index()
+        frames.append(pd.DataFrame({"source": source, "cluster_size": hist.index.astype(int),
+                                    "clusters": hist.values.astype(int)}))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "cluster_size", "clusters"])
+    table["panel"] = table["source"]
+    return table[PLOT_FILES["dedup_clusters.csv"]]
+
+
+def build_plots(releases_dir: Path, clean_dir: Path, dedup_dir: Path, releases: list[str], sources: list[str],
+                length_bin: int) -> dict[str, pd.DataFrame]:
+    """File name -> table, for every file in PLOT_FILES."""
+    rows = read_release_rows(releases_dir, releases)
+    return {
+        "prompt_lengths.csv": prompt_lengths(rows, length_bin),
+        "source_mix.csv": source_mix(rows),
+        "clean_removed.csv": clean_removed(read_clean_reports(clean_dir, sources)),
+        "dedup_clusters.csv": dedup_cluster_sizes(read_clusters(dedup_dir, sources)),
+    }
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+
+
+# --- stage ---------------------------------------------------------------------------------------
+
+
+def cli(
+    releases_dir: Path = typer.Argument(..., help="data/releases"),
+    clean_dir: Path = typer.Argument(..., help="data/clean"),
+    dedup_dir: Path = typer.Argument(..., help="data/dedup"),
+    output: Path = typer.Argument(..., help="data/plots"),
+) -> None:
+    """Write the plot data files (see `dvc plots show`)."""
+    params = load_params()
+    releases = list(params.get("releases") or {})
+    sources = list(params.get("sources") or {})
+    length_bin = (params.get("preview") or {}).get("length_bin", 16)
+    tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
+    for name, table in tables.items():
+        write_csv(table, output / name)
+    print(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})")
