@@ -22,7 +22,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+import typer
 
 from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
 
@@ -645,8 +647,37 @@ def sibling_paths(output: Path) -> tuple[Path, Path]:
 
 # --------------------------------------------------------------------------- commands
 
-def cli(source: str, input: Path, output: Path) -> None:
-    """clean@S: drop and rewrite prompts with params.yaml `clean` (or pass through when
+def read_rules_params(rules_file: Path | None) -> dict:
+    """The `clean` params: from the compiled rules file when given (what DVC tracks), else params.yaml."""
+    if rules_file is None:
+        return load_params("clean")
+    rules_file = Path(rules_file)
+    if not rules_file.exists():
+        raise DataError(f"{rules_file}: rules file not found (run the clean_rules stage first)")
+    try:
+        return json.loads(rules_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{rules_file}: not valid JSON ({exc})") from None
+
+
+def cli_rules(output: Path) -> None:
+    """clean_rules: validate params.yaml `clean` and write it to OUTPUT as the one tracked copy.
+
+    Every clean@S and release@V depends on this file instead of on the `clean` params, so dvc.lock
+    records the (long) rule lists once, not once per stage."""
+    params_clean = load_params("clean")
+    load_rules(params_clean)  # a bad rule fails here, once, naming its key
+    write_json(params_clean, output)
+    print(f"clean_rules: {len(params_clean)} rule entries -> {output}")
+
+
+def cli(
+    source: str,
+    input: Path,
+    output: Path,
+    rules: Optional[Path] = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
+) -> None:
+    """clean@S: drop and rewrite prompts with the cleaning rules (or pass through when
     sources.S.clean is false) -> output, its .dropped.parquet and .report.json."""
     sources = load_params("sources")
     if source not in (sources or {}):
@@ -656,7 +687,7 @@ def cli(source: str, input: Path, output: Path) -> None:
     if "prompt" not in df.columns:
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
     if applied:
-        kept, dropped = clean_table(df, load_rules(load_params("clean")), desc=f"clean@{source}")
+        kept, dropped = clean_table(df, load_rules(read_rules_params(rules)), desc=f"clean@{source}")
     else:
         kept, dropped = pass_through(df)
     dropped_path, report_path = sibling_paths(output)

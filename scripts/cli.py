@@ -23,6 +23,7 @@ COMMANDS = {
     "ingest": "ingest",
     "clean": "clean",
     "clean-text": "clean:cli_text",
+    "clean-rules": "clean:cli_rules",
     "dedup": "dedup",
     "dedup-text": "dedup:cli_text",
     "generate": "generate",

@@ -556,7 +556,16 @@ def cli(
     _write_table(clusters, output.parent / f"{stem}.clusters.parquet")
     report = {"source": source, **result.stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit, "keep": params.keep}
     write_json(report, output.parent / f"{stem}.report.json")
+    write_preview(source, input, output, output.parent / f"{stem}.clusters.parquet", output.parent / f"{stem}.preview.html")
     print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
+
+
+def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:
+    """data/dedup/S.preview.html: the largest clusters, kept vs removed texts (params preview.dedup_clusters)."""
+    from scripts.preview import DEFAULTS, write_dedup_preview
+
+    n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
+    write_dedup_preview(source, input, output, clusters, page, int(n))
 
 
 def cli_text(

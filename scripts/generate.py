@@ -345,9 +345,11 @@ class RenderStats:
     prompts_rendered: int = 0
 
 
-def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: str) -> RenderStats:
+def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: str, desc: str = "generate") -> RenderStats:
     """Render `jobs` into the store at `output`. The one function both engines run (Ray: one per GPU)."""
     import torch
+
+    from scripts.progress import Progress
 
     stats = RenderStats()
     if not jobs:
@@ -356,7 +358,8 @@ def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: st
     pipe = load_pipeline(settings, model_dir, device, dtype)
     out = Path(output)
     max_pending = 2 * settings.batch_size  # bounded: encoding may lag one batch behind, never more
-    with ThreadPoolExecutor(settings.writers, thread_name_prefix="encode") as pool, torch.inference_mode():
+    with ThreadPoolExecutor(settings.writers, thread_name_prefix="encode") as pool, torch.inference_mode(), \
+            Progress(desc, total=len(jobs), unit="images") as progress:
         pending: deque = deque()
         for start in range(0, len(jobs), settings.batch_size):
             batch = jobs[start:start + settings.batch_size]
@@ -374,6 +377,7 @@ def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: st
                 pending.append(pool.submit(lambda a=array, j=job: write_file_atomic(out / j.file, encode_image(a, settings))))
             while len(pending) > max_pending:
                 pending.popleft().result()
+            progress.advance(len(batch))
         for future in pending:
             future.result()
     return stats
@@ -457,8 +461,10 @@ def generate(table, settings: Settings, output: Path, input_name: str = "input")
     output.mkdir(parents=True, exist_ok=True)
     pruned = prune_store(output, {j.file for j in jobs})  # also drops the manifest: incomplete until the end
     missing = [j for j in jobs if not (output / j.file).is_file()]
-    render = render_with_ray if settings.engine == "ray" else render_shard
-    stats = render(missing, settings, model_dir, str(output))
+    if settings.engine == "ray":
+        stats = render_with_ray(missing, settings, model_dir, str(output))
+    else:
+        stats = render_shard(missing, settings, model_dir, str(output), desc=f"generate@{output.name}")
     absent = [j.file for j in jobs if not (output / j.file).is_file()]
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")

@@ -21,6 +21,7 @@ import time
 from typing import Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
+REFRESH_S = 0.1  # the live bar is redrawn at most this often
 
 
 def summary_line(desc: str, done: int, seconds: float, unit: str = "rows") -> str:
@@ -42,7 +43,7 @@ class Progress:
         self.live = is_tty if force_terminal is None else force_terminal
         self.done = 0
         self._bar = self._task = None
-        self._start = 0.0
+        self._start = self._shown_at = 0.0
 
     def __enter__(self) -> "Progress":
         self._start = time.perf_counter()
@@ -68,9 +69,12 @@ class Progress:
     def advance(self, n: int = 1) -> None:
         self.done += n
         if self._bar is not None:
-            seconds = time.perf_counter() - self._start
-            rate = f"{self.done / seconds:,.0f} {self.unit}/s" if seconds > 0 else f"- {self.unit}/s"
-            self._bar.update(self._task, advance=n, rate=rate)
+            now = time.perf_counter()
+            if now - self._shown_at >= REFRESH_S or self.done == self.total:  # a bar update costs microseconds
+                self._shown_at = now
+                seconds = now - self._start
+                rate = f"{self.done / seconds:,.0f} {self.unit}/s" if seconds > 0 else f"- {self.unit}/s"
+                self._bar.update(self._task, completed=self.done, rate=rate)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._bar is not None:

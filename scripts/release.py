@@ -321,6 +321,7 @@ def cli(
     name: str = typer.Argument(..., help="release name in params.yaml: releases"),
     splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
     output: Path = typer.Argument(..., help="data/releases/V"),
+    rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules, for reclean"),
 ) -> None:
     """Compose a release from per-source splits by its recipe."""
     params = load_params()

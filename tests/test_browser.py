@@ -45,7 +45,8 @@ def check_renders(page: Path, tmp_path: Path) -> str:
     url = page.resolve().as_uri()
     dom = chromium(url, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "data-js-errors" not in dom.stdout, re.search(r'data-js-errors="([^"]*)"', dom.stdout).group(1)
+    errors = re.search(r'<html[^>]*data-js-errors="([^"]*)"', dom.stdout)
+    assert errors is None, f"JavaScript errors: {errors.group(1)}"
     console_errors = [line for line in dom.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
     assert not console_errors, console_errors
     shot = tmp_path / f"{page.stem}.png"
@@ -97,3 +98,15 @@ def test_dedup_preview_renders(built_repo, tmp_path):
     dom = check_renders(page, tmp_path)
     assert dom.count('<table class="cluster"') >= 1
     assert re.search(r'<td class="jaccard">[01]\.\d{3}</td>', dom)
+
+
+def test_the_check_catches_a_script_error_and_a_blank_page(tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text(f"<html><head>{ERROR_HOOK}</head><body><h1>plots</h1><script>vegaEmbed('#x', {{}});</script>"
+                      "</body></html>", encoding="utf-8")
+    with pytest.raises(AssertionError, match="JavaScript errors: .*vegaEmbed is not defined"):
+        check_renders(broken, tmp_path)
+    blank = tmp_path / "blank.html"
+    blank.write_text(f"<html><head>{ERROR_HOOK}</head><body></body></html>", encoding="utf-8")
+    with pytest.raises(AssertionError, match="blank"):
+        check_renders(blank, tmp_path)

@@ -330,7 +330,7 @@ def test_params_are_validated_with_a_clear_message():
 # --- stage CLI and file-level CLI ----------------------------------------------------------------
 
 
-CLI_FILES = ("__init__.py", "__main__.py", "cli.py", "common.py", "params_schema.py", "dedup.py", "minhash.py")
+CLI_FILES = ("__init__.py", "__main__.py", "cli.py", "common.py", "params_schema.py", "dedup.py", "minhash.py", "preview.py", "progress.py")
 
 
 def _copy_cli(target: Path) -> Path:

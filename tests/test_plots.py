@@ -173,7 +173,10 @@ def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_re
             assert sheet.size == (preview["columns"] * preview["thumb"],
                                   preview["rows"] * (preview["thumb"] + preview["caption_height"]))
     shown = json.loads(run(["dvc", "plots", "show", "--json"], built_repo).stdout)
-    assert set(declared_plots()) <= set(shown)  # every declared plot renders (dvc reads its x/y fields)
+    assert not shown.get("errors"), shown.get("errors")
+    assert set(shown["data"]) == set(declared_plots())  # every declared plot renders (dvc read its x/y fields)
+    for name, (plot,) in shown["data"].items():
+        assert plot["type"] == "vega" and plot["content"]["data"]["values"], name
 
 
 def test_diff_report_points_to_the_pictures():

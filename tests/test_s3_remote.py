@@ -123,7 +123,7 @@ def copy_built(built: Path, dest: Path) -> Path:
 
 
 def tracked_outputs(repo: Path) -> list[str]:
-    """Every path DVC caches (dvc.lock outs and .dvc files), relative to the repo root."""
+    """Every output path of dvc.lock and of .dvc files (metrics included), relative to the repo root."""
     import yaml
 
     paths = []
