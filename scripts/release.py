@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -292,10 +293,10 @@ def _loader(splits_dir: Path):
     return load_split
 
 
-def _cleaner(params: dict, desc: str = "reclean"):
-    from scripts.clean import clean_table, load_rules
+def _cleaner(rules_file: Path, desc: str = "reclean"):
+    from scripts.clean import clean_table, load_rules, read_rules_params
 
-    rules = load_rules(params["clean"])
+    rules = load_rules(read_rules_params(rules_file))
 
     def clean_rows(rows: pd.DataFrame):
         as_prompts = rows.drop(columns=["text"]).rename(columns={"orig_text": "prompt"})
@@ -332,16 +333,32 @@ def cli(
     from scripts.progress import Progress
 
     geometry = load_geometry(params.get("preview") or {})  # checked before the long work starts
-    rows, removed = compose(recipe, _loader(splits), _cleaner(params, f"release@{name} reclean"), _near_duplicates(params))
+    cleaner = _cleaner(rules, f"release@{name} reclean") if recipe.reclean else None
+    rows, removed = compose(recipe, _loader(splits), cleaner, _near_duplicates(params))
     stats = release_stats(rows, removed)
-    output.mkdir(parents=True, exist_ok=True)
-    with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
-        for split in SPLITS:
-            with atomic_path(output / split, is_dir=True) as tmp:
-                write_imagefolder(rows[rows["split"] == split], tmp, progress.advance)
-    write_release_preview(output, output / "preview.jpg", geometry)
-    write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), output / "removed.parquet")
-    with atomic_path(output / "README.md") as tmp:
-        tmp.write_text(data_card(recipe, stats, params), encoding="utf-8")
-    write_json(stats, output / "stats.json")
+    # Everything is written into a staging folder first and moved into place only at the end, so a
+    # bad image or a crash leaves the previous release whole (never train new and validation old).
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent))
+    try:
+        with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
+            for split in SPLITS:
+                write_imagefolder(rows[rows["split"] == split], staging / split, progress.advance)
+        write_release_preview(staging, staging / "preview.jpg", geometry)
+        write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
+        (staging / "README.md").write_text(data_card(recipe, stats, params), encoding="utf-8")
+        write_json(stats, staging / "stats.json")
+        move_into_place(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
+
+
+def move_into_place(staging: Path, output: Path) -> None:
+    """Replace each release output with its staged version (renames on one filesystem: no copies)."""
+    output.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        target = output / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)

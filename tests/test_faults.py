@@ -95,8 +95,11 @@ def rendered(folder: Path) -> list[Path]:
 TARGET = "generate@diffusiondb"  # the largest render: ingest, clean, dedup and generate of one source
 
 
-def test_repro_killed_mid_stage_recovers(built_repo, tmp_path):
+def test_repro_killed_mid_stage_recovers(tmp_path):
     repo = copy_repo(tmp_path / "repo")
+    reference = tmp_path / "reference"  # the same commit, built without interruption
+    run(["git", "clone", "-q", str(repo), str(reference)], tmp_path)
+    run(["dvc", "repro", TARGET], reference)
     images = repo / "data" / "images" / "diffusiondb"
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", TARGET], cwd=repo, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -118,16 +121,15 @@ def test_repro_killed_mid_stage_recovers(built_repo, tmp_path):
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     finished = (images / "manifest.parquet").exists()  # generate writes its manifest last
     assert written > 0 and not finished, f"the stage was not caught mid-write ({written} images):\n{''.join(seen[-20:])}"
-    assert len(rendered(images)) < len(rendered(built_repo / "data" / "images" / "diffusiondb"))
+    assert len(rendered(images)) < len(rendered(reference / "data" / "images" / "diffusiondb"))
 
     assert_cache_intact(repo)  # what the killed run had committed so far is whole
     rerun = run(["dvc", "repro", TARGET], repo)  # no manual cleanup: stale locks and temp files are DVC's job
     assert f"Running stage '{TARGET}'" in rerun.stdout
     assert_cache_intact(repo)
     ours = outs_md5((repo / "dvc.lock").read_text())
-    uninterrupted = outs_md5(run(["git", "show", "HEAD:dvc.lock"], built_repo).stdout)
     assert "data/images/diffusiondb" in ours and len(ours) >= 8
-    assert ours == {path: uninterrupted.get(path) for path in ours}
+    assert ours == outs_md5((reference / "dvc.lock").read_text())
     assert run(["dvc", "status", "--json", TARGET], repo).stdout.strip() in ("{}", "")
     leftovers = [str(p.relative_to(repo)) for p in (repo / "data").rglob("*") if ".tmp-" in p.name]
     assert not leftovers, f"temporary files left in the workspace: {leftovers[:5]}"

@@ -21,9 +21,10 @@ import pytest
 
 from conftest import env, run
 
-# Fake credentials moto accepts. The secret is distinctive so a test can grep logs for it.
-ACCESS_KEY = "AKIATESTTRUST0000001"
-SECRET_KEY = "trust-secret-" + "9f3c2a7e5b1d4c6a8e0f"
+# Fake credentials moto accepts, made up per run so no file (this one included) holds them: a test
+# can then grep logs and git history for them.
+ACCESS_KEY = "AKIA" + uuid.uuid4().hex[:16].upper()
+SECRET_KEY = "trust-secret-" + uuid.uuid4().hex
 MOTO_ACCOUNT = "123456789012"
 
 
