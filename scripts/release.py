@@ -9,13 +9,13 @@ Steps run in this order, each recording why it removed a row:
      (v4-b: the fix for v4-a, which added OpenPrompts batch 2 without cleaning)
   3. `validation_leaks: exact|near|none` drops validation rows whose text is in train (exact) or
      near-duplicates a train row (near, at dedup.threshold)
-Outputs (data/releases/V/): train/ and validation/ ImageFolder folders (metadata.jsonl + images,
-hardlinked where possible), removed.parquet (every removed row with its reason), stats.json (a DVC
-metric) and README.md (a Hugging Face data card).
+Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout (default
+ImageFolder: metadata.jsonl + images, hardlinked where possible; also webdataset, simpletuner and
+bucketed: see scripts/export.py), removed.parquet (every removed row with its reason), stats.json
+(a DVC metric), preview.jpg (contact sheet) and README.md (a Hugging Face data card).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
+from scripts.common import DataError, load_params, read_parquet, write_json, write_parquet
+from scripts.export import export_options, write_split
 
 SPLITS = ("train", "validation")
 LEAK_MODES = ("none", "exact", "near")
@@ -48,7 +49,7 @@ class Recipe:
     components: tuple[Component, ...]
     reclean: bool = False
     validation_leaks: str = "exact"
-    export: str = "imagefolder"
+    export: object = "imagefolder"  # a format name, or {format: ..., options}: see scripts/export.py
     description: str = ""
     lineage: tuple[str, ...] = field(default=())
 
@@ -171,51 +172,6 @@ def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def image_file_name(row) -> str:
-    """Where a row's image lives inside its split folder: images/<source>/<id><ext>."""
-    ext = os.path.splitext(str(row.image))[1].lower() or ".jpg"
-    return f"images/{row.source}/{row.id}{ext}"
-
-
-def place_image(ref: str, target: Path) -> None:
-    """Hardlink a rendered image (no copy), or extract a carried one from its archive."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if "!/" in ref:
-        from scripts.archive import read_member
-
-        target.write_bytes(read_member(ref))
-        return
-    if not os.path.isfile(ref):
-        raise DataError(f"{ref}: image not found")
-    try:
-        os.link(ref, target)
-    except OSError:  # another filesystem, or links not allowed: fall back to a copy
-        shutil.copyfile(ref, target)
-
-
-def write_imagefolder(rows: pd.DataFrame, folder: Path, on_image=None) -> None:
-    """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it.
-    `on_image()` is called after each image is placed (progress)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for row in rows.itertuples(index=False):
-        file_name = image_file_name(row)
-        place_image(row.image, folder / file_name)
-        if on_image is not None:
-            on_image()
-        record = {
-            "file_name": file_name,
-            "text": row.text,
-            "orig_text": row.orig_text,
-            "source": row.source,
-            "id": row.id,
-            "width": None if pd.isna(row.width) else int(row.width),
-            "height": None if pd.isna(row.height) else int(row.height),
-        }
-        lines.append(json.dumps(record, ensure_ascii=False, sort_keys=False))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-
-
 def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
     """README.md with Hugging Face YAML front matter: counts, sources, recipe, params, licences."""
     import yaml
@@ -327,9 +283,8 @@ def cli(
     """Compose a release from per-source splits by its recipe."""
     params = load_params()
     recipe = resolve_recipe(name, params.get("releases") or {})
-    if recipe.export != "imagefolder":
-        raise DataError(f"params.yaml: releases.{name}.export: {recipe.export!r} is not supported (imagefolder)")
-    from scripts.preview import load_geometry, write_release_preview
+    fmt, options = export_options(recipe.export, f"params.yaml: releases.{name}")
+    from scripts.preview import load_geometry
     from scripts.progress import Progress
 
     geometry = load_geometry(params.get("preview") or {})  # checked before the long work starts
@@ -343,8 +298,8 @@ def cli(
     try:
         with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
             for split in SPLITS:
-                write_imagefolder(rows[rows["split"] == split], staging / split, progress.advance)
-        write_release_preview(staging, staging / "preview.jpg", geometry)
+                write_split(rows[rows["split"] == split], staging / split, fmt, options, progress.advance)
+        write_preview(rows, staging / "preview.jpg", geometry)
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
         (staging / "README.md").write_text(data_card(recipe, stats, params), encoding="utf-8")
         write_json(stats, staging / "stats.json")
@@ -352,6 +307,20 @@ def cli(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
+
+
+def write_preview(rows: pd.DataFrame, output: Path, geometry) -> None:
+    """preview.jpg: contact sheet of a deterministic sample (the ids whose sha256 sorts first),
+    read from the image store, so it looks the same whatever the export layout."""
+    import io
+
+    from scripts.export import image_bytes
+    from scripts.preview import contact_sheet, sample_ids
+
+    by_id = rows.set_index("id")
+    chosen = sample_ids(by_id.index, geometry.columns * geometry.rows)
+    items = [(io.BytesIO(image_bytes(by_id.at[i, "image"])), str(by_id.at[i, "text"])) for i in chosen]
+    contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)
 
 
 def move_into_place(staging: Path, output: Path) -> None:
