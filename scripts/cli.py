@@ -34,6 +34,7 @@ COMMANDS = {
     "tag": "tag",
     "synthesize": "synthesize",
     "replay-history": "history",
+    "simpletuner": "readers.dalle3:cli_simpletuner",
     "plots": "report",
     "dedup-preview": "preview:cli_dedup_preview",
 }
