@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, read_parquet, write_parquet
+from scripts.common import DataError, check_table, read_parquet, write_parquet
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]
@@ -71,6 +71,7 @@ def cli(
 ) -> None:
     """Join kept prompts with their images into the caption table."""
     rows = read_parquet(input)
+    check_table(rows, input, strings=("id", "text", "prompt"), unique="id")
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         joined = join_rendered(rows, read_parquet(manifest_path), images.as_posix())

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from scripts.common import DataError, atomic_path, load_params, read_parquet, write_json, write_parquet
+from scripts.common import DataError, atomic_path, check_table, load_params, read_parquet, write_json, write_parquet
 
 # Reason for rows whose prompt is missing or only whitespace (the reference crashed on them), and
 # for rows the rewrites emptied completely (the reference returned "").
@@ -686,6 +686,7 @@ def cli(
     df = read_parquet(input)
     if "prompt" not in df.columns:
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
+    check_table(df, input, strings=("prompt",))
     if applied:
         kept, dropped = clean_table(df, load_rules(read_rules_params(rules)), desc=f"clean@{source}")
     else:

@@ -48,7 +48,7 @@ def _register() -> None:
         try:
             module = importlib.import_module(f"scripts.{module_name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"scripts.{module_name}":
+            if f"scripts.{module_name}".startswith(exc.name or "?"):
                 continue  # stage not written yet
             raise
         app.command(name)(getattr(module, func_name or "cli"))

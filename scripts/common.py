@@ -136,3 +136,21 @@ def read_parquet(path: Path | str):
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:
+    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids."""
+    import pandas as pd
+
+    for column in strings:
+        if column not in df.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        values = df[column].dropna()
+        if len(values) and not (pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()):
+            raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
+    if unique is not None:
+        if unique not in df.columns:
+            raise DataError(f"{path}: no '{unique}' column")
+        repeated = df[unique][df[unique].duplicated()]
+        if len(repeated):
+            raise DataError(f"{path}: duplicate id {repeated.iloc[0]!r} ({len(repeated)} repeated rows)")

@@ -520,6 +520,8 @@ def _read_stage_input(path: Path) -> pa.Table:
         if column not in table.column_names:
             raise DataError(f"{path}: missing column '{column}'")
     for column in ("id", "text"):
+        if not (pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(table.schema.field(column).type)):
+            raise DataError(f"{path}: column '{column}' must hold text, found {table.schema.field(column).type}")
         nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
         if nulls.any():
             raise DataError(f"{path}: row {int(np.argmax(nulls))}: {column} is null")

@@ -274,6 +274,7 @@ def _load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True,
+                                                   use_safetensors=True,  # never unpickle weights
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.to(device=device, dtype=torch_dtype)
     scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, atomic_path, load_params, read_parquet, write_parquet
+from scripts.common import DataError, atomic_path, check_table, load_params, read_parquet, write_parquet
 
 SPLITS = ("train", "validation")
 
@@ -51,7 +51,11 @@ def cli(
     if not 0 <= fraction < 1:
         raise DataError(f"params.yaml: split.validation_fraction must be in [0, 1), got {fraction}")
     rows = read_parquet(input)
-    rows = rows.assign(split=assign_splits(rows, fraction, int(params["seed"])))
+    check_table(rows, input, strings=("id", "split") if "split" in rows else ("id",), unique="id")
+    try:
+        rows = rows.assign(split=assign_splits(rows, fraction, int(params["seed"])))
+    except DataError as exc:
+        raise DataError(f"{input}: {exc}") from None
     with atomic_path(output, is_dir=True) as tmp:
         for name in SPLITS:
             part = rows[rows["split"] == name].reset_index(drop=True)
