@@ -36,6 +36,7 @@ def params_up_to(params_text: str, last: str) -> str:
 
     yaml = YAML()
     yaml.width = 100
+    yaml.preserve_quotes = True  # regexes such as \d+:\d+ must stay quoted
     data = yaml.load(params_text)
     names = list(data["releases"].keys())
     for name in names[names.index(last) + 1:]:
@@ -46,7 +47,9 @@ def params_up_to(params_text: str, last: str) -> str:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    env = {**os.environ, **GIT_ENV}
+    # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
