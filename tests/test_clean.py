@@ -447,3 +447,24 @@ def test_clean_stage_errors_are_one_line(workdir):
     result = run_cli(["clean", "openprompts1", "wrong.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and "wrong.parquet: no 'prompt' column" in result.stderr
     assert not (workdir / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("pattern,repl", list(clean._UNCHANGED_WHEN_PLAIN))
+def test_each_plain_unchanged_test_is_exact_on_printable_ascii(pattern, repl):
+    regex = re.compile(pattern)
+    rng = random.Random(2)
+    alphabet = "aAbk1 9,.!?;:-'()_|/"
+    samples = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20000)]
+    samples += ["the the cat", "red car red car", "a b a c a b", "x,y", "a  b", "a b ,", "(( x"]
+    unchanged = clean._UNCHANGED_WHEN_PLAIN[(pattern, repl)]
+    for text in samples:
+        assert clean._plain(text)
+        if unchanged(text):
+            assert regex.sub(repl, text) == text, text
+
+
+def test_prefilter_is_the_regex_minus_its_leading_boundary():
+    assert clean._prefilter(re.compile(r"(?i)\bue\s*\d+")).pattern == r"(?i)ue\s*\d+"
+    assert clean._prefilter(re.compile(r"\b(\w+)\s")) is None  # \w first: no faster
+    assert clean._prefilter(re.compile(r"\b|x")) is None  # not a top-level leading \b
+    assert clean._prefilter(re.compile(r"x\b")) is None

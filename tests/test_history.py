@@ -22,7 +22,7 @@ def history(tmp_path_factory):
     repo, remote = root / "repo", root / "remote"
     from conftest import REPO
 
-    run(["python", "-m", "scripts", "replay-history", str(repo), "--remote", str(remote)], REPO)
+    run(["python", "scripts", "replay-history", str(repo), "--remote", str(remote)], REPO)
     return repo, remote
 
 
@@ -68,7 +68,7 @@ def test_releases_keep_their_bytes_across_later_tags(history):
 
 def test_diff_reports_exactly_the_rows_recleaning_removed(history):
     repo, _ = history
-    report = json.loads(run(["python", "-m", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], repo).stdout)
+    report = json.loads(run(["python", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], repo).stdout)
     from dvc.api import DVCFileSystem
 
     fs = DVCFileSystem(str(repo), rev="v4-b")
