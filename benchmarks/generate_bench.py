@@ -149,6 +149,8 @@ def main() -> None:
                         help="model to build when --model is not given (auto: sd21 on GPU, tiny on CPU)")
     parser.add_argument("--size", type=int, default=None, help="render height = width (smoke-testing sd21 on CPU)")
     parser.add_argument("--cpu-dtype", choices=["fp32", "fp64"], default=None)
+    parser.add_argument("--record", type=Path, default=None,
+                        help="append the result to this CSV (benchmarks/results/generate_speed.csv feeds `dvc plots show`)")
     args = parser.parse_args()
 
     import torch
@@ -205,6 +207,32 @@ def main() -> None:
         print(f"{label}: {n / bare_s:.2f} img/s ({1000 * bare_s / n:.1f} ms/img wall, {1000 * bare_cpu / n:.1f} ms/img process CPU)")
         print(f"ratio stage/bare: {bare_s / stage_s:.3f} (wall), {bare_cpu / stage_cpu:.3f} (CPU time; "
               "the fair one on a shared CPU machine)")
+        if args.record:
+            device_name = torch.cuda.get_device_name() if on_gpu else f"cpu x{torch.get_num_threads()}"
+            panel = f"{args.mode}: {device_name}, {settings.width}x{settings.height}, {settings.steps} steps"
+            record_result(args.record, {
+                "panel": panel, "date": time.strftime("%Y-%m-%d"), "mode": args.mode, "device": device_name, "dtype": str(dtype),
+                "size": f"{settings.width}x{settings.height}", "steps": settings.steps, "batch": settings.batch_size,
+                "images": n, "run": "stage", "images_per_s": round(n / stage_s, 3)})
+            record_result(args.record, {
+                "panel": panel, "date": time.strftime("%Y-%m-%d"), "mode": args.mode, "device": device_name, "dtype": str(dtype),
+                "size": f"{settings.width}x{settings.height}", "steps": settings.steps,
+                "batch": 1 if args.mode == "reference" else settings.batch_size,
+                "images": n, "run": "reference loop" if args.mode == "reference" else "bare loop",
+                "images_per_s": round(n / bare_s, 3)})
+
+
+def record_result(path: Path, row: dict) -> None:
+    """Append one measured row; the file is a committed plot source (timings never go into dvc.lock)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
 
 if __name__ == "__main__":
     main()
