@@ -69,7 +69,6 @@ class Rewrite:
     unchanged_plain: Callable[[str], bool] | None = None
     keeps_plain: bool = False  # printable-ASCII text stays printable ASCII (its new text is)
     prefilter: re.Pattern | None = None  # the regex minus a leading \\b: see `_prefilter`
-    window_plain: Callable[[str], int] | None = None  # see _MATCHES_START_AFTER
 
 
 # How a step's guard reads the text (bit flags): which haystack, and a substring or a regex search.
@@ -105,21 +104,11 @@ def _step(rw: Rewrite, plain: bool) -> tuple:
             guard = re.compile("|".join(re.escape(x) for x in sorted(set(literals), key=len, reverse=True)))
     unchanged = rw.unchanged_plain if plain else rw.unchanged
     sub = rw.regex.sub if rw.regex is not None else None
-    if plain and rw.window_plain is not None:
-        sub = _windowed(sub, rw.window_plain)
     if rw.find is None and rw.regex is None:  # built by hand: only `sub` is known
         sub, repl = (lambda repl, text, f=rw.sub: f(text)), ""
     else:
         repl = rw.repl
     return (rw.needs_digit, kind, guard, rw.prefilter, rw.find, sub, repl, unchanged, rw.strip)
-
-
-def _windowed(sub: Callable[[str, str], str], window: Callable[[str], int]) -> Callable[[str, str], str]:
-    """`sub` run only on the text from `window(text)` on: the part before holds no match."""
-    def windowed(repl: str, text: str) -> str:
-        start = window(text)
-        return text[:start] + sub(repl, text[start:]) if start else sub(repl, text)
-    return windowed
 
 
 _TRIM_ONLY = (False, 0, None, None, None, lambda repl, text: text, "", None, True)
@@ -296,8 +285,7 @@ def _rewrite(step: dict, where: str, fast: bool) -> Rewrite:
     return Rewrite(name, lambda text: sub(repl, text), strip, needs_digit, literals, ignore_case, plain_literals,
                    adds_digits=bool(_DIGIT.search(new_text)), regex=regex, repl=repl, unchanged=unchanged,
                    unchanged_plain=unchanged_plain, keeps_plain=_plain(new_text) and "\\" not in new_text,
-                   prefilter=_prefilter(regex) if fast else None,
-                   window_plain=_MATCHES_START_AFTER.get((regex.pattern, repl)) if fast else None)
+                   prefilter=_prefilter(regex) if fast else None)
 
 
 def _starts_with_a_character(node, parser) -> bool:
@@ -404,36 +392,13 @@ _UNCHANGED_WHEN_PLAIN: dict[tuple[str, str], Callable[[str], bool]] = {
     # or ends the text after whitespace
     (r"\s*([^\w\s,\.!\?])(?:\s+|$)", r"\1"): lambda text: not _SPACED_SYMBOL.search(text),
     (r"[.,]{2,}", " "): lambda text: not _PUNCT_PAIR.search(text),
-    # a match is a \\w-run (a bigram of them), whitespace, and the same run(s) again
+    # a match is a \w-run (a bigram of them), whitespace, and the same run(s) again
     (r"(?i)\b(\w+)(\s+\1\b)+", r"\1"): _no_repeated_word,
     (r"(?i)\b(\w+\s+\w+)(\s+\1\b)+", r"\1"): _no_repeated_bigram,
     # printable ASCII has no control characters
     (r"[\x00-\x08\x0b-\x1f\x7f]", " "): lambda text: True,
 }
 
-
-def _repeat_start(text: str, bigram: bool) -> int:
-    """A space (or 0) before which no repeated word (bigram) starts, for printable-ASCII text where
-    `_no_repeated_word` (`_no_repeated_bigram`) is False. The regexes scan slowly (a backreference
-    tried at every word), and a match starts at the first \\w-run equal to the next one (two equal
-    to the next two) or later; that run is at or after the first occurrence of its text anywhere.
-    Cutting at a space keeps \\b exact: no match starts at a space, and none spans the cut."""
-    runs = _lower_word_runs(text)
-    if bigram:
-        same = list(map(bytes.__eq__, runs, runs[2:]))
-        first = next(i for i, pair in enumerate(zip(same, same[1:])) if all(pair))
-    else:
-        first = next(i for i, pair in enumerate(zip(runs, runs[1:])) if pair[0] == pair[1])
-    return max(text.lower().find(runs[first].decode("ascii")), 0) and max(
-        text.rfind(" ", 0, text.lower().find(runs[first].decode("ascii"))), 0)
-
-
-# For the exact (pattern, repl) pairs of the repeat regexes: where in printable-ASCII text a match
-# can start (`_repeat_start`), so the regex only scans the rest.
-_MATCHES_START_AFTER: dict[tuple[str, str], Callable[[str], int]] = {
-    (r"(?i)\b(\w+)(\s+\1\b)+", r"\1"): lambda text: _repeat_start(text, bigram=False),
-    (r"(?i)\b(\w+\s+\w+)(\s+\1\b)+", r"\1"): lambda text: _repeat_start(text, bigram=True),
-}
 _ANY_TEXT = {(r"(?<=[^ ]),(?=[^ ])", ", "), (r"[.,]{2,}", " ")}
 
 
@@ -581,15 +546,17 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
     if sum(map(len, words)) / len(words) < rules.min_mean_word_len:
         return None, "min_mean_word_len"
 
-    # 2. normalise punctuation and strip technical jargon
-    text = _run(rules.normalise, text)
+    # 2. normalise punctuation and strip technical jargon. Printable-ASCII text stays so through
+    # every phase when each rewrite's new text is (deletions and cuts keep it): tell _run once.
+    plain = True if _plain(text) and _keeps_plain(rules) else None
+    text = _run(rules.normalise, text, plain)
     if text.count(",") > rules.max_commas:
         return None, "max_commas"
 
     # 3-4. artist credits, stop phrases, artists and sites
     text = _cut_by_clause(text, rules.by_clause)
     text = _remove_phrases(text, rules.phrases)
-    text = _run(rules.tidy, text)
+    text = _run(rules.tidy, text, plain)
 
     # 5. size of what is left
     if len(text) < rules.min_chars:
@@ -600,13 +567,18 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
         return None, "min_unique_words"
 
     # 6-8. repeats, "thought" texts, final touches
-    text = _run(rules.collapse_repeats, text)
+    text = _run(rules.collapse_repeats, text, plain)
     if rules.thought_phrases is not None and rules.thought_phrases.search(text):
         return None, "thought_phrases"
-    text = _run(rules.finish, text)
+    text = _run(rules.finish, text, plain)
     if not text:
         return None, EMPTY_AFTER_CLEAN
     return text, None
+
+
+def _keeps_plain(rules: Rules) -> bool:
+    phases = (rules.normalise, rules.tidy, rules.collapse_repeats, rules.finish)
+    return all(phase.plain_steps is not None for phase in phases)
 
 
 def _run(phase: Phase, text: str, plain: bool | None = None) -> str:

@@ -98,9 +98,11 @@ def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig,
     """The shared policy: check each record, apply on_error, give it its stable id, write it."""
     from scripts.readers import Problem, Record
 
+    from scripts.progress import track
+
     skipped: dict[str, int] = report["skipped"]
     ids = array("Q")  # 8 bytes per row: checks that native keys were unique
-    for item in items:
+    for item in track(items, desc=f"ingest@{source}", unit="records"):
         report["rows_read"] += 1
         if isinstance(item, Record):
             meta_json = json.dumps(item.meta, sort_keys=True, ensure_ascii=False)

@@ -536,7 +536,9 @@ def _call_missing(params, bodies, keys, missing, cache, responses, api_key, log)
     try:
         futures = [pool.submit(one, index) for index in missing]
         done = 0
-        for future in concurrent.futures.as_completed(futures):
+        from scripts.progress import track
+
+        for future in track(concurrent.futures.as_completed(futures), total=len(futures), desc="synthesize", unit="requests"):
             result = future.result()
             if result is None:  # not started: an earlier request failed
                 continue
