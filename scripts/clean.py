@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import typer
 
@@ -71,8 +71,9 @@ class Rewrite:
     prefilter: re.Pattern | None = None  # the regex minus a leading \\b: see `_prefilter`
 
 
-# How a step's guard reads the text (bit flags): which haystack, and a substring or a regex search.
-_LOWER, _REGEX = 1, 2
+# How a step's guard reads the text (bit flags): which haystack, and how it looks for the
+# literals (one substring; a few substrings in turn; a regex search).
+_LOWER, _REGEX, _ANY = 1, 2, 4
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,24 @@ class Phase:
 
 def _step(rw: Rewrite, plain: bool) -> tuple:
     """(needs_digit, guard kind, guard, prefilter, find, regex sub, repl, unchanged, strip) for `_run`.
-    Several literals become one compiled alternation: one C-level search instead of a loop."""
+    The fastest way to look for the literals (measured): single characters as one regex class (the
+    engine scans for a class in C), a few words one `in` after another, many as one alternation."""
     literals = rw.plain_literals if plain and rw.plain_literals else rw.literals
     kind, guard = 0, None
     if literals:
         kind = _LOWER if rw.ignore_case else 0
+        literals = tuple(dict.fromkeys(literals))
         if len(literals) == 1:
             guard = literals[0]
+        elif all(len(x) == 1 for x in literals):
+            kind |= _REGEX
+            guard = re.compile("[" + "".join(re.escape(x) for x in literals) + "]")
+        elif len(literals) <= 4:
+            kind |= _ANY
+            guard = literals
         else:
             kind |= _REGEX
-            guard = re.compile("|".join(re.escape(x) for x in sorted(set(literals), key=len, reverse=True)))
+            guard = re.compile("|".join(re.escape(x) for x in sorted(literals, key=len, reverse=True)))
     unchanged = rw.unchanged_plain if plain else rw.unchanged
     sub = rw.regex.sub if rw.regex is not None else None
     if rw.find is None and rw.regex is None:  # built by hand: only `sub` is known
@@ -130,12 +139,35 @@ def _phase(rewrites: tuple[Rewrite, ...]) -> Phase:
     return Phase(rewrites, steps, without, plain_steps, plain_without)
 
 
-@dataclass(frozen=True)
-class Phrase:
+class Phrase(NamedTuple):  # a tuple: unpacked in the loop of _remove_phrases
     """A phrase deleted as whole words in any case; `needle` is a lowercase substring it needs."""
 
     needle: str
     regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class PhraseIndex:
+    """Phrases by one \\w-run of theirs (lowercase ASCII bytes; the longest); `always`: phrases
+    without one (none, or non-ASCII), checked on every text."""
+
+    by_run: dict[bytes, tuple[int, ...]]
+    always: tuple[int, ...]
+
+
+def _phrase_index(phrases: list[Phrase]) -> PhraseIndex:
+    """A phrase matches as whole words (\\b at both ends), so each of its \\w-runs is a whole
+    \\w-run of the text where it matches: in ASCII text, a phrase one of whose runs is not among
+    the text's runs cannot match. One set intersection then finds the few phrases to look for."""
+    by_run: dict[bytes, list[int]] = {}
+    always = []
+    for i, phrase in enumerate(phrases):
+        runs = _lower_word_runs(phrase.needle) if phrase.needle.isascii() else []
+        if runs:
+            by_run.setdefault(max(runs, key=len), []).append(i)
+        else:
+            always.append(i)
+    return PhraseIndex({run: tuple(ids) for run, ids in by_run.items()}, tuple(always))
 
 
 @dataclass(frozen=True)
@@ -173,6 +205,8 @@ class Rules:
     finish: Phase
     workers: int = 1  # processes for clean_table (same output for any number)
     fast: bool = True  # guards on (see load_rules)
+    keeps_plain: bool = False  # no rewrite can make printable-ASCII text otherwise (see clean_text)
+    phrase_index: PhraseIndex | None = None  # see _phrase_index (None: check every phrase)
     params: dict = field(default_factory=dict, compare=False, repr=False)  # what it was compiled from
 
 
@@ -194,6 +228,7 @@ def load_rules(params_clean: dict, fast: bool = True) -> Rules:
         for name in _strings(p, key):
             phrases += [_phrase("by " + name, key), _phrase(name, key)]
     thoughts = _strings(p, "thought_phrases")
+    phases = {key: _rewrites(p, key, fast) for key in ("normalise", "tidy", "collapse_repeats", "finish")}
     return Rules(
         language=tuple(language.get("keep", ["en"])) if language.get("enabled") else None,
         language_seed=int(language.get("seed", 0)),
@@ -205,21 +240,23 @@ def load_rules(params_clean: dict, fast: bool = True) -> Rules:
         ban_words=tuple(w.lower() for w in _strings(p, "ban_words")),
         max_repeat_ratio=_number(p, "max_repeat_ratio", float),
         min_mean_word_len=_number(p, "min_mean_word_len", float),
-        normalise=_rewrites(p, "normalise", fast),
+        normalise=phases["normalise"],
         max_commas=_number(p, "max_commas", int),
         by_clause=_by_clause(p["by_clause"]),
         phrases=tuple(phrases),
-        tidy=_rewrites(p, "tidy", fast),
+        phrase_index=_phrase_index(phrases) if fast else None,
+        tidy=phases["tidy"],
         min_chars=_number(p, "min_chars", int),
         max_chars=_number(p, "max_chars", int),
         min_unique_words=_number(p, "min_unique_words", int),
-        collapse_repeats=_rewrites(p, "collapse_repeats", fast),
+        collapse_repeats=phases["collapse_repeats"],
         thought_phrases=(
             re.compile(r"(?i)\b(" + "|".join(re.escape(t) for t in thoughts) + r")\b") if thoughts else None
         ),
-        finish=_rewrites(p, "finish", fast),
+        finish=phases["finish"],
         workers=_workers(p.get("workers", 1)),
         fast=fast,
+        keeps_plain=all(phase.plain_steps is not None for phase in phases.values()),
         params=copy.deepcopy(p),
     )
 
@@ -355,7 +392,7 @@ def _no_repeated_bigram(text: str) -> bool:
 
 @functools.lru_cache(maxsize=4)  # the word and bigram checks look at the same text in a row
 def _lower_word_runs(text: str) -> list[bytes]:
-    """The \\w-runs of printable ASCII text, lowercased (punctuation to spaces, then split)."""
+    """The \\w-runs of ASCII text, lowercased (the rest to spaces, then split)."""
     return text.encode("ascii").lower().translate(_PUNCT_TO_SPACE).split()
 
 
@@ -529,8 +566,9 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
     if rules.language is not None and _language(text, rules.language_seed) not in rules.language:
         return None, "language"
     nospace = text.replace(" ", "")
-    if any(word in nospace for word in rules.banned_nospace):
-        return None, "banned_nospace"
+    for word in rules.banned_nospace:  # plain loops: no generator per prompt
+        if word in nospace:
+            return None, "banned_nospace"
     if text.count("-") > rules.max_dashes:
         return None, "max_dashes"
     if text.count("|") > rules.max_pipes:
@@ -538,8 +576,9 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
     if rules.person_names is not None and rules.person_names(text) > rules.max_persons:
         return None, "person_names"
     lower = text.lower()
-    if any(word in lower for word in rules.ban_words):
-        return None, "ban_words"
+    for word in rules.ban_words:
+        if word in lower:
+            return None, "ban_words"
     words = text.split()
     if (len(words) - len(set(words))) / len(words) > rules.max_repeat_ratio:
         return None, "max_repeat_ratio"
@@ -548,14 +587,14 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
 
     # 2. normalise punctuation and strip technical jargon. Printable-ASCII text stays so through
     # every phase when each rewrite's new text is (deletions and cuts keep it): tell _run once.
-    plain = True if _plain(text) and _keeps_plain(rules) else None
+    plain = True if rules.keeps_plain and _plain(text) else None
     text = _run(rules.normalise, text, plain)
     if text.count(",") > rules.max_commas:
         return None, "max_commas"
 
     # 3-4. artist credits, stop phrases, artists and sites
     text = _cut_by_clause(text, rules.by_clause)
-    text = _remove_phrases(text, rules.phrases)
+    text = _remove_phrases(text, rules.phrases, rules.phrase_index)
     text = _run(rules.tidy, text, plain)
 
     # 5. size of what is left
@@ -574,11 +613,6 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
     if not text:
         return None, EMPTY_AFTER_CLEAN
     return text, None
-
-
-def _keeps_plain(rules: Rules) -> bool:
-    phases = (rules.normalise, rules.tidy, rules.collapse_repeats, rules.finish)
-    return all(phase.plain_steps is not None for phase in phases)
 
 
 def _run(phase: Phase, text: str, plain: bool | None = None) -> str:
@@ -608,13 +642,23 @@ def _run(phase: Phase, text: str, plain: bool | None = None) -> str:
                 haystack = lower
             else:
                 haystack = text
-            if haystack is not False and (
-                guard.search(haystack) is None if kind & _REGEX else guard not in haystack
-            ):
+            if haystack is False:
+                found = True
+            elif kind & _REGEX:
+                found = guard.search(haystack) is not None
+            elif kind & _ANY:
+                found = False
+                for literal in guard:
+                    if literal in haystack:
+                        found = True
+                        break
+            else:
+                found = guard in haystack
+            if not found or (prefilter is not None and prefilter.search(text) is None):
                 if strip:
                     text = text.strip()
                 continue
-        if prefilter is not None and prefilter.search(text) is None:
+        elif prefilter is not None and prefilter.search(text) is None:
             if strip:
                 text = text.strip()
             continue
@@ -653,11 +697,12 @@ def _cut_at(text: str, index: int) -> str:
     return text[:-1] if text.endswith(",") else text
 
 
-def _remove_phrases(text: str, phrases: tuple[Phrase, ...]) -> str:
+def _remove_phrases(text: str, phrases: tuple[Phrase, ...], index: PhraseIndex | None = None) -> str:
     """Delete each phrase (whole words, any case) in order, trimming after each like the reference.
 
-    For ASCII text a phrase can only match where its lowercase form is a substring, so the regex
-    runs only then; non-ASCII text (Unicode case folding) always runs every regex."""
+    For ASCII text a phrase can only match where its lowercase form is a substring, and (`index`)
+    where its key \\w-run is one of the text's, so the regex runs only then; non-ASCII text
+    (Unicode case folding) always runs every regex."""
     if not phrases:
         return text
     text = text.strip()
@@ -665,12 +710,35 @@ def _remove_phrases(text: str, phrases: tuple[Phrase, ...]) -> str:
         for phrase in phrases:
             text = phrase.regex.sub("", text).strip()
         return text
+    if index is not None:
+        return _remove_ascii_phrases(text, phrases, index)
     lower = text.lower()
-    for phrase in phrases:
-        if phrase.needle in lower:
-            text = phrase.regex.sub("", text).strip()
+    for needle, regex in phrases:
+        if needle in lower:
+            text = regex.sub("", text).strip()
             lower = text.lower()
     return text
+
+
+def _remove_ascii_phrases(text: str, phrases: tuple[Phrase, ...], index: PhraseIndex) -> str:
+    start = 0  # phrases before this one are done
+    while True:
+        lower = text.lower()
+        for i in _phrase_candidates(text, index, start):
+            needle, regex = phrases[i]
+            if needle in lower:
+                new = regex.sub("", text).strip()
+                if new != text:  # deleting can join text into new runs: find the candidates again
+                    text, start = new, i + 1
+                    break
+        else:
+            return text
+
+
+def _phrase_candidates(text: str, index: PhraseIndex, start: int) -> list[int]:
+    """Phrases from `start` on that can match ASCII `text`, in order."""
+    found = [i for run in index.by_run.keys() & set(_lower_word_runs(text)) for i in index.by_run[run]]
+    return sorted(i for i in found + list(index.always) if i >= start)
 
 
 def _language(text: str, seed: int) -> str:

@@ -468,3 +468,17 @@ def test_prefilter_is_the_regex_minus_its_leading_boundary():
     assert clean._prefilter(re.compile(r"\b(\w+)\s")) is None  # \w first: no faster
     assert clean._prefilter(re.compile(r"\b|x")) is None  # not a top-level leading \b
     assert clean._prefilter(re.compile(r"x\b")) is None
+
+
+def test_phrase_index_finds_every_phrase_that_can_match():
+    # with the index (candidates by \w-run) and without (every phrase): same text, including a
+    # deletion that joins text into a new run ("x/r/y" -> "xy")
+    rng = random.Random(3)
+    words = ["by", "greg", "rutkowski", "artstation", "8k", "x/r/y", "/r/", "octane", "render", "Wlop",
+             "a", "cat", "ART", "STATION", "-", ",", "contest-winner", "national", "geographic"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
+    texts += ["art/r/station by wlop", "8k/r/8k", "by greg rutkowski and greg rutkowski"]
+    assert RULES.phrase_index is not None
+    for text in texts:
+        assert clean._remove_phrases(text, RULES.phrases, RULES.phrase_index) == \
+            clean._remove_phrases(text, RULES.phrases), text
