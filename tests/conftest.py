@@ -66,6 +66,19 @@ def built_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny SD2-architecture model, built once per test session (single-threaded, as in CI)."""
+    import torch
+
+    from scripts.tiny_model import save_tiny_model
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
+    save_tiny_model({}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip("../shared/fixtures is absent")

@@ -15,22 +15,11 @@ import yaml
 
 from scripts.common import DataError, write_parquet
 from scripts.generate import (MANIFEST_COLUMNS, Settings, generate, load_settings, plan_jobs, prompt_seed)
-from scripts.tiny_model import save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SUBJECTS = ["cat", "lighthouse", "robot", "dragon", "forest", "city", "ship", "castle", "owl", "desert"]
 PLACES = ["in the rain", "at sunset", "in snow", "at night", "in fog", "on a hill"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
-    save_tiny_model({}, out)
-    return out
 
 
 def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
@@ -39,8 +28,8 @@ def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
                          "prompt": [t.upper() for t in texts]})
 
 
-def settings(model_dir: Path, **overrides) -> Settings:
-    return dataclasses.replace(Settings(model=str(model_dir), steps=3, batch_size=4, writers=2), **overrides)
+def settings(tiny_model_dir: Path, **overrides) -> Settings:
+    return dataclasses.replace(Settings(model=str(tiny_model_dir), steps=3, batch_size=4, writers=2), **overrides)
 
 
 def store_bytes(root: Path) -> dict[str, bytes]:
@@ -73,8 +62,8 @@ def test_prompt_seed_depends_on_global_seed_and_id_only():
     assert prompt_seed(42, "abc") == 7531294982296944618  # pinned: a change re-renders every dataset
 
 
-def test_keys_follow_prompt_seed_and_settings_not_row_order(model_dir):
-    s = settings(model_dir)
+def test_keys_follow_prompt_seed_and_settings_not_row_order(tiny_model_dir):
+    s = settings(tiny_model_dir)
     table = prompts_table(6)
     jobs = {j.id: j for j in plan_jobs(table, s, "model-a", "fp64")}
     reversed_jobs = {j.id: j for j in plan_jobs(table.iloc[::-1], s, "model-a", "fp64")}
@@ -90,8 +79,8 @@ def test_keys_follow_prompt_seed_and_settings_not_row_order(model_dir):
     assert [j.key for j in same] == [j.key for j in plan_jobs(table, s, "model-a", "fp64")]
 
 
-def test_bad_rows_name_the_file_and_row(model_dir):
-    s = settings(model_dir)
+def test_bad_rows_name_the_file_and_row(tiny_model_dir):
+    s = settings(tiny_model_dir)
     table = prompts_table(4)
     with pytest.raises(DataError, match=r"in.parquet: row 2: duplicate id 'row0001' \(first at row 1\)"):
         plan_jobs(pd.concat([table.iloc[:2], table.iloc[1:2]]), s, "m", "fp64", "in.parquet")
@@ -135,15 +124,15 @@ def test_repo_params_load():
 
 # ------------------------------------------------------------------ rendering
 
-def test_store_layout_and_manifest(model_dir, tmp_path):
+def test_store_layout_and_manifest(tiny_model_dir, tmp_path):
     table = prompts_table(5)
-    counts = generate(table, settings(model_dir), tmp_path / "out")
+    counts = generate(table, settings(tiny_model_dir), tmp_path / "out")
     assert counts == {"prompts": 5, "rendered": 5, "reused": 0, "pruned": 0, "pipeline_calls": 2}
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert list(manifest["id"]) == list(table["id"])
     assert list(manifest["seed"]) == [prompt_seed(42, i) for i in table["id"]]
-    assert set(manifest["model"]) == {str(model_dir)} and manifest["model_revision"].iloc[0].startswith("sha256:")
+    assert set(manifest["model"]) == {str(tiny_model_dir)} and manifest["model_revision"].iloc[0].startswith("sha256:")
     assert set(manifest["scheduler"]) == {"dpmpp"} and set(manifest["steps"]) == {3}
     files = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.jpg")}
     assert files == set(manifest["file"])
@@ -155,15 +144,15 @@ def test_store_layout_and_manifest(model_dir, tmp_path):
             assert image.format == "JPEG" and image.size == (row.width, row.height) == (64, 64)
 
 
-def test_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path):
+def test_bytes_do_not_depend_on_batch_size_or_threads(tiny_model_dir, tmp_path):
     import torch
 
     table = prompts_table(6)
-    generate(table, settings(model_dir, batch_size=1), tmp_path / "b1")
-    generate(table, settings(model_dir, batch_size=4), tmp_path / "b4")
+    generate(table, settings(tiny_model_dir, batch_size=1), tmp_path / "b1")
+    generate(table, settings(tiny_model_dir, batch_size=4), tmp_path / "b4")
     torch.set_num_threads(2)
     try:
-        generate(table.iloc[::-1], settings(model_dir, batch_size=4), tmp_path / "b4t2")
+        generate(table.iloc[::-1], settings(tiny_model_dir, batch_size=4), tmp_path / "b4t2")
     finally:
         torch.set_num_threads(1)
     one = store_bytes(tmp_path / "b1")
@@ -175,14 +164,14 @@ def test_bytes_do_not_depend_on_batch_size_or_threads(model_dir, tmp_path):
     assert len(set(images.values())) == 6  # different prompts/seeds, different images
 
 
-def test_lossless_formats_and_resize(model_dir, tmp_path):
+def test_lossless_formats_and_resize(tiny_model_dir, tmp_path):
     import numpy as np
     from PIL import Image
 
     table = prompts_table(2)
-    generate(table, settings(model_dir, format="png"), tmp_path / "png")
-    generate(table, settings(model_dir, format="webp"), tmp_path / "webp")
-    generate(table, settings(model_dir, format="png", resize=32), tmp_path / "small")
+    generate(table, settings(tiny_model_dir, format="png"), tmp_path / "png")
+    generate(table, settings(tiny_model_dir, format="webp"), tmp_path / "webp")
+    generate(table, settings(tiny_model_dir, format="png", resize=32), tmp_path / "small")
     png = pd.read_parquet(tmp_path / "png" / "manifest.parquet")
     webp = pd.read_parquet(tmp_path / "webp" / "manifest.parquet")
     small = pd.read_parquet(tmp_path / "small" / "manifest.parquet")
@@ -192,69 +181,69 @@ def test_lossless_formats_and_resize(model_dir, tmp_path):
     assert Image.open(tmp_path / "small" / small["file"][0]).size == (32, 32)
 
 
-def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(model_dir, tmp_path, monkeypatch):
+def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(tiny_model_dir, tmp_path, monkeypatch):
     """What `dvc exp run -S dedup.threshold=...` does to generate's input: some rows go, some come."""
     spy = CountPipelinePrompts(monkeypatch)
     out = tmp_path / "out"
     first = prompts_table(8)
-    generate(first, settings(model_dir), out)
+    generate(first, settings(tiny_model_dir), out)
     assert spy.prompts == 8
     kept_files = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
 
     second = pd.concat([first.iloc[[0, 2, 3, 5, 6, 7]], prompts_table(3, start=100)], ignore_index=True)
-    counts = generate(second, settings(model_dir), out)
+    counts = generate(second, settings(tiny_model_dir), out)
     assert spy.prompts == 8 + 3
     assert counts == {"prompts": 9, "rendered": 3, "reused": 6, "pruned": 2, "pipeline_calls": 1}
     survivors = {p: t for p, t in kept_files.items() if p.exists()}
     assert len(survivors) == 6 and all(p.stat().st_mtime_ns == t for p, t in survivors.items())  # not rewritten
 
-    generate(second, settings(model_dir), out)  # nothing left to do
+    generate(second, settings(tiny_model_dir), out)  # nothing left to do
     assert spy.prompts == 11
 
-    generate(second, settings(model_dir, batch_size=3), tmp_path / "fresh")
+    generate(second, settings(tiny_model_dir, batch_size=3), tmp_path / "fresh")
     assert store_bytes(out) == store_bytes(tmp_path / "fresh")  # exactly the current prompt set
 
 
-def test_changing_a_setting_rerenders_and_prunes_everything(model_dir, tmp_path):
+def test_changing_a_setting_rerenders_and_prunes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    generate(prompts_table(3), settings(model_dir), out)
+    generate(prompts_table(3), settings(tiny_model_dir), out)
     (out / "ab").mkdir(exist_ok=True)
     (out / "ab" / f".ab{'0' * 62}.jpg.tmp-1-2").write_bytes(b"half an image")  # left by a killed run
-    counts = generate(prompts_table(3), settings(model_dir, guidance=5.0), out)
+    counts = generate(prompts_table(3), settings(tiny_model_dir, guidance=5.0), out)
     assert counts["rendered"] == 3 and counts["pruned"] == 4
     assert len(list(out.rglob("*.jpg"))) == 3 and not list(out.rglob(".*"))
 
 
-def test_an_empty_prompt_set_empties_the_store_and_keeps_the_manifest_schema(model_dir, tmp_path):
+def test_an_empty_prompt_set_empties_the_store_and_keeps_the_manifest_schema(tiny_model_dir, tmp_path):
     import pyarrow.parquet as pq
 
     out = tmp_path / "out"
-    generate(prompts_table(2), settings(model_dir), out)
+    generate(prompts_table(2), settings(tiny_model_dir), out)
     schema = pq.read_schema(out / "manifest.parquet")
-    counts = generate(prompts_table(0), settings(model_dir), out)
+    counts = generate(prompts_table(0), settings(tiny_model_dir), out)
     assert counts == {"prompts": 0, "rendered": 0, "reused": 0, "pruned": 2, "pipeline_calls": 0}
     assert [p.name for p in out.iterdir()] == ["manifest.parquet"]
     assert pq.read_schema(out / "manifest.parquet").equals(schema)
 
 
-def test_refuses_to_prune_a_directory_it_did_not_write(model_dir, tmp_path):
+def test_refuses_to_prune_a_directory_it_did_not_write(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
-    generate(prompts_table(2), settings(model_dir), out)
+    generate(prompts_table(2), settings(tiny_model_dir), out)
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     (out / "ab").mkdir(exist_ok=True)
     with pytest.raises(DataError, match="out: holds 'notes.txt', which generate did not write; refusing"):
-        generate(prompts_table(3), settings(model_dir), out)
+        generate(prompts_table(3), settings(tiny_model_dir), out)
     assert (out / "notes.txt").exists() and (out / "manifest.parquet").exists()  # nothing touched
 
 
-def test_ray_engine_gives_the_same_bytes(model_dir, tmp_path):
+def test_ray_engine_gives_the_same_bytes(tiny_model_dir, tmp_path):
     ray = pytest.importorskip("ray")
     table = prompts_table(6)
-    generate(table, settings(model_dir), tmp_path / "local")
+    generate(table, settings(tiny_model_dir), tmp_path / "local")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     try:
-        counts = generate(table, settings(model_dir, engine="ray"), tmp_path / "ray")
+        counts = generate(table, settings(tiny_model_dir, engine="ray"), tmp_path / "ray")
     finally:
         ray.shutdown()
     assert counts["rendered"] == 6 and counts["pipeline_calls"] == 2  # two tasks, 3 prompts each
@@ -263,8 +252,8 @@ def test_ray_engine_gives_the_same_bytes(model_dir, tmp_path):
 
 # ------------------------------------------------------------------ the command, crashes
 
-def write_stage_repo(root: Path, model_dir: Path, table: pd.DataFrame, **generate_params) -> None:
-    params = {"generate": {"model": str(model_dir), "steps": 3, "batch_size": 1, **generate_params}}
+def write_stage_repo(root: Path, tiny_model_dir: Path, table: pd.DataFrame, **generate_params) -> None:
+    params = {"generate": {"model": str(tiny_model_dir), "steps": 3, "batch_size": 1, **generate_params}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     write_parquet(table, root / "in.parquet")
 
@@ -279,9 +268,9 @@ def count_images(out: Path) -> int:
     return sum(1 for p in out.rglob("*.jpg")) if out.exists() else 0
 
 
-def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(model_dir, tmp_path):
+def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
     table = prompts_table(40)
-    write_stage_repo(tmp_path, model_dir, table)
+    write_stage_repo(tmp_path, tiny_model_dir, table)
     generate(table, load_settings(yaml.safe_load((tmp_path / "params.yaml").read_text())["generate"]),
              tmp_path / "reference")
     reference = store_bytes(tmp_path / "reference")
@@ -306,27 +295,27 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(model_
     assert store_bytes(tmp_path / "out") == reference  # no missing, duplicate, partial or stray file
 
 
-def test_cli_errors_are_one_line(model_dir, tmp_path):
+def test_cli_errors_are_one_line(tiny_model_dir, tmp_path):
     write_stage_repo(tmp_path, tmp_path / "no-such-model", prompts_table(2))
     proc = run_stage(tmp_path)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2 and stderr.strip().splitlines()[-1].startswith("error: generate.model=")
     assert "Traceback" not in stderr
     (tmp_path / "in.parquet").unlink()
-    write_stage_repo(tmp_path, model_dir, prompts_table(2))
+    write_stage_repo(tmp_path, tiny_model_dir, prompts_table(2))
     (tmp_path / "in.parquet").unlink()
     proc = run_stage(tmp_path)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "in.parquet: input not found" in stderr
 
 
-def test_renders_real_prompts_from_the_fixture(model_dir, tmp_path):
+def test_renders_real_prompts_from_the_fixture(tiny_model_dir, tmp_path):
     path = FIXTURES / "gpt4-prompts-3k.txt"
     if not path.exists():
         pytest.skip("shared fixtures not present")
     lines = [line.strip().lstrip("- ") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:12]
     table = pd.DataFrame({"id": [f"gpt4-{i}" for i in range(len(lines))], "text": lines, "prompt": lines})
-    counts = generate(table, settings(model_dir, batch_size=6), tmp_path / "out")
+    counts = generate(table, settings(tiny_model_dir, batch_size=6), tmp_path / "out")
     assert counts["rendered"] == 12 and count_images(tmp_path / "out") == 12  # long prompts are truncated, not fatal
 
 

@@ -16,24 +16,14 @@ from scripts.tiny_model import DEFAULTS, build_tokenizer_files, learn_bpe_merges
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import torch
-
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
-    save_tiny_model({}, out)
-    return out
-
-
 def read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_loads_as_an_sd2_pipeline_offline(tiny_model):
+def test_loads_as_an_sd2_pipeline_offline(tiny_model_dir):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
     assert pipe.safety_checker is None and pipe.feature_extractor is None
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
@@ -45,11 +35,11 @@ def test_loads_as_an_sd2_pipeline_offline(tiny_model):
     assert not pipe.unet.training and not pipe.vae.training and not pipe.text_encoder.training
 
 
-def test_renders_an_image_of_the_default_size(tiny_model):
+def test_renders_an_image_of_the_default_size(tiny_model_dir):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a red house by a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                output_type="np").images
@@ -57,11 +47,11 @@ def test_renders_an_image_of_the_default_size(tiny_model):
     assert out.std() > 0.01  # random weights still give a non-constant image
 
 
-def test_tokenizer_is_our_byte_level_bpe(tiny_model):
+def test_tokenizer_is_our_byte_level_bpe(tiny_model_dir):
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(tiny_model / "tokenizer")
-    vocab = json.loads((tiny_model / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer")
+    vocab = json.loads((tiny_model_dir / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
     assert len(tokenizer) == len(vocab) == 256 * 2 + DEFAULTS["bpe_merges"] + 2
     ids = tokenizer("A Beautiful Cat, 4k").input_ids
     assert ids[0] == vocab["<|startoftext|>"] and ids[-1] == vocab["<|endoftext|>"]
@@ -79,7 +69,7 @@ def test_bpe_learning_merges_the_most_frequent_pair_first():
     assert len(lines) == 10 and list(vocab)[-2:] == ["<|startoftext|>", "<|endoftext|>"]
 
 
-def test_cli_build_is_byte_identical_to_another_build(tiny_model, tmp_path):
+def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
     """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": dict(DEFAULTS)}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -87,7 +77,7 @@ def test_cli_build_is_byte_identical_to_another_build(tiny_model, tmp_path):
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     built = read_tree(tmp_path / "models" / "tiny-sd2")
-    assert built == read_tree(tiny_model)
+    assert built == read_tree(tiny_model_dir)
     assert {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
             "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
             "scheduler/scheduler_config.json", "model_index.json"} <= set(built)
@@ -95,10 +85,10 @@ def test_cli_build_is_byte_identical_to_another_build(tiny_model, tmp_path):
     assert not any(b"/tmp" in data for name, data in built.items() if name.endswith(".json"))
 
 
-def test_a_different_seed_gives_different_weights(tmp_path, tiny_model):
+def test_a_different_seed_gives_different_weights(tmp_path, tiny_model_dir):
     save_tiny_model({"seed": 1}, tmp_path / "m")
     other = read_tree(tmp_path / "m")
-    base = read_tree(tiny_model)
+    base = read_tree(tiny_model_dir)
     assert other["unet/diffusion_pytorch_model.safetensors"] != base["unet/diffusion_pytorch_model.safetensors"]
     assert other["unet/config.json"] == base["unet/config.json"]
 
