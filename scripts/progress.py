@@ -9,9 +9,9 @@ disappears at the end. Everywhere, exactly one line is printed to stderr when th
 
     clean@diffusiondb: 1,234 prompts in 0.8 s (1,500 prompts/s)
 
-stderr, never stdout: commands such as `diff` print their result on stdout. An input that raises
-prints nothing (the error is the message); a loop left early (`break`, or an error in the loop's
-body) still gets its line, counting the items handed out before.
+stderr, never stdout: commands such as `diff` print their result on stdout. A loop that does not
+finish prints nothing: when the input or the loop's body raises, the error is the stage's one line
+(a generator cannot tell `break` from an error in the body, so neither gets a summary).
 For work that is not one Python loop (a process pool, batches), use `Progress` and `advance(n)`.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def summary_line(desc: str, done: int, seconds: float, unit: str = "rows") -> st
 
 
 class Progress:
-    """Counts work done; a rich bar when `stream` is a terminal; the summary line on a clean exit.
+    """Counts work done; a rich bar when `stream` is a terminal; the summary line on a clean exit only.
 
     `force_terminal` overrides the TTY check (tests; None = ask the stream)."""
 
@@ -79,7 +79,7 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._bar is not None:
             self._bar.stop()
-        if exc_type is None or exc_type is GeneratorExit:
+        if exc_type is None:
             seconds = time.perf_counter() - self._start
             print(summary_line(self.desc, self.done, seconds, self.unit), file=self.stream, flush=True)
 
