@@ -1,20 +1,26 @@
 """Speed of the cleaning filter: prompts per second on one core (issue 4, acceptance 3).
 
-    python benchmarks/clean_bench.py [--n 1000000] [--baseline-n 100000] [--reference FILE]
+    python benchmarks/clean_bench.py [--n 1000000] [--baseline-n 100000] [--reference FILE] [--no-cli]
 
 Prompts: the real fixture prompts (../shared/fixtures), mutated at random (words dropped, swapped,
 repeated; SD modifiers, artists, numbers and punctuation inserted) so the 1M are nearly all
 distinct and exercise the rules; generated prompts when the fixtures are absent. Speed is measured
 as CPU time of this process (time.process_time), so other jobs on a shared machine do not count;
-wall time is printed too. Baseline, in the same run: the same rules without the guards
-(`load_rules(..., fast=False)`: every regex on every prompt), and, with --reference, a
-transcription of the reference team's `preprocess` (not shipped: see clean_agreement.py).
+wall time is printed too. Baseline, in the same run: the same rules without the guards and the
+RE2 scanner (`load_rules(..., fast=False)`: every regex on every prompt), and, with --reference,
+a transcription of the reference team's `preprocess` (not shipped: see clean_agreement.py).
+Then the whole `python -m scripts clean-text` command on the 1M prompts written one per line
+(reading, cleaning, writing JSONL), timed by the child process's CPU time.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,6 +89,7 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=100_000, help="prompts for the (slow) baselines")
     parser.add_argument("--reference", type=Path, help="file defining the reference preprocess(text)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip timing the clean-text command")
     args = parser.parse_args()
 
     params = load_params("clean", args.params)
@@ -100,6 +107,27 @@ def main() -> None:
         preprocess = load_reference(args.reference)
         ref_cpu, _ = rate(lambda p: reference_result(preprocess, p), sample)
         print(f"baseline, reference preprocess: {ref_cpu:,.0f} prompts/s CPU -> speedup {cpu / ref_cpu:.2f}x")
+    if args.cli:
+        cli_cpu, cli_wall = command_rate(prompts)
+        print(f"python -m scripts clean-text: {cli_cpu:,.0f} prompts/s CPU ({cli_wall:,.0f} wall), start-up included")
+
+
+def command_rate(prompts: list[str]) -> tuple[float, float]:
+    """(prompts per CPU second, per wall second) of the clean-text command, one process, one thread."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "prompts.txt", Path(tmp) / "clean.jsonl"
+        src.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        subprocess.run([sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)], cwd=ROOT, env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - wall
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        lines = sum(1 for _ in dst.open(encoding="utf-8"))
+        if lines != len(prompts):
+            raise SystemExit(f"clean-text wrote {lines} lines for {len(prompts)} prompts")
+    return len(prompts) / cpu, len(prompts) / wall
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ prompt), data/clean/S.dropped.parquet (input columns + `reason`, the first rule 
 row) and data/clean/S.report.json (counts per reason; a DVC metric).
 
 The rules run in fixed phases (see `clean_text`); what each phase does (limits, word lists, regexes)
-comes only from params. `load_rules` compiles them once into a frozen `Rules`, so cleaning a
-prompt is a pass over precompiled regexes, with cheap substring checks that skip most of them.
+comes only from params. `load_rules` compiles them once into a frozen `Rules`. Speed (issue 4:
+>= 20k prompts/s on one core): on printable-ASCII text, which is most prompts, an RE2 set per phase
+(`Scanner`, google-re2) finds in one pass the few rewrites that can change the text, and only those
+run, with Python's `re`; elsewhere cheap guards read off each regex skip the ones that cannot
+match. Neither changes an output (tests compare with `load_rules(..., fast=False)`).
 
 Re-cleaning (the release stage, v4-b): call `clean_table(df, rules)` on rows that already carry
 `text`. It cleans `prompt` again, never `text`: the raw prompt is the source of truth, cleaning is
@@ -18,11 +21,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import operator
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -89,6 +93,7 @@ class Phase:
     steps_without_digits: tuple | None
     plain_steps: tuple | None = None
     plain_steps_without_digits: tuple | None = None
+    scanner: "Scanner | None" = None  # printable-ASCII text: the steps that can match, in one pass
 
 
 def _step(rw: Rewrite, plain: bool) -> tuple:
@@ -113,12 +118,21 @@ def _step(rw: Rewrite, plain: bool) -> tuple:
             guard = re.compile("|".join(re.escape(x) for x in sorted(literals, key=len, reverse=True)))
     unchanged = rw.unchanged_plain if plain else rw.unchanged
     sub = rw.regex.sub if rw.regex is not None else None
+    if plain and rw.regex is not None and (rw.regex.pattern, rw.repl) in _SAME_ON_PLAIN:
+        sub = _SAME_ON_PLAIN[rw.regex.pattern, rw.repl].sub
     if rw.find is None and rw.regex is None:  # built by hand: only `sub` is known
         sub, repl = (lambda repl, text, f=rw.sub: f(text)), ""
     else:
         repl = rw.repl
     return (rw.needs_digit, kind, guard, rw.prefilter, rw.find, sub, repl, unchanged, rw.strip)
 
+
+# Faster regexes with the same substitution on printable-ASCII text, for (pattern, repl) pairs of
+# the default params that run often: `\\s+` -> " " matches every single space and writes it back;
+# only runs of two or more change anything (tests check each pair on random text).
+_SAME_ON_PLAIN: dict[tuple[str, str], re.Pattern] = {
+    (r"\s+", " "): re.compile(" {2,}"),
+}
 
 _TRIM_ONLY = (False, 0, None, None, None, lambda repl, text: text, "", None, True)
 
@@ -128,7 +142,7 @@ def _without_digits(steps: tuple) -> tuple:
     return tuple(_TRIM_ONLY if step[0] else step for step in steps if not step[0] or step[8])
 
 
-def _phase(rewrites: tuple[Rewrite, ...]) -> Phase:
+def _phase(rewrites: tuple[Rewrite, ...], fast: bool = True) -> Phase:
     steps = tuple(_step(rw, plain=False) for rw in rewrites)
     plain_steps = tuple(_step(rw, plain=True) for rw in rewrites) if all(rw.keeps_plain for rw in rewrites) else None
     if any(rw.adds_digits for rw in rewrites) or not any(step[0] for step in steps):
@@ -136,38 +150,216 @@ def _phase(rewrites: tuple[Rewrite, ...]) -> Phase:
     else:
         without = _without_digits(steps)
         plain_without = _without_digits(plain_steps) if plain_steps is not None else None
-    return Phase(rewrites, steps, without, plain_steps, plain_without)
+    scanner = _scanner(rewrites, plain_steps) if fast and plain_steps is not None else None
+    return Phase(rewrites, steps, without, plain_steps, plain_without, scanner)
 
 
-class Phrase(NamedTuple):  # a tuple: unpacked in the loop of _remove_phrases
-    """A phrase deleted as whole words in any case; `needle` is a lowercase substring it needs."""
+# --------------------------------------------------------------------------- one-pass scanner
 
-    needle: str
-    regex: re.Pattern
+@dataclass(frozen=True)
+class Scanner:
+    """Finds, in one pass over printable-ASCII text, which rewrites of a phase can change it.
+
+    Most regexes of a phase match nowhere in most prompts; running each one just to learn that
+    was most of the cleaner's time. An RE2 set (google-re2) holds one pattern per step and
+    matches them all at once in C; only the steps it names run, in order, with Python's `re` as
+    before. After a rewrite changes the text the set looks again, for the steps after it. A step
+    whose regex RE2 cannot read the same way has the empty pattern, which always matches: it
+    runs with its own guards (`guarded`)."""
+
+    match: Callable[[bytes], Any]  # the set's Match: a list of step indexes, or a false value
+    steps: tuple[tuple, ...]  # `_step` tuples; unguarded where a hit proves the step can change the text
+    guarded: tuple[bool, ...]
+
+
+_RE2_UNSAFE = ("[:", "{,", "(?x", "(?a", "(?L", "(?u", "\\Z", "\\u", "\\U", "\\N")
+
+# RE2 patterns for rewrites that often match without changing the text: on printable-ASCII text
+# the rewrite can only change it where this matches (tests check each on random text).
+_CHANGES_WHEN_PLAIN: dict[tuple[str, str], str] = {
+    (r"\s+", " "): "  ",
+    (r"\s*([^\w\s,\.!\?])(?:\s+|$)", r"\1"): r"[\"-+\-/:->@\[-\^`{-~] | [\"-+\-/:->@\[-\^`{-~]$",
+}
+
+
+def _re2_pattern(rw: Rewrite) -> str | None:
+    """An RE2 pattern that matches printable-ASCII text wherever the rewrite could change it, or
+    None. A step that trims can also change text with whitespace at either end."""
+    if rw.find is not None:
+        pattern = re.escape(rw.find)
+    elif rw.regex is None:
+        return None
+    else:
+        pattern = _CHANGES_WHEN_PLAIN.get((rw.regex.pattern, rw.repl)) or _re2_syntax(rw.regex)
+    if pattern is None:
+        return None
+    return f"(?:{pattern})|^\\s|\\s$" if rw.strip else pattern
+
+
+def _re2_syntax(regex: re.Pattern) -> str | None:
+    """The regex as an RE2 pattern that matches the same printable-ASCII texts, or None. On such
+    text \\s, \\w, \\b and case folding agree; only syntax both engines read alike passes (no
+    POSIX classes or "{,n}", which RE2 reads differently). Lookarounds and backreferences RE2
+    lacks are rewritten where that is exact (`_without_edge_lookarounds`, `_doubled_character`)."""
+    if any(x in regex.pattern for x in _RE2_UNSAFE) or regex.flags & ~(re.IGNORECASE | re.UNICODE):
+        return None
+    try:
+        from re import _parser as parser
+    except ImportError:
+        return None
+    pattern = (_without_edge_lookarounds(regex.pattern, parser) or _doubled_character(regex, parser)
+               or regex.pattern)
+    return pattern if _plain_syntax(parser.parse(pattern), parser) else None
+
+
+def _without_edge_lookarounds(pattern: str, parser) -> str | None:
+    """`(?<=X)Y(?=Z)` matches somewhere exactly when `XYZ` does: a lookbehind that opens the
+    pattern and a lookahead that closes it become plain groups. None when there are none."""
+    tree = list(parser.parse(pattern))
+    behind = bool(tree) and tree[0][0] is parser.ASSERT and tree[0][1][0] == -1 and pattern.startswith("(?<=")
+    ahead_at = pattern.rfind("(?=")
+    ahead = bool(tree) and tree[-1][0] is parser.ASSERT and tree[-1][1][0] == 1 and ahead_at > 0
+    if not (behind or ahead):
+        return None
+    new = pattern
+    if ahead:
+        new = new[:ahead_at] + "(?:" + new[ahead_at + 3:]
+    if behind:
+        new = "(?:" + new[4:]
+    try:
+        new_tree = list(parser.parse(new))
+    except re.error:
+        return None
+    # the same tree with those nodes' contents spliced in (the parser inlines "(?:...)"), else
+    # the text edit hit something else
+    edges = ((0,) if behind else ()) + ((len(tree) - 1,) if ahead else ())
+    expect = [item for i, node in enumerate(tree) for item in (list(node[1][1]) if i in edges else [node])]
+    return new if repr(new_tree) == repr(expect) else None
+
+
+def _doubled_character(regex: re.Pattern, parser) -> str | None:
+    """`(C)\\1+` for a one-character class C matches where some character of C appears twice in
+    a row: on printable ASCII, an alternation of those pairs. None for any other pattern."""
+    tree = list(parser.parse(regex.pattern))
+    if len(tree) != 2 or tree[0][0] is not parser.SUBPATTERN or tree[1][0] is not parser.MAX_REPEAT:
+        return None
+    group, body = tree[0][1], list(tree[0][1][3])
+    repeat = tree[1][1]
+    if group[1] or group[2] or len(body) != 1 or body[0][0] not in (parser.IN, parser.LITERAL):
+        return None
+    if repeat[0] != 1 or list(repeat[2]) != [(parser.GROUPREF, group[0])]:
+        return None
+    chars = [chr(c) for c in range(0x20, 0x7F) if regex.fullmatch(chr(c) * 2)]  # cc matches iff c is in C
+    return "|".join(re.escape(c + c) for c in chars) if chars else None
+
+
+def _plain_syntax(items, parser) -> bool:
+    categories = {parser.CATEGORY_DIGIT, parser.CATEGORY_NOT_DIGIT, parser.CATEGORY_WORD,
+                  parser.CATEGORY_NOT_WORD, parser.CATEGORY_SPACE, parser.CATEGORY_NOT_SPACE}
+    anchors = {parser.AT_BOUNDARY, parser.AT_NON_BOUNDARY, parser.AT_BEGINNING, parser.AT_END,
+               parser.AT_BEGINNING_STRING}
+    for op, av in items:
+        if op in (parser.LITERAL, parser.NOT_LITERAL, parser.ANY):
+            continue
+        if op is parser.IN:
+            if not all(kind in (parser.LITERAL, parser.RANGE, parser.NEGATE) or
+                       (kind is parser.CATEGORY and arg in categories) for kind, arg in av):
+                return False
+        elif op is parser.AT:
+            if av not in anchors:
+                return False
+        elif op is parser.BRANCH:
+            if not all(_plain_syntax(branch, parser) for branch in av[1]):
+                return False
+        elif op is parser.SUBPATTERN:
+            if av[1] or av[2] or not _plain_syntax(av[3], parser):
+                return False
+        elif op in (parser.MAX_REPEAT, parser.MIN_REPEAT):
+            if av[1] is not parser.MAXREPEAT and av[1] > 1000 or not _plain_syntax(av[2], parser):
+                return False  # RE2 caps counted repeats at 1000
+        else:
+            return False
+    return True
+
+
+def _scanner(rewrites: tuple[Rewrite, ...], plain_steps: tuple) -> Scanner | None:
+    """The phase's scanner, or None without google-re2 (then every step runs its own guards)."""
+    patterns = [_re2_pattern(rw) for rw in rewrites]
+    if all(pattern is None for pattern in patterns):
+        return None  # nothing for RE2 to rule out
+    regex_set, taken = _re2_set([pattern if pattern is not None else "" for pattern in patterns])
+    if regex_set is None or len(taken) != len(rewrites):
+        return None
+    guarded = tuple(pattern is None for pattern in patterns)
+    steps = tuple(step if keep_guards else (False, 0, None, None) + step[4:]
+                  for step, keep_guards in zip(plain_steps, guarded))
+    return Scanner(_set_match(regex_set), steps, guarded)
+
+
+def _set_match(regex_set: Any) -> Callable[[bytes], Any]:
+    """The set's Match for bytes. The binding's public Match wraps the compiled set's own with a
+    type check per call, a measurable share of a cleaned prompt's time; it is the fallback."""
+    return getattr(regex_set, "_set", regex_set).Match
 
 
 @dataclass(frozen=True)
-class PhraseIndex:
-    """Phrases by one \\w-run of theirs (lowercase ASCII bytes; the longest); `always`: phrases
-    without one (none, or non-ASCII), checked on every text."""
+class Search:
+    """Whether a regex matches somewhere in a text. RE2 answers when it reads the pattern exactly
+    like Python's `re`: for printable-ASCII text, or for any text when the pattern is only
+    literals (a substring search either way)."""
 
-    by_run: dict[bytes, tuple[int, ...]]
-    always: tuple[int, ...]
+    regex: re.Pattern
+    re2_match: Callable[[bytes], Any] | None = None  # a one-pattern RE2 set's Match: the cheapest RE2 call
+    any_text: bool = False
+
+    def found(self, text: str, plain: bool | None = None) -> bool:
+        if self.re2_match is not None and (self.any_text or (_plain(text) if plain is None else plain)):
+            return bool(self.re2_match(text.encode()))
+        return self.regex.search(text) is not None
 
 
-def _phrase_index(phrases: list[Phrase]) -> PhraseIndex:
-    """A phrase matches as whole words (\\b at both ends), so each of its \\w-runs is a whole
-    \\w-run of the text where it matches: in ASCII text, a phrase one of whose runs is not among
-    the text's runs cannot match. One set intersection then finds the few phrases to look for."""
-    by_run: dict[bytes, list[int]] = {}
-    always = []
-    for i, phrase in enumerate(phrases):
-        runs = _lower_word_runs(phrase.needle) if phrase.needle.isascii() else []
-        if runs:
-            by_run.setdefault(max(runs, key=len), []).append(i)
-        else:
-            always.append(i)
-    return PhraseIndex({run: tuple(ids) for run, ids in by_run.items()}, tuple(always))
+def _search(pattern: str, fast: bool) -> Search:
+    regex = re.compile(pattern)
+    re2_set = _re2_set([_re2_syntax(regex)])[0] if fast else None
+    if re2_set is None:
+        return Search(regex)
+    return Search(regex, _set_match(re2_set), _literals_only(regex))
+
+
+def _re2_set(patterns: list[str | None]) -> tuple[Any, list[int]]:
+    """(an RE2 set of the patterns RE2 takes, the indexes of those it took); (None, []) when it
+    takes none or google-re2 is not installed (then every pattern runs with Python's `re`)."""
+    try:
+        import re2
+    except ImportError:
+        return None, []
+    options = re2.Options()
+    options.log_errors = False
+    regex_set, taken = re2.Set.SearchSet(options), []
+    for i, pattern in enumerate(patterns):
+        if pattern is None:
+            continue
+        try:
+            regex_set.Add(pattern)
+        except re2.error:
+            continue
+        taken.append(i)
+    if not taken:
+        return None, []
+    try:
+        regex_set.Compile()
+    except re2.error:
+        return None, []
+    return regex_set, taken
+
+
+def _literals_only(regex: re.Pattern) -> bool:
+    """A case-sensitive literal, or an alternation of them."""
+    from re import _parser as parser
+
+    tree = list(parser.parse(regex.pattern))
+    branches = tree[0][1][1] if len(tree) == 1 and tree[0][0] is parser.BRANCH else [tree]
+    return not regex.flags & re.IGNORECASE and all(op is parser.LITERAL for branch in branches for op, _ in branch)
 
 
 @dataclass(frozen=True)
@@ -177,7 +369,7 @@ class ByClause:
     and_marker: str
     cut_if_commas_after: int
     cut_if_names_after: int
-    remove_to_comma: re.Pattern
+    remove_to_comma: Phase  # one rewrite: delete "by ... ," (a phase, so it gets the guards)
 
 
 @dataclass(frozen=True)
@@ -189,24 +381,23 @@ class Rules:
     max_pipes: int
     person_names: Any  # callable(text) -> number of PERSON entities, None = rule off
     max_persons: int
-    ban_words: tuple[str, ...]  # lowercase
+    ban_words: "Search | None"  # searched in the lowercase text
     max_repeat_ratio: float
     min_mean_word_len: float
     normalise: Phase
     max_commas: int
     by_clause: ByClause
-    phrases: tuple[Phrase, ...]  # stop phrases, then "by artist"/artist, then "by site"/site
+    phrases: Phase  # deletes stop phrases, then "by artist"/artist, then "by site"/site
     tidy: Phase
     min_chars: int
     max_chars: int
     min_unique_words: int
     collapse_repeats: Phase
-    thought_phrases: re.Pattern | None
+    thought_phrases: "Search | None"
     finish: Phase
     workers: int = 1  # processes for clean_table (same output for any number)
     fast: bool = True  # guards on (see load_rules)
     keeps_plain: bool = False  # no rewrite can make printable-ASCII text otherwise (see clean_text)
-    phrase_index: PhraseIndex | None = None  # see _phrase_index (None: check every phrase)
     params: dict = field(default_factory=dict, compare=False, repr=False)  # what it was compiled from
 
 
@@ -223,12 +414,16 @@ def load_rules(params_clean: dict, fast: bool = True) -> Rules:
     p = params_clean
     language = p.get("language") or {}
     persons = p.get("person_names") or {}
-    phrases = [_phrase(x, "stop_phrases") for x in _strings(p, "stop_phrases")]
+    phrases = [_phrase(x, "stop_phrases", fast) for x in _strings(p, "stop_phrases")]
     for key in ("artists", "sites"):
         for name in _strings(p, key):
-            phrases += [_phrase("by " + name, key), _phrase(name, key)]
+            phrases += [_phrase("by " + name, key, fast), _phrase(name, key, fast)]
     thoughts = _strings(p, "thought_phrases")
+    ban_words = [w.lower() for w in _strings(p, "ban_words")]
     phases = {key: _rewrites(p, key, fast) for key in ("normalise", "tidy", "collapse_repeats", "finish")}
+    phases["phrases"] = _phase(tuple(phrases), fast)
+    by_clause = _by_clause(p["by_clause"], fast)
+    phases["by_clause"] = by_clause.remove_to_comma
     return Rules(
         language=tuple(language.get("keep", ["en"])) if language.get("enabled") else None,
         language_seed=int(language.get("seed", 0)),
@@ -237,21 +432,20 @@ def load_rules(params_clean: dict, fast: bool = True) -> Rules:
         max_pipes=_number(p, "max_pipes", int),
         person_names=_person_counter(persons.get("model", "en_core_web_sm")) if persons.get("enabled") else None,
         max_persons=int(persons.get("max_persons", 1)),
-        ban_words=tuple(w.lower() for w in _strings(p, "ban_words")),
+        ban_words=_search("|".join(map(re.escape, ban_words)), fast) if ban_words else None,
         max_repeat_ratio=_number(p, "max_repeat_ratio", float),
         min_mean_word_len=_number(p, "min_mean_word_len", float),
         normalise=phases["normalise"],
         max_commas=_number(p, "max_commas", int),
-        by_clause=_by_clause(p["by_clause"]),
-        phrases=tuple(phrases),
-        phrase_index=_phrase_index(phrases) if fast else None,
+        by_clause=by_clause,
+        phrases=phases["phrases"],
         tidy=phases["tidy"],
         min_chars=_number(p, "min_chars", int),
         max_chars=_number(p, "max_chars", int),
         min_unique_words=_number(p, "min_unique_words", int),
         collapse_repeats=phases["collapse_repeats"],
         thought_phrases=(
-            re.compile(r"(?i)\b(" + "|".join(re.escape(t) for t in thoughts) + r")\b") if thoughts else None
+            _search(r"(?i)\b(" + "|".join(map(re.escape, thoughts)) + r")\b", fast) if thoughts else None
         ),
         finish=phases["finish"],
         workers=_workers(p.get("workers", 1)),
@@ -298,7 +492,7 @@ def _rewrites(p: dict, key: str, fast: bool) -> Phase:
         if not isinstance(step, dict) or "name" not in step or ("find" in step) == ("pattern" in step):
             raise DataError(f"params.yaml: {where}: expected {{name, find|pattern, repl?, strip?}}")
         compiled.append(_rewrite(step, where, fast))
-    return _phase(tuple(compiled))
+    return _phase(tuple(compiled), fast)
 
 
 def _rewrite(step: dict, where: str, fast: bool) -> Rewrite:
@@ -379,15 +573,15 @@ def _plain(text: str) -> bool:
 def _no_repeated_word(text: str) -> bool:
     """No \\w-run equals the next one (case-insensitively). Printable-ASCII text only."""
     runs = _lower_word_runs(text)
-    return not any(map(bytes.__eq__, runs, runs[1:]))
+    return not any(map(operator.eq, runs, runs[1:]))  # operator.eq: ~3x faster than bytes.__eq__ here
 
 
 def _no_repeated_bigram(text: str) -> bool:
     """No two \\w-runs in a row equal the next two (runs i, i+1 = runs i+2, i+3), case-insensitively.
     Printable-ASCII text only."""
     runs = _lower_word_runs(text)
-    same = list(map(bytes.__eq__, runs, runs[2:]))  # run i = run i+2
-    return not any(map(bool.__and__, same, same[1:]))
+    same = list(map(operator.eq, runs, runs[2:]))  # run i = run i+2
+    return True not in same or not any(map(operator.and_, same, same[1:]))
 
 
 @functools.lru_cache(maxsize=4)  # the word and bigram checks look at the same text in a row
@@ -517,12 +711,13 @@ def _required(items, parser, plain: bool) -> tuple[bool, list[tuple[str, ...]]]:
     return needs_digit, options
 
 
-def _phrase(phrase: str, key: str) -> Phrase:
-    regex = _regex(r"(?i)\b" + re.escape(phrase) + r"\b", f"clean.{key}: {phrase!r}")
-    return Phrase(needle=phrase.lower(), regex=regex)
+def _phrase(phrase: str, key: str, fast: bool) -> Rewrite:
+    """A phrase deleted as whole words in any case, the text trimmed after (like the reference)."""
+    step = {"name": f"{key}: {phrase}", "pattern": r"(?i)\b" + re.escape(phrase) + r"\b", "strip": True}
+    return _rewrite(step, f"clean.{key}: {phrase!r}", fast)
 
 
-def _by_clause(p: Any) -> ByClause:
+def _by_clause(p: Any, fast: bool) -> ByClause:
     if not isinstance(p, dict):
         raise DataError("params.yaml: clean.by_clause: expected a mapping")
     try:
@@ -532,7 +727,8 @@ def _by_clause(p: Any) -> ByClause:
             and_marker=str(p["and_marker"]),
             cut_if_commas_after=int(p["cut_if_commas_after"]),
             cut_if_names_after=int(p["cut_if_names_after"]),
-            remove_to_comma=_regex(str(p["remove_to_comma"]), "clean.by_clause.remove_to_comma"),
+            remove_to_comma=_phase((_rewrite({"name": "by_clause.remove_to_comma", "pattern": str(p["remove_to_comma"])},
+                                             "clean.by_clause.remove_to_comma", fast),), fast),
         )
     except KeyError as exc:
         raise DataError(f"params.yaml: clean.by_clause: missing {exc.args[0]}") from None
@@ -575,26 +771,27 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
         return None, "max_pipes"
     if rules.person_names is not None and rules.person_names(text) > rules.max_persons:
         return None, "person_names"
-    lower = text.lower()
-    for word in rules.ban_words:
-        if word in lower:
-            return None, "ban_words"
+    if rules.ban_words is not None and rules.ban_words.found(text.lower()):
+        return None, "ban_words"
     words = text.split()
     if (len(words) - len(set(words))) / len(words) > rules.max_repeat_ratio:
         return None, "max_repeat_ratio"
-    if sum(map(len, words)) / len(words) < rules.min_mean_word_len:
+    # Printable-ASCII text stays so through every phase when each rewrite's new text is (deletions
+    # and cuts keep it): worked out once, told to every phase.
+    plain = True if rules.keeps_plain and _plain(text) else None
+    letters = len(text) - text.count(" ") if plain else sum(map(len, words))  # plain: " " is the only space
+    if letters / len(words) < rules.min_mean_word_len:
         return None, "min_mean_word_len"
 
-    # 2. normalise punctuation and strip technical jargon. Printable-ASCII text stays so through
-    # every phase when each rewrite's new text is (deletions and cuts keep it): tell _run once.
-    plain = True if rules.keeps_plain and _plain(text) else None
+    # 2. normalise punctuation and strip technical jargon
     text = _run(rules.normalise, text, plain)
     if text.count(",") > rules.max_commas:
         return None, "max_commas"
 
     # 3-4. artist credits, stop phrases, artists and sites
-    text = _cut_by_clause(text, rules.by_clause)
-    text = _remove_phrases(text, rules.phrases, rules.phrase_index)
+    text = _cut_by_clause(text, rules.by_clause, plain)
+    if rules.phrases.rewrites:
+        text = _run(rules.phrases, text.strip(), plain)
     text = _run(rules.tidy, text, plain)
 
     # 5. size of what is left
@@ -607,7 +804,7 @@ def clean_text(text: str | None, rules: Rules) -> tuple[str | None, str | None]:
 
     # 6-8. repeats, "thought" texts, final touches
     text = _run(rules.collapse_repeats, text, plain)
-    if rules.thought_phrases is not None and rules.thought_phrases.search(text):
+    if rules.thought_phrases is not None and rules.thought_phrases.found(text, plain):
         return None, "thought_phrases"
     text = _run(rules.finish, text, plain)
     if not text:
@@ -620,13 +817,40 @@ def _run(phase: Phase, text: str, plain: bool | None = None) -> str:
     `plain`: whether `text` is printable ASCII (`_plain`), when the caller knows."""
     if plain is None:
         plain = _plain(text)
+    if plain and phase.scanner is not None:
+        return _run_scanned(phase.scanner, text)
     if plain and phase.plain_steps is not None:  # every rewrite keeps the text printable ASCII
         steps, without = phase.plain_steps, phase.plain_steps_without_digits
     else:
         steps, without, plain = phase.steps, phase.steps_without_digits, False
-    lower = has_digit = None  # facts about the current text, recomputed after it changes
+    has_digit = None
     if without is not None and not _DIGIT.search(text):
         steps, has_digit = without, False
+    return _run_steps(steps, text, plain, has_digit)
+
+
+def _run_scanned(scanner: Scanner, text: str) -> str:
+    """`_run` for printable-ASCII text: only the steps the scanner finds, looking again after a change."""
+    match, steps, guarded = scanner.match, scanner.steps, scanner.guarded
+    todo = sorted(match(text.encode()) or ())
+    i = 0
+    while i < len(todo):
+        k = todo[i]
+        if guarded[k]:
+            new = _run_steps((steps[k],), text, True)
+        else:
+            new = _apply(text, *steps[k][4:])
+        if new != text:
+            text, i = new, 0
+            todo = sorted(h for h in match(text.encode()) or () if h > k)
+        else:
+            i += 1
+    return text
+
+
+def _run_steps(steps: tuple, text: str, plain: bool, has_digit: bool | None = None) -> str:
+    """The steps in order, each skipped when its guards show it cannot match."""
+    lower = None  # facts about the current text, recomputed after it changes
     for needs_digit, kind, guard, prefilter, find, sub, repl, unchanged, strip in steps:
         if needs_digit:
             if has_digit is None:
@@ -662,20 +886,24 @@ def _run(phase: Phase, text: str, plain: bool | None = None) -> str:
             if strip:
                 text = text.strip()
             continue
-        if find is not None:
-            new = text.replace(find, repl)
-        elif unchanged is not None and unchanged(text):
-            new = text
-        else:
-            new = sub(repl, text)
-        if strip:
-            new = new.strip()
+        new = _apply(text, find, sub, repl, unchanged, strip)
         if new != text:
             text, lower, has_digit = new, None, None
     return text
 
 
-def _cut_by_clause(text: str, by: ByClause) -> str:
+def _apply(text: str, find: str | None, sub: Callable, repl: str, unchanged: Callable | None, strip: bool) -> str:
+    """One rewrite on a text its guards (or the scanner) let through."""
+    if find is not None:
+        new = text.replace(find, repl)
+    elif unchanged is not None and unchanged(text):
+        new = text
+    else:
+        new = sub(repl, text)
+    return new.strip() if strip else new
+
+
+def _cut_by_clause(text: str, by: ByClause, plain: bool | None = None) -> str:
     """Drop an artist credit: cut at the first marker when a list of names follows it, then delete
     "by ... ," up to the nearest comma. Texts with the exempt form ("surrounded by") are left alone
     (a cut keeps a prefix, so a text without it never gains it)."""
@@ -689,56 +917,12 @@ def _cut_by_clause(text: str, by: ByClause) -> str:
         after = text[index + 2 :]  # like the reference: from the marker's "y", so it is not counted
         if after.count(by.and_marker) + after.count(by.marker) >= by.cut_if_names_after:
             text = _cut_at(text, index)
-    return by.remove_to_comma.sub("", text)
+    return _run(by.remove_to_comma, text, plain)
 
 
 def _cut_at(text: str, index: int) -> str:
     text = text[:index].strip()
     return text[:-1] if text.endswith(",") else text
-
-
-def _remove_phrases(text: str, phrases: tuple[Phrase, ...], index: PhraseIndex | None = None) -> str:
-    """Delete each phrase (whole words, any case) in order, trimming after each like the reference.
-
-    For ASCII text a phrase can only match where its lowercase form is a substring, and (`index`)
-    where its key \\w-run is one of the text's, so the regex runs only then; non-ASCII text
-    (Unicode case folding) always runs every regex."""
-    if not phrases:
-        return text
-    text = text.strip()
-    if not text.isascii():
-        for phrase in phrases:
-            text = phrase.regex.sub("", text).strip()
-        return text
-    if index is not None:
-        return _remove_ascii_phrases(text, phrases, index)
-    lower = text.lower()
-    for needle, regex in phrases:
-        if needle in lower:
-            text = regex.sub("", text).strip()
-            lower = text.lower()
-    return text
-
-
-def _remove_ascii_phrases(text: str, phrases: tuple[Phrase, ...], index: PhraseIndex) -> str:
-    start = 0  # phrases before this one are done
-    while True:
-        lower = text.lower()
-        for i in _phrase_candidates(text, index, start):
-            needle, regex = phrases[i]
-            if needle in lower:
-                new = regex.sub("", text).strip()
-                if new != text:  # deleting can join text into new runs: find the candidates again
-                    text, start = new, i + 1
-                    break
-        else:
-            return text
-
-
-def _phrase_candidates(text: str, index: PhraseIndex, start: int) -> list[int]:
-    """Phrases from `start` on that can match ASCII `text`, in order."""
-    found = [i for run in index.by_run.keys() & set(_lower_word_runs(text)) for i in index.by_run[run]]
-    return sorted(i for i in found + list(index.always) if i >= start)
 
 
 def _language(text: str, seed: int) -> str:
@@ -898,12 +1082,38 @@ def cli_text(input: Path, output: Path) -> None:
     if not input.exists():
         raise DataError(f"{input}: input not found")
     rules = load_rules(load_params("clean"))
+    line_no = 0
     with input.open("rb") as src, atomic_path(output) as tmp:
         with tmp.open("w", encoding="utf-8") as dst:
-            for line_no, raw in enumerate(src, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(f"{input}: line {line_no}: not valid UTF-8") from None
-                text, reason = clean_text(line.rstrip("\r\n"), rules)
-                dst.write(json.dumps({"text": text, "reason": reason}, ensure_ascii=False) + "\n")
+            while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
+                lines = _decode_lines(batch, input, line_no)
+                line_no += len(batch)
+                results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
+                dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+
+
+def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:
+    """The batch's lines as text (split at "\\n" only, like the file's lines); invalid UTF-8 is an
+    error naming its line."""
+    try:
+        lines = b"".join(batch).decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        for offset, raw in enumerate(batch, start=line_no + 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{input}: line {offset}: not valid UTF-8") from None
+        raise
+    if lines[-1] == "":
+        lines.pop()  # after the batch's last "\n"
+    return lines
+
+
+# What json.dumps({"text": ..., "reason": ...}, ensure_ascii=False) writes, a few times faster
+# (no dict, no encoder set up per line): this command's output format.
+_JSONL_LINE = '{"text": %s, "reason": %s}\n'
+_json_string = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _json_value(value: str | None) -> str:
+    return "null" if value is None else _json_string(value)

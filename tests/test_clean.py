@@ -470,15 +470,88 @@ def test_prefilter_is_the_regex_minus_its_leading_boundary():
     assert clean._prefilter(re.compile(r"x\b")) is None
 
 
-def test_phrase_index_finds_every_phrase_that_can_match():
-    # with the index (candidates by \w-run) and without (every phrase): same text, including a
-    # deletion that joins text into a new run ("x/r/y" -> "xy")
-    rng = random.Random(3)
-    words = ["by", "greg", "rutkowski", "artstation", "8k", "x/r/y", "/r/", "octane", "render", "Wlop",
-             "a", "cat", "ART", "STATION", "-", ",", "contest-winner", "national", "geographic"]
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(5000)]
-    texts += ["art/r/station by wlop", "8k/r/8k", "by greg rutkowski and greg rutkowski"]
-    assert RULES.phrase_index is not None
-    for text in texts:
-        assert clean._remove_phrases(text, RULES.phrases, RULES.phrase_index) == \
-            clean._remove_phrases(text, RULES.phrases), text
+def dense_texts(n: int, seed: int) -> list[str]:
+    """Short printable-ASCII texts packed with what the rules look for, so most steps fire and
+    deletions join text into new matches ("x/r/y" -> "xy", "8 k" -> "8k")."""
+    rng = random.Random(seed)
+    tokens = ["by", "greg", "rutkowski", "artstation", "8", "k", "8k", "x/r/y", "/r/", "octane", "render", "Wlop",
+              "a", "cat", "ART", "STATION", "-", ",", ".", "..", "contest-winner", "national", "geographic", "seed",
+              "1999", "(", ")", "((", "f/1.8", "35mm", "lens", "hd", "uhd", "--ar", "16:9", "n", "w", "h", "512",
+              "px", "!", "!!", ";", ":", "_", "|", "iso", "100", "unreal", "engine", "trending", "on", "and", " "]
+    return [" ".join(rng.choice(tokens) for _ in range(rng.randint(1, 14))) for _ in range(n)]
+
+
+def test_scanner_runs_the_same_steps_as_the_guards():
+    # every phase, with the RE2 scanner and with each step checking its own guards (no scanner):
+    # the same text after every phase
+    pytest.importorskip("re2")
+    slow = load_rules(PARAMS["clean"], fast=False)
+    phases = ["normalise", "phrases", "tidy", "finish"]
+    assert all(getattr(RULES, name).scanner is not None for name in phases)
+    for text in dense_texts(6000, seed=3) + ["art/r/station by wlop", "8k/r/8k", "by greg rutkowski and greg rutkowski"]:
+        for name in phases:
+            assert clean._run(getattr(RULES, name), text, True) == clean._run(getattr(slow, name), text, False), \
+                (name, text)
+
+
+def test_whole_filter_is_the_same_with_and_without_the_speedups_on_dense_text():
+    slow = load_rules(PARAMS["clean"], fast=False)
+    for text in dense_texts(4000, seed=4):
+        assert clean_text(text, RULES) == clean_text(text, slow), text
+
+
+@pytest.mark.parametrize("pattern,repl", list(clean._CHANGES_WHEN_PLAIN))
+def test_each_change_pattern_finds_every_change(pattern, repl):
+    # where the RE2 pattern (read here by Python's re: the same syntax) finds nothing, the rewrite
+    # leaves printable-ASCII text unchanged
+    regex, changes = re.compile(pattern), re.compile(clean._CHANGES_WHEN_PLAIN[pattern, repl])
+    rng = random.Random(5)
+    alphabet = "aAb1 ,.!?;:-'()_|/\"#"
+    samples = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20000)]
+    for text in samples:
+        if not changes.search(text):
+            assert regex.sub(repl, text) == text, text
+
+
+@pytest.mark.parametrize("pattern,repl", list(clean._SAME_ON_PLAIN))
+def test_each_faster_regex_writes_the_same_on_printable_ascii(pattern, repl):
+    regex, faster = re.compile(pattern), clean._SAME_ON_PLAIN[pattern, repl]
+    rng = random.Random(8)
+    samples = ["".join(rng.choice("ab ,.") for _ in range(rng.randint(0, 16))) for _ in range(20000)]
+    for text in samples + ["  a  b  ", " ", ""]:
+        assert faster.sub(repl, text) == regex.sub(repl, text), text
+
+
+def test_re2_rewrites_of_lookarounds_and_backreferences_are_exact():
+    from re import _parser as parser
+
+    assert clean._without_edge_lookarounds(r"(?<=[^ ]),(?=[^ ])", parser) == "(?:[^ ]),(?:[^ ])"
+    assert clean._without_edge_lookarounds(r"(?<=\d)\s+(?=\d)", parser) == r"(?:\d)\s+(?:\d)"
+    assert clean._without_edge_lookarounds(r"a(?=b)c", parser) is None  # a lookahead inside: not a concatenation
+    assert clean._without_edge_lookarounds(r"(?<!a)b", parser) is None  # negative: no
+    assert clean._doubled_character(re.compile(r"([()])\1+"), parser) == r"\(\(|\)\)"
+    assert clean._doubled_character(re.compile(r"(ab)\1+"), parser) is None
+    # on random text, the rewritten pattern finds a match exactly where the original does
+    rng = random.Random(6)
+    for original in [r"(?<=[^ ]),(?=[^ ])", r"(?<=\d)\s+(?=\d)", r"([^\w\s])\1+", r"([()\[\]{}])\1+"]:
+        rewritten = re.compile(clean._re2_syntax(re.compile(original)))
+        for _ in range(5000):
+            text = "".join(rng.choice("a1 ,()[]!!..") for _ in range(rng.randint(0, 8)))
+            assert bool(re.search(original, text)) == bool(rewritten.search(text)), (original, text)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # Python warns about "[[:"
+@pytest.mark.parametrize("pattern", [r"[[:alpha:]]+", r"a{,3}b", r"(?x) a b", r"x\Z", r"(?<!a)b", r"(a)\1",
+                                     r"(?>ab)c", r"a++", r"\u00e9"])
+def test_re2_is_not_given_syntax_it_reads_differently_or_lacks(pattern):
+    assert clean._re2_syntax(re.compile(pattern)) is None
+
+
+def test_search_is_the_same_with_re2_and_python():
+    pytest.importorskip("re2")
+    for text in dense_texts(3000, seed=7) + ["I'm here", "if you know", "Eos-1d", "ſ \u212a jpg", "résumé"]:
+        for search in (RULES.thought_phrases, RULES.ban_words):
+            assert search.re2_match is not None
+            assert search.found(text) == (search.regex.search(text) is not None), text
+        lower = text.lower()
+        assert RULES.ban_words.found(lower) == (RULES.ban_words.regex.search(lower) is not None), text
