@@ -23,6 +23,7 @@ import typer
 import yaml
 
 from scripts.common import DataError
+from scripts.export import parse_metadata
 
 SPLITS = ("train", "validation")
 SAMPLES = 5
@@ -47,7 +48,9 @@ def open_fs(repo: str, rev: str):
     from dvc.api import DVCFileSystem
 
     try:
-        return DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
+        fs = DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
+        fs.repo  # noqa: B018  the filesystem opens the revision lazily: an unknown one fails here
+        return fs
     except Exception as exc:
         raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
@@ -65,7 +68,7 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
         path = f"{base}/{split}/metadata.jsonl"
         try:
             with fs.open(path, "r", encoding="utf-8") as f:
-                records = [json.loads(line) for line in f if line.strip()]
+                records = parse_metadata(f, f"{rev}:{path}", ("id", "source", "text", "file_name"))
         except FileNotFoundError:
             raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
         frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)

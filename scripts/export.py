@@ -23,7 +23,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -130,6 +130,32 @@ def write_imagefolder(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]
         tick()
         lines.append(json.dumps({"file_name": file_name, **sample_json(row)}, ensure_ascii=False))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+
+
+def parse_metadata(lines: Iterable[str], where: str, required: tuple[str, ...]) -> list[dict]:
+    """The records of an ImageFolder metadata.jsonl (blank lines skipped); a line that is not a
+    JSON object with the `required` keys is a DataError naming `where` and the line."""
+    records = []
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            missing = [key for key in required if key not in record]
+        except (ValueError, TypeError):
+            record, missing = None, list(required)
+        if not isinstance(record, dict) or missing:
+            raise DataError(f"{where}: line {line_no}: not a metadata record with {', '.join(required)}")
+        records.append(record)
+    return records
+
+
+def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run release first") -> list[dict]:
+    """parse_metadata of folder/metadata.jsonl; a missing file is a DataError with `hint`."""
+    path = Path(folder) / "metadata.jsonl"
+    if not path.exists():
+        raise DataError(f"{path}: not found ({hint})")
+    return parse_metadata(path.read_text(encoding="utf-8").splitlines(), str(path), required)
 
 
 def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:

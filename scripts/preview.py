@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,19 +129,13 @@ def _thumbnail(path: Path | None, size: int):
 
 def release_sample(release_dir: Path, n: int) -> list[tuple[Path, str]]:
     """(image path, caption) of the release's n sample rows, from both splits' metadata.jsonl."""
+    from scripts.export import read_metadata
+
     records = {}
     for split in SPLITS:
-        metadata = Path(release_dir) / split / "metadata.jsonl"
-        if not metadata.exists():
-            raise DataError(f"{metadata}: not found (run release first)")
-        for line_no, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records[str(record["id"])] = (metadata.parent / record["file_name"], str(record["text"]))
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{metadata}: line {line_no}: not a metadata record with id, file_name, text") from None
+        folder = Path(release_dir) / split
+        for record in read_metadata(folder, ("id", "file_name", "text")):
+            records[str(record["id"])] = (folder / str(record["file_name"]), str(record["text"]))
     return [records[i] for i in sample_ids(records, n)]
 
 

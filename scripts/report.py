@@ -39,20 +39,15 @@ PLOT_FILES = {
 
 def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
     """release, split, source, text of every row of every release (from metadata.jsonl)."""
-    records = []
-    for release in releases:
-        for split in SPLITS:
-            metadata = Path(releases_dir) / release / split / "metadata.jsonl"
-            if not metadata.exists():
-                raise DataError(f"{metadata}: not found (run release@{release} first)")
-            for line_no, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    records.append((release, split, str(record["source"]), str(record["text"])))
-                except (ValueError, KeyError, TypeError):
-                    raise DataError(f"{metadata}: line {line_no}: not a metadata record with source and text") from None
+    from scripts.export import read_metadata
+
+    records = [
+        (release, split, str(record["source"]), str(record["text"]))
+        for release in releases
+        for split in SPLITS
+        for record in read_metadata(Path(releases_dir) / release / split, ("source", "text"),
+                                    f"run release@{release} first")
+    ]
     return pd.DataFrame(records, columns=["release", "split", "source", "text"])
 
 

@@ -156,6 +156,16 @@ INGEST_ARGV = ["ingest", SOURCE, "data/prompts/out.parquet"]
 INGEST_OUTS = ["data/prompts/out.parquet", "data/prompts/out.report.json"]
 
 
+
+def case_diff_unknown_revision(ws):
+    # a real git + DVC repository with one commit; the diff names a tag that does not exist
+    write_params(ws)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for argv in (git + ["init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], git + ["add", "-A"],
+                 git + ["commit", "-qm", "init"]):
+        subprocess.run(argv, cwd=ws, check=True, capture_output=True, env=dict(os.environ, HOME=str(ws / ".home")))
+    return Expect(["diff", "v4-a", "HEAD"], ["cannot open revision 'v4-a'", "unknown Git revision"])
+
 # ---------------------------------------------------------------- params (checked at stage start)
 
 def case_params_unknown_key_names_the_nearest(ws):

@@ -13,7 +13,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import copy_repo, env, run

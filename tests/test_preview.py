@@ -96,6 +96,11 @@ def test_missing_metadata_and_bad_geometry_are_one_line_errors(tmp_path):
     (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('{"id": "x"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 1"):
         release_sample(tmp_path / "v8", 4)
+    # every reader of metadata.jsonl (contact sheet, plots, diff) names the line of a bad record
+    for line in ['["not", "an", "object"]', "{not json", '"text"']:
+        (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('\n' + line + '\n', encoding="utf-8")
+        with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 2: not a metadata record with id"):
+            release_sample(tmp_path / "v8", 4)
     with pytest.raises(DataError, match=r"preview.thumb"):
         load_geometry({"thumb": 0})
     assert load_geometry({}).size == (640, 624)  # defaults = params.yaml's values

@@ -307,8 +307,8 @@ def test_requests_are_seeded_and_adding_requests_keeps_the_old_ones(tmp_path):
     assert five[:3] == three
     assert len({cache_key("http://x/v1", body) for body in five}) == 5
     user = three[0]["messages"][0]["content"]
-    assert sum(f"- gpt4 prompt " in line for line in user.splitlines()) == 10
-    assert sum(f"- train prompt " in line for line in user.splitlines()) == 10
+    assert sum("- gpt4 prompt " in line for line in user.splitlines()) == 10
+    assert sum("- train prompt " in line for line in user.splitlines()) == 10
     assert "Not preferred topics: [mushroom, jellyfish]" in user
     other_seed = build_requests(parse_params("t", {**base, "requests": 3, "seed": 8}), pools)
     assert [body["messages"] for body in other_seed] != [body["messages"] for body in three]
