@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.clean import clean_text, load_rules  # noqa: E402
-from scripts.common import load_params  # noqa: E402
+from scripts.lib.params import load_params
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 

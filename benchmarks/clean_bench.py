@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.clean_agreement import fixture_prompts, load_reference, reference_result  # noqa: E402
 from scripts.clean import clean_text, load_rules  # noqa: E402
-from scripts.common import load_params  # noqa: E402
+from scripts.lib.params import load_params
 
 MODIFIERS = [
     "highly detailed", "8k", "4 k", "trending on artstation", "by greg rutkowski", "octane render",

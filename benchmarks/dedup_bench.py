@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts import minhash as mh  # noqa: E402
+from scripts.lib import minhash as mh  # noqa: E402
 from scripts.dedup import DedupParams, dedup_self  # noqa: E402
 
 CHUNK = 200_000

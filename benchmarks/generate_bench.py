@@ -77,7 +77,7 @@ def read_prompts(n: int) -> list[str]:
 
 
 def bench_settings(mode: str, on_gpu: bool, model: str, args):
-    from scripts.common import load_params
+    from scripts.lib.params import load_params
     from scripts.generate import load_settings
 
     s = load_settings(load_params("generate", REPO / "params.yaml"))
@@ -171,7 +171,7 @@ def main() -> None:
             if sd21:
                 build_sd21_architecture(Path(model))
             else:
-                from scripts.common import load_params
+                from scripts.lib.params import load_params
 
                 save_tiny_model(load_params("tiny_model", REPO / "params.yaml"), Path(model))
             print(f"built {'SD2.1 architecture (random weights)' if sd21 else 'tiny model'} in {time.perf_counter() - t:.1f} s")

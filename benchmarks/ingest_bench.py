@@ -4,7 +4,7 @@
 
 Writes a synthetic DALL-E-3-shaped set (tar shards of <name>.png + <name>.json with every published
 json field, tiny png payloads, 1 record in 50 without width), then times
-- ours: scripts.readers.compile_simpletuner (tar streamed header by header, never extracted,
+- ours: scripts.lib.readers.compile_simpletuner (tar streamed header by header, never extracted,
   parquet written in row groups);
 - the reference recipe: extract every tar, glob the json files, json.load each, build a pandas
   DataFrame, drop rows without width, write the parquet.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.readers import compile_simpletuner  # noqa: E402
+from scripts.lib.readers import compile_simpletuner  # noqa: E402
 
 TINY_PNG = bytes.fromhex(  # a valid 1x1 PNG: the set stays small on disk
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"

@@ -1,4 +1,4 @@
-"""What scripts.progress.track costs a loop (issue 8): the same loops with and without it, in one process.
+"""What scripts.lib.progress.track costs a loop (issue 8): the same loops with and without it, in one process.
 
     python benchmarks/progress_bench.py [--items 1000000]
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.progress import track  # noqa: E402
+from scripts.lib.progress import track  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -41,7 +41,7 @@ def main() -> None:
         import pandas as pd
 
         from scripts.clean import clean_text, load_rules
-        from scripts.common import load_params
+        from scripts.lib.params import load_params
 
         rules = load_rules(load_params("clean", Path(__file__).resolve().parents[1] / "params.yaml"))
         prompts = [str(p) for p in pd.read_csv(fixture)["prompt"].dropna()] * 5

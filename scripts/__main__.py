@@ -1,3 +1,5 @@
+import sys
+
 from scripts.cli import main
 
-main()
+sys.exit(main())

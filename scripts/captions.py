@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, check_table, read_parquet, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.io import check_table, read_parquet, write_parquet
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]

@@ -30,7 +30,9 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from scripts.common import DataError, atomic_path, check_table, load_params, read_parquet, write_json, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
 
 # Reason for rows whose prompt is missing or only whitespace (the reference crashed on them), and
 # for rows the rewrites emptied completely (the reference returned "").
@@ -967,7 +969,7 @@ PARALLEL_MIN_ROWS = 20_000  # below this, starting worker processes costs more t
 def _clean_many(texts: list[str], rules: Rules, desc: str = "clean") -> list[tuple[str | None, str | None]]:
     """clean_text over many texts, in `rules.workers` processes when there are enough of them.
     Workers rebuild the rules from their params (compiled regexes and lambdas do not pickle)."""
-    from scripts.progress import track
+    from scripts.lib.progress import track
 
     if rules.workers <= 1 or len(texts) < PARALLEL_MIN_ROWS:
         return [clean_text(text, rules) for text in track(texts, desc=desc, unit="distinct prompts")]

@@ -1,6 +1,6 @@
 """dedup@S: near-duplicate removal with MinHash-LSH, verified by exact Jaccard.
 
-Pipeline of `dedup_self` (every step is array work; see scripts/minhash.py for the primitives):
+Pipeline of `dedup_self` (every step is array work; see scripts/lib/minhash.py for the primitives):
   1. shingle + sign the texts in batches (`dedup.workers` processes), keep only the LSH band keys
      (uint32[bands, n]: 1.3 GB at 10M rows) and a 128-bit key of each text's token sequence;
   2. group texts with identical token sequences (Jaccard 1; they would flood LSH buckets);
@@ -39,8 +39,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from scripts import minhash as mh
-from scripts.common import PARAMS_FILE, DataError, atomic_path, load_params, write_json
+from scripts.lib import minhash as mh
+from scripts.lib.errors import DataError
+from scripts.lib.params import PARAMS_FILE, load_params
+from scripts.lib.io import atomic_path, write_json
 
 # --- params --------------------------------------------------------------------------------------
 
@@ -564,7 +566,7 @@ def cli(
 
 def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:
     """data/dedup/S.preview.html: the largest clusters, kept vs removed texts (params preview.dedup_clusters)."""
-    from scripts.preview import DEFAULTS, write_dedup_preview
+    from scripts.lib.preview import DEFAULTS, write_dedup_preview
 
     n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
     write_dedup_preview(source, input, output, clusters, page, int(n))

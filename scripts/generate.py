@@ -34,7 +34,9 @@ from pathlib import Path
 
 import typer
 
-from scripts.common import DataError, load_params, read_parquet, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import read_parquet, write_parquet
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = ["id", "file", "key", "seed", "model", "model_revision", "scheduler", "steps", "guidance",
@@ -350,7 +352,7 @@ def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: st
     """Render `jobs` into the store at `output`. The one function both engines run (Ray: one per GPU)."""
     import torch
 
-    from scripts.progress import Progress
+    from scripts.lib.progress import Progress
 
     stats = RenderStats()
     if not jobs:

@@ -1,7 +1,7 @@
 """ingest@S: read source S in its native format, write the normalised prompt table.
 
 `python -m scripts ingest S data/prompts/S.parquet` reads `params.yaml: sources.S`, picks the reader
-by `kind` (scripts/readers/), and writes
+by `kind` (scripts/lib/readers/), and writes
 - data/prompts/S.parquet: scripts.common.PROMPT_COLUMNS (id, source, prompt, split, image, width,
   height, meta) streamed in row groups of `batch_rows`;
 - data/prompts/S.report.json: rows read, rows written, skipped rows per reason.
@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import typer
 
-from scripts.common import PROMPT_COLUMNS, DataError, atomic_path, load_params, stable_id, write_json
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import PROMPT_COLUMNS, atomic_path, stable_id, write_json
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
-    from scripts.readers import Problem, Record, SourceConfig
+    from scripts.lib.readers import Problem, Record, SourceConfig
 
 
 def report_path(output: Path) -> Path:
@@ -96,9 +98,9 @@ class PromptTableWriter:
 def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: PromptTableWriter,
               report: dict[str, Any]) -> None:
     """The shared policy: check each record, apply on_error, give it its stable id, write it."""
-    from scripts.readers import Problem, Record
+    from scripts.lib.readers import Problem, Record
 
-    from scripts.progress import track
+    from scripts.lib.progress import track
 
     skipped: dict[str, int] = report["skipped"]
     ids = array("Q")  # 8 bytes per row: checks that native keys were unique
@@ -138,7 +140,7 @@ def check_unique(ids: array, source: str) -> None:
 
 def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
     """Read `source` with its reader and write the prompt table and its report; returns the report."""
-    from scripts.readers import READERS
+    from scripts.lib.readers import READERS
 
     if not Path(cfg.path).exists():
         raise DataError(f"{cfg.path}: source path not found (sources.{source}.path)")
@@ -161,7 +163,7 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
 def load_source(source: str) -> SourceConfig:
     from pydantic import ValidationError
 
-    from scripts.readers import SourceConfig
+    from scripts.lib.readers import SourceConfig
 
     sources = load_params("sources")
     if source not in sources:

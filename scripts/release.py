@@ -11,7 +11,7 @@ Steps run in this order, each recording why it removed a row:
      near-duplicates a train row (near, at dedup.threshold)
 Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout (default
 ImageFolder: metadata.jsonl + images, hardlinked where possible; also webdataset, simpletuner and
-bucketed: see scripts/export.py), removed.parquet (every removed row with its reason), stats.json
+bucketed: see scripts/lib/export.py), removed.parquet (every removed row with its reason), stats.json
 (a DVC metric), preview.jpg (contact sheet) and README.md (a Hugging Face data card).
 """
 from __future__ import annotations
@@ -25,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, load_params, read_parquet, write_json, write_parquet
-from scripts.export import export_options, write_split
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import SPLITS, read_parquet, write_json, write_parquet
+from scripts.lib.export import export_options, write_split
 
-SPLITS = ("train", "validation")
 LEAK_MODES = ("none", "exact", "near")
 RECIPE_KEYS = {"base", "description", "components", "reclean", "validation_leaks", "export"}
 COMPONENT_KEYS = {"source", "split", "into", "dedup_against"}
@@ -49,7 +50,7 @@ class Recipe:
     components: tuple[Component, ...]
     reclean: bool = False
     validation_leaks: str = "exact"
-    export: object = "imagefolder"  # a format name, or {format: ..., options}: see scripts/export.py
+    export: object = "imagefolder"  # a format name, or {format: ..., options}: see scripts/lib/export.py
     description: str = ""
     lineage: tuple[str, ...] = field(default=())
 
@@ -284,8 +285,8 @@ def cli(
     params = load_params()
     recipe = resolve_recipe(name, params.get("releases") or {})
     fmt, options = export_options(recipe.export, f"params.yaml: releases.{name}")
-    from scripts.preview import load_geometry
-    from scripts.progress import Progress
+    from scripts.lib.preview import load_geometry
+    from scripts.lib.progress import Progress
 
     geometry = load_geometry(params.get("preview") or {})  # checked before the long work starts
     cleaner = _cleaner(rules, f"release@{name} reclean") if recipe.reclean else None
@@ -314,8 +315,8 @@ def write_preview(rows: pd.DataFrame, output: Path, geometry) -> None:
     read from the image store, so it looks the same whatever the export layout."""
     import io
 
-    from scripts.export import image_bytes
-    from scripts.preview import contact_sheet, sample_ids
+    from scripts.lib.export import image_bytes
+    from scripts.lib.preview import contact_sheet, sample_ids
 
     by_id = rows.set_index("id")
     chosen = sample_ids(by_id.index, geometry.columns * geometry.rows)

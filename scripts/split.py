@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, atomic_path, check_table, load_params, read_parquet, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, write_parquet
 
-SPLITS = ("train", "validation")
 
 
 def hash_unit(seed: int, row_id: str) -> float:

@@ -37,7 +37,9 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scripts.common import DataError, atomic_path, load_params, write_json
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import atomic_path, write_json
 
 TEMPLATE_FIELDS = {"examples", "avoid_topics"}
 RESERVED_BODY_KEYS = {"model", "messages", "temperature", "max_tokens", "seed", "stream", "n"}
@@ -263,7 +265,7 @@ def read_example_pool(source: ExampleSource) -> list[str]:
 
 
 def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
-    from scripts.common import read_parquet
+    from scripts.lib.io import read_parquet
 
     if column is None:
         raise DataError(f"{file}: a parquet example source needs `column` (e.g. text)")
@@ -536,7 +538,7 @@ def _call_missing(params, bodies, keys, missing, cache, responses, api_key, log)
     try:
         futures = [pool.submit(one, index) for index in missing]
         done = 0
-        from scripts.progress import track
+        from scripts.lib.progress import track
 
         for future in track(concurrent.futures.as_completed(futures), total=len(futures), desc="synthesize", unit="requests"):
             result = future.result()

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import typer
 
-from scripts.common import DataError, atomic_path, load_params
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import atomic_path
 
 DEFAULTS = {
     "seed": 0,

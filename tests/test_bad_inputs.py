@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.common import PROMPT_COLUMNS, stable_id, write_parquet
+from scripts.lib.io import PROMPT_COLUMNS, stable_id, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -714,7 +714,7 @@ def test_committed_dvc_config_holds_no_credentials():
 # ---------------------------------------------------------------- the params schema stays in step
 
 def test_the_repository_params_fit_the_schema():
-    from scripts.params_schema import check_params
+    from scripts.lib.params import check_params
 
     check_params(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
 
@@ -725,7 +725,7 @@ def test_the_schema_knows_every_key_a_stage_reads(section):
     from scripts import params_schema as schema
 
     if section == "sources":
-        from scripts.readers.base import SourceConfig
+        from scripts.lib.readers.base import SourceConfig
         stage, ours = set(SourceConfig.model_fields), set(schema.Source.model_fields)
     elif section == "clean":
         from scripts.clean import REQUIRED_KEYS
@@ -748,11 +748,12 @@ def test_the_schema_knows_every_key_a_stage_reads(section):
     else:
         from scripts.synthesize import SynthesizeParams
         stage, ours = set(SynthesizeParams.model_fields), set(schema.SynthesizeEntry.model_fields)
-    assert stage <= ours, f"scripts/params_schema.py lacks {sorted(stage - ours)} in {section}"
+    assert stage <= ours, f"scripts/lib/params.py lacks {sorted(stage - ours)} in {section}"
 
 
 def test_load_params_checks_once_and_names_the_file(tmp_path):
-    from scripts.common import DataError, load_params
+    from scripts.lib.errors import DataError
+    from scripts.lib.params import load_params
 
     path = tmp_path / "params.yaml"
     path.write_text("split: {seed: 1, validation_fraction: 0.05}\n")

@@ -23,7 +23,7 @@ import yaml
 
 from scripts import clean
 from scripts.clean import DataError, clean_table, clean_text, load_rules, pass_through, sibling_paths
-from scripts.common import PROMPT_COLUMNS, write_parquet
+from scripts.lib.io import PROMPT_COLUMNS, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts import minhash as mh
-from scripts.common import DataError
+from scripts.lib import minhash as mh
+from scripts.lib.errors import DataError
 from scripts.dedup import DedupParams, Index, build_index, dedup_against, dedup_self, near_duplicate_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ import hashlib, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from scripts.dedup import dedup_self, DedupParams
-from scripts import minhash as mh
+from scripts.lib import minhash as mh
 texts = Path(sys.argv[2]).read_text(encoding="utf-8").splitlines()
 sh = mh.shingle_hashes(texts)
 r = dedup_self(texts, None, DedupParams(threshold=0.6))
@@ -433,7 +433,7 @@ def test_dvc_exp_run_with_a_higher_threshold_keeps_more(prompts, tmp_path):
     (repo / "dvc.yaml").write_text(
         "stages:\n  dedup:\n"
         "    cmd: python -m scripts dedup s data/clean/s.parquet data/dedup/s.parquet\n"
-        "    deps: [scripts/dedup.py, scripts/minhash.py, data/clean/s.parquet]\n"
+        "    deps: [scripts/dedup.py, scripts/lib/minhash.py, data/clean/s.parquet]\n"
         "    params: [dedup]\n"
         "    outs: [data/dedup/s.parquet, data/dedup/s.clusters.parquet]\n"
         "    metrics:\n      - data/dedup/s.report.json:\n          cache: false\n",

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.common import DataError, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_parquet
 from scripts.generate import (MANIFEST_COLUMNS, Settings, generate, load_settings, plan_jobs, prompt_seed)
 
 REPO = Path(__file__).resolve().parents[1]

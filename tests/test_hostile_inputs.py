@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from scripts.common import DataError
+from scripts.lib.errors import DataError
 from scripts.ingest import ingest
-from scripts.readers import SourceConfig
+from scripts.lib.readers import SourceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -323,7 +323,7 @@ def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------- references re-validated on read
 def test_read_member_revalidates_names_types_and_caps(tmp_path):
-    from scripts.archive import UnsafeArchive, read_image, read_member
+    from scripts.lib.archive import UnsafeArchive, read_image, read_member
 
     shard = tar_with(tmp_path / "s.tar", good_sample(1) + [special("link.png", tarfile.SYMTYPE, "/etc/passwd"),
                                                            ("bomb.png", png_header_only(60000, 60000))])
@@ -343,7 +343,7 @@ def test_read_member_revalidates_names_types_and_caps(tmp_path):
 
 
 def test_zip_member_that_inflates_past_the_cap_is_refused(tmp_path):
-    from scripts.archive import UnsafeArchive, read_member
+    from scripts.lib.archive import UnsafeArchive, read_member
 
     with zipfile.ZipFile(tmp_path / "z.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("zeros.bin", b"\0" * 1_000_000)  # ~1 KB compressed

@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts.archive import read_image, read_member
-from scripts.common import PROMPT_COLUMNS, load_params, stable_id
+from scripts.lib.archive import read_image, read_member
+from scripts.lib.params import load_params
+from scripts.lib.io import PROMPT_COLUMNS, stable_id
 from scripts.ingest import ingest, report_path
-from scripts.readers import SourceConfig, compile_simpletuner
+from scripts.lib.readers import SourceConfig, compile_simpletuner
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -246,7 +247,7 @@ def test_compile_simpletuner_fail_policy_leaves_no_output(tmp_path):
     bad = json.dumps(dalle3_record(1)).replace("short caption 1", "\\udce9 lone surrogate")
     shard = write_tar(tmp_path / "data-000000.tar", [("0000.png", png(8, 6)), ("0000.json", json.dumps(dalle3_record(0)).encode()),
                                                      ("0001.png", png(8, 6)), ("0001.json", bad.encode())])
-    from scripts.common import DataError
+    from scripts.lib.errors import DataError
 
     with pytest.raises(DataError, match="sample '0001'"):
         compile_simpletuner([shard], tmp_path / "st.parquet", write_txt_dir=tmp_path / "txt", on_error="fail")

@@ -4,7 +4,7 @@ import shutil
 import yaml
 
 from conftest import REPO
-from scripts.history import params_up_to, release_names
+from scripts.tools.replay_history import params_up_to, release_names
 
 
 def test_dvc_set_param_round_trip_keeps_every_value(tmp_path):

@@ -14,8 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from scripts.common import DataError, write_parquet
-from scripts.report import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_parquet
+from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -74,7 +75,7 @@ def make_inputs(root: Path) -> dict:
     """Two releases of real GPT-4 prompts (metadata.jsonl), a clean report from the real cleaning rules
     on the real OpenPrompts sample, and a clusters table; returns the params written to params.yaml."""
     from scripts.clean import clean_table, load_rules, report
-    from scripts.common import load_params
+    from scripts.lib.params import load_params
 
     for name in ("gpt4-prompts-3k.txt", "openprompts-1k.csv"):
         if not (FIXTURES / name).exists():
@@ -182,7 +183,7 @@ def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_re
 
 
 def test_diff_report_points_to_the_pictures():
-    from scripts.diff import to_markdown
+    from scripts.tools.diff import to_markdown
 
     report = {"rev_a": "v4-a", "rev_b": "v4-b", "release_a": "v4-b", "release_b": "v4-b", "leaks_b": 0,
               "splits": {}}

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scripts.common import DataError
-from scripts.preview import (SheetGeometry, contact_sheet, dedup_preview_html, load_geometry, release_sample,
-                             sample_ids, wrap_caption, write_release_preview)
-from scripts.progress import summary_line, track
+from scripts.lib.errors import DataError
+from scripts.lib.export import read_metadata
+from scripts.lib.preview import SheetGeometry, contact_sheet, dedup_preview_html, load_geometry, sample_ids, wrap_caption
+from scripts.release import write_preview
+from scripts.lib.progress import summary_line, track
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
@@ -40,6 +41,17 @@ def make_release(folder: Path, texts: list[str]) -> None:
             Image.new("RGB", (64 + 8 * i, 48 + 4 * i), (20 * i % 256, 90, 200)).save(folder / split / name)
             lines.append(json.dumps({"file_name": name, "text": text, "orig_text": text, "source": "src", "id": row_id}))
         (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def release_rows(folder: Path) -> pd.DataFrame:
+    """The release's rows as release@V holds them when it writes preview.jpg (image = stored file)."""
+    records = [{"id": r["id"], "text": r["text"], "image": str(folder / split / r["file_name"])}
+               for split in ("train", "validation") for r in read_metadata(folder / split, ("id", "file_name", "text"))]
+    return pd.DataFrame(records)
+
+
+def write_release_preview(folder: Path, output: Path, geometry: SheetGeometry) -> None:
+    write_preview(release_rows(folder), output, geometry)
 
 
 # --- contact sheet -------------------------------------------------------------------------------
@@ -69,8 +81,8 @@ def test_sample_is_deterministic_and_independent_of_row_order(tmp_path):
     ids = [f"train{i:04d}" for i in range(17)] + [f"validation{i:04d}" for i in range(3)]
     assert sample_ids(ids, 5) == sample_ids(list(reversed(ids)), 5)
     assert sample_ids(ids, 5) != sorted(ids)[:5]  # hashed, not the first ids by name
-    first = [caption for _, caption in release_sample(tmp_path / "a", 6)]
-    assert first == [caption for _, caption in release_sample(tmp_path / "a", 6)]
+    rows = release_rows(tmp_path / "a")
+    assert sample_ids(rows["id"], 6) == sample_ids(rows["id"][::-1], 6)
     geometry = SheetGeometry(3, 2, 64, 24)
     write_release_preview(tmp_path / "a", tmp_path / "one.jpg", geometry)
     write_release_preview(tmp_path / "a", tmp_path / "two.jpg", geometry)
@@ -91,16 +103,16 @@ def test_captions_are_drawn_under_the_images_and_cut_to_fit():
 
 def test_missing_metadata_and_bad_geometry_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match=r"v9/train/metadata.jsonl: not found"):
-        release_sample(tmp_path / "v9", 4)
+        read_metadata(tmp_path / "v9" / "train", ("id", "file_name", "text"))
     (tmp_path / "v8" / "train").mkdir(parents=True)
     (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('{"id": "x"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 1"):
-        release_sample(tmp_path / "v8", 4)
+        read_metadata(tmp_path / "v8" / "train", ("id", "file_name", "text"))
     # every reader of metadata.jsonl (contact sheet, plots, diff) names the line of a bad record
     for line in ['["not", "an", "object"]', "{not json", '"text"']:
         (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('\n' + line + '\n', encoding="utf-8")
         with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 2: not a metadata record with id"):
-            release_sample(tmp_path / "v8", 4)
+            read_metadata(tmp_path / "v8" / "train", ("id", "file_name", "text"))
     with pytest.raises(DataError, match=r"preview.thumb"):
         load_geometry({"thumb": 0})
     assert load_geometry({}).size == (640, 624)  # defaults = params.yaml's values
@@ -135,7 +147,7 @@ def test_dedup_preview_shows_largest_clusters_side_by_side_escaped():
 
 
 def test_dedup_preview_cli_writes_the_page_from_dedup_outputs(tmp_path):
-    from scripts.common import write_parquet
+    from scripts.lib.io import write_parquet
 
     clusters, kept, removed = dedup_tables()
     data = tmp_path / "data"

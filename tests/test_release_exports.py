@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scripts.common import DataError
-from scripts.export import buckets_at, choose_target, export_options, write_split
+from scripts.lib.errors import DataError
+from scripts.lib.export import buckets_at, choose_target, export_options, write_split
 
 SIZES = [(64, 64), (900, 600), (600, 900), (1400, 700), (20, 50), (512, 512), (1024, 768), (33, 40)]
 

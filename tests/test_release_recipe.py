@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from scripts.common import DataError
+from scripts.lib.errors import DataError
 from scripts.release import compose, release_stats, resolve_recipe
 
 

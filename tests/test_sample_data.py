@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts.sample_data import word_jaccard, write_all
+from scripts.tools.sample_data import word_jaccard, write_all
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.common import DataError, stable_id
+from scripts.lib.errors import DataError
+from scripts.lib.io import stable_id
 from scripts.split import assign_splits, hash_unit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.common import DataError, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_parquet
 from scripts.synthesize import (
     ExampleSource,
     backoff_delay,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.common import DataError
+from scripts.lib.errors import DataError
 from scripts.tiny_model import DEFAULTS, build_tokenizer_files, learn_bpe_merges, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]

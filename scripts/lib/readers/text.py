@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from scripts.readers.base import Problem, Record, SourceConfig, decode, source_files
+from scripts.lib.readers.base import Problem, Record, SourceConfig, decode, source_files
 
 
 def read_text(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:

@@ -17,11 +17,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import typer
 
-from scripts.common import DataError, atomic_path, load_params, read_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.io import SPLITS, atomic_path, read_parquet
 
-SPLITS = ("train", "validation")
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
 BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
 
@@ -127,25 +126,6 @@ def _thumbnail(path: Path | None, size: int):
         return None
 
 
-def release_sample(release_dir: Path, n: int) -> list[tuple[Path, str]]:
-    """(image path, caption) of the release's n sample rows, from both splits' metadata.jsonl."""
-    from scripts.export import read_metadata
-
-    records = {}
-    for split in SPLITS:
-        folder = Path(release_dir) / split
-        for record in read_metadata(folder, ("id", "file_name", "text")):
-            records[str(record["id"])] = (folder / str(record["file_name"]), str(record["text"]))
-    return [records[i] for i in sample_ids(records, n)]
-
-
-def write_release_preview(release_dir: Path, output: Path, geometry: SheetGeometry) -> None:
-    """data/releases/V/preview.jpg: the contact sheet of the release's sample, written atomically."""
-    sheet = contact_sheet(release_sample(release_dir, geometry.columns * geometry.rows), geometry)
-    with atomic_path(output) as tmp:
-        sheet.save(tmp, format="JPEG", quality=geometry.quality)
-
-
 # --- near-duplicate sheet ------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\w+")
@@ -231,18 +211,3 @@ def write_dedup_preview(source: str, clean_path: Path, dedup_path: Path, cluster
                               title=f"dedup@{source}: largest near-duplicate clusters")
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")
-
-
-def cli_dedup_preview(
-    source: str = typer.Argument(..., help="source name, e.g. diffusiondb"),
-    data: Path = typer.Option(Path("data"), "--data", help="data folder holding clean/ and dedup/"),
-    output: Path = typer.Option(None, "--output", help="default: DATA/dedup/SOURCE.preview.html"),
-) -> None:
-    """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
-    output = output or data / "dedup" / f"{source}.preview.html"
-    n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise DataError(f"params.yaml: preview.dedup_clusters: expected a positive integer, got {n!r}")
-    write_dedup_preview(source, data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet",
-                        data / "dedup" / f"{source}.clusters.parquet", output, n)
-    print(f"dedup-preview {source}: -> {output}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.common import DataError
+from scripts.lib.errors import DataError
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t2i-datasets", "GIT_AUTHOR_EMAIL": "t2i@example.invalid",
            "GIT_COMMITTER_NAME": "t2i-datasets", "GIT_COMMITTER_EMAIL": "t2i@example.invalid"}

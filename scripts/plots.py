@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.common import DataError, atomic_path, load_params, read_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
+from scripts.lib.io import SPLITS, atomic_path, read_parquet
 
-SPLITS = ("train", "validation")
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
@@ -39,7 +40,7 @@ PLOT_FILES = {
 
 def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
     """release, split, source, text of every row of every release (from metadata.jsonl)."""
-    from scripts.export import read_metadata
+    from scripts.lib.export import read_metadata
 
     records = [
         (release, split, str(record["source"]), str(record["text"]))

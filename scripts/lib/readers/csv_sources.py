@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from scripts.archive import UnsafeArchive, check_image_pixels
-from scripts.readers.base import Problem, Record, SourceConfig, require_columns, source_files
+from scripts.lib.archive import UnsafeArchive, check_image_pixels
+from scripts.lib.readers.base import Problem, Record, SourceConfig, require_columns, source_files
 
 # raw_discord_data fields kept in meta (the generation settings of the original image)
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]

@@ -22,10 +22,10 @@ import pandas as pd
 import typer
 import yaml
 
-from scripts.common import DataError
-from scripts.export import parse_metadata
+from scripts.lib.errors import DataError
+from scripts.lib.io import SPLITS
+from scripts.lib.export import parse_metadata
 
-SPLITS = ("train", "validation")
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
 

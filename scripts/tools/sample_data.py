@@ -24,7 +24,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.common import atomic_path
+from scripts.lib.io import atomic_path
 
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable

@@ -1,10 +1,10 @@
 """One reader per native source format (DESIGN.md §3), picked by `params.yaml: sources.<name>.kind`."""
-from scripts.readers.base import Problem, Record, SourceConfig
-from scripts.readers.csv_sources import read_kaggle_sd2, read_openprompts
-from scripts.readers.dalle3 import compile_simpletuner, read_dalle3
-from scripts.readers.parquet_sources import read_diffusiondb, read_gustavosta
-from scripts.readers.text import read_text
-from scripts.readers.webdataset import read_bucketed_webdataset
+from scripts.lib.readers.base import Problem, Record, SourceConfig
+from scripts.lib.readers.csv_sources import read_kaggle_sd2, read_openprompts
+from scripts.lib.readers.dalle3 import compile_simpletuner, read_dalle3
+from scripts.lib.readers.parquet_sources import read_diffusiondb, read_gustavosta
+from scripts.lib.readers.text import read_text
+from scripts.lib.readers.webdataset import read_bucketed_webdataset
 
 READERS = {
     "diffusiondb": read_diffusiondb,

@@ -8,14 +8,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from scripts.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
-from scripts.common import DataError
-from scripts.readers.base import Problem, Record, SourceConfig, decode, require_columns
-from scripts.readers.csv_sources import image_file_size, iter_csv
+from scripts.lib.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
+from scripts.lib.errors import DataError
+from scripts.lib.readers.base import Problem, Record, SourceConfig, decode, require_columns
+from scripts.lib.readers.csv_sources import image_file_size, iter_csv
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
-SAMPLERS = {1: "ddim", 2: "plms", 3: "k_euler", 4: "k_euler_ancestral", 5: "k_heun", 6: "k_dpm_2",
-            7: "k_dpm_2_ancestral", 8: "k_lms", 9: "others"}
 
 
 def iter_parquet(file: Path, columns: list[str], batch_rows: int) -> Iterator[dict[str, Any]]:

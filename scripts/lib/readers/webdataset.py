@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from scripts.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
-from scripts.common import DataError
-from scripts.readers.base import Problem, Record, SourceConfig, decode
+from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
+from scripts.lib.errors import DataError
+from scripts.lib.readers.base import Problem, Record, SourceConfig, decode
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -9,12 +9,13 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
-from scripts.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
+from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
                              iter_samples, make_ref, open_tar)
-from scripts.common import DataError, atomic_path
-from scripts.readers.base import Problem, Record, SourceConfig, source_files
+from scripts.lib.errors import DataError
+from scripts.lib.io import atomic_path
+from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -172,19 +173,3 @@ def _flush(writer, schema, columns: dict[str, list], stats: dict) -> None:
         stats["rows_written"] += len(columns["filename"])
         for values in columns.values():
             values.clear()
-
-
-def cli_simpletuner(
-    shards: Path,
-    output: Path,
-    caption_field: str = "short_caption",
-    txt_dir: Optional[Path] = None,
-    on_error: str = "skip",
-) -> None:
-    """Compile DALL-E-3 tar shards (a folder or one .tar) to SimpleTuner's parquet (+ <stem>.txt captions)."""
-    if on_error not in ("skip", "fail"):
-        raise DataError(f"--on-error must be skip or fail, got {on_error!r}")
-    stats = compile_simpletuner([shards] if shards.is_file() else shards, output, caption_field,
-                                write_txt_dir=txt_dir, on_error=on_error)
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats["skipped"].items())) or "none"
-    print(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output} (skipped: {skipped})")

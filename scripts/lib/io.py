@@ -1,4 +1,4 @@
-"""Shared plumbing every stage uses: params, stable ids, atomic writes, one-line errors.
+"""Shared plumbing every stage uses: stable ids, atomic writes, checked table reads.
 
 Stages keep their logic pure (table in -> table out) and call these helpers only at the edges.
 """
@@ -13,9 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
-PARAMS_FILE = Path("params.yaml")
+from scripts.lib.errors import DataError
 
 def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read it; done once at import, before any thread starts
@@ -25,48 +23,10 @@ def _read_umask() -> int:
 
 UMASK = _read_umask()
 
-# The normalised prompt table every reader emits (DESIGN.md §2).
+# The normalised prompt table every reader emits (docs/contracts.md).
 PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
-
-
-class DataError(Exception):
-    """Bad input or params: the CLI prints it as one line (no traceback) and exits 2.
-
-    Name the file and the row, e.g. DataError("data/raw/x.csv: row 17: empty prompt").
-    """
-
-
-_CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
-
-
-def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
-    """Read params.yaml (or one top-level section of it), checked against scripts/params_schema.py.
-
-    A YAML syntax error, an unknown key or a wrong type is one DataError naming the file and key.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: params file not found (run from the repository root)")
-    try:
-        text = path.read_text(encoding="utf-8")
-        params = yaml.safe_load(text) or {}
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f"line {mark.line + 1}: " if mark is not None else ""
-        raise DataError(f"{path}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
-    key = (str(path.resolve()), sha256_text(text))
-    if key not in _CHECKED_PARAMS:
-        from scripts.params_schema import check_params  # pydantic: imported only by stages that read params
-
-        check_params(params, str(path))
-        _CHECKED_PARAMS.add(key)
-    if section is None:
-        return params
-    if section not in params:
-        raise DataError(f"{path}: missing section '{section}'")
-    return params[section]
+# The two splits of every split folder and release.
+SPLITS = ("train", "validation")
 
 
 def stable_id(source: str, key: str | int) -> str:

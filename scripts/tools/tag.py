@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.common import DataError
+from scripts.lib.errors import DataError
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from scripts.archive import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES
-from scripts.common import DataError
+from scripts.lib.archive import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES
+from scripts.lib.errors import DataError
 
 
 class SourceConfig(BaseModel):

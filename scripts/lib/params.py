@@ -14,11 +14,17 @@ tests may write a params.yaml holding only the section they exercise.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from scripts.common import DataError
+import yaml
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import sha256_text
+
+PARAMS_FILE = Path("params.yaml")
 
 
 def unknown_key_message(key: Any, known: set[str]) -> str:
@@ -44,7 +50,7 @@ class Strict(BaseModel):
         return data
 
 
-# --- sources: one entry per raw dataset (scripts/readers/base.py: SourceConfig) -------------------
+# --- sources: one entry per raw dataset (scripts/lib/readers/base.py: SourceConfig) -------------------
 
 class Source(Strict):
     kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"]
@@ -299,3 +305,36 @@ def check_params(params: Any, file: str = "params.yaml") -> None:
     except ValidationError as exc:
         where, message = _first_error(exc)
         raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+_CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
+
+
+def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
+    """Read params.yaml (or one top-level section of it), checked against scripts/lib/params.py.
+
+    A YAML syntax error, an unknown key or a wrong type is one DataError naming the file and key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: params file not found (run from the repository root)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        params = yaml.safe_load(text) or {}
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DataError(f"{path}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    key = (str(path.resolve()), sha256_text(text))
+    if key not in _CHECKED_PARAMS:
+        check_params(params, str(path))
+        _CHECKED_PARAMS.add(key)
+    if section is None:
+        return params
+    if section not in params:
+        raise DataError(f"{path}: missing section '{section}'")
+    return params[section]

@@ -1,6 +1,6 @@
 """Progress for long loops: a live bar on a terminal, one summary line in logs and CI.
 
-    from scripts.progress import track
+    from scripts.lib.progress import track
     for row in track(rows, desc=f"clean@{source}", unit="prompts"):
         ...
 

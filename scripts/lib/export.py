@@ -27,7 +27,8 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from scripts.common import DataError, write_parquet
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "bucketed")
 # The LAION Aesthetics 512 export's SDXL buckets (width, height at 1024) and its settings.
@@ -85,7 +86,7 @@ def image_file_name(row) -> str:
 
 def image_bytes(ref: str) -> bytes:
     """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png')."""
-    from scripts.archive import UnsafeArchive, read_member
+    from scripts.lib.archive import UnsafeArchive, read_member
 
     try:
         return read_member(ref)
@@ -268,7 +269,7 @@ def cover_crop(image, tw: int, th: int, row_id: str):
 
 
 def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callable[[], None]) -> None:
-    from scripts.archive import read_image
+    from scripts.lib.archive import read_image
 
     divisible = int(options["divisible"])
     buckets = buckets_at(int(options["base_resolution"]), divisible, options["proto_buckets_1024"])

@@ -1,0 +1,1 @@
+"""Shared code the stages import: params, errors, I/O, readers, exporters, MinHash."""

@@ -1,0 +1,1 @@
+"""Side tools (not DVC stages): diff, tag, replay-history, sample-data, simpletuner, dedup-preview."""
