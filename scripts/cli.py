@@ -3,7 +3,7 @@
 Each stage module owns a `cli` function (typer signature, thin: resolve paths, read its params
 section, do I/O, call the pure core). This file only maps command names to those functions, imports
 just the one a run needs (a stage process never pays for torch or pandas it does not use), and turns
-every failure into one line on stderr with a non-zero exit code.
+every failure into one line on stderr with a non-zero exit code (SIGINT 130, SIGTERM 143).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ COMMANDS = {
     "sample-data": "tools.sample_data",
     "simpletuner": "tools.simpletuner",
     "dedup-preview": "tools.dedup_preview",
+    "params-doc": "tools.params_doc",
 }
 
 
@@ -54,28 +55,139 @@ def build_app(argv: list[str]):
     return app
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
+    cleanup run, no temp file stays), but is neither an Exception nor a KeyboardInterrupt, so no
+    `except Exception` swallows it and typer does not turn it into an exit status of its own."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _install_signal_handlers() -> dict:
+    """SIGINT and SIGTERM raise Interrupted in the main thread; a second one during the cleanup ends
+    the process at once (its temp files are removed by the next run). Returns the old handlers."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    received: list[int] = []
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked worker (dedup's pool) that kept our handler: the parent decides
+            if signum == signal.SIGTERM:
+                os._exit(128 + signum)
+            return
+        if received:
+            os.write(2, f"interrupted again ({signal.Signals(signum).name}): stopping now\n".encode())
+            os._exit(128 + signum)
+        received.append(signum)
+        raise Interrupted(signum)
+
+    pid = os.getpid()
+    global _FORK_HOOK
+    if not _FORK_HOOK:  # forked workers: Ctrl-C (sent to the whole process group) is the parent's to
+        # handle, it stops the pool; SIGTERM ends a worker quietly. No traceback from any of them.
+        os.register_at_fork(after_in_child=_worker_signals)
+        _FORK_HOOK = True
+
+    # a signal the parent set to be ignored (e.g. SIGINT of a shell's background job) stays ignored
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(signum) is not signal.SIG_IGN}
+
+
+_FORK_HOOK = False
+
+
+def _worker_signals() -> None:
+    import signal
+
+    for signum, disposition in ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL)):
+        handler = signal.getsignal(signum)
+        if getattr(handler, "__qualname__", "").startswith("_install_signal_handlers"):
+            signal.signal(signum, disposition)
+
+
+def _restore_signal_handlers(old: dict) -> None:
+    import signal
+
+    for signum, previous in old.items():
+        signal.signal(signum, previous)
+
+
+class _LineTracker:
+    """sys.stderr during a command, noting whether the last write ended a line: a signal can arrive
+    between a print's text and its newline, and the `interrupted` line must still be a line of its own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.mid_line = False
+
+    def write(self, text):
+        written = self._stream.write(text)
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code (0 ok, 2 bad input or usage, 130 SIGINT)."""
-    import typer
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
-
-    from scripts.lib.errors import DataError
-
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; return its exit code (0 ok, 2 bad input or usage, 130 SIGINT, 143 SIGTERM)."""
+    old_handlers = _install_signal_handlers()
+    stderr = sys.stderr
+    if stderr is not None:
+        sys.stderr = _LineTracker(stderr)
     try:
-        build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, typer.Abort):
-        print("interrupted", file=sys.stderr)
-        return 130
-    except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
-        exc.show()
-        return 0
-    except ClickException as exc:  # usage errors: one line, exit 2
-        print(f"error: {exc.format_message()}".splitlines()[0], file=sys.stderr)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    return 0
+        return _main(argv)
+    except Interrupted as exc:  # raised outside _main's own try (e.g. while it returns)
+        return _interrupted(exc.signum)
+    finally:
+        sys.stderr = stderr
+        _restore_signal_handlers(old_handlers)
+
+
+def _interrupted(signum: int) -> int:
+    import signal
+
+    start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
+    print(f"{start}interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        import typer
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
+
+        from scripts.lib.errors import DataError
+
+        argv = sys.argv[1:] if argv is None else argv
+        try:
+            status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
+            exc.show()
+            return 0
+        except ClickException as exc:  # usage errors: one line, exit 2
+            print(f"error: {exc.format_message()}".splitlines()[0], file=sys.stderr)
+            return exc.exit_code
+        except typer.Exit as exc:
+            return exc.exit_code
+        except typer.Abort:
+            return _interrupted(2)
+    except Interrupted as exc:
+        return _interrupted(exc.signum)
+    except KeyboardInterrupt:  # no handler of ours (not the main thread): Python's own SIGINT
+        return _interrupted(2)
+    # standalone_mode=False: typer returns the code of a typer.Exit raised by the command (and 130
+    # for a KeyboardInterrupt it caught itself); a command returning normally gives None
+    if status == 130:
+        return _interrupted(2)
+    return status if isinstance(status, int) else 0

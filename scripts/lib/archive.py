@@ -1,6 +1,7 @@
 """Safe access to untrusted tar and zip archives, shared by ingest and release.
 
-Nothing is ever extracted to disk. Tar shards are memory-mapped and walked header by header (a small
+Nothing is ever extracted to disk. Tar shards are read through a window (TarBuffer: never mmap, whose
+SIGBUS on a file truncated while read would kill the process) and walked header by header (a small
 ustar/pax/GNU parser: the stdlib `tarfile` costs several times more per member, and the DALL-E-3
 compile reads millions of members); every member is checked before its bytes are used:
 - names: no absolute paths, no `..`, no empty names;
@@ -17,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import mmap
 import os
 import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
+
+from scripts.lib.errors import DataError
 
 REF_SEPARATOR = "!/"
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -47,7 +49,7 @@ class UnsafeArchive(Exception):
 
 @dataclass
 class TarMember:
-    """One regular member of a tar archive; `read()` copies its bytes out of the mapped archive."""
+    """One regular member of a tar archive; `read()` copies its bytes out of the archive."""
 
     name: str
     size: int
@@ -59,15 +61,61 @@ class TarMember:
         return bytes(self._buf[self.offset : end])
 
 
+class ArchiveChanged(DataError):
+    """The archive shrank while it was read (another process truncated or rewrote it): one line, exit 2."""
+
+
+class TarBuffer:
+    """A tar file as read-only bytes: `len(buf)` and `buf[a:b]`, read with pread through a window.
+
+    Not an mmap: a file truncated while mapped kills the process with SIGBUS on the next access; here
+    a short read raises ArchiveChanged, one line naming the file. A sequential walk costs one pread
+    per WINDOW bytes (fewer system calls than page faults on a mapping).
+    """
+
+    WINDOW = 1 << 20
+
+    def __init__(self, fd: int, size: int, path: Path | str):
+        self._fd, self._size, self.path = fd, size, path
+        self._start, self._data = 0, b""
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, key: slice) -> bytes:
+        if not isinstance(key, slice):
+            raise TypeError("TarBuffer supports slices only")
+        start, stop, _ = key.indices(self._size)
+        if stop <= start:
+            return b""
+        end = self._start + len(self._data)
+        if self._start <= start and stop <= end:
+            return self._data[start - self._start : stop - self._start]
+        if stop - start > self.WINDOW:  # a big member: read it alone, keep the window
+            return self._pread(start, stop - start)
+        self._start = start
+        self._data = self._pread(start, min(self.WINDOW, self._size - start), need=stop - start)
+        return self._data[: stop - start]
+
+    def _pread(self, offset: int, length: int, need: int | None = None) -> bytes:
+        parts, got = [], 0
+        while got < length:
+            chunk = os.pread(self._fd, length - got, offset + got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        if got < (length if need is None else need):
+            raise ArchiveChanged(f"{self.path}: the file shrank while it was read (now {os.fstat(self._fd).st_size} "
+                                 f"bytes, was {self._size}): rewritten or truncated by another process?")
+        return b"".join(parts)
+
+
 @contextlib.contextmanager
 def open_tar(path: Path | str) -> Iterator[Any]:
-    """Map a tar file read-only (no read/seek call per member; only touched pages are loaded)."""
+    """A tar file as bytes for iter_tar (TarBuffer: only the parts walked are read, never extracted)."""
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            yield b""
-            return
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            yield mapped
+        yield TarBuffer(f.fileno(), os.fstat(f.fileno()).st_size, path)
 
 
 def check_member_name(name: str) -> None:
@@ -297,7 +345,10 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
         raise UnsafeArchive("member_too_large", f"{ref}: {size} bytes (cap {max_bytes})")
     with open(archive, "rb") as f:
         f.seek(offset)
-        return f.read(size)
+        data = f.read(size)
+    if len(data) < size:
+        raise ArchiveChanged(f"{archive}: the file shrank while it was read (member {member!r} cut short)")
+    return data
 
 
 def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, limit: int | None = None) -> bytes:

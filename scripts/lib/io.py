@@ -5,6 +5,8 @@ Stages keep their logic pure (table in -> table out) and call these helpers only
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -38,34 +40,198 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# A folder a command wrote holds this file, so a later run may replace it whole. A folder without it
+# is replaced only when every file in it would be written again (nothing of anyone else's is lost).
+# Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
+MARKER = ".t2i-output"
+MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
+# Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
+# T while the new one is renamed in), .T.tmp-lock (held by the one process writing T). A killed run
+# leaves them behind; the next run of the same output removes them.
+TMP_NEW, TMP_OLD, TMP_LOCK = "tmp-new", "tmp-old", "tmp-lock"
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    target = Path(os.path.abspath(target))  # "." or "x/..": the folder's own name, beside it
+    return target.parent / f".{target.name}.{kind}"
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder of ours (a temp or old copy); absent is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) -> str:
+    """One line for an OSError met while writing `target`: the path it names (never a temp path), the reason."""
+    detail = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    name = exc.filename
+    if name and (tmp is None or not str(name).startswith(str(tmp))):
+        return f"{name}: {detail}"
+    return f"{target}: cannot write ({detail})"
+
+
+def check_not_input(output: Path | str, inputs) -> None:
+    """Refuse an output that is one of the inputs, or a folder holding one (it would be replaced)."""
+    out = Path(os.path.abspath(output))
+    for item in inputs:
+        if item is None:
+            continue
+        src = Path(os.path.abspath(item))
+        if src == out or out in src.parents:
+            what = "is" if src == out else "holds"
+            raise DataError(f"{output}: the output {what} the input {item}; choose another output path")
+
+
 @contextlib.contextmanager
-def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
+def output_lock(target: Path | str) -> Iterator[None]:
+    """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
+    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
+    target = Path(target)
+    try:
+        Path(os.path.abspath(target)).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, target.parent)) from None
+    lock = _sibling(target, TMP_LOCK)
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise DataError(os_error_message(exc, target, tmp=lock)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataError(f"{target}: another run is writing it (lock {lock}); wait for it to end") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            current = os.stat(lock)
+            mine = os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        for kind in (TMP_NEW, TMP_OLD):
+            _remove(_sibling(target, kind))
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still holding it: see the inode check above
+        os.close(fd)
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Relative paths of the files and links under `folder` (empty folders carry no data)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root)
+        for name in files + [d for d in dirs if (base / d).is_symlink()]:
+            found.append((base / name).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def check_replaceable(target: Path | str, new: Path | str | None = None) -> None:
+    """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, or a
+    folder that is empty, holds the MARKER, or whose every file `new` holds too. A file `new`
+    replaces a file, never a folder."""
+    target = Path(target)
+    if not os.path.lexists(target):
+        return
+    if new is not None and not Path(new).is_dir():
+        if target.is_dir():
+            raise DataError(f"{target}: is a folder, expected a file path")
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise DataError(f"{target}: exists and is not a folder; refusing to replace it (move it away first)")
+    if (target / MARKER).is_file():
+        return
+    for rel in _files_under(target):
+        if new is None or not os.path.lexists(Path(new) / rel):
+            raise DataError(f"{target}: holds {rel!r}, which this command did not write; refusing to replace "
+                            f"the folder (point the command at its own output path, or move the folder away)")
+
+
+def mark_folder(folder: Path | str) -> None:
+    """Write the MARKER into a folder output built outside atomic_path (e.g. in a staging folder)."""
+    (Path(folder) / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+
+
+def replace_path(new: Path, target: Path, is_dir: bool) -> None:
+    """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted)."""
+    check_replaceable(target, new)
+    if not is_dir or not os.path.lexists(target):
+        os.replace(new, target)
+        return
+    old = _sibling(target, TMP_OLD)
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=()) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
 
-    Readers of `target` never see a half-written file, and a crash leaves the old one intact.
+    Readers of `target` never see a half-written file, and a crash leaves the old one intact. A
+    folder output gets the MARKER (unless mark=False) and never replaces a folder this pipeline did
+    not write (check_replaceable); an output that is or holds one of `inputs` is refused. One
+    process writes a target at a time (output_lock). OSErrors (disk full, a file where a folder
+    should be) become one-line DataErrors naming the path.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # mkstemp/mkdtemp are owner-only
-        if is_dir:
-            if target.exists():
-                shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
+    check_not_input(target, inputs)
+    if target.is_dir() and not is_dir:
+        raise DataError(f"{target}: is a folder, expected a file path")
+    if os.path.lexists(target) and is_dir and not target.is_dir():
+        raise DataError(f"{target}: exists and is not a folder")
+    for parent in target.parents:  # a file where a folder must be: name it (mkdir would say only ENOTDIR)
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise DataError(f"{parent}: is a file, so {target} cannot be written under it")
+            break
+    with output_lock(target):
+        tmp = _sibling(target, TMP_NEW)
+        try:
+            if is_dir:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            yield tmp
+            if is_dir and mark:
+                mark_folder(tmp)
+            os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
+            replace_path(tmp, target, is_dir)
+        except BaseException as exc:
+            _remove(tmp)
+            if isinstance(exc, OSError):
+                raise DataError(os_error_message(exc, target, tmp)) from None
+            raise
+
+
+@contextlib.contextmanager
+def staging_dir(output: Path | str) -> Iterator[Path]:
+    """A fresh folder beside `output` (.OUTPUT.staging-*) under the output's lock, removed at the end
+    (a killed run's staging folders are removed by the next run); OSErrors become one line."""
+    output = Path(output)
+    real = Path(os.path.abspath(output))
+    with output_lock(output):
+        for stale in real.parent.glob(f".{glob.escape(real.name)}.staging-*"):
+            _remove(stale)
+        staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.staging-", dir=real.parent))
+        try:
+            yield staging
+        except OSError as exc:
+            raise DataError(os_error_message(exc, output, staging)) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(obj: Any, path: Path | str) -> None:

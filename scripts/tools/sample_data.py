@@ -1,4 +1,4 @@
-"""sample-data: write the small embedded sample sources in their NATIVE formats (DESIGN.md §3).
+"""sample-data: write the small embedded sample sources in their NATIVE formats (docs/contracts.md §5).
 
 `python -m scripts sample-data data/raw` rewrites data/raw/ byte for byte the same on every run:
 one seeded RNG, fixed tar/zip timestamps and owners, parquet without pandas metadata.
@@ -68,7 +68,7 @@ LONG_WORDS = (
 ).split()
 SWAP_WORDS = ["golden", "frosted", "hidden", "distant", "gentle", "broken", "silent", "faded"]
 
-# rows the cleaner must drop (DESIGN §5), and rows it must rewrite
+# rows the cleaner must drop (docs/cleaning.md), and rows it must rewrite
 DROP_ROWS = [
     "a castle on a hill http://example.com/castle.png",
     "see more at https://art.example.org/gallery/42 beautiful sunset painting",
@@ -101,7 +101,7 @@ def tokens(text: str) -> list[str]:
 
 
 def word_jaccard(a: str, b: str, n: int = 3) -> float:
-    """Jaccard of word n-gram sets, the DESIGN §2 shingling (short texts: one shingle of all tokens)."""
+    """Jaccard of word n-gram sets, the docs/contracts.md §4 shingling (short texts: one shingle of all tokens)."""
 
     def shingles(text: str) -> set[tuple[str, ...]]:
         toks = tokens(text)
@@ -448,6 +448,8 @@ def write_all(output: Path, seed: int = SEED) -> None:
 
 def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)write"), seed: int = SEED) -> None:
     """Write the embedded sample sources (deterministic: same bytes on every run)."""
-    with atomic_path(output, is_dir=True) as tmp:
+    # No ownership marker: data/raw is committed to git, byte for byte the generator's output. A folder
+    # holding anything the generator does not write (a user's own source) is refused, not replaced.
+    with atomic_path(output, is_dir=True, mark=False) as tmp:
         write_all(tmp, seed)
     print(f"sample-data: wrote {output}")

@@ -1,4 +1,4 @@
-"""What every reader shares: its config, the records it yields, and the problems it reports.
+"""What every reader shares: its config (params.yaml `sources.<name>`), the records it yields, and the problems it reports.
 
 A reader is a generator `read(cfg, info) -> Iterator[Record | Problem]`: it only turns files of one
 native format into records. Ids, prompt checks, the on_error policy, batching and writing live once,
@@ -9,39 +9,12 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from scripts.lib.archive import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES
 from scripts.lib.errors import DataError
+from scripts.lib.params import Source
 
-
-class SourceConfig(BaseModel):
-    """One `params.yaml: sources.<name>` entry (keys other stages use, like `clean`, are ignored here)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"]
-    path: str
-    on_error: Literal["fail", "skip"] = "fail"
-    keep_empty: bool = False  # keep empty prompts (clean drops them with a reason) instead of an error/skip
-    batch_rows: int = 50_000  # rows per parquet row group; memory stays flat as input grows
-    max_prompt_bytes: int = 65_536  # a longer text line is refused (CSV fields: the csv module's 128 KiB)
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    # diffusiondb
-    read: Literal["metadata", "parts"] = "metadata"
-    part_ids: list[int] | None = None
-    num_parts: int | None = None
-    part_seed: int = 0
-    part_id_max: int = 2000
-    # gustavosta
-    format: Literal["auto", "parquet", "kaggle_csv"] = "auto"
-    # kaggle_sd2
-    csv_files: list[str] | None = None
-    # dalle3
-    caption_field: str = "short_caption"
+SourceConfig = Source  # one `params.yaml: sources.<name>` entry (scripts/lib/params.py: Source)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
                 discord = raw.get("raw_discord_data") or {}
                 if not isinstance(discord, dict):
                     raise ValueError("raw_discord_data is not an object")
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
                 yield Problem(file, f"row {number}", "bad_json", f"malformed raw_data JSON ({str(exc).splitlines()[0]})")
                 continue
             meta = {name: discord.get(name) for name in OPENPROMPTS_META}

@@ -49,7 +49,7 @@ def iter_dalle3(shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
             except UnicodeDecodeError:
                 yield Problem(shard, where, "not_utf8", "json member is not UTF-8")
                 continue
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
                 yield Problem(shard, where, "bad_json", f"malformed json ({str(exc).splitlines()[0]})")
                 continue
             if not isinstance(record, dict):
@@ -134,8 +134,9 @@ def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_fi
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
     columns: dict[str, list] = {c: [] for c in SIMPLETUNER_COLUMNS}
     with contextlib.ExitStack() as stack:  # the txt folder and the parquet appear together, or neither
-        txt_dir = stack.enter_context(atomic_path(write_txt_dir, is_dir=True)) if write_txt_dir else None
         tmp = stack.enter_context(atomic_path(out_parquet))
+        # entered last, so replaced first: a txt folder that may not be replaced stops the parquet too
+        txt_dir = stack.enter_context(atomic_path(write_txt_dir, is_dir=True)) if write_txt_dir else None
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for shard in shards:
                 for sample in iter_dalle3(Path(shard), max_member_bytes, max_image_pixels):

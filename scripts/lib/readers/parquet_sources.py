@@ -103,7 +103,7 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
             listing = json.loads(decode(read_zip_member(zf, zf.getinfo(json_name), cfg.max_member_bytes)))
         except KeyError:
             raise DataError(f"{file}: missing member {json_name}") from None
-        except (ValueError, UnsafeArchive) as exc:
+        except (ValueError, RecursionError, UnsafeArchive) as exc:
             raise DataError(f"{file}: member {json_name}: unreadable ({str(exc).splitlines()[0]})") from None
         if not isinstance(listing, dict):
             raise DataError(f"{file}: member {json_name}: not a JSON object")

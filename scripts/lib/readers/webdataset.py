@@ -25,7 +25,7 @@ def manifest_shards(root: Path) -> list[Path]:
         raise DataError(f"{manifest_file}: not found (bucketed WebDataset export)")
     try:
         manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise DataError(f"{manifest_file}: malformed JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{manifest_file}: format is not {MANIFEST_FORMAT!r}")
@@ -67,7 +67,7 @@ def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record |
         meta = json.loads(members["json"].read().decode("utf-8"))
     except UnicodeDecodeError:
         return Problem(shard, where, "not_utf8", "json member is not UTF-8")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         return Problem(shard, where, "bad_json", f"malformed json ({str(exc).splitlines()[0]})")
     if not isinstance(meta, dict):
         return Problem(shard, where, "bad_json", "json member is not an object")
