@@ -14,7 +14,7 @@ Pipeline of `dedup_self` (every step is array work; see scripts/lib/minhash.py f
   6. union-find over the verified pairs gives the clusters reported as metrics.
 
 Public API (release.py and other stages call these; keep them stable):
-  DedupParams.from_mapping(params["dedup"]) / DedupParams()          documented defaults
+  load_section("dedup") / Dedup()                                   params.yaml / documented defaults
   dedup_self(texts, order_keys=None, params=None) -> SelfResult       keep, duplicate_of, jaccard, stats
   build_index(texts, params=None) -> Index; Index.save(dir); Index.load(dir)
   Index.query(new_texts) -> CrossResult                                O(new rows) cross-dedup
@@ -29,9 +29,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -41,84 +41,27 @@ import typer
 
 from scripts.lib import minhash as mh
 from scripts.lib.errors import DataError
-from scripts.lib.params import PARAMS_FILE, load_params
+from scripts.lib.params import PARAMS_FILE, Dedup, load_section, parse
 from scripts.lib.io import atomic_path, write_json
 
 # --- params --------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class DedupParams:
-    """The `dedup:` section of params.yaml. These defaults apply where there is no params.yaml."""
-
-    threshold: float = 0.7  # remove a row whose shingle-Jaccard with a kept row is >= this
-    num_perm: int = 128  # MinHash permutations
-    ngram: int = 3  # shingle size (words or characters, per `unit`)
-    unit: str = "word"  # word | char
-    seed: int = 1  # permutation seed (datasketch-compatible)
-    scheme: str = "affine32"  # datasketch 2.x permutation scheme; the only one implemented
-    keep: str = "first"  # first (input order) | longest (most characters; ties by stable id)
-    bands: Optional[int] = None  # LSH bands; None = chosen from threshold and target_recall
-    rows: Optional[int] = None  # LSH rows per band; set both or neither
-    target_recall: float = 0.995  # pair recall at exactly the threshold when bands/rows are chosen
-    bucket_window: int = 64  # in a bucket, each row is paired with at most this many others
-    batch_size: int = 20_000  # texts per shingling/signature batch (bounds memory)
-    verify_batch: int = 500_000  # candidate pairs per exact-Jaccard batch (bounds memory)
-    workers: int = 1  # processes computing signatures; 0 = one per CPU core
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None, where: str = "params.yaml: dedup") -> "DedupParams":
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        try:
-            params = cls(**values)
-        except TypeError as exc:
-            raise DataError(f"{where}: {exc}") from None
-        params.validate(where)
-        return params
-
-    def validate(self, where: str = "params.yaml: dedup") -> None:
-        checks = [
-            (0.0 < float(self.threshold) <= 1.0, "threshold must be in (0, 1]"),
-            (int(self.num_perm) >= 1, "num_perm must be >= 1"),
-            (int(self.ngram) >= 1, "ngram must be >= 1"),
-            (self.unit in ("word", "char"), "unit must be word or char"),
-            (self.scheme == "affine32", "scheme must be affine32 (datasketch 2.x default)"),
-            (self.keep in ("first", "longest"), "keep must be first or longest"),
-            ((self.bands is None) == (self.rows is None), "set both bands and rows, or neither"),
-            (0.0 < float(self.target_recall) < 1.0, "target_recall must be in (0, 1)"),
-            (int(self.bucket_window) >= 1, "bucket_window must be >= 1"),
-            (int(self.batch_size) >= 1, "batch_size must be >= 1"),
-            (int(self.verify_batch) >= 1, "verify_batch must be >= 1"),
-            (int(self.workers) >= 0, "workers must be >= 0 (0 = one per CPU core)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DataError(f"{where}: {message}")
-        bands, rows = self.banding
-        if bands * rows > self.num_perm:
-            raise DataError(f"{where}: bands*rows = {bands * rows} exceeds num_perm = {self.num_perm}")
-
-    @property
-    def banding(self) -> tuple[int, int]:
-        if self.bands is not None and self.rows is not None:
-            return int(self.bands), int(self.rows)
-        return mh.choose_bands(float(self.threshold), int(self.num_perm), float(self.target_recall))
-
-    def replace(self, **changes) -> "DedupParams":
-        params = DedupParams(**{**asdict(self), **changes})
-        params.validate("dedup params")
-        return params
+DedupParams = Dedup  # the `dedup:` section's model (scripts/lib/params.py); Dedup() = the documented defaults
 
 
-def _resolve(params) -> DedupParams:
+def banding(params: Dedup) -> tuple[int, int]:
+    """(bands, rows): the params' own, or chosen from threshold and target_recall."""
+    if params.bands is not None and params.rows is not None:
+        return params.bands, params.rows
+    return mh.choose_bands(params.threshold, params.num_perm, params.target_recall)
+
+
+def _resolve(params) -> Dedup:
     if params is None:
-        return DedupParams()
-    if isinstance(params, DedupParams):
+        return Dedup()
+    if isinstance(params, Dedup):
         return params
-    return DedupParams.from_mapping(params)
+    return parse(Dedup, params, at=("dedup",))
 
 
 # --- sketching: texts -> band keys, in batches ---------------------------------------------------
@@ -131,9 +74,9 @@ class Sketch:
     shingle_counts: np.ndarray  # int64[n]; 0 = no tokens (never a duplicate)
 
 
-def sketch(texts: pa.Array, params: DedupParams) -> Sketch:
+def sketch(texts: pa.Array, params: Dedup) -> Sketch:
     """Band keys of every text, batch by batch; `dedup.workers` processes share the batches."""
-    bands, _ = params.banding
+    bands, _ = banding(params)
     n = len(texts)
     out = Sketch(
         band_keys=np.empty((bands, n), dtype=np.uint32),
@@ -163,7 +106,7 @@ def sketch(texts: pa.Array, params: DedupParams) -> Sketch:
 _FORKED_TEXTS: pa.Array | None = None
 
 
-def _sketch_forked_batch(start: int, params: DedupParams):
+def _sketch_forked_batch(start: int, params: Dedup):
     return _sketch_batch(_FORKED_TEXTS.slice(start, params.batch_size), params)
 
 
@@ -171,8 +114,8 @@ def _workers(setting: int) -> int:
     return int(setting) if int(setting) > 0 else (os.cpu_count() or 1)
 
 
-def _sketch_batch(texts: pa.Array, params: DedupParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    bands, rows = params.banding
+def _sketch_batch(texts: pa.Array, params: Dedup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bands, rows = banding(params)
     shingles = mh.shingle_hashes(texts, params.unit, params.ngram)
     signatures = mh.signatures(shingles, mh.permutations(params.num_perm, params.seed))
     return mh.band_keys(signatures, bands, rows).T, mh.sequence_keys(shingles), shingles.counts
@@ -186,7 +129,7 @@ def _fill(out: Sketch, starts: range, results) -> None:
         out.shingle_counts[start:stop] = counts
 
 
-def shingles_of(texts: pa.Array, rows: np.ndarray, params: DedupParams) -> mh.Shingles:
+def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
     """Shingle hashes of texts[rows] (only candidate rows are re-shingled for verification)."""
     return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
 
@@ -216,7 +159,7 @@ def dedup_self(texts, order_keys=None, params=None) -> SelfResult:
     nonempty = np.nonzero(sk.shingle_counts > 0)[0]
     reps, members, member_rep = _identical_groups(sk.sequence_keys, rank, nonempty)
 
-    bands, rows = params.banding
+    bands, rows = banding(params)
     reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
     found = [mh.bucket_pairs(sk.band_keys[b][reps], params.bucket_window) for b in range(bands)]
     candidates = reps[mh.unique_pairs(np.concatenate(found))] if found else np.zeros((0, 2), dtype=np.int64)
@@ -297,14 +240,14 @@ def _identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndar
     return reps, order[~first], group_rep[~first]
 
 
-def _verify_pairs(texts: pa.Array, candidates: np.ndarray, params: DedupParams):
+def _verify_pairs(texts: pa.Array, candidates: np.ndarray, params: Dedup):
     """Candidates whose exact shingle-Jaccard >= threshold, and those Jaccards."""
     jaccard = exact_jaccard(texts, texts, candidates, params)
     ok = jaccard >= params.threshold
     return candidates[ok], jaccard[ok]
 
 
-def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: DedupParams) -> np.ndarray:
+def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup) -> np.ndarray:
     """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]].
 
     Works through `dedup.verify_batch` pairs at a time, re-shingling only the rows they name, so
@@ -402,7 +345,7 @@ class Index:
     texts are stored too because candidates are verified with exact Jaccard.
     """
 
-    params: DedupParams
+    params: Dedup
     sorted_keys: np.ndarray  # uint32[bands, m] (m = reference rows with at least one shingle)
     rows: np.ndarray  # uint32[bands, m]: reference row of each sorted key
     texts: pa.Array  # reference texts, all rows
@@ -415,7 +358,7 @@ class Index:
             np.save(tmp / "keys.npy", self.sorted_keys)
             np.save(tmp / "rows.npy", self.rows)
             pq.write_table(pa.table({"text": self.texts}), tmp / "texts.parquet", compression="zstd")
-            meta = {"params": asdict(self.params), "reference_rows": len(self.texts)}
+            meta = {"params": self.params.model_dump(), "reference_rows": len(self.texts)}
             (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
@@ -425,7 +368,7 @@ class Index:
         if missing:
             raise DataError(f"{path}: not a dedup index (missing {', '.join(missing)})")
         meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
-        params = DedupParams.from_mapping(meta["params"], where=f"{path / 'index.json'}: params")
+        params = parse(Dedup, meta["params"], at=("params",), file=str(path / "index.json"))
         texts = pq.read_table(path / "texts.parquet").column("text").combine_chunks()
         return cls(params, np.load(path / "keys.npy", mmap_mode="r"), np.load(path / "rows.npy", mmap_mode="r"), texts)
 
@@ -475,7 +418,7 @@ def build_index(texts, params=None) -> Index:
     texts = mh.as_string_array(texts)
     sk = sketch(texts, params)
     rows = np.nonzero(sk.shingle_counts > 0)[0]
-    bands, _ = params.banding
+    bands, _ = banding(params)
     sorted_keys = np.empty((bands, len(rows)), dtype=np.uint32)
     sorted_rows = np.empty((bands, len(rows)), dtype=np.uint32)
     for band in range(bands):  # one sort of (key << 32 | row): by key, then by row
@@ -498,9 +441,9 @@ def dedup_against(new_texts, reference, params=None) -> CrossResult:
     return build_index(reference, params).query(new_texts)
 
 
-def _result_params(params: DedupParams) -> dict:
+def _result_params(params: Dedup) -> dict:
     """The params that change results (workers and the batch sizes only change speed and memory)."""
-    return {k: v for k, v in asdict(params).items() if k not in ("workers", "batch_size", "verify_batch")}
+    return params.model_dump(exclude={"workers", "batch_size", "verify_batch"})
 
 
 def near_duplicate_mask(new_texts, reference_texts, params=None) -> np.ndarray:
@@ -543,7 +486,7 @@ def cli(
     output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
 ) -> None:
     """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard)."""
-    params = DedupParams.from_mapping(load_params("dedup"))
+    params = load_section("dedup")
     table = _read_stage_input(input)
     ids = table.column("id").combine_chunks()
     result = dedup_self(table.column("text"), ids, params)
@@ -566,10 +509,10 @@ def cli(
 
 def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:
     """data/dedup/S.preview.html: the largest clusters, kept vs removed texts (params preview.dedup_clusters)."""
-    from scripts.lib.preview import DEFAULTS, write_dedup_preview
+    from scripts.lib.preview import write_dedup_preview
 
-    n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
-    write_dedup_preview(source, input, output, clusters, page, int(n))
+    n = load_section("preview", missing_ok=True).dedup_clusters
+    write_dedup_preview(source, input, output, clusters, page, n)
 
 
 def cli_text(
@@ -579,11 +522,10 @@ def cli_text(
 ) -> None:
     """Near-duplicate flags for a text file; an empty line (no tokens) is always kept.
 
-    Works outside a DVC repo: without params.yaml (or its `dedup:` section) the DedupParams
-    defaults apply.
+    Works outside a DVC repo: without params.yaml (or its `dedup:` section) the documented
+    defaults (docs/params.md#dedup) apply.
     """
-    section = (load_params() or {}).get("dedup") if PARAMS_FILE.exists() else None
-    params = DedupParams.from_mapping(section)
+    params = load_section("dedup", missing_ok=True) if PARAMS_FILE.exists() else Dedup()
     if threshold is not None:
         if not 0.0 < threshold <= 1.0:
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")

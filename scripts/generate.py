@@ -28,80 +28,32 @@ import re
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
+from scripts.lib.params import Generate, load_section, parse
 from scripts.lib.io import read_parquet, write_parquet
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = ["id", "file", "key", "seed", "model", "model_revision", "scheduler", "steps", "guidance",
                     "width", "height", "format"]
-FORMATS = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
-SCHEDULERS = ("ddim", "dpmpp", "euler")
-DTYPES = ("fp16", "bf16", "fp32", "fp64")
 
 
-@dataclass(frozen=True)
-class Settings:
-    """params.yaml `generate:` (only the keys this stage reads; `sources` belongs to dvc.yaml)."""
-
-    model: str = "models/tiny-sd2"
-    allow_download: bool = False
-    prompt_field: str = "text"
-    steps: int = 6
-    guidance: float = 9.0
-    scheduler: str = "dpmpp"
-    height: int = 64
-    width: int = 64
-    resize: int | None = None  # final width in pixels (height keeps the aspect ratio); None keeps the size
-    format: str = "jpg"
-    batch_size: int = 16
-    dtype: str = "fp16"  # on a GPU
-    cpu_dtype: str = "fp64"  # on CPU: batch- and thread-invariant bytes (see module doc)
-    device: str = "auto"
-    compile: bool = False
-    seed: int = 42
-    engine: str = "local"
-    ray_address: str | None = None
-    writers: int = 2  # encoder/writer threads
-
-    def render_settings(self, dtype: str) -> dict:
-        """Everything besides model, prompt and seed that changes the saved bytes (goes into the key)."""
-        return {"scheduler": self.scheduler, "steps": self.steps, "guidance": self.guidance, "height": self.height,
-                "width": self.width, "resize": self.resize, "format": self.format, "dtype": dtype}
+def load_settings(params: dict | None) -> Generate:
+    """params.yaml `generate:` (a plain mapping) as its model (scripts/lib/params.py); a bad value is one
+    DataError naming the key. The stage itself uses `load_section("generate")`."""
+    return parse(Generate, params or {}, at=("generate",))
 
 
-def load_settings(params: dict) -> Settings:
-    """Validate params.yaml `generate:` into Settings; a bad value is one DataError naming the key."""
-    known = {f for f in Settings.__dataclass_fields__}
-    values = {k: v for k, v in (params or {}).items() if k in known}
-    try:
-        s = Settings(**values)
-        numbers = {"steps": int(s.steps), "guidance": float(s.guidance), "height": int(s.height),
-                   "width": int(s.width), "resize": None if s.resize is None else int(s.resize),
-                   "batch_size": int(s.batch_size), "seed": int(s.seed), "writers": int(s.writers)}
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"params.yaml: generate: {exc}") from None
-    s = Settings(**{**asdict(s), **numbers})
-    checks = [
-        (s.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}, got {s.scheduler!r}"),
-        (str(s.format).lower() in FORMATS, f"format must be one of jpg|webp|png, got {s.format!r}"),
-        (s.dtype in DTYPES and s.cpu_dtype in DTYPES, f"dtype/cpu_dtype must be one of {DTYPES}"),
-        (s.device in ("auto", "cpu", "cuda") or str(s.device).startswith("cuda:"), f"device must be auto|cpu|cuda, got {s.device!r}"),
-        (s.engine in ("local", "ray"), f"engine must be local|ray, got {s.engine!r}"),
-        (s.steps >= 1 and s.batch_size >= 1 and s.writers >= 1, "steps, batch_size and writers must be >= 1"),
-        (s.height % 8 == 0 and s.width % 8 == 0, f"height and width must be multiples of 8, got {s.height}x{s.width}"),
-        (s.resize is None or s.resize >= 1, f"resize must be null or a positive width, got {s.resize!r}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise DataError(f"params.yaml: generate.{message}")
-    return Settings(**{**asdict(s), "format": FORMATS[str(s.format).lower()]})
+def key_settings(settings: Generate, dtype: str) -> dict:
+    """Everything besides model, prompt and seed that changes the saved bytes (goes into the key)."""
+    return {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
+            "height": settings.height, "width": settings.width, "resize": settings.resize,
+            "format": settings.format, "dtype": dtype}
 
 
 # ---------------------------------------------------------------- pure core: seeds, keys, plan
@@ -127,13 +79,13 @@ class Job:
     file: str  # relative to the output dir
 
 
-def plan_jobs(table, settings: Settings, model_identity: str, dtype: str, input_name: str = "input") -> list[Job]:
+def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_name: str = "input") -> list[Job]:
     """One job per row, in row order. Bad rows (missing/empty text, duplicate id) are a DataError."""
     field_name = settings.prompt_field
     for column in ("id", field_name):
         if column not in table.columns:
             raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")
-    render = settings.render_settings(dtype)
+    render = key_settings(settings, dtype)
     jobs, seen = [], {}
     for row, (prompt_id, prompt) in enumerate(zip(table["id"], table[field_name])):
         if not isinstance(prompt_id, str) or not prompt_id:
@@ -149,7 +101,7 @@ def plan_jobs(table, settings: Settings, model_identity: str, dtype: str, input_
     return jobs
 
 
-def manifest_table(jobs: list[Job], settings: Settings, model_identity: str):
+def manifest_table(jobs: list[Job], settings: Generate, model_identity: str):
     import pandas as pd
 
     width, height = final_size(settings)
@@ -168,7 +120,7 @@ def manifest_table(jobs: list[Job], settings: Settings, model_identity: str):
     return df.astype({**strings, "steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
 
 
-def final_size(settings: Settings) -> tuple[int, int]:
+def final_size(settings: Generate) -> tuple[int, int]:
     if settings.resize is None:
         return settings.width, settings.height
     return settings.resize, max(1, round(settings.height * settings.resize / settings.width))
@@ -176,7 +128,7 @@ def final_size(settings: Settings) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- model: where it is, what it is
 
-def resolve_model(settings: Settings) -> tuple[str, str]:
+def resolve_model(settings: Generate) -> tuple[str, str]:
     """(local directory of the pipeline, identity string that changes when the weights change).
 
     A local directory is identified by the sha256 of all its files; a hub id by its commit
@@ -231,7 +183,7 @@ def _hash_files(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_device(settings: Settings) -> tuple[str, str]:
+def resolve_device(settings: Generate) -> tuple[str, str]:
     """(torch device, dtype name) actually used; CPU always uses cpu_dtype."""
     import torch
 
@@ -246,7 +198,7 @@ def resolve_device(settings: Settings) -> tuple[str, str]:
 _PIPELINES: dict = {}  # the loaded pipeline of this process, by model files and settings
 
 
-def load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
+def load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     """The diffusers pipeline for these settings, loaded once per process (Ray workers, benchmarks)."""
     cache_key = (model_dir, directory_stamp(Path(model_dir)), device, dtype, settings.scheduler, settings.compile)
     if cache_key not in _PIPELINES:
@@ -267,7 +219,7 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
 
 
-def _load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
+def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     import torch
 
     quiet_libraries()
@@ -304,7 +256,7 @@ def _load_pipeline(settings: Settings, model_dir: str, device: str, dtype: str):
 
 # ---------------------------------------------------------------- rendering and writing
 
-def initial_latents(jobs: list[Job], pipe, settings: Settings):
+def initial_latents(jobs: list[Job], pipe, settings: Generate):
     """Per-prompt noise from a per-prompt CPU generator: independent of batch, device and order."""
     import torch
 
@@ -315,7 +267,7 @@ def initial_latents(jobs: list[Job], pipe, settings: Settings):
     return torch.cat(noise).to(device=pipe.device, dtype=pipe.unet.dtype)
 
 
-def encode_image(pixels, settings: Settings) -> bytes:
+def encode_image(pixels, settings: Generate) -> bytes:
     """uint8 HxWx3 array -> file bytes (no metadata, so the bytes depend only on the pixels)."""
     from PIL import Image
 
@@ -348,7 +300,7 @@ class RenderStats:
     prompts_rendered: int = 0
 
 
-def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: str, desc: str = "generate") -> RenderStats:
+def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: str, desc: str = "generate") -> RenderStats:
     """Render `jobs` into the store at `output`. The one function both engines run (Ray: one per GPU)."""
     import torch
 
@@ -386,7 +338,7 @@ def render_shard(jobs: list[Job], settings: Settings, model_dir: str, output: st
     return stats
 
 
-def render_with_ray(jobs: list[Job], settings: Settings, model_dir: str, output: str) -> RenderStats:
+def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output: str) -> RenderStats:
     """Same shard function as Ray tasks, one per GPU (or per CPU when the cluster has none).
 
     The output dir and model dir must be on a filesystem every Ray node sees (as on a GPU cluster).
@@ -455,7 +407,7 @@ def prune_store(output: Path, wanted: set[str]) -> int:
     return removed
 
 
-def generate(table, settings: Settings, output: Path, input_name: str = "input") -> dict:
+def generate(table, settings: Generate, output: Path, input_name: str = "input") -> dict:
     """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts."""
     model_dir, identity = resolve_model(settings)
     _, dtype = resolve_device(settings)
@@ -482,7 +434,7 @@ def cli(
     output: Path = typer.Argument(..., help="image store dir, e.g. data/images/S"),
 ) -> None:
     """Render one image per prompt into OUTPUT (resumable; only missing images are rendered)."""
-    settings = load_settings(load_params("generate"))
+    settings = load_section("generate")
     counts = generate(read_parquet(input), settings, output, input_name=str(input))
     print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered, "
           f"{counts['reused']} reused, {counts['pruned']} files pruned")

@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
+from scripts.lib.params import load_params, load_section
 from scripts.lib.io import SPLITS, atomic_path, read_parquet
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
@@ -152,7 +152,7 @@ def cli(
     params = load_params()
     releases = list(params.get("releases") or {})
     sources = list(params.get("sources") or {})
-    length_bin = (params.get("preview") or {}).get("length_bin", 16)
+    length_bin = load_section("preview", missing_ok=True).length_bin
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():
         write_csv(table, output / name)

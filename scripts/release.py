@@ -16,9 +16,7 @@ bucketed: see scripts/lib/export.py), removed.parquet (every removed row with it
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,31 +24,22 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
-from scripts.lib.io import SPLITS, read_parquet, write_json, write_parquet
+from scripts.lib.params import Component, Export, Preview, Release, load_params, load_section, parse
+from scripts.lib.io import (SPLITS, check_not_input, check_replaceable, mark_folder, read_parquet,
+                          replace_path, staging_dir, write_json, write_parquet)
 from scripts.lib.export import export_options, write_split
 
-LEAK_MODES = ("none", "exact", "near")
-RECIPE_KEYS = {"base", "description", "components", "reclean", "validation_leaks", "export"}
-COMPONENT_KEYS = {"source", "split", "into", "dedup_against"}
 ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
-
-
-@dataclass(frozen=True)
-class Component:
-    source: str
-    split: str  # train | validation | all
-    into: str  # train | validation
-    dedup_against: str | None = None
+INHERITED = ("reclean", "validation_leaks", "export")  # settings a release takes from its base unless it sets them
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     components: tuple[Component, ...]
-    reclean: bool = False
-    validation_leaks: str = "exact"
-    export: object = "imagefolder"  # a format name, or {format: ..., options}: see scripts/lib/export.py
+    reclean: bool
+    validation_leaks: str
+    export: Export  # scripts/lib/export.py takes `export.spec()`
     description: str = ""
     lineage: tuple[str, ...] = field(default=())
 
@@ -59,49 +48,26 @@ class Recipe:
 
 
 def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Recipe:
-    """Flatten `base:` inheritance into one recipe (base components first)."""
+    """Flatten `base:` inheritance into one recipe (base components first). `releases` maps names to
+    params.yaml entries (plain mappings, checked here, or Release models)."""
     if name not in releases:
         raise DataError(f"params.yaml: releases.{_seen[-1] if _seen else name}: unknown release {name!r}")
     if name in _seen:
         raise DataError(f"params.yaml: releases: base cycle {' -> '.join(_seen + (name,))}")
-    spec = releases[name] or {}
-    unknown = set(spec) - RECIPE_KEYS
-    if unknown:
-        raise DataError(f"params.yaml: releases.{name}: unknown keys {sorted(unknown)} (allowed {sorted(RECIPE_KEYS)})")
-    own = tuple(_component(name, i, c) for i, c in enumerate(spec.get("components") or []))
-    if "base" in spec:
-        base = resolve_recipe(spec["base"], releases, _seen + (name,))
-        settings = {k: getattr(base, k) for k in ("reclean", "validation_leaks", "export")}
-        components, lineage = base.components + own, base.lineage + (name,)
+    spec = releases[name]
+    if not isinstance(spec, Release):
+        spec = parse(Release, spec or {}, at=("releases", name))
+    if spec.base is not None:
+        base = resolve_recipe(spec.base, releases, _seen + (name,))
+        settings = {k: getattr(spec if k in spec.model_fields_set else base, k) for k in INHERITED}
+        components, lineage = base.components + tuple(spec.components), base.lineage + (name,)
     else:
-        settings, components, lineage = {}, own, (name,)
-    settings.update({k: spec[k] for k in ("reclean", "validation_leaks", "export") if k in spec})
-    recipe = Recipe(name, components, description=spec.get("description", ""), lineage=lineage, **settings)
-    if recipe.validation_leaks not in LEAK_MODES:
-        raise DataError(f"params.yaml: releases.{name}.validation_leaks must be one of {LEAK_MODES}")
+        settings = {k: getattr(spec, k) for k in INHERITED}
+        components, lineage = tuple(spec.components), (name,)
+    recipe = Recipe(name, components, description=spec.description, lineage=lineage, **settings)
     if not recipe.components:
         raise DataError(f"params.yaml: releases.{name}: no components")
     return recipe
-
-
-def _component(release: str, index: int, spec: dict) -> Component:
-    where = f"params.yaml: releases.{release}.components[{index}]"
-    unknown = set(spec) - COMPONENT_KEYS
-    if unknown:
-        raise DataError(f"{where}: unknown keys {sorted(unknown)} (allowed {sorted(COMPONENT_KEYS)})")
-    if "source" not in spec:
-        raise DataError(f"{where}: missing 'source'")
-    component = Component(
-        source=spec["source"],
-        split=spec.get("split", "all"),
-        into=spec.get("into", spec.get("split", "train")),
-        dedup_against=spec.get("dedup_against"),
-    )
-    if component.split not in SPLITS + ("all",):
-        raise DataError(f"{where}: split must be train, validation or all")
-    if component.into not in SPLITS or component.dedup_against not in SPLITS + (None,):
-        raise DataError(f"{where}: into/dedup_against must be train or validation")
-    return component
 
 
 # --- composition (tables in, tables out) --------------------------------------------------------
@@ -196,7 +162,7 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
     }
     recipe_yaml = {
         "lineage": list(recipe.lineage),
-        "components": [c.__dict__ for c in recipe.components],
+        "components": [c.model_dump() for c in recipe.components],
         "reclean": recipe.reclean,
         "validation_leaks": recipe.validation_leaks,
     }
@@ -284,33 +250,30 @@ def cli(
     """Compose a release from per-source splits by its recipe."""
     params = load_params()
     recipe = resolve_recipe(name, params.get("releases") or {})
-    fmt, options = export_options(recipe.export, f"params.yaml: releases.{name}")
-    from scripts.lib.preview import load_geometry
+    fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
     from scripts.lib.progress import Progress
 
-    geometry = load_geometry(params.get("preview") or {})  # checked before the long work starts
+    geometry = load_section("preview", missing_ok=True)
     cleaner = _cleaner(rules, f"release@{name} reclean") if recipe.reclean else None
     rows, removed = compose(recipe, _loader(splits), cleaner, _near_duplicates(params))
     stats = release_stats(rows, removed)
     # Everything is written into a staging folder first and moved into place only at the end, so a
     # bad image or a crash leaves the previous release whole (never train new and validation old).
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.staging-", dir=output.parent))
-    try:
+    check_not_input(output, [splits, rules])
+    with staging_dir(output) as staging:  # locked; a killed run's staging folder goes on the next run
         with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
             for split in SPLITS:
                 write_split(rows[rows["split"] == split], staging / split, fmt, options, progress.advance)
+                mark_folder(staging / split)
         write_preview(rows, staging / "preview.jpg", geometry)
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
         (staging / "README.md").write_text(data_card(recipe, stats, params), encoding="utf-8")
         write_json(stats, staging / "stats.json")
         move_into_place(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
 
 
-def write_preview(rows: pd.DataFrame, output: Path, geometry) -> None:
+def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:
     """preview.jpg: contact sheet of a deterministic sample (the ids whose sha256 sorts first),
     read from the image store, so it looks the same whatever the export layout."""
     import io
@@ -325,10 +288,24 @@ def write_preview(rows: pd.DataFrame, output: Path, geometry) -> None:
 
 
 def move_into_place(staging: Path, output: Path) -> None:
-    """Replace each release output with its staged version (renames on one filesystem: no copies)."""
+    """Replace each release output with its staged version (renames on one filesystem: no copies).
+
+    Nothing is replaced unless the output folder holds only release outputs and each folder being
+    replaced is one a release wrote (io.check_replaceable): a mistyped output path loses no data."""
+    staged = sorted(staging.iterdir())
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is a file, expected a release folder")
+    if output.is_dir():
+        names = {item.name for item in staged} | {".gitignore"}  # DVC writes .gitignore beside outputs
+        left = {f".{item.name}.tmp-old" for item in staged}  # a run killed while moving its folders in
+        foreign = sorted(p.name for p in output.iterdir() if p.name not in names | left)
+        if foreign:
+            raise DataError(f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
+                            "release into it (point it at its own folder, e.g. data/releases/NAME)")
+        for name in sorted(left):
+            shutil.rmtree(output / name, ignore_errors=True)
+    for item in staged:
+        check_replaceable(output / item.name, item)
     output.mkdir(parents=True, exist_ok=True)
-    for item in sorted(staging.iterdir()):
-        target = output / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(item, target)
+    for item in staged:
+        replace_path(item, output / item.name, item.is_dir())

@@ -15,7 +15,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
+from scripts.lib.params import load_section
 from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, write_parquet
 
 
@@ -47,14 +47,11 @@ def cli(
     output: Path = typer.Argument(..., help="data/splits/S (directory)"),
 ) -> None:
     """Split a source's caption table into train and validation."""
-    params = load_params("split")
-    fraction = float(params["validation_fraction"])
-    if not 0 <= fraction < 1:
-        raise DataError(f"params.yaml: split.validation_fraction must be in [0, 1), got {fraction}")
+    params = load_section("split")
     rows = read_parquet(input)
     check_table(rows, input, strings=("id", "split") if "split" in rows else ("id",), unique="id")
     try:
-        rows = rows.assign(split=assign_splits(rows, fraction, int(params["seed"])))
+        rows = rows.assign(split=assign_splits(rows, params.validation_fraction, params.seed))
     except DataError as exc:
         raise DataError(f"{input}: {exc}") from None
     with atomic_path(output, is_dir=True) as tmp:

@@ -16,111 +16,40 @@ Pure parts (params -> request bodies, completion text -> prompts) come first; HT
 from __future__ import annotations
 
 import concurrent.futures
-import difflib
 import email.utils
+import functools
 import hashlib
 import http.client
 import json
 import os
 import random
 import re
-import string
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
+from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.io import atomic_path, write_json
-
-TEMPLATE_FIELDS = {"examples", "avoid_topics"}
-RESERVED_BODY_KEYS = {"model", "messages", "temperature", "max_tokens", "seed", "stream", "n"}
 
 
 # ---------------------------------------------------------------- params
 
 
-class ExampleSource(BaseModel):
-    """A file (or a folder of them) whose prompts are shown to the model as examples."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str  # .txt (one prompt per line), .parquet (needs `column`), or a folder of those
-    column: str | None = None  # text column of a parquet file, e.g. "text" or "prompt"
-    count: int = Field(ge=0)  # examples drawn from this source per request
-
-
-class SynthesizeParams(BaseModel):
-    """One entry of `params.yaml: synthesize` (every key required: params.yaml is the one place)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    base_url: str  # OpenAI-compatible root, e.g. https://api.openai.com/v1 or http://localhost:8000/v1
-    model: str
-    api_key_env: str | None  # name of the env var holding the key; null for servers without auth
-    temperature: float | None = Field(ge=0)  # null: not sent (the server's default)
-    max_tokens: int | None = Field(gt=0)  # null: not sent (e.g. use max_completion_tokens in extra_body)
-    extra_body: dict[str, Any]  # more request fields (top_p, ...); part of the cache key
-    requests: int = Field(ge=0)
-    seed: int
-    examples: list[ExampleSource]
-    fixed_examples: list[str]  # shown in every request after the drawn ones (the reference's 7)
-    avoid_topics: list[str]
-    system: str | None  # optional system message
-    template: str  # user message; fields {examples} and {avoid_topics}
-    max_chars: int = Field(gt=0)  # longer lines are dropped (counted)
-    drop_header_lines: bool  # drop lines ending with ':' ("Here are 20 more prompts:") or starting with '#'
-    offline: bool  # true: a request missing from the cache is an error, never a network call
-    concurrency: int = Field(ge=1)
-    timeout_s: float = Field(gt=0)
-    max_attempts: int = Field(ge=1)
-    backoff_base_s: float = Field(ge=0)
-    backoff_cap_s: float = Field(ge=0)
-
-
-def parse_params(name: str, raw: Any) -> SynthesizeParams:
-    """Validate one entry; a bad key or value is one line naming `synthesize.<name>.<key>`."""
-    where = f"params.yaml: synthesize.{name}"
+def parse_params(name: str, raw: Any) -> SynthesizeEntry:
+    """One entry of params.yaml `synthesize` (a plain mapping) as its model (scripts/lib/params.py); a bad
+    key or value is one line naming `synthesize.<name>.<key>`."""
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    known = set(SynthesizeParams.model_fields)
-    for key in raw:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise DataError(f"{where}: unknown key '{key}'{hint}")
-    try:
-        params = SynthesizeParams(**raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(part) for part in err["loc"])
-        raise DataError(f"{where}.{loc}: {err['msg']}") from None
-    check_template(params.template, where)
-    if not params.base_url.startswith(("http://", "https://")):
-        raise DataError(f"{where}.base_url: '{params.base_url}' is not an http(s) URL")
-    reserved = sorted(RESERVED_BODY_KEYS & set(params.extra_body))
-    if reserved:
-        raise DataError(f"{where}.extra_body: '{reserved[0]}' is set by the stage (use the param of that name)")
-    return params
-
-
-def check_template(template: str, where: str) -> None:
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        raise DataError(f"{where}.template: {exc} (write literal braces as {{{{ and }}}})") from None
-    unknown = fields - TEMPLATE_FIELDS
-    if unknown:
-        raise DataError(f"{where}.template: unknown field {{{sorted(unknown)[0]}}} "
-                        f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
+        raise DataError(f"params.yaml: synthesize.{name}: expected a mapping, got {type(raw).__name__}")
+    return parse(SynthesizeEntry, raw, at=("synthesize", name))
 
 
 # ---------------------------------------------------------------- requests (pure)
@@ -132,12 +61,12 @@ def request_seed(seed: int, index: int) -> int:
     return int(digest[:8], 16) & 0x7FFFFFFF
 
 
-def render_user_message(params: SynthesizeParams, examples: list[str]) -> str:
+def render_user_message(params: SynthesizeEntry, examples: list[str]) -> str:
     lines = [f"- {example}" for example in [*examples, *params.fixed_examples]]
     return params.template.format(examples="\n".join(lines), avoid_topics=", ".join(params.avoid_topics))
 
 
-def build_request(params: SynthesizeParams, pools: list[list[str]], index: int) -> dict:
+def build_request(params: SynthesizeEntry, pools: list[list[str]], index: int) -> dict:
     """The chat-completions body of request `index` (examples drawn with its own seeded RNG)."""
     seed = request_seed(params.seed, index)
     rng = random.Random(seed)
@@ -156,7 +85,7 @@ def build_request(params: SynthesizeParams, pools: list[list[str]], index: int) 
     return body
 
 
-def build_requests(params: SynthesizeParams, pools: list[list[str]]) -> list[dict]:
+def build_requests(params: SynthesizeEntry, pools: list[list[str]]) -> list[dict]:
     for source, pool in zip(params.examples, pools):
         if source.count > len(pool):
             raise DataError(f"{source.path}: {len(pool)} example prompts, fewer than count={source.count}")
@@ -345,17 +274,40 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the Authorization header to the new address,
+    whatever its origin. The 3xx arrives as an HTTPError and fails the request (post_chat)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
-    """One POST to /chat/completions; raises TransientError or FatalError (key never in messages)."""
+    """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
+
+    The key goes in the Authorization header of this request only (redirects are refused), and any
+    8+ character fragment of it is removed from the reply (a server echoing the header must not put
+    it into the cache or prompts.txt) and from error messages."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    opener = urllib.request.build_opener(_NoRedirect())  # per call: proxy settings are read from the env now
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
-        detail = _error_detail(exc)
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location")
+            where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
+            raise FatalError(f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
+                             "(the API key is sent to base_url only): set base_url to the final address") from None
+        detail = redact_key(_error_detail(exc), api_key)
         if exc.code == 429:
             raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
         if exc.code >= 500:
@@ -370,8 +322,8 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict
     except (ConnectionError, http.client.HTTPException) as exc:
         raise TransientError("connection", f"connection failed ({type(exc).__name__})") from None
     try:
-        return json.loads(raw)
-    except ValueError:
+        return redact_key(json.loads(raw), api_key)
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
 
 
@@ -391,7 +343,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return f": {' '.join(str(message).split())[:200]}" if message else ""
 
 
-def call_with_retries(url: str, body: dict, api_key: str | None, params: SynthesizeParams) -> tuple[dict, CallStats]:
+def call_with_retries(url: str, body: dict, api_key: str | None, params: SynthesizeEntry) -> tuple[dict, CallStats]:
     """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent."""
     stats = CallStats()
     for attempt in range(1, params.max_attempts + 1):
@@ -434,7 +386,7 @@ class ResponseCache:
         try:
             response = json.loads(path.read_text(encoding="utf-8"))["response"]
             read_completion(response)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
         return response
 
@@ -453,7 +405,7 @@ class ResponseCache:
         return len(stale)
 
 
-def synthesize(name: str, params: SynthesizeParams, out_dir: Path, api_key: str | None,
+def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str | None,
                log=lambda message: print(message, file=sys.stderr)) -> dict:
     """Run entry `name`: replay cached requests, call the API for the rest, write OUT/prompts.txt.
 
@@ -558,7 +510,7 @@ def _call_missing(params, bodies, keys, missing, cache, responses, api_key, log)
     return stats, failures
 
 
-def _collect_prompts(params: SynthesizeParams, responses: list[dict]):
+def _collect_prompts(params: SynthesizeEntry, responses: list[dict]):
     prompts: list[str] = []
     counts = dict.fromkeys(LINE_COUNTS, 0)
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -575,12 +527,50 @@ def _collect_prompts(params: SynthesizeParams, responses: list[dict]):
     return prompts, counts, usage
 
 
+@functools.lru_cache(maxsize=4)
+def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
+    """A pattern matching, at every position, any 8-character piece of the key (the whole key if shorter)."""
+    n = min(8, len(api_key))
+    pieces = sorted({api_key[i : i + n] for i in range(len(api_key) - n + 1)})
+    return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))"), n
+
+
+def redact_key(value: Any, api_key: str | None) -> Any:
+    """`value` (a string, or JSON data) with every run of text holding an 8+ character fragment of
+    the key replaced by ***; anything without one is returned as is."""
+    if not api_key:
+        return value
+    if isinstance(value, str):
+        pattern, n = _key_fragments(api_key)
+        spans: list[list[int]] = []
+        for match in pattern.finditer(value):
+            start = match.start()
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = start + n
+            else:
+                spans.append([start, start + n])
+        for start, end in reversed(spans):
+            value = value[:start] + "***" + value[end:]
+        return value
+    if isinstance(value, dict):
+        return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_key(v, api_key) for v in value]
+    return value
+
+
 def _redact(message: str, api_key: str | None) -> str:
-    return message.replace(api_key, "***") if api_key else message
+    return redact_key(message, api_key)
 
 
-def api_key_from_env(params: SynthesizeParams) -> str | None:
-    return os.environ.get(params.api_key_env) if params.api_key_env else None
+def api_key_from_env(params: SynthesizeEntry) -> str | None:
+    """The key from the environment; one that cannot be sent as a header value (a control character
+    such as a trailing \\r or newline, a space, non-ASCII) is refused without printing it."""
+    key = os.environ.get(params.api_key_env) if params.api_key_env else None
+    if key and not all(0x21 <= ord(char) <= 0x7E for char in key):
+        raise DataError(f"${params.api_key_env}: the API key holds a control character, space or non-ASCII "
+                        "character (a trailing newline or \\r from the file it was read from?); fix the variable")
+    return key
 
 
 def cli(
@@ -588,8 +578,8 @@ def cli(
     out_dir: Annotated[Path, typer.Argument(help="writes prompts.txt, cache/ and report.json here")],
 ) -> None:
     """Ask a chat model for prompts like the examples (cached: replays offline)."""
-    entries = load_params("synthesize") or {}
+    entries = load_section("synthesize")
     if name not in entries:
         raise DataError(f"params.yaml: synthesize has no entry '{name}' (entries: {', '.join(entries) or 'none'})")
-    params = parse_params(name, entries[name])
+    params = entries[name]
     synthesize(name, params, out_dir, api_key_from_env(params))

@@ -18,23 +18,14 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
+from scripts.lib.params import TinyModel, load_section, parse
 from scripts.lib.io import atomic_path
 
-DEFAULTS = {
-    "seed": 0,
-    # latent channels of the UNet blocks; SD2 uses (320, 640, 1280, 1280)
-    "unet_channels": [16, 32],
-    # number of attention heads per block (diffusers calls it attention_head_dim; SD2: 5, 10, 20, 20)
-    "unet_heads": [1, 2],  # head width 16
-    "vae_channels": [4, 4, 8, 8],  # 4 blocks -> 8x spatial downsampling, like SD2
-    "text_hidden": 32,
-    "text_layers": 2,
-    "text_heads": 4,
-    "bpe_merges": 400,
-    "sample_size": 64,  # default image side in pixels
-}
+
+def tiny_model_params(params: TinyModel | dict | None) -> TinyModel:
+    """params.yaml `tiny_model:` as its model (a plain mapping is checked: one DataError naming the key)."""
+    return params if isinstance(params, TinyModel) else parse(TinyModel, params or {}, at=("tiny_model",))
+
 
 # Words we learn BPE merges from (the tokenizer is ours: no vocabulary download). Merges only change
 # how text splits into tokens; any fixed corpus gives a valid byte-level tokenizer.
@@ -116,7 +107,7 @@ def build_tokenizer_files(num_merges: int) -> tuple[dict[str, int], list[str]]:
     return vocab, [f"{a} {b}" for a, b in merges]
 
 
-def build_pipeline(params: dict):
+def build_pipeline(params: TinyModel | dict | None):
     """The SD2-layout pipeline with seeded random weights, in eval mode, on CPU in fp32."""
     import tempfile
 
@@ -129,22 +120,19 @@ def build_pipeline(params: dict):
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    p = {**DEFAULTS, **(params or {})}
-    unknown = set(p) - set(DEFAULTS)
-    if unknown:
-        raise DataError(f"params.yaml: tiny_model: unknown keys {sorted(unknown)}")
-    seed = int(p["seed"])
+    p = tiny_model_params(params)
+    seed = p.seed
 
-    vocab, merges = build_tokenizer_files(int(p["bpe_merges"]))
+    vocab, merges = build_tokenizer_files(p.bpe_merges)
     with tempfile.TemporaryDirectory() as tmp:
         # The tokenizer is loaded from vocab.json + merges.txt we wrote, exactly as a hub checkpoint is.
         write_tokenizer_files(vocab, merges, Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
 
-    vae_scale = 2 ** (len(p["vae_channels"]) - 1)
-    latent_size = int(p["sample_size"]) // vae_scale
-    text_hidden = int(p["text_hidden"])
-    unet_channels = tuple(int(c) for c in p["unet_channels"])
+    vae_scale = 2 ** (len(p.vae_channels) - 1)
+    latent_size = p.sample_size // vae_scale
+    text_hidden = p.text_hidden
+    unet_channels = tuple(p.unet_channels)
     n_blocks = len(unet_channels)
 
     torch.manual_seed(seed)
@@ -157,13 +145,13 @@ def build_pipeline(params: dict):
         down_block_types=("CrossAttnDownBlock2D",) * (n_blocks - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_blocks - 1),
         cross_attention_dim=text_hidden,
-        attention_head_dim=tuple(int(h) for h in p["unet_heads"]),
+        attention_head_dim=tuple(p.unet_heads),
         use_linear_projection=True,  # SD2 (SD1 used 1x1 convs)
         norm_num_groups=min(32, min(unet_channels)),
         act_fn="silu",
     )
     torch.manual_seed(seed + 1)
-    vae_channels = tuple(int(c) for c in p["vae_channels"])
+    vae_channels = tuple(p.vae_channels)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -173,7 +161,7 @@ def build_pipeline(params: dict):
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=min(32, min(vae_channels)),
-        sample_size=int(p["sample_size"]),
+        sample_size=p.sample_size,
         scaling_factor=0.18215,
     )
     torch.manual_seed(seed + 2)
@@ -182,8 +170,8 @@ def build_pipeline(params: dict):
             vocab_size=len(vocab),
             hidden_size=text_hidden,
             intermediate_size=text_hidden * 4,
-            num_hidden_layers=int(p["text_layers"]),
-            num_attention_heads=int(p["text_heads"]),
+            num_hidden_layers=p.text_layers,
+            num_attention_heads=p.text_heads,
             max_position_embeddings=77,
             hidden_act="gelu",  # SD2's OpenCLIP encoder (SD1's CLIP uses quick_gelu)
             projection_dim=text_hidden,
@@ -218,11 +206,11 @@ def build_pipeline(params: dict):
     return pipe
 
 
-def save_tiny_model(params: dict, output: Path) -> None:
+def save_tiny_model(params: TinyModel | dict | None, output: Path) -> None:
     """Build and save the pipeline atomically: readers see the old model or the complete new one."""
-    p = {**DEFAULTS, **(params or {})}
+    p = tiny_model_params(params)
     pipe = build_pipeline(p)
-    vocab, merges = build_tokenizer_files(int(p["bpe_merges"]))
+    vocab, merges = build_tokenizer_files(p.bpe_merges)
     with atomic_path(output, is_dir=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         _strip_volatile_fields(tmp)
@@ -249,5 +237,5 @@ def _strip_volatile_fields(model_dir: Path) -> None:
 
 def cli(output: Path = typer.Argument(..., help="directory to write the pipeline to (e.g. models/tiny-sd2)")) -> None:
     """Build the offline tiny SD2-architecture model from params.yaml `tiny_model`."""
-    save_tiny_model(load_params("tiny_model") or {}, output)
+    save_tiny_model(load_section("tiny_model"), output)
     print(f"tiny-model: wrote {output}")

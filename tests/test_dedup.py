@@ -17,7 +17,8 @@ import pytest
 
 from scripts.lib import minhash as mh
 from scripts.lib.errors import DataError
-from scripts.dedup import DedupParams, Index, build_index, dedup_against, dedup_self, near_duplicate_mask
+from scripts.dedup import DedupParams, Index, banding, build_index, dedup_against, dedup_self, near_duplicate_mask
+from scripts.lib.params import Dedup, parse
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -320,25 +321,21 @@ def test_loading_a_broken_index_names_the_missing_file(tmp_path):
 
 
 def test_params_are_validated_with_a_clear_message():
-    with pytest.raises(DataError, match="unknown key"):
-        DedupParams.from_mapping({"treshold": 0.8})
-    with pytest.raises(DataError, match="bands\\*rows"):
-        DedupParams.from_mapping({"bands": 20, "rows": 8})
-    assert DedupParams.from_mapping({"threshold": 0.8}).banding == (21, 6)
+    with pytest.raises(DataError, match=r"params.yaml: dedup: unknown key 'treshold' \(did you mean 'threshold'\?\)"):
+        parse(Dedup, {"treshold": 0.8}, at=("dedup",))
+    with pytest.raises(DataError, match=r"params.yaml: dedup: bands\*rows = 160 exceeds num_perm = 128"):
+        parse(Dedup, {"bands": 20, "rows": 8}, at=("dedup",))
+    with pytest.raises(DataError, match=r"Dedup.replace: threshold: .*less than or equal to 1"):
+        DedupParams().replace(threshold=1.5)
+    assert banding(parse(Dedup, {"threshold": 0.8})) == (21, 6)
 
 
 # --- stage CLI and file-level CLI ----------------------------------------------------------------
 
 
-CLI_FILES = ("__init__.py", "__main__.py", "cli.py", "common.py", "params_schema.py", "dedup.py", "minhash.py", "preview.py", "progress.py")
-
-
 def _copy_cli(target: Path) -> Path:
-    """The CLI with only the dedup stage (cli.py skips absent stage modules): other stages' work in
-    progress cannot break these tests."""
-    (target / "scripts").mkdir(parents=True, exist_ok=True)
-    for name in CLI_FILES:
-        shutil.copy2(REPO / "scripts" / name, target / "scripts" / name)
+    """The scripts package alone, outside the repository (the CLI imports only the dedup command's modules)."""
+    shutil.copytree(REPO / "scripts", target / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
     return target
 
 

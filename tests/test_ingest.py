@@ -239,7 +239,7 @@ def test_compile_simpletuner_writes_parquet_and_txt_captions(tmp_path):
     assert pq.read_table(tmp_path / "st.parquet").to_pylist() == [
         {"width": 8, "height": 6, "caption": "short caption 0", "filename": "0000.png"},
         {"width": 8, "height": 6, "caption": "short caption 2", "filename": "0002.png"}]
-    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["0000.txt", "0002.txt"]
+    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == [".t2i-output", "0000.txt", "0002.txt"]  # + ownership marker
     assert (tmp_path / "txt" / "0002.txt").read_text() == "short caption 2"
 
 

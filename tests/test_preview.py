@@ -15,7 +15,8 @@ from PIL import Image
 
 from scripts.lib.errors import DataError
 from scripts.lib.export import read_metadata
-from scripts.lib.preview import SheetGeometry, contact_sheet, dedup_preview_html, load_geometry, sample_ids, wrap_caption
+from scripts.lib.params import Preview, parse
+from scripts.lib.preview import contact_sheet, dedup_preview_html, sample_ids, wrap_caption
 from scripts.release import write_preview
 from scripts.lib.progress import summary_line, track
 
@@ -50,7 +51,7 @@ def release_rows(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def write_release_preview(folder: Path, output: Path, geometry: SheetGeometry) -> None:
+def write_release_preview(folder: Path, output: Path, geometry: Preview) -> None:
     write_preview(release_rows(folder), output, geometry)
 
 
@@ -60,7 +61,7 @@ def write_release_preview(folder: Path, output: Path, geometry: SheetGeometry) -
 @pytest.mark.parametrize("columns, rows, thumb, caption_height", [(4, 3, 160, 48), (2, 5, 96, 0), (1, 1, 200, 60)])
 def test_contact_sheet_is_a_jpeg_of_exactly_the_grid_size(tmp_path, columns, rows, thumb, caption_height):
     make_release(tmp_path / "v1", gpt4_prompts(20))
-    geometry = SheetGeometry(columns, rows, thumb, caption_height, quality=85)
+    geometry = Preview(columns=columns, rows=rows, thumb=thumb, caption_height=caption_height, quality=85)
     write_release_preview(tmp_path / "v1", tmp_path / "v1" / "preview.jpg", geometry)
     with Image.open(tmp_path / "v1" / "preview.jpg") as sheet:
         sheet.verify()
@@ -83,14 +84,14 @@ def test_sample_is_deterministic_and_independent_of_row_order(tmp_path):
     assert sample_ids(ids, 5) != sorted(ids)[:5]  # hashed, not the first ids by name
     rows = release_rows(tmp_path / "a")
     assert sample_ids(rows["id"], 6) == sample_ids(rows["id"][::-1], 6)
-    geometry = SheetGeometry(3, 2, 64, 24)
+    geometry = Preview(columns=3, rows=2, thumb=64, caption_height=24)
     write_release_preview(tmp_path / "a", tmp_path / "one.jpg", geometry)
     write_release_preview(tmp_path / "a", tmp_path / "two.jpg", geometry)
     assert (tmp_path / "one.jpg").read_bytes() == (tmp_path / "two.jpg").read_bytes()
 
 
 def test_captions_are_drawn_under_the_images_and_cut_to_fit():
-    geometry = SheetGeometry(2, 1, 120, 36)
+    geometry = Preview(columns=2, rows=1, thumb=120, caption_height=36)
     blank = contact_sheet([(None, ""), (None, "")], geometry)
     captioned = contact_sheet([(None, "a lighthouse " * 30), (None, "ünïcode ✓ 东京 tower at dusk")], geometry)
     caption_box = (0, 120, 240, 156)
@@ -113,9 +114,9 @@ def test_missing_metadata_and_bad_geometry_are_one_line_errors(tmp_path):
         (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('\n' + line + '\n', encoding="utf-8")
         with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 2: not a metadata record with id"):
             read_metadata(tmp_path / "v8" / "train", ("id", "file_name", "text"))
-    with pytest.raises(DataError, match=r"preview.thumb"):
-        load_geometry({"thumb": 0})
-    assert load_geometry({}).size == (640, 624)  # defaults = params.yaml's values
+    with pytest.raises(DataError, match=r"params.yaml: preview.thumb: .*greater than or equal to 16 \(got 0\)"):
+        parse(Preview, {"thumb": 0}, at=("preview",))
+    assert Preview().sheet_size == (640, 624)  # defaults = params.yaml's values
 
 
 # --- near-duplicate sheet ------------------------------------------------------------------------

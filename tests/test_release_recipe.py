@@ -61,14 +61,30 @@ def test_base_inheritance_flattens_components_and_overrides_settings():
 
 @pytest.mark.parametrize("bad, message", [
     ({"x": {"base": "x", "components": [{"source": "s"}]}}, "base cycle"),
-    ({"x": {"components": [{"source": "s", "colour": 1}]}}, "unknown keys"),
-    ({"x": {"components": [{"source": "s", "split": "dev"}]}}, "split must be"),
-    ({"x": {"compnents": []}}, "unknown keys"),
+    ({"x": {"components": [{"source": "s", "colour": 1}]}}, r"releases.x.components\[0\]: unknown key 'colour'"),
+    ({"x": {"components": [{"source": "s", "split": "dev"}]}}, r"releases.x.components\[0\].split: Input should be 'train', 'validation' or 'all'"),
+    ({"x": {"compnents": []}}, r"releases.x: unknown key 'compnents' \(did you mean 'components'\?\)"),
+    ({"x": {"components": []}}, "releases.x: no components"),
+    ({"x": {"components": [{"source": "s"}], "export": {"format": "imagefolder", "shard_size": 5}}},
+     "releases.x.export: shard_size is not an option of imagefolder"),
     ({"x": {"base": "nope", "components": [{"source": "s"}]}}, "unknown release 'nope'"),
 ])
 def test_bad_recipes_are_one_line_errors(bad, message):
     with pytest.raises(DataError, match=message):
         resolve_recipe("x", bad)
+
+
+def test_component_into_follows_split_and_export_is_inherited():
+    recipes = {"a": {"components": [{"source": "s"}, {"source": "s", "split": "validation"}],
+                     "export": {"format": "webdataset", "shard_size": 5}},
+               "b": {"base": "a", "validation_leaks": "none"},
+               "c": {"base": "b", "export": "simpletuner"}}
+    a = resolve_recipe("a", recipes)
+    assert [(x.split, x.into) for x in a.components] == [("all", "train"), ("validation", "validation")]
+    assert a.export.spec() == {"format": "webdataset", "shard_size": 5} and a.validation_leaks == "exact"
+    b = resolve_recipe("b", recipes)
+    assert b.export == a.export and b.validation_leaks == "none" and b.reclean is False
+    assert resolve_recipe("c", recipes).export.spec() == "simpletuner"
 
 
 def test_compose_applies_steps_in_order_and_records_reasons():

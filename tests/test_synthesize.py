@@ -242,8 +242,11 @@ def test_bad_param_value_and_template_field_are_one_line_errors(tmp_path):
         parse_params("t", raw_params("http://x/v1", example_file(tmp_path), template="{examples} {topics}"))
     raw = raw_params("http://x/v1", example_file(tmp_path))
     del raw["seed"]
-    with pytest.raises(DataError, match=r"synthesize\.t\.seed: Field required"):
-        parse_params("t", raw)
+    assert parse_params("t", raw).seed == 0  # an absent key takes its documented default (docs/params.md)
+    with pytest.raises(DataError, match=r"synthesize\.t\.examples\[0\]\.count: Field required"):
+        parse_params("t", {**raw, "examples": [{"path": "x.txt"}]})
+    with pytest.raises(DataError, match=r"synthesize\.t\.timeout_s: Input should be a finite number"):
+        parse_params("t", {**raw, "timeout_s": float("inf")})
 
 
 def test_endpoint_and_body_params_are_checked(tmp_path):

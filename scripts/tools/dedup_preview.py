@@ -5,9 +5,8 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
-from scripts.lib.preview import DEFAULTS, write_dedup_preview
+from scripts.lib.params import load_section
+from scripts.lib.preview import write_dedup_preview
 
 
 def cli(
@@ -17,9 +16,7 @@ def cli(
 ) -> None:
     """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
     output = output or data / "dedup" / f"{source}.preview.html"
-    n = (load_params().get("preview") or {}).get("dedup_clusters", DEFAULTS["dedup_clusters"])
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise DataError(f"params.yaml: preview.dedup_clusters: expected a positive integer, got {n!r}")
+    n = load_section("preview", missing_ok=True).dedup_clusters
     write_dedup_preview(source, data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet",
                         data / "dedup" / f"{source}.clusters.parquet", output, n)
     print(f"dedup-preview {source}: -> {output}")
