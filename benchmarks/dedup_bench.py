@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/dedup_bench.py --1m       # 1M rows (+ the 100k baseline comparison)
     .venv/bin/python benchmarks/dedup_bench.py --10m      # 10M rows
     .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
+    .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
 
 Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
 >= threshold: a pair counts as found when the two rows are not both kept), false removals, and the
@@ -28,7 +29,8 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.lib import minhash as mh  # noqa: E402
-from scripts.dedup import DedupParams, dedup_self  # noqa: E402
+from scripts.dedup import DedupParams, banding, dedup_self  # noqa: E402
+from benchmarks._record import add_out_argument, record  # noqa: E402
 
 CHUNK = 200_000
 
@@ -252,10 +254,12 @@ def main() -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the datasketch baseline")
     parser.add_argument("--workers", type=int, default=1, help="signature processes (0 = one per core)")
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
+    add_out_argument(parser)
     args = parser.parse_args()
+    record(args.out)
     size = 10_000_000 if args.ten_m else 1_000_000 if args.one_m else args.size
     params = DedupParams(threshold=args.threshold, workers=args.workers)
-    bands, rows = params.banding
+    bands, rows = banding(params)
 
     t0 = time.perf_counter()
     texts, planted = generated_elsewhere(size)

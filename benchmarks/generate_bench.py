@@ -16,7 +16,6 @@ Targets (issue 10, one H100, 768x768, guidance 9): stage >= 95% of the bare loop
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks._record import add_out_argument, record  # noqa: E402
 
 FIXTURE = REPO.parent / "shared" / "fixtures" / "gpt4-prompts-3k.txt"
 
@@ -81,18 +82,18 @@ def bench_settings(mode: str, on_gpu: bool, model: str, args):
     from scripts.generate import load_settings
 
     s = load_settings(load_params("generate", REPO / "params.yaml"))
-    s = dataclasses.replace(s, model=model, engine="local")
+    s = s.replace(model=model, engine="local")
     if on_gpu and mode != "default":
-        s = dataclasses.replace(s, height=768, width=768, guidance=9.0, dtype="fp16", device="cuda")
+        s = s.replace(height=768, width=768, guidance=9.0, dtype="fp16", device="cuda")
     if mode in ("dpmpp25", "compile"):
-        s = dataclasses.replace(s, steps=25, scheduler="dpmpp", batch_size=16 if on_gpu else s.batch_size,
+        s = s.replace(steps=25, scheduler="dpmpp", batch_size=16 if on_gpu else s.batch_size,
                                 compile=mode == "compile")
     elif mode == "reference":
-        s = dataclasses.replace(s, steps=50, scheduler="ddim", resize=512 if on_gpu else 48,
+        s = s.replace(steps=50, scheduler="ddim", resize=512 if on_gpu else 48,
                                 format="jpg", batch_size=8 if on_gpu else s.batch_size)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("steps", args.steps), ("height", args.size),
                                    ("width", args.size), ("cpu_dtype", args.cpu_dtype)) if v}
-    return dataclasses.replace(s, **overrides)
+    return s.replace(**overrides)
 
 
 def synchronize() -> None:
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--cpu-dtype", choices=["fp32", "fp64"], default=None)
     parser.add_argument("--record", type=Path, default=None,
                         help="append the result to this CSV (benchmarks/results/generate_speed.csv feeds `dvc plots show`)")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     import torch
@@ -161,6 +163,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     on_gpu = torch.cuda.is_available()
+    record(args.out, note=None if on_gpu else "CPU SMOKE RUN (no CUDA device): not a GPU measurement")
     with tempfile.TemporaryDirectory(prefix="generate-bench-") as tmp:
         workdir = Path(tmp)
         model = args.model

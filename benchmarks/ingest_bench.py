@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.lib.readers import compile_simpletuner  # noqa: E402
+from benchmarks._record import add_out_argument, record  # noqa: E402
 
 TINY_PNG = bytes.fromhex(  # a valid 1x1 PNG: the set stays small on disk
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -113,7 +114,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ingest-bench"))
+    add_out_argument(parser)
     args = parser.parse_args()
+    record(args.out)
 
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)

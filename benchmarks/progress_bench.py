@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.lib.progress import track  # noqa: E402
+from benchmarks._record import add_out_argument, record  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -28,7 +29,10 @@ def timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=1_000_000)
-    n = parser.parse_args().items
+    add_out_argument(parser)
+    args = parser.parse_args()
+    record(args.out)
+    n = args.items
     items = list(range(n))
     bare = timed(lambda: sum(x for x in items))
     log = timed(lambda: sum(x for x in track(items, desc="bench", stream=io.StringIO())))

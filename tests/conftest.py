@@ -1,11 +1,34 @@
-"""Shared test fixtures: a real copy of this repository built with a real `dvc repro`."""
+"""Shared test fixtures.
+
+One pipeline build per test session: `history`, the reference history (`python -m scripts
+replay-history`: v2 -> v3 -> v4-a -> v4-b as four commits and tags, each pushed to a local DVC
+remote) replayed from a copy of this working tree. Its workspace at v4-b is every stage built
+(`built_repo`). It is READ-ONLY: a test that changes a repository (`dvc exp run`, a killed repro,
+a push to S3) works on `work_copy(...)` (git clone + hardlinked DVC cache), and the fixture checks at
+the end of the session that no test changed it.
+
+Tests that need it are marked `slow` automatically and run last; when any is selected, the build
+starts in the background as soon as collection ends (a serial chain of stage processes: it leaves a
+core to the other tests) and the first test that needs it waits for it. While iterating on slow
+tests, T2I_TESTS_HISTORY=DIR reuses a replay made earlier with
+`python -m scripts replay-history DIR/repo --remote DIR/remote` (CI never sets it).
+
+Tests that exercise `python -m scripts` for its exit code and error line call `cli(...)` (the same
+`scripts.cli.main`, in this process); a few subprocess smoke tests keep the real process path tested.
+"""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import pytest
 
@@ -13,6 +36,86 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+# One thread for torch here and in every stage subprocess (env() copies os.environ): CI's setting,
+# and two cores shared by torch threads and parallel work only slow each other down.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+HISTORY_FIXTURES = {"history", "built_repo"}  # tests using these need the session build: slow
+
+
+# The heaviest tests of files whose owners have not marked them (node ids; a missing one is ignored):
+# each builds a DVC pipeline or starts a Ray instance.
+SLOW_ELSEWHERE = {
+    "tests/test_generate.py::test_dvc_repro_is_reproducible_and_incremental",
+    "tests/test_generate.py::test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run",
+    "tests/test_generate.py::test_ray_engine_gives_the_same_bytes",
+}
+
+
+def fixtures(item) -> set[str]:
+    return set(getattr(item, "fixturenames", ()))
+
+
+def uses_history(item) -> bool:
+    return bool({"history_soon", *HISTORY_FIXTURES} & fixtures(item))
+
+
+def run_order(item) -> int:
+    """Fast tests first, then slow ones that need no session build (all beside the background build),
+    then those that do their own builds before they read the session's (`history_soon`), then those
+    that need it from the start."""
+    if HISTORY_FIXTURES & fixtures(item):
+        return 3
+    return 2 if "history_soon" in fixtures(item) else 1 if item.get_closest_marker("slow") else 0
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the session's pipeline build is `slow` (so `-m "not slow"` never builds it),
+    and runs after the others (which run while the build does)."""
+    for item in items:
+        if uses_history(item) or item.nodeid in SLOW_ELSEWHERE:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=run_order)  # stable: file order otherwise
+
+
+_BUILD: dict = {}  # the background replay: root, proc, log
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or os.environ.get("T2I_TESTS_HISTORY"):
+        return
+    if any(uses_history(item) for item in session.items):
+        _start_history_build(session.config)
+
+
+def _start_history_build(config) -> None:
+    factory = getattr(config, "_tmp_path_factory", None)  # pytest's tmp_path_factory, before any fixture
+    root = factory.mktemp("history") if factory is not None else Path(tempfile.mkdtemp(prefix="history"))
+    src = copy_repo(root / "src")
+    log = open(root / "replay.log", "w")  # noqa: SIM115 - closed when the build is awaited or killed
+    proc = subprocess.Popen([sys.executable, "-m", "scripts", "replay-history", str(root / "repo"), "--remote",
+                             str(root / "remote")], cwd=src, env=env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own process group: stoppable with its stage processes
+    _BUILD.update(root=root, proc=proc, log=log)
+
+
+def pytest_sessionfinish(session):
+    proc = _BUILD.get("proc")
+    if proc is not None and proc.poll() is None:  # interrupted before the build finished
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if _BUILD.get("log"):
+        _BUILD["log"].close()
+
+
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """A test that changed torch's thread count (or imported torch) leaves the next one single-threaded."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def env() -> dict:
@@ -32,6 +135,42 @@ def run(cmd: list[str] | str, cwd: Path, check: bool = True, **kwargs) -> subpro
         raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
+
+# ------------------------------------------------------------------ `python -m scripts`, in process
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(argv: list, cwd: Path, monkeypatch, capfd) -> CliResult:
+    """`python -m scripts ARGV` run in `cwd` by this process: scripts.cli.main, which turns every failure
+    into its exit code and one `error: ...` line, exactly as __main__ does. What a subprocess would add:
+    an uncaught exception becomes exit 1 with its traceback on stderr; a warning the interpreter's
+    default filters would print is appended to stderr (pytest would otherwise swallow it)."""
+    from scripts.cli import main
+
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)  # hidden by default outside __main__
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except Exception:  # noqa: BLE001 - what the interpreter would print before exiting 1
+            code = 1
+            sys.stderr.write(traceback.format_exc())
+    out, err = capfd.readouterr()
+    err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    return CliResult(code, out, err)
+
+
+# ------------------------------------------------------------------ repositories
 
 def repo_files() -> list[str]:
     """Tracked files plus untracked ones git does not ignore: the tree as a fresh clone would get it."""
@@ -55,14 +194,89 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def work_copy(src: Path, dest: Path, rev: str | None = None, checkout: bool = True) -> Path:
+    """A private copy of a built repository that a test may change, without touching `src`: a git clone
+    (at `rev`; objects copied, as git would freshen a hardlinked one in place), the DVC cache hardlinked
+    file by file (cache objects are read-only and never rewritten; what DVC adds are new files), and,
+    if asked, the workspace restored by `dvc checkout` (copies)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(["git", "clone", "-q", "--no-hardlinks", *(["--branch", rev] if rev else []), str(src), str(dest)], dest.parent)
+    shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)
+    if checkout:
+        run(["dvc", "checkout", "-q"], dest)
+    return dest
+
+
+def _fingerprint(repo: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a repository with its size and mtime; not .dvc/tmp (DVC's locks and state) nor
+    .git/index (git refreshes its stat cache on a read-only `git status`)."""
+    skip = {repo / ".dvc" / "tmp"}
+    files = {}
+    for root, dirs, names in os.walk(repo):
+        dirs[:] = [d for d in dirs if Path(root, d) not in skip]
+        for name in names:
+            if name == "index" and root == str(repo / ".git"):
+                continue
+            stat = os.lstat(os.path.join(root, name))
+            files[os.path.relpath(os.path.join(root, name), repo)] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
+class History(NamedTuple):
+    repo: Path  # four commits `Release v2` .. `Release v4-b`, tagged; workspace and cache at v4-b
+    remote: Path  # the local DVC remote every tag was pushed to
+
+
 @pytest.fixture(scope="session")
-def built_repo(tmp_path_factory) -> Path:
-    """This repository, copied and built once per test session with `dvc repro`."""
-    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
-    run("dvc repro", repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "built"], repo)
-    return repo
+def history(request) -> History:
+    """The release history replayed once per session from a copy of this working tree (untracked files
+    included). Read-only: checked unchanged (every file, .git and the DVC cache included) at the end."""
+    if os.environ.get("T2I_TESTS_HISTORY"):
+        root = Path(os.environ["T2I_TESTS_HISTORY"])
+    else:
+        if not _BUILD:  # not started at collection (a test reached the fixture some other way)
+            _start_history_build(request.config)
+        root, proc = _BUILD["root"], _BUILD["proc"]
+        proc.wait()
+        _BUILD["log"].close()
+        if proc.returncode != 0:
+            pytest.fail(f"replay-history failed ({proc.returncode}):\n{(root / 'replay.log').read_text()[-3000:]}")
+    repo, remote = root / "repo", root / "remote"
+    before = _fingerprint(repo), _fingerprint(remote)
+    yield History(repo, remote)
+    after = _fingerprint(repo), _fingerprint(remote)
+    changed = sorted(p for b, a in zip(before, after) for p in set(b) | set(a) if b.get(p) != a.get(p))
+    assert not changed, f"a test changed the shared history repo or remote (use work_copy): {changed[:10]}"
+
+
+class PendingHistory(NamedTuple):
+    src: Path  # the tree the session build replays (committed, no outputs, no cache)
+    wait: Callable[[], History]  # the session build, once it has finished
+
+    def fresh_copy(self, dest: Path) -> Path:
+        """A second fresh copy of the very tree the session build was made from (no lock, no cache)."""
+        run(["git", "clone", "-q", "--no-hardlinks", str(self.src), str(dest)], dest.parent)
+        return dest
+
+
+@pytest.fixture
+def history_soon(request, tmp_path_factory) -> PendingHistory:
+    """For a test that does its own (slow) build first and reads the session build only at its end, so that
+    its work runs beside the background build: `.src` now, `.wait()` for `history`."""
+    if os.environ.get("T2I_TESTS_HISTORY"):
+        src = Path(os.environ["T2I_TESTS_HISTORY"]) / "src"
+        src = src if src.is_dir() else copy_repo(tmp_path_factory.mktemp("src") / "src")
+    else:
+        if not _BUILD:
+            _start_history_build(request.config)
+        src = _BUILD["root"] / "src"
+    return PendingHistory(src, lambda: request.getfixturevalue("history"))
+
+
+@pytest.fixture(scope="session")
+def built_repo(history) -> Path:
+    """Every stage built: the history's workspace at v4-b (read-only; see `history`)."""
+    return history.repo
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Bad and hostile input over the whole pipeline, through the real CLI.
 
 Each case builds a small workspace (its own params.yaml and input files) in a temp dir, runs
-`python -m scripts <stage> ...` there as a subprocess, and asserts one of two outcomes:
+`python -m scripts <stage> ...` there (in this process: conftest's `cli`, the same `scripts.cli.main`;
+a few cases also as a real subprocess, and a SIGINT one), and asserts one of two outcomes:
   - a clear error: exit code 2, stderr is ONE line `error: ...` naming the file (and row where there
     is one), no traceback, and no output file (nor a temp file) left behind;
   - a handled input: exit code 0 and the bad rows counted in the stage's report.
@@ -595,20 +596,39 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def run_stage(ws: Path, argv: list[str]) -> subprocess.CompletedProcess:
+STAGE_ENV = {"TMPDIR": ".tmp", "HOME": ".home", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def stage_env(ws: Path) -> dict[str, str]:
+    """No credentials, temp files and HOME inside the workspace, no hub access."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENAI_", "HF_TOKEN"))}
-    env.update(PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1", TMPDIR=str(ws / ".tmp"), HOME=str(ws / ".home"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=ws, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env.update({k: str(ws / v) if v.startswith(".") else v for k, v in STAGE_ENV.items()}, PYTHONPATH=str(REPO),
+               PYTHONDONTWRITEBYTECODE="1")
+    return env
 
 
-def test_the_table_has_at_least_25_cases():
-    assert len(CASES) >= 25
+def run_in_process(ws: Path, argv: list[str], monkeypatch, capfd):
+    """`python -m scripts ARGV` in this process, with the environment a subprocess would get."""
+    import tempfile
+
+    from conftest import cli
+
+    wanted = stage_env(ws)
+    for key in set(os.environ) - set(wanted):  # the credentials stage_env leaves out
+        monkeypatch.delenv(key)
+    for key, value in wanted.items():
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    return cli(argv, ws, monkeypatch, capfd)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input(tmp_path, name):
+def run_subprocess(ws: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=ws, env=stage_env(ws), capture_output=True,
+                          text=True, timeout=300)
+
+
+def check_case(tmp_path: Path, name: str, run) -> None:
     ws = tmp_path / "ws"
     (ws / ".tmp").mkdir(parents=True)
     (ws / ".home").mkdir()
@@ -618,7 +638,7 @@ def test_bad_input(tmp_path, name):
     before = files_under(ws)
     outside_before = files_under(tmp_path) - {f"ws/{f}" for f in before}
 
-    result = run_stage(ws, expect.argv)
+    result = run(ws, expect.argv)
 
     crash = (result.stderr or "").strip().splitlines()[-1:] or [""]
     assert "Traceback" not in result.stderr + result.stdout, f"traceback ending in: {crash[0]}"
@@ -638,6 +658,71 @@ def test_bad_input(tmp_path, name):
     after = files_under(ws)
     assert not [f for f in after if ".tmp-" in Path(f).name], "a temp file was left behind"
     assert files_under(tmp_path) - {f"ws/{f}" for f in after} == outside_before, "something was written outside the workspace"
+
+
+def test_the_table_has_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(tmp_path, name, monkeypatch, capfd):
+    check_case(tmp_path, name, lambda ws, argv: run_in_process(ws, argv, monkeypatch, capfd))
+
+
+# the real process path: interpreter start, __main__, exit status, stderr as the OS sees it
+SUBPROCESS_CASES = ["params_unknown_key_names_the_nearest", "truncated_parquet_into_clean", "missing_input_release",
+                    "invalid_utf8_clean_text", "one_megabyte_text_dedup"]
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_bad_input_in_a_real_process(tmp_path, name):
+    check_case(tmp_path, name, run_subprocess)
+
+
+def test_usage_error_is_one_line_exit_2_in_a_real_process(tmp_path):
+    result = run_subprocess(tmp_path, ["dedup", "--no-such-option"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--no-such-option" in lines[0], result.stderr
+
+
+def test_sigint_exits_130_with_one_line_and_no_output(tmp_path):
+    """Ctrl-C while a command reads its input: exit 130, `interrupted`, no output or temp file left."""
+    import errno
+    import signal
+    import time
+
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".home").mkdir()
+    write_params(tmp_path)
+    os.mkfifo(tmp_path / "in.txt")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts", "clean-text", "in.txt", "out.jsonl"], cwd=tmp_path,
+                            env=stage_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = None
+    try:
+        deadline = time.monotonic() + 120
+        while writer is None:  # the fifo opens for writing once the command has opened it for reading
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            try:
+                writer = os.open(tmp_path / "in.txt", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.02)
+        os.write(writer, b"a red fox jumping over a sleeping dog\n")  # and then nothing: it waits for more
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted") and out == "", err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".home", ".tmp", "in.txt", "params.yaml"]
+    assert not list((tmp_path / ".tmp").iterdir())
 
 
 # ---------------------------------------------------------------- security invariants of the code
@@ -717,38 +802,6 @@ def test_the_repository_params_fit_the_schema():
     from scripts.lib.params import check_params
 
     check_params(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-
-
-@pytest.mark.parametrize("section", ["sources", "clean", "dedup", "generate", "tiny_model", "releases", "components", "synthesize"])
-def test_the_schema_knows_every_key_a_stage_reads(section):
-    """A key a stage accepts but the schema does not would be refused at stage start: keep them in step."""
-    from scripts import params_schema as schema
-
-    if section == "sources":
-        from scripts.lib.readers.base import SourceConfig
-        stage, ours = set(SourceConfig.model_fields), set(schema.Source.model_fields)
-    elif section == "clean":
-        from scripts.clean import REQUIRED_KEYS
-        stage, ours = set(REQUIRED_KEYS) | {"workers", "language", "person_names"}, set(schema.Clean.model_fields)
-    elif section == "dedup":
-        from scripts.dedup import DedupParams
-        stage, ours = set(DedupParams.__dataclass_fields__), set(schema.Dedup.model_fields)
-    elif section == "generate":
-        from scripts.generate import Settings
-        stage, ours = set(Settings.__dataclass_fields__), set(schema.Generate.model_fields)
-    elif section == "tiny_model":
-        from scripts.tiny_model import DEFAULTS
-        stage, ours = set(DEFAULTS), set(schema.TinyModel.model_fields)
-    elif section == "releases":
-        from scripts.release import RECIPE_KEYS
-        stage, ours = set(RECIPE_KEYS), set(schema.Release.model_fields)
-    elif section == "components":
-        from scripts.release import COMPONENT_KEYS
-        stage, ours = set(COMPONENT_KEYS), set(schema.Component.model_fields)
-    else:
-        from scripts.synthesize import SynthesizeParams
-        stage, ours = set(SynthesizeParams.model_fields), set(schema.SynthesizeEntry.model_fields)
-    assert stage <= ours, f"scripts/lib/params.py lacks {sorted(stage - ours)} in {section}"
 
 
 def test_load_params_checks_once_and_names_the_file(tmp_path):

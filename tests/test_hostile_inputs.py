@@ -1,8 +1,9 @@
 """Hostile and malformed input: one-line errors naming file and row (on_error: fail), counted skips
 (on_error: skip), never a traceback, never an output file left behind.
 
-Each case writes a small source holding good records plus ONE bad thing. `fail` runs the real CLI
-as a subprocess; `skip` runs the same config in-process and checks the report counts exactly it.
+Each case writes a small source holding good records plus ONE bad thing. `fail` runs the CLI's
+`python -m scripts ingest` (conftest's `cli`: scripts.cli.main in this process; two cases also as a
+real subprocess); `skip` runs the same config through `ingest()` and checks the report counts exactly it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import cli
 from scripts.lib.errors import DataError
 from scripts.ingest import ingest
 from scripts.lib.readers import SourceConfig
@@ -255,16 +257,13 @@ def test_there_are_at_least_12_distinct_bad_cases(tmp_path):
     assert len(CASES) >= 12 and len(reasons) >= 10
 
 
-# ---------------------------------------------------------------- fail: the real CLI, one line, no output
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_fail_policy_stops_with_one_line_naming_file_and_row(tmp_path, name):
+# ---------------------------------------------------------------- fail: the CLI, one line, no output
+def check_fail_policy(tmp_path: Path, name: str, run) -> None:
     src = tmp_path / "src"
     src.mkdir()
     config, _, expected = CASES[name](src)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sources": {"bad": dict(config, on_error="fail")}}))
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "scripts", "ingest", "bad", "out/bad.parquet"], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = run(["ingest", "bad", "out/bad.parquet"])
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
@@ -273,6 +272,21 @@ def test_fail_policy_stops_with_one_line_naming_file_and_row(tmp_path, name):
         assert part in lines[0], (part, lines[0])
     out = tmp_path / "out"
     assert not out.exists() or list(out.iterdir()) == []  # no output, no temp file left behind
+
+
+def run_subprocess(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fail_policy_stops_with_one_line_naming_file_and_row(tmp_path, name, monkeypatch, capfd):
+    check_fail_policy(tmp_path, name, lambda argv: cli(argv, tmp_path, monkeypatch, capfd))
+
+
+@pytest.mark.parametrize("name", ["dotdot", "csv_non_utf8"])
+def test_fail_policy_in_a_real_process(tmp_path, name):
+    check_fail_policy(tmp_path, name, lambda argv: run_subprocess(tmp_path, argv))
 
 
 # ---------------------------------------------------------------- skip: counted per reason, good rows kept
@@ -309,15 +323,13 @@ def test_a_failed_run_keeps_the_previous_output_intact(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "bad.report.json", "src"]
 
 
-def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path, monkeypatch, capfd):
     cases = [({"x": {"kind": "text", "path": "."}}, "y", "no source 'y'"),
              ({"x": {"kind": "nope", "path": "."}}, "x", "sources.x.kind")]
     for i, (sources, source, expected) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "params.yaml").write_text(yaml.safe_dump({"sources": sources}))
-        proc = subprocess.run([sys.executable, "-m", "scripts", "ingest", source, "o.parquet"], cwd=tmp_path / str(i),
-                              capture_output=True, text=True, env=env, timeout=120)
+        proc = cli(["ingest", source, "o.parquet"], tmp_path / str(i), monkeypatch, capfd)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import cli, run
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
@@ -107,13 +105,13 @@ def make_inputs(root: Path) -> dict:
     return {"dropped": dropped}
 
 
-def run_plots(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts", "plots", "data/releases", "data/clean", "data/dedup",
-                           "data/plots"], cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True)
+@pytest.fixture
+def run_plots(monkeypatch, capfd):
+    """`python -m scripts plots ...` in a folder (conftest's `cli`: scripts.cli.main in this process)."""
+    return lambda root: cli(["plots", "data/releases", "data/clean", "data/dedup", "data/plots"], root, monkeypatch, capfd)
 
 
-def test_plots_command_writes_every_declared_file_with_its_fields(tmp_path):
+def test_plots_command_writes_every_declared_file_with_its_fields(tmp_path, run_plots):
     made = make_inputs(tmp_path)
     result = run_plots(tmp_path)
     assert result.returncode == 0, result.stderr
@@ -142,7 +140,7 @@ def test_plots_command_writes_every_declared_file_with_its_fields(tmp_path):
     assert first == {name: (tmp_path / "data" / "plots" / name).read_bytes() for name in PLOT_FILES}
 
 
-def test_plots_command_names_a_missing_input(tmp_path):
+def test_plots_command_names_a_missing_input(tmp_path, run_plots):
     make_inputs(tmp_path)
     (tmp_path / "data" / "releases" / "r2" / "validation" / "metadata.jsonl").unlink()
     result = run_plots(tmp_path)
@@ -155,8 +153,6 @@ def test_plots_command_names_a_missing_input(tmp_path):
 
 
 def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_repo):
-    from conftest import run
-
     params = yaml.safe_load((built_repo / "params.yaml").read_text(encoding="utf-8"))
     for name, props in declared_plots().items():
         rows = read_csv(built_repo / name)

@@ -1,5 +1,6 @@
 """S3 remote round trip on a real S3 server on loopback (moto's ThreadedMotoServer, as dvc-s3's own
-tests use): push a built pipeline, clone fresh, `dvc pull`, compare bytes; credentials live only in
+tests use): push the session's built pipeline (from a work copy of it), clone fresh, `dvc pull`,
+compare bytes with the build; credentials live only in
 .dvc/config.local or the environment and never reach a committed file or a log.
 
 The server runs in this process; moto keeps the buckets in process memory, so a server stopped and
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env, run
+from conftest import env, run, work_copy
 
 # Fake credentials moto accepts, made up per run so no file (this one included) holds them: a test
 # can then grep logs and git history for them.
@@ -115,13 +115,6 @@ def add_s3_remote(repo: Path, server: S3Server, bucket: str) -> None:
     run(["git", "commit", "-q", "-m", "s3 remote"], repo)
 
 
-def copy_built(built: Path, dest: Path) -> Path:
-    """A private copy of a built repo (git history, cache, workspace) that a test may change."""
-    shutil.copytree(built, dest, symlinks=True)
-    shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)  # locks and state db of the original
-    return dest
-
-
 def tracked_outputs(repo: Path) -> list[str]:
     """Every output path of dvc.lock and of .dvc files (metrics included), relative to the repo root."""
     import yaml
@@ -214,21 +207,23 @@ def test_small_repo_round_trip(tmp_path, s3_server, bucket):
 # ------------------------------------------------------------------ the built pipeline
 
 @pytest.fixture(scope="module")
-def pushed_and_pulled(built_repo, tmp_path_factory):
-    """The built pipeline pushed to S3 (credentials in config.local) and pulled into a fresh clone."""
+def pushed_and_pulled(history, tmp_path_factory):
+    """The built pipeline pushed to S3 (credentials in config.local) from a work copy of the session build
+    (clone + its cache, no workspace: a push reads the cache) and pulled into a fresh clone of that."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = S3Server().start()
     try:
         name = f"t2i-{uuid.uuid4().hex[:12]}"
         server.client().create_bucket(Bucket=name)
         tmp = tmp_path_factory.mktemp("s3")
-        repo = copy_built(built_repo, tmp / "repo")
+        repo = work_copy(history.repo, tmp / "repo", checkout=False)
         add_s3_remote(repo, server, name)
         pushed = dvc(["push", "-v"], repo)
         remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
         clone = fresh_clone(repo, tmp / "clone")
         dvc(["pull"], clone, with_credentials=True)
-        yield {"repo": repo, "clone": clone, "log": pushed.stdout + pushed.stderr, "remote_status": remote_status}
+        yield {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
+               "remote_status": remote_status}
     finally:
         server.stop()
 
@@ -241,19 +236,19 @@ def test_built_pipeline_push_keeps_secrets_out(pushed_and_pulled):
 
 
 def test_built_pipeline_pull_is_byte_identical(pushed_and_pulled):
-    repo, clone = pushed_and_pulled["repo"], pushed_and_pulled["clone"]
-    outputs = cached_outputs(repo)
+    built, clone = pushed_and_pulled["built"], pushed_and_pulled["clone"]
+    outputs = cached_outputs(pushed_and_pulled["repo"])
     assert {f"data/releases/{r}/{s}" for r in ("v2", "v3", "v4-a", "v4-b") for s in ("train", "validation")} <= set(outputs)
-    ours, theirs = file_digests(repo, outputs), file_digests(clone, outputs)
+    ours, theirs = file_digests(built, outputs), file_digests(clone, outputs)
     assert theirs == ours
     assert sum(1 for p in theirs if p.startswith("data/releases/") and p.endswith(".jpg")) > 100
 
 
 def test_a_pulled_clone_is_complete_and_up_to_date(pushed_and_pulled):
     """Every output in dvc.lock, metrics included, reaches a clone (through git or the remote)."""
-    repo, clone = pushed_and_pulled["repo"], pushed_and_pulled["clone"]
-    outputs = tracked_outputs(repo)
-    missing = sorted(set(file_digests(repo, outputs)) - set(file_digests(clone, outputs)))
+    built, clone = pushed_and_pulled["built"], pushed_and_pulled["clone"]
+    outputs = tracked_outputs(pushed_and_pulled["repo"])
+    missing = sorted(set(file_digests(built, outputs)) - set(file_digests(clone, outputs)))
     assert not missing, f"{len(missing)} outputs reach neither git nor the remote, e.g. {missing[:3]}"
     status = run("dvc status --json", clone)
     assert status.stdout.strip() in ("{}", ""), status.stdout[:2000]

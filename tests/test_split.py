@@ -1,17 +1,12 @@
 """split@S: predefined splits kept, seeded hash draw stable per id and close to the fraction."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
+from conftest import cli
 from scripts.lib.errors import DataError
 from scripts.lib.io import stable_id
 from scripts.split import assign_splits, hash_unit
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def rows(n, split=None):
@@ -46,20 +41,28 @@ def test_unknown_predefined_split_is_an_error():
         assign_splits(rows(3, "eval"), 0.05, 42)
 
 
-def test_hash_unit_is_machine_independent():
-    # sha256-based: a fixed value on every machine and process (never Python's salted hash)
-    a = subprocess.run([sys.executable, "-c", "from scripts.split import hash_unit; print(hash_unit(42, 'x'))"],
-                       capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
-    assert float(a) == hash_unit(42, "x")
+# sha256 prefixes of b"seed:id" written by coreutils' `printf '%s' "$s" | sha256sum | cut -c1-16`: an
+# implementation independent of Python's hashlib, and of any process (Python's hash() is salted per process)
+KNOWN_DRAWS = {(42, "x"): "c425cf7f0966afc2", (42, "diffusiondb-000001"): "0b81b8bf86ba4d4e",
+               (7, ""): "70fb8417d44dffa5", (0, "é"): "e62ced1159419255"}
 
 
-def test_cli_writes_both_splits(tmp_path):
+@pytest.mark.parametrize("seed,row_id", sorted(KNOWN_DRAWS))
+def test_hash_unit_is_machine_independent(seed, row_id):
+    """The draw is the first 8 bytes of sha256(f"{seed}:{id}") (UTF-8) read big-endian over 2**64: the
+    same number on every machine, process and Python version, so a row never changes split."""
+    expected = int(KNOWN_DRAWS[seed, row_id], 16) / 2**64
+    assert hash_unit(seed, row_id) == expected
+    assert 0 <= expected < 1
+
+
+def test_cli_writes_both_splits(tmp_path, monkeypatch, capfd):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"split": {"validation_fraction": 0.2, "seed": 7}}))
     table = rows(200)
     table["text"] = "a prompt"
     table.to_parquet(tmp_path / "in.parquet")
-    subprocess.run([sys.executable, "-m", "scripts", "split", "s", "in.parquet", "out"], cwd=tmp_path,
-                   check=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    result = cli(["split", "s", "in.parquet", "out"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
     train = pd.read_parquet(tmp_path / "out" / "train.parquet")
     val = pd.read_parquet(tmp_path / "out" / "validation.parquet")
     assert len(train) + len(val) == 200 and 20 <= len(val) <= 60

@@ -5,7 +5,7 @@
 - webdataset: deterministic tar shards `shard-NNNNNN.tar`, per sample `<id>.<ext>` + `<id>.txt` +
   `<id>.json`; fixed member order, mtime, owner and mode, so the bytes depend only on the rows.
 - simpletuner: the images plus `simpletuner.parquet` (`filename, caption, width, height`).
-- bucketed: the SDXL-style aspect-bucketed layout of the LAION export (DESIGN.md §3): `manifest.json`
+- bucketed: the SDXL-style aspect-bucketed layout of the LAION export (docs/contracts.md §5): `manifest.json`
   + `buckets/<bucket_id>/shard-NNNNNN.tar`; each image cover-resized to its bucket (never upsampled:
   a small image gets a smaller target of the same aspect) and cropped at a corner chosen from
   sha256(id).
@@ -84,6 +84,15 @@ def image_file_name(row) -> str:
     return f"images/{row.source}/{row.id}{image_ext(row)}"
 
 
+def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]):
+    """Place every row's image under `folder` (images/<source>/<id><ext>); yield (row, file_name)."""
+    for row in rows.itertuples(index=False):
+        file_name = image_file_name(row)
+        place_image(row.image, folder / file_name)
+        tick()
+        yield row, file_name
+
+
 def image_bytes(ref: str) -> bytes:
     """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png')."""
     from scripts.lib.archive import UnsafeArchive, read_member
@@ -125,10 +134,7 @@ def sample_json(row) -> dict:
 def write_imagefolder(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
     """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it."""
     lines = []
-    for row in rows.itertuples(index=False):
-        file_name = image_file_name(row)
-        place_image(row.image, folder / file_name)
-        tick()
+    for row, file_name in placed_images(rows, folder, tick):
         lines.append(json.dumps({"file_name": file_name, **sample_json(row)}, ensure_ascii=False))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
 
@@ -162,10 +168,7 @@ def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run rele
 def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
     """SimpleTuner's parquet caption table beside the images (filename relative to the folder)."""
     records = []
-    for row in rows.itertuples(index=False):
-        file_name = image_file_name(row)
-        place_image(row.image, folder / file_name)
-        tick()
+    for row, file_name in placed_images(rows, folder, tick):
         records.append({"filename": file_name, "caption": row.text, "width": _size(row.width), "height": _size(row.height)})
     table = pd.DataFrame.from_records(records, columns=["filename", "caption", "width", "height"])
     write_parquet(table.astype({"width": "Int64", "height": "Int64"}), folder / "simpletuner.parquet")

@@ -3,7 +3,7 @@
 Everything works on batches of texts held as Arrow arrays and returns numpy arrays: no Python
 object is created per row or per shingle, so 10M prompts fit in a few GB.
 
-Shingling contract (DESIGN.md §2): lowercase, tokens = `\\w+` runs, word n-grams (`ngram`,
+Shingling contract (docs/contracts.md §4): lowercase, tokens = `\\w+` runs, word n-grams (`ngram`,
 default 3); a text with fewer than n tokens is ONE shingle of all its tokens; a text without tokens
 has no shingles (it is never anybody's duplicate). `unit="char"` uses character n-grams of the
 tokens joined by single spaces instead.
@@ -32,16 +32,22 @@ _MIX_MULT = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd constant: spreads 
 _SET_SALT = np.uint64(0xD6E8FEB86659FD93)  # an independent odd constant (token lengths, code points)
 
 
-@dataclass(frozen=True)
-class Shingles:
-    """Shingle hashes of n texts: text i owns hashes[offsets[i]:offsets[i+1]] (may repeat)."""
+class _Ragged:
+    """n variable-length runs packed into one array: run i is [offsets[i], offsets[i+1])."""
 
-    hashes: np.ndarray  # uint64
     offsets: np.ndarray  # int64, length n + 1
 
     @property
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+@dataclass(frozen=True)
+class Shingles(_Ragged):
+    """Shingle hashes of n texts: text i owns hashes[offsets[i]:offsets[i+1]] (may repeat)."""
+
+    hashes: np.ndarray  # uint64
+    offsets: np.ndarray  # int64, length n + 1
 
 
 # --- hashing helpers (uint64/uint32 arrays; numpy wraps around silently, which is intended) -----
@@ -427,15 +433,11 @@ def unique_sets(shingles: Shingles) -> "RankedSets":
 
 
 @dataclass(frozen=True)
-class RankedSets:
+class RankedSets(_Ragged):
     """Shingle sets of n texts as ranks: text i owns ranks[offsets[i]:offsets[i+1]] (distinct)."""
 
     ranks: np.ndarray  # int64
     offsets: np.ndarray  # int64, length n + 1
-
-    @property
-    def counts(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 def ranked_pair(left: Shingles, right: Shingles) -> tuple[RankedSets, RankedSets]:

@@ -1,0 +1,77 @@
+"""The layout a newcomer relies on: no import cycles in scripts/, every command's module exists, and
+each DVC stage's code lives in scripts/<stage>.py and is listed in that stage's deps."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from scripts.cli import COMMANDS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """scripts module -> the scripts modules it imports (top level or inside functions)."""
+    graph = {}
+    for path in (REPO / "scripts").rglob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scripts"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names
+                            if (REPO / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists())
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("scripts"))
+        graph[module_name(path)] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (found := visit(dep, path + [dep])):
+                return found
+        state[node] = 2
+        return None
+
+    return next((c for n in sorted(graph) if n not in state and (c := visit(n, [n]))), None)
+
+
+def test_find_cycle_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_scripts_has_no_import_cycle():
+    graph = import_graph()
+    assert "scripts.lib.params" in graph and "scripts.clean" in graph
+    assert find_cycle(graph) is None
+
+
+def test_every_command_points_at_a_real_function():
+    for name, target in COMMANDS.items():
+        module, _, func = target.partition(":")
+        tree = ast.parse((REPO / "scripts" / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+        assert (func or "cli") in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
+
+
+def test_each_stage_lists_its_own_module_in_deps():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        command = body["cmd"].split()[3]  # python -m scripts <command> ...
+        module = COMMANDS[command].partition(":")[0]
+        assert module.count(".") == 0, f"stage {name} runs a side tool ({module})"
+        assert f"scripts/{module}.py" in body["deps"], f"stage {name}: scripts/{module}.py not in deps"
