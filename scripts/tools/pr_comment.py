@@ -1,0 +1,366 @@
+"""pr-comment: the dataset-diff comment of a pull request, assembled and posted in place.
+
+    python -m scripts pr-comment BASE_REV [HEAD_REV] --out DIR [--assets-url URL] [--run-url URL]
+    python -m scripts pr-comment-post DIR/comment.md --pr N [--assets DIR/sheets --assets-branch B --assets-prefix P]
+
+`pr-comment` writes DIR/comment.md: one Markdown body holding, for every release of HEAD_REV (default
+`workspace`, the PR's rebuilt tree), the row-level diff against BASE_REV (`python -m scripts diff`'s
+report: added/removed rows by source and by reason), `dvc metrics diff`, `dvc plots diff` (the plot
+data that changed; the rendered page goes to DIR/plots/) and both contact sheets (the base's and the
+PR's preview.jpg, fetched with `dvc plots diff`, copied to DIR/sheets/). A release new in HEAD_REV is
+compared with its `base:` release at BASE_REV (v4-b with v4-a), so a new recipe shows what it changed.
+The body starts with MARKER, a hidden HTML comment by which the next run finds and edits it.
+
+`pr-comment-post` (GitHub REST API, token from GITHUB_TOKEN or GH_TOKEN, repository from
+GITHUB_REPOSITORY, API from GITHUB_API_URL) commits the contact sheets to an assets branch (a comment
+shows images only by URL) and edits the comment holding MARKER, or creates it. Standard library only.
+.github/workflows/dataset-diff.yml runs both; tests/test_workflow.py runs that workflow's steps.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import typer
+
+from scripts.lib.errors import DataError
+
+MARKER = "<!-- t2i-dataset-diff -->"
+MAX_BODY = 65_000  # GitHub refuses comment bodies over 65,536 characters
+PLOT_ROWS = 12  # changed data points listed per plot and side
+IGNORED_PLOT_FIELDS = {"rev", "filename", "field", "step"}  # added by DVC to every data point
+
+
+# --- releases to compare -------------------------------------------------------------------------
+
+
+def release_pairs(at_base: dict, at_head: dict) -> list[tuple[str | None, str]]:
+    """(release at base, release at head) for every head release: itself when the base has it, else
+    the nearest ancestor along `base:` that the base has, else None (nothing to compare with)."""
+    pairs = []
+    for name in at_head:
+        current, seen = name, set()
+        while current is not None and current not in at_base and current not in seen:
+            seen.add(current)
+            current = (at_head.get(current) or {}).get("base")
+        pairs.append((current if current in at_base else None, name))
+    return pairs
+
+
+def changed(report: dict) -> bool:
+    return any(s[k] for s in report["splits"].values() for k in ("added", "removed", "text_changed", "image_changed"))
+
+
+def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str]):
+    """Per head release: (base release, head release, diff report or None, note)."""
+    from scripts.tools import diff
+
+    fs_a, fs_b = diff.open_fs(repo, base_rev), diff.open_fs(repo, head_rev)
+    try:
+        at_base = diff.releases_at(fs_a)
+    except (DataError, FileNotFoundError):  # no (readable) params.yaml at the base: every release is new
+        at_base = {}
+    at_head = diff.releases_at(fs_b)
+    out = []
+    for release_a, release_b in release_pairs(at_base, at_head):
+        if release_a is None:
+            out.append((None, release_b, None, f"new release, nothing at {labels[base_rev]} to compare with"))
+            continue
+        try:
+            a = diff.read_snapshot(fs_a, labels[base_rev], release_a)
+            b = diff.read_snapshot(fs_b, labels[head_rev], release_b)
+        except DataError as exc:
+            out.append((release_a, release_b, None, f"not compared: {exc}"))
+            continue
+        explain = diff.source_removals(fs_b, set(a.rows["source"]))
+        explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
+        out.append((release_a, release_b, diff.compare(a, b, explain), ""))
+    gone = [r for r in at_base if r not in at_head]
+    return out, gone, fs_a, fs_b
+
+
+# --- dvc metrics diff / dvc plots diff ------------------------------------------------------------
+
+
+def dvc(args: list[str], repo: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+
+
+def _dvc_rev(rev: str) -> list[str]:
+    return [] if rev == "workspace" else [rev]
+
+
+def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, str]) -> list[str]:
+    result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--md"], repo)
+    lines = ["### Metrics (`dvc metrics diff`)", ""]
+    if result.returncode != 0:
+        return lines + [f"_dvc metrics diff failed: {_last_line(result.stderr)}_"]
+    text = result.stdout.strip()
+    for rev, label in labels.items():
+        text = text.replace(f" {rev} ", f" {label} ")
+    return lines + [text or "No metric changed."]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def plot_changes(plots: dict, base_rev: str, head_rev: str) -> dict[str, tuple[list[dict], list[dict]]]:
+    """plot id -> (data points only at base, only at head), from `dvc plots diff --json`."""
+    head_name = "workspace" if head_rev == "workspace" else head_rev
+    changes = {}
+    for plot_id, entries in sorted(plots.get("data", {}).items()):
+        by_rev: dict[str, set] = {base_rev: set(), head_name: set()}
+        for entry in entries:
+            if entry.get("type") != "vega":
+                continue
+            for point in (entry.get("content") or {}).get("data", {}).get("values", []):
+                rev = point.get("rev")
+                if rev in by_rev:
+                    by_rev[rev].add(tuple(sorted((k, str(v)) for k, v in point.items() if k not in IGNORED_PLOT_FIELDS)))
+        before, after = by_rev[base_rev], by_rev[head_name]
+        if before != after:
+            changes[plot_id] = ([dict(p) for p in sorted(before - after)], [dict(p) for p in sorted(after - before)])
+    return changes
+
+
+def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: str | None) -> list[str]:
+    lines = ["### Plots (`dvc plots diff`)", ""]
+    with tempfile.TemporaryDirectory() as tmp:  # -o: image plots are copied there, not into the repository
+        result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp], repo)
+    if result.returncode != 0:
+        return lines + [f"_dvc plots diff failed: {_last_line(result.stderr)}_"]
+    changes = plot_changes(json.loads(result.stdout or "{}"), base_rev, head_rev)
+    dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "-o", str(out / "plots")], repo)  # the page, for the artifact
+    where = f"[the run's `dataset-diff` artifact]({run_url})" if run_url else f"`{out.name}/plots/index.html`"
+    if not changes:
+        return lines + [f"No plot data changed. Rendered plots: {where}."]
+    lines.append(f"{len(changes)} plot(s) with changed data; rendered overlays: {where}.")
+    for plot_id, (before, after) in changes.items():
+        columns = sorted({k for p in before + after for k in p})
+        lines += ["", f"<details><summary><code>{plot_id}</code>: {len(before)} point(s) only in base, "
+                  f"{len(after)} only in PR</summary>", "", "| | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for sign, points in (("−", before), ("+", after)):
+            lines += [f"| {sign} | " + " | ".join(_cell(p.get(c, "")) for c in columns) + " |" for p in points[:PLOT_ROWS]]
+            if len(points) > PLOT_ROWS:
+                lines.append(f"| {sign} | … {len(points) - PLOT_ROWS} more |" + " |" * (len(columns) - 1))
+        lines += ["", "</details>"]
+    return lines
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")[:80]
+
+
+# --- contact sheets ----------------------------------------------------------------------------------
+
+
+def contact_sheets(repo: str, base_rev: str, head_rev: str, pairs: list[tuple[str | None, str]], fs_a, fs_b,
+                   out: Path) -> dict[tuple[str, str], str | None]:
+    """Copy each pair's base and head preview.jpg into out/sheets/ as `base-R.jpg` / `head-R.jpg`;
+    (side, release) -> file name (None when that revision has no contact sheet). The images come from
+    `dvc plots diff --targets ...preview.jpg` (as image plots), else straight from DVC's filesystem."""
+    sheets = out / "sheets"
+    sheets.mkdir(parents=True, exist_ok=True)
+    wanted = {("base", a): (a, base_rev, fs_a) for a, _ in pairs if a} | {("head", b): (b, head_rev, fs_b) for _, b in pairs}
+    targets = sorted({f"data/releases/{release}/preview.jpg" for release, _, _ in wanted.values()})
+    found: dict[tuple[str, str], Path] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp, "--targets", *targets], repo)
+        plots = json.loads(result.stdout or "{}").get("data", {}) if result.returncode == 0 else {}
+        head_name = "workspace" if head_rev == "workspace" else head_rev
+        for key, (release, rev, _) in wanted.items():
+            for entry in plots.get(f"data/releases/{release}/preview.jpg", []):
+                if entry.get("type") == "image" and entry.get("revisions") == [head_name if key[0] == "head" else rev]:
+                    url = Path(entry["url"])
+                    if url.is_file():
+                        found[key] = sheets / f"{key[0]}-{release}.jpg"
+                        shutil.copyfile(url, found[key])
+    names: dict[tuple[str, str], str | None] = {}
+    for key, (release, _, fs) in wanted.items():
+        if key not in found:
+            try:
+                with fs.open(f"data/releases/{release}/preview.jpg", "rb") as f:
+                    (sheets / f"{key[0]}-{release}.jpg").write_bytes(f.read())
+                found[key] = sheets / f"{key[0]}-{release}.jpg"
+            except (FileNotFoundError, OSError):
+                pass
+        names[key] = found[key].name if key in found else None
+    return names
+
+
+def sheets_section(pairs, names: dict, labels: dict[str, str], base_rev: str, head_rev: str, assets_url: str | None) -> list[str]:
+    prefix = assets_url.rstrip("/") + "/" if assets_url else "sheets/"
+    lines = ["### Contact sheets (`preview.jpg`)", "", f"| release | base: `{labels[base_rev]}` | PR: `{labels[head_rev]}` |", "|---|---|---|"]
+    for release_a, release_b in pairs:
+        cells = []
+        for side, release in (("base", release_a), ("head", release_b)):
+            name = names.get((side, release)) if release else None
+            cells.append(f"![{side} {release} preview.jpg]({prefix}{name})<br>`{release}`" if name else "_none_")
+        lines.append(f"| `{release_b}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+# --- the body ------------------------------------------------------------------------------------
+
+
+def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: str | None = None,
+               run_url: str | None = None) -> str:
+    from scripts.tools import diff
+
+    labels = {base_rev: base_rev, head_rev: head_rev}
+    base_sha = _git_rev(repo, base_rev)  # dvc commands get the commit: a ref like origin/main has a slash
+    reports, gone, fs_a, fs_b = row_reports(repo, base_rev, head_rev, labels)
+    labels[base_sha] = base_rev
+    head_sha = _git_rev(repo, "HEAD")
+    head = f"{head_sha[:8]} + rebuilt workspace" if head_rev == "workspace" else head_rev
+    title = f"## Dataset diff: `{base_rev}` ({base_sha[:8]}) → PR ({head})"
+    lines = [MARKER, title, ""]
+    unchanged = [f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)]
+    shown = [(a, b) for a, b, report, _ in reports if report is None or changed(report)]
+    details = []
+    for release_a, release_b, report, note in reports:
+        if report is None:
+            details += [f"### `{release_b}`", "", f"_{note}_", ""]
+        elif changed(report):
+            details += [diff.to_markdown(report).replace("## Dataset diff", "### Rows").rstrip(), ""]
+    if unchanged:
+        lines += ["Releases with no row, text or image change: " + ", ".join(unchanged) + ".", ""]
+    if gone:
+        lines += ["Releases removed by this PR: " + ", ".join(f"`{r}`" for r in gone) + ".", ""]
+    if not shown:
+        lines += ["No release changed.", ""]
+    lines += details
+    if shown:
+        names = contact_sheets(repo, base_sha, head_rev, shown, fs_a, fs_b, out)
+        lines += sheets_section(shown, names, {**labels, base_sha: base_rev}, base_sha, head_rev, assets_url) + [""]
+    lines += metrics_section(repo, base_sha, head_rev, {base_sha: base_rev}) + [""]
+    plots = plots_section(repo, base_sha, head_rev, out, run_url)
+    body = "\n".join(lines + plots) + "\n"
+    if len(body) > MAX_BODY:  # the plot tables go first, then the row details are cut
+        body = "\n".join(lines + plots[:3] + ["", "_Plot details left out (comment size limit)._"]) + "\n"
+    if len(body) > MAX_BODY:
+        body = body[: MAX_BODY - 200] + "\n\n_… cut at GitHub's comment size limit; the full report is in the run's artifact._\n"
+    return body
+
+
+def _git_rev(repo: str, rev: str) -> str:
+    result = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True)
+    if result.returncode != 0:
+        if rev == "HEAD":
+            return ""
+        raise DataError(f"{rev}: not a git revision in {repo}")
+    return result.stdout.strip()
+
+
+def cli(
+    base_rev: str = typer.Argument(..., help="the base revision (e.g. origin/main)"),
+    head_rev: str = typer.Argument("workspace", help="the PR's revision; workspace = the rebuilt working tree"),
+    out: Path = typer.Option(Path("dataset-diff"), "--out", help="folder for comment.md, sheets/, plots/"),
+    assets_url: str = typer.Option(None, "--assets-url", help="URL the sheets/ images will be served from (default: relative paths)"),
+    run_url: str = typer.Option(None, "--run-url", help="link to the CI run holding the artifact"),
+    repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
+) -> None:
+    """Write the dataset-diff PR comment body (rows, metrics, plots, contact sheets) to OUT/comment.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    body = build_body(str(repo), base_rev, head_rev, out, assets_url or None, run_url or None)
+    (out / "comment.md").write_text(body, encoding="utf-8")
+    print(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)")
+
+
+# --- posting (GitHub REST API, standard library only) ---------------------------------------------
+
+
+class GitHub:
+    def __init__(self, repository: str, token: str, api: str = "https://api.github.com"):
+        self.repository, self.api = repository, api.rstrip("/")
+        self._token = token
+
+    def request(self, method: str, path: str, body: dict | None = None, ok404: bool = False):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.api}{path}", data=data, method=method, headers={
+            "Authorization": f"Bearer {self._token}", "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "t2i-datasets-pr-comment",
+            **({"Content-Type": "application/json"} if data is not None else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            if ok404 and exc.code == 404:
+                return None
+            raise DataError(f"GitHub API {method} {path}: HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            raise DataError(f"GitHub API {method} {path}: {exc.reason}") from None
+        return json.loads(payload) if payload else {}
+
+    def repo(self, path: str) -> str:
+        return f"/repos/{self.repository}{path}"
+
+    def upsert_comment(self, pr: int, body: str) -> tuple[str, dict]:
+        """Edit the comment holding MARKER (the first one, oldest first), or create one."""
+        page = 1
+        while True:
+            comments = self.request("GET", self.repo(f"/issues/{pr}/comments?per_page=100&page={page}"))
+            for comment in comments:
+                if MARKER in (comment.get("body") or ""):
+                    return "updated", self.request("PATCH", self.repo(f"/issues/comments/{comment['id']}"), {"body": body})
+            if len(comments) < 100:
+                break
+            page += 1
+        return "created", self.request("POST", self.repo(f"/issues/{pr}/comments"), {"body": body})
+
+    def commit_files(self, branch: str, files: dict[str, bytes], message: str) -> str:
+        """One commit on `branch` (created as an orphan branch if missing) adding `files`; its sha."""
+        ref = self.request("GET", self.repo(f"/git/ref/heads/{branch}"), ok404=True)
+        parent = ref["object"]["sha"] if ref else None
+        tree = [{"path": path, "mode": "100644", "type": "blob",
+                 "sha": self.request("POST", self.repo("/git/blobs"),
+                                     {"content": base64.b64encode(data).decode(), "encoding": "base64"})["sha"]}
+                for path, data in sorted(files.items())]
+        new_tree = {"tree": tree}
+        if parent:
+            new_tree["base_tree"] = self.request("GET", self.repo(f"/git/commits/{parent}"))["tree"]["sha"]
+        tree_sha = self.request("POST", self.repo("/git/trees"), new_tree)["sha"]
+        commit = self.request("POST", self.repo("/git/commits"),
+                              {"message": message, "tree": tree_sha, "parents": [parent] if parent else []})["sha"]
+        if parent:
+            self.request("PATCH", self.repo(f"/git/refs/heads/{branch}"), {"sha": commit, "force": False})
+        else:
+            self.request("POST", self.repo("/git/refs"), {"ref": f"refs/heads/{branch}", "sha": commit})
+        return commit
+
+
+def cli_post(
+    body_file: Path = typer.Argument(..., help="the comment body (pr-comment's OUT/comment.md)"),
+    pr: int = typer.Option(..., "--pr", help="pull request number"),
+    assets: Path = typer.Option(None, "--assets", help="folder of images to commit first (pr-comment's OUT/sheets)"),
+    assets_branch: str = typer.Option("dataset-diff-assets", "--assets-branch", help="branch that holds the images"),
+    assets_prefix: str = typer.Option(None, "--assets-prefix", help="folder on that branch (e.g. pr-12/<sha>)"),
+) -> None:
+    """Post the dataset-diff comment on a pull request, editing the previous one in place."""
+    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
+    repository = os.environ.get("GITHUB_REPOSITORY")
+    if not token or not repository:
+        raise DataError("GITHUB_TOKEN (or GH_TOKEN) and GITHUB_REPOSITORY must be set")
+    body = body_file.read_text(encoding="utf-8")
+    if MARKER not in body:
+        raise DataError(f"{body_file}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
+    github = GitHub(repository, token, os.environ.get("GITHUB_API_URL") or "https://api.github.com")
+    if assets is not None:
+        files = {f"{assets_prefix or f'pr-{pr}'}/{p.name}": p.read_bytes() for p in sorted(assets.glob("*")) if p.is_file()}
+        if files:
+            sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{pr}")
+            print(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})")
+    action, comment = github.upsert_comment(pr, body)
+    print(f"pr-comment-post: {action} {comment.get('html_url') or comment.get('id')}")

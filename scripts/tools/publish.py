@@ -1,0 +1,292 @@
+"""publish: a built release as a Hugging Face Hub dataset repository, tagged like its git tag.
+
+    python -m scripts publish V --repo-id ORG/NAME [--dry-run] [--out DIR] [--private]
+
+Writes a Hub-ready folder (default dist/hub/V, replaced whole on the next run):
+  data/{split}-NNNNN-of-NNNNN.parquet  the rows with their images embedded, in datasets' Image layout
+      (a struct {bytes, path}; the `huggingface` schema metadata names the features, so
+      `load_dataset("parquet", ...)` and the Hub's viewer decode images), shards of at most
+      --max-shard-mb (default 500 MB) and row groups of 100 rows, <= 10,000 files in the folder;
+  README.md  the data card, built with huggingface_hub.DatasetCard: license (name and link), language,
+      source datasets, features, num_bytes / num_examples per split, size category, a loading
+      snippet, the contact sheet, and the release's own card (rows, removals, recipe, params);
+  LICENSE.md the licence of each source (params.yaml: sources.S.license), when they are not one;
+  preview.jpg the release's contact sheet.
+Then (without --dry-run) creates the dataset repository if needed, uploads the folder with
+`HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, which must point at
+HEAD, with release@V up to date: `python -m scripts tag V` first), so the Hub's `revision="V"` is
+the data of `git checkout V`. The token is read from HF_TOKEN only (never printed nor written);
+HF_ENDPOINT points at another Hub. Reads ImageFolder releases (export: imagefolder, the default).
+
+Upload: huggingface_hub 2.x has no `upload_large_folder`; its `upload_folder` took over that job (with
+hf_xet, the default: streamed, several commits for large folders, resumable by re-running).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import typer
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import SPLITS, atomic_path
+
+MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
+ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
+COLUMNS = ("id", "source", "text", "orig_text", "width", "height")
+# features, in datasets' own JSON (Features.to_dict) and card YAML forms; no `datasets` import needed
+FEATURES = {"image": {"_type": "Image"}, **{c: {"dtype": "string", "_type": "Value"} for c in COLUMNS[:4]},
+            "width": {"dtype": "int32", "_type": "Value"}, "height": {"dtype": "int32", "_type": "Value"}}
+CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
+    {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS]
+# source kind -> the Hub dataset it comes from (source_datasets: extended|ID); others are "original"
+HUB_SOURCES = {"diffusiondb": "poloclub/diffusiondb", "gustavosta": "Gustavosta/Stable-Diffusion-Prompts"}
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                   (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]
+
+
+def size_category(rows: int) -> str:
+    return next((name for limit, name in SIZE_CATEGORIES if rows < limit), "n>1T")
+
+
+# --- rows and shards -----------------------------------------------------------------------------
+
+
+def read_split(release_dir: Path, split: str) -> list[dict]:
+    from scripts.lib.export import read_metadata
+
+    folder = release_dir / split
+    if not (folder / "metadata.jsonl").is_file():
+        raise DataError(f"{folder}/metadata.jsonl: not found (publish reads ImageFolder releases: "
+                        f"export: imagefolder, built with `dvc repro release@{release_dir.name}`)")
+    records = read_metadata(folder, ("file_name", "id", "source", "text"))
+    for record in records:
+        path = folder / record["file_name"]
+        if not path.is_file():
+            raise DataError(f"{path}: image not found (listed in {folder}/metadata.jsonl)")
+        record["_path"], record["_size"] = path, path.stat().st_size
+    return records
+
+
+def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges, in order, each holding at most max_bytes (a bigger row alone)."""
+    shards, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > max_bytes:
+            shards.append((start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        shards.append((start, len(sizes)))
+    return shards or [(0, 0)]
+
+
+def shard_table(records: list[dict]):
+    import pyarrow as pa
+
+    def ints(key):
+        return pa.array([None if r.get(key) is None else int(r[key]) for r in records], pa.int32())
+
+    image = pa.StructArray.from_arrays(
+        [pa.array([r["_path"].read_bytes() for r in records], pa.binary()),
+         pa.array([r["_path"].name for r in records], pa.string())], names=["bytes", "path"])
+    arrays = [image] + [pa.array([r.get(c) for r in records], pa.string()) for c in COLUMNS[:4]] + [ints("width"), ints("height")]
+    schema = pa.schema([pa.field("image", image.type)] + [pa.field(c, pa.string()) for c in COLUMNS[:4]]
+                       + [pa.field("width", pa.int32()), pa.field("height", pa.int32())],
+                       metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int) -> dict:
+    """Parquet shards of one split; returns {num_examples, num_bytes (Arrow, as datasets counts), files}."""
+    import pyarrow.parquet as pq
+
+    ranges = plan_shards([r["_size"] + len(r["text"].encode()) for r in records], max_bytes)
+    info = {"num_examples": len(records), "num_bytes": 0, "files": []}
+    for index, (start, end) in enumerate(ranges):
+        table = shard_table(records[start:end])
+        name = f"{split}-{index:05d}-of-{len(ranges):05d}.parquet"
+        pq.write_table(table, data_dir / name, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        info["num_bytes"] += table.nbytes
+        info["files"].append(name)
+    return info
+
+
+# --- the card ------------------------------------------------------------------------------------
+
+
+def licence_fields(sources: dict, used: list[str], license: str | None, name: str | None, link: str | None) -> tuple[dict, str | None]:
+    """Card licence fields and the LICENSE.md text (None when the card's licence says it all)."""
+    per_source = {s: (sources.get(s) or {}).get("license") or "unknown" for s in used}
+    if license:
+        fields = {"license": license}
+        if license == "other":
+            fields.update(license_name=name or "other", license_link=link or "LICENSE.md")
+    elif len(set(per_source.values())) == 1 and "unknown" not in per_source.values():
+        fields = {"license": next(iter(per_source.values())).lower()}
+    else:
+        fields = {"license": "other", "license_name": name or "per-source", "license_link": link or "LICENSE.md"}
+    text = None
+    if fields.get("license_link") == "LICENSE.md":
+        text = "\n".join(["# Licences", "",
+                          "Each row keeps the licence of the source it comes from (column `source`); generated images "
+                          "also follow the licence of the model that rendered them (docs/generation.md).", "",
+                          "| source | licence |", "|---|---|"] + [f"| {s} | {lic} |" for s, lic in per_source.items()]) + "\n"
+    return fields, text
+
+
+def release_card_body(release_dir: Path) -> str:
+    """The release's own README.md (release@V's card) without its YAML front matter."""
+    text = (release_dir / "README.md").read_text(encoding="utf-8") if (release_dir / "README.md").is_file() else ""
+    if text.startswith("---"):
+        text = text.split("\n---", 2)[-1].split("\n", 1)[-1]
+    return text.strip()
+
+
+def build_card(recipe, release_dir: Path, repo_id: str, tag: str, commit: str, splits: dict, params: dict,
+               licence: dict, download_size: int):
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    name = recipe.name
+    used = sorted({c.source for c in recipe.components})
+    kinds = {s: (params.get("sources", {}).get(s) or {}).get("kind", s) for s in used}
+    hub = sorted({HUB_SOURCES[k] for k in kinds.values() if k in HUB_SOURCES})
+    total = sum(s["num_examples"] for s in splits.values())
+    data = DatasetCardData(
+        pretty_name=f"t2i-datasets {name}",
+        language=["en"],
+        **licence,
+        task_categories=["text-to-image", "image-to-text"],
+        size_categories=[size_category(total)],
+        source_datasets=[f"extended|{h}" for h in hub] + (["original"] if len(hub) < len(set(kinds.values())) else []),
+        tags=["text-to-image", "stable-diffusion", "dvc"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
+        dataset_info={"features": CARD_FEATURES,
+                      "splits": [{"name": s, "num_bytes": i["num_bytes"], "num_examples": i["num_examples"]}
+                                 for s, i in splits.items()],
+                      "download_size": download_size,
+                      "dataset_size": sum(i["num_bytes"] for i in splits.values())},
+    )
+    counts = ", ".join(f"{s} {i['num_examples']:,}" for s, i in splits.items())
+    body = [
+        f"# t2i-datasets {name}", "", recipe.description or "", "",
+        f"Rows: {counts}. Sources: " + ", ".join(f"`{s}`" + (f" ([{HUB_SOURCES[kinds[s]]}](https://huggingface.co/datasets/"
+                                                            f"{HUB_SOURCES[kinds[s]]}))" if kinds[s] in HUB_SOURCES else "")
+                                                for s in used) + ".", "",
+        "## Load it", "", "```python", "from datasets import load_dataset", "",
+        f'ds = load_dataset("{repo_id}", revision="{tag}")   # the data of git tag {tag}',
+        'ds["train"][0]["image"]   # a PIL image; "text" is its caption', "```", "",
+        "## Contact sheet", "", "![contact sheet: sample images and captions](preview.jpg)", "",
+        "## Features", "", "| column | type | meaning |", "|---|---|---|",
+        "| image | image | the image (PNG/JPEG bytes) |", "| text | string | the caption (cleaned prompt) |",
+        "| orig_text | string | the prompt as the source had it |", "| id | string | stable row id (sha256 of source and key) |",
+        "| source | string | the source dataset (params.yaml: sources) |", "| width, height | int32 | image size in pixels |", "",
+        "## Provenance", "",
+        f"Built by the t2i-datasets pipeline with `dvc repro release@{name}` at git tag `{tag}` (commit `{commit[:12]}`), "
+        f"published with `python -m scripts publish {name}`; Hub tag `{tag}` is that commit's data.", "",
+        "## Licence", "",
+        f"`{licence['license']}`" + (f" ({licence['license_name']}: [{licence['license_link']}]({licence['license_link']}))"
+                                     if licence.get("license_name") else ""), "",
+        "## Release card", "", release_card_body(release_dir).replace("\n# ", "\n### "), "",
+    ]
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body))
+
+
+# --- git and the upload --------------------------------------------------------------------------
+
+
+def _git(*args: str) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def check_tag(tag: str, name: str) -> str:
+    """The commit of HEAD, which `tag` must point at; release@NAME must be up to date there."""
+    head = _git("rev-parse", "HEAD")
+    at = _git("rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}")
+    if not at:
+        raise DataError(f"git tag {tag} not found: tag the release first (python -m scripts tag {name}), or --dry-run")
+    if at != head:
+        raise DataError(f"git tag {tag} is {at[:12]}, not HEAD {head[:12]}: `git checkout {tag}` (and `dvc checkout`) first")
+    from dvc.repo import Repo
+
+    from scripts.tools.tag import check_up_to_date
+
+    with Repo() as repo:
+        check_up_to_date(repo, f"release@{name}")
+    return head
+
+
+def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> str:
+    """Create the dataset repository if needed, upload the folder, tag the commit; the Hub commit id."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise DataError("HF_TOKEN is not set (a write token: https://huggingface.co/settings/tokens)")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder,
+                                 commit_message=f"{tag}: t2i-datasets release (git {commit[:12]})",
+                                 ignore_patterns=[".t2i-output"])
+        api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=info.oid,
+                       tag_message=f"t2i-datasets {tag} (git commit {commit})")
+    except HfHubHTTPError as exc:  # the message names the URL and status; never the token
+        raise DataError(f"Hub: {str(exc).splitlines()[0]}") from None
+    return info.oid
+
+
+def cli(
+    name: str = typer.Argument(..., help="release name (data/releases/NAME)"),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repository, ORG/NAME"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the folder only; no upload, no token needed"),
+    out: Path = typer.Option(None, "--out", help="the Hub folder (default dist/hub/NAME)"),
+    tag: str = typer.Option(None, "--tag", help="git tag to publish and name the Hub tag after (default NAME)"),
+    private: bool = typer.Option(False, "--private", help="create the Hub repository private"),
+    max_shard_mb: int = typer.Option(500, "--max-shard-mb", min=1, help="largest parquet shard, MB"),
+    license: str = typer.Option(None, "--license", help="card licence id (default: from params.yaml sources.*.license)"),
+    license_name: str = typer.Option(None, "--license-name", help="licence name, with --license other"),
+    license_link: str = typer.Option(None, "--license-link", help="licence URL or file, with --license other"),
+) -> None:
+    """Write a release as Hub parquet shards + data card, upload it and tag it on the Hub."""
+    from scripts.lib.params import load_params
+    from scripts.release import resolve_recipe
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise DataError(f"--repo-id: expected ORG/NAME, got {repo_id!r}")
+    tag = tag or name
+    release_dir = Path("data/releases") / name
+    params = load_params()
+    recipe = resolve_recipe(name, params.get("releases") or {})
+    commit = _git("rev-parse", "HEAD") if dry_run else check_tag(tag, name)
+    out = out or Path("dist/hub") / name
+    splits = {split: read_split(release_dir, split) for split in SPLITS}
+    with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:
+        (tmp / "data").mkdir()
+        infos = {}
+        for split, records in splits.items():
+            infos[split] = write_shards(records, split, tmp / "data", max_shard_mb * 1_000_000)
+        files = sum(len(i["files"]) for i in infos.values())
+        if files > MAX_FILES_PER_FOLDER:
+            raise DataError(f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)")
+        download_size = sum((tmp / "data" / f).stat().st_size for i in infos.values() for f in i["files"])
+        used = sorted({c.source for c in recipe.components})
+        licence, licence_text = licence_fields(params.get("sources") or {}, used, license, license_name, license_link)
+        if licence_text:
+            (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
+        if (release_dir / "preview.jpg").is_file():
+            shutil.copyfile(release_dir / "preview.jpg", tmp / "preview.jpg")
+        build_card(recipe, release_dir, repo_id, tag, commit, infos, params, licence, download_size).save(tmp / "README.md")
+    total = {s: i["num_examples"] for s, i in infos.items()}
+    print(f"publish: {out} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
+    if dry_run:
+        return
+    oid = upload(out, repo_id, tag, commit, private)
+    print(f"publish: {repo_id} commit {oid[:12]} tagged {tag}")
