@@ -44,6 +44,9 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import PARAMS_FILE, Dedup, load_section, parse
 from scripts.lib.io import atomic_path, write_json
 
+# `dedup` keys that change speed only (same bytes for any value): not DVC params of any stage
+SPEED_KEYS = ("workers", "batch_size", "verify_batch")
+
 # --- params --------------------------------------------------------------------------------------
 
 DedupParams = Dedup  # the `dedup:` section's model (scripts/lib/params.py); Dedup() = the documented defaults

@@ -1,6 +1,7 @@
 """generate@S stage: render one image per prompt into a content-addressed, resumable image store.
 
-    python -m scripts generate S data/dedup/S.parquet data/images/S
+    python -m scripts generate S data/dedup/S.parquet data/images/S [--store data/image_store]
+    python -m scripts generate-prune [--store data/image_store] [--keep data/images/S ...] [--all]
 
 Each prompt row gets its own seed, derived from `generate.seed` and the row id (never from batch
 position), and its own initial noise, so an image depends only on (model, settings, prompt, seed).
@@ -9,11 +10,24 @@ The image's file name is the key sha256(model identity, settings, prompt, seed):
     data/images/S/manifest.parquet          one row per prompt (written last, atomically)
     data/images/S/ab/abcdef0123....jpg      fanned out by the first two hex digits of the key
 
-The output is `persist: true` in dvc.yaml, so a re-run finds the previous images: it prunes files
-whose key is no longer wanted, renders only the missing keys, then writes the manifest. Every image
-is written to a temp file and renamed, so `kill -9` at any moment leaves only whole images and a
-re-run completes the set. Encoding and writing run in a thread pool while the next batch denoises.
-Pruning refuses to touch a directory holding files this stage did not write (a mistyped path).
+A re-run prunes files of OUTPUT whose key is no longer wanted, renders only the missing keys, then
+writes the manifest. With `--store DIR` (dvc.yaml: data/image_store) images are rendered into the
+generation store, a folder outside every DVC output with the same `<key[:2]>/<key>.<ext>` layout, and
+hard-linked (copied across filesystems) into OUTPUT; a key found there is never rendered again:
+
+    data/image_store/.gitignore             `*`: a local cache, never committed
+    data/image_store/.tmp/                  temp files (a killed run's are swept by the next one)
+    data/image_store/ab/abcdef0123....jpg   every image rendered or seen here, until generate-prune
+
+Before rendering, the store takes in (hard links, no copies) the images OUTPUT already holds and the
+ones of OUTPUT's previous version as dvc.lock records it, read from the DVC cache: DVC deletes a
+stage's outputs before it runs, and a fresh clone after `dvc pull` has no store, so a threshold
+change never re-renders what the cache holds. The store only ever saves time: an image in it has the
+bytes rendering would give (same key), so OUTPUT and dvc.lock do not depend on its history, and
+only `generate-prune` deletes from it. Every image is written to a temp file and renamed, so `kill
+-9` at any moment leaves only whole images and a re-run completes the set. Encoding and writing run
+in a thread pool while the next batch denoises. Pruning refuses to touch a directory holding files
+this stage did not write (a mistyped path).
 
 On CPU the pipeline runs in float64 (`generate.cpu_dtype`): float32 CPU kernels change the last bits
 with the batch size and thread count, float64 ones (measured) do not, so the saved bytes are the same
@@ -21,16 +35,19 @@ for any batch size, thread count or engine.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -285,13 +302,35 @@ def encode_image(pixels, settings: Generate) -> bytes:
     return buffer.getvalue()
 
 
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Temp file + rename: a name in the store always holds a whole image."""
+def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Temp file + rename: a name in the store always holds a whole image (the temp file in `tmp_dir`,
+    on the same filesystem, or beside `path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp = (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
     with tmp.open("wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
+    """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused).
+    Never writes into an existing file: a link or a temp copy renamed over `dst`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+        tmp = (tmp_dir or dst.parent) / f".{dst.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return
+    tmp = (tmp_dir or dst.parent) / f".{dst.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    os.link(src, tmp)
+    os.replace(tmp, dst)
 
 
 @dataclass
@@ -300,8 +339,10 @@ class RenderStats:
     prompts_rendered: int = 0
 
 
-def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: str, desc: str = "generate") -> RenderStats:
-    """Render `jobs` into the store at `output`. The one function both engines run (Ray: one per GPU)."""
+def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: str, desc: str = "generate",
+                 store: str | None = None) -> RenderStats:
+    """Render `jobs` into `output` (with `store`: into the store, each image then linked into `output`
+    as soon as it is written). The one function both engines run (Ray: one per GPU)."""
     import torch
 
     from scripts.lib.progress import Progress
@@ -312,6 +353,16 @@ def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: st
     device, dtype = resolve_device(settings)
     pipe = load_pipeline(settings, model_dir, device, dtype)
     out = Path(output)
+    saved = Path(store) if store else None
+
+    def save(array, job: Job) -> None:
+        data = encode_image(array, settings)
+        if saved is None:
+            write_file_atomic(out / job.file, data)
+        else:
+            write_file_atomic(saved / job.file, data, saved / STORE_TMP)
+            link_file(saved / job.file, out / job.file)
+
     max_pending = 2 * settings.batch_size  # bounded: encoding may lag one batch behind, never more
     with ThreadPoolExecutor(settings.writers, thread_name_prefix="encode") as pool, torch.inference_mode(), \
             Progress(desc, total=len(jobs), unit="images") as progress:
@@ -329,7 +380,7 @@ def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: st
             # [0,1] floats -> uint8 on the device (4x less to copy), then hand off to the encoders
             pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for job, array in zip(batch, pixels):
-                pending.append(pool.submit(lambda a=array, j=job: write_file_atomic(out / j.file, encode_image(a, settings))))
+                pending.append(pool.submit(save, array, job))
             while len(pending) > max_pending:
                 pending.popleft().result()
             progress.advance(len(batch))
@@ -338,7 +389,8 @@ def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: st
     return stats
 
 
-def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output: str) -> RenderStats:
+def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output: str,
+                    store: str | None = None) -> RenderStats:
     """Same shard function as Ray tasks, one per GPU (or per CPU when the cluster has none).
 
     The output dir and model dir must be on a filesystem every Ray node sees (as on a GPU cluster).
@@ -361,7 +413,7 @@ def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output:
         workers = gpus or max(1, int(resources.get("CPU", 1)))
         task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(render_shard)
         shards = [jobs[i::workers] for i in range(workers)]
-        results = ray.get([task.remote(shard, settings, model_dir, output) for shard in shards if shard])
+        results = ray.get([task.remote(shard, settings, model_dir, output, "generate", store) for shard in shards if shard])
     finally:
         if started_here:
             ray.shutdown()
@@ -372,16 +424,18 @@ def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output:
     return total
 
 
-# ---------------------------------------------------------------- the store
+# ---------------------------------------------------------------- the output folder
 
 # What this stage writes: the manifest, <2 hex>/<key>.<ext>, and their temp files (`.<name>.tmp-...`).
 _STORE_FILE = re.compile(r"(\.?manifest\.parquet(\.tmp-.*)?|[0-9a-f]{2}/\.?[0-9a-f]{64}\.(jpg|webp|png)(\.tmp-.*)?)")
 _STORE_DIR = re.compile(r"[0-9a-f]{2}")
+_IMAGE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|webp|png)")
 
 
-def prune_store(output: Path, wanted: set[str]) -> int:
+def prune_store(output: Path, wanted: set[str], keep_in: Path | None = None) -> int:
     """Delete every file under `output` that is not a wanted image (old keys, temp files, manifest);
-    return how many files besides the manifest went.
+    return how many files besides the manifest went. With `keep_in` (the generation store), every
+    image of `output` is linked into it first, so a pruned image is never rendered again.
 
     Refuses, deleting nothing, when the directory holds anything this stage did not write: a
     mistyped output path must not wipe someone's data.
@@ -401,40 +455,203 @@ def prune_store(output: Path, wanted: set[str]) -> int:
         if path.is_dir() and not path.is_symlink():
             if not any(path.iterdir()):
                 path.rmdir()
-        elif rel not in wanted:
+            continue
+        if keep_in is not None and _IMAGE_FILE.fullmatch(rel) and not (keep_in / rel).is_file():
+            link_file(path, keep_in / rel, keep_in / STORE_TMP)
+        if rel not in wanted:
             path.unlink()
             removed += rel != MANIFEST
     return removed
 
 
-def generate(table, settings: Generate, output: Path, input_name: str = "input") -> dict:
-    """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts."""
+# ---------------------------------------------------------------- the generation store
+
+STORE_TMP = ".tmp"  # temp files of the store's writers (same filesystem: renamed into place)
+STORE_IGNORE = ".gitignore"
+_TMP_PID = re.compile(r"\.tmp-(\d+)-\d+$")
+
+
+def check_store(store: Path, output: Path | None = None) -> None:
+    """The store holds only what generate writes there, and is neither inside OUTPUT nor around it."""
+    if store.exists() and not store.is_dir():
+        raise DataError(f"{store}: is a file, expected the generation store folder")
+    if output is not None:
+        a, b = os.path.abspath(store), os.path.abspath(output)
+        if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+            raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
+    if store.is_dir():
+        for entry in sorted(store.iterdir()):
+            if entry.name in (STORE_IGNORE, STORE_TMP) or (_STORE_DIR.fullmatch(entry.name) and entry.is_dir()):
+                continue
+            raise DataError(f"{store}: holds {entry.name!r}, which generate did not write; refusing to use it as "
+                            "the generation store (point --store at its own folder, e.g. data/image_store)")
+
+
+def open_store(store: Path, output: Path | None = None) -> Path:
+    """Create the store (ignored by git: a local cache) if needed; sweep temp files of dead runs."""
+    store = Path(store)
+    check_store(store, output)
+    (store / STORE_TMP).mkdir(parents=True, exist_ok=True)
+    if not (store / STORE_IGNORE).is_file():
+        write_file_atomic(store / STORE_IGNORE, b"*\n", store / STORE_TMP)
+    for tmp in (store / STORE_TMP).iterdir():
+        match = _TMP_PID.search(tmp.name)
+        if match is None or not _alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+    return store
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def previous_version(output: Path) -> dict[str, Path]:
+    """Image file name -> DVC cache file, for OUTPUT as the working directory's dvc.lock records it (the
+    version this run replaces: DVC deletes a stage's outputs before running it). Empty outside a DVC
+    repository, for an output dvc.lock does not list, or when its listing is not in the cache."""
+    lock = Path("dvc.lock")
+    rel = os.path.relpath(os.path.abspath(output), os.getcwd()).replace(os.sep, "/")
+    if not lock.is_file() or rel.startswith("../"):
+        return {}
+    import yaml
+
+    try:
+        stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages") or {}
+        oid = next((out.get("md5") for stage in stages.values() for out in stage.get("outs") or []
+                    if out.get("path") == rel), None)
+        if not isinstance(oid, str) or not oid.endswith(".dir"):
+            return {}
+        from dvc.repo import Repo
+
+        with Repo(".") as repo:  # the cache may live elsewhere (cache.dir, `dvc exp run --temp`)
+            odb = repo.cache.local
+            entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
+            return {e["relpath"]: Path(odb.oid_to_path(e["md5"])) for e in entries
+                    if _IMAGE_FILE.fullmatch(str(e.get("relpath", ""))) and isinstance(e.get("md5"), str)}
+    except Exception:  # noqa: BLE001 - only a head start: a lock or cache it cannot read means rendering
+        return {}
+
+
+def take_in_previous(output: Path, store: Path) -> int:
+    """Link into the store every image of OUTPUT's previous version (dvc.lock) that the DVC cache holds
+    and the store lacks; return how many."""
+    taken = 0
+    for rel, cached in previous_version(output).items():
+        if not (store / rel).is_file() and cached.is_file():
+            link_file(cached, store / rel, store / STORE_TMP)
+            taken += 1
+    return taken
+
+
+def generate(table, settings: Generate, output: Path, input_name: str = "input", store: Path | None = None) -> dict:
+    """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts.
+
+    With `store` (the generation store), images come from it when it has their key, new ones are
+    rendered into it, and the images of `output` (now and in its previous DVC version) are added to it."""
     model_dir, identity = resolve_model(settings)
     _, dtype = resolve_device(settings)
     jobs = plan_jobs(table, settings, identity, dtype, input_name)
     output = Path(output)
+    if store is not None:
+        store = open_store(store, output)
     output.mkdir(parents=True, exist_ok=True)
-    pruned = prune_store(output, {j.file for j in jobs})  # also drops the manifest: incomplete until the end
+    # also drops the manifest: incomplete until the end
+    pruned = prune_store(output, {j.file for j in jobs}, keep_in=store)
     missing = [j for j in jobs if not (output / j.file).is_file()]
+    from_store = 0
+    if store is not None and missing:
+        take_in_previous(output, store)
+        for job in missing:
+            if (store / job.file).is_file():
+                link_file(store / job.file, output / job.file, store / STORE_TMP)
+                from_store += 1
+        missing = [j for j in missing if not (output / j.file).is_file()]
+    shared = str(store) if store is not None else None
     if settings.engine == "ray":
-        stats = render_with_ray(missing, settings, model_dir, str(output))
+        stats = render_with_ray(missing, settings, model_dir, str(output), shared)
     else:
-        stats = render_shard(missing, settings, model_dir, str(output), desc=f"generate@{output.name}")
+        stats = render_shard(missing, settings, model_dir, str(output), desc=f"generate@{output.name}", store=shared)
     absent = [j.file for j in jobs if not (output / j.file).is_file()]
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")
     write_parquet(manifest_table(jobs, settings, identity), output / MANIFEST)
     return {"prompts": len(jobs), "rendered": stats.prompts_rendered, "reused": len(jobs) - len(missing),
-            "pruned": pruned, "pipeline_calls": stats.pipeline_calls}
+            "from_store": from_store, "pruned": pruned, "pipeline_calls": stats.pipeline_calls}
 
 
 def cli(
     source: str = typer.Argument(..., help="source name (params.yaml sources)"),
     input: Path = typer.Argument(..., help="deduplicated prompt table, e.g. data/dedup/S.parquet"),
     output: Path = typer.Argument(..., help="image store dir, e.g. data/images/S"),
+    store: Optional[Path] = typer.Option(None, "--store", help="generation store kept across runs, e.g. data/image_store"),
 ) -> None:
-    """Render one image per prompt into OUTPUT (resumable; only missing images are rendered)."""
+    """Render one image per prompt into OUTPUT (resumable; only images in neither OUTPUT nor the store are rendered)."""
     settings = load_section("generate")
-    counts = generate(read_parquet(input), settings, output, input_name=str(input))
-    print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered, "
-          f"{counts['reused']} reused, {counts['pruned']} files pruned")
+    counts = generate(read_parquet(input), settings, output, input_name=str(input), store=store)
+    # one line, parsed by tests and people counting renders: `rendered` is what the pipeline drew
+    print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
+          f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the store), "
+          f"{counts['pruned']} files pruned")
+
+
+def image_folders() -> list[Path]:
+    """The output folder of every generate@S (sources.S.images, else data/images/S)."""
+    sources = load_section("sources", missing_ok=True)
+    return [Path(sources[s].images) if s in sources and sources[s].images else Path("data/images") / s
+            for s in load_section("generate").sources]
+
+
+def prune_generation_store(store: Path, keep: list[Path] | None, everything: bool = False) -> dict:
+    """Delete from the store every image no manifest in `keep` names (all with `everything`), and
+    the temp files of dead runs. Nothing is deleted if the store holds a file generate did not write
+    or a kept folder has no manifest."""
+    store = Path(store)
+    if not store.is_dir():
+        raise DataError(f"{store}: no generation store here (nothing to prune)")
+    check_store(store)
+    wanted: set[str] = set()
+    if not everything:
+        for folder in keep:
+            manifest = Path(folder) / MANIFEST
+            if not manifest.is_file():
+                raise DataError(f"{manifest}: not found; its images would be pruned (build it first, name the "
+                                "folders to keep with --keep, or empty the store with --all)")
+            table = read_parquet(manifest)
+            if "file" not in table.columns:
+                raise DataError(f"{manifest}: no 'file' column (not a generate manifest)")
+            wanted.update(str(f) for f in table["file"])
+    folders = [d for d in sorted(store.iterdir()) if d.is_dir() and _STORE_DIR.fullmatch(d.name)]
+    files = [p for d in folders for p in sorted(d.iterdir())]
+    for path in files:
+        if not (_STORE_FILE.fullmatch(path.relative_to(store).as_posix()) and path.is_file()):
+            raise DataError(f"{store}: holds {path.relative_to(store).as_posix()!r}, which generate did not write; "
+                            "refusing to prune")
+    removed = kept = 0
+    for path in files:
+        if path.relative_to(store).as_posix() in wanted:
+            kept += 1
+        else:
+            path.unlink()
+            removed += 1
+    for folder in folders:
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    open_store(store)  # sweeps temp files of runs that are not alive
+    return {"removed": removed, "kept": kept}
+
+
+def cli_prune(
+    store: Path = typer.Option(Path("data/image_store"), "--store", help="the generation store"),
+    keep: Optional[list[Path]] = typer.Option(
+        None, "--keep", help="image folder whose manifest's images stay (repeatable; default: every generate@S output)"),
+    everything: bool = typer.Option(False, "--all", help="empty the store"),
+) -> None:
+    """Delete images of the generation store that no current generate@S output uses (the store never shrinks otherwise)."""
+    counts = prune_generation_store(store, None if everything else (keep or image_folders()), everything)
+    print(f"generate-prune: {counts['removed']} images removed, {counts['kept']} kept in {store}")

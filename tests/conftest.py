@@ -198,7 +198,8 @@ def work_copy(src: Path, dest: Path, rev: str | None = None, checkout: bool = Tr
     """A private copy of a built repository that a test may change, without touching `src`: a git clone
     (at `rev`; objects copied, as git would freshen a hardlinked one in place), the DVC cache hardlinked
     file by file (cache objects are read-only and never rewritten; what DVC adds are new files), and,
-    if asked, the workspace restored by `dvc checkout` (copies)."""
+    if asked, the workspace restored by `dvc checkout` (hardlinks into that cache: .dvc/config's cache.type
+    is reflink,hardlink,copy, and every stage writes temp + rename, never in place)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     run(["git", "clone", "-q", "--no-hardlinks", *(["--branch", rev] if rev else []), str(src), str(dest)], dest.parent)
     shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)

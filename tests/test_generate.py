@@ -128,7 +128,7 @@ def test_repo_params_load():
 def test_store_layout_and_manifest(tiny_model_dir, tmp_path):
     table = prompts_table(5)
     counts = generate(table, settings(tiny_model_dir), tmp_path / "out")
-    assert counts == {"prompts": 5, "rendered": 5, "reused": 0, "pruned": 0, "pipeline_calls": 2}
+    assert counts == {"prompts": 5, "rendered": 5, "reused": 0, "from_store": 0, "pruned": 0, "pipeline_calls": 2}
     manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
     assert list(manifest.columns) == MANIFEST_COLUMNS
     assert list(manifest["id"]) == list(table["id"])
@@ -194,7 +194,7 @@ def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(tiny_mode
     second = pd.concat([first.iloc[[0, 2, 3, 5, 6, 7]], prompts_table(3, start=100)], ignore_index=True)
     counts = generate(second, settings(tiny_model_dir), out)
     assert spy.prompts == 8 + 3
-    assert counts == {"prompts": 9, "rendered": 3, "reused": 6, "pruned": 2, "pipeline_calls": 1}
+    assert counts == {"prompts": 9, "rendered": 3, "reused": 6, "from_store": 0, "pruned": 2, "pipeline_calls": 1}
     survivors = {p: t for p, t in kept_files.items() if p.exists()}
     assert len(survivors) == 6 and all(p.stat().st_mtime_ns == t for p, t in survivors.items())  # not rewritten
 
@@ -222,7 +222,7 @@ def test_an_empty_prompt_set_empties_the_store_and_keeps_the_manifest_schema(tin
     generate(prompts_table(2), settings(tiny_model_dir), out)
     schema = pq.read_schema(out / "manifest.parquet")
     counts = generate(prompts_table(0), settings(tiny_model_dir), out)
-    assert counts == {"prompts": 0, "rendered": 0, "reused": 0, "pruned": 2, "pipeline_calls": 0}
+    assert counts == {"prompts": 0, "rendered": 0, "reused": 0, "from_store": 0, "pruned": 2, "pipeline_calls": 0}
     assert [p.name for p in out.iterdir()] == ["manifest.parquet"]
     assert pq.read_schema(out / "manifest.parquet").equals(schema)
 
@@ -235,6 +235,78 @@ def test_refuses_to_prune_a_directory_it_did_not_write(tiny_model_dir, tmp_path)
     with pytest.raises(DataError, match="out: holds 'notes.txt', which generate did not write; refusing"):
         generate(prompts_table(3), settings(tiny_model_dir), out)
     assert (out / "notes.txt").exists() and (out / "manifest.parquet").exists()  # nothing touched
+
+
+# ------------------------------------------------------------------ the generation store
+
+def test_store_keeps_every_key_across_a_threshold_flip(tiny_model_dir, tmp_path, monkeypatch):
+    """What dedup.threshold 0.7 -> 0.8 -> 0.7 does to generate@S under DVC (which deletes the output
+    before each run): rows come and go, and with the store none is ever rendered twice."""
+    spy = CountPipelinePrompts(monkeypatch)
+    store, out = tmp_path / "store", tmp_path / "out"
+    at_07 = prompts_table(8)
+    at_08 = pd.concat([at_07.iloc[[0, 2, 3, 5, 6, 7]], prompts_table(3, start=100)], ignore_index=True)
+    first = generate(at_07, settings(tiny_model_dir), out, store=store)
+    assert first["rendered"] == 8 and spy.prompts == 8
+    import shutil
+
+    shutil.rmtree(out)  # DVC removes a (non-persist) output before it runs the stage
+    second = generate(at_08, settings(tiny_model_dir), out, store=store)
+    assert (second["rendered"], second["from_store"], spy.prompts) == (3, 6, 11)
+    shutil.rmtree(out)
+    third = generate(at_07, settings(tiny_model_dir), out, store=store)
+    assert (third["rendered"], third["pipeline_calls"], third["from_store"], spy.prompts) == (0, 0, 8, 11)
+    generate(at_07, settings(tiny_model_dir), tmp_path / "fresh")
+    assert store_bytes(out) == store_bytes(tmp_path / "fresh")  # the store changes no byte
+    images = sorted(p.relative_to(store).as_posix() for p in store.rglob("*.jpg"))
+    assert len(images) == 11 and (store / ".gitignore").read_text() == "*\n"
+    linked = next(out.rglob("*.jpg"))
+    assert linked.stat().st_ino == (store / linked.relative_to(out)).stat().st_ino  # a hard link, not a copy
+
+
+def test_store_takes_in_what_the_output_already_holds(tiny_model_dir, tmp_path, monkeypatch):
+    """A folder built without a store (or pulled by DVC) fills the store before anything is pruned."""
+    spy = CountPipelinePrompts(monkeypatch)
+    out, store = tmp_path / "out", tmp_path / "store"
+    generate(prompts_table(4), settings(tiny_model_dir), out)
+    counts = generate(prompts_table(2), settings(tiny_model_dir), out, store=store)  # prunes 2, keeps them
+    assert counts["pruned"] == 2 and len(list(store.rglob("*.jpg"))) == 4
+    counts = generate(prompts_table(4), settings(tiny_model_dir), out, store=store)
+    assert counts["rendered"] == 0 and counts["from_store"] == 2 and spy.prompts == 4
+
+
+def test_store_refuses_a_folder_it_did_not_write(tiny_model_dir, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(DataError, match="notes: holds 'todo.txt', which generate did not write"):
+        generate(prompts_table(1), settings(tiny_model_dir), tmp_path / "out", store=tmp_path / "notes")
+    with pytest.raises(DataError, match="must be a folder of its own"):
+        generate(prompts_table(1), settings(tiny_model_dir), tmp_path / "out", store=tmp_path / "out" / "store")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"] and (tmp_path / "notes" / "todo.txt").exists()
+
+
+def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_path):
+    from scripts.generate import prune_generation_store
+
+    store = tmp_path / "store"
+    generate(prompts_table(5), settings(tiny_model_dir), tmp_path / "old", store=store)
+    generate(prompts_table(3, start=3), settings(tiny_model_dir), tmp_path / "new", store=store)
+    assert len(list(store.rglob("*.jpg"))) == 6
+    (store / ".tmp" / "x.jpg.tmp-999999999-1").write_bytes(b"half")  # a dead run's temp file
+    with pytest.raises(DataError, match="missing/manifest.parquet: not found"):
+        prune_generation_store(store, [tmp_path / "new", tmp_path / "missing"])
+    assert len(list(store.rglob("*.jpg"))) == 6  # nothing deleted
+    assert prune_generation_store(store, [tmp_path / "new"]) == {"removed": 3, "kept": 3}
+    kept = {p.relative_to(store).as_posix() for p in store.rglob("*.jpg")}
+    assert kept == set(pd.read_parquet(tmp_path / "new" / "manifest.parquet")["file"])
+    assert not list((store / ".tmp").iterdir())
+    (store / "ab").mkdir(exist_ok=True)
+    (store / "ab" / "mine.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match="holds 'ab/mine.txt', which generate did not write; refusing to prune"):
+        prune_generation_store(store, None, everything=True)
+    (store / "ab" / "mine.txt").unlink()
+    assert prune_generation_store(store, None, everything=True) == {"removed": 3, "kept": 0}
+    assert sorted(p.name for p in store.iterdir()) == [".gitignore", ".tmp"]
 
 
 def test_ray_engine_gives_the_same_bytes(tiny_model_dir, tmp_path):
@@ -367,7 +439,21 @@ def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
     assert "up to date" in dvc(tmp_path / "a", "repro").lower()  # second repro runs nothing
     changed = pd.concat([table.iloc[2:], prompts_table(1, start=500)], ignore_index=True)
     write_parquet(changed, tmp_path / "a" / "data" / "dedup" / "demo.parquet")
-    assert "11 prompts, 1 rendered, 10 reused, 2 files pruned" in dvc(tmp_path / "a", "repro")
+    assert "11 prompts, 1 rendered (1 pipeline calls), 10 reused (10 from the store), 0 files pruned" in dvc(tmp_path / "a", "repro")
     assert "up to date" in dvc(tmp_path / "a", "status").lower()
     manifest = pd.read_parquet(tmp_path / "a" / "data" / "images" / "demo" / "manifest.parquet")
     assert list(manifest["id"]) == list(changed["id"])
+
+    # back to the first prompt set: the two dropped rows come from the store (run-cache off: the store's job)
+    write_parquet(table, tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    assert "12 prompts, 0 rendered (0 pipeline calls), 12 reused (12 from the store)" in dvc(tmp_path / "a", "repro", "--no-run-cache")
+    assert lock_outs(tmp_path / "a") == outs
+
+    # a clone that has the DVC cache but no store (after `dvc pull`): the store starts from the output's
+    # previous version in dvc.lock, read from the cache, so nothing the cache holds is rendered again
+    import shutil
+
+    shutil.rmtree(tmp_path / "a" / "data" / "image_store")
+    write_parquet(changed.iloc[:-1], tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    assert "10 prompts, 0 rendered (0 pipeline calls), 10 reused (10 from the store)" in dvc(tmp_path / "a", "repro")
+    assert (tmp_path / "a" / "data" / "image_store" / ".gitignore").read_text() == "*\n"

@@ -1,0 +1,228 @@
+"""DVC used the way DVC users expect (issue 17): each stage's params are the keys that change its bytes,
+a speed knob reruns nothing, the cache links instead of copying (safe: every writer replaces, none
+writes into an existing file), the contact sheets are image plots, and the generation store means
+a dedup.threshold flip renders nothing twice."""
+from __future__ import annotations
+
+import ast
+import configparser
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run, work_copy
+from scripts.lib.params import Clean, Dedup, Generate
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+
+# Keys documented (scripts/lib/params.py, scripts/dedup.py, scripts/generate.py) as changing speed or
+# memory only; everything else in these sections changes some output's bytes.
+SPEED = {
+    "clean": {"workers"},
+    "dedup": {"workers", "batch_size", "verify_batch"},
+    "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
+}
+
+
+def stage_params(name: str) -> list[str]:
+    body = STAGES[name].get("do", STAGES[name])
+    return [p for p in body.get("params", []) if isinstance(p, str)]
+
+
+def keys_of(section: str, listed: list[str]) -> set[str]:
+    return {p.split(".", 1)[1] for p in listed if p.startswith(section + ".")}
+
+
+# --- params: only what changes bytes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage, section, model", [
+    ("clean_rules", "clean", Clean), ("dedup", "dedup", Dedup), ("release", "dedup", Dedup),
+    ("generate", "generate", Generate),
+])
+def test_stage_lists_every_output_key_and_no_speed_key(stage, section, model):
+    listed = stage_params(stage)
+    assert section not in listed, f"{stage} depends on all of `{section}`, speed keys included"
+    assert keys_of(section, listed) == set(model.model_fields) - SPEED[section], stage
+
+
+def test_every_listed_key_is_written_in_params_yaml():
+    """DVC refuses a listed key that params.yaml lacks (it does not know the models' defaults)."""
+    for name, stage in STAGES.items():
+        for listed in stage_params(name):
+            if "${" in listed:
+                continue  # per-entry keys (sources.${key}, ...): whole entries, present by construction
+            node = PARAMS
+            for part in listed.split("."):
+                assert isinstance(node, dict) and part in node, f"{name}: {listed} not in params.yaml"
+                node = node[part]
+
+
+def test_no_stage_depends_on_a_whole_section_with_speed_keys():
+    for name in STAGES:
+        for section in SPEED:
+            assert section not in stage_params(name), f"{name} depends on all of `{section}`"
+
+
+def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
+    """clean_rules writes the same file for any clean.workers, and clean@S still gets the workers."""
+    from scripts.clean import SPEED_KEYS, cli_rules
+
+    assert set(SPEED_KEYS) == SPEED["clean"]
+    from scripts.dedup import SPEED_KEYS as DEDUP_SPEED_KEYS
+
+    assert set(DEDUP_SPEED_KEYS) == SPEED["dedup"]
+    monkeypatch.chdir(tmp_path)
+    written = []
+    for workers in (1, 3):
+        params = {**PARAMS, "clean": {**PARAMS["clean"], "workers": workers}}
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        cli_rules(Path(f"rules-{workers}.json"))
+        written.append(Path(f"rules-{workers}.json").read_bytes())
+    assert written[0] == written[1]
+    assert set(json.loads(written[0])) == set(Clean.model_fields) - SPEED["clean"]
+
+
+def test_release_card_does_not_name_speed_keys():
+    """release@V does not depend on dedup.workers/batch_size/verify_batch, so its README.md must not
+    print them: a stale card would differ from a rebuild of the same commit."""
+    from scripts.release import data_card, resolve_recipe
+
+    recipe = resolve_recipe("v2", PARAMS["releases"])
+    stats = {"rows": {"train": 1, "validation": 1, "total": 2}, "by_source": {"train": {}, "validation": {}},
+             "removed": {"total": 0}}
+    faster = {**PARAMS, "dedup": {**PARAMS["dedup"], "workers": 3, "batch_size": 5, "verify_batch": 7}}
+    assert data_card(recipe, stats, faster) == data_card(recipe, stats, PARAMS)
+
+
+def test_dedup_speed_keys_change_no_result():
+    from scripts.dedup import dedup_self
+
+    words = ["red", "car", "blue", "sky", "old", "house", "tall", "tree", "by", "the", "river"]
+    texts = [" ".join(words[(i * 7 + j) % 11] for j in range(5 + i % 4)) for i in range(120)]
+    base = Dedup()
+    results = [dedup_self(texts, None, base.replace(**change))
+               for change in ({}, {"workers": 2, "batch_size": 7}, {"verify_batch": 3, "workers": 1})]
+    for other in results[1:]:
+        assert (other.keep == results[0].keep).all() and (other.duplicate_of == results[0].duplicate_of).all()
+        assert other.stats == results[0].stats
+
+
+# --- links and writers -------------------------------------------------------------------------------
+
+
+def test_cache_links_instead_of_copying():
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    assert config["cache"]["type"].replace(" ", "") == "reflink,hardlink,copy"
+
+
+MODE = re.compile(r"[rwxabt+]{1,4}")
+
+
+def _open_modes(tree: ast.AST):
+    """(line, mode) of every open(...) / x.open(...) / os.open(...) call with a literal mode or flags."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name == "open" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "os":
+            yield node.lineno, ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+        elif name in ("open", "fdopen"):
+            values = [a for a in node.args] + [k.value for k in node.keywords if k.arg == "mode"]
+            for value in values:  # the argument that looks like a mode ("rb", "a", "w+"), not a path
+                if isinstance(value, ast.Constant) and isinstance(value.value, str) and MODE.fullmatch(value.value):
+                    yield node.lineno, value.value
+
+
+def test_no_writer_appends_to_or_rewrites_an_existing_file():
+    """With cache.type hardlink a checked-out output IS the cache file (and root ignores its read-only
+    mode): writing into it would corrupt the cache. Every writer goes to a new temp name + rename."""
+    offenders = []
+    for path in sorted((REPO / "scripts").rglob("*.py")):
+        for line, mode in _open_modes(ast.parse(path.read_text(encoding="utf-8"))):
+            rel = f"{path.relative_to(REPO)}:{line}"
+            if mode.startswith("os."):  # os.open flags
+                if "O_APPEND" in mode or ("O_RDWR" in mode and rel.split(":")[0] != "scripts/lib/io.py"):
+                    offenders.append(f"{rel} {mode}")
+            elif "a" in mode or "+" in mode:
+                offenders.append(f"{rel} {mode!r}")
+    # scripts/lib/io.py's os.open(O_RDWR | O_CREAT) is output_lock's flock file beside an output, never an output
+    assert not offenders, offenders
+
+
+def test_generation_store_is_not_a_dvc_output_and_images_are_not_persist():
+    body = STAGES["generate"]["do"]
+    assert body["outs"] == ["data/images/${item}"]  # not persist: DVC's run-cache works for generate@S
+    assert "--store data/image_store" in body["cmd"]
+    text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    assert not re.search(r"^\s*- data/image_store", text, re.M)  # its history must not reach dvc.lock
+
+
+def test_contact_sheet_is_an_image_plot():
+    assert STAGES["release"]["do"]["plots"] == ["data/releases/${key}/preview.jpg"]
+
+
+# --- on the session build ----------------------------------------------------------------------------
+
+
+def generate_lines(output: str) -> dict[str, tuple[int, int, int]]:
+    """source -> (prompts, rendered, pipeline calls) from generate@S's summary line."""
+    found = {}
+    for source, prompts, rendered, calls in re.findall(
+            r"generate@(\S+): (\d+) prompts, (\d+) rendered \((\d+) pipeline calls\)", output):
+        found[source] = (int(prompts), int(rendered), int(calls))
+    return found
+
+
+def outs_md5(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text(encoding="utf-8"))
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+@pytest.mark.slow
+def test_speed_only_params_rerun_nothing(history, tmp_path):
+    repo = work_copy(history.repo, tmp_path / "repo")
+    # verify_batch is not written in params.yaml: `+` adds it (Hydra syntax of `-S`)
+    changes = ["dedup.workers=2", "dedup.batch_size=7", "+dedup.verify_batch=11", "clean.workers=2",
+               "generate.batch_size=3", "generate.writers=1"]
+    result = run(["dvc", "exp", "run", *(a for c in changes for a in ("-S", c))], repo)
+    output = result.stdout + result.stderr
+    assert "Running stage" not in output, output[-3000:]
+    assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
+    assert outs_md5(repo) == outs_md5(history.repo)
+
+
+@pytest.mark.slow
+def test_threshold_flip_renders_nothing_twice(history, tmp_path):
+    """dedup.threshold 0.7 -> 0.8 -> 0.7 on a copy with the DVC cache but no generation store (a fresh
+    clone after `dvc pull`): 0.8 renders only rows 0.7 never had, and the way back renders nothing,
+    with the run-cache off so that generate@S really runs."""
+    repo = work_copy(history.repo, tmp_path / "repo")
+    built = outs_md5(history.repo)
+    assert not (repo / "data" / "image_store").exists()
+
+    # one source's road is enough to prove it, and keeps the test short: dedup@S -> generate@S
+    up = run(["dvc", "exp", "run", "-S", "dedup.threshold=0.8", "generate@diffusiondb"], repo)
+    at_08 = generate_lines(up.stdout)  # the sources whose dedup output changed (others: "didn't change")
+    assert "diffusiondb" in at_08 and set(at_08) <= set(PARAMS["generate"]["sources"]), up.stdout[-3000:]
+    assert all(rendered < prompts for prompts, rendered, _ in at_08.values()), at_08  # the rest came from the cache
+    assert sum(rendered for _, rendered, _ in at_08.values()) > 0, at_08  # 0.8 keeps rows 0.7 removed
+
+    params = (repo / "params.yaml").read_text(encoding="utf-8")
+    back, n = re.subn(r"(?m)^(  threshold: )0\.8\b", r"\g<1>0.7", params)
+    assert n == 1
+    (repo / "params.yaml").write_text(back, encoding="utf-8")
+    down = run(["dvc", "repro", "--no-run-cache", "generate@diffusiondb"], repo)
+    at_07 = generate_lines(down.stdout)
+    assert set(at_07) == set(at_08), down.stdout[-3000:]  # generate@S ran again (no run-cache), for the same sources
+    assert {source: (rendered, calls) for source, (_, rendered, calls) in at_07.items()} == \
+        {source: (0, 0) for source in at_07}, at_07  # zero pipeline calls
+    images = {path: md5 for path, md5 in outs_md5(repo).items() if path.startswith("data/images/")}
+    assert images == {path: built[path] for path in images}  # the very bytes of the 0.7 build
+    assert outs_md5(repo) == built
