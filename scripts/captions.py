@@ -33,6 +33,9 @@ def join_rendered(rows: pd.DataFrame, manifest: pd.DataFrame, images_dir: str) -
         raise DataError(
             f"{images_dir}/{MANIFEST}: {int(missing.sum())} rows have no image (first id {first}); rerun generate"
         )
+    for row_id, name in zip(joined["id"], joined["file"]):
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{images_dir}/{MANIFEST}: id {row_id}: file {name!r} leaves the images folder")
     joined["image"] = images_dir.rstrip("/") + "/" + joined["file"]
     present = [f for f in GENERATION_FIELDS if f in joined.columns]
     joined["generation"] = [
@@ -75,7 +78,9 @@ def cli(
     check_table(rows, input, strings=("id", "text", "prompt"), unique="id")
     manifest_path = images / MANIFEST
     if manifest_path.exists():
-        joined = join_rendered(rows, read_parquet(manifest_path), images.as_posix())
+        manifest = read_parquet(manifest_path)
+        check_table(manifest, manifest_path, strings=("id", "file"), unique="id")
+        joined = join_rendered(rows, manifest, images.as_posix())
     else:
         joined = carried_images(rows, source)
     table = caption_table(joined)

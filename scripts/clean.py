@@ -22,7 +22,7 @@ import functools
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -461,6 +461,11 @@ _WORKER_RULES: Rules | None = None
 
 
 def _start_worker(params: dict, fast: bool) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the pool and prints the one line; a
+    # worker printing its own KeyboardInterrupt traceback would add a screenful
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER_RULES
     _WORKER_RULES = load_rules(params, fast=fast)
 
@@ -503,6 +508,9 @@ def sibling_paths(output: Path) -> tuple[Path, Path]:
 
 # --------------------------------------------------------------------------- commands
 
+SPEED_KEYS = ("workers",)  # `clean` keys that change speed only: not in rules.json, not DVC params of clean_rules
+
+
 def read_rules_params(rules_file: Path | None) -> dict:
     """The `clean` params: from the compiled rules file when given (what DVC tracks), else params.yaml."""
     if rules_file is None:
@@ -523,6 +531,9 @@ def cli_rules(output: Path) -> None:
     records the (long) rule lists once, not once per stage."""
     params_clean = load_params("clean")
     load_rules(params_clean)  # a bad rule fails here, once, naming its key
+    # the rules only: `workers` changes speed, never a result (clean@S reads it from params.yaml), so a
+    # new worker count leaves this file, and every stage depending on it, unchanged
+    params_clean = {key: value for key, value in params_clean.items() if key not in SPEED_KEYS}
     write_json(params_clean, output)
     print(f"clean_rules: {len(params_clean)} rule entries -> {output}")
 
@@ -544,7 +555,10 @@ def cli(
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
     check_table(df, input, strings=("prompt",))
     if applied:
-        kept, dropped = clean_table(df, load_rules(read_rules_params(rules)), desc=f"clean@{source}")
+        compiled = load_rules(read_rules_params(rules))
+        if rules is not None:  # the rules file holds no `workers` (SPEED_KEYS): params.yaml's applies
+            compiled = replace(compiled, workers=_workers(load_params("clean").get("workers", 1)))
+        kept, dropped = clean_table(df, compiled, desc=f"clean@{source}")
     else:
         kept, dropped = pass_through(df)
     dropped_path, report_path = sibling_paths(output)

@@ -20,6 +20,7 @@ COMMANDS = {
     "clean": "clean",
     "dedup": "dedup",
     "generate": "generate",
+    "generate-prune": "generate:cli_prune",  # not a stage: shrinks the generation store (docs/generation.md)
     "captions": "captions",
     "split": "split",
     "release": "release",
@@ -29,6 +30,7 @@ COMMANDS = {
     "dedup-text": "dedup:cli_text",
     # side tools
     "diff": "tools.diff",
+    "pr-comment": "tools.pr_comment", "pr-comment-post": "tools.pr_comment:cli_post", "publish": "tools.publish",
     "tag": "tools.tag",
     "replay-history": "tools.replay_history",
     "sample-data": "tools.sample_data",
@@ -159,6 +161,19 @@ def _interrupted(signum: int) -> int:
     return 128 + signum
 
 
+def one_line(text: str) -> str:
+    """An error message as the one line it must be: a newline or carriage return from the data (a key,
+    a file name) is shown escaped."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def os_error_line(exc: OSError) -> str:
+    """`<path>: <strerror>` (both paths of a rename), or the reason alone when the error names no path."""
+    reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def _main(argv: list[str] | None) -> int:
     try:
         import typer
@@ -170,7 +185,13 @@ def _main(argv: list[str] | None) -> int:
         try:
             status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
         except DataError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line
+            print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
+            return 2
+        except MemoryError:
+            print("error: out of memory (a smaller input, batch_rows or workers may fit)", file=sys.stderr)
             return 2
         except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
             exc.show()

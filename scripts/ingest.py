@@ -107,8 +107,12 @@ def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig,
     for item in track(items, desc=f"ingest@{source}", unit="records"):
         report["rows_read"] += 1
         if isinstance(item, Record):
-            meta_json = json.dumps(item.meta, sort_keys=True, ensure_ascii=False)
-            found = record_problem(item, meta_json, cfg.keep_empty)
+            try:
+                meta_json = json.dumps(item.meta, sort_keys=True, ensure_ascii=False)
+            except (TypeError, ValueError, RecursionError) as exc:  # a value JSON cannot hold
+                meta_json, found = "", ("bad_meta", f"native metadata is not JSON-serialisable ({exc})")
+            else:
+                found = record_problem(item, meta_json, cfg.keep_empty)
             if found is None:
                 row_id = stable_id(source, item.key)
                 ids.append(int(row_id, 16))

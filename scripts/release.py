@@ -16,6 +16,8 @@ bucketed: see scripts/lib/export.py), removed.parquet (every removed row with it
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Component, Export, Preview, Release, load_params, load_section, parse
-from scripts.lib.io import (SPLITS, check_not_input, check_replaceable, mark_folder, read_parquet,
+from scripts.lib.archive import parse_ref
+from scripts.lib.io import (SPLITS, check_not_input, check_replaceable, check_table, mark_folder, read_parquet,
                           replace_path, staging_dir, write_json, write_parquet)
 from scripts.lib.export import export_options, write_split
 
@@ -139,6 +142,15 @@ def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
 # --- writing ------------------------------------------------------------------------------------
 
 
+def card_params(params: dict) -> dict:
+    """The params a release's card shows: dedup and split, without keys that change speed only
+    (the stage does not depend on them, so a card naming them would go stale)."""
+    from scripts.dedup import SPEED_KEYS
+
+    dedup = {k: v for k, v in (params.get("dedup") or {}).items() if k not in SPEED_KEYS}
+    return {"dedup": dedup, "split": params.get("split")}
+
+
 def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
     """README.md with Hugging Face YAML front matter: counts, sources, recipe, params, licences."""
     import yaml
@@ -197,7 +209,7 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
         "## Params",
         "",
         "```yaml",
-        yaml.safe_dump({k: params.get(k) for k in ("dedup", "split")}, sort_keys=True).rstrip(),
+        yaml.safe_dump(card_params(params), sort_keys=True).rstrip(),
         "```",
         "",
         "Built by `dvc repro release@" + recipe.name + "`; the git tag of the same name pins every input.",
@@ -209,11 +221,64 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
 # --- stage ---------------------------------------------------------------------------------------
 
 
-def _loader(splits_dir: Path):
+def _loader(splits_dir: Path, roots: dict[str, list[Path]]):
     def load_split(source: str, split: str) -> pd.DataFrame:
-        return read_parquet(splits_dir / source / f"{split}.parquet")
+        path = splits_dir / source / f"{split}.parquet"
+        rows = read_parquet(path)
+        check_split_rows(rows, path, source, roots[source])
+        return rows
 
     return load_split
+
+
+def source_roots(params: dict, recipe: Recipe) -> dict[str, list[Path]]:
+    """Where each component's images may live: its source's `images` and `path` (params.yaml); a
+    component whose source is not in params.yaml is one line before any work."""
+    sources = params.get("sources") or {}
+    roots = {}
+    for number, component in enumerate(recipe.components):
+        entry = sources.get(component.source)
+        if entry is None:
+            raise DataError(f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
+                            f"which is not under sources (have: {', '.join(sources) or 'none'})")
+        roots[component.source] = [Path(entry[key]) for key in ("images", "path") if entry.get(key)]
+    return roots
+
+
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
+
+
+def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Path]) -> None:
+    """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
+    column, a null value, an id that is not a plain name (it becomes a file name), a row of another
+    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store)."""
+    check_table(rows, path, strings=("id", "source", "text", "orig_text", "image"), unique="id")
+    for column in ("width", "height"):
+        if column not in rows.columns:
+            raise DataError(f"{path}: no '{column}' column")
+    for column in ("id", "source", "text", "image"):
+        nulls = rows[column].isna().to_numpy().nonzero()[0]
+        if len(nulls):
+            raise DataError(f"{path}: row {nulls[0] + 1}: null {column}")
+    real_roots = [os.path.realpath(root) for root in roots]
+    named_roots = [os.path.abspath(root) for root in roots]
+    cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
+    for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=1):
+        if not PLAIN_ID.fullmatch(row_id):
+            raise DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
+        if row_source != source:
+            raise DataError(f"{path}: row {number}: source {row_source!r} in the split folder of {source!r}")
+        file = parse_ref(image)[0]
+        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
+        named = os.path.abspath(file)  # the path as written, `..` applied
+        if not (any(_inside(real, root) for root in real_roots)
+                or _inside(real, cache) and any(_inside(named, root) for root in named_roots)):
+            where = ", ".join(str(root) for root in roots) or "none in params.yaml"
+            raise DataError(f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _cleaner(rules_file: Path, desc: str = "reclean"):
@@ -254,8 +319,9 @@ def cli(
     from scripts.lib.progress import Progress
 
     geometry = load_section("preview", missing_ok=True)
+    roots = source_roots(params, recipe)
     cleaner = _cleaner(rules, f"release@{name} reclean") if recipe.reclean else None
-    rows, removed = compose(recipe, _loader(splits), cleaner, _near_duplicates(params))
+    rows, removed = compose(recipe, _loader(splits, roots), cleaner, _near_duplicates(params))
     stats = release_stats(rows, removed)
     # Everything is written into a staging folder first and moved into place only at the end, so a
     # bad image or a crash leaves the previous release whole (never train new and validation old).

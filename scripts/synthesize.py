@@ -20,6 +20,7 @@ import email.utils
 import functools
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
@@ -287,6 +288,100 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
+class _DeadlineSocket:
+    """A connected socket whose every send and receive must end before `deadline` (time.monotonic()):
+    each operation gets the time left as its timeout, so a server trickling a byte a second cannot
+    stretch one request past `timeout_s` (a plain socket timeout restarts at every byte)."""
+
+    def __init__(self, sock, deadline: float):
+        self._sock, self._deadline = sock, deadline
+        self._readers, self._closing = 0, False  # as socket.socket: close() waits for makefile()'s readers
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self._sock.settimeout(left)
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes or len(buffer), flags)  # an SSL socket reads 0 bytes for 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return self._sock.recv(bufsize, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        self._arm()
+        self._sock.sendall(data, flags)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
+        if mode != "rb":
+            raise ValueError(f"unsupported mode {mode!r}")
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:  # urllib closes the connection as soon as the headers are read
+        self._closing = True
+        if not self._readers:
+            self._sock.close()
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closing and not self._readers:
+            self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The raw stream http.client reads a response from (as socket.makefile("rb"), with the deadline)."""
+
+    def __init__(self, sock: _DeadlineSocket):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._reader_closed()
+        super().close()
+
+
+def _deadline_connection(base: type, deadline: float):
+    class Connection(base):
+        def connect(self):
+            self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
+            super().connect()
+            self.sock = _DeadlineSocket(self.sock, deadline)
+
+    return Connection
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req, context=self._context)
+
+
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
     """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
 
@@ -297,7 +392,10 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
-    opener = urllib.request.build_opener(_NoRedirect())  # per call: proxy settings are read from the env now
+    # per call: proxy settings are read from the env now, and `timeout` is a deadline for the whole
+    # request (connect, send, headers, body), not for each read
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_NoRedirect(), _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
     try:
         with opener.open(request, timeout=timeout) as response:
             raw = response.read()

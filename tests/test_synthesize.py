@@ -49,7 +49,8 @@ class ChatServer:
 
     def __init__(self):
         self.received: list[dict] = []  # {"path", "authorization", "body"}
-        self.faults: list[tuple] = []  # consumed one per request: ("status", code, retry_after) | ("slow", s) | ("garbage",)
+        self.faults: list[tuple] = []  # consumed one per request: ("status", code, retry_after) | ("slow", s) |
+        # ("trickle", s) | ("garbage",)
         self.fail_seed: int | None = None  # requests with this `seed` always get 500
         self.lock = threading.Lock()
         server = self
@@ -75,6 +76,14 @@ class ChatServer:
                         self._send(200, reply(body))
                     elif fault and fault[0] == "body":  # ("body", status, raw bytes)
                         self._send_raw(fault[1], fault[2])
+                    elif fault and fault[0] == "trickle":  # ("trickle", s): the whole reply a byte every s seconds
+                        raw = json.dumps(reply(body)).encode()
+                        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                f"Content-Length: {len(raw)}\r\n\r\n").encode()
+                        self.close_connection = True
+                        for i in range(len(head + raw)):
+                            self.wfile.write((head + raw)[i : i + 1])
+                            time.sleep(fault[1])
                     elif fault and fault[0] == "garbage":
                         self._send_raw(200, b"<html>bad gateway</html>")
                     elif fault and fault[0] == "echo_key":  # an error body that quotes the key back
@@ -382,6 +391,19 @@ def test_429_500_timeout_and_garbage_are_retried_and_counted(tmp_path, server):
     assert report["attempts"] == 6 and len(server.received) == 6
     assert report["retries"] == {"timeout": 1, "http_429": 1, "http_5xx": 2, "connection": 0, "invalid_response": 1}
     assert report["api_calls"] == 1 and len(cache_files(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("timeout_s", [0.5, 1.0])
+def test_timeout_is_a_deadline_for_the_whole_request(tmp_path, server, timeout_s):
+    """A reply trickling a byte every 0.1 s never lets one read wait timeout_s, yet takes ~60 s in all:
+    each attempt must end at timeout_s (a per-read timeout would wait for the last byte)."""
+    server.faults = [("trickle", 0.1), ("trickle", 0.1)]
+    start = time.monotonic()
+    with pytest.raises(DataError, match=rf"request 0 failed: no response within {timeout_s:g}s \(after 2 attempts\)"):
+        run(tmp_path, server, requests=1, timeout_s=timeout_s, max_attempts=2, backoff_base_s=0.01, backoff_cap_s=0.01)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2 * timeout_s + 1.0, f"2 attempts of timeout_s={timeout_s} took {elapsed:.1f} s"
+    assert len(server.received) == 2
 
 
 def test_connection_refused_is_retried_then_fails_cleanly(tmp_path, server):

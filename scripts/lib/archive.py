@@ -21,6 +21,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -172,11 +173,16 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
             return
         if header == ZERO_BLOCK:
             return
-        if _octal(header[148:156], "checksum") != sum(header) - sum(header[148:156]) + 256:
+        try:
+            checksum = _octal(header[148:156], "checksum")
+            size = _octal(header[124:136], "size")
+        except UnsafeArchive as exc:  # not a header at all (a shard cut or shifted): the walk ends here
+            yield UnsafeArchive(exc.reason, f"{exc} at byte {pos}")
+            return
+        if checksum != sum(header) - sum(header[148:156]) + 256:
             yield UnsafeArchive("corrupt_archive", f"bad tar header checksum at byte {pos}")
             return
         typeflag = header[156:157]
-        size = _octal(header[124:136], "size")
         if pending_size is not None and typeflag not in EXTENSION_TYPES:
             size = pending_size  # a pax header overrides the ustar size field
         data_at = pos + BLOCK
@@ -330,7 +336,11 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
         return archive.read_bytes()
     check_member_name(member)
     if archive.suffix == ".zip":
-        with zipfile.ZipFile(archive) as zf:
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
+            raise UnsafeArchive("corrupt_archive", f"{archive}: not a readable zip ({type(exc).__name__})") from None
+        with zf:
             try:
                 info = zf.getinfo(member)
             except KeyError:
@@ -364,8 +374,17 @@ def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int =
         raise UnsafeArchive("unsafe_member", f"member {info.filename!r} is a symlink")
     if info.file_size > max_bytes:
         raise UnsafeArchive("member_too_large", f"member {info.filename!r} is {info.file_size} bytes (cap {max_bytes})")
-    with zf.open(info) as f:
-        data = f.read(max_bytes + 1 if limit is None else min(limit, max_bytes + 1))
+    try:
+        with zf.open(info) as f:
+            data = f.read(max_bytes + 1 if limit is None else min(limit, max_bytes + 1))
+    except NotImplementedError:  # Deflate64, implode, ...: methods zipfile cannot inflate
+        raise UnsafeArchive("unreadable_member", f"member {info.filename!r} uses an unsupported compression method "
+                                                 f"({info.compress_type})") from None
+    except RuntimeError:  # "File ... is encrypted, password required for extraction"
+        raise UnsafeArchive("unreadable_member", f"member {info.filename!r} is encrypted") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:  # bad CRC, corrupt or cut data
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UnsafeArchive("corrupt_archive", f"member {info.filename!r} is corrupt ({detail})") from None
     if len(data) > max_bytes:
         raise UnsafeArchive("member_too_large", f"member {info.filename!r} inflates beyond {max_bytes} bytes")
     return data

@@ -113,10 +113,11 @@ def place_image(ref: str, target: Path) -> None:
         return
     if not os.path.isfile(ref):
         raise DataError(f"{ref}: image not found")
+    real = os.path.realpath(ref)  # the file itself: a link in the store is never copied as a link
     try:
-        os.link(ref, target)
+        os.link(real, target, follow_symlinks=False)
     except OSError:  # another filesystem, or links not allowed: fall back to a copy
-        shutil.copyfile(ref, target)
+        shutil.copyfile(real, target)
 
 
 def _size(value) -> int | None:

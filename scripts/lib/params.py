@@ -24,6 +24,7 @@ This module imports only scripts.lib.errors and scripts.lib.io, so any module ca
 from __future__ import annotations
 
 import difflib
+import re
 import string
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Self
@@ -45,7 +46,7 @@ def unknown_key_message(key: Any, known: set[str]) -> str:
     """"unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
     near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     hint = f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(sorted(known))})"
-    return f"unknown key '{key}'{hint}"
+    return f"unknown key {str(key)!r}{hint}"  # repr: a key holding a newline stays on the one line
 
 
 class Section(BaseModel):
@@ -110,6 +111,17 @@ class Source(Section):
         None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)")
     caption_field: NonEmpty = Field(
         "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)")
+    follow_symlinks: bool = Field(
+        False, description="read files reached through a symbolic link inside `path` (false: such a link stops ingest "
+                           "with one line, since it can pull in any file, a secrets file included; `path` itself may be a link)")
+
+    @field_validator("csv_files")
+    @classmethod
+    def _inside(cls, files: Optional[list[str]]) -> Optional[list[str]]:
+        for name in files or []:
+            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+                raise ValueError(f"{name!r} leaves the source folder: name files under `path`")
+        return files
 
     @model_validator(mode="after")
     def _parts(self) -> "Source":
@@ -542,7 +554,25 @@ class Params(Section):
     synthesize: Optional[dict[str, SynthesizeEntry]] = Field(None, description="prompts from a chat model")
     preview: Optional[Preview] = Field(None, description="contact sheets, previews and plots")
 
+    @field_validator("sources", "releases", "synthesize", mode="before")
+    @classmethod
+    def _plain_names(cls, entries: Any) -> Any:
+        if isinstance(entries, dict):
+            for name in entries:
+                if isinstance(name, str):
+                    check_name(name)
+        return entries
 
+
+def check_name(name: str, what: str = "name") -> str:
+    """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
+    a plain name only, never `..`, a slash or an empty string."""
+    if not ENTRY_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)")
+    return name
+
+
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 ENTRY_SECTIONS = ("sources", "releases", "synthesize")  # name -> model mappings
 SECTION_MODELS: dict[str, type[Section]] = {
     "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "generate": Generate,

@@ -55,9 +55,24 @@ def open_fs(repo: str, rev: str):
         raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
-def releases_at(fs) -> dict:
-    with fs.open("params.yaml", "r") as f:
-        return (yaml.safe_load(f) or {}).get("releases") or {}
+def releases_at(fs, rev: str = "") -> dict:
+    """`releases` of params.yaml at `rev`: a file missing, not YAML or not a mapping there is one line."""
+    where = f"{rev}:params.yaml" if rev else "params.yaml"
+    try:
+        with fs.open("params.yaml", "r", encoding="utf-8") as f:
+            params = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise DataError(f"{where}: not found") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DataError(f"{where}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    releases = params.get("releases") if isinstance(params, dict) else None
+    if not isinstance(params, dict) or not isinstance(releases or {}, dict):
+        raise DataError(f"{where}: expected a mapping with a `releases` mapping")
+    return releases or {}
 
 
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
@@ -73,16 +88,19 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
             raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
         frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)
         frames.append(frame)
-        image_md5.update(_image_hashes(fs, f"{base}/{split}", frame))
+        image_md5.update(_image_hashes(fs, rev, f"{base}/{split}", frame))
     removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"])
     return Snapshot(rev, release, pd.concat(frames, ignore_index=True), removed, image_md5)
 
 
-def _image_hashes(fs, folder: str, frame: pd.DataFrame) -> dict[str, str]:
+def _image_hashes(fs, rev: str, folder: str, frame: pd.DataFrame) -> dict[str, str]:
     """md5 per image from DVC's own index (no image bytes are read)."""
     hashes = {}
     for row in frame.itertuples(index=False):
-        info = fs.info(f"{folder}/{row.file_name}")
+        try:
+            info = fs.info(f"{folder}/{row.file_name}")
+        except FileNotFoundError:
+            raise DataError(f"{rev}:{folder}/metadata.jsonl: image {row.file_name!r} of id {row.id} not found") from None
         md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
         hashes[row.id] = md5 or ""
     return hashes
@@ -223,7 +241,7 @@ def cli(
         raise DataError(f"--format must be md or json, got {format!r}")
     fs_a, fs_b = open_fs(str(repo), rev_a), open_fs(str(repo), rev_b)
     reports = []
-    for release_a, release_b in pick_releases(rev_a, rev_b, release, releases_at(fs_a), releases_at(fs_b)):
+    for release_a, release_b in pick_releases(rev_a, rev_b, release, releases_at(fs_a, rev_a), releases_at(fs_b, rev_b)):
         a = read_snapshot(fs_a, rev_a, release_a)
         b = read_snapshot(fs_b, rev_b, release_b)
         explain = source_removals(fs_b, set(a.rows["source"]))

@@ -21,7 +21,22 @@ TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 
 
 def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=check)
+    """git ARGS; with `check`, a failure is one line (git's own first line), never a traceback."""
+    try:
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise DataError("git is not installed (tag needs it)") from None
+    if check and result.returncode != 0:
+        said = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[0]
+        raise DataError(f"git {args[0]} failed: {said}")
+    return result
+
+
+def check_repository() -> None:
+    if _git("rev-parse", "--is-inside-work-tree", check=False).stdout.strip() != "true":
+        raise DataError(f"{Path.cwd()}: not inside a git repository (run tag from the repository root)")
+    if not Path(".dvc").is_dir() or not Path("dvc.yaml").is_file():
+        raise DataError(f"{Path.cwd()}: not a DVC project root (no .dvc/ or dvc.yaml here)")
 
 
 def check_committed() -> None:
@@ -56,6 +71,7 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
     from dvc.repo import Repo
 
     stage = f"release@{name}"
+    check_repository()
     if _git("rev-parse", "-q", "--verify", f"refs/tags/{name}", check=False).returncode == 0:
         raise DataError(f"tag {name} already exists")
     check_committed()
@@ -66,6 +82,13 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
             raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
         check_up_to_date(repo, stage)
         check_pushed(repo, stage)
-    stats = json.loads(Path(f"data/releases/{name}/stats.json").read_text(encoding="utf-8"))
+    stats_file = Path(f"data/releases/{name}/stats.json")
+    try:
+        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        tag_message(name, stats)
+    except FileNotFoundError:
+        raise DataError(f"{stats_file}: not found (run `dvc repro {stage}`, or `dvc pull {stage}`)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{stats_file}: not the stats release writes ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     _git("tag", "-a", name, "-m", tag_message(name, stats))
     print(f"tagged {name}: {tag_message(name, stats).splitlines()[0]}")

@@ -7,6 +7,8 @@ in scripts/ingest.py. `info` is a dict the reader may fill with facts for the re
 from __future__ import annotations
 
 import codecs
+import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,52 @@ class Problem:
         return f"{self.file}: {self.where}: {self.detail}" if self.where else f"{self.file}: {self.detail}"
 
 
-def source_files(root: Path, pattern: str, what: str) -> list[Path]:
-    """The source's files: `root` itself when it is a file, else its sorted matches of `pattern`."""
+LINK_HINT = "refused: a link can pull in any file (set follow_symlinks: true in the source's params to read links)"
+
+
+def leaves(path: Path, root: Path) -> bool:
+    """`path` is not under `root` once normalised (a `..` or an absolute part takes it out)."""
+    try:
+        relative = Path(os.path.normpath(path)).relative_to(os.path.normpath(root))
+    except ValueError:
+        return True
+    return ".." in relative.parts
+
+
+def link_under(path: Path, root: Path) -> Path | None:
+    """The first symbolic link on the way down from `root` (which may itself be one) to `path`."""
+    current = Path(os.path.normpath(root))
+    for part in Path(os.path.normpath(path)).relative_to(current).parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
+def check_confined(path: Path, root: Path, follow_symlinks: bool = False) -> Path:
+    """`path`, refused (one-line DataError) if it leaves `root` or, unless `follow_symlinks`, passes
+    through a symbolic link below `root`: a reader opens only files the source holds."""
+    if leaves(path, root):
+        raise DataError(f"{path}: leaves the source folder {root}")
+    link = None if follow_symlinks else link_under(path, root)
+    if link is not None:
+        raise DataError(f"{link}: is a symbolic link; {LINK_HINT}")
+    return path
+
+
+def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = False) -> list[Path]:
+    """The source's files: `root` itself when it is a file, else its sorted matches of `pattern`
+    (a match that is a symbolic link is refused unless `follow_symlinks`)."""
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: source path not found")
-    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    files = []
+    for path in sorted(root.glob(pattern)):
+        if path.is_symlink() and not follow_symlinks:
+            raise DataError(f"{path}: is a symbolic link; {LINK_HINT}")
+        if path.is_file():
+            files.append(path)
     if not files:
         raise DataError(f"{root}: no {what} files ({pattern}) found")
     return files
@@ -61,7 +102,15 @@ def decode(data: bytes) -> str:
     return codecs.decode(data, "utf-8", "surrogateescape")
 
 
-def require_columns(file: Path, present: list[str], required: list[str]) -> None:
+def require_columns(file: Path, present: list[str], required: list[str], echo: bool = True) -> None:
+    """A one-line DataError when a required column is missing. With `echo=False` (a CSV header is the
+    file's first line, whatever the file is) only a near match of the missing name is shown, never the line."""
     missing = [c for c in required if c not in present]
-    if missing:
-        raise DataError(f"{file}: missing column {', '.join(repr(c) for c in missing)} (has: {', '.join(present) or 'none'})")
+    if not missing:
+        return
+    if echo:
+        hint = f"has: {', '.join(present) or 'none'}"
+    else:
+        near = difflib.get_close_matches(missing[0], [str(c) for c in present], n=1, cutoff=0.7)
+        hint = f"did you mean {near[0]!r}?" if near else f"the header has {len(present)} fields"
+    raise DataError(f"{file}: missing column {', '.join(repr(c) for c in missing)} ({hint})")

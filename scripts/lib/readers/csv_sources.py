@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
-from scripts.lib.readers.base import Problem, Record, SourceConfig, require_columns, source_files
+from scripts.lib.errors import DataError
+from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, require_columns,
+                                         source_files)
 
 # raw_discord_data fields kept in meta (the generation settings of the original image)
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]
@@ -21,7 +23,7 @@ def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, s
             header = next(reader)
         except (StopIteration, csv.Error):
             header = []
-        require_columns(file, header, required)
+        require_columns(file, header, required, echo=False)
         number = 0
         while True:
             number += 1
@@ -40,7 +42,7 @@ def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, s
 
 
 def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
-    for file in source_files(Path(cfg.path), "*.csv", "CSV"):
+    for file in source_files(Path(cfg.path), "*.csv", "CSV", cfg.follow_symlinks):
         for number, row in iter_csv(file, ["prompt", "raw_data"]):
             if isinstance(row, Problem):
                 yield row
@@ -63,14 +65,20 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
 def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
     """gpt_generated_prompts.csv / hardcoded_prompts.csv (column `prompt`), image {row_index}.png beside."""
     root = Path(cfg.path)
-    files = [root / name for name in cfg.csv_files] if cfg.csv_files else source_files(root, "*.csv", "CSV")
+    if cfg.csv_files:
+        files = [check_confined(root / name, root, cfg.follow_symlinks) for name in cfg.csv_files]
+        for file in files:
+            if not file.is_file():
+                raise DataError(f"{file}: not found (sources.<name>.csv_files)")
+    else:
+        files = source_files(root, "*.csv", "CSV", cfg.follow_symlinks)
     for file in files:
         for number, row in iter_csv(file, ["prompt"]):
             if isinstance(row, Problem):
                 yield row
                 continue
             image = file.parent / f"{number - 1}.png"
-            sized = image_file_size(image, cfg.max_member_bytes, cfg.max_image_pixels)
+            sized = image_file_size(image, cfg.max_member_bytes, cfg.max_image_pixels, cfg.follow_symlinks)
             if isinstance(sized, str):
                 reason, _, detail = sized.partition(":")
                 yield Problem(file, f"row {number}", reason, detail)
@@ -79,9 +87,11 @@ def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
                          width=sized[0], height=sized[1], meta={"row_index": number - 1}, file=file, where=f"row {number}")
 
 
-def image_file_size(image: Path, max_bytes: int, max_pixels: int) -> tuple[int, int] | str:
+def image_file_size(image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False) -> tuple[int, int] | str:
     """(width, height) of a plain image file within the caps, or "reason:detail"."""
-    if image.is_symlink() or not image.is_file():
+    if image.is_symlink() and not follow_symlinks:
+        return f"unsafe_path:image {image} is a symbolic link; {LINK_HINT}"
+    if not image.is_file():
         return f"missing_image:image {image} not found (or not a regular file)"
     if image.stat().st_size > max_bytes:
         return f"member_too_large:image {image} is larger than {max_bytes} bytes"

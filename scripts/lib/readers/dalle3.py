@@ -81,7 +81,7 @@ def caption_of(sample: Dalle3Sample, caption_field: str) -> str | Problem:
 
 def read_dalle3(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
     info["caption_field"] = cfg.caption_field
-    for shard in source_files(Path(cfg.path), "*.tar", "tar shard"):
+    for shard in source_files(Path(cfg.path), "*.tar", "tar shard", cfg.follow_symlinks):
         for sample in iter_dalle3(shard, cfg.max_member_bytes, cfg.max_image_pixels):
             if isinstance(sample, Problem):
                 yield sample
@@ -106,8 +106,8 @@ def _as_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10:
+        return int(value)  # "512"; not "²" (a digit to isdigit, not to int) nor 5000 digits (int's limit)
     return None
 
 

@@ -2,29 +2,47 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
 from scripts.lib.errors import DataError
-from scripts.lib.readers.base import Problem, Record, SourceConfig, decode, require_columns
+from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, decode, link_under,
+                                         require_columns)
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
 
 
-def iter_parquet(file: Path, columns: list[str], batch_rows: int) -> Iterator[dict[str, Any]]:
-    """Rows of a parquet file, streamed batch by batch (memory bounded by `batch_rows`)."""
+# what a column may hold: arrow type predicates by kind (a column of nulls only fits any kind)
+COLUMN_KINDS = {
+    "string": lambda t, pa: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "integer": lambda t, pa: pa.types.is_integer(t),
+}
+
+
+def iter_parquet(file: Path, columns: list[str], batch_rows: int, kinds: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a parquet file, streamed batch by batch (memory bounded by `batch_rows`). `kinds`
+    (column -> a COLUMN_KINDS key) are checked against the schema first: a binary prompt or a list
+    of part ids is one line naming the column, not a crash further on."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(file)
+        schema = pf.schema_arrow
     except Exception as exc:
         raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__})") from None
-    require_columns(file, pf.schema_arrow.names, columns)
+    require_columns(file, schema.names, columns)
+    for column, kind in (kinds or {}).items():
+        kind_of = schema.field(column).type
+        if not pa.types.is_null(kind_of) and not COLUMN_KINDS[kind](kind_of, pa):
+            raise DataError(f"{file}: column {column!r} holds {kind_of}, expected {kind}")
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
             yield from batch.to_pylist()
@@ -35,17 +53,32 @@ def iter_parquet(file: Path, columns: list[str], batch_rows: int) -> Iterator[di
 
 
 def plain(value: Any) -> Any:
-    """A parquet value as JSON: timestamps as ISO strings, float32 noise trimmed."""
-    if isinstance(value, dt.datetime):
+    """A parquet value as JSON: times and dates as ISO strings, decimals as floats, float32 noise
+    trimmed; anything else JSON cannot hold as its text."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
     if isinstance(value, float):
         return float(f"{value:.7g}")
-    return value
+    if isinstance(value, bytes):
+        return decode(value)  # not UTF-8: the record check names the row
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
 
 
 # ---------------------------------------------------------------- DiffusionDB
 METADATA_COLUMNS = ["image_name", "prompt", "part_id", "seed", "step", "cfg", "sampler", "width", "height",
                     "user_name", "timestamp", "image_nsfw", "prompt_nsfw"]
+METADATA_KINDS = {"image_name": "string", "prompt": "string", "part_id": "integer"}  # the rest is kept as metadata
+PART_NAME = re.compile(r"part-(\d{6})\.zip")
 
 
 def chosen_part_ids(cfg: SourceConfig) -> list[int] | None:
@@ -65,20 +98,25 @@ def read_diffusiondb(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
     info["part_ids"] = parts
     info["read"] = cfg.read
     if cfg.read == "metadata":
-        yield from _diffusiondb_metadata(root / "metadata.parquet", parts, cfg)
+        yield from _diffusiondb_metadata(check_confined(root / "metadata.parquet", root, cfg.follow_symlinks), parts, cfg)
     else:
         if parts is None:
-            parts = sorted(int(p.stem.split("-")[1]) for p in root.glob("part-*.zip"))
+            parts = []
+            for path in sorted(root.glob("part-*.zip")):
+                match = PART_NAME.fullmatch(path.name)
+                if match is None:
+                    raise DataError(f"{path}: not a DiffusionDB part name (part-NNNNNN.zip); rename or remove it")
+                parts.append(int(match.group(1)))
             info["part_ids"] = parts
         for part in parts:
-            yield from _diffusiondb_part(root / f"part-{part:06d}.zip", cfg)
+            yield from _diffusiondb_part(check_confined(root / f"part-{part:06d}.zip", root, cfg.follow_symlinks), cfg)
 
 
 def _diffusiondb_metadata(file: Path, parts: list[int] | None, cfg: SourceConfig) -> Iterator[Record | Problem]:
     if not file.is_file():
         raise DataError(f"{file}: not found (DiffusionDB metadata.parquet)")
     wanted = set(parts) if parts is not None else None
-    for number, row in enumerate(iter_parquet(file, METADATA_COLUMNS, cfg.batch_rows), start=1):
+    for number, row in enumerate(iter_parquet(file, METADATA_COLUMNS, cfg.batch_rows, METADATA_KINDS), start=1):
         if wanted is not None and row["part_id"] not in wanted:
             continue
         if not row["image_name"]:
@@ -95,8 +133,8 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
         raise DataError(f"{file}: not found (DiffusionDB part zip)")
     try:
         zf = zipfile.ZipFile(file)
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{file}: not a readable zip ({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
+        raise DataError(f"{file}: not a readable zip ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     with zf:
         json_name = f"{file.stem}.json"
         try:
@@ -142,7 +180,8 @@ def read_gustavosta(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
             if not file.is_file():
                 continue
             found = True
-            for number, row in enumerate(iter_parquet(file, ["Prompt"], cfg.batch_rows), start=1):
+            check_confined(file, root, cfg.follow_symlinks)
+            for number, row in enumerate(iter_parquet(file, ["Prompt"], cfg.batch_rows, {"Prompt": "string"}), start=1):
                 prompt = row["Prompt"] if row["Prompt"] is not None else ""
                 yield Record(key=f"{stem}:{number}", prompt=prompt, split=split, file=file, where=f"row {number}")
         else:
@@ -150,7 +189,7 @@ def read_gustavosta(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
             if not file.is_file():
                 continue
             found = True
-            yield from _gustavosta_csv(file, root, stem, split, cfg)
+            yield from _gustavosta_csv(check_confined(file, root, cfg.follow_symlinks), root, stem, split, cfg)
     if not found:
         raise DataError(f"{root}: no Gustavosta files (data/train.parquet, data/eval.parquet, train.csv, eval.csv)")
 
@@ -164,7 +203,11 @@ def _gustavosta_csv(file: Path, root: Path, stem: str, split: str, cfg: SourceCo
         if relative.startswith("/") or ".." in relative.split("/"):
             yield Problem(file, f"row {number}", "unsafe_path", f"image_path {relative!r} leaves the source folder")
             continue
-        sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels)
+        link = None if cfg.follow_symlinks else link_under(root / relative, root)
+        if link is not None:
+            yield Problem(file, f"row {number}", "unsafe_path", f"image_path {relative!r}: {link} is a symbolic link; {LINK_HINT}")
+            continue
+        sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels, follow_symlinks=True)
         if isinstance(sized, str):
             reason, _, detail = sized.partition(":")
             yield Problem(file, f"row {number}", reason, detail)

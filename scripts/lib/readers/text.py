@@ -8,7 +8,7 @@ from scripts.lib.readers.base import Problem, Record, SourceConfig, decode, sour
 
 
 def read_text(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
-    for file in source_files(Path(cfg.path), "*.txt", "text"):
+    for file in source_files(Path(cfg.path), "*.txt", "text", cfg.follow_symlinks):
         with file.open("rb") as f:
             for number, raw in enumerate(iter_lines(f, cfg.max_prompt_bytes), start=1):
                 if raw is None:

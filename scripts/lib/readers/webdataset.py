@@ -11,16 +11,17 @@ from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError
-from scripts.lib.readers.base import Problem, Record, SourceConfig, decode
+from scripts.lib.readers.base import Problem, Record, SourceConfig, check_confined, decode
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 META_FIELDS = ["caption_variant", "caption_selector_index", "caption_source_id"]
 
 
-def manifest_shards(root: Path) -> list[Path]:
-    """Shard paths listed by the manifest (or buckets/*/shard-*.tar), each checked to stay inside root."""
-    manifest_file = root / "manifest.json"
+def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
+    """Shard paths listed by the manifest (or buckets/*/shard-*.tar), each checked to stay inside root
+    (and, unless `follow_symlinks`, to reach no file through a symbolic link)."""
+    manifest_file = check_confined(root / "manifest.json", root, follow_symlinks)
     if not manifest_file.is_file():
         raise DataError(f"{manifest_file}: not found (bucketed WebDataset export)")
     try:
@@ -32,20 +33,29 @@ def manifest_shards(root: Path) -> list[Path]:
     buckets = manifest.get("buckets")
     if isinstance(buckets, dict):
         buckets = [dict(v, bucket_id=k) for k, v in buckets.items() if isinstance(v, dict)]
-    listed = [s for b in buckets or [] if isinstance(b, dict) for s in b.get("shards", [])]
+    if buckets is not None and not isinstance(buckets, list):
+        raise DataError(f"{manifest_file}: 'buckets' is a {type(buckets).__name__}, expected a list of buckets")
+    listed = []
+    for number, bucket in enumerate(buckets or []):
+        shards = bucket.get("shards", []) if isinstance(bucket, dict) else []
+        if not isinstance(shards, list):
+            raise DataError(f"{manifest_file}: buckets[{number}].shards is a {type(shards).__name__}, expected a list of paths")
+        listed += shards
     if not listed:
-        return sorted(root.glob("buckets/*/shard-*.tar"))
+        return [check_confined(path, root, follow_symlinks) for path in sorted(root.glob("buckets/*/shard-*.tar"))]
     shards = []
     for name in listed:
-        if not isinstance(name, str) or name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{manifest_file}: shard path {name!r} is not a path")
+        if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
             raise DataError(f"{manifest_file}: shard path {name!r} leaves the export folder")
-        shards.append(root / name)
+        shards.append(check_confined(root / name, root, follow_symlinks))
     return shards
 
 
 def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
     root = Path(cfg.path)
-    shards = manifest_shards(root)
+    shards = manifest_shards(root, cfg.follow_symlinks)
     info["shards"] = len(shards)
     for shard in shards:
         if not shard.is_file():
