@@ -39,6 +39,7 @@ import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from conftest import tar_bytes
 from scripts.lib import params as P
 from scripts.lib.errors import DataError
 
@@ -147,10 +148,8 @@ def apply(params: dict, ops) -> dict:
 
 
 @pytest.fixture(scope="module")
-def params_dir():
-    folder = Path(tempfile.mkdtemp(prefix="fuzz-params-"))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def params_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz-params")
 
 
 @pytest.fixture(scope="module")
@@ -298,16 +297,6 @@ def _tar_members(data: bytes) -> list[tuple[str, bytes]]:
         return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
 
 
-def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def replace_member(data: bytes, suffix: str, pick: float, new: bytes) -> bytes:
     """A tar (rebuilt, valid) or zip whose `pick`-th member ending in `suffix` holds `new`."""
     if data[:2] == b"PK":
@@ -320,7 +309,7 @@ def replace_member(data: bytes, suffix: str, pick: float, new: bytes) -> bytes:
         index = chosen[min(int(pick * len(chosen)), len(chosen) - 1)]
         members[index] = (members[index][0], new)
     if data[:2] != b"PK":
-        return _tar_bytes(members)
+        return tar_bytes(members)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, member in members:
@@ -428,10 +417,8 @@ def listing(root: Path, skip: Path) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def fuzz_base():
-    base = Path(tempfile.mkdtemp(prefix="fuzz-readers-"))
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+def fuzz_base(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz-readers")
 
 
 def check_reader(base: Path, kind: str, change, on_error: str) -> None:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import write_tar
 from scripts.cli import main
 from scripts.lib.io import MARKER, output_lock, stable_id, write_parquet
 
@@ -231,24 +231,13 @@ def _nested(depth: int = 100_000) -> str:
     return "[" * depth + "]" * depth
 
 
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    import io
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def _source(root: Path, name: str, **changes) -> None:
     sources = {**PARAMS["sources"], name: {**PARAMS["sources"][name], "on_error": "fail", **changes}}
     write_params(root, sources=sources)
 
 
 def _deep_dalle3(root: Path) -> None:
-    _tar(root / "in" / "data-000000.tar", [("0000.png", PNG), ("0000.json", _nested().encode())])
+    write_tar(root / "in" / "data-000000.tar", [("0000.png", PNG), ("0000.json", _nested().encode())])
     _source(root, "dalle3", path="in")
 
 

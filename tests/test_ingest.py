@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_tar
 from scripts.lib.archive import read_image, read_member
 from scripts.lib.params import load_params
 from scripts.lib.io import PROMPT_COLUMNS, stable_id
@@ -44,16 +45,6 @@ def jpg(width: int = 8, height: int = 8) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (30, 30, 200)).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def write_tar(path: Path, members: list[tuple[str, bytes]], fmt=tarfile.USTAR_FORMAT) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=fmt) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def run_ingest(tmp_path: Path, name: str = "src", **config) -> tuple[list[dict], dict]:

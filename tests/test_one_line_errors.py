@@ -26,7 +26,6 @@ import os
 import struct
 import subprocess
 import sys
-import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import GIT_ENV, cli
+from conftest import GIT_ENV, cli, write_tar
 from scripts.lib.io import stable_id, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,15 +80,6 @@ def png(width: int = 8, height: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def tar_file(path: Path, members: list[tuple[str, bytes]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def secret_file(ws: Path) -> Path:
     (ws / "secret.env").write_text(SECRET + "\nOTHER=1\n", encoding="utf-8")
     return ws / "secret.env"
@@ -114,7 +104,7 @@ def case_manifest_shards_is_a_number(ws):
 
 def case_manifest_shard_is_a_symlink(ws):
     source(ws, kind="bucketed_webdataset", path="raw/lb")
-    tar_file(ws / "elsewhere.tar", [("k.jpg", png()), ("k.txt", b"a caption\n"), ("k.json", b'{"w": 8, "h": 8}')])
+    write_tar(ws / "elsewhere.tar", [("k.jpg", png()), ("k.txt", b"a caption\n"), ("k.json", b'{"w": 8, "h": 8}')])
     (ws / "raw/lb/buckets/p1").mkdir(parents=True)
     (ws / "raw/lb/buckets/p1/shard-000000.tar").symlink_to(ws / "elsewhere.tar")
     (ws / "raw/lb/manifest.json").write_text(json.dumps({"format": "bucketed_shards_v1",
@@ -125,7 +115,7 @@ def case_manifest_shard_is_a_symlink(ws):
 def _dalle3_with(ws: Path, record: dict) -> None:
     source(ws, kind="dalle3", path="raw/d3", images="raw/d3")
     good = {"short_caption": "a good caption", "width": 8, "height": 8}
-    tar_file(ws / "raw/d3/data-000000.tar", [("0000.png", png()), ("0000.json", json.dumps(good).encode()),
+    write_tar(ws / "raw/d3/data-000000.tar", [("0000.png", png()), ("0000.json", json.dumps(good).encode()),
                                              ("0001.png", png()), ("0001.json", json.dumps(record).encode())])
 
 
@@ -144,7 +134,7 @@ def case_dalle3_tar_header_with_text_in_its_checksum_field(ws):
     source(ws, kind="dalle3", path="raw/d3", images="raw/d3")
     record = json.dumps({"short_caption": "a good caption", "width": 8, "height": 8}).encode()
     shard = ws / "raw/d3/data-000000.tar"
-    tar_file(shard, [(f"000{i}.{ext}", png() if ext == "png" else record) for i in range(3) for ext in ("png", "json")])
+    write_tar(shard, [(f"000{i}.{ext}", png() if ext == "png" else record) for i in range(3) for ext in ("png", "json")])
     data = bytearray(shard.read_bytes())
     header = data.index(b"0002.png")  # the third sample's first header starts with its name
     data[header + 148 : header + 156] = b'{"image_'
@@ -500,7 +490,7 @@ def case_release_image_climbing_out_of_the_store(ws):
 
 
 def case_release_image_in_an_archive_outside_the_store(ws):
-    tar_file(ws / "other.tar", [("0.png", png())])
+    write_tar(ws / "other.tar", [("0.png", png())])
     case = release_ws(ws, _with(split_rows(ws), 0, image=f"{ws}/other.tar!/0.png"))
     case.error = ["row 1", "other.tar!/0.png", "is outside the folders"]
     return case
