@@ -383,7 +383,7 @@ def test_a_signal_stops_a_stage_with_one_line_and_no_leftovers(signal_ws, stage,
 
 
 @pytest.mark.skip(reason="known bug, open in issue #14: Ctrl-C during clean with clean.workers > 1 hangs the "
-                         "parent in multiprocessing.Pool teardown about 2 runs in 5 (seen 2026-12-01); default workers: 1 is covered")
+                         "parent in multiprocessing.Pool teardown (4 hangs in 12 runs, 2026-12-01); default workers: 1 is covered")
 def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_path):
     """clean.workers: 2 over 21k prompts runs a spawn pool: Ctrl-C reaches every worker too, and each
     used to print its own KeyboardInterrupt traceback."""
