@@ -1,0 +1,24 @@
+"""Functions tests/test_workers.py maps in worker processes (a module that imports nothing heavy:
+each worker imports it)."""
+import os
+import signal
+
+
+def square(n: int) -> int:
+    return n * n
+
+
+def fail_on_seven(n: int) -> int:
+    if n == 7:
+        raise ValueError("seven")
+    return n
+
+
+def die_on_seven(n: int) -> int:
+    if n == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n
+
+
+def refuse_to_start() -> None:
+    raise ValueError("bad rules")
