@@ -1,6 +1,6 @@
 """Speed of the cleaning filter: prompts per second on one core (issue 4, acceptance 3).
 
-    python benchmarks/clean_bench.py [--n 1000000] [--baseline-n 100000] [--reference FILE] [--no-cli]
+    python benchmarks/clean_bench.py [--n 1000000] [--baseline-n 100000] [--rules NAME] [--reference final|FILE] [--no-cli]
 
 Prompts: the real fixture prompts (../shared/fixtures), mutated at random (words dropped, swapped,
 repeated; SD modifiers, artists, numbers and punctuation inserted) so the 1M are nearly all
@@ -8,7 +8,9 @@ distinct and exercise the rules; generated prompts when the fixtures are absent.
 as CPU time of this process (time.process_time), so other jobs on a shared machine do not count;
 wall time is printed too. Baseline, in the same run: the same rules without the guards and the
 RE2 scanner (`load_rules(..., fast=False)`: every regex on every prompt), and, with --reference,
-a transcription of the reference team's `preprocess` (not shipped: see clean_agreement.py).
+the reference team's `preprocess`: a rule set name runs their code at that set's commit, read from
+the git mirror (see clean_agreement.py; not shipped), or a file defining preprocess(text).
+`--rules NAME` benchmarks a named rule set (default: params.yaml `clean`).
 Then the whole `python -m scripts clean-text` command on the 1M prompts written one per line
 (reading, cleaning, writing JSONL), timed by the child process's CPU time.
 """
@@ -27,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clean_agreement import fixture_prompts, load_reference, reference_result  # noqa: E402
-from scripts.clean import clean_text, load_rules  # noqa: E402
+from benchmarks.clean_agreement import (MIRROR, REFERENCES, fixture_prompts, reference_from_file,  # noqa: E402
+                                        reference_from_mirror, reference_result)
+from scripts.clean import clean_text, load_rule_set, load_rules  # noqa: E402
 from scripts.lib.params import load_params
 
 MODIFIERS = [
@@ -87,12 +90,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--baseline-n", type=int, default=100_000, help="prompts for the (slow) baselines")
-    parser.add_argument("--reference", type=Path, help="file defining the reference preprocess(text)")
+    parser.add_argument("--reference", help="a rule set name (the team's code at its commit, from --mirror) or a "
+                                            "file defining the reference preprocess(text)")
+    parser.add_argument("--mirror", type=Path, default=MIRROR, help="git directory of the reference repository")
+    parser.add_argument("--rules", default=None, help="a named rule set (default: params.yaml `clean`)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip timing the clean-text command")
     args = parser.parse_args()
 
-    params = load_params("clean", args.params)
+    params = load_params("clean", args.params) if args.rules is None else load_rule_set(args.rules)
     fast, unguarded = load_rules(params), load_rules(params, fast=False)
     prompts = synthesize(args.n)
     print(f"{len(prompts)} prompts ({len(set(prompts))} distinct), mean {sum(map(len, prompts)) / len(prompts):.0f} chars")
@@ -104,7 +110,8 @@ def main() -> None:
     base_cpu, _ = rate(lambda p: clean_text(p, unguarded), sample)
     print(f"baseline, same rules without guards: {base_cpu:,.0f} prompts/s CPU -> speedup {cpu / base_cpu:.2f}x")
     if args.reference:
-        preprocess = load_reference(args.reference)
+        preprocess = (reference_from_mirror(args.reference, args.mirror) if args.reference in REFERENCES
+                      else reference_from_file(Path(args.reference)))
         ref_cpu, _ = rate(lambda p: reference_result(preprocess, p), sample)
         print(f"baseline, reference preprocess: {ref_cpu:,.0f} prompts/s CPU -> speedup {cpu / ref_cpu:.2f}x")
     if args.cli:

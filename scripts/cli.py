@@ -14,11 +14,14 @@ import sys
 COMMANDS = {
     # DVC stages (dvc.yaml), one module each
     "tiny-model": "tiny_model",
+    "tiny-encoder": "tiny_encoder",
     "synthesize": "synthesize",
+    "caption": "caption",  # caption@S: vision-model captions (not `captions`, which joins images and text)
     "ingest": "ingest",
     "clean-rules": "clean:cli_rules",
     "clean": "clean",
     "dedup": "dedup",
+    "prefilter": "prefilter",  # prefilter@S: release steps that run before generation
     "generate": "generate",
     "generate-prune": "generate:cli_prune",  # not a stage: shrinks the generation store (docs/generation.md)
     "captions": "captions",
@@ -34,9 +37,10 @@ COMMANDS = {
     "tag": "tools.tag",
     "replay-history": "tools.replay_history",
     "sample-data": "tools.sample_data",
-    "simpletuner": "tools.simpletuner",
+    "simpletuner": "tools.simpletuner", "simpletuner-config": "tools.simpletuner:cli_config",
     "dedup-preview": "tools.dedup_preview",
     "params-doc": "tools.params_doc",
+    "history-table": "tools.history_table",
 }
 
 

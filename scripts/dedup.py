@@ -1,28 +1,44 @@
-"""dedup@S: near-duplicate removal with MinHash-LSH, verified by exact Jaccard.
+"""dedup@S: near-duplicate removal, by MinHash-LSH verified with exact Jaccard (`dedup.method: minhash`,
+the default) or by sentence embeddings verified with exact cosine (`dedup.method: embedding`, the team's
+own method: all-MiniLM-L6-v2, see scripts/lib/embedding.py).
 
-Pipeline of `dedup_self` (every step is array work; see scripts/lib/minhash.py for the primitives):
+Pipeline of `dedup_self` with minhash (every step is array work; see scripts/lib/minhash.py):
   1. shingle + sign the texts in batches (`dedup.workers` processes), keep only the LSH band keys
      (uint32[bands, n]: 1.3 GB at 10M rows) and a 128-bit key of each text's token sequence;
   2. group texts with identical token sequences (Jaccard 1; they would flood LSH buckets);
   3. LSH: per band, sort the keys and pair rows that share one -> candidate pairs;
   4. verify every candidate with the EXACT Jaccard of the two shingle sets (MinHash only proposes);
-  5. greedy keep/assign in keep order (`dedup.keep`): a row is kept unless it has a verified partner
-     that was already kept; a removed row points at its best kept partner. This guarantees both
-     properties of the issue: no two kept rows are verified near-duplicates, and every removed row's
-     `duplicate_of` is a KEPT row with Jaccard >= threshold. (Plain union-find clusters do not:
-     a chain a~b~c keeps only a although c may share nothing with a.)
+  5. greedy keep/assign in keep order (`dedup.keep` first | longest): a row is kept unless it has a
+     verified partner that was already kept; a removed row points at its best kept partner. This
+     guarantees both properties of the issue: no two kept rows are verified near-duplicates, and every
+     removed row's `duplicate_of` is a KEPT row with Jaccard >= threshold. (Plain union-find clusters
+     do not: a chain a~b~c keeps only a although c may share nothing with a.)
+     `dedup.keep: none_of_pair` removes every row that has a verified partner (what the team's script
+     did: both members of every pair go); `duplicate_of` is then its best partner, itself removed.
   6. union-find over the verified pairs gives the clusters reported as metrics.
 
-Public API (release.py and other stages call these; keep them stable):
-  load_section("dedup") / Dedup()                                   params.yaml / documented defaults
-  dedup_self(texts, order_keys=None, params=None) -> SelfResult       keep, duplicate_of, jaccard, stats
-  build_index(texts, params=None) -> Index; Index.save(dir); Index.load(dir)
-  Index.query(new_texts) -> CrossResult                                O(new rows) cross-dedup
-  dedup_against(new_texts, reference, params=None) -> CrossResult      reference: Index or texts
-  near_duplicate_mask(new_texts, reference_texts, params) -> bool[n]   True = remove the new row
+With embedding, steps 1-4 are: identical texts grouped; the rest encoded (mean pooling, L2 norm);
+exact top-`embedding_top_k` neighbours by float32 matrix products in `embedding_block` blocks; each
+candidate re-scored with float64 cosine, kept when >= threshold. Steps 5-6 are the same. Results carry
+the similarity in `jaccard` (and the stage's clusters column `jaccard`): cosine for this method; the
+report says which (`measure`).
 
-The only probabilistic step is 3: a pair at exactly the threshold becomes a candidate with
+Public API (release.py and other stages call these; keep them stable). `params` is everywhere a Dedup,
+a plain mapping (checked like params.yaml) or None (the documented defaults), so each release step can
+pass its own method/threshold/keep: `resolve_params(base, threshold=0.85, keep="none_of_pair")`.
+  load_section("dedup") / Dedup()                                   params.yaml / documented defaults
+  resolve_params(params=None, **overrides) -> Dedup                   a step's params, checked
+  dedup_self(texts, order_keys=None, params=None) -> SelfResult       keep, duplicate_of, jaccard, stats
+  build_index(texts, params=None) -> Index | EmbeddingIndex; .save(dir); Index.load(dir) (either kind)
+  index.query(new_texts) -> CrossResult                                cross-dedup, reference untouched
+  dedup_against(new_texts, reference, params=None) -> CrossResult      reference: an index or texts
+  near_duplicate_mask(new_texts, reference_texts, params) -> bool[n]   True = remove the new row (cross)
+  keep_mask(texts, params=None, against=None, order_keys=None) -> bool[n]  True = keep; self or cross
+
+The only probabilistic step of minhash is 3: a pair at exactly the threshold becomes a candidate with
 probability `band_recall` >= dedup.target_recall (0.995 by default); pairs above it more often.
+Embedding has none; its one bound is top-k: a row with more than `embedding_top_k` partners above
+the threshold (after identical texts are grouped) may miss some (counted as `rows_at_top_k`).
 """
 from __future__ import annotations
 
@@ -44,8 +60,9 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import PARAMS_FILE, Dedup, load_section, parse
 from scripts.lib.io import atomic_path, write_json
 
-# `dedup` keys that change speed only (same bytes for any value): not DVC params of any stage
-SPEED_KEYS = ("workers", "batch_size", "verify_batch")
+# `dedup` keys that change speed only (same bytes for any value): not DVC params of any stage.
+# embedding_batch/_device change float32 embeddings in the last bits only; clusters round cosine to 1e-6.
+SPEED_KEYS = ("workers", "batch_size", "verify_batch", "embedding_batch", "embedding_block", "embedding_device")
 
 # --- params --------------------------------------------------------------------------------------
 
@@ -57,6 +74,16 @@ def banding(params: Dedup) -> tuple[int, int]:
     if params.bands is not None and params.rows is not None:
         return params.bands, params.rows
     return mh.choose_bands(params.threshold, params.num_perm, params.target_recall)
+
+
+def resolve_params(params=None, **overrides) -> Dedup:
+    """A step's Dedup: `params` (Dedup, mapping, or None = defaults) with `overrides` applied and checked.
+
+    A bad value is one DataError naming the key, e.g. resolve_params(base, keep="all") ->
+    "Dedup.replace: keep: Input should be 'first', 'longest' or 'none_of_pair' (got 'all')".
+    """
+    params = _resolve(params)
+    return params.replace(**overrides) if overrides else params
 
 
 def _resolve(params) -> Dedup:
@@ -144,18 +171,25 @@ def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles
 class SelfResult:
     keep: np.ndarray  # bool[n]
     duplicate_of: np.ndarray  # int64[n]: index of the kept row a removed row duplicates, -1 if kept
-    jaccard: np.ndarray  # float64[n]: Jaccard with duplicate_of, NaN if kept
+    jaccard: np.ndarray  # float64[n]: similarity with duplicate_of (Jaccard; cosine for method embedding), NaN if kept
     stats: dict = field(default_factory=dict)
+
+    @property
+    def similarity(self) -> np.ndarray:
+        return self.jaccard
 
 
 def dedup_self(texts, order_keys=None, params=None) -> SelfResult:
     """Near-duplicate removal within one set of texts.
 
     texts: sequence/array of str. order_keys: stable ids (str), used by keep=longest to break ties
-    (None: input position). Earlier rows (keep=first) or longer rows (keep=longest) are kept.
+    (None: input position). Earlier rows (keep=first) or longer rows (keep=longest) are kept;
+    keep=none_of_pair keeps no row that has a near-duplicate. params.method picks minhash or embedding.
     """
     params = _resolve(params)
     texts = mh.as_string_array(texts)
+    if params.method == "embedding":
+        return _dedup_self_embedding(texts, order_keys, params)
     n = len(texts)
     rank = _keep_rank(texts, order_keys, params.keep)
     sk = sketch(texts, params)
@@ -170,25 +204,9 @@ def dedup_self(texts, order_keys=None, params=None) -> SelfResult:
     del sk
     pairs, jaccard = _verify_pairs(texts, candidates, params)
 
-    keep, duplicate_of, dup_jaccard = _greedy_assign(n, pairs, jaccard, rank)
-    # identical texts follow their representative (same shingle set: same Jaccard to its kept row)
-    rep_kept = keep[member_rep]
-    keep[members] = False
-    duplicate_of[members] = np.where(rep_kept, member_rep, duplicate_of[member_rep])
-    dup_jaccard[members] = np.where(rep_kept, 1.0, dup_jaccard[member_rep])
-
-    sizes = _component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
+    keep, duplicate_of, dup_jaccard = _assign(n, pairs, jaccard, rank, members, member_rep, params.keep)
     stats = {
-        "rows_in": int(n),
-        "kept": int(keep.sum()),
-        "removed": int(n - keep.sum()),
-        "clusters": int((sizes >= 2).sum()),
-        "largest_cluster": int(sizes.max()) if n else 0,
-        "exact_duplicates": int(len(members)),
-        "candidate_pairs": int(len(candidates)),
-        "verified_pairs": int(len(pairs)),
-        "no_tokens": int(n - len(nonempty)),
-        "threshold": float(params.threshold),
+        **_self_stats(keep, pairs, members, member_rep, len(candidates), n - len(nonempty), params),
         "bands": bands,
         "rows": rows,
         "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6),
@@ -196,11 +214,67 @@ def dedup_self(texts, order_keys=None, params=None) -> SelfResult:
     return SelfResult(keep=keep, duplicate_of=duplicate_of, jaccard=dup_jaccard, stats=stats)
 
 
+def _self_stats(keep: np.ndarray, pairs: np.ndarray, members: np.ndarray, member_rep: np.ndarray,
+                candidates: int, no_tokens: int, params: Dedup) -> dict:
+    """The report's counts, the same for both methods (their own keys follow)."""
+    n = len(keep)
+    sizes = _component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
+    return {
+        "rows_in": int(n),
+        "kept": int(keep.sum()),
+        "removed": int(n - keep.sum()),
+        "clusters": int((sizes >= 2).sum()),
+        "largest_cluster": int(sizes.max()) if n else 0,
+        "exact_duplicates": int(len(members)),
+        "candidate_pairs": int(candidates),
+        "verified_pairs": int(len(pairs)),
+        "no_tokens": int(no_tokens),
+        "threshold": float(params.threshold),
+    }
+
+
+def _assign(n: int, pairs: np.ndarray, similarity: np.ndarray, rank: np.ndarray, members: np.ndarray,
+            member_rep: np.ndarray, keep_policy: str):
+    """keep, duplicate_of, similarity-to-it from the verified pairs and the identical-text groups."""
+    if keep_policy == "none_of_pair":
+        # an identical copy is a partner at similarity 1: the whole group goes, like any pair
+        edges = np.concatenate([pairs, np.stack([members, member_rep], axis=1)])
+        return _remove_paired(n, edges, np.concatenate([similarity, np.ones(len(members))]), rank)
+    keep, duplicate_of, dup_similarity = _greedy_assign(n, pairs, similarity, rank)
+    # identical texts follow their representative (same shingle set / embedding: same similarity to its kept row)
+    rep_kept = keep[member_rep]
+    keep[members] = False
+    duplicate_of[members] = np.where(rep_kept, member_rep, duplicate_of[member_rep])
+    dup_similarity[members] = np.where(rep_kept, 1.0, dup_similarity[member_rep])
+    return keep, duplicate_of, dup_similarity
+
+
+def _remove_paired(n: int, pairs: np.ndarray, similarity: np.ndarray, rank: np.ndarray):
+    """keep=none_of_pair: every row of a verified pair is removed; it points at its best partner
+    (highest similarity, then earliest in keep order), which is removed too."""
+    keep = np.ones(n, dtype=bool)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    dup_similarity = np.full(n, np.nan)
+    if len(pairs) == 0:
+        return keep, duplicate_of, dup_similarity
+    row = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    partner = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    sim = np.concatenate([similarity, similarity])
+    order = np.lexsort((rank[partner], -sim, row))
+    row, partner, sim = row[order], partner[order], sim[order]
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = row[1:] != row[:-1]
+    keep[row] = False
+    duplicate_of[row[first]] = partner[first]
+    dup_similarity[row[first]] = sim[first]
+    return keep, duplicate_of, dup_similarity
+
+
 def _keep_rank(texts: pa.Array, order_keys, keep: str) -> np.ndarray:
-    """rank[i] = position of row i in keep order (0 = kept first)."""
+    """rank[i] = position of row i in keep order (0 = kept first; none_of_pair: input order, for ties)."""
     n = len(texts)
     position = pa.array(np.arange(n, dtype=np.int64))
-    if keep == "first":
+    if keep in ("first", "none_of_pair"):
         return np.arange(n, dtype=np.int64)
     columns = {"neg_len": pc.negate(pc.utf8_length(texts).cast(pa.int64()))}
     if order_keys is not None:
@@ -329,6 +403,77 @@ def _component_sizes(n: int, edges: np.ndarray) -> np.ndarray:
     return np.bincount(parent, minlength=n)
 
 
+# --- embedding (the team's method): exact cosine of sentence embeddings --------------------------------
+
+
+def _exact_groups(texts: pa.Array, rank: np.ndarray, rows: np.ndarray):
+    """Like _identical_groups, on the exact strings: (reps, members, member_rep) over `rows`."""
+    empty = np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        return empty, empty, empty
+    group = texts.take(pa.array(rows)).dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    order = np.lexsort((rank[rows], group))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    rep_of = rows[order][first][np.cumsum(first) - 1]
+    return np.sort(rows[order][first]), rows[order][~first], rep_of[~first]
+
+
+def _has_text(texts: pa.Array) -> np.ndarray:
+    """bool[n]: rows with a non-blank text (a blank one, like a text without tokens, is never a duplicate)."""
+    return pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0).to_numpy(zero_copy_only=False)
+
+
+def embed(texts, params=None) -> np.ndarray:
+    """float32[n, dim] unit-length embeddings of `texts` with params.embedding_model (what dedup compares).
+
+    Blank texts get a zero row. Exposed so that tests and callers can check cosines independently.
+    """
+    from scripts.lib import embedding as em
+
+    params = _resolve(params)
+    texts = mh.as_string_array(texts)
+    encoder = em.load_encoder(params.embedding_model, params.embedding_device)
+    rows = np.flatnonzero(_has_text(texts))
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    if len(rows):
+        out[rows] = encoder.encode(texts.take(pa.array(rows)).to_pylist(), params.embedding_batch)
+    return out
+
+
+def _device(params: Dedup) -> str:
+    from scripts.lib import embedding as em
+
+    return em.pick_device(params.embedding_device)
+
+
+def _dedup_self_embedding(texts: pa.Array, order_keys, params: Dedup) -> SelfResult:
+    from scripts.lib import embedding as em
+
+    n = len(texts)
+    rank = _keep_rank(texts, order_keys, params.keep)
+    nonblank = np.flatnonzero(_has_text(texts))
+    reps, members, member_rep = _exact_groups(texts, rank, nonblank)
+    vectors = embed(texts.take(pa.array(reps)), params) if len(reps) else np.zeros((0, 1), dtype=np.float32)
+    index, sims = em.top_k(vectors, vectors, params.embedding_top_k, params.embedding_block, exclude_self=True,
+                           device=_device(params))
+    local = em.candidate_pairs(index, sims, params.threshold)
+    local = mh.unique_pairs(np.sort(local, axis=1))  # (i, j) and (j, i) are one pair
+    cosine = em.exact_cosine(vectors, vectors, local)
+    ok = cosine >= params.threshold
+    pairs, cosine = reps[local[ok]], cosine[ok]
+    at_k = int((sims[:, -1] >= params.threshold).sum()) if sims.shape[1] == params.embedding_top_k else 0
+
+    keep, duplicate_of, dup_cosine = _assign(n, pairs, cosine, rank, members, member_rep, params.keep)
+    stats = {
+        **_self_stats(keep, pairs, members, member_rep, len(local), n - len(nonblank), params),
+        "measure": "cosine",
+        "top_k": int(params.embedding_top_k),
+        "rows_at_top_k": at_k,
+    }
+    return SelfResult(keep=keep, duplicate_of=duplicate_of, jaccard=dup_cosine, stats=stats)
+
+
 # --- cross mode: new rows against a reference set ---------------------------------------------------
 
 
@@ -336,8 +481,12 @@ def _component_sizes(n: int, edges: np.ndarray) -> np.ndarray:
 class CrossResult:
     keep: np.ndarray  # bool[n_new]
     duplicate_of: np.ndarray  # int64[n_new]: reference row index, -1 if kept
-    jaccard: np.ndarray  # float64[n_new], NaN if kept
+    jaccard: np.ndarray  # float64[n_new]: similarity (Jaccard, or cosine), NaN if kept
     stats: dict = field(default_factory=dict)
+
+    @property
+    def similarity(self) -> np.ndarray:
+        return self.jaccard
 
 
 @dataclass
@@ -365,14 +514,19 @@ class Index:
             (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path | str) -> "Index":
+    def load(cls, path: Path | str) -> "Index | EmbeddingIndex":
+        """An index saved by Index.save or EmbeddingIndex.save (index.json's params.method tells which)."""
         path = Path(path)
-        missing = [name for name in cls.FILES if not (path / name).exists()]
+        meta = json.loads((path / "index.json").read_text(encoding="utf-8")) if (path / "index.json").exists() else {}
+        embedding = isinstance(meta, dict) and isinstance(meta.get("params"), dict) and meta["params"].get("method") == "embedding"
+        files = EmbeddingIndex.FILES if embedding else cls.FILES
+        missing = [name for name in files if not (path / name).exists()]
         if missing:
             raise DataError(f"{path}: not a dedup index (missing {', '.join(missing)})")
-        meta = json.loads((path / "index.json").read_text(encoding="utf-8"))
         params = parse(Dedup, meta["params"], at=("params",), file=str(path / "index.json"))
         texts = pq.read_table(path / "texts.parquet").column("text").combine_chunks()
+        if embedding:
+            return EmbeddingIndex(params, np.load(path / "vectors.npy"), texts)
         return cls(params, np.load(path / "keys.npy", mmap_mode="r"), np.load(path / "rows.npy", mmap_mode="r"), texts)
 
     def query(self, new_texts) -> CrossResult:
@@ -415,10 +569,66 @@ class Index:
         return np.stack([new, np.asarray(self.rows[band])[at]], axis=1).astype(np.int64)
 
 
-def build_index(texts, params=None) -> Index:
-    """Index a reference set for `Index.query` / `dedup_against`."""
+@dataclass
+class EmbeddingIndex:
+    """A reference set for cross-dedup with method embedding: its unit embeddings and texts."""
+
+    params: Dedup
+    vectors: np.ndarray  # float32[m, dim]; blank texts hold a zero row (never a duplicate)
+    texts: pa.Array
+
+    FILES = ("vectors.npy", "texts.parquet", "index.json")
+
+    def save(self, path: Path | str) -> None:
+        with atomic_path(path, is_dir=True) as tmp:
+            np.save(tmp / "vectors.npy", self.vectors)
+            pq.write_table(pa.table({"text": self.texts}), tmp / "texts.parquet", compression="zstd")
+            meta = {"params": self.params.model_dump(), "reference_rows": len(self.texts)}
+            (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def query(self, new_texts) -> CrossResult:
+        """Which new rows have a reference row at cosine >= threshold (only new rows are ever removed)."""
+        from scripts.lib import embedding as em
+
+        params = self.params
+        new = mh.as_string_array(new_texts)
+        n = len(new)
+        rows = np.flatnonzero(_has_text(new))
+        reference = np.flatnonzero(self.vectors.any(axis=1)) if len(self.vectors) else np.zeros(0, dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        duplicate_of = np.full(n, -1, dtype=np.int64)
+        cosine = np.full(n, np.nan)
+        candidates = np.zeros((0, 2), dtype=np.int64)
+        if len(rows) and len(reference):
+            vectors = embed(new.take(pa.array(rows)), params)
+            ref_vectors = np.ascontiguousarray(self.vectors[reference])
+            index, sims = em.top_k(vectors, ref_vectors, params.embedding_top_k, params.embedding_block,
+                                   device=_device(params))
+            local = em.candidate_pairs(index, sims, params.threshold)
+            c = em.exact_cosine(vectors, ref_vectors, local)
+            candidates = np.stack([rows[local[:, 0]], reference[local[:, 1]]], axis=1) if len(local) else candidates
+            ok = c >= params.threshold
+            pairs, c = candidates[ok], c[ok]
+            # best reference row per new row: highest cosine, then lowest reference index
+            order = np.lexsort((pairs[:, 1], -c, pairs[:, 0]))
+            pairs, c = pairs[order], c[order]
+            first = np.ones(len(pairs), dtype=bool)
+            first[1:] = pairs[1:, 0] != pairs[:-1, 0]
+            hit = pairs[first, 0]
+            keep[hit] = False
+            duplicate_of[hit] = pairs[first, 1]
+            cosine[hit] = c[first]
+        stats = {"rows_in": n, "kept": int(keep.sum()), "removed": int(n - keep.sum()),
+                 "candidate_pairs": int(len(candidates)), "measure": "cosine"}
+        return CrossResult(keep=keep, duplicate_of=duplicate_of, jaccard=cosine, stats=stats)
+
+
+def build_index(texts, params=None) -> "Index | EmbeddingIndex":
+    """Index a reference set for `query` / `dedup_against` (the kind params.method says)."""
     params = _resolve(params)
     texts = mh.as_string_array(texts)
+    if params.method == "embedding":
+        return EmbeddingIndex(params=params, vectors=embed(texts, params), texts=texts)
     sk = sketch(texts, params)
     rows = np.nonzero(sk.shingle_counts > 0)[0]
     bands, _ = banding(params)
@@ -437,7 +647,7 @@ def dedup_against(new_texts, reference, params=None) -> CrossResult:
     With an Index, its own params are used (they define its band keys); `params` must then be
     None or equal to them.
     """
-    if isinstance(reference, Index):
+    if isinstance(reference, (Index, EmbeddingIndex)):
         if params is not None and _result_params(_resolve(params)) != _result_params(reference.params):
             raise DataError("dedup_against: params differ from the ones the index was built with")
         return reference.query(new_texts)
@@ -445,13 +655,27 @@ def dedup_against(new_texts, reference, params=None) -> CrossResult:
 
 
 def _result_params(params: Dedup) -> dict:
-    """The params that change results (workers and the batch sizes only change speed and memory)."""
-    return params.model_dump(exclude={"workers", "batch_size", "verify_batch"})
+    """The params that change results (workers, batch sizes, block and device only change speed and memory)."""
+    return params.model_dump(exclude=set(SPEED_KEYS))
 
 
 def near_duplicate_mask(new_texts, reference_texts, params=None) -> np.ndarray:
-    """bool[n_new]: True where a new text near-duplicates a reference text (release.py's hook)."""
+    """bool[n_new]: True where a new text near-duplicates a reference text (release.py's hook).
+
+    Cross mode: the reference rows are never removed, whatever params.keep says."""
     return ~dedup_against(new_texts, reference_texts, params).keep
+
+
+def keep_mask(texts, params=None, against=None, order_keys=None) -> np.ndarray:
+    """bool[n]: True = keep. One call for a release step, with that step's params (Dedup, mapping or None).
+
+    against=None: self mode (params.keep decides which rows of each cluster stay);
+    against=texts or an index: cross mode, rows of `texts` near a reference row are dropped, the
+    reference is untouched.
+    """
+    if against is None:
+        return dedup_self(texts, order_keys, params).keep
+    return dedup_against(texts, against, params).keep
 
 
 # --- stage CLI ---------------------------------------------------------------------------------------
@@ -488,23 +712,29 @@ def cli(
     input: Path = typer.Argument(..., help="data/clean/S.parquet (dedup runs on column `text`)"),
     output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
 ) -> None:
-    """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard)."""
+    """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard, or embeddings + exact cosine)."""
     params = load_section("dedup")
     table = _read_stage_input(input)
     ids = table.column("id").combine_chunks()
     result = dedup_self(table.column("text"), ids, params)
     removed = np.nonzero(~result.keep)[0]
+    similarity = result.jaccard[removed]
+    if params.method == "embedding":  # float32 encoders differ in the last bits across devices/batches
+        similarity = np.round(similarity, 6)
     clusters = pa.table(
         {
             "id": ids.take(pa.array(removed)),
             "duplicate_of": ids.take(pa.array(result.duplicate_of[removed])),
-            "jaccard": pa.array(result.jaccard[removed], type=pa.float64()),
+            "jaccard": pa.array(similarity, type=pa.float64()),
         }
     )
     stem = output.name.removesuffix(".parquet")
     _write_table(table.filter(pa.array(result.keep)), output)
     _write_table(clusters, output.parent / f"{stem}.clusters.parquet")
-    report = {"source": source, **result.stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit, "keep": params.keep}
+    if params.method == "embedding":
+        report = {"source": source, **result.stats, "method": "embedding", "model": params.embedding_model, "keep": params.keep}
+    else:  # the same keys as before method existed: the default pipeline's report is unchanged
+        report = {"source": source, **result.stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit, "keep": params.keep}
     write_json(report, output.parent / f"{stem}.report.json")
     write_preview(source, input, output, output.parent / f"{stem}.clusters.parquet", output.parent / f"{stem}.preview.html")
     print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
@@ -521,7 +751,8 @@ def write_preview(source: str, input: Path, output: Path, clusters: Path, page: 
 def cli_text(
     input: Path = typer.Argument(..., help="text file, one text per line"),
     output: Path = typer.Argument(..., help="JSONL, one {keep, duplicate_of} per input line"),
-    threshold: Optional[float] = typer.Option(None, help="Jaccard threshold (default: params.yaml dedup.threshold, else 0.7)"),
+    threshold: Optional[float] = typer.Option(None, help="similarity threshold: Jaccard, or cosine with dedup.method "
+                                                         "embedding (default: params.yaml dedup.threshold, else 0.7)"),
 ) -> None:
     """Near-duplicate flags for a text file; an empty line (no tokens) is always kept.
 

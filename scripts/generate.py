@@ -3,12 +3,25 @@
     python -m scripts generate S data/dedup/S.parquet data/images/S [--store data/image_store]
     python -m scripts generate-prune [--store data/image_store] [--keep data/images/S ...] [--all]
 
-Each prompt row gets its own seed, derived from `generate.seed` and the row id (never from batch
-position), and its own initial noise, so an image depends only on (model, settings, prompt, seed).
-The image's file name is the key sha256(model identity, settings, prompt, seed):
+`generate.preset` fills every key left null (scripts/lib/params.py GENERATE_PRESETS): `fast` (the
+default) is what follows; `reference` is the reference team's generate_sd2_images.py (see below).
 
-    data/images/S/manifest.parquet          one row per prompt (written last, atomically)
+With `noise: per_prompt` (fast) each prompt row gets its own seed, derived from `generate.seed` and the
+row id (never from batch position), and its own initial noise, so an image depends only on (model,
+settings, prompt, seed). The image's file name is the key sha256(model identity, settings, prompt, seed):
+
+    data/images/S/manifest.parquet          one row per prompt (written last, atomically), with the
+                                            resolved settings (`settings`, JSON) of the run
     data/images/S/ab/abcdef0123....jpg      fanned out by the first two hex digits of the key
+
+`noise: sequential` (reference) draws the noise as the team did: one generator on the pipeline's
+device seeded `generate.seed`, one draw of the latent shape per row in row order (row i uses
+generator i mod `noise_streams`, the team's one process per GPU), so a row's image depends on its
+position: the key holds (stream, draw) instead of a per-row seed, and dropping a row re-renders every
+later one. Rows already rendered are drawn and dropped, so a resumed run gives the team's bytes (their
+own resume did not: it skipped the draw). `file_names: index` names the images `<S>_<row:08d>.jpg`
+at the top of OUTPUT (the team's `{prefix}_{idx:08d}.jpg`); the store keeps them by key, and OUTPUT's
+manifest says which key each name holds.
 
 A re-run prunes files of OUTPUT whose key is no longer wanted, renders only the missing keys, then
 writes the manifest. With `--store DIR` (dvc.yaml: data/image_store) images are rendered into the
@@ -56,8 +69,10 @@ from scripts.lib.params import Generate, load_section, parse
 from scripts.lib.io import read_parquet, write_parquet
 
 MANIFEST = "manifest.parquet"
-MANIFEST_COLUMNS = ["id", "file", "key", "seed", "model", "model_revision", "scheduler", "steps", "guidance",
-                    "width", "height", "format"]
+MANIFEST_COLUMNS = ["id", "file", "key", "seed", "draw", "model", "model_revision", "scheduler", "steps", "guidance",
+                    "width", "height", "format", "settings"]
+# `draw`: sequential noise only, the row's draw from its generator (null for per_prompt noise).
+# `settings`: JSON of every resolved setting that changes the saved bytes or names (preset included).
 
 
 def load_settings(params: dict | None) -> Generate:
@@ -66,11 +81,38 @@ def load_settings(params: dict | None) -> Generate:
     return parse(Generate, params or {}, at=("generate",))
 
 
-def key_settings(settings: Generate, dtype: str) -> dict:
-    """Everything besides model, prompt and seed that changes the saved bytes (goes into the key)."""
-    return {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
-            "height": settings.height, "width": settings.width, "resize": settings.resize,
-            "format": settings.format, "dtype": dtype}
+def key_settings(settings: Generate, dtype: str, device: str = "cpu") -> dict:
+    """Everything besides model, prompt and seed that changes the saved bytes (goes into the key).
+
+    Keys added with the presets appear only when they differ from what rendering did before them, so
+    the fast preset's keys (and every stored image) stay what they were. `device` matters only for
+    sequential noise, drawn by a generator on the device (CPU and CUDA generators differ)."""
+    if "model" in (settings.height, settings.width):
+        raise ValueError("height/width 'model' must be resolved first (with_model_size)")
+    key = {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
+           "height": settings.height, "width": settings.width, "resize": settings.resize or None,
+           "format": settings.format, "dtype": dtype}
+    if settings.format == "jpg" and settings.quality != 95:
+        key["quality"] = settings.quality
+    if settings.resample != "lanczos":
+        key["resample"] = settings.resample
+    if settings.quantize != "native":
+        key["quantize"] = settings.quantize
+    if settings.noise == "sequential":
+        key.update(noise="sequential", streams=settings.noise_streams, generator=device.split(":")[0])
+    return key
+
+
+def run_settings(settings: Generate, dtype: str, device: str = "cpu", scheduler_class: str | None = None) -> dict:
+    """What the manifest records: the resolved byte- and name-changing settings (no speed keys)."""
+    out = {**key_settings(settings, dtype, device), "preset": settings.preset, "prompt_field": settings.prompt_field,
+           "seed": settings.seed, "noise": settings.noise, "resample": settings.resample,
+           "quantize": settings.quantize, "file_names": settings.file_names}
+    if settings.format == "jpg":
+        out["quality"] = settings.quality
+    if settings.scheduler == "model":
+        out["scheduler_class"] = scheduler_class
+    return out
 
 
 # ---------------------------------------------------------------- pure core: seeds, keys, plan
@@ -81,10 +123,15 @@ def prompt_seed(global_seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def image_key(model_identity: str, render_settings: dict, prompt: str, seed: int) -> str:
+def image_key(model_identity: str, render_settings: dict, prompt: str, seed: int | dict) -> str:
     payload = json.dumps({"model": model_identity, "settings": render_settings, "prompt": prompt, "seed": seed},
                          sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def sequential_noise(settings: Generate, row: int) -> dict:
+    """Where a row's noise comes from with sequential noise: its generator and its draw from it."""
+    return {"seed": settings.seed, "stream": row % settings.noise_streams, "draw": row // settings.noise_streams}
 
 
 @dataclass(frozen=True)
@@ -94,15 +141,25 @@ class Job:
     seed: int
     key: str
     file: str  # relative to the output dir
+    stored: str = ""  # <key[:2]>/<key>.<ext>: its name in the generation store (= file with key names)
+    stream: Optional[int] = None  # sequential noise: generator (row mod noise_streams) ...
+    draw: Optional[int] = None  # ... and the draw from it (row div noise_streams)
 
 
-def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_name: str = "input") -> list[Job]:
-    """One job per row, in row order. Bad rows (missing/empty text, duplicate id) are a DataError."""
+INDEX_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_name: str = "input",
+              prefix: str = "images", device: str = "cpu") -> list[Job]:
+    """One job per row, in row order. Bad rows (missing/empty text, duplicate id) are a DataError.
+    `prefix` names the files with `file_names: index` (the stage passes the source name)."""
     field_name = settings.prompt_field
+    if settings.file_names == "index" and not INDEX_PREFIX.fullmatch(prefix):
+        raise DataError(f"{prefix!r}: not usable as an image file prefix (letters, digits, . _ -)")
     for column in ("id", field_name):
         if column not in table.columns:
             raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")
-    render = key_settings(settings, dtype)
+    render = key_settings(settings, dtype, device)
     jobs, seen = [], {}
     for row, (prompt_id, prompt) in enumerate(zip(table["id"], table[field_name])):
         if not isinstance(prompt_id, str) or not prompt_id:
@@ -112,35 +169,73 @@ def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_
         seen[prompt_id] = row
         if not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{input_name}: row {row}: empty {field_name!r} (id {prompt_id})")
-        seed = prompt_seed(settings.seed, prompt_id)
-        key = image_key(model_identity, render, prompt, seed)
-        jobs.append(Job(prompt_id, prompt, seed, key, f"{key[:2]}/{key}.{settings.format}"))
+        if settings.noise == "sequential":
+            noise = sequential_noise(settings, row)
+            seed, stream, draw = settings.seed, noise["stream"], noise["draw"]
+            key = image_key(model_identity, render, prompt, noise)
+        else:
+            seed, stream, draw = prompt_seed(settings.seed, prompt_id), None, None
+            key = image_key(model_identity, render, prompt, seed)
+        stored = f"{key[:2]}/{key}.{settings.format}"
+        file = stored if settings.file_names == "key" else f"{prefix}_{row:08d}.{settings.format}"
+        jobs.append(Job(prompt_id, prompt, seed, key, file, stored, stream, draw))
     return jobs
 
 
-def manifest_table(jobs: list[Job], settings: Generate, model_identity: str):
+def manifest_table(jobs: list[Job], settings: Generate, model_identity: str, recorded: dict | None = None):
+    """One row per job; `recorded` is the run's resolved settings (run_settings), one JSON per row."""
     import pandas as pd
 
     width, height = final_size(settings)
     rows = {
         "id": [j.id for j in jobs], "file": [j.file for j in jobs], "key": [j.key for j in jobs],
         "seed": pd.array([j.seed for j in jobs], dtype="int64"),
+        "draw": pd.array([j.draw for j in jobs], dtype="Int64"),
     }
     n = len(jobs)
     constants = {"model": settings.model, "model_revision": model_identity, "scheduler": settings.scheduler,
                  "steps": settings.steps, "guidance": settings.guidance, "width": width, "height": height,
-                 "format": settings.format}
+                 "format": settings.format, "settings": json.dumps(recorded or {}, sort_keys=True)}
     for name, value in constants.items():
         rows[name] = [value] * n
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    strings = {name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format")}
+    strings = {name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format",
+                                        "settings")}
     return df.astype({**strings, "steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
 
 
 def final_size(settings: Generate) -> tuple[int, int]:
-    if settings.resize is None:
+    if not settings.resize:  # false: the rendered size
         return settings.width, settings.height
     return settings.resize, max(1, round(settings.height * settings.resize / settings.width))
+
+
+def model_config(model_dir: str | Path) -> dict:
+    """What the pipeline's files say about the defaults `model` stands for: the default size (the
+    pipeline's own: unet sample_size x 2^(VAE levels - 1)) and the scheduler class."""
+    def read(name: str) -> dict:
+        try:
+            return json.loads((Path(model_dir) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
+
+    sample = read("unet/config.json").get("sample_size")
+    levels = len(read("vae/config.json").get("block_out_channels") or [0] * 4)
+    height, width = (sample, sample) if isinstance(sample, int) else tuple(sample or (0, 0))
+    scale = 2 ** (levels - 1)
+    return {"height": height * scale, "width": width * scale,
+            "scheduler_class": (read("model_index.json").get("scheduler") or [None, None])[-1]}  # what loads
+
+
+def with_model_size(settings: Generate, model_dir: str | Path) -> Generate:
+    """`height`/`width: model` replaced by the pipeline's default size (what the team's call, which
+    passed no size, rendered at)."""
+    if "model" not in (settings.height, settings.width):
+        return settings
+    config = model_config(model_dir)
+    sides = {side: config[side] if getattr(settings, side) == "model" else getattr(settings, side)
+             for side in ("height", "width")}
+    return settings.replace(**sides)
 
 
 # ---------------------------------------------------------------- model: where it is, what it is
@@ -248,9 +343,10 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
                                                    use_safetensors=True,  # never unpickle weights
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.to(device=device, dtype=torch_dtype)
-    scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
-    extra = {"algorithm_type": "dpmsolver++"} if settings.scheduler == "dpmpp" else {}
-    pipe.scheduler = scheduler_class[settings.scheduler].from_config(pipe.scheduler.config, **extra)
+    if settings.scheduler != "model":  # model: the pipeline's own scheduler config, as loaded
+        scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
+        extra = {"algorithm_type": "dpmsolver++"} if settings.scheduler == "dpmpp" else {}
+        pipe.scheduler = scheduler_class[settings.scheduler].from_config(pipe.scheduler.config, **extra)
     pipe.set_progress_bar_config(disable=True)
     if device != "cpu":
         pipe.unet.to(memory_format=torch.channels_last)
@@ -284,6 +380,46 @@ def initial_latents(jobs: list[Job], pipe, settings: Generate):
     return torch.cat(noise).to(device=pipe.device, dtype=pipe.unet.dtype)
 
 
+class SequentialNoise:
+    """The team's noise: per stream one generator on the pipeline's device seeded `seed`, and one draw
+    of the latent shape per row, in row order, exactly as StableDiffusionPipeline draws it when given
+    the generator (diffusers' randn_tensor, in the text encoder's dtype). Draws of rows not rendered
+    now (already in OUTPUT or the store, or in another Ray shard) are taken and dropped, so a row's
+    noise depends only on its position. Jobs must come in row order."""
+
+    def __init__(self, pipe, settings: Generate):
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        self._randn, self._torch = randn_tensor, torch
+        self.device = pipe._execution_device
+        self.dtype = pipe.text_encoder.dtype  # = prompt_embeds.dtype, which prepare_latents draws in
+        scale = pipe.vae_scale_factor
+        self.shape = (1, pipe.unet.config.in_channels, settings.height // scale, settings.width // scale)
+        self.seed = settings.seed
+        self.streams: dict[int, list] = {}  # stream -> [generator, draws taken]
+
+    def _draw(self, generator):
+        return self._randn(self.shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def latents(self, jobs: list[Job]):
+        drawn: dict[str, object] = {}  # a padded batch repeats its last job
+        for job in jobs:
+            if job.id in drawn:
+                continue
+            state = self.streams.get(job.stream)
+            if state is None:
+                state = self.streams[job.stream] = [self._torch.Generator(self.device).manual_seed(self.seed), 0]
+            if job.draw < state[1]:
+                raise RuntimeError(f"sequential noise: row {job.id} comes after a later row of its stream")
+            while state[1] < job.draw:
+                self._draw(state[0])
+                state[1] += 1
+            drawn[job.id] = self._draw(state[0])
+            state[1] += 1
+        return self._torch.cat([drawn[j.id] for j in jobs])
+
+
 def encode_image(pixels, settings: Generate) -> bytes:
     """uint8 HxWx3 array -> file bytes (no metadata, so the bytes depend only on the pixels)."""
     from PIL import Image
@@ -291,10 +427,10 @@ def encode_image(pixels, settings: Generate) -> bytes:
     image = Image.fromarray(pixels)
     size = final_size(settings)
     if image.size != size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
+        image = image.resize(size, {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[settings.resample])
     buffer = BytesIO()
     if settings.format == "jpg":
-        image.save(buffer, "JPEG", quality=95)
+        image.save(buffer, "JPEG", quality=settings.quality)
     elif settings.format == "webp":
         image.save(buffer, "WEBP", lossless=True)
     else:
@@ -360,8 +496,14 @@ def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: st
         if saved is None:
             write_file_atomic(out / job.file, data)
         else:
-            write_file_atomic(saved / job.file, data, saved / STORE_TMP)
-            link_file(saved / job.file, out / job.file)
+            write_file_atomic(saved / job.stored, data, saved / STORE_TMP)
+            link_file(saved / job.stored, out / job.file)
+
+    sequential = SequentialNoise(pipe, settings) if settings.noise == "sequential" else None
+    # Handed to the pipeline only to prove it unused: noise comes from `latents`, and a scheduler that
+    # draws more at each step (ancestral, SDE) would make the bytes depend on the global RNG.
+    probe = torch.Generator(pipe._execution_device).manual_seed(0)
+    probe_state = probe.get_state()
 
     max_pending = 2 * settings.batch_size  # bounded: encoding may lag one batch behind, never more
     with ThreadPoolExecutor(settings.writers, thread_name_prefix="encode") as pool, torch.inference_mode(), \
@@ -372,12 +514,19 @@ def render_shard(jobs: list[Job], settings: Generate, model_dir: str, output: st
             padded = batch
             if settings.compile and len(batch) < settings.batch_size:
                 padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape: no recompile
+            latents = sequential.latents(padded) if sequential else initial_latents(padded, pipe, settings)
             images = pipe([j.prompt for j in padded], num_inference_steps=settings.steps,
                           guidance_scale=settings.guidance, height=settings.height, width=settings.width,
-                          latents=initial_latents(padded, pipe, settings), output_type="pt").images[:len(batch)]
+                          latents=latents, generator=probe, output_type="pt").images[:len(batch)]
+            if not torch.equal(probe.get_state(), probe_state):
+                raise DataError(f"generate.scheduler={settings.scheduler}: {type(pipe.scheduler).__name__} draws noise "
+                                "at every step, so images would not be reproducible (use ddim, dpmpp or euler)")
             stats.pipeline_calls += 1
             stats.prompts_rendered += len(batch)
-            # [0,1] floats -> uint8 on the device (4x less to copy), then hand off to the encoders
+            # [0,1] floats -> uint8 on the device (4x less to copy), then hand off to the encoders;
+            # float32 first rounds as diffusers' PIL output does (numpy_to_pil), the team's images
+            if settings.quantize == "float32":
+                images = images.float()
             pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             for job, array in zip(batch, pixels):
                 pending.append(pool.submit(save, array, job))
@@ -430,12 +579,37 @@ def render_with_ray(jobs: list[Job], settings: Generate, model_dir: str, output:
 _STORE_FILE = re.compile(r"(\.?manifest\.parquet(\.tmp-.*)?|[0-9a-f]{2}/\.?[0-9a-f]{64}\.(jpg|webp|png)(\.tmp-.*)?)")
 _STORE_DIR = re.compile(r"[0-9a-f]{2}")
 _IMAGE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.(jpg|webp|png)")
+# file_names: index puts <prefix>_<row:08d>.<ext> (and its temp files) at the top of OUTPUT
+_INDEX_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*_[0-9]{8,}\.(jpg|webp|png)")
+_KEY = re.compile(r"[0-9a-f]{64}")
+_INDEX_TEMP = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*_[0-9]{8,}\.(jpg|webp|png)\.tmp-.*")
 
 
-def prune_store(output: Path, wanted: set[str], keep_in: Path | None = None) -> int:
+def stored_name(key: str, file: str) -> str:
+    """An image's name in the generation store, from its key and any name it has in OUTPUT."""
+    return f"{key[:2]}/{key}{Path(file).suffix}"
+
+
+def output_keys(output: Path) -> dict[str, str]:
+    """file -> key from OUTPUT's manifest, if any. Written last, after every image, and deleted before a
+    run touches anything, so it tells which key an index-named file holds; without it they are unknown."""
+    manifest = Path(output) / MANIFEST
+    if not manifest.is_file():
+        return {}
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest, columns=["file", "key"]).to_pydict()
+    except Exception:  # noqa: BLE001 - an unreadable manifest only means re-rendering
+        return {}
+    return {f: k for f, k in zip(table["file"], table["key"]) if isinstance(f, str) and _KEY.fullmatch(str(k))}
+
+
+def prune_store(output: Path, wanted: set[str], keep_in: Path | None = None, keys: dict[str, str] | None = None) -> int:
     """Delete every file under `output` that is not a wanted image (old keys, temp files, manifest);
     return how many files besides the manifest went. With `keep_in` (the generation store), every
-    image of `output` is linked into it first, so a pruned image is never rendered again.
+    image of `output` whose key is known (its name, or `keys`: file -> key for index names) is linked
+    into it first, so a pruned image is never rendered again.
 
     Refuses, deleting nothing, when the directory holds anything this stage did not write: a
     mistyped output path must not wipe someone's data.
@@ -445,7 +619,8 @@ def prune_store(output: Path, wanted: set[str], keep_in: Path | None = None) -> 
     paths = sorted(output.rglob("*"), reverse=True)
     for path in paths:
         rel = path.relative_to(output).as_posix()
-        ours = _STORE_DIR.fullmatch(rel) if path.is_dir() and not path.is_symlink() else _STORE_FILE.fullmatch(rel)
+        ours = _STORE_DIR.fullmatch(rel) if path.is_dir() and not path.is_symlink() else (
+            _STORE_FILE.fullmatch(rel) or _INDEX_FILE.fullmatch(rel) or _INDEX_TEMP.fullmatch(rel))
         if not ours:
             raise DataError(f"{output}: holds {rel!r}, which generate did not write; refusing to prune it "
                             "(point the stage at its own image directory)")
@@ -456,8 +631,10 @@ def prune_store(output: Path, wanted: set[str], keep_in: Path | None = None) -> 
             if not any(path.iterdir()):
                 path.rmdir()
             continue
-        if keep_in is not None and _IMAGE_FILE.fullmatch(rel) and not (keep_in / rel).is_file():
-            link_file(path, keep_in / rel, keep_in / STORE_TMP)
+        stored = rel if _IMAGE_FILE.fullmatch(rel) else (
+            stored_name(keys[rel], rel) if keys and rel in keys and _INDEX_FILE.fullmatch(rel) else None)
+        if keep_in is not None and stored and not (keep_in / stored).is_file():
+            link_file(path, keep_in / stored, keep_in / STORE_TMP)
         if rel not in wanted:
             path.unlink()
             removed += rel != MANIFEST
@@ -512,9 +689,10 @@ def _alive(pid: int) -> bool:
 
 
 def previous_version(output: Path) -> dict[str, Path]:
-    """Image file name -> DVC cache file, for OUTPUT as the working directory's dvc.lock records it (the
-    version this run replaces: DVC deletes a stage's outputs before running it). Empty outside a DVC
-    repository, for an output dvc.lock does not list, or when its listing is not in the cache."""
+    """Image name in the store -> DVC cache file, for OUTPUT as the working directory's dvc.lock records it
+    (the version this run replaces: DVC deletes a stage's outputs before running it); index-named files
+    through that version's manifest. Empty outside a DVC repository, for an output dvc.lock does not
+    list, or when its listing is not in the cache."""
     lock = Path("dvc.lock")
     rel = os.path.relpath(os.path.abspath(output), os.getcwd()).replace(os.sep, "/")
     if not lock.is_file() or rel.startswith("../"):
@@ -532,8 +710,18 @@ def previous_version(output: Path) -> dict[str, Path]:
         with Repo(".") as repo:  # the cache may live elsewhere (cache.dir, `dvc exp run --temp`)
             odb = repo.cache.local
             entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
-            return {e["relpath"]: Path(odb.oid_to_path(e["md5"])) for e in entries
-                    if _IMAGE_FILE.fullmatch(str(e.get("relpath", ""))) and isinstance(e.get("md5"), str)}
+            cached = {str(e.get("relpath", "")): Path(odb.oid_to_path(e["md5"])) for e in entries
+                      if isinstance(e.get("md5"), str)}
+        keys = {}
+        if any(_INDEX_FILE.fullmatch(rel) for rel in cached) and MANIFEST in cached:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(cached[MANIFEST], columns=["file", "key"]).to_pydict()
+            keys = {f: k for f, k in zip(table["file"], table["key"]) if _KEY.fullmatch(str(k))}
+        found = {rel: path for rel, path in cached.items() if _IMAGE_FILE.fullmatch(rel)}
+        found.update({stored_name(keys[rel], rel): path for rel, path in cached.items()
+                      if _INDEX_FILE.fullmatch(rel) and rel in keys})
+        return found
     except Exception:  # noqa: BLE001 - only a head start: a lock or cache it cannot read means rendering
         return {}
 
@@ -549,27 +737,35 @@ def take_in_previous(output: Path, store: Path) -> int:
     return taken
 
 
-def generate(table, settings: Generate, output: Path, input_name: str = "input", store: Path | None = None) -> dict:
+def generate(table, settings: Generate, output: Path, input_name: str = "input", store: Path | None = None,
+             prefix: str | None = None) -> dict:
     """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts.
 
     With `store` (the generation store), images come from it when it has their key, new ones are
-    rendered into it, and the images of `output` (now and in its previous DVC version) are added to it."""
+    rendered into it, and the images of `output` (now and in its previous DVC version) are added to it.
+    `prefix` (default: OUTPUT's folder name, i.e. the source) names the files with `file_names: index`."""
     model_dir, identity = resolve_model(settings)
-    _, dtype = resolve_device(settings)
-    jobs = plan_jobs(table, settings, identity, dtype, input_name)
+    device, dtype = resolve_device(settings)
+    settings = with_model_size(settings, model_dir)
     output = Path(output)
+    jobs = plan_jobs(table, settings, identity, dtype, input_name, prefix or output.name, device)
+    recorded = run_settings(settings, dtype, device, model_config(model_dir)["scheduler_class"]
+                            if settings.scheduler == "model" else None)
     if store is not None:
         store = open_store(store, output)
     output.mkdir(parents=True, exist_ok=True)
+    # An index-named file is kept only if the manifest says it holds the wanted key.
+    known = output_keys(output)
+    wanted = {j.file for j in jobs if j.file == j.stored or known.get(j.file) == j.key}
     # also drops the manifest: incomplete until the end
-    pruned = prune_store(output, {j.file for j in jobs}, keep_in=store)
+    pruned = prune_store(output, wanted, keep_in=store, keys=known)
     missing = [j for j in jobs if not (output / j.file).is_file()]
     from_store = 0
     if store is not None and missing:
         take_in_previous(output, store)
         for job in missing:
-            if (store / job.file).is_file():
-                link_file(store / job.file, output / job.file, store / STORE_TMP)
+            if (store / job.stored).is_file():
+                link_file(store / job.stored, output / job.file, store / STORE_TMP)
                 from_store += 1
         missing = [j for j in missing if not (output / j.file).is_file()]
     shared = str(store) if store is not None else None
@@ -580,7 +776,7 @@ def generate(table, settings: Generate, output: Path, input_name: str = "input",
     absent = [j.file for j in jobs if not (output / j.file).is_file()]
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")
-    write_parquet(manifest_table(jobs, settings, identity), output / MANIFEST)
+    write_parquet(manifest_table(jobs, settings, identity, recorded), output / MANIFEST)
     return {"prompts": len(jobs), "rendered": stats.prompts_rendered, "reused": len(jobs) - len(missing),
             "from_store": from_store, "pruned": pruned, "pipeline_calls": stats.pipeline_calls}
 
@@ -593,11 +789,11 @@ def cli(
 ) -> None:
     """Render one image per prompt into OUTPUT (resumable; only images in neither OUTPUT nor the store are rendered)."""
     settings = load_section("generate")
-    counts = generate(read_parquet(input), settings, output, input_name=str(input), store=store)
+    counts = generate(read_parquet(input), settings, output, input_name=str(input), store=store, prefix=source)
     # one line, parsed by tests and people counting renders: `rendered` is what the pipeline drew
     print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
           f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the store), "
-          f"{counts['pruned']} files pruned")
+          f"{counts['pruned']} files pruned; preset {settings.preset}")
 
 
 def image_folders() -> list[Path]:
@@ -623,9 +819,9 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
                 raise DataError(f"{manifest}: not found; its images would be pruned (build it first, name the "
                                 "folders to keep with --keep, or empty the store with --all)")
             table = read_parquet(manifest)
-            if "file" not in table.columns:
-                raise DataError(f"{manifest}: no 'file' column (not a generate manifest)")
-            wanted.update(str(f) for f in table["file"])
+            if "file" not in table.columns or "key" not in table.columns:
+                raise DataError(f"{manifest}: no 'file' and 'key' columns (not a generate manifest)")
+            wanted.update(stored_name(str(k), str(f)) for f, k in zip(table["file"], table["key"]))
     folders = [d for d in sorted(store.iterdir()) if d.is_dir() and _STORE_DIR.fullmatch(d.name)]
     files = [p for d in folders for p in sorted(d.iterdir())]
     for path in files:

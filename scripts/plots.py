@@ -39,16 +39,23 @@ PLOT_FILES = {
 
 
 def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
-    """release, split, source, text of every row of every release (from metadata.jsonl)."""
-    from scripts.lib.export import read_metadata
+    """release, split, source, text of every row of every release: its rows.parquet (any export layout),
+    or, for a release built before rows.parquet, its ImageFolder metadata.jsonl."""
+    from scripts.lib.export import read_metadata, read_rows_table
 
-    records = [
-        (release, split, str(record["source"]), str(record["text"]))
-        for release in releases
-        for split in SPLITS
-        for record in read_metadata(Path(releases_dir) / release / split, ("source", "text"),
-                                    f"run release@{release} first")
-    ]
+    records = []
+    for release in releases:
+        table = read_rows_table(Path(releases_dir) / release)
+        if table is not None:
+            order = {split: n for n, split in enumerate(SPLITS)}  # splits in SPLITS order, rows in file order
+            table = table.sort_values("split", key=lambda s: s.map(order), kind="stable")
+            records += [(release, str(split), str(source), str(text))
+                        for split, source, text in zip(table["split"], table["source"], table["text"])]
+            continue
+        records += [(release, split, str(record["source"]), str(record["text"]))
+                    for split in SPLITS
+                    for record in read_metadata(Path(releases_dir) / release / split, ("source", "text"),
+                                                f"run release@{release} first")]
     return pd.DataFrame(records, columns=["release", "split", "source", "text"])
 
 

@@ -1,14 +1,22 @@
 """release@V: compose per-source splits into a published dataset version by its recipe.
 
-A recipe (params.yaml: releases.V) lists components - (source, split) -> train|validation - and
-optional steps. `base: W` inherits W's components and settings; the child's settings override.
-Steps run in this order, each recording why it removed a row:
-  1. components in order; `dedup_against: train|validation` drops added rows that near-duplicate
-     rows already in that split (cross-dedup: only the new rows are removed)
-  2. `reclean: true` re-applies the cleaning filter to every row, from its original prompt
-     (v4-b: the fix for v4-a, which added OpenPrompts batch 2 without cleaning)
-  3. `validation_leaks: exact|near|none` drops validation rows whose text is in train (exact) or
-     near-duplicates a train row (near, at dedup.threshold)
+The recipe language (params.yaml: releases.V; reference and the team's history in docs/recipes.md):
+  base: W          start from W's OUTPUT rows (W's own steps already applied, in W's order); only
+                   `export` is inherited. Removals recorded here are this release's own.
+  components:      added in order; each is (source, split, into) with optional
+    rows: [a, b]   a batch: positions a..b-1 of the source's generation list (data/dedup/S.parquet order)
+    steps: [...]   run on the component's rows before they join (scopes below)
+  steps: [...]     run on all rows once every component is merged
+A step is `clean: {rules, mode, column}` (a named rule set; rewrite | filter_only) or
+`dedup: {scope, threshold, keep, method, match, against, reference, before_generate}`, scopes:
+  self / after_merge   within the rows at hand (a component's, or the whole release's)
+  per_split            within each split separately (a component: by the source's split)
+  against: train       rows near the release's train so far (or a `reference` release's) are dropped;
+                       before_generate: true runs it in prefilter@S, before any image is rendered
+  validation_vs_train  validation rows near (match: near) or equal to (match: exact) train rows dropped
+Shorthands kept from the first language: component `dedup_against`, release `reclean`,
+`validation_leaks`. Every removed row is recorded with a reason: clean:<rule>, dedup:<scope>,
+cross_dedup:<split>, leak:exact|near.
 Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout (default
 ImageFolder: metadata.jsonl + images, hardlinked where possible; also webdataset, simpletuner and
 bucketed: see scripts/lib/export.py), removed.parquet (every removed row with its reason), stats.json
@@ -21,38 +29,60 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
+import numpy as np
 import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import Component, Export, Preview, Release, load_params, load_section, parse
+from scripts.lib.params import (CleanStep, Component, DedupStep, Export, Preview, Release, Step, load_params,
+                                load_section, parse)
 from scripts.lib.archive import parse_ref
-from scripts.lib.io import (SPLITS, check_not_input, check_replaceable, check_table, mark_folder, read_parquet,
+from scripts.lib.io import (MARKER, SPLITS, check_not_input, check_replaceable, check_table, mark_folder, read_parquet,
                           replace_path, staging_dir, write_json, write_parquet)
-from scripts.lib.export import export_options, write_split
+from scripts.lib.export import card_data_files, export_options, write_rows_table, write_split
 
 ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
-INHERITED = ("reclean", "validation_leaks", "export")  # settings a release takes from its base unless it sets them
+SOURCE_SPLIT = "_source_split"  # a component row's split in its source (per_split scope), dropped on merge
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    components: tuple[Component, ...]
-    reclean: bool
-    validation_leaks: str
+    own_components: tuple[Component, ...]  # this recipe's; `components` adds the base chain's
+    steps: tuple[Step, ...]
     export: Export  # scripts/lib/export.py takes `export.spec()`
+    base: Optional["Recipe"] = None
     description: str = ""
     lineage: tuple[str, ...] = field(default=())
+
+    @property
+    def reclean(self) -> bool:  # the card and older readers: does any step clean?
+        return any(s.clean is not None for s in self.steps)
+
+    @property
+    def validation_leaks(self) -> str:
+        for s in reversed(self.steps):
+            if s.dedup is not None and s.dedup.scope == "validation_vs_train":
+                return s.dedup.match
+        return "none"
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """Components of the base chain and this recipe, in build order (the sources its rows come from)."""
+        return (self.base.components if self.base else ()) + self.own_components
+
+    def all_components(self) -> tuple[Component, ...]:
+        return self.components
 
 
 # --- recipe -----------------------------------------------------------------------------------
 
 
 def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Recipe:
-    """Flatten `base:` inheritance into one recipe (base components first). `releases` maps names to
-    params.yaml entries (plain mappings, checked here, or Release models)."""
+    """The recipe of `name` with its base chain resolved. `releases` maps names to params.yaml entries
+    (plain mappings, checked here, or Release models). Shorthands become steps here."""
     if name not in releases:
         raise DataError(f"params.yaml: releases.{_seen[-1] if _seen else name}: unknown release {name!r}")
     if name in _seen:
@@ -60,71 +90,156 @@ def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Re
     spec = releases[name]
     if not isinstance(spec, Release):
         spec = parse(Release, spec or {}, at=("releases", name))
-    if spec.base is not None:
-        base = resolve_recipe(spec.base, releases, _seen + (name,))
-        settings = {k: getattr(spec if k in spec.model_fields_set else base, k) for k in INHERITED}
-        components, lineage = base.components + tuple(spec.components), base.lineage + (name,)
-    else:
-        settings = {k: getattr(spec, k) for k in INHERITED}
-        components, lineage = tuple(spec.components), (name,)
-    recipe = Recipe(name, components, description=spec.description, lineage=lineage, **settings)
-    if not recipe.components:
+    base = resolve_recipe(spec.base, releases, _seen + (name,)) if spec.base is not None else None
+    export = spec.export if base is None or "export" in spec.model_fields_set else base.export
+    components = tuple(_with_shorthand(c) for c in spec.components)
+    steps = list(spec.steps)
+    if spec.reclean:
+        steps.append(Step(clean=CleanStep(rules="final", column="orig_text")))
+    if spec.validation_leaks != "none":
+        steps.append(Step(dedup=DedupStep(scope="validation_vs_train", match=spec.validation_leaks)))
+    for number, step in enumerate(steps):
+        if step.dedup is not None and (step.dedup.before_generate or step.dedup.scope == "against" and step.dedup.reference is None):
+            raise DataError(f"params.yaml: releases.{name}.steps[{number}]: scope against runs on a component's rows "
+                            "(put it in the component's steps)")
+    for number, component in enumerate(components):
+        for k, step in enumerate(component.steps):
+            if step.dedup is not None and step.dedup.reference is not None and step.dedup.reference not in releases:
+                raise DataError(f"params.yaml: releases.{name}.components[{number}].steps[{k}].dedup.reference: "
+                                f"unknown release {step.dedup.reference!r}")
+    recipe = Recipe(name, components, tuple(steps), export, base=base, description=spec.description,
+                    lineage=(base.lineage if base else ()) + (name,))
+    if not recipe.own_components and base is None:
         raise DataError(f"params.yaml: releases.{name}: no components")
     return recipe
+
+
+def _with_shorthand(component: Component) -> Component:
+    if component.dedup_against is None:
+        return component
+    step = Step(dedup=DedupStep(scope="against", against=component.dedup_against))
+    return component.model_copy(update={"steps": [*component.steps, step], "dedup_against": None})
 
 
 # --- composition (tables in, tables out) --------------------------------------------------------
 
 
-def compose(recipe: Recipe, load_split, clean_rows, near_duplicates) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Build the release rows and the removed rows (with `reason`).
+@dataclass(frozen=True)
+class Ops:
+    """What composition needs from the outside, injected so the core is table in -> table out.
 
-    load_split(source, split) -> rows; clean_rows(rows) -> (kept, dropped with reason);
-    near_duplicates(new_texts, reference_texts) -> bool mask over new_texts.
-    """
-    rows = pd.DataFrame(columns=ROW_COLUMNS)
+    load_split(source, split) -> rows (ROW_COLUMNS, plus `position` for sources read by range);
+    clean(rows, CleanStep) -> (kept rows with text as the step says, dropped rows with `reason`);
+    keep(texts, ids, DedupStep, against_texts | None) -> bool[n] (True = keep; near match);
+    reference(release name) -> output rows of that release (scope against with `reference`)."""
+
+    load_split: Callable
+    clean: Callable
+    keep: Callable
+    reference: Callable = None
+    built: Optional[dict] = None  # release name -> its output rows, composed once per process (a dict to share)
+
+
+def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(release rows, this release's removed rows with `reason`): the base's output rows, then each
+    component (loaded, cut to its row range, its steps run), then the release steps."""
+    rows = output_rows(recipe.base, ops) if recipe.base is not None else pd.DataFrame(columns=ROW_COLUMNS)
     removed: list[pd.DataFrame] = []
-    for component in recipe.components:
-        added = _component_rows(component, load_split)
-        if component.dedup_against and len(added):
-            reference = rows.loc[rows["split"] == component.dedup_against, "text"].tolist()
-            dup = near_duplicates(added["text"].tolist(), reference) if reference else None
-            if dup is not None and dup.any():
-                removed.append(added[dup].assign(reason=f"cross_dedup:{component.dedup_against}"))
-                added = added[~dup]
+    for component in recipe.own_components:
+        added = component_rows(component, ops.load_split)
+        for step in component.steps:
+            added, gone = run_step(step, added, ops, so_far=rows, group=SOURCE_SPLIT)
+            removed.append(gone)
+        added = added.drop(columns=[SOURCE_SPLIT])
         rows = pd.concat([rows, added], ignore_index=True) if len(rows) else added.reset_index(drop=True)
-    if recipe.reclean:
-        rows, dropped = clean_rows(rows)
-        removed.append(dropped)
-    if recipe.validation_leaks != "none":
-        rows, leaks = remove_validation_leaks(rows, recipe.validation_leaks, near_duplicates)
-        removed.append(leaks)
+    for step in recipe.steps:
+        rows, gone = run_step(step, rows, ops, so_far=None, group="split")
+        removed.append(gone)
+    removed = [r for r in removed if len(r)]
     removed_rows = pd.concat(removed, ignore_index=True) if removed else pd.DataFrame(columns=ROW_COLUMNS + ["reason"])
-    return rows.reset_index(drop=True), removed_rows.reset_index(drop=True)
+    return rows[ROW_COLUMNS].reset_index(drop=True), removed_rows[ROW_COLUMNS + ["reason"]].reset_index(drop=True)
 
 
-def _component_rows(component: Component, load_split) -> pd.DataFrame:
+def output_rows(recipe: Recipe, ops: Ops) -> pd.DataFrame:
+    """A release's output rows; composed once when `ops.built` is shared (a chain v2 -> v4 -> v4-a -> v4-b,
+    or a `reference`, reuses what was built)."""
+    if ops.built is None:
+        return compose(recipe, ops)[0]
+    if recipe.name not in ops.built:
+        ops.built[recipe.name] = compose(recipe, ops)[0]
+    return ops.built[recipe.name]
+
+
+def component_rows(component: Component, load_split) -> pd.DataFrame:
+    """The component's rows: its split(s) of the source, cut to `rows`, in generation order when the
+    source gives positions (else by id), with `split` = into and the source split kept aside."""
     parts = SPLITS if component.split == "all" else (component.split,)
-    frames = [load_split(component.source, part) for part in parts]
-    rows = pd.concat(frames, ignore_index=True).sort_values("id", kind="stable")
-    return rows[ROW_COLUMNS].assign(split=component.into).reset_index(drop=True)
+    frames = [load_split(component.source, part).assign(**{SOURCE_SPLIT: part}) for part in parts]
+    rows = pd.concat(frames, ignore_index=True)
+    if "position" in rows and rows["position"].notna().all():
+        start, stop = component.row_range()
+        inside = (rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))
+        rows = rows[inside].sort_values(["position", "id"], kind="stable")
+    elif component.rows is not None:
+        raise DataError(f"source {component.source}: rows {component.rows} needs row positions (data/prefilter/"
+                        f"{component.source}.parquet)")
+    else:
+        rows = rows.sort_values("id", kind="stable")
+    into = rows[SOURCE_SPLIT] if component.into == "same" else component.into
+    return rows[ROW_COLUMNS + [SOURCE_SPLIT]].assign(split=into).reset_index(drop=True)
 
 
-def remove_validation_leaks(rows: pd.DataFrame, mode: str, near_duplicates) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Drop validation rows whose text is in train (exact), or near-duplicates a train row (near)."""
-    is_val = rows["split"] == "validation"
-    train_texts = rows.loc[~is_val, "text"]
-    exact = is_val & rows["text"].isin(set(train_texts))
-    leaks = [rows[exact].assign(reason="leak:exact")]
-    keep = ~exact
-    if mode == "near":
-        candidates = rows[is_val & keep]
-        if len(candidates) and len(train_texts):
-            near = near_duplicates(candidates["text"].tolist(), train_texts.tolist())
-            near_index = candidates.index[near]
-            leaks.append(rows.loc[near_index].assign(reason="leak:near"))
-            keep &= ~rows.index.isin(near_index)
-    return rows[keep], pd.concat(leaks, ignore_index=True)
+def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataFrame], group: str):
+    """One step on `rows` -> (kept rows, removed rows with reason). `so_far`: the release's rows before
+    this component (None for release steps); `group`: the column per_split groups by."""
+    if step.clean is not None:
+        if not len(rows):
+            return rows, rows.iloc[:0].assign(reason="")
+        kept, dropped = ops.clean(rows, step.clean)
+        return kept, dropped
+    d = step.dedup
+    if step.dedup.before_generate:  # done by prefilter@S: its rows never reached data/splits
+        return rows, rows.iloc[:0].assign(reason="")
+    keep = np.ones(len(rows), dtype=bool)
+    texts = rows["text"].astype(str).tolist()
+    if d.scope in ("self", "after_merge"):
+        keep = _self_keep(texts, rows["id"].tolist(), d, ops)
+        reason = f"dedup:{d.scope}"
+    elif d.scope == "per_split":
+        for _, index in rows.groupby(group, sort=True).indices.items():
+            part = rows.iloc[index]
+            keep[index] = _self_keep(part["text"].astype(str).tolist(), part["id"].tolist(), d, ops)
+        reason = "dedup:per_split"
+    elif d.scope == "against":
+        reference = so_far if d.reference is None else ops.reference(d.reference)
+        ref_texts = reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
+        keep = _cross_keep(texts, ref_texts, d, ops)
+        reason = f"cross_dedup:{d.against}"
+    else:  # validation_vs_train
+        is_val = (rows["split"] == "validation").to_numpy()
+        train = [t for t, v in zip(texts, is_val) if not v]
+        val_index = np.flatnonzero(is_val)
+        keep[val_index] = _cross_keep([texts[i] for i in val_index], train, d, ops)
+        reason = f"leak:{d.match}"
+    return rows[keep], rows[~keep].assign(reason=reason)
+
+
+def _self_keep(texts: list[str], ids: list[str], step: DedupStep, ops: Ops) -> np.ndarray:
+    if not texts:
+        return np.ones(0, dtype=bool)
+    if step.match == "exact":  # first occurrence of each text stays (none_of_pair: no occurrence of a repeated one)
+        series = pd.Series(texts)
+        return ~series.duplicated(keep=False if step.keep == "none_of_pair" else "first").to_numpy()
+    return np.asarray(ops.keep(texts, ids, step, None), dtype=bool)
+
+
+def _cross_keep(texts: list[str], reference: list[str], step: DedupStep, ops: Ops) -> np.ndarray:
+    if not texts or not reference:
+        return np.ones(len(texts), dtype=bool)
+    if step.match == "exact":  # the team: `if caption["text"] in visited` (train texts, stripped)
+        seen = {t.strip() for t in reference}
+        return np.array([t not in seen for t in texts], dtype=bool)
+    return np.asarray(ops.keep(texts, None, step, reference), dtype=bool)
 
 
 def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
@@ -148,6 +263,8 @@ def card_params(params: dict) -> dict:
     from scripts.dedup import SPEED_KEYS
 
     dedup = {k: v for k, v in (params.get("dedup") or {}).items() if k not in SPEED_KEYS}
+    if dedup.get("method", "minhash") == "minhash":  # the embedding keys change nothing then
+        dedup = {k: v for k, v in dedup.items() if not k.startswith("embedding_")}
     return {"dedup": dedup, "split": params.get("split")}
 
 
@@ -155,7 +272,7 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
     """README.md with Hugging Face YAML front matter: counts, sources, recipe, params, licences."""
     import yaml
 
-    sources = sorted({c.source for c in recipe.components})
+    sources = sorted({c.source for c in recipe.all_components()})
     licences = {s: (params["sources"].get(s) or {}).get("license", "unknown") for s in sources}
     total = stats["rows"]["total"]
     size = "n<1K" if total < 1_000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
@@ -167,16 +284,16 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": s, "path": f"{s}/**"} for s in SPLITS],
+                "data_files": [{"split": s, "path": card_data_files(recipe.export.format, s)} for s in SPLITS],
             }
         ],
         "dataset_info": {"splits": [{"name": s, "num_examples": stats["rows"][s]} for s in SPLITS]},
     }
     recipe_yaml = {
         "lineage": list(recipe.lineage),
-        "components": [c.model_dump() for c in recipe.components],
-        "reclean": recipe.reclean,
-        "validation_leaks": recipe.validation_leaks,
+        "base": recipe.base.name if recipe.base else None,
+        "components": [c.model_dump(exclude_defaults=True) for c in recipe.own_components],
+        "steps": [s.model_dump(exclude_defaults=True) for s in recipe.steps],
     }
     lines = [
         "---",
@@ -221,14 +338,24 @@ def data_card(recipe: Recipe, stats: dict, params: dict) -> str:
 # --- stage ---------------------------------------------------------------------------------------
 
 
-def _loader(splits_dir: Path, roots: dict[str, list[Path]]):
+def _loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Optional[Path] = None):
     def load_split(source: str, split: str) -> pd.DataFrame:
         path = splits_dir / source / f"{split}.parquet"
         rows = read_parquet(path)
         check_split_rows(rows, path, source, roots[source])
-        return rows
+        return with_positions(rows, source, positions_dir)
 
     return load_split
+
+
+def with_positions(rows: pd.DataFrame, source: str, positions_dir: Optional[Path]) -> pd.DataFrame:
+    """Rows with `position`: where each sits in the source's generation list (prefilter@S writes it), so a
+    component can take a batch by row range. Without the file, positions are unknown (NaN)."""
+    path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
+    if path is None or not path.exists():
+        return rows.assign(position=np.nan)
+    order = read_parquet(path)[["id", "position"]]
+    return rows.drop(columns=["position"], errors="ignore").merge(order, on="id", how="left", validate="one_to_one")
 
 
 def source_roots(params: dict, recipe: Recipe) -> dict[str, list[Path]]:
@@ -236,7 +363,7 @@ def source_roots(params: dict, recipe: Recipe) -> dict[str, list[Path]]:
     component whose source is not in params.yaml is one line before any work."""
     sources = params.get("sources") or {}
     roots = {}
-    for number, component in enumerate(recipe.components):
+    for number, component in enumerate(recipe.all_components()):
         entry = sources.get(component.source)
         if entry is None:
             raise DataError(f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
@@ -281,36 +408,77 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _cleaner(rules_file: Path, desc: str = "reclean"):
-    from scripts.clean import clean_table, load_rules, read_rules_params
+def rule_set(name: str, rules_file: Optional[Path] = None):
+    """The compiled rule set `name`: from data/clean/rules.json (the clean_rules stage writes every set
+    there, so DVC tracks them), or from scripts/clean_rules/<name>.yaml without one."""
+    from scripts.clean import load_rule_set, load_rules, rules_from_file
 
-    rules = load_rules(read_rules_params(rules_file))
+    if rules_file is not None and Path(rules_file).exists():
+        return rules_from_file(Path(rules_file), name)
+    return load_rules(load_rule_set(name))
 
-    def clean_rows(rows: pd.DataFrame):
-        as_prompts = rows.drop(columns=["text"]).rename(columns={"orig_text": "prompt"})
-        kept, dropped = clean_table(as_prompts, rules, desc=desc)
-        back = {"prompt": "orig_text"}
-        kept = kept.rename(columns=back)[ROW_COLUMNS]
-        dropped = dropped.rename(columns=back).assign(text=dropped["prompt"])
-        return kept, dropped.assign(reason="clean:" + dropped["reason"].astype(str))[ROW_COLUMNS + ["reason"]]
+
+def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_set):
+    """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had."""
+    from scripts.clean import clean_table
+
+    loaded: dict = {}
+
+    def clean_rows(rows: pd.DataFrame, step: CleanStep):
+        if step.rules not in loaded:
+            loaded[step.rules] = load(step.rules, rules_file)
+        extra = [c for c in rows.columns if c not in ROW_COLUMNS]
+        table = rows.assign(_cleaned_from=rows[step.column].astype(str))
+        kept, dropped = clean_table(table, loaded[step.rules], column="_cleaned_from", desc=f"{desc} {step.rules}")
+        if step.mode == "filter_only":  # clean_table wrote the cleaned text: put the rows' own back
+            kept = kept.drop(columns=["text"]).merge(rows[["id", "text"]], on="id", how="left", validate="one_to_one")
+        kept = kept.astype({"text": object})[ROW_COLUMNS + extra]
+        dropped = dropped.assign(reason="clean:" + dropped["reason"].astype(str))[ROW_COLUMNS + extra + ["reason"]]
+        return kept.reset_index(drop=True), dropped.reset_index(drop=True)
 
     return clean_rows
 
 
-def _near_duplicates(params: dict):
-    from scripts.dedup import near_duplicate_mask
+def deduper(dedup_params):
+    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides."""
+    from scripts.dedup import keep_mask, resolve_params
 
-    def near_duplicates(new_texts: list[str], reference_texts: list[str]):
-        return near_duplicate_mask(new_texts, reference_texts, params["dedup"])
+    def keep(texts: list[str], ids, step: DedupStep, against):
+        params = resolve_params(dedup_params, **step.overrides())
+        return keep_mask(texts, params, against=against, order_keys=ids)
 
-    return near_duplicates
+    return keep
+
+
+def stage_ops(params: dict, splits: Path, rules: Optional[Path], positions: Optional[Path], recipe: Recipe,
+              desc: str) -> Ops:
+    """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
+    roots = source_roots(params, recipe)
+    releases = params.get("releases") or {}
+    for other in referenced_releases(recipe):
+        roots.update(source_roots(params, resolve_recipe(other, releases)))
+    built: dict[str, pd.DataFrame] = {}
+    ops = Ops(_loader(splits, roots, positions), cleaner(rules, desc), deduper(params.get("dedup")), built=built)
+
+    def reference(name: str) -> pd.DataFrame:
+        return output_rows(resolve_recipe(name, releases), ops)
+
+    return Ops(ops.load_split, ops.clean, ops.keep, reference, built)
+
+
+def referenced_releases(recipe: Recipe) -> set[str]:
+    names = {s.dedup.reference for c in recipe.all_components() for s in c.steps
+             if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate}
+    return names
 
 
 def cli(
     name: str = typer.Argument(..., help="release name in params.yaml: releases"),
     splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
     output: Path = typer.Argument(..., help="data/releases/V"),
-    rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules, for reclean"),
+    rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
+    positions: Path = typer.Option(Path("data/prefilter"), "--positions",
+                                   help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
 ) -> None:
     """Compose a release from per-source splits by its recipe."""
     params = load_params()
@@ -319,13 +487,12 @@ def cli(
     from scripts.lib.progress import Progress
 
     geometry = load_section("preview", missing_ok=True)
-    roots = source_roots(params, recipe)
-    cleaner = _cleaner(rules, f"release@{name} reclean") if recipe.reclean else None
-    rows, removed = compose(recipe, _loader(splits, roots), cleaner, _near_duplicates(params))
+    check_not_input(output, [splits, rules])
+    check_output(output)  # before any work: a mistyped output path fails at once, in one line
+    rows, removed = compose(recipe, stage_ops(params, splits, rules, positions, recipe, f"release@{name}"))
     stats = release_stats(rows, removed)
     # Everything is written into a staging folder first and moved into place only at the end, so a
     # bad image or a crash leaves the previous release whole (never train new and validation old).
-    check_not_input(output, [splits, rules])
     with staging_dir(output) as staging:  # locked; a killed run's staging folder goes on the next run
         with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
             for split in SPLITS:
@@ -335,6 +502,7 @@ def cli(
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
         (staging / "README.md").write_text(data_card(recipe, stats, params), encoding="utf-8")
         write_json(stats, staging / "stats.json")
+        write_rows_table(rows, staging)  # rows.parquet: the release's rows, whatever the layout
         move_into_place(staging, output)
     print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
 
@@ -353,6 +521,27 @@ def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:
     contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)
 
 
+OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
+
+
+def check_output(output: Path) -> None:
+    """What move_into_place checks again at the end, on what a release writes (OUTPUTS)."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is a file, expected a release folder")
+    if output.is_dir():
+        allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
+        _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
+    for split in SPLITS:
+        if (output / split).is_dir() and not (output / split / MARKER).is_file():
+            check_replaceable(output / split)
+
+
+def _refuse_foreign(output: Path, foreign: list[str]) -> None:
+    if foreign:
+        raise DataError(f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
+                        "release into it (point it at its own folder, e.g. data/releases/NAME)")
+
+
 def move_into_place(staging: Path, output: Path) -> None:
     """Replace each release output with its staged version (renames on one filesystem: no copies).
 
@@ -364,10 +553,7 @@ def move_into_place(staging: Path, output: Path) -> None:
     if output.is_dir():
         names = {item.name for item in staged} | {".gitignore"}  # DVC writes .gitignore beside outputs
         left = {f".{item.name}.tmp-old" for item in staged}  # a run killed while moving its folders in
-        foreign = sorted(p.name for p in output.iterdir() if p.name not in names | left)
-        if foreign:
-            raise DataError(f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
-                            "release into it (point it at its own folder, e.g. data/releases/NAME)")
+        _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in names | left))
         for name in sorted(left):
             shutil.rmtree(output / name, ignore_errors=True)
     for item in staged:

@@ -1,9 +1,10 @@
 """clean@S and clean-text: the reference team's prompt filter, rule by rule, on real and hand-written prompts.
 
-Each case states its input and the expected cleaned text or drop reason. Expected outputs follow the
-reference `preprocess` (songjein/image-to-prompts-28th-solution), quirks included; the two places we
-differ on purpose (empty prompts, the trailing " and") have their own tests. That the regex engine's
-speed-ups never change an output is tested in test_regex_engine.py.
+Each case states its input and the expected cleaned text or drop reason. Expected outputs are what the
+reference `preprocess` (songjein/image-to-prompts-28th-solution, 942a6f8: the default rule set `final`)
+returns, quirks included; where we differ on purpose (empty prompts) there is a test of its own. The
+other versions of the rules: test_clean_rulesets.py. That the regex engine's speed-ups never change an
+output is tested in test_regex_engine.py.
 """
 from __future__ import annotations
 
@@ -22,14 +23,15 @@ import pytest
 import yaml
 
 from scripts import clean
-from scripts.clean import DataError, clean_table, clean_text, load_rules, pass_through, sibling_paths
+from scripts.clean import DataError, clean_table, clean_text, load_rule_set, load_rules, pass_through, sibling_paths
 from scripts.lib.io import PROMPT_COLUMNS, write_parquet
 from scripts.lib.regex_engine import run_phase
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-RULES = load_rules(PARAMS["clean"])
+RULES = load_rules(PARAMS["clean"])  # the default set, `final`
+FINAL = load_rule_set("final")  # the complete rule document
 
 
 def openprompts() -> list[str]:
@@ -62,7 +64,7 @@ DROPS = [
     ("banned_nospace", "a photo of a cat, see https://example.com/cat"),
     ("banned_nospace", "a cat h t t p s : / / x y z and more words here"),
     ("max_dashes", "a-b-c-d-e-f-g cat sitting on a mat in the sun"),
-    ("max_pipes", "a | b | c | d | e | f | cat on a mat in the sun"),
+    ("max_by", "portrait of a cat by anna by bob by carl by dan in the snow"),
     ("ban_words", "a #cat sitting on a mat in the sunny garden"),
     ("ban_words", "portrait of a woman, shot on Canon EOS R3, golden hour light"),
     ("ban_words", "a cat sleeping on a sofa, RENDERED WITH blender"),
@@ -101,20 +103,20 @@ def test_each_limit_is_a_param():
     assert clean_text("a-b-c a fox under a tree in autumn", with_params(max_dashes=1)) == (None, "max_dashes")
 
 
-# The reasons in the order the filter checks them (what every report and dropped table relies on).
-ORDER = ["language", "banned_nospace", "max_dashes", "max_pipes", "person_names", "ban_words", "max_repeat_ratio",
+# The reasons in the order the default set checks them (what every report and dropped table relies on).
+ORDER = ["language", "banned_nospace", "max_dashes", "max_by", "person_names", "ban_words", "max_repeat_ratio",
          "min_mean_word_len", "max_commas", "min_chars", "max_chars", "min_unique_words", "thought_phrases"]
 
 
-def test_drop_rules_are_one_ordered_registry_of_params_keys():
-    names = [name for rules in clean.DROP_RULES.values() for name, _ in rules]
-    assert names == ORDER
-    assert set(names) <= set(PARAMS["clean"])  # each reason is the params key of its rule
-    assert list(clean.DROP_RULES) == list(clean.PHASE_KEYS)
-    assert clean.REQUIRED_KEYS == [
-        "banned_nospace", "max_dashes", "max_pipes", "ban_words", "max_repeat_ratio", "min_mean_word_len",
-        "normalise", "max_commas", "by_clause", "stop_phrases", "artists", "sites", "tidy",
-        "min_chars", "max_chars", "min_unique_words", "collapse_repeats", "thought_phrases", "finish"]
+def test_drop_rules_are_one_registry_of_rule_set_keys():
+    from scripts.lib.params import CleanRules
+
+    assert set(clean.DROP_RULES) <= set(CleanRules.model_fields)  # each reason is the key of its rule
+    listed = [name for point in clean.DROP_POINTS for name in FINAL["drops"].get(point, [])]
+    assert listed == ORDER
+    assert list(FINAL["drops"]) == list(clean.DROP_POINTS)
+    assert clean.REQUIRED_KEYS == ["drops", "normalise", "by_clause", "stop_phrases", "artists", "sites", "tidy",
+                                   "collapse_repeats", "finish"]
 
 
 def test_rules_that_are_off_are_left_out():
@@ -129,15 +131,16 @@ def too_many_hashtags(text: str, rules: clean.Rules) -> bool:
 
 def test_a_new_drop_rule_is_one_registry_entry(monkeypatch):
     # the worked example of docs/cleaning.md, "Adding a drop rule"
-    raw = clean.DROP_RULES["raw"]
-    at = [name for name, _ in raw].index("ban_words")
-    monkeypatch.setitem(clean.DROP_RULES, "raw", raw[:at] + (("max_hashtags", too_many_hashtags),) + raw[at:])
-    rules = with_params(max_hashtags=2)
+    monkeypatch.setitem(clean.DROP_RULES, "max_hashtags", too_many_hashtags)
+    raw = FINAL["drops"]["raw"]
+    at = raw.index("ban_words")
+    drops = {**FINAL["drops"], "raw": raw[:at] + ["max_hashtags"] + raw[at:]}
+    rules = with_params(max_hashtags=2, drops=drops)
     assert clean_text("a cat on a mat #cute #cat #caturday", rules) == (None, "max_hashtags")
     assert clean_text("a cat on a mat #cute", rules) == (None, "ban_words")  # "#" is a ban word
     assert clean_text("a small red fox sleeping under an old oak tree", rules)[1] is None
-    with pytest.raises(DataError, match="missing rule.*max_hashtags"):
-        load_rules(PARAMS["clean"])
+    with pytest.raises(DataError, match="lists 'max_hashtags', but clean.max_hashtags is not set"):
+        with_params(drops=drops)
 
 
 # --------------------------------------------------------------------------- rewrites
@@ -148,36 +151,32 @@ REWRITES = [
      "a castle on a hill at sunset,"),
     ("artist after by, up to the comma", "a castle on a hill at sunset, by greg rutkowski, highly detailed",
      "a castle on a hill at sunset, highly detailed"),
-    ("cut at ' by ' with two or more names after", "portrait of a knight by greg rutkowski and alphonse mucha and wlop",
-     "portrait of a knight"),
-    ("cut at ' by ' with three commas after", "portrait of a knight by some painter, a, b, c dramatic light",
-     "portrait of a knight"),
+    # final has no artist-credit cut (942a6f8 removed it): the artists go, "by" stays
+    ("no cut at ' by '", "portrait of a knight by greg rutkowski and alphonse mucha and wlop", "portrait of a knight by "),
     ("'ed by' is not an artist credit", "a knight surrounded by wolves in a snowy forest, by greg rutkowski, cinematic",
      "a knight surrounded by wolves in a snowy forest, cinematic"),
     ("camera settings", "a fox in a field, 85mm lens, f/1.8, iso 200, sharp focus on the fox",
-     "a fox in a field, f/ iso, sharp focus on the fox"),
-    # reference quirk: numbers go first (`bare_numbers`), so "--steps 50" loses its number, then
-    # `flag_letter` eats "--s", leaving "teps"
-    ("SD flags", "a fox in a field --steps 50 -w 1024", "a fox in a field teps"),
+     "a fox in a field sharp focus on the fox"),
+    ("SD flags", "a fox in a field --steps 50 -w 1024", "a fox in a field"),
     ("punctuation", "a fox in a field; sunset! warm_light: cozy — peaceful",
-     "a fox in a field, sunset. warm light cozy-peaceful"),
+     "a fox in a field, sunset. warm light cozy - peaceful"),
     ("repeated word", "a very very very large old castle on a hill", "a very large old castle on a hill"),
     ("repeated bigram", "a red car red car parked in front of the old house",
      "a red car parked in front of the old house"),
     ("numbers, then empty brackets", "a painting of a ship in a storm (1890), dramatic waves at night",
      "a painting of a ship in a storm , dramatic waves at night"),
     ("5+ digit numbers, trailing and", "a painting of a ship in a storm 1234567 dramatic waves and",
-     "a painting of a ship in a storm dramatic waves"),
+     "a painting of a ship in a storm dramatic waves "),
     ("leading punctuation", "- a painting of a ship in a storm with dramatic waves.",
      "a painting of a ship in a storm with dramatic waves."),
     ("repeated punctuation", "!!! a painting of a ship in a storm with dramatic waves!!!",
      "a painting of a ship in a storm with dramatic waves."),
     ("[digital art] tag", "a cozy cabin, [digital art], snowy mountains at dusk", "a cozy cabin, snowy mountains at dusk"),
+    # reference quirk: `(?i)n\s*-?\s*\d+` takes the "n 4" of "in 4k", leaving "ik"
     ("resolution words", "a cozy cabin in 4k ultra hd, snowy mountains at dusk, hdr",
-     "a cozy cabin in, snowy mountains at dusk,"),
+     "a cozy cabin ik, snowy mountains at dusk,"),
     ("aspect ratio", "a wide beach panorama at dawn 16:9 with palm trees", "a wide beach panorama at dawn with palm trees"),
-    ("seed (its number goes first)", "a wide beach panorama at dawn, seed 42, palm trees",
-     "a wide beach panorama at dawn, seed, palm trees"),
+    ("seed", "a wide beach panorama at dawn, seed 42, palm trees", "a wide beach panorama at dawn, palm trees"),
 ]
 
 
@@ -207,20 +206,36 @@ def test_finish_rule(rule, text, expected):
 
 
 def test_reference_quirks_are_kept_and_a_param_fixes_them():
-    # The reference's `-+[a-z]` (for flags like "--v") also eats "-s" in "neon-soaked" and "-w" in
-    # "award-winning"; we keep that for faithfulness (acceptance 2), and the regex is a param.
+    # The reference's `-+[isc]` (for flags like "-s") also eats "-s" in "neon-soaked"; we keep that for
+    # faithfulness (acceptance 2), and the regex is a param.
     prompt = "A neon-soaked cyberpunk cityscape with a floating ice cream truck"
     assert clean_text(prompt, RULES) == ("A neonoaked cyberpunk cityscape with a floating ice cream truck", None)
     normalise = [
         {**step, "pattern": r"(?i)(?<!\w)-+[a-z]\b"} if step["name"] == "flag_letter" else step
-        for step in PARAMS["clean"]["normalise"]
+        for step in FINAL["normalise"]
     ]
     assert clean_text(prompt, with_params(normalise=normalise)) == (prompt, None)
+    assert clean_text(prompt, load_rules({**FINAL, "normalise": normalise})) == (prompt, None)
 
 
-def test_trailing_and_is_cut_without_leaving_a_space():
-    # the reference returns "... waves " (text[:-3]); a caption with a trailing space helps nobody
-    assert clean_text("a ship in a storm with dramatic waves and", RULES) == ("a ship in a storm with dramatic waves", None)
+def test_trailing_and_leaves_its_space_like_the_reference_and_a_param_trims_it():
+    # the reference's text[:-3] cuts "and" but not the space before it; the rule set keeps that (issue 15)
+    assert clean_text("a ship in a storm with dramatic waves and", RULES) == ("a ship in a storm with dramatic waves ", None)
+    finish = [{**step, "repl": ""} if step["name"] == "trailing_and" else step for step in FINAL["finish"]]
+    assert clean_text("a ship in a storm with dramatic waves and", with_params(finish=finish)) == (
+        "a ship in a storm with dramatic waves", None)
+
+
+def test_the_artist_credit_cut_of_2023_04_20_is_a_param():
+    # 8df1658 cut the text at " by " when names or commas followed; 942a6f8 (final) dropped the step
+    by_clause = {"marker": " by ", "exempt": "ed by ", "cut_if_commas_after": 3, "cut_if_names_after": 2,
+                 "and_marker": " and ", "remove_to_comma": r"\bby\b.*?,"}
+    rules = with_params(by_clause=by_clause)
+    assert clean_text("portrait of a knight by greg rutkowski and alphonse mucha and wlop", rules) == (
+        "portrait of a knight", None)
+    assert clean_text("portrait of a knight by some painter, a, b, c dramatic light", rules) == ("portrait of a knight", None)
+    assert clean_text("a knight surrounded by wolves, by bob, cinematic", rules) == (
+        "a knight surrounded by wolves, by bob, cinematic", None)  # "ed by": no cut
 
 
 def test_unicode_text_goes_through_every_regex():
@@ -235,11 +250,11 @@ def test_unicode_text_goes_through_every_regex():
 REAL = [
     # (input from the fixtures, expected text or None, expected reason or None)
     ("daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning",
-     "daguerrotype of a corgi astronaut on the moon, photograph, vintage, stunning", None),
+     "daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning", None),
     ("inmates with cow heads inside a jailcell", "inmates with cow heads inside a jailcell", None),
     ("p. cubensis", None, "min_chars"),
     ("emma watson as supergirl, realistic, intricate, elegant, art by artgerm and wlop",
-     "emma watson as supergirl, realistic, intricate, elegant, art", None),
+     "emma watson as supergirl, realistic, intricate, elegant, art ", None),
     ("A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.",
      "A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.", None),
 ]
@@ -283,14 +298,18 @@ def mutations(prompts: list[str], n: int, seed: int = 0) -> list[str]:
 # --------------------------------------------------------------------------- params errors and heavy rules
 
 def test_missing_rule_is_a_one_line_error():
-    params = copy.deepcopy(PARAMS["clean"])
-    del params["max_commas"]
-    with pytest.raises(DataError, match="missing rule.*max_commas"):
-        load_rules(params)
+    document = copy.deepcopy(FINAL)
+    del document["normalise"]
+    with pytest.raises(DataError, match="missing rule.*normalise"):
+        load_rules(document)
+    del document["max_commas"]
+    document["normalise"] = []
+    with pytest.raises(DataError, match="lists 'max_commas', but clean.max_commas is not set"):
+        load_rules(document)
 
 
 def test_bad_regex_names_its_place():
-    normalise = PARAMS["clean"]["normalise"] + [{"name": "broken", "pattern": "(unclosed"}]
+    normalise = FINAL["normalise"] + [{"name": "broken", "pattern": "(unclosed"}]
     with pytest.raises(DataError, match=r"clean\.normalise\[\d+\]: bad regex"):
         with_params(normalise=normalise)
     with pytest.raises(DataError, match="bad repl"):
@@ -387,7 +406,10 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture()
 def workdir(tmp_path: Path) -> Path:
-    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    params = copy.deepcopy(PARAMS)  # two sources of our own: the real ones change with the release recipes
+    params["sources"]["t_clean"] = {"kind": "openprompts", "path": "x", "clean": True}
+    params["sources"]["t_off"] = {"kind": "openprompts", "path": "x", "clean": False}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return tmp_path
 
 
@@ -402,7 +424,7 @@ def test_clean_text_command_one_json_line_per_input_line(workdir):
         {"text": "a castle on a hill at sunset,", "reason": None},
         {"text": None, "reason": "empty"},
         {"text": None, "reason": "min_chars"},
-        {"text": "a fox in a field, sunset. warm light cozy-peaceful", "reason": None},
+        {"text": "a fox in a field, sunset. warm light cozy - peaceful", "reason": None},
     ]
 
 
@@ -419,12 +441,12 @@ def test_clean_text_command_bad_input_is_one_line(workdir):
 def test_clean_stage_on_real_prompts(workdir):
     prompts = openprompts()
     write_parquet(prompt_table(prompts), workdir / "in.parquet")
-    result = run_cli(["clean", "openprompts1", "in.parquet", "data/clean/openprompts1.parquet"], workdir)
+    result = run_cli(["clean", "t_clean", "in.parquet", "data/clean/t_clean.parquet"], workdir)
     assert result.returncode == 0, result.stderr
     out = workdir / "data" / "clean"
-    kept = pq.read_table(out / "openprompts1.parquet").to_pandas()
-    dropped = pq.read_table(out / "openprompts1.dropped.parquet").to_pandas()
-    report = json.loads((out / "openprompts1.report.json").read_text())
+    kept = pq.read_table(out / "t_clean.parquet").to_pandas()
+    dropped = pq.read_table(out / "t_clean.dropped.parquet").to_pandas()
+    report = json.loads((out / "t_clean.report.json").read_text())
     expected = [clean_text(p, RULES) for p in prompts]
     assert list(kept["text"]) == [t for t, _ in expected if t is not None]
     assert list(dropped["reason"]) == [r for t, r in expected if t is None]
@@ -433,29 +455,29 @@ def test_clean_stage_on_real_prompts(workdir):
     assert sum(report["dropped_by_reason"].values()) == len(dropped)
     assert report["dropped_by_reason"]["empty"] == sum(1 for p in prompts if not p.strip())
     assert sorted(p.name for p in out.iterdir()) == [  # no temp files left behind
-        "openprompts1.dropped.parquet", "openprompts1.parquet", "openprompts1.report.json"]
+        "t_clean.dropped.parquet", "t_clean.parquet", "t_clean.report.json"]
 
 
 def test_clean_stage_passes_through_when_the_source_says_clean_false(workdir):
     prompts = ["see https://x.io", "a fine prompt about a cat on a mat", ""]
     write_parquet(prompt_table(prompts), workdir / "in.parquet")
-    result = run_cli(["clean", "openprompts2", "in.parquet", "out/o2.parquet"], workdir)
+    result = run_cli(["clean", "t_off", "in.parquet", "out/o2.parquet"], workdir)
     assert result.returncode == 0, result.stderr
     kept = pq.read_table(workdir / "out" / "o2.parquet").to_pandas()
     assert list(kept["text"]) == prompts
     assert pq.read_table(workdir / "out" / "o2.dropped.parquet").num_rows == 0
     report = json.loads((workdir / "out" / "o2.report.json").read_text())
-    assert report == {"source": "openprompts2", "cleaning_applied": False, "rows_in": 3, "kept": 3,
-                      "dropped": 0, "dropped_by_reason": {}}
+    assert report == {"source": "t_off", "cleaning_applied": False, "rows_in": 3, "kept": 3,
+                      "dropped": 0, "dropped_by_reason": {}, "mode": "off"}
 
 
 def test_clean_stage_errors_are_one_line(workdir):
     result = run_cli(["clean", "nosuchsource", "in.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and result.stderr.strip() == "error: params.yaml: sources: no source named 'nosuchsource'"
-    result = run_cli(["clean", "openprompts1", "missing.parquet", "out.parquet"], workdir)
+    result = run_cli(["clean", "t_clean", "missing.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and "missing.parquet: input not found" in result.stderr
     pd.DataFrame({"id": ["a"], "caption": ["x"]}).to_parquet(workdir / "wrong.parquet")
-    result = run_cli(["clean", "openprompts1", "wrong.parquet", "out.parquet"], workdir)
+    result = run_cli(["clean", "t_clean", "wrong.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and "wrong.parquet: no 'prompt' column" in result.stderr
     assert not (workdir / "out.parquet").exists()
 

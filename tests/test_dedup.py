@@ -275,6 +275,72 @@ def test_keep_longest_keeps_the_longer_text_and_breaks_ties_by_stable_id():
     assert tie.keep.tolist() == [False, True] and tie.duplicate_of.tolist() == [1, -1]
 
 
+def test_keep_longest_on_real_prompts_never_keeps_a_shorter_row_over_a_longer_partner(prompts):
+    texts = prompts[:1200] + prompts[-306:]
+    ids = [f"id{i:05d}" for i in range(len(texts))]
+    result = dedup_self(texts, ids, DedupParams(threshold=0.7, keep="longest"))
+    sets = _sets(texts)
+    pairs = _brute_force_pairs(sets, 0.7)
+    _check_properties(result, sets, pairs, 0.7)
+    removed = np.flatnonzero(~result.keep)
+    assert len(removed) > 100
+    for i in removed:
+        d = int(result.duplicate_of[i])
+        assert (-len(texts[d]), ids[d]) < (-len(texts[i]), ids[i])
+
+
+def test_none_of_pair_removes_both_members_of_every_near_duplicate_pair(prompts):
+    """The team's rule: every row with a partner at >= threshold goes (identical copies included)."""
+    texts = prompts[:1500] + prompts[-306:] + ["a red fox in the snow"] * 3
+    result = dedup_self(texts, None, DedupParams(threshold=0.7, keep="none_of_pair"))
+    sets = _sets(texts)
+    pairs = _brute_force_pairs(sets, 0.7)
+    paired = {i for pair in pairs for i in pair}
+    assert set(np.flatnonzero(~result.keep).tolist()) == paired
+    assert {len(texts) - 3, len(texts) - 2, len(texts) - 1} <= paired
+    best = {}
+    for i, j in pairs:
+        for a, b in ((i, j), (j, i)):
+            best[a] = max(best.get(a, 0.0), _jaccard(sets[a], sets[b]))
+    for i in paired:  # each removed row points at its most similar partner, which is removed too
+        d = int(result.duplicate_of[i])
+        assert not result.keep[d] and d != i
+        assert result.jaccard[i] == pytest.approx(_jaccard(sets[i], sets[d])) == pytest.approx(best[i])
+    assert result.stats["kept"] == len(texts) - len(paired)
+    first = dedup_self(texts, None, DedupParams(threshold=0.7))
+    assert first.stats["clusters"] == result.stats["clusters"] and first.keep.sum() > result.keep.sum()
+
+
+def test_each_step_passes_its_own_params_and_cross_mode_leaves_the_reference_alone(prompts):
+    """The API release recipes use: resolve_params per step, keep_mask for self or cross mode."""
+    from scripts.dedup import keep_mask, resolve_params
+
+    base = {"threshold": 0.7}  # e.g. params.yaml's dedup section as plain data
+    strict = resolve_params(base, threshold=0.9, keep="none_of_pair")
+    assert strict.threshold == 0.9 and strict.keep == "none_of_pair" and resolve_params(base).threshold == 0.7
+    with pytest.raises(DataError, match=r"keep: Input should be 'first', 'longest' or 'none_of_pair'"):
+        resolve_params(base, keep="all")
+    with pytest.raises(DataError, match=r"method: Input should be 'minhash' or 'embedding'"):
+        resolve_params(base, method="simhash")
+
+    texts = prompts[:1000]
+    sets = _sets(texts)
+    for params, threshold in ((resolve_params(base), 0.7), (strict, 0.9)):
+        paired = {i for pair in _brute_force_pairs(sets, threshold) for i in pair}
+        mask = keep_mask(texts, params)
+        if params.keep == "none_of_pair":
+            assert set(np.flatnonzero(~mask).tolist()) == paired
+        else:
+            assert np.array_equal(mask, dedup_self(texts, None, params).keep)
+
+    reference, new = prompts[300:1000], prompts[:300]  # the planted copies of reference rows come first
+    mask = keep_mask(new, strict, against=reference)
+    ref_sets, new_sets = _sets(reference), _sets(new)
+    expected = [not any(_jaccard(s, r) >= 0.9 for r in ref_sets) for s in new_sets]
+    assert mask.tolist() == expected and 0 < mask.sum() < len(new)
+    assert np.array_equal(~mask, near_duplicate_mask(new, reference, strict))
+
+
 def test_a_huge_bucket_stays_bounded_and_correct():
     texts = [f"portrait of a knight in silver armor number {i}" for i in range(400)] + ["portrait of a knight in silver armor"] * 50
     result = dedup_self(texts, None, DedupParams(threshold=0.7, bucket_window=8))

@@ -249,7 +249,7 @@ def _raw(folder: str, *names: str) -> dict[str, bytes]:
 # kind name -> (source config beside `path`, {file under the source folder: bytes})
 KINDS = {
     "text": ({"kind": "text"}, _raw("chatgpt", "prompts.txt")),
-    "openprompts": ({"kind": "openprompts"}, {"batch.csv": _csv_head(next((RAW / "openprompts1").glob("*.csv")), 25)}),
+    "openprompts": ({"kind": "openprompts"}, {"batch.csv": _csv_head(next((RAW / "openprompts").glob("*.csv")), 25)}),
     "gustavosta": ({"kind": "gustavosta"}, _raw("gustavosta", "data/train.parquet", "data/eval.parquet")),
     "diffusiondb_metadata": ({"kind": "diffusiondb", "read": "metadata"}, _raw("diffusiondb", "metadata.parquet")),
     "diffusiondb_parts": ({"kind": "diffusiondb", "read": "parts"}, _raw("diffusiondb", "part-000001.zip")),

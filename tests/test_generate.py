@@ -407,8 +407,14 @@ def make_dvc_repo(root: Path, table: pd.DataFrame) -> None:
     generate_params = {**params["generate"], "sources": ["demo"], "steps": 3}
     (root / "params.yaml").write_text(yaml.safe_dump({"tiny_model": params["tiny_model"], "generate": generate_params}),
                                       encoding="utf-8")
-    write_parquet(table, root / "data" / "dedup" / "demo.parquet")
+    write_parquet(table, stage_input(root))
     dvc(root, "init", "--no-scm", "-q")
+
+
+def stage_input(root: Path) -> Path:
+    """The prompt table generate@demo reads (its command's second argument in dvc.yaml)."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["generate"]["do"]["cmd"]
+    return root / cmd.split()[5].replace("${item}", "demo")
 
 
 def dvc(root: Path, *args: str) -> str:
@@ -438,14 +444,14 @@ def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
 
     assert "up to date" in dvc(tmp_path / "a", "repro").lower()  # second repro runs nothing
     changed = pd.concat([table.iloc[2:], prompts_table(1, start=500)], ignore_index=True)
-    write_parquet(changed, tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    write_parquet(changed, stage_input(tmp_path / "a"))
     assert "11 prompts, 1 rendered (1 pipeline calls), 10 reused (10 from the store), 0 files pruned" in dvc(tmp_path / "a", "repro")
     assert "up to date" in dvc(tmp_path / "a", "status").lower()
     manifest = pd.read_parquet(tmp_path / "a" / "data" / "images" / "demo" / "manifest.parquet")
     assert list(manifest["id"]) == list(changed["id"])
 
     # back to the first prompt set: the two dropped rows come from the store (run-cache off: the store's job)
-    write_parquet(table, tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    write_parquet(table, stage_input(tmp_path / "a"))
     assert "12 prompts, 0 rendered (0 pipeline calls), 12 reused (12 from the store)" in dvc(tmp_path / "a", "repro", "--no-run-cache")
     assert lock_outs(tmp_path / "a") == outs
 
@@ -454,6 +460,6 @@ def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "a" / "data" / "image_store")
-    write_parquet(changed.iloc[:-1], tmp_path / "a" / "data" / "dedup" / "demo.parquet")
+    write_parquet(changed.iloc[:-1], stage_input(tmp_path / "a"))
     assert "10 prompts, 0 rendered (0 pipeline calls), 10 reused (10 from the store)" in dvc(tmp_path / "a", "repro")
     assert (tmp_path / "a" / "data" / "image_store" / ".gitignore").read_text() == "*\n"

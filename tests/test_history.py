@@ -1,7 +1,8 @@
-"""Releases as tags (issue 6): replay v2 -> v3 -> v4-a -> v4-b in a fresh repo with a local remote (the
-session's `history` build, conftest); each tag restores byte-identical release files by `dvc pull` into
-a fresh clone and by re-running its release stage there; `scripts diff v4-a v4-b` reports exactly the
-rows re-cleaning removed."""
+"""Releases as tags (issues 6, 15): replay v2 -> v3 -> v4 -> v4-a -> v4-b in a fresh repo with a local remote
+(the session's `history` build, conftest); each tag restores byte-identical release files by `dvc pull`
+into a fresh clone and by re-running its release stage there; `scripts diff v4-a v4-b` falls exactly on the
+rows the v4-a bug touched: OpenPrompts rows filtered but written raw (train) and never-cleaned rows
+(validation), rewritten or dropped by the 04-04 rules."""
 from __future__ import annotations
 
 import io
@@ -14,7 +15,7 @@ import yaml
 from conftest import run
 from test_pipeline import outs_md5
 
-TAGS = ["v2", "v3", "v4-a", "v4-b"]
+TAGS = ["v2", "v3", "v4", "v4-a", "v4-b"]
 
 
 def lock_at(repo, rev) -> dict:
@@ -25,7 +26,7 @@ def release_outs(lock: dict, tag: str) -> dict[str, str]:
     return {p: md5 for p, md5 in outs_md5(lock).items() if p.startswith(f"data/releases/{tag}/")}
 
 
-def test_replay_makes_four_commits_and_tags(history):
+def test_replay_makes_a_commit_and_tag_per_release(history):
     repo, _ = history
     assert run(["git", "tag", "--list"], repo).stdout.split() == sorted(TAGS)
     subjects = run(["git", "log", "--format=%s", "--reverse"], repo).stdout.splitlines()
@@ -57,30 +58,42 @@ def test_releases_keep_their_bytes_across_later_tags(history):
         assert release_outs(lock_at(repo, tag), tag) == release_outs(final, tag)
 
 
-def test_diff_reports_exactly_the_rows_recleaning_removed(history):
+def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
     repo, _ = history
     report = json.loads(run(["python", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], repo).stdout)
     from dvc.api import DVCFileSystem
 
-    fs = DVCFileSystem(str(repo), rev="v4-b")
-    with fs.open("data/releases/v4-b/removed.parquet", "rb") as f:
-        removed = pd.read_parquet(io.BytesIO(f.read()))
-    recleaned = set(removed.loc[removed["reason"].str.startswith("clean:"), "id"])
-    assert recleaned, "the sample data must give re-cleaning something to remove"
-    train = report["splits"]["train"]
-    assert set(train["removed_ids"]) == recleaned
-    assert set(train["removed_by_reason"]) <= {r for r in removed["reason"] if r.startswith("clean:")}
-    assert train["added"] == 0 and report["splits"]["validation"]["removed"] == 0
-    assert train["text_changed"] > 0  # re-cleaning also rewrites OpenPrompts batch 2 captions
+    from scripts.clean import clean_text
+    from scripts.release import rule_set
 
-    # dvc diff agrees: v4-b's image files are v4-a's minus exactly the removed rows'
+    def table(rev, path):
+        with DVCFileSystem(str(repo), rev=rev).open(path, "rb") as f:
+            return f.read()
+
+    removed = pd.read_parquet(io.BytesIO(table("v4-b", "data/releases/v4-b/removed.parquet")))
+    assert set(removed["reason"].str.split(":").str[0]) <= {"clean"}  # v4-b's one step: the 04-04 rules
+    rules = rule_set("2023-04-04")
+    for split in ("train", "validation"):
+        rows = pd.read_json(io.BytesIO(table("v4-a", f"data/releases/v4-a/{split}/metadata.jsonl")), lines=True, dtype=False)
+        touched = {i for i, t in zip(rows["id"], rows["text"]) if clean_text(t, rules)[0] != t}
+        s = report["splits"][split]
+        assert s["added"] == 0
+        assert set(s["removed_ids"]) == set(removed.loc[removed["split"] == split, "id"]) <= touched
+        assert s["removed"] + s["text_changed"] == len(touched)  # nothing else changed
+        sources = set(rows.loc[rows["id"].isin(touched), "source"])
+        if split == "train":  # the OpenPrompts rows filtered by the 03-30 rules and written raw
+            assert touched and sources == {"openprompts"} and s["text_changed"] > 0
+        else:  # validation: rows no cleaner rewrote before (Gustavosta, raw in every release)
+            assert "openprompts" not in sources
+
+    # dvc diff agrees: v4-b's train images are v4-a's minus exactly the removed rows'
     def image_files(rev, tag):
         listing = json.loads(run(["dvc", "ls", "-R", "--json", "--rev", rev, ".", f"data/releases/{tag}/train/images"], repo).stdout)
         return {e["path"] for e in listing}
 
     a, b = image_files("v4-a", "v4-a"), image_files("v4-b", "v4-b")
     gone = {p.rsplit("/", 1)[-1].split(".")[0] for p in a - b}
-    assert gone == recleaned and not (b - a)
+    assert gone == set(removed.loc[removed["split"] == "train", "id"]) and not (b - a)
     changed = json.loads(run(["dvc", "diff", "--json", "v4-a", "v4-b"], repo).stdout)
     added = {e["path"] for e in changed["added"]}
     assert any(p.startswith("data/releases/v4-b/") for p in added)

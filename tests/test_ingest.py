@@ -63,8 +63,8 @@ def test_openprompts_fixture_ingests_all_998_rows_byte_equal(tmp_path):
     with fixture.open(newline="", encoding="utf-8") as f:
         expected = list(csv.DictReader(f))
     assert len(expected) == 998
-    params = load_params("sources", REPO / "params.yaml")["openprompts1"]
-    rows, report = run_ingest(tmp_path, "openprompts1", **dict(params, path=str(fixture)))
+    params = load_params("sources", REPO / "params.yaml")["openprompts"]
+    rows, report = run_ingest(tmp_path, "openprompts", **dict(params, path=str(fixture)))
     assert report["rows_read"] == report["rows_written"] == 998 and report["skipped"] == {}
     assert [r["prompt"].encode("utf-8") for r in rows] == [e["prompt"].encode("utf-8") for e in expected]
     for row, source in zip(rows, expected):
@@ -265,7 +265,7 @@ def test_bucketed_webdataset_reads_manifest_buckets_and_both_size_spellings(tmp_
 
 
 # ---------------------------------------------------------------- the embedded sample, ids, bytes
-SAMPLE_SOURCES = ["diffusiondb", "chatgpt", "gustavosta", "openprompts1", "openprompts2", "dalle3", "laion_buckets"]
+SAMPLE_SOURCES = ["diffusiondb", "chatgpt", "gustavosta", "openprompts", "dalle3", "laion_buckets"]
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def sample_outputs(tmp_path_factory):
 
 def test_sample_sources_all_ingest_with_unique_stable_ids(sample_outputs):
     out, reports = sample_outputs
-    expected_min = {"diffusiondb": 250, "chatgpt": 150, "gustavosta": 200, "openprompts1": 140, "openprompts2": 140,
+    expected_min = {"diffusiondb": 250, "chatgpt": 150, "gustavosta": 200, "openprompts": 290,
                     "dalle3": 25, "laion_buckets": 30}
     for name, minimum in expected_min.items():
         table = pq.read_table(out / f"{name}.parquet").to_pylist()

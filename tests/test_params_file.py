@@ -36,7 +36,7 @@ def test_dvc_set_param_round_trip_keeps_every_value(tmp_path):
 def test_history_replay_params_keep_values_and_drop_later_releases():
     text = (REPO / "params.yaml").read_text()
     names = release_names(text)
-    assert names == ["v2", "v3", "v4-a", "v4-b"]
+    assert names == ["v2", "v3", "v4", "v4-a", "v4-b"]
     for i, name in enumerate(names):
         cut = yaml.safe_load(params_up_to(text, name))
         full = yaml.safe_load(text)
@@ -92,7 +92,7 @@ def _walk(data, model: type[BaseModel], where: str):
 
 def _walk_value(value, tp, where):
     nested = [t for t in _types(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
-    if not nested or value is None or isinstance(value, str):
+    if not nested or value is None or isinstance(value, (str, bool)):  # sources.S.clean: true | set name | {...}
         return
     origin = typing.get_origin(typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Union else tp)
     if isinstance(value, list):
@@ -114,8 +114,8 @@ def test_the_models_defaults_are_the_values_params_yaml_ships():
     path = REPO / "params.yaml"
     for section in ("dedup", "tiny_model", "generate", "split", "preview"):
         assert P.load_section(section, path) == P.SECTION_MODELS[section](), section
-    clean = P.load_section("clean", path)
-    assert clean.language == P.Language() and clean.person_names == P.PersonNames()
+    clean = P.load_section("clean", path)  # the shipped file picks a rule set and overrides nothing
+    assert clean.rules == "final" and clean.language is None and clean.person_names is None
     entry = P.load_section("synthesize", path)["gpt4_style"]
     lists = {"examples", "fixed_examples", "avoid_topics"}  # data, not knobs: empty by default
     assert entry.model_dump(exclude=lists) == P.SynthesizeEntry().model_dump(exclude=lists)
@@ -130,10 +130,10 @@ def test_source_caps_default_to_the_archive_readers_caps():
 
 
 def test_clean_models_require_exactly_the_rules_clean_py_requires():
-    """clean.py still reads its section as a mapping (load_rules): keep its required keys in step."""
+    """clean.py still reads a rule set as a mapping (load_rules): keep its required keys in step."""
     from scripts.clean import REQUIRED_KEYS
 
-    required = {k for k, f in P.Clean.model_fields.items() if f.is_required()}
+    required = {k for k, f in P.CleanRules.model_fields.items() if f.is_required()}
     assert required == set(REQUIRED_KEYS)
 
 
@@ -201,8 +201,8 @@ BAD = [  # (key path to change, bad value, key path named in the error, message)
     ("clean.by_clause", {"marker": " by "}, "clean.by_clause.exempt", "Field required"),
     ("releases.v2.validation_leaks", "some", "releases.v2.validation_leaks", "'none', 'exact' or 'near'"),
     ("releases.v2.export", {"format": "webdataset", "shard_size": 0}, "releases.v2.export.shard_size", "greater than or equal to 1"),
-    ("releases.v2.export", "tarball", "releases.v2.export.format", "'imagefolder', 'webdataset', 'simpletuner' or 'bucketed'"),
-    ("releases.v2.components", [{"source": "x", "into": "tran"}], "releases.v2.components[0].into", "'train' or 'validation'"),
+    ("releases.v2.export", "tarball", "releases.v2.export.format", "'imagefolder', 'webdataset', 'simpletuner', 'parquet' or 'bucketed'"),
+    ("releases.v2.components", [{"source": "x", "into": "tran"}], "releases.v2.components[0].into", "'train', 'validation' or 'same'"),
     ("synthesize.gpt4_style.base_url", "ftp://x", "synthesize.gpt4_style.base_url", "'ftp://x' is not an http(s) URL"),
     ("synthesize.gpt4_style.template", "{topics}", "synthesize.gpt4_style.template", "unknown field {topics}"),
     ("synthesize.gpt4_style.extra_body", {"n": 2}, "synthesize.gpt4_style.extra_body", "'n' is set by the stage"),

@@ -18,7 +18,7 @@ from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, sourc
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
-RELEASES = ["v2", "v3", "v4-a", "v4-b"]
+RELEASES = ["v2", "v3", "v4", "v4-a", "v4-b"]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -191,3 +191,71 @@ def test_diff_report_points_to_the_pictures():
     text = to_markdown(report)
     assert "`data/releases/v4-b/preview.jpg`" in text and "`dvc plots diff v4-a v4-b`" in text
     assert "`data/dedup/<source>.preview.html`" in text
+
+
+# --- rows.parquet: any export layout, and old releases through metadata.jsonl -------------------------
+
+
+def export_release(root: Path, name: str, rows: pd.DataFrame, export) -> Path:
+    """A release folder as release@V writes it: both splits in the `export` layout, then rows.parquet."""
+    from scripts.lib.export import export_options, write_rows_table, write_split
+
+    fmt, options = export_options(export, "test")
+    release = root / "data" / "releases" / name
+    for split in ("train", "validation"):
+        write_split(rows[rows["split"] == split], release / split, fmt, options)
+    write_rows_table(rows, release)
+    return release
+
+
+def shard_rows(tmp_path: Path) -> pd.DataFrame:
+    from test_release_exports import make_rows
+
+    return make_rows(tmp_path).assign(split=["train"] * 6 + ["validation"] * 2)
+
+
+def test_plots_read_rows_parquet_of_any_layout_and_metadata_of_old_releases(tmp_path):
+    from scripts.plots import read_release_rows
+
+    rows = shard_rows(tmp_path)
+    export_release(tmp_path, "new", rows, {"format": "webdataset", "shard_size": 3})  # no metadata.jsonl at all
+    old = export_release(tmp_path, "old", rows.iloc[:5], "imagefolder")
+    (old / "rows.parquet").unlink()  # built before rows.parquet existed
+    table = read_release_rows(tmp_path / "data" / "releases", ["new", "old"])
+    new = table[table["release"] == "new"]
+    assert new[["split", "source", "text"]].values.tolist() == rows[["split", "source", "text"]].values.tolist()
+    assert table[table["release"] == "old"]["text"].tolist() == rows["text"].iloc[:5].tolist()
+
+
+def test_diff_reads_rows_parquet_and_falls_back_to_metadata_for_old_tags(tmp_path):
+    import fsspec
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    from scripts.tools.diff import compare, read_snapshot
+
+    (tmp_path / "images").mkdir()
+    rows = shard_rows(tmp_path / "images")
+    a_root, b_root, c_root = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    export_release(a_root, "v", rows, {"format": "webdataset", "shard_size": 3})
+    changed = rows.drop(index=1).reset_index(drop=True)
+    changed.loc[0, "text"] = "a different caption"
+    other = tmp_path / "other.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(other)
+    changed.loc[2, "image"] = str(other)  # the image of row id changed.loc[2] is replaced
+    export_release(b_root, "v", changed, {"format": "webdataset", "shard_size": 3})
+    old = export_release(c_root, "v", rows, "imagefolder")
+    (old / "rows.parquet").unlink()
+
+    def snapshot(root: Path, rev: str):
+        return read_snapshot(DirFileSystem(str(root), fsspec.filesystem("file")), rev, "v")
+
+    a, b, c = snapshot(a_root, "A"), snapshot(b_root, "B"), snapshot(c_root, "C")
+    assert set(c.rows["id"]) == set(rows["id"]) and set(c.rows.columns) == set(a.rows.columns)
+    report = compare(a, b, {})
+    train = report["splits"]["train"]
+    assert (train["rows_a"], train["rows_b"], train["removed"], train["text_changed"]) == (6, 5, 1, 1)
+    assert train["removed_ids"] == [rows.loc[1, "id"]]
+    assert train["image_changed"] == 1 and report["splits"]["validation"]["image_changed"] == 0
+    across = compare(c, b, {})  # an old ImageFolder tag against a new shard layout: rows still match by id
+    assert across["splits"]["train"]["removed_ids"] == [rows.loc[1, "id"]]
+    assert across["splits"]["train"]["text_changed"] == 1

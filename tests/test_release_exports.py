@@ -1,5 +1,6 @@
 """Release exports (issue 6): WebDataset shards readable by the `webdataset` library with the same
-(image, text) pairs, SimpleTuner parquet, and the aspect-bucketed layout that never upsamples."""
+(image, text) pairs and one image extension, the SimpleTuner preset's files, parquet with embedded
+images, and rows.parquet locating every image whatever the layout. (The bucketed layout: tests/test_bucketed*.)"""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from scripts.lib.errors import DataError
-from scripts.lib.export import buckets_at, choose_target, export_options, write_split
+from scripts.lib.export import export_options, write_split
 
 SIZES = [(64, 64), (900, 600), (600, 900), (1400, 700), (20, 50), (512, 512), (1024, 768), (33, 40)]
 
@@ -70,51 +71,87 @@ def test_webdataset_bytes_are_deterministic(tmp_path):
         assert {(m.mtime, m.uid, m.gid, m.uname) for m in tar.getmembers()} == {(0, 0, 0, "")}
 
 
-def test_simpletuner_parquet_points_at_the_images(tmp_path):
+def test_simpletuner_export_is_the_presets_files(tmp_path):
     rows = make_rows(tmp_path)
-    write_split(rows, tmp_path / "st", "simpletuner", {})
-    table = pd.read_parquet(tmp_path / "st" / "simpletuner.parquet")
-    assert list(table.columns) == ["filename", "caption", "width", "height"]
+    write_split(rows, tmp_path / "train", "simpletuner", {})
+    folder = tmp_path / "train"
+    table = pd.read_parquet(folder / "simpletuner.parquet")
+    assert list(table.columns) == ["width", "height", "caption", "filename"]  # the preset's compile.py
     assert table["caption"].tolist() == rows["text"].tolist()
     for row in table.itertuples():
-        assert Image.open(tmp_path / "st" / row.filename).size == (row.width, row.height)
+        image = folder / row.filename  # relative to instance_data_dir, extension included
+        assert Image.open(image).size == (row.width, row.height)
+        assert image.with_suffix(".txt").read_text(encoding="utf-8") == row.caption  # beside the image
+    image_entry, text_entry = json.loads((folder / "multidatabackend.json").read_text())
+    assert image_entry["instance_data_dir"] == "train" and image_entry["caption_strategy"] == "textfile"
+    assert image_entry["metadata_backend"] == "parquet"
+    assert image_entry["parquet"] == {"path": "train/simpletuner.parquet", "caption_column": "caption",
+                                      "filename_column": "filename", "width_column": "width", "height_column": "height",
+                                      "identifier_includes_extension": True}
+    assert {k: image_entry[k] for k in ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size",
+                                        "resolution_type")} == {"resolution": 1.0, "maximum_image_size": 2.0,
+                                                                "minimum_image_size": 0.75, "target_downsample_size": 1.75,
+                                                                "resolution_type": "area"}
+    assert text_entry["dataset_type"] == "text_embeds" and text_entry["default"] is True
 
 
-def test_bucketed_export_never_upsamples_and_crops_by_id(tmp_path):
+def test_webdataset_puts_mixed_png_and_jpg_under_one_extension(tmp_path):
+    import webdataset as wds
+
     rows = make_rows(tmp_path)
-    fmt, options = export_options("bucketed", "test")
-    write_split(rows, tmp_path / "b", fmt, options)
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["format"] == "bucketed_shards_v1" and manifest["divisible"] == 32
-    seen = 0
-    for bucket in manifest["buckets"]:
-        for shard in bucket["shards"]:
-            with tarfile.open(tmp_path / "b" / shard) as tar:
-                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-            for name in [n for n in members if n.endswith(".json")]:
-                meta = json.loads(members[name])
-                image = Image.open(io.BytesIO(members[name.replace(".json", ".jpg")]))
-                assert image.size == (meta["target_w"], meta["target_h"])
-                assert meta["target_w"] <= meta["orig_w"] and meta["target_h"] <= meta["orig_h"]  # never upsampled
-                assert meta["scale"] <= 1.0
-                if min(meta["orig_w"], meta["orig_h"]) >= 32:
-                    assert meta["target_w"] % 32 == 0 and meta["target_h"] % 32 == 0
-                corner = hashlib.sha256(meta["id"].encode()).digest()[0] % 4
-                assert meta["crop_left"] == (0 if corner in (0, 2) else meta["resized_w"] - meta["target_w"])
-                assert meta["crop_top"] == (0 if corner in (0, 1) else meta["resized_h"] - meta["target_h"])
-                assert members[name.replace(".json", ".txt")].decode().endswith("\n")
-                assert meta["bucket_id"] == bucket["bucket_id"]
-                seen += 1
-    assert seen == len(rows) == sum(b["num_samples"] for b in manifest["buckets"])
+    jpg = tmp_path / "photo.jpg"
+    Image.new("RGB", (30, 20), (200, 10, 10)).save(jpg, format="JPEG", quality=90)
+    rows.loc[2, "image"], rows.loc[2, ["width", "height"]] = str(jpg), (30, 20)
+    for image_format, ext in (("png", "png"), ("jpg", "jpg")):
+        out = tmp_path / image_format
+        write_split(rows, out, "webdataset", {"shard_size": 100, "image_format": image_format})
+        with tarfile.open(out / "shard-000000.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        images = {n: b for n, b in members.items() if not n.endswith((".txt", ".json"))}
+        assert sorted(images) == sorted(f"{i}.{ext}" for i in rows["id"])
+        assert all(Image.open(io.BytesIO(b)).format == ("PNG" if ext == "png" else "JPEG") for b in images.values())
+        kept = images[f"{rows.loc[2, 'id']}.jpg"] if ext == "jpg" else images[f"{rows.loc[0, 'id']}.png"]
+        assert kept == (jpg.read_bytes() if ext == "jpg" else Path(rows.loc[0, "image"]).read_bytes())  # as stored
+        samples = list(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False).decode("pil").to_tuple(ext, "txt"))
+        assert len(samples) == len(rows)
+    lossless = tmp_path / "png" / "shard-000000.tar"
+    with tarfile.open(lossless) as tar:
+        converted = Image.open(io.BytesIO(tar.extractfile(f"{rows.loc[2, 'id']}.png").read()))
+        assert converted.convert("RGB").tobytes() == Image.open(jpg).convert("RGB").tobytes()  # the JPEG's pixels exactly
 
 
-def test_buckets_match_the_laion_export():
-    buckets = {b.bucket_id: (b.width, b.height) for b in buckets_at(512, 32, [[1024, 1024], [1216, 832], [832, 1216]])}
-    assert buckets == {"p1024x1024": (512, 512), "p1216x832": (608, 416), "p832x1216": (416, 608)}
-    bucket, tw, th = choose_target(2000, 1000, buckets_at(512, 32, [[1024, 1024], [1344, 768]]), 32)
-    assert bucket.bucket_id == "p1344x768" and (tw, th) == (672, 384)
-    bucket, tw, th = choose_target(300, 300, buckets_at(512, 32, [[1024, 1024]]), 32)
-    assert (tw, th) == (288, 288)  # shrunk to fit, not upsampled to 512
+def test_parquet_export_embeds_the_images(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = make_rows(tmp_path)
+    write_split(rows, tmp_path / "p", *export_options({"format": "parquet", "shard_size": 3}, "test"))
+    parts = sorted((tmp_path / "p").glob("part-*.parquet"))
+    assert [p.name for p in parts] == [f"part-{i:05d}-of-00003.parquet" for i in range(3)]
+    records = [r for p in parts for r in pq.read_table(p).to_pylist()]
+    assert [r["id"] for r in records] == rows["id"].tolist()
+    for record, row in zip(records, rows.itertuples()):
+        assert Image.open(io.BytesIO(record["image"]["bytes"])).size == (row.width, row.height)
+        assert record["text"] == row.text and record["orig_text"] == row.orig_text
+
+
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "simpletuner", "parquet"])
+def test_rows_table_locates_every_image_whatever_the_layout(tmp_path, fmt):
+    from scripts.lib.export import read_rows_table, release_image_bytes, write_rows_table
+
+    rows = make_rows(tmp_path).assign(split=["train"] * 6 + ["validation"] * 2)
+    release = tmp_path / "release"
+    fmt, options = export_options({"format": fmt, "shard_size": 3} if fmt in ("webdataset", "parquet") else fmt, "test")
+    for split in ("train", "validation"):
+        write_split(rows[rows["split"] == split], release / split, fmt, options)
+    write_rows_table(rows, release)
+    table = read_rows_table(release)
+    assert table[["id", "source", "split", "text", "orig_text"]].equals(rows[["id", "source", "split", "text", "orig_text"]])
+    assert table["image"].notna().all()
+    for record, row in zip(table.itertuples(), rows.itertuples()):
+        assert record.image.startswith(f"{row.split}/")
+        data = release_image_bytes(release, record.image)
+        assert hashlib.sha256(data).hexdigest() == record.image_sha256 and len(data) == record.image_nbytes
+        assert Image.open(io.BytesIO(data)).size == (row.width, row.height)
 
 
 @pytest.mark.parametrize("spec, message", [

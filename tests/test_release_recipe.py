@@ -1,10 +1,10 @@
-"""Release recipes: base inheritance, component order, cross-dedup, reclean and leak removal."""
+"""Release recipes: base chains, component order, the first language's shorthands (dedup_against, reclean,
+validation_leaks) as steps, and one-line errors. The step language itself: tests/test_recipe_language.py."""
 import pandas as pd
 import pytest
 
 from scripts.lib.errors import DataError
-from scripts.release import compose, release_stats, resolve_recipe
-
+from scripts.release import Ops, compose, release_stats, resolve_recipe
 
 
 def releases():
@@ -37,26 +37,30 @@ def load_split(source, split):
     return SPLITS[(source, split)]
 
 
-def exact_duplicates(new, reference):  # stands in for the MinHash dedup, which has its own tests
-    ref = set(reference)
-    return pd.Series([t in ref for t in new]).to_numpy()
+def near(new, ids, step, against):  # stands in for the MinHash dedup (its own tests: test_dedup, test_recipe_language)
+    norm = {t.replace(" the ", " ") for t in against}
+    return pd.Series([t.replace(" the ", " ") not in norm for t in new]).to_numpy()
 
 
-def near_duplicates(new, reference):
-    norm = {t.replace(" the ", " ") for t in reference}
-    return pd.Series([t.replace(" the ", " ") in norm for t in new]).to_numpy()
-
-
-def drop_http(rows):
-    bad = rows["orig_text"].str.contains("http")
+def drop_http(rows, step):
+    bad = rows[step.column].str.contains("http")
     return rows[~bad], rows[bad].assign(reason="clean:http")
 
 
-def test_base_inheritance_flattens_components_and_overrides_settings():
+OPS = Ops(load_split, drop_http, near)
+
+
+def test_base_chain_and_shorthands_become_steps():
     c = resolve_recipe("c", releases())
-    assert [x.source for x in c.components] == ["s1", "s1", "s2"]
-    assert c.reclean is True and c.validation_leaks == "near" and c.lineage == ("a", "b", "c")
-    assert resolve_recipe("b", releases()).validation_leaks == "exact"
+    assert c.lineage == ("a", "b", "c") and c.base.name == "b" and c.base.base.name == "a"
+    assert [x.source for x in c.all_components()] == ["s1", "s1", "s2"]
+    assert c.reclean is True and c.validation_leaks == "near"
+    assert [s.clean.column for s in c.steps if s.clean] == ["orig_text"]  # reclean: the final rules on the raw prompt
+    b = resolve_recipe("b", releases())
+    assert b.validation_leaks == "none" and not b.steps  # a base's steps are not inherited: its output is
+    step = b.own_components[0].steps[0].dedup
+    assert step.scope == "against" and step.against == "train"
+    assert [x.source for x in b.components] == ["s1", "s1", "s2"]  # components: the whole chain's
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -81,29 +85,31 @@ def test_component_into_follows_split_and_export_is_inherited():
                "c": {"base": "b", "export": "simpletuner"}}
     a = resolve_recipe("a", recipes)
     assert [(x.split, x.into) for x in a.components] == [("all", "train"), ("validation", "validation")]
-    assert a.export.spec() == {"format": "webdataset", "shard_size": 5} and a.validation_leaks == "exact"
+    assert a.export.spec() == {"format": "webdataset", "shard_size": 5}
     b = resolve_recipe("b", recipes)
-    assert b.export == a.export and b.validation_leaks == "none" and b.reclean is False
+    assert b.export == a.export and b.reclean is False
     assert resolve_recipe("c", recipes).export.spec() == "simpletuner"
 
 
-def test_compose_applies_steps_in_order_and_records_reasons():
-    rows, removed = compose(resolve_recipe("c", releases()), load_split, drop_http, near_duplicates)
-    reasons = dict(zip(removed["id"], removed["reason"]))
-    assert reasons == {
-        "s2-train-000": "cross_dedup:train",      # "a blue whale" already in train
+def test_compose_runs_each_release_on_its_base_output_and_records_own_reasons():
+    a_rows, a_removed = compose(resolve_recipe("a", releases()), OPS)
+    assert dict(zip(a_removed["id"], a_removed["reason"])) == {"s1-validation-000": "leak:exact"}
+    b_rows, b_removed = compose(resolve_recipe("b", releases()), OPS)
+    assert dict(zip(b_removed["id"], b_removed["reason"])) == {"s2-train-000": "cross_dedup:train"}  # "a blue whale"
+    assert b_rows["id"].tolist()[:len(a_rows)] == a_rows["id"].tolist()  # b starts from a's output
+    rows, removed = compose(resolve_recipe("c", releases()), OPS)
+    assert dict(zip(removed["id"], removed["reason"])) == {
         "s2-train-001": "clean:http",             # reclean
-        "s1-validation-000": "leak:exact",        # validation text equal to a train text
         "s1-validation-001": "leak:near",         # near-duplicate of a train text
     }
     assert sorted(rows["id"]) == ["s1-train-000", "s1-train-001", "s1-train-002", "s2-validation-000"]
     assert set(rows.loc[rows["source"] == "s2", "split"]) == {"train"}  # `into` wins over the source split
     stats = release_stats(rows, removed)
     assert stats["rows"] == {"train": 4, "validation": 0, "total": 4}
-    assert stats["removed"]["total"] == 4
+    assert stats["removed"]["total"] == 2
 
 
 def test_without_reclean_dirty_rows_stay():
-    rows, removed = compose(resolve_recipe("b", releases()), load_split, drop_http, exact_duplicates)
+    rows, removed = compose(resolve_recipe("b", releases()), OPS)
     assert "bad http link prompt" in set(rows["text"])
     assert "clean:http" not in set(removed["reason"])

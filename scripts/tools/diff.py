@@ -2,7 +2,9 @@
 
     python -m scripts diff REV_A REV_B [--release V] [--format md|json]
 
-Rows are matched by their stable `id`. Files are read at each revision through DVCFileSystem, so a
+Rows are matched by their stable `id`, read from the release's rows.parquet (any export layout; a
+release built before rows.parquet existed is read from its ImageFolder metadata.jsonl, so diffs
+against old tags still work). Files are read at each revision through DVCFileSystem, so a
 branch, a tag or a commit works as long as its data is in the cache or the default remote;
 `workspace` means the working tree. With no
 --release, a revision that is itself a release name (a tag such as v4-a) compares that release;
@@ -32,13 +34,15 @@ WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted
 
 @dataclass
 class Snapshot:
-    """One release at one revision: its metadata rows (both splits), removals and image hashes."""
+    """One release at one revision: its rows (both splits), removals and image hashes."""
 
     rev: str
     release: str
-    rows: pd.DataFrame  # id, source, split, text, file_name
+    rows: pd.DataFrame  # id, source, split, text
     removed: pd.DataFrame  # id, reason
-    image_md5: dict[str, str]  # id -> md5 of its image file
+    # id -> "md5:<hex>" of an image file (DVC's index) or "sha256:<hex>" of an image inside a shard
+    # (rows.parquet); hashes of two kinds are not compared
+    image_md5: dict[str, str]
 
 
 # --- reading at a revision -----------------------------------------------------------------------
@@ -77,6 +81,32 @@ def releases_at(fs, rev: str = "") -> dict:
 
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     base = f"data/releases/{release}"
+    removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"])
+    try:
+        with fs.open(f"{base}/rows.parquet", "rb") as f:
+            table = pd.read_parquet(io.BytesIO(f.read()))
+    except FileNotFoundError:
+        return _read_metadata_snapshot(fs, rev, release, removed)
+    except Exception as exc:  # noqa: BLE001 - not a parquet file
+        raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
+    missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
+    if missing:
+        raise DataError(f"{rev}:{base}/rows.parquet: no {missing[0]!r} column")
+    image_md5: dict[str, str] = {}
+    sha = table["image_sha256"] if "image_sha256" in table.columns else pd.Series([None] * len(table))
+    for row_id, image, digest in zip(table["id"], table["image"], sha):
+        if image is None or pd.isna(image):
+            continue
+        if "!/" in image:
+            image_md5[row_id] = f"sha256:{digest}" if isinstance(digest, str) else ""
+        else:
+            image_md5[row_id] = _file_md5(fs, rev, base, image, f"{base}/rows.parquet", row_id)
+    return Snapshot(rev, release, table[["id", "source", "split", "text"]].reset_index(drop=True), removed, image_md5)
+
+
+def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -> Snapshot:
+    """A release built before rows.parquet: its ImageFolder metadata.jsonl, split by split."""
+    base = f"data/releases/{release}"
     frames = []
     image_md5: dict[str, str] = {}
     for split in SPLITS:
@@ -87,23 +117,20 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
         except FileNotFoundError:
             raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
         frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)
-        frames.append(frame)
-        image_md5.update(_image_hashes(fs, rev, f"{base}/{split}", frame))
-    removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"])
+        frames.append(frame[["id", "source", "split", "text"]])
+        for row in frame.itertuples(index=False):
+            image_md5[row.id] = _file_md5(fs, rev, f"{base}/{split}", row.file_name, f"{base}/{split}/metadata.jsonl", row.id)
     return Snapshot(rev, release, pd.concat(frames, ignore_index=True), removed, image_md5)
 
 
-def _image_hashes(fs, rev: str, folder: str, frame: pd.DataFrame) -> dict[str, str]:
-    """md5 per image from DVC's own index (no image bytes are read)."""
-    hashes = {}
-    for row in frame.itertuples(index=False):
-        try:
-            info = fs.info(f"{folder}/{row.file_name}")
-        except FileNotFoundError:
-            raise DataError(f"{rev}:{folder}/metadata.jsonl: image {row.file_name!r} of id {row.id} not found") from None
-        md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
-        hashes[row.id] = md5 or ""
-    return hashes
+def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str) -> str:
+    """"md5:<hex>" of the image file folder/name from DVC's own index (no image bytes are read)."""
+    try:
+        info = fs.info(f"{folder}/{name}")
+    except FileNotFoundError:
+        raise DataError(f"{rev}:{listed_in}: image {name!r} of id {row_id} not found") from None
+    md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
+    return f"md5:{md5}" if md5 else ""
 
 
 def _read_parquet(fs, path: str, columns: list[str]) -> pd.DataFrame:
@@ -140,7 +167,7 @@ def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
         removed = old.index.difference(new.index)
         both = old.index.intersection(new.index)
         text_changed = both[(old.loc[both, "text"] != new.loc[both, "text"]).to_numpy()]
-        image_changed = [i for i in both if a.image_md5.get(i) != b.image_md5.get(i)]
+        image_changed = [i for i in both if _changed(a.image_md5.get(i), b.image_md5.get(i))]
         reasons = pd.Series({i: explain.get(i, "recipe") for i in removed}, dtype=object)
         report["splits"][split] = {
             "rows_a": int(len(old)),
@@ -163,6 +190,11 @@ def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
     train_texts = set(b.rows.loc[b.rows["split"] == "train", "text"])
     report["leaks_b"] = int(b.rows.loc[b.rows["split"] == "validation", "text"].isin(train_texts).sum())
     return report
+
+
+def _changed(old: str | None, new: str | None) -> bool:
+    """Two hashes of the same kind that differ (an md5 and a sha256 cannot be compared)."""
+    return bool(old and new) and old.split(":", 1)[0] == new.split(":", 1)[0] and old != new
 
 
 def _count(series: pd.Series) -> dict[str, int]:

@@ -11,7 +11,6 @@ import types
 import typing
 from pathlib import Path
 
-import annotated_types as at
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -159,11 +158,18 @@ def _nested(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+def own_fields_first(model: type[BaseModel]) -> list[tuple[str, object]]:
+    """A model's fields with the ones it inherits (e.g. ChatClientSettings) after its own."""
+    inherited = {name for base in model.__mro__[1:] for name in getattr(base, "model_fields", {})}
+    fields = list(model.model_fields.items())
+    return [f for f in fields if f[0] not in inherited] + [f for f in fields if f[0] in inherited]
+
+
 def table(model: type[BaseModel], heading: str, where: str, anchor: bool) -> list[str]:
     where = f"<a id=\"{model.__name__.lower()}\"></a>{where}" if anchor else where  # type cells link here
     lines = [heading, "", where, "", " ".join(model.__doc__.split()), "",
              "| key | type | default | range | description |", "|---|---|---|---|---|"]
-    for name, field in model.model_fields.items():
+    for name, field in own_fields_first(model):
         lines.append(f"| `{name}` | {type_name(field.annotation)} | {_cell(default_text(field))} | "
                      f"{_cell(range_text(field))} | {_cell(field.description or '')} |")
     return lines + [""]

@@ -16,30 +16,29 @@ Then (without --dry-run) creates the dataset repository if needed, uploads the f
 `HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, which must point at
 HEAD, with release@V up to date: `python -m scripts tag V` first), so the Hub's `revision="V"` is
 the data of `git checkout V`. The token is read from HF_TOKEN only (never printed nor written);
-HF_ENDPOINT points at another Hub. Reads ImageFolder releases (export: imagefolder, the default).
+HF_ENDPOINT points at another Hub. Reads the release's rows.parquet, so a release in any export layout
+publishes the same rows and images (a release built before rows.parquet: its ImageFolder metadata.jsonl).
 
 Upload: huggingface_hub 2.x has no `upload_large_folder`; its `upload_folder` took over that job (with
 hf_xet, the default: streamed, several commits for large folders, resumable by re-running).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path
 
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
-COLUMNS = ("id", "source", "text", "orig_text", "width", "height")
-# features, in datasets' own JSON (Features.to_dict) and card YAML forms; no `datasets` import needed
-FEATURES = {"image": {"_type": "Image"}, **{c: {"dtype": "string", "_type": "Value"} for c in COLUMNS[:4]},
-            "width": {"dtype": "int32", "_type": "Value"}, "height": {"dtype": "int32", "_type": "Value"}}
+# the card's YAML form of the features (their JSON form: scripts/lib/export.py HF_FEATURES, shared with `export: parquet`)
 CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
     {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS]
 # source kind -> the Hub dataset it comes from (source_datasets: extended|ID); others are "original"
@@ -57,18 +56,33 @@ def size_category(rows: int) -> str:
 
 
 def read_split(release_dir: Path, split: str) -> list[dict]:
-    from scripts.lib.export import read_metadata
+    """The rows of one split, each with `_ref` (where its image is: a file, a tar member, a parquet part's
+    row), `_name` (the file name the Hub shows) and `_size` (bytes, to plan shards)."""
+    from scripts.lib.export import read_metadata, read_rows_table
 
+    table = read_rows_table(release_dir)
+    if table is not None:
+        records = []
+        for record in table[table["split"] == split].to_dict("records"):
+            ref = record.get("image")
+            if not isinstance(ref, str):
+                raise DataError(f"{release_dir}/rows.parquet: id {record['id']}: its image is not in the release")
+            size = record.get("image_nbytes")
+            if size is None or pd.isna(size):
+                size = (release_dir / ref).stat().st_size if "!/" not in ref and (release_dir / ref).is_file() else 0
+            records.append({**{c: record.get(c) for c in COLUMNS}, "_ref": str(release_dir / ref),
+                            "_name": ref.rpartition("/")[2], "_size": int(size)})
+        return records
     folder = release_dir / split
     if not (folder / "metadata.jsonl").is_file():
-        raise DataError(f"{folder}/metadata.jsonl: not found (publish reads ImageFolder releases: "
-                        f"export: imagefolder, built with `dvc repro release@{release_dir.name}`)")
+        raise DataError(f"{release_dir}/rows.parquet: not found, nor {folder}/metadata.jsonl "
+                        f"(build the release first: `dvc repro release@{release_dir.name}`)")
     records = read_metadata(folder, ("file_name", "id", "source", "text"))
     for record in records:
         path = folder / record["file_name"]
         if not path.is_file():
             raise DataError(f"{path}: image not found (listed in {folder}/metadata.jsonl)")
-        record["_path"], record["_size"] = path, path.stat().st_size
+        record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
     return records
 
 
@@ -86,19 +100,10 @@ def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
 
 
 def shard_table(records: list[dict]):
-    import pyarrow as pa
+    """The rows with their images embedded (scripts/lib/export.py's image_table: datasets' Image layout)."""
+    from scripts.lib.export import image_table, release_image_bytes
 
-    def ints(key):
-        return pa.array([None if r.get(key) is None else int(r[key]) for r in records], pa.int32())
-
-    image = pa.StructArray.from_arrays(
-        [pa.array([r["_path"].read_bytes() for r in records], pa.binary()),
-         pa.array([r["_path"].name for r in records], pa.string())], names=["bytes", "path"])
-    arrays = [image] + [pa.array([r.get(c) for r in records], pa.string()) for c in COLUMNS[:4]] + [ints("width"), ints("height")]
-    schema = pa.schema([pa.field("image", image.type)] + [pa.field(c, pa.string()) for c in COLUMNS[:4]]
-                       + [pa.field("width", pa.int32()), pa.field("height", pa.int32())],
-                       metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})})
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return image_table(records, [(release_image_bytes(Path(), r["_ref"]), r["_name"]) for r in records])
 
 
 def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int) -> dict:

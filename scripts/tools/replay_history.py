@@ -1,10 +1,12 @@
-"""replay-history: rebuild the published history v2 -> v3 -> v4-a -> v4-b in a fresh git repo.
+"""replay-history: rebuild the published history v2 -> v3 -> v4 -> v4-a -> v4-b in a fresh git repo.
 
     python -m scripts replay-history DEST [--remote PATH]
 
 Copies this repository's tracked files into DEST, then for each release in params.yaml order:
 keeps only the releases up to it, `dvc repro`, commits, `dvc push`, and `python -m scripts tag`.
-The result is the reference history: four commits, four tags, each tag's dvc.lock pinning its data.
+The result is the reference history: a commit and a tag per release (five: v4-a builds on v4), each
+tag's dvc.lock pinning its data. A release's `base:` or a step's `reference:` must come earlier in
+params.yaml (checked before anything runs): the commit of a release holds only the releases up to it.
 """
 from __future__ import annotations
 
@@ -46,6 +48,24 @@ def params_up_to(params_text: str, last: str) -> str:
     return out.getvalue()
 
 
+def check_order(params_text: str) -> None:
+    """Each release's base and step references name releases listed before it (else the commit of that
+    release could not build it)."""
+    from ruamel.yaml import YAML
+
+    releases = YAML(typ="safe").load(params_text).get("releases") or {}
+    names = list(releases)
+    for index, name in enumerate(names):
+        spec = releases[name] or {}
+        needed = [spec.get("base")] + [
+            (step.get("dedup") or {}).get("reference")
+            for component in spec.get("components") or [] for step in (component or {}).get("steps") or []]
+        for other in filter(None, needed):
+            if other in names and names.index(other) >= index:
+                raise DataError(f"params.yaml: releases.{name} needs {other!r}, which is listed after it "
+                                "(replay-history commits releases in file order)")
+
+
 def _run(cmd: list[str], cwd: Path) -> None:
     # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
     bin_dir = str(Path(sys.executable).parent)
@@ -56,10 +76,16 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
 
 
+def built_by_the_pipeline(name: str) -> bool:
+    """dvc.lock and what the stages write (main commits the lock, the `cache: false` metrics and plot
+    data, and DVC's .gitignore files beside outputs): a replay starts from the tree without them."""
+    return name == "dvc.lock" or (name.startswith(("data/", "models/")) and not name.startswith("data/raw/"))
+
+
 def copy_tracked(src: Path, dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=src, capture_output=True, check=True).stdout.split(b"\0")
     for name in filter(None, (f.decode() for f in files)):
-        if name == "dvc.lock":
+        if built_by_the_pipeline(name):
             continue  # the replay writes its own
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +106,7 @@ def cli(
     if remote is not None:
         _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
     params_text = (src / "params.yaml").read_text(encoding="utf-8")
+    check_order(params_text)
     python = [sys.executable, "-m"]
     for name in release_names(params_text):
         (dest / "params.yaml").write_text(params_up_to(params_text, name), encoding="utf-8")

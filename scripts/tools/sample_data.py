@@ -332,9 +332,9 @@ def openprompts_row(rng: random.Random, prompt: str, null_seed: bool) -> list[st
     return [prompt, json.dumps(raw)]
 
 
-def write_openprompts(root: Path, rng: random.Random, diffusiondb: list[str], batch: int) -> None:
-    import csv
-
+def openprompts_batch(rng: random.Random, diffusiondb: list[str], batch: int) -> list[list[str]]:
+    """One batch of OpenPrompts CSV rows (prompt, raw_data): fresh prompts, repeats, near-duplicates of
+    DiffusionDB rows (cross-dedup work), rows the cleaner drops or rewrites."""
     taken = set(diffusiondb)
     rows = unique_short_prompts(rng, 125, taken)
     rows += [rng.choice(rows) for _ in range(5)]
@@ -345,14 +345,21 @@ def write_openprompts(root: Path, rng: random.Random, diffusiondb: list[str], ba
     if batch == 1:
         rows += [" ", ""]  # the real CSV has empty prompts; ingest keeps them, clean drops them
     else:
-        rows += unique_short_prompts(rng, 2, taken)  # batch 2 is never cleaned in v4-a: no empty rows
-    rows = shuffled(rng, rows)
+        rows += unique_short_prompts(rng, 2, taken)
+    return [openprompts_row(rng, prompt, null_seed=rng.random() < 0.1) for prompt in shuffled(rng, rows)]
+
+
+def write_openprompts(root: Path, batches: list[list[list[str]]]) -> None:
+    """openprompts.csv: the batches one after the other, as the team's one deduplicated list (a release
+    takes a batch as a row range: params.yaml releases, `rows: [a, b]`)."""
+    import csv
+
     root.mkdir(parents=True)
-    with (root / f"openprompts-batch{batch}.csv").open("w", newline="", encoding="utf-8") as f:
+    with (root / "openprompts.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["prompt", "raw_data"])
-        for prompt in rows:
-            writer.writerow(openprompts_row(rng, prompt, null_seed=rng.random() < 0.1))
+        for batch in batches:
+            writer.writerows(batch)
 
 
 def write_dalle3(root: Path, rng: random.Random) -> None:
@@ -440,8 +447,8 @@ def write_all(output: Path, seed: int = SEED) -> None:
     diffusiondb = write_diffusiondb(output / "diffusiondb", rng("diffusiondb"))
     write_chatgpt(output / "chatgpt", rng("chatgpt"))
     write_gustavosta(output / "gustavosta", rng("gustavosta"), diffusiondb)
-    write_openprompts(output / "openprompts1", rng("openprompts1"), diffusiondb, batch=1)
-    write_openprompts(output / "openprompts2", rng("openprompts2"), diffusiondb, batch=2)
+    write_openprompts(output / "openprompts", [openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
+                                               openprompts_batch(rng("openprompts2"), diffusiondb, batch=2)])
     write_dalle3(output / "dalle3", rng("dalle3"))
     write_laion_buckets(output / "laion_buckets", rng("laion_buckets"))
 

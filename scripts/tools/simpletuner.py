@@ -1,4 +1,12 @@
-"""`python -m scripts simpletuner`: compile DALL-E-3 tar shards to SimpleTuner's parquet (+ <stem>.txt)."""
+"""`python -m scripts simpletuner`: DALL-E-3 tar shards -> SimpleTuner's DALL-E-3 preset, streamed.
+
+    python -m scripts simpletuner SHARDS dalle3.parquet --data-dir data [--caption-field long_caption]
+
+Writes the preset's parquet (`width, height, caption, filename`, filename = the json's `image_name`),
+and with --data-dir the preset's `data/` folder (each image under its `image_name`, its `<stem>.txt`
+caption beside it) plus a multidatabackend.json entry that points SimpleTuner at both (default
+beside the parquet; --config to put it elsewhere). scripts/lib/simpletuner.py is the one writer.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,23 +15,57 @@ from typing import Optional
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_not_input
 from scripts.lib.readers.dalle3 import compile_simpletuner
+from scripts.lib.simpletuner import CONFIG_NAME
 
 
 def cli(
     shards: Path,
     output: Path,
     caption_field: str = "short_caption",
+    data_dir: Optional[Path] = None,
+    config: Optional[Path] = None,
     txt_dir: Optional[Path] = None,
     on_error: str = "skip",
 ) -> None:
-    """Compile DALL-E-3 tar shards (a folder or one .tar) to SimpleTuner's parquet (+ <stem>.txt captions)."""
+    """Compile DALL-E-3 tar shards (a folder or one .tar) to SimpleTuner's parquet, images + <stem>.txt
+    captions (--data-dir) and multidatabackend.json (--config, default beside the parquet)."""
     if on_error not in ("skip", "fail"):
         raise DataError(f"--on-error must be skip or fail, got {on_error!r}")
-    # before any work: an output that is (or holds) the shards would replace them
+    if config is not None and data_dir is None:
+        raise DataError("--config needs --data-dir (the folder the config points SimpleTuner at)")
+    if data_dir is not None and config is None:
+        config = output.parent / CONFIG_NAME
+    # before any work: an output that is (or holds) the shards or another output would replace it
     check_not_input(output, [shards])
-    if txt_dir is not None:
-        check_not_input(txt_dir, [shards, output])
-    stats = compile_simpletuner([shards] if shards.is_file() else shards, output, caption_field,
-                                write_txt_dir=txt_dir, on_error=on_error)
+    for folder in (data_dir, txt_dir):
+        if folder is not None:
+            check_not_input(folder, [shards, output] + ([config] if config else []))
+    if config is not None:
+        check_not_input(config, [shards, output])
+    stats = compile_simpletuner([shards] if shards.is_file() else shards, output, caption_field, data_dir=data_dir,
+                           config=config, write_txt_dir=txt_dir, on_error=on_error)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats["skipped"].items())) or "none"
-    print(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output} (skipped: {skipped})")
+    extra = f" + {data_dir}/ (images, <stem>.txt) + {config}" if data_dir is not None else ""
+    print(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output}{extra} (skipped: {skipped})")
+
+
+def cli_config(
+    split: Path,
+    output: Path,
+    cache_dir: Path = Path("simpletuner-cache"),
+) -> None:
+    """Write a SimpleTuner data-backend config (absolute paths) for a split of a release built with
+    `export: simpletuner` (its multidatabackend.json holds paths relative to the release)."""
+    import json
+
+    from scripts.lib.io import atomic_path
+    from scripts.lib.simpletuner import absolute_config
+
+    release = split.resolve().parent
+    for path, what in ((output, "--output"), (cache_dir, "--cache-dir")):
+        if path.resolve() == release or release in path.resolve().parents:
+            raise DataError(f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)")
+    entries = absolute_config(split, cache_dir)
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    print(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})")

@@ -1,7 +1,8 @@
 """kind: dalle3 - DALL-E-3 synthetic tar shards: <name>.png + <name>.json, streamed, never extracted.
 
-Also the SimpleTuner compile (`compile_simpletuner`): the same records as the parquet
-`width, height, caption, filename` (+ optional <stem>.txt captions), usable as a library call.
+Also the SimpleTuner compile (`compile_simpletuner`): the same records as SimpleTuner's DALL-E-3 preset,
+its files written by scripts/lib/simpletuner.py (the one SimpleTuner writer, shared with the release
+export).
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
-                             iter_samples, make_ref, open_tar)
+                             check_member_name, iter_samples, make_ref, open_tar)
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
+from scripts.lib.simpletuner import TableWriter, backend_config, txt_name
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -24,9 +26,10 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 class Dalle3Sample:
     shard: Path
     key: str
-    image_name: str
+    image_name: str  # the tar member's name
     record: dict[str, Any]
     pixels: tuple[int, int]
+    image: Any = None  # the image member (TarMember): its bytes, read while the shard is open
 
 
 def iter_dalle3(shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
@@ -61,7 +64,7 @@ def iter_dalle3(shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
             except UnsafeArchive as exc:
                 yield Problem(shard, where, exc.reason, str(exc))
                 continue
-            yield Dalle3Sample(shard, key, image.name, record, pixels)
+            yield Dalle3Sample(shard, key, image.name, record, pixels, image)
 
 
 def caption_of(sample: Dalle3Sample, caption_field: str) -> str | Problem:
@@ -91,10 +94,11 @@ def read_dalle3(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
                 yield caption
                 continue
             rec = sample.record
-            width, height = _as_int(rec.get("width")), _as_int(rec.get("height"))
-            if width is None or height is None:
-                yield Problem(shard, f"sample {sample.key!r}", "bad_size", f"width/height not integers: {rec.get('width')!r}x{rec.get('height')!r}")
+            size = size_of(sample)
+            if isinstance(size, Problem):
+                yield size
                 continue
+            width, height = size
             meta = {k: v for k, v in rec.items() if k not in ("width", "height", cfg.caption_field)}
             meta["pixels"] = list(sample.pixels)
             yield Record(key=f"{shard.name}/{sample.key}", prompt=caption, image=make_ref(shard, sample.image_name),
@@ -111,66 +115,115 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-SIMPLETUNER_COLUMNS = ["width", "height", "caption", "filename"]
+def size_of(sample: Dalle3Sample) -> tuple[int, int] | Problem:
+    """The record's width and height (the preset's int(content['width'])), or why not."""
+    width, height = _as_int(sample.record.get("width")), _as_int(sample.record.get("height"))
+    if width is None or height is None:
+        return Problem(sample.shard, f"sample {sample.key!r}", "bad_size",
+                       f"width/height not integers: {sample.record.get('width')!r}x{sample.record.get('height')!r}")
+    return width, height
 
+
+def image_name_of(sample: Dalle3Sample) -> str | Problem:
+    """The json's `image_name`: SimpleTuner's filename (with its extension), a relative name that stays
+    inside the folder it is written to."""
+    where = f"sample {sample.key!r}"
+    name = sample.record.get("image_name")
+    if not isinstance(name, str) or not name:
+        return Problem(sample.shard, where, "missing_image_name", "no string field 'image_name'")
+    try:
+        check_member_name(name)
+        name.encode("utf-8")
+    except (UnsafeArchive, UnicodeEncodeError):
+        return Problem(sample.shard, where, "bad_image_name", f"image_name {name!r} is not a plain relative file name")
+    stem, dot, ext = name.rpartition("/")[2].rpartition(".")
+    if "\\" in name or "\x00" in name or not (stem and dot and ext) or "//" in name or name.endswith("/"):
+        return Problem(sample.shard, where, "bad_image_name",
+                       f"image_name {name!r} is not a plain relative file name with an extension")
+    return name
+
+
+# --- SimpleTuner's DALL-E-3 preset (the files: scripts/lib/simpletuner.py) ---------------------------
 
 def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_field: str = "short_caption",
                         write_txt_dir: Path | None = None, on_error: str = "skip", batch_rows: int = 50_000,
                         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Any]:
-    """Compile DALL-E-3 shards to SimpleTuner's parquet (width, height, caption, filename), streamed.
+                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, data_dir: Path | None = None,
+                        config: Path | None = None) -> dict[str, Any]:
+    """DALL-E-3 shards -> the preset's parquet, streamed (tars are never extracted wholesale).
 
-    `shards`: tar files or one folder of them. With `write_txt_dir`, also writes <stem>.txt holding
-    the caption per image (SimpleTuner's textfile caption strategy). Returns counts:
-    {"rows_read", "rows_written", "skipped": {reason: n}}. on_error="fail" raises DataError on the
-    first bad record (records without width are always skipped and counted).
+    `data_dir`: the preset's `data/` folder: each image written under its json `image_name` with its
+    `<stem>.txt` caption beside it (what `tar xf` + the preset's extract-captions.py make); then
+    `config` (a multidatabackend.json, absolute paths) points SimpleTuner at it. `write_txt_dir`: only
+    the `<stem>.txt` captions, in a folder of their own. Records without `width` are skipped (the
+    preset does so); on_error="fail" raises on the first other bad record. All outputs appear
+    together, or none. Returns {"rows_read", "rows_written", "skipped": {reason: n}}.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    if config is not None and data_dir is None:
+        raise DataError("a SimpleTuner data-backend config needs --data-dir (where the images and captions go)")
     if isinstance(shards, Path):
         shards = source_files(shards, "*.tar", "tar shard")
-    schema = pa.schema([("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()), ("filename", pa.string())])
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
-    columns: dict[str, list] = {c: [] for c in SIMPLETUNER_COLUMNS}
-    with contextlib.ExitStack() as stack:  # the txt folder and the parquet appear together, or neither
+    names: set[str] = set()  # image_name is the identifier: a second record of one name would overwrite the first
+    with contextlib.ExitStack() as stack:  # parquet, folders and config appear together, or none
         tmp = stack.enter_context(atomic_path(out_parquet))
-        # entered last, so replaced first: a txt folder that may not be replaced stops the parquet too
-        txt_dir = stack.enter_context(atomic_path(write_txt_dir, is_dir=True)) if write_txt_dir else None
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        folders = {}
+        for key, folder in (("data", data_dir), ("txt", write_txt_dir)):
+            if folder is not None:  # entered after the parquet, so replaced before it
+                folders[key] = stack.enter_context(atomic_path(folder, is_dir=True))
+        table = TableWriter(tmp, batch_rows)
+        try:
             for shard in shards:
                 for sample in iter_dalle3(Path(shard), max_member_bytes, max_image_pixels):
                     stats["rows_read"] += 1
-                    caption = sample if isinstance(sample, Problem) else caption_of(sample, caption_field)
-                    width = height = None
-                    if not isinstance(caption, Problem):
-                        width, height = _as_int(sample.record.get("width")), _as_int(sample.record.get("height"))
-                        if width is None or height is None:
-                            caption = Problem(sample.shard, f"sample {sample.key!r}", "bad_size", "width/height not integers")
-                    if isinstance(caption, Problem):
-                        if on_error == "fail" and not caption.always_skip:
-                            raise DataError(caption.message())
-                        stats["skipped"][caption.reason] = stats["skipped"].get(caption.reason, 0) + 1
+                    checked = _check_sample(sample, caption_field, names)
+                    if isinstance(checked, Problem):
+                        if on_error == "fail" and not checked.always_skip:
+                            raise DataError(checked.message())
+                        stats["skipped"][checked.reason] = stats["skipped"].get(checked.reason, 0) + 1
                         continue
-                    filename = sample.image_name.rsplit("/", 1)[-1]
-                    columns["width"].append(width)
-                    columns["height"].append(height)
-                    columns["caption"].append(caption)
-                    columns["filename"].append(filename)
-                    if txt_dir is not None:
-                        (txt_dir / f"{filename.rsplit('.', 1)[0]}.txt").write_text(caption, encoding="utf-8")
-                    if len(columns["filename"]) >= batch_rows:
-                        _flush(writer, schema, columns, stats)
-            _flush(writer, schema, columns, stats)
+                    caption, filename, width, height = checked
+                    names.add(filename)
+                    table.add(width, height, caption, filename)
+                    if "data" in folders:
+                        _write_beside(folders["data"], filename, sample.image.read(), caption)
+                    if "txt" in folders:
+                        _write_beside(folders["txt"], filename, None, caption)
+        finally:
+            table.close()
+        stats["rows_written"] = table.rows
+        if config is not None:  # entered last: its temp file is renamed first, the parquet last
+            data = Path(data_dir).resolve()
+            entries = backend_config("dalle3", str(data), str(Path(out_parquet).resolve()), str(data.parent / "cache"))
+            stack.enter_context(atomic_path(config)).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     stats["skipped"] = dict(sorted(stats["skipped"].items()))
     return stats
 
 
-def _flush(writer, schema, columns: dict[str, list], stats: dict) -> None:
-    import pyarrow as pa
+def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set[str]):
+    """(caption, filename, width, height) or the Problem that skips the record."""
+    if isinstance(sample, Problem):
+        return sample
+    caption = caption_of(sample, caption_field)
+    if isinstance(caption, Problem):
+        return caption
+    if not caption.strip():  # SimpleTuner refuses a parquet whose caption column holds an empty string
+        return Problem(sample.shard, f"sample {sample.key!r}", "empty_caption", f"{caption_field} is blank")
+    size = size_of(sample)
+    if isinstance(size, Problem):
+        return size
+    filename = image_name_of(sample)
+    if isinstance(filename, Problem):
+        return filename
+    if filename in names:
+        return Problem(sample.shard, f"sample {sample.key!r}", "duplicate_image_name",
+                       f"image_name {filename!r} was already written (by an earlier record)")
+    return (caption, filename, *size)
 
-    if columns["filename"]:
-        writer.write_batch(pa.RecordBatch.from_arrays([pa.array(columns[c], schema.field(c).type) for c in SIMPLETUNER_COLUMNS], schema=schema))
-        stats["rows_written"] += len(columns["filename"])
-        for values in columns.values():
-            values.clear()
+
+def _write_beside(folder: Path, filename: str, image: bytes | None, caption: str) -> None:
+    target = folder / filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if image is not None:
+        target.write_bytes(image)
+    (folder / txt_name(filename)).write_text(caption, encoding="utf-8")

@@ -2,6 +2,12 @@
 
 Per sample (WebDataset: adjacent members sharing a key): <key>.jpg, <key>.txt (newline-terminated
 caption, the prompt), <key>.json (target_w/target_h or w/h, bucket_id, caption_* fields).
+
+The manifest's `buckets` is a mapping bucket_id -> {scaled, base_resolution, shards, ...} (the card's
+shape, and what scripts/lib/bucketed.py writes) or a list of {bucket_id, shards}; a shard is listed as
+a path relative to the export folder or as {"path": ...}. Without any listing, buckets/*/shard-*.tar.
+The record's width/height are the bucket target (target_w/target_h): under image_mode=passthrough_jpeg
+the stored JPEG keeps its own size and the loader resizes and crops.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
         shards = bucket.get("shards", []) if isinstance(bucket, dict) else []
         if not isinstance(shards, list):
             raise DataError(f"{manifest_file}: buckets[{number}].shards is a {type(shards).__name__}, expected a list of paths")
-        listed += shards
+        listed += [shard.get("path") if isinstance(shard, dict) else shard for shard in shards]
     if not listed:
         return [check_confined(path, root, follow_symlinks) for path in sorted(root.glob("buckets/*/shard-*.tar"))]
     shards = []

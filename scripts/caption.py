@@ -1,0 +1,392 @@
+"""caption@S: captions for a folder of images from OpenAI-compatible vision models, in a waterfall.
+
+The bucketed LAION export's captions were written this way: every image goes to the first model of
+`models`; only when its caption fails QA (empty, cut by max_tokens, too short or long, placeholder,
+unavailable-image, blank-image or refusal text) is the next model asked, and so on. An image no
+model captions is dropped, its reasons counted. Each kept caption records its provenance as the card
+does: `caption_variant`, `caption_selector_index` (position in the waterfall) and `caption_source_id`
+(an int keying the caption_sources table: backend, model, created_at, sha256 of the prompts).
+
+Images (`images` of the entry, read only): a folder with manifest.parquet (generate@S: id, file), or
+any folder of image files and/or WebDataset tar shards (read as streams through scripts/lib/archive.py,
+nothing extracted). Symbolic links are skipped: a link could send any file, a secrets file
+included, to a remote API.
+
+Requests go through scripts/lib/chat_client.py, shared with synthesize@N: the same cache (one file
+per request, keyed by base_url and the request body, the image given by its sha256 so cache files
+stay small), retries, deadline, key redaction, kill -9 resume and offline replay.
+
+Outputs in OUT/: captions.parquet (one row per captioned image), rejections.parquet (one row per
+caption that failed QA, also those a later model replaced), sources.json, cache/, report.json.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from scripts.lib import chat_client
+from scripts.lib.archive import (REF_SEPARATOR, UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar,
+                                 read_member)
+from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
+from scripts.lib.errors import DataError
+from scripts.lib.io import check_not_input, sha256_text, write_json, write_parquet
+from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
+
+MANIFEST = "manifest.parquet"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+CAPTION_COLUMNS = ["id", "image", "caption", "caption_variant", "caption_selector_index", "caption_source_id",
+                   "width", "height"]
+REJECTION_COLUMNS = ["id", "image", "caption_variant", "caption_selector_index", "reason", "caption"]
+
+
+def parse_params(name: str, raw: Any) -> CaptionEntry:
+    """One entry of params.yaml `caption` as its model; a bad key or value names `caption.<name>.<key>`."""
+    if not isinstance(raw, dict):
+        raise DataError(f"params.yaml: caption.{name}: expected a mapping, got {type(raw).__name__}")
+    return parse(CaptionEntry, raw, at=("caption", name))
+
+
+# ---------------------------------------------------------------- requests (pure)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    ref: str  # a path, or "shard.tar!/member" (scripts/lib/archive.py)
+    sha256: str
+    mime: str
+    width: int
+    height: int
+
+
+def build_request(params: CaptionEntry, step: int, image_url: str) -> dict:
+    """The chat-completions body asking model `step` of the waterfall for a caption of the image at
+    `image_url` (a data: URI when sent; the cache records the image's sha256 in its place)."""
+    content = [{"type": "text", "text": params.prompt}, {"type": "image_url", "image_url": {"url": image_url}}]
+    messages: list[dict] = [{"role": "user", "content": content}]
+    if params.system is not None:
+        messages.insert(0, {"role": "system", "content": params.system})
+    body = {**params.extra_body, "model": params.models[step].model, "messages": messages}
+    if params.temperature is not None:
+        body["temperature"] = params.temperature
+    if params.max_tokens is not None:
+        body["max_tokens"] = params.max_tokens
+    return body
+
+
+def stored_url(image: ImageInfo) -> str:
+    """The image as the cache key and cache file name it: its type and sha256 (the bytes are in `images`)."""
+    return f"data:{image.mime};sha256,{image.sha256}"
+
+
+def data_url(image: ImageInfo, data: bytes) -> str:
+    return f"data:{image.mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+# ---------------------------------------------------------------- QA (pure)
+
+
+_ALNUM = re.compile(r"\w")
+
+
+def normalise(content: str) -> str:
+    """One line: the exports write a caption per .txt line."""
+    return " ".join(content.split())
+
+
+def qa_reason(caption: str, truncated: bool, qa: CaptionQa, rules: list[tuple[str, re.Pattern]]) -> str | None:
+    """Why `caption` is not usable (None: it is). Checked in the documented order, first match wins."""
+    if not _ALNUM.search(caption):
+        return "empty"
+    if truncated and qa.reject_truncated:
+        return "truncated"
+    if len(caption) < qa.min_chars:
+        return "too_short"
+    if qa.max_chars is not None and len(caption) > qa.max_chars:
+        return "too_long"
+    for reason, pattern in rules:
+        if pattern.search(caption):
+            return reason
+    return None
+
+
+def compile_rules(qa: CaptionQa) -> list[tuple[str, re.Pattern]]:
+    return [(rule.reason, re.compile(rule.pattern)) for rule in qa.rules]
+
+
+# ---------------------------------------------------------------- provenance (pure)
+
+
+def caption_sources(params: CaptionEntry, created: list[int | None]) -> list[dict]:
+    """The caption_sources table of the card: caption_source_id -> backend, model, created_at (the
+    earliest `created` of the model's responses, so a replay writes the same value) and prompt hashes."""
+    system_sha = sha256_text(params.system) if params.system is not None else None
+    return [{"caption_source_id": step + 1, "backend": params.backend, "model": model.model,
+             "created_at": created[step], "system_prompt_sha256": system_sha,
+             "user_prompt_sha256": sha256_text(params.prompt)}
+            for step, model in enumerate(params.models)]
+
+
+# ---------------------------------------------------------------- images (read only)
+
+
+@dataclass(frozen=True)
+class Listed:
+    id: str
+    ref: str
+
+
+def list_images(folder: Path) -> tuple[list[Listed], Counter]:
+    """Every image under `folder`, sorted by id, and the count of what was passed over, per reason."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: images folder not found (run its upstream stage first)")
+    skipped: Counter = Counter()
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        return _manifest_images(folder, manifest), skipped
+    listed: list[Listed] = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            skipped["symlink"] += 1
+            continue
+        if not path.is_file():
+            continue
+        ext = path.suffix.lower().lstrip(".")
+        if ext in IMAGE_EXTS:
+            listed.append(Listed(rel, path.as_posix()))
+        elif ext == "tar":
+            listed.extend(_tar_images(folder, path, skipped))
+    return sorted(listed, key=lambda image: image.id), skipped
+
+
+def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
+    from scripts.lib.io import check_table, read_parquet
+
+    frame = read_parquet(manifest)
+    check_table(frame, manifest, strings=("id", "file"), unique="id")
+    listed = []
+    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{manifest}: row {row}: file {name!r} leaves the images folder")
+        listed.append(Listed(image_id, (folder / name).as_posix()))
+    return sorted(listed, key=lambda image: image.id)
+
+
+def _tar_images(folder: Path, shard: Path, skipped: Counter) -> list[Listed]:
+    """The image of each WebDataset sample of a shard (headers only; nothing is extracted)."""
+    listed = []
+    rel = shard.relative_to(folder).as_posix()
+    try:
+        with open_tar(shard) as buf:
+            for item in iter_samples(buf, max_bytes=1 << 62):  # sizes are checked when an image is read
+                if isinstance(item, UnsafeArchive):
+                    skipped[item.reason] += 1
+                    continue
+                _, members = item
+                ext = next((ext for ext in IMAGE_EXTS if ext in members), None)
+                if ext is not None:
+                    member = members[ext].name
+                    listed.append(Listed(f"{rel}{REF_SEPARATOR}{member}", make_ref(shard, member)))
+    except UnsafeArchive as exc:
+        skipped[exc.reason] += 1
+    return listed
+
+
+def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
+    """sha256, type and size of an image, after the byte and pixel caps; UnsafeArchive (with the
+    counted reason) when it cannot be sent."""
+    data = _read(image.ref, params)
+    return _info(image, data, params)
+
+
+def _read(ref: str, params: CaptionEntry) -> bytes:
+    try:
+        return read_member(ref, params.max_image_bytes)
+    except FileNotFoundError:
+        raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
+    except OSError as exc:
+        raise DataError(f"{ref}: cannot read image ({exc.strerror or exc})") from None
+
+
+def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
+    from PIL import Image
+
+    width, height = check_image_pixels(data, image.ref, params.max_image_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+    except Exception:  # noqa: BLE001 - any decoder error: not an image a server can read
+        raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
+    if fmt not in MIME:
+        raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")
+    return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
+            log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> dict:
+    """Run entry `name`: caption the first `max_images` images model by model, write OUT/.
+
+    Returns the report (also OUT/report.json). A request that fails for good stops new requests and
+    fails the stage with a DataError; what finished stays cached, so the next run resumes.
+    """
+    images_dir = Path(params.images)
+    check_not_input(out_dir, [images_dir])  # never write into the user's images
+    if Path.resolve(images_dir) in Path.resolve(out_dir).parents:
+        raise DataError(f"{out_dir}: inside the images folder {images_dir}; choose another output path")
+    cache = ResponseCache(out_dir / "cache").open()
+
+    listed, skipped = list_images(images_dir)
+    selected = listed if params.max_images is None else listed[: params.max_images]
+    infos: list[ImageInfo] = []
+    for image in selected:
+        try:
+            infos.append(inspect_image(image, params))
+        except UnsafeArchive as exc:
+            skipped[exc.reason] += 1
+    log(f"caption {name}: {len(listed)} images in {images_dir}, {len(selected)} selected, "
+        f"{len(selected) - len(infos)} skipped")
+
+    rules = compile_rules(params.qa)
+    variants = params.variants
+    accepted: dict[int, tuple[int, str]] = {}  # image index -> (step, caption)
+    rejections: list[dict] = []
+    steps: list[dict] = []
+    created: list[int | None] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    pending = list(range(len(infos)))
+    for step, variant in enumerate(variants):
+        responses, stats = _run_step(name, params, step, [infos[i] for i in pending], cache, api_key, log)
+        rejected: Counter = Counter()
+        stamps = []
+        for position, index in enumerate(pending):
+            response = responses[position]
+            content, truncated = read_completion(response)
+            text = normalise(content)
+            reason = qa_reason(text, truncated, params.qa, rules)
+            if reason is None:
+                accepted[index] = (step, text)
+            else:
+                rejected[reason] += 1
+                image = infos[index]
+                rejections.append({"id": image.id, "image": image.ref, "caption_variant": variant,
+                                   "caption_selector_index": step, "reason": reason, "caption": text})
+            stamp = response.get("created")
+            if isinstance(stamp, int) and not isinstance(stamp, bool):
+                stamps.append(stamp)
+            for kind in usage:
+                value = (response.get("usage") or {}).get(kind)
+                usage[kind] += value if isinstance(value, int) else 0
+        created.append(min(stamps) if stamps else None)
+        steps.append({"caption_selector_index": step, "caption_variant": variant, "model": params.models[step].model,
+                      **stats, "accepted": len(pending) - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))})
+        pending = [index for index in pending if index not in accepted]
+
+    last_reason = {r["id"]: r["reason"] for r in rejections}  # rejections are in waterfall order
+    dropped = Counter(last_reason[infos[i].id] for i in pending)
+    sources = caption_sources(params, created)
+    captions = _caption_table(infos, accepted, variants)
+    report = {
+        "name": name,
+        "base_url": params.base_url,
+        "backend": params.backend,
+        "images": {"listed": len(listed), "selected": len(selected), "skipped": dict(sorted(skipped.items())),
+                   "captioned": len(accepted), "dropped": len(pending)},
+        "dropped": dict(sorted(dropped.items())),  # by the last model's reason
+        "steps": steps,
+        "requests": sum(s["requests"] for s in steps),
+        "cache_hits": sum(s["cache_hits"] for s in steps),
+        "api_calls": sum(s["api_calls"] for s in steps),
+        "usage": usage,
+    }
+    import pandas as pd
+
+    write_parquet(captions, out_dir / "captions.parquet")
+    write_parquet(pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"}),
+                  out_dir / "rejections.parquet")
+    write_json({"caption_sources": sources,
+                "waterfall": [{"caption_selector_index": s["caption_selector_index"],
+                               "caption_variant": s["caption_variant"], "caption_source_id": s["caption_selector_index"] + 1,
+                               "model": s["model"], "images": s["accepted"]} for s in steps]},
+               out_dir / "sources.json")
+    write_json(report, out_dir / "report.json")
+    log(f"caption {name}: {len(accepted)} captioned, {len(pending)} dropped -> {out_dir / 'captions.parquet'}")
+    return report
+
+
+def _run_step(name: str, params: CaptionEntry, step: int, images: list[ImageInfo], cache: ResponseCache,
+              api_key: str | None, log) -> tuple[list[dict], dict]:
+    """Responses of model `step` for `images` (in order): cached ones replayed, the rest requested."""
+    variant = params.variants[step]
+    stored = [build_request(params, step, stored_url(image)) for image in images]
+    keys = [cache_key(params.base_url, body) for body in stored]
+    responses: dict[int, dict] = {}
+    for position, key in enumerate(keys):
+        cached = cache.get(key)
+        if cached is not None:
+            responses[position] = cached
+    missing = [position for position in range(len(images)) if position not in responses]
+    if images:
+        log(f"caption {name}: {variant}: {len(images)} requests, {len(responses)} cached, {len(missing)} to call")
+    if missing and params.offline:
+        raise DataError(f"caption {name}: {len(missing)} of {len(images)} requests to {params.models[step].model} not in "
+                        f"{cache.directory} and offline is true (pull the cache or set offline: false)")
+
+    def sender(image: ImageInfo) -> Callable[[], dict]:
+        def body() -> dict:  # the image is read when its request starts, not all at once
+            data = _read(image.ref, params)
+            if hashlib.sha256(data).hexdigest() != image.sha256:
+                raise DataError(f"{image.ref}: the image changed while it was captioned; re-run")
+            return build_request(params, step, data_url(image, data))
+        return body
+
+    jobs = [Job(position, sender(images[position]), stored[position], keys[position]) for position in missing]
+    stats, failures = call_missing(jobs, base_url=params.base_url, api_key=api_key, policy=params,
+                                   concurrency=params.concurrency, cache=cache, responses=responses, log=log,
+                                   desc=f"caption {name} {variant}")
+    if failures:
+        position, message = min(failures)
+        raise DataError(f"caption {name}: {variant}: image {images[position].id} failed: "
+                        f"{redact_key(message, api_key)}; {len(responses)} of {len(images)} requests to "
+                        f"{params.models[step].model} cached, re-run to resume")
+    counts = {"requests": len(images), "cache_hits": len(images) - len(missing), "api_calls": len(missing),
+              "attempts": stats.attempts, "retries": stats.retries}
+    return [responses[position] for position in range(len(images))], counts
+
+
+def _caption_table(infos: list[ImageInfo], accepted: dict[int, tuple[int, str]], variants: list[str]):
+    import pandas as pd
+
+    rows = [{"id": infos[i].id, "image": infos[i].ref, "caption": text, "caption_variant": variants[step],
+             "caption_selector_index": step, "caption_source_id": step + 1,
+             "width": infos[i].width, "height": infos[i].height}
+            for i, (step, text) in sorted(accepted.items())]
+    frame = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
+    return frame.astype({"caption_selector_index": "int16", "caption_source_id": "int64",
+                         "width": "int32", "height": "int32"})
+
+
+def cli(
+    name: Annotated[str, typer.Argument(help="entry of params.yaml: caption")],
+    out_dir: Annotated[Path, typer.Argument(help="writes captions.parquet, rejections.parquet, sources.json, "
+                                                 "cache/ and report.json here")],
+) -> None:
+    """Caption images with vision models in a waterfall (cached: replays offline)."""
+    entries = load_section("caption")
+    if name not in entries:
+        raise DataError(f"params.yaml: caption has no entry '{name}' (entries: {', '.join(entries) or 'none'})")
+    params = entries[name]
+    caption(name, params, out_dir, chat_client.api_key_from_env(params.api_key_env))

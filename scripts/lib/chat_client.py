@@ -1,0 +1,481 @@
+"""An OpenAI-compatible chat-completions client for stages that call a model: synthesize@N, caption@S.
+
+- Requests: one POST to {base_url}/chat/completions (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp
+  server), the API key only in that request's Authorization header (redirects are refused), and
+  `timeout_s` a deadline for the whole request (connect, send, headers, body).
+- Retries: timeouts, 429, 5xx, dropped connections and replies that are not a chat completion are
+  retried with exponential backoff (at least the server's Retry-After); other statuses are not.
+- The key never reaches a file or a message: any 8+ character fragment of it is removed from
+  replies (a server echoing the header) and error messages.
+- Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body),
+  written atomically only after the request succeeded, so a killed run (even kill -9) keeps every
+  finished request and the next run resumes; with the cache, a run replays without network or key.
+- `call_missing` runs the uncached requests `concurrency` at a time and stops starting new ones
+  after the first request that fails for good.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import email.utils
+import functools
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_json
+
+
+def cache_key(base_url: str, body: dict) -> str:
+    """sha256 of the endpoint and the whole body (model, messages, sampling params).
+
+    The format is fixed: existing caches (synthesize@N's since its first release) replay only while
+    this stays byte for byte the same."""
+    canonical = json.dumps({"base_url": base_url.rstrip("/"), "body": body},
+                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_completion(response: Any) -> tuple[str, bool]:
+    """(content, truncated) of a chat-completions response; ValueError if it is not one."""
+    try:
+        choice = response["choices"][0]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError("no choices[0].message.content in the response") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError("choices[0].message.content is not a string")
+    return content or "", choice.get("finish_reason") == "length"
+
+
+# ---------------------------------------------------------------- HTTP with retries
+
+
+class TransientError(Exception):
+    """Worth retrying: timeout, 429, 5xx, dropped connection, unreadable body."""
+
+    def __init__(self, kind: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class FatalError(Exception):
+    """Not worth retrying (400, 401, 404, ...)."""
+
+
+class RequestFailed(Exception):
+    """A request that gave up (fatal error or attempts spent), with what it cost."""
+
+    def __init__(self, message: str, stats: CallStats):
+        super().__init__(message)
+        self.stats = stats
+
+
+RETRY_KINDS = ("timeout", "http_429", "http_5xx", "connection", "invalid_response")
+
+
+@dataclass
+class CallStats:
+    attempts: int = 0
+    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRY_KINDS, 0))
+
+    def add(self, other: CallStats) -> None:
+        self.attempts += other.attempts
+        for kind, n in other.retries.items():
+            self.retries[kind] += n
+
+
+def backoff_delay(failures: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Wait before the next attempt: base * 2^(failures-1), at least Retry-After, at most cap."""
+    delay = base * 2 ** (failures - 1)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, cap)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would resend the Authorization header to the new address,
+    whatever its origin. The 3xx arrives as an HTTPError and fails the request (post_chat)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and receive must end before `deadline` (time.monotonic()):
+    each operation gets the time left as its timeout, so a server trickling a byte a second cannot
+    stretch one request past `timeout_s` (a plain socket timeout restarts at every byte)."""
+
+    def __init__(self, sock, deadline: float):
+        self._sock, self._deadline = sock, deadline
+        self._readers, self._closing = 0, False  # as socket.socket: close() waits for makefile()'s readers
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request deadline passed")
+        self._sock.settimeout(left)
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes or len(buffer), flags)  # an SSL socket reads 0 bytes for 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return self._sock.recv(bufsize, flags)
+
+    def sendall(self, data, flags: int = 0) -> None:
+        self._arm()
+        self._sock.sendall(data, flags)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
+        if mode != "rb":
+            raise ValueError(f"unsupported mode {mode!r}")
+        self._readers += 1
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:  # urllib closes the connection as soon as the headers are read
+        self._closing = True
+        if not self._readers:
+            self._sock.close()
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closing and not self._readers:
+            self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The raw stream http.client reads a response from (as socket.makefile("rb"), with the deadline)."""
+
+    def __init__(self, sock: _DeadlineSocket):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._reader_closed()
+        super().close()
+
+
+def _deadline_connection(base: type, deadline: float):
+    class Connection(base):
+        def connect(self):
+            self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
+            super().connect()
+            self.sock = _DeadlineSocket(self.sock, deadline)
+
+    return Connection
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req, context=self._context)
+
+
+def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
+    """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
+
+    The key goes in the Authorization header of this request only (redirects are refused), and any
+    8+ character fragment of it is removed from the reply (a server echoing the header must not put
+    it into the cache or prompts.txt) and from error messages."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    # per call: proxy settings are read from the env now, and `timeout` is a deadline for the whole
+    # request (connect, send, headers, body), not for each read
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(_NoRedirect(), _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location")
+            where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
+            raise FatalError(f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
+                             "(the API key is sent to base_url only): set base_url to the final address") from None
+        detail = redact_key(_error_detail(exc), api_key)
+        if exc.code == 429:
+            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+        if exc.code >= 500:
+            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+        raise FatalError(f"HTTP {exc.code}{detail}") from None
+    except TimeoutError:
+        raise TransientError("timeout", f"no response within {timeout:g}s") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise TransientError("timeout", f"no response within {timeout:g}s") from None
+        raise TransientError("connection", f"connection failed ({exc.reason})") from None
+    except (ConnectionError, http.client.HTTPException) as exc:
+        raise TransientError("connection", f"connection failed ({type(exc).__name__})") from None
+    try:
+        return redact_key(json.loads(raw), api_key)
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+        raise TransientError("invalid_response", "response is not JSON") from None
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The server's own error message, short, on one line.
+
+    OpenAI, vLLM, llama.cpp: {"error": {"message": ...}}; Ollama: {"error": "..."}; FastAPI servers
+    (transformers serve): {"detail": "..."}; vLLM also {"message": ...}.
+    """
+    try:
+        payload = json.loads(exc.read() or b"null")
+        error = payload.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or payload.get("detail") or payload.get("message")
+    except Exception:  # any body shape: the status code alone is still a clear error
+        return ""
+    return f": {' '.join(str(message).split())[:200]}" if message else ""
+
+
+
+
+class RetryPolicy(NamedTuple):
+    """How long one try may take and how often to try; any params model with these four keys."""
+
+    timeout_s: float
+    max_attempts: int
+    backoff_base_s: float
+    backoff_cap_s: float
+
+    @classmethod
+    def of(cls, params: Any) -> RetryPolicy:
+        return cls(params.timeout_s, params.max_attempts, params.backoff_base_s, params.backoff_cap_s)
+
+
+def call_with_retries(url: str, body: dict, api_key: str | None, policy: Any) -> tuple[dict, CallStats]:
+    """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent.
+    `policy`: a RetryPolicy or any object with its four attributes (a params entry)."""
+    stats = CallStats()
+    for attempt in range(1, policy.max_attempts + 1):
+        stats.attempts += 1
+        try:
+            response = post_chat(url, body, api_key, policy.timeout_s)
+            try:
+                read_completion(response)
+            except ValueError as exc:
+                raise TransientError("invalid_response", str(exc)) from None
+            return response, stats
+        except FatalError as exc:
+            raise RequestFailed(str(exc), stats) from None
+        except TransientError as exc:
+            if attempt == policy.max_attempts:
+                raise RequestFailed(f"{exc} (after {attempt} attempts)", stats) from None
+            stats.retries[exc.kind] += 1
+            time.sleep(backoff_delay(attempt, policy.backoff_base_s, policy.backoff_cap_s, exc.retry_after))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- the response cache
+
+
+class ResponseCache:
+    """One JSON file per request: {"base_url", "request", "response"}; never the API key."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        # atomic_path reads the umask with os.umask(0) + restore, which is not thread-safe
+        self._write_lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            response = json.loads(path.read_text(encoding="utf-8"))["response"]
+            read_completion(response)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
+        return response
+
+    def put(self, key: str, base_url: str, body: dict, response: dict) -> None:
+        try:
+            with self._write_lock:
+                write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
+        except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
+            raise DataError(f"{self.path(key)}: cannot write cache entry ({exc.strerror or exc})") from None
+
+    def remove_stale_temp_files(self) -> int:
+        """Temp files of a killed run (atomic_path names them .<name>.tmp-*); DVC must not track them."""
+        stale = list(self.directory.glob(".*.tmp-*"))
+        for path in stale:
+            path.unlink()
+        return len(stale)
+
+    def open(self) -> ResponseCache:
+        """Create the folder and drop a killed run's temp files; returns self."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temp_files()
+        return self
+
+
+class Job(NamedTuple):
+    """One request to make: `body` is sent, `stored` (the same request, possibly with large parts such
+    as images replaced by their sha256) is what the cache file records under `key`. `body` may be a
+    function returning it, called when the request starts: large payloads are built one at a time."""
+
+    index: int
+    body: dict | Callable[[], dict]
+    stored: dict
+    key: str
+
+
+def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy: Any, concurrency: int,
+                 cache: ResponseCache, responses: dict[int, dict], log: Callable[[str], None],
+                 desc: str = "requests") -> tuple[CallStats, list[tuple[int, str]]]:
+    """Make `jobs`, `concurrency` at a time; cache each success at once and put it in `responses`.
+
+    After the first request that fails for good, no new request starts (the ones in flight finish
+    and are cached): a broken key or an outage costs one request's retries, not thousands.
+    Returns the summed call stats and the (index, message) of each request that failed for good.
+    """
+    url = base_url.rstrip("/") + "/chat/completions"
+    stats = CallStats()
+    failures: list[tuple[int, str]] = []
+    if not jobs:
+        return stats, failures
+
+    stop = threading.Event()  # set by the first request that fails for good
+
+    def one(job: Job) -> tuple[int, dict | None, CallStats, str | None] | None:
+        if stop.is_set():
+            return None
+        try:
+            body = job.body() if callable(job.body) else job.body
+            response, call_stats = call_with_retries(url, body, api_key, policy)
+        except RequestFailed as exc:
+            stop.set()
+            return job.index, None, exc.stats, str(exc)
+        cache.put(job.key, base_url, job.stored, response)
+        return job.index, response, call_stats, None
+
+    every = max(1, len(jobs) // 10)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency)
+    try:
+        futures = [pool.submit(one, job) for job in jobs]
+        done = 0
+        from scripts.lib.progress import track
+
+        for future in track(concurrent.futures.as_completed(futures), total=len(futures), desc=desc, unit="requests"):
+            result = future.result()
+            if result is None:  # not started: an earlier request failed
+                continue
+            index, response, call_stats, error = result
+            stats.add(call_stats)
+            done += 1
+            if error is None:
+                responses[index] = response
+            else:
+                failures.append((index, error))
+            if done % every == 0 or done == len(jobs):
+                log(f"  {done}/{len(jobs)} requests done")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: in-flight requests finish and are cached
+    return stats, failures
+
+
+# ---------------------------------------------------------------- the API key
+
+@functools.lru_cache(maxsize=4)
+def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
+    """A pattern matching, at every position, any 8-character piece of the key (the whole key if shorter)."""
+    n = min(8, len(api_key))
+    pieces = sorted({api_key[i : i + n] for i in range(len(api_key) - n + 1)})
+    return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))"), n
+
+
+def redact_key(value: Any, api_key: str | None) -> Any:
+    """`value` (a string, or JSON data) with every run of text holding an 8+ character fragment of
+    the key replaced by ***; anything without one is returned as is."""
+    if not api_key:
+        return value
+    if isinstance(value, str):
+        pattern, n = _key_fragments(api_key)
+        spans: list[list[int]] = []
+        for match in pattern.finditer(value):
+            start = match.start()
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = start + n
+            else:
+                spans.append([start, start + n])
+        for start, end in reversed(spans):
+            value = value[:start] + "***" + value[end:]
+        return value
+    if isinstance(value, dict):
+        return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_key(v, api_key) for v in value]
+    return value
+
+
+
+def api_key_from_env(env_name: str | None) -> str | None:
+    """The key from the environment variable `env_name` (None: no key); one that cannot be sent as a
+    header value (a control character such as a trailing \\r or newline, a space, non-ASCII) is
+    refused without printing it."""
+    key = os.environ.get(env_name) if env_name else None
+    if key and not all(0x21 <= ord(char) <= 0x7E for char in key):
+        raise DataError(f"${env_name}: the API key holds a control character, space or non-ASCII "
+                        "character (a trailing newline or \\r from the file it was read from?); fix the variable")
+    return key

@@ -1,0 +1,177 @@
+"""The one SimpleTuner writer: the DALL-E-3 preset's files, for the `simpletuner` tool (DALL-E-3 tar
+shards: scripts/lib/readers/dalle3.py compile_simpletuner) and the release export `format: simpletuner`.
+
+What SimpleTuner's DALL-E-3 preset (../shared/seeds/simpletuner-dalle3-preset.txt) asks for:
+- a parquet table `width, height, caption, filename` (int32, int32, string, string), `filename` the
+  image's name relative to `instance_data_dir` WITH its extension (for DALL-E-3: the json's
+  `image_name`, not the tar member's name);
+- `<stem>.txt` beside each image holding its caption (caption_strategy "textfile");
+- a data-backend entry (`multidatabackend.json`, a JSON list) with the parquet metadata backend.
+
+SimpleTuner's own keys, checked against bghira/SimpleTuner: documentation/DATALOADER.md ("Parquet
+caption strategy / JSON Lines datasets": `metadata_backend: parquet` and the `parquet` block with
+`path`, `filename_column`, `caption_column`, `width_column`, `height_column`,
+`identifier_includes_extension`; `caption_strategy: textfile` "requires your image.png be next to an
+image.txt"; a `dataset_type: text_embeds` entry with `default: true`) and
+simpletuner/helpers/metadata/backends/parquet.py (ParquetMetadataBackend reads `parquet_config["path"]`,
+indexes the table by `filename_column`, and matches a file by its path with `instance_data_dir`
+removed, keeping the extension when `identifier_includes_extension` is true), with
+simpletuner/helpers/data_backend/local.py (list_files gives absolute paths: hence absolute_config) and
+simpletuner/helpers/data_backend/factory.py (init_backend_config: `resolution_type: area` needs
+maximum_image_size and target_downsample_size under 20 megapixels; check_column_values refuses an
+empty caption).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import atomic_path
+
+COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
+PARQUET_NAME = "simpletuner.parquet"
+CONFIG_NAME = "multidatabackend.json"
+# The preset's resolution settings (its "data loader entry"): 1 megapixel area buckets, images under
+# 0.75 MP dropped, images over 2 MP downsampled to 1.75 MP before cropping.
+PRESET_RESOLUTION = {"resolution": 1.0, "maximum_image_size": 2.0, "minimum_image_size": 0.75,
+                     "target_downsample_size": 1.75, "resolution_type": "area"}
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()), ("filename", pa.string())])
+
+
+def txt_name(filename: str) -> str:
+    """The caption file beside an image: the preset's `os.path.splitext(image_name)[0] + ".txt"`."""
+    path = PurePosixPath(filename)
+    return str(path.with_name(path.stem + ".txt")) if path.suffix else filename + ".txt"
+
+
+class TableWriter:
+    """The parquet table, streamed in batches (millions of DALL-E-3 records in flat memory)."""
+
+    def __init__(self, path: Path, batch_rows: int = 50_000):
+        import pyarrow.parquet as pq
+
+        self.schema = _schema()
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.batch_rows, self.rows = batch_rows, 0
+        self.columns: dict[str, list] = {c: [] for c in COLUMNS}
+
+    def add(self, width: int | None, height: int | None, caption: str, filename: str) -> None:
+        for column, value in zip(COLUMNS, (width, height, caption, filename)):
+            self.columns[column].append(value)
+        if len(self.columns["filename"]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns["filename"]:
+            arrays = [pa.array(self.columns[c], self.schema.field(c).type) for c in COLUMNS]
+            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self.rows += len(self.columns["filename"])
+            for values in self.columns.values():
+                values.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def backend_config(dataset_id: str, instance_data_dir: str, parquet_path: str, cache_dir: str,
+                   caption_strategy: str = "textfile") -> list[dict[str, Any]]:
+    """A multidatabackend.json SimpleTuner accepts: the preset's image entry (parquet metadata backend)
+    and the default text-embed cache every SimpleTuner run needs."""
+    image = {
+        "id": dataset_id,
+        "type": "local",
+        "dataset_type": "image",
+        "instance_data_dir": instance_data_dir,
+        **PRESET_RESOLUTION,
+        "cache_dir_vae": f"{cache_dir}/vae/{dataset_id}",
+        "caption_strategy": caption_strategy,
+        "metadata_backend": "parquet",
+        "parquet": {
+            "path": parquet_path,
+            "caption_column": "caption",
+            "filename_column": "filename",
+            "width_column": "width",
+            "height_column": "height",
+            "identifier_includes_extension": True,
+        },
+    }
+    text = {"id": f"{dataset_id}-text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True,
+            "cache_dir": f"{cache_dir}/text/{dataset_id}"}
+    return [image, text]
+
+
+def write_config(entries: list[dict], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+
+
+# --- release export -----------------------------------------------------------------------------
+
+
+def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
+    """A release split as SimpleTuner data: `placed` puts every image in `folder` and yields
+    (row, file_name); beside each image its `.txt`, then simpletuner.parquet (filename relative to the
+    split folder, SimpleTuner's instance_data_dir) and multidatabackend.json. Its paths are relative to
+    the release folder (`train`, `train/simpletuner.parquet`), so the release's bytes do not depend on
+    where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
+    split = folder.name
+    with atomic_path(folder / PARQUET_NAME) as tmp:
+        table = TableWriter(tmp)
+        try:
+            for row, file_name in placed:
+                (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
+                table.add(_size(row.width), _size(row.height), row.text, file_name)
+        finally:
+            table.close()
+    write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache"), folder / CONFIG_NAME)
+
+
+def _size(value) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
+def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
+    """A release split's multidatabackend.json with absolute paths, for SimpleTuner to use as it is.
+
+    SimpleTuner's local backend lists images by absolute path, and its parquet metadata backend turns
+    one into an identifier by deleting the `instance_data_dir` string from it; a relative
+    instance_data_dir matches nothing, and every image would count as having no caption. The release
+    keeps relative paths (its bytes must not depend on where it was built); this resolves them against
+    the release folder, and the caches against `cache_dir` (outside the release: DVC owns that folder)."""
+    split_dir = Path(split_dir).resolve()
+    path = split_dir / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: not found (a split of a release built with export: simpletuner?)")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{path}: not valid JSON") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DataError(f"{path}: expected a list of data-backend entries")
+    release, cache = split_dir.parent, Path(cache_dir).resolve()
+
+    def resolve(value, base: Path):
+        return str(base / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+
+    for entry in entries:
+        entry["instance_data_dir"] = resolve(entry.get("instance_data_dir"), release)
+        for key in ("cache_dir_vae", "cache_dir"):
+            if key in entry:  # written as cache/...: the cache folder's own name is not repeated
+                entry[key] = resolve(str(entry[key]).removeprefix("cache/"), cache)
+        if isinstance(entry.get("parquet"), dict):
+            entry["parquet"]["path"] = resolve(entry["parquet"].get("path"), release)
+        if entry.get("instance_data_dir") is None:
+            del entry["instance_data_dir"]
+    return entries

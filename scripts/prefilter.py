@@ -1,0 +1,129 @@
+"""prefilter@S: the recipe steps that must run before generate@S, so no image is rendered for a row a
+release would drop anyway (the team cross-deduplicated OpenPrompts rows against train v2 before
+rendering them, after the first 120k).
+
+For every release component of source S with a step `dedup: {scope: against, before_generate: true,
+reference: W, against: train}`, the rows of S in the component's row range that near-duplicate W's
+`against` split are removed. W's rows are composed by scripts/release.py's own `compose`, from the
+text tables upstream of generation (data/dedup/X.parquet split by scripts/split.py's own draw), so
+this stage never waits for a release (release@W reads every split: a dependency on it would be a
+cycle) and its reference is exactly W's text. Sources without such a step pass through.
+
+In:  data/dedup/S.parquet (+ data/dedup/X.parquet of W's sources, data/clean/rules.json)
+Out: data/prefilter/S.parquet = the kept rows + `position` (the row's place in data/dedup/S.parquet:
+     what `rows: [a, b]` ranges and split.method shuffle count in), S.removed.parquet, S.report.json
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import typer
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import check_table, read_parquet, write_json, write_parquet
+from scripts.lib.params import Component, DedupStep, load_params, parse, Split
+
+
+def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
+    """(release, component, step) for every before_generate step on `source`, in params order."""
+    from scripts.release import resolve_recipe
+
+    found = []
+    for name in releases:
+        for component in resolve_recipe(name, releases).own_components:
+            if component.source != source:
+                continue
+            found += [(name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate]
+    return found
+
+
+def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(position=np.arange(len(rows), dtype=np.int64))
+
+
+def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]], reference, keep) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept rows, removed rows with `reason`): each step drops the rows in its component's range whose
+    text near-duplicates the reference release's split. reference(name) -> rows; keep as in release.Ops."""
+    rows = rows if "position" in rows else with_positions(rows)
+    drop = np.zeros(len(rows), dtype=bool)
+    reasons = np.full(len(rows), "", dtype=object)
+    for name, component, step in steps:
+        start, stop = component.row_range()
+        inside = ((rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))).to_numpy() & ~drop
+        ref = reference(step.reference)
+        ref_texts = ref.loc[ref["split"] == step.against, "text"].astype(str).tolist()
+        index = np.flatnonzero(inside)
+        if not len(index) or not ref_texts:
+            continue
+        texts = rows["text"].astype(str).to_numpy()[index].tolist()
+        if step.match == "exact":
+            seen = {t.strip() for t in ref_texts}
+            kept = np.array([t not in seen for t in texts], dtype=bool)
+        else:
+            kept = np.asarray(keep(texts, None, step, ref_texts), dtype=bool)
+        drop[index[~kept]] = True
+        reasons[index[~kept]] = f"cross_dedup:{step.reference}:{step.against}"
+    return rows[~drop].reset_index(drop=True), rows[drop].assign(reason=reasons[drop]).reset_index(drop=True)
+
+
+def text_loader(dedup_dir: Path, split_params: Split, prefiltered: set[str]):
+    """load_split for release.compose from the text tables upstream of generation: data/dedup/X.parquet,
+    split by split.py's own draw (the same rows, order and ids split@X sees for a pass-through X)."""
+    from scripts.release import ROW_COLUMNS
+    from scripts.split import assign_splits
+
+    cache: dict[str, pd.DataFrame] = {}
+
+    def load_split(source: str, split: str) -> pd.DataFrame:
+        if source in prefiltered:
+            raise DataError(f"params.yaml: a before_generate step's reference release reads source {source!r}, which "
+                            "has before_generate steps itself (its rows would depend on this stage's output)")
+        if source not in cache:
+            path = dedup_dir / f"{source}.parquet"
+            rows = with_positions(read_parquet(path))
+            check_table(rows, path, strings=("id", "text", "prompt"), unique="id")
+            drawn = assign_splits(rows, split_params.validation_fraction, split_params.seed, split_params.method,
+                                  rows["position"])
+            cache[source] = rows.assign(split=drawn, source=source, orig_text=rows["prompt"], image="", width=pd.NA, height=pd.NA)
+        rows = cache[source]
+        return rows.loc[rows["split"] == split, ROW_COLUMNS + ["position"]].reset_index(drop=True)
+
+    return load_split
+
+
+def cli(
+    source: str = typer.Argument(..., help="source name in params.yaml: sources"),
+    input: Path = typer.Argument(..., help="data/dedup/S.parquet"),
+    output: Path = typer.Argument(..., help="data/prefilter/S.parquet (S.removed.parquet, S.report.json beside it)"),
+    dedup_dir: Path = typer.Option(Path("data/dedup"), "--dedup-dir", help="text tables of the reference's sources"),
+    rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
+) -> None:
+    """Drop a source's rows that a release removes before generation (cross-dedup against a built release)."""
+    from scripts.release import Ops, cleaner, deduper, output_rows, resolve_recipe
+
+    params = load_params()
+    releases = params.get("releases") or {}
+    rows = with_positions(read_parquet(input))
+    check_table(rows, input, strings=("id", "text"), unique="id")
+    steps = before_generate_steps(source, releases)
+    prefiltered = {c.source for name in releases for c in resolve_recipe(name, releases).own_components
+                   if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
+    split_params = parse(Split, params.get("split") or {}, at=("split",))
+    ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
+              deduper(params.get("dedup")), built={})
+
+    def reference(name: str) -> pd.DataFrame:
+        return output_rows(resolve_recipe(name, releases), ops)
+
+    kept, removed = prefilter(rows, steps, reference, ops.keep)
+    stem = output.name.removesuffix(".parquet")
+    write_parquet(kept, output)
+    write_parquet(removed, output.parent / f"{stem}.removed.parquet")
+    report = {"source": source, "rows_in": int(len(rows)), "kept": int(len(kept)), "removed": int(len(removed)),
+              "steps": [{"release": n, "rows": c.rows, "reference": s.reference, "against": s.against,
+                         "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum())}
+                        for n, c, s in steps]}
+    write_json(report, output.parent / f"{stem}.report.json")
+    print(f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed before generation")

@@ -1,0 +1,165 @@
+"""`datasets.load_dataset(<release folder>)` loads a release in every export layout with an image feature
+and a text feature (issue 16, acceptance 2), offline, with its cache in a temp folder. Each release is
+built by the real `release` stage (in this process) from splits whose images mix PNG and JPEG - the
+case where a WebDataset export had two image columns and a SimpleTuner one had more .txt than images."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, cli
+from scripts.lib.io import stable_id, write_parquet
+
+SOURCE = "chatgpt"  # a source of params.yaml; its images folder is data/images/chatgpt
+TEXTS = {"train": [f"a {c} cat sitting on a {t} chair" for c, t in zip(["red", "blue", "green", "grey", "black"],
+                                                                          ["wooden", "plastic", "metal", "velvet", "wicker"])],
+         "validation": ["an owl at night in the rain", "a lighthouse in a storm"]}
+
+
+def make_workspace(root, export) -> None:
+    """params.yaml (this repo's, one release r1 with `export`) and data/splits/chatgpt/{train,validation}.parquet
+    whose rows alternate real PNG and JPEG images of different sizes."""
+    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
+    params["releases"] = {"r1": {"components": [{"source": SOURCE, "split": "train", "into": "train"},
+                                                {"source": SOURCE, "split": "validation", "into": "validation"}],
+                                 "export": export}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    images = root / "data" / "images" / SOURCE
+    images.mkdir(parents=True)
+    for split, texts in TEXTS.items():
+        records = []
+        for i, text in enumerate(texts):
+            row_id = stable_id(SOURCE, f"{split}{i}")
+            kind = ("PNG", "png") if i % 2 == 0 else ("JPEG", "jpg")
+            size = (24 + 8 * i, 16 + 4 * i)
+            Image.new("RGB", size, (40 * i % 256, 120, 200)).save(images / f"{row_id}.{kind[1]}", format=kind[0])
+            records.append({"id": row_id, "source": SOURCE, "split": split, "text": text, "orig_text": text.upper(),
+                            "image": f"data/images/{SOURCE}/{row_id}.{kind[1]}", "width": size[0], "height": size[1]})
+        table = pd.DataFrame(records).astype({"width": "Int64", "height": "Int64"})
+        write_parquet(table, root / "data" / "splits" / SOURCE / f"{split}.parquet")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and no cache outside the test's folder."""
+    for name, value in (("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"), ("HF_HOME", str(tmp_path / "hf-home"))):
+        monkeypatch.setenv(name, value)
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+    return tmp_path / "hf-cache"
+
+
+# export -> (image column, text column): webdataset columns are named by member extension
+LAYOUTS = {
+    "imagefolder": ("imagefolder", "image", "text"),
+    "webdataset": ({"format": "webdataset", "shard_size": 3}, "png", "txt"),
+    "webdataset-jpg": ({"format": "webdataset", "shard_size": 3, "image_format": "jpg"}, "jpg", "txt"),
+    "simpletuner": ("simpletuner", "image", "text"),
+    "parquet": ({"format": "parquet", "shard_size": 3}, "image", "text"),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_load_dataset_reads_every_export_layout(tmp_path, monkeypatch, capfd, offline, layout):
+    import datasets
+
+    export, image_column, text_column = LAYOUTS[layout]
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_workspace(root, export)
+    result = cli(["release", "r1", "data/splits", "data/releases/r1"], root, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+
+    loaded = datasets.load_dataset(str(root / "data" / "releases" / "r1"), cache_dir=str(offline))
+    assert {split: len(part) for split, part in loaded.items()} == {s: len(t) for s, t in TEXTS.items()}
+    rows = pd.read_parquet(root / "data" / "releases" / "r1" / "rows.parquet").set_index("id")
+    for split, part in loaded.items():
+        assert isinstance(part.features[image_column], datasets.Image)
+        assert part.features[text_column].dtype == "string"
+        texts = sorted(t.strip() for t in part[text_column])  # webdataset's .txt ends with a newline
+        assert texts == sorted(TEXTS[split])
+        for sample in part:
+            image = sample[image_column]
+            text = sample[text_column].strip()
+            row = rows[(rows["text"] == text) & (rows["split"] == split)].iloc[0]
+            assert image.size == (row["width"], row["height"])
+            source = Image.open(next((root / "data" / "images" / SOURCE).glob(f"{row.name}.*")))
+            if image_column != "jpg" or source.format == "JPEG":
+                # every layout keeps each image's pixels, but a jpg webdataset's PNGs (re-encoded)
+                assert image.convert("RGB").tobytes() == source.convert("RGB").tobytes()
+
+
+def test_simpletuner_release_parquet_and_backend_agree_with_the_images(tmp_path, monkeypatch, capfd):
+    import json
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_workspace(root, "simpletuner")
+    assert cli(["release", "r1", "data/splits", "data/releases/r1"], root, monkeypatch, capfd).returncode == 0
+    release = root / "data" / "releases" / "r1"
+    for split in TEXTS:
+        (entry, _), = [json.loads((release / split / "multidatabackend.json").read_text())]
+        table = pd.read_parquet(release / entry["parquet"]["path"])  # paths relative to the release folder
+        assert sorted(table["caption"]) == sorted(TEXTS[split])
+        for row in table.itertuples():
+            image = release / entry["instance_data_dir"] / row.filename
+            with Image.open(image) as opened:
+                assert opened.size == (row.width, row.height)
+            assert image.with_suffix(".txt").read_text(encoding="utf-8") == row.caption
+    card = (release / "README.md").read_text(encoding="utf-8")
+    assert "train/metadata.jsonl" in card and "train/**" not in card
+    with Image.open(io.BytesIO((release / "preview.jpg").read_bytes())) as sheet:
+        assert sheet.format == "JPEG"
+
+    # the config SimpleTuner is given: absolute paths, caches outside the release
+    out = tmp_path / "backend.json"
+    result = cli(["simpletuner-config", "data/releases/r1/train", out, "--cache-dir", tmp_path / "st-cache"], root, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    entry, text_entry = json.loads(out.read_text())
+    assert entry["cache_dir_vae"].startswith(str(tmp_path / "st-cache")) and text_entry["cache_dir"].startswith(str(tmp_path / "st-cache"))
+    filenames = set(pd.read_parquet(entry["parquet"]["path"])["filename"])
+    assert simpletuner_identifiers(entry["instance_data_dir"]) == filenames == set(
+        pd.read_parquet(release / "train" / "simpletuner.parquet")["filename"])
+    assert not simpletuner_identifiers("data/releases/r1/train", cwd=root) & filenames  # why relative paths will not do
+    inside = cli(["simpletuner-config", "data/releases/r1/train", "data/releases/r1/x.json"], root, monkeypatch, capfd)
+    assert inside.returncode == 2 and "inside the release folder" in inside.stderr
+
+
+def simpletuner_identifiers(instance_data_dir: str, cwd=None) -> set[str]:
+    """What SimpleTuner's parquet metadata backend looks up for each image (bghira/SimpleTuner,
+    simpletuner/helpers/data_backend/local.py list_files: `str(path.absolute())` of an rglob under
+    instance_data_dir; helpers/metadata/backends/parquet.py: `filename.replace(instance_data_dir, "")`,
+    a leading "/" dropped, the extension kept with identifier_includes_extension)."""
+    import os
+    from pathlib import Path
+
+    root = Path(cwd or os.getcwd())
+    folder = Path(instance_data_dir) if Path(instance_data_dir).is_absolute() else root / instance_data_dir
+    listed = [str(p.absolute()) for ext in ("png", "jpg", "jpeg", "webp") for p in folder.rglob(f"*.{ext}")]
+    return {name.replace(instance_data_dir, "").removeprefix("/") for name in listed}
+
+
+def test_publish_reads_rows_parquet_so_a_shard_release_publishes_too(tmp_path, monkeypatch, capfd, offline):
+    import datasets
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_workspace(root, {"format": "webdataset", "shard_size": 3})
+    assert cli(["release", "r1", "data/splits", "data/releases/r1"], root, monkeypatch, capfd).returncode == 0
+    result = cli(["publish", "r1", "--repo-id", "me/r1", "--dry-run", "--out", "hub"], root, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    loaded = datasets.load_dataset("parquet", data_dir=str(root / "hub" / "data"), cache_dir=str(offline))
+    rows = pd.read_parquet(root / "data" / "releases" / "r1" / "rows.parquet").set_index("id")
+    for split, part in loaded.items():
+        assert isinstance(part.features["image"], datasets.Image) and sorted(part["text"]) == sorted(TEXTS[split])
+        for sample in part:
+            source = Image.open(next((root / "data" / "images" / SOURCE).glob(f"{sample['id']}.*")))
+            assert sample["image"].convert("RGB").tobytes() == source.convert("RGB").tobytes()
+            assert rows.at[sample["id"], "image"].startswith(f"{split}/shard-")
