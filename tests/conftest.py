@@ -8,10 +8,12 @@ a push to S3) works on `work_copy(...)` (git clone + hardlinked DVC cache), and 
 the end of the session that no test changed it.
 
 Tests that need it are marked `slow` automatically and run last; when any is selected, the build
-starts in the background as soon as collection ends (a serial chain of stage processes: it leaves a
-core to the other tests) and the first test that needs it waits for it. While iterating on slow
-tests, T2I_TESTS_HISTORY=DIR reuses a replay made earlier with
-`python -m scripts replay-history DIR/repo --remote DIR/remote` (CI never sets it).
+starts in the background as soon as collection ends (a serial chain of stage processes) and the first
+test that needs it waits for it. The suite runs in pytest-xdist workers (pytest.ini: one per core, at
+most 4): the first worker whose tests need the build starts it in a folder the controller named, and
+every worker reads that one build. While iterating on slow tests, T2I_TESTS_HISTORY=DIR reuses a
+replay made earlier with `python -m scripts replay-history DIR/repo --remote DIR/remote` (CI never
+sets it); `-n 0` runs in one process.
 
 Tests that exercise `python -m scripts` for its exit code and error line call `cli(...)` (the same
 `scripts.cli.main`, in this process); a few subprocess smoke tests keep the real process path tested.
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -81,7 +84,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=run_order)  # stable: file order otherwise
 
 
-_BUILD: dict = {}  # the background replay: root, proc, log
+_BUILD: dict = {}  # the background replay this process started: root, proc
+SHARED_ENV = "T2I_TESTS_HISTORY_SHARED"  # pytest-xdist: the folder every worker's session build lives in
+
+
+@pytest.hookimpl(trylast=True)  # after the tmpdir plugin made its factory
+def pytest_configure(config):
+    """Under pytest-xdist the controller names one folder for the build (its workers inherit it): the
+    first worker whose tests need the build starts it there, the others wait for its exit status."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    os.environ[SHARED_ENV] = str(config._tmp_path_factory.getbasetemp() / "history")
 
 
 def pytest_collection_finish(session):
@@ -91,24 +104,63 @@ def pytest_collection_finish(session):
         _start_history_build(session.config)
 
 
-def _start_history_build(config) -> None:
-    factory = getattr(config, "_tmp_path_factory", None)  # pytest's tmp_path_factory, before any fixture
-    root = factory.mktemp("history") if factory is not None else Path(tempfile.mkdtemp(prefix="history"))
-    src = copy_repo(root / "src")
-    log = open(root / "replay.log", "w")  # noqa: SIM115 - closed when the build is awaited or killed
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", "replay-history", str(root / "repo"), "--remote",
-                             str(root / "remote")], cwd=src, env=env(), stdout=log, stderr=subprocess.STDOUT,
+def _start_history_build(config) -> Path:
+    """Start the build once per session (per xdist run: once for all workers); return its folder."""
+    if _BUILD:
+        return _BUILD["root"]
+    if os.environ.get(SHARED_ENV):
+        root = Path(os.environ[SHARED_ENV])
+        try:
+            root.mkdir()  # atomic: exactly one worker gets to build
+        except FileExistsError:
+            return root
+    else:
+        factory = getattr(config, "_tmp_path_factory", None)  # pytest's tmp_path_factory, before any fixture
+        root = factory.mktemp("history") if factory is not None else Path(tempfile.mkdtemp(prefix="history"))
+    src = copy_repo(root / "src.tmp")
+    src = src.rename(root / "src")  # complete: another worker may now read it (history_soon)
+    replay = [sys.executable, "-m", "scripts", "replay-history", str(root / "repo"), "--remote", str(root / "remote")]
+    # the exit status lands in root/rc, where any process of this session (an xdist worker) can wait for it
+    record = ("import os, subprocess, sys\nwith open(sys.argv[1] + '/replay.log', 'w') as log:\n"
+              "    code = subprocess.call(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT)\n"
+              "open(sys.argv[1] + '/rc.tmp', 'w').write(str(code))\nos.replace(sys.argv[1] + '/rc.tmp', sys.argv[1] + '/rc')\n")
+    proc = subprocess.Popen([sys.executable, "-c", record, str(root), *replay], cwd=src, env=env(),
                             start_new_session=True)  # its own process group: stoppable with its stage processes
-    _BUILD.update(root=root, proc=proc, log=log)
+    (root / "pgid").write_text(str(proc.pid))
+    _BUILD.update(root=root, proc=proc)
+    return root
+
+
+def _wait_for_build(root: Path) -> None:
+    while not (root / "rc").exists():  # written when the build ends, whichever process started it
+        if (root / "pgid").exists() and not _group_alive(int((root / "pgid").read_text())) and not (root / "rc").exists():
+            pytest.fail("the session build was stopped before it finished")
+        time.sleep(0.5)
+    code = int((root / "rc").read_text())
+    if code != 0:
+        pytest.fail(f"replay-history failed ({code}):\n{(root / 'replay.log').read_text()[-3000:]}")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def pytest_sessionfinish(session):
-    proc = _BUILD.get("proc")
-    if proc is not None and proc.poll() is None:  # interrupted before the build finished
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    if _BUILD.get("log"):
-        _BUILD["log"].close()
+    """Stop a build that is still running when the session ends (interrupted): the process that started
+    it, or under xdist the controller (a worker may finish while another still waits for the build)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    root = Path(os.environ[SHARED_ENV]) if os.environ.get(SHARED_ENV) else _BUILD.get("root")
+    if root is not None and (root / "pgid").exists() and not (root / "rc").exists():
+        pgid = int((root / "pgid").read_text())
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+    if _BUILD.get("proc") is not None:
+        _BUILD["proc"].wait()
 
 
 @pytest.fixture(autouse=True)
@@ -182,10 +234,13 @@ def repo_files() -> list[str]:
 
 
 def copy_repo(dest: Path) -> Path:
-    """A fresh git repository holding this tree, committed, with no DVC outputs or cache."""
+    """A fresh git repository holding this tree, committed, with no DVC outputs or cache (nor the lock,
+    metrics and plot data main commits)."""
+    from scripts.tools.replay_history import built_by_the_pipeline
+
     dest.mkdir(parents=True, exist_ok=True)
     for name in repo_files():
-        if name == "dvc.lock":
+        if built_by_the_pipeline(name):
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -237,13 +292,8 @@ def history(request) -> History:
     if os.environ.get("T2I_TESTS_HISTORY"):
         root = Path(os.environ["T2I_TESTS_HISTORY"])
     else:
-        if not _BUILD:  # not started at collection (a test reached the fixture some other way)
-            _start_history_build(request.config)
-        root, proc = _BUILD["root"], _BUILD["proc"]
-        proc.wait()
-        _BUILD["log"].close()
-        if proc.returncode != 0:
-            pytest.fail(f"replay-history failed ({proc.returncode}):\n{(root / 'replay.log').read_text()[-3000:]}")
+        root = _start_history_build(request.config)  # started at collection, normally
+        _wait_for_build(root)
     repo, remote = root / "repo", root / "remote"
     before = _fingerprint(repo), _fingerprint(remote)
     yield History(repo, remote)
@@ -270,10 +320,52 @@ def history_soon(request, tmp_path_factory) -> PendingHistory:
         src = Path(os.environ["T2I_TESTS_HISTORY"]) / "src"
         src = src if src.is_dir() else copy_repo(tmp_path_factory.mktemp("src") / "src")
     else:
-        if not _BUILD:
-            _start_history_build(request.config)
-        src = _BUILD["root"] / "src"
+        src = _start_history_build(request.config) / "src"
+        while not src.is_dir():  # another xdist worker is copying it
+            time.sleep(0.2)
     return PendingHistory(src, lambda: request.getfixturevalue("history"))
+
+
+@pytest.fixture(scope="session")
+def readme_run(history, tmp_path_factory):
+    """The README's shell and Python blocks run once per session, in order, in a work copy of the build
+    (tests/test_readme.py): (repo, [(block, result)]). Its `dvc exp run -S dedup.threshold=0.8` is also
+    the experiment tests/test_pipeline.py inspects, so the suite runs that whole experiment once."""
+    from test_readme import run_readme_blocks
+
+    def compute(root: Path):
+        repo = work_copy(history.repo, root / "repo")
+        return repo, run_readme_blocks(repo, root)
+
+    return computed_once("readme", compute, tmp_path_factory)
+
+
+def computed_once(name: str, compute: Callable[[Path], object], tmp_path_factory):
+    """compute(folder) once per session: under xdist the first worker to ask computes it in a shared
+    folder and the others wait for its pickled value (a session fixture is otherwise per worker)."""
+    import pickle
+
+    if not os.environ.get(SHARED_ENV):
+        return compute(tmp_path_factory.mktemp(name))
+    root = Path(os.environ[SHARED_ENV]).parent / name
+    try:
+        root.mkdir()
+    except FileExistsError:
+        while not (root / "value.pickle").exists():
+            time.sleep(0.5)
+        value = pickle.loads((root / "value.pickle").read_bytes())
+        if isinstance(value, BaseException):
+            pytest.fail(f"{name}: failed in another worker: {value!r}")
+        return value
+    try:
+        value = compute(root)
+    except BaseException as exc:
+        value = RuntimeError(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        (root / "value.tmp").write_bytes(pickle.dumps(value))
+        os.replace(root / "value.tmp", root / "value.pickle")
+    return value
 
 
 @pytest.fixture(scope="session")

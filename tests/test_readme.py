@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import REPO, env, work_copy
+from conftest import REPO, env
 
 README = REPO / "README.md"
 SHELLS = {"bash", "sh", "shell", "console"}
@@ -89,9 +89,10 @@ def test_docs_use_the_hf_command():
         assert not used, f"{page.name}: {used[0]!r}: use `hf` (e.g. `hf download`)"
 
 
-def test_readme_blocks_run_in_a_copy_of_the_build(history, tmp_path):
-    repo = work_copy(history.repo, tmp_path / "readme")
+def run_readme_blocks(repo, tmp_path) -> list[tuple[Block, subprocess.CompletedProcess]]:
+    """Every block not skipped, in order, in `repo`; stops at the first failure (returned last)."""
     environ = {**env(), "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    results = []
     for number, block in enumerate(readme_blocks(README.read_text(encoding="utf-8"))):
         if block.skip:
             continue
@@ -102,5 +103,17 @@ def test_readme_blocks_run_in_a_copy_of_the_build(history, tmp_path):
         else:
             cmd = ["bash", "--noprofile", "--norc", "-euo", "pipefail", "-c", block.code]
         result = subprocess.run(cmd, cwd=repo, env=environ, capture_output=True, text=True, timeout=900)
+        results.append((block, result))
+        if result.returncode != 0:
+            break
+    return results
+
+
+def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
+    """The session's README run (conftest `readme_run`: a work copy of the build) ran every block."""
+    repo, results = readme_run
+    assert results, "no README block ran"
+    for block, result in results:
         assert result.returncode == 0, (f"README.md:{block.line} ({block.lang}) failed ({result.returncode}):\n{block.code}\n"
                                         f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    assert len(results) == len([b for b in readme_blocks(README.read_text(encoding="utf-8")) if not b.skip])
