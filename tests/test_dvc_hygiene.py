@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run, work_copy
+import shutil
+
+from conftest import REPO, repo_files, run, work_copy
+from scripts.lib import params as P
 from scripts.lib.params import Clean, Dedup, Generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +27,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 # memory only; everything else in these sections changes some output's bytes.
 SPEED = {
     "clean": {"workers"},
-    "dedup": {"workers", "batch_size", "verify_batch"},
+    "dedup": {"workers", "batch_size", "verify_batch", "embedding_batch", "embedding_block", "embedding_device"},
     "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
 }
 
@@ -69,6 +72,37 @@ def test_no_stage_depends_on_a_whole_section_with_speed_keys():
             assert section not in stage_params(name), f"{name} depends on all of `{section}`"
 
 
+def missing_output(dep: str, state: str) -> bool:
+    """A dependency that differs only because the outputs are not there: a deleted one, or a folder of
+    outputs (data/dedup/) holding just its committed metrics."""
+    from scripts.tools.replay_history import built_by_the_pipeline
+
+    return state == "deleted" or (state == "modified" and built_by_the_pipeline(dep.rstrip("/") + "/"))
+
+
+def test_the_committed_dvc_lock_is_this_trees(tmp_path):
+    """main commits dvc.lock, the metrics and the plot data, so every pull request has a base to diff
+    against: the lock must be this tree's. In a copy of the tree (lock and metrics, no outputs, no
+    cache), `dvc status` may only report outputs that are missing, never a changed dependency, param
+    or command, nor a stage the lock lacks. Rebuild with `dvc repro` and commit when it fails."""
+    names = repo_files()
+    assert "dvc.lock" in names, "dvc.lock is not committed"
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    run(["git", "init", "-q", "-b", "main"], tmp_path)
+    status = json.loads(run(["dvc", "status", "--json"], tmp_path).stdout or "{}")
+    stale = {}
+    for stage, changes in status.items():
+        for change in changes:
+            if isinstance(change, str) or "changed params" in change or "changed command" in change:
+                stale[stage] = change
+            elif any(not missing_output(dep, state) for dep, state in change.get("changed deps", {}).items()):
+                stale[stage] = change["changed deps"]
+    assert not stale, f"dvc.lock is stale (run `dvc repro` and commit it): {dict(list(stale.items())[:5])}"
+    assert {p for p in names if p.startswith("data/releases/") and p.endswith("stats.json")}, "no metrics committed"
+
+
 def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
     """clean_rules writes the same file for any clean.workers, and clean@S still gets the workers."""
     from scripts.clean import SPEED_KEYS, cli_rules
@@ -85,7 +119,10 @@ def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
         cli_rules(Path(f"rules-{workers}.json"))
         written.append(Path(f"rules-{workers}.json").read_bytes())
     assert written[0] == written[1]
-    assert set(json.loads(written[0])) == set(Clean.model_fields) - SPEED["clean"]
+    doc = json.loads(written[0])  # the default set's name and every named set once, each fully resolved
+    assert set(doc) == {"rules", "sets"} and doc["rules"] == PARAMS["clean"]["rules"]
+    assert set(doc["sets"]) == set(P.rule_set_names())
+    assert all(set(rules) <= set(P.CleanRules.model_fields) for rules in doc["sets"].values())  # unused rules left out
 
 
 def test_release_card_does_not_name_speed_keys():
