@@ -69,8 +69,10 @@ def run_order(item) -> int:
     """Fast tests first, then slow ones that need no session build (all beside the background build),
     then those that do their own builds before they read the session's (`history_soon`), then those
     that need it from the start."""
+    if "readme_run" in fixtures(item):  # the README's run (long) starts first, is read last
+        return 3 if item.path.name == "test_readme.py" else 5
     if HISTORY_FIXTURES & fixtures(item):
-        return 3
+        return 4
     return 2 if "history_soon" in fixtures(item) else 1 if item.get_closest_marker("slow") else 0
 
 
@@ -385,6 +387,51 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model") / "tiny-sd2"
     save_tiny_model({}, out)
     return out
+
+
+class Loopback:
+    """A threading HTTP server on 127.0.0.1 (a free port) answering with `handler` (a
+    BaseHTTPRequestHandler class); `base_url` is its OpenAI-style root. Close it with close()."""
+
+    def __init__(self, handler: type):
+        from http.server import ThreadingHTTPServer
+        import threading
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
+def send_json(handler, status: int, payload, headers: dict | None = None) -> None:
+    """Reply from a BaseHTTPRequestHandler: `payload` as JSON (or raw bytes); a client that already gave
+    up (a timeout test) is not an error."""
+    import json
+
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(raw)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(raw)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Loopback requests never go through a proxy from the environment."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

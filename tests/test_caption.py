@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +26,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import cli, write_tar
+from conftest import Loopback, cli, send_json, write_tar
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 from scripts.caption import build_request, caption, list_images, parse_params, qa_reason, compile_rules
 from scripts.lib.errors import DataError
 from scripts.lib.params import CaptionEntry
@@ -97,28 +99,13 @@ class VisionServer:
                                  "usage": {"prompt_tokens": 50, "completion_tokens": 10}})
 
             def _send(self, status, payload, headers=None):
-                raw = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(raw)))
-                    for name, value in (headers or {}).items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(raw)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_json(self, status, payload, headers)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.loopback = Loopback(Handler)
+        self.base_url = self.loopback.base_url
 
     def close(self):
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
+        self.loopback.close()
 
 
 @pytest.fixture
@@ -126,12 +113,6 @@ def server():
     vision = VisionServer()
     yield vision
     vision.close()
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def image_bytes(colour: str, fmt: str = "PNG", size: tuple[int, int] = (24, 16)) -> bytes:

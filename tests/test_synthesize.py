@@ -14,13 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from conftest import Loopback, send_json
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.synthesize import (
@@ -37,6 +38,7 @@ from scripts.synthesize import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("no_proxy")
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 API_KEY = "sk-test-DO-NOT-LEAK-4242"
 
@@ -94,27 +96,15 @@ class ChatServer:
                     pass  # the client gave up (timeout test)
 
             def _send(self, status, payload, headers=None):
-                self._send_raw(status, json.dumps(payload).encode(), headers)
+                send_json(self, status, payload, headers)
 
-            def _send_raw(self, status, raw, headers=None):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(raw)
+            _send_raw = _send
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.loopback = Loopback(Handler)
+        self.base_url = self.loopback.base_url
 
     def close(self):
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
+        self.loopback.close()
 
 
 def reply(body: dict) -> dict:
@@ -138,12 +128,6 @@ def server():
     chat = ChatServer()
     yield chat
     chat.close()
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def example_file(tmp_path: Path, n: int = 30) -> Path:
