@@ -8,18 +8,16 @@ import ast
 import configparser
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-import shutil
-
 from conftest import REPO, repo_files, run, work_copy
 from scripts.lib import params as P
 from scripts.lib.params import Clean, Dedup, Generate
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
