@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Self, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
@@ -191,7 +191,6 @@ class ByClause(Section):
 
 
 Phrase = Annotated[str, Field(min_length=1)]  # an empty phrase would match (and drop) every prompt
-RuleName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 CLEAN_RULES_DIR = Path(__file__).resolve().parents[1] / "clean_rules"  # scripts/clean_rules/<name>.yaml
 
 
@@ -212,6 +211,11 @@ def _rule_set_name(value: Any) -> Any:
         hint = f" (did you mean {near[0]!r}?)" if near else f" (shipped: {', '.join(rule_set_names())})"
         raise ValueError(f"unknown cleaning rule set {value!r}{hint}")
     return value
+
+
+# A shipped rule set's name, wherever params name one (clean.rules, sources.S.clean, recipe clean steps)
+RuleName = Annotated[str, BeforeValidator(_rule_set_name),
+                     Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 
 
 class Drops(Section):
@@ -274,11 +278,6 @@ class _CleanChoice(Section):
     rules: RuleName = Field("final", description="the default rule set: final | 2023-04-04 | 2023-03-30 "
                                                  "(scripts/clean_rules/<name>.yaml)")
 
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _known_set(cls, value: Any) -> Any:
-        return _rule_set_name(value)
-
     @model_validator(mode="after")
     def _lengths(self) -> Any:
         # the rule between keys, on the overrides and the named set's own values
@@ -314,11 +313,6 @@ class SourceClean(Section):
     mode: Literal["rewrite", "filter_only", "off"] = Field(
         "rewrite", description="rewrite: drop and rewrite; filter_only: drop, but kept rows keep their raw prompt "
                                "as `text` (the team's v4-a bug); off: every row kept as is")
-
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _known_set(cls, value: Any) -> Any:
-        return _rule_set_name(value)
 
 
 Source.model_rebuild()  # its `clean` field names SourceClean, defined after it
@@ -596,11 +590,6 @@ class CleanStep(Section):
     column: Literal["text", "orig_text"] = Field(
         "text", description="column cleaned: text (what the release holds; the team re-ran preprocess on metadata "
                             "text) | orig_text (the raw prompt)")
-
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _known_set(cls, value: Any) -> Any:
-        return _rule_set_name(value)
 
 
 DEDUP_SCOPES = ("self", "per_split", "after_merge", "against", "validation_vs_train")
