@@ -333,12 +333,7 @@ def _run_step(name: str, params: CaptionEntry, step: int, images: list[ImageInfo
     variant = params.variants[step]
     stored = [build_request(params, step, stored_url(image)) for image in images]
     keys = [cache_key(params.base_url, body) for body in stored]
-    responses: dict[int, dict] = {}
-    for position, key in enumerate(keys):
-        cached = cache.get(key)
-        if cached is not None:
-            responses[position] = cached
-    missing = [position for position in range(len(images)) if position not in responses]
+    responses, missing = cache.lookup(keys)
     if images:
         log(f"caption {name}: {variant}: {len(images)} requests, {len(responses)} cached, {len(missing)} to call")
     if missing and params.offline:

@@ -210,12 +210,7 @@ def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str |
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
     bodies = build_requests(params, pools)
     keys = [cache_key(params.base_url, body) for body in bodies]
-    responses: dict[int, dict] = {}
-    for index, key in enumerate(keys):
-        cached = cache.get(key)
-        if cached is not None:
-            responses[index] = cached
-    missing = [index for index in range(len(bodies)) if index not in responses]
+    responses, missing = cache.lookup(keys)
     log(f"synthesize {name}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
     if missing and params.offline:
         raise DataError(f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "

@@ -349,6 +349,11 @@ class ResponseCache:
             raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
         return response
 
+    def lookup(self, keys: list[str]) -> tuple[dict[int, dict], list[int]]:
+        """The cached responses by position in `keys`, and the positions still to request."""
+        responses = {index: cached for index, key in enumerate(keys) if (cached := self.get(key)) is not None}
+        return responses, [index for index in range(len(keys)) if index not in responses]
+
     def put(self, key: str, base_url: str, body: dict, response: dict) -> None:
         try:
             with self._write_lock:
