@@ -564,7 +564,14 @@ def _language(text: str, seed: int) -> str | None:
     DetectorFactory.seed = seed
     try:
         return detect(text)
-    except LangDetectException:
+    except LangDetectException as exc:
+        if exc.__context__ is not None and not isinstance(exc.__context__, Exception):
+            # langdetect loads its profiles on first use under a bare `except:`, which turns a Ctrl-C into
+            # its own error and keeps the half-loaded profiles: drop them and let the interrupt go on
+            from langdetect import detector_factory
+
+            detector_factory._factory = None
+            raise exc.__context__ from None
         return None
 
 
