@@ -23,7 +23,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import load_section
-from scripts.lib.io import PROMPT_COLUMNS, atomic_path, stable_id, write_json
+from scripts.lib.io import PROMPT_COLUMNS, ParquetRows, atomic_path, stable_id, write_json
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig
@@ -57,45 +57,18 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
     return None
 
 
-class PromptTableWriter:
-    """Buffers rows and writes them to a parquet file in row groups of `batch_rows` (byte-stable)."""
+def prompt_schema():
+    import pyarrow as pa
 
-    def __init__(self, path: Path, batch_rows: int):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.schema = pa.schema([
-            ("id", pa.string()), ("source", pa.string()), ("prompt", pa.string()), ("split", pa.string()),
-            ("image", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("meta", pa.string()),
-        ])
-        assert self.schema.names == PROMPT_COLUMNS
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
-        self.batch_rows = batch_rows
-        self.columns: dict[str, list] = {name: [] for name in PROMPT_COLUMNS}
-        self.rows = 0
-
-    def add(self, row: dict[str, Any]) -> None:
-        for name in PROMPT_COLUMNS:
-            self.columns[name].append(row[name])
-        if len(self.columns["id"]) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-
-        if self.columns["id"]:
-            arrays = [pa.array(self.columns[f.name], f.type) for f in self.schema]
-            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-            self.rows += len(self.columns["id"])
-            for values in self.columns.values():
-                values.clear()
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
+    schema = pa.schema([
+        ("id", pa.string()), ("source", pa.string()), ("prompt", pa.string()), ("split", pa.string()),
+        ("image", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("meta", pa.string()),
+    ])
+    assert schema.names == PROMPT_COLUMNS
+    return schema
 
 
-def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: PromptTableWriter,
+def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: ParquetRows,
               report: dict[str, Any]) -> None:
     """The shared policy: check each record, apply on_error, give it its stable id, write it."""
     from scripts.lib.readers import Problem, Record
@@ -116,11 +89,7 @@ def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig,
             if found is None:
                 row_id = stable_id(source, item.key)
                 ids.append(int(row_id, 16))
-                writer.add({
-                    "id": row_id, "source": source, "prompt": item.prompt,
-                    "split": item.split, "image": item.image, "width": item.width, "height": item.height,
-                    "meta": meta_json,
-                })
+                writer.add(row_id, source, item.prompt, item.split, item.image, item.width, item.height, meta_json)
                 continue
             problem = Problem(item.file or cfg.path, item.where or f"record {item.key!r}", *found)
         else:
@@ -152,11 +121,8 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
                               "rows_read": 0, "rows_written": 0, "skipped": {}}
     info: dict[str, Any] = {}
     with atomic_path(output) as tmp:
-        writer = PromptTableWriter(tmp, cfg.batch_rows)
-        try:
+        with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:
             normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)
-        finally:
-            writer.close()
         report["rows_written"] = writer.rows
         report["skipped"] = dict(sorted(report["skipped"].items()))
         report.update(info)

@@ -251,6 +251,47 @@ def write_parquet(df, path: Path | str) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+class ParquetRows:
+    """A parquet file written row by row, in row groups of `batch_rows` (flat memory, byte-stable).
+
+        with ParquetRows(tmp, schema, 50_000) as table:
+            table.add(value_of_column_1, ...)
+
+    On an error the buffer is dropped, never written: after a Ctrl-C between two columns' appends it is
+    ragged, and the caller's temp file is deleted anyway."""
+
+    def __init__(self, path: Path | str, schema, batch_rows: int):
+        import pyarrow.parquet as pq
+
+        self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
+        self.columns: list[list] = [[] for _ in schema.names]
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def add(self, *values) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+        if len(self.columns[0]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns[0]:
+            arrays = [pa.array(values, field.type) for values, field in zip(self.columns, self.schema)]
+            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self.rows += len(self.columns[0])
+            for values in self.columns:
+                values.clear()
+
+    def __enter__(self) -> "ParquetRows":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.flush()
+        self.writer.close()
+
+
 def read_parquet(path: Path | str):
     """Read a stage's parquet input; a missing input is fatal and names the path."""
     import pandas as pd

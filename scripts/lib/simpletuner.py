@@ -53,36 +53,11 @@ def txt_name(filename: str) -> str:
     return str(path.with_name(path.stem + ".txt")) if path.suffix else filename + ".txt"
 
 
-class TableWriter:
-    """The parquet table, streamed in batches (millions of DALL-E-3 records in flat memory)."""
+def table_writer(path: Path, batch_rows: int = 50_000):
+    """The parquet table (the preset's COLUMNS), streamed: millions of DALL-E-3 records in flat memory."""
+    from scripts.lib.io import ParquetRows
 
-    def __init__(self, path: Path, batch_rows: int = 50_000):
-        import pyarrow.parquet as pq
-
-        self.schema = _schema()
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
-        self.batch_rows, self.rows = batch_rows, 0
-        self.columns: dict[str, list] = {c: [] for c in COLUMNS}
-
-    def add(self, width: int | None, height: int | None, caption: str, filename: str) -> None:
-        for column, value in zip(COLUMNS, (width, height, caption, filename)):
-            self.columns[column].append(value)
-        if len(self.columns["filename"]) >= self.batch_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        import pyarrow as pa
-
-        if self.columns["filename"]:
-            arrays = [pa.array(self.columns[c], self.schema.field(c).type) for c in COLUMNS]
-            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-            self.rows += len(self.columns["filename"])
-            for values in self.columns.values():
-                values.clear()
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
+    return ParquetRows(path, _schema(), batch_rows)
 
 
 def backend_config(dataset_id: str, instance_data_dir: str, parquet_path: str, cache_dir: str,
@@ -128,13 +103,10 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
     split = folder.name
     with atomic_path(folder / PARQUET_NAME) as tmp:
-        table = TableWriter(tmp)
-        try:
+        with table_writer(tmp) as table:
             for row, file_name in placed:
                 (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
                 table.add(_size(row.width), _size(row.height), row.text, file_name)
-        finally:
-            table.close()
     write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache"), folder / CONFIG_NAME)
 
 

@@ -17,7 +17,7 @@ from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BY
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
-from scripts.lib.simpletuner import TableWriter, backend_config, txt_name
+from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -171,8 +171,7 @@ def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_fi
         for key, folder in (("data", data_dir), ("txt", write_txt_dir)):
             if folder is not None:  # entered after the parquet, so replaced before it
                 folders[key] = stack.enter_context(atomic_path(folder, is_dir=True))
-        table = TableWriter(tmp, batch_rows)
-        try:
+        with table_writer(tmp, batch_rows) as table:
             for shard in shards:
                 for sample in iter_dalle3(Path(shard), max_member_bytes, max_image_pixels):
                     stats["rows_read"] += 1
@@ -189,8 +188,6 @@ def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_fi
                         _write_beside(folders["data"], filename, sample.image.read(), caption)
                     if "txt" in folders:
                         _write_beside(folders["txt"], filename, None, caption)
-        finally:
-            table.close()
         stats["rows_written"] = table.rows
         if config is not None:  # entered last: its temp file is renamed first, the parquet last
             data = Path(data_dir).resolve()
