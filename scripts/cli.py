@@ -21,6 +21,7 @@ COMMANDS = {
     "clean-rules": "clean:cli_rules",
     "clean": "clean",
     "dedup": "dedup",
+    "recipes": "recipes",  # each release's and source's share of `releases` (release@V, prefilter@S read it)
     "prefilter": "prefilter",  # prefilter@S: release steps that run before generation
     "generate": "generate",
     "generate-prune": "generate:cli_prune",  # not a stage: shrinks the generation store (docs/generation.md)

@@ -39,6 +39,24 @@ def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Compon
     return found
 
 
+def prefiltered_sources(releases: dict) -> set[str]:
+    """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
+    from scripts.release import resolve_recipe
+
+    return {c.source for name in releases for c in resolve_recipe(name, releases).own_components
+            if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
+
+
+def prefilter_plan(source: str, releases: dict) -> dict:
+    """data/recipes/prefilter/S.json (scripts/recipes.py): the entries of `releases` prefilter@S reads (the
+    releases with a before_generate step on S and what they read) and the sources with such steps."""
+    from scripts.release import releases_read_by
+
+    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
+    return {"prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
+            "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)]}
+
+
 def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(position=np.arange(len(rows), dtype=np.int64))
 
@@ -99,17 +117,22 @@ def cli(
     output: Path = typer.Argument(..., help="data/prefilter/S.parquet (S.removed.parquet, S.report.json beside it)"),
     dedup_dir: Path = typer.Option(Path("data/dedup"), "--dedup-dir", help="text tables of the reference's sources"),
     rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
+    recipe: Path = typer.Option(None, "--recipe", help="data/recipes/prefilter/S.json (default: params.yaml releases)"),
 ) -> None:
     """Drop a source's rows that a release removes before generation (cross-dedup against a built release)."""
     from scripts.release import Ops, cleaner, deduper, output_rows, resolve_recipe
 
     params = load_params()
     releases = params.get("releases") or {}
+    prefiltered = prefiltered_sources(releases)
+    if recipe is not None:  # dvc.yaml: this source's share of `releases` (scripts/recipes.py), checked current
+        from scripts.release import plan_releases, read_plan
+
+        plan = read_plan(recipe, prefilter_plan(source, releases))
+        releases, prefiltered = plan_releases(plan), set(plan["prefiltered"])
     rows = with_positions(read_parquet(input))
     check_table(rows, input, strings=("id", "text"), unique="id")
     steps = before_generate_steps(source, releases)
-    prefiltered = {c.source for name in releases for c in resolve_recipe(name, releases).own_components
-                   if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
     split_params = parse(Split, params.get("split") or {}, at=("split",))
     ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
               deduper(params.get("dedup")), built={})

@@ -24,6 +24,7 @@ bucketed: see scripts/lib/export.py), removed.parquet (every removed row with it
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -112,6 +113,50 @@ def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Re
     if not recipe.own_components and base is None:
         raise DataError(f"params.yaml: releases.{name}: no components")
     return recipe
+
+
+# --- plans: the share of `releases` a stage reads (written by scripts/recipes.py) -------------------
+
+
+def releases_read_by(names: list[str], releases: dict) -> list[str]:
+    """`names` and every release they read (base chains, step references), transitively, in params order."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        recipe = resolve_recipe(name, releases)
+        while recipe is not None:
+            found.add(recipe.name)
+            steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
+            todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
+            recipe = recipe.base
+    return [name for name in releases if name in found]
+
+
+def release_plan(name: str, releases: dict) -> dict:
+    """data/recipes/release/V.json (scripts/recipes.py): the entries of `releases` release@V reads."""
+    return {"releases": [[n, releases[n]] for n in releases_read_by([name], releases)]}
+
+
+def plan_releases(plan: dict) -> dict:
+    """The `releases` mapping a stage reads: the plan's entries, in params order."""
+    return {name: entry for name, entry in plan["releases"]}
+
+
+def read_plan(path: Path, expected: dict) -> dict:
+    """The plan in `path`, refused unless it equals `expected` (computed from params.yaml now)."""
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `dvc repro recipes`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
+    if plan != json.loads(json.dumps(expected)):
+        raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")
+    return plan
 
 
 def _with_shorthand(component: Component) -> Component:
@@ -479,9 +524,13 @@ def cli(
     rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
     positions: Path = typer.Option(Path("data/prefilter"), "--positions",
                                    help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
+    plan: Path = typer.Option(None, "--recipe", help="data/recipes/release/V.json (default: params.yaml releases)"),
 ) -> None:
     """Compose a release from per-source splits by its recipe."""
     params = load_params()
+    if plan is not None:  # dvc.yaml: the releases V reads (scripts/recipes.py), checked current
+        releases = plan_releases(read_plan(plan, release_plan(name, params.get("releases") or {})))
+        params = {**params, "releases": releases}
     recipe = resolve_recipe(name, params.get("releases") or {})
     fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
     from scripts.lib.progress import Progress

@@ -234,6 +234,20 @@ def test_speed_only_params_rerun_nothing(history, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_release_reruns_no_earlier_release_and_no_prefilter(history, tmp_path):
+    """release@V and prefilter@S depend on their own share of `releases` (stage recipes, data/recipes/), not
+    on the whole section: a release appended to params.yaml leaves every earlier one and every prefilter
+    up to date (they all re-ran on each commit of the replay before)."""
+    repo = work_copy(history.repo, tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    params["releases"]["v5"] = {"base": "v4-b", "steps": [{"dedup": {"scope": "after_merge", "threshold": 0.9}}]}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    ran = run(["dvc", "repro", "recipes"], repo).stdout
+    assert "Running stage 'recipes'" in ran
+    assert set(json.loads(run("dvc status --json", repo).stdout)) == {"release@v5", "plots"}
+
+
+@pytest.mark.slow
 def test_threshold_flip_renders_nothing_twice(history, tmp_path):
     """dedup.threshold 0.7 -> 0.8 -> 0.7 on a copy with the DVC cache but no generation store (a fresh
     clone after `dvc pull`): 0.8 renders only rows 0.7 never had, and the way back renders nothing,

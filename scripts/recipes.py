@@ -1,0 +1,43 @@
+"""recipes: the part of params.yaml `releases` each release@V and prefilter@S reads, one file apiece.
+
+    python -m scripts recipes data/recipes
+
+DVC can depend on a params key, but not on "V, its base chain and the releases its steps reference":
+release@V and prefilter@S depended on all of `releases`, so adding a release re-ran every earlier
+release and every prefilter. They depend on their file here instead: adding v4-b re-runs release@v4-b
+only. Each file holds params.yaml entries verbatim (keys sorted), in params order, and the stage that
+reads it checks it against params.yaml (a hand-run stage after an edit fails in one line). What a file
+holds is said next to its reader: `release_plan` (scripts/release.py), `prefilter_plan`
+(scripts/prefilter.py); this stage only writes them.
+
+Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and every step `reference:`,
+                                    transitively
+     data/recipes/prefilter/S.json  releases with a `before_generate` step on S and those they read, and
+                                    the sources that have such steps (their rows cannot be a reference)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from scripts.lib.params import load_params
+
+
+def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
+    """Write each release's and each source's share of params.yaml `releases`."""
+    from scripts.lib.io import atomic_path
+    from scripts.prefilter import prefilter_plan
+    from scripts.release import release_plan
+
+    params = load_params()
+    releases = params.get("releases") or {}
+    plans = {f"release/{name}.json": release_plan(name, releases) for name in releases}
+    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in params.get("sources") or {}})
+    with atomic_path(output, is_dir=True) as tmp:
+        for rel, plan in plans.items():
+            path = tmp / rel
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"recipes: {len(releases)} releases, {len(params.get('sources') or {})} sources -> {output}/")
