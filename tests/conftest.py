@@ -45,6 +45,10 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid"
 # and two cores shared by torch threads and parallel work only slow each other down.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# A suite started from a non-interactive shell's background job inherits SIGINT ignored, and so would every
+# process it starts (an ignored signal stays ignored across exec): the Ctrl-C tests need Python's default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 HISTORY_FIXTURES = {"history", "built_repo"}  # tests using these need the session build: slow
 
 
