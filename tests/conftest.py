@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import time
 import traceback
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,14 +92,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 _BUILD: dict = {}  # the background replay this process started: root, proc
-SHARED_ENV = "T2I_TESTS_HISTORY_SHARED"  # pytest-xdist: the folder every worker's session build lives in
+SHARED_ENV = "T2I_TESTS_HISTORY_SHARED"
+RUN_ID_ENV = "T2I_TESTS_RUN_ID"  # random, one per session: every xdist worker sees the controller's  # pytest-xdist: the folder every worker's session build lives in
 
 
 @pytest.hookimpl(trylast=True)  # after the tmpdir plugin made its factory
 def pytest_configure(config):
-    """Under pytest-xdist the controller names one folder for the build (its workers inherit it): the
-    first worker whose tests need the build starts it there, the others wait for its exit status."""
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+    """The controller draws the session's run id and, under pytest-xdist, names one folder for the build
+    (its workers inherit both): the first worker whose tests need the build starts it there, the others
+    wait for its exit status."""
+    if hasattr(config, "workerinput"):
+        return
+    os.environ.setdefault(RUN_ID_ENV, uuid.uuid4().hex)
+    if not getattr(config.option, "numprocesses", None):
         return
     os.environ[SHARED_ENV] = str(config._tmp_path_factory.getbasetemp() / "history")
 
@@ -272,12 +278,13 @@ def work_copy(src: Path, dest: Path, rev: str | None = None, checkout: bool = Tr
 
 
 def _fingerprint(repo: Path) -> dict[str, tuple[int, int]]:
-    """Every file of a repository with its size and mtime; not .dvc/tmp (DVC's locks and state) nor
-    .git/index (git refreshes its stat cache on a read-only `git status`)."""
+    """Every file of a repository with its size and mtime; not .dvc/tmp (DVC's locks and state), .git/index
+    (git refreshes its stat cache on a read-only `git status`) nor __pycache__ (Python's bytecode cache of
+    scripts/, written by any `python -m scripts` run there: gitignored, not data)."""
     skip = {repo / ".dvc" / "tmp"}
     files = {}
     for root, dirs, names in os.walk(repo):
-        dirs[:] = [d for d in dirs if Path(root, d) not in skip]
+        dirs[:] = [d for d in dirs if Path(root, d) not in skip and d != "__pycache__"]
         for name in names:
             if name == "index" and root == str(repo / ".git"):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env, run, work_copy
+from conftest import RUN_ID_ENV, computed_once, env, run, work_copy
 
 # Fake credentials moto accepts, made up per run so no file (this one included) holds them: a test
-# can then grep logs and git history for them.
-ACCESS_KEY = "AKIA" + uuid.uuid4().hex[:16].upper()
-SECRET_KEY = "trust-secret-" + uuid.uuid4().hex
+# can then grep logs and git history for them. One value per session (conftest RUN_ID_ENV): under
+# xdist one worker pushes the built pipeline and the others check what it wrote.
+_RUN = hashlib.sha256((os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex).encode()).hexdigest()
+ACCESS_KEY = "AKIA" + _RUN[:16].upper()
+SECRET_KEY = "trust-secret-" + _RUN[16:48]
 MOTO_ACCOUNT = "123456789012"
 
 
@@ -209,23 +212,27 @@ def test_small_repo_round_trip(tmp_path, s3_server, bucket):
 @pytest.fixture(scope="module")
 def pushed_and_pulled(history, tmp_path_factory):
     """The built pipeline pushed to S3 (credentials in config.local) from a work copy of the session build
-    (clone + its cache, no workspace: a push reads the cache) and pulled into a fresh clone of that."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = S3Server().start()
-    try:
-        name = f"t2i-{uuid.uuid4().hex[:12]}"
-        server.client().create_bucket(Bucket=name)
-        tmp = tmp_path_factory.mktemp("s3")
-        repo = work_copy(history.repo, tmp / "repo", checkout=False)
-        add_s3_remote(repo, server, name)
-        pushed = dvc(["push", "-v"], repo)
-        remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
-        clone = fresh_clone(repo, tmp / "clone")
-        dvc(["pull"], clone, with_credentials=True)
-        yield {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
-               "remote_status": remote_status}
-    finally:
-        server.stop()
+    (clone + its cache, no workspace: a push reads the cache) and pulled into a fresh clone of that.
+    Once per session (conftest computed_once): under xdist one worker pushes, the others read the result."""
+
+    def push_and_pull(tmp):
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        server = S3Server().start()
+        try:
+            name = f"t2i-{uuid.uuid4().hex[:12]}"
+            server.client().create_bucket(Bucket=name)
+            repo = work_copy(history.repo, tmp / "repo", checkout=False)
+            add_s3_remote(repo, server, name)
+            pushed = dvc(["push", "-v"], repo)
+            remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
+            clone = fresh_clone(repo, tmp / "clone")
+            dvc(["pull"], clone, with_credentials=True)
+            return {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
+                    "remote_status": remote_status}
+        finally:
+            server.stop()
+
+    return computed_once("s3-pushed-and-pulled", push_and_pull, tmp_path_factory)
 
 
 def test_built_pipeline_push_keeps_secrets_out(pushed_and_pulled):
