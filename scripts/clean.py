@@ -553,9 +553,12 @@ def _cut_at(text: str, index: int) -> str:
     return text[:-1] if text.endswith(",") else text
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _language(text: str, seed: int) -> str | None:
     """langdetect's guess, seeded (DetectorFactory.seed) so it is the same on every run; None when it
-    finds nothing to read (the reference caught that exception)."""
+    finds nothing to read (the reference caught that exception). A seeded guess is a function of the
+    text, so it is kept: composing a release re-cleans its base chain's rows, and langdetect takes ~5 ms
+    a prompt (an interrupt is an exception, never kept)."""
     try:
         from langdetect import DetectorFactory, detect
         from langdetect.lang_detect_exception import LangDetectException

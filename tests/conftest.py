@@ -389,15 +389,19 @@ def built_repo(history) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """The tiny SD2-architecture model, built once per test session (single-threaded, as in CI)."""
-    import torch
+    """The tiny SD2-architecture model, built once per test session (single-threaded, as in CI; under xdist by
+    one worker, computed_once). Read-only: a test that changes a model works on its own copy."""
 
-    from scripts.tiny_model import save_tiny_model
+    def build(root: Path) -> Path:
+        import torch
 
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("model") / "tiny-sd2"
-    save_tiny_model({}, out)
-    return out
+        from scripts.tiny_model import save_tiny_model
+
+        torch.set_num_threads(1)
+        save_tiny_model({}, root / "tiny-sd2")
+        return root / "tiny-sd2"
+
+    return computed_once("tiny-model", build, tmp_path_factory)
 
 
 class Loopback:
