@@ -70,12 +70,22 @@ def uses_history(item) -> bool:
     return bool({"history_soon", *HISTORY_FIXTURES} & fixtures(item))
 
 
+# Values built once per session from the build (computed_once): the test named here builds it and runs
+# first among the build's readers; every other test reading it runs last, so that no xdist worker sits
+# waiting while another computes it (the last CI run: 28 s of one worker idle on the S3 push).
+COMPUTED_BY = {
+    "readme_run": "tests/test_readme.py::test_readme_blocks_run_in_a_copy_of_the_build",
+    "pushed_and_pulled": "tests/test_s3_remote.py::test_built_pipeline_push_keeps_secrets_out",
+}
+
+
 def run_order(item) -> int:
     """Fast tests first, then slow ones that need no session build (all beside the background build),
     then those that do their own builds before they read the session's (`history_soon`), then those
-    that need it from the start."""
-    if "readme_run" in fixtures(item):  # the README's run (long) starts first, is read last
-        return 3 if item.path.name == "test_readme.py" else 5
+    that need it from the start (those that compute a shared value first, its other readers last)."""
+    for fixture, first in COMPUTED_BY.items():
+        if fixture in fixtures(item):
+            return 3 if item.nodeid == first else 5
     if HISTORY_FIXTURES & fixtures(item):
         return 4
     return 2 if "history_soon" in fixtures(item) else 1 if item.get_closest_marker("slow") else 0
