@@ -122,14 +122,13 @@ def cli(
     """Drop a source's rows that a release removes before generation (cross-dedup against a built release)."""
     from scripts.release import Ops, cleaner, deduper, output_rows, resolve_recipe
 
-    params = load_params()
-    releases = params.get("releases") or {}
-    prefiltered = prefiltered_sources(releases)
-    if recipe is not None:  # dvc.yaml: this source's share of `releases` (scripts/recipes.py), checked current
-        from scripts.release import plan_releases, read_plan
+    from scripts.release import check_plan, plan_releases
 
-        plan = read_plan(recipe, prefilter_plan(source, releases))
-        releases, prefiltered = plan_releases(plan), set(plan["prefiltered"])
+    params = load_params()
+    reads = prefilter_plan(source, params.get("releases") or {})
+    if recipe is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
+        check_plan(recipe, reads)
+    releases, prefiltered = plan_releases(reads), set(reads["prefiltered"])  # what S's steps read, no more
     rows = with_positions(read_parquet(input))
     check_table(rows, input, strings=("id", "text"), unique="id")
     steps = before_generate_steps(source, releases)

@@ -146,8 +146,8 @@ def plan_releases(plan: dict) -> dict:
     return {name: entry for name, entry in plan["releases"]}
 
 
-def read_plan(path: Path, expected: dict) -> dict:
-    """The plan in `path`, refused unless it equals `expected` (computed from params.yaml now)."""
+def check_plan(path: Path, expected: dict) -> None:
+    """Refuse the plan file DVC gave a stage unless it holds `expected` (computed from params.yaml now)."""
     try:
         plan = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -156,7 +156,6 @@ def read_plan(path: Path, expected: dict) -> dict:
         raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
     if plan != json.loads(json.dumps(expected)):
         raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")
-    return plan
 
 
 def _with_shorthand(component: Component) -> Component:
@@ -528,10 +527,11 @@ def cli(
 ) -> None:
     """Compose a release from per-source splits by its recipe."""
     params = load_params()
-    if plan is not None:  # dvc.yaml: the releases V reads (scripts/recipes.py), checked current
-        releases = plan_releases(read_plan(plan, release_plan(name, params.get("releases") or {})))
-        params = {**params, "releases": releases}
-    recipe = resolve_recipe(name, params.get("releases") or {})
+    reads = release_plan(name, params.get("releases") or {})
+    if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
+        check_plan(plan, reads)
+    params = {**params, "releases": plan_releases(reads)}  # the releases V reads, and no other
+    recipe = resolve_recipe(name, params["releases"])
     fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
     from scripts.lib.progress import Progress
 
