@@ -120,9 +120,7 @@ def cli(
     recipe: Path = typer.Option(None, "--recipe", help="data/recipes/prefilter/S.json (default: params.yaml releases)"),
 ) -> None:
     """Drop a source's rows that a release removes before generation (cross-dedup against a built release)."""
-    from scripts.release import Ops, cleaner, deduper, output_rows, resolve_recipe
-
-    from scripts.release import check_plan, plan_releases
+    from scripts.release import Ops, check_plan, cleaner, deduper, output_rows, plan_releases, resolve_recipe
 
     params = load_params()
     reads = prefilter_plan(source, params.get("releases") or {})
