@@ -999,6 +999,26 @@ class Preview(Section):
         return self
 
 
+# --- runtime: speed only (scripts/lib/ray_engine.py and the stages that run on an engine) --------------
+
+class Runtime(Section):
+    """How a stage runs, never what it writes: every output is byte-identical for any value here, so no
+    stage lists this section in dvc.yaml and switching engines reruns nothing (tests prove it)."""
+
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: this machine's processes | ray: Ray Data (dedup, clean) and a Ray actor pool (generate)")
+    ray_address: Optional[NonEmpty] = Field(
+        None, description="null starts a local Ray for the run; \"auto\" or ray://host:port joins a running cluster")
+    workers: int = Field(0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU")
+    batch_rows: int = Field(
+        20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)")
+    partitions: int = Field(
+        0, ge=0, le=1_000_000, description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker)")
+    object_store_mb: Optional[int] = Field(
+        None, ge=64, le=10_000_000, description="ray, local instance only: object store size in MiB (null: Ray's default); "
+                                                "blocks beyond it spill to disk")
+
+
 # --- the whole file -------------------------------------------------------------------------------
 
 class Params(Section):
@@ -1015,6 +1035,7 @@ class Params(Section):
     synthesize: Optional[dict[str, SynthesizeEntry]] = Field(None, description="prompts from a chat model")
     caption: Optional[dict[str, CaptionEntry]] = Field(None, description="image captions from vision models")
     preview: Optional[Preview] = Field(None, description="contact sheets, previews and plots")
+    runtime: Optional[Runtime] = Field(None, description="speed only: engine, workers, batch sizes")
 
     @field_validator("sources", "releases", "synthesize", "caption", mode="before")
     @classmethod
@@ -1039,7 +1060,7 @@ ENTRY_SECTIONS = ("sources", "releases", "synthesize", "caption")  # name -> mod
 SECTION_MODELS: dict[str, type[Section]] = {
     "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "tiny_encoder": TinyEncoder, "generate": Generate,
     "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "caption": CaptionEntry,
-    "preview": Preview,
+    "preview": Preview, "runtime": Runtime,
 }
 
 

@@ -1,0 +1,42 @@
+"""Ray for the stages that run on `runtime.engine: ray`: one session per command, shut down on any exit.
+
+The stages hand Ray Data the same batch functions the local engine calls; this module only starts and
+stops Ray and turns its failures into one-line DataErrors.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from scripts.lib.errors import DataError
+from scripts.lib.params import Runtime
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def ray_session(runtime: Runtime) -> Iterator[object]:
+    """`ray`, initialised for `runtime` (a local instance, or the cluster at `ray_address`), shut down on
+    the way out, a Ctrl-C included, when this call started it."""
+    try:
+        import ray
+    except ImportError:
+        raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+        options: dict = {"include_dashboard": False, "log_to_driver": False,
+                         "runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}  # workers import scripts.*
+        if runtime.ray_address is None and runtime.object_store_mb is not None:
+            options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
+        try:
+            ray.init(address=runtime.ray_address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise DataError(f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({exc})") from None
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
