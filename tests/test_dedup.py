@@ -18,7 +18,7 @@ import pytest
 from scripts.lib import minhash as mh
 from scripts.lib.errors import DataError
 from scripts.dedup import DedupParams, Index, banding, build_index, dedup_against, dedup_self, near_duplicate_mask
-from scripts.lib.params import Dedup, parse
+from scripts.lib.params import Dedup, Runtime, parse
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -104,7 +104,7 @@ def _check_properties(result, sets, pairs, threshold):
         d = int(result.duplicate_of[i])
         assert keep[d], f"row {i} points at removed row {d}"
         j = _jaccard(sets[i], sets[d])
-        assert j >= threshold and result.jaccard[i] == pytest.approx(j, abs=1e-12)
+        assert j >= threshold and result.similarity[i] == pytest.approx(j, abs=1e-12)
     assert (result.duplicate_of[keep] == -1).all()
 
 
@@ -253,9 +253,9 @@ def test_results_are_identical_across_processes_with_different_hash_seeds(prompt
 
 
 def test_batch_size_and_worker_processes_do_not_change_the_result(prompts):
-    a = dedup_self(prompts, None, DedupParams(batch_size=20_000))
-    b = dedup_self(prompts, None, DedupParams(batch_size=97))
-    c = dedup_self(prompts, None, DedupParams(batch_size=700, workers=2, verify_batch=50))
+    a = dedup_self(prompts, None, DedupParams(), Runtime(batch_rows=20_000))
+    b = dedup_self(prompts, None, DedupParams(), Runtime(batch_rows=97))
+    c = dedup_self(prompts, None, DedupParams(), Runtime(batch_rows=700, workers=2, verify_pairs=50))
     for other in (b, c):
         assert np.array_equal(a.keep, other.keep) and np.array_equal(a.duplicate_of, other.duplicate_of)
     assert a.stats == c.stats
@@ -305,7 +305,7 @@ def test_none_of_pair_removes_both_members_of_every_near_duplicate_pair(prompts)
     for i in paired:  # each removed row points at its most similar partner, which is removed too
         d = int(result.duplicate_of[i])
         assert not result.keep[d] and d != i
-        assert result.jaccard[i] == pytest.approx(_jaccard(sets[i], sets[d])) == pytest.approx(best[i])
+        assert result.similarity[i] == pytest.approx(_jaccard(sets[i], sets[d])) == pytest.approx(best[i])
     assert result.stats["kept"] == len(texts) - len(paired)
     first = dedup_self(texts, None, DedupParams(threshold=0.7))
     assert first.stats["clusters"] == result.stats["clusters"] and first.keep.sum() > result.keep.sum()
@@ -364,9 +364,9 @@ def test_cross_dedup_removes_only_new_rows_that_near_duplicate_the_reference(pro
     assert np.array_equal(result.keep, index.query(new).keep)
     assert np.array_equal(result.keep, dedup_against(new, reference, params).keep)
     assert np.array_equal(~result.keep, near_duplicate_mask(new, reference, {"threshold": 0.7}))
-    small_batches = params.replace(workers=2, batch_size=500, verify_batch=30)
-    assert np.array_equal(result.keep, dedup_against(new, loaded, small_batches).keep)
-    assert np.array_equal(result.keep, dedup_against(new, reference, small_batches).keep)
+    small_batches = Runtime(workers=2, batch_rows=500, verify_pairs=30)
+    assert np.array_equal(result.keep, dedup_against(new, loaded, params, small_batches).keep)
+    assert np.array_equal(result.keep, dedup_against(new, reference, params, small_batches).keep)
     with pytest.raises(DataError, match="params differ"):
         dedup_against(new, loaded, params.replace(threshold=0.8))
 
@@ -377,7 +377,7 @@ def test_cross_dedup_removes_only_new_rows_that_near_duplicate_the_reference(pro
     assert len(should_go) >= 390
     for i in np.nonzero(~result.keep)[0]:
         d = int(result.duplicate_of[i])
-        assert _jaccard(new_sets[i], ref_sets[d]) == pytest.approx(result.jaccard[i]) and result.jaccard[i] >= 0.7
+        assert _jaccard(new_sets[i], ref_sets[d]) == pytest.approx(result.similarity[i]) and result.similarity[i] >= 0.7
 
 
 def test_loading_a_broken_index_names_the_missing_file(tmp_path):

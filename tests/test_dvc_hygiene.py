@@ -25,7 +25,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 # memory only; everything else in these sections changes some output's bytes.
 SPEED = {
     "clean": {"workers"},
-    "dedup": {"workers", "batch_size", "verify_batch", "embedding_batch", "embedding_block", "embedding_device"},
+    "dedup": {"embedding_batch", "embedding_block", "embedding_device"},
     "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
 }
 
@@ -124,14 +124,14 @@ def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
 
 
 def test_release_card_does_not_name_speed_keys():
-    """release@V does not depend on dedup.workers/batch_size/verify_batch, so its README.md must not
+    """release@V does not depend on dedup.embedding_batch/_block/_device, so its README.md must not
     print them: a stale card would differ from a rebuild of the same commit."""
     from scripts.release import data_card, resolve_recipe
 
     recipe = resolve_recipe("v2", PARAMS["releases"])
     stats = {"rows": {"train": 1, "validation": 1, "total": 2}, "by_source": {"train": {}, "validation": {}},
              "removed": {"total": 0}}
-    faster = {**PARAMS, "dedup": {**PARAMS["dedup"], "workers": 3, "batch_size": 5, "verify_batch": 7}}
+    faster = {**PARAMS, "dedup": {**PARAMS["dedup"], "embedding_batch": 3, "embedding_block": 5, "embedding_device": "cpu"}}
     assert data_card(recipe, stats, faster) == data_card(recipe, stats, PARAMS)
 
 
@@ -141,8 +141,8 @@ def test_dedup_speed_keys_change_no_result():
     words = ["red", "car", "blue", "sky", "old", "house", "tall", "tree", "by", "the", "river"]
     texts = [" ".join(words[(i * 7 + j) % 11] for j in range(5 + i % 4)) for i in range(120)]
     base = Dedup()
-    results = [dedup_self(texts, None, base.replace(**change))
-               for change in ({}, {"workers": 2, "batch_size": 7}, {"verify_batch": 3, "workers": 1})]
+    results = [dedup_self(texts, None, base, P.Runtime(**change))
+               for change in ({}, {"workers": 2, "batch_rows": 7}, {"verify_pairs": 3, "workers": 1})]
     for other in results[1:]:
         assert (other.keep == results[0].keep).all() and (other.duplicate_of == results[0].duplicate_of).all()
         assert other.stats == results[0].stats
@@ -226,15 +226,14 @@ def set_params(repo: Path, changes: dict[str, object]) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
     for dotted, value in changes.items():
         section, key = dotted.split(".")
-        params[section][key] = value
+        params.setdefault(section, {})[key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
 @pytest.mark.slow
 def test_speed_only_params_rerun_nothing(history, tmp_path):
     repo = work_copy(history.repo, tmp_path / "repo")
-    # verify_batch is not written in params.yaml (`-S +dedup.verify_batch=11` would add it)
-    set_params(repo, {"dedup.workers": 2, "dedup.batch_size": 7, "dedup.verify_batch": 11, "clean.workers": 2,
+    set_params(repo, {"runtime.workers": 2, "runtime.batch_rows": 7, "runtime.verify_pairs": 11, "clean.workers": 2,
                       "generate.batch_size": 3, "generate.writers": 1})
     assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
 

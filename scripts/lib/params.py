@@ -348,11 +348,6 @@ class Dedup(Section):
         0.995, gt=0, lt=1, description="pair recall at exactly the threshold when bands/rows are chosen")
     bucket_window: int = Field(
         64, ge=1, le=4096, description="in an LSH bucket each row is paired with at most this many others (bounded work)")
-    batch_size: int = Field(20_000, ge=1, le=10_000_000, description="texts per signature batch (bounds memory)")
-    verify_batch: int = Field(
-        500_000, ge=1, le=100_000_000, description="candidate pairs per exact-Jaccard batch (bounds memory)")
-    workers: int = Field(
-        0, ge=0, le=256, description="processes computing signatures: 0 = one per CPU core (same result for any value)")
     embedding_model: NonEmpty = Field(
         "sentence-transformers/all-MiniLM-L6-v2", description="method embedding: a sentence-transformers folder or a "
         "hub id already in the local Hugging Face cache (never downloaded); mean pooling + L2 norm, as all-MiniLM-L6-v2")
@@ -1017,6 +1012,11 @@ class Runtime(Section):
     object_store_mb: Optional[int] = Field(
         None, ge=64, le=10_000_000, description="ray, local instance only: object store size in MiB (null: Ray's default); "
                                                 "blocks beyond it spill to disk")
+    verify_pairs: int = Field(
+        500_000, ge=1, le=100_000_000, description="dedup: candidate pairs per exact-Jaccard batch (bounds memory)")
+    driver_edges: int = Field(
+        50_000_000, ge=0, le=10_000_000_000, description="dedup on ray: verified pairs up to this many are resolved "
+        "into clusters on the driver; more go through distributed rounds (large-star/small-star)")
 
 
 # --- the whole file -------------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+"""MinHash side of dedup: texts -> LSH band keys (in batches, optionally in worker processes),
+candidate pairs from the bands, and the exact Jaccard that verifies each candidate.
+
+The batch function `sketch_batch` is what both engines run: the local one over slices of an Arrow
+array, the Ray one inside `map_batches`, so their band keys are the same bits.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from scripts.lib import minhash as mh
+from scripts.lib.params import Dedup, Runtime
+
+
+def banding(params: Dedup) -> tuple[int, int]:
+    """(bands, rows): the params' own, or chosen from threshold and target_recall."""
+    if params.bands is not None and params.rows is not None:
+        return params.bands, params.rows
+    return mh.choose_bands(params.threshold, params.num_perm, params.target_recall)
+
+
+@dataclass
+class Sketch:
+    band_keys: np.ndarray  # uint32[bands, n] (band-major: each band's sort reads one row)
+    sequence_keys: np.ndarray  # uint64[n, 2]: equal <=> identical shingle sequence
+    shingle_counts: np.ndarray  # int64[n]; 0 = no tokens (never a duplicate)
+
+
+def sketch_batch(texts: pa.Array, params: Dedup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(band keys uint32[bands, n], sequence keys uint64[n, 2], shingle counts int64[n]) of one batch."""
+    bands, rows = banding(params)
+    shingles = mh.shingle_hashes(texts, params.unit, params.ngram)
+    signatures = mh.signatures(shingles, mh.permutations(params.num_perm, params.seed))
+    return mh.band_keys(signatures, bands, rows).T, mh.sequence_keys(shingles), shingles.counts
+
+
+def workers(runtime: Runtime) -> int:
+    return runtime.workers if runtime.workers > 0 else (os.cpu_count() or 1)
+
+
+def sketch(texts: pa.Array, params: Dedup, runtime: Runtime) -> Sketch:
+    """Band keys of every text, `runtime.batch_rows` at a time, in `runtime.workers` processes."""
+    bands, _ = banding(params)
+    n, size = len(texts), runtime.batch_rows
+    out = Sketch(band_keys=np.empty((bands, n), dtype=np.uint32), sequence_keys=np.empty((n, 2), dtype=np.uint64),
+                 shingle_counts=np.empty(n, dtype=np.int64))
+    starts = range(0, n, size)
+    pool_size = min(workers(runtime), len(starts))
+    if pool_size <= 1:
+        _fill(out, starts, (sketch_batch(texts.slice(start, size), params) for start in starts))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked workers inherit the texts (no copy, no pickling); only batch starts travel to them
+    global _FORKED_TEXTS
+    _FORKED_TEXTS = texts
+    try:
+        with ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context("fork")) as pool:
+            _fill(out, starts, pool.map(_sketch_forked_batch, starts, itertools.repeat(size),
+                                        itertools.repeat(params), chunksize=1))
+    finally:
+        _FORKED_TEXTS = None
+    return out
+
+
+_FORKED_TEXTS: pa.Array | None = None
+
+
+def _sketch_forked_batch(start: int, size: int, params: Dedup):
+    assert _FORKED_TEXTS is not None
+    return sketch_batch(_FORKED_TEXTS.slice(start, size), params)
+
+
+def _fill(out: Sketch, starts: range, results) -> None:
+    for start, (band_keys, sequence_keys, counts) in zip(starts, results):
+        stop = start + len(counts)
+        out.band_keys[:, start:stop] = band_keys
+        out.sequence_keys[start:stop] = sequence_keys
+        out.shingle_counts[start:stop] = counts
+
+
+def self_candidates(band_keys: np.ndarray, reps: np.ndarray, rank: np.ndarray, window: int) -> np.ndarray:
+    """Distinct candidate pairs among `reps` (rows), from every band's buckets walked in keep order."""
+    reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
+    found = [mh.bucket_pairs(band_keys[b][reps], window) for b in range(len(band_keys))]
+    return reps[mh.unique_pairs(np.concatenate(found))] if found else np.zeros((0, 2), dtype=np.int64)
+
+
+def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
+    """Shingle hashes of texts[rows] (only candidate rows are shingled again for verification)."""
+    return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
+
+
+def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
+    """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]], `chunk` pairs at a time
+    (only the rows a chunk names are shingled, so memory stays bounded however many candidates come)."""
+    out = np.zeros(len(pairs), dtype=np.float64)
+    for lo in range(0, len(pairs), chunk):
+        part = pairs[lo : lo + chunk]
+        if left is right:  # self mode: shingle each row once
+            rows = mh.sorted_unique(part.ravel())
+            sets = mh.unique_sets(shingles_of(left, rows, params))
+            out[lo : lo + len(part)] = mh.pair_jaccard(sets, sets, np.searchsorted(rows, part))
+            continue
+        left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
+        left_sets, right_sets = mh.ranked_pair(shingles_of(left, left_rows, params),
+                                               shingles_of(right, right_rows, params))
+        local = np.stack([np.searchsorted(left_rows, part[:, 0]), np.searchsorted(right_rows, part[:, 1])], axis=1)
+        out[lo : lo + len(part)] = mh.pair_jaccard(left_sets, right_sets, local)
+    return out
+
+
+def identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarray):
+    """Split `rows` into representatives (best rank of each identical-text group) and members.
+
+    Returns (reps, members, member_rep). One argsort on the first key finds the few rows that
+    share it; only those are sorted on both keys and rank.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        return empty, empty, empty
+    by_key = rows[np.argsort(sequence_keys[rows, 0])]
+    first_key = sequence_keys[by_key, 0]
+    shared = np.zeros(len(by_key), dtype=bool)
+    same = first_key[1:] == first_key[:-1]
+    shared[1:] |= same
+    shared[:-1] |= same
+    grouped = by_key[shared]
+    if len(grouped) == 0:
+        return np.sort(rows), empty, empty
+    order = grouped[np.lexsort((rank[grouped], sequence_keys[grouped, 1], sequence_keys[grouped, 0]))]
+    keys = sequence_keys[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
+    group_rep = order[first][np.cumsum(first) - 1]
+    reps = np.sort(np.concatenate([by_key[~shared], order[first]]))
+    return reps, order[~first], group_rep[~first]
