@@ -44,7 +44,7 @@ def main() -> None:
     if fixture.exists():
         import pandas as pd
 
-        from scripts.clean import clean_text, load_rules
+        from scripts.lib.cleaning import clean_text, load_rules
         from scripts.lib.params import load_params
 
         rules = load_rules(load_params("clean", Path(__file__).resolve().parents[1] / "params.yaml"))

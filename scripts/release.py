@@ -455,16 +455,16 @@ def _inside(path: str, root: str) -> bool:
 def rule_set(name: str, rules_file: Optional[Path] = None):
     """The compiled rule set `name`: from data/clean/rules.json (the clean_rules stage writes every set
     there, so DVC tracks them), or from scripts/clean_rules/<name>.yaml without one."""
-    from scripts.clean import load_rule_set, load_rules, rules_from_file
+    from scripts.lib.cleaning import compile_rules, load_rule_set, rule_set_from_file
 
     if rules_file is not None and Path(rules_file).exists():
-        return rules_from_file(Path(rules_file), name)
-    return load_rules(load_rule_set(name))
+        return compile_rules(rule_set_from_file(Path(rules_file), name))
+    return compile_rules(load_rule_set(name))
 
 
 def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_set):
     """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had."""
-    from scripts.clean import clean_table
+    from scripts.lib.cleaning import clean_table
 
     loaded: dict = {}
 

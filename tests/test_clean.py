@@ -16,22 +16,29 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from pydantic import Field
 
-from scripts import clean
-from scripts.clean import DataError, clean_table, clean_text, load_rule_set, load_rules, pass_through, sibling_paths
+from scripts.clean import sibling_paths
+from scripts.lib.cleaning import (DROP_POINTS, DROP_RULES, Rules, clean_table, clean_text, compile_rules, load_rule_set,
+                                  load_rules, pass_through)
+from scripts.lib.cleaning import table as clean_tables
+from scripts.lib.cleaning.rule_sets import document
+from scripts.lib.errors import DataError
 from scripts.lib.io import PROMPT_COLUMNS, write_parquet
+from scripts.lib.params import CleanRules
 from scripts.lib.regex_engine import run_phase
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 RULES = load_rules(PARAMS["clean"])  # the default set, `final`
-FINAL = load_rule_set("final")  # the complete rule document
+FINAL = load_rule_set("final")  # the complete rule set, as its model
 
 
 def openprompts() -> list[str]:
@@ -49,7 +56,7 @@ def gpt4_prompts() -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def with_params(**changes) -> clean.Rules:
+def with_params(**changes) -> Rules:
     params = copy.deepcopy(PARAMS["clean"])
     params.update(changes)
     return load_rules(params)
@@ -109,14 +116,10 @@ ORDER = ["language", "banned_nospace", "max_dashes", "max_by", "person_names", "
 
 
 def test_drop_rules_are_one_registry_of_rule_set_keys():
-    from scripts.lib.params import CleanRules
-
-    assert set(clean.DROP_RULES) <= set(CleanRules.model_fields)  # each reason is the key of its rule
-    listed = [name for point in clean.DROP_POINTS for name in FINAL["drops"].get(point, [])]
+    assert set(DROP_RULES) <= set(CleanRules.model_fields)  # each reason is the key of its rule
+    listed = [name for point in DROP_POINTS for name in getattr(FINAL.drops, point)]
     assert listed == ORDER
-    assert list(FINAL["drops"]) == list(clean.DROP_POINTS)
-    assert clean.REQUIRED_KEYS == ["drops", "normalise", "by_clause", "stop_phrases", "artists", "sites", "tidy",
-                                   "collapse_repeats", "finish"]
+    assert DROP_POINTS == ("raw", "normalise", "tidy", "collapse_repeats", "finish")
 
 
 def test_rules_that_are_off_are_left_out():
@@ -125,22 +128,29 @@ def test_rules_that_are_off_are_left_out():
     assert [name for name, _ in rules.drop_rules["raw"]][:2] == ["language", "banned_nospace"]
 
 
-def too_many_hashtags(text: str, rules: clean.Rules) -> bool:
-    return text.count("#") > rules.params["max_hashtags"]
+def too_many_hashtags(text: str, rules: Rules) -> bool:
+    return text.count("#") > rules.document.max_hashtags
+
+
+class WithHashtags(CleanRules):
+    max_hashtags: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"#\" than this")
 
 
 def test_a_new_drop_rule_is_one_registry_entry(monkeypatch):
-    # the worked example of docs/cleaning.md, "Adding a drop rule"
-    monkeypatch.setitem(clean.DROP_RULES, "max_hashtags", too_many_hashtags)
-    raw = FINAL["drops"]["raw"]
+    # the worked example of docs/cleaning.md, "Adding a drop rule": the predicate's registry entry
+    # (monkeypatched here) and the model's field (a subclass here)
+    monkeypatch.setitem(DROP_RULES, "max_hashtags", too_many_hashtags)
+    raw = FINAL.drops.raw
     at = raw.index("ban_words")
-    drops = {**FINAL["drops"], "raw": raw[:at] + ["max_hashtags"] + raw[at:]}
-    rules = with_params(max_hashtags=2, drops=drops)
+    drops = {**document(FINAL)["drops"], "raw": raw[:at] + ["max_hashtags"] + raw[at:]}
+    rules = compile_rules(WithHashtags.model_validate({**document(FINAL), "max_hashtags": 2, "drops": drops}))
     assert clean_text("a cat on a mat #cute #cat #caturday", rules) == (None, "max_hashtags")
     assert clean_text("a cat on a mat #cute", rules) == (None, "ban_words")  # "#" is a ban word
     assert clean_text("a small red fox sleeping under an old oak tree", rules)[1] is None
     with pytest.raises(DataError, match="lists 'max_hashtags', but clean.max_hashtags is not set"):
         with_params(drops=drops)
+    with pytest.raises(DataError, match="clean: unknown key 'max_hashtags'"):  # not a key of the model
+        with_params(max_hashtags=2)
 
 
 # --------------------------------------------------------------------------- rewrites
@@ -212,16 +222,16 @@ def test_reference_quirks_are_kept_and_a_param_fixes_them():
     assert clean_text(prompt, RULES) == ("A neonoaked cyberpunk cityscape with a floating ice cream truck", None)
     normalise = [
         {**step, "pattern": r"(?i)(?<!\w)-+[a-z]\b"} if step["name"] == "flag_letter" else step
-        for step in FINAL["normalise"]
+        for step in document(FINAL)["normalise"]
     ]
     assert clean_text(prompt, with_params(normalise=normalise)) == (prompt, None)
-    assert clean_text(prompt, load_rules({**FINAL, "normalise": normalise})) == (prompt, None)
+    assert clean_text(prompt, compile_rules(FINAL.replace(normalise=normalise))) == (prompt, None)
 
 
 def test_trailing_and_leaves_its_space_like_the_reference_and_a_param_trims_it():
     # the reference's text[:-3] cuts "and" but not the space before it; the rule set keeps that (issue 15)
     assert clean_text("a ship in a storm with dramatic waves and", RULES) == ("a ship in a storm with dramatic waves ", None)
-    finish = [{**step, "repl": ""} if step["name"] == "trailing_and" else step for step in FINAL["finish"]]
+    finish = [{**step, "repl": ""} if step["name"] == "trailing_and" else step for step in document(FINAL)["finish"]]
     assert clean_text("a ship in a storm with dramatic waves and", with_params(finish=finish)) == (
         "a ship in a storm with dramatic waves", None)
 
@@ -298,18 +308,18 @@ def mutations(prompts: list[str], n: int, seed: int = 0) -> list[str]:
 # --------------------------------------------------------------------------- params errors and heavy rules
 
 def test_missing_rule_is_a_one_line_error():
-    document = copy.deepcopy(FINAL)
-    del document["normalise"]
-    with pytest.raises(DataError, match="missing rule.*normalise"):
-        load_rules(document)
-    del document["max_commas"]
-    document["normalise"] = []
+    rules = document(FINAL)
+    del rules["normalise"]
+    with pytest.raises(DataError, match=r"^params.yaml: clean.normalise: Field required$"):
+        load_rules(rules)
+    del rules["max_commas"]
+    rules["normalise"] = []
     with pytest.raises(DataError, match="lists 'max_commas', but clean.max_commas is not set"):
-        load_rules(document)
+        load_rules(rules)
 
 
 def test_bad_regex_names_its_place():
-    normalise = FINAL["normalise"] + [{"name": "broken", "pattern": "(unclosed"}]
+    normalise = document(FINAL)["normalise"] + [{"name": "broken", "pattern": "(unclosed"}]
     with pytest.raises(DataError, match=r"clean\.normalise\[\d+\]: bad regex"):
         with_params(normalise=normalise)
     with pytest.raises(DataError, match="bad repl"):
@@ -364,18 +374,16 @@ def test_clean_table_on_no_rows_keeps_the_schema():
 
 def test_workers_give_the_same_table(monkeypatch):
     prompts = mutations(openprompts() + gpt4_prompts(), 3000, seed=3) + [None, ""]
-    monkeypatch.setattr(clean, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(clean_tables, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(clean_tables, "WORKER_BATCH", 700)  # several batches per worker
     serial = clean_table(prompt_table(prompts), RULES)
-    rules = with_params(workers=2)
 
     def not_in_this_process(*args):
         raise AssertionError("cleaned in the parent, not in the workers")
 
-    monkeypatch.setattr(clean, "clean_text", not_in_this_process)  # spawned workers import their own
-    parallel = clean_table(prompt_table(prompts), rules)
+    monkeypatch.setattr(clean_tables, "clean_text", not_in_this_process)  # spawned workers import their own
+    parallel = clean_table(prompt_table(prompts), RULES, workers=2)
     assert serial[0].equals(parallel[0]) and serial[1].equals(parallel[1])
-    with pytest.raises(DataError, match="clean.workers"):
-        with_params(workers=0)
 
 
 def test_reclean_applies_to_prompt_and_rewrites_text():

@@ -24,7 +24,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 # Keys documented (scripts/lib/params.py, scripts/dedup.py, scripts/generate.py) as changing speed or
 # memory only; everything else in these sections changes some output's bytes.
 SPEED = {
-    "clean": {"workers"},
+    "clean": set(),  # how fast it cleans is `runtime`, which no stage lists
     "dedup": {"embedding_batch", "embedding_block", "embedding_device"},
     "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
 }
@@ -70,6 +70,11 @@ def test_no_stage_depends_on_a_whole_section_with_speed_keys():
             assert section not in stage_params(name), f"{name} depends on all of `{section}`"
 
 
+def test_no_stage_lists_a_runtime_key():
+    for name in STAGES:
+        assert not [p for p in stage_params(name) if p.split(".")[0] == "runtime"], name
+
+
 def missing_output(dep: str, state: str) -> bool:
     """A dependency that differs only because the outputs are not there: a deleted one, or a folder of
     outputs (data/dedup/) holding just its committed metrics."""
@@ -102,17 +107,15 @@ def test_the_committed_dvc_lock_is_this_trees(tmp_path):
 
 
 def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
-    """clean_rules writes the same file for any clean.workers, and clean@S still gets the workers."""
-    from scripts.clean import SPEED_KEYS, cli_rules
-
-    assert set(SPEED_KEYS) == SPEED["clean"]
+    """clean_rules writes the same file for any runtime (workers, engine)."""
+    from scripts.clean import cli_rules
     from scripts.dedup import SPEED_KEYS as DEDUP_SPEED_KEYS
 
     assert set(DEDUP_SPEED_KEYS) == SPEED["dedup"]
     monkeypatch.chdir(tmp_path)
     written = []
-    for workers in (1, 3):
-        params = {**PARAMS, "clean": {**PARAMS["clean"], "workers": workers}}
+    for workers, engine in ((1, "local"), (3, "ray")):
+        params = {**PARAMS, "runtime": {**PARAMS["runtime"], "workers": workers, "engine": engine}}
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         cli_rules(Path(f"rules-{workers}.json"))
         written.append(Path(f"rules-{workers}.json").read_bytes())
@@ -233,7 +236,7 @@ def set_params(repo: Path, changes: dict[str, object]) -> None:
 @pytest.mark.slow
 def test_speed_only_params_rerun_nothing(history, tmp_path):
     repo = work_copy(history.repo, tmp_path / "repo")
-    set_params(repo, {"runtime.workers": 2, "runtime.batch_rows": 7, "runtime.verify_pairs": 11, "clean.workers": 2,
+    set_params(repo, {"runtime.workers": 2, "runtime.batch_rows": 7, "runtime.verify_pairs": 11,
                       "generate.batch_size": 3, "generate.writers": 1})
     assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
 

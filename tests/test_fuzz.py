@@ -175,7 +175,7 @@ def cached_yaml():
 
 def stage_checks(path: Path) -> None:
     """What the stages check at start, beyond the section models."""
-    from scripts.clean import load_rules
+    from scripts.lib.cleaning import load_rules
     from scripts.lib.export import export_options
     from scripts.lib.minhash import choose_bands
     from scripts.release import resolve_recipe

@@ -63,7 +63,7 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
     report = json.loads(run(["python", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], repo).stdout)
     from dvc.api import DVCFileSystem
 
-    from scripts.clean import clean_text
+    from scripts.lib.cleaning import clean_text
     from scripts.release import rule_set
 
     def table(rev, path):

@@ -129,14 +129,6 @@ def test_source_caps_default_to_the_archive_readers_caps():
     assert (source.max_member_bytes, source.max_image_pixels) == (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_IMAGE_PIXELS)
 
 
-def test_clean_models_require_exactly_the_rules_clean_py_requires():
-    """clean.py still reads a rule set as a mapping (load_rules): keep its required keys in step."""
-    from scripts.clean import REQUIRED_KEYS
-
-    required = {k for k, f in P.CleanRules.model_fields.items() if f.is_required()}
-    assert required == set(REQUIRED_KEYS)
-
-
 def test_params_imports_only_errors_and_io():
     import ast
 
@@ -195,7 +187,7 @@ BAD = [  # (key path to change, bad value, key path named in the error, message)
     ("clean.max_chars", "256", "clean.max_chars", "valid integer (got '256')"),
     ("clean.ban_words", ["jpg", ""], "clean.ban_words[1]", "at least 1 character"),
     ("clean.min_chars", 300, "clean", "min_chars = 300 exceeds max_chars = 256"),
-    ("clean.workers", 0, "clean.workers", "greater than or equal to 1"),
+    ("runtime.workers", -1, "runtime.workers", "greater than or equal to 0"),
     ("clean.normalise", [{"name": "x"}], "clean.normalise[0]", "set exactly one of find or pattern"),
     ("clean.tidy", [{"name": "x", "patern": "a"}], "clean.tidy[0]", "unknown key 'patern' (did you mean 'pattern'?)"),
     ("clean.by_clause", {"marker": " by "}, "clean.by_clause.exempt", "Field required"),

@@ -72,7 +72,7 @@ def test_dedup_cluster_size_counts_the_kept_row():
 def make_inputs(root: Path) -> dict:
     """Two releases of real GPT-4 prompts (metadata.jsonl), a clean report from the real cleaning rules
     on the real OpenPrompts sample, and a clusters table; returns the params written to params.yaml."""
-    from scripts.clean import clean_table, load_rules, report
+    from scripts.lib.cleaning import clean_table, load_rules, report
     from scripts.lib.params import load_params
 
     for name in ("gpt4-prompts-3k.txt", "openprompts-1k.csv"):

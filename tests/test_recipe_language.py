@@ -133,7 +133,7 @@ DIRTY = ["A castle on a hill, 8k, unreal engine, award winning photo",
 
 def test_clean_rewrite_and_filter_only_drop_the_same_rows():
     rules = rule_set("2023-04-04")
-    from scripts.clean import clean_text
+    from scripts.lib.cleaning import clean_text
 
     expected = [clean_text(t, rules)[0] for t in DIRTY]  # the cleaner itself, one text at a time
     splits = {("s", "train"): table("s", "train", DIRTY)}
@@ -242,7 +242,7 @@ def test_v4a_to_v4b_diff_is_the_raw_text_of_filtered_openprompts_rows(fixtures_d
     filtered-but-raw OpenPrompts rows, in validation the never-cleaned Gustavosta rows; rows already clean
     (v2's DiffusionDB, cleaned in v2) are untouched."""
     releases = load_params("releases", REPO / "params.yaml")
-    from scripts.clean import clean_table, clean_text
+    from scripts.lib.cleaning import clean_table, clean_text
 
     prompts = openprompts_rows(fixtures_dir, 120)  # the 03-30 rules run langdetect (~10 ms a row): kept small
     old_rules, new_rules = rule_set("2023-03-30"), rule_set("2023-04-04")

@@ -1,5 +1,5 @@
-"""The cleaner's regex engine (scripts/lib/regex_engine.py): every speed-up gives exactly what
-running each regex with Python's `re` gives.
+"""The cleaner's regex engine (scripts/lib/regex_engine.py, regex_guards.py, regex_re2.py): every speed-up
+gives exactly what running each regex with Python's `re` gives.
 
 The guards, prefilters, unchanged-tests, faster regexes and the RE2 scanner are each checked
 against the plain regex on random and real text, and the whole filter against `fast=False`.
@@ -11,8 +11,10 @@ import re
 
 import pytest
 
-from scripts.clean import clean_text, load_rules
 from scripts.lib import regex_engine as engine
+from scripts.lib import regex_guards as guards
+from scripts.lib import regex_re2 as re2_syntax
+from scripts.lib.cleaning import clean_text, load_rules
 from scripts.lib.errors import DataError
 from scripts.lib.regex_engine import compile_phase, compile_rewrite, run_phase
 from test_clean import PARAMS, RULES, gpt4_prompts, mutations, openprompts
@@ -71,11 +73,11 @@ def test_guards_never_change_an_output():
         assert clean_text(prompt, RULES) == clean_text(prompt, slow), prompt
 
 
-@pytest.mark.parametrize("pattern,repl", list(engine._UNCHANGED_WHEN))
+@pytest.mark.parametrize("pattern,repl", list(guards.UNCHANGED_WHEN))
 def test_each_unchanged_test_is_exact_for_its_regex(pattern, repl):
     samples = random_texts("aAbk1 9,.!?;:-'()_|\t\u212a\u00e9", 20000, 12, seed=1)
     samples += ["the the cat", "red car red car", "a - b", "end -", "x,y", "a  b", "a b ,", "(( x"]
-    assert_exact_where_unchanged(pattern, repl, engine._UNCHANGED_WHEN[pattern, repl], samples)
+    assert_exact_where_unchanged(pattern, repl, guards.UNCHANGED_WHEN[pattern, repl], samples)
 
 
 def test_guard_analysis_finds_what_a_match_needs():
@@ -85,19 +87,19 @@ def test_guard_analysis_finds_what_a_match_needs():
     assert needs["spaces_1"] == (False, ())
 
 
-@pytest.mark.parametrize("pattern,repl", list(engine._UNCHANGED_WHEN_PLAIN))
+@pytest.mark.parametrize("pattern,repl", list(guards.UNCHANGED_WHEN_PLAIN))
 def test_each_plain_unchanged_test_is_exact_on_printable_ascii(pattern, repl):
     samples = random_texts("aAbk1 9,.!?;:-'()_|/", 20000, 12, seed=2)
     samples += ["the the cat", "red car red car", "a b a c a b", "x,y", "a  b", "a b ,", "(( x"]
     assert all(map(engine.is_plain, samples))
-    assert_exact_where_unchanged(pattern, repl, engine._UNCHANGED_WHEN_PLAIN[pattern, repl], samples)
+    assert_exact_where_unchanged(pattern, repl, guards.UNCHANGED_WHEN_PLAIN[pattern, repl], samples)
 
 
 def test_prefilter_is_the_regex_minus_its_leading_boundary():
-    assert engine._prefilter(re.compile(r"(?i)\bue\s*\d+")).pattern == r"(?i)ue\s*\d+"
-    assert engine._prefilter(re.compile(r"\b(\w+)\s")) is None  # \w first: no faster
-    assert engine._prefilter(re.compile(r"\b|x")) is None  # not a top-level leading \b
-    assert engine._prefilter(re.compile(r"x\b")) is None
+    assert guards.prefilter(re.compile(r"(?i)\bue\s*\d+")).pattern == r"(?i)ue\s*\d+"
+    assert guards.prefilter(re.compile(r"\b(\w+)\s")) is None  # \w first: no faster
+    assert guards.prefilter(re.compile(r"\b|x")) is None  # not a top-level leading \b
+    assert guards.prefilter(re.compile(r"x\b")) is None
 
 
 def dense_texts(n: int, seed: int) -> list[str]:
@@ -130,19 +132,19 @@ def test_whole_filter_is_the_same_with_and_without_the_speedups_on_dense_text():
         assert clean_text(text, RULES) == clean_text(text, slow), text
 
 
-@pytest.mark.parametrize("pattern,repl", list(engine._CHANGES_WHEN_PLAIN))
+@pytest.mark.parametrize("pattern,repl", list(re2_syntax.CHANGES_WHEN_PLAIN))
 def test_each_change_pattern_finds_every_change(pattern, repl):
     # where the RE2 pattern (read here by Python's re: the same syntax) finds nothing, the rewrite
     # leaves printable-ASCII text unchanged
-    regex, changes = re.compile(pattern), re.compile(engine._CHANGES_WHEN_PLAIN[pattern, repl])
+    regex, changes = re.compile(pattern), re.compile(re2_syntax.CHANGES_WHEN_PLAIN[pattern, repl])
     for text in random_texts("aAb1 ,.!?;:-'()_|/\"#", 20000, 12, seed=5):
         if not changes.search(text):
             assert regex.sub(repl, text) == text, text
 
 
-@pytest.mark.parametrize("pattern,repl", list(engine._SAME_ON_PLAIN))
+@pytest.mark.parametrize("pattern,repl", list(guards.SAME_ON_PLAIN))
 def test_each_faster_regex_writes_the_same_on_printable_ascii(pattern, repl):
-    regex, faster = re.compile(pattern), engine._SAME_ON_PLAIN[pattern, repl]
+    regex, faster = re.compile(pattern), guards.SAME_ON_PLAIN[pattern, repl]
     for text in random_texts("ab ,.", 20000, 16, seed=8) + ["  a  b  ", " ", ""]:
         assert faster.sub(repl, text) == regex.sub(repl, text), text
 
@@ -150,16 +152,16 @@ def test_each_faster_regex_writes_the_same_on_printable_ascii(pattern, repl):
 def test_re2_rewrites_of_lookarounds_and_backreferences_are_exact():
     from re import _parser as parser
 
-    assert engine._without_edge_lookarounds(r"(?<=[^ ]),(?=[^ ])", parser) == "(?:[^ ]),(?:[^ ])"
-    assert engine._without_edge_lookarounds(r"(?<=\d)\s+(?=\d)", parser) == r"(?:\d)\s+(?:\d)"
-    assert engine._without_edge_lookarounds(r"a(?=b)c", parser) is None  # a lookahead inside: not a concatenation
-    assert engine._without_edge_lookarounds(r"(?<!a)b", parser) is None  # negative: no
-    assert engine._doubled_character(re.compile(r"([()])\1+"), parser) == r"\(\(|\)\)"
-    assert engine._doubled_character(re.compile(r"(ab)\1+"), parser) is None
+    assert re2_syntax.without_edge_lookarounds(r"(?<=[^ ]),(?=[^ ])", parser) == "(?:[^ ]),(?:[^ ])"
+    assert re2_syntax.without_edge_lookarounds(r"(?<=\d)\s+(?=\d)", parser) == r"(?:\d)\s+(?:\d)"
+    assert re2_syntax.without_edge_lookarounds(r"a(?=b)c", parser) is None  # a lookahead inside: not a concatenation
+    assert re2_syntax.without_edge_lookarounds(r"(?<!a)b", parser) is None  # negative: no
+    assert re2_syntax.doubled_character(re.compile(r"([()])\1+"), parser) == r"\(\(|\)\)"
+    assert re2_syntax.doubled_character(re.compile(r"(ab)\1+"), parser) is None
     # on random text, the rewritten pattern finds a match exactly where the original does
     rng = random.Random(6)
     for original in [r"(?<=[^ ]),(?=[^ ])", r"(?<=\d)\s+(?=\d)", r"([^\w\s])\1+", r"([()\[\]{}])\1+"]:
-        rewritten = re.compile(engine._re2_syntax(re.compile(original)))
+        rewritten = re.compile(re2_syntax.re2_syntax(re.compile(original)))
         for _ in range(5000):
             text = "".join(rng.choice("a1 ,()[]!!..") for _ in range(rng.randint(0, 8)))
             assert bool(re.search(original, text)) == bool(rewritten.search(text)), (original, text)
@@ -169,7 +171,7 @@ def test_re2_rewrites_of_lookarounds_and_backreferences_are_exact():
 @pytest.mark.parametrize("pattern", [r"[[:alpha:]]+", r"a{,3}b", r"(?x) a b", r"x\Z", r"(?<!a)b", r"(a)\1",
                                      r"(?>ab)c", r"a++", r"\u00e9"])
 def test_re2_is_not_given_syntax_it_reads_differently_or_lacks(pattern):
-    assert engine._re2_syntax(re.compile(pattern)) is None
+    assert re2_syntax.re2_syntax(re.compile(pattern)) is None
 
 
 def test_search_is_the_same_with_re2_and_python():

@@ -139,7 +139,7 @@ class Source(Section):
         return self
 
 
-# --- clean (scripts/clean.py: load_rules) -----------------------------------------------------------
+# --- clean (scripts/lib/cleaning/: rule_sets, compiler) ----------------------------------------------
 
 class Rewrite(Section):
     """One named rewrite of a cleaning phase: plain text (`find`) or a Python regex (`pattern`), exactly one."""
@@ -219,7 +219,7 @@ RuleName = Annotated[str, BeforeValidator(_rule_set_name),
 
 
 class Drops(Section):
-    """Which drop rules run, after which step, in order (scripts/clean.py DROP_RULES: language, banned_nospace,
+    """Which drop rules run, after which step, in order (scripts/lib/cleaning/drop_rules.py: language, banned_nospace,
     max_dashes, max_pipes, max_by, person_names, ban_words, max_repeat_ratio, min_mean_word_len, max_commas,
     min_chars, max_chars, min_unique_words, thought_phrases). The first that fires is the row's `reason`."""
 
@@ -274,7 +274,6 @@ class CleanRules(Section):
 
 
 class _CleanChoice(Section):
-    workers: int = Field(1, ge=1, le=256, description="processes cleaning a table (output identical for any number)")
     rules: RuleName = Field("final", description="the default rule set: final | 2023-04-04 | 2023-03-30 "
                                                  "(scripts/clean_rules/<name>.yaml)")
 
@@ -294,7 +293,7 @@ class _CleanChoice(Section):
         return self
 
 
-# params.yaml `clean`: `workers`, `rules`, then every key of a rule set as an optional override
+# params.yaml `clean`: `rules`, then every key of a rule set as an optional override
 Clean = create_model(
     "Clean", __base__=_CleanChoice, __module__=__name__,
     __doc__="""params.yaml `clean`: the named rule set the pipeline cleans with by default, and overrides of its

@@ -1,0 +1,99 @@
+"""A validated `CleanRules` compiled into `Rules`: each rewrite list into a regex-engine phase, the word
+lists into searches, `drops` into the drop rules that run at each point.
+
+The model checked every key's type and range; what is left here needs the registry or the regex
+engine: each listed drop rule exists, has its key and runs once; a key that is set is listed; every
+regex and replacement compiles (an error names its place).
+"""
+from __future__ import annotations
+
+import re
+
+from scripts.lib.cleaning.drop_rules import DROP_POINTS, DROP_RULES, SWITCHED_RULES, person_counter
+from scripts.lib.cleaning.rule_sets import as_rule_set
+from scripts.lib.cleaning.rules import DropRule, Rules
+from scripts.lib.errors import DataError
+from scripts.lib.params import Clean, CleanRules, Rewrite
+from scripts.lib.regex_engine import CompiledRewrite, Phase, compile_phase, compile_rewrite, compile_search
+
+PHASES = ("normalise", "tidy", "collapse_repeats", "finish")  # the rule set's lists of rewrites
+
+
+def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
+    """`rules` ready for `clean_text`; a rule that cannot run is a DataError naming its key.
+
+    `fast=False` leaves out the regex guards (same results, slower): the benchmark's baseline and
+    the tests' proof that the guards never change an output."""
+    listed = _listed_drop_rules(rules)
+    phases = {key: compile_phase(tuple(_rewrite(rw, f"clean.{key}[{i}]", fast) for i, rw in enumerate(getattr(rules, key))),
+                                 fast)
+              for key in PHASES}
+    phrases = [_phrase(phrase, "stop_phrases", fast) for phrase in rules.stop_phrases]
+    for key in ("artists", "sites"):
+        for name in getattr(rules, key):
+            phrases += [_phrase("by " + name, key, fast), _phrase(name, key, fast)]
+    phases["phrases"] = compile_phase(tuple(phrases), fast)
+    remove_to_comma = None
+    if rules.by_clause is not None:
+        step = Rewrite(name="by_clause.remove_to_comma", pattern=rules.by_clause.remove_to_comma)
+        remove_to_comma = phases["by_clause"] = compile_phase((_rewrite(step, "clean.by_clause.remove_to_comma", fast),),
+                                                              fast)
+    on = {name for name in listed if name not in SWITCHED_RULES or getattr(rules, name).enabled}
+    ban_words = [word.lower() for word in rules.ban_words or ()]
+    thoughts = rules.thought_phrases or ()
+    return Rules(
+        document=rules,
+        normalise=phases["normalise"],
+        by_clause=rules.by_clause,
+        remove_to_comma=remove_to_comma,
+        phrases=phases["phrases"],
+        tidy=phases["tidy"],
+        collapse_repeats=phases["collapse_repeats"],
+        finish=phases["finish"],
+        ban_words=compile_search("|".join(map(re.escape, ban_words)), fast) if ban_words else None,
+        thought_phrases=(
+            compile_search(r"(?i)\b(" + "|".join(map(re.escape, thoughts)) + r")\b", fast) if thoughts else None
+        ),
+        person_names=person_counter(rules.person_names.model) if "person_names" in on else None,
+        drop_rules={point: tuple(DropRule(name, DROP_RULES[name]) for name in getattr(rules.drops, point) if name in on)
+                    for point in DROP_POINTS},
+        fast=fast,
+        keeps_plain=all(phase.plain_steps is not None for phase in phases.values()),
+    )
+
+
+def load_rules(rules: CleanRules | Clean | dict, fast: bool = True) -> Rules:
+    """Any form of a rule set (`rule_sets.as_rule_set`: the model, params.yaml `clean`, a complete rule
+    document, a rules.json), parsed and compiled."""
+    return compile_rules(as_rule_set(rules), fast=fast)
+
+
+def _listed_drop_rules(rules: CleanRules) -> set[str]:
+    """The drop rules `drops` lists. Each needs its key, and a rule key that is set must be listed (an
+    override that would change nothing is an error)."""
+    seen: set[str] = set()
+    for point in DROP_POINTS:
+        for name in getattr(rules.drops, point):
+            if name not in DROP_RULES:
+                raise DataError(f"params.yaml: clean.drops.{point}: unknown drop rule {name!r} "
+                                f"(registry: {', '.join(DROP_RULES)})")
+            if name in seen:
+                raise DataError(f"params.yaml: clean.drops.{point}: {name!r} is listed twice")
+            if getattr(rules, name, None) is None:
+                raise DataError(f"params.yaml: clean.drops.{point} lists {name!r}, but clean.{name} is not set")
+            seen.add(name)
+    for name in DROP_RULES:
+        if name not in seen and getattr(rules, name, None) is not None:
+            raise DataError(f"params.yaml: clean.{name} is set, but clean.drops lists no {name!r} (add it there)")
+    return seen
+
+
+def _rewrite(rewrite: Rewrite, where: str, fast: bool) -> CompiledRewrite:
+    return compile_rewrite(rewrite.name, find=rewrite.find, pattern=rewrite.pattern, repl=rewrite.repl,
+                           strip=rewrite.strip, fast=fast, where=f"params.yaml: {where}")
+
+
+def _phrase(phrase: str, key: str, fast: bool) -> CompiledRewrite:
+    """A phrase deleted as whole words in any case, the text trimmed after (like the reference)."""
+    rewrite = Rewrite(name=f"{key}: {phrase}", pattern=r"(?i)\b" + re.escape(phrase) + r"\b", strip=True)
+    return _rewrite(rewrite, f"clean.{key}: {phrase!r}", fast)
