@@ -516,10 +516,6 @@ class Generate(Section):
         "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (GPU)")
-    writers: int = Field(2, ge=1, le=256, description="encoder/writer threads running beside the diffusion loop")
-    engine: Literal["local", "ray"] = Field("local", description="local | ray (one Ray task per GPU)")
-    ray_address: Optional[NonEmpty] = Field(
-        None, description="null starts a local Ray; \"auto\" or ray://host:port joins a cluster")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -1017,6 +1013,7 @@ class Runtime(Section):
     object_store_mb: Optional[int] = Field(
         None, ge=64, le=10_000_000, description="ray, local instance only: object store size in MiB (null: Ray's default); "
                                                 "blocks beyond it spill to disk")
+    writers: int = Field(2, ge=1, le=256, description="generate: threads encoding and writing images beside the diffusion loop")
 
 
 # --- the whole file -------------------------------------------------------------------------------
