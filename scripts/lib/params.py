@@ -510,10 +510,6 @@ class Generate(Section):
         "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (GPU)")
-    writers: int = Field(2, ge=1, le=256, description="encoder/writer threads running beside the diffusion loop")
-    engine: Literal["local", "ray"] = Field("local", description="local | ray (one Ray task per GPU)")
-    ray_address: Optional[NonEmpty] = Field(
-        None, description="null starts a local Ray; \"auto\" or ray://host:port joins a cluster")
 
     @field_validator("format", mode="before")
     @classmethod
@@ -1016,6 +1012,7 @@ class Runtime(Section):
     driver_edges: int = Field(
         50_000_000, ge=0, le=10_000_000_000, description="dedup on ray: verified pairs up to this many are resolved "
         "into clusters on the driver; more go through distributed rounds (large-star/small-star)")
+    writers: int = Field(2, ge=1, le=256, description="generate: threads encoding and writing images beside the diffusion loop")
 
 
 # --- the whole file -------------------------------------------------------------------------------

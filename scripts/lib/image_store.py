@@ -1,0 +1,298 @@
+"""Where generate@S keeps its images, and what it may delete there.
+
+    data/image_store/               the generation store: every image rendered or seen here, by key
+        index.txt                   every name the store wrote (appended before the file appears)
+        .tmp/  .gitignore           temp files (renamed into place), `*` (a local cache, never committed)
+        ab/abcdef0123....jpg        <key[:2]>/<key>.<ext>
+    data/images/S/                  the stage's output: images (key or index names) + manifest.parquet
+        .generate-journal           while a run is under way: every name it is about to write
+
+A file is ours only if our own record lists it: the store's index, the output's manifest or journal.
+Nothing is deleted by the look of its name (a phone's IMG_20240101.jpg looks like `<prefix>_<row>.jpg`);
+a folder holding anything unlisted is refused in one line, with nothing touched.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import write_parquet
+from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS
+
+STORE_TMP = ".tmp"
+STORE_IGNORE = ".gitignore"
+STORE_INDEX = "index.txt"
+JOURNAL = ".generate-journal"
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+# `.<name>.tmp-<pid>-<thread>` (write_file_atomic, link_file) or `.<name>.tmp-new|old|lock` (io.atomic_path)
+_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-\d+|new|old|lock)")
+
+
+# ---------------------------------------------------------------- files
+
+def _temp_path(path: Path, tmp_dir: Path | None) -> Path:
+    return (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+
+
+def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Temp file + rename: a name always holds a whole image (the temp file in `tmp_dir`, on the same
+    filesystem, or beside `path`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path, tmp_dir)
+    with tmp.open("wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
+    """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused).
+    Never writes into an existing file: a link or a temp copy renamed over `dst`."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+        tmp = _temp_path(dst, tmp_dir)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return
+    tmp = _temp_path(dst, tmp_dir)
+    os.link(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """(files and links, real folders) under `root`, relative, never following a link."""
+    files, folders = [], []
+    for base, dirs, names in os.walk(root):
+        rel = Path(base).relative_to(root)
+        for d in dirs:
+            (files if (Path(base) / d).is_symlink() else folders).append((rel / d).as_posix())
+        files.extend((rel / n).as_posix() for n in names)
+    return sorted(files), sorted(folders)
+
+
+def _owner(rel: str) -> str | None:
+    """The name a temp file is being written for (same folder), or None for a file that is no temp."""
+    folder, _, name = rel.rpartition("/")
+    match = _TEMP.fullmatch(name)
+    return None if match is None else (f"{folder}/{match['name']}" if folder else match["name"])
+
+
+def _ancestors(names: set[str]) -> set[str]:
+    return {parent.as_posix() for name in names for parent in Path(name).parents if parent != Path(".")}
+
+
+class NameList:
+    """An append-only list of relative names in one text file: each `add` is one O_APPEND write,
+    whole even with several threads or processes appending (local filesystems)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def names(self) -> set[str]:
+        try:
+            return {line for line in self.path.read_text(encoding="utf-8").splitlines() if line}
+        except FileNotFoundError:
+            return set()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.path}: unreadable ({type(exc).__name__}); it says which files are ours") from None
+
+    def add(self, name: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            os.write(fd, (name + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+    def rewrite(self, names: set[str], tmp_dir: Path | None = None) -> None:
+        write_file_atomic(self.path, "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"), tmp_dir)
+
+
+def manifest_keys(manifest: Path) -> dict[str, str]:
+    """file -> key of a generate manifest; a DataError if it is not one (unreadable, other columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(manifest)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{manifest}: not a readable generate manifest ({type(exc).__name__})") from None
+    if table.column_names != MANIFEST_COLUMNS:
+        raise DataError(f"{manifest}: not a generate manifest (columns {table.column_names})")
+    data = table.select(["file", "key"]).to_pydict()
+    return {f: k for f, k in zip(data["file"], data["key"]) if isinstance(f, str) and KEY.fullmatch(str(k))}
+
+
+# ---------------------------------------------------------------- the generation store
+
+class ImageStore:
+    """The generation store: images by key, kept across runs. An image in it has the bytes rendering
+    would give (its key names everything that changes them), so it only ever saves time."""
+
+    def __init__(self, root: Path | str, output: Path | None = None):
+        """Open (create if needed) the store; sweep temp files of dead runs."""
+        self.root = Path(root)
+        check_store(self.root, output)
+        self.tmp = self.root / STORE_TMP
+        self.index = NameList(self.root / STORE_INDEX)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        if not (self.root / STORE_IGNORE).is_file():
+            write_file_atomic(self.root / STORE_IGNORE, b"*\n", self.tmp)
+        self._sweep(self.index.names())
+
+    def path(self, stored: str) -> Path:
+        return self.root / stored
+
+    def has(self, stored: str) -> bool:
+        return (self.root / stored).is_file()
+
+    def put(self, stored: str, data: bytes) -> None:
+        self.index.add(stored)  # before the file: a listed name may be missing, never the reverse
+        write_file_atomic(self.root / stored, data, self.tmp)
+
+    def take(self, src: Path, stored: str) -> bool:
+        """Link `src` in as `stored` unless the store has it; True if it was taken in."""
+        if self.has(stored):
+            return False
+        self.index.add(stored)
+        link_file(src, self.root / stored, self.tmp)
+        return True
+
+    def _sweep(self, indexed: set[str]) -> None:
+        """Delete temp files of dead runs, for names the store writes (its images, index, .gitignore)."""
+        for tmp in self.tmp.iterdir():
+            match = _TEMP.fullmatch(tmp.name)
+            if match is None or not match["pid"] or _alive(int(match["pid"])):
+                continue
+            name = match["name"]
+            if name in (STORE_INDEX, STORE_IGNORE) or f"{name[:2]}/{name}" in indexed:
+                tmp.unlink(missing_ok=True)
+
+    def prune(self, wanted: set[str] | None) -> dict:
+        """Delete every indexed image not in `wanted` (all of them with None). Nothing is deleted
+        when an image folder holds a file the index does not list."""
+        indexed = self.index.names()
+        files, folders = _walk(self.root)
+        images = [f for f in files if "/" in f and _HEX2.fullmatch(f.split("/", 1)[0])]
+        for rel in images:
+            if rel not in indexed:
+                raise DataError(f"{self.root}: holds {rel!r}, which its index does not list (generate did not write it, "
+                                f"or the store predates {STORE_INDEX}); refusing to prune (delete the store by hand to "
+                                "empty it)")
+        removed = kept = 0
+        for rel in images:
+            if wanted is not None and rel in wanted:
+                kept += 1
+            else:
+                (self.root / rel).unlink()
+                removed += 1
+        left = {rel for rel in images if wanted is not None and rel in wanted}
+        self.index.rewrite(left, self.tmp)
+        for folder in reversed(folders):
+            if _HEX2.fullmatch(folder) and not any((self.root / folder).iterdir()):
+                (self.root / folder).rmdir()
+        self._sweep(indexed)
+        return {"removed": removed, "kept": kept}
+
+
+def check_store(store: Path, output: Path | None = None) -> None:
+    """The store holds only what generate writes there, and is neither inside OUTPUT nor around it."""
+    if store.exists() and not store.is_dir():
+        raise DataError(f"{store}: is a file, expected the generation store folder")
+    if output is not None:
+        a, b = os.path.abspath(store), os.path.abspath(output)
+        if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+            raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
+    if store.is_dir():
+        for entry in sorted(store.iterdir()):
+            if entry.name in (STORE_IGNORE, STORE_TMP, STORE_INDEX) or \
+                    (_HEX2.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+                continue
+            raise DataError(f"{store}: holds {entry.name!r}, which generate did not write; refusing to use it as "
+                            "the generation store (point --store at its own folder, e.g. data/image_store)")
+
+
+# ---------------------------------------------------------------- the stage's output folder
+
+class OutputFolder:
+    """OUTPUT of generate@S. Its manifest (written last) lists a finished run's files; while a run is
+    under way its journal lists every name the run writes, before writing it, so a killed run's files
+    are ours too. The manifest is also what says which key an index-named file holds."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.journal = NameList(self.root / JOURNAL)
+
+    def keys(self) -> dict[str, str]:
+        """file -> key from the manifest (empty without one)."""
+        manifest = self.root / MANIFEST
+        return manifest_keys(manifest) if manifest.is_file() else {}
+
+    def start(self, wanted: set[str], store: ImageStore | None = None) -> int:
+        """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not
+        write, take every image whose key is known into `store`, delete the rest (the manifest too:
+        the output is incomplete until `finish`). Returns how many files besides the manifest went."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        keys = self.keys()
+        owned = set(keys) | self.journal.names() | {MANIFEST, JOURNAL}
+        files, folders = _walk(self.root)
+        parents = _ancestors(owned)
+        for rel in files:
+            if rel not in owned and _owner(rel) not in owned:
+                raise DataError(f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
+                                "not list it); refusing to prune it (point the stage at its own image folder)")
+        for rel in folders:
+            if rel not in parents:
+                raise DataError(f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
+                                "it (point the stage at its own image folder)")
+        kept = {rel for rel in files if rel in wanted}
+        if store is not None:
+            for rel in files:
+                if rel in keys and rel not in (MANIFEST, JOURNAL):
+                    store.take(self.root / rel, f"{keys[rel][:2]}/{keys[rel]}{Path(rel).suffix}")
+        self.journal.rewrite(kept)  # before the manifest goes: the kept files stay listed
+        removed = 0
+        for rel in files:
+            if rel not in kept and rel != JOURNAL:
+                (self.root / rel).unlink()
+                removed += rel != MANIFEST
+        for rel in reversed(folders):
+            if not any((self.root / rel).iterdir()):
+                (self.root / rel).rmdir()
+        return removed
+
+    def has(self, file: str) -> bool:
+        return (self.root / file).is_file()
+
+    def write(self, file: str, data: bytes) -> None:
+        self.journal.add(file)
+        write_file_atomic(self.root / file, data)
+
+    def link(self, src: Path, file: str, tmp_dir: Path | None = None) -> None:
+        self.journal.add(file)
+        link_file(src, self.root / file, tmp_dir)
+
+    def finish(self, manifest) -> None:
+        """Write the manifest (the run is complete) and drop the journal."""
+        write_parquet(manifest, self.root / MANIFEST)
+        self.journal.path.unlink(missing_ok=True)
