@@ -204,11 +204,12 @@ def git_unmodified(folder: Path | str) -> set[str]:
     return tracked - files("-m", "-d") if tracked else set()
 
 
-def check_replaceable(target: Path | str, new: Path | str | None = None) -> None:
+def check_replaceable(target: Path | str, new: Path | str | None = None, committed_ok: bool = False) -> None:
     """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, or a
-    folder that is empty, holds the MARKER, or whose every file `new` holds with the same bytes (or
-    git holds unmodified). A name alone proves nothing: a user's README.md or train.parquet stays.
-    A file `new` replaces a regular file, never a folder, a link or a device."""
+    folder that is empty, holds the MARKER, or whose every file `new` holds with the same bytes (or,
+    with `committed_ok`, git holds unmodified: a committed output such as data/raw). A name alone
+    proves nothing: a user's README.md or train.parquet stays. A file `new` replaces a regular file,
+    never a folder, a link or a device."""
     target = Path(target)
     if not os.path.lexists(target):
         return
@@ -226,7 +227,7 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
         if new is not None and _same_bytes(target / rel, Path(new) / rel):
             continue
         if recoverable is None:
-            recoverable = git_unmodified(target)
+            recoverable = git_unmodified(target) if committed_ok else set()
         if rel in recoverable:
             continue
         raise DataError(f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
@@ -237,8 +238,8 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
 def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
     """Refuse to write the outputs `names` into `folder` (a folder of separate outputs, e.g. a stage's
     prompts.txt and report.json) over files we cannot prove ours: one is ours when the folder holds
-    the MARKER, when DVC lists it as an output there (its .gitignore), when git holds it unmodified,
-    or when the caller proved it (`proven`: e.g. the folder's report names this command's entry)."""
+    the MARKER, when DVC lists it as an output there (its .gitignore), or when the caller proved it
+    (`proven`: e.g. the folder's report names this command's entry)."""
     folder = Path(folder)
     present = [name for name in names if os.path.lexists(folder / name)]
     for name in present:
@@ -249,17 +250,11 @@ def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
         dvc_outputs = set((folder / ".gitignore").read_text(encoding="utf-8").split())
     except (OSError, UnicodeDecodeError):
         dvc_outputs = set()
-    recoverable: set[str] | None = None
     for name in present:
-        if f"/{name}" in dvc_outputs:
-            continue
-        if recoverable is None:
-            recoverable = git_unmodified(folder)
-        if name in recoverable:
-            continue
-        raise DataError(f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} marker, "
-                        f"not a DVC output there, not committed in git); refusing to replace it (choose another "
-                        f"output folder, or move the file away)")
+        if f"/{name}" not in dvc_outputs:
+            raise DataError(f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
+                            f"marker, not a DVC output there, no report of this command beside it); refusing to "
+                            f"replace it (choose another output folder, or move the file away)")
 
 
 def mark_folder(folder: Path | str) -> None:
@@ -267,9 +262,9 @@ def mark_folder(folder: Path | str) -> None:
     (Path(folder) / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
 
 
-def replace_path(new: Path, target: Path, is_dir: bool) -> None:
+def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
     """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted)."""
-    check_replaceable(target, new)
+    check_replaceable(target, new, committed_ok)
     if not is_dir or not os.path.lexists(target):
         os.replace(new, target)
         return
@@ -284,12 +279,14 @@ def replace_path(new: Path, target: Path, is_dir: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=()) -> Iterator[Path]:
+def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=(),
+                committed_ok: bool = False) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
 
     Readers of `target` never see a half-written file, and a crash leaves the old one intact. A
     folder output gets the MARKER (unless mark=False) and never replaces a folder this pipeline did
-    not write (check_replaceable); an output that is or holds one of `inputs` is refused. One
+    not write (check_replaceable, `committed_ok` passed on); an output that is or holds one of
+    `inputs` is refused, and so is one that is a link, a device or a FIFO (check_output_kind). One
     process writes a target at a time (output_lock). OSErrors (disk full, a file where a folder
     should be) become one-line DataErrors naming the path.
     """
@@ -316,7 +313,7 @@ def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inp
             if is_dir and mark:
                 mark_folder(tmp)
             os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
-            replace_path(tmp, target, is_dir)
+            replace_path(tmp, target, is_dir, committed_ok)
         except BaseException as exc:
             _remove(tmp)
             if isinstance(exc, OSError):
