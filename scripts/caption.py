@@ -38,7 +38,8 @@ from scripts.lib.archive import (REF_SEPARATOR, UnsafeArchive, check_image_pixel
                                  read_member)
 from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_not_input, sha256_text, write_json, write_parquet
+from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, shown, write_json, write_parquet
+from scripts.lib.safe_paths import confined_file
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
 
 MANIFEST = "manifest.parquet"
@@ -179,7 +180,8 @@ def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
     for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
             raise DataError(f"{manifest}: row {row}: file {name!r} leaves the images folder")
-        listed.append(Listed(image_id, (folder / name).as_posix()))
+        # resolved where it is read: a link in the folder pointing out of it is refused too
+        listed.append(Listed(image_id, confined_file(folder, name, f"{manifest}: row {row}").as_posix()))
     return sorted(listed, key=lambda image: image.id)
 
 
@@ -247,6 +249,7 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
     check_not_input(out_dir, [images_dir])  # never write into the user's images
     if Path.resolve(images_dir) in Path.resolve(out_dir).parents:
         raise DataError(f"{out_dir}: inside the images folder {images_dir}; choose another output path")
+    check_outputs_ours(out_dir, OUTPUTS, proven=chat_client.wrote_report(out_dir / "report.json", name))
     cache = ResponseCache(out_dir / "cache").open()
 
     listed, skipped = list_images(images_dir)
@@ -257,7 +260,7 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
             infos.append(inspect_image(image, params))
         except UnsafeArchive as exc:
             skipped[exc.reason] += 1
-    log(f"caption {name}: {len(listed)} images in {images_dir}, {len(selected)} selected, "
+    log(f"caption {shown(name)}: {len(listed)} images in {shown(images_dir)}, {len(selected)} selected, "
         f"{len(selected) - len(infos)} skipped")
 
     rules = compile_rules(params.qa)
@@ -314,6 +317,7 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
     }
     import pandas as pd
 
+    write_json(report, out_dir / "report.json")  # first: it proves the files beside it ours to the next run
     write_parquet(captions, out_dir / "captions.parquet")
     write_parquet(pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"}),
                   out_dir / "rejections.parquet")
@@ -322,8 +326,7 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
                                "caption_variant": s["caption_variant"], "caption_source_id": s["caption_selector_index"] + 1,
                                "model": s["model"], "images": s["accepted"]} for s in steps]},
                out_dir / "sources.json")
-    write_json(report, out_dir / "report.json")
-    log(f"caption {name}: {len(accepted)} captioned, {len(pending)} dropped -> {out_dir / 'captions.parquet'}")
+    log(f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}")
     return report
 
 
@@ -372,6 +375,9 @@ def _caption_table(infos: list[ImageInfo], accepted: dict[int, tuple[int, str]],
     frame = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
     return frame.astype({"caption_selector_index": "int16", "caption_source_id": "int64",
                          "width": "int32", "height": "int32"})
+
+
+OUTPUTS = ("captions.parquet", "rejections.parquet", "sources.json", "report.json")  # cache/ is only added to
 
 
 def cli(

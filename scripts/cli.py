@@ -167,9 +167,11 @@ def _interrupted(signum: int) -> int:
 
 
 def one_line(text: str) -> str:
-    """An error message as the one line it must be: a newline or carriage return from the data (a key,
-    a file name) is shown escaped."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """An error message as the one line it must be: a newline, an escape code or any other character
+    that is not printable (a file name's, a key's, a byte that is not UTF-8) is shown escaped."""
+    from scripts.lib.io import shown
+
+    return shown(text)
 
 
 def os_error_line(exc: OSError) -> str:
@@ -194,6 +196,10 @@ def _main(argv: list[str] | None) -> int:
             return 2
         except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line
             print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
+            return 2
+        except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
+            print(f"error: {one_line(exc.object)}: cannot be encoded as {exc.encoding} "
+                  "(a file name that is not UTF-8?); rename it", file=sys.stderr)
             return 2
         except MemoryError:
             print("error: out of memory (a smaller input, batch_rows or workers may fit)", file=sys.stderr)

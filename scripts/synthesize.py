@@ -37,7 +37,7 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
     redact_key,
 )
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, write_json
+from scripts.lib.io import atomic_path, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 
 
@@ -205,13 +205,14 @@ def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str |
     status, or max_attempts spent) stops new requests and fails the stage with a DataError; what
     finished stays cached, so the next run resumes.
     """
+    check_outputs_ours(out_dir, OUTPUTS, proven=chat_client.wrote_report(out_dir / "report.json", name))
     cache = ResponseCache(out_dir / "cache").open()
 
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
     bodies = build_requests(params, pools)
     keys = [cache_key(params.base_url, body) for body in bodies]
     responses, missing = cache.lookup(keys)
-    log(f"synthesize {name}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
+    log(f"synthesize {shown(name)}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
     if missing and params.offline:
         raise DataError(f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "
                         f"{cache.directory} and offline is true (pull the cache or set offline: false)")
@@ -243,11 +244,14 @@ def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str |
             for source, pool in zip(params.examples, pools)
         ],
     }
+    write_json(report, out_dir / "report.json")  # first: it proves prompts.txt ours to the next run
     with atomic_path(out_dir / "prompts.txt") as tmp:
         tmp.write_text("".join(f"{prompt}\n" for prompt in prompts), encoding="utf-8")
-    write_json(report, out_dir / "report.json")
-    log(f"synthesize {name}: {len(prompts)} prompts -> {out_dir / 'prompts.txt'}")
+    log(f"synthesize {shown(name)}: {len(prompts)} prompts -> {shown(out_dir / 'prompts.txt')}")
     return report
+
+
+OUTPUTS = ("prompts.txt", "report.json")  # cache/ is only added to: a killed first run leaves it, and resumes
 
 
 def _collect_prompts(params: SynthesizeEntry, responses: list[dict]):

@@ -35,6 +35,7 @@ from typing import Any, Callable, NamedTuple
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_json
+from scripts.lib.nesting import loads_json
 
 
 def cache_key(base_url: str, body: dict) -> str:
@@ -69,6 +70,10 @@ class TransientError(Exception):
         super().__init__(message)
         self.kind = kind
         self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """The run is stopping (Ctrl-C): no new attempt, no wait; the request in flight is dropped."""
 
 
 class FatalError(Exception):
@@ -120,6 +125,19 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+MAX_REPLY_BYTES = 64 << 20  # a chat completion (even with an image echoed back) is far smaller
+MAX_ERROR_BYTES = 64 << 10
+POLL_S = 0.2  # how often a blocked send or receive looks at the cancel flag (Ctrl-C)
+
+
+def _read_capped(stream, cap: int, what: str) -> bytes:
+    """At most `cap` bytes of a body; TransientError beyond (a reply with no end must not fill memory)."""
+    data = stream.read(cap + 1)
+    if len(data) > cap:
+        raise TransientError("invalid_response", f"{what} larger than {cap} bytes")
+    return data
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are not followed: urllib would resend the Authorization header to the new address,
     whatever its origin. The 3xx arrives as an HTTPError and fails the request (post_chat)."""
@@ -138,27 +156,35 @@ class _DeadlineSocket:
     each operation gets the time left as its timeout, so a server trickling a byte a second cannot
     stretch one request past `timeout_s` (a plain socket timeout restarts at every byte)."""
 
-    def __init__(self, sock, deadline: float):
-        self._sock, self._deadline = sock, deadline
+    def __init__(self, sock, deadline: float, cancel: threading.Event | None = None):
+        self._sock, self._deadline, self._cancel = sock, deadline, cancel
         self._readers, self._closing = 0, False  # as socket.socket: close() waits for makefile()'s readers
 
-    def _arm(self) -> None:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request deadline passed")
-        self._sock.settimeout(left)
+    def _wait(self, operation):
+        """Run a blocking socket operation in slices of POLL_S: the deadline holds, and a cancel
+        (Ctrl-C) ends it within a slice instead of when the server answers."""
+        while True:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            if self._cancel is not None and self._cancel.is_set():
+                raise Cancelled()
+            self._sock.settimeout(min(left, POLL_S) if self._cancel is not None else left)
+            try:
+                return operation()
+            except TimeoutError:
+                continue
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
-        self._arm()
-        return self._sock.recv_into(buffer, nbytes or len(buffer), flags)  # an SSL socket reads 0 bytes for 0
+        return self._wait(lambda: self._sock.recv_into(buffer, nbytes or len(buffer), flags))  # SSL reads 0 bytes for 0
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self._arm()
-        return self._sock.recv(bufsize, flags)
+        return self._wait(lambda: self._sock.recv(bufsize, flags))
 
     def sendall(self, data, flags: int = 0) -> None:
-        self._arm()
-        self._sock.sendall(data, flags)
+        view, sent = memoryview(data).cast("B"), 0
+        while sent < len(view):  # send, not sendall: a slice that times out must not lose what went
+            sent += self._wait(lambda: self._sock.send(view[sent:], flags))
 
     def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
         if mode != "rb":
@@ -199,35 +225,35 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
-def _deadline_connection(base: type, deadline: float):
+def _deadline_connection(base: type, deadline: float, cancel: threading.Event | None):
     class Connection(base):
         def connect(self):
             self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
             super().connect()
-            self.sock = _DeadlineSocket(self.sock, deadline)
+            self.sock = _DeadlineSocket(self.sock, deadline, cancel)
 
     return Connection
 
 
 class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, cancel: threading.Event | None = None):
         super().__init__()
-        self._connection = _deadline_connection(http.client.HTTPConnection, deadline)
+        self._connection = _deadline_connection(http.client.HTTPConnection, deadline, cancel)
 
     def http_open(self, req):
         return self.do_open(self._connection, req)
 
 
 class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: float):
+    def __init__(self, deadline: float, cancel: threading.Event | None = None):
         super().__init__()
-        self._connection = _deadline_connection(http.client.HTTPSConnection, deadline)
+        self._connection = _deadline_connection(http.client.HTTPSConnection, deadline, cancel)
 
     def https_open(self, req):
         return self.do_open(self._connection, req, context=self._context)
 
 
-def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
+def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
     """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
 
     The key goes in the Authorization header of this request only (redirects are refused), and any
@@ -240,16 +266,18 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict
     # per call: proxy settings are read from the env now, and `timeout` is a deadline for the whole
     # request (connect, send, headers, body), not for each read
     deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(_NoRedirect(), _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline))
+    opener = urllib.request.build_opener(_NoRedirect(), _DeadlineHTTPHandler(deadline, cancel),
+                                         _DeadlineHTTPSHandler(deadline, cancel))
     try:
         with opener.open(request, timeout=timeout) as response:
-            raw = response.read()
+            raw = _read_capped(response, MAX_REPLY_BYTES, "reply")
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location")
             where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
-            raise FatalError(f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
-                             "(the API key is sent to base_url only): set base_url to the final address") from None
+            raise FatalError(redact_key(f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
+                                        "(the API key is sent to base_url only): set base_url to the final address",
+                                        api_key)) from None
         detail = redact_key(_error_detail(exc), api_key)
         if exc.code == 429:
             raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
@@ -261,12 +289,12 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float) -> dict
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise TransientError("timeout", f"no response within {timeout:g}s") from None
-        raise TransientError("connection", f"connection failed ({exc.reason})") from None
-    except (ConnectionError, http.client.HTTPException) as exc:
-        raise TransientError("connection", f"connection failed ({type(exc).__name__})") from None
+        raise TransientError("connection", redact_key(f"connection failed ({exc.reason})", api_key)) from None
+    except (ConnectionError, http.client.HTTPException, OSError) as exc:
+        raise TransientError("connection", redact_key(f"connection failed ({type(exc).__name__})", api_key)) from None
     try:
-        return redact_key(json.loads(raw), api_key)
-    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
+        return redact_key(loads_json(raw), api_key)
+    except ValueError:  # TooDeep too: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
 
 
@@ -277,7 +305,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     (transformers serve): {"detail": "..."}; vLLM also {"message": ...}.
     """
     try:
-        payload = json.loads(exc.read() or b"null")
+        payload = loads_json(exc.read(MAX_ERROR_BYTES) or b"null")
         error = payload.get("error")
         message = error.get("message") if isinstance(error, dict) else error
         message = message or payload.get("detail") or payload.get("message")
@@ -301,14 +329,19 @@ class RetryPolicy(NamedTuple):
         return cls(params.timeout_s, params.max_attempts, params.backoff_base_s, params.backoff_cap_s)
 
 
-def call_with_retries(url: str, body: dict, api_key: str | None, policy: Any) -> tuple[dict, CallStats]:
-    """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent.
+def call_with_retries(url: str, body: dict, api_key: str | None, policy: Any,
+                      cancel: threading.Event | None = None) -> tuple[dict, CallStats]:
+    """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent,
+    Cancelled as soon as `cancel` is set (no new attempt, no backoff wait, the request in flight dropped).
     `policy`: a RetryPolicy or any object with its four attributes (a params entry)."""
     stats = CallStats()
+    cancel = cancel or threading.Event()
     for attempt in range(1, policy.max_attempts + 1):
+        if cancel.is_set():
+            raise Cancelled()
         stats.attempts += 1
         try:
-            response = post_chat(url, body, api_key, policy.timeout_s)
+            response = post_chat(url, body, api_key, policy.timeout_s, cancel)
             try:
                 read_completion(response)
             except ValueError as exc:
@@ -320,7 +353,8 @@ def call_with_retries(url: str, body: dict, api_key: str | None, policy: Any) ->
             if attempt == policy.max_attempts:
                 raise RequestFailed(f"{exc} (after {attempt} attempts)", stats) from None
             stats.retries[exc.kind] += 1
-            time.sleep(backoff_delay(attempt, policy.backoff_base_s, policy.backoff_cap_s, exc.retry_after))
+            if cancel.wait(backoff_delay(attempt, policy.backoff_base_s, policy.backoff_cap_s, exc.retry_after)):
+                raise Cancelled() from None
     raise AssertionError("unreachable")
 
 
@@ -375,6 +409,16 @@ class ResponseCache:
         return self
 
 
+def wrote_report(path: Path, name: str) -> bool:
+    """Whether `path` is the report.json a run of entry `name` of a stage using this client wrote
+    (so the outputs beside it are that stage's: io.check_outputs_ours)."""
+    try:
+        report = loads_json(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("name") == name and "requests" in report and "api_calls" in report
+
+
 class Job(NamedTuple):
     """One request to make: `body` is sent, `stored` (the same request, possibly with large parts such
     as images replaced by their sha256) is what the cache file records under `key`. `body` may be a
@@ -402,13 +446,16 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
         return stats, failures
 
     stop = threading.Event()  # set by the first request that fails for good
+    cancel = threading.Event()  # set when the run stops (Ctrl-C): requests in flight are dropped
 
     def one(job: Job) -> tuple[int, dict | None, CallStats, str | None] | None:
-        if stop.is_set():
+        if stop.is_set() or cancel.is_set():
             return None
         try:
             body = job.body() if callable(job.body) else job.body
-            response, call_stats = call_with_retries(url, body, api_key, policy)
+            response, call_stats = call_with_retries(url, body, api_key, policy, cancel)
+        except Cancelled:
+            return None
         except RequestFailed as exc:
             stop.set()
             return job.index, None, exc.stats, str(exc)
@@ -435,8 +482,11 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
                 failures.append((index, error))
             if done % every == 0 or done == len(jobs):
                 log(f"  {done}/{len(jobs)} requests done")
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: in-flight requests finish and are cached
+    except BaseException:  # Ctrl-C, SIGTERM: no new request; those in flight stop within POLL_S
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return stats, failures
 
 
@@ -444,10 +494,13 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
 
 @functools.lru_cache(maxsize=4)
 def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
-    """A pattern matching, at every position, any 8-character piece of the key (the whole key if shorter)."""
+    """A pattern matching, at every position, any 8-character piece of the key (the whole key if
+    shorter), in any letter case and reversed too: a server or proxy that upper-cases what it echoes,
+    a host name (lower-cased), a reversed string, all still hold the key."""
     n = min(8, len(api_key))
-    pieces = sorted({api_key[i : i + n] for i in range(len(api_key) - n + 1)})
-    return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))"), n
+    pieces = sorted({text[i : i + n].lower() for text in (api_key, api_key[::-1])
+                     for i in range(len(text) - n + 1)})
+    return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))", re.IGNORECASE), n
 
 
 def redact_key(value: Any, api_key: str | None) -> Any:

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,7 +43,8 @@ def sha256_text(text: str) -> str:
 
 
 # A folder a command wrote holds this file, so a later run may replace it whole. A folder without it
-# is replaced only when every file in it would be written again (nothing of anyone else's is lost).
+# is replaced only when every file in it would be written again with the same bytes, or is committed
+# unmodified in git (either way nothing of anyone else's is lost): file names alone prove nothing.
 # Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
@@ -72,6 +75,44 @@ def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) 
     if name and (tmp is None or not str(name).startswith(str(tmp))):
         return f"{name}: {detail}"
     return f"{target}: cannot write ({detail})"
+
+
+def shown(path: Path | str) -> str:
+    """A path (or any text from the data) as it may be printed: escape codes, other control characters
+    and undecodable bytes (a non-UTF-8 file name) escaped, so a name cannot drive the terminal."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return text if text.isprintable() else "".join(map(_printable, text))
+
+
+def _printable(char: str) -> str:
+    if char.isprintable():
+        return char
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def check_output_kind(target: Path | str) -> None:
+    """Refuse an output path that is a device, FIFO or socket (replacing /dev/null as root breaks the
+    system; a FIFO would block), or a symbolic link (replacing it loses the link; writing through it
+    writes wherever it points) unless the link points into DVC's cache (cache.type symlink: DVC's)."""
+    path = os.fspath(target)
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:
+        raise DataError(os_error_message(exc, target)) from None
+    if stat.S_ISLNK(mode):
+        real = Path(os.path.realpath(path))
+        if any(part.name == "cache" and part.parent.name == ".dvc" for part in real.parents):
+            return
+        raise DataError(f"{shown(target)}: is a symbolic link (to {shown(os.readlink(path))}); refusing to replace "
+                        "or write through it (remove the link, or name the file it points at)")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+        raise DataError(f"{shown(target)}: is {kind}, not a regular file; refusing to replace it")
 
 
 def check_not_input(output: Path | str, inputs) -> None:
@@ -134,25 +175,86 @@ def _files_under(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def check_replaceable(target: Path | str, new: Path | str | None = None) -> None:
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        if os.path.islink(a) or os.path.islink(b) or os.path.getsize(a) != os.path.getsize(b):
+            return False
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            while True:
+                chunk = fa.read(1 << 20)
+                if chunk != fb.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
+
+
+def git_unmodified(folder: Path | str) -> set[str]:
+    """Paths (relative to `folder`) of the files git tracks there unmodified: replacing them loses
+    nothing, `git checkout` brings them back. Empty outside a git work tree."""
+    def files(*flags: str) -> set[str]:
+        try:
+            result = subprocess.run(["git", "ls-files", "-z", *flags, "--", "."], cwd=folder, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return set()
+        return set(os.fsdecode(name) for name in result.stdout.split(b"\0") if name) if result.returncode == 0 else set()
+
+    tracked = files()
+    return tracked - files("-m", "-d") if tracked else set()
+
+
+def check_replaceable(target: Path | str, new: Path | str | None = None, committed_ok: bool = False) -> None:
     """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, or a
-    folder that is empty, holds the MARKER, or whose every file `new` holds too. A file `new`
-    replaces a file, never a folder."""
+    folder that is empty, holds the MARKER, or whose every file `new` holds with the same bytes (or,
+    with `committed_ok`, git holds unmodified: a committed output such as data/raw). A name alone
+    proves nothing: a user's README.md or train.parquet stays. A file `new` replaces a regular file,
+    never a folder, a link or a device."""
     target = Path(target)
     if not os.path.lexists(target):
         return
+    check_output_kind(target)
     if new is not None and not Path(new).is_dir():
         if target.is_dir():
-            raise DataError(f"{target}: is a folder, expected a file path")
+            raise DataError(f"{shown(target)}: is a folder, expected a file path")
         return
     if target.is_symlink() or not target.is_dir():
-        raise DataError(f"{target}: exists and is not a folder; refusing to replace it (move it away first)")
+        raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
     if (target / MARKER).is_file():
         return
+    recoverable: set[str] | None = None
     for rel in _files_under(target):
-        if new is None or not os.path.lexists(Path(new) / rel):
-            raise DataError(f"{target}: holds {rel!r}, which this command did not write; refusing to replace "
-                            f"the folder (point the command at its own output path, or move the folder away)")
+        if new is not None and _same_bytes(target / rel, Path(new) / rel):
+            continue
+        if recoverable is None:
+            recoverable = git_unmodified(target) if committed_ok else set()
+        if rel in recoverable:
+            continue
+        raise DataError(f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
+                        f"and not the bytes it would write); refusing to replace the folder (point the command at "
+                        f"its own output path, or move the folder away)")
+
+
+def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
+    """Refuse to write the outputs `names` into `folder` (a folder of separate outputs, e.g. a stage's
+    prompts.txt and report.json) over files we cannot prove ours: one is ours when the folder holds
+    the MARKER, when DVC lists it as an output there (its .gitignore), or when the caller proved it
+    (`proven`: e.g. the folder's report names this command's entry)."""
+    folder = Path(folder)
+    present = [name for name in names if os.path.lexists(folder / name)]
+    for name in present:
+        check_output_kind(folder / name)
+    if not present or proven or (folder / MARKER).is_file():
+        return
+    try:
+        dvc_outputs = set((folder / ".gitignore").read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError):
+        dvc_outputs = set()
+    for name in present:
+        if f"/{name}" not in dvc_outputs:
+            raise DataError(f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
+                            f"marker, not a DVC output there, no report of this command beside it); refusing to "
+                            f"replace it (choose another output folder, or move the file away)")
 
 
 def mark_folder(folder: Path | str) -> None:
@@ -160,9 +262,9 @@ def mark_folder(folder: Path | str) -> None:
     (Path(folder) / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
 
 
-def replace_path(new: Path, target: Path, is_dir: bool) -> None:
+def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
     """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted)."""
-    check_replaceable(target, new)
+    check_replaceable(target, new, committed_ok)
     if not is_dir or not os.path.lexists(target):
         os.replace(new, target)
         return
@@ -177,17 +279,20 @@ def replace_path(new: Path, target: Path, is_dir: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=()) -> Iterator[Path]:
+def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=(),
+                committed_ok: bool = False) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
 
     Readers of `target` never see a half-written file, and a crash leaves the old one intact. A
     folder output gets the MARKER (unless mark=False) and never replaces a folder this pipeline did
-    not write (check_replaceable); an output that is or holds one of `inputs` is refused. One
+    not write (check_replaceable, `committed_ok` passed on); an output that is or holds one of
+    `inputs` is refused, and so is one that is a link, a device or a FIFO (check_output_kind). One
     process writes a target at a time (output_lock). OSErrors (disk full, a file where a folder
     should be) become one-line DataErrors naming the path.
     """
     target = Path(target)
     check_not_input(target, inputs)
+    check_output_kind(target)
     if target.is_dir() and not is_dir:
         raise DataError(f"{target}: is a folder, expected a file path")
     if os.path.lexists(target) and is_dir and not target.is_dir():
@@ -208,7 +313,7 @@ def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inp
             if is_dir and mark:
                 mark_folder(tmp)
             os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
-            replace_path(tmp, target, is_dir)
+            replace_path(tmp, target, is_dir, committed_ok)
         except BaseException as exc:
             _remove(tmp)
             if isinstance(exc, OSError):
@@ -247,8 +352,8 @@ def write_parquet(df, path: Path | str) -> None:
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata(None)  # pandas metadata embeds versions; keep bytes stable
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
+        pq.write_table(table, sink, compression="zstd")
 
 
 class ParquetRows:
@@ -265,7 +370,8 @@ class ParquetRows:
 
         self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
         self.columns: list[list] = [[] for _ in schema.names]
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.sink = open(path, "wb")  # a file object: pyarrow cannot encode a non-UTF-8 file name
+        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
 
     def add(self, *values) -> None:
         for column, value in zip(self.columns, values, strict=True):
@@ -287,9 +393,12 @@ class ParquetRows:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.flush()
-        self.writer.close()
+        try:
+            if exc_type is None:
+                self.flush()
+            self.writer.close()
+        finally:
+            self.sink.close()
 
 
 def read_parquet(path: Path | str):

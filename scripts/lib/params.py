@@ -34,6 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
+from scripts.lib.nesting import TooDeep
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -1117,18 +1118,63 @@ class AliasError(yaml.YAMLError):
 
 
 def read_yaml(text: str) -> Any:
-    """Safe YAML without aliases (AliasError, a yaml.YAMLError, on one): a few hundred bytes of nested
-    aliases expand to billions of nodes (the "billion laughs"), and `dvc exp run -S` writes them out
-    anyway. The event stream is checked first, so nothing is built from an alias. libyaml (PyYAML's C
-    loader, in its wheels) when present: ~7x faster than the Python one, and every stage reads params."""
+    """Safe YAML 1.2 as DVC reads params.yaml (ruamel.yaml, typ="safe": `010` is 10, `1:20` a string,
+    `yes` a string), so a stage and `dvc params diff` see the same values. Refused before anything is
+    built: an alias (AliasError, a yaml.YAMLError; a few hundred bytes of nested aliases expand to
+    billions of nodes, and `dvc exp run -S` writes them out anyway) and nesting deeper than
+    nesting.MAX_DEPTH (TooDeep). The event pass is libyaml's (PyYAML's C parser, not recursive)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError as RuamelYAMLError
+
+    from scripts.lib.nesting import check_yaml_depth
+
     fast = yaml.__with_libyaml__
-    for event in yaml.parse(text, Loader=yaml.CSafeLoader if fast else yaml.SafeLoader):
+    for event in check_yaml_depth(yaml.parse(text, Loader=yaml.CSafeLoader if fast else yaml.SafeLoader)):
         if isinstance(event, yaml.AliasEvent):
             raise AliasError(event.start_mark.line + 1)
-    return yaml.load(text, Loader=yaml.CSafeLoader) if fast else yaml.load(text, Loader=yaml.SafeLoader)
+    try:
+        return YAML(typ="safe", pure=not fast).load(text)
+    except RuamelYAMLError as exc:  # one error type for the callers: PyYAML's, with the line
+        raise RuamelError(exc) from None
+
+
+class RuamelError(yaml.YAMLError):
+    """A ruamel.yaml error (e.g. a duplicate key, which DVC refuses too) as a yaml.YAMLError."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(str(exc))
+        self.problem = getattr(exc, "problem", None) or type(exc).__name__
+        self.problem_mark = getattr(exc, "problem_mark", None)  # .line, 0-based, as PyYAML's
 
 
 _CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
+
+
+# Shapes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, AWS, Slack, Google, GitLab):
+# params.yaml is committed and its values are copied into dvc.lock, so none may hold one.
+SECRET_SHAPES = re.compile(r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
+                           r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
+                           r"|\bbearer\s+\S{16,})")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def refuse_secrets(value: Any, path: str, at: tuple = ()) -> None:
+    """DataError (naming the key, never the value) for a value shaped like an API key, or an `*_env`
+    key whose value is not an environment variable name (a key pasted where its variable's name goes)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_secrets(key, path, at)
+            refuse_secrets(item, path, (*at, key))
+            if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
+                raise DataError(f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
+                                "(letters, digits, '_'), not the key itself")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_secrets(item, path, (*at, index))
+    elif isinstance(value, str) and SECRET_SHAPES.search(value):
+        raise DataError(f"{path}: {'.'.join(map(str, at)) or 'a key'}: holds what looks like an API key or token; "
+                        "keep keys out of params.yaml (it is committed, and copied into dvc.lock): set an environment "
+                        "variable and name it in api_key_env")
 
 
 def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
@@ -1145,7 +1191,7 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
         params = read_yaml(text) or {}
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except AliasError as exc:
+    except (AliasError, TooDeep) as exc:
         raise DataError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -1153,6 +1199,7 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
         raise DataError(f"{path}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
     key = (str(path.resolve()), sha256_text(text))
     if key not in _CHECKED_PARAMS:
+        refuse_secrets(params, str(path))
         check_params(params, str(path))
         _CHECKED_PARAMS.add(key)
     if section is None:

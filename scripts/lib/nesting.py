@@ -1,0 +1,65 @@
+"""Nesting depth, bounded before any JSON or YAML text is parsed.
+
+Python's json and PyYAML's composer recurse once per level: 100k nested `[` is a RecursionError
+traceback (json) or a segfault after a minute (libyaml's composer). Every reader of JSON or YAML
+from a file or the network checks the text here first; no file of ours nests anywhere near the cap.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_DEPTH = 200
+
+
+class TooDeep(ValueError):
+    """Nested deeper than MAX_DEPTH: a ValueError, so readers that count a bad record still do."""
+
+    def __init__(self, depth: int):
+        super().__init__(f"nested deeper than {depth} levels")
+
+
+def check_json_depth(text: str | bytes, limit: int = MAX_DEPTH) -> None:
+    """TooDeep when the brackets of a JSON text (outside its strings) nest deeper than `limit`."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8", "replace")
+    if text.count("[") + text.count("{") <= limit:  # the common case: nothing to scan
+        return
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                raise TooDeep(limit)
+        elif char in "]}":
+            depth -= 1
+
+
+def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
+    """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON)."""
+    check_json_depth(text, limit)
+    return json.loads(text)
+
+
+def check_yaml_depth(events, limit: int = MAX_DEPTH):
+    """Pass a YAML event stream through, raising TooDeep once collections nest deeper than `limit`
+    (libyaml's parser is not recursive: the events come before anything is composed)."""
+    depth = 0
+    for event in events:
+        name = type(event).__name__
+        if name in ("MappingStartEvent", "SequenceStartEvent"):
+            depth += 1
+            if depth > limit:
+                raise TooDeep(limit)
+        elif name in ("MappingEndEvent", "SequenceEndEvent"):
+            depth -= 1
+        yield event
