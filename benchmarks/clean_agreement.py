@@ -22,7 +22,7 @@ as a drop (its code crashes on empty prompts).
 
     python benchmarks/clean_agreement.py [--sets final 2023-04-04] [--show 10] [--out benchmarks/results/clean_agreement.txt]
 
-Prompts: ../shared/fixtures/openprompts-1k.csv (`prompt` column) and gpt4-prompts-3k.txt (one per
+Prompts: tests/fixtures/openprompts-1k.csv (`prompt` column) and gpt4-prompts-3k.txt (one per
 non-empty line, as published). `--reference FILE` (a file defining `preprocess(text)`) compares the
 default params with that file instead.
 """
@@ -46,7 +46,7 @@ from benchmarks._record import add_out_argument, record  # noqa: E402
 from scripts.clean import clean_text, load_rule_set, load_rules  # noqa: E402
 from scripts.lib.params import load_params  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 MIRROR = Path(os.environ.get("REFERENCE_MIRROR", "/work/.mirror/songjein+image-to-prompts-28th-solution/repo"))
 # rule set -> (commit, file, the __main__ ran langdetect on the raw prompt before preprocess)
 REFERENCES = {

@@ -2,7 +2,7 @@
 
     python benchmarks/clean_bench.py [--n 1000000] [--baseline-n 100000] [--rules NAME] [--reference final|FILE] [--no-cli]
 
-Prompts: the real fixture prompts (../shared/fixtures), mutated at random (words dropped, swapped,
+Prompts: the real fixture prompts (tests/fixtures), mutated at random (words dropped, swapped,
 repeated; SD modifiers, artists, numbers and punctuation inserted) so the 1M are nearly all
 distinct and exercise the rules; generated prompts when the fixtures are absent. Speed is measured
 as CPU time of this process (time.process_time), so other jobs on a shared machine do not count;

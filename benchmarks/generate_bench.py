@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._record import add_out_argument, record  # noqa: E402
 
-FIXTURE = REPO.parent / "shared" / "fixtures" / "gpt4-prompts-3k.txt"
+FIXTURE = REPO / "tests" / "fixtures" / "gpt4-prompts-3k.txt"
 
 
 def build_sd21_architecture(output: Path) -> None:

@@ -40,7 +40,7 @@ def main() -> None:
     for name, seconds in (("bare loop", bare), ("track, log", log), ("track, live bar", bar)):
         print(f"{name:16} {seconds / n * 1e9:7.0f} ns/item  x{seconds / bare:5.1f}")
 
-    fixture = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "openprompts-1k.csv"
+    fixture = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "openprompts-1k.csv"
     if fixture.exists():
         import pandas as pd
 

@@ -35,7 +35,7 @@ from scripts.lib.params import CleanRules
 from scripts.lib.regex_engine import run_phase
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 RULES = load_rules(PARAMS["clean"])  # the default set, `final`
 FINAL = load_rule_set("final")  # the complete rule set, as its model
@@ -43,16 +43,12 @@ FINAL = load_rule_set("final")  # the complete rule set, as its model
 
 def openprompts() -> list[str]:
     path = FIXTURES / "openprompts-1k.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
     with path.open(encoding="utf-8", newline="") as f:
         return [row["prompt"] for row in csv.DictReader(f)]
 
 
 def gpt4_prompts() -> list[str]:
     path = FIXTURES / "gpt4-prompts-3k.txt"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

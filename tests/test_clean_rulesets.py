@@ -103,8 +103,6 @@ def test_the_three_versions_ship_and_each_is_a_complete_checked_document():
 
 
 def test_speedups_are_exact_on_the_older_versions(fixtures_dir):
-    if not (fixtures_dir / "openprompts-1k.csv").exists():
-        pytest.skip("fixtures absent")
     prompts = pd.read_csv(fixtures_dir / "openprompts-1k.csv")["prompt"].dropna().astype(str).tolist()[:250]
     for name in ("2023-04-04", "2023-03-30"):
         document = {**load_rule_set(name), "language": {"enabled": False}}  # langdetect: slow, not a regex

@@ -21,7 +21,7 @@ from scripts.dedup import DedupParams, Index, banding, build_index, dedup_agains
 from scripts.lib.params import Dedup, Runtime, parse
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 # --- real prompts with planted near-duplicates ---------------------------------------------------
@@ -30,8 +30,6 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 def _real_prompts() -> list[str]:
     gpt4 = FIXTURES / "gpt4-prompts-3k.txt"
     openprompts = FIXTURES / "openprompts-1k.csv"
-    if not gpt4.exists() or not openprompts.exists():
-        pytest.skip(f"fixtures not found under {FIXTURES}")
     texts = [line.strip().removeprefix("- ") for line in gpt4.read_text(encoding="utf-8").splitlines() if line.strip()]
     with openprompts.open(encoding="utf-8", newline="") as f:
         texts += [row["prompt"] for row in csv.DictReader(f)]

@@ -20,7 +20,7 @@ from scripts.lib.render import resolve_model
 from scripts.lib.render_plan import MANIFEST_COLUMNS, plan_jobs, prompt_seed
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SUBJECTS = ["cat", "lighthouse", "robot", "dragon", "forest", "city", "ship", "castle", "owl", "desert"]
 PLACES = ["in the rain", "at sunset", "in snow", "at night", "in fog", "on a hill"]
 
@@ -382,8 +382,6 @@ def test_cli_errors_are_one_line(tiny_model_dir, tmp_path):
 
 def test_renders_real_prompts_from_the_fixture(tiny_model_dir, tmp_path):
     path = FIXTURES / "gpt4-prompts-3k.txt"
-    if not path.exists():
-        pytest.skip("shared fixtures not present")
     lines = [line.strip().lstrip("- ") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:12]
     table = pd.DataFrame({"id": [f"gpt4-{i}" for i in range(len(lines))], "text": lines, "prompt": lines})
     counts = generate(table, settings(tiny_model_dir, batch_size=6), tmp_path / "out")

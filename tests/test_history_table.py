@@ -1,17 +1,16 @@
-"""`python -m scripts history-table`: DESIGN.md §6's counts, the team log's beside our stats.json."""
+"""`python -m scripts history-table`: the reference history's counts (docs/contracts.md §7), the team log's
+beside our stats.json."""
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
 
-import pytest
-
 from conftest import cli
 from scripts.tools.history_table import LOG, formula_value
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def write_stats(root: Path, release: str, train: int, validation: int, by_source: dict, removed: int) -> None:
@@ -75,9 +74,7 @@ def test_unreadable_stats_and_a_missing_folder_are_one_line_not_a_traceback(tmp_
 
 
 def test_the_log_numbers_are_the_team_logs_text():
-    seed = SHARED / "seeds" / "team-log-v2-to-v4b.txt"
-    if not seed.is_file():
-        pytest.skip("../shared/seeds is absent")
+    seed = FIXTURES / "team-log-v2-to-v4b.txt"
     text = seed.read_text(encoding="utf-8")
     for count in LOG:
         value = formula_value(count.log)
@@ -90,12 +87,10 @@ def test_the_log_numbers_are_the_team_logs_text():
                 assert re.search(rf"(?<!\d){number} 건", text), (count, number)
 
 
-def test_design_section_6_numbers_are_in_the_table():
-    design = SHARED / "DESIGN.md"
-    if not design.is_file():
-        pytest.skip("../shared/DESIGN.md is absent")
-    section = design.read_text(encoding="utf-8").split("## 6.")[1].split("\n## ")[0]
+def test_the_documented_history_numbers_are_in_the_table():
+    contracts = REPO / "docs" / "contracts.md"
+    section = contracts.read_text(encoding="utf-8").split("## 7. Releases: the reference history")[1].split("\n## ")[0]
     numbers = {int(n.replace(",", "")) for n in re.findall(r"\d{1,3}(?:,\d{3})+|(?<=after )\d+", section)}
-    assert {155813, 11010, 8765, 33, 193994, 14933, 3901, 286670, 13324} <= numbers  # what §6 states
+    assert {155813, 11010, 8765, 33, 193994, 14933, 3901, 286670, 13324} <= numbers  # what the section states
     logged = {c.theirs for c in LOG} | {int(n) for c in LOG for n in re.findall(r"\d+", c.log)}
     assert numbers <= logged, numbers - logged

@@ -27,7 +27,7 @@ from scripts.ingest import ingest, report_path
 from scripts.lib.readers import SourceConfig, compile_simpletuner
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 # ---------------------------------------------------------------- helpers that write native files
@@ -57,7 +57,6 @@ def run_ingest(tmp_path: Path, name: str = "src", **config) -> tuple[list[dict],
 
 
 # ---------------------------------------------------------------- acceptance 1: the real fixtures
-@pytest.mark.skipif(not (FIXTURES / "openprompts-1k.csv").exists(), reason="../shared/fixtures absent")
 def test_openprompts_fixture_ingests_all_998_rows_byte_equal(tmp_path):
     fixture = FIXTURES / "openprompts-1k.csv"
     with fixture.open(newline="", encoding="utf-8") as f:
@@ -77,7 +76,6 @@ def test_openprompts_fixture_ingests_all_998_rows_byte_equal(tmp_path):
     assert len({r["id"] for r in rows}) == 998
 
 
-@pytest.mark.skipif(not (FIXTURES / "gpt4-prompts-3k.txt").exists(), reason="../shared/fixtures absent")
 def test_gpt4_fixture_ingests_all_3057_lines(tmp_path):
     fixture = FIXTURES / "gpt4-prompts-3k.txt"
     rows, report = run_ingest(tmp_path, "chatgpt", kind="text", path=str(fixture))

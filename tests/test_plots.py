@@ -17,7 +17,7 @@ from scripts.lib.io import write_parquet
 from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 RELEASES = ["v2", "v3", "v4", "v4-a", "v4-b"]
 
 
@@ -75,9 +75,6 @@ def make_inputs(root: Path) -> dict:
     from scripts.lib.cleaning import clean_table, load_rules, report
     from scripts.lib.params import load_params
 
-    for name in ("gpt4-prompts-3k.txt", "openprompts-1k.csv"):
-        if not (FIXTURES / name).exists():
-            pytest.skip("../shared/fixtures is absent")
     prompts = [p.strip().lstrip("- ") for p in (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
                if p.strip()][:300]
     for release, count in (("r1", 200), ("r2", 300)):

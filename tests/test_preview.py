@@ -20,13 +20,11 @@ from scripts.lib.preview import contact_sheet, dedup_preview_html, sample_ids, w
 from scripts.release import write_preview
 from scripts.lib.progress import summary_line, track
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def gpt4_prompts(n: int) -> list[str]:
     path = FIXTURES / "gpt4-prompts-3k.txt"
-    if not path.exists():
-        pytest.skip("../shared/fixtures is absent")
     lines = [line.strip().lstrip("- ") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return lines[:n]
 

@@ -39,7 +39,7 @@ from scripts.synthesize import (
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("no_proxy")
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 API_KEY = "sk-test-DO-NOT-LEAK-4242"
 
 
@@ -288,8 +288,6 @@ def test_example_pools_from_text_folder_and_parquet(tmp_path):
 
 def test_real_gpt4_set_as_example_pool():
     path = FIXTURES / "gpt4-prompts-3k.txt"
-    if not path.exists():
-        pytest.skip("shared fixtures absent")
     pool = read_example_pool(ExampleSource(path=str(path), count=10))
     assert len(pool) == 3057
     assert not any(prompt.startswith("- ") for prompt in pool)
