@@ -769,15 +769,19 @@ def cli_text(
     input = Path(input)
     if not input.exists():
         raise DataError(f"{input}: input not found")
+    from scripts.lib.progress import Progress
+
     rules = load_rules(load_params("clean") if rule_set is None else load_rule_set(rule_set))
     line_no = 0
-    with input.open("rb") as src, atomic_path(output) as tmp:
+    with input.open("rb") as src, atomic_path(output) as tmp, \
+            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress:
         with tmp.open("w", encoding="utf-8") as dst:
             while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
                 lines = _decode_lines(batch, input, line_no)
                 line_no += len(batch)
                 results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
                 dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+                progress.advance(sum(map(len, batch)))
 
 
 def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:
