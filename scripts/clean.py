@@ -23,6 +23,7 @@ from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
 from scripts.lib.params import CleanRules, Runtime, load_section
+from scripts.lib.progress import Progress
 
 
 def cli_rules(output: Path) -> None:
@@ -115,13 +116,15 @@ def cli_text(
         raise DataError(f"{input}: input not found")
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
-    with input.open("rb") as src, atomic_path(output) as tmp:
+    with input.open("rb") as src, atomic_path(output) as tmp, \
+            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress:
         with tmp.open("w", encoding="utf-8") as dst:
             while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
                 lines = _decode_lines(batch, input, line_no)
                 line_no += len(batch)
                 results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
                 dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+                progress.advance(sum(map(len, batch)))
 
 
 def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:

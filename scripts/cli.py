@@ -34,7 +34,8 @@ COMMANDS = {
     "dedup-text": "dedup:cli_text",
     # side tools
     "diff": "tools.diff",
-    "pr-comment": "tools.pr_comment", "pr-comment-post": "tools.pr_comment:cli_post", "publish": "tools.publish",
+    "pr-build": "tools.pr_build", "pr-comment": "tools.pr_comment", "pr-comment-post": "tools.pr_comment:cli_post",
+    "publish": "tools.publish",
     "tag": "tools.tag",
     "replay-history": "tools.replay_history",
     "sample-data": "tools.sample_data",

@@ -1,7 +1,7 @@
 """pr-comment: the dataset-diff comment of a pull request, assembled and posted in place.
 
     python -m scripts pr-comment BASE_REV [HEAD_REV] --out DIR [--assets-url URL] [--run-url URL]
-    python -m scripts pr-comment-post DIR/comment.md --pr N [--assets DIR/sheets --assets-branch B --assets-prefix P]
+    python -m scripts pr-comment-post DIR/comment.md (--pr N | --pr-from FILE) [--head-sha SHA] [--assets DIR/sheets ...]
 
 `pr-comment` writes DIR/comment.md: one Markdown body holding, for every release of HEAD_REV (default
 `workspace`, the PR's rebuilt tree), the row-level diff against BASE_REV (`python -m scripts diff`'s
@@ -13,14 +13,16 @@ The body starts with MARKER, a hidden HTML comment by which the next run finds a
 
 `pr-comment-post` (GitHub REST API, token from GITHUB_TOKEN or GH_TOKEN, repository from
 GITHUB_REPOSITORY, API from GITHUB_API_URL) commits the contact sheets to an assets branch (a comment
-shows images only by URL) and edits the comment holding MARKER, or creates it. Standard library only.
-.github/workflows/dataset-diff.yml runs both; tests/test_workflow.py runs that workflow's steps.
+shows images only by URL) and edits the comment holding MARKER, or creates it; with --head-sha it posts
+only if the PR's head is the commit that was built. .github/workflows/dataset-diff.yml builds the body
+with no token; dataset-diff-post.yml posts it; tests/test_workflow.py runs both workflows' steps.
 """
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +57,34 @@ def release_pairs(at_base: dict, at_head: dict) -> list[tuple[str | None, str]]:
     return pairs
 
 
+def release_outs(lock_text: str | None) -> dict[str, list]:
+    """release name -> its outputs' (path, md5) in a dvc.lock text ({} when there is no lock)."""
+    import yaml
+
+    stages = (yaml.safe_load(lock_text or "") or {}).get("stages") or {}
+    return {name.split("@", 1)[1]: sorted((o.get("path"), o.get("md5")) for o in (stage.get("outs") or []))
+            for name, stage in stages.items() if name.startswith("release@")}
+
+
+def lock_at(repo: str, rev: str) -> str | None:
+    """dvc.lock's text at a git revision or in the workspace (None when there is none)."""
+    if rev == "workspace":
+        lock = Path(repo) / "dvc.lock"
+        return lock.read_text(encoding="utf-8") if lock.exists() else None
+    result = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=repo, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def unchanged_releases(repo: str, base_rev: str, head_rev: str) -> set[str]:
+    """Releases whose outputs both revisions' dvc.lock pin alike: unchanged without reading any data (a
+    fresh runner with no remote has none)."""
+    before, after = release_outs(lock_at(repo, base_rev)), release_outs(lock_at(repo, head_rev))
+    return {name for name, outs in after.items() if before.get(name) == outs}
+
+
+NO_CHANGE = {"splits": {}}  # the report of a release both locks pin alike
+
+
 def changed(report: dict) -> bool:
     return any(s[k] for s in report["splits"].values() for k in ("added", "removed", "text_changed", "image_changed"))
 
@@ -69,8 +99,12 @@ def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str])
     except (DataError, FileNotFoundError):  # no (readable) params.yaml at the base: every release is new
         at_base = {}
     at_head = diff.releases_at(fs_b)
+    same = unchanged_releases(repo, base_rev, head_rev)
     out = []
     for release_a, release_b in release_pairs(at_base, at_head):
+        if release_a == release_b and release_b in same:
+            out.append((release_a, release_b, NO_CHANGE, ""))
+            continue
         if release_a is None:
             out.append((None, release_b, None, f"new release, nothing at {labels[base_rev]} to compare with"))
             continue
@@ -280,6 +314,9 @@ def cli(
 
 
 # --- posting (GitHub REST API, standard library only) ---------------------------------------------
+# Not PyGithub or ghapi (neither is among our pinned packages) nor requests: the job holding the write
+# token installs typer alone, so no package beyond the standard library runs with it, and these are a
+# handful of REST calls. urllib's `timeout` bounds each one.
 
 
 class GitHub:
@@ -341,26 +378,64 @@ class GitHub:
         return commit
 
 
+SHEET_NAME = re.compile(r"(base|head)-[A-Za-z0-9][A-Za-z0-9._-]*\.jpg")
+MAX_SHEET_BYTES, MAX_SHEETS = 8 << 20, 64  # the artifact is the PR's output: only small JPEGs are committed
+
+
+def sheets_to_commit(folder: Path, prefix: str) -> dict[str, bytes]:
+    """The contact sheets of pr-comment's OUT/sheets, checked: names pr-comment gives, JPEG bytes, sizes
+    bounded (the folder comes from a run of the PR's own code)."""
+    files = {}
+    for path in sorted(folder.glob("*")):
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
+        if not SHEET_NAME.fullmatch(path.name) or not data.startswith(b"\xff\xd8\xff") or len(data) > MAX_SHEET_BYTES:
+            raise DataError(f"{path}: not a contact sheet pr-comment writes (base-R.jpg / head-R.jpg, a JPEG under 8 MiB)")
+        files[f"{prefix}/{path.name}"] = data
+    if len(files) > MAX_SHEETS:
+        raise DataError(f"{folder}: {len(files)} files, more than the {MAX_SHEETS} contact sheets a comment shows")
+    return files
+
+
+def pr_number(pr: int | None, pr_from: Path | None) -> int:
+    if pr is not None:
+        return pr
+    if pr_from is None:
+        raise DataError("give --pr N or --pr-from FILE")
+    text = pr_from.read_text(encoding="utf-8").strip() if pr_from.is_file() else ""
+    if not text.isdigit():
+        raise DataError(f"{pr_from}: expected a pull request number")
+    return int(text)
+
+
 def cli_post(
     body_file: Path = typer.Argument(..., help="the comment body (pr-comment's OUT/comment.md)"),
-    pr: int = typer.Option(..., "--pr", help="pull request number"),
+    pr: int = typer.Option(None, "--pr", help="pull request number"),
+    pr_from: Path = typer.Option(None, "--pr-from", help="file holding the number (the build job's artifact)"),
+    head_sha: str = typer.Option(None, "--head-sha", help="refuse unless the PR's head is this commit (the run that built the body)"),
     assets: Path = typer.Option(None, "--assets", help="folder of images to commit first (pr-comment's OUT/sheets)"),
     assets_branch: str = typer.Option("dataset-diff-assets", "--assets-branch", help="branch that holds the images"),
-    assets_prefix: str = typer.Option(None, "--assets-prefix", help="folder on that branch (e.g. pr-12/<sha>)"),
+    assets_prefix: str = typer.Option(None, "--assets-prefix", help="folder on that branch (default: pr-N/HEAD_SHA, else pr-N)"),
 ) -> None:
     """Post the dataset-diff comment on a pull request, editing the previous one in place."""
     token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
     repository = os.environ.get("GITHUB_REPOSITORY")
     if not token or not repository:
         raise DataError("GITHUB_TOKEN (or GH_TOKEN) and GITHUB_REPOSITORY must be set")
+    number = pr_number(pr, pr_from)
     body = body_file.read_text(encoding="utf-8")
     if MARKER not in body:
         raise DataError(f"{body_file}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
+    if len(body) > MAX_BODY:
+        raise DataError(f"{body_file}: {len(body)} characters, over GitHub's comment limit")
     github = GitHub(repository, token, os.environ.get("GITHUB_API_URL") or "https://api.github.com")
-    if assets is not None:
-        files = {f"{assets_prefix or f'pr-{pr}'}/{p.name}": p.read_bytes() for p in sorted(assets.glob("*")) if p.is_file()}
+    if head_sha:  # the number came with the artifact: post only on the PR whose head that run built
+        actual = (github.request("GET", github.repo(f"/pulls/{number}")).get("head") or {}).get("sha")
+        if actual != head_sha:
+            raise DataError(f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})")
+    if assets is not None and assets.is_dir():
+        files = sheets_to_commit(assets, assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}"))
         if files:
-            sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{pr}")
+            sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
             print(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})")
-    action, comment = github.upsert_comment(pr, body)
+    action, comment = github.upsert_comment(number, body)
     print(f"pr-comment-post: {action} {comment.get('html_url') or comment.get('id')}")

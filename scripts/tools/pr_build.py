@@ -1,0 +1,95 @@
+"""pr-build: a pull request's data on a fresh runner (no DVC cache, maybe no remote), ready to diff.
+
+    python -m scripts pr-build BASE_REV [--out DIR] [--base-dir DIR]
+
+1. `dvc repro --pull --allow-missing`: what the PR changed is rebuilt, what it did not is pulled only
+   where a changed stage reads it. When that fails (no remote holds the data, or a stage reads a folder
+   that is only partly there, such as data/dedup or data/splits), `dvc repro --pull`: every stage is
+   pulled, or rebuilt where no remote has it.
+2. The releases whose outputs in dvc.lock differ from BASE_REV's need the base's data to be diffed. Where
+   neither the cache nor a remote has it, those releases are built at BASE_REV in a git worktree
+   (`--base-dir`) sharing this cache: DVC's run-cache restores every stage the two revisions share.
+Writes DIR/build.json (what ran: `mode`, `changed`, `base_built`) and logs each step on stdout.
+Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's unprivileged job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from scripts.lib.errors import DataError
+
+
+def dvc(args: list[str], cwd: str | Path) -> int:
+    """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
+    print(f"$ dvc {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}).returncode
+
+
+def readable(repo: str, rev: str, path: str) -> bool:
+    """`path` at `rev` from the cache or a remote (DVCFileSystem fetches it)."""
+    from scripts.tools import diff
+
+    try:
+        with diff.open_fs(repo, rev).open(path, "rb") as f:
+            f.read(1)
+        return True
+    except Exception:  # noqa: BLE001 - missing from cache and remote, or no remote at all: build it
+        return False
+
+
+def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -> None:
+    """`dvc repro --pull release@R...` at base_rev in a worktree that uses this repository's cache."""
+    if base_dir.exists():
+        raise DataError(f"{base_dir}: exists (pr-build makes the base's worktree there)")
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base_dir), base_rev], cwd=repo, check=True)
+    try:
+        local = repo / ".dvc" / "config.local"  # a remote set with `dvc remote add --local`
+        if local.exists():
+            shutil.copyfile(local, base_dir / ".dvc" / "config.local")
+        if dvc(["config", "--local", "cache.dir", str((repo / ".dvc" / "cache").resolve())], base_dir) != 0 or \
+                dvc(["repro", "--pull", *[f"release@{r}" for r in releases]], base_dir) != 0:
+            raise DataError(f"building {', '.join(releases)} at {base_rev} failed (see the log above)")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base_dir)], cwd=repo, capture_output=True)
+
+
+def cli(
+    base_rev: str = typer.Argument(..., help="the base revision (e.g. origin/main)"),
+    out: Path = typer.Option(Path("dataset-diff"), "--out", help="folder for build.json"),
+    base_dir: Path = typer.Option(Path("../dataset-diff-base"), "--base-dir", help="worktree for building the base, if needed"),
+) -> None:
+    """Rebuild what a pull request changed and make the base's data readable for `pr-comment`."""
+    from scripts.tools.pr_comment import release_pairs, unchanged_releases
+    from scripts.tools.diff import open_fs, releases_at
+
+    repo = Path.cwd()
+    mode = "pulled"
+    if dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
+        print("pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
+              flush=True)
+        mode = "rebuilt"
+        if dvc(["repro", "--pull"], repo) != 0:
+            raise DataError("dvc repro --pull failed (see the log above)")
+    unchanged = unchanged_releases(str(repo), base_rev, "workspace")
+    try:
+        at_base = releases_at(open_fs(str(repo), base_rev))
+    except (DataError, FileNotFoundError):
+        at_base = {}
+    pairs = release_pairs(at_base, releases_at(open_fs(str(repo), "workspace")))
+    changed = [(a, b) for a, b in pairs if not (a == b and b in unchanged)]
+    missing = sorted({a for a, _ in changed if a and not readable(str(repo), base_rev, f"data/releases/{a}/rows.parquet")})
+    if missing:
+        print(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there", flush=True)
+        build_base(repo, base_rev, missing, base_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"mode": mode, "changed": [b for _, b in changed], "base_built": missing}
+    (out / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"pr-build: {mode}; changed releases: {', '.join(report['changed']) or 'none'}", flush=True)
