@@ -713,10 +713,15 @@ def cli(
     output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
 ) -> None:
     """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard, or embeddings + exact cosine)."""
-    params = load_section("dedup")
+    params, setting = source_params(load_section("dedup"), source)
     table = _read_stage_input(input)
     ids = table.column("id").combine_chunks()
-    result = dedup_self(table.column("text"), ids, params)
+    if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
+        n = table.num_rows
+        result = SelfResult(np.ones(n, dtype=bool), np.full(n, -1, dtype=np.int64), np.full(n, np.nan),
+                            {"rows_in": n, "kept": n, "removed": 0})
+    else:
+        result = dedup_self(table.column("text"), ids, params)
     removed = np.nonzero(~result.keep)[0]
     similarity = result.jaccard[removed]
     if params.method == "embedding":  # float32 encoders differ in the last bits across devices/batches
@@ -731,13 +736,24 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     _write_table(table.filter(pa.array(result.keep)), output)
     _write_table(clusters, output.parent / f"{stem}.clusters.parquet")
-    if params.method == "embedding":
+    if setting is False:
+        report = {"source": source, **result.stats, "method": "off"}
+    elif params.method == "embedding":
         report = {"source": source, **result.stats, "method": "embedding", "model": params.embedding_model, "keep": params.keep}
     else:  # the same keys as before method existed: the default pipeline's report is unchanged
         report = {"source": source, **result.stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit, "keep": params.keep}
     write_json(report, output.parent / f"{stem}.report.json")
     write_preview(source, input, output, output.parent / f"{stem}.clusters.parquet", output.parent / f"{stem}.preview.html")
     print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
+
+
+def source_params(params: Dedup, source: str) -> tuple[Dedup, object]:
+    """(the `dedup:` section with `sources.<source>.dedup`'s overrides, that setting: True, False or a mapping)."""
+    sources = load_section("sources", missing_ok=True) or {}
+    setting = sources[source].dedup if source in sources else True
+    if isinstance(setting, bool):
+        return params, setting
+    return params.replace(**setting.overrides()), setting
 
 
 def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:
