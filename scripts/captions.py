@@ -5,6 +5,8 @@ In:  data/dedup/S.parquet (kept rows, `text` = cleaned caption, `prompt` = raw p
      or, for sources that carry images, their raw path (rows already hold an `image` reference).
 Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, height, meta,
      generation (JSON of the settings that rendered the image; null for carried images).
+`sources.S.caption_language` (e.g. en) drops a row whose raw prompt langdetect reads as another
+language, before the split, as the team's make_captions.py skipped it (undetectable text is kept).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_table, read_parquet, write_parquet
+from scripts.lib.params import load_section
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]
@@ -62,6 +65,15 @@ def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def language_mask(prompts: list[str], language: str, seed: int = 0):
+    """True for a prompt langdetect (seeded) reads as `language`, or cannot read at all (make_captions.py:
+    `if detect(prompt) != "en": continue`, its exception printed and the prompt kept)."""
+    from scripts.clean import _language
+
+    guesses = [_language(p.strip(), seed) for p in prompts]
+    return [g is None or g == language for g in guesses]
+
+
 def _plain(value):
     """numpy scalars -> Python, so json.dumps is exact and stable."""
     return value.item() if hasattr(value, "item") else value
@@ -76,6 +88,12 @@ def cli(
     """Join kept prompts with their images into the caption table."""
     rows = read_parquet(input)
     check_table(rows, input, strings=("id", "text", "prompt"), unique="id")
+    language = (load_section("sources", missing_ok=True) or {}).get(source)
+    language = language.caption_language if language is not None else None
+    if language is not None:
+        keep = language_mask(rows["prompt"].astype(str).tolist(), language)
+        print(f"captions@{source}: {len(rows) - sum(keep)} rows whose prompt is not {language} (langdetect) dropped")
+        rows = rows[keep].reset_index(drop=True)
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)

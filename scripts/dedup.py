@@ -95,10 +95,20 @@ def cli(
     output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
 ) -> None:
     """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard, or embeddings + exact cosine)."""
-    params, runtime = load_section("dedup"), runtime_section()
+    params, setting = source_params(load_section("dedup"), source)
+    runtime = runtime_section()
     stem = output.name.removesuffix(".parquet")
     clusters_path = output.parent / f"{stem}.clusters.parquet"
-    if runtime.engine == "ray" and params.method == "minhash":
+    if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
+        table = read_stage_input(input)
+        ids = table.column("id").combine_chunks()
+        n = table.num_rows
+        result = Result(np.ones(n, dtype=bool), np.full(n, -1, dtype=np.int64), np.full(n, np.nan),
+                        {"rows_in": n, "kept": n, "removed": 0})
+        write_table(table, output)
+        write_table(clusters_table(ids, result, params), clusters_path)
+        stats = result.stats
+    elif runtime.engine == "ray" and params.method == "minhash":
         from scripts.lib.dedup.on_ray import dedup_stage
 
         stats = dedup_stage(input, output, clusters_path, params, runtime)
@@ -109,10 +119,19 @@ def cli(
         write_table(table.filter(pa.array(result.keep)), output)
         write_table(clusters_table(ids, result, params), clusters_path)
         stats = result.stats
-    report = stage_report(source, stats, params)
+    report = {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
     write_json(report, output.parent / f"{stem}.report.json")
     write_preview(source, input, output, clusters_path, output.parent / f"{stem}.preview.html")
     print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
+
+
+def source_params(params: Dedup, source: str) -> tuple[Dedup, object]:
+    """(the `dedup:` section with `sources.<source>.dedup`'s overrides, that setting: True, False or a mapping)."""
+    sources = load_section("sources", missing_ok=True) or {}
+    setting = sources[source].dedup if source in sources else True
+    if isinstance(setting, bool):
+        return params, setting
+    return params.replace(**setting.overrides()), setting
 
 
 def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:

