@@ -68,9 +68,9 @@ def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
 def language_mask(prompts: list[str], language: str, seed: int = 0):
     """True for a prompt langdetect (seeded) reads as `language`, or cannot read at all (make_captions.py:
     `if detect(prompt) != "en": continue`, its exception printed and the prompt kept)."""
-    from scripts.clean import _language
+    from scripts.lib.cleaning.drop_rules import detect_language
 
-    guesses = [_language(p.strip(), seed) for p in prompts]
+    guesses = [detect_language(p.strip(), seed) for p in prompts]
     return [g is None or g == language for g in guesses]
 
 

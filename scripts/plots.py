@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params, load_section
+from scripts.lib.params import load_section
 from scripts.lib.io import SPLITS, atomic_path, read_parquet
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
@@ -156,9 +156,8 @@ def cli(
     output: Path = typer.Argument(..., help="data/plots"),
 ) -> None:
     """Write the plot data files (see `dvc plots show`)."""
-    params = load_params()
-    releases = list(params.get("releases") or {})
-    sources = list(params.get("sources") or {})
+    releases = list(load_section("releases", missing_ok=True))
+    sources = list(load_section("sources", missing_ok=True))
     length_bin = load_section("preview", missing_ok=True).length_bin
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():

@@ -1,13 +1,11 @@
 """prefilter@S: the recipe steps that must run before generate@S, so no image is rendered for a row a
-release would drop anyway (the team cross-deduplicated OpenPrompts rows against train v2 before
-rendering them, after the first 120k).
+release would drop anyway.
 
 For every release component of source S with a step `dedup: {scope: against, before_generate: true,
 reference: W, against: train}`, the rows of S in the component's row range that near-duplicate W's
-`against` split are removed. W's rows are composed by scripts/release.py's own `compose`, from the
-text tables upstream of generation (data/dedup/X.parquet split by scripts/split.py's own draw), so
-this stage never waits for a release (release@W reads every split: a dependency on it would be a
-cycle) and its reference is exactly W's text. Sources without such a step pass through.
+`against` split are removed. W's rows are composed by scripts/lib/compose.py, as release@W composes
+them, from the text tables upstream of generation (data/dedup/X.parquet split by split.py's own draw):
+a dependency on release@W would be a cycle. Sources without such a step pass through.
 
 In:  data/dedup/S.parquet (+ data/dedup/X.parquet of W's sources, data/clean/rules.json)
 Out: data/prefilter/S.parquet = the kept rows + `position` (the row's place in data/dedup/S.parquet:
@@ -21,40 +19,13 @@ import numpy as np
 import pandas as pd
 import typer
 
+from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
+from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_table, read_parquet, write_json, write_parquet
-from scripts.lib.params import Component, DedupStep, load_params, parse, Split
-
-
-def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
-    """(release, component, step) for every before_generate step on `source`, in params order."""
-    from scripts.release import resolve_recipe
-
-    found = []
-    for name in releases:
-        for component in resolve_recipe(name, releases).own_components:
-            if component.source != source:
-                continue
-            found += [(name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate]
-    return found
-
-
-def prefiltered_sources(releases: dict) -> set[str]:
-    """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
-    from scripts.release import resolve_recipe
-
-    return {c.source for name in releases for c in resolve_recipe(name, releases).own_components
-            if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
-
-
-def prefilter_plan(source: str, releases: dict) -> dict:
-    """data/recipes/prefilter/S.json (scripts/recipes.py): the entries of `releases` prefilter@S reads (the
-    releases with a before_generate step on S and what they read) and the sources with such steps."""
-    from scripts.release import releases_read_by
-
-    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
-    return {"prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
-            "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)]}
+from scripts.lib.params import Component, DedupStep, Split, load_section
+from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
+from scripts.lib.recipe import resolve_recipe
 
 
 def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +34,7 @@ def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
 
 def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]], reference, keep) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept rows, removed rows with `reason`): each step drops the rows in its component's range whose
-    text near-duplicates the reference release's split. reference(name) -> rows; keep as in release.Ops."""
+    text near-duplicates the reference release's split. reference(name) -> rows; keep as in compose.Ops."""
     rows = rows if "position" in rows else with_positions(rows)
     drop = np.zeros(len(rows), dtype=bool)
     reasons = np.full(len(rows), "", dtype=object)
@@ -89,7 +60,6 @@ def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]],
 def text_loader(dedup_dir: Path, split_params: Split, prefiltered: set[str]):
     """load_split for release.compose from the text tables upstream of generation: data/dedup/X.parquet,
     split by split.py's own draw (the same rows, order and ids split@X sees for a pass-through X)."""
-    from scripts.release import ROW_COLUMNS
     from scripts.split import assign_splits
 
     cache: dict[str, pd.DataFrame] = {}
@@ -120,19 +90,16 @@ def cli(
     recipe: Path = typer.Option(None, "--recipe", help="data/recipes/prefilter/S.json (default: params.yaml releases)"),
 ) -> None:
     """Drop a source's rows that a release removes before generation (cross-dedup against a built release)."""
-    from scripts.release import Ops, check_plan, cleaner, deduper, output_rows, plan_releases, resolve_recipe
-
-    params = load_params()
-    reads = prefilter_plan(source, params.get("releases") or {})
+    reads = prefilter_plan(source, written_releases())
     if recipe is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(recipe, reads)
     releases, prefiltered = plan_releases(reads), set(reads["prefiltered"])  # what S's steps read, no more
     rows = with_positions(read_parquet(input))
     check_table(rows, input, strings=("id", "text"), unique="id")
     steps = before_generate_steps(source, releases)
-    split_params = parse(Split, params.get("split") or {}, at=("split",))
+    split_params = load_section("split", missing_ok=True)
     ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
-              deduper(params.get("dedup")), built={})
+              deduper(load_section("dedup", missing_ok=True)), built={})
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)

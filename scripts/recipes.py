@@ -7,8 +7,7 @@ release@V and prefilter@S depended on all of `releases`, so adding a release re-
 release and every prefilter. They depend on their file here instead: adding v4-b re-runs release@v4-b
 only. Each file holds params.yaml entries verbatim (keys sorted), in params order, and the stage that
 reads it checks it against params.yaml (a hand-run stage after an edit fails in one line). What a file
-holds is said next to its reader: `release_plan` (scripts/release.py), `prefilter_plan`
-(scripts/prefilter.py); this stage only writes them.
+holds is said in scripts/lib/plans.py (`release_plan`, `prefilter_plan`); this stage only writes them.
 
 Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and every step `reference:`,
                                     transitively
@@ -22,22 +21,20 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.params import load_params
+from scripts.lib.io import atomic_path
+from scripts.lib.params import load_section
+from scripts.lib.plans import prefilter_plan, release_plan, written_releases
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     """Write each release's and each source's share of params.yaml `releases`."""
-    from scripts.lib.io import atomic_path
-    from scripts.prefilter import prefilter_plan
-    from scripts.release import release_plan
-
-    params = load_params()
-    releases = params.get("releases") or {}
+    releases = written_releases()  # a plan holds the entries as written (scripts/lib/plans.py)
+    sources = load_section("sources", missing_ok=True)
     plans = {f"release/{name}.json": release_plan(name, releases) for name in releases}
-    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in params.get("sources") or {}})
+    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in sources})
     with atomic_path(output, is_dir=True) as tmp:
         for rel, plan in plans.items():
             path = tmp / rel
             path.parent.mkdir(exist_ok=True)
             path.write_text(json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"recipes: {len(releases)} releases, {len(params.get('sources') or {})} sources -> {output}/")
+    print(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/")

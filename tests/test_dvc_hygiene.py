@@ -129,13 +129,17 @@ def test_rules_json_holds_the_rules_only(tmp_path, monkeypatch):
 def test_release_card_does_not_name_speed_keys():
     """release@V does not depend on dedup.embedding_batch/_block/_device, so its README.md must not
     print them: a stale card would differ from a rebuild of the same commit."""
-    from scripts.release import data_card, resolve_recipe
+    from scripts.lib.card import data_card
+    from scripts.lib.params import Dedup, Source, Split
+    from scripts.lib.recipe import resolve_recipe
 
     recipe = resolve_recipe("v2", PARAMS["releases"])
+    sources = {name: Source.model_validate(entry) for name, entry in PARAMS["sources"].items()}
+    split = Split.model_validate(PARAMS["split"])
     stats = {"rows": {"train": 1, "validation": 1, "total": 2}, "by_source": {"train": {}, "validation": {}},
              "removed": {"total": 0}}
-    faster = {**PARAMS, "dedup": {**PARAMS["dedup"], "embedding_batch": 3, "embedding_block": 5, "embedding_device": "cpu"}}
-    assert data_card(recipe, stats, faster) == data_card(recipe, stats, PARAMS)
+    faster = Dedup.model_validate({**PARAMS["dedup"], "embedding_batch": 3, "embedding_block": 5, "embedding_device": "cpu"})
+    assert data_card(recipe, stats, sources, faster, split) == data_card(recipe, stats, sources, Dedup.model_validate(PARAMS["dedup"]), split)
 
 
 def test_dedup_speed_keys_change_no_result():

@@ -64,7 +64,7 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
     from dvc.api import DVCFileSystem
 
     from scripts.lib.cleaning import clean_text
-    from scripts.release import rule_set
+    from scripts.lib.compose_ops import rule_set
 
     def table(rev, path):
         with DVCFileSystem(str(repo), rev=rev).open(path, "rb") as f:

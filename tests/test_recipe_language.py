@@ -14,7 +14,9 @@ import pytest
 from scripts.lib.errors import DataError
 from scripts.lib.params import load_params
 from scripts.prefilter import prefilter
-from scripts.release import Ops, cleaner, compose, deduper, resolve_recipe, rule_set
+from scripts.lib.compose import Ops, compose
+from scripts.lib.compose_ops import cleaner, deduper, rule_set
+from scripts.lib.recipe import resolve_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DEDUP = {"threshold": 0.7, "keep": "first"}  # the steps below override threshold/keep where they test them
@@ -198,7 +200,7 @@ def test_before_generate_step_runs_in_prefilter_on_its_range_only():
     recipes = {"v2": {"components": [{"source": "d", "split": "train"}]},
                "v4a": {"base": "v2", "components": [{"source": "o", "rows": [1, None], "steps": [
                    {"dedup": {"scope": "against", "against": "train", "reference": "v2", "before_generate": True}}]}]}}
-    from scripts.prefilter import before_generate_steps
+    from scripts.lib.plans import before_generate_steps
 
     steps = before_generate_steps("o", recipes)
     kept, removed = prefilter(source, steps, lambda name: reference, deduper(DEDUP))

@@ -9,9 +9,8 @@ import pytest
 
 from conftest import REPO, cli, copy_repo
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
-from scripts.prefilter import prefilter_plan
-from scripts.release import check_plan, plan_releases, release_plan
+from scripts.lib.params import Release, load_params
+from scripts.lib.plans import check_plan, plan_releases, prefilter_plan, release_plan
 
 BEFORE_GENERATE = {"dedup": {"scope": "against", "before_generate": True, "reference": "a", "against": "train"}}
 
@@ -37,7 +36,9 @@ def test_a_release_reads_its_base_chain_and_references_transitively_in_params_or
     assert names(release_plan("a", r)) == ["a"]
     assert names(release_plan("b", r)) == ["a", "ref", "b"]
     assert names(release_plan("c", r)) == ["a", "ref", "b", "c"]
-    assert plan_releases(release_plan("c", r)) == {n: r[n] for n in ["a", "ref", "b", "c"]}  # entries verbatim
+    plan = release_plan("c", r)
+    assert plan["releases"] == [[n, r[n]] for n in ["a", "ref", "b", "c"]]  # entries verbatim
+    assert plan_releases(plan) == {n: Release.model_validate(r[n]) for n in ["a", "ref", "b", "c"]}
 
 
 def test_a_later_release_changes_no_earlier_plan():

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from scripts.lib.errors import DataError
-from scripts.release import Ops, compose, release_stats, resolve_recipe
+from scripts.lib.compose import Ops, compose, release_stats
+from scripts.lib.recipe import resolve_recipe
 
 
 def releases():

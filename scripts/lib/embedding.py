@@ -32,6 +32,8 @@ from scripts.lib.errors import DataError
 
 # float32 products carry ~1e-6 of rounding; candidates within this margin are verified in float64
 MARGIN = 1e-4
+# texts whose embedding an Encoder keeps (384 float32 each for MiniLM: 1.5 KB, so ~400 MB at most)
+CACHE_TEXTS = 262_144
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,20 @@ class Encoder:
             limits.append(int(positions))
         self.max_length = int(min(limits))
         self.dim = int(self.model.config.hidden_size)
+        self._seen: dict[str, np.ndarray] = {}
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Unit embeddings of `texts`; a text seen before in this process is not encoded again (a release
+        composes its base chain, whose train rows each dedup step compares with, from the same texts)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._seen))
+        fresh = dict(zip(missing, self._encode(missing, batch_size))) if missing else {}
+        if len(self._seen) + len(fresh) <= CACHE_TEXTS:
+            self._seen.update(fresh)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([fresh[t] if t in fresh else self._seen[t] for t in texts])
+
+    def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         import torch
 
         texts = [t.lower() for t in texts] if self.spec.do_lower_case else list(texts)

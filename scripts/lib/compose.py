@@ -1,0 +1,156 @@
+"""Release composition, table in -> table out: a recipe's rows from per-source split tables.
+
+`compose(recipe, ops)` takes the base's output rows, adds each component (its split(s) of the source,
+cut to its row range, its steps run), then runs the release steps; every removed row keeps a reason
+(clean:<rule>, dedup:<scope>, cross_dedup:<split>, leak:exact|near). Reading splits, cleaning and
+near-duplicate matching come in through `Ops`, so this module does no I/O (scripts/lib/compose_ops.py
+builds the stage's Ops; prefilter@S builds its own from the text tables).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import SPLITS
+from scripts.lib.params import Component, DedupStep, Step
+from scripts.lib.recipe import Recipe
+
+ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
+SOURCE_SPLIT = "_source_split"  # a component row's split in its source (per_split scope), dropped on merge
+
+
+
+@dataclass(frozen=True)
+class Ops:
+    """What composition needs from the outside, injected so the core is table in -> table out.
+
+    load_split(source, split) -> rows (ROW_COLUMNS, plus `position` for sources read by range);
+    clean(rows, CleanStep) -> (kept rows with text as the step says, dropped rows with `reason`);
+    keep(texts, ids, DedupStep, against_texts | None) -> bool[n] (True = keep; near match);
+    reference(release name) -> output rows of that release (scope against with `reference`)."""
+
+    load_split: Callable
+    clean: Callable
+    keep: Callable
+    reference: Optional[Callable] = None
+    built: Optional[dict] = None  # release name -> its output rows, composed once per process (a dict to share)
+
+
+def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(release rows, this release's removed rows with `reason`): the base's output rows, then each
+    component (loaded, cut to its row range, its steps run), then the release steps."""
+    rows = output_rows(recipe.base, ops) if recipe.base is not None else pd.DataFrame(columns=ROW_COLUMNS)
+    removed: list[pd.DataFrame] = []
+    for component in recipe.own_components:
+        added = component_rows(component, ops.load_split)
+        for step in component.steps:
+            added, gone = run_step(step, added, ops, so_far=rows, group=SOURCE_SPLIT)
+            removed.append(gone)
+        added = added.drop(columns=[SOURCE_SPLIT])
+        rows = pd.concat([rows, added], ignore_index=True) if len(rows) else added.reset_index(drop=True)
+    for step in recipe.steps:
+        rows, gone = run_step(step, rows, ops, so_far=None, group="split")
+        removed.append(gone)
+    removed = [r for r in removed if len(r)]
+    removed_rows = pd.concat(removed, ignore_index=True) if removed else pd.DataFrame(columns=ROW_COLUMNS + ["reason"])
+    return rows[ROW_COLUMNS].reset_index(drop=True), removed_rows[ROW_COLUMNS + ["reason"]].reset_index(drop=True)
+
+
+def output_rows(recipe: Recipe, ops: Ops) -> pd.DataFrame:
+    """A release's output rows; composed once when `ops.built` is shared (a chain v2 -> v4 -> v4-a -> v4-b,
+    or a `reference`, reuses what was built)."""
+    if ops.built is None:
+        return compose(recipe, ops)[0]
+    if recipe.name not in ops.built:
+        ops.built[recipe.name] = compose(recipe, ops)[0]
+    return ops.built[recipe.name]
+
+
+def component_rows(component: Component, load_split) -> pd.DataFrame:
+    """The component's rows: its split(s) of the source, cut to `rows`, in generation order when the
+    source gives positions (else by id), with `split` = into and the source split kept aside."""
+    parts = SPLITS if component.split == "all" else (component.split,)
+    frames = [load_split(component.source, part).assign(**{SOURCE_SPLIT: part}) for part in parts]
+    rows = pd.concat(frames, ignore_index=True)
+    if "position" in rows and rows["position"].notna().all():
+        start, stop = component.row_range()
+        inside = (rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))
+        rows = rows[inside].sort_values(["position", "id"], kind="stable")
+    elif component.rows is not None:
+        raise DataError(f"source {component.source}: rows {component.rows} needs row positions (data/prefilter/"
+                        f"{component.source}.parquet)")
+    else:
+        rows = rows.sort_values("id", kind="stable")
+    into = rows[SOURCE_SPLIT] if component.into == "same" else component.into
+    return rows[ROW_COLUMNS + [SOURCE_SPLIT]].assign(split=into).reset_index(drop=True)
+
+
+def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataFrame], group: str):
+    """One step on `rows` -> (kept rows, removed rows with reason). `so_far`: the release's rows before
+    this component (None for release steps); `group`: the column per_split groups by."""
+    if step.clean is not None:
+        if not len(rows):
+            return rows, rows.iloc[:0].assign(reason="")
+        kept, dropped = ops.clean(rows, step.clean)
+        return kept, dropped
+    d = step.dedup
+    if step.dedup.before_generate:  # done by prefilter@S: its rows never reached data/splits
+        return rows, rows.iloc[:0].assign(reason="")
+    keep = np.ones(len(rows), dtype=bool)
+    texts = rows["text"].astype(str).tolist()
+    if d.scope in ("self", "after_merge"):
+        keep = _self_keep(texts, rows["id"].tolist(), d, ops)
+        reason = f"dedup:{d.scope}"
+    elif d.scope == "per_split":
+        for _, index in rows.groupby(group, sort=True).indices.items():
+            part = rows.iloc[index]
+            keep[index] = _self_keep(part["text"].astype(str).tolist(), part["id"].tolist(), d, ops)
+        reason = "dedup:per_split"
+    elif d.scope == "against":
+        reference = so_far if d.reference is None else ops.reference(d.reference)
+        ref_texts = reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
+        keep = _cross_keep(texts, ref_texts, d, ops)
+        reason = f"cross_dedup:{d.against}"
+    else:  # validation_vs_train
+        is_val = (rows["split"] == "validation").to_numpy()
+        train = [t for t, v in zip(texts, is_val) if not v]
+        val_index = np.flatnonzero(is_val)
+        keep[val_index] = _cross_keep([texts[i] for i in val_index], train, d, ops)
+        reason = f"leak:{d.match}"
+    return rows[keep], rows[~keep].assign(reason=reason)
+
+
+def _self_keep(texts: list[str], ids: list[str], step: DedupStep, ops: Ops) -> np.ndarray:
+    if not texts:
+        return np.ones(0, dtype=bool)
+    if step.match == "exact":  # first occurrence of each text stays (none_of_pair: no occurrence of a repeated one)
+        series = pd.Series(texts)
+        return ~series.duplicated(keep=False if step.keep == "none_of_pair" else "first").to_numpy()
+    return np.asarray(ops.keep(texts, ids, step, None), dtype=bool)
+
+
+def _cross_keep(texts: list[str], reference: list[str], step: DedupStep, ops: Ops) -> np.ndarray:
+    if not texts or not reference:
+        return np.ones(len(texts), dtype=bool)
+    if step.match == "exact":  # the team: `if caption["text"] in visited` (train texts, stripped)
+        seen = {t.strip() for t in reference}
+        return np.array([t not in seen for t in texts], dtype=bool)
+    return np.asarray(ops.keep(texts, None, step, reference), dtype=bool)
+
+
+def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
+    stats = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
+    stats["rows"]["total"] = int(len(rows))
+    stats["by_source"] = {
+        s: {src: int(n) for src, n in rows.loc[rows["split"] == s, "source"].value_counts().sort_index().items()}
+        for s in SPLITS
+    }
+    stats["removed"] = {reason: int(n) for reason, n in removed["reason"].value_counts().sort_index().items()}
+    stats["removed"]["total"] = int(len(removed))
+    return stats
+
+

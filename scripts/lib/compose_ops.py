@@ -1,0 +1,96 @@
+"""The Ops a release's composition runs on: split tables read and checked, rule sets, near-dup matching.
+
+`split_loader` reads data/splits/S/<split>.parquet, refuses rows it must not trust
+(scripts/lib/paths.py) and adds each row's place in its source's generation list; `cleaner` and
+`deduper` wrap the cleaning and dedup cores with their rule sets and params loaded once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from scripts.lib.compose import ROW_COLUMNS
+from scripts.lib.errors import DataError
+from scripts.lib.io import read_parquet
+from scripts.lib.params import CleanStep, Dedup, DedupStep, Source
+from scripts.lib.paths import check_split_rows
+from scripts.lib.recipe import Recipe
+
+
+def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Optional[Path] = None):
+    """load_split(source, split) for Ops: the split table, checked, with `position`."""
+    def load_split(source: str, split: str) -> pd.DataFrame:
+        path = splits_dir / source / f"{split}.parquet"
+        rows = read_parquet(path)
+        check_split_rows(rows, path, source, roots[source])
+        return with_positions(rows, source, positions_dir)
+
+    return load_split
+
+
+def with_positions(rows: pd.DataFrame, source: str, positions_dir: Optional[Path]) -> pd.DataFrame:
+    """Rows with `position`: where each sits in the source's generation list (prefilter@S writes it), so a
+    component can take a batch by row range. Without the file, positions are unknown (NaN)."""
+    path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
+    if path is None or not path.exists():
+        return rows.assign(position=np.nan)
+    order = read_parquet(path)[["id", "position"]]
+    return rows.drop(columns=["position"], errors="ignore").merge(order, on="id", how="left", validate="one_to_one")
+
+
+def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[Path]]:
+    """Where each component's images may live: its source's `images` and `path` (params.yaml); a
+    component whose source is not in params.yaml is one line before any work."""
+    roots = {}
+    for number, component in enumerate(recipe.all_components()):
+        entry = sources.get(component.source)
+        if entry is None:
+            raise DataError(f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
+                            f"which is not under sources (have: {', '.join(sources) or 'none'})")
+        roots[component.source] = [Path(p) for p in (entry.images, entry.path) if p]
+    return roots
+
+
+def rule_set(name: str, rules_file: Optional[Path] = None):
+    """The compiled rule set `name`: from data/clean/rules.json (the clean_rules stage writes every set
+    there, so DVC tracks them), or from scripts/clean_rules/<name>.yaml without one."""
+    from scripts.lib.cleaning import compile_rules, load_rule_set, rule_set_from_file
+
+    if rules_file is not None and Path(rules_file).exists():
+        return compile_rules(rule_set_from_file(Path(rules_file), name))
+    return compile_rules(load_rule_set(name))
+
+
+def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_set):
+    """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had."""
+    from scripts.lib.cleaning import clean_table
+
+    loaded: dict = {}
+
+    def clean_rows(rows: pd.DataFrame, step: CleanStep):
+        if step.rules not in loaded:
+            loaded[step.rules] = load(step.rules, rules_file)
+        extra = [c for c in rows.columns if c not in ROW_COLUMNS]
+        table = rows.assign(_cleaned_from=rows[step.column].astype(str))
+        kept, dropped = clean_table(table, loaded[step.rules], column="_cleaned_from", desc=f"{desc} {step.rules}")
+        if step.mode == "filter_only":  # clean_table wrote the cleaned text: put the rows' own back
+            kept = kept.drop(columns=["text"]).merge(rows[["id", "text"]], on="id", how="left", validate="one_to_one")
+        kept = kept.astype({"text": object})[ROW_COLUMNS + extra]
+        dropped = dropped.assign(reason="clean:" + dropped["reason"].astype(str))[ROW_COLUMNS + extra + ["reason"]]
+        return kept.reset_index(drop=True), dropped.reset_index(drop=True)
+
+    return clean_rows
+
+
+def deduper(dedup: Optional[Dedup]):
+    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides."""
+    from scripts.dedup import keep_mask, resolve_params
+
+    def keep(texts: list[str], ids, step: DedupStep, against):
+        params = resolve_params(dedup, **step.overrides())
+        return keep_mask(texts, params, against=against, order_keys=ids)
+
+    return keep

@@ -1,0 +1,95 @@
+"""Path checks of a release: what it reads must stay inside its sources, what it replaces must be its own.
+
+`check_split_rows` refuses a split row whose id is not a plain name (ids become file and tar member
+names) or whose image lies outside its source's folders (`/etc/passwd`, `../../x`, a link out of the
+store). `check_output` and `move_into_place` let a release replace only a folder it wrote: a mistyped
+output path loses no data.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from scripts.lib.archive import parse_ref
+from scripts.lib.errors import DataError
+from scripts.lib.io import MARKER, SPLITS, check_replaceable, check_table, replace_path
+
+PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
+OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
+
+
+def inside(path: str, root: str) -> bool:
+    """`path` is `root` or below it (both already absolute and normalised)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Path]) -> None:
+    """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
+    column, a null value, an id that is not a plain name (it becomes a file name), a row of another
+    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store)."""
+    check_table(rows, path, strings=("id", "source", "text", "orig_text", "image"), unique="id")
+    for column in ("width", "height"):
+        if column not in rows.columns:
+            raise DataError(f"{path}: no '{column}' column")
+    for column in ("id", "source", "text", "image"):
+        nulls = rows[column].isna().to_numpy().nonzero()[0]
+        if len(nulls):
+            raise DataError(f"{path}: row {nulls[0] + 1}: null {column}")
+    real_roots = [os.path.realpath(root) for root in roots]
+    named_roots = [os.path.abspath(root) for root in roots]
+    cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
+    for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=1):
+        if not PLAIN_ID.fullmatch(row_id):
+            raise DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
+        if row_source != source:
+            raise DataError(f"{path}: row {number}: source {row_source!r} in the split folder of {source!r}")
+        file = parse_ref(image)[0]
+        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
+        named = os.path.abspath(file)  # the path as written, `..` applied
+        if not (any(inside(real, root) for root in real_roots)
+                or inside(real, cache) and any(inside(named, root) for root in named_roots)):
+            where = ", ".join(str(root) for root in roots) or "none in params.yaml"
+            raise DataError(f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})")
+
+
+def check_output(output: Path) -> None:
+    """What move_into_place checks again at the end, on what a release writes (OUTPUTS)."""
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is a file, expected a release folder")
+    if output.is_dir():
+        allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
+        _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
+    for split in SPLITS:
+        if (output / split).is_dir() and not (output / split / MARKER).is_file():
+            check_replaceable(output / split)
+
+
+def _refuse_foreign(output: Path, foreign: list[str]) -> None:
+    if foreign:
+        raise DataError(f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
+                        "release into it (point it at its own folder, e.g. data/releases/NAME)")
+
+
+def move_into_place(staging: Path, output: Path) -> None:
+    """Replace each release output with its staged version (renames on one filesystem: no copies).
+
+    Nothing is replaced unless the output folder holds only release outputs and each folder being
+    replaced is one a release wrote (io.check_replaceable): a mistyped output path loses no data."""
+    staged = sorted(staging.iterdir())
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is a file, expected a release folder")
+    if output.is_dir():
+        names = {item.name for item in staged} | {".gitignore"}  # DVC writes .gitignore beside outputs
+        left = {f".{item.name}.tmp-old" for item in staged}  # a run killed while moving its folders in
+        _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in names | left))
+        for name in sorted(left):
+            shutil.rmtree(output / name, ignore_errors=True)
+    for item in staged:
+        check_replaceable(output / item.name, item)
+    output.mkdir(parents=True, exist_ok=True)
+    for item in staged:
+        replace_path(item, output / item.name, item.is_dir())

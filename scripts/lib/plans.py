@@ -1,0 +1,88 @@
+"""Plan files: the share of params.yaml `releases` each release@V and prefilter@S reads.
+
+DVC can depend on a params key, but not on "V, its base chain and the releases its steps reference",
+so the `recipes` stage writes one file per reader (data/recipes/{release/V,prefilter/S}.json) and the
+reader depends on that file. A plan holds the entries as params.yaml writes them (so its bytes change
+exactly when an entry it reads is edited), in params order; the reader checks the file against
+params.yaml (`check_plan`), so a hand-run stage after an edit fails in one line.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts.lib.errors import DataError
+from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, load_params, parse
+from scripts.lib.recipe import resolve_recipe
+
+
+def written_releases(path: Path | str = PARAMS_FILE) -> dict:
+    """`releases` as written in params.yaml (checked against the models): what a plan file holds."""
+    params = load_params(path=path)
+    return params.get("releases") or {}
+
+
+def releases_read_by(names: list[str], releases: dict) -> list[str]:
+    """`names` and every release they read (base chains, step references), transitively, in params order."""
+    found: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        recipe = resolve_recipe(name, releases)
+        while recipe is not None:
+            found.add(recipe.name)
+            steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
+            todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
+            recipe = recipe.base
+    return [name for name in releases if name in found]
+
+
+def release_plan(name: str, releases: dict) -> dict:
+    """data/recipes/release/V.json: the entries of `releases` release@V reads."""
+    return {"releases": [[n, releases[n]] for n in releases_read_by([name], releases)]}
+
+
+def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
+    """(release, component, step) for every before_generate step on `source`, in params order."""
+    found = []
+    for name in releases:
+        for component in resolve_recipe(name, releases).own_components:
+            if component.source != source:
+                continue
+            found += [(name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate]
+    return found
+
+
+def prefiltered_sources(releases: dict) -> set[str]:
+    """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
+    return {c.source for name in releases for c in resolve_recipe(name, releases).own_components
+            if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
+
+
+def prefilter_plan(source: str, releases: dict) -> dict:
+    """data/recipes/prefilter/S.json: the entries of `releases` prefilter@S reads (the releases with a
+    before_generate step on S and what they read) and the sources with such steps."""
+    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
+    return {"prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
+            "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)]}
+
+
+def plan_releases(plan: dict) -> dict[str, Release]:
+    """The `releases` a stage reads: the plan's entries as models, in params order."""
+    return {name: entry if isinstance(entry, Release) else parse(Release, entry or {}, at=("releases", name))
+            for name, entry in plan["releases"]}
+
+
+def check_plan(path: Path, expected: dict) -> None:
+    """Refuse the plan file DVC gave a stage unless it holds `expected` (computed from params.yaml now)."""
+    try:
+        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `dvc repro recipes`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
+    if plan != json.loads(json.dumps(expected)):
+        raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")

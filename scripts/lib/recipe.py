@@ -1,0 +1,90 @@
+"""A release's recipe (params.yaml `releases.V`, the language of docs/recipes.md), resolved.
+
+`resolve_recipe` follows the `base:` chain, turns the shorthands (`reclean`, `validation_leaks`,
+a component's `dedup_against`) into steps and refuses what no stage can run (a base cycle, a step
+`reference` to an unknown release, a scope against outside a component) in one line naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from scripts.lib.errors import DataError
+from scripts.lib.params import CleanStep, Component, DedupStep, Export, Release, Step, parse
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    own_components: tuple[Component, ...]  # this recipe's; `components` adds the base chain's
+    steps: tuple[Step, ...]
+    export: Export  # scripts/lib/export.py takes `export.spec()`
+    base: Optional["Recipe"] = None
+    description: str = ""
+    lineage: tuple[str, ...] = field(default=())
+
+    @property
+    def reclean(self) -> bool:  # the card and older readers: does any step clean?
+        return any(s.clean is not None for s in self.steps)
+
+    @property
+    def validation_leaks(self) -> str:
+        for s in reversed(self.steps):
+            if s.dedup is not None and s.dedup.scope == "validation_vs_train":
+                return s.dedup.match
+        return "none"
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """Components of the base chain and this recipe, in build order (the sources its rows come from)."""
+        return (self.base.components if self.base else ()) + self.own_components
+
+    def all_components(self) -> tuple[Component, ...]:
+        return self.components
+
+
+def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Recipe:
+    """The recipe of `name` with its base chain resolved. `releases` maps names to params.yaml entries
+    (plain mappings, checked here, or Release models). Shorthands become steps here."""
+    if name not in releases:
+        raise DataError(f"params.yaml: releases.{_seen[-1] if _seen else name}: unknown release {name!r}")
+    if name in _seen:
+        raise DataError(f"params.yaml: releases: base cycle {' -> '.join(_seen + (name,))}")
+    spec = releases[name]
+    if not isinstance(spec, Release):
+        spec = parse(Release, spec or {}, at=("releases", name))
+    base = resolve_recipe(spec.base, releases, _seen + (name,)) if spec.base is not None else None
+    export = spec.export if base is None or "export" in spec.model_fields_set else base.export
+    components = tuple(_with_shorthand(c) for c in spec.components)
+    steps = list(spec.steps)
+    if spec.reclean:
+        steps.append(Step(clean=CleanStep(rules="final", column="orig_text")))
+    if spec.validation_leaks != "none":
+        steps.append(Step(dedup=DedupStep(scope="validation_vs_train", match=spec.validation_leaks)))
+    for number, step in enumerate(steps):
+        if step.dedup is not None and (step.dedup.before_generate or step.dedup.scope == "against" and step.dedup.reference is None):
+            raise DataError(f"params.yaml: releases.{name}.steps[{number}]: scope against runs on a component's rows "
+                            "(put it in the component's steps)")
+    for number, component in enumerate(components):
+        for k, step in enumerate(component.steps):
+            if step.dedup is not None and step.dedup.reference is not None and step.dedup.reference not in releases:
+                raise DataError(f"params.yaml: releases.{name}.components[{number}].steps[{k}].dedup.reference: "
+                                f"unknown release {step.dedup.reference!r}")
+    recipe = Recipe(name, components, tuple(steps), export, base=base, description=spec.description,
+                    lineage=(base.lineage if base else ()) + (name,))
+    if not recipe.own_components and base is None:
+        raise DataError(f"params.yaml: releases.{name}: no components")
+    return recipe
+
+
+def _with_shorthand(component: Component) -> Component:
+    if component.dedup_against is None:
+        return component
+    step = Step(dedup=DedupStep(scope="against", against=component.dedup_against))
+    return component.model_copy(update={"steps": [*component.steps, step], "dedup_against": None})
+
+
+def referenced_releases(recipe: Recipe) -> set[str]:
+    """Releases whose output rows the recipe's components dedup against after rendering (`reference:`)."""
+    return {s.dedup.reference for c in recipe.all_components() for s in c.steps
+            if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate}

