@@ -26,7 +26,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 SPEED = {
     "clean": {"workers"},
     "dedup": {"workers", "batch_size", "verify_batch", "embedding_batch", "embedding_block", "embedding_device"},
-    "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
+    "generate": {"batch_size", "compile", "sources"},  # sources: the foreach
 }
 
 
@@ -235,7 +235,7 @@ def test_speed_only_params_rerun_nothing(history, tmp_path):
     repo = work_copy(history.repo, tmp_path / "repo")
     # verify_batch is not written in params.yaml (`-S +dedup.verify_batch=11` would add it)
     set_params(repo, {"dedup.workers": 2, "dedup.batch_size": 7, "dedup.verify_batch": 11, "clean.workers": 2,
-                      "generate.batch_size": 3, "generate.writers": 1})
+                      "generate.batch_size": 3, "runtime.writers": 1})
     assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
 
 
