@@ -26,7 +26,7 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 SPEED = {
     "clean": set(),  # how fast it cleans is `runtime`, which no stage lists
     "dedup": {"embedding_batch", "embedding_block", "embedding_device"},
-    "generate": {"batch_size", "writers", "engine", "ray_address", "compile", "sources"},  # sources: the foreach
+    "generate": {"batch_size", "compile", "sources"},  # sources: the foreach
 }
 
 
@@ -241,7 +241,7 @@ def set_params(repo: Path, changes: dict[str, object]) -> None:
 def test_speed_only_params_rerun_nothing(history, tmp_path):
     repo = work_copy(history.repo, tmp_path / "repo")
     set_params(repo, {"runtime.workers": 2, "runtime.batch_rows": 7, "runtime.verify_pairs": 11,
-                      "generate.batch_size": 3, "generate.writers": 1})
+                      "generate.batch_size": 3, "runtime.writers": 1})
     assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
 
 

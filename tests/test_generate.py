@@ -32,7 +32,7 @@ def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
 
 
 def settings(tiny_model_dir: Path, **overrides) -> Generate:
-    return Generate(model=str(tiny_model_dir), steps=3, batch_size=4, writers=2).replace(**overrides)
+    return Generate(model=str(tiny_model_dir), steps=3, batch_size=4).replace(**overrides)
 
 
 def store_bytes(root: Path) -> dict[str, bytes]:
@@ -77,8 +77,8 @@ def test_keys_follow_prompt_seed_and_settings_not_row_order(tiny_model_dir):
                     plan_jobs(table, s.replace(seed=1), "model-a", "fp64"),
                     plan_jobs(table, s, "model-a", "fp16")):
         assert not {j.key for j in changed} & {j.key for j in jobs.values()}
-    # batch size, writers, engine and device do not change what an image looks like
-    same = plan_jobs(table, s.replace(batch_size=1, writers=5, engine="ray"), "model-a", "fp64")
+    # batch size and compile do not change what an image looks like (nor runtime: not a Generate key)
+    same = plan_jobs(table, s.replace(batch_size=1, compile=True), "model-a", "fp64")
     assert [j.key for j in same] == [j.key for j in plan_jobs(table, s, "model-a", "fp64")]
 
 
@@ -98,7 +98,7 @@ def test_bad_rows_name_the_file_and_row(tiny_model_dir):
 def test_params_are_validated_with_one_line_errors():
     assert load_settings({"format": "JPEG", "resize": 512, "sources": ["x"]}).format == "jpg"
     for bad, message in [({"scheduler": "plms"}, "generate.scheduler"), ({"format": "gif"}, "generate.format"),
-                         ({"height": 100}, "multiples of 8"), ({"engine": "spark"}, "generate.engine"),
+                         ({"height": 100}, "multiples of 8"), ({"engine": "ray"}, "generate: 'engine' moved to the runtime section"),
                          ({"batch_size": 0}, r"generate.batch_size: .*greater than or equal to 1"), ({"device": "tpu"}, "generate.device")]:
         with pytest.raises(DataError, match=message):
             load_settings(bad)
@@ -208,8 +208,8 @@ def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(tiny_mode
 def test_changing_a_setting_rerenders_and_prunes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     generate(prompts_table(3), settings(tiny_model_dir), out)
-    (out / "ab").mkdir(exist_ok=True)
-    (out / "ab" / f".ab{'0' * 62}.jpg.tmp-1-2").write_bytes(b"half an image")  # left by a killed run
+    image = next(out.rglob("*.jpg"))
+    (image.parent / f".{image.name}.tmp-1-2").write_bytes(b"half an image")  # left by a killed run
     counts = generate(prompts_table(3), settings(tiny_model_dir, guidance=5.0), out)
     assert counts["rendered"] == 3 and counts["pruned"] == 4
     assert len(list(out.rglob("*.jpg"))) == 3 and not list(out.rglob(".*"))
@@ -305,20 +305,6 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
     (store / "ab" / "mine.txt").unlink()
     assert prune_generation_store(store, None, everything=True) == {"removed": 3, "kept": 0}
     assert sorted(p.name for p in store.iterdir()) == [".gitignore", ".tmp"]
-
-
-def test_ray_engine_gives_the_same_bytes(tiny_model_dir, tmp_path):
-    ray = pytest.importorskip("ray")
-    table = prompts_table(6)
-    generate(table, settings(tiny_model_dir), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    try:
-        counts = generate(table, settings(tiny_model_dir, engine="ray"), tmp_path / "ray")
-    finally:
-        ray.shutdown()
-    assert counts["rendered"] == 6 and counts["pipeline_calls"] == 2  # two tasks, 3 prompts each
-    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
 
 
 # ------------------------------------------------------------------ the command, crashes

@@ -345,7 +345,7 @@ def test_rows_removed_by_cross_dedup_are_never_rendered(tmp_path, monkeypatch, c
     assert kept["id"].tolist() == ["openprompts0", "openprompts1", "openprompts3", "openprompts5"]
 
     spy = RenderedPrompts(monkeypatch)
-    settings = Generate(model=str(tiny_model_dir), steps=2, batch_size=8, writers=1, height=64, width=64)
+    settings = Generate(model=str(tiny_model_dir), steps=2, batch_size=8, height=64, width=64)
     counts = generate(kept, settings, tmp_path / "data" / "images" / "openprompts")
     assert counts["rendered"] == len(kept) == len(spy.prompts) == 4
     assert sorted(spy.prompts) == sorted(kept["text"]) and not set(spy.prompts) & set(removed["text"])

@@ -531,6 +531,14 @@ class Generate(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (GPU)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_runtime(cls, data: Any) -> Any:
+        for key in ("engine", "ray_address", "writers"):
+            if isinstance(data, dict) and key in data:
+                raise ValueError(f"{key!r} moved to the runtime section (runtime.{key}: speed only, never a DVC param)")
+        return data
+
     @field_validator("format", mode="before")
     @classmethod
     def _format_name(cls, value: Any) -> Any:
