@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._record import add_out_argument, record  # noqa: E402
-from scripts.clean import clean_text, load_rule_set, load_rules  # noqa: E402
+from scripts.lib.cleaning import clean_text, load_rule_set, load_rules  # noqa: E402
 from scripts.lib.params import load_params  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"

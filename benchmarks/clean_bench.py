@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.clean_agreement import (MIRROR, REFERENCES, fixture_prompts, reference_from_file,  # noqa: E402
                                         reference_from_mirror, reference_result)
-from scripts.clean import clean_text, load_rule_set, load_rules  # noqa: E402
+from scripts.lib.cleaning import clean_text, load_rule_set, load_rules  # noqa: E402
 from scripts.lib.params import load_params
 
 MODIFIERS = [

@@ -16,9 +16,8 @@ from typing import Optional
 
 import typer
 
-from scripts.lib.cleaning import (clean_table, clean_text, compile_rules, load_rule_set, pass_through,
-                                  read_rules_file, report, resolve, rule_sets, rules_file_document, source_choice,
-                                  split_rows)
+from scripts.lib.cleaning import (all_rule_sets, clean_table, clean_text, compile_rules, load_rule_set, pass_through,
+                                  read_rules_file, report, resolve, rules_file_document, source_choice, split_rows)
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
@@ -31,7 +30,7 @@ def cli_rules(output: Path) -> None:
     them to OUTPUT as the one tracked copy: clean@S and release@V depend on this file instead of on the
     rule files and `clean` params, so dvc.lock records them once."""
     clean = load_section("clean")
-    sets = rule_sets(clean)
+    sets = all_rule_sets(clean)
     for name, rule_set in sets.items():
         try:
             compile_rules(rule_set)

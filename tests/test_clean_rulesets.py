@@ -19,9 +19,12 @@ import yaml
 
 from conftest import cli
 from scripts import clean
-from scripts.clean import (DataError, all_rule_sets, clean_table, clean_text, load_rule_set, load_rules,
-                           read_rules_params, rules_from_file, source_choice)
 from scripts.lib import params as P
+from scripts.lib.cleaning import (all_rule_sets, clean_table, clean_text, compile_rules, load_rule_set, load_rules,
+                                  rule_set_from_file, source_choice)
+from scripts.lib.cleaning import rule_sets as rule_set_files
+from scripts.lib.cleaning.rule_sets import document
+from scripts.lib.errors import DataError
 from scripts.lib.io import PROMPT_COLUMNS, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,22 +94,21 @@ def test_each_version_cleans_like_its_commit(prompt, outcomes):
 def test_the_three_versions_ship_and_each_is_a_complete_checked_document():
     assert set(SETS) <= set(P.rule_set_names())
     for name in SETS:
-        document = load_rule_set(name)
-        P.parse(P.CleanRules, document, file=name)  # the one model of a rule set
-        assert set(clean.REQUIRED_KEYS) <= set(document)
+        assert isinstance(load_rule_set(name), P.CleanRules)  # the one model of a rule set
     drops = {name: [rule for rules in RULES[name].drop_rules.values() for rule, _ in rules] for name in SETS}
     assert drops["final"][:3] == ["banned_nospace", "max_dashes", "max_by"]  # language/person_names are off
     assert "max_pipes" not in drops["final"] and RULES["final"].by_clause is None  # 942a6f8 removed both
     assert drops["2023-04-04"][:2] == ["language", "banned_nospace"]
     assert drops["2023-03-30"][-1] == "language"
-    assert RULES["final"].person_only_if == (" by ", " style ") and RULES["final"].max_persons == 3
+    persons = RULES["final"].document.person_names
+    assert persons.only_if == [" by ", " style "] and persons.max_persons == 3
 
 
 def test_speedups_are_exact_on_the_older_versions(fixtures_dir):
     prompts = pd.read_csv(fixtures_dir / "openprompts-1k.csv")["prompt"].dropna().astype(str).tolist()[:250]
     for name in ("2023-04-04", "2023-03-30"):
-        document = {**load_rule_set(name), "language": {"enabled": False}}  # langdetect: slow, not a regex
-        fast, slow = load_rules(document), load_rules(document, fast=False)
+        rules = load_rule_set(name).replace(language={"enabled": False})  # langdetect: slow, not a regex
+        fast, slow = compile_rules(rules), compile_rules(rules, fast=False)
         assert [clean_text(p, fast) for p in prompts] == [clean_text(p, slow) for p in prompts], name
 
 
@@ -114,15 +116,15 @@ def test_speedups_are_exact_on_the_older_versions(fixtures_dir):
 
 def test_params_name_the_default_set_and_override_its_keys():
     params = P.load_params("clean", REPO / "params.yaml")
-    assert params["rules"] == "final" and load_rules(params).params == RULES["final"].params
+    assert params["rules"] == "final" and load_rules(params).document == RULES["final"].document
     prompt = "a small red fox sleeping under an old oak tree in autumn"
     older = load_rules({"rules": "2023-04-04", "max_chars": 40})
     assert clean_text(prompt, older) == (None, "max_chars")
     assert older.drop_rules["raw"][0][0] == "language"  # the rest is the named set's
     # the overrides change the default set only: the others stay as shipped
-    document = all_rule_sets({"rules": "2023-04-04", "max_chars": 40})
-    assert document["rules"] == "2023-04-04" and document["sets"]["2023-04-04"]["max_chars"] == 40
-    assert document["sets"]["final"] == load_rule_set("final")
+    sets = all_rule_sets(P.parse(P.Clean, {"rules": "2023-04-04", "max_chars": 40}))
+    assert sets["2023-04-04"].max_chars == 40
+    assert sets["final"] == load_rule_set("final")
 
 
 def test_an_unquoted_date_names_a_set(tmp_path):
@@ -130,9 +132,10 @@ def test_an_unquoted_date_names_a_set(tmp_path):
     (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
     assert P.load_section("clean", tmp_path / "params.yaml").rules == "2023-04-04"
     rules = load_rules(P.load_params("clean", tmp_path / "params.yaml"))
-    assert rules.params == RULES["2023-04-04"].params
+    assert rules.document == RULES["2023-04-04"].document
     source = P.parse(P.Source, yaml.safe_load("{kind: text, path: x, clean: 2023-03-30}"))
     assert source.clean == "2023-03-30" and source_choice(yaml.safe_load("2023-03-30")) == ("2023-03-30", "rewrite")
+    assert source_choice(source.clean) == ("2023-03-30", "rewrite")
 
 
 def test_an_unknown_set_is_one_line_naming_the_nearest():
@@ -140,26 +143,28 @@ def test_an_unknown_set_is_one_line_naming_the_nearest():
         P.parse(P.Clean, {"rules": "fnal"})
     with pytest.raises(DataError, match="sources.x.clean.*unknown cleaning rule set '2023-04-05'"):
         P.parse(P.Source, {"kind": "text", "path": "p", "clean": {"rules": "2023-04-05"}}, at=("sources", "x"))
-    with pytest.raises(DataError, match="no rule set named 'nope'"):
+    with pytest.raises(DataError, match="clean.rules: unknown cleaning rule set 'nope'"):
         load_rules({"rules": "nope"})
+    with pytest.raises(DataError, match="no rule set named 'nope'"):
+        load_rule_set("nope")
 
 
 @pytest.mark.parametrize("change,message", [
     ({"drops": {"raw": ["max_pipes"]}}, "clean.drops.raw lists 'max_pipes', but clean.max_pipes is not set"),
     ({"max_pipes": 5}, "clean.max_pipes is set, but clean.drops lists no 'max_pipes'"),
     ({"drops": {"raw": ["max_hashtags"]}}, "clean.drops.raw: unknown drop rule 'max_hashtags'"),
-    ({"drops": {"early": []}}, "clean.drops: unknown drop point 'early'"),
+    ({"drops": {"early": []}}, "clean.drops: unknown key 'early'"),
     ({"drops": {"raw": ["max_dashes", "max_dashes"]}}, "'max_dashes' is listed twice"),
 ])
 def test_drops_and_rule_keys_must_agree(change, message):
     with pytest.raises(DataError, match=message):
-        load_rules({**load_rule_set("final"), **change})
+        load_rules({**document(load_rule_set("final")), **change})
 
 
 def test_a_rule_set_file_is_checked_naming_the_file(tmp_path, monkeypatch):
     final = (REPO / "scripts" / "clean_rules" / "final.yaml").read_text(encoding="utf-8")
     (tmp_path / "broken.yaml").write_text(final.replace("max_chars: 256 ", "max_chars: many "), encoding="utf-8")
-    monkeypatch.setattr(clean, "CLEAN_RULES_DIR", tmp_path)
+    monkeypatch.setattr(rule_set_files, "CLEAN_RULES_DIR", tmp_path)
     with pytest.raises(DataError, match=r"broken.yaml: max_chars: .*valid integer"):
         load_rule_set("broken")
 
@@ -172,15 +177,14 @@ def test_rules_json_holds_every_set_once_and_the_release_api_reads_any(tmp_path,
     clean.cli_rules(Path("rules.json"))
     document = json.loads(Path("rules.json").read_text(encoding="utf-8"))
     assert document["rules"] == "final" and set(document["sets"]) == set(P.rule_set_names())
-    assert "workers" not in json.dumps(document)  # speed only: a new worker count rebuilds nothing
+    assert all(set(rules) <= set(P.CleanRules.model_fields) for rules in document["sets"].values())
     prompts = [prompt for prompt, _ in VERSIONS]
     for name in SETS:
-        from_file = rules_from_file(Path("rules.json"), name)
+        from_file = compile_rules(rule_set_from_file(Path("rules.json"), name))
         assert [clean_text(p, from_file) for p in prompts] == [clean_text(p, RULES[name]) for p in prompts]
-    # what release.py calls today: the default set
-    assert load_rules(read_rules_params(Path("rules.json"))).params == RULES["final"].params
+    assert rule_set_from_file(Path("rules.json")) == RULES["final"].document  # no name: the default set
     with pytest.raises(DataError, match="rules.json: no rule set named '2023-01-01'"):
-        rules_from_file(Path("rules.json"), "2023-01-01")
+        rule_set_from_file(Path("rules.json"), "2023-01-01")
 
 
 # --------------------------------------------------------------------------- modes, per source
@@ -213,8 +217,8 @@ def test_modes_rewrite_filter_only_off():
 def test_source_choice_forms():
     assert source_choice(True) == (None, "rewrite") and source_choice(False) == (None, "off")
     assert source_choice("2023-04-04") == ("2023-04-04", "rewrite")
-    assert source_choice({"rules": "2023-04-04", "mode": "filter_only"}) == ("2023-04-04", "filter_only")
-    assert source_choice({"mode": "filter_only"}) == (None, "filter_only")
+    assert source_choice(P.SourceClean(rules="2023-04-04", mode="filter_only")) == ("2023-04-04", "filter_only")
+    assert source_choice(P.SourceClean(mode="filter_only")) == (None, "filter_only")
 
 
 def test_clean_stage_uses_the_sources_set_and_mode(tmp_path, monkeypatch, capfd):
@@ -245,7 +249,7 @@ def test_langdetect_is_seeded():
     DetectorFactory.seed = 12345
     results = {clean_text(text, RULES["2023-04-04"]) for _ in range(5)}
     assert DetectorFactory.seed == 0 and results == {(None, "language")}
-    reseeded = load_rules({**load_rule_set("2023-04-04"), "language": {"enabled": True, "seed": 7}})
+    reseeded = compile_rules(load_rule_set("2023-04-04").replace(language={"enabled": True, "seed": 7}))
     clean_text(text, reseeded)
     assert DetectorFactory.seed == 7
 
@@ -290,7 +294,7 @@ def test_an_interrupt_while_langdetect_loads_its_profiles_is_not_an_undetectable
     `clean:language` 4 instead of 2). The interrupt now goes on and the next detection loads afresh."""
     from langdetect import detector_factory
 
-    from scripts.clean import _language
+    from scripts.lib.cleaning.drop_rules import detect_language as _language
 
     loaded = []
     real_add = detector_factory.DetectorFactory.add_profile

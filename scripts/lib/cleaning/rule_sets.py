@@ -66,7 +66,7 @@ def resolve(clean: Clean) -> CleanRules:
     return parse(CleanRules, {**document(named), **overrides}, at=("clean",))
 
 
-def rule_sets(clean: Clean) -> dict[str, CleanRules]:
+def all_rule_sets(clean: Clean) -> dict[str, CleanRules]:
     """Every shipped rule set, the default one (`clean.rules`) with the params.yaml overrides applied."""
     sets = {name: load_rule_set(name) for name in rule_set_names()}
     sets[clean.rules] = resolve(clean)
