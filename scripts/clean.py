@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
 from scripts.lib.params import CLEAN_RULES_DIR, CleanRules, load_params, parse, read_yaml, rule_set_names
 from scripts.lib.regex_engine import (Phase, Rewrite, Search, compile_phase, compile_rewrite, compile_search,
@@ -693,7 +694,7 @@ def read_rules_params(rules_file: Path | None) -> dict:
     if not rules_file.exists():
         raise DataError(f"{rules_file}: rules file not found (run the clean_rules stage first)")
     try:
-        return json.loads(rules_file.read_text(encoding="utf-8"))
+        return loads_json(rules_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{rules_file}: not valid JSON ({exc})") from None
 

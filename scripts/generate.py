@@ -65,6 +65,7 @@ from typing import Optional
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate, load_section, parse
 from scripts.lib.io import read_parquet, write_parquet
 
@@ -215,7 +216,7 @@ def model_config(model_dir: str | Path) -> dict:
     pipeline's own: unet sample_size x 2^(VAE levels - 1)) and the scheduler class."""
     def read(name: str) -> dict:
         try:
-            return json.loads((Path(model_dir) / name).read_text(encoding="utf-8"))
+            return loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
 

@@ -37,10 +37,11 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import (CleanStep, Component, DedupStep, Export, Preview, Release, Step, load_params,
                                 load_section, parse)
 from scripts.lib.archive import parse_ref
-from scripts.lib.io import (MARKER, SPLITS, check_not_input, check_replaceable, check_table, mark_folder, read_parquet,
+from scripts.lib.io import (MARKER, SPLITS, check_not_input, check_outputs_ours, check_replaceable, check_table, mark_folder, read_parquet,
                           replace_path, staging_dir, write_json, write_parquet)
 from scripts.lib.export import card_data_files, export_options, write_rows_table, write_split
 
@@ -149,10 +150,10 @@ def plan_releases(plan: dict) -> dict:
 def check_plan(path: Path, expected: dict) -> None:
     """Refuse the plan file DVC gave a stage unless it holds `expected` (computed from params.yaml now)."""
     try:
-        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+        plan = loads_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: not found (run `dvc repro recipes`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep
         raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
     if plan != json.loads(json.dumps(expected)):
         raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")
@@ -580,6 +581,7 @@ def check_output(output: Path) -> None:
     if output.is_dir():
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
+        check_outputs_ours(output, OUTPUTS, proven=any((output / split / MARKER).is_file() for split in SPLITS))
     for split in SPLITS:
         if (output / split).is_dir() and not (output / split / MARKER).is_file():
             check_replaceable(output / split)

@@ -14,7 +14,6 @@ team log's text.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 
@@ -80,7 +80,7 @@ def read_stats(releases: Path, names=RELEASES) -> dict[str, dict | str]:
     for name in names:
         path = Path(releases) / name / "stats.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             found[name] = NOT_BUILT
             continue
