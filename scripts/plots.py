@@ -16,13 +16,13 @@ Generation speed is not plotted: generate@S records no timing in its manifest or
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
 from scripts.lib.io import SPLITS, atomic_path, read_parquet
 
@@ -66,7 +66,7 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
         if not path.exists():
             raise DataError(f"{path}: not found (run clean@{source} first)")
         try:
-            reports[source] = json.loads(path.read_text(encoding="utf-8"))
+            reports[source] = loads_json(path.read_text(encoding="utf-8"))
         except ValueError:
             raise DataError(f"{path}: not valid JSON") from None
     return reports

@@ -377,7 +377,7 @@ class ResponseCache:
         if not path.exists():
             return None
         try:
-            response = json.loads(path.read_text(encoding="utf-8"))["response"]
+            response = loads_json(path.read_text(encoding="utf-8"))["response"]
             read_completion(response)
         except (ValueError, KeyError, TypeError, RecursionError):
             raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None

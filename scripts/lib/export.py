@@ -32,6 +32,7 @@ import pandas as pd
 
 from scripts.lib import bucketed
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.io import write_parquet
 from scripts.lib.shards import ShardWriter
 
@@ -155,7 +156,7 @@ def parse_metadata(lines: Iterable[str], where: str, required: tuple[str, ...]) 
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line)
             missing = [key for key in required if key not in record]
         except (ValueError, TypeError):
             record, missing = None, list(required)

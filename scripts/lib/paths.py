@@ -16,7 +16,7 @@ import pandas as pd
 
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, SPLITS, check_replaceable, check_table, replace_path
+from scripts.lib.io import MARKER, SPLITS, check_outputs_ours, check_replaceable, check_table, replace_path
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
 OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
@@ -63,6 +63,7 @@ def check_output(output: Path) -> None:
     if output.is_dir():
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
+        check_outputs_ours(output, OUTPUTS, proven=any((output / split / MARKER).is_file() for split in SPLITS))
     for split in SPLITS:
         if (output / split).is_dir() and not (output / split / MARKER).is_file():
             check_replaceable(output / split)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, load_params, parse
 from scripts.lib.recipe import resolve_recipe
 
@@ -79,10 +80,10 @@ def plan_releases(plan: dict) -> dict[str, Release]:
 def check_plan(path: Path, expected: dict) -> None:
     """Refuse the plan file DVC gave a stage unless it holds `expected` (computed from params.yaml now)."""
     try:
-        plan = json.loads(Path(path).read_text(encoding="utf-8"))
+        plan = loads_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: not found (run `dvc repro recipes`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep
         raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
     if plan != json.loads(json.dumps(expected)):
         raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")

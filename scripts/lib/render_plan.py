@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate
 
 MANIFEST = "manifest.parquet"
@@ -163,7 +164,7 @@ def model_config(model_dir: str | Path) -> dict:
     pipeline's own: unet sample_size x 2^(VAE levels - 1)) and the scheduler class."""
     def read(name: str) -> dict:
         try:
-            return json.loads((Path(model_dir) / name).read_text(encoding="utf-8"))
+            return loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
+from scripts.lib.nesting import loads_json
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -127,7 +128,7 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path}: not found (a split of a release built with export: simpletuner?)")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = loads_json(path.read_text(encoding="utf-8"))  # depth-checked first
     except (ValueError, UnicodeDecodeError):
         raise DataError(f"{path}: not valid JSON") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):

@@ -25,6 +25,8 @@ import typer
 import yaml
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import TooDeep
+from scripts.lib.params import read_yaml
 from scripts.lib.io import SPLITS
 from scripts.lib.export import parse_metadata
 
@@ -64,11 +66,13 @@ def releases_at(fs, rev: str = "") -> dict:
     where = f"{rev}:params.yaml" if rev else "params.yaml"
     try:
         with fs.open("params.yaml", "r", encoding="utf-8") as f:
-            params = yaml.safe_load(f) or {}
+            params = read_yaml(f.read()) or {}  # as load_params and DVC read it: YAML 1.2, depth-bounded
     except FileNotFoundError:
         raise DataError(f"{where}: not found") from None
     except UnicodeDecodeError:
         raise DataError(f"{where}: not UTF-8 text") from None
+    except TooDeep as exc:
+        raise DataError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""

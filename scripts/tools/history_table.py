@@ -13,7 +13,6 @@ or with the sum it is of numbers the log gives (`23116 − 3901`); tests check b
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 
@@ -106,7 +106,7 @@ def read_reports(folder: Path, sources) -> dict[str, dict | str]:
 
 def read_json(path: Path) -> dict | str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return NOT_BUILT
     except (OSError, ValueError):

@@ -34,7 +34,8 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
-from scripts.lib.io import SPLITS, atomic_path
+from scripts.lib.io import SPLITS, atomic_path, shown
+from scripts.lib.safe_paths import confined_file
 
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
@@ -70,6 +71,11 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
             size = record.get("image_nbytes")
             if size is None or pd.isna(size):
                 size = (release_dir / ref).stat().st_size if "!/" not in ref and (release_dir / ref).is_file() else 0
+            if not isinstance(record.get("id"), str):
+                raise DataError(f"{release_dir}/rows.parquet: an id is not text")
+            archive, sep, member = ref.partition("!/")
+            # a path from the table: it must stay in the release (after links) and name a regular file
+            confined_file(release_dir, archive, f"{release_dir}/rows.parquet: id {record['id']}")
             records.append({**{c: record.get(c) for c in COLUMNS}, "_ref": str(release_dir / ref),
                             "_name": ref.rpartition("/")[2], "_size": int(size)})
         return records
@@ -79,9 +85,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
                         f"(build the release first: `dvc repro release@{release_dir.name}`)")
     records = read_metadata(folder, ("file_name", "id", "source", "text"))
     for record in records:
-        path = folder / record["file_name"]
-        if not path.is_file():
-            raise DataError(f"{path}: image not found (listed in {folder}/metadata.jsonl)")
+        path = confined_file(folder, record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
         record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
     return records
 
@@ -125,8 +129,9 @@ def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int
 
 
 def licence_fields(sources: dict, used: list[str], license: str | None, name: str | None, link: str | None) -> tuple[dict, str | None]:
-    """Card licence fields and the LICENSE.md text (None when the card's licence says it all)."""
-    per_source = {s: (sources.get(s) or {}).get("license") or "unknown" for s in used}
+    """Card licence fields and the LICENSE.md text (None when the card's licence says it all).
+    `sources`: params.yaml sources, name -> Source model."""
+    per_source = {s: (sources[s].license if s in sources else None) or "unknown" for s in used}
     if license:
         fields = {"license": license}
         if license == "other":
@@ -152,13 +157,13 @@ def release_card_body(release_dir: Path) -> str:
     return text.strip()
 
 
-def build_card(recipe, release_dir: Path, repo_id: str, tag: str, commit: str, splits: dict, params: dict,
+def build_card(recipe, release_dir: Path, repo_id: str, tag: str, commit: str, splits: dict, sources: dict,
                licence: dict, download_size: int):
     from huggingface_hub import DatasetCard, DatasetCardData
 
     name = recipe.name
     used = sorted({c.source for c in recipe.components})
-    kinds = {s: (params.get("sources", {}).get(s) or {}).get("kind", s) for s in used}
+    kinds = {s: sources[s].kind if s in sources else s for s in used}
     hub = sorted({HUB_SOURCES[k] for k in kinds.values() if k in HUB_SOURCES})
     total = sum(s["num_examples"] for s in splits.values())
     data = DatasetCardData(
@@ -227,14 +232,70 @@ def check_tag(tag: str, name: str) -> str:
     return head
 
 
+MAX_HUB_REPLY_BYTES = 16 << 20  # the Hub's JSON answers are small; an endless reply must not fill memory
+
+
+def hub_client_factory(timeout_s: float):
+    """huggingface_hub's HTTP client with a timeout on every request (its default has none: a Hub that
+    never answers would hang publish) and replies capped at MAX_HUB_REPLY_BYTES."""
+    import httpx2
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    def cap(response) -> None:
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > MAX_HUB_REPLY_BYTES:
+            raise httpx2.DecodingError(f"reply of {length} bytes, over {MAX_HUB_REPLY_BYTES}", request=response.request)
+        response.stream = _CappedStream(response.stream, response.request)
+
+    return lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook], "response": [cap]},
+                                 follow_redirects=True, timeout=httpx2.Timeout(timeout_s))
+
+
+class _CappedStream:
+    """A response body stream that fails past MAX_HUB_REPLY_BYTES (a reply without Content-Length)."""
+
+    def __init__(self, stream, request):
+        self._stream, self._request = stream, request
+
+    def __iter__(self):
+        import httpx2
+
+        total = 0
+        for chunk in self._stream:
+            total += len(chunk)
+            if total > MAX_HUB_REPLY_BYTES:
+                raise httpx2.DecodingError(f"reply over {MAX_HUB_REPLY_BYTES} bytes", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def hub_error(exc: Exception, token: str, timeout_s: float) -> str:
+    """Any error of the Hub client as one line, the token removed (in any case)."""
+    import httpx2
+
+    from scripts.lib.chat_client import redact_key
+
+    if isinstance(exc, httpx2.TimeoutException):
+        detail = f"no answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
+    elif isinstance(exc, ValueError) and not isinstance(exc, httpx2.HTTPError):
+        detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
+    else:
+        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+    return redact_key(f"Hub: {detail}", token)
+
+
 def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> str:
     """Create the dataset repository if needed, upload the folder, tag the commit; the Hub commit id."""
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise DataError("HF_TOKEN is not set (a write token: https://huggingface.co/settings/tokens)")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import set_client_factory
 
+    timeout_s = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    set_client_factory(hub_client_factory(timeout_s))
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -243,8 +304,10 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
                                  ignore_patterns=[".t2i-output"])
         api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=info.oid,
                        tag_message=f"t2i-datasets {tag} (git commit {commit})")
-    except HfHubHTTPError as exc:  # the message names the URL and status; never the token
-        raise DataError(f"Hub: {str(exc).splitlines()[0]}") from None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the client's errors at the network edge: one line, never the token
+        raise DataError(hub_error(exc, token, timeout_s)) from None
     return info.oid
 
 
@@ -261,15 +324,15 @@ def cli(
     license_link: str = typer.Option(None, "--license-link", help="licence URL or file, with --license other"),
 ) -> None:
     """Write a release as Hub parquet shards + data card, upload it and tag it on the Hub."""
-    from scripts.lib.params import load_params
+    from scripts.lib.params import load_section
     from scripts.release import resolve_recipe
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise DataError(f"--repo-id: expected ORG/NAME, got {repo_id!r}")
     tag = tag or name
     release_dir = Path("data/releases") / name
-    params = load_params()
-    recipe = resolve_recipe(name, params.get("releases") or {})
+    sources = load_section("sources", missing_ok=True)
+    recipe = resolve_recipe(name, load_section("releases", missing_ok=True))
     commit = _git("rev-parse", "HEAD") if dry_run else check_tag(tag, name)
     out = out or Path("dist/hub") / name
     splits = {split: read_split(release_dir, split) for split in SPLITS}
@@ -283,14 +346,14 @@ def cli(
             raise DataError(f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)")
         download_size = sum((tmp / "data" / f).stat().st_size for i in infos.values() for f in i["files"])
         used = sorted({c.source for c in recipe.components})
-        licence, licence_text = licence_fields(params.get("sources") or {}, used, license, license_name, license_link)
+        licence, licence_text = licence_fields(sources, used, license, license_name, license_link)
         if licence_text:
             (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
         if (release_dir / "preview.jpg").is_file():
             shutil.copyfile(release_dir / "preview.jpg", tmp / "preview.jpg")
-        build_card(recipe, release_dir, repo_id, tag, commit, infos, params, licence, download_size).save(tmp / "README.md")
+        build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(tmp / "README.md")
     total = {s: i["num_examples"] for s, i in infos.items()}
-    print(f"publish: {out} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
+    print(f"publish: {shown(out)} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
     if dry_run:
         return
     oid = upload(out, repo_id, tag, commit, private)

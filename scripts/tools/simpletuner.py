@@ -9,13 +9,30 @@ beside the parquet; --config to put it elsewhere). scripts/lib/simpletuner.py is
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_not_input
+from scripts.lib.io import check_not_input, check_output_kind, shown
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.dalle3 import compile_simpletuner
 from scripts.lib.simpletuner import CONFIG_NAME
+
+
+def check_config_ours(path: Path, ids: list) -> None:
+    """Refuse to replace a data-backend config we did not write: the user's own multidatabackend.json
+    beside the parquet is theirs. Ours lists exactly the backends (by id) the command writes."""
+    if not os.path.lexists(path):
+        return
+    check_output_kind(path)
+    try:
+        entries = loads_json(path.read_bytes())
+    except (OSError, ValueError):
+        entries = None
+    if not (isinstance(entries, list) and [e.get("id") if isinstance(e, dict) else None for e in entries] == ids):
+        raise DataError(f"{shown(path)}: a data-backend config this command did not write (its backends are not "
+                        f"{', '.join(map(str, ids))}); refusing to replace it (--config elsewhere, or move it away)")
 
 
 def cli(
@@ -42,11 +59,12 @@ def cli(
             check_not_input(folder, [shards, output] + ([config] if config else []))
     if config is not None:
         check_not_input(config, [shards, output])
+        check_config_ours(config, ["dalle3", "dalle3-text-embeds"])
     stats = compile_simpletuner([shards] if shards.is_file() else shards, output, caption_field, data_dir=data_dir,
                            config=config, write_txt_dir=txt_dir, on_error=on_error)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats["skipped"].items())) or "none"
     extra = f" + {data_dir}/ (images, <stem>.txt) + {config}" if data_dir is not None else ""
-    print(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output}{extra} (skipped: {skipped})")
+    print(shown(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output}{extra} (skipped: {skipped})"))
 
 
 def cli_config(
@@ -66,6 +84,7 @@ def cli_config(
         if path.resolve() == release or release in path.resolve().parents:
             raise DataError(f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)")
     entries = absolute_config(split, cache_dir)
+    check_config_ours(output, [entry.get("id") for entry in entries])
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-    print(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})")
+    print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})"))

@@ -9,13 +9,13 @@ from stats.json in the message, so `git show V` tells what the version holds.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import typer
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 
@@ -84,7 +84,7 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
         check_pushed(repo, stage)
     stats_file = Path(f"data/releases/{name}/stats.json")
     try:
-        stats = json.loads(stats_file.read_text(encoding="utf-8"))
+        stats = loads_json(stats_file.read_text(encoding="utf-8"))
         tag_message(name, stats)
     except FileNotFoundError:
         raise DataError(f"{stats_file}: not found (run `dvc repro {stage}`, or `dvc pull {stage}`)") from None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import CLEAN_RULES_DIR, Clean, CleanRules, SourceClean, parse, read_yaml, rule_set_names
 
 DEFAULT_RULE_SET = "final"
@@ -97,7 +97,7 @@ def read_rules_file(path: Path) -> RulesFile:
     if not path.exists():
         raise DataError(f"{path}: rules file not found (run the clean_rules stage first)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     return _rules_file(data, str(path))

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, require_columns,
                                          source_files)
 
@@ -48,7 +48,7 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
                 yield row
                 continue
             try:
-                raw = json.loads(row["raw_data"])
+                raw = loads_json(row["raw_data"])
                 if not isinstance(raw, dict):
                     raise ValueError("not a JSON object")
                 discord = raw.get("raw_discord_data") or {}

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
                              check_member_name, iter_samples, make_ref, open_tar)
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.io import atomic_path
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
@@ -48,7 +49,7 @@ def iter_dalle3(shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
                 continue
             raw = members["json"].read()
             try:
-                record = json.loads(raw.decode("utf-8"))
+                record = loads_json(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 yield Problem(shard, where, "not_utf8", "json member is not UTF-8")
                 continue

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 import random
 import re
 import zipfile
@@ -12,6 +11,7 @@ from typing import Any, Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, decode, link_under,
                                          require_columns)
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
@@ -138,7 +138,7 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
     with zf:
         json_name = f"{file.stem}.json"
         try:
-            listing = json.loads(decode(read_zip_member(zf, zf.getinfo(json_name), cfg.max_member_bytes)))
+            listing = loads_json(decode(read_zip_member(zf, zf.getinfo(json_name), cfg.max_member_bytes)))
         except KeyError:
             raise DataError(f"{file}: missing member {json_name}") from None
         except (ValueError, RecursionError, UnsafeArchive) as exc:

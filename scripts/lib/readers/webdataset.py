@@ -11,12 +11,12 @@ the stored JPEG keeps its own size and the loader resizes and crops.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, check_confined, decode
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
@@ -31,7 +31,7 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
     if not manifest_file.is_file():
         raise DataError(f"{manifest_file}: not found (bucketed WebDataset export)")
     try:
-        manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
+        manifest = loads_json(manifest_file.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise DataError(f"{manifest_file}: malformed JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
@@ -80,7 +80,7 @@ def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record |
     if image_ext is None or "txt" not in members or "json" not in members:
         return Problem(shard, where, "incomplete_sample", f"needs an image, .txt and .json, has {sorted(members)}")
     try:
-        meta = json.loads(members["json"].read().decode("utf-8"))
+        meta = loads_json(members["json"].read().decode("utf-8"))
     except UnicodeDecodeError:
         return Problem(shard, where, "not_utf8", "json member is not UTF-8")
     except (ValueError, RecursionError) as exc:

@@ -1,0 +1,619 @@
+"""Hostile inputs by class: one table per class of failure, each row a new input of that class.
+
+Every row failed before its class was fixed (the counts are in docs/guarantees.md). Real files,
+real processes, real loopback servers; nothing of ours is mocked.
+
+1 ownership: a folder or file we did not write is refused, never replaced
+3 special files as outputs: links, FIFOs, sockets, devices are refused
+4 paths read from data stay inside their folder after every link
+5 secrets in any letter case, reversed, in a redirect host or in params.yaml never get out
+6 network reads are bounded: reply bytes capped, a Hub that never answers times out, one line
+7 Ctrl-C during requests and retries exits 130 within 2 s and sends nothing more
+8 nesting is bounded before any JSON or YAML is parsed: one line, no RecursionError, no segfault
+9 params.yaml is read as DVC reads it (YAML 1.2)
+10 paths in messages are printable; a non-UTF-8 output path works or fails in one line
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import Loopback, env, send_json
+from scripts.lib.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("no_proxy")
+KEY = "sk-Test-DoNot-Leak-9f3A7c"  # mixed case: an upper- or lower-cased echo differs from it
+DALLE3 = REPO / "data" / "raw" / "dalle3"
+
+
+def python(args: list, cwd: Path, timeout: float = 60, **extra_env) -> subprocess.CompletedProcess:
+    """`python -m scripts ARGS` (or `python -c` when args[0] == '-c') as a real process, the repo importable."""
+    command = [sys.executable, *(args if args[0] == "-c" else ["-m", "scripts", *args])]
+    environment = {**env(), "PYTHONPATH": str(REPO), **extra_env}
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, timeout=timeout)
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == code, (result.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- 1. ownership
+
+
+def _user_folder(tmp_path: Path, files: dict[str, str]) -> Path:
+    folder = tmp_path / "mine"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def _folder_output(folder: Path, files: dict[str, str]) -> None:
+    """A command's folder output (atomic_path, as split, publish --out, recipes write theirs)."""
+    from scripts.lib.io import atomic_path
+
+    with atomic_path(folder, is_dir=True) as tmp:
+        for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text, encoding="utf-8")
+
+
+# Each case makes a user's folder ("mine") and returns the command that must refuse to replace it.
+
+def own_split_folder(tmp_path):  # split's train/validation parquet names, the user's bytes
+    folder = _user_folder(tmp_path, {"train.parquet": "my own table", "validation.parquet": "mine too"})
+    return lambda: _folder_output(folder, {"train.parquet": "new", "validation.parquet": "new"})
+
+
+def own_hub_folder(tmp_path):  # publish --out over a user's dataset card
+    folder = _user_folder(tmp_path, {"README.md": "# my dataset card\n"})
+    return lambda: _folder_output(folder, {"README.md": "---\n---\n# t2i-datasets v1\n",
+                                           "data/train-00000-of-00001.parquet": "x"})
+
+
+def own_release_folder(tmp_path):  # a folder holding only names a release writes, none of them ours
+    from scripts.release import check_output
+
+    folder = _user_folder(tmp_path, {"README.md": "# notes\n", "stats.json": "{\"mine\": 1}\n"})
+    return lambda: check_output(folder)
+
+
+def own_synthesize_raw_folder(tmp_path):  # synthesize pointed at a text source's folder
+    from scripts.synthesize import parse_params, synthesize
+
+    folder = _user_folder(tmp_path, {"prompts.txt": "a prompt I wrote\n"})
+    params = parse_params("t", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "requests": 0, "examples": []})
+    return lambda: synthesize("t", params, folder, None, log=lambda message: None)
+
+
+def own_sample_data_edit(tmp_path):  # sample-data over its own layout, one file edited by the user
+    from scripts.tools.sample_data import cli
+
+    cli(tmp_path / "mine", seed=1)
+    (tmp_path / "mine" / "chatgpt" / "prompts.txt").write_text("my curated prompts\n", encoding="utf-8")
+    return lambda: cli(tmp_path / "mine", seed=1)
+
+
+def own_simpletuner_config(tmp_path):  # the user's own multidatabackend.json beside the parquet
+    folder = _user_folder(tmp_path, {"multidatabackend.json": json.dumps([{"id": "my-run", "type": "local"}])})
+
+    def act():
+        result = python(["simpletuner", DALLE3, folder / "dalle3.parquet", "--data-dir", tmp_path / "data"], tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+    return act
+
+
+@pytest.mark.parametrize("case", [own_split_folder, own_hub_folder, own_release_folder, own_synthesize_raw_folder,
+                                  own_sample_data_edit, own_simpletuner_config], ids=lambda f: f.__name__)
+def test_a_folder_or_file_we_did_not_write_is_refused_untouched(tmp_path, case):
+    """Names prove nothing: a folder without our marker whose files have the names a command writes
+    (but not its bytes) is the user's."""
+    act = case(tmp_path)
+    before = snapshot(tmp_path / "mine")
+    with pytest.raises(DataError, match="did not write|cannot prove"):
+        act()
+    assert snapshot(tmp_path / "mine") == before
+    assert not list(tmp_path.rglob(".*tmp-*"))
+
+
+# ---------------------------------------------------------------- 3. special files as outputs
+
+
+def _fifo(tmp_path):
+    os.mkfifo(tmp_path / "out.json")
+
+
+def _socket(tmp_path):
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "out.json"))
+    return server
+
+
+def _link_out(tmp_path):
+    (tmp_path / "elsewhere.json").write_text("precious\n", encoding="utf-8")
+    (tmp_path / "out.json").symlink_to(tmp_path / "elsewhere.json")
+
+
+def _device(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("a device node needs root")
+    os.mknod(tmp_path / "out.json", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
+
+
+def _link_to_dev_null(tmp_path):
+    (tmp_path / "out.json").symlink_to("/dev/null")
+
+
+@pytest.mark.parametrize("make", [_fifo, _socket, _link_out, _device, _link_to_dev_null], ids=lambda f: f.__name__)
+def test_an_output_path_that_is_a_special_file_or_link_is_refused(tmp_path, make):
+    from scripts.lib.io import write_json
+
+    keep = make(tmp_path)
+    target = tmp_path / "out.json"
+    kind = os.lstat(target).st_mode
+    with pytest.raises(DataError, match="out.json"):
+        write_json({"a": 1}, target)
+    assert os.lstat(target).st_mode == kind  # not replaced by a regular file
+    if (tmp_path / "elsewhere.json").exists():
+        assert (tmp_path / "elsewhere.json").read_text() == "precious\n"  # nor written through
+    if keep is not None:
+        keep.close()
+
+
+# ---------------------------------------------------------------- 4. paths read from data
+
+
+def _outside_png(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    (tmp_path / "outside").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside" / "secret.png")
+    return tmp_path / "outside" / "secret.png"
+
+
+def caption_manifest_link(tmp_path):
+    from scripts.caption import list_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").symlink_to(_outside_png(tmp_path))
+    pd.DataFrame({"id": ["a"], "file": ["a.png"]}).to_parquet(images / "manifest.parquet")
+    return list_images(images)
+
+
+def caption_manifest_linked_folder(tmp_path):
+    from scripts.caption import list_images
+
+    images = tmp_path / "images"
+    images.mkdir()
+    _outside_png(tmp_path)
+    (images / "sub").symlink_to(tmp_path / "outside")
+    pd.DataFrame({"id": ["a"], "file": ["sub/secret.png"]}).to_parquet(images / "manifest.parquet")
+    return list_images(images)
+
+
+def _release(tmp_path: Path) -> Path:
+    release = tmp_path / "release"
+    (release / "train").mkdir(parents=True)
+    (release / "validation").mkdir()
+    (release / "validation" / "metadata.jsonl").write_text("", encoding="utf-8")
+    return release
+
+
+def publish_rows_parent(tmp_path):
+    from scripts.tools.publish import read_split
+
+    release = _release(tmp_path)
+    _outside_png(tmp_path)
+    pd.DataFrame({"id": ["a"], "source": ["s"], "split": ["train"], "text": ["t"], "orig_text": ["t"],
+                  "width": [8], "height": [8], "image": ["../outside/secret.png"]}).to_parquet(release / "rows.parquet")
+    return read_split(release, "train")
+
+
+def publish_rows_absolute(tmp_path):
+    from scripts.tools.publish import read_split
+
+    release = _release(tmp_path)
+    secret = _outside_png(tmp_path)
+    pd.DataFrame({"id": ["a"], "source": ["s"], "split": ["train"], "text": ["t"], "orig_text": ["t"],
+                  "width": [8], "height": [8], "image": [str(secret)]}).to_parquet(release / "rows.parquet")
+    return read_split(release, "train")
+
+
+def publish_metadata_link(tmp_path):
+    from scripts.tools.publish import read_split
+
+    release = _release(tmp_path)
+    (release / "train" / "a.png").symlink_to(_outside_png(tmp_path))
+    (release / "train" / "metadata.jsonl").write_text(json.dumps(
+        {"file_name": "a.png", "id": "a", "source": "s", "text": "t"}) + "\n", encoding="utf-8")
+    return read_split(release, "train")
+
+
+def publish_metadata_parent(tmp_path):
+    from scripts.tools.publish import read_split
+
+    release = _release(tmp_path)
+    _outside_png(tmp_path)
+    (release / "train" / "metadata.jsonl").write_text(json.dumps(
+        {"file_name": "../../outside/secret.png", "id": "a", "source": "s", "text": "t"}) + "\n", encoding="utf-8")
+    return read_split(release, "train")
+
+
+@pytest.mark.parametrize("case", [caption_manifest_link, caption_manifest_linked_folder, publish_rows_parent,
+                                  publish_rows_absolute, publish_metadata_link, publish_metadata_parent],
+                         ids=lambda f: f.__name__)
+def test_a_path_from_data_is_confined_to_its_folder_after_links(tmp_path, case):
+    with pytest.raises(DataError, match="leaves|outside"):
+        case(tmp_path)
+
+
+# ---------------------------------------------------------------- 5. secrets in any shape
+
+
+def _key_variants(text: str) -> bool:
+    """Whether any 8-character piece of KEY is in `text`, in any letter case or reversed."""
+    low = text.lower()
+    return any(piece.lower() in low for k in (KEY, KEY[::-1]) for piece in (k[i:i + 8] for i in range(len(k) - 7)))
+
+
+@pytest.mark.parametrize("echo", [KEY.upper(), KEY.lower(), KEY[::-1], KEY.swapcase()],
+                         ids=["upper", "lower", "reversed", "swapcase"])
+def test_a_key_echoed_in_another_case_or_reversed_is_redacted(echo):
+    from scripts.lib.chat_client import redact_key
+
+    assert not _key_variants(redact_key(f"bad key: Bearer {echo}!", KEY))
+    assert not _key_variants(json.dumps(redact_key({"content": [f"x{echo}y"]}, KEY)))
+
+
+def test_a_redirect_to_a_host_named_after_the_key_neither_follows_nor_prints_it(tmp_path):
+    from scripts.lib.chat_client import FatalError, post_chat
+
+    seen = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            seen.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", f"http://{KEY.replace('_', '-')}.example/v1/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = Loopback(Redirect)
+    try:
+        with pytest.raises(FatalError) as caught:
+            post_chat(server.base_url + "/chat/completions", {"model": "m"}, KEY, 5)
+    finally:
+        server.close()
+    assert len(seen) == 1 and not _key_variants(str(caught.value)), str(caught.value)
+
+
+@pytest.mark.parametrize("entry", [
+    {"api_key_env": KEY},  # the key pasted where its variable's name goes
+    {"api_key_env": "OPENAI_API_KEY", "extra_body": {"api_key": KEY}},
+    {"api_key_env": "OPENAI_API_KEY", "system": f"use token hf_{'a1B2' * 9}"},
+    {"api_key_env": "$OPENAI_API_KEY"},
+], ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name"])
+def test_a_key_shaped_value_in_params_is_refused_without_printing_it(tmp_path, entry):
+    import yaml
+
+    from scripts.lib.params import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"synthesize": {"t": {"base_url": "http://127.0.0.1:9/v1", "model": "m", **entry}}}))
+    with pytest.raises(DataError) as caught:
+        load_params(path=params)
+    assert "synthesize.t." in str(caught.value) and not _key_variants(str(caught.value))
+    assert "a1B2a1B2" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- 6. unbounded network reads
+
+
+class Endless(BaseHTTPRequestHandler):
+    """Answers with a body that never ends, at about 50 MB/s (so an unbounded reader fills memory)."""
+
+    status, length = 200, None
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        if self.length is not None:
+            self.send_header("Content-Length", str(self.length))
+        self.end_headers()
+        chunk = b"[" * (1 << 20)
+        try:
+            self.wfile.write(b'{"choices": ')
+            while True:
+                self.wfile.write(chunk)
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _endless(status: int, length: int | None) -> type:
+    return type("EndlessReply", (Endless,), {"status": status, "length": length})
+
+
+@pytest.mark.parametrize("handler", [_endless(200, None), _endless(200, 10 ** 12), _endless(500, None),
+                                     _endless(429, 10 ** 12)], ids=["no-length", "huge-length", "error-body", "429-body"])
+def test_a_chat_reply_with_no_end_is_capped_not_read_to_the_deadline(handler):
+    from scripts.lib.chat_client import TransientError, post_chat
+
+    server = Loopback(handler)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError):
+            post_chat(server.base_url + "/chat/completions", {"model": "m"}, None, 6)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 4.5  # the cap ends it; unbounded, it read for the whole 6 s
+
+
+class HangingHub(BaseHTTPRequestHandler):
+    mode = "hang"
+
+    def log_message(self, *args):
+        pass
+
+    def _answer(self):
+        if self.mode == "hang":
+            time.sleep(60)
+        elif self.mode == "html":
+            body = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:  # endless JSON, no length
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"[" * (1 << 20))
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+
+@pytest.mark.parametrize("mode", ["hang", "html", "endless"])
+def test_publish_against_a_bad_hub_is_one_line_in_seconds(tmp_path, mode):
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "README.md").write_text("x\n")
+    server = Loopback(type("Hub", (HangingHub,), {"mode": mode}))
+    code = ("import sys; from pathlib import Path; from scripts.lib.errors import DataError\n"
+            "from scripts.tools.publish import upload\n"
+            "try:\n upload(Path(sys.argv[1]), 'org/name', 'v1', 'c' * 40, False)\n"
+            "except DataError as exc:\n print('error:', exc, file=sys.stderr); sys.exit(2)\n")
+    started = time.monotonic()
+    try:
+        result = python(["-c", code, tmp_path / "hub"], tmp_path, timeout=40, HF_TOKEN="hf_" + "Zq9" * 12,
+                        HF_ENDPOINT=server.base_url.removesuffix("/v1"), HF_HUB_DOWNLOAD_TIMEOUT="2",
+                        HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DISABLE_TELEMETRY="1")
+    except subprocess.TimeoutExpired:
+        pytest.fail("publish hung on a Hub that does not answer")
+    finally:
+        server.close()
+    line = one_error_line(result)
+    assert "Zq9Zq9Zq9" not in line and time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------- 7. Ctrl-C during requests and retries
+
+
+class Hung:
+    """A chat server on loopback that records each request and then: hangs (never answers), answers
+    503 with Retry-After: 30, or trickles a byte a second."""
+
+    def __init__(self, mode: str):
+        self.mode, self.requests, self.closed = mode, [], False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                self.requests.append(time.monotonic())
+                if self.mode == "backoff":
+                    conn.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n")
+                elif self.mode == "trickle":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                    for _ in range(120):
+                        conn.sendall(b" ")
+                        time.sleep(1)
+                time.sleep(120)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
+
+
+@pytest.mark.parametrize("mode", ["hang", "backoff", "trickle"])
+def test_ctrl_c_during_requests_exits_130_within_2s_and_sends_nothing_more(tmp_path, mode):
+    import yaml
+
+    server = Hung(mode)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synthesize": {"t": {
+        "base_url": server.base_url, "model": "m", "requests": 8, "examples": [], "concurrency": 2,
+        "timeout_s": 60, "max_attempts": 5, "backoff_base_s": 30, "backoff_cap_s": 60}}}))
+    process = subprocess.Popen([sys.executable, "-m", "scripts", "synthesize", "t", "out"], cwd=tmp_path,
+                               env={**env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.5)  # in flight (hang, trickle) or in the backoff wait (backoff)
+        sent = len(server.requests)
+        assert sent >= 2, process.stderr.read().decode() if process.poll() is not None else "no request"
+        process.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 10 s after Ctrl-C")
+        took = time.monotonic() - interrupted
+        time.sleep(0.3)
+        err = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        server.close()
+    assert process.returncode == 130 and err.splitlines()[-1] == "interrupted (SIGINT)", err
+    assert "Traceback" not in err and took < 2.0, (took, err)
+    assert len(server.requests) == sent  # no request after Ctrl-C
+    assert not [p for p in tmp_path.rglob(".*tmp-*")]
+
+
+# ---------------------------------------------------------------- 8. nesting
+
+
+DEEP_JSON = "[" * 100_000
+
+
+def nested_recipe_plan(tmp_path):
+    from scripts.release import check_plan
+
+    (tmp_path / "plan.json").write_text(DEEP_JSON)
+    check_plan(tmp_path / "plan.json", {"releases": []})
+
+
+def nested_simpletuner_config(tmp_path):
+    from scripts.lib.simpletuner import absolute_config
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "multidatabackend.json").write_text(DEEP_JSON)
+    absolute_config(tmp_path / "train", tmp_path / "cache")
+
+
+def nested_metadata_line(tmp_path):
+    from scripts.lib.export import parse_metadata
+
+    parse_metadata(['{"file_name": "a.png", "id": "a", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"], "metadata.jsonl",
+                   ("file_name", "id"))
+
+
+def nested_clean_rules(tmp_path):
+    from scripts.clean import read_rules_params
+
+    (tmp_path / "rules.json").write_text('{"a": ' + "{\"b\": " * 60_000 + "1" + "}" * 60_001)
+    read_rules_params(tmp_path / "rules.json")
+
+
+@pytest.mark.parametrize("case", [nested_recipe_plan, nested_simpletuner_config, nested_metadata_line, nested_clean_rules],
+                         ids=lambda f: f.__name__)
+def test_deep_json_is_one_line_before_it_is_parsed(tmp_path, case):
+    with pytest.raises(DataError):
+        case(tmp_path)
+
+
+@pytest.mark.parametrize("text", [
+    "synthesize: " + "[" * 20_000,  # flow sequences
+    "synthesize: " + "{a: " * 20_000,  # flow mappings
+    "synthesize:\n" + "".join(" " * i + "- \n" for i in range(1, 3000)),  # block sequences, one per line
+    "".join(" " * i + f"k{i}:\n" for i in range(3000)),  # block mappings
+], ids=["flow-seq", "flow-map", "block-seq", "block-map"])
+def test_deep_params_yaml_is_one_line_in_seconds(tmp_path, text):
+    (tmp_path / "params.yaml").write_text(text)
+    started = time.monotonic()
+    try:
+        result = python(["synthesize", "t", "out"], tmp_path, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a nested params.yaml hung the stage")
+    assert "params.yaml" in one_error_line(result) and time.monotonic() - started < 20
+
+
+# ---------------------------------------------------------------- 9. YAML 1.2, as DVC reads params.yaml
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("010", 10),  # YAML 1.1: octal 8
+    ("1:20", "1:20"),  # YAML 1.1: sexagesimal 80
+    ("0o17", 15),  # YAML 1.1: a string
+    ("1e3", 1000.0),  # YAML 1.1: a string
+    ("yes", "yes"),  # YAML 1.1: true
+    ("off", "off"),  # YAML 1.1: false
+])
+def test_params_values_are_what_dvc_reads(value, expected):
+    from dvc.utils.serialize import parse_yaml
+
+    from scripts.lib.params import read_yaml
+
+    text = f"split:\n  seed: {value}\n"
+    dvc = parse_yaml(text, "params.yaml")
+    assert dvc["split"]["seed"] == expected  # the fact: DVC 3 reads YAML 1.2
+    assert read_yaml(text) == dvc and type(read_yaml(text)["split"]["seed"]) is type(expected)
+
+
+# ---------------------------------------------------------------- 10. paths in messages
+
+
+@pytest.mark.parametrize("name", ["in\x1b[31mred\x1b[0m.txt", "in\x9b2J.txt", "in\u202etxt.exe", "in\x07bell.txt"],
+                         ids=["csi", "c1-csi", "bidi-override", "bell"])
+def test_a_control_character_in_a_path_is_escaped_in_the_error_line(tmp_path, name):
+    result = python(["clean-text", tmp_path / name, tmp_path / "out.jsonl", "--rules", "final"], REPO)
+    line = one_error_line(result)
+    assert line.isprintable() and "in" in line, repr(line)
+
+
+@pytest.mark.parametrize("name", [b"out\xff.parquet", b"caf\xe9/out.parquet", b"\xc3(.parquet"],
+                         ids=["ff", "latin1-folder", "bad-utf8"])
+def test_a_non_utf8_output_path_works_or_is_one_line(tmp_path, name):
+    output = os.fsencode(tmp_path) + b"/" + name
+    result = python(["simpletuner", DALLE3 / "data-000000.tar", os.fsdecode(output)], tmp_path)
+    err = result.stderr.decode("utf-8", "replace")
+    assert "Traceback" not in err, err[-2000:]
+    if result.returncode == 0:
+        with open(output, "rb") as table:
+            assert pd.read_parquet(table).shape[0] > 0
+        assert result.stdout.decode("utf-8", "strict").isprintable() or "\\x" in result.stdout.decode()
+    else:
+        assert result.returncode == 2 and len(err.strip().splitlines()) == 1
