@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import cli
+from helpers import cli
 from scripts import clean
 from scripts.clean import (DataError, all_rule_sets, clean_table, clean_text, load_rule_set, load_rules,
                            read_rules_params, rules_from_file, source_choice)

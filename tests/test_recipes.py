@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import REPO, cli, copy_repo
+from helpers import REPO, cli, copy_repo
 from scripts.lib.errors import DataError
 from scripts.lib.params import load_params
 from scripts.prefilter import prefilter_plan

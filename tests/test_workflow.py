@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, env, run, work_copy
+from helpers import REPO, env, run, work_copy
 
 WORKFLOW = REPO / ".github" / "workflows" / "dataset-diff.yml"
 MARKER = "<!-- t2i-dataset-diff -->"
