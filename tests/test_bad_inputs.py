@@ -1,7 +1,7 @@
 """Bad and hostile input over the whole pipeline, through the real CLI.
 
 Each case builds a small workspace (its own params.yaml and input files) in a temp dir, runs
-`python -m scripts <stage> ...` there (in this process: conftest's `cli`, the same `scripts.cli.main`;
+`python -m scripts <stage> ...` there (in this process: `helpers.cli`, the same `scripts.cli.main`;
 a few cases also as a real subprocess, and a SIGINT one), and asserts one of two outcomes:
   - a clear error: exit code 2, stderr is ONE line `error: ...` naming the file (and row where there
     is one), no traceback, and no output file (nor a temp file) left behind;
@@ -617,7 +617,7 @@ def run_in_process(ws: Path, argv: list[str], monkeypatch, capfd):
     """`python -m scripts ARGV` in this process, with the environment a subprocess would get."""
     import tempfile
 
-    from conftest import cli
+    from helpers import cli
 
     wanted = stage_env(ws)
     for key in set(os.environ) - set(wanted):  # the credentials stage_env leaves out

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, run
+from helpers import REPO, run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 VEGA_DIR = Path(os.environ.get("T2I_VEGA_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import Loopback, cli, send_json, write_tar
+from helpers import Loopback, cli, send_json, write_tar
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
 from scripts.caption import build_request, caption, list_images, parse_params, qa_reason, compile_rules

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import cli
+from helpers.commands import cli
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")

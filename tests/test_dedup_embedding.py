@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import cli
+from helpers import cli
 from scripts.dedup import EmbeddingIndex, Index, build_index, dedup_against, dedup_self, embed, keep_mask, resolve_params
 from scripts.lib import embedding as em
 from scripts.lib.errors import DataError

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, repo_files, run, work_copy
+from helpers import REPO, repo_files, run, work_copy
 from scripts.lib import params as P
 from scripts.lib.params import Clean, Dedup, Generate
 

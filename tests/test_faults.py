@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import env, run, work_copy
+from helpers import env, run, work_copy
 from test_s3_remote import (S3Server, add_s3_remote, aws_env, bucket, cached_outputs, dvc,  # noqa: F401
                             file_digests, fresh_clone, object_count, s3_server)
 

@@ -39,7 +39,7 @@ import yaml
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from conftest import tar_bytes
+from helpers import tar_bytes
 from scripts.lib import params as P
 from scripts.lib.errors import DataError
 

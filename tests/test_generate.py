@@ -325,6 +325,7 @@ def count_images(out: Path) -> int:
     return sum(1 for p in out.rglob("*.jpg")) if out.exists() else 0
 
 
+@pytest.mark.slow  # a DVC pipeline killed and rerun several times
 def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
     table = prompts_table(40)
     write_stage_repo(tmp_path, tiny_model_dir, table)
@@ -413,6 +414,7 @@ def lock_outs(root: Path) -> dict[str, str]:
     return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
+@pytest.mark.slow  # builds a DVC pipeline
 def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
     table = prompts_table(12)
     make_dvc_repo(tmp_path / "a", table)

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import write_tar
+from helpers import write_tar
 from scripts.cli import main
 from scripts.lib.io import MARKER, output_lock, stable_id, write_parquet
 
@@ -605,7 +605,7 @@ def test_dvc_repro_never_records_an_interrupted_stage(tmp_path, target):
     """Ctrl-C (SIGINT to the whole process group) or SIGINT to the stage alone while `dvc repro` runs
     ingest@chatgpt: the stage exits 130, dvc repro fails, dvc.lock keeps the stage's previous entry (DVC
     trusts the exit code: a 0 here would record a half-done stage), and the next repro finishes."""
-    from conftest import copy_repo, env, run
+    from helpers import copy_repo, env, run
 
     repo = copy_repo(tmp_path / "repo")
     run(["dvc", "repro", "ingest@chatgpt"], repo)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run
+from helpers import run
 from test_pipeline import outs_md5
 
 TAGS = ["v2", "v3", "v4", "v4-a", "v4-b"]

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import cli
+from helpers import cli
 from scripts.tools.history_table import LOG, formula_value
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 (on_error: skip), never a traceback, never an output file left behind.
 
 Each case writes a small source holding good records plus ONE bad thing. `fail` runs the CLI's
-`python -m scripts ingest` (conftest's `cli`: scripts.cli.main in this process; two cases also as a
+`python -m scripts ingest` (`helpers.cli`: scripts.cli.main in this process; two cases also as a
 real subprocess); `skip` runs the same config through `ingest()` and checks the report counts exactly it.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import cli
+from helpers import cli
 from scripts.lib.errors import DataError
 from scripts.ingest import ingest
 from scripts.lib.readers import SourceConfig

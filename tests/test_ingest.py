@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_tar
+from helpers import write_tar
 from scripts.lib.archive import read_image, read_member
 from scripts.lib.params import load_params
 from scripts.lib.io import PROMPT_COLUMNS, stable_id

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, cli
+from helpers import REPO, cli
 from scripts.lib.io import stable_id, write_parquet
 
 SOURCE = "chatgpt"  # a source of params.yaml; its images folder is data/images/chatgpt

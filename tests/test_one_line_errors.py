@@ -1,5 +1,5 @@
 """Issue 14, "tracebacks instead of one line" and "paths derived from data": every case of the issue's
-list, each a real command (`python -m scripts ...` in this process: conftest's `cli`, the same
+list, each a real command (`python -m scripts ...` in this process: `helpers.cli`, the same
 `scripts.cli.main`) in a workspace of its own (tmp_path/ws, its own params.yaml).
 
 A refused case must exit 2 with ONE stderr line `error: ...` holding the listed substrings, no
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import GIT_ENV, cli, write_tar
+from helpers import GIT_ENV, cli, write_tar
 from scripts.lib.io import stable_id, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from conftest import REPO
+from helpers import REPO
 from scripts.lib import params as P
 from scripts.lib.errors import DataError
 from scripts.tools.replay_history import params_up_to, release_names

@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO, run
+from helpers import REPO, run
 
 RELEASES = ["v2", "v3", "v4", "v4-a", "v4-b"]
 
@@ -60,6 +60,7 @@ def test_second_repro_runs_nothing(built_repo):
     assert "Running stage" not in dry and "up to date" in dry.lower()
 
 
+@pytest.mark.xdist_group("readme")  # shares the session's one README run (conftest `readme_run`)
 def test_threshold_experiment_changes_counts(readme_run, history):
     """The README's `dvc exp run -S dedup.threshold=0.8` (run once per session by `readme_run`, in its own
     work copy, never on the shared build): `dvc exp show` lists it and a higher threshold keeps more rows."""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import cli, run
+from helpers import cli, run
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
@@ -104,7 +104,7 @@ def make_inputs(root: Path) -> dict:
 
 @pytest.fixture
 def run_plots(monkeypatch, capfd):
-    """`python -m scripts plots ...` in a folder (conftest's `cli`: scripts.cli.main in this process)."""
+    """`python -m scripts plots ...` in a folder (`helpers.cli`: scripts.cli.main in this process)."""
     return lambda root: cli(["plots", "data/releases", "data/clean", "data/dedup", "data/plots"], root, monkeypatch, capfd)
 
 

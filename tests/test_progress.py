@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, env
+from helpers import REPO, env
 from scripts.lib.progress import duration, progress_line, track
 
 LINE = re.compile(r"^(?P<desc>.+): (?P<done>[\d,]+)/(?P<total>[\d,]+) (?P<unit>\S+) \(\d+%\), .+, [\d,]+ \S+/s, ETA .+$")

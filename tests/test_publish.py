@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, env, work_copy
+from helpers import REPO, cli, env, work_copy
 
 TOKEN = "hf_loopbackTESTtoken0123456789abcdef"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import REPO, env
+from helpers import REPO, env
 
 README = REPO / "README.md"
 SHELLS = {"bash", "sh", "shell", "console"}
@@ -109,6 +109,7 @@ def run_readme_blocks(repo, tmp_path) -> list[tuple[Block, subprocess.CompletedP
     return results
 
 
+@pytest.mark.xdist_group("readme")  # shares the session's one README run (conftest `readme_run`)
 def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
     """The session's README run (conftest `readme_run`: a work copy of the build) ran every block."""
     repo, results = readme_run

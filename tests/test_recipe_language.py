@@ -316,7 +316,7 @@ def test_rows_removed_by_cross_dedup_are_never_rendered(tmp_path, monkeypatch, c
     the pipeline renders exactly the kept rows; no removed row's prompt reaches it."""
     import yaml
 
-    from conftest import cli
+    from helpers import cli
     from scripts.generate import generate
     from scripts.lib.io import write_parquet
     from scripts.lib.params import Generate

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import REPO, cli, copy_repo
+from helpers import REPO, cli, copy_repo
 from scripts.lib.errors import DataError
 from scripts.lib.params import Release, load_params
 from scripts.lib.plans import check_plan, plan_releases, prefilter_plan, release_plan

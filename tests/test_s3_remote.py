@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RUN_ID_ENV, computed_once, env, run, work_copy
+from helpers import env, run, work_copy
 
 # Fake credentials moto accepts, made up per run so no file (this one included) holds them: a test
-# can then grep logs and git history for them. One value per session (conftest RUN_ID_ENV): under
-# xdist one worker pushes the built pipeline and the others check what it wrote.
-_RUN = hashlib.sha256((os.environ.get(RUN_ID_ENV) or uuid.uuid4().hex).encode()).hexdigest()
+# can then grep logs and git history for them.
+_RUN = hashlib.sha256(uuid.uuid4().hex.encode()).hexdigest()
 ACCESS_KEY = "AKIA" + _RUN[:16].upper()
 SECRET_KEY = "trust-secret-" + _RUN[16:48]
 MOTO_ACCOUNT = "123456789012"
@@ -213,28 +211,26 @@ def test_small_repo_round_trip(tmp_path, s3_server, bucket):
 def pushed_and_pulled(history, tmp_path_factory):
     """The built pipeline pushed to S3 (credentials in config.local) from a work copy of the session build
     (clone + its cache, no workspace: a push reads the cache) and pulled into a fresh clone of that.
-    Once per session (conftest computed_once): under xdist one worker pushes, the others read the result."""
-
-    def push_and_pull(tmp):
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        server = S3Server().start()
-        try:
-            name = f"t2i-{uuid.uuid4().hex[:12]}"
-            server.client().create_bucket(Bucket=name)
-            repo = work_copy(history.repo, tmp / "repo", checkout=False)
-            add_s3_remote(repo, server, name)
-            pushed = dvc(["push", "-v"], repo)
-            remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
-            clone = fresh_clone(repo, tmp / "clone")
-            dvc(["pull"], clone, with_credentials=True)
-            return {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
-                    "remote_status": remote_status}
-        finally:
-            server.stop()
-
-    return computed_once("s3-pushed-and-pulled", push_and_pull, tmp_path_factory)
+    Its readers are in xdist group `s3`: one worker pushes once and runs them all."""
+    tmp = tmp_path_factory.mktemp("s3-pushed-and-pulled")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = S3Server().start()
+    try:
+        name = f"t2i-{uuid.uuid4().hex[:12]}"
+        server.client().create_bucket(Bucket=name)
+        repo = work_copy(history.repo, tmp / "repo", checkout=False)
+        add_s3_remote(repo, server, name)
+        pushed = dvc(["push", "-v"], repo)
+        remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
+        clone = fresh_clone(repo, tmp / "clone")
+        dvc(["pull"], clone, with_credentials=True)
+        return {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
+                "remote_status": remote_status}
+    finally:
+        server.stop()
 
 
+@pytest.mark.xdist_group("s3")
 def test_built_pipeline_push_keeps_secrets_out(pushed_and_pulled):
     repo = pushed_and_pulled["repo"]
     assert_no_secret_committed(repo)
@@ -242,6 +238,7 @@ def test_built_pipeline_push_keeps_secrets_out(pushed_and_pulled):
     assert pushed_and_pulled["remote_status"] in ("{}", "")  # everything in the cache is on the remote
 
 
+@pytest.mark.xdist_group("s3")
 def test_built_pipeline_pull_is_byte_identical(pushed_and_pulled):
     built, clone = pushed_and_pulled["built"], pushed_and_pulled["clone"]
     outputs = cached_outputs(pushed_and_pulled["repo"])
@@ -251,6 +248,7 @@ def test_built_pipeline_pull_is_byte_identical(pushed_and_pulled):
     assert sum(1 for p in theirs if p.startswith("data/releases/") and p.endswith(".jpg")) > 100
 
 
+@pytest.mark.xdist_group("s3")
 def test_a_pulled_clone_is_complete_and_up_to_date(pushed_and_pulled):
     """Every output in dvc.lock, metrics included, reaches a clone (through git or the remote)."""
     built, clone = pushed_and_pulled["built"], pushed_and_pulled["clone"]

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 from PIL import Image
 
-from conftest import REPO, cli, write_tar
+from helpers import REPO, cli, write_tar
 
 
 def png(width: int, height: int, colour=(10, 120, 200)) -> bytes:

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import cli
+from helpers import cli
 from scripts.lib.errors import DataError
 from scripts.lib.io import stable_id
 from scripts.split import assign_splits, hash_unit

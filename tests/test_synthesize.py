@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import Loopback, send_json
+from helpers import Loopback, send_json
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.synthesize import (
