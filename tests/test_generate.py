@@ -427,6 +427,12 @@ def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
     assert outs["models/tiny-sd2"] == lock_outs(REPO)["models/tiny-sd2"]
 
     assert "up to date" in dvc(tmp_path / "a", "repro").lower()  # second repro runs nothing
+    params = yaml.safe_load((tmp_path / "a" / "params.yaml").read_text(encoding="utf-8"))
+    params["runtime"] = {"engine": "ray", "workers": 3, "writers": 1}  # speed only: no stage depends on it
+    (tmp_path / "a" / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    assert "up to date" in dvc(tmp_path / "a", "status").lower()
+    params["runtime"] = {"engine": "local"}
+    (tmp_path / "a" / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     changed = pd.concat([table.iloc[2:], prompts_table(1, start=500)], ignore_index=True)
     write_parquet(changed, stage_input(tmp_path / "a"))
     assert "11 prompts, 1 rendered (1 pipeline calls), 10 reused (10 from the store), 0 files pruned" in dvc(tmp_path / "a", "repro")
