@@ -237,6 +237,21 @@ def test_refuses_to_prune_a_directory_it_did_not_write(tiny_model_dir, tmp_path)
     assert (out / "notes.txt").exists() and (out / "manifest.parquet").exists()  # nothing touched
 
 
+def test_sequential_noise_does_not_depend_on_the_order_blocks_come_in(tiny_model_dir):
+    """A Ray actor may be handed a later block before an earlier one: each row still gets its own draw."""
+    from scripts.lib.render import load_pipeline, noise_for, render_images
+
+    s = settings(tiny_model_dir, noise="sequential", noise_streams=2, batch_size=2)
+    jobs = plan_jobs(prompts_table(6), s, "m", "fp64")
+    pipe = load_pipeline(s, str(tiny_model_dir), "cpu", "fp64")
+    in_order: dict[str, bytes] = {}
+    render_images(jobs, pipe, s, lambda job, data: in_order.__setitem__(job.key, data))
+    noise, shuffled = noise_for(pipe, s), {}
+    for block in (jobs[4:], jobs[:2], jobs[2:4]):
+        render_images(block, pipe, s, lambda job, data: shuffled.__setitem__(job.key, data), noise=noise)
+    assert shuffled == in_order and len(set(in_order.values())) == 6
+
+
 # ------------------------------------------------------------------ the generation store
 
 def test_store_keeps_every_key_across_a_threshold_flip(tiny_model_dir, tmp_path, monkeypatch):
