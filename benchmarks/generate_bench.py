@@ -5,6 +5,7 @@
     python benchmarks/generate_bench.py --mode compile     # the same with torch.compile
     python benchmarks/generate_bench.py --mode reference   # 50 steps: our batched stage vs the reference
                                                            # team's batch-1 loop (render, resize 512, save JPEG)
+    python benchmarks/generate_bench.py --engine ray       # the timed stage run on runtime.engine: ray
 
 On a GPU it builds the full SD 2.1 (768-v) architecture with random weights (no download; speed does
 not depend on the weight values) unless --model names a real pipeline; on CPU it uses the tiny model.
@@ -82,7 +83,7 @@ def bench_settings(mode: str, on_gpu: bool, model: str, args):
     from scripts.generate import load_settings
 
     s = load_settings(load_params("generate", REPO / "params.yaml"))
-    s = s.replace(model=model, engine="local")
+    s = s.replace(model=model)
     if on_gpu and mode != "default":
         s = s.replace(height=768, width=768, guidance=9.0, dtype="fp16", device="cuda")
     if mode in ("dpmpp25", "compile"):
@@ -103,15 +104,17 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def run_stage(prompts: list[str], settings, workdir: Path, tag: str) -> tuple[float, float]:
-    """Our stage on `prompts` into a fresh store; returns (wall, process CPU) seconds."""
+def run_stage(prompts: list[str], settings, workdir: Path, tag: str, engine: str = "local") -> tuple[float, float]:
+    """Our stage on `prompts` into a fresh folder; returns (wall, process CPU) seconds. On engine ray
+    the process CPU is the driver's only, and the wall time includes starting Ray and its actors."""
     import pandas as pd
 
     from scripts.generate import generate
+    from scripts.lib.params import Runtime
 
     table = pd.DataFrame({"id": [f"{tag}-{i}" for i in range(len(prompts))], "text": prompts, "prompt": prompts})
     start, cpu_start = time.perf_counter(), time.process_time()
-    counts = generate(table, settings, workdir / tag)
+    counts = generate(table, settings, workdir / tag, runtime=Runtime(engine=engine))
     synchronize()
     elapsed = time.perf_counter() - start, time.process_time() - cpu_start
     assert counts["rendered"] == len(prompts), counts
@@ -152,12 +155,14 @@ def main() -> None:
     parser.add_argument("--cpu-dtype", choices=["fp32", "fp64"], default=None)
     parser.add_argument("--record", type=Path, default=None,
                         help="append the result to this CSV (benchmarks/results/generate_speed.csv feeds `dvc plots show`)")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="runtime.engine of the timed stage run (ray: a local Ray instance, actors load the model)")
     add_out_argument(parser)
     args = parser.parse_args()
 
     import torch
 
-    from scripts.generate import load_pipeline, resolve_device, resolve_model
+    from scripts.lib.render import load_pipeline, resolve_device, resolve_model
     from scripts.tiny_model import save_tiny_model
 
     if args.threads:
@@ -195,7 +200,9 @@ def main() -> None:
         pipe = load_pipeline(settings, resolve_model(settings)[0], device, dtype)
         prompts = read_prompts(n)
 
-        stage_s, stage_cpu = run_stage(prompts, settings, workdir, "stage")
+        stage_s, stage_cpu = run_stage(prompts, settings, workdir, "stage", args.engine)
+        if args.engine == "ray":
+            print(f"engine ray (a local Ray, one actor per GPU or CPU; wall includes its start): {n / stage_s:.2f} img/s")
         if args.mode == "reference":
             (workdir / "reference").mkdir()
             run_bare_loop(pipe, prompts[:2], settings, 1)  # warm the batch-1 shapes

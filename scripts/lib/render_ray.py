@@ -104,6 +104,8 @@ def render_on_ray(jobs: list[Job], settings: Generate, model_dir: str, identity:
         rows = math.ceil(len(jobs) / runtime.partitions) if runtime.partitions else \
             max(1, min(per_call, math.ceil(len(jobs) / size)))
         blocks = [jobs_table(jobs[i:i + rows]) for i in range(0, len(jobs), rows)]
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = context.print_on_execution_start = False  # the stage prints its own
         dataset = ray.data.from_arrow(blocks).map_batches(
             RenderActor, batch_size=min(rows, per_call), batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpu else 0, num_cpus=None if gpu else 1,

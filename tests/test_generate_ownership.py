@@ -1,0 +1,94 @@
+"""generate and generate-prune delete only what their own record lists (the output's manifest or journal,
+the store's index), never a file because its name looks like theirs: phone pictures are named
+`IMG_20240101.jpg` like `<source>_<row:08d>.jpg`, and a content-addressed folder like the store."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scripts.generate import generate, prune_generation_store
+from scripts.lib.errors import DataError
+from scripts.lib.params import Generate
+
+JPEG = b"\xff\xd8\xff\xe0 a user's picture \xff\xd9"
+HEX = hashlib.sha256(JPEG).hexdigest()
+
+
+def one_prompt() -> pd.DataFrame:
+    return pd.DataFrame({"id": ["row0"], "text": ["a lighthouse at night"], "prompt": ["a lighthouse at night"]})
+
+
+def settings(model: Path, **overrides) -> Generate:
+    return Generate(model=str(model), steps=2, batch_size=1).replace(**overrides)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def put(root: Path, names: list[str]) -> dict[str, bytes]:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(JPEG)
+    return {name: JPEG for name in names}
+
+
+def user_manifest(root: Path) -> dict[str, bytes]:
+    """The user's own parquet named manifest.parquet, listing their pictures with file and key columns."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = put(root, ["IMG_20240101.jpg"])
+    pd.DataFrame({"file": ["IMG_20240101.jpg"], "key": [HEX]}).to_parquet(root / "manifest.parquet")
+    return {**names, "manifest.parquet": (root / "manifest.parquet").read_bytes()}
+
+
+# (case, what is in the image folder before generate runs on it, file_names)
+OUTPUT_CASES = [
+    ("phone pictures where the output goes", lambda out: put(out, ["IMG_20240101.jpg", "PXL_20231231_123456789.jpg"]),
+     "index"),
+    ("a content-addressed folder of the user's", lambda out: put(out, [f"{HEX[:2]}/{HEX}.jpg", f"{HEX[:2]}/.{HEX}.jpg.tmp-1"]),
+     "key"),
+    ("a parquet of the user's named manifest.parquet", user_manifest, "index"),
+]
+
+
+@pytest.mark.parametrize("case, setup, names", OUTPUT_CASES, ids=[c[0] for c in OUTPUT_CASES])
+def test_generate_refuses_an_output_folder_holding_files_it_did_not_write(tiny_model_dir, tmp_path, case, setup, names):
+    out = tmp_path / "photos"
+    before = setup(out)
+    with pytest.raises(DataError, match="which generate did not write|not a generate manifest"):
+        generate(one_prompt(), settings(tiny_model_dir, file_names=names), out, store=tmp_path / "store")
+    assert {k: v for k, v in files(out).items() if k in before} == before  # every byte of theirs is still there
+
+
+def test_a_picture_dropped_into_a_built_output_survives_the_next_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "openprompts"
+    generate(one_prompt(), settings(tiny_model_dir, file_names="index"), out)
+    (out / "openprompts_00000007.jpg").write_bytes(JPEG)  # named exactly as a row of ours would be
+    with pytest.raises(DataError, match="holds 'openprompts_00000007.jpg', which generate did not write"):
+        generate(one_prompt().iloc[:0], settings(tiny_model_dir, file_names="index"), out)
+    assert (out / "openprompts_00000007.jpg").read_bytes() == JPEG and (out / "manifest.parquet").is_file()
+
+
+STORE_CASES = [
+    ("a key-named picture the index does not list", [f"{HEX[:2]}/{HEX}.jpg"]),
+    ("a webp of the user's in an image folder", [f"ab/{'ab' * 32}.webp"]),
+    ("a file of the user's in the temp folder", [".tmp/IMG_20240101.jpg", ".tmp/.IMG_0001.jpg.tmp-1-2"]),
+]
+
+
+@pytest.mark.parametrize("case, names", STORE_CASES, ids=[c[0] for c in STORE_CASES])
+def test_generate_prune_deletes_only_what_the_store_index_lists(tiny_model_dir, tmp_path, case, names):
+    store = tmp_path / "store"
+    generate(one_prompt(), settings(tiny_model_dir), tmp_path / "out", store=store)
+    ours = [name for name in files(store) if name.endswith(".jpg") and not name.startswith(".tmp")]
+    theirs = put(store, names)
+    try:
+        prune_generation_store(store, None, everything=True)
+    except DataError as exc:
+        assert "its index does not list" in str(exc)
+    else:
+        assert not any((store / name).exists() for name in ours)  # the run went through: ours are gone
+    assert {k: v for k, v in files(store).items() if k in theirs} == theirs
