@@ -64,14 +64,8 @@ def _minhash_self(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) 
     pairs, jaccard = candidates[ok], jaccard[ok]
     keep, duplicate_of, similarity = assign(n, pairs, jaccard, rank, members, member_rep, params.keep)
     stats = {**self_stats(keep, pairs, members, member_rep, len(candidates), n - len(nonempty), params),
-             **banding_stats(params)}
+             **signing.banding_stats(params)}
     return Result(keep=keep, duplicate_of=duplicate_of, similarity=similarity, stats=stats)
-
-
-def banding_stats(params: Dedup) -> dict:
-    bands, rows = signing.banding(params)
-    return {"bands": bands, "rows": rows,
-            "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6)}
 
 
 def dedup_against(new_texts, reference, params=None, runtime: Runtime | None = None) -> Result:

@@ -134,20 +134,25 @@ def component_sizes(n: int, edges: np.ndarray) -> np.ndarray:
 
 
 def self_stats(keep: np.ndarray, pairs: np.ndarray, members: np.ndarray, member_rep: np.ndarray,
-               candidates: int, no_tokens: int, params: Dedup, cluster_sizes: np.ndarray | None = None) -> dict:
-    """The report's counts, the same for both methods and engines (their own keys follow)."""
+               candidates: int, no_tokens: int, params: Dedup) -> dict:
+    """The report's counts, the same for both methods (their own keys follow)."""
     n = len(keep)
-    if cluster_sizes is None:
-        cluster_sizes = component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
+    sizes = component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
+    return report_counts(n, int(keep.sum()), sizes, len(members), candidates, len(pairs), no_tokens, params)
+
+
+def report_counts(n: int, kept: int, cluster_sizes: np.ndarray, exact_duplicates: int, candidates: int,
+                  verified: int, no_tokens: int, params: Dedup) -> dict:
+    """cluster_sizes: the sizes of the clusters (rows in no cluster may be left out)."""
     return {
         "rows_in": int(n),
-        "kept": int(keep.sum()),
-        "removed": int(n - keep.sum()),
+        "kept": int(kept),
+        "removed": int(n - kept),
         "clusters": int((cluster_sizes >= 2).sum()),
-        "largest_cluster": int(cluster_sizes.max()) if n else 0,
-        "exact_duplicates": int(len(members)),
+        "largest_cluster": int(cluster_sizes.max(initial=1)) if n else 0,
+        "exact_duplicates": int(exact_duplicates),
         "candidate_pairs": int(candidates),
-        "verified_pairs": int(len(pairs)),
+        "verified_pairs": int(verified),
         "no_tokens": int(no_tokens),
         "threshold": float(params.threshold),
     }

@@ -24,6 +24,13 @@ def banding(params: Dedup) -> tuple[int, int]:
     return mh.choose_bands(params.threshold, params.num_perm, params.target_recall)
 
 
+def banding_stats(params: Dedup) -> dict:
+    """The report's banding keys: the layout and the recall of a pair at exactly the threshold."""
+    bands, rows = banding(params)
+    return {"bands": bands, "rows": rows,
+            "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6)}
+
+
 @dataclass
 class Sketch:
     band_keys: np.ndarray  # uint32[bands, n] (band-major: each band's sort reads one row)

@@ -1,0 +1,245 @@
+"""Dedup on Ray Data (`runtime.engine: ray`, method minhash): the local engine's result, in steps that
+never bring the texts to the driver.
+
+1. sign: `map_batches` over row blocks with the local engine's `sketch_batch` (same bits);
+2. identical texts: grouped by sequence key; the best-ranked row of each group represents it;
+3. buckets: a few bands per pass, band rows (row, band, key) grouped by a hash of (band, key) into
+   `partitions` groups; in each, `bucket_pairs` over the rows in keep order (the local windows);
+4. verify: distinct candidates joined with both rows' texts, exact Jaccard (the local code);
+5. keep: up to `runtime.driver_edges` verified pairs are resolved on the driver with `keep.assign`;
+   more go through large-star/small-star rounds (scripts/lib/dedup/components.py) and each group
+   of whole clusters is resolved where it lands. Greedy keep order only looks inside a cluster, so
+   both give the local answer. Every grouping is Ray's groupby/join: no scheduler of our own.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import scripts.lib.dedup.signing as signing
+from scripts.lib import minhash as mh
+import scripts.lib.dedup.components as components
+from scripts.lib.dedup.keep import report_counts
+from scripts.lib.dedup.rows import (RANKS, bucket_rows, candidates_in_group, identical_in_group, member_edges, part_of,
+                                    resolve_edges, sign_rows, unique_in_group, verify_rows)
+from scripts.lib.dedup.result import Result
+from scripts.lib.errors import DataError
+from scripts.lib.io import atomic_path
+from scripts.lib.params import Dedup, Runtime
+
+BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
+
+
+def partitions(runtime: Runtime, rows: int) -> int:
+    """Groups of each shuffle: runtime.partitions, else one per 100k rows and at least 2 per worker."""
+    return runtime.partitions or max(2 * signing.workers(runtime), -(-rows // 100_000))
+
+
+def dedup_arrays(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -> Result:
+    """dedup_self on Ray for texts already in memory (release steps, dedup-text)."""
+    from scripts.lib.ray_engine import ray_session
+
+    n = len(texts)
+    keys = mh.as_string_array(order_keys) if order_keys is not None else pa.nulls(n, pa.large_string()).fill_null("")
+    if len(keys) != n:
+        raise DataError(f"order_keys has {len(keys)} values for {n} texts")
+    table = pa.table({"row": np.arange(n, dtype=np.int64), "text": texts, "order_key": keys})
+    with ray_session(runtime) as ray:
+        blocks = [table.slice(lo, runtime.batch_rows) for lo in range(0, n, runtime.batch_rows)] or [table]
+        rows = ray.data.from_arrow(blocks)
+        removed, stats = run(ray, rows, n, params, runtime)
+    keep = np.ones(n, dtype=bool)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    similarity = np.full(n, np.nan)
+    keep[removed["row"]] = False
+    duplicate_of[removed["row"]] = removed["duplicate_of"]
+    similarity[removed["row"]] = removed["similarity"]
+    return Result(keep=keep, duplicate_of=duplicate_of, similarity=similarity, stats=stats)
+
+
+def run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]:
+    """rows: a Dataset of (row, text, order_key). Returns the removed rows (numpy columns row,
+    duplicate_of, similarity; sorted by row) and the report's stats, as dedup_self gives them."""
+    try:
+        return _run(ray, rows, n, params, runtime)
+    except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
+        raise DataError(_ray_failure(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+    return next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
+
+
+def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]:
+    parts = partitions(runtime, n)
+    bands, _ = signing.banding(params)
+    ranks = RANKS[params.keep]
+    by_part = dict(batch_format="pyarrow")
+    signed = rows.map_batches(sign_rows, fn_args=(params,), batch_size=runtime.batch_rows, **by_part).materialize()
+    no_tokens = n - signed.count()  # sign_rows drops rows without tokens: never anybody's duplicate
+    grouped = (signed.map_batches(part_of, fn_args=(["seq0"], parts), **by_part)
+               .groupby("part").map_groups(identical_in_group, fn_args=(ranks,), **by_part).materialize())
+    members = grouped.filter(expr="rep >= 0").map_batches(member_edges, fn_args=(ranks,), **by_part).materialize()
+    reps = grouped.filter(expr="rep < 0")
+    passes = []
+    for lo in range(0, bands, BANDS_PER_PASS):
+        band_rows = reps.map_batches(bucket_rows, fn_args=(lo, min(bands, lo + BANDS_PER_PASS), ranks, parts), **by_part)
+        passes.append(band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks),
+                                                           **by_part))
+    found = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+    candidates = (found.map_batches(part_of, fn_args=(["a", "b"], parts), **by_part)
+                  .groupby("part").map_groups(unique_in_group, **by_part).materialize())
+    candidate_count = candidates.count()
+    texts = rows.map_batches(lambda t: t.select(["row", "text"]), **by_part)
+    for side in ("a", "b"):
+        named = texts.map_batches(lambda t, s=side: t.rename_columns([s, f"text_{s}"]), **by_part)
+        candidates = candidates.join(named, "inner", parts, on=(side,))
+    verified = candidates.map_batches(verify_rows, fn_args=(params, runtime.verify_pairs), **by_part).materialize()
+    verified_count, member_count = verified.count(), members.count()
+    if verified_count + member_count <= runtime.driver_edges:
+        removed, sizes = resolve_edges(_collect(ray, verified), _collect(ray, members), ranks, params.keep)
+    else:
+        removed, sizes = components.resolve(ray, verified, members, ranks, params.keep, parts)
+    stats = report_counts(n, n - len(removed["row"]), sizes, member_count, candidate_count, verified_count,
+                          no_tokens, params)
+    return removed, {**stats, **signing.banding_stats(params)}
+
+
+def _collect(ray, dataset) -> pa.Table:
+    tables = [ray.get(ref) for ref in dataset.to_arrow_refs()]
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+# --- the dedup@S stage on Ray: sharded parquet in, the local engine's files out -------------------------
+
+ROW_GROUP = 1024 * 1024  # pyarrow's default: the same row groups as pq.write_table, so the same bytes
+
+
+def shards(path: Path) -> list[Path]:
+    """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order."""
+    if path.is_dir():
+        found = sorted(path.glob("*.parquet"))
+        if not found:
+            raise DataError(f"{path}: no parquet shards in this folder")
+        return found
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    return [path]
+
+
+def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
+    """One item per row group (path, group, first row): Ray tasks read them in parallel, in order."""
+    items, offset, schema = [], 0, None
+    for file in files:
+        try:
+            meta = pq.ParquetFile(file)
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        schema = schema or meta.schema_arrow.remove_metadata()
+        for column in ("id", "text"):
+            if column not in meta.schema_arrow.names:
+                raise DataError(f"{file}: missing column '{column}'")
+            kind = meta.schema_arrow.field(column).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise DataError(f"{file}: column '{column}' must hold text, found {kind}")
+        for group in range(meta.num_row_groups):
+            items.append({"path": str(file), "group": group, "offset": offset})
+            offset += meta.metadata.row_group(group).num_rows
+    return items, schema or pa.schema([])
+
+
+def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
+    """The rows of one row group with their input position `row` (and `order_key` = id)."""
+    (path,), (group,), (offset,) = (batch.column(c).to_pylist() for c in ("path", "group", "offset"))
+    try:
+        table = pq.ParquetFile(path).read_row_group(group, columns=columns).replace_schema_metadata(None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: input shard vanished during the run") from None
+    for column in ("id", "text"):
+        nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
+        if nulls.any():
+            raise DataError(f"{path}: row {offset + int(np.argmax(nulls))}: {column} is null")
+    table = table.append_column("row", pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
+    return table.append_column("order_key", table.column("id"))
+
+
+def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtime: Runtime) -> dict:
+    """dedup@S on Ray: writes `output` and `clusters` byte-identical to the local engine; returns the stats."""
+    from scripts.lib.ray_engine import ray_session
+
+    items, schema = fragments(shards(input))
+    with ray_session(runtime) as ray:
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
+        try:
+            ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+            rows = ds.map_batches(read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow")
+            n = rows.count()
+            counts = rows.select_columns(["id"]).groupby("id").count()
+            repeated = counts.map_batches(lambda t: t.filter(pc.greater(t.column(t.column_names[-1]), 1)),
+                                          batch_format="pyarrow")
+            if repeated.count():
+                raise DataError(f"{input}: column 'id' has repeated values")
+            removed, stats = _run(ray, rows, n, params, runtime)
+            needed = np.union1d(removed["row"], removed["duplicate_of"])
+            ids = _ids_of(ray, ds, needed)
+            gone = ray.put(removed["row"])
+            kept = ds.map_batches(_kept_rows, fn_args=(gone,), batch_size=1, batch_format="pyarrow")
+            _write_streamed(kept, schema, output)
+        except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
+            raise DataError(_ray_failure(exc)) from None
+    at = np.searchsorted(needed, removed["row"]), np.searchsorted(needed, removed["duplicate_of"])
+    table = pa.table({"id": ids.take(pa.array(at[0])), "duplicate_of": ids.take(pa.array(at[1])),
+                      "jaccard": pa.array(removed["similarity"], type=pa.float64())})
+    with atomic_path(clusters) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return stats
+
+
+def _ids_of(ray, ds, needed: np.ndarray) -> pa.Array:
+    """The ids of rows `needed` (sorted positions), in that order."""
+    def pick(batch: pa.Table, wanted) -> pa.Table:
+        table = read_fragment(batch, ["id", "text"])
+        mask = np.isin(table.column("row").to_numpy(), wanted)
+        return table.select(["row", "id"]).filter(pa.array(mask))
+
+    parts = [ray.get(r) for r in ds.map_batches(pick, fn_args=(ray.put(needed),), batch_size=1,
+                                                  batch_format="pyarrow").to_arrow_refs()]
+    table = pa.concat_tables(parts) if parts else pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    order = np.argsort(table.column("row").to_numpy())
+    return table.column("id").combine_chunks().take(pa.array(order))
+
+
+def _kept_rows(batch: pa.Table, gone: np.ndarray) -> pa.Table:
+    table = read_fragment(batch, None)
+    mask = ~np.isin(table.column("row").to_numpy(), gone)
+    return table.filter(pa.array(mask)).drop_columns(["row", "order_key"])
+
+
+def _write_streamed(kept, schema: pa.Schema, output: Path) -> None:
+    """Row groups of ROW_GROUP rows, each one contiguous chunk: the bytes pq.write_table would write."""
+    with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        held = 0
+        for batch in kept.iter_batches(batch_size=None, batch_format="pyarrow"):
+            pending.append(batch.cast(schema))
+            held += batch.num_rows
+            while held >= ROW_GROUP:
+                table = pa.concat_tables(pending)
+                writer.write_table(table.slice(0, ROW_GROUP).combine_chunks(), row_group_size=ROW_GROUP)
+                pending, held = [table.slice(ROW_GROUP)], held - ROW_GROUP
+        if held or not pending:
+            table = pa.concat_tables(pending) if pending else schema.empty_table()
+            writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP)
+
+
+def _ray_failure(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, DataError):
+        return str(cause)
+    return f"dedup on Ray failed: {_first_line(exc)}"

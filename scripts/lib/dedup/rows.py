@@ -1,0 +1,167 @@
+"""The batch and group functions of the Ray engine (scripts/lib/dedup/on_ray.py): Arrow table in, Arrow
+table out, each a step of the local engine applied to the rows one Ray task holds.
+
+Keep order is carried as columns (RANKS) instead of a global rank array: a group sorts its own rows by
+them, which orders any subset of rows exactly as the local engine's global rank does.
+Pairs travel as (a, b) with a before b in keep order, plus each end's rank columns (a_*, b_*).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import scripts.lib.dedup.signing as signing
+from scripts.lib import minhash as mh
+from scripts.lib.dedup.keep import assign, component_sizes
+from scripts.lib.params import Dedup
+
+# the columns that order rows as keep_rank does: keep longest = most characters, then id, then position
+RANKS = {"first": ["row"], "none_of_pair": ["row"], "longest": ["neg_len", "order_key", "row"]}
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def rank_columns(ranks: list[str], prefix: str) -> list[str]:
+    return [f"{prefix}{name}" for name in ranks]
+
+
+def local_rank(table: pa.Table, columns: list[str]) -> np.ndarray:
+    """int64 rank of each row of `table` by `columns` (ascending, the last one unique)."""
+    order = pc.sort_indices(table.select(columns), sort_keys=[(c, "ascending") for c in columns]).to_numpy()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def sign_rows(table: pa.Table, params: Dedup) -> pa.Table:
+    """(row, text, order_key) -> row, seq0, seq1, b0..b{bands-1}, neg_len, order_key; rows without tokens dropped."""
+    texts = mh.as_string_array(table.column("text"))
+    band_keys, sequence_keys, counts = signing.sketch_batch(texts, params)
+    has = np.flatnonzero(counts > 0)
+    columns = {"row": table.column("row").to_numpy()[has], "seq0": sequence_keys[has, 0], "seq1": sequence_keys[has, 1]}
+    columns.update({f"b{band}": keys[has] for band, keys in enumerate(band_keys)})
+    columns["neg_len"] = -pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)[has]
+    columns["order_key"] = mh.as_string_array(table.column("order_key")).take(pa.array(has))
+    return pa.table(columns)
+
+
+def part_of(table: pa.Table, columns: list[str], parts: int) -> pa.Table:
+    """Add `part`: a hash of `columns` modulo `parts` (the shuffle's group)."""
+    h = np.zeros(table.num_rows, dtype=np.uint64)
+    for name in columns:
+        h = mh.fmix64(h * _MIX + table.column(name).to_numpy().astype(np.uint64))
+    return table.append_column("part", pa.array((h % np.uint64(parts)).astype(np.int64)))
+
+
+def identical_in_group(table: pa.Table, ranks: list[str]) -> pa.Table:
+    """Rows of one group, plus `rep`: -1 for the best-ranked row of each identical-text set (and for
+    unique texts), else that row; a member also gets its rep's rank columns (b_*), as a pair would."""
+    rank = local_rank(table, ranks)
+    keys = np.stack([table.column("seq0").to_numpy(), table.column("seq1").to_numpy()], axis=1)
+    _, members, member_rep = signing.identical_groups(keys, rank, np.arange(table.num_rows))
+    rows = table.column("row").to_numpy()
+    rep = np.full(table.num_rows, -1, dtype=np.int64)
+    rep[members] = rows[member_rep]
+    source = np.arange(table.num_rows)
+    source[members] = member_rep
+    out = table.drop_columns(["seq0", "seq1", "part"]).append_column("rep", pa.array(rep))
+    for name in ranks:
+        out = out.append_column(f"b_{name}", table.column(name).take(pa.array(source)))
+    return out
+
+
+def member_edges(table: pa.Table, ranks: list[str]) -> pa.Table:
+    """Identical-text members as pairs (a = member, b = its rep, similarity 1), the layout of verified pairs."""
+    a = table.select(ranks).rename_columns(rank_columns(ranks, "a_"))
+    out = pa.table({"a": table.column("row"), "b": table.column("rep"), "similarity": np.ones(table.num_rows)})
+    for name in ranks:
+        out = out.append_column(f"a_{name}", a.column(f"a_{name}")).append_column(f"b_{name}", table.column(f"b_{name}"))
+    return out
+
+
+def bucket_rows(table: pa.Table, lo: int, hi: int, ranks: list[str], parts: int) -> pa.Table:
+    """Representatives -> one row per (row, band) for bands [lo, hi): band, key, part and the rank columns."""
+    pieces = []
+    for band in range(lo, hi):
+        piece = table.select(ranks).append_column("band", pa.array(np.full(table.num_rows, band, dtype=np.int64)))
+        pieces.append(piece.append_column("key", table.column(f"b{band}")))
+    band_rows = pa.concat_tables(pieces)
+    return part_of(band_rows, ["band", "key"], parts)
+
+
+def candidates_in_group(table: pa.Table, window: int, ranks: list[str]) -> pa.Table:
+    """Candidate pairs of the whole buckets in this group: per band, `bucket_pairs` over its rows in keep order."""
+    order = np.argsort(local_rank(table, ranks), kind="stable")
+    table = table.take(pa.array(order))
+    bands = table.column("band").to_numpy()
+    keys = table.column("key").to_numpy()
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    for band in np.unique(bands):
+        at = np.flatnonzero(bands == band)  # in keep order
+        found.append(at[mh.bucket_pairs(keys[at], window)])
+    pairs = np.concatenate(found)
+    out = pa.table({"a": table.column("row").take(pa.array(pairs[:, 0])), "b": table.column("row").take(pa.array(pairs[:, 1]))})
+    for side, index in (("a", pairs[:, 0]), ("b", pairs[:, 1])):
+        for name in ranks:
+            if name != "row":
+                out = out.append_column(f"{side}_{name}", table.column(name).take(pa.array(index)))
+    return out
+
+
+def unique_in_group(table: pa.Table) -> pa.Table:
+    """Distinct (a, b) pairs of one group (the same pair comes from every band it shares)."""
+    a, b = table.column("a").to_numpy(), table.column("b").to_numpy()
+    packed = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+    _, first = np.unique(packed, return_index=True)
+    return table.take(pa.array(np.sort(first))).drop_columns(["part"])
+
+
+def verify_rows(table: pa.Table, params: Dedup, chunk: int) -> pa.Table:
+    """Pairs with both texts -> the pairs whose exact Jaccard >= threshold, with `similarity`."""
+    local = np.repeat(np.arange(table.num_rows), 2).reshape(-1, 2)
+    jaccard = np.zeros(table.num_rows)
+    for lo in range(0, table.num_rows, chunk):
+        part = table.slice(lo, chunk)
+        left = mh.shingle_hashes(part.column("text_a"), params.unit, params.ngram)
+        right = mh.shingle_hashes(part.column("text_b"), params.unit, params.ngram)
+        sets = mh.ranked_pair(left, right)
+        jaccard[lo : lo + part.num_rows] = mh.pair_jaccard(*sets, local[: part.num_rows])
+    ok = np.flatnonzero(jaccard >= params.threshold)
+    out = table.drop_columns(["text_a", "text_b"]).take(pa.array(ok))
+    return out.append_column("similarity", pa.array(jaccard[ok]))
+
+
+def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep: str):
+    """The keep policy over whole clusters: verified pairs and identical-text members (each a table of
+    a, b, similarity, a_*, b_*). Returns (removed rows {row, duplicate_of, similarity} sorted by row,
+    cluster sizes of the rows involved)."""
+    columns = ["a", "b", "similarity", *[f"{s}_{r}" for s in "ab" for r in ranks if r != "row"]]
+    verified = verified.select(columns) if verified.num_rows else None
+    members = members.select(columns) if members.num_rows else None
+    edges = [t for t in (verified, members) if t is not None]
+    empty = {"row": np.zeros(0, np.int64), "duplicate_of": np.zeros(0, np.int64), "similarity": np.zeros(0)}
+    if not edges:
+        return empty, np.zeros(0, dtype=np.int64)
+    ends = []
+    for table in edges:
+        for side in "ab":
+            names = {side: "row", **{f"{side}_{r}": r for r in ranks if r != "row"}}
+            ends.append(table.select(list(names)).rename_columns(list(names.values())))
+    nodes = pa.concat_tables(ends)
+    node_rows = nodes.column("row").to_numpy()
+    ids, first = np.unique(node_rows, return_index=True)
+    rank = local_rank(nodes.take(pa.array(first)), ranks)
+
+    def compact(table):
+        if table is None:
+            return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+        pairs = np.stack([np.searchsorted(ids, table.column("a").to_numpy()),
+                          np.searchsorted(ids, table.column("b").to_numpy())], axis=1)
+        return pairs, table.column("similarity").to_numpy()
+
+    pairs, similarity = compact(verified)
+    member_pairs, _ = compact(members)
+    kept, dup, sim = assign(len(ids), pairs, similarity, rank, member_pairs[:, 0], member_pairs[:, 1], keep)
+    gone = np.flatnonzero(~kept)
+    sizes = component_sizes(len(ids), np.concatenate([pairs, member_pairs]))
+    return {"row": ids[gone], "duplicate_of": ids[dup[gone]], "similarity": sim[gone]}, sizes[sizes > 0]
