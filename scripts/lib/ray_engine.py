@@ -33,7 +33,8 @@ def ray_session(runtime: Runtime) -> Iterator[object]:
             options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
         try:
             ray.init(address=runtime.ray_address, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # ConnectionError, RuntimeError, ...; a bare Exception when a node times out starting
+            ray.shutdown()  # what a half-started local instance left running
             raise DataError(f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({exc})") from None
     try:
         yield ray
