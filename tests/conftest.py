@@ -67,7 +67,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
 def replay_history(root: Path) -> None:
     """The four releases replayed into root/repo and root/remote from a fresh copy of this tree."""
     src = copy_repo(root / "src")
-    run(["python", "-m", "scripts", "replay-history", str(root / "repo"), "--remote", str(root / "remote")], src)
+    run(["python", "scripts", "replay-history", str(root / "repo"), "--remote", str(root / "remote")], src)
 
 
 class History(NamedTuple):
