@@ -8,13 +8,13 @@ changes a repository works on `helpers.work_copy(...)`. Every test that uses it 
 T2I_TESTS_HISTORY=DIR reuses a replay made earlier with `python -m scripts replay-history DIR/repo
 --remote DIR/remote` (handy while iterating on slow tests; CI never sets it).
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import pytest
 
-from helpers import REPO, copy_repo, env, fingerprint, work_copy
+from helpers import REPO, copy_repo, fingerprint, run, work_copy
 
 # One thread for torch here and in every stage subprocess (env() copies os.environ): two cores shared
 # by torch threads and parallel work only slow each other down.
@@ -67,11 +67,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
 def replay_history(root: Path) -> None:
     """The four releases replayed into root/repo and root/remote from a fresh copy of this tree."""
     src = copy_repo(root / "src")
-    cmd = [sys.executable, "-m", "scripts", "replay-history", str(root / "repo"), "--remote", str(root / "remote")]
-    with open(root / "replay.log", "w", encoding="utf-8") as log:
-        code = subprocess.call(cmd, cwd=src, env=env(), stdout=log, stderr=log)
-    if code != 0:
-        raise AssertionError(f"replay-history failed ({code}):\n{(root / 'replay.log').read_text()[-3000:]}")
+    run(["python", "scripts", "replay-history", str(root / "repo"), "--remote", str(root / "remote")], src)
 
 
 class History(NamedTuple):

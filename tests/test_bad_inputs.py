@@ -14,7 +14,6 @@ ingest, and whole-file faults at ingest (truncated/empty/garbage sources).
 """
 from __future__ import annotations
 
-import ast
 import copy
 import io
 import json
@@ -690,117 +689,6 @@ def test_usage_error_is_one_line_exit_2_in_a_real_process(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--no-such-option" in lines[0], result.stderr
-
-
-def test_sigint_exits_130_with_one_line_and_no_output(tmp_path):
-    """Ctrl-C while a command reads its input: exit 130, `interrupted`, no output or temp file left."""
-    import errno
-    import signal
-    import time
-
-    (tmp_path / ".tmp").mkdir()
-    (tmp_path / ".home").mkdir()
-    write_params(tmp_path)
-    os.mkfifo(tmp_path / "in.txt")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", "clean-text", "in.txt", "out.jsonl"], cwd=tmp_path,
-                            env=stage_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    writer = None
-    try:
-        deadline = time.monotonic() + 120
-        while writer is None:  # the fifo opens for writing once the command has opened it for reading
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-            try:
-                writer = os.open(tmp_path / "in.txt", os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:
-                    raise
-                time.sleep(0.02)
-        os.write(writer, b"a red fox jumping over a sleeping dog\n")  # and then nothing: it waits for more
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if writer is not None:
-            os.close(writer)
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err[-2000:]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("interrupted") and out == "", err[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".home", ".tmp", "in.txt", "params.yaml"]
-    assert not list((tmp_path / ".tmp").iterdir())
-
-
-# ---------------------------------------------------------------- security invariants of the code
-# Static checks over scripts/: hostile model folders and data files must never reach code execution.
-# (Secrets: tests/test_synthesize.py proves the API key never reaches stdout, stderr or the cache;
-# tests/test_s3_remote.py proves S3 credentials never reach a committed file or a `dvc push -v` log.)
-
-
-SCRIPTS = sorted((REPO / "scripts").rglob("*.py"))
-UNSAFE_LOADS = {"pickle.load", "pickle.loads", "torch.load", "joblib.load", "dill.load", "cloudpickle.load",
-                "pd.read_pickle", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load", "marshal.loads",
-                "shelve.open"}
-
-
-def calls(path: Path):
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Call):
-            yield node, ast.unparse(node.func)
-
-
-def keyword(call: ast.Call, name: str):
-    return next((k.value for k in call.keywords if k.arg == name), None)
-
-
-def is_true(node) -> bool:
-    return isinstance(node, ast.Constant) and node.value is True
-
-
-def test_no_trust_remote_code_anywhere():
-    """trust_remote_code runs Python shipped inside a model folder: never set, not even to a variable."""
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno}" for p in SCRIPTS for c, _ in calls(p)
-                 if keyword(c, "trust_remote_code") is not None and ast.unparse(keyword(c, "trust_remote_code")) != "False"]
-    offenders += [str(p.relative_to(REPO)) for p in SCRIPTS if "trust_remote_code=True" in p.read_text(encoding="utf-8").replace(" ", "")]
-    assert not offenders, f"trust_remote_code set at {offenders}"
-
-
-def test_model_weights_load_from_safetensors_only():
-    """Every diffusers/transformers model load says use_safetensors=True (a .bin file is a pickle)."""
-    loads = [(p, c, name) for p in SCRIPTS for c, name in calls(p)
-             if name.endswith(".from_pretrained") and not name.split(".")[-2].endswith(("Tokenizer", "Scheduler", "Config"))]
-    assert loads, "no model load found: this check is looking in the wrong place"
-    unsafe = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p, c, name in loads if not is_true(keyword(c, "use_safetensors"))]
-    assert not unsafe, f"model loads without use_safetensors=True: {unsafe}"
-    saves = [(p, c) for p in SCRIPTS for c, name in calls(p) if name.endswith(".save_pretrained")
-             and not name.split(".")[-2].lower().endswith(("tokenizer", "scheduler", "config"))]  # no weights
-    assert all(is_true(keyword(c, "safe_serialization")) for _, c in saves)
-
-
-def test_no_pickle_loads_of_data():
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p in SCRIPTS for c, name in calls(p) if name in UNSAFE_LOADS]
-    offenders += [f"{p.relative_to(REPO)}:{c.lineno} allow_pickle" for p in SCRIPTS for c, _ in calls(p)
-                  if is_true(keyword(c, "allow_pickle"))]
-    # PyYAML's load needs a Loader (positional or keyword) and only SafeLoader is safe; a one-argument
-    # `.load(text)` is ruamel's YAML() (round-trip, safe), unless it was built with typ="unsafe".
-    safe_loaders = ("yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader")
-    for p in SCRIPTS:
-        for c, name in calls(p):
-            loader = keyword(c, "Loader") or (c.args[1] if len(c.args) > 1 else None)
-            if name.endswith("yaml.load") and loader is not None and ast.unparse(loader) not in safe_loaders:
-                offenders.append(f"{p.relative_to(REPO)}:{c.lineno} {name} with {ast.unparse(loader)}")
-            typ = keyword(c, "typ")
-            if name.endswith("YAML") and isinstance(typ, ast.Constant) and typ.value == "unsafe":
-                offenders.append(f"{p.relative_to(REPO)}:{c.lineno} YAML(typ='unsafe')")
-    assert not offenders, f"unsafe deserialisation: {offenders}"
-
-
-def test_committed_dvc_config_holds_no_credentials():
-    config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")
-    for key in ("access_key_id", "secret_access_key", "session_token", "password", "credentialpath", "gdrive_client_secret"):
-        assert key not in config, f".dvc/config sets {key}: credentials belong in .dvc/config.local or the environment"
-    ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=REPO).returncode
-    assert ignored == 0, ".dvc/config.local is not ignored by git"
 
 
 # ---------------------------------------------------------------- the params schema stays in step

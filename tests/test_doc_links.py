@@ -1,5 +1,6 @@
 """Every relative link in the Markdown docs points at a file of the repository, and at a heading of it
 when the link names one."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,14 @@ import pytest
 
 from helpers import REPO
 
-DOCS = sorted([REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "tests" / "fixtures" / "README.md",
-               *(REPO / "docs").glob("*.md")])
+DOCS = sorted(
+    [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        REPO / "tests" / "fixtures" / "README.md",
+        *(REPO / "docs").glob("*.md"),
+    ]
+)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")  # [text](target), not images
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 
@@ -33,8 +40,11 @@ def anchors(markdown: str) -> set[str]:
 def test_relative_links_are_found_and_urls_are_not():
     text = "[a](docs/a.md) [b](https://x.org/a.md) `[c](nowhere.md)` ![img](p.png) [d](#top)\n```\n[e](f.md)\n```"
     assert relative_links(text) == ["docs/a.md", "#top"]
-    assert anchors("# Adding a drop rule\n## `dedup@S`: near-duplicates, v2 … v4-b\n<a id=\"step\"></a>") == {
-        "adding-a-drop-rule", "dedups-near-duplicates-v2--v4-b", "step"}
+    assert anchors('# Adding a drop rule\n## `dedup@S`: near-duplicates, v2 … v4-b\n<a id="step"></a>') == {
+        "adding-a-drop-rule",
+        "dedups-near-duplicates-v2--v4-b",
+        "step",
+    }
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))

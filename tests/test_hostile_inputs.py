@@ -309,20 +309,6 @@ def test_skip_policy_counts_the_bad_record_and_keeps_the_good_ones(tmp_path, nam
     assert all("fine" in r["prompt"] or "good" in r["prompt"] for r in rows)
 
 
-def test_a_failed_run_keeps_the_previous_output_intact(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "p.txt").write_text("a fine prompt\n")
-    out = tmp_path / "bad.parquet"
-    ingest("bad", SourceConfig(kind="text", path=str(src)), out)
-    before = out.read_bytes(), (tmp_path / "bad.report.json").read_bytes()
-    (src / "p.txt").write_bytes(b"a fine prompt\nbad \x00 prompt\n")
-    with pytest.raises(DataError, match="line 2"):
-        ingest("bad", SourceConfig(kind="text", path=str(src)), out)
-    assert (out.read_bytes(), (tmp_path / "bad.report.json").read_bytes()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "bad.report.json", "src"]
-
-
 def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path, monkeypatch, capfd):
     cases = [({"x": {"kind": "text", "path": "."}}, "y", "no source 'y'"),
              ({"x": {"kind": "nope", "path": "."}}, "x", "sources.x.kind")]

@@ -23,6 +23,9 @@ import copy
 import io
 import json
 import os
+import resource
+import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -37,7 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import GIT_ENV, cli, write_tar
+from helpers import GIT_ENV, cli, workspace, write_tar
 from scripts.lib.io import stable_id, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -675,3 +678,105 @@ def test_any_os_or_memory_error_is_one_line_exit_2(tmp_path, monkeypatch, capfd,
     result = cli(["ingest", S, "out.parquet"], tmp_path, monkeypatch, capfd)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+
+
+# ---------------------------------------------------------------- deep nesting, a full disk, a file shrinking while read
+
+
+@pytest.fixture
+def params_ws(tmp_path, monkeypatch) -> Path:
+    """A workspace with the repository's params.yaml, as the current folder."""
+    workspace.write_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _nested(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _source(root: Path, name: str, **changes) -> None:
+    sources = {**workspace.PARAMS["sources"], name: {**workspace.PARAMS["sources"][name], "on_error": "fail", **changes}}
+    workspace.write_params(root, sources=sources)
+
+
+def _deep_dalle3(root: Path) -> None:
+    write_tar(root / "in" / "data-000000.tar", [("0000.png", workspace.PNG), ("0000.json", _nested().encode())])
+    _source(root, "dalle3", path="in")
+
+
+def _deep_manifest(root: Path) -> None:
+    (root / "in").mkdir()
+    (root / "in" / "manifest.json").write_text(_nested(), encoding="utf-8")
+    _source(root, "laion_buckets", path="in")
+
+
+def _deep_csv(root: Path) -> None:
+    (root / "in").mkdir()
+    (root / "in" / "openprompts.csv").write_text(f'prompt,raw_data\na red fox,"{_nested(50_000)}"\n', encoding="utf-8")
+    _source(root, "openprompts", path="in")
+
+
+DEEP_JSON = {
+    "dalle3_member": (_deep_dalle3, "dalle3", ["data-000000.tar", "json"]),
+    "webdataset_manifest": (_deep_manifest, "laion_buckets", ["manifest.json"]),
+    "openprompts_raw_data": (_deep_csv, "openprompts", ["openprompts.csv", "row"]),
+}
+
+
+@pytest.mark.parametrize("case", DEEP_JSON)
+def test_deeply_nested_json_is_one_line(params_ws, monkeypatch, capfd, case):
+    ws = params_ws
+    setup, source, needles = DEEP_JSON[case]
+    setup(ws)
+    result = cli(["ingest", source, "out.parquet"], ws, monkeypatch, capfd)
+    code, err = result.returncode, result.stderr
+    line = workspace.error_line(err)
+    assert code == 2 and all(n in line for n in needles), line
+    assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []
+
+
+def _subprocess(argv: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def _file_size_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("writer", ["clean-text", "ingest"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(params_ws, writer):
+    ws = params_ws
+    lines = "".join(f"a red fox number {i} jumping over the lazy dog in the snow\n" for i in range(20_000))
+    (ws / "in").mkdir()
+    (ws / "in/prompts.txt").write_text(lines, encoding="utf-8")
+    _source(ws, "chatgpt", path="in")
+    argv = ["clean-text", "in/prompts.txt", "out/x.jsonl"] if writer == "clean-text" else ["ingest", "chatgpt", "out/x.parquet"]
+    result = _subprocess([sys.executable, "-m", "scripts", *argv], ws, preexec_fn=_file_size_limit)
+    line = workspace.error_line(result.stderr)
+    assert result.returncode == 2 and line.startswith("error: out/x.") and "too large" in line.lower(), result.stderr
+    assert not list((ws / "out").iterdir())
+
+
+def test_a_tar_truncated_while_read_is_one_line(params_ws):
+    ws = params_ws
+    """A memory-mapped tar cut short under the reader killed the process with SIGBUS (exit 135)."""
+    shutil.copytree(workspace.RAW / "dalle3", ws / "in")
+    _source(ws, "dalle3", path="in")
+    script = (
+        "import os, sys\n"
+        "import scripts.lib.readers.dalle3 as reader\n"
+        "from scripts.cli import main\n"
+        "walk = reader.iter_samples\n"
+        "def cut(buf, *args, **kwargs):\n"
+        "    os.truncate('in/data-000000.tar', 1024)  # another process rewrites the shard\n"
+        "    yield from walk(buf, *args, **kwargs)\n"
+        "reader.iter_samples = cut\n"
+        "sys.exit(main(['ingest', 'dalle3', 'out.parquet']))\n"
+    )
+    result = _subprocess([sys.executable, "-c", script], ws)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "data-000000.tar" in workspace.error_line(result.stderr) and "shrank" in result.stderr
+    assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []

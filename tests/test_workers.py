@@ -1,4 +1,4 @@
-"""scripts/lib/workers.py: the ordered process map clean.workers > 1 runs on."""
+"""scripts/lib/workers.py: the ordered process map runtime.workers > 1 runs on."""
 from __future__ import annotations
 
 import os

@@ -1,8 +1,23 @@
 """What tests import besides fixtures: `from helpers import cli, run, work_copy, write_tar, Loopback`."""
+
 from helpers.archives import tar_bytes, write_tar
 from helpers.commands import CliResult, cli
 from helpers.loopback import Loopback, send_json
 from helpers.repos import GIT_ENV, REPO, copy_repo, env, fingerprint, repo_files, run, work_copy
 
-__all__ = ["GIT_ENV", "REPO", "CliResult", "Loopback", "cli", "copy_repo", "env", "fingerprint", "repo_files",
-           "run", "send_json", "tar_bytes", "work_copy", "write_tar"]
+__all__ = [
+    "GIT_ENV",
+    "REPO",
+    "CliResult",
+    "Loopback",
+    "cli",
+    "copy_repo",
+    "env",
+    "fingerprint",
+    "repo_files",
+    "run",
+    "send_json",
+    "tar_bytes",
+    "work_copy",
+    "write_tar",
+]

@@ -1,4 +1,5 @@
 """Real tar archives built in memory, for readers and exporters to open."""
+
 from __future__ import annotations
 
 import io

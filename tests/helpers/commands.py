@@ -1,4 +1,5 @@
 """`python -m scripts ARGV` run in the test's own process, for its exit code and error line."""
+
 from __future__ import annotations
 
 import sys

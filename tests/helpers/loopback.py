@@ -1,4 +1,5 @@
 """An OpenAI-style HTTP server on 127.0.0.1, for the chat client's callers (synthesize, caption)."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Real git + DVC repositories for tests: a fresh copy of this tree, private work copies of a built one,
 and subprocesses that use this venv."""
+
 from __future__ import annotations
 
 import os
@@ -9,15 +10,24 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
 
 
 def env() -> dict:
     """The test's interpreter first on PATH, so dvc.yaml's `python -m scripts` uses this venv."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        **GIT_ENV,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def run(cmd: list[str] | str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -28,15 +38,17 @@ def run(cmd: list[str] | str, cwd: Path, check: bool = True, **kwargs) -> subpro
         cmd = [sys.executable, "-m", *cmd[1:]] if cmd[0] == "python" else [sys.executable, "-m", "dvc", *cmd[1:]]
     result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
 def repo_files() -> list[str]:
     """Tracked files plus untracked ones git does not ignore: the tree as a fresh clone would get it."""
-    out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
-                         capture_output=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, check=True
+    ).stdout
     return sorted({f for f in out.decode().split("\0") if f and (REPO / f).is_file()})
 
 
@@ -65,8 +77,7 @@ def work_copy(src: Path, dest: Path, rev: str | None = None, checkout: bool = Tr
     if asked, the workspace restored by `dvc checkout` (hardlinks into that cache: .dvc/config's cache.type
     is reflink,hardlink,copy, and every stage writes temp + rename, never in place)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    run(["git", "clone", "-q", "--no-hardlinks", *(["--branch", rev] if rev else []), str(src), str(dest)],
-        dest.parent)
+    run(["git", "clone", "-q", "--no-hardlinks", *(["--branch", rev] if rev else []), str(src), str(dest)], dest.parent)
     shutil.copytree(src / ".dvc" / "cache", dest / ".dvc" / "cache", copy_function=os.link)
     if checkout:
         run(["dvc", "checkout", "-q"], dest)

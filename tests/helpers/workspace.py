@@ -1,0 +1,67 @@
+"""A workspace for a failure test: the repository's params.yaml (sections replaced at will), split tables
+as split@S writes them, and the checks every guarantee shares (one error line, nothing left over)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from helpers.repos import REPO
+from scripts.lib.io import MARKER, stable_id, write_parquet
+
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+RAW = REPO / "data" / "raw"
+SUMMARY = re.compile(r"^\S+: [\d,]+ .* in [\d.]+ s \(")  # scripts/lib/progress.py's one line per finished loop
+LEFTOVER = re.compile(r"\.(tmp-|staging-)")
+PNG = bytes.fromhex(  # a valid 1x1 PNG
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+def write_params(root: Path, **sections) -> None:
+    """The repository's params.yaml in `root`, with the given sections replaced."""
+    params = {**PARAMS, **sections}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root -> its bytes (None for a folder): 'nothing touched' is an equal snapshot."""
+    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temp and staging files an interrupted or failed command would leave."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if LEFTOVER.search(p.name))
+
+
+def error_line(err: str) -> str:
+    """The one line a failed or interrupted command prints (progress summaries aside); asserts it is one."""
+    lines = [line for line in err.splitlines() if line.strip() and not SUMMARY.match(line)]
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def split_rows(n: int, source: str, image: Path, split: str | None = None) -> pd.DataFrame:
+    ids = [stable_id(source, i) for i in range(n)]
+    texts = [f"a red fox number {i}" for i in range(n)]
+    return pd.DataFrame({"id": ids, "source": source, "split": split, "text": texts, "orig_text": texts,
+                         "image": str(image), "width": 1, "height": 1})
+
+
+def make_splits(root: Path, source: str = "diffusiondb", n: int = 40) -> None:
+    """data/splits/<source>/{train,validation}.parquet as split@S writes them (marker included); the
+    image in the source's image store (release refuses images outside params.yaml's sources.S.images)."""
+    image = root / "data" / "images" / source / "img.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(PNG)
+    folder = root / "data" / "splits" / source
+    folder.mkdir(parents=True)
+    rows = split_rows(n, source, image)
+    write_parquet(rows.iloc[: n * 3 // 4].assign(split="train"), folder / "train.parquet")
+    write_parquet(rows.iloc[n * 3 // 4 :].assign(split="validation"), folder / "validation.parquet")
+    (folder / MARKER).write_text("", encoding="utf-8")

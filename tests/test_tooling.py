@@ -1,0 +1,59 @@
+"""The developer tooling agrees with itself: pyproject.toml's dependencies are requirements.txt's pins,
+the lint tools are pinned where pip installs them, pre-commit needs no network, and the Makefile has
+the targets CONTRIBUTING.md names."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from helpers import REPO
+
+
+def pins(path: str) -> dict[str, str]:
+    """name -> version of every `name==version` line (comments and pip options aside)."""
+    found = {}
+    for line in (REPO / path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and not line.startswith("-"):
+            name, version = line.split("==")
+            found[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version.strip()
+    return found
+
+
+def test_pyproject_dependencies_are_the_runtime_requirements():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    listed = {re.sub(r"[-_.]+", "-", d.split("==")[0]).lower(): d.split("==")[1] for d in project["dependencies"]}
+    assert listed == pins("requirements.txt")
+
+
+def test_lint_tools_are_pinned_and_constrained_alike():
+    dev, constraints = pins("requirements-dev.txt"), pins("constraints.txt")
+    for tool in ("ruff", "mypy", "pre-commit"):
+        assert tool in dev and dev[tool] == constraints.get(tool), tool
+
+
+def test_pre_commit_hooks_are_local():
+    """CI reaches PyPI only: a hook repository cloned from GitHub would fail there."""
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    assert [repo["repo"] for repo in config["repos"]] == ["local"]
+    hooks = {hook["id"]: hook for hook in config["repos"][0]["hooks"]}
+    assert {"ruff-check", "ruff-format", "mypy"} <= set(hooks)
+    assert all(hook["language"] == "system" for hook in hooks.values())
+
+
+def test_makefile_has_the_everyday_targets():
+    targets = set(re.findall(r"^([a-z-]+):", (REPO / "Makefile").read_text(encoding="utf-8"), re.M))
+    assert {"setup", "repro", "test", "test-fast", "lint", "bench"} <= targets
+
+
+def test_tests_import_helpers_not_conftest():
+    """conftest.py holds fixtures; what tests import lives in tests/helpers/ (`from helpers import cli`)."""
+    importing = sorted(
+        p.name
+        for p in (REPO / "tests").glob("test_*.py")
+        if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(encoding="utf-8"), re.M)
+    )
+    assert not importing, f"replace `from conftest import` with `from helpers import` in {importing}"
