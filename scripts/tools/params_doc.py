@@ -35,9 +35,9 @@ floats must be finite (no `.nan`, `.inf`). `null` is allowed only where the type
 *required* must be set.
 
 `dvc exp run -S KEY=VALUE` changes a key for one experiment, with Hydra's override rules: `-S` alone
-only replaces a key that params.yaml already has (a key left out, at its default, is refused with
-"Could not override ... To append to your config use +KEY=VALUE"); `-S +KEY=VALUE` adds a missing key (and refuses one
-that exists); `-S ++KEY=VALUE` sets a key either way; `-S '~KEY'` removes it. For example
+only replaces a key that params.yaml already has (a key left out, at its default, is refused: "Could
+not override ... To append to your config use +KEY=VALUE"); `-S +KEY=VALUE` adds a missing key (and
+refuses one that exists); `-S ++KEY=VALUE` sets a key either way; `-S '~KEY'` removes it. For example
 `dvc exp run -S ++dedup.embedding_top_k=20 -S dedup.threshold=0.8`.
 """
 
