@@ -29,6 +29,7 @@ COMMANDS = {
     "split": "split",
     "release": "release",
     "plots": "plots",
+    "summary": "summary",  # the one metrics file `dvc exp show` puts first
     # file-level commands usable outside DVC (docs/contracts.md)
     "clean-text": "clean:cli_text",
     "dedup-text": "dedup:cli_text",

@@ -8,7 +8,9 @@ against old tags still work). Files are read at each revision through DVCFileSys
 branch, a tag or a commit works as long as its data is in the cache or the default remote;
 `workspace` means the working tree. With no
 --release, a revision that is itself a release name (a tag such as v4-a) compares that release;
-otherwise every release present at both revisions is compared.
+otherwise every release present at both revisions is compared. A name git does not know but the
+workspace's params.yaml lists as a release means that release's folder in the workspace (a fresh
+clone has no tags): `diff v4-a v4-b` compares the two built releases either way.
 Removals are explained from REV_B's own records: the release's removed.parquet (recipe steps:
 cross-dedup, reclean, leaks), then the source's clean/dedup outputs, else "recipe" (the row's
 component is no longer in the recipe).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,6 +269,26 @@ def pick_releases(rev_a: str, rev_b: str, release: str | None, at_a: dict, at_b:
     return pairs
 
 
+def is_git_revision(repo: Path, rev: str) -> bool:
+    return subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo,
+                          capture_output=True).returncode == 0
+
+
+def workspace_or_rev(repo: Path, rev: str) -> str:
+    """`rev` itself when git knows it; else, when it names a release of the workspace's params.yaml (a
+    fresh clone has no tags), the workspace: `diff v4-a v4-b` then compares the two built folders."""
+    if rev == WORKSPACE or is_git_revision(repo, rev):
+        return rev
+    try:
+        here = releases_at(open_fs(str(repo), WORKSPACE))
+    except DataError:
+        here = {}
+    if rev in here:
+        print(f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr)
+        return WORKSPACE
+    return rev  # open_fs names it as an unknown revision
+
+
 def cli(
     rev_a: str = typer.Argument(..., help="base revision (branch, tag or commit)"),
     rev_b: str = typer.Argument(..., help="new revision"),
@@ -275,7 +299,8 @@ def cli(
     """Row-level diff of releases between two git revisions."""
     if format not in ("md", "json"):
         raise DataError(f"--format must be md or json, got {format!r}")
-    fs_a, fs_b = open_fs(str(repo), rev_a), open_fs(str(repo), rev_b)
+    at_a, at_b = workspace_or_rev(repo, rev_a), workspace_or_rev(repo, rev_b)
+    fs_a, fs_b = open_fs(str(repo), at_a), open_fs(str(repo), at_b)
     reports = []
     for release_a, release_b in pick_releases(rev_a, rev_b, release, releases_at(fs_a, rev_a), releases_at(fs_b, rev_b)):
         a = read_snapshot(fs_a, rev_a, release_a)

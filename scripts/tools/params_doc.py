@@ -33,6 +33,12 @@ Types are strict: `"42"` is not an int, `1` is not a bool, an int is accepted wh
 floats must be finite (no `.nan`, `.inf`). `null` is allowed only where the type says so. YAML aliases
 (`*name`) are refused: write repeated entries out. A key left out takes its default; a key marked
 *required* must be set.
+
+`dvc exp run -S KEY=VALUE` changes a key for one experiment, with Hydra's override rules: `-S` alone
+only replaces a key that params.yaml already has (a key left out, at its default, is refused: "Could
+not override ... To append to your config use +KEY=VALUE"); `-S +KEY=VALUE` adds a missing key (and
+refuses one that exists); `-S ++KEY=VALUE` sets a key either way; `-S '~KEY'` removes it. For example
+`dvc exp run -S ++dedup.embedding_top_k=20 -S dedup.threshold=0.8`.
 """
 
 

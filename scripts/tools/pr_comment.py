@@ -133,8 +133,11 @@ def _dvc_rev(rev: str) -> list[str]:
     return [] if rev == "workspace" else [rev]
 
 
-def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, str]) -> list[str]:
-    result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--md"], repo)
+def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, str], releases=()) -> list[str]:
+    """`dvc metrics diff` of data/summary.json and the stats.json of `releases` (plain outputs, not
+    metrics, so that `dvc exp show` stays narrow: named as targets)."""
+    targets = ["data/summary.json", *(f"data/releases/{r}/stats.json" for r in releases)]
+    result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--md", "--targets", *targets], repo)
     lines = ["### Metrics (`dvc metrics diff`)", ""]
     if result.returncode != 0:
         return lines + [f"_dvc metrics diff failed: {_last_line(result.stderr)}_"]
@@ -279,7 +282,7 @@ def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: s
     if shown:
         names = contact_sheets(repo, base_sha, head_rev, shown, fs_a, fs_b, out)
         lines += sheets_section(shown, names, {**labels, base_sha: base_rev}, base_sha, head_rev, assets_url) + [""]
-    lines += metrics_section(repo, base_sha, head_rev, {base_sha: base_rev}) + [""]
+    lines += metrics_section(repo, base_sha, head_rev, {base_sha: base_rev}, [b for _, b in shown]) + [""]
     plots = plots_section(repo, base_sha, head_rev, out, run_url)
     body = "\n".join(lines + plots) + "\n"
     if len(body) > MAX_BODY:  # the plot tables go first, then the row details are cut

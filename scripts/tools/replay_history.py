@@ -5,13 +5,17 @@
 Copies this repository's tracked files into DEST, then for each release in params.yaml order:
 keeps only the releases up to it, `dvc repro`, commits, `dvc push`, and `python -m scripts tag`.
 The result is the reference history: a commit and a tag per release (five: v4-a builds on v4), each
-tag's dvc.lock pinning its data. A release's `base:` or a step's `reference:` must come earlier in
-params.yaml (checked before anything runs): the commit of a release holds only the releases up to it.
+tag's dvc.lock pinning its data. It prints a line per release step and per stage DVC runs (the first
+release builds nearly every stage: most of the time). A release's `base:` or a step's `reference:` must
+come earlier in params.yaml (checked before anything runs): the commit of a release holds only the
+releases up to it.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,7 @@ import typer
 
 from scripts.lib.errors import DataError
 
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t2i-datasets", "GIT_AUTHOR_EMAIL": "t2i@example.invalid",
            "GIT_COMMITTER_NAME": "t2i-datasets", "GIT_COMMITTER_EMAIL": "t2i@example.invalid"}
 
@@ -66,13 +71,20 @@ def check_order(params_text: str) -> None:
                                 "(replay-history commits releases in file order)")
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
+    """Run cmd quietly; with `say`, print `say: stage NAME` for each stage DVC starts (the long part)."""
     # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["(no output)"]
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            stage = STAGE_LINE.match(line)
+            if say and stage:
+                print(f"{say}: stage {stage.group(1)}", flush=True)
+    if proc.returncode != 0:
+        tail = "".join(lines).strip().splitlines()[-1:] or ["(no output)"]
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
 
 
@@ -107,12 +119,19 @@ def cli(
         _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
     params_text = (src / "params.yaml").read_text(encoding="utf-8")
     check_order(params_text)
+    from scripts.lib.progress import duration
+
     python = [sys.executable, "-m"]
-    for name in release_names(params_text):
+    names = release_names(params_text)
+    start = time.perf_counter()
+    for number, name in enumerate(names, start=1):
+        say = f"replay-history: {name} ({number}/{len(names)})"
+        print(f"{say}: dvc repro", flush=True)
         (dest / "params.yaml").write_text(params_up_to(params_text, name), encoding="utf-8")
-        _run(python + ["dvc", "repro", "-q"], dest)
+        _run(python + ["dvc", "repro"], dest, say=say)
+        print(f"{say}: commit, dvc push, tag", flush=True)
         _run(["git", "add", "-A"], dest)
         _run(["git", "commit", "-q", "-m", f"Release {name}"], dest)
         _run(python + ["dvc", "push", "-q"], dest)
         _run(python + ["scripts", "tag", name], dest)
-        print(f"replayed {name}")
+        print(f"replayed {name} ({duration(time.perf_counter() - start)} so far)", flush=True)
