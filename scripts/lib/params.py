@@ -612,7 +612,7 @@ class CleanStep(Section):
     repeat: Literal["once", "fixed_point"] = Field(
         "once", description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
                             "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)")
-    language: Optional[bool] = Field(
+    language: Optional[Literal[False]] = Field(
         None, description="false: the set's language check is off for this step (null: the set's own)")
 
 
