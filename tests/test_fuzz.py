@@ -178,7 +178,7 @@ def stage_checks(path: Path) -> None:
     from scripts.lib.cleaning import load_rules
     from scripts.lib.export import export_options
     from scripts.lib.minhash import choose_bands
-    from scripts.release import resolve_recipe
+    from scripts.lib.recipe import resolve_recipe
 
     params = P.load_params(path=path)
     for section in P.SECTION_MODELS:

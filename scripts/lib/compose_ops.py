@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -64,30 +65,53 @@ def rule_set(name: str, rules_file: Optional[Path] = None):
     return compile_rules(load_rule_set(name))
 
 
+# repeat: fixed_point gives up after this many passes (the 04-04 rules settle in 2-3 on real prompts)
+MAX_PASSES = 10
+
+
 def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_set):
-    """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had."""
+    """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had;
+    `repeat: fixed_point` cleans the cleaned text again until a pass changes and drops nothing."""
     from scripts.lib.cleaning import clean_table
 
     loaded: dict = {}
 
-    def clean_rows(rows: pd.DataFrame, step: CleanStep):
-        if step.rules not in loaded:
-            loaded[step.rules] = load(step.rules, rules_file)
+    def rules_of(step: CleanStep):
+        key = (step.rules, step.language)
+        if key not in loaded:
+            rules = load(step.rules, rules_file)
+            loaded[key] = dataclasses.replace(rules, language=None) if step.language is False else rules
+        return loaded[key]
+
+    def one_pass(rows: pd.DataFrame, step: CleanStep, column: str):
         extra = [c for c in rows.columns if c not in ROW_COLUMNS]
-        table = rows.assign(_cleaned_from=rows[step.column].astype(str))
-        kept, dropped = clean_table(table, loaded[step.rules], column="_cleaned_from", desc=f"{desc} {step.rules}")
+        table = rows.assign(_cleaned_from=rows[column].astype(str))
+        kept, dropped = clean_table(table, rules_of(step), column="_cleaned_from", desc=f"{desc} {step.rules}")
         if step.mode == "filter_only":  # clean_table wrote the cleaned text: put the rows' own back
             kept = kept.drop(columns=["text"]).merge(rows[["id", "text"]], on="id", how="left", validate="one_to_one")
         kept = kept.astype({"text": object})[ROW_COLUMNS + extra]
         dropped = dropped.assign(reason="clean:" + dropped["reason"].astype(str))[ROW_COLUMNS + extra + ["reason"]]
         return kept.reset_index(drop=True), dropped.reset_index(drop=True)
 
+    def clean_rows(rows: pd.DataFrame, step: CleanStep):
+        kept, dropped = one_pass(rows, step, step.column)
+        if step.repeat == "once":
+            return kept, dropped
+        gone = [dropped]
+        for _ in range(MAX_PASSES):
+            again, dropped = one_pass(kept, step, "text")
+            gone.append(dropped)
+            if not len(dropped) and again["text"].tolist() == kept["text"].tolist():
+                return kept, pd.concat(gone, ignore_index=True)
+            kept = again
+        raise DataError(f"clean {step.rules}: repeat fixed_point: the text still changes after {MAX_PASSES} passes")
+
     return clean_rows
 
 
 def deduper(dedup: Optional[Dedup]):
     """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides."""
-    from scripts.dedup import keep_mask, resolve_params
+    from scripts.lib.dedup import keep_mask, resolve_params
 
     def keep(texts: list[str], ids, step: DedupStep, against):
         params = resolve_params(dedup, **step.overrides())

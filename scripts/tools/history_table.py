@@ -33,7 +33,7 @@ class Count:
     log: str  # the log's words (exact text of the team log), or a sum of its numbers: "23116 − 3901"
     # ("rows", split) | ("by_source", split, source) | ("removed", split, reason or "prefix:") |
     # ("before", split, reason) = rows + those removals | ("delta", split, base release) |
-    # ("dedup", source) = dedup@S removals | ("prefilter", source, release) = removed before rendering
+    # ("dedup", source, rows_in | kept) = dedup@S's report | ("prefilter", source, release) = removed before rendering
     ours: tuple
 
 
@@ -44,8 +44,9 @@ LOG: tuple[Count, ...] = (
           ("removed", "train", "dedup:per_split")),
     Count("v2", "validation rows removed as near-duplicates (per split)", 33, "벨리데이션 데이터 33 건 제거",
           ("removed", "validation", "dedup:per_split")),
-    Count("v3", "ChatGPT prompts removed as near-duplicates before rendering", 19419, "45126 − 25707",
-          ("dedup", "chatgpt")),
+    Count("v3", "ChatGPT prompts into their list's dedup (before rendering)", 45126, "45126 chatgpt prompts에 dedup 적용",
+          ("dedup", "chatgpt", "rows_in")),
+    Count("v3", "ChatGPT prompts kept by it", 25707, "25707 건", ("dedup", "chatgpt", "kept")),
     Count("v3", "train rows", 193994, "학습 데이터 193994 건", ("rows", "train")),
     Count("v3", "validation rows", 14933, "벨리데이션 데이터 14933 건", ("rows", "validation")),
     Count("v3", "train rows from ChatGPT", 23830, "23830 건", ("by_source", "train", "chatgpt")),
@@ -154,7 +155,7 @@ def our_count(count: Count, stats: dict[str, dict | str], dedup: dict | None = N
         rows, gone = _number(own, "rows", args[0]), _removed(own, *args)
         return rows if isinstance(rows, str) else gone if isinstance(gone, str) else rows + gone
     if kind == "dedup":
-        return _number((dedup or {}).get(args[0], NOT_BUILT), "removed")
+        return _number((dedup or {}).get(args[0], NOT_BUILT), args[1])
     if kind == "prefilter":
         report = (prefilter or {}).get(args[0], NOT_BUILT)
         if isinstance(report, str):

@@ -325,7 +325,7 @@ def cli(
 ) -> None:
     """Write a release as Hub parquet shards + data card, upload it and tag it on the Hub."""
     from scripts.lib.params import load_section
-    from scripts.release import resolve_recipe
+    from scripts.lib.recipe import resolve_recipe
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise DataError(f"--repo-id: expected ORG/NAME, got {repo_id!r}")
