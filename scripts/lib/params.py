@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Optional, Self, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
@@ -561,14 +561,21 @@ class Generate(Section):
             raise ValueError(f"Input should be {side} {low if value < low else 8192} (got {value!r})")
         return value
 
+    _from_preset: frozenset[str] = PrivateAttr(frozenset())  # keys left null, so the preset gave their value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _apply_preset(cls, data: Any, handler: Any) -> "Generate":
+        # A null key takes the preset's value before validation (so it is checked like a given one) and is
+        # remembered as the preset's, so replace(preset=...) re-resolves it; keys given a value win.
+        preset = GENERATE_PRESETS.get(data.get("preset", "fast")) if isinstance(data, dict) else None
+        filled = frozenset(k for k in preset if data.get(k) is None) if preset is not None else frozenset()
+        model = handler({**data, **{k: preset[k] for k in filled}} if filled else data)
+        model._from_preset = filled
+        return model
+
     @model_validator(mode="after")
-    def _apply_preset(self) -> "Generate":
-        # A null key takes the preset's value and stops counting as set, so replace(preset=...)
-        # re-resolves it; keys set to a value stay in model_fields_set and win.
-        for key, value in GENERATE_PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-                self.__pydantic_fields_set__.discard(key)
+    def _sides_fit_the_latents(self) -> "Generate":
         sides = [s for s in (self.height, self.width) if s != "model"]
         if any(s % 8 for s in sides):
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
@@ -576,8 +583,7 @@ class Generate(Section):
 
     def explicit(self) -> dict[str, Any]:
         """The keys given a value (not left to the preset)."""
-        preset_keys = GENERATE_PRESETS[self.preset]
-        return {k: v for k, v in self.model_dump().items() if k not in preset_keys or k in self.model_fields_set}
+        return {k: v for k, v in self.model_dump().items() if k not in self._from_preset}
 
     def replace(self, **changes: Any) -> "Generate":
         """As Section.replace, but keys the preset set follow a new `preset`."""
