@@ -19,6 +19,7 @@ import yaml
 
 from scripts.generate import generate, plan_jobs
 from scripts.lib.errors import DataError
+from scripts.lib.image_store import JOURNAL
 from scripts.lib.params import GENERATE_PRESETS, Generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +107,7 @@ def test_a_resumed_run_gives_the_bytes_of_an_uninterrupted_one(tiny_model_dir, t
     assert (counts["rendered"], counts["from_store"]) == (0, 3) and images(out) == whole
     (out / "openprompts_00000002.jpg").unlink()  # a hard link into the store: replace it, never write into it
     (out / "openprompts_00000002.jpg").write_bytes(whole["openprompts_00000000.jpg"])  # wrong image, no manifest
+    (out / JOURNAL).write_text("".join(f"{name}\n" for name in whole), encoding="utf-8")  # as a killed run leaves it
     (out / "manifest.parquet").unlink()
     counts = generate(dedup_table(RAW), s, out, store=store)
     assert counts["from_store"] == 3 and images(out) == whole  # names are trusted only through the manifest
