@@ -132,7 +132,7 @@ def cli(
     steps = before_generate_steps(source, releases)
     split_params = parse(Split, params.get("split") or {}, at=("split",))
     ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
-              deduper(params.get("dedup")), built={})
+              deduper(params.get("dedup"), params.get("runtime")), built={})
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)

@@ -483,13 +483,17 @@ def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_se
     return clean_rows
 
 
-def deduper(dedup_params):
-    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides."""
+def deduper(dedup_params, runtime_params=None):
+    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides, run as
+    `runtime:` says (speed only)."""
     from scripts.dedup import keep_mask, resolve_params
+    from scripts.lib.params import Runtime, parse
+
+    runtime = parse(Runtime, runtime_params or {}, at=("runtime",))
 
     def keep(texts: list[str], ids, step: DedupStep, against):
         params = resolve_params(dedup_params, **step.overrides())
-        return keep_mask(texts, params, against=against, order_keys=ids)
+        return keep_mask(texts, params, against=against, order_keys=ids, runtime=runtime)
 
     return keep
 
@@ -502,7 +506,7 @@ def stage_ops(params: dict, splits: Path, rules: Optional[Path], positions: Opti
     for other in referenced_releases(recipe):
         roots.update(source_roots(params, resolve_recipe(other, releases)))
     built: dict[str, pd.DataFrame] = {}
-    ops = Ops(_loader(splits, roots, positions), cleaner(rules, desc), deduper(params.get("dedup")), built=built)
+    ops = Ops(_loader(splits, roots, positions), cleaner(rules, desc), deduper(params.get("dedup"), params.get("runtime")), built=built)
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)
