@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/dedup_bench.py --1m       # 1M rows (+ the 100k baseline comparison)
     .venv/bin/python benchmarks/dedup_bench.py --10m      # 10M rows
     .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
+    .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive   # phrases of real prompts
     .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
 
 Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.lib import minhash as mh  # noqa: E402
 from scripts.dedup import DedupParams, banding, dedup_self  # noqa: E402
+from scripts.lib.params import Runtime  # noqa: E402
 from benchmarks._record import add_out_argument, record  # noqa: E402
 
 CHUNK = 200_000
@@ -114,28 +116,54 @@ def vocabulary(size: int, rng: np.random.Generator) -> pa.Array:
     return pa.array(list(dict.fromkeys(words)))
 
 
-def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1):
-    """(texts, planted) where planted[k] = (row, source_row): row is a one-word edit or a re-cased copy."""
+FIXTURES = [Path(__file__).resolve().parents[1] / "tests" / "fixtures", Path(__file__).resolve().parents[2] / "shared" / "fixtures"]
+
+
+def phrases() -> pa.Array:
+    """The phrases of the real fixture prompts (split at punctuation and at ' with ', ' and ', ' of ')."""
+    import csv
+
+    folder = next((f for f in FIXTURES if (f / "gpt4-prompts-3k.txt").exists()), None)
+    if folder is None:
+        raise SystemExit("fixture prompts not found (tests/fixtures or ../shared/fixtures)")
+    texts = (folder / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+    with (folder / "openprompts-1k.csv").open(encoding="utf-8") as f:
+        texts += [row[0] for row in list(csv.reader(f))[1:] if row]
+    found = (p.strip() for t in texts for p in re.split(r"[,.;:!?()]| with | and | of ", t))
+    return pa.array(list(dict.fromkeys(p for p in found if len(p.split()) >= 2)))
+
+
+def realistic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1):
+    """Like synthetic_prompts, but each prompt is 2-6 phrases of real prompts drawn Zipf-like, joined by
+    commas: real corpora repeat styles and subjects, so many rows share long runs of words."""
+    return synthetic_prompts(n, seed, planted_fraction, vocab=phrases(), units=(2, 7), separator=", ")
+
+
+def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1, vocab: pa.Array | None = None,
+                      units: tuple[int, int] = (6, 32), separator: str = " "):
+    """(texts, planted) where planted[k] = (row, source_row): row is a one-unit edit (a word, or a phrase
+    for the realistic generator) or a re-cased copy."""
     rng = np.random.default_rng(seed)
-    vocab = vocabulary(30_000, rng)
+    vocab = vocabulary(30_000, rng) if vocab is None else vocab
     weights = 1.0 / np.arange(1, len(vocab) + 1) ** 1.05  # Zipf-like: common words share n-grams
+    weights = weights[rng.permutation(len(vocab))] if separator != " " else weights  # phrases: no order bias
     weights /= weights.sum()
     chunks, planted = [], []
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        lengths = rng.integers(6, 32, m)
+        lengths = rng.integers(*units, m)
         ids = rng.choice(len(vocab), int(lengths.sum()), p=weights)
         offsets = mh.offsets_from_counts(lengths)
         # planted rows copy an earlier row of the chunk and change one word (or only the case)
         rows = np.sort(rng.choice(np.arange(1, m), int(m * planted_fraction), replace=False))
         sources = (rng.random(len(rows)) * rows).astype(np.int64)
-        texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), vocab.take(pa.array(ids))), " ")
+        texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), vocab.take(pa.array(ids))), separator)
         copies = pc.binary_join(
             pa.ListArray.from_arrays(
                 pa.array(mh.offsets_from_counts(lengths[sources]).astype(np.int32)),
                 vocab.take(pa.array(_edited_ids(ids, offsets, sources, len(vocab), rng))),
             ),
-            " ",
+            separator,
         )
         recase = rng.random(len(rows)) < 0.2
         copies = pa.array(
@@ -157,7 +185,7 @@ def _edited_ids(ids, offsets, sources, vocab_size, rng):
     return flat
 
 
-def generated_elsewhere(size: int) -> tuple[pa.Array, np.ndarray]:
+def generated_elsewhere(size: int, generator: str = "synthetic") -> tuple[pa.Array, np.ndarray]:
     """synthetic_prompts(size) made in a child process and read back from parquet, so this
     process's RSS holds the texts (as a stage reading its input would) and no generator garbage."""
     import multiprocessing
@@ -166,7 +194,7 @@ def generated_elsewhere(size: int) -> tuple[pa.Array, np.ndarray]:
     import pyarrow.parquet as pq
 
     with tempfile.TemporaryDirectory(prefix="dedup-bench-") as tmp:
-        child = multiprocessing.get_context("fork").Process(target=_generate_to, args=(size, tmp))
+        child = multiprocessing.get_context("fork").Process(target=_generate_to, args=(size, tmp, generator))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -176,10 +204,10 @@ def generated_elsewhere(size: int) -> tuple[pa.Array, np.ndarray]:
     return texts, planted
 
 
-def _generate_to(size: int, folder: str) -> None:
+def _generate_to(size: int, folder: str, generator: str) -> None:
     import pyarrow.parquet as pq
 
-    texts, planted = synthetic_prompts(size)
+    texts, planted = (realistic_prompts if generator == "realistic" else synthetic_prompts)(size)
     pq.write_table(pa.table({"text": texts}), Path(folder) / "texts.parquet")
     np.save(Path(folder) / "planted.npy", planted)
 
@@ -253,24 +281,28 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--no-naive", action="store_true", help="skip the datasketch baseline")
     parser.add_argument("--workers", type=int, default=1, help="signature processes (0 = one per core)")
+    parser.add_argument("--generator", choices=["synthetic", "realistic"], default="synthetic",
+                        help="synthetic: Zipf words | realistic: phrases of the real fixture prompts")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
     add_out_argument(parser)
     args = parser.parse_args()
     record(args.out)
     size = 10_000_000 if args.ten_m else 1_000_000 if args.one_m else args.size
-    params = DedupParams(threshold=args.threshold, workers=args.workers)
+    params = DedupParams(threshold=args.threshold)
+    runtime = Runtime(workers=args.workers, engine=args.engine)
     bands, rows = banding(params)
 
     t0 = time.perf_counter()
-    texts, planted = generated_elsewhere(size)
-    print(f"generated {size:,} prompts ({len(planted):,} planted) in {time.perf_counter() - t0:.1f}s; "
+    texts, planted = generated_elsewhere(size, args.generator)
+    print(f"generated {size:,} {args.generator} prompts ({len(planted):,} planted) in {time.perf_counter() - t0:.1f}s; "
           f"rss {peak_rss_gib():.2f} GiB; threshold {args.threshold}, {bands}x{rows} bands, workers {args.workers}")
 
     reset_peak_rss()
     print(f"rss before dedup {current_rss_gib():.2f} GiB (the texts, read from parquet)")
     with TreeMemory() as tree:
         t0 = time.perf_counter()
-        result = dedup_self(texts, None, params)
+        result = dedup_self(texts, None, params, runtime)
         seconds = time.perf_counter() - t0
     rss = peak_rss_gib()
     pairs = true_pairs(texts, planted, args.threshold)
@@ -287,7 +319,7 @@ def main() -> None:
     sub = texts.slice(0, n)
     sub_pairs = pairs[(pairs < n).all(axis=1)]
     t0 = time.perf_counter()
-    ours = dedup_self(sub, None, params.replace(workers=1))  # one process, like the naive loop
+    ours = dedup_self(sub, None, params, Runtime(workers=1))  # one process, like the naive loop
     ours_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     naive = naive_datasketch(sub.to_pylist(), args.threshold, params.num_perm)

@@ -99,7 +99,8 @@ def cli(
     steps = before_generate_steps(source, releases)
     split_params = load_section("split", missing_ok=True)
     ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
-              deduper(load_section("dedup", missing_ok=True)), built={})
+              deduper(load_section("dedup", missing_ok=True), load_section("runtime", missing_ok=True)),
+              built={})
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)

@@ -36,7 +36,7 @@ def stage_ops(sources: dict[str, Source], releases: dict[str, Release], dedup: D
     for other in referenced_releases(recipe):
         roots.update(source_roots(sources, resolve_recipe(other, releases)))
     built: dict[str, pd.DataFrame] = {}
-    ops = Ops(split_loader(splits, roots, positions), cleaner(rules, desc), deduper(dedup), built=built)
+    ops = Ops(split_loader(splits, roots, positions), cleaner(rules, desc), deduper(dedup, load_section("runtime", missing_ok=True)), built=built)
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)

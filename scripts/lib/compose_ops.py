@@ -16,7 +16,7 @@ import pandas as pd
 from scripts.lib.compose import ROW_COLUMNS
 from scripts.lib.errors import DataError
 from scripts.lib.io import read_parquet
-from scripts.lib.params import CleanStep, Dedup, DedupStep, Source
+from scripts.lib.params import CleanStep, Dedup, DedupStep, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe
 
@@ -109,12 +109,13 @@ def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_se
     return clean_rows
 
 
-def deduper(dedup: Optional[Dedup]):
-    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides."""
+def deduper(dedup: Optional[Dedup], runtime: Optional[Runtime] = None):
+    """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides, run as
+    `runtime:` says (speed only)."""
     from scripts.lib.dedup import keep_mask, resolve_params
 
     def keep(texts: list[str], ids, step: DedupStep, against):
         params = resolve_params(dedup, **step.overrides())
-        return keep_mask(texts, params, against=against, order_keys=ids)
+        return keep_mask(texts, params, against=against, order_keys=ids, runtime=runtime)
 
     return keep

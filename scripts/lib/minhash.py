@@ -378,7 +378,7 @@ def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
             break
         out.append(np.stack([position[pos], position[pos + d]], axis=1))
     far = np.flatnonzero(np.arange(n) - bucket_start > 2 * window)
-    for d in range(window):  # rows deep in a huge bucket also meet its first `window` rows
+    for d in range(window if len(far) else 0):  # rows deep in a huge bucket also meet its first `window` rows
         out.append(np.stack([position[bucket_start[far] + d], position[far]], axis=1))
     return np.concatenate(out)
 

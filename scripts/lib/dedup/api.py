@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from scripts.lib import minhash as mh
 import scripts.lib.dedup.signing as signing
+from scripts.lib import minhash as mh
 from scripts.lib.dedup.index import Index, build_index
 from scripts.lib.dedup.keep import assign, keep_rank, self_stats
 from scripts.lib.dedup.result import Result

@@ -99,8 +99,9 @@ def labels(ray, edges, parts: int):
 
 def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):
     """resolve_edges over clusters spread across the cluster: (removed rows, cluster sizes)."""
-    flagged = [d.map_batches(lambda t, m=m: t.append_column("member", pa.array(np.full(t.num_rows, m))), **_ARROW)
-               for d, m in ((verified, False), (members, True))]
+    columns = ["a", "b", "similarity", *[f"{side}_{r}" for side in "ab" for r in ranks if r != "row"]]
+    flagged = [d.map_batches(lambda t, m=m: t.select(columns).append_column("member", pa.array(np.full(t.num_rows, m))),
+                             **_ARROW) for d, m in ((verified, False), (members, True))]  # one schema for both
     edges = flagged[0].union(flagged[1])
     node_labels = labels(ray, edges.map_batches(lambda t: pa.table({"u": t.column("a"), "v": t.column("b")}), **_ARROW),
                          parts)
@@ -113,9 +114,11 @@ def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):
         return pa.table(removed)
 
     grouped = labelled.map_batches(part_of, fn_args=(["label"], parts), **_ARROW).groupby("part")
-    removed = pa.concat_tables([ray.get(r) for r in grouped.map_groups(resolve_group, **_ARROW).to_arrow_refs()])
-    order = np.argsort(removed.column("row").to_numpy())
-    removed = {name: removed.column(name).to_numpy()[order] for name in ("row", "duplicate_of", "similarity")}
+    found = [ray.get(r) for r in grouped.map_groups(resolve_group, **_ARROW).to_arrow_refs()]
+    empty = {"row": np.zeros(0, np.int64), "duplicate_of": np.zeros(0, np.int64), "similarity": np.zeros(0)}
+    table = pa.concat_tables(found) if found else pa.table(empty)
+    order = np.argsort(table.column("row").to_numpy(), kind="stable")
+    removed = {name: table.column(name).to_numpy()[order] for name in empty}
     sizes = node_labels.groupby("label").count()
     sizes = pa.concat_tables([ray.get(r) for r in sizes.to_arrow_refs()])
     return removed, sizes.column(sizes.column_names[-1]).to_numpy().astype(np.int64)

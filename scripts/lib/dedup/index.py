@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scripts.lib import minhash as mh
 import scripts.lib.dedup.embedded as embedded
 import scripts.lib.dedup.signing as signing
+from scripts.lib import minhash as mh
 from scripts.lib.dedup.result import Result, best_partner
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
@@ -59,7 +59,7 @@ class Index:
             (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     @staticmethod
-    def load(path: Path | str) -> "Index":
+    def load(path: Path | str) -> Index:
         """An index written by `save` (index.json's params.method says which kind)."""
         path = Path(path)
         meta = json.loads((path / "index.json").read_text(encoding="utf-8")) if (path / "index.json").exists() else {}
@@ -88,7 +88,7 @@ class MinHashIndex(Index):
         self.rows = rows  # uint32[bands, m]: reference row of each sorted key
 
     @classmethod
-    def build(cls, texts: pa.Array, params: Dedup, runtime: Runtime) -> "MinHashIndex":
+    def build(cls, texts: pa.Array, params: Dedup, runtime: Runtime) -> MinHashIndex:
         sk = signing.sketch(texts, params, runtime)
         rows = np.nonzero(sk.shingle_counts > 0)[0]
         bands, _ = signing.banding(params)
@@ -130,7 +130,7 @@ class EmbeddingIndex(Index):
         self.params, self.texts, self.vectors = params, texts, vectors  # vectors: float32[m, dim]
 
     @classmethod
-    def build(cls, texts: pa.Array, params: Dedup, runtime: Runtime) -> "EmbeddingIndex":
+    def build(cls, texts: pa.Array, params: Dedup, runtime: Runtime) -> EmbeddingIndex:
         return cls(params, texts, embedded.embed(texts, params))
 
     def verified_pairs(self, new: pa.Array, runtime: Runtime) -> tuple[np.ndarray, np.ndarray, int]:

@@ -20,13 +20,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import scripts.lib.dedup.components as components
 import scripts.lib.dedup.signing as signing
 from scripts.lib import minhash as mh
-import scripts.lib.dedup.components as components
 from scripts.lib.dedup.keep import report_counts
-from scripts.lib.dedup.rows import (RANKS, bucket_rows, candidates_in_group, identical_in_group, member_edges, part_of,
-                                    resolve_edges, sign_rows, unique_in_group, verify_rows)
 from scripts.lib.dedup.result import Result
+from scripts.lib.dedup.rows import (
+    RANKS,
+    bucket_rows,
+    candidates_in_group,
+    identical_in_group,
+    member_edges,
+    part_of,
+    resolve_edges,
+    sign_rows,
+    unique_in_group,
+    verify_rows,
+)
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
 from scripts.lib.params import Dedup, Runtime
