@@ -260,3 +260,23 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
                 table = pd.read_parquet(release / entry["parquet"]["path"])
                 assert len(table) == stats["rows"][split]
                 assert all(simpletuner_keeps(entry, w, h) for w, h in zip(table["width"], table["height"]))
+
+
+def test_release_from_compose_output_is_byte_identical_to_one_composed_in_process(tmp_path, monkeypatch, capfd):
+    """dvc.yaml runs compose@V then release@V --composed; by hand, release composes itself: same bytes."""
+    import hashlib
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_workspace(root, {"format": "webdataset", "shard_size": 3})
+    assert cli(["compose", "r1", "data/splits", "data/compose/r1"], root, monkeypatch, capfd).returncode == 0
+    staged = cli(["release", "r1", "data/splits", "data/releases/a", "--composed", "data/compose/r1"], root, monkeypatch, capfd)
+    assert staged.returncode == 0, staged.stderr
+    assert cli(["release", "r1", "data/splits", "data/releases/b"], root, monkeypatch, capfd).returncode == 0
+
+    def digests(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    a, b = digests(root / "data" / "releases" / "a"), digests(root / "data" / "releases" / "b")
+    assert a == b and "train/shard-000000.tar" in a
