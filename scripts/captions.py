@@ -2,7 +2,8 @@
 
 In:  data/dedup/S.parquet (kept rows, `text` = cleaned caption, `prompt` = raw prompt)
      the source's images: data/images/S/ (rendered by generate@S, with manifest.parquet)
-     or, for sources that carry images, their raw path (rows already hold an `image` reference).
+     or, for sources that carry images, their raw path (rows already hold an `image` reference);
+     a `text_only` source's rows keep no image (its `images` names any existing path, for DVC).
 Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, height, meta,
      generation (JSON of the settings that rendered the image; null for carried images).
 `sources.S.caption_language` (e.g. en) drops a row whose raw prompt langdetect reads as another
@@ -48,12 +49,14 @@ def join_rendered(rows: pd.DataFrame, manifest: pd.DataFrame, images_dir: str) -
     return joined
 
 
-def carried_images(rows: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Sources with their own images: the ingest reader already set `image`."""
+def carried_images(rows: pd.DataFrame, source: str, text_only: bool = False) -> pd.DataFrame:
+    """Sources with their own images: the ingest reader already set `image`. A text-only source's rows
+    may have none (a prompt dataset)."""
     missing = rows["image"].isna()
-    if missing.any():
+    if missing.any() and not text_only:
         first = rows.loc[missing, "id"].iloc[0]
-        raise DataError(f"source {source}: {int(missing.sum())} rows have no image reference (first id {first})")
+        raise DataError(f"source {source}: {int(missing.sum())} rows have no image reference (first id {first}; "
+                        f"a prompt dataset says sources.{source}.text_only: true)")
     return rows.assign(generation=None)
 
 
@@ -100,7 +103,10 @@ def cli(
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id")
         joined = join_rendered(rows, manifest, images.as_posix())
     else:
-        joined = carried_images(rows, source)
+        # text_only only lets rows without an image through (those would fail otherwise), so it changes
+        # no output byte: not a DVC param of this stage
+        entry = load_section("sources", missing_ok=True).get(source)
+        joined = carried_images(rows, source, text_only=entry is not None and entry.text_only)
     table = caption_table(joined)
     write_parquet(table, output)
     print(f"captions@{source}: {len(table)} rows -> {output}")

@@ -27,6 +27,7 @@ COMMANDS = {
     "generate-prune": "generate:cli_prune",  # not a stage: shrinks the generation store (docs/generation.md)
     "captions": "captions",
     "split": "split",
+    "compose": "compose",  # compose@V: a release's rows (release@V writes them in its layout)
     "release": "release",
     "plots": "plots",
     "summary": "summary",  # the one metrics file `dvc exp show` puts first

@@ -154,10 +154,15 @@ def cli(
     clean_dir: Path = typer.Argument(..., help="data/clean"),
     dedup_dir: Path = typer.Argument(..., help="data/dedup"),
     output: Path = typer.Argument(..., help="data/plots"),
+    plan: Path = typer.Option(None, "--recipe", help="data/recipes/plots.json (default: params.yaml)"),
 ) -> None:
     """Write the plot data files (see `dvc plots show`)."""
-    releases = list(load_section("releases", missing_ok=True))
-    sources = list(load_section("sources", missing_ok=True))
+    from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
+
+    reads = plots_plan(written_releases(), written_sources())
+    if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
+        check_plan(plan, reads)
+    releases, sources = reads["releases"], reads["sources"]
     length_bin = load_section("preview", missing_ok=True).length_bin
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():

@@ -10,9 +10,11 @@ reads it checks it against params.yaml (a hand-run stage after an edit fails in 
 holds is said in scripts/lib/plans.py (`release_plan`, `prefilter_plan`); this stage only writes them.
 
 Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and every step `reference:`,
-                                    transitively
+                                    transitively, and the entries of the sources their components name
+     data/recipes/compose/V.json    the same less `export` and `description` (compose@V)
      data/recipes/prefilter/S.json  releases with a `before_generate` step on S and those they read, and
                                     the sources that have such steps (their rows cannot be a reference)
+     data/recipes/plots.json        the names of the releases and sources, in params order (plots)
 """
 from __future__ import annotations
 
@@ -22,19 +24,21 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path
-from scripts.lib.params import load_section
-from scripts.lib.plans import prefilter_plan, release_plan, written_releases
+from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
-    """Write each release's and each source's share of params.yaml `releases`."""
-    releases = written_releases()  # a plan holds the entries as written (scripts/lib/plans.py)
-    sources = load_section("sources", missing_ok=True)
-    plans = {f"release/{name}.json": release_plan(name, releases) for name in releases}
+    """Write each release's and each source's share of params.yaml `releases` (and `sources`)."""
+    releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
+    plans = {}
+    for name in releases:
+        plans[f"release/{name}.json"] = release_plan(name, releases, sources)
+        plans[f"compose/{name}.json"] = compose_plan(plans[f"release/{name}.json"])
     plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in sources})
+    plans["plots.json"] = plots_plan(releases, sources)
     with atomic_path(output, is_dir=True) as tmp:
         for rel, plan in plans.items():
             path = tmp / rel
-            path.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/")

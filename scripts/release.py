@@ -1,47 +1,77 @@
-"""release@V: compose per-source splits into a published dataset version by its recipe.
+"""release@V: write a composed release in its layout, with its card, stats and contact sheet.
 
-    python -m scripts release V data/splits data/releases/V --recipe data/recipes/release/V.json
+    python -m scripts release V data/splits data/releases/V --composed data/compose/V --recipe data/recipes/release/V.json
 
-The recipe language is in docs/recipes.md; its cores are in scripts/lib/: recipe.py (resolving
-params.yaml `releases.V`), compose.py (rows in -> rows out), compose_ops.py (reading and checking the
-splits, cleaning, dedup), plans.py (the plan file checked here), card.py (README.md), paths.py (what
-may be read and replaced) and export.py (the layouts). This module reads params, wires them and writes.
-Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout, removed.parquet
-(every removed row with its reason), rows.parquet, stats.json (a DVC metric), preview.jpg (contact
-sheet) and README.md (a Hugging Face data card).
+The rows come from compose@V (`--composed`), or are composed here without it (scripts/compose.py). The
+cores are in scripts/lib/: export.py (the layouts), card.py (README.md), paths.py (what may be replaced).
+A row the layout leaves out (bucketed: too small for its bucket, ...) is a removed row with reason
+`export:<why>`, so stats.json, the card and rows.parquet count what was exported; a split left empty
+that way is an error unless the recipe's export says `allow_empty: true`.
+Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout, removed.parquet,
+rows.parquet, stats.json (a DVC metric), preview.jpg (contact sheet) and README.md (a data card).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import typer
 
-from scripts.lib.card import data_card
-from scripts.lib.compose import Ops, compose, output_rows, release_stats
-from scripts.lib.compose_ops import cleaner, deduper, source_roots, split_loader
+from scripts.compose import compose_release, read_composed
+from scripts.lib.card import data_card, generation_settings
+from scripts.lib.compose import ROW_COLUMNS, release_stats
+from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_rows_table, write_split
-from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json, write_parquet
-from scripts.lib.params import Dedup, Preview, Release, Source, load_section
+from scripts.lib.io import SPLITS, check_not_input, mark_folder, read_parquet, staging_dir, write_json, write_parquet
+from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_output, move_into_place
-from scripts.lib.plans import check_plan, plan_releases, release_plan, written_releases
-from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
+from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
+from scripts.lib.recipe import Recipe, resolve_recipe
 
 
-def stage_ops(sources: dict[str, Source], releases: dict[str, Release], dedup: Dedup, splits: Path,
-              rules: Optional[Path], positions: Optional[Path], recipe: Recipe, desc: str) -> Ops:
-    """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
-    roots = source_roots(sources, recipe)
-    for other in referenced_releases(recipe):
-        roots.update(source_roots(sources, resolve_recipe(other, releases)))
-    built: dict[str, pd.DataFrame] = {}
-    ops = Ops(split_loader(splits, roots, positions), cleaner(rules, desc), deduper(dedup, load_section("runtime", missing_ok=True)), built=built)
+def without_unexported(rows: pd.DataFrame, removed: pd.DataFrame, dropped: dict[str, str]):
+    """(exported rows, removed rows + the rows the layout left out with reason `export:<why>`)."""
+    if not dropped:
+        return rows, removed
+    out = rows["id"].isin(list(dropped))
+    left_out = rows[out].assign(reason=["export:" + dropped[i] for i in rows.loc[out, "id"]])[ROW_COLUMNS + ["reason"]]
+    return rows[~out].reset_index(drop=True), pd.concat([removed, left_out], ignore_index=True)
 
-    def reference(name: str) -> pd.DataFrame:
-        return output_rows(resolve_recipe(name, releases), ops)
 
-    return Ops(ops.load_split, ops.clean, ops.keep, reference, built)
+def check_exported(recipe: Recipe, fmt: str, before: pd.DataFrame, after: pd.DataFrame, dropped: dict[str, str]) -> None:
+    """A split the recipe gave rows and the layout left empty is an error unless `allow_empty`."""
+    if recipe.export.allow_empty:
+        return
+    for split in SPLITS:
+        given = before[before["split"] == split]
+        if len(given) and not (after["split"] == split).any():
+            reasons = pd.Series([dropped[i] for i in given["id"]]).value_counts()
+            why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+            small = given.assign(edge=given[["width", "height"]].min(axis=1)).sort_values("edge").iloc[0]
+            raise DataError(f"params.yaml: releases.{recipe.name}.export: the {fmt} export kept 0 of {len(given)} "
+                            f"{split} rows ({why}; the smallest image is {small['width']}x{small['height']}): fit the "
+                            "export to the images (bucketed: base_resolution) or set allow_empty: true")
+
+
+def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> None:
+    """Rows of a text-only source have no image: only the `prompts` layout takes them."""
+    for component in recipe.all_components():
+        if fmt != "prompts" and sources[component.source].text_only:
+            raise DataError(f"params.yaml: releases.{recipe.name}: source {component.source!r} is text_only (no images): "
+                            f"its release needs export: prompts, not {fmt}")
+
+
+def read_generation(splits: Path, names: list[str]) -> dict[str, list[dict]]:
+    """source -> the settings that rendered its images (the `generation` column of its split tables)."""
+    found = {}
+    for name in names:
+        values = []
+        for split in SPLITS:
+            path = splits / name / f"{split}.parquet"
+            table = read_parquet(path) if path.is_file() else pd.DataFrame()
+            values += table["generation"].tolist() if "generation" in table else []
+        found[name] = generation_settings(values)
+    return found
 
 
 def cli(
@@ -51,44 +81,52 @@ def cli(
     rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
     positions: Path = typer.Option(Path("data/prefilter"), "--positions",
                                    help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
+    composed: Path = typer.Option(None, "--composed", help="data/compose/V (compose@V's rows; default: compose here)"),
     plan: Path = typer.Option(None, "--recipe", help="data/recipes/release/V.json (default: params.yaml releases)"),
 ) -> None:
-    """Compose a release from per-source splits by its recipe."""
-    reads = release_plan(name, written_releases())
+    """Write a release from per-source splits by its recipe."""
+    reads = release_plan(name, written_releases(), written_sources())
     if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(plan, reads)
-    releases = plan_releases(reads)  # the releases V reads, and no other
-    recipe = resolve_recipe(name, releases)
+    check_not_input(output, [splits, rules, composed])
+    check_output(output)  # before any work: a mistyped output path fails at once, in one line
+    if composed is None:
+        recipe, rows, removed = compose_release(name, reads, splits, rules, positions, f"release@{name}")
+    else:
+        recipe = resolve_recipe(name, plan_releases(reads))
+        rows, removed = read_composed(composed)
+    sources = plan_sources(reads)
     fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
+    check_layout_takes(recipe, sources, fmt)
+    names = sorted({c.source for c in recipe.all_components()})
     from scripts.lib.progress import Progress
 
-    sources = load_section("sources", missing_ok=True)
-    dedup = load_section("dedup", missing_ok=True)
-    split = load_section("split", missing_ok=True)
-    geometry = load_section("preview", missing_ok=True)
-    check_not_input(output, [splits, rules])
-    check_output(output)  # before any work: a mistyped output path fails at once, in one line
-    rows, removed = compose(recipe, stage_ops(sources, releases, dedup, splits, rules, positions, recipe, f"release@{name}"))
-    stats = release_stats(rows, removed)
     # Everything is written into a staging folder first and moved into place only at the end, so a
     # bad image or a crash leaves the previous release whole (never train new and validation old).
     with staging_dir(output) as staging:  # locked; a killed run's staging folder goes on the next run
+        dropped: dict[str, str] = {}
         with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
             for part in SPLITS:
-                write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance)
+                write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance, dropped)
                 mark_folder(staging / part)
-        write_preview(rows, staging / "preview.jpg", geometry)
+        exported, removed = without_unexported(rows, removed, dropped)
+        check_exported(recipe, fmt, rows, exported, dropped)
+        stats = release_stats(exported, removed)
+        card = data_card(recipe, stats, sources, load_section("dedup", missing_ok=True),
+                         load_section("split", missing_ok=True), read_generation(splits, names))
+        write_preview(exported, staging / "preview.jpg", load_section("preview", missing_ok=True))
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
-        (staging / "README.md").write_text(data_card(recipe, stats, sources, dedup, split), encoding="utf-8")
+        (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
-        write_rows_table(rows, staging)  # rows.parquet: the release's rows, whatever the layout
+        write_rows_table(exported, staging)  # rows.parquet: the release's rows, whatever the layout
         move_into_place(staging, output)
     print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
 
 
 def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:
     """preview.jpg: contact sheet of a deterministic sample (the ids whose sha256 sorts first),
-    read from the image store, so it looks the same whatever the export layout."""
+    read from the image store, so it looks the same whatever the export layout; a row without an
+    image (a text-only release) is a grey box over its caption."""
     import io
 
     from scripts.lib.export import image_bytes
@@ -96,5 +134,9 @@ def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:
 
     by_id = rows.set_index("id")
     chosen = sample_ids(by_id.index, geometry.columns * geometry.rows)
-    items = [(io.BytesIO(image_bytes(by_id.at[i, "image"])), str(by_id.at[i, "text"])) for i in chosen]
+
+    def picture(ref):
+        return io.BytesIO(image_bytes(ref)) if isinstance(ref, str) and ref else None
+
+    items = [(picture(by_id.at[i, "image"]), str(by_id.at[i, "text"])) for i in chosen]
     contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)

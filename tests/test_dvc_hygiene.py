@@ -43,7 +43,7 @@ def keys_of(section: str, listed: list[str]) -> set[str]:
 
 
 @pytest.mark.parametrize("stage, section, model", [
-    ("clean_rules", "clean", Clean), ("dedup", "dedup", Dedup), ("release", "dedup", Dedup),
+    ("clean_rules", "clean", Clean), ("dedup", "dedup", Dedup), ("compose", "dedup", Dedup), ("release", "dedup", Dedup),
     ("generate", "generate", Generate),
 ])
 def test_stage_lists_every_output_key_and_no_speed_key(stage, section, model):
@@ -256,7 +256,7 @@ def test_a_new_release_reruns_no_earlier_release_and_no_prefilter(history, tmp_p
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     ran = run(["dvc", "repro", "recipes"], repo).stdout
     assert "Running stage 'recipes'" in ran
-    assert set(json.loads(run("dvc status --json", repo).stdout)) == {"release@v5", "plots"}
+    assert set(json.loads(run("dvc status --json", repo).stdout)) == {"compose@v5", "release@v5", "plots"}
 
 
 @pytest.mark.slow

@@ -194,7 +194,7 @@ BAD = [  # (key path to change, bad value, key path named in the error, message)
     ("clean.by_clause", {"marker": " by "}, "clean.by_clause.exempt", "Field required"),
     ("releases.v2.validation_leaks", "some", "releases.v2.validation_leaks", "'none', 'exact' or 'near'"),
     ("releases.v2.export", {"format": "webdataset", "shard_size": 0}, "releases.v2.export.shard_size", "greater than or equal to 1"),
-    ("releases.v2.export", "tarball", "releases.v2.export.format", "'imagefolder', 'webdataset', 'simpletuner', 'parquet' or 'bucketed'"),
+    ("releases.v2.export", "tarball", "releases.v2.export.format", "'imagefolder', 'webdataset', 'simpletuner', 'parquet', 'bucketed' or 'prompts'"),
     ("releases.v2.components", [{"source": "x", "into": "tran"}], "releases.v2.components[0].into", "'train', 'validation' or 'same'"),
     ("synthesize.gpt4_style.base_url", "ftp://x", "synthesize.gpt4_style.base_url", "'ftp://x' is not an http(s) URL"),
     ("synthesize.gpt4_style.template", "{topics}", "synthesize.gpt4_style.template", "unknown field {topics}"),

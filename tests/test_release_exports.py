@@ -88,11 +88,53 @@ def test_simpletuner_export_is_the_presets_files(tmp_path):
     assert image_entry["parquet"] == {"path": "train/simpletuner.parquet", "caption_column": "caption",
                                       "filename_column": "filename", "width_column": "width", "height_column": "height",
                                       "identifier_includes_extension": True}
+    # sizes fitted to these images: the shortest edge (20 px) is the resolution and the minimum
     assert {k: image_entry[k] for k in ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size",
-                                        "resolution_type")} == {"resolution": 1.0, "maximum_image_size": 2.0,
-                                                                "minimum_image_size": 0.75, "target_downsample_size": 1.75,
-                                                                "resolution_type": "area"}
+                                        "resolution_type")} == {"resolution": 20, "maximum_image_size": 1400,
+                                                                "minimum_image_size": 20, "target_downsample_size": 1400,
+                                                                "resolution_type": "pixel"}
+    assert all(simpletuner_keeps(image_entry, w, h) for w, h in zip(table["width"], table["height"]))
     assert text_entry["dataset_type"] == "text_embeds" and text_entry["default"] is True
+
+
+def simpletuner_keeps(entry: dict, width: int, height: int) -> bool:
+    """SimpleTuner's size rule for one image of a data-backend entry (bghira/SimpleTuner,
+    simpletuner/helpers/metadata/backends/base.py meets_resolution_requirements): pixel, both edges at
+    least minimum_image_size; area, minimum_image_size megapixels (over 5 is refused) at most w * h, and
+    with a square crop both edges at least floor(sqrt(that many pixels)); no minimum keeps everything.
+    Its configuration checks: pixel maximum_image_size and target_downsample_size at least 512, area
+    ones at most 5 megapixels."""
+    import math
+
+    minimum, kind = entry.get("minimum_image_size"), entry["resolution_type"]
+    if kind == "pixel":
+        assert entry["maximum_image_size"] >= 512 and entry["target_downsample_size"] >= 512
+    else:
+        assert entry["maximum_image_size"] <= 5 and entry["target_downsample_size"] <= 5
+    if minimum is None:
+        return True
+    if kind == "pixel":
+        return minimum <= width and minimum <= height
+    assert kind == "area" and minimum <= 5
+    pixels = minimum * 1_000_000
+    if entry.get("crop") and entry.get("crop_aspect", "square") == "square":
+        edge = math.floor(math.sqrt(pixels))
+        if not (edge <= width and edge <= height):
+            return False
+    return pixels <= width * height
+
+
+def test_the_presets_own_sizes_would_drop_every_small_image():
+    """Why the export fits its sizes to the images: the DALL-E-3 preset's 0.75 MP minimum drops a 512x512
+    image (0.26 MP) and the tiny model's 64x64 renders."""
+    from scripts.lib.simpletuner import PRESET_RESOLUTION, resolution_for
+
+    preset = {**PRESET_RESOLUTION}
+    assert not simpletuner_keeps(preset, 512, 512) and not simpletuner_keeps(preset, 64, 64)
+    assert simpletuner_keeps(preset, 1024, 1024)
+    fitted = resolution_for([(64, 64), (512, 768), (96, 64)])
+    assert all(simpletuner_keeps(fitted, w, h) for w, h in [(64, 64), (512, 768), (96, 64)])
+    assert resolution_for([]) == PRESET_RESOLUTION
 
 
 def test_webdataset_puts_mixed_png_and_jpg_under_one_extension(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import io
 import json
 import tarfile
 import zipfile
@@ -121,7 +122,18 @@ def test_chatgpt_openprompts_and_dalle3_shapes(sample):
                                "long_caption", "resolution", "width", "height", "url", "source", "original_prompt",
                                "short_caption2", "long_caption2"}
     manifest = json.loads((sample / "laion_buckets" / "manifest.json").read_text())
-    assert manifest["format"] == "bucketed_shards_v1" and manifest["divisible"] == 32
+    assert manifest["format"] == "bucketed_shards_v1" and (manifest["base_resolution"], manifest["divisible"]) == (64, 4)
     with tarfile.open(sample / "laion_buckets" / manifest["buckets"][0]["shards"][0]) as tar:
         names = tar.getnames()
     assert names[:3] == ["000000000.jpg", "000000000.txt", "000000000.json"]
+    from PIL import Image
+
+    for bucket in manifest["buckets"]:  # every size the sample states is the JPEG's own
+        with tarfile.open(sample / "laion_buckets" / bucket["shards"][0]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        for name, data in members.items():
+            if name.endswith(".json"):
+                meta = json.loads(data)
+                with Image.open(io.BytesIO(members[name[:-5] + ".jpg"])) as image:
+                    assert image.size == (meta.get("target_w", meta.get("w")), meta.get("target_h", meta.get("h")))
+                    assert image.size == (bucket["width"], bucket["height"])

@@ -240,8 +240,14 @@ def provenance(row) -> tuple[str, int, int]:
     return str(_value(row, "caption_variant") or "prompt"), int(_value(row, "caption_selector_index") or 0), int(source_id)
 
 
-def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callable[[], None] = lambda: None) -> dict:
-    """Write one split as bucketed shards + manifest.json; return the export summary.
+SKIP_REASONS = {"skipped_no_caption": "no_caption", "skipped_too_small": "too_small",
+                "decode_errors": "decode_error", "encode_errors": "encode_error"}
+
+
+def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callable[[], None] = lambda: None,
+                   dropped: dict[str, str] | None = None) -> dict:
+    """Write one split as bucketed shards + manifest.json; return the export summary. `dropped` (when
+    given) gets id -> reason (SKIP_REASONS) for every row the card's rules left out.
 
     Rows carry `id, source, text, image` (and optionally `orig_text`, `caption_variant`,
     `caption_selector_index`, `caption_source_id`; `rows.attrs["caption_sources"]` maps a source id to
@@ -262,8 +268,11 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
         for row in rows.itertuples(index=False):
             summary["images_seen"] += 1
             tick()
+            before = dict(summary)
             sample = _sample(row, table, options, summary)
             if sample is None:
+                if dropped is not None:
+                    dropped[str(row.id)] = next(SKIP_REASONS[k] for k in SKIP_REASONS if summary[k] != before[k])
                 continue
             bucket, jpg, meta = sample
             caption = caption_of(row) or ""

@@ -1,10 +1,12 @@
 """The data card of a release: README.md with Hugging Face YAML front matter.
 
-`data_card` is pure (a recipe, the release's stats and the params it read -> text): row counts per
-split and source, removed rows per reason, the sources and their licences, the recipe and the params
-that shaped the rows.
+`data_card` is pure (the recipe, the release's stats, the sources' entries, the settings that rendered
+the images and the params that shaped the rows -> text). Licences, links and citations come from
+params.yaml `sources.S.{license,homepage,citation}`; what is not given there is written as unknown.
 """
 from __future__ import annotations
+
+import json
 
 import yaml
 
@@ -12,6 +14,9 @@ from scripts.lib.export import card_data_files
 from scripts.lib.io import SPLITS
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
+
+# the per-row fields of captions@S's `generation` that vary by row: left out of the card's summary
+PER_ROW = ("seed",)
 
 
 def card_params(dedup: Dedup, split: Split) -> dict:
@@ -29,13 +34,34 @@ def size_category(total: int) -> str:
     return "n<1K" if total < 1_000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
 
 
-def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: Dedup, split: Split) -> str:
-    """README.md with Hugging Face YAML front matter: counts, sources, recipe, params, licences."""
+def generation_settings(generation: list) -> list[dict]:
+    """The distinct settings (captions@S's `generation` JSON, less per-row fields) that rendered the images
+    of a source, in first-seen order; none for images the source carried."""
+    found: dict[str, dict] = {}
+    for text in generation:
+        if not isinstance(text, str) or not text:
+            continue
+        settings = {k: v for k, v in sorted(json.loads(text).items()) if k not in PER_ROW}
+        found.setdefault(json.dumps(settings, sort_keys=True), settings)
+    return list(found.values())
+
+
+def card_licence(names: list[str], sources: dict[str, Source]) -> str:
+    """The front matter's licence: the sources' one licence when they agree and know it, else `other`."""
+    licences = {sources[s].license for s in names}
+    return licences.pop() if len(licences) == 1 and None not in licences else "other"
+
+
+def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: Dedup, split: Split,
+              generation: dict[str, list[dict]] | None = None) -> str:
+    """README.md with Hugging Face YAML front matter. `generation`: source -> generation_settings."""
     names = sorted({c.source for c in recipe.all_components()})
+    generation = generation or {}
+    text_only = recipe.export.format == "prompts"
     front = {
         "pretty_name": f"t2i-datasets {recipe.name}",
-        "license": "other",
-        "task_categories": ["text-to-image", "image-to-text"],
+        "license": card_licence(names, sources),
+        "task_categories": ["text-to-image"] if text_only else ["text-to-image", "image-to-text"],
         "size_categories": [size_category(stats["rows"]["total"])],
         "configs": [
             {
@@ -45,47 +71,99 @@ def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: De
         ],
         "dataset_info": {"splits": [{"name": s, "num_examples": stats["rows"][s]} for s in SPLITS]},
     }
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---",
+             f"# t2i-datasets {recipe.name}", "", recipe.description or "", ""]
+    lines += _rows(stats, names)
+    lines += _sources(names, sources)
+    if not text_only:
+        lines += _images(names, generation)
+    lines += _how_made(recipe, stats, dedup, split)
+    lines += _limitations(names, sources, generation, text_only)
+    lines += _citations(names, sources)
+    lines += _revision(recipe)
+    return "\n".join(lines)
+
+
+def _rows(stats: dict, names: list[str]) -> list[str]:
+    lines = ["## Rows", "", "| split | rows | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for s in SPLITS:
+        per = [str(stats["by_source"][s].get(src, 0)) for src in names]
+        lines.append(f"| {s} | {stats['rows'][s]} | " + " | ".join(per) + " |")
+    return lines + [""]
+
+
+def _sources(names: list[str], sources: dict[str, Source]) -> list[str]:
+    lines = ["## Sources and licences", "", "| source | kind | licence | link |", "|---|---|---|---|"]
+    for s in names:
+        entry = sources[s]
+        lines.append(f"| `{s}` | {entry.kind}{', text only' if entry.text_only else ''} | {entry.license or 'unknown'} "
+                     f"| {entry.homepage or 'unknown'} |")
+    return lines + ["", "Each row keeps its source's licence; where it says unknown, the source named none that "
+                        "this pipeline knows of: check it before you redistribute those rows.", ""]
+
+
+def _images(names: list[str], generation: dict[str, list[dict]]) -> list[str]:
+    lines = ["## Images", ""]
+    for s in names:
+        settings = generation.get(s) or []
+        if not settings:
+            lines.append(f"- `{s}`: the images the source carries.")
+        for one in settings:
+            shown = ", ".join(f"{k} `{v}`" for k, v in one.items())
+            lines.append(f"- `{s}`: rendered by the pipeline: {shown} (each row's seed is in its metadata).")
+    return lines + [""]
+
+
+def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split) -> list[str]:
     recipe_yaml = {
         "lineage": list(recipe.lineage),
         "base": recipe.base.name if recipe.base else None,
         "components": [c.model_dump(exclude_defaults=True) for c in recipe.own_components],
         "steps": [s.model_dump(exclude_defaults=True) for s in recipe.steps],
     }
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        f"# t2i-datasets {recipe.name}",
-        "",
-        recipe.description or "",
-        "",
-        "## Rows",
-        "",
-        "| split | rows | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
+    return [
+        "## How it was made", "",
+        "Each source was read in its native format, cleaned by rule (rows and reasons in the pipeline's "
+        "clean reports), near-duplicates removed (MinHash, or embeddings, at the threshold below), prompt-only "
+        "sources rendered, and the rows split into train and validation. This release then took the components "
+        "and ran the steps of its recipe; every row a step removed is in `removed.parquet` with its reason.", "",
+        "### Removed rows", "",
+        *[f"- `{reason}`: {n}" for reason, n in stats["removed"].items()], "",
+        "### Recipe", "", "```yaml", yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(), "```", "",
+        "### Params", "", "```yaml", yaml.safe_dump(card_params(dedup, split), sort_keys=True).rstrip(), "```", "",
     ]
-    for s in SPLITS:
-        per = [str(stats["by_source"][s].get(src, 0)) for src in names]
-        lines.append(f"| {s} | {stats['rows'][s]} | " + " | ".join(per) + " |")
-    lines += ["", "## Removed rows", ""]
-    lines += [f"- `{reason}`: {n}" for reason, n in stats["removed"].items()]
-    lines += ["", "## Sources and licences", ""]
-    lines += [f"- `{s}` ({sources[s].kind}): licence `{sources[s].license or 'unknown'}`" for s in names]
-    lines += [
-        "",
-        "## Recipe",
-        "",
-        "```yaml",
-        yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(),
-        "```",
-        "",
-        "## Params",
-        "",
-        "```yaml",
-        yaml.safe_dump(card_params(dedup, split), sort_keys=True).rstrip(),
-        "```",
-        "",
-        "Built by `dvc repro release@" + recipe.name + "`; the git tag of the same name pins every input.",
-        "",
-    ]
-    return "\n".join(lines)
+
+
+def _limitations(names: list[str], sources: dict[str, Source], generation: dict[str, list[dict]],
+                 text_only: bool) -> list[str]:
+    lines = ["## Limitations and biases", "",
+             "- The prompts were written by the users of image generators (or by a language model imitating them): "
+             "they carry those communities' tastes, stereotypes and artist names, mostly in English.",
+             "- Cleaning and near-duplicate removal are automatic rules: some unwanted rows stay and some good "
+             "ones go (see `removed.parquet`)."]
+    models = sorted({str(one.get("model")) for s in names for one in generation.get(s) or []})
+    if models and not text_only:
+        lines.append(f"- Rendered images show what {', '.join(f'`{m}`' for m in models)} makes of each prompt, "
+                     "its biases and failures included; they are not photographs of the prompt's subject.")
+    if any(m.endswith("tiny-sd2") for m in models):
+        lines.append("- `models/tiny-sd2` has random weights (the offline test model): its images are noise.")
+    if any(sources[s].license is None for s in names):
+        lines.append("- Some sources name no licence (see above).")
+    return lines + [""]
+
+
+def _citations(names: list[str], sources: dict[str, Source]) -> list[str]:
+    asked = [(s, sources[s].citation) for s in names if sources[s].citation]
+    if not asked:
+        return []
+    lines = ["## Citation", "", "If you use this dataset, cite the sources that ask for it:", ""]
+    for s, citation in asked:
+        lines += [f"`{s}`:", "", "```bibtex", citation.strip(), "```", ""]
+    return lines
+
+
+def _revision(recipe: Recipe) -> list[str]:
+    return ["## Reproducing it", "",
+            f"Built by `dvc repro release@{recipe.name}`. The git commit whose `dvc.lock` lists this file's md5 "
+            "pins every input and setting: `git log --format=%H -S \"$(md5sum README.md | cut -c1-32)\" -- dvc.lock` "
+            "names it in the repository this release was built in.", ""]

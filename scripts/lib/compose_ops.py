@@ -2,7 +2,8 @@
 
 `split_loader` reads data/splits/S/<split>.parquet, refuses rows it must not trust
 (scripts/lib/paths.py) and adds each row's place in its source's generation list; `cleaner` and
-`deduper` wrap the cleaning and dedup cores with their rule sets and params loaded once.
+`deduper` wrap the cleaning and dedup cores with their rule sets and params loaded once; `stage_ops`
+wires them for compose@V and release@V.
 """
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from scripts.lib.compose import ROW_COLUMNS
+from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.errors import DataError
 from scripts.lib.io import read_parquet
-from scripts.lib.params import CleanStep, Dedup, DedupStep, Runtime, Source
+from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
-from scripts.lib.recipe import Recipe
+from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
 
 
-def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Optional[Path] = None):
-    """load_split(source, split) for Ops: the split table, checked, with `position`."""
+def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Optional[Path] = None,
+                 text_only: frozenset[str] = frozenset()):
+    """load_split(source, split) for Ops: the split table, checked, with `position`. Rows of a `text_only`
+    source may have no image."""
     def load_split(source: str, split: str) -> pd.DataFrame:
         path = splits_dir / source / f"{split}.parquet"
         rows = read_parquet(path)
-        check_split_rows(rows, path, source, roots[source])
+        check_split_rows(rows, path, source, roots[source], images_required=source not in text_only)
         return with_positions(rows, source, positions_dir)
 
     return load_split
@@ -119,3 +122,20 @@ def deduper(dedup: Optional[Dedup], runtime: Optional[Runtime] = None):
         return keep_mask(texts, params, against=against, order_keys=ids, runtime=runtime)
 
     return keep
+
+
+def stage_ops(sources: dict[str, Source], releases: dict[str, Release], dedup: Dedup, splits: Path,
+              rules: Optional[Path], positions: Optional[Path], recipe: Recipe, desc: str,
+              runtime: Optional[Runtime] = None) -> Ops:
+    """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
+    roots = source_roots(sources, recipe)
+    for other in referenced_releases(recipe):
+        roots.update(source_roots(sources, resolve_recipe(other, releases)))
+    text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
+    built: dict[str, pd.DataFrame] = {}
+    ops = Ops(split_loader(splits, roots, positions, text_only), cleaner(rules, desc), deduper(dedup, runtime), built=built)
+
+    def reference(name: str) -> pd.DataFrame:
+        return output_rows(resolve_recipe(name, releases), ops)
+
+    return Ops(ops.load_split, ops.clean, ops.keep, reference, built)

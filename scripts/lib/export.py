@@ -11,7 +11,10 @@
   plus the ImageFolder `metadata.jsonl`, so `datasets` loads it too.
 - parquet: `part-NNNNN-of-NNNNN.parquet`, the rows with their images embedded in datasets' Image
   layout (what `publish` uploads), `shard_size` rows per file.
-- bucketed: the LAION Aesthetics 512 bucketed card's layout, in its own module (scripts/lib/bucketed.py).
+- bucketed: the LAION Aesthetics 512 bucketed card's layout, in its own module (scripts/lib/bucketed.py);
+  the rows it drops (too small for their bucket, ...) are reported back, so the release counts only
+  what it exported.
+- prompts: a text-only release, `prompts.parquet` (`id, source, text, orig_text`) per split.
 
 Rows carry `id, source, text, orig_text, image (path or archive ref), width, height`. Whatever the
 layout, release@V also writes `rows.parquet` (write_rows_table): every row with where its image is in
@@ -36,7 +39,7 @@ from scripts.lib.nesting import loads_json
 from scripts.lib.io import write_parquet
 from scripts.lib.shards import ShardWriter
 
-FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed")
+FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
 DEFAULT_OPTIONS = {
     "imagefolder": {},
@@ -44,6 +47,7 @@ DEFAULT_OPTIONS = {
     "simpletuner": {},
     "parquet": {"shard_size": 1000},
     "bucketed": bucketed.DEFAULT_OPTIONS,
+    "prompts": {},
 }
 
 
@@ -64,11 +68,15 @@ def export_options(spec, where: str) -> tuple[str, dict]:
     return fmt, options
 
 
-def write_split(rows: pd.DataFrame, folder: Path, fmt: str, options: dict, on_image: Callable[[], None] | None = None) -> None:
-    """Write one split of a release in the chosen layout."""
+def write_split(rows: pd.DataFrame, folder: Path, fmt: str, options: dict, on_image: Callable[[], None] | None = None,
+                dropped: dict[str, str] | None = None):
+    """Write one split of a release in the chosen layout; `dropped` gets id -> reason for each row the
+    layout left out (only bucketed leaves rows out)."""
     folder.mkdir(parents=True, exist_ok=True)
     tick = on_image or (lambda: None)
-    if fmt == "imagefolder":
+    if fmt == "prompts":
+        write_prompts(rows, folder, tick)
+    elif fmt == "imagefolder":
         write_imagefolder(rows, folder, tick)
     elif fmt == "webdataset":
         write_webdataset(rows, folder, options["shard_size"], tick, options.get("image_format", "png"))
@@ -77,7 +85,7 @@ def write_split(rows: pd.DataFrame, folder: Path, fmt: str, options: dict, on_im
     elif fmt == "parquet":
         write_parquet_shards(rows, folder, options["shard_size"], tick)
     else:
-        return bucketed.write_bucketed(rows, folder, options, tick)  # the export summary
+        return bucketed.write_bucketed(rows, folder, options, tick, dropped)  # the export summary
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -172,6 +180,16 @@ def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run rele
     if not path.exists():
         raise DataError(f"{path}: not found ({hint})")
     return parse_metadata(path.read_text(encoding="utf-8").splitlines(), str(path), required)
+
+
+PROMPT_COLUMNS = ["id", "source", "text", "orig_text"]
+
+
+def write_prompts(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
+    """A text-only split: prompts.parquet, the rows' text and where it came from (no image)."""
+    for _ in range(len(rows)):
+        tick()
+    write_parquet(rows[PROMPT_COLUMNS].reset_index(drop=True), folder / "prompts.parquet")
 
 
 def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
@@ -279,6 +297,8 @@ def card_data_files(fmt: str, split: str) -> str | list[str]:
         return f"{split}/buckets/*/*.tar"
     if fmt == "parquet":
         return f"{split}/part-*.parquet"
+    if fmt == "prompts":
+        return f"{split}/prompts.parquet"
     return f"{split}/**"
 
 

@@ -86,6 +86,12 @@ class Source(Section):
         True, description="clean@S: true = the `clean.rules` set (with its overrides), rewrite; false = off (rows "
                           "pass through unchanged); a rule set name; or {rules, mode} (mode: rewrite | filter_only | off)")
     license: Optional[NonEmpty] = Field(None, description="license of the raw data, for the release card (null: unknown)")
+    homepage: Optional[NonEmpty] = Field(None, description="where the raw data is published, for the release card (null: unknown)")
+    citation: Optional[NonEmpty] = Field(
+        None, description="how the raw data asks to be cited (BibTeX), copied into the release card (null: none asked)")
+    text_only: bool = Field(
+        False, description="a prompt dataset: rows carry no image (captions@S passes them through; only a release "
+                           "with `export: prompts` takes them); `images` then names any existing path, e.g. `path`")
     on_error: Literal["fail", "skip"] = Field(
         "fail", description="fail: stop at the first bad record naming file and row; skip: count it per reason in "
                             "data/prompts/<name>.report.json")
@@ -729,13 +735,18 @@ class Export(Section):
 
     OPTIONS: ClassVar[dict[str, set[str]]] = {
         "imagefolder": set(), "simpletuner": set(), "webdataset": {"shard_size", "image_format"}, "parquet": {"shard_size"},
+        "prompts": set(),
         "bucketed": {"shard_size", "base_resolution", "divisible", "quality", "proto_buckets_1024", "image_mode",
                      "too_small_policy", "allowed_corners", "corner_jitter", "subsampling_policy",
                      "adaptive_threshold", "missing_caption_policy", "on_error"}}
 
-    format: Literal["imagefolder", "webdataset", "simpletuner", "parquet", "bucketed"] = Field(
+    format: Literal["imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts"] = Field(
         "imagefolder", description="imagefolder (HF ImageFolder) | webdataset | simpletuner (SimpleTuner's DALL-E-3 "
-                                   "preset) | parquet (images embedded) | bucketed (SDXL aspect buckets)")
+                                   "preset) | parquet (images embedded) | bucketed (SDXL aspect buckets) | prompts "
+                                   "(text only: <split>/prompts.parquet, for text_only sources)")
+    allow_empty: bool = Field(
+        False, description="a split the export leaves empty while the recipe gave it rows is an error unless true "
+                           "(e.g. bucketed at a base_resolution above every image)")
     shard_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)")
     image_format: Optional[Literal["png", "jpg", "keep"]] = Field(
         None, description="webdataset: every image under one member extension, so loaders see one image column: png "
@@ -778,13 +789,13 @@ class Export(Section):
     @model_validator(mode="after")
     def _options_of_format(self) -> "Export":
         allowed = self.OPTIONS[self.format]
-        for key in sorted(self.model_fields_set - {"format"} - allowed):
+        for key in sorted(self.model_fields_set - {"format", "allow_empty"} - allowed):
             raise ValueError(f"{key} is not an option of {self.format} (options: {', '.join(sorted(allowed)) or 'none'})")
         return self
 
     def spec(self) -> str | dict:
         """What scripts/lib/export.py's export_options takes: the name, or the name and the options set."""
-        options = {k: v for k, v in self.model_dump().items() if k != "format" and v is not None}
+        options = {k: v for k, v in self.model_dump().items() if k not in ("format", "allow_empty") and v is not None}
         return {"format": self.format, **options} if options else self.format
 
 

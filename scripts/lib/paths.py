@@ -27,15 +27,16 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Path]) -> None:
+def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Path], images_required: bool = True) -> None:
     """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
     column, a null value, an id that is not a plain name (it becomes a file name), a row of another
-    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store)."""
+    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store).
+    Without `images_required` (a text-only source) a row may have no image."""
     check_table(rows, path, strings=("id", "source", "text", "orig_text", "image"), unique="id")
     for column in ("width", "height"):
         if column not in rows.columns:
             raise DataError(f"{path}: no '{column}' column")
-    for column in ("id", "source", "text", "image"):
+    for column in ("id", "source", "text", "image") if images_required else ("id", "source", "text"):
         nulls = rows[column].isna().to_numpy().nonzero()[0]
         if len(nulls):
             raise DataError(f"{path}: row {nulls[0] + 1}: null {column}")
@@ -47,6 +48,8 @@ def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Pa
             raise DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
         if row_source != source:
             raise DataError(f"{path}: row {number}: source {row_source!r} in the split folder of {source!r}")
+        if image is None or image != image:  # no image (a text-only source): nothing to confine
+            continue
         file = parse_ref(image)[0]
         real = os.path.realpath(file)  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied

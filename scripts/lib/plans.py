@@ -1,8 +1,8 @@
 """Plan files: the share of params.yaml `releases` each release@V and prefilter@S reads.
 
 DVC can depend on a params key, but not on "V, its base chain and the releases its steps reference",
-so the `recipes` stage writes one file per reader (data/recipes/{release/V,prefilter/S}.json) and the
-reader depends on that file. A plan holds the entries as params.yaml writes them (so its bytes change
+so the `recipes` stage writes one file per reader (data/recipes/{release/V,compose/V,prefilter/S}.json,
+plots.json) and the reader depends on that file. A plan holds the entries as params.yaml writes them (so its bytes change
 exactly when an entry it reads is edited), in params order; the reader checks the file against
 params.yaml (`check_plan`), so a hand-run stage after an edit fails in one line.
 """
@@ -13,14 +13,18 @@ from pathlib import Path
 
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
-from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, load_params, parse
+from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, load_params, parse
 from scripts.lib.recipe import resolve_recipe
 
 
 def written_releases(path: Path | str = PARAMS_FILE) -> dict:
     """`releases` as written in params.yaml (checked against the models): what a plan file holds."""
-    params = load_params(path=path)
-    return params.get("releases") or {}
+    return load_params(path=path).get("releases") or {}
+
+
+def written_sources(path: Path | str = PARAMS_FILE) -> dict:
+    """`sources` as written in params.yaml (checked against the models)."""
+    return load_params(path=path).get("sources") or {}
 
 
 def releases_read_by(names: list[str], releases: dict) -> list[str]:
@@ -41,9 +45,27 @@ def releases_read_by(names: list[str], releases: dict) -> list[str]:
     return [name for name in releases if name in found]
 
 
-def release_plan(name: str, releases: dict) -> dict:
-    """data/recipes/release/V.json: the entries of `releases` release@V reads."""
-    return {"releases": [[n, releases[n]] for n in releases_read_by([name], releases)]}
+def release_plan(name: str, releases: dict, sources: dict) -> dict:
+    """data/recipes/release/V.json: the entries of `releases` release@V reads, and of `sources` (the
+    sources of their components: image folders, kind, licence, link and citation for the card). An
+    unknown source is left out here; the release names it in one line."""
+    read = releases_read_by([name], releases)
+    used = {c.source for n in read for c in resolve_recipe(n, releases).components}
+    return {"releases": [[n, releases[n]] for n in read], "sources": [[s, sources[s]] for s in sources if s in used]}
+
+
+def compose_plan(plan: dict) -> dict:
+    """data/recipes/compose/V.json: a release plan less what only the export and the card read (`export`,
+    `description`), so a layout change re-composes nothing."""
+    only_export = ("export", "description")
+    return {"releases": [[n, {k: v for k, v in (entry or {}).items() if k not in only_export}]
+                         for n, entry in plan["releases"]],
+            "sources": plan["sources"]}
+
+
+def plots_plan(releases: dict, sources: dict) -> dict:
+    """data/recipes/plots.json: the names the plots stage reads, in params order (not their entries)."""
+    return {"releases": list(releases), "sources": list(sources)}
 
 
 def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
@@ -75,6 +97,11 @@ def plan_releases(plan: dict) -> dict[str, Release]:
     """The `releases` a stage reads: the plan's entries as models, in params order."""
     return {name: entry if isinstance(entry, Release) else parse(Release, entry or {}, at=("releases", name))
             for name, entry in plan["releases"]}
+
+
+def plan_sources(plan: dict) -> dict[str, Source]:
+    """The `sources` a release reads: the plan's entries as models."""
+    return {name: parse(Source, entry or {}, at=("sources", name)) for name, entry in plan.get("sources", [])}
 
 
 def check_plan(path: Path, expected: dict) -> None:

@@ -19,7 +19,8 @@ removed, keeping the extension when `identifier_includes_extension` is true), wi
 simpletuner/helpers/data_backend/local.py (list_files gives absolute paths: hence absolute_config) and
 simpletuner/helpers/data_backend/factory.py (init_backend_config: `resolution_type: area` needs
 maximum_image_size and target_downsample_size under 20 megapixels; check_column_values refuses an
-empty caption).
+empty caption). A release split's sizes come from its images (`resolution_for`): SimpleTuner drops an
+image under `minimum_image_size` (its metadata backend's meets_resolution_requirements).
 """
 from __future__ import annotations
 
@@ -61,16 +62,32 @@ def table_writer(path: Path, batch_rows: int = 50_000):
     return ParquetRows(path, _schema(), batch_rows)
 
 
+# SimpleTuner refuses a pixel maximum_image_size or target_downsample_size under 512 (it takes it for megapixels)
+MIN_PIXEL_CAP = 512
+
+
+def resolution_for(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    """Resolution settings every image of `sizes` (width, height) passes: pixel edges, the shortest edge of
+    any image as both the training resolution and the minimum (so SimpleTuner drops none and upsamples
+    none past its own size), and a downsampling cap no image reaches. No images: the preset's."""
+    if not sizes:
+        return dict(PRESET_RESOLUTION)
+    edge = min(min(w, h) for w, h in sizes)
+    cap = max(MIN_PIXEL_CAP, max(max(w, h) for w, h in sizes))
+    return {"resolution": edge, "maximum_image_size": cap, "minimum_image_size": edge,
+            "target_downsample_size": cap, "resolution_type": "pixel"}
+
+
 def backend_config(dataset_id: str, instance_data_dir: str, parquet_path: str, cache_dir: str,
-                   caption_strategy: str = "textfile") -> list[dict[str, Any]]:
-    """A multidatabackend.json SimpleTuner accepts: the preset's image entry (parquet metadata backend)
-    and the default text-embed cache every SimpleTuner run needs."""
+                   caption_strategy: str = "textfile", resolution: dict | None = None) -> list[dict[str, Any]]:
+    """A multidatabackend.json SimpleTuner accepts: the image entry (parquet metadata backend; `resolution`
+    settings, the preset's by default) and the default text-embed cache every SimpleTuner run needs."""
     image = {
         "id": dataset_id,
         "type": "local",
         "dataset_type": "image",
         "instance_data_dir": instance_data_dir,
-        **PRESET_RESOLUTION,
+        **(resolution or PRESET_RESOLUTION),
         "cache_dir_vae": f"{cache_dir}/vae/{dataset_id}",
         "caption_strategy": caption_strategy,
         "metadata_backend": "parquet",
@@ -99,20 +116,23 @@ def write_config(entries: list[dict], path: Path) -> None:
 def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     """A release split as SimpleTuner data: `placed` puts every image in `folder` and yields
     (row, file_name); beside each image its `.txt`, then simpletuner.parquet (filename relative to the
-    split folder, SimpleTuner's instance_data_dir) and multidatabackend.json. Its paths are relative to
+    split folder, SimpleTuner's instance_data_dir; width and height read from the image) and
+    multidatabackend.json, its sizes fitted to these images (resolution_for). Its paths are relative to
     the release folder (`train`, `train/simpletuner.parquet`), so the release's bytes do not depend on
     where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
+    from PIL import Image
+
     split = folder.name
+    sizes = []
     with atomic_path(folder / PARQUET_NAME) as tmp:
         with table_writer(tmp) as table:
             for row, file_name in placed:
                 (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
-                table.add(_size(row.width), _size(row.height), row.text, file_name)
-    write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache"), folder / CONFIG_NAME)
-
-
-def _size(value) -> int | None:
-    return None if pd.isna(value) else int(value)
+                with Image.open(folder / file_name) as image:  # the header only: the size as stored
+                    sizes.append(image.size)
+                table.add(*sizes[-1], row.text, file_name)
+    write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),
+                 folder / CONFIG_NAME)
 
 
 def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:

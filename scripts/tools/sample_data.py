@@ -401,7 +401,8 @@ def write_dalle3(root: Path, rng: random.Random) -> None:
 
 def write_laion_buckets(root: Path, rng: random.Random) -> None:
     """manifest.json (bucketed_shards_v1) + buckets/<bucket_id>/shard-000000.tar of jpg/txt/json."""
-    buckets = {"p1024x1024": (512, 512, 64, 64), "p1216x832": (608, 416, 76, 52), "p832x1216": (416, 608, 52, 76)}
+    # a bucketed export at base resolution 64 (divisible 4), so every target is the JPEG's real size
+    buckets = {"p1024x1024": (64, 64, 64, 64), "p1216x832": (76, 52, 76, 52), "p832x1216": (52, 76, 52, 76)}
     manifest_buckets = []
     index = 0
     for bucket_id, (target_w, target_h, w, h) in buckets.items():
@@ -430,8 +431,8 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
                                  "shards": [shard], "num_samples": 10})
     manifest = {
         "format": "bucketed_shards_v1",
-        "base_resolution": 512,
-        "divisible": 32,
+        "base_resolution": 64,
+        "divisible": 4,
         "proto_buckets_1024": [{"width": 1024, "height": 1024}, {"width": 1216, "height": 832}, {"width": 832, "height": 1216}],
         "buckets": manifest_buckets,
         "caption_sources": [{"id": "blip2"}, {"id": "cogvlm"}, {"id": "alt_text"}],

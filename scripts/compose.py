@@ -1,0 +1,76 @@
+"""compose@V: a release's rows by its recipe, before any layout is written.
+
+    python -m scripts compose V data/splits data/compose/V --recipe data/recipes/compose/V.json
+
+Composing (scripts/lib/compose.py: components, cleaning and dedup steps) is the slow half of a release;
+as its own stage, a change of layout (`export`) or card text (`description`) re-runs release@V's export
+only. Its plan holds the release entries without those two keys (scripts/lib/plans.py compose_plan).
+Out: data/compose/V/rows.parquet (the release's rows) and removed.parquet (every row a step removed,
+with its reason); release@V reads both (`--composed`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from scripts.lib.compose import ROW_COLUMNS, compose
+from scripts.lib.compose_ops import stage_ops
+from scripts.lib.errors import DataError
+from scripts.lib.io import atomic_path, check_not_input, read_parquet, write_parquet
+from scripts.lib.params import load_section
+from scripts.lib.plans import (check_plan, compose_plan, plan_releases, plan_sources, release_plan, written_releases,
+                               written_sources)
+from scripts.lib.recipe import resolve_recipe
+
+ROWS, REMOVED = "rows.parquet", "removed.parquet"
+
+
+def write_composed(rows: pd.DataFrame, removed: pd.DataFrame, output: Path) -> None:
+    with atomic_path(output, is_dir=True) as tmp:
+        write_parquet(rows.astype({"width": "Int64", "height": "Int64"}), tmp / ROWS)
+        write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), tmp / REMOVED)
+
+
+def read_composed(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, removed rows) that compose@V wrote; a missing file or column is one line."""
+    tables = []
+    for name, columns in ((ROWS, ROW_COLUMNS), (REMOVED, ROW_COLUMNS + ["reason"])):
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
+        table = read_parquet(path)
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            raise DataError(f"{path}: no {missing[0]!r} column (not a compose output)")
+        tables.append(table[columns])
+    return tables[0], tables[1]
+
+
+def compose_release(name: str, reads: dict, splits: Path, rules: Path, positions: Path, desc: str):
+    """(recipe, rows, removed rows) of release `name` from its plan `reads` (scripts/lib/plans.py)."""
+    releases, sources = plan_releases(reads), plan_sources(reads)  # what V reads, and no other
+    recipe = resolve_recipe(name, releases)
+    ops = stage_ops(sources, releases, load_section("dedup", missing_ok=True), splits, rules, positions, recipe, desc,
+                    load_section("runtime", missing_ok=True))
+    return (recipe, *compose(recipe, ops))
+
+
+def cli(
+    name: str = typer.Argument(..., help="release name in params.yaml: releases"),
+    splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
+    output: Path = typer.Argument(..., help="data/compose/V"),
+    rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
+    positions: Path = typer.Option(Path("data/prefilter"), "--positions",
+                                   help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
+    plan: Path = typer.Option(None, "--recipe", help="data/recipes/compose/V.json (default: params.yaml releases)"),
+) -> None:
+    """Compose a release's rows from per-source splits by its recipe (no export)."""
+    reads = release_plan(name, written_releases(), written_sources())
+    if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
+        check_plan(plan, compose_plan(reads))
+    check_not_input(output, [splits, rules])
+    _, rows, removed = compose_release(name, reads, splits, rules, positions, f"compose@{name}")
+    write_composed(rows, removed, output)
+    print(f"compose@{name}: {len(rows)} rows, {len(removed)} removed -> {output}")
