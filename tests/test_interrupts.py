@@ -107,8 +107,8 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
     """`dvc repro` and the stage it runs, SIGKILLed together while TARGET writes images (a work copy of the
     session build, TARGET forced to render afresh: no generation store, and its previous listing taken
     out of this copy's cache), then a plain `dvc repro`: no manual cleanup, the DVC cache whole, the
-    outputs the session build's bytes. (Killing a run that builds from nothing: test_guarantees'
-    interrupted-stage tests; the stage alone killed at several points: test_generate.)"""
+    outputs the session build's bytes. (Killing a run that builds from nothing: the
+    interrupted-stage tests below; the stage alone killed at several points: test_generate.)"""
     built = history.repo
     repo = work_copy(built, tmp_path / "repo")
     listing = outs_md5((repo / "dvc.lock").read_text())["data/images/diffusiondb"]
