@@ -319,7 +319,7 @@ def case_csv_files_naming_a_link_to_a_secret(ws):
 
 def case_csv_header_of_a_non_csv_is_never_printed(ws):
     """A file that is not the CSV expected (here a secrets file, named by mistake): its first line is
-    the header, and a missing-column error used to print it."""
+    the header, which a missing-column error must not print."""
     _kaggle(ws, ["keys.csv"])
     (ws / "raw/k/keys.csv").write_text(SECRET + "\n", encoding="utf-8")
     return Case(INGEST, ["raw/k/keys.csv", "missing column 'prompt' (the header has 1 fields)"])
