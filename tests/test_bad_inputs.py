@@ -2,7 +2,7 @@
 
 Each case builds a small workspace (its own params.yaml and input files) in a temp dir, runs
 `python -m scripts <stage> ...` there (in this process: `helpers.cli`, the same `scripts.cli.main`;
-a few cases also as a real subprocess, and a SIGINT one), and asserts one of two outcomes:
+a few cases also as a real subprocess), and asserts one of two outcomes:
   - a clear error: exit code 2, stderr is ONE line `error: ...` naming the file (and row where there
     is one), no traceback, and no output file (nor a temp file) left behind;
   - a handled input: exit code 0 and the bad rows counted in the stage's report.

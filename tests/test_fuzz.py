@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of what a user hands the pipeline: params.yaml values and each
-reader's input bytes. Issue 14, acceptance 2: no traceback (only success or a one-line DataError), no
+reader's input bytes: no traceback (only success or a one-line DataError), no
 hang (every example runs under a SIGALRM bound), no write outside the stage folder.
 
 (a) params.yaml: random values (wrong types, null, NaN, inf, huge and negative numbers, long strings,

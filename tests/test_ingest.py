@@ -352,7 +352,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_an_interrupt_between_two_column_appends_stays_an_interrupt(tmp_path):
     """A Ctrl-C between two columns' appends leaves the row buffer ragged: it is dropped, not written, so the
     interrupt is what surfaces (it came out as a pyarrow ValueError traceback, exit 1: seen once under load
-    in test_guarantees' SIGINT to ingest@chatgpt)."""
+    in test_interrupts' SIGINT to ingest@chatgpt)."""
     import pyarrow as pa
 
     from scripts.lib.io import ParquetRows

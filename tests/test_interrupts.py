@@ -107,8 +107,8 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
     """`dvc repro` and the stage it runs, SIGKILLed together while TARGET writes images (a work copy of the
     session build, TARGET forced to render afresh: no generation store, and its previous listing taken
     out of this copy's cache), then a plain `dvc repro`: no manual cleanup, the DVC cache whole, the
-    outputs the session build's bytes. (Killing a run that builds from nothing: test_guarantees'
-    interrupted-stage tests; the stage alone killed at several points: test_generate.)"""
+    outputs the session build's bytes. (Killing a run that builds from nothing: the
+    interrupted-stage tests below; the stage alone killed at several points: test_generate.)"""
     built = history.repo
     repo = work_copy(built, tmp_path / "repo")
     listing = outs_md5((repo / "dvc.lock").read_text())["data/images/diffusiondb"]
@@ -219,9 +219,8 @@ def test_a_signal_stops_a_stage_with_one_line_and_no_leftovers(signal_ws, stage,
 
 @pytest.mark.parametrize("delay", [0.0, 0.5], ids=["while-workers-import", "while-workers-clean"])
 def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_path, delay):
-    """runtime.workers: 2 over 21k prompts runs worker processes: Ctrl-C reaches every worker too (each
-    used to print its own KeyboardInterrupt traceback, and multiprocessing.Pool's teardown hung 4 runs
-    in 12): one line, exit 130, no leftovers, whether the workers are still importing or cleaning."""
+    """runtime.workers: 2 over 21k prompts runs worker processes: Ctrl-C reaches every worker too, and
+    none may print a traceback of its own or hang the teardown: one line, exit 130, no leftovers, whether the workers are still importing or cleaning."""
     root = tmp_path / "ws"
     shutil.copytree(signal_ws / "data", root / "data", ignore=shutil.ignore_patterns("releases", "splits", "images"))
     params = yaml.safe_load((signal_ws / "params.yaml").read_text(encoding="utf-8"))

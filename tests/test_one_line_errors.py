@@ -1,5 +1,5 @@
-"""Issue 14, "tracebacks instead of one line" and "paths derived from data": every case of the issue's
-list, each a real command (`python -m scripts ...` in this process: `helpers.cli`, the same
+"""One line and exit 2, never a traceback, and paths derived from data kept in their root: each case a
+real command (`python -m scripts ...` in this process: `helpers.cli`, the same
 `scripts.cli.main`) in a workspace of its own (tmp_path/ws, its own params.yaml).
 
 A refused case must exit 2 with ONE stderr line `error: ...` holding the listed substrings, no
@@ -7,12 +7,10 @@ traceback, never a forbidden string (a secret's content), and leave the workspac
 byte for byte as they were. A handled case exits 0 (checked by its `then`). Record-level faults also
 run under `on_error: skip`: exit 0, the bad record counted under its reason, the good ones kept.
 
-Cases of the issue proven elsewhere (not repeated here):
-- output path is a folder / its parent is a file / disk full: tests/test_guarantees.py
-  (test_a_command_never_replaces_what_it_did_not_write[file_output_*], test_a_full_disk_is_one_line_and_leaves_nothing)
-- 100k nested `[` in a reader or a chat reply: test_guarantees.py::test_deeply_nested_json_is_one_line,
-  test_a_deeply_nested_reply_is_one_line
-- a tar truncated while read (SIGBUS): test_guarantees.py::test_a_tar_truncated_while_read_is_one_line
+At the end: 100k nested `[` in a reader, a full disk, a tar truncated while read (SIGBUS).
+Proven elsewhere (not repeated here):
+- output path is a folder / its parent is a file: tests/test_no_data_loss.py
+- a chat reply nested 100k deep: tests/test_secrets.py
 - params ranges, null, NaN, YAML alias bombs: tests/test_params_file.py
 - tar slip, zip slip, links and devices in archives, a manifest shard path leaving its folder, a Kaggle
   image_path with `..`: tests/test_hostile_inputs.py
@@ -321,7 +319,7 @@ def case_csv_files_naming_a_link_to_a_secret(ws):
 
 def case_csv_header_of_a_non_csv_is_never_printed(ws):
     """A file that is not the CSV expected (here a secrets file, named by mistake): its first line is
-    the header, and a missing-column error used to print it."""
+    the header, which a missing-column error must not print."""
     _kaggle(ws, ["keys.csv"])
     (ws / "raw/k/keys.csv").write_text(SECRET + "\n", encoding="utf-8")
     return Case(INGEST, ["raw/k/keys.csv", "missing column 'prompt' (the header has 1 fields)"])

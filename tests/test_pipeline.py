@@ -79,7 +79,7 @@ def test_the_session_build_reproduces_the_committed_lock(built_repo):
     """Two builds from scratch give identical outputs: main's committed dvc.lock (`dvc repro` on this tree,
     on the machine that committed it; test_dvc_hygiene keeps it this tree's) and this session's build
     (replay-history from a copy of this tree, release by release, here) record the same md5 for every
-    output, the torch stages' images included. test_faults.py rebuilds tiny_model + generate@diffusiondb
+    output, the torch stages' images included. test_interrupts.py rebuilds tiny_model + generate@diffusiondb
     from scratch against this build's lock, test_generate.py builds tiny_model + generate twice, and
     test_history.py rebuilds every release stage from its pulled inputs byte for byte."""
     ours = outs_md5(yaml.safe_load((built_repo / "dvc.lock").read_text()))

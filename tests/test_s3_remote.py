@@ -4,7 +4,7 @@ compare bytes with the build; credentials live only in
 .dvc/config.local or the environment and never reach a committed file or a log.
 
 The server runs in this process; moto keeps the buckets in process memory, so a server stopped and
-started again on the same port serves the same objects (test_faults.py relies on that).
+started again on the same port serves the same objects (test_interrupts.py relies on that).
 """
 from __future__ import annotations
 
