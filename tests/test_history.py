@@ -111,3 +111,13 @@ def test_without_tags_diff_names_the_workspaces_release_folders(history, tmp_pat
     result = run(["python", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], repo)
     assert "no git revision 'v4-a': release v4-a of the workspace" in result.stderr
     assert json.loads(result.stdout) == with_tags
+
+
+def test_replay_prints_each_stage_as_dvc_starts_it(tmp_path, capsys):
+    """replay-history takes ~40 min on two cores: it says which stage of which release is running."""
+    from scripts.tools.replay_history import _run
+
+    script = "echo \"Running stage 'ingest@chatgpt':\"; echo '> python -m scripts ingest'; echo \"Running stage 'plots':\""
+    _run(["bash", "-c", script], tmp_path, say="replay-history: v2 (1/5)")
+    assert capsys.readouterr().out.splitlines() == ["replay-history: v2 (1/5): stage ingest@chatgpt",
+                                                    "replay-history: v2 (1/5): stage plots"]

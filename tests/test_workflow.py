@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -251,6 +252,7 @@ def contexts_for(repo: Path, remote_url: str, pr: int = 7) -> dict:
 def build_and_post(repo: Path, github, api: str, remote_url: str = "") -> tuple[dict, str]:
     """Both workflows on the clone's PR commit: (the build steps' results, the comment body posted)."""
     contexts = contexts_for(repo, remote_url)
+    shutil.rmtree(repo / "dataset-diff", ignore_errors=True)  # a fresh runner each time
     github.heads[7] = contexts["github.event.pull_request.head.sha"]
     steps = run_build_job(repo, contexts)
     body = (repo / "dataset-diff" / "comment.md").read_text(encoding="utf-8")
@@ -323,3 +325,54 @@ def assert_a_diff_with_rows_and_sheets(repo: Path, body: str, changed: list[str]
     assert (repo / f"dataset-diff/sheets/head-{release}.jpg").read_bytes() == (repo / f"data/releases/{release}/preview.jpg").read_bytes()
     assert (repo / f"dataset-diff/sheets/base-{release}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     assert "### Metrics (`dvc metrics diff`)" in body and "### Plots (`dvc plots diff`)" in body
+
+
+# --- the post job on its own (fast: an artifact written here, no build) ----------------------------
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 60
+
+
+def post_artifact(tmp_path: Path, api: str, head_sha: str, sheets: dict[str, bytes], pr: str = "7") -> subprocess.CompletedProcess:
+    artifact = tmp_path / "dataset-diff"
+    shutil.rmtree(artifact, ignore_errors=True)  # each run downloads a fresh artifact
+    (artifact / "sheets").mkdir(parents=True)
+    (artifact / "comment.md").write_text(f"{MARKER}\n## Dataset diff\nbody for {head_sha}\n", encoding="utf-8")
+    (artifact / "pr-number").write_text(pr + "\n")
+    for name, data in sheets.items():
+        (artifact / "sheets" / name).write_bytes(data)
+    step = next(s for s in yaml.safe_load(POST.read_text())["jobs"]["post"]["steps"] if s.get("id") == "post")
+    contexts = {"github.event.workflow_run.head_sha": head_sha, "github.token": TOKEN}
+    environ = {**env(), **{k: expand(v, contexts) for k, v in {**yaml.safe_load(POST.read_text())["jobs"]["post"]["env"],
+                                                                 **step["env"]}.items()},
+               "GITHUB_API_URL": api, "GITHUB_REPOSITORY": "acme/t2i", "NO_PROXY": "127.0.0.1", "PYTHONPATH": str(REPO)}
+    return bash(step["run"], tmp_path, environ)
+
+
+def test_post_step_commits_the_sheets_and_edits_one_comment_in_place(tmp_path, fake_github):
+    api, github = fake_github
+    github.heads[7] = "a" * 40
+    first = post_artifact(tmp_path, api, "a" * 40, {"base-v4-a.jpg": JPEG, "head-v4-b.jpg": JPEG})
+    assert first.returncode == 0, first.stderr
+    github.heads[7] = "b" * 40
+    second = post_artifact(tmp_path, api, "b" * 40, {})
+    assert second.returncode == 0, second.stderr
+    ours = [c for c in github.comments if MARKER in c["body"]]
+    assert len(ours) == 1 and "b" * 40 in ours[0]["body"] and github.comments[0]["body"].startswith("LGTM")
+    commit = github.objects[github.refs["dataset-diff-assets"]]
+    assert commit["parents"] == [] and sorted(e["path"] for e in github.objects[commit["tree"]]["tree"]) == \
+        [f"pr-7/{'a' * 40}/base-v4-a.jpg", f"pr-7/{'a' * 40}/head-v4-b.jpg"]  # the second run had no sheets
+    for _, path, headers, payload in github.requests:  # the token only ever in Authorization
+        assert TOKEN not in path and TOKEN.encode() not in payload
+        assert all(TOKEN not in v for k, v in headers.items() if k.lower() != "authorization")
+
+
+@pytest.mark.parametrize("case", ["another PR's head", "not a JPEG", "an odd name", "not a number"])
+def test_post_step_treats_the_artifact_as_data(tmp_path, fake_github, case):
+    """The artifact comes from a run of the PR's code: it cannot post on another PR nor commit other files."""
+    api, github = fake_github
+    github.heads[7] = "a" * 40
+    sheets = {"not a JPEG": {"head-v4-b.jpg": b"#!/bin/sh\n"}, "an odd name": {".github-x.jpg": JPEG}}
+    result = post_artifact(tmp_path, api, "c" * 40 if case == "another PR's head" else "a" * 40,
+                           sheets.get(case, {"head-v4-b.jpg": JPEG}), pr="7; rm -rf /" if case == "not a number" else "7")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not [c for c in github.comments if MARKER in c["body"]] and not github.refs
