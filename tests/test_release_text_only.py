@@ -8,7 +8,7 @@ import copy
 import pandas as pd
 import yaml
 
-from conftest import REPO, cli
+from helpers import REPO, cli
 
 PROMPTS = [f"a {colour} {thing} on a hill at dawn, oil painting" for colour in ("red", "blue", "green", "amber")
            for thing in ("castle", "tower", "barn", "windmill", "lighthouse")]

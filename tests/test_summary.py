@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from conftest import REPO, env
+from helpers import REPO, env
 from scripts.summary import read_stats, summarise
 
 
