@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from conftest import run, work_copy
+from helpers import run, work_copy
 
 
 def edit(repo, change) -> None:
