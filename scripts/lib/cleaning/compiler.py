@@ -25,9 +25,7 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
     `fast=False` leaves out the regex guards (same results, slower): the benchmark's baseline and
     the tests' proof that the guards never change an output."""
     listed = _listed_drop_rules(rules)
-    phases = {key: compile_phase(tuple(_rewrite(rw, f"clean.{key}[{i}]", fast) for i, rw in enumerate(getattr(rules, key))),
-                                 fast)
-              for key in PHASES}
+    phases = {key: _phase(getattr(rules, key), key, fast) for key in PHASES}
     phrases = [_phrase(phrase, "stop_phrases", fast) for phrase in rules.stop_phrases]
     for key in ("artists", "sites"):
         for name in getattr(rules, key):
@@ -36,8 +34,8 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
     remove_to_comma = None
     if rules.by_clause is not None:
         step = Rewrite(name="by_clause.remove_to_comma", pattern=rules.by_clause.remove_to_comma)
-        remove_to_comma = phases["by_clause"] = compile_phase((_rewrite(step, "clean.by_clause.remove_to_comma", fast),),
-                                                              fast)
+        compiled = _rewrite(step, "clean.by_clause.remove_to_comma", fast)
+        remove_to_comma = phases["by_clause"] = compile_phase((compiled,), fast)
     on = {name for name in listed if name not in SWITCHED_RULES or getattr(rules, name).enabled}
     ban_words = [word.lower() for word in rules.ban_words or ()]
     thoughts = rules.thought_phrases or ()
@@ -86,6 +84,11 @@ def _listed_drop_rules(rules: CleanRules) -> set[str]:
         if name not in seen and getattr(rules, name, None) is not None:
             raise DataError(f"params.yaml: clean.{name} is set, but clean.drops lists no {name!r} (add it there)")
     return seen
+
+
+def _phase(rewrites: list[Rewrite], key: str, fast: bool) -> Phase:
+    compiled = tuple(_rewrite(rewrite, f"clean.{key}[{i}]", fast) for i, rewrite in enumerate(rewrites))
+    return compile_phase(compiled, fast)
 
 
 def _rewrite(rewrite: Rewrite, where: str, fast: bool) -> CompiledRewrite:

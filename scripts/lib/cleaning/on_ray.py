@@ -50,7 +50,9 @@ def outcomes_on_ray(path: Path, column: str, rules: CleanRules, runtime: Runtime
         context.enable_progress_bars = False  # one progress line of ours instead
         workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         blocks = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
-        dataset = ray.data.read_parquet(str(Path(path).resolve()), columns=[column], override_num_blocks=blocks)
+        # the reads take no CPU of their own: `workers` actors may hold every CPU, and they wait for the reads
+        dataset = ray.data.read_parquet(str(Path(path).resolve()), columns=[column], override_num_blocks=blocks,
+                                        ray_remote_args={"num_cpus": 0})
         dataset = dataset.map_batches(BatchCleaner, fn_constructor_args=(rules, fast, column), batch_format="pyarrow",
                                       batch_size=runtime.batch_rows, concurrency=workers, num_cpus=1)
         outcomes: list[Outcome] = []
