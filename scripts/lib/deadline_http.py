@@ -1,0 +1,122 @@
+"""HTTP connections whose every socket operation ends by a deadline, and early on a cancel flag.
+
+urllib's `timeout` restarts at every byte, so a server trickling a byte a second can stretch one
+request without end; these connections give each send and receive only the time left before the
+request's deadline, in slices of POLL_S so that a cancel (Ctrl-C) ends a blocked one at once.
+Used by scripts/lib/chat_client.py (build an opener with both handlers and its _NoRedirect).
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import threading
+import time
+import urllib.request
+
+POLL_S = 0.2  # how often a blocked send or receive looks at the cancel flag (Ctrl-C)
+
+
+class Cancelled(Exception):
+    """The run is stopping (Ctrl-C): no new attempt, no wait; the request in flight is dropped."""
+
+
+class DeadlineSocket:
+    """A connected socket whose every send and receive must end before `deadline` (time.monotonic()):
+    each operation gets the time left as its timeout, so a server trickling a byte a second cannot
+    stretch one request past `timeout_s` (a plain socket timeout restarts at every byte)."""
+
+    def __init__(self, sock, deadline: float, cancel: threading.Event | None = None):
+        self._sock, self._deadline, self._cancel = sock, deadline, cancel
+        self._readers, self._closing = 0, False  # as socket.socket: close() waits for makefile()'s readers
+
+    def _wait(self, operation):
+        """Run a blocking socket operation in slices of POLL_S: the deadline holds, and a cancel
+        (Ctrl-C) ends it within a slice instead of when the server answers."""
+        while True:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed")
+            if self._cancel is not None and self._cancel.is_set():
+                raise Cancelled()
+            self._sock.settimeout(min(left, POLL_S) if self._cancel is not None else left)
+            try:
+                return operation()
+            except TimeoutError:
+                continue
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        return self._wait(lambda: self._sock.recv_into(buffer, nbytes or len(buffer), flags))  # SSL reads 0 bytes for 0
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self._wait(lambda: self._sock.recv(bufsize, flags))
+
+    def sendall(self, data, flags: int = 0) -> None:
+        view, sent = memoryview(data).cast("B"), 0
+        while sent < len(view):  # send, not sendall: a slice that times out must not lose what went
+            sent += self._wait(lambda: self._sock.send(view[sent:], flags))
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
+        if mode != "rb":
+            raise ValueError(f"unsupported mode {mode!r}")
+        self._readers += 1
+        return io.BufferedReader(DeadlineReader(self))
+
+    def close(self) -> None:  # urllib closes the connection as soon as the headers are read
+        self._closing = True
+        if not self._readers:
+            self._sock.close()
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._closing and not self._readers:
+            self._sock.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class DeadlineReader(io.RawIOBase):
+    """The raw stream http.client reads a response from (as socket.makefile("rb"), with the deadline)."""
+
+    def __init__(self, sock: DeadlineSocket):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock._reader_closed()
+        super().close()
+
+
+def _deadline_connection(base: type, deadline: float, cancel: threading.Event | None):
+    class Connection(base):
+        def connect(self):
+            self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
+            super().connect()
+            self.sock = DeadlineSocket(self.sock, deadline, cancel)
+
+    return Connection
+
+
+class DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float, cancel: threading.Event | None = None):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPConnection, deadline, cancel)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float, cancel: threading.Event | None = None):
+        super().__init__()
+        self._connection = _deadline_connection(http.client.HTTPSConnection, deadline, cancel)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req, context=self._context)
