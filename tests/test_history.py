@@ -103,7 +103,7 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
 def test_without_tags_diff_names_the_workspaces_release_folders(history, tmp_path):
     """A fresh clone has no tags: `diff v4-a v4-b` then compares the two built release folders of the
     workspace, with the same report as between the tags (each tag pins the same v4-a / v4-b bytes)."""
-    from conftest import work_copy
+    from helpers import work_copy
 
     with_tags = json.loads(run(["python", "scripts", "diff", "v4-a", "v4-b", "--format", "json"], history.repo).stdout)
     repo = work_copy(history.repo, tmp_path / "clone")

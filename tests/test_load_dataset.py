@@ -231,7 +231,7 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
     import datasets
     import webdataset as wds
 
-    from conftest import work_copy
+    from helpers import work_copy
     from test_release_exports import simpletuner_keeps
 
     repo = work_copy(history.repo, tmp_path / "repo")

@@ -236,7 +236,7 @@ def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, cap
     the dedup section for that source only."""
     import json
 
-    from conftest import cli
+    from helpers import cli
     from scripts.lib.io import read_parquet, write_parquet
 
     texts = _gpt4()[:30]
@@ -261,7 +261,7 @@ def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, cap
 
 def test_captions_skip_a_prompt_langdetect_does_not_read_as_english(tmp_path, monkeypatch, capfd):
     """sources.S.caption_language: the team's make_captions.py check on the raw prompt (undetectable kept)."""
-    from conftest import cli
+    from helpers import cli
     from scripts.lib.io import read_parquet, write_parquet
 
     prompts = _gpt4()[:6] + ["Ein wunderschönes Schloss auf einem Hügel bei Sonnenuntergang, Ölgemälde",
