@@ -2,7 +2,8 @@
 
     python -m scripts pr-build BASE_REV [--out DIR] [--base-dir DIR]
 
-1. `dvc repro --pull --allow-missing`: what the PR changed is rebuilt, what it did not is pulled only
+1. Nothing when `dvc status` reports only outputs that are not here (a docs-only PR). Else
+   `dvc repro --pull --allow-missing`: what the PR changed is rebuilt, what it did not is pulled only
    where a changed stage reads it. When that fails (no remote holds the data, or a stage reads a folder
    that is only partly there, such as data/dedup or data/splits), `dvc repro --pull`: every stage is
    pulled, or rebuilt where no remote has it.
@@ -31,6 +32,22 @@ def dvc(args: list[str], cwd: str | Path) -> int:
     print(f"$ dvc {' '.join(args)}", flush=True)
     return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd,
                           env={**os.environ, "DVC_NO_ANALYTICS": "1"}).returncode
+
+
+def only_data_missing(status: dict) -> bool:
+    """`dvc status --json` reports nothing but outputs that are not here: a deleted output or dependency,
+    or a folder dependency of pipeline outputs (data/dedup/) holding just its committed reports. Then
+    the PR changes no data (a docs-only PR) and nothing needs building."""
+    from scripts.tools.replay_history import built_by_the_pipeline
+
+    for changes in status.values():
+        for change in changes:
+            if isinstance(change, str) or "changed params" in change or "changed command" in change:
+                return False
+            for dep, state in change.get("changed deps", {}).items():
+                if not (state == "deleted" or (state == "modified" and built_by_the_pipeline(dep.rstrip("/") + "/"))):
+                    return False
+    return True
 
 
 def readable(repo: str, rev: str, path: str) -> bool:
@@ -71,8 +88,12 @@ def cli(
     from scripts.tools.diff import open_fs, releases_at
 
     repo = Path.cwd()
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"
-    if dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
+    if status.returncode == 0 and only_data_missing(json.loads(status.stdout or "{}")):
+        mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here
+        print("pr-build: dvc status reports only outputs that are not here: nothing to build", flush=True)
+    elif dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
         print("pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
               flush=True)
         mode = "rebuilt"
