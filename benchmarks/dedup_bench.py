@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.lib import minhash as mh  # noqa: E402
-from scripts.dedup import DedupParams, banding, dedup_self  # noqa: E402
-from scripts.lib.params import Runtime  # noqa: E402
-from benchmarks._record import add_out_argument, record  # noqa: E402
+from benchmarks._record import add_out_argument, record
+from scripts.dedup import DedupParams, banding, dedup_self
+from scripts.lib import minhash as mh
+from scripts.lib.params import Runtime
 
 CHUNK = 200_000
 
@@ -72,7 +72,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 

@@ -12,12 +12,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from scripts.lib.cleaning import (all_rule_sets, clean_table, clean_text, compile_rules, load_rule_set, pass_through,
-                                  read_rules_file, report, resolve, rules_file_document, source_choice, split_rows)
+from scripts.lib.cleaning import (
+    all_rule_sets,
+    clean_table,
+    clean_text,
+    compile_rules,
+    load_rule_set,
+    pass_through,
+    read_rules_file,
+    report,
+    resolve,
+    rules_file_document,
+    source_choice,
+    split_rows,
+)
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
@@ -46,7 +57,7 @@ def cli(
     source: str,
     input: Path,
     output: Path,
-    rules: Optional[Path] = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
+    rules: Path | None = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
 ) -> None:
     """clean@S: drop and rewrite prompts with the source's rule set and mode (sources.S.clean) -> output,
     its .dropped.parquet and .report.json."""
@@ -107,7 +118,7 @@ def sibling_paths(output: Path) -> tuple[Path, Path]:
 def cli_text(
     input: Path,
     output: Path,
-    rule_set: Optional[str] = typer.Option(None, "--rules", help="a named rule set (default: params.yaml clean)"),
+    rule_set: str | None = typer.Option(None, "--rules", help="a named rule set (default: params.yaml clean)"),
 ) -> None:
     """Clean a text file, one prompt per line -> JSONL {"text": str|null, "reason": str|null}."""
     input = Path(input)

@@ -109,7 +109,7 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     write_parquet(kept, output)
     write_parquet(removed, output.parent / f"{stem}.removed.parquet")
-    report = {"source": source, "rows_in": int(len(rows)), "kept": int(len(kept)), "removed": int(len(removed)),
+    report = {"source": source, "rows_in": len(rows), "kept": len(kept), "removed": len(removed),
               "steps": [{"release": n, "rows": c.rows, "reference": s.reference, "against": s.against,
                          "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum())}
                         for n, c, s in steps]}

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts.lib.dedup import components, rows as R, signing
+from scripts.lib.dedup import components, signing
+from scripts.lib.dedup import rows as R
 from scripts.lib.dedup.api import dedup_self, resolve_params
 from scripts.lib.dedup.keep import report_counts
 from scripts.lib.params import Runtime

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import Loopback, env, send_json
+from helpers import Loopback, env
 from scripts.lib.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

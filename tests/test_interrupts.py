@@ -20,12 +20,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_s3_remote import (  # noqa: F401
+    S3Server,
+    add_s3_remote,
+    aws_env,
+    bucket,
+    cached_outputs,
+    dvc,
+    file_digests,
+    fresh_clone,
+    object_count,
+    s3_server,
+)
 
 from helpers import REPO, copy_repo, env, run, work_copy
 from helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
 from scripts.cli import main
-from test_s3_remote import (S3Server, add_s3_remote, aws_env, bucket, cached_outputs, dvc,  # noqa: F401
-                            file_digests, fresh_clone, object_count, s3_server)
 
 
 def cache_files(repo: Path) -> list[Path]:

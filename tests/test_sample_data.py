@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import io
+import itertools
 import json
 import tarfile
 import zipfile

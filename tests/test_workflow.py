@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import REPO, env, run, work_copy
+from helpers import REPO, env, run
 
 WORKFLOWS = REPO / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "dataset-diff.yml"

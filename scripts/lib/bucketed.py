@@ -31,10 +31,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -280,7 +280,7 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
                                                                       int(options["shard_size"])))
             writer.add(str(row.id), [("jpg", jpg), ("txt", (caption + "\n").encode("utf-8")),
                                      ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))])
-            export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode("utf-8"))
+            export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode())
             counts[bucket.bucket_id] = counts.get(bucket.bucket_id, 0) + 1
             key = (meta["caption_selector_index"], meta["caption_variant"])
             selectors[key] = selectors.get(key, 0) + 1
@@ -297,7 +297,7 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
     manifest = {
         "format": MANIFEST_FORMAT,
         "export_id": export_hash.hexdigest()[:16],
-        "created": datetime.fromtimestamp(int(epoch), timezone.utc).isoformat() if epoch.isdigit() else None,
+        "created": datetime.fromtimestamp(int(epoch), UTC).isoformat() if epoch.isdigit() else None,
         "image_mode": options["image_mode"],
         "base_resolution": options["base_resolution"][0] if len(options["base_resolution"]) == 1 else None,
         "base_resolutions": options["base_resolution"],

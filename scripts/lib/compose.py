@@ -8,8 +8,8 @@ builds the stage's Ops; prefilter@S builds its own from the text tables).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,8 @@ class Ops:
     load_split: Callable
     clean: Callable
     keep: Callable
-    reference: Optional[Callable] = None
-    built: Optional[dict] = None  # release name -> its output rows, composed once per process (a dict to share)
+    reference: Callable | None = None
+    built: dict | None = None  # release name -> its output rows, composed once per process (a dict to share)
 
 
 def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,7 +89,7 @@ def component_rows(component: Component, load_split) -> pd.DataFrame:
     return rows[ROW_COLUMNS + [SOURCE_SPLIT]].assign(split=into).reset_index(drop=True)
 
 
-def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataFrame], group: str):
+def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | None, group: str):
     """One step on `rows` -> (kept rows, removed rows with reason). `so_far`: the release's rows before
     this component (None for release steps); `group`: the column per_split groups by."""
     if step.clean is not None:
@@ -144,13 +144,13 @@ def _cross_keep(texts: list[str], reference: list[str], step: DedupStep, ops: Op
 
 def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
     stats = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
-    stats["rows"]["total"] = int(len(rows))
+    stats["rows"]["total"] = len(rows)
     stats["by_source"] = {
         s: {src: int(n) for src, n in rows.loc[rows["split"] == s, "source"].value_counts().sort_index().items()}
         for s in SPLITS
     }
     stats["removed"] = {reason: int(n) for reason, n in removed["reason"].value_counts().sort_index().items()}
-    stats["removed"]["total"] = int(len(removed))
+    stats["removed"]["total"] = len(removed)
     # per split, so a log count of one step (11,010 train rows removed as near-duplicates) has its match
     stats["removed_by_split"] = {
         s: {reason: int(n) for reason, n in removed.loc[removed["split"] == s, "reason"].value_counts().sort_index().items()}

@@ -28,15 +28,15 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
 from scripts.lib import bucketed
 from scripts.lib.errors import DataError
-from scripts.lib.nesting import loads_json
 from scripts.lib.io import write_parquet
+from scripts.lib.nesting import loads_json
 from scripts.lib.shards import ShardWriter
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
@@ -232,7 +232,7 @@ def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple
                 image.save(buffer, format="PNG")
             else:
                 image.convert("RGB").save(buffer, format="JPEG", quality=95)
-    except Exception as exc:  # noqa: BLE001 - not an image PIL can decode
+    except Exception as exc:
         raise DataError(f"{ref}: cannot re-encode as {image_format} ({type(exc).__name__})") from None
     return image_format, buffer.getvalue()
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 REFRESH_S = 0.1  # the live bar is redrawn at most this often
@@ -85,7 +86,7 @@ class Progress:
         self._bar = self._task = None
         self._start = self._shown_at = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._start = self._shown_at = time.perf_counter()
         if self.live:
             self._start_bar()
@@ -93,8 +94,15 @@ class Progress:
 
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         console = Console(file=self.stream, force_terminal=True)
         self._bar = RichProgress(

@@ -33,7 +33,7 @@ def ray_session(runtime: Runtime) -> Iterator[object]:
             options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
         try:
             ray.init(address=runtime.ray_address, **options)
-        except Exception as exc:  # noqa: BLE001 - a node that does not come up is a bare Exception in Ray
+        except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise DataError(f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})") from None

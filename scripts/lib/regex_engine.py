@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from scripts.lib.errors import DataError
-from scripts.lib.regex_guards import (SAME_ON_PLAIN, UNCHANGED_WHEN, UNCHANGED_WHEN_PLAIN, guards, is_plain,
-                                      literals_only, prefilter)
+from scripts.lib.regex_guards import (
+    SAME_ON_PLAIN,
+    UNCHANGED_WHEN,
+    UNCHANGED_WHEN_PLAIN,
+    guards,
+    is_plain,
+    literals_only,
+    prefilter,
+)
 from scripts.lib.regex_re2 import CONTROL, re2_set, re2_syntax, rewrite_pattern, set_match
 
 __all__ = ["CompiledRewrite", "Phase", "Search", "compile_phase", "compile_rewrite", "compile_search", "is_plain",
@@ -329,7 +337,7 @@ class Search:
 
     def found(self, text: str, plain: bool | None = None) -> bool:
         """`plain`: whether `text` is printable ASCII (`is_plain`), when the caller knows."""
-        if self.re2_match is not None and (self.any_text or plain is not False and text.isascii()):
+        if self.re2_match is not None and (self.any_text or (plain is not False and text.isascii())):
             hits = self.re2_match(text.encode()) or ()
             if self.any_text or plain or 1 not in hits:  # ASCII without a control character: plain
                 return 0 in hits

@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 
 def is_plain(text: str) -> bool:

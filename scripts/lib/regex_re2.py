@@ -9,7 +9,8 @@ set) and the engine runs each regex with its own guards: same results.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _RE2_UNSAFE = ("[:", "{,", "(?x", "(?a", "(?L", "(?u", "\\Z", "\\u", "\\U", "\\N")
 
@@ -118,7 +119,7 @@ def _plain_syntax(items, parser) -> bool:
             if av[1] or av[2] or not _plain_syntax(av[3], parser):
                 return False
         elif op in (parser.MAX_REPEAT, parser.MIN_REPEAT):
-            if av[1] is not parser.MAXREPEAT and av[1] > 1000 or not _plain_syntax(av[2], parser):
+            if (av[1] is not parser.MAXREPEAT and av[1] > 1000) or not _plain_syntax(av[2], parser):
                 return False  # RE2 caps counted repeats at 1000
         else:
             return False

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Generate
@@ -25,7 +26,7 @@ class RenderStats:
     pipeline_calls: int = 0
     prompts_rendered: int = 0
 
-    def add(self, other: "RenderStats") -> None:
+    def add(self, other: RenderStats) -> None:
         self.pipeline_calls += other.pipeline_calls
         self.prompts_rendered += other.prompts_rendered
 
@@ -157,8 +158,7 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     import torch
 
     quiet_libraries()
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           StableDiffusionPipeline)
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True,

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Callable
 
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore
 from scripts.lib.params import Generate, Runtime
 from scripts.lib.ray_engine import ray_session
-from scripts.lib.render import RenderStats, load_pipeline, model_on_this_machine, noise_for, render_images, resolve_device
+from scripts.lib.render import (
+    RenderStats,
+    load_pipeline,
+    model_on_this_machine,
+    noise_for,
+    render_images,
+    resolve_device,
+)
 from scripts.lib.render_plan import Job
 
 CALLS_PER_BATCH = 4  # pipeline calls per actor call: encoding overlaps the next denoise, retries stay small

@@ -306,7 +306,7 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
                        tag_message=f"t2i-datasets {tag} (git commit {commit})")
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the client's errors at the network edge: one line, never the token
+    except Exception as exc:
         raise DataError(hub_error(exc, token, timeout_s)) from None
     return info.oid
 

@@ -9,7 +9,7 @@ docs/cleaning.md, "Adding a drop rule".
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from scripts.lib.cleaning.rules import Rules
 from scripts.lib.errors import DataError

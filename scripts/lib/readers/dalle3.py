@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
-                             check_member_name, iter_samples, make_ref, open_tar)
+from scripts.lib.archive import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEMBER_BYTES,
+    UnsafeArchive,
+    check_image_pixels,
+    check_member_name,
+    iter_samples,
+    make_ref,
+    open_tar,
+)
 from scripts.lib.errors import DataError
-from scripts.lib.nesting import loads_json
 from scripts.lib.io import atomic_path
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 
