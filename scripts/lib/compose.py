@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,8 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | No
         kept, dropped = ops.clean(rows, step.clean)
         return kept, dropped
     d = step.dedup
-    if step.dedup.before_generate:  # done by prefilter@S: its rows never reached data/splits
+    assert d is not None  # a step is either clean or dedup
+    if d.before_generate:  # done by prefilter@S: its rows never reached data/splits
         return rows, rows.iloc[:0].assign(reason="")
     keep = np.ones(len(rows), dtype=bool)
     texts = rows["text"].astype(str).tolist()
@@ -111,7 +113,11 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | No
             keep[index] = _self_keep(part["text"].astype(str).tolist(), part["id"].tolist(), d, ops)
         reason = "dedup:per_split"
     elif d.scope == "against":
-        reference = so_far if d.reference is None else ops.reference(d.reference)
+        if d.reference is None:
+            reference = so_far
+        else:
+            assert ops.reference is not None  # Ops that compose a release with `reference` provide it
+            reference = ops.reference(d.reference)
         ref_texts = reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
         keep = _cross_keep(texts, ref_texts, d, ops)
         reason = f"cross_dedup:{d.against}"
@@ -143,7 +149,7 @@ def _cross_keep(texts: list[str], reference: list[str], step: DedupStep, ops: Op
 
 
 def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
-    stats = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
+    stats: dict[str, Any] = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
     stats["rows"]["total"] = len(rows)
     stats["by_source"] = {
         s: {src: int(n) for src, n in rows.loc[rows["split"] == s, "source"].value_counts().sort_index().items()}
