@@ -27,7 +27,11 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+if TYPE_CHECKING:  # rich loads only when a bar is drawn
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 T = TypeVar("T")
 REFRESH_S = 0.1  # the live bar is redrawn at most this often
@@ -83,7 +87,8 @@ class Progress:
         self.live = is_tty if force_terminal is None else force_terminal
         self.log_every = log_interval() if log_every is None else log_every
         self.done = 0
-        self._bar = self._task = None
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
         self._start = self._shown_at = 0.0
 
     def __enter__(self) -> Progress:
@@ -128,6 +133,7 @@ class Progress:
                 self._shown_at = now
                 seconds = now - self._start
                 rate = f"{self.done / seconds:,.0f} {self.unit}/s" if seconds > 0 else f"- {self.unit}/s"
+                assert self._task is not None  # set with the bar
                 self._bar.update(self._task, completed=self.done, rate=rate)
 
     def __exit__(self, exc_type, exc, tb) -> None:

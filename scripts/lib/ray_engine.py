@@ -9,6 +9,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Runtime
@@ -17,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def ray_session(runtime: Runtime) -> Iterator[object]:
+def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     """`ray`, initialised for `runtime` (a local instance, or the cluster at `ray_address`), shut down on
     the way out, a Ctrl-C included, when this call started it."""
     try:

@@ -106,6 +106,7 @@ def render_on_ray(jobs: list[Job], settings: Generate, model_dir: str, identity:
     settings = settings.replace(device="cuda" if on_gpu else "cpu")  # an actor sees its one GPU as cuda:0
     with ray_session(runtime) as ray:
         size, gpu = pool_size(ray.cluster_resources(), runtime.workers, on_gpu, len(jobs))
+        assert settings.batch_size is not None  # the preset fills every key left null
         per_call = CALLS_PER_BATCH * settings.batch_size
         rows = math.ceil(len(jobs) / runtime.partitions) if runtime.partitions else \
             max(1, min(per_call, math.ceil(len(jobs) / size)))
