@@ -29,6 +29,7 @@ def rewrite_pattern(find: str | None, regex: re.Pattern | None, repl: str, strip
     """An RE2 pattern that matches printable-ASCII text wherever a rewrite (replace `find`, or
     substitute `regex` by `repl`, then trim when `strip`) could change it, or None. A step that trims
     can also change text with whitespace at either end."""
+    pattern: str | None
     if find is not None:
         pattern = re.escape(find)
     elif regex is None:
@@ -48,7 +49,7 @@ def re2_syntax(regex: re.Pattern) -> str | None:
     if any(x in regex.pattern for x in _RE2_UNSAFE) or regex.flags & ~(re.IGNORECASE | re.UNICODE):
         return None
     try:
-        from re import _parser as parser
+        from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
     except ImportError:
         return None
     pattern = (without_edge_lookarounds(regex.pattern, parser) or doubled_character(regex, parser)

@@ -108,7 +108,8 @@ def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_
         if column not in table.columns:
             raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")
     render = key_settings(settings, dtype, device)
-    jobs, seen = [], {}
+    jobs: list[Job] = []
+    seen: dict[str, int] = {}
     for row, (prompt_id, prompt) in enumerate(zip(table["id"], table[field_name])):
         if not isinstance(prompt_id, str) or not prompt_id:
             raise DataError(f"{input_name}: row {row}: empty id")
