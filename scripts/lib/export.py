@@ -29,6 +29,7 @@ import os
 import shutil
 import tarfile
 from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,7 @@ from scripts.lib.shards import ShardWriter
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
-DEFAULT_OPTIONS = {
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "imagefolder": {},
     "webdataset": {"shard_size": 1000, "image_format": "png"},
     "simpletuner": {},
@@ -344,7 +345,9 @@ def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, in
                     name = member.name.rpartition("/")[2]
                     stem, ext = os.path.splitext(name)
                     if member.isfile() and ext.lower() in IMAGE_SUFFIXES:
-                        found.setdefault(stem, entry(f"{rel}!/{member.name}", tar.extractfile(member).read()))
+                        data = tar.extractfile(member)
+                        assert data is not None  # a regular file's member always has data
+                        found.setdefault(stem, entry(f"{rel}!/{member.name}", data.read()))
         elif suffix == ".parquet" and path.name.startswith("part-"):
             import pyarrow.parquet as pq
 
