@@ -111,10 +111,11 @@ def bucket_table(base_resolutions: list[int], divisible: int, protos: list) -> l
     return table
 
 
-def nearest_proto(width: int, height: int, protos: list) -> tuple[int, int]:
+def nearest_proto(width: int, height: int, protos: list[tuple[int, int]]) -> tuple[int, int]:
     """The proto bucket of the nearest aspect ratio (in log space: 2:1 and 1:2 are equally far from 1:1)."""
     aspect = math.log(width / height)
-    return tuple(min(protos, key=lambda p: abs(math.log(p[0] / p[1]) - aspect)))
+    proto_w, proto_h = min(protos, key=lambda p: abs(math.log(p[0] / p[1]) - aspect))
+    return proto_w, proto_h
 
 
 def plan_image(image_id: str, width: int, height: int, table: list[Bucket], options: dict) -> Plan:

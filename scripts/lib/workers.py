@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
@@ -57,7 +57,7 @@ class Worker:
 
 
 def ordered_map(function: Callable[[Any], Any], items: Sequence, workers: int, chunksize: int,
-                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator:
+                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Generator[Any, None, None]:
     """`map(function, items)` in `workers` processes, yielding results in input order as they come.
     `function` and `initializer` must be module-level functions of an importable module."""
     chunks = [items[start:start + chunksize] for start in range(0, len(items), chunksize)]
