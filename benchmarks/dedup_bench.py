@@ -29,6 +29,8 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 from benchmarks._record import add_out_argument, record
 from scripts.dedup import DedupParams, banding, dedup_self
 from scripts.lib import minhash as mh
@@ -54,10 +56,8 @@ def current_rss_gib() -> float:
 
 def reset_peak_rss() -> None:
     """Start peak-RSS accounting afresh (so the generator's own peak is not charged to dedup)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 class TreeMemory:
@@ -91,10 +91,8 @@ def _process_tree() -> list[int]:
         pid = todo.pop()
         pids.append(pid)
         for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
+            with contextlib.suppress(OSError):
                 todo += [int(c) for c in children.read_text().split()]
-            except OSError:
-                pass
     return pids
 
 

@@ -38,7 +38,7 @@ def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]],
     rows = rows if "position" in rows else with_positions(rows)
     drop = np.zeros(len(rows), dtype=bool)
     reasons = np.full(len(rows), "", dtype=object)
-    for name, component, step in steps:
+    for _name, component, step in steps:
         start, stop = component.row_range()
         inside = ((rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))).to_numpy() & ~drop
         ref = reference(step.reference)

@@ -11,6 +11,7 @@ Knobs live in params.yaml `tiny_model:`; the command is `python -m scripts tiny-
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -61,7 +62,7 @@ def learn_bpe_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]
     for _ in range(num_merges):
         pairs: Counter = Counter()
         for symbols, count in vocab.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += count
         if not pairs:
             break

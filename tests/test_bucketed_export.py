@@ -231,7 +231,7 @@ def test_bucket_ids_targets_crop_boxes_and_skips_follow_the_card(golden):
 
 
 def test_manifest_and_sample_json_have_the_cards_shape(golden):
-    cases, out, summary = golden
+    _cases, out, summary = golden
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "bucketed_shards_v1" and manifest["image_mode"] == "reencode_jpeg"
     assert re.fullmatch(r"[0-9a-f]{16}", manifest["export_id"])

@@ -182,7 +182,7 @@ def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_no
     from scripts.dedup import clusters_table, read_stage_input, write_table
     from scripts.lib.dedup.on_ray import dedup_stage
 
-    ray, local_cluster, workers = cluster
+    _ray, local_cluster, workers = cluster
     texts, ids = planted(600)
     folder = stage_files(tmp_path, texts, ids)
     params = resolve_params(None, keep="longest")

@@ -243,7 +243,7 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
         time.sleep(delay)
         assert proc.poll() is None, "clean finished before the signal"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the parent and every worker
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -29,8 +29,8 @@ import os
 import shutil
 import tarfile
 from collections.abc import Callable, Iterable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 

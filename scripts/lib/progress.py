@@ -48,7 +48,7 @@ def log_interval() -> float:
 
 def duration(seconds: float) -> str:
     """'42 s', '3 min 05 s', '2 h 07 min': an ETA a person reads at a glance."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:

@@ -206,7 +206,7 @@ def zip_bytes(members: list[tuple[str, bytes]]) -> bytes:
 
 
 def fake_uuid(rng: random.Random) -> str:
-    h = "%032x" % rng.getrandbits(128)
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
