@@ -127,14 +127,14 @@ def cli_text(
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
     with input.open("rb") as src, atomic_path(output) as tmp, \
-            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress:
-        with tmp.open("w", encoding="utf-8") as dst:
-            while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
-                lines = _decode_lines(batch, input, line_no)
-                line_no += len(batch)
-                results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
-                dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
-                progress.advance(sum(map(len, batch)))
+            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress, \
+            tmp.open("w", encoding="utf-8") as dst:
+        while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
+            lines = _decode_lines(batch, input, line_no)
+            line_no += len(batch)
+            results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
+            dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+            progress.advance(sum(map(len, batch)))
 
 
 def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:

@@ -71,7 +71,7 @@ def stop_when(server: S3Server, bucket_name: str, count: int, proc: subprocess.P
     server.stop()
 
 
-def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket):
+def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket):  # noqa: F811  # pytest fixtures
     repo = work_copy(built_repo, tmp_path / "repo", checkout=False)  # a push reads the cache only
     add_s3_remote(repo, s3_server, bucket)
     total = len(cache_files(repo))  # a few more than a push uploads (the cache also holds metrics)

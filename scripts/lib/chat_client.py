@@ -185,7 +185,7 @@ class _DeadlineSocket:
     def sendall(self, data, flags: int = 0) -> None:
         view, sent = memoryview(data).cast("B"), 0
         while sent < len(view):  # send, not sendall: a slice that times out must not lose what went
-            sent += self._wait(lambda: self._sock.send(view[sent:], flags))
+            sent += self._wait(lambda: self._sock.send(view[sent:], flags))  # noqa: B023  # called at once, this iteration
 
     def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
         if mode != "rb":
@@ -281,9 +281,9 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
                                         api_key)) from None
         detail = redact_key(_error_detail(exc), api_key)
         if exc.code == 429:
-            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
         if exc.code >= 500:
-            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
         raise FatalError(f"HTTP {exc.code}{detail}") from None
     except TimeoutError:
         raise TransientError("timeout", f"no response within {timeout:g}s") from None

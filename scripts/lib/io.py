@@ -372,7 +372,7 @@ class ParquetRows:
 
         self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
         self.columns: list[list] = [[] for _ in schema.names]
-        self.sink = open(path, "wb")  # a file object: pyarrow cannot encode a non-UTF-8 file name
+        self.sink = open(path, "wb")  # noqa: SIM115  # closed by close(); a file object: pyarrow cannot encode a non-UTF-8 file name
         self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
 
     def add(self, *values) -> None:

@@ -323,7 +323,7 @@ Clean = create_model(
     keys (any key of a rule set, scripts/clean_rules/<name>.yaml; docs/cleaning.md). A key given replaces the
     set's value whole; null keeps the set's own. A source may name another set (sources.S.clean), a release
     too; the overrides apply to the set named here only.""",
-    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))
+    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))  # noqa: UP045  # any annotation, at run time
        for name, field in CleanRules.model_fields.items()},
 )
 

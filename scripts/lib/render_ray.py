@@ -50,10 +50,8 @@ class RenderActor:
         self.noise = noise_for(self.pipe, settings)
         self.store = None
         if store is not None:
-            try:
+            with contextlib.suppress(OSError, DataError):  # no usable store here: a retry re-renders, nothing else changes
                 self.store = ImageStore(store)
-            except (OSError, DataError):
-                pass  # no usable store on this machine: a retry re-renders, nothing else changes
 
     def __call__(self, batch):
         import pyarrow as pa

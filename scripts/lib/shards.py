@@ -30,7 +30,7 @@ class ShardWriter:
         self.close()
         self.index, self.count = self.index + 1, 0
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.tar = tarfile.open(self.folder / f"shard-{self.index:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(self.folder / f"shard-{self.index:06d}.tar", "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115  # closed by close()
 
     def close(self) -> None:
         if self.tar is not None:
