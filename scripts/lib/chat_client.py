@@ -251,7 +251,7 @@ class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         self._connection = _deadline_connection(http.client.HTTPSConnection, deadline, cancel)
 
     def https_open(self, req):
-        return self.do_open(self._connection, req, context=self._context)
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]  # typeshed omits HTTPSHandler._context
 
 
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
@@ -425,7 +425,7 @@ class Job(NamedTuple):
     as images replaced by their sha256) is what the cache file records under `key`. `body` may be a
     function returning it, called when the request starts: large payloads are built one at a time."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index: the stubs see a clash
     body: dict | Callable[[], dict]
     stored: dict
     key: str
@@ -478,6 +478,7 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
             stats.add(call_stats)
             done += 1
             if error is None:
+                assert response is not None  # `one` returns a response exactly when there is no error
                 responses[index] = response
             else:
                 failures.append((index, error))
