@@ -341,7 +341,8 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict):
             raise DataError(f"{row.image}: cannot read image ({exc})") from None
         summary["decode_errors"] += 1
         return None
-    plan = plan_image(str(row.id), *image.size, table, options)
+    width, height = image.size
+    plan = plan_image(str(row.id), width, height, table, options)
     if plan.skip:
         summary["skipped_too_small"] += 1
         return None
