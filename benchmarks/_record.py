@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def _load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def header(command: list[str], note: str | None = None) -> str:

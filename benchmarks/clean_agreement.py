@@ -42,9 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._record import add_out_argument, record  # noqa: E402
-from scripts.lib.cleaning import clean_text, load_rule_set, load_rules  # noqa: E402
-from scripts.lib.params import load_params  # noqa: E402
+from benchmarks._record import add_out_argument, record
+from scripts.lib.cleaning import clean_text, load_rule_set, load_rules
+from scripts.lib.params import load_params
 
 FIXTURES = ROOT / "tests" / "fixtures"
 MIRROR = Path(os.environ.get("REFERENCE_MIRROR", "/work/.mirror/songjein+image-to-prompts-28th-solution/repo"))

@@ -29,9 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.clean_agreement import (MIRROR, REFERENCES, fixture_prompts, reference_from_file,  # noqa: E402
-                                        reference_from_mirror, reference_result)
-from scripts.lib.cleaning import clean_text, load_rule_set, load_rules  # noqa: E402
+from benchmarks.clean_agreement import (
+    MIRROR,
+    REFERENCES,
+    fixture_prompts,
+    reference_from_file,
+    reference_from_mirror,
+    reference_result,
+)
+from scripts.lib.cleaning import clean_text, load_rule_set, load_rules
 from scripts.lib.params import load_params
 
 MODIFIERS = [

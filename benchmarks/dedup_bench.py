@@ -29,10 +29,12 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.lib import minhash as mh  # noqa: E402
-from scripts.dedup import DedupParams, banding, dedup_self  # noqa: E402
-from scripts.lib.params import Runtime  # noqa: E402
-from benchmarks._record import add_out_argument, record  # noqa: E402
+import contextlib
+
+from benchmarks._record import add_out_argument, record
+from scripts.dedup import DedupParams, banding, dedup_self
+from scripts.lib import minhash as mh
+from scripts.lib.params import Runtime
 
 CHUNK = 200_000
 
@@ -54,10 +56,8 @@ def current_rss_gib() -> float:
 
 def reset_peak_rss() -> None:
     """Start peak-RSS accounting afresh (so the generator's own peak is not charged to dedup)."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 class TreeMemory:
@@ -72,7 +72,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 
@@ -91,10 +91,8 @@ def _process_tree() -> list[int]:
         pid = todo.pop()
         pids.append(pid)
         for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
+            with contextlib.suppress(OSError):
                 todo += [int(c) for c in children.read_text().split()]
-            except OSError:
-                pass
     return pids
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks._record import add_out_argument, record  # noqa: E402
+from benchmarks._record import add_out_argument, record
 
 FIXTURE = REPO / "tests" / "fixtures" / "gpt4-prompts-3k.txt"
 
@@ -79,8 +79,8 @@ def read_prompts(n: int) -> list[str]:
 
 
 def bench_settings(mode: str, on_gpu: bool, model: str, args):
-    from scripts.lib.params import load_params
     from scripts.generate import load_settings
+    from scripts.lib.params import load_params
 
     s = load_settings(load_params("generate", REPO / "params.yaml"))
     s = s.replace(model=model)

@@ -30,15 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.lib.readers import compile_simpletuner  # noqa: E402
-from benchmarks._record import add_out_argument, record  # noqa: E402
+from benchmarks._record import add_out_argument, record
+from scripts.lib.readers import compile_simpletuner
 
 TINY_PNG = bytes.fromhex(  # a valid 1x1 PNG: the set stays small on disk
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
-WORDS = ("a red fox an old lighthouse in the misty forest at dawn with soft golden light painted in "
-         "watercolor on textured paper highly detailed quiet harbor neon city crystal dragon").split()
+WORDS = ["a", "red", "fox", "an", "old", "lighthouse", "in", "the", "misty", "forest", "at", "dawn", "with", "soft", "golden", "light", "painted", "in", "watercolor", "on", "textured", "paper", "highly", "detailed", "quiet", "harbor", "neon", "city", "crystal", "dragon"]
 
 
 def make_set(root: Path, records: int, shards: int, seed: int = 0) -> list[Path]:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.lib.progress import track  # noqa: E402
-from benchmarks._record import add_out_argument, record  # noqa: E402
+from benchmarks._record import add_out_argument, record
+from scripts.lib.progress import track
 
 
 def timed(fn) -> float:

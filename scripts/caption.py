@@ -27,20 +27,28 @@ import io
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
 from scripts.lib import chat_client
-from scripts.lib.archive import (REF_SEPARATOR, UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar,
-                                 read_member)
+from scripts.lib.archive import (
+    REF_SEPARATOR,
+    UnsafeArchive,
+    check_image_pixels,
+    iter_samples,
+    make_ref,
+    open_tar,
+    read_member,
+)
 from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, shown, write_json, write_parquet
-from scripts.lib.safe_paths import confined_file
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
+from scripts.lib.safe_paths import confined_file
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -228,7 +236,7 @@ def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
-    except Exception:  # noqa: BLE001 - any decoder error: not an image a server can read
+    except Exception:
         raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
     if fmt not in MIME:
         raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")

@@ -12,12 +12,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from scripts.lib.cleaning import (all_rule_sets, clean_table, clean_text, compile_rules, load_rule_set, pass_through,
-                                  read_rules_file, report, resolve, rules_file_document, source_choice, split_rows)
+from scripts.lib.cleaning import (
+    all_rule_sets,
+    clean_table,
+    clean_text,
+    compile_rules,
+    load_rule_set,
+    pass_through,
+    read_rules_file,
+    report,
+    resolve,
+    rules_file_document,
+    source_choice,
+    split_rows,
+)
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
@@ -46,7 +57,7 @@ def cli(
     source: str,
     input: Path,
     output: Path,
-    rules: Optional[Path] = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
+    rules: Path | None = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
 ) -> None:
     """clean@S: drop and rewrite prompts with the source's rule set and mode (sources.S.clean) -> output,
     its .dropped.parquet and .report.json."""
@@ -107,7 +118,7 @@ def sibling_paths(output: Path) -> tuple[Path, Path]:
 def cli_text(
     input: Path,
     output: Path,
-    rule_set: Optional[str] = typer.Option(None, "--rules", help="a named rule set (default: params.yaml clean)"),
+    rule_set: str | None = typer.Option(None, "--rules", help="a named rule set (default: params.yaml clean)"),
 ) -> None:
     """Clean a text file, one prompt per line -> JSONL {"text": str|null, "reason": str|null}."""
     input = Path(input)
@@ -116,14 +127,14 @@ def cli_text(
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
     with input.open("rb") as src, atomic_path(output) as tmp, \
-            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress:
-        with tmp.open("w", encoding="utf-8") as dst:
-            while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
-                lines = _decode_lines(batch, input, line_no)
-                line_no += len(batch)
-                results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
-                dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
-                progress.advance(sum(map(len, batch)))
+            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress, \
+            tmp.open("w", encoding="utf-8") as dst:
+        while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
+            lines = _decode_lines(batch, input, line_no)
+            line_no += len(batch)
+            results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
+            dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+            progress.advance(sum(map(len, batch)))
 
 
 def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:

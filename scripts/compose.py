@@ -20,8 +20,15 @@ from scripts.lib.compose_ops import stage_ops
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_not_input, read_parquet, write_parquet
 from scripts.lib.params import load_section
-from scripts.lib.plans import (check_plan, compose_plan, plan_releases, plan_sources, release_plan, written_releases,
-                               written_sources)
+from scripts.lib.plans import (
+    check_plan,
+    compose_plan,
+    plan_releases,
+    plan_sources,
+    release_plan,
+    written_releases,
+    written_sources,
+)
 from scripts.lib.recipe import resolve_recipe
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"

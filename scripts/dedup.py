@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -18,8 +17,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from scripts.lib.dedup import (SPEED_KEYS, EmbeddingIndex, Index, MinHashIndex, Result, banding, build_index,
-                               dedup_against, dedup_self, keep_mask, near_duplicate_mask, resolve_params)
+from scripts.lib.dedup import (
+    SPEED_KEYS,
+    EmbeddingIndex,
+    Index,
+    MinHashIndex,
+    Result,
+    banding,
+    build_index,
+    dedup_against,
+    dedup_self,
+    keep_mask,
+    near_duplicate_mask,
+    resolve_params,
+)
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, write_json
@@ -148,7 +159,7 @@ def write_preview(source: str, input: Path, output: Path, clusters: Path, page: 
 def cli_text(
     input: Path = typer.Argument(..., help="text file, one text per line"),
     output: Path = typer.Argument(..., help="JSONL, one {keep, duplicate_of} per input line"),
-    threshold: Optional[float] = typer.Option(None, help="similarity threshold: Jaccard, or cosine with dedup.method "
+    threshold: float | None = typer.Option(None, help="similarity threshold: Jaccard, or cosine with dedup.method "
                                                          "embedding (default: params.yaml dedup.threshold, else 0.7)"),
 ) -> None:
     """Near-duplicate flags for a text file; an empty line (no tokens) is always kept.
@@ -162,10 +173,9 @@ def cli_text(
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")
         params = params.replace(threshold=threshold)
     result = dedup_self(read_lines(input), None, params, runtime_section())
-    with atomic_path(output) as tmp:
-        with tmp.open("w", encoding="utf-8") as f:
-            for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):
-                f.write(json.dumps({"keep": keep, "duplicate_of": None if keep else dup}) + "\n")
+    with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):
+            f.write(json.dumps({"keep": keep, "duplicate_of": None if keep else dup}) + "\n")
 
 
 def read_lines(path: Path) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,8 +24,17 @@ from scripts.lib.io import read_parquet
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
 from scripts.lib.render import RenderStats, load_pipeline, render_images, resolve_device, resolve_model
-from scripts.lib.render_plan import (KEY, MANIFEST, Job, manifest_table, model_config, plan_jobs, run_settings,
-                                     stored_name, with_model_size)
+from scripts.lib.render_plan import (
+    KEY,
+    MANIFEST,
+    Job,
+    manifest_table,
+    model_config,
+    plan_jobs,
+    run_settings,
+    stored_name,
+    with_model_size,
+)
 
 
 def load_settings(params: dict | None) -> Generate:
@@ -132,7 +140,7 @@ def cli(
     source: str = typer.Argument(..., help="source name (params.yaml sources)"),
     input: Path = typer.Argument(..., help="prompt table, e.g. data/prefilter/S.parquet"),
     output: Path = typer.Argument(..., help="image folder, e.g. data/images/S"),
-    store: Optional[Path] = typer.Option(None, "--store", help="generation store kept across runs, e.g. data/image_store"),
+    store: Path | None = typer.Option(None, "--store", help="generation store kept across runs, e.g. data/image_store"),
 ) -> None:
     """Render one image per prompt into OUTPUT (resumable; only images in neither OUTPUT nor the store are rendered)."""
     settings = load_section("generate")
@@ -173,7 +181,7 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
 
 def cli_prune(
     store: Path = typer.Option(Path("data/image_store"), "--store", help="the generation store"),
-    keep: Optional[list[Path]] = typer.Option(
+    keep: list[Path] | None = typer.Option(
         None, "--keep", help="image folder whose manifest's images stay (repeatable; default: every generate@S output)"),
     everything: bool = typer.Option(False, "--all", help="empty the store"),
 ) -> None:

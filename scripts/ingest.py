@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_section
 from scripts.lib.io import PROMPT_COLUMNS, ParquetRows, atomic_path, stable_id, write_json
+from scripts.lib.params import load_section
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig
@@ -71,9 +72,8 @@ def prompt_schema():
 def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: ParquetRows,
               report: dict[str, Any]) -> None:
     """The shared policy: check each record, apply on_error, give it its stable id, write it."""
-    from scripts.lib.readers import Problem, Record
-
     from scripts.lib.progress import track
+    from scripts.lib.readers import Problem, Record
 
     skipped: dict[str, int] = report["skipped"]
     ids = array("Q")  # 8 bytes per row: checks that native keys were unique

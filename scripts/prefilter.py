@@ -38,7 +38,7 @@ def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]],
     rows = rows if "position" in rows else with_positions(rows)
     drop = np.zeros(len(rows), dtype=bool)
     reasons = np.full(len(rows), "", dtype=object)
-    for name, component, step in steps:
+    for _name, component, step in steps:
         start, stop = component.row_range()
         inside = ((rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))).to_numpy() & ~drop
         ref = reference(step.reference)
@@ -109,7 +109,7 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     write_parquet(kept, output)
     write_parquet(removed, output.parent / f"{stem}.removed.parquet")
-    report = {"source": source, "rows_in": int(len(rows)), "kept": int(len(kept)), "removed": int(len(removed)),
+    report = {"source": source, "rows_in": len(rows), "kept": len(kept), "removed": len(removed),
               "steps": [{"release": n, "rows": c.rows, "reference": s.reference, "against": s.against,
                          "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum())}
                         for n, c, s in steps]}

@@ -15,20 +15,18 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import load_section
 from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, write_parquet
-
+from scripts.lib.params import load_section
 
 
 def hash_unit(seed: int, row_id: str) -> float:
     """A uniform number in [0, 1) from (seed, id), identical on every machine."""
-    digest = hashlib.sha256(f"{seed}:{row_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -42,7 +40,7 @@ def shuffle_split(ids_in_order: list[str], validation_fraction: float, seed: int
 
 
 def assign_splits(rows: pd.DataFrame, validation_fraction: float, seed: int, method: str = "hash",
-                  positions: Optional[pd.Series] = None) -> pd.Series:
+                  positions: pd.Series | None = None) -> pd.Series:
     """Predefined split where present, else the draw of `method`. shuffle needs `positions` (the row's
     place in the generation list, aligned with rows); only rows without a predefined split are shuffled."""
     if method == "shuffle":
@@ -71,7 +69,7 @@ def cli(
     source: str = typer.Argument(..., help="source name in params.yaml: sources"),
     input: Path = typer.Argument(..., help="data/captions/S.parquet"),
     output: Path = typer.Argument(..., help="data/splits/S (directory)"),
-    order: Optional[Path] = typer.Option(None, "--order", help="data/prefilter/S.parquet: id, position (method "
+    order: Path | None = typer.Option(None, "--order", help="data/prefilter/S.parquet: id, position (method "
                                          "shuffle; without it the input's row order is the generation order)"),
 ) -> None:
     """Split a source's caption table into train and validation."""

@@ -40,7 +40,6 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 
-
 # ---------------------------------------------------------------- params
 
 

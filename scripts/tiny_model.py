@@ -11,6 +11,7 @@ Knobs live in params.yaml `tiny_model:`; the command is `python -m scripts tiny-
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.params import TinyModel, load_section, parse
 from scripts.lib.io import atomic_path
+from scripts.lib.params import TinyModel, load_section, parse
 
 
 def tiny_model_params(params: TinyModel | dict | None) -> TinyModel:
@@ -29,20 +30,7 @@ def tiny_model_params(params: TinyModel | dict | None) -> TinyModel:
 
 # Words we learn BPE merges from (the tokenizer is ours: no vocabulary download). Merges only change
 # how text splits into tokens; any fixed corpus gives a valid byte-level tokenizer.
-_MERGE_CORPUS = """
-a an the of in on with and by at from to for as is are portrait photo painting illustration
-digital art concept character landscape city street night day light lighting dark bright sunset
-sunrise sky cloud clouds mountain mountains river lake ocean sea beach forest tree trees flower
-flowers garden house castle tower building room interior window door girl boy woman man people
-person face eyes hair dress armor sword dragon cat dog horse bird fish robot space planet star
-stars moon sun fire water ice snow rain fog smoke gold golden silver red blue green yellow purple
-orange black white pink colorful beautiful cute detailed highly intricate realistic photorealistic
-cinematic dramatic epic fantasy science fiction cyberpunk steampunk surreal abstract minimalist
-vintage retro modern ancient futuristic old young small big large tiny giant standing sitting
-walking running flying wearing holding looking smiling style render rendering design poster cover
-sketch drawing watercolor oil canvas anime cartoon comic studio photography camera lens close up
-wide shot view background foreground texture pattern glowing neon shadow shadows reflection
-""".split()
+_MERGE_CORPUS = ["a", "an", "the", "of", "in", "on", "with", "and", "by", "at", "from", "to", "for", "as", "is", "are", "portrait", "photo", "painting", "illustration", "digital", "art", "concept", "character", "landscape", "city", "street", "night", "day", "light", "lighting", "dark", "bright", "sunset", "sunrise", "sky", "cloud", "clouds", "mountain", "mountains", "river", "lake", "ocean", "sea", "beach", "forest", "tree", "trees", "flower", "flowers", "garden", "house", "castle", "tower", "building", "room", "interior", "window", "door", "girl", "boy", "woman", "man", "people", "person", "face", "eyes", "hair", "dress", "armor", "sword", "dragon", "cat", "dog", "horse", "bird", "fish", "robot", "space", "planet", "star", "stars", "moon", "sun", "fire", "water", "ice", "snow", "rain", "fog", "smoke", "gold", "golden", "silver", "red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "colorful", "beautiful", "cute", "detailed", "highly", "intricate", "realistic", "photorealistic", "cinematic", "dramatic", "epic", "fantasy", "science", "fiction", "cyberpunk", "steampunk", "surreal", "abstract", "minimalist", "vintage", "retro", "modern", "ancient", "futuristic", "old", "young", "small", "big", "large", "tiny", "giant", "standing", "sitting", "walking", "running", "flying", "wearing", "holding", "looking", "smiling", "style", "render", "rendering", "design", "poster", "cover", "sketch", "drawing", "watercolor", "oil", "canvas", "anime", "cartoon", "comic", "studio", "photography", "camera", "lens", "close", "up", "wide", "shot", "view", "background", "foreground", "texture", "pattern", "glowing", "neon", "shadow", "shadows", "reflection"]
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -74,7 +62,7 @@ def learn_bpe_merges(words: list[str], num_merges: int) -> list[tuple[str, str]]
     for _ in range(num_merges):
         pairs: Counter = Counter()
         for symbols, count in vocab.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in itertools.pairwise(symbols):
                 pairs[pair] += count
         if not pairs:
             break
@@ -112,7 +100,6 @@ def build_pipeline(params: TinyModel | dict | None):
     import tempfile
 
     import torch
-
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()  # no progress bars or backend notes in the stage log

@@ -231,7 +231,7 @@ def test_bucket_ids_targets_crop_boxes_and_skips_follow_the_card(golden):
 
 
 def test_manifest_and_sample_json_have_the_cards_shape(golden):
-    cases, out, summary = golden
+    _cases, out, summary = golden
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "bucketed_shards_v1" and manifest["image_mode"] == "reencode_jpeg"
     assert re.fullmatch(r"[0-9a-f]{16}", manifest["export_id"])
@@ -362,7 +362,7 @@ def test_corner_jitter_moves_the_box_inwards_within_its_bound():
         still = plan_image(f"k{n}", 1000, 700, table, DEFAULT_OPTIONS)
         jittered = plan_image(f"k{n}", 1000, 700, table, {**DEFAULT_OPTIONS, "corner_jitter": 16})
         (l0, t0, r0, b0), (l1, t1, r1, b1) = still.crop_box, jittered.crop_box
-        assert (r1 - l1, b1 - t1) == (r0 - l0, b0 - t0) and 0 <= l1 and r1 <= jittered.resize_w and b1 <= jittered.resize_h
+        assert (r1 - l1, b1 - t1) == (r0 - l0, b0 - t0) and l1 >= 0 and r1 <= jittered.resize_w and b1 <= jittered.resize_h
         assert abs(l1 - l0) <= 16 and 0 <= t0 - t1 <= 16  # bottom corners: only ever moved up
         moved += (l1, t1) != (l0, t0)
     assert moved > 150

@@ -27,11 +27,11 @@ import yaml
 from PIL import Image
 
 from helpers import Loopback, cli, send_json, write_tar
-
-pytestmark = pytest.mark.usefixtures("no_proxy")
-from scripts.caption import build_request, caption, list_images, parse_params, qa_reason, compile_rules
+from scripts.caption import build_request, caption, compile_rules, list_images, parse_params, qa_reason
 from scripts.lib.errors import DataError
 from scripts.lib.params import CaptionEntry
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-or-test-NEVER-LEAK-7777"

@@ -16,7 +16,6 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -25,8 +24,17 @@ import yaml
 from pydantic import Field
 
 from scripts.clean import sibling_paths
-from scripts.lib.cleaning import (DROP_POINTS, DROP_RULES, Rules, clean_table, clean_text, compile_rules, load_rule_set,
-                                  load_rules, pass_through)
+from scripts.lib.cleaning import (
+    DROP_POINTS,
+    DROP_RULES,
+    Rules,
+    clean_table,
+    clean_text,
+    compile_rules,
+    load_rule_set,
+    load_rules,
+    pass_through,
+)
 from scripts.lib.cleaning import table as clean_tables
 from scripts.lib.cleaning.rule_sets import document
 from scripts.lib.errors import DataError
@@ -129,7 +137,7 @@ def too_many_hashtags(text: str, rules: Rules) -> bool:
 
 
 class WithHashtags(CleanRules):
-    max_hashtags: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"#\" than this")
+    max_hashtags: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"#\" than this")
 
 
 def test_a_new_drop_rule_is_one_registry_entry(monkeypatch):

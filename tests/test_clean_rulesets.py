@@ -20,8 +20,16 @@ import yaml
 from helpers import cli
 from scripts import clean
 from scripts.lib import params as P
-from scripts.lib.cleaning import (all_rule_sets, clean_table, clean_text, compile_rules, load_rule_set, load_rules,
-                                  rule_set_from_file, source_choice)
+from scripts.lib.cleaning import (
+    all_rule_sets,
+    clean_table,
+    clean_text,
+    compile_rules,
+    load_rule_set,
+    load_rules,
+    rule_set_from_file,
+    source_choice,
+)
 from scripts.lib.cleaning import rule_sets as rule_set_files
 from scripts.lib.cleaning.rule_sets import document
 from scripts.lib.errors import DataError

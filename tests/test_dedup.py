@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scripts.dedup import DedupParams, Index, banding, build_index, dedup_against, dedup_self, near_duplicate_mask
 from scripts.lib import minhash as mh
 from scripts.lib.errors import DataError
-from scripts.dedup import DedupParams, Index, banding, build_index, dedup_against, dedup_self, near_duplicate_mask
 from scripts.lib.params import Dedup, Runtime, parse
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,16 @@ import pytest
 import yaml
 
 from helpers import cli
-from scripts.dedup import EmbeddingIndex, Index, build_index, dedup_against, dedup_self, embed, keep_mask, resolve_params
+from scripts.dedup import (
+    EmbeddingIndex,
+    Index,
+    build_index,
+    dedup_against,
+    dedup_self,
+    embed,
+    keep_mask,
+    resolve_params,
+)
 from scripts.lib import embedding as em
 from scripts.lib.errors import DataError
 

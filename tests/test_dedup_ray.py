@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scripts.lib.dedup import components, rows as R, signing
+from scripts.lib.dedup import components, signing
+from scripts.lib.dedup import rows as R
 from scripts.lib.dedup.api import dedup_self, resolve_params
 from scripts.lib.dedup.keep import report_counts
 from scripts.lib.params import Runtime
@@ -181,7 +182,7 @@ def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_no
     from scripts.dedup import clusters_table, read_stage_input, write_table
     from scripts.lib.dedup.on_ray import dedup_stage
 
-    ray, local_cluster, workers = cluster
+    _ray, local_cluster, workers = cluster
     texts, ids = planted(600)
     folder = stage_files(tmp_path, texts, ids)
     params = resolve_params(None, keep="longest")

@@ -54,7 +54,7 @@ def test_stage_lists_every_output_key_and_no_speed_key(stage, section, model):
 
 def test_every_listed_key_is_written_in_params_yaml():
     """DVC refuses a listed key that params.yaml lacks (it does not know the models' defaults)."""
-    for name, stage in STAGES.items():
+    for name, _stage in STAGES.items():
         for listed in stage_params(name):
             if "${" in listed:
                 continue  # per-entry keys (sources.${key}, ...): whole entries, present by construction

@@ -335,7 +335,7 @@ ARROW_TYPES = {  # a column replaced by one of these, values from hypothesis
 @st.composite
 def parquet_column_change(draw):
     type_name = draw(st.sampled_from(sorted(ARROW_TYPES)))
-    kind, values = ARROW_TYPES[type_name]
+    _kind, values = ARROW_TYPES[type_name]
     return draw(POSITION), type_name, draw(st.lists(st.none() | values, min_size=1, max_size=5))
 
 

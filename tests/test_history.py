@@ -11,9 +11,9 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from test_pipeline import outs_md5
 
 from helpers import run
-from test_pipeline import outs_md5
 
 TAGS = ["v2", "v3", "v4", "v4-a", "v4-b"]
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from helpers import cli
-from scripts.lib.errors import DataError
 from scripts.ingest import ingest
+from scripts.lib.errors import DataError
 from scripts.lib.readers import SourceConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import write_tar
-from scripts.lib.archive import read_image, read_member
-from scripts.lib.params import load_params
-from scripts.lib.io import PROMPT_COLUMNS, stable_id
 from scripts.ingest import ingest, report_path
+from scripts.lib.archive import read_image, read_member
+from scripts.lib.io import PROMPT_COLUMNS, stable_id
+from scripts.lib.params import load_params
 from scripts.lib.readers import SourceConfig, compile_simpletuner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_openprompts_keeps_generation_settings_in_meta(tmp_path):
 
 
 def diffusiondb_table(n: int) -> pa.Table:
-    ts = dt.datetime(2022, 8, 7, tzinfo=dt.timezone.utc)
+    ts = dt.datetime(2022, 8, 7, tzinfo=dt.UTC)
     return pa.table({
         "image_name": pa.array([f"img{i}.png" for i in range(n)]), "prompt": pa.array([f"prompt number {i}" for i in range(n)]),
         "part_id": pa.array([1 + i % 3 for i in range(n)], pa.uint16()), "seed": pa.array(range(n), pa.uint32()),
@@ -358,11 +358,10 @@ def test_an_interrupt_between_two_column_appends_stays_an_interrupt(tmp_path):
     from scripts.lib.io import ParquetRows
 
     schema = pa.schema([("a", pa.string()), ("b", pa.string())])
-    with pytest.raises(KeyboardInterrupt):
-        with ParquetRows(tmp_path / "t.parquet", schema, batch_rows=10) as table:
-            table.add("x", "y")
-            table.columns[0].append("half a row")  # where the signal landed: column a appended, b not yet
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), ParquetRows(tmp_path / "t.parquet", schema, batch_rows=10) as table:
+        table.add("x", "y")
+        table.columns[0].append("half a row")  # where the signal landed: column a appended, b not yet
+        raise KeyboardInterrupt
     with ParquetRows(tmp_path / "u.parquet", schema, batch_rows=2) as table:
         for i in range(5):
             table.add(f"a{i}", f"b{i}")

@@ -20,12 +20,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_s3_remote import (  # noqa: F401
+    S3Server,
+    add_s3_remote,
+    aws_env,
+    bucket,
+    cached_outputs,
+    dvc,
+    file_digests,
+    fresh_clone,
+    object_count,
+    s3_server,
+)
 
 from helpers import REPO, copy_repo, env, run, work_copy
 from helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
 from scripts.cli import main
-from test_s3_remote import (S3Server, add_s3_remote, aws_env, bucket, cached_outputs, dvc,  # noqa: F401
-                            file_digests, fresh_clone, object_count, s3_server)
 
 
 def cache_files(repo: Path) -> list[Path]:
@@ -61,7 +71,7 @@ def stop_when(server: S3Server, bucket_name: str, count: int, proc: subprocess.P
     server.stop()
 
 
-def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket):
+def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket):  # noqa: F811  # pytest fixtures
     repo = work_copy(built_repo, tmp_path / "repo", checkout=False)  # a push reads the cache only
     add_s3_remote(repo, s3_server, bucket)
     total = len(cache_files(repo))  # a few more than a push uploads (the cache also holds metrics)
@@ -233,7 +243,7 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
         time.sleep(delay)
         assert proc.poll() is None, "clean finished before the signal"
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the parent and every worker
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -230,9 +230,9 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
     datasets.load_dataset for each, the webdataset library for the tar layouts, SimpleTuner's size rule."""
     import datasets
     import webdataset as wds
+    from test_release_exports import simpletuner_keeps
 
     from helpers import work_copy
-    from test_release_exports import simpletuner_keeps
 
     repo = work_copy(history.repo, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ import copy
 import os
 import shutil
 import time
+import types
 import typing
 
 import pytest
@@ -94,7 +95,7 @@ def _walk_value(value, tp, where):
     nested = [t for t in _types(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
     if not nested or value is None or isinstance(value, (str, bool)):  # sources.S.clean: true | set name | {...}
         return
-    origin = typing.get_origin(typing.get_args(tp)[0] if typing.get_origin(tp) is typing.Union else tp)
+    origin = typing.get_origin(typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp)
     if isinstance(value, list):
         for i, item in enumerate(value):
             _walk(item, nested[0], f"{where}[{i}]")

@@ -17,8 +17,8 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import read_metadata
 from scripts.lib.params import Preview, parse
 from scripts.lib.preview import contact_sheet, dedup_preview_html, sample_ids, wrap_caption
-from scripts.release import write_preview
 from scripts.lib.progress import summary_line, track
+from scripts.release import write_preview
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

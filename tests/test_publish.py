@@ -13,6 +13,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -24,7 +25,7 @@ TOKEN = "hf_loopbackTESTtoken0123456789abcdef"
 # --- a tiny release, built by hand -----------------------------------------------------------------
 
 
-def tiny_release(root: Path, rows: dict[str, int] = {"train": 5, "validation": 2}) -> Path:
+def tiny_release(root: Path, rows: dict[str, int] = {"train": 5, "validation": 2}) -> Path:  # noqa: B006  # read only
     """root/ holding this repo's params.yaml and data/releases/v2/ in the ImageFolder layout."""
     from PIL import Image
 
@@ -124,8 +125,8 @@ def test_upload_needs_the_git_tag_and_a_token(tmp_path, monkeypatch, capfd):
 class FakeHub(BaseHTTPRequestHandler):
     """The Hub endpoints publish uses; every request is recorded (method, path, headers, body)."""
 
-    requests: list = []
-    files: dict = {}
+    requests: ClassVar[list] = []
+    files: ClassVar[dict] = {}
 
     def log_message(self, *args):  # quiet
         pass

@@ -112,7 +112,7 @@ def run_readme_blocks(repo, tmp_path) -> list[tuple[Block, subprocess.CompletedP
 @pytest.mark.xdist_group("readme")  # shares the session's one README run (conftest `readme_run`)
 def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
     """The session's README run (conftest `readme_run`: a work copy of the build) ran every block."""
-    repo, results = readme_run
+    _repo, results = readme_run
     assert results, "no README block ran"
     for block, result in results:
         assert result.returncode == 0, (f"README.md:{block.line} ({block.lang}) failed ({result.returncode}):\n{block.code}\n"

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scripts.lib.errors import DataError
-from scripts.lib.params import load_params
-from scripts.prefilter import prefilter
 from scripts.lib.compose import Ops, compose
 from scripts.lib.compose_ops import cleaner, deduper, rule_set
+from scripts.lib.errors import DataError
+from scripts.lib.params import load_params
 from scripts.lib.recipe import resolve_recipe
+from scripts.prefilter import prefilter
 
 REPO = Path(__file__).resolve().parents[1]
 DEDUP = {"threshold": 0.7, "keep": "first"}  # the steps below override threshold/keep where they test them

@@ -10,6 +10,7 @@ import random
 import re
 
 import pytest
+from test_clean import PARAMS, RULES, gpt4_prompts, mutations, openprompts
 
 from scripts.lib import regex_engine as engine
 from scripts.lib import regex_guards as guards
@@ -17,7 +18,6 @@ from scripts.lib import regex_re2 as re2_syntax
 from scripts.lib.cleaning import clean_text, load_rules
 from scripts.lib.errors import DataError
 from scripts.lib.regex_engine import compile_phase, compile_rewrite, run_phase
-from test_clean import PARAMS, RULES, gpt4_prompts, mutations, openprompts
 
 
 def random_texts(alphabet: str, n: int, max_len: int, seed: int) -> list[str]:

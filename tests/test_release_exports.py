@@ -53,7 +53,7 @@ def test_webdataset_shards_read_back_as_the_same_pairs(tmp_path):
     assert len(shards) == 3  # 8 samples, 3 per shard
     samples = list(wds.WebDataset(shards, shardshuffle=False).decode("pil").to_tuple("__key__", "png", "txt", "json"))
     assert [s[0] for s in samples] == rows["id"].tolist()
-    for (key, image, text, meta), row in zip(samples, rows.itertuples()):
+    for (_key, image, text, meta), row in zip(samples, rows.itertuples()):
         source = Image.open(row.image) if "!/" not in row.image else None
         if source is not None:
             assert image.convert("RGB").tobytes() == source.convert("RGB").tobytes()

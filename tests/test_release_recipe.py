@@ -3,8 +3,8 @@ validation_leaks) as steps, and one-line errors. The step language itself: tests
 import pandas as pd
 import pytest
 
-from scripts.lib.errors import DataError
 from scripts.lib.compose import Ops, compose, release_stats
+from scripts.lib.errors import DataError
 from scripts.lib.recipe import resolve_recipe
 
 

@@ -39,7 +39,7 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer("127.0.0.1", self.port, verbose=False)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import io
+import itertools
 import json
 import tarfile
 import zipfile
@@ -108,7 +108,7 @@ def test_cross_source_overlap_with_diffusiondb(sample):
 
 def test_chatgpt_openprompts_and_dalle3_shapes(sample):
     lines = (sample / "chatgpt" / "prompts.txt").read_text(encoding="utf-8").splitlines()
-    assert 180 <= len(lines) <= 220 and sum(l.startswith("- ") for l in lines) >= 20
+    assert 180 <= len(lines) <= 220 and sum(line.startswith("- ") for line in lines) >= 20
     with (sample / "openprompts" / "openprompts.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and set(rows[0]) == {"prompt", "raw_data"}  # two batches of 150, one list

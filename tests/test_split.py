@@ -117,7 +117,7 @@ def test_shuffle_keeps_predefined_splits_and_shuffles_the_rest():
     table["id"] = [stable_id("p", i) for i in range(50)]
     chosen = assign_splits(table, 0.05, 42, "shuffle", pd.Series(range(50), dtype=float))
     assert (chosen.iloc[40:] == "validation").all()
-    train, validation = team_split(table["id"].iloc[:40].tolist())
+    _train, validation = team_split(table["id"].iloc[:40].tolist())
     assert set(table["id"][:40][chosen[:40] == "validation"]) == set(validation)
 
 

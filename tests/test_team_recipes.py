@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from scripts.dedup import dedup_self, source_params
-from scripts.lib.params import CleanStep, load_section
 from scripts.lib.compose import ROW_COLUMNS, Ops, compose, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
+from scripts.lib.params import CleanStep, load_section
 from scripts.lib.plans import before_generate_steps
 from scripts.lib.recipe import resolve_recipe
 from scripts.prefilter import prefilter

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from worker_functions import die_on_seven, fail_on_seven, refuse_to_start, square
 
 from scripts.lib.workers import ordered_map
-from worker_functions import die_on_seven, fail_on_seven, refuse_to_start, square
 
 
 @pytest.mark.parametrize("workers, chunksize", [(1, 3), (2, 1), (2, 4), (3, 50)])

@@ -15,12 +15,13 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
 import yaml
 
-from helpers import REPO, env, run, work_copy
+from helpers import REPO, env, run
 
 WORKFLOWS = REPO / ".github" / "workflows"
 WORKFLOW = WORKFLOWS / "dataset-diff.yml"
@@ -70,11 +71,11 @@ def test_the_job_running_the_prs_code_holds_no_secret_and_the_posting_job_runs_n
 
 
 class FakeGitHub(BaseHTTPRequestHandler):
-    requests: list = []
-    comments: list = []  # {"id", "body", "html_url"}
-    refs: dict = {}  # branch -> commit sha
-    objects: dict = {}  # sha -> object (blob bytes, tree list, commit dict)
-    heads: dict = {}  # pull request number -> its head commit
+    requests: ClassVar[list] = []
+    comments: ClassVar[list] = []  # {"id", "body", "html_url"}
+    refs: ClassVar[dict] = {}  # branch -> commit sha
+    objects: ClassVar[dict] = {}  # sha -> object (blob bytes, tree list, commit dict)
+    heads: ClassVar[dict] = {}  # pull request number -> its head commit
 
     def log_message(self, *args):
         pass

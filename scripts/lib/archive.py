@@ -22,9 +22,10 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from scripts.lib.errors import DataError
 
@@ -260,6 +261,7 @@ def iter_samples(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterato
             continue  # the rest of a refused duplicate sample
         if item_key != key:
             if group:
+                assert key is not None  # a group fills only under its sample's key
                 yield key, group
             key, group = item_key, {}
             if item_key in seen:
@@ -272,6 +274,7 @@ def iter_samples(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterato
             continue
         group[ext] = item
     if group:
+        assert key is not None  # a group fills only under its sample's key
         yield key, group
 
 

@@ -31,10 +31,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -111,10 +111,11 @@ def bucket_table(base_resolutions: list[int], divisible: int, protos: list) -> l
     return table
 
 
-def nearest_proto(width: int, height: int, protos: list) -> tuple[int, int]:
+def nearest_proto(width: int, height: int, protos: list[tuple[int, int]]) -> tuple[int, int]:
     """The proto bucket of the nearest aspect ratio (in log space: 2:1 and 1:2 are equally far from 1:1)."""
     aspect = math.log(width / height)
-    return tuple(min(protos, key=lambda p: abs(math.log(p[0] / p[1]) - aspect)))
+    proto_w, proto_h = min(protos, key=lambda p: abs(math.log(p[0] / p[1]) - aspect))
+    return proto_w, proto_h
 
 
 def plan_image(image_id: str, width: int, height: int, table: list[Bucket], options: dict) -> Plan:
@@ -280,7 +281,7 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
                                                                       int(options["shard_size"])))
             writer.add(str(row.id), [("jpg", jpg), ("txt", (caption + "\n").encode("utf-8")),
                                      ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))])
-            export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode("utf-8"))
+            export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode())
             counts[bucket.bucket_id] = counts.get(bucket.bucket_id, 0) + 1
             key = (meta["caption_selector_index"], meta["caption_variant"])
             selectors[key] = selectors.get(key, 0) + 1
@@ -297,7 +298,7 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
     manifest = {
         "format": MANIFEST_FORMAT,
         "export_id": export_hash.hexdigest()[:16],
-        "created": datetime.fromtimestamp(int(epoch), timezone.utc).isoformat() if epoch.isdigit() else None,
+        "created": datetime.fromtimestamp(int(epoch), UTC).isoformat() if epoch.isdigit() else None,
         "image_mode": options["image_mode"],
         "base_resolution": options["base_resolution"][0] if len(options["base_resolution"]) == 1 else None,
         "base_resolutions": options["base_resolution"],
@@ -340,7 +341,8 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict):
             raise DataError(f"{row.image}: cannot read image ({exc})") from None
         summary["decode_errors"] += 1
         return None
-    plan = plan_image(str(row.id), *image.size, table, options)
+    width, height = image.size
+    plan = plan_image(str(row.id), width, height, table, options)
     if plan.skip:
         summary["skipped_too_small"] += 1
         return None

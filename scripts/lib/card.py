@@ -7,6 +7,7 @@ params.yaml `sources.S.{license,homepage,citation}`; what is not given there is 
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import yaml
 
@@ -49,7 +50,7 @@ def generation_settings(generation: list) -> list[dict]:
 def card_licence(names: list[str], sources: dict[str, Source]) -> str:
     """The front matter's licence: the sources' one licence when they agree and know it, else `other`."""
     licences = {sources[s].license for s in names}
-    return licences.pop() if len(licences) == 1 and None not in licences else "other"
+    return cast(str, licences.pop()) if len(licences) == 1 and None not in licences else "other"
 
 
 def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: Dedup, split: Split,
@@ -153,7 +154,7 @@ def _limitations(names: list[str], sources: dict[str, Source], generation: dict[
 
 
 def _citations(names: list[str], sources: dict[str, Source]) -> list[str]:
-    asked = [(s, sources[s].citation) for s in names if sources[s].citation]
+    asked = [(s, citation) for s in names if (citation := sources[s].citation)]
     if not asked:
         return []
     lines = ["## Citation", "", "If you use this dataset, cite the sources that ask for it:", ""]

@@ -28,9 +28,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler
 from scripts.lib.errors import DataError
@@ -173,9 +174,9 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
                                         api_key)) from None
         detail = redact_key(_error_detail(exc), api_key)
         if exc.code == 429:
-            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
         if exc.code >= 500:
-            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After")))
+            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
         raise FatalError(f"HTTP {exc.code}{detail}") from None
     except TimeoutError:
         raise TransientError("timeout", f"no response within {timeout:g}s") from None
@@ -317,7 +318,7 @@ class Job(NamedTuple):
     as images replaced by their sha256) is what the cache file records under `key`. `body` may be a
     function returning it, called when the request starts: large payloads are built one at a time."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index: the stubs see a clash
     body: dict | Callable[[], dict]
     stored: dict
     key: str
@@ -370,6 +371,7 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
             stats.add(call_stats)
             done += 1
             if error is None:
+                assert response is not None  # `one` returns a response exactly when there is no error
                 responses[index] = response
             else:
                 failures.append((index, error))

@@ -8,8 +8,9 @@ builds the stage's Ops; prefilter@S builds its own from the text tables).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,8 @@ class Ops:
     load_split: Callable
     clean: Callable
     keep: Callable
-    reference: Optional[Callable] = None
-    built: Optional[dict] = None  # release name -> its output rows, composed once per process (a dict to share)
+    reference: Callable | None = None
+    built: dict | None = None  # release name -> its output rows, composed once per process (a dict to share)
 
 
 def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -89,7 +90,7 @@ def component_rows(component: Component, load_split) -> pd.DataFrame:
     return rows[ROW_COLUMNS + [SOURCE_SPLIT]].assign(split=into).reset_index(drop=True)
 
 
-def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataFrame], group: str):
+def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | None, group: str):
     """One step on `rows` -> (kept rows, removed rows with reason). `so_far`: the release's rows before
     this component (None for release steps); `group`: the column per_split groups by."""
     if step.clean is not None:
@@ -98,7 +99,8 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataF
         kept, dropped = ops.clean(rows, step.clean)
         return kept, dropped
     d = step.dedup
-    if step.dedup.before_generate:  # done by prefilter@S: its rows never reached data/splits
+    assert d is not None  # a step is either clean or dedup
+    if d.before_generate:  # done by prefilter@S: its rows never reached data/splits
         return rows, rows.iloc[:0].assign(reason="")
     keep = np.ones(len(rows), dtype=bool)
     texts = rows["text"].astype(str).tolist()
@@ -111,7 +113,11 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: Optional[pd.DataF
             keep[index] = _self_keep(part["text"].astype(str).tolist(), part["id"].tolist(), d, ops)
         reason = "dedup:per_split"
     elif d.scope == "against":
-        reference = so_far if d.reference is None else ops.reference(d.reference)
+        if d.reference is None:
+            reference = so_far
+        else:
+            assert ops.reference is not None  # Ops that compose a release with `reference` provide it
+            reference = ops.reference(d.reference)
         ref_texts = reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
         keep = _cross_keep(texts, ref_texts, d, ops)
         reason = f"cross_dedup:{d.against}"
@@ -143,14 +149,14 @@ def _cross_keep(texts: list[str], reference: list[str], step: DedupStep, ops: Op
 
 
 def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
-    stats = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
-    stats["rows"]["total"] = int(len(rows))
+    stats: dict[str, Any] = {"rows": {s: int((rows["split"] == s).sum()) for s in SPLITS}}
+    stats["rows"]["total"] = len(rows)
     stats["by_source"] = {
         s: {src: int(n) for src, n in rows.loc[rows["split"] == s, "source"].value_counts().sort_index().items()}
         for s in SPLITS
     }
     stats["removed"] = {reason: int(n) for reason, n in removed["reason"].value_counts().sort_index().items()}
-    stats["removed"]["total"] = int(len(removed))
+    stats["removed"]["total"] = len(removed)
     # per split, so a log count of one step (11,010 train rows removed as near-duplicates) has its match
     stats["removed_by_split"] = {
         s: {reason: int(n) for reason, n in removed.loc[removed["split"] == s, "reason"].value_counts().sort_index().items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
 
 
-def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Optional[Path] = None,
+def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Path | None = None,
                  text_only: frozenset[str] = frozenset()):
     """load_split(source, split) for Ops: the split table, checked, with `position`. Rows of a `text_only`
     source may have no image."""
@@ -35,7 +34,7 @@ def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: 
     return load_split
 
 
-def with_positions(rows: pd.DataFrame, source: str, positions_dir: Optional[Path]) -> pd.DataFrame:
+def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) -> pd.DataFrame:
     """Rows with `position`: where each sits in the source's generation list (prefilter@S writes it), so a
     component can take a batch by row range. Without the file, positions are unknown (NaN)."""
     path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
@@ -58,7 +57,7 @@ def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[P
     return roots
 
 
-def rule_set(name: str, rules_file: Optional[Path] = None):
+def rule_set(name: str, rules_file: Path | None = None):
     """The compiled rule set `name`: from data/clean/rules.json (the clean_rules stage writes every set
     there, so DVC tracks them), or from scripts/clean_rules/<name>.yaml without one."""
     from scripts.lib.cleaning import compile_rules, load_rule_set, rule_set_from_file
@@ -72,7 +71,7 @@ def rule_set(name: str, rules_file: Optional[Path] = None):
 MAX_PASSES = 10
 
 
-def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_set):
+def cleaner(rules_file: Path | None = None, desc: str = "clean", load=rule_set):
     """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had;
     `repeat: fixed_point` cleans the cleaned text again until a pass changes and drops nothing."""
     from scripts.lib.cleaning import clean_table
@@ -112,7 +111,7 @@ def cleaner(rules_file: Optional[Path] = None, desc: str = "clean", load=rule_se
     return clean_rows
 
 
-def deduper(dedup: Optional[Dedup], runtime: Optional[Runtime] = None):
+def deduper(dedup: Dedup | None, runtime: Runtime | None = None):
     """keep(texts, ids, DedupStep, against) for Ops: the `dedup:` section with the step's overrides, run as
     `runtime:` says (speed only)."""
     from scripts.lib.dedup import keep_mask, resolve_params
@@ -125,8 +124,8 @@ def deduper(dedup: Optional[Dedup], runtime: Optional[Runtime] = None):
 
 
 def stage_ops(sources: dict[str, Source], releases: dict[str, Release], dedup: Dedup, splits: Path,
-              rules: Optional[Path], positions: Optional[Path], recipe: Recipe, desc: str,
-              runtime: Optional[Runtime] = None) -> Ops:
+              rules: Path | None, positions: Path | None, recipe: Recipe, desc: str,
+              runtime: Runtime | None = None) -> Ops:
     """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
     roots = source_roots(sources, recipe)
     for other in referenced_releases(recipe):

@@ -53,7 +53,7 @@ class DeadlineSocket:
     def sendall(self, data, flags: int = 0) -> None:
         view, sent = memoryview(data).cast("B"), 0
         while sent < len(view):  # send, not sendall: a slice that times out must not lose what went
-            sent += self._wait(lambda: self._sock.send(view[sent:], flags))
+            sent += self._wait(lambda: self._sock.send(view[sent:], flags))  # noqa: B023  # called at once, this iteration
 
     def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
         if mode != "rb":

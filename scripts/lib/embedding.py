@@ -143,7 +143,7 @@ class Encoder:
             self.tokenizer = AutoTokenizer.from_pretrained(self.spec.transformer_dir, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.spec.transformer_dir, local_files_only=True,
                                                    use_safetensors=True)  # never unpickle weights
-        except Exception as exc:  # noqa: BLE001 - a broken folder fails in many ways; each is one line
+        except Exception as exc:
             raise DataError(f"dedup.embedding_model: {self.root}: cannot load a transformer "
                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.model.to(self.device).eval()

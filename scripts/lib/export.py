@@ -28,20 +28,21 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any
 
 import pandas as pd
 
 from scripts.lib import bucketed
 from scripts.lib.errors import DataError
-from scripts.lib.nesting import loads_json
 from scripts.lib.io import write_parquet
+from scripts.lib.nesting import loads_json
 from scripts.lib.shards import ShardWriter
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
-DEFAULT_OPTIONS = {
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "imagefolder": {},
     "webdataset": {"shard_size": 1000, "image_format": "png"},
     "simpletuner": {},
@@ -232,7 +233,7 @@ def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple
                 image.save(buffer, format="PNG")
             else:
                 image.convert("RGB").save(buffer, format="JPEG", quality=95)
-    except Exception as exc:  # noqa: BLE001 - not an image PIL can decode
+    except Exception as exc:
         raise DataError(f"{ref}: cannot re-encode as {image_format} ({type(exc).__name__})") from None
     return image_format, buffer.getvalue()
 
@@ -344,7 +345,9 @@ def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, in
                     name = member.name.rpartition("/")[2]
                     stem, ext = os.path.splitext(name)
                     if member.isfile() and ext.lower() in IMAGE_SUFFIXES:
-                        found.setdefault(stem, entry(f"{rel}!/{member.name}", tar.extractfile(member).read()))
+                        data = tar.extractfile(member)
+                        assert data is not None  # a regular file's member always has data
+                        found.setdefault(stem, entry(f"{rel}!/{member.name}", data.read()))
         elif suffix == ".parquet" and path.name.startswith("part-"):
             import pyarrow.parquet as pq
 

@@ -82,7 +82,8 @@ def _alive(pid: int) -> bool:
 
 def _walk(root: Path) -> tuple[list[str], list[str]]:
     """(files and links, real folders) under `root`, relative, never following a link."""
-    files, folders = [], []
+    files: list[str] = []
+    folders: list[str] = []
     for base, dirs, names in os.walk(root):
         rel = Path(base).relative_to(root)
         for d in dirs:

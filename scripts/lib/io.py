@@ -14,10 +14,12 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from scripts.lib.errors import DataError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read it; done once at import, before any thread starts
@@ -35,7 +37,7 @@ SPLITS = ("train", "validation")
 
 def stable_id(source: str, key: str | int) -> str:
     """Id of a row: the same on every run and machine (never Python's salted hash())."""
-    return hashlib.sha256(f"{source}\x00{key}".encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(f"{source}\x00{key}".encode()).hexdigest()[:16]
 
 
 def sha256_text(text: str) -> str:
@@ -370,7 +372,7 @@ class ParquetRows:
 
         self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
         self.columns: list[list] = [[] for _ in schema.names]
-        self.sink = open(path, "wb")  # a file object: pyarrow cannot encode a non-UTF-8 file name
+        self.sink = open(path, "wb")  # noqa: SIM115  # closed by close(); a file object: pyarrow cannot encode a non-UTF-8 file name
         self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
 
     def add(self, *values) -> None:
@@ -389,7 +391,7 @@ class ParquetRows:
             for values in self.columns:
                 values.clear()
 
-    def __enter__(self) -> "ParquetRows":
+    def __enter__(self) -> ParquetRows:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

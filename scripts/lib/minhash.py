@@ -413,7 +413,7 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
 # --- exact Jaccard of candidate pairs ---------------------------------------------------------------
 
 
-def unique_sets(shingles: Shingles) -> "RankedSets":
+def unique_sets(shingles: Shingles) -> RankedSets:
     """Each text's shingle SET, as dense ranks (int64) of the 64-bit hashes, sorted per text.
 
     Ranking once lets every later step pack (owner << 32 | rank) into one uint64 and use numpy's

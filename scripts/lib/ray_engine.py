@@ -9,6 +9,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Runtime
@@ -17,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def ray_session(runtime: Runtime) -> Iterator[object]:
+def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     """`ray`, initialised for `runtime` (a local instance, or the cluster at `ray_address`), shut down on
     the way out, a Ctrl-C included, when this call started it."""
     try:
@@ -33,7 +34,7 @@ def ray_session(runtime: Runtime) -> Iterator[object]:
             options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
         try:
             ray.init(address=runtime.ray_address, **options)
-        except Exception as exc:  # noqa: BLE001 - a node that does not come up is a bare Exception in Ray
+        except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise DataError(f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})") from None

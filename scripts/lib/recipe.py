@@ -7,7 +7,6 @@ a component's `dedup_against`) into steps and refuses what no stage can run (a b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Component, DedupStep, Export, Release, Step, parse
@@ -19,7 +18,7 @@ class Recipe:
     own_components: tuple[Component, ...]  # this recipe's; `components` adds the base chain's
     steps: tuple[Step, ...]
     export: Export  # scripts/lib/export.py takes `export.spec()`
-    base: Optional["Recipe"] = None
+    base: Recipe | None = None
     description: str = ""
     lineage: tuple[str, ...] = field(default=())
 
@@ -62,7 +61,7 @@ def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Re
     if spec.validation_leaks != "none":
         steps.append(Step(dedup=DedupStep(scope="validation_vs_train", match=spec.validation_leaks)))
     for number, step in enumerate(steps):
-        if step.dedup is not None and (step.dedup.before_generate or step.dedup.scope == "against" and step.dedup.reference is None):
+        if step.dedup is not None and (step.dedup.before_generate or (step.dedup.scope == "against" and step.dedup.reference is None)):
             raise DataError(f"params.yaml: releases.{name}.steps[{number}]: scope against runs on a component's rows "
                             "(put it in the component's steps)")
     for number, component in enumerate(components):

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 from scripts.lib.errors import DataError
-from scripts.lib.regex_guards import (SAME_ON_PLAIN, UNCHANGED_WHEN, UNCHANGED_WHEN_PLAIN, guards, is_plain,
-                                      literals_only, prefilter)
+from scripts.lib.regex_guards import (
+    SAME_ON_PLAIN,
+    UNCHANGED_WHEN,
+    UNCHANGED_WHEN_PLAIN,
+    guards,
+    is_plain,
+    literals_only,
+    prefilter,
+)
 from scripts.lib.regex_re2 import CONTROL, re2_set, re2_syntax, rewrite_pattern, set_match
 
 __all__ = ["CompiledRewrite", "Phase", "Search", "compile_phase", "compile_rewrite", "compile_search", "is_plain",
@@ -65,6 +73,7 @@ def compile_rewrite(name: str, *, find: str | None = None, pattern: str | None =
                                adds_digits=bool(_DIGIT.search(repl)), find=find, repl=repl, keeps_plain=is_plain(repl))
     # group references (\\1, \\g<name>) copy what matched; only the rest of `repl` is new text
     new_text = re.sub(r"\\(\d+|g<[^>]*>)", "", repl)
+    assert pattern is not None, "compile_rewrite needs `find` or `pattern`"
     regex = _regex(pattern, where)
     try:
         regex.sub(repl, "")  # a bad group reference in `repl` fails here, not on row 1,000,000
@@ -112,7 +121,7 @@ class Step(NamedTuple):
     guard: Any  # the literal (SUBSTRING), literals (ANY_SUBSTRING) or compiled regex (REGEX)
     prefilter: re.Pattern | None
     find: str | None  # a plain-text rewrite: str.replace
-    sub: Callable[[str, str], str]  # a regex rewrite: sub(repl, text)
+    sub: Any  # a regex rewrite: sub(repl, text) (Callable[[str, str], str]); None for a `find` rewrite
     repl: str
     unchanged: Callable[[str], bool] | None
     strip: bool
@@ -147,6 +156,18 @@ def compile_phase(rewrites: tuple[CompiledRewrite, ...], fast: bool = True) -> P
     return Phase(rewrites, _packed(steps), _packed(without), _packed(plain_steps), _packed(plain_without), scanner)
 
 
+@overload
+def _packed(steps: tuple[Step, ...]) -> tuple[Step, ...]: ...
+
+
+@overload
+def _packed(steps: None) -> None: ...
+
+
+@overload
+def _packed(steps: tuple[Step, ...] | None) -> tuple[Step, ...] | None: ...
+
+
 def _packed(steps: tuple[Step, ...] | None) -> tuple[Step, ...] | None:
     """Each `Step` as a plain tuple, the form `_run_steps` unpacks fastest (see `Step`)."""
     return None if steps is None else tuple(tuple(step) for step in steps)  # type: ignore[misc]
@@ -154,7 +175,8 @@ def _packed(steps: tuple[Step, ...] | None) -> tuple[Step, ...] | None:
 
 def _step(rw: CompiledRewrite, plain: bool) -> Step:
     literals = rw.plain_literals if plain and rw.plain_literals else rw.literals
-    lookup, guard = None, None
+    lookup: Lookup | None = None
+    guard: Any = None  # see `Step.guard`
     if literals:
         literals = tuple(dict.fromkeys(literals))
         if len(literals) == 1:
@@ -228,7 +250,7 @@ _SUBSTRING, _ANY_SUBSTRING, _REGEX = Lookup.SUBSTRING, Lookup.ANY_SUBSTRING, Loo
 
 def _run_steps(steps: tuple[Step, ...], text: str, plain: bool, has_digit: bool | None = None) -> str:
     """The steps in order, each skipped when its guards show it cannot match."""
-    lower = None  # facts about the current text, recomputed after it changes
+    lower: str | Literal[False] | None = None  # facts about the current text, recomputed after it changes
     for needs_digit, lower_case, lookup, guard, step_prefilter, find, sub, repl, unchanged, strip in steps:
         if needs_digit:
             if has_digit is None:
@@ -329,7 +351,7 @@ class Search:
 
     def found(self, text: str, plain: bool | None = None) -> bool:
         """`plain`: whether `text` is printable ASCII (`is_plain`), when the caller knows."""
-        if self.re2_match is not None and (self.any_text or plain is not False and text.isascii()):
+        if self.re2_match is not None and (self.any_text or (plain is not False and text.isascii())):
             hits = self.re2_match(text.encode()) or ()
             if self.any_text or plain or 1 not in hits:  # ASCII without a control character: plain
                 return 0 in hits

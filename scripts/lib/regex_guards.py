@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 
 def is_plain(text: str) -> bool:
@@ -24,7 +25,7 @@ def is_plain(text: str) -> bool:
 
 def literals_only(regex: re.Pattern) -> bool:
     """A case-sensitive literal, or an alternation of them."""
-    from re import _parser as parser
+    from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
 
     tree = list(parser.parse(regex.pattern))
     branches = tree[0][1][1] if len(tree) == 1 and tree[0][0] is parser.BRANCH else [tree]
@@ -48,7 +49,7 @@ def guards(regex: re.Pattern) -> Guards:
     """The regex's `Guards`, read off its parse tree. Conservative: what the walk does not understand
     adds no guard."""
     try:
-        from re import _parser as parser  # Python's own regex parser (private; present in 3.11+)
+        from re import _parser as parser  # type: ignore[attr-defined]  # Python's own regex parser (private; 3.11+)
     except ImportError:
         return Guards()  # no guards: every regex runs, same results
     ignore_case = bool(regex.flags & re.IGNORECASE)
@@ -73,7 +74,8 @@ def _required(items, parser, plain: bool) -> tuple[bool, list[tuple[str, ...]]]:
     literals (one of each set must occur) does every match need. `plain`: read \\s as " "."""
     space = [(parser.CATEGORY, parser.CATEGORY_SPACE)]
     repeats = (parser.MAX_REPEAT, parser.MIN_REPEAT, parser.POSSESSIVE_REPEAT)
-    needs_digit, options, run = False, [], []
+    needs_digit, run = False, []
+    options: list[tuple[str, ...]] = []
     for op, av in list(items) + [(None, None)]:
         if op is parser.LITERAL:
             run.append(chr(av))
@@ -141,7 +143,7 @@ def prefilter(regex: re.Pattern) -> re.Pattern | None:
     if head is None:
         return None
     try:
-        from re import _parser as parser
+        from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
     except ImportError:
         return None
     rest = (head.group(1) or "") + regex.pattern[head.end():]

@@ -9,7 +9,8 @@ set) and the engine runs each regex with its own guards: same results.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _RE2_UNSAFE = ("[:", "{,", "(?x", "(?a", "(?L", "(?u", "\\Z", "\\u", "\\U", "\\N")
 
@@ -28,6 +29,7 @@ def rewrite_pattern(find: str | None, regex: re.Pattern | None, repl: str, strip
     """An RE2 pattern that matches printable-ASCII text wherever a rewrite (replace `find`, or
     substitute `regex` by `repl`, then trim when `strip`) could change it, or None. A step that trims
     can also change text with whitespace at either end."""
+    pattern: str | None
     if find is not None:
         pattern = re.escape(find)
     elif regex is None:
@@ -47,7 +49,7 @@ def re2_syntax(regex: re.Pattern) -> str | None:
     if any(x in regex.pattern for x in _RE2_UNSAFE) or regex.flags & ~(re.IGNORECASE | re.UNICODE):
         return None
     try:
-        from re import _parser as parser
+        from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
     except ImportError:
         return None
     pattern = (without_edge_lookarounds(regex.pattern, parser) or doubled_character(regex, parser)
@@ -118,7 +120,7 @@ def _plain_syntax(items, parser) -> bool:
             if av[1] or av[2] or not _plain_syntax(av[3], parser):
                 return False
         elif op in (parser.MAX_REPEAT, parser.MIN_REPEAT):
-            if av[1] is not parser.MAXREPEAT and av[1] > 1000 or not _plain_syntax(av[2], parser):
+            if (av[1] is not parser.MAXREPEAT and av[1] > 1000) or not _plain_syntax(av[2], parser):
                 return False  # RE2 caps counted repeats at 1000
         else:
             return False

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Generate
@@ -25,7 +26,7 @@ class RenderStats:
     pipeline_calls: int = 0
     prompts_rendered: int = 0
 
-    def add(self, other: "RenderStats") -> None:
+    def add(self, other: RenderStats) -> None:
         self.pipeline_calls += other.pipeline_calls
         self.prompts_rendered += other.prompts_rendered
 
@@ -157,14 +158,14 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     import torch
 
     quiet_libraries()
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                           StableDiffusionPipeline)
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
     pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True,
                                                    use_safetensors=True,  # never unpickle weights
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.to(device=device, dtype=torch_dtype)
+    assert settings.scheduler is not None  # the preset fills every key left null
     if settings.scheduler != "model":  # model: the pipeline's own scheduler config, as loaded
         scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
         extra = {"algorithm_type": "dpmsolver++"} if settings.scheduler == "dpmpp" else {}
@@ -225,10 +226,11 @@ class SequentialNoise:
         return self._randn(self.shape, generator=generator, device=self.device, dtype=self.dtype)
 
     def latents(self, jobs: list[Job]):
-        drawn: dict[str, object] = {}  # a padded batch repeats its last job
+        drawn: dict[str, Any] = {}  # a padded batch repeats its last job
         for job in jobs:
             if job.id in drawn:
                 continue
+            assert job.stream is not None and job.draw is not None  # plan_jobs numbers them for sequential noise
             state = self.streams.get(job.stream)
             if state is None or job.draw < state[1]:
                 state = self.streams[job.stream] = [self._torch.Generator(self.device).manual_seed(self.seed), 0]
@@ -254,6 +256,7 @@ def encode_image(pixels, settings: Generate) -> bytes:
     image = Image.fromarray(pixels)
     size = final_size(settings)
     if image.size != size:
+        assert settings.resample is not None  # the preset fills every key left null
         image = image.resize(size, {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[settings.resample])
     buffer = BytesIO()
     if settings.format == "jpg":
@@ -286,6 +289,7 @@ def render_images(jobs: list[Job], pipe, settings: Generate, deliver: Callable[[
     def save(array, job: Job) -> None:
         deliver(job, encode_image(array, settings))
 
+    assert settings.batch_size is not None  # the preset fills every key left null
     max_pending = 2 * settings.batch_size  # bounded: encoding may lag one batch behind, never more
     with ThreadPoolExecutor(writers, thread_name_prefix="encode") as pool, torch.inference_mode():
         pending: deque = deque()

@@ -14,7 +14,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
@@ -38,8 +37,8 @@ class Job:
     key: str
     file: str  # relative to the output dir
     stored: str = ""  # <key[:2]>/<key>.<ext>: its name in the generation store (= file with key names)
-    stream: Optional[int] = None  # sequential noise: generator (row mod noise_streams) ...
-    draw: Optional[int] = None  # ... and the draw from it (row div noise_streams)
+    stream: int | None = None  # sequential noise: generator (row mod noise_streams) ...
+    draw: int | None = None  # ... and the draw from it (row div noise_streams)
 
 
 def key_settings(settings: Generate, dtype: str, device: str = "cpu") -> dict:
@@ -78,7 +77,7 @@ def run_settings(settings: Generate, dtype: str, device: str = "cpu", scheduler_
 
 def prompt_seed(global_seed: int, prompt_id: str) -> int:
     """The seed of one prompt: depends on the global seed and the row id only (63 bits, fits int64)."""
-    digest = hashlib.sha256(f"{global_seed}\x00{prompt_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{global_seed}\x00{prompt_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -109,7 +108,8 @@ def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_
         if column not in table.columns:
             raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")
     render = key_settings(settings, dtype, device)
-    jobs, seen = [], {}
+    jobs: list[Job] = []
+    seen: dict[str, int] = {}
     for row, (prompt_id, prompt) in enumerate(zip(table["id"], table[field_name])):
         if not isinstance(prompt_id, str) or not prompt_id:
             raise DataError(f"{input_name}: row {row}: empty id")

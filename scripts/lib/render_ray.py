@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Callable
 
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore
 from scripts.lib.params import Generate, Runtime
 from scripts.lib.ray_engine import ray_session
-from scripts.lib.render import RenderStats, load_pipeline, model_on_this_machine, noise_for, render_images, resolve_device
+from scripts.lib.render import (
+    RenderStats,
+    load_pipeline,
+    model_on_this_machine,
+    noise_for,
+    render_images,
+    resolve_device,
+)
 from scripts.lib.render_plan import Job
 
 CALLS_PER_BATCH = 4  # pipeline calls per actor call: encoding overlaps the next denoise, retries stay small
@@ -44,10 +50,8 @@ class RenderActor:
         self.noise = noise_for(self.pipe, settings)
         self.store = None
         if store is not None:
-            try:
+            with contextlib.suppress(OSError, DataError):  # no usable store here: a retry re-renders, nothing else changes
                 self.store = ImageStore(store)
-            except (OSError, DataError):
-                pass  # no usable store on this machine: a retry re-renders, nothing else changes
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -100,6 +104,7 @@ def render_on_ray(jobs: list[Job], settings: Generate, model_dir: str, identity:
     settings = settings.replace(device="cuda" if on_gpu else "cpu")  # an actor sees its one GPU as cuda:0
     with ray_session(runtime) as ray:
         size, gpu = pool_size(ray.cluster_resources(), runtime.workers, on_gpu, len(jobs))
+        assert settings.batch_size is not None  # the preset fills every key left null
         per_call = CALLS_PER_BATCH * settings.batch_size
         rows = math.ceil(len(jobs) / runtime.partitions) if runtime.partitions else \
             max(1, min(per_call, math.ceil(len(jobs) / size)))

@@ -11,11 +11,13 @@ class ShardWriter:
 
     def __init__(self, folder: Path, shard_size: int):
         self.folder, self.shard_size = folder, shard_size
-        self.index, self.count, self.tar = -1, 0, None
+        self.index, self.count = -1, 0
+        self.tar: tarfile.TarFile | None = None
 
     def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
         if self.tar is None or self.count == self.shard_size:
             self._next()
+        assert self.tar is not None  # _next opened one
         for ext, data in members:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -28,7 +30,7 @@ class ShardWriter:
         self.close()
         self.index, self.count = self.index + 1, 0
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.tar = tarfile.open(self.folder / f"shard-{self.index:06d}.tar", "w", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(self.folder / f"shard-{self.index:06d}.tar", "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115  # closed by close()
 
     def close(self) -> None:
         if self.tar is not None:

@@ -124,13 +124,12 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
 
     split = folder.name
     sizes = []
-    with atomic_path(folder / PARQUET_NAME) as tmp:
-        with table_writer(tmp) as table:
-            for row, file_name in placed:
-                (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
-                with Image.open(folder / file_name) as image:  # the header only: the size as stored
-                    sizes.append(image.size)
-                table.add(*sizes[-1], row.text, file_name)
+    with atomic_path(folder / PARQUET_NAME) as tmp, table_writer(tmp) as table:
+        for row, file_name in placed:
+            (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
+            with Image.open(folder / file_name) as image:  # the header only: the size as stored
+                sizes.append(image.size)
+            table.add(*sizes[-1], row.text, file_name)
     write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),
                  folder / CONFIG_NAME)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 # The worker's first message is the parent's sys.path, so it imports our modules from wherever the
 # parent did (a stage runs from the repository root, a test from anywhere).
@@ -57,7 +57,7 @@ class Worker:
 
 
 def ordered_map(function: Callable[[Any], Any], items: Sequence, workers: int, chunksize: int,
-                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator:
+                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Generator[Any, None, None]:
     """`map(function, items)` in `workers` processes, yielding results in input order as they come.
     `function` and `initializer` must be module-level functions of an importable module."""
     chunks = [items[start:start + chunksize] for start in range(0, len(items), chunksize)]
@@ -88,7 +88,7 @@ def _dispatch(chunks: list, pool: list[Worker]) -> Iterator:
     for worker in pool:
         hand_out(worker)
     while holding:
-        for inbox in wait(list(holding)):
+        for inbox in cast("list[Connection]", wait(list(holding))):  # wait returns what it was given
             worker, index = holding.pop(inbox)
             try:
                 ok, value = inbox.recv()
@@ -116,6 +116,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             pass
         return
     while (chunk := _next_chunk(inbox)) is not None:
+        result: tuple[bool, Any]
         try:
             result = (True, [function(item) for item in chunk])
         except Exception as exc:  # sent back: the parent reports it as one line

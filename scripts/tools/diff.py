@@ -29,10 +29,10 @@ import typer
 import yaml
 
 from scripts.lib.errors import DataError
+from scripts.lib.export import parse_metadata
+from scripts.lib.io import SPLITS
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
-from scripts.lib.io import SPLITS
-from scripts.lib.export import parse_metadata
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -95,7 +95,7 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
             table = pd.read_parquet(io.BytesIO(f.read()))
     except FileNotFoundError:
         return _read_metadata_snapshot(fs, rev, release, removed)
-    except Exception as exc:  # noqa: BLE001 - not a parquet file
+    except Exception as exc:
         raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
     missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
     if missing:
@@ -178,12 +178,12 @@ def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
         image_changed = [i for i in both if _changed(a.image_md5.get(i), b.image_md5.get(i))]
         reasons = pd.Series({i: explain.get(i, "recipe") for i in removed}, dtype=object)
         report["splits"][split] = {
-            "rows_a": int(len(old)),
-            "rows_b": int(len(new)),
-            "added": int(len(added)),
-            "removed": int(len(removed)),
-            "text_changed": int(len(text_changed)),
-            "image_changed": int(len(image_changed)),
+            "rows_a": len(old),
+            "rows_b": len(new),
+            "added": len(added),
+            "removed": len(removed),
+            "text_changed": len(text_changed),
+            "image_changed": len(image_changed),
             "added_by_source": _count(new.loc[added, "source"]),
             "removed_by_source": _count(old.loc[removed, "source"]),
             "removed_by_reason": _count(reasons.str.split(" ").str[0]) if len(reasons) else {},

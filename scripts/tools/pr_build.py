@@ -58,7 +58,7 @@ def readable(repo: str, rev: str, path: str) -> bool:
         with diff.open_fs(repo, rev).open(path, "rb") as f:
             f.read(1)
         return True
-    except Exception:  # noqa: BLE001 - missing from cache and remote, or no remote at all: build it
+    except Exception:
         return False
 
 
@@ -84,8 +84,8 @@ def cli(
     base_dir: Path = typer.Option(Path("../dataset-diff-base"), "--base-dir", help="worktree for building the base, if needed"),
 ) -> None:
     """Rebuild what a pull request changed and make the base's data readable for `pr-comment`."""
-    from scripts.tools.pr_comment import release_pairs, unchanged_releases
     from scripts.tools.diff import open_fs, releases_at
+    from scripts.tools.pr_comment import release_pairs, unchanged_releases
 
     repo = Path.cwd()
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)

@@ -267,7 +267,7 @@ def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: s
     unchanged = [f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)]
     shown = [(a, b) for a, b, report, _ in reports if report is None or changed(report)]
     details = []
-    for release_a, release_b, report, note in reports:
+    for _release_a, release_b, report, note in reports:
         if report is None:
             details += [f"### `{release_b}`", "", f"_{note}_", ""]
         elif changed(report):

@@ -73,7 +73,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
                 size = (release_dir / ref).stat().st_size if "!/" not in ref and (release_dir / ref).is_file() else 0
             if not isinstance(record.get("id"), str):
                 raise DataError(f"{release_dir}/rows.parquet: an id is not text")
-            archive, sep, member = ref.partition("!/")
+            archive, _sep, _member = ref.partition("!/")
             # a path from the table: it must stay in the release (after links) and name a regular file
             confined_file(release_dir, archive, f"{release_dir}/rows.parquet: id {record['id']}")
             records.append({**{c: record.get(c) for c in COLUMNS}, "_ref": str(release_dir / ref),
@@ -306,7 +306,7 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
                        tag_message=f"t2i-datasets {tag} (git commit {commit})")
     except DataError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the client's errors at the network edge: one line, never the token
+    except Exception as exc:
         raise DataError(hub_error(exc, token, timeout_s)) from None
     return info.oid
 

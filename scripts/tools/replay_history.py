@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer

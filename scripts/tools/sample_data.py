@@ -59,13 +59,7 @@ MODIFIERS = [
     "warm tones", "cold blue light", "dreamy atmosphere", "rich textures", "symmetrical composition",
 ]
 # long sentences for planted near duplicates: every word distinct, no commas, no cleaner triggers
-LONG_WORDS = (
-    "ancient weathered stone bridge crossing slow silver river under heavy storm clouds while tiny "
-    "lanterns float beside drifting willow branches near quiet farmhouses painted ochre green amber "
-    "violet crimson teal ivory cobalt scarlet emerald bronze copper marble velvet linen canvas "
-    "feathers pebbles acorns thistles meadows orchards vineyards glaciers dunes fjords lagoons "
-    "cliffs caverns towers spires domes arches gardens fountains statues mosaics tapestries"
-).split()
+LONG_WORDS = ["ancient", "weathered", "stone", "bridge", "crossing", "slow", "silver", "river", "under", "heavy", "storm", "clouds", "while", "tiny", "lanterns", "float", "beside", "drifting", "willow", "branches", "near", "quiet", "farmhouses", "painted", "ochre", "green", "amber", "violet", "crimson", "teal", "ivory", "cobalt", "scarlet", "emerald", "bronze", "copper", "marble", "velvet", "linen", "canvas", "feathers", "pebbles", "acorns", "thistles", "meadows", "orchards", "vineyards", "glaciers", "dunes", "fjords", "lagoons", "cliffs", "caverns", "towers", "spires", "domes", "arches", "gardens", "fountains", "statues", "mosaics", "tapestries"]
 SWAP_WORDS = ["golden", "frosted", "hidden", "distant", "gentle", "broken", "silent", "faded"]
 
 # rows the cleaner must drop (docs/cleaning.md), and rows it must rewrite
@@ -212,7 +206,7 @@ def zip_bytes(members: list[tuple[str, bytes]]) -> bytes:
 
 
 def fake_uuid(rng: random.Random) -> str:
-    h = "%032x" % rng.getrandbits(128)
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -236,7 +230,7 @@ def write_diffusiondb(root: Path, rng: random.Random) -> list[str]:
     prompts = diffusiondb_prompts(rng)
     samplers = {1: "ddim", 2: "plms", 3: "k_euler", 4: "k_euler_ancestral", 5: "k_heun", 6: "k_dpm_2",
                 7: "k_dpm_2_ancestral", 8: "k_lms"}
-    start = dt.datetime(2022, 8, 7, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2022, 8, 7, tzinfo=dt.UTC)
     rows = []
     for i, prompt in enumerate(prompts):
         size = rng.choice([(512, 512), (512, 512), (512, 768), (768, 512)])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_not_input, check_output_kind, shown
@@ -39,9 +38,9 @@ def cli(
     shards: Path,
     output: Path,
     caption_field: str = "short_caption",
-    data_dir: Optional[Path] = None,
-    config: Optional[Path] = None,
-    txt_dir: Optional[Path] = None,
+    data_dir: Path | None = None,
+    config: Path | None = None,
+    txt_dir: Path | None = None,
     on_error: str = "skip",
 ) -> None:
     """Compile DALL-E-3 tar shards (a folder or one .tar) to SimpleTuner's parquet, images + <stem>.txt

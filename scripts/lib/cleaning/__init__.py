@@ -10,8 +10,16 @@ tests; text: one prompt; table: tables and the local engine; on_ray: the Ray eng
 """
 from scripts.lib.cleaning.compiler import compile_rules, load_rules
 from scripts.lib.cleaning.drop_rules import DROP_POINTS, DROP_RULES
-from scripts.lib.cleaning.rule_sets import (MODES, all_rule_sets, load_rule_set, read_rules_file, resolve,
-                                            rule_set_from_file, rules_file_document, source_choice)
+from scripts.lib.cleaning.rule_sets import (
+                                            MODES,
+                                            all_rule_sets,
+                                            load_rule_set,
+                                            read_rules_file,
+                                            resolve,
+                                            rule_set_from_file,
+                                            rules_file_document,
+                                            source_choice,
+)
 from scripts.lib.cleaning.rules import DropRule, Rules
 from scripts.lib.cleaning.table import clean_table, pass_through, report, split_rows
 from scripts.lib.cleaning.text import EMPTY, EMPTY_AFTER_CLEAN, clean_text

@@ -37,6 +37,7 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
         compiled = _rewrite(step, "clean.by_clause.remove_to_comma", fast)
         remove_to_comma = phases["by_clause"] = compile_phase((compiled,), fast)
     on = {name for name in listed if name not in SWITCHED_RULES or getattr(rules, name).enabled}
+    persons = rules.person_names  # set when listed and enabled: `on` read its `enabled`
     ban_words = [word.lower() for word in rules.ban_words or ()]
     thoughts = rules.thought_phrases or ()
     return Rules(
@@ -52,7 +53,7 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
         thought_phrases=(
             compile_search(r"(?i)\b(" + "|".join(map(re.escape, thoughts)) + r")\b", fast) if thoughts else None
         ),
-        person_names=person_counter(rules.person_names.model) if "person_names" in on else None,
+        person_names=person_counter(persons.model) if "person_names" in on and persons is not None else None,
         drop_rules={point: tuple(DropRule(name, DROP_RULES[name]) for name in getattr(rules.drops, point) if name in on)
                     for point in DROP_POINTS},
         fast=fast,

@@ -9,7 +9,7 @@ docs/cleaning.md, "Adding a drop rule".
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from scripts.lib.cleaning.rules import Rules
 from scripts.lib.errors import DataError
@@ -18,6 +18,7 @@ from scripts.lib.params import Drops
 
 def wrong_language(text: str, rules: Rules) -> bool:
     language = rules.document.language
+    assert language is not None  # the compiler runs only rules whose key is set
     detected = detect_language(text, language.seed)
     if detected is None:  # langdetect found nothing to read
         return language.undetectable == "drop"
@@ -27,29 +28,40 @@ def wrong_language(text: str, rules: Rules) -> bool:
 def has_banned_nospace(text: str, rules: Rules) -> bool:
     """One of `banned_nospace` occurs once the spaces are deleted ("h t t p" is "http")."""
     nospace = text.replace(" ", "")
-    for word in rules.document.banned_nospace:  # plain loops: no generator per prompt
+    banned = rules.document.banned_nospace
+    assert banned is not None  # the compiler runs only rules whose key is set
+    for word in banned:  # noqa: SIM110  # plain loops: no generator per prompt
         if word in nospace:
             return True
     return False
 
 
 def too_many_dashes(text: str, rules: Rules) -> bool:
-    return text.count("-") > rules.document.max_dashes
+    limit = rules.document.max_dashes
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return text.count("-") > limit
 
 
 def too_many_pipes(text: str, rules: Rules) -> bool:
-    return text.count("|") > rules.document.max_pipes
+    limit = rules.document.max_pipes
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return text.count("|") > limit
 
 
 def too_many_by(text: str, rules: Rules) -> bool:
-    return text.count(" by ") > rules.document.max_by
+    limit = rules.document.max_by
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return text.count(" by ") > limit
 
 
 def too_many_persons(text: str, rules: Rules) -> bool:
     persons = rules.document.person_names
+    assert persons is not None  # the compiler runs only rules whose key is set
     if persons.only_if and not any(marker in text for marker in persons.only_if):
         return False  # final: the model runs only on prompts with " by " or " style "
-    return rules.person_names(text) > persons.max_persons
+    count_persons = rules.person_names
+    assert count_persons is not None  # the compiler loads the model when the rule is enabled
+    return count_persons(text) > persons.max_persons
 
 
 def has_ban_word(text: str, rules: Rules) -> bool:
@@ -58,28 +70,40 @@ def has_ban_word(text: str, rules: Rules) -> bool:
 
 def too_repetitive(text: str, rules: Rules) -> bool:
     words = _words(text)
-    return bool(words) and (len(words) - len(set(words))) / len(words) > rules.document.max_repeat_ratio
+    limit = rules.document.max_repeat_ratio
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return bool(words) and (len(words) - len(set(words))) / len(words) > limit
 
 
 def words_too_short(text: str, rules: Rules) -> bool:
     words = _words(text)  # no words (a text the rewrites emptied): `empty_after_clean` at the end
-    return bool(words) and len("".join(words)) / len(words) < rules.document.min_mean_word_len
+    limit = rules.document.min_mean_word_len
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return bool(words) and len("".join(words)) / len(words) < limit
 
 
 def too_many_commas(text: str, rules: Rules) -> bool:
-    return text.count(",") > rules.document.max_commas
+    limit = rules.document.max_commas
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return text.count(",") > limit
 
 
 def too_short(text: str, rules: Rules) -> bool:
-    return len(text) < rules.document.min_chars
+    limit = rules.document.min_chars
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return len(text) < limit
 
 
 def too_long(text: str, rules: Rules) -> bool:
-    return len(text) > rules.document.max_chars
+    limit = rules.document.max_chars
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return len(text) > limit
 
 
 def too_few_unique_words(text: str, rules: Rules) -> bool:
-    return len(set(text.split())) < rules.document.min_unique_words
+    limit = rules.document.min_unique_words
+    assert limit is not None  # the compiler runs only rules whose key is set
+    return len(set(text.split())) < limit
 
 
 def has_thought_phrase(text: str, rules: Rules) -> bool:

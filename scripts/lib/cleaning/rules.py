@@ -1,8 +1,9 @@
 """A rule set compiled for `clean_text`: the phases' regexes, the searches, the drop rules in order."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from scripts.lib.params import ByClause, CleanRules
 from scripts.lib.regex_engine import Phase, Search

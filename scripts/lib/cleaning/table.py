@@ -136,4 +136,5 @@ def _start_worker(document: CleanRules, fast: bool) -> None:
 
 
 def _clean_batch_in_worker(texts: list[str]) -> list[Outcome]:
+    assert _WORKER_RULES is not None  # _start_worker ran in this process
     return clean_batch(texts, _WORKER_RULES)

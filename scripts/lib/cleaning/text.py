@@ -52,6 +52,7 @@ def clean_text(text: str | None, rules: Rules) -> Outcome:
 
     # 3-4. artist credits, stop phrases, artists and sites; 5. drops on what is left
     if rules.by_clause is not None:
+        assert rules.remove_to_comma is not None  # compiled with by_clause
         text = cut_by_clause(text, rules.by_clause, rules.remove_to_comma, plain)
     if rules.phrases.rewrites:
         text = run_phase(rules.phrases, text.strip(), plain)

@@ -64,7 +64,7 @@ class Index:
         path = Path(path)
         meta = json.loads((path / "index.json").read_text(encoding="utf-8")) if (path / "index.json").exists() else {}
         embedding = isinstance(meta, dict) and isinstance(meta.get("params"), dict) and meta["params"].get("method") == "embedding"
-        kind: type[Index] = EmbeddingIndex if embedding else MinHashIndex
+        kind: type[EmbeddingIndex] | type[MinHashIndex] = EmbeddingIndex if embedding else MinHashIndex
         missing = [name for name in kind.FILES if not (path / name).exists()]
         if missing:
             raise DataError(f"{path}: not a dedup index (missing {', '.join(missing)})")

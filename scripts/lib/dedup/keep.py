@@ -84,11 +84,11 @@ def greedy_assign(n: int, pairs: np.ndarray, similarity: np.ndarray, rank: np.nd
         return keep, duplicate_of, dup_similarity
     a, b = pairs[:, 0], pairs[:, 1]
     swap = rank[a] > rank[b]
-    earlier = np.where(swap, b, a)
-    later = np.where(swap, a, b)
+    earlier_rows = np.where(swap, b, a)
+    later_rows = np.where(swap, a, b)
     # per later row: its earlier partners, best first (highest similarity, then earliest in keep order)
-    order = np.lexsort((rank[earlier], -similarity, rank[later]))
-    nodes, local = np.unique(np.stack([earlier[order], later[order]]), return_inverse=True)
+    order = np.lexsort((rank[earlier_rows], -similarity, rank[later_rows]))
+    nodes, local = np.unique(np.stack([earlier_rows[order], later_rows[order]]), return_inverse=True)
     earlier, later = local.reshape(2, -1).tolist()  # compact ids: Python lists only for rows with pairs
     sim = similarity[order].tolist()
     kept = [True] * len(nodes)

@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
-from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, require_columns,
-                                         source_files)
+from scripts.lib.readers.base import (
+    LINK_HINT,
+    Problem,
+    Record,
+    SourceConfig,
+    check_confined,
+    require_columns,
+    source_files,
+)
 
 # raw_discord_data fields kept in meta (the generation settings of the original image)
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from scripts.lib.archive import (DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEMBER_BYTES, UnsafeArchive, check_image_pixels,
-                             check_member_name, iter_samples, make_ref, open_tar)
+from scripts.lib.archive import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_MEMBER_BYTES,
+    UnsafeArchive,
+    check_image_pixels,
+    check_member_name,
+    iter_samples,
+    make_ref,
+    open_tar,
+)
 from scripts.lib.errors import DataError
-from scripts.lib.nesting import loads_json
 from scripts.lib.io import atomic_path
+from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 
@@ -186,11 +195,13 @@ def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_fi
                     names.add(filename)
                     table.add(width, height, caption, filename)
                     if "data" in folders:
+                        assert not isinstance(sample, Problem)  # _check_sample returned it as the Problem
                         _write_beside(folders["data"], filename, sample.image.read(), caption)
                     if "txt" in folders:
                         _write_beside(folders["txt"], filename, None, caption)
         stats["rows_written"] = table.rows
         if config is not None:  # entered last: its temp file is renamed first, the parquet last
+            assert data_dir is not None  # checked on entry: config needs data_dir
             data = Path(data_dir).resolve()
             entries = backend_config("dalle3", str(data), str(Path(out_parquet).resolve()), str(data.parent / "cache"))
             stack.enter_context(atomic_path(config)).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")

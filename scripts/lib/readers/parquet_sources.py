@@ -6,14 +6,23 @@ import decimal
 import random
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
-from scripts.lib.readers.base import (LINK_HINT, Problem, Record, SourceConfig, check_confined, decode, link_under,
-                                         require_columns)
+from scripts.lib.readers.base import (
+    LINK_HINT,
+    Problem,
+    Record,
+    SourceConfig,
+    check_confined,
+    decode,
+    link_under,
+    require_columns,
+)
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name

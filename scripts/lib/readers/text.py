@@ -1,8 +1,8 @@
 """kind: text - one prompt per line (ChatGPT/GPT-4 prompt lists); a leading "- " is list markup."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from scripts.lib.readers.base import Problem, Record, SourceConfig, decode, source_files
 

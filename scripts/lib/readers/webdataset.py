@@ -11,8 +11,8 @@ the stored JPEG keeps its own size and the loader resizes and crops.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError
