@@ -44,7 +44,7 @@ from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, par
 
 
 def parse_params(name: str, raw: Any) -> SynthesizeEntry:
-    """One entry of params.yaml `synthesize` (a plain mapping) as its model (scripts/lib/params.py); a bad
+    """One entry of params.yaml `synthesize` (a plain mapping) as its model (scripts/lib/params/); a bad
     key or value is one line naming `synthesize.<name>.<key>`."""
     if not isinstance(raw, dict):
         raise DataError(f"params.yaml: synthesize.{name}: expected a mapping, got {type(raw).__name__}")

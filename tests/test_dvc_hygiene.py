@@ -21,7 +21,7 @@ from scripts.lib.params import Clean, Dedup, Generate
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
-# Keys documented (scripts/lib/params.py, scripts/dedup.py, scripts/generate.py) as changing speed or
+# Keys documented (scripts/lib/params/, scripts/dedup.py, scripts/generate.py) as changing speed or
 # memory only; everything else in these sections changes some output's bytes.
 SPEED = {
     "clean": set(),  # how fast it cleans is `runtime`, which no stage lists

@@ -3,7 +3,7 @@
 - `data/releases/V/preview.jpg` (written by release@V): a grid of sample images with their captions.
   The sample is deterministic: the rows whose sha256(id) sort first, so the same release always shows
   the same rows and a re-run changes no byte. Captions use PIL's built-in bitmap font (no system font).
-  Geometry comes from params.yaml `preview` (scripts/lib/params.py: Preview): the sheet is exactly
+  Geometry comes from params.yaml `preview` (scripts/lib/params/preview.py: Preview): the sheet is exactly
   `Preview.sheet_size` = (columns * thumb) x (rows * (thumb + caption_height)) pixels.
 - `data/dedup/S.preview.html`: the largest near-duplicate clusters, each kept text beside the texts
   removed as its duplicates, with their Jaccard. Self-contained HTML (no script, no network), every

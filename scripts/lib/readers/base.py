@@ -16,7 +16,7 @@ from typing import Any
 from scripts.lib.errors import DataError
 from scripts.lib.params import Source
 
-SourceConfig = Source  # one `params.yaml: sources.<name>` entry (scripts/lib/params.py: Source)
+SourceConfig = Source  # one `params.yaml: sources.<name>` entry (scripts/lib/params/sources.py: Source)
 
 
 @dataclass

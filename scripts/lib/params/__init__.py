@@ -1,0 +1,175 @@
+"""params.yaml, defined once: one pydantic model per section, with each key's default, type, range and doc.
+
+Stages read their section as a model instance (defaults filled) with `load_section`:
+
+    dedup = load_section("dedup")            # -> Dedup
+    source = load_section("sources")["x"]    # -> Source (sources, releases, synthesize: name -> model)
+
+`load_params` reads the file (refusing YAML aliases) and checks all of it once per process, so a
+typo, a wrong type or a value out of range stops any stage at start with one line naming params.yaml
+and the key path:
+
+    params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)
+    params.yaml: split.seed: Input should be a valid integer (got '42')
+    params.yaml: dedup.threshold: Input should be less than or equal to 1 (got 1.5)
+
+Types are strict (no "42" -> 42, no 1 -> true), floats are finite, and every number has a range that
+keeps a stage from hanging or silently skipping its work. Rules between keys of one section are model
+validators here; rules that need data or other files (a regex compiles, a release's base exists)
+stay in the stage modules. docs/params.md is generated from these models
+(`python -m scripts params-doc`); tests/test_params_file.py keeps it in step.
+
+This module imports only scripts.lib.errors and scripts.lib.io, so any module can import it.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Optional, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import sha256_text
+from scripts.lib.nesting import TooDeep
+from scripts.lib.params.base import ENTRY_NAME, NonEmpty, PARAMS_FILE, Section, Seed, Seed32, _first_error, check_name, key_path, parse, unknown_key_message  # noqa: F401
+from scripts.lib.params.caption import CAPTION_PROMPT, CAPTION_REASONS, CAPTION_RULES, CAPTION_SYSTEM, CaptionEntry, CaptionQa, CaptionQaRule, CaptionStep  # noqa: F401
+from scripts.lib.params.clean import ByClause, CLEAN_RULES_DIR, Clean, CleanRules, Drops, Language, PersonNames, Phrase, Rewrite, RuleName, SourceClean, SourceDedup, rule_set_names  # noqa: F401
+from scripts.lib.params.dedup import Dedup  # noqa: F401
+from scripts.lib.params.generate import FORMAT_NAMES, GENERATE_PRESETS, Generate, Side  # noqa: F401
+from scripts.lib.params.preview import Preview  # noqa: F401
+from scripts.lib.params.releases import Bucket, CleanStep, Component, DEDUP_SCOPES, DedupStep, Export, Release, Resolution, Step  # noqa: F401
+from scripts.lib.params.runtime import Runtime  # noqa: F401
+from scripts.lib.params.sources import Source  # noqa: F401
+from scripts.lib.params.split import Split  # noqa: F401
+from scripts.lib.params.synthesize import ChatClientSettings, DEFAULT_TEMPLATE, ExampleSource, RESERVED_BODY_KEYS, SynthesizeEntry, TEMPLATE_FIELDS  # noqa: F401
+from scripts.lib.params.tiny_models import Channels, TinyEncoder, TinyModel  # noqa: F401
+from scripts.lib.params.yaml_text import AliasError, ENV_NAME, RuamelError, SECRET_SHAPES, read_yaml, refuse_secrets  # noqa: F401
+
+
+# --- the whole file -------------------------------------------------------------------------------
+
+class Params(Section):
+    """The whole file. A section may be absent (its stage then reports it missing when it runs)."""
+
+    sources: dict[str, Source] | None = Field(None, description="one entry per raw dataset")
+    clean: Clean | None = Field(None, description="prompt cleaning rules")
+    dedup: Dedup | None = Field(None, description="near-duplicate removal")
+    tiny_model: TinyModel | None = Field(None, description="the offline test model")
+    tiny_encoder: TinyEncoder | None = Field(None, description="the offline test sentence encoder")
+    generate: Generate | None = Field(None, description="image generation")
+    split: Split | None = Field(None, description="train/validation split")
+    releases: dict[str, Release] | None = Field(None, description="published dataset versions")
+    synthesize: dict[str, SynthesizeEntry] | None = Field(None, description="prompts from a chat model")
+    caption: dict[str, CaptionEntry] | None = Field(None, description="image captions from vision models")
+    preview: Preview | None = Field(None, description="contact sheets, previews and plots")
+    runtime: Runtime | None = Field(None, description="speed only: engine, workers, batch sizes")
+
+    @field_validator("sources", "releases", "synthesize", "caption", mode="before")
+    @classmethod
+    def _plain_names(cls, entries: Any) -> Any:
+        if isinstance(entries, dict):
+            for name in entries:
+                if isinstance(name, str):
+                    check_name(name)
+        return entries
+
+
+
+
+ENTRY_SECTIONS = ("sources", "releases", "synthesize", "caption")  # name -> model mappings
+SECTION_MODELS: dict[str, type[Section]] = {
+    "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "tiny_encoder": TinyEncoder, "generate": Generate,
+    "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "caption": CaptionEntry,
+    "preview": Preview, "runtime": Runtime,
+}
+
+
+# --- checking ------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+def check_params(params: Any, file: str = "params.yaml") -> None:
+    """Raise one DataError naming `file` and the key path if `params` does not fit the models."""
+    if not isinstance(params, dict):
+        raise DataError(f"{file}: expected a mapping of sections, got {type(params).__name__}")
+    parse(Params, params, file=file)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+_CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
+
+
+# Shapes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, AWS, Slack, Google, GitLab):
+# params.yaml is committed and its values are copied into dvc.lock, so none may hold one.
+
+
+
+
+def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:
+    """Read params.yaml (or one top-level section of it, as plain data), checked against the models.
+
+    A YAML syntax error, an alias, an unknown key, a wrong type or a value out of range is one
+    DataError naming the file and key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: params file not found (run from the repository root)")
+    try:
+        text = path.read_text(encoding="utf-8")
+        params = read_yaml(text) or {}
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except (AliasError, TooDeep) as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DataError(f"{path}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+    key = (str(path.resolve()), sha256_text(text))
+    if key not in _CHECKED_PARAMS:
+        refuse_secrets(params, str(path))
+        check_params(params, str(path))
+        _CHECKED_PARAMS.add(key)
+    if section is None:
+        return params
+    if section not in params:
+        raise DataError(f"{path}: missing section '{section}'")
+    return params[section]
+
+
+def load_section(section: str, path: Path | str = PARAMS_FILE, missing_ok: bool = False) -> Any:
+    """One section as its model, defaults filled: Dedup, Generate, ... or, for sources, releases and
+    synthesize, a dict of entry name -> model. An absent section is a DataError unless `missing_ok`
+    (then the defaults)."""
+    model = SECTION_MODELS[section]
+    if missing_ok and section not in load_params(path=path):
+        return {} if section in ENTRY_SECTIONS else parse(model, {}, at=(section,), file=str(path))
+    raw = load_params(section, path)
+    if section in ENTRY_SECTIONS:
+        return {name: parse(model, entry, at=(section, name), file=str(path)) for name, entry in (raw or {}).items()}
+    return parse(model, raw or {}, at=(section,), file=str(path))

@@ -1,0 +1,105 @@
+"""The shape every section shares: strict frozen models, one-line errors naming the key path."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from scripts.lib.errors import DataError
+
+PARAMS_FILE = Path("params.yaml")
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Seed32 = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy RandomState seeds
+
+
+def unknown_key_message(key: Any, known: set[str]) -> str:
+    """"unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
+    near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(sorted(known))})"
+    return f"unknown key {str(key)!r}{hint}"  # repr: a key holding a newline stays on the one line
+
+
+class Section(BaseModel):
+    """A mapping with a fixed set of keys: unknown keys, wrong types, NaN and inf are rejected, never coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        # pydantic's own extra="forbid" message names the bad key but not the one that was meant
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(unknown_key_message(key, set(cls.model_fields)))
+        return data
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with `changes` applied, validated like params.yaml (a bad value is a DataError)."""
+        return parse(type(self), {**self.model_dump(), **changes}, file=f"{type(self).__name__}.replace")
+
+
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
+    a plain name only, never `..`, a slash or an empty string."""
+    if not ENTRY_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)")
+    return name
+
+
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def key_path(loc: tuple) -> str:
+    """('releases', 'v2', 'components', 0, 'into') -> 'releases.v2.components[0].into'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[")):
+            continue  # pydantic's names for validator wrappers, not keys
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
+    """The most useful error of a validation failure as (key path, message)."""
+    errors = exc.errors(include_url=False)
+    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union.
+    err = next((e for e in errors if e["type"] == "value_error"), errors[0])
+    where = key_path(tuple(at) + tuple(err["loc"]))
+    if err["type"] == "value_error":
+        return where, err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return where, "Field required"
+    shown = repr(err.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return where, f"{err['msg']} (got {shown})"
+
+
+def parse(model: type[Section], data: Any, at: tuple = (), file: str = "params.yaml"):
+    """`data` as a `model` instance; a bad key or value is one DataError naming `file` and the key path
+    (`at` is where `data` sits in the file, e.g. ("synthesize", "gpt4_style"))."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        where, message = _first_error(exc, at)
+        raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
+
+

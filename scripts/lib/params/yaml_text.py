@@ -1,0 +1,75 @@
+"""Reading params.yaml and rule sets as DVC does (YAML 1.2), without aliases, nesting bounded, no secrets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from scripts.lib.errors import DataError
+
+
+class AliasError(yaml.YAMLError):
+    def __init__(self, line: int):
+        super().__init__(f"line {line}: YAML aliases (*name) are not allowed (write the entries out)")
+        self.line = line
+
+
+def read_yaml(text: str) -> Any:
+    """Safe YAML 1.2 as DVC reads params.yaml (ruamel.yaml, typ="safe": `010` is 10, `1:20` a string,
+    `yes` a string), so a stage and `dvc params diff` see the same values. Refused before anything is
+    built: an alias (AliasError, a yaml.YAMLError; a few hundred bytes of nested aliases expand to
+    billions of nodes, and `dvc exp run -S` writes them out anyway) and nesting deeper than
+    nesting.MAX_DEPTH (TooDeep). The event pass is libyaml's (PyYAML's C parser, not recursive)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError as RuamelYAMLError
+
+    from scripts.lib.nesting import check_yaml_depth
+
+    fast = yaml.__with_libyaml__
+    for event in check_yaml_depth(yaml.parse(text, Loader=yaml.CSafeLoader if fast else yaml.SafeLoader)):
+        if isinstance(event, yaml.AliasEvent):
+            raise AliasError(event.start_mark.line + 1)
+    try:
+        return YAML(typ="safe", pure=not fast).load(text)
+    except RuamelYAMLError as exc:  # one error type for the callers: PyYAML's, with the line
+        raise RuamelError(exc) from None
+
+
+class RuamelError(yaml.YAMLError):
+    """A ruamel.yaml error (e.g. a duplicate key, which DVC refuses too) as a yaml.YAMLError."""
+
+    def __init__(self, exc: Exception):
+        super().__init__(str(exc))
+        self.problem = getattr(exc, "problem", None) or type(exc).__name__
+        self.problem_mark = getattr(exc, "problem_mark", None)  # .line, 0-based, as PyYAML's
+
+
+SECRET_SHAPES = re.compile(r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
+                           r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
+                           r"|\bbearer\s+\S{16,})")
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def refuse_secrets(value: Any, path: str, at: tuple = ()) -> None:
+    """DataError (naming the key, never the value) for a value shaped like an API key, or an `*_env`
+    key whose value is not an environment variable name (a key pasted where its variable's name goes)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            refuse_secrets(key, path, at)
+            refuse_secrets(item, path, (*at, key))
+            if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
+                raise DataError(f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
+                                "(letters, digits, '_'), not the key itself")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_secrets(item, path, (*at, index))
+    elif isinstance(value, str) and SECRET_SHAPES.search(value):
+        raise DataError(f"{path}: {'.'.join(map(str, at)) or 'a key'}: holds what looks like an API key or token; "
+                        "keep keys out of params.yaml (it is committed, and copied into dvc.lock): set an environment "
+                        "variable and name it in api_key_env")
+
+
