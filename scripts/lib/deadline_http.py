@@ -99,7 +99,7 @@ def _deadline_connection(base: type, deadline: float, cancel: threading.Event | 
         def connect(self):
             self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
             super().connect()
-            self.sock = DeadlineSocket(self.sock, deadline, cancel)
+            self.sock = DeadlineSocket(self.sock, deadline, cancel)  # type: ignore[has-type]  # base is a variable
 
     return Connection
 
@@ -119,4 +119,4 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         self._connection = _deadline_connection(http.client.HTTPSConnection, deadline, cancel)
 
     def https_open(self, req):
-        return self.do_open(self._connection, req, context=self._context)
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__, not in typeshed

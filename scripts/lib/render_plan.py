@@ -132,9 +132,12 @@ def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_
 
 
 def final_size(settings: Generate) -> tuple[int, int]:
+    width, height = settings.width, settings.height
+    if not (isinstance(width, int) and isinstance(height, int)):  # with_model_size resolves "model" first
+        raise DataError(f"generate: size {width!r}x{height!r} is not resolved to pixels (read the model's first)")
     if not settings.resize:  # false: the rendered size
-        return settings.width, settings.height
-    return settings.resize, max(1, round(settings.height * settings.resize / settings.width))
+        return width, height
+    return settings.resize, max(1, round(height * settings.resize / width))
 
 
 def manifest_table(jobs: list[Job], settings: Generate, model_identity: str, recorded: dict | None = None):

@@ -1,64 +1,94 @@
-"""params.yaml, defined once: one pydantic model per section, with each key's default, type, range and doc.
-
-Stages read their section as a model instance (defaults filled) with `load_section`:
+"""params.yaml, defined once: one pydantic model per section (a module each here), with each key's
+default, type, range and doc. Stages read their section as a model, defaults filled:
 
     dedup = load_section("dedup")            # -> Dedup
-    source = load_section("sources")["x"]    # -> Source (sources, releases, synthesize: name -> model)
+    source = load_section("sources")["x"]    # -> Source (sources, releases, synthesize, caption: name -> model)
 
-`load_params` reads the file (refusing YAML aliases) and checks all of it once per process, so a
-typo, a wrong type or a value out of range stops any stage at start with one line naming params.yaml
-and the key path:
-
-    params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)
-    params.yaml: split.seed: Input should be a valid integer (got '42')
-    params.yaml: dedup.threshold: Input should be less than or equal to 1 (got 1.5)
-
-Types are strict (no "42" -> 42, no 1 -> true), floats are finite, and every number has a range that
-keeps a stage from hanging or silently skipping its work. Rules between keys of one section are model
-validators here; rules that need data or other files (a regex compiles, a release's base exists)
-stay in the stage modules. docs/params.md is generated from these models
-(`python -m scripts params-doc`); tests/test_params_file.py keeps it in step.
-
-This module imports only scripts.lib.errors and scripts.lib.io, so any module can import it.
+`load_params` reads the file as DVC does and checks all of it once per process, so a typo, a wrong type
+or a value out of range stops any stage at start with one line naming params.yaml and the key path
+(`params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)`). Rules that need data or other
+files stay in the stage modules. docs/params.md is generated from these models (`python -m scripts
+params-doc`). The package imports only scripts.lib.errors, io and nesting, so any module can import it.
 """
 from __future__ import annotations
 
-import difflib
-import re
-import string
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Optional, Self
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PrivateAttr,
-    ValidationError,
-    create_model,
     field_validator,
-    model_validator,
 )
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import sha256_text
 from scripts.lib.nesting import TooDeep
-from scripts.lib.params.base import ENTRY_NAME, NonEmpty, PARAMS_FILE, Section, Seed, Seed32, _first_error, check_name, key_path, parse, unknown_key_message  # noqa: F401
-from scripts.lib.params.caption import CAPTION_PROMPT, CAPTION_REASONS, CAPTION_RULES, CAPTION_SYSTEM, CaptionEntry, CaptionQa, CaptionQaRule, CaptionStep  # noqa: F401
-from scripts.lib.params.clean import ByClause, CLEAN_RULES_DIR, Clean, CleanRules, Drops, Language, PersonNames, Phrase, Rewrite, RuleName, SourceClean, SourceDedup, rule_set_names  # noqa: F401
-from scripts.lib.params.dedup import Dedup  # noqa: F401
+from scripts.lib.params.base import (  # noqa: F401
+    ENTRY_NAME,
+    PARAMS_FILE,
+    NonEmpty,
+    Section,
+    Seed,
+    Seed32,
+    _first_error,
+    check_name,
+    key_path,
+    parse,
+    unknown_key_message,
+)
+from scripts.lib.params.caption import (  # noqa: F401
+    CAPTION_PROMPT,
+    CAPTION_REASONS,
+    CAPTION_RULES,
+    CAPTION_SYSTEM,
+    CaptionEntry,
+    CaptionQa,
+    CaptionQaRule,
+    CaptionStep,
+)
+from scripts.lib.params.clean import (  # noqa: F401
+    CLEAN_RULES_DIR,
+    ByClause,
+    Clean,
+    CleanRules,
+    Drops,
+    Language,
+    PersonNames,
+    Phrase,
+    Rewrite,
+    RuleName,
+    SourceClean,
+    SourceDedup,
+    rule_set_names,
+)
+from scripts.lib.params.dedup import Dedup
 from scripts.lib.params.generate import FORMAT_NAMES, GENERATE_PRESETS, Generate, Side  # noqa: F401
-from scripts.lib.params.preview import Preview  # noqa: F401
-from scripts.lib.params.releases import Bucket, CleanStep, Component, DEDUP_SCOPES, DedupStep, Export, Release, Resolution, Step  # noqa: F401
-from scripts.lib.params.runtime import Runtime  # noqa: F401
-from scripts.lib.params.sources import Source  # noqa: F401
-from scripts.lib.params.split import Split  # noqa: F401
-from scripts.lib.params.synthesize import ChatClientSettings, DEFAULT_TEMPLATE, ExampleSource, RESERVED_BODY_KEYS, SynthesizeEntry, TEMPLATE_FIELDS  # noqa: F401
+from scripts.lib.params.preview import Preview
+from scripts.lib.params.releases import (  # noqa: F401
+    DEDUP_SCOPES,
+    Bucket,
+    CleanStep,
+    Component,
+    DedupStep,
+    Export,
+    Release,
+    Resolution,
+    Step,
+)
+from scripts.lib.params.runtime import Runtime
+from scripts.lib.params.sources import Source
+from scripts.lib.params.split import Split
+from scripts.lib.params.synthesize import (  # noqa: F401
+    DEFAULT_TEMPLATE,
+    RESERVED_BODY_KEYS,
+    TEMPLATE_FIELDS,
+    ChatClientSettings,
+    ExampleSource,
+    SynthesizeEntry,
+)
 from scripts.lib.params.tiny_models import Channels, TinyEncoder, TinyModel  # noqa: F401
-from scripts.lib.params.yaml_text import AliasError, ENV_NAME, RuamelError, SECRET_SHAPES, read_yaml, refuse_secrets  # noqa: F401
-
+from scripts.lib.params.yaml_text import ENV_NAME, SECRET_SHAPES, AliasError, RuamelError, read_yaml, refuse_secrets  # noqa: F401
 
 # --- the whole file -------------------------------------------------------------------------------
 

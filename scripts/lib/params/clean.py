@@ -171,7 +171,7 @@ class _CleanChoice(Section):
 
 
 # params.yaml `clean`: `rules`, then every key of a rule set as an optional override
-Clean = create_model(
+Clean = create_model(  # type: ignore[call-overload]  # the override fields are built at run time
     "Clean", __base__=_CleanChoice, __module__=__name__,
     __doc__="""params.yaml `clean`: the named rule set the pipeline cleans with by default, and overrides of its
     keys (any key of a rule set, scripts/clean_rules/<name>.yaml; docs/cleaning.md). A key given replaces the

@@ -60,7 +60,7 @@ class Dedup(Section):
     def _banding(self) -> Dedup:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither")
-        if self.bands is not None and self.bands * self.rows > self.num_perm:
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         return self
 

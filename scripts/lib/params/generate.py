@@ -126,14 +126,16 @@ class Generate(Section):
         # A null key takes the preset's value before validation (so it is checked like a given one) and is
         # remembered as the preset's, so replace(preset=...) re-resolves it; keys given a value win.
         preset = GENERATE_PRESETS.get(data.get("preset", "fast")) if isinstance(data, dict) else None
-        filled = frozenset(k for k in preset if data.get(k) is None) if preset is not None else frozenset()
-        model = handler({**data, **{k: preset[k] for k in filled}} if filled else data)
+        if preset is None:  # not a mapping, or an unknown preset: validation says which
+            return handler(data)
+        filled = frozenset(k for k in preset if data.get(k) is None)
+        model = handler({**data, **{k: preset[k] for k in filled}})
         model._from_preset = filled
         return model
 
     @model_validator(mode="after")
     def _sides_fit_the_latents(self) -> Generate:
-        sides = [s for s in (self.height, self.width) if s != "model"]
+        sides = [s for s in (self.height, self.width) if isinstance(s, int)]
         if any(s % 8 for s in sides):
             raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
         return self

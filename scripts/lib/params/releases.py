@@ -122,7 +122,11 @@ class Component(Section):
         return self
 
     def row_range(self) -> tuple[int, int | None]:
-        return (0, None) if self.rows is None else (self.rows[0], self.rows[1])
+        if self.rows is None:
+            return 0, None
+        start, stop = self.rows
+        assert start is not None  # _range refuses a null start
+        return start, stop
 
 
 Bucket = Annotated[list[Annotated[int, Field(ge=64, le=8192)]], Field(min_length=2, max_length=2)]  # [width, height]
