@@ -7,7 +7,6 @@ wires them for compose@V and release@V.
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +70,16 @@ def rule_set(name: str, rules_file: Path | None = None):
 MAX_PASSES = 10
 
 
+def without_language_check(rules):
+    """`rules` compiled again with their langdetect drop rule off (a clean step's `language: false`)."""
+    from scripts.lib.cleaning import compile_rules
+
+    document = rules.document
+    if document.language is None or not document.language.enabled:
+        return rules
+    return compile_rules(document.replace(language=document.language.replace(enabled=False)), fast=rules.fast)
+
+
 def cleaner(rules_file: Path | None = None, desc: str = "clean", load=rule_set):
     """clean(rows, CleanStep) for Ops: rules loaded once per set; `filter_only` keeps the text the rows had;
     `repeat: fixed_point` cleans the cleaned text again until a pass changes and drops nothing."""
@@ -82,7 +91,7 @@ def cleaner(rules_file: Path | None = None, desc: str = "clean", load=rule_set):
         key = (step.rules, step.language)
         if key not in loaded:
             rules = load(step.rules, rules_file)
-            loaded[key] = dataclasses.replace(rules, language=None) if step.language is False else rules
+            loaded[key] = without_language_check(rules) if step.language is False else rules
         return loaded[key]
 
     def one_pass(rows: pd.DataFrame, step: CleanStep, column: str):
