@@ -16,6 +16,7 @@ Header: the command, date, `uname -m`, nproc, Python and numpy versions, load av
 time, load average at the end (and the exit status, for a wrapped command). The machine is often
 shared, so read absolute figures next to the load average; ratios measured in one process hold better.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -39,9 +40,12 @@ def header(command: list[str], note: str | None = None) -> str:
         numpy_version = numpy.__version__
     except ImportError:
         numpy_version = "absent"
-    return (f"# {shlex.join(command)} | {time.strftime('%Y-%m-%d %H:%M:%S %z')} | {platform.machine()} | "
-            f"nproc {os.cpu_count()} | python {platform.python_version()} | numpy {numpy_version} | {_load()}"
-            + (f" | {note}" if note else "") + "\n")
+    return (
+        f"# {shlex.join(command)} | {time.strftime('%Y-%m-%d %H:%M:%S %z')} | {platform.machine()} | "
+        f"nproc {os.cpu_count()} | python {platform.python_version()} | numpy {numpy_version} | {_load()}"
+        + (f" | {note}" if note else "")
+        + "\n"
+    )
 
 
 def footer(seconds: float, status: int | None = None) -> str:
@@ -50,9 +54,14 @@ def footer(seconds: float, status: int | None = None) -> str:
 
 
 def add_out_argument(parser) -> None:
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
-                        help="also write what is printed to FILE, after a header line (command, date, machine, "
-                             "versions, load average), e.g. benchmarks/results/NAME.txt")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write what is printed to FILE, after a header line (command, date, machine, "
+        "versions, load average), e.g. benchmarks/results/NAME.txt",
+    )
 
 
 class _Tee:
@@ -109,8 +118,14 @@ def main() -> None:
     with out.open("w", encoding="utf-8") as file:
         file.write(header(command))
         file.flush()
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         for line in child.stdout:
             sys.stdout.write(line)
             file.write(line)

@@ -26,6 +26,7 @@ Prompts: tests/fixtures/openprompts-1k.csv (`prompt` column) and gpt4-prompts-3k
 non-empty line, as published). `--reference FILE` (a file defining `preprocess(text)`) compares the
 default params with that file instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,11 +76,55 @@ def mutated(prompts: list[str], n: int, seed: int = 0) -> list[str]:
     import random
 
     rng = random.Random(seed)
-    extras = ["  ", " , ", "8k", "8 K", " 35mm ", "--ar 16:9", " (1999) ", "!!", " - ", "'", "\u212a", "\t", " by wlop,",
-              " seed 7", " the the ", " red car red car ", "..", " _ ", "|", "—", ";", "é", " f/1.8 ", " iso 200 ",
-              " -w 1024 ", " --steps 50 ", " n 9 ", " h300 ", " 768H ", " 4 k ", " by greg rutkowski and wlop ",
-              " trending on artstation ", " unreal engine ", " award - winning ", " i'm ", " and", " DOF ", " fps ",
-              " [digital art] ", " (by some painter) ", " 123456 ", " ((( ", " ))) ", " style ", " by ", ":", "ï¿½"]
+    extras = [
+        "  ",
+        " , ",
+        "8k",
+        "8 K",
+        " 35mm ",
+        "--ar 16:9",
+        " (1999) ",
+        "!!",
+        " - ",
+        "'",
+        "\u212a",
+        "\t",
+        " by wlop,",
+        " seed 7",
+        " the the ",
+        " red car red car ",
+        "..",
+        " _ ",
+        "|",
+        "—",
+        ";",
+        "é",
+        " f/1.8 ",
+        " iso 200 ",
+        " -w 1024 ",
+        " --steps 50 ",
+        " n 9 ",
+        " h300 ",
+        " 768H ",
+        " 4 k ",
+        " by greg rutkowski and wlop ",
+        " trending on artstation ",
+        " unreal engine ",
+        " award - winning ",
+        " i'm ",
+        " and",
+        " DOF ",
+        " fps ",
+        " [digital art] ",
+        " (by some painter) ",
+        " 123456 ",
+        " ((( ",
+        " ))) ",
+        " style ",
+        " by ",
+        ":",
+        "ï¿½",
+    ]
     out = []
     for _ in range(n):
         words = rng.choice(prompts).split(" ")
@@ -102,7 +147,7 @@ def spacy_stub_needed() -> bool:
 def _stub_spacy() -> types.ModuleType:
     """A `spacy` whose model finds no entities: the reference's PERSON rule never fires."""
     module = types.ModuleType("spacy")
-    module.load = lambda name: (lambda text: types.SimpleNamespace(ents=()))
+    module.load = lambda name: lambda text: types.SimpleNamespace(ents=())
     return module
 
 
@@ -110,8 +155,9 @@ def reference_from_mirror(name: str, mirror: Path):
     """The team's code for rule set `name`, read from the mirror at its commit, as preprocess(prompt)."""
     commit, path, detect_first = REFERENCES[name]
     try:
-        source = subprocess.run(["git", f"--git-dir={mirror}", "show", f"{commit}:{path}"], check=True,
-                                capture_output=True, text=True).stdout
+        source = subprocess.run(
+            ["git", f"--git-dir={mirror}", "show", f"{commit}:{path}"], check=True, capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         sys.exit(f"{mirror}: cannot read {commit}:{path} ({exc}); pass --mirror, the reference's git directory")
     module = types.ModuleType(f"reference_{name.replace('-', '_')}")
@@ -169,7 +215,8 @@ def compare(label: str, rules, preprocess, sets: dict[str, list[str]], show: int
             theirs = reference_result(preprocess, prompt)
             same_decision += (ours is None) == (theirs is None)
             same_trimmed += (ours is None and theirs is None) or (
-                ours is not None and theirs is not None and ours.rstrip() == theirs.rstrip())
+                ours is not None and theirs is not None and ours.rstrip() == theirs.rstrip()
+            )
             if theirs is not None:
                 kept_ref += 1
                 kept_same += ours == theirs
@@ -181,24 +228,39 @@ def compare(label: str, rules, preprocess, sets: dict[str, list[str]], show: int
         total_n += len(prompts)
         total_agree += agree
         n = len(prompts)
-        print(f"{label} {name}: {n} prompts, same decision {same_decision / n:.4f}, same decision and text "
-              f"{agree / n:.4f} ({same_trimmed / n:.4f} ignoring trailing spaces); of the {kept_ref} the "
-              f"reference kept, identical text {kept_same / max(kept_ref, 1):.4f}")
+        print(
+            f"{label} {name}: {n} prompts, same decision {same_decision / n:.4f}, same decision and text "
+            f"{agree / n:.4f} ({same_trimmed / n:.4f} ignoring trailing spaces); of the {kept_ref} the "
+            f"reference kept, identical text {kept_same / max(kept_ref, 1):.4f}"
+        )
     print(f"{label} all: {total_n} prompts, agreement {total_agree / total_n:.4f}")
     return total_agree / total_n
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", nargs="+", default=list(REFERENCES), choices=list(REFERENCES),
-                        help="rule sets to compare with their reference commit")
+    parser.add_argument(
+        "--sets",
+        nargs="+",
+        default=list(REFERENCES),
+        choices=list(REFERENCES),
+        help="rule sets to compare with their reference commit",
+    )
     parser.add_argument("--mirror", type=Path, default=MIRROR, help="git directory of the reference repository")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help="instead: a file defining preprocess(text), compared with --params `clean`")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="instead: a file defining preprocess(text), compared with --params `clean`",
+    )
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--show", type=int, default=10, help="print this many disagreements per rule set")
-    parser.add_argument("--mutations", type=int, default=0,
-                        help="also compare on this many fixture prompts with random edits that trigger the rules")
+    parser.add_argument(
+        "--mutations",
+        type=int,
+        default=0,
+        help="also compare on this many fixture prompts with random edits that trigger the rules",
+    )
     add_out_argument(parser)
     args = parser.parse_args()
     sets = fixture_prompts()
@@ -206,15 +268,25 @@ def main() -> None:
         sys.exit(f"no fixtures under {FIXTURES}")
     if args.mutations:
         sets["mutated"] = mutated([p for prompts in sets.values() for p in prompts], args.mutations)
-    record(args.out, note="spaCy PERSON rule: " + ("not measured (spaCy/en_core_web_sm absent; stubbed on both "
-                                                   "sides)" if spacy_stub_needed() else "measured"))
+    record(
+        args.out,
+        note="spaCy PERSON rule: "
+        + ("not measured (spaCy/en_core_web_sm absent; stubbed on both sides)" if spacy_stub_needed() else "measured"),
+    )
     if args.reference is not None:
-        compare("params", load_rules(load_params("clean", args.params)), reference_from_file(args.reference),
-                sets, args.show)
+        compare(
+            "params",
+            load_rules(load_params("clean", args.params)),
+            reference_from_file(args.reference),
+            sets,
+            args.show,
+        )
         return
     if spacy_stub_needed():
-        print("spaCy or en_core_web_sm is not installed: the reference's PERSON rule is stubbed out (no "
-              "entities) and ours is off, so that rule is measured on neither side")
+        print(
+            "spaCy or en_core_web_sm is not installed: the reference's PERSON rule is stubbed out (no "
+            "entities) and ours is off, so that rule is measured on neither side"
+        )
     for name in args.sets:
         commit, path, _ = REFERENCES[name]
         print(f"== {name}: ours (scripts/clean_rules/{name}.yaml) vs {path} at {commit}")

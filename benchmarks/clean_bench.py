@@ -14,6 +14,7 @@ the git mirror (see clean_agreement.py; not shipped), or a file defining preproc
 Then the whole `python -m scripts clean-text` command on the 1M prompts written one per line
 (reading, cleaning, writing JSONL), timed by the child process's CPU time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,57 @@ from scripts.lib.cleaning import clean_text, load_rule_set, load_rules
 from scripts.lib.params import load_params
 
 MODIFIERS = [
-    "highly detailed", "8k", "4 k", "trending on artstation", "by greg rutkowski", "octane render",
-    "35mm lens", "f/1.8", "--ar 16:9", "seed 1234", "(1999)", "unreal engine 5", "award-winning",
-    "digital painting", "sharp focus", "cinematic lighting", "by wlop and artgerm", "hdr", "!!",
-    "concept art", "matte painting", "intricate", "volumetric light", "the the", "4k uhd", ";",
+    "highly detailed",
+    "8k",
+    "4 k",
+    "trending on artstation",
+    "by greg rutkowski",
+    "octane render",
+    "35mm lens",
+    "f/1.8",
+    "--ar 16:9",
+    "seed 1234",
+    "(1999)",
+    "unreal engine 5",
+    "award-winning",
+    "digital painting",
+    "sharp focus",
+    "cinematic lighting",
+    "by wlop and artgerm",
+    "hdr",
+    "!!",
+    "concept art",
+    "matte painting",
+    "intricate",
+    "volumetric light",
+    "the the",
+    "4k uhd",
+    ";",
 ]
-SUBJECTS = ["a red fox", "an old lighthouse", "a cyberpunk city", "a portrait of a knight", "a bowl of ramen",
-            "a dragon", "a cozy cabin", "a robot gardener", "a sailing ship", "a desert temple"]
-SCENES = ["at sunset", "in the rain", "on the moon", "under the sea", "in a misty forest", "at night",
-          "in winter", "made of glass", "in the style of ukiyo-e", "with neon lights"]
+SUBJECTS = [
+    "a red fox",
+    "an old lighthouse",
+    "a cyberpunk city",
+    "a portrait of a knight",
+    "a bowl of ramen",
+    "a dragon",
+    "a cozy cabin",
+    "a robot gardener",
+    "a sailing ship",
+    "a desert temple",
+]
+SCENES = [
+    "at sunset",
+    "in the rain",
+    "on the moon",
+    "under the sea",
+    "in a misty forest",
+    "at night",
+    "in winter",
+    "made of glass",
+    "in the style of ukiyo-e",
+    "with neon lights",
+]
 
 
 def base_prompts() -> list[str]:
@@ -57,8 +100,10 @@ def base_prompts() -> list[str]:
     if prompts:
         return prompts
     rng = random.Random(0)  # no fixtures: generated prompt-like text
-    return [f"{rng.choice(SUBJECTS)} {rng.choice(SCENES)}, " + ", ".join(rng.sample(MODIFIERS, rng.randint(0, 5)))
-            for _ in range(5000)]
+    return [
+        f"{rng.choice(SUBJECTS)} {rng.choice(SCENES)}, " + ", ".join(rng.sample(MODIFIERS, rng.randint(0, 5)))
+        for _ in range(5000)
+    ]
 
 
 def mutate(prompt: str, rng: random.Random) -> str:
@@ -96,8 +141,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--baseline-n", type=int, default=100_000, help="prompts for the (slow) baselines")
-    parser.add_argument("--reference", help="a rule set name (the team's code at its commit, from --mirror) or a "
-                                            "file defining the reference preprocess(text)")
+    parser.add_argument(
+        "--reference",
+        help="a rule set name (the team's code at its commit, from --mirror) or a "
+        "file defining the reference preprocess(text)",
+    )
     parser.add_argument("--mirror", type=Path, default=MIRROR, help="git directory of the reference repository")
     parser.add_argument("--rules", default=None, help="a named rule set (default: params.yaml `clean`)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
@@ -107,7 +155,9 @@ def main() -> None:
     params = load_params("clean", args.params) if args.rules is None else load_rule_set(args.rules)
     fast, unguarded = load_rules(params), load_rules(params, fast=False)
     prompts = synthesize(args.n)
-    print(f"{len(prompts)} prompts ({len(set(prompts))} distinct), mean {sum(map(len, prompts)) / len(prompts):.0f} chars")
+    print(
+        f"{len(prompts)} prompts ({len(set(prompts))} distinct), mean {sum(map(len, prompts)) / len(prompts):.0f} chars"
+    )
 
     cpu, wall = rate(lambda p: clean_text(p, fast), prompts)
     kept = sum(clean_text(p, fast)[0] is not None for p in prompts[: args.baseline_n])
@@ -116,8 +166,11 @@ def main() -> None:
     base_cpu, _ = rate(lambda p: clean_text(p, unguarded), sample)
     print(f"baseline, same rules without guards: {base_cpu:,.0f} prompts/s CPU -> speedup {cpu / base_cpu:.2f}x")
     if args.reference:
-        preprocess = (reference_from_mirror(args.reference, args.mirror) if args.reference in REFERENCES
-                      else reference_from_file(Path(args.reference)))
+        preprocess = (
+            reference_from_mirror(args.reference, args.mirror)
+            if args.reference in REFERENCES
+            else reference_from_file(Path(args.reference))
+        )
         ref_cpu, _ = rate(lambda p: reference_result(preprocess, p), sample)
         print(f"baseline, reference preprocess: {ref_cpu:,.0f} prompts/s CPU -> speedup {cpu / ref_cpu:.2f}x")
     if args.cli:
@@ -132,8 +185,13 @@ def command_rate(prompts: list[str]) -> tuple[float, float]:
         src.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        subprocess.run([sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)], cwd=ROOT, env=env,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - wall
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

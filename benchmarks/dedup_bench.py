@@ -13,6 +13,7 @@ speed ratio against the naive datasketch approach (per-document MinHash + MinHas
 on the same first 100k rows in this process. Targets (issue 5, 2 cores): 10M in <= 300 s with peak
 RSS <= 6 GB; >= 20x the naive speed at equal or better recall.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,11 +111,16 @@ def vocabulary(size: int, rng: np.random.Generator) -> pa.Array:
     syllables = np.array(["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "an", "el", "or", "ix", "um", "pre", "sto"])
     parts = rng.integers(0, len(syllables), (size, 3))
     lengths = rng.integers(1, 4, size)
-    words = ["".join(syllables[p[:n]]) + str(i % 7 if i % 5 == 0 else "") for i, (p, n) in enumerate(zip(parts, lengths))]
+    words = [
+        "".join(syllables[p[:n]]) + str(i % 7 if i % 5 == 0 else "") for i, (p, n) in enumerate(zip(parts, lengths))
+    ]
     return pa.array(list(dict.fromkeys(words)))
 
 
-FIXTURES = [Path(__file__).resolve().parents[1] / "tests" / "fixtures", Path(__file__).resolve().parents[2] / "shared" / "fixtures"]
+FIXTURES = [
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures",
+    Path(__file__).resolve().parents[2] / "shared" / "fixtures",
+]
 
 
 def phrases() -> pa.Array:
@@ -137,8 +143,14 @@ def realistic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1):
     return synthetic_prompts(n, seed, planted_fraction, vocab=phrases(), units=(2, 7), separator=", ")
 
 
-def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1, vocab: pa.Array | None = None,
-                      units: tuple[int, int] = (6, 32), separator: str = " "):
+def synthetic_prompts(
+    n: int,
+    seed: int = 0,
+    planted_fraction: float = 0.1,
+    vocab: pa.Array | None = None,
+    units: tuple[int, int] = (6, 32),
+    separator: str = " ",
+):
     """(texts, planted) where planted[k] = (row, source_row): row is a one-unit edit (a word, or a phrase
     for the realistic generator) or a re-cased copy."""
     rng = np.random.default_rng(seed)
@@ -155,7 +167,9 @@ def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1, voca
         # planted rows copy an earlier row of the chunk and change one word (or only the case)
         rows = np.sort(rng.choice(np.arange(1, m), int(m * planted_fraction), replace=False))
         sources = (rng.random(len(rows)) * rows).astype(np.int64)
-        texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), vocab.take(pa.array(ids))), separator)
+        texts = pc.binary_join(
+            pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), vocab.take(pa.array(ids))), separator
+        )
         copies = pc.binary_join(
             pa.ListArray.from_arrays(
                 pa.array(mh.offsets_from_counts(lengths[sources]).astype(np.int32)),
@@ -165,7 +179,9 @@ def synthetic_prompts(n: int, seed: int = 0, planted_fraction: float = 0.1, voca
         )
         recase = rng.random(len(rows)) < 0.2
         copies = pa.array(
-            np.where(recase, pc.utf8_upper(copies).to_numpy(zero_copy_only=False), copies.to_numpy(zero_copy_only=False))
+            np.where(
+                recase, pc.utf8_upper(copies).to_numpy(zero_copy_only=False), copies.to_numpy(zero_copy_only=False)
+            )
         )
         merged = texts.to_numpy(zero_copy_only=False).copy()
         merged[rows] = copies.to_numpy(zero_copy_only=False)
@@ -247,7 +263,9 @@ def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: 
 
     removed = np.nonzero(~keep)[0]
     kept = np.nonzero(keep)[0]
-    cross = dedup_against(texts.take(pa.array(removed)), texts.take(pa.array(kept)), params.replace(threshold=threshold))
+    cross = dedup_against(
+        texts.take(pa.array(removed)), texts.take(pa.array(kept)), params.replace(threshold=threshold)
+    )
     return int(cross.keep.sum())
 
 
@@ -267,8 +285,10 @@ def index_benchmark(texts: pa.Array, params: DedupParams) -> None:
         t0 = time.perf_counter()
         result = Index.load(Path(tmp) / "index").query(texts.slice(cut))
         queried = time.perf_counter() - t0
-    print(f"index {cut:>10,} reference rows: build {built:.1f}s, {size:.0f} MiB on disk; "
-          f"query {len(texts) - cut:,} new rows (load + query): {queried:.1f}s, removed {result.stats['removed']:,}")
+    print(
+        f"index {cut:>10,} reference rows: build {built:.1f}s, {size:.0f} MiB on disk; "
+        f"query {len(texts) - cut:,} new rows (load + query): {queried:.1f}s, removed {result.stats['removed']:,}"
+    )
 
 
 def main() -> None:
@@ -279,8 +299,12 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.7)
     parser.add_argument("--no-naive", action="store_true", help="skip the datasketch baseline")
     parser.add_argument("--workers", type=int, default=1, help="signature processes (0 = one per core)")
-    parser.add_argument("--generator", choices=["synthetic", "realistic"], default="synthetic",
-                        help="synthetic: Zipf words | realistic: phrases of the real fixture prompts")
+    parser.add_argument(
+        "--generator",
+        choices=["synthetic", "realistic"],
+        default="synthetic",
+        help="synthetic: Zipf words | realistic: phrases of the real fixture prompts",
+    )
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
     add_out_argument(parser)
@@ -293,8 +317,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     texts, planted = generated_elsewhere(size, args.generator)
-    print(f"generated {size:,} {args.generator} prompts ({len(planted):,} planted) in {time.perf_counter() - t0:.1f}s; "
-          f"rss {peak_rss_gib():.2f} GiB; threshold {args.threshold}, {bands}x{rows} bands, workers {args.workers}")
+    print(
+        f"generated {size:,} {args.generator} prompts ({len(planted):,} planted) in {time.perf_counter() - t0:.1f}s; "
+        f"rss {peak_rss_gib():.2f} GiB; threshold {args.threshold}, {bands}x{rows} bands, workers {args.workers}"
+    )
 
     reset_peak_rss()
     print(f"rss before dedup {current_rss_gib():.2f} GiB (the texts, read from parquet)")
@@ -304,10 +330,12 @@ def main() -> None:
         seconds = time.perf_counter() - t0
     rss = peak_rss_gib()
     pairs = true_pairs(texts, planted, args.threshold)
-    print(f"ours  {size:>10,} rows: {seconds:7.1f}s  {size / seconds:9,.0f} docs/s  peak RSS {rss:.2f} GiB "
-          f"(sampled peak PSS incl. workers {tree.peak_gib:.2f} GiB)  "
-          f"removed {result.stats['removed']:,}  recall {recall(result.keep, pairs):.4f} of {len(pairs):,} true planted pairs  "
-          f"candidates {result.stats['candidate_pairs']:,}")
+    print(
+        f"ours  {size:>10,} rows: {seconds:7.1f}s  {size / seconds:9,.0f} docs/s  peak RSS {rss:.2f} GiB "
+        f"(sampled peak PSS incl. workers {tree.peak_gib:.2f} GiB)  "
+        f"removed {result.stats['removed']:,}  recall {recall(result.keep, pairs):.4f} of {len(pairs):,} true planted pairs  "
+        f"candidates {result.stats['candidate_pairs']:,}"
+    )
 
     if args.index:
         index_benchmark(texts, params)
@@ -322,10 +350,14 @@ def main() -> None:
     t0 = time.perf_counter()
     naive = naive_datasketch(sub.to_pylist(), args.threshold, params.num_perm)
     naive_s = time.perf_counter() - t0
-    print(f"ours  {n:>10,} rows: {ours_s:7.1f}s  recall {recall(ours.keep, sub_pairs):.4f}  "
-          f"false removals {false_removals(sub, ours.keep, args.threshold, params)}")
-    print(f"naive {n:>10,} rows: {naive_s:7.1f}s  recall {recall(naive, sub_pairs):.4f}  "
-          f"false removals {false_removals(sub, naive, args.threshold, params)}  (datasketch MinHash.update + MinHashLSH)")
+    print(
+        f"ours  {n:>10,} rows: {ours_s:7.1f}s  recall {recall(ours.keep, sub_pairs):.4f}  "
+        f"false removals {false_removals(sub, ours.keep, args.threshold, params)}"
+    )
+    print(
+        f"naive {n:>10,} rows: {naive_s:7.1f}s  recall {recall(naive, sub_pairs):.4f}  "
+        f"false removals {false_removals(sub, naive, args.threshold, params)}  (datasketch MinHash.update + MinHashLSH)"
+    )
     print(f"speedup vs naive: {naive_s / ours_s:.1f}x")
 
 

@@ -13,6 +13,7 @@ in fresh processes on 30% of the shards and on all of them (flat as input grows)
 process (it runs before the reference, so the high-water mark is ours). Both outputs must hold the
 same rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,38 @@ TINY_PNG = bytes.fromhex(  # a valid 1x1 PNG: the set stays small on disk
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
-WORDS = ["a", "red", "fox", "an", "old", "lighthouse", "in", "the", "misty", "forest", "at", "dawn", "with", "soft", "golden", "light", "painted", "in", "watercolor", "on", "textured", "paper", "highly", "detailed", "quiet", "harbor", "neon", "city", "crystal", "dragon"]
+WORDS = [
+    "a",
+    "red",
+    "fox",
+    "an",
+    "old",
+    "lighthouse",
+    "in",
+    "the",
+    "misty",
+    "forest",
+    "at",
+    "dawn",
+    "with",
+    "soft",
+    "golden",
+    "light",
+    "painted",
+    "in",
+    "watercolor",
+    "on",
+    "textured",
+    "paper",
+    "highly",
+    "detailed",
+    "quiet",
+    "harbor",
+    "neon",
+    "city",
+    "crystal",
+    "dragon",
+]
 
 
 def make_set(root: Path, records: int, shards: int, seed: int = 0) -> list[Path]:
@@ -54,12 +86,18 @@ def make_set(root: Path, records: int, shards: int, seed: int = 0) -> list[Path]
                 name = f"{i:09d}"
                 short = " ".join(rng.choices(WORDS, k=12))
                 rec = {
-                    "image_name": f"{name}.png", "md5_pil_hash": hashlib.md5(name.encode()).hexdigest(),
+                    "image_name": f"{name}.png",
+                    "md5_pil_hash": hashlib.md5(name.encode()).hexdigest(),
                     "md5_file_hash": hashlib.md5(short.encode()).hexdigest(),
-                    "sha512_hash": hashlib.sha512(name.encode()).hexdigest(), "short_caption": short,
-                    "long_caption": " ".join(rng.choices(WORDS, k=60)), "resolution": "1024x1024",
-                    "width": 1024, "height": rng.choice([1024, 1792]), "url": f"https://example.com/{name}.png",
-                    "source": "reddit", "original_prompt": " ".join(rng.choices(WORDS, k=20)),
+                    "sha512_hash": hashlib.sha512(name.encode()).hexdigest(),
+                    "short_caption": short,
+                    "long_caption": " ".join(rng.choices(WORDS, k=60)),
+                    "resolution": "1024x1024",
+                    "width": 1024,
+                    "height": rng.choice([1024, 1792]),
+                    "url": f"https://example.com/{name}.png",
+                    "source": "reddit",
+                    "original_prompt": " ".join(rng.choices(WORDS, k=20)),
                     "short_caption2": [" ".join(rng.choices(WORDS, k=10))],
                     "long_caption2": [" ".join(rng.choices(WORDS, k=40))],
                 }
@@ -85,8 +123,14 @@ def reference_recipe(shards: list[Path], scratch: Path, out: Path) -> int:
             records.append(json.load(f))
     df = pd.DataFrame(records)
     df = df[df["width"].notna()]
-    df = pd.DataFrame({"width": df["width"].astype(int), "height": df["height"].astype(int),
-                       "caption": df["short_caption"], "filename": df["image_name"]})
+    df = pd.DataFrame(
+        {
+            "width": df["width"].astype(int),
+            "height": df["height"].astype(int),
+            "caption": df["short_caption"],
+            "filename": df["image_name"],
+        }
+    )
     df.to_parquet(out, index=False)
     return len(df)
 
@@ -122,25 +166,34 @@ def main() -> None:
     t = time.perf_counter()
     shards = make_set(work / "shards", args.records, args.shards)
     size_mb = sum(p.stat().st_size for p in shards) / 2**20
-    print(f"synthetic set: {args.records} records in {len(shards)} shards, {size_mb:.0f} MiB "
-          f"(written in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"synthetic set: {args.records} records in {len(shards)} shards, {size_mb:.0f} MiB "
+        f"(written in {time.perf_counter() - t:.1f} s)"
+    )
 
     import pandas  # noqa: F401  (imports outside both timings)
     import pyarrow.parquet  # noqa: F401
 
     # 30% of the default set (60k records) already fills one 50k-row group: past that, memory must not grow
     part = shards[: max(1, len(shards) * 3 // 10)]
-    rss_small, rss_all = child_peak_rss_mb(part, work / "flat.parquet"), child_peak_rss_mb(shards, work / "flat.parquet")
-    print(f"memory:    peak RSS of a fresh compile process: {rss_small:.0f} MiB for {len(part)} shard(s), "
-          f"{rss_all:.0f} MiB for all {len(shards)} ({rss_all / rss_small:.2f}x for {len(shards) / len(part):.1f}x the input)")
+    rss_small, rss_all = (
+        child_peak_rss_mb(part, work / "flat.parquet"),
+        child_peak_rss_mb(shards, work / "flat.parquet"),
+    )
+    print(
+        f"memory:    peak RSS of a fresh compile process: {rss_small:.0f} MiB for {len(part)} shard(s), "
+        f"{rss_all:.0f} MiB for all {len(shards)} ({rss_all / rss_small:.2f}x for {len(shards) / len(part):.1f}x the input)"
+    )
 
     rss_before = peak_rss_mb()
     t = time.perf_counter()
     stats = compile_simpletuner(shards, work / "ours.parquet", "short_caption")
     ours = time.perf_counter() - t
     rss_ours = peak_rss_mb()
-    print(f"ours:      {ours:8.2f} s  {stats['rows_written']} rows, skipped {stats['skipped']}; "
-          f"peak RSS {rss_ours:.0f} MiB (before: {rss_before:.0f} MiB)")
+    print(
+        f"ours:      {ours:8.2f} s  {stats['rows_written']} rows, skipped {stats['skipped']}; "
+        f"peak RSS {rss_ours:.0f} MiB (before: {rss_before:.0f} MiB)"
+    )
 
     t = time.perf_counter()
     rows = reference_recipe(shards, work / "extracted", work / "reference.parquet")

@@ -6,6 +6,7 @@ Prints ns per item of a bare loop, of track() writing to a log (no terminal) and
 live bar (a forced terminal into a buffer), and the ratio to the bare loop; then the ratio on the real
 cleaning loop (clean_text over the OpenPrompts fixture), where the per-item cost of cleaning dwarfs it.
 """
+
 from __future__ import annotations
 
 import argparse

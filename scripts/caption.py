@@ -19,6 +19,7 @@ stay small), retries, deadline, key redaction, kill -9 resume and offline replay
 Outputs in OUT/: captions.parquet (one row per captioned image), rejections.parquet (one row per
 caption that failed QA, also those a later model replaced), sources.json, cache/, report.json.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,8 +54,16 @@ from scripts.lib.safe_paths import confined_file
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
-CAPTION_COLUMNS = ["id", "image", "caption", "caption_variant", "caption_selector_index", "caption_source_id",
-                   "width", "height"]
+CAPTION_COLUMNS = [
+    "id",
+    "image",
+    "caption",
+    "caption_variant",
+    "caption_selector_index",
+    "caption_source_id",
+    "width",
+    "height",
+]
 REJECTION_COLUMNS = ["id", "image", "caption_variant", "caption_selector_index", "reason", "caption"]
 
 
@@ -140,10 +149,17 @@ def caption_sources(params: CaptionEntry, created: list[int | None]) -> list[dic
     """The caption_sources table of the card: caption_source_id -> backend, model, created_at (the
     earliest `created` of the model's responses, so a replay writes the same value) and prompt hashes."""
     system_sha = sha256_text(params.system) if params.system is not None else None
-    return [{"caption_source_id": step + 1, "backend": params.backend, "model": model.model,
-             "created_at": created[step], "system_prompt_sha256": system_sha,
-             "user_prompt_sha256": sha256_text(params.prompt)}
-            for step, model in enumerate(params.models)]
+    return [
+        {
+            "caption_source_id": step + 1,
+            "backend": params.backend,
+            "model": model.model,
+            "created_at": created[step],
+            "system_prompt_sha256": system_sha,
+            "user_prompt_sha256": sha256_text(params.prompt),
+        }
+        for step, model in enumerate(params.models)
+    ]
 
 
 # ---------------------------------------------------------------- images (read only)
@@ -246,8 +262,13 @@ def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
 # ---------------------------------------------------------------- the stage
 
 
-def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
-            log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> dict:
+def caption(
+    name: str,
+    params: CaptionEntry,
+    out_dir: Path,
+    api_key: str | None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> dict:
     """Run entry `name`: caption the first `max_images` images model by model, write OUT/.
 
     Returns the report (also OUT/report.json). A request that fails for good stops new requests and
@@ -268,8 +289,10 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
             infos.append(inspect_image(image, params))
         except UnsafeArchive as exc:
             skipped[exc.reason] += 1
-    log(f"caption {shown(name)}: {len(listed)} images in {shown(images_dir)}, {len(selected)} selected, "
-        f"{len(selected) - len(infos)} skipped")
+    log(
+        f"caption {shown(name)}: {len(listed)} images in {shown(images_dir)}, {len(selected)} selected, "
+        f"{len(selected) - len(infos)} skipped"
+    )
 
     rules = compile_rules(params.qa)
     variants = params.variants
@@ -293,8 +316,16 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
             else:
                 rejected[reason] += 1
                 image = infos[index]
-                rejections.append({"id": image.id, "image": image.ref, "caption_variant": variant,
-                                   "caption_selector_index": step, "reason": reason, "caption": text})
+                rejections.append(
+                    {
+                        "id": image.id,
+                        "image": image.ref,
+                        "caption_variant": variant,
+                        "caption_selector_index": step,
+                        "reason": reason,
+                        "caption": text,
+                    }
+                )
             stamp = response.get("created")
             if isinstance(stamp, int) and not isinstance(stamp, bool):
                 stamps.append(stamp)
@@ -302,8 +333,16 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
                 value = (response.get("usage") or {}).get(kind)
                 usage[kind] += value if isinstance(value, int) else 0
         created.append(min(stamps) if stamps else None)
-        steps.append({"caption_selector_index": step, "caption_variant": variant, "model": params.models[step].model,
-                      **stats, "accepted": len(pending) - sum(rejected.values()), "rejected": dict(sorted(rejected.items()))})
+        steps.append(
+            {
+                "caption_selector_index": step,
+                "caption_variant": variant,
+                "model": params.models[step].model,
+                **stats,
+                "accepted": len(pending) - sum(rejected.values()),
+                "rejected": dict(sorted(rejected.items())),
+            }
+        )
         pending = [index for index in pending if index not in accepted]
 
     last_reason = {r["id"]: r["reason"] for r in rejections}  # rejections are in waterfall order
@@ -314,8 +353,13 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
         "name": name,
         "base_url": params.base_url,
         "backend": params.backend,
-        "images": {"listed": len(listed), "selected": len(selected), "skipped": dict(sorted(skipped.items())),
-                   "captioned": len(accepted), "dropped": len(pending)},
+        "images": {
+            "listed": len(listed),
+            "selected": len(selected),
+            "skipped": dict(sorted(skipped.items())),
+            "captioned": len(accepted),
+            "dropped": len(pending),
+        },
         "dropped": dict(sorted(dropped.items())),  # by the last model's reason
         "steps": steps,
         "requests": sum(s["requests"] for s in steps),
@@ -327,19 +371,35 @@ def caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None,
 
     write_json(report, out_dir / "report.json")  # first: it proves the files beside it ours to the next run
     write_parquet(captions, out_dir / "captions.parquet")
-    write_parquet(pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"}),
-                  out_dir / "rejections.parquet")
-    write_json({"caption_sources": sources,
-                "waterfall": [{"caption_selector_index": s["caption_selector_index"],
-                               "caption_variant": s["caption_variant"], "caption_source_id": s["caption_selector_index"] + 1,
-                               "model": s["model"], "images": s["accepted"]} for s in steps]},
-               out_dir / "sources.json")
-    log(f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}")
+    write_parquet(
+        pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"}),
+        out_dir / "rejections.parquet",
+    )
+    write_json(
+        {
+            "caption_sources": sources,
+            "waterfall": [
+                {
+                    "caption_selector_index": s["caption_selector_index"],
+                    "caption_variant": s["caption_variant"],
+                    "caption_source_id": s["caption_selector_index"] + 1,
+                    "model": s["model"],
+                    "images": s["accepted"],
+                }
+                for s in steps
+            ],
+        },
+        out_dir / "sources.json",
+    )
+    log(
+        f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}"
+    )
     return report
 
 
-def _run_step(name: str, params: CaptionEntry, step: int, images: list[ImageInfo], cache: ResponseCache,
-              api_key: str | None, log) -> tuple[list[dict], dict]:
+def _run_step(
+    name: str, params: CaptionEntry, step: int, images: list[ImageInfo], cache: ResponseCache, api_key: str | None, log
+) -> tuple[list[dict], dict]:
     """Responses of model `step` for `images` (in order): cached ones replayed, the rest requested."""
     variant = params.variants[step]
     stored = [build_request(params, step, stored_url(image)) for image in images]
@@ -348,8 +408,10 @@ def _run_step(name: str, params: CaptionEntry, step: int, images: list[ImageInfo
     if images:
         log(f"caption {name}: {variant}: {len(images)} requests, {len(responses)} cached, {len(missing)} to call")
     if missing and params.offline:
-        raise DataError(f"caption {name}: {len(missing)} of {len(images)} requests to {params.models[step].model} not in "
-                        f"{cache.directory} and offline is true (pull the cache or set offline: false)")
+        raise DataError(
+            f"caption {name}: {len(missing)} of {len(images)} requests to {params.models[step].model} not in "
+            f"{cache.directory} and offline is true (pull the cache or set offline: false)"
+        )
 
     def sender(image: ImageInfo) -> Callable[[], dict]:
         def body() -> dict:  # the image is read when its request starts, not all at once
@@ -357,32 +419,58 @@ def _run_step(name: str, params: CaptionEntry, step: int, images: list[ImageInfo
             if hashlib.sha256(data).hexdigest() != image.sha256:
                 raise DataError(f"{image.ref}: the image changed while it was captioned; re-run")
             return build_request(params, step, data_url(image, data))
+
         return body
 
     jobs = [Job(position, sender(images[position]), stored[position], keys[position]) for position in missing]
-    stats, failures = call_missing(jobs, base_url=params.base_url, api_key=api_key, policy=params,
-                                   concurrency=params.concurrency, cache=cache, responses=responses, log=log,
-                                   desc=f"caption {name} {variant}")
+    stats, failures = call_missing(
+        jobs,
+        base_url=params.base_url,
+        api_key=api_key,
+        policy=params,
+        concurrency=params.concurrency,
+        cache=cache,
+        responses=responses,
+        log=log,
+        desc=f"caption {name} {variant}",
+    )
     if failures:
         position, message = min(failures)
-        raise DataError(f"caption {name}: {variant}: image {images[position].id} failed: "
-                        f"{redact_key(message, api_key)}; {len(responses)} of {len(images)} requests to "
-                        f"{params.models[step].model} cached, re-run to resume")
-    counts = {"requests": len(images), "cache_hits": len(images) - len(missing), "api_calls": len(missing),
-              "attempts": stats.attempts, "retries": stats.retries}
+        raise DataError(
+            f"caption {name}: {variant}: image {images[position].id} failed: "
+            f"{redact_key(message, api_key)}; {len(responses)} of {len(images)} requests to "
+            f"{params.models[step].model} cached, re-run to resume"
+        )
+    counts = {
+        "requests": len(images),
+        "cache_hits": len(images) - len(missing),
+        "api_calls": len(missing),
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+    }
     return [responses[position] for position in range(len(images))], counts
 
 
 def _caption_table(infos: list[ImageInfo], accepted: dict[int, tuple[int, str]], variants: list[str]):
     import pandas as pd
 
-    rows = [{"id": infos[i].id, "image": infos[i].ref, "caption": text, "caption_variant": variants[step],
-             "caption_selector_index": step, "caption_source_id": step + 1,
-             "width": infos[i].width, "height": infos[i].height}
-            for i, (step, text) in sorted(accepted.items())]
+    rows = [
+        {
+            "id": infos[i].id,
+            "image": infos[i].ref,
+            "caption": text,
+            "caption_variant": variants[step],
+            "caption_selector_index": step,
+            "caption_source_id": step + 1,
+            "width": infos[i].width,
+            "height": infos[i].height,
+        }
+        for i, (step, text) in sorted(accepted.items())
+    ]
     frame = pd.DataFrame(rows, columns=CAPTION_COLUMNS)
-    return frame.astype({"caption_selector_index": "int16", "caption_source_id": "int64",
-                         "width": "int32", "height": "int32"})
+    return frame.astype(
+        {"caption_selector_index": "int16", "caption_source_id": "int64", "width": "int32", "height": "int32"}
+    )
 
 
 OUTPUTS = ("captions.parquet", "rejections.parquet", "sources.json", "report.json")  # cache/ is only added to
@@ -390,8 +478,10 @@ OUTPUTS = ("captions.parquet", "rejections.parquet", "sources.json", "report.jso
 
 def cli(
     name: Annotated[str, typer.Argument(help="entry of params.yaml: caption")],
-    out_dir: Annotated[Path, typer.Argument(help="writes captions.parquet, rejections.parquet, sources.json, "
-                                                 "cache/ and report.json here")],
+    out_dir: Annotated[
+        Path,
+        typer.Argument(help="writes captions.parquet, rejections.parquet, sources.json, cache/ and report.json here"),
+    ],
 ) -> None:
     """Caption images with vision models in a waterfall (cached: replays offline)."""
     entries = load_section("caption")

@@ -9,6 +9,7 @@ Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, 
 `sources.S.caption_language` (e.g. en) drops a row whose raw prompt langdetect reads as another
 language, before the split, as the team's make_captions.py skipped it (undetectable text is kept).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def carried_images(rows: pd.DataFrame, source: str, text_only: bool = False) -> 
     missing = rows["image"].isna()
     if missing.any() and not text_only:
         first = rows.loc[missing, "id"].iloc[0]
-        raise DataError(f"source {source}: {int(missing.sum())} rows have no image reference (first id {first}; "
-                        f"a prompt dataset says sources.{source}.text_only: true)")
+        raise DataError(
+            f"source {source}: {int(missing.sum())} rows have no image reference (first id {first}; "
+            f"a prompt dataset says sources.{source}.text_only: true)"
+        )
     return rows.assign(generation=None)
 
 

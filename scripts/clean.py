@@ -7,6 +7,7 @@ the row) and data/clean/S.report.json (counts per reason; a DVC metric), with th
 clean_rules writes data/clean/rules.json, every rule set once, for clean@S and release@V to depend on.
 clean-text cleans a text file, one prompt per line, to JSONL.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,15 +50,19 @@ def cli_rules(output: Path) -> None:
             raise DataError(f"{exc} (rule set {name!r})") from None
     document = rules_file_document(clean.rules, sets)
     write_json(document, output)
-    print(f"clean_rules: {len(document['sets'])} rule sets ({', '.join(document['sets'])}; default "
-          f"{document['rules']}) -> {output}")
+    print(
+        f"clean_rules: {len(document['sets'])} rule sets ({', '.join(document['sets'])}; default "
+        f"{document['rules']}) -> {output}"
+    )
 
 
 def cli(
     source: str,
     input: Path,
     output: Path,
-    rules: Path | None = typer.Option(None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"),
+    rules: Path | None = typer.Option(
+        None, "--rules", help="compiled rules (data/clean/rules.json); default: params.yaml clean"
+    ),
 ) -> None:
     """clean@S: drop and rewrite prompts with the source's rule set and mode (sources.S.clean) -> output,
     its .dropped.parquet and .report.json."""
@@ -80,16 +85,19 @@ def cli(
             from scripts.lib.cleaning.on_ray import outcomes_on_ray
 
             check_mode(mode)
-            kept, dropped = split_rows(df, outcomes_on_ray(input, "prompt", rule_set, runtime, desc=f"clean@{source}"),
-                                       "prompt", mode)
+            kept, dropped = split_rows(
+                df, outcomes_on_ray(input, "prompt", rule_set, runtime, desc=f"clean@{source}"), "prompt", mode
+            )
         else:
             kept, dropped = clean_table(df, compiled, desc=f"clean@{source}", mode=mode, workers=local_workers(runtime))
     dropped_path, report_path = sibling_paths(output)
     write_parquet(dropped, dropped_path)
     write_json(report(source, len(df), dropped, mode != "off", used, mode), report_path)
     write_parquet(kept, output)
-    print(f"clean {source} ({used or 'no rules'}, {mode}): {len(df)} rows in, {len(kept)} kept, {len(dropped)} dropped "
-          f"-> {output}")
+    print(
+        f"clean {source} ({used or 'no rules'}, {mode}): {len(df)} rows in, {len(kept)} kept, {len(dropped)} dropped "
+        f"-> {output}"
+    )
 
 
 def chosen_rule_set(name: str | None, rules_file: Path | None) -> tuple[CleanRules, str]:
@@ -126,9 +134,12 @@ def cli_text(
         raise DataError(f"{input}: input not found")
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
-    with input.open("rb") as src, atomic_path(output) as tmp, \
-            Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress, \
-            tmp.open("w", encoding="utf-8") as dst:
+    with (
+        input.open("rb") as src,
+        atomic_path(output) as tmp,
+        Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress,
+        tmp.open("w", encoding="utf-8") as dst,
+    ):
         while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
             lines = _decode_lines(batch, input, line_no)
             line_no += len(batch)

@@ -5,6 +5,7 @@ section, do I/O, call the pure core). This file only maps command names to those
 just the one a run needs (a stage process never pays for torch or pandas it does not use), and turns
 every failure into one line on stderr with a non-zero exit code (SIGINT 130, SIGTERM 143).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,12 +37,15 @@ COMMANDS = {
     "dedup-text": "dedup:cli_text",
     # side tools
     "diff": "tools.diff",
-    "pr-build": "tools.pr_build", "pr-comment": "tools.pr_comment", "pr-comment-post": "tools.pr_comment:cli_post",
+    "pr-build": "tools.pr_build",
+    "pr-comment": "tools.pr_comment",
+    "pr-comment-post": "tools.pr_comment:cli_post",
     "publish": "tools.publish",
     "tag": "tools.tag",
     "replay-history": "tools.replay_history",
     "sample-data": "tools.sample_data",
-    "simpletuner": "tools.simpletuner", "simpletuner-config": "tools.simpletuner:cli_config",
+    "simpletuner": "tools.simpletuner",
+    "simpletuner-config": "tools.simpletuner:cli_config",
     "dedup-preview": "tools.dedup_preview",
     "params-doc": "tools.params_doc",
     "history-table": "tools.history_table",
@@ -105,8 +109,11 @@ def _install_signal_handlers() -> dict:
         _FORK_HOOK = True
 
     # a signal the parent set to be ignored (e.g. SIGINT of a shell's background job) stays ignored
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)
-            if signal.getsignal(signum) is not signal.SIG_IGN}
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
 
 
 _FORK_HOOK = False
@@ -201,8 +208,11 @@ def _main(argv: list[str] | None) -> int:
             print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
             return 2
         except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
-            print(f"error: {one_line(exc.object)}: cannot be encoded as {exc.encoding} "
-                  "(a file name that is not UTF-8?); rename it", file=sys.stderr)
+            print(
+                f"error: {one_line(exc.object)}: cannot be encoded as {exc.encoding} "
+                "(a file name that is not UTF-8?); rename it",
+                file=sys.stderr,
+            )
             return 2
         except MemoryError:
             print("error: out of memory (a smaller input, batch_rows or workers may fit)", file=sys.stderr)

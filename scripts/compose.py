@@ -8,6 +8,7 @@ only. Its plan holds the release entries without those two keys (scripts/lib/pla
 Out: data/compose/V/rows.parquet (the release's rows) and removed.parquet (every row a step removed,
 with its reason); release@V reads both (`--composed`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,17 @@ def compose_release(name: str, reads: dict, splits: Path, rules: Path, positions
     """(recipe, rows, removed rows) of release `name` from its plan `reads` (scripts/lib/plans.py)."""
     releases, sources = plan_releases(reads), plan_sources(reads)  # what V reads, and no other
     recipe = resolve_recipe(name, releases)
-    ops = stage_ops(sources, releases, load_section("dedup", missing_ok=True), splits, rules, positions, recipe, desc,
-                    load_section("runtime", missing_ok=True))
+    ops = stage_ops(
+        sources,
+        releases,
+        load_section("dedup", missing_ok=True),
+        splits,
+        rules,
+        positions,
+        recipe,
+        desc,
+        load_section("runtime", missing_ok=True),
+    )
     return (recipe, *compose(recipe, ops))
 
 
@@ -69,8 +79,11 @@ def cli(
     splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
     output: Path = typer.Argument(..., help="data/compose/V"),
     rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
-    positions: Path = typer.Option(Path("data/prefilter"), "--positions",
-                                   help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
+    positions: Path = typer.Option(
+        Path("data/prefilter"),
+        "--positions",
+        help="prefilter@S outputs: each row's place in its source's generation list (row ranges)",
+    ),
     plan: Path = typer.Option(None, "--recipe", help="data/recipes/compose/V.json (default: params.yaml releases)"),
 ) -> None:
     """Compose a release's rows from per-source splits by its recipe (no export)."""

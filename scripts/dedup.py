@@ -6,6 +6,7 @@ column name is the contract's), S.report.json and S.preview.html. `runtime.engin
 minhash method on Ray Data with the same output bytes. The names re-exported below are the API that
 release.py, prefilter.py, the tests and the benchmarks import from here.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,22 @@ from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 
 DedupParams = Dedup  # the `dedup:` section's model; Dedup() = the documented defaults
 
-__all__ = ["SPEED_KEYS", "DedupParams", "EmbeddingIndex", "Index", "MinHashIndex", "Result", "banding", "build_index",
-           "dedup_against", "dedup_self", "embed", "keep_mask", "near_duplicate_mask", "resolve_params"]
+__all__ = [
+    "SPEED_KEYS",
+    "DedupParams",
+    "EmbeddingIndex",
+    "Index",
+    "MinHashIndex",
+    "Result",
+    "banding",
+    "build_index",
+    "dedup_against",
+    "dedup_self",
+    "embed",
+    "keep_mask",
+    "near_duplicate_mask",
+    "resolve_params",
+]
 
 
 def embed(texts, params=None) -> np.ndarray:
@@ -67,7 +82,10 @@ def read_stage_input(path: Path) -> pa.Table:
         if column not in table.column_names:
             raise DataError(f"{path}: missing column '{column}'")
     for column in ("id", "text"):
-        if not (pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(table.schema.field(column).type)):
+        if not (
+            pa.types.is_string(table.schema.field(column).type)
+            or pa.types.is_large_string(table.schema.field(column).type)
+        ):
             raise DataError(f"{path}: column '{column}' must hold text, found {table.schema.field(column).type}")
         nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
         if nulls.any():
@@ -88,16 +106,27 @@ def clusters_table(ids: pa.Array, result: Result, params: Dedup) -> pa.Table:
     similarity = result.similarity[removed]
     if params.method == "embedding":  # float32 encoders differ in the last bits across devices/batches
         similarity = np.round(similarity, 6)
-    return pa.table({"id": ids.take(pa.array(removed)), "duplicate_of": ids.take(pa.array(result.duplicate_of[removed])),
-                     "jaccard": pa.array(similarity, type=pa.float64())})
+    return pa.table(
+        {
+            "id": ids.take(pa.array(removed)),
+            "duplicate_of": ids.take(pa.array(result.duplicate_of[removed])),
+            "jaccard": pa.array(similarity, type=pa.float64()),
+        }
+    )
 
 
 def stage_report(source: str, stats: dict, params: Dedup) -> dict:
     if params.method == "embedding":
         return {"source": source, **stats, "method": "embedding", "model": params.embedding_model, "keep": params.keep}
     # minhash: the keys the default pipeline's report has always had
-    return {"source": source, **stats, "num_perm": params.num_perm, "ngram": params.ngram, "unit": params.unit,
-            "keep": params.keep}
+    return {
+        "source": source,
+        **stats,
+        "num_perm": params.num_perm,
+        "ngram": params.ngram,
+        "unit": params.unit,
+        "keep": params.keep,
+    }
 
 
 def cli(
@@ -114,8 +143,12 @@ def cli(
         table = read_stage_input(input)
         ids = table.column("id").combine_chunks()
         n = table.num_rows
-        result = Result(np.ones(n, dtype=bool), np.full(n, -1, dtype=np.int64), np.full(n, np.nan),
-                        {"rows_in": n, "kept": n, "removed": 0})
+        result = Result(
+            np.ones(n, dtype=bool),
+            np.full(n, -1, dtype=np.int64),
+            np.full(n, np.nan),
+            {"rows_in": n, "kept": n, "removed": 0},
+        )
         write_table(table, output)
         write_table(clusters_table(ids, result, params), clusters_path)
         stats = result.stats
@@ -159,8 +192,11 @@ def write_preview(source: str, input: Path, output: Path, clusters: Path, page: 
 def cli_text(
     input: Path = typer.Argument(..., help="text file, one text per line"),
     output: Path = typer.Argument(..., help="JSONL, one {keep, duplicate_of} per input line"),
-    threshold: float | None = typer.Option(None, help="similarity threshold: Jaccard, or cosine with dedup.method "
-                                                         "embedding (default: params.yaml dedup.threshold, else 0.7)"),
+    threshold: float | None = typer.Option(
+        None,
+        help="similarity threshold: Jaccard, or cosine with dedup.method "
+        "embedding (default: params.yaml dedup.threshold, else 0.7)",
+    ),
 ) -> None:
     """Near-duplicate flags for a text file; an empty line (no tokens) is always kept.
 

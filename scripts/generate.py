@@ -9,6 +9,7 @@ previous DVC version (scripts/lib/dvc_cache.py) already hold, renders only the r
 (scripts/lib/render.py) or on Ray (scripts/lib/render_ray.py, `runtime.engine: ray`), then writes the
 manifest. Formats and guarantees: docs/generation.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,9 +61,17 @@ def take_in_previous(output: Path, store: ImageStore) -> int:
     return taken
 
 
-def render_missing(jobs: list[Job], settings: Generate, model_dir: str, identity: str, runtime: Runtime,
-                   output: OutputFolder, store: ImageStore | None) -> RenderStats:
+def render_missing(
+    jobs: list[Job],
+    settings: Generate,
+    model_dir: str,
+    identity: str,
+    runtime: Runtime,
+    output: OutputFolder,
+    store: ImageStore | None,
+) -> RenderStats:
     """Render `jobs` on the configured engine; each image lands in the store (if any) and OUTPUT."""
+
     def deliver(job: Job, data: bytes) -> None:
         if store is None:
             output.write(job.file, data)
@@ -77,15 +86,30 @@ def render_missing(jobs: list[Job], settings: Generate, model_dir: str, identity
         if runtime.engine == "ray":
             from scripts.lib.render_ray import render_on_ray
 
-            return render_on_ray(jobs, settings, model_dir, identity, runtime, deliver,
-                                 os.path.abspath(store.root) if store is not None else None, progress)
+            return render_on_ray(
+                jobs,
+                settings,
+                model_dir,
+                identity,
+                runtime,
+                deliver,
+                os.path.abspath(store.root) if store is not None else None,
+                progress,
+            )
         device, dtype = resolve_device(settings)
         pipe = load_pipeline(settings, model_dir, device, dtype)
         return render_images(jobs, pipe, settings, deliver, runtime.writers, progress=progress)
 
 
-def generate(table, settings: Generate, output: Path, input_name: str = "input", store: Path | None = None,
-             prefix: str | None = None, runtime: Runtime | None = None) -> dict:
+def generate(
+    table,
+    settings: Generate,
+    output: Path,
+    input_name: str = "input",
+    store: Path | None = None,
+    prefix: str | None = None,
+    runtime: Runtime | None = None,
+) -> dict:
     """Make `output` hold exactly one image per row of `table` plus the manifest. Returns counts.
 
     With `store` (the generation store), images come from it when it has their key, new ones are
@@ -105,14 +129,23 @@ def engine_session(runtime: Runtime):
     return ray_cluster(runtime)
 
 
-def _generate(table, settings: Generate, output: Path, input_name: str, store: Path | None, prefix: str | None,
-              runtime: Runtime, cuda: bool | None) -> dict:
+def _generate(
+    table,
+    settings: Generate,
+    output: Path,
+    input_name: str,
+    store: Path | None,
+    prefix: str | None,
+    runtime: Runtime,
+    cuda: bool | None,
+) -> dict:
     model_dir, identity = resolve_model(settings)
     device, dtype = resolve_device(settings, cuda)
     settings = with_model_size(settings, model_dir).replace(device=device)
     jobs = plan_jobs(table, settings, identity, dtype, input_name, prefix or output.name, device)
-    recorded = run_settings(settings, dtype, device, model_config(model_dir)["scheduler_class"]
-                            if settings.scheduler == "model" else None)
+    recorded = run_settings(
+        settings, dtype, device, model_config(model_dir)["scheduler_class"] if settings.scheduler == "model" else None
+    )
     opened = ImageStore(store, output) if store is not None else None
     folder = OutputFolder(output)
     known = folder.keys()  # an index-named file is kept only if the manifest says it holds the wanted key
@@ -132,8 +165,14 @@ def _generate(table, settings: Generate, output: Path, input_name: str, store: P
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")
     folder.finish(manifest_table(jobs, settings, identity, recorded))
-    return {"prompts": len(jobs), "rendered": stats.prompts_rendered, "reused": len(jobs) - len(missing),
-            "from_store": from_store, "pruned": pruned, "pipeline_calls": stats.pipeline_calls}
+    return {
+        "prompts": len(jobs),
+        "rendered": stats.prompts_rendered,
+        "reused": len(jobs) - len(missing),
+        "from_store": from_store,
+        "pruned": pruned,
+        "pipeline_calls": stats.pipeline_calls,
+    }
 
 
 def cli(
@@ -145,19 +184,24 @@ def cli(
     """Render one image per prompt into OUTPUT (resumable; only images in neither OUTPUT nor the store are rendered)."""
     settings = load_section("generate")
     runtime = load_section("runtime", missing_ok=True)
-    counts = generate(read_parquet(input), settings, output, input_name=str(input), store=store, prefix=source,
-                      runtime=runtime)
+    counts = generate(
+        read_parquet(input), settings, output, input_name=str(input), store=store, prefix=source, runtime=runtime
+    )
     # one line, parsed by tests and people counting renders: `rendered` is what the pipeline drew
-    print(f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
-          f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the store), "
-          f"{counts['pruned']} files pruned; preset {settings.preset}")
+    print(
+        f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
+        f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the store), "
+        f"{counts['pruned']} files pruned; preset {settings.preset}"
+    )
 
 
 def image_folders() -> list[Path]:
     """The output folder of every generate@S (sources.S.images, else data/images/S)."""
     sources = load_section("sources", missing_ok=True)
-    return [Path(sources[s].images) if s in sources and sources[s].images else Path("data/images") / s
-            for s in load_section("generate").sources]
+    return [
+        Path(sources[s].images) if s in sources and sources[s].images else Path("data/images") / s
+        for s in load_section("generate").sources
+    ]
 
 
 def prune_generation_store(store: Path, keep: list[Path] | None, everything: bool = False) -> dict:
@@ -173,8 +217,10 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
         for folder in keep or []:
             manifest = Path(folder) / MANIFEST
             if not manifest.is_file():
-                raise DataError(f"{manifest}: not found; its images would be pruned (build it first, name the "
-                                "folders to keep with --keep, or empty the store with --all)")
+                raise DataError(
+                    f"{manifest}: not found; its images would be pruned (build it first, name the "
+                    "folders to keep with --keep, or empty the store with --all)"
+                )
             wanted.update(stored_name(k, f) for f, k in manifest_keys(manifest).items() if KEY.fullmatch(k))
     return ImageStore(store).prune(wanted)
 
@@ -182,7 +228,8 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
 def cli_prune(
     store: Path = typer.Option(Path("data/image_store"), "--store", help="the generation store"),
     keep: list[Path] | None = typer.Option(
-        None, "--keep", help="image folder whose manifest's images stay (repeatable; default: every generate@S output)"),
+        None, "--keep", help="image folder whose manifest's images stay (repeatable; default: every generate@S output)"
+    ),
     everything: bool = typer.Option(False, "--all", help="empty the store"),
 ) -> None:
     """Delete images of the generation store that no current generate@S output uses (the store never shrinks otherwise)."""

@@ -12,6 +12,7 @@ width/height fit the table. A bad record stops the stage with one line naming fi
 and row (`on_error: fail`) or is counted under its reason in the report (`on_error: skip`). Both
 outputs are written to temp files and renamed at the end: a failed run leaves no partial file.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,16 +62,25 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
 def prompt_schema():
     import pyarrow as pa
 
-    schema = pa.schema([
-        ("id", pa.string()), ("source", pa.string()), ("prompt", pa.string()), ("split", pa.string()),
-        ("image", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("meta", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("prompt", pa.string()),
+            ("split", pa.string()),
+            ("image", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("meta", pa.string()),
+        ]
+    )
     assert schema.names == PROMPT_COLUMNS
     return schema
 
 
-def normalise(items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: ParquetRows,
-              report: dict[str, Any]) -> None:
+def normalise(
+    items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: ParquetRows, report: dict[str, Any]
+) -> None:
     """The shared policy: check each record, apply on_error, give it its stable id, write it."""
     from scripts.lib.progress import track
     from scripts.lib.readers import Problem, Record
@@ -108,7 +118,9 @@ def check_unique(ids: array, source: str) -> None:
     values = np.sort(values)
     repeated = values[1:][values[1:] == values[:-1]]
     if len(repeated):
-        raise DataError(f"sources.{source}: {len(repeated)} records repeat a native key (e.g. id {int(repeated[0]):016x})")
+        raise DataError(
+            f"sources.{source}: {len(repeated)} records repeat a native key (e.g. id {int(repeated[0]):016x})"
+        )
 
 
 def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
@@ -117,8 +129,15 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
 
     if not Path(cfg.path).exists():
         raise DataError(f"{cfg.path}: source path not found (sources.{source}.path)")
-    report: dict[str, Any] = {"source": source, "kind": cfg.kind, "path": cfg.path, "on_error": cfg.on_error,
-                              "rows_read": 0, "rows_written": 0, "skipped": {}}
+    report: dict[str, Any] = {
+        "source": source,
+        "kind": cfg.kind,
+        "path": cfg.path,
+        "on_error": cfg.on_error,
+        "rows_read": 0,
+        "rows_written": 0,
+        "skipped": {},
+    }
     info: dict[str, Any] = {}
     with atomic_path(output) as tmp:
         with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:

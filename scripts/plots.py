@@ -14,6 +14,7 @@ added by DVC, so `dvc plots diff v4-a v4-b` draws both revisions side by side). 
 params.yaml `releases` and sources from `sources`, in that order; a missing input names its path.
 Generation speed is not plotted: generate@S records no timing in its manifest or elsewhere.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,13 +50,18 @@ def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
         if table is not None:
             order = {split: n for n, split in enumerate(SPLITS)}  # splits in SPLITS order, rows in file order
             table = table.sort_values("split", key=lambda s: s.map(order), kind="stable")
-            records += [(release, str(split), str(source), str(text))
-                        for split, source, text in zip(table["split"], table["source"], table["text"])]
+            records += [
+                (release, str(split), str(source), str(text))
+                for split, source, text in zip(table["split"], table["source"], table["text"])
+            ]
             continue
-        records += [(release, split, str(record["source"]), str(record["text"]))
-                    for split in SPLITS
-                    for record in read_metadata(Path(releases_dir) / release / split, ("source", "text"),
-                                                f"run release@{release} first")]
+        records += [
+            (release, split, str(record["source"]), str(record["text"]))
+            for split in SPLITS
+            for record in read_metadata(
+                Path(releases_dir) / release / split, ("source", "text"), f"run release@{release} first"
+            )
+        ]
     return pd.DataFrame(records, columns=["release", "split", "source", "text"])
 
 
@@ -91,8 +97,16 @@ def prompt_lengths(rows: pd.DataFrame, bin_width: int) -> pd.DataFrame:
     bins = range(int(binned["chars"].min()), int(binned["chars"].max()) + 1, bin_width)
     frames = []
     for (release, split), _ in binned.groupby(["release", "split"], sort=False):
-        frames.append(pd.DataFrame({"release": release, "split": split, "chars": list(bins),
-                                    "rows": [int(counts.get((release, split, b), 0)) for b in bins]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "release": release,
+                    "split": split,
+                    "chars": list(bins),
+                    "rows": [int(counts.get((release, split, b), 0)) for b in bins],
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -107,8 +121,11 @@ def source_mix(rows: pd.DataFrame) -> pd.DataFrame:
 
 def clean_removed(reports: dict[str, dict]) -> pd.DataFrame:
     """Rows dropped per cleaning rule and source (from data/clean/S.report.json)."""
-    records = [(source, rule, int(n)) for source, report in reports.items()
-               for rule, n in sorted((report.get("dropped_by_reason") or {}).items())]
+    records = [
+        (source, rule, int(n))
+        for source, report in reports.items()
+        for rule, n in sorted((report.get("dropped_by_reason") or {}).items())
+    ]
     table = pd.DataFrame(records, columns=["source", "rule", "rows"])
     table["panel"] = table["source"]
     return table[PLOT_FILES["clean_removed.csv"]]
@@ -122,15 +139,21 @@ def dedup_cluster_sizes(clusters: dict[str, pd.DataFrame]) -> pd.DataFrame:
             raise DataError(f"data/dedup/{source}.clusters.parquet: no 'duplicate_of' column")
         sizes = table.groupby("duplicate_of").size() + 1
         hist = sizes.value_counts().sort_index()
-        frames.append(pd.DataFrame({"source": source, "cluster_size": hist.index.astype(int),
-                                    "clusters": hist.values.astype(int)}))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "cluster_size", "clusters"])
+        frames.append(
+            pd.DataFrame(
+                {"source": source, "cluster_size": hist.index.astype(int), "clusters": hist.values.astype(int)}
+            )
+        )
+    table = (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "cluster_size", "clusters"])
+    )
     table["panel"] = table["source"]
     return table[PLOT_FILES["dedup_clusters.csv"]]
 
 
-def build_plots(releases_dir: Path, clean_dir: Path, dedup_dir: Path, releases: list[str], sources: list[str],
-                length_bin: int) -> dict[str, pd.DataFrame]:
+def build_plots(
+    releases_dir: Path, clean_dir: Path, dedup_dir: Path, releases: list[str], sources: list[str], length_bin: int
+) -> dict[str, pd.DataFrame]:
     """File name -> table, for every file in PLOT_FILES."""
     rows = read_release_rows(releases_dir, releases)
     return {

@@ -11,6 +11,7 @@ In:  data/dedup/S.parquet (+ data/dedup/X.parquet of W's sources, data/clean/rul
 Out: data/prefilter/S.parquet = the kept rows + `position` (the row's place in data/dedup/S.parquet:
      what `rows: [a, b]` ranges and split.method shuffle count in), S.removed.parquet, S.report.json
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,9 @@ def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(position=np.arange(len(rows), dtype=np.int64))
 
 
-def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]], reference, keep) -> tuple[pd.DataFrame, pd.DataFrame]:
+def prefilter(
+    rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]], reference, keep
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept rows, removed rows with `reason`): each step drops the rows in its component's range whose
     text near-duplicates the reference release's split. reference(name) -> rows; keep as in compose.Ops."""
     rows = rows if "position" in rows else with_positions(rows)
@@ -40,7 +43,9 @@ def prefilter(rows: pd.DataFrame, steps: list[tuple[str, Component, DedupStep]],
     reasons = np.full(len(rows), "", dtype=object)
     for _name, component, step in steps:
         start, stop = component.row_range()
-        inside = ((rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))).to_numpy() & ~drop
+        inside = (
+            (rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))
+        ).to_numpy() & ~drop
         ref = reference(step.reference)
         ref_texts = ref.loc[ref["split"] == step.against, "text"].astype(str).tolist()
         index = np.flatnonzero(inside)
@@ -66,15 +71,20 @@ def text_loader(dedup_dir: Path, split_params: Split, prefiltered: set[str]):
 
     def load_split(source: str, split: str) -> pd.DataFrame:
         if source in prefiltered:
-            raise DataError(f"params.yaml: a before_generate step's reference release reads source {source!r}, which "
-                            "has before_generate steps itself (its rows would depend on this stage's output)")
+            raise DataError(
+                f"params.yaml: a before_generate step's reference release reads source {source!r}, which "
+                "has before_generate steps itself (its rows would depend on this stage's output)"
+            )
         if source not in cache:
             path = dedup_dir / f"{source}.parquet"
             rows = with_positions(read_parquet(path))
             check_table(rows, path, strings=("id", "text", "prompt"), unique="id")
-            drawn = assign_splits(rows, split_params.validation_fraction, split_params.seed, split_params.method,
-                                  rows["position"])
-            cache[source] = rows.assign(split=drawn, source=source, orig_text=rows["prompt"], image="", width=pd.NA, height=pd.NA)
+            drawn = assign_splits(
+                rows, split_params.validation_fraction, split_params.seed, split_params.method, rows["position"]
+            )
+            cache[source] = rows.assign(
+                split=drawn, source=source, orig_text=rows["prompt"], image="", width=pd.NA, height=pd.NA
+            )
         rows = cache[source]
         return rows.loc[rows["split"] == split, ROW_COLUMNS + ["position"]].reset_index(drop=True)
 
@@ -98,9 +108,12 @@ def cli(
     check_table(rows, input, strings=("id", "text"), unique="id")
     steps = before_generate_steps(source, releases)
     split_params = load_section("split", missing_ok=True)
-    ops = Ops(text_loader(dedup_dir, split_params, prefiltered), cleaner(rules, f"prefilter@{source}"),
-              deduper(load_section("dedup", missing_ok=True), load_section("runtime", missing_ok=True)),
-              built={})
+    ops = Ops(
+        text_loader(dedup_dir, split_params, prefiltered),
+        cleaner(rules, f"prefilter@{source}"),
+        deduper(load_section("dedup", missing_ok=True), load_section("runtime", missing_ok=True)),
+        built={},
+    )
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)
@@ -109,9 +122,23 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     write_parquet(kept, output)
     write_parquet(removed, output.parent / f"{stem}.removed.parquet")
-    report = {"source": source, "rows_in": len(rows), "kept": len(kept), "removed": len(removed),
-              "steps": [{"release": n, "rows": c.rows, "reference": s.reference, "against": s.against,
-                         "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum())}
-                        for n, c, s in steps]}
+    report = {
+        "source": source,
+        "rows_in": len(rows),
+        "kept": len(kept),
+        "removed": len(removed),
+        "steps": [
+            {
+                "release": n,
+                "rows": c.rows,
+                "reference": s.reference,
+                "against": s.against,
+                "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum()),
+            }
+            for n, c, s in steps
+        ],
+    }
     write_json(report, output.parent / f"{stem}.report.json")
-    print(f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed before generation")
+    print(
+        f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed before generation"
+    )

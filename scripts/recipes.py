@@ -16,6 +16,7 @@ Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and e
                                     the sources that have such steps (their rows cannot be a reference)
      data/recipes/plots.json        the names of the releases and sources, in params order (plots)
 """
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ that way is an error unless the recipe's export says `allow_empty: true`.
 Outputs (data/releases/V/): train/ and validation/ in the recipe's `export` layout, removed.parquet,
 rows.parquet, stats.json (a DVC metric), preview.jpg (contact sheet) and README.md (a data card).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,9 @@ def without_unexported(rows: pd.DataFrame, removed: pd.DataFrame, dropped: dict[
     return rows[~out].reset_index(drop=True), pd.concat([removed, left_out], ignore_index=True)
 
 
-def check_exported(recipe: Recipe, fmt: str, before: pd.DataFrame, after: pd.DataFrame, dropped: dict[str, str]) -> None:
+def check_exported(
+    recipe: Recipe, fmt: str, before: pd.DataFrame, after: pd.DataFrame, dropped: dict[str, str]
+) -> None:
     """A split the recipe gave rows and the layout left empty is an error unless `allow_empty`."""
     if recipe.export.allow_empty:
         return
@@ -48,17 +51,21 @@ def check_exported(recipe: Recipe, fmt: str, before: pd.DataFrame, after: pd.Dat
             reasons = pd.Series([dropped[i] for i in given["id"]]).value_counts()
             why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
             small = given.assign(edge=given[["width", "height"]].min(axis=1)).sort_values("edge").iloc[0]
-            raise DataError(f"params.yaml: releases.{recipe.name}.export: the {fmt} export kept 0 of {len(given)} "
-                            f"{split} rows ({why}; the smallest image is {small['width']}x{small['height']}): fit the "
-                            "export to the images (bucketed: base_resolution) or set allow_empty: true")
+            raise DataError(
+                f"params.yaml: releases.{recipe.name}.export: the {fmt} export kept 0 of {len(given)} "
+                f"{split} rows ({why}; the smallest image is {small['width']}x{small['height']}): fit the "
+                "export to the images (bucketed: base_resolution) or set allow_empty: true"
+            )
 
 
 def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> None:
     """Rows of a text-only source have no image: only the `prompts` layout takes them."""
     for component in recipe.all_components():
         if fmt != "prompts" and sources[component.source].text_only:
-            raise DataError(f"params.yaml: releases.{recipe.name}: source {component.source!r} is text_only (no images): "
-                            f"its release needs export: prompts, not {fmt}")
+            raise DataError(
+                f"params.yaml: releases.{recipe.name}: source {component.source!r} is text_only (no images): "
+                f"its release needs export: prompts, not {fmt}"
+            )
 
 
 def read_generation(splits: Path, names: list[str]) -> dict[str, list[dict]]:
@@ -79,8 +86,11 @@ def cli(
     splits: Path = typer.Argument(..., help="data/splits (one folder per source)"),
     output: Path = typer.Argument(..., help="data/releases/V"),
     rules: Path = typer.Option(Path("data/clean/rules.json"), "--rules", help="compiled cleaning rules (clean steps)"),
-    positions: Path = typer.Option(Path("data/prefilter"), "--positions",
-                                   help="prefilter@S outputs: each row's place in its source's generation list (row ranges)"),
+    positions: Path = typer.Option(
+        Path("data/prefilter"),
+        "--positions",
+        help="prefilter@S outputs: each row's place in its source's generation list (row ranges)",
+    ),
     composed: Path = typer.Option(None, "--composed", help="data/compose/V (compose@V's rows; default: compose here)"),
     plan: Path = typer.Option(None, "--recipe", help="data/recipes/release/V.json (default: params.yaml releases)"),
 ) -> None:
@@ -112,15 +122,23 @@ def cli(
         exported, removed = without_unexported(rows, removed, dropped)
         check_exported(recipe, fmt, rows, exported, dropped)
         stats = release_stats(exported, removed)
-        card = data_card(recipe, stats, sources, load_section("dedup", missing_ok=True),
-                         load_section("split", missing_ok=True), read_generation(splits, names))
+        card = data_card(
+            recipe,
+            stats,
+            sources,
+            load_section("dedup", missing_ok=True),
+            load_section("split", missing_ok=True),
+            read_generation(splits, names),
+        )
         write_preview(exported, staging / "preview.jpg", load_section("preview", missing_ok=True))
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
         write_rows_table(exported, staging)  # rows.parquet: the release's rows, whatever the layout
         move_into_place(staging, output)
-    print(f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}")
+    print(
+        f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}"
+    )
 
 
 def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:

@@ -10,6 +10,7 @@ A source's predefined split (e.g. Gustavosta train/eval) is kept. Other rows are
 
 In:  data/captions/S.parquet, data/prefilter/S.parquet (order)   Out: data/splits/S/{train,validation}.parquet
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ def shuffle_split(ids_in_order: list[str], validation_fraction: float, seed: int
     return {row_id: ("train" if k < cut else "validation") for k, row_id in enumerate(order)}
 
 
-def assign_splits(rows: pd.DataFrame, validation_fraction: float, seed: int, method: str = "hash",
-                  positions: pd.Series | None = None) -> pd.Series:
+def assign_splits(
+    rows: pd.DataFrame, validation_fraction: float, seed: int, method: str = "hash", positions: pd.Series | None = None
+) -> pd.Series:
     """Predefined split where present, else the draw of `method`. shuffle needs `positions` (the row's
     place in the generation list, aligned with rows); only rows without a predefined split are shuffled."""
     if method == "shuffle":
@@ -69,8 +71,12 @@ def cli(
     source: str = typer.Argument(..., help="source name in params.yaml: sources"),
     input: Path = typer.Argument(..., help="data/captions/S.parquet"),
     output: Path = typer.Argument(..., help="data/splits/S (directory)"),
-    order: Path | None = typer.Option(None, "--order", help="data/prefilter/S.parquet: id, position (method "
-                                         "shuffle; without it the input's row order is the generation order)"),
+    order: Path | None = typer.Option(
+        None,
+        "--order",
+        help="data/prefilter/S.parquet: id, position (method "
+        "shuffle; without it the input's row order is the generation order)",
+    ),
 ) -> None:
     """Split a source's caption table into train and validation."""
     params = load_section("split")

@@ -7,6 +7,7 @@ and each release's row count (train + validation, from data/releases/V/stats.jso
 terminal with these visible; the detailed reports (stats.json, each stage's report.json) are plain
 outputs beside it (cache: false, committed), read with `dvc metrics diff --targets FILE` or cat.
 """
+
 from __future__ import annotations
 
 import json

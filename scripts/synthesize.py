@@ -14,6 +14,7 @@ retries, cache, key redaction) is scripts/lib/chat_client.py, shared with captio
 Outputs in OUT/: prompts.txt (one prompt per line, a normal `kind: text` source), cache/, report.json.
 Pure parts (params -> request bodies, completion text -> prompts) come first; HTTP and files last.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -121,8 +122,9 @@ def _strip_quotes(text: str) -> str:
     return inner.strip()
 
 
-def parse_completion(content: str, *, max_chars: int, drop_header_lines: bool,
-                     truncated: bool = False) -> tuple[list[str], dict[str, int]]:
+def parse_completion(
+    content: str, *, max_chars: int, drop_header_lines: bool, truncated: bool = False
+) -> tuple[list[str], dict[str, int]]:
     """Completion text -> prompts, one per line, with a count per drop reason.
 
     `truncated` (finish_reason "length") drops the last non-blank line: the model stopped inside it.
@@ -196,8 +198,13 @@ def file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------- the stage
 
 
-def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str | None,
-               log=lambda message: print(message, file=sys.stderr)) -> dict:
+def synthesize(
+    name: str,
+    params: SynthesizeEntry,
+    out_dir: Path,
+    api_key: str | None,
+    log=lambda message: print(message, file=sys.stderr),
+) -> dict:
     """Run entry `name`: replay cached requests, call the API for the rest, write OUT/prompts.txt.
 
     Returns the report (also written to OUT/report.json). A request that fails for good (fatal
@@ -213,17 +220,29 @@ def synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str |
     responses, missing = cache.lookup(keys)
     log(f"synthesize {shown(name)}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
     if missing and params.offline:
-        raise DataError(f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "
-                        f"{cache.directory} and offline is true (pull the cache or set offline: false)")
+        raise DataError(
+            f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "
+            f"{cache.directory} and offline is true (pull the cache or set offline: false)"
+        )
 
     jobs = [Job(index, bodies[index], bodies[index], keys[index]) for index in missing]
-    stats, failures = call_missing(jobs, base_url=params.base_url, api_key=api_key, policy=params,
-                                   concurrency=params.concurrency, cache=cache, responses=responses, log=log,
-                                   desc="synthesize")
+    stats, failures = call_missing(
+        jobs,
+        base_url=params.base_url,
+        api_key=api_key,
+        policy=params,
+        concurrency=params.concurrency,
+        cache=cache,
+        responses=responses,
+        log=log,
+        desc="synthesize",
+    )
     if failures:
         index, message = min(failures)
-        raise DataError(f"synthesize {name}: request {index} failed: {redact_key(message, api_key)}; "
-                        f"{len(responses)} of {len(bodies)} requests cached, re-run to resume")
+        raise DataError(
+            f"synthesize {name}: request {index} failed: {redact_key(message, api_key)}; "
+            f"{len(responses)} of {len(bodies)} requests cached, re-run to resume"
+        )
 
     prompts, line_counts, usage = _collect_prompts(params, [responses[i] for i in range(len(bodies))])
     report = {
@@ -259,8 +278,9 @@ def _collect_prompts(params: SynthesizeEntry, responses: list[dict]):
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     for response in responses:
         content, truncated = read_completion(response)
-        kept, line_counts = parse_completion(content, max_chars=params.max_chars,
-                                             drop_header_lines=params.drop_header_lines, truncated=truncated)
+        kept, line_counts = parse_completion(
+            content, max_chars=params.max_chars, drop_header_lines=params.drop_header_lines, truncated=truncated
+        )
         prompts.extend(kept)
         for reason, n in line_counts.items():
             counts[reason] += n

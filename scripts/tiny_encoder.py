@@ -10,6 +10,7 @@ bytes (and the same dvc.lock md5) on every machine.
 
 Knobs live in params.yaml `tiny_encoder:`; the command is `python -m scripts tiny-encoder OUT_DIR`.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def build_encoder(params: TinyEncoder | dict | None):
     transformers_logging.disable_progress_bar()
     p = tiny_encoder_params(params)
     vocab = build_vocab()
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True,
-                                  model_max_length=p.max_seq_length)
+    tokenizer = BertTokenizerFast(
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True, model_max_length=p.max_seq_length
+    )
     if tokenizer.vocab_size != len(vocab):  # a transformers that ignores the vocab would give all [UNK]
         raise RuntimeError(f"tokenizer holds {tokenizer.vocab_size} tokens, expected {len(vocab)}")
     config = BertConfig(
@@ -84,17 +86,26 @@ def save_tiny_encoder(params: TinyEncoder | dict | None, output: Path) -> None:
     with atomic_path(output, is_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        _write_json(tmp / "modules.json", [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        ])
+        _write_json(
+            tmp / "modules.json",
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ],
+        )
         _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": p.max_seq_length, "do_lower_case": False})
         (tmp / "1_Pooling").mkdir()
-        _write_json(tmp / "1_Pooling" / "config.json", {
-            "word_embedding_dimension": p.hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-            "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
-        })
+        _write_json(
+            tmp / "1_Pooling" / "config.json",
+            {
+                "word_embedding_dimension": p.hidden,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            },
+        )
         _strip_volatile_fields(tmp)
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp make private files; a model reads like any other
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -104,7 +115,9 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def cli(output: Path = typer.Argument(..., help="directory to write the encoder to (e.g. models/tiny-encoder)")) -> None:
+def cli(
+    output: Path = typer.Argument(..., help="directory to write the encoder to (e.g. models/tiny-encoder)"),
+) -> None:
     """Build the offline tiny sentence encoder from params.yaml `tiny_encoder`."""
     save_tiny_encoder(load_section("tiny_encoder"), output)
     print(f"tiny-encoder: wrote {output}")

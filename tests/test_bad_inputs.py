@@ -12,6 +12,7 @@ Reader-level hostile archives (tar slip, links, devices, pax tricks, zip slip, m
 text encodings) are in tests/test_hostile_inputs.py; this file covers params, the stages after
 ingest, and whole-file faults at ingest (truncated/empty/garbage sources).
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,6 +61,7 @@ class Expect:
 
 # ---------------------------------------------------------------- building inputs
 
+
 def write_params(ws: Path, change: Callable[[dict], None] | None = None, text: str | bytes | None = None) -> None:
     if text is not None:
         data = text if isinstance(text, bytes) else text.encode("utf-8")
@@ -73,12 +75,18 @@ def write_params(ws: Path, change: Callable[[dict], None] | None = None, text: s
 
 
 def prompt_table(texts: list[str] = PROMPTS, source: str = SOURCE) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [stable_id(source, i) for i in range(len(texts))], "source": source, "prompt": texts,
-        "split": pd.Series([None] * len(texts), dtype="string"), "image": pd.Series([None] * len(texts), dtype="string"),
-        "width": pd.Series([None] * len(texts), dtype="Int64"), "height": pd.Series([None] * len(texts), dtype="Int64"),
-        "meta": "{}",
-    })[PROMPT_COLUMNS]
+    return pd.DataFrame(
+        {
+            "id": [stable_id(source, i) for i in range(len(texts))],
+            "source": source,
+            "prompt": texts,
+            "split": pd.Series([None] * len(texts), dtype="string"),
+            "image": pd.Series([None] * len(texts), dtype="string"),
+            "width": pd.Series([None] * len(texts), dtype="Int64"),
+            "height": pd.Series([None] * len(texts), dtype="Int64"),
+            "meta": "{}",
+        }
+    )[PROMPT_COLUMNS]
 
 
 def clean_table(texts: list[str] = PROMPTS) -> pd.DataFrame:
@@ -124,9 +132,15 @@ def write_splits(ws: Path, table: pd.DataFrame) -> None:
 
 
 def one_release(params: dict, **recipe) -> None:
-    params["releases"] = {"r1": {"components": [
-        {"source": SOURCE, "split": "train", "into": "train"},
-        {"source": SOURCE, "split": "validation", "into": "validation"}], **recipe}}
+    params["releases"] = {
+        "r1": {
+            "components": [
+                {"source": SOURCE, "split": "train", "into": "train"},
+                {"source": SOURCE, "split": "validation", "into": "validation"},
+            ],
+            **recipe,
+        }
+    }
 
 
 def truncated(data: bytes) -> bytes:
@@ -141,7 +155,13 @@ def parquet_bytes(df: pd.DataFrame, tmp: Path) -> bytes:
 
 
 def text_source(params: dict, path: str = "raw/prompts") -> None:
-    params["sources"][SOURCE] = {"kind": "text", "path": path, "images": f"data/images/{SOURCE}", "on_error": "fail", "clean": True}
+    params["sources"][SOURCE] = {
+        "kind": "text",
+        "path": path,
+        "images": f"data/images/{SOURCE}",
+        "on_error": "fail",
+        "clean": True,
+    }
 
 
 RELEASE_ARGV = ["release", "r1", "data/splits", "data/releases/r1"]
@@ -157,17 +177,22 @@ INGEST_ARGV = ["ingest", SOURCE, "data/prompts/out.parquet"]
 INGEST_OUTS = ["data/prompts/out.parquet", "data/prompts/out.report.json"]
 
 
-
 def case_diff_unknown_revision(ws):
     # a real git + DVC repository with one commit; the diff names a tag that does not exist
     write_params(ws)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for argv in (git + ["init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], git + ["add", "-A"],
-                 git + ["commit", "-qm", "init"]):
+    for argv in (
+        git + ["init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        git + ["add", "-A"],
+        git + ["commit", "-qm", "init"],
+    ):
         subprocess.run(argv, cwd=ws, check=True, capture_output=True, env=dict(os.environ, HOME=str(ws / ".home")))
     return Expect(["diff", "v4-a", "HEAD"], ["cannot open revision 'v4-a'", "unknown Git revision"])
 
+
 # ---------------------------------------------------------------- params (checked at stage start)
+
 
 def case_params_unknown_key_names_the_nearest(ws):
     write_params(ws, lambda p: p["dedup"].update(treshold=0.8))
@@ -196,9 +221,12 @@ def case_params_wrong_type_in_clean_rule(ws):
 def case_params_unknown_key_in_a_list_entry(ws):
     def change(p):
         p["clean"]["normalise"] = [{"name": "x", "patern": "abc"}]
+
     write_params(ws, change)
     write_parquet(prompt_table(), ws / "data/prompts/in.parquet")
-    return Expect(CLEAN_ARGV, ["params.yaml: clean.normalise[0]: unknown key 'patern'", "did you mean 'pattern'"], CLEAN_OUTS)
+    return Expect(
+        CLEAN_ARGV, ["params.yaml: clean.normalise[0]: unknown key 'patern'", "did you mean 'pattern'"], CLEAN_OUTS
+    )
 
 
 def case_params_bool_for_number(ws):
@@ -232,10 +260,12 @@ def case_params_top_level_not_a_mapping(ws):
 
 # ---------------------------------------------------------------- release recipes
 
+
 def case_release_recipe_base_cycle(ws):
     def change(p):
         one_release(p, base="r2")
         p["releases"]["r2"] = {"base": "r1", "components": [{"source": SOURCE, "split": "all", "into": "train"}]}
+
     write_params(ws, change)
     write_splits(ws, caption_table(ws))
     return Expect(RELEASE_ARGV, ["params.yaml: releases", "base cycle"], RELEASE_OUTS)
@@ -251,6 +281,7 @@ def case_release_recipe_bad_split_value(ws):
     def change(p):
         one_release(p)
         p["releases"]["r1"]["components"][0]["into"] = "tran"
+
     write_params(ws, change)
     write_splits(ws, caption_table(ws))
     return Expect(RELEASE_ARGV, ["params.yaml: releases.r1.components[0].into", "'tran'"], RELEASE_OUTS)
@@ -260,12 +291,14 @@ def case_release_recipe_unknown_source(ws):
     def change(p):
         one_release(p)
         p["releases"]["r1"]["components"].append({"source": "nosuchsource", "split": "train", "into": "train"})
+
     write_params(ws, change)
     write_splits(ws, caption_table(ws))
     return Expect(RELEASE_ARGV, ["nosuchsource"], RELEASE_OUTS)
 
 
 # ---------------------------------------------------------------- missing upstream files
+
 
 def case_missing_input_clean(ws):
     write_params(ws)
@@ -309,6 +342,7 @@ def case_missing_image_for_release(ws):
 
 
 # ---------------------------------------------------------------- corrupt and mistyped tables
+
 
 def case_truncated_parquet_into_clean(ws):
     write_params(ws)
@@ -376,6 +410,7 @@ def case_wrong_column_type_split_is_int(ws):
 
 # ---------------------------------------------------------------- duplicate ids
 
+
 def case_duplicate_ids_generate(ws):
     write_params(ws, lambda p: p["generate"].update(model="model", device="cpu"))
     fake_model(ws)
@@ -412,6 +447,7 @@ def case_duplicate_ids_split(ws):
 
 # ---------------------------------------------------------------- hostile text
 
+
 def case_one_megabyte_prompt_is_cleaned_or_dropped_and_counted(ws):
     """The team's final rules collapse the repeats ("a castle on a hill"); no rule may leave a caption
     longer than max_chars, and the row is counted either way."""
@@ -426,12 +462,17 @@ def case_one_megabyte_prompt_is_cleaned_or_dropped_and_counted(ws):
         assert len(huge) + len(dropped[dropped["prompt"].str.len() > 1_000_000]) == 1
         assert (huge["text"].str.len() <= 256).all()
         assert report_total(report) == len(PROMPTS) + 1
+
     return Expect(CLEAN_ARGV, None, then=then)
 
 
 def case_nul_bytes_and_controls_in_prompts_clean(ws):
     write_params(ws)
-    texts = PROMPTS + ["a red\x00 car on a bridge at sunset, photograph", "\x00\x00\x00", "tab\tand\x1b[31mescape codes in a prompt here"]
+    texts = PROMPTS + [
+        "a red\x00 car on a bridge at sunset, photograph",
+        "\x00\x00\x00",
+        "tab\tand\x1b[31mescape codes in a prompt here",
+    ]
     write_parquet(prompt_table(texts), ws / "data/prompts/in.parquet")
 
     def then(ws):
@@ -439,6 +480,7 @@ def case_nul_bytes_and_controls_in_prompts_clean(ws):
         assert not kept["text"].str.contains("\x00").any(), "a NUL byte reached a caption"
         report = json.loads((ws / "data/clean/out.report.json").read_text())
         assert report_total(report) == len(texts)
+
     return Expect(CLEAN_ARGV, None, then=then)
 
 
@@ -450,6 +492,7 @@ def case_one_megabyte_text_dedup(ws):
     def then(ws):
         report = json.loads((ws / "data/dedup/out.report.json").read_text())
         assert report["rows_in"] == len(PROMPTS) + 1
+
     return Expect(DEDUP_ARGV, None, then=then)
 
 
@@ -459,6 +502,7 @@ def case_empty_table_flows_through_clean(ws):
 
     def then(ws):
         assert len(pd.read_parquet(ws / "data/clean/out.parquet")) == 0
+
     return Expect(CLEAN_ARGV, None, then=then)
 
 
@@ -476,6 +520,7 @@ def case_invalid_utf8_dedup_text(ws):
 
 # ---------------------------------------------------------------- whole-file faults at ingest
 
+
 def case_empty_text_source(ws):
     write_params(ws, text_source)
     (ws / "raw/prompts").mkdir(parents=True)
@@ -484,6 +529,7 @@ def case_empty_text_source(ws):
     def then(ws):  # an empty file is a source with no rows: written and counted, not an error
         report = json.loads((ws / "data/prompts/out.report.json").read_text())
         assert report["rows_written"] == 0 and len(pd.read_parquet(ws / "data/prompts/out.parquet")) == 0
+
     return Expect(INGEST_ARGV, None, then=then)
 
 
@@ -495,7 +541,14 @@ def case_source_folder_without_files(ws):
 
 def case_truncated_diffusiondb_metadata(ws):
     def change(p):
-        p["sources"][SOURCE] = {"kind": "diffusiondb", "path": "raw/ddb", "images": "data/images/x", "on_error": "fail", "read": "metadata"}
+        p["sources"][SOURCE] = {
+            "kind": "diffusiondb",
+            "path": "raw/ddb",
+            "images": "data/images/x",
+            "on_error": "fail",
+            "read": "metadata",
+        }
+
     write_params(ws, change)
     frame = pd.DataFrame({"image_name": ["a.png", "b.png"], "prompt": PROMPTS[:2], "part_id": [1, 1]})
     (ws / "raw/ddb").mkdir(parents=True)
@@ -505,12 +558,21 @@ def case_truncated_diffusiondb_metadata(ws):
 
 def case_truncated_diffusiondb_part_zip(ws):
     def change(p):
-        p["sources"][SOURCE] = {"kind": "diffusiondb", "path": "raw/ddb", "images": "data/images/x", "on_error": "fail",
-                                "read": "parts", "part_ids": [1]}
+        p["sources"][SOURCE] = {
+            "kind": "diffusiondb",
+            "path": "raw/ddb",
+            "images": "data/images/x",
+            "on_error": "fail",
+            "read": "parts",
+            "part_ids": [1],
+        }
+
     write_params(ws, change)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("part-000001.json", json.dumps({"a.png": {"p": PROMPTS[0], "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"}}))
+        zf.writestr(
+            "part-000001.json", json.dumps({"a.png": {"p": PROMPTS[0], "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"}})
+        )
         zf.writestr("a.png", png_header_only(8, 8))
     (ws / "raw/ddb").mkdir(parents=True)
     (ws / "raw/ddb/part-000001.zip").write_bytes(truncated(buf.getvalue()))
@@ -520,11 +582,17 @@ def case_truncated_diffusiondb_part_zip(ws):
 def case_truncated_dalle3_tar(ws):
     def change(p):
         p["sources"][SOURCE] = {"kind": "dalle3", "path": "raw/d3", "images": "raw/d3", "on_error": "fail"}
+
     write_params(ws, change)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("0001.png", png_header_only(8, 8)),
-                           ("0001.json", json.dumps({"image_name": "0001.png", "short_caption": "a caption", "width": 8, "height": 8}).encode())]:
+        for name, data in [
+            ("0001.png", png_header_only(8, 8)),
+            (
+                "0001.json",
+                json.dumps({"image_name": "0001.png", "short_caption": "a caption", "width": 8, "height": 8}).encode(),
+            ),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -536,11 +604,17 @@ def case_truncated_dalle3_tar(ws):
 def case_image_that_fails_to_decode(ws):
     def change(p):
         p["sources"][SOURCE] = {"kind": "dalle3", "path": "raw/d3", "images": "raw/d3", "on_error": "fail"}
+
     write_params(ws, change)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in [("0001.png", b"\x89PNG\r\n\x1a\n" + os.urandom(64)),
-                           ("0001.json", json.dumps({"image_name": "0001.png", "short_caption": "a caption", "width": 8, "height": 8}).encode())]:
+        for name, data in [
+            ("0001.png", b"\x89PNG\r\n\x1a\n" + os.urandom(64)),
+            (
+                "0001.json",
+                json.dumps({"image_name": "0001.png", "short_caption": "a caption", "width": 8, "height": 8}).encode(),
+            ),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -551,8 +625,14 @@ def case_image_that_fails_to_decode(ws):
 
 def case_decompression_bomb_image_in_kaggle_set(ws):
     def change(p):
-        p["sources"][SOURCE] = {"kind": "kaggle_sd2", "path": "raw/k", "images": "raw/k", "on_error": "fail",
-                                "csv_files": ["gpt_generated_prompts.csv"]}
+        p["sources"][SOURCE] = {
+            "kind": "kaggle_sd2",
+            "path": "raw/k",
+            "images": "raw/k",
+            "on_error": "fail",
+            "csv_files": ["gpt_generated_prompts.csv"],
+        }
+
     write_params(ws, change)
     (ws / "raw/k").mkdir(parents=True)
     (ws / "raw/k/gpt_generated_prompts.csv").write_text("prompt\n" + "\n".join(f'"{t}"' for t in PROMPTS[:3]) + "\n")
@@ -563,8 +643,16 @@ def case_decompression_bomb_image_in_kaggle_set(ws):
 
 def case_zip_bomb_part(ws):
     def change(p):
-        p["sources"][SOURCE] = {"kind": "diffusiondb", "path": "raw/ddb", "images": "data/images/x", "on_error": "fail",
-                                "read": "parts", "part_ids": [1], "max_member_bytes": 1 << 20}
+        p["sources"][SOURCE] = {
+            "kind": "diffusiondb",
+            "path": "raw/ddb",
+            "images": "data/images/x",
+            "on_error": "fail",
+            "read": "parts",
+            "part_ids": [1],
+            "max_member_bytes": 1 << 20,
+        }
+
     write_params(ws, change)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -575,6 +663,7 @@ def case_zip_bomb_part(ws):
 
 
 # ---------------------------------------------------------------- the runner
+
 
 def fake_model(ws: Path) -> None:
     """A folder that passes generate's model check; input errors must stop it before any load."""
@@ -601,14 +690,23 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-STAGE_ENV = {"TMPDIR": ".tmp", "HOME": ".home", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+STAGE_ENV = {
+    "TMPDIR": ".tmp",
+    "HOME": ".home",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def stage_env(ws: Path) -> dict[str, str]:
     """No credentials, temp files and HOME inside the workspace, no hub access."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "OPENAI_", "HF_TOKEN"))}
-    env.update({k: str(ws / v) if v.startswith(".") else v for k, v in STAGE_ENV.items()}, PYTHONPATH=str(REPO),
-               PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        {k: str(ws / v) if v.startswith(".") else v for k, v in STAGE_ENV.items()},
+        PYTHONPATH=str(REPO),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     return env
 
 
@@ -629,8 +727,9 @@ def run_in_process(ws: Path, argv: list[str], monkeypatch, capfd):
 
 
 def run_subprocess(ws: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=ws, env=stage_env(ws), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", *argv], cwd=ws, env=stage_env(ws), capture_output=True, text=True, timeout=300
+    )
 
 
 def check_case(tmp_path: Path, name: str, run) -> None:
@@ -662,7 +761,9 @@ def check_case(tmp_path: Path, name: str, run) -> None:
         assert not new, f"a failed run left files behind: {sorted(new)[:5]}"
     after = files_under(ws)
     assert not [f for f in after if ".tmp-" in Path(f).name], "a temp file was left behind"
-    assert files_under(tmp_path) - {f"ws/{f}" for f in after} == outside_before, "something was written outside the workspace"
+    assert files_under(tmp_path) - {f"ws/{f}" for f in after} == outside_before, (
+        "something was written outside the workspace"
+    )
 
 
 def test_the_table_has_at_least_25_cases():
@@ -675,8 +776,13 @@ def test_bad_input(tmp_path, name, monkeypatch, capfd):
 
 
 # the real process path: interpreter start, __main__, exit status, stderr as the OS sees it
-SUBPROCESS_CASES = ["params_unknown_key_names_the_nearest", "truncated_parquet_into_clean", "missing_input_release",
-                    "invalid_utf8_clean_text", "one_megabyte_text_dedup"]
+SUBPROCESS_CASES = [
+    "params_unknown_key_names_the_nearest",
+    "truncated_parquet_into_clean",
+    "missing_input_release",
+    "invalid_utf8_clean_text",
+    "one_megabyte_text_dedup",
+]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
@@ -693,6 +799,7 @@ def test_usage_error_is_one_line_exit_2_in_a_real_process(tmp_path):
 
 # ---------------------------------------------------------------- the params schema stays in step
 
+
 def test_the_repository_params_fit_the_schema():
     from scripts.lib.params import check_params
 
@@ -707,7 +814,10 @@ def test_load_params_checks_once_and_names_the_file(tmp_path):
     path.write_text("split: {seed: 1, validation_fraction: 0.05}\n")
     assert load_params("split", path) == {"seed": 1, "validation_fraction": 0.05}
     path.write_text("split: {seed: 1, validation_fractoin: 0.05}\n")
-    with pytest.raises(DataError, match=r"params.yaml: split: unknown key 'validation_fractoin' \(did you mean 'validation_fraction'\?\)"):
+    with pytest.raises(
+        DataError,
+        match=r"params.yaml: split: unknown key 'validation_fractoin' \(did you mean 'validation_fraction'\?\)",
+    ):
         load_params("split", path)
     path.write_text("split: {seed: 1.5}\n")
     with pytest.raises(DataError, match=r"params.yaml: split.seed: .*integer.*\(got 1.5\)"):

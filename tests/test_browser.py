@@ -1,6 +1,7 @@
 """Headless-browser check (issue 8): `dvc plots show`'s page and the near-duplicate sheet render in Debian
 chromium with no JavaScript error. Skips when chromium (or, for the plots page, the vega scripts) is absent;
 .ci/run installs both (chromium with apt-get, vega with npm into a user cache, see VEGA_DIR)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,10 @@ from PIL import Image
 from helpers import REPO, run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-VEGA_DIR = Path(os.environ.get("T2I_VEGA_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                / "t2i-datasets" / "vega")
+VEGA_DIR = Path(
+    os.environ.get("T2I_VEGA_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "t2i-datasets" / "vega"
+)
 # dvc-render's page loads these three from a CDN; the test inlines local copies (no network in tests)
 VEGA_SCRIPTS = ["vega/build/vega.min.js", "vega-lite/build/vega-lite.min.js", "vega-embed/build/vega-embed.min.js"]
 # every error (a thrown exception, a rejected vegaEmbed promise) lands in an attribute --dump-dom shows
@@ -34,9 +37,22 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 
 def chromium(url: str, *args: str) -> subprocess.CompletedProcess:
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-dev-shm-usage", "--no-first-run", "--hide-scrollbars", "--window-size=1200,900",
-               "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0", *args, url]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1200,900",
+        "--virtual-time-budget=10000",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        url,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -71,10 +87,15 @@ def offline_html_template(path: Path) -> Path:
     """dvc-render's page layout with the vega scripts inlined (a `--html-template` for `dvc plots show`)."""
     files = [VEGA_DIR / "node_modules" / name for name in VEGA_SCRIPTS]
     if not all(f.is_file() for f in files):
-        pytest.skip(f"vega scripts not in {VEGA_DIR} (npm install --prefix it vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2)")
+        pytest.skip(
+            f"vega scripts not in {VEGA_DIR} (npm install --prefix it vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2)"
+        )
     scripts = "\n".join(f"<script>{f.read_text(encoding='utf-8')}</script>" for f in files)
-    path.write_text(f"<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>DVC Plot</title>\n"
-                    f"{ERROR_HOOK}\n{scripts}\n</head>\n<body>\n{{plot_divs}}\n</body>\n</html>\n", encoding="utf-8")
+    path.write_text(
+        f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>DVC Plot</title>\n'
+        f"{ERROR_HOOK}\n{scripts}\n</head>\n<body>\n{{plot_divs}}\n</body>\n</html>\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -98,8 +119,12 @@ def test_dvc_plots_diff_page_renders(built_repo, tmp_path):
 
 def test_dedup_preview_renders(built_repo, tmp_path):
     page = tmp_path / "diffusiondb.preview.html"
-    subprocess.run([sys.executable, "-m", "scripts", "dedup-preview", "diffusiondb", "--output", str(page)],
-                   cwd=built_repo, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "scripts", "dedup-preview", "diffusiondb", "--output", str(page)],
+        cwd=built_repo,
+        check=True,
+        capture_output=True,
+    )
     html = page.read_text(encoding="utf-8")
     page.write_text(html.replace("<head>", "<head>\n" + ERROR_HOOK, 1), encoding="utf-8")
     dom = check_renders(page, tmp_path)
@@ -109,8 +134,10 @@ def test_dedup_preview_renders(built_repo, tmp_path):
 
 def test_the_check_catches_a_script_error_and_a_blank_page(tmp_path):
     broken = tmp_path / "broken.html"
-    broken.write_text(f"<html><head>{ERROR_HOOK}</head><body><h1>plots</h1><script>vegaEmbed('#x', {{}});</script>"
-                      "</body></html>", encoding="utf-8")
+    broken.write_text(
+        f"<html><head>{ERROR_HOOK}</head><body><h1>plots</h1><script>vegaEmbed('#x', {{}});</script></body></html>",
+        encoding="utf-8",
+    )
     with pytest.raises(AssertionError, match="JavaScript errors: .*vegaEmbed is not defined"):
         check_renders(broken, tmp_path)
     blank = tmp_path / "blank.html"

@@ -13,6 +13,7 @@ numpy and PIL called directly (never scripts/lib/bucketed.py's helpers):
 - JPEG quality 95, 4:4:4 when scale <= 0.85 else 4:2:0 (adaptive_scale, 0.85).
 A re-encoded sample must equal, byte for byte, the JPEG this transcription encodes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,18 +34,66 @@ from scripts.lib.export import export_options, write_split
 
 CARD = Path(__file__).resolve().parent / "fixtures" / "laion-aesthetics-512-bucketed-card.txt"
 # The card's bucket table (bucket_id: proto width x height at 1024), transcribed from the card.
-CARD_PROTOS = [(1216, 832), (832, 1216), (1024, 1024), (1152, 832), (1344, 768), (832, 1152), (896, 1152),
-               (1280, 768), (1152, 896), (896, 1088), (1088, 896), (960, 1088), (1088, 960), (1344, 704),
-               (960, 1024), (768, 1280), (1024, 960), (1408, 704), (768, 1344), (1472, 704), (1536, 640),
-               (704, 1408), (1600, 640), (704, 1472), (1664, 576), (1728, 576), (1792, 576), (640, 1536),
-               (640, 1600), (1856, 512), (512, 2048), (576, 1664), (576, 1792), (576, 1728), (2048, 512),
-               (512, 1856), (1920, 512), (1984, 512), (512, 1984), (512, 1920)]
+CARD_PROTOS = [
+    (1216, 832),
+    (832, 1216),
+    (1024, 1024),
+    (1152, 832),
+    (1344, 768),
+    (832, 1152),
+    (896, 1152),
+    (1280, 768),
+    (1152, 896),
+    (896, 1088),
+    (1088, 896),
+    (960, 1088),
+    (1088, 960),
+    (1344, 704),
+    (960, 1024),
+    (768, 1280),
+    (1024, 960),
+    (1408, 704),
+    (768, 1344),
+    (1472, 704),
+    (1536, 640),
+    (704, 1408),
+    (1600, 640),
+    (704, 1472),
+    (1664, 576),
+    (1728, 576),
+    (1792, 576),
+    (640, 1536),
+    (640, 1600),
+    (1856, 512),
+    (512, 2048),
+    (576, 1664),
+    (576, 1792),
+    (576, 1728),
+    (2048, 512),
+    (512, 1856),
+    (1920, 512),
+    (1984, 512),
+    (512, 1984),
+    (512, 1920),
+]
 ALLOWED_CORNERS = [2, 3]
 ORIENTATION_ROT90 = {6: 1, 8: -1, 3: 2}  # numpy rot90 k that turns the upright image into the stored one
-SOURCES_TABLE = {1: {"backend": "openrouter", "model": "google/gemini-2.0-flash-lite-001", "created_at": 1776589694,
-                     "system_prompt_sha256": "503ff8c1", "user_prompt_sha256": "6b4b2b1d"},
-                 2: {"backend": "openrouter", "model": "mistralai/mistral-medium-3.1", "created_at": 1776684944,
-                     "system_prompt_sha256": "503ff8c1", "user_prompt_sha256": "6b4b2b1d"}}
+SOURCES_TABLE = {
+    1: {
+        "backend": "openrouter",
+        "model": "google/gemini-2.0-flash-lite-001",
+        "created_at": 1776589694,
+        "system_prompt_sha256": "503ff8c1",
+        "user_prompt_sha256": "6b4b2b1d",
+    },
+    2: {
+        "backend": "openrouter",
+        "model": "mistralai/mistral-medium-3.1",
+        "created_at": 1776684944,
+        "system_prompt_sha256": "503ff8c1",
+        "user_prompt_sha256": "6b4b2b1d",
+    },
+}
 
 
 # --- the transcription ----------------------------------------------------------------------------
@@ -66,8 +115,15 @@ def expected_plan(image_id: str, w: int, h: int, bases=(512,)) -> dict | None:
     corner = ALLOWED_CORNERS[int(hashlib.sha256(image_id.encode()).hexdigest()[:16], 16) % len(ALLOWED_CORNERS)]
     left = 0 if corner in (0, 2) else rw - tw
     top = 0 if corner in (0, 1) else rh - th
-    return {"bucket_id": bucket_id, "target": (tw, th), "resize": (rw, rh), "scale": scale, "corner": corner,
-            "crop_box": [left, top, left + tw, top + th], "subsampling": 0 if scale <= 0.85 else 2}
+    return {
+        "bucket_id": bucket_id,
+        "target": (tw, th),
+        "resize": (rw, rh),
+        "scale": scale,
+        "corner": corner,
+        "crop_box": [left, top, left + tw, top + th],
+        "subsampling": 0 if scale <= 0.85 else 2,
+    }
 
 
 def expected_jpeg(upright: np.ndarray, plan: dict) -> bytes:
@@ -83,7 +139,8 @@ def expected_jpeg(upright: np.ndarray, plan: dict) -> bytes:
     left, top, right, bottom = plan["crop_box"]
     out = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array[top:bottom, left:right])).save(
-        out, format="JPEG", quality=95, subsampling=plan["subsampling"])
+        out, format="JPEG", quality=95, subsampling=plan["subsampling"]
+    )
     return out.getvalue()
 
 
@@ -121,11 +178,20 @@ def golden_images(folder: Path) -> list[dict]:
     for _ in range(8):
         aspect, short = math.exp(rng.uniform(-1.6, 1.6)), int(rng.integers(560, 800))
         cases.append({"size": (short, round(short * aspect)) if aspect > 1 else (round(short / aspect), short)})
-    cases += [{"size": (640, 960), "orientation": 6}, {"size": (960, 640), "orientation": 8},
-              {"size": (800, 600), "orientation": 3}, {"size": (300, 480), "orientation": 6},
-              {"size": (500, 500)}, {"size": (300, 200)}, {"size": (512, 512)}, {"size": (608, 416)},
-              {"size": (700, 500), "png_alpha": True}, {"corrupt": "truncated"}, {"corrupt": "not_an_image"},
-              {"size": (700, 700), "caption": ""}]
+    cases += [
+        {"size": (640, 960), "orientation": 6},
+        {"size": (960, 640), "orientation": 8},
+        {"size": (800, 600), "orientation": 3},
+        {"size": (300, 480), "orientation": 6},
+        {"size": (500, 500)},
+        {"size": (300, 200)},
+        {"size": (512, 512)},
+        {"size": (608, 416)},
+        {"size": (700, 500), "png_alpha": True},
+        {"corrupt": "truncated"},
+        {"corrupt": "not_an_image"},
+        {"size": (700, 700), "caption": ""},
+    ]
     for n, case in enumerate(cases):
         case["id"] = f"{n:03d}{hashlib.sha256(str(n).encode()).hexdigest()[:9]}"
         path = folder / f"{case['id']}.{'png' if case.get('png_alpha') else 'jpg'}"
@@ -143,17 +209,29 @@ def golden_images(folder: Path) -> list[dict]:
             path.write_bytes(jpeg_bytes(np.ascontiguousarray(stored), case.get("orientation")))
             # what a decoder sees: the stored JPEG's pixels turned upright
             decoded = np.array(Image.open(path).convert("RGB"))
-            case["upright"] = np.rot90(decoded, -ORIENTATION_ROT90[case["orientation"]]) if case.get("orientation") else decoded
+            case["upright"] = (
+                np.rot90(decoded, -ORIENTATION_ROT90[case["orientation"]]) if case.get("orientation") else decoded
+            )
         case["path"] = str(path)
     return cases
 
 
 def rows_of(cases: list[dict]) -> pd.DataFrame:
-    rows = pd.DataFrame([{"id": c["id"], "source": "s", "text": c.get("caption", f"a caption for {c['id']}"),
-                          "orig_text": f"raw {c['id']}", "image": c["path"],
-                          "caption_variant": ["caption_gemini_2_flash_lite", "caption_mistral_medium_3_1", None][n % 3],
-                          "caption_selector_index": [0, 1, None][n % 3], "caption_source_id": [1, 2, None][n % 3]}
-                         for n, c in enumerate(cases)])
+    rows = pd.DataFrame(
+        [
+            {
+                "id": c["id"],
+                "source": "s",
+                "text": c.get("caption", f"a caption for {c['id']}"),
+                "orig_text": f"raw {c['id']}",
+                "image": c["path"],
+                "caption_variant": ["caption_gemini_2_flash_lite", "caption_mistral_medium_3_1", None][n % 3],
+                "caption_selector_index": [0, 1, None][n % 3],
+                "caption_source_id": [1, 2, None][n % 3],
+            }
+            for n, c in enumerate(cases)
+        ]
+    )
     rows.attrs["caption_sources"] = SOURCES_TABLE
     return rows
 
@@ -178,8 +256,9 @@ def golden(tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("golden")
     cases = golden_images(folder)
-    fmt, options = export_options({"format": "bucketed", "shard_size": 4, "on_error": "skip",
-                                   "missing_caption_policy": "skip"}, "test")
+    fmt, options = export_options(
+        {"format": "bucketed", "shard_size": 4, "on_error": "skip", "missing_caption_policy": "skip"}, "test"
+    )
     summary = write_split(rows_of(cases), folder / "out", fmt, options)
     return cases, folder / "out", summary
 
@@ -215,8 +294,14 @@ def test_bucket_ids_targets_crop_boxes_and_skips_follow_the_card(golden):
             plan = expected_plan(case["id"], case["upright"].shape[1], case["upright"].shape[0])
             (kept.__setitem__(case["id"], plan) if plan else skipped["too_small"].add(case["id"]))
     assert set(samples) == set(kept)
-    assert summary == {"images_seen": len(cases), "images_exported": len(kept), "skipped_no_caption": 1,
-                       "skipped_too_small": len(skipped["too_small"]), "decode_errors": 2, "encode_errors": 0}
+    assert summary == {
+        "images_seen": len(cases),
+        "images_exported": len(kept),
+        "skipped_no_caption": 1,
+        "skipped_too_small": len(skipped["too_small"]),
+        "decode_errors": 2,
+        "encode_errors": 0,
+    }
     assert len(skipped["too_small"]) == 4 and len({p["bucket_id"] for p in kept.values()}) == 40
     by_id = {c["id"]: c for c in cases}
     for key, plan in kept.items():
@@ -244,13 +329,23 @@ def test_manifest_and_sample_json_have_the_cards_shape(golden):
         assert bucket["scaled"] == {"w": pw // 2, "h": ph // 2} and bucket["base_resolution"] == 512
         assert bucket["num_samples"] == sum(s["bucket"] == bucket_id for s in samples.values())
         assert all(re.fullmatch(rf"buckets/{bucket_id}/shard-\d{{6}}\.tar", s) for s in bucket["shards"])
-    assert manifest["caption_sources"] == {"0": {"backend": "prompt", "model": None, "created_at": None,
-                                                 "system_prompt_sha256": None, "user_prompt_sha256": None},
-                                           **{str(k): v for k, v in SOURCES_TABLE.items()}}
+    assert manifest["caption_sources"] == {
+        "0": {
+            "backend": "prompt",
+            "model": None,
+            "created_at": None,
+            "system_prompt_sha256": None,
+            "user_prompt_sha256": None,
+        },
+        **{str(k): v for k, v in SOURCES_TABLE.items()},
+    }
     metas = [json.loads(s["json"]) for s in samples.values()]
     assert {type(m["caption_source_id"]) for m in metas} == {int}
     assert {(m["caption_selector_index"], m["caption_variant"], m["caption_source_id"]) for m in metas} == {
-        (0, "caption_gemini_2_flash_lite", 1), (1, "caption_mistral_medium_3_1", 2), (0, "prompt", 0)}
+        (0, "caption_gemini_2_flash_lite", 1),
+        (1, "caption_mistral_medium_3_1", 2),
+        (0, "prompt", 0),
+    }
     assert sum(s["images"] for s in manifest["caption_selectors"]) == summary["images_exported"]
 
 
@@ -287,13 +382,24 @@ def test_multi_resolution_ids_and_byte_identical_reruns(tmp_path):
     samples = read_export(tmp_path / "a")
     expected = {c["id"]: expected_plan(c["id"], *c["size"], bases=(512, 1024)) for c in cases}
     assert {k: json.loads(s["json"])["bucket_id"] for k, s in samples.items()} == {
-        k: p["bucket_id"] for k, p in expected.items() if p}
+        k: p["bucket_id"] for k, p in expected.items() if p
+    }
     assert {p["bucket_id"] for p in expected.values() if p} == {
-        "r1024_p1024x1024", "r512_p1024x1024", "r1024_p1216x832", "r1024_p832x1216", "r512_p1216x832"}
+        "r1024_p1024x1024",
+        "r512_p1024x1024",
+        "r1024_p1216x832",
+        "r1024_p832x1216",
+        "r512_p1216x832",
+    }
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["base_resolutions"] == [512, 1024] and manifest["buckets"]["r1024_p1216x832"]["scaled"] == {"w": 1216, "h": 832}
+    assert manifest["base_resolutions"] == [512, 1024] and manifest["buckets"]["r1024_p1216x832"]["scaled"] == {
+        "w": 1216,
+        "h": 832,
+    }
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files] == [True] * len(files)
+    assert [(tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files] == [True] * len(
+        files
+    )
 
 
 def test_a_corrupt_image_is_one_line_by_default(golden, tmp_path):
@@ -307,13 +413,28 @@ def test_a_corrupt_image_is_one_line_by_default(golden, tmp_path):
 def test_export_params_take_the_cards_settings():
     from scripts.lib.params import Export
 
-    card = {"format": "bucketed", "base_resolution": [512], "divisible": 32, "quality": 95, "image_mode": "reencode_jpeg",
-            "too_small_policy": "drop", "allowed_corners": [2, 3], "corner_jitter": 0,
-            "subsampling_policy": "adaptive_scale", "adaptive_threshold": 0.85, "missing_caption_policy": "empty"}
+    card = {
+        "format": "bucketed",
+        "base_resolution": [512],
+        "divisible": 32,
+        "quality": 95,
+        "image_mode": "reencode_jpeg",
+        "too_small_policy": "drop",
+        "allowed_corners": [2, 3],
+        "corner_jitter": 0,
+        "subsampling_policy": "adaptive_scale",
+        "adaptive_threshold": 0.85,
+        "missing_caption_policy": "empty",
+    }
     fmt, options = export_options(Export.model_validate(card).spec(), "test")
     assert fmt == "bucketed" and options["allowed_corners"] == [2, 3] and options["adaptive_threshold"] == 0.85
-    for bad in ({"allowed_corners": [4]}, {"too_small_policy": "shrink"}, {"adaptive_threshold": 0.0},
-                {"image_mode": "png"}, {"base_resolution": [32]}):
+    for bad in (
+        {"allowed_corners": [4]},
+        {"too_small_policy": "shrink"},
+        {"adaptive_threshold": 0.0},
+        {"image_mode": "png"},
+        {"base_resolution": [32]},
+    ):
         with pytest.raises(ValueError):
             Export.model_validate({"format": "bucketed", **bad})
     with pytest.raises(ValueError, match="not an option of webdataset"):
@@ -348,8 +469,14 @@ def test_the_reader_reads_what_the_exporter_writes(golden):
     for record in records:
         key = record.key.rsplit("/", 1)[1]
         meta = json.loads(samples[key]["json"])
-        assert record.prompt == f"a caption for {key}" and (record.width, record.height) == (meta["target_w"], meta["target_h"])
-        assert record.meta["bucket_id"] == meta["bucket_id"] and record.meta["caption_source_id"] == meta["caption_source_id"]
+        assert record.prompt == f"a caption for {key}" and (record.width, record.height) == (
+            meta["target_w"],
+            meta["target_h"],
+        )
+        assert (
+            record.meta["bucket_id"] == meta["bucket_id"]
+            and record.meta["caption_source_id"] == meta["caption_source_id"]
+        )
         assert read_member(record.image) == samples[key]["jpg"]
 
 
@@ -362,7 +489,9 @@ def test_corner_jitter_moves_the_box_inwards_within_its_bound():
         still = plan_image(f"k{n}", 1000, 700, table, DEFAULT_OPTIONS)
         jittered = plan_image(f"k{n}", 1000, 700, table, {**DEFAULT_OPTIONS, "corner_jitter": 16})
         (l0, t0, r0, b0), (l1, t1, r1, b1) = still.crop_box, jittered.crop_box
-        assert (r1 - l1, b1 - t1) == (r0 - l0, b0 - t0) and l1 >= 0 and r1 <= jittered.resize_w and b1 <= jittered.resize_h
+        assert (
+            (r1 - l1, b1 - t1) == (r0 - l0, b0 - t0) and l1 >= 0 and r1 <= jittered.resize_w and b1 <= jittered.resize_h
+        )
         assert abs(l1 - l0) <= 16 and 0 <= t0 - t1 <= 16  # bottom corners: only ever moved up
         moved += (l1, t1) != (l0, t0)
     assert moved > 150

@@ -6,6 +6,7 @@ caption: good, empty, refusal, blank-image, placeholder, too short, cut by max_t
 every request with its Authorization header and can fail on demand (429 with Retry-After, 5xx,
 a reply held until the client is killed, a reply that echoes the key).
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,15 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "sk-or-test-NEVER-LEAK-7777"
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "white": (255, 255, 255),
-           "black": (0, 0, 0), "yellow": (230, 220, 20), "purple": (140, 30, 160)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "blue": (30, 30, 220),
+    "green": (30, 200, 30),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "yellow": (230, 220, 20),
+    "purple": (140, 30, 160),
+}
 GOOD = "A flat {colour} square filling the frame, evenly lit, with no texture or objects."
 SCRIPT = {  # (model, colour) -> (content, finish_reason); any other pair gets a good caption
     ("m1", "blue"): ("   ", "stop"),
@@ -46,9 +54,11 @@ SCRIPT = {  # (model, colour) -> (content, finish_reason); any other pair gets a
     ("m1", "black"): ("Black.", "stop"),
     ("m1", "yellow"): ("A flat yellow square filling the frame, evenly lit, with no", "length"),
 }
-RULES = [{"reason": "placeholder", "pattern": r"(?i)lorem ipsum|^\W*(?:n/?a|none|placeholder)\W*$"},
-         {"reason": "blank_image", "pattern": r"(?i)^the image is (?:blank|empty)\b"},
-         {"reason": "refusal", "pattern": r"(?i)^\W*(?:i'?m sorry|i (?:can(?:no|')t|cannot))"}]
+RULES = [
+    {"reason": "placeholder", "pattern": r"(?i)lorem ipsum|^\W*(?:n/?a|none|placeholder)\W*$"},
+    {"reason": "blank_image", "pattern": r"(?i)^the image is (?:blank|empty)\b"},
+    {"reason": "refusal", "pattern": r"(?i)^\W*(?:i'?m sorry|i (?:can(?:no|')t|cannot))"},
+]
 
 
 def colour_of(data: bytes) -> str:
@@ -78,8 +88,15 @@ class VisionServer:
                 colour = colour_of(base64.b64decode(payload))
                 auth = self.headers.get("Authorization")
                 with server.lock:
-                    server.received.append({"authorization": auth, "model": body["model"], "colour": colour,
-                                            "body": body, "path": self.path})
+                    server.received.append(
+                        {
+                            "authorization": auth,
+                            "model": body["model"],
+                            "colour": colour,
+                            "body": body,
+                            "path": self.path,
+                        }
+                    )
                     fault = server.faults.pop(0) if server.faults else None
                     held = server.hold_from is not None and len(server.received) > server.hold_from
                 if held:
@@ -93,10 +110,19 @@ class VisionServer:
                 if fault and fault[0] == "echo":  # a server quoting the header back in its reply
                     content, finish = f"{GOOD.format(colour=colour)} (request authorised by {auth})", "stop"
                 created = {"m1": 1776589694, "m2": 1776684944}.get(body["model"], 1) + len(server.received)
-                self._send(200, {"id": "c", "object": "chat.completion", "created": created, "model": body["model"],
-                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                              "finish_reason": finish}],
-                                 "usage": {"prompt_tokens": 50, "completion_tokens": 10}})
+                self._send(
+                    200,
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": created,
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                        ],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 10},
+                    },
+                )
 
             def _send(self, status, payload, headers=None):
                 send_json(self, status, payload, headers)
@@ -129,22 +155,41 @@ def make_images(folder: Path) -> Path:
     (folder / "more").mkdir()
     (folder / "more" / "black.jpg").write_bytes(image_bytes("black", "JPEG", (32, 48)))
     (folder / "notes.txt").write_text("not an image", encoding="utf-8")
-    write_tar(folder / "shards" / "shard-000000.tar", [
-        ("000001.jpg", image_bytes("yellow", "JPEG")), ("000001.txt", b"old caption\n"), ("000001.json", b"{}"),
-        ("000002.png", image_bytes("purple")), ("000002.txt", b"old caption\n"),
-    ])
+    write_tar(
+        folder / "shards" / "shard-000000.tar",
+        [
+            ("000001.jpg", image_bytes("yellow", "JPEG")),
+            ("000001.txt", b"old caption\n"),
+            ("000001.json", b"{}"),
+            ("000002.png", image_bytes("purple")),
+            ("000002.txt", b"old caption\n"),
+        ],
+    )
     return folder
 
 
 def raw_params(base_url: str, images: Path, **overrides) -> dict:
     """A full entry as in params.yaml, with tiny timeouts and backoff so the tests take seconds."""
     params = {
-        "images": str(images), "max_images": None, "base_url": base_url, "backend": "test-router",
-        "api_key_env": "CAPTION_TEST_KEY", "models": [{"model": "m1", "variant": "v_one"}, {"model": "m2"}],
-        "system": "Describe images.", "prompt": "Caption this image.", "temperature": 0.0, "max_tokens": 64,
-        "extra_body": {}, "qa": {"min_chars": 10, "max_chars": None, "reject_truncated": True, "rules": RULES},
-        "max_image_bytes": 1 << 20, "max_image_pixels": 1 << 20,
-        "offline": False, "concurrency": 2, "timeout_s": 2.0, "max_attempts": 4, "backoff_base_s": 0.01,
+        "images": str(images),
+        "max_images": None,
+        "base_url": base_url,
+        "backend": "test-router",
+        "api_key_env": "CAPTION_TEST_KEY",
+        "models": [{"model": "m1", "variant": "v_one"}, {"model": "m2"}],
+        "system": "Describe images.",
+        "prompt": "Caption this image.",
+        "temperature": 0.0,
+        "max_tokens": 64,
+        "extra_body": {},
+        "qa": {"min_chars": 10, "max_chars": None, "reject_truncated": True, "rules": RULES},
+        "max_image_bytes": 1 << 20,
+        "max_image_pixels": 1 << 20,
+        "offline": False,
+        "concurrency": 2,
+        "timeout_s": 2.0,
+        "max_attempts": 4,
+        "backoff_base_s": 0.01,
         "backoff_cap_s": 0.05,
     }
     params.update(overrides)
@@ -183,17 +228,20 @@ def test_qa_reasons_in_order():
     assert qa_reason(good, True, kept, []) is None
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("The image is blank.", "blank_image"),
-    ("A solid black rectangle.", "blank_image"),
-    ("This photo is no longer available", "unavailable"),
-    ("Lorem ipsum dolor sit amet", "placeholder"),
-    ("[Insert caption here]", "placeholder"),
-    ("I'm sorry, but I can't help with that request.", "refusal"),
-    ("A red apple on a plain white background.", None),
-    ("An empty street at dawn with wet cobblestones.", None),
-    ("Solid oak table with a plain vase of tulips.", None),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("The image is blank.", "blank_image"),
+        ("A solid black rectangle.", "blank_image"),
+        ("This photo is no longer available", "unavailable"),
+        ("Lorem ipsum dolor sit amet", "placeholder"),
+        ("[Insert caption here]", "placeholder"),
+        ("I'm sorry, but I can't help with that request.", "refusal"),
+        ("A red apple on a plain white background.", None),
+        ("An empty street at dawn with wet cobblestones.", None),
+        ("Solid oak table with a plain vase of tulips.", None),
+    ],
+)
 def test_default_rules_in_params_yaml(text, reason):
     entry = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["caption"]["laion_buckets"]
     qa = parse_params("laion_buckets", entry).qa
@@ -203,13 +251,27 @@ def test_default_rules_in_params_yaml(text, reason):
 def test_request_is_an_openai_vision_message():
     params = parse_params("t", raw_params("http://x/v1", Path("imgs"), extra_body={"top_p": 0.9}))
     body = build_request(params, 1, "data:image/png;base64,AAAA")
-    assert body == {"model": "m2", "top_p": 0.9, "temperature": 0.0, "max_tokens": 64, "messages": [
-        {"role": "system", "content": "Describe images."},
-        {"role": "user", "content": [{"type": "text", "text": "Caption this image."},
-                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+    assert body == {
+        "model": "m2",
+        "top_p": 0.9,
+        "temperature": 0.0,
+        "max_tokens": 64,
+        "messages": [
+            {"role": "system", "content": "Describe images."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Caption this image."},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
+        ],
+    }
     assert params.variants == ["v_one", "caption_m2"]
     with pytest.raises(DataError, match=r"caption\.t: models: model 'm1' appears twice"):
-        parse_params("t", raw_params("http://x/v1", Path("i"), models=[{"model": "m1"}, {"model": "m1", "variant": "b"}]))
+        parse_params(
+            "t", raw_params("http://x/v1", Path("i"), models=[{"model": "m1"}, {"model": "m1", "variant": "b"}])
+        )
     with pytest.raises(DataError, match=r"caption\.t\.qa\.rules\[0\]\.pattern: not a valid regex"):
         parse_params("t", raw_params("http://x/v1", Path("i"), qa={"rules": [{"reason": "x", "pattern": "("}]}))
 
@@ -219,8 +281,14 @@ def test_images_are_listed_from_files_tars_and_manifests_and_links_are_skipped(t
     (folder / "link.png").symlink_to(folder / "red.png")
     listed, skipped = list_images(folder)
     assert [image.id for image in listed] == [
-        "blue.png", "green.png", "more/black.jpg", "red.png",
-        "shards/shard-000000.tar!/000001.jpg", "shards/shard-000000.tar!/000002.png", "white.png"]
+        "blue.png",
+        "green.png",
+        "more/black.jpg",
+        "red.png",
+        "shards/shard-000000.tar!/000001.jpg",
+        "shards/shard-000000.tar!/000002.png",
+        "white.png",
+    ]
     assert listed[4].ref == f"{folder.as_posix()}/shards/shard-000000.tar!/000001.jpg"
     assert dict(skipped) == {"symlink": 1}
     rendered = tmp_path / "rendered"
@@ -245,11 +313,17 @@ def test_waterfall_falls_back_and_qa_drops_with_reasons(tmp_path, server):
     by_id = captions.set_index("id")
     assert list(captions["id"]) == sorted(captions["id"])
     assert len(captions) == 6 and "white.png" not in by_id.index
-    assert by_id.loc["red.png", ["caption_variant", "caption_selector_index", "caption_source_id"]].tolist() == \
-        ["v_one", 0, 1]
+    assert by_id.loc["red.png", ["caption_variant", "caption_selector_index", "caption_source_id"]].tolist() == [
+        "v_one",
+        0,
+        1,
+    ]
     for image_id in ("blue.png", "green.png", "more/black.jpg", "shards/shard-000000.tar!/000001.jpg"):
-        assert by_id.loc[image_id, ["caption_variant", "caption_selector_index", "caption_source_id"]].tolist() == \
-            ["caption_m2", 1, 2], image_id
+        assert by_id.loc[image_id, ["caption_variant", "caption_selector_index", "caption_source_id"]].tolist() == [
+            "caption_m2",
+            1,
+            2,
+        ], image_id
     assert by_id.loc["more/black.jpg", "caption"] == GOOD.format(colour="black")
     assert by_id.loc["more/black.jpg", ["width", "height"]].tolist() == [32, 48]
     assert by_id.loc["shards/shard-000000.tar!/000002.png", "caption"] == GOOD.format(colour="purple")
@@ -257,20 +331,31 @@ def test_waterfall_falls_back_and_qa_drops_with_reasons(tmp_path, server):
 
     rejections = pd.read_parquet(tmp_path / "out" / "rejections.parquet")
     assert sorted(zip(rejections["id"], rejections["caption_variant"], rejections["reason"])) == [
-        ("blue.png", "v_one", "empty"), ("green.png", "v_one", "refusal"), ("more/black.jpg", "v_one", "too_short"),
+        ("blue.png", "v_one", "empty"),
+        ("green.png", "v_one", "refusal"),
+        ("more/black.jpg", "v_one", "too_short"),
         ("shards/shard-000000.tar!/000001.jpg", "v_one", "truncated"),
-        ("white.png", "caption_m2", "placeholder"), ("white.png", "v_one", "blank_image")]
+        ("white.png", "caption_m2", "placeholder"),
+        ("white.png", "v_one", "blank_image"),
+    ]
     assert report["images"] == {"listed": 7, "selected": 7, "skipped": {}, "captioned": 6, "dropped": 1}
     assert report["dropped"] == {"placeholder": 1}
     assert [(s["requests"], s["accepted"], s["rejected"]) for s in report["steps"]] == [
-        (7, 2, {"blank_image": 1, "empty": 1, "refusal": 1, "too_short": 1, "truncated": 1}), (5, 4, {"placeholder": 1})]
+        (7, 2, {"blank_image": 1, "empty": 1, "refusal": 1, "too_short": 1, "truncated": 1}),
+        (5, 4, {"placeholder": 1}),
+    ]
 
     sources = json.loads((tmp_path / "out" / "sources.json").read_text())
     sha = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
     m1_created = min(1776589694 + i + 1 for i, r in enumerate(server.received) if r["model"] == "m1")
     assert sources["caption_sources"][0] == {
-        "caption_source_id": 1, "backend": "test-router", "model": "m1", "created_at": m1_created,
-        "system_prompt_sha256": sha("Describe images."), "user_prompt_sha256": sha("Caption this image.")}
+        "caption_source_id": 1,
+        "backend": "test-router",
+        "model": "m1",
+        "created_at": m1_created,
+        "system_prompt_sha256": sha("Describe images."),
+        "user_prompt_sha256": sha("Caption this image."),
+    }
     assert [s["images"] for s in sources["waterfall"]] == [2, 4]
     # the cache names each image by its sha256: no image bytes in it
     entry = json.loads(cache_files(tmp_path)[0].read_text())
@@ -296,13 +381,21 @@ def test_429_and_5xx_are_retried_then_succeed(tmp_path, server):
     server.faults = [("status", 429, 0.02), ("status", 500, None), ("status", 503, None)]
     report = run(tmp_path, server, max_images=1, concurrency=1, max_attempts=4)  # blue.png: m1, then m2
     assert [r["model"] for r in server.received] == ["m1"] * 4 + ["m2"] and report["steps"][0]["attempts"] == 4
-    assert report["steps"][0]["retries"] == {"timeout": 0, "http_429": 1, "http_5xx": 2, "connection": 0,
-                                             "invalid_response": 0}
+    assert report["steps"][0]["retries"] == {
+        "timeout": 0,
+        "http_429": 1,
+        "http_5xx": 2,
+        "connection": 0,
+        "invalid_response": 0,
+    }
     assert report["images"]["captioned"] == 1 and len(cache_files(tmp_path)) == 2
 
     server.faults = [("status", 500, None)] * 2
-    with pytest.raises(DataError, match=r"caption t: v_one: image green.png failed: HTTP 500: injected 500 "
-                                        r"\(after 2 attempts\); 1 of 2 requests to m1 cached, re-run to resume"):
+    with pytest.raises(
+        DataError,
+        match=r"caption t: v_one: image green.png failed: HTTP 500: injected 500 "
+        r"\(after 2 attempts\); 1 of 2 requests to m1 cached, re-run to resume",
+    ):
         run(tmp_path, server, max_images=2, max_attempts=2)
     assert len(cache_files(tmp_path)) == 2  # and no temp file left behind
 
@@ -331,8 +424,10 @@ def test_key_never_reaches_cache_outputs_or_logs(tmp_path, server, monkeypatch, 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"caption": {"x": entry}}), encoding="utf-8")
     result = cli(["caption", "x", "out"], tmp_path, monkeypatch, capfd)
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == ("error: caption x: v_one: image red.png failed: HTTP 401: invalid key "
-                                              "Bearer ***; 3 of 4 requests to m1 cached, re-run to resume")
+    assert result.stderr.splitlines()[-1] == (
+        "error: caption x: v_one: image red.png failed: HTTP 401: invalid key "
+        "Bearer ***; 3 of 4 requests to m1 cached, re-run to resume"
+    )
     assert fragment not in result.stdout + result.stderr
 
 
@@ -345,8 +440,14 @@ def test_kill_9_mid_run_then_rerun_requests_only_the_missing(tmp_path, server):
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(PYTHONPATH=str(REPO), CAPTION_TEST_KEY=API_KEY)
     server.hold_from = 3  # the 4th request hangs until the process is killed
-    process = subprocess.Popen([sys.executable, "-m", "scripts", "caption", "x", "out"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts", "caption", "x", "out"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while len(server.received) < 4 and time.monotonic() < deadline and process.poll() is None:
@@ -432,8 +533,12 @@ def test_dvc_repro_persists_the_cache_and_speed_keys_rerun_nothing(tmp_path, ser
     (repo / ".dvc").mkdir()  # what `dvc init --no-scm` writes, without one more dvc process
     (repo / ".dvc" / "config").write_text("[core]\n    no_scm = True\n", encoding="utf-8")
     sh("dvc", "repro")
-    assert sorted((r["model"], r["colour"]) for r in server.received) == \
-        [("m1", "blue"), ("m1", "green"), ("m2", "blue"), ("m2", "green")]  # both rejected by m1, captioned by m2
+    assert sorted((r["model"], r["colour"]) for r in server.received) == [
+        ("m1", "blue"),
+        ("m1", "green"),
+        ("m2", "blue"),
+        ("m2", "green"),
+    ]  # both rejected by m1, captioned by m2
     assert len(pd.read_parquet(repo / "data/caption/x/captions.parquet")) == 2
     entry["concurrency"] = 1
     write_params()

@@ -6,6 +6,7 @@ returns, quirks included; where we differ on purpose (empty prompts) there is a 
 other versions of the rules: test_clean_rulesets.py. That the regex engine's speed-ups never change an
 output is tested in test_regex_engine.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -115,8 +116,21 @@ def test_each_limit_is_a_param():
 
 
 # The reasons in the order the default set checks them (what every report and dropped table relies on).
-ORDER = ["language", "banned_nospace", "max_dashes", "max_by", "person_names", "ban_words", "max_repeat_ratio",
-         "min_mean_word_len", "max_commas", "min_chars", "max_chars", "min_unique_words", "thought_phrases"]
+ORDER = [
+    "language",
+    "banned_nospace",
+    "max_dashes",
+    "max_by",
+    "person_names",
+    "ban_words",
+    "max_repeat_ratio",
+    "min_mean_word_len",
+    "max_commas",
+    "min_chars",
+    "max_chars",
+    "min_unique_words",
+    "thought_phrases",
+]
 
 
 def test_drop_rules_are_one_registry_of_rule_set_keys():
@@ -137,7 +151,7 @@ def too_many_hashtags(text: str, rules: Rules) -> bool:
 
 
 class WithHashtags(CleanRules):
-    max_hashtags: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"#\" than this")
+    max_hashtags: int | None = Field(None, ge=0, le=100_000, description='1. dropped with more "#" than this')
 
 
 def test_a_new_drop_rule_is_one_registry_entry(monkeypatch):
@@ -161,35 +175,80 @@ def test_a_new_drop_rule_is_one_registry_entry(monkeypatch):
 
 REWRITES = [
     # (what, input, expected)
-    ("stock phrases and sites", "a castle on a hill at sunset, trending on artstation, 8k, octane render",
-     "a castle on a hill at sunset,"),
-    ("artist after by, up to the comma", "a castle on a hill at sunset, by greg rutkowski, highly detailed",
-     "a castle on a hill at sunset, highly detailed"),
+    (
+        "stock phrases and sites",
+        "a castle on a hill at sunset, trending on artstation, 8k, octane render",
+        "a castle on a hill at sunset,",
+    ),
+    (
+        "artist after by, up to the comma",
+        "a castle on a hill at sunset, by greg rutkowski, highly detailed",
+        "a castle on a hill at sunset, highly detailed",
+    ),
     # final has no artist-credit cut (942a6f8 removed it): the artists go, "by" stays
-    ("no cut at ' by '", "portrait of a knight by greg rutkowski and alphonse mucha and wlop", "portrait of a knight by "),
-    ("'ed by' is not an artist credit", "a knight surrounded by wolves in a snowy forest, by greg rutkowski, cinematic",
-     "a knight surrounded by wolves in a snowy forest, cinematic"),
-    ("camera settings", "a fox in a field, 85mm lens, f/1.8, iso 200, sharp focus on the fox",
-     "a fox in a field sharp focus on the fox"),
+    (
+        "no cut at ' by '",
+        "portrait of a knight by greg rutkowski and alphonse mucha and wlop",
+        "portrait of a knight by ",
+    ),
+    (
+        "'ed by' is not an artist credit",
+        "a knight surrounded by wolves in a snowy forest, by greg rutkowski, cinematic",
+        "a knight surrounded by wolves in a snowy forest, cinematic",
+    ),
+    (
+        "camera settings",
+        "a fox in a field, 85mm lens, f/1.8, iso 200, sharp focus on the fox",
+        "a fox in a field sharp focus on the fox",
+    ),
     ("SD flags", "a fox in a field --steps 50 -w 1024", "a fox in a field"),
-    ("punctuation", "a fox in a field; sunset! warm_light: cozy — peaceful",
-     "a fox in a field, sunset. warm light cozy - peaceful"),
+    (
+        "punctuation",
+        "a fox in a field; sunset! warm_light: cozy — peaceful",
+        "a fox in a field, sunset. warm light cozy - peaceful",
+    ),
     ("repeated word", "a very very very large old castle on a hill", "a very large old castle on a hill"),
-    ("repeated bigram", "a red car red car parked in front of the old house",
-     "a red car parked in front of the old house"),
-    ("numbers, then empty brackets", "a painting of a ship in a storm (1890), dramatic waves at night",
-     "a painting of a ship in a storm , dramatic waves at night"),
-    ("5+ digit numbers, trailing and", "a painting of a ship in a storm 1234567 dramatic waves and",
-     "a painting of a ship in a storm dramatic waves "),
-    ("leading punctuation", "- a painting of a ship in a storm with dramatic waves.",
-     "a painting of a ship in a storm with dramatic waves."),
-    ("repeated punctuation", "!!! a painting of a ship in a storm with dramatic waves!!!",
-     "a painting of a ship in a storm with dramatic waves."),
-    ("[digital art] tag", "a cozy cabin, [digital art], snowy mountains at dusk", "a cozy cabin, snowy mountains at dusk"),
+    (
+        "repeated bigram",
+        "a red car red car parked in front of the old house",
+        "a red car parked in front of the old house",
+    ),
+    (
+        "numbers, then empty brackets",
+        "a painting of a ship in a storm (1890), dramatic waves at night",
+        "a painting of a ship in a storm , dramatic waves at night",
+    ),
+    (
+        "5+ digit numbers, trailing and",
+        "a painting of a ship in a storm 1234567 dramatic waves and",
+        "a painting of a ship in a storm dramatic waves ",
+    ),
+    (
+        "leading punctuation",
+        "- a painting of a ship in a storm with dramatic waves.",
+        "a painting of a ship in a storm with dramatic waves.",
+    ),
+    (
+        "repeated punctuation",
+        "!!! a painting of a ship in a storm with dramatic waves!!!",
+        "a painting of a ship in a storm with dramatic waves.",
+    ),
+    (
+        "[digital art] tag",
+        "a cozy cabin, [digital art], snowy mountains at dusk",
+        "a cozy cabin, snowy mountains at dusk",
+    ),
     # reference quirk: `(?i)n\s*-?\s*\d+` takes the "n 4" of "in 4k", leaving "ik"
-    ("resolution words", "a cozy cabin in 4k ultra hd, snowy mountains at dusk, hdr",
-     "a cozy cabin ik, snowy mountains at dusk,"),
-    ("aspect ratio", "a wide beach panorama at dawn 16:9 with palm trees", "a wide beach panorama at dawn with palm trees"),
+    (
+        "resolution words",
+        "a cozy cabin in 4k ultra hd, snowy mountains at dusk, hdr",
+        "a cozy cabin ik, snowy mountains at dusk,",
+    ),
+    (
+        "aspect ratio",
+        "a wide beach panorama at dawn 16:9 with palm trees",
+        "a wide beach panorama at dawn with palm trees",
+    ),
     ("seed", "a wide beach panorama at dawn, seed 42, palm trees", "a wide beach panorama at dawn, palm trees"),
 ]
 
@@ -234,22 +293,40 @@ def test_reference_quirks_are_kept_and_a_param_fixes_them():
 
 def test_trailing_and_leaves_its_space_like_the_reference_and_a_param_trims_it():
     # the reference's text[:-3] cuts "and" but not the space before it; the rule set keeps that (issue 15)
-    assert clean_text("a ship in a storm with dramatic waves and", RULES) == ("a ship in a storm with dramatic waves ", None)
+    assert clean_text("a ship in a storm with dramatic waves and", RULES) == (
+        "a ship in a storm with dramatic waves ",
+        None,
+    )
     finish = [{**step, "repl": ""} if step["name"] == "trailing_and" else step for step in document(FINAL)["finish"]]
     assert clean_text("a ship in a storm with dramatic waves and", with_params(finish=finish)) == (
-        "a ship in a storm with dramatic waves", None)
+        "a ship in a storm with dramatic waves",
+        None,
+    )
 
 
 def test_the_artist_credit_cut_of_2023_04_20_is_a_param():
     # 8df1658 cut the text at " by " when names or commas followed; 942a6f8 (final) dropped the step
-    by_clause = {"marker": " by ", "exempt": "ed by ", "cut_if_commas_after": 3, "cut_if_names_after": 2,
-                 "and_marker": " and ", "remove_to_comma": r"\bby\b.*?,"}
+    by_clause = {
+        "marker": " by ",
+        "exempt": "ed by ",
+        "cut_if_commas_after": 3,
+        "cut_if_names_after": 2,
+        "and_marker": " and ",
+        "remove_to_comma": r"\bby\b.*?,",
+    }
     rules = with_params(by_clause=by_clause)
     assert clean_text("portrait of a knight by greg rutkowski and alphonse mucha and wlop", rules) == (
-        "portrait of a knight", None)
-    assert clean_text("portrait of a knight by some painter, a, b, c dramatic light", rules) == ("portrait of a knight", None)
+        "portrait of a knight",
+        None,
+    )
+    assert clean_text("portrait of a knight by some painter, a, b, c dramatic light", rules) == (
+        "portrait of a knight",
+        None,
+    )
     assert clean_text("a knight surrounded by wolves, by bob, cinematic", rules) == (
-        "a knight surrounded by wolves, by bob, cinematic", None)  # "ed by": no cut
+        "a knight surrounded by wolves, by bob, cinematic",
+        None,
+    )  # "ed by": no cut
 
 
 def test_unicode_text_goes_through_every_regex():
@@ -263,14 +340,23 @@ def test_unicode_text_goes_through_every_regex():
 
 REAL = [
     # (input from the fixtures, expected text or None, expected reason or None)
-    ("daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning",
-     "daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning", None),
+    (
+        "daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning",
+        "daguerrotype of a corgi astronaut on the moon, award - winning photograph, vintage, stunning",
+        None,
+    ),
     ("inmates with cow heads inside a jailcell", "inmates with cow heads inside a jailcell", None),
     ("p. cubensis", None, "min_chars"),
-    ("emma watson as supergirl, realistic, intricate, elegant, art by artgerm and wlop",
-     "emma watson as supergirl, realistic, intricate, elegant, art ", None),
-    ("A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.",
-     "A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.", None),
+    (
+        "emma watson as supergirl, realistic, intricate, elegant, art by artgerm and wlop",
+        "emma watson as supergirl, realistic, intricate, elegant, art ",
+        None,
+    ),
+    (
+        "A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.",
+        "A luminous desert landscape featuring a telepathic cactus garden and a robot armadillo playing a saxophone.",
+        None,
+    ),
 ]
 
 
@@ -298,8 +384,30 @@ def test_gpt4_prompts_are_mostly_kept():
 def mutations(prompts: list[str], n: int, seed: int = 0) -> list[str]:
     """Real prompts with random edits that trigger the rules: digits, symbols, spaces, repeats."""
     rng = random.Random(seed)
-    extras = ["  ", " , ", "8k", " 35mm ", "--ar 16:9", " (1999) ", "!!", " - ", "'", "ſ", "\u212a", "\t",
-              " by wlop,", " seed 7", " the the ", " red car red car ", "..", " _ ", "|", "—", ";", "é"]
+    extras = [
+        "  ",
+        " , ",
+        "8k",
+        " 35mm ",
+        "--ar 16:9",
+        " (1999) ",
+        "!!",
+        " - ",
+        "'",
+        "ſ",
+        "\u212a",
+        "\t",
+        " by wlop,",
+        " seed 7",
+        " the the ",
+        " red car red car ",
+        "..",
+        " _ ",
+        "|",
+        "—",
+        ";",
+        "é",
+    ]
     out = []
     for _ in range(n):
         words = rng.choice(prompts).split(" ")
@@ -310,6 +418,7 @@ def mutations(prompts: list[str], n: int, seed: int = 0) -> list[str]:
 
 
 # --------------------------------------------------------------------------- params errors and heavy rules
+
 
 def test_missing_rule_is_a_one_line_error():
     rules = document(FINAL)
@@ -333,6 +442,7 @@ def test_bad_regex_names_its_place():
 def test_person_names_refuses_without_spacy():
     try:
         import spacy  # noqa: F401
+
         pytest.skip("spaCy installed: the rule would run")
     except ImportError:
         pass
@@ -352,16 +462,32 @@ def test_language_rule_is_off_by_default_and_deterministic_when_on():
 
 # --------------------------------------------------------------------------- tables
 
+
 def prompt_table(prompts: list[str | None]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"id{i}" for i in range(len(prompts))], "source": "s", "prompt": prompts, "split": None,
-        "image": None, "width": 512, "height": 512, "meta": "{}",
-    })[PROMPT_COLUMNS]
+    return pd.DataFrame(
+        {
+            "id": [f"id{i}" for i in range(len(prompts))],
+            "source": "s",
+            "prompt": prompts,
+            "split": None,
+            "image": None,
+            "width": 512,
+            "height": 512,
+            "meta": "{}",
+        }
+    )[PROMPT_COLUMNS]
 
 
 def test_clean_table_splits_rows_and_keeps_columns_and_order():
-    df = prompt_table(["a red fox under an old oak tree", None, "tiny cat", "a red fox under an old oak tree",
-                       "a blue whale in a deep ocean at night"])
+    df = prompt_table(
+        [
+            "a red fox under an old oak tree",
+            None,
+            "tiny cat",
+            "a red fox under an old oak tree",
+            "a blue whale in a deep ocean at night",
+        ]
+    )
     kept, dropped = clean_table(df, RULES)
     assert list(kept.columns) == PROMPT_COLUMNS + ["text"]
     assert list(kept["id"]) == ["id0", "id3", "id4"]
@@ -392,8 +518,13 @@ def test_workers_give_the_same_table(monkeypatch):
 
 def test_reclean_applies_to_prompt_and_rewrites_text():
     # v4-a rows were never cleaned (text = prompt); re-cleaning must give what clean@S would have
-    df = prompt_table(["a castle on a hill, trending on artstation, 8k", "see https://x.io for a cat on a mat",
-                       "a castle on a hill at dawn with fog"])
+    df = prompt_table(
+        [
+            "a castle on a hill, trending on artstation, 8k",
+            "see https://x.io for a cat on a mat",
+            "a castle on a hill at dawn with fog",
+        ]
+    )
     cleaned, _ = clean_table(df, RULES)
     raw, _ = pass_through(df)
     assert list(raw["text"]) == list(df["prompt"])
@@ -405,11 +536,14 @@ def test_reclean_applies_to_prompt_and_rewrites_text():
 
 
 def test_sibling_paths():
-    assert sibling_paths(Path("data/clean/s.parquet")) == (Path("data/clean/s.dropped.parquet"),
-                                                           Path("data/clean/s.report.json"))
+    assert sibling_paths(Path("data/clean/s.parquet")) == (
+        Path("data/clean/s.dropped.parquet"),
+        Path("data/clean/s.report.json"),
+    )
 
 
 # --------------------------------------------------------------------------- commands
+
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -426,8 +560,12 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def test_clean_text_command_one_json_line_per_input_line(workdir):
-    lines = ["a castle on a hill at sunset, trending on artstation, 8k", "", "tiny cat",
-             "a fox in a field; sunset! warm_light: cozy — peaceful"]
+    lines = [
+        "a castle on a hill at sunset, trending on artstation, 8k",
+        "",
+        "tiny cat",
+        "a fox in a field; sunset! warm_light: cozy — peaceful",
+    ]
     (workdir / "in.txt").write_bytes(("\r\n".join(lines) + "\n").encode("utf-8"))
     result = run_cli(["clean-text", "in.txt", "out.jsonl"], workdir)
     assert result.returncode == 0, result.stderr
@@ -467,7 +605,10 @@ def test_clean_stage_on_real_prompts(workdir):
     assert sum(report["dropped_by_reason"].values()) == len(dropped)
     assert report["dropped_by_reason"]["empty"] == sum(1 for p in prompts if not p.strip())
     assert sorted(p.name for p in out.iterdir()) == [  # no temp files left behind
-        "t_clean.dropped.parquet", "t_clean.parquet", "t_clean.report.json"]
+        "t_clean.dropped.parquet",
+        "t_clean.parquet",
+        "t_clean.report.json",
+    ]
 
 
 def test_clean_stage_passes_through_when_the_source_says_clean_false(workdir):
@@ -479,18 +620,26 @@ def test_clean_stage_passes_through_when_the_source_says_clean_false(workdir):
     assert list(kept["text"]) == prompts
     assert pq.read_table(workdir / "out" / "o2.dropped.parquet").num_rows == 0
     report = json.loads((workdir / "out" / "o2.report.json").read_text())
-    assert report == {"source": "t_off", "cleaning_applied": False, "rows_in": 3, "kept": 3,
-                      "dropped": 0, "dropped_by_reason": {}, "mode": "off"}
+    assert report == {
+        "source": "t_off",
+        "cleaning_applied": False,
+        "rows_in": 3,
+        "kept": 3,
+        "dropped": 0,
+        "dropped_by_reason": {},
+        "mode": "off",
+    }
 
 
 def test_clean_stage_errors_are_one_line(workdir):
     result = run_cli(["clean", "nosuchsource", "in.parquet", "out.parquet"], workdir)
-    assert result.returncode == 2 and result.stderr.strip() == "error: params.yaml: sources: no source named 'nosuchsource'"
+    assert (
+        result.returncode == 2
+        and result.stderr.strip() == "error: params.yaml: sources: no source named 'nosuchsource'"
+    )
     result = run_cli(["clean", "t_clean", "missing.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and "missing.parquet: input not found" in result.stderr
     pd.DataFrame({"id": ["a"], "caption": ["x"]}).to_parquet(workdir / "wrong.parquet")
     result = run_cli(["clean", "t_clean", "wrong.parquet", "out.parquet"], workdir)
     assert result.returncode == 2 and "wrong.parquet: no 'prompt' column" in result.stderr
     assert not (workdir / "out.parquet").exists()
-
-

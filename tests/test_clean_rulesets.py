@@ -7,6 +7,7 @@ The expected outputs in VERSIONS are what the team's own code at each commit ret
 with 0); the reasons are the names of our rules that reproduce those drops. Every prompt there gets a
 different outcome from at least two versions, so each line tells the versions apart.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,53 +43,84 @@ RULES = {name: load_rules(load_rule_set(name)) for name in SETS}
 # prompt -> the outcome per version, (text, None) or (None, reason), in the order of SETS
 VERSIONS = [
     # 2023-03-30 drops "fps" (found with spaces deleted); final's number rules eat "30 f"
-    ("a photo of a cat on a windowsill, 30 fps, golden hour",
-     [("a photo of a cat on a windowsill, ps, golden hour", None),
-      ("a photo of a cat on a windowsill, 30 fps, golden hour", None), (None, "banned_nospace")]),
+    (
+        "a photo of a cat on a windowsill, 30 fps, golden hour",
+        [
+            ("a photo of a cat on a windowsill, ps, golden hour", None),
+            ("a photo of a cat on a windowsill, 30 fps, golden hour", None),
+            (None, "banned_nospace"),
+        ],
+    ),
     # 2023-03-30's camera stop-words
-    ("portrait of a woman, shot on kodak portra, soft light at dusk",
-     [("portrait of a woman, shot on kodak portra, soft light at dusk", None)] * 2 + [(None, "ban_words")]),
+    (
+        "portrait of a woman, shot on kodak portra, soft light at dusk",
+        [("portrait of a woman, shot on kodak portra, soft light at dusk", None)] * 2 + [(None, "ban_words")],
+    ),
     # final: more than 3 " by "
-    ("a cat by a tree by a lake by a hill by a road at dawn",
-     [(None, "max_by"), (None, "min_mean_word_len"), (None, "min_mean_word_len")]),
+    (
+        "a cat by a tree by a lake by a hill by a road at dawn",
+        [(None, "max_by"), (None, "min_mean_word_len"), (None, "min_mean_word_len")],
+    ),
     # final deletes "trending on ...", stock phrases and sites; the older ones only "8k"
-    ("a castle on a hill at sunset, trending on artstation, 8k, octane render",
-     [("a castle on a hill at sunset,", None)]
-     + [("a castle on a hill at sunset, trending on artstation, octane render", None)] * 2),
+    (
+        "a castle on a hill at sunset, trending on artstation, 8k, octane render",
+        [("a castle on a hill at sunset,", None)]
+        + [("a castle on a hill at sunset, trending on artstation, octane render", None)] * 2,
+    ),
     # final: >= 10 commas
-    ("red, green, blue, yellow, purple, orange, pink, cyan, white, black, a parrot in a jungle",
-     [(None, "max_commas")]
-     + [("red, green, blue, yellow, purple, orange, pink, cyan, white, black, a parrot in a jungle", None)] * 2),
+    (
+        "red, green, blue, yellow, purple, orange, pink, cyan, white, black, a parrot in a jungle",
+        [(None, "max_commas")]
+        + [("red, green, blue, yellow, purple, orange, pink, cyan, white, black, a parrot in a jungle", None)] * 2,
+    ),
     # langdetect: 2023-04-04 on the raw prompt, 2023-03-30 last, final not at all
-    ("ein kleines rotes Haus am Waldrand im Winter mit Schnee auf dem Dach",
-     [("ein kleines rotes Haus am Waldrand im Winter mit Schnee auf dem Dach", None),
-      (None, "language"), (None, "language")]),
+    (
+        "ein kleines rotes Haus am Waldrand im Winter mit Schnee auf dem Dach",
+        [
+            ("ein kleines rotes Haus am Waldrand im Winter mit Schnee auf dem Dach", None),
+            (None, "language"),
+            (None, "language"),
+        ],
+    ),
     # final collapses repeats and deletes artists; the older ones keep both
-    ("a very very very large old castle on a hill by greg rutkowski",
-     [("a very large old castle on a hill", None)]
-     + [("a very very very large old castle on a hill by greg rutkowski", None)] * 2),
+    (
+        "a very very very large old castle on a hill by greg rutkowski",
+        [("a very large old castle on a hill", None)]
+        + [("a very very very large old castle on a hill by greg rutkowski", None)] * 2,
+    ),
     # SD flags and camera settings: final's long list; the older ones only f-stops and "85mm lens"
-    ("a fox in a field --steps 50 -w 1024, 85mm lens, f/1.8",
-     [("a fox in a field,", None)] + [("a fox in a field -steps 50 -w 1024", None)] * 2),
+    (
+        "a fox in a field --steps 50 -w 1024, 85mm lens, f/1.8",
+        [("a fox in a field,", None)] + [("a fox in a field -steps 50 -w 1024", None)] * 2,
+    ),
     # final's ban words
-    ("a lighthouse on a cliff, #seascape, dramatic sky",
-     [(None, "ban_words")] + [("a lighthouse on a cliff, #seascape, dramatic sky", None)] * 2),
+    (
+        "a lighthouse on a cliff, #seascape, dramatic sky",
+        [(None, "ban_words")] + [("a lighthouse on a cliff, #seascape, dramatic sky", None)] * 2,
+    ),
     # "if my" is a thought phrase of final only
-    ("if my cat could fly over the city at night it would be wonderful",
-     [(None, "thought_phrases")] + [("if my cat could fly over the city at night it would be wonderful", None)] * 2),
+    (
+        "if my cat could fly over the city at night it would be wonderful",
+        [(None, "thought_phrases")] + [("if my cat could fly over the city at night it would be wonderful", None)] * 2,
+    ),
     # final: more than 5 dashes
-    ("a-b-c-d-e-f-g cat sitting on a mat in the sun",
-     [(None, "max_dashes")] + [("a-b-c-d-e-f-g cat sitting on a mat in the sun", None)] * 2),
+    (
+        "a-b-c-d-e-f-g cat sitting on a mat in the sun",
+        [(None, "max_dashes")] + [("a-b-c-d-e-f-g cat sitting on a mat in the sun", None)] * 2,
+    ),
     # final: years in brackets go, and a trailing " and" leaves its space (text[:-3])
-    ("a painting of a ship in a storm (1890), dramatic waves and",
-     [("a painting of a ship in a storm , dramatic waves ", None)]
-     + [("a painting of a ship in a storm (1890), dramatic waves and", None)] * 2),
+    (
+        "a painting of a ship in a storm (1890), dramatic waves and",
+        [("a painting of a ship in a storm , dramatic waves ", None)]
+        + [("a painting of a ship in a storm (1890), dramatic waves and", None)] * 2,
+    ),
     # langdetect finds no letters: 2023-04-04 logged the exception and kept the prompt, 2023-03-30 dropped it
-    ("1234, 5678, 9012, 3456, 7890",
-     [("1234, 5678, 9012, 3456, 7890", None)] * 2 + [(None, "language")]),
+    ("1234, 5678, 9012, 3456, 7890", [("1234, 5678, 9012, 3456, 7890", None)] * 2 + [(None, "language")]),
     # the older versions move spaces before symbols and drop on the result
-    ("☀☁☂ abc ☃☄★ def ☆☇☈ ghi ☉☊☋",
-     [("abc ☃☄★ def ☆☇☈ ghi ☉☊☋", None), (None, "language"), (None, "min_unique_words")]),
+    (
+        "☀☁☂ abc ☃☄★ def ☆☇☈ ghi ☉☊☋",
+        [("abc ☃☄★ def ☆☇☈ ghi ☉☊☋", None), (None, "language"), (None, "min_unique_words")],
+    ),
 ]
 
 
@@ -122,6 +154,7 @@ def test_speedups_are_exact_on_the_older_versions(fixtures_dir):
 
 # --------------------------------------------------------------------------- params: default set, overrides
 
+
 def test_params_name_the_default_set_and_override_its_keys():
     params = P.load_params("clean", REPO / "params.yaml")
     assert params["rules"] == "final" and load_rules(params).document == RULES["final"].document
@@ -147,7 +180,9 @@ def test_an_unquoted_date_names_a_set(tmp_path):
 
 
 def test_an_unknown_set_is_one_line_naming_the_nearest():
-    with pytest.raises(DataError, match=r"^params.yaml: rules: unknown cleaning rule set 'fnal' \(did you mean 'final'\?\)"):
+    with pytest.raises(
+        DataError, match=r"^params.yaml: rules: unknown cleaning rule set 'fnal' \(did you mean 'final'\?\)"
+    ):
         P.parse(P.Clean, {"rules": "fnal"})
     with pytest.raises(DataError, match="sources.x.clean.*unknown cleaning rule set '2023-04-05'"):
         P.parse(P.Source, {"kind": "text", "path": "p", "clean": {"rules": "2023-04-05"}}, at=("sources", "x"))
@@ -157,13 +192,16 @@ def test_an_unknown_set_is_one_line_naming_the_nearest():
         load_rule_set("nope")
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"drops": {"raw": ["max_pipes"]}}, "clean.drops.raw lists 'max_pipes', but clean.max_pipes is not set"),
-    ({"max_pipes": 5}, "clean.max_pipes is set, but clean.drops lists no 'max_pipes'"),
-    ({"drops": {"raw": ["max_hashtags"]}}, "clean.drops.raw: unknown drop rule 'max_hashtags'"),
-    ({"drops": {"early": []}}, "clean.drops: unknown key 'early'"),
-    ({"drops": {"raw": ["max_dashes", "max_dashes"]}}, "'max_dashes' is listed twice"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"drops": {"raw": ["max_pipes"]}}, "clean.drops.raw lists 'max_pipes', but clean.max_pipes is not set"),
+        ({"max_pipes": 5}, "clean.max_pipes is set, but clean.drops lists no 'max_pipes'"),
+        ({"drops": {"raw": ["max_hashtags"]}}, "clean.drops.raw: unknown drop rule 'max_hashtags'"),
+        ({"drops": {"early": []}}, "clean.drops: unknown key 'early'"),
+        ({"drops": {"raw": ["max_dashes", "max_dashes"]}}, "'max_dashes' is listed twice"),
+    ],
+)
 def test_drops_and_rule_keys_must_agree(change, message):
     with pytest.raises(DataError, match=message):
         load_rules({**document(load_rule_set("final")), **change})
@@ -178,6 +216,7 @@ def test_a_rule_set_file_is_checked_naming_the_file(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- rules.json and the release API
+
 
 def test_rules_json_holds_every_set_once_and_the_release_api_reads_any(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -197,15 +236,27 @@ def test_rules_json_holds_every_set_once_and_the_release_api_reads_any(tmp_path,
 
 # --------------------------------------------------------------------------- modes, per source
 
+
 def prompt_table(prompts: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [f"id{i}" for i in range(len(prompts))], "source": "s", "prompt": prompts, "split": None,
-        "image": None, "width": 512, "height": 512, "meta": "{}",
-    })[PROMPT_COLUMNS]
+    return pd.DataFrame(
+        {
+            "id": [f"id{i}" for i in range(len(prompts))],
+            "source": "s",
+            "prompt": prompts,
+            "split": None,
+            "image": None,
+            "width": 512,
+            "height": 512,
+            "meta": "{}",
+        }
+    )[PROMPT_COLUMNS]
 
 
-PROMPTS = ["a castle on a hill at sunset, trending on artstation, 8k, octane render", "see https://x.io for a cat",
-           "a photo of a cat on a windowsill, 30 fps, golden hour"]
+PROMPTS = [
+    "a castle on a hill at sunset, trending on artstation, 8k, octane render",
+    "see https://x.io for a cat",
+    "a photo of a cat on a windowsill, 30 fps, golden hour",
+]
 
 
 def test_modes_rewrite_filter_only_off():
@@ -231,17 +282,26 @@ def test_source_choice_forms():
 
 def test_clean_stage_uses_the_sources_set_and_mode(tmp_path, monkeypatch, capfd):
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for source, choice in (("t_filter", {"rules": "2023-03-30", "mode": "filter_only"}), ("t_set", "2023-03-30"),
-                           ("t_default", True)):
+    for source, choice in (
+        ("t_filter", {"rules": "2023-03-30", "mode": "filter_only"}),
+        ("t_set", "2023-03-30"),
+        ("t_default", True),
+    ):
         params["sources"][source] = {"kind": "text", "path": "x", "clean": choice}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     write_parquet(prompt_table(PROMPTS), tmp_path / "in.parquet")
     assert cli(["clean-rules", "rules.json"], tmp_path, monkeypatch, capfd).returncode == 0
-    for source, texts in (("t_filter", [PROMPTS[0]]),
-                          ("t_set", ["a castle on a hill at sunset, trending on artstation, octane render"]),
-                          ("t_default", ["a castle on a hill at sunset,", PROMPTS[2].replace("30 fps", "ps")])):
-        result = cli(["clean", source, "in.parquet", f"out/{source}.parquet", "--rules", "rules.json"],
-                     tmp_path, monkeypatch, capfd)
+    for source, texts in (
+        ("t_filter", [PROMPTS[0]]),
+        ("t_set", ["a castle on a hill at sunset, trending on artstation, octane render"]),
+        ("t_default", ["a castle on a hill at sunset,", PROMPTS[2].replace("30 fps", "ps")]),
+    ):
+        result = cli(
+            ["clean", source, "in.parquet", f"out/{source}.parquet", "--rules", "rules.json"],
+            tmp_path,
+            monkeypatch,
+            capfd,
+        )
         assert result.returncode == 0, result.stderr
         assert list(pq.read_table(tmp_path / "out" / f"{source}.parquet").to_pandas()["text"]) == texts, source
     report = json.loads((tmp_path / "out" / "t_filter.report.json").read_text())
@@ -274,9 +334,11 @@ def test_final_counts_person_names_only_with_by_or_style(monkeypatch):
     import types
 
     fake = types.ModuleType("spacy")
-    fake.load = lambda name: (lambda text: types.SimpleNamespace(ents=[_Entity(w) for w in text.split() if w.istitle()]))
+    fake.load = lambda name: lambda text: types.SimpleNamespace(ents=[_Entity(w) for w in text.split() if w.istitle()])
     monkeypatch.setitem(sys.modules, "spacy", fake)
-    rules = load_rules({"rules": "final", "person_names": {"enabled": True, "max_persons": 3, "only_if": [" by ", " style "]}})
+    rules = load_rules(
+        {"rules": "final", "person_names": {"enabled": True, "max_persons": 3, "only_if": [" by ", " style "]}}
+    )
     assert clean_text("portrait of a knight by Anna Bob Carl Dan in the snow", rules) == (None, "person_names")
     assert clean_text("portrait of a knight in the style of Anna Bob Carl Dan", rules) == (None, "person_names")
     assert clean_text("portrait of a knight by Anna Bob Carl in the snow", rules)[1] is None  # 3 names: kept
@@ -286,8 +348,10 @@ def test_final_counts_person_names_only_with_by_or_style(monkeypatch):
 def test_clean_text_command_takes_a_rule_set(tmp_path, monkeypatch, capfd):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "in.txt").write_text("a photo of a cat on a windowsill, 30 fps, golden hour\n", encoding="utf-8")
-    for name, row in (("2023-03-30", {"text": None, "reason": "banned_nospace"}),
-                      ("final", {"text": "a photo of a cat on a windowsill, ps, golden hour", "reason": None})):
+    for name, row in (
+        ("2023-03-30", {"text": None, "reason": "banned_nospace"}),
+        ("final", {"text": "a photo of a cat on a windowsill, ps, golden hour", "reason": None}),
+    ):
         result = cli(["clean-text", "in.txt", "out.jsonl", "--rules", name], tmp_path, monkeypatch, capfd)
         assert result.returncode == 0, result.stderr
         assert json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8")) == row

@@ -1,4 +1,5 @@
 """dedup@S: MinHash-LSH near-duplicate removal, checked against brute force on real prompts."""
+
 from __future__ import annotations
 
 import csv
@@ -147,7 +148,9 @@ def test_chains_do_not_remove_rows_without_a_kept_partner():
 
 
 def test_higher_threshold_keeps_at_least_as_many_rows(prompts):
-    kept = [int(dedup_self(prompts, None, DedupParams(threshold=t)).keep.sum()) for t in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)]
+    kept = [
+        int(dedup_self(prompts, None, DedupParams(threshold=t)).keep.sum()) for t in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    ]
     assert kept == sorted(kept) and kept[0] < kept[-1], kept
 
 
@@ -244,7 +247,9 @@ def test_results_are_identical_across_processes_with_different_hash_seeds(prompt
     digests = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT, str(REPO), str(texts)], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _DIGEST_SCRIPT, str(REPO), str(texts)], env=env, capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr
         digests.add(out.stdout.strip())
     assert len(digests) == 1
@@ -340,7 +345,9 @@ def test_each_step_passes_its_own_params_and_cross_mode_leaves_the_reference_alo
 
 
 def test_a_huge_bucket_stays_bounded_and_correct():
-    texts = [f"portrait of a knight in silver armor number {i}" for i in range(400)] + ["portrait of a knight in silver armor"] * 50
+    texts = [f"portrait of a knight in silver armor number {i}" for i in range(400)] + [
+        "portrait of a knight in silver armor"
+    ] * 50
     result = dedup_self(texts, None, DedupParams(threshold=0.7, bucket_window=8))
     sets = _sets(texts)
     _check_properties(result, sets, _brute_force_pairs(sets, 0.7), 0.7)
@@ -417,7 +424,9 @@ def _run(args, cwd, pythonpath):
 
 def _clean_table(texts):
     ids = [f"{i:016x}" for i in range(len(texts))]
-    return pa.table({"id": ids, "source": ["s"] * len(texts), "prompt": texts, "text": texts, "width": list(range(len(texts)))})
+    return pa.table(
+        {"id": ids, "source": ["s"] * len(texts), "prompt": texts, "text": texts, "width": list(range(len(texts)))}
+    )
 
 
 def test_stage_cli_writes_kept_rows_clusters_and_report(prompts, tmp_path, cli_repo):
@@ -502,8 +511,14 @@ def test_dvc_exp_run_with_a_higher_threshold_keeps_more(prompts, tmp_path):
     )
     (repo / "data" / "clean").mkdir(parents=True)
     pq.write_table(_clean_table(prompts[:600] + prompts[-306:-6]), repo / "data" / "clean" / "s.parquet")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
 
     def sh(*args):
         out = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True)

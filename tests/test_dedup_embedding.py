@@ -3,6 +3,7 @@
 Every expected result is computed here, independently: the encoder's embeddings come from transformers
 directly (AutoModel + our own mean pooling), cosines from numpy over all pairs.
 """
+
 from __future__ import annotations
 
 import json
@@ -143,7 +144,9 @@ def test_keep_longest_keeps_the_longer_text(encoder_dir, texts, cosines):
     for i in removed:
         assert len(texts[result.duplicate_of[i]]) >= len(texts[i])
     # the appended-modifier copies are longer than their originals: the copy stays, the original goes
-    appended = [i for i, t in enumerate(texts) if t.endswith("highly detailed") and t[: -len(" highly detailed")] in texts]
+    appended = [
+        i for i, t in enumerate(texts) if t.endswith("highly detailed") and t[: -len(" highly detailed")] in texts
+    ]
     assert appended and all(result.keep[i] for i in appended)
 
 
@@ -180,7 +183,9 @@ def test_cross_mode_drops_only_new_rows_near_the_reference(encoder_dir, texts, c
         assert result.duplicate_of[row] == int(np.argmax(between[row]))
         assert result.similarity[row] == pytest.approx(between[row].max(), abs=1e-5)
     # the same through keep_mask and a saved index; texts in `new` that are near each other all stay
-    assert np.array_equal(keep_mask([texts[i] for i in new], params, against=[texts[i] for i in reference]), result.keep)
+    assert np.array_equal(
+        keep_mask([texts[i] for i in new], params, against=[texts[i] for i in reference]), result.keep
+    )
     index = build_index([texts[i] for i in reference], params)
     assert isinstance(index, EmbeddingIndex)
     index.save(tmp_path / "index")
@@ -193,19 +198,26 @@ def test_cross_mode_drops_only_new_rows_near_the_reference(encoder_dir, texts, c
 
 def test_a_missing_model_is_one_line(tmp_path, monkeypatch, capfd):
     with pytest.raises(DataError, match=r"dedup.embedding_model: .*nope: no such folder"):
-        dedup_self(["a red car", "a red car!"], None, resolve_params(None, method="embedding", embedding_model=str(tmp_path / "nope")))
+        dedup_self(
+            ["a red car", "a red car!"],
+            None,
+            resolve_params(None, method="embedding", embedding_model=str(tmp_path / "nope")),
+        )
     with pytest.raises(DataError, match="not in the local Hugging Face cache"):
         em.resolve_model("t2i-tests/no-such-encoder")  # local_files_only: never a download
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty: cannot load a transformer \(") as caught:
         em.Encoder(str(tmp_path / "empty"), "cpu")
     assert "\n" not in str(caught.value)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dedup": {"method": "embedding", "embedding_model": "models/none"}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"dedup": {"method": "embedding", "embedding_model": "models/none"}})
+    )
     (tmp_path / "in.txt").write_text("a red car\na red car!\n", encoding="utf-8")
     run = cli(["dedup-text", "in.txt", "out.jsonl"], tmp_path, monkeypatch, capfd)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         "error: dedup.embedding_model: models/none: no such folder, and not in the local Hugging Face cache "
-        "(models are never downloaded here)"]
+        "(models are never downloaded here)"
+    ]
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -215,8 +227,9 @@ def test_unsupported_pooling_is_one_line(encoder_dir, tmp_path):
     copy = tmp_path / "cls-encoder"
     shutil.copytree(encoder_dir, copy)
     config = json.loads((copy / "1_Pooling" / "config.json").read_text())
-    (copy / "1_Pooling" / "config.json").write_text(json.dumps({**config, "pooling_mode_mean_tokens": False,
-                                                                "pooling_mode_cls_token": True}))
+    (copy / "1_Pooling" / "config.json").write_text(
+        json.dumps({**config, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True})
+    )
     with pytest.raises(DataError, match=r"1_Pooling/config.json: pooling pooling_mode_cls_token not supported"):
         em.read_spec(copy)
 
@@ -245,8 +258,14 @@ def test_tiny_encoder_is_the_same_bytes_on_every_build(encoder_dir, tmp_path):
 
     save_tiny_encoder({}, tmp_path / "again")
     files = sorted(p.relative_to(encoder_dir) for p in encoder_dir.rglob("*") if p.is_file())
-    assert {"modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "model.safetensors",
-            "tokenizer.json", "config.json"} <= {str(f) for f in files}
+    assert {
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+    } <= {str(f) for f in files}
     for name in files:
         assert (tmp_path / "again" / name).read_bytes() == (encoder_dir / name).read_bytes(), name
     save_tiny_encoder({"seed": 1}, tmp_path / "other")

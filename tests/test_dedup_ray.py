@@ -6,6 +6,7 @@ near-duplicates. The slow ones run the real thing on a local `ray.cluster_utils.
 1 CPU with a small object store (blocks spill): same files for 1, 7 and 64 partitions, with a node
 removed mid-run, twice; bad input and Ctrl-C are one line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ def real_prompts(limit: int = 900) -> list[str]:
         pytest.skip("fixture prompts not found")
     texts = (folder / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()[:limit]
     with (folder / "openprompts-1k.csv").open(encoding="utf-8") as f:
-        texts += [row[0] for row in list(csv.reader(f))[1:limit // 3] if row]
+        texts += [row[0] for row in list(csv.reader(f))[1 : limit // 3] if row]
     return texts
 
 
@@ -69,38 +70,59 @@ def blocks(table: pa.Table, size: int) -> list[pa.Table]:
 def composed(texts, ids, params, parts: int, size: int, distributed: bool):
     """on_ray._run's steps, with Ray's shuffles done by `groups` (rows with the same part together)."""
     n, ranks = len(texts), R.RANKS[params.keep]
-    table = pa.table({"row": np.arange(n), "text": pa.array(texts, pa.large_string()),
-                      "order_key": pa.array(ids, pa.large_string())})
+    table = pa.table(
+        {"row": np.arange(n), "text": pa.array(texts, pa.large_string()), "order_key": pa.array(ids, pa.large_string())}
+    )
     signed = pa.concat_tables([R.sign_rows(b, params) for b in blocks(table, size)])
-    grouped = pa.concat_tables([R.identical_in_group(g, ranks) for g in groups(R.part_of(signed, ["seq0"], parts), parts)])
+    grouped = pa.concat_tables(
+        [R.identical_in_group(g, ranks) for g in groups(R.part_of(signed, ["seq0"], parts), parts)]
+    )
     rep = grouped.column("rep").to_numpy()
     members = R.member_edges(grouped.filter(pa.array(rep >= 0)), ranks)
     reps = grouped.filter(pa.array(rep < 0))
     bands, _ = signing.banding(params)
     found = []
     for lo in range(0, bands, 8):
-        band_rows = pa.concat_tables([R.bucket_rows(b, lo, min(bands, lo + 8), ranks, parts) for b in blocks(reps, size)])
+        band_rows = pa.concat_tables(
+            [R.bucket_rows(b, lo, min(bands, lo + 8), ranks, parts) for b in blocks(reps, size)]
+        )
         found += [R.candidates_in_group(g, params.bucket_window, ranks) for g in groups(band_rows, parts)]
     found = R.part_of(pa.concat_tables(found), ["a", "b"], parts)
     candidates = pa.concat_tables([R.unique_in_group(g) for g in groups(found, parts)])
     text = np.array(texts, dtype=object)
     for side in "ab":
-        candidates = candidates.append_column(f"text_{side}", pa.array(text[candidates.column(side).to_numpy()].tolist(),
-                                                                        pa.large_string()))
+        candidates = candidates.append_column(
+            f"text_{side}", pa.array(text[candidates.column(side).to_numpy()].tolist(), pa.large_string())
+        )
     verified = pa.concat_tables([R.verify_rows(b, params, 50) for b in blocks(candidates, size)])
     if distributed:
         removed, sizes = star_resolved(verified, members, ranks, params.keep, parts)
     else:
         removed, sizes = R.resolve_edges(verified, members, ranks, params.keep)
-    stats = {**report_counts(n, n - len(removed["row"]), sizes, members.num_rows, candidates.num_rows,
-                             verified.num_rows, n - signed.num_rows, params), **signing.banding_stats(params)}
+    stats = {
+        **report_counts(
+            n,
+            n - len(removed["row"]),
+            sizes,
+            members.num_rows,
+            candidates.num_rows,
+            verified.num_rows,
+            n - signed.num_rows,
+            params,
+        ),
+        **signing.banding_stats(params),
+    }
     return removed, stats
 
 
 def star_resolved(verified, members, ranks, keep, parts):
     """components.resolve without Ray: star rounds until the edges stop changing, then groups of clusters."""
-    edges = pa.table({"u": np.concatenate([verified.column("a").to_numpy(), members.column("a").to_numpy()]),
-                      "v": np.concatenate([verified.column("b").to_numpy(), members.column("b").to_numpy()])})
+    edges = pa.table(
+        {
+            "u": np.concatenate([verified.column("a").to_numpy(), members.column("a").to_numpy()]),
+            "v": np.concatenate([verified.column("b").to_numpy(), members.column("b").to_numpy()]),
+        }
+    )
 
     def round_of(edges, step):
         both = R.part_of(components._both_ways(edges), ["node"], parts)
@@ -111,8 +133,12 @@ def star_resolved(verified, members, ranks, keep, parts):
         seen, edges = now, round_of(round_of(edges, components.large_star), components.small_star)
     label = {v: v for v in edges.column("v").to_pylist()}
     label.update(zip(edges.column("u").to_pylist(), edges.column("v").to_pylist()))
-    flagged = pa.concat_tables([verified.append_column("member", pa.array(np.zeros(verified.num_rows, bool))),
-                                members.select(verified.column_names).append_column("member", pa.array(np.ones(members.num_rows, bool)))])
+    flagged = pa.concat_tables(
+        [
+            verified.append_column("member", pa.array(np.zeros(verified.num_rows, bool))),
+            members.select(verified.column_names).append_column("member", pa.array(np.ones(members.num_rows, bool))),
+        ]
+    )
     labels = pa.array([label[a] for a in flagged.column("a").to_pylist()], pa.int64())
     out = []
     for g in groups(R.part_of(flagged.append_column("label", labels), ["label"], parts), parts):
@@ -189,22 +215,27 @@ def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_no
     table = read_stage_input(tmp_path / "in.parquet")
     result = dedup_self(table.column("text"), table.column("id"), params)
     write_table(table.filter(pa.array(result.keep)), tmp_path / "local.parquet")
-    write_table(clusters_table(table.column("id").combine_chunks(), result, params), tmp_path / "local.clusters.parquet")
+    write_table(
+        clusters_table(table.column("id").combine_chunks(), result, params), tmp_path / "local.clusters.parquet"
+    )
     expected = [(tmp_path / f"local{s}.parquet").read_bytes() for s in ("", ".clusters")]
     for k, (parts, edges) in enumerate([(1, 10**9), (7, 10**9), (64, 0), (7, 0)]):
         out, clusters = tmp_path / f"out{k}.parquet", tmp_path / f"out{k}.clusters.parquet"
         if k == 3:  # a worker node goes away while the run is under way: Ray Data retries its tasks
             import threading
+
             threading.Timer(3.0, local_cluster.remove_node, args=(workers[1],)).start()
-        stats = dedup_stage(folder, out, clusters, params, Runtime(engine="ray", partitions=parts, driver_edges=edges,
-                                                                       batch_rows=97))
+        stats = dedup_stage(
+            folder, out, clusters, params, Runtime(engine="ray", partitions=parts, driver_edges=edges, batch_rows=97)
+        )
         assert stats == result.stats
         assert [out.read_bytes(), clusters.read_bytes()] == expected, (parts, edges)
 
 
 def run_cli(tmp_path: Path, input: Path, extra_env=None, start=True):
     (tmp_path / "params.yaml").write_text(
-        "dedup: {threshold: 0.7}\nruntime: {engine: ray, object_store_mb: 100, partitions: 3}\n", encoding="utf-8")
+        "dedup: {threshold: 0.7}\nruntime: {engine: ray, object_store_mb: 100, partitions: 3}\n", encoding="utf-8"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
     command = [sys.executable, "-m", "scripts", "dedup", "s", str(input), str(tmp_path / "out" / "s.parquet")]
     (tmp_path / "out").mkdir(exist_ok=True)
@@ -220,7 +251,9 @@ def test_a_missing_input_is_one_line_on_ray(tmp_path):
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "part-000.parquet").write_bytes(b"not parquet")
     done = run_cli(tmp_path, tmp_path / "shards")
-    assert done.returncode == 2 and "not a readable parquet file" in done.stderr and done.stderr.strip().count("\n") == 0
+    assert (
+        done.returncode == 2 and "not a readable parquet file" in done.stderr and done.stderr.strip().count("\n") == 0
+    )
     assert not list((tmp_path / "out").iterdir())
 
 
@@ -229,8 +262,15 @@ def test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output(tmp_path):
     texts, ids = planted(900)
     folder = stage_files(tmp_path, texts * 4, [f"{i}-{k}" for k in range(4) for i in ids])
     command, env = run_cli(tmp_path, folder, start=False)
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     time.sleep(25)  # Ray is up and working
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)

@@ -1,5 +1,6 @@
 """scripts/lib/dvc_cache.py: a directory output as dvc.lock records it, read from a real DVC cache; every
 lock or cache it cannot read means "nothing known", and no listing names a path outside the cache."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,18 @@ import yaml
 
 from scripts.lib.dvc_cache import cached_directory, locked_output_oid
 
-MAKE = ("python -c \"import pathlib; p = pathlib.Path('out/sub'); p.mkdir(parents=True); "
-        "pathlib.Path('out/a.txt').write_text('a'); (p / 'b.txt').write_text('b'); "
-        "pathlib.Path('single.txt').write_text('s')\"")
+MAKE = (
+    "python -c \"import pathlib; p = pathlib.Path('out/sub'); p.mkdir(parents=True); "
+    "pathlib.Path('out/a.txt').write_text('a'); (p / 'b.txt').write_text('b'); "
+    "pathlib.Path('single.txt').write_text('s')\""
+)
 
 
 def dvc(root: Path, *args: str) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -71,9 +75,14 @@ NOTHING_KNOWN = [
     ("a file output", lambda repo: repo / "single.txt"),
     ("a folder outside the repository", lambda repo: repo.parent / "out"),
     ("no dvc.lock", lambda repo: ((repo / "dvc.lock").unlink(), repo / "out")[1]),
-    ("a dvc.lock that is not YAML", lambda repo: ((repo / "dvc.lock").write_text("stages: [", encoding="utf-8"),
-                                                   repo / "out")[1]),
-    ("a dvc.lock that is a list", lambda repo: ((repo / "dvc.lock").write_text("- 1\n", encoding="utf-8"), repo / "out")[1]),
+    (
+        "a dvc.lock that is not YAML",
+        lambda repo: ((repo / "dvc.lock").write_text("stages: [", encoding="utf-8"), repo / "out")[1],
+    ),
+    (
+        "a dvc.lock that is a list",
+        lambda repo: ((repo / "dvc.lock").write_text("- 1\n", encoding="utf-8"), repo / "out")[1],
+    ),
     ("a lock md5 that is a path", lambda repo: (doctor_lock(repo, "../../../../etc/passwd.dir"), repo / "out")[1]),
     ("a listing missing from the cache", lambda repo: (shutil.rmtree(repo / ".dvc" / "cache"), repo / "out")[1]),
     ("no .dvc folder", lambda repo: (shutil.rmtree(repo / ".dvc"), repo / "out")[1]),

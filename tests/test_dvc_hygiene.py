@@ -2,6 +2,7 @@
 a speed knob reruns nothing, the cache links instead of copying (safe: every writer replaces, none
 writes into an existing file), the contact sheets are image plots, and the generation store means
 a dedup.threshold flip renders nothing twice."""
+
 from __future__ import annotations
 
 import ast
@@ -42,10 +43,16 @@ def keys_of(section: str, listed: list[str]) -> set[str]:
 # --- params: only what changes bytes ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage, section, model", [
-    ("clean_rules", "clean", Clean), ("dedup", "dedup", Dedup), ("compose", "dedup", Dedup), ("release", "dedup", Dedup),
-    ("generate", "generate", Generate),
-])
+@pytest.mark.parametrize(
+    "stage, section, model",
+    [
+        ("clean_rules", "clean", Clean),
+        ("dedup", "dedup", Dedup),
+        ("compose", "dedup", Dedup),
+        ("release", "dedup", Dedup),
+        ("generate", "generate", Generate),
+    ],
+)
 def test_stage_lists_every_output_key_and_no_speed_key(stage, section, model):
     listed = stage_params(stage)
     assert section not in listed, f"{stage} depends on all of `{section}`, speed keys included"
@@ -136,10 +143,17 @@ def test_release_card_does_not_name_speed_keys():
     recipe = resolve_recipe("v2", PARAMS["releases"])
     sources = {name: Source.model_validate(entry) for name, entry in PARAMS["sources"].items()}
     split = Split.model_validate(PARAMS["split"])
-    stats = {"rows": {"train": 1, "validation": 1, "total": 2}, "by_source": {"train": {}, "validation": {}},
-             "removed": {"total": 0}}
-    faster = Dedup.model_validate({**PARAMS["dedup"], "embedding_batch": 3, "embedding_block": 5, "embedding_device": "cpu"})
-    assert data_card(recipe, stats, sources, faster, split) == data_card(recipe, stats, sources, Dedup.model_validate(PARAMS["dedup"]), split)
+    stats = {
+        "rows": {"train": 1, "validation": 1, "total": 2},
+        "by_source": {"train": {}, "validation": {}},
+        "removed": {"total": 0},
+    }
+    faster = Dedup.model_validate(
+        {**PARAMS["dedup"], "embedding_batch": 3, "embedding_block": 5, "embedding_device": "cpu"}
+    )
+    assert data_card(recipe, stats, sources, faster, split) == data_card(
+        recipe, stats, sources, Dedup.model_validate(PARAMS["dedup"]), split
+    )
 
 
 def test_dedup_speed_keys_change_no_result():
@@ -148,8 +162,10 @@ def test_dedup_speed_keys_change_no_result():
     words = ["red", "car", "blue", "sky", "old", "house", "tall", "tree", "by", "the", "river"]
     texts = [" ".join(words[(i * 7 + j) % 11] for j in range(5 + i % 4)) for i in range(120)]
     base = Dedup()
-    results = [dedup_self(texts, None, base, P.Runtime(**change))
-               for change in ({}, {"workers": 2, "batch_rows": 7}, {"verify_pairs": 3, "workers": 1})]
+    results = [
+        dedup_self(texts, None, base, P.Runtime(**change))
+        for change in ({}, {"workers": 2, "batch_rows": 7}, {"verify_pairs": 3, "workers": 1})
+    ]
     for other in results[1:]:
         assert (other.keep == results[0].keep).all() and (other.duplicate_of == results[0].duplicate_of).all()
         assert other.stats == results[0].stats
@@ -217,7 +233,8 @@ def generate_lines(output: str) -> dict[str, tuple[int, int, int]]:
     """source -> (prompts, rendered, pipeline calls) from generate@S's summary line."""
     found = {}
     for source, prompts, rendered, calls in re.findall(
-            r"generate@(\S+): (\d+) prompts, (\d+) rendered \((\d+) pipeline calls\)", output):
+        r"generate@(\S+): (\d+) prompts, (\d+) rendered \((\d+) pipeline calls\)", output
+    ):
         found[source] = (int(prompts), int(rendered), int(calls))
     return found
 
@@ -240,8 +257,16 @@ def set_params(repo: Path, changes: dict[str, object]) -> None:
 @pytest.mark.slow
 def test_speed_only_params_rerun_nothing(history, tmp_path):
     repo = work_copy(history.repo, tmp_path / "repo")
-    set_params(repo, {"runtime.workers": 2, "runtime.batch_rows": 7, "runtime.verify_pairs": 11,
-                      "generate.batch_size": 3, "runtime.writers": 1})
+    set_params(
+        repo,
+        {
+            "runtime.workers": 2,
+            "runtime.batch_rows": 7,
+            "runtime.verify_pairs": 11,
+            "generate.batch_size": 3,
+            "runtime.writers": 1,
+        },
+    )
     assert run("dvc status --json", repo).stdout.strip() in ("{}", "")
 
 
@@ -280,8 +305,9 @@ def test_threshold_flip_renders_nothing_twice(history, tmp_path):
     down = run(["dvc", "repro", "--no-run-cache", "generate@diffusiondb"], repo)
     at_07 = generate_lines(down.stdout)
     assert set(at_07) == set(at_08), down.stdout[-3000:]  # generate@S ran again (no run-cache), for the same sources
-    assert {source: (rendered, calls) for source, (_, rendered, calls) in at_07.items()} == \
-        {source: (0, 0) for source in at_07}, at_07  # zero pipeline calls
+    assert {source: (rendered, calls) for source, (_, rendered, calls) in at_07.items()} == {
+        source: (0, 0) for source in at_07
+    }, at_07  # zero pipeline calls
     images = {path: md5 for path, md5 in outs_md5(repo).items() if path.startswith("data/images/")}
     assert images == {path: built[path] for path in images}  # the very bytes of the 0.7 build
     assert outs_md5(repo) == built

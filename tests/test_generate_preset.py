@@ -5,6 +5,7 @@ transcribed below with diffusers directly, and our stage with `preset: reference
 bytes under the same names. The two deviations, both forced by testing on a CPU: the tiny model in
 place of stabilityai/stable-diffusion-2, and float64 (our cpu_dtype) in place of fp16.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,11 @@ from scripts.lib.params import GENERATE_PRESETS, Generate
 REPO = Path(__file__).resolve().parents[1]
 # raw prompts as the dedup table holds them (stray spaces included: the team's line.strip() and
 # CLIP's whitespace cleaning make them irrelevant to the image)
-RAW = ["a lighthouse at night, oil painting by greg rutkowski, 8k ", "portrait of a robot  knight",
-       "a red fox in the snow, trending on artstation"]
+RAW = [
+    "a lighthouse at night, oil painting by greg rutkowski, 8k ",
+    "portrait of a robot  knight",
+    "a red fox in the snow, trending on artstation",
+]
 
 
 def team_loop(model_dir, prompts_path, image_dir, prefix, num_gpus=1, stride_idx=0, steps=50):
@@ -47,14 +51,23 @@ def team_loop(model_dir, prompts_path, image_dir, prefix, num_gpus=1, stride_idx
                 continue
             if os.path.exists(fn):
                 continue
-            img = model(prompt, num_inference_steps=steps, generator=generator, guidance_scale=9).images[0].resize((512, 512))
+            img = (
+                model(prompt, num_inference_steps=steps, generator=generator, guidance_scale=9)
+                .images[0]
+                .resize((512, 512))
+            )
             img.save(fn)
 
 
 def dedup_table(prompts: list[str]) -> pd.DataFrame:
     """data/dedup/S.parquet's shape: `prompt` raw, `text` the cleaned caption (not what reference renders)."""
-    return pd.DataFrame({"id": [f"op-{i}" for i in range(len(prompts))], "prompt": prompts,
-                         "text": [f"cleaned caption {i}" for i in range(len(prompts))]})
+    return pd.DataFrame(
+        {
+            "id": [f"op-{i}" for i in range(len(prompts))],
+            "prompt": prompts,
+            "text": [f"cleaned caption {i}" for i in range(len(prompts))],
+        }
+    )
 
 
 def images(folder: Path) -> dict[str, bytes]:
@@ -86,7 +99,11 @@ def test_reference_preset_writes_the_team_loops_bytes_and_names(tiny_model_dir, 
     settings = json.loads(manifest["settings"][0])
     assert settings["preset"] == "reference" and settings["prompt_field"] == "prompt"
     assert (settings["steps"], settings["scheduler_class"], settings["height"], settings["resize"]) == (
-        50, "DPMSolverMultistepScheduler", 64, 512)  # the tiny model's own scheduler and size
+        50,
+        "DPMSolverMultistepScheduler",
+        64,
+        512,
+    )  # the tiny model's own scheduler and size
 
 
 def test_a_resumed_run_gives_the_bytes_of_an_uninterrupted_one(tiny_model_dir, tmp_path):
@@ -117,7 +134,9 @@ def test_noise_streams_are_the_teams_one_process_per_gpu(tiny_model_dir, tmp_pat
     prompts = RAW + ["an owl on a branch"]
     (tmp_path / "p.txt").write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
     for stride in (0, 1):  # `--num-gpus 2 --stride-idx 0|1`, each process with its own generator
-        team_loop(tiny_model_dir, tmp_path / "p.txt", tmp_path / "team", "chatgpt", num_gpus=2, stride_idx=stride, steps=4)
+        team_loop(
+            tiny_model_dir, tmp_path / "p.txt", tmp_path / "team", "chatgpt", num_gpus=2, stride_idx=stride, steps=4
+        )
     s = Generate(model=str(tiny_model_dir), preset="reference", steps=4, noise_streams=2, batch_size=3)
     generate(dedup_table(prompts), s, tmp_path / "chatgpt")
     assert images(tmp_path / "chatgpt") == images(tmp_path / "team") and len(images(tmp_path / "team")) == 4
@@ -134,8 +153,9 @@ def test_sequential_keys_follow_the_row_position(tiny_model_dir):
     later = [j.key for j in plan_jobs(table.iloc[1:], s, "m", "fp64", prefix="op")]
     assert not set(keys) & set(later)  # a dropped row moves every later row to another draw
     fast = s.replace(preset="fast")
-    assert [j.key for j in plan_jobs(table.iloc[1:], fast, "m", "fp64")] == \
-        [j.key for j in plan_jobs(table, fast, "m", "fp64")][1:]
+    assert [j.key for j in plan_jobs(table.iloc[1:], fast, "m", "fp64")] == [
+        j.key for j in plan_jobs(table, fast, "m", "fp64")
+    ][1:]
     assert [j.file for j in plan_jobs(table, s, "m", "fp64", prefix="op")] == [f"op_{i:08d}.jpg" for i in range(3)]
     assert keys != [j.key for j in plan_jobs(table, s, "m", "fp64", prefix="op", device="cuda")]
     with pytest.raises(DataError, match="not usable as an image file prefix"):
@@ -145,9 +165,17 @@ def test_sequential_keys_follow_the_row_position(tiny_model_dir):
 def test_preset_fills_null_keys_and_explicit_keys_win():
     fast, reference = Generate(), Generate(preset="reference")
     assert {k: getattr(fast, k) for k in GENERATE_PRESETS["fast"]} == GENERATE_PRESETS["fast"]
-    assert (reference.steps, reference.scheduler, reference.prompt_field, reference.noise, reference.quality,
-            reference.resize, reference.resample, reference.file_names, reference.batch_size) == (
-        50, "model", "prompt", "sequential", 75, 512, "bicubic", "index", 1)
+    assert (
+        reference.steps,
+        reference.scheduler,
+        reference.prompt_field,
+        reference.noise,
+        reference.quality,
+        reference.resize,
+        reference.resample,
+        reference.file_names,
+        reference.batch_size,
+    ) == (50, "model", "prompt", "sequential", 75, 512, "bicubic", "index", 1)
     mixed = Generate(preset="reference", steps=20, scheduler=None, resize=False)
     assert (mixed.steps, mixed.scheduler, mixed.resize) == (20, "model", False)
     back = mixed.replace(preset="fast")  # preset-filled keys follow; set ones stay
@@ -161,6 +189,8 @@ def test_a_scheduler_that_draws_noise_is_refused(tiny_model_dir, tmp_path):
     model = tmp_path / "ancestral"
     shutil.copytree(tiny_model_dir, model)
     index = model / "model_index.json"  # the class the pipeline loads
-    index.write_text(json.dumps({**json.loads(index.read_text()), "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]}))
+    index.write_text(
+        json.dumps({**json.loads(index.read_text()), "scheduler": ["diffusers", "EulerAncestralDiscreteScheduler"]})
+    )
     with pytest.raises(DataError, match="EulerAncestralDiscreteScheduler draws noise at every step"):
         generate(dedup_table(RAW[:1]), Generate(model=str(model), preset="reference", steps=2), tmp_path / "out")

@@ -1,5 +1,6 @@
 """generate@S on `runtime.engine: ray`: an actor pool on a local multi-node cluster writes the bytes the
 local engine writes, and Ctrl-C leaves no Ray process behind."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setenv("PYTHONPATH", str(REPO))  # the nodes' workers import scripts.*
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE,
-                                                            "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False},
+    )
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
@@ -91,14 +94,22 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_ctrl_c_during_a_ray_render_exits_130_and_leaves_no_ray_process(tiny_model_dir, tmp_path):
-    params = {"generate": {"model": str(tiny_model_dir), "steps": 2, "batch_size": 1},
-              "runtime": {"engine": "ray", "workers": 2}}
+    params = {
+        "generate": {"model": str(tiny_model_dir), "steps": 2, "batch_size": 1},
+        "runtime": {"engine": "ray", "workers": 2},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     write_parquet(prompts(60), tmp_path / "in.parquet")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", "out", "--store", "store"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", "out", "--store", "store"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # its own process group, as a terminal's foreground job
     started: set[int] = set()
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline and not list((tmp_path / "store").glob("??/*.jpg")):

@@ -3,6 +3,7 @@
 into a fresh clone and by re-running its release stage there; `scripts diff v4-a v4-b` falls exactly on the
 rows the v4-a bug touched: OpenPrompts rows filtered but written raw (train) and never-cleaned rows
 (validation), rewritten or dropped by the 04-04 rules."""
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,9 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
     assert set(removed["reason"].str.split(":").str[0]) <= {"clean"}  # v4-b's one step: the 04-04 rules
     rules = rule_set("2023-04-04")
     for split in ("train", "validation"):
-        rows = pd.read_json(io.BytesIO(table("v4-a", f"data/releases/v4-a/{split}/metadata.jsonl")), lines=True, dtype=False)
+        rows = pd.read_json(
+            io.BytesIO(table("v4-a", f"data/releases/v4-a/{split}/metadata.jsonl")), lines=True, dtype=False
+        )
         touched = {i for i, t in zip(rows["id"], rows["text"]) if clean_text(t, rules)[0] != t}
         s = report["splits"][split]
         assert s["added"] == 0
@@ -88,7 +91,9 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
 
     # dvc diff agrees: v4-b's train images are v4-a's minus exactly the removed rows'
     def image_files(rev, tag):
-        listing = json.loads(run(["dvc", "ls", "-R", "--json", "--rev", rev, ".", f"data/releases/{tag}/train/images"], repo).stdout)
+        listing = json.loads(
+            run(["dvc", "ls", "-R", "--json", "--rev", rev, ".", f"data/releases/{tag}/train/images"], repo).stdout
+        )
         return {e["path"] for e in listing}
 
     a, b = image_files("v4-a", "v4-a"), image_files("v4-b", "v4-b")
@@ -117,7 +122,11 @@ def test_replay_prints_each_stage_as_dvc_starts_it(tmp_path, capsys):
     """replay-history takes ~40 min on two cores: it says which stage of which release is running."""
     from scripts.tools.replay_history import _run
 
-    script = "echo \"Running stage 'ingest@chatgpt':\"; echo '> python -m scripts ingest'; echo \"Running stage 'plots':\""
+    script = (
+        "echo \"Running stage 'ingest@chatgpt':\"; echo '> python -m scripts ingest'; echo \"Running stage 'plots':\""
+    )
     _run(["bash", "-c", script], tmp_path, say="replay-history: v2 (1/5)")
-    assert capsys.readouterr().out.splitlines() == ["replay-history: v2 (1/5): stage ingest@chatgpt",
-                                                    "replay-history: v2 (1/5): stage plots"]
+    assert capsys.readouterr().out.splitlines() == [
+        "replay-history: v2 (1/5): stage ingest@chatgpt",
+        "replay-history: v2 (1/5): stage plots",
+    ]

@@ -1,5 +1,6 @@
 """`python -m scripts history-table`: the reference history's counts (docs/contracts.md §7), the team log's
 beside our stats.json."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def write_stats(root: Path, release: str, train: int, validation: int, by_source: dict, removed: int) -> None:
     """A stats.json with the documented keys only (scripts/release.py release_stats)."""
-    stats = {"rows": {"train": train, "validation": validation, "total": train + validation},
-             "by_source": by_source, "removed": {"total": removed}}
+    stats = {
+        "rows": {"train": train, "validation": validation, "total": train + validation},
+        "by_source": by_source,
+        "removed": {"total": removed},
+    }
     (root / release).mkdir(parents=True)
     (root / release / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
 
@@ -34,8 +38,17 @@ def table_rows(stdout: str) -> dict[tuple[str, str], tuple[str, str]]:
 def test_ours_beside_theirs_and_missing_releases_say_not_built(tmp_path, monkeypatch, capfd):
     releases = tmp_path / "releases"
     write_stats(releases, "v2", 90, 6, {"train": {"diffusiondb": 90}, "validation": {"diffusiondb": 6}}, 4)
-    write_stats(releases, "v3", 1130, 64, {"train": {"diffusiondb": 90, "chatgpt": 40, "gustavosta": 1000},
-                                           "validation": {"diffusiondb": 6, "gustavosta": 58}}, 7)
+    write_stats(
+        releases,
+        "v3",
+        1130,
+        64,
+        {
+            "train": {"diffusiondb": 90, "chatgpt": 40, "gustavosta": 1000},
+            "validation": {"diffusiondb": 6, "gustavosta": 58},
+        },
+        7,
+    )
     write_stats(releases, "v4-a", 1500, 50, {"train": {}, "validation": {}}, 0)
     result = cli(["history-table", "--releases", releases], tmp_path, monkeypatch, capfd)
     assert result.returncode == 0 and "Traceback" not in result.stderr
@@ -43,7 +56,10 @@ def test_ours_beside_theirs_and_missing_releases_say_not_built(tmp_path, monkeyp
     assert len(rows) == len(LOG)
     assert rows["v2", "train rows"] == ("155,813", "90")
     assert rows["v2", "validation rows"] == ("8,765", "6")
-    assert rows["v2", "train rows removed as near-duplicates (per split)"] == ("11,010", "unreadable")  # no removed_by_split
+    assert rows["v2", "train rows removed as near-duplicates (per split)"] == (
+        "11,010",
+        "unreadable",
+    )  # no removed_by_split
     assert rows["v3", "train rows"] == ("193,994", "1,130")
     assert rows["v3", "train rows from ChatGPT"] == ("23,830", "40")
     assert rows["v3", "validation rows from ChatGPT"] == ("1,248", "0")  # no chatgpt rows in that split
@@ -69,8 +85,9 @@ def test_unreadable_stats_and_a_missing_folder_are_one_line_not_a_traceback(tmp_
     assert rows["v2", "train rows"][1] == rows["v3", "train rows"][1] == rows["v4-b", "train rows"][1] == "unreadable"
     missing = cli(["history-table", "--releases", tmp_path / "nowhere"], tmp_path, monkeypatch, capfd)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert missing.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no such folder "
-                                                   "(build the releases with `dvc repro`, or pass --releases)"]
+    assert missing.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nowhere'}: no such folder (build the releases with `dvc repro`, or pass --releases)"
+    ]
 
 
 def test_the_log_numbers_are_the_team_logs_text():
@@ -99,28 +116,51 @@ def test_the_documented_history_numbers_are_in_the_table():
 def test_removals_are_compared_with_the_same_steps_removals(tmp_path, monkeypatch, capfd):
     """A log count of one step's removals sits beside that step's removals (per split and reason), not the total."""
     releases, dedup, prefilter = tmp_path / "releases", tmp_path / "dedup", tmp_path / "prefilter"
-    stats = {"rows": {"train": 90, "validation": 6, "total": 96}, "by_source": {},
-             "removed": {"clean:language": 3, "dedup:per_split": 9, "leak:exact": 1, "total": 13},
-             "removed_by_split": {"train": {"clean:language": 2, "dedup:per_split": 7},
-                                  "validation": {"clean:language": 1, "dedup:per_split": 2, "leak:exact": 1}}}
+    stats = {
+        "rows": {"train": 90, "validation": 6, "total": 96},
+        "by_source": {},
+        "removed": {"clean:language": 3, "dedup:per_split": 9, "leak:exact": 1, "total": 13},
+        "removed_by_split": {
+            "train": {"clean:language": 2, "dedup:per_split": 7},
+            "validation": {"clean:language": 1, "dedup:per_split": 2, "leak:exact": 1},
+        },
+    }
     (releases / "v2").mkdir(parents=True)
     (releases / "v2" / "stats.json").write_text(json.dumps(stats), encoding="utf-8")
-    v4 = {"rows": {"train": 200, "validation": 40, "total": 240}, "by_source": {},
-          "removed": {"leak:near": 5, "total": 5}, "removed_by_split": {"train": {}, "validation": {"leak:near": 5}}}
+    v4 = {
+        "rows": {"train": 200, "validation": 40, "total": 240},
+        "by_source": {},
+        "removed": {"leak:near": 5, "total": 5},
+        "removed_by_split": {"train": {}, "validation": {"leak:near": 5}},
+    }
     (releases / "v4").mkdir(parents=True)
     (releases / "v4" / "stats.json").write_text(json.dumps(v4), encoding="utf-8")
-    v4b = {"rows": {"train": 190, "validation": 30, "total": 220}, "by_source": {},
-           "removed": {"clean:ban_words": 8, "clean:max_chars": 12, "total": 20},
-           "removed_by_split": {"train": {"clean:ban_words": 8, "clean:max_chars": 2}, "validation": {"clean:max_chars": 10}}}
+    v4b = {
+        "rows": {"train": 190, "validation": 30, "total": 220},
+        "by_source": {},
+        "removed": {"clean:ban_words": 8, "clean:max_chars": 12, "total": 20},
+        "removed_by_split": {
+            "train": {"clean:ban_words": 8, "clean:max_chars": 2},
+            "validation": {"clean:max_chars": 10},
+        },
+    }
     (releases / "v4-b").mkdir(parents=True)
     (releases / "v4-b" / "stats.json").write_text(json.dumps(v4b), encoding="utf-8")
     dedup.mkdir()
-    (dedup / "chatgpt.report.json").write_text(json.dumps({"rows_in": 196, "kept": 150, "removed": 46}), encoding="utf-8")
+    (dedup / "chatgpt.report.json").write_text(
+        json.dumps({"rows_in": 196, "kept": 150, "removed": 46}), encoding="utf-8"
+    )
     prefilter.mkdir()
-    (prefilter / "openprompts.report.json").write_text(json.dumps(
-        {"steps": [{"release": "v4-a", "removed": 5}, {"release": "other", "removed": 100}]}), encoding="utf-8")
-    result = cli(["history-table", "--releases", releases, "--dedup", dedup, "--prefilter", prefilter],
-                 tmp_path, monkeypatch, capfd)
+    (prefilter / "openprompts.report.json").write_text(
+        json.dumps({"steps": [{"release": "v4-a", "removed": 5}, {"release": "other", "removed": 100}]}),
+        encoding="utf-8",
+    )
+    result = cli(
+        ["history-table", "--releases", releases, "--dedup", dedup, "--prefilter", prefilter],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr
     rows = table_rows(result.stdout)
     assert rows["v2", "train rows removed as near-duplicates (per split)"] == ("11,010", "7")

@@ -13,6 +13,7 @@ real processes, real loopback servers; nothing of ours is mocked.
 9 params.yaml is read as DVC reads it (YAML 1.2)
 10 paths in messages are printable; a non-UTF-8 output path works or fails in one line
 """
+
 from __future__ import annotations
 
 import json
@@ -82,6 +83,7 @@ def _folder_output(folder: Path, files: dict[str, str]) -> None:
 
 # Each case makes a user's folder ("mine") and returns the command that must refuse to replace it.
 
+
 def own_split_folder(tmp_path):  # split's train/validation parquet names, the user's bytes
     folder = _user_folder(tmp_path, {"train.parquet": "my own table", "validation.parquet": "mine too"})
     return lambda: _folder_output(folder, {"train.parquet": "new", "validation.parquet": "new"})
@@ -89,14 +91,15 @@ def own_split_folder(tmp_path):  # split's train/validation parquet names, the u
 
 def own_hub_folder(tmp_path):  # publish --out over a user's dataset card
     folder = _user_folder(tmp_path, {"README.md": "# my dataset card\n"})
-    return lambda: _folder_output(folder, {"README.md": "---\n---\n# t2i-datasets v1\n",
-                                           "data/train-00000-of-00001.parquet": "x"})
+    return lambda: _folder_output(
+        folder, {"README.md": "---\n---\n# t2i-datasets v1\n", "data/train-00000-of-00001.parquet": "x"}
+    )
 
 
 def own_release_folder(tmp_path):  # a folder holding only names a release writes, none of them ours
     from scripts.lib.paths import check_output
 
-    folder = _user_folder(tmp_path, {"README.md": "# notes\n", "stats.json": "{\"mine\": 1}\n"})
+    folder = _user_folder(tmp_path, {"README.md": "# notes\n", "stats.json": '{"mine": 1}\n'})
     return lambda: check_output(folder)
 
 
@@ -123,11 +126,22 @@ def own_simpletuner_config(tmp_path):  # the user's own multidatabackend.json be
         result = python(["simpletuner", DALLE3, folder / "dalle3.parquet", "--data-dir", tmp_path / "data"], tmp_path)
         if result.returncode:
             raise DataError(one_error_line(result))
+
     return act
 
 
-@pytest.mark.parametrize("case", [own_split_folder, own_hub_folder, own_release_folder, own_synthesize_raw_folder,
-                                  own_sample_data_edit, own_simpletuner_config], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "case",
+    [
+        own_split_folder,
+        own_hub_folder,
+        own_release_folder,
+        own_synthesize_raw_folder,
+        own_sample_data_edit,
+        own_simpletuner_config,
+    ],
+    ids=lambda f: f.__name__,
+)
 def test_a_folder_or_file_we_did_not_write_is_refused_untouched(tmp_path, case):
     """Names prove nothing: a folder without our marker whose files have the names a command writes
     (but not its bytes) is the user's."""
@@ -228,8 +242,18 @@ def publish_rows_parent(tmp_path):
 
     release = _release(tmp_path)
     _outside_png(tmp_path)
-    pd.DataFrame({"id": ["a"], "source": ["s"], "split": ["train"], "text": ["t"], "orig_text": ["t"],
-                  "width": [8], "height": [8], "image": ["../outside/secret.png"]}).to_parquet(release / "rows.parquet")
+    pd.DataFrame(
+        {
+            "id": ["a"],
+            "source": ["s"],
+            "split": ["train"],
+            "text": ["t"],
+            "orig_text": ["t"],
+            "width": [8],
+            "height": [8],
+            "image": ["../outside/secret.png"],
+        }
+    ).to_parquet(release / "rows.parquet")
     return read_split(release, "train")
 
 
@@ -238,8 +262,18 @@ def publish_rows_absolute(tmp_path):
 
     release = _release(tmp_path)
     secret = _outside_png(tmp_path)
-    pd.DataFrame({"id": ["a"], "source": ["s"], "split": ["train"], "text": ["t"], "orig_text": ["t"],
-                  "width": [8], "height": [8], "image": [str(secret)]}).to_parquet(release / "rows.parquet")
+    pd.DataFrame(
+        {
+            "id": ["a"],
+            "source": ["s"],
+            "split": ["train"],
+            "text": ["t"],
+            "orig_text": ["t"],
+            "width": [8],
+            "height": [8],
+            "image": [str(secret)],
+        }
+    ).to_parquet(release / "rows.parquet")
     return read_split(release, "train")
 
 
@@ -248,8 +282,9 @@ def publish_metadata_link(tmp_path):
 
     release = _release(tmp_path)
     (release / "train" / "a.png").symlink_to(_outside_png(tmp_path))
-    (release / "train" / "metadata.jsonl").write_text(json.dumps(
-        {"file_name": "a.png", "id": "a", "source": "s", "text": "t"}) + "\n", encoding="utf-8")
+    (release / "train" / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "id": "a", "source": "s", "text": "t"}) + "\n", encoding="utf-8"
+    )
     return read_split(release, "train")
 
 
@@ -258,14 +293,25 @@ def publish_metadata_parent(tmp_path):
 
     release = _release(tmp_path)
     _outside_png(tmp_path)
-    (release / "train" / "metadata.jsonl").write_text(json.dumps(
-        {"file_name": "../../outside/secret.png", "id": "a", "source": "s", "text": "t"}) + "\n", encoding="utf-8")
+    (release / "train" / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "../../outside/secret.png", "id": "a", "source": "s", "text": "t"}) + "\n",
+        encoding="utf-8",
+    )
     return read_split(release, "train")
 
 
-@pytest.mark.parametrize("case", [caption_manifest_link, caption_manifest_linked_folder, publish_rows_parent,
-                                  publish_rows_absolute, publish_metadata_link, publish_metadata_parent],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "case",
+    [
+        caption_manifest_link,
+        caption_manifest_linked_folder,
+        publish_rows_parent,
+        publish_rows_absolute,
+        publish_metadata_link,
+        publish_metadata_parent,
+    ],
+    ids=lambda f: f.__name__,
+)
 def test_a_path_from_data_is_confined_to_its_folder_after_links(tmp_path, case):
     with pytest.raises(DataError, match="leaves|outside"):
         case(tmp_path)
@@ -277,11 +323,12 @@ def test_a_path_from_data_is_confined_to_its_folder_after_links(tmp_path, case):
 def _key_variants(text: str) -> bool:
     """Whether any 8-character piece of KEY is in `text`, in any letter case or reversed."""
     low = text.lower()
-    return any(piece.lower() in low for k in (KEY, KEY[::-1]) for piece in (k[i:i + 8] for i in range(len(k) - 7)))
+    return any(piece.lower() in low for k in (KEY, KEY[::-1]) for piece in (k[i : i + 8] for i in range(len(k) - 7)))
 
 
-@pytest.mark.parametrize("echo", [KEY.upper(), KEY.lower(), KEY[::-1], KEY.swapcase()],
-                         ids=["upper", "lower", "reversed", "swapcase"])
+@pytest.mark.parametrize(
+    "echo", [KEY.upper(), KEY.lower(), KEY[::-1], KEY.swapcase()], ids=["upper", "lower", "reversed", "swapcase"]
+)
 def test_a_key_echoed_in_another_case_or_reversed_is_redacted(echo):
     from scripts.lib.chat_client import redact_key
 
@@ -314,19 +361,25 @@ def test_a_redirect_to_a_host_named_after_the_key_neither_follows_nor_prints_it(
     assert len(seen) == 1 and not _key_variants(str(caught.value)), str(caught.value)
 
 
-@pytest.mark.parametrize("entry", [
-    {"api_key_env": KEY},  # the key pasted where its variable's name goes
-    {"api_key_env": "OPENAI_API_KEY", "extra_body": {"api_key": KEY}},
-    {"api_key_env": "OPENAI_API_KEY", "system": f"use token hf_{'a1B2' * 9}"},
-    {"api_key_env": "$OPENAI_API_KEY"},
-], ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"api_key_env": KEY},  # the key pasted where its variable's name goes
+        {"api_key_env": "OPENAI_API_KEY", "extra_body": {"api_key": KEY}},
+        {"api_key_env": "OPENAI_API_KEY", "system": f"use token hf_{'a1B2' * 9}"},
+        {"api_key_env": "$OPENAI_API_KEY"},
+    ],
+    ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name"],
+)
 def test_a_key_shaped_value_in_params_is_refused_without_printing_it(tmp_path, entry):
     import yaml
 
     from scripts.lib.params import load_params
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"synthesize": {"t": {"base_url": "http://127.0.0.1:9/v1", "model": "m", **entry}}}))
+    params.write_text(
+        yaml.safe_dump({"synthesize": {"t": {"base_url": "http://127.0.0.1:9/v1", "model": "m", **entry}}})
+    )
     with pytest.raises(DataError) as caught:
         load_params(path=params)
     assert "synthesize.t." in str(caught.value) and not _key_variants(str(caught.value))
@@ -365,8 +418,11 @@ def _endless(status: int, length: int | None) -> type:
     return type("EndlessReply", (Endless,), {"status": status, "length": length})
 
 
-@pytest.mark.parametrize("handler", [_endless(200, None), _endless(200, 10 ** 12), _endless(500, None)],
-                         ids=["no-length", "huge-length", "error-body"])
+@pytest.mark.parametrize(
+    "handler",
+    [_endless(200, None), _endless(200, 10**12), _endless(500, None)],
+    ids=["no-length", "huge-length", "error-body"],
+)
 def test_a_chat_reply_with_no_end_is_capped_not_read_to_the_deadline(handler):
     from scripts.lib.chat_client import TransientError, post_chat
 
@@ -415,15 +471,24 @@ def test_publish_against_a_bad_hub_is_one_line_in_seconds(tmp_path, mode):
     (tmp_path / "hub").mkdir()
     (tmp_path / "hub" / "README.md").write_text("x\n")
     server = Loopback(type("Hub", (HangingHub,), {"mode": mode}))
-    code = ("import sys; from pathlib import Path; from scripts.lib.errors import DataError\n"
-            "from scripts.tools.publish import upload\n"
-            "try:\n upload(Path(sys.argv[1]), 'org/name', 'v1', 'c' * 40, False)\n"
-            "except DataError as exc:\n print('error:', exc, file=sys.stderr); sys.exit(2)\n")
+    code = (
+        "import sys; from pathlib import Path; from scripts.lib.errors import DataError\n"
+        "from scripts.tools.publish import upload\n"
+        "try:\n upload(Path(sys.argv[1]), 'org/name', 'v1', 'c' * 40, False)\n"
+        "except DataError as exc:\n print('error:', exc, file=sys.stderr); sys.exit(2)\n"
+    )
     started = time.monotonic()
     try:
-        result = python(["-c", code, tmp_path / "hub"], tmp_path, timeout=40, HF_TOKEN="hf_" + "Zq9" * 12,
-                        HF_ENDPOINT=server.base_url.removesuffix("/v1"), HF_HUB_DOWNLOAD_TIMEOUT="2",
-                        HF_HUB_ETAG_TIMEOUT="2", HF_HUB_DISABLE_TELEMETRY="1")
+        result = python(
+            ["-c", code, tmp_path / "hub"],
+            tmp_path,
+            timeout=40,
+            HF_TOKEN="hf_" + "Zq9" * 12,
+            HF_ENDPOINT=server.base_url.removesuffix("/v1"),
+            HF_HUB_DOWNLOAD_TIMEOUT="2",
+            HF_HUB_ETAG_TIMEOUT="2",
+            HF_HUB_DISABLE_TELEMETRY="1",
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("publish hung on a Hub that does not answer")
     finally:
@@ -481,11 +546,32 @@ def test_ctrl_c_during_requests_exits_130_within_2s_and_sends_nothing_more(tmp_p
     import yaml
 
     server = Hung(mode)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"synthesize": {"t": {
-        "base_url": server.base_url, "model": "m", "requests": 8, "examples": [], "concurrency": 2,
-        "timeout_s": 60, "max_attempts": 5, "backoff_base_s": 30, "backoff_cap_s": 60}}}))
-    process = subprocess.Popen([sys.executable, "-m", "scripts", "synthesize", "t", "out"], cwd=tmp_path,
-                               env={**env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "synthesize": {
+                    "t": {
+                        "base_url": server.base_url,
+                        "model": "m",
+                        "requests": 8,
+                        "examples": [],
+                        "concurrency": 2,
+                        "timeout_s": 60,
+                        "max_attempts": 5,
+                        "backoff_base_s": 30,
+                        "backoff_cap_s": 60,
+                    }
+                }
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts", "synthesize", "t", "out"],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while len(server.requests) < 2 and time.monotonic() < deadline and process.poll() is None:
@@ -537,30 +623,40 @@ def nested_simpletuner_config(tmp_path):
 def nested_metadata_line(tmp_path):
     from scripts.lib.export import parse_metadata
 
-    parse_metadata(['{"file_name": "a.png", "id": "a", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"], "metadata.jsonl",
-                   ("file_name", "id"))
+    parse_metadata(
+        ['{"file_name": "a.png", "id": "a", "x": ' + "[" * 50_000 + "]" * 50_000 + "}"],
+        "metadata.jsonl",
+        ("file_name", "id"),
+    )
 
 
 def nested_clean_rules(tmp_path):
     from scripts.lib.cleaning.rule_sets import read_rules_file
 
-    (tmp_path / "rules.json").write_text('{"a": ' + "{\"b\": " * 60_000 + "1" + "}" * 60_001)
+    (tmp_path / "rules.json").write_text('{"a": ' + '{"b": ' * 60_000 + "1" + "}" * 60_001)
     read_rules_file(tmp_path / "rules.json")
 
 
-@pytest.mark.parametrize("case", [nested_recipe_plan, nested_simpletuner_config, nested_metadata_line, nested_clean_rules],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "case",
+    [nested_recipe_plan, nested_simpletuner_config, nested_metadata_line, nested_clean_rules],
+    ids=lambda f: f.__name__,
+)
 def test_deep_json_is_one_line_before_it_is_parsed(tmp_path, case):
     with pytest.raises(DataError):
         case(tmp_path)
 
 
-@pytest.mark.parametrize("text", [
-    "synthesize: " + "[" * 100_000 + "]" * 100_000,  # flow sequences
-    "synthesize: " + "{a: " * 50_000 + "1" + "}" * 50_000,  # flow mappings
-    "synthesize:\n" + "".join(" " * i + "- \n" for i in range(1, 3000)),  # block sequences, one per line
-    "synthesize: " + "[{a: " * 30_000 + "1" + "}]" * 30_000,  # both, alternating
-], ids=["flow-seq", "flow-map", "block-seq", "mixed"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "synthesize: " + "[" * 100_000 + "]" * 100_000,  # flow sequences
+        "synthesize: " + "{a: " * 50_000 + "1" + "}" * 50_000,  # flow mappings
+        "synthesize:\n" + "".join(" " * i + "- \n" for i in range(1, 3000)),  # block sequences, one per line
+        "synthesize: " + "[{a: " * 30_000 + "1" + "}]" * 30_000,  # both, alternating
+    ],
+    ids=["flow-seq", "flow-map", "block-seq", "mixed"],
+)
 def test_deep_params_yaml_is_one_line_in_seconds(tmp_path, text):
     (tmp_path / "params.yaml").write_text(text)
     started = time.monotonic()
@@ -574,14 +670,17 @@ def test_deep_params_yaml_is_one_line_in_seconds(tmp_path, text):
 # ---------------------------------------------------------------- 9. YAML 1.2, as DVC reads params.yaml
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("010", 10),  # YAML 1.1: octal 8
-    ("1:20", "1:20"),  # YAML 1.1: sexagesimal 80
-    ("0o17", 15),  # YAML 1.1: a string
-    ("1e3", 1000.0),  # YAML 1.1: a string
-    ("yes", "yes"),  # YAML 1.1: true
-    ("off", "off"),  # YAML 1.1: false
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("010", 10),  # YAML 1.1: octal 8
+        ("1:20", "1:20"),  # YAML 1.1: sexagesimal 80
+        ("0o17", 15),  # YAML 1.1: a string
+        ("1e3", 1000.0),  # YAML 1.1: a string
+        ("yes", "yes"),  # YAML 1.1: true
+        ("off", "off"),  # YAML 1.1: false
+    ],
+)
 def test_params_values_are_what_dvc_reads(value, expected):
     from dvc.utils.serialize import parse_yaml
 
@@ -596,16 +695,20 @@ def test_params_values_are_what_dvc_reads(value, expected):
 # ---------------------------------------------------------------- 10. paths in messages
 
 
-@pytest.mark.parametrize("name", ["in\x1b[31mred\x1b[0m.txt", "in\x9b2J.txt", "in\u202etxt.exe", "in\x07bell.txt"],
-                         ids=["csi", "c1-csi", "bidi-override", "bell"])
+@pytest.mark.parametrize(
+    "name",
+    ["in\x1b[31mred\x1b[0m.txt", "in\x9b2J.txt", "in\u202etxt.exe", "in\x07bell.txt"],
+    ids=["csi", "c1-csi", "bidi-override", "bell"],
+)
 def test_a_control_character_in_a_path_is_escaped_in_the_error_line(tmp_path, name):
     result = python(["clean-text", tmp_path / name, tmp_path / "out.jsonl", "--rules", "final"], REPO)
     line = one_error_line(result)
     assert line.isprintable() and "in" in line, repr(line)
 
 
-@pytest.mark.parametrize("name", [b"out\xff.parquet", b"caf\xe9/out.parquet", b"\xc3(.parquet"],
-                         ids=["ff", "latin1-folder", "bad-utf8"])
+@pytest.mark.parametrize(
+    "name", [b"out\xff.parquet", b"caf\xe9/out.parquet", b"\xc3(.parquet"], ids=["ff", "latin1-folder", "bad-utf8"]
+)
 def test_a_non_utf8_output_path_works_or_is_one_line(tmp_path, name):
     output = os.fsencode(tmp_path) + b"/" + name
     result = python(["simpletuner", DALLE3 / "data-000000.tar", os.fsdecode(output)], tmp_path)

@@ -5,6 +5,7 @@ Each case writes a small source holding good records plus ONE bad thing. `fail` 
 `python -m scripts ingest` (`helpers.cli`: scripts.cli.main in this process; two cases also as a
 real subprocess); `skip` runs the same config through `ingest()` and checks the report counts exactly it.
 """
+
 from __future__ import annotations
 
 import io
@@ -47,7 +48,9 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def record(i: int) -> bytes:
-    return json.dumps({"image_name": f"{i:04d}.png", "short_caption": f"a good caption {i}", "width": 8, "height": 6}).encode()
+    return json.dumps(
+        {"image_name": f"{i:04d}.png", "short_caption": f"a good caption {i}", "width": 8, "height": 6}
+    ).encode()
 
 
 def tar_with(path: Path, entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> Path:
@@ -89,15 +92,27 @@ def case_dotdot(root):
 
 
 def case_symlink(root):
-    return dalle3_case(root, [special("evil.png", tarfile.SYMTYPE, "/etc/passwd")]), "unsafe_member", ["data-000000.tar", "symlink"]
+    return (
+        dalle3_case(root, [special("evil.png", tarfile.SYMTYPE, "/etc/passwd")]),
+        "unsafe_member",
+        ["data-000000.tar", "symlink"],
+    )
 
 
 def case_hardlink(root):
-    return dalle3_case(root, [special("evil.png", tarfile.LNKTYPE, "0001.png")]), "unsafe_member", ["data-000000.tar", "hardlink"]
+    return (
+        dalle3_case(root, [special("evil.png", tarfile.LNKTYPE, "0001.png")]),
+        "unsafe_member",
+        ["data-000000.tar", "hardlink"],
+    )
 
 
 def case_device(root):
-    return dalle3_case(root, [special("dev.png", tarfile.CHRTYPE)]), "unsafe_member", ["data-000000.tar", "character device"]
+    return (
+        dalle3_case(root, [special("dev.png", tarfile.CHRTYPE)]),
+        "unsafe_member",
+        ["data-000000.tar", "character device"],
+    )
 
 
 def case_fifo(root):
@@ -144,14 +159,25 @@ def case_malformed_json_member(root):
 
 def case_webdataset_non_utf8_json(root):
     shard = "buckets/p512/shard-000000.tar"
-    tar_with(root / shard, [("k1.jpg", png()), ("k1.txt", b"a fine caption\n"), ("k1.json", b'{"w": 512, "h": 512}'),
-                            ("k2.jpg", png()), ("k2.txt", b"another caption\n"), ("k2.json", b'{"w": "\xff\xfe"}')])
+    tar_with(
+        root / shard,
+        [
+            ("k1.jpg", png()),
+            ("k1.txt", b"a fine caption\n"),
+            ("k1.json", b'{"w": 512, "h": 512}'),
+            ("k2.jpg", png()),
+            ("k2.txt", b"another caption\n"),
+            ("k2.json", b'{"w": "\xff\xfe"}'),
+        ],
+    )
     (root / "manifest.json").write_text(json.dumps({"format": "bucketed_shards_v1", "buckets": [{"shards": [shard]}]}))
     return dict(kind="bucketed_webdataset", path=str(root)), "not_utf8", ["shard-000000.tar", "sample 'k2'"]
 
 
 def case_manifest_escapes_folder(root):
-    (root / "manifest.json").write_text(json.dumps({"format": "bucketed_shards_v1", "buckets": [{"shards": ["../../etc/x.tar"]}]}))
+    (root / "manifest.json").write_text(
+        json.dumps({"format": "bucketed_shards_v1", "buckets": [{"shards": ["../../etc/x.tar"]}]})
+    )
     return dict(kind="bucketed_webdataset", path=str(root)), None, ["manifest.json", "leaves the export folder"]
 
 
@@ -193,7 +219,11 @@ def case_csv_nul_byte(root):
 
 
 def case_csv_field_too_large(root):
-    return openprompts_case(root, ['"' + "x" * 200_000 + '","{}"']), "bad_csv", ["op.csv", "row 2", "field larger than field limit"]
+    return (
+        openprompts_case(root, ['"' + "x" * 200_000 + '","{}"']),
+        "bad_csv",
+        ["op.csv", "row 2", "field larger than field limit"],
+    )
 
 
 def case_text_line_too_long(root):
@@ -212,10 +242,23 @@ def case_csv_non_utf8_inside_raw_data(root):
 
 def case_webdataset_size_out_of_range(root):
     shard = "buckets/p512/shard-000000.tar"
-    tar_with(root / shard, [("k1.jpg", png()), ("k1.txt", b"a fine caption\n"), ("k1.json", b'{"w": 512, "h": 512}'),
-                            ("k2.jpg", png()), ("k2.txt", b"another caption\n"), ("k2.json", b'{"w": 99999999999, "h": 5}')])
+    tar_with(
+        root / shard,
+        [
+            ("k1.jpg", png()),
+            ("k1.txt", b"a fine caption\n"),
+            ("k1.json", b'{"w": 512, "h": 512}'),
+            ("k2.jpg", png()),
+            ("k2.txt", b"another caption\n"),
+            ("k2.json", b'{"w": 99999999999, "h": 5}'),
+        ],
+    )
     (root / "manifest.json").write_text(json.dumps({"format": "bucketed_shards_v1", "buckets": [{"shards": [shard]}]}))
-    return dict(kind="bucketed_webdataset", path=str(root)), "bad_size", ["shard-000000.tar", "sample 'k2'", "out of range"]
+    return (
+        dict(kind="bucketed_webdataset", path=str(root)),
+        "bad_size",
+        ["shard-000000.tar", "sample 'k2'", "out of range"],
+    )
 
 
 def case_kaggle_image_path_traversal(root):
@@ -275,8 +318,14 @@ def check_fail_policy(tmp_path: Path, name: str, run) -> None:
 
 
 def run_subprocess(cwd: Path, argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=cwd, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -310,21 +359,28 @@ def test_skip_policy_counts_the_bad_record_and_keeps_the_good_ones(tmp_path, nam
 
 
 def test_unknown_source_and_bad_params_are_one_line_errors(tmp_path, monkeypatch, capfd):
-    cases = [({"x": {"kind": "text", "path": "."}}, "y", "no source 'y'"),
-             ({"x": {"kind": "nope", "path": "."}}, "x", "sources.x.kind")]
+    cases = [
+        ({"x": {"kind": "text", "path": "."}}, "y", "no source 'y'"),
+        ({"x": {"kind": "nope", "path": "."}}, "x", "sources.x.kind"),
+    ]
     for i, (sources, source, expected) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "params.yaml").write_text(yaml.safe_dump({"sources": sources}))
         proc = cli(["ingest", source, "o.parquet"], tmp_path / str(i), monkeypatch, capfd)
-        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, (
+            proc.stderr
+        )
 
 
 # ---------------------------------------------------------------- references re-validated on read
 def test_read_member_revalidates_names_types_and_caps(tmp_path):
     from scripts.lib.archive import UnsafeArchive, read_image, read_member
 
-    shard = tar_with(tmp_path / "s.tar", good_sample(1) + [special("link.png", tarfile.SYMTYPE, "/etc/passwd"),
-                                                           ("bomb.png", png_header_only(60000, 60000))])
+    shard = tar_with(
+        tmp_path / "s.tar",
+        good_sample(1)
+        + [special("link.png", tarfile.SYMTYPE, "/etc/passwd"), ("bomb.png", png_header_only(60000, 60000))],
+    )
     assert read_member(f"{shard}!/0001.png") == png()
     with pytest.raises(UnsafeArchive, match="'..'"):
         read_member(f"{shard}!/../0001.png")
@@ -352,23 +408,46 @@ def test_zip_member_that_inflates_past_the_cap_is_refused(tmp_path):
 
 
 def test_truncated_tar_is_reported_not_crashed(tmp_path):
-    path = tar_with(tmp_path / "src" / "data-000000.tar", good_sample(1) + [("0002.png", png() * 50), ("0002.json", record(2))])
-    path.write_bytes(path.read_bytes()[:2048 + 700])  # cut inside 0002.png's data
-    report = ingest("t", SourceConfig(kind="dalle3", path=str(tmp_path / "src"), on_error="skip"), tmp_path / "t.parquet")
+    path = tar_with(
+        tmp_path / "src" / "data-000000.tar", good_sample(1) + [("0002.png", png() * 50), ("0002.json", record(2))]
+    )
+    path.write_bytes(path.read_bytes()[: 2048 + 700])  # cut inside 0002.png's data
+    report = ingest(
+        "t", SourceConfig(kind="dalle3", path=str(tmp_path / "src"), on_error="skip"), tmp_path / "t.parquet"
+    )
     assert report["rows_written"] == 1 and report["skipped"] == {"corrupt_archive": 1}
 
 
 def test_a_sample_key_repeated_later_in_a_shard_is_refused_once(tmp_path):
     tar_with(tmp_path / "src" / "data-000000.tar", good_sample(1) + good_sample(2) + good_sample(1))
-    report = ingest("t", SourceConfig(kind="dalle3", path=str(tmp_path / "src"), on_error="skip"), tmp_path / "t.parquet")
+    report = ingest(
+        "t", SourceConfig(kind="dalle3", path=str(tmp_path / "src"), on_error="skip"), tmp_path / "t.parquet"
+    )
     assert report["rows_written"] == 2 and report["skipped"] == {"duplicate_key": 1}
 
 
 def test_repeated_native_keys_across_files_fail_even_under_skip(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    table = pa.table({"image_name": ["a.png", "a.png"], "prompt": ["one prompt", "two prompt"], "part_id": pa.array([1, 1], pa.uint16())})
-    for column in ("seed", "step", "cfg", "sampler", "width", "height", "user_name", "timestamp", "image_nsfw", "prompt_nsfw"):
+    table = pa.table(
+        {
+            "image_name": ["a.png", "a.png"],
+            "prompt": ["one prompt", "two prompt"],
+            "part_id": pa.array([1, 1], pa.uint16()),
+        }
+    )
+    for column in (
+        "seed",
+        "step",
+        "cfg",
+        "sampler",
+        "width",
+        "height",
+        "user_name",
+        "timestamp",
+        "image_nsfw",
+        "prompt_nsfw",
+    ):
         table = table.append_column(column, pa.array([None, None], pa.int32()))
     pq.write_table(table, src / "metadata.parquet")
     with pytest.raises(DataError, match="repeat a native key"):

@@ -1,5 +1,6 @@
 """scripts/lib/image_store.py on real folders: what a run writes is listed before it exists, so a killed
 run's files stay ours; what no record lists is refused, with nothing touched."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,21 @@ def files(root: Path) -> set[str]:
 
 
 def manifest(names: list[str]) -> pd.DataFrame:
-    row = {"id": "x", "key": KEY, "seed": 1, "draw": None, "model": "m", "model_revision": "r", "scheduler": "s",
-           "steps": 1, "guidance": 1.0, "width": 8, "height": 8, "format": "jpg", "settings": "{}"}
+    row = {
+        "id": "x",
+        "key": KEY,
+        "seed": 1,
+        "draw": None,
+        "model": "m",
+        "model_revision": "r",
+        "scheduler": "s",
+        "steps": 1,
+        "guidance": 1.0,
+        "width": 8,
+        "height": 8,
+        "format": "jpg",
+        "settings": "{}",
+    }
     return pd.DataFrame([{**row, "file": name} for name in names], columns=MANIFEST_COLUMNS)
 
 
@@ -47,11 +61,14 @@ def test_the_manifest_of_a_finished_run_lists_what_the_next_run_may_delete(tmp_p
     assert OutputFolder(tmp_path / "out").start(set()) == 1 and files(tmp_path / "out") == {JOURNAL}
 
 
-@pytest.mark.parametrize("name, message", [
-    ("notes.txt", "holds 'notes.txt', which generate did not write"),
-    ("ab/.notes.txt.tmp-1-2", "holds 'ab/.notes.txt.tmp-1-2'"),  # a temp file of a name no record lists
-    ("cd/", "holds the folder 'cd'"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("notes.txt", "holds 'notes.txt', which generate did not write"),
+        ("ab/.notes.txt.tmp-1-2", "holds 'ab/.notes.txt.tmp-1-2'"),  # a temp file of a name no record lists
+        ("cd/", "holds the folder 'cd'"),
+    ],
+)
 def test_anything_no_record_lists_is_refused_with_nothing_touched(tmp_path, name, message):
     out = OutputFolder(tmp_path / "out")
     out.start(set())

@@ -1,4 +1,5 @@
 """ingest@S: every reader on files written in the native format by the test, plus the real fixtures."""
+
 from __future__ import annotations
 
 import csv
@@ -71,7 +72,11 @@ def test_openprompts_fixture_ingests_all_998_rows_byte_equal(tmp_path):
         meta = json.loads(row["meta"])
         assert meta["seed"] == discord.get("seed")  # absent in some real rows: kept as null
         assert (meta["width"], meta["height"], meta["num_step"], meta["cfg_scale"]) == (
-            discord.get("width"), discord.get("height"), discord.get("num_step"), discord.get("cfg_scale"))
+            discord.get("width"),
+            discord.get("height"),
+            discord.get("num_step"),
+            discord.get("cfg_scale"),
+        )
     assert sum(json.loads(r["meta"])["seed"] is not None for r in rows) == 908
     assert len({r["id"] for r in rows}) == 998
 
@@ -96,32 +101,57 @@ def test_text_strips_list_markers_and_line_endings_and_counts_blank_lines(tmp_pa
 
 
 def test_openprompts_keeps_generation_settings_in_meta(tmp_path):
-    raw = {"modifiers": ["x"], "raw_discord_data": {"seed": 7, "width": 512, "height": 768, "num_step": 50,
-                                                   "cfg_scale": 7.5, "image_uri": "https://cdn/x.png", "content": ""}}
+    raw = {
+        "modifiers": ["x"],
+        "raw_discord_data": {
+            "seed": 7,
+            "width": 512,
+            "height": 768,
+            "num_step": 50,
+            "cfg_scale": 7.5,
+            "image_uri": "https://cdn/x.png",
+            "content": "",
+        },
+    }
     path = tmp_path / "op.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["prompt", "raw_data"])
-        w.writerow(["a castle, \"quoted\",\nsecond line", json.dumps(raw)])
+        w.writerow(['a castle, "quoted",\nsecond line', json.dumps(raw)])
         w.writerow(["no discord data", json.dumps({"modifiers": []})])
     rows, _ = run_ingest(tmp_path, kind="openprompts", path=str(path))
     assert rows[0]["prompt"] == 'a castle, "quoted",\nsecond line'
-    assert json.loads(rows[0]["meta"]) == {"seed": 7, "width": 512, "height": 768, "num_step": 50, "cfg_scale": 7.5,
-                                           "image_uri": "https://cdn/x.png", "timestamp": None}
+    assert json.loads(rows[0]["meta"]) == {
+        "seed": 7,
+        "width": 512,
+        "height": 768,
+        "num_step": 50,
+        "cfg_scale": 7.5,
+        "image_uri": "https://cdn/x.png",
+        "timestamp": None,
+    }
     assert json.loads(rows[1]["meta"])["seed"] is None
 
 
 def diffusiondb_table(n: int) -> pa.Table:
     ts = dt.datetime(2022, 8, 7, tzinfo=dt.UTC)
-    return pa.table({
-        "image_name": pa.array([f"img{i}.png" for i in range(n)]), "prompt": pa.array([f"prompt number {i}" for i in range(n)]),
-        "part_id": pa.array([1 + i % 3 for i in range(n)], pa.uint16()), "seed": pa.array(range(n), pa.uint32()),
-        "step": pa.array([50] * n, pa.uint16()), "cfg": pa.array([7.5] * n, pa.float32()),
-        "sampler": pa.array([8] * n, pa.uint8()), "width": pa.array([512] * n, pa.uint16()),
-        "height": pa.array([768] * n, pa.uint16()), "user_name": pa.array(["u"] * n),
-        "timestamp": pa.array([ts] * n, pa.timestamp("us", tz="UTC")), "image_nsfw": pa.array([0.1] * n, pa.float32()),
-        "prompt_nsfw": pa.array([0.2] * n, pa.float32()),
-    })
+    return pa.table(
+        {
+            "image_name": pa.array([f"img{i}.png" for i in range(n)]),
+            "prompt": pa.array([f"prompt number {i}" for i in range(n)]),
+            "part_id": pa.array([1 + i % 3 for i in range(n)], pa.uint16()),
+            "seed": pa.array(range(n), pa.uint32()),
+            "step": pa.array([50] * n, pa.uint16()),
+            "cfg": pa.array([7.5] * n, pa.float32()),
+            "sampler": pa.array([8] * n, pa.uint8()),
+            "width": pa.array([512] * n, pa.uint16()),
+            "height": pa.array([768] * n, pa.uint16()),
+            "user_name": pa.array(["u"] * n),
+            "timestamp": pa.array([ts] * n, pa.timestamp("us", tz="UTC")),
+            "image_nsfw": pa.array([0.1] * n, pa.float32()),
+            "prompt_nsfw": pa.array([0.2] * n, pa.float32()),
+        }
+    )
 
 
 def test_diffusiondb_metadata_streams_in_batches_and_filters_seeded_parts(tmp_path):
@@ -143,8 +173,10 @@ def test_diffusiondb_metadata_streams_in_batches_and_filters_seeded_parts(tmp_pa
 def test_diffusiondb_part_zips_with_part_json(tmp_path):
     src = tmp_path / "db"
     src.mkdir()
-    listing = {"a.png": {"p": "a red fox", "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"},
-               "b.png": {"p": "a blue owl", "se": 2, "c": 9.0, "st": 30, "sa": "ddim"}}
+    listing = {
+        "a.png": {"p": "a red fox", "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"},
+        "b.png": {"p": "a blue owl", "se": 2, "c": 9.0, "st": 30, "sa": "ddim"},
+    }
     with zipfile.ZipFile(src / "part-000002.zip", "w") as zf:
         zf.writestr("a.png", png(16, 8))
         zf.writestr("b.png", png(8, 16))
@@ -163,7 +195,12 @@ def test_gustavosta_parquet_keeps_predefined_split(tmp_path):
     pq.write_table(pa.table({"Prompt": ["a", "b", "c"]}), data / "train.parquet")
     pq.write_table(pa.table({"Prompt": ["d"]}), data / "eval.parquet")
     rows, report = run_ingest(tmp_path, kind="gustavosta", path=str(tmp_path / "g"), keep_empty=True)
-    assert [(r["prompt"], r["split"]) for r in rows] == [("a", "train"), ("b", "train"), ("c", "train"), ("d", "validation")]
+    assert [(r["prompt"], r["split"]) for r in rows] == [
+        ("a", "train"),
+        ("b", "train"),
+        ("c", "train"),
+        ("d", "validation"),
+    ]
     assert report["format"] == "parquet"
 
 
@@ -187,14 +224,28 @@ def test_kaggle_sd2_csv_and_row_index_images(tmp_path):
     (src / "1.png").write_bytes(png(10, 20))
     rows, _ = run_ingest(tmp_path, kind="kaggle_sd2", path=str(src))
     assert [(r["prompt"], r["image"], r["width"]) for r in rows] == [
-        ("first prompt here", f"{src.as_posix()}/0.png", 20), ("second prompt here", f"{src.as_posix()}/1.png", 10)]
+        ("first prompt here", f"{src.as_posix()}/0.png", 20),
+        ("second prompt here", f"{src.as_posix()}/1.png", 10),
+    ]
 
 
 def dalle3_record(i: int, **overrides) -> dict:
-    record = {"image_name": f"{i:04d}.png", "md5_pil_hash": "x", "md5_file_hash": "y", "sha512_hash": "z",
-              "short_caption": f"short caption {i}", "long_caption": f"long caption {i}", "resolution": "8x6",
-              "width": 8, "height": 6, "url": "u", "source": "s", "original_prompt": "o",
-              "short_caption2": ["s2"], "long_caption2": ["l2"]}
+    record = {
+        "image_name": f"{i:04d}.png",
+        "md5_pil_hash": "x",
+        "md5_file_hash": "y",
+        "sha512_hash": "z",
+        "short_caption": f"short caption {i}",
+        "long_caption": f"long caption {i}",
+        "resolution": "8x6",
+        "width": 8,
+        "height": 6,
+        "url": "u",
+        "source": "s",
+        "original_prompt": "o",
+        "short_caption2": ["s2"],
+        "long_caption2": ["l2"],
+    }
     record.update(overrides)
     return {k: v for k, v in record.items() if v is not None}
 
@@ -211,7 +262,11 @@ def dalle3_shard(path: Path, records: list[dict], fmt=tarfile.USTAR_FORMAT) -> P
 def test_dalle3_streams_shards_and_skips_records_without_width(tmp_path, fmt):
     src = tmp_path / "d"
     long_name = "d" * 70 + "/" + "n" * 90  # > 100 bytes: ustar prefix / GNU long name / pax path
-    dalle3_shard(src / "data-000000.tar", [dalle3_record(0), dalle3_record(1, width=None), dalle3_record(2, short_caption="é ünïcode")], fmt)
+    dalle3_shard(
+        src / "data-000000.tar",
+        [dalle3_record(0), dalle3_record(1, width=None), dalle3_record(2, short_caption="é ünïcode")],
+        fmt,
+    )
     dalle3_shard(src / "data-000001.tar", [dalle3_record(3, image_name=f"{long_name}.png")], fmt)
     rows, report = run_ingest(tmp_path, kind="dalle3", path=str(src), caption_field="long_caption")
     assert report["skipped"] == {"missing_width": 1} and report["rows_read"] == 4
@@ -222,20 +277,36 @@ def test_dalle3_streams_shards_and_skips_records_without_width(tmp_path, fmt):
 
 
 def test_compile_simpletuner_writes_parquet_and_txt_captions(tmp_path):
-    shard = dalle3_shard(tmp_path / "data-000000.tar", [dalle3_record(0), dalle3_record(1, width=None), dalle3_record(2)])
-    stats = compile_simpletuner([shard], tmp_path / "st.parquet", "short_caption", write_txt_dir=tmp_path / "txt", batch_rows=1)
+    shard = dalle3_shard(
+        tmp_path / "data-000000.tar", [dalle3_record(0), dalle3_record(1, width=None), dalle3_record(2)]
+    )
+    stats = compile_simpletuner(
+        [shard], tmp_path / "st.parquet", "short_caption", write_txt_dir=tmp_path / "txt", batch_rows=1
+    )
     assert stats == {"rows_read": 3, "rows_written": 2, "skipped": {"missing_width": 1}}
     assert pq.read_table(tmp_path / "st.parquet").to_pylist() == [
         {"width": 8, "height": 6, "caption": "short caption 0", "filename": "0000.png"},
-        {"width": 8, "height": 6, "caption": "short caption 2", "filename": "0002.png"}]
-    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == [".t2i-output", "0000.txt", "0002.txt"]  # + ownership marker
+        {"width": 8, "height": 6, "caption": "short caption 2", "filename": "0002.png"},
+    ]
+    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == [
+        ".t2i-output",
+        "0000.txt",
+        "0002.txt",
+    ]  # + ownership marker
     assert (tmp_path / "txt" / "0002.txt").read_text() == "short caption 2"
 
 
 def test_compile_simpletuner_fail_policy_leaves_no_output(tmp_path):
     bad = json.dumps(dalle3_record(1)).replace("short caption 1", "\\udce9 lone surrogate")
-    shard = write_tar(tmp_path / "data-000000.tar", [("0000.png", png(8, 6)), ("0000.json", json.dumps(dalle3_record(0)).encode()),
-                                                     ("0001.png", png(8, 6)), ("0001.json", bad.encode())])
+    shard = write_tar(
+        tmp_path / "data-000000.tar",
+        [
+            ("0000.png", png(8, 6)),
+            ("0000.json", json.dumps(dalle3_record(0)).encode()),
+            ("0001.png", png(8, 6)),
+            ("0001.json", bad.encode()),
+        ],
+    )
     from scripts.lib.errors import DataError
 
     with pytest.raises(DataError, match="sample '0001'"):
@@ -247,17 +318,35 @@ def test_compile_simpletuner_fail_policy_leaves_no_output(tmp_path):
 
 def test_bucketed_webdataset_reads_manifest_buckets_and_both_size_spellings(tmp_path):
     src = tmp_path / "w"
-    write_tar(src / "buckets" / "p1216x832" / "shard-000000.tar", [
-        ("k1.jpg", jpg(12, 8)), ("k1.txt", b"a red fox\n"),
-        ("k1.json", json.dumps({"target_w": 608, "target_h": 416, "bucket_id": "p1216x832", "caption_variant": "short"}).encode()),
-        ("k2.JPG", jpg(12, 8)), ("k2.txt", b"an owl at night\n"), ("k2.json", json.dumps({"w": 608, "h": 416}).encode()),
-    ])
-    manifest = {"format": "bucketed_shards_v1", "base_resolution": 512, "divisible": 32,
-                "proto_buckets_1024": [{"width": 1216, "height": 832}],
-                "buckets": [{"bucket_id": "p1216x832", "shards": ["buckets/p1216x832/shard-000000.tar"]}]}
+    write_tar(
+        src / "buckets" / "p1216x832" / "shard-000000.tar",
+        [
+            ("k1.jpg", jpg(12, 8)),
+            ("k1.txt", b"a red fox\n"),
+            (
+                "k1.json",
+                json.dumps(
+                    {"target_w": 608, "target_h": 416, "bucket_id": "p1216x832", "caption_variant": "short"}
+                ).encode(),
+            ),
+            ("k2.JPG", jpg(12, 8)),
+            ("k2.txt", b"an owl at night\n"),
+            ("k2.json", json.dumps({"w": 608, "h": 416}).encode()),
+        ],
+    )
+    manifest = {
+        "format": "bucketed_shards_v1",
+        "base_resolution": 512,
+        "divisible": 32,
+        "proto_buckets_1024": [{"width": 1216, "height": 832}],
+        "buckets": [{"bucket_id": "p1216x832", "shards": ["buckets/p1216x832/shard-000000.tar"]}],
+    }
     (src / "manifest.json").write_text(json.dumps(manifest))
     rows, _ = run_ingest(tmp_path, kind="bucketed_webdataset", path=str(src))
-    assert [(r["prompt"], r["width"], r["height"]) for r in rows] == [("a red fox", 608, 416), ("an owl at night", 608, 416)]
+    assert [(r["prompt"], r["width"], r["height"]) for r in rows] == [
+        ("a red fox", 608, 416),
+        ("an owl at night", 608, 416),
+    ]
     assert [json.loads(r["meta"])["bucket_id"] for r in rows] == ["p1216x832", "p1216x832"]  # 2nd from the path
     assert read_image(rows[1]["image"]).size == (12, 8)
 
@@ -276,7 +365,9 @@ def sample_outputs(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        reports = {name: ingest(name, SourceConfig(**sources[name]), out / f"{name}.parquet") for name in SAMPLE_SOURCES}
+        reports = {
+            name: ingest(name, SourceConfig(**sources[name]), out / f"{name}.parquet") for name in SAMPLE_SOURCES
+        }
     finally:
         os.chdir(cwd)
     return out, reports
@@ -284,8 +375,14 @@ def sample_outputs(tmp_path_factory):
 
 def test_sample_sources_all_ingest_with_unique_stable_ids(sample_outputs):
     out, reports = sample_outputs
-    expected_min = {"diffusiondb": 250, "chatgpt": 150, "gustavosta": 200, "openprompts": 290,
-                    "dalle3": 25, "laion_buckets": 30}
+    expected_min = {
+        "diffusiondb": 250,
+        "chatgpt": 150,
+        "gustavosta": 200,
+        "openprompts": 290,
+        "dalle3": 25,
+        "laion_buckets": 30,
+    }
     for name, minimum in expected_min.items():
         table = pq.read_table(out / f"{name}.parquet").to_pylist()
         assert len(table) == reports[name]["rows_written"] >= minimum, name
@@ -312,8 +409,9 @@ def test_cli_subprocess_writes_table_and_report(tmp_path):
     if not (REPO / "data" / "raw" / "chatgpt").exists():
         pytest.skip("data/raw not generated")
     out = tmp_path / "chatgpt.parquet"
-    proc = subprocess.run([sys.executable, "-m", "scripts", "ingest", "chatgpt", str(out)], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts", "ingest", "chatgpt", str(out)], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "chatgpt.report.json").read_text())
     assert report["rows_written"] == pq.read_metadata(out).num_rows > 0
@@ -331,10 +429,14 @@ def test_dvc_import_url_from_a_local_http_server(tmp_path):
     (repo / "data" / "raw" / "chatgpt").mkdir(parents=True)  # import-url needs the target folder
     dvc = [str(Path(sys.executable).with_name("dvc"))]
     try:
-        for cmd in (["git", "init", "-q"], dvc + ["init", "-q"],
-                    dvc + ["import-url", f"http://127.0.0.1:{server.server_port}/prompts.txt", "data/raw/chatgpt/prompts.txt"]):
-            proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120,
-                                  env=dict(os.environ, DVC_NO_ANALYTICS="1"))
+        for cmd in (
+            ["git", "init", "-q"],
+            dvc + ["init", "-q"],
+            dvc + ["import-url", f"http://127.0.0.1:{server.server_port}/prompts.txt", "data/raw/chatgpt/prompts.txt"],
+        ):
+            proc = subprocess.run(
+                cmd, cwd=repo, capture_output=True, text=True, timeout=120, env=dict(os.environ, DVC_NO_ANALYTICS="1")
+            )
             assert proc.returncode == 0, proc.stderr
     finally:
         server.shutdown()

@@ -4,6 +4,7 @@ interrupted stage; a `dvc repro` SIGKILLed mid-stage and an S3 server dying duri
 cache and remote from which the next run finishes byte-identical. Commands run as real processes
 (the process is the subject); repository cases work on private copies, never on the session build.
 """
+
 from __future__ import annotations
 
 import errno
@@ -63,6 +64,7 @@ def outs_md5(lock_text: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------ S3 server dies during a push
 
+
 def stop_when(server: S3Server, bucket_name: str, count: int, proc: subprocess.Popen, seen: list[int]) -> None:
     """Watch moto's state and kill the server once `count` objects have arrived."""
     while proc.poll() is None and object_count(bucket_name) < count:
@@ -79,8 +81,14 @@ def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket): 
 
     push_env = {**aws_env(False), "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}  # fail fast while down
     # 8 jobs: the uploads left when the server dies fail 8 at a time (each after s3fs's retries)
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "push", "-j", "8"], cwd=repo, env=push_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "push", "-j", "8"],
+        cwd=repo,
+        env=push_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen: list[int] = []
     watcher = threading.Thread(target=stop_when, args=(s3_server, bucket, total // 3, proc, seen))
     watcher.start()
@@ -106,6 +114,7 @@ def test_push_survives_a_server_crash(built_repo, tmp_path, s3_server, bucket): 
 
 # ------------------------------------------------------------------ SIGKILL during a stage
 
+
 def rendered(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.parquet"] if folder.is_dir() else []
 
@@ -124,9 +133,15 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
     listing = outs_md5((repo / "dvc.lock").read_text())["data/images/diffusiondb"]
     (repo / ".dvc" / "cache" / "files" / "md5" / listing[:2] / listing[2:]).unlink()  # a hardlink: history keeps it
     images = repo / "data" / "images" / "diffusiondb"
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", TARGET], cwd=repo,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", TARGET],
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen, written = [], 0
     try:
         for line in proc.stdout:  # ends at EOF if dvc exits early
@@ -144,7 +159,9 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
     finished = (images / "manifest.parquet").exists()  # generate writes its manifest last
-    assert written > 0 and not finished, f"the stage was not caught mid-write ({written} images):\n{''.join(seen[-20:])}"
+    assert written > 0 and not finished, (
+        f"the stage was not caught mid-write ({written} images):\n{''.join(seen[-20:])}"
+    )
     killed_with = len(rendered(images))
 
     assert assert_cache_intact(repo) > 0  # the kill corrupted nothing DVC had stored
@@ -165,19 +182,26 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
 def signal_ws(tmp_path_factory) -> Path:
     """Inputs big enough that each stage runs about a second: 20k prompts, a 400-image release."""
     root = tmp_path_factory.mktemp("signals")
-    lines = "".join(f"a {c} fox number {i} in the {w} snow at dawn, oil painting\n"
-                    for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 7000, ["deep", "fresh"] * 10500)))
+    lines = "".join(
+        f"a {c} fox number {i} in the {w} snow at dawn, oil painting\n"
+        for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 7000, ["deep", "fresh"] * 10500))
+    )
     (root / "data/raw/big").mkdir(parents=True)
     (root / "data/raw/big/prompts.txt").write_text(lines, encoding="utf-8")
-    sources = {**PARAMS["sources"], "big": {"kind": "text", "path": "data/raw/big", "images": "data/images/big",
-                                            "on_error": "fail", "clean": True}}
+    sources = {
+        **PARAMS["sources"],
+        "big": {"kind": "text", "path": "data/raw/big", "images": "data/images/big", "on_error": "fail", "clean": True},
+    }
     write_params(root, sources=sources)
     make_splits(root, n=400)
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for argv in (["ingest", "big", "data/prompts/big.parquet"], ["clean-rules", "data/clean/rules.json"],
-                     ["clean", "big", "data/prompts/big.parquet", "data/clean/big.parquet", "--rules", "data/clean/rules.json"]):
+        for argv in (
+            ["ingest", "big", "data/prompts/big.parquet"],
+            ["clean-rules", "data/clean/rules.json"],
+            ["clean", "big", "data/prompts/big.parquet", "data/clean/big.parquet", "--rules", "data/clean/rules.json"],
+        ):
             assert main(argv) == 0
     finally:
         os.chdir(cwd)
@@ -200,8 +224,15 @@ def interrupt(root: Path, argv: list[str], signum: int, seed: str) -> subprocess
     high = 2.0
     for _ in range(4):
         delay = rng.uniform(0.3, high)
-        proc = subprocess.Popen([sys.executable, "-m", "scripts", *argv], cwd=root, env=env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scripts", *argv],
+            cwd=root,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         if proc.poll() is None:
             os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does: worker processes get it too
@@ -236,8 +267,15 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
     params = yaml.safe_load((signal_ws / "params.yaml").read_text(encoding="utf-8"))
     params.setdefault("runtime", {})["workers"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", *STAGES["clean"]], cwd=root, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts", *STAGES["clean"]],
+        cwd=root,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _worker_process(proc.pid)  # a worker process is up
         time.sleep(delay)
@@ -268,8 +306,14 @@ def test_sigint_exits_130_with_one_line_and_no_output(tmp_path):
     write_params(tmp_path)
     env = {**os.environ, "TMPDIR": str(tmp_path / ".tmp"), "HOME": str(tmp_path / ".home"), "PYTHONPATH": str(REPO)}
     os.mkfifo(tmp_path / "in.txt")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts", "clean-text", "in.txt", "out.jsonl"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts", "clean-text", "in.txt", "out.jsonl"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     writer = None
     try:
         deadline = time.monotonic() + 120
@@ -353,11 +397,20 @@ def test_dvc_repro_never_records_an_interrupted_stage(tmp_path, target):
     repo = copy_repo(tmp_path / "repo")
     run(["dvc", "repro", "ingest@chatgpt"], repo)
     recorded = _lock_entry(repo, "ingest@chatgpt")
-    lines = "".join(f"a {c} fox number {i} in the {w} snow at dawn, oil painting\n"
-                    for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 200_000, ["deep", "fresh"] * 300_000)))
+    lines = "".join(
+        f"a {c} fox number {i} in the {w} snow at dawn, oil painting\n"
+        for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 200_000, ["deep", "fresh"] * 300_000))
+    )
     (repo / "data/raw/chatgpt/prompts.txt").write_text(lines, encoding="utf-8")  # ~3 s of ingest
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "ingest@chatgpt"], cwd=repo, env=env(),
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "ingest@chatgpt"],
+        cwd=repo,
+        env=env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stage = _stage_process(proc.pid, b"scripts\x00ingest\x00chatgpt")
         time.sleep(0.8)  # inside the stage's work

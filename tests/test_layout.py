@@ -1,5 +1,6 @@
 """The layout a newcomer relies on: no import cycles in scripts/, every command's module exists, and
 each DVC stage's code lives in scripts/<stage>.py and is listed in that stage's deps."""
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,11 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scripts"):
                 deps.add(node.module)
-                deps.update(f"{node.module}.{a.name}" for a in node.names
-                            if (REPO / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists())
+                deps.update(
+                    f"{node.module}.{a.name}"
+                    for a in node.names
+                    if (REPO / f"{node.module}.{a.name}".replace(".", "/")).with_suffix(".py").exists()
+                )
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name.startswith("scripts"))
         graph[module_name(path)] = deps
@@ -40,7 +44,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (found := visit(dep, path + [dep])):
                 return found
         state[node] = 2

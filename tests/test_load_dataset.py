@@ -2,6 +2,7 @@
 and a text feature (issue 16, acceptance 2), offline, with its cache in a temp folder. Each release is
 built by the real `release` stage (in this process) from splits whose images mix PNG and JPEG - the
 case where a WebDataset export had two image columns and a SimpleTuner one had more .txt than images."""
+
 from __future__ import annotations
 
 import copy
@@ -17,9 +18,13 @@ from helpers import REPO, cli
 from scripts.lib.io import stable_id, write_parquet
 
 SOURCE = "chatgpt"  # a source of params.yaml; its images folder is data/images/chatgpt
-TEXTS = {"train": [f"a {c} cat sitting on a {t} chair" for c, t in zip(["red", "blue", "green", "grey", "black"],
-                                                                          ["wooden", "plastic", "metal", "velvet", "wicker"])],
-         "validation": ["an owl at night in the rain", "a lighthouse in a storm"]}
+TEXTS = {
+    "train": [
+        f"a {c} cat sitting on a {t} chair"
+        for c, t in zip(["red", "blue", "green", "grey", "black"], ["wooden", "plastic", "metal", "velvet", "wicker"])
+    ],
+    "validation": ["an owl at night in the rain", "a lighthouse in a storm"],
+}
 
 
 def small(split: str, i: int) -> tuple[int, int]:
@@ -30,9 +35,15 @@ def make_workspace(root, export, size=small) -> None:
     """params.yaml (this repo's, one release r1 with `export`) and data/splits/chatgpt/{train,validation}.parquet
     whose rows alternate real PNG and JPEG images of different sizes (`size(split, i)`)."""
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-    params["releases"] = {"r1": {"components": [{"source": SOURCE, "split": "train", "into": "train"},
-                                                {"source": SOURCE, "split": "validation", "into": "validation"}],
-                                 "export": export}}
+    params["releases"] = {
+        "r1": {
+            "components": [
+                {"source": SOURCE, "split": "train", "into": "train"},
+                {"source": SOURCE, "split": "validation", "into": "validation"},
+            ],
+            "export": export,
+        }
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     images = root / "data" / "images" / SOURCE
     images.mkdir(parents=True)
@@ -43,8 +54,18 @@ def make_workspace(root, export, size=small) -> None:
             kind = ("PNG", "png") if i % 2 == 0 else ("JPEG", "jpg")
             wh = size(split, i)
             Image.new("RGB", wh, (40 * i % 256, 120, 200)).save(images / f"{row_id}.{kind[1]}", format=kind[0])
-            records.append({"id": row_id, "source": SOURCE, "split": split, "text": text, "orig_text": text.upper(),
-                            "image": f"data/images/{SOURCE}/{row_id}.{kind[1]}", "width": wh[0], "height": wh[1]})
+            records.append(
+                {
+                    "id": row_id,
+                    "source": SOURCE,
+                    "split": split,
+                    "text": text,
+                    "orig_text": text.upper(),
+                    "image": f"data/images/{SOURCE}/{row_id}.{kind[1]}",
+                    "width": wh[0],
+                    "height": wh[1],
+                }
+            )
         table = pd.DataFrame(records).astype({"width": "Int64", "height": "Int64"})
         write_parquet(table, root / "data" / "splits" / SOURCE / f"{split}.parquet")
 
@@ -117,7 +138,7 @@ def test_simpletuner_release_parquet_and_backend_agree_with_the_images(tmp_path,
     assert cli(["release", "r1", "data/splits", "data/releases/r1"], root, monkeypatch, capfd).returncode == 0
     release = root / "data" / "releases" / "r1"
     for split in TEXTS:
-        (entry, _), = [json.loads((release / split / "multidatabackend.json").read_text())]
+        ((entry, _),) = [json.loads((release / split / "multidatabackend.json").read_text())]
         table = pd.read_parquet(release / entry["parquet"]["path"])  # paths relative to the release folder
         assert sorted(table["caption"]) == sorted(TEXTS[split])
         for row in table.itertuples():
@@ -133,13 +154,23 @@ def test_simpletuner_release_parquet_and_backend_agree_with_the_images(tmp_path,
 
     # the config SimpleTuner is given: absolute paths, caches outside the release
     out = tmp_path / "backend.json"
-    result = cli(["simpletuner-config", "data/releases/r1/train", out, "--cache-dir", tmp_path / "st-cache"], root, monkeypatch, capfd)
+    result = cli(
+        ["simpletuner-config", "data/releases/r1/train", out, "--cache-dir", tmp_path / "st-cache"],
+        root,
+        monkeypatch,
+        capfd,
+    )
     assert result.returncode == 0, result.stderr
     entry, text_entry = json.loads(out.read_text())
-    assert entry["cache_dir_vae"].startswith(str(tmp_path / "st-cache")) and text_entry["cache_dir"].startswith(str(tmp_path / "st-cache"))
+    assert entry["cache_dir_vae"].startswith(str(tmp_path / "st-cache")) and text_entry["cache_dir"].startswith(
+        str(tmp_path / "st-cache")
+    )
     filenames = set(pd.read_parquet(entry["parquet"]["path"])["filename"])
-    assert simpletuner_identifiers(entry["instance_data_dir"]) == filenames == set(
-        pd.read_parquet(release / "train" / "simpletuner.parquet")["filename"])
+    assert (
+        simpletuner_identifiers(entry["instance_data_dir"])
+        == filenames
+        == set(pd.read_parquet(release / "train" / "simpletuner.parquet")["filename"])
+    )
     assert not simpletuner_identifiers("data/releases/r1/train", cwd=root) & filenames  # why relative paths will not do
     inside = cli(["simpletuner-config", "data/releases/r1/train", "data/releases/r1/x.json"], root, monkeypatch, capfd)
     assert inside.returncode == 2 and "inside the release folder" in inside.stderr
@@ -225,7 +256,9 @@ def test_an_export_that_keeps_no_image_is_an_error_unless_the_recipe_allows_it(t
 
 
 @pytest.mark.slow
-def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats(history, tmp_path, monkeypatch, capfd, offline):
+def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats(
+    history, tmp_path, monkeypatch, capfd, offline
+):
     """The default build's images (the tiny model's 64x64 renders) in every layout, loaded by its client:
     datasets.load_dataset for each, the webdataset library for the tar layouts, SimpleTuner's size rule."""
     import datasets
@@ -236,11 +269,17 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
 
     repo = work_copy(history.repo, tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
-    layouts = {**{k: v[0] for k, v in LAYOUTS.items() if k != "bucketed"},
-               "bucketed": {"format": "bucketed", "base_resolution": 64}}  # the fast preset renders 64x64
-    components = [{"source": "diffusiondb", "split": "train", "into": "train"},
-                  {"source": "diffusiondb", "split": "validation", "into": "validation"}]
-    params["releases"] = {f"x-{layout}": {"components": components, "export": export} for layout, export in layouts.items()}
+    layouts = {
+        **{k: v[0] for k, v in LAYOUTS.items() if k != "bucketed"},
+        "bucketed": {"format": "bucketed", "base_resolution": 64},
+    }  # the fast preset renders 64x64
+    components = [
+        {"source": "diffusiondb", "split": "train", "into": "train"},
+        {"source": "diffusiondb", "split": "validation", "into": "validation"},
+    ]
+    params["releases"] = {
+        f"x-{layout}": {"components": components, "export": export} for layout, export in layouts.items()
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     for layout in layouts:
         release = repo / "data" / "releases" / f"x-{layout}"
@@ -249,7 +288,9 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
         stats = json.loads((release / "stats.json").read_text())
         assert stats["rows"]["train"] > 0 and stats["rows"]["validation"] > 0, layout
         loaded = datasets.load_dataset(str(release), cache_dir=str(offline / layout))
-        assert {s: len(part) for s, part in loaded.items()} == {s: stats["rows"][s] for s in ("train", "validation")}, layout
+        assert {s: len(part) for s, part in loaded.items()} == {s: stats["rows"][s] for s in ("train", "validation")}, (
+            layout
+        )
         if layout.startswith("webdataset") or layout == "bucketed":
             for split in ("train", "validation"):
                 shards = sorted(str(p) for p in (release / split).rglob("*.tar"))
@@ -270,13 +311,18 @@ def test_release_from_compose_output_is_byte_identical_to_one_composed_in_proces
     root.mkdir()
     make_workspace(root, {"format": "webdataset", "shard_size": 3})
     assert cli(["compose", "r1", "data/splits", "data/compose/r1"], root, monkeypatch, capfd).returncode == 0
-    staged = cli(["release", "r1", "data/splits", "data/releases/a", "--composed", "data/compose/r1"], root, monkeypatch, capfd)
+    staged = cli(
+        ["release", "r1", "data/splits", "data/releases/a", "--composed", "data/compose/r1"], root, monkeypatch, capfd
+    )
     assert staged.returncode == 0, staged.stderr
     assert cli(["release", "r1", "data/splits", "data/releases/b"], root, monkeypatch, capfd).returncode == 0
 
     def digests(folder):
-        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(folder.rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
 
     a, b = digests(root / "data" / "releases" / "a"), digests(root / "data" / "releases" / "b")
     assert a == b and "train/shard-000000.tar" in a

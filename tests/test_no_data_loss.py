@@ -3,6 +3,7 @@ what it did write whole on the next run, cleans up after a killed run, and refus
 run of the same output. Each case runs the real command in-process in a workspace of its own; a refused
 one exits 2 with ONE `error:` line and leaves the workspace byte for byte as it was.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -49,6 +50,7 @@ def _user_file(path: str, text: str = "mine, not the pipeline's\n"):
     def make(root: Path) -> None:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text, encoding="utf-8")
+
     return make
 
 
@@ -65,27 +67,62 @@ def _user_dataset(root: Path) -> None:
 
 REFUSED = {
     # name: (setup steps, argv, substrings of the one error line)
-    "simpletuner_txt_dir_is_the_shards": ([_shards], ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "SHARDS"], ["SHARDS"]),
-    "simpletuner_txt_dir_is_the_working_folder": ([_shards, _user_file("notes.txt")],
-                                                  ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "."], ["SHARDS"]),
-    "simpletuner_txt_dir_is_a_user_folder": ([_shards, _user_file("notes/todo.md")],
-                                             ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "notes"], ["notes", "todo.md"]),
-    "split_into_the_parent_of_its_folder": ([_captions, make_splits],
-                                            ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits"],
-                                            ["data/splits", "diffusiondb"]),
-    "sample_data_over_a_user_source": ([_raw_with_user_source], ["sample-data", "data/raw"], ["data/raw", "mine/prompts.txt"]),
-    "release_into_the_releases_folder": ([make_splits, _user_file("data/releases/v1/README.md")],
-                                         ["release", "v2", "data/splits", "data/releases"], ["data/releases", "'v1'"]),
-    "release_over_a_user_dataset": ([_user_dataset], ["release", "v2", "data/splits", "mine"], ["mine/train", "photo.png"]),
+    "simpletuner_txt_dir_is_the_shards": (
+        [_shards],
+        ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "SHARDS"],
+        ["SHARDS"],
+    ),
+    "simpletuner_txt_dir_is_the_working_folder": (
+        [_shards, _user_file("notes.txt")],
+        ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "."],
+        ["SHARDS"],
+    ),
+    "simpletuner_txt_dir_is_a_user_folder": (
+        [_shards, _user_file("notes/todo.md")],
+        ["simpletuner", "SHARDS", "st.parquet", "--txt-dir", "notes"],
+        ["notes", "todo.md"],
+    ),
+    "split_into_the_parent_of_its_folder": (
+        [_captions, make_splits],
+        ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits"],
+        ["data/splits", "diffusiondb"],
+    ),
+    "sample_data_over_a_user_source": (
+        [_raw_with_user_source],
+        ["sample-data", "data/raw"],
+        ["data/raw", "mine/prompts.txt"],
+    ),
+    "release_into_the_releases_folder": (
+        [make_splits, _user_file("data/releases/v1/README.md")],
+        ["release", "v2", "data/splits", "data/releases"],
+        ["data/releases", "'v1'"],
+    ),
+    "release_over_a_user_dataset": (
+        [_user_dataset],
+        ["release", "v2", "data/splits", "mine"],
+        ["mine/train", "photo.png"],
+    ),
     "release_into_its_input": ([make_splits], ["release", "v2", "data/splits", "data/splits"], ["input"]),
-    "release_into_the_working_folder": ([make_splits, _user_file("notes.txt")], ["release", "v2", "data/splits", "."], ["input"]),
-    "file_output_is_a_folder": ([_user_file("in.txt", "a red fox in the snow\n"), _user_file("out/keep.txt")],
-                                ["clean-text", "in.txt", "out"], ["out", "is a folder"]),
-    "file_output_under_a_file": ([_user_file("in.txt", "a red fox in the snow\n"), _user_file("afile")],
-                                 ["clean-text", "in.txt", "afile/out.jsonl"], ["afile", "is a file"]),
-    "folder_output_is_a_file": ([_captions, _user_file("data/splits/chatgpt")],
-                                ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt"],
-                                ["data/splits/chatgpt", "not a folder"]),
+    "release_into_the_working_folder": (
+        [make_splits, _user_file("notes.txt")],
+        ["release", "v2", "data/splits", "."],
+        ["input"],
+    ),
+    "file_output_is_a_folder": (
+        [_user_file("in.txt", "a red fox in the snow\n"), _user_file("out/keep.txt")],
+        ["clean-text", "in.txt", "out"],
+        ["out", "is a folder"],
+    ),
+    "file_output_under_a_file": (
+        [_user_file("in.txt", "a red fox in the snow\n"), _user_file("afile")],
+        ["clean-text", "in.txt", "afile/out.jsonl"],
+        ["afile", "is a file"],
+    ),
+    "folder_output_is_a_file": (
+        [_captions, _user_file("data/splits/chatgpt")],
+        ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt"],
+        ["data/splits/chatgpt", "not a folder"],
+    ),
 }
 
 
@@ -108,7 +145,11 @@ def test_outputs_it_wrote_are_replaced_on_the_next_run(ws, capsys):
     _captions(ws)
     for _ in range(2):
         assert cli(capsys, "split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt")[0] == 0
-    assert sorted(p.name for p in (ws / "data/splits/chatgpt").iterdir()) == [MARKER, "train.parquet", "validation.parquet"]
+    assert sorted(p.name for p in (ws / "data/splits/chatgpt").iterdir()) == [
+        MARKER,
+        "train.parquet",
+        "validation.parquet",
+    ]
     _shards(ws)
     assert cli(capsys, "simpletuner", "SHARDS", "st.parquet", "--txt-dir", "txt")[0] == 0
     (ws / "txt" / "old-caption.txt").write_text("from an earlier compile", encoding="utf-8")

@@ -15,6 +15,7 @@ Proven elsewhere (not repeated here):
 - tar slip, zip slip, links and devices in archives, a manifest shard path leaving its folder, a Kaggle
   image_path with `..`: tests/test_hostile_inputs.py
 """
+
 from __future__ import annotations
 
 import copy
@@ -108,21 +109,31 @@ def case_manifest_shard_is_a_symlink(ws):
     write_tar(ws / "elsewhere.tar", [("k.jpg", png()), ("k.txt", b"a caption\n"), ("k.json", b'{"w": 8, "h": 8}')])
     (ws / "raw/lb/buckets/p1").mkdir(parents=True)
     (ws / "raw/lb/buckets/p1/shard-000000.tar").symlink_to(ws / "elsewhere.tar")
-    (ws / "raw/lb/manifest.json").write_text(json.dumps({"format": "bucketed_shards_v1",
-                                                         "buckets": [{"shards": ["buckets/p1/shard-000000.tar"]}]}))
+    (ws / "raw/lb/manifest.json").write_text(
+        json.dumps({"format": "bucketed_shards_v1", "buckets": [{"shards": ["buckets/p1/shard-000000.tar"]}]})
+    )
     return Case(INGEST, ["shard-000000.tar", "is a symbolic link", "follow_symlinks"])
 
 
 def _dalle3_with(ws: Path, record: dict) -> None:
     source(ws, kind="dalle3", path="raw/d3", images="raw/d3")
     good = {"short_caption": "a good caption", "width": 8, "height": 8}
-    write_tar(ws / "raw/d3/data-000000.tar", [("0000.png", png()), ("0000.json", json.dumps(good).encode()),
-                                             ("0001.png", png()), ("0001.json", json.dumps(record).encode())])
+    write_tar(
+        ws / "raw/d3/data-000000.tar",
+        [
+            ("0000.png", png()),
+            ("0000.json", json.dumps(good).encode()),
+            ("0001.png", png()),
+            ("0001.json", json.dumps(record).encode()),
+        ],
+    )
 
 
 def case_dalle3_width_is_a_superscript_two(ws):
     _dalle3_with(ws, {"short_caption": "a red fox", "width": "²", "height": 8})
-    return Case(INGEST, ["data-000000.tar", "sample '0001'", "width/height not integers: '²'x8"], skip_reason="bad_size")
+    return Case(
+        INGEST, ["data-000000.tar", "sample '0001'", "width/height not integers: '²'x8"], skip_reason="bad_size"
+    )
 
 
 def case_dalle3_width_has_5000_digits(ws):
@@ -135,19 +146,37 @@ def case_dalle3_tar_header_with_text_in_its_checksum_field(ws):
     source(ws, kind="dalle3", path="raw/d3", images="raw/d3")
     record = json.dumps({"short_caption": "a good caption", "width": 8, "height": 8}).encode()
     shard = ws / "raw/d3/data-000000.tar"
-    write_tar(shard, [(f"000{i}.{ext}", png() if ext == "png" else record) for i in range(3) for ext in ("png", "json")])
+    write_tar(
+        shard, [(f"000{i}.{ext}", png() if ext == "png" else record) for i in range(3) for ext in ("png", "json")]
+    )
     data = bytearray(shard.read_bytes())
     header = data.index(b"0002.png")  # the third sample's first header starts with its name
     data[header + 148 : header + 156] = b'{"image_'
     shard.write_bytes(bytes(data))
-    return Case(INGEST, ["data-000000.tar", "bad checksum field", "in a tar header at byte"], skip_reason="corrupt_archive")
+    return Case(
+        INGEST, ["data-000000.tar", "bad checksum field", "in a tar header at byte"], skip_reason="corrupt_archive"
+    )
 
 
 def _metadata(ws: Path, **columns) -> None:
     n = 2
-    table = {"image_name": pa.array(["a.png", "b.png"]), "prompt": pa.array(["a red fox", "a grey owl"]),
-             "part_id": pa.array([1, 1], pa.uint16())}
-    for name in ("seed", "step", "cfg", "sampler", "width", "height", "user_name", "timestamp", "image_nsfw", "prompt_nsfw"):
+    table = {
+        "image_name": pa.array(["a.png", "b.png"]),
+        "prompt": pa.array(["a red fox", "a grey owl"]),
+        "part_id": pa.array([1, 1], pa.uint16()),
+    }
+    for name in (
+        "seed",
+        "step",
+        "cfg",
+        "sampler",
+        "width",
+        "height",
+        "user_name",
+        "timestamp",
+        "image_nsfw",
+        "prompt_nsfw",
+    ):
         table[name] = pa.array([None] * n, pa.int32())
     table.update(columns)
     (ws / "raw/ddb").mkdir(parents=True, exist_ok=True)
@@ -159,13 +188,17 @@ def case_diffusiondb_date32_decimal_columns_are_read(ws):
     import decimal
 
     source(ws, kind="diffusiondb", path="raw/ddb", read="metadata")
-    _metadata(ws, timestamp=pa.array([dt.date(2022, 8, 1), None], pa.date32()),
-              cfg=pa.array([decimal.Decimal("7.5"), decimal.Decimal("12.25")], pa.decimal128(6, 2)))
+    _metadata(
+        ws,
+        timestamp=pa.array([dt.date(2022, 8, 1), None], pa.date32()),
+        cfg=pa.array([decimal.Decimal("7.5"), decimal.Decimal("12.25")], pa.decimal128(6, 2)),
+    )
 
     def then(ws):
         rows = pd.read_parquet(ws / "data/prompts/out.parquet")
         meta = [json.loads(m) for m in rows["meta"]]
         assert [m["timestamp"] for m in meta] == ["2022-08-01", None] and [m["cfg"] for m in meta] == [7.5, 12.25]
+
     return Case(INGEST, None, then=then)
 
 
@@ -178,7 +211,9 @@ def case_diffusiondb_binary_prompt_column(ws):
 def case_diffusiondb_binary_metadata_not_utf8(ws):
     source(ws, kind="diffusiondb", path="raw/ddb", read="metadata")
     _metadata(ws, user_name=pa.array([b"alice", b"\xff\xfe"], pa.binary()))
-    return Case(INGEST, ["raw/ddb/metadata.parquet", "row 2", "native metadata is not valid UTF-8"], skip_reason="not_utf8")
+    return Case(
+        INGEST, ["raw/ddb/metadata.parquet", "row 2", "native metadata is not valid UTF-8"], skip_reason="not_utf8"
+    )
 
 
 def case_diffusiondb_part_id_lists(ws):
@@ -189,8 +224,10 @@ def case_diffusiondb_part_id_lists(ws):
 
 def part_zip(listing_bytes: bytes | None = None, image: bytes | None = None, method: int = zipfile.ZIP_STORED) -> bytes:
     """part-000001.zip: a.png, b.png and the root listing part-000001.json."""
-    listing = {"a.png": {"p": "a red fox", "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"},
-               "b.png": {"p": "a grey owl", "se": 2, "c": 7.0, "st": 50, "sa": "k_lms"}}
+    listing = {
+        "a.png": {"p": "a red fox", "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"},
+        "b.png": {"p": "a grey owl", "se": 2, "c": 7.0, "st": 50, "sa": "k_lms"},
+    }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=method) as zf:
         zf.writestr("a.png", png())
@@ -284,18 +321,25 @@ def case_sources_null(ws):
 
 def case_source_named_dotdot_pwn(ws):
     write_params(ws, lambda p: p["sources"].__setitem__("../../pwn", {"kind": "text", "path": "raw/p"}))
-    return Case(["ingest", "../../pwn", "data/prompts/../../pwn.parquet"],
-                ["params.yaml: sources: name '../../pwn' is not a plain name"])
+    return Case(
+        ["ingest", "../../pwn", "data/prompts/../../pwn.parquet"],
+        ["params.yaml: sources: name '../../pwn' is not a plain name"],
+    )
 
 
 def case_release_named_dotdot(ws):
     write_params(ws, lambda p: p["releases"].__setitem__("../x", {"components": [{"source": S}]}))
-    return Case(["release", "../x", "data/splits", "data/releases/../x"], ["params.yaml: releases: name '../x' is not a plain name"])
+    return Case(
+        ["release", "../x", "data/splits", "data/releases/../x"],
+        ["params.yaml: releases: name '../x' is not a plain name"],
+    )
 
 
 def case_synthesize_entry_named_dotdot(ws):
     write_params(ws, lambda p: p["synthesize"].__setitem__("../x", copy.deepcopy(p["synthesize"]["gpt4_style"])))
-    return Case(["synthesize", "../x", "data/synthesize/../x"], ["params.yaml: synthesize: name '../x' is not a plain name"])
+    return Case(
+        ["synthesize", "../x", "data/synthesize/../x"], ["params.yaml: synthesize: name '../x' is not a plain name"]
+    )
 
 
 def _kaggle(ws: Path, csv_files: list[str]) -> None:
@@ -343,6 +387,7 @@ def case_text_source_link_followed_when_asked(ws):
     def then(ws):
         prompts = set(pd.read_parquet(ws / "data/prompts/out.parquet")["prompt"])
         assert "a red fox in the snow" in prompts and SECRET in prompts  # the user opted in
+
     return Case(INGEST, None, forbid=[], then=then)
 
 
@@ -354,7 +399,9 @@ def case_gustavosta_image_through_a_linked_folder(ws):
     (ws / "raw/g/imgs").symlink_to(ws / "elsewhere")
     (ws / "raw/g/own").mkdir()
     (ws / "raw/g/own/1.png").write_bytes(png())
-    (ws / "raw/g/train.csv").write_text("Prompt,image_path\na red fox,imgs/0.png\na grey owl,own/1.png\n", encoding="utf-8")
+    (ws / "raw/g/train.csv").write_text(
+        "Prompt,image_path\na red fox,imgs/0.png\na grey owl,own/1.png\n", encoding="utf-8"
+    )
     return Case(INGEST, ["raw/g/train.csv", "row 1", "is a symbolic link"], skip_reason="unsafe_path")
 
 
@@ -364,18 +411,28 @@ def case_gustavosta_image_through_a_linked_folder(ws):
 def _captions(ws: Path, manifest: pd.DataFrame) -> Case:
     write_params(ws)
     ids = [stable_id(S, i) for i in range(3)]
-    rows = pd.DataFrame({"id": ids, "source": S, "prompt": ["a", "b", "c"], "text": ["a", "b", "c"],
-                         "split": pd.Series([None] * 3, dtype="string"), "image": pd.Series([None] * 3, dtype="string"),
-                         "width": pd.Series([None] * 3, dtype="Int64"), "height": pd.Series([None] * 3, dtype="Int64"),
-                         "meta": "{}"})
+    rows = pd.DataFrame(
+        {
+            "id": ids,
+            "source": S,
+            "prompt": ["a", "b", "c"],
+            "text": ["a", "b", "c"],
+            "split": pd.Series([None] * 3, dtype="string"),
+            "image": pd.Series([None] * 3, dtype="string"),
+            "width": pd.Series([None] * 3, dtype="Int64"),
+            "height": pd.Series([None] * 3, dtype="Int64"),
+            "meta": "{}",
+        }
+    )
     write_parquet(rows, ws / "data/dedup/in.parquet")
     write_parquet(manifest.assign(id=manifest["id"].map(lambda i: ids[i])), ws / f"data/images/{S}/manifest.parquet")
     return Case(["captions", S, "data/dedup/in.parquet", f"data/images/{S}", "data/captions/out.parquet"])
 
 
 def case_captions_manifest_repeats_an_id(ws):
-    case = _captions(ws, pd.DataFrame({"id": [0, 1, 2, 1], "file": ["0.jpg", "1.jpg", "2.jpg", "1b.jpg"],
-                                       "width": 8, "height": 8}))
+    case = _captions(
+        ws, pd.DataFrame({"id": [0, 1, 2, 1], "file": ["0.jpg", "1.jpg", "2.jpg", "1b.jpg"], "width": 8, "height": 8})
+    )
     case.error = [f"data/images/{S}/manifest.parquet", "duplicate id"]
     return case
 
@@ -387,8 +444,9 @@ def case_captions_manifest_without_a_file_column(ws):
 
 
 def case_captions_manifest_file_leaves_the_folder(ws):
-    case = _captions(ws, pd.DataFrame({"id": [0, 1, 2], "file": ["0.jpg", "../../../secret.env", "2.jpg"],
-                                       "width": 8, "height": 8}))
+    case = _captions(
+        ws, pd.DataFrame({"id": [0, 1, 2], "file": ["0.jpg", "../../../secret.env", "2.jpg"], "width": 8, "height": 8})
+    )
     case.error = ["manifest.parquet", "'../../../secret.env' leaves the images folder"]
     return case
 
@@ -404,18 +462,36 @@ def split_rows(ws: Path, n: int = 6, image: bytes | None = None) -> pd.DataFrame
     for row_id in ids:
         (folder / f"{row_id}.png").write_bytes(image if image is not None else png(40, 30))
     texts = [f"a red fox number {i} in the snow" for i in range(n)]
-    return pd.DataFrame({"id": ids, "source": S, "split": None, "text": texts, "orig_text": texts,
-                         "image": [f"data/images/{S}/{i}.png" for i in ids],
-                         "width": pd.Series([40] * n, dtype="Int64"), "height": pd.Series([30] * n, dtype="Int64")})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "source": S,
+            "split": None,
+            "text": texts,
+            "orig_text": texts,
+            "image": [f"data/images/{S}/{i}.png" for i in ids],
+            "width": pd.Series([40] * n, dtype="Int64"),
+            "height": pd.Series([30] * n, dtype="Int64"),
+        }
+    )
 
 
-def release_ws(ws: Path, rows: pd.DataFrame, export: str | None = None, change: Callable[[dict], None] | None = None) -> Case:
+def release_ws(
+    ws: Path, rows: pd.DataFrame, export: str | None = None, change: Callable[[dict], None] | None = None
+) -> Case:
     def params(p):
-        p["releases"] = {"r1": {"components": [{"source": S, "split": "train", "into": "train"},
-                                               {"source": S, "split": "validation", "into": "validation"}],
-                                **({"export": export} if export else {})}}
+        p["releases"] = {
+            "r1": {
+                "components": [
+                    {"source": S, "split": "train", "into": "train"},
+                    {"source": S, "split": "validation", "into": "validation"},
+                ],
+                **({"export": export} if export else {}),
+            }
+        }
         if change:
             change(p)
+
     write_params(ws, params)
     half = len(rows) // 2
     write_parquet(rows.iloc[:half].assign(split="train"), ws / f"data/splits/{S}/train.parquet")
@@ -517,6 +593,7 @@ def case_release_symlinked_image_inside_the_store_is_placed_as_a_file(ws):
     def then(ws):
         placed = [p for p in (ws / "data/releases/r1").rglob("*.png")]
         assert len(placed) == 6 and not [p for p in placed if p.is_symlink()], placed
+
     case.then = then
     return case
 
@@ -552,8 +629,10 @@ def _diff_repo(ws: Path) -> None:
 def case_diff_missing_image_at_one_revision(ws):
     _diff_repo(ws)
     (ws / f"data/releases/r1/validation/images/{S}/x.png").unlink()
-    return Case(["diff", "HEAD", "workspace", "--release", "r1"],
-                ["workspace:data/releases/r1/validation/metadata.jsonl", f"image 'images/{S}/x.png'", "not found"])
+    return Case(
+        ["diff", "HEAD", "workspace", "--release", "r1"],
+        ["workspace:data/releases/r1/validation/metadata.jsonl", f"image 'images/{S}/x.png'", "not found"],
+    )
 
 
 def case_diff_bad_yaml_at_one_revision(ws):
@@ -622,7 +701,10 @@ def test_case(tmp_path, name, monkeypatch, capfd):
         case.then(ws)
         return
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (result.returncode, result.stderr[-3000:])
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (
+        result.returncode,
+        result.stderr[-3000:],
+    )
     for part in case.error:
         assert part in lines[0], f"{part!r} not in {lines[0]!r}"
     after = without_dvc_state(snapshot(tmp_path))
@@ -630,9 +712,16 @@ def test_case(tmp_path, name, monkeypatch, capfd):
     assert not changed, f"a refused command changed files: {changed[:10]}"
 
 
-SKIPPED = ["dalle3_tar_header_with_text_in_its_checksum_field", "dalle3_width_is_a_superscript_two", "dalle3_width_has_5000_digits", "diffusiondb_binary_metadata_not_utf8",
-           "diffusiondb_zip_image_with_a_bad_crc", "diffusiondb_zip_image_encrypted", "diffusiondb_zip_image_deflate64",
-           "gustavosta_image_through_a_linked_folder"]  # the cases with a skip_reason: one bad record among good ones
+SKIPPED = [
+    "dalle3_tar_header_with_text_in_its_checksum_field",
+    "dalle3_width_is_a_superscript_two",
+    "dalle3_width_has_5000_digits",
+    "diffusiondb_binary_metadata_not_utf8",
+    "diffusiondb_zip_image_with_a_bad_crc",
+    "diffusiondb_zip_image_encrypted",
+    "diffusiondb_zip_image_deflate64",
+    "gustavosta_image_through_a_linked_folder",
+]  # the cases with a skip_reason: one bad record among good ones
 
 
 @pytest.mark.parametrize("name", SKIPPED)
@@ -659,18 +748,25 @@ def test_the_tables_cover_the_issue(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- whatever else a command meets: one line
 
 
-@pytest.mark.parametrize("raised, line", [
-    (OSError(5, "Input/output error", "data/prompts/x.parquet"), "error: data/prompts/x.parquet: Input/output error"),
-    (PermissionError(13, "Permission denied", "a", None, "b"), "error: a -> b: Permission denied"),
-    (ConnectionResetError(104, "Connection reset by peer"), "error: Connection reset by peer"),
-    (MemoryError(), "error: out of memory"),
-])
+@pytest.mark.parametrize(
+    "raised, line",
+    [
+        (
+            OSError(5, "Input/output error", "data/prompts/x.parquet"),
+            "error: data/prompts/x.parquet: Input/output error",
+        ),
+        (PermissionError(13, "Permission denied", "a", None, "b"), "error: a -> b: Permission denied"),
+        (ConnectionResetError(104, "Connection reset by peer"), "error: Connection reset by peer"),
+        (MemoryError(), "error: out of memory"),
+    ],
+)
 def test_any_os_or_memory_error_is_one_line_exit_2(tmp_path, monkeypatch, capfd, raised, line):
     """An OSError no stage turned into a DataError (an input that vanished, EIO), or MemoryError."""
     import scripts.ingest
 
     def fail(*args, **kwargs):
         raise raised
+
     write_params(tmp_path)
     monkeypatch.setattr(scripts.ingest, "ingest", fail)
     result = cli(["ingest", S, "out.parquet"], tmp_path, monkeypatch, capfd)
@@ -694,7 +790,10 @@ def _nested(depth: int = 100_000) -> str:
 
 
 def _source(root: Path, name: str, **changes) -> None:
-    sources = {**workspace.PARAMS["sources"], name: {**workspace.PARAMS["sources"][name], "on_error": "fail", **changes}}
+    sources = {
+        **workspace.PARAMS["sources"],
+        name: {**workspace.PARAMS["sources"][name], "on_error": "fail", **changes},
+    }
     workspace.write_params(root, sources=sources)
 
 
@@ -751,7 +850,11 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(params_ws, writer):
     (ws / "in").mkdir()
     (ws / "in/prompts.txt").write_text(lines, encoding="utf-8")
     _source(ws, "chatgpt", path="in")
-    argv = ["clean-text", "in/prompts.txt", "out/x.jsonl"] if writer == "clean-text" else ["ingest", "chatgpt", "out/x.parquet"]
+    argv = (
+        ["clean-text", "in/prompts.txt", "out/x.jsonl"]
+        if writer == "clean-text"
+        else ["ingest", "chatgpt", "out/x.parquet"]
+    )
     result = _subprocess([sys.executable, "-m", "scripts", *argv], ws, preexec_fn=_file_size_limit)
     line = workspace.error_line(result.stderr)
     assert result.returncode == 2 and line.startswith("error: out/x.") and "too large" in line.lower(), result.stderr

@@ -1,6 +1,7 @@
 """params.yaml: its models (scripts/lib/params/) are the one definition, docs/params.md is generated
 from them, bad values stop a stage with one line, and the file survives DVC's and the history replay's
 rewrites (`dvc exp run -S`)."""
+
 import copy
 import os
 import shutil
@@ -52,8 +53,9 @@ PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 def test_docs_params_md_is_what_the_generator_writes_now():
     from scripts.tools.params_doc import render
 
-    assert (REPO / "docs" / "params.md").read_text(encoding="utf-8") == render(), \
+    assert (REPO / "docs" / "params.md").read_text(encoding="utf-8") == render(), (
         "docs/params.md is stale: run `python -m scripts params-doc`"
+    )
 
 
 def _models(model: type[BaseModel], seen: list) -> list:
@@ -74,10 +76,27 @@ def _types(tp):
 
 def test_every_model_field_has_a_description_and_every_section_a_model():
     models = _models(P.Params, [])
-    assert {m.__name__ for m in models} >= {"Source", "Clean", "Rewrite", "Language", "PersonNames", "ByClause",
-                                            "Dedup", "TinyModel", "Generate", "Split", "Release", "Component",
-                                            "Export", "SynthesizeEntry", "ExampleSource", "Preview"}
-    missing = [f"{m.__name__}.{k}" for m in models for k, f in m.model_fields.items() if not (f.description or "").strip()]
+    assert {m.__name__ for m in models} >= {
+        "Source",
+        "Clean",
+        "Rewrite",
+        "Language",
+        "PersonNames",
+        "ByClause",
+        "Dedup",
+        "TinyModel",
+        "Generate",
+        "Split",
+        "Release",
+        "Component",
+        "Export",
+        "SynthesizeEntry",
+        "ExampleSource",
+        "Preview",
+    }
+    missing = [
+        f"{m.__name__}.{k}" for m in models for k, f in m.model_fields.items() if not (f.description or "").strip()
+    ]
     assert not missing, f"fields without a description: {missing}"
     assert all((m.__doc__ or "").strip() for m in models)
     assert set(P.SECTION_MODELS) == set(P.Params.model_fields)
@@ -95,7 +114,9 @@ def _walk_value(value, tp, where):
     nested = [t for t in _types(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
     if not nested or value is None or isinstance(value, (str, bool)):  # sources.S.clean: true | set name | {...}
         return
-    origin = typing.get_origin(typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp)
+    origin = typing.get_origin(
+        typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) else tp
+    )
     if isinstance(value, list):
         for i, item in enumerate(value):
             _walk(item, nested[0], f"{where}[{i}]")
@@ -137,8 +158,12 @@ def test_params_imports_only_errors_io_and_nesting():
     ours = set()
     for path in (REPO / "scripts" / "lib" / "params").glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        ours |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("scripts")}
-        ours |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("scripts")}
+        ours |= {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("scripts")
+        }
+        ours |= {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("scripts")
+        }
     ours = {m for m in ours if not m.startswith("scripts.lib.params")}
     assert ours <= {"scripts.lib.errors", "scripts.lib.io", "scripts.lib.nesting"}, ours
 
@@ -197,9 +222,24 @@ BAD = [  # (key path to change, bad value, key path named in the error, message)
     ("clean.tidy", [{"name": "x", "patern": "a"}], "clean.tidy[0]", "unknown key 'patern' (did you mean 'pattern'?)"),
     ("clean.by_clause", {"marker": " by "}, "clean.by_clause.exempt", "Field required"),
     ("releases.v2.validation_leaks", "some", "releases.v2.validation_leaks", "'none', 'exact' or 'near'"),
-    ("releases.v2.export", {"format": "webdataset", "shard_size": 0}, "releases.v2.export.shard_size", "greater than or equal to 1"),
-    ("releases.v2.export", "tarball", "releases.v2.export.format", "'imagefolder', 'webdataset', 'simpletuner', 'parquet', 'bucketed' or 'prompts'"),
-    ("releases.v2.components", [{"source": "x", "into": "tran"}], "releases.v2.components[0].into", "'train', 'validation' or 'same'"),
+    (
+        "releases.v2.export",
+        {"format": "webdataset", "shard_size": 0},
+        "releases.v2.export.shard_size",
+        "greater than or equal to 1",
+    ),
+    (
+        "releases.v2.export",
+        "tarball",
+        "releases.v2.export.format",
+        "'imagefolder', 'webdataset', 'simpletuner', 'parquet', 'bucketed' or 'prompts'",
+    ),
+    (
+        "releases.v2.components",
+        [{"source": "x", "into": "tran"}],
+        "releases.v2.components[0].into",
+        "'train', 'validation' or 'same'",
+    ),
     ("synthesize.gpt4_style.base_url", "ftp://x", "synthesize.gpt4_style.base_url", "'ftp://x' is not an http(s) URL"),
     ("synthesize.gpt4_style.template", "{topics}", "synthesize.gpt4_style.template", "unknown field {topics}"),
     ("synthesize.gpt4_style.extra_body", {"n": 2}, "synthesize.gpt4_style.extra_body", "'n' is set by the stage"),
@@ -257,8 +297,13 @@ def test_load_section_gives_models_with_defaults_and_names_a_missing_section(tmp
 
 # --- YAML aliases are refused (DVC's rewrite would expand them; a few hundred bytes can expand to billions)
 
-BOMB = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-                 + [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]) + "\n"
+BOMB = (
+    "\n".join(
+        ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    )
+    + "\n"
+)
 
 
 def test_a_yaml_alias_bomb_fails_fast_with_one_line(tmp_path):
@@ -274,7 +319,9 @@ def test_a_yaml_alias_bomb_fails_fast_with_one_line(tmp_path):
 
 def test_an_alias_in_an_otherwise_valid_file_is_refused(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("split: &s {seed: 1, validation_fraction: 0.05}\npreview: {columns: 2}\nother: *s\n", encoding="utf-8")
+    path.write_text(
+        "split: &s {seed: 1, validation_fraction: 0.05}\npreview: {columns: 2}\nother: *s\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"params.yaml: line 3: YAML aliases"):
         P.load_params("split", path)
     P.load_params(path=REPO / "params.yaml")  # the shipped file has none

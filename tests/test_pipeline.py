@@ -3,6 +3,7 @@ from a fresh copy) makes five imagefolder releases; a rerun is a no-op; an exper
 counts; the build reproduces main's committed dvc.lock byte for byte.
 
 Every test here reads the shared build; the ones that change a repository work on a `work_copy`."""
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ def test_threshold_experiment_changes_counts(readme_run, history):
     ran = [result for block, result in results if "dvc exp run -S dedup.threshold=0.8" in block.code]
     assert ran and ran[0].returncode == 0, "README.md no longer runs the dedup.threshold=0.8 experiment"
     shown = json.dumps(json.loads(run("dvc exp show --json", repo).stdout))
-    assert '"threshold": 0.8' in shown and '"threshold": 0.7' in shown, shown[:2000]  # the experiment beside the baseline
+    assert '"threshold": 0.8' in shown and '"threshold": 0.7' in shown, shown[
+        :2000
+    ]  # the experiment beside the baseline
     before = json.loads((history.repo / "data/releases/v2/stats.json").read_text())["rows"]["total"]
     after = json.loads((repo / "data/releases/v2/stats.json").read_text())["rows"]["total"]
     assert after > before, "a higher threshold must keep more rows"

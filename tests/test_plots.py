@@ -1,5 +1,6 @@
 """The plots stage (issue 8): data files behind `dvc plots show`, one file per question covering every
 release or source, with the fields dvc.yaml's `plots:` declares."""
+
 from __future__ import annotations
 
 import csv
@@ -36,20 +37,35 @@ def declared_plots() -> dict[str, dict]:
 
 
 def test_prompt_lengths_bins_every_row_and_lists_empty_bins():
-    rows = pd.DataFrame({"release": ["v1"] * 4 + ["v2"], "split": ["train"] * 3 + ["validation"] * 2,
-                         "source": "s", "text": ["x" * 3, "x" * 17, "x" * 40, "x" * 10, "x" * 16]})
+    rows = pd.DataFrame(
+        {
+            "release": ["v1"] * 4 + ["v2"],
+            "split": ["train"] * 3 + ["validation"] * 2,
+            "source": "s",
+            "text": ["x" * 3, "x" * 17, "x" * 40, "x" * 10, "x" * 16],
+        }
+    )
     table = prompt_lengths(rows, 16)
     train = table[(table.release == "v1") & (table.split == "train")]
     assert train["chars"].tolist() == [0, 16, 32] and train["rows"].tolist() == [1, 1, 1]
     assert table.groupby(["release", "split"])["rows"].sum().to_dict() == {
-        ("v1", "train"): 3, ("v1", "validation"): 1, ("v2", "validation"): 1}
+        ("v1", "train"): 3,
+        ("v1", "validation"): 1,
+        ("v2", "validation"): 1,
+    }
     with pytest.raises(DataError, match="preview.length_bin"):
         prompt_lengths(rows, 0)
 
 
 def test_source_mix_shares_sum_to_one_per_release_and_split():
-    rows = pd.DataFrame({"release": ["v1"] * 5, "split": ["train"] * 4 + ["validation"],
-                         "source": ["a", "a", "a", "b", "b"], "text": "t"})
+    rows = pd.DataFrame(
+        {
+            "release": ["v1"] * 5,
+            "split": ["train"] * 4 + ["validation"],
+            "source": ["a", "a", "a", "b", "b"],
+            "text": "t",
+        }
+    )
     table = source_mix(rows)
     assert table.to_dict("records") == [
         {"release": "v1", "split": "train", "source": "a", "rows": 3, "share": 0.75, "panel": "v1 / train"},
@@ -59,9 +75,16 @@ def test_source_mix_shares_sum_to_one_per_release_and_split():
 
 
 def test_dedup_cluster_size_counts_the_kept_row():
-    clusters = {"s": pd.DataFrame({"id": ["r1", "r2", "r3"], "duplicate_of": ["k1", "k1", "k2"], "jaccard": 0.9}),
-                "t": pd.DataFrame({"id": pd.Series([], dtype=str), "duplicate_of": pd.Series([], dtype=str),
-                                   "jaccard": pd.Series([], dtype=float)})}
+    clusters = {
+        "s": pd.DataFrame({"id": ["r1", "r2", "r3"], "duplicate_of": ["k1", "k1", "k2"], "jaccard": 0.9}),
+        "t": pd.DataFrame(
+            {
+                "id": pd.Series([], dtype=str),
+                "duplicate_of": pd.Series([], dtype=str),
+                "jaccard": pd.Series([], dtype=float),
+            }
+        ),
+    }
     table = dedup_cluster_sizes(clusters)
     assert table[["source", "cluster_size", "clusters"]].values.tolist() == [["s", 2, 1], ["s", 3, 1]]
 
@@ -75,24 +98,39 @@ def make_inputs(root: Path) -> dict:
     from scripts.lib.cleaning import clean_table, load_rules, report
     from scripts.lib.params import load_params
 
-    prompts = [p.strip().lstrip("- ") for p in (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
-               if p.strip()][:300]
+    prompts = [
+        p.strip().lstrip("- ")
+        for p in (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+        if p.strip()
+    ][:300]
     for release, count in (("r1", 200), ("r2", 300)):
-        for split, part in (("train", prompts[: count - 20]), ("validation", prompts[count - 20: count])):
+        for split, part in (("train", prompts[: count - 20]), ("validation", prompts[count - 20 : count])):
             folder = root / "data" / "releases" / release / split
             folder.mkdir(parents=True)
-            lines = [json.dumps({"file_name": f"images/{i}.jpg", "text": t, "orig_text": t,
-                                 "source": "gpt4" if i % 3 else "openprompts", "id": f"{split}{i}"})
-                     for i, t in enumerate(part)]
+            lines = [
+                json.dumps(
+                    {
+                        "file_name": f"images/{i}.jpg",
+                        "text": t,
+                        "orig_text": t,
+                        "source": "gpt4" if i % 3 else "openprompts",
+                        "id": f"{split}{i}",
+                    }
+                )
+                for i, t in enumerate(part)
+            ]
             (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     raw = pd.read_csv(FIXTURES / "openprompts-1k.csv")
     _, dropped = clean_table(raw.head(400), load_rules(load_params("clean", REPO / "params.yaml")))
     (root / "data" / "clean").mkdir(parents=True)
     for source in ("gpt4", "openprompts"):
         (root / "data" / "clean" / f"{source}.report.json").write_text(
-            json.dumps(report(source, 400, dropped, True)), encoding="utf-8")
-        write_parquet(pd.DataFrame({"id": ["a", "b", "c"], "duplicate_of": ["k", "k", "m"], "jaccard": [0.9, 0.8, 1.0]}),
-                      root / "data" / "dedup" / f"{source}.clusters.parquet")
+            json.dumps(report(source, 400, dropped, True)), encoding="utf-8"
+        )
+        write_parquet(
+            pd.DataFrame({"id": ["a", "b", "c"], "duplicate_of": ["k", "k", "m"], "jaccard": [0.9, 0.8, 1.0]}),
+            root / "data" / "dedup" / f"{source}.clusters.parquet",
+        )
     params = {
         "sources": {"gpt4": {"kind": "text", "path": "x"}, "openprompts": {"kind": "openprompts", "path": "y"}},
         "releases": {"r1": {"components": [{"source": "gpt4"}]}, "r2": {"components": [{"source": "gpt4"}]}},
@@ -105,7 +143,9 @@ def make_inputs(root: Path) -> dict:
 @pytest.fixture
 def run_plots(monkeypatch, capfd):
     """`python -m scripts plots ...` in a folder (`helpers.cli`: scripts.cli.main in this process)."""
-    return lambda root: cli(["plots", "data/releases", "data/clean", "data/dedup", "data/plots"], root, monkeypatch, capfd)
+    return lambda root: cli(
+        ["plots", "data/releases", "data/clean", "data/dedup", "data/plots"], root, monkeypatch, capfd
+    )
 
 
 def test_plots_command_writes_every_declared_file_with_its_fields(tmp_path, run_plots):
@@ -131,7 +171,11 @@ def test_plots_command_writes_every_declared_file_with_its_fields(tmp_path, run_
     assert {r["rule"]: int(r["rows"]) for r in removed if r["source"] == "gpt4"} == by_rule
     clusters = read_csv(tmp_path / "data" / "plots" / "dedup_clusters.csv")
     assert [(r["source"], r["cluster_size"], r["clusters"]) for r in clusters] == [
-        ("gpt4", "2", "1"), ("gpt4", "3", "1"), ("openprompts", "2", "1"), ("openprompts", "3", "1")]
+        ("gpt4", "2", "1"),
+        ("gpt4", "3", "1"),
+        ("openprompts", "2", "1"),
+        ("openprompts", "3", "1"),
+    ]
     first = {name: (tmp_path / "data" / "plots" / name).read_bytes() for name in PLOT_FILES}
     assert run_plots(tmp_path).returncode == 0
     assert first == {name: (tmp_path / "data" / "plots" / name).read_bytes() for name in PLOT_FILES}
@@ -157,7 +201,9 @@ def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_re
         assert {props["x"], props["y"]} <= set(rows[0]), name
         if "release" in rows[0]:
             assert {r["release"] for r in rows} == set(RELEASES)
-            assert {(r["release"], r["split"]) for r in rows} == {(v, s) for v in RELEASES for s in ("train", "validation")}
+            assert {(r["release"], r["split"]) for r in rows} == {
+                (v, s) for v in RELEASES for s in ("train", "validation")
+            }
         elif "source" in rows[0]:
             assert {r["source"] for r in rows} <= set(params["sources"])
         else:  # benchmarks/results/generate_speed.csv: measured runs, one panel per setting
@@ -166,8 +212,10 @@ def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_re
     for release in RELEASES:
         with Image.open(built_repo / "data" / "releases" / release / "preview.jpg") as sheet:
             assert sheet.format == "JPEG"
-            assert sheet.size == (preview["columns"] * preview["thumb"],
-                                  preview["rows"] * (preview["thumb"] + preview["caption_height"]))
+            assert sheet.size == (
+                preview["columns"] * preview["thumb"],
+                preview["rows"] * (preview["thumb"] + preview["caption_height"]),
+            )
     # -o: the image plots' files go there, not into the (read-only) built repo's dvc_plots/
     shown = json.loads(run(["dvc", "plots", "show", "--json", "-o", str(tmp_path / "shown")], built_repo).stdout)
     assert not shown.get("errors"), shown.get("errors")
@@ -183,8 +231,7 @@ def test_built_repo_has_plot_data_for_every_release_and_a_contact_sheet(built_re
 def test_diff_report_points_to_the_pictures():
     from scripts.tools.diff import to_markdown
 
-    report = {"rev_a": "v4-a", "rev_b": "v4-b", "release_a": "v4-b", "release_b": "v4-b", "leaks_b": 0,
-              "splits": {}}
+    report = {"rev_a": "v4-a", "rev_b": "v4-b", "release_a": "v4-b", "release_b": "v4-b", "leaks_b": 0, "splits": {}}
     text = to_markdown(report)
     assert "`data/releases/v4-b/preview.jpg`" in text and "`dvc plots diff v4-a v4-b`" in text
     assert "`data/dedup/<source>.preview.html`" in text

@@ -1,4 +1,5 @@
 """Contact sheets and the near-duplicate sheet (issue 8), plus the progress line every long loop prints."""
+
 from __future__ import annotations
 
 import io
@@ -31,21 +32,26 @@ def gpt4_prompts(n: int) -> list[str]:
 
 def make_release(folder: Path, texts: list[str]) -> None:
     """A real ImageFolder release: JPEG files of different sizes and colours, metadata.jsonl per split."""
-    for split, part in (("train", texts[: len(texts) - 3]), ("validation", texts[len(texts) - 3:])):
+    for split, part in (("train", texts[: len(texts) - 3]), ("validation", texts[len(texts) - 3 :])):
         lines = []
         for i, text in enumerate(part):
             row_id = f"{split}{i:04d}"
             name = f"images/src/{row_id}.jpg"
             (folder / split / name).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (64 + 8 * i, 48 + 4 * i), (20 * i % 256, 90, 200)).save(folder / split / name)
-            lines.append(json.dumps({"file_name": name, "text": text, "orig_text": text, "source": "src", "id": row_id}))
+            lines.append(
+                json.dumps({"file_name": name, "text": text, "orig_text": text, "source": "src", "id": row_id})
+            )
         (folder / split / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def release_rows(folder: Path) -> pd.DataFrame:
     """The release's rows as release@V holds them when it writes preview.jpg (image = stored file)."""
-    records = [{"id": r["id"], "text": r["text"], "image": str(folder / split / r["file_name"])}
-               for split in ("train", "validation") for r in read_metadata(folder / split, ("id", "file_name", "text"))]
+    records = [
+        {"id": r["id"], "text": r["text"], "image": str(folder / split / r["file_name"])}
+        for split in ("train", "validation")
+        for r in read_metadata(folder / split, ("id", "file_name", "text"))
+    ]
     return pd.DataFrame(records)
 
 
@@ -109,7 +115,7 @@ def test_missing_metadata_and_bad_geometry_are_one_line_errors(tmp_path):
         read_metadata(tmp_path / "v8" / "train", ("id", "file_name", "text"))
     # every reader of metadata.jsonl (contact sheet, plots, diff) names the line of a bad record
     for line in ['["not", "an", "object"]', "{not json", '"text"']:
-        (tmp_path / "v8" / "train" / "metadata.jsonl").write_text('\n' + line + '\n', encoding="utf-8")
+        (tmp_path / "v8" / "train" / "metadata.jsonl").write_text("\n" + line + "\n", encoding="utf-8")
         with pytest.raises(DataError, match=r"v8/train/metadata.jsonl: line 2: not a metadata record with id"):
             read_metadata(tmp_path / "v8" / "train", ("id", "file_name", "text"))
     with pytest.raises(DataError, match=r"params.yaml: preview.thumb: .*greater than or equal to 16 \(got 0\)"):
@@ -121,13 +127,23 @@ def test_missing_metadata_and_bad_geometry_are_one_line_errors(tmp_path):
 
 
 def dedup_tables():
-    kept = pd.DataFrame({"id": ["k1", "k2", "k3"],
-                         "text": ["a red fox in the snow", "a <b>bold</b> castle & moat", "a lone tree"]})
-    removed = pd.DataFrame({"id": ["r1", "r2", "r3", "r4"],
-                            "text": ["a red fox in the deep snow", "a red fox in snow", "a <b>bold</b> castle & moat!",
-                                     "<script>alert(1)</script> a lone tree"]})
-    clusters = pd.DataFrame({"id": ["r1", "r2", "r3", "r4"], "duplicate_of": ["k1", "k1", "k2", "k3"],
-                             "jaccard": [0.8, 0.75, 1.0, 0.71]})
+    kept = pd.DataFrame(
+        {"id": ["k1", "k2", "k3"], "text": ["a red fox in the snow", "a <b>bold</b> castle & moat", "a lone tree"]}
+    )
+    removed = pd.DataFrame(
+        {
+            "id": ["r1", "r2", "r3", "r4"],
+            "text": [
+                "a red fox in the deep snow",
+                "a red fox in snow",
+                "a <b>bold</b> castle & moat!",
+                "<script>alert(1)</script> a lone tree",
+            ],
+        }
+    )
+    clusters = pd.DataFrame(
+        {"id": ["r1", "r2", "r3", "r4"], "duplicate_of": ["k1", "k1", "k2", "k3"], "jaccard": [0.8, 0.75, 1.0, 0.71]}
+    )
     return clusters, kept, removed
 
 
@@ -157,8 +173,13 @@ def test_dedup_preview_cli_writes_the_page_from_dedup_outputs(tmp_path):
     repo = Path(__file__).resolve().parents[1]
 
     def dedup_preview(source: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "scripts", "dedup-preview", source], cwd=tmp_path,
-                              env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "scripts", "dedup-preview", source],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True,
+            text=True,
+        )
 
     result = dedup_preview("s1")
     assert result.returncode == 0, result.stderr

@@ -1,6 +1,7 @@
 """`python -m scripts publish`: the Hub folder loads with `datasets`, its card says what the Hub needs, and
 the upload talks to the Hub's API (a loopback server recording every request) with the token only in
 Authorization headers, then tags the uploaded commit with the git tag."""
+
 from __future__ import annotations
 
 import base64
@@ -40,11 +41,24 @@ def tiny_release(root: Path, rows: dict[str, int] = {"train": 5, "validation": 2
             rid = f"{split[0]}{i:015d}"
             name = f"images/diffusiondb/{rid}.png"
             Image.new("RGB", (16, 12), (i * 40 % 256, 80, 160)).save(folder / name)
-            lines.append(json.dumps({"file_name": name, "text": f"a {split} picture number {i}", "orig_text": f"A {split} picture #{i}",
-                                     "source": "diffusiondb", "id": rid, "width": 16, "height": 12}))
+            lines.append(
+                json.dumps(
+                    {
+                        "file_name": name,
+                        "text": f"a {split} picture number {i}",
+                        "orig_text": f"A {split} picture #{i}",
+                        "source": "diffusiondb",
+                        "id": rid,
+                        "width": 16,
+                        "height": 12,
+                    }
+                )
+            )
         (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     Image.new("RGB", (32, 32), (1, 2, 3)).save(release / "preview.jpg", format="JPEG")
-    (release / "README.md").write_text("---\nlicense: other\n---\n# t2i-datasets v2\n\n## Rows\n\nrelease card text\n", encoding="utf-8")
+    (release / "README.md").write_text(
+        "---\nlicense: other\n---\n# t2i-datasets v2\n\n## Rows\n\nrelease card text\n", encoding="utf-8"
+    )
     return root
 
 
@@ -65,14 +79,19 @@ def test_dry_run_folder_loads_with_datasets_and_has_a_hub_card(tmp_path, monkeyp
     out = tmp_path / "hub"
     result = cli(["publish", "v2", "--repo-id", "me/t2i-v2", "--dry-run", "--out", out], root, monkeypatch, capfd)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        "train-00000-of-00001.parquet",
+        "validation-00000-of-00001.parquet",
+    ]
 
     ds = load(out)
     assert {s: len(d) for s, d in ds.items()} == {"train": 5, "validation": 2}
     features = ds["train"].features
     assert type(features["image"]).__name__ == "Image" and features["text"].dtype == "string"
     row = ds["train"][0]
-    assert row["image"].size == (16, 12) and row["text"] == "a train picture number 0" and row["id"] == "t000000000000000"
+    assert (
+        row["image"].size == (16, 12) and row["text"] == "a train picture number 0" and row["id"] == "t000000000000000"
+    )
 
     card = DatasetCard.load(out / "README.md")
     data = card.data.to_dict()
@@ -95,7 +114,13 @@ def test_shards_respect_the_size_limit_and_keep_every_row(tmp_path):
 
     assert plan_shards([4, 4, 4, 4, 9, 1], 8) == [(0, 2), (2, 4), (4, 5), (5, 6)]
     assert plan_shards([], 8) == [(0, 0)]
-    assert [size_category(n) for n in (0, 999, 1000, 2_000_000, 10**12)] == ["n<1K", "n<1K", "1K<n<10K", "1M<n<10M", "n>1T"]
+    assert [size_category(n) for n in (0, 999, 1000, 2_000_000, 10**12)] == [
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "1M<n<10M",
+        "n>1T",
+    ]
 
     root = tiny_release(tmp_path / "repo", {"train": 9, "validation": 1})
     records = read_split(root / "data/releases/v2", "train")
@@ -106,8 +131,9 @@ def test_shards_respect_the_size_limit_and_keep_every_row(tmp_path):
     assert info["files"] == [f"train-{i:05d}-of-00005.parquet" for i in range(5)]
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=[str(out / "data" / f) for f in info["files"]],
-                               cache_dir=str(tmp_path / "hf-cache"))["train"]
+    ds = datasets.load_dataset(
+        "parquet", data_files=[str(out / "data" / f) for f in info["files"]], cache_dir=str(tmp_path / "hf-cache")
+    )["train"]
     assert ds["id"] == [r["id"] for r in records]  # every row, in order
 
 
@@ -154,14 +180,23 @@ class FakeHub(BaseHTTPRequestHandler):
             repo, action = "/".join(parts[2:4]), parts[4]
             if action == "preupload":
                 files = json.loads(body)["files"]
-                return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                                                   for f in files]})
+                return self._reply(
+                    200,
+                    {
+                        "files": [
+                            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                            for f in files
+                        ]
+                    },
+                )
             if action == "commit":
                 for line in body.splitlines():
                     item = json.loads(line)
                     if item["key"] == "file":
                         self.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                return self._reply(200, {"commitUrl": f"{endpoint}/datasets/{repo}/commit/{'c' * 40}", "commitOid": "c" * 40})
+                return self._reply(
+                    200, {"commitUrl": f"{endpoint}/datasets/{repo}/commit/{'c' * 40}", "commitOid": "c" * 40}
+                )
             if action == "tag":
                 return self._reply(200, {})
         return self._reply(404, {"error": f"not found: {self.command} {path}"})
@@ -184,23 +219,51 @@ def test_upload_creates_commits_and_tags_on_the_hub_with_the_token_only_in_heade
     endpoint, hub = fake_hub
     repo = work_copy(history.repo, tmp_path / "wc", rev="v2")
     environ = {k: v for k, v in env().items() if not k.startswith("HF_")}
-    environ.update(HF_ENDPOINT=endpoint, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
-                   NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
-    result = subprocess.run([sys.executable, "-m", "scripts", "publish", "v2", "--repo-id", "my-org/t2i-v2", "--out",
-                             str(tmp_path / "hub")], cwd=repo, env=environ, capture_output=True, text=True, timeout=600)
+    environ.update(
+        HF_ENDPOINT=endpoint,
+        HF_TOKEN=TOKEN,
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1",
+        no_proxy="127.0.0.1",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts",
+            "publish",
+            "v2",
+            "--repo-id",
+            "my-org/t2i-v2",
+            "--out",
+            str(tmp_path / "hub"),
+        ],
+        cwd=repo,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "tagged v2" in result.stdout
 
     calls = [(method, path.split("?")[0]) for method, path, _, _ in hub.requests]
     assert calls[0] == ("POST", "/api/repos/create")
-    assert json.loads(hub.requests[0][3]).items() >= {"name": "t2i-v2", "organization": "my-org", "type": "dataset"}.items()
+    assert (
+        json.loads(hub.requests[0][3]).items()
+        >= {"name": "t2i-v2", "organization": "my-org", "type": "dataset"}.items()
+    )
     validate = next(json.loads(b) for m, p, _, b in hub.requests if p == "/api/validate-yaml")
     assert validate["repoType"] == "dataset" and "license_link: LICENSE.md" in validate["content"]
     assert ("POST", "/api/datasets/my-org/t2i-v2/preupload/main") in calls
     assert ("POST", "/api/datasets/my-org/t2i-v2/commit/main") in calls
     assert calls[-1] == ("POST", "/api/datasets/my-org/t2i-v2/tag/" + "c" * 40)  # the uploaded commit
     assert json.loads(hub.requests[-1][3])["tag"] == "v2"
-    assert {p for p in hub.files if p.startswith("data/")} == {"data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet"}
+    assert {p for p in hub.files if p.startswith("data/")} == {
+        "data/train-00000-of-00001.parquet",
+        "data/validation-00000-of-00001.parquet",
+    }
     assert {"README.md", "preview.jpg"} <= set(hub.files) and ".t2i-output" not in hub.files
     stats = json.loads((repo / "data/releases/v2/stats.json").read_text())
     import pyarrow.parquet as pq

@@ -7,6 +7,7 @@ why not:
                                                                 `pip install ... &&` (the venv exists)
 
 A block that is neither run nor marked fails the fast test; the slow one runs them."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,10 @@ from helpers import REPO, env
 
 README = REPO / "README.md"
 SHELLS = {"bash", "sh", "shell", "console"}
-BLOCK = re.compile(r"(?:<!--\s*readme-test:\s*(?P<marker>.*?)\s*-->[ \t]*\n(?:[ \t]*\n)?)?^```(?P<lang>[\w+-]*)[ \t]*\n(?P<code>.*?)^```[ \t]*$",
-                   re.S | re.M)
+BLOCK = re.compile(
+    r"(?:<!--\s*readme-test:\s*(?P<marker>.*?)\s*-->[ \t]*\n(?:[ \t]*\n)?)?^```(?P<lang>[\w+-]*)[ \t]*\n(?P<code>.*?)^```[ \t]*$",
+    re.S | re.M,
+)
 MARKER = re.compile(r"(?P<kind>skip|after-install)\s*\((?P<reason>[^)]+(?:\([^)]*\)[^)]*)*)\)$")
 
 
@@ -45,15 +48,17 @@ def readme_blocks(text: str) -> list[Block]:
         code, skip = match["code"], None
         if match["marker"] is not None:
             marker = MARKER.fullmatch(match["marker"])
-            assert marker and marker["reason"].strip(), f"README.md:{line}: bad marker {match['marker']!r}: " \
+            assert marker and marker["reason"].strip(), (
+                f"README.md:{line}: bad marker {match['marker']!r}: "
                 "use `readme-test: skip (why)` or `readme-test: after-install (why)`"
+            )
             if marker["kind"] == "skip":
                 code, skip = "", marker["reason"].strip()
             else:
                 parts = [p.strip() for p in code.strip().split("&&")]
                 installs = [i for i, p in enumerate(parts) if re.match(r"pip3? install\b", p)]
                 assert lang == "bash" and installs, f"README.md:{line}: after-install, but no `pip install ... &&`"
-                code = " && ".join(parts[installs[-1] + 1:]) + "\n"
+                code = " && ".join(parts[installs[-1] + 1 :]) + "\n"
                 assert code.strip(), f"README.md:{line}: nothing after the install"
         blocks.append(Block(line, lang, code, skip))
     return blocks
@@ -73,11 +78,16 @@ def test_every_block_is_run_or_marked_with_a_reason():
 def test_the_parser_refuses_unmarked_markers_and_reasonless_skips():
     assert readme_blocks("```bash\necho hi\n```\n")[0].code == "echo hi\n"
     assert readme_blocks("<!-- readme-test: skip (needs a GPU) -->\n```bash\nx\n```\n")[0].skip == "needs a GPU"
-    tail = readme_blocks("<!-- readme-test: after-install (venv) -->\n```bash\npython3 -m venv .venv && . .venv/bin/activate && "
-                         "pip install -r r.txt && dvc repro\n```\n")[0]
+    tail = readme_blocks(
+        "<!-- readme-test: after-install (venv) -->\n```bash\npython3 -m venv .venv && . .venv/bin/activate && "
+        "pip install -r r.txt && dvc repro\n```\n"
+    )[0]
     assert tail.code == "dvc repro\n"
-    for bad in ("<!-- readme-test: skip -->\n```bash\nx\n```\n", "<!-- readme-test: maybe (x) -->\n```bash\nx\n```\n",
-                "<!-- readme-test: after-install (x) -->\n```bash\ndvc repro\n```\n"):
+    for bad in (
+        "<!-- readme-test: skip -->\n```bash\nx\n```\n",
+        "<!-- readme-test: maybe (x) -->\n```bash\nx\n```\n",
+        "<!-- readme-test: after-install (x) -->\n```bash\ndvc repro\n```\n",
+    ):
         with pytest.raises(AssertionError):
             readme_blocks(bad)
 
@@ -115,6 +125,8 @@ def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
     _repo, results = readme_run
     assert results, "no README block ran"
     for block, result in results:
-        assert result.returncode == 0, (f"README.md:{block.line} ({block.lang}) failed ({result.returncode}):\n{block.code}\n"
-                                        f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+        assert result.returncode == 0, (
+            f"README.md:{block.line} ({block.lang}) failed ({result.returncode}):\n{block.code}\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        )
     assert len(results) == len([b for b in readme_blocks(README.read_text(encoding="utf-8")) if not b.skip])

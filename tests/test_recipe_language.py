@@ -2,6 +2,7 @@
 (named rule sets, scripts/clean_rules/), the real MinHash dedup, release.compose and prefilter.prefilter
 (tables in, tables out). The last tests build the params.yaml recipes v4-a and v4-b on real OpenPrompts
 rows (fixtures) and check that their difference is exactly the v4-a bug: raw text of filtered rows."""
+
 from __future__ import annotations
 
 import csv
@@ -35,12 +36,19 @@ OWL = "a snowy owl perched on a frozen branch watching the moon rise slowly"
 
 def table(source: str, split: str, texts: list[str], orig: list[str] | None = None, start: int = 0) -> pd.DataFrame:
     n = len(texts)
-    return pd.DataFrame({
-        "id": [f"{source}-{split}-{i:03d}" for i in range(start, start + n)], "source": source, "split": split,
-        "text": texts, "orig_text": orig if orig is not None else texts,
-        "image": [f"img/{source}/{i}.jpg" for i in range(n)], "width": 64, "height": 64,
-        "position": np.arange(start, start + n, dtype=float),
-    })[COLUMNS]
+    return pd.DataFrame(
+        {
+            "id": [f"{source}-{split}-{i:03d}" for i in range(start, start + n)],
+            "source": source,
+            "split": split,
+            "text": texts,
+            "orig_text": orig if orig is not None else texts,
+            "image": [f"img/{source}/{i}.jpg" for i in range(n)],
+            "width": 64,
+            "height": 64,
+            "position": np.arange(start, start + n, dtype=float),
+        }
+    )[COLUMNS]
 
 
 def ops(splits: dict, references: dict | None = None, dedup: dict = DEDUP) -> Ops:
@@ -63,15 +71,20 @@ def reasons(removed: pd.DataFrame) -> dict[str, str]:
 
 # --- dedup: policies and scopes -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("keep, removed", [
-    ("first", {"s-train-001", "s-train-003"}),        # the later member of each pair goes
-    ("longest", {"s-train-001", "s-train-002"}),      # the shorter: FOX2 ties FOX on length -> id order; WHALE < WHALE2
-    ("none_of_pair", {"s-train-000", "s-train-001", "s-train-002", "s-train-003"}),  # both members (the team)
-])
+
+@pytest.mark.parametrize(
+    "keep, removed",
+    [
+        ("first", {"s-train-001", "s-train-003"}),  # the later member of each pair goes
+        ("longest", {"s-train-001", "s-train-002"}),  # the shorter: FOX2 ties FOX on length -> id order; WHALE < WHALE2
+        ("none_of_pair", {"s-train-000", "s-train-001", "s-train-002", "s-train-003"}),  # both members (the team)
+    ],
+)
 def test_keep_policy_of_a_step(keep, removed):
     splits = {("s", "train"): table("s", "train", [FOX, FOX2, WHALE, WHALE2, CITY])}
-    recipes = {"r": {"components": [{"source": "s", "split": "train",
-                                     "steps": [{"dedup": {"scope": "self", "keep": keep}}]}]}}
+    recipes = {
+        "r": {"components": [{"source": "s", "split": "train", "steps": [{"dedup": {"scope": "self", "keep": keep}}]}]}
+    }
     rows, gone = build(recipes, "r", splits)
     assert set(gone["id"]) == removed and set(gone["reason"]) == {"dedup:self"}
     assert len(rows) == 5 - len(removed)
@@ -86,52 +99,79 @@ def test_threshold_of_a_step_overrides_the_section():
 
 
 def test_per_split_dedups_each_split_alone_and_self_across_them():
-    splits = {("g", "train"): table("g", "train", [FOX, WHALE, WHALE2]),
-              ("g", "validation"): table("g", "validation", [FOX2, CITY])}
-    per_split = {"r": {"components": [{"source": "g", "into": "same",
-                                       "steps": [{"dedup": {"scope": "per_split", "keep": "none_of_pair"}}]}]}}
+    splits = {
+        ("g", "train"): table("g", "train", [FOX, WHALE, WHALE2]),
+        ("g", "validation"): table("g", "validation", [FOX2, CITY]),
+    }
+    per_split = {
+        "r": {
+            "components": [
+                {"source": "g", "into": "same", "steps": [{"dedup": {"scope": "per_split", "keep": "none_of_pair"}}]}
+            ]
+        }
+    }
     rows, gone = build(per_split, "r", splits)
-    assert reasons(gone) == {"g-train-001": "dedup:per_split", "g-train-002": "dedup:per_split"}  # FOX~FOX2 cross splits: kept
+    assert reasons(gone) == {
+        "g-train-001": "dedup:per_split",
+        "g-train-002": "dedup:per_split",
+    }  # FOX~FOX2 cross splits: kept
     assert sorted(rows["split"]) == ["train", "validation", "validation"]  # into: same keeps each row's source split
     across = {"r": {"components": [{"source": "g", "into": "same", "steps": [{"dedup": {"scope": "self"}}]}]}}
     assert "g-validation-000" in set(build(across, "r", splits)[1]["id"])  # FOX2 goes once both splits are one set
 
 
 def test_against_train_drops_new_rows_only():
-    splits = {("a", "train"): table("a", "train", [FOX, WHALE]),
-              ("b", "train"): table("b", "train", [FOX2, TEA, OWL])}
-    recipes = {"r": {"components": [
-        {"source": "a", "split": "train"},
-        {"source": "b", "split": "train", "steps": [{"dedup": {"scope": "against", "against": "train"}}]}]}}
+    splits = {("a", "train"): table("a", "train", [FOX, WHALE]), ("b", "train"): table("b", "train", [FOX2, TEA, OWL])}
+    recipes = {
+        "r": {
+            "components": [
+                {"source": "a", "split": "train"},
+                {"source": "b", "split": "train", "steps": [{"dedup": {"scope": "against", "against": "train"}}]},
+            ]
+        }
+    }
     rows, gone = build(recipes, "r", splits)
     assert reasons(gone) == {"b-train-000": "cross_dedup:train"}
     assert {"a-train-000", "a-train-001"} <= set(rows["id"])  # the reference (FOX) stays
 
 
 def test_validation_vs_train_exact_is_the_teams_membership_check():
-    splits = {("s", "train"): table("s", "train", [FOX + " ", WHALE]),   # train text stripped before the check
-              ("s", "validation"): table("s", "validation", [FOX, FOX2, CITY])}
-    exact = {"r": {"components": [{"source": "s", "into": "same"}],
-                   "steps": [{"dedup": {"scope": "validation_vs_train", "match": "exact"}}]}}
+    splits = {
+        ("s", "train"): table("s", "train", [FOX + " ", WHALE]),  # train text stripped before the check
+        ("s", "validation"): table("s", "validation", [FOX, FOX2, CITY]),
+    }
+    exact = {
+        "r": {
+            "components": [{"source": "s", "into": "same"}],
+            "steps": [{"dedup": {"scope": "validation_vs_train", "match": "exact"}}],
+        }
+    }
     assert reasons(build(exact, "r", splits)[1]) == {"s-validation-000": "leak:exact"}
-    near = {"r": {"components": [{"source": "s", "into": "same"}],
-                  "steps": [{"dedup": {"scope": "validation_vs_train"}}]}}
+    near = {
+        "r": {"components": [{"source": "s", "into": "same"}], "steps": [{"dedup": {"scope": "validation_vs_train"}}]}
+    }
     assert reasons(build(near, "r", splits)[1]) == {"s-validation-000": "leak:near", "s-validation-001": "leak:near"}
 
 
 def test_after_merge_dedups_the_whole_release():
     splits = {("a", "train"): table("a", "train", [FOX]), ("b", "validation"): table("b", "validation", [FOX2, CITY])}
-    recipes = {"r": {"components": [{"source": "a", "split": "train"}, {"source": "b", "split": "validation"}],
-                     "steps": [{"dedup": {"scope": "after_merge", "keep": "none_of_pair"}}]}}
+    recipes = {
+        "r": {
+            "components": [{"source": "a", "split": "train"}, {"source": "b", "split": "validation"}],
+            "steps": [{"dedup": {"scope": "after_merge", "keep": "none_of_pair"}}],
+        }
+    }
     rows, gone = build(recipes, "r", splits)
     assert set(gone["id"]) == {"a-train-000", "b-validation-000"} and list(rows["id"]) == ["b-validation-001"]
 
 
 # --- clean steps ----------------------------------------------------------------------------------------
 
-DIRTY = ["A castle on a hill, 8k, unreal engine, award winning photo",
-         "see http://spam.example for more castles on hills",
-         "portrait of a knight in armor, f/2.8, 85mm lens, hd"]
+DIRTY = [
+    "A castle on a hill, 8k, unreal engine, award winning photo",
+    "see http://spam.example for more castles on hills",
+    "portrait of a knight in armor, f/2.8, 85mm lens, hd",
+]
 
 
 def test_clean_rewrite_and_filter_only_drop_the_same_rows():
@@ -141,8 +181,13 @@ def test_clean_rewrite_and_filter_only_drop_the_same_rows():
     expected = [clean_text(t, rules)[0] for t in DIRTY]  # the cleaner itself, one text at a time
     splits = {("s", "train"): table("s", "train", DIRTY)}
     for mode in ("rewrite", "filter_only"):
-        recipes = {"r": {"components": [{"source": "s", "split": "train",
-                                         "steps": [{"clean": {"rules": "2023-04-04", "mode": mode}}]}]}}
+        recipes = {
+            "r": {
+                "components": [
+                    {"source": "s", "split": "train", "steps": [{"clean": {"rules": "2023-04-04", "mode": mode}}]}
+                ]
+            }
+        }
         rows, gone = build(recipes, "r", splits)
         assert set(gone["id"]) == {"s-train-001"} and gone["reason"].iloc[0].startswith("clean:")
         want = [e for e in expected if e is not None] if mode == "rewrite" else [DIRTY[0], DIRTY[2]]
@@ -155,10 +200,20 @@ def test_clean_column_and_rule_set_versions():
     03-30 rules drop camera words the 04-04 rules only rewrite (a3d5f83 removed the stop-words)."""
     texts = ["a portrait of an old fisherman, shot on nikon, 50mm, golden hour light"]
     splits = {("s", "train"): table("s", "train", ["placeholder caption text"], orig=texts)}
-    old = {"r": {"components": [{"source": "s", "split": "train", "steps": [
-        {"clean": {"rules": "2023-03-30", "column": "orig_text"}}]}]}}
-    new = {"r": {"components": [{"source": "s", "split": "train", "steps": [
-        {"clean": {"rules": "2023-04-04", "column": "orig_text"}}]}]}}
+    old = {
+        "r": {
+            "components": [
+                {"source": "s", "split": "train", "steps": [{"clean": {"rules": "2023-03-30", "column": "orig_text"}}]}
+            ]
+        }
+    }
+    new = {
+        "r": {
+            "components": [
+                {"source": "s", "split": "train", "steps": [{"clean": {"rules": "2023-04-04", "column": "orig_text"}}]}
+            ]
+        }
+    }
     assert build(old, "r", splits)[0].empty
     kept = build(new, "r", splits)[0]
     assert len(kept) == 1 and "fisherman" in kept["text"].iloc[0] and "placeholder" not in kept["text"].iloc[0]
@@ -166,20 +221,26 @@ def test_clean_column_and_rule_set_versions():
 
 # --- base, batches, before_generate ------------------------------------------------------------------------
 
+
 def test_base_is_the_base_output_and_its_steps_are_not_rerun():
-    splits = {("s", "train"): table("s", "train", [FOX, WHALE]),
-              ("s", "validation"): table("s", "validation", [WHALE2]),
-              ("t", "validation"): table("t", "validation", [FOX2, OWL])}
+    splits = {
+        ("s", "train"): table("s", "train", [FOX, WHALE]),
+        ("s", "validation"): table("s", "validation", [WHALE2]),
+        ("t", "validation"): table("t", "validation", [FOX2, OWL]),
+    }
     recipes = {
-        "base": {"components": [{"source": "s", "into": "same"}],
-                 "steps": [{"dedup": {"scope": "validation_vs_train"}}], "export": "webdataset"},
+        "base": {
+            "components": [{"source": "s", "into": "same"}],
+            "steps": [{"dedup": {"scope": "validation_vs_train"}}],
+            "export": "webdataset",
+        },
         "child": {"base": "base", "components": [{"source": "t", "split": "validation"}]},
     }
     base_rows, base_gone = build(recipes, "base", splits)
     rows, gone = build(recipes, "child", splits)
     assert reasons(base_gone) == {"s-validation-000": "leak:near"}
     assert gone.empty  # the base's leak step is not re-run on the child's rows: FOX2 stays
-    assert rows.iloc[:len(base_rows)]["id"].tolist() == base_rows["id"].tolist()
+    assert rows.iloc[: len(base_rows)]["id"].tolist() == base_rows["id"].tolist()
     assert set(rows["id"]) - set(base_rows["id"]) == {"t-validation-000", "t-validation-001"}
     assert resolve_recipe("child", recipes).export.spec() == "webdataset"  # only export is inherited
 
@@ -189,8 +250,10 @@ def test_batches_are_row_ranges_of_one_source():
     listed = table("o", "train", texts)
     shuffled = listed.iloc[[3, 0, 4, 1, 2]]  # split files are not in list order: positions decide
     splits = {("o", "train"): shuffled}
-    recipes = {"one": {"components": [{"source": "o", "split": "train", "rows": [0, 2]}]},
-               "two": {"base": "one", "components": [{"source": "o", "split": "train", "rows": [2, None]}]}}
+    recipes = {
+        "one": {"components": [{"source": "o", "split": "train", "rows": [0, 2]}]},
+        "two": {"base": "one", "components": [{"source": "o", "split": "train", "rows": [2, None]}]},
+    }
     assert build(recipes, "one", splits)[0]["text"].tolist() == [FOX, WHALE]
     assert build(recipes, "two", splits)[0]["text"].tolist() == texts
 
@@ -198,9 +261,21 @@ def test_batches_are_row_ranges_of_one_source():
 def test_before_generate_step_runs_in_prefilter_on_its_range_only():
     reference = table("d", "train", [FOX, WHALE]).assign(split="train")
     source = table("o", "train", [FOX2, CITY, WHALE2, TEA]).drop(columns=["split"])
-    recipes = {"v2": {"components": [{"source": "d", "split": "train"}]},
-               "v4a": {"base": "v2", "components": [{"source": "o", "rows": [1, None], "steps": [
-                   {"dedup": {"scope": "against", "against": "train", "reference": "v2", "before_generate": True}}]}]}}
+    recipes = {
+        "v2": {"components": [{"source": "d", "split": "train"}]},
+        "v4a": {
+            "base": "v2",
+            "components": [
+                {
+                    "source": "o",
+                    "rows": [1, None],
+                    "steps": [
+                        {"dedup": {"scope": "against", "against": "train", "reference": "v2", "before_generate": True}}
+                    ],
+                }
+            ],
+        },
+    }
     from scripts.lib.plans import before_generate_steps
 
     steps = before_generate_steps("o", recipes)
@@ -213,24 +288,42 @@ def test_before_generate_step_runs_in_prefilter_on_its_range_only():
     assert build(recipes, "v4a", splits)[1].empty
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"components": [{"source": "s", "steps": [{"dedup": {"scope": "against"}}]}]}, "`against` goes with scope against"),
-    ({"components": [{"source": "s", "steps": [{"dedup": {"before_generate": True}}]}]}, "before_generate needs"),
-    ({"components": [{"source": "s", "rows": [5, 5]}]}, r"rows: stop 5 must exceed start 5"),
-    ({"components": [{"source": "s", "steps": [{"clean": {}, "dedup": {}}]}]}, "exactly one of clean or dedup"),
-    ({"components": [{"source": "s", "steps": [{"clean": {"rules": "2023-04-05"}}]}]}, "unknown cleaning rule set"),
-    ({"components": [{"source": "s", "steps": [{"dedup": {"keep": "all"}}]}]}, "'first', 'longest' or 'none_of_pair'"),
-    ({"components": [{"source": "s"}], "steps": [{"dedup": {"scope": "against", "against": "train"}}]},
-     "scope against runs on a component's rows"),
-    ({"components": [{"source": "s", "steps": [{"dedup": {"scope": "against", "against": "train", "reference": "v9"}}]}]},
-     "unknown release 'v9'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {"components": [{"source": "s", "steps": [{"dedup": {"scope": "against"}}]}]},
+            "`against` goes with scope against",
+        ),
+        ({"components": [{"source": "s", "steps": [{"dedup": {"before_generate": True}}]}]}, "before_generate needs"),
+        ({"components": [{"source": "s", "rows": [5, 5]}]}, r"rows: stop 5 must exceed start 5"),
+        ({"components": [{"source": "s", "steps": [{"clean": {}, "dedup": {}}]}]}, "exactly one of clean or dedup"),
+        ({"components": [{"source": "s", "steps": [{"clean": {"rules": "2023-04-05"}}]}]}, "unknown cleaning rule set"),
+        (
+            {"components": [{"source": "s", "steps": [{"dedup": {"keep": "all"}}]}]},
+            "'first', 'longest' or 'none_of_pair'",
+        ),
+        (
+            {"components": [{"source": "s"}], "steps": [{"dedup": {"scope": "against", "against": "train"}}]},
+            "scope against runs on a component's rows",
+        ),
+        (
+            {
+                "components": [
+                    {"source": "s", "steps": [{"dedup": {"scope": "against", "against": "train", "reference": "v9"}}]}
+                ]
+            },
+            "unknown release 'v9'",
+        ),
+    ],
+)
 def test_bad_steps_are_one_line_errors(bad, message):
     with pytest.raises(DataError, match=message):
         resolve_recipe("x", {"x": bad})
 
 
 # --- the v4-a bug, with the params.yaml recipes on real OpenPrompts rows -------------------------------------
+
 
 def openprompts_rows(fixtures_dir: Path, n: int) -> list[str]:
     with (fixtures_dir / "openprompts-1k.csv").open(newline="", encoding="utf-8") as f:
@@ -260,16 +353,20 @@ def test_v4a_to_v4b_diff_is_the_raw_text_of_filtered_openprompts_rows(fixtures_d
     # DiffusionDB (train, validation) and Gustavosta (raw) from other fixture rows
     more = openprompts_rows(fixtures_dir, 300)[120:]
     db = [t for t in (clean_text(p, old_rules)[0] for p in more[:40]) if t]
-    splits = {("diffusiondb", "train"): table("diffusiondb", "train", db[:-6]).assign(position=np.nan),
-              ("diffusiondb", "validation"): table("diffusiondb", "validation", db[-6:]).assign(position=np.nan),
-              ("gustavosta", "train"): table("gustavosta", "train", more[40:60]).assign(position=np.nan),
-              ("gustavosta", "validation"): table("gustavosta", "validation", more[60:90]).assign(position=np.nan),
-              ("openprompts", "train"): op_train, ("openprompts", "validation"): table("openprompts", "validation", [])}
+    splits = {
+        ("diffusiondb", "train"): table("diffusiondb", "train", db[:-6]).assign(position=np.nan),
+        ("diffusiondb", "validation"): table("diffusiondb", "validation", db[-6:]).assign(position=np.nan),
+        ("gustavosta", "train"): table("gustavosta", "train", more[40:60]).assign(position=np.nan),
+        ("gustavosta", "validation"): table("gustavosta", "validation", more[60:90]).assign(position=np.nan),
+        ("openprompts", "train"): op_train,
+        ("openprompts", "validation"): table("openprompts", "validation", []),
+    }
     # the recipes as in params.yaml, batch boundary scaled to this table
     recipes = {name: dict(releases[name]) for name in ("v2", "v4", "v4-a", "v4-b")}
     for name, rng in batch_rows.items():
-        recipes[name]["components"] = [dict(c, rows=rng) if c["source"] == "openprompts" else c
-                                       for c in recipes[name]["components"]]
+        recipes[name]["components"] = [
+            dict(c, rows=rng) if c["source"] == "openprompts" else c for c in recipes[name]["components"]
+        ]
     o = ops(splits, references={}, dedup={"threshold": 0.7})
     shared = Ops(o.load_split, o.clean, o.keep, None, built={})  # v2 -> v4 -> v4-a composed once
     a, _ = compose(resolve_recipe("v4-a", recipes), shared)
@@ -298,6 +395,7 @@ def test_v4a_to_v4b_diff_is_the_raw_text_of_filtered_openprompts_rows(fixtures_d
 
 # --- acceptance 3: cross-dedup against train runs before generate@openprompts ---------------------------------
 
+
 class RenderedPrompts:
     """Spy on the real diffusers pipeline: every prompt it is asked to render."""
 
@@ -325,22 +423,55 @@ def test_rows_removed_by_cross_dedup_are_never_rendered(tmp_path, monkeypatch, c
     from scripts.lib.io import write_parquet
     from scripts.lib.params import Generate
 
-    params = {"split": {"method": "hash", "validation_fraction": 0.0, "seed": 42},
-              "dedup": {"threshold": 0.7},
-              "releases": {
-                  "v2": {"components": [{"source": "diffusiondb", "split": "train"}]},
-                  "v4-a": {"base": "v2", "components": [{"source": "openprompts", "rows": [2, None], "steps": [
-                      {"dedup": {"scope": "against", "against": "train", "reference": "v2", "before_generate": True}}]}]}}}
+    params = {
+        "split": {"method": "hash", "validation_fraction": 0.0, "seed": 42},
+        "dedup": {"threshold": 0.7},
+        "releases": {
+            "v2": {"components": [{"source": "diffusiondb", "split": "train"}]},
+            "v4-a": {
+                "base": "v2",
+                "components": [
+                    {
+                        "source": "openprompts",
+                        "rows": [2, None],
+                        "steps": [
+                            {
+                                "dedup": {
+                                    "scope": "against",
+                                    "against": "train",
+                                    "reference": "v2",
+                                    "before_generate": True,
+                                }
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dedup = tmp_path / "data" / "dedup"
     dedup.mkdir(parents=True)
     db = [FOX, WHALE, CITY]
     op = [FOX2, TEA, WHALE2, OWL, CITY + " and a cat", "a quiet harbour at dawn with fishing boats and gulls"]
     for name, texts in (("diffusiondb", db), ("openprompts", op)):
-        write_parquet(pd.DataFrame({"id": [f"{name}{i}" for i in range(len(texts))], "text": texts, "prompt": texts}),
-                      dedup / f"{name}.parquet")
-    result = cli(["prefilter", "openprompts", "data/dedup/openprompts.parquet", "data/prefilter/openprompts.parquet",
-                  "--dedup-dir", "data/dedup"], tmp_path, monkeypatch, capfd)
+        write_parquet(
+            pd.DataFrame({"id": [f"{name}{i}" for i in range(len(texts))], "text": texts, "prompt": texts}),
+            dedup / f"{name}.parquet",
+        )
+    result = cli(
+        [
+            "prefilter",
+            "openprompts",
+            "data/dedup/openprompts.parquet",
+            "data/prefilter/openprompts.parquet",
+            "--dedup-dir",
+            "data/dedup",
+        ],
+        tmp_path,
+        monkeypatch,
+        capfd,
+    )
     assert result.returncode == 0, result.stderr
     kept = pd.read_parquet(tmp_path / "data" / "prefilter" / "openprompts.parquet")
     removed = pd.read_parquet(tmp_path / "data" / "prefilter" / "openprompts.removed.parquet")

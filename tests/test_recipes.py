@@ -1,6 +1,7 @@
 """Stage recipes (scripts/recipes.py): each release@V and prefilter@S reads its own share of params.yaml
 `releases` from data/recipes/, so DVC re-runs a stage only when that share changes. The DVC side (a new
 release re-runs nothing earlier) is tests/test_dvc_hygiene.py::test_a_new_release_reruns_no_earlier_release_and_no_prefilter."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,23 @@ def releases() -> dict:
     return {
         "a": {"components": [{"source": "s1", "split": "train", "into": "train"}]},
         "ref": {"components": [{"source": "s3", "split": "train", "into": "train"}]},
-        "b": {"base": "a", "components": [{"source": "s2", "split": "train", "into": "train",
-                                           "steps": [{"dedup": {"scope": "against", "reference": "ref", "against": "train"}}]}]},
-        "c": {"base": "b", "components": [{"source": "s2", "split": "all", "into": "train", "rows": [10, None],
-                                           "steps": [BEFORE_GENERATE]}]},
+        "b": {
+            "base": "a",
+            "components": [
+                {
+                    "source": "s2",
+                    "split": "train",
+                    "into": "train",
+                    "steps": [{"dedup": {"scope": "against", "reference": "ref", "against": "train"}}],
+                }
+            ],
+        },
+        "c": {
+            "base": "b",
+            "components": [
+                {"source": "s2", "split": "all", "into": "train", "rows": [10, None], "steps": [BEFORE_GENERATE]}
+            ],
+        },
         "d": {"components": [{"source": "s1", "split": "validation", "into": "validation"}]},
     }
 
@@ -44,9 +58,15 @@ def test_a_release_reads_its_base_chain_and_references_transitively_in_params_or
 def test_a_later_release_changes_no_earlier_plan():
     r = releases()
     before = {n: release_plan(n, r, {}) for n in r} | {s: prefilter_plan(s, r) for s in ("s1", "s2", "s3")}
-    r["e"] = {"base": "c", "components": [{"source": "s3", "split": "all", "into": "train",
-                                           "steps": [{"dedup": {"scope": "self", "threshold": 0.9}}]}]}
-    assert {n: release_plan(n, r, {}) for n in releases()} | {s: prefilter_plan(s, r) for s in ("s1", "s2", "s3")} == before
+    r["e"] = {
+        "base": "c",
+        "components": [
+            {"source": "s3", "split": "all", "into": "train", "steps": [{"dedup": {"scope": "self", "threshold": 0.9}}]}
+        ],
+    }
+    assert {n: release_plan(n, r, {}) for n in releases()} | {
+        s: prefilter_plan(s, r) for s in ("s1", "s2", "s3")
+    } == before
     # a before_generate step on s3 changes s3's plan, and s2's `prefiltered` (s3 can no longer be its reference)
     r["e"]["components"][0]["steps"] = [BEFORE_GENERATE]
     assert prefilter_plan("s3", r)["prefiltered"] == prefilter_plan("s2", r)["prefiltered"] == ["s2", "s3"]
@@ -89,8 +109,11 @@ def test_the_stage_writes_one_file_per_release_and_source_and_release_checks_it(
     assert result.returncode == 0, result.stderr
     params = load_params(path=repo / "params.yaml")
     written = sorted(p.relative_to(repo / "data/recipes").as_posix() for p in (repo / "data/recipes").rglob("*.json"))
-    assert written == sorted([f"{kind}/{n}.json" for n in params["releases"] for kind in ("release", "compose")]
-                             + [f"prefilter/{s}.json" for s in params["sources"]] + ["plots.json"])
+    assert written == sorted(
+        [f"{kind}/{n}.json" for n in params["releases"] for kind in ("release", "compose")]
+        + [f"prefilter/{s}.json" for s in params["sources"]]
+        + ["plots.json"]
+    )
     v3 = json.loads((repo / "data/recipes/release/v3.json").read_text())
     assert v3 == json.loads(json.dumps(release_plan("v3", params["releases"], params["sources"])))
     assert [name for name, _ in v3["sources"]] == ["diffusiondb", "chatgpt", "gustavosta"]  # what v2 and v3 read
@@ -98,7 +121,17 @@ def test_the_stage_writes_one_file_per_release_and_source_and_release_checks_it(
     assert all("description" not in entry and "export" not in entry for _, entry in compose_v3["releases"])
     # a hand-run release after an edit of what it reads: one line, before any work
     text = (repo / "params.yaml").read_text(encoding="utf-8")
-    (repo / "params.yaml").write_text(text.replace("seed 42); each split cleaned", "seed 42); each split  cleaned", 1), encoding="utf-8")
-    result = cli(["release", "v3", "data/splits", "data/releases/v3", "--recipe", "data/recipes/release/v3.json"], repo, monkeypatch, capfd)
+    (repo / "params.yaml").write_text(
+        text.replace("seed 42); each split cleaned", "seed 42); each split  cleaned", 1), encoding="utf-8"
+    )
+    result = cli(
+        ["release", "v3", "data/splits", "data/releases/v3", "--recipe", "data/recipes/release/v3.json"],
+        repo,
+        monkeypatch,
+        capfd,
+    )
     assert result.returncode == 2  # a DataError's code (cli.py)
-    assert result.stderr.strip() == "error: data/recipes/release/v3.json: differs from params.yaml releases (params edited since): run `dvc repro recipes`"
+    assert (
+        result.stderr.strip()
+        == "error: data/recipes/release/v3.json: differs from params.yaml releases (params edited since): run `dvc repro recipes`"
+    )

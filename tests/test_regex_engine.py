@@ -4,6 +4,7 @@ gives exactly what running each regex with Python's `re` gives.
 The guards, prefilters, unchanged-tests, faster regexes and the RE2 scanner are each checked
 against the plain regex on random and real text, and the whole filter against `fast=False`.
 """
+
 from __future__ import annotations
 
 import random
@@ -35,13 +36,17 @@ def assert_exact_where_unchanged(pattern: str, repl: str, unchanged, samples: li
 
 # --------------------------------------------------------------------------- the engine on its own
 
+
 def hand_phase(fast: bool):
-    return compile_phase((
-        compile_rewrite("years", pattern=r"\(\d{4}\)", fast=fast),
-        compile_rewrite("eight_k", find="8k", fast=fast),
-        compile_rewrite("spaces", pattern=r"\s+", repl=" ", fast=fast),
-        compile_rewrite("comma_space", pattern=r"\s+,", repl=",", strip=True, fast=fast),
-    ), fast)
+    return compile_phase(
+        (
+            compile_rewrite("years", pattern=r"\(\d{4}\)", fast=fast),
+            compile_rewrite("eight_k", find="8k", fast=fast),
+            compile_rewrite("spaces", pattern=r"\s+", repl=" ", fast=fast),
+            compile_rewrite("comma_space", pattern=r"\s+,", repl=",", strip=True, fast=fast),
+        ),
+        fast,
+    )
 
 
 def test_a_phase_is_its_rewrites_in_order():
@@ -65,6 +70,7 @@ def test_a_bad_pattern_or_repl_is_an_error_naming_its_place():
 
 
 # --------------------------------------------------------------------------- the speed-ups are exact
+
 
 def test_guards_never_change_an_output():
     prompts = openprompts() + gpt4_prompts()
@@ -106,10 +112,62 @@ def dense_texts(n: int, seed: int) -> list[str]:
     """Short printable-ASCII texts packed with what the rules look for, so most steps fire and
     deletions join text into new matches ("x/r/y" -> "xy", "8 k" -> "8k")."""
     rng = random.Random(seed)
-    tokens = ["by", "greg", "rutkowski", "artstation", "8", "k", "8k", "x/r/y", "/r/", "octane", "render", "Wlop",
-              "a", "cat", "ART", "STATION", "-", ",", ".", "..", "contest-winner", "national", "geographic", "seed",
-              "1999", "(", ")", "((", "f/1.8", "35mm", "lens", "hd", "uhd", "--ar", "16:9", "n", "w", "h", "512",
-              "px", "!", "!!", ";", ":", "_", "|", "iso", "100", "unreal", "engine", "trending", "on", "and", " "]
+    tokens = [
+        "by",
+        "greg",
+        "rutkowski",
+        "artstation",
+        "8",
+        "k",
+        "8k",
+        "x/r/y",
+        "/r/",
+        "octane",
+        "render",
+        "Wlop",
+        "a",
+        "cat",
+        "ART",
+        "STATION",
+        "-",
+        ",",
+        ".",
+        "..",
+        "contest-winner",
+        "national",
+        "geographic",
+        "seed",
+        "1999",
+        "(",
+        ")",
+        "((",
+        "f/1.8",
+        "35mm",
+        "lens",
+        "hd",
+        "uhd",
+        "--ar",
+        "16:9",
+        "n",
+        "w",
+        "h",
+        "512",
+        "px",
+        "!",
+        "!!",
+        ";",
+        ":",
+        "_",
+        "|",
+        "iso",
+        "100",
+        "unreal",
+        "engine",
+        "trending",
+        "on",
+        "and",
+        " ",
+    ]
     return [" ".join(rng.choice(tokens) for _ in range(rng.randint(1, 14))) for _ in range(n)]
 
 
@@ -120,10 +178,16 @@ def test_scanner_runs_the_same_steps_as_the_guards():
     slow = load_rules(PARAMS["clean"], fast=False)
     phases = ["normalise", "phrases", "tidy", "finish"]
     assert all(getattr(RULES, name).scanner is not None for name in phases)
-    for text in dense_texts(6000, seed=3) + ["art/r/station by wlop", "8k/r/8k", "by greg rutkowski and greg rutkowski"]:
+    for text in dense_texts(6000, seed=3) + [
+        "art/r/station by wlop",
+        "8k/r/8k",
+        "by greg rutkowski and greg rutkowski",
+    ]:
         for name in phases:
-            assert run_phase(getattr(RULES, name), text, True) == run_phase(getattr(slow, name), text, False), \
-                (name, text)
+            assert run_phase(getattr(RULES, name), text, True) == run_phase(getattr(slow, name), text, False), (
+                name,
+                text,
+            )
 
 
 def test_whole_filter_is_the_same_with_and_without_the_speedups_on_dense_text():
@@ -168,8 +232,9 @@ def test_re2_rewrites_of_lookarounds_and_backreferences_are_exact():
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # Python warns about "[[:"
-@pytest.mark.parametrize("pattern", [r"[[:alpha:]]+", r"a{,3}b", r"(?x) a b", r"x\Z", r"(?<!a)b", r"(a)\1",
-                                     r"(?>ab)c", r"a++", r"\u00e9"])
+@pytest.mark.parametrize(
+    "pattern", [r"[[:alpha:]]+", r"a{,3}b", r"(?x) a b", r"x\Z", r"(?<!a)b", r"(a)\1", r"(?>ab)c", r"a++", r"\u00e9"]
+)
 def test_re2_is_not_given_syntax_it_reads_differently_or_lacks(pattern):
     assert re2_syntax.re2_syntax(re.compile(pattern)) is None
 
@@ -189,8 +254,19 @@ def test_search_tells_printable_ascii_from_the_rest_in_its_one_pass():
     search = engine.compile_search(r"(?i)\bcat\s+(?:on|in)\b$", fast=True)
     pytest.importorskip("re2")
     assert search.re2_match is not None and not search.any_text
-    for text in ["a CAT on", "a cat\ton", "a cat on\n", "a cat\x0bon", "a cat\x1con", "a cat\x7f on", "a café cat in",
-                 "cat  in", "", "\n", "cat on\r"]:
+    for text in [
+        "a CAT on",
+        "a cat\ton",
+        "a cat on\n",
+        "a cat\x0bon",
+        "a cat\x1con",
+        "a cat\x7f on",
+        "a café cat in",
+        "cat  in",
+        "",
+        "\n",
+        "cat on\r",
+    ]:
         expected = search.regex.search(text) is not None
         assert search.found(text) == expected, text
         if engine.is_plain(text):

@@ -2,6 +2,7 @@
 a param of a source no release reads marks none of them changed, a layout change re-runs the export of
 that release and not its composition (no cleaning or dedup again), and a new release leaves every
 earlier one up to date."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Release exports (issue 6): WebDataset shards readable by the `webdataset` library with the same
 (image, text) pairs and one image extension, the SimpleTuner preset's files, parquet with embedded
 images, and rows.parquet locating every image whatever the layout. (The bucketed layout: tests/test_bucketed*.)"""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,17 @@ def make_rows(tmp_path: Path) -> pd.DataFrame:
                 path = tmp_path / f"img{i}.png"
                 path.write_bytes(buffer.getvalue())
                 ref = str(path)
-            records.append({"id": f"{i:04d}abcd", "source": "s", "text": f"caption number {i}", "orig_text": f"raw {i}",
-                            "image": ref, "width": w, "height": h})
+            records.append(
+                {
+                    "id": f"{i:04d}abcd",
+                    "source": "s",
+                    "text": f"caption number {i}",
+                    "orig_text": f"raw {i}",
+                    "image": ref,
+                    "width": w,
+                    "height": h,
+                }
+            )
     return pd.DataFrame(records)
 
 
@@ -85,14 +95,25 @@ def test_simpletuner_export_is_the_presets_files(tmp_path):
     image_entry, text_entry = json.loads((folder / "multidatabackend.json").read_text())
     assert image_entry["instance_data_dir"] == "train" and image_entry["caption_strategy"] == "textfile"
     assert image_entry["metadata_backend"] == "parquet"
-    assert image_entry["parquet"] == {"path": "train/simpletuner.parquet", "caption_column": "caption",
-                                      "filename_column": "filename", "width_column": "width", "height_column": "height",
-                                      "identifier_includes_extension": True}
+    assert image_entry["parquet"] == {
+        "path": "train/simpletuner.parquet",
+        "caption_column": "caption",
+        "filename_column": "filename",
+        "width_column": "width",
+        "height_column": "height",
+        "identifier_includes_extension": True,
+    }
     # sizes fitted to these images: the shortest edge (20 px) is the resolution and the minimum
-    assert {k: image_entry[k] for k in ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size",
-                                        "resolution_type")} == {"resolution": 20, "maximum_image_size": 1400,
-                                                                "minimum_image_size": 20, "target_downsample_size": 1400,
-                                                                "resolution_type": "pixel"}
+    assert {
+        k: image_entry[k]
+        for k in ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size", "resolution_type")
+    } == {
+        "resolution": 20,
+        "maximum_image_size": 1400,
+        "minimum_image_size": 20,
+        "target_downsample_size": 1400,
+        "resolution_type": "pixel",
+    }
     assert all(simpletuner_keeps(image_entry, w, h) for w, h in zip(table["width"], table["height"]))
     assert text_entry["dataset_type"] == "text_embeds" and text_entry["default"] is True
 
@@ -154,12 +175,16 @@ def test_webdataset_puts_mixed_png_and_jpg_under_one_extension(tmp_path):
         assert all(Image.open(io.BytesIO(b)).format == ("PNG" if ext == "png" else "JPEG") for b in images.values())
         kept = images[f"{rows.loc[2, 'id']}.jpg"] if ext == "jpg" else images[f"{rows.loc[0, 'id']}.png"]
         assert kept == (jpg.read_bytes() if ext == "jpg" else Path(rows.loc[0, "image"]).read_bytes())  # as stored
-        samples = list(wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False).decode("pil").to_tuple(ext, "txt"))
+        samples = list(
+            wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False).decode("pil").to_tuple(ext, "txt")
+        )
         assert len(samples) == len(rows)
     lossless = tmp_path / "png" / "shard-000000.tar"
     with tarfile.open(lossless) as tar:
         converted = Image.open(io.BytesIO(tar.extractfile(f"{rows.loc[2, 'id']}.png").read()))
-        assert converted.convert("RGB").tobytes() == Image.open(jpg).convert("RGB").tobytes()  # the JPEG's pixels exactly
+        assert (
+            converted.convert("RGB").tobytes() == Image.open(jpg).convert("RGB").tobytes()
+        )  # the JPEG's pixels exactly
 
 
 def test_parquet_export_embeds_the_images(tmp_path):
@@ -187,7 +212,9 @@ def test_rows_table_locates_every_image_whatever_the_layout(tmp_path, fmt):
         write_split(rows[rows["split"] == split], release / split, fmt, options)
     write_rows_table(rows, release)
     table = read_rows_table(release)
-    assert table[["id", "source", "split", "text", "orig_text"]].equals(rows[["id", "source", "split", "text", "orig_text"]])
+    assert table[["id", "source", "split", "text", "orig_text"]].equals(
+        rows[["id", "source", "split", "text", "orig_text"]]
+    )
     assert table["image"].notna().all()
     for record, row in zip(table.itertuples(), rows.itertuples()):
         assert record.image.startswith(f"{row.split}/")
@@ -196,11 +223,14 @@ def test_rows_table_locates_every_image_whatever_the_layout(tmp_path, fmt):
         assert Image.open(io.BytesIO(data)).size == (row.width, row.height)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("tarball", "unknown format"),
-    ({"format": "webdataset", "shard": 5}, "unknown option"),
-    ({"format": "webdataset", "shard_size": 0}, "positive integer"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("tarball", "unknown format"),
+        ({"format": "webdataset", "shard": 5}, "unknown option"),
+        ({"format": "webdataset", "shard_size": 0}, "positive integer"),
+    ],
+)
 def test_bad_export_specs_are_one_line_errors(spec, message):
     with pytest.raises(DataError, match=message):
         export_options(spec, "params.yaml: releases.x")

@@ -1,6 +1,7 @@
 """A prompt dataset through the pipeline: a `text_only` source (no images) goes ingest -> clean -> dedup
 -> prefilter -> captions -> split -> a release of prompts (`export: prompts`: parquet + card), each by its
 real command; captions@S passes its rows without an image, and an image layout refuses it in one line."""
+
 from __future__ import annotations
 
 import copy
@@ -10,14 +11,24 @@ import yaml
 
 from helpers import REPO, cli
 
-PROMPTS = [f"a {colour} {thing} on a hill at dawn, oil painting" for colour in ("red", "blue", "green", "amber")
-           for thing in ("castle", "tower", "barn", "windmill", "lighthouse")]
+PROMPTS = [
+    f"a {colour} {thing} on a hill at dawn, oil painting"
+    for colour in ("red", "blue", "green", "amber")
+    for thing in ("castle", "tower", "barn", "windmill", "lighthouse")
+]
 
 
 def workspace(root, export="prompts"):
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
-    params["sources"] = {"notes": {"kind": "text", "path": "data/raw/notes", "images": "data/raw/notes",
-                                   "text_only": True, "clean": False}}
+    params["sources"] = {
+        "notes": {
+            "kind": "text",
+            "path": "data/raw/notes",
+            "images": "data/raw/notes",
+            "text_only": True,
+            "clean": False,
+        }
+    }
     params["releases"] = {"p1": {"components": [{"source": "notes", "split": "all", "into": "same"}], "export": export}}
     params["generate"]["sources"] = []
     (root / "data" / "raw" / "notes").mkdir(parents=True)
@@ -26,12 +37,21 @@ def workspace(root, export="prompts"):
 
 
 def build(root, monkeypatch, capfd):
-    steps = [["ingest", "notes", "data/prompts/notes.parquet"],
-             ["clean", "notes", "data/prompts/notes.parquet", "data/clean/notes.parquet"],
-             ["dedup", "notes", "data/clean/notes.parquet", "data/dedup/notes.parquet"],
-             ["prefilter", "notes", "data/dedup/notes.parquet", "data/prefilter/notes.parquet"],
-             ["captions", "notes", "data/prefilter/notes.parquet", "data/raw/notes", "data/captions/notes.parquet"],
-             ["split", "notes", "data/captions/notes.parquet", "data/splits/notes", "--order", "data/prefilter/notes.parquet"]]
+    steps = [
+        ["ingest", "notes", "data/prompts/notes.parquet"],
+        ["clean", "notes", "data/prompts/notes.parquet", "data/clean/notes.parquet"],
+        ["dedup", "notes", "data/clean/notes.parquet", "data/dedup/notes.parquet"],
+        ["prefilter", "notes", "data/dedup/notes.parquet", "data/prefilter/notes.parquet"],
+        ["captions", "notes", "data/prefilter/notes.parquet", "data/raw/notes", "data/captions/notes.parquet"],
+        [
+            "split",
+            "notes",
+            "data/captions/notes.parquet",
+            "data/splits/notes",
+            "--order",
+            "data/prefilter/notes.parquet",
+        ],
+    ]
     for argv in steps:
         result = cli(argv, root, monkeypatch, capfd)
         assert result.returncode == 0, (argv[0], result.stderr)

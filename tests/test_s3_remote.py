@@ -6,6 +6,7 @@ compare bytes with the build; credentials live only in
 The server runs in this process; moto keeps the buckets in process memory, so a server stopped and
 started again on the same port serves the same objects (test_interrupts.py relies on that).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
 
 
 def object_count(bucket: str) -> int:
@@ -91,18 +97,25 @@ def aws_env(with_credentials: bool) -> dict:
     empty = Path(tempfile.gettempdir()) / "t2i-tests-empty-aws-config"
     empty.touch()
     e = {k: v for k, v in env().items() if not k.startswith("AWS_")}
-    e.update(AWS_CONFIG_FILE=str(empty), AWS_SHARED_CREDENTIALS_FILE=str(empty), AWS_EC2_METADATA_DISABLED="true",
-             AWS_DEFAULT_REGION="us-east-1")
+    e.update(
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     if with_credentials:
         e.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
     return e
 
 
 def dvc(args: list[str], cwd: Path, with_credentials: bool = False, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=aws_env(with_credentials),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=aws_env(with_credentials), capture_output=True, text=True
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -170,6 +183,7 @@ def assert_no_secret_committed(repo: Path) -> None:
 
 # ------------------------------------------------------------------ a small repo (fast, no build)
 
+
 def small_repo(root: Path, files: int = 20) -> Path:
     root.mkdir(parents=True)
     run(["git", "init", "-q", "-b", "main"], root)
@@ -207,6 +221,7 @@ def test_small_repo_round_trip(tmp_path, s3_server, bucket):
 
 # ------------------------------------------------------------------ the built pipeline
 
+
 @pytest.fixture(scope="module")
 def pushed_and_pulled(history, tmp_path_factory):
     """The built pipeline pushed to S3 (credentials in config.local) from a work copy of the session build
@@ -224,8 +239,13 @@ def pushed_and_pulled(history, tmp_path_factory):
         remote_status = dvc(["status", "-c", "--json"], repo).stdout.strip()
         clone = fresh_clone(repo, tmp / "clone")
         dvc(["pull"], clone, with_credentials=True)
-        return {"repo": repo, "built": history.repo, "clone": clone, "log": pushed.stdout + pushed.stderr,
-                "remote_status": remote_status}
+        return {
+            "repo": repo,
+            "built": history.repo,
+            "clone": clone,
+            "log": pushed.stdout + pushed.stderr,
+            "remote_status": remote_status,
+        }
     finally:
         server.stop()
 
@@ -242,7 +262,9 @@ def test_built_pipeline_push_keeps_secrets_out(pushed_and_pulled):
 def test_built_pipeline_pull_is_byte_identical(pushed_and_pulled):
     built, clone = pushed_and_pulled["built"], pushed_and_pulled["clone"]
     outputs = cached_outputs(pushed_and_pulled["repo"])
-    assert {f"data/releases/{r}/{s}" for r in ("v2", "v3", "v4-a", "v4-b") for s in ("train", "validation")} <= set(outputs)
+    assert {f"data/releases/{r}/{s}" for r in ("v2", "v3", "v4-a", "v4-b") for s in ("train", "validation")} <= set(
+        outputs
+    )
     ours, theirs = file_digests(built, outputs), file_digests(clone, outputs)
     assert theirs == ours
     assert sum(1 for p in theirs if p.startswith("data/releases/") and p.endswith(".jpg")) > 100

@@ -1,4 +1,5 @@
 """sample-data: deterministic native-format sample sources with planted work for every stage."""
+
 from __future__ import annotations
 
 import csv
@@ -43,11 +44,18 @@ def test_committed_data_raw_is_the_generator_output(sample):
 
 def test_layout_and_size(sample):
     assert set(files_of(sample)) == {
-        "diffusiondb/metadata.parquet", "diffusiondb/part-000001.zip", "diffusiondb/part-000002.zip",
-        "chatgpt/prompts.txt", "gustavosta/data/train.parquet", "gustavosta/data/eval.parquet",
-        "openprompts/openprompts.csv", "dalle3/data-000000.tar",
-        "laion_buckets/manifest.json", "laion_buckets/buckets/p1024x1024/shard-000000.tar",
-        "laion_buckets/buckets/p1216x832/shard-000000.tar", "laion_buckets/buckets/p832x1216/shard-000000.tar",
+        "diffusiondb/metadata.parquet",
+        "diffusiondb/part-000001.zip",
+        "diffusiondb/part-000002.zip",
+        "chatgpt/prompts.txt",
+        "gustavosta/data/train.parquet",
+        "gustavosta/data/eval.parquet",
+        "openprompts/openprompts.csv",
+        "dalle3/data-000000.tar",
+        "laion_buckets/manifest.json",
+        "laion_buckets/buckets/p1024x1024/shard-000000.tar",
+        "laion_buckets/buckets/p1216x832/shard-000000.tar",
+        "laion_buckets/buckets/p832x1216/shard-000000.tar",
     }
     assert sum(len(b) for b in files_of(sample).values()) < 2 * 1024 * 1024
 
@@ -55,10 +63,20 @@ def test_layout_and_size(sample):
 def test_diffusiondb_has_the_13_native_columns_and_dtypes(sample):
     schema = pq.read_schema(sample / "diffusiondb" / "metadata.parquet")
     assert [(f.name, f.type) for f in schema] == [
-        ("image_name", pa.string()), ("prompt", pa.string()), ("part_id", pa.uint16()), ("seed", pa.uint32()),
-        ("step", pa.uint16()), ("cfg", pa.float32()), ("sampler", pa.uint8()), ("width", pa.uint16()),
-        ("height", pa.uint16()), ("user_name", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("image_nsfw", pa.float32()), ("prompt_nsfw", pa.float32())]
+        ("image_name", pa.string()),
+        ("prompt", pa.string()),
+        ("part_id", pa.uint16()),
+        ("seed", pa.uint32()),
+        ("step", pa.uint16()),
+        ("cfg", pa.float32()),
+        ("sampler", pa.uint8()),
+        ("width", pa.uint16()),
+        ("height", pa.uint16()),
+        ("user_name", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("image_nsfw", pa.float32()),
+        ("prompt_nsfw", pa.float32()),
+    ]
     assert schema.metadata is None or b"pandas" not in schema.metadata
     table = pq.read_table(sample / "diffusiondb" / "metadata.parquet").to_pylist()
     with zipfile.ZipFile(sample / "diffusiondb" / "part-000001.zip") as zf:
@@ -112,17 +130,40 @@ def test_chatgpt_openprompts_and_dalle3_shapes(sample):
     with (sample / "openprompts" / "openprompts.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 300 and set(rows[0]) == {"prompt", "raw_data"}  # two batches of 150, one list
-    assert set(json.loads(rows[0]["raw_data"])["raw_discord_data"]) >= {"seed", "width", "height", "num_step", "cfg_scale", "image_uri"}
+    assert set(json.loads(rows[0]["raw_data"])["raw_discord_data"]) >= {
+        "seed",
+        "width",
+        "height",
+        "num_step",
+        "cfg_scale",
+        "image_uri",
+    }
     with tarfile.open(sample / "dalle3" / "data-000000.tar") as tar:
         members = tar.getmembers()
         assert {m.mtime for m in members} == {1_700_000_000} and {m.uid for m in members} == {0}
         records = [json.loads(tar.extractfile(m).read()) for m in members if m.name.endswith(".json")]
     assert len(records) == 30 and sum("width" not in r for r in records) == 3
-    assert set(records[0]) == {"image_name", "md5_pil_hash", "md5_file_hash", "sha512_hash", "short_caption",
-                               "long_caption", "resolution", "width", "height", "url", "source", "original_prompt",
-                               "short_caption2", "long_caption2"}
+    assert set(records[0]) == {
+        "image_name",
+        "md5_pil_hash",
+        "md5_file_hash",
+        "sha512_hash",
+        "short_caption",
+        "long_caption",
+        "resolution",
+        "width",
+        "height",
+        "url",
+        "source",
+        "original_prompt",
+        "short_caption2",
+        "long_caption2",
+    }
     manifest = json.loads((sample / "laion_buckets" / "manifest.json").read_text())
-    assert manifest["format"] == "bucketed_shards_v1" and (manifest["base_resolution"], manifest["divisible"]) == (64, 4)
+    assert manifest["format"] == "bucketed_shards_v1" and (manifest["base_resolution"], manifest["divisible"]) == (
+        64,
+        4,
+    )
     with tarfile.open(sample / "laion_buckets" / manifest["buckets"][0]["shards"][0]) as tar:
         names = tar.getnames()
     assert names[:3] == ["000000000.jpg", "000000000.txt", "000000000.json"]

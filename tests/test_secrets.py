@@ -3,6 +3,7 @@ redirect, an echoing server, an error quoting it, a key that cannot be a header)
 line, and static checks over scripts/ keep model folders and data files away from code execution
 (no trust_remote_code, safetensors only, no pickle) and credentials out of the committed DVC config.
 """
+
 from __future__ import annotations
 
 import ast
@@ -61,7 +62,9 @@ class Server:
             def _record(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
-                server.requests.append({"method": self.command, "authorization": self.headers.get("Authorization"), "body": body})
+                server.requests.append(
+                    {"method": self.command, "authorization": self.headers.get("Authorization"), "body": body}
+                )
                 return body
 
             def do_POST(self):
@@ -88,8 +91,12 @@ class Server:
 
 
 def completion(content: str) -> dict:
-    return {"id": "c", "object": "chat.completion", "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
 
 
 @pytest.fixture
@@ -104,7 +111,9 @@ def synthesize_ws(root: Path, base_url: str, monkeypatch, key: str = API_KEY) ->
     from test_synthesize import raw_params
 
     (root / "examples.txt").write_text("".join(f"an example prompt {i}\n" for i in range(10)), encoding="utf-8")
-    entry = raw_params(f"{base_url}/v1", root / "examples.txt", requests=2, max_attempts=2, api_key_env="T2I_GUARANTEE_KEY")
+    entry = raw_params(
+        f"{base_url}/v1", root / "examples.txt", requests=2, max_attempts=2, api_key_env="T2I_GUARANTEE_KEY"
+    )
     write_params(root, synthesize={"t": entry})
     monkeypatch.setenv("T2I_GUARANTEE_KEY", key)
 
@@ -118,7 +127,9 @@ def synthesize_error(err: str) -> str:
 
 
 def written_text(root: Path) -> str:
-    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file() and p.name != "params.yaml")
+    return "\n".join(
+        p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file() and p.name != "params.yaml"
+    )
 
 
 def test_a_redirect_never_carries_the_key_to_another_origin(ws, capsys, monkeypatch, servers):
@@ -134,8 +145,15 @@ def test_a_redirect_never_carries_the_key_to_another_origin(ws, capsys, monkeypa
 def test_a_server_echoing_the_key_never_gets_it_written(ws, capsys, monkeypatch, servers):
     def echo(handler, body):
         auth = handler.headers.get("Authorization")
-        handler.send(200, {**completion(f"a red fox {auth}\n- a grey owl {API_KEY[3:20]} at dusk\n- a blue jay"),
-                           "echo": {"headers": {"authorization": auth}}, auth: "as a key"})
+        handler.send(
+            200,
+            {
+                **completion(f"a red fox {auth}\n- a grey owl {API_KEY[3:20]} at dusk\n- a blue jay"),
+                "echo": {"headers": {"authorization": auth}},
+                auth: "as a key",
+            },
+        )
+
     synthesize_ws(ws, servers(echo).url, monkeypatch)
     code, out, err = cli(capsys, "synthesize", "t", "out")
     assert code == 0, err
@@ -151,7 +169,9 @@ def test_an_error_reply_quoting_part_of_the_key_is_redacted(ws, capsys, monkeypa
     assert fragments(out + err + written_text(ws)) == []
 
 
-@pytest.mark.parametrize("bad_key", [API_KEY + "\r", API_KEY + "\n", "sk-with space-0123456789", "sk-ünïcode-0123456789"])
+@pytest.mark.parametrize(
+    "bad_key", [API_KEY + "\r", API_KEY + "\n", "sk-with space-0123456789", "sk-ünïcode-0123456789"]
+)
 def test_a_key_that_cannot_be_a_header_is_refused_without_printing_it(ws, capsys, monkeypatch, servers, bad_key):
     server = servers(lambda h, body: h.send(200, completion("- a red fox")))
     synthesize_ws(ws, server.url, monkeypatch, key=bad_key)
@@ -167,6 +187,7 @@ def test_a_deeply_nested_reply_is_one_line(ws, capsys, monkeypatch, servers):
         handler.send_header("Content-Length", str(len(raw)))
         handler.end_headers()
         handler.wfile.write(raw)
+
     synthesize_ws(ws, servers(deep).url, monkeypatch)
     code, _, err = cli(capsys, "synthesize", "t", "out")
     assert code == 2 and "not JSON" in synthesize_error(err)
@@ -179,9 +200,20 @@ def test_a_deeply_nested_reply_is_one_line(ws, capsys, monkeypatch, servers):
 
 
 SCRIPTS = sorted((REPO / "scripts").rglob("*.py"))
-UNSAFE_LOADS = {"pickle.load", "pickle.loads", "torch.load", "joblib.load", "dill.load", "cloudpickle.load",
-                "pd.read_pickle", "pandas.read_pickle", "yaml.unsafe_load", "yaml.full_load", "marshal.loads",
-                "shelve.open"}
+UNSAFE_LOADS = {
+    "pickle.load",
+    "pickle.loads",
+    "torch.load",
+    "joblib.load",
+    "dill.load",
+    "cloudpickle.load",
+    "pd.read_pickle",
+    "pandas.read_pickle",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "marshal.loads",
+    "shelve.open",
+}
 
 
 def calls(path: Path):
@@ -200,28 +232,53 @@ def is_true(node) -> bool:
 
 def test_no_trust_remote_code_anywhere():
     """trust_remote_code runs Python shipped inside a model folder: never set, not even to a variable."""
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno}" for p in SCRIPTS for c, _ in calls(p)
-                 if keyword(c, "trust_remote_code") is not None and ast.unparse(keyword(c, "trust_remote_code")) != "False"]
-    offenders += [str(p.relative_to(REPO)) for p in SCRIPTS if "trust_remote_code=True" in p.read_text(encoding="utf-8").replace(" ", "")]
+    offenders = [
+        f"{p.relative_to(REPO)}:{c.lineno}"
+        for p in SCRIPTS
+        for c, _ in calls(p)
+        if keyword(c, "trust_remote_code") is not None and ast.unparse(keyword(c, "trust_remote_code")) != "False"
+    ]
+    offenders += [
+        str(p.relative_to(REPO))
+        for p in SCRIPTS
+        if "trust_remote_code=True" in p.read_text(encoding="utf-8").replace(" ", "")
+    ]
     assert not offenders, f"trust_remote_code set at {offenders}"
 
 
 def test_model_weights_load_from_safetensors_only():
     """Every diffusers/transformers model load says use_safetensors=True (a .bin file is a pickle)."""
-    loads = [(p, c, name) for p in SCRIPTS for c, name in calls(p)
-             if name.endswith(".from_pretrained") and not name.split(".")[-2].endswith(("Tokenizer", "Scheduler", "Config"))]
+    loads = [
+        (p, c, name)
+        for p in SCRIPTS
+        for c, name in calls(p)
+        if name.endswith(".from_pretrained") and not name.split(".")[-2].endswith(("Tokenizer", "Scheduler", "Config"))
+    ]
     assert loads, "no model load found: this check is looking in the wrong place"
-    unsafe = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p, c, name in loads if not is_true(keyword(c, "use_safetensors"))]
+    unsafe = [
+        f"{p.relative_to(REPO)}:{c.lineno} {name}" for p, c, name in loads if not is_true(keyword(c, "use_safetensors"))
+    ]
     assert not unsafe, f"model loads without use_safetensors=True: {unsafe}"
-    saves = [(p, c) for p in SCRIPTS for c, name in calls(p) if name.endswith(".save_pretrained")
-             and not name.split(".")[-2].lower().endswith(("tokenizer", "scheduler", "config"))]  # no weights
+    saves = [
+        (p, c)
+        for p in SCRIPTS
+        for c, name in calls(p)
+        if name.endswith(".save_pretrained")
+        and not name.split(".")[-2].lower().endswith(("tokenizer", "scheduler", "config"))
+    ]  # no weights
     assert all(is_true(keyword(c, "safe_serialization")) for _, c in saves)
 
 
 def test_no_pickle_loads_of_data():
-    offenders = [f"{p.relative_to(REPO)}:{c.lineno} {name}" for p in SCRIPTS for c, name in calls(p) if name in UNSAFE_LOADS]
-    offenders += [f"{p.relative_to(REPO)}:{c.lineno} allow_pickle" for p in SCRIPTS for c, _ in calls(p)
-                  if is_true(keyword(c, "allow_pickle"))]
+    offenders = [
+        f"{p.relative_to(REPO)}:{c.lineno} {name}" for p in SCRIPTS for c, name in calls(p) if name in UNSAFE_LOADS
+    ]
+    offenders += [
+        f"{p.relative_to(REPO)}:{c.lineno} allow_pickle"
+        for p in SCRIPTS
+        for c, _ in calls(p)
+        if is_true(keyword(c, "allow_pickle"))
+    ]
     # PyYAML's load needs a Loader (positional or keyword) and only SafeLoader is safe; a one-argument
     # `.load(text)` is ruamel's YAML() (round-trip, safe), unless it was built with typ="unsafe".
     safe_loaders = ("yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader")
@@ -238,7 +295,14 @@ def test_no_pickle_loads_of_data():
 
 def test_committed_dvc_config_holds_no_credentials():
     config = (REPO / ".dvc" / "config").read_text(encoding="utf-8")
-    for key in ("access_key_id", "secret_access_key", "session_token", "password", "credentialpath", "gdrive_client_secret"):
+    for key in (
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "password",
+        "credentialpath",
+        "gdrive_client_secret",
+    ):
         assert key not in config, f".dvc/config sets {key}: credentials belong in .dvc/config.local or the environment"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".dvc/config.local"], cwd=REPO).returncode
     assert ignored == 0, ".dvc/config.local is not ignored by git"

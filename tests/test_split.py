@@ -1,4 +1,5 @@
 """split@S: predefined splits kept, seeded hash draw stable per id and close to the fraction."""
+
 import pandas as pd
 import pytest
 import yaml
@@ -43,8 +44,12 @@ def test_unknown_predefined_split_is_an_error():
 
 # sha256 prefixes of b"seed:id" written by coreutils' `printf '%s' "$s" | sha256sum | cut -c1-16`: an
 # implementation independent of Python's hashlib, and of any process (Python's hash() is salted per process)
-KNOWN_DRAWS = {(42, "x"): "c425cf7f0966afc2", (42, "diffusiondb-000001"): "0b81b8bf86ba4d4e",
-               (7, ""): "70fb8417d44dffa5", (0, "é"): "e62ced1159419255"}
+KNOWN_DRAWS = {
+    (42, "x"): "c425cf7f0966afc2",
+    (42, "diffusiondb-000001"): "0b81b8bf86ba4d4e",
+    (7, ""): "70fb8417d44dffa5",
+    (0, "é"): "e62ced1159419255",
+}
 
 
 @pytest.mark.parametrize("seed,row_id", sorted(KNOWN_DRAWS))
@@ -57,7 +62,9 @@ def test_hash_unit_is_machine_independent(seed, row_id):
 
 
 def test_cli_writes_both_splits(tmp_path, monkeypatch, capfd):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"split": {"method": "hash", "validation_fraction": 0.2, "seed": 7}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"split": {"method": "hash", "validation_fraction": 0.2, "seed": 7}})
+    )
     table = rows(200)
     table["text"] = "a prompt"
     table.to_parquet(tmp_path / "in.parquet")
@@ -72,6 +79,7 @@ def test_cli_writes_both_splits(tmp_path, monkeypatch, capfd):
 
 # --- method shuffle: the team's split_dataset.py, exactly ---------------------------------------------------
 
+
 def team_split(captions: list, seed: int = 42) -> tuple[list, list]:
     """split_dataset.py (songjein/image-to-prompts-28th-solution @ 196e689), verbatim but for the I/O: the
     module-level random, seeded, shuffling the caption list in file order."""
@@ -82,7 +90,7 @@ def team_split(captions: list, seed: int = 42) -> tuple[list, list]:
         captions = list(captions)
         random.seed(seed)
         random.shuffle(captions)
-        return captions[: int(len(captions) * 0.95)], captions[int(len(captions) * 0.95):]
+        return captions[: int(len(captions) * 0.95)], captions[int(len(captions) * 0.95) :]
     finally:
         random.setstate(state)
 
@@ -122,7 +130,9 @@ def test_shuffle_keeps_predefined_splits_and_shuffles_the_rest():
 
 
 def test_cli_shuffle_reads_the_order_file(tmp_path, monkeypatch, capfd):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"split": {"method": "shuffle", "validation_fraction": 0.05, "seed": 42}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"split": {"method": "shuffle", "validation_fraction": 0.05, "seed": 42}})
+    )
     listed = rows(120).assign(position=range(120))
     listed.to_parquet(tmp_path / "order.parquet")
     listed.drop(columns=["position"]).sort_values("id").assign(text="p").to_parquet(tmp_path / "in.parquet")

@@ -1,5 +1,6 @@
 """summary: data/summary.json is the pipeline's one metrics file, so `dvc exp show` fits a 160-column
 terminal with the dedup threshold and each release's rows readable."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,10 @@ def test_the_summary_is_the_threshold_and_each_releases_rows(tmp_path):
     for name, total in (("v2", 700), ("v4-b", 711)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "stats.json").write_text(json.dumps({"rows": {"total": total, "train": 1}, "removed": {}}))
-    assert summarise(0.7, read_stats(tmp_path, ["v2", "v4-b"])) == {"dedup_threshold": 0.7, "rows": {"v2": 700, "v4-b": 711}}
+    assert summarise(0.7, read_stats(tmp_path, ["v2", "v4-b"])) == {
+        "dedup_threshold": 0.7,
+        "rows": {"v2": 700, "v4-b": 711},
+    }
 
 
 def test_summary_json_is_the_only_metrics_file():
@@ -29,8 +33,13 @@ def test_summary_json_is_the_only_metrics_file():
 
 
 def test_dvc_exp_show_fits_160_columns_with_threshold_and_rows(built_repo, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--no-pager"], cwd=built_repo,
-                            env={**env(), "COLUMNS": "160"}, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--no-pager"],
+        cwd=built_repo,
+        env={**env(), "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     shown = result.stdout
     lines = shown.splitlines()

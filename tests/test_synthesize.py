@@ -4,6 +4,7 @@ The server answers deterministically from the request body, records every reques
 Authorization header) and can be told to fail: 429 with Retry-After, 500, a reply slower than the
 client's timeout, a non-JSON body, or a status forever for one request.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,9 @@ class ChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.received.append({"path": self.path, "authorization": self.headers.get("Authorization"),
-                                            "body": body})
+                    server.received.append(
+                        {"path": self.path, "authorization": self.headers.get("Authorization"), "body": body}
+                    )
                     fault = server.faults.pop(0) if server.faults else None
                 if body.get("seed") == server.fail_seed:
                     fault = ("status", 500, None)
@@ -80,8 +82,9 @@ class ChatServer:
                         self._send_raw(fault[1], fault[2])
                     elif fault and fault[0] == "trickle":  # ("trickle", s): the whole reply a byte every s seconds
                         raw = json.dumps(reply(body)).encode()
-                        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                f"Content-Length: {len(raw)}\r\n\r\n").encode()
+                        head = (
+                            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+                        ).encode()
                         self.close_connection = True
                         for i in range(len(head + raw)):
                             self.wfile.write((head + raw)[i : i + 1])
@@ -110,17 +113,23 @@ class ChatServer:
 def reply(body: dict) -> dict:
     """Deterministic completion: a header, bullets, numbering, quotes, a blank and an over-long line."""
     tag = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
-    content = "\n".join([
-        "Here are more prompts:",
-        "",
-        f"1. a copper owl {tag} reading a map",
-        f'- "a glass tram {tag} in fog"',
-        f"* a paper fox {tag}, oil painting",
-        "x" * 300,
-    ])
-    return {"id": "cmpl-1", "object": "chat.completion", "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+    content = "\n".join(
+        [
+            "Here are more prompts:",
+            "",
+            f"1. a copper owl {tag} reading a map",
+            f'- "a glass tram {tag} in fog"',
+            f"* a paper fox {tag}, oil painting",
+            "x" * 300,
+        ]
+    )
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
 
 
 @pytest.fixture
@@ -139,14 +148,27 @@ def example_file(tmp_path: Path, n: int = 30) -> Path:
 def raw_params(base_url: str, examples: Path, **overrides) -> dict:
     """A full entry as in params.yaml, with tiny timeouts and backoff so the tests take seconds."""
     params = {
-        "base_url": base_url, "model": "test-model", "api_key_env": "SYNTH_TEST_KEY",
-        "temperature": 1.0, "max_tokens": 256, "extra_body": {}, "requests": 3, "seed": 7,
+        "base_url": base_url,
+        "model": "test-model",
+        "api_key_env": "SYNTH_TEST_KEY",
+        "temperature": 1.0,
+        "max_tokens": 256,
+        "extra_body": {},
+        "requests": 3,
+        "seed": 7,
         "examples": [{"path": str(examples), "column": None, "count": 4}],
         "fixed_examples": ["hyper realistic photo of very friendly and dystopian crater"],
-        "avoid_topics": ["mushroom", "jellyfish"], "system": None,
+        "avoid_topics": ["mushroom", "jellyfish"],
+        "system": None,
         "template": "Examples\n{examples}\n\nMore like these.\n\nNot preferred topics: [{avoid_topics}]",
-        "max_chars": 256, "drop_header_lines": True, "offline": False, "concurrency": 2,
-        "timeout_s": 0.5, "max_attempts": 4, "backoff_base_s": 0.01, "backoff_cap_s": 0.05,
+        "max_chars": 256,
+        "drop_header_lines": True,
+        "offline": False,
+        "concurrency": 2,
+        "timeout_s": 0.5,
+        "max_attempts": 4,
+        "backoff_base_s": 0.01,
+        "backoff_cap_s": 0.05,
     }
     params.update(overrides)
     return params
@@ -164,59 +186,77 @@ def cache_files(tmp_path) -> list[Path]:
 # ---------------------------------------------------------------- parsing
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("- a red kite", "a red kite"),
-    ("* a red kite", "a red kite"),
-    ("• a red kite", "a red kite"),
-    ("1. a red kite", "a red kite"),
-    ("12) a red kite", "a red kite"),
-    ("(3) a red kite", "a red kite"),
-    ('"a red kite"', "a red kite"),
-    ('"a red kite",', "a red kite"),
-    ("“a red kite”", "a red kite"),
-    ('7. "a red kite"', "a red kite"),
-    ("  - 'a red kite'  ", "a red kite"),
-    ("1.5 meter tall robot", "1.5 meter tall robot"),  # a number, not numbering
-    ("-shaped cloud", "-shaped cloud"),  # no space after the dash: not a bullet
-    ('a sign saying "hello"', 'a sign saying "hello"'),  # inner quotes stay
-    ("2001: a space odyssey poster", "2001: a space odyssey poster"),
-    ("3. **A red kite** over dunes", "A red kite over dunes"),  # markdown bold
-    ("'90s car with \"neon\"", "'90s car with \"neon\""),  # quotes that do not pair
-    ('"red" and "blue"', '"red" and "blue"'),  # two quoted words, not one quoted prompt
-    ("— a red kite", "a red kite"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("- a red kite", "a red kite"),
+        ("* a red kite", "a red kite"),
+        ("• a red kite", "a red kite"),
+        ("1. a red kite", "a red kite"),
+        ("12) a red kite", "a red kite"),
+        ("(3) a red kite", "a red kite"),
+        ('"a red kite"', "a red kite"),
+        ('"a red kite",', "a red kite"),
+        ("“a red kite”", "a red kite"),
+        ('7. "a red kite"', "a red kite"),
+        ("  - 'a red kite'  ", "a red kite"),
+        ("1.5 meter tall robot", "1.5 meter tall robot"),  # a number, not numbering
+        ("-shaped cloud", "-shaped cloud"),  # no space after the dash: not a bullet
+        ('a sign saying "hello"', 'a sign saying "hello"'),  # inner quotes stay
+        ("2001: a space odyssey poster", "2001: a space odyssey poster"),
+        ("3. **A red kite** over dunes", "A red kite over dunes"),  # markdown bold
+        ('\'90s car with "neon"', '\'90s car with "neon"'),  # quotes that do not pair
+        ('"red" and "blue"', '"red" and "blue"'),  # two quoted words, not one quoted prompt
+        ("— a red kite", "a red kite"),
+    ],
+)
 def test_clean_line_strips_bullets_numbering_and_quotes(line, expected):
     assert clean_line(line) == expected
 
 
 def test_parse_completion_drops_and_counts_each_reason():
-    content = "\n".join([
-        "Sure! Here are 5 more prompts:",
-        "",
-        "   ",
-        "1. a brass lighthouse at dusk",
-        "---",
-        "2) " + "y" * 30,
-        '- "a cactus wearing a scarf"',
-        "3. a crowded tram in the rain and a",
-    ])
+    content = "\n".join(
+        [
+            "Sure! Here are 5 more prompts:",
+            "",
+            "   ",
+            "1. a brass lighthouse at dusk",
+            "---",
+            "2) " + "y" * 30,
+            '- "a cactus wearing a scarf"',
+            "3. a crowded tram in the rain and a",
+        ]
+    )
     markdown = "### Fantasy\n**Sci-fi:**\n1. **a moon library**"
     assert parse_completion(markdown, max_chars=99, drop_header_lines=True)[0] == ["a moon library"]
     prompts, counts = parse_completion(content, max_chars=40, drop_header_lines=True, truncated=True)
     assert prompts == ["a brass lighthouse at dusk", "y" * 30, "a cactus wearing a scarf"]
-    assert counts == {"total": 8, "kept": 3, "dropped_empty": 3, "dropped_header": 1,
-                      "dropped_too_long": 0, "dropped_truncated": 1}
+    assert counts == {
+        "total": 8,
+        "kept": 3,
+        "dropped_empty": 3,
+        "dropped_header": 1,
+        "dropped_too_long": 0,
+        "dropped_truncated": 1,
+    }
     # without header/truncation rules those lines are judged by length like any other
     prompts, counts = parse_completion(content, max_chars=25, drop_header_lines=False, truncated=False)
     assert prompts == ["a cactus wearing a scarf"]
-    assert counts == {"total": 8, "kept": 1, "dropped_empty": 3, "dropped_header": 0,
-                      "dropped_too_long": 4, "dropped_truncated": 0}
+    assert counts == {
+        "total": 8,
+        "kept": 1,
+        "dropped_empty": 3,
+        "dropped_header": 0,
+        "dropped_too_long": 4,
+        "dropped_truncated": 0,
+    }
 
 
 def test_parse_completion_of_empty_content():
     assert parse_completion("", max_chars=10, drop_header_lines=True, truncated=True) == (
-        [], {"total": 0, "kept": 0, "dropped_empty": 0, "dropped_header": 0, "dropped_too_long": 0,
-             "dropped_truncated": 0})
+        [],
+        {"total": 0, "kept": 0, "dropped_empty": 0, "dropped_header": 0, "dropped_too_long": 0, "dropped_truncated": 0},
+    )
 
 
 # ---------------------------------------------------------------- params, examples, requests
@@ -248,8 +288,17 @@ def test_endpoint_and_body_params_are_checked(tmp_path):
         parse_params("t", raw_params("api.openai.com/v1", examples))
     with pytest.raises(DataError, match=r"synthesize\.t\.extra_body: 'model' is set by the stage"):
         parse_params("t", raw_params("http://x/v1", examples, extra_body={"model": "other"}))
-    params = parse_params("t", raw_params("http://x/v1", examples, temperature=None, max_tokens=None,
-                                          extra_body={"top_p": 0.9, "max_completion_tokens": 900}, requests=1))
+    params = parse_params(
+        "t",
+        raw_params(
+            "http://x/v1",
+            examples,
+            temperature=None,
+            max_tokens=None,
+            extra_body={"top_p": 0.9, "max_completion_tokens": 900},
+            requests=1,
+        ),
+    )
     body = build_requests(params, [read_example_pool(params.examples[0])])[0]
     assert sorted(body) == ["max_completion_tokens", "messages", "model", "seed", "top_p"]
 
@@ -270,10 +319,13 @@ def test_example_pools_from_text_folder_and_parquet(tmp_path):
     folder = tmp_path / "raw"
     folder.mkdir()
     (folder / "b.txt").write_text("- second file prompt\n", encoding="utf-8")
-    (folder / "a.txt").write_text("first prompt\n\n- \"quoted prompt\"\n", encoding="utf-8")
+    (folder / "a.txt").write_text('first prompt\n\n- "quoted prompt"\n', encoding="utf-8")
     (folder / "README.md").write_text("not an example\n", encoding="utf-8")
     assert read_example_pool(ExampleSource(path=str(folder), count=1)) == [
-        "first prompt", "quoted prompt", "second file prompt"]
+        "first prompt",
+        "quoted prompt",
+        "second file prompt",
+    ]
 
     split = tmp_path / "train.parquet"
     write_parquet(pd.DataFrame({"id": ["a", "b", "c"], "text": ["one cat", None, " two dogs "]}), split)
@@ -296,7 +348,10 @@ def test_real_gpt4_set_as_example_pool():
 def test_requests_are_seeded_and_adding_requests_keeps_the_old_ones(tmp_path):
     pools = [[f"gpt4 prompt {i}" for i in range(50)], [f"train prompt {i}" for i in range(50)]]
     base = raw_params("http://x/v1", example_file(tmp_path))
-    base["examples"] = [{"path": "a.txt", "column": None, "count": 10}, {"path": "b.parquet", "column": "text", "count": 10}]
+    base["examples"] = [
+        {"path": "a.txt", "column": None, "count": 10},
+        {"path": "b.parquet", "column": "text", "count": 10},
+    ]
     three = build_requests(parse_params("t", {**base, "requests": 3}), pools)
     five = build_requests(parse_params("t", {**base, "requests": 5}), pools)
     assert five[:3] == three
@@ -312,11 +367,23 @@ def test_requests_are_seeded_and_adding_requests_keeps_the_old_ones(tmp_path):
 
 
 def test_cache_key_covers_endpoint_model_messages_and_sampling():
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1.0, "max_tokens": 9, "seed": 1}
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "temperature": 1.0,
+        "max_tokens": 9,
+        "seed": 1,
+    }
     key = cache_key("http://a/v1", body)
     assert cache_key("http://a/v1/", dict(reversed(body.items()))) == key
-    for changed in ({"model": "n"}, {"temperature": 0.5}, {"max_tokens": 10}, {"seed": 2},
-                    {"messages": [{"role": "user", "content": "y"}]}, {"top_p": 0.9}):
+    for changed in (
+        {"model": "n"},
+        {"temperature": 0.5},
+        {"max_tokens": 10},
+        {"seed": 2},
+        {"messages": [{"role": "user", "content": "y"}]},
+        {"top_p": 0.9},
+    ):
         assert cache_key("http://a/v1", {**body, **changed}) != key
     assert cache_key("http://b/v1", body) != key
 
@@ -326,8 +393,10 @@ def test_caches_written_before_the_client_moved_still_replay(tmp_path):
     scripts/lib/chat_client.py: a cache written then must replay offline, with no server at all."""
     params = parse_params("t", raw_params("http://127.0.0.1:9/v1", example_file(tmp_path), requests=2, offline=True))
     bodies = build_requests(params, [read_example_pool(params.examples[0])])
-    golden = ["ea3a698b81a64606a034e1869aa356f69502d8b83aec9ec6185b33fbc7aa7977",
-              "f0202dd497a47fd071301cc89ebf0c431096a7e02d2e4fbf223e6e4d77218c36"]
+    golden = [
+        "ea3a698b81a64606a034e1869aa356f69502d8b83aec9ec6185b33fbc7aa7977",
+        "f0202dd497a47fd071301cc89ebf0c431096a7e02d2e4fbf223e6e4d77218c36",
+    ]
     assert [cache_key(params.base_url, body) for body in bodies] == golden
     cache = tmp_path / "out" / "cache"
     cache.mkdir(parents=True)
@@ -356,8 +425,14 @@ def test_first_run_calls_then_replay_makes_zero_requests(tmp_path, server):
     assert len(server.received) == 3
     assert {r["path"] for r in server.received} == {"/v1/chat/completions"}
     assert report["api_calls"] == 3 and report["cache_hits"] == 0 and report["attempts"] == 3
-    assert report["lines"] == {"total": 18, "kept": 9, "dropped_empty": 3, "dropped_header": 3,
-                               "dropped_too_long": 3, "dropped_truncated": 0}
+    assert report["lines"] == {
+        "total": 18,
+        "kept": 9,
+        "dropped_empty": 3,
+        "dropped_header": 3,
+        "dropped_too_long": 3,
+        "dropped_truncated": 0,
+    }
     assert report["usage"] == {"prompt_tokens": 300, "completion_tokens": 60}
     prompts = (tmp_path / "out" / "prompts.txt").read_text(encoding="utf-8").splitlines()
     assert len(prompts) == 9 and prompts[1].startswith("a glass tram ") and prompts[1].endswith(" in fog")
@@ -413,16 +488,19 @@ def test_connection_refused_is_retried_then_fails_cleanly(tmp_path, server):
 
 
 def test_request_failing_past_the_cap_leaves_no_cache_entry_and_resumes(tmp_path, server):
-    params = parse_params("t", raw_params(server.base_url, example_file(tmp_path), requests=4, max_attempts=3,
-                                          concurrency=1))
+    params = parse_params(
+        "t", raw_params(server.base_url, example_file(tmp_path), requests=4, max_attempts=3, concurrency=1)
+    )
     bodies = build_requests(params, [read_example_pool(params.examples[0])])
     server.fail_seed = bodies[2]["seed"]
     with pytest.raises(DataError) as info:
         synthesize("t", params, tmp_path / "out", API_KEY, log=lambda message: None)
     message = str(info.value)
     assert "\n" not in message
-    assert message == ("synthesize t: request 2 failed: HTTP 500: injected 500 (after 3 attempts); "
-                       "2 of 4 requests cached, re-run to resume")
+    assert message == (
+        "synthesize t: request 2 failed: HTTP 500: injected 500 (after 3 attempts); "
+        "2 of 4 requests cached, re-run to resume"
+    )
     assert len(server.received) == 2 + 3  # requests 0 and 1, three attempts of 2, request 3 never started
     cached = {path.stem for path in cache_files(tmp_path)}
     assert cached == {cache_key(params.base_url, body) for body in bodies[:2]}
@@ -442,12 +520,15 @@ def test_client_errors_are_not_retried_and_stop_new_requests(tmp_path, server):
     assert len(server.received) == 1 and cache_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("raw, shown", [
-    (b'{"error": {"message": "model not found"}}', "HTTP 404: model not found"),  # OpenAI, vLLM, llama.cpp
-    (b'{"error": "model \'x\' not found"}', "HTTP 404: model 'x' not found"),  # Ollama
-    (b'{"detail": "Server is pinned to \'a\'"}', "HTTP 404: Server is pinned to 'a'"),  # transformers serve
-    (b"Not Found\n\n<html>", "HTTP 404;"),  # no JSON: the status alone
-])
+@pytest.mark.parametrize(
+    "raw, shown",
+    [
+        (b'{"error": {"message": "model not found"}}', "HTTP 404: model not found"),  # OpenAI, vLLM, llama.cpp
+        (b'{"error": "model \'x\' not found"}', "HTTP 404: model 'x' not found"),  # Ollama
+        (b'{"detail": "Server is pinned to \'a\'"}', "HTTP 404: Server is pinned to 'a'"),  # transformers serve
+        (b"Not Found\n\n<html>", "HTTP 404;"),  # no JSON: the status alone
+    ],
+)
 def test_error_messages_of_common_servers(tmp_path, server, raw, shown):
     server.faults = [("body", 404, raw)]
     with pytest.raises(DataError) as info:
@@ -494,8 +575,14 @@ def cli(root: Path, *args: str, key: str | None = API_KEY) -> subprocess.Complet
     env.pop("SYNTH_TEST_KEY", None)
     if key is not None:
         env["SYNTH_TEST_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "scripts", "synthesize", *args], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", "synthesize", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_sends_the_key_only_in_the_authorization_header(tmp_path, server):
@@ -517,8 +604,9 @@ def test_cli_errors_are_one_line_and_never_show_the_key(tmp_path, server):
     result = cli(tmp_path, "x", "out")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1] == ("error: synthesize x: request 0 failed: HTTP 401: bad key Bearer ***; "
-                                              "0 of 1 requests cached, re-run to resume")
+    assert result.stderr.splitlines()[-1] == (
+        "error: synthesize x: request 0 failed: HTTP 401: bad key Bearer ***; 0 of 1 requests cached, re-run to resume"
+    )
     assert API_KEY not in result.stderr + result.stdout
 
     result = cli(tmp_path, "nope", "out")
@@ -527,7 +615,9 @@ def test_cli_errors_are_one_line_and_never_show_the_key(tmp_path, server):
 
 
 def test_servers_without_auth_get_no_authorization_header(tmp_path, server):
-    write_repo_params(tmp_path, {"x": raw_params(server.base_url, example_file(tmp_path), requests=1, api_key_env=None)})
+    write_repo_params(
+        tmp_path, {"x": raw_params(server.base_url, example_file(tmp_path), requests=1, api_key_env=None)}
+    )
     result = cli(tmp_path, "x", "out")
     assert result.returncode == 0, result.stderr
     assert server.received[0]["authorization"] is None
@@ -584,5 +674,6 @@ def test_dvc_repro_replays_from_the_persisted_cache(tmp_path, server):
     assert json.loads((repo / "data/synthesize/x/report.json").read_text())["cache_hits"] == 3
     new_lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["synthesize@x"]
     old_lock = yaml.safe_load(lock)["stages"]["synthesize@x"]
-    assert [o for o in new_lock["outs"] if o["path"].endswith("prompts.txt")] == \
-        [o for o in old_lock["outs"] if o["path"].endswith("prompts.txt")]
+    assert [o for o in new_lock["outs"] if o["path"].endswith("prompts.txt")] == [
+        o for o in old_lock["outs"] if o["path"].endswith("prompts.txt")
+    ]

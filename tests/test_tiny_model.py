@@ -1,4 +1,5 @@
 """tiny_model stage: an SD2-layout pipeline with seeded weights, saved reproducibly and atomically."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def test_renders_an_image_of_the_default_size(tiny_model_dir):
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe("a red house by a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-               output_type="np").images
+    out = pipe(
+        "a red house by a lake", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert out.shape == (1, TinyModel().sample_size, TinyModel().sample_size, 3)
     assert out.std() > 0.01  # random weights still give a non-constant image
 
@@ -74,14 +76,26 @@ def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
     """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": TinyModel().model_dump()}), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "scripts", "tiny-model", "models/tiny-sd2"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts", "tiny-model", "models/tiny-sd2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     built = read_tree(tmp_path / "models" / "tiny-sd2")
     assert built == read_tree(tiny_model_dir)
-    assert {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-            "text_encoder/model.safetensors", "tokenizer/vocab.json", "tokenizer/merges.txt",
-            "scheduler/scheduler_config.json", "model_index.json"} <= set(built)
+    assert {
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+        "model_index.json",
+    } <= set(built)
     assert not any(name.endswith(".bin") for name in built)
     assert not any(b"/tmp" in data for name, data in built.items() if name.endswith(".json"))
 
@@ -105,6 +119,8 @@ def test_rebuild_replaces_the_old_model_whole(tmp_path):
 
 
 def test_unknown_param_is_a_one_line_error(tmp_path):
-    with pytest.raises(DataError, match=r"params.yaml: tiny_model: unknown key 'unet_chanels' \(did you mean 'unet_channels'\?\)"):
+    with pytest.raises(
+        DataError, match=r"params.yaml: tiny_model: unknown key 'unet_chanels' \(did you mean 'unet_channels'\?\)"
+    ):
         save_tiny_model({"unet_chanels": [8, 16]}, tmp_path / "m")
     assert not (tmp_path / "m").exists()

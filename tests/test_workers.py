@@ -1,4 +1,5 @@
 """scripts/lib/workers.py: the ordered process map runtime.workers > 1 runs on."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ token; and the steps (those with an `id`) run here in FRESH clones of the sessio
 cache) for a docs-only PR and a threshold PR, with no remote and with the local remote the history was
 pushed to, and for a PR that breaks the pipeline; each time the post job's step puts one comment on a
 loopback GitHub API that records every request, edited in place by the next run."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,14 +38,18 @@ def actionlint() -> str:
 
 
 def test_actionlint_finds_nothing():
-    result = subprocess.run([actionlint(), "-no-color", str(WORKFLOW), str(POST)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [actionlint(), "-no-color", str(WORKFLOW), str(POST)], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
 def test_actionlint_catches_the_old_mistake(tmp_path):
     """The check is real: a secret tested in a step `if:` is refused."""
     bad = tmp_path / "bad.yml"
-    bad.write_text(WORKFLOW.read_text().replace("if: env.DVC_REMOTE_URL != ''", "if: ${{ secrets.DVC_REMOTE_URL != '' }}"))
+    bad.write_text(
+        WORKFLOW.read_text().replace("if: env.DVC_REMOTE_URL != ''", "if: ${{ secrets.DVC_REMOTE_URL != '' }}")
+    )
     result = subprocess.run([actionlint(), "-no-color", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1 and 'context "secrets" is not allowed here' in result.stdout
 
@@ -53,7 +58,9 @@ def test_the_job_running_the_prs_code_holds_no_secret_and_the_posting_job_runs_n
     build, post = yaml.safe_load(WORKFLOW.read_text()), yaml.safe_load(POST.read_text())
     text = WORKFLOW.read_text()
     assert "secrets." not in text and "github.token" not in text and "GITHUB_TOKEN" not in text
-    assert build["permissions"] == {"contents": "read"} and list(build[True]) == ["pull_request"]  # `on:` parses as True
+    assert build["permissions"] == {"contents": "read"} and list(build[True]) == [
+        "pull_request"
+    ]  # `on:` parses as True
     checkout = next(s for s in build["jobs"]["build"]["steps"] if s.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["persist-credentials"] is False
     # the post job: triggered by the build's completion, on the default branch's code, running no build step
@@ -106,9 +113,13 @@ class FakeGitHub(BaseHTTPRequestHandler):
             return self._reply(200, {"number": int(hit.group(1)), "head": {"sha": self.heads[int(hit.group(1))]}})
         if (hit := re.fullmatch(r"/issues/(\d+)/comments", route)) and method == "GET":
             page = int(dict(p.split("=") for p in query.split("&")).get("page", 1))
-            return self._reply(200, self.comments[(page - 1) * 100: page * 100])
+            return self._reply(200, self.comments[(page - 1) * 100 : page * 100])
         if (hit := re.fullmatch(r"/issues/(\d+)/comments", route)) and method == "POST":
-            comment = {"id": 1000 + len(self.comments), "body": data["body"], "html_url": f"https://github.example/acme/t2i/pull/{hit.group(1)}#c"}
+            comment = {
+                "id": 1000 + len(self.comments),
+                "body": data["body"],
+                "html_url": f"https://github.example/acme/t2i/pull/{hit.group(1)}#c",
+            }
             self.comments.append(comment)
             return self._reply(201, comment)
         if (hit := re.fullmatch(r"/issues/comments/(\d+)", route)) and method == "PATCH":
@@ -151,6 +162,7 @@ def fake_github():
 
 def expand(value: str, contexts: dict) -> str:
     """Replace each ${{ expr }} by contexts[expr] (the workflows use plain context lookups only)."""
+
     def lookup(match):
         expr = match.group(1).strip()
         assert expr in contexts, f"the test does not know how to evaluate ${{{{ {expr} }}}}"
@@ -160,8 +172,14 @@ def expand(value: str, contexts: dict) -> str:
 
 
 def bash(script: str, cwd: Path, environ: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=3600)  # GitHub's `bash` shell
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )  # GitHub's `bash` shell
 
 
 def run_build_job(repo: Path, contexts: dict) -> dict[str, subprocess.CompletedProcess]:
@@ -191,8 +209,11 @@ def run_build_job(repo: Path, contexts: dict) -> dict[str, subprocess.CompletedP
         if not runs:
             outcome[name] = "skipped"
             continue
-        step_contexts = {**contexts, **{f"steps.{k}.outcome": v for k, v in outcome.items()},
-                         **{f"steps.{k}.outcome": "skipped" for k in ("remote", "repro", "comment") if k not in outcome}}
+        step_contexts = {
+            **contexts,
+            **{f"steps.{k}.outcome": v for k, v in outcome.items()},
+            **{f"steps.{k}.outcome": "skipped" for k in ("remote", "repro", "comment") if k not in outcome},
+        }
         environ = {**env(), **job_env, **{k: expand(v, step_contexts) for k, v in (step.get("env") or {}).items()}}
         results[name] = bash(step["run"], repo, environ)
         outcome[name] = "success" if results[name].returncode == 0 else "failure"
@@ -212,8 +233,13 @@ def run_post_job(repo: Path, artifact: Path, contexts: dict, api: str) -> subpro
     run(["rm", "-rf", "dataset-diff"], checkout)
     run(["cp", "-r", str(artifact), str(checkout / "dataset-diff")], checkout)  # actions/download-artifact
     step = next(s for s in job["steps"] if s.get("id") == "post")
-    environ = {**env(), **{k: expand(v, contexts) for k, v in {**job["env"], **step["env"]}.items()},
-               "GITHUB_API_URL": api, "GITHUB_REPOSITORY": "acme/t2i", "NO_PROXY": "127.0.0.1"}
+    environ = {
+        **env(),
+        **{k: expand(v, contexts) for k, v in {**job["env"], **step["env"]}.items()},
+        "GITHUB_API_URL": api,
+        "GITHUB_REPOSITORY": "acme/t2i",
+        "NO_PROXY": "127.0.0.1",
+    }
     return bash(step["run"], checkout, environ)
 
 
@@ -238,16 +264,26 @@ def pr_commit(repo: Path, change: str) -> None:
         params.write_text(re.sub(r"(?m)^(  threshold: )0\.7\b", r"\g<1>0.8", text, count=1), encoding="utf-8")
         assert params.read_text(encoding="utf-8") != text
     elif change == "broken":
-        (repo / "dvc.yaml").write_text((repo / "dvc.yaml").read_text(encoding="utf-8") + "\n  oops: [\n", encoding="utf-8")
+        (repo / "dvc.yaml").write_text(
+            (repo / "dvc.yaml").read_text(encoding="utf-8") + "\n  oops: [\n", encoding="utf-8"
+        )
     run(["git", "commit", "-qam", f"a {change} pull request"], repo)
 
 
 def contexts_for(repo: Path, remote_url: str, pr: int = 7) -> dict:
     head_sha = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
-    return {"github.base_ref": "main", "github.event.pull_request.number": str(pr), "github.server_url": "https://github.example",
-            "github.repository": "acme/t2i", "github.event.pull_request.head.sha": head_sha, "github.run_id": "42",
-            "vars.DVC_REMOTE_URL": remote_url, "github.token": TOKEN, "github.event.workflow_run.head_sha": head_sha,
-            "github.event.workflow_run.id": "42"}
+    return {
+        "github.base_ref": "main",
+        "github.event.pull_request.number": str(pr),
+        "github.server_url": "https://github.example",
+        "github.repository": "acme/t2i",
+        "github.event.pull_request.head.sha": head_sha,
+        "github.run_id": "42",
+        "vars.DVC_REMOTE_URL": remote_url,
+        "github.token": TOKEN,
+        "github.event.workflow_run.head_sha": head_sha,
+        "github.event.workflow_run.id": "42",
+    }
 
 
 def build_and_post(repo: Path, github, api: str, remote_url: str = "") -> tuple[dict, str]:
@@ -279,7 +315,11 @@ def test_no_remote_docs_only_pr_then_threshold_pr_then_a_broken_pr(history, tmp_
     repo = fresh_clone(history, tmp_path / "pr", None, "docs")
     steps, body = build_and_post(repo, github, api)
     assert_succeeded(steps)
-    assert json.loads((repo / "dataset-diff/build.json").read_text()) == {"mode": "unchanged", "changed": [], "base_built": []}
+    assert json.loads((repo / "dataset-diff/build.json").read_text()) == {
+        "mode": "unchanged",
+        "changed": [],
+        "base_built": [],
+    }
     assert "No release changed." in body and all(f"`{r}`" in body for r in ("v2", "v3", "v4", "v4-a", "v4-b"))
 
     pr_commit(repo, "threshold")
@@ -323,7 +363,9 @@ def assert_a_diff_with_rows_and_sheets(repo: Path, body: str, changed: list[str]
     assert len(rows) > 0
     assets = "https://github.example/acme/t2i/raw/dataset-diff-assets/pr-7/"
     assert f"/head-{release}.jpg)" in body and assets in body
-    assert (repo / f"dataset-diff/sheets/head-{release}.jpg").read_bytes() == (repo / f"data/releases/{release}/preview.jpg").read_bytes()
+    assert (repo / f"dataset-diff/sheets/head-{release}.jpg").read_bytes() == (
+        repo / f"data/releases/{release}/preview.jpg"
+    ).read_bytes()
     assert (repo / f"dataset-diff/sheets/base-{release}.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
     assert "### Metrics (`dvc metrics diff`)" in body and "### Plots (`dvc plots diff`)" in body
 
@@ -333,7 +375,9 @@ def assert_a_diff_with_rows_and_sheets(repo: Path, body: str, changed: list[str]
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 60
 
 
-def post_artifact(tmp_path: Path, api: str, head_sha: str, sheets: dict[str, bytes], pr: str = "7") -> subprocess.CompletedProcess:
+def post_artifact(
+    tmp_path: Path, api: str, head_sha: str, sheets: dict[str, bytes], pr: str = "7"
+) -> subprocess.CompletedProcess:
     artifact = tmp_path / "dataset-diff"
     shutil.rmtree(artifact, ignore_errors=True)  # each run downloads a fresh artifact
     (artifact / "sheets").mkdir(parents=True)
@@ -343,9 +387,17 @@ def post_artifact(tmp_path: Path, api: str, head_sha: str, sheets: dict[str, byt
         (artifact / "sheets" / name).write_bytes(data)
     step = next(s for s in yaml.safe_load(POST.read_text())["jobs"]["post"]["steps"] if s.get("id") == "post")
     contexts = {"github.event.workflow_run.head_sha": head_sha, "github.token": TOKEN}
-    environ = {**env(), **{k: expand(v, contexts) for k, v in {**yaml.safe_load(POST.read_text())["jobs"]["post"]["env"],
-                                                                 **step["env"]}.items()},
-               "GITHUB_API_URL": api, "GITHUB_REPOSITORY": "acme/t2i", "NO_PROXY": "127.0.0.1", "PYTHONPATH": str(REPO)}
+    environ = {
+        **env(),
+        **{
+            k: expand(v, contexts)
+            for k, v in {**yaml.safe_load(POST.read_text())["jobs"]["post"]["env"], **step["env"]}.items()
+        },
+        "GITHUB_API_URL": api,
+        "GITHUB_REPOSITORY": "acme/t2i",
+        "NO_PROXY": "127.0.0.1",
+        "PYTHONPATH": str(REPO),
+    }
     return bash(step["run"], tmp_path, environ)
 
 
@@ -360,8 +412,10 @@ def test_post_step_commits_the_sheets_and_edits_one_comment_in_place(tmp_path, f
     ours = [c for c in github.comments if MARKER in c["body"]]
     assert len(ours) == 1 and "b" * 40 in ours[0]["body"] and github.comments[0]["body"].startswith("LGTM")
     commit = github.objects[github.refs["dataset-diff-assets"]]
-    assert commit["parents"] == [] and sorted(e["path"] for e in github.objects[commit["tree"]]["tree"]) == \
-        [f"pr-7/{'a' * 40}/base-v4-a.jpg", f"pr-7/{'a' * 40}/head-v4-b.jpg"]  # the second run had no sheets
+    assert commit["parents"] == [] and sorted(e["path"] for e in github.objects[commit["tree"]]["tree"]) == [
+        f"pr-7/{'a' * 40}/base-v4-a.jpg",
+        f"pr-7/{'a' * 40}/head-v4-b.jpg",
+    ]  # the second run had no sheets
     for _, path, headers, payload in github.requests:  # the token only ever in Authorization
         assert TOKEN not in path and TOKEN.encode() not in payload
         assert all(TOKEN not in v for k, v in headers.items() if k.lower() != "authorization")
@@ -373,7 +427,12 @@ def test_post_step_treats_the_artifact_as_data(tmp_path, fake_github, case):
     api, github = fake_github
     github.heads[7] = "a" * 40
     sheets = {"not a JPEG": {"head-v4-b.jpg": b"#!/bin/sh\n"}, "an odd name": {".github-x.jpg": JPEG}}
-    result = post_artifact(tmp_path, api, "c" * 40 if case == "another PR's head" else "a" * 40,
-                           sheets.get(case, {"head-v4-b.jpg": JPEG}), pr="7; rm -rf /" if case == "not a number" else "7")
+    result = post_artifact(
+        tmp_path,
+        api,
+        "c" * 40 if case == "another PR's head" else "a" * 40,
+        sheets.get(case, {"head-v4-b.jpg": JPEG}),
+        pr="7; rm -rf /" if case == "not a number" else "7",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
     assert not [c for c in github.comments if MARKER in c["body"]] and not github.refs

@@ -1,5 +1,6 @@
 """Functions tests/test_workers.py maps in worker processes (a module that imports nothing heavy:
 each worker imports it)."""
+
 import os
 import signal
 

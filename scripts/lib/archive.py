@@ -13,6 +13,7 @@ compile reads millions of members); every member is checked before its bytes are
 Images inside archives are referenced as "<archive path>!/<member name>", for example
 "data/raw/dalle3/data-000000.tar!/00000001.png"; `read_member(ref)` re-validates everything.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,17 @@ BLOCK = 512
 ZERO_BLOCK = b"\x00" * BLOCK
 REGULAR_TYPES = {b"0", b"\x00", b"7"}
 EXTENSION_TYPES = {b"x", b"g", b"L"}  # pax (per-file, global) and GNU long-name headers
-TYPE_NAMES = {b"1": "hardlink", b"2": "symlink", b"3": "character device", b"4": "block device",
-              b"6": "fifo", b"K": "long link name", b"S": "sparse file", b"V": "volume label", b"M": "multi-volume"}
+TYPE_NAMES = {
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "fifo",
+    b"K": "long link name",
+    b"S": "sparse file",
+    b"V": "volume label",
+    b"M": "multi-volume",
+}
 
 
 class UnsafeArchive(Exception):
@@ -108,8 +118,10 @@ class TarBuffer:
             parts.append(chunk)
             got += len(chunk)
         if got < (length if need is None else need):
-            raise ArchiveChanged(f"{self.path}: the file shrank while it was read (now {os.fstat(self._fd).st_size} "
-                                 f"bytes, was {self._size}): rewritten or truncated by another process?")
+            raise ArchiveChanged(
+                f"{self.path}: the file shrank while it was read (now {os.fstat(self._fd).st_size} "
+                f"bytes, was {self._size}): rewritten or truncated by another process?"
+            )
         return b"".join(parts)
 
 
@@ -189,7 +201,9 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
         data_at = pos + BLOCK
         pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
         if pos > end:
-            yield UnsafeArchive("corrupt_archive", f"tar member at byte {data_at - BLOCK} runs past the end of the file")
+            yield UnsafeArchive(
+                "corrupt_archive", f"tar member at byte {data_at - BLOCK} runs past the end of the file"
+            )
             return
         if typeflag in EXTENSION_TYPES:
             if size > 1024 * 1024:
@@ -242,7 +256,9 @@ def split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_samples(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, TarMember]] | UnsafeArchive]:
+def iter_samples(
+    buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, dict[str, TarMember]] | UnsafeArchive]:
     """Group adjacent members sharing a key: yield (key, {ext: member}) or a refused member.
 
     A key that comes back after other keys (or a repeated member name) would give two samples the
@@ -364,7 +380,9 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     return data
 
 
-def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, limit: int | None = None) -> bytes:
+def read_zip_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, limit: int | None = None
+) -> bytes:
     """A zip member's bytes (or its first `limit` bytes), refusing unsafe names and zip bombs.
 
     The declared size is checked first, and at most max_bytes + 1 bytes are ever inflated, so a
@@ -381,8 +399,10 @@ def read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int =
         with zf.open(info) as f:
             data = f.read(max_bytes + 1 if limit is None else min(limit, max_bytes + 1))
     except NotImplementedError:  # Deflate64, implode, ...: methods zipfile cannot inflate
-        raise UnsafeArchive("unreadable_member", f"member {info.filename!r} uses an unsupported compression method "
-                                                 f"({info.compress_type})") from None
+        raise UnsafeArchive(
+            "unreadable_member",
+            f"member {info.filename!r} uses an unsupported compression method ({info.compress_type})",
+        ) from None
     except RuntimeError:  # "File ... is encrypted, password required for extraction"
         raise UnsafeArchive("unreadable_member", f"member {info.filename!r} is encrypted") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:  # bad CRC, corrupt or cut data

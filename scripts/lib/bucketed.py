@@ -24,6 +24,7 @@ it. A non-JPEG source is re-encoded even then (its sample json says which).
 Everything here is deterministic: the same rows and options give the same bytes (manifest included;
 `created` comes from SOURCE_DATE_EPOCH, else null).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,27 +43,84 @@ from scripts.lib.errors import DataError
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 # The card's 40 SDXL proto buckets at 1024 (width, height), in bucket-id order as the card lists them.
-PROTO_BUCKETS_1024 = sorted([
-    (1024, 1024), (1024, 960), (960, 1024), (1088, 896), (896, 1088), (1088, 960), (960, 1088),
-    (1152, 832), (832, 1152), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1280, 768), (768, 1280),
-    (1344, 704), (1344, 768), (768, 1344), (1408, 704), (704, 1408), (1472, 704), (704, 1472),
-    (1536, 640), (640, 1536), (1600, 640), (640, 1600), (1664, 576), (576, 1664), (1728, 576), (576, 1728),
-    (1792, 576), (576, 1792), (1856, 512), (512, 1856), (1920, 512), (512, 1920), (1984, 512), (512, 1984),
-    (2048, 512), (512, 2048)], key=lambda wh: f"p{wh[0]}x{wh[1]}")
+PROTO_BUCKETS_1024 = sorted(
+    [
+        (1024, 1024),
+        (1024, 960),
+        (960, 1024),
+        (1088, 896),
+        (896, 1088),
+        (1088, 960),
+        (960, 1088),
+        (1152, 832),
+        (832, 1152),
+        (1152, 896),
+        (896, 1152),
+        (1216, 832),
+        (832, 1216),
+        (1280, 768),
+        (768, 1280),
+        (1344, 704),
+        (1344, 768),
+        (768, 1344),
+        (1408, 704),
+        (704, 1408),
+        (1472, 704),
+        (704, 1472),
+        (1536, 640),
+        (640, 1536),
+        (1600, 640),
+        (640, 1600),
+        (1664, 576),
+        (576, 1664),
+        (1728, 576),
+        (576, 1728),
+        (1792, 576),
+        (576, 1792),
+        (1856, 512),
+        (512, 1856),
+        (1920, 512),
+        (512, 1920),
+        (1984, 512),
+        (512, 1984),
+        (2048, 512),
+        (512, 2048),
+    ],
+    key=lambda wh: f"p{wh[0]}x{wh[1]}",
+)
 CORNERS = {0: "TL", 1: "TR", 2: "BL", 3: "BR"}
 SUBSAMPLING = {"4:4:4": 0, "4:2:0": 2}  # PIL's codes
 DEFAULT_OPTIONS = {
-    "shard_size": 1000, "base_resolution": 512, "divisible": 32, "quality": 95,
-    "proto_buckets_1024": [list(b) for b in PROTO_BUCKETS_1024], "image_mode": "reencode_jpeg",
-    "too_small_policy": "drop", "allowed_corners": [2, 3], "corner_jitter": 0,
-    "subsampling_policy": "adaptive_scale", "adaptive_threshold": 0.85,
-    "missing_caption_policy": "empty", "on_error": "fail",
+    "shard_size": 1000,
+    "base_resolution": 512,
+    "divisible": 32,
+    "quality": 95,
+    "proto_buckets_1024": [list(b) for b in PROTO_BUCKETS_1024],
+    "image_mode": "reencode_jpeg",
+    "too_small_policy": "drop",
+    "allowed_corners": [2, 3],
+    "corner_jitter": 0,
+    "subsampling_policy": "adaptive_scale",
+    "adaptive_threshold": 0.85,
+    "missing_caption_policy": "empty",
+    "on_error": "fail",
 }
 # Rows without caption provenance (captions@S adds it): the caption is the row's prompt text.
-PROMPT_CAPTION_SOURCE = {"backend": "prompt", "model": None, "created_at": None,
-                         "system_prompt_sha256": None, "user_prompt_sha256": None}
-SUMMARY_KEYS = ("images_seen", "images_exported", "skipped_no_caption", "skipped_too_small",
-                "decode_errors", "encode_errors")
+PROMPT_CAPTION_SOURCE = {
+    "backend": "prompt",
+    "model": None,
+    "created_at": None,
+    "system_prompt_sha256": None,
+    "user_prompt_sha256": None,
+}
+SUMMARY_KEYS = (
+    "images_seen",
+    "images_exported",
+    "skipped_no_caption",
+    "skipped_too_small",
+    "decode_errors",
+    "encode_errors",
+)
 
 
 # --- the plan: pure functions of sizes and ids ---------------------------------------------------
@@ -106,8 +164,16 @@ def bucket_table(base_resolutions: list[int], divisible: int, protos: list) -> l
     for base in base_resolutions:
         for w, h in protos:
             proto = f"p{w}x{h}"
-            table.append(Bucket(f"r{base}_{proto}" if multi else proto, w, h, base,
-                                round_to(w * base / 1024, divisible), round_to(h * base / 1024, divisible)))
+            table.append(
+                Bucket(
+                    f"r{base}_{proto}" if multi else proto,
+                    w,
+                    h,
+                    base,
+                    round_to(w * base / 1024, divisible),
+                    round_to(h * base / 1024, divisible),
+                )
+            )
     return table
 
 
@@ -194,8 +260,9 @@ def resize_crop(image, plan: Plan):
         import torch.nn.functional as F
 
         pixels = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-        pixels = F.interpolate(pixels, size=(plan.resize_h, plan.resize_w), mode="bicubic",
-                               align_corners=False, antialias=True)
+        pixels = F.interpolate(
+            pixels, size=(plan.resize_h, plan.resize_w), mode="bicubic", align_corners=False, antialias=True
+        )
         array = pixels.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
     left, top, right, bottom = plan.crop_box
     return Image.fromarray(np.ascontiguousarray(array[top:bottom, left:right]), "RGB")
@@ -238,15 +305,28 @@ def provenance(row) -> tuple[str, int, int]:
     source_id = _value(row, "caption_source_id")
     if source_id is None:
         return "prompt", 0, 0
-    return str(_value(row, "caption_variant") or "prompt"), int(_value(row, "caption_selector_index") or 0), int(source_id)
+    return (
+        str(_value(row, "caption_variant") or "prompt"),
+        int(_value(row, "caption_selector_index") or 0),
+        int(source_id),
+    )
 
 
-SKIP_REASONS = {"skipped_no_caption": "no_caption", "skipped_too_small": "too_small",
-                "decode_errors": "decode_error", "encode_errors": "encode_error"}
+SKIP_REASONS = {
+    "skipped_no_caption": "no_caption",
+    "skipped_too_small": "too_small",
+    "decode_errors": "decode_error",
+    "encode_errors": "encode_error",
+}
 
 
-def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callable[[], None] = lambda: None,
-                   dropped: dict[str, str] | None = None) -> dict:
+def write_bucketed(
+    rows: pd.DataFrame,
+    folder: Path,
+    options: dict,
+    tick: Callable[[], None] = lambda: None,
+    dropped: dict[str, str] | None = None,
+) -> dict:
     """Write one split as bucketed shards + manifest.json; return the export summary. `dropped` (when
     given) gets id -> reason (SKIP_REASONS) for every row the card's rules left out.
 
@@ -277,10 +357,17 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
                 continue
             bucket, jpg, meta = sample
             caption = caption_of(row) or ""
-            writer = writers.setdefault(bucket.bucket_id, ShardWriter(folder / "buckets" / bucket.bucket_id,
-                                                                      int(options["shard_size"])))
-            writer.add(str(row.id), [("jpg", jpg), ("txt", (caption + "\n").encode("utf-8")),
-                                     ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"))])
+            writer = writers.setdefault(
+                bucket.bucket_id, ShardWriter(folder / "buckets" / bucket.bucket_id, int(options["shard_size"]))
+            )
+            writer.add(
+                str(row.id),
+                [
+                    ("jpg", jpg),
+                    ("txt", (caption + "\n").encode("utf-8")),
+                    ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")),
+                ],
+            )
             export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode())
             counts[bucket.bucket_id] = counts.get(bucket.bucket_id, 0) + 1
             key = (meta["caption_selector_index"], meta["caption_variant"])
@@ -291,9 +378,14 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
         for writer in writers.values():
             writer.close()
     known = dict(rows.attrs.get("caption_sources") or {})
-    sources = {str(i): dict(known.get(i) or known.get(str(i)) or (PROMPT_CAPTION_SOURCE if i == 0 else
-                                                                  dict.fromkeys(PROMPT_CAPTION_SOURCE)))
-               for i in sorted(source_ids)}
+    sources = {
+        str(i): dict(
+            known.get(i)
+            or known.get(str(i))
+            or (PROMPT_CAPTION_SOURCE if i == 0 else dict.fromkeys(PROMPT_CAPTION_SOURCE))
+        )
+        for i in sorted(source_ids)
+    }
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -304,23 +396,35 @@ def write_bucketed(rows: pd.DataFrame, folder: Path, options: dict, tick: Callab
         "base_resolutions": options["base_resolution"],
         "divisible": int(options["divisible"]),
         "proto_buckets_1024": [{"width": w, "height": h} for w, h in options["proto_buckets_1024"]],
-        "preprocess": {"exif_transpose": True, "resize": {"backend": "torch_cpu", "mode": "bicubic", "antialias": True},
-                       "too_small_policy": options["too_small_policy"], "crop_strategy": "corner",
-                       "allowed_corners": list(options["allowed_corners"]), "corner_jitter": int(options["corner_jitter"])},
-        "jpeg": {"quality": int(options["quality"]), "subsampling_policy": options["subsampling_policy"],
-                 "adaptive_threshold": float(options["adaptive_threshold"])},
+        "preprocess": {
+            "exif_transpose": True,
+            "resize": {"backend": "torch_cpu", "mode": "bicubic", "antialias": True},
+            "too_small_policy": options["too_small_policy"],
+            "crop_strategy": "corner",
+            "allowed_corners": list(options["allowed_corners"]),
+            "corner_jitter": int(options["corner_jitter"]),
+        },
+        "jpeg": {
+            "quality": int(options["quality"]),
+            "subsampling_policy": options["subsampling_policy"],
+            "adaptive_threshold": float(options["adaptive_threshold"]),
+        },
         "buckets": {
-            bucket_id: {"proto": {"w": by_id[bucket_id].proto_w, "h": by_id[bucket_id].proto_h},
-                        "base_resolution": by_id[bucket_id].base_resolution,
-                        "scaled": {"w": by_id[bucket_id].width, "h": by_id[bucket_id].height},
-                        "aspect": round(by_id[bucket_id].width / by_id[bucket_id].height, 3),
-                        "num_samples": counts[bucket_id],
-                        "shards": [f"buckets/{bucket_id}/shard-{i:06d}.tar" for i in range(writers[bucket_id].shards)]}
+            bucket_id: {
+                "proto": {"w": by_id[bucket_id].proto_w, "h": by_id[bucket_id].proto_h},
+                "base_resolution": by_id[bucket_id].base_resolution,
+                "scaled": {"w": by_id[bucket_id].width, "h": by_id[bucket_id].height},
+                "aspect": round(by_id[bucket_id].width / by_id[bucket_id].height, 3),
+                "num_samples": counts[bucket_id],
+                "shards": [f"buckets/{bucket_id}/shard-{i:06d}.tar" for i in range(writers[bucket_id].shards)],
+            }
             for bucket_id in sorted(counts)
         },
         "caption_sources": sources,
-        "caption_selectors": [{"selector_index": index, "variant": variant, "images": n}
-                              for (index, variant), n in sorted(selectors.items())],
+        "caption_selectors": [
+            {"selector_index": index, "variant": variant, "images": n}
+            for (index, variant), n in sorted(selectors.items())
+        ],
         "missing_caption_policy": options["missing_caption_policy"],
         "export_summary": summary,
     }
@@ -360,11 +464,27 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict):
             return None
     variant, selector, source_id = provenance(row)
     bucket = plan.bucket
-    meta = {"id": str(row.id), "source": _value(row, "source"), "orig_text": _value(row, "orig_text"),
-            "bucket_id": bucket.bucket_id, "base_resolution": bucket.base_resolution,
-            "proto_w": bucket.proto_w, "proto_h": bucket.proto_h, "target_w": bucket.width, "target_h": bucket.height,
-            "src_w": plan.src_w, "src_h": plan.src_h, "scale": round(plan.scale, 6),
-            "resize_w": plan.resize_w, "resize_h": plan.resize_h, "corner": plan.corner, "crop_box": list(plan.crop_box),
-            "image_mode": "passthrough_jpeg" if passthrough else "reencode_jpeg", "jpeg_subsampling": subsampling,
-            "caption_variant": variant, "caption_selector_index": selector, "caption_source_id": source_id}
+    meta = {
+        "id": str(row.id),
+        "source": _value(row, "source"),
+        "orig_text": _value(row, "orig_text"),
+        "bucket_id": bucket.bucket_id,
+        "base_resolution": bucket.base_resolution,
+        "proto_w": bucket.proto_w,
+        "proto_h": bucket.proto_h,
+        "target_w": bucket.width,
+        "target_h": bucket.height,
+        "src_w": plan.src_w,
+        "src_h": plan.src_h,
+        "scale": round(plan.scale, 6),
+        "resize_w": plan.resize_w,
+        "resize_h": plan.resize_h,
+        "corner": plan.corner,
+        "crop_box": list(plan.crop_box),
+        "image_mode": "passthrough_jpeg" if passthrough else "reencode_jpeg",
+        "jpeg_subsampling": subsampling,
+        "caption_variant": variant,
+        "caption_selector_index": selector,
+        "caption_source_id": source_id,
+    }
     return bucket, jpg, meta

@@ -4,6 +4,7 @@
 the images and the params that shaped the rows -> text). Licences, links and citations come from
 params.yaml `sources.S.{license,homepage,citation}`; what is not given there is written as unknown.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,9 @@ def card_params(dedup: Dedup, split: Split) -> dict:
 
 
 def size_category(total: int) -> str:
-    return "n<1K" if total < 1_000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
+    return (
+        "n<1K" if total < 1_000 else "1K<n<10K" if total < 10_000 else "10K<n<100K" if total < 100_000 else "100K<n<1M"
+    )
 
 
 def generation_settings(generation: list) -> list[dict]:
@@ -53,8 +56,14 @@ def card_licence(names: list[str], sources: dict[str, Source]) -> str:
     return cast(str, licences.pop()) if len(licences) == 1 and None not in licences else "other"
 
 
-def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: Dedup, split: Split,
-              generation: dict[str, list[dict]] | None = None) -> str:
+def data_card(
+    recipe: Recipe,
+    stats: dict,
+    sources: dict[str, Source],
+    dedup: Dedup,
+    split: Split,
+    generation: dict[str, list[dict]] | None = None,
+) -> str:
     """README.md with Hugging Face YAML front matter. `generation`: source -> generation_settings."""
     names = sorted({c.source for c in recipe.all_components()})
     generation = generation or {}
@@ -72,8 +81,15 @@ def data_card(recipe: Recipe, stats: dict, sources: dict[str, Source], dedup: De
         ],
         "dataset_info": {"splits": [{"name": s, "num_examples": stats["rows"][s]} for s in SPLITS]},
     }
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---",
-             f"# t2i-datasets {recipe.name}", "", recipe.description or "", ""]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        f"# t2i-datasets {recipe.name}",
+        "",
+        recipe.description or "",
+        "",
+    ]
     lines += _rows(stats, names)
     lines += _sources(names, sources)
     if not text_only:
@@ -97,10 +113,16 @@ def _sources(names: list[str], sources: dict[str, Source]) -> list[str]:
     lines = ["## Sources and licences", "", "| source | kind | licence | link |", "|---|---|---|---|"]
     for s in names:
         entry = sources[s]
-        lines.append(f"| `{s}` | {entry.kind}{', text only' if entry.text_only else ''} | {entry.license or 'unknown'} "
-                     f"| {entry.homepage or 'unknown'} |")
-    return lines + ["", "Each row keeps its source's licence; where it says unknown, the source named none that "
-                        "this pipeline knows of: check it before you redistribute those rows.", ""]
+        lines.append(
+            f"| `{s}` | {entry.kind}{', text only' if entry.text_only else ''} | {entry.license or 'unknown'} "
+            f"| {entry.homepage or 'unknown'} |"
+        )
+    return lines + [
+        "",
+        "Each row keeps its source's licence; where it says unknown, the source named none that "
+        "this pipeline knows of: check it before you redistribute those rows.",
+        "",
+    ]
 
 
 def _images(names: list[str], generation: dict[str, list[dict]]) -> list[str]:
@@ -123,29 +145,49 @@ def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split) -> list[s
         "steps": [s.model_dump(exclude_defaults=True) for s in recipe.steps],
     }
     return [
-        "## How it was made", "",
+        "## How it was made",
+        "",
         "Each source was read in its native format, cleaned by rule (rows and reasons in the pipeline's "
         "clean reports), near-duplicates removed (MinHash, or embeddings, at the threshold below), prompt-only "
         "sources rendered, and the rows split into train and validation. This release then took the components "
-        "and ran the steps of its recipe; every row a step removed is in `removed.parquet` with its reason.", "",
-        "### Removed rows", "",
-        *[f"- `{reason}`: {n}" for reason, n in stats["removed"].items()], "",
-        "### Recipe", "", "```yaml", yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(), "```", "",
-        "### Params", "", "```yaml", yaml.safe_dump(card_params(dedup, split), sort_keys=True).rstrip(), "```", "",
+        "and ran the steps of its recipe; every row a step removed is in `removed.parquet` with its reason.",
+        "",
+        "### Removed rows",
+        "",
+        *[f"- `{reason}`: {n}" for reason, n in stats["removed"].items()],
+        "",
+        "### Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "### Params",
+        "",
+        "```yaml",
+        yaml.safe_dump(card_params(dedup, split), sort_keys=True).rstrip(),
+        "```",
+        "",
     ]
 
 
-def _limitations(names: list[str], sources: dict[str, Source], generation: dict[str, list[dict]],
-                 text_only: bool) -> list[str]:
-    lines = ["## Limitations and biases", "",
-             "- The prompts were written by the users of image generators (or by a language model imitating them): "
-             "they carry those communities' tastes, stereotypes and artist names, mostly in English.",
-             "- Cleaning and near-duplicate removal are automatic rules: some unwanted rows stay and some good "
-             "ones go (see `removed.parquet`)."]
+def _limitations(
+    names: list[str], sources: dict[str, Source], generation: dict[str, list[dict]], text_only: bool
+) -> list[str]:
+    lines = [
+        "## Limitations and biases",
+        "",
+        "- The prompts were written by the users of image generators (or by a language model imitating them): "
+        "they carry those communities' tastes, stereotypes and artist names, mostly in English.",
+        "- Cleaning and near-duplicate removal are automatic rules: some unwanted rows stay and some good "
+        "ones go (see `removed.parquet`).",
+    ]
     models = sorted({str(one.get("model")) for s in names for one in generation.get(s) or []})
     if models and not text_only:
-        lines.append(f"- Rendered images show what {', '.join(f'`{m}`' for m in models)} makes of each prompt, "
-                     "its biases and failures included; they are not photographs of the prompt's subject.")
+        lines.append(
+            f"- Rendered images show what {', '.join(f'`{m}`' for m in models)} makes of each prompt, "
+            "its biases and failures included; they are not photographs of the prompt's subject."
+        )
     if any(m.endswith("tiny-sd2") for m in models):
         lines.append("- `models/tiny-sd2` has random weights (the offline test model): its images are noise.")
     if any(sources[s].license is None for s in names):
@@ -164,7 +206,11 @@ def _citations(names: list[str], sources: dict[str, Source]) -> list[str]:
 
 
 def _revision(recipe: Recipe) -> list[str]:
-    return ["## Reproducing it", "",
-            f"Built by `dvc repro release@{recipe.name}`. The git commit whose `dvc.lock` lists this file's md5 "
-            "pins every input and setting: `git log --format=%H -S \"$(md5sum README.md | cut -c1-32)\" -- dvc.lock` "
-            "names it in the repository this release was built in.", ""]
+    return [
+        "## Reproducing it",
+        "",
+        f"Built by `dvc repro release@{recipe.name}`. The git commit whose `dvc.lock` lists this file's md5 "
+        'pins every input and setting: `git log --format=%H -S "$(md5sum README.md | cut -c1-32)" -- dvc.lock` '
+        "names it in the repository this release was built in.",
+        "",
+    ]

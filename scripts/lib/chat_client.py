@@ -13,6 +13,7 @@
 - `call_missing` runs the uncached requests `concurrency` at a time and stops starting new ones
   after the first request that fails for good.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -44,8 +45,9 @@ def cache_key(base_url: str, body: dict) -> str:
 
     The format is fixed: existing caches (synthesize@N's since its first release) replay only while
     this stays byte for byte the same."""
-    canonical = json.dumps({"base_url": base_url.rstrip("/"), "body": body},
-                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    canonical = json.dumps(
+        {"base_url": base_url.rstrip("/"), "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -160,8 +162,9 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     # per call: proxy settings are read from the env now, and `timeout` is a deadline for the whole
     # request (connect, send, headers, body), not for each read
     deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(_NoRedirect(), DeadlineHTTPHandler(deadline, cancel),
-                                         DeadlineHTTPSHandler(deadline, cancel))
+    opener = urllib.request.build_opener(
+        _NoRedirect(), DeadlineHTTPHandler(deadline, cancel), DeadlineHTTPSHandler(deadline, cancel)
+    )
     try:
         with opener.open(request, timeout=timeout) as response:
             raw = _read_capped(response, MAX_REPLY_BYTES, "reply")
@@ -169,14 +172,22 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location")
             where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
-            raise FatalError(redact_key(f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
-                                        "(the API key is sent to base_url only): set base_url to the final address",
-                                        api_key)) from None
+            raise FatalError(
+                redact_key(
+                    f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
+                    "(the API key is sent to base_url only): set base_url to the final address",
+                    api_key,
+                )
+            ) from None
         detail = redact_key(_error_detail(exc), api_key)
         if exc.code == 429:
-            raise TransientError("http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
+            raise TransientError(
+                "http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))
+            ) from None
         if exc.code >= 500:
-            raise TransientError("http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))) from None
+            raise TransientError(
+                "http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))
+            ) from None
         raise FatalError(f"HTTP {exc.code}{detail}") from None
     except TimeoutError:
         raise TransientError("timeout", f"no response within {timeout:g}s") from None
@@ -208,8 +219,6 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     return f": {' '.join(str(message).split())[:200]}" if message else ""
 
 
-
-
 class RetryPolicy(NamedTuple):
     """How long one try may take and how often to try; any params model with these four keys."""
 
@@ -223,8 +232,9 @@ class RetryPolicy(NamedTuple):
         return cls(params.timeout_s, params.max_attempts, params.backoff_base_s, params.backoff_cap_s)
 
 
-def call_with_retries(url: str, body: dict, api_key: str | None, policy: Any,
-                      cancel: threading.Event | None = None) -> tuple[dict, CallStats]:
+def call_with_retries(
+    url: str, body: dict, api_key: str | None, policy: Any, cancel: threading.Event | None = None
+) -> tuple[dict, CallStats]:
     """POST until a valid chat completion arrives; RequestFailed on a fatal error or attempts spent,
     Cancelled as soon as `cancel` is set (no new attempt, no backoff wait, the request in flight dropped).
     `policy`: a RetryPolicy or any object with its four attributes (a params entry)."""
@@ -324,9 +334,18 @@ class Job(NamedTuple):
     key: str
 
 
-def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy: Any, concurrency: int,
-                 cache: ResponseCache, responses: dict[int, dict], log: Callable[[str], None],
-                 desc: str = "requests") -> tuple[CallStats, list[tuple[int, str]]]:
+def call_missing(
+    jobs: list[Job],
+    *,
+    base_url: str,
+    api_key: str | None,
+    policy: Any,
+    concurrency: int,
+    cache: ResponseCache,
+    responses: dict[int, dict],
+    log: Callable[[str], None],
+    desc: str = "requests",
+) -> tuple[CallStats, list[tuple[int, str]]]:
     """Make `jobs`, `concurrency` at a time; cache each success at once and put it in `responses`.
 
     After the first request that fails for good, no new request starts (the ones in flight finish
@@ -387,14 +406,14 @@ def call_missing(jobs: list[Job], *, base_url: str, api_key: str | None, policy:
 
 # ---------------------------------------------------------------- the API key
 
+
 @functools.lru_cache(maxsize=4)
 def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
     """A pattern matching, at every position, any 8-character piece of the key (the whole key if
     shorter), in any letter case and reversed too: a server or proxy that upper-cases what it echoes,
     a host name (lower-cased), a reversed string, all still hold the key."""
     n = min(8, len(api_key))
-    pieces = sorted({text[i : i + n].lower() for text in (api_key, api_key[::-1])
-                     for i in range(len(text) - n + 1)})
+    pieces = sorted({text[i : i + n].lower() for text in (api_key, api_key[::-1]) for i in range(len(text) - n + 1)})
     return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))", re.IGNORECASE), n
 
 
@@ -422,13 +441,14 @@ def redact_key(value: Any, api_key: str | None) -> Any:
     return value
 
 
-
 def api_key_from_env(env_name: str | None) -> str | None:
     """The key from the environment variable `env_name` (None: no key); one that cannot be sent as a
     header value (a control character such as a trailing \\r or newline, a space, non-ASCII) is
     refused without printing it."""
     key = os.environ.get(env_name) if env_name else None
     if key and not all(0x21 <= ord(char) <= 0x7E for char in key):
-        raise DataError(f"${env_name}: the API key holds a control character, space or non-ASCII "
-                        "character (a trailing newline or \\r from the file it was read from?); fix the variable")
+        raise DataError(
+            f"${env_name}: the API key holds a control character, space or non-ASCII "
+            "character (a trailing newline or \\r from the file it was read from?); fix the variable"
+        )
     return key

@@ -6,6 +6,7 @@ cut to its row range, its steps run), then runs the release steps; every removed
 near-duplicate matching come in through `Ops`, so this module does no I/O (scripts/lib/compose_ops.py
 builds the stage's Ops; prefilter@S builds its own from the text tables).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from scripts.lib.recipe import Recipe
 
 ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
 SOURCE_SPLIT = "_source_split"  # a component row's split in its source (per_split scope), dropped on merge
-
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,10 @@ def component_rows(component: Component, load_split) -> pd.DataFrame:
         inside = (rows["position"] >= start) & (rows["position"] < (stop if stop is not None else np.inf))
         rows = rows[inside].sort_values(["position", "id"], kind="stable")
     elif component.rows is not None:
-        raise DataError(f"source {component.source}: rows {component.rows} needs row positions (data/prefilter/"
-                        f"{component.source}.parquet)")
+        raise DataError(
+            f"source {component.source}: rows {component.rows} needs row positions (data/prefilter/"
+            f"{component.source}.parquet)"
+        )
     else:
         rows = rows.sort_values("id", kind="stable")
     into = rows[SOURCE_SPLIT] if component.into == "same" else component.into
@@ -118,7 +120,9 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | No
         else:
             assert ops.reference is not None  # Ops that compose a release with `reference` provide it
             reference = ops.reference(d.reference)
-        ref_texts = reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
+        ref_texts = (
+            reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []
+        )
         keep = _cross_keep(texts, ref_texts, d, ops)
         reason = f"cross_dedup:{d.against}"
     else:  # validation_vs_train
@@ -159,9 +163,10 @@ def release_stats(rows: pd.DataFrame, removed: pd.DataFrame) -> dict:
     stats["removed"]["total"] = len(removed)
     # per split, so a log count of one step (11,010 train rows removed as near-duplicates) has its match
     stats["removed_by_split"] = {
-        s: {reason: int(n) for reason, n in removed.loc[removed["split"] == s, "reason"].value_counts().sort_index().items()}
+        s: {
+            reason: int(n)
+            for reason, n in removed.loc[removed["split"] == s, "reason"].value_counts().sort_index().items()
+        }
         for s in SPLITS
     }
     return stats
-
-

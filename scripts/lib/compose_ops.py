@@ -5,6 +5,7 @@
 `deduper` wrap the cleaning and dedup cores with their rule sets and params loaded once; `stage_ops`
 wires them for compose@V and release@V.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,10 +21,15 @@ from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
 
 
-def split_loader(splits_dir: Path, roots: dict[str, list[Path]], positions_dir: Path | None = None,
-                 text_only: frozenset[str] = frozenset()):
+def split_loader(
+    splits_dir: Path,
+    roots: dict[str, list[Path]],
+    positions_dir: Path | None = None,
+    text_only: frozenset[str] = frozenset(),
+):
     """load_split(source, split) for Ops: the split table, checked, with `position`. Rows of a `text_only`
     source may have no image."""
+
     def load_split(source: str, split: str) -> pd.DataFrame:
         path = splits_dir / source / f"{split}.parquet"
         rows = read_parquet(path)
@@ -50,8 +56,10 @@ def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[P
     for number, component in enumerate(recipe.all_components()):
         entry = sources.get(component.source)
         if entry is None:
-            raise DataError(f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
-                            f"which is not under sources (have: {', '.join(sources) or 'none'})")
+            raise DataError(
+                f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
+                f"which is not under sources (have: {', '.join(sources) or 'none'})"
+            )
         roots[component.source] = [Path(p) for p in (entry.images, entry.path) if p]
     return roots
 
@@ -132,16 +140,26 @@ def deduper(dedup: Dedup | None, runtime: Runtime | None = None):
     return keep
 
 
-def stage_ops(sources: dict[str, Source], releases: dict[str, Release], dedup: Dedup, splits: Path,
-              rules: Path | None, positions: Path | None, recipe: Recipe, desc: str,
-              runtime: Runtime | None = None) -> Ops:
+def stage_ops(
+    sources: dict[str, Source],
+    releases: dict[str, Release],
+    dedup: Dedup,
+    splits: Path,
+    rules: Path | None,
+    positions: Path | None,
+    recipe: Recipe,
+    desc: str,
+    runtime: Runtime | None = None,
+) -> Ops:
     """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
     roots = source_roots(sources, recipe)
     for other in referenced_releases(recipe):
         roots.update(source_roots(sources, resolve_recipe(other, releases)))
     text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
     built: dict[str, pd.DataFrame] = {}
-    ops = Ops(split_loader(splits, roots, positions, text_only), cleaner(rules, desc), deduper(dedup, runtime), built=built)
+    ops = Ops(
+        split_loader(splits, roots, positions, text_only), cleaner(rules, desc), deduper(dedup, runtime), built=built
+    )
 
     def reference(name: str) -> pd.DataFrame:
         return output_rows(resolve_recipe(name, releases), ops)

@@ -5,6 +5,7 @@ request without end; these connections give each send and receive only the time 
 request's deadline, in slices of POLL_S so that a cancel (Ctrl-C) ends a blocked one at once.
 Used by scripts/lib/chat_client.py (build an opener with both handlers and its _NoRedirect).
 """
+
 from __future__ import annotations
 
 import http.client

@@ -5,6 +5,7 @@ stage's outputs before it runs, and a fresh clone after `dvc pull` has no store,
 threshold change would re-render what the cache already holds. It is only ever a head start: every
 failure to read the lock or the cache means "nothing known", never an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,7 +56,10 @@ def cached_directory(output: Path | str, root: Path | str = ".") -> dict[str, Pa
             entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
             if not isinstance(entries, list):
                 return {}
-            return {e["relpath"]: Path(odb.oid_to_path(e["md5"])) for e in entries if isinstance(e, dict)
-                    and isinstance(e.get("relpath"), str) and MD5.fullmatch(str(e.get("md5")))}
+            return {
+                e["relpath"]: Path(odb.oid_to_path(e["md5"]))
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("relpath"), str) and MD5.fullmatch(str(e.get("md5")))
+            }
     except (DvcException, OSError, UnicodeDecodeError, ValueError):
         return {}

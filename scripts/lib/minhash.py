@@ -18,6 +18,7 @@ bit-identical signatures (tests/test_dedup.py checks it). The only difference fr
 defaults is the shingle hash: datasketch applies sha1 to each shingle's bytes, which costs a Python
 call per shingle; we hash token bytes and combine token hashes with numpy integer arithmetic.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -444,8 +445,10 @@ def ranked_pair(left: Shingles, right: Shingles) -> tuple[RankedSets, RankedSets
     """unique_sets of two groups of texts ranked together (so their ranks are comparable)."""
     n = len(left.counts)
     both = unique_sets(
-        Shingles(hashes=np.concatenate([left.hashes, right.hashes]),
-                 offsets=np.concatenate([left.offsets, right.offsets[1:] + left.offsets[-1]]))
+        Shingles(
+            hashes=np.concatenate([left.hashes, right.hashes]),
+            offsets=np.concatenate([left.offsets, right.offsets[1:] + left.offsets[-1]]),
+        )
     )
     cut = both.offsets[n]
     return (RankedSets(both.ranks[:cut], both.offsets[: n + 1]), RankedSets(both.ranks[cut:], both.offsets[n:] - cut))

@@ -4,6 +4,7 @@ Python's json and PyYAML's composer recurse once per level: 100k nested `[` is a
 traceback (json) or a segfault after a minute (libyaml's composer). Every reader of JSON or YAML
 from a file or the network checks the text here first; no file of ours nests anywhere near the cap.
 """
+
 from __future__ import annotations
 
 import json

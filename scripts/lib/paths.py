@@ -5,6 +5,7 @@ names) or whose image lies outside its source's folders (`/etc/passwd`, `../../x
 store). `check_output` and `move_into_place` let a release replace only a folder it wrote: a mistyped
 output path loses no data.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Path], images_required: bool = True) -> None:
+def check_split_rows(
+    rows: pd.DataFrame, path: Path, source: str, roots: list[Path], images_required: bool = True
+) -> None:
     """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
     column, a null value, an id that is not a plain name (it becomes a file name), a row of another
     source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store).
@@ -53,10 +56,14 @@ def check_split_rows(rows: pd.DataFrame, path: Path, source: str, roots: list[Pa
         file = parse_ref(image)[0]
         real = os.path.realpath(file)  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied
-        if not (any(inside(real, root) for root in real_roots)
-                or (inside(real, cache) and any(inside(named, root) for root in named_roots))):
+        if not (
+            any(inside(real, root) for root in real_roots)
+            or (inside(real, cache) and any(inside(named, root) for root in named_roots))
+        ):
             where = ", ".join(str(root) for root in roots) or "none in params.yaml"
-            raise DataError(f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})")
+            raise DataError(
+                f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})"
+            )
 
 
 def check_output(output: Path) -> None:
@@ -66,7 +73,9 @@ def check_output(output: Path) -> None:
     if output.is_dir():
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
-        check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any((output / s / MARKER).is_file() for s in SPLITS))
+        check_outputs_ours(
+            output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any((output / s / MARKER).is_file() for s in SPLITS)
+        )
     for split in SPLITS:
         if (output / split).is_dir() and not (output / split / MARKER).is_file():
             check_replaceable(output / split)
@@ -74,8 +83,10 @@ def check_output(output: Path) -> None:
 
 def _refuse_foreign(output: Path, foreign: list[str]) -> None:
     if foreign:
-        raise DataError(f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
-                        "release into it (point it at its own folder, e.g. data/releases/NAME)")
+        raise DataError(
+            f"{output}: holds {foreign[0]!r}, which release did not write; refusing to write a "
+            "release into it (point it at its own folder, e.g. data/releases/NAME)"
+        )
 
 
 def move_into_place(staging: Path, output: Path) -> None:

@@ -6,6 +6,7 @@ plots.json) and the reader depends on that file. A plan holds the entries as par
 exactly when an entry it reads is edited), in params order; the reader checks the file against
 params.yaml (`check_plan`), so a hand-run stage after an edit fails in one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,12 @@ def compose_plan(plan: dict) -> dict:
     """data/recipes/compose/V.json: a release plan less what only the export and the card read (`export`,
     `description`), so a layout change re-composes nothing."""
     only_export = ("export", "description")
-    return {"releases": [[n, {k: v for k, v in (entry or {}).items() if k not in only_export}]
-                         for n, entry in plan["releases"]],
-            "sources": plan["sources"]}
+    return {
+        "releases": [
+            [n, {k: v for k, v in (entry or {}).items() if k not in only_export}] for n, entry in plan["releases"]
+        ],
+        "sources": plan["sources"],
+    }
 
 
 def plots_plan(releases: dict, sources: dict) -> dict:
@@ -75,28 +79,38 @@ def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Compon
         for component in resolve_recipe(name, releases).own_components:
             if component.source != source:
                 continue
-            found += [(name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate]
+            found += [
+                (name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate
+            ]
     return found
 
 
 def prefiltered_sources(releases: dict) -> set[str]:
     """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
-    return {c.source for name in releases for c in resolve_recipe(name, releases).own_components
-            if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)}
+    return {
+        c.source
+        for name in releases
+        for c in resolve_recipe(name, releases).own_components
+        if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)
+    }
 
 
 def prefilter_plan(source: str, releases: dict) -> dict:
     """data/recipes/prefilter/S.json: the entries of `releases` prefilter@S reads (the releases with a
     before_generate step on S and what they read) and the sources with such steps."""
     with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
-    return {"prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
-            "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)]}
+    return {
+        "prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
+        "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)],
+    }
 
 
 def plan_releases(plan: dict) -> dict[str, Release]:
     """The `releases` a stage reads: the plan's entries as models, in params order."""
-    return {name: entry if isinstance(entry, Release) else parse(Release, entry or {}, at=("releases", name))
-            for name, entry in plan["releases"]}
+    return {
+        name: entry if isinstance(entry, Release) else parse(Release, entry or {}, at=("releases", name))
+        for name, entry in plan["releases"]
+    }
 
 
 def plan_sources(plan: dict) -> dict[str, Source]:

@@ -9,6 +9,7 @@
   removed as its duplicates, with their Jaccard. Self-contained HTML (no script, no network), every
   text escaped. `python -m scripts dedup-preview S` writes it from existing dedup outputs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,8 +113,9 @@ mark { background: #ffe08a; }
 """
 
 
-def dedup_preview_html(clusters_df, kept_df, removed_df, n: int, title: str = "near-duplicates",
-                       text_column: str = "text") -> str:
+def dedup_preview_html(
+    clusters_df, kept_df, removed_df, n: int, title: str = "near-duplicates", text_column: str = "text"
+) -> str:
     """An HTML page of the n largest clusters: each kept text beside the texts removed as its
     near-duplicates, with their Jaccard (words not in the kept text are highlighted).
 
@@ -121,22 +123,32 @@ def dedup_preview_html(clusters_df, kept_df, removed_df, n: int, title: str = "n
     kept_df / removed_df: tables with `id` and `text_column` holding those rows' texts (e.g. the
     dedup output and its input). Clusters are ordered by size, then kept id; removed rows by Jaccard
     (highest first), then id; so the page is the same bytes for the same inputs."""
-    for name, df, columns in (("clusters", clusters_df, ("id", "duplicate_of", "jaccard")),
-                              ("kept", kept_df, ("id", text_column)), ("removed", removed_df, ("id", text_column))):
+    for name, df, columns in (
+        ("clusters", clusters_df, ("id", "duplicate_of", "jaccard")),
+        ("kept", kept_df, ("id", text_column)),
+        ("removed", removed_df, ("id", text_column)),
+    ):
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise DataError(f"dedup preview: {name} table has no column(s) {', '.join(missing)}")
     kept_text = dict(zip(kept_df["id"].astype(str), kept_df[text_column]))
     removed_text = dict(zip(removed_df["id"].astype(str), removed_df[text_column]))
     members: dict[str, list[tuple[float, str]]] = {}
-    for rid, kid, jac in zip(clusters_df["id"].astype(str), clusters_df["duplicate_of"].astype(str),
-                             clusters_df["jaccard"]):
+    for rid, kid, jac in zip(
+        clusters_df["id"].astype(str), clusters_df["duplicate_of"].astype(str), clusters_df["jaccard"]
+    ):
         members.setdefault(kid, []).append((float(jac), rid))
     order = sorted(members, key=lambda k: (-len(members[k]), k))[: max(0, n)]
     removed_total = sum(len(m) for m in members.values())
     parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{PAGE_STYLE}</style>",
+        "</head>",
+        "<body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p id="summary">{len(members):,} clusters, {removed_total:,} rows removed; '
         f"showing the {len(order):,} largest.</p>",
@@ -151,12 +163,20 @@ def dedup_preview_html(clusters_df, kept_df, removed_df, n: int, title: str = "n
             "<tr><th>kept</th><th>removed</th><th>Jaccard</th></tr>",
         ]
         for i, (jac, rid) in enumerate(rows):
-            kept_cell = (f'<td class="kept" rowspan="{len(rows)}">{html.escape(keep)}'
-                         f'<div class="id">{html.escape(kid)}</div></td>') if i == 0 else ""
+            kept_cell = (
+                (
+                    f'<td class="kept" rowspan="{len(rows)}">{html.escape(keep)}'
+                    f'<div class="id">{html.escape(kid)}</div></td>'
+                )
+                if i == 0
+                else ""
+            )
             text = removed_text.get(rid)
             shown = _highlight(str(text), keep_words) if text is not None else "(removed row not found)"
-            parts.append(f'<tr>{kept_cell}<td class="removed">{shown}<div class="id">{html.escape(rid)}</div></td>'
-                         f'<td class="jaccard">{jac:.3f}</td></tr>')
+            parts.append(
+                f'<tr>{kept_cell}<td class="removed">{shown}<div class="id">{html.escape(rid)}</div></td>'
+                f'<td class="jaccard">{jac:.3f}</td></tr>'
+            )
         parts.append("</table>")
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
@@ -166,7 +186,7 @@ def _highlight(text: str, keep_words: set[str]) -> str:
     """Escape `text`, marking the words that the kept text does not have."""
     out, last = [], 0
     for match in _TOKEN.finditer(text):
-        out.append(html.escape(text[last:match.start()]))
+        out.append(html.escape(text[last : match.start()]))
         word = html.escape(match.group())
         out.append(word if match.group().lower() in keep_words else f"<mark>{word}</mark>")
         last = match.end()
@@ -174,11 +194,17 @@ def _highlight(text: str, keep_words: set[str]) -> str:
     return "".join(out)
 
 
-def write_dedup_preview(source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, output: Path,
-                        n: int) -> None:
+def write_dedup_preview(
+    source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, output: Path, n: int
+) -> None:
     """data/dedup/S.preview.html from the dedup stage's input, output and clusters."""
     removed = read_parquet(clean_path)  # the dedup input holds the removed rows' texts
-    page = dedup_preview_html(read_parquet(clusters_path), read_parquet(dedup_path), removed, n,
-                              title=f"dedup@{source}: largest near-duplicate clusters")
+    page = dedup_preview_html(
+        read_parquet(clusters_path),
+        read_parquet(dedup_path),
+        removed,
+        n,
+        title=f"dedup@{source}: largest near-duplicate clusters",
+    )
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -21,6 +21,7 @@ For work that is not one Python loop (a process pool, batches), use `Progress` a
 The log lines are ours: rich renders nothing live off a terminal, and tqdm's `\r` redraws make one
 endless line in a log file.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,11 @@ def progress_line(desc: str, done: int, total: int | None, seconds: float, unit:
     """'desc: 1,200/4,800 images (25%), 30 s, 40 images/s, ETA 1 min 30 s': a log's periodic line
     (without a total: done, elapsed and rate only)."""
     rate = done / seconds if seconds > 0 else 0.0
-    parts = [f"{desc}: {done:,}/{total:,} {unit} ({done / total:.0%})" if total else f"{desc}: {done:,} {unit}",
-             duration(seconds), f"{rate:,.0f} {unit}/s"]
+    parts = [
+        f"{desc}: {done:,}/{total:,} {unit} ({done / total:.0%})" if total else f"{desc}: {done:,} {unit}",
+        duration(seconds),
+        f"{rate:,.0f} {unit}/s",
+    ]
     if total and rate > 0:
         parts.append(f"ETA {duration(max(0, total - done) / rate)}")
     return ", ".join(parts)
@@ -79,8 +83,15 @@ class Progress:
 
     `force_terminal` overrides the TTY check (tests; None = ask the stream)."""
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "rows",
-                 stream: TextIO | None = None, force_terminal: bool | None = None, log_every: float | None = None):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        unit: str = "rows",
+        stream: TextIO | None = None,
+        force_terminal: bool | None = None,
+        log_every: float | None = None,
+    ):
         self.desc, self.total, self.unit = desc, total, unit
         self.stream = stream if stream is not None else sys.stderr
         is_tty = getattr(self.stream, "isatty", lambda: False)()
@@ -111,10 +122,17 @@ class Progress:
 
         console = Console(file=self.stream, force_terminal=True)
         self._bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("elapsed"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("elapsed"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(self.desc, total=self.total, rate=f"- {self.unit}/s")
@@ -125,8 +143,11 @@ class Progress:
             now = time.perf_counter()
             if now - self._shown_at >= self.log_every and self.done != self.total:  # the summary says the end
                 self._shown_at = now
-                print(progress_line(self.desc, self.done, self.total, now - self._start, self.unit),
-                      file=self.stream, flush=True)
+                print(
+                    progress_line(self.desc, self.done, self.total, now - self._start, self.unit),
+                    file=self.stream,
+                    flush=True,
+                )
         else:
             now = time.perf_counter()
             if now - self._shown_at >= REFRESH_S or self.done == self.total:  # a bar update costs microseconds
@@ -144,9 +165,15 @@ class Progress:
             print(summary_line(self.desc, self.done, seconds, self.unit), file=self.stream, flush=True)
 
 
-def track(iterable: Iterable[T], total: int | None = None, desc: str = "working", unit: str = "rows",
-          stream: TextIO | None = None, force_terminal: bool | None = None,
-          log_every: float | None = None) -> Iterator[T]:
+def track(
+    iterable: Iterable[T],
+    total: int | None = None,
+    desc: str = "working",
+    unit: str = "rows",
+    stream: TextIO | None = None,
+    force_terminal: bool | None = None,
+    log_every: float | None = None,
+) -> Iterator[T]:
     """Yield every item of `iterable` while showing progress (see the module doc)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 The stages hand Ray Data the same batch functions the local engine calls; this module only starts and
 stops Ray and turns its failures into one-line DataErrors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,11 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     started_here = not ray.is_initialized()
     if started_here:
         python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        options: dict = {"include_dashboard": False, "log_to_driver": False,
-                         "runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}  # workers import scripts.*
+        options: dict = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
+        }  # workers import scripts.*
         if runtime.ray_address is None and runtime.object_store_mb is not None:
             options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
         try:
@@ -37,7 +41,9 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise DataError(f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})") from None
+            raise DataError(
+                f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})"
+            ) from None
     try:
         yield ray
     finally:

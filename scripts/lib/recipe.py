@@ -4,6 +4,7 @@
 a component's `dedup_against`) into steps and refuses what no stage can run (a base cycle, a step
 `reference` to an unknown release, a scope against outside a component) in one line naming the key.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,16 +62,29 @@ def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Re
     if spec.validation_leaks != "none":
         steps.append(Step(dedup=DedupStep(scope="validation_vs_train", match=spec.validation_leaks)))
     for number, step in enumerate(steps):
-        if step.dedup is not None and (step.dedup.before_generate or (step.dedup.scope == "against" and step.dedup.reference is None)):
-            raise DataError(f"params.yaml: releases.{name}.steps[{number}]: scope against runs on a component's rows "
-                            "(put it in the component's steps)")
+        if step.dedup is not None and (
+            step.dedup.before_generate or (step.dedup.scope == "against" and step.dedup.reference is None)
+        ):
+            raise DataError(
+                f"params.yaml: releases.{name}.steps[{number}]: scope against runs on a component's rows "
+                "(put it in the component's steps)"
+            )
     for number, component in enumerate(components):
         for k, step in enumerate(component.steps):
             if step.dedup is not None and step.dedup.reference is not None and step.dedup.reference not in releases:
-                raise DataError(f"params.yaml: releases.{name}.components[{number}].steps[{k}].dedup.reference: "
-                                f"unknown release {step.dedup.reference!r}")
-    recipe = Recipe(name, components, tuple(steps), export, base=base, description=spec.description,
-                    lineage=(base.lineage if base else ()) + (name,))
+                raise DataError(
+                    f"params.yaml: releases.{name}.components[{number}].steps[{k}].dedup.reference: "
+                    f"unknown release {step.dedup.reference!r}"
+                )
+    recipe = Recipe(
+        name,
+        components,
+        tuple(steps),
+        export,
+        base=base,
+        description=spec.description,
+        lineage=(base.lineage if base else ()) + (name,),
+    )
     if not recipe.own_components and base is None:
         raise DataError(f"params.yaml: releases.{name}: no components")
     return recipe
@@ -85,5 +99,9 @@ def _with_shorthand(component: Component) -> Component:
 
 def referenced_releases(recipe: Recipe) -> set[str]:
     """Releases whose output rows the recipe's components dedup against after rendering (`reference:`)."""
-    return {s.dedup.reference for c in recipe.all_components() for s in c.steps
-            if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate}
+    return {
+        s.dedup.reference
+        for c in recipe.all_components()
+        for s in c.steps
+        if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate
+    }

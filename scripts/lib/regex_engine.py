@@ -8,6 +8,7 @@ and proofs of scripts/lib/regex_guards.py, and on printable-ASCII text (most pro
 phase (`Scanner`, scripts/lib/regex_re2.py) that finds in one pass the few rewrites that can change
 it; only those run, with Python's `re`. It knows nothing about prompts (scripts/lib/cleaning/).
 """
+
 from __future__ import annotations
 
 import enum
@@ -28,13 +29,22 @@ from scripts.lib.regex_guards import (
 )
 from scripts.lib.regex_re2 import CONTROL, re2_set, re2_syntax, rewrite_pattern, set_match
 
-__all__ = ["CompiledRewrite", "Phase", "Search", "compile_phase", "compile_rewrite", "compile_search", "is_plain",
-           "run_phase"]
+__all__ = [
+    "CompiledRewrite",
+    "Phase",
+    "Search",
+    "compile_phase",
+    "compile_rewrite",
+    "compile_search",
+    "is_plain",
+    "run_phase",
+]
 
 _DIGIT = re.compile(r"\d")
 
 
 # --------------------------------------------------------------------------- compiling
+
 
 @dataclass(frozen=True)
 class CompiledRewrite:
@@ -63,14 +73,30 @@ class CompiledRewrite:
     prefilter: re.Pattern | None = None  # the regex minus a leading \\b: see `regex_guards.prefilter`
 
 
-def compile_rewrite(name: str, *, find: str | None = None, pattern: str | None = None, repl: str = "",
-                    strip: bool = False, fast: bool = True, where: str = "rewrite") -> CompiledRewrite:
+def compile_rewrite(
+    name: str,
+    *,
+    find: str | None = None,
+    pattern: str | None = None,
+    repl: str = "",
+    strip: bool = False,
+    fast: bool = True,
+    where: str = "rewrite",
+) -> CompiledRewrite:
     """One rewrite: replace the plain text `find`, or substitute the regex `pattern`, by `repl`;
     `strip` trims the result. `fast=False` leaves out the guards (same results, slower). A bad
     pattern or repl is a DataError that starts with `where`."""
     if find is not None:
-        return CompiledRewrite(name, lambda text: text.replace(find, repl), strip, literals=(find,) if fast else (),
-                               adds_digits=bool(_DIGIT.search(repl)), find=find, repl=repl, keeps_plain=is_plain(repl))
+        return CompiledRewrite(
+            name,
+            lambda text: text.replace(find, repl),
+            strip,
+            literals=(find,) if fast else (),
+            adds_digits=bool(_DIGIT.search(repl)),
+            find=find,
+            repl=repl,
+            keeps_plain=is_plain(repl),
+        )
     # group references (\\1, \\g<name>) copy what matched; only the rest of `repl` is new text
     new_text = re.sub(r"\\(\d+|g<[^>]*>)", "", repl)
     assert pattern is not None, "compile_rewrite needs `find` or `pattern`"
@@ -85,9 +111,18 @@ def compile_rewrite(name: str, *, find: str | None = None, pattern: str | None =
     if fast and (regex.pattern, repl) in UNCHANGED_WHEN:
         unchanged, unchanged_plain = UNCHANGED_WHEN[regex.pattern, repl], UNCHANGED_WHEN_PLAIN[regex.pattern, repl]
     return CompiledRewrite(
-        name, lambda text: sub(repl, text), strip, **found, adds_digits=bool(_DIGIT.search(new_text)),
-        regex=regex, repl=repl, unchanged=unchanged, unchanged_plain=unchanged_plain,
-        keeps_plain=is_plain(new_text) and "\\" not in new_text, prefilter=prefilter(regex) if fast else None)
+        name,
+        lambda text: sub(repl, text),
+        strip,
+        **found,
+        adds_digits=bool(_DIGIT.search(new_text)),
+        regex=regex,
+        repl=repl,
+        unchanged=unchanged,
+        unchanged_plain=unchanged_plain,
+        keeps_plain=is_plain(new_text) and "\\" not in new_text,
+        prefilter=prefilter(regex) if fast else None,
+    )
 
 
 def _regex(pattern: str, where: str) -> re.Pattern:
@@ -196,8 +231,18 @@ def _step(rw: CompiledRewrite, plain: bool) -> Step:
         sub, repl = (lambda repl, text, f=rw.sub: f(text)), ""
     else:
         repl = rw.repl
-    return Step(rw.needs_digit, bool(literals) and rw.ignore_case, lookup, guard, rw.prefilter, rw.find, sub, repl,
-                unchanged, rw.strip)
+    return Step(
+        rw.needs_digit,
+        bool(literals) and rw.ignore_case,
+        lookup,
+        guard,
+        rw.prefilter,
+        rw.find,
+        sub,
+        repl,
+        unchanged,
+        rw.strip,
+    )
 
 
 _TRIM_ONLY = Step(False, False, None, None, None, None, lambda repl, text: text, "", None, True)
@@ -209,6 +254,7 @@ def _without_digits(steps: tuple[Step, ...]) -> tuple[Step, ...]:
 
 
 # --------------------------------------------------------------------------- the phase runner
+
 
 def run_phase(phase: Phase, text: str, plain: bool | None = None) -> str:
     """Apply a phase's rewrites in order, skipping those whose guards show they cannot match.
@@ -305,6 +351,7 @@ def _apply(text: str, find: str | None, sub: Callable, repl: str, unchanged: Cal
 
 # --------------------------------------------------------------------------- the RE2 scanner of a phase
 
+
 @dataclass(frozen=True)
 class Scanner:
     """Finds, in one pass over printable-ASCII text, which rewrites of a phase can change it.
@@ -330,13 +377,15 @@ def _scanner(rewrites: tuple[CompiledRewrite, ...], plain_steps: tuple[Step, ...
     if regex_set is None or len(taken) != len(rewrites):
         return None
     guarded = tuple(pattern is None for pattern in patterns)
-    steps = tuple(step if keep_guards else step._replace(needs_digit=False, lower=False, lookup=None, guard=None,
-                                                         prefilter=None)
-                  for step, keep_guards in zip(plain_steps, guarded))
+    steps = tuple(
+        step if keep_guards else step._replace(needs_digit=False, lower=False, lookup=None, guard=None, prefilter=None)
+        for step, keep_guards in zip(plain_steps, guarded)
+    )
     return Scanner(set_match(regex_set), _packed(steps), guarded)
 
 
 # --------------------------------------------------------------------------- one search
+
 
 @dataclass(frozen=True)
 class Search:

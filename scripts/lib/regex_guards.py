@@ -9,6 +9,7 @@
 Conservative throughout: what the walk does not understand adds no guard. tests/test_regex_engine.py
 checks each entry against the plain regex on real and random text.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,6 +34,7 @@ def literals_only(regex: re.Pattern) -> bool:
 
 
 # --------------------------------------------------------------------------- guards: what every match needs
+
 
 class Guards(NamedTuple):
     """What any match of a regex must contain: a digit, and/or one of `literals` (lowercase when
@@ -122,8 +124,10 @@ def _starts_with_a_character(node, parser) -> bool:
     if op is parser.LITERAL:
         return True
     if op is parser.IN:
-        return all(kind is not parser.NEGATE and not (kind is parser.CATEGORY and arg is parser.CATEGORY_WORD)
-                   for kind, arg in av)
+        return all(
+            kind is not parser.NEGATE and not (kind is parser.CATEGORY and arg is parser.CATEGORY_WORD)
+            for kind, arg in av
+        )
     if op is parser.SUBPATTERN and not (av[1] or av[2]) and av[3]:
         return _starts_with_a_character(av[3][0], parser)
     if op in (parser.MAX_REPEAT, parser.MIN_REPEAT) and av[0] >= 1 and av[2]:
@@ -146,7 +150,7 @@ def prefilter(regex: re.Pattern) -> re.Pattern | None:
         from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
     except ImportError:
         return None
-    rest = (head.group(1) or "") + regex.pattern[head.end():]
+    rest = (head.group(1) or "") + regex.pattern[head.end() :]
     try:
         tree, rest_tree = parser.parse(regex.pattern), parser.parse(rest)
     except re.error:
@@ -161,6 +165,7 @@ def prefilter(regex: re.Pattern) -> re.Pattern | None:
 
 
 # --------------------------------------------------------------------------- proofs that a rewrite changes nothing
+
 
 def _no_repeated_word(text: str) -> bool:
     """No \\w-run equals the next one (case-insensitively). Printable-ASCII text only."""

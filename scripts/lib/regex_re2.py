@@ -6,6 +6,7 @@ handed to RE2 only in syntax both read alike; lookarounds and backreferences RE2
 for it only where that is exact. Without google-re2 every function here says so (None, or an empty
 set) and the engine runs each regex with its own guards: same results.
 """
+
 from __future__ import annotations
 
 import re
@@ -52,8 +53,7 @@ def re2_syntax(regex: re.Pattern) -> str | None:
         from re import _parser as parser  # type: ignore[attr-defined]  # typeshed lacks the private re._parser
     except ImportError:
         return None
-    pattern = (without_edge_lookarounds(regex.pattern, parser) or doubled_character(regex, parser)
-               or regex.pattern)
+    pattern = without_edge_lookarounds(regex.pattern, parser) or doubled_character(regex, parser) or regex.pattern
     return pattern if _plain_syntax(parser.parse(pattern), parser) else None
 
 
@@ -68,7 +68,7 @@ def without_edge_lookarounds(pattern: str, parser) -> str | None:
         return None
     new = pattern
     if ahead:
-        new = new[:ahead_at] + "(?:" + new[ahead_at + 3:]
+        new = new[:ahead_at] + "(?:" + new[ahead_at + 3 :]
     if behind:
         new = "(?:" + new[4:]
     try:
@@ -99,16 +99,29 @@ def doubled_character(regex: re.Pattern, parser) -> str | None:
 
 
 def _plain_syntax(items, parser) -> bool:
-    categories = {parser.CATEGORY_DIGIT, parser.CATEGORY_NOT_DIGIT, parser.CATEGORY_WORD,
-                  parser.CATEGORY_NOT_WORD, parser.CATEGORY_SPACE, parser.CATEGORY_NOT_SPACE}
-    anchors = {parser.AT_BOUNDARY, parser.AT_NON_BOUNDARY, parser.AT_BEGINNING, parser.AT_END,
-               parser.AT_BEGINNING_STRING}
+    categories = {
+        parser.CATEGORY_DIGIT,
+        parser.CATEGORY_NOT_DIGIT,
+        parser.CATEGORY_WORD,
+        parser.CATEGORY_NOT_WORD,
+        parser.CATEGORY_SPACE,
+        parser.CATEGORY_NOT_SPACE,
+    }
+    anchors = {
+        parser.AT_BOUNDARY,
+        parser.AT_NON_BOUNDARY,
+        parser.AT_BEGINNING,
+        parser.AT_END,
+        parser.AT_BEGINNING_STRING,
+    }
     for op, av in items:
         if op in (parser.LITERAL, parser.NOT_LITERAL, parser.ANY):
             continue
         if op is parser.IN:
-            if not all(kind in (parser.LITERAL, parser.RANGE, parser.NEGATE) or
-                       (kind is parser.CATEGORY and arg in categories) for kind, arg in av):
+            if not all(
+                kind in (parser.LITERAL, parser.RANGE, parser.NEGATE) or (kind is parser.CATEGORY and arg in categories)
+                for kind, arg in av
+            ):
                 return False
         elif op is parser.AT:
             if av not in anchors:

@@ -5,6 +5,7 @@ On CPU the pipeline runs in float64 (`generate.cpu_dtype`): float32 CPU kernels 
 with the batch size and thread count, float64 ones (measured) do not, so the saved bytes are the same
 for any batch size, thread count or engine.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,6 +38,7 @@ class Advances(Protocol):
 
 # ---------------------------------------------------------------- the model: where it is, what it is
 
+
 def resolve_model(settings: Generate) -> tuple[str, str]:
     """(local directory of the pipeline, identity string that changes when the weights change).
 
@@ -59,14 +61,17 @@ def download_model(settings: Generate, revision: str | None = None) -> tuple[str
     from diffusers import StableDiffusionPipeline
 
     try:
-        local = StableDiffusionPipeline.download(settings.model, revision=revision,
-                                                 local_files_only=not settings.allow_download)
+        local = StableDiffusionPipeline.download(
+            settings.model, revision=revision, local_files_only=not settings.allow_download
+        )
     except (OSError, ValueError) as exc:  # the hub client's errors (not cached, HTTP, a bad id) are these
         if settings.allow_download:
             raise DataError(f"generate.model={settings.model}: cannot download ({type(exc).__name__})") from None
-        raise DataError(f"generate.model={settings.model}: no such directory and not in the local Hugging Face "
-                        "cache (build the tiny model with `dvc repro tiny_model`, or set "
-                        "generate.allow_download: true to fetch a hub id)") from None
+        raise DataError(
+            f"generate.model={settings.model}: no such directory and not in the local Hugging Face "
+            "cache (build the tiny model with `dvc repro tiny_model`, or set "
+            "generate.allow_download: true to fetch a hub id)"
+        ) from None
     return str(local), f"{settings.model}@{Path(local).name}"
 
 
@@ -77,8 +82,10 @@ def model_on_this_machine(settings: Generate, model_dir: str, identity: str) -> 
     if identity.startswith("sha256:"):
         if Path(model_dir).is_dir() and "sha256:" + hash_directory(Path(model_dir)) == identity:
             return model_dir
-        raise DataError(f"generate.model={settings.model}: {model_dir} is missing or holds other weights on this "
-                        "machine (put the same pipeline folder at the same path on every Ray node, or use a hub id)")
+        raise DataError(
+            f"generate.model={settings.model}: {model_dir} is missing or holds other weights on this "
+            "machine (put the same pipeline folder at the same path on every Ray node, or use a hub id)"
+        )
     local, found = download_model(settings, revision=identity.rpartition("@")[2])
     if found != identity:
         raise DataError(f"generate.model={settings.model}: this machine's copy is {found}, the driver's {identity}")
@@ -91,7 +98,9 @@ _DIRECTORY_HASHES: dict = {}  # (path, stamp) -> sha256, so a benchmark or Ray a
 def directory_stamp(path: Path) -> tuple:
     """Cheap fingerprint (names, sizes, mtimes, inodes): changes whenever a file is replaced."""
     files = sorted(p for p in Path(path).rglob("*") if p.is_file())
-    return tuple((p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files)
+    return tuple(
+        (p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files
+    )
 
 
 def hash_directory(path: Path) -> str:
@@ -161,9 +170,14 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, dtype=torch_dtype, local_files_only=True,
-                                                   use_safetensors=True,  # never unpickle weights
-                                                   safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model_dir,
+        dtype=torch_dtype,
+        local_files_only=True,
+        use_safetensors=True,  # never unpickle weights
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     pipe.to(device=device, dtype=torch_dtype)
     assert settings.scheduler is not None  # the preset fills every key left null
     if settings.scheduler != "model":  # model: the pipeline's own scheduler config, as loaded
@@ -192,6 +206,7 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
 
 # ---------------------------------------------------------------- noise
 
+
 def initial_latents(jobs: list[Job], pipe, settings: Generate):
     """Per-prompt noise from a per-prompt CPU generator: independent of batch, device and order."""
     import torch
@@ -199,7 +214,9 @@ def initial_latents(jobs: list[Job], pipe, settings: Generate):
     channels = pipe.unet.config.in_channels
     scale = pipe.vae_scale_factor
     shape = (1, channels, settings.height // scale, settings.width // scale)
-    noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(j.seed), dtype=torch.float32) for j in jobs]
+    noise = [
+        torch.randn(shape, generator=torch.Generator("cpu").manual_seed(j.seed), dtype=torch.float32) for j in jobs
+    ]
     return torch.cat(noise).to(device=pipe.device, dtype=pipe.unet.dtype)
 
 
@@ -249,6 +266,7 @@ def noise_for(pipe, settings: Generate) -> SequentialNoise | None:
 
 # ---------------------------------------------------------------- encoding and the loop
 
+
 def encode_image(pixels, settings: Generate) -> bytes:
     """uint8 HxWx3 array -> file bytes (no metadata, so the bytes depend only on the pixels)."""
     from PIL import Image
@@ -257,7 +275,9 @@ def encode_image(pixels, settings: Generate) -> bytes:
     size = final_size(settings)
     if image.size != size:
         assert settings.resample is not None  # the preset fills every key left null
-        image = image.resize(size, {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[settings.resample])
+        image = image.resize(
+            size, {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[settings.resample]
+        )
     buffer = BytesIO()
     if settings.format == "jpg":
         image.save(buffer, "JPEG", quality=settings.quality)
@@ -268,9 +288,15 @@ def encode_image(pixels, settings: Generate) -> bytes:
     return buffer.getvalue()
 
 
-def render_images(jobs: list[Job], pipe, settings: Generate, deliver: Callable[[Job, bytes], None],
-                  writers: int = 2, noise: SequentialNoise | None = None,
-                  progress: Advances | None = None) -> RenderStats:
+def render_images(
+    jobs: list[Job],
+    pipe,
+    settings: Generate,
+    deliver: Callable[[Job, bytes], None],
+    writers: int = 2,
+    noise: SequentialNoise | None = None,
+    progress: Advances | None = None,
+) -> RenderStats:
     """Render `jobs` in batches of `settings.batch_size` and hand each encoded image to `deliver`
     (called from `writers` encoder threads while the next batch denoises). Sequential noise needs
     `noise` (noise_for) and jobs in row order within each call."""
@@ -294,17 +320,26 @@ def render_images(jobs: list[Job], pipe, settings: Generate, deliver: Callable[[
     with ThreadPoolExecutor(writers, thread_name_prefix="encode") as pool, torch.inference_mode():
         pending: deque = deque()
         for start in range(0, len(jobs), settings.batch_size):
-            batch = jobs[start:start + settings.batch_size]
+            batch = jobs[start : start + settings.batch_size]
             padded = batch
             if settings.compile and len(batch) < settings.batch_size:
                 padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape: no recompile
             latents = noise.latents(padded) if noise else initial_latents(padded, pipe, settings)
-            images = pipe([j.prompt for j in padded], num_inference_steps=settings.steps,
-                          guidance_scale=settings.guidance, height=settings.height, width=settings.width,
-                          latents=latents, generator=probe, output_type="pt").images[:len(batch)]
+            images = pipe(
+                [j.prompt for j in padded],
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                height=settings.height,
+                width=settings.width,
+                latents=latents,
+                generator=probe,
+                output_type="pt",
+            ).images[: len(batch)]
             if not torch.equal(probe.get_state(), probe_state):
-                raise DataError(f"generate.scheduler={settings.scheduler}: {type(pipe.scheduler).__name__} draws noise "
-                                "at every step, so images would not be reproducible (use ddim, dpmpp or euler)")
+                raise DataError(
+                    f"generate.scheduler={settings.scheduler}: {type(pipe.scheduler).__name__} draws noise "
+                    "at every step, so images would not be reproducible (use ddim, dpmpp or euler)"
+                )
             stats.pipeline_calls += 1
             stats.prompts_rendered += len(batch)
             # [0,1] floats -> uint8 on the device (4x less to copy), then hand off to the encoders;

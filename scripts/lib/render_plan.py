@@ -7,6 +7,7 @@ nothing else, so the same key always names the same bytes, whichever engine, bat
 team's) gives row i the draw i div N of generator i mod N, so its key holds (stream, draw) instead.
 Pure functions: tables and settings in, jobs and tables out.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,22 @@ from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate
 
 MANIFEST = "manifest.parquet"
-MANIFEST_COLUMNS = ["id", "file", "key", "seed", "draw", "model", "model_revision", "scheduler", "steps", "guidance",
-                    "width", "height", "format", "settings"]
+MANIFEST_COLUMNS = [
+    "id",
+    "file",
+    "key",
+    "seed",
+    "draw",
+    "model",
+    "model_revision",
+    "scheduler",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "format",
+    "settings",
+]
 # `draw`: sequential noise only, the row's draw from its generator (null for per_prompt noise).
 # `settings`: JSON of every resolved setting that changes the saved bytes or names (preset included).
 
@@ -49,9 +64,16 @@ def key_settings(settings: Generate, dtype: str, device: str = "cpu") -> dict:
     sequential noise, drawn by a generator on the device (CPU and CUDA generators differ)."""
     if "model" in (settings.height, settings.width):
         raise ValueError("height/width 'model' must be resolved first (with_model_size)")
-    key = {"scheduler": settings.scheduler, "steps": settings.steps, "guidance": settings.guidance,
-           "height": settings.height, "width": settings.width, "resize": settings.resize or None,
-           "format": settings.format, "dtype": dtype}
+    key = {
+        "scheduler": settings.scheduler,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "height": settings.height,
+        "width": settings.width,
+        "resize": settings.resize or None,
+        "format": settings.format,
+        "dtype": dtype,
+    }
     if settings.format == "jpg" and settings.quality != 95:
         key["quality"] = settings.quality
     if settings.resample != "lanczos":
@@ -65,9 +87,16 @@ def key_settings(settings: Generate, dtype: str, device: str = "cpu") -> dict:
 
 def run_settings(settings: Generate, dtype: str, device: str = "cpu", scheduler_class: str | None = None) -> dict:
     """What the manifest records: the resolved byte- and name-changing settings (no speed keys)."""
-    out = {**key_settings(settings, dtype, device), "preset": settings.preset, "prompt_field": settings.prompt_field,
-           "seed": settings.seed, "noise": settings.noise, "resample": settings.resample,
-           "quantize": settings.quantize, "file_names": settings.file_names}
+    out = {
+        **key_settings(settings, dtype, device),
+        "preset": settings.preset,
+        "prompt_field": settings.prompt_field,
+        "seed": settings.seed,
+        "noise": settings.noise,
+        "resample": settings.resample,
+        "quantize": settings.quantize,
+        "file_names": settings.file_names,
+    }
     if settings.format == "jpg":
         out["quality"] = settings.quality
     if settings.scheduler == "model":
@@ -82,8 +111,11 @@ def prompt_seed(global_seed: int, prompt_id: str) -> int:
 
 
 def image_key(model_identity: str, render_settings: dict, prompt: str, seed: int | dict) -> str:
-    payload = json.dumps({"model": model_identity, "settings": render_settings, "prompt": prompt, "seed": seed},
-                         sort_keys=True, ensure_ascii=False)
+    payload = json.dumps(
+        {"model": model_identity, "settings": render_settings, "prompt": prompt, "seed": seed},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -97,8 +129,15 @@ def stored_name(key: str, file: str) -> str:
     return f"{key[:2]}/{key}{Path(file).suffix}"
 
 
-def plan_jobs(table, settings: Generate, model_identity: str, dtype: str, input_name: str = "input",
-              prefix: str = "images", device: str = "cpu") -> list[Job]:
+def plan_jobs(
+    table,
+    settings: Generate,
+    model_identity: str,
+    dtype: str,
+    input_name: str = "input",
+    prefix: str = "images",
+    device: str = "cpu",
+) -> list[Job]:
     """One job per row, in row order. Bad rows (missing/empty text, duplicate id) are a DataError.
     `prefix` names the files with `file_names: index` (the stage passes the source name)."""
     field_name = settings.prompt_field
@@ -146,25 +185,37 @@ def manifest_table(jobs: list[Job], settings: Generate, model_identity: str, rec
 
     width, height = final_size(settings)
     rows = {
-        "id": [j.id for j in jobs], "file": [j.file for j in jobs], "key": [j.key for j in jobs],
+        "id": [j.id for j in jobs],
+        "file": [j.file for j in jobs],
+        "key": [j.key for j in jobs],
         "seed": pd.array([j.seed for j in jobs], dtype="int64"),
         "draw": pd.array([j.draw for j in jobs], dtype="Int64"),
     }
     n = len(jobs)
-    constants = {"model": settings.model, "model_revision": model_identity, "scheduler": settings.scheduler,
-                 "steps": settings.steps, "guidance": settings.guidance, "width": width, "height": height,
-                 "format": settings.format, "settings": json.dumps(recorded or {}, sort_keys=True)}
+    constants = {
+        "model": settings.model,
+        "model_revision": model_identity,
+        "scheduler": settings.scheduler,
+        "steps": settings.steps,
+        "guidance": settings.guidance,
+        "width": width,
+        "height": height,
+        "format": settings.format,
+        "settings": json.dumps(recorded or {}, sort_keys=True),
+    }
     for name, value in constants.items():
         rows[name] = [value] * n
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    strings = {name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format",
-                                        "settings")}
+    strings = {
+        name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format", "settings")
+    }
     return df.astype({**strings, "steps": "int64", "width": "int64", "height": "int64", "guidance": "float64"})
 
 
 def model_config(model_dir: str | Path) -> dict:
     """What the pipeline's files say about the defaults `model` stands for: the default size (the
     pipeline's own: unet sample_size x 2^(VAE levels - 1)) and the scheduler class."""
+
     def read(name: str) -> dict:
         try:
             return loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
@@ -175,8 +226,11 @@ def model_config(model_dir: str | Path) -> dict:
     levels = len(read("vae/config.json").get("block_out_channels") or [0] * 4)
     height, width = (sample, sample) if isinstance(sample, int) else tuple(sample or (0, 0))
     scale = 2 ** (levels - 1)
-    return {"height": height * scale, "width": width * scale,
-            "scheduler_class": (read("model_index.json").get("scheduler") or [None, None])[-1]}  # what loads
+    return {
+        "height": height * scale,
+        "width": width * scale,
+        "scheduler_class": (read("model_index.json").get("scheduler") or [None, None])[-1],
+    }  # what loads
 
 
 def with_model_size(settings: Generate, model_dir: str | Path) -> Generate:
@@ -185,6 +239,8 @@ def with_model_size(settings: Generate, model_dir: str | Path) -> Generate:
     if "model" not in (settings.height, settings.width):
         return settings
     config = model_config(model_dir)
-    sides = {side: config[side] if getattr(settings, side) == "model" else getattr(settings, side)
-             for side in ("height", "width")}
+    sides = {
+        side: config[side] if getattr(settings, side) == "model" else getattr(settings, side)
+        for side in ("height", "width")
+    }
     return settings.replace(**sides)

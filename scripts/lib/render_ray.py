@@ -7,6 +7,7 @@ no filesystem is shared beyond the driver's, and a retried batch (a lost actor) 
 keys its machine's store lacks. One actor per GPU (`num_gpus=1`) where the cluster has GPUs, else one
 per CPU; `runtime.workers` caps the pool, `runtime.partitions` sets how many blocks the jobs make.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,9 +36,21 @@ def jobs_table(jobs: list[Job]):
     import pyarrow as pa
 
     rows = [asdict(job) for job in jobs]
-    return pa.Table.from_pylist(rows, schema=pa.schema([
-        ("id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("key", pa.string()),
-        ("file", pa.string()), ("stored", pa.string()), ("stream", pa.int64()), ("draw", pa.int64())]))
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("id", pa.string()),
+                ("prompt", pa.string()),
+                ("seed", pa.int64()),
+                ("key", pa.string()),
+                ("file", pa.string()),
+                ("stored", pa.string()),
+                ("stream", pa.int64()),
+                ("draw", pa.int64()),
+            ]
+        ),
+    )
 
 
 class RenderActor:
@@ -50,7 +63,9 @@ class RenderActor:
         self.noise = noise_for(self.pipe, settings)
         self.store = None
         if store is not None:
-            with contextlib.suppress(OSError, DataError):  # no usable store here: a retry re-renders, nothing else changes
+            with contextlib.suppress(
+                OSError, DataError
+            ):  # no usable store here: a retry re-renders, nothing else changes
                 self.store = ImageStore(store)
 
     def __call__(self, batch):
@@ -69,12 +84,18 @@ class RenderActor:
                 self.store.put(job.stored, data)
             images[job.key] = data
 
-        stats = render_images([j for j in jobs if j.key not in done_before], self.pipe, self.settings, keep,
-                              self.writers, self.noise)
+        stats = render_images(
+            [j for j in jobs if j.key not in done_before], self.pipe, self.settings, keep, self.writers, self.noise
+        )
         keys = [j.key for j in jobs]
-        return pa.table({"key": keys, "data": pa.array([images[k] for k in keys], pa.binary()),
-                         "rendered": [k not in done_before for k in keys],
-                         "calls": [stats.pipeline_calls if i == 0 else 0 for i in range(len(keys))]})
+        return pa.table(
+            {
+                "key": keys,
+                "data": pa.array([images[k] for k in keys], pa.binary()),
+                "rendered": [k not in done_before for k in keys],
+                "calls": [stats.pipeline_calls if i == 0 else 0 for i in range(len(keys))],
+            }
+        )
 
 
 def pool_size(resources: dict, workers: int, on_gpu: bool, jobs: int) -> tuple[int, bool]:
@@ -91,8 +112,16 @@ def ray_cluster(runtime: Runtime) -> Iterator[bool]:
         yield ray.cluster_resources().get("GPU", 0) > 0
 
 
-def render_on_ray(jobs: list[Job], settings: Generate, model_dir: str, identity: str, runtime: Runtime,
-                  deliver: Callable[[Job, bytes], None], store: str | None = None, progress=None) -> RenderStats:
+def render_on_ray(
+    jobs: list[Job],
+    settings: Generate,
+    model_dir: str,
+    identity: str,
+    runtime: Runtime,
+    deliver: Callable[[Job, bytes], None],
+    store: str | None = None,
+    progress=None,
+) -> RenderStats:
     """Render `jobs` on Ray; `deliver(job, bytes)` runs on the driver for each image as it arrives.
     `settings.device`: resolved (cpu or cuda); `store`: the generation store's absolute path (each
     machine's own)."""
@@ -106,21 +135,35 @@ def render_on_ray(jobs: list[Job], settings: Generate, model_dir: str, identity:
         size, gpu = pool_size(ray.cluster_resources(), runtime.workers, on_gpu, len(jobs))
         assert settings.batch_size is not None  # the preset fills every key left null
         per_call = CALLS_PER_BATCH * settings.batch_size
-        rows = math.ceil(len(jobs) / runtime.partitions) if runtime.partitions else \
-            max(1, min(per_call, math.ceil(len(jobs) / size)))
-        blocks = [jobs_table(jobs[i:i + rows]) for i in range(0, len(jobs), rows)]
+        rows = (
+            math.ceil(len(jobs) / runtime.partitions)
+            if runtime.partitions
+            else max(1, min(per_call, math.ceil(len(jobs) / size)))
+        )
+        blocks = [jobs_table(jobs[i : i + rows]) for i in range(0, len(jobs), rows)]
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = context.print_on_execution_start = False  # the stage prints its own
         dataset = ray.data.from_arrow(blocks).map_batches(
-            RenderActor, batch_size=min(rows, per_call), batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=size), num_gpus=1 if gpu else 0, num_cpus=None if gpu else 1,
-            fn_constructor_kwargs={"settings": settings, "model_dir": model_dir, "identity": identity,
-                                   "store": store, "writers": runtime.writers})
+            RenderActor,
+            batch_size=min(rows, per_call),
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_gpus=1 if gpu else 0,
+            num_cpus=None if gpu else 1,
+            fn_constructor_kwargs={
+                "settings": settings,
+                "model_dir": model_dir,
+                "identity": identity,
+                "store": store,
+                "writers": runtime.writers,
+            },
+        )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 columns = batch.to_pydict()
-                for key, data, rendered, calls in zip(columns["key"], columns["data"], columns["rendered"],
-                                                      columns["calls"]):
+                for key, data, rendered, calls in zip(
+                    columns["key"], columns["data"], columns["rendered"], columns["calls"]
+                ):
                     deliver(by_key[key], data)
                     stats.prompts_rendered += rendered
                     stats.pipeline_calls += calls

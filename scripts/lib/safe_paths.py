@@ -4,6 +4,7 @@ A path that comes from a table or a JSON line is resolved (`..` and every link o
 stay inside the folder it is relative to, and name a regular file: `../../../etc/passwd`, an absolute
 path, or a link in the folder pointing out of it is one line naming the table and row.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Tar shards written the same way on every machine (WebDataset exports, the bucketed export)."""
+
 from __future__ import annotations
 
 import io

@@ -22,6 +22,7 @@ maximum_image_size and target_downsample_size under 20 megapixels; check_column_
 empty caption). A release split's sizes come from its images (`resolution_for`): SimpleTuner drops an
 image under `minimum_image_size` (its metadata backend's meets_resolution_requirements).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,21 @@ PARQUET_NAME = "simpletuner.parquet"
 CONFIG_NAME = "multidatabackend.json"
 # The preset's resolution settings (its "data loader entry"): 1 megapixel area buckets, images under
 # 0.75 MP dropped, images over 2 MP downsampled to 1.75 MP before cropping.
-PRESET_RESOLUTION = {"resolution": 1.0, "maximum_image_size": 2.0, "minimum_image_size": 0.75,
-                     "target_downsample_size": 1.75, "resolution_type": "area"}
+PRESET_RESOLUTION = {
+    "resolution": 1.0,
+    "maximum_image_size": 2.0,
+    "minimum_image_size": 0.75,
+    "target_downsample_size": 1.75,
+    "resolution_type": "area",
+}
 
 
 def _schema():
     import pyarrow as pa
 
-    return pa.schema([("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()), ("filename", pa.string())])
+    return pa.schema(
+        [("width", pa.int32()), ("height", pa.int32()), ("caption", pa.string()), ("filename", pa.string())]
+    )
 
 
 def txt_name(filename: str) -> str:
@@ -74,12 +82,23 @@ def resolution_for(sizes: list[tuple[int, int]]) -> dict[str, Any]:
         return dict(PRESET_RESOLUTION)
     edge = min(min(w, h) for w, h in sizes)
     cap = max(MIN_PIXEL_CAP, max(max(w, h) for w, h in sizes))
-    return {"resolution": edge, "maximum_image_size": cap, "minimum_image_size": edge,
-            "target_downsample_size": cap, "resolution_type": "pixel"}
+    return {
+        "resolution": edge,
+        "maximum_image_size": cap,
+        "minimum_image_size": edge,
+        "target_downsample_size": cap,
+        "resolution_type": "pixel",
+    }
 
 
-def backend_config(dataset_id: str, instance_data_dir: str, parquet_path: str, cache_dir: str,
-                   caption_strategy: str = "textfile", resolution: dict | None = None) -> list[dict[str, Any]]:
+def backend_config(
+    dataset_id: str,
+    instance_data_dir: str,
+    parquet_path: str,
+    cache_dir: str,
+    caption_strategy: str = "textfile",
+    resolution: dict | None = None,
+) -> list[dict[str, Any]]:
     """A multidatabackend.json SimpleTuner accepts: the image entry (parquet metadata backend; `resolution`
     settings, the preset's by default) and the default text-embed cache every SimpleTuner run needs."""
     image = {
@@ -100,8 +119,13 @@ def backend_config(dataset_id: str, instance_data_dir: str, parquet_path: str, c
             "identifier_includes_extension": True,
         },
     }
-    text = {"id": f"{dataset_id}-text-embeds", "type": "local", "dataset_type": "text_embeds", "default": True,
-            "cache_dir": f"{cache_dir}/text/{dataset_id}"}
+    text = {
+        "id": f"{dataset_id}-text-embeds",
+        "type": "local",
+        "dataset_type": "text_embeds",
+        "default": True,
+        "cache_dir": f"{cache_dir}/text/{dataset_id}",
+    }
     return [image, text]
 
 
@@ -130,8 +154,10 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
             with Image.open(folder / file_name) as image:  # the header only: the size as stored
                 sizes.append(image.size)
             table.add(*sizes[-1], row.text, file_name)
-    write_config(backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),
-                 folder / CONFIG_NAME)
+    write_config(
+        backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),
+        folder / CONFIG_NAME,
+    )
 
 
 def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ in its own process group, so a Ctrl-C (sent to the terminal's foreground group) 
 process, which then kills the workers; there are no threads and no shared queues, and the parent only
 ever waits in `connection.wait`. A worker whose parent died sees its pipe close and exits.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,12 @@ class Worker:
     def __init__(self, function: Callable, initializer: Callable | None, initargs: tuple):
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
-        self.process = subprocess.Popen([sys.executable, "-c", _BOOT, str(to_child), str(from_child)],
-                                        pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, process_group=0)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(to_child), str(from_child)],
+            pass_fds=(to_child, from_child),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
         os.close(to_child)
         os.close(from_child)
         self.outbox = Connection(from_parent, readable=False)
@@ -56,11 +61,17 @@ class Worker:
         self.process.wait()
 
 
-def ordered_map(function: Callable[[Any], Any], items: Sequence, workers: int, chunksize: int,
-                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Generator[Any, None, None]:
+def ordered_map(
+    function: Callable[[Any], Any],
+    items: Sequence,
+    workers: int,
+    chunksize: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Generator[Any, None, None]:
     """`map(function, items)` in `workers` processes, yielding results in input order as they come.
     `function` and `initializer` must be module-level functions of an importable module."""
-    chunks = [items[start:start + chunksize] for start in range(0, len(items), chunksize)]
+    chunks = [items[start : start + chunksize] for start in range(0, len(items), chunksize)]
     pool: list[Worker] = []
     try:
         for _ in range(min(workers, len(chunks))):
@@ -93,8 +104,9 @@ def _dispatch(chunks: list, pool: list[Worker]) -> Iterator:
             try:
                 ok, value = inbox.recv()
             except EOFError:
-                raise RuntimeError(f"worker process {worker.process.pid} died "
-                                   f"(exit code {worker.process.wait()})") from None
+                raise RuntimeError(
+                    f"worker process {worker.process.pid} died (exit code {worker.process.wait()})"
+                ) from None
             if not ok:
                 raise RuntimeError(f"worker process failed: {value}")
             done[index] = value

@@ -1,4 +1,5 @@
 """`python -m scripts dedup-preview S`: the near-duplicate sheet of a source from existing dedup outputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +18,12 @@ def cli(
     """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
     output = output or data / "dedup" / f"{source}.preview.html"
     n = load_section("preview", missing_ok=True).dedup_clusters
-    write_dedup_preview(source, data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet",
-                        data / "dedup" / f"{source}.clusters.parquet", output, n)
+    write_dedup_preview(
+        source,
+        data / "clean" / f"{source}.parquet",
+        data / "dedup" / f"{source}.parquet",
+        data / "dedup" / f"{source}.clusters.parquet",
+        output,
+        n,
+    )
     print(f"dedup-preview {source}: -> {output}")

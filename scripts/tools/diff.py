@@ -15,6 +15,7 @@ Removals are explained from REV_B's own records: the release's removed.parquet (
 cross-dedup, reclean, leaks), then the source's clean/dedup outputs, else "recipe" (the row's
 component is no longer in the recipe).
 """
+
 from __future__ import annotations
 
 import io
@@ -80,7 +81,9 @@ def releases_at(fs, rev: str = "") -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
-        raise DataError(f"{where}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})") from None
+        raise DataError(
+            f"{where}: {at}not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__})"
+        ) from None
     releases = params.get("releases") if isinstance(params, dict) else None
     if not isinstance(params, dict) or not isinstance(releases or {}, dict):
         raise DataError(f"{where}: expected a mapping with a `releases` mapping")
@@ -127,12 +130,14 @@ def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -
         frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)
         frames.append(frame[["id", "source", "split", "text"]])
         for row in frame.itertuples(index=False):
-            image_md5[row.id] = _file_md5(fs, rev, f"{base}/{split}", row.file_name, f"{base}/{split}/metadata.jsonl", row.id)
+            image_md5[row.id] = _file_md5(
+                fs, rev, f"{base}/{split}", row.file_name, f"{base}/{split}/metadata.jsonl", row.id
+            )
     return Snapshot(rev, release, pd.concat(frames, ignore_index=True), removed, image_md5)
 
 
 def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str) -> str:
-    """"md5:<hex>" of the image file folder/name from DVC's own index (no image bytes are read)."""
+    """ "md5:<hex>" of the image file folder/name from DVC's own index (no image bytes are read)."""
     try:
         info = fs.info(f"{folder}/{name}")
     except FileNotFoundError:
@@ -192,7 +197,8 @@ def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
             "samples_added": [_sample(new, i) for i in sorted(added)[:SAMPLES]],
             "samples_removed": [dict(_sample(old, i), reason=reasons[i]) for i in sorted(removed)[:SAMPLES]],
             "samples_text_changed": [
-                {"id": i, "before": old.at[i, "text"], "after": new.at[i, "text"]} for i in sorted(text_changed)[:SAMPLES]
+                {"id": i, "before": old.at[i, "text"], "after": new.at[i, "text"]}
+                for i in sorted(text_changed)[:SAMPLES]
             ],
         }
     train_texts = set(b.rows.loc[b.rows["split"] == "train", "text"])
@@ -215,33 +221,72 @@ def _sample(frame: pd.DataFrame, row_id: str) -> dict:
 
 def to_markdown(report: dict) -> str:
     a, b = report["rev_a"], report["rev_b"]
-    title = report["release_b"] if report["release_a"] == report["release_b"] else f"{report['release_a']} → {report['release_b']}"
-    lines = [f"## Dataset diff: `{title}` ({a} → {b})", "", "| split | rows before | rows after | added | removed | text changed | image changed |", "|---|---:|---:|---:|---:|---:|---:|"]
+    title = (
+        report["release_b"]
+        if report["release_a"] == report["release_b"]
+        else f"{report['release_a']} → {report['release_b']}"
+    )
+    lines = [
+        f"## Dataset diff: `{title}` ({a} → {b})",
+        "",
+        "| split | rows before | rows after | added | removed | text changed | image changed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for split, s in report["splits"].items():
-        lines.append(f"| {split} | {s['rows_a']} | {s['rows_b']} | +{s['added']} | -{s['removed']} | {s['text_changed']} | {s['image_changed']} |")
+        lines.append(
+            f"| {split} | {s['rows_a']} | {s['rows_b']} | +{s['added']} | -{s['removed']} | {s['text_changed']} | {s['image_changed']} |"
+        )
     lines.append("")
     lines.append(f"Validation rows whose text is also in train after the change: **{report['leaks_b']}**")
     lines.append("")
-    lines.append(f"See: contact sheet `data/releases/{report['release_b']}/preview.jpg`, near-duplicates "
-                 f"`data/dedup/<source>.preview.html`, plots `dvc plots diff {a} {b}`")
+    lines.append(
+        f"See: contact sheet `data/releases/{report['release_b']}/preview.jpg`, near-duplicates "
+        f"`data/dedup/<source>.preview.html`, plots `dvc plots diff {a} {b}`"
+    )
     for split, s in report["splits"].items():
         if not (s["added"] or s["removed"] or s["text_changed"]):
             continue
         lines += ["", f"### {split}", ""]
-        for label, key in (("added by source", "added_by_source"), ("removed by source", "removed_by_source"), ("removed by reason", "removed_by_reason")):
+        for label, key in (
+            ("added by source", "added_by_source"),
+            ("removed by source", "removed_by_source"),
+            ("removed by reason", "removed_by_reason"),
+        ):
             if s[key]:
                 lines.append(f"- {label}: " + ", ".join(f"`{k}` {v}" for k, v in s[key].items()))
         if s["samples_removed"]:
-            lines += ["", "<details><summary>sample removed rows</summary>", "", "| id | source | reason | text |", "|---|---|---|---|"]
-            lines += [f"| `{r['id']}` | {r['source']} | {r['reason']} | {_cell(r['text'])} |" for r in s["samples_removed"]]
+            lines += [
+                "",
+                "<details><summary>sample removed rows</summary>",
+                "",
+                "| id | source | reason | text |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| `{r['id']}` | {r['source']} | {r['reason']} | {_cell(r['text'])} |" for r in s["samples_removed"]
+            ]
             lines += ["", "</details>"]
         if s["samples_added"]:
-            lines += ["", "<details><summary>sample added rows</summary>", "", "| id | source | text |", "|---|---|---|"]
+            lines += [
+                "",
+                "<details><summary>sample added rows</summary>",
+                "",
+                "| id | source | text |",
+                "|---|---|---|",
+            ]
             lines += [f"| `{r['id']}` | {r['source']} | {_cell(r['text'])} |" for r in s["samples_added"]]
             lines += ["", "</details>"]
         if s["samples_text_changed"]:
-            lines += ["", "<details><summary>sample text changes</summary>", "", "| id | before | after |", "|---|---|---|"]
-            lines += [f"| `{r['id']}` | {_cell(r['before'])} | {_cell(r['after'])} |" for r in s["samples_text_changed"]]
+            lines += [
+                "",
+                "<details><summary>sample text changes</summary>",
+                "",
+                "| id | before | after |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| `{r['id']}` | {_cell(r['before'])} | {_cell(r['after'])} |" for r in s["samples_text_changed"]
+            ]
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -270,8 +315,12 @@ def pick_releases(rev_a: str, rev_b: str, release: str | None, at_a: dict, at_b:
 
 
 def is_git_revision(repo: Path, rev: str) -> bool:
-    return subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo,
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def workspace_or_rev(repo: Path, rev: str) -> str:
@@ -302,7 +351,9 @@ def cli(
     at_a, at_b = workspace_or_rev(repo, rev_a), workspace_or_rev(repo, rev_b)
     fs_a, fs_b = open_fs(str(repo), at_a), open_fs(str(repo), at_b)
     reports = []
-    for release_a, release_b in pick_releases(rev_a, rev_b, release, releases_at(fs_a, rev_a), releases_at(fs_b, rev_b)):
+    for release_a, release_b in pick_releases(
+        rev_a, rev_b, release, releases_at(fs_a, rev_a), releases_at(fs_b, rev_b)
+    ):
         a = read_snapshot(fs_a, rev_a, release_a)
         b = read_snapshot(fs_b, rev_b, release_b)
         explain = source_removals(fs_b, set(a.rows["source"]))

@@ -11,6 +11,7 @@ inputs: docs/recipes.md), so on the sample the point is the shape. A missing fil
 one that cannot be read `unreadable`. Every number of the log is kept with the log's own words (`log`),
 or with the sum it is of numbers the log gives (`23116 − 3901`); tests check both against the log.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,44 +41,101 @@ class Count:
 LOG: tuple[Count, ...] = (
     Count("v2", "train rows", 155813, "학습 데이터 11010 건 제거 (155813 건)", ("rows", "train")),
     Count("v2", "validation rows", 8765, "벨리데이션 데이터 33 건 제거 (8765 건)", ("rows", "validation")),
-    Count("v2", "train rows removed as near-duplicates (per split)", 11010, "학습 데이터 11010 건 제거",
-          ("removed", "train", "dedup:per_split")),
-    Count("v2", "validation rows removed as near-duplicates (per split)", 33, "벨리데이션 데이터 33 건 제거",
-          ("removed", "validation", "dedup:per_split")),
-    Count("v3", "ChatGPT prompts into their list's dedup (before rendering)", 45126, "45126 chatgpt prompts에 dedup 적용",
-          ("dedup", "chatgpt", "rows_in")),
+    Count(
+        "v2",
+        "train rows removed as near-duplicates (per split)",
+        11010,
+        "학습 데이터 11010 건 제거",
+        ("removed", "train", "dedup:per_split"),
+    ),
+    Count(
+        "v2",
+        "validation rows removed as near-duplicates (per split)",
+        33,
+        "벨리데이션 데이터 33 건 제거",
+        ("removed", "validation", "dedup:per_split"),
+    ),
+    Count(
+        "v3",
+        "ChatGPT prompts into their list's dedup (before rendering)",
+        45126,
+        "45126 chatgpt prompts에 dedup 적용",
+        ("dedup", "chatgpt", "rows_in"),
+    ),
     Count("v3", "ChatGPT prompts kept by it", 25707, "25707 건", ("dedup", "chatgpt", "kept")),
     Count("v3", "train rows", 193994, "학습 데이터 193994 건", ("rows", "train")),
     Count("v3", "validation rows", 14933, "벨리데이션 데이터 14933 건", ("rows", "validation")),
     Count("v3", "train rows from ChatGPT", 23830, "23830 건", ("by_source", "train", "chatgpt")),
     Count("v3", "validation rows from ChatGPT", 1248, "1248 건", ("by_source", "validation", "chatgpt")),
     Count("v3", "train rows from Gustavosta", 14351, "14351 건 (59367 건 제거)", ("by_source", "train", "gustavosta")),
-    Count("v3", "validation rows from Gustavosta", 4920, "4920 건 (3272 건 제거)",
-          ("by_source", "validation", "gustavosta")),
-    Count("v3", "Gustavosta train rows removed as near-duplicates (per split)", 59367, "59367 건 제거",
-          ("removed", "train", "dedup:per_split")),
-    Count("v3", "Gustavosta eval rows removed as near-duplicates (per split)", 3272, "3272 건 제거",
-          ("removed", "validation", "dedup:per_split")),
+    Count(
+        "v3",
+        "validation rows from Gustavosta",
+        4920,
+        "4920 건 (3272 건 제거)",
+        ("by_source", "validation", "gustavosta"),
+    ),
+    Count(
+        "v3",
+        "Gustavosta train rows removed as near-duplicates (per split)",
+        59367,
+        "59367 건 제거",
+        ("removed", "train", "dedup:per_split"),
+    ),
+    Count(
+        "v3",
+        "Gustavosta eval rows removed as near-duplicates (per split)",
+        3272,
+        "3272 건 제거",
+        ("removed", "validation", "dedup:per_split"),
+    ),
     Count("v4", "train rows", 237768, "train 237768 건 (v2 + openprompts 120k dedup)", ("rows", "train")),
-    Count("v4", "train rows added to v2's (OpenPrompts batch 1)", 81955, "metadata_dedup.jsonl (81955 건)",
-          ("delta", "train", "v2")),
-    Count("v4", "validation rows before the cross-split step", 23116, "validation 23116 건",
-          ("before", "validation", "leak:near")),
-    Count("v4", "validation rows removed as near train rows (cross split)", 3901, "3901 건 제거",
-          ("removed", "validation", "leak:near")),
+    Count(
+        "v4",
+        "train rows added to v2's (OpenPrompts batch 1)",
+        81955,
+        "metadata_dedup.jsonl (81955 건)",
+        ("delta", "train", "v2"),
+    ),
+    Count(
+        "v4",
+        "validation rows before the cross-split step",
+        23116,
+        "validation 23116 건",
+        ("before", "validation", "leak:near"),
+    ),
+    Count(
+        "v4",
+        "validation rows removed as near train rows (cross split)",
+        3901,
+        "3901 건 제거",
+        ("removed", "validation", "leak:near"),
+    ),
     Count("v4", "validation rows (23,116, less 3,901 near train)", 19215, "23116 − 3901", ("rows", "validation")),
-    Count("v4-a", "OpenPrompts batch 2 rows removed near v2's train before rendering", 22643, "중복 제거(22643개)",
-          ("prefilter", "openprompts", "v4-a")),
+    Count(
+        "v4-a",
+        "OpenPrompts batch 2 rows removed near v2's train before rendering",
+        22643,
+        "중복 제거(22643개)",
+        ("prefilter", "openprompts", "v4-a"),
+    ),
     Count("v4-a", "train rows", 286698, "총 286698 건 (학습셋만 업데이트)", ("rows", "train")),
     Count("v4-a", "train rows added to v4's (OpenPrompts batch 2)", 48930, "286698 − 237768", ("delta", "train", "v4")),
     Count("v4-a", "validation rows (only train updated)", 19215, "23116 − 3901", ("rows", "validation")),
     Count("v4-b", "train rows", 286670, "train 286670 건 (train/metadata_concat.jsonl)", ("rows", "train")),
     Count("v4-b", "validation rows", 13324, "validation 13324 건", ("rows", "validation")),
-    Count("v4-b", "train rows change from v4-a (cleaning re-applied)", -28, "286670 − 286698", ("delta", "train", "v4-a")),
+    Count(
+        "v4-b", "train rows change from v4-a (cleaning re-applied)", -28, "286670 − 286698", ("delta", "train", "v4-a")
+    ),
     Count("v4-b", "validation rows change from v4-a", -5891, "13324 − 23116 + 3901", ("delta", "validation", "v4-a")),
     Count("v4-b", "train rows removed by the cleaning", 28, "286698 − 286670", ("removed", "train", "clean:")),
-    Count("v4-b", "validation rows removed by the cleaning", 5891, "23116 − 3901 − 13324",
-          ("removed", "validation", "clean:")),
+    Count(
+        "v4-b",
+        "validation rows removed by the cleaning",
+        5891,
+        "23116 − 3901 − 13324",
+        ("removed", "validation", "clean:"),
+    ),
 )
 
 _FORMULA = re.compile(r"\d+(\s*[+−]\s*\d+)+")
@@ -130,7 +188,9 @@ def _removed(stats: dict | str, split: str, reason: str) -> int | str:
     """Rows of `split` removed for `reason` (a reason ending in ':' sums every reason it starts)."""
     if isinstance(stats, str):
         return stats
-    by_reason = stats.get("removed_by_split", {}).get(split) if isinstance(stats.get("removed_by_split"), dict) else None
+    by_reason = (
+        stats.get("removed_by_split", {}).get(split) if isinstance(stats.get("removed_by_split"), dict) else None
+    )
     if not isinstance(by_reason, dict):
         return UNREADABLE
     if not reason.endswith(":"):
@@ -139,8 +199,9 @@ def _removed(stats: dict | str, split: str, reason: str) -> int | str:
     return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
 
 
-def our_count(count: Count, stats: dict[str, dict | str], dedup: dict | None = None,
-              prefilter: dict | None = None) -> int | str:
+def our_count(
+    count: Count, stats: dict[str, dict | str], dedup: dict | None = None, prefilter: dict | None = None
+) -> int | str:
     """Our number for one log count (an int), or why there is none (NOT_BUILT, UNREADABLE).
     A source absent from `by_source` has no rows in that split, a reason absent from removed_by_split none."""
     kind, *args = count.ours
@@ -161,8 +222,11 @@ def our_count(count: Count, stats: dict[str, dict | str], dedup: dict | None = N
         if isinstance(report, str):
             return report
         steps = report.get("steps")
-        values = [s.get("removed") for s in steps if isinstance(s, dict) and s.get("release") == args[1]] \
-            if isinstance(steps, list) else [None]
+        values = (
+            [s.get("removed") for s in steps if isinstance(s, dict) and s.get("release") == args[1]]
+            if isinstance(steps, list)
+            else [None]
+        )
         return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
     split, base = args
     now, before = _number(own, "rows", split), _number(stats.get(base, NOT_BUILT), "rows", split)
@@ -172,6 +236,7 @@ def our_count(count: Count, stats: dict[str, dict | str], dedup: dict | None = N
 
 
 # ---------------------------------------------------------------- the table
+
 
 def _cell(value: int | str, signed: bool) -> str:
     if isinstance(value, str):
@@ -185,21 +250,26 @@ def history_table(stats: dict[str, dict | str], dedup: dict | None = None, prefi
     for count in LOG:
         signed = count.ours[0] == "delta"
         source = f"= {count.log}" if formula_value(count.log) is not None else f"“{count.log}”"
-        lines.append(f"| {count.release} | {count.what} | {_cell(count.theirs, signed)} | "
-                     f"{_cell(our_count(count, stats, dedup, prefilter), signed)} | {source} |")
+        lines.append(
+            f"| {count.release} | {count.what} | {_cell(count.theirs, signed)} | "
+            f"{_cell(our_count(count, stats, dedup, prefilter), signed)} | {source} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def cli(
     releases: Path = typer.Option(Path("data/releases"), "--releases", help="folder holding <release>/stats.json"),
     dedup: Path = typer.Option(Path("data/dedup"), "--dedup", help="folder holding dedup@S's <source>.report.json"),
-    prefilter: Path = typer.Option(Path("data/prefilter"), "--prefilter",
-                                   help="folder holding prefilter@S's <source>.report.json"),
+    prefilter: Path = typer.Option(
+        Path("data/prefilter"), "--prefilter", help="folder holding prefilter@S's <source>.report.json"
+    ),
 ) -> None:
     """Print DESIGN.md §6's counts: the team log's numbers next to ours, like with like."""
     if not releases.is_dir():
         raise DataError(f"{releases}: no such folder (build the releases with `dvc repro`, or pass --releases)")
     sources = sorted({c.ours[1] for c in LOG if c.ours[0] in ("dedup", "prefilter")})
-    print(f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
-          f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)\n")
+    print(
+        f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
+        f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)\n"
+    )
     print(history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources)), end="")

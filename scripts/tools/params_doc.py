@@ -4,6 +4,7 @@ scripts/lib/params/ is the one definition of params.yaml; this renders it (secti
 default, range, description) so the reference can never drift from the code: tests/test_params_file.py
 fails when docs/params.md differs from `render()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -172,12 +173,22 @@ def own_fields_first(model: type[BaseModel]) -> list[tuple[str, object]]:
 
 
 def table(model: type[BaseModel], heading: str, where: str, anchor: bool) -> list[str]:
-    where = f"<a id=\"{model.__name__.lower()}\"></a>{where}" if anchor else where  # type cells link here
-    lines = [heading, "", where, "", " ".join(model.__doc__.split()), "",
-             "| key | type | default | range | description |", "|---|---|---|---|---|"]
+    where = f'<a id="{model.__name__.lower()}"></a>{where}' if anchor else where  # type cells link here
+    lines = [
+        heading,
+        "",
+        where,
+        "",
+        " ".join(model.__doc__.split()),
+        "",
+        "| key | type | default | range | description |",
+        "|---|---|---|---|---|",
+    ]
     for name, field in own_fields_first(model):
-        lines.append(f"| `{name}` | {type_name(field.annotation)} | {_cell(default_text(field))} | "
-                     f"{_cell(range_text(field))} | {_cell(field.description or '')} |")
+        lines.append(
+            f"| `{name}` | {type_name(field.annotation)} | {_cell(default_text(field))} | "
+            f"{_cell(range_text(field))} | {_cell(field.description or '')} |"
+        )
     return lines + [""]
 
 

@@ -13,6 +13,7 @@
 Writes DIR/build.json (what ran: `mode`, `changed`, `base_built`) and logs each step on stdout.
 Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's unprivileged job.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ from scripts.lib.errors import DataError
 def dvc(args: list[str], cwd: str | Path) -> int:
     """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
     print(f"$ dvc {' '.join(args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"}).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
+    ).returncode
 
 
 def only_data_missing(status: dict) -> bool:
@@ -71,8 +73,10 @@ def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -
         local = repo / ".dvc" / "config.local"  # a remote set with `dvc remote add --local`
         if local.exists():
             shutil.copyfile(local, base_dir / ".dvc" / "config.local")
-        if dvc(["config", "--local", "cache.dir", str((repo / ".dvc" / "cache").resolve())], base_dir) != 0 or \
-                dvc(["repro", "--pull", *[f"release@{r}" for r in releases]], base_dir) != 0:
+        if (
+            dvc(["config", "--local", "cache.dir", str((repo / ".dvc" / "cache").resolve())], base_dir) != 0
+            or dvc(["repro", "--pull", *[f"release@{r}" for r in releases]], base_dir) != 0
+        ):
             raise DataError(f"building {', '.join(releases)} at {base_rev} failed (see the log above)")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base_dir)], cwd=repo, capture_output=True)
@@ -81,7 +85,9 @@ def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -
 def cli(
     base_rev: str = typer.Argument(..., help="the base revision (e.g. origin/main)"),
     out: Path = typer.Option(Path("dataset-diff"), "--out", help="folder for build.json"),
-    base_dir: Path = typer.Option(Path("../dataset-diff-base"), "--base-dir", help="worktree for building the base, if needed"),
+    base_dir: Path = typer.Option(
+        Path("../dataset-diff-base"), "--base-dir", help="worktree for building the base, if needed"
+    ),
 ) -> None:
     """Rebuild what a pull request changed and make the base's data readable for `pr-comment`."""
     from scripts.tools.diff import open_fs, releases_at
@@ -94,8 +100,10 @@ def cli(
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here
         print("pr-build: dvc status reports only outputs that are not here: nothing to build", flush=True)
     elif dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
-        print("pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
-              flush=True)
+        print(
+            "pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
+            flush=True,
+        )
         mode = "rebuilt"
         if dvc(["repro", "--pull"], repo) != 0:
             raise DataError("dvc repro --pull failed (see the log above)")
@@ -106,7 +114,9 @@ def cli(
         at_base = {}
     pairs = release_pairs(at_base, releases_at(open_fs(str(repo), "workspace")))
     changed = [(a, b) for a, b in pairs if not (a == b and b in unchanged)]
-    missing = sorted({a for a, _ in changed if a and not readable(str(repo), base_rev, f"data/releases/{a}/rows.parquet")})
+    missing = sorted(
+        {a for a, _ in changed if a and not readable(str(repo), base_rev, f"data/releases/{a}/rows.parquet")}
+    )
     if missing:
         print(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there", flush=True)
         build_base(repo, base_rev, missing, base_dir)

@@ -17,6 +17,7 @@ shows images only by URL) and edits the comment holding MARKER, or creates it; w
 only if the PR's head is the commit that was built. .github/workflows/dataset-diff.yml builds the body
 with no token; dataset-diff-post.yml posts it; tests/test_workflow.py runs both workflows' steps.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,11 @@ def release_outs(lock_text: str | None) -> dict[str, list]:
     import yaml
 
     stages = (yaml.safe_load(lock_text or "") or {}).get("stages") or {}
-    return {name.split("@", 1)[1]: sorted((o.get("path"), o.get("md5")) for o in (stage.get("outs") or []))
-            for name, stage in stages.items() if name.startswith("release@")}
+    return {
+        name.split("@", 1)[1]: sorted((o.get("path"), o.get("md5")) for o in (stage.get("outs") or []))
+        for name, stage in stages.items()
+        if name.startswith("release@")
+    }
 
 
 def lock_at(repo: str, rev: str) -> str | None:
@@ -125,8 +129,13 @@ def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str])
 
 
 def dvc(args: list[str], repo: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
 
 
 def _dvc_rev(rev: str) -> list[str]:
@@ -164,7 +173,9 @@ def plot_changes(plots: dict, base_rev: str, head_rev: str) -> dict[str, tuple[l
             for point in (entry.get("content") or {}).get("data", {}).get("values", []):
                 rev = point.get("rev")
                 if rev in by_rev:
-                    by_rev[rev].add(tuple(sorted((k, str(v)) for k, v in point.items() if k not in IGNORED_PLOT_FIELDS)))
+                    by_rev[rev].add(
+                        tuple(sorted((k, str(v)) for k, v in point.items() if k not in IGNORED_PLOT_FIELDS))
+                    )
         before, after = by_rev[base_rev], by_rev[head_name]
         if before != after:
             changes[plot_id] = ([dict(p) for p in sorted(before - after)], [dict(p) for p in sorted(after - before)])
@@ -185,11 +196,18 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
     lines.append(f"{len(changes)} plot(s) with changed data; rendered overlays: {where}.")
     for plot_id, (before, after) in changes.items():
         columns = sorted({k for p in before + after for k in p})
-        lines += ["", f"<details><summary><code>{plot_id}</code>: {len(before)} point(s) only in base, "
-                  f"{len(after)} only in PR</summary>", "", "| | " + " | ".join(columns) + " |",
-                  "|---|" + "---|" * len(columns)]
+        lines += [
+            "",
+            f"<details><summary><code>{plot_id}</code>: {len(before)} point(s) only in base, "
+            f"{len(after)} only in PR</summary>",
+            "",
+            "| | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
         for sign, points in (("−", before), ("+", after)):
-            lines += [f"| {sign} | " + " | ".join(_cell(p.get(c, "")) for c in columns) + " |" for p in points[:PLOT_ROWS]]
+            lines += [
+                f"| {sign} | " + " | ".join(_cell(p.get(c, "")) for c in columns) + " |" for p in points[:PLOT_ROWS]
+            ]
             if len(points) > PLOT_ROWS:
                 lines.append(f"| {sign} | … {len(points) - PLOT_ROWS} more |" + " |" * (len(columns) - 1))
         lines += ["", "</details>"]
@@ -203,14 +221,17 @@ def _cell(value) -> str:
 # --- contact sheets ----------------------------------------------------------------------------------
 
 
-def contact_sheets(repo: str, base_rev: str, head_rev: str, pairs: list[tuple[str | None, str]], fs_a, fs_b,
-                   out: Path) -> dict[tuple[str, str], str | None]:
+def contact_sheets(
+    repo: str, base_rev: str, head_rev: str, pairs: list[tuple[str | None, str]], fs_a, fs_b, out: Path
+) -> dict[tuple[str, str], str | None]:
     """Copy each pair's base and head preview.jpg into out/sheets/ as `base-R.jpg` / `head-R.jpg`;
     (side, release) -> file name (None when that revision has no contact sheet). The images come from
     `dvc plots diff --targets ...preview.jpg` (as image plots), else straight from DVC's filesystem."""
     sheets = out / "sheets"
     sheets.mkdir(parents=True, exist_ok=True)
-    wanted = {("base", a): (a, base_rev, fs_a) for a, _ in pairs if a} | {("head", b): (b, head_rev, fs_b) for _, b in pairs}
+    wanted = {("base", a): (a, base_rev, fs_a) for a, _ in pairs if a} | {
+        ("head", b): (b, head_rev, fs_b) for _, b in pairs
+    }
     targets = sorted({f"data/releases/{release}/preview.jpg" for release, _, _ in wanted.values()})
     found: dict[tuple[str, str], Path] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,9 +258,16 @@ def contact_sheets(repo: str, base_rev: str, head_rev: str, pairs: list[tuple[st
     return names
 
 
-def sheets_section(pairs, names: dict, labels: dict[str, str], base_rev: str, head_rev: str, assets_url: str | None) -> list[str]:
+def sheets_section(
+    pairs, names: dict, labels: dict[str, str], base_rev: str, head_rev: str, assets_url: str | None
+) -> list[str]:
     prefix = assets_url.rstrip("/") + "/" if assets_url else "sheets/"
-    lines = ["### Contact sheets (`preview.jpg`)", "", f"| release | base: `{labels[base_rev]}` | PR: `{labels[head_rev]}` |", "|---|---|---|"]
+    lines = [
+        "### Contact sheets (`preview.jpg`)",
+        "",
+        f"| release | base: `{labels[base_rev]}` | PR: `{labels[head_rev]}` |",
+        "|---|---|---|",
+    ]
     for release_a, release_b in pairs:
         cells = []
         for side, release in (("base", release_a), ("head", release_b)):
@@ -252,8 +280,9 @@ def sheets_section(pairs, names: dict, labels: dict[str, str], base_rev: str, he
 # --- the body ------------------------------------------------------------------------------------
 
 
-def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: str | None = None,
-               run_url: str | None = None) -> str:
+def build_body(
+    repo: str, base_rev: str, head_rev: str, out: Path, assets_url: str | None = None, run_url: str | None = None
+) -> str:
     from scripts.tools import diff
 
     labels = {base_rev: base_rev, head_rev: head_rev}
@@ -264,7 +293,9 @@ def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: s
     head = f"{head_sha[:8]} + rebuilt workspace" if head_rev == "workspace" else head_rev
     title = f"## Dataset diff: `{base_rev}` ({base_sha[:8]}) → PR ({head})"
     lines = [MARKER, title, ""]
-    unchanged = [f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)]
+    unchanged = [
+        f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)
+    ]
     shown = [(a, b) for a, b, report, _ in reports if report is None or changed(report)]
     details = []
     for _release_a, release_b, report, note in reports:
@@ -288,12 +319,17 @@ def build_body(repo: str, base_rev: str, head_rev: str, out: Path, assets_url: s
     if len(body) > MAX_BODY:  # the plot tables go first, then the row details are cut
         body = "\n".join(lines + plots[:3] + ["", "_Plot details left out (comment size limit)._"]) + "\n"
     if len(body) > MAX_BODY:
-        body = body[: MAX_BODY - 200] + "\n\n_… cut at GitHub's comment size limit; the full report is in the run's artifact._\n"
+        body = (
+            body[: MAX_BODY - 200]
+            + "\n\n_… cut at GitHub's comment size limit; the full report is in the run's artifact._\n"
+        )
     return body
 
 
 def _git_rev(repo: str, rev: str) -> str:
-    result = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True
+    )
     if result.returncode != 0:
         if rev == "HEAD":
             return ""
@@ -305,7 +341,9 @@ def cli(
     base_rev: str = typer.Argument(..., help="the base revision (e.g. origin/main)"),
     head_rev: str = typer.Argument("workspace", help="the PR's revision; workspace = the rebuilt working tree"),
     out: Path = typer.Option(Path("dataset-diff"), "--out", help="folder for comment.md, sheets/, plots/"),
-    assets_url: str = typer.Option(None, "--assets-url", help="URL the sheets/ images will be served from (default: relative paths)"),
+    assets_url: str = typer.Option(
+        None, "--assets-url", help="URL the sheets/ images will be served from (default: relative paths)"
+    ),
     run_url: str = typer.Option(None, "--run-url", help="link to the CI run holding the artifact"),
     repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
 ) -> None:
@@ -329,10 +367,18 @@ class GitHub:
 
     def request(self, method: str, path: str, body: dict | None = None, ok404: bool = False):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.api}{path}", data=data, method=method, headers={
-            "Authorization": f"Bearer {self._token}", "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "t2i-datasets-pr-comment",
-            **({"Content-Type": "application/json"} if data is not None else {})})
+        req = urllib.request.Request(
+            f"{self.api}{path}",
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Accept": "application/vnd.github+json",
+                "X-GitHub-Api-Version": "2022-11-28",
+                "User-Agent": "t2i-datasets-pr-comment",
+                **({"Content-Type": "application/json"} if data is not None else {}),
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 payload = resp.read()
@@ -354,7 +400,9 @@ class GitHub:
             comments = self.request("GET", self.repo(f"/issues/{pr}/comments?per_page=100&page={page}"))
             for comment in comments:
                 if MARKER in (comment.get("body") or ""):
-                    return "updated", self.request("PATCH", self.repo(f"/issues/comments/{comment['id']}"), {"body": body})
+                    return "updated", self.request(
+                        "PATCH", self.repo(f"/issues/comments/{comment['id']}"), {"body": body}
+                    )
             if len(comments) < 100:
                 break
             page += 1
@@ -364,16 +412,26 @@ class GitHub:
         """One commit on `branch` (created as an orphan branch if missing) adding `files`; its sha."""
         ref = self.request("GET", self.repo(f"/git/ref/heads/{branch}"), ok404=True)
         parent = ref["object"]["sha"] if ref else None
-        tree = [{"path": path, "mode": "100644", "type": "blob",
-                 "sha": self.request("POST", self.repo("/git/blobs"),
-                                     {"content": base64.b64encode(data).decode(), "encoding": "base64"})["sha"]}
-                for path, data in sorted(files.items())]
+        tree = [
+            {
+                "path": path,
+                "mode": "100644",
+                "type": "blob",
+                "sha": self.request(
+                    "POST", self.repo("/git/blobs"), {"content": base64.b64encode(data).decode(), "encoding": "base64"}
+                )["sha"],
+            }
+            for path, data in sorted(files.items())
+        ]
         new_tree = {"tree": tree}
         if parent:
             new_tree["base_tree"] = self.request("GET", self.repo(f"/git/commits/{parent}"))["tree"]["sha"]
         tree_sha = self.request("POST", self.repo("/git/trees"), new_tree)["sha"]
-        commit = self.request("POST", self.repo("/git/commits"),
-                              {"message": message, "tree": tree_sha, "parents": [parent] if parent else []})["sha"]
+        commit = self.request(
+            "POST",
+            self.repo("/git/commits"),
+            {"message": message, "tree": tree_sha, "parents": [parent] if parent else []},
+        )["sha"]
         if parent:
             self.request("PATCH", self.repo(f"/git/refs/heads/{branch}"), {"sha": commit, "force": False})
         else:
@@ -392,7 +450,9 @@ def sheets_to_commit(folder: Path, prefix: str) -> dict[str, bytes]:
     for path in sorted(folder.glob("*")):
         data = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
         if not SHEET_NAME.fullmatch(path.name) or not data.startswith(b"\xff\xd8\xff") or len(data) > MAX_SHEET_BYTES:
-            raise DataError(f"{path}: not a contact sheet pr-comment writes (base-R.jpg / head-R.jpg, a JPEG under 8 MiB)")
+            raise DataError(
+                f"{path}: not a contact sheet pr-comment writes (base-R.jpg / head-R.jpg, a JPEG under 8 MiB)"
+            )
         files[f"{prefix}/{path.name}"] = data
     if len(files) > MAX_SHEETS:
         raise DataError(f"{folder}: {len(files)} files, more than the {MAX_SHEETS} contact sheets a comment shows")
@@ -414,10 +474,14 @@ def cli_post(
     body_file: Path = typer.Argument(..., help="the comment body (pr-comment's OUT/comment.md)"),
     pr: int = typer.Option(None, "--pr", help="pull request number"),
     pr_from: Path = typer.Option(None, "--pr-from", help="file holding the number (the build job's artifact)"),
-    head_sha: str = typer.Option(None, "--head-sha", help="refuse unless the PR's head is this commit (the run that built the body)"),
+    head_sha: str = typer.Option(
+        None, "--head-sha", help="refuse unless the PR's head is this commit (the run that built the body)"
+    ),
     assets: Path = typer.Option(None, "--assets", help="folder of images to commit first (pr-comment's OUT/sheets)"),
     assets_branch: str = typer.Option("dataset-diff-assets", "--assets-branch", help="branch that holds the images"),
-    assets_prefix: str = typer.Option(None, "--assets-prefix", help="folder on that branch (default: pr-N/HEAD_SHA, else pr-N)"),
+    assets_prefix: str = typer.Option(
+        None, "--assets-prefix", help="folder on that branch (default: pr-N/HEAD_SHA, else pr-N)"
+    ),
 ) -> None:
     """Post the dataset-diff comment on a pull request, editing the previous one in place."""
     token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
@@ -434,7 +498,9 @@ def cli_post(
     if head_sha:  # the number came with the artifact: post only on the PR whose head that run built
         actual = (github.request("GET", github.repo(f"/pulls/{number}")).get("head") or {}).get("sha")
         if actual != head_sha:
-            raise DataError(f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})")
+            raise DataError(
+                f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
+            )
     if assets is not None and assets.is_dir():
         files = sheets_to_commit(assets, assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}"))
         if files:

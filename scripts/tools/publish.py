@@ -22,6 +22,7 @@ publishes the same rows and images (a release built before rows.parquet: its Ima
 Upload: huggingface_hub 2.x has no `upload_large_folder`; its `upload_folder` took over that job (with
 hf_xet, the default: streamed, several commits for large folders, resumable by re-running).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,12 +42,22 @@ MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
 # the card's YAML form of the features (their JSON form: scripts/lib/export.py HF_FEATURES, shared with `export: parquet`)
 CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
-    {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS]
+    {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS
+]
 # source kind -> the Hub dataset it comes from (source_datasets: extended|ID); others are "original"
 HUB_SOURCES = {"diffusiondb": "poloclub/diffusiondb", "gustavosta": "Gustavosta/Stable-Diffusion-Prompts"}
-SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
-                   (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]
+SIZE_CATEGORIES = [
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
+]
 
 
 def size_category(rows: int) -> str:
@@ -76,13 +87,21 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
             archive, _sep, _member = ref.partition("!/")
             # a path from the table: it must stay in the release (after links) and name a regular file
             confined_file(release_dir, archive, f"{release_dir}/rows.parquet: id {record['id']}")
-            records.append({**{c: record.get(c) for c in COLUMNS}, "_ref": str(release_dir / ref),
-                            "_name": ref.rpartition("/")[2], "_size": int(size)})
+            records.append(
+                {
+                    **{c: record.get(c) for c in COLUMNS},
+                    "_ref": str(release_dir / ref),
+                    "_name": ref.rpartition("/")[2],
+                    "_size": int(size),
+                }
+            )
         return records
     folder = release_dir / split
     if not (folder / "metadata.jsonl").is_file():
-        raise DataError(f"{release_dir}/rows.parquet: not found, nor {folder}/metadata.jsonl "
-                        f"(build the release first: `dvc repro release@{release_dir.name}`)")
+        raise DataError(
+            f"{release_dir}/rows.parquet: not found, nor {folder}/metadata.jsonl "
+            f"(build the release first: `dvc repro release@{release_dir.name}`)"
+        )
     records = read_metadata(folder, ("file_name", "id", "source", "text"))
     for record in records:
         path = confined_file(folder, record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
@@ -128,7 +147,9 @@ def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int
 # --- the card ------------------------------------------------------------------------------------
 
 
-def licence_fields(sources: dict, used: list[str], license: str | None, name: str | None, link: str | None) -> tuple[dict, str | None]:
+def licence_fields(
+    sources: dict, used: list[str], license: str | None, name: str | None, link: str | None
+) -> tuple[dict, str | None]:
     """Card licence fields and the LICENSE.md text (None when the card's licence says it all).
     `sources`: params.yaml sources, name -> Source model."""
     per_source = {s: (sources[s].license if s in sources else None) or "unknown" for s in used}
@@ -142,10 +163,21 @@ def licence_fields(sources: dict, used: list[str], license: str | None, name: st
         fields = {"license": "other", "license_name": name or "per-source", "license_link": link or "LICENSE.md"}
     text = None
     if fields.get("license_link") == "LICENSE.md":
-        text = "\n".join(["# Licences", "",
-                          "Each row keeps the licence of the source it comes from (column `source`); generated images "
-                          "also follow the licence of the model that rendered them (docs/generation.md).", "",
-                          "| source | licence |", "|---|---|"] + [f"| {s} | {lic} |" for s, lic in per_source.items()]) + "\n"
+        text = (
+            "\n".join(
+                [
+                    "# Licences",
+                    "",
+                    "Each row keeps the licence of the source it comes from (column `source`); generated images "
+                    "also follow the licence of the model that rendered them (docs/generation.md).",
+                    "",
+                    "| source | licence |",
+                    "|---|---|",
+                ]
+                + [f"| {s} | {lic} |" for s, lic in per_source.items()]
+            )
+            + "\n"
+        )
     return fields, text
 
 
@@ -157,8 +189,17 @@ def release_card_body(release_dir: Path) -> str:
     return text.strip()
 
 
-def build_card(recipe, release_dir: Path, repo_id: str, tag: str, commit: str, splits: dict, sources: dict,
-               licence: dict, download_size: int):
+def build_card(
+    recipe,
+    release_dir: Path,
+    repo_id: str,
+    tag: str,
+    commit: str,
+    splits: dict,
+    sources: dict,
+    licence: dict,
+    download_size: int,
+):
     from huggingface_hub import DatasetCard, DatasetCardData
 
     name = recipe.name
@@ -174,35 +215,76 @@ def build_card(recipe, release_dir: Path, repo_id: str, tag: str, commit: str, s
         size_categories=[size_category(total)],
         source_datasets=[f"extended|{h}" for h in hub] + (["original"] if len(hub) < len(set(kinds.values())) else []),
         tags=["text-to-image", "stable-diffusion", "dvc"],
-        configs=[{"config_name": "default",
-                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
-        dataset_info={"features": CARD_FEATURES,
-                      "splits": [{"name": s, "num_bytes": i["num_bytes"], "num_examples": i["num_examples"]}
-                                 for s, i in splits.items()],
-                      "download_size": download_size,
-                      "dataset_size": sum(i["num_bytes"] for i in splits.values())},
+        configs=[{"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}],
+        dataset_info={
+            "features": CARD_FEATURES,
+            "splits": [
+                {"name": s, "num_bytes": i["num_bytes"], "num_examples": i["num_examples"]} for s, i in splits.items()
+            ],
+            "download_size": download_size,
+            "dataset_size": sum(i["num_bytes"] for i in splits.values()),
+        },
     )
     counts = ", ".join(f"{s} {i['num_examples']:,}" for s, i in splits.items())
     body = [
-        f"# t2i-datasets {name}", "", recipe.description or "", "",
-        f"Rows: {counts}. Sources: " + ", ".join(f"`{s}`" + (f" ([{HUB_SOURCES[kinds[s]]}](https://huggingface.co/datasets/"
-                                                            f"{HUB_SOURCES[kinds[s]]}))" if kinds[s] in HUB_SOURCES else "")
-                                                for s in used) + ".", "",
-        "## Load it", "", "```python", "from datasets import load_dataset", "",
+        f"# t2i-datasets {name}",
+        "",
+        recipe.description or "",
+        "",
+        f"Rows: {counts}. Sources: "
+        + ", ".join(
+            f"`{s}`"
+            + (
+                f" ([{HUB_SOURCES[kinds[s]]}](https://huggingface.co/datasets/{HUB_SOURCES[kinds[s]]}))"
+                if kinds[s] in HUB_SOURCES
+                else ""
+            )
+            for s in used
+        )
+        + ".",
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
         f'ds = load_dataset("{repo_id}", revision="{tag}")   # the data of git tag {tag}',
-        'ds["train"][0]["image"]   # a PIL image; "text" is its caption', "```", "",
-        "## Contact sheet", "", "![contact sheet: sample images and captions](preview.jpg)", "",
-        "## Features", "", "| column | type | meaning |", "|---|---|---|",
-        "| image | image | the image (PNG/JPEG bytes) |", "| text | string | the caption (cleaned prompt) |",
-        "| orig_text | string | the prompt as the source had it |", "| id | string | stable row id (sha256 of source and key) |",
-        "| source | string | the source dataset (params.yaml: sources) |", "| width, height | int32 | image size in pixels |", "",
-        "## Provenance", "",
+        'ds["train"][0]["image"]   # a PIL image; "text" is its caption',
+        "```",
+        "",
+        "## Contact sheet",
+        "",
+        "![contact sheet: sample images and captions](preview.jpg)",
+        "",
+        "## Features",
+        "",
+        "| column | type | meaning |",
+        "|---|---|---|",
+        "| image | image | the image (PNG/JPEG bytes) |",
+        "| text | string | the caption (cleaned prompt) |",
+        "| orig_text | string | the prompt as the source had it |",
+        "| id | string | stable row id (sha256 of source and key) |",
+        "| source | string | the source dataset (params.yaml: sources) |",
+        "| width, height | int32 | image size in pixels |",
+        "",
+        "## Provenance",
+        "",
         f"Built by the t2i-datasets pipeline with `dvc repro release@{name}` at git tag `{tag}` (commit `{commit[:12]}`), "
-        f"published with `python -m scripts publish {name}`; Hub tag `{tag}` is that commit's data.", "",
-        "## Licence", "",
-        f"`{licence['license']}`" + (f" ({licence['license_name']}: [{licence['license_link']}]({licence['license_link']}))"
-                                     if licence.get("license_name") else ""), "",
-        "## Release card", "", release_card_body(release_dir).replace("\n# ", "\n### "), "",
+        f"published with `python -m scripts publish {name}`; Hub tag `{tag}` is that commit's data.",
+        "",
+        "## Licence",
+        "",
+        f"`{licence['license']}`"
+        + (
+            f" ({licence['license_name']}: [{licence['license_link']}]({licence['license_link']}))"
+            if licence.get("license_name")
+            else ""
+        ),
+        "",
+        "## Release card",
+        "",
+        release_card_body(release_dir).replace("\n# ", "\n### "),
+        "",
     ]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body))
 
@@ -222,7 +304,9 @@ def check_tag(tag: str, name: str) -> str:
     if not at:
         raise DataError(f"git tag {tag} not found: tag the release first (python -m scripts tag {name}), or --dry-run")
     if at != head:
-        raise DataError(f"git tag {tag} is {at[:12]}, not HEAD {head[:12]}: `git checkout {tag}` (and `dvc checkout`) first")
+        raise DataError(
+            f"git tag {tag} is {at[:12]}, not HEAD {head[:12]}: `git checkout {tag}` (and `dvc checkout`) first"
+        )
     from dvc.repo import Repo
 
     from scripts.tools.tag import check_up_to_date
@@ -247,8 +331,11 @@ def hub_client_factory(timeout_s: float):
             raise httpx2.DecodingError(f"reply of {length} bytes, over {MAX_HUB_REPLY_BYTES}", request=response.request)
         response.stream = _CappedStream(response.stream, response.request)
 
-    return lambda: httpx2.Client(event_hooks={"request": [hf_request_event_hook], "response": [cap]},
-                                 follow_redirects=True, timeout=httpx2.Timeout(timeout_s))
+    return lambda: httpx2.Client(
+        event_hooks={"request": [hf_request_event_hook], "response": [cap]},
+        follow_redirects=True,
+        timeout=httpx2.Timeout(timeout_s),
+    )
 
 
 class _CappedStream:
@@ -299,11 +386,20 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder,
-                                 commit_message=f"{tag}: t2i-datasets release (git {commit[:12]})",
-                                 ignore_patterns=[".t2i-output"])
-        api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=info.oid,
-                       tag_message=f"t2i-datasets {tag} (git commit {commit})")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=folder,
+            commit_message=f"{tag}: t2i-datasets release (git {commit[:12]})",
+            ignore_patterns=[".t2i-output"],
+        )
+        api.create_tag(
+            repo_id,
+            repo_type="dataset",
+            tag=tag,
+            revision=info.oid,
+            tag_message=f"t2i-datasets {tag} (git commit {commit})",
+        )
     except DataError:
         raise
     except Exception as exc:
@@ -319,7 +415,9 @@ def cli(
     tag: str = typer.Option(None, "--tag", help="git tag to publish and name the Hub tag after (default NAME)"),
     private: bool = typer.Option(False, "--private", help="create the Hub repository private"),
     max_shard_mb: int = typer.Option(500, "--max-shard-mb", min=1, help="largest parquet shard, MB"),
-    license: str = typer.Option(None, "--license", help="card licence id (default: from params.yaml sources.*.license)"),
+    license: str = typer.Option(
+        None, "--license", help="card licence id (default: from params.yaml sources.*.license)"
+    ),
     license_name: str = typer.Option(None, "--license-name", help="licence name, with --license other"),
     license_link: str = typer.Option(None, "--license-link", help="licence URL or file, with --license other"),
 ) -> None:
@@ -343,7 +441,9 @@ def cli(
             infos[split] = write_shards(records, split, tmp / "data", max_shard_mb * 1_000_000)
         files = sum(len(i["files"]) for i in infos.values())
         if files > MAX_FILES_PER_FOLDER:
-            raise DataError(f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)")
+            raise DataError(
+                f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)"
+            )
         download_size = sum((tmp / "data" / f).stat().st_size for i in infos.values() for f in i["files"])
         used = sorted({c.source for c in recipe.components})
         licence, licence_text = licence_fields(sources, used, license, license_name, license_link)
@@ -351,7 +451,9 @@ def cli(
             (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
         if (release_dir / "preview.jpg").is_file():
             shutil.copyfile(release_dir / "preview.jpg", tmp / "preview.jpg")
-        build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(tmp / "README.md")
+        build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
+            tmp / "README.md"
+        )
     total = {s: i["num_examples"] for s, i in infos.items()}
     print(f"publish: {shown(out)} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
     if dry_run:

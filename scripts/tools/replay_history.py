@@ -10,6 +10,7 @@ release builds nearly every stage: most of the time). A release's `base:` or a s
 come earlier in params.yaml (checked before anything runs): the commit of a release holds only the
 releases up to it.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,12 @@ import typer
 from scripts.lib.errors import DataError
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
-GIT_ENV = {"GIT_AUTHOR_NAME": "t2i-datasets", "GIT_AUTHOR_EMAIL": "t2i@example.invalid",
-           "GIT_COMMITTER_NAME": "t2i-datasets", "GIT_COMMITTER_EMAIL": "t2i@example.invalid"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t2i-datasets",
+    "GIT_AUTHOR_EMAIL": "t2i@example.invalid",
+    "GIT_COMMITTER_NAME": "t2i-datasets",
+    "GIT_COMMITTER_EMAIL": "t2i@example.invalid",
+}
 
 
 def release_names(params_text: str) -> list[str]:
@@ -46,7 +51,7 @@ def params_up_to(params_text: str, last: str) -> str:
     yaml.preserve_quotes = True  # regexes such as \d+:\d+ must stay quoted
     data = yaml.load(params_text)
     names = list(data["releases"].keys())
-    for name in names[names.index(last) + 1:]:
+    for name in names[names.index(last) + 1 :]:
         del data["releases"][name]
     out = io.StringIO()
     yaml.dump(data, out)
@@ -64,11 +69,15 @@ def check_order(params_text: str) -> None:
         spec = releases[name] or {}
         needed = [spec.get("base")] + [
             (step.get("dedup") or {}).get("reference")
-            for component in spec.get("components") or [] for step in (component or {}).get("steps") or []]
+            for component in spec.get("components") or []
+            for step in (component or {}).get("steps") or []
+        ]
         for other in filter(None, needed):
             if other in names and names.index(other) >= index:
-                raise DataError(f"params.yaml: releases.{name} needs {other!r}, which is listed after it "
-                                "(replay-history commits releases in file order)")
+                raise DataError(
+                    f"params.yaml: releases.{name} needs {other!r}, which is listed after it "
+                    "(replay-history commits releases in file order)"
+                )
 
 
 def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:

@@ -10,6 +10,7 @@ The prompts are built from word lists and carry planted work for the later stage
   it must rewrite (artist names, "trending on artstation");
 - cross-source overlap: OpenPrompts and Gustavosta rows near-duplicating DiffusionDB ones.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,34 +33,166 @@ FIXED_ZIP_TIME = (2022, 8, 1, 0, 0, 0)
 
 # ---------------------------------------------------------------- word lists for prompt-like text
 SUBJECTS = [
-    "an old lighthouse keeper", "a red fox", "a clockwork owl", "a lone samurai", "a tiny robot",
-    "a floating castle", "a giant tortoise", "a street musician", "a crystal dragon", "an astronaut cat",
-    "a victorian greenhouse", "a desert caravan", "a paper boat", "a mountain monastery", "a neon tiger",
-    "a wizard librarian", "a sunken cathedral", "a steam locomotive", "a jellyfish forest", "a knight in armor",
-    "a cozy bakery", "a polar bear cub", "a cyberpunk alley", "an ancient oak tree", "a hot air balloon",
-    "a koi pond", "a ghost ship", "a mechanical heart", "a sleeping giant", "a flower market",
+    "an old lighthouse keeper",
+    "a red fox",
+    "a clockwork owl",
+    "a lone samurai",
+    "a tiny robot",
+    "a floating castle",
+    "a giant tortoise",
+    "a street musician",
+    "a crystal dragon",
+    "an astronaut cat",
+    "a victorian greenhouse",
+    "a desert caravan",
+    "a paper boat",
+    "a mountain monastery",
+    "a neon tiger",
+    "a wizard librarian",
+    "a sunken cathedral",
+    "a steam locomotive",
+    "a jellyfish forest",
+    "a knight in armor",
+    "a cozy bakery",
+    "a polar bear cub",
+    "a cyberpunk alley",
+    "an ancient oak tree",
+    "a hot air balloon",
+    "a koi pond",
+    "a ghost ship",
+    "a mechanical heart",
+    "a sleeping giant",
+    "a flower market",
 ]
 ACTIONS = [
-    "standing in", "wandering through", "resting beside", "hovering above", "hidden inside",
-    "reflected in", "glowing within", "emerging from", "drifting across", "guarding",
+    "standing in",
+    "wandering through",
+    "resting beside",
+    "hovering above",
+    "hidden inside",
+    "reflected in",
+    "glowing within",
+    "emerging from",
+    "drifting across",
+    "guarding",
 ]
 PLACES = [
-    "a misty pine forest", "a rainy tokyo street", "a frozen lake", "an endless library", "a coral reef",
-    "a crumbling temple", "a field of sunflowers", "a moonlit harbor", "a volcanic valley", "a quiet village",
-    "a glass city", "a canyon at dawn", "a snowy mountain pass", "an abandoned subway", "a lavender field",
+    "a misty pine forest",
+    "a rainy tokyo street",
+    "a frozen lake",
+    "an endless library",
+    "a coral reef",
+    "a crumbling temple",
+    "a field of sunflowers",
+    "a moonlit harbor",
+    "a volcanic valley",
+    "a quiet village",
+    "a glass city",
+    "a canyon at dawn",
+    "a snowy mountain pass",
+    "an abandoned subway",
+    "a lavender field",
 ]
 STYLES = [
-    "oil painting", "watercolor", "digital painting", "pencil sketch", "studio photograph",
-    "ukiyo-e woodblock print", "concept art", "pixel art", "charcoal drawing", "isometric illustration",
-    "art nouveau poster", "cinematic still", "gouache painting", "low poly render", "linocut print",
+    "oil painting",
+    "watercolor",
+    "digital painting",
+    "pencil sketch",
+    "studio photograph",
+    "ukiyo-e woodblock print",
+    "concept art",
+    "pixel art",
+    "charcoal drawing",
+    "isometric illustration",
+    "art nouveau poster",
+    "cinematic still",
+    "gouache painting",
+    "low poly render",
+    "linocut print",
 ]
 MODIFIERS = [
-    "highly detailed", "soft lighting", "volumetric fog", "golden hour", "muted colors", "sharp focus",
-    "dramatic shadows", "pastel palette", "intricate patterns", "wide angle", "shallow depth of field",
-    "warm tones", "cold blue light", "dreamy atmosphere", "rich textures", "symmetrical composition",
+    "highly detailed",
+    "soft lighting",
+    "volumetric fog",
+    "golden hour",
+    "muted colors",
+    "sharp focus",
+    "dramatic shadows",
+    "pastel palette",
+    "intricate patterns",
+    "wide angle",
+    "shallow depth of field",
+    "warm tones",
+    "cold blue light",
+    "dreamy atmosphere",
+    "rich textures",
+    "symmetrical composition",
 ]
 # long sentences for planted near duplicates: every word distinct, no commas, no cleaner triggers
-LONG_WORDS = ["ancient", "weathered", "stone", "bridge", "crossing", "slow", "silver", "river", "under", "heavy", "storm", "clouds", "while", "tiny", "lanterns", "float", "beside", "drifting", "willow", "branches", "near", "quiet", "farmhouses", "painted", "ochre", "green", "amber", "violet", "crimson", "teal", "ivory", "cobalt", "scarlet", "emerald", "bronze", "copper", "marble", "velvet", "linen", "canvas", "feathers", "pebbles", "acorns", "thistles", "meadows", "orchards", "vineyards", "glaciers", "dunes", "fjords", "lagoons", "cliffs", "caverns", "towers", "spires", "domes", "arches", "gardens", "fountains", "statues", "mosaics", "tapestries"]
+LONG_WORDS = [
+    "ancient",
+    "weathered",
+    "stone",
+    "bridge",
+    "crossing",
+    "slow",
+    "silver",
+    "river",
+    "under",
+    "heavy",
+    "storm",
+    "clouds",
+    "while",
+    "tiny",
+    "lanterns",
+    "float",
+    "beside",
+    "drifting",
+    "willow",
+    "branches",
+    "near",
+    "quiet",
+    "farmhouses",
+    "painted",
+    "ochre",
+    "green",
+    "amber",
+    "violet",
+    "crimson",
+    "teal",
+    "ivory",
+    "cobalt",
+    "scarlet",
+    "emerald",
+    "bronze",
+    "copper",
+    "marble",
+    "velvet",
+    "linen",
+    "canvas",
+    "feathers",
+    "pebbles",
+    "acorns",
+    "thistles",
+    "meadows",
+    "orchards",
+    "vineyards",
+    "glaciers",
+    "dunes",
+    "fjords",
+    "lagoons",
+    "cliffs",
+    "caverns",
+    "towers",
+    "spires",
+    "domes",
+    "arches",
+    "gardens",
+    "fountains",
+    "statues",
+    "mosaics",
+    "tapestries",
+]
 SWAP_WORDS = ["golden", "frosted", "hidden", "distant", "gentle", "broken", "silent", "faded"]
 
 # rows the cleaner must drop (docs/cleaning.md), and rows it must rewrite
@@ -85,8 +218,14 @@ REWRITE_ROWS = [
     "a dragon sleeping on gold coins by craig mullins, concept art, trending on artstation",
 ]
 CHATGPT_OPENERS = [
-    "A surreal painting of", "A whimsical illustration of", "A detailed sketch of", "A neon-soaked scene of",
-    "A dreamy watercolor of", "A cinematic photograph of", "A vibrant poster of", "A quiet study of",
+    "A surreal painting of",
+    "A whimsical illustration of",
+    "A detailed sketch of",
+    "A neon-soaked scene of",
+    "A dreamy watercolor of",
+    "A cinematic photograph of",
+    "A vibrant poster of",
+    "A quiet study of",
 ]
 
 
@@ -109,7 +248,9 @@ def word_jaccard(a: str, b: str, n: int = 3) -> float:
 
 def short_prompt(rng: random.Random) -> str:
     mods = rng.sample(MODIFIERS, rng.randint(1, 3))
-    return f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(PLACES)}, {rng.choice(STYLES)}, " + ", ".join(mods)
+    return f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(PLACES)}, {rng.choice(STYLES)}, " + ", ".join(
+        mods
+    )
 
 
 def long_prompt(rng: random.Random, n_words: int) -> str:
@@ -165,14 +306,12 @@ def tiny_image(rng: random.Random, width: int, height: int, fmt: str) -> bytes:
     base = [rng.randrange(256) for _ in range(3)]
     img = Image.new("RGB", (width, height))
     img.putdata(
-        [
-            ((base[0] + 2 * x) % 256, (base[1] + 2 * y) % 256, base[2])
-            for y in range(height)
-            for x in range(width)
-        ]
+        [((base[0] + 2 * x) % 256, (base[1] + 2 * y) % 256, base[2]) for y in range(height) for x in range(width)]
     )
     x0, y0 = rng.randrange(width // 2), rng.randrange(height // 2)
-    ImageDraw.Draw(img).rectangle([x0, y0, x0 + width // 3, y0 + height // 3], fill=tuple(rng.randrange(256) for _ in range(3)))
+    ImageDraw.Draw(img).rectangle(
+        [x0, y0, x0 + width // 3, y0 + height // 3], fill=tuple(rng.randrange(256) for _ in range(3))
+    )
     buf = io.BytesIO()
     if fmt == "png":
         img.save(buf, format="PNG", optimize=False, compress_level=9)
@@ -228,39 +367,66 @@ def write_diffusiondb(root: Path, rng: random.Random) -> list[str]:
     import pyarrow.parquet as pq
 
     prompts = diffusiondb_prompts(rng)
-    samplers = {1: "ddim", 2: "plms", 3: "k_euler", 4: "k_euler_ancestral", 5: "k_heun", 6: "k_dpm_2",
-                7: "k_dpm_2_ancestral", 8: "k_lms"}
+    samplers = {
+        1: "ddim",
+        2: "plms",
+        3: "k_euler",
+        4: "k_euler_ancestral",
+        5: "k_heun",
+        6: "k_dpm_2",
+        7: "k_dpm_2_ancestral",
+        8: "k_lms",
+    }
     start = dt.datetime(2022, 8, 7, tzinfo=dt.UTC)
     rows = []
     for i, prompt in enumerate(prompts):
         size = rng.choice([(512, 512), (512, 512), (512, 768), (768, 512)])
-        rows.append({
-            "image_name": f"{fake_uuid(rng)}.png",
-            "prompt": prompt,
-            "part_id": 1 + i * 2 // len(prompts),
-            "seed": rng.getrandbits(32),
-            "step": rng.choice([50, 50, 30, 100]),
-            "cfg": float(rng.choice([7.0, 7.5, 9.0, 12.0])),
-            "sampler": rng.choice(list(samplers)),
-            "width": size[0],
-            "height": size[1],
-            "user_name": hashlib.sha256(f"user{rng.randrange(40)}".encode()).hexdigest(),
-            "timestamp": start + dt.timedelta(seconds=rng.randrange(30 * 86400)),
-            "image_nsfw": round(rng.random() * 0.3, 4),
-            "prompt_nsfw": round(rng.random() * 0.2, 4),
-        })
-    schema = pa.schema([
-        ("image_name", pa.string()), ("prompt", pa.string()), ("part_id", pa.uint16()), ("seed", pa.uint32()),
-        ("step", pa.uint16()), ("cfg", pa.float32()), ("sampler", pa.uint8()), ("width", pa.uint16()),
-        ("height", pa.uint16()), ("user_name", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("image_nsfw", pa.float32()), ("prompt_nsfw", pa.float32()),
-    ])
+        rows.append(
+            {
+                "image_name": f"{fake_uuid(rng)}.png",
+                "prompt": prompt,
+                "part_id": 1 + i * 2 // len(prompts),
+                "seed": rng.getrandbits(32),
+                "step": rng.choice([50, 50, 30, 100]),
+                "cfg": float(rng.choice([7.0, 7.5, 9.0, 12.0])),
+                "sampler": rng.choice(list(samplers)),
+                "width": size[0],
+                "height": size[1],
+                "user_name": hashlib.sha256(f"user{rng.randrange(40)}".encode()).hexdigest(),
+                "timestamp": start + dt.timedelta(seconds=rng.randrange(30 * 86400)),
+                "image_nsfw": round(rng.random() * 0.3, 4),
+                "prompt_nsfw": round(rng.random() * 0.2, 4),
+            }
+        )
+    schema = pa.schema(
+        [
+            ("image_name", pa.string()),
+            ("prompt", pa.string()),
+            ("part_id", pa.uint16()),
+            ("seed", pa.uint32()),
+            ("step", pa.uint16()),
+            ("cfg", pa.float32()),
+            ("sampler", pa.uint8()),
+            ("width", pa.uint16()),
+            ("height", pa.uint16()),
+            ("user_name", pa.string()),
+            ("timestamp", pa.timestamp("us", tz="UTC")),
+            ("image_nsfw", pa.float32()),
+            ("prompt_nsfw", pa.float32()),
+        ]
+    )
     root.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / "metadata.parquet", compression="zstd")
     for part in (1, 2):
         part_rows = [r for r in rows if r["part_id"] == part]
         part_json = {
-            r["image_name"]: {"p": r["prompt"], "se": r["seed"], "c": r["cfg"], "st": r["step"], "sa": samplers[r["sampler"]]}
+            r["image_name"]: {
+                "p": r["prompt"],
+                "se": r["seed"],
+                "c": r["cfg"],
+                "st": r["step"],
+                "sa": samplers[r["sampler"]],
+            }
             for r in part_rows
         }
         name = f"part-{part:06d}"
@@ -317,10 +483,18 @@ def openprompts_row(rng: random.Random, prompt: str, null_seed: bool) -> list[st
         "modifiers": [m.strip() for m in prompt.split(",")[1:] if m.strip()],
         "thumbnail_uri": "PENDING",
         "raw_discord_data": {
-            "seed": seed, "width": size[0], "height": size[1], "content": "", "is_grid": 0,
-            "num_step": rng.choice([50, 50, 150]), "cfg_scale": float(rng.choice([7.0, 7.5, 15.0])),
+            "seed": seed,
+            "width": size[0],
+            "height": size[1],
+            "content": "",
+            "is_grid": 0,
+            "num_step": rng.choice([50, 50, 150]),
+            "cfg_scale": float(rng.choice([7.0, 7.5, 15.0])),
             "image_uri": f"https://cdn.discordapp.com/attachments/{rng.getrandbits(60)}/{rng.getrandbits(60)}/{slug}_-S_{seed}_ts-{ts}_idx-{rng.randrange(9)}.png",
-            "timestamp": ts, "content_type": "image/png", "image_proxy_uri": "", "num_generations": 9,
+            "timestamp": ts,
+            "content_type": "image/png",
+            "image_proxy_uri": "",
+            "num_generations": 9,
         },
     }
     return [prompt, json.dumps(raw)]
@@ -406,8 +580,11 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
             caption = f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(PLACES)}, {rng.choice(STYLES)}"
             if index in (4, 23):
                 caption = REWRITE_ROWS[2 + index % 2]
-            meta: dict = {"caption_variant": rng.choice(["short", "long"]), "caption_selector_index": rng.randrange(3),
-                          "caption_source_id": rng.choice(["blip2", "cogvlm", "alt_text"])}
+            meta: dict = {
+                "caption_variant": rng.choice(["short", "long"]),
+                "caption_selector_index": rng.randrange(3),
+                "caption_source_id": rng.choice(["blip2", "cogvlm", "alt_text"]),
+            }
             if index % 7 == 3:  # older exports name the size w/h and leave the bucket to the path
                 meta.update(w=target_w, h=target_h)
             else:
@@ -421,13 +598,18 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
         shard = f"buckets/{bucket_id}/shard-000000.tar"
         (root / shard).parent.mkdir(parents=True)
         (root / shard).write_bytes(tar_bytes(members))
-        manifest_buckets.append({"bucket_id": bucket_id, "width": target_w, "height": target_h,
-                                 "shards": [shard], "num_samples": 10})
+        manifest_buckets.append(
+            {"bucket_id": bucket_id, "width": target_w, "height": target_h, "shards": [shard], "num_samples": 10}
+        )
     manifest = {
         "format": "bucketed_shards_v1",
         "base_resolution": 64,
         "divisible": 4,
-        "proto_buckets_1024": [{"width": 1024, "height": 1024}, {"width": 1216, "height": 832}, {"width": 832, "height": 1216}],
+        "proto_buckets_1024": [
+            {"width": 1024, "height": 1024},
+            {"width": 1216, "height": 832},
+            {"width": 832, "height": 1216},
+        ],
         "buckets": manifest_buckets,
         "caption_sources": [{"id": "blip2"}, {"id": "cogvlm"}, {"id": "alt_text"}],
     }
@@ -436,14 +618,20 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
 
 def write_all(output: Path, seed: int = SEED) -> None:
     """Write every sample source under `output` (one seeded RNG per source: adding one leaves the others)."""
+
     def rng(name: str) -> random.Random:
         return random.Random(f"{seed}:{name}")
 
     diffusiondb = write_diffusiondb(output / "diffusiondb", rng("diffusiondb"))
     write_chatgpt(output / "chatgpt", rng("chatgpt"))
     write_gustavosta(output / "gustavosta", rng("gustavosta"), diffusiondb)
-    write_openprompts(output / "openprompts", [openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
-                                               openprompts_batch(rng("openprompts2"), diffusiondb, batch=2)])
+    write_openprompts(
+        output / "openprompts",
+        [
+            openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
+            openprompts_batch(rng("openprompts2"), diffusiondb, batch=2),
+        ],
+    )
     write_dalle3(output / "dalle3", rng("dalle3"))
     write_laion_buckets(output / "laion_buckets", rng("laion_buckets"))
 

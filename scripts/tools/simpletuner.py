@@ -7,6 +7,7 @@ and with --data-dir the preset's `data/` folder (each image under its `image_nam
 caption beside it) plus a multidatabackend.json entry that points SimpleTuner at both (default
 beside the parquet; --config to put it elsewhere). scripts/lib/simpletuner.py is the one writer.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ def check_config_ours(path: Path, ids: list) -> None:
     except (OSError, ValueError):
         entries = None
     if not (isinstance(entries, list) and [e.get("id") if isinstance(e, dict) else None for e in entries] == ids):
-        raise DataError(f"{shown(path)}: a data-backend config this command did not write (its backends are not "
-                        f"{', '.join(map(str, ids))}); refusing to replace it (--config elsewhere, or move it away)")
+        raise DataError(
+            f"{shown(path)}: a data-backend config this command did not write (its backends are not "
+            f"{', '.join(map(str, ids))}); refusing to replace it (--config elsewhere, or move it away)"
+        )
 
 
 def cli(
@@ -59,11 +62,22 @@ def cli(
     if config is not None:
         check_not_input(config, [shards, output])
         check_config_ours(config, ["dalle3", "dalle3-text-embeds"])
-    stats = compile_simpletuner([shards] if shards.is_file() else shards, output, caption_field, data_dir=data_dir,
-                           config=config, write_txt_dir=txt_dir, on_error=on_error)
+    stats = compile_simpletuner(
+        [shards] if shards.is_file() else shards,
+        output,
+        caption_field,
+        data_dir=data_dir,
+        config=config,
+        write_txt_dir=txt_dir,
+        on_error=on_error,
+    )
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats["skipped"].items())) or "none"
     extra = f" + {data_dir}/ (images, <stem>.txt) + {config}" if data_dir is not None else ""
-    print(shown(f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output}{extra} (skipped: {skipped})"))
+    print(
+        shown(
+            f"simpletuner: {stats['rows_written']} of {stats['rows_read']} records -> {output}{extra} (skipped: {skipped})"
+        )
+    )
 
 
 def cli_config(
@@ -81,7 +95,9 @@ def cli_config(
     release = split.resolve().parent
     for path, what in ((output, "--output"), (cache_dir, "--cache-dir")):
         if path.resolve() == release or release in path.resolve().parents:
-            raise DataError(f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)")
+            raise DataError(
+                f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
+            )
     entries = absolute_config(split, cache_dir)
     check_config_ours(output, [entry.get("id") for entry in entries])
     with atomic_path(output) as tmp:

@@ -7,6 +7,7 @@ stage it depends on are up to date in dvc.lock (`dvc status` clean), and (3) eve
 pipeline is in the default remote (`dvc status -c` clean). Then `git tag -a V` with the row counts
 from stats.json in the message, so `git show V` tells what the version holds.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -42,20 +43,26 @@ def check_repository() -> None:
 def check_committed() -> None:
     dirty = _git("status", "--porcelain", "--", *TRACKED).stdout.strip()
     if dirty:
-        raise DataError(f"uncommitted changes in {', '.join(TRACKED)}: commit them first ({dirty.splitlines()[0].strip()})")
+        raise DataError(
+            f"uncommitted changes in {', '.join(TRACKED)}: commit them first ({dirty.splitlines()[0].strip()})"
+        )
 
 
 def check_up_to_date(repo, stage: str) -> None:
     status = repo.status(targets=[stage], with_deps=True)
     if status:
-        raise DataError(f"{stage} is not up to date in dvc.lock ({', '.join(sorted(status))} changed): run `dvc repro {stage}`")
+        raise DataError(
+            f"{stage} is not up to date in dvc.lock ({', '.join(sorted(status))} changed): run `dvc repro {stage}`"
+        )
 
 
 def check_pushed(repo, stage: str) -> None:
     status = repo.status(targets=[stage], with_deps=True, cloud=True)
     missing = sorted(path for path, state in status.items() if state != "deleted")
     if missing:
-        raise DataError(f"{len(missing)} outputs of {stage} are not in the default remote (e.g. {missing[0]}): run `dvc push`")
+        raise DataError(
+            f"{len(missing)} outputs of {stage} are not in the default remote (e.g. {missing[0]}): run `dvc push`"
+        )
 
 
 def tag_message(name: str, stats: dict) -> str:
@@ -89,6 +96,8 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
     except FileNotFoundError:
         raise DataError(f"{stats_file}: not found (run `dvc repro {stage}`, or `dvc pull {stage}`)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{stats_file}: not the stats release writes ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise DataError(
+            f"{stats_file}: not the stats release writes ({type(exc).__name__}: {exc})".splitlines()[0]
+        ) from None
     _git("tag", "-a", name, "-m", tag_message(name, stats))
     print(f"tagged {name}: {tag_message(name, stats).splitlines()[0]}")

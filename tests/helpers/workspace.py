@@ -49,8 +49,18 @@ def error_line(err: str) -> str:
 def split_rows(n: int, source: str, image: Path, split: str | None = None) -> pd.DataFrame:
     ids = [stable_id(source, i) for i in range(n)]
     texts = [f"a red fox number {i}" for i in range(n)]
-    return pd.DataFrame({"id": ids, "source": source, "split": split, "text": texts, "orig_text": texts,
-                         "image": str(image), "width": 1, "height": 1})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "source": source,
+            "split": split,
+            "text": texts,
+            "orig_text": texts,
+            "image": str(image),
+            "width": 1,
+            "height": 1,
+        }
+    )
 
 
 def make_splits(root: Path, source: str = "diffusiondb", n: int = 40) -> None:

@@ -5,6 +5,7 @@ The model checked every key's type and range; what is left here needs the regist
 engine: each listed drop rule exists, has its key and runs once; a key that is set is listed; every
 regex and replacement compiles (an error names its place).
 """
+
 from __future__ import annotations
 
 import re
@@ -54,8 +55,10 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
             compile_search(r"(?i)\b(" + "|".join(map(re.escape, thoughts)) + r")\b", fast) if thoughts else None
         ),
         person_names=person_counter(persons.model) if "person_names" in on and persons is not None else None,
-        drop_rules={point: tuple(DropRule(name, DROP_RULES[name]) for name in getattr(rules.drops, point) if name in on)
-                    for point in DROP_POINTS},
+        drop_rules={
+            point: tuple(DropRule(name, DROP_RULES[name]) for name in getattr(rules.drops, point) if name in on)
+            for point in DROP_POINTS
+        },
         fast=fast,
         keeps_plain=all(phase.plain_steps is not None for phase in phases.values()),
     )
@@ -74,8 +77,9 @@ def _listed_drop_rules(rules: CleanRules) -> set[str]:
     for point in DROP_POINTS:
         for name in getattr(rules.drops, point):
             if name not in DROP_RULES:
-                raise DataError(f"params.yaml: clean.drops.{point}: unknown drop rule {name!r} "
-                                f"(registry: {', '.join(DROP_RULES)})")
+                raise DataError(
+                    f"params.yaml: clean.drops.{point}: unknown drop rule {name!r} (registry: {', '.join(DROP_RULES)})"
+                )
             if name in seen:
                 raise DataError(f"params.yaml: clean.drops.{point}: {name!r} is listed twice")
             if getattr(rules, name, None) is None:
@@ -93,8 +97,15 @@ def _phase(rewrites: list[Rewrite], key: str, fast: bool) -> Phase:
 
 
 def _rewrite(rewrite: Rewrite, where: str, fast: bool) -> CompiledRewrite:
-    return compile_rewrite(rewrite.name, find=rewrite.find, pattern=rewrite.pattern, repl=rewrite.repl,
-                           strip=rewrite.strip, fast=fast, where=f"params.yaml: {where}")
+    return compile_rewrite(
+        rewrite.name,
+        find=rewrite.find,
+        pattern=rewrite.pattern,
+        repl=rewrite.repl,
+        strip=rewrite.strip,
+        fast=fast,
+        where=f"params.yaml: {where}",
+    )
 
 
 def _phrase(phrase: str, key: str, fast: bool) -> CompiledRewrite:

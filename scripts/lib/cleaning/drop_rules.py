@@ -6,6 +6,7 @@ which point (the fields of `Drops`) and in what order; the first that fires is t
 only when listed, and `language` and `person_names` only when `enabled` too. Adding one:
 docs/cleaning.md, "Adding a drop rule".
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,6 +6,7 @@ rules once: compiled regexes do not pickle) runs `clean_batch` over batches of `
 rows; only the outcomes come back, in row order, and the driver writes the outputs as the local
 engine does.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,12 +33,17 @@ class BatchCleaner:
         prompts = prompt_values(batch.column(self.column).to_pylist())
         texts = distinct(prompts)
         outcomes = outcomes_of(prompts, dict(zip(texts, clean_batch(texts, self.rules))))
-        return pa.table({"text": pa.array([text for text, _ in outcomes], pa.string()),
-                         "reason": pa.array([reason for _, reason in outcomes], pa.string())})
+        return pa.table(
+            {
+                "text": pa.array([text for text, _ in outcomes], pa.string()),
+                "reason": pa.array([reason for _, reason in outcomes], pa.string()),
+            }
+        )
 
 
-def outcomes_on_ray(path: Path, column: str, rules: CleanRules, runtime: Runtime, desc: str = "clean",
-                    fast: bool = True) -> list[Outcome]:
+def outcomes_on_ray(
+    path: Path, column: str, rules: CleanRules, runtime: Runtime, desc: str = "clean", fast: bool = True
+) -> list[Outcome]:
     """Each row's outcome for `column` of the parquet file at `path`, in row order, cleaned on Ray."""
     import pyarrow.parquet as pq
 
@@ -51,10 +57,17 @@ def outcomes_on_ray(path: Path, column: str, rules: CleanRules, runtime: Runtime
         workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         blocks = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
         # the reads take no CPU of their own: `workers` actors may hold every CPU, and they wait for the reads
-        dataset = ray.data.read_parquet(str(Path(path).resolve()), columns=[column], override_num_blocks=blocks,
-                                        ray_remote_args={"num_cpus": 0})
-        dataset = dataset.map_batches(BatchCleaner, fn_constructor_args=(rules, fast, column), batch_format="pyarrow",
-                                      batch_size=runtime.batch_rows, concurrency=workers, num_cpus=1)
+        dataset = ray.data.read_parquet(
+            str(Path(path).resolve()), columns=[column], override_num_blocks=blocks, ray_remote_args={"num_cpus": 0}
+        )
+        dataset = dataset.map_batches(
+            BatchCleaner,
+            fn_constructor_args=(rules, fast, column),
+            batch_format="pyarrow",
+            batch_size=runtime.batch_rows,
+            concurrency=workers,
+            num_cpus=1,
+        )
         outcomes: list[Outcome] = []
         batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
         for batch in track(batches, total=None, desc=desc, unit="batches"):

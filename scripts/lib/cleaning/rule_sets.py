@@ -5,6 +5,7 @@ overrides of its keys), and rules.json, which the clean_rules stage writes with 
 (`{"rules": default name, "sets": {name: document}}`) so that DVC tracks the rule lists in one file.
 Past this module the cleaner sees only `CleanRules`.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -58,8 +59,11 @@ def document(rules: CleanRules) -> dict:
 def resolve(clean: Clean) -> CleanRules:
     """params.yaml `clean` -> the rule set it means: the set named by `rules`, each non-null other key
     replacing that set's value whole."""
-    overrides = {key: value for key, value in clean.model_dump(mode="json", exclude_unset=True).items()
-                 if key in CleanRules.model_fields and value is not None}
+    overrides = {
+        key: value
+        for key, value in clean.model_dump(mode="json", exclude_unset=True).items()
+        if key in CleanRules.model_fields and value is not None
+    }
     named = load_rule_set(clean.rules)
     if not overrides:
         return named
@@ -144,4 +148,6 @@ def source_choice(value: bool | str | datetime.date | SourceClean | None) -> tup
         return set_name(value), "rewrite"
     if isinstance(value, SourceClean):
         return value.rules, value.mode
-    raise DataError(f"params.yaml: sources.*.clean: expected true, false, a rule set name or {{rules, mode}}, got {value!r}")
+    raise DataError(
+        f"params.yaml: sources.*.clean: expected true, false, a rule set name or {{rules, mode}}, got {value!r}"
+    )

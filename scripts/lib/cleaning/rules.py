@@ -1,4 +1,5 @@
 """A rule set compiled for `clean_text`: the phases' regexes, the searches, the drop rules in order."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

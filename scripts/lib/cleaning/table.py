@@ -5,6 +5,7 @@
 `clean_table` cleans `column` (the raw prompt), never `text`: the raw prompt is the source of truth,
 cleaning is not idempotent, and re-cleaning must reproduce exactly what clean@S would have written.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -42,8 +43,7 @@ def outcomes_of(prompts: Sequence[str | None], cleaned: dict[str, Outcome]) -> l
     return [cleaned[p] if p is not None else (None, EMPTY) for p in prompts]
 
 
-def clean_table(df, rules: Rules, column: str = "prompt", desc: str = "clean", mode: str = "rewrite",
-                workers: int = 1):
+def clean_table(df, rules: Rules, column: str = "prompt", desc: str = "clean", mode: str = "rewrite", workers: int = 1):
     """Clean `column` of every row: (kept rows + `text`, dropped rows + `reason`), order preserved.
     mode: rewrite (`text` = the cleaned prompt), filter_only (the rules decide which rows go, `text` =
     the raw `column`: the team's v4-a bug) or off (every row kept, `text` = the raw `column`).
@@ -88,8 +88,9 @@ def pass_through(df, column: str = "prompt"):
     return kept.reset_index(drop=True), dropped.reset_index(drop=True)
 
 
-def report(source: str, rows_in: int, dropped, applied: bool, rules: str | None = None,
-           mode: str | None = None) -> dict:
+def report(
+    source: str, rows_in: int, dropped, applied: bool, rules: str | None = None, mode: str | None = None
+) -> dict:
     """The stage's metric: rows in, kept, dropped, and the rows each drop rule removed."""
     reasons = Counter(dropped["reason"].tolist())
     out = {
@@ -109,6 +110,7 @@ def report(source: str, rows_in: int, dropped, applied: bool, rules: str | None 
 
 # --------------------------------------------------------------------------- the local engine
 
+
 def _clean_locally(texts: list[str], rules: Rules, desc: str, workers: int) -> list[Outcome]:
     """clean_batch over the texts, in `workers` processes when there are enough of them."""
     from scripts.lib.progress import track
@@ -119,12 +121,24 @@ def _clean_locally(texts: list[str], rules: Rules, desc: str, workers: int) -> l
 
     # fresh interpreters, not forks (the parent may hold pyarrow threads); they compile the rules again
     # (compiled regexes and lambdas do not pickle)
-    batches = [texts[start:start + WORKER_BATCH] for start in range(0, len(texts), WORKER_BATCH)]
-    results = ordered_map(_clean_batch_in_worker, batches, workers, chunksize=1, initializer=_start_worker,
-                          initargs=(rules.document, rules.fast))
+    batches = [texts[start : start + WORKER_BATCH] for start in range(0, len(texts), WORKER_BATCH)]
+    results = ordered_map(
+        _clean_batch_in_worker,
+        batches,
+        workers,
+        chunksize=1,
+        initializer=_start_worker,
+        initargs=(rules.document, rules.fast),
+    )
     with closing(results):  # an interrupt stops the workers now, not when the traceback is freed
-        return list(track((outcome for batch in results for outcome in batch), total=len(texts), desc=desc,
-                          unit="distinct prompts"))
+        return list(
+            track(
+                (outcome for batch in results for outcome in batch),
+                total=len(texts),
+                desc=desc,
+                unit="distinct prompts",
+            )
+        )
 
 
 _WORKER_RULES: Rules | None = None

@@ -4,6 +4,7 @@ The rewrite phases run in order; after each, the drop rules the rule set lists f
 the same text and rules give the same answer in any process, which is what lets the engines (one
 process, a local pool, Ray) split the work any way they like.
 """
+
 from __future__ import annotations
 
 import re

@@ -10,17 +10,30 @@ one `Result`. `params` is everywhere a Dedup, a mapping checked like params.yaml
 The only probabilistic step of minhash is banding: a pair at exactly the threshold becomes a candidate
 with probability `band_recall` >= dedup.target_recall (0.995 by default), pairs above it more often.
 """
+
 from scripts.lib.dedup.api import (
-                                   SPEED_KEYS,
-                                   dedup_against,
-                                   dedup_self,
-                                   keep_mask,
-                                   near_duplicate_mask,
-                                   resolve_params,
+    SPEED_KEYS,
+    dedup_against,
+    dedup_self,
+    keep_mask,
+    near_duplicate_mask,
+    resolve_params,
 )
 from scripts.lib.dedup.index import EmbeddingIndex, Index, MinHashIndex, build_index
 from scripts.lib.dedup.result import Result
 from scripts.lib.dedup.signing import banding
 
-__all__ = ["SPEED_KEYS", "EmbeddingIndex", "Index", "MinHashIndex", "Result", "banding", "build_index",
-           "dedup_against", "dedup_self", "keep_mask", "near_duplicate_mask", "resolve_params"]
+__all__ = [
+    "SPEED_KEYS",
+    "EmbeddingIndex",
+    "Index",
+    "MinHashIndex",
+    "Result",
+    "banding",
+    "build_index",
+    "dedup_against",
+    "dedup_self",
+    "keep_mask",
+    "near_duplicate_mask",
+    "resolve_params",
+]

@@ -1,4 +1,5 @@
 """The calls other stages make: self dedup, cross dedup against a reference, and release-step masks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,8 +64,10 @@ def _minhash_self(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) 
     ok = jaccard >= params.threshold
     pairs, jaccard = candidates[ok], jaccard[ok]
     keep, duplicate_of, similarity = assign(n, pairs, jaccard, rank, members, member_rep, params.keep)
-    stats = {**self_stats(keep, pairs, members, member_rep, len(candidates), n - len(nonempty), params),
-             **signing.banding_stats(params)}
+    stats = {
+        **self_stats(keep, pairs, members, member_rep, len(candidates), n - len(nonempty), params),
+        **signing.banding_stats(params),
+    }
     return Result(keep=keep, duplicate_of=duplicate_of, similarity=similarity, stats=stats)
 
 
@@ -75,8 +78,9 @@ def dedup_against(new_texts, reference, params=None, runtime: Runtime | None = N
     give the same results.
     """
     if isinstance(reference, Index):
-        if params is not None and resolve_params(params).model_dump(exclude=set(SPEED_KEYS)) != \
-                reference.params.model_dump(exclude=set(SPEED_KEYS)):
+        if params is not None and resolve_params(params).model_dump(
+            exclude=set(SPEED_KEYS)
+        ) != reference.params.model_dump(exclude=set(SPEED_KEYS)):
             raise DataError("dedup_against: params differ from the ones the index was built with")
         return reference.query(new_texts, runtime)
     return build_index(reference, resolve_params(params), runtime).query(new_texts, runtime)

@@ -6,6 +6,7 @@ the rounds stop when one leaves the edges unchanged, which happens only when eve
 around its smallest row (O(log n) rounds). Then each edge is labelled with its cluster and groups of
 whole clusters are resolved with the local keep policy where they land.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,10 @@ def _both_ways(table: pa.Table) -> pa.Table:
 
 def _by_node(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (node, nbr) sorted by node; the first index of each node's run; each run's smallest nbr."""
-    packed = mh.sorted_unique((table.column("node").to_numpy().astype(np.uint64) << np.uint64(32))
-                              | table.column("nbr").to_numpy().astype(np.uint64))
+    packed = mh.sorted_unique(
+        (table.column("node").to_numpy().astype(np.uint64) << np.uint64(32))
+        | table.column("nbr").to_numpy().astype(np.uint64)
+    )
     node = (packed >> np.uint64(32)).astype(np.int64)
     nbr = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
     start = np.flatnonzero(np.concatenate([[True], node[1:] != node[:-1]]))
@@ -70,7 +73,9 @@ def star_round(edges, step, parts: int):
 
 def signature(ray, edges) -> tuple[int, int]:
     sums = pa.concat_tables([ray.get(ref) for ref in edges.map_batches(_checksum, **_ARROW).to_arrow_refs()])
-    return int(np.sum(sums.column("n").to_numpy())), int(np.bitwise_xor.reduce(sums.column("h").to_numpy().astype(np.uint64)))
+    return int(np.sum(sums.column("n").to_numpy())), int(
+        np.bitwise_xor.reduce(sums.column("h").to_numpy().astype(np.uint64))
+    )
 
 
 def labels(ray, edges, parts: int):
@@ -93,20 +98,31 @@ def labels(ray, edges, parts: int):
         node, first = np.unique(t.column("node").to_numpy(), return_index=True)
         return pa.table({"node": node, "label": t.column("label").to_numpy()[first]})
 
-    return (edges.map_batches(star_labels, **_ARROW).map_batches(part_of, fn_args=(["node"], parts), **_ARROW)
-            .groupby("part").map_groups(distinct, **_ARROW).materialize())
+    return (
+        edges.map_batches(star_labels, **_ARROW)
+        .map_batches(part_of, fn_args=(["node"], parts), **_ARROW)
+        .groupby("part")
+        .map_groups(distinct, **_ARROW)
+        .materialize()
+    )
 
 
 def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):
     """resolve_edges over clusters spread across the cluster: (removed rows, cluster sizes)."""
     columns = ["a", "b", "similarity", *[f"{side}_{r}" for side in "ab" for r in ranks if r != "row"]]
-    flagged = [d.map_batches(lambda t, m=m: t.select(columns).append_column("member", pa.array(np.full(t.num_rows, m))),
-                             **_ARROW) for d, m in ((verified, False), (members, True))]  # one schema for both
+    flagged = [
+        d.map_batches(
+            lambda t, m=m: t.select(columns).append_column("member", pa.array(np.full(t.num_rows, m))), **_ARROW
+        )
+        for d, m in ((verified, False), (members, True))
+    ]  # one schema for both
     edges = flagged[0].union(flagged[1])
-    node_labels = labels(ray, edges.map_batches(lambda t: pa.table({"u": t.column("a"), "v": t.column("b")}), **_ARROW),
-                         parts)
-    labelled = edges.join(node_labels.map_batches(lambda t: t.rename_columns(["a", "label"]), **_ARROW),
-                          "inner", parts, on=("a",))
+    node_labels = labels(
+        ray, edges.map_batches(lambda t: pa.table({"u": t.column("a"), "v": t.column("b")}), **_ARROW), parts
+    )
+    labelled = edges.join(
+        node_labels.map_batches(lambda t: t.rename_columns(["a", "label"]), **_ARROW), "inner", parts, on=("a",)
+    )
 
     def resolve_group(t: pa.Table) -> pa.Table:
         member = t.column("member").to_numpy(zero_copy_only=False)

@@ -1,5 +1,6 @@
 """Embedding side of dedup (`dedup.method: embedding`): identical texts grouped, the rest encoded
 (scripts/lib/embedding.py), exact top-k neighbours propose candidates, float64 cosine verifies them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,9 @@ def dedup_self_embedding(texts: pa.Array, order_keys, params: Dedup) -> Result:
     nonblank = np.flatnonzero(has_text(texts))
     reps, members, member_rep = exact_groups(texts, rank, nonblank)
     vectors = embed(texts.take(pa.array(reps)), params) if len(reps) else np.zeros((0, 1), dtype=np.float32)
-    index, sims = em.top_k(vectors, vectors, params.embedding_top_k, params.embedding_block, exclude_self=True,
-                           device=device(params))
+    index, sims = em.top_k(
+        vectors, vectors, params.embedding_top_k, params.embedding_block, exclude_self=True, device=device(params)
+    )
     local = em.candidate_pairs(index, sims, params.threshold)
     local = mh.unique_pairs(np.sort(local, axis=1))  # (i, j) and (j, i) are one pair
     cosine = em.exact_cosine(vectors, vectors, local)

@@ -6,6 +6,7 @@ MinHash keeps each band's keys sorted with the reference row of each (a query is
 O(new rows * bands * log m)); embedding keeps the unit vectors. Both keep the reference texts, which
 MinHash needs to verify candidates exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,11 @@ class Index:
         """An index written by `save` (index.json's params.method says which kind)."""
         path = Path(path)
         meta = json.loads((path / "index.json").read_text(encoding="utf-8")) if (path / "index.json").exists() else {}
-        embedding = isinstance(meta, dict) and isinstance(meta.get("params"), dict) and meta["params"].get("method") == "embedding"
+        embedding = (
+            isinstance(meta, dict)
+            and isinstance(meta.get("params"), dict)
+            and meta["params"].get("method") == "embedding"
+        )
         kind: type[EmbeddingIndex] | type[MinHashIndex] = EmbeddingIndex if embedding else MinHashIndex
         missing = [name for name in kind.FILES if not (path / name).exists()]
         if missing:

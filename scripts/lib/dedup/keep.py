@@ -8,6 +8,7 @@ would not: a chain a~b~c keeps only a although c may share nothing with a).
 Only the relative order of `rank` among rows of the pairs matters, which lets the Ray engine pass
 ranks of just those rows.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,15 @@ def keep_rank(texts: pa.Array, order_keys, keep: str) -> np.ndarray:
     return rank
 
 
-def assign(n: int, pairs: np.ndarray, similarity: np.ndarray, rank: np.ndarray, members: np.ndarray,
-           member_rep: np.ndarray, keep_policy: str):
+def assign(
+    n: int,
+    pairs: np.ndarray,
+    similarity: np.ndarray,
+    rank: np.ndarray,
+    members: np.ndarray,
+    member_rep: np.ndarray,
+    keep_policy: str,
+):
     """keep, duplicate_of, similarity-to-it from the verified pairs and the identical-text groups."""
     if keep_policy == "none_of_pair":
         # an identical copy is a partner at similarity 1: the whole group goes, like any pair
@@ -133,16 +141,31 @@ def component_sizes(n: int, edges: np.ndarray) -> np.ndarray:
     return np.bincount(parent, minlength=n)
 
 
-def self_stats(keep: np.ndarray, pairs: np.ndarray, members: np.ndarray, member_rep: np.ndarray,
-               candidates: int, no_tokens: int, params: Dedup) -> dict:
+def self_stats(
+    keep: np.ndarray,
+    pairs: np.ndarray,
+    members: np.ndarray,
+    member_rep: np.ndarray,
+    candidates: int,
+    no_tokens: int,
+    params: Dedup,
+) -> dict:
     """The report's counts, the same for both methods (their own keys follow)."""
     n = len(keep)
     sizes = component_sizes(n, np.concatenate([pairs, np.stack([members, member_rep], axis=1)]))
     return report_counts(n, int(keep.sum()), sizes, len(members), candidates, len(pairs), no_tokens, params)
 
 
-def report_counts(n: int, kept: int, cluster_sizes: np.ndarray, exact_duplicates: int, candidates: int,
-                  verified: int, no_tokens: int, params: Dedup) -> dict:
+def report_counts(
+    n: int,
+    kept: int,
+    cluster_sizes: np.ndarray,
+    exact_duplicates: int,
+    candidates: int,
+    verified: int,
+    no_tokens: int,
+    params: Dedup,
+) -> dict:
     """cluster_sizes: the sizes of the clusters (rows in no cluster may be left out)."""
     return {
         "rows_in": int(n),

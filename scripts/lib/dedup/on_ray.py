@@ -11,6 +11,7 @@ never bring the texts to the driver.
    of whole clusters is resolved where it lands. Greedy keep order only looks inside a cluster, so
    both give the local answer. Every grouping is Ray's groupby/join: no scheduler of our own.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -93,18 +94,29 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
     by_part = dict(batch_format="pyarrow")
     signed = rows.map_batches(sign_rows, fn_args=(params,), batch_size=runtime.batch_rows, **by_part).materialize()
     no_tokens = n - signed.count()  # sign_rows drops rows without tokens: never anybody's duplicate
-    grouped = (signed.map_batches(part_of, fn_args=(["seq0"], parts), **by_part)
-               .groupby("part").map_groups(identical_in_group, fn_args=(ranks,), **by_part).materialize())
+    grouped = (
+        signed.map_batches(part_of, fn_args=(["seq0"], parts), **by_part)
+        .groupby("part")
+        .map_groups(identical_in_group, fn_args=(ranks,), **by_part)
+        .materialize()
+    )
     members = grouped.filter(expr="rep >= 0").map_batches(member_edges, fn_args=(ranks,), **by_part).materialize()
     reps = grouped.filter(expr="rep < 0")
     passes = []
     for lo in range(0, bands, BANDS_PER_PASS):
-        band_rows = reps.map_batches(bucket_rows, fn_args=(lo, min(bands, lo + BANDS_PER_PASS), ranks, parts), **by_part)
-        passes.append(band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks),
-                                                           **by_part))
+        band_rows = reps.map_batches(
+            bucket_rows, fn_args=(lo, min(bands, lo + BANDS_PER_PASS), ranks, parts), **by_part
+        )
+        passes.append(
+            band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks), **by_part)
+        )
     found = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
-    candidates = (found.map_batches(part_of, fn_args=(["a", "b"], parts), **by_part)
-                  .groupby("part").map_groups(unique_in_group, **by_part).materialize())
+    candidates = (
+        found.map_batches(part_of, fn_args=(["a", "b"], parts), **by_part)
+        .groupby("part")
+        .map_groups(unique_in_group, **by_part)
+        .materialize()
+    )
     candidate_count = candidates.count()
     texts = rows.map_batches(lambda t: t.select(["row", "text"]), **by_part)
     for side in ("a", "b"):
@@ -116,8 +128,9 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
         removed, sizes = resolve_edges(_collect(ray, verified), _collect(ray, members), ranks, params.keep)
     else:
         removed, sizes = components.resolve(ray, verified, members, ranks, params.keep, parts)
-    stats = report_counts(n, n - len(removed["row"]), sizes, member_count, candidate_count, verified_count,
-                          no_tokens, params)
+    stats = report_counts(
+        n, n - len(removed["row"]), sizes, member_count, candidate_count, verified_count, no_tokens, params
+    )
     return removed, {**stats, **signing.banding_stats(params)}
 
 
@@ -150,7 +163,9 @@ def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
         try:
             meta = pq.ParquetFile(file)
         except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+            raise DataError(
+                f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]
+            ) from None
         schema = schema or meta.schema_arrow.remove_metadata()
         for column in ("id", "text"):
             if column not in meta.schema_arrow.names:
@@ -191,8 +206,9 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
             rows = ds.map_batches(read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow")
             n = rows.count()
             counts = rows.select_columns(["id"]).groupby("id").count()
-            repeated = counts.map_batches(lambda t: t.filter(pc.greater(t.column(t.column_names[-1]), 1)),
-                                          batch_format="pyarrow")
+            repeated = counts.map_batches(
+                lambda t: t.filter(pc.greater(t.column(t.column_names[-1]), 1)), batch_format="pyarrow"
+            )
             if repeated.count():
                 raise DataError(f"{input}: column 'id' has repeated values")
             removed, stats = _run(ray, rows, n, params, runtime)
@@ -204,8 +220,13 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
     at = np.searchsorted(needed, removed["row"]), np.searchsorted(needed, removed["duplicate_of"])
-    table = pa.table({"id": ids.take(pa.array(at[0])), "duplicate_of": ids.take(pa.array(at[1])),
-                      "jaccard": pa.array(removed["similarity"], type=pa.float64())})
+    table = pa.table(
+        {
+            "id": ids.take(pa.array(at[0])),
+            "duplicate_of": ids.take(pa.array(at[1])),
+            "jaccard": pa.array(removed["similarity"], type=pa.float64()),
+        }
+    )
     with atomic_path(clusters) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return stats
@@ -213,14 +234,21 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
 
 def _ids_of(ray, ds, needed: np.ndarray) -> pa.Array:
     """The ids of rows `needed` (sorted positions), in that order."""
+
     def pick(batch: pa.Table, wanted) -> pa.Table:
         table = read_fragment(batch, ["id", "text"])
         mask = np.isin(table.column("row").to_numpy(), wanted)
         return table.select(["row", "id"]).filter(pa.array(mask))
 
-    parts = [ray.get(r) for r in ds.map_batches(pick, fn_args=(ray.put(needed),), batch_size=1,
-                                                  batch_format="pyarrow").to_arrow_refs()]
-    table = pa.concat_tables(parts) if parts else pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    parts = [
+        ray.get(r)
+        for r in ds.map_batches(pick, fn_args=(ray.put(needed),), batch_size=1, batch_format="pyarrow").to_arrow_refs()
+    ]
+    table = (
+        pa.concat_tables(parts)
+        if parts
+        else pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    )
     order = np.argsort(table.column("row").to_numpy())
     return table.column("id").combine_chunks().take(pa.array(order))
 

@@ -1,4 +1,5 @@
 """The one result type of every dedup mode (self or cross, minhash or embedding)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

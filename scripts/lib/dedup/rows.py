@@ -5,6 +5,7 @@ Keep order is carried as columns (RANKS) instead of a global rank array: a group
 them, which orders any subset of rows exactly as the local engine's global rank does.
 Pairs travel as (a, b) with a before b in keep order, plus each end's rank columns (a_*, b_*).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,7 +76,9 @@ def member_edges(table: pa.Table, ranks: list[str]) -> pa.Table:
     a = table.select(ranks).rename_columns(rank_columns(ranks, "a_"))
     out = pa.table({"a": table.column("row"), "b": table.column("rep"), "similarity": np.ones(table.num_rows)})
     for name in ranks:
-        out = out.append_column(f"a_{name}", a.column(f"a_{name}")).append_column(f"b_{name}", table.column(f"b_{name}"))
+        out = out.append_column(f"a_{name}", a.column(f"a_{name}")).append_column(
+            f"b_{name}", table.column(f"b_{name}")
+        )
     return out
 
 
@@ -100,7 +103,9 @@ def candidates_in_group(table: pa.Table, window: int, ranks: list[str]) -> pa.Ta
         at = np.flatnonzero(bands == band)  # in keep order
         found.append(at[mh.bucket_pairs(keys[at], window)])
     pairs = np.concatenate(found)
-    out = pa.table({"a": table.column("row").take(pa.array(pairs[:, 0])), "b": table.column("row").take(pa.array(pairs[:, 1]))})
+    out = pa.table(
+        {"a": table.column("row").take(pa.array(pairs[:, 0])), "b": table.column("row").take(pa.array(pairs[:, 1]))}
+    )
     for side, index in (("a", pairs[:, 0]), ("b", pairs[:, 1])):
         for name in ranks:
             if name != "row":
@@ -155,8 +160,10 @@ def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep:
     def compact(table):
         if table is None:
             return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-        pairs = np.stack([np.searchsorted(ids, table.column("a").to_numpy()),
-                          np.searchsorted(ids, table.column("b").to_numpy())], axis=1)
+        pairs = np.stack(
+            [np.searchsorted(ids, table.column("a").to_numpy()), np.searchsorted(ids, table.column("b").to_numpy())],
+            axis=1,
+        )
         return pairs, table.column("similarity").to_numpy()
 
     pairs, similarity = compact(verified)

@@ -4,6 +4,7 @@ candidate pairs from the bands, and the exact Jaccard that verifies each candida
 The batch function `sketch_batch` is what both engines run: the local one over slices of an Arrow
 array, the Ray one inside `map_batches`, so their band keys are the same bits.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,11 @@ def banding(params: Dedup) -> tuple[int, int]:
 def banding_stats(params: Dedup) -> dict:
     """The report's banding keys: the layout and the recall of a pair at exactly the threshold."""
     bands, rows = banding(params)
-    return {"bands": bands, "rows": rows,
-            "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6)}
+    return {
+        "bands": bands,
+        "rows": rows,
+        "pair_recall_at_threshold": round(mh.band_recall(float(params.threshold), bands, rows), 6),
+    }
 
 
 @dataclass
@@ -54,8 +58,11 @@ def sketch(texts: pa.Array, params: Dedup, runtime: Runtime) -> Sketch:
     """Band keys of every text, `runtime.batch_rows` at a time, in `runtime.workers` processes."""
     bands, _ = banding(params)
     n, size = len(texts), runtime.batch_rows
-    out = Sketch(band_keys=np.empty((bands, n), dtype=np.uint32), sequence_keys=np.empty((n, 2), dtype=np.uint64),
-                 shingle_counts=np.empty(n, dtype=np.int64))
+    out = Sketch(
+        band_keys=np.empty((bands, n), dtype=np.uint32),
+        sequence_keys=np.empty((n, 2), dtype=np.uint64),
+        shingle_counts=np.empty(n, dtype=np.int64),
+    )
     starts = range(0, n, size)
     pool_size = min(workers(runtime), len(starts))
     if pool_size <= 1:
@@ -69,8 +76,11 @@ def sketch(texts: pa.Array, params: Dedup, runtime: Runtime) -> Sketch:
     _FORKED_TEXTS = texts
     try:
         with ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context("fork")) as pool:
-            _fill(out, starts, pool.map(_sketch_forked_batch, starts, itertools.repeat(size),
-                                        itertools.repeat(params), chunksize=1))
+            _fill(
+                out,
+                starts,
+                pool.map(_sketch_forked_batch, starts, itertools.repeat(size), itertools.repeat(params), chunksize=1),
+            )
     finally:
         _FORKED_TEXTS = None
     return out
@@ -116,8 +126,9 @@ def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: De
             out[lo : lo + len(part)] = mh.pair_jaccard(sets, sets, np.searchsorted(rows, part))
             continue
         left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
-        left_sets, right_sets = mh.ranked_pair(shingles_of(left, left_rows, params),
-                                               shingles_of(right, right_rows, params))
+        left_sets, right_sets = mh.ranked_pair(
+            shingles_of(left, left_rows, params), shingles_of(right, right_rows, params)
+        )
         local = np.stack([np.searchsorted(left_rows, part[:, 0]), np.searchsorted(right_rows, part[:, 1])], axis=1)
         out[lo : lo + len(part)] = mh.pair_jaccard(left_sets, right_sets, local)
     return out

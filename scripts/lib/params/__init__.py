@@ -10,6 +10,7 @@ or a value out of range stops any stage at start with one line naming params.yam
 files stay in the stage modules. docs/params.md is generated from these models (`python -m scripts
 params-doc`). The package imports only scripts.lib.errors, io and nesting, so any module can import it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,6 +93,7 @@ from scripts.lib.params.yaml_text import ENV_NAME, SECRET_SHAPES, AliasError, Ru
 
 # --- the whole file -------------------------------------------------------------------------------
 
+
 class Params(Section):
     """The whole file. A section may be absent (its stage then reports it missing when it runs)."""
 
@@ -118,22 +120,24 @@ class Params(Section):
         return entries
 
 
-
-
 ENTRY_SECTIONS = ("sources", "releases", "synthesize", "caption")  # name -> model mappings
 SECTION_MODELS: dict[str, type[Section]] = {
-    "sources": Source, "clean": Clean, "dedup": Dedup, "tiny_model": TinyModel, "tiny_encoder": TinyEncoder, "generate": Generate,
-    "split": Split, "releases": Release, "synthesize": SynthesizeEntry, "caption": CaptionEntry,
-    "preview": Preview, "runtime": Runtime,
+    "sources": Source,
+    "clean": Clean,
+    "dedup": Dedup,
+    "tiny_model": TinyModel,
+    "tiny_encoder": TinyEncoder,
+    "generate": Generate,
+    "split": Split,
+    "releases": Release,
+    "synthesize": SynthesizeEntry,
+    "caption": CaptionEntry,
+    "preview": Preview,
+    "runtime": Runtime,
 }
 
 
 # --- checking ------------------------------------------------------------------------------------
-
-
-
-
-
 
 
 def check_params(params: Any, file: str = "params.yaml") -> None:
@@ -146,18 +150,11 @@ def check_params(params: Any, file: str = "params.yaml") -> None:
 # --- reading ------------------------------------------------------------------------------------
 
 
-
-
-
-
-
 _CHECKED_PARAMS: set[tuple[str, str]] = set()  # (path, sha256 of text) already checked in this process
 
 
 # Shapes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, AWS, Slack, Google, GitLab):
 # params.yaml is committed and its values are copied into dvc.lock, so none may hold one.
-
-
 
 
 def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> Any:

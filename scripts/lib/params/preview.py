@@ -16,14 +16,20 @@ class Preview(Section):
     Captions use PIL's bitmap font (6 x 12 px a character)."""
 
     columns: int = Field(4, ge=1, le=100, description="images per row of the contact sheet")
-    rows: int = Field(3, ge=1, le=100, description="rows of images (columns * rows sample rows: the first by sha256(id))")
-    thumb: int = Field(160, ge=16, le=4096, description="each image is fit into thumb x thumb pixels (up- or downscaled)")
+    rows: int = Field(
+        3, ge=1, le=100, description="rows of images (columns * rows sample rows: the first by sha256(id))"
+    )
+    thumb: int = Field(
+        160, ge=16, le=4096, description="each image is fit into thumb x thumb pixels (up- or downscaled)"
+    )
     caption_height: int = Field(
-        48, ge=0, le=4096, description="pixels of caption under each image (a cut caption ends in \"...\")")
+        48, ge=0, le=4096, description='pixels of caption under each image (a cut caption ends in "...")'
+    )
     quality: int = Field(80, ge=1, le=100, description="JPEG quality of preview.jpg")
     dedup_clusters: int = Field(20, ge=1, le=100_000, description="largest clusters shown in data/dedup/S.preview.html")
     length_bin: int = Field(
-        16, ge=1, le=100_000, description="caption length histogram bin, in characters (data/plots/prompt_lengths.csv)")
+        16, ge=1, le=100_000, description="caption length histogram bin, in characters (data/plots/prompt_lengths.csv)"
+    )
 
     @property
     def sheet_size(self) -> tuple[int, int]:
@@ -35,5 +41,3 @@ class Preview(Section):
             width, height = self.sheet_size
             raise ValueError(f"the contact sheet would be {width}x{height} pixels (JPEG allows 65,500 a side)")
         return self
-
-

@@ -18,16 +18,23 @@ class CleanStep(Section):
 
     rules: RuleName = Field("final", description="final | 2023-04-04 | 2023-03-30 (scripts/clean_rules/<name>.yaml)")
     mode: Literal["rewrite", "filter_only"] = Field(
-        "rewrite", description="rewrite: drop rows and replace `text` by the cleaned text | filter_only: drop rows, "
-                               "kept rows keep their text (the team's filter_before_generate_image.py)")
+        "rewrite",
+        description="rewrite: drop rows and replace `text` by the cleaned text | filter_only: drop rows, "
+        "kept rows keep their text (the team's filter_before_generate_image.py)",
+    )
     column: Literal["text", "orig_text"] = Field(
-        "text", description="column cleaned: text (what the release holds; the team re-ran preprocess on metadata "
-                            "text) | orig_text (the raw prompt)")
+        "text",
+        description="column cleaned: text (what the release holds; the team re-ran preprocess on metadata "
+        "text) | orig_text (the raw prompt)",
+    )
     repeat: Literal["once", "fixed_point"] = Field(
-        "once", description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
-                            "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)")
+        "once",
+        description="once: one pass | fixed_point: passes over the cleaned text until no text changes and no "
+        "row is dropped (the team ran filter_by_preproc.py repeatedly for v4-b)",
+    )
     language: Literal[False] | None = Field(
-        None, description="false: the set's language check is off for this step (null: the set's own)")
+        None, description="false: the set's language check is off for this step (null: the set's own)"
+    )
 
 
 DEDUP_SCOPES = ("self", "per_split", "after_merge", "against", "validation_vs_train")
@@ -39,25 +46,34 @@ class DedupStep(Section):
     needs scope against and a `reference` release."""
 
     scope: Literal["self", "per_split", "after_merge", "against", "validation_vs_train"] = Field(
-        "self", description="self: within the rows at hand | per_split: within each split separately | after_merge: "
-                            "within the whole release (release steps) | against: rows near a reference split are "
-                            "dropped, the reference untouched | validation_vs_train: validation rows near train dropped")
-    against: Literal["train", "validation"] | None = Field(
-        None, description="scope against: the reference split")
+        "self",
+        description="self: within the rows at hand | per_split: within each split separately | after_merge: "
+        "within the whole release (release steps) | against: rows near a reference split are "
+        "dropped, the reference untouched | validation_vs_train: validation rows near train dropped",
+    )
+    against: Literal["train", "validation"] | None = Field(None, description="scope against: the reference split")
     reference: NonEmpty | None = Field(
-        None, description="scope against: a release whose output rows are the reference (null: the release being "
-                          "built, rows added so far)")
+        None,
+        description="scope against: a release whose output rows are the reference (null: the release being "
+        "built, rows added so far)",
+    )
     before_generate: bool = Field(
-        False, description="run by prefilter@S on the component's source rows before generate@S (no image is "
-                           "rendered for a removed row); needs scope against and a `reference` release")
+        False,
+        description="run by prefilter@S on the component's source rows before generate@S (no image is "
+        "rendered for a removed row); needs scope against and a `reference` release",
+    )
     match: Literal["near", "exact"] = Field(
-        "near", description="near: the dedup method at `threshold` | exact: identical text (the team's leak check)")
+        "near", description="near: the dedup method at `threshold` | exact: identical text (the team's leak check)"
+    )
     threshold: float | None = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
     keep: Literal["first", "longest", "none_of_pair"] | None = Field(
-        None, description="override of dedup.keep for self scopes (null: the section's); none_of_pair = every member "
-                          "of a near-duplicate pair is removed (the team's dedup_prompts.py)")
+        None,
+        description="override of dedup.keep for self scopes (null: the section's); none_of_pair = every member "
+        "of a near-duplicate pair is removed (the team's dedup_prompts.py)",
+    )
     method: Literal["minhash", "embedding"] | None = Field(
-        None, description="override of dedup.method (null: the section's)")
+        None, description="override of dedup.method (null: the section's)"
+    )
 
     @model_validator(mode="after")
     def _scope_keys(self) -> DedupStep:
@@ -93,16 +109,24 @@ class Component(Section):
 
     source: NonEmpty = Field(description="a name under `sources`")
     split: Literal["train", "validation", "all"] = Field(
-        "all", description="which split of the source's data/splits/<source>/")
+        "all", description="which split of the source's data/splits/<source>/"
+    )
     into: Literal["train", "validation", "same"] = Field(
-        "train", description="release split the rows go to; same: each row to its source split (absent: the same "
-                             "as `split`; train when split is all)")
+        "train",
+        description="release split the rows go to; same: each row to its source split (absent: the same "
+        "as `split`; train when split is all)",
+    )
     rows: list[Annotated[int, Field(ge=0)] | None] | None = Field(
-        None, min_length=2, max_length=2, description="[start, stop): a batch, by position in the source's generation "
-                                                     "list (data/dedup/S.parquet order; stop null = to the end); null: all")
+        None,
+        min_length=2,
+        max_length=2,
+        description="[start, stop): a batch, by position in the source's generation "
+        "list (data/dedup/S.parquet order; stop null = to the end); null: all",
+    )
     steps: list[Step] = Field([], description="run in order on this component's rows before they join the release")
     dedup_against: Literal["train", "validation"] | None = Field(
-        None, description="shorthand for a last step `dedup: {scope: against, against: ...}` (null: none)")
+        None, description="shorthand for a last step `dedup: {scope: against, against: ...}` (null: none)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -139,52 +163,93 @@ class Export(Section):
     shard_size; bucketed: the rest)."""
 
     OPTIONS: ClassVar[dict[str, set[str]]] = {
-        "imagefolder": set(), "simpletuner": set(), "webdataset": {"shard_size", "image_format"}, "parquet": {"shard_size"},
+        "imagefolder": set(),
+        "simpletuner": set(),
+        "webdataset": {"shard_size", "image_format"},
+        "parquet": {"shard_size"},
         "prompts": set(),
-        "bucketed": {"shard_size", "base_resolution", "divisible", "quality", "proto_buckets_1024", "image_mode",
-                     "too_small_policy", "allowed_corners", "corner_jitter", "subsampling_policy",
-                     "adaptive_threshold", "missing_caption_policy", "on_error"}}
+        "bucketed": {
+            "shard_size",
+            "base_resolution",
+            "divisible",
+            "quality",
+            "proto_buckets_1024",
+            "image_mode",
+            "too_small_policy",
+            "allowed_corners",
+            "corner_jitter",
+            "subsampling_policy",
+            "adaptive_threshold",
+            "missing_caption_policy",
+            "on_error",
+        },
+    }
 
     format: Literal["imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts"] = Field(
-        "imagefolder", description="imagefolder (HF ImageFolder) | webdataset | simpletuner (SimpleTuner's DALL-E-3 "
-                                   "preset) | parquet (images embedded) | bucketed (SDXL aspect buckets) | prompts "
-                                   "(text only: <split>/prompts.parquet, for text_only sources)")
+        "imagefolder",
+        description="imagefolder (HF ImageFolder) | webdataset | simpletuner (SimpleTuner's DALL-E-3 "
+        "preset) | parquet (images embedded) | bucketed (SDXL aspect buckets) | prompts "
+        "(text only: <split>/prompts.parquet, for text_only sources)",
+    )
     allow_empty: bool = Field(
-        False, description="a split the export leaves empty while the recipe gave it rows is an error unless true "
-                           "(e.g. bucketed at a base_resolution above every image)")
-    shard_size: int | None = Field(None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)")
+        False,
+        description="a split the export leaves empty while the recipe gave it rows is an error unless true "
+        "(e.g. bucketed at a base_resolution above every image)",
+    )
+    shard_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="samples per tar shard or parquet file (null: 1000)"
+    )
     image_format: Literal["png", "jpg", "keep"] | None = Field(
-        None, description="webdataset: every image under one member extension, so loaders see one image column: png "
-                          "(lossless: PNGs as stored, others re-encoded) | jpg (JPEGs as stored, others encoded at "
-                          "q95) | keep (each image as stored; a release mixing types has two image columns) (null: png)")
+        None,
+        description="webdataset: every image under one member extension, so loaders see one image column: png "
+        "(lossless: PNGs as stored, others re-encoded) | jpg (JPEGs as stored, others encoded at "
+        "q95) | keep (each image as stored; a release mixing types has two image columns) (null: png)",
+    )
     base_resolution: Resolution | Annotated[list[Resolution], Field(min_length=1, max_length=8)] | None = Field(
-        None, description="bucketed: side of the square bucket; a list of several: multi-resolution, "
-                          "bucket ids r<base>_<proto> (null: 512)")
+        None,
+        description="bucketed: side of the square bucket; a list of several: multi-resolution, "
+        "bucket ids r<base>_<proto> (null: 512)",
+    )
     divisible: int | None = Field(
-        None, ge=1, le=1024, description="bucketed: bucket sides are multiples of this (null: 32)")
+        None, ge=1, le=1024, description="bucketed: bucket sides are multiples of this (null: 32)"
+    )
     quality: int | None = Field(None, ge=1, le=100, description="bucketed: JPEG quality (null: 95)")
     proto_buckets_1024: list[Bucket] | None = Field(
-        None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the card's 40)")
+        None, min_length=1, description="bucketed: [width, height] buckets at 1024 (null: the card's 40)"
+    )
     image_mode: Literal["reencode_jpeg", "passthrough_jpeg"] | None = Field(
-        None, description="bucketed: reencode_jpeg (transpose, resize, crop, encode) | passthrough_jpeg (a JPEG "
-                          "source's own bytes, the plan in its json) (null: reencode_jpeg)")
+        None,
+        description="bucketed: reencode_jpeg (transpose, resize, crop, encode) | passthrough_jpeg (a JPEG "
+        "source's own bytes, the plan in its json) (null: reencode_jpeg)",
+    )
     too_small_policy: Literal["drop", "upsample"] | None = Field(
-        None, description="bucketed: an image smaller than its bucket: drop (counted) | upsample (null: drop)")
+        None, description="bucketed: an image smaller than its bucket: drop (counted) | upsample (null: drop)"
+    )
     allowed_corners: list[Literal[0, 1, 2, 3]] | None = Field(
-        None, min_length=1, max_length=4, description="bucketed: crop corners, 0 TL 1 TR 2 BL 3 BR, one per image "
-                                                      "by sha256(id) (null: [2, 3])")
+        None,
+        min_length=1,
+        max_length=4,
+        description="bucketed: crop corners, 0 TL 1 TR 2 BL 3 BR, one per image by sha256(id) (null: [2, 3])",
+    )
     corner_jitter: int | None = Field(
-        None, ge=0, le=4096, description="bucketed: the crop box moves inwards up to this many pixels (null: 0)")
+        None, ge=0, le=4096, description="bucketed: the crop box moves inwards up to this many pixels (null: 0)"
+    )
     subsampling_policy: Literal["adaptive_scale", "4:4:4", "4:2:0"] | None = Field(
-        None, description="bucketed: JPEG chroma; adaptive_scale: 4:4:4 when the resize scale <= adaptive_threshold, "
-                          "else 4:2:0 (null: adaptive_scale)")
+        None,
+        description="bucketed: JPEG chroma; adaptive_scale: 4:4:4 when the resize scale <= adaptive_threshold, "
+        "else 4:2:0 (null: adaptive_scale)",
+    )
     adaptive_threshold: float | None = Field(
-        None, gt=0, le=1, description="bucketed: the adaptive_scale threshold (null: 0.85)")
+        None, gt=0, le=1, description="bucketed: the adaptive_scale threshold (null: 0.85)"
+    )
     missing_caption_policy: Literal["empty", "skip"] | None = Field(
-        None, description="bucketed: a row with blank text: empty (an empty caption) | skip (counted) (null: empty)")
+        None, description="bucketed: a row with blank text: empty (an empty caption) | skip (counted) (null: empty)"
+    )
     on_error: Literal["fail", "skip"] | None = Field(
-        None, description="bucketed: an image that cannot be decoded or encoded: fail (one line naming it) | "
-                          "skip (counted in manifest.json export_summary) (null: fail)")
+        None,
+        description="bucketed: an image that cannot be decoded or encoded: fail (one line naming it) | "
+        "skip (counted in manifest.json export_summary) (null: fail)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -195,7 +260,9 @@ class Export(Section):
     def _options_of_format(self) -> Export:
         allowed = self.OPTIONS[self.format]
         for key in sorted(self.model_fields_set - {"format", "allow_empty"} - allowed):
-            raise ValueError(f"{key} is not an option of {self.format} (options: {', '.join(sorted(allowed)) or 'none'})")
+            raise ValueError(
+                f"{key} is not an option of {self.format} (options: {', '.join(sorted(allowed)) or 'none'})"
+            )
         return self
 
     def spec(self) -> str | dict:
@@ -208,14 +275,12 @@ class Release(Section):
     """One published version, `releases.<V>` (the language: docs/recipes.md). With `base`, the base release's
     output rows come first and this recipe's components and steps apply to them; only `export` is inherited."""
 
-    base: NonEmpty | None = Field(
-        None, description="release whose output rows this one starts from (null: none)")
+    base: NonEmpty | None = Field(None, description="release whose output rows this one starts from (null: none)")
     description: str = Field("", description="one paragraph for the data card")
     components: list[Component] = Field([], description="added in order, after the base's rows")
     steps: list[Step] = Field([], description="run in order on all rows once the components are merged")
     reclean: bool = Field(False, description="shorthand for a last step `clean: {rules: final, on: orig_text}`")
     validation_leaks: Literal["none", "exact", "near"] = Field(
-        "none", description="shorthand for a last step `dedup: {scope: validation_vs_train, match: exact|near}`")
+        "none", description="shorthand for a last step `dedup: {scope: validation_vs_train, match: exact|near}`"
+    )
     export: Export = Field(Export(), description="layout of train/ and validation/ (see the Export table)")
-
-

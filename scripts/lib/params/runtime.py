@@ -16,22 +16,41 @@ class Runtime(Section):
     stage lists this section in dvc.yaml and switching engines reruns nothing (tests prove it)."""
 
     engine: Literal["local", "ray"] = Field(
-        "local", description="local: this machine's processes | ray: Ray Data (dedup, clean) and a Ray actor pool (generate)")
+        "local",
+        description="local: this machine's processes | ray: Ray Data (dedup, clean) and a Ray actor pool (generate)",
+    )
     ray_address: NonEmpty | None = Field(
-        None, description="null starts a local Ray for the run; \"auto\" or ray://host:port joins a running cluster")
-    workers: int = Field(0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU")
+        None, description='null starts a local Ray for the run; "auto" or ray://host:port joins a running cluster'
+    )
+    workers: int = Field(
+        0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU"
+    )
     batch_rows: int = Field(
-        20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)")
+        20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)"
+    )
     partitions: int = Field(
-        0, ge=0, le=1_000_000, description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker)")
+        0,
+        ge=0,
+        le=1_000_000,
+        description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker)",
+    )
     object_store_mb: int | None = Field(
-        None, ge=64, le=10_000_000, description="ray, local instance only: object store size in MiB (null: Ray's default); "
-                                                "blocks beyond it spill to disk")
+        None,
+        ge=64,
+        le=10_000_000,
+        description="ray, local instance only: object store size in MiB (null: Ray's default); "
+        "blocks beyond it spill to disk",
+    )
     verify_pairs: int = Field(
-        500_000, ge=1, le=100_000_000, description="dedup: candidate pairs per exact-Jaccard batch (bounds memory)")
+        500_000, ge=1, le=100_000_000, description="dedup: candidate pairs per exact-Jaccard batch (bounds memory)"
+    )
     driver_edges: int = Field(
-        50_000_000, ge=0, le=10_000_000_000, description="dedup on ray: verified pairs up to this many are resolved "
-        "into clusters on the driver; more go through distributed rounds (large-star/small-star)")
-    writers: int = Field(2, ge=1, le=256, description="generate: threads encoding and writing images beside the diffusion loop")
-
-
+        50_000_000,
+        ge=0,
+        le=10_000_000_000,
+        description="dedup on ray: verified pairs up to this many are resolved "
+        "into clusters on the driver; more go through distributed rounds (large-star/small-star)",
+    )
+    writers: int = Field(
+        2, ge=1, le=256, description="generate: threads encoding and writing images beside the diffusion loop"
+    )

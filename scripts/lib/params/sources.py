@@ -18,59 +18,92 @@ class Source(Section):
     """One raw dataset, `sources.<name>`. `kind` picks the reader; keys of other kinds are ignored.
     Rule: set `part_ids` or `num_parts`, not both; `num_parts` <= `part_id_max`."""
 
-    kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = Field(
-        description="reader of the native format (docs/contracts.md §5)")
+    kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = (
+        Field(description="reader of the native format (docs/contracts.md §5)")
+    )
     path: NonEmpty = Field(description="raw data in its native format: a file or a folder")
     images: NonEmpty | None = Field(
-        None, description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
-                          "else the raw path; captions@S reads it (null: none)")
+        None,
+        description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
+        "else the raw path; captions@S reads it (null: none)",
+    )
     clean: bool | RuleName | SourceClean = Field(
-        True, description="clean@S: true = the `clean.rules` set (with its overrides), rewrite; false = off (rows "
-                          "pass through unchanged); a rule set name; or {rules, mode} (mode: rewrite | filter_only | off)")
+        True,
+        description="clean@S: true = the `clean.rules` set (with its overrides), rewrite; false = off (rows "
+        "pass through unchanged); a rule set name; or {rules, mode} (mode: rewrite | filter_only | off)",
+    )
     license: NonEmpty | None = Field(None, description="license of the raw data, for the release card (null: unknown)")
-    homepage: NonEmpty | None = Field(None, description="where the raw data is published, for the release card (null: unknown)")
+    homepage: NonEmpty | None = Field(
+        None, description="where the raw data is published, for the release card (null: unknown)"
+    )
     citation: NonEmpty | None = Field(
-        None, description="how the raw data asks to be cited (BibTeX), copied into the release card (null: none asked)")
+        None, description="how the raw data asks to be cited (BibTeX), copied into the release card (null: none asked)"
+    )
     text_only: bool = Field(
-        False, description="a prompt dataset: rows carry no image (captions@S passes them through; only a release "
-                           "with `export: prompts` takes them); `images` then names any existing path, e.g. `path`")
+        False,
+        description="a prompt dataset: rows carry no image (captions@S passes them through; only a release "
+        "with `export: prompts` takes them); `images` then names any existing path, e.g. `path`",
+    )
     on_error: Literal["fail", "skip"] = Field(
-        "fail", description="fail: stop at the first bad record naming file and row; skip: count it per reason in "
-                            "data/prompts/<name>.report.json")
+        "fail",
+        description="fail: stop at the first bad record naming file and row; skip: count it per reason in "
+        "data/prompts/<name>.report.json",
+    )
     keep_empty: bool = Field(
-        False, description="keep empty prompts (clean drops them with a reason) instead of an error/skip")
+        False, description="keep empty prompts (clean drops them with a reason) instead of an error/skip"
+    )
     batch_rows: int = Field(
-        50_000, ge=1, le=10_000_000, description="rows per parquet row group (memory stays flat as input grows)")
+        50_000, ge=1, le=10_000_000, description="rows per parquet row group (memory stays flat as input grows)"
+    )
     max_prompt_bytes: int = Field(
-        65_536, ge=1, le=1 << 24, description="longer text lines are refused (CSV fields: the csv module's 128 KiB)")
+        65_536, ge=1, le=1 << 24, description="longer text lines are refused (CSV fields: the csv module's 128 KiB)"
+    )
     max_member_bytes: int = Field(
-        64 << 20, ge=1, le=1 << 30, description="cap on one archive member or image file, in bytes")
+        64 << 20, ge=1, le=1 << 30, description="cap on one archive member or image file, in bytes"
+    )
     max_image_pixels: int = Field(
-        40_000_000, ge=1, le=1 << 28, description="cap on an image's width x height (decompression bombs)")
+        40_000_000, ge=1, le=1 << 28, description="cap on an image's width x height (decompression bombs)"
+    )
     read: Literal["metadata", "parts"] = Field(
-        "metadata", description="diffusiondb: metadata.parquet, or the part zips' json")
+        "metadata", description="diffusiondb: metadata.parquet, or the part zips' json"
+    )
     part_ids: list[Annotated[int, Field(ge=1, le=100000)]] | None = Field(
-        None, min_length=1, description="diffusiondb: the parts to read (null: `num_parts`, or all parts)")
+        None, min_length=1, description="diffusiondb: the parts to read (null: `num_parts`, or all parts)"
+    )
     num_parts: int | None = Field(
-        None, ge=1, le=100_000, description="diffusiondb: parts drawn from 1..part_id_max with random.Random(part_seed) (null: all)")
+        None,
+        ge=1,
+        le=100_000,
+        description="diffusiondb: parts drawn from 1..part_id_max with random.Random(part_seed) (null: all)",
+    )
     part_seed: Seed = Field(
-        0, description="diffusiondb: seed of the `num_parts` draw (the hub's random subsets are unseeded)")
+        0, description="diffusiondb: seed of the `num_parts` draw (the hub's random subsets are unseeded)"
+    )
     part_id_max: int = Field(2000, ge=1, le=100_000, description="diffusiondb: highest part id")
     format: Literal["auto", "parquet", "kaggle_csv"] = Field(
-        "auto", description="gustavosta: the hub's parquet files or the Kaggle CSV copy")
+        "auto", description="gustavosta: the hub's parquet files or the Kaggle CSV copy"
+    )
     csv_files: list[NonEmpty] | None = Field(
-        None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)")
+        None, min_length=1, description="kaggle_sd2: CSV files under `path` (null: every *.csv)"
+    )
     caption_field: NonEmpty = Field(
-        "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)")
+        "short_caption", description="dalle3: json field used as the prompt (short_caption, long_caption, ...)"
+    )
     dedup: bool | SourceDedup = Field(
-        True, description="dedup@S: true = the `dedup:` section; false = off (every row passes, as the team did for "
-                          "DiffusionDB and Gustavosta before their split); or {threshold, keep, method} overriding it")
+        True,
+        description="dedup@S: true = the `dedup:` section; false = off (every row passes, as the team did for "
+        "DiffusionDB and Gustavosta before their split); or {threshold, keep, method} overriding it",
+    )
     caption_language: NonEmpty | None = Field(
-        None, description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language; "
-                          "undetectable text is kept (the team's make_captions.py); null: no check")
+        None,
+        description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language; "
+        "undetectable text is kept (the team's make_captions.py); null: no check",
+    )
     follow_symlinks: bool = Field(
-        False, description="read files reached through a symbolic link inside `path` (false: such a link stops ingest "
-                           "with one line, since it can pull in any file, a secrets file included; `path` itself may be a link)")
+        False,
+        description="read files reached through a symbolic link inside `path` (false: such a link stops ingest "
+        "with one line, since it can pull in any file, a secrets file included; `path` itself may be a link)",
+    )
 
     @field_validator("clean", mode="before")
     @classmethod
@@ -92,5 +125,3 @@ class Source(Section):
         if self.num_parts is not None and self.num_parts > self.part_id_max:
             raise ValueError(f"num_parts = {self.num_parts} exceeds part_id_max = {self.part_id_max}")
         return self
-
-

@@ -18,7 +18,8 @@ DEFAULT_TEMPLATE = (
     "Examples\n{examples}\n\nThese are the examples of prompts for generating images.\n\n"
     "Make other prompts in the similar style as many as possible, with variety of random scenes, and range from "
     "fairly simple to complex with multiple objects and modifiers. Different words from examples are preferred.\n\n"
-    "Not preferred topics: [{avoid_topics}]")
+    "Not preferred topics: [{avoid_topics}]"
+)
 
 
 class ExampleSource(Section):
@@ -37,7 +38,9 @@ class ChatClientSettings(Section):
     concurrency: int = Field(4, ge=1, le=256, description="requests in flight")
     timeout_s: float = Field(120.0, gt=0, le=3600, description="seconds per request (a deadline for the whole request)")
     max_attempts: int = Field(6, ge=1, le=100, description="tries per request (429/5xx/timeouts retried)")
-    backoff_base_s: float = Field(2.0, ge=0, le=3600, description="waits base, 2*base, 4*base, ... s (at least Retry-After)")
+    backoff_base_s: float = Field(
+        2.0, ge=0, le=3600, description="waits base, 2*base, 4*base, ... s (at least Retry-After)"
+    )
     backoff_cap_s: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
 
     @field_validator("base_url", check_fields=False)
@@ -53,13 +56,19 @@ class SynthesizeEntry(ChatClientSettings):
     uses only {examples} and {avoid_topics}; extra_body sets no key the stage sets."""
 
     base_url: NonEmpty = Field(
-        "https://api.openai.com/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)")
+        "https://api.openai.com/v1", description="OpenAI-compatible root (vLLM: http://localhost:8000/v1)"
+    )
     model: NonEmpty = Field("gpt-4", description="chat model name")
     api_key_env: NonEmpty | None = Field(
-        "OPENAI_API_KEY", description="env var holding the key, never logged (null: servers without auth)")
+        "OPENAI_API_KEY", description="env var holding the key, never logged (null: servers without auth)"
+    )
     temperature: float | None = Field(1.0, ge=0, le=2, description="sampling temperature (null: not sent)")
     max_tokens: int | None = Field(
-        2048, ge=1, le=1_000_000, description="completion cap (null: not sent, e.g. max_completion_tokens in extra_body)")
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="completion cap (null: not sent, e.g. max_completion_tokens in extra_body)",
+    )
     extra_body: dict[str, Any] = Field({}, description="more request fields (e.g. top_p); part of the cache key")
     requests: int = Field(0, ge=0, le=1_000_000, description="chat requests; 0 makes no call (the offline default)")
     seed: Seed = Field(0, description="request i draws its examples and its `seed` field from (seed, i) only")
@@ -80,8 +89,10 @@ class SynthesizeEntry(ChatClientSettings):
             raise ValueError(f"{exc} (write literal braces as {{{{ and }}}})") from None
         unknown = fields - TEMPLATE_FIELDS
         if unknown:
-            raise ValueError(f"unknown field {{{sorted(unknown)[0]}}} "
-                             f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
+            raise ValueError(
+                f"unknown field {{{sorted(unknown)[0]}}} "
+                f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})"
+            )
         return value
 
     @field_validator("extra_body")
@@ -91,5 +102,3 @@ class SynthesizeEntry(ChatClientSettings):
         if reserved:
             raise ValueError(f"'{reserved[0]}' is set by the stage (use the param of that name)")
         return value
-
-

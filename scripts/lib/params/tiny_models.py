@@ -21,11 +21,14 @@ class TinyModel(Section):
 
     seed: Seed = Field(0, description="torch seed of the random weights")
     unet_channels: list[Channels] = Field(
-        [16, 32], min_length=1, max_length=6, description="UNet block widths (SD2: [320, 640, 1280, 1280])")
+        [16, 32], min_length=1, max_length=6, description="UNet block widths (SD2: [320, 640, 1280, 1280])"
+    )
     unet_heads: list[Channels] = Field(
-        [1, 2], min_length=1, max_length=6, description="attention heads per UNet block (SD2: [5, 10, 20, 20], 64 wide)")
+        [1, 2], min_length=1, max_length=6, description="attention heads per UNet block (SD2: [5, 10, 20, 20], 64 wide)"
+    )
     vae_channels: list[Channels] = Field(
-        [4, 4, 8, 8], min_length=1, max_length=6, description="VAE block widths; 4 blocks = 8x downsampling, like SD2")
+        [4, 4, 8, 8], min_length=1, max_length=6, description="VAE block widths; 4 blocks = 8x downsampling, like SD2"
+    )
     text_hidden: int = Field(32, ge=1, le=4096, description="text encoder width (SD2, OpenCLIP ViT-H: 1024)")
     text_layers: int = Field(2, ge=1, le=48, description="text encoder layers")
     text_heads: int = Field(4, ge=1, le=64, description="text encoder attention heads")
@@ -52,7 +55,6 @@ class TinyModel(Section):
         return self
 
 
-
 class TinyEncoder(Section):
     """The offline sentence encoder with seeded random weights (all-MiniLM-L6-v2's layout: BERT, WordPiece,
     mean pooling, L2 norm). Rule: heads divides hidden."""
@@ -61,12 +63,12 @@ class TinyEncoder(Section):
     hidden: int = Field(32, ge=2, le=4096, description="embedding width (all-MiniLM-L6-v2: 384)")
     layers: int = Field(2, ge=1, le=48, description="transformer layers (all-MiniLM-L6-v2: 6)")
     heads: int = Field(4, ge=1, le=64, description="attention heads (all-MiniLM-L6-v2: 12)")
-    max_seq_length: int = Field(128, ge=8, le=512, description="tokens per text, longer texts are cut (all-MiniLM-L6-v2: 256)")
+    max_seq_length: int = Field(
+        128, ge=8, le=512, description="tokens per text, longer texts are cut (all-MiniLM-L6-v2: 256)"
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> TinyEncoder:
         if self.hidden % self.heads:
             raise ValueError(f"heads = {self.heads} does not divide hidden = {self.hidden}")
         return self
-
-

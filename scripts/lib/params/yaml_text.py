@@ -46,9 +46,11 @@ class RuamelError(yaml.YAMLError):
         self.problem_mark = getattr(exc, "problem_mark", None)  # .line, 0-based, as PyYAML's
 
 
-SECRET_SHAPES = re.compile(r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
-                           r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
-                           r"|\bbearer\s+\S{16,})")
+SECRET_SHAPES = re.compile(
+    r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
+    r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
+    r"|\bbearer\s+\S{16,})"
+)
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -62,14 +64,16 @@ def refuse_secrets(value: Any, path: str, at: tuple = ()) -> None:
             refuse_secrets(key, path, at)
             refuse_secrets(item, path, (*at, key))
             if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
-                raise DataError(f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
-                                "(letters, digits, '_'), not the key itself")
+                raise DataError(
+                    f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
+                    "(letters, digits, '_'), not the key itself"
+                )
     elif isinstance(value, list):
         for index, item in enumerate(value):
             refuse_secrets(item, path, (*at, index))
     elif isinstance(value, str) and SECRET_SHAPES.search(value):
-        raise DataError(f"{path}: {'.'.join(map(str, at)) or 'a key'}: holds what looks like an API key or token; "
-                        "keep keys out of params.yaml (it is committed, and copied into dvc.lock): set an environment "
-                        "variable and name it in api_key_env")
-
-
+        raise DataError(
+            f"{path}: {'.'.join(map(str, at)) or 'a key'}: holds what looks like an API key or token; "
+            "keep keys out of params.yaml (it is committed, and copied into dvc.lock): set an environment "
+            "variable and name it in api_key_env"
+        )

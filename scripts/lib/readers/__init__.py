@@ -1,4 +1,5 @@
 """One reader per native source format (docs/contracts.md §5), picked by `params.yaml: sources.<name>.kind`."""
+
 from scripts.lib.readers.base import Problem, Record, SourceConfig
 from scripts.lib.readers.csv_sources import read_kaggle_sd2, read_openprompts
 from scripts.lib.readers.dalle3 import compile_simpletuner, read_dalle3

@@ -4,6 +4,7 @@ A reader is a generator `read(cfg, info) -> Iterator[Record | Problem]`: it only
 native format into records. Ids, prompt checks, the on_error policy, batching and writing live once,
 in scripts/ingest.py. `info` is a dict the reader may fill with facts for the report (e.g. part ids).
 """
+
 from __future__ import annotations
 
 import codecs

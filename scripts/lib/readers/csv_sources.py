@@ -1,4 +1,5 @@
 """CSV sources: kind openprompts (krea `prompt,raw_data`) and kind kaggle_sd2 (`prompt` + {row}.png)."""
+
 from __future__ import annotations
 
 import csv
@@ -39,11 +40,21 @@ def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, s
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield number, Problem(file, f"row {number} (line {reader.line_num})", "bad_csv", f"malformed CSV ({exc})")
+                yield (
+                    number,
+                    Problem(file, f"row {number} (line {reader.line_num})", "bad_csv", f"malformed CSV ({exc})"),
+                )
                 continue
             if len(fields) != len(header):
-                yield number, Problem(file, f"row {number} (line {reader.line_num})", "bad_row",
-                                      f"expected {len(header)} fields, got {len(fields)}")
+                yield (
+                    number,
+                    Problem(
+                        file,
+                        f"row {number} (line {reader.line_num})",
+                        "bad_row",
+                        f"expected {len(header)} fields, got {len(fields)}",
+                    ),
+                )
                 continue
             yield number, dict(zip(header, fields))
 
@@ -62,11 +73,12 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
                 if not isinstance(discord, dict):
                     raise ValueError("raw_discord_data is not an object")
             except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
-                yield Problem(file, f"row {number}", "bad_json", f"malformed raw_data JSON ({str(exc).splitlines()[0]})")
+                yield Problem(
+                    file, f"row {number}", "bad_json", f"malformed raw_data JSON ({str(exc).splitlines()[0]})"
+                )
                 continue
             meta = {name: discord.get(name) for name in OPENPROMPTS_META}
-            yield Record(key=f"{file.name}:{number}", prompt=row["prompt"], meta=meta,
-                         file=file, where=f"row {number}")
+            yield Record(key=f"{file.name}:{number}", prompt=row["prompt"], meta=meta, file=file, where=f"row {number}")
 
 
 def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
@@ -90,11 +102,21 @@ def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
                 reason, _, detail = sized.partition(":")
                 yield Problem(file, f"row {number}", reason, detail)
                 continue
-            yield Record(key=f"{file.name}:{number}", prompt=row["prompt"], image=image.as_posix(),
-                         width=sized[0], height=sized[1], meta={"row_index": number - 1}, file=file, where=f"row {number}")
+            yield Record(
+                key=f"{file.name}:{number}",
+                prompt=row["prompt"],
+                image=image.as_posix(),
+                width=sized[0],
+                height=sized[1],
+                meta={"row_index": number - 1},
+                file=file,
+                where=f"row {number}",
+            )
 
 
-def image_file_size(image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False) -> tuple[int, int] | str:
+def image_file_size(
+    image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False
+) -> tuple[int, int] | str:
     """(width, height) of a plain image file within the caps, or "reason:detail"."""
     if image.is_symlink() and not follow_symlinks:
         return f"unsafe_path:image {image} is a symbolic link; {LINK_HINT}"

@@ -4,6 +4,7 @@ Also the SimpleTuner compile (`compile_simpletuner`): the same records as Simple
 its files written by scripts/lib/simpletuner.py (the one SimpleTuner writer, shared with the release
 export).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,9 @@ class Dalle3Sample:
     image: Any = None  # the image member (TarMember): its bytes, read while the shard is open
 
 
-def iter_dalle3(shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Dalle3Sample | Problem]:
+def iter_dalle3(
+    shard: Path, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Iterator[Dalle3Sample | Problem]:
     """Samples of one shard: the parsed json, the image member name and its real pixel size."""
     with open_tar(shard) as buf:
         for item in iter_samples(buf, max_bytes):
@@ -111,8 +113,16 @@ def read_dalle3(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
             width, height = size
             meta = {k: v for k, v in rec.items() if k not in ("width", "height", cfg.caption_field)}
             meta["pixels"] = list(sample.pixels)
-            yield Record(key=f"{shard.name}/{sample.key}", prompt=caption, image=make_ref(shard, sample.image_name),
-                         width=width, height=height, meta=meta, file=shard, where=f"sample {sample.key!r}")
+            yield Record(
+                key=f"{shard.name}/{sample.key}",
+                prompt=caption,
+                image=make_ref(shard, sample.image_name),
+                width=width,
+                height=height,
+                meta=meta,
+                file=shard,
+                where=f"sample {sample.key!r}",
+            )
 
 
 def _as_int(value: Any) -> int | None:
@@ -129,8 +139,12 @@ def size_of(sample: Dalle3Sample) -> tuple[int, int] | Problem:
     """The record's width and height (the preset's int(content['width'])), or why not."""
     width, height = _as_int(sample.record.get("width")), _as_int(sample.record.get("height"))
     if width is None or height is None:
-        return Problem(sample.shard, f"sample {sample.key!r}", "bad_size",
-                       f"width/height not integers: {sample.record.get('width')!r}x{sample.record.get('height')!r}")
+        return Problem(
+            sample.shard,
+            f"sample {sample.key!r}",
+            "bad_size",
+            f"width/height not integers: {sample.record.get('width')!r}x{sample.record.get('height')!r}",
+        )
     return width, height
 
 
@@ -148,18 +162,30 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
         return Problem(sample.shard, where, "bad_image_name", f"image_name {name!r} is not a plain relative file name")
     stem, dot, ext = name.rpartition("/")[2].rpartition(".")
     if "\\" in name or "\x00" in name or not (stem and dot and ext) or "//" in name or name.endswith("/"):
-        return Problem(sample.shard, where, "bad_image_name",
-                       f"image_name {name!r} is not a plain relative file name with an extension")
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {name!r} is not a plain relative file name with an extension",
+        )
     return name
 
 
 # --- SimpleTuner's DALL-E-3 preset (the files: scripts/lib/simpletuner.py) ---------------------------
 
-def compile_simpletuner(shards: list[Path] | Path, out_parquet: Path, caption_field: str = "short_caption",
-                        write_txt_dir: Path | None = None, on_error: str = "skip", batch_rows: int = 50_000,
-                        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-                        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, data_dir: Path | None = None,
-                        config: Path | None = None) -> dict[str, Any]:
+
+def compile_simpletuner(
+    shards: list[Path] | Path,
+    out_parquet: Path,
+    caption_field: str = "short_caption",
+    write_txt_dir: Path | None = None,
+    on_error: str = "skip",
+    batch_rows: int = 50_000,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    data_dir: Path | None = None,
+    config: Path | None = None,
+) -> dict[str, Any]:
     """DALL-E-3 shards -> the preset's parquet, streamed (tars are never extracted wholesale).
 
     `data_dir`: the preset's `data/` folder: each image written under its json `image_name` with its
@@ -225,8 +251,12 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
     if isinstance(filename, Problem):
         return filename
     if filename in names:
-        return Problem(sample.shard, f"sample {sample.key!r}", "duplicate_image_name",
-                       f"image_name {filename!r} was already written (by an earlier record)")
+        return Problem(
+            sample.shard,
+            f"sample {sample.key!r}",
+            "duplicate_image_name",
+            f"image_name {filename!r} was already written (by an earlier record)",
+        )
     return (caption, filename, *size)
 
 

@@ -1,4 +1,5 @@
 """Hub-published sources: kind diffusiondb (metadata.parquet or part zips) and kind gustavosta."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -35,7 +36,9 @@ COLUMN_KINDS = {
 }
 
 
-def iter_parquet(file: Path, columns: list[str], batch_rows: int, kinds: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+def iter_parquet(
+    file: Path, columns: list[str], batch_rows: int, kinds: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """Rows of a parquet file, streamed batch by batch (memory bounded by `batch_rows`). `kinds`
     (column -> a COLUMN_KINDS key) are checked against the schema first: a binary prompt or a list
     of part ids is one line naming the column, not a crash further on."""
@@ -84,8 +87,21 @@ def plain(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- DiffusionDB
-METADATA_COLUMNS = ["image_name", "prompt", "part_id", "seed", "step", "cfg", "sampler", "width", "height",
-                    "user_name", "timestamp", "image_nsfw", "prompt_nsfw"]
+METADATA_COLUMNS = [
+    "image_name",
+    "prompt",
+    "part_id",
+    "seed",
+    "step",
+    "cfg",
+    "sampler",
+    "width",
+    "height",
+    "user_name",
+    "timestamp",
+    "image_nsfw",
+    "prompt_nsfw",
+]
 METADATA_KINDS = {"image_name": "string", "prompt": "string", "part_id": "integer"}  # the rest is kept as metadata
 PART_NAME = re.compile(r"part-(\d{6})\.zip")
 
@@ -107,7 +123,9 @@ def read_diffusiondb(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
     info["part_ids"] = parts
     info["read"] = cfg.read
     if cfg.read == "metadata":
-        yield from _diffusiondb_metadata(check_confined(root / "metadata.parquet", root, cfg.follow_symlinks), parts, cfg)
+        yield from _diffusiondb_metadata(
+            check_confined(root / "metadata.parquet", root, cfg.follow_symlinks), parts, cfg
+        )
     else:
         if parts is None:
             parts = []
@@ -132,8 +150,13 @@ def _diffusiondb_metadata(file: Path, parts: list[int] | None, cfg: SourceConfig
             yield Problem(file, f"row {number}", "missing_key", "empty image_name")
             continue
         meta = {k: plain(v) for k, v in row.items() if k != "prompt"}
-        yield Record(key=row["image_name"], prompt=row["prompt"] if row["prompt"] is not None else "", meta=meta,
-                     file=file, where=f"row {number}")
+        yield Record(
+            key=row["image_name"],
+            prompt=row["prompt"] if row["prompt"] is not None else "",
+            meta=meta,
+            file=file,
+            where=f"row {number}",
+        )
 
 
 def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Problem]:
@@ -143,7 +166,9 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
     try:
         zf = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
-        raise DataError(f"{file}: not a readable zip ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise DataError(
+            f"{file}: not a readable zip ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     with zf:
         json_name = f"{file.stem}.json"
         try:
@@ -169,9 +194,24 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
             except UnsafeArchive as exc:
                 yield Problem(file, where, exc.reason, str(exc))
                 continue
-            meta = {"image_name": name, "part_id": int(file.stem.split("-")[1]), "seed": entry.get("se"),
-                    "cfg": entry.get("c"), "step": entry.get("st"), "sampler": entry.get("sa")}
-            yield Record(key=name, prompt=entry["p"], image=make_ref(file, name), width=width, height=height, meta=meta, file=file, where=where)
+            meta = {
+                "image_name": name,
+                "part_id": int(file.stem.split("-")[1]),
+                "seed": entry.get("se"),
+                "cfg": entry.get("c"),
+                "step": entry.get("st"),
+                "sampler": entry.get("sa"),
+            }
+            yield Record(
+                key=name,
+                prompt=entry["p"],
+                image=make_ref(file, name),
+                width=width,
+                height=height,
+                meta=meta,
+                file=file,
+                where=where,
+            )
 
 
 # ---------------------------------------------------------------- Gustavosta
@@ -214,12 +254,23 @@ def _gustavosta_csv(file: Path, root: Path, stem: str, split: str, cfg: SourceCo
             continue
         link = None if cfg.follow_symlinks else link_under(root / relative, root)
         if link is not None:
-            yield Problem(file, f"row {number}", "unsafe_path", f"image_path {relative!r}: {link} is a symbolic link; {LINK_HINT}")
+            yield Problem(
+                file, f"row {number}", "unsafe_path", f"image_path {relative!r}: {link} is a symbolic link; {LINK_HINT}"
+            )
             continue
         sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels, follow_symlinks=True)
         if isinstance(sized, str):
             reason, _, detail = sized.partition(":")
             yield Problem(file, f"row {number}", reason, detail)
             continue
-        yield Record(key=f"{stem}:{number}", prompt=row["Prompt"], split=split, image=(root / relative).as_posix(),
-                     width=sized[0], height=sized[1], meta={"image_path": relative}, file=file, where=f"row {number}")
+        yield Record(
+            key=f"{stem}:{number}",
+            prompt=row["Prompt"],
+            split=split,
+            image=(root / relative).as_posix(),
+            width=sized[0],
+            height=sized[1],
+            meta={"image_path": relative},
+            file=file,
+            where=f"row {number}",
+        )

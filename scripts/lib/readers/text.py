@@ -1,4 +1,5 @@
 """kind: text - one prompt per line (ChatGPT/GPT-4 prompt lists); a leading "- " is list markup."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -12,14 +13,17 @@ def read_text(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
         with file.open("rb") as f:
             for number, raw in enumerate(iter_lines(f, cfg.max_prompt_bytes), start=1):
                 if raw is None:
-                    yield Problem(file, f"line {number}", "line_too_long", f"line longer than {cfg.max_prompt_bytes} bytes")
+                    yield Problem(
+                        file, f"line {number}", "line_too_long", f"line longer than {cfg.max_prompt_bytes} bytes"
+                    )
                     continue
                 line = decode(raw.rstrip(b"\n").removesuffix(b"\r"))
                 if not line.strip():
                     yield Problem(file, f"line {number}", "blank_line", "blank line", always_skip=True)
                     continue
-                yield Record(key=f"{file.name}:{number}", prompt=line.removeprefix("- "),
-                             file=file, where=f"line {number}")
+                yield Record(
+                    key=f"{file.name}:{number}", prompt=line.removeprefix("- "), file=file, where=f"line {number}"
+                )
 
 
 def iter_lines(f, max_bytes: int) -> Iterator[bytes | None]:

@@ -9,6 +9,7 @@ a path relative to the export folder or as {"path": ...}. Without any listing, b
 The record's width/height are the bucket target (target_w/target_h): under image_mode=passthrough_jpeg
 the stored JPEG keeps its own size and the loader resizes and crops.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -45,7 +46,9 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
     for number, bucket in enumerate(buckets or []):
         shards = bucket.get("shards", []) if isinstance(bucket, dict) else []
         if not isinstance(shards, list):
-            raise DataError(f"{manifest_file}: buckets[{number}].shards is a {type(shards).__name__}, expected a list of paths")
+            raise DataError(
+                f"{manifest_file}: buckets[{number}].shards is a {type(shards).__name__}, expected a list of paths"
+            )
         listed += [shard.get("path") if isinstance(shard, dict) else shard for shard in shards]
     if not listed:
         return [check_confined(path, root, follow_symlinks) for path in sorted(root.glob("buckets/*/shard-*.tar"))]
@@ -98,5 +101,13 @@ def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record |
     caption = decode(members["txt"].read()).removesuffix("\n")
     kept = {name: meta.get(name) for name in META_FIELDS}
     kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
-    return Record(key=f"{shard.parent.name}/{shard.name}/{key}", prompt=caption, image=make_ref(shard, image.name),
-                  width=width, height=height, meta=kept, file=shard, where=where)
+    return Record(
+        key=f"{shard.parent.name}/{shard.name}/{key}",
+        prompt=caption,
+        image=make_ref(shard, image.name),
+        width=width,
+        height=height,
+        meta=kept,
+        file=shard,
+        where=where,
+    )
