@@ -10,6 +10,7 @@ data that changed; the rendered page goes to DIR/plots/) and both contact sheets
 PR's preview.jpg, fetched with `dvc plots diff`, copied to DIR/sheets/). A release new in HEAD_REV is
 compared with its `base:` release at BASE_REV (v4-b with v4-a), so a new recipe shows what it changed.
 The body starts with MARKER, a hidden HTML comment by which the next run finds and edits it.
+One job (the comment, built and posted) in one module, hence a little over 500 lines.
 
 `pr-comment-post` (GitHub REST API, token from GITHUB_TOKEN or GH_TOKEN, repository from
 GITHUB_REPOSITORY, API from GITHUB_API_URL) commits the contact sheets to an assets branch (a comment

@@ -9,6 +9,9 @@ The prompts are built from word lists and carry planted work for the later stage
 - rows the cleaner must drop (links, >= 10 commas, ban words, too short, "thought" texts) and rows
   it must rewrite (artist names, "trending on artstation");
 - cross-source overlap: OpenPrompts and Gustavosta rows near-duplicating DiffusionDB ones.
+
+Over 500 lines on purpose: one writer per native format (seven), each short, kept together so the
+sample's planted cases read in one place.
 """
 
 from __future__ import annotations
