@@ -206,11 +206,16 @@ def test_no_writer_appends_to_or_rewrites_an_existing_file():
         for line, mode in _open_modes(ast.parse(path.read_text(encoding="utf-8"))):
             rel = f"{path.relative_to(REPO)}:{line}"
             if mode.startswith("os."):  # os.open flags
-                if "O_APPEND" in mode or ("O_RDWR" in mode and rel.split(":")[0] != "scripts/lib/io.py"):
+                appends_untracked = rel.split(":")[0] == "scripts/lib/image_store.py"  # see below
+                if ("O_APPEND" in mode and not appends_untracked) or (
+                    "O_RDWR" in mode and rel.split(":")[0] != "scripts/lib/io.py"
+                ):
                     offenders.append(f"{rel} {mode}")
             elif "a" in mode or "+" in mode:
                 offenders.append(f"{rel} {mode!r}")
-    # scripts/lib/io.py's os.open(O_RDWR | O_CREAT) is output_lock's flock file beside an output, never an output
+    # scripts/lib/io.py's os.open(O_RDWR | O_CREAT) is output_lock's flock file beside an output, never an output;
+    # image_store.py appends names to a run's journal (deleted before the stage ends, so never in the cache) and
+    # to the store's index (data/image_store is not a DVC output)
     assert not offenders, offenders
 
 

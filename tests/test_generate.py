@@ -323,7 +323,9 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
     generate(prompts_table(5), settings(tiny_model_dir), tmp_path / "old", store=store)
     generate(prompts_table(3, start=3), settings(tiny_model_dir), tmp_path / "new", store=store)
     assert len(list(store.rglob("*.jpg"))) == 6
-    (store / ".tmp" / "x.jpg.tmp-999999999-1").write_bytes(b"half")  # a dead run's temp file
+    (store / ".tmp" / ".x.jpg.tmp-999999999-1").write_bytes(
+        b"half"
+    )  # a dead run's temp file (write_file_atomic's name)
     with pytest.raises(DataError, match="missing/manifest.parquet: not found"):
         prune_generation_store(store, [tmp_path / "new", tmp_path / "missing"])
     assert len(list(store.rglob("*.jpg"))) == 6  # nothing deleted

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,8 +331,7 @@ def workspace_or_rev(repo: Path, rev: str) -> str:
         here = releases_at(open_fs(str(repo), WORKSPACE))
     except DataError:
         here = {}
-    if rev in here:
-        print(f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr)
+    if rev in here:  # README: without tags, a release name means that release's folder in the workspace
         return WORKSPACE
     return rev  # open_fs names it as an unknown revision
 
