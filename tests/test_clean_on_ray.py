@@ -154,7 +154,7 @@ def test_ctrl_c_on_the_ray_engine_exits_130_and_shuts_ray_down(tmp_path, fixture
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "error: interrupted (SIGINT)"
+    assert err.strip().splitlines()[-1] == "interrupted (SIGINT)"
     deadline = time.monotonic() + 20
     while session_processes(proc.pid) and time.monotonic() < deadline:  # Ray's processes go with it
         time.sleep(0.2)

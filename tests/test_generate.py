@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.generate import generate, load_settings, prune_generation_store
+from scripts.generate import generate, load_settings
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.lib.params import Generate

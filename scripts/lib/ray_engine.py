@@ -7,6 +7,7 @@ stops Ray and turns its failures into one-line DataErrors.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +27,14 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         import ray
     except ImportError:
         raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
+    _quiet_console()
     started_here = not ray.is_initialized()
     if started_here:
         python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         options: dict = {
             "include_dashboard": False,
             "log_to_driver": False,
+            "logging_level": logging.CRITICAL,
             "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
         }  # workers import scripts.*
         if runtime.ray_address is None and runtime.object_store_mb is not None:
@@ -49,3 +52,14 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _quiet_console() -> None:
+    """Keep Ray's and Ray Data's log lines (progress, plans, failures with their stacks) off stderr: a stage's
+    failure is one line of ours; Ray still writes them all to its session's log files."""
+    import ray.data  # noqa: F401  (sets up Ray Data's loggers, console handler included)
+
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL + 1)

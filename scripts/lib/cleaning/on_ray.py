@@ -1,10 +1,11 @@
 """Cleaning on Ray Data (`runtime.engine: ray`): the same batch function, rules and outcomes as the
 local engine, so the tables and the report are byte-identical.
 
-Ray reads the prompt column of the input parquet in blocks, and a pool of actors (each compiles the
-rules once: compiled regexes do not pickle) runs `clean_batch` over batches of `runtime.batch_rows`
-rows; only the outcomes come back, in row order, and the driver writes the outputs as the local
-engine does.
+The driver reads the prompt column (it holds every outcome anyway) and hands it to Ray in blocks: Ray
+Data's own parquet read lists files in a task that needs a whole CPU, which never comes while the
+actors hold every CPU. A pool of actors (each compiles the rules once: compiled regexes do not pickle)
+runs `clean_batch` over batches of `runtime.batch_rows` rows; only the outcomes come back, in row
+order, and the driver writes the outputs as the local engine does.
 """
 
 from __future__ import annotations
@@ -49,17 +50,16 @@ def outcomes_on_ray(
 
     from scripts.lib.progress import track
 
-    rows = pq.ParquetFile(path).metadata.num_rows
+    prompts = pq.read_table(path, columns=[column])
+    rows = prompts.num_rows
     with ray_session(runtime) as ray:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # outcomes in row order, on any cluster
         context.enable_progress_bars = False  # one progress line of ours instead
         workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         blocks = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
-        # the reads take no CPU of their own: `workers` actors may hold every CPU, and they wait for the reads
-        dataset = ray.data.read_parquet(
-            str(Path(path).resolve()), columns=[column], override_num_blocks=blocks, ray_remote_args={"num_cpus": 0}
-        )
+        size = max(1, math.ceil(rows / blocks))
+        dataset = ray.data.from_arrow([prompts.slice(start, size) for start in range(0, max(rows, 1), size)])
         dataset = dataset.map_batches(
             BatchCleaner,
             fn_constructor_args=(rules, fast, column),
