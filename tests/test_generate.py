@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.generate import generate, load_settings
+from scripts.generate import generate, load_settings, prune_generation_store
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
 from scripts.lib.params import Generate
@@ -325,6 +325,41 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
     assert len(list(store.rglob("*.jpg"))) == 6
     dead = f".{sorted(store.rglob('*.jpg'))[0].name}.tmp-999999999-1"  # a dead run's temp file of an indexed image
     (store / ".tmp" / dead).write_bytes(b"half")
+    with pytest.raises(DataError, match="missing/manifest.parquet: not found"):
+        prune_generation_store(store, [tmp_path / "new", tmp_path / "missing"])
+    assert len(list(store.rglob("*.jpg"))) == 6  # nothing deleted
+    assert prune_generation_store(store, [tmp_path / "new"]) == {"removed": 3, "kept": 3}
+    kept = {p.relative_to(store).as_posix() for p in store.rglob("*.jpg")}
+    assert kept == set(pd.read_parquet(tmp_path / "new" / "manifest.parquet")["file"])
+    assert not list((store / ".tmp").iterdir())
+    (store / "ab").mkdir(exist_ok=True)
+    (store / "ab" / "mine.txt").write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match="holds 'ab/mine.txt', which generate did not write; refusing to prune"):
+        prune_generation_store(store, None, everything=True)
+    (store / "ab" / "mine.txt").unlink()
+    assert prune_generation_store(store, None, everything=True) == {"removed": 3, "kept": 0}
+    assert sorted(p.name for p in store.iterdir()) == [".gitignore", ".tmp"]
+
+
+# ------------------------------------------------------------------ the command, crashes
+
+
+def write_stage_repo(root: Path, tiny_model_dir: Path, table: pd.DataFrame, **generate_params) -> None:
+    params = {"generate": {"model": str(tiny_model_dir), "steps": 3, "batch_size": 1, **generate_params}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_parquet(table, root / "in.parquet")
+
+
+def run_stage(root: Path, output: str = "out") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", output],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def count_images(out: Path) -> int:
