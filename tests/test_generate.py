@@ -334,7 +334,7 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
     assert not list((store / ".tmp").iterdir())
     (store / "ab").mkdir(exist_ok=True)
     (store / "ab" / "mine.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(DataError, match="holds 'ab/mine.txt', which generate did not write; refusing to prune"):
+    with pytest.raises(DataError, match="holds 'ab/mine.txt', which its index does not list"):
         prune_generation_store(store, None, everything=True)
     (store / "ab" / "mine.txt").unlink()
     assert prune_generation_store(store, None, everything=True) == {"removed": 3, "kept": 0}
