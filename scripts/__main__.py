@@ -1,5 +1,10 @@
+import signal
 import sys
 
-from scripts.cli import main
+try:
+    from scripts.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command's modules import, before main() handles signals
+    print("interrupted (SIGINT)", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 sys.exit(main())

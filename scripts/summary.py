@@ -1,11 +1,12 @@
 """summary: the few numbers `dvc exp show` puts first, one small metrics file.
 
-    python -m scripts summary data/releases data/summary.json
+    python -m scripts summary data/releases data/summary.json --recipe data/recipes/plots.json
 
-{"dedup_threshold": 0.7, "rows": {"v2": 700, ...}}: the threshold every release was deduplicated at
-and each release's row count (train + validation, from data/releases/V/stats.json), by name. It is the pipeline's only `metrics:` file, so `dvc exp show` fits a 160-column
-terminal with these visible; the detailed reports (stats.json, each stage's report.json) are plain
-outputs beside it (cache: false, committed), read with `dvc metrics diff --targets FILE` or cat.
+{"dedup_threshold": 0.7, "rows": {"v2": 700, ...}}: the dedup threshold and each release's row count
+(train + validation, from data/releases/V/stats.json), by name. It is the pipeline's only `metrics:` file,
+so these lead `dvc exp show` (the README's `--drop` keeps them and the dedup params in 160 columns); the
+detailed reports (stats.json, each stage's report.json) are plain outputs beside it (cache: false,
+committed), read with `dvc metrics diff --targets FILE` or cat.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_json
-from scripts.lib.params import load_params, load_section
+from scripts.lib.params import load_section
 
 
 def summarise(threshold: float, stats: dict[str, dict]) -> dict:
@@ -42,9 +43,17 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
 def cli(
     releases: Path = typer.Argument(..., help="the releases folder (data/releases)"),
     output: Path = typer.Argument(..., help="the summary file (data/summary.json)"),
+    plan: Path = typer.Option(
+        None, "--recipe", help="data/recipes/plots.json: the release names (default: params.yaml)"
+    ),
 ) -> None:
     """Write the dedup threshold and each release's row count: `dvc exp show`'s metrics."""
-    names = list(load_params("releases") or {})
+    from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
+
+    reads = plots_plan(written_releases(), written_sources())
+    if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
+        check_plan(plan, reads)
+    names = reads["releases"]
     summary = summarise(load_section("dedup").threshold, read_stats(releases, names))
     write_json(summary, output)
     print(f"summary: {len(names)} releases -> {output}")

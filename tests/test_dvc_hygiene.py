@@ -286,7 +286,7 @@ def test_a_new_release_reruns_no_earlier_release_and_no_prefilter(history, tmp_p
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     ran = run(["dvc", "repro", "recipes"], repo).stdout
     assert "Running stage 'recipes'" in ran
-    assert set(json.loads(run("dvc status --json", repo).stdout)) == {"compose@v5", "release@v5", "plots"}
+    assert set(json.loads(run("dvc status --json", repo).stdout)) == {"compose@v5", "release@v5", "plots", "summary"}
 
 
 @pytest.mark.slow

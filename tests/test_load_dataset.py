@@ -278,8 +278,9 @@ def test_every_export_of_the_default_build_loads_with_the_row_count_of_its_stats
         {"source": "diffusiondb", "split": "validation", "into": "validation"},
     ]
     params["releases"] = {
-        f"x-{layout}": {"components": components, "export": export} for layout, export in layouts.items()
-    }
+        f"x-{layout}": {"components": [dict(c) for c in components], "export": export}
+        for layout, export in layouts.items()
+    }  # a copy each: one shared list would be dumped as a YAML alias, which params.yaml refuses
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     for layout in layouts:
         release = repo / "data" / "releases" / f"x-{layout}"

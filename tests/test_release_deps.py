@@ -36,6 +36,13 @@ def test_only_what_a_change_touches_is_out_of_date(history, tmp_path):
     edit(repo, lambda p: p["releases"]["v4-b"].update(export={"format": "webdataset"}))
     assert changed_after_recipes(repo) == {"ingest@laion_buckets", "release@v4-b"}
 
-    # a new release: its two stages and the plots (they list it), nothing earlier
+    # a new release: its two stages, the plots and the summary (they list it), nothing earlier
     edit(repo, lambda p: p["releases"].update(v5={"base": "v4-b", "steps": [{"dedup": {"scope": "after_merge"}}]}))
-    assert changed_after_recipes(repo) == {"ingest@laion_buckets", "release@v4-b", "compose@v5", "release@v5", "plots"}
+    assert changed_after_recipes(repo) == {
+        "ingest@laion_buckets",
+        "release@v4-b",
+        "compose@v5",
+        "release@v5",
+        "plots",
+        "summary",
+    }

@@ -1,10 +1,11 @@
-"""summary: data/summary.json is the pipeline's one metrics file, so `dvc exp show` fits a 160-column
+"""summary: data/summary.json is the pipeline's one metrics file, so the README's `dvc exp show` fits a 160-column
 terminal with the dedup threshold and each release's rows readable."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 
@@ -32,9 +33,17 @@ def test_summary_json_is_the_only_metrics_file():
     assert {"data/releases/${key}/stats.json": {"cache": False}} in outs  # still written and committed
 
 
+def readme_exp_show() -> list[str]:
+    """The README's `dvc exp show` line (its Everyday commands), as argv."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in text.splitlines() if line.startswith("dvc exp show"))
+    return shlex.split(line.split("  #")[0])
+
+
 def test_dvc_exp_show_fits_160_columns_with_threshold_and_rows(built_repo, tmp_path):
+    """The README's `dvc exp show` fits a 160-column terminal, the threshold and every release's rows visible."""
     result = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--no-pager"],
+        [sys.executable, "-m", *readme_exp_show(), "--no-pager"],
         cwd=built_repo,
         env={**env(), "COLUMNS": "160"},
         capture_output=True,

@@ -40,7 +40,8 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         if runtime.ray_address is None and runtime.object_store_mb is not None:
             options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
         try:
-            ray.init(address=runtime.ray_address, **options)
+            # "local": always a new instance; None would join any cluster this machine runs (ray's default)
+            ray.init(address=runtime.ray_address or "local", **options)
         except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

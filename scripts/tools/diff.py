@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,6 +333,7 @@ def workspace_or_rev(repo: Path, rev: str) -> str:
     except DataError:
         here = {}
     if rev in here:  # README: without tags, a release name means that release's folder in the workspace
+        print(f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr)
         return WORKSPACE
     return rev  # open_fs names it as an unknown revision
 

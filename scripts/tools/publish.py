@@ -325,37 +325,34 @@ def hub_client_factory(timeout_s: float):
     import httpx2
     from huggingface_hub.utils._http import hf_request_event_hook
 
+    class CappedStream(httpx2.SyncByteStream):  # httpx closes only a SyncByteStream ("sync close on an async stream")
+        """A response body stream that fails past MAX_HUB_REPLY_BYTES (a reply without Content-Length)."""
+
+        def __init__(self, stream, request):
+            self._stream, self._request = stream, request
+
+        def __iter__(self):
+            total = 0
+            for chunk in self._stream:
+                total += len(chunk)
+                if total > MAX_HUB_REPLY_BYTES:
+                    raise httpx2.DecodingError(f"reply over {MAX_HUB_REPLY_BYTES} bytes", request=self._request)
+                yield chunk
+
+        def close(self) -> None:
+            self._stream.close()
+
     def cap(response) -> None:
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > MAX_HUB_REPLY_BYTES:
             raise httpx2.DecodingError(f"reply of {length} bytes, over {MAX_HUB_REPLY_BYTES}", request=response.request)
-        response.stream = _CappedStream(response.stream, response.request)
+        response.stream = CappedStream(response.stream, response.request)
 
     return lambda: httpx2.Client(
         event_hooks={"request": [hf_request_event_hook], "response": [cap]},
         follow_redirects=True,
         timeout=httpx2.Timeout(timeout_s),
     )
-
-
-class _CappedStream:
-    """A response body stream that fails past MAX_HUB_REPLY_BYTES (a reply without Content-Length)."""
-
-    def __init__(self, stream, request):
-        self._stream, self._request = stream, request
-
-    def __iter__(self):
-        import httpx2
-
-        total = 0
-        for chunk in self._stream:
-            total += len(chunk)
-            if total > MAX_HUB_REPLY_BYTES:
-                raise httpx2.DecodingError(f"reply over {MAX_HUB_REPLY_BYTES} bytes", request=self._request)
-            yield chunk
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 def hub_error(exc: Exception, token: str, timeout_s: float) -> str:
