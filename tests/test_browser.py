@@ -1,4 +1,4 @@
-"""Headless-browser check (issue 8): `dvc plots show`'s page and the near-duplicate sheet render in Debian
+"""Headless-browser check: `dvc plots show`'s page and the near-duplicate sheet render in Debian
 chromium with no JavaScript error. Skips when chromium (or, for the plots page, the vega scripts) is absent;
 .ci/run installs both (chromium with apt-get, vega with npm into a user cache, see VEGA_DIR)."""
 

@@ -292,7 +292,7 @@ def test_reference_quirks_are_kept_and_a_param_fixes_them():
 
 
 def test_trailing_and_leaves_its_space_like_the_reference_and_a_param_trims_it():
-    # the reference's text[:-3] cuts "and" but not the space before it; the rule set keeps that (issue 15)
+    # the reference's text[:-3] cuts "and" but not the space before it; the rule set keeps that
     assert clean_text("a ship in a storm with dramatic waves and", RULES) == (
         "a ship in a storm with dramatic waves ",
         None,

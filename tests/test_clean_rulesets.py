@@ -1,4 +1,4 @@
-"""Named, versioned cleaning rule sets (issue 15): `final`, `2023-04-04`, `2023-03-30`, each the reference
+"""Named, versioned cleaning rule sets: `final`, `2023-04-04`, `2023-03-30`, each the reference
 team's `preprocess` at one commit (scripts/clean_rules/<name>.yaml), the default set and its overrides in
 params.yaml, the per-source choice of set and mode, and rules.json, which holds every set once.
 

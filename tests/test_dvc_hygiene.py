@@ -1,4 +1,4 @@
-"""DVC used the way DVC users expect (issue 17): each stage's params are the keys that change its bytes,
+"""DVC used the way DVC users expect: each stage's params are the keys that change its bytes,
 a speed knob reruns nothing, the cache links instead of copying (safe: every writer replaces, none
 writes into an existing file), the contact sheets are image plots, and the generation store means
 a dedup.threshold flip renders nothing twice."""

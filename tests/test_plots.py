@@ -1,4 +1,4 @@
-"""The plots stage (issue 8): data files behind `dvc plots show`, one file per question covering every
+"""The plots stage: data files behind `dvc plots show`, one file per question covering every
 release or source, with the fields dvc.yaml's `plots:` declares."""
 
 from __future__ import annotations

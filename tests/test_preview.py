@@ -1,4 +1,4 @@
-"""Contact sheets and the near-duplicate sheet (issue 8), plus the progress line every long loop prints."""
+"""Contact sheets and the near-duplicate sheet, plus the progress line every long loop prints."""
 
 from __future__ import annotations
 

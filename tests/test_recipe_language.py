@@ -1,4 +1,4 @@
-"""The recipe language (issue 15), one test per feature, on small real tables in-process: the real cleaner
+"""The recipe language, one test per feature, on small real tables in-process: the real cleaner
 (named rule sets, scripts/clean_rules/), the real MinHash dedup, release.compose and prefilter.prefilter
 (tables in, tables out). The last tests build the params.yaml recipes v4-a and v4-b on real OpenPrompts
 rows (fixtures) and check that their difference is exactly the v4-a bug: raw text of filtered rows."""

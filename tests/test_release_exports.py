@@ -1,4 +1,4 @@
-"""Release exports (issue 6): WebDataset shards readable by the `webdataset` library with the same
+"""Release exports: WebDataset shards readable by the `webdataset` library with the same
 (image, text) pairs and one image extension, the SimpleTuner preset's files, parquet with embedded
 images, and rows.parquet locating every image whatever the layout. (The bucketed layout: tests/test_bucketed*.)"""
 
