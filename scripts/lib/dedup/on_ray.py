@@ -43,6 +43,9 @@ from scripts.lib.io import atomic_path
 from scripts.lib.params import Dedup, Runtime
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
+# Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
+# rank columns that went through a join and ones that did not concatenate on the driver.
+ORDER_KEY = pa.large_string()
 
 
 def partitions(runtime: Runtime, rows: int) -> int:
@@ -55,7 +58,9 @@ def dedup_arrays(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -
     from scripts.lib.ray_engine import ray_session
 
     n = len(texts)
-    keys = mh.as_string_array(order_keys) if order_keys is not None else pa.nulls(n, pa.large_string()).fill_null("")
+    keys = (mh.as_string_array(order_keys) if order_keys is not None else pa.nulls(n, pa.string()).fill_null("")).cast(
+        ORDER_KEY
+    )
     if len(keys) != n:
         raise DataError(f"order_keys has {len(keys)} values for {n} texts")
     table = pa.table({"row": np.arange(n, dtype=np.int64), "text": texts, "order_key": keys})
@@ -186,12 +191,12 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
         table = pq.ParquetFile(path).read_row_group(group, columns=columns).replace_schema_metadata(None)
     except FileNotFoundError:
         raise DataError(f"{path}: input shard vanished during the run") from None
-    for column in ("id", "text"):
+    for column in [c for c in ("id", "text") if c in table.column_names]:
         nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
         if nulls.any():
             raise DataError(f"{path}: row {offset + int(np.argmax(nulls))}: {column} is null")
     table = table.append_column("row", pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
-    return table.append_column("order_key", table.column("id"))
+    return table.append_column("order_key", table.column("id").cast(ORDER_KEY))
 
 
 def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtime: Runtime) -> dict:
@@ -214,8 +219,7 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
             removed, stats = _run(ray, rows, n, params, runtime)
             needed = np.union1d(removed["row"], removed["duplicate_of"])
             ids = _ids_of(ray, ds, needed)
-            gone = ray.put(removed["row"])
-            kept = ds.map_batches(_kept_rows, fn_args=(gone,), batch_size=1, batch_format="pyarrow")
+            kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
             _write_streamed(kept, schema, output)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
@@ -234,23 +238,23 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
 
 def _ids_of(ray, ds, needed: np.ndarray) -> pa.Array:
     """The ids of rows `needed` (sorted positions), in that order."""
-
-    def pick(batch: pa.Table, wanted) -> pa.Table:
-        table = read_fragment(batch, ["id", "text"])
-        mask = np.isin(table.column("row").to_numpy(), wanted)
-        return table.select(["row", "id"]).filter(pa.array(mask))
-
-    parts = [
-        ray.get(r)
-        for r in ds.map_batches(pick, fn_args=(ray.put(needed),), batch_size=1, batch_format="pyarrow").to_arrow_refs()
-    ]
+    picked = ds.map_batches(_picked_ids, fn_args=(needed,), batch_size=1, batch_format="pyarrow")
+    parts = [ray.get(r) for r in picked.to_arrow_refs()]
     table = (
-        pa.concat_tables(parts)
+        pa.concat_tables(parts, promote_options="default")
         if parts
         else pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
     )
     order = np.argsort(table.column("row").to_numpy())
     return table.column("id").combine_chunks().take(pa.array(order))
+
+
+# Arrays go to these UDFs as plain fn_args: Ray Data pickles a task UDF's fn_args into the operator's
+# closure, so an ObjectRef there would arrive unresolved (np.isin against it matches nothing).
+def _picked_ids(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
+    table = read_fragment(batch, ["id"])
+    mask = np.isin(table.column("row").to_numpy(), wanted)
+    return table.select(["row", "id"]).filter(pa.array(mask))
 
 
 def _kept_rows(batch: pa.Table, gone: np.ndarray) -> pa.Table:
