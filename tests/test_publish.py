@@ -256,7 +256,9 @@ def test_upload_creates_commits_and_tags_on_the_hub_with_the_token_only_in_heade
         >= {"name": "t2i-v2", "organization": "my-org", "type": "dataset"}.items()
     )
     validate = next(json.loads(b) for m, p, _, b in hub.requests if p == "/api/validate-yaml")
-    assert validate["repoType"] == "dataset" and "license_link: LICENSE.md" in validate["content"]
+    # v2's one source is CC0 (params.yaml): the card names that licence, no LICENSE.md of its own
+    assert validate["repoType"] == "dataset" and "\nlicense: cc0-1.0\n" in validate["content"]
+    assert "license_link" not in validate["content"]
     assert ("POST", "/api/datasets/my-org/t2i-v2/preupload/main") in calls
     assert ("POST", "/api/datasets/my-org/t2i-v2/commit/main") in calls
     assert calls[-1] == ("POST", "/api/datasets/my-org/t2i-v2/tag/" + "c" * 40)  # the uploaded commit

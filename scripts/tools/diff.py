@@ -333,7 +333,6 @@ def workspace_or_rev(repo: Path, rev: str) -> str:
     except DataError:
         here = {}
     if rev in here:  # README: without tags, a release name means that release's folder in the workspace
-        print(f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr)
         return WORKSPACE
     return rev  # open_fs names it as an unknown revision
 
@@ -359,6 +358,11 @@ def cli(
         explain = source_removals(fs_b, set(a.rows["source"]))
         explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
         reports.append(compare(a, b, explain))
+    for rev, at in ((rev_a, at_a), (rev_b, at_b)):
+        if at != rev:  # said once the diff is built: a failure stays one line
+            print(
+                f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr
+            )
     if format == "json":
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, ensure_ascii=False))
     else:

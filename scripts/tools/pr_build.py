@@ -99,14 +99,19 @@ def cli(
     if status.returncode == 0 and only_data_missing(json.loads(status.stdout or "{}")):
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here
         print("pr-build: dvc status reports only outputs that are not here: nothing to build", flush=True)
-    elif dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
-        print(
-            "pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
-            flush=True,
-        )
-        mode = "rebuilt"
-        if dvc(["repro", "--pull"], repo) != 0:
-            raise DataError("dvc repro --pull failed (see the log above)")
+    else:
+        # the recipe plans first (a few KB, read by every release and prefilter stage): `repro --pull` fetches
+        # a stage's file dependency alone, and checking out the folder it lies in then fails. Without a
+        # remote this pull fails, and the repro below rebuilds them.
+        dvc(["pull", "--allow-missing", "recipes"], repo)
+        if dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
+            print(
+                "pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
+                flush=True,
+            )
+            mode = "rebuilt"
+            if dvc(["repro", "--pull"], repo) != 0:
+                raise DataError("dvc repro --pull failed (see the log above)")
     unchanged = unchanged_releases(str(repo), base_rev, "workspace")
     try:
         at_base = releases_at(open_fs(str(repo), base_rev))
