@@ -100,10 +100,10 @@ def cli(
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here
         print("pr-build: dvc status reports only outputs that are not here: nothing to build", flush=True)
     else:
-        # the small tables that stages read as whole folders first (recipe plans, dedup, prefilter and split
-        # tables): `repro --pull --allow-missing` skips an unchanged stage and leaves its share of such a
-        # folder missing. Without a remote this pull fails, and the repro below rebuilds them.
-        dvc(["pull", "--allow-missing", "recipes", "dedup", "prefilter", "split"], repo)
+        # what stages read as whole folders first (recipe plans, dedup, prefilter and split tables, images):
+        # `repro --pull --allow-missing` skips an unchanged stage and leaves its share of such a folder
+        # missing. Without a remote this pull fails, and the repro below rebuilds them.
+        dvc(["pull", "--allow-missing", "recipes", "dedup", "prefilter", "generate", "split"], repo)
         if dvc(["repro", "--pull", "--allow-missing"], repo) != 0:
             print(
                 "pr-build: not everything a changed stage reads could be pulled; pulling or rebuilding every stage",
