@@ -392,12 +392,18 @@ def write_tokenizer_files(vocab: dict[str, int], merges: list[str], directory: P
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
+# Fields transformers copies into a saved config from how it was loaded, not from the model: the build
+# directory, and `local_files_only`, true whenever HF_HUB_OFFLINE is set in the building process.
+_VOLATILE_FIELDS = ("_name_or_path", "local_files_only")
+
+
 def _strip_volatile_fields(model_dir: Path) -> None:
-    """Drop config fields that name the build directory, so the bytes depend only on params."""
+    """Drop the load-time fields, so the bytes depend only on params (not on the directory or environment)."""
     for path in sorted(Path(model_dir).rglob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and "_name_or_path" in data:
-            data.pop("_name_or_path")
+        if isinstance(data, dict) and any(field in data for field in _VOLATILE_FIELDS):
+            for field in _VOLATILE_FIELDS:
+                data.pop(field, None)
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

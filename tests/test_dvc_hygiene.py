@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, repo_files, run, work_copy
+from helpers import REPO, parse_python, repo_files, run, work_copy
 from scripts.lib import params as P
 from scripts.lib.params import Clean, Dedup, Generate
 
@@ -203,7 +203,7 @@ def test_no_writer_appends_to_or_rewrites_an_existing_file():
     mode): writing into it would corrupt the cache. Every writer goes to a new temp name + rename."""
     offenders = []
     for path in sorted((REPO / "scripts").rglob("*.py")):
-        for line, mode in _open_modes(ast.parse(path.read_text(encoding="utf-8"))):
+        for line, mode in _open_modes(parse_python(path)):
             rel = f"{path.relative_to(REPO)}:{line}"
             if mode.startswith("os."):  # os.open flags
                 appends_untracked = rel.split(":")[0] == "scripts/lib/image_store.py"  # see below

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import file_digests
 from scripts.generate import generate, load_settings, prune_generation_store
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_parquet
@@ -35,10 +36,6 @@ def prompts_table(n: int, start: int = 0) -> pd.DataFrame:
 
 def settings(tiny_model_dir: Path, **overrides) -> Generate:
     return Generate(model=str(tiny_model_dir), steps=3, batch_size=4).replace(**overrides)
-
-
-def store_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class CountPipelinePrompts:
@@ -171,12 +168,12 @@ def test_bytes_do_not_depend_on_batch_size_or_threads(tiny_model_dir, tmp_path):
         generate(table.iloc[::-1], settings(tiny_model_dir, batch_size=4), tmp_path / "b4t2")
     finally:
         torch.set_num_threads(1)
-    one = store_bytes(tmp_path / "b1")
+    one = file_digests(tmp_path / "b1")
     assert len(one) == 7
     images = {k: v for k, v in one.items() if k.endswith(".jpg")}
-    assert images == {k: v for k, v in store_bytes(tmp_path / "b4").items() if k.endswith(".jpg")}
-    assert images == {k: v for k, v in store_bytes(tmp_path / "b4t2").items() if k.endswith(".jpg")}
-    assert one["manifest.parquet"] == store_bytes(tmp_path / "b4")["manifest.parquet"]
+    assert images == {k: v for k, v in file_digests(tmp_path / "b4").items() if k.endswith(".jpg")}
+    assert images == {k: v for k, v in file_digests(tmp_path / "b4t2").items() if k.endswith(".jpg")}
+    assert one["manifest.parquet"] == file_digests(tmp_path / "b4")["manifest.parquet"]
     assert len(set(images.values())) == 6  # different prompts/seeds, different images
 
 
@@ -219,7 +216,7 @@ def test_rerun_after_dropping_and_adding_prompts_renders_only_new_ones(tiny_mode
     assert spy.prompts == 11
 
     generate(second, settings(tiny_model_dir, batch_size=3), tmp_path / "fresh")
-    assert store_bytes(out) == store_bytes(tmp_path / "fresh")  # exactly the current prompt set
+    assert file_digests(out) == file_digests(tmp_path / "fresh")  # exactly the current prompt set
 
 
 def test_changing_a_setting_rerenders_and_prunes_everything(tiny_model_dir, tmp_path):
@@ -290,7 +287,7 @@ def test_store_keeps_every_key_across_a_threshold_flip(tiny_model_dir, tmp_path,
     third = generate(at_07, settings(tiny_model_dir), out, store=store)
     assert (third["rendered"], third["pipeline_calls"], third["from_store"], spy.prompts) == (0, 0, 8, 11)
     generate(at_07, settings(tiny_model_dir), tmp_path / "fresh")
-    assert store_bytes(out) == store_bytes(tmp_path / "fresh")  # the store changes no byte
+    assert file_digests(out) == file_digests(tmp_path / "fresh")  # the store changes no byte
     images = sorted(p.relative_to(store).as_posix() for p in store.rglob("*.jpg"))
     assert len(images) == 11 and (store / ".gitignore").read_text() == "*\n"
     linked = next(out.rglob("*.jpg"))
@@ -373,7 +370,7 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tiny_m
     generate(
         table, load_settings(yaml.safe_load((tmp_path / "params.yaml").read_text())["generate"]), tmp_path / "reference"
     )
-    reference = store_bytes(tmp_path / "reference")
+    reference = file_digests(tmp_path / "reference")
 
     kills = 0
     for images_before_kill in (1, 15, 30):  # each run resumes the store the killed one left
@@ -394,7 +391,7 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(tiny_m
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "40 prompts" in stdout
-    assert store_bytes(tmp_path / "out") == reference  # no missing, duplicate, partial or stray file
+    assert file_digests(tmp_path / "out") == reference  # no missing, duplicate, partial or stray file
 
 
 def test_cli_errors_are_one_line(tiny_model_dir, tmp_path):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import file_digests
 from scripts.generate import generate
 from scripts.lib.io import write_parquet
 from scripts.lib.params import Generate, Runtime
@@ -26,10 +27,6 @@ OBJECT_STORE = 80 * 2**20  # small: blocks of images spill rather than fit
 def prompts(n: int) -> pd.DataFrame:
     texts = [f"a watercolor of a harbour at dawn, boat number {i}" for i in range(n)]
     return pd.DataFrame({"id": [f"row{i:03d}" for i in range(n)], "text": texts, "prompt": texts})
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -62,9 +59,9 @@ def test_an_actor_pool_on_three_nodes_writes_the_local_engines_bytes(tiny_model_
         generate(table, settings, tmp_path / noise / "local")
         counts = generate(table, settings, tmp_path / noise / "ray", store=tmp_path / noise / "store", runtime=runtime)
         assert counts["rendered"] == 7 and counts["pipeline_calls"] >= 4  # blocks of at most 2 rows
-        local = files(tmp_path / noise / "local")
-        assert files(tmp_path / noise / "ray") == local
-        assert {k for k in local if k.endswith(".jpg")} <= set(files(tmp_path / noise / "store"))  # stored too
+        local = file_digests(tmp_path / noise / "local")
+        assert file_digests(tmp_path / noise / "ray") == local
+        assert {k for k in local if k.endswith(".jpg")} <= set(file_digests(tmp_path / noise / "store"))  # stored too
 
 
 def ray_processes(root_pid: int) -> set[int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from helpers import parse_python
 from scripts.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for path in (REPO / "scripts").rglob("*.py"):
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse_python(path)):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scripts"):
                 deps.add(node.module)
                 deps.update(
@@ -67,7 +68,7 @@ def test_scripts_has_no_import_cycle():
 def test_every_command_points_at_a_real_function():
     for name, target in COMMANDS.items():
         module, _, func = target.partition(":")
-        tree = ast.parse((REPO / "scripts" / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+        tree = parse_python(REPO / "scripts" / (module.replace(".", "/") + ".py"))
         assert (func or "cli") in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from helpers import REPO
+from helpers import REPO, parse_python
 from scripts.lib import params as P
 from scripts.lib.errors import DataError
 from scripts.tools.replay_history import params_up_to, release_names
@@ -157,7 +157,7 @@ def test_params_imports_only_errors_io_and_nesting():
 
     ours = set()
     for path in (REPO / "scripts" / "lib" / "params").glob("*.py"):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = parse_python(path)
         ours |= {
             n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("scripts")
         }

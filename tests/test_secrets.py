@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import parse_python
 from helpers.workspace import REPO, error_line, write_params
 from scripts.cli import main
 
@@ -217,7 +218,7 @@ UNSAFE_LOADS = {
 
 
 def calls(path: Path):
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(parse_python(path)):
         if isinstance(node, ast.Call):
             yield node, ast.unparse(node.func)
 

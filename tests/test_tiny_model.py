@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import file_digests
 from scripts.lib.errors import DataError
 from scripts.lib.params import TinyModel
 from scripts.tiny_model import build_tokenizer_files, learn_bpe_merges, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_loads_as_an_sd2_pipeline_offline(tiny_model_dir):
@@ -73,9 +70,12 @@ def test_bpe_learning_merges_the_most_frequent_pair_first():
 
 
 def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
-    """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes."""
+    """Two builds (here: another process via the CLI, as dvc repro runs it) give the same bytes, whatever
+    the environment says of the Hub: transformers records `local_files_only` (true offline) in a saved
+    tokenizer config, which would make the model's hash differ between a laptop and an offline CI."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"tiny_model": TinyModel().model_dump()}), encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    offline = os.environ.get("HF_HUB_OFFLINE") != "1"  # the other state from this process's
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1" if offline else "0"}
     result = subprocess.run(
         [sys.executable, "-m", "scripts", "tiny-model", "models/tiny-sd2"],
         cwd=tmp_path,
@@ -85,8 +85,8 @@ def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    built = read_tree(tmp_path / "models" / "tiny-sd2")
-    assert built == read_tree(tiny_model_dir)
+    built = file_digests(tmp_path / "models" / "tiny-sd2")
+    assert built == file_digests(tiny_model_dir)
     assert {
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.safetensors",
@@ -97,13 +97,14 @@ def test_cli_build_is_byte_identical_to_another_build(tiny_model_dir, tmp_path):
         "model_index.json",
     } <= set(built)
     assert not any(name.endswith(".bin") for name in built)
-    assert not any(b"/tmp" in data for name, data in built.items() if name.endswith(".json"))
+    configs = [path.read_text(encoding="utf-8") for path in (tmp_path / "models" / "tiny-sd2").rglob("*.json")]
+    assert not any("/tmp" in text or '"local_files_only"' in text for text in configs)
 
 
 def test_a_different_seed_gives_different_weights(tmp_path, tiny_model_dir):
     save_tiny_model({"seed": 1}, tmp_path / "m")
-    other = read_tree(tmp_path / "m")
-    base = read_tree(tiny_model_dir)
+    other = file_digests(tmp_path / "m")
+    base = file_digests(tiny_model_dir)
     assert other["unet/diffusion_pytorch_model.safetensors"] != base["unet/diffusion_pytorch_model.safetensors"]
     assert other["unet/config.json"] == base["unet/config.json"]
 

@@ -3,7 +3,9 @@
 from helpers.archives import tar_bytes, write_tar
 from helpers.commands import CliResult, cli
 from helpers.loopback import Loopback, send_json
+from helpers.python_ast import parse_python
 from helpers.repos import GIT_ENV, REPO, copy_repo, env, fingerprint, repo_files, run, work_copy
+from helpers.trees import file_digests
 
 __all__ = [
     "GIT_ENV",
@@ -13,7 +15,9 @@ __all__ = [
     "cli",
     "copy_repo",
     "env",
+    "file_digests",
     "fingerprint",
+    "parse_python",
     "repo_files",
     "run",
     "send_json",
