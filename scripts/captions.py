@@ -19,7 +19,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_table, read_parquet, write_parquet
+from scripts.lib.io import check_table, read_parquet, shown, write_parquet
 from scripts.lib.params import PARAMS_FILE, load_section
 
 MANIFEST = "manifest.parquet"
@@ -119,4 +119,4 @@ def cli(
         joined = carried_images(rows, source, text_only=entry is not None and entry.text_only)
     table = caption_table(joined)
     write_parquet(table, output)
-    print(f"captions@{source}: {len(table)} rows -> {output}")
+    print(shown(f"captions@{source}: {len(table)} rows -> {output}"))

@@ -173,7 +173,21 @@ def _interrupted(signum: int) -> int:
 
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
     print(f"{start}interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    _silence_finalizers()
     return 128 + signum
+
+
+def _error(text: str, code: int = 2) -> int:
+    print(f"error: {text}", file=sys.stderr)
+    _silence_finalizers()
+    return code
+
+
+def _silence_finalizers() -> None:
+    """After the one line: an object the failure abandoned can fail in its finalizer (a parquet writer
+    whose file the cleanup closed first) and Python would print an "Exception ignored" traceback, at once
+    or at exit. The line has said what happened; the temp file is gone either way."""
+    sys.unraisablehook = lambda unraisable: None
 
 
 def one_line(text: str) -> str:
@@ -202,27 +216,20 @@ def _main(argv: list[str] | None) -> int:
         try:
             status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
         except DataError as exc:
-            print(f"error: {one_line(str(exc))}", file=sys.stderr)
-            return 2
+            return _error(one_line(str(exc)))
         except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line
-            print(f"error: {one_line(os_error_line(exc))}", file=sys.stderr)
-            return 2
+            return _error(one_line(os_error_line(exc)))
         except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
-            print(
-                f"error: {one_line(exc.object)}: cannot be encoded as {exc.encoding} "
-                "(a file name that is not UTF-8?); rename it",
-                file=sys.stderr,
+            return _error(
+                f"{one_line(exc.object)}: cannot be encoded as {exc.encoding} (a file name that is not UTF-8?); rename it"
             )
-            return 2
         except MemoryError:
-            print("error: out of memory (a smaller input, batch_rows or workers may fit)", file=sys.stderr)
-            return 2
+            return _error("out of memory (a smaller input, batch_rows or workers may fit)")
         except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
             exc.show()
             return 0
         except ClickException as exc:  # usage errors: one line, exit 2
-            print(f"error: {exc.format_message()}".splitlines()[0], file=sys.stderr)
-            return exc.exit_code
+            return _error((exc.format_message().splitlines() or [""])[0], exc.exit_code)
         except typer.Exit as exc:
             return exc.exit_code
         except typer.Abort:

@@ -19,7 +19,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, compose
 from scripts.lib.compose_ops import stage_ops
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_not_input, read_parquet, write_parquet
+from scripts.lib.io import atomic_path, check_not_input, read_parquet, shown, write_parquet
 from scripts.lib.params import load_section
 from scripts.lib.plans import (
     check_plan,
@@ -93,4 +93,4 @@ def cli(
     check_not_input(output, [splits, rules])
     _, rows, removed = compose_release(name, reads, splits, rules, positions, f"compose@{name}")
     write_composed(rows, removed, output)
-    print(f"compose@{name}: {len(rows)} rows, {len(removed)} removed -> {output}")
+    print(shown(f"compose@{name}: {len(rows)} rows, {len(removed)} removed -> {output}"))

@@ -34,7 +34,7 @@ from scripts.lib.dedup import (
 )
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, write_json
+from scripts.lib.io import atomic_path, shown, write_json
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 
 DedupParams = Dedup  # the `dedup:` section's model; Dedup() = the documented defaults
@@ -166,7 +166,7 @@ def cli(
     report = {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
     write_json(report, output.parent / f"{stem}.report.json")
     write_preview(source, input, output, clusters_path, output.parent / f"{stem}.preview.html")
-    print(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed")
+    print(shown(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed"))
 
 
 def source_params(params: Dedup, source: str) -> tuple[Dedup, object]:

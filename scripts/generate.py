@@ -21,7 +21,7 @@ import typer
 from scripts.lib.dvc_cache import cached_directory
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys
-from scripts.lib.io import read_parquet
+from scripts.lib.io import read_parquet, shown
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
 from scripts.lib.render import RenderStats, load_pipeline, render_images, resolve_device, resolve_model
@@ -234,4 +234,4 @@ def cli_prune(
 ) -> None:
     """Delete images of the generation store that no current generate@S output uses (the store never shrinks otherwise)."""
     counts = prune_generation_store(store, None if everything else (keep or image_folders()), everything)
-    print(f"generate-prune: {counts['removed']} images removed, {counts['kept']} kept in {store}")
+    print(shown(f"generate-prune: {counts['removed']} images removed, {counts['kept']} kept in {store}"))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, ParquetRows, atomic_path, stable_id, write_json
+from scripts.lib.io import PROMPT_COLUMNS, ParquetRows, atomic_path, shown, stable_id, write_json
 from scripts.lib.params import load_section
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
@@ -163,4 +163,4 @@ def cli(
     """Ingest one source into the normalised prompt table (+ S.report.json beside it)."""
     report = ingest(source, load_source(source), output)
     skipped = sum(report["skipped"].values())
-    print(f"ingest {source}: {report['rows_written']} rows written, {skipped} skipped -> {output}")
+    print(shown(f"ingest {source}: {report['rows_written']} rows written, {skipped} skipped -> {output}"))

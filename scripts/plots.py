@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, read_parquet
+from scripts.lib.io import SPLITS, atomic_path, read_parquet, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
 
@@ -190,4 +190,4 @@ def cli(
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():
         write_csv(table, output / name)
-    print(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})")
+    print(shown(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})"))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, shown
 from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
 
 
@@ -42,4 +42,4 @@ def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/")
+    print(shown(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/"))

@@ -21,7 +21,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, write_parquet
+from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, shown, write_parquet
 from scripts.lib.params import load_section
 
 
@@ -100,4 +100,6 @@ def cli(
             part = rows[rows["split"] == name].reset_index(drop=True)
             write_parquet(part, tmp / f"{name}.parquet")
     counts = rows["split"].value_counts()
-    print(f"split@{source}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)} -> {output}")
+    print(
+        shown(f"split@{source}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)} -> {output}")
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_json
+from scripts.lib.io import shown, write_json
 from scripts.lib.params import load_section
 
 
@@ -56,4 +56,4 @@ def cli(
     names = reads["releases"]
     summary = summarise(load_section("dedup").threshold, read_stats(releases, names))
     write_json(summary, output)
-    print(f"summary: {len(names)} releases -> {output}")
+    print(shown(f"summary: {len(names)} releases -> {output}"))

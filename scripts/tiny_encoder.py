@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, shown
 from scripts.lib.params import TinyEncoder, load_section, parse
 from scripts.tiny_model import _MERGE_CORPUS, _strip_volatile_fields
 
@@ -120,4 +120,4 @@ def cli(
 ) -> None:
     """Build the offline tiny sentence encoder from params.yaml `tiny_encoder`."""
     save_tiny_encoder(load_section("tiny_encoder"), output)
-    print(f"tiny-encoder: wrote {output}")
+    print(shown(f"tiny-encoder: wrote {output}"))

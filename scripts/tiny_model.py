@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, shown
 from scripts.lib.params import TinyModel, load_section, parse
 
 
@@ -410,4 +410,4 @@ def _strip_volatile_fields(model_dir: Path) -> None:
 def cli(output: Path = typer.Argument(..., help="directory to write the pipeline to (e.g. models/tiny-sd2)")) -> None:
     """Build the offline tiny SD2-architecture model from params.yaml `tiny_model`."""
     save_tiny_model(load_section("tiny_model"), output)
-    print(f"tiny-model: wrote {output}")
+    print(shown(f"tiny-model: wrote {output}"))

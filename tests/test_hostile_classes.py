@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -704,6 +705,27 @@ def test_a_control_character_in_a_path_is_escaped_in_the_error_line(tmp_path, na
     result = python(["clean-text", tmp_path / name, tmp_path / "out.jsonl", "--rules", "final"], REPO)
     line = one_error_line(result)
     assert line.isprintable() and "in" in line, repr(line)
+
+
+# A stage's success line names its output: a path given with escape codes is printed escaped, as in errors.
+SUCCESS_COMMANDS = {
+    "recipes": lambda out: ["recipes", out],
+    "summary": lambda out: ["summary", REPO / "data" / "releases", out / "summary.json"],
+    "tiny-encoder": lambda out: ["tiny-encoder", out],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SUCCESS_COMMANDS))
+@pytest.mark.parametrize(
+    "name", ["out\x1b]0;pwned\x07", "out\x1b[2J", "out\x9b31m"], ids=["osc-title", "csi-clear", "c1-csi"]
+)
+def test_a_control_character_in_an_output_path_is_escaped_in_the_success_line(tmp_path, command, name):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    result = python(SUCCESS_COMMANDS[command](tmp_path / name), tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-2000:]
+    out = result.stdout.decode("utf-8")
+    assert out.strip() and all(line.isprintable() for line in out.splitlines()), repr(out)
+    assert "\\x1b" in out or "\\x9b" in out  # the name is still there, escaped
 
 
 @pytest.mark.parametrize(

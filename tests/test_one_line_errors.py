@@ -881,3 +881,27 @@ def test_a_tar_truncated_while_read_is_one_line(params_ws):
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "data-000000.tar" in workspace.error_line(result.stderr) and "shrank" in result.stderr
     assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []
+
+
+def test_an_interrupt_while_the_last_rows_are_written_prints_only_its_line(params_ws):
+    """A signal landing while ParquetRows writes its last row group (the rows all read: CI's Ctrl-C test
+    met it): the file was closed under a writer left open, whose finalizer then failed at exit
+    ("Exception ignored ... write to closed file"), a traceback after the `interrupted` line."""
+    ws = params_ws
+    shutil.copytree(workspace.RAW / "chatgpt", ws / "in")
+    _source(ws, "chatgpt", path="in")
+    script = (
+        "import signal, sys\n"
+        "import scripts.lib.io as io\n"
+        "from scripts.cli import main\n"
+        "flush = io.ParquetRows.flush\n"
+        "def flush_then_signal(self):  # the sample's rows fit one group: its one flush is the last\n"
+        "    flush(self)\n"
+        "    signal.raise_signal(signal.SIGINT)\n"
+        "io.ParquetRows.flush = flush_then_signal\n"
+        "sys.exit(main(['ingest', 'chatgpt', 'out.parquet']))\n"
+    )
+    result = _subprocess([sys.executable, "-c", script], ws)
+    assert result.returncode == 130, (result.returncode, result.stderr)
+    assert workspace.error_line(result.stderr) == "interrupted (SIGINT)"
+    assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []

@@ -418,9 +418,11 @@ class ParquetRows:
         try:
             if exc_type is None:
                 self.flush()
-            self.writer.close()
-        finally:
-            self.sink.close()
+        finally:  # the writer before its file, even when the last flush is interrupted
+            try:
+                self.writer.close()
+            finally:
+                self.sink.close()
 
 
 def read_parquet(path: Path | str):

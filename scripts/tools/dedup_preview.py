@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from scripts.lib.io import shown
 from scripts.lib.params import load_section
 from scripts.lib.preview import write_dedup_preview
 
@@ -26,4 +27,4 @@ def cli(
         output,
         n,
     )
-    print(f"dedup-preview {source}: -> {output}")
+    print(shown(f"dedup-preview {source}: -> {output}"))
