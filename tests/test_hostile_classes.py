@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import Loopback, env
+from helpers import Loopback, env, file_digests
 from scripts.lib.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,10 +55,6 @@ def one_error_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
     return lines[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # ---------------------------------------------------------------- 1. ownership
@@ -147,10 +143,10 @@ def test_a_folder_or_file_we_did_not_write_is_refused_untouched(tmp_path, case):
     """Names prove nothing: a folder without our marker whose files have the names a command writes
     (but not its bytes) is the user's."""
     act = case(tmp_path)
-    before = snapshot(tmp_path / "mine")
+    before = file_digests(tmp_path / "mine")
     with pytest.raises(DataError, match="did not write|cannot prove"):
         act()
-    assert snapshot(tmp_path / "mine") == before
+    assert file_digests(tmp_path / "mine") == before
     assert not list(tmp_path.rglob(".*tmp-*"))
 
 

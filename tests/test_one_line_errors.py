@@ -838,6 +838,15 @@ def _subprocess(argv: list[str], cwd: Path, **kwargs) -> subprocess.CompletedPro
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, **kwargs)
 
 
+def _patched_ingest(ws: Path, source: str, patch: str) -> subprocess.CompletedProcess:
+    """`ingest SOURCE out.parquet` on a copy of the sample's raw SOURCE in ws/in, in a process that first
+    runs `patch` (Python that swaps a function, to land a fault at one exact point)."""
+    shutil.copytree(workspace.RAW / source, ws / "in")
+    _source(ws, source, path="in")
+    script = f"import sys\n{patch}from scripts.cli import main\nsys.exit(main(['ingest', {source!r}, 'out.parquet']))\n"
+    return _subprocess([sys.executable, "-c", script], ws)
+
+
 def _file_size_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG, as on a full disk
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -864,20 +873,16 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(params_ws, writer):
 def test_a_tar_truncated_while_read_is_one_line(params_ws):
     ws = params_ws
     """A memory-mapped tar cut short under the reader killed the process with SIGBUS (exit 135)."""
-    shutil.copytree(workspace.RAW / "dalle3", ws / "in")
-    _source(ws, "dalle3", path="in")
-    script = (
-        "import os, sys\n"
+    patch = (
+        "import os\n"
         "import scripts.lib.readers.dalle3 as reader\n"
-        "from scripts.cli import main\n"
         "walk = reader.iter_samples\n"
         "def cut(buf, *args, **kwargs):\n"
         "    os.truncate('in/data-000000.tar', 1024)  # another process rewrites the shard\n"
         "    yield from walk(buf, *args, **kwargs)\n"
         "reader.iter_samples = cut\n"
-        "sys.exit(main(['ingest', 'dalle3', 'out.parquet']))\n"
     )
-    result = _subprocess([sys.executable, "-c", script], ws)
+    result = _patched_ingest(ws, "dalle3", patch)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "data-000000.tar" in workspace.error_line(result.stderr) and "shrank" in result.stderr
     assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []
@@ -888,20 +893,16 @@ def test_an_interrupt_while_the_last_rows_are_written_prints_only_its_line(param
     met it): the file was closed under a writer left open, whose finalizer then failed at exit
     ("Exception ignored ... write to closed file"), a traceback after the `interrupted` line."""
     ws = params_ws
-    shutil.copytree(workspace.RAW / "chatgpt", ws / "in")
-    _source(ws, "chatgpt", path="in")
-    script = (
-        "import signal, sys\n"
+    patch = (
+        "import signal\n"
         "import scripts.lib.io as io\n"
-        "from scripts.cli import main\n"
         "flush = io.ParquetRows.flush\n"
         "def flush_then_signal(self):  # the sample's rows fit one group: its one flush is the last\n"
         "    flush(self)\n"
         "    signal.raise_signal(signal.SIGINT)\n"
         "io.ParquetRows.flush = flush_then_signal\n"
-        "sys.exit(main(['ingest', 'chatgpt', 'out.parquet']))\n"
     )
-    result = _subprocess([sys.executable, "-c", script], ws)
+    result = _patched_ingest(ws, "chatgpt", patch)
     assert result.returncode == 130, (result.returncode, result.stderr)
     assert workspace.error_line(result.stderr) == "interrupted (SIGINT)"
     assert not (ws / "out.parquet").exists() and workspace.leftovers(ws) == []
