@@ -5,9 +5,10 @@ One module per stage; `python -m scripts --help` lists the commands.
 
 import os
 
-# Same bytes on every x86 CPU: torch's CPU kernels pick code paths by processor (MKL takes another path on
-# Intel than on AMD, ATen and oneDNN use AVX-512 where present), and the rendered images and embedding
-# similarities differed in their last bits between two CI machines. Set here, before any stage imports
-# torch, to paths every x86-64 machine of the last decade runs; on this project's 2-core CPU they cost
-# nothing measurable and leave today's outputs unchanged. GPU rendering is not affected.
-os.environ.update({"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"})
+# The same bytes on every x86-64 CPU: torch's CPU kernels pick code paths by processor (ATen and oneDNN use
+# AVX-512 where present; MKL may choose by vendor), and the rendered images and embedding similarities
+# of an AMD AVX-512 machine differed in their last bits from those in the committed dvc.lock. Set here,
+# before any stage imports torch, to paths every recent x86-64 machine runs. Measured on one machine only:
+# the pins left its images unchanged and changed one embedding output; their speed cost is not measured.
+TORCH_CPU_PATHS = {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+os.environ.update(TORCH_CPU_PATHS)

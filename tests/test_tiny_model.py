@@ -131,7 +131,9 @@ def test_a_stage_process_runs_torch_on_the_same_cpu_paths_on_every_machine():
     """Importing `scripts` pins torch's CPU code paths (scripts/__init__.py): without it an AVX-512 machine
     (this project's CI has them) renders other last bits than an AVX2 one, and MKL picks by CPU vendor."""
     probe = "import scripts, os, torch; print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])"
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    from scripts import TORCH_CPU_PATHS
+
+    env = {k: v for k, v in os.environ.items() if k not in TORCH_CPU_PATHS}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     capability, cbwr = out.stdout.split()
     assert capability in {"AVX2", "DEFAULT"} and cbwr == "COMPATIBLE", out.stdout
