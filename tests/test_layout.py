@@ -80,3 +80,28 @@ def test_each_stage_lists_its_own_module_in_deps():
         module = COMMANDS[command].partition(":")[0]
         assert module.count(".") == 0, f"stage {name} runs a side tool ({module})"
         assert f"scripts/{module}.py" in body["deps"], f"stage {name}: scripts/{module}.py not in deps"
+
+
+def imports_torch(path: Path) -> bool:
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.suffix == ".py" else []
+    for file in files:
+        for node in ast.walk(parse_python(file)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(name.split(".")[0] == "torch" for name in names):
+                return True
+    return False
+
+
+def test_each_stage_that_runs_torch_depends_on_the_cpu_path_pin():
+    """scripts/__init__.py pins the CPU code paths torch takes, which decide its output's last bits: a
+    change there must rerun every stage whose code imports torch, and only those need it."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    runs_torch = set()
+    for name, stage in stages.items():
+        deps = stage.get("do", stage)["deps"]
+        if any(dep.startswith("scripts/") and imports_torch(REPO / dep) for dep in deps):
+            runs_torch.add(name)
+            assert "scripts/__init__.py" in deps, f"stage {name} imports torch but does not list scripts/__init__.py"
+    assert {"tiny_model", "generate", "dedup"} <= runs_torch
