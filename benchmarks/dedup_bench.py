@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/dedup_bench.py --10m      # 10M rows
     .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
     .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive   # phrases of real prompts
+    .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive --verify   # + filters vs none
     .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
 
 Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
@@ -269,6 +270,34 @@ def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: 
     return int(cross.keep.sum())
 
 
+def verification_benchmark(texts: pa.Array, params: DedupParams) -> None:
+    """The exact check of one run's candidates, on the same pairs: every whole intersection counted
+    (the baseline) vs the size and prefix filters first (what dedup runs)."""
+    from scripts.lib.dedup import signing
+    from scripts.lib.dedup.keep import keep_rank
+    from scripts.lib.prefix_filter import jaccard_at_least
+
+    rank = keep_rank(texts, None, params.keep)
+    sketch = signing.sketch(texts, params, Runtime(workers=1))
+    reps, _, _ = signing.identical_groups(sketch.sequence_keys, rank, np.nonzero(sketch.shingle_counts > 0)[0])
+    candidates = signing.self_candidates(sketch.band_keys, reps, rank, params.bucket_window)
+    del sketch
+    sets = mh.unique_sets(mh.shingle_hashes(texts, params.unit, params.ngram))
+    t0 = time.perf_counter()
+    full = mh.pair_jaccard(sets, sets, candidates)
+    full_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    filtered = jaccard_at_least(sets, sets, candidates, params.threshold)
+    filtered_s = time.perf_counter() - t0
+    reached = full >= params.threshold
+    same = np.array_equal(reached, filtered >= params.threshold) and np.array_equal(full[reached], filtered[reached])
+    print(
+        f"verify {len(candidates):,} candidates of {len(texts):,} rows ({int(reached.sum()):,} reach the threshold): "
+        f"whole intersections {full_s:.1f}s, size + prefix filters first {filtered_s:.1f}s "
+        f"({full_s / filtered_s:.1f}x faster); same verified pairs and similarities: {same}"
+    )
+
+
 def index_benchmark(texts: pa.Array, params: DedupParams) -> None:
     """Cross-dedup as releases use it: a persisted index of the reference, queried with new rows."""
     import tempfile
@@ -307,6 +336,9 @@ def main() -> None:
     )
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
+    parser.add_argument(
+        "--verify", action="store_true", help="also time the exact check of the candidates with and without filters"
+    )
     add_out_argument(parser)
     args = parser.parse_args()
     record(args.out)
@@ -339,6 +371,8 @@ def main() -> None:
 
     if args.index:
         index_benchmark(texts, params)
+    if args.verify:
+        verification_benchmark(texts, params)
     if args.no_naive:
         return
     n = min(size, 100_000)

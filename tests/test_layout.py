@@ -105,3 +105,55 @@ def test_each_stage_that_runs_torch_depends_on_the_cpu_path_pin():
             runs_torch.add(name)
             assert "scripts/__init__.py" in deps, f"stage {name} imports torch but does not list scripts/__init__.py"
     assert {"tiny_model", "generate", "dedup"} <= runs_torch
+
+
+# Code that shapes messages, progress lines or speed, never a stage's output bytes: not a dep.
+BYTE_NEUTRAL = {
+    "scripts.lib": "its __init__ is a docstring",
+    "scripts.lib.errors": "the exception class the CLI prints",
+    "scripts.lib.progress": "progress lines on stderr",
+    "scripts.lib.workers": "worker processes (runtime.workers)",
+    "scripts.lib.ray_engine": "starts and stops Ray (runtime.engine)",
+}
+# Imports a stage's command has but its dvc.yaml command never runs.
+NOT_RUN_BY_THE_STAGE = {
+    # release composes itself only without --composed; dvc.yaml passes compose@V's folder
+    "release": {"scripts.compose"},
+}
+
+
+def code_closure(module: str, graph: dict[str, set[str]], cut: set[str]) -> set[str]:
+    """`module` and every scripts module it imports, directly or not, without walking into `cut`."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name not in cut:
+            seen.add(name)
+            todo.extend(graph.get(name, ()))
+    return seen
+
+
+def source_file(module: str) -> str | None:
+    for path in (REPO / (module.replace(".", "/") + ".py"), REPO / module.replace(".", "/") / "__init__.py"):
+        if path.exists():
+            return path.relative_to(REPO).as_posix()
+    return None
+
+
+def test_each_stage_lists_all_the_code_it_runs():
+    """Editing any module a stage's command imports (directly or not) must rerun the stage, so every such
+    file is in its deps (a file, or a folder holding it), but for the byte-neutral ones above."""
+    graph = import_graph()
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        module = "scripts." + COMMANDS[body["cmd"].split()[3]].partition(":")[0]
+        cut = set(BYTE_NEUTRAL) | NOT_RUN_BY_THE_STAGE.get(name, set())
+        files = {source_file(m) for m in code_closure(module, graph, cut)} - {None}
+        unlisted = sorted(
+            f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in body["deps"])
+        )
+        if unlisted:
+            missing[name] = unlisted
+    assert not missing, f"code a stage runs but does not list in dvc.yaml deps: {missing}"

@@ -24,7 +24,7 @@ PER_ROW = ("seed",)
 def card_params(dedup: Dedup, split: Split) -> dict:
     """The params a release's card shows: dedup and split as params.yaml sets them, without keys that
     change speed only (the stage does not depend on them, so a card naming them would go stale)."""
-    from scripts.lib.dedup import SPEED_KEYS
+    from scripts.lib.params.dedup import SPEED_KEYS
 
     shown = {k: v for k, v in dedup.model_dump(exclude_unset=True).items() if k not in SPEED_KEYS}
     if shown.get("method", "minhash") == "minhash":  # the embedding keys change nothing then

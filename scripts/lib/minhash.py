@@ -456,21 +456,22 @@ def ranked_pair(left: Shingles, right: Shingles) -> tuple[RankedSets, RankedSets
 
 def pair_jaccard(left: RankedSets, right: RankedSets, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
     """float64 exact Jaccard of left-set pairs[:, 0] vs right-set pairs[:, 1] (see `ranked_pair`).
+    Two empty sets have Jaccard 0 (never duplicates)."""
+    inter = pair_intersections(left, right, pairs, chunk)
+    union = left.counts[pairs[:, 0]] + right.counts[pairs[:, 1]] - inter
+    return np.divide(inter, union, out=np.zeros(len(pairs)), where=union > 0)
 
-    Vectorised: the two sets of every pair are laid side by side with the pair number as a prefix,
-    sorted, and equal neighbours counted. Two empty sets have Jaccard 0 (never duplicates).
-    """
-    out = np.zeros(len(pairs), dtype=np.float64)
-    lc, rc = left.counts, right.counts
-    ends = np.cumsum(lc[pairs[:, 0]] + rc[pairs[:, 1]]) if len(pairs) else np.zeros(0, dtype=np.int64)
+
+def pair_intersections(left: RankedSets, right: RankedSets, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """int64 |left[a] & right[b]| of each pair (a, b). Vectorised: the two sets of every pair are laid side
+    by side with the pair number as a prefix, sorted, and equal neighbours counted."""
+    out = np.zeros(len(pairs), dtype=np.int64)
+    ends = np.cumsum(left.counts[pairs[:, 0]] + right.counts[pairs[:, 1]]) if len(pairs) else out
     start = 0
     while start < len(pairs):  # chunks of about `chunk` shingles bound the memory
         done = ends[start - 1] if start else 0
         stop = max(start + 1, int(np.searchsorted(ends, done + chunk, side="right")))
-        part = pairs[start:stop]
-        inter = _intersections(left, right, part)
-        union = lc[part[:, 0]] + rc[part[:, 1]] - inter
-        out[start:stop] = np.divide(inter, union, out=np.zeros(len(part)), where=union > 0)
+        out[start:stop] = _intersections(left, right, pairs[start:stop])
         start = stop
     return out
 

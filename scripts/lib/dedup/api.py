@@ -12,11 +12,7 @@ from scripts.lib.dedup.keep import assign, keep_rank, self_stats
 from scripts.lib.dedup.result import Result
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime, parse
-
-# `dedup` keys that change speed only (no stage lists them in dvc.yaml). The general knobs (workers,
-# batch rows, pairs per verification batch) live in `runtime`; float32 encoders differ in the last bits
-# across embedding batches and devices, and the stage rounds cosine to 1e-6.
-SPEED_KEYS = ("embedding_batch", "embedding_block", "embedding_device")
+from scripts.lib.params.dedup import SPEED_KEYS
 
 
 def resolve_params(params=None, **overrides) -> Dedup:

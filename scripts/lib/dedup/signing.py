@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from scripts.lib import minhash as mh
 from scripts.lib.params import Dedup, Runtime
+from scripts.lib.prefix_filter import jaccard_at_least
 
 
 def banding(params: Dedup) -> tuple[int, int]:
@@ -115,22 +116,23 @@ def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles
 
 
 def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
-    """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]], `chunk` pairs at a time
-    (only the rows a chunk names are shingled, so memory stays bounded however many candidates come)."""
+    """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]] where it reaches
+    params.threshold (0.0 for a pair proven below it: `jaccard_at_least`), `chunk` pairs at a time (only
+    the rows a chunk names are shingled, so memory stays bounded however many candidates come)."""
     out = np.zeros(len(pairs), dtype=np.float64)
     for lo in range(0, len(pairs), chunk):
         part = pairs[lo : lo + chunk]
         if left is right:  # self mode: shingle each row once
             rows = mh.sorted_unique(part.ravel())
             sets = mh.unique_sets(shingles_of(left, rows, params))
-            out[lo : lo + len(part)] = mh.pair_jaccard(sets, sets, np.searchsorted(rows, part))
+            out[lo : lo + len(part)] = jaccard_at_least(sets, sets, np.searchsorted(rows, part), params.threshold)
             continue
         left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
         left_sets, right_sets = mh.ranked_pair(
             shingles_of(left, left_rows, params), shingles_of(right, right_rows, params)
         )
         local = np.stack([np.searchsorted(left_rows, part[:, 0]), np.searchsorted(right_rows, part[:, 1])], axis=1)
-        out[lo : lo + len(part)] = mh.pair_jaccard(left_sets, right_sets, local)
+        out[lo : lo + len(part)] = jaccard_at_least(left_sets, right_sets, local, params.threshold)
     return out
 
 

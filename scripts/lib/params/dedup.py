@@ -11,6 +11,11 @@ from pydantic import (
 
 from scripts.lib.params.base import NonEmpty, Section, Seed32
 
+# `dedup` keys that change speed only (no stage lists them in dvc.yaml). The general knobs (workers,
+# batch rows, pairs per verification batch) live in `runtime`; float32 encoders differ in the last bits
+# across embedding batches and devices, and the stage rounds cosine to 1e-6.
+SPEED_KEYS = ("embedding_batch", "embedding_block", "embedding_device")
+
 
 class Dedup(Section):
     """Near-duplicate removal: MinHash-LSH proposes candidate pairs, each verified with the exact Jaccard
