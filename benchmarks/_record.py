@@ -20,6 +20,7 @@ shared, so read absolute figures next to the load average; ratios measured in on
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import platform
 import shlex
@@ -27,6 +28,52 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+class TreeMemory:
+    """Samples the PSS of this process and its worker processes (forked workers share the parent's
+    pages, so adding their RSS would count the texts twice; PSS splits shared pages fairly)."""
+
+    def __init__(self, every_s: float = 0.25):
+        import threading
+
+        self.peak_gib = 0.0
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.peak_gib = max(self.peak_gib, sum(map(_pss_kib, _process_tree())) / 2**20)
+
+
+def _process_tree() -> list[int]:
+    pids, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in children.read_text().split()]
+    return pids
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _load() -> str:

@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
     .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive   # phrases of real prompts
     .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive --verify   # + filters vs none
+    .venv/bin/python benchmarks/dedup_bench.py --1m --generator realistic --no-naive --rensa  # + rensa (pip install rensa)
     .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
 
 Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
@@ -18,7 +19,6 @@ RSS <= 6 GB; >= 20x the naive speed at equal or better recall.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import sys
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
 
-from benchmarks._record import add_out_argument, record
+from benchmarks._record import TreeMemory, add_out_argument, record
 from scripts.dedup import DedupParams, banding, dedup_self
 from scripts.lib import minhash as mh
 from scripts.lib.params import Runtime
@@ -60,52 +60,6 @@ def reset_peak_rss() -> None:
     """Start peak-RSS accounting afresh (so the generator's own peak is not charged to dedup)."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-
-
-class TreeMemory:
-    """Samples the PSS of this process and its worker processes (forked workers share the parent's
-    pages, so adding their RSS would count the texts twice; PSS splits shared pages fairly)."""
-
-    def __init__(self, every_s: float = 0.25):
-        import threading
-
-        self.peak_gib = 0.0
-        self._every = every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            self.peak_gib = max(self.peak_gib, sum(map(_pss_kib, _process_tree())) / 2**20)
-
-
-def _process_tree() -> list[int]:
-    pids, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                todo += [int(c) for c in children.read_text().split()]
-    return pids
-
-
-def _pss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def vocabulary(size: int, rng: np.random.Generator) -> pa.Array:
@@ -258,6 +212,68 @@ def naive_datasketch(texts: list[str], threshold: float, num_perm: int) -> np.nd
     return keep
 
 
+def shingle_strings(text: str) -> list[str]:
+    """Our shingling contract in Python: lowercase `\\w+` tokens, word 3-grams, a short text one shingle."""
+    tokens = re.findall(r"\w+", text.lower())
+    return [" ".join(tokens[k : k + 3]) for k in range(max(1, len(tokens) - 2))] if tokens else []
+
+
+def rensa_dedup(texts: list[str], threshold: float, num_perm: int, bands: int, check: str) -> np.ndarray:
+    """rensa's RMinHash + RMinHashLSH with our band layout, query-then-insert in order (keep first). A
+    candidate counts when `check` is "none" (any shared band), "estimate" (MinHash-estimated Jaccard
+    reaches the threshold) or "exact" (the shingle sets' exact Jaccard does)."""
+    from rensa import RMinHash, RMinHashLSH
+
+    lsh = RMinHashLSH(threshold=threshold, num_perm=num_perm, num_bands=bands)
+    keep = np.ones(len(texts), dtype=bool)
+    kept_sets: dict[int, set[str]] = {}
+    kept_signatures: dict[int, RMinHash] = {}
+    for i, text in enumerate(texts):
+        shingles = shingle_strings(text)
+        if not shingles:
+            continue
+        signature = RMinHash(num_perm=num_perm, seed=42)
+        signature.update(shingles)
+        hits = lsh.query(signature)
+        if check == "estimate":
+            hits = [h for h in hits if signature.jaccard(kept_signatures[h]) >= threshold]
+        elif check == "exact" and hits:
+            mine = set(shingles)
+            hits = [h for h in hits if len(mine & kept_sets[h]) >= threshold * len(mine | kept_sets[h])]
+        if hits:
+            keep[i] = False
+        else:
+            lsh.insert(i, signature)
+            if check == "estimate":
+                kept_signatures[i] = signature
+            elif check == "exact":
+                kept_sets[i] = set(shingles)
+    return keep
+
+
+def rensa_benchmark(texts: pa.Array, pairs: np.ndarray, params: DedupParams) -> None:
+    """Ours (one process) beside rensa with each candidate check, on the same rows: CPU seconds of this
+    process, recall of the planted pairs, false removals (removed rows without a kept partner)."""
+    bands, _ = banding(params)
+    rows = texts.to_pylist()
+    runs = [("ours", lambda: dedup_self(texts, None, params, Runtime(workers=1)).keep)]
+    runs += [
+        (f"rensa {check}", lambda check=check: rensa_dedup(rows, params.threshold, params.num_perm, bands, check))
+        for check in ("none", "estimate", "exact")
+    ]
+    cpu = {}
+    for name, run in runs:
+        t0 = time.process_time()
+        keep = run()
+        cpu[name] = time.process_time() - t0
+        print(
+            f"{name:<14} {len(rows):>10,} rows: {cpu[name]:7.1f} CPU s  {len(rows) / cpu[name]:9,.0f} docs/CPU s  "
+            f"removed {int((~keep).sum()):,}  recall {recall(keep, pairs):.4f}  "
+            f"false removals {false_removals(texts, keep, params.threshold, params)}"
+        )
+    print(f"rensa exact / ours CPU: {cpu['rensa exact'] / cpu['ours']:.2f}x")
+
+
 def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: DedupParams) -> int:
     """Removed rows without any kept row at Jaccard >= threshold (checked with our exact verifier)."""
     from scripts.dedup import dedup_against
@@ -336,6 +352,7 @@ def main() -> None:
     )
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
+    parser.add_argument("--rensa", action="store_true", help="also run rensa with and without an exact pass")
     parser.add_argument(
         "--verify", action="store_true", help="also time the exact check of the candidates with and without filters"
     )
@@ -373,6 +390,8 @@ def main() -> None:
         index_benchmark(texts, params)
     if args.verify:
         verification_benchmark(texts, params)
+    if args.rensa:
+        rensa_benchmark(texts, pairs, params)
     if args.no_naive:
         return
     n = min(size, 100_000)

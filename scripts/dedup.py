@@ -34,7 +34,7 @@ from scripts.lib.dedup import (
 )
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, shown, write_json
+from scripts.lib.io import atomic_path, shown, write_json, write_row_groups
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 
 DedupParams = Dedup  # the `dedup:` section's model; Dedup() = the documented defaults
@@ -96,8 +96,8 @@ def read_stage_input(path: Path) -> pa.Table:
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(None), tmp, compression="zstd")
+    table = table.replace_schema_metadata(None)
+    write_row_groups([table], table.schema, path)  # the Ray engine's bytes however the input was chunked
 
 
 def clusters_table(ids: pa.Array, result: Result, params: Dedup) -> pa.Table:

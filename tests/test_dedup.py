@@ -450,6 +450,42 @@ def test_stage_cli_writes_kept_rows_clusters_and_report(prompts, tmp_path, cli_r
         assert row["jaccard"] >= 0.7
 
 
+def test_stage_output_bytes_do_not_depend_on_how_the_input_is_chunked(tmp_path, cli_repo):
+    """50k rows read as one row group or as eight give the same kept-rows file. pyarrow's pages follow the
+    chunks it is handed (pq.write_table of the same rows chunked otherwise gives other bytes, checked here),
+    and the Ray engine hands it rows in other chunks than the local one: 1M-row rehearsals differed so."""
+    rng = np.random.default_rng(3)
+    words = np.array([f"w{i}" for i in range(5000)])
+    table = _clean_table([" ".join(rng.choice(words, 12)) for _ in range(50_000)])
+    outputs = []
+    for name, group in (("one", None), ("eight", 7000)):
+        pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=group)
+        out = tmp_path / name / "s.parquet"
+        run = _run(["dedup", "s", str(tmp_path / f"{name}.parquet"), str(out)], cli_repo, cli_repo)
+        assert run.returncode == 0, run.stderr
+        outputs.append(out.read_bytes())
+    assert pq.ParquetFile(tmp_path / "eight.parquet").metadata.num_row_groups == 8
+    assert outputs[0] == outputs[1]
+    kept = pq.read_table(tmp_path / "one" / "s.parquet")
+    chunked = pa.concat_tables([kept.slice(i, 7000) for i in range(0, kept.num_rows, 7000)])
+    pq.write_table(kept, tmp_path / "whole.parquet", compression="zstd")
+    pq.write_table(chunked, tmp_path / "chunked.parquet", compression="zstd")
+    assert (tmp_path / "whole.parquet").read_bytes() != (tmp_path / "chunked.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("rows", [0, 3, 70_000])
+def test_the_row_group_writer_writes_what_pq_write_table_writes_for_one_chunk(tmp_path, rows):
+    """However the rows come (none, in pieces), the file is pq.write_table's of the rows as one chunk."""
+    from scripts.lib.io import write_row_groups
+
+    table = pa.table({"id": [f"{i:08x}" for i in range(rows)], "n": pa.array(range(rows), pa.int64())})
+    pq.write_table(table.combine_chunks(), tmp_path / "reference.parquet", compression="zstd")
+    pieces = [table.slice(i, 9_000) for i in range(0, rows, 9_000)]
+    for name, given in (("whole", [table]), ("pieces", pieces), ("nothing", [] if rows == 0 else [table])):
+        write_row_groups(iter(given), table.schema, tmp_path / f"{name}.parquet")
+        assert (tmp_path / f"{name}.parquet").read_bytes() == (tmp_path / "reference.parquet").read_bytes(), name
+
+
 def test_stage_cli_rejects_bad_input_with_one_line(tmp_path, cli_repo):
     missing = _run(["dedup", "s", str(tmp_path / "nope.parquet"), str(tmp_path / "o.parquet")], cli_repo, cli_repo)
     assert missing.returncode == 2 and "nope.parquet: input not found" in missing.stderr

@@ -378,6 +378,30 @@ def write_parquet(df, path: Path | str) -> None:
         pq.write_table(table, sink, compression="zstd")
 
 
+PARQUET_ROW_GROUP = 1024 * 1024  # pyarrow's default row group size, written out
+
+
+def write_row_groups(tables, schema, path: Path | str) -> None:
+    """Tables (pyarrow, in order) into one parquet file atomically, in row groups of PARQUET_ROW_GROUP
+    rows, each handed to the writer as one contiguous chunk: pyarrow's pages follow the chunks it gets, so
+    the bytes then depend on the rows alone, not on how a reader or an engine chunked them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as sink, pq.ParquetWriter(sink, schema, compression="zstd") as out:
+        pending: list = [schema.empty_table()]
+        held = written = 0
+        for table in tables:
+            pending.append(table.cast(schema))
+            held += table.num_rows
+            while held >= PARQUET_ROW_GROUP:
+                rows = pa.concat_tables(pending)
+                out.write_table(rows.slice(0, PARQUET_ROW_GROUP).combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+                pending, held, written = [rows.slice(PARQUET_ROW_GROUP)], held - PARQUET_ROW_GROUP, written + 1
+        if held or not written:  # no rows at all: one empty row group, as pq.write_table writes
+            out.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+
+
 class ParquetRows:
     """A parquet file written row by row, in row groups of `batch_rows` (flat memory, byte-stable).
 

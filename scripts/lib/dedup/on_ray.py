@@ -39,7 +39,7 @@ from scripts.lib.dedup.rows import (
     verify_rows,
 )
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, write_row_groups
 from scripts.lib.params import Dedup, Runtime
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
@@ -146,8 +146,6 @@ def _collect(ray, dataset) -> pa.Table:
 
 # --- the dedup@S stage on Ray: sharded parquet in, the local engine's files out -------------------------
 
-ROW_GROUP = 1024 * 1024  # pyarrow's default: the same row groups as pq.write_table, so the same bytes
-
 
 def shards(path: Path) -> list[Path]:
     """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order."""
@@ -220,7 +218,7 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
             needed = np.union1d(removed["row"], removed["duplicate_of"])
             ids = _ids_of(ray, ds, needed)
             kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
-            _write_streamed(kept, schema, output)
+            write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
     at = np.searchsorted(needed, removed["row"]), np.searchsorted(needed, removed["duplicate_of"])
@@ -261,23 +259,6 @@ def _kept_rows(batch: pa.Table, gone: np.ndarray) -> pa.Table:
     table = read_fragment(batch, None)
     mask = ~np.isin(table.column("row").to_numpy(), gone)
     return table.filter(pa.array(mask)).drop_columns(["row", "order_key"])
-
-
-def _write_streamed(kept, schema: pa.Schema, output: Path) -> None:
-    """Row groups of ROW_GROUP rows, each one contiguous chunk: the bytes pq.write_table would write."""
-    with atomic_path(output) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        pending: list[pa.Table] = []
-        held = 0
-        for batch in kept.iter_batches(batch_size=None, batch_format="pyarrow"):
-            pending.append(batch.cast(schema))
-            held += batch.num_rows
-            while held >= ROW_GROUP:
-                table = pa.concat_tables(pending)
-                writer.write_table(table.slice(0, ROW_GROUP).combine_chunks(), row_group_size=ROW_GROUP)
-                pending, held = [table.slice(ROW_GROUP)], held - ROW_GROUP
-        if held or not pending:
-            table = pa.concat_tables(pending) if pending else schema.empty_table()
-            writer.write_table(table.combine_chunks(), row_group_size=ROW_GROUP)
 
 
 def _ray_failure(exc: BaseException) -> str:

@@ -1,0 +1,181 @@
+"""Scale rehearsal: the real stages, run by `dvc repro`, on one text source of N generated prompts.
+
+    .venv/bin/python benchmarks/scale_rehearsal.py 100000
+    .venv/bin/python benchmarks/scale_rehearsal.py 1000000 --engine ray --out benchmarks/results/scale_rehearsal_1m_ray.txt
+
+Builds a workspace in a temp folder (this tree's code, dvc.yaml and params.yaml, git-initialised) whose
+only source is `rehearsal` (kind text, text only, the default cleaning rules, MinHash dedup) and whose only
+release is a text-only release of it (`export: prompts`), then runs each stage the release needs with
+`dvc repro -s`, dependencies first, and prints per stage: wall time, CPU time (user +
+system of the stage and every process it started) and peak RSS (the largest single process it ran, from
+wait4; `--pss` also samples the sum over the process tree). Prompts: dedup_bench's synthetic generator
+(Zipf vocabulary of 30k words, 10-40 words a prompt, 10% planted near-duplicates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._record import TreeMemory, add_out_argument, record
+
+SOURCE, RELEASE = "rehearsal", "r"
+
+
+def workspace(folder: Path, engine: str) -> Path:
+    """A git repository holding this tree's tracked files (no pipeline outputs) and rehearsal params."""
+    from scripts.tools.replay_history import built_by_the_pipeline
+
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name and not built_by_the_pipeline(name) and not name.startswith(("data/raw/", "tests/")):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw = f"data/raw/{SOURCE}"
+    params["sources"] = {
+        SOURCE: {
+            "kind": "text",
+            "path": raw,
+            "images": raw,
+            "text_only": True,
+            "clean": True,
+            "dedup": True,
+            "caption_language": None,
+        }
+    }
+    params["releases"] = {
+        RELEASE: {"components": [{"source": SOURCE, "split": "all", "into": "same"}], "export": "prompts"}
+    }
+    params["generate"]["sources"] = []
+    params["runtime"]["engine"] = engine
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "rehearsal"]):
+        subprocess.run(command, cwd=folder, check=True, capture_output=True)
+    return folder
+
+
+def write_prompts(folder: Path, size: int) -> float:
+    """data/raw/rehearsal/prompts.txt with `size` prompts, one a line; returns its size in GiB. Written by
+    a child process: a stage's peak RSS (wait4) starts at this process's own, which forked it."""
+    import multiprocessing
+
+    path = folder / "data" / "raw" / SOURCE / "prompts.txt"
+    path.parent.mkdir(parents=True)
+    child = multiprocessing.get_context("spawn").Process(target=_write_prompts, args=(path, size))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"writing the prompts failed (exit {child.exitcode})")
+    return path.stat().st_size / 2**30
+
+
+def _write_prompts(path: Path, size: int) -> None:
+    from benchmarks.dedup_bench import synthetic_prompts
+
+    texts, _ = synthetic_prompts(size, units=(10, 41))
+    with path.open("w", encoding="utf-8") as f:
+        for start in range(0, len(texts), 200_000):
+            f.write("\n".join(texts.slice(start, 200_000).to_pylist()) + "\n")
+
+
+def stage_order(folder: Path) -> list[str]:
+    """The stages release@r needs, dependencies first (from `dvc dag --dot`)."""
+    import graphlib
+    import re
+
+    dot = subprocess.run(
+        ["dvc", "dag", "--dot", f"release@{RELEASE}"], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout
+    graph: dict[str, set[str]] = {name: set() for name in re.findall(r'^"([^"]+)";$', dot, re.M)}
+    for before, after in re.findall(r'^"([^"]+)" -> "([^"]+)";$', dot, re.M):
+        graph[after].add(before)
+    return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def run_stage(folder: Path, stage: str, pss: bool) -> tuple[float, float, float, float]:
+    """(wall s, CPU s, peak RSS GiB of its largest process, sampled peak PSS GiB of the tree or nan)."""
+    start = time.perf_counter()
+    with TreeMemory(every_s=0.5) if pss else _NoSampler() as tree:
+        process = subprocess.Popen(
+            ["dvc", "repro", "-s", stage], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        output = process.stdout.read() if process.stdout else b""
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode:
+        raise SystemExit(f"{stage} failed (exit {process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20, tree.peak_gib
+
+
+def outputs_digest(folder: Path) -> str:
+    """sha256 over the bytes of every stage output of the rehearsal (data/ but the raw prompts)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((folder / "data").rglob("*")):
+        if path.is_file() and "raw" not in path.relative_to(folder / "data").parts[:1]:
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _NoSampler:
+    peak_gib = float("nan")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("size", type=int, help="prompts in the source")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
+    parser.add_argument("--pss", action="store_true", help="also sample the process tree's PSS (every 0.5 s)")
+    parser.add_argument("--keep", type=Path, default=None, help="build the workspace here and keep it")
+    add_out_argument(parser)
+    args = parser.parse_args()
+    record(args.out)
+    with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
+        folder = args.keep or Path(tmp) / "ws"
+        folder.mkdir(parents=True, exist_ok=False)
+        workspace(folder, args.engine)
+        t0 = time.perf_counter()
+        gib = write_prompts(folder, args.size)
+        print(
+            f"{args.size:,} prompts ({gib:.2f} GiB of text) written in {time.perf_counter() - t0:.0f} s; engine {args.engine}"
+        )
+        totals = [0.0, 0.0]
+        print(f"{'stage':<24} {'wall s':>8} {'CPU s':>8} {'CPU µs/row':>11} {'peak RSS GiB':>13} {'tree PSS GiB':>13}")
+        for stage in stage_order(folder):
+            wall, cpu, rss, pss = run_stage(folder, stage, args.pss)
+            totals[0] += wall
+            totals[1] += cpu
+            print(
+                f"{stage:<24} {wall:8.1f} {cpu:8.1f} {cpu / args.size * 1e6:11.1f} {rss:13.2f} {pss:13.2f}", flush=True
+            )
+        print(f"{'total':<24} {totals[0]:8.1f} {totals[1]:8.1f} {totals[1] / args.size * 1e6:11.1f}")
+        import pyarrow.parquet as pq
+
+        parts = sorted((folder / "data" / "releases" / RELEASE).glob("*/prompts.parquet"))
+        kept = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+        print(f"outputs digest (equal across engines and runs): {outputs_digest(folder)}")
+        print(f"release {RELEASE}: {kept:,} prompts of {args.size:,}")
+
+
+if __name__ == "__main__":
+    main()
