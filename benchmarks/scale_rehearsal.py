@@ -152,7 +152,9 @@ def main() -> None:
     record(args.out)
     with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
         folder = args.keep or Path(tmp) / "ws"
-        folder.mkdir(parents=True, exist_ok=False)
+        if folder.exists():
+            raise SystemExit(f"{folder}: exists (--keep builds a new workspace; pick a path that does not exist)")
+        folder.mkdir(parents=True)
         workspace(folder, args.engine)
         t0 = time.perf_counter()
         gib = write_prompts(folder, args.size)
