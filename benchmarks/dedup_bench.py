@@ -200,8 +200,7 @@ def naive_datasketch(texts: list[str], threshold: float, num_perm: int) -> np.nd
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     keep = np.ones(len(texts), dtype=bool)
     for i, text in enumerate(texts):
-        tokens = re.findall(r"\w+", text.lower())
-        shingles = {" ".join(tokens[k : k + 3]) for k in range(max(1, len(tokens) - 2))} if tokens else set()
+        shingles = set(shingle_strings(text))
         m = MinHash(num_perm=num_perm, seed=1)
         for s in shingles:
             m.update(s.encode("utf-8"))

@@ -15,6 +15,7 @@ wait4; `--pss` also samples the sum over the process tree). Prompts: dedup_bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -107,7 +109,8 @@ def stage_order(folder: Path) -> list[str]:
 def run_stage(folder: Path, stage: str, pss: bool) -> tuple[float, float, float, float]:
     """(wall s, CPU s, peak RSS GiB of its largest process, sampled peak PSS GiB of the tree or nan)."""
     start = time.perf_counter()
-    with TreeMemory(every_s=0.5) if pss else _NoSampler() as tree:
+    no_sampling = contextlib.nullcontext(SimpleNamespace(peak_gib=float("nan")))
+    with TreeMemory(every_s=0.5) if pss else no_sampling as tree:
         process = subprocess.Popen(
             ["dvc", "repro", "-s", stage], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
@@ -129,16 +132,6 @@ def outputs_digest(folder: Path) -> str:
         if path.is_file() and "raw" not in path.relative_to(folder / "data").parts[:1]:
             digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-class _NoSampler:
-    peak_gib = float("nan")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
 
 
 def main() -> None:
