@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -32,7 +33,7 @@ from scripts.lib.cleaning import (
 )
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_table, read_parquet, write_json, write_parquet
+from scripts.lib.io import ParquetChunks, atomic_path, check_table, row_groups_to, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
 
@@ -70,34 +71,58 @@ def cli(
     if source not in sources:
         raise DataError(f"params.yaml: sources: no source named '{source}'")
     name, mode = source_choice(sources[source].clean)
-    df = read_parquet(input)
-    if "prompt" not in df.columns:
+    runtime = load_section("runtime", missing_ok=True)
+    table = ParquetChunks(input, runtime.stream_rows)
+    if "prompt" not in table.columns:
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
-    check_table(df, input, strings=("prompt",))
-    used = None
-    if mode == "off":
-        kept, dropped = pass_through(df)
-    else:
+    used, clean_chunk = None, _pass_through
+    if mode != "off":
         rule_set, used = chosen_rule_set(name, rules)
         compiled = compile_rules(rule_set)  # a rule that cannot run stops here, before any engine starts
-        runtime = load_section("runtime", missing_ok=True)
+        check_mode(mode)
         if runtime.engine == "ray":
-            from scripts.lib.cleaning.on_ray import outcomes_on_ray
-
-            check_mode(mode)
-            kept, dropped = split_rows(
-                df, outcomes_on_ray(input, "prompt", rule_set, runtime, desc=f"clean@{source}"), "prompt", mode
-            )
+            clean_chunk = _on_ray(input, rule_set, runtime, mode, desc=f"clean@{source}")
         else:
-            kept, dropped = clean_table(df, compiled, desc=f"clean@{source}", mode=mode, workers=local_workers(runtime))
+            clean_chunk = _locally(compiled, mode, workers=local_workers(runtime), desc=f"clean@{source}")
     dropped_path, report_path = sibling_paths(output)
-    write_parquet(dropped, dropped_path)
-    write_json(report(source, len(df), dropped, mode != "off", used, mode), report_path)
-    write_parquet(kept, output)
+    rows_in, reasons = 0, Counter()
+    with row_groups_to(output) as kept_out, row_groups_to(dropped_path) as dropped_out:
+        for df in table.frames():  # a chunk at a time: memory stays flat however long the source
+            check_table(df, input, strings=("prompt",))
+            kept, dropped = clean_chunk(df, rows_in)
+            kept_out.add(table.arrow(kept))
+            dropped_out.add(table.arrow(dropped))
+            rows_in += len(df)
+            reasons.update(dropped["reason"].tolist())
+    write_json(report(source, rows_in, reasons, mode != "off", used, mode), report_path)
+    dropped_total = sum(reasons.values())
     print(
-        f"clean {source} ({used or 'no rules'}, {mode}): {len(df)} rows in, {len(kept)} kept, {len(dropped)} dropped "
-        f"-> {output}"
+        f"clean {source} ({used or 'no rules'}, {mode}): {rows_in} rows in, {rows_in - dropped_total} kept, "
+        f"{dropped_total} dropped -> {output}"
     )
+
+
+def _pass_through(df, offset: int):
+    return pass_through(df)
+
+
+def _locally(compiled, mode: str, workers: int, desc: str):
+    def clean_chunk(df, offset: int):
+        return clean_table(df, compiled, desc=desc, mode=mode, workers=workers)
+
+    return clean_chunk
+
+
+def _on_ray(input: Path, rule_set: CleanRules, runtime: Runtime, mode: str, desc: str):
+    """Every row cleaned on Ray in one pass (Ray Data streams the file); the chunks take their rows' outcomes."""
+    from scripts.lib.cleaning.on_ray import outcomes_on_ray
+
+    outcomes = outcomes_on_ray(input, "prompt", rule_set, runtime, desc=desc)
+
+    def clean_chunk(df, offset: int):
+        return split_rows(df, outcomes[offset : offset + len(df)], "prompt", mode)
+
+    return clean_chunk
 
 
 def chosen_rule_set(name: str | None, rules_file: Path | None) -> tuple[CleanRules, str]:

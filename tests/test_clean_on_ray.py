@@ -75,8 +75,11 @@ def test_ray_engine_writes_the_local_engines_bytes(tmp_path, fixtures_dir, monke
         for _ in range(2):
             cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
         cluster.wait_for_nodes()
-        # small batches, an odd number of blocks: many batches per actor, blocks cut across batches
-        set_runtime(root, engine="ray", ray_address=cluster.address, workers=3, batch_rows=256, partitions=7)
+        # small batches, an odd number of blocks: many batches per actor, blocks cut across batches; the
+        # command writes in chunks of 300 rows that cut across both
+        set_runtime(
+            root, engine="ray", ray_address=cluster.address, workers=3, batch_rows=256, partitions=7, stream_rows=300
+        )
         for source in ("t_gpt4", "t_open"):
             run_ok(
                 ["clean", source, f"prompts/{source}.parquet", f"ray/{source}.parquet", "--rules", "rules.json"],

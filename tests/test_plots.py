@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -125,7 +126,7 @@ def make_inputs(root: Path) -> dict:
     (root / "data" / "clean").mkdir(parents=True)
     for source in ("gpt4", "openprompts"):
         (root / "data" / "clean" / f"{source}.report.json").write_text(
-            json.dumps(report(source, 400, dropped, True)), encoding="utf-8"
+            json.dumps(report(source, 400, Counter(dropped["reason"]), True)), encoding="utf-8"
         )
         write_parquet(
             pd.DataFrame({"id": ["a", "b", "c"], "duplicate_of": ["k", "k", "m"], "jaccard": [0.9, 0.8, 1.0]}),

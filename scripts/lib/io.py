@@ -382,24 +382,71 @@ PARQUET_ROW_GROUP = 1024 * 1024  # pyarrow's default row group size, written out
 
 
 def write_row_groups(tables, schema, path: Path | str) -> None:
-    """Tables (pyarrow, in order) into one parquet file atomically, in row groups of PARQUET_ROW_GROUP
-    rows, each handed to the writer as one contiguous chunk: pyarrow's pages follow the chunks it gets, so
-    the bytes then depend on the rows alone, not on how a reader or an engine chunked them."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as sink, pq.ParquetWriter(sink, schema, compression="zstd") as out:
-        pending: list = [schema.empty_table()]
-        held = written = 0
+    """Tables (pyarrow, in order) into one parquet file atomically (see row_groups_to)."""
+    with row_groups_to(path, schema) as out:
         for table in tables:
-            pending.append(table.cast(schema))
-            held += table.num_rows
-            while held >= PARQUET_ROW_GROUP:
-                rows = pa.concat_tables(pending)
-                out.write_table(rows.slice(0, PARQUET_ROW_GROUP).combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
-                pending, held, written = [rows.slice(PARQUET_ROW_GROUP)], held - PARQUET_ROW_GROUP, written + 1
-        if held or not written:  # no rows at all: one empty row group, as pq.write_table writes
-            out.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+            out.add(table)
+
+
+@contextlib.contextmanager
+def row_groups_to(path: Path | str, schema=None) -> Iterator[RowGroups]:
+    """A parquet file written table by table, atomically: nothing reaches `path` unless the block succeeds.
+
+    with row_groups_to(path) as out:   # schema: the first table's, when not given
+        for table in tables:
+            out.add(table)
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
+        out = RowGroups(sink, schema, path)
+        try:
+            yield out
+            out.finish()
+        finally:  # the writer before its file, even when interrupted
+            out.close()
+
+
+class RowGroups:
+    """Rows into row groups of PARQUET_ROW_GROUP rows, each handed to pyarrow as one contiguous chunk:
+    pyarrow's pages follow the chunks it gets, so the bytes are those `pq.write_table` gives the whole
+    table, however a reader or an engine chunked the rows. Holds at most one row group."""
+
+    def __init__(self, sink, schema, path: Path | str):
+        self.sink, self.schema, self.path = sink, schema, path
+        self.pending: list = []
+        self.held = self.written = 0
+        self.writer: Any = None  # pq.ParquetWriter, opened with the first row group
+
+    def add(self, table) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema = table.schema
+        self.pending.append(table.cast(self.schema))
+        self.held += table.num_rows
+        while self.held >= PARQUET_ROW_GROUP:
+            rows = pa.concat_tables(self.pending)
+            self._write(rows.slice(0, PARQUET_ROW_GROUP))
+            self.pending, self.held = [rows.slice(PARQUET_ROW_GROUP)], self.held - PARQUET_ROW_GROUP
+
+    def finish(self) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            raise DataError(f"{self.path}: nothing to write (no table, so no columns)")
+        if self.held or not self.written:  # no rows at all: one empty row group, as pq.write_table writes
+            self._write(pa.concat_tables([self.schema.empty_table(), *self.pending]))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _write(self, rows) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        self.writer.write_table(rows.combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+        self.written += 1
 
 
 class ParquetRows:
@@ -459,7 +506,61 @@ def read_parquet(path: Path | str):
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+        raise _unreadable(path, exc) from None
+
+
+class ParquetChunks:
+    """A stage input read `rows` rows at a time as DataFrames, for a stage that streams (flat memory).
+
+    `arrow(df)` turns a chunk's result back into pyarrow with the types the whole file would get through
+    `pd.read_parquet` and `write_parquet`: an integer column holding a missing value anywhere in the file
+    is float64 there (pandas' NaN), in every chunk. So a streamed stage writes the bytes a whole-table
+    one does."""
+
+    def __init__(self, path: Path | str, rows: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path, self.rows = Path(path), rows
+        if not self.path.exists():
+            raise DataError(f"{self.path}: input not found (run its upstream stage first)")
+        try:
+            self.file = pq.ParquetFile(self.path)
+            integers = [f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)]
+            self.float_columns = {name for name in integers if self.file.read(columns=[name]).column(name).null_count}
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise _unreadable(self.path, exc) from None
+        self.num_rows = self.file.metadata.num_rows
+        self.columns = self.file.schema_arrow.names
+
+    def frames(self) -> Iterator:
+        """The rows as DataFrames of up to `rows` rows, in order; one empty frame for an empty file."""
+        batches = self.file.iter_batches(batch_size=self.rows)
+        seen = False
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise _unreadable(self.path, exc) from None
+            if batch is None:
+                break
+            seen = True
+            yield batch.to_pandas()
+        if not seen:
+            yield self.file.schema_arrow.empty_table().to_pandas()
+
+    def arrow(self, df):
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+        for name in self.float_columns & set(table.column_names):
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, pa.field(name, pa.float64()), table.column(name).cast(pa.float64()))
+        return table
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
 
 
 def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import psutil
+
 from scripts.lib.errors import DataError
 from scripts.lib.params import Runtime
 
@@ -29,6 +31,7 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
     _quiet_console()
     started_here = not ray.is_initialized()
+    children_before = {child.pid for child in psutil.Process().children(recursive=True)}
     if started_here:
         python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         options: dict = {
@@ -52,7 +55,25 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         yield ray
     finally:
         if started_here:
+            started = [c for c in psutil.Process().children(recursive=True) if c.pid not in children_before]
             ray.shutdown()
+            _reap(started)
+
+
+REAP_SECONDS = 10
+
+
+def _reap(processes: list[psutil.Process]) -> None:
+    """Wait for the processes this session started to be gone before the command exits.
+
+    `ray.shutdown()` stops the raylet and GCS; their workers notice and exit on their own, a moment later.
+    A command that returned before then would leave them running past its exit code (a Ctrl-C's 130
+    included), so wait a bounded time, then kill what is left."""
+    _, alive = psutil.wait_procs(processes, timeout=REAP_SECONDS)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=REAP_SECONDS)
 
 
 def _quiet_console() -> None:

@@ -89,16 +89,16 @@ def pass_through(df, column: str = "prompt"):
 
 
 def report(
-    source: str, rows_in: int, dropped, applied: bool, rules: str | None = None, mode: str | None = None
+    source: str, rows_in: int, reasons: Counter, applied: bool, rules: str | None = None, mode: str | None = None
 ) -> dict:
-    """The stage's metric: rows in, kept, dropped, and the rows each drop rule removed."""
-    reasons = Counter(dropped["reason"].tolist())
+    """The stage's metric: rows in, kept, dropped, and the rows each drop rule removed (`reasons`)."""
+    dropped = sum(reasons.values())
     out = {
         "source": source,
         "cleaning_applied": applied,
         "rows_in": rows_in,
-        "kept": rows_in - len(dropped),
-        "dropped": len(dropped),
+        "kept": rows_in - dropped,
+        "dropped": dropped,
         "dropped_by_reason": dict(sorted(reasons.items())),
     }
     if rules is not None:

@@ -28,6 +28,12 @@ class Runtime(Section):
     batch_rows: int = Field(
         20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)"
     )
+    stream_rows: int = Field(
+        262_144,
+        ge=1,
+        le=100_000_000,
+        description="rows a streaming stage (clean) reads, processes and writes at a time (bounds its memory)",
+    )
     partitions: int = Field(
         0,
         ge=0,
