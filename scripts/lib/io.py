@@ -367,13 +367,18 @@ def write_json(obj: Any, path: Path | str) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def arrow_table(df):
+    """A DataFrame as pyarrow, without the pandas index or metadata (it embeds versions): byte-stable."""
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+
+
 def write_parquet(df, path: Path | str) -> None:
     """Write a DataFrame as parquet atomically, without the pandas index (byte-stable)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata(None)  # pandas metadata embeds versions; keep bytes stable
+    table = arrow_table(df)
     with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
         pq.write_table(table, sink, compression="zstd")
 
@@ -500,9 +505,7 @@ def read_parquet(path: Path | str):
     """Read a stage's parquet input; a missing input is fatal and names the path."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    path = _existing_input(path)
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files
@@ -521,16 +524,13 @@ class ParquetChunks:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.path, self.rows = Path(path), rows
-        if not self.path.exists():
-            raise DataError(f"{self.path}: input not found (run its upstream stage first)")
+        self.path, self.rows = _existing_input(path), rows
         try:
             self.file = pq.ParquetFile(self.path)
-            integers = [f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)]
-            self.float_columns = {name for name in integers if self.file.read(columns=[name]).column(name).null_count}
+            integers = self.file.read(columns=[f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)])
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise _unreadable(self.path, exc) from None
-        self.num_rows = self.file.metadata.num_rows
+        self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
         self.columns = self.file.schema_arrow.names
 
     def frames(self) -> Iterator:
@@ -552,11 +552,19 @@ class ParquetChunks:
     def arrow(self, df):
         import pyarrow as pa
 
-        table = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+        table = arrow_table(df)
         for name in self.float_columns & set(table.column_names):
             index = table.schema.get_field_index(name)
             table = table.set_column(index, pa.field(name, pa.float64()), table.column(name).cast(pa.float64()))
         return table
+
+
+def _existing_input(path: Path | str) -> Path:
+    """`path`, or a one-line error when the stage input is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    return path
 
 
 def _unreadable(path: Path, exc: Exception) -> DataError:

@@ -31,8 +31,9 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
     _quiet_console()
     started_here = not ray.is_initialized()
-    children_before = {child.pid for child in psutil.Process().children(recursive=True)}
+    children_before: set[int] = set()
     if started_here:
+        children_before = {child.pid for child in psutil.Process().children(recursive=True)}
         python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         options: dict = {
             "include_dashboard": False,
