@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import typer
 
 from scripts.lib.dedup import (
@@ -33,6 +31,7 @@ from scripts.lib.dedup import (
     resolve_params,
 )
 from scripts.lib.dedup.embedded import embed as _embed
+from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, shown, write_json, write_row_groups
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
@@ -72,27 +71,9 @@ def runtime_section() -> Runtime:
 
 
 def read_stage_input(path: Path) -> pa.Table:
-    if not path.exists():
-        raise DataError(f"{path}: input not found (run its upstream stage first)")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    for column in ("id", "text"):
-        if column not in table.column_names:
-            raise DataError(f"{path}: missing column '{column}'")
-    for column in ("id", "text"):
-        if not (
-            pa.types.is_string(table.schema.field(column).type)
-            or pa.types.is_large_string(table.schema.field(column).type)
-        ):
-            raise DataError(f"{path}: column '{column}' must hold text, found {table.schema.field(column).type}")
-        nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
-        if nulls.any():
-            raise DataError(f"{path}: row {int(np.argmax(nulls))}: {column} is null")
-    if pc.count_distinct(table.column("id")).as_py() != table.num_rows:
-        raise DataError(f"{path}: column 'id' has repeated values")
-    return table.replace_schema_metadata(None)
+    """The whole stage input as one table, checked as the stage checks it (the stage itself never holds it)."""
+    source = StageInput(path)
+    return pa.concat_tables([source.schema.empty_table(), *source.tables()])
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -140,28 +121,27 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     clusters_path = output.parent / f"{stem}.clusters.parquet"
     if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
-        table = read_stage_input(input)
-        ids = table.column("id").combine_chunks()
-        n = table.num_rows
+        rows = StageInput(input, runtime.stream_rows)
+        n = len(rows)
         result = Result(
             np.ones(n, dtype=bool),
             np.full(n, -1, dtype=np.int64),
             np.full(n, np.nan),
             {"rows_in": n, "kept": n, "removed": 0},
         )
-        write_table(table, output)
-        write_table(clusters_table(ids, result, params), clusters_path)
+        write_row_groups(rows.tables(), rows.schema, output)
+        write_table(clusters_table(rows.ids, result, params), clusters_path)
         stats = result.stats
     elif runtime.engine == "ray" and params.method == "minhash":
         from scripts.lib.dedup.on_ray import dedup_stage
 
         stats = dedup_stage(input, output, clusters_path, params, runtime)
-    else:
-        table = read_stage_input(input)
-        ids = table.column("id").combine_chunks()
-        result = dedup_self(table.column("text"), ids, params, runtime.model_copy(update={"engine": "local"}))
-        write_table(table.filter(pa.array(result.keep)), output)
-        write_table(clusters_table(ids, result, params), clusters_path)
+    else:  # the input is read as each step needs it (scripts/lib/dedup/stage_input.py), never held whole
+        rows = StageInput(input, runtime.stream_rows)
+        result = dedup_self(rows, rows.ids, params, runtime.model_copy(update={"engine": "local"}))
+        release_arrow_memory()  # verification's texts, before the kept rows' row groups
+        write_row_groups(rows.tables(result.keep), rows.schema, output)
+        write_table(clusters_table(rows.ids, result, params), clusters_path)
         stats = result.stats
     report = {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
     write_json(report, output.parent / f"{stem}.report.json")

@@ -199,11 +199,30 @@ def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
     return out
 
 
+SHINGLE_BLOCK = 1 << 16  # texts shingled at once: the temporaries cost ~2 kB a text, the result ~0.2 kB
+
+
 def shingle_hashes(texts, unit: str = "word", ngram: int = 3) -> Shingles:
     """64-bit hashes of every text's shingles (see the module docstring for the contract)."""
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
     texts = as_string_array(texts)
+    if len(texts) <= SHINGLE_BLOCK:
+        return _shingle_block(texts, unit, ngram)
+    blocks = range(0, len(texts), SHINGLE_BLOCK)
+    return concat_shingles([_shingle_block(texts.slice(lo, SHINGLE_BLOCK), unit, ngram) for lo in blocks])
+
+
+def concat_shingles(parts: list[Shingles]) -> Shingles:
+    """The shingles of consecutive groups of texts as those of one group."""
+    starts = np.cumsum([0] + [len(part.hashes) for part in parts[:-1]])
+    return Shingles(
+        hashes=np.concatenate([part.hashes for part in parts]),
+        offsets=np.concatenate([[0]] + [part.offsets[1:] + start for part, start in zip(parts, starts)]),
+    )
+
+
+def _shingle_block(texts: pa.Array, unit: str, ngram: int) -> Shingles:
     values, unit_offsets = _units(texts, unit)
     lengths = np.diff(unit_offsets)
     windows = np.where(lengths >= ngram, lengths - ngram + 1, np.minimum(lengths, 1))
@@ -358,19 +377,24 @@ def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
         return np.zeros((0, 2), dtype=np.int64)
     if n >= 1 << 32:
         raise ValueError("bucket_pairs: more than 2^32 rows")
-    packed = np.sort((keys.astype(np.uint64) << np.uint64(32)) | np.arange(n, dtype=np.uint64))
-    sorted_keys = packed >> np.uint64(32)
-    position = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    del packed
+    # in place where it can be: at 10M rows each temporary array is 80 MB, and this runs once a band
+    packed = keys.astype(np.uint64)
+    packed <<= np.uint64(32)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    position = np.bitwise_and(packed, np.uint64(0xFFFFFFFF)).view(np.int64)
+    packed >>= np.uint64(32)  # the keys, sorted
     new_bucket = np.ones(n, dtype=bool)
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_bucket[1:])
-    del sorted_keys
+    np.not_equal(packed[1:], packed[:-1], out=new_bucket[1:])
+    del packed
     shared = ~new_bucket
     shared[:-1] |= ~new_bucket[1:]
     pos = np.flatnonzero(shared)  # rows in buckets of two or more
     if len(pos) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    bucket_start = np.maximum.accumulate(np.where(new_bucket, np.arange(n), 0))
+    bucket_start = np.arange(n)
+    bucket_start[~new_bucket] = 0
+    np.maximum.accumulate(bucket_start, out=bucket_start)
     out = []
     for d in range(1, window + 1):  # each row with the `window` rows after it in its bucket
         pos = pos[pos + d < n]
@@ -378,7 +402,10 @@ def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
         if len(pos) == 0:
             break
         out.append(np.stack([position[pos], position[pos + d]], axis=1))
-    far = np.flatnonzero(np.arange(n) - bucket_start > 2 * window)
+    depth = np.arange(n)
+    depth -= bucket_start
+    far = np.flatnonzero(depth > 2 * window)
+    del depth
     for d in range(window if len(far) else 0):  # rows deep in a huge bucket also meet its first `window` rows
         out.append(np.stack([position[bucket_start[far] + d], position[far]], axis=1))
     return np.concatenate(out)
@@ -407,7 +434,16 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
     """Distinct rows of an int64[m, 2] pair array (values < 2^32), sorted."""
     if len(pairs) == 0:
         return pairs.reshape(0, 2).astype(np.int64)
-    packed = sorted_unique((pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64))
+    return unpack_pairs(sorted_unique(pack_pairs(pairs)))
+
+
+def pack_pairs(pairs: np.ndarray) -> np.ndarray:
+    """uint64 (a << 32 | b) of each pair (a, b) of an int[m, 2] array (values < 2^32): sorts like the pairs."""
+    return (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
+
+
+def unpack_pairs(packed: np.ndarray) -> np.ndarray:
+    """int64[m, 2] pairs of `pack_pairs` values."""
     return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
 
 

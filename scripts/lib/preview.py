@@ -16,9 +16,13 @@ import hashlib
 import html
 import re
 from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, read_parquet
+from scripts.lib.io import atomic_path
 from scripts.lib.params import Preview
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
@@ -101,6 +105,7 @@ def _thumbnail(path: Path | None, size: int):
 # --- near-duplicate sheet ------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\w+")
+CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet
 
 PAGE_STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -124,22 +129,45 @@ def dedup_preview_html(
     dedup output and its input). Clusters are ordered by size, then kept id; removed rows by Jaccard
     (highest first), then id; so the page is the same bytes for the same inputs."""
     for name, df, columns in (
-        ("clusters", clusters_df, ("id", "duplicate_of", "jaccard")),
+        ("clusters", clusters_df, CLUSTER_COLUMNS),
         ("kept", kept_df, ("id", text_column)),
         ("removed", removed_df, ("id", text_column)),
     ):
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
-            raise DataError(f"dedup preview: {name} table has no column(s) {', '.join(missing)}")
+        _check_columns(name, df.columns, columns)
+    clusters = pa.table({c: pa.array(clusters_df[c]) for c in CLUSTER_COLUMNS})
     kept_text = dict(zip(kept_df["id"].astype(str), kept_df[text_column]))
     removed_text = dict(zip(removed_df["id"].astype(str), removed_df[text_column]))
-    members: dict[str, list[tuple[float, str]]] = {}
-    for rid, kid, jac in zip(
-        clusters_df["id"].astype(str), clusters_df["duplicate_of"].astype(str), clusters_df["jaccard"]
-    ):
-        members.setdefault(kid, []).append((float(jac), rid))
-    order = sorted(members, key=lambda k: (-len(members[k]), k))[: max(0, n)]
-    removed_total = sum(len(m) for m in members.values())
+    return cluster_page(largest_clusters(clusters, n), kept_text, removed_text, title)
+
+
+def _check_columns(name: str, columns, wanted) -> None:
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataError(f"dedup preview: {name} table has no column(s) {', '.join(missing)}")
+
+
+class Clusters(NamedTuple):
+    total: int  # clusters in all
+    removed: int  # rows removed in all
+    largest: list[tuple[str, list[tuple[float, str]]]]  # (kept id, [(jaccard, removed id)] best first)
+
+
+def largest_clusters(clusters: pa.Table, n: int) -> Clusters:
+    """The n largest clusters of a clusters table (pyarrow: id, duplicate_of, jaccard), by size then kept
+    id. Counted in Arrow: only the rows shown become Python objects."""
+    ids = [clusters.column(c).cast(pa.large_string()) for c in ("id", "duplicate_of")]
+    sizes = pa.table({"kid": ids[1]}).group_by("kid").aggregate([([], "count_all")])
+    top = sizes.sort_by([("count_all", "descending"), ("kid", "ascending")]).column("kid")[: max(0, n)]
+    shown = pc.is_in(ids[1], value_set=top.combine_chunks())
+    members: dict[str, list[tuple[float, str]]] = {kid: [] for kid in top.to_pylist()}
+    for rid, kid, jac in zip(*(c.filter(shown).to_pylist() for c in (*ids, clusters.column("jaccard")))):
+        members[kid].append((float(jac), rid))
+    largest = [(kid, sorted(rows, key=lambda m: (-m[0], m[1]))) for kid, rows in members.items()]
+    return Clusters(sizes.num_rows, clusters.num_rows, largest)
+
+
+def cluster_page(clusters: Clusters, kept_text: dict, removed_text: dict, title: str) -> str:
+    """The page of `dedup_preview_html`; kept_text / removed_text: {id: text} of at least the rows shown."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -150,11 +178,10 @@ def dedup_preview_html(
         "</head>",
         "<body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p id="summary">{len(members):,} clusters, {removed_total:,} rows removed; '
-        f"showing the {len(order):,} largest.</p>",
+        f'<p id="summary">{clusters.total:,} clusters, {clusters.removed:,} rows removed; '
+        f"showing the {len(clusters.largest):,} largest.</p>",
     ]
-    for number, kid in enumerate(order, start=1):
-        rows = sorted(members[kid], key=lambda m: (-m[0], m[1]))
+    for number, (kid, rows) in enumerate(clusters.largest, start=1):
         keep = str(kept_text.get(kid, "(kept row not found)"))
         keep_words = {w.lower() for w in _TOKEN.findall(keep)}
         parts += [
@@ -197,14 +224,38 @@ def _highlight(text: str, keep_words: set[str]) -> str:
 def write_dedup_preview(
     source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, output: Path, n: int
 ) -> None:
-    """data/dedup/S.preview.html from the dedup stage's input, output and clusters."""
-    removed = read_parquet(clean_path)  # the dedup input holds the removed rows' texts
-    page = dedup_preview_html(
-        read_parquet(clusters_path),
-        read_parquet(dedup_path),
-        removed,
-        n,
+    """data/dedup/S.preview.html from the dedup stage's input, output and clusters. Only the clusters
+    table is read whole (removed rows only); the texts of the rows shown are picked from the other two."""
+    from scripts.lib.dedup.stage_input import open_parquet, read
+
+    clean, clusters_files, dedup = (open_parquet(p) for p in (clean_path, clusters_path, dedup_path))
+    for name, files, columns in (
+        ("clusters", clusters_files, CLUSTER_COLUMNS),
+        ("kept", dedup, ("id", "text")),
+        ("removed", clean, ("id", "text")),
+    ):
+        _check_columns(name, files[0].schema_arrow.names, columns)
+    clusters = read(clusters_path, clusters_files[0].read, columns=list(CLUSTER_COLUMNS))
+    shown = largest_clusters(clusters, n)
+    kept_ids = [kid for kid, _ in shown.largest]
+    removed_ids = [rid for _, rows in shown.largest for _, rid in rows]
+    page = cluster_page(
+        shown,
+        texts_by_id(dedup_path, dedup, kept_ids),
+        texts_by_id(clean_path, clean, removed_ids),
         title=f"dedup@{source}: largest near-duplicate clusters",
     )
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")
+
+
+def texts_by_id(path: Path, files, ids: list[str]) -> dict[str, str]:
+    """{id: text} of the rows of the parquet input at `path` whose id is in `ids`, read a batch at a time."""
+    from scripts.lib.dedup.stage_input import READ_ROWS, batches_of
+
+    wanted = pa.array(ids, pa.large_string())
+    found: dict[str, str] = {}
+    for batch in batches_of(path, files, ["id", "text"], READ_ROWS):
+        hit = batch.filter(pc.is_in(batch.column(0).cast(pa.large_string()), value_set=wanted))
+        found.update(zip(hit.column(0).cast(pa.large_string()).to_pylist(), hit.column(1).to_pylist()))
+    return found

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 import scripts.lib.dedup.signing as signing
-from scripts.lib import minhash as mh
 from scripts.lib.dedup.index import Index, build_index
 from scripts.lib.dedup.keep import assign, keep_rank, self_stats
 from scripts.lib.dedup.result import Result
+from scripts.lib.dedup.texts import Texts, as_texts
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime, parse
 from scripts.lib.params.dedup import SPEED_KEYS
@@ -29,39 +28,42 @@ def resolve_params(params=None, **overrides) -> Dedup:
 
 
 def dedup_self(texts, order_keys=None, params=None, runtime: Runtime | None = None) -> Result:
-    """Near-duplicate removal within one set of texts.
+    """Near-duplicate removal within one set of texts (strings, or a Texts: e.g. a stage input on disk).
 
     order_keys: stable ids (str) that break keep=longest's ties (None: input position). Earlier rows
     (keep first) or longer rows (keep longest) are kept; keep none_of_pair keeps no row that has a
     near-duplicate. runtime.engine ray runs minhash on Ray Data (same result).
     """
     params, runtime = resolve_params(params), runtime or Runtime()
-    texts = mh.as_string_array(texts)
+    texts = as_texts(texts)
     if params.method == "embedding":
         from scripts.lib.dedup.embedded import dedup_self_embedding
 
-        return dedup_self_embedding(texts, order_keys, params)
+        return dedup_self_embedding(texts.whole(), order_keys, params)
     if runtime.engine == "ray":
         from scripts.lib.dedup.on_ray import dedup_arrays
 
-        return dedup_arrays(texts, order_keys, params, runtime)
+        return dedup_arrays(texts.whole(), order_keys, params, runtime)
     return _minhash_self(texts, order_keys, params, runtime)
 
 
-def _minhash_self(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -> Result:
+def _minhash_self(texts: Texts, order_keys, params: Dedup, runtime: Runtime) -> Result:
     n = len(texts)
     rank = keep_rank(texts, order_keys, params.keep)
     sk = signing.sketch(texts, params, runtime)
     nonempty = np.nonzero(sk.shingle_counts > 0)[0]
+    no_tokens = n - len(nonempty)
     reps, members, member_rep = signing.identical_groups(sk.sequence_keys, rank, nonempty)
-    candidates = signing.self_candidates(sk.band_keys, reps, rank, params.bucket_window)
-    del sk
-    jaccard = signing.exact_jaccard(texts, texts, candidates, params, runtime.verify_pairs)
+    band_keys = sk.band_keys
+    del sk, nonempty  # the sequence keys and counts are spent: free them before the bands' sorts
+    candidates = signing.self_candidates(band_keys, reps, rank, params.bucket_window)
+    del band_keys, reps
+    jaccard = signing.self_jaccard(texts, candidates, params, runtime.verify_pairs)
     ok = jaccard >= params.threshold
     pairs, jaccard = candidates[ok], jaccard[ok]
     keep, duplicate_of, similarity = assign(n, pairs, jaccard, rank, members, member_rep, params.keep)
     stats = {
-        **self_stats(keep, pairs, members, member_rep, len(candidates), n - len(nonempty), params),
+        **self_stats(keep, pairs, members, member_rep, len(candidates), no_tokens, params),
         **signing.banding_stats(params),
     }
     return Result(keep=keep, duplicate_of=duplicate_of, similarity=similarity, stats=stats)

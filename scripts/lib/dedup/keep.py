@@ -16,16 +16,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scripts.lib import minhash as mh
+from scripts.lib.dedup.texts import as_texts
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup
 
 
-def keep_rank(texts: pa.Array, order_keys, keep: str) -> np.ndarray:
-    """rank[i] = position of row i in keep order (0 = kept first; none_of_pair: input order, for ties)."""
+def keep_rank(texts, order_keys, keep: str) -> np.ndarray:
+    """rank[i] = position of row i in keep order (0 = kept first; none_of_pair: input order, for ties).
+    texts: an Arrow array or a Texts (only keep longest reads them, for their lengths)."""
+    texts = as_texts(texts)
     n = len(texts)
     if keep in ("first", "none_of_pair"):
         return np.arange(n, dtype=np.int64)
-    columns = {"neg_len": pc.negate(pc.utf8_length(texts).cast(pa.int64()))}
+    columns = {"neg_len": pc.negate(texts.lengths().cast(pa.int64()))}
     if order_keys is not None:
         keys = mh.as_string_array(order_keys)
         if len(keys) != n:

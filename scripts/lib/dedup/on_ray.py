@@ -38,6 +38,7 @@ from scripts.lib.dedup.rows import (
     unique_in_group,
     verify_rows,
 )
+from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, write_row_groups
 from scripts.lib.params import Dedup, Runtime
@@ -145,18 +146,6 @@ def _collect(ray, dataset) -> pa.Table:
 
 
 # --- the dedup@S stage on Ray: sharded parquet in, the local engine's files out -------------------------
-
-
-def shards(path: Path) -> list[Path]:
-    """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order."""
-    if path.is_dir():
-        found = sorted(path.glob("*.parquet"))
-        if not found:
-            raise DataError(f"{path}: no parquet shards in this folder")
-        return found
-    if not path.exists():
-        raise DataError(f"{path}: input not found (run its upstream stage first)")
-    return [path]
 
 
 def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:

@@ -1,20 +1,22 @@
 """MinHash side of dedup: texts -> LSH band keys (in batches, optionally in worker processes),
 candidate pairs from the bands, and the exact Jaccard that verifies each candidate.
 
-The batch function `sketch_batch` is what both engines run: the local one over slices of an Arrow
-array, the Ray one inside `map_batches`, so their band keys are the same bits.
+The batch function `sketch_batch` is what both engines run: the local one over batches of texts
+(scripts/lib/dedup/texts.py), the Ray one inside `map_batches`, so their band keys are the same bits.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from scripts.lib import minhash as mh
+from scripts.lib.dedup.texts import Texts, as_texts, compact
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.prefix_filter import jaccard_at_least
 
@@ -55,8 +57,10 @@ def workers(runtime: Runtime) -> int:
     return runtime.workers if runtime.workers > 0 else (os.cpu_count() or 1)
 
 
-def sketch(texts: pa.Array, params: Dedup, runtime: Runtime) -> Sketch:
-    """Band keys of every text, `runtime.batch_rows` at a time, in `runtime.workers` processes."""
+def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
+    """Band keys of every text (an Arrow array or a Texts), `runtime.batch_rows` at a time, in
+    `runtime.workers` processes."""
+    texts = as_texts(texts)
     bands, _ = banding(params)
     n, size = len(texts), runtime.batch_rows
     out = Sketch(
@@ -64,55 +68,68 @@ def sketch(texts: pa.Array, params: Dedup, runtime: Runtime) -> Sketch:
         sequence_keys=np.empty((n, 2), dtype=np.uint64),
         shingle_counts=np.empty(n, dtype=np.int64),
     )
-    starts = range(0, n, size)
-    pool_size = min(workers(runtime), len(starts))
+    pool_size = min(workers(runtime), -(-n // size))
     if pool_size <= 1:
-        _fill(out, starts, (sketch_batch(texts.slice(start, size), params) for start in starts))
+        _fill(out, (sketch_batch(batch, params) for batch in texts.batches(size)))
         return out
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # forked workers inherit the texts (no copy, no pickling); only batch starts travel to them
-    global _FORKED_TEXTS
-    _FORKED_TEXTS = texts
-    try:
-        with ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context("fork")) as pool:
-            _fill(
-                out,
-                starts,
-                pool.map(_sketch_forked_batch, starts, itertools.repeat(size), itertools.repeat(params), chunksize=1),
-            )
-    finally:
-        _FORKED_TEXTS = None
+    # batches travel to the workers pickled, a few at a time: the texts are never all in memory at once
+    with ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context("fork")) as pool:
+        batches = (compact(batch) for batch in texts.batches(size))
+        _fill(out, in_order(pool, sketch_batch, batches, params, ahead=2 * pool_size))
     return out
 
 
-_FORKED_TEXTS: pa.Array | None = None
+def in_order(pool, function, items, *args, ahead: int) -> Iterator:
+    """function(item, *args) in `pool` for each item, the results in order, at most `ahead` items handed
+    out at a time (Executor.map would take every item at once)."""
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item, *args))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early (an error, Ctrl-C): the batches not started yet are dropped
+        for future in pending:
+            future.cancel()
 
 
-def _sketch_forked_batch(start: int, size: int, params: Dedup):
-    assert _FORKED_TEXTS is not None
-    return sketch_batch(_FORKED_TEXTS.slice(start, size), params)
-
-
-def _fill(out: Sketch, starts: range, results) -> None:
-    for start, (band_keys, sequence_keys, counts) in zip(starts, results):
+def _fill(out: Sketch, results) -> None:
+    start = 0
+    for band_keys, sequence_keys, counts in results:
         stop = start + len(counts)
         out.band_keys[:, start:stop] = band_keys
         out.sequence_keys[start:stop] = sequence_keys
         out.shingle_counts[start:stop] = counts
+        start = stop
 
 
 def self_candidates(band_keys: np.ndarray, reps: np.ndarray, rank: np.ndarray, window: int) -> np.ndarray:
     """Distinct candidate pairs among `reps` (rows), from every band's buckets walked in keep order."""
     reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
-    found = [mh.bucket_pairs(band_keys[b][reps], window) for b in range(len(band_keys))]
-    return reps[mh.unique_pairs(np.concatenate(found))] if found else np.zeros((0, 2), dtype=np.int64)
+    # a pair comes from every band it shares (a near-duplicate: about 13 of 32): packed, it costs 8 bytes
+    found = [mh.pack_pairs(mh.bucket_pairs(band_keys[b][reps], window)) for b in range(len(band_keys))]
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    packed = np.concatenate(found)
+    del found
+    return reps[mh.unpack_pairs(mh.sorted_unique(packed))]
 
 
 def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
     """Shingle hashes of texts[rows] (only candidate rows are shingled again for verification)."""
     return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
+
+
+def self_jaccard(texts: Texts, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
+    """exact_jaccard of pairs of rows of `texts`, reading the texts of the rows in a pair only, once."""
+    rows = mh.sorted_unique(pairs.ravel())
+    near = texts.take(rows)
+    return exact_jaccard(near, near, np.searchsorted(rows, pairs), params, chunk)
 
 
 def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
@@ -145,13 +162,7 @@ def identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarr
     empty = np.zeros(0, dtype=np.int64)
     if len(rows) == 0:
         return empty, empty, empty
-    by_key = rows[np.argsort(sequence_keys[rows, 0])]
-    first_key = sequence_keys[by_key, 0]
-    shared = np.zeros(len(by_key), dtype=bool)
-    same = first_key[1:] == first_key[:-1]
-    shared[1:] |= same
-    shared[:-1] |= same
-    grouped = by_key[shared]
+    grouped = _sharing_first_key(sequence_keys, rows)
     if len(grouped) == 0:
         return np.sort(rows), empty, empty
     order = grouped[np.lexsort((rank[grouped], sequence_keys[grouped, 1], sequence_keys[grouped, 0]))]
@@ -159,5 +170,18 @@ def identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarr
     first = np.ones(len(order), dtype=bool)
     first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
     group_rep = order[first][np.cumsum(first) - 1]
-    reps = np.sort(np.concatenate([by_key[~shared], order[first]]))
-    return reps, order[~first], group_rep[~first]
+    members = order[~first]
+    return np.sort(rows[~np.isin(rows, members)]), members, group_rep[~first]
+
+
+def _sharing_first_key(sequence_keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows whose first sequence key another row has too (the temporaries freed as soon as spent:
+    each is 80 MB at 10M rows)."""
+    by_key = rows[np.argsort(sequence_keys[rows, 0])]
+    first_key = sequence_keys[by_key, 0]
+    same = first_key[1:] == first_key[:-1]
+    del first_key
+    shared = np.zeros(len(by_key), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    return by_key[shared]

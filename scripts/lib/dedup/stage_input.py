@@ -1,0 +1,164 @@
+"""dedup@S's input, read as the steps need it: 10M rows are never one table in memory.
+
+The `id` column is held (compact Arrow: the ids of removed rows and keep longest's tie-break need it);
+the texts and the other columns are read from the parquet files again by each step that needs them
+(a text pass costs ~0.4 s a million rows). The checks are those of reading the whole table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scripts.lib.errors import DataError
+
+READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
+
+
+def shards(path: Path) -> list[Path]:
+    """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order."""
+    if path.is_dir():
+        found = sorted(path.glob("*.parquet"))
+        if not found:
+            raise DataError(f"{path}: no parquet shards in this folder")
+        return found
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    return [path]
+
+
+def open_parquet(path: Path) -> list[pq.ParquetFile]:
+    """The parquet files of a stage input, opened (their footers read). Not pre-buffered: a reader that
+    pre-buffers keeps every column chunk it read until it is closed (the whole file, after a full pass)."""
+    return [read(path, pq.ParquetFile, file, pre_buffer=False) for file in shards(path)]
+
+
+def batches_of(path: Path, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
+    """The record batches of `files` (the input at `path`) in order, `rows` at a time (none spans two files)."""
+    for file in files:
+        batches = file.iter_batches(batch_size=rows, columns=columns)
+        while (batch := read(path, next, batches, None)) is not None:
+            yield batch
+
+
+def read(path: Path, function, *args, **kwargs):
+    """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
+        raise DataError(message.splitlines()[0]) from None
+
+
+class StageInput:
+    """A stage input (one parquet file, or a folder of shards) with columns `id` and `text` as strings,
+    neither null, ids distinct; a Texts (scripts/lib/dedup/texts.py) over its `text` column."""
+
+    def __init__(self, path: Path, read_rows: int = READ_ROWS):
+        self.path, self.read_rows = path, read_rows
+        self.files = open_parquet(path)
+        self.schema = self.files[0].schema_arrow.remove_metadata()
+        for column in ("id", "text"):
+            if column not in self.schema.names:
+                raise DataError(f"{path}: missing column '{column}'")
+        self.ids = self._checked("id")
+        self._checked("text", hold=False)
+        if repeats(self.ids):
+            raise DataError(f"{path}: column 'id' has repeated values")
+        release_arrow_memory()  # the checks' reads and sort: ~30 B a row the signing step could not reuse
+
+    def __len__(self) -> int:
+        return sum(file.metadata.num_rows for file in self.files)
+
+    # --- Texts ---
+
+    def batches(self, rows: int) -> Iterator[pa.Array]:
+        return (batch.column(0) for batch in self._batches(["text"], rows))
+
+    def lengths(self) -> pa.Array:
+        return self._concat([pc.utf8_length(texts) for texts in self.batches(self.read_rows)], pa.int64())
+
+    def take(self, rows: np.ndarray) -> pa.Array:
+        picked, start = [], 0
+        for texts in self.batches(self.read_rows):
+            lo, hi = np.searchsorted(rows, [start, start + len(texts)])
+            picked.append(texts.take(pa.array(rows[lo:hi] - start)))
+            start += len(texts)
+        return self._concat(picked, self.schema.field("text").type)
+
+    def whole(self) -> pa.Array:
+        return self._column("text")
+
+    # --- the rows ---
+
+    def tables(self, keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+        """The rows (those where `keep`, if given) with all their columns, in order, a read at a time."""
+        start = 0
+        for batch in self._batches(None, self.read_rows):
+            table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+            if keep is not None:
+                table = table.filter(pa.array(keep[start : start + batch.num_rows]))
+            start += batch.num_rows
+            yield table
+
+    # --- reading ---
+
+    def _checked(self, column: str, hold: bool = True) -> pa.Array | None:
+        """Check that `column` holds non-null text; return it when `hold` (else it is never read whole)."""
+        kind = self.schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise DataError(f"{self.path}: column '{column}' must hold text, found {kind}")
+        values = self._column(column) if hold else None
+        row = first_null(values) if values is not None else self._first_null(column)
+        if row is not None:
+            raise DataError(f"{self.path}: row {row}: {column} is null")
+        return values
+
+    def _first_null(self, column: str) -> int | None:
+        """The first null row of `column`, reading only the row groups whose statistics allow a null."""
+        offset = 0
+        for file in self.files:
+            leaves = [file.metadata.schema.column(i).path for i in range(file.metadata.num_columns)]
+            for group in range(file.num_row_groups):
+                meta = file.metadata.row_group(group)
+                stats = meta.column(leaves.index(column)).statistics
+                if stats is None or not stats.has_null_count or stats.null_count:
+                    values = read(self.path, file.read_row_group, group, columns=[column]).column(0)
+                    row = first_null(values)
+                    if row is not None:
+                        return offset + row
+                offset += meta.num_rows
+        return None
+
+    def _column(self, column: str) -> pa.Array:
+        chunks = [c for file in self.files for c in read(self.path, file.read, columns=[column]).column(0).chunks]
+        return chunks[0] if len(chunks) == 1 else self._concat(chunks, self.schema.field(column).type)
+
+    def _batches(self, columns: list[str] | None, rows: int) -> Iterator[pa.RecordBatch]:
+        return batches_of(self.path, self.files, columns, rows)
+
+    @staticmethod
+    def _concat(arrays: list[pa.Array], kind: pa.DataType) -> pa.Array:
+        return pa.concat_arrays(arrays) if arrays else pa.array([], kind)
+
+
+def release_arrow_memory() -> None:
+    """Give the memory Arrow freed back to the system. Its allocator keeps freed pages for Arrow's next
+    arrays (they stay in RSS), but the steps between the reads work on numpy arrays."""
+    pa.default_memory_pool().release_unused()
+
+
+def repeats(values: pa.Array) -> bool:
+    """Whether a value occurs twice. Sorted, not hashed: count_distinct's table costs ~140 B a row."""
+    ordered = values.take(pc.sort_indices(values))
+    return len(values) > 1 and bool(pc.any(pc.equal(ordered[1:], ordered[:-1])).as_py())
+
+
+def first_null(values: pa.Array) -> int | None:
+    nulls = pc.is_null(values).to_numpy(zero_copy_only=False)
+    return int(np.argmax(nulls)) if nulls.any() else None
