@@ -1,11 +1,12 @@
 """captions@S: join each kept prompt with its image into the caption table.
 
-In:  data/dedup/S.parquet (kept rows, `text` = cleaned caption, `prompt` = raw prompt)
+In:  data/prefilter/S.parquet (kept rows, `text` = cleaned caption, `prompt` = raw prompt)
      the source's images: data/images/S/ (rendered by generate@S, with manifest.parquet)
      or, for sources that carry images, their raw path (rows already hold an `image` reference);
      a `text_only` source's rows keep no image (its `images` names any existing path, for DVC).
 Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, height, meta,
-     generation (JSON of the settings that rendered the image; null for carried images).
+     generation (JSON of the settings that rendered the image; null for carried images), in id order:
+     sorted on disk (scripts/lib/external_sort.py), `runtime.stream_rows` rows read at a time.
 `sources.S.caption_language` (e.g. en) drops a row whose raw prompt langdetect reads as another
 language, before the split, as the team's make_captions.py skipped it (undetectable text is kept).
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_table, read_parquet, shown, write_parquet
+from scripts.lib.external_sort import key_ranks, sorted_rows_to
+from scripts.lib.io import ParquetChunks, arrow_table, check_table, check_unique, read_parquet, shown
 from scripts.lib.params import PARAMS_FILE, load_section
 
 MANIFEST = "manifest.parquet"
@@ -64,8 +67,8 @@ def carried_images(rows: pd.DataFrame, source: str, text_only: bool = False) -> 
 
 
 def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
-    out = rows.rename(columns={"prompt": "orig_text"})
-    out = out[CAPTION_COLUMNS].sort_values("id", kind="stable").reset_index(drop=True)
+    """The caption columns, in the rows' order (the stage sorts the whole table by id on disk)."""
+    out = rows.rename(columns={"prompt": "orig_text"})[CAPTION_COLUMNS].reset_index(drop=True)
     out["width"] = out["width"].astype("Int64")
     out["height"] = out["height"].astype("Int64")
     return out
@@ -95,28 +98,41 @@ def _plain(value):
 
 def cli(
     source: str = typer.Argument(..., help="source name in params.yaml: sources"),
-    input: Path = typer.Argument(..., help="data/dedup/S.parquet"),
+    input: Path = typer.Argument(..., help="data/prefilter/S.parquet"),
     images: Path = typer.Argument(..., help="data/images/S (rendered) or the source's raw path"),
     output: Path = typer.Argument(..., help="data/captions/S.parquet"),
 ) -> None:
     """Join kept prompts with their images into the caption table."""
-    rows = read_parquet(input)
-    check_table(rows, input, strings=("id", "text", "prompt"), unique="id")
+    rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
+    ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
+    attach = image_joiner(source, images)
     language = caption_language(source)
+    offset = not_language = written = 0
+    with sorted_rows_to(output, ranks) as out:
+        for chunk in rows.frames():  # a chunk at a time, sorted on disk: memory stays flat
+            check_table(chunk, input, strings=("id", "text", "prompt"))
+            positions = np.arange(offset, offset + len(chunk))
+            offset += len(chunk)
+            if language is not None:
+                keep = np.asarray(language_mask(chunk["prompt"].astype(str).tolist(), language), dtype=bool)
+                not_language += int((~keep).sum())
+                chunk, positions = chunk[keep].reset_index(drop=True), positions[keep]
+            out.add_rows(arrow_table(caption_table(attach(chunk))), positions)
+            written += len(positions)
     if language is not None:
-        keep = language_mask(rows["prompt"].astype(str).tolist(), language)
-        print(f"captions@{source}: {len(rows) - sum(keep)} rows whose prompt is not {language} (langdetect) dropped")
-        rows = rows[keep].reset_index(drop=True)
+        print(f"captions@{source}: {not_language} rows whose prompt is not {language} (langdetect) dropped")
+    print(shown(f"captions@{source}: {written} rows -> {output}"))
+
+
+def image_joiner(source: str, images: Path):
+    """rows -> rows with their images: the rendered ones of generate@S's manifest, else the source's own."""
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id")
-        joined = join_rendered(rows, manifest, images.as_posix())
-    else:
-        # text_only only lets rows without an image through (those would fail otherwise), so it changes
-        # no output byte: not a DVC param of this stage
-        entry = load_section("sources", missing_ok=True).get(source)
-        joined = carried_images(rows, source, text_only=entry is not None and entry.text_only)
-    table = caption_table(joined)
-    write_parquet(table, output)
-    print(shown(f"captions@{source}: {len(table)} rows -> {output}"))
+        return lambda rows: join_rendered(rows, manifest, images.as_posix())
+    # text_only only lets rows without an image through (those would fail otherwise), so it changes
+    # no output byte: not a DVC param of this stage
+    entry = load_section("sources", missing_ok=True).get(source)
+    text_only = entry is not None and entry.text_only
+    return lambda rows: carried_images(rows, source, text_only=text_only)

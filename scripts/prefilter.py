@@ -10,10 +10,14 @@ a dependency on release@W would be a cycle. Sources without such a step pass thr
 In:  data/dedup/S.parquet (+ data/dedup/X.parquet of W's sources, data/clean/rules.json)
 Out: data/prefilter/S.parquet = the kept rows + `position` (the row's place in data/dedup/S.parquet:
      what `rows: [a, b]` ranges and split.method shuffle count in), S.removed.parquet, S.report.json
+Streams `runtime.stream_rows` rows at a time; the reference releases are composed once. A step's index
+is built from its reference for each chunk (one chunk up to stream_rows: the sample's case).
 """
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_table, read_parquet, write_json, write_parquet
+from scripts.lib.io import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to, write_json
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
 from scripts.lib.recipe import resolve_recipe
@@ -104,8 +108,8 @@ def cli(
     if recipe is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(recipe, reads)
     releases, prefiltered = plan_releases(reads), set(reads["prefiltered"])  # what S's steps read, no more
-    rows = with_positions(read_parquet(input))
-    check_table(rows, input, strings=("id", "text"), unique="id")
+    rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
+    check_unique(input)
     steps = before_generate_steps(source, releases)
     split_params = load_section("split", missing_ok=True)
     ops = Ops(
@@ -115,25 +119,36 @@ def cli(
         built={},
     )
 
-    def reference(name: str) -> pd.DataFrame:
+    @functools.cache
+    def reference(name: str) -> pd.DataFrame:  # composed once, read by every chunk
         return output_rows(resolve_recipe(name, releases), ops)
 
-    kept, removed = prefilter(rows, steps, reference, ops.keep)
     stem = output.name.removesuffix(".parquet")
-    write_parquet(kept, output)
-    write_parquet(removed, output.parent / f"{stem}.removed.parquet")
+    rows_in, reasons = 0, Counter()
+    with row_groups_to(output) as kept_out, row_groups_to(output.parent / f"{stem}.removed.parquet") as removed_out:
+        for chunk in rows.frames():  # a chunk at a time: memory stays flat however many rows
+            check_table(chunk, input, strings=("id", "text"))
+            positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
+            kept, removed = prefilter(positioned, steps, reference, ops.keep)
+            kept_out.add(rows.arrow(kept))
+            if len(removed):  # an empty table's `reason` has no type: written only when no row is removed
+                removed_out.add(rows.arrow(removed))
+            rows_in += len(chunk)
+            reasons.update(removed["reason"].tolist())
+        if removed_out.schema is None:
+            removed_out.add(rows.arrow(removed))
     report = {
         "source": source,
-        "rows_in": len(rows),
-        "kept": len(kept),
-        "removed": len(removed),
+        "rows_in": rows_in,
+        "kept": rows_in - sum(reasons.values()),
+        "removed": sum(reasons.values()),
         "steps": [
             {
                 "release": n,
                 "rows": c.rows,
                 "reference": s.reference,
                 "against": s.against,
-                "removed": int((removed["reason"] == f"cross_dedup:{s.reference}:{s.against}").sum()),
+                "removed": reasons[f"cross_dedup:{s.reference}:{s.against}"],
             }
             for n, c, s in steps
         ],

@@ -9,19 +9,36 @@ A source's predefined split (e.g. Gustavosta train/eval) is kept. Other rows are
            int(n * (1 - validation_fraction)), validation the rest.
 
 In:  data/captions/S.parquet, data/prefilter/S.parquet (order)   Out: data/splits/S/{train,validation}.parquet
+Streams: `runtime.stream_rows` rows at a time; shuffle first draws every row from the id, split and
+position columns alone (arrays, 8-byte row numbers shuffled).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+from array import array
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, check_table, read_parquet, shown, write_parquet
+from scripts.lib.io import (
+    SPLITS,
+    ParquetChunks,
+    arrow_table,
+    atomic_path,
+    check_table,
+    check_unique,
+    row_groups_to,
+    shown,
+)
 from scripts.lib.params import load_section
 
 
@@ -31,13 +48,40 @@ def hash_unit(seed: int, row_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def shuffle_split(ids_in_order: list[str], validation_fraction: float, seed: int) -> dict[str, str]:
-    """The team's shuffle-and-slice: `random.seed(seed); random.shuffle(captions)`, train = the first
-    int(n * (1 - validation_fraction)) (their `captions[: int(len(captions) * 0.95)]`)."""
-    order = list(ids_in_order)
+def shuffled_validation(count: int, validation_fraction: float, seed: int) -> np.ndarray:
+    """bool[count] over the rows in generation order, True for validation: the team's shuffle-and-slice,
+    `random.seed(seed); random.shuffle(captions)`, train = the first int(n * (1 - validation_fraction))
+    (their `captions[: int(len(captions) * 0.95)]`). The shuffle moves 8-byte row numbers: the
+    permutation depends on the length alone, not on what is shuffled."""
+    order = array("q", range(count))
     random.Random(seed).shuffle(order)  # random.seed(s); random.shuffle(x) is this same generator
-    cut = int(len(order) * (1 - validation_fraction))
-    return {row_id: ("train" if k < cut else "validation") for k, row_id in enumerate(order)}
+    validation = np.zeros(count, dtype=bool)
+    validation[np.frombuffer(order, dtype=np.int64)[int(count * (1 - validation_fraction)) :]] = True
+    return validation
+
+
+def shuffle_split(ids_in_order: list[str], validation_fraction: float, seed: int) -> dict[str, str]:
+    """{id: split} of shuffled_validation for ids in generation order."""
+    validation = shuffled_validation(len(ids_in_order), validation_fraction, seed)
+    return {row_id: ("validation" if v else "train") for row_id, v in zip(ids_in_order, validation.tolist())}
+
+
+def shuffle_draw(
+    ids, open_rows: np.ndarray, positions: np.ndarray, validation_fraction: float, seed: int
+) -> np.ndarray:
+    """bool[n], True for validation, over rows in any order: the rows without a predefined split
+    (`open_rows`) shuffled in generation order (position, then id). Arrays in, array out."""
+    index = np.flatnonzero(open_rows)
+    keys = pa.table({"position": pa.array(positions[index]), "id": pa.array(ids).take(pa.array(index))})
+    in_order = index[pc.sort_indices(keys, sort_keys=[("position", "ascending"), ("id", "ascending")]).to_numpy()]
+    validation = np.zeros(len(open_rows), dtype=bool)
+    validation[in_order] = shuffled_validation(len(index), validation_fraction, seed)
+    return validation
+
+
+def hash_draw(ids, validation_fraction: float, seed: int) -> np.ndarray:
+    """bool[n], True for validation: a row's draw depends on its own id alone."""
+    return np.array([hash_unit(seed, i) < validation_fraction for i in ids], dtype=bool)
 
 
 def assign_splits(
@@ -49,15 +93,16 @@ def assign_splits(
         if positions is None or positions.isna().any():
             missing = rows["id"].iloc[0] if positions is None else rows.loc[positions.isna(), "id"].iloc[0]
             raise DataError(f"row {missing}: no position in the generation list (split.method shuffle needs it)")
-        open_rows = rows["split"].isna() if "split" in rows else pd.Series(True, index=rows.index)
-        order = rows.loc[open_rows].assign(_p=positions[open_rows]).sort_values(["_p", "id"], kind="stable")["id"]
-        drawn_by_id = shuffle_split(order.tolist(), validation_fraction, seed)
-        drawn = rows["id"].map(drawn_by_id)
+        open_rows = rows["split"].isna().to_numpy() if "split" in rows else np.ones(len(rows), dtype=bool)
+        validation = shuffle_draw(rows["id"].tolist(), open_rows, positions.to_numpy(), validation_fraction, seed)
     else:
-        drawn = pd.Series(
-            ["validation" if hash_unit(seed, i) < validation_fraction else "train" for i in rows["id"]],
-            index=rows.index,
-        )
+        validation = hash_draw(rows["id"], validation_fraction, seed)
+    return with_predefined(rows, validation)
+
+
+def with_predefined(rows: pd.DataFrame, validation: np.ndarray) -> pd.Series:
+    """The rows' split: predefined where present, else the draw; an unknown predefined split is one line."""
+    drawn = pd.Series(np.where(validation, "validation", "train").tolist(), index=rows.index)
     predefined = rows["split"] if "split" in rows else pd.Series(None, index=rows.index)
     chosen = predefined.where(predefined.notna(), drawn)
     unknown = ~chosen.isin(SPLITS)
@@ -65,6 +110,29 @@ def assign_splits(
         bad = chosen[unknown].iloc[0]
         raise DataError(f"row {rows.loc[unknown, 'id'].iloc[0]}: unknown split {bad!r} (expected train or validation)")
     return chosen
+
+
+def generation_positions(ids: pa.ChunkedArray, order: Path | None) -> np.ndarray:
+    """int64[n]: each row's place in the generation list, from `order` (data/prefilter/S.parquet: id,
+    position); without it the input's own row order. A row `order` does not list is one line."""
+    if order is None:
+        return np.arange(len(ids), dtype=np.int64)
+    listed = check_unique(order)
+    if "position" not in pq.read_schema(order).names:
+        raise DataError(f"{order}: no 'position' column (not a prefilter output)")
+    places = pq.read_table(order, columns=["position"]).column("position")
+    found = pc.index_in(ids, value_set=listed.combine_chunks())
+    if found.null_count:
+        missing = ids.filter(pc.is_null(found))[0].as_py()
+        raise DataError(f"row {missing}: no position in the generation list (split.method shuffle needs it)")
+    return places.take(found).to_numpy()
+
+
+def predefined_open(input: Path, columns: list[str], rows: int) -> np.ndarray:
+    """bool[n]: True for the rows without a predefined split."""
+    if "split" not in columns:
+        return np.ones(rows, dtype=bool)
+    return pc.is_null(pq.read_table(input, columns=["split"]).column("split")).to_numpy(zero_copy_only=False)
 
 
 def cli(
@@ -80,26 +148,40 @@ def cli(
 ) -> None:
     """Split a source's caption table into train and validation."""
     params = load_section("split")
-    rows = read_parquet(input)
-    check_table(rows, input, strings=("id", "split") if "split" in rows else ("id",), unique="id")
-    positions = None
-    if params.method == "shuffle" and order is None:
-        positions = pd.Series(range(len(rows)), index=rows.index)
-    elif params.method == "shuffle":
-        listed = read_parquet(order)
-        check_table(listed, order, strings=("id",), unique="id")
-        if "position" not in listed:
-            raise DataError(f"{order}: no 'position' column (not a prefilter output)")
-        positions = rows["id"].map(dict(zip(listed["id"], listed["position"])))
+    rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
+    ids = check_unique(input)
+    validation = None  # method hash draws chunk by chunk; shuffle needs every row's place first
+    if params.method == "shuffle":
+        with reported(input):
+            positions = generation_positions(ids, order)
+            open_rows = predefined_open(input, rows.columns, len(ids))
+            validation = shuffle_draw(ids, open_rows, positions, params.validation_fraction, params.seed)
+    counts = dict.fromkeys(SPLITS, 0)
+    offset = 0
+    with atomic_path(output, is_dir=True) as tmp, contextlib.ExitStack() as stack:
+        parts = {name: stack.enter_context(row_groups_to(tmp / f"{name}.parquet")) for name in SPLITS}
+        for chunk in rows.frames():  # a chunk at a time: memory stays flat however many rows
+            check_table(chunk, input, strings=("id", "split") if "split" in chunk else ("id",))
+            drawn = (
+                hash_draw(chunk["id"], params.validation_fraction, params.seed)
+                if validation is None
+                else validation[offset : offset + len(chunk)]
+            )
+            with reported(input):
+                chosen = with_predefined(chunk, drawn)
+            chunk = chunk.assign(split=chosen)
+            for name in SPLITS:
+                part = chunk[chunk["split"] == name].reset_index(drop=True)
+                parts[name].add(arrow_table(part))
+                counts[name] += len(part)
+            offset += len(chunk)
+    print(shown(f"split@{source}: train {counts['train']}, validation {counts['validation']} -> {output}"))
+
+
+@contextlib.contextmanager
+def reported(input: Path):
+    """A row's error names the file it came from."""
     try:
-        rows = rows.assign(split=assign_splits(rows, params.validation_fraction, params.seed, params.method, positions))
+        yield
     except DataError as exc:
         raise DataError(f"{input}: {exc}") from None
-    with atomic_path(output, is_dir=True) as tmp:
-        for name in SPLITS:
-            part = rows[rows["split"] == name].reset_index(drop=True)
-            write_parquet(part, tmp / f"{name}.parquet")
-    counts = rows["split"].value_counts()
-    print(
-        shown(f"split@{source}: train {counts.get('train', 0)}, validation {counts.get('validation', 0)} -> {output}")
-    )

@@ -52,9 +52,10 @@ def sha256_text(text: str) -> str:
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
 # Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
-# T while the new one is renamed in), .T.tmp-lock (held by the one process writing T). A killed run
-# leaves them behind; the next run of the same output removes them.
-TMP_NEW, TMP_OLD, TMP_LOCK = "tmp-new", "tmp-old", "tmp-lock"
+# T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
+# .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run of the
+# same output removes them.
+TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
 
 
 def _sibling(target: Path, kind: str) -> Path:
@@ -168,7 +169,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
             pass
         os.close(fd)
     try:
-        for kind in (TMP_NEW, TMP_OLD):
+        for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
             _remove(_sibling(target, kind))
         yield
     finally:
@@ -526,7 +527,7 @@ class ParquetChunks:
 
         self.path, self.rows = _existing_input(path), rows
         try:
-            self.file = pq.ParquetFile(self.path)
+            self.file = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering keeps every read row group
             integers = self.file.read(columns=[f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)])
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise _unreadable(self.path, exc) from None
@@ -569,6 +570,24 @@ def _existing_input(path: Path | str) -> Path:
 
 def _unreadable(path: Path, exc: Exception) -> DataError:
     return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
+
+
+def check_unique(path: Path | str, column: str = "id"):
+    """The column of a whole file (pyarrow: compact), after check_table's repeated-id check: for a stage
+    that streams its rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = _existing_input(path)
+    try:
+        values = pq.read_table(path, columns=[column]).column(column) if column in pq.read_schema(path).names else None
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _unreadable(path, exc) from None
+    if values is None:
+        raise DataError(f"{path}: no '{column}' column")
+    if pc.count_distinct(values, mode="all").as_py() < len(values):
+        check_table(values.to_pandas().to_frame(column), path, unique=column)  # names the first repeat
+    return values
 
 
 def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:

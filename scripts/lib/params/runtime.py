@@ -32,7 +32,7 @@ class Runtime(Section):
         262_144,
         ge=1,
         le=100_000_000,
-        description="rows a streaming stage (clean) reads, processes and writes at a time (bounds its memory)",
+        description="rows a streaming stage (clean, dedup, prefilter, captions, split) reads, processes and writes at a time (bounds its memory)",
     )
     partitions: int = Field(
         0,

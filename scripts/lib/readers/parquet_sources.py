@@ -46,7 +46,7 @@ def iter_parquet(
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(file)
+        pf = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every row group read: memory grows
         schema = pf.schema_arrow
     except Exception as exc:
         raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__})") from None
