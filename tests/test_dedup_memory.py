@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.planted import with_near_duplicates
 from scripts.dedup import clusters_table, dedup_self, read_stage_input, resolve_params, stage_report, write_table
 from scripts.lib import minhash as mh
 from scripts.lib.dedup.stage_input import StageInput
@@ -26,17 +26,9 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 
 def planted(seed: int = 7) -> tuple[list[str], list[str]]:
-    """Real prompts, a third again with one word changed or upper-cased, exact copies and blanks."""
-    rng = random.Random(seed)
+    """Real prompts with near-duplicates, exact copies and blanks planted."""
     texts = [t for t in (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()[:900] if t]
-    near = []
-    for text in rng.sample([t for t in texts if t.split()], len(texts) // 3):
-        words = text.split()
-        words[rng.randrange(len(words))] = rng.choice(["red", "tiny", "VAST", "old"])
-        near.append(" ".join(words) if rng.random() < 0.8 else text.upper())
-    texts = texts + near + ["", "  ", "a", "A"] + texts[:20]
-    rng.shuffle(texts)
-    return texts, [f"id{(i * 7919) % 100_003:06d}" for i in range(len(texts))]
+    return with_near_duplicates(texts, seed)
 
 
 def clean_table(texts: list[str], ids: list[str]) -> pa.Table:

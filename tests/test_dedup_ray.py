@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.planted import with_near_duplicates
 from scripts.lib.dedup import components, signing
 from scripts.lib.dedup import rows as R
 from scripts.lib.dedup.api import dedup_self, resolve_params
@@ -45,18 +45,8 @@ def real_prompts(limit: int = 900) -> list[str]:
 
 
 def planted(limit: int = 300, seed: int = 3) -> tuple[list[str], list[str]]:
-    """Real prompts, a third of them again with one word changed or in another case, blanks and exact copies."""
-    rng = random.Random(seed)
-    texts = real_prompts(limit)
-    near = []
-    worded = [text for text in texts if text.split()]  # the fixtures hold a few blank prompts
-    for text in rng.sample(worded, len(texts) // 3):
-        words = text.split()
-        words[rng.randrange(len(words))] = rng.choice(["red", "tiny", "VAST", "old"])
-        near.append(" ".join(words) if rng.random() < 0.8 else text.upper())
-    texts = texts + near + ["", "  ", "a", "A"] + texts[:20]
-    rng.shuffle(texts)
-    return texts, [f"id{(i * 7919) % 100_003:06d}" for i in range(len(texts))]
+    """Real prompts with near-duplicates, exact copies and blanks planted."""
+    return with_near_duplicates(real_prompts(limit), seed)
 
 
 def groups(table: pa.Table, parts: int) -> list[pa.Table]:
