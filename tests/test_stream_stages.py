@@ -5,7 +5,12 @@ failure part-way leaves no output and no spill."""
 
 from __future__ import annotations
 
+import os
 import random
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +159,33 @@ def test_a_bad_row_part_way_leaves_no_output_and_no_spill(tmp_path, fixtures_dir
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"1 rows have no image reference (first id {table['id'][2_000]}" in result.stderr
     assert sorted(p.name for p in broken.parent.iterdir()) == ["prefilter.parquet"]
+
+
+def _file_size_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("stage", ["captions", "split"])
+def test_a_full_disk_while_spilling_or_writing_is_one_line_and_leaves_nothing(english, stage, monkeypatch, capfd):
+    set_params(english, 500)
+    run_stages(english, "full", monkeypatch, capfd)
+    folder = english / "data" / "full"
+    out = folder / f"again-{stage}"
+    out.mkdir()
+    argv = (
+        ["captions", SOURCE, folder / "prefilter.parquet", "raw", out / "captions.parquet"]
+        if stage == "captions"
+        else ["split", SOURCE, folder / "captions.parquet", out / "splits", "--order", folder / "prefilter.parquet"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts", *map(str, argv)],
+        cwd=english,
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "too large" in result.stderr.lower(), result.stderr
+    assert not list(out.iterdir()), "a spill, temp or half-written file was left behind"

@@ -108,6 +108,7 @@ def sorted_rows_to(path: Path | str, ranks: np.ndarray, schema=None):
             for table in spill.tables():
                 out.add(table)
             out.schema = out.schema or spill.schema  # no rows: an empty file with the columns given
-        finally:
-            spill.close()
+        finally:  # the spill goes with the run, even when closing it fails (a full disk)
+            with contextlib.suppress(Exception):
+                spill.close()
             _remove(folder)
