@@ -275,6 +275,7 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
     params = yaml.safe_load((signal_ws / "params.yaml").read_text(encoding="utf-8"))
     params.setdefault("runtime", {})["workers"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    four_times_the_prompts(root / "data/prompts/big.parquet")  # cleaning lasts well past `delay`
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts", *STAGES["clean"]],
         cwd=root,
@@ -355,6 +356,16 @@ def _subprocess(argv: list[str], cwd: Path, **kwargs) -> subprocess.CompletedPro
 
 
 # ---------------------------------------------------------------- dvc repro never records an interrupted stage
+
+
+def four_times_the_prompts(path: Path) -> None:
+    """The prompt table four times over, each copy's prompts and ids made distinct: ~2 s of cleaning on
+    two workers, so a signal sent 0.5 s in lands while they clean (21k prompts took 0.5 s)."""
+    import pandas as pd
+
+    rows = pd.read_parquet(path)
+    copies = [rows.assign(id=rows["id"] + f"-{k}", prompt=rows["prompt"] + f" {k}") for k in range(4)]
+    pd.concat(copies, ignore_index=True).to_parquet(path, index=False)
 
 
 def _worker_process(parent: int, timeout: float = 60) -> int:
