@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from scripts.lib.interrupts import Interrupted, forget, note, received
+
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
 COMMANDS = {
     # DVC stages (dvc.yaml), one module each
@@ -69,16 +71,6 @@ def build_app(argv: list[str]):
     return app
 
 
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
-    cleanup run, no temp file stays), but is neither an Exception nor a KeyboardInterrupt, so no
-    `except Exception` swallows it and typer does not turn it into an exit status of its own."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _install_signal_handlers() -> dict:
     """SIGINT and SIGTERM raise Interrupted in the main thread; a second one during the cleanup ends
     the process at once (its temp files are removed by the next run). Returns the old handlers."""
@@ -88,17 +80,17 @@ def _install_signal_handlers() -> dict:
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    received: list[int] = []
+    forget()
 
     def handler(signum, frame):
         if os.getpid() != pid:  # a forked worker (dedup's pool) that kept our handler: the parent decides
             if signum == signal.SIGTERM:
                 os._exit(128 + signum)
             return
-        if received:
+        if received() is not None:
             os.write(2, f"interrupted again ({signal.Signals(signum).name}): stopping now\n".encode())
             os._exit(128 + signum)
-        received.append(signum)
+        note(signum)
         raise Interrupted(signum)
 
     pid = os.getpid()
@@ -160,9 +152,18 @@ def main(argv: list[str] | None = None) -> int:
     if stderr is not None:
         sys.stderr = _LineTracker(stderr)
     try:
-        return _main(argv)
+        code = _main(argv)
+        if (signum := received()) is not None and code != 128 + signum:  # the run went on all the same
+            return _interrupted(signum)
+        return code
     except Interrupted as exc:  # raised outside _main's own try (e.g. while it returns)
         return _interrupted(exc.signum)
+    except Exception:
+        # after a signal whose exception a library swallowed, the run went on in a state the unwinding
+        # left broken (a half-imported module): the failure is the signal's, not a bug to show
+        if (signum := received()) is not None:
+            return _interrupted(signum)
+        raise
     finally:
         sys.stderr = stderr
         _restore_signal_handlers(old_handlers)
@@ -178,6 +179,8 @@ def _interrupted(signum: int) -> int:
 
 
 def _error(text: str, code: int = 2) -> int:
+    if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
+        return _interrupted(signum)
     print(f"error: {text}", file=sys.stderr)
     _silence_finalizers()
     return code

@@ -300,6 +300,39 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
     assert leftovers(root) == [] and not list(root.rglob("*.tmp-lock"))
 
 
+# Ctrl-C arrives while pyarrow imports pandas lazily inside `Array.to_numpy` (dedup's first use of
+# pandas), which swallows the exception the handler raises: the run goes on with a half-imported pandas
+_SIGNAL_DURING_A_LAZY_IMPORT = """\
+import os, signal, sys
+fired = []
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas.core.frame" and not fired:
+            fired.append(name)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, SignalOnImport())
+from scripts.cli import main
+code = main(sys.argv[1:])
+sys.exit(code if fired else 99)  # 99: pandas was imported before the stage ran, nothing was tested
+"""
+
+
+def test_a_signal_that_a_library_swallows_still_stops_the_stage_before_it_commits(signal_ws, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(signal_ws / "data", root / "data", ignore=shutil.ignore_patterns("releases", "splits", "images"))
+    shutil.copy(signal_ws / "params.yaml", root / "params.yaml")
+    for workers in (1, 2):  # in one process, and with forked workers that inherit the broken import
+        params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+        params["runtime"].update(workers=workers, batch_rows=5000)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        result = _subprocess([sys.executable, "-c", _SIGNAL_DURING_A_LAZY_IMPORT, *STAGES["dedup"]], root)
+        assert result.returncode == 130, (workers, result.returncode, result.stderr)
+        assert error_line(result.stderr) == "interrupted (SIGINT)"
+        assert not (root / "data/dedup/big.parquet").exists()
+        assert leftovers(root) == [] and not list(root.rglob("*.tmp-lock"))
+
+
 @pytest.mark.parametrize("stage", ["clean", "release"])
 def test_after_a_sigkill_the_next_run_leaves_nothing_behind(signal_ws, stage):
     interrupt(signal_ws, STAGES[stage], signal.SIGKILL, f"{stage}:kill")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.errors import DataError
+from scripts.lib.interrupts import stop_if_received
 
 
 def _read_umask() -> int:
@@ -285,7 +286,9 @@ def mark_folder(folder: Path | str) -> None:
 
 
 def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
-    """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted)."""
+    """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted), unless
+    a signal came while `new` was written: a Ctrl-C never leaves an output that looks finished."""
+    stop_if_received()
     check_replaceable(target, new, committed_ok)
     if not is_dir or not os.path.lexists(target):
         os.replace(new, target)

@@ -1,0 +1,40 @@
+"""The signal a command received. SIGINT and SIGTERM raise `Interrupted` in the main thread, but a
+library can swallow that exception: pyarrow imports pandas lazily inside `Array.to_numpy`, and a Ctrl-C
+landing in that import is lost there, leaving a half-imported pandas behind. So the signal is also
+remembered here: no output is committed after it (`io.replace_path` calls `stop_if_received`), and the
+command exits as interrupted whatever the run does next."""
+
+from __future__ import annotations
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
+    cleanup run, no temp file stays), but is neither an Exception nor a KeyboardInterrupt, so no
+    `except Exception` swallows it and typer does not turn it into an exit status of its own."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_received: list[int] = []
+
+
+def note(signum: int) -> None:
+    _received.append(signum)
+
+
+def received() -> int | None:
+    """The first signal this command received, if any."""
+    return _received[0] if _received else None
+
+
+def forget() -> None:
+    """A new command starts (tests run several in one process)."""
+    _received.clear()
+
+
+def stop_if_received() -> None:
+    """Raise `Interrupted` again if a signal came, even one whose exception something swallowed."""
+    if _received:
+        raise Interrupted(_received[0])
