@@ -15,11 +15,11 @@ setup:  ## the venv with runtime and test dependencies, pinned by constraints.tx
 repro:  ## build every stage (tiny model, sample sources, all releases)
 	dvc repro
 
-test:  ## the whole suite, slow tests and the session pipeline build included (what .ci/run runs)
-	python -m pytest -q
+test:  ## the whole suite: the slow tier (pipeline build, PR workflow, Ray clusters) included, ~25 minutes
+	python -m pytest -q -m "slow or not slow"
 
-test-fast:  ## every test that needs no pipeline build: a few minutes
-	python -m pytest -q -m "not slow"
+test-fast:  ## every test but the slow tier, what CI (.ci/run) and README command 2 run: ~4 minutes
+	python -m pytest -q
 
 lint:  ## ruff check, ruff format --check and mypy scripts/lib, as the pre-commit hooks run them
 	pre-commit run --all-files

@@ -57,3 +57,33 @@ def test_tests_import_helpers_not_conftest():
         if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(encoding="utf-8"), re.M)
     )
     assert not importing, f"replace `from conftest import` with `from helpers import` in {importing}"
+
+
+def collected(*args: str) -> set[str]:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return {line for line in result.stdout.splitlines() if "::" in line}
+
+
+def test_a_plain_run_leaves_out_the_slow_tier_and_make_test_runs_everything():
+    """CI (README command 2) runs a plain `pytest`: the slow tier is not in it, `-m slow` is that tier
+    alone, and `make test`'s selection is both (the `history` users are slow without a mark of their own)."""
+    plain, slow = (
+        collected("tests/test_history.py", "tests/test_tooling.py"),
+        collected("-m", "slow", "tests/test_history.py", "tests/test_tooling.py"),
+    )
+    everything = collected("-m", "slow or not slow", "tests/test_history.py", "tests/test_tooling.py")
+    assert slow and plain and not plain & slow and plain | slow == everything
+    assert all("test_history.py" in test for test in slow)
+    assert {test for test in everything if "test_tooling.py" in test} <= plain
+    make = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r'^test:.*\n\tpython -m pytest -q -m "slow or not slow"$', make, re.M)
