@@ -46,16 +46,18 @@ def check_exported(
     if recipe.export.allow_empty:
         return
     for split in SPLITS:
-        given = before[before["split"] == split]
-        if len(given) and not (after["split"] == split).any():
-            reasons = pd.Series([dropped[i] for i in given["id"]]).value_counts()
-            why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
-            small = given.assign(edge=given[["width", "height"]].min(axis=1)).sort_values("edge").iloc[0]
-            raise DataError(
-                f"params.yaml: releases.{recipe.name}.export: the {fmt} export kept 0 of {len(given)} "
-                f"{split} rows ({why}; the smallest image is {small['width']}x{small['height']}): fit the "
-                "export to the images (bucketed: base_resolution) or set allow_empty: true"
-            )
+        in_split = (before["split"] == split).to_numpy()
+        if not in_split.any() or (after["split"] == split).any():
+            continue
+        given = before[in_split]  # only here: a copy of a split's rows costs as much as the split
+        reasons = pd.Series([dropped[i] for i in given["id"]]).value_counts()
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+        small = given.assign(edge=given[["width", "height"]].min(axis=1)).sort_values("edge").iloc[0]
+        raise DataError(
+            f"params.yaml: releases.{recipe.name}.export: the {fmt} export kept 0 of {len(given)} "
+            f"{split} rows ({why}; the smallest image is {small['width']}x{small['height']}): fit the "
+            "export to the images (bucketed: base_resolution) or set allow_empty: true"
+        )
 
 
 def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> None:
@@ -75,7 +77,7 @@ def read_generation(splits: Path, names: list[str]) -> dict[str, list[dict]]:
         values = []
         for split in SPLITS:
             path = splits / name / f"{split}.parquet"
-            table = read_parquet(path) if path.is_file() else pd.DataFrame()
+            table = read_parquet(path, columns=["generation"]) if path.is_file() else pd.DataFrame()
             values += table["generation"].tolist() if "generation" in table else []
         found[name] = generation_settings(values)
     return found

@@ -483,3 +483,27 @@ def test_rows_removed_by_cross_dedup_are_never_rendered(tmp_path, monkeypatch, c
     counts = generate(kept, settings, tmp_path / "data" / "images" / "openprompts")
     assert counts["rendered"] == len(kept) == len(spy.prompts) == 4
     assert sorted(spy.prompts) == sorted(kept["text"]) and not set(spy.prompts) & set(removed["text"])
+
+
+def test_positions_are_looked_up_as_a_left_merge_would_give_them(tmp_path):
+    """with_positions looks each row's place up in prefilter's file instead of merging (a merge copies
+    every column): the values and dtype a left merge gives, NaN where a row has none, and a file that
+    gives one id two places is one line."""
+    from scripts.lib.compose_ops import with_positions
+    from scripts.lib.io import write_parquet
+
+    rows = pd.DataFrame({"id": ["c", "a", "b", "d"], "text": ["3", "1", "2", "4"], "position": [9, 9, 9, 9]})
+    for order in (
+        pd.DataFrame({"id": ["a", "b", "c", "d"], "position": [0, 1, 2, 3], "text": ["x"] * 4}),
+        pd.DataFrame({"id": ["a", "c", "e"], "position": [5, 7, 8]}),
+    ):
+        write_parquet(order, tmp_path / "s.parquet")
+        merged = rows.drop(columns=["position"]).merge(order[["id", "position"]], on="id", how="left")
+        got = with_positions(rows, "s", tmp_path)
+        pd.testing.assert_frame_equal(got, merged)
+    write_parquet(pd.DataFrame({"id": ["a", "a"], "position": [0, 1]}), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match=r"s\.parquet: duplicate id 'a'"):
+        with_positions(rows, "s", tmp_path)
+    write_parquet(pd.DataFrame({"id": ["a"]}), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match=r"s\.parquet: no 'position' column"):
+        with_positions(rows, "s", tmp_path)

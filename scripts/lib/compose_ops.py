@@ -32,7 +32,7 @@ def split_loader(
 
     def load_split(source: str, split: str) -> pd.DataFrame:
         path = splits_dir / source / f"{split}.parquet"
-        rows = read_parquet(path)
+        rows = read_parquet(path, columns=ROW_COLUMNS)  # composition keeps no other column
         check_split_rows(rows, path, source, roots[source], images_required=source not in text_only)
         return with_positions(rows, source, positions_dir)
 
@@ -45,8 +45,20 @@ def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) 
     path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
     if path is None or not path.exists():
         return rows.assign(position=np.nan)
-    order = read_parquet(path)[["id", "position"]]
-    return rows.drop(columns=["position"], errors="ignore").merge(order, on="id", how="left", validate="one_to_one")
+    order = read_parquet(path, columns=["id", "position"])
+    for column in ("id", "position"):
+        if column not in order:
+            raise DataError(f"{path}: no {column!r} column (not a prefilter output)")
+    ids = pd.Index(order["id"])
+    if not ids.is_unique:
+        raise DataError(f"{path}: duplicate id {ids[ids.duplicated()][0]!r}")
+    # a lookup, not a merge: a merge copies every column of `rows` (gigabytes of text at 10M rows).
+    # As a left merge would: int64 when every row has a position, else float64 with NaN
+    found = ids.get_indexer(rows["id"])
+    position = order["position"].to_numpy()[found]
+    if (found < 0).any():
+        position = np.where(found >= 0, position, np.nan)
+    return rows.drop(columns=["position"], errors="ignore").assign(position=position)
 
 
 def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[Path]]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import html
 import re
 from pathlib import Path
@@ -33,8 +34,9 @@ BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
 
 
 def sample_ids(ids, n: int) -> list[str]:
-    """The n ids whose sha256 sorts first: a deterministic sample, unbiased by id order."""
-    return sorted(ids, key=lambda i: hashlib.sha256(str(i).encode("utf-8")).hexdigest())[:n]
+    """The n ids whose sha256 sorts first: a deterministic sample, unbiased by id order. A heap of n,
+    not a sort: a release of 10M rows would hold 10M digests."""
+    return heapq.nsmallest(n, ids, key=lambda i: hashlib.sha256(str(i).encode("utf-8")).hexdigest())
 
 
 def wrap_caption(text: str, width_px: int, height_px: int) -> list[str]:
