@@ -47,9 +47,10 @@ from scripts.lib.archive import (
 )
 from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, shown, write_json, write_parquet
+from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, shown, write_json
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
 from scripts.lib.safe_paths import confined_file
+from scripts.lib.tables import write_parquet
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -196,7 +197,7 @@ def list_images(folder: Path) -> tuple[list[Listed], Counter]:
 
 
 def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
-    from scripts.lib.io import check_table, read_parquet
+    from scripts.lib.tables import check_table, read_parquet
 
     frame = read_parquet(manifest)
     check_table(frame, manifest, strings=("id", "file"), unique="id")

@@ -22,8 +22,9 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
-from scripts.lib.io import ParquetChunks, arrow_table, check_table, check_unique, read_parquet, shown
+from scripts.lib.io import shown
 from scripts.lib.params import PARAMS_FILE, load_section
+from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, read_parquet
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]

@@ -33,9 +33,10 @@ from scripts.lib.cleaning import (
 )
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
-from scripts.lib.io import ParquetChunks, atomic_path, check_table, row_groups_to, write_json
+from scripts.lib.io import atomic_path, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
+from scripts.lib.tables import ParquetChunks, check_table, row_groups_to
 
 
 def cli_rules(output: Path) -> None:

@@ -19,7 +19,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, compose
 from scripts.lib.compose_ops import stage_ops
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_not_input, read_parquet, shown, write_parquet
+from scripts.lib.io import atomic_path, check_not_input, shown
 from scripts.lib.params import load_section
 from scripts.lib.plans import (
     check_plan,
@@ -31,6 +31,7 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe
+from scripts.lib.tables import read_parquet, write_parquet
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"
 

@@ -33,8 +33,9 @@ from scripts.lib.dedup import (
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, shown, write_json, write_row_groups
+from scripts.lib.io import atomic_path, shown, write_json
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
+from scripts.lib.tables import write_row_groups
 
 DedupParams = Dedup  # the `dedup:` section's model; Dedup() = the documented defaults
 

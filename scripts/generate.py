@@ -21,7 +21,7 @@ import typer
 from scripts.lib.dvc_cache import cached_directory
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys
-from scripts.lib.io import read_parquet, shown
+from scripts.lib.io import shown
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
 from scripts.lib.render import RenderStats, load_pipeline, render_images, resolve_device, resolve_model
@@ -36,6 +36,7 @@ from scripts.lib.render_plan import (
     stored_name,
     with_model_size,
 )
+from scripts.lib.tables import read_parquet
 
 
 def load_settings(params: dict | None) -> Generate:

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, ParquetRows, atomic_path, shown, stable_id, write_json
+from scripts.lib.io import PROMPT_COLUMNS, atomic_path, shown, stable_id, write_json
 from scripts.lib.params import load_section
+from scripts.lib.tables import ParquetRows
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig

@@ -23,9 +23,10 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, read_parquet, shown
+from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
+from scripts.lib.tables import read_parquet
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 PLOT_FILES = {

@@ -27,10 +27,11 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError
-from scripts.lib.io import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to, write_json
+from scripts.lib.io import write_json
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
 from scripts.lib.recipe import resolve_recipe
+from scripts.lib.tables import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to
 
 
 def with_positions(rows: pd.DataFrame) -> pd.DataFrame:

@@ -23,11 +23,12 @@ from scripts.lib.card import data_card, generation_settings
 from scripts.lib.compose import ROW_COLUMNS, release_stats
 from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_rows_table, write_split
-from scripts.lib.io import SPLITS, check_not_input, mark_folder, read_parquet, staging_dir, write_json, write_parquet
+from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
 from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe
+from scripts.lib.tables import read_parquet, write_parquet
 
 
 def without_unexported(rows: pd.DataFrame, removed: pd.DataFrame, dropped: dict[str, str]):

@@ -29,17 +29,9 @@ import pyarrow.parquet as pq
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import (
-    SPLITS,
-    ParquetChunks,
-    arrow_table,
-    atomic_path,
-    check_table,
-    check_unique,
-    row_groups_to,
-    shown,
-)
+from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.params import load_section
+from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, row_groups_to
 
 
 def hash_unit(seed: int, row_id: str) -> float:

@@ -176,7 +176,7 @@ def read_example_pool(source: ExampleSource) -> list[str]:
 
 
 def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
-    from scripts.lib.io import read_parquet
+    from scripts.lib.tables import read_parquet
 
     if column is None:
         raise DataError(f"{file}: a parquet example source needs `column` (e.g. text)")

@@ -33,7 +33,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.lib.io import PROMPT_COLUMNS, stable_id, write_parquet
+from scripts.lib.io import PROMPT_COLUMNS, stable_id
+from scripts.lib.tables import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))

@@ -39,9 +39,10 @@ from scripts.lib.cleaning import (
 from scripts.lib.cleaning import table as clean_tables
 from scripts.lib.cleaning.rule_sets import document
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, write_parquet
+from scripts.lib.io import PROMPT_COLUMNS
 from scripts.lib.params import CleanRules
 from scripts.lib.regex_engine import run_phase
+from scripts.lib.tables import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

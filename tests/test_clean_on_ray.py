@@ -112,7 +112,8 @@ def session_processes(session: int) -> list[str]:
 def test_ctrl_c_on_the_ray_engine_exits_130_and_shuts_ray_down(tmp_path, fixtures_dir):
     import pandas as pd
 
-    from scripts.lib.io import PROMPT_COLUMNS, write_parquet
+    from scripts.lib.io import PROMPT_COLUMNS
+    from scripts.lib.tables import write_parquet
 
     root = workspace(
         tmp_path / "ws", fixtures_dir, {"engine": "ray", "workers": 2, "batch_rows": 2000, "object_store_mb": 100}

@@ -34,7 +34,8 @@ from scripts.lib.cleaning import (
 from scripts.lib.cleaning import rule_sets as rule_set_files
 from scripts.lib.cleaning.rule_sets import document
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, write_parquet
+from scripts.lib.io import PROMPT_COLUMNS
+from scripts.lib.tables import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = ("final", "2023-04-04", "2023-03-30")

@@ -476,7 +476,7 @@ def test_stage_output_bytes_do_not_depend_on_how_the_input_is_chunked(tmp_path, 
 @pytest.mark.parametrize("rows", [0, 3, 70_000])
 def test_the_row_group_writer_writes_what_pq_write_table_writes_for_one_chunk(tmp_path, rows):
     """However the rows come (none, in pieces), the file is pq.write_table's of the rows as one chunk."""
-    from scripts.lib.io import write_row_groups
+    from scripts.lib.tables import write_row_groups
 
     table = pa.table({"id": [f"{i:08x}" for i in range(rows)], "n": pa.array(range(rows), pa.int64())})
     pq.write_table(table.combine_chunks(), tmp_path / "reference.parquet", compression="zstd")

@@ -16,10 +16,10 @@ import yaml
 from helpers import file_digests
 from scripts.generate import generate, load_settings, prune_generation_store
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_parquet
 from scripts.lib.params import Generate
 from scripts.lib.render import resolve_model
 from scripts.lib.render_plan import MANIFEST_COLUMNS, plan_jobs, prompt_seed
+from scripts.lib.tables import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -16,8 +16,8 @@ import yaml
 
 from helpers import file_digests
 from scripts.generate import generate
-from scripts.lib.io import write_parquet
 from scripts.lib.params import Generate, Runtime
+from scripts.lib.tables import write_parquet
 
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[1]

@@ -457,7 +457,7 @@ def test_an_interrupt_between_two_column_appends_stays_an_interrupt(tmp_path):
     in test_interrupts' SIGINT to ingest@chatgpt)."""
     import pyarrow as pa
 
-    from scripts.lib.io import ParquetRows
+    from scripts.lib.tables import ParquetRows
 
     schema = pa.schema([("a", pa.string()), ("b", pa.string())])
     with pytest.raises(KeyboardInterrupt), ParquetRows(tmp_path / "t.parquet", schema, batch_rows=10) as table:

@@ -4,6 +4,7 @@ each DVC stage's code lives in scripts/<stage>.py and is listed in that stage's 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
@@ -157,3 +158,15 @@ def test_each_stage_lists_all_the_code_it_runs():
         if unlisted:
             missing[name] = unlisted
     assert not missing, f"code a stage runs but does not list in dvc.yaml deps: {missing}"
+
+
+def test_no_module_is_over_500_lines_unless_its_docstring_says_why():
+    """A module over 500 lines does one job that needs them and says so in its docstring."""
+    long = []
+    for path in sorted((REPO / "scripts").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 500:
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            if not re.search(r"over 500 lines", docstring, re.IGNORECASE):
+                long.append(f"{path.relative_to(REPO)} ({text.count(chr(10))} lines)")
+    assert not long, f"split these, or say in the docstring why one job needs over 500 lines: {long}"

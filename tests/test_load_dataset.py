@@ -15,7 +15,8 @@ import yaml
 from PIL import Image
 
 from helpers import REPO, cli
-from scripts.lib.io import stable_id, write_parquet
+from scripts.lib.io import stable_id
+from scripts.lib.tables import write_parquet
 
 SOURCE = "chatgpt"  # a source of params.yaml; its images folder is data/images/chatgpt
 TEXTS = {

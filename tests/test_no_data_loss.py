@@ -15,8 +15,9 @@ from helpers.workspace import RAW, error_line, leftovers, make_splits, snapshot,
 from scripts.cli import main
 from scripts.ingest import ingest
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, output_lock, write_parquet
+from scripts.lib.io import MARKER, output_lock
 from scripts.lib.readers import SourceConfig
+from scripts.lib.tables import write_parquet
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:

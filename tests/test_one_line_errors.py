@@ -40,7 +40,8 @@ import pytest
 import yaml
 
 from helpers import GIT_ENV, cli, workspace, write_tar
-from scripts.lib.io import stable_id, write_parquet
+from scripts.lib.io import stable_id
+from scripts.lib.tables import write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -895,12 +896,12 @@ def test_an_interrupt_while_the_last_rows_are_written_prints_only_its_line(param
     ws = params_ws
     patch = (
         "import signal\n"
-        "import scripts.lib.io as io\n"
-        "flush = io.ParquetRows.flush\n"
+        "import scripts.lib.tables as tables\n"
+        "flush = tables.ParquetRows.flush\n"
         "def flush_then_signal(self):  # the sample's rows fit one group: its one flush is the last\n"
         "    flush(self)\n"
         "    signal.raise_signal(signal.SIGINT)\n"
-        "io.ParquetRows.flush = flush_then_signal\n"
+        "tables.ParquetRows.flush = flush_then_signal\n"
     )
     result = _patched_ingest(ws, "chatgpt", patch)
     assert result.returncode == 130, (result.returncode, result.stderr)

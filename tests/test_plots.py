@@ -15,7 +15,7 @@ from PIL import Image
 
 from helpers import cli, run
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_parquet
+from scripts.lib.tables import write_parquet
 from scripts.plots import PLOT_FILES, dedup_cluster_sizes, prompt_lengths, source_mix
 
 REPO = Path(__file__).resolve().parents[1]

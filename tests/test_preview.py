@@ -162,7 +162,7 @@ def test_dedup_preview_shows_largest_clusters_side_by_side_escaped():
 
 
 def test_dedup_preview_cli_writes_the_page_from_dedup_outputs(tmp_path):
-    from scripts.lib.io import write_parquet
+    from scripts.lib.tables import write_parquet
 
     clusters, kept, removed = dedup_tables()
     data = tmp_path / "data"

@@ -419,8 +419,8 @@ def test_rows_removed_by_cross_dedup_are_never_rendered(tmp_path, monkeypatch, c
 
     from helpers import cli
     from scripts.generate import generate
-    from scripts.lib.io import write_parquet
     from scripts.lib.params import Generate
+    from scripts.lib.tables import write_parquet
 
     params = {
         "split": {"method": "hash", "validation_fraction": 0.0, "seed": 42},
@@ -490,7 +490,7 @@ def test_positions_are_looked_up_as_a_left_merge_would_give_them(tmp_path):
     every column): the values and dtype a left merge gives, NaN where a row has none, and a file that
     gives one id two places is one line."""
     from scripts.lib.compose_ops import with_positions
-    from scripts.lib.io import write_parquet
+    from scripts.lib.tables import write_parquet
 
     rows = pd.DataFrame({"id": ["c", "a", "b", "d"], "text": ["3", "1", "2", "4"], "position": [9, 9, 9, 9]})
     for order in (

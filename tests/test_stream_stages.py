@@ -21,7 +21,8 @@ import yaml
 
 from helpers.commands import cli
 from scripts.lib import external_sort
-from scripts.lib.io import stable_id, write_parquet
+from scripts.lib.io import stable_id
+from scripts.lib.tables import write_parquet
 from scripts.split import shuffled_validation
 
 REPO = Path(__file__).resolve().parents[1]

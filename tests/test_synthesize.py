@@ -24,7 +24,7 @@ import yaml
 
 from helpers import Loopback, send_json
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_parquet
+from scripts.lib.tables import write_parquet
 from scripts.synthesize import (
     ExampleSource,
     backoff_delay,

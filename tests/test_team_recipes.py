@@ -253,7 +253,7 @@ def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, cap
     import json
 
     from helpers import cli
-    from scripts.lib.io import read_parquet, write_parquet
+    from scripts.lib.tables import read_parquet, write_parquet
 
     texts = _gpt4()[:30]
     texts = texts + texts[:5]  # five exact copies
@@ -289,7 +289,7 @@ def test_dedup_at_source_follows_each_sources_setting(tmp_path, monkeypatch, cap
 def test_captions_skip_a_prompt_langdetect_does_not_read_as_english(tmp_path, monkeypatch, capfd):
     """sources.S.caption_language: the team's make_captions.py check on the raw prompt (undetectable kept)."""
     from helpers import cli
-    from scripts.lib.io import read_parquet, write_parquet
+    from scripts.lib.tables import read_parquet, write_parquet
 
     prompts = _gpt4()[:6] + [
         "Ein wunderschönes Schloss auf einem Hügel bei Sonnenuntergang, Ölgemälde",

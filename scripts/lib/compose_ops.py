@@ -15,10 +15,10 @@ import pandas as pd
 
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.errors import DataError
-from scripts.lib.io import read_parquet
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
+from scripts.lib.tables import read_parquet
 
 
 def split_loader(

@@ -37,9 +37,9 @@ import pandas as pd
 
 from scripts.lib import bucketed
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_parquet
 from scripts.lib.nesting import loads_json
 from scripts.lib.shards import ShardWriter
+from scripts.lib.tables import write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
@@ -431,7 +431,7 @@ def read_rows_table(release_dir: Path) -> pd.DataFrame | None:
     path = Path(release_dir) / "rows.parquet"
     if not path.is_file():
         return None
-    from scripts.lib.io import read_parquet
+    from scripts.lib.tables import read_parquet
 
     table = read_parquet(path)
     missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]

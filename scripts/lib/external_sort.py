@@ -13,7 +13,7 @@ bucket. Rows may be dropped between ranking and adding (a bucket then holds fewe
 
 The spill folder (.T.tmp-spill beside the output) lives under the output's lock and goes with the run
 (a killed run's is removed by the next one, as io.py's temp files are). The bytes equal a sort of the
-whole table: the rows leave in one order and io.py's RowGroups lays row groups out however they come.
+whole table: the rows leave in one order and tables.py's RowGroups lays row groups out however they come.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scripts.lib.io import PARQUET_ROW_GROUP, TMP_SPILL, _remove, _sibling, row_groups_to
+from scripts.lib.io import TMP_SPILL, _remove, _sibling
+from scripts.lib.tables import PARQUET_ROW_GROUP, row_groups_to
 
 RANK = "__rank"
 BUCKET_ROWS = PARQUET_ROW_GROUP  # rows a bucket file holds at most: what the sort holds in memory
@@ -97,7 +98,7 @@ class Spill:
 
 @contextlib.contextmanager
 def sorted_rows_to(path: Path | str, ranks: np.ndarray, schema=None):
-    """A parquet file of the rows added, in rank order, written atomically (io.row_groups_to)."""
+    """A parquet file of the rows added, in rank order, written atomically (tables.row_groups_to)."""
     with row_groups_to(path, schema) as out:
         folder = _sibling(Path(path), TMP_SPILL)  # under the lock row_groups_to holds
         _remove(folder)

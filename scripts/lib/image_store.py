@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_parquet
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS
+from scripts.lib.tables import write_parquet
 
 STORE_TMP = ".tmp"
 STORE_IGNORE = ".gitignore"

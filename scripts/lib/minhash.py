@@ -1,22 +1,14 @@
-"""Vectorised MinHash primitives for near-duplicate removal (used by scripts/dedup.py).
+"""Vectorised MinHash primitives for near-duplicate removal: shingles, signatures, band keys, candidate
+pairs and their exact Jaccard, on Arrow arrays in and numpy arrays out (no Python object per row or per
+shingle, so 10M prompts fit in a few GB). One job, hence a little over 500 lines.
 
-Everything works on batches of texts held as Arrow arrays and returns numpy arrays: no Python
-object is created per row or per shingle, so 10M prompts fit in a few GB.
-
-Shingling contract (docs/contracts.md §4): lowercase, tokens = `\\w+` runs, word n-grams (`ngram`,
-default 3); a text with fewer than n tokens is ONE shingle of all its tokens; a text without tokens
-has no shingles (it is never anybody's duplicate). `unit="char"` uses character n-grams of the
-tokens joined by single spaces instead.
-
-Hashing (stable across processes and machines, never Python's salted `hash()`):
-  token      -> 64-bit hash of its UTF-8 bytes (`hash_byte_ranges`; char unit: the code point, mixed)
-  shingle    -> fmix64(C_w + sum_k unit_k * M_k) over its w units; sets are compared on these 64 bits
-  MinHash    -> datasketch 2.x "affine32" scheme applied to the low 32 bits of the shingle hash:
-                fmix32(h), then a_k * h + b_k mod 2^32 with datasketch's own (a, b) for the seed.
-So `datasketch.MinHash(num_perm, seed, hashfunc=lambda v: v)` fed with `shingle_hash32` values gives
-bit-identical signatures (tests/test_dedup.py checks it). The only difference from datasketch's
-defaults is the shingle hash: datasketch applies sha1 to each shingle's bytes, which costs a Python
-call per shingle; we hash token bytes and combine token hashes with numpy integer arithmetic.
+Shingling (docs/contracts.md §4): lowercase `\\w+` tokens, word n-grams (`ngram`, default 3); a text
+with fewer than n tokens is ONE shingle of all its tokens, one without tokens has none; `unit="char"`:
+character n-grams of the tokens joined by spaces. Hashes are stable across processes and machines:
+token -> 64-bit hash of its UTF-8 bytes; shingle -> fmix64 of its units' hashes combined; MinHash ->
+datasketch 2.x's "affine32" scheme on the shingle hash's low 32 bits, so `datasketch.MinHash(num_perm,
+seed, hashfunc=lambda v: v)` fed `shingle_hash32` gives bit-identical signatures (tests/test_dedup.py).
+Unlike datasketch's default (sha1 of each shingle, a Python call each) token hashes combine in numpy.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import pandas as pd
 
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, SPLITS, check_outputs_ours, check_replaceable, check_table, replace_path
+from scripts.lib.io import MARKER, SPLITS, check_outputs_ours, check_replaceable, replace_path
+from scripts.lib.tables import check_table
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
 OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")

@@ -65,7 +65,7 @@ def txt_name(filename: str) -> str:
 
 def table_writer(path: Path, batch_rows: int = 50_000):
     """The parquet table (the preset's COLUMNS), streamed: millions of DALL-E-3 records in flat memory."""
-    from scripts.lib.io import ParquetRows
+    from scripts.lib.tables import ParquetRows
 
     return ParquetRows(path, _schema(), batch_rows)
 

@@ -10,7 +10,8 @@ import pandas as pd
 import yaml
 
 from helpers.repos import REPO
-from scripts.lib.io import MARKER, stable_id, write_parquet
+from scripts.lib.io import MARKER, stable_id
+from scripts.lib.tables import write_parquet
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 RAW = REPO / "data" / "raw"

@@ -40,8 +40,9 @@ from scripts.lib.dedup.rows import (
 )
 from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, write_row_groups
+from scripts.lib.io import atomic_path
 from scripts.lib.params import Dedup, Runtime
+from scripts.lib.tables import write_row_groups
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that

@@ -1,0 +1,275 @@
+"""Parquet tables in and out of a stage: byte-stable writes (whole, or row group by row group, always
+through io.atomic_path) and checked reads of a stage's inputs (whole, by columns, or in chunks), whose
+bad input is one line naming the file (and the row, where there is one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from scripts.lib.errors import DataError
+from scripts.lib.io import atomic_path
+
+
+def arrow_table(df):
+    """A DataFrame as pyarrow, without the pandas index or metadata (it embeds versions): byte-stable."""
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
+
+
+def write_parquet(df, path: Path | str) -> None:
+    """Write a DataFrame as parquet atomically, without the pandas index (byte-stable)."""
+    import pyarrow.parquet as pq
+
+    table = arrow_table(df)
+    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
+        pq.write_table(table, sink, compression="zstd")
+
+
+PARQUET_ROW_GROUP = 1024 * 1024  # pyarrow's default row group size, written out
+
+
+def write_row_groups(tables, schema, path: Path | str) -> None:
+    """Tables (pyarrow, in order) into one parquet file atomically (see row_groups_to)."""
+    with row_groups_to(path, schema) as out:
+        for table in tables:
+            out.add(table)
+
+
+@contextlib.contextmanager
+def row_groups_to(path: Path | str, schema=None) -> Iterator[RowGroups]:
+    """A parquet file written table by table, atomically: nothing reaches `path` unless the block succeeds.
+
+    with row_groups_to(path) as out:   # schema: the first table's, when not given
+        for table in tables:
+            out.add(table)
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
+        out = RowGroups(sink, schema, path)
+        try:
+            yield out
+            out.finish()
+        finally:  # the writer before its file, even when interrupted
+            out.close()
+
+
+class RowGroups:
+    """Rows into row groups of PARQUET_ROW_GROUP rows, each handed to pyarrow as one contiguous chunk:
+    pyarrow's pages follow the chunks it gets, so the bytes are those `pq.write_table` gives the whole
+    table, however a reader or an engine chunked the rows. Holds at most one row group."""
+
+    def __init__(self, sink, schema, path: Path | str):
+        self.sink, self.schema, self.path = sink, schema, path
+        self.pending: list = []
+        self.held = self.written = 0
+        self.writer: Any = None  # pq.ParquetWriter, opened with the first row group
+
+    def add(self, table) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            self.schema = table.schema
+        self.pending.append(table.cast(self.schema))
+        self.held += table.num_rows
+        while self.held >= PARQUET_ROW_GROUP:
+            rows = pa.concat_tables(self.pending)
+            self._write(rows.slice(0, PARQUET_ROW_GROUP))
+            self.pending, self.held = [rows.slice(PARQUET_ROW_GROUP)], self.held - PARQUET_ROW_GROUP
+
+    def finish(self) -> None:
+        import pyarrow as pa
+
+        if self.schema is None:
+            raise DataError(f"{self.path}: nothing to write (no table, so no columns)")
+        if self.held or not self.written:  # no rows at all: one empty row group, as pq.write_table writes
+            self._write(pa.concat_tables([self.schema.empty_table(), *self.pending]))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def _write(self, rows) -> None:
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+        self.writer.write_table(rows.combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+        self.written += 1
+
+
+class ParquetRows:
+    """A parquet file written row by row, in row groups of `batch_rows` (flat memory, byte-stable).
+
+        with ParquetRows(tmp, schema, 50_000) as table:
+            table.add(value_of_column_1, ...)
+
+    On an error the buffer is dropped, never written: after a Ctrl-C between two columns' appends it is
+    ragged, and the caller's temp file is deleted anyway."""
+
+    def __init__(self, path: Path | str, schema, batch_rows: int):
+        import pyarrow.parquet as pq
+
+        self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
+        self.columns: list[list] = [[] for _ in schema.names]
+        self.sink = open(path, "wb")  # noqa: SIM115  # closed by close(); a file object: pyarrow cannot encode a non-UTF-8 file name
+        self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
+
+    def add(self, *values) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+        if len(self.columns[0]) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.columns[0]:
+            arrays = [pa.array(values, field.type) for values, field in zip(self.columns, self.schema)]
+            self.writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self.rows += len(self.columns[0])
+            for values in self.columns:
+                values.clear()
+
+    def __enter__(self) -> ParquetRows:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:  # the writer before its file, even when the last flush is interrupted
+            try:
+                self.writer.close()
+            finally:
+                self.sink.close()
+
+
+def read_parquet(path: Path | str, columns: list[str] | None = None):
+    """Read a stage's parquet input (only `columns`, when given: those the file has); a missing input is
+    fatal and names the path."""
+    import pandas as pd
+
+    path = _existing_input(path)
+    try:
+        if columns is not None:
+            names = set(parquet_columns(path))
+            columns = [c for c in columns if c in names]
+        return pd.read_parquet(path, columns=columns)
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _unreadable(path, exc) from None
+
+
+def parquet_columns(path: Path | str) -> list[str]:
+    """The column names of a parquet input, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    path = _existing_input(path)
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _unreadable(path, exc) from None
+
+
+class ParquetChunks:
+    """A stage input read `rows` rows at a time as DataFrames, for a stage that streams (flat memory).
+
+    `arrow(df)` turns a chunk's result back into pyarrow with the types the whole file would get through
+    `pd.read_parquet` and `write_parquet`: an integer column holding a missing value anywhere in the file
+    is float64 there (pandas' NaN), in every chunk. So a streamed stage writes the bytes a whole-table
+    one does."""
+
+    def __init__(self, path: Path | str, rows: int):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path, self.rows = _existing_input(path), rows
+        try:
+            self.file = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering keeps every read row group
+            integers = self.file.read(columns=[f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)])
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise _unreadable(self.path, exc) from None
+        self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
+        self.columns = self.file.schema_arrow.names
+
+    def frames(self) -> Iterator:
+        """The rows as DataFrames of up to `rows` rows, in order; one empty frame for an empty file."""
+        batches = self.file.iter_batches(batch_size=self.rows)
+        seen = False
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise _unreadable(self.path, exc) from None
+            if batch is None:
+                break
+            seen = True
+            yield batch.to_pandas()
+        if not seen:
+            yield self.file.schema_arrow.empty_table().to_pandas()
+
+    def arrow(self, df):
+        import pyarrow as pa
+
+        table = arrow_table(df)
+        for name in self.float_columns & set(table.column_names):
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, pa.field(name, pa.float64()), table.column(name).cast(pa.float64()))
+        return table
+
+
+def _existing_input(path: Path | str) -> Path:
+    """`path`, or a one-line error when the stage input is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: input not found (run its upstream stage first)")
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
+
+
+def check_unique(path: Path | str, column: str = "id"):
+    """The column of a whole file (pyarrow: compact), after check_table's repeated-id check: for a stage
+    that streams its rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = _existing_input(path)
+    try:
+        values = pq.read_table(path, columns=[column]).column(column) if column in pq.read_schema(path).names else None
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _unreadable(path, exc) from None
+    if values is None:
+        raise DataError(f"{path}: no '{column}' column")
+    if pc.count_distinct(values, mode="all").as_py() < len(values):
+        check_table(values.to_pandas().to_frame(column), path, unique=column)  # names the first repeat
+    return values
+
+
+def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:
+    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids."""
+    import pandas as pd
+
+    for column in strings:
+        if column not in df.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        if isinstance(df[column].dtype, pd.StringDtype):  # text by construction: no value to look at
+            continue
+        values = df[column].dropna()
+        if len(values) and not (
+            pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()
+        ):
+            raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
+    if unique is not None:
+        if unique not in df.columns:
+            raise DataError(f"{path}: no '{unique}' column")
+        repeated = df[unique][df[unique].duplicated()]
+        if len(repeated):
+            raise DataError(f"{path}: duplicate id {repeated.iloc[0]!r} ({len(repeated)} repeated rows)")
