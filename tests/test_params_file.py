@@ -38,7 +38,7 @@ def test_dvc_set_param_round_trip_keeps_every_value(tmp_path):
 def test_history_replay_params_keep_values_and_drop_later_releases():
     text = (REPO / "params.yaml").read_text()
     names = release_names(text)
-    assert names == ["v2", "v3", "v4", "v4-a", "v4-b"]
+    assert names[:5] == ["v2", "v3", "v4", "v4-a", "v4-b"]  # the team's history first; releases added later follow
     for i, name in enumerate(names):
         cut = yaml.safe_load(params_up_to(text, name))
         full = yaml.safe_load(text)

@@ -36,9 +36,13 @@ def test_committed_data_raw_is_the_generator_output(sample):
     committed = REPO / "data" / "raw"
     if not committed.exists():
         pytest.skip("data/raw not generated yet")
-    assert file_digests(committed) == file_digests(sample), (
-        "data/raw is stale: run `python -m scripts sample-data data/raw`"
+    committed_files, generated = file_digests(committed), file_digests(sample)
+    foreign = sorted(set(committed_files) - set(generated))
+    assert not foreign, (
+        f"data/raw holds files `sample-data` does not write: {foreign[:5]}; data/raw is the shipped sample "
+        "set, so keep a new source's files elsewhere (e.g. data/sources/<name>, CONTRIBUTING.md)"
     )
+    assert committed_files == generated, "data/raw is stale: run `python -m scripts sample-data data/raw`"
 
 
 def test_layout_and_size(sample):
