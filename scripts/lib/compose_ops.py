@@ -18,7 +18,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
-from scripts.lib.tables import read_parquet
+from scripts.lib.tables import check_table, read_parquet
 
 
 def split_loader(
@@ -46,12 +46,10 @@ def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) 
     if path is None or not path.exists():
         return rows.assign(position=np.nan)
     order = read_parquet(path, columns=["id", "position"])
-    for column in ("id", "position"):
-        if column not in order:
-            raise DataError(f"{path}: no {column!r} column (not a prefilter output)")
+    check_table(order, path, unique="id")
+    if "position" not in order:
+        raise DataError(f"{path}: no 'position' column (not a prefilter output)")
     ids = pd.Index(order["id"])
-    if not ids.is_unique:
-        raise DataError(f"{path}: duplicate id {ids[ids.duplicated()][0]!r}")
     # a lookup, not a merge: a merge copies every column of `rows` (gigabytes of text at 10M rows).
     # As a left merge would: int64 when every row has a position, else float64 with NaN
     found = ids.get_indexer(rows["id"])

@@ -152,26 +152,14 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
     """Read a stage's parquet input (only `columns`, when given: those the file has); a missing input is
     fatal and names the path."""
     import pandas as pd
-
-    path = _existing_input(path)
-    try:
-        if columns is not None:
-            names = set(parquet_columns(path))
-            columns = [c for c in columns if c in names]
-        return pd.read_parquet(path, columns=columns)
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
-
-
-def parquet_columns(path: Path | str) -> list[str]:
-    """The column names of a parquet input, from its footer alone."""
     import pyarrow.parquet as pq
 
     path = _existing_input(path)
     try:
-        return pq.read_schema(path).names
+        if columns is not None:
+            names = set(pq.read_schema(path).names)  # the footer alone
+            columns = [c for c in columns if c in names]
+        return pd.read_parquet(path, columns=columns)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise _unreadable(path, exc) from None
 
