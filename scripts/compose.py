@@ -16,8 +16,17 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.lib.compose import ROW_COLUMNS, compose
-from scripts.lib.compose_ops import stage_ops
+from scripts.lib.compose import (
+    ROW_COLUMNS,
+    ROWS_SCHEMA,
+    compose,
+    composed_arrow,
+    composed_table,
+    no_removed_rows,
+    picks_only,
+)
+from scripts.lib.compose_ops import source_roots, stage_ops
+from scripts.lib.compose_stream import placements, write_picked_rows
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_not_input, shown
 from scripts.lib.params import load_section
@@ -31,30 +40,34 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe
-from scripts.lib.tables import read_parquet, write_parquet
+from scripts.lib.tables import column_names, read_parquet, write_parquet, write_row_groups
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"
 
 
 def write_composed(rows: pd.DataFrame, removed: pd.DataFrame, output: Path) -> None:
     with atomic_path(output, is_dir=True) as tmp:
-        write_parquet(rows.astype({"width": "Int64", "height": "Int64"}), tmp / ROWS)
-        write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), tmp / REMOVED)
+        write_row_groups([composed_arrow(rows)], ROWS_SCHEMA, tmp / ROWS)
+        write_parquet(composed_table(removed), tmp / REMOVED)
 
 
-def read_composed(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, removed rows) that compose@V wrote; a missing file or column is one line."""
-    tables = []
-    for name, columns in ((ROWS, ROW_COLUMNS), (REMOVED, ROW_COLUMNS + ["reason"])):
-        path = Path(folder) / name
-        if not path.is_file():
-            raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
-        table = read_parquet(path)
-        missing = [c for c in columns if c not in table.columns]
-        if missing:
-            raise DataError(f"{path}: no {missing[0]!r} column (not a compose output)")
-        tables.append(table[columns])
-    return tables[0], tables[1]
+def read_composed(folder: Path, row_columns: list[str] = ROW_COLUMNS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, removed rows) that compose@V wrote, rows with `row_columns` only; a missing file or column
+    is one line."""
+    rows = read_parquet(composed_file(folder, ROWS, ROW_COLUMNS), columns=row_columns)
+    removed = read_parquet(composed_file(folder, REMOVED, ROW_COLUMNS + ["reason"]))
+    return rows[row_columns], removed[ROW_COLUMNS + ["reason"]]
+
+
+def composed_file(folder: Path, name: str, columns: list[str]) -> Path:
+    """folder/name, checked to be a compose@V output with `columns` (its footer read, not its rows)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
+    missing = [c for c in columns if c not in column_names(path)]
+    if missing:
+        raise DataError(f"{path}: no {missing[0]!r} column (not a compose output)")
+    return path
 
 
 def compose_release(name: str, reads: dict, splits: Path, rules: Path, positions: Path, desc: str):
@@ -92,6 +105,24 @@ def cli(
     if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(plan, compose_plan(reads))
     check_not_input(output, [splits, rules])
-    _, rows, removed = compose_release(name, reads, splits, rules, positions, f"compose@{name}")
-    write_composed(rows, removed, output)
-    print(shown(f"compose@{name}: {len(rows)} rows, {len(removed)} removed -> {output}"))
+    recipe, sources = resolve_recipe(name, plan_releases(reads)), plan_sources(reads)
+    roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
+    placed = list(placements(recipe, splits, positions)) if picks_only(recipe) else []
+    if placed:  # nothing here reads a text: the rows stream through, placed by their keys
+        rows, removed = write_placed(placed, roots, sources, output), 0
+    else:
+        _, composed, gone = compose_release(name, reads, splits, rules, positions, f"compose@{name}")
+        write_composed(composed, gone, output)
+        rows, removed = len(composed), len(gone)
+    print(shown(f"compose@{name}: {rows} rows, {removed} removed -> {output}"))
+
+
+def write_placed(placed: list, roots: dict, sources: dict, output: Path) -> int:
+    """compose@V's outputs for a recipe that only picks rows: rows.parquet streamed, no removed row."""
+    text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
+    with atomic_path(output, is_dir=True) as tmp:
+        rows = write_picked_rows(
+            placed, roots, text_only, tmp / ROWS, load_section("runtime", missing_ok=True).stream_rows
+        )
+        write_parquet(composed_table(no_removed_rows()), tmp / REMOVED)
+    return rows

@@ -13,22 +13,27 @@ rows.parquet, stats.json (a DVC metric), preview.jpg (contact sheet) and README.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import typer
 
-from scripts.compose import compose_release, read_composed
+from scripts.compose import ROWS, compose_release, read_composed
 from scripts.lib.card import data_card, generation_settings
 from scripts.lib.compose import ROW_COLUMNS, release_stats
+from scripts.lib.compose_ops import source_roots
 from scripts.lib.errors import DataError
-from scripts.lib.export import export_options, write_rows_table, write_split
+from scripts.lib.export import export_options, write_prompts_release, write_rows_table, write_split
 from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
 from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe
-from scripts.lib.tables import read_parquet, write_parquet
+from scripts.lib.tables import ParquetChunks, read_parquet, write_parquet
+
+# layouts written a chunk of rows at a time (text only: an image layout holds its rows)
+STREAMED_LAYOUTS = ("prompts",)
 
 
 def without_unexported(rows: pd.DataFrame, removed: pd.DataFrame, dropped: dict[str, str]):
@@ -103,14 +108,16 @@ def cli(
         check_plan(plan, reads)
     check_not_input(output, [splits, rules, composed])
     check_output(output)  # before any work: a mistyped output path fails at once, in one line
+    sources = plan_sources(reads)
+    recipe = resolve_recipe(name, plan_releases(reads))
+    source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
+    fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
+    check_layout_takes(recipe, sources, fmt)
+    streamed = composed is not None and fmt in STREAMED_LAYOUTS  # the rows stream from rows.parquet
     if composed is None:
         recipe, rows, removed = compose_release(name, reads, splits, rules, positions, f"release@{name}")
     else:
-        recipe = resolve_recipe(name, plan_releases(reads))
-        rows, removed = read_composed(composed)
-    sources = plan_sources(reads)
-    fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
-    check_layout_takes(recipe, sources, fmt)
+        rows, removed = read_composed(composed, ["id", "source", "split"] if streamed else ROW_COLUMNS)
     names = sorted({c.source for c in recipe.all_components()})
     from scripts.lib.progress import Progress
 
@@ -118,10 +125,15 @@ def cli(
     # bad image or a crash leaves the previous release whole (never train new and validation old).
     with staging_dir(output) as staging:  # locked; a killed run's staging folder goes on the next run
         dropped: dict[str, str] = {}
-        with Progress(f"release@{name}", total=len(rows), unit="images") as progress:
-            for part in SPLITS:
-                write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance, dropped)
-                mark_folder(staging / part)
+        unit = "rows" if fmt == "prompts" else "images"
+        with Progress(f"release@{name}", total=len(rows), unit=unit) as progress:
+            if streamed:
+                chunks = ParquetChunks(composed / ROWS, load_section("runtime", missing_ok=True).stream_rows)
+                write_prompts_release(chunks.frames(), staging, progress.advance)
+            else:
+                for part in SPLITS:
+                    write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance, dropped)
+                    mark_folder(staging / part)
         exported, removed = without_unexported(rows, removed, dropped)
         check_exported(recipe, fmt, rows, exported, dropped)
         stats = release_stats(exported, removed)
@@ -133,31 +145,45 @@ def cli(
             load_section("split", missing_ok=True),
             read_generation(splits, names),
         )
-        write_preview(exported, staging / "preview.jpg", load_section("preview", missing_ok=True))
+        if streamed:  # the sample's texts from the file: `exported` holds ids, sources and splits only
+            write_preview(exported["id"], lambda ids: rows_of(composed / ROWS, ids), staging / "preview.jpg")
+        else:
+            write_preview(exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg")
         write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
-        write_rows_table(exported, staging)  # rows.parquet: the release's rows, whatever the layout
+        if not streamed:  # rows.parquet: the release's rows, whatever the layout (streamed: written above)
+            write_rows_table(exported, staging)
         move_into_place(staging, output)
     print(
         f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}"
     )
 
 
-def write_preview(rows: pd.DataFrame, output: Path, geometry: Preview) -> None:
-    """preview.jpg: contact sheet of a deterministic sample (the ids whose sha256 sorts first),
-    read from the image store, so it looks the same whatever the export layout; a row without an
-    image (a text-only release) is a grey box over its caption."""
+def rows_of(path: Path, ids: list[str]) -> pd.DataFrame:
+    """The rows of `ids` (id-indexed, in that order) from a parquet file, read a row group at a time."""
+    import pyarrow.parquet as pq
+
+    columns = ["id", "text", "image"]
+    table = pq.read_table(path, columns=columns, filters=[("id", "in", ids)]) if ids else None
+    return (table.to_pandas() if table is not None else pd.DataFrame(columns=columns)).set_index("id").loc[ids]
+
+
+def write_preview(ids: pd.Series, rows_of: Callable, output: Path, geometry: Preview | None = None) -> None:
+    """preview.jpg: contact sheet of a deterministic sample of `ids` (the ids whose sha256 sorts first),
+    whose text and image `rows_of(sample ids)` gives (indexed by id); the images come from the image
+    store, so it looks the same whatever the export layout; a row without an image (a text-only release)
+    is a grey box over its caption."""
     import io
 
     from scripts.lib.export import image_bytes
     from scripts.lib.preview import contact_sheet, sample_ids
 
-    by_id = rows.set_index("id")
-    chosen = sample_ids(by_id.index, geometry.columns * geometry.rows)
+    geometry = geometry or load_section("preview", missing_ok=True)
+    sample = rows_of(sample_ids(ids, geometry.columns * geometry.rows))
 
     def picture(ref):
         return io.BytesIO(image_bytes(ref)) if isinstance(ref, str) and ref else None
 
-    items = [(picture(by_id.at[i, "image"]), str(by_id.at[i, "text"])) for i in chosen]
+    items = [(picture(image), str(text)) for image, text in zip(sample["image"], sample["text"])]
     contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)

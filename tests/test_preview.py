@@ -56,7 +56,8 @@ def release_rows(folder: Path) -> pd.DataFrame:
 
 
 def write_release_preview(folder: Path, output: Path, geometry: Preview) -> None:
-    write_preview(release_rows(folder), output, geometry)
+    rows = release_rows(folder)
+    write_preview(rows["id"], lambda ids: rows.set_index("id").loc[ids], output, geometry)
 
 
 # --- contact sheet -------------------------------------------------------------------------------

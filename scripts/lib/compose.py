@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS
 from scripts.lib.params import Component, DedupStep, Step
 from scripts.lib.recipe import Recipe
+from scripts.lib.tables import arrow_table
 
 ROW_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height"]
 SOURCE_SPLIT = "_source_split"  # a component row's split in its source (per_split scope), dropped on merge
@@ -57,8 +59,31 @@ def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows, gone = run_step(step, rows, ops, so_far=None, group="split")
         removed.append(gone)
     removed = [r for r in removed if len(r)]
-    removed_rows = pd.concat(removed, ignore_index=True) if removed else pd.DataFrame(columns=ROW_COLUMNS + ["reason"])
+    removed_rows = pd.concat(removed, ignore_index=True) if removed else no_removed_rows()
     return rows[ROW_COLUMNS].reset_index(drop=True), removed_rows[ROW_COLUMNS + ["reason"]].reset_index(drop=True)
+
+
+def no_removed_rows() -> pd.DataFrame:
+    return pd.DataFrame(columns=ROW_COLUMNS + ["reason"])
+
+
+def composed_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows as compose@V writes them: sizes as nullable integers (a text-only row has none)."""
+    return rows.astype({"width": "Int64", "height": "Int64"})
+
+
+# rows.parquet's types: those the whole-table writer has always given (`text` is `string` because the
+# cleaner makes it an object column), fixed so that every row writes one schema, however the rows were
+# composed or chunked and whatever types their split tables had (a text-only source's all-null `image`)
+ROWS_SCHEMA = pa.schema(
+    [(name, pa.string() if name == "text" else pa.large_string()) for name in ROW_COLUMNS[:6]]
+    + [("width", pa.int64()), ("height", pa.int64())]
+)
+
+
+def composed_arrow(rows: pd.DataFrame) -> pa.Table:
+    """rows.parquet's rows (ROW_COLUMNS, in order) as the table written, in ROWS_SCHEMA."""
+    return arrow_table(composed_table(rows[ROW_COLUMNS])).cast(ROWS_SCHEMA)
 
 
 def output_rows(recipe: Recipe, ops: Ops) -> pd.DataFrame:
@@ -74,22 +99,45 @@ def output_rows(recipe: Recipe, ops: Ops) -> pd.DataFrame:
 def component_rows(component: Component, load_split) -> pd.DataFrame:
     """The component's rows: its split(s) of the source, cut to `rows`, in generation order when the
     source gives positions (else by id), with `split` = into and the source split kept aside."""
-    parts = SPLITS if component.split == "all" else (component.split,)
-    frames = [load_split(component.source, part).assign(**{SOURCE_SPLIT: part}) for part in parts]
+    parts = component_parts(component)
+    frames = [load_split(component.source, part).assign(**{SOURCE_SPLIT: part, "split": part}) for part in parts]
     keys = pd.concat([frame[[c for c in ("position", "id") if c in frame]] for frame in frames], ignore_index=True)
+    rows = gathered(frames, ROW_COLUMNS + [SOURCE_SPLIT], component_order(component, keys))
+    return rows.assign(split=rows[SOURCE_SPLIT] if component.into == "same" else component.into)
+
+
+def component_parts(component: Component) -> tuple[str, ...]:
+    """The source splits a component reads, in the order their rows are numbered."""
+    return SPLITS if component.split == "all" else (component.split,)
+
+
+def component_order(component: Component, keys: pd.DataFrame) -> np.ndarray:
+    """Which rows the component takes and in what order, as indices into `keys` (the `id` and, where
+    prefilter@S gave one, `position` of its parts' rows, concatenated): its row range in generation
+    order when every row has a position, else every row by id."""
     if "position" in keys and keys["position"].notna().all():
         start, stop = component.row_range()
         inside = (keys["position"] >= start) & (keys["position"] < (stop if stop is not None else np.inf))
-        order = keys[inside].sort_values(["position", "id"], kind="stable").index.to_numpy()
-    elif component.rows is not None:
+        return keys[inside].sort_values(["position", "id"], kind="stable").index.to_numpy()
+    if component.rows is not None:
         raise DataError(
             f"source {component.source}: rows {component.rows} needs row positions (data/prefilter/"
             f"{component.source}.parquet)"
         )
-    else:
-        order = keys["id"].sort_values(kind="stable").index.to_numpy()
-    rows = gathered(frames, ROW_COLUMNS + [SOURCE_SPLIT], order)
-    return rows.assign(split=rows[SOURCE_SPLIT] if component.into == "same" else component.into)
+    return keys["id"].sort_values(kind="stable").index.to_numpy()
+
+
+def picks_only(recipe: Recipe) -> bool:
+    """True when composing only picks and orders rows: no step of the recipe or its base chain reads a
+    text here (a clean step, or a dedup step prefilter@S has not already run). compose@V then needs the
+    rows' keys alone and streams the rows (scripts/lib/compose_stream.py)."""
+    chain: Recipe | None = recipe
+    while chain is not None:
+        steps = [*chain.steps, *(step for component in chain.own_components for step in component.steps)]
+        if any(step.clean is not None or not (step.dedup and step.dedup.before_generate) for step in steps):
+            return False
+        chain = chain.base
+    return True
 
 
 def gathered(frames: list[pd.DataFrame], columns: list[str], order: np.ndarray) -> pd.DataFrame:

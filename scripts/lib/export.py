@@ -24,6 +24,7 @@ card which files of a split `datasets.load_dataset` reads.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -37,9 +38,10 @@ import pandas as pd
 
 from scripts.lib import bucketed
 from scripts.lib.errors import DataError
+from scripts.lib.io import SPLITS, mark_folder
 from scripts.lib.nesting import loads_json
 from scripts.lib.shards import ShardWriter
-from scripts.lib.tables import write_parquet
+from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
@@ -362,16 +364,37 @@ def write_rows_table(rows: pd.DataFrame, release_dir: Path) -> None:
     for split in sorted(set(rows["split"])):
         for row_id, where in locate_images(release_dir, split).items():
             located[(split, row_id)] = where
+    write_parquet(rows_table(rows, located), release_dir / "rows.parquet")
+
+
+def rows_table(rows: pd.DataFrame, located: dict[tuple[str, str], tuple[str, str, int]]) -> pd.DataFrame:
+    """rows.parquet's rows: `rows` with where each one's image is ((split, id) -> (ref, sha256, bytes))."""
     found = [located.get((split, row_id), (None, None, None)) for split, row_id in zip(rows["split"], rows["id"])]
     table = rows.assign(
         image=[f[0] for f in found],
         image_sha256=[f[1] for f in found],
         image_nbytes=pd.array([f[2] for f in found], dtype="Int64"),
     )
-    write_parquet(
-        table[ROWS_COLUMNS].astype({"width": "Int64", "height": "Int64"}).reset_index(drop=True),
-        release_dir / "rows.parquet",
-    )
+    return table[ROWS_COLUMNS].astype({"width": "Int64", "height": "Int64"}).reset_index(drop=True)
+
+
+def write_prompts_release(chunks: Iterable[pd.DataFrame], release_dir: Path, tick: Callable[[int], None]) -> None:
+    """The prompts layout of every split and rows.parquet in one pass over the rows, a chunk at a time
+    (a text-only release of 10M rows holds one chunk): the bytes write_split and write_rows_table write
+    from the whole table, as tables.RowGroups lays out row groups however the rows come."""
+    with contextlib.ExitStack() as files:
+        prompts = {}
+        for split in SPLITS:
+            (release_dir / split).mkdir(parents=True, exist_ok=True)
+            prompts[split] = files.enter_context(row_groups_to(release_dir / split / "prompts.parquet"))
+        table = files.enter_context(row_groups_to(release_dir / "rows.parquet"))
+        for chunk in chunks:
+            for split, out in prompts.items():
+                out.add(arrow_table(chunk.loc[chunk["split"] == split, PROMPT_COLUMNS].reset_index(drop=True)))
+            table.add(arrow_table(rows_table(chunk, {})))  # a prompts release places no image
+            tick(len(chunk))
+    for split in SPLITS:
+        mark_folder(release_dir / split)
 
 
 def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:

@@ -13,6 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from scripts.lib.archive import parse_ref
@@ -30,12 +31,13 @@ def inside(path: str, root: str) -> bool:
 
 
 def check_split_rows(
-    rows: pd.DataFrame, path: Path, source: str, roots: list[Path], images_required: bool = True
+    rows: pd.DataFrame, path: Path, source: str, roots: list[Path], images_required: bool = True, first: int = 1
 ) -> None:
     """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
     column, a null value, an id that is not a plain name (it becomes a file name), a row of another
     source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store).
-    Without `images_required` (a text-only source) a row may have no image."""
+    Without `images_required` (a text-only source) a row may have no image. `first`: the file's row number
+    of rows' first row, when they are a chunk of it."""
     check_table(rows, path, strings=("id", "source", "text", "orig_text", "image"), unique="id")
     for column in ("width", "height"):
         if column not in rows.columns:
@@ -43,13 +45,13 @@ def check_split_rows(
     for column in ("id", "source", "text", "image") if images_required else ("id", "source", "text"):
         nulls = rows[column].isna().to_numpy().nonzero()[0]
         if len(nulls):
-            raise DataError(f"{path}: row {nulls[0] + 1}: null {column}")
+            raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
     real_roots = [os.path.realpath(root) for root in roots]
     named_roots = [os.path.abspath(root) for root in roots]
     cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
-    for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=1):
+    for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=first):
         if not PLAIN_ID.fullmatch(row_id):
-            raise DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
+            raise not_plain(path, number, row_id)
         if row_source != source:
             raise DataError(f"{path}: row {number}: source {row_source!r} in the split folder of {source!r}")
         if image is None or image != image:  # no image (a text-only source): nothing to confine
@@ -65,6 +67,17 @@ def check_split_rows(
             raise DataError(
                 f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})"
             )
+
+
+def check_plain_ids(ids: pd.Series, path: Path) -> None:
+    """check_split_rows' id rule alone, on a whole column (compose@V orders rows by their ids first)."""
+    bad = np.flatnonzero(~ids.str.fullmatch(PLAIN_ID.pattern).to_numpy(dtype=bool, na_value=False))
+    if len(bad):
+        raise not_plain(path, int(bad[0]) + 1, ids.iloc[bad[0]])
+
+
+def not_plain(path: Path, number: int, row_id) -> DataError:
+    return DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
 
 
 def check_output(output: Path) -> None:

@@ -152,42 +152,55 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
     """Read a stage's parquet input (only `columns`, when given: those the file has); a missing input is
     fatal and names the path."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
     path = _existing_input(path)
+    if columns is not None:
+        names = set(column_names(path))
+        columns = [c for c in columns if c in names]
     try:
-        if columns is not None:
-            names = set(pq.read_schema(path).names)  # the footer alone
-            columns = [c for c in columns if c in names]
         return pd.read_parquet(path, columns=columns)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise _unreadable(path, exc) from None
 
 
+def column_names(path: Path | str) -> list[str]:
+    """A stage input's columns, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    path = _existing_input(path)
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise _unreadable(path, exc) from None
+
+
 class ParquetChunks:
-    """A stage input read `rows` rows at a time as DataFrames, for a stage that streams (flat memory).
+    """A stage input read `rows` rows at a time as DataFrames (only `columns`, when given: those the file
+    has), for a stage that streams (flat memory).
 
     `arrow(df)` turns a chunk's result back into pyarrow with the types the whole file would get through
     `pd.read_parquet` and `write_parquet`: an integer column holding a missing value anywhere in the file
     is float64 there (pandas' NaN), in every chunk. So a streamed stage writes the bytes a whole-table
     one does."""
 
-    def __init__(self, path: Path | str, rows: int):
+    def __init__(self, path: Path | str, rows: int, columns: list[str] | None = None):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.path, self.rows = _existing_input(path), rows
         try:
             self.file = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering keeps every read row group
-            integers = self.file.read(columns=[f.name for f in self.file.schema_arrow if pa.types.is_integer(f.type)])
+            names = self.file.schema_arrow.names
+            self.columns = names if columns is None else [c for c in columns if c in names]  # as read_parquet
+            fields = [self.file.schema_arrow.field(name) for name in self.columns]
+            integers = self.file.read(columns=[f.name for f in fields if pa.types.is_integer(f.type)])
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise _unreadable(self.path, exc) from None
         self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
-        self.columns = self.file.schema_arrow.names
 
     def frames(self) -> Iterator:
         """The rows as DataFrames of up to `rows` rows, in order; one empty frame for an empty file."""
-        batches = self.file.iter_batches(batch_size=self.rows)
+        batches = self.file.iter_batches(batch_size=self.rows, columns=self.columns)
         seen = False
         while True:
             try:
@@ -199,7 +212,7 @@ class ParquetChunks:
             seen = True
             yield batch.to_pandas()
         if not seen:
-            yield self.file.schema_arrow.empty_table().to_pandas()
+            yield self.file.schema_arrow.empty_table().select(self.columns).to_pandas()
 
     def arrow(self, df):
         import pyarrow as pa
