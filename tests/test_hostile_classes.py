@@ -12,6 +12,7 @@ real processes, real loopback servers; nothing of ours is mocked.
 8 nesting is bounded before any JSON or YAML is parsed: one line, no RecursionError, no segfault
 9 params.yaml is read as DVC reads it (YAML 1.2)
 10 paths in messages are printable; a non-UTF-8 output path works or fails in one line
+11 a file put under an image's name (a hard link to a file elsewhere) is refused, not shipped
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from helpers import Loopback, env, file_digests
+from helpers import Loopback, Unaccepted, cli, env, file_digests
+from helpers.workspace import make_splits, write_params
 from scripts.lib.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -596,6 +598,94 @@ def test_ctrl_c_during_requests_exits_130_within_2s_and_sends_nothing_more(tmp_p
     assert not [p for p in tmp_path.rglob(".*tmp-*")]
 
 
+def _connect_synthesize(tmp_path: Path, base_url: str) -> list:
+    return _chat_params(tmp_path, "synthesize", {"model": "m", "requests": 8, "examples": []}, base_url) + [
+        "synthesize",
+        "t",
+        "out",
+    ]
+
+
+def _connect_caption(tmp_path: Path, base_url: str) -> list:
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for index in range(4):
+        Image.new("RGB", (8, 8), (index * 60, 0, 0)).save(tmp_path / "images" / f"{index}.png")
+    extra = {"images": "images", "max_images": None, "models": [{"model": "m"}]}
+    return _chat_params(tmp_path, "caption", extra, base_url) + ["caption", "t", "out"]
+
+
+def _connect_publish(tmp_path: Path, base_url: str) -> list:
+    """publish's upload (the Hub client, in the main thread); only the git-tag check is stubbed: it needs
+    a tagged DVC history, and the connect is what is tested."""
+    from PIL import Image
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for split in ("train", "validation"):
+        folder = tmp_path / "data" / "releases" / "v2" / split
+        (folder / "images" / "diffusiondb").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "images" / "diffusiondb" / "a.png")
+        record = {"file_name": "images/diffusiondb/a.png", "id": "a", "source": "diffusiondb", "text": "t"}
+        (folder / "metadata.jsonl").write_text(json.dumps({**record, "orig_text": "t"}) + "\n", encoding="utf-8")
+    (tmp_path / "data" / "releases" / "v2" / "README.md").write_text("---\n---\n# v2\n", encoding="utf-8")
+    stub = (
+        "import sys; import scripts.tools.publish as p; p.check_tag = lambda tag, name: 'c' * 40\n"
+        "from scripts.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    return ["-c", stub, "publish", "v2", "--repo-id", "me/v2", "--out", "hub"]
+
+
+def _chat_params(tmp_path: Path, section: str, extra: dict, base_url: str) -> list:
+    """params.yaml with one entry `t` of `section` calling `base_url`, patiently (60 s per attempt)."""
+    import yaml
+
+    entry = {"base_url": base_url, "api_key_env": None, "concurrency": 2, "timeout_s": 60}
+    entry.update(max_attempts=5, backoff_base_s=30, backoff_cap_s=60, **extra)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({section: {"t": entry}}))
+    return []
+
+
+@pytest.mark.parametrize(
+    "command", [_connect_synthesize, _connect_caption, _connect_publish], ids=["synthesize", "caption", "publish"]
+)
+def test_ctrl_c_while_a_tcp_connect_hangs_exits_130_within_2s(tmp_path, command):
+    """A server whose port takes no connection (a full accept queue: every SYN dropped): the connect
+    waits for its 60 s timeout, and Ctrl-C must not."""
+    server = Unaccepted()
+    argv = command(tmp_path, server.base_url)
+    process = subprocess.Popen(
+        [sys.executable, *(argv if argv[0] == "-c" else ["-m", "scripts", *argv])],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(REPO), "HF_ENDPOINT": server.base_url.removesuffix("/v1"), "HF_TOKEN": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own group, SIGINT at its default: as a terminal's Ctrl-C finds it
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not server.connecting() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert server.connecting(), process.stderr.read().decode() if process.poll() is not None else "no connect"
+        time.sleep(0.5)  # well inside the connect's 60 s
+        os.killpg(process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("still running 30 s after Ctrl-C")
+        took = time.monotonic() - interrupted
+        err = process.stderr.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        server.close()
+    assert process.returncode == 130 and err.splitlines()[-1] == "interrupted (SIGINT)", err
+    assert "Traceback" not in err and took < 2.0, (took, err)
+    assert not list(tmp_path.rglob(".*tmp-*"))
+
+
 # ---------------------------------------------------------------- 8. nesting
 
 
@@ -738,3 +828,87 @@ def test_a_non_utf8_output_path_works_or_is_one_line(tmp_path, name):
         assert result.stdout.decode("utf-8", "strict").isprintable() or "\\x" in result.stdout.decode()
     else:
         assert result.returncode == 2 and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- 11. a file put under an image's name
+
+SECRET = (
+    b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA not a real key\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+IMAGE = "data/images/diffusiondb/img.png"  # make_splits: every row's image, in the source's images folder
+
+
+def _outside(tmp_path: Path, name: str, data: bytes | None = None, size: tuple[int, int] = (1, 1)) -> Path:
+    """A file outside the workspace (another folder of the same disk, as ~/.ssh is): `data`, or a PNG."""
+    from PIL import Image
+
+    path = tmp_path / "outside" / name
+    path.parent.mkdir(exist_ok=True)
+    if data is not None:
+        path.write_bytes(data)
+    else:
+        Image.new("RGB", size, (200, 30, 90)).save(path)
+    return path
+
+
+def _link_in(path: Path, target: Path) -> None:
+    """`path` becomes a hard link to `target`: same name, other bytes, nothing a path check can see."""
+    path.unlink()
+    os.link(target, path)
+
+
+def _release_ws(tmp_path: Path, export: str = "imagefolder") -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    write_params(
+        ws,
+        releases={
+            "r": {
+                "components": [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")],
+                "export": export,
+            }
+        },
+    )
+    make_splits(ws, n=8)
+    return ws
+
+
+def key_linked_into_the_image_store(tmp_path, run):  # a generated image's name, a private key's bytes
+    ws = _release_ws(tmp_path)
+    _link_in(ws / IMAGE, _outside(tmp_path, "id_ed25519", SECRET))
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
+def photo_linked_into_a_source_folder(tmp_path, run):  # another image (of another size), a parquet export
+    ws = _release_ws(tmp_path, export="parquet")
+    _link_in(ws / IMAGE, _outside(tmp_path, "private.png", size=(16, 12)))
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
+def photo_linked_into_a_release_folder(tmp_path, run):  # after the release: same name, same size, other pixels
+    ws = _release_ws(tmp_path)
+    assert run(["release", "r", "data/splits", "data/releases/r"], ws).returncode == 0
+    image = next((ws / "data/releases/r/train/images/diffusiondb").iterdir())
+    _link_in(image, _outside(tmp_path, "private.png"))
+    return ws, ["publish", "r", "--repo-id", "me/r", "--dry-run", "--out", "hub"], image.name, ws / "hub"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [key_linked_into_the_image_store, photo_linked_into_a_source_folder, photo_linked_into_a_release_folder],
+    ids=lambda f: f.__name__,
+)
+def test_a_file_linked_in_under_an_images_name_is_refused_not_shipped(tmp_path, monkeypatch, capfd, case):
+    """The store, the DVC cache and releases hardlink images legitimately, so a link count proves
+    nothing; what the row recorded (its size, rows.parquet's sha256) is checked where the file is read."""
+
+    def run(argv: list, cwd: Path):
+        return cli(argv, cwd, monkeypatch, capfd)
+
+    ws, argv, name, output = case(tmp_path, run)
+    result = run(argv, ws)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and name in lines[0] and lines[0].isprintable(), result.stderr
+    assert not output.exists()  # no partial output
+    assert [p for p in ws.rglob("*") if p.is_file() and SECRET in p.read_bytes()] in ([], [ws / IMAGE])

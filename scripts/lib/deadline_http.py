@@ -2,19 +2,24 @@
 
 urllib's `timeout` restarts at every byte, so a server trickling a byte a second can stretch one
 request without end; these connections give each send and receive only the time left before the
-request's deadline, in slices of POLL_S so that a cancel (Ctrl-C) ends a blocked one at once.
+request's deadline, in slices of POLL_S so that a cancel (Ctrl-C) ends a blocked one at once; the TCP
+connect too (`connect_by`), which socket.create_connection would hold for the whole timeout.
 Used by scripts/lib/chat_client.py (build an opener with both handlers and its _NoRedirect).
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
+import os
+import selectors
+import socket
 import threading
 import time
 import urllib.request
 
-POLL_S = 0.2  # how often a blocked send or receive looks at the cancel flag (Ctrl-C)
+POLL_S = 0.2  # how often a blocked connect, send or receive looks at the cancel flag (Ctrl-C)
 
 
 class Cancelled(Exception):
@@ -95,10 +100,51 @@ class DeadlineReader(io.RawIOBase):
         super().close()
 
 
+def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Event | None, source_address=None):
+    """socket.create_connection, but the TCP handshake waits in slices of POLL_S: a connect that hangs
+    (SYNs dropped: a firewall, a full accept queue) ends at the deadline, and at once on a cancel (Ctrl-C),
+    instead of holding its thread, and the exit that joins it, until the timeout."""
+    host, port = address
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if source_address:
+                sock.bind(source_address)
+            _handshake(sock, sockaddr, deadline, cancel)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))  # TLS and a proxy's CONNECT, as before
+            return sock
+        except OSError as exc:  # the next address (IPv4 after IPv6), as create_connection tries them
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error or OSError(f"{host}: no address to connect to")
+
+
+def _handshake(sock: socket.socket, sockaddr, deadline: float, cancel: threading.Event | None) -> None:
+    sock.setblocking(False)
+    code = sock.connect_ex(sockaddr)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        while code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request deadline passed while connecting")
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if selector.select(min(left, POLL_S) if cancel is not None else left):
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
 def _deadline_connection(base: type, deadline: float, cancel: threading.Event | None):
     class Connection(base):
         def connect(self):
-            self.timeout = max(0.001, deadline - time.monotonic())  # the TCP (and TLS, proxy) handshake too
+            self.timeout = max(0.001, deadline - time.monotonic())  # the TLS and proxy handshakes too
+            self._create_connection = lambda address, timeout, source: connect_by(address, deadline, cancel, source)
             super().connect()
             self.sock = DeadlineSocket(self.sock, deadline, cancel)  # type: ignore[has-type]  # base is a variable
 

@@ -25,6 +25,7 @@ hf_xet, the default: streamed, several commits for large folders, resumable by r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -93,6 +94,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
                     "_ref": str(release_dir / ref),
                     "_name": ref.rpartition("/")[2],
                     "_size": int(size),
+                    "_sha256": record.get("image_sha256") if isinstance(record.get("image_sha256"), str) else None,
                 }
             )
         return records
@@ -126,7 +128,21 @@ def shard_table(records: list[dict]):
     """The rows with their images embedded (scripts/lib/export.py's image_table: datasets' Image layout)."""
     from scripts.lib.export import image_table, release_image_bytes
 
-    return image_table(records, [(release_image_bytes(Path(), r["_ref"]), r["_name"]) for r in records])
+    return image_table(
+        records, [(recorded_bytes(r, release_image_bytes(Path(), r["_ref"])), r["_name"]) for r in records]
+    )
+
+
+def recorded_bytes(record: dict, data: bytes) -> bytes:
+    """`data`, the image of `record`, if it is what rows.parquet recorded (its sha256): a file put under
+    its name since the release was built (a hard link to a key or any file elsewhere keeps the name, and
+    passes every path check) is refused instead of uploaded."""
+    if record.get("_sha256") and hashlib.sha256(data).hexdigest() != record["_sha256"]:
+        raise DataError(
+            f"{shown(record['_ref'])}: not the image rows.parquet records (its sha256 differs): the file was "
+            "replaced after the release was built (a hard link or copy of another file?); rebuild the release"
+        )
+    return data
 
 
 def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int) -> dict:

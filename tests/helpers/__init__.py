@@ -2,7 +2,7 @@
 
 from helpers.archives import tar_bytes, write_tar
 from helpers.commands import CliResult, cli
-from helpers.loopback import Loopback, send_json
+from helpers.loopback import Loopback, Unaccepted, send_json
 from helpers.python_ast import parse_python
 from helpers.repos import GIT_ENV, REPO, copy_repo, env, fingerprint, repo_files, run, work_copy
 from helpers.trees import file_digests
@@ -12,6 +12,7 @@ __all__ = [
     "REPO",
     "CliResult",
     "Loopback",
+    "Unaccepted",
     "cli",
     "copy_repo",
     "env",

@@ -1,9 +1,13 @@
-"""An OpenAI-style HTTP server on 127.0.0.1, for the chat client's callers (synthesize, caption)."""
+"""An OpenAI-style HTTP server on 127.0.0.1, for the chat client's callers (synthesize, caption), and a
+port there whose connects hang (Ctrl-C tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -38,3 +42,43 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload, headers: di
         handler.wfile.write(raw)
     except (BrokenPipeError, ConnectionResetError):
         pass
+
+
+class Unaccepted:
+    """A port on 127.0.0.1 where a TCP connect hangs, without any network: a listener with backlog 0
+    that never accepts, its queue filled by idle connects, so Linux drops every further SYN and a
+    client waits in SYN-SENT until its own timeout. `connecting()` counts such waiting clients."""
+
+    def __init__(self, fillers: int = 4):
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port = self.listener.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.fillers = [_idle_connect(self.port) for _ in range(fillers)]
+        time.sleep(0.2)  # the queue is full; the fillers left over wait in SYN-SENT themselves
+        self._before = self._syn_sent()
+
+    def _syn_sent(self) -> int:
+        """Sockets in SYN-SENT (state 02) towards our port, from /proc/net/tcp."""
+        port = f"{self.port:04X}"
+        with open("/proc/net/tcp", encoding="ascii") as table:
+            return sum(
+                1
+                for line in table.readlines()[1:]
+                if (fields := line.split())[3] == "02" and fields[2].split(":")[1] == port
+            )
+
+    def connecting(self) -> int:
+        return self._syn_sent() - self._before
+
+    def close(self) -> None:
+        for sock in self.fillers:
+            sock.close()
+        self.listener.close()
+
+
+def _idle_connect(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        sock.connect(("127.0.0.1", port))
+    return sock
