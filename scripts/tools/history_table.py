@@ -89,6 +89,13 @@ LOG: tuple[Count, ...] = (
         "3272 건 제거",
         ("removed", "validation", "dedup:per_split"),
     ),
+    Count(
+        "v4",
+        "OpenPrompts prompts kept by the 03-30 filter and their dedup (theirs: dedup, then filter)",
+        192744,
+        "192744 건 (./resources/openprompts_dedup_075_filtered.txt)",
+        ("dedup", "openprompts", "kept"),
+    ),
     Count("v4", "train rows", 237768, "train 237768 건 (v2 + openprompts 120k dedup)", ("rows", "train")),
     Count(
         "v4",
