@@ -110,7 +110,7 @@ def cli(
     language = caption_language(source)
     offset = not_language = written = 0
     with sorted_rows_to(output, ranks) as out:
-        for chunk in rows.frames():  # a chunk at a time, sorted on disk: memory stays flat
+        for chunk in rows.frames(f"captions@{source}"):  # a chunk at a time, sorted on disk: memory stays flat
             check_table(chunk, input, strings=("id", "text", "prompt"))
             positions = np.arange(offset, offset + len(chunk))
             offset += len(chunk)

@@ -25,7 +25,7 @@ from scripts.lib.compose import (
     no_removed_rows,
     picks_only,
 )
-from scripts.lib.compose_ops import source_roots, stage_ops
+from scripts.lib.compose_ops import stage_ops
 from scripts.lib.compose_stream import placements, write_picked_rows
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_not_input, shown
@@ -39,7 +39,7 @@ from scripts.lib.plans import (
     written_releases,
     written_sources,
 )
-from scripts.lib.recipe import resolve_recipe
+from scripts.lib.recipe import resolve_recipe, source_roots
 from scripts.lib.tables import column_names, read_parquet, write_parquet, write_row_groups
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"
@@ -109,7 +109,7 @@ def cli(
     roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
     placed = list(placements(recipe, splits, positions)) if picks_only(recipe) else []
     if placed:  # nothing here reads a text: the rows stream through, placed by their keys
-        rows, removed = write_placed(placed, roots, sources, output), 0
+        rows, removed = write_placed(placed, roots, sources, output, f"compose@{name}"), 0
     else:
         _, composed, gone = compose_release(name, reads, splits, rules, positions, f"compose@{name}")
         write_composed(composed, gone, output)
@@ -117,12 +117,11 @@ def cli(
     print(shown(f"compose@{name}: {rows} rows, {removed} removed -> {output}"))
 
 
-def write_placed(placed: list, roots: dict, sources: dict, output: Path) -> int:
+def write_placed(placed: list, roots: dict, sources: dict, output: Path, desc: str) -> int:
     """compose@V's outputs for a recipe that only picks rows: rows.parquet streamed, no removed row."""
     text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
     with atomic_path(output, is_dir=True) as tmp:
-        rows = write_picked_rows(
-            placed, roots, text_only, tmp / ROWS, load_section("runtime", missing_ok=True).stream_rows
-        )
+        chunk_rows = load_section("runtime", missing_ok=True).stream_rows
+        rows = write_picked_rows(placed, roots, text_only, tmp / ROWS, chunk_rows, desc)
         write_parquet(composed_table(no_removed_rows()), tmp / REMOVED)
     return rows

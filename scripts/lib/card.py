@@ -21,15 +21,36 @@ from scripts.lib.recipe import Recipe
 PER_ROW = ("seed",)
 
 
-def card_params(dedup: Dedup, split: Split) -> dict:
+def card_params(dedup: Dedup, split: Split, embeddings: bool = False) -> dict:
     """The params a release's card shows: dedup and split as params.yaml sets them, without keys that
-    change speed only (the stage does not depend on them, so a card naming them would go stale)."""
+    change speed only (the stage does not depend on them, so a card naming them would go stale), and
+    without the embedding keys unless a step or source of the release deduplicates by `embeddings`."""
     from scripts.lib.params.dedup import SPEED_KEYS
 
     shown = {k: v for k, v in dedup.model_dump(exclude_unset=True).items() if k not in SPEED_KEYS}
-    if shown.get("method", "minhash") == "minhash":  # the embedding keys change nothing then
+    if not embeddings and shown.get("method", "minhash") == "minhash":  # the embedding keys change nothing
         shown = {k: v for k, v in shown.items() if not k.startswith("embedding_")}
     return {"dedup": shown, "split": split.model_dump(exclude_unset=True)}
+
+
+def source_dedup(entry: Source, dedup: Dedup) -> dict | None:
+    """What dedup@S ran on a source (method, threshold, keep: the section's with the source's
+    overrides), None when it was off."""
+    if entry.dedup is False:
+        return None
+    overrides = {} if isinstance(entry.dedup, bool) else entry.dedup.overrides()
+    return {"method": dedup.method, "threshold": dedup.threshold, "keep": dedup.keep} | overrides
+
+
+def uses_embeddings(recipe: Recipe, names: list[str], sources: dict[str, Source], dedup: Dedup) -> bool:
+    """Whether any dedup step of the recipe's chain, or dedup@S of one of its sources, compared embeddings."""
+    steps, chain = [], cast(Recipe | None, recipe)
+    while chain is not None:
+        steps += [*chain.steps, *(step for component in chain.own_components for step in component.steps)]
+        chain = chain.base
+    methods = [(step.dedup.method or dedup.method) for step in steps if step.dedup is not None]
+    methods += [found["method"] for found in (source_dedup(sources[s], dedup) for s in names) if found]
+    return "embedding" in methods
 
 
 def size_category(total: int) -> str:
@@ -79,8 +100,7 @@ def data_card(
                 "data_files": [{"split": s, "path": card_data_files(recipe.export.format, s)} for s in SPLITS],
             }
         ],
-        "dataset_info": {"splits": [{"name": s, "num_examples": stats["rows"][s]} for s in SPLITS]},
-    }
+    }  # no dataset_info: its splits need num_bytes (Arrow bytes, unknown before loading); publish writes it
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).rstrip(),
@@ -91,10 +111,10 @@ def data_card(
         "",
     ]
     lines += _rows(stats, names)
-    lines += _sources(names, sources)
+    lines += _sources(names, sources, dedup)
     if not text_only:
         lines += _images(names, generation)
-    lines += _how_made(recipe, stats, dedup, split)
+    lines += _how_made(recipe, stats, dedup, split, uses_embeddings(recipe, names, sources, dedup))
     lines += _limitations(names, sources, generation, text_only)
     lines += _citations(names, sources)
     lines += _revision(recipe)
@@ -109,18 +129,25 @@ def _rows(stats: dict, names: list[str]) -> list[str]:
     return lines + [""]
 
 
-def _sources(names: list[str], sources: dict[str, Source]) -> list[str]:
-    lines = ["## Sources and licences", "", "| source | kind | licence | link |", "|---|---|---|---|"]
+def _sources(names: list[str], sources: dict[str, Source], dedup: Dedup) -> list[str]:
+    lines = [
+        "## Sources and licences",
+        "",
+        "| source | kind | licence | link | near-duplicates removed (dedup@S) | caption language |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in names:
-        entry = sources[s]
+        entry, found = sources[s], source_dedup(sources[s], dedup)
+        removed = "no" if found is None else f"{found['method']} ≥ {found['threshold']}, keep {found['keep']}"
         lines.append(
             f"| `{s}` | {entry.kind}{', text only' if entry.text_only else ''} | {entry.license or 'unknown'} "
-            f"| {entry.homepage or 'unknown'} |"
+            f"| {entry.homepage or 'unknown'} | {removed} | {entry.caption_language or 'any (not checked)'} |"
         )
     return lines + [
         "",
         "Each row keeps its source's licence; where it says unknown, the source named none that "
-        "this pipeline knows of: check it before you redistribute those rows.",
+        "this pipeline knows of: check it before you redistribute those rows. The caption language is "
+        "the one langdetect had to read in a row's raw prompt for the row to be kept.",
         "",
     ]
 
@@ -137,7 +164,7 @@ def _images(names: list[str], generation: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split) -> list[str]:
+def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split, embeddings: bool) -> list[str]:
     recipe_yaml = {
         "lineage": list(recipe.lineage),
         "base": recipe.base.name if recipe.base else None,
@@ -165,7 +192,7 @@ def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split) -> list[s
         "### Params",
         "",
         "```yaml",
-        yaml.safe_dump(card_params(dedup, split), sort_keys=True).rstrip(),
+        yaml.safe_dump(card_params(dedup, split, embeddings), sort_keys=True).rstrip(),
         "```",
         "",
     ]

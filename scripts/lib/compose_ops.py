@@ -17,7 +17,7 @@ from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
-from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe
+from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe, source_roots
 from scripts.lib.tables import check_table, read_parquet
 
 
@@ -57,21 +57,6 @@ def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) 
     if (found < 0).any():
         position = np.where(found >= 0, position, np.nan)
     return rows.drop(columns=["position"], errors="ignore").assign(position=position)
-
-
-def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[Path]]:
-    """Where each component's images may live: its source's `images` and `path` (params.yaml); a
-    component whose source is not in params.yaml is one line before any work."""
-    roots = {}
-    for number, component in enumerate(recipe.all_components()):
-        entry = sources.get(component.source)
-        if entry is None:
-            raise DataError(
-                f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
-                f"which is not under sources (have: {', '.join(sources) or 'none'})"
-            )
-        roots[component.source] = [Path(p) for p in (entry.images, entry.path) if p]
-    return roots
 
 
 def rule_set(name: str, rules_file: Path | None = None):

@@ -20,6 +20,7 @@ from scripts.lib.compose import ROW_COLUMNS, ROWS_SCHEMA, component_order, compo
 from scripts.lib.compose_ops import with_positions
 from scripts.lib.external_sort import sorted_rows_to
 from scripts.lib.paths import check_plain_ids, check_split_rows
+from scripts.lib.progress import Progress
 from scripts.lib.recipe import Recipe
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet
 
@@ -61,14 +62,24 @@ def row_keys(path: Path, source: str, positions_dir: Path | None) -> pd.DataFram
 
 
 def write_picked_rows(
-    plan: list[Placement], roots: dict[str, list[Path]], text_only: frozenset[str], output: Path, chunk_rows: int
+    plan: list[Placement],
+    roots: dict[str, list[Path]],
+    text_only: frozenset[str],
+    output: Path,
+    chunk_rows: int,
+    desc: str = "compose",
 ) -> int:
     """rows.parquet of a picks_only recipe from its placements, streamed; returns the rows written."""
     total = sum(int((placement.ranks >= 0).sum()) for placement in plan)
-    with sorted_rows_to(output, np.arange(total), ROWS_SCHEMA) as out:
+    read = sum(len(placement.ranks) for placement in plan)
+    with (
+        Progress(desc, total=read, unit="rows", summary=False) as progress,
+        sorted_rows_to(output, np.arange(total), ROWS_SCHEMA) as out,
+    ):
         for placement in plan:
             first = 0
             for chunk in ParquetChunks(placement.path, chunk_rows, columns=ROW_COLUMNS).frames():
+                progress.advance(len(chunk))
                 images_required = placement.source not in text_only
                 roots_of = roots[placement.source]
                 check_split_rows(chunk, placement.path, placement.source, roots_of, images_required, first=first + 1)

@@ -17,7 +17,9 @@ Everywhere, exactly one line is printed to stderr when the loop finishes:
 stderr, never stdout: commands such as `diff` print their result on stdout. A loop that does not
 finish prints nothing: when the input or the loop's body raises, the error is the stage's one line
 (a generator cannot tell `break` from an error in the body, so neither gets a summary).
-For work that is not one Python loop (a process pool, batches), use `Progress` and `advance(n)`.
+For work that is not one Python loop (a process pool, batches), use `Progress` and `advance(n)`; a stage
+whose loop ends before its outputs are committed passes `summary=False` and prints its own last line, so
+a failure after the loop is still the only line.
 The log lines are ours: rich renders nothing live off a terminal, and tqdm's `\r` redraws make one
 endless line in a log file.
 """
@@ -91,8 +93,9 @@ class Progress:
         stream: TextIO | None = None,
         force_terminal: bool | None = None,
         log_every: float | None = None,
+        summary: bool = True,
     ):
-        self.desc, self.total, self.unit = desc, total, unit
+        self.desc, self.total, self.unit, self.summary = desc, total, unit, summary
         self.stream = stream if stream is not None else sys.stderr
         is_tty = getattr(self.stream, "isatty", lambda: False)()
         self.live = is_tty if force_terminal is None else force_terminal
@@ -160,7 +163,7 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._bar is not None:
             self._bar.stop()
-        if exc_type is None:
+        if exc_type is None and self.summary:  # summary=False: the caller's own line says the end
             seconds = time.perf_counter() - self._start
             print(summary_line(self.desc, self.done, seconds, self.unit), file=self.stream, flush=True)
 

@@ -2,15 +2,17 @@
 
 `resolve_recipe` follows the `base:` chain, turns the shorthands (`reclean`, `validation_leaks`,
 a component's `dedup_against`) into steps and refuses what no stage can run (a base cycle, a step
-`reference` to an unknown release, a scope against outside a component) in one line naming the key.
+`reference` to an unknown release, a scope against outside a component) in one line naming the key;
+`source_roots` says where each component's images may live (and refuses a source params.yaml lacks).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.params import CleanStep, Component, DedupStep, Export, Release, Step, parse
+from scripts.lib.params import CleanStep, Component, DedupStep, Export, Release, Source, Step, parse
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,18 @@ def referenced_releases(recipe: Recipe) -> set[str]:
         for s in c.steps
         if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate
     }
+
+
+def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[Path]]:
+    """Where each component's images may live: its source's `images` and `path` (params.yaml); a
+    component whose source is not in params.yaml is one line before any work."""
+    roots = {}
+    for number, component in enumerate(recipe.all_components()):
+        entry = sources.get(component.source)
+        if entry is None:
+            raise DataError(
+                f"params.yaml: releases.{recipe.name}: component {number} names source {component.source!r}, "
+                f"which is not under sources (have: {', '.join(sources) or 'none'})"
+            )
+        roots[component.source] = [Path(p) for p in (entry.images, entry.path) if p]
+    return roots

@@ -198,8 +198,17 @@ class ParquetChunks:
             raise _unreadable(self.path, exc) from None
         self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
 
-    def frames(self) -> Iterator:
-        """The rows as DataFrames of up to `rows` rows, in order; one empty frame for an empty file."""
+    def frames(self, progress: str | None = None) -> Iterator:
+        """The rows as DataFrames of up to `rows` rows, in order; one empty frame for an empty file. With
+        `progress` (the stage's name), the rows read so far show as progress (scripts/lib/progress.py)."""
+        if progress is not None:
+            from scripts.lib.progress import Progress
+
+            with Progress(progress, total=self.file.metadata.num_rows, unit="rows", summary=False) as shown:
+                for frame in self.frames():
+                    yield frame
+                    shown.advance(len(frame))
+            return
         batches = self.file.iter_batches(batch_size=self.rows, columns=self.columns)
         seen = False
         while True:
