@@ -1,5 +1,20 @@
+import atexit
+import contextlib
+import os
 import signal
 import sys
+
+
+def _ignore_late_signals() -> None:
+    """Registered first, so it runs last of the atexit callbacks: after it the interpreter only tears down
+    (pyarrow's and torch's teardown takes up to a second), and Python would have reset SIGINT and SIGTERM
+    to their defaults, so a Ctrl-C there ended the process silently by the signal (exit -2, no line). The
+    command's work is done and its output written: the signal is ignored and the command's code stands."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+atexit.register(_ignore_late_signals)
 
 try:
     from scripts.cli import main
@@ -7,4 +22,20 @@ except KeyboardInterrupt:  # Ctrl-C while the command's modules import, before m
     print("interrupted (SIGINT)", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
 
-sys.exit(main())
+code = main()
+
+
+def _while_exiting(signum, frame):
+    """A signal after main() returned, before the atexit callbacks end: the one line (unless the run was
+    already interrupted and said so) and 128 + signal, at once."""
+    if code < 128:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            sys.stdout.flush()
+        os.write(2, f"interrupted ({signal.Signals(signum).name})\n".encode())
+    os._exit(128 + signum)
+
+
+for _signum in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(_signum) is not signal.SIG_IGN:
+        signal.signal(_signum, _while_exiting)
+sys.exit(code)

@@ -104,7 +104,7 @@ def cli(
     reads = release_plan(name, written_releases(), written_sources())
     if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(plan, compose_plan(reads))
-    check_not_input(output, [splits, rules])
+    check_not_input(output, [splits, rules, positions])
     recipe, sources = resolve_recipe(name, plan_releases(reads)), plan_sources(reads)
     roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
     placed = list(placements(recipe, splits, positions)) if picks_only(recipe) else []

@@ -13,7 +13,7 @@ rows.parquet, stats.json (a DVC metric), preview.jpg (contact sheet) and README.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +26,10 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_prompts_release, write_rows_table, write_split
 from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
 from scripts.lib.params import Preview, Source, load_section
-from scripts.lib.paths import check_output, move_into_place
+from scripts.lib.paths import check_composed_rows, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
-from scripts.lib.tables import ParquetChunks, read_parquet, write_parquet
+from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
 
 # layouts written a chunk of rows at a time (text only: an image layout holds its rows)
 STREAMED_LAYOUTS = ("prompts",)
@@ -105,11 +105,12 @@ def cli(
     reads = release_plan(name, written_releases(), written_sources())
     if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(plan, reads)
-    check_not_input(output, [splits, rules, composed])
+    check_not_input(output, [splits, rules, composed, positions])
     check_output(output)  # before any work: a mistyped output path fails at once, in one line
     sources = plan_sources(reads)
     recipe = resolve_recipe(name, plan_releases(reads))
-    source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
+    roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
+    text_only = frozenset(source for source, entry in sources.items() if entry.text_only)
     fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
     check_layout_takes(recipe, sources, fmt)
     streamed = composed is not None and fmt in STREAMED_LAYOUTS  # the rows stream from rows.parquet
@@ -117,6 +118,10 @@ def cli(
         recipe, rows, removed = compose_release(name, reads, splits, rules, positions, f"release@{name}")
     else:
         rows, removed = read_composed(composed, ["id", "source", "split"] if streamed else ROW_COLUMNS)
+        if streamed:  # each chunk is checked as it is written (checked_chunks), the ids across them here
+            check_table(rows, composed / ROWS, strings=("id", "source", "split"), unique="id")
+        else:  # any folder may be named: its rows are checked as compose@V checks the split tables'
+            check_composed_rows(rows, composed / ROWS, roots, text_only)
     names = sorted({c.source for c in recipe.all_components()})
     from scripts.lib.progress import Progress
 
@@ -128,7 +133,9 @@ def cli(
         with Progress(f"release@{name}", total=len(rows), unit=unit) as progress:
             if streamed:
                 chunks = ParquetChunks(composed / ROWS, load_section("runtime", missing_ok=True).stream_rows)
-                write_prompts_release(chunks.frames(), staging, progress.advance)
+                write_prompts_release(
+                    checked_chunks(chunks.frames(), composed / ROWS, roots, text_only), staging, progress.advance
+                )
             else:
                 for part in SPLITS:
                     write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance, dropped)
@@ -157,6 +164,15 @@ def cli(
     print(
         f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}"
     )
+
+
+def checked_chunks(chunks: Iterator[pd.DataFrame], path: Path, roots: dict, text_only: frozenset[str]):
+    """The chunks of a composed rows.parquet, each checked (check_composed_rows) before it is written."""
+    first = 1
+    for chunk in chunks:
+        check_composed_rows(chunk, path, roots, text_only, first)
+        first += len(chunk)
+        yield chunk
 
 
 def rows_of(path: Path, ids: list[str]) -> pd.DataFrame:

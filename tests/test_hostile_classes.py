@@ -13,6 +13,9 @@ real processes, real loopback servers; nothing of ours is mocked.
 9 params.yaml is read as DVC reads it (YAML 1.2)
 10 paths in messages are printable; a non-UTF-8 output path works or fails in one line
 11 a file put under an image's name (a hard link to a file elsewhere) is refused, not shipped
+12 rows release@V reads from any `--composed` folder are checked as split rows are (paths, types, splits)
+13 an output inside one of the command's own input folders is refused: it would replace what it reads
+14 a signal while the interpreter exits never ends the process silently (exit -2, no line)
 """
 
 from __future__ import annotations
@@ -367,8 +370,9 @@ def test_a_redirect_to_a_host_named_after_the_key_neither_follows_nor_prints_it(
         {"api_key_env": "OPENAI_API_KEY", "extra_body": {"api_key": KEY}},
         {"api_key_env": "OPENAI_API_KEY", "system": f"use token hf_{'a1B2' * 9}"},
         {"api_key_env": "$OPENAI_API_KEY"},
+        {"api_key_env": None, "base_url": "https://me:a1B2a1B2a1B2@127.0.0.1:9/v1"},  # went into dvc.lock
     ],
-    ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name"],
+    ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name", "password-in-base-url"],
 )
 def test_a_key_shaped_value_in_params_is_refused_without_printing_it(tmp_path, entry):
     import yaml
@@ -912,3 +916,147 @@ def test_a_file_linked_in_under_an_images_name_is_refused_not_shipped(tmp_path, 
     assert len(lines) == 1 and name in lines[0] and lines[0].isprintable(), result.stderr
     assert not output.exists()  # no partial output
     assert [p for p in ws.rglob("*") if p.is_file() and SECRET in p.read_bytes()] in ([], [ws / IMAGE])
+
+
+# ---------------------------------------------------------------- 12. release --composed: rows from any folder
+
+
+def _set(column: str, value, row: int = 2):
+    """rows[row, column] = value (OUTSIDE: a 64x64 PNG outside the workspace)."""
+
+    def change(rows: pd.DataFrame, outside: Path) -> None:
+        rows[column] = rows[column].astype(object)
+        rows.loc[row, column] = str(outside) if value == "OUTSIDE" else rows.loc[0, column] if value is _set else value
+
+    return change
+
+
+def _whole(column: str, value):
+    def change(rows: pd.DataFrame, outside: Path) -> None:
+        rows[column] = value(rows[column]) if callable(value) else value
+
+    return change
+
+
+COMPOSED_ROWS = {  # (export, change, what the one line names); each shipped or silently dropped the rows before
+    "id-leaving-the-release": ("imagefolder", _set("id", "../../../../../outside/pwn"), "row 3: id"),
+    "image-outside-the-sources": ("imagefolder", _set("image", "OUTSIDE"), "row 3: image"),
+    "image-outside-in-a-prompts-release": ("prompts", _set("image", "OUTSIDE"), "row 3: image"),
+    "split-neither-train-nor-validation": ("prompts", _set("split", "test"), "row 3: split 'test'"),
+    "split-as-a-number": ("prompts", _whole("split", 1), "column 'split'"),
+    "text-as-bytes": ("prompts", _whole("text", lambda text: text.str.encode("utf-8")), "column 'text'"),
+    "source-not-in-the-release": ("imagefolder", _set("source", "chatgpt"), "row 3: source 'chatgpt'"),
+    "id-twice": ("prompts", _set("id", _set), "duplicate id"),  # row 3 takes row 1's id
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPOSED_ROWS))
+def test_a_composed_rows_file_is_checked_as_split_rows_are(tmp_path, monkeypatch, capfd, case):
+    """release@V --composed reads any folder: its rows pass the checks compose@V makes on split tables,
+    for the whole-table layouts and the streamed `prompts` one alike, before anything is read or written
+    (a `../` id wrote an image outside the release; an image path outside was read into the contact sheet)."""
+    export, change, named = COMPOSED_ROWS[case]
+    ws = _release_ws(tmp_path, export=export)
+    rows = pd.concat(
+        [pd.read_parquet(ws / "data/splits/diffusiondb" / f"{s}.parquet") for s in ("train", "validation")]
+    )
+    rows = rows[["id", "source", "split", "text", "orig_text", "image", "width", "height"]].reset_index(drop=True)
+    change(rows, _outside(tmp_path, "private.png", size=(64, 64)))
+    (ws / "mine").mkdir()
+    rows.to_parquet(ws / "mine" / "rows.parquet")
+    pd.DataFrame(columns=[*rows.columns, "reason"]).to_parquet(ws / "mine" / "removed.parquet")
+    before = file_digests(tmp_path)
+    argv = ["release", "r", "data/splits", "data/releases/r", "--composed", "mine"]
+    result = cli(argv, ws, monkeypatch, capfd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "rows.parquet" in lines[0] and named in lines[0], result.stderr
+    assert file_digests(tmp_path) == before and not (ws / "data/releases/r").exists()
+
+
+# ---------------------------------------------------------------- 13. an output inside its own input
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compose", "r", "data/splits", "data/splits/diffusiondb"],  # replaced the split folder it read (marked)
+        ["compose", "r", "data/splits", "data/splits/new"],
+        ["release", "r", "data/splits", "data/splits/diffusiondb"],
+        ["compose", "r", "data/splits", "data/prefilter/r", "--positions", "data/prefilter"],
+    ],
+    ids=["compose-into-a-split-folder", "compose-into-the-splits", "release-into-a-split-folder", "into-positions"],
+)
+def test_an_output_inside_an_input_folder_is_refused_untouched(tmp_path, monkeypatch, capfd, argv):
+    ws = _release_ws(tmp_path)
+    (ws / "data/prefilter").mkdir()
+    before = file_digests(ws)
+    result = cli(argv, ws, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "inside the input" in lines[0], result.stderr
+    assert file_digests(ws) == before
+
+
+# A split table's sizes of the wrong type: compose@V's cast to int64 was an ArrowInvalid traceback.
+BAD_SIZES = {"text": ["64"] * 8, "words": ["wide"] * 8, "fraction": [64.5] * 8, "flags": [True] * 8}
+
+
+@pytest.mark.parametrize("values", sorted(BAD_SIZES))
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "whole-table"])
+def test_a_split_table_whose_sizes_are_not_whole_numbers_is_one_line(tmp_path, monkeypatch, capfd, values, streamed):
+    import scripts.compose
+
+    ws = _release_ws(tmp_path)
+    path = ws / "data/splits/diffusiondb/validation.parquet"
+    rows = pd.read_parquet(path)
+    rows["width"] = BAD_SIZES[values][: len(rows)]
+    rows.to_parquet(path)
+    if not streamed:
+        monkeypatch.setattr(scripts.compose, "picks_only", lambda recipe: False)
+    result = cli(["compose", "r", "data/splits", "data/compose/r"], ws, monkeypatch, capfd)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "validation.parquet: column 'width'" in lines[0], result.stderr
+    assert not (ws / "data/compose/r").exists()
+
+
+# ---------------------------------------------------------------- 14. a signal while the interpreter exits
+
+EXITING = {  # a command, and the output it leaves when it ends normally
+    "compose": (["compose", "r", "data/splits", "data/compose/r"], "data/compose/r/rows.parquet"),
+    "release": (["release", "r", "data/splits", "data/releases/r"], "data/releases/r/stats.json"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(EXITING))
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_interpreter_exits_is_not_a_silent_death(tmp_path, command, signum):
+    """After main() returns, the interpreter tears down for up to a second (pyarrow's threads): Python had
+    reset the handlers, so a Ctrl-C there killed the process by the signal with no line (exit -2, 8 of 20
+    Ctrl-Cs at random moments of a compose). Held open here by an atexit callback that sleeps (registered
+    before the command's own, so it runs after them; a SIGINT there printed "Exception ignored ...
+    KeyboardInterrupt", a SIGTERM killed it): the command's code and output stand, nothing printed."""
+    argv, output = EXITING[command]
+    ws = _release_ws(tmp_path)
+    code = (
+        "import atexit, runpy, sys, time; atexit.register(time.sleep, 3); "
+        f"sys.argv = ['scripts', *{[str(a) for a in argv]!r}]; runpy.run_module('scripts', run_name='__main__')"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ws,
+        env={**env(), "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the success line: main() is about to return
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=30)
+    err_text = err.decode("utf-8", "replace")
+    assert line and not any(word in err_text for word in ("Traceback", "KeyboardInterrupt", "Exception ignored"))
+    assert process.returncode == 0, (process.returncode, err_text)
+    assert (ws / output).is_file()

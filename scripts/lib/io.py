@@ -131,15 +131,16 @@ def check_output_kind(target: Path | str) -> None:
 
 
 def check_not_input(output: Path | str, inputs) -> None:
-    """Refuse an output that is one of the inputs, or a folder holding one (it would be replaced)."""
+    """Refuse an output that is one of the inputs, a folder holding one (it would be replaced), or a path
+    inside an input folder (it would replace what is read: `data/splits/S`, a split folder of `data/splits`)."""
     out = Path(os.path.abspath(output))
     for item in inputs:
         if item is None:
             continue
         src = Path(os.path.abspath(item))
-        if src == out or out in src.parents:
-            what = "is" if src == out else "holds"
-            raise DataError(f"{output}: the output {what} the input {item}; choose another output path")
+        if src == out or out in src.parents or (src in out.parents and src.is_dir()):
+            what = "is" if src == out else "holds" if out in src.parents else "is inside"
+            raise DataError(f"{shown(output)}: the output {what} the input {shown(item)}; choose another output path")
 
 
 @contextlib.contextmanager

@@ -38,32 +38,81 @@ def check_split_rows(
     source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store).
     Without `images_required` (a text-only source) a row may have no image. `first`: the file's row number
     of rows' first row, when they are a chunk of it."""
-    check_table(rows, path, strings=("id", "source", "text", "orig_text", "image"), unique="id")
-    for column in ("width", "height"):
-        if column not in rows.columns:
-            raise DataError(f"{path}: no '{column}' column")
+    check_row_columns(rows, path)
     for column in ("id", "source", "text", "image") if images_required else ("id", "source", "text"):
         nulls = rows[column].isna().to_numpy().nonzero()[0]
         if len(nulls):
             raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
-    real_roots = [os.path.realpath(root) for root in roots]
-    named_roots = [os.path.abspath(root) for root in roots]
-    cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
+    confine = ImageRoots(roots)
     for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=first):
         if not PLAIN_ID.fullmatch(row_id):
             raise not_plain(path, number, row_id)
         if row_source != source:
             raise DataError(f"{path}: row {number}: source {row_source!r} in the split folder of {source!r}")
-        if image is None or image != image:  # no image (a text-only source): nothing to confine
+        confine.check(image, path, number, source)
+
+
+def check_composed_rows(
+    rows: pd.DataFrame, path: Path, roots: dict[str, list[Path]], text_only: frozenset[str], first: int = 1
+) -> None:
+    """check_split_rows for rows of several sources, as release@V reads them from compose@V's rows.parquet
+    (`--composed`, any folder a user names): each row of a source of the release, its image inside that
+    source's folders (none only for a text-only source), its split train or validation."""
+    check_row_columns(rows, path, ("split",))
+    for column in ("id", "source", "split", "text"):
+        nulls = rows[column].isna().to_numpy().nonzero()[0]
+        if len(nulls):
+            raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
+    confine = {source: ImageRoots(folders) for source, folders in roots.items()}
+    columns = zip(rows["id"], rows["source"], rows["split"], rows["image"])
+    for number, (row_id, source, split, image) in enumerate(columns, start=first):
+        if not PLAIN_ID.fullmatch(row_id):
+            raise not_plain(path, number, row_id)
+        if source not in confine:
+            raise DataError(f"{path}: row {number}: source {source!r} is not a component of this release")
+        if split not in SPLITS:
+            raise DataError(f"{path}: row {number}: split {split!r} is neither 'train' nor 'validation'")
+        if (image is None or image != image) and source not in text_only:
+            raise DataError(f"{path}: row {number}: null image")
+        confine[source].check(image, path, number, source)
+
+
+def check_row_columns(rows: pd.DataFrame, path: Path, extra: tuple[str, ...] = ()) -> None:
+    """The columns every release row has: texts that are text, ids unique, sizes that are whole numbers."""
+    check_table(rows, path, strings=("id", "source", "text", "orig_text", "image", *extra), unique="id")
+    for column in ("width", "height"):
+        if column not in rows.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        values = rows[column]
+        if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
             continue
+        known = values.dropna()
+        if len(known) and not (
+            pd.api.types.is_float_dtype(values) and np.isfinite(known).all() and (known % 1 == 0).all()
+        ):
+            raise DataError(f"{path}: column '{column}' must hold whole numbers, found {values.dtype}")
+
+
+class ImageRoots:
+    """Whether an image reference lies in a source's folders, after every link."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = roots
+        self.real = [os.path.realpath(root) for root in roots]
+        self.named = [os.path.abspath(root) for root in roots]
+        self.cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
+
+    def check(self, image, path: Path, number: int, source: str) -> None:
+        if image is None or image != image:  # no image (a text-only source): nothing to confine
+            return
         file = parse_ref(image)[0]
         real = os.path.realpath(file)  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied
         if not (
-            any(inside(real, root) for root in real_roots)
-            or (inside(real, cache) and any(inside(named, root) for root in named_roots))
+            any(inside(real, root) for root in self.real)
+            or (inside(real, self.cache) and any(inside(named, root) for root in self.named))
         ):
-            where = ", ".join(str(root) for root in roots) or "none in params.yaml"
+            where = ", ".join(str(root) for root in self.roots) or "none in params.yaml"
             raise DataError(
                 f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})"
             )
