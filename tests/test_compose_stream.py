@@ -162,3 +162,16 @@ def test_only_a_recipe_whose_steps_read_no_text_is_streamed():
     assert not picks_only(recipe(steps=[{"dedup": {"scope": "validation_vs_train", "match": "exact"}}]))
     assert not picks_only(recipe(components=[{**b, "steps": [{"dedup": {"scope": "self"}}]}]))
     assert not picks_only(resolve_recipe("r", {"base": {**RELEASES["base"], "reclean": True}, "r": RELEASES["r"]}))
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_id_in_two_splits_of_a_source_is_one_line_and_no_output(workspace, streamed, monkeypatch, capfd):
+    """release --composed refuses a rows.parquet with a repeated id (ids name files): compose must not
+    write one (found by a hostile round: the same id in a source's train and validation)."""
+    path = workspace / "data" / "splits" / "a" / "validation.parquet"
+    rows = pd.read_parquet(path)
+    rows.loc[3, "id"] = pd.read_parquet(path.with_name("train.parquet"))["id"].iloc[10]
+    write_parquet(rows, path)
+    result = compose(workspace, "data/out", monkeypatch, capfd, streamed=streamed)
+    assert result.returncode == 2 and not (workspace / "data" / "out").exists(), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "would be in the release twice" in result.stderr

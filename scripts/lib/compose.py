@@ -60,7 +60,23 @@ def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
         removed.append(gone)
     removed = [r for r in removed if len(r)]
     removed_rows = pd.concat(removed, ignore_index=True) if removed else no_removed_rows()
+    check_unique_ids(rows["id"], recipe)
     return rows[ROW_COLUMNS].reset_index(drop=True), removed_rows[ROW_COLUMNS + ["reason"]].reset_index(drop=True)
+
+
+def check_unique_ids(ids: pd.Series, recipe: Recipe) -> None:
+    """One row per id in a release (an id names the row's files in every layout): an id that two
+    components, or two splits of a source, both give is one line."""
+    import pyarrow.compute as pc
+
+    if pc.count_distinct(pa.array(ids), mode="all").as_py() == len(ids):  # no hash table of Python strings
+        return
+    repeated = ids[ids.duplicated()]
+    if len(repeated):
+        raise DataError(
+            f"params.yaml: releases.{recipe.name}: id {repeated.iloc[0]!r} would be in the release twice "
+            f"({len(repeated)} such ids): two of its components, or two splits of a source, hold it"
+        )
 
 
 def no_removed_rows() -> pd.DataFrame:

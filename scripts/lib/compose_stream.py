@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scripts.lib.compose import ROW_COLUMNS, ROWS_SCHEMA, component_order, component_parts, composed_arrow
+from scripts.lib.compose import (
+    ROW_COLUMNS,
+    ROWS_SCHEMA,
+    check_unique_ids,
+    component_order,
+    component_parts,
+    composed_arrow,
+)
 from scripts.lib.compose_ops import with_positions
 from scripts.lib.external_sort import sorted_rows_to
 from scripts.lib.paths import check_plain_ids, check_split_rows
@@ -38,11 +45,12 @@ class Placement:
 def placements(recipe: Recipe, splits_dir: Path, positions_dir: Path | None) -> Iterator[Placement]:
     """Every split table the recipe's components read, with each row's output rank: components in build
     order (the base chain's first), each component's rows in component_order."""
-    placed = 0
+    placed, taken = 0, []
     for component in recipe.components:
         paths = [splits_dir / component.source / f"{part}.parquet" for part in component_parts(component)]
         keys = [row_keys(path, component.source, positions_dir) for path in paths]
         order = component_order(component, pd.concat(keys, ignore_index=True))
+        taken.append(pd.concat([k["id"] for k in keys], ignore_index=True).take(order))
         rank_of = np.full(sum(len(k) for k in keys), -1, dtype=np.int64)
         rank_of[order] = np.arange(placed, placed + len(order))
         placed += len(order)
@@ -51,6 +59,7 @@ def placements(recipe: Recipe, splits_dir: Path, positions_dir: Path | None) -> 
             split = part if component.into == "same" else component.into
             yield Placement(path, component.source, split, rank_of[start : start + len(part_keys)])
             start += len(part_keys)
+    check_unique_ids(pd.concat(taken, ignore_index=True), recipe)  # as compose() checks its rows
 
 
 def row_keys(path: Path, source: str, positions_dir: Path | None) -> pd.DataFrame:
