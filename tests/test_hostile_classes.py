@@ -883,9 +883,9 @@ def key_linked_into_the_image_store(tmp_path, run):  # a generated image's name,
     return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
 
 
-def photo_linked_into_a_source_folder(tmp_path, run):  # another image (of another size), a parquet export
+def history_linked_into_a_source_folder(tmp_path, run):  # a shell history under an image's name, parquet export
     ws = _release_ws(tmp_path, export="parquet")
-    _link_in(ws / IMAGE, _outside(tmp_path, "private.png", size=(16, 12)))
+    _link_in(ws / IMAGE, _outside(tmp_path, ".bash_history", b"cat <<EOF\n" + SECRET + b"EOF\n"))
     return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
 
 
@@ -899,12 +899,12 @@ def photo_linked_into_a_release_folder(tmp_path, run):  # after the release: sam
 
 @pytest.mark.parametrize(
     "case",
-    [key_linked_into_the_image_store, photo_linked_into_a_source_folder, photo_linked_into_a_release_folder],
+    [key_linked_into_the_image_store, history_linked_into_a_source_folder, photo_linked_into_a_release_folder],
     ids=lambda f: f.__name__,
 )
 def test_a_file_linked_in_under_an_images_name_is_refused_not_shipped(tmp_path, monkeypatch, capfd, case):
     """The store, the DVC cache and releases hardlink images legitimately, so a link count proves
-    nothing; what the row recorded (its size, rows.parquet's sha256) is checked where the file is read."""
+    nothing; what the row recorded (an image; rows.parquet's sha256) is checked where the file is read."""
 
     def run(argv: list, cwd: Path):
         return cli(argv, cwd, monkeypatch, capfd)

@@ -233,7 +233,7 @@ def test_a_bucketed_release_counts_what_it_exported(tmp_path, monkeypatch, capfd
     assert set(removed["reason"]) == {"export:too_small"} and len(removed) == 3
     assert len(pd.read_parquet(release / "rows.parquet")) == 4
     card = (release / "README.md").read_text(encoding="utf-8")
-    assert "num_examples: 2" in card and "`export:too_small`: 3" in card
+    assert "| train | 2 |" in card and "| validation | 2 |" in card and "`export:too_small`: 3" in card
     loaded = datasets.load_dataset(str(release), cache_dir=str(offline))
     assert {split: len(part) for split, part in loaded.items()} == {"train": 2, "validation": 2}
 

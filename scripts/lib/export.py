@@ -118,7 +118,7 @@ def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]):
     """Place every row's image under `folder` (images/<source>/<id><ext>); yield (row, file_name)."""
     for row in rows.itertuples(index=False):
         file_name = image_file_name(row)
-        place_image(row.image, folder / file_name, (row.width, row.height))
+        place_image(row.image, folder / file_name)
         tick()
         yield row, file_name
 
@@ -135,48 +135,46 @@ def image_bytes(ref: str) -> bytes:
         raise DataError(f"{ref}: refused ({exc.reason})") from None
 
 
-def recorded_image_bytes(ref: str, size: tuple) -> bytes:
-    """image_bytes, refused unless they are the image the row records (check_recorded)."""
+def recorded_image_bytes(ref: str) -> bytes:
+    """image_bytes, refused unless they are an image (check_recorded)."""
     data = image_bytes(ref)
-    check_recorded(ref, io.BytesIO(data), size)
+    check_recorded(ref, io.BytesIO(data))
     return data
 
 
-def check_recorded(ref: str, image, size: tuple) -> None:
-    """Refuse a file that is not the image its row records: no image at all, or one of another size.
+def check_recorded(ref: str, image) -> None:
+    """Refuse a file under an image's name that is not an image.
 
     Every path check looks at the name only, and a hard link keeps the name: a key file (or any file
     elsewhere on the disk) linked in under an image's name would be shipped as is. Its link count
     proves nothing (the generation store, the DVC cache and releases hardlink images legitimately), and
     no digest of a source's images is recorded before the release (rows.parquet records the release's),
-    so what the row says is checked: the header (read only) must be an image of the row's width x height."""
+    so the header (read only) must be an image's. Not its size: a bucketed source's rows record the
+    bucket's size while the stored JPEG keeps its own (readers/webdataset.py), so another image linked
+    in goes through (docs/guarantees.md)."""
     from PIL import Image
 
     try:
-        with Image.open(image) as opened:  # the header only, no pixels decoded
-            found = opened.size
+        with Image.open(image):  # the header only, no pixels decoded
+            return
     except Exception:  # anything PIL cannot read as an image (a key file, text, a truncated header)
-        found = None
-    width, height = (None if pd.isna(v) else int(v) for v in size)
-    if found is None or (width is not None and height is not None and found != (width, height)):
-        what = "not an image" if found is None else f"{found[0]}x{found[1]}, the row says {width}x{height}"
         raise DataError(
-            f"{shown(ref)}: not the image its row records ({what}): the file was replaced after ingest "
+            f"{shown(ref)}: not an image, though a row names it as one: the file was replaced after ingest "
             "(a hard link or copy of another file?); restore it or rebuild its source"
-        )
+        ) from None
 
 
-def place_image(ref: str, target: Path, size: tuple = (None, None)) -> None:
+def place_image(ref: str, target: Path) -> None:
     """Hardlink a rendered image (no copy), or extract a carried one from its archive; either way only
-    the image its row records (check_recorded)."""
+    an image (check_recorded)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if "!/" in ref:
-        target.write_bytes(recorded_image_bytes(ref, size))
+        target.write_bytes(recorded_image_bytes(ref))
         return
     if not os.path.isfile(ref):
         raise DataError(f"{ref}: image not found")
     real = os.path.realpath(ref)  # the file itself: a link in the store is never copied as a link
-    check_recorded(ref, real, size)
+    check_recorded(ref, real)
     try:
         os.link(real, target, follow_symlinks=False)
     except OSError:  # another filesystem, or links not allowed: fall back to a copy
@@ -262,7 +260,7 @@ def write_webdataset(
     try:
         for row in rows.itertuples(index=False):
             meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode("utf-8")
-            data = recorded_image_bytes(row.image, (row.width, row.height))
+            data = recorded_image_bytes(row.image)
             ext, data = image_as(data, image_format, image_ext(row).lstrip("."), row.image)
             writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
             tick()
@@ -342,7 +340,7 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
         images = []
         for record in chunk:
             ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
-            data = recorded_image_bytes(record["image"], (record["width"], record["height"]))
+            data = recorded_image_bytes(record["image"])
             images.append((data, f"{record['id']}{ext}"))
             tick()
         pq.write_table(
