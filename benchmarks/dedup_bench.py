@@ -8,20 +8,33 @@
     .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive --verify   # + filters vs none
     .venv/bin/python benchmarks/dedup_bench.py --1m --generator realistic --no-naive --rensa  # + rensa (pip install rensa)
     .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
+    .venv/bin/python benchmarks/dedup_bench.py --1m --no-naive --rensa --datatrove --workers 2   # side by side
+
+--datatrove runs datatrove's MinHash pipeline (LocalPipelineExecutor, 4 stages, word 3-grams) on the same
+rows through benchmarks/datatrove_dedup.py, with the python of a venv of its own (datatrove is not in
+requirements.txt; measured with datatrove 0.10.1, `--datatrove-python`, default /work/dtvenv/bin/python;
+that script's docstring says how to make the venv). Its bands: datatrove's 8 hashes a bucket and
+round(threshold ** -8) buckets, so its LSH threshold (1/buckets) ** (1/8), the formula of datatrove's
+minhash.py, is nearest ours (0.7 -> 17 buckets, 0.702).
 
 Prints docs/s, peak RSS, pair recall against exact Jaccard (planted pairs whose exact Jaccard is
 >= threshold: a pair counts as found when the two rows are not both kept), false removals, and the
 speed ratio against the naive datasketch approach (per-document MinHash + MinHashLSH insert/query)
 on the same first 100k rows in this process. Targets (issue 5, 2 cores): 10M in <= 300 s with peak
-RSS <= 6 GB; >= 20x the naive speed at equal or better recall.
+RSS <= 6 GB; >= 20x the naive speed at equal or better recall. With --rensa or --datatrove, a table of
+every engine at the end (false removals are counted with our exact verifier for all of them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -250,27 +263,141 @@ def rensa_dedup(texts: list[str], threshold: float, num_perm: int, bands: int, c
     return keep
 
 
-def rensa_benchmark(texts: pa.Array, pairs: np.ndarray, params: DedupParams) -> None:
-    """Ours (one process) beside rensa with each candidate check, on the same rows: CPU seconds of this
-    process, recall of the planted pairs, false removals (removed rows without a kept partner)."""
+def rensa_benchmark(texts: pa.Array, pairs: np.ndarray, params: DedupParams) -> list[dict]:
+    """Ours (one process) beside rensa with each candidate check, on the same rows, each run in a forked
+    child so that none inherits what an earlier one left: CPU and wall seconds, the child's peak RSS (from
+    its RSS at the fork: the texts, and the rows as Python strings for rensa), recall of the planted pairs,
+    false removals (removed rows without a kept partner)."""
     bands, _ = banding(params)
     rows = texts.to_pylist()
-    runs = [("ours", lambda: dedup_self(texts, None, params, Runtime(workers=1)).keep)]
+    runs = [("ours, 1 process", lambda: dedup_self(texts, None, params, Runtime(workers=1)).keep)]
     runs += [
         (f"rensa {check}", lambda check=check: rensa_dedup(rows, params.threshold, params.num_perm, bands, check))
         for check in ("none", "estimate", "exact")
     ]
-    cpu = {}
+    cpu, summary = {}, []
     for name, run in runs:
-        t0 = time.process_time()
-        keep = run()
-        cpu[name] = time.process_time() - t0
+        keep, measured = in_child(run)
+        cpu[name] = measured["cpu_s"]
+        row = {"engine": name, **measured, **quality(texts, keep, pairs, params)}
+        summary.append(row)
         print(
-            f"{name:<14} {len(rows):>10,} rows: {cpu[name]:7.1f} CPU s  {len(rows) / cpu[name]:9,.0f} docs/CPU s  "
-            f"removed {int((~keep).sum()):,}  recall {recall(keep, pairs):.4f}  "
-            f"false removals {false_removals(texts, keep, params.threshold, params)}"
+            f"{name:<16} {len(rows):>10,} rows: {cpu[name]:7.1f} CPU s  {len(rows) / cpu[name]:9,.0f} docs/CPU s  "
+            f"wall {row['wall_s']:.1f}s  peak RSS {row['rss_gib']:.2f} GiB (from {measured['start_gib']:.2f})  "
+            f"removed {row['removed']:,}  recall {row['recall']:.4f}  false removals {row['false_removals']}"
         )
-    print(f"rensa exact / ours CPU: {cpu['rensa exact'] / cpu['ours']:.2f}x")
+    print(f"rensa exact / ours CPU: {cpu['rensa exact'] / cpu['ours, 1 process']:.2f}x")
+    return summary
+
+
+def in_child(run) -> tuple[np.ndarray, dict]:
+    """run() -> keep mask, in a forked child: (keep, {cpu_s, wall_s, rss_gib: the child's peak RSS,
+    start_gib: its RSS when it started})."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_measured, args=(run, send))
+    child.start()
+    send.close()
+    keep, measured = receive.recv()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"benchmark child failed (exit {child.exitcode})")
+    return keep, measured
+
+
+def _measured(run, send) -> None:
+    reset_peak_rss()
+    start = current_rss_gib()
+    c0, w0 = time.process_time(), time.perf_counter()
+    keep = run()
+    measured = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0}
+    send.send((keep, {**measured, "rss_gib": peak_rss_gib(), "start_gib": start}))
+    send.close()
+
+
+def quality(texts: pa.Array, keep: np.ndarray, pairs: np.ndarray, params: DedupParams) -> dict:
+    return {
+        "removed": int((~keep).sum()),
+        "recall": recall(keep, pairs),
+        "false_removals": false_removals(texts, keep, params.threshold, params),
+    }
+
+
+DATATROVE_PYTHON = Path(os.environ.get("DATATROVE_PYTHON", "/work/dtvenv/bin/python"))
+DATATROVE_HASHES_PER_BUCKET = 8  # datatrove's default (MinhashConfig: 14 buckets x 8, threshold ~0.72)
+
+
+def datatrove_banding(threshold: float) -> tuple[int, int]:
+    """(buckets, hashes a bucket) whose LSH threshold (1/buckets) ** (1/hashes), datatrove's formula, is
+    nearest `threshold` with its 8 hashes a bucket."""
+    per_bucket = DATATROVE_HASHES_PER_BUCKET
+    return max(1, round(threshold**-per_bucket)), per_bucket
+
+
+def datatrove_benchmark(
+    texts: pa.Array, pairs: np.ndarray, params: DedupParams, workers: int, python: Path, shards: int = 2
+) -> dict:
+    """datatrove's MinHash pipeline in a subprocess of its own venv (benchmarks/datatrove_dedup.py) on the
+    same rows, written as `shards` parquet files (one a task; the ids are the row numbers): wall time of
+    the four stages, sampled peak PSS of its process tree, recall and false removals like the others."""
+    import pyarrow.parquet as pq
+
+    if not python.exists():
+        raise SystemExit(f"{python} not found: make the datatrove venv (benchmarks/datatrove_dedup.py says how)")
+    buckets, per_bucket = datatrove_banding(params.threshold)
+    script = Path(__file__).resolve().parent / "datatrove_dedup.py"
+    with tempfile.TemporaryDirectory(prefix="dedup-bench-datatrove-") as tmp:
+        folder, work = Path(tmp) / "input", Path(tmp) / "work"
+        folder.mkdir()
+        bounds = np.linspace(0, len(texts), shards + 1).astype(np.int64)
+        for k in range(shards):
+            ids = pc.cast(pa.array(np.arange(bounds[k], bounds[k + 1])), pa.string())
+            part = texts.slice(bounds[k], bounds[k + 1] - bounds[k])
+            pq.write_table(pa.table({"id": ids, "text": part}), folder / f"{k:05d}.parquet")
+        command = [str(python), str(script), str(folder), str(work), "--ngrams", str(params.ngram)]
+        command += ["--buckets", str(buckets), "--hashes-per-bucket", str(per_bucket), "--workers", str(workers)]
+        t0 = time.perf_counter()
+        with (Path(tmp) / "datatrove.log").open("w") as log:
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True)
+        process_s = time.perf_counter() - t0
+        if done.returncode != 0:
+            tail = (Path(tmp) / "datatrove.log").read_text().splitlines()[-30:]
+            raise SystemExit("datatrove_dedup.py failed:\n" + "\n".join(tail))
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        removed = np.loadtxt(report["removed_ids"], dtype=np.int64, ndmin=1)
+    keep = np.ones(len(texts), dtype=bool)
+    keep[removed] = False
+    row = {
+        "engine": f"datatrove, {workers} workers",
+        "wall_s": report["total_s"],
+        "cpu_s": float("nan"),
+        "rss_gib": report["tree_pss_gib"],
+        **quality(texts, keep, pairs, params),
+    }
+    stages = ", ".join(f"{name} {s:.1f}s" for name, s in report["seconds"].items())
+    print(
+        f"datatrove {len(texts):>10,} rows: {row['wall_s']:7.1f}s  {len(texts) / row['wall_s']:9,.0f} docs/s "
+        f"({stages}; the process {process_s:.1f}s)  sampled peak PSS of its process tree "
+        f"{report['tree_pss_gib']:.2f} GiB (largest process {report['largest_rss_gib']:.2f} GiB)  "
+        f"removed {row['removed']:,}  recall {row['recall']:.4f}  false removals {row['false_removals']}  "
+        f"[{report['config']}, LSH threshold (1/{buckets})^(1/{per_bucket}) = {(1 / buckets) ** (1 / per_bucket):.3f}, "
+        f"{report['shards']} tasks]"
+    )
+    return row
+
+
+def print_summary(size: int, rows: list[dict]) -> None:
+    print(f"\nside by side, {size:,} rows (docs/s = rows / wall s; peak RSS: see each line above)")
+    print("| engine | wall s | CPU s | docs/s | peak RSS GiB | removed | recall | false removals |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cpu = "" if np.isnan(r["cpu_s"]) else f"{r['cpu_s']:.1f}"
+        print(
+            f"| {r['engine']} | {r['wall_s']:.1f} | {cpu} | {size / r['wall_s']:,.0f} | {r['rss_gib']:.2f} | "
+            f"{r['removed']:,} | {r['recall']:.4f} | {r['false_removals']:,} |"
+        )
 
 
 def false_removals(texts: pa.Array, keep: np.ndarray, threshold: float, params: DedupParams) -> int:
@@ -353,6 +480,10 @@ def main() -> None:
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
     parser.add_argument("--rensa", action="store_true", help="also run rensa with and without an exact pass")
     parser.add_argument(
+        "--datatrove", action="store_true", help="also run datatrove's MinHash pipeline (a venv of its own)"
+    )
+    parser.add_argument("--datatrove-python", type=Path, default=DATATROVE_PYTHON, help="python of the datatrove venv")
+    parser.add_argument(
         "--verify", action="store_true", help="also time the exact check of the candidates with and without filters"
     )
     add_out_argument(parser)
@@ -373,9 +504,9 @@ def main() -> None:
     reset_peak_rss()
     print(f"rss before dedup {current_rss_gib():.2f} GiB (the texts, read from parquet)")
     with TreeMemory() as tree:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = dedup_self(texts, None, params, runtime)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     rss = peak_rss_gib()
     pairs = true_pairs(texts, planted, args.threshold)
     print(
@@ -384,13 +515,30 @@ def main() -> None:
         f"removed {result.stats['removed']:,}  recall {recall(result.keep, pairs):.4f} of {len(pairs):,} true planted pairs  "
         f"candidates {result.stats['candidate_pairs']:,}"
     )
+    summary = []
+    if args.rensa or args.datatrove:
+        workers = args.workers or os.cpu_count()
+        summary.append(
+            {
+                "engine": f"ours, {workers} worker{'s' if workers > 1 else ''}",
+                "wall_s": seconds,
+                "cpu_s": cpu_s if workers == 1 else float("nan"),
+                "rss_gib": max(rss, tree.peak_gib),  # the sampled PSS misses a run shorter than a sample
+                **quality(texts, result.keep, pairs, params),
+            }
+        )
+        print(f"ours false removals: {summary[0]['false_removals']}")
 
     if args.index:
         index_benchmark(texts, params)
     if args.verify:
         verification_benchmark(texts, params)
     if args.rensa:
-        rensa_benchmark(texts, pairs, params)
+        summary += rensa_benchmark(texts, pairs, params)
+    if args.datatrove:
+        summary.append(datatrove_benchmark(texts, pairs, params, args.workers or os.cpu_count(), args.datatrove_python))
+    if summary:
+        print_summary(size, summary)
     if args.no_naive:
         return
     n = min(size, 100_000)
