@@ -148,9 +148,10 @@ class _LineTracker:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 2 bad input or usage, 130 SIGINT, 143 SIGTERM)."""
     old_handlers = _install_signal_handlers()
-    stderr = sys.stderr
+    stderr, unraisable = sys.stderr, sys.unraisablehook
     if stderr is not None:
         sys.stderr = _LineTracker(stderr)
+    sys.unraisablehook = _quiet_interrupts(unraisable)
     try:
         code = _main(argv)
         if (signum := received()) is not None and code != 128 + signum:  # the run went on all the same
@@ -166,7 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         sys.stderr = stderr
+        if getattr(sys.unraisablehook, "quiets_interrupts", False):  # not when _silence_finalizers set one
+            sys.unraisablehook = unraisable
         _restore_signal_handlers(old_handlers)
+
+
+def _quiet_interrupts(previous):
+    """sys.unraisablehook that drops an Interrupted raised where Python cannot pass it on (an at-fork
+    hook, a finalizer): the signal is noted, so main still ends with the one `interrupted` line, and the
+    "Exception ignored in ..." traceback Python would print before it is not printed."""
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous(unraisable)
+
+    hook.quiets_interrupts = True  # type: ignore[attr-defined]
+    return hook
 
 
 def _interrupted(signum: int) -> int:
