@@ -582,22 +582,10 @@ def test_ctrl_c_during_requests_exits_130_within_2s_and_sends_nothing_more(tmp_p
         time.sleep(0.5)  # in flight (hang, trickle) or in the backoff wait (backoff)
         sent = len(server.requests)
         assert sent >= 2, process.stderr.read().decode() if process.poll() is not None else "no request"
-        process.send_signal(signal.SIGINT)
-        interrupted = time.monotonic()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pytest.fail("still running 10 s after Ctrl-C")
-        took = time.monotonic() - interrupted
-        time.sleep(0.3)
-        err = process.stderr.read().decode()
+        took, err = _ctrl_c(process, lambda: process.send_signal(signal.SIGINT), patience=10)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        server.close()
-    assert process.returncode == 130 and err.splitlines()[-1] == "interrupted (SIGINT)", err
-    assert "Traceback" not in err and took < 2.0, (took, err)
+        _stop(process, server)
+    _assert_stopped_at_once(process, took, err)
     assert len(server.requests) == sent  # no request after Ctrl-C
     assert not [p for p in tmp_path.rglob(".*tmp-*")]
 
@@ -672,22 +660,36 @@ def test_ctrl_c_while_a_tcp_connect_hangs_exits_130_within_2s(tmp_path, command)
             time.sleep(0.05)
         assert server.connecting(), process.stderr.read().decode() if process.poll() is not None else "no connect"
         time.sleep(0.5)  # well inside the connect's 60 s
-        os.killpg(process.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail("still running 30 s after Ctrl-C")
-        took = time.monotonic() - interrupted
-        err = process.stderr.read().decode()
+        took, err = _ctrl_c(process, lambda: os.killpg(process.pid, signal.SIGINT), patience=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        server.close()
+        _stop(process, server)
+    _assert_stopped_at_once(process, took, err)
+    assert not list(tmp_path.rglob(".*tmp-*"))
+
+
+def _ctrl_c(process, send, patience: float) -> tuple[float, str]:
+    """Ctrl-C (`send()`), then wait up to `patience` s for the exit: (seconds it took, its stderr)."""
+    send()
+    interrupted = time.monotonic()
+    try:
+        process.wait(timeout=patience)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {patience:.0f} s after Ctrl-C")
+    took = time.monotonic() - interrupted
+    time.sleep(0.3)
+    return took, process.stderr.read().decode()
+
+
+def _stop(process, server) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    server.close()
+
+
+def _assert_stopped_at_once(process, took: float, err: str) -> None:
     assert process.returncode == 130 and err.splitlines()[-1] == "interrupted (SIGINT)", err
     assert "Traceback" not in err and took < 2.0, (took, err)
-    assert not list(tmp_path.rglob(".*tmp-*"))
 
 
 # ---------------------------------------------------------------- 8. nesting
