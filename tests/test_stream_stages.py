@@ -189,6 +189,7 @@ def test_a_full_disk_while_spilling_or_writing_is_one_line_and_leaves_nothing(en
     )
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "too large" in result.stderr.lower(), result.stderr
+    assert ".tmp-" not in result.stderr and str(out) in result.stderr, "the line names a temp path, not the output"
     assert not list(out.iterdir()), "a spill, temp or half-written file was left behind"
 
 

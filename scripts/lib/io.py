@@ -346,6 +346,8 @@ def atomic_path(
             _remove(tmp)
             if isinstance(exc, OSError):
                 raise DataError(os_error_message(exc, target, tmp)) from None
+            if isinstance(exc, DataError) and str(tmp) in str(exc):  # a file written inside this folder
+                raise DataError(str(exc).replace(str(tmp), str(target))) from None
             raise
 
 
