@@ -21,7 +21,7 @@ import typer
 
 from scripts.compose import ROWS, compose_release, read_composed
 from scripts.lib.card import data_card, generation_settings
-from scripts.lib.compose import ROW_COLUMNS, release_stats
+from scripts.lib.compose import ROW_COLUMNS, composed_table, release_stats
 from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_prompts_release, write_rows_table, write_split
 from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
@@ -155,7 +155,7 @@ def cli(
             write_preview(exported["id"], lambda ids: rows_of(composed / ROWS, ids), staging / "preview.jpg")
         else:
             write_preview(exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg")
-        write_parquet(removed.astype({"width": "Int64", "height": "Int64"}), staging / "removed.parquet")
+        write_parquet(composed_table(removed), staging / "removed.parquet")
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
         if not streamed:  # rows.parquet: the release's rows, whatever the layout (streamed: written above)

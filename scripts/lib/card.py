@@ -44,11 +44,7 @@ def source_dedup(entry: Source, dedup: Dedup) -> dict | None:
 
 def uses_embeddings(recipe: Recipe, names: list[str], sources: dict[str, Source], dedup: Dedup) -> bool:
     """Whether any dedup step of the recipe's chain, or dedup@S of one of its sources, compared embeddings."""
-    steps, chain = [], cast(Recipe | None, recipe)
-    while chain is not None:
-        steps += [*chain.steps, *(step for component in chain.own_components for step in component.steps)]
-        chain = chain.base
-    methods = [(step.dedup.method or dedup.method) for step in steps if step.dedup is not None]
+    methods = [(step.dedup.method or dedup.method) for step in recipe.chain_steps() if step.dedup is not None]
     methods += [found["method"] for found in (source_dedup(sources[s], dedup) for s in names) if found]
     return "embedding" in methods
 

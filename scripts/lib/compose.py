@@ -147,13 +147,8 @@ def picks_only(recipe: Recipe) -> bool:
     """True when composing only picks and orders rows: no step of the recipe or its base chain reads a
     text here (a clean step, or a dedup step prefilter@S has not already run). compose@V then needs the
     rows' keys alone and streams the rows (scripts/lib/compose_stream.py)."""
-    chain: Recipe | None = recipe
-    while chain is not None:
-        steps = [*chain.steps, *(step for component in chain.own_components for step in component.steps)]
-        if any(step.clean is not None or not (step.dedup and step.dedup.before_generate) for step in steps):
-            return False
-        chain = chain.base
-    return True
+    steps = recipe.chain_steps()
+    return not any(step.clean is not None or not (step.dedup and step.dedup.before_generate) for step in steps)
 
 
 def gathered(frames: list[pd.DataFrame], columns: list[str], order: np.ndarray) -> pd.DataFrame:

@@ -86,11 +86,9 @@ def write_picked_rows(
         sorted_rows_to(output, np.arange(total), ROWS_SCHEMA) as out,
     ):
         for placement in plan:
-            first = 0
+            first, images_required, roots_of = 0, placement.source not in text_only, roots[placement.source]
             for chunk in ParquetChunks(placement.path, chunk_rows, columns=ROW_COLUMNS).frames():
                 progress.advance(len(chunk))
-                images_required = placement.source not in text_only
-                roots_of = roots[placement.source]
                 check_split_rows(chunk, placement.path, placement.source, roots_of, images_required, first=first + 1)
                 ranks = placement.ranks[first : first + len(chunk)]
                 first += len(chunk)

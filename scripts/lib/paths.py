@@ -39,10 +39,9 @@ def check_split_rows(
     Without `images_required` (a text-only source) a row may have no image. `first`: the file's row number
     of rows' first row, when they are a chunk of it."""
     check_row_columns(rows, path)
-    for column in ("id", "source", "text", "image") if images_required else ("id", "source", "text"):
-        nulls = rows[column].isna().to_numpy().nonzero()[0]
-        if len(nulls):
-            raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
+    check_no_nulls(
+        rows, path, ("id", "source", "text", "image") if images_required else ("id", "source", "text"), first
+    )
     confine = ImageRoots(roots)
     for number, (row_id, row_source, image) in enumerate(zip(rows["id"], rows["source"], rows["image"]), start=first):
         if not PLAIN_ID.fullmatch(row_id):
@@ -59,10 +58,7 @@ def check_composed_rows(
     (`--composed`, any folder a user names): each row of a source of the release, its image inside that
     source's folders (none only for a text-only source), its split train or validation."""
     check_row_columns(rows, path, ("split",))
-    for column in ("id", "source", "split", "text"):
-        nulls = rows[column].isna().to_numpy().nonzero()[0]
-        if len(nulls):
-            raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
+    check_no_nulls(rows, path, ("id", "source", "split", "text"), first)
     confine = {source: ImageRoots(folders) for source, folders in roots.items()}
     columns = zip(rows["id"], rows["source"], rows["split"], rows["image"])
     for number, (row_id, source, split, image) in enumerate(columns, start=first):
@@ -91,6 +87,14 @@ def check_row_columns(rows: pd.DataFrame, path: Path, extra: tuple[str, ...] = (
             pd.api.types.is_float_dtype(values) and np.isfinite(known).all() and (known % 1 == 0).all()
         ):
             raise DataError(f"{path}: column '{column}' must hold whole numbers, found {values.dtype}")
+
+
+def check_no_nulls(rows: pd.DataFrame, path: Path, columns: tuple[str, ...], first: int = 1) -> None:
+    """The first null of `columns`, in one line naming the file and row (`first`: rows' first row number)."""
+    for column in columns:
+        nulls = rows[column].isna().to_numpy().nonzero()[0]
+        if len(nulls):
+            raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
 
 
 class ImageRoots:

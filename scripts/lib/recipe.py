@@ -44,6 +44,11 @@ class Recipe:
     def all_components(self) -> tuple[Component, ...]:
         return self.components
 
+    def chain_steps(self) -> list[Step]:
+        """Every step of this recipe and its base chain: the release steps and each component's."""
+        own = [*self.steps, *(step for component in self.own_components for step in component.steps)]
+        return (self.base.chain_steps() if self.base else []) + own
+
 
 def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Recipe:
     """The recipe of `name` with its base chain resolved. `releases` maps names to params.yaml entries
