@@ -263,22 +263,33 @@ def rensa_dedup(texts: list[str], threshold: float, num_perm: int, bands: int, c
     return keep
 
 
-def rensa_benchmark(texts: pa.Array, pairs: np.ndarray, params: DedupParams) -> list[dict]:
+def rensa_benchmark(
+    texts: pa.Array, pairs: np.ndarray, params: DedupParams, checks=("none", "estimate", "exact"), cap: float = 0.0
+) -> list[dict]:
     """Ours (one process) beside rensa with each candidate check, on the same rows, each run in a forked
     child so that none inherits what an earlier one left: CPU and wall seconds, the child's peak RSS (from
     its RSS at the fork: the texts, and the rows as Python strings for rensa), recall of the planted pairs,
-    false removals (removed rows without a kept partner)."""
+    false removals (removed rows without a kept partner). With `cap`, a rensa run that reaches `cap` times
+    ours' CPU seconds is stopped (RLIMIT_CPU) and reported as at least that."""
     bands, _ = banding(params)
     rows = texts.to_pylist()
     runs = [("ours, 1 process", lambda: dedup_self(texts, None, params, Runtime(workers=1)).keep)]
     runs += [
         (f"rensa {check}", lambda check=check: rensa_dedup(rows, params.threshold, params.num_perm, bands, check))
-        for check in ("none", "estimate", "exact")
+        for check in checks
     ]
     cpu, summary = {}, []
     for name, run in runs:
-        keep, measured = in_child(run)
+        limit = int(cap * cpu["ours, 1 process"]) + 1 if cap and name.startswith("rensa") else None
+        keep, measured = in_child(run, limit)
         cpu[name] = measured["cpu_s"]
+        if keep is None:
+            summary.append({"engine": f"{name} (stopped)", **measured})
+            print(
+                f"{name:<16} {len(rows):>10,} rows: stopped at the cap, {limit} CPU s after "
+                f"{measured['wall_s']:.1f}s wall: {name} / ours CPU > {limit / cpu['ours, 1 process']:.2f}x"
+            )
+            continue
         row = {"engine": name, **measured, **quality(texts, keep, pairs, params)}
         summary.append(row)
         print(
@@ -286,28 +297,46 @@ def rensa_benchmark(texts: pa.Array, pairs: np.ndarray, params: DedupParams) -> 
             f"wall {row['wall_s']:.1f}s  peak RSS {row['rss_gib']:.2f} GiB (from {measured['start_gib']:.2f})  "
             f"removed {row['removed']:,}  recall {row['recall']:.4f}  false removals {row['false_removals']}"
         )
-    print(f"rensa exact / ours CPU: {cpu['rensa exact'] / cpu['ours, 1 process']:.2f}x")
+    if "rensa exact" in cpu:
+        print(f"rensa exact / ours CPU: {cpu['rensa exact'] / cpu['ours, 1 process']:.2f}x (at least, if stopped)")
     return summary
 
 
-def in_child(run) -> tuple[np.ndarray, dict]:
+def in_child(run, cpu_limit: int | None = None) -> tuple[np.ndarray | None, dict]:
     """run() -> keep mask, in a forked child: (keep, {cpu_s, wall_s, rss_gib: the child's peak RSS,
-    start_gib: its RSS when it started})."""
+    start_gib: its RSS when it started}). A child stopped at `cpu_limit` CPU seconds gives (None,
+    {cpu_s: the limit, wall_s})."""
     import multiprocessing
+    import signal
 
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_measured, args=(run, send))
+    child = context.Process(target=_measured, args=(run, send, cpu_limit))
+    w0 = time.perf_counter()
     child.start()
     send.close()
-    keep, measured = receive.recv()
+    try:
+        keep, measured = receive.recv()
+    except EOFError:  # the child died without an answer
+        child.join()
+        if cpu_limit is not None and child.exitcode in (-signal.SIGXCPU, -signal.SIGKILL):
+            nan = float("nan")
+            return None, {
+                "cpu_s": float(cpu_limit),
+                "wall_s": time.perf_counter() - w0,
+                "rss_gib": nan,
+                "start_gib": nan,
+            }
+        raise SystemExit(f"benchmark child failed (exit {child.exitcode})") from None
     child.join()
     if child.exitcode != 0:
         raise SystemExit(f"benchmark child failed (exit {child.exitcode})")
     return keep, measured
 
 
-def _measured(run, send) -> None:
+def _measured(run, send, cpu_limit: int | None = None) -> None:
+    if cpu_limit is not None:  # SIGXCPU at the soft limit ends the child; SIGKILL 10 s later if it does not
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, cpu_limit + 10))
     reset_peak_rss()
     start = current_rss_gib()
     c0, w0 = time.process_time(), time.perf_counter()
@@ -394,6 +423,9 @@ def print_summary(size: int, rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = "" if np.isnan(r["cpu_s"]) else f"{r['cpu_s']:.1f}"
+        if "removed" not in r:  # stopped at the CPU cap: no answer to judge
+            print(f"| {r['engine']} | > {r['wall_s']:.1f} | > {cpu} | < {size / r['wall_s']:,.0f} | | | | |")
+            continue
         print(
             f"| {r['engine']} | {r['wall_s']:.1f} | {cpu} | {size / r['wall_s']:,.0f} | {r['rss_gib']:.2f} | "
             f"{r['removed']:,} | {r['recall']:.4f} | {r['false_removals']:,} |"
@@ -480,6 +512,19 @@ def main() -> None:
     parser.add_argument("--index", action="store_true", help="also time build_index on 90%% and query the last 10%%")
     parser.add_argument("--rensa", action="store_true", help="also run rensa with and without an exact pass")
     parser.add_argument(
+        "--rensa-checks",
+        default="none,estimate,exact",
+        help="which rensa candidate checks to run (comma-separated: none, estimate, exact)",
+    )
+    parser.add_argument(
+        "--cpu-cap",
+        type=float,
+        default=0.0,
+        help="stop each rensa run at this many times ours' CPU seconds (RLIMIT_CPU; 0: no cap): at 1M "
+        "realistic rows rensa's exact pass runs for hours, and a run stopped at 2x ours already answers "
+        "'ours <= half of rensa+exact'",
+    )
+    parser.add_argument(
         "--datatrove", action="store_true", help="also run datatrove's MinHash pipeline (a venv of its own)"
     )
     parser.add_argument("--datatrove-python", type=Path, default=DATATROVE_PYTHON, help="python of the datatrove venv")
@@ -534,7 +579,7 @@ def main() -> None:
     if args.verify:
         verification_benchmark(texts, params)
     if args.rensa:
-        summary += rensa_benchmark(texts, pairs, params)
+        summary += rensa_benchmark(texts, pairs, params, args.rensa_checks.split(","), args.cpu_cap)
     if args.datatrove:
         summary.append(datatrove_benchmark(texts, pairs, params, args.workers or os.cpu_count(), args.datatrove_python))
     if summary:

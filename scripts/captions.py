@@ -22,7 +22,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
-from scripts.lib.io import shown
+from scripts.lib.io import check_files_ours, shown
 from scripts.lib.params import PARAMS_FILE, load_section
 from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, read_parquet
 
@@ -104,6 +104,7 @@ def cli(
     output: Path = typer.Argument(..., help="data/captions/S.parquet"),
 ) -> None:
     """Join kept prompts with their images into the caption table."""
+    check_files_ours(output)
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
     attach = image_joiner(source, images)

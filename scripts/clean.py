@@ -33,7 +33,7 @@ from scripts.lib.cleaning import (
 )
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, write_json
+from scripts.lib.io import atomic_path, check_files_ours, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
 from scripts.lib.tables import ParquetChunks, check_table, row_groups_to
@@ -43,6 +43,7 @@ def cli_rules(output: Path) -> None:
     """clean_rules: validate every rule set (the default with params.yaml `clean` overrides) and write
     them to OUTPUT as the one tracked copy: clean@S and release@V depend on this file instead of on the
     rule files and `clean` params, so dvc.lock records them once."""
+    check_files_ours(output)
     clean = load_section("clean")
     sets = all_rule_sets(clean)
     for name, rule_set in sets.items():
@@ -86,6 +87,7 @@ def cli(
         else:
             clean_chunk = _locally(compiled, mode, workers=local_workers(runtime), desc=f"clean@{source}")
     dropped_path, report_path = sibling_paths(output)
+    check_files_ours(output, dropped_path, report_path)
     rows_in, reasons = 0, Counter()
     with row_groups_to(output) as kept_out, row_groups_to(dropped_path) as dropped_out:
         for df in table.frames():  # a chunk at a time: memory stays flat however long the source
@@ -158,6 +160,7 @@ def cli_text(
     input = Path(input)
     if not input.exists():
         raise DataError(f"{input}: input not found")
+    check_files_ours(output)
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
     with (

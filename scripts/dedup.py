@@ -33,7 +33,7 @@ from scripts.lib.dedup import (
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, shown, write_json
+from scripts.lib.io import atomic_path, check_files_ours, shown, write_json
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 from scripts.lib.tables import write_row_groups
 
@@ -121,6 +121,9 @@ def cli(
     runtime = runtime_section()
     stem = output.name.removesuffix(".parquet")
     clusters_path = output.parent / f"{stem}.clusters.parquet"
+    check_files_ours(
+        output, clusters_path, output.parent / f"{stem}.report.json", output.parent / f"{stem}.preview.html"
+    )
     if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
         rows = StageInput(input, runtime.stream_rows)
         n = len(rows)
@@ -189,6 +192,7 @@ def cli_text(
         if not 0.0 < threshold <= 1.0:
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")
         params = params.replace(threshold=threshold)
+    check_files_ours(output)
     result = dedup_self(read_lines(input), None, params, runtime_section())
     with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
         for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, atomic_path, shown, stable_id, write_json
+from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, shown, stable_id, write_json
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows
 
@@ -140,6 +140,7 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
         "skipped": {},
     }
     info: dict[str, Any] = {}
+    check_files_ours(output, report_path(output))
     with atomic_path(output) as tmp:
         with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:
             normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)

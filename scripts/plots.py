@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, shown
+from scripts.lib.io import SPLITS, atomic_path, check_files_ours, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
 from scripts.lib.tables import read_parquet
@@ -188,6 +188,7 @@ def cli(
         check_plan(plan, reads)
     releases, sources = reads["releases"], reads["sources"]
     length_bin = load_section("preview", missing_ok=True).length_bin
+    check_files_ours(*(output / name for name in PLOT_FILES))
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():
         write_csv(table, output / name)

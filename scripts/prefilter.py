@@ -27,7 +27,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError
-from scripts.lib.io import write_json
+from scripts.lib.io import check_files_ours, write_json
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
 from scripts.lib.recipe import resolve_recipe
@@ -125,6 +125,9 @@ def cli(
         return output_rows(resolve_recipe(name, releases), ops)
 
     stem = output.name.removesuffix(".parquet")
+    check_files_ours(
+        *(output.parent / f"{stem}{suffix}" for suffix in (".parquet", ".removed.parquet", ".report.json"))
+    )
     rows_in, reasons = 0, Counter()
     with row_groups_to(output) as kept_out, row_groups_to(output.parent / f"{stem}.removed.parquet") as removed_out:
         for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows

@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import shown, write_json
+from scripts.lib.io import check_files_ours, shown, write_json
 from scripts.lib.params import load_section
 
 
@@ -50,6 +50,7 @@ def cli(
     """Write the dedup threshold and each release's row count: `dvc exp show`'s metrics."""
     from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
 
+    check_files_ours(output)
     reads = plots_plan(written_releases(), written_sources())
     if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
         check_plan(plan, reads)

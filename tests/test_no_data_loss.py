@@ -6,7 +6,9 @@ one exits 2 with ONE `error:` line and leaves the workspace byte for byte as it 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from helpers.workspace import RAW, error_line, leftovers, make_splits, snapshot,
 from scripts.cli import main
 from scripts.ingest import ingest
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, output_lock
+from scripts.lib.io import MARKER, OWNER_XATTR, output_lock
 from scripts.lib.readers import SourceConfig
 from scripts.lib.tables import write_parquet
 
@@ -58,6 +60,15 @@ def _user_file(path: str, text: str = "mine, not the pipeline's\n"):
 def _raw_with_user_source(root: Path) -> None:
     shutil.copytree(RAW, root / "data" / "raw")
     _user_file("data/raw/mine/prompts.txt")(root)
+
+
+def _raw(root: Path) -> None:
+    shutil.copytree(RAW, root / "data" / "raw")
+
+
+def _prompts(root: Path) -> None:  # data/prompts/chatgpt.parquet, as ingest@chatgpt writes it
+    _raw(root)
+    ingest("chatgpt", SourceConfig(kind="text", path=str(root / "data/raw/chatgpt")), root / "prompts.parquet")
 
 
 def _user_dataset(root: Path) -> None:
@@ -119,6 +130,42 @@ REFUSED = {
         ["clean-text", "in.txt", "afile/out.jsonl"],
         ["afile", "is a file"],
     ),
+    # a user's file named as one of a command's single-file outputs: nothing written, not even its siblings
+    "clean_text_over_a_user_file": (
+        [_user_file("in.txt", "a red fox in the snow\n"), _user_file("notes.jsonl")],
+        ["clean-text", "in.txt", "notes.jsonl"],
+        ["notes.jsonl", "cannot prove"],
+    ),
+    "ingest_over_a_user_parquet": (
+        [_raw, _user_file("mine.parquet", "my own table")],
+        ["ingest", "chatgpt", "mine.parquet"],
+        ["mine.parquet", "cannot prove"],
+    ),
+    "ingest_beside_a_user_report": (
+        [_raw, _user_file("mine.report.json", '{"my": "report"}')],
+        ["ingest", "chatgpt", "mine.parquet"],
+        ["mine.report.json", "cannot prove"],
+    ),
+    "dedup_text_over_a_user_file": (
+        [_user_file("in.txt", "a red fox\na red fox\n"), _user_file("flags.jsonl")],
+        ["dedup-text", "in.txt", "flags.jsonl"],
+        ["flags.jsonl", "cannot prove"],
+    ),
+    "clean_beside_a_user_dropped_table": (
+        [_prompts, _user_file("mine.dropped.parquet", "rows I set aside")],
+        ["clean", "chatgpt", "prompts.parquet", "mine.parquet"],
+        ["mine.dropped.parquet", "cannot prove"],
+    ),
+    "dedup_beside_a_user_preview": (
+        [_prompts, _user_file("mine.preview.html", "<p>my page</p>")],
+        ["dedup", "chatgpt", "prompts.parquet", "mine.parquet"],
+        ["mine.preview.html", "cannot prove"],
+    ),
+    "summary_over_a_user_json": (
+        [make_splits, _user_file("data/releases/.keep", ""), _user_file("mine.json", '{"mine": 1}')],
+        ["summary", "data/releases", "mine.json"],
+        ["mine.json", "cannot prove"],
+    ),
     "folder_output_is_a_file": (
         [_captions, _user_file("data/splits/chatgpt")],
         ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt"],
@@ -162,6 +209,41 @@ def test_outputs_it_wrote_are_replaced_on_the_next_run(ws, capsys):
         assert code == 0, err
     assert (ws / "data/releases/v2/train" / MARKER).is_file()
     assert leftovers(ws) == [] and not list(ws.rglob("*.tmp-lock"))
+
+
+def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
+    """A file a command wrote carries its mark (an extended attribute, not bytes); DVC's .gitignore
+    (for the file or a folder above it) or an unmodified git checkout prove it too. Nothing else does."""
+    _user_file("in.txt", "a red fox in the snow\n")(ws)
+    clean_text = ("clean-text", "in.txt")
+    assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
+    assert cli(capsys, *clean_text, "out.jsonl")[0] == 0  # its own mark
+    os.removexattr(ws / "out.jsonl", OWNER_XATTR)  # a file with our bytes but not our mark: refused
+    code, _, err = cli(capsys, *clean_text, "out.jsonl")
+    assert code == 2 and "out.jsonl: exists and this command cannot prove it wrote it" in error_line(err)
+
+    (ws / ".gitignore").write_text("/out.jsonl\n", encoding="utf-8")  # as `dvc repro` lists its outputs
+    assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
+    _user_file("tracked/deep/out.jsonl", "checked out by dvc\n")(ws)
+    (ws / "tracked" / "deep" / ".gitignore").write_text("/other.jsonl\n", encoding="utf-8")
+    code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")
+    assert code == 2 and "cannot prove" in error_line(err)
+    (ws / ".gitignore").write_text("/out.jsonl\n/tracked\n", encoding="utf-8")  # a folder output above it
+    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0
+
+    _user_file("committed.jsonl", "in git\n")(ws)
+    for command in (
+        ["init", "-q"],
+        ["add", "committed.jsonl"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
+    ):
+        subprocess.run(["git", *command], cwd=ws, check=True)
+    _user_file("committed.jsonl", "edited, not committed\n")(ws)
+    code, _, err = cli(capsys, *clean_text, "committed.jsonl")
+    assert code == 2 and "committed.jsonl" in error_line(err)
+    subprocess.run(["git", "checkout", "-q", "committed.jsonl"], cwd=ws, check=True)
+    assert cli(capsys, *clean_text, "committed.jsonl")[0] == 0  # git brings it back: nothing lost
+    assert (ws / "committed.jsonl").read_text(encoding="utf-8").startswith('{"text": "a red fox')
 
 
 def test_sample_data_rewrites_the_committed_data_raw_without_a_marker(ws, capsys):

@@ -53,6 +53,11 @@ def sha256_text(text: str) -> str:
 # Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
+# A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5 and the lock
+# stay as they are), so a later run may replace it. A file without it is replaced only when it holds
+# the bytes the command would write, DVC lists it as an output there, git holds it unmodified, or it
+# lies in a folder holding the MARKER; a user's `mine.parquet` named as an output is refused.
+OWNER_XATTR = "user.t2i-datasets.output"
 # Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
 # T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
 # .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run of the
@@ -225,12 +230,74 @@ def git_unmodified(folder: Path | str) -> set[str]:
     return tracked - files("-m", "-d") if tracked else set()
 
 
+def mark_file(path: Path | str) -> None:
+    """Tag a file this command wrote with OWNER_XATTR. A file system without user attributes (or a
+    system without os.setxattr) keeps the file untagged: a later run then proves it ours another way
+    (DVC's .gitignore, same bytes) or refuses in one line."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, OWNER_XATTR, b"1", follow_symlinks=False)
+
+
+def _tagged(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == b"1"
+    except (OSError, AttributeError):
+        return False
+
+
+def _dvc_output(path: Path) -> bool:
+    """DVC lists `path`, or a folder holding it, in that one's parent's .gitignore (`/name`): a stage or
+    `dvc add` made it an output, so DVC's cache holds it."""
+    for item in [path, *Path(os.path.abspath(path)).parents][:-1]:
+        try:
+            listed = (item.parent / ".gitignore").read_text(encoding="utf-8").split()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if f"/{item.name}" in listed:
+            return True
+    return False
+
+
+def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: bool = True) -> bool:
+    """Whether replacing the file `path` loses nothing of anyone else's: we tagged it, it holds `new`'s
+    bytes, DVC lists it as an output (the cache has it), its folder holds the MARKER, or (with
+    `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
+    path = Path(path)
+    if _tagged(path) or (path.parent / MARKER).is_file() or _dvc_output(path):
+        return True
+    if new is not None and _same_bytes(path, Path(new)):
+        return True
+    return committed_ok and path.name in git_unmodified(path.parent)
+
+
+def _not_ours(path: Path) -> DataError:
+    return DataError(
+        f"{shown(path)}: exists and this command cannot prove it wrote it (no t2i-datasets mark, not a "
+        f"DVC output, not committed in git, not the bytes it would write); refusing to replace it "
+        f"(choose another output path, or move the file away)"
+    )
+
+
+def check_files_ours(*paths: Path | str) -> None:
+    """Before a command that writes several files beside each other (S.parquet, S.report.json, ...)
+    writes the first: refuse, in one line and with nothing written, if any of them exists and is not a
+    regular file of ours (file_is_ours), so a refusal never leaves some outputs new and others old."""
+    for path in map(Path, paths):
+        if not os.path.lexists(path):
+            continue
+        check_output_kind(path)
+        if path.is_dir():
+            raise DataError(f"{shown(path)}: is a folder, expected a file path")
+        if not file_is_ours(path):
+            raise _not_ours(path)
+
+
 def check_replaceable(target: Path | str, new: Path | str | None = None, committed_ok: bool = False) -> None:
-    """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, or a
-    folder that is empty, holds the MARKER, or whose every file `new` holds with the same bytes (or,
-    with `committed_ok`, git holds unmodified: a committed output such as data/raw). A name alone
-    proves nothing: a user's README.md or train.parquet stays. A file `new` replaces a regular file,
-    never a folder, a link or a device."""
+    """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, a file
+    that is ours (file_is_ours), or a folder that is empty, holds the MARKER, or whose every file
+    `new` holds with the same bytes (or, with `committed_ok`, git holds unmodified: a committed output
+    such as data/raw). A name alone proves nothing: a user's README.md or train.parquet stays. A file
+    `new` replaces a regular file, never a folder, a link or a device."""
     target = Path(target)
     if not os.path.lexists(target):
         return
@@ -238,6 +305,8 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
     if new is not None and not Path(new).is_dir():
         if target.is_dir():
             raise DataError(f"{shown(target)}: is a folder, expected a file path")
+        if not file_is_ours(target, new):
+            raise _not_ours(target)
         return
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
@@ -261,20 +330,19 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
 def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
     """Refuse to write the outputs `names` into `folder` (a folder of separate outputs, e.g. a stage's
     prompts.txt and report.json) over files we cannot prove ours: one is ours when the folder holds
-    the MARKER, when DVC lists it as an output there (its .gitignore), or when the caller proved it
+    the MARKER, when file_is_ours says so (our mark, DVC's .gitignore), or when the caller proved it
     (`proven`: e.g. the folder's report names this command's entry)."""
     folder = Path(folder)
     present = [name for name in names if os.path.lexists(folder / name)]
     for name in present:
         check_output_kind(folder / name)
+    if proven:  # the caller's proof covers them: tagged, the writes that follow may replace them
+        for name in present:
+            mark_file(folder / name)
     if not present or proven or (folder / MARKER).is_file():
         return
-    try:
-        dvc_outputs = set((folder / ".gitignore").read_text(encoding="utf-8").split())
-    except (OSError, UnicodeDecodeError):
-        dvc_outputs = set()
     for name in present:
-        if f"/{name}" not in dvc_outputs:
+        if not file_is_ours(folder / name, committed_ok=False):
             raise DataError(
                 f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
                 f"marker, not a DVC output there, no report of this command beside it); refusing to "
@@ -341,6 +409,8 @@ def atomic_path(
             if is_dir and mark:
                 mark_folder(tmp)
             os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
+            if not is_dir:
+                mark_file(tmp)
             replace_path(tmp, target, is_dir, committed_ok)
         except BaseException as exc:
             _remove(tmp)

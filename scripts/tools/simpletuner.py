@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_not_input, check_output_kind, shown
+from scripts.lib.io import check_files_ours, check_not_input, check_output_kind, mark_file, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.dalle3 import compile_simpletuner
 from scripts.lib.simpletuner import CONFIG_NAME
@@ -35,6 +35,7 @@ def check_config_ours(path: Path, ids: list) -> None:
             f"{shown(path)}: a data-backend config this command did not write (its backends are not "
             f"{', '.join(map(str, ids))}); refusing to replace it (--config elsewhere, or move it away)"
         )
+    mark_file(path)  # its content proves it ours (one written before files carried the mark)
 
 
 def cli(
@@ -56,6 +57,7 @@ def cli(
         config = output.parent / CONFIG_NAME
     # before any work: an output that is (or holds) the shards or another output would replace it
     check_not_input(output, [shards])
+    check_files_ours(output)
     for folder in (data_dir, txt_dir):
         if folder is not None:
             check_not_input(folder, [shards, output] + ([config] if config else []))
