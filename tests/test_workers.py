@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 
+import numpy as np
 import pytest
-from worker_functions import die_on_seven, fail_on_seven, refuse_to_start, square
+from worker_functions import die_on_seven, fail_on_seven, killed_while_replying, refuse_to_start, square
 
-from scripts.lib.workers import ordered_map
+from scripts.lib.workers import forked_map, ordered_map
 
 
 @pytest.mark.parametrize("workers, chunksize", [(1, 3), (2, 1), (2, 4), (3, 50)])
@@ -55,6 +57,47 @@ def test_closing_early_stops_the_workers():
     before = set(_children())
     results = ordered_map(square, list(range(1000)), 2, 1)
     assert next(results) == 0
+    results.close()
+    assert set(_children()) - before == set()
+
+
+# --- forked_map: forks that inherit the parent's arrays -------------------------------------------------
+
+
+def _row_sum(table: np.ndarray, offset: int, row: int) -> int:
+    return int(table[row].sum()) + offset
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_forks_see_the_shared_arrays_and_answer_in_order(workers):
+    table = np.arange(60).reshape(20, 3)
+    rows = (r for r in range(20))  # a generator: items are taken as workers free up
+    assert list(forked_map(_row_sum, rows, workers, (table, 100))) == [int(r.sum()) + 100 for r in table]
+
+
+def test_a_fork_that_fails_or_dies_is_reported_and_every_fork_is_reaped():
+    before = set(_children())
+    with pytest.raises(RuntimeError, match=r"^worker process failed: ValueError: seven$"):
+        list(forked_map(fail_on_seven, range(20), 2))
+    with pytest.raises(RuntimeError, match=r"^worker process \d+ died \(exit code -9\)$"):
+        list(forked_map(die_on_seven, range(20), 2))
+    assert set(_children()) <= before
+
+
+def test_a_fork_killed_in_the_middle_of_a_long_reply_does_not_hang_the_parent():
+    """SIGTERM killed a ProcessPoolExecutor worker while it sent a result: the executor's reader thread
+    waited for the rest for ever, and so did the stage. Here the parent reads EOF and reports it."""
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^worker process \d+ died \(exit code -15\)$"):
+        list(forked_map(killed_while_replying, range(4), 2))
+    assert time.monotonic() - started < 20
+
+
+def test_closing_forked_map_early_stops_the_forks():
+    before = set(_children())
+    results = forked_map(square, range(1000), 2)
+    assert next(results) == 0
+    assert len(set(_children()) - before) == 2
     results.close()
     assert set(_children()) - before == set()
 

@@ -23,3 +23,11 @@ def die_on_seven(n: int) -> int:
 
 def refuse_to_start() -> None:
     raise ValueError("bad rules")
+
+
+def killed_while_replying(n: int) -> bytes:
+    """A 64 MB reply, with SIGTERM (default action: die) arriving 50 ms in, while the pipe carries it."""
+    import threading
+
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    return bytes(64 << 20)

@@ -114,7 +114,7 @@ def _ascii_tokens(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     after = np.concatenate([word, [False]])
     starts = np.flatnonzero(word & (~before[:-1] | boundary[:-1]))
     ends = np.flatnonzero(word & (~after[1:] | boundary[1:])) + 1
-    counts = np.bincount(np.searchsorted(offsets, starts, side="right") - 1, minlength=len(texts))
+    counts = np.diff(np.searchsorted(starts, offsets))  # tokens starting inside each text
     return hash_byte_ranges(data, starts, ends - starts), counts
 
 
@@ -350,10 +350,15 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     if bands * rows > sig.shape[1]:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {sig.shape[1]}")
     multipliers = np.random.RandomState(0x5EED).randint(0, 1 << 63, (bands, rows + 1), dtype=np.uint64) | np.uint64(1)
-    values = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
-    values *= multipliers[:, :rows]
-    h = values.sum(axis=2, dtype=np.uint64) + multipliers[:, rows]
-    return (h >> np.uint64(32)).astype(np.uint32)
+    values = sig[:, : bands * rows].reshape(len(sig), bands, rows)
+    h = np.empty((len(sig), bands), dtype=np.uint64)
+    h[:] = multipliers[:, rows]
+    term = np.empty_like(h)
+    for r in range(rows):  # a sum over a short last axis is slow in numpy: one pass a row instead
+        np.multiply(values[:, :, r], multipliers[:, r], out=term)
+        h += term
+    h >>= np.uint64(32)
+    return h.astype(np.uint32)
 
 
 def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
@@ -369,35 +374,62 @@ def bucket_pairs(keys: np.ndarray, window: int) -> np.ndarray:
         return np.zeros((0, 2), dtype=np.int64)
     if n >= 1 << 32:
         raise ValueError("bucket_pairs: more than 2^32 rows")
-    # in place where it can be: at 10M rows each temporary array is 80 MB, and this runs once a band
-    packed = keys.astype(np.uint64)
+    rows = _maybe_shared(keys)
+    packed = keys[rows].astype(np.uint64)
     packed <<= np.uint64(32)
-    packed |= np.arange(n, dtype=np.uint64)
+    packed |= rows.astype(np.uint64)
+    del rows
     packed.sort()
-    position = np.bitwise_and(packed, np.uint64(0xFFFFFFFF)).view(np.int64)
-    packed >>= np.uint64(32)  # the keys, sorted
-    new_bucket = np.ones(n, dtype=bool)
-    np.not_equal(packed[1:], packed[:-1], out=new_bucket[1:])
-    del packed
-    shared = ~new_bucket
-    shared[:-1] |= ~new_bucket[1:]
-    pos = np.flatnonzero(shared)  # rows in buckets of two or more
-    if len(pos) == 0:
+    high = packed.view(np.uint32)[1::2] if _LITTLE_ENDIAN else (packed >> np.uint64(32))  # the keys, no copy
+    same = high[1:] == high[:-1]
+    shared = np.zeros(len(packed), dtype=bool)  # rows in buckets of two or more
+    shared[1:] = same
+    shared[:-1] |= same
+    del same, high
+    shared_rows = packed[shared]
+    del packed, shared
+    if len(shared_rows) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    bucket_start = np.arange(n)
+    return _bucket_walk(shared_rows, window)
+
+
+_LITTLE_ENDIAN = np.little_endian
+
+
+def _maybe_shared(keys: np.ndarray) -> np.ndarray:
+    """Ascending positions of the rows whose key may occur twice: every row whose key does, and ~3% of
+    the others. A plain sort of the uint32 keys finds the repeated ones and a table over their top bits
+    marks them, so only these few rows need the costlier sort with their positions."""
+    ordered = np.sort(keys)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    bits = min(24, max(8, len(keys).bit_length()))  # about one slot a row, at most 16 MB
+    shift = np.uint32(32 - bits)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[repeated >> shift] = True
+    return np.flatnonzero(table[keys >> shift])
+
+
+def _bucket_walk(shared_rows: np.ndarray, window: int) -> np.ndarray:
+    """bucket_pairs' pairs from the sorted (key << 32 | position) of the rows in buckets of two or more
+    (a bucket is a run of one key, so dropping the single rows keeps every bucket whole and in order)."""
+    m = len(shared_rows)
+    position = np.bitwise_and(shared_rows, np.uint64(0xFFFFFFFF)).view(np.int64)
+    key = shared_rows >> np.uint64(32)
+    new_bucket = np.ones(m, dtype=bool)
+    np.not_equal(key[1:], key[:-1], out=new_bucket[1:])
+    bucket_start = np.arange(m)
     bucket_start[~new_bucket] = 0
     np.maximum.accumulate(bucket_start, out=bucket_start)
+    pos = np.arange(m)
     out = []
     for d in range(1, window + 1):  # each row with the `window` rows after it in its bucket
-        pos = pos[pos + d < n]
+        pos = pos[pos + d < m]
         pos = pos[bucket_start[pos + d] == bucket_start[pos]]
         if len(pos) == 0:
             break
         out.append(np.stack([position[pos], position[pos + d]], axis=1))
-    depth = np.arange(n)
-    depth -= bucket_start
-    far = np.flatnonzero(depth > 2 * window)
-    del depth
+    far = np.flatnonzero(np.arange(m) - bucket_start > 2 * window)
     for d in range(window if len(far) else 0):  # rows deep in a huge bucket also meet its first `window` rows
         out.append(np.stack([position[bucket_start[far] + d], position[far]], axis=1))
     return np.concatenate(out)
@@ -411,15 +443,63 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
+def distinct_values(values: np.ndarray, size: int) -> np.ndarray:
+    """sorted_unique of int values all in [0, size), by marking a table instead of sorting (when the
+    table is not much larger than the values)."""
+    if size > 16 * len(values):
+        return sorted_unique(values)
+    seen = np.zeros(size, dtype=bool)
+    seen[values] = True
+    return np.flatnonzero(seen)
+
+
+def positions_in(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.searchsorted(rows, values) for values that all occur in `rows` (sorted, distinct ints): one
+    lookup table over rows' span instead of a binary search a value."""
+    if len(rows) == 0:
+        return np.zeros(values.shape, dtype=np.int64)
+    if rows[-1] - rows[0] > 16 * values.size:
+        return np.searchsorted(rows, values)
+    table = np.empty(int(rows[-1] - rows[0]) + 1, dtype=np.int64)
+    table[rows - rows[0]] = np.arange(len(rows))
+    return table[values - rows[0]]
+
+
 def dense_rank(values: np.ndarray) -> np.ndarray:
     """int64 rank of each value among the distinct values (equal values, equal rank)."""
-    order = np.argsort(values)
-    ordered = values[order]
+    order, ordered = value_order(values)
     new = np.ones(len(values), dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.cumsum(new) - 1
     return rank
+
+
+def value_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, values[order]): an argsort of uint64 values (equal values in any order), by a plain sort of
+    (high bits | index), twice as fast as np.argsort; the rare runs of equal high bits but different
+    values are then sorted by value."""
+    n = len(values)
+    bits = max(1, (n - 1).bit_length())
+    if bits > 32:
+        order = np.argsort(values)
+        return order, values[order]
+    low = np.uint64((1 << bits) - 1)
+    packed = values & ~low
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = (packed & low).astype(np.int64)
+    packed >>= np.uint64(bits)  # the high bits, sorted
+    tie = packed[1:] == packed[:-1]
+    del packed
+    ordered = values[order]
+    clash = tie & (ordered[1:] != ordered[:-1])
+    if clash.any():
+        run = np.cumsum(np.concatenate([[True], ~tie]))  # run of equal high bits of each sorted position
+        at = np.flatnonzero(np.isin(run, run[1:][clash]))  # whole runs, in place
+        by_value = at[np.lexsort((ordered[at], run[at]))]
+        order[at], ordered[at] = order[by_value], ordered[by_value]
+    return order, ordered
 
 
 def unique_pairs(pairs: np.ndarray) -> np.ndarray:

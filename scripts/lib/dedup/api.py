@@ -56,9 +56,10 @@ def _minhash_self(texts: Texts, order_keys, params: Dedup, runtime: Runtime) -> 
     reps, members, member_rep = signing.identical_groups(sk.sequence_keys, rank, nonempty)
     band_keys = sk.band_keys
     del sk, nonempty  # the sequence keys and counts are spent: free them before the bands' sorts
-    candidates = signing.self_candidates(band_keys, reps, rank, params.bucket_window)
+    processes = signing.workers(runtime)
+    candidates = signing.self_candidates(band_keys, reps, rank, params.bucket_window, processes)
     del band_keys, reps
-    jaccard = signing.self_jaccard(texts, candidates, params, runtime.verify_pairs)
+    jaccard = signing.self_jaccard(texts, candidates, params, runtime.verify_pairs, processes)
     ok = jaccard >= params.threshold
     pairs, jaccard = candidates[ok], jaccard[ok]
     keep, duplicate_of, similarity = assign(n, pairs, jaccard, rank, members, member_rep, params.keep)

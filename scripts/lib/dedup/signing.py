@@ -8,8 +8,6 @@ The batch function `sketch_batch` is what both engines run: the local one over b
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +17,7 @@ from scripts.lib import minhash as mh
 from scripts.lib.dedup.texts import Texts, as_texts, compact
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.prefix_filter import jaccard_at_least
+from scripts.lib.workers import forked_map
 
 
 def banding(params: Dedup) -> tuple[int, int]:
@@ -72,30 +71,22 @@ def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
     if pool_size <= 1:
         _fill(out, (sketch_batch(batch, params) for batch in texts.batches(size)))
         return out
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # batches travel to the workers pickled, a few at a time: the texts are never all in memory at once
-    with ProcessPoolExecutor(pool_size, mp_context=multiprocessing.get_context("fork")) as pool:
-        batches = (compact(batch) for batch in texts.batches(size))
-        _fill(out, in_order(pool, sketch_batch, batches, params, ahead=2 * pool_size))
+    # batches travel to the workers pickled, one a worker at a time: the texts are never all in memory at once
+    batches = (compact(batch) for batch in texts.batches(size))
+    _fill(out, forked_map(_sketch_item, batches, pool_size, (params,)))
     return out
 
 
-def in_order(pool, function, items, *args, ahead: int) -> Iterator:
-    """function(item, *args) in `pool` for each item, the results in order, at most `ahead` items handed
-    out at a time (Executor.map would take every item at once)."""
-    pending: deque = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(function, item, *args))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:  # stopped early (an error, Ctrl-C): the batches not started yet are dropped
-        for future in pending:
-            future.cancel()
+def _sketch_item(params: Dedup, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return sketch_batch(texts, params)
+
+
+def spread(function, tasks: list, shared: tuple, processes: int) -> list:
+    """[function(*shared, task) for task in tasks], in `processes` forks that inherit `shared` when more than one."""
+    processes = min(processes, len(tasks))
+    if processes <= 1:
+        return [function(*shared, task) for task in tasks]
+    return list(forked_map(function, tasks, processes, shared))
 
 
 def _fill(out: Sketch, results) -> None:
@@ -108,16 +99,27 @@ def _fill(out: Sketch, results) -> None:
         start = stop
 
 
-def self_candidates(band_keys: np.ndarray, reps: np.ndarray, rank: np.ndarray, window: int) -> np.ndarray:
-    """Distinct candidate pairs among `reps` (rows), from every band's buckets walked in keep order."""
+def self_candidates(
+    band_keys: np.ndarray, reps: np.ndarray, rank: np.ndarray, window: int, processes: int = 1
+) -> np.ndarray:
+    """Distinct candidate pairs among `reps` (rows), from every band's buckets walked in keep order,
+    groups of bands in `processes` forked workers."""
     reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
-    # a pair comes from every band it shares (a near-duplicate: about 13 of 32): packed, it costs 8 bytes
-    found = [mh.pack_pairs(mh.bucket_pairs(band_keys[b][reps], window)) for b in range(len(band_keys))]
-    if not found:
+    bands = len(band_keys)
+    if bands == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    packed = np.concatenate(found)
+    groups = np.array_split(np.arange(bands), min(bands, 4 * processes) if processes > 1 else 1)
+    found = spread(_band_group_pairs, [(g[0], g[-1] + 1) for g in groups], (band_keys, reps, window), processes)
+    packed = found[0] if len(found) == 1 else mh.sorted_unique(np.concatenate(found))
     del found
-    return reps[mh.unpack_pairs(mh.sorted_unique(packed))]
+    return reps[mh.unpack_pairs(packed)]
+
+
+def _band_group_pairs(band_keys: np.ndarray, reps: np.ndarray, window: int, bands: tuple[int, int]) -> np.ndarray:
+    """Distinct packed pairs of positions (in keep order) sharing a bucket in one of bands [lo, hi)."""
+    # a pair comes from every band it shares (a near-duplicate: about 13 of 32): packed, it costs 8 bytes
+    found = [mh.pack_pairs(mh.bucket_pairs(band_keys[b][reps], window)) for b in range(*bands)]
+    return mh.sorted_unique(np.concatenate(found))
 
 
 def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
@@ -125,11 +127,23 @@ def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles
     return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
 
 
-def self_jaccard(texts: Texts, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
-    """exact_jaccard of pairs of rows of `texts`, reading the texts of the rows in a pair only, once."""
-    rows = mh.sorted_unique(pairs.ravel())
+def self_jaccard(texts: Texts, pairs: np.ndarray, params: Dedup, chunk: int, processes: int = 1) -> np.ndarray:
+    """exact_jaccard of pairs of rows of `texts`, reading the texts of the rows in a pair only, once;
+    chunks of pairs in `processes` forked workers (chunks of chunk / processes pairs: the same memory)."""
+    rows = mh.distinct_values(pairs.ravel(), len(texts))
     near = texts.take(rows)
-    return exact_jaccard(near, near, np.searchsorted(rows, pairs), params, chunk)
+    local = mh.positions_in(rows, pairs)
+    del rows
+    if processes > 1:
+        chunk = max(1, min(chunk // processes, -(-len(pairs) // processes)))
+    starts = list(range(0, len(pairs), chunk))
+    found = spread(_self_chunk, starts, (near, local, params, chunk), processes)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.float64)
+
+
+def _self_chunk(near: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int, start: int) -> np.ndarray:
+    """exact_jaccard of pairs[start:start + chunk] of `near` with itself."""
+    return exact_jaccard(near, near, pairs[start : start + chunk], params, chunk)
 
 
 def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
@@ -140,9 +154,9 @@ def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: De
     for lo in range(0, len(pairs), chunk):
         part = pairs[lo : lo + chunk]
         if left is right:  # self mode: shingle each row once
-            rows = mh.sorted_unique(part.ravel())
+            rows = mh.distinct_values(part.ravel(), len(left))
             sets = mh.unique_sets(shingles_of(left, rows, params))
-            out[lo : lo + len(part)] = jaccard_at_least(sets, sets, np.searchsorted(rows, part), params.threshold)
+            out[lo : lo + len(part)] = jaccard_at_least(sets, sets, mh.positions_in(rows, part), params.threshold)
             continue
         left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
         left_sets, right_sets = mh.ranked_pair(
