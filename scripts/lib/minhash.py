@@ -226,13 +226,14 @@ def _shingle_block(texts: pa.Array, unit: str, ngram: int) -> Shingles:
     total = len(values)
     if total >= ngram:
         h = np.full(total - ngram + 1, mult[ngram, 0], dtype=np.uint64)
+        term = np.empty_like(h)
         for k in range(ngram):
-            h += values[k : total - ngram + 1 + k] * mult[k, 1]
-        doc = np.repeat(np.arange(len(lengths)), lengths)[: total - ngram + 1]
-        position = np.arange(total - ngram + 1)
-        inside = position + ngram <= unit_offsets[doc + 1]
-        doc, position = doc[inside], position[inside]
-        hashes[offsets[doc] + position - unit_offsets[doc]] = fmix64(h[inside])
+            np.multiply(values[k : total - ngram + 1 + k], mult[k, 1], out=term)
+            h += term
+        # the windows inside one text, in order, fill every slot but the short texts' ones
+        long_slot = np.ones(len(hashes), dtype=bool)
+        long_slot[offsets[:-1][(lengths > 0) & (lengths < ngram)]] = False
+        hashes[long_slot] = fmix64(h[_windows_inside(unit_offsets, ngram, len(h))])
     # short texts (fewer units than ngram): one shingle of all their units
     short = np.flatnonzero((lengths > 0) & (lengths < ngram))
     h = mult[lengths[short], 0].copy()
@@ -241,6 +242,18 @@ def _shingle_block(texts: pa.Array, unit: str, ngram: int) -> Shingles:
         h[more] += values[unit_offsets[short[more]] + k] * mult[k, 1]
     hashes[offsets[short]] = fmix64(h)
     return Shingles(hashes=hashes, offsets=offsets)
+
+
+def _windows_inside(unit_offsets: np.ndarray, ngram: int, windows: int) -> np.ndarray:
+    """bool[windows]: whether the window of `ngram` units starting at each flat position stays inside
+    its text. One that does not starts within ngram - 1 units of its text's end (a position marked
+    for a later, shorter text's end is that close to its own text's end too)."""
+    inside = np.ones(windows, dtype=bool)
+    ends = unit_offsets[1:]
+    for back in range(1, ngram):
+        start = ends - back
+        inside[start[(start >= 0) & (start < windows)]] = False
+    return inside
 
 
 def _shingle_multipliers(ngram: int) -> np.ndarray:

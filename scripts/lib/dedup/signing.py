@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from scripts.lib import minhash as mh
-from scripts.lib.dedup.texts import Texts, as_texts, compact
+from scripts.lib.dedup.texts import ArrayTexts, Texts, as_texts, compact
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.prefix_filter import jaccard_at_least
 from scripts.lib.workers import forked_map
@@ -71,6 +71,10 @@ def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
     if pool_size <= 1:
         _fill(out, (sketch_batch(batch, params) for batch in texts.batches(size)))
         return out
+    if isinstance(texts, ArrayTexts):  # the forks inherit the array: only batch numbers travel
+        starts = range(0, n, size)
+        _fill(out, forked_map(_sketch_slice, starts, pool_size, (texts.array, size, params)))
+        return out
     # batches travel to the workers pickled, one a worker at a time: the texts are never all in memory at once
     batches = (compact(batch) for batch in texts.batches(size))
     _fill(out, forked_map(_sketch_item, batches, pool_size, (params,)))
@@ -79,6 +83,10 @@ def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
 
 def _sketch_item(params: Dedup, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sketch_batch(texts, params)
+
+
+def _sketch_slice(texts: pa.Array, size: int, params: Dedup, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return sketch_batch(texts.slice(start, size), params)
 
 
 def spread(function, tasks: list, shared: tuple, processes: int) -> list:
@@ -168,7 +176,7 @@ def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: De
 
 
 def identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarray):
-    """Split `rows` into representatives (best rank of each identical-text group) and members.
+    """Split `rows` (ascending) into representatives (best rank of each identical-text group) and members.
 
     Returns (reps, members, member_rep). One argsort on the first key finds the few rows that
     share it; only those are sorted on both keys and rank.
@@ -178,14 +186,16 @@ def identical_groups(sequence_keys: np.ndarray, rank: np.ndarray, rows: np.ndarr
         return empty, empty, empty
     grouped = _sharing_first_key(sequence_keys, rows)
     if len(grouped) == 0:
-        return np.sort(rows), empty, empty
+        return rows, empty, empty
     order = grouped[np.lexsort((rank[grouped], sequence_keys[grouped, 1], sequence_keys[grouped, 0]))]
     keys = sequence_keys[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (keys[1:] != keys[:-1]).any(axis=1)
     group_rep = order[first][np.cumsum(first) - 1]
     members = order[~first]
-    return np.sort(rows[~np.isin(rows, members)]), members, group_rep[~first]
+    is_member = np.zeros(int(rows[-1]) + 1, dtype=bool)  # a table, not np.isin's sort of every row
+    is_member[members] = True
+    return rows[~is_member[rows]], members, group_rep[~first]
 
 
 def _sharing_first_key(sequence_keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
