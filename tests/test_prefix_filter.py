@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scripts.lib import minhash as mh
-from scripts.lib.prefix_filter import jaccard_at_least, prefixes, rarest_first
+from scripts.lib.prefix_filter import jaccard_at_least, mostly_below, prefixes, rarest_first
 
 
 def ranked(sets: list[list[int]]) -> mh.RankedSets:
@@ -93,3 +93,18 @@ def test_a_pair_sharing_only_common_shingles_is_rejected_by_its_prefix():
     assert mh.pair_intersections(first_two, first_two, np.array([[0, 1]]))[0] == 0
     assert mh.pair_jaccard(sets, sets, np.array([[0, 1]]))[0] == pytest.approx(4 / 12)
     assert jaccard_at_least(sets, sets, np.array([[0, 1]]), 0.7)[0] == 0.0
+
+
+def test_the_prefix_filter_runs_only_where_a_sample_says_most_pairs_fall_below_the_threshold():
+    """Near-copies (most pairs verify) skip the prefix filter, whose relabelling costs about a full count;
+    pairs sharing little use it. The verified pairs and similarities are the full count's either way."""
+    rng = np.random.default_rng(11)
+    originals = [sorted(set(rng.choice(5000, 20, replace=False).tolist())) for _ in range(1500)]
+    copies = [s[:-1] + [6000 + i] for i, s in enumerate(originals)]  # J = 19 / 21
+    sets = ranked(originals + copies)
+    near = np.array([(i, 1500 + i) for i in range(1500)])
+    far = np.array([(i, (i + 1) % 1500) for i in range(1500)])
+    assert not mostly_below(sets, sets, near, 0.7) and mostly_below(sets, sets, far, 0.7)
+    for pairs in (near, far, np.concatenate([near[:100], far])):
+        full = mh.pair_jaccard(sets, sets, pairs)
+        assert_verifies_like(jaccard_at_least(sets, sets, pairs, 0.7), full, 0.7)

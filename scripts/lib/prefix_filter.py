@@ -2,7 +2,8 @@
 
 LSH proposes many pairs that share a common phrase and little else (on prompts recombined from real
 phrases, ~99% of candidates verify below 0.7). Two exact filters reject most of them before the full
-intersection count, so the verified pairs and their similarity are the same as checking every pair:
+intersection count, so the verified pairs and their similarity are the same as checking every pair
+(the prefix filter only where a sample says most pairs fall below the threshold, see `mostly_below`):
 - size: J(A, B) <= min(|A|, |B|) / max(|A|, |B|);
 - prefix (Bayardo et al., "Scaling up all pairs similarity search", WWW 2007): with every set's
   shingles in one global order, rarest first, J(A, B) >= t implies |A & B| >= ceil(t |A|), so A's first
@@ -28,12 +29,29 @@ def jaccard_at_least(left: RankedSets, right: RankedSets, pairs: np.ndarray, thr
     sizes_a, sizes_b = left.counts[pairs[:, 0]], right.counts[pairs[:, 1]]
     fits = np.minimum(sizes_a, sizes_b) >= (threshold - _SLACK) * np.maximum(sizes_a, sizes_b)
     survivors = np.flatnonzero(fits & (np.maximum(sizes_a, sizes_b) > 0))
-    left_rare, right_rare = rarest_first(left, right)
-    shared = pair_intersections(prefixes(left_rare, threshold), prefixes(right_rare, threshold), pairs[survivors])
-    survivors = survivors[shared > 0]
+    if mostly_below(left, right, pairs[survivors], threshold):
+        left_rare, right_rare = rarest_first(left, right)
+        shared = pair_intersections(prefixes(left_rare, threshold), prefixes(right_rare, threshold), pairs[survivors])
+        survivors = survivors[shared > 0]
     out = np.zeros(len(pairs), dtype=np.float64)
     out[survivors] = pair_jaccard(left, right, pairs[survivors])
     return out
+
+
+# The prefix filter relabels and sorts every shingle of the sets, which costs about as much as counting
+# every pair in full: it pays where most pairs fall below the threshold (pairs joined by common
+# phrases), not where most are near-duplicates (planted copies), and either way the result is the same.
+SAMPLE_PAIRS = 1024
+PREFIX_WORTH = 0.8
+
+
+def mostly_below(left: RankedSets, right: RankedSets, pairs: np.ndarray, threshold: float) -> bool:
+    """Whether at least PREFIX_WORTH of an evenly spaced sample of the pairs, counted in full, fall below
+    `threshold`."""
+    if len(pairs) == 0:
+        return False
+    sample = pairs[np.unique(np.linspace(0, len(pairs) - 1, min(len(pairs), SAMPLE_PAIRS)).astype(np.int64))]
+    return float((pair_jaccard(left, right, sample) < threshold).mean()) >= PREFIX_WORTH
 
 
 def rarest_first(left: RankedSets, right: RankedSets) -> tuple[RankedSets, RankedSets]:

@@ -62,6 +62,9 @@ def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
     texts = as_texts(texts)
     bands, _ = banding(params)
     n, size = len(texts), runtime.batch_rows
+    # Arrow's allocator keeps what the caller freed (a parquet read's buffers: ~1 GB at 10M rows) until
+    # Arrow allocates again, which this process may not do while forks sign: hand it back first
+    pa.default_memory_pool().release_unused()
     out = Sketch(
         band_keys=np.empty((bands, n), dtype=np.uint32),
         sequence_keys=np.empty((n, 2), dtype=np.uint64),
