@@ -1,6 +1,6 @@
 """Vectorised MinHash primitives for near-duplicate removal: shingles, signatures, band keys, candidate
 pairs and their exact Jaccard, on Arrow arrays in and numpy arrays out (no Python object per row or per
-shingle, so 10M prompts fit in a few GB). One job, hence a little over 500 lines.
+shingle, so 10M prompts fit in a few GB). One job, hence over 500 lines.
 
 Shingling (docs/contracts.md §4): lowercase `\\w+` tokens, word n-grams (`ngram`, default 3); a text
 with fewer than n tokens is ONE shingle of all its tokens, one without tokens has none; `unit="char"`:
