@@ -1,6 +1,7 @@
 """Every ```bash and ```python block of README.md runs, in order, in a work copy of the session's build
-(as a reader would type them, one block after the other), unless an HTML comment right before it says
-why not:
+(as a reader would type them, one block after the other), and, with T2I_TESTS_FRESH_CLONE=1, again in a
+fresh `git clone --no-tags` of it (no DVC cache, no tags: the first block's `dvc repro` builds everything;
+~15 minutes on two cores, so not in the slow tier), unless an HTML comment right before it says why not:
 
     <!-- readme-test: skip (needs network: pushes to S3) -->    not run; the reason is required
     <!-- readme-test: after-install (why) -->                    runs only what follows the last
@@ -10,6 +11,7 @@ A block that is neither run nor marked fails the fast test; the slow one runs th
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import REPO, env
+from helpers import REPO, env, run
 
 README = REPO / "README.md"
 SHELLS = {"bash", "sh", "shell", "console"}
@@ -130,3 +132,29 @@ def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
             f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         )
     assert len(results) == len([b for b in readme_blocks(README.read_text(encoding="utf-8")) if not b.skip])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("T2I_TESTS_FRESH_CLONE"),
+    reason="builds every stage from data/raw (~15 min on two cores): T2I_TESTS_FRESH_CLONE=1 runs it",
+)
+def test_readme_blocks_run_in_a_fresh_clone_without_tags(history, tmp_path):
+    """A reader's clone: no tags, no DVC cache, nothing built. The first block's `dvc repro` builds every
+    stage from data/raw; then `diff v4-a v4-b` compares the workspace's release folders (README: "reads
+    tags v4-a, v4-b if git has them, else the workspace's release folders"), and the experiment, the
+    plots and the publish dry-run run on that build."""
+    repo = tmp_path / "clone"
+    run(["git", "clone", "-q", "--no-tags", "--no-hardlinks", str(history.repo), str(repo)], tmp_path)
+    assert run(["git", "tag"], repo).stdout == "" and not (repo / ".dvc" / "cache").exists()
+    assert not (repo / "data" / "releases" / "v4-b" / "train").exists()
+    results = run_readme_blocks(repo, tmp_path)
+    for block, result in results:
+        assert result.returncode == 0, (
+            f"README.md:{block.line} ({block.lang}) failed ({result.returncode}) in a fresh clone:\n{block.code}\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        )
+    assert len(results) == len([b for b in readme_blocks(README.read_text(encoding="utf-8")) if not b.skip])
+    assert "Running stage 'ingest@" in results[0][1].stdout  # built from data/raw, nothing pulled
+    assert run(["git", "tag"], repo).stdout == ""  # no block needed (or made) a tag
+    diff = next(r for b, r in results if "scripts diff v4-a v4-b" in b.code)
+    assert "no git revision 'v4-a': release v4-a of the workspace" in diff.stderr

@@ -1,7 +1,7 @@
 """.github/workflows/dataset-diff.yml (build, unprivileged) and dataset-diff-post.yml (post, from
 `workflow_run`): actionlint finds nothing; no job that runs the PR's code holds a secret or a write
 token; and the steps (those with an `id`) run here in FRESH clones of the session's history (no DVC
-cache) for a docs-only PR and a threshold PR, with no remote and with the local remote the history was
+cache) for a docs-only PR then a threshold PR, with no remote and with the local remote the history was
 pushed to, and for a PR that breaks the pipeline; each time the post job's step puts one comment on a
 loopback GitHub API that records every request, edited in place by the next run."""
 
@@ -339,17 +339,37 @@ def test_no_remote_docs_only_pr_then_threshold_pr_then_a_broken_pr(history, tmp_
     assert methods.count(("POST", "/repos/acme/t2i/issues/7/comments")) == 1
 
 
-def test_local_remote_with_data_threshold_pr_pulls_what_it_reads_and_diffs(history, tmp_path, fake_github):
-    """A fresh clone whose workflow names the remote the history was pushed to: a threshold PR reruns from
-    dedup@S on, pulling the rest; the base is read from the remote, not built."""
+def test_local_remote_with_data_docs_only_pr_then_threshold_pr_pulls_what_it_reads_and_diffs(
+    history, tmp_path, fake_github
+):
+    """A fresh clone whose workflow names the remote the history was pushed to. A docs-only PR: the remote
+    step runs, nothing is pulled or built, and the comment says no release changed. Then a threshold PR on
+    top reruns from dedup@S on, pulling the rest; the base is read from the remote, not built. One comment,
+    edited in place."""
     api, github = fake_github
-    repo = fresh_clone(history, tmp_path / "pr", None, "threshold")
+    repo = fresh_clone(history, tmp_path / "pr", None, "docs")
+    steps, body = build_and_post(repo, github, api, remote_url=str(history.remote))
+    assert_succeeded(steps)
+    assert "remote" in steps and "nothing to build" in steps["repro"].stdout
+    assert json.loads((repo / "dataset-diff/build.json").read_text()) == {
+        "mode": "unchanged",
+        "changed": [],
+        "base_built": [],
+    }
+    assert body.startswith(MARKER) and "No release changed." in body and "### Rows: `" not in body
+    assert all(f"`{r}`" in body for r in ("v2", "v3", "v4", "v4-a", "v4-b"))
+    assert "### Metrics (`dvc metrics diff`)" in body and "### Plots (`dvc plots diff`)" in body
+    assert not [p for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()]  # nothing pulled
+
+    pr_commit(repo, "threshold")
     steps, body = build_and_post(repo, github, api, remote_url=str(history.remote))
     assert_succeeded(steps)
     build = json.loads((repo / "dataset-diff/build.json").read_text())
     assert build["mode"] == "pulled" and build["changed"] and build["base_built"] == []
     assert "Running stage 'dedup@" in steps["repro"].stdout and "Running stage 'ingest@" not in steps["repro"].stdout
     assert_a_diff_with_rows_and_sheets(repo, body, build["changed"])
+    methods = [(m, p.split("?")[0]) for m, p, _, _ in github.requests]
+    assert methods.count(("POST", "/repos/acme/t2i/issues/7/comments")) == 1  # the docs-only PR's, edited
     # the token only ever in Authorization
     for _, path, headers, payload in github.requests:
         assert TOKEN not in path and TOKEN.encode() not in payload
