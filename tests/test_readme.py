@@ -1,7 +1,7 @@
 """Every ```bash and ```python block of README.md runs, in order, in a work copy of the session's build
 (as a reader would type them, one block after the other), and, with T2I_TESTS_FRESH_CLONE=1, again in a
 fresh `git clone --no-tags` of it (no DVC cache, no tags: the first block's `dvc repro` builds everything;
-~15 minutes on two cores, so not in the slow tier), unless an HTML comment right before it says why not:
+11-15 minutes on two cores, so not in the slow tier), unless an HTML comment right before it says why not:
 
     <!-- readme-test: skip (needs network: pushes to S3) -->    not run; the reason is required
     <!-- readme-test: after-install (why) -->                    runs only what follows the last
@@ -136,7 +136,7 @@ def test_readme_blocks_run_in_a_copy_of_the_build(readme_run):
 
 @pytest.mark.skipif(
     not os.environ.get("T2I_TESTS_FRESH_CLONE"),
-    reason="builds every stage from data/raw (~15 min on two cores): T2I_TESTS_FRESH_CLONE=1 runs it",
+    reason="builds every stage from data/raw (11-15 min on two cores): T2I_TESTS_FRESH_CLONE=1 runs it",
 )
 def test_readme_blocks_run_in_a_fresh_clone_without_tags(history, tmp_path):
     """A reader's clone: no tags, no DVC cache, nothing built. The first block's `dvc repro` builds every
