@@ -199,6 +199,46 @@ def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a
     return lambda: write_json({"new": 1}, folder / "notes.json")
 
 
+def _simpletuner_into(tmp_path: Path, folder: Path):
+    def act():
+        result = python(["simpletuner", DALLE3, folder / "dalle3.parquet", "--data-dir", tmp_path / "data"], tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+
+    return act
+
+
+# simpletuner's multidatabackend.json: listing our backend ids was taken as proof, so a config the user
+# tuned (SimpleTuner's configs are made to be edited) was replaced
+
+
+def _tuned(path: Path) -> None:
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries[0]["resolution"] = 2048  # the user's own training setting
+    path.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+
+
+def own_simpletuner_config_tuned(tmp_path):  # its own config, then tuned in place by the user
+    act = _simpletuner_into(tmp_path, tmp_path / "mine")
+    act()
+    _tuned(tmp_path / "mine" / "multidatabackend.json")
+    return act
+
+
+def own_simpletuner_config_copied(tmp_path):  # our config copied (with its mark) beside the user's run, tuned
+    _simpletuner_into(tmp_path, tmp_path / "ours")()
+    (tmp_path / "mine").mkdir()
+    shutil.copy2(tmp_path / "ours" / "multidatabackend.json", tmp_path / "mine" / "multidatabackend.json")
+    _tuned(tmp_path / "mine" / "multidatabackend.json")
+    return _simpletuner_into(tmp_path, tmp_path / "mine")
+
+
+def own_simpletuner_config_with_our_ids(tmp_path):  # written by hand with our two backend ids
+    entries = [{"id": "dalle3", "type": "local", "resolution": 2048}, {"id": "dalle3-text-embeds", "type": "local"}]
+    _user_folder(tmp_path, {"multidatabackend.json": json.dumps(entries)})
+    return _simpletuner_into(tmp_path, tmp_path / "mine")
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -214,6 +254,9 @@ def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a
         own_synthesize_prompts_edited,
         own_synthesize_copy,
         own_synthesize_hand_made_report,
+        own_simpletuner_config_tuned,
+        own_simpletuner_config_copied,
+        own_simpletuner_config_with_our_ids,
     ],
     ids=lambda f: f.__name__,
 )
