@@ -126,6 +126,20 @@ def _gitignored(line: str):
     return make
 
 
+def _dvc_added(path: str, tracked: str | None = None):
+    """`dvc add TRACKED` (default: the file itself) of a user's file: DVC's .gitignore line and .dvc file."""
+
+    def make(root: Path) -> None:
+        _user_file(path, "the user's own data\n")(root)
+        target = Path(tracked or path)
+        (root / target.parent / ".gitignore").write_text(f"/{target.name}\n", encoding="utf-8")
+        (root / target.parent / f"{target.name}.dvc").write_text(
+            f"outs:\n- md5: 0\n  path: {target.name}\n", encoding="utf-8"
+        )
+
+    return make
+
+
 def _ingested(name: str):  # ingest@chatgpt's table and report, under another name
     def make(root: Path) -> None:
         _raw(root)
@@ -260,6 +274,22 @@ REFUSED = {
         ["ingest", "chatgpt", "mine.parquet"],
         ["mine.parquet", "cannot prove"],
     ),
+    # what `dvc add` tracks is the user's data (a source), not a stage's output: DVC's .gitignore and .dvc file
+    "clean_text_over_a_dvc_added_file": (
+        [_user_file("in.txt", "a red fox\n"), _dvc_added("data/sources/big.jsonl")],
+        ["clean-text", "in.txt", "data/sources/big.jsonl"],
+        ["data/sources/big.jsonl", "cannot prove"],
+    ),
+    "ingest_over_a_dvc_added_table": (
+        [_raw, _dvc_added("data/sources/mine.parquet")],
+        ["ingest", "chatgpt", "data/sources/mine.parquet"],
+        ["data/sources/mine.parquet", "cannot prove"],
+    ),
+    "split_into_a_dvc_added_folder": (
+        [_captions, _dvc_added("data/sources/mine/train.parquet", "data/sources/mine")],
+        ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/sources/mine"],
+        ["data/sources/mine", "train.parquet"],
+    ),
     # an output that is the command's input, or lies in its input folder: it would replace what it reads
     "clean_into_its_input": (
         [_ingested("p.parquet")],
@@ -350,15 +380,13 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     )
     assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
     _user_file("tracked/deep/out.jsonl", "checked out by dvc\n")(ws)
-    (ws / "tracked" / "deep" / "other.jsonl.dvc").write_text("outs:\n- path: other.jsonl\n", encoding="utf-8")
+    (ws / "tracked" / "dvc.lock").write_text(
+        "stages:\n  o:\n    outs:\n    - path: deep/other.jsonl\n", encoding="utf-8"
+    )
     code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")
     assert code == 2 and "cannot prove" in error_line(err)
-    (ws / "tracked.dvc").write_text("outs:\n- path: tracked\n", encoding="utf-8")  # `dvc add tracked`: a folder above
-    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0
-    (ws / "tracked.dvc").unlink()
-    _user_file("tracked/deep/out.jsonl", "checked out by dvc\n")(ws)
-    (ws / "tracked" / "deep" / "out.jsonl.dvc").write_text("outs:\n- path: out.jsonl\n", encoding="utf-8")
-    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0  # `dvc add` of the file itself
+    (ws / "tracked" / "dvc.lock").write_text("stages:\n  o:\n    outs:\n    - path: deep\n", encoding="utf-8")
+    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0  # a folder output above it
 
     os.link(ws / "out.jsonl", ws / "snapshot.jsonl")  # a hard-link snapshot of our output, then a run into it
     kept = (ws / "out.jsonl").read_bytes()

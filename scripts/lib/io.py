@@ -262,7 +262,7 @@ def _tagged(path: Path) -> bool:
 
 
 def _dvc_outs(listing: Path) -> frozenset[str]:
-    """The output paths a dvc.lock or a `dvc add` file (X.dvc) records, relative to its folder."""
+    """The output paths a dvc.lock records (a stage's `outs`), relative to its folder."""
     with contextlib.suppress(OSError):
         if stat.S_ISREG((st := os.stat(listing)).st_mode):
             return _parsed_outs(str(listing), st.st_mtime_ns, st.st_size)
@@ -278,7 +278,7 @@ def _parsed_outs(listing: str, mtime_ns: int, size: int) -> frozenset[str]:
         data = read_yaml(Path(listing).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # TooDeep is a ValueError
         return frozenset()
-    stages = data.get("stages") if isinstance(data, dict) and listing.endswith("dvc.lock") else {"add": data}
+    stages = data.get("stages") if isinstance(data, dict) else None
     entries = list(stages.values()) if isinstance(stages, dict) else []
     return frozenset(
         os.path.normpath(out["path"])
@@ -290,12 +290,12 @@ def _parsed_outs(listing: str, mtime_ns: int, size: int) -> frozenset[str]:
 
 
 def _dvc_output(path: Path) -> bool:
-    """DVC records `path` or a folder above it as an output (its cache holds it): an `outs` path of a
-    dvc.lock above it, or a `dvc add` file beside it. A .gitignore line (`/name`) proves nothing: DVC
-    writes one, and so does a user keeping a private file out of git."""
+    """A stage records `path` or a folder above it as an output (DVC's cache holds it): an `outs` path of
+    a dvc.lock above it. A .gitignore line (`/name`) proves nothing (a user writes one to keep a private
+    file out of git), nor a `dvc add` file: what a user adds is the user's data, not a stage's output."""
     chain = [real_path(path), *real_path(path).parents]
     for depth, folder in enumerate(chain[1:], start=1):
-        outs = _dvc_outs(folder / "dvc.lock") | _dvc_outs(folder / f"{chain[depth - 1].name}.dvc")
+        outs = _dvc_outs(folder / "dvc.lock")
         if any(item.relative_to(folder).as_posix() in outs for item in chain[:depth]):
             return True
         if (folder / ".dvc").is_dir():  # the repository's root: a dvc.lock above it is another project's
