@@ -95,7 +95,7 @@ def cli_config(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
     entries = absolute_config(split, cache_dir)
-    check_config_ours(output, [entry.get("id") for entry in entries])
+    check_config_ours(output)
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})"))
