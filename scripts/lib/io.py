@@ -326,7 +326,7 @@ def _not_ours(path: Path) -> DataError:
 def check_files_ours(*paths: Path | str, inputs=()) -> None:
     """Before a command writing several files beside each other (S.parquet, S.report.json) writes one:
     refuse, in one line, if any is one of `inputs` or inside one (check_not_input: `clean S p.parquet
-    p.parquet` replaced what it read) or exists and is not a regular file of ours (file_is_ours)."""
+    p.parquet` would replace what it reads) or exists and is not a regular file of ours (file_is_ours)."""
     for path in map(Path, paths):
         check_not_input(path, inputs)
         if not os.path.lexists(path):

@@ -22,7 +22,7 @@ from scripts.lib.simpletuner import CONFIG_NAME
 def check_config_ours(path: Path) -> None:
     """Refuse to replace a data-backend config we did not write, or one the user tuned since (a
     resolution, a repeat count: SimpleTuner's configs are made to be edited). Listing our backend ids
-    proved it ours before, so an edited copy of ours was replaced; now only file_is_ours does."""
+    proves nothing (a tuned copy of ours lists them too): only file_is_ours does."""
     if os.path.lexists(path):
         check_output_kind(path)
         if not file_is_ours(path):
