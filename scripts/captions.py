@@ -104,7 +104,7 @@ def cli(
     output: Path = typer.Argument(..., help="data/captions/S.parquet"),
 ) -> None:
     """Join kept prompts with their images into the caption table."""
-    check_files_ours(output)
+    check_files_ours(output, inputs=[input, images])
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
     attach = image_joiner(source, images)

@@ -87,7 +87,7 @@ def cli(
         else:
             clean_chunk = _locally(compiled, mode, workers=local_workers(runtime), desc=f"clean@{source}")
     dropped_path, report_path = sibling_paths(output)
-    check_files_ours(output, dropped_path, report_path)
+    check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
     with row_groups_to(output) as kept_out, row_groups_to(dropped_path) as dropped_out:
         for df in table.frames():  # a chunk at a time: memory stays flat however long the source
@@ -160,7 +160,7 @@ def cli_text(
     input = Path(input)
     if not input.exists():
         raise DataError(f"{input}: input not found")
-    check_files_ours(output)
+    check_files_ours(output, inputs=[input])
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
     with (

@@ -122,7 +122,11 @@ def cli(
     stem = output.name.removesuffix(".parquet")
     clusters_path = output.parent / f"{stem}.clusters.parquet"
     check_files_ours(
-        output, clusters_path, output.parent / f"{stem}.report.json", output.parent / f"{stem}.preview.html"
+        output,
+        clusters_path,
+        output.parent / f"{stem}.report.json",
+        output.parent / f"{stem}.preview.html",
+        inputs=[input],
     )
     if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
         rows = StageInput(input, runtime.stream_rows)
@@ -192,7 +196,7 @@ def cli_text(
         if not 0.0 < threshold <= 1.0:
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")
         params = params.replace(threshold=threshold)
-    check_files_ours(output)
+    check_files_ours(output, inputs=[input])
     result = dedup_self(read_lines(input), None, params, runtime_section())
     with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
         for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):

@@ -140,7 +140,7 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
         "skipped": {},
     }
     info: dict[str, Any] = {}
-    check_files_ours(output, report_path(output))
+    check_files_ours(output, report_path(output), inputs=[cfg.path])
     with atomic_path(output) as tmp:
         with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:
             normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)

@@ -188,7 +188,7 @@ def cli(
         check_plan(plan, reads)
     releases, sources = reads["releases"], reads["sources"]
     length_bin = load_section("preview", missing_ok=True).length_bin
-    check_files_ours(*(output / name for name in PLOT_FILES))
+    check_files_ours(*(output / name for name in PLOT_FILES), inputs=[releases_dir, clean_dir, dedup_dir])
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     for name, table in tables.items():
         write_csv(table, output / name)

@@ -126,7 +126,8 @@ def cli(
 
     stem = output.name.removesuffix(".parquet")
     check_files_ours(
-        *(output.parent / f"{stem}{suffix}" for suffix in (".parquet", ".removed.parquet", ".report.json"))
+        *(output.parent / f"{stem}{suffix}" for suffix in (".parquet", ".removed.parquet", ".report.json")),
+        inputs=[input, rules, recipe],
     )
     rows_in, reasons = 0, Counter()
     with row_groups_to(output) as kept_out, row_groups_to(output.parent / f"{stem}.removed.parquet") as removed_out:

@@ -50,7 +50,7 @@ def cli(
     """Write the dedup threshold and each release's row count: `dvc exp show`'s metrics."""
     from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
 
-    check_files_ours(output)
+    check_files_ours(output, inputs=[releases])
     reads = plots_plan(written_releases(), written_sources())
     if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
         check_plan(plan, reads)

@@ -113,6 +113,37 @@ def own_synthesize_raw_folder(tmp_path):  # synthesize pointed at a text source'
     return lambda: synthesize("t", params, folder, None, log=lambda message: None)
 
 
+def _synthesize_into(folder: Path):
+    from scripts.synthesize import parse_params, synthesize
+
+    params = parse_params("t", {"base_url": "http://127.0.0.1:9/v1", "model": "m", "requests": 0, "examples": []})
+    return lambda: synthesize("t", params, folder, None, log=lambda message: None)
+
+
+# synthesize's folder of separate outputs: its report naming the entry was taken as proof of the rest
+
+
+def own_synthesize_prompts_edited(tmp_path):  # its own output, then the user curates prompts.txt in place
+    act = _synthesize_into(tmp_path / "mine")
+    act()
+    with open(tmp_path / "mine" / "prompts.txt", "a", encoding="utf-8") as f:
+        f.write("a prompt I added by hand\n")
+    return act
+
+
+def own_synthesize_copy(tmp_path):  # cp -a of its output folder, the user's prompts in the copy
+    _synthesize_into(tmp_path / "ours")()
+    shutil.copytree(tmp_path / "ours", tmp_path / "mine")
+    (tmp_path / "mine" / "prompts.txt").write_text("my prompts\n", encoding="utf-8")
+    return _synthesize_into(tmp_path / "mine")
+
+
+def own_synthesize_hand_made_report(tmp_path):  # a report.json naming the entry, written by the user
+    report = {"name": "t", "requests": 0, "api_calls": 0}
+    _user_folder(tmp_path, {"prompts.txt": "my prompts\n", "report.json": json.dumps(report)})
+    return _synthesize_into(tmp_path / "mine")
+
+
 def own_sample_data_edit(tmp_path):  # sample-data over its own layout, one file edited by the user
     from scripts.tools.sample_data import cli
 
@@ -132,6 +163,82 @@ def own_simpletuner_config(tmp_path):  # the user's own multidatabackend.json be
     return act
 
 
+# The folder marker's bytes are fixed (DVC tracks it), so they prove nothing: only the mark on the
+# marker file we wrote does. A marker made by hand or copied with its folder is the user's name.
+
+
+def own_folder_with_a_hand_made_marker(tmp_path):  # the marker's exact bytes, written by the user
+    from scripts.lib.io import MARKER, MARKER_TEXT
+
+    folder = _user_folder(tmp_path, {"train.parquet": "my own table", MARKER: MARKER_TEXT})
+    return lambda: _folder_output(folder, {"train.parquet": "new", "validation.parquet": "new"})
+
+
+def own_copy_of_a_release(tmp_path):  # cp -a of a release (marker and its attribute), a photo added
+    write_params(tmp_path)
+    make_splits(tmp_path)
+    release = ["release", "v2", tmp_path / "data" / "splits"]
+    assert python([*release, tmp_path / "rel"], tmp_path).returncode == 0
+    shutil.copytree(tmp_path / "rel", tmp_path / "mine")  # copy2: the marker's extended attribute too
+    (tmp_path / "mine" / "train" / "my_photo.png").write_bytes(b"my own photo")
+
+    def act():
+        result = python([*release, tmp_path / "mine"], tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+
+    return act
+
+
+def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a marked folder
+    from scripts.lib.io import MARKER, write_json
+
+    _folder_output(tmp_path / "ours", {"train.parquet": "ours"})
+    folder = _user_folder(tmp_path, {"notes.json": '{"my": "notes"}\n'})
+    shutil.copy2(tmp_path / "ours" / MARKER, folder / MARKER)
+    return lambda: write_json({"new": 1}, folder / "notes.json")
+
+
+def _simpletuner_into(tmp_path: Path, folder: Path):
+    def act():
+        result = python(["simpletuner", DALLE3, folder / "dalle3.parquet", "--data-dir", tmp_path / "data"], tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+
+    return act
+
+
+# simpletuner's multidatabackend.json: listing our backend ids was taken as proof, so a config the user
+# tuned (SimpleTuner's configs are made to be edited) was replaced
+
+
+def _tuned(path: Path) -> None:
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries[0]["resolution"] = 2048  # the user's own training setting
+    path.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+
+
+def own_simpletuner_config_tuned(tmp_path):  # its own config, then tuned in place by the user
+    act = _simpletuner_into(tmp_path, tmp_path / "mine")
+    act()
+    _tuned(tmp_path / "mine" / "multidatabackend.json")
+    return act
+
+
+def own_simpletuner_config_copied(tmp_path):  # our config copied (with its mark) beside the user's run, tuned
+    _simpletuner_into(tmp_path, tmp_path / "ours")()
+    (tmp_path / "mine").mkdir()
+    shutil.copy2(tmp_path / "ours" / "multidatabackend.json", tmp_path / "mine" / "multidatabackend.json")
+    _tuned(tmp_path / "mine" / "multidatabackend.json")
+    return _simpletuner_into(tmp_path, tmp_path / "mine")
+
+
+def own_simpletuner_config_with_our_ids(tmp_path):  # written by hand with our two backend ids
+    entries = [{"id": "dalle3", "type": "local", "resolution": 2048}, {"id": "dalle3-text-embeds", "type": "local"}]
+    _user_folder(tmp_path, {"multidatabackend.json": json.dumps(entries)})
+    return _simpletuner_into(tmp_path, tmp_path / "mine")
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -141,6 +248,15 @@ def own_simpletuner_config(tmp_path):  # the user's own multidatabackend.json be
         own_synthesize_raw_folder,
         own_sample_data_edit,
         own_simpletuner_config,
+        own_folder_with_a_hand_made_marker,
+        own_copy_of_a_release,
+        own_file_beside_a_copied_marker,
+        own_synthesize_prompts_edited,
+        own_synthesize_copy,
+        own_synthesize_hand_made_report,
+        own_simpletuner_config_tuned,
+        own_simpletuner_config_copied,
+        own_simpletuner_config_with_our_ids,
     ],
     ids=lambda f: f.__name__,
 )
@@ -371,8 +487,24 @@ def test_a_redirect_to_a_host_named_after_the_key_neither_follows_nor_prints_it(
         {"api_key_env": "OPENAI_API_KEY", "system": f"use token hf_{'a1B2' * 9}"},
         {"api_key_env": "$OPENAI_API_KEY"},
         {"api_key_env": None, "base_url": "https://me:a1B2a1B2a1B2@127.0.0.1:9/v1"},  # went into dvc.lock
+        {"api_key_env": None, "base_url": "https://:a1B2a1B2a1B2@127.0.0.1:9/v1"},  # no user: went into dvc.lock
+        {"api_key_env": None, "base_url": "https://a1B2a1B2a1B2a1B2@127.0.0.1:9/v1"},  # a token as the user
+        {"api_key_env": None, "base_url": "HTTPS://a1B2a1B2a1B2a1B2@host/v1"},  # printed by the http(s) check
+        {"api_key_env": None, "base_url": "ftp://:a1B2a1B2a1B2@127.0.0.1/v1"},  # printed by the http(s) check
+        {"api_key_env": None, "base_url": "a1B2a1B2a1B2a1B2@api.example.com/v1"},  # no scheme: printed by it
     ],
-    ids=["key-as-env-name", "key-in-extra-body", "hf-token-in-text", "dollar-env-name", "password-in-base-url"],
+    ids=[
+        "key-as-env-name",
+        "key-in-extra-body",
+        "hf-token-in-text",
+        "dollar-env-name",
+        "password-in-base-url",
+        "password-without-user-in-base-url",
+        "token-as-user-in-base-url",
+        "token-in-an-upper-case-url",
+        "password-in-a-non-http-url",
+        "token-in-a-url-without-scheme",
+    ],
 )
 def test_a_key_shaped_value_in_params_is_refused_without_printing_it(tmp_path, entry):
     import yaml

@@ -176,6 +176,14 @@ def test_simpletuner_release_parquet_and_backend_agree_with_the_images(tmp_path,
     inside = cli(["simpletuner-config", "data/releases/r1/train", "data/releases/r1/x.json"], root, monkeypatch, capfd)
     assert inside.returncode == 2 and "inside the release folder" in inside.stderr
 
+    # a rerun replaces its own config; once the user tunes it (the file SimpleTuner is given), it is theirs
+    again = ["simpletuner-config", "data/releases/r1/train", out, "--cache-dir", tmp_path / "st-cache"]
+    assert cli(again, root, monkeypatch, capfd).returncode == 0
+    tuned = out.read_text().replace('"resolution": ', '"resolution": 2048, "was": ', 1)
+    out.write_text(tuned)
+    refused = cli(again, root, monkeypatch, capfd)
+    assert refused.returncode == 2 and "changed since" in refused.stderr and out.read_text() == tuned
+
 
 def simpletuner_identifiers(instance_data_dir: str, cwd=None) -> set[str]:
     """What SimpleTuner's parquet metadata backend looks up for each image (bghira/SimpleTuner,

@@ -17,7 +17,7 @@ from helpers.workspace import RAW, error_line, leftovers, make_splits, snapshot,
 from scripts.cli import main
 from scripts.ingest import ingest
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, OWNER_XATTR, output_lock
+from scripts.lib.io import MARKER, OWNER_XATTR, atomic_path, output_lock
 from scripts.lib.readers import SourceConfig
 from scripts.lib.tables import write_parquet
 
@@ -75,6 +75,77 @@ def _user_dataset(root: Path) -> None:
     make_splits(root)
     for split in ("train", "validation"):
         _user_file(f"mine/{split}/photo.png")(root)
+
+
+def _ours(path: str, text: str = '{"text": "a red fox in the snow", "reason": null}\n'):
+    """A file a command wrote (atomic_path marks it), as the user finds it after a run."""
+
+    def make(root: Path) -> None:
+        with atomic_path(root / path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    return make
+
+
+def _copied_with_mark(ours: str, mine: str, extra: str = "my own line\n"):
+    """The user copies one of our outputs keeping its attributes (cp --preserve=xattr, rsync -X: copy2
+    copies them too), then adds to the copy: the mark came along, but the file is the user's."""
+
+    def make(root: Path) -> None:
+        _ours(ours)(root)
+        shutil.copy2(root / ours, root / mine)
+        assert os.getxattr(root / mine, OWNER_XATTR)
+        with open(root / mine, "a", encoding="utf-8") as f:
+            f.write(extra)
+
+    return make
+
+
+def _edited_in_place(path: str, same_size: bool = False):
+    """One of our outputs, then edited by the user in place (same inode, so the mark stays on it)."""
+
+    def make(root: Path) -> None:
+        _ours(path)(root)
+        if same_size:
+            with open(root / path, "r+b") as f:  # a script patching bytes: same size, same inode
+                f.write(b"{" + b"X" * 8)
+        else:
+            with open(root / path, "a", encoding="utf-8") as f:
+                f.write("a line I added by hand\n")
+
+    return make
+
+
+def _gitignored(line: str):
+    """A .gitignore line such as DVC writes (`/name`), written by a user keeping a private file out of git."""
+
+    def make(root: Path) -> None:
+        with open(root / ".gitignore", "a", encoding="utf-8") as f:
+            f.write(f"{line}\n")
+
+    return make
+
+
+def _dvc_added(path: str, tracked: str | None = None):
+    """`dvc add TRACKED` (default: the file itself) of a user's file: DVC's .gitignore line and .dvc file."""
+
+    def make(root: Path) -> None:
+        _user_file(path, "the user's own data\n")(root)
+        target = Path(tracked or path)
+        (root / target.parent / ".gitignore").write_text(f"/{target.name}\n", encoding="utf-8")
+        (root / target.parent / f"{target.name}.dvc").write_text(
+            f"outs:\n- md5: 0\n  path: {target.name}\n", encoding="utf-8"
+        )
+
+    return make
+
+
+def _ingested(name: str):  # ingest@chatgpt's table and report, under another name
+    def make(root: Path) -> None:
+        _raw(root)
+        ingest("chatgpt", SourceConfig(kind="text", path=str(root / "data/raw/chatgpt")), root / name)
+
+    return make
 
 
 REFUSED = {
@@ -166,6 +237,85 @@ REFUSED = {
         ["summary", "data/releases", "mine.json"],
         ["mine.json", "cannot prove"],
     ),
+    # the mark proves only the file it was put on, as it was written: not a copy, not an edit
+    "clean_text_over_a_copy_that_kept_the_mark": (
+        [_user_file("in.txt", "a red fox in the snow\n"), _copied_with_mark("out.jsonl", "notes.jsonl")],
+        ["clean-text", "in.txt", "notes.jsonl"],
+        ["notes.jsonl", "cannot prove"],
+    ),
+    "ingest_beside_a_report_copied_with_the_mark": (
+        [_raw, _copied_with_mark("data/old.report.json", "mine.report.json", "")],
+        ["ingest", "chatgpt", "mine.parquet"],
+        ["mine.report.json", "cannot prove"],
+    ),
+    "dedup_text_over_its_output_appended_to": (
+        [_user_file("in.txt", "a red fox\na red fox\n"), _edited_in_place("flags.jsonl")],
+        ["dedup-text", "in.txt", "flags.jsonl"],
+        ["flags.jsonl", "cannot prove"],
+    ),
+    "summary_over_its_output_patched_same_size": (
+        [make_splits, _user_file("data/releases/.keep", ""), _edited_in_place("mine.json", same_size=True)],
+        ["summary", "data/releases", "mine.json"],
+        ["mine.json", "cannot prove"],
+    ),
+    # a .gitignore line is a name: DVC writes one, so does a user hiding a private file from git
+    "clean_text_over_a_gitignored_private_file": (
+        [_user_file("in.txt", "a red fox in the snow\n"), _user_file("notes.jsonl"), _gitignored("/notes.jsonl")],
+        ["clean-text", "in.txt", "notes.jsonl"],
+        ["notes.jsonl", "cannot prove"],
+    ),
+    "dedup_text_in_a_gitignored_folder": (
+        [_user_file("in.txt", "a red fox\n"), _user_file("private/flags.jsonl"), _gitignored("/private")],
+        ["dedup-text", "in.txt", "private/flags.jsonl"],
+        ["private/flags.jsonl", "cannot prove"],
+    ),
+    "ingest_over_a_gitignored_table": (
+        [_raw, _user_file("mine.parquet", "my own table"), _gitignored("/mine.parquet")],
+        ["ingest", "chatgpt", "mine.parquet"],
+        ["mine.parquet", "cannot prove"],
+    ),
+    # what `dvc add` tracks is the user's data (a source), not a stage's output: DVC's .gitignore and .dvc file
+    "clean_text_over_a_dvc_added_file": (
+        [_user_file("in.txt", "a red fox\n"), _dvc_added("data/sources/big.jsonl")],
+        ["clean-text", "in.txt", "data/sources/big.jsonl"],
+        ["data/sources/big.jsonl", "cannot prove"],
+    ),
+    "ingest_over_a_dvc_added_table": (
+        [_raw, _dvc_added("data/sources/mine.parquet")],
+        ["ingest", "chatgpt", "data/sources/mine.parquet"],
+        ["data/sources/mine.parquet", "cannot prove"],
+    ),
+    "split_into_a_dvc_added_folder": (
+        [_captions, _dvc_added("data/sources/mine/train.parquet", "data/sources/mine")],
+        ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/sources/mine"],
+        ["data/sources/mine", "train.parquet"],
+    ),
+    # an output that is the command's input, or lies in its input folder: it would replace what it reads
+    "clean_into_its_input": (
+        [_ingested("p.parquet")],
+        ["clean", "chatgpt", "p.parquet", "p.parquet"],
+        ["p.parquet", "is the input"],
+    ),
+    "clean_whose_dropped_table_is_its_input": (
+        [_ingested("p.dropped.parquet")],
+        ["clean", "chatgpt", "p.dropped.parquet", "p.parquet"],
+        ["p.dropped.parquet", "is the input"],
+    ),
+    "clean_text_into_its_input": (
+        [_ours("out.jsonl", "a red fox in the snow\n")],
+        ["clean-text", "out.jsonl", "out.jsonl"],
+        ["out.jsonl", "is the input"],
+    ),
+    "dedup_text_into_its_input": (
+        [_ours("flags.jsonl", "a red fox\na red fox\n")],
+        ["dedup-text", "flags.jsonl", "./flags.jsonl"],
+        ["flags.jsonl", "is the input"],
+    ),
+    "ingest_into_its_source_folder": (
+        [_raw],
+        ["ingest", "chatgpt", "data/raw/chatgpt/x.parquet"],
+        ["data/raw/chatgpt/x.parquet", "inside the input"],
+    ),
     "folder_output_is_a_file": (
         [_captions, _user_file("data/splits/chatgpt")],
         ["split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt"],
@@ -222,14 +372,28 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     code, _, err = cli(capsys, *clean_text, "out.jsonl")
     assert code == 2 and "out.jsonl: exists and this command cannot prove it wrote it" in error_line(err)
 
-    (ws / ".gitignore").write_text("/out.jsonl\n", encoding="utf-8")  # as `dvc repro` lists its outputs
+    (ws / ".gitignore").write_text("/out.jsonl\n", encoding="utf-8")  # a name, as DVC or a user writes it
+    code, _, err = cli(capsys, *clean_text, "out.jsonl")
+    assert code == 2 and "cannot prove" in error_line(err)
+    (ws / "dvc.lock").write_text(  # `dvc repro` (then `dvc checkout`) records it: DVC's cache holds it
+        "schema: '2.0'\nstages:\n  c:\n    cmd: x\n    outs:\n    - path: ./out.jsonl\n      md5: 0\n", encoding="utf-8"
+    )
     assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
     _user_file("tracked/deep/out.jsonl", "checked out by dvc\n")(ws)
-    (ws / "tracked" / "deep" / ".gitignore").write_text("/other.jsonl\n", encoding="utf-8")
+    (ws / "tracked" / "dvc.lock").write_text(
+        "stages:\n  o:\n    outs:\n    - path: deep/other.jsonl\n", encoding="utf-8"
+    )
     code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")
     assert code == 2 and "cannot prove" in error_line(err)
-    (ws / ".gitignore").write_text("/out.jsonl\n/tracked\n", encoding="utf-8")  # a folder output above it
-    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0
+    (ws / "tracked" / "dvc.lock").write_text("stages:\n  o:\n    outs:\n    - path: deep\n", encoding="utf-8")
+    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0  # a folder output above it
+
+    os.link(ws / "out.jsonl", ws / "snapshot.jsonl")  # a hard-link snapshot of our output, then a run into it
+    kept = (ws / "out.jsonl").read_bytes()
+    _user_file("in.txt", "a grey wolf at night\n")(ws)
+    assert cli(capsys, *clean_text, "snapshot.jsonl")[0] == 0  # ours (the same inode, unchanged): replaced,
+    assert (ws / "out.jsonl").read_bytes() == kept  # by a rename: the other name keeps its bytes
+    _user_file("in.txt", "a red fox in the snow\n")(ws)
 
     _user_file("committed.jsonl", "in git\n")(ws)
     for command in (
@@ -279,6 +443,21 @@ def test_a_second_run_of_the_same_output_is_refused_while_one_runs(ws, capsys):
     assert code == 2 and "another run is writing" in error_line(err)
     assert not (ws / "out.jsonl").exists()
     assert cli(capsys, "clean-text", "in.txt", "out.jsonl")[0] == 0  # the lock went with its holder
+
+
+@pytest.mark.parametrize("spelling", ["lnk/../out.jsonl", "lnk/../b/../out.jsonl", "./lnk/./../out.jsonl"])
+def test_an_output_named_through_a_linked_folder_and_dotdot_shares_its_lock(ws, capsys, spelling):
+    """`lnk/../out.jsonl` with lnk -> a/b is a/out.jsonl to the kernel; abspath read it as ./out.jsonl,
+    so the lock (and temp file) went to another folder and a second run wrote it beside the first."""
+    _user_file("in.txt", "a red fox in the snow\n")(ws)
+    (ws / "a" / "b").mkdir(parents=True)
+    (ws / "lnk").symlink_to("a/b")
+    with output_lock(ws / "a" / "out.jsonl"):
+        code, _, err = cli(capsys, "clean-text", "in.txt", spelling)
+    assert code == 2 and "another run is writing" in error_line(err)
+    assert not (ws / "a" / "out.jsonl").exists() and not (ws / "out.jsonl").exists()
+    assert cli(capsys, "clean-text", "in.txt", spelling)[0] == 0
+    assert (ws / "a" / "out.jsonl").is_file() and leftovers(ws) == [] and not list(ws.rglob("*.tmp-lock"))
 
 
 def test_a_failed_run_keeps_the_previous_output_intact(tmp_path):

@@ -240,7 +240,7 @@ BAD = [  # (key path to change, bad value, key path named in the error, message)
         "releases.v2.components[0].into",
         "'train', 'validation' or 'same'",
     ),
-    ("synthesize.gpt4_style.base_url", "ftp://x", "synthesize.gpt4_style.base_url", "'ftp://x' is not an http(s) URL"),
+    ("synthesize.gpt4_style.base_url", "ftp://x", "synthesize.gpt4_style.base_url", "is not an http(s) URL"),
     ("synthesize.gpt4_style.template", "{topics}", "synthesize.gpt4_style.template", "unknown field {topics}"),
     ("synthesize.gpt4_style.extra_body", {"n": 2}, "synthesize.gpt4_style.extra_body", "'n' is set by the stage"),
     ("synthesize.gpt4_style.timeout_s", 0, "synthesize.gpt4_style.timeout_s", "greater than 0"),

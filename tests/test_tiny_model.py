@@ -13,6 +13,7 @@ import yaml
 
 from helpers import file_digests
 from scripts.lib.errors import DataError
+from scripts.lib.io import mark_folder
 from scripts.lib.params import TinyModel
 from scripts.tiny_model import build_tokenizer_files, learn_bpe_merges, save_tiny_model
 
@@ -113,7 +114,7 @@ def test_rebuild_replaces_the_old_model_whole(tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "stale.bin").write_bytes(b"old")
-    (out / ".t2i-output").write_text("")  # the ownership marker of an earlier build (scripts/lib/io.py)
+    mark_folder(out)  # the ownership marker of an earlier build (scripts/lib/io.py), as it writes it
     save_tiny_model({}, out)
     assert not (out / "stale.bin").exists() and (out / "model_index.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp dir left beside it

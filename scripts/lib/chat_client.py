@@ -313,16 +313,6 @@ class ResponseCache:
         return self
 
 
-def wrote_report(path: Path, name: str) -> bool:
-    """Whether `path` is the report.json a run of entry `name` of a stage using this client wrote
-    (so the outputs beside it are that stage's: io.check_outputs_ours)."""
-    try:
-        report = loads_json(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(report, dict) and report.get("name") == name and "requests" in report and "api_calls" in report
-
-
 class Job(NamedTuple):
     """One request to make: `body` is sent, `stored` (the same request, possibly with large parts such
     as images replaced by their sha256) is what the cache file records under `key`. `body` may be a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
 import json
@@ -19,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from scripts.lib.errors import DataError
 from scripts.lib.interrupts import stop_if_received
@@ -53,10 +56,8 @@ def sha256_text(text: str) -> str:
 # Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
-# A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5 and the lock
-# stay as they are), so a later run may replace it. A file without it is replaced only when it holds
-# the bytes the command would write, DVC lists it as an output there, git holds it unmodified, or it
-# lies in a folder holding the MARKER; a user's `mine.parquet` named as an output is refused.
+# A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5s stay), holding
+# the file's identity, so a later run may replace it while unchanged (file_is_ours has the other proofs).
 OWNER_XATTR = "user.t2i-datasets.output"
 # Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
 # T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
@@ -65,8 +66,17 @@ OWNER_XATTR = "user.t2i-datasets.output"
 TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
 
 
+def real_path(path: Path | str) -> Path:
+    """`path` as the kernel resolves it: its folder's links before any `..` (abspath reads `lnk/../x` as
+    `./x`, not the kernel's folder); the last part as named (a link output is refused, not followed)."""
+    head, name = os.path.split(os.fspath(path))
+    if name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(head or ".")) / name
+
+
 def _sibling(target: Path, kind: str) -> Path:
-    target = Path(os.path.abspath(target))  # "." or "x/..": the folder's own name, beside it
+    target = real_path(target)  # beside the file the kernel writes, whatever links its path runs through
     return target.parent / f".{target.name}.{kind}"
 
 
@@ -138,11 +148,11 @@ def check_output_kind(target: Path | str) -> None:
 def check_not_input(output: Path | str, inputs) -> None:
     """Refuse an output that is one of the inputs, a folder holding one (it would be replaced), or a path
     inside an input folder (it would replace what is read: `data/splits/S`, a split folder of `data/splits`)."""
-    out = Path(os.path.abspath(output))
+    out = real_path(output)
     for item in inputs:
         if item is None:
             continue
-        src = Path(os.path.abspath(item))
+        src = real_path(item)
         if src == out or out in src.parents or (src in out.parents and src.is_dir()):
             what = "is" if src == out else "holds" if out in src.parents else "is inside"
             raise DataError(f"{shown(output)}: the output {what} the input {shown(item)}; choose another output path")
@@ -154,7 +164,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
     remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
     target = Path(target)
     try:
-        Path(os.path.abspath(target)).parent.mkdir(parents=True, exist_ok=True)
+        real_path(target).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(os_error_message(exc, target.parent)) from None
     lock = _sibling(target, TMP_LOCK)
@@ -230,40 +240,75 @@ def git_unmodified(folder: Path | str) -> set[str]:
     return tracked - files("-m", "-d") if tracked else set()
 
 
+def _identity(path: Path | str) -> bytes:
+    """What the mark holds: inode, size, mtime. A copy that kept the attribute (`cp -a`, `rsync -X`) is
+    another inode; an edit in place changes the size or the time: neither is what the command wrote."""
+    return "{0.st_ino}:{0.st_size}:{0.st_mtime_ns}".format(os.lstat(path)).encode()
+
+
 def mark_file(path: Path | str) -> None:
-    """Tag a file this command wrote with OWNER_XATTR. A file system without user attributes (or a
-    system without os.setxattr) keeps the file untagged: a later run then proves it ours another way
-    (DVC's .gitignore, same bytes) or refuses in one line."""
+    """Tag a file this command wrote (content final) with its _identity. Without user attributes (the
+    file system, or no os.setxattr) it stays untagged: a later run proves it ours another way or refuses."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(path, OWNER_XATTR, b"1", follow_symlinks=False)
+        os.setxattr(path, OWNER_XATTR, _identity(path), follow_symlinks=False)
 
 
 def _tagged(path: Path) -> bool:
+    """The mark is there and still describes this file: we wrote it and no one changed it since."""
     try:
-        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == b"1"
+        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == _identity(path)
     except (OSError, AttributeError):
         return False
 
 
+def _dvc_outs(listing: Path) -> frozenset[str]:
+    """The output paths a dvc.lock records (a stage's `outs`), relative to its folder."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG((st := os.stat(listing)).st_mode):
+            return _parsed_outs(str(listing), st.st_mtime_ns, st.st_size)
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_outs(listing: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """_dvc_outs of one version of the file: a lock of thousands of lines is parsed once, not per output."""
+    from scripts.lib.params.yaml_text import read_yaml
+
+    try:
+        data = read_yaml(Path(listing).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # TooDeep is a ValueError
+        return frozenset()
+    stages = data.get("stages") if isinstance(data, dict) else None
+    entries = list(stages.values()) if isinstance(stages, dict) else []
+    return frozenset(
+        os.path.normpath(out["path"])
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("outs"), list)
+        for out in entry["outs"]
+        if isinstance(out, dict) and isinstance(out.get("path"), str)
+    )
+
+
 def _dvc_output(path: Path) -> bool:
-    """DVC lists `path`, or a folder holding it, in that one's parent's .gitignore (`/name`): a stage or
-    `dvc add` made it an output, so DVC's cache holds it."""
-    for item in [path, *Path(os.path.abspath(path)).parents][:-1]:
-        try:
-            listed = (item.parent / ".gitignore").read_text(encoding="utf-8").split()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if f"/{item.name}" in listed:
+    """A stage records `path` or a folder above it as an output (DVC's cache holds it): an `outs` path of
+    a dvc.lock above it. A .gitignore line (`/name`) proves nothing (a user writes one to keep a private
+    file out of git), nor a `dvc add` file: what a user adds is the user's data, not a stage's output."""
+    chain = [real_path(path), *real_path(path).parents]
+    for depth, folder in enumerate(chain[1:], start=1):
+        outs = _dvc_outs(folder / "dvc.lock")
+        if any(item.relative_to(folder).as_posix() in outs for item in chain[:depth]):
             return True
+        if (folder / ".dvc").is_dir():  # the repository's root: a dvc.lock above it is another project's
+            break
     return False
 
 
 def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: bool = True) -> bool:
-    """Whether replacing the file `path` loses nothing of anyone else's: we tagged it, it holds `new`'s
-    bytes, DVC lists it as an output (the cache has it), its folder holds the MARKER, or (with
-    `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
+    """Whether replacing the file `path` loses nothing of anyone else's: we tagged it and it is unchanged
+    since, it holds `new`'s bytes, DVC records it as an output (the cache has it), its folder holds the
+    MARKER, or (with `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
     path = Path(path)
-    if _tagged(path) or (path.parent / MARKER).is_file() or _dvc_output(path):
+    if _tagged(path) or holds_marker(path.parent) or _dvc_output(path):
         return True
     if new is not None and _same_bytes(path, Path(new)):
         return True
@@ -272,17 +317,18 @@ def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: 
 
 def _not_ours(path: Path) -> DataError:
     return DataError(
-        f"{shown(path)}: exists and this command cannot prove it wrote it (no t2i-datasets mark, not a "
-        f"DVC output, not committed in git, not the bytes it would write); refusing to replace it "
+        f"{shown(path)}: exists and this command cannot prove it wrote it (no t2i-datasets mark, or changed "
+        f"since; not a DVC output; not committed in git; not the bytes it would write); refusing to replace it "
         f"(choose another output path, or move the file away)"
     )
 
 
-def check_files_ours(*paths: Path | str) -> None:
-    """Before a command that writes several files beside each other (S.parquet, S.report.json, ...)
-    writes the first: refuse, in one line and with nothing written, if any of them exists and is not a
-    regular file of ours (file_is_ours), so a refusal never leaves some outputs new and others old."""
+def check_files_ours(*paths: Path | str, inputs=()) -> None:
+    """Before a command writing several files beside each other (S.parquet, S.report.json) writes one:
+    refuse, in one line, if any is one of `inputs` or inside one (check_not_input: `clean S p.parquet
+    p.parquet` would replace what it reads) or exists and is not a regular file of ours (file_is_ours)."""
     for path in map(Path, paths):
+        check_not_input(path, inputs)
         if not os.path.lexists(path):
             continue
         check_output_kind(path)
@@ -310,7 +356,7 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         return
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
-    if (target / MARKER).is_file():
+    if holds_marker(target) or _dvc_output(target):
         return
     recoverable: set[str] | None = None
     for rel in _files_under(target):
@@ -330,8 +376,8 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
 def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
     """Refuse to write the outputs `names` into `folder` (a folder of separate outputs, e.g. a stage's
     prompts.txt and report.json) over files we cannot prove ours: one is ours when the folder holds
-    the MARKER, when file_is_ours says so (our mark, DVC's .gitignore), or when the caller proved it
-    (`proven`: e.g. the folder's report names this command's entry)."""
+    the MARKER, when file_is_ours says so (our mark on it, unchanged; DVC records it), or when the
+    caller proved it (`proven`: release, whose split folders beside it hold the MARKER)."""
     folder = Path(folder)
     present = [name for name in names if os.path.lexists(folder / name)]
     for name in present:
@@ -339,20 +385,28 @@ def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
     if proven:  # the caller's proof covers them: tagged, the writes that follow may replace them
         for name in present:
             mark_file(folder / name)
-    if not present or proven or (folder / MARKER).is_file():
+    if not present or proven or holds_marker(folder):
         return
     for name in present:
         if not file_is_ours(folder / name, committed_ok=False):
             raise DataError(
                 f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
-                f"marker, not a DVC output there, no report of this command beside it); refusing to "
+                f"marker, no t2i-datasets mark on it or changed since, not a DVC output); refusing to "
                 f"replace it (choose another output folder, or move the file away)"
             )
 
 
 def mark_folder(folder: Path | str) -> None:
-    """Write the MARKER into a folder output built outside atomic_path (e.g. in a staging folder)."""
-    (Path(folder) / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+    """Write the MARKER into a folder output (atomic_path, a staging folder), marked (mark_file): its bytes
+    are fixed, so only the mark tells ours from a copy of an output folder or a user's hand-made one."""
+    marker = Path(folder) / MARKER
+    marker.write_text(MARKER_TEXT, encoding="utf-8")
+    mark_file(marker)
+
+
+def holds_marker(folder: Path | str) -> bool:
+    """`folder` holds the MARKER we wrote there, unchanged: a folder output of ours, replaced whole."""
+    return _tagged(Path(folder) / MARKER)
 
 
 def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
@@ -426,7 +480,7 @@ def staging_dir(output: Path | str) -> Iterator[Path]:
     """A fresh folder beside `output` (.OUTPUT.staging-*) under the output's lock, removed at the end
     (a killed run's staging folders are removed by the next run); OSErrors become one line."""
     output = Path(output)
-    real = Path(os.path.abspath(output))
+    real = real_path(output)
     with output_lock(output):
         for stale in real.parent.glob(f".{glob.escape(real.name)}.staging-*"):
             _remove(stale)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, SPLITS, check_outputs_ours, check_replaceable, replace_path
+from scripts.lib.io import SPLITS, check_outputs_ours, check_replaceable, holds_marker, replace_path
 from scripts.lib.tables import check_table
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
@@ -141,10 +141,10 @@ def check_output(output: Path) -> None:
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
         check_outputs_ours(
-            output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any((output / s / MARKER).is_file() for s in SPLITS)
+            output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any(holds_marker(output / s) for s in SPLITS)
         )
     for split in SPLITS:
-        if (output / split).is_dir() and not (output / split / MARKER).is_file():
+        if (output / split).is_dir() and not holds_marker(output / split):
             check_replaceable(output / split)
 
 

@@ -14,28 +14,22 @@ import os
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_files_ours, check_not_input, check_output_kind, mark_file, shown
-from scripts.lib.nesting import loads_json
+from scripts.lib.io import check_files_ours, check_not_input, check_output_kind, file_is_ours, shown
 from scripts.lib.readers.dalle3 import compile_simpletuner
 from scripts.lib.simpletuner import CONFIG_NAME
 
 
-def check_config_ours(path: Path, ids: list) -> None:
-    """Refuse to replace a data-backend config we did not write: the user's own multidatabackend.json
-    beside the parquet is theirs. Ours lists exactly the backends (by id) the command writes."""
-    if not os.path.lexists(path):
-        return
-    check_output_kind(path)
-    try:
-        entries = loads_json(path.read_bytes())
-    except (OSError, ValueError):
-        entries = None
-    if not (isinstance(entries, list) and [e.get("id") if isinstance(e, dict) else None for e in entries] == ids):
-        raise DataError(
-            f"{shown(path)}: a data-backend config this command did not write (its backends are not "
-            f"{', '.join(map(str, ids))}); refusing to replace it (--config elsewhere, or move it away)"
-        )
-    mark_file(path)  # its content proves it ours (one written before files carried the mark)
+def check_config_ours(path: Path) -> None:
+    """Refuse to replace a data-backend config we did not write, or one the user tuned since (a
+    resolution, a repeat count: SimpleTuner's configs are made to be edited). Listing our backend ids
+    proves nothing (a tuned copy of ours lists them too): only file_is_ours does."""
+    if os.path.lexists(path):
+        check_output_kind(path)
+        if not file_is_ours(path):
+            raise DataError(
+                f"{shown(path)}: a data-backend config this command did not write, or one changed since it "
+                "wrote it; refusing to replace it (--config elsewhere, or move it away)"
+            )
 
 
 def cli(
@@ -63,7 +57,7 @@ def cli(
             check_not_input(folder, [shards, output] + ([config] if config else []))
     if config is not None:
         check_not_input(config, [shards, output])
-        check_config_ours(config, ["dalle3", "dalle3-text-embeds"])
+        check_config_ours(config)
     stats = compile_simpletuner(
         [shards] if shards.is_file() else shards,
         output,
@@ -101,7 +95,7 @@ def cli_config(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
     entries = absolute_config(split, cache_dir)
-    check_config_ours(output, [entry.get("id") for entry in entries])
+    check_config_ours(output)
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})"))

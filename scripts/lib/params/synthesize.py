@@ -47,7 +47,8 @@ class ChatClientSettings(Section):
     @classmethod
     def _http(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"'{value}' is not an http(s) URL")
+            # the value is not echoed: a URL may carry a credential (`HTTPS://token@host`, `ftp://:pw@host`)
+            raise ValueError("is not an http(s) URL (it must start with http:// or https://)")
         return value
 
 
