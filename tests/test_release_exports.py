@@ -120,7 +120,9 @@ def test_simpletuner_export_is_the_presets_files(tmp_path):
 
 def simpletuner_keeps(entry: dict, width: int, height: int) -> bool:
     """SimpleTuner's size rule for one image of a data-backend entry (bghira/SimpleTuner,
-    simpletuner/helpers/metadata/backends/base.py meets_resolution_requirements): pixel, both edges at
+    simpletuner/helpers/metadata/backends/base.py meets_resolution_requirements; compared line by line
+    with the simpletuner 3.1.6 wheel on PyPI, 2026-12-05: its module imports accelerate and the training
+    stack, so the suite cannot call it without installing SimpleTuner's trainer): pixel, both edges at
     least minimum_image_size; area, minimum_image_size megapixels (over 5 is refused) at most w * h, and
     with a square crop both edges at least floor(sqrt(that many pixels)); no minimum keeps everything.
     Its configuration checks: pixel maximum_image_size and target_downsample_size at least 512, area

@@ -183,7 +183,10 @@ def _dispatch(chunks: Iterable, pool: list[Worker]) -> Iterator:
             worker, index = holding.pop(inbox)
             try:
                 ok, value = inbox.recv()
-            except EOFError:
+            except (
+                EOFError,
+                OSError,
+            ):  # EOF before a reply, or in the middle of one ("got end of file during message")
                 raise RuntimeError(
                     f"worker process {worker.process.pid} died (exit code {worker.process.wait()})"
                 ) from None
