@@ -454,7 +454,7 @@ def verification_benchmark(texts: pa.Array, params: DedupParams) -> None:
     rank = keep_rank(texts, None, params.keep)
     sketch = signing.sketch(texts, params, Runtime(workers=1))
     reps, _, _ = signing.identical_groups(sketch.sequence_keys, rank, np.nonzero(sketch.shingle_counts > 0)[0])
-    candidates = signing.self_candidates(sketch.band_keys, reps, rank, params.bucket_window)
+    candidates = signing.candidate_rows(*signing.self_candidates(sketch.band_keys, reps, rank, params.bucket_window))
     del sketch
     sets = mh.unique_sets(mh.shingle_hashes(texts, params.unit, params.ngram))
     t0 = time.perf_counter()

@@ -93,6 +93,12 @@ def hash_byte_ranges(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) 
     return h
 
 
+def string_hashes(array: pa.Array) -> np.ndarray:
+    """uint64 hash_byte_ranges of each string's UTF-8 bytes (equal strings, equal hashes)."""
+    offsets, data = _string_buffers(array)
+    return hash_byte_ranges(data, offsets[:-1], np.diff(offsets))
+
+
 def _string_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets int64[n+1], utf-8 bytes) of a string array without copying the text."""
     array = array.cast(pa.large_string())
@@ -448,9 +454,13 @@ def _bucket_walk(shared_rows: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique by sorting (numpy 2's hash-based np.unique is several times slower here)."""
-    values = np.sort(values)
+def sorted_unique(values: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """np.unique by sorting (numpy 2's hash-based np.unique is several times slower here); `in_place`
+    sorts `values` itself (no copy: for a large array the caller drops anyway)."""
+    if in_place:
+        values.sort()
+    else:
+        values = np.sort(values)
     keep = np.ones(len(values), dtype=bool)
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]

@@ -19,6 +19,9 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Ray Data's groupby on its classic sort-based shuffle: Ray 2.60's default (SHUFFLE_V2, hash aggregator
+# actors) took 3-6x longer for dedup's groupbys on 2 CPUs, and its HASH_SHUFFLE made no progress at all there
+SHUFFLE = "sort_shuffle_pull_based"
 
 
 @contextlib.contextmanager
@@ -52,9 +55,13 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
             raise DataError(
                 f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})"
             ) from None
+    context = ray.data.DataContext.get_current()
+    strategy = context.shuffle_strategy
+    context.shuffle_strategy = type(strategy)(SHUFFLE)
     try:
         yield ray
     finally:
+        context.shuffle_strategy = strategy
         if started_here:
             started = [c for c in psutil.Process().children(recursive=True) if c.pid not in children_before]
             ray.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 
 def with_near_duplicates(texts: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -18,3 +19,13 @@ def with_near_duplicates(texts: list[str], seed: int) -> tuple[list[str], list[s
     texts = texts + near + ["", "  ", "a", "A"] + texts[:20]
     rng.shuffle(texts)
     return texts, [f"id{(i * 7919) % 100_003:06d}" for i in range(len(texts))]
+
+
+def recombined(texts: list[str], n: int, seed: int) -> list[str]:
+    """n prompts of 2-5 phrases of `texts` (split at punctuation and ' with ', ' and ', ' of ') drawn
+    with a skew, joined by commas: rows share styles and subjects as real corpora do."""
+    rng = random.Random(seed)
+    found = (p.strip() for t in texts for p in re.split(r"[,.;:!?()]| with | and | of ", t))
+    phrases = list(dict.fromkeys(p for p in found if len(p.split()) >= 2))
+    weights = [1 / (k + 1) for k in range(len(phrases))]  # Zipf-like: a few phrases in many prompts
+    return [", ".join(rng.choices(phrases, weights, k=rng.randint(2, 5))) for _ in range(n)]

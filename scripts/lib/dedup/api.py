@@ -57,14 +57,14 @@ def _minhash_self(texts: Texts, order_keys, params: Dedup, runtime: Runtime) -> 
     band_keys = sk.band_keys
     del sk, nonempty  # the sequence keys and counts are spent: free them before the bands' sorts
     processes = signing.workers(runtime)
-    candidates = signing.self_candidates(band_keys, reps, rank, params.bucket_window, processes)
+    packed, order = signing.self_candidates(band_keys, reps, rank, params.bucket_window, processes)
     del band_keys, reps
-    jaccard = signing.self_jaccard(texts, candidates, params, runtime.verify_pairs, processes)
-    ok = jaccard >= params.threshold
-    pairs, jaccard = candidates[ok], jaccard[ok]
+    pairs, jaccard = signing.self_verified(texts, packed, order, params, runtime.verify_pairs, processes)
+    candidates = len(packed)
+    del packed, order
     keep, duplicate_of, similarity = assign(n, pairs, jaccard, rank, members, member_rep, params.keep)
     stats = {
-        **self_stats(keep, pairs, members, member_rep, len(candidates), no_tokens, params),
+        **self_stats(keep, pairs, members, member_rep, candidates, no_tokens, params),
         **signing.banding_stats(params),
     }
     return Result(keep=keep, duplicate_of=duplicate_of, similarity=similarity, stats=stats)

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from scripts.lib import minhash as mh
-from scripts.lib.dedup.rows import part_of, resolve_edges
+from scripts.lib.dedup.rows import looked_up, lookup_requests, lookup_sources, pair_fields, part_of, resolve_edges
 from scripts.lib.errors import DataError
 
 MAX_ROUNDS = 100  # log2 of any row count we could hold, with a wide margin
@@ -63,7 +63,8 @@ def small_star(table: pa.Table) -> pa.Table:
 def _checksum(table: pa.Table) -> pa.Table:
     u, v = table.column("u").to_numpy().astype(np.uint64), table.column("v").to_numpy().astype(np.uint64)
     h = mh.fmix64(np.maximum(u, v) * np.uint64(0x9E3779B97F4A7C15) + np.minimum(u, v))
-    return pa.table({"n": [len(u)], "h": [int(np.bitwise_xor.reduce(h)) if len(h) else 0]})
+    xor = np.bitwise_xor.reduce(h) if len(h) else np.uint64(0)
+    return pa.table({"n": pa.array([len(u)], pa.int64()), "h": pa.array([xor], pa.uint64())})  # h uses all 64 bits
 
 
 def star_round(edges, step, parts: int):
@@ -120,8 +121,13 @@ def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):
     node_labels = labels(
         ray, edges.map_batches(lambda t: pa.table({"u": t.column("a"), "v": t.column("b")}), **_ARROW), parts
     )
-    labelled = edges.join(
-        node_labels.map_batches(lambda t: t.rename_columns(["a", "label"]), **_ARROW), "inner", parts, on=("a",)
+    fields = [*pair_fields(ranks), pa.field("similarity", pa.float64()), pa.field("member", pa.bool_())]
+    label = pa.field("label", pa.int64())
+    labelled = (
+        edges.map_batches(lookup_requests, fn_args=("a", fields, label, parts), **_ARROW)
+        .union(node_labels.map_batches(lookup_sources, fn_args=("node", fields, label, parts), **_ARROW))
+        .groupby("part")
+        .map_groups(looked_up, fn_args=(fields, label, "label"), **_ARROW)
     )
 
     def resolve_group(t: pa.Table) -> pa.Table:

@@ -28,15 +28,21 @@ from scripts.lib.dedup.keep import report_counts
 from scripts.lib.dedup.result import Result
 from scripts.lib.dedup.rows import (
     RANKS,
+    TEXT_FIELD,
     bucket_rows,
     candidates_in_group,
+    distinct_with_text_a,
+    id_parts,
     identical_in_group,
+    lookup_requests,
+    lookup_sources,
     member_edges,
+    pair_fields,
     part_of,
+    repeated_in_group,
     resolve_edges,
     sign_rows,
-    unique_in_group,
-    verify_rows,
+    verified_with_text_b,
 )
 from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
@@ -118,18 +124,22 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
             band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks), **by_part)
         )
     found = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
+    pairs, pairs_a = pair_fields(ranks), pair_fields(ranks, texts="a")
     candidates = (
-        found.map_batches(part_of, fn_args=(["a", "b"], parts), **by_part)
+        found.map_batches(lookup_requests, fn_args=("a", pairs, TEXT_FIELD, parts), **by_part)
+        .union(rows.map_batches(lookup_sources, fn_args=("row", pairs, TEXT_FIELD, parts), **by_part))
         .groupby("part")
-        .map_groups(unique_in_group, **by_part)
+        .map_groups(distinct_with_text_a, fn_args=(pairs,), **by_part)
         .materialize()
     )
     candidate_count = candidates.count()
-    texts = rows.map_batches(lambda t: t.select(["row", "text"]), **by_part)
-    for side in ("a", "b"):
-        named = texts.map_batches(lambda t, s=side: t.rename_columns([s, f"text_{s}"]), **by_part)
-        candidates = candidates.join(named, "inner", parts, on=(side,))
-    verified = candidates.map_batches(verify_rows, fn_args=(params, runtime.verify_pairs), **by_part).materialize()
+    verified = (
+        candidates.map_batches(lookup_requests, fn_args=("b", pairs_a, TEXT_FIELD, parts), **by_part)
+        .union(rows.map_batches(lookup_sources, fn_args=("row", pairs_a, TEXT_FIELD, parts), **by_part))
+        .groupby("part")
+        .map_groups(verified_with_text_b, fn_args=(pairs_a, params, runtime.verify_pairs), **by_part)
+        .materialize()
+    )
     verified_count, member_count = verified.count(), members.count()
     if verified_count + member_count <= runtime.driver_edges:
         removed, sizes = resolve_edges(_collect(ray, verified), _collect(ray, members), ranks, params.keep)
@@ -196,17 +206,16 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
         try:
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-            rows = ds.map_batches(read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow")
+            # read once: signing, the id check and both text lookups use the rows (blocks spill past the store)
+            rows = ds.map_batches(
+                read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow"
+            ).materialize()
             n = rows.count()
-            counts = rows.select_columns(["id"]).groupby("id").count()
-            repeated = counts.map_batches(
-                lambda t: t.filter(pc.greater(t.column(t.column_names[-1]), 1)), batch_format="pyarrow"
-            )
-            if repeated.count():
+            if _repeated_ids(ray, rows, partitions(runtime, n)):
                 raise DataError(f"{input}: column 'id' has repeated values")
             removed, stats = _run(ray, rows, n, params, runtime)
             needed = np.union1d(removed["row"], removed["duplicate_of"])
-            ids = _ids_of(ray, ds, needed)
+            ids = _ids_of(ray, rows, needed)
             kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
             write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
@@ -224,9 +233,17 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
     return stats
 
 
-def _ids_of(ray, ds, needed: np.ndarray) -> pa.Array:
-    """The ids of rows `needed` (sorted positions), in that order."""
-    picked = ds.map_batches(_picked_ids, fn_args=(needed,), batch_size=1, batch_format="pyarrow")
+def _repeated_ids(ray, rows, parts: int) -> int:
+    """How many rows repeat an earlier row's id (ids grouped by a hash of their bytes: an int key sorts
+    fast in Ray's shuffle, where a groupby on the strings themselves took 4x the whole signing step)."""
+    groups = rows.map_batches(id_parts, fn_args=(parts,), batch_format="pyarrow").groupby("part")
+    found = _collect(ray, groups.map_groups(repeated_in_group, batch_format="pyarrow"))
+    return int(np.sum(found.column("repeated").to_numpy())) if found.num_rows else 0
+
+
+def _ids_of(ray, rows, needed: np.ndarray) -> pa.Array:
+    """The ids of rows `needed` (sorted positions), in that order (rows: the stage's rows, materialized)."""
+    picked = rows.map_batches(_picked_ids, fn_args=(needed,), batch_format="pyarrow")
     parts = [ray.get(r) for r in picked.to_arrow_refs()]
     table = (
         pa.concat_tables(parts, promote_options="default")
@@ -239,8 +256,7 @@ def _ids_of(ray, ds, needed: np.ndarray) -> pa.Array:
 
 # Arrays go to these UDFs as plain fn_args: Ray Data pickles a task UDF's fn_args into the operator's
 # closure, so an ObjectRef there would arrive unresolved (np.isin against it matches nothing).
-def _picked_ids(batch: pa.Table, wanted: np.ndarray) -> pa.Table:
-    table = read_fragment(batch, ["id"])
+def _picked_ids(table: pa.Table, wanted: np.ndarray) -> pa.Table:
     mask = np.isin(table.column("row").to_numpy(), wanted)
     return table.select(["row", "id"]).filter(pa.array(mask))
 

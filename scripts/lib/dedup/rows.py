@@ -21,6 +21,8 @@ from scripts.lib.prefix_filter import jaccard_at_least
 # the columns that order rows as keep_rank does: keep longest = most characters, then id, then position
 RANKS = {"first": ["row"], "none_of_pair": ["row"], "longest": ["neg_len", "order_key", "row"]}
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+TEXT = pa.large_string()  # texts and order keys as Arrow's 64-bit-offset strings: one type on every path
+RANK_TYPES = {"neg_len": pa.int64(), "order_key": TEXT}
 
 
 def rank_columns(ranks: list[str], prefix: str) -> list[str]:
@@ -53,6 +55,19 @@ def part_of(table: pa.Table, columns: list[str], parts: int) -> pa.Table:
     for name in columns:
         h = mh.fmix64(h * _MIX + table.column(name).to_numpy().astype(np.uint64))
     return table.append_column("part", pa.array((h % np.uint64(parts)).astype(np.int64)))
+
+
+def id_parts(table: pa.Table, parts: int) -> pa.Table:
+    """(id, part): rows with the same id land in the same group (part: a hash of the id's bytes)."""
+    ids = mh.as_string_array(table.column("id"))
+    hashed = pa.table({"id": ids, "h": mh.string_hashes(ids)})
+    return part_of(hashed, ["h"], parts).drop_columns(["h"])
+
+
+def repeated_in_group(group: pa.Table) -> pa.Table:
+    """How many of one group's rows repeat an id another row of the group has."""
+    distinct = pc.count_distinct(group.column("id")).as_py()
+    return pa.table({"repeated": pa.array([group.num_rows - distinct], pa.int64())})
 
 
 def identical_in_group(table: pa.Table, ranks: list[str]) -> pa.Table:
@@ -114,12 +129,72 @@ def candidates_in_group(table: pa.Table, window: int, ranks: list[str]) -> pa.Ta
     return out
 
 
-def unique_in_group(table: pa.Table) -> pa.Table:
-    """Distinct (a, b) pairs of one group (the same pair comes from every band it shares)."""
-    a, b = table.column("a").to_numpy(), table.column("b").to_numpy()
-    packed = (a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64)
+def pair_fields(ranks: list[str], texts: str = "") -> list[pa.Field]:
+    """The columns of a pair: a, b, each end's rank columns (row is a and b) and text_<side> for `texts`."""
+    fields = [pa.field("a", pa.int64()), pa.field("b", pa.int64())]
+    fields += [pa.field(f"{side}_{r}", RANK_TYPES[r]) for side in "ab" for r in ranks if r != "row"]
+    return fields + [pa.field(f"text_{side}", TEXT) for side in texts]
+
+
+def conform(table: pa.Table, fields: list[pa.Field]) -> pa.Table:
+    """`table` with exactly `fields`, in that order (absent ones null): both sides of a lookup share one schema."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in fields
+    ]
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+# A value of a row (its text, its cluster's label) reaches the pairs that name the row through Ray's
+# groupby (a reduce-side join): pairs keyed by one end's row and the rows keyed by row meet in one group.
+# Ray 2.60's Dataset.join runs on hash-shuffle actors, which took twice as long on 2 CPUs and once waited
+# for CPUs forever on a 3-node cluster of 1 CPU each.
+TEXT_FIELD = pa.field("text", TEXT)
+
+
+def lookup_requests(table: pa.Table, side: str, fields: list[pa.Field], value: pa.Field, parts: int) -> pa.Table:
+    """Pairs (columns `fields`), keyed by their `side` row, `value` to be looked up."""
+    keyed = table.append_column("key", table.column(side))
+    return part_of(conform(keyed, [*fields, _KEY, value]), ["key"], parts)
+
+
+def lookup_sources(table: pa.Table, row: str, fields: list[pa.Field], value: pa.Field, parts: int) -> pa.Table:
+    """Rows (`row`, `value`), keyed by row, in the schema of the requests (their pair columns null)."""
+    keyed = pa.table({"key": table.column(row), value.name: table.column(value.name)})
+    return part_of(conform(keyed, [*fields, _KEY, value]), ["key"], parts)
+
+
+def looked_up(group: pa.Table, fields: list[pa.Field], value: pa.Field, name: str) -> pa.Table:
+    """One group's pairs with column `name` = `value` of the row their key names (an inner join: a
+    pair whose row has no value goes)."""
+    source = pc.is_null(group.column("a")).to_numpy(zero_copy_only=False)
+    pairs, sources = group.filter(pa.array(~source)), group.filter(pa.array(source))
+    keys = sources.column("key").to_numpy()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    wanted = pairs.column("key").to_numpy()
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), max(len(keys) - 1, 0))
+    found = (sorted_keys[at] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
+    values = sources.column(value.name).take(pa.array(order[at[found]]))
+    return pairs.filter(pa.array(found)).select([f.name for f in fields]).append_column(name, values)
+
+
+def distinct_with_text_a(group: pa.Table, fields: list[pa.Field]) -> pa.Table:
+    """One group's distinct pairs (a pair comes from every band it shares), with text_a."""
+    pairs = looked_up(group, fields, TEXT_FIELD, "text_a")
+    packed = (pairs.column("a").to_numpy().astype(np.uint64) << np.uint64(32)) | pairs.column("b").to_numpy().astype(
+        np.uint64
+    )
     _, first = np.unique(packed, return_index=True)
-    return table.take(pa.array(np.sort(first))).drop_columns(["part"])
+    return pairs.take(pa.array(np.sort(first)))
+
+
+def verified_with_text_b(group: pa.Table, fields: list[pa.Field], params: Dedup, chunk: int) -> pa.Table:
+    """One group's pairs (with text_a) given text_b, then `verify_rows`: the pairs at >= threshold."""
+    return verify_rows(looked_up(group, fields, TEXT_FIELD, "text_b"), params, chunk)
+
+
+_KEY = pa.field("key", pa.int64())
 
 
 def verify_rows(table: pa.Table, params: Dedup, chunk: int) -> pa.Table:

@@ -112,18 +112,27 @@ def _fill(out: Sketch, results) -> None:
 
 def self_candidates(
     band_keys: np.ndarray, reps: np.ndarray, rank: np.ndarray, window: int, processes: int = 1
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Distinct candidate pairs among `reps` (rows), from every band's buckets walked in keep order,
-    groups of bands in `processes` forked workers."""
-    reps = reps[np.argsort(rank[reps], kind="stable")]  # positions in keep order
+    groups of bands in `processes` forked workers. Returns (packed, order): order = reps in keep order,
+    packed = sorted distinct uint64 (i << 32 | j) of positions in it. Packed, a pair costs 8 bytes, not
+    the 16 of a row pair: at 1M realistic prompts there are ~145M of them."""
+    order = reps[np.argsort(rank[reps], kind="stable")]
     bands = len(band_keys)
     if bands == 0:
-        return np.zeros((0, 2), dtype=np.int64)
+        return np.zeros(0, dtype=np.uint64), order
     groups = np.array_split(np.arange(bands), min(bands, 4 * processes) if processes > 1 else 1)
-    found = spread(_band_group_pairs, [(g[0], g[-1] + 1) for g in groups], (band_keys, reps, window), processes)
-    packed = found[0] if len(found) == 1 else mh.sorted_unique(np.concatenate(found))
+    found = spread(_band_group_pairs, [(g[0], g[-1] + 1) for g in groups], (band_keys, order, window), processes)
+    if len(found) == 1:
+        return found[0], order
+    joined = np.concatenate(found)
     del found
-    return reps[mh.unpack_pairs(packed)]
+    return mh.sorted_unique(joined, in_place=True), order
+
+
+def candidate_rows(packed: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """int64[m, 2] row pairs of packed candidates (the whole array: for small inputs and tests)."""
+    return order[mh.unpack_pairs(packed)]
 
 
 def _band_group_pairs(band_keys: np.ndarray, reps: np.ndarray, window: int, bands: tuple[int, int]) -> np.ndarray:
@@ -138,23 +147,42 @@ def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles
     return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
 
 
-def self_jaccard(texts: Texts, pairs: np.ndarray, params: Dedup, chunk: int, processes: int = 1) -> np.ndarray:
-    """exact_jaccard of pairs of rows of `texts`, reading the texts of the rows in a pair only, once;
-    chunks of pairs in `processes` forked workers (chunks of chunk / processes pairs: the same memory)."""
-    rows = mh.distinct_values(pairs.ravel(), len(texts))
+def self_verified(
+    texts: Texts, packed: np.ndarray, order: np.ndarray, params: Dedup, chunk: int, processes: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates (self_candidates' packed, order) at >= params.threshold: (row pairs int64[k, 2],
+    exact Jaccard float64[k]), in candidate order. The texts of the rows in a pair are read once; chunks of
+    `chunk` pairs are unpacked, checked and dropped in `processes` forked workers, so memory holds the
+    packed candidates and the verified pairs, never a row pair or a similarity per candidate."""
+    rows = _rows_in(packed, order, chunk)
     near = texts.take(rows)
-    local = mh.positions_in(rows, pairs)
-    del rows
     if processes > 1:
-        chunk = max(1, min(chunk // processes, -(-len(pairs) // processes)))
-    starts = list(range(0, len(pairs), chunk))
-    found = spread(_self_chunk, starts, (near, local, params, chunk), processes)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.float64)
+        chunk = max(1, min(chunk // processes, -(-len(packed) // processes)))
+    starts = list(range(0, len(packed), chunk))
+    found = spread(_verified_chunk, starts, (near, rows, packed, order, params, chunk), processes)
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float64)
+    return np.concatenate([pairs for pairs, _ in found]), np.concatenate([jaccard for _, jaccard in found])
 
 
-def _self_chunk(near: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int, start: int) -> np.ndarray:
-    """exact_jaccard of pairs[start:start + chunk] of `near` with itself."""
-    return exact_jaccard(near, near, pairs[start : start + chunk], params, chunk)
+def _rows_in(packed: np.ndarray, order: np.ndarray, chunk: int) -> np.ndarray:
+    """Sorted distinct rows of the packed pairs, marked in a table a chunk at a time."""
+    seen = np.zeros(len(order), dtype=bool)
+    for lo in range(0, len(packed), chunk):
+        part = packed[lo : lo + chunk]
+        seen[(part >> np.uint64(32)).astype(np.int64)] = True
+        seen[(part & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
+    return np.sort(order[seen])
+
+
+def _verified_chunk(
+    near: pa.Array, rows: np.ndarray, packed: np.ndarray, order: np.ndarray, params: Dedup, chunk: int, start: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of packed[start:start + chunk] at >= threshold (row pairs) and their exact Jaccard."""
+    pairs = candidate_rows(packed[start : start + chunk], order)
+    jaccard = exact_jaccard(near, near, mh.positions_in(rows, pairs), params, chunk)
+    ok = jaccard >= params.threshold
+    return pairs[ok], jaccard[ok]
 
 
 def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
