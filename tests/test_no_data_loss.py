@@ -6,6 +6,9 @@ one exits 2 with ONE `error:` line and leaves the workspace byte for byte as it 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -47,6 +50,27 @@ def _shards(root: Path) -> None:
 def _captions(root: Path) -> None:
     (root / "data" / "captions").mkdir(parents=True)
     write_parquet(split_rows(20, "chatgpt", root / "img.png"), root / "data" / "captions" / "chatgpt.parquet")
+
+
+def lock_of(path: str, md5: str) -> str:
+    """A dvc.lock recording one output (as `dvc repro` writes it)."""
+    return (
+        f"schema: '2.0'\nstages:\n  c:\n    cmd: x\n    outs:\n    - path: {path}\n      hash: md5\n      md5: {md5}\n"
+    )
+
+
+def cache_listing(root: Path, files: dict[str, bytes]) -> str:
+    """Put a folder output's .dir listing (relpath, md5 of each file) in root's DVC cache, as `dvc commit`
+    does; returns the folder's md5 (what dvc.lock records)."""
+    if not (root / ".dvc" / "config").exists():  # a repository as `dvc init --no-scm` makes it
+        (root / ".dvc").mkdir(exist_ok=True)
+        (root / ".dvc" / "config").write_text("[core]\n    no_scm = True\n", encoding="utf-8")
+    entries = [{"md5": hashlib.md5(data).hexdigest(), "relpath": rel} for rel, data in sorted(files.items())]
+    text = json.dumps(entries, separators=(", ", ": "))
+    name = hashlib.md5(text.encode()).hexdigest()
+    (root / ".dvc" / "cache" / "files" / "md5" / name[:2]).mkdir(parents=True, exist_ok=True)
+    (root / ".dvc" / "cache" / "files" / "md5" / name[:2] / f"{name[2:]}.dir").write_text(text, encoding="utf-8")
+    return name + ".dir"
 
 
 def _user_file(path: str, text: str = "mine, not the pipeline's\n"):
@@ -339,7 +363,7 @@ def test_a_command_never_replaces_what_it_did_not_write(ws, capsys, case):
 
 
 def test_outputs_it_wrote_are_replaced_on_the_next_run(ws, capsys):
-    """The marker makes re-runs work: a folder output is replaced whole, even with other contents."""
+    """The marker makes re-runs work: a folder output is replaced whole while it holds what we wrote."""
     _captions(ws)
     for _ in range(2):
         assert cli(capsys, "split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt")[0] == 0
@@ -350,9 +374,13 @@ def test_outputs_it_wrote_are_replaced_on_the_next_run(ws, capsys):
     ]
     _shards(ws)
     assert cli(capsys, "simpletuner", "SHARDS", "st.parquet", "--txt-dir", "txt")[0] == 0
-    (ws / "txt" / "old-caption.txt").write_text("from an earlier compile", encoding="utf-8")
+    (ws / "txt" / "my-caption.txt").write_text("added by hand", encoding="utf-8")  # the folder is not ours now
+    code, _, err = cli(capsys, "simpletuner", "SHARDS", "st.parquet", "--txt-dir", "txt")
+    assert code == 2 and "txt" in error_line(err)
+    assert (ws / "txt" / "my-caption.txt").read_text(encoding="utf-8") == "added by hand"
+    (ws / "txt" / "my-caption.txt").unlink()  # as we wrote it again: replaced whole
     assert cli(capsys, "simpletuner", "SHARDS", "st.parquet", "--txt-dir", "txt")[0] == 0
-    assert not (ws / "txt" / "old-caption.txt").exists() and (ws / "txt" / MARKER).is_file()
+    assert (ws / "txt" / MARKER).is_file()
     make_splits(ws)
     for _ in range(2):
         code, _, err = cli(capsys, "release", "v2", "data/splits", "data/releases/v2")
@@ -375,18 +403,27 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     (ws / ".gitignore").write_text("/out.jsonl\n", encoding="utf-8")  # a name, as DVC or a user writes it
     code, _, err = cli(capsys, *clean_text, "out.jsonl")
     assert code == 2 and "cannot prove" in error_line(err)
-    (ws / "dvc.lock").write_text(  # `dvc repro` (then `dvc checkout`) records it: DVC's cache holds it
-        "schema: '2.0'\nstages:\n  c:\n    cmd: x\n    outs:\n    - path: ./out.jsonl\n      md5: 0\n", encoding="utf-8"
-    )
+    out_md5 = hashlib.md5((ws / "out.jsonl").read_bytes()).hexdigest()
+    (ws / "dvc.lock").write_text(lock_of("./out.jsonl", "0" * 32), encoding="utf-8")  # edited since its checkout
+    code, _, err = cli(capsys, *clean_text, "out.jsonl")
+    assert code == 2 and "cannot prove" in error_line(err)
+    (ws / "dvc.lock").write_text(lock_of("./out.jsonl", out_md5), encoding="utf-8")  # the bytes DVC's cache holds
     assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
     _user_file("tracked/deep/out.jsonl", "checked out by dvc\n")(ws)
-    (ws / "tracked" / "dvc.lock").write_text(
-        "stages:\n  o:\n    outs:\n    - path: deep/other.jsonl\n", encoding="utf-8"
-    )
+    (ws / "tracked" / "dvc.lock").write_text(lock_of("deep/other.jsonl", "0" * 32), encoding="utf-8")
     code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")
     assert code == 2 and "cannot prove" in error_line(err)
-    (ws / "tracked" / "dvc.lock").write_text("stages:\n  o:\n    outs:\n    - path: deep\n", encoding="utf-8")
-    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0  # a folder output above it
+    (ws / "tracked" / "dvc.lock").write_text(lock_of("deep", "a" * 32 + ".dir"), encoding="utf-8")
+    code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")  # a folder output, but no listing to compare
+    assert code == 2 and "cannot prove" in error_line(err)
+    dir_md5 = cache_listing(ws, {"out.jsonl": b"checked out by dvc\n"})
+    (ws / "tracked" / "dvc.lock").write_text(lock_of("deep", dir_md5), encoding="utf-8")
+    assert cli(capsys, *clean_text, "tracked/deep/out.jsonl")[0] == 0  # in the listing of a folder output above it
+    code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")  # now our bytes, not the listing's: the mark
+    assert code == 0, err
+    os.removexattr(ws / "tracked/deep/out.jsonl", OWNER_XATTR)
+    code, _, err = cli(capsys, *clean_text, "tracked/deep/out.jsonl")  # neither the listing's bytes nor marked
+    assert code == 2 and "cannot prove" in error_line(err)
 
     os.link(ws / "out.jsonl", ws / "snapshot.jsonl")  # a hard-link snapshot of our output, then a run into it
     kept = (ws / "out.jsonl").read_bytes()
@@ -408,6 +445,67 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     subprocess.run(["git", "checkout", "-q", "committed.jsonl"], cwd=ws, check=True)
     assert cli(capsys, *clean_text, "committed.jsonl")[0] == 0  # git brings it back: nothing lost
     assert (ws / "committed.jsonl").read_text(encoding="utf-8").startswith('{"text": "a red fox')
+
+
+def _added(folder: Path) -> None:
+    (folder / "notes.txt").write_text("my notes on this split\n", encoding="utf-8")
+
+
+def _appended(folder: Path) -> None:
+    with (folder / "train.parquet").open("ab") as f:
+        f.write(b"my edit")
+
+
+def _swapped(folder: Path) -> None:
+    (folder / "validation.parquet").unlink()
+    (folder / "validation.parquet").write_bytes(b"my own validation rows")
+
+
+def _nested(folder: Path) -> None:
+    (folder / "mine").mkdir()
+    (folder / "mine" / "labels.csv").write_text("id,label\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("change", [_added, _appended, _swapped, _nested], ids=lambda f: f.__name__.strip("_"))
+def test_a_file_a_user_put_in_a_folder_we_wrote_keeps_the_folder(ws, capsys, change):
+    """The folder marker's mark holds the identity of every file the command wrote beside it: a file
+    added, edited, swapped, or a subfolder made since, and the folder is the user's: refused, untouched."""
+    _captions(ws)
+    split = ("split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt")
+    assert cli(capsys, *split)[0] == 0
+    folder = ws / "data/splits/chatgpt"
+    change(folder)
+    mine = snapshot(folder)
+    code, _, err = cli(capsys, *split)
+    assert code == 2 and "data/splits/chatgpt" in error_line(err)
+    assert snapshot(folder) == mine and leftovers(ws) == []
+
+
+def test_a_checked_out_output_folder_is_replaced_only_while_it_holds_the_locks_bytes(ws, capsys):
+    """After `dvc checkout` an output folder's files carry no marks: the lock's .dir listing in DVC's
+    cache proves the folder ours while every file in it is listed with those bytes. A file a user added,
+    or a file edited since, is the user's: the run is refused and both stay."""
+    _captions(ws)
+    split = ("split", "chatgpt", "data/captions/chatgpt.parquet", "data/splits/chatgpt")
+    assert cli(capsys, *split)[0] == 0
+    folder = ws / "data/splits/chatgpt"
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def checked_out() -> None:  # DVC's copies: the same bytes, no extended attributes
+        for name in files:
+            with contextlib.suppress(OSError):
+                os.removexattr(folder / name, OWNER_XATTR)
+
+    checked_out()
+    (ws / "dvc.lock").write_text(lock_of("data/splits/chatgpt", cache_listing(ws, files)), encoding="utf-8")
+    assert cli(capsys, *split)[0] == 0
+    for user_change in ("notes.txt", "train.parquet"):
+        checked_out()
+        (folder / user_change).write_bytes(files.get(user_change, b"") + b"the user's\n")
+        mine = snapshot(folder)
+        code, _, err = cli(capsys, *split)
+        assert code == 2 and "data/splits/chatgpt" in error_line(err), user_change
+        assert snapshot(folder) == mine
 
 
 def test_sample_data_rewrites_the_committed_data_raw_without_a_marker(ws, capsys):

@@ -1,4 +1,5 @@
-"""The one reader of DVC's internals: a directory output as dvc.lock records it, found in the DVC cache.
+"""The one reader of DVC's internals: a directory output as dvc.lock records it, found in the DVC cache;
+and whether a path still holds the bytes a dvc.lock records (io.file_is_ours's DVC proof).
 
 generate@S uses it to start the generation store from the output's previous version: DVC deletes a
 stage's outputs before it runs, and a fresh clone after `dvc pull` has no store, so without it a
@@ -8,9 +9,14 @@ failure to read the lock or the cache means "nothing known", never an error.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 import os
 import re
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -47,19 +53,118 @@ def cached_directory(output: Path | str, root: Path | str = ".") -> dict[str, Pa
     oid = locked_output_oid(output, root)
     if oid is None:
         return {}
+    found = _from_cache(root, lambda odb: {rel: Path(odb.oid_to_path(md5)) for rel, md5 in _listing(odb, oid).items()})
+    return found or {}
+
+
+def directory_listing(root: Path | str, oid: str) -> dict[str, str] | None:
+    """{relpath: md5} of a folder output `oid` (`<md5>.dir`), from the .dir object in the DVC cache of the
+    repository holding `root` (None when there is none, or the cache lacks it)."""
+    if not DIR_OID.fullmatch(oid):
+        return None
+    return _from_cache(root, lambda odb: _listing(odb, oid))
+
+
+def _from_cache(root: Path | str, read):
+    """read(the repository's local cache), or None when DVC finds no repository or the cache fails."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with Repo(str(root)) as repo:  # the cache may live elsewhere (cache.dir, `dvc exp run --temp`)
-            odb = repo.cache.local
-            entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
-            if not isinstance(entries, list):
-                return {}
-            return {
-                e["relpath"]: Path(odb.oid_to_path(e["md5"]))
-                for e in entries
-                if isinstance(e, dict) and isinstance(e.get("relpath"), str) and MD5.fullmatch(str(e.get("md5")))
-            }
+            return read(repo.cache.local)
     except (DvcException, OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _listing(odb, oid: str) -> dict[str, str]:
+    """{relpath: md5} of the .dir object `oid` (entries with a bad md5 left out: they never name a path)."""
+    entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
+    if not isinstance(entries, list):
+        raise ValueError(f"{oid}: not a .dir listing")
+    return {
+        e["relpath"]: str(e["md5"])
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("relpath"), str) and MD5.fullmatch(str(e.get("md5")))
+    }
+
+
+# --- proving an output ours: the bytes a dvc.lock records ---------------------------------------------
+
+
+def holds_locked_bytes(real: Path, files_under: Callable[[Path], list[str]]) -> bool:
+    """A stage records `real` (a path as the kernel resolves it), or a folder above it, as an output (an
+    `outs` path of a dvc.lock above it) and `real` still holds the bytes the lock records, which DVC's
+    cache keeps: a file's md5 is the lock's; every file of a folder (`files_under`: their relative paths)
+    is in the lock's .dir listing, read from the cache, with its md5. So a checked-out copy edited by hand,
+    or a file a user added to an output folder, is the user's. A .gitignore line (`/name`) proves nothing
+    (a user writes one to keep a private file out of git), nor a `dvc add` file: what a user adds is the
+    user's data, not a stage's output."""
+    chain = [real, *real.parents]
+    for depth, folder in enumerate(chain[1:], start=1):
+        outs = locked_outputs(folder / LOCK)
+        for item in chain[:depth]:
+            md5 = outs.get(item.relative_to(folder).as_posix())
+            if md5 is not None:
+                return _holds_recorded(real, item, md5, folder, files_under)
+        if (folder / ".dvc").is_dir():  # the repository's root: a dvc.lock above it is another project's
+            break
+    return False
+
+
+def locked_outputs(lock: Path) -> dict[str, str]:
+    """The output paths a dvc.lock records (a stage's `outs`, relative to its folder) and the md5 of each
+    ('' where the lock names none; a folder's ends in .dir)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG((st := os.stat(lock)).st_mode):
+            return _parsed_outputs(str(lock), st.st_mtime_ns, st.st_size)
+    return {}
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, str]:
+    """locked_outputs of one version of the file: a lock of thousands of lines is parsed once, not per output."""
+    from scripts.lib.params.yaml_text import read_yaml
+
+    try:
+        data = read_yaml(Path(lock).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # TooDeep is a ValueError
         return {}
+    stages = data.get("stages") if isinstance(data, dict) else None
+    entries = list(stages.values()) if isinstance(stages, dict) else []
+    return {
+        os.path.normpath(out["path"]): str(out.get("md5") or "")
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("outs"), list)
+        for out in entry["outs"]
+        if isinstance(out, dict) and isinstance(out.get("path"), str)
+    }
+
+
+def _holds_recorded(path: Path, out: Path, md5: str, root: Path, files_under) -> bool:
+    """`path` (the output `out` itself, or a file or folder inside it) holds what the lock records for `out`."""
+    if not DIR_OID.fullmatch(md5):
+        return path == out and file_md5(path) == md5
+    repository = next((f for f in (root, *root.parents) if (f / ".dvc").is_dir()), root)
+    listing = directory_listing(repository, md5)
+    if listing is None:  # the cache does not hold the folder's listing: nothing to compare with
+        return False
+    inside = path.relative_to(out).as_posix()
+    if not path.is_dir() or path.is_symlink():
+        return listing.get(inside) == file_md5(path)
+    prefix = "" if inside == "." else inside + "/"
+    return all(listing.get(prefix + rel) == file_md5(path / rel) for rel in files_under(path))
+
+
+def file_md5(path: Path) -> str | None:
+    """The md5 DVC 3 records for a regular file's bytes (None: not a regular file, or unreadable)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
