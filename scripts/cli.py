@@ -230,8 +230,10 @@ def _main(argv: list[str] | None) -> int:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
 
         from scripts.lib.errors import DataError
+        from scripts.lib.io import note_folder_spellings
 
         argv = sys.argv[1:] if argv is None else argv
+        note_folder_spellings(argv)
         try:
             status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
         except DataError as exc:

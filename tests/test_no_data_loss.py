@@ -481,6 +481,26 @@ def test_a_file_a_user_put_in_a_folder_we_wrote_keeps_the_folder(ws, capsys, cha
     assert snapshot(folder) == mine and leftovers(ws) == []
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("clean-text", "in.txt", "out/"),
+        ("dedup-text", "in.txt", "flags/"),
+        ("clean-text", "in.txt", "deep/out.jsonl/"),
+        ("clean-text", "in.txt", "./out//"),
+    ],
+    ids=["clean-text", "dedup-text", "nested", "dot-double-slash"],
+)
+def test_a_file_output_spelled_as_a_folder_is_refused(ws, capsys, argv):
+    """`out/` names a folder; the argument parser hands it over as `out`, and the command wrote the file
+    `out`. Refused in one line, nothing written."""
+    _user_file("in.txt", "a red fox in the snow\n")(ws)
+    before = snapshot(ws)
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and "names a folder (it ends with /)" in error_line(err)
+    assert snapshot(ws) == before
+
+
 def test_a_checked_out_output_folder_is_replaced_only_while_it_holds_the_locks_bytes(ws, capsys):
     """After `dvc checkout` an output folder's files carry no marks: the lock's .dir listing in DVC's
     cache proves the folder ours while every file in it is listed with those bytes. A file a user added,

@@ -259,18 +259,12 @@ def _tagged(path: Path) -> bool:
         return False
 
 
-def _dvc_output(path: Path) -> bool:
-    """A stage records `path`, or a folder above it, as an output, and it still holds the bytes the lock
-    records (dvc_cache.holds_locked_bytes): a checked-out copy edited by hand is the user's."""
-    return holds_locked_bytes(real_path(path), _files_under)
-
-
 def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: bool = True) -> bool:
     """Whether replacing the file `path` loses nothing of anyone else's: we tagged it and it is unchanged
-    since, it holds `new`'s bytes, DVC records it as an output (the cache has it), its folder holds the
+    since, it holds `new`'s bytes, DVC records it as an output with these bytes, its folder holds the
     MARKER, or (with `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
     path = Path(path)
-    if _tagged(path) or holds_marker(path.parent) or _dvc_output(path):
+    if _tagged(path) or holds_marker(path.parent) or holds_locked_bytes(real_path(path), _files_under):
         return True
     if new is not None and _same_bytes(path, Path(new)):
         return True
@@ -285,11 +279,31 @@ def _not_ours(path: Path) -> DataError:
     )
 
 
+# The command line's arguments that end in a slash: a user naming a folder. The argument parser hands
+# `out/` over as Path("out"), so a file output would be written as the file `out`; set by scripts.cli.
+_FOLDER_SPELLINGS: set[str] = set()
+
+
+def note_folder_spellings(argv: list[str]) -> None:
+    """Remember which arguments of this command end in a slash (check_file_spelling refuses them as files)."""
+    _FOLDER_SPELLINGS.clear()
+    _FOLDER_SPELLINGS.update(os.path.normpath(a) for a in argv if a.endswith(("/", os.sep)) and a.strip("/" + os.sep))
+
+
+def check_file_spelling(path: Path | str) -> None:
+    """Refuse a file output the user spelled as a folder (`out/`), in one line, before anything is written."""
+    if os.path.normpath(path) in _FOLDER_SPELLINGS:
+        raise DataError(
+            f"{shown(path)}/: names a folder (it ends with /), but this command writes a file; give a file path"
+        )
+
+
 def check_files_ours(*paths: Path | str, inputs=()) -> None:
     """Before a command writing several files beside each other (S.parquet, S.report.json) writes one:
     refuse, in one line, if any is one of `inputs` or inside one (check_not_input: `clean S p.parquet
     p.parquet` would replace what it reads) or exists and is not a regular file of ours (file_is_ours)."""
     for path in map(Path, paths):
+        check_file_spelling(path)
         check_not_input(path, inputs)
         if not os.path.lexists(path):
             continue
@@ -318,7 +332,7 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         return
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
-    if holds_marker(target) or _dvc_output(target):
+    if holds_marker(target) or holds_locked_bytes(real_path(target), _files_under):
         return
     recoverable: set[str] | None = None
     for rel in _files_under(target):
@@ -425,6 +439,8 @@ def atomic_path(
     should be) become one-line DataErrors naming the path.
     """
     target = Path(target)
+    if not is_dir:
+        check_file_spelling(target)
     check_not_input(target, inputs)
     check_output_kind(target)
     if target.is_dir() and not is_dir:
