@@ -139,7 +139,9 @@ def _band_group_pairs(band_keys: np.ndarray, reps: np.ndarray, window: int, band
     """Distinct packed pairs of positions (in keep order) sharing a bucket in one of bands [lo, hi)."""
     # a pair comes from every band it shares (a near-duplicate: about 13 of 32): packed, it costs 8 bytes
     found = [mh.pack_pairs(mh.bucket_pairs(band_keys[b][reps], window)) for b in range(*bands)]
-    return mh.sorted_unique(np.concatenate(found))
+    joined = np.concatenate(found)
+    del found  # the bands' arrays, then the joined one sorted in place: two copies at most, not three
+    return mh.sorted_unique(joined, in_place=True)
 
 
 def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
