@@ -120,14 +120,10 @@ def cli(
     params, setting = source_params(load_section("dedup"), source)
     runtime = runtime_section()
     stem = output.name.removesuffix(".parquet")
-    clusters_path = output.parent / f"{stem}.clusters.parquet"
-    check_files_ours(
-        output,
-        clusters_path,
-        output.parent / f"{stem}.report.json",
-        output.parent / f"{stem}.preview.html",
-        inputs=[input],
+    clusters_path, report_path, preview_path = (
+        output.parent / f"{stem}{suffix}" for suffix in (".clusters.parquet", ".report.json", ".preview.html")
     )
+    check_files_ours(output, clusters_path, report_path, preview_path, inputs=[input])
     if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
         rows = StageInput(input, runtime.stream_rows)
         n = len(rows)
@@ -152,8 +148,8 @@ def cli(
         write_table(clusters_table(rows.ids, result, params), clusters_path)
         stats = result.stats
     report = {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
-    write_json(report, output.parent / f"{stem}.report.json")
-    write_preview(source, input, output, clusters_path, output.parent / f"{stem}.preview.html")
+    write_json(report, report_path)
+    write_preview(source, input, output, clusters_path, preview_path)
     print(shown(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed"))
 
 

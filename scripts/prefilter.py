@@ -125,12 +125,10 @@ def cli(
         return output_rows(resolve_recipe(name, releases), ops)
 
     stem = output.name.removesuffix(".parquet")
-    check_files_ours(
-        *(output.parent / f"{stem}{suffix}" for suffix in (".parquet", ".removed.parquet", ".report.json")),
-        inputs=[input, rules, recipe],
-    )
+    removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))
+    check_files_ours(output, removed_path, report_path, inputs=[input, rules, recipe])
     rows_in, reasons = 0, Counter()
-    with row_groups_to(output) as kept_out, row_groups_to(output.parent / f"{stem}.removed.parquet") as removed_out:
+    with row_groups_to(output) as kept_out, row_groups_to(removed_path) as removed_out:
         for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows
             check_table(chunk, input, strings=("id", "text"))
             positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
@@ -158,7 +156,7 @@ def cli(
             for n, c, s in steps
         ],
     }
-    write_json(report, output.parent / f"{stem}.report.json")
+    write_json(report, report_path)
     print(
         f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed before generation"
     )

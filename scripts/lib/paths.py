@@ -137,14 +137,13 @@ def check_output(output: Path) -> None:
     """What move_into_place checks again at the end, on what a release writes (OUTPUTS)."""
     if output.exists() and not output.is_dir():
         raise DataError(f"{output}: is a file, expected a release folder")
+    marked = {split: holds_marker(output / split) for split in SPLITS}  # one stat a file: once a split
     if output.is_dir():
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
-        check_outputs_ours(
-            output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any(holds_marker(output / s) for s in SPLITS)
-        )
+        check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any(marked.values()))
     for split in SPLITS:
-        if (output / split).is_dir() and not holds_marker(output / split):
+        if (output / split).is_dir() and not marked[split]:
             check_replaceable(output / split)
 
 

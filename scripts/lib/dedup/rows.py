@@ -182,9 +182,7 @@ def looked_up(group: pa.Table, fields: list[pa.Field], value: pa.Field, name: st
 def distinct_with_text_a(group: pa.Table, fields: list[pa.Field]) -> pa.Table:
     """One group's distinct pairs (a pair comes from every band it shares), with text_a."""
     pairs = looked_up(group, fields, TEXT_FIELD, "text_a")
-    packed = (pairs.column("a").to_numpy().astype(np.uint64) << np.uint64(32)) | pairs.column("b").to_numpy().astype(
-        np.uint64
-    )
+    packed = mh.pack_pairs(np.stack([pairs.column("a").to_numpy(), pairs.column("b").to_numpy()], axis=1))
     _, first = np.unique(packed, return_index=True)
     return pairs.take(pa.array(np.sort(first)))
 

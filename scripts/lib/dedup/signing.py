@@ -171,9 +171,7 @@ def _rows_in(packed: np.ndarray, order: np.ndarray, chunk: int) -> np.ndarray:
     """Sorted distinct rows of the packed pairs, marked in a table a chunk at a time."""
     seen = np.zeros(len(order), dtype=bool)
     for lo in range(0, len(packed), chunk):
-        part = packed[lo : lo + chunk]
-        seen[(part >> np.uint64(32)).astype(np.int64)] = True
-        seen[(part & np.uint64(0xFFFFFFFF)).astype(np.int64)] = True
+        seen[mh.unpack_pairs(packed[lo : lo + chunk]).ravel()] = True
     return np.sort(order[seen])
 
 
