@@ -5,7 +5,8 @@ In:  data/prefilter/S.parquet (kept rows, `text` = cleaned caption, `prompt` = r
      or, for sources that carry images, their raw path (rows already hold an `image` reference);
      a `text_only` source's rows keep no image (its `images` names any existing path, for DVC).
 Out: data/captions/S.parquet: id, source, split, text, orig_text, image, width, height, meta,
-     generation (JSON of the settings that rendered the image; null for carried images), in id order:
+     generation (JSON of the settings that rendered the image; null for carried images), image_sha256
+     (a rendered image's, from the manifest; null for carried images), in id order:
      sorted on disk (scripts/lib/external_sort.py), `runtime.stream_rows` rows read at a time.
 `sources.S.caption_language` (e.g. en) drops a row whose raw prompt langdetect reads as another
 language, before the split, as the team's make_captions.py skipped it (undetectable text is kept).
@@ -27,7 +28,10 @@ from scripts.lib.params import PARAMS_FILE, load_section
 from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, read_parquet
 
 MANIFEST = "manifest.parquet"
-CAPTION_COLUMNS = ["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"]
+CAPTION_COLUMNS = [
+    *["id", "source", "split", "text", "orig_text", "image", "width", "height", "meta", "generation"],
+    "image_sha256",  # a rendered image's, as generate wrote it (its manifest): release takes only those bytes
+]
 GENERATION_FIELDS = ["model", "scheduler", "steps", "guidance", "seed", "format"]
 
 
@@ -46,6 +50,7 @@ def join_rendered(rows: pd.DataFrame, manifest: pd.DataFrame, images_dir: str) -
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
             raise DataError(f"{images_dir}/{MANIFEST}: id {row_id}: file {name!r} leaves the images folder")
     joined["image"] = images_dir.rstrip("/") + "/" + joined["file"]
+    joined["image_sha256"] = joined.get("sha256")  # none from a manifest written before it
     present = [f for f in GENERATION_FIELDS if f in joined.columns]
     joined["generation"] = [
         json.dumps({f: _plain(v) for f, v in zip(present, values)}, sort_keys=True)
@@ -64,7 +69,7 @@ def carried_images(rows: pd.DataFrame, source: str, text_only: bool = False) -> 
             f"source {source}: {int(missing.sum())} rows have no image reference (first id {first}; "
             f"a prompt dataset says sources.{source}.text_only: true)"
         )
-    return rows.assign(generation=None)
+    return rows.assign(generation=None, image_sha256=None)
 
 
 def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -72,6 +77,7 @@ def caption_table(rows: pd.DataFrame) -> pd.DataFrame:
     out = rows.rename(columns={"prompt": "orig_text"})[CAPTION_COLUMNS].reset_index(drop=True)
     out["width"] = out["width"].astype("Int64")
     out["height"] = out["height"].astype("Int64")
+    out["image_sha256"] = out["image_sha256"].astype("string")  # one type, whether any row has one or none
     return out
 
 

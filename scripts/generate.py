@@ -165,7 +165,7 @@ def _generate(
     absent = [j.file for j in jobs if not folder.has(j.file)]
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")
-    folder.finish(manifest_table(jobs, settings, identity, recorded))
+    folder.finish(manifest_table(jobs, settings, identity, recorded, folder.digests_of([j.file for j in jobs])))
     return {
         "prompts": len(jobs),
         "rendered": stats.prompts_rendered,

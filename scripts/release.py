@@ -75,17 +75,24 @@ def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> 
             )
 
 
-def read_generation(splits: Path, names: list[str]) -> dict[str, list[dict]]:
-    """source -> the settings that rendered its images (the `generation` column of its split tables)."""
-    found = {}
+def read_generation(splits: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """(source -> the settings that rendered its images, image -> the sha256 its row records), from the
+    `generation`, `image` and `image_sha256` columns of the sources' split tables (a carried image, or a
+    table from before image_sha256, records none)."""
+    settings, digests = {}, {}
     for name in names:
         values = []
         for split in SPLITS:
             path = splits / name / f"{split}.parquet"
-            table = read_parquet(path, columns=["generation"]) if path.is_file() else pd.DataFrame()
+            table = read_parquet(path, columns=["generation", "image", "image_sha256"]) if path.is_file() else None
+            if table is None:
+                continue
             values += table["generation"].tolist() if "generation" in table else []
-        found[name] = generation_settings(values)
-    return found
+            if "image_sha256" in table:
+                pairs = zip(table["image"], table["image_sha256"])
+                digests.update((image, sha) for image, sha in pairs if isinstance(image, str) and isinstance(sha, str))
+        settings[name] = generation_settings(values)
+    return settings, digests
 
 
 def cli(
@@ -123,6 +130,9 @@ def cli(
         else:  # any folder may be named: its rows are checked as compose@V checks the split tables'
             check_composed_rows(rows, composed / ROWS, roots, text_only)
     names = sorted({c.source for c in recipe.all_components()})
+    generation, digests = read_generation(splits, names)
+    if not streamed:  # each rendered image is checked against the sha256 generate recorded, where it is read
+        rows = rows.assign(image_sha256=rows["image"].map(digests))
     from scripts.lib.progress import Progress
 
     # Everything is written into a staging folder first and moved into place only at the end, so a
@@ -149,7 +159,7 @@ def cli(
             sources,
             load_section("dedup", missing_ok=True),
             load_section("split", missing_ok=True),
-            read_generation(splits, names),
+            generation,
         )
         if streamed:  # the sample's texts from the file: `exported` holds ids, sources and splits only
             write_preview(exported["id"], lambda ids: rows_of(composed / ROWS, ids), staging / "preview.jpg")
@@ -159,7 +169,7 @@ def cli(
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
         if not streamed:  # rows.parquet: the release's rows, whatever the layout (streamed: written above)
-            write_rows_table(exported, staging)
+            write_rows_table(exported.drop(columns="image_sha256"), staging)  # the release's images' sha256
         move_into_place(staging, output)
     print(
         f"release@{name}: train {stats['rows']['train']}, validation {stats['rows']['validation']}, removed {stats['removed']['total']}"
@@ -191,14 +201,15 @@ def write_preview(ids: pd.Series, rows_of: Callable, output: Path, geometry: Pre
     is a grey box over its caption."""
     import io
 
-    from scripts.lib.export import image_bytes
+    from scripts.lib.export import recorded_image_bytes
     from scripts.lib.preview import contact_sheet, sample_ids
 
     geometry = geometry or load_section("preview", missing_ok=True)
     sample = rows_of(sample_ids(ids, geometry.columns * geometry.rows))
 
-    def picture(ref):
-        return io.BytesIO(image_bytes(ref)) if isinstance(ref, str) and ref else None
+    def picture(ref, sha256):
+        return io.BytesIO(recorded_image_bytes(ref, sha256)) if isinstance(ref, str) and ref else None
 
-    items = [(picture(image), str(text)) for image, text in zip(sample["image"], sample["text"])]
+    digests = sample["image_sha256"] if "image_sha256" in sample else [None] * len(sample)
+    items = [(picture(image, sha), str(text)) for image, text, sha in zip(sample["image"], sample["text"], digests)]
     contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)

@@ -5,6 +5,7 @@ the store's index), never a file because its name looks like theirs: phone pictu
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -99,3 +100,63 @@ def test_generate_prune_deletes_only_what_the_store_index_lists(tiny_model_dir, 
     else:
         assert not any((store / name).exists() for name in ours)  # the run went through: ours are gone
     assert {k: v for k, v in files(store).items() if k in theirs} == theirs
+
+
+# An image of the output changed since generate wrote it (retouched, replaced) is the user's: neither
+# replaced, nor pruned, nor recorded in the manifest as the render of its row. Its manifest row's
+# sha256 is what generate wrote.
+
+
+def two_prompts() -> pd.DataFrame:
+    texts = ["a lighthouse at night", "a red fox in the snow"]
+    return pd.DataFrame({"id": ["row0", "row1"], "text": texts, "prompt": texts})
+
+
+def _retouched(data: bytes) -> bytes:
+    from PIL import Image, ImageDraw
+
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    ImageDraw.Draw(image).rectangle((0, 0, 3, 3), fill=(255, 0, 0))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def saved_by_an_editor(out: Path, name: str, other: str) -> None:  # a new file under the name
+    data = _retouched((out / name).read_bytes())
+    (out / name).unlink()
+    (out / name).write_bytes(data)
+
+
+def written_through_the_stores_link(out: Path, name: str, other: str) -> None:  # the inode the store shares
+    (out / name).write_bytes(_retouched((out / name).read_bytes()))
+
+
+def another_rows_render_copied_over(out: Path, name: str, other: str) -> None:
+    (out / name).unlink()
+    (out / name).write_bytes((out / other).read_bytes())
+
+
+CHANGED_CASES = [
+    ("retouched in an editor, its row still wanted", saved_by_an_editor, slice(None)),
+    ("retouched through the store's hard link", written_through_the_stores_link, slice(None)),
+    ("retouched, its row left out of the next run", saved_by_an_editor, slice(1, None)),
+    ("another row's render copied over it", another_rows_render_copied_over, slice(None)),
+]
+
+
+@pytest.mark.parametrize("case, change, rows", CHANGED_CASES, ids=[c[0] for c in CHANGED_CASES])
+def test_an_image_changed_since_generate_wrote_it_is_refused_untouched(tiny_model_dir, tmp_path, case, change, rows):
+    out, store = tmp_path / "diffusiondb", tmp_path / "store"
+    generate(two_prompts(), settings(tiny_model_dir), out, store=store)
+    rendered = files(out)
+    name, other = pd.read_parquet(out / "manifest.parquet")["file"].tolist()
+    change(out, name, other)
+    before = files(out)
+    with pytest.raises(DataError, match=rf"{name}: changed since generate wrote it"):
+        generate(two_prompts().iloc[rows], settings(tiny_model_dir), out, store=store)
+    assert files(out) == before  # every byte of theirs is still there, the manifest as it was
+    (out / name).rename(tmp_path / "mine.jpg")  # the user keeps the picture: the row's render comes back
+    generate(two_prompts(), settings(tiny_model_dir), out, store=store)
+    assert files(out)[name] == rendered[name] != (tmp_path / "mine.jpg").read_bytes()

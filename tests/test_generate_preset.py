@@ -34,13 +34,17 @@ RAW = [
 
 
 def team_loop(model_dir, prompts_path, image_dir, prefix, num_gpus=1, stride_idx=0, steps=50):
-    """generate_sd2_images.py's loop, line for line (fp16 -> float64: CPU; `steps` is CFG.image_gen_steps)."""
+    """generate_sd2_images.py's loop, line for line (fp16 -> float64, with the scheduler's tables, as
+    generate computes on CPU: render.float64_scheduler; `steps` is CFG.image_gen_steps)."""
     import torch
     from diffusers import StableDiffusionPipeline
+
+    from scripts.lib.render import float64_scheduler
 
     device = torch.device("cpu")  # the script: cuda:{gpu_idx} if available else cpu
     generator = torch.Generator(device).manual_seed(42)
     model = StableDiffusionPipeline.from_pretrained(str(model_dir), dtype=torch.float64).to(device)
+    float64_scheduler(model.scheduler)
     model.set_progress_bar_config(disable=True)
     os.makedirs(image_dir, exist_ok=True)
     with open(prompts_path) as f:

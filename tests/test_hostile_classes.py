@@ -190,6 +190,46 @@ def own_copy_of_a_release(tmp_path):  # cp -a of a release (marker and its attri
     return act
 
 
+def _released_then(tmp_path: Path, edit):
+    """A release written into "mine" by the command, then `edit`ed by the user; the command again."""
+    write_params(tmp_path)
+    make_splits(tmp_path)
+    release = ["release", "v2", tmp_path / "data" / "splits", tmp_path / "mine"]
+    assert python(release, tmp_path).returncode == 0
+    edit(tmp_path / "mine")
+
+    def act():
+        result = python(release, tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+
+    return act
+
+
+# A release's card, stats and preview sit beside its marked split folders: the marks prove the splits
+# ours, not the files beside them (a data card is made to be edited).
+
+
+def own_release_card_edited(tmp_path):  # the user's notes appended to the card in place
+    def edit(folder):
+        with open(folder / "README.md", "a", encoding="utf-8") as f:
+            f.write("\n## Notes from our review\nRows 10-20 look over-saturated.\n")
+
+    return _released_then(tmp_path, edit)
+
+
+def own_release_stats_rewritten(tmp_path):  # stats.json written anew (another inode), as a script would
+    return _released_then(tmp_path, lambda folder: (folder / "stats.json").write_text('{"reviewed": true}\n'))
+
+
+def own_release_preview_swapped(tmp_path):  # the contact sheet replaced by the user's own picture
+    def edit(folder):
+        (folder / "preview.jpg").unlink()
+        (folder / "preview.jpg").write_bytes(b"\xff\xd8\xff\xe0 my own contact sheet \xff\xd9")
+
+    return _released_then(tmp_path, edit)
+
+
 def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a marked folder
     from scripts.lib.io import MARKER, write_json
 
@@ -257,6 +297,9 @@ def own_simpletuner_config_with_our_ids(tmp_path):  # written by hand with our t
         own_simpletuner_config_tuned,
         own_simpletuner_config_copied,
         own_simpletuner_config_with_our_ids,
+        own_release_card_edited,
+        own_release_stats_rewritten,
+        own_release_preview_swapped,
     ],
     ids=lambda f: f.__name__,
 )
@@ -995,7 +1038,7 @@ def _link_in(path: Path, target: Path) -> None:
     os.link(target, path)
 
 
-def _release_ws(tmp_path: Path, export: str = "imagefolder") -> Path:
+def _release_ws(tmp_path: Path, export: str = "imagefolder", digests: bool = False) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
     write_params(
@@ -1007,7 +1050,7 @@ def _release_ws(tmp_path: Path, export: str = "imagefolder") -> Path:
             }
         },
     )
-    make_splits(ws, n=8)
+    make_splits(ws, n=8, digests=digests)
     return ws
 
 
@@ -1031,9 +1074,45 @@ def photo_linked_into_a_release_folder(tmp_path, run):  # after the release: sam
     return ws, ["publish", "r", "--repo-id", "me/r", "--dry-run", "--out", "hub"], image.name, ws / "hub"
 
 
+# A rendered image's rows record its sha256 (generate's manifest -> captions -> split): another image
+# under its name, valid and of the same size, is no longer the row's image.
+
+
+def photo_linked_in_under_a_rendered_name(tmp_path, run):  # a private photo, hardlinked: a valid PNG, 1x1
+    ws = _release_ws(tmp_path, digests=True)
+    _link_in(ws / IMAGE, _outside(tmp_path, "private.png"))
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
+def another_picture_copied_over_a_render(tmp_path, run):  # a new file under the name, webdataset export
+    from PIL import Image
+
+    ws = _release_ws(tmp_path, export="webdataset", digests=True)
+    (ws / IMAGE).unlink()
+    Image.new("RGB", (1, 1), (0, 0, 255)).save(ws / IMAGE)
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
+def render_edited_in_place(tmp_path, run):  # another 1x1 picture saved over it, the same inode, parquet export
+    from PIL import Image
+
+    ws = _release_ws(tmp_path, export="parquet", digests=True)
+    with open(ws / IMAGE, "r+b") as f:  # as an editor saving over the file does: the link stays
+        Image.new("RGB", (1, 1), (255, 255, 255)).save(f, format="PNG")
+        f.truncate()
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
 @pytest.mark.parametrize(
     "case",
-    [key_linked_into_the_image_store, history_linked_into_a_source_folder, photo_linked_into_a_release_folder],
+    [
+        key_linked_into_the_image_store,
+        history_linked_into_a_source_folder,
+        photo_linked_into_a_release_folder,
+        photo_linked_in_under_a_rendered_name,
+        another_picture_copied_over_a_render,
+        render_edited_in_place,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_a_file_linked_in_under_an_images_name_is_refused_not_shipped(tmp_path, monkeypatch, capfd, case):

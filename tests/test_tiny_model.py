@@ -138,3 +138,35 @@ def test_a_stage_process_runs_torch_on_the_same_cpu_paths_on_every_machine():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     capability, cbwr = out.stdout.split()
     assert capability in {"AVX2", "DEFAULT"} and cbwr == "COMPATIBLE", out.stdout
+
+
+RENDER_UNDER = """
+import os, sys
+import scripts  # pins torch's CPU paths; MKL_CBWR is set again below, before torch loads
+os.environ["MKL_CBWR"] = sys.argv[1]
+import pandas as pd
+import torch
+from scripts.generate import generate
+from scripts.lib.params import Generate
+
+torch.set_num_threads(1)
+texts = [line for line in open(sys.argv[3], encoding="utf-8").read().splitlines() if line.strip()][:64]
+table = pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts, "prompt": texts})
+generate(table, Generate(model=sys.argv[2], preset="fast"), sys.argv[4])
+"""
+
+
+def test_renders_are_the_same_bytes_whichever_math_kernels_the_cpu_gets(tiny_model_dir, tmp_path):
+    """MKL picks its kernels by processor (an Intel and an AMD machine take different paths); MKL_CBWR
+    forces each path on this one. diffusers builds the scheduler's sigmas in float32 through those
+    kernels, so their last bit moved with the path and, through the diffusion loop, pixel values of
+    about one image in ten (this test's 64 prompts: some images differed on every run before)."""
+    prompts = Path(__file__).parent / "fixtures" / "gpt4-prompts-3k.txt"
+    folders = {}
+    for path in ("COMPATIBLE", "AUTO", "AVX2"):
+        folders[path] = tmp_path / path
+        command = [sys.executable, "-c", RENDER_UNDER, path, str(tiny_model_dir), str(prompts), str(folders[path])]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    rendered = {path: file_digests(folder) for path, folder in folders.items()}
+    assert len(rendered["AUTO"]) == 65  # 64 images and the manifest
+    assert rendered["AUTO"] == rendered["COMPATIBLE"] == rendered["AVX2"]

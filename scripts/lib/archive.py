@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import os
 import struct
@@ -29,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scripts.lib.errors import DataError
+from scripts.lib.io import shown
 
 REF_SEPARATOR = "!/"
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -378,6 +380,17 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     if len(data) < size:
         raise ArchiveChanged(f"{archive}: the file shrank while it was read (member {member!r} cut short)")
     return data
+
+
+def check_sha256(ref: str, data: bytes, recorded) -> None:
+    """A row that records its image's sha256 (`image_sha256`: a rendered image's, from generate's manifest)
+    takes only those bytes: another image under its name (a hard link to a photo elsewhere, a copy, an
+    edit, the same pixels saved again) is refused in one line naming it. No record: nothing to compare."""
+    if isinstance(recorded, str) and hashlib.sha256(data).hexdigest() != recorded:
+        raise DataError(
+            f"{shown(ref)}: not the image its row records (its sha256 is not the one generate recorded: "
+            "replaced or edited since); restore it, or run generate again"
+        )
 
 
 def read_zip_member(

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
@@ -445,6 +446,7 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict):
             raise DataError(f"{row.image}: cannot read image ({exc})") from None
         summary["decode_errors"] += 1
         return None
+    check_sha256(str(row.image), data, _value(row, "image_sha256"))  # never a counted skip: not the row's image
     width, height = image.size
     plan = plan_image(str(row.id), width, height, table, options)
     if plan.skip:

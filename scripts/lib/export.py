@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 
 from scripts.lib import bucketed
+from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, shown
 from scripts.lib.nesting import loads_json
@@ -118,7 +119,7 @@ def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]):
     """Place every row's image under `folder` (images/<source>/<id><ext>); yield (row, file_name)."""
     for row in rows.itertuples(index=False):
         file_name = image_file_name(row)
-        place_image(row.image, folder / file_name)
+        place_image(row.image, folder / file_name, getattr(row, "image_sha256", None))
         tick()
         yield row, file_name
 
@@ -135,9 +136,11 @@ def image_bytes(ref: str) -> bytes:
         raise DataError(f"{ref}: refused ({exc.reason})") from None
 
 
-def recorded_image_bytes(ref: str) -> bytes:
-    """image_bytes, refused unless they are an image (check_recorded)."""
+def recorded_image_bytes(ref: str, sha256=None) -> bytes:
+    """image_bytes, refused unless they are an image (check_recorded) and, where the row records its
+    image's `sha256`, those bytes (check_sha256)."""
     data = image_bytes(ref)
+    check_sha256(ref, data, sha256)
     check_recorded(ref, io.BytesIO(data))
     return data
 
@@ -147,11 +150,10 @@ def check_recorded(ref: str, image) -> None:
 
     Every path check looks at the name only, and a hard link keeps the name: a key file (or any file
     elsewhere on the disk) linked in under an image's name would be shipped as is. Its link count
-    proves nothing (the generation store, the DVC cache and releases hardlink images legitimately), and
-    no digest of a source's images is recorded before the release (rows.parquet records the release's),
-    so the header (read only) must be an image's. Not its size: a bucketed source's rows record the
-    bucket's size while the stored JPEG keeps its own (readers/webdataset.py), so another image linked
-    in goes through (docs/guarantees.md)."""
+    proves nothing (the generation store, the DVC cache and releases hardlink images legitimately), so
+    the header (read only) must be an image's. Not its size: a bucketed source's rows record the bucket's
+    size while the stored JPEG keeps its own (readers/webdataset.py). Another image linked in under a
+    rendered image's name is refused by its sha256 (check_sha256); a carried image records none."""
     from PIL import Image
 
     try:
@@ -164,16 +166,18 @@ def check_recorded(ref: str, image) -> None:
         ) from None
 
 
-def place_image(ref: str, target: Path) -> None:
+def place_image(ref: str, target: Path, sha256=None) -> None:
     """Hardlink a rendered image (no copy), or extract a carried one from its archive; either way only
-    an image (check_recorded)."""
+    an image (check_recorded), and only the bytes its row records (`sha256`, check_sha256)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if "!/" in ref:
-        target.write_bytes(recorded_image_bytes(ref))
+        target.write_bytes(recorded_image_bytes(ref, sha256))
         return
     if not os.path.isfile(ref):
         raise DataError(f"{ref}: image not found")
     real = os.path.realpath(ref)  # the file itself: a link in the store is never copied as a link
+    if isinstance(sha256, str):
+        check_sha256(ref, Path(real).read_bytes(), sha256)
     check_recorded(ref, real)
     try:
         os.link(real, target, follow_symlinks=False)
@@ -260,7 +264,7 @@ def write_webdataset(
     try:
         for row in rows.itertuples(index=False):
             meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode("utf-8")
-            data = recorded_image_bytes(row.image)
+            data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None))
             ext, data = image_as(data, image_format, image_ext(row).lstrip("."), row.image)
             writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
             tick()
@@ -340,7 +344,7 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
         images = []
         for record in chunk:
             ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
-            data = recorded_image_bytes(record["image"])
+            data = recorded_image_bytes(record["image"], record.get("image_sha256"))
             images.append((data, f"{record['id']}{ext}"))
             tick()
         pq.write_table(

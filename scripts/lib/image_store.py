@@ -14,7 +14,9 @@ a folder holding anything unlisted is refused in one line, with nothing touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -22,7 +24,8 @@ import threading
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS
+from scripts.lib.io import shown
+from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256
 from scripts.lib.tables import write_parquet
 
 STORE_TMP = ".tmp"
@@ -133,6 +136,17 @@ class NameList:
 
 def manifest_keys(manifest: Path) -> dict[str, str]:
     """file -> key of a generate manifest; a DataError if it is not one (unreadable, other columns)."""
+    data = _manifest_columns(manifest, ["file", "key"])
+    return {f: k for f, k in zip(data["file"], data["key"]) if isinstance(f, str) and KEY.fullmatch(str(k))}
+
+
+def manifest_digests(manifest: Path) -> dict[str, str]:
+    """file -> the sha256 generate recorded for its bytes (empty for a manifest written before it did)."""
+    data = _manifest_columns(manifest, ["file", "sha256"])
+    return {f: d for f, d in zip(data["file"], data.get("sha256", [])) if isinstance(f, str) and isinstance(d, str)}
+
+
+def _manifest_columns(manifest: Path, columns: list[str]) -> dict[str, list]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -140,10 +154,14 @@ def manifest_keys(manifest: Path) -> dict[str, str]:
         table = pq.read_table(manifest)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{manifest}: not a readable generate manifest ({type(exc).__name__})") from None
-    if table.column_names != MANIFEST_COLUMNS:
+    if table.column_names not in (MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256):
         raise DataError(f"{manifest}: not a generate manifest (columns {table.column_names})")
-    data = table.select(["file", "key"]).to_pydict()
-    return {f: k for f, k in zip(data["file"], data["key"]) if isinstance(f, str) and KEY.fullmatch(str(k))}
+    return table.select([c for c in columns if c in table.column_names]).to_pydict()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------- the generation store
@@ -173,6 +191,13 @@ class ImageStore:
     def put(self, stored: str, data: bytes) -> None:
         self.index.add(stored)  # before the file: a listed name may be missing, never the reverse
         write_file_atomic(self.root / stored, data, self.tmp)
+
+    def forget(self, stored: str, linked: Path) -> None:
+        """Drop `stored` when it is the file `linked` (a hard link): bytes a user changed through the link
+        are no longer the render of its key. The index may list a missing name (put's rule)."""
+        with contextlib.suppress(OSError):
+            if os.path.samefile(self.root / stored, linked):
+                (self.root / stored).unlink()
 
     def take(self, src: Path, stored: str) -> bool:
         """Link `src` in as `stored` unless the store has it; True if it was taken in."""
@@ -252,6 +277,7 @@ class OutputFolder:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.journal = NameList(self.root / JOURNAL)
+        self.digests: dict[str, str] = {}  # file -> sha256 of what this run found verified or wrote
 
     def keys(self) -> dict[str, str]:
         """file -> key from the manifest (empty without one)."""
@@ -279,6 +305,7 @@ class OutputFolder:
                     f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
                     "it (point the stage at its own image folder)"
                 )
+        self._check_unchanged(files, keys, store)  # before anything is taken into the store or pruned
         kept = {rel for rel in files if rel in wanted}
         if store is not None:
             for rel in files:
@@ -295,16 +322,41 @@ class OutputFolder:
                 (self.root / rel).rmdir()
         return removed
 
+    def _check_unchanged(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
+        """Refuse a file whose bytes are not the sha256 the manifest records: retouched, or replaced, since
+        generate wrote it, it is the user's (neither replaced, nor pruned, nor recorded as a render). One
+        changed through the store's hard link leaves the store too."""
+        recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
+        for rel in files:
+            if rel not in recorded:
+                continue
+            digest = file_sha256(self.root / rel)
+            if digest != recorded[rel]:
+                if store is not None and rel in keys:
+                    store.forget(f"{keys[rel][:2]}/{keys[rel]}{Path(rel).suffix}", self.root / rel)
+                raise DataError(
+                    f"{shown(self.root / rel)}: changed since generate wrote it (not the sha256 its manifest "
+                    "records); refusing to replace, prune or record it as a render (move it away, and its row "
+                    "is rendered again)"
+                )
+            self.digests[rel] = digest
+
     def has(self, file: str) -> bool:
         return (self.root / file).is_file()
 
     def write(self, file: str, data: bytes) -> None:
         self.journal.add(file)
         write_file_atomic(self.root / file, data)
+        self.digests[file] = hashlib.sha256(data).hexdigest()
 
     def link(self, src: Path, file: str, tmp_dir: Path | None = None) -> None:
         self.journal.add(file)
         link_file(src, self.root / file, tmp_dir)
+        self.digests[file] = file_sha256(self.root / file)
+
+    def digests_of(self, files: list[str]) -> dict[str, str]:
+        """file -> sha256 of each of `files` (read here when this run neither wrote nor verified it)."""
+        return {file: self.digests.get(file) or file_sha256(self.root / file) for file in files}
 
     def finish(self, manifest) -> None:
         """Write the manifest (the run is complete) and drop the journal."""

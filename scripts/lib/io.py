@@ -349,19 +349,16 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         )
 
 
-def check_outputs_ours(folder: Path | str, names, proven: bool = False) -> None:
+def check_outputs_ours(folder: Path | str, names) -> None:
     """Refuse to write the outputs `names` into `folder` (a folder of separate outputs, e.g. a stage's
-    prompts.txt and report.json) over files we cannot prove ours: one is ours when the folder holds
-    the MARKER, when file_is_ours says so (our mark on it, unchanged; DVC records it), or when the
-    caller proved it (`proven`: release, whose split folders beside it hold the MARKER)."""
+    prompts.txt and report.json, a release's README.md beside its split folders) over files we cannot
+    prove ours: one is ours when the folder holds the MARKER, or when file_is_ours says so (our mark on
+    it, unchanged; DVC records it). A marked folder beside a file proves nothing of the file."""
     folder = Path(folder)
     present = [name for name in names if os.path.lexists(folder / name)]
     for name in present:
         check_output_kind(folder / name)
-    if proven:  # the caller's proof covers them: tagged, the writes that follow may replace them
-        for name in present:
-            mark_file(folder / name)
-    if not present or proven or holds_marker(folder):
+    if not present or holds_marker(folder):
         return
     for name in present:
         if not file_is_ours(folder / name, committed_ok=False):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, check_outputs_ours, check_replaceable, holds_marker, replace_path
+from scripts.lib.io import SPLITS, check_outputs_ours, check_replaceable, holds_marker, mark_file, replace_path
 from scripts.lib.tables import check_table
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
@@ -141,7 +141,7 @@ def check_output(output: Path) -> None:
     if output.is_dir():
         allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
-        check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)), proven=any(marked.values()))
+        check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)))  # each file proved on its own
     for split in SPLITS:
         if (output / split).is_dir() and not marked[split]:
             check_replaceable(output / split)
@@ -171,6 +171,8 @@ def move_into_place(staging: Path, output: Path) -> None:
             shutil.rmtree(output / name, ignore_errors=True)
     for item in staged:
         check_replaceable(output / item.name, item)
+        if item.is_file():
+            mark_file(item)  # the next run proves it ours by this mark (the split folders hold the MARKER)
     output.mkdir(parents=True, exist_ok=True)
     for item in staged:
         replace_path(item, output / item.name, item.is_dir())

@@ -3,7 +3,8 @@ the encoding of each image. Both engines run `render_images`; only where the byt
 
 On CPU the pipeline runs in float64 (`generate.cpu_dtype`): float32 CPU kernels change the last bits
 with the batch size and thread count, float64 ones (measured) do not, so the saved bytes are the same
-for any batch size, thread count or engine.
+for any batch size, thread count or engine, and the scheduler's tables are float64 too
+(float64_scheduler): diffusers builds them in float32 with math whose last bit depends on the CPU.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
         scheduler_class = {"ddim": DDIMScheduler, "dpmpp": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}
         extra = {"algorithm_type": "dpmsolver++"} if settings.scheduler == "dpmpp" else {}
         pipe.scheduler = scheduler_class[settings.scheduler].from_config(pipe.scheduler.config, **extra)
+    if torch_dtype == torch.float64:
+        float64_scheduler(pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
     if device != "cpu":
         pipe.unet.to(memory_format=torch.channels_last)
@@ -202,6 +205,29 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
         pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=device != "cpu")
         pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, fullgraph=device != "cpu")
     return pipe
+
+
+def float64_scheduler(scheduler) -> None:
+    """Every float32 table of `scheduler` (betas, alphas_cumprod, sigmas, ...) in float64, now and after
+    each set_timesteps. diffusers computes them in float32 (`** 0.5`, exp, log) through MKL, whose last
+    bit depends on the code path it picks for the processor: MKL_CBWR=AUTO vs COMPATIBLE moved sigmas
+    by a float32 ulp and, through the diffusion loop, 19 of 2M pixel values of the sample by one. In
+    float64 that last bit stays ~1e-16 and never reaches a pixel."""
+    import torch
+
+    def widen() -> None:
+        for name, value in list(vars(scheduler).items()):
+            if torch.is_tensor(value) and value.dtype == torch.float32:
+                setattr(scheduler, name, value.to(torch.float64))
+
+    set_timesteps = scheduler.set_timesteps
+
+    def set_timesteps_in_float64(*args, **kwargs):
+        set_timesteps(*args, **kwargs)
+        widen()
+
+    widen()
+    scheduler.set_timesteps = set_timesteps_in_float64
 
 
 # ---------------------------------------------------------------- noise

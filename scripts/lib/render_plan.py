@@ -36,9 +36,12 @@ MANIFEST_COLUMNS = [
     "height",
     "format",
     "settings",
+    "sha256",
 ]
 # `draw`: sequential noise only, the row's draw from its generator (null for per_prompt noise).
 # `settings`: JSON of every resolved setting that changes the saved bytes or names (preset included).
+# `sha256`: of the file's bytes as generate wrote them: a file changed since is the user's (image_store.py).
+MANIFEST_COLUMNS_BEFORE_SHA256 = MANIFEST_COLUMNS[:-1]  # a manifest written before it: read, never written
 
 INDEX_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 KEY = re.compile(r"[0-9a-f]{64}")
@@ -179,8 +182,15 @@ def final_size(settings: Generate) -> tuple[int, int]:
     return settings.resize, max(1, round(height * settings.resize / width))
 
 
-def manifest_table(jobs: list[Job], settings: Generate, model_identity: str, recorded: dict | None = None):
-    """One row per job; `recorded` is the run's resolved settings (run_settings), one JSON per row."""
+def manifest_table(
+    jobs: list[Job],
+    settings: Generate,
+    model_identity: str,
+    recorded: dict | None = None,
+    digests: dict[str, str] | None = None,
+):
+    """One row per job; `recorded` is the run's resolved settings (run_settings), one JSON per row;
+    `digests` each file's sha256 (OutputFolder.digests_of)."""
     import pandas as pd
 
     width, height = final_size(settings)
@@ -205,6 +215,7 @@ def manifest_table(jobs: list[Job], settings: Generate, model_identity: str, rec
     }
     for name, value in constants.items():
         rows[name] = [value] * n
+    rows["sha256"] = pd.array([(digests or {}).get(j.file) for j in jobs], dtype="string")
     df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     strings = {
         name: "str" for name in ("id", "file", "key", "model", "model_revision", "scheduler", "format", "settings")

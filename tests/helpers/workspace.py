@@ -3,6 +3,7 @@ as split@S writes them, and the checks every guarantee shares (one error line, n
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -64,15 +65,18 @@ def split_rows(n: int, source: str, image: Path, split: str | None = None) -> pd
     )
 
 
-def make_splits(root: Path, source: str = "diffusiondb", n: int = 40) -> None:
+def make_splits(root: Path, source: str = "diffusiondb", n: int = 40, digests: bool = False) -> None:
     """data/splits/<source>/{train,validation}.parquet as split@S writes them (marker included); the
-    image in the source's image store (release refuses images outside params.yaml's sources.S.images)."""
+    image in the source's image store (release refuses images outside params.yaml's sources.S.images).
+    With `digests`, each row records its image's sha256 (`image_sha256`), as a rendered source's rows do."""
     image = root / "data" / "images" / source / "img.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(PNG)
     folder = root / "data" / "splits" / source
     folder.mkdir(parents=True)
     rows = split_rows(n, source, image)
+    if digests:
+        rows["image_sha256"] = hashlib.sha256(PNG).hexdigest()
     write_parquet(rows.iloc[: n * 3 // 4].assign(split="train"), folder / "train.parquet")
     write_parquet(rows.iloc[n * 3 // 4 :].assign(split="validation"), folder / "validation.parquet")
     (folder / MARKER).write_text("", encoding="utf-8")
