@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/scale_rehearsal.py 100000
     .venv/bin/python benchmarks/scale_rehearsal.py 1000000 --engine ray --out benchmarks/results/scale_rehearsal_1m_ray.txt
+    .venv/bin/python benchmarks/scale_rehearsal.py 1000000 --engine ray --cluster 3   # on a local 3-node cluster
 
 Builds a workspace in a temp folder (this tree's code, dvc.yaml and params.yaml, git-initialised) whose
 only source is `rehearsal` (kind text, text only, the default cleaning rules, MinHash dedup) and whose only
@@ -10,6 +11,10 @@ release is a text-only release of it (`export: prompts`), then runs each stage t
 system of the stage and every process it started) and peak RSS (the largest single process it ran, from
 wait4; `--pss` also samples the sum over the process tree). Prompts: dedup_bench's synthetic generator
 (Zipf vocabulary of 30k words, 10-40 words a prompt, 10% planted near-duplicates).
+
+`--cluster N` starts a local `ray.cluster_utils.Cluster` of N nodes of 1 CPU each (as the tests do) and
+points `runtime.ray_address` at it: each stage joins it, and its work runs in the cluster's workers, so
+the CPU and RSS columns count the stage's driver only; the wall time is the measure there.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from benchmarks._record import TreeMemory, add_out_argument, record
 SOURCE, RELEASE = "rehearsal", "r"
 
 
-def workspace(folder: Path, engine: str) -> Path:
+def workspace(folder: Path, engine: str, ray_address: str | None = None) -> Path:
     """A git repository holding this tree's tracked files (no pipeline outputs) and rehearsal params."""
     from scripts.tools.replay_history import built_by_the_pipeline
 
@@ -62,6 +67,7 @@ def workspace(folder: Path, engine: str) -> Path:
     }
     params["generate"]["sources"] = []
     params["runtime"]["engine"] = engine
+    params["runtime"]["ray_address"] = ray_address
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "rehearsal"]):
         subprocess.run(command, cwd=folder, check=True, capture_output=True)
@@ -134,25 +140,50 @@ def outputs_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def local_cluster(args):
+    """The address of a local ray.cluster_utils.Cluster of `args.cluster` 1-CPU nodes (None without one)."""
+    if not args.cluster:
+        yield None
+        return
+    from ray.cluster_utils import Cluster
+
+    store = args.node_store_mb * 2**20
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": store})
+    try:
+        for _ in range(args.cluster - 1):
+            cluster.add_node(num_cpus=1, object_store_memory=store)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("size", type=int, help="prompts in the source")
     parser.add_argument("--engine", choices=["local", "ray"], default="local", help="runtime.engine")
     parser.add_argument("--pss", action="store_true", help="also sample the process tree's PSS (every 0.5 s)")
     parser.add_argument("--keep", type=Path, default=None, help="build the workspace here and keep it")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N", help="engine ray on a local cluster of N nodes")
+    parser.add_argument("--node-store-mb", type=int, default=512, help="--cluster: each node's object store")
     add_out_argument(parser)
     args = parser.parse_args()
+    if args.cluster and args.engine != "ray":
+        raise SystemExit("--cluster needs --engine ray")
     record(args.out)
-    with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="scale-rehearsal-") as tmp, local_cluster(args) as address:
         folder = args.keep or Path(tmp) / "ws"
         if folder.exists():
             raise SystemExit(f"{folder}: exists (--keep builds a new workspace; pick a path that does not exist)")
         folder.mkdir(parents=True)
-        workspace(folder, args.engine)
+        workspace(folder, args.engine, address)
         t0 = time.perf_counter()
         gib = write_prompts(folder, args.size)
+        where = f" on a local cluster of {args.cluster} nodes of 1 CPU ({address})" if address else ""
         print(
-            f"{args.size:,} prompts ({gib:.2f} GiB of text) written in {time.perf_counter() - t0:.0f} s; engine {args.engine}"
+            f"{args.size:,} prompts ({gib:.2f} GiB of text) written in {time.perf_counter() - t0:.0f} s; "
+            f"engine {args.engine}{where}"
         )
         totals = [0.0, 0.0]
         print(f"{'stage':<24} {'wall s':>8} {'CPU s':>8} {'CPU µs/row':>11} {'peak RSS GiB':>13} {'tree PSS GiB':>13}")

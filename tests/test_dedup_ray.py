@@ -271,6 +271,23 @@ def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_no
         assert [out.read_bytes(), clusters.read_bytes()] == expected, (parts, edges)
 
 
+@pytest.mark.slow
+def test_a_relative_input_path_is_read_where_the_stage_runs_not_where_the_workers_do(cluster, tmp_path, monkeypatch):
+    """A stage joins a running cluster (runtime.ray_address), whose workers run in their own folders: the
+    input named relative to the stage (dvc.yaml's `data/clean/S.parquet`) is read as the stage resolves it.
+    The 1M rehearsal on a local cluster failed here with `input shard vanished during the run`."""
+    from scripts.lib.dedup.on_ray import dedup_stage
+
+    texts, ids = planted(300)
+    stage_files(tmp_path, texts, ids)
+    params = resolve_params(None)
+    stats, expected = local_files(tmp_path, params)
+    monkeypatch.chdir(tmp_path)  # the driver's folder; the cluster's workers keep theirs
+    out, clusters = Path("out.parquet"), Path("out.clusters.parquet")
+    assert dedup_stage(Path("in"), out, clusters, params, Runtime(engine="ray")) == stats
+    assert [out.read_bytes(), clusters.read_bytes()] == expected
+
+
 def run_cli(tmp_path: Path, input: Path, extra_env=None, start=True):
     (tmp_path / "params.yaml").write_text(
         "dedup: {threshold: 0.7}\nruntime: {engine: ray, object_store_mb: 100, partitions: 3}\n", encoding="utf-8"
@@ -299,6 +316,16 @@ def test_a_missing_input_or_a_repeated_id_is_one_line_on_ray(tmp_path):
     done = run_cli(tmp_path, tmp_path / "shards")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "column 'id' has repeated values" in done.stderr
+    assert not list((tmp_path / "out").iterdir())
+    # found by a Ray task, not the driver: its own line comes back (it was "UDF failed to process a data block")
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "text": ["a red fox", "a grey wolf"]}), tmp_path / "shards" / "part-000.parquet"
+    )
+    table = pa.table({"id": ["c", "d", "e"], "text": ["a red cat", None, "a red dog"]})
+    pq.write_table(table, tmp_path / "shards" / "part-001.parquet")
+    done = run_cli(tmp_path, tmp_path / "shards")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert f"{tmp_path / 'shards' / 'part-001.parquet'}: row 1: text is null" in done.stderr, done.stderr  # in its file
     assert not list((tmp_path / "out").iterdir())
 
 

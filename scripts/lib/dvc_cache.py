@@ -29,21 +29,11 @@ DIR_OID = re.compile(r"[0-9a-f]{32}\.dir")
 
 def locked_output_oid(output: Path | str, root: Path | str = ".") -> str | None:
     """The md5 dvc.lock (in `root`) records for `output` when it is a directory (`<md5>.dir`), else None."""
-    root = Path(root)
-    rel = os.path.relpath(os.path.abspath(output), os.path.abspath(root)).replace(os.sep, "/")
-    if rel.startswith("../"):
+    rel = os.path.relpath(os.path.abspath(output), os.path.abspath(root))
+    if rel.startswith(".." + os.sep):
         return None
-    try:
-        lock = yaml.safe_load((root / LOCK).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    stages = lock.get("stages") if isinstance(lock, dict) else None
-    for stage in (stages or {}).values() if isinstance(stages, dict) else ():
-        for out in (stage.get("outs") or []) if isinstance(stage, dict) else ():
-            if isinstance(out, dict) and out.get("path") == rel:
-                oid = out.get("md5")
-                return oid if isinstance(oid, str) and DIR_OID.fullmatch(oid) else None
-    return None
+    oid = locked_outputs(Path(root) / LOCK).get(rel)
+    return oid if oid is not None and DIR_OID.fullmatch(oid) else None
 
 
 def cached_directory(output: Path | str, root: Path | str = ".") -> dict[str, Path]:

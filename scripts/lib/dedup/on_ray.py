@@ -14,6 +14,7 @@ never bring the texts to the driver.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -176,23 +177,29 @@ def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
             kind = meta.schema_arrow.field(column).type
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
                 raise DataError(f"{file}: column '{column}' must hold text, found {kind}")
+        in_file = 0  # the group's first row in its file, for messages
         for group in range(meta.num_row_groups):
-            items.append({"path": str(file), "group": group, "offset": offset})
+            # read by the path as this process resolves it (a cluster's workers run in their own folders),
+            # named as the user gave it
+            where = {"path": os.path.abspath(file), "shown": str(file), "in_file": in_file}
+            items.append({**where, "group": group, "offset": offset})
             offset += meta.metadata.row_group(group).num_rows
+            in_file += meta.metadata.row_group(group).num_rows
     return items, schema or pa.schema([])
 
 
 def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     """The rows of one row group with their input position `row` (and `order_key` = id)."""
-    (path,), (group,), (offset,) = (batch.column(c).to_pylist() for c in ("path", "group", "offset"))
+    fields = ("path", "shown", "in_file", "group", "offset")
+    (file,), (shown,), (in_file,), (group,), (offset,) = (batch.column(c).to_pylist() for c in fields)
     try:
-        table = pq.ParquetFile(path).read_row_group(group, columns=columns).replace_schema_metadata(None)
+        table = pq.ParquetFile(file).read_row_group(group, columns=columns).replace_schema_metadata(None)
     except FileNotFoundError:
-        raise DataError(f"{path}: input shard vanished during the run") from None
+        raise DataError(f"{shown}: input shard vanished during the run") from None
     for column in [c for c in ("id", "text") if c in table.column_names]:
         nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
-        if nulls.any():
-            raise DataError(f"{path}: row {offset + int(np.argmax(nulls))}: {column} is null")
+        if nulls.any():  # the row in its file, counted from 0 as the local engine's message does
+            raise DataError(f"{shown}: row {in_file + int(np.argmax(nulls))}: {column} is null")
     table = table.append_column("row", pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
     return table.append_column("order_key", table.column("id").cast(ORDER_KEY))
 
@@ -267,8 +274,16 @@ def _kept_rows(batch: pa.Table, gone: np.ndarray) -> pa.Table:
     return table.filter(pa.array(mask)).drop_columns(["row", "order_key"])
 
 
+REMOTE_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
+
+
 def _ray_failure(exc: BaseException) -> str:
+    """The one line of a failed Ray run: our own DataError's where a task raised one (Ray Data wraps it in
+    a UserCodeException whose cause stays on the worker; its traceback text comes back), else Ray's."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, DataError):
         return str(cause)
-    return f"dedup on Ray failed: {_first_line(exc)}"
+    remote = [
+        line.removeprefix(REMOTE_DATA_ERROR) for line in str(exc).splitlines() if line.startswith(REMOTE_DATA_ERROR)
+    ]
+    return remote[-1] if remote else f"dedup on Ray failed: {_first_line(exc)}"
