@@ -75,22 +75,22 @@ def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> 
             )
 
 
-def read_generation(splits: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict[str, str]]:
-    """(source -> the settings that rendered its images, image -> the sha256 its row records), from the
-    `generation`, `image` and `image_sha256` columns of the sources' split tables (a carried image, or a
-    table from before image_sha256, records none)."""
+def read_generation(splits: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, str], str]]:
+    """(source -> the settings that rendered its images, (source, id) -> the sha256 the row records for its
+    image), from the `generation`, `id` and `image_sha256` columns of the sources' split tables (a carried
+    image, or a table from before image_sha256, records none)."""
     settings, digests = {}, {}
     for name in names:
         values = []
         for split in SPLITS:
             path = splits / name / f"{split}.parquet"
-            table = read_parquet(path, columns=["generation", "image", "image_sha256"]) if path.is_file() else None
+            table = read_parquet(path, columns=["generation", "id", "image_sha256"]) if path.is_file() else None
             if table is None:
                 continue
             values += table["generation"].tolist() if "generation" in table else []
             if "image_sha256" in table:
-                pairs = zip(table["image"], table["image_sha256"])
-                digests.update((image, sha) for image, sha in pairs if isinstance(image, str) and isinstance(sha, str))
+                pairs = zip(table["id"], table["image_sha256"])
+                digests.update(((name, i), sha) for i, sha in pairs if isinstance(sha, str))
         settings[name] = generation_settings(values)
     return settings, digests
 
@@ -132,7 +132,7 @@ def cli(
     names = sorted({c.source for c in recipe.all_components()})
     generation, digests = read_generation(splits, names)
     if not streamed:  # each rendered image is checked against the sha256 generate recorded, where it is read
-        rows = rows.assign(image_sha256=rows["image"].map(digests))
+        rows = rows.assign(image_sha256=[digests.get(key) for key in zip(rows["source"], rows["id"])])
     from scripts.lib.progress import Progress
 
     # Everything is written into a staging folder first and moved into place only at the end, so a

@@ -1103,6 +1103,15 @@ def render_edited_in_place(tmp_path, run):  # another 1x1 picture saved over it,
     return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
 
 
+def one_row_recording_another_digest(tmp_path, run):  # rows share the image; one row's record differs
+    ws = _release_ws(tmp_path, digests=True)
+    train = ws / "data/splits/diffusiondb/train.parquet"
+    rows = pd.read_parquet(train)
+    rows.loc[0, "image_sha256"] = "0" * 64  # the digest was keyed by image, so another row's hid it
+    rows.to_parquet(train)
+    return ws, ["release", "r", "data/splits", "data/releases/r"], "img.png", ws / "data/releases/r"
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -1112,6 +1121,7 @@ def render_edited_in_place(tmp_path, run):  # another 1x1 picture saved over it,
         photo_linked_in_under_a_rendered_name,
         another_picture_copied_over_a_render,
         render_edited_in_place,
+        one_row_recording_another_digest,
     ],
     ids=lambda f: f.__name__,
 )
