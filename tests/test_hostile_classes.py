@@ -230,6 +230,42 @@ def own_release_preview_swapped(tmp_path):  # the contact sheet replaced by the 
     return _released_then(tmp_path, edit)
 
 
+def _git_file_edited(tmp_path: Path, flag: str | None, commit: bool = True):
+    """`mine` a git work tree whose notes.jsonl git holds, then edited by the user (`flag`: how git is told
+    to look away); clean-text pointed at it. git ls-files -m reports none of these as modified."""
+    folder = _user_folder(tmp_path, {"notes.jsonl": '{"committed": 1}\n'})
+    write_params(tmp_path)
+    (tmp_path / "in.txt").write_text("a red fox\na blue cat\n", encoding="utf-8")
+    git = ["git", "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q", "."], cwd=folder, check=True)
+    subprocess.run([*git, "add", "notes.jsonl"], cwd=folder, check=True)
+    if commit:
+        subprocess.run([*git, "commit", "-qm", "notes"], cwd=folder, check=True)
+        subprocess.run([*git, "update-index", flag, "notes.jsonl"], cwd=folder, check=True)
+    (folder / "notes.jsonl").write_text('{"my local edit": "precious"}\n', encoding="utf-8")
+    if not commit:
+        subprocess.run([*git, "add", "notes.jsonl"], cwd=folder, check=True)  # in the index only
+
+    def act():
+        result = python(["clean-text", tmp_path / "in.txt", folder / "notes.jsonl", "--rules", "final"], tmp_path)
+        if result.returncode:
+            raise DataError(one_error_line(result))
+
+    return act
+
+
+def own_file_git_skips_in_the_worktree(tmp_path):  # `git update-index --skip-worktree`, then edited
+    return _git_file_edited(tmp_path, "--skip-worktree")
+
+
+def own_file_git_assumes_unchanged(tmp_path):  # `git update-index --assume-unchanged`, then edited
+    return _git_file_edited(tmp_path, "--assume-unchanged")
+
+
+def own_file_only_in_gits_index(tmp_path):  # added, never committed: no commit brings it back
+    return _git_file_edited(tmp_path, None, commit=False)
+
+
 def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a marked folder
     from scripts.lib.io import MARKER, write_json
 
@@ -300,6 +336,9 @@ def own_simpletuner_config_with_our_ids(tmp_path):  # written by hand with our t
         own_release_card_edited,
         own_release_stats_rewritten,
         own_release_preview_swapped,
+        own_file_git_skips_in_the_worktree,
+        own_file_git_assumes_unchanged,
+        own_file_only_in_gits_index,
     ],
     ids=lambda f: f.__name__,
 )
@@ -356,6 +395,40 @@ def test_an_output_path_that_is_a_special_file_or_link_is_refused(tmp_path, make
         assert (tmp_path / "elsewhere.json").read_text() == "precious\n"  # nor written through
     if keep is not None:
         keep.close()
+
+
+def _fifo_split_ws(tmp_path: Path) -> Path:
+    ws = _release_ws(tmp_path)
+    (ws / "data/splits/diffusiondb/validation.parquet").unlink()
+    os.mkfifo(ws / "data/splits/diffusiondb/validation.parquet")
+    return ws
+
+
+FIFO_INPUTS = {  # a FIFO where a command reads a table: the open blocked in C, deaf to Ctrl-C and SIGTERM
+    "release-split-table": (_fifo_split_ws, ["release", "r", "data/splits", "data/releases/r"], "validation.parquet"),
+    "compose-split-table": (_fifo_split_ws, ["compose", "r", "data/splits", "data/compose/r"], "validation.parquet"),
+    "release-image-read-into-parquet": (
+        lambda tmp_path: _fifo_image(tmp_path),
+        ["release", "r", "data/splits", "data/releases/r"],
+        "img.png",
+    ),
+}
+
+
+def _fifo_image(tmp_path: Path) -> Path:  # the parquet export reads each image's bytes
+    ws = _release_ws(tmp_path, export="parquet")
+    (ws / IMAGE).unlink()
+    os.mkfifo(ws / IMAGE)
+    return ws
+
+
+@pytest.mark.parametrize("case", sorted(FIFO_INPUTS))
+def test_a_fifo_where_a_table_is_read_is_refused_not_waited_on(tmp_path, case):
+    make, argv, name = FIFO_INPUTS[case]
+    ws = make(tmp_path)
+    result = python(argv, ws, timeout=60)  # hung until SIGKILL before
+    line = one_error_line(result)
+    assert name in line and "regular" in line, line
 
 
 # ---------------------------------------------------------------- 4. paths read from data

@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Any
 
 from scripts.lib.errors import DataError
@@ -351,8 +352,11 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     Raises UnsafeArchive (with `.reason`) or FileNotFoundError.
     """
     archive, member = parse_ref(ref)
+    found = archive.stat()
+    if not S_ISREG(found.st_mode):  # a FIFO would block the open in C, deaf to Ctrl-C
+        raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)")
     if member is None:
-        if archive.stat().st_size > max_bytes:
+        if found.st_size > max_bytes:
             raise UnsafeArchive("member_too_large", f"{archive}: larger than {max_bytes} bytes")
         return archive.read_bytes()
     check_member_name(member)
@@ -367,8 +371,7 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
             except KeyError:
                 raise FileNotFoundError(f"{ref}: no such member") from None
             return read_zip_member(zf, info, max_bytes)
-    stat = archive.stat()
-    index = _tar_index(str(archive), stat.st_mtime_ns, stat.st_size)
+    index = _tar_index(str(archive), found.st_mtime_ns, found.st_size)
     if member not in index:
         raise FileNotFoundError(f"{ref}: no such regular member (or refused as unsafe)")
     offset, size = index[member]

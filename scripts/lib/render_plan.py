@@ -85,6 +85,8 @@ def key_settings(settings: Generate, dtype: str, device: str = "cpu") -> dict:
         key["quantize"] = settings.quantize
     if settings.noise == "sequential":
         key.update(noise="sequential", streams=settings.noise_streams, generator=device.split(":")[0])
+    if dtype == "fp64":  # render.float64_scheduler changed these bytes: a store drawn before never serves them
+        key["scheduler_tables"] = "fp64"
     return key
 
 

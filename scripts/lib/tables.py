@@ -6,6 +6,7 @@ bad input is one line naming the file (and the row, where there is one).
 from __future__ import annotations
 
 import contextlib
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -234,10 +235,14 @@ class ParquetChunks:
 
 
 def _existing_input(path: Path | str) -> Path:
-    """`path`, or a one-line error when the stage input is missing."""
+    """`path`, or a one-line error when the stage input is missing or neither a file nor a folder (a FIFO
+    would block the open in C, where no signal handler runs: the command hung, deaf to Ctrl-C)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: input not found (run its upstream stage first)")
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); refusing to read it")
     return path
 
 
