@@ -353,6 +353,42 @@ def test_a_folder_or_file_we_did_not_write_is_refused_untouched(tmp_path, case):
     assert not list(tmp_path.rglob(".*tmp-*"))
 
 
+# ---------------------------------------------------------------- 2. deleting by name: our temp files' names
+
+TEMP_NAMES = {  # the user's own, under the names of a killed run's leftovers beside out.jsonl: deleted before
+    "a folder named as the old copy": (".out.jsonl.tmp-old", {"draft.txt": "my precious draft\n"}),
+    "a file named as the new copy": (".out.jsonl.tmp-new", None),
+    "a file named as the sort's spill": (".out.jsonl.tmp-spill", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEMP_NAMES))
+def test_a_file_named_like_a_temp_of_ours_is_refused_not_deleted(tmp_path, case):
+    name, files = TEMP_NAMES[case]
+    write_params(tmp_path)
+    (tmp_path / "in.txt").write_text("a red fox\na blue cat\n", encoding="utf-8")
+    if files is None:
+        (tmp_path / name).write_text("the user's file\n", encoding="utf-8")
+    else:
+        for rel, text in files.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_text(text, encoding="utf-8")
+    before = file_digests(tmp_path)
+    line = one_error_line(python(["clean-text", "in.txt", "out.jsonl", "--rules", "final"], tmp_path))
+    assert name in line and "refusing to delete it" in line, line
+    assert file_digests(tmp_path) == before
+
+
+def test_a_folder_named_like_a_release_staging_folder_stays(tmp_path):
+    """release sweeps a killed run's `.V.staging-*` folders: only those a run of it made."""
+    write_params(tmp_path)
+    make_splits(tmp_path)
+    (tmp_path / ".rel.staging-mine").mkdir()
+    (tmp_path / ".rel.staging-mine" / "notes.md").write_text("mine\n", encoding="utf-8")
+    assert python(["release", "v2", "data/splits", "rel"], tmp_path).returncode == 0
+    assert (tmp_path / ".rel.staging-mine" / "notes.md").read_text(encoding="utf-8") == "mine\n"
+
+
 # ---------------------------------------------------------------- 3. special files as outputs
 
 

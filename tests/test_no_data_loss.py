@@ -541,12 +541,19 @@ def test_sample_data_rewrites_the_committed_data_raw_without_a_marker(ws, capsys
 
 
 def test_a_killed_runs_temp_files_are_removed_by_the_next_run(ws, capsys):
+    """Leftovers as a killed run leaves them: each temp tagged by the run that made it (io.mark_temp; a
+    user's file under such a name is refused: test_a_file_named_like_a_temp_of_ours_is_refused_not_deleted)."""
+    from scripts.lib.io import mark_temp
+
     _user_file("in.txt", "a red fox in the snow\n")(ws)
     for name in (".out.jsonl.tmp-new", ".out.jsonl.tmp-lock"):
         (ws / name).write_text("half", encoding="utf-8")
+    mark_temp(ws / ".out.jsonl.tmp-new")  # the lock file is no temp: the next run takes it over
     make_splits(ws)
     (ws / "data/releases/.v2.staging-k1ll3d/train").mkdir(parents=True)
     (ws / "data/splits/.chatgpt.tmp-old").mkdir()
+    for temp in ("data/releases/.v2.staging-k1ll3d", "data/splits/.chatgpt.tmp-old"):
+        mark_temp(ws / temp)
     _captions(ws)
     assert cli(capsys, "clean-text", "in.txt", "out.jsonl")[0] == 0
     assert cli(capsys, "release", "v2", "data/splits", "data/releases/v2")[0] == 0

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scripts.lib.io import TMP_SPILL, _remove, _sibling
+from scripts.lib.io import TMP_SPILL, _remove, _sibling, mark_temp, remove_stale
 from scripts.lib.tables import PARQUET_ROW_GROUP, row_groups_to
 
 RANK = "__rank"
@@ -101,8 +101,9 @@ def sorted_rows_to(path: Path | str, ranks: np.ndarray, schema=None):
     """A parquet file of the rows added, in rank order, written atomically (tables.row_groups_to)."""
     with row_groups_to(path, schema) as out:
         folder = _sibling(Path(path), TMP_SPILL)  # under the lock row_groups_to holds
-        _remove(folder)
+        remove_stale(folder, Path(path))
         folder.mkdir()
+        mark_temp(folder)
         spill = Spill(folder, ranks, BUCKET_ROWS)
         try:
             yield spill

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,16 +21,10 @@ from typing import Any
 
 from scripts.lib.dvc_cache import holds_locked_bytes
 from scripts.lib.errors import DataError
+from scripts.lib.git_files import git_unmodified
 from scripts.lib.interrupts import stop_if_received
 
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once at import, before any thread starts
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
+UMASK = os.umask(os.umask(0))  # the only way to read it; done once at import, before any thread starts
 
 # The normalised prompt table every reader emits (docs/contracts.md).
 PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
@@ -59,9 +52,10 @@ MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wro
 OWNER_XATTR = "user.t2i-datasets.output"
 # Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
 # T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
-# .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run of the
-# same output removes them.
+# .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run removes
+# each only if it carries TEMP_XATTR (a name proves nothing: a user's own `.T.tmp-old/` is refused).
 TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
+TEMP_XATTR = "user.t2i-datasets.temp"
 
 
 def real_path(path: Path | str) -> Path:
@@ -186,12 +180,32 @@ def output_lock(target: Path | str) -> Iterator[None]:
         os.close(fd)
     try:
         for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
-            _remove(_sibling(target, kind))
+            remove_stale(_sibling(target, kind), target)
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still holding it: see the inode check above
         os.close(fd)
+
+
+def mark_temp(path: Path) -> None:
+    """Tag a temp sibling this process made (remove_stale deletes only tagged ones)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, TEMP_XATTR, b"1", follow_symlinks=False)
+
+
+def remove_stale(path: Path, target: Path) -> None:
+    """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
+    try:
+        if os.getxattr(path, TEMP_XATTR, follow_symlinks=False) == b"1":
+            return _remove(path)
+    except (OSError, AttributeError):
+        pass
+    if os.path.lexists(path):
+        raise DataError(
+            f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
+            "refusing to delete it (move it away)"
+        )
 
 
 def _files_under(folder: Path) -> list[str]:
@@ -217,29 +231,6 @@ def _same_bytes(a: Path, b: Path) -> bool:
                     return True
     except OSError:
         return False
-
-
-def git_unmodified(folder: Path | str) -> set[str]:
-    """Paths (relative to `folder`) of the regular files there whose bytes are those of git's HEAD:
-    replacing them loses nothing, `git checkout` brings them back. By content, not `git ls-files -m`:
-    git does not report a file marked skip-worktree or assume-unchanged as modified, however the user
-    edited it. Empty outside a git work tree."""
-
-    def git(args: list[str], stdin: bytes | None = None) -> list[bytes]:
-        try:
-            result = subprocess.run(["git", *args], cwd=folder, input=stdin, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return []
-        return result.stdout.split(b"\0" if "-z" in args else b"\n") if result.returncode == 0 else []
-
-    committed = {}  # path -> blob id at HEAD, of regular files (a link's blob is its target's name)
-    for meta, _, name in (entry.partition(b"\t") for entry in git(["ls-tree", "-r", "-z", "HEAD", "--", "."])):
-        path = Path(folder) / os.fsdecode(name)
-        if b"\n" not in name and meta[:6] in (b"100644", b"100755") and path.is_file() and not path.is_symlink():
-            committed[name] = meta.split()[2]
-    paths = b"".join(name + b"\n" for name in committed)
-    blobs = git(["hash-object", "--no-filters", "--stdin-paths"], paths) if committed else []
-    return {os.fsdecode(name) for name, blob in zip(committed, blobs) if blob == committed[name]}
 
 
 def _identity(path: Path | str) -> bytes:
@@ -418,6 +409,7 @@ def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = Fal
         return
     old = _sibling(target, TMP_OLD)
     os.replace(target, old)
+    mark_temp(old)
     try:
         os.replace(new, target)
     except BaseException:
@@ -460,10 +452,13 @@ def atomic_path(
                 os.mkdir(tmp, 0o777)
             else:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            mark_temp(tmp)  # removed again below: the output it becomes is no temp
             yield tmp
             if is_dir and mark:
                 mark_folder(tmp)
             os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
+            with contextlib.suppress(OSError, AttributeError):
+                os.removexattr(tmp, TEMP_XATTR, follow_symlinks=False)
             if not is_dir:
                 mark_file(tmp)
             replace_path(tmp, target, is_dir, committed_ok)
@@ -479,13 +474,14 @@ def atomic_path(
 @contextlib.contextmanager
 def staging_dir(output: Path | str) -> Iterator[Path]:
     """A fresh folder beside `output` (.OUTPUT.staging-*) under the output's lock, removed at the end
-    (a killed run's staging folders are removed by the next run); OSErrors become one line."""
-    output = Path(output)
-    real = real_path(output)
+    (a killed run's, tagged, by the next run; a user's of that name stays); OSErrors become one line."""
+    output, real = Path(output), real_path(output)
     with output_lock(output):
         for stale in real.parent.glob(f".{glob.escape(real.name)}.staging-*"):
-            _remove(stale)
+            with contextlib.suppress(DataError):
+                remove_stale(stale, output)
         staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.staging-", dir=real.parent))
+        mark_temp(staging)
         try:
             yield staging
         except OSError as exc:
