@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -160,3 +161,61 @@ def test_an_image_changed_since_generate_wrote_it_is_refused_untouched(tiny_mode
     (out / name).rename(tmp_path / "mine.jpg")  # the user keeps the picture: the row's render comes back
     generate(two_prompts(), settings(tiny_model_dir), out, store=store)
     assert files(out)[name] == rendered[name] != (tmp_path / "mine.jpg").read_bytes()
+
+
+# What sits in the output folder or the store under a name generate uses, but that generate did not
+# write there: never read as a render, deleted or hung on.
+
+
+def fifo_under_a_listed_name(out: Path, store: Path, name: str, key_file: str) -> None:
+    (out / name).unlink()
+    os.mkfifo(out / name)  # hashing it blocked in open(): generate hung
+
+
+def users_file_named_as_the_manifests_temp(out: Path, store: Path, name: str, key_file: str) -> None:
+    (out / ".manifest.parquet.tmp-old").write_bytes(b"my notes")  # pruned as generate's own before
+
+
+def link_out_of_the_store(out: Path, store: Path, name: str, key_file: str) -> None:
+    (out / name).unlink()  # the row is taken from the store again...
+    (store / key_file).unlink()
+    (store / key_file).symlink_to(out.parent / "outside.jpg")  # ...where a link now points out of it
+
+
+def users_file_in_the_store_the_index_does_not_list(out: Path, store: Path, name: str, key_file: str) -> None:
+    (out / name).unlink()
+    index = store / "index.txt"
+    index.write_text("".join(line + "\n" for line in index.read_text().splitlines() if line != key_file))
+    (store / key_file).unlink()
+    (store / key_file).write_bytes(JPEG)  # served as the render before
+
+
+PLANTED_CASES = [
+    fifo_under_a_listed_name,
+    users_file_named_as_the_manifests_temp,
+    link_out_of_the_store,
+    users_file_in_the_store_the_index_does_not_list,
+]
+
+
+@pytest.mark.parametrize("plant", PLANTED_CASES, ids=lambda f: f.__name__)
+def test_what_generate_did_not_write_is_never_its_render(tiny_model_dir, tmp_path, plant):
+    out, store = tmp_path / "diffusiondb", tmp_path / "store"
+    (tmp_path / "outside.jpg").write_bytes(JPEG)
+    generate(two_prompts(), settings(tiny_model_dir), out, store=store)
+    rendered = files(out)
+    name = pd.read_parquet(out / "manifest.parquet")["file"].tolist()[0]
+    key_file = name  # file_names: key, so the output names the store's file
+    plant(out, store, name, key_file)
+    refused = None
+    try:
+        generate(two_prompts(), settings(tiny_model_dir), out, store=store)
+    except DataError as exc:  # refused in one line
+        refused = str(exc)
+    assert (tmp_path / "outside.jpg").read_bytes() == JPEG
+    if plant is users_file_named_as_the_manifests_temp:  # the user's file is still there
+        assert refused and (out / ".manifest.parquet.tmp-old").read_bytes() == b"my notes"
+    elif refused is None:  # or rendered again: the row's own image, nothing else
+        assert files(out)[name] == rendered[name] and not (out / name).is_symlink()
+    else:
+        assert "refusing" in refused

@@ -93,11 +93,13 @@ def test_the_store_lists_a_name_before_its_file_and_prunes_by_that_list(tmp_path
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".gitignore", ".tmp", STORE_INDEX]
 
 
-def test_a_store_without_an_index_is_read_but_never_pruned(tmp_path):
+def test_a_file_the_index_does_not_list_is_neither_served_nor_pruned(tmp_path):
+    """A file under a key's name that the index does not list (a store from before the index, or a user's
+    file put there) looks the same: it is never served as a render (it was), nor deleted."""
     (tmp_path / "store" / "ab").mkdir(parents=True)
-    (tmp_path / "store" / STORED).write_bytes(b"img")  # as a store from before the index holds them
+    (tmp_path / "store" / STORED).write_bytes(b"img")
     store = ImageStore(tmp_path / "store")
-    assert store.has(STORED)
+    assert not store.has(STORED) and not store.take(tmp_path / "store" / STORED, STORED)
     with pytest.raises(DataError, match="its index does not list"):
         store.prune(None)
     assert (tmp_path / "store" / STORED).read_bytes() == b"img"

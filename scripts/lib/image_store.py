@@ -20,11 +20,12 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import threading
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import shown
+from scripts.lib.io import is_our_temp, shown
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256
 from scripts.lib.tables import write_parquet
 
@@ -95,6 +96,14 @@ def _walk(root: Path) -> tuple[list[str], list[str]]:
             (files if (Path(base) / d).is_symlink() else folders).append((rel / d).as_posix())
         files.extend((rel / n).as_posix() for n in names)
     return sorted(files), sorted(folders)
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not followed if it is a link (a FIFO would block the read that hashes it)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _owner(rel: str) -> str | None:
@@ -180,16 +189,20 @@ class ImageStore:
         self.tmp.mkdir(parents=True, exist_ok=True)
         if not (self.root / STORE_IGNORE).is_file():
             write_file_atomic(self.root / STORE_IGNORE, b"*\n", self.tmp)
-        self._sweep(self.index.names())
+        self.indexed = self.index.names()
+        self._sweep(self.indexed)
 
     def path(self, stored: str) -> Path:
         return self.root / stored
 
     def has(self, stored: str) -> bool:
-        return (self.root / stored).is_file()
+        """The store holds `stored` as it wrote it: a name its index lists, a regular file (a user's file
+        under a key's name, or a link out of the store, is never served as a render)."""
+        return stored in self.indexed and _regular(self.root / stored)
 
     def put(self, stored: str, data: bytes) -> None:
         self.index.add(stored)  # before the file: a listed name may be missing, never the reverse
+        self.indexed.add(stored)
         write_file_atomic(self.root / stored, data, self.tmp)
 
     def forget(self, stored: str, linked: Path) -> None:
@@ -201,9 +214,10 @@ class ImageStore:
 
     def take(self, src: Path, stored: str) -> bool:
         """Link `src` in as `stored` unless the store has it; True if it was taken in."""
-        if self.has(stored):
+        if self.has(stored) or os.path.lexists(self.root / stored):  # a file the index does not list stays
             return False
         self.index.add(stored)
+        self.indexed.add(stored)
         link_file(src, self.root / stored, self.tmp)
         return True
 
@@ -328,6 +342,15 @@ class OutputFolder:
         changed through the store's hard link leaves the store too."""
         recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
         for rel in files:
+            match = _TEMP.fullmatch(rel.rpartition("/")[2])
+            if match is not None and match["pid"] is None and not is_our_temp(self.root / rel):
+                raise DataError(
+                    f"{shown(self.root / rel)}: named as a temp file of generate's, but no run of it left it; refusing to delete it (move it away)"
+                )
+            if not _regular(self.root / rel):
+                raise DataError(
+                    f"{shown(self.root / rel)}: not a regular file (a link, FIFO or device); refusing to read or prune it (move it away)"
+                )
             if rel not in recorded:
                 continue
             digest = file_sha256(self.root / rel)

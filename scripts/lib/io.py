@@ -194,13 +194,17 @@ def mark_temp(path: Path) -> None:
         os.setxattr(path, TEMP_XATTR, b"1", follow_symlinks=False)
 
 
+def is_our_temp(path: Path) -> bool:
+    try:
+        return os.getxattr(path, TEMP_XATTR, follow_symlinks=False) == b"1"
+    except (OSError, AttributeError):
+        return False
+
+
 def remove_stale(path: Path, target: Path) -> None:
     """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
-    try:
-        if os.getxattr(path, TEMP_XATTR, follow_symlinks=False) == b"1":
-            return _remove(path)
-    except (OSError, AttributeError):
-        pass
+    if is_our_temp(path):
+        return _remove(path)
     if os.path.lexists(path):
         raise DataError(
             f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
