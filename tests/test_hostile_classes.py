@@ -20,6 +20,7 @@ real processes, real loopback servers; nothing of ours is mocked.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -604,6 +605,27 @@ def test_a_key_echoed_in_another_case_or_reversed_is_redacted(echo):
 
     assert not _key_variants(redact_key(f"bad key: Bearer {echo}!", KEY))
     assert not _key_variants(json.dumps(redact_key({"content": [f"x{echo}y"]}, KEY)))
+
+
+ENCODED_ECHOES = {  # how a server echoed the key into synthesize's error line, prompts.txt and cache
+    "base64": base64.b64encode(KEY.encode()).decode(),
+    "percent-encoded": "".join(f"%{b:02X}" for b in KEY.encode()),
+    "hex": KEY.encode().hex(),
+    "split over lines": "\n".join(KEY[i : i + 5] for i in range(0, len(KEY), 5)),
+    "spaced out": " ".join(KEY),
+}
+
+
+@pytest.mark.parametrize("form", sorted(ENCODED_ECHOES))
+def test_a_key_echoed_encoded_or_split_is_redacted(form):
+    from scripts.lib.chat_client import redact_key
+
+    echo = ENCODED_ECHOES[form]
+    pieces = {"".join(echo.split())[i : i + 8].lower() for i in range(len("".join(echo.split())) - 7)}
+    for said in (redact_key(f"HTTP 401: bad key {echo} (try again)", KEY), json.dumps(redact_key({"c": [echo]}, KEY))):
+        compact = "".join(said.split()).lower()
+        assert not any(piece in compact for piece in pieces), said
+    assert redact_key(f"HTTP 401: bad key {echo} (try again)", KEY).startswith("HTTP 401: bad key ")
 
 
 def test_a_redirect_to_a_host_named_after_the_key_neither_follows_nor_prints_it(tmp_path):

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import email.utils
 import functools
@@ -398,12 +399,26 @@ def call_missing(
 
 
 @functools.lru_cache(maxsize=4)
+def _key_forms(api_key: str) -> list[str]:
+    """The key as a server may echo it: as is, reversed, hex, percent-encoded, base64 (standard, URL-safe)."""
+    raw = api_key.encode()
+    b64 = base64.b64encode(raw).decode().rstrip("=")
+    return [
+        api_key,
+        api_key[::-1],
+        raw.hex(),
+        "".join(f"%{b:02x}" for b in raw),
+        b64,
+        b64.replace("+", "-").replace("/", "_"),
+    ]
+
+
 def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
-    """A pattern matching, at every position, any 8-character piece of the key (the whole key if
-    shorter), in any letter case and reversed too: a server or proxy that upper-cases what it echoes,
-    a host name (lower-cased), a reversed string, all still hold the key."""
+    """A pattern matching, at every position, any 8-character piece of any of the key's forms (the whole
+    key if shorter), in any letter case: a server or proxy that upper-cases what it echoes, a host name
+    (lower-cased), a reversed or encoded string, all still hold the key."""
     n = min(8, len(api_key))
-    pieces = sorted({text[i : i + n].lower() for text in (api_key, api_key[::-1]) for i in range(len(text) - n + 1)})
+    pieces = sorted({text[i : i + n].lower() for text in _key_forms(api_key) for i in range(len(text) - n + 1)})
     return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))", re.IGNORECASE), n
 
 
@@ -412,17 +427,19 @@ def redact_key(value: Any, api_key: str | None) -> Any:
     the key replaced by ***; anything without one is returned as is."""
     if not api_key:
         return value
-    if isinstance(value, str):
+    if isinstance(value, str):  # matched with whitespace left out: a key split over lines or spaced out
         pattern, n = _key_fragments(api_key)
+        where = [i for i, char in enumerate(value) if not char.isspace()]
+        compact = "".join(value[i] for i in where)
         spans: list[list[int]] = []
-        for match in pattern.finditer(value):
+        for match in pattern.finditer(compact):
             start = match.start()
             if spans and start <= spans[-1][1]:
                 spans[-1][1] = start + n
             else:
                 spans.append([start, start + n])
         for start, end in reversed(spans):
-            value = value[:start] + "***" + value[end:]
+            value = value[: where[start]] + "***" + value[where[end - 1] + 1 :]
         return value
     if isinstance(value, dict):
         return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
