@@ -75,7 +75,7 @@ def check_layout_takes(recipe: Recipe, sources: dict[str, Source], fmt: str) -> 
             )
 
 
-def read_generation(splits: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, str], str]]:
+def read_split_records(splits: Path, names: list[str]) -> tuple[dict[str, list[dict]], dict[tuple[str, str], str]]:
     """(source -> the settings that rendered its images, (source, id) -> the sha256 the row records for its
     image), from the `generation`, `id` and `image_sha256` columns of the sources' split tables (a carried
     image, or a table from before image_sha256, records none)."""
@@ -130,7 +130,7 @@ def cli(
         else:  # any folder may be named: its rows are checked as compose@V checks the split tables'
             check_composed_rows(rows, composed / ROWS, roots, text_only)
     names = sorted({c.source for c in recipe.all_components()})
-    generation, digests = read_generation(splits, names)
+    generation, digests = read_split_records(splits, names)
     if not streamed:  # each rendered image is checked against the sha256 generate recorded, where it is read
         rows = rows.assign(image_sha256=[digests.get(key) for key in zip(rows["source"], rows["id"])])
     from scripts.lib.progress import Progress

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import is_our_temp, shown
-from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256
+from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
 
 STORE_TMP = ".tmp"
@@ -319,12 +319,12 @@ class OutputFolder:
                     f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
                     "it (point the stage at its own image folder)"
                 )
-        self._check_unchanged(files, keys, store)  # before anything is taken into the store or pruned
+        self._check_ours(files, keys, store)  # before anything is taken into the store or pruned
         kept = {rel for rel in files if rel in wanted}
         if store is not None:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
-                    store.take(self.root / rel, f"{keys[rel][:2]}/{keys[rel]}{Path(rel).suffix}")
+                    store.take(self.root / rel, stored_name(keys[rel], rel))
         self.journal.rewrite(kept)  # before the manifest goes: the kept files stay listed
         removed = 0
         for rel in files:
@@ -336,10 +336,11 @@ class OutputFolder:
                 (self.root / rel).rmdir()
         return removed
 
-    def _check_unchanged(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
-        """Refuse a file whose bytes are not the sha256 the manifest records: retouched, or replaced, since
-        generate wrote it, it is the user's (neither replaced, nor pruned, nor recorded as a render). One
-        changed through the store's hard link leaves the store too."""
+    def _check_ours(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
+        """Refuse what generate did not leave as it is: a file under one of its temp names that no run of it
+        tagged, anything but a regular file (a FIFO would hang the hash), and a file whose bytes are not the
+        sha256 the manifest records (retouched or replaced since: the user's, neither replaced, nor pruned,
+        nor recorded as a render; one changed through the store's hard link leaves the store too)."""
         recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
         for rel in files:
             match = _TEMP.fullmatch(rel.rpartition("/")[2])
@@ -356,7 +357,7 @@ class OutputFolder:
             digest = file_sha256(self.root / rel)
             if digest != recorded[rel]:
                 if store is not None and rel in keys:
-                    store.forget(f"{keys[rel][:2]}/{keys[rel]}{Path(rel).suffix}", self.root / rel)
+                    store.forget(stored_name(keys[rel], rel), self.root / rel)
                 raise DataError(
                     f"{shown(self.root / rel)}: changed since generate wrote it (not the sha256 its manifest "
                     "records); refusing to replace, prune or record it as a render (move it away, and its row "
