@@ -20,6 +20,7 @@ from scripts.lib.params import Generate
 from scripts.lib.render import resolve_model
 from scripts.lib.render_plan import MANIFEST_COLUMNS, plan_jobs, prompt_seed
 from scripts.lib.tables import write_parquet
+from scripts.lib.temps import mark_temp
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -224,6 +225,7 @@ def test_changing_a_setting_rerenders_and_prunes_everything(tiny_model_dir, tmp_
     generate(prompts_table(3), settings(tiny_model_dir), out)
     image = next(out.rglob("*.jpg"))
     (image.parent / f".{image.name}.tmp-1-2").write_bytes(b"half an image")  # left by a killed run
+    mark_temp(image.parent / f".{image.name}.tmp-1-2")  # tagged, as write_file_atomic tags its temps
     counts = generate(prompts_table(3), settings(tiny_model_dir, guidance=5.0), out)
     assert counts["rendered"] == 3 and counts["pruned"] == 4
     assert len(list(out.rglob("*.jpg"))) == 3 and not list(out.rglob(".*"))
@@ -322,6 +324,7 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
     assert len(list(store.rglob("*.jpg"))) == 6
     dead = f".{sorted(store.rglob('*.jpg'))[0].name}.tmp-999999999-1"  # a dead run's temp file of an indexed image
     (store / ".tmp" / dead).write_bytes(b"half")
+    mark_temp(store / ".tmp" / dead)
     with pytest.raises(DataError, match="missing/manifest.parquet: not found"):
         prune_generation_store(store, [tmp_path / "new", tmp_path / "missing"])
     assert len(list(store.rglob("*.jpg"))) == 6  # nothing deleted

@@ -14,6 +14,7 @@ import pytest
 
 from scripts.generate import generate, prune_generation_store
 from scripts.lib.errors import DataError
+from scripts.lib.image_store import JOURNAL, OutputFolder
 from scripts.lib.params import Generate
 
 JPEG = b"\xff\xd8\xff\xe0 a user's picture \xff\xd9"
@@ -219,3 +220,66 @@ def test_what_generate_did_not_write_is_never_its_render(tiny_model_dir, tmp_pat
         assert files(out)[name] == rendered[name] and not (out / name).is_symlink()
     else:
         assert "refusing" in refused
+
+
+# A killed run's journal says which files are its own: names with the sha256 of what it wrote there. A
+# name added to it by hand, or a file swapped in under a name it lists, is the user's. (The journal had
+# names only: the first was pruned or recorded as a render, the second pruned or kept as one.)
+
+
+def killed_after_start(out: Path, store: Path, model: Path, file_names: str) -> list[str]:
+    """The output as a run killed right after it started leaves it: row 0 kept (journaled), the manifest gone."""
+    generate(two_prompts(), settings(model, file_names=file_names), out, store=store)
+    names = pd.read_parquet(out / "manifest.parquet")["file"].tolist()
+    OutputFolder(out).start({names[0]})
+    assert not (out / "manifest.parquet").exists() and (out / JOURNAL).is_file()
+    return names
+
+
+def phone_picture_listed_by_hand(out: Path, names: list[str]) -> str:
+    put(out, ["IMG_20240101.jpg"])
+    with open(out / JOURNAL, "a", encoding="utf-8") as journal:
+        journal.write("IMG_20240101.jpg\n")
+    return "IMG_20240101.jpg"
+
+
+def picture_under_a_wanted_name_listed_by_hand(out: Path, names: list[str]) -> str:
+    put(out, [names[1]])
+    with open(out / JOURNAL, "a", encoding="utf-8") as journal:
+        journal.write(f"{names[1]}\n")
+    return names[1]
+
+
+def picture_swapped_in_under_a_journaled_name(out: Path, names: list[str]) -> str:
+    (out / names[0]).unlink()
+    put(out, [names[0]])
+    return names[0]
+
+
+def file_named_as_a_journaled_names_temp(out: Path, names: list[str]) -> str:
+    folder, _, name = names[0].rpartition("/")
+    temp = f"{folder}/.{name}.tmp-123-4" if folder else f".{name}.tmp-123-4"
+    put(out, [temp])
+    return temp
+
+
+JOURNAL_CASES = [
+    (phone_picture_listed_by_hand, "index"),
+    (phone_picture_listed_by_hand, "key"),
+    (picture_under_a_wanted_name_listed_by_hand, "key"),
+    (picture_swapped_in_under_a_journaled_name, "index"),
+    (picture_swapped_in_under_a_journaled_name, "key"),
+    (file_named_as_a_journaled_names_temp, "index"),
+]
+
+
+@pytest.mark.parametrize("plant, file_names", JOURNAL_CASES, ids=lambda c: getattr(c, "__name__", c))
+def test_a_killed_runs_journal_proves_only_the_bytes_it_wrote(tiny_model_dir, tmp_path, plant, file_names):
+    out, store = tmp_path / "diffusiondb", tmp_path / "store"
+    names = killed_after_start(out, store, tiny_model_dir, file_names)
+    theirs = plant(out, names)
+    before = files(out)
+    with pytest.raises(DataError, match="refusing") as refused:
+        generate(two_prompts(), settings(tiny_model_dir, file_names=file_names), out, store=store)
+    assert theirs.rpartition("/")[2] in str(refused.value)
+    assert files(out) == before and (out / theirs).read_bytes() == JPEG  # nothing pruned, nothing recorded

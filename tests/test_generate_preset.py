@@ -8,6 +8,7 @@ place of stabilityai/stable-diffusion-2, and float64 (our cpu_dtype) in place of
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -128,7 +129,8 @@ def test_a_resumed_run_gives_the_bytes_of_an_uninterrupted_one(tiny_model_dir, t
     assert (counts["rendered"], counts["from_store"]) == (0, 3) and images(out) == whole
     (out / "openprompts_00000002.jpg").unlink()  # a hard link into the store: replace it, never write into it
     (out / "openprompts_00000002.jpg").write_bytes(whole["openprompts_00000000.jpg"])  # wrong image, no manifest
-    (out / JOURNAL).write_text("".join(f"{name}\n" for name in whole), encoding="utf-8")  # as a killed run leaves it
+    journal = "".join(f"{name}\t{hashlib.sha256((out / name).read_bytes()).hexdigest()}\n" for name in whole)
+    (out / JOURNAL).write_text(journal, encoding="utf-8")  # as a killed run leaves it: names, what it wrote there
     (out / "manifest.parquet").unlink()
     counts = generate(dedup_table(RAW), s, out, store=store)
     assert counts["from_store"] == 3 and images(out) == whole  # names are trusted only through the manifest

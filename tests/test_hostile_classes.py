@@ -360,6 +360,8 @@ TEMP_NAMES = {  # the user's own, under the names of a killed run's leftovers be
     "a folder named as the old copy": (".out.jsonl.tmp-old", {"draft.txt": "my precious draft\n"}),
     "a file named as the new copy": (".out.jsonl.tmp-new", None),
     "a file named as the sort's spill": (".out.jsonl.tmp-spill", None),
+    "a file named as the lock": (".out.jsonl.tmp-lock", None),  # it was locked, then unlinked at the end
+    "a folder named as the lock": (".out.jsonl.tmp-lock", {"notes.md": "my notes\n"}),
 }
 
 
@@ -378,6 +380,35 @@ def test_a_file_named_like_a_temp_of_ours_is_refused_not_deleted(tmp_path, case)
     line = one_error_line(python(["clean-text", "in.txt", "out.jsonl", "--rules", "final"], tmp_path))
     assert name in line and "refusing to delete it" in line, line
     assert file_digests(tmp_path) == before
+
+
+def _lock_links_to_a_file(tmp_path):
+    (tmp_path / "mine.txt").write_text("the user's file\n", encoding="utf-8")
+    (tmp_path / ".out.jsonl.tmp-lock").symlink_to("mine.txt")
+
+
+def _lock_is_a_fifo(tmp_path):
+    os.mkfifo(tmp_path / ".out.jsonl.tmp-lock")
+
+
+def _lock_links_nowhere(tmp_path):
+    (tmp_path / ".out.jsonl.tmp-lock").symlink_to("gone.txt")
+
+
+@pytest.mark.parametrize(
+    "make", [_lock_links_to_a_file, _lock_is_a_fifo, _lock_links_nowhere], ids=lambda f: f.__name__
+)
+def test_a_link_or_fifo_named_as_the_lock_is_refused_untouched(tmp_path, make):
+    """The lock was opened with O_CREAT, following links (a user's file was locked and then unlinked)."""
+    write_params(tmp_path)
+    (tmp_path / "in.txt").write_text("a red fox\na blue cat\n", encoding="utf-8")
+    make(tmp_path)
+    before = file_digests(tmp_path)
+    kinds = {p.name: os.lstat(p).st_mode for p in tmp_path.iterdir()}
+    line = one_error_line(python(["clean-text", "in.txt", "out.jsonl", "--rules", "final"], tmp_path))
+    assert ".out.jsonl.tmp-lock" in line and "refusing to delete it" in line, line
+    assert file_digests(tmp_path) == before and {p.name: os.lstat(p).st_mode for p in tmp_path.iterdir()} == kinds
+    assert not (tmp_path / "gone.txt").exists() and not (tmp_path / "out.jsonl").exists()
 
 
 def test_a_folder_named_like_a_release_staging_folder_stays(tmp_path):

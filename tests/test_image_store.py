@@ -11,6 +11,7 @@ import pytest
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import JOURNAL, STORE_INDEX, ImageStore, OutputFolder
 from scripts.lib.render_plan import MANIFEST, MANIFEST_COLUMNS
+from scripts.lib.temps import mark_temp
 
 KEY = "ab" + "0" * 62
 STORED = f"ab/{KEY}.jpg"
@@ -45,6 +46,7 @@ def test_a_killed_runs_files_are_ours_through_the_journal(tmp_path):
     out.write("s_00000000.jpg", b"one")
     out.write(STORED, b"two")
     (tmp_path / "out" / "ab" / f".{KEY}.jpg.tmp-99-1").write_bytes(b"half")  # the kill landed mid-write
+    mark_temp(tmp_path / "out" / "ab" / f".{KEY}.jpg.tmp-99-1")  # as write_file_atomic tags its temp
     # no finish(): the run was killed; the next one keeps one file and removes the rest
     assert OutputFolder(tmp_path / "out").start({STORED}) == 2
     assert files(tmp_path / "out") == {STORED, JOURNAL}
@@ -109,8 +111,9 @@ def test_temp_files_of_dead_runs_are_swept_only_for_names_the_store_writes(tmp_p
     store = ImageStore(tmp_path / "store")
     store.put(STORED, b"img")
     dead = 2**22 + 12345  # above pid_max's default: no such process
-    ours, theirs = f".{KEY}.jpg.tmp-{dead}-1", f".holiday.jpg.tmp-{dead}-1"
-    for name in (ours, theirs):
+    ours, theirs, untagged = f".{KEY}.jpg.tmp-{dead}-1", f".holiday.jpg.tmp-{dead}-1", f".{KEY}.jpg.tmp-{dead}-2"
+    for name in (ours, theirs, untagged):
         (tmp_path / "store" / ".tmp" / name).write_bytes(b"half")
+        mark_temp(tmp_path / "store" / ".tmp" / name) if name != untagged else None
     ImageStore(tmp_path / "store")
-    assert sorted(p.name for p in (tmp_path / "store" / ".tmp").iterdir()) == [theirs]
+    assert sorted(p.name for p in (tmp_path / "store" / ".tmp").iterdir()) == sorted([theirs, untagged])

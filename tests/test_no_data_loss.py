@@ -20,9 +20,10 @@ from helpers.workspace import RAW, error_line, leftovers, make_splits, snapshot,
 from scripts.cli import main
 from scripts.ingest import ingest
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, OWNER_XATTR, atomic_path, output_lock
+from scripts.lib.io import MARKER, OWNER_XATTR, atomic_path
 from scripts.lib.readers import SourceConfig
 from scripts.lib.tables import write_parquet
+from scripts.lib.temps import output_lock
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -543,12 +544,13 @@ def test_sample_data_rewrites_the_committed_data_raw_without_a_marker(ws, capsys
 def test_a_killed_runs_temp_files_are_removed_by_the_next_run(ws, capsys):
     """Leftovers as a killed run leaves them: each temp tagged by the run that made it (io.mark_temp; a
     user's file under such a name is refused: test_a_file_named_like_a_temp_of_ours_is_refused_not_deleted)."""
-    from scripts.lib.io import mark_temp
+    from scripts.lib.temps import mark_temp
 
     _user_file("in.txt", "a red fox in the snow\n")(ws)
     for name in (".out.jsonl.tmp-new", ".out.jsonl.tmp-lock"):
         (ws / name).write_text("half", encoding="utf-8")
-    mark_temp(ws / ".out.jsonl.tmp-new")  # the lock file is no temp: the next run takes it over
+    for name in (".out.jsonl.tmp-new", ".out.jsonl.tmp-lock"):
+        mark_temp(ws / name)  # as the killed run tagged them (the lock: before it had its name)
     make_splits(ws)
     (ws / "data/releases/.v2.staging-k1ll3d/train").mkdir(parents=True)
     (ws / "data/splits/.chatgpt.tmp-old").mkdir()

@@ -1,6 +1,9 @@
-"""The one exception a stage raises for bad input or params."""
+"""The one exception a stage raises for bad input or params, and how a path appears in its line."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 class DataError(Exception):
@@ -8,3 +11,27 @@ class DataError(Exception):
 
     Name the file and the row, e.g. DataError("data/raw/x.csv: row 17: empty prompt").
     """
+
+
+def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) -> str:
+    """One line for an OSError met while writing `target`: the path it names (never a temp path), the reason."""
+    detail = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+    name = exc.filename
+    if name and (tmp is None or not str(name).startswith(str(tmp))):
+        return f"{name}: {detail}"
+    return f"{target}: cannot write ({detail})"
+
+
+def shown(path: Path | str) -> str:
+    """A path (or any text from the data) as it may be printed: escape codes, other control characters
+    and undecodable bytes (a non-UTF-8 file name) escaped, so a name cannot drive the terminal."""
+    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return text if text.isprintable() else "".join(map(_printable, text))
+
+
+def _printable(char: str) -> str:
+    if char.isprintable():
+        return char
+    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")

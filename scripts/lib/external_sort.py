@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scripts.lib.io import TMP_SPILL, _remove, _sibling, mark_temp, remove_stale
 from scripts.lib.tables import PARQUET_ROW_GROUP, row_groups_to
+from scripts.lib.temps import TMP_SPILL, _remove, _sibling, mark_temp, remove_stale
 
 RANK = "__rank"
 BUCKET_ROWS = PARQUET_ROW_GROUP  # rows a bucket file holds at most: what the sort holds in memory

@@ -5,10 +5,12 @@
         .tmp/  .gitignore           temp files (renamed into place), `*` (a local cache, never committed)
         ab/abcdef0123....jpg        <key[:2]>/<key>.<ext>
     data/images/S/                  the stage's output: images (key or index names) + manifest.parquet
-        .generate-journal           while a run is under way: every name it is about to write
+        .generate-journal           while a run is under way: every name it is about to write, with
+                                    the sha256 of the bytes it puts there
 
-A file is ours only if our own record lists it: the store's index, the output's manifest or journal.
-Nothing is deleted by the look of its name (a phone's IMG_20240101.jpg looks like `<prefix>_<row>.jpg`);
+A file is ours only if our own record lists it: the store's index, the output's manifest or journal
+(the output's records also hold its sha256: a file edited or swapped since, or a name added to the journal
+by hand, is the user's). A temp file is ours only if it carries io's temp tag. Nothing is deleted by the look of its name (a phone's IMG_20240101.jpg looks like `<prefix>_<row>.jpg`);
 a folder holding anything unlisted is refused in one line, with nothing touched.
 """
 
@@ -24,10 +26,10 @@ import stat
 import threading
 from pathlib import Path
 
-from scripts.lib.errors import DataError
-from scripts.lib.io import is_our_temp, shown
+from scripts.lib.errors import DataError, shown
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
+from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp
 
 STORE_TMP = ".tmp"
 STORE_IGNORE = ".gitignore"
@@ -47,12 +49,19 @@ def _temp_path(path: Path, tmp_dir: Path | None) -> Path:
 
 def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Temp file + rename: a name always holds a whole image (the temp file in `tmp_dir`, on the same
-    filesystem, or beside `path`)."""
+    filesystem, or beside `path`; tagged as ours while it is a temp)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path, tmp_dir)
-    with tmp.open("wb") as f:
+    with tmp.open("xb") as f:
+        mark_temp(f.fileno())
         f.write(data)
+    _rename_in(tmp, path)
+
+
+def _rename_in(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        os.removexattr(path, TEMP_XATTR, follow_symlinks=False)  # no longer a temp
 
 
 def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
@@ -63,17 +72,15 @@ def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
         os.link(src, dst)
         return
     except FileExistsError:
-        pass
+        pass  # a copy: a linked temp could not be tagged (the tag would land on `src`, the same file)
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
             raise
-        tmp = _temp_path(dst, tmp_dir)
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        return
     tmp = _temp_path(dst, tmp_dir)
-    os.link(src, tmp)
-    os.replace(tmp, dst)
+    with open(tmp, "xb") as f:
+        mark_temp(f.fileno())
+    shutil.copyfile(src, tmp)
+    _rename_in(tmp, dst)
 
 
 def _alive(pid: int) -> bool:
@@ -141,6 +148,28 @@ class NameList:
 
     def rewrite(self, names: set[str], tmp_dir: Path | None = None) -> None:
         write_file_atomic(self.path, "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"), tmp_dir)
+
+
+class Journal(NameList):
+    """The output's journal: each line a name and, tab-separated, the sha256 of the bytes written there
+    (added before the file appears, so a killed run's files are provably its own)."""
+
+    def names(self) -> set[str]:
+        return set(self.digests())
+
+    def digests(self) -> dict[str, set[str]]:
+        """name -> the sha256s recorded for it (empty where a line names no digest: it proves nothing)."""
+        found: dict[str, set[str]] = {}
+        for line in super().names():
+            name, _, digest = line.partition("\t")
+            found.setdefault(name, set()).update([digest] if digest else [])
+        return found
+
+    def add(self, name: str, digest: str | None = None) -> None:
+        super().add(f"{name}\t{digest}" if digest else name)
+
+    def rewrite_with(self, digests: dict[str, str], tmp_dir: Path | None = None) -> None:
+        super().rewrite({f"{name}\t{digest}" for name, digest in digests.items()}, tmp_dir)
 
 
 def manifest_keys(manifest: Path) -> dict[str, str]:
@@ -225,7 +254,7 @@ class ImageStore:
         """Delete temp files of dead runs, for names the store writes (its images, index, .gitignore)."""
         for tmp in self.tmp.iterdir():
             match = _TEMP.fullmatch(tmp.name)
-            if match is None or not match["pid"] or _alive(int(match["pid"])):
+            if match is None or not match["pid"] or _alive(int(match["pid"])) or not is_our_temp(tmp):
                 continue
             name = match["name"]
             if name in (STORE_INDEX, STORE_IGNORE) or f"{name[:2]}/{name}" in indexed:
@@ -290,7 +319,7 @@ class OutputFolder:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.journal = NameList(self.root / JOURNAL)
+        self.journal = Journal(self.root / JOURNAL)
         self.digests: dict[str, str] = {}  # file -> sha256 of what this run found verified or wrote
 
     def keys(self) -> dict[str, str]:
@@ -325,7 +354,7 @@ class OutputFolder:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
                     store.take(self.root / rel, stored_name(keys[rel], rel))
-        self.journal.rewrite(kept)  # before the manifest goes: the kept files stay listed
+        self.journal.rewrite_with(self.digests_of(sorted(kept)))  # before the manifest goes: kept files stay listed
         removed = 0
         for rel in files:
             if rel not in kept and rel != JOURNAL:
@@ -338,13 +367,14 @@ class OutputFolder:
 
     def _check_ours(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
         """Refuse what generate did not leave as it is: a file under one of its temp names that no run of it
-        tagged, anything but a regular file (a FIFO would hang the hash), and a file whose bytes are not the
-        sha256 the manifest records (retouched or replaced since: the user's, neither replaced, nor pruned,
-        nor recorded as a render; one changed through the store's hard link leaves the store too)."""
+        tagged, anything but a regular file (a FIFO would hang the hash), and a file whose bytes are not a
+        sha256 the manifest or journal records (retouched or replaced since, or a name added by hand: the
+        user's, neither replaced, nor pruned, nor recorded as a render; one changed through the store's hard
+        link leaves the store too)."""
         recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
+        journaled = self.journal.digests()
         for rel in files:
-            match = _TEMP.fullmatch(rel.rpartition("/")[2])
-            if match is not None and match["pid"] is None and not is_our_temp(self.root / rel):
+            if _TEMP.fullmatch(rel.rpartition("/")[2]) is not None and not is_our_temp(self.root / rel):
                 raise DataError(
                     f"{shown(self.root / rel)}: named as a temp file of generate's, but no run of it left it; refusing to delete it (move it away)"
                 )
@@ -352,16 +382,18 @@ class OutputFolder:
                 raise DataError(
                     f"{shown(self.root / rel)}: not a regular file (a link, FIFO or device); refusing to read or prune it (move it away)"
                 )
-            if rel not in recorded:
+            if rel in (MANIFEST, JOURNAL) or _owner(rel) is not None:
+                continue
+            if rel not in recorded and rel in keys:  # a manifest from before generate recorded sha256s
                 continue
             digest = file_sha256(self.root / rel)
-            if digest != recorded[rel]:
+            if digest != recorded.get(rel) and digest not in journaled.get(rel, ()):
                 if store is not None and rel in keys:
                     store.forget(stored_name(keys[rel], rel), self.root / rel)
                 raise DataError(
-                    f"{shown(self.root / rel)}: changed since generate wrote it (not the sha256 its manifest "
-                    "records); refusing to replace, prune or record it as a render (move it away, and its row "
-                    "is rendered again)"
+                    f"{shown(self.root / rel)}: changed since generate wrote it (not the sha256 its manifest or "
+                    "journal records); refusing to replace, prune or record it as a render (move it away, and its "
+                    "row is rendered again)"
                 )
             self.digests[rel] = digest
 
@@ -369,14 +401,14 @@ class OutputFolder:
         return (self.root / file).is_file()
 
     def write(self, file: str, data: bytes) -> None:
-        self.journal.add(file)
-        write_file_atomic(self.root / file, data)
         self.digests[file] = hashlib.sha256(data).hexdigest()
+        self.journal.add(file, self.digests[file])
+        write_file_atomic(self.root / file, data)
 
     def link(self, src: Path, file: str, tmp_dir: Path | None = None) -> None:
-        self.journal.add(file)
+        self.digests[file] = file_sha256(src)
+        self.journal.add(file, self.digests[file])
         link_file(src, self.root / file, tmp_dir)
-        self.digests[file] = file_sha256(self.root / file)
 
     def digests_of(self, files: list[str]) -> dict[str, str]:
         """file -> sha256 of each of `files` (read here when this run neither wrote nor verified it)."""

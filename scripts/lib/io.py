@@ -7,7 +7,6 @@ Stages keep their logic pure (table in -> table out) and call these helpers only
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
@@ -20,9 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.dvc_cache import holds_locked_bytes
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.git_files import git_unmodified
 from scripts.lib.interrupts import stop_if_received
+from scripts.lib.temps import (
+    TEMP_XATTR,
+    TMP_NEW,
+    TMP_OLD,
+    _remove,
+    _sibling,
+    mark_temp,
+    output_lock,
+    real_path,
+    remove_stale,
+)
 
 UMASK = os.umask(os.umask(0))  # the only way to read it; done once at import, before any thread starts
 
@@ -50,59 +60,6 @@ MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wro
 # A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5s stay), holding
 # the file's identity, so a later run may replace it while unchanged (file_is_ours has the other proofs).
 OWNER_XATTR = "user.t2i-datasets.output"
-# Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
-# T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
-# .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run removes
-# each only if it carries TEMP_XATTR (a name proves nothing: a user's own `.T.tmp-old/` is refused).
-TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
-TEMP_XATTR = "user.t2i-datasets.temp"
-
-
-def real_path(path: Path | str) -> Path:
-    """`path` as the kernel resolves it: its folder's links before any `..` (abspath reads `lnk/../x` as
-    `./x`, not the kernel's folder); the last part as named (a link output is refused, not followed)."""
-    head, name = os.path.split(os.fspath(path))
-    if name in ("", ".", ".."):
-        return Path(os.path.realpath(path))
-    return Path(os.path.realpath(head or ".")) / name
-
-
-def _sibling(target: Path, kind: str) -> Path:
-    target = real_path(target)  # beside the file the kernel writes, whatever links its path runs through
-    return target.parent / f".{target.name}.{kind}"
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, link or folder of ours (a temp or old copy); absent is fine."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) -> str:
-    """One line for an OSError met while writing `target`: the path it names (never a temp path), the reason."""
-    detail = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
-    name = exc.filename
-    if name and (tmp is None or not str(name).startswith(str(tmp))):
-        return f"{name}: {detail}"
-    return f"{target}: cannot write ({detail})"
-
-
-def shown(path: Path | str) -> str:
-    """A path (or any text from the data) as it may be printed: escape codes, other control characters
-    and undecodable bytes (a non-UTF-8 file name) escaped, so a name cannot drive the terminal."""
-    text = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
-    return text if text.isprintable() else "".join(map(_printable, text))
-
-
-def _printable(char: str) -> str:
-    if char.isprintable():
-        return char
-    if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
-        return f"\\x{ord(char) - 0xDC00:02x}"
-    return char.encode("unicode_escape").decode("ascii")
 
 
 def check_output_kind(target: Path | str) -> None:
@@ -148,68 +105,6 @@ def check_not_input(output: Path | str, inputs) -> None:
         if src == out or out in src.parents or (src in out.parents and src.is_dir()):
             what = "is" if src == out else "holds" if out in src.parents else "is inside"
             raise DataError(f"{shown(output)}: the output {what} the input {shown(item)}; choose another output path")
-
-
-@contextlib.contextmanager
-def output_lock(target: Path | str) -> Iterator[None]:
-    """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
-    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
-    target = Path(target)
-    try:
-        real_path(target).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(os_error_message(exc, target.parent)) from None
-    lock = _sibling(target, TMP_LOCK)
-    while True:
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            raise DataError(os_error_message(exc, target, tmp=lock)) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DataError(f"{target}: another run is writing it (lock {lock}); wait for it to end") from None
-        try:  # the holder before us may have removed the file after we opened it: lock the current one
-            current = os.stat(lock)
-            mine = os.fstat(fd)
-            if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
-            remove_stale(_sibling(target, kind), target)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)  # while still holding it: see the inode check above
-        os.close(fd)
-
-
-def mark_temp(path: Path) -> None:
-    """Tag a temp sibling this process made (remove_stale deletes only tagged ones)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(path, TEMP_XATTR, b"1", follow_symlinks=False)
-
-
-def is_our_temp(path: Path) -> bool:
-    try:
-        return os.getxattr(path, TEMP_XATTR, follow_symlinks=False) == b"1"
-    except (OSError, AttributeError):
-        return False
-
-
-def remove_stale(path: Path, target: Path) -> None:
-    """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
-    if is_our_temp(path):
-        return _remove(path)
-    if os.path.lexists(path):
-        raise DataError(
-            f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
-            "refusing to delete it (move it away)"
-        )
 
 
 def _files_under(folder: Path) -> list[str]:

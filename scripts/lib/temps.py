@@ -1,0 +1,144 @@
+"""The temp siblings of an output and the lock that guards it.
+
+Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tmp-old (the previous
+T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
+.T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run removes
+each only if it carries TEMP_XATTR (a name proves nothing: a user's own `.T.tmp-old/` is refused, and a
+user's `.T.tmp-lock` is neither locked, nor taken over, nor unlinked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from scripts.lib.errors import DataError, os_error_message, shown
+
+TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
+TEMP_XATTR = "user.t2i-datasets.temp"
+
+
+def real_path(path: Path | str) -> Path:
+    """`path` as the kernel resolves it: its folder's links before any `..` (abspath reads `lnk/../x` as
+    `./x`, not the kernel's folder); the last part as named (a link output is refused, not followed)."""
+    head, name = os.path.split(os.fspath(path))
+    if name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(head or ".")) / name
+
+
+def _sibling(target: Path, kind: str) -> Path:
+    target = real_path(target)  # beside the file the kernel writes, whatever links its path runs through
+    return target.parent / f".{target.name}.{kind}"
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder of ours (a temp or old copy); absent is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(target: Path | str) -> Iterator[None]:
+    """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
+    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
+    target = Path(target)
+    try:
+        real_path(target).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, target.parent)) from None
+    lock = _sibling(target, TMP_LOCK)
+    while True:
+        fd = _open_lock(lock, target)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataError(f"{target}: another run is writing it (lock {lock}); wait for it to end") from None
+        if not is_our_temp(fd):  # made by no run of ours (each is tagged before it has its name)
+            os.close(fd)
+            raise _not_our_temp(lock, target)
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            current = os.stat(lock)
+            mine = os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
+            remove_stale(_sibling(target, kind), target)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still holding it: see the inode check above
+        os.close(fd)
+
+
+def _open_lock(lock: Path, target: Path) -> int:
+    """The lock file, opened: a new one is made under a name of its own, tagged, then linked in (so `lock`
+    never names an untagged file of ours); one a run left is opened without following a link or blocking."""
+    while True:
+        try:
+            fd, made = tempfile.mkstemp(prefix=f"{lock.name}.", dir=lock.parent)
+        except OSError as exc:
+            raise DataError(os_error_message(exc, target)) from None
+        try:
+            mark_temp(fd)
+            os.link(made, lock)
+            return fd
+        except FileExistsError:
+            os.close(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise DataError(os_error_message(exc, target, tmp=Path(made))) from None
+        finally:
+            os.unlink(made)
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:  # its holder just removed it
+            continue
+        except OSError:  # a link (or what cannot be opened) is no lock of ours
+            raise _not_our_temp(lock, target) from None
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        raise _not_our_temp(lock, target)
+
+
+def mark_temp(path: Path | int) -> None:
+    """Tag a temp sibling this process made, by path or open file (remove_stale deletes only tagged ones)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, TEMP_XATTR, b"1", follow_symlinks=isinstance(path, int))
+
+
+def is_our_temp(path: Path | int) -> bool:
+    try:
+        return os.getxattr(path, TEMP_XATTR, follow_symlinks=isinstance(path, int)) == b"1"
+    except (OSError, AttributeError):
+        return False
+
+
+def remove_stale(path: Path, target: Path) -> None:
+    """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
+    if is_our_temp(path):
+        return _remove(path)
+    if os.path.lexists(path):
+        raise _not_our_temp(path, target)
+
+
+def _not_our_temp(path: Path, target: Path) -> DataError:
+    return DataError(
+        f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
+        "refusing to delete it (move it away)"
+    )
