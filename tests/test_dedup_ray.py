@@ -336,7 +336,12 @@ def session_has(session: int, name: str) -> bool:
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output(tmp_path):
+@pytest.mark.parametrize(
+    "started, working",
+    [("raylet", 3.0), ("gcs_server", 0.0)],  # Ray working; Ray still starting (ray.init's processes were left running)
+    ids=["working", "while_ray_starts"],
+)
+def test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output(tmp_path, started, working):
     texts, ids = planted(900)
     folder = stage_files(tmp_path, texts * 4, [f"{i}-{k}" for k in range(4) for i in ids])
     command, env = run_cli(tmp_path, folder, start=False)
@@ -350,9 +355,9 @@ def test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output(tmp_path):
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None and not session_has(process.pid, "raylet"):
-        time.sleep(0.2)
-    time.sleep(3)  # Ray is up and working (the whole run takes ~15 s here once Ray has started)
+    while time.monotonic() < deadline and process.poll() is None and not session_has(process.pid, started):
+        time.sleep(0.05)
+    time.sleep(working)  # with the raylet up, 3 s: Ray is working (the whole run takes ~15 s once Ray has started)
     assert process.poll() is None, "the run ended before the Ctrl-C"
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)

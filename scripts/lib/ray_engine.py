@@ -7,8 +7,10 @@ stops Ray and turns its failures into one-line DataErrors.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +39,7 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     children_before: set[int] = set()
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
+        _adopt_orphans()
         python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         options: dict = {
             "include_dashboard": False,
@@ -51,10 +54,15 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
             ray.init(address=runtime.ray_address or "local", **options)
         except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
+            _reap(children_before)
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise DataError(
                 f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})"
             ) from None
+        except BaseException:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
+            ray.shutdown()
+            _reap(children_before)
+            raise
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
@@ -63,25 +71,51 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     finally:
         context.shuffle_strategy = strategy
         if started_here:
-            started = [c for c in psutil.Process().children(recursive=True) if c.pid not in children_before]
             ray.shutdown()
-            _reap(started)
+            _reap(children_before)
 
 
-REAP_SECONDS = 10
+REAP_SECONDS = 3  # then what is left is killed: Ray is shut down, a worker has nothing of ours to finish
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def _reap(processes: list[psutil.Process]) -> None:
+def _adopt_orphans() -> None:
+    """Make this process the subreaper of what it starts: a Ray worker whose raylet has gone is reparented
+    here, not to init, so _reap still finds it (one started as Ray shut down escaped a snapshot taken before)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap(children_before: set[int]) -> None:
     """Wait for the processes this session started to be gone before the command exits.
 
     `ray.shutdown()` stops the raylet and GCS; their workers notice and exit on their own, a moment later.
     A command that returned before then would leave them running past its exit code (a Ctrl-C's 130
-    included), so wait a bounded time, then kill what is left."""
-    _, alive = psutil.wait_procs(processes, timeout=REAP_SECONDS)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=REAP_SECONDS)
+    included), so wait a bounded time, then kill what is left. Each look lists the descendants again: a
+    process started (or orphaned to us) after the last look is waited for too."""
+    deadline = time.monotonic() + REAP_SECONDS
+    while (started := _descendants(children_before)) and time.monotonic() < deadline:
+        psutil.wait_procs(started, timeout=min(deadline - time.monotonic(), 0.5))
+    for _ in range(3):  # what is left is killed; a killed one's orphans come to us next round
+        if not (started := _descendants(children_before)):
+            return
+        for process in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(started, timeout=REAP_SECONDS)
+
+
+def _descendants(children_before: set[int]) -> list[psutil.Process]:
+    """The processes under this one it did not have before Ray, but another's zombie (its parent reaps it)."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.pid not in children_before and (
+                process.status() != psutil.STATUS_ZOMBIE or process.ppid() == os.getpid()
+            ):
+                found.append(process)
+    return found
 
 
 def _quiet_console() -> None:
