@@ -51,6 +51,7 @@ from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, sho
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
 from scripts.lib.safe_paths import confined_file
 from scripts.lib.tables import write_parquet
+from scripts.lib.temps import output_lock
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -268,13 +269,18 @@ def caption(
     params: CaptionEntry,
     out_dir: Path,
     api_key: str | None,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    log: Callable[[str], None] = lambda message: print(shown(message), file=sys.stderr),
 ) -> dict:
     """Run entry `name`: caption the first `max_images` images model by model, write OUT/.
 
     Returns the report (also OUT/report.json). A request that fails for good stops new requests and
-    fails the stage with a DataError; what finished stays cached, so the next run resumes.
-    """
+    fails the stage with a DataError; what finished stays cached, so the next run resumes. OUT is
+    locked (output_lock): a second run into it fails at once, paying for no request twice."""
+    with output_lock(out_dir):
+        return _caption(name, params, out_dir, api_key, log)
+
+
+def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None, log) -> dict:
     images_dir = Path(params.images)
     check_not_input(out_dir, [images_dir])  # never write into the user's images
     if Path.resolve(images_dir) in Path.resolve(out_dir).parents:

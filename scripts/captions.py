@@ -128,7 +128,7 @@ def cli(
             out.add_rows(arrow_table(caption_table(attach(chunk))), positions)
             written += len(positions)
     if language is not None:
-        print(f"captions@{source}: {not_language} rows whose prompt is not {language} (langdetect) dropped")
+        print(shown(f"captions@{source}: {not_language} rows whose prompt is not {language} (langdetect) dropped"))
     print(shown(f"captions@{source}: {written} rows -> {output}"))
 
 

@@ -32,7 +32,7 @@ from scripts.lib.cleaning import (
     split_rows,
 )
 from scripts.lib.cleaning.table import check_mode
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
@@ -54,8 +54,10 @@ def cli_rules(output: Path) -> None:
     document = rules_file_document(clean.rules, sets)
     write_json(document, output)
     print(
-        f"clean_rules: {len(document['sets'])} rule sets ({', '.join(document['sets'])}; default "
-        f"{document['rules']}) -> {output}"
+        shown(
+            f"clean_rules: {len(document['sets'])} rule sets ({', '.join(document['sets'])}; default "
+            f"{document['rules']}) -> {output}"
+        )
     )
 
 
@@ -100,8 +102,10 @@ def cli(
     write_json(report(source, rows_in, reasons, mode != "off", used, mode), report_path)
     dropped_total = sum(reasons.values())
     print(
-        f"clean {source} ({used or 'no rules'}, {mode}): {rows_in} rows in, {rows_in - dropped_total} kept, "
-        f"{dropped_total} dropped -> {output}"
+        shown(
+            f"clean {source} ({used or 'no rules'}, {mode}): {rows_in} rows in, {rows_in - dropped_total} kept, "
+            f"{dropped_total} dropped -> {output}"
+        )
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from scripts.lib.errors import shown
 from scripts.lib.interrupts import Interrupted, forget, note, received
 
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
@@ -197,7 +198,7 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
-    print(f"error: {text}", file=sys.stderr)
+    print(f"error: {shown(text)}", file=sys.stderr)  # whatever a message quotes (a server's reply, a name) is text
     _silence_finalizers()
     return code
 

@@ -21,7 +21,7 @@ import typer
 from scripts.lib.dvc_cache import cached_directory
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys
-from scripts.lib.io import shown
+from scripts.lib.io import check_output_kind, shown
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
 from scripts.lib.render import RenderStats, load_pipeline, render_images, resolve_device, resolve_model
@@ -37,6 +37,7 @@ from scripts.lib.render_plan import (
     with_model_size,
 )
 from scripts.lib.tables import read_parquet
+from scripts.lib.temps import output_lock
 
 
 def load_settings(params: dict | None) -> Generate:
@@ -117,7 +118,8 @@ def generate(
     rendered into it, and the images of `output` (now and in its previous DVC version) are added to it.
     `prefix` (default: OUTPUT's folder name, i.e. the source) names the files with `file_names: index`."""
     runtime = runtime or Runtime()
-    with engine_session(runtime) as cuda:
+    check_output_kind(output)  # a link would be written through (into the folder it names)
+    with output_lock(output), engine_session(runtime) as cuda:  # a second run on OUTPUT fails at once
         return _generate(table, settings, Path(output), input_name, store, prefix, runtime, cuda)
 
 
@@ -190,9 +192,11 @@ def cli(
     )
     # one line, parsed by tests and people counting renders: `rendered` is what the pipeline drew
     print(
-        f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
-        f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the store), "
-        f"{counts['pruned']} files pruned; preset {settings.preset}"
+        shown(
+            f"generate@{source}: {counts['prompts']} prompts, {counts['rendered']} rendered "
+            f"({counts['pipeline_calls']} pipeline calls), {counts['reused']} reused ({counts['from_store']} from the "
+            f"store), {counts['pruned']} files pruned; preset {settings.preset}"
+        )
     )
 
 

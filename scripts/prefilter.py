@@ -26,7 +26,7 @@ import typer
 
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.io import check_files_ours, write_json
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
@@ -158,5 +158,8 @@ def cli(
     }
     write_json(report, report_path)
     print(
-        f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed before generation"
+        shown(
+            f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed "
+            "before generation"
+        )
     )

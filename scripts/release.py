@@ -81,17 +81,19 @@ def read_split_records(splits: Path, names: list[str]) -> tuple[dict[str, list[d
     image, or a table from before image_sha256, records none)."""
     settings, digests = {}, {}
     for name in names:
-        values = []
+        values, files = [], []  # files: (table, its rows), so a bad `generation` value names its row
         for split in SPLITS:
             path = splits / name / f"{split}.parquet"
             table = read_parquet(path, columns=["generation", "id", "image_sha256"]) if path.is_file() else None
             if table is None:
                 continue
-            values += table["generation"].tolist() if "generation" in table else []
+            if "generation" in table:
+                values += table["generation"].tolist()
+                files.append((path, len(table)))
             if "image_sha256" in table:
                 pairs = zip(table["id"], table["image_sha256"])
                 digests.update(((name, i), sha) for i, sha in pairs if isinstance(sha, str))
-        settings[name] = generation_settings(values)
+        settings[name] = generation_settings(values, files)
     return settings, digests
 
 

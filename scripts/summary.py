@@ -11,13 +11,13 @@ committed), read with `dvc metrics diff --targets FILE` or cat.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import check_files_ours, shown, write_json
+from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import load_section
 
 
@@ -31,10 +31,12 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     for name in names:
         path = releases / name / "stats.json"
         try:
-            stats[name] = json.loads(path.read_text(encoding="utf-8"))
+            stats[name] = loads_json(path.read_text(encoding="utf-8"))  # depth-bounded: no RecursionError
             stats[name]["rows"]["total"]
         except FileNotFoundError:
             raise DataError(f"{path}: input not found (run release@{name})") from None
+        except TooDeep as exc:
+            raise DataError(f"{path}: not a release's stats.json ({exc})") from None
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{path}: not a release's stats.json (no rows.total)") from None
     return stats

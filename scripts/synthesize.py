@@ -40,6 +40,7 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
+from scripts.lib.temps import output_lock
 
 # ---------------------------------------------------------------- params
 
@@ -203,14 +204,20 @@ def synthesize(
     params: SynthesizeEntry,
     out_dir: Path,
     api_key: str | None,
-    log=lambda message: print(message, file=sys.stderr),
+    log=lambda message: print(shown(message), file=sys.stderr),
 ) -> dict:
     """Run entry `name`: replay cached requests, call the API for the rest, write OUT/prompts.txt.
 
     Returns the report (also written to OUT/report.json). A request that fails for good (fatal
     status, or max_attempts spent) stops new requests and fails the stage with a DataError; what
-    finished stays cached, so the next run resumes.
+    finished stays cached, so the next run resumes. OUT is locked for the whole run: a second run
+    into it fails at once (it would pay for the same requests).
     """
+    with output_lock(out_dir):
+        return _synthesize(name, params, out_dir, api_key, log)
+
+
+def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str | None, log) -> dict:
     check_outputs_ours(out_dir, OUTPUTS)  # each one ours and unchanged: a report naming this entry proves
     # nothing of the files beside it (a copy of the folder keeps it; a user edits prompts.txt beside it)
     cache = ResponseCache(out_dir / "cache").open()

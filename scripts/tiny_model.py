@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import TinyModel, load_section, parse
 
 
@@ -400,7 +401,7 @@ _VOLATILE_FIELDS = ("_name_or_path", "local_files_only")
 def _strip_volatile_fields(model_dir: Path) -> None:
     """Drop the load-time fields, so the bytes depend only on params (not on the directory or environment)."""
     for path in sorted(Path(model_dir).rglob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))  # what diffusers just wrote; bounded all the same
         if isinstance(data, dict) and any(field in data for field in _VOLATILE_FIELDS):
             for field in _VOLATILE_FIELDS:
                 data.pop(field, None)

@@ -25,6 +25,7 @@ import yaml
 from helpers import Loopback, send_json
 from scripts.lib.errors import DataError
 from scripts.lib.tables import write_parquet
+from scripts.lib.temps import mark_temp
 from scripts.synthesize import (
     ExampleSource,
     backoff_delay,
@@ -549,6 +550,7 @@ def test_stale_temp_files_of_a_killed_run_are_removed(tmp_path, server):
     cache = tmp_path / "out" / "cache"
     cache.mkdir(parents=True)
     (cache / ".abc.json.tmp-123").write_text("{half", encoding="utf-8")
+    mark_temp(cache / ".abc.json.tmp-123")  # as the killed run tagged it (an untagged one is the user's)
     run(tmp_path, server, requests=1)
     assert [path.name.startswith(".") for path in cache_files(tmp_path)] == [False]
 

@@ -8,12 +8,16 @@ params.yaml `sources.S.{license,homepage,citation}`; what is not given there is 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import yaml
 
+from scripts.lib.errors import DataError
 from scripts.lib.export import card_data_files
 from scripts.lib.io import SPLITS
+from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
 
@@ -55,16 +59,39 @@ def size_category(total: int) -> str:
     )
 
 
-def generation_settings(generation: list) -> list[dict]:
+def generation_settings(generation: list, files: Sequence[tuple[Path | str, int]] = ()) -> list[dict]:
     """The distinct settings (captions@S's `generation` JSON, less per-row fields) that rendered the images
-    of a source, in first-seen order; none for images the source carried."""
+    of a source, in first-seen order; none for images the source carried. `files`: the split table each
+    run of values came from and its row count, in order, so a bad value is one line naming file and row."""
     found: dict[str, dict] = {}
-    for text in generation:
+    for index, text in enumerate(generation):
         if not isinstance(text, str) or not text:
             continue
-        settings = {k: v for k, v in sorted(json.loads(text).items()) if k not in PER_ROW}
+        settings = {k: v for k, v in sorted(_parsed_settings(text, index, files).items()) if k not in PER_ROW}
         found.setdefault(json.dumps(settings, sort_keys=True), settings)
     return list(found.values())
+
+
+def _parsed_settings(text: str, index: int, files: Sequence[tuple[Path | str, int]]) -> dict:
+    """One `generation` value as its settings object; a DataError (file, row, column) for anything else."""
+    try:
+        value = loads_json(text)  # depth-bounded: a split table is any file a user hands release@V
+    except ValueError as exc:  # TooDeep, not JSON, or an integer past Python's digit limit
+        problem = str(exc) if isinstance(exc, TooDeep) else f"not JSON ({exc})"
+        raise DataError(f"{_value_at(index, files)}: column 'generation': {problem}") from None
+    if not isinstance(value, dict):
+        found = "null" if value is None else type(value).__name__
+        raise DataError(f"{_value_at(index, files)}: column 'generation': not a JSON object of settings ({found})")
+    return value
+
+
+def _value_at(index: int, files: Sequence[tuple[Path | str, int]]) -> str:
+    """`FILE: row N` (from 1) of the index-th value of the files' values taken in order."""
+    for path, rows in files:
+        if index < rows:
+            return f"{path}: row {index + 1}"
+        index -= rows
+    return f"generation value {index + 1}"
 
 
 def card_licence(names: list[str], sources: dict[str, Source]) -> str:

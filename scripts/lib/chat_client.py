@@ -5,8 +5,10 @@
   `timeout_s` a deadline for the whole request (connect, send, headers, body).
 - Retries: timeouts, 429, 5xx, dropped connections and replies that are not a chat completion are
   retried with exponential backoff (at least the server's Retry-After); other statuses are not.
-- The key never reaches a file or a message: any 8+ character fragment of it is removed from
-  replies (a server echoing the header) and error messages.
+- The key never reaches a file or a message: any run of text from which it could be read back (any
+  8+ character piece of it in any case, reversed, escaped or encoded: scripts/lib/key_redaction.py)
+  is removed from replies (a server echoing the header) and error messages; a reply that still holds
+  it is refused, not cached.
 - Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body),
   written atomically only after the request succeeded, so a killed run (even kill -9) keeps every
   finished request and the next run resumes; with the cache, a run replays without network or key.
@@ -16,15 +18,12 @@
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import email.utils
-import functools
 import hashlib
 import http.client
 import json
 import os
-import re
 import threading
 import time
 import urllib.error
@@ -38,7 +37,9 @@ from typing import Any, NamedTuple
 from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler
 from scripts.lib.errors import DataError
 from scripts.lib.io import write_json
+from scripts.lib.key_redaction import holds_key, redact_key
 from scripts.lib.nesting import loads_json
+from scripts.lib.temps import is_our_temp, remove_stale
 
 
 def cache_key(base_url: str, body: dict) -> str:
@@ -153,9 +154,10 @@ def _origin(url: str) -> str:
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
     """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
 
-    The key goes in the Authorization header of this request only (redirects are refused), and any
-    8+ character fragment of it is removed from the reply (a server echoing the header must not put
-    it into the cache or prompts.txt) and from error messages."""
+    The key goes in the Authorization header of this request only (redirects are refused), and what
+    could give it back is removed from the reply (a server echoing the header must not put it into
+    the cache or prompts.txt) and from error messages (redact_key); a reply that still holds it as
+    stored (holds_key on its JSON text) is a FatalError, never cached."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -199,9 +201,12 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
         raise TransientError("connection", redact_key(f"connection failed ({type(exc).__name__})", api_key)) from None
     try:
-        return redact_key(loads_json(raw), api_key)
+        response = redact_key(loads_json(raw), api_key)
     except ValueError:  # TooDeep too: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
+    if api_key and any(holds_key(json.dumps(response, ensure_ascii=escaped), api_key) for escaped in (False, True)):
+        raise FatalError("the reply holds the API key in a form that could not be removed; not stored")
+    return response
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
@@ -301,10 +306,11 @@ class ResponseCache:
             raise DataError(f"{self.path(key)}: cannot write cache entry ({exc.strerror or exc})") from None
 
     def remove_stale_temp_files(self) -> int:
-        """Temp files of a killed run (atomic_path names them .<name>.tmp-*); DVC must not track them."""
-        stale = list(self.directory.glob(".*.tmp-*"))
+        """Temp files of a killed run (atomic_path names them .<name>.tmp-* and tags them, temps.mark_temp);
+        DVC must not track them. Only tagged ones go: a user's `.notes.tmp-draft`, a link or a folder stays."""
+        stale = [path for path in self.directory.glob(".*.tmp-*") if is_our_temp(path)]
         for path in stale:
-            path.unlink()
+            remove_stale(path, path)
         return len(stale)
 
     def open(self) -> ResponseCache:
@@ -396,56 +402,6 @@ def call_missing(
 
 
 # ---------------------------------------------------------------- the API key
-
-
-@functools.lru_cache(maxsize=4)
-def _key_forms(api_key: str) -> list[str]:
-    """The key as a server may echo it: as is, reversed, hex, percent-encoded, base64 (standard, URL-safe)."""
-    raw = api_key.encode()
-    b64 = base64.b64encode(raw).decode().rstrip("=")
-    return [
-        api_key,
-        api_key[::-1],
-        raw.hex(),
-        "".join(f"%{b:02x}" for b in raw),
-        b64,
-        b64.replace("+", "-").replace("/", "_"),
-    ]
-
-
-def _key_fragments(api_key: str) -> tuple[re.Pattern, int]:
-    """A pattern matching, at every position, any 8-character piece of any of the key's forms (the whole
-    key if shorter), in any letter case: a server or proxy that upper-cases what it echoes, a host name
-    (lower-cased), a reversed or encoded string, all still hold the key."""
-    n = min(8, len(api_key))
-    pieces = sorted({text[i : i + n].lower() for text in _key_forms(api_key) for i in range(len(text) - n + 1)})
-    return re.compile("(?=(?:" + "|".join(map(re.escape, pieces)) + "))", re.IGNORECASE), n
-
-
-def redact_key(value: Any, api_key: str | None) -> Any:
-    """`value` (a string, or JSON data) with every run of text holding an 8+ character fragment of
-    the key replaced by ***; anything without one is returned as is."""
-    if not api_key:
-        return value
-    if isinstance(value, str):  # matched with whitespace left out: a key split over lines or spaced out
-        pattern, n = _key_fragments(api_key)
-        where = [i for i, char in enumerate(value) if not char.isspace()]
-        compact = "".join(value[i] for i in where)
-        spans: list[list[int]] = []
-        for match in pattern.finditer(compact):
-            start = match.start()
-            if spans and start <= spans[-1][1]:
-                spans[-1][1] = start + n
-            else:
-                spans.append([start, start + n])
-        for start, end in reversed(spans):
-            value = value[: where[start]] + "***" + value[where[end - 1] + 1 :]
-        return value
-    if isinstance(value, dict):
-        return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_key(v, api_key) for v in value]
-    return value
 
 
 def api_key_from_env(env_name: str | None) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import stat
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from scripts.lib.nesting import loads_json
 
 LOCK = "dvc.lock"
 # cache file names: checked, so a doctored lock or listing never names a path of its choosing
@@ -69,7 +70,8 @@ def _from_cache(root: Path | str, read):
 
 def _listing(odb, oid: str) -> dict[str, str]:
     """{relpath: md5} of the .dir object `oid` (entries with a bad md5 left out: they never name a path)."""
-    entries = json.loads(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
+    # a listing nested deeper than any DVC writes is TooDeep (a ValueError: "nothing known"), not a RecursionError
+    entries = loads_json(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
     if not isinstance(entries, list):
         raise ValueError(f"{oid}: not a .dir listing")
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -11,6 +12,17 @@ class DataError(Exception):
 
     Name the file and the row, e.g. DataError("data/raw/x.csv: row 17: empty prompt").
     """
+
+
+# How a library that is not Python reports an OS failure in its own exception (safetensors' Rust:
+# "... No space left on device (os error 28)", or its Debug form "Os { code: 28, kind: StorageFull, ... }").
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+
+
+def os_error_code(exc: BaseException) -> int | None:
+    """The errno a library's exception carries in its text, if it is an OS failure in disguise."""
+    found = _OS_ERROR_IN_TEXT.search(str(exc))
+    return None if found is None else int(found.group(1) or found.group(2))
 
 
 def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) -> str:

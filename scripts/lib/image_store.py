@@ -26,7 +26,7 @@ import stat
 import threading
 from pathlib import Path
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
 from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp
@@ -52,10 +52,24 @@ def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> N
     filesystem, or beside `path`; tagged as ours while it is a temp)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path, tmp_dir)
-    with tmp.open("xb") as f:
-        mark_temp(f.fileno())
-        f.write(data)
-    _rename_in(tmp, path)
+    with _removed_on_failure(tmp, path):
+        with tmp.open("xb") as f:
+            mark_temp(f.fileno())
+            f.write(data)
+        _rename_in(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path):
+    """No temp file outlives a failed write (a full disk left one per writer thread), and the error names
+    the image, not the temp (an ENOSPC from write() names no file at all)."""
+    try:
+        yield
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(os_error_message(exc, path, tmp)) from None
+        raise
 
 
 def _rename_in(tmp: Path, path: Path) -> None:
@@ -77,10 +91,11 @@ def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
             raise
     tmp = _temp_path(dst, tmp_dir)
-    with open(tmp, "xb") as f:
-        mark_temp(f.fileno())
-    shutil.copyfile(src, tmp)
-    _rename_in(tmp, dst)
+    with _removed_on_failure(tmp, dst):
+        with open(tmp, "xb") as f:
+            mark_temp(f.fileno())
+        shutil.copyfile(src, tmp)
+        _rename_in(tmp, dst)
 
 
 def _alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.dvc_cache import holds_locked_bytes
-from scripts.lib.errors import DataError, os_error_message, shown
+from scripts.lib.errors import DataError, os_error_code, os_error_message, shown
 from scripts.lib.git_files import git_unmodified
 from scripts.lib.interrupts import stop_if_received
 from scripts.lib.temps import (
@@ -365,6 +365,8 @@ def atomic_path(
             _remove(tmp)
             if isinstance(exc, OSError):
                 raise DataError(os_error_message(exc, target, tmp)) from None
+            if isinstance(exc, Exception) and (code := os_error_code(exc)) is not None:
+                raise DataError(f"{shown(target)}: cannot write ({os.strerror(code)})") from None
             if isinstance(exc, DataError) and str(tmp) in str(exc):  # a file written inside this folder
                 raise DataError(str(exc).replace(str(tmp), str(target))) from None
             raise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,12 @@ import pandas as pd
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, check_outputs_ours, check_replaceable, holds_marker, mark_file, replace_path
+from scripts.lib.safe_paths import inside
 from scripts.lib.tables import check_table
+from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
 OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
-
-
-def inside(path: str, root: str) -> bool:
-    """`path` is `root` or below it (both already absolute and normalised)."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def check_split_rows(
@@ -139,12 +135,27 @@ def check_output(output: Path) -> None:
         raise DataError(f"{output}: is a file, expected a release folder")
     marked = {split: holds_marker(output / split) for split in SPLITS}  # one stat a file: once a split
     if output.is_dir():
-        allowed = {*OUTPUTS, ".gitignore", *(f".{name}.tmp-old" for name in OUTPUTS)}
+        allowed = {*OUTPUTS, ".gitignore", *(_old_name(name) for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
+        _refuse_untagged_old(output, OUTPUTS)  # before any work: a user's `.train.tmp-old/` is theirs
         check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)))  # each file proved on its own
     for split in SPLITS:
         if (output / split).is_dir() and not marked[split]:
             check_replaceable(output / split)
+
+
+def _old_name(name: str) -> str:
+    """What io.replace_path renames an output to while its new version goes in (tagged: temps.mark_temp)."""
+    return f".{name}.{TMP_OLD}"
+
+
+def _refuse_untagged_old(output: Path, names) -> None:
+    """Refuse a `.X.tmp-old` in the release folder that no run of ours tagged: named like our leftover,
+    it may be anyone's (a name proves nothing); remove_stale says so in one line."""
+    for name in names:
+        old = output / _old_name(name)
+        if os.path.lexists(old) and not is_our_temp(old):
+            remove_stale(old, output / name)
 
 
 def _refuse_foreign(output: Path, foreign: list[str]) -> None:
@@ -165,10 +176,11 @@ def move_into_place(staging: Path, output: Path) -> None:
         raise DataError(f"{output}: is a file, expected a release folder")
     if output.is_dir():
         names = {item.name for item in staged} | {".gitignore"}  # DVC writes .gitignore beside outputs
-        left = {f".{item.name}.tmp-old" for item in staged}  # a run killed while moving its folders in
+        left = {_old_name(item.name) for item in staged}  # a run killed while moving its folders in
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in names | left))
-        for name in sorted(left):
-            shutil.rmtree(output / name, ignore_errors=True)
+        _refuse_untagged_old(output, [item.name for item in staged])
+        for item in staged:  # only what a killed run of ours tagged (replace_path marks its old copies)
+            remove_stale(output / _old_name(item.name), output / item.name)
     for item in staged:
         check_replaceable(output / item.name, item)
         if item.is_file():

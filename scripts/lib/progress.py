@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
+from scripts.lib.errors import shown
+
 if TYPE_CHECKING:  # rich loads only when a bar is drawn
     from rich.progress import Progress as RichProgress
     from rich.progress import TaskID
@@ -95,7 +97,7 @@ class Progress:
         log_every: float | None = None,
         summary: bool = True,
     ):
-        self.desc, self.total, self.unit, self.summary = desc, total, unit, summary
+        self.desc, self.total, self.unit, self.summary = shown(desc), total, unit, summary  # names from the user
         self.stream = stream if stream is not None else sys.stderr
         is_tty = getattr(self.stream, "isatty", lambda: False)()
         self.live = is_tty if force_terminal is None else force_terminal
@@ -125,7 +127,7 @@ class Progress:
 
         console = Console(file=self.stream, force_terminal=True)
         self._bar = RichProgress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a file name's `[red]` is text
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),

@@ -26,14 +26,16 @@ image under `minimum_image_size` (its metadata backend's meets_resolution_requir
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path
 from scripts.lib.nesting import loads_json
+from scripts.lib.safe_paths import inside
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -179,17 +181,28 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(f"{path}: expected a list of data-backend entries")
     release, cache = split_dir.parent, Path(cache_dir).resolve()
-
-    def resolve(value, base: Path):
-        return str(base / value) if isinstance(value, str) and not Path(value).is_absolute() else value
-
-    for entry in entries:
-        entry["instance_data_dir"] = resolve(entry.get("instance_data_dir"), release)
+    for number, entry in enumerate(entries, start=1):
+        where = f"{shown(path)}: entry {number}"
+        if "instance_data_dir" in entry:
+            entry["instance_data_dir"] = confined(entry["instance_data_dir"], release, f"{where}: instance_data_dir")
         for key in ("cache_dir_vae", "cache_dir"):
             if key in entry:  # written as cache/...: the cache folder's own name is not repeated
-                entry[key] = resolve(str(entry[key]).removeprefix("cache/"), cache)
-        if isinstance(entry.get("parquet"), dict):
-            entry["parquet"]["path"] = resolve(entry["parquet"].get("path"), release)
-        if entry.get("instance_data_dir") is None:
-            del entry["instance_data_dir"]
+                value = entry[key].removeprefix("cache/") if isinstance(entry[key], str) else entry[key]
+                entry[key] = confined(value, cache, f"{where}: {key}")
+        if isinstance(entry.get("parquet"), dict) and "path" in entry["parquet"]:
+            entry["parquet"]["path"] = confined(entry["parquet"]["path"], release, f"{where}: parquet.path")
     return entries
+
+
+def confined(value, root: Path, where: str) -> str:
+    """`value` (a path read from a release's config) made absolute against `root`, refused unless it stays
+    inside `root` as written (`..` applied) and after every link, but a link into DVC's cache (cache.type
+    symlink links a release's files there): `../../etc`, `/etc/shadow`, a link out are the data's, not ours."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise DataError(f"{where}: {value!r} is not a path")
+    named = os.path.normpath(os.path.join(root, value))
+    real, top = os.path.realpath(named), os.path.realpath(root)
+    dvc_cache = os.path.realpath(".dvc/cache")
+    if not (inside(named, str(root)) and (inside(real, top) or inside(real, dvc_cache))):
+        raise DataError(f"{where}: {shown(value)!r} is outside {shown(root)}; refusing to point SimpleTuner at it")
+    return named

@@ -90,9 +90,11 @@ def cli(
     ),
 ) -> None:
     """Rebuild what a pull request changed and make the base's data readable for `pr-comment`."""
+    from scripts.lib.io import atomic_path, check_files_ours
     from scripts.tools.diff import open_fs, releases_at
     from scripts.tools.pr_comment import release_pairs, unchanged_releases
 
+    check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     repo = Path.cwd()
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"
@@ -125,7 +127,7 @@ def cli(
     if missing:
         print(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there", flush=True)
         build_base(repo, base_rev, missing, base_dir)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"mode": mode, "changed": [b for _, b in changed], "base_built": missing}
-    (out / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with atomic_path(out / "build.json") as tmp:  # makes `out`; replaces only a build.json of ours
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"pr-build: {mode}; changed releases: {', '.join(report['changed']) or 'none'}", flush=True)

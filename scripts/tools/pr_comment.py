@@ -25,7 +25,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 
 MARKER = "<!-- t2i-dataset-diff -->"
 MAX_BODY = 65_000  # GitHub refuses comment bodies over 65,536 characters
@@ -59,16 +58,27 @@ def release_pairs(at_base: dict, at_head: dict) -> list[tuple[str | None, str]]:
     return pairs
 
 
-def release_outs(lock_text: str | None) -> dict[str, list]:
-    """release name -> its outputs' (path, md5) in a dvc.lock text ({} when there is no lock)."""
+def release_outs(lock_text: str | None, where: str = "dvc.lock") -> dict[str, list]:
+    """release name -> its outputs' (path, md5) in a dvc.lock text ({} when there is no lock). Read as
+    params.yaml is (read_yaml: nesting bounded before parsing, no aliases): the PR's lock is its own."""
     import yaml
 
-    stages = (yaml.safe_load(lock_text or "") or {}).get("stages") or {}
-    return {
-        name.split("@", 1)[1]: sorted((o.get("path"), o.get("md5")) for o in (stage.get("outs") or []))
-        for name, stage in stages.items()
-        if name.startswith("release@")
+    from scripts.lib.nesting import TooDeep
+    from scripts.lib.params import read_yaml
+
+    try:
+        lock = read_yaml(lock_text or "") or {}
+    except (TooDeep, yaml.YAMLError) as exc:
+        raise DataError(f"{where}: not a readable dvc.lock ({_last_line(str(exc))})") from None
+    stages = (lock.get("stages") if isinstance(lock, dict) else None) or {}
+    if not isinstance(stages, dict) or not all(isinstance(stage, dict) for stage in stages.values()):
+        raise DataError(f"{where}: `stages` is not a mapping of stages")
+    outs = {
+        name.split("@", 1)[1]: stage.get("outs") or [] for name, stage in stages.items() if name.startswith("release@")
     }
+    if not all(isinstance(out, list) and all(isinstance(o, dict) for o in out) for out in outs.values()):
+        raise DataError(f"{where}: a release stage's `outs` is not a list of outputs")
+    return {name: sorted((str(o.get("path")), str(o.get("md5"))) for o in out) for name, out in outs.items()}
 
 
 def lock_at(repo: str, rev: str) -> str | None:
@@ -83,7 +93,8 @@ def lock_at(repo: str, rev: str) -> str | None:
 def unchanged_releases(repo: str, base_rev: str, head_rev: str) -> set[str]:
     """Releases whose outputs both revisions' dvc.lock pin alike: unchanged without reading any data (a
     fresh runner with no remote has none)."""
-    before, after = release_outs(lock_at(repo, base_rev)), release_outs(lock_at(repo, head_rev))
+    before = release_outs(lock_at(repo, base_rev), f"{base_rev}:dvc.lock")
+    after = release_outs(lock_at(repo, head_rev), "dvc.lock" if head_rev == "workspace" else f"{head_rev}:dvc.lock")
     return {name for name, outs in after.items() if before.get(name) == outs}
 
 
@@ -227,14 +238,16 @@ def contact_sheets(
 ) -> dict[tuple[str, str], str | None]:
     """Copy each pair's base and head preview.jpg into out/sheets/ as `base-R.jpg` / `head-R.jpg`;
     (side, release) -> file name (None when that revision has no contact sheet). The images come from
-    `dvc plots diff --targets ...preview.jpg` (as image plots), else straight from DVC's filesystem."""
-    sheets = out / "sheets"
-    sheets.mkdir(parents=True, exist_ok=True)
+    `dvc plots diff --targets ...preview.jpg` (as image plots), else straight from DVC's filesystem.
+    Each is read in full and checked first; then written atomically, over sheets of ours only."""
     wanted = {("base", a): (a, base_rev, fs_a) for a, _ in pairs if a} | {
         ("head", b): (b, head_rev, fs_b) for _, b in pairs
     }
     targets = sorted({f"data/releases/{release}/preview.jpg" for release, _, _ in wanted.values()})
-    found: dict[tuple[str, str], Path] = {}
+    for release, rev, _ in wanted.values():  # dvc plots diff and DVC's filesystem follow a link: look first
+        if rev == "workspace":
+            _check_not_linked_out(Path(repo) / f"data/releases/{release}/preview.jpg", repo)
+    found: dict[tuple[str, str], bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp, "--targets", *targets], repo)
         plots = json.loads(result.stdout or "{}").get("data", {}) if result.returncode == 0 else {}
@@ -242,21 +255,57 @@ def contact_sheets(
         for key, (release, rev, _) in wanted.items():
             for entry in plots.get(f"data/releases/{release}/preview.jpg", []):
                 if entry.get("type") == "image" and entry.get("revisions") == [head_name if key[0] == "head" else rev]:
-                    url = Path(entry["url"])
-                    if url.is_file():
-                        found[key] = sheets / f"{key[0]}-{release}.jpg"
-                        shutil.copyfile(url, found[key])
-    names: dict[tuple[str, str], str | None] = {}
-    for key, (release, _, fs) in wanted.items():
+                    data = _read_sheet(Path(entry["url"]), repo)
+                    if data is not None:
+                        found[key] = data
+    for key, (release, _rev, fs) in wanted.items():
         if key not in found:
             try:
                 with fs.open(f"data/releases/{release}/preview.jpg", "rb") as f:
-                    (sheets / f"{key[0]}-{release}.jpg").write_bytes(f.read())
-                found[key] = sheets / f"{key[0]}-{release}.jpg"
+                    data = f.read(MAX_SHEET_BYTES + 1)
             except (FileNotFoundError, OSError):
-                pass
-        names[key] = found[key].name if key in found else None
-    return names
+                continue
+            if _is_sheet(data):
+                found[key] = data
+    return _write_sheets(out / "sheets", {key: (f"{key[0]}-{wanted[key][0]}.jpg", data) for key, data in found.items()})
+
+
+def _is_sheet(data: bytes) -> bool:
+    """JPEG bytes no larger than a contact sheet pr-comment-post commits (sheets_to_commit's rule)."""
+    return data.startswith(b"\xff\xd8\xff") and len(data) <= MAX_SHEET_BYTES
+
+
+def _check_not_linked_out(path: Path, repo: str) -> None:
+    """Refuse a preview.jpg that is a link out of DVC's cache (cache.type symlink links it there): it
+    would copy whatever it points at into the artifact."""
+    if path.is_symlink():
+        real = Path(os.path.realpath(path))
+        if Path(os.path.realpath(Path(repo) / ".dvc" / "cache")) not in real.parents:
+            raise DataError(
+                f"{shown(path)}: is a symbolic link out of DVC's cache; refusing to copy it as a contact sheet"
+            )
+
+
+def _read_sheet(path: Path, repo: str) -> bytes | None:
+    """A preview.jpg's bytes (None when absent or not a JPEG sheet); a link only into DVC's cache."""
+    _check_not_linked_out(path, repo)
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        data = f.read(MAX_SHEET_BYTES + 1)
+    return data if _is_sheet(data) else None
+
+
+def _write_sheets(sheets: Path, files: dict[tuple[str, str], tuple[str, bytes]]) -> dict[tuple[str, str], str | None]:
+    """Write the sheets (every path checked before the first is written: a user's file or a link under
+    a sheet's name is refused, never replaced); (side, release) -> file name."""
+    from scripts.lib.io import atomic_path, check_files_ours
+
+    check_files_ours(*(sheets / name for name, _ in files.values()))
+    for name, data in files.values():
+        with atomic_path(sheets / name) as tmp:
+            tmp.write_bytes(data)
+    return {key: name for key, (name, _) in files.items()}
 
 
 def sheets_section(
@@ -349,9 +398,14 @@ def cli(
     repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
 ) -> None:
     """Write the dataset-diff PR comment body (rows, metrics, plots, contact sheets) to OUT/comment.md."""
-    out.mkdir(parents=True, exist_ok=True)
+    from scripts.lib.io import atomic_path, check_files_ours, check_output_kind
+
+    check_files_ours(out / "comment.md")  # before any work: a user's comment.md, or a link there, stays
+    for folder in (out / "sheets", out / "plots"):  # written into (plots/ by dvc): never through a link
+        check_output_kind(folder)
     body = build_body(str(repo), base_rev, head_rev, out, assets_url or None, run_url or None)
-    (out / "comment.md").write_text(body, encoding="utf-8")
+    with atomic_path(out / "comment.md") as tmp:
+        tmp.write_text(body, encoding="utf-8")
     print(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)")
 
 

@@ -13,6 +13,7 @@ releases up to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -103,14 +104,47 @@ def built_by_the_pipeline(name: str) -> bool:
     return name == "dvc.lock" or (name.startswith(("data/", "models/")) and not name.startswith("data/raw/"))
 
 
-def copy_tracked(src: Path, dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=src, capture_output=True, check=True).stdout.split(b"\0")
-    for name in filter(None, (f.decode() for f in files)):
-        if built_by_the_pipeline(name):
-            continue  # the replay writes its own
+def tracked_files(src: Path) -> list[str]:
+    """The files git tracks in `src`, less what the pipeline builds (the replay writes its own)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=src, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise DataError(f"{src}: not a git repository (replay-history copies its tracked files)") from None
+    names = (os.fsdecode(name) for name in listed.split(b"\0") if name)
+    return [name for name in names if not built_by_the_pipeline(name)]
+
+
+def copy_tracked(src: Path, dest: Path, names: list[str]) -> None:
+    for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / name, target)
+
+
+def read_params(src: Path) -> str:
+    """params.yaml's text, checked as every stage reads it (nesting bounded, aliases refused, the models')
+    before ruamel's round trip sees it: it recurses once per level (100k levels were a segfault)."""
+    from scripts.lib.params import load_params
+
+    load_params(path=src / "params.yaml")
+    return (src / "params.yaml").read_text(encoding="utf-8")
+
+
+@contextlib.contextmanager
+def replay_folder(dest: Path):
+    """`dest` for the replay; on any failure (Ctrl-C too) what the replay put there goes: the topmost
+    folder it made (DEST, or a missing parent of it), else DEST's contents (it was checked empty)."""
+    made = [folder for folder in (dest, *dest.absolute().parents) if not folder.exists()]
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        yield dest
+    except BaseException:
+        for item in made[-1:] or list(dest.iterdir()):
+            if item.is_dir() and not item.is_symlink():
+                shutil.rmtree(item, ignore_errors=True)
+            else:
+                item.unlink(missing_ok=True)
+        raise
 
 
 def cli(
@@ -121,17 +155,23 @@ def cli(
     src = Path.cwd()
     if dest.exists() and any(dest.iterdir()):
         raise DataError(f"{dest}: exists and is not empty")
-    dest.mkdir(parents=True, exist_ok=True)
-    _run(["git", "init", "-q", "-b", "main"], dest)
-    copy_tracked(src, dest)
-    if remote is not None:
-        _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
-    params_text = (src / "params.yaml").read_text(encoding="utf-8")
+    params_text = read_params(src)  # everything checked before DEST is made: a failure leaves nothing
     check_order(params_text)
+    names = release_names(params_text)
+    tracked = tracked_files(src)
+    with replay_folder(dest):
+        _run(["git", "init", "-q", "-b", "main"], dest)
+        copy_tracked(src, dest, tracked)
+        if remote is not None:
+            _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
+        replay(params_text, names, dest)
+
+
+def replay(params_text: str, names: list[str], dest: Path) -> None:
+    """Per release, in order: its params, `dvc repro`, a commit, `dvc push` and its tag."""
     from scripts.lib.progress import duration
 
     python = [sys.executable, "-m"]
-    names = release_names(params_text)
     start = time.perf_counter()
     for number, name in enumerate(names, start=1):
         say = f"replay-history: {name} ({number}/{len(names)})"

@@ -14,7 +14,13 @@ import os
 from pathlib import Path
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_files_ours, check_not_input, check_output_kind, file_is_ours, shown
+from scripts.lib.io import (
+    check_files_ours,
+    check_not_input,
+    check_output_kind,
+    file_is_ours,
+    shown,
+)
 from scripts.lib.readers.dalle3 import compile_simpletuner
 from scripts.lib.simpletuner import CONFIG_NAME
 

@@ -23,6 +23,7 @@ from scripts.lib import minhash as mh
 from scripts.lib.dedup.result import Result, best_partner
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import Dedup, Runtime, parse
 
 
@@ -63,22 +64,33 @@ class Index:
     def load(path: Path | str) -> Index:
         """An index written by `save` (index.json's params.method says which kind)."""
         path = Path(path)
-        meta = json.loads((path / "index.json").read_text(encoding="utf-8")) if (path / "index.json").exists() else {}
-        embedding = (
-            isinstance(meta, dict)
-            and isinstance(meta.get("params"), dict)
-            and meta["params"].get("method") == "embedding"
-        )
+        meta = _read_meta(path / "index.json")
+        embedding = isinstance(meta.get("params"), dict) and meta["params"].get("method") == "embedding"
         kind: type[EmbeddingIndex] | type[MinHashIndex] = EmbeddingIndex if embedding else MinHashIndex
         missing = [name for name in kind.FILES if not (path / name).exists()]
         if missing:
             raise DataError(f"{path}: not a dedup index (missing {', '.join(missing)})")
+        if not isinstance(meta.get("params"), dict):
+            raise DataError(f"{path / 'index.json'}: not a dedup index's index.json (no params)")
         params = parse(Dedup, meta["params"], at=("params",), file=str(path / "index.json"))
         texts = pq.read_table(path / "texts.parquet").column("text").combine_chunks()
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in kind.ARRAYS}
         if embedding:
             arrays = {name: np.asarray(value) for name, value in arrays.items()}
         return kind(params=params, texts=texts, **arrays)
+
+
+def _read_meta(file: Path) -> dict:
+    """index.json ({} when absent: load names it missing), depth-bounded: an index is any folder handed in."""
+    if not file.exists():
+        return {}
+    try:
+        meta = loads_json(file.read_text(encoding="utf-8"))
+    except ValueError as exc:  # TooDeep, not JSON, not UTF-8
+        raise DataError(f"{file}: not a dedup index's index.json ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{file}: not a dedup index's index.json (not a JSON object)")
+    return meta
 
 
 class MinHashIndex(Index):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import math
+import re
 import string
 from typing import Any
 
@@ -20,6 +23,42 @@ DEFAULT_TEMPLATE = (
     "fairly simple to complex with multiple objects and modifiers. Different words from examples are preferred.\n\n"
     "Not preferred topics: [{avoid_topics}]"
 )
+
+
+# api_key_env names a variable the way shells and CI write them (OPENAI_API_KEY): upper case, and no
+# long run mixing letters and digits, which is what a key pasted in its place looks like (gsk_Q7xV2mLp9...)
+ENV_VAR = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+KEY_LIKE_PART = re.compile(r"(?=[A-Z0-9]*[0-9])(?=[A-Z0-9]*[A-Z])[A-Z0-9]{16,}")
+
+
+def check_json_values(value: Any, at: str = "") -> None:
+    """ValueError naming the key path (never the value) for anything in `value` that is not a JSON
+    value: YAML reads a date, !!binary, !!set, !!pairs, .nan or .inf, which the request body (and the
+    cache key) cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(
+                    f"{at or 'a key'}: a key that is not a string ({type(key).__name__}); JSON keys are strings"
+                )
+            name = key if re.fullmatch(r"[\w.-]{1,64}", key) else ascii(key[:40])
+            check_json_values(item, f"{at}.{name}" if at else name)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_values(item, f"{at}[{index}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{at}: NaN or infinity is not a JSON value (extra_body must hold JSON values only)")
+    elif value is not None and not isinstance(value, (str, bool, int, float)):
+        kind = (
+            "a date (quote it to send text: '2024-01-01')"
+            if isinstance(value, (datetime.date, datetime.time))
+            else "binary data (!!binary)"
+            if isinstance(value, (bytes, bytearray))
+            else "a set (!!set; write a list)"
+            if isinstance(value, (set, frozenset))
+            else f"a {type(value).__name__} (!!pairs or another YAML tag)"
+        )
+        raise ValueError(f"{at}: holds {kind}, not a JSON value (extra_body must hold JSON values only)")
 
 
 class ExampleSource(Section):
@@ -46,9 +85,33 @@ class ChatClientSettings(Section):
     @field_validator("base_url", check_fields=False)
     @classmethod
     def _http(cls, value: str) -> str:
+        # the value is never echoed: a URL may carry a credential (`HTTPS://token@host`, `?api_key=...`)
         if not value.startswith(("http://", "https://")):
-            # the value is not echoed: a URL may carry a credential (`HTTPS://token@host`, `ftp://:pw@host`)
             raise ValueError("is not an http(s) URL (it must start with http:// or https://)")
+        if "?" in value or "#" in value:
+            raise ValueError(
+                "has a query (?...) or fragment (#...); /chat/completions is appended to base_url, and a key "
+                "in a URL reaches dvc.lock and logs: put the key in the variable api_key_env names"
+            )
+        if "@" in value.split("/", 3)[2]:
+            raise ValueError("holds a user or password (user:password@host); put the key in api_key_env's variable")
+        return value
+
+    @field_validator("api_key_env", check_fields=False)
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # the value is never echoed: the key itself pasted here would reach the error line and dvc.lock
+        if value is not None and (not ENV_VAR.fullmatch(value) or KEY_LIKE_PART.search(value)):
+            raise ValueError(
+                "must name an environment variable in upper case (A-Z, 0-9, '_', at most 64, e.g. OPENAI_API_KEY), "
+                "not hold the key itself (it looks like one: it is committed and copied into dvc.lock)"
+            )
+        return value
+
+    @field_validator("extra_body", check_fields=False)
+    @classmethod
+    def _json_only(cls, value: dict) -> dict:
+        check_json_values(value)
         return value
 
 

@@ -25,7 +25,7 @@ from scripts.lib.archive import (
     open_tar,
 )
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, check_replaceable
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
@@ -201,6 +201,9 @@ def compile_simpletuner(
         shards = source_files(shards, "*.tar", "tar shard")
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
     names: set[str] = set()  # image_name is the identifier: a second record of one name would overwrite the first
+    for folder in (data_dir, write_txt_dir):  # now, not as its temp is renamed in: the config would be in place
+        if folder is not None:
+            check_replaceable(folder)
     with contextlib.ExitStack() as stack:  # parquet, folders and config appear together, or none
         tmp = stack.enter_context(atomic_path(out_parquet))
         folders = {}

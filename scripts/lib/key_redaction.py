@@ -1,0 +1,193 @@
+"""Keeping the API key out of what a server sends back: replies, error messages, the cache, prompts.txt.
+
+A server (or a proxy in front of it) may echo the Authorization header in any shape. `redact_key`
+removes every run of text from which the key could be read back, in two steps, each a table:
+
+- the text is read as a *skeleton*: its letters and digits only, after undoing the escapes a server
+  may write (HTML entities, \\u and \\x escapes, %XX; ESCAPES) and NFKC (fullwidth characters), so
+  zero-width characters, separators between the key's characters (`s.k.-.T`, `s k - T`), line breaks
+  and letter case hide nothing;
+- the key is turned into the strings a server may have made of it (ENCODINGS: as is, reversed,
+  rot13, hex of UTF-8 and UTF-16, decimal codes, base64 and base32 at every byte offset: the key may
+  sit anywhere in what was encoded, e.g. after "Bearer "), each as its skeleton too.
+
+Any 8-character piece of any encoding (the whole key if shorter) found in the skeleton, in any letter
+case, is redacted in the original text together with the run of word, base64 and %-characters around
+it (an encoded blob goes whole, not just its middle). `holds_key` says whether text still holds such a
+piece: what must be stored (a cache entry) and cannot be proven clean is refused, never written.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import functools
+import html
+import re
+import unicodedata
+from collections.abc import Callable
+from typing import Any
+
+PIECE = 8  # characters of an encoding that count as a piece of the key
+
+
+def _middle(encode: Callable[[bytes], bytes], group: int, chars: int) -> Callable[[bytes], list[str]]:
+    """The output of a block encoding (base64: 3 bytes -> 4 chars) of the key at every byte offset
+    within a block, with the chars that depend on the bytes before or after the key left out."""
+
+    def forms(raw: bytes) -> list[str]:
+        out = []
+        for offset in range(group):
+            text = encode(b"\0" * offset + raw).decode("ascii")
+            whole = (offset + len(raw)) // group * chars  # chars of the complete blocks
+            out.append(text[chars if offset else 0 : whole])
+        return out
+
+    return forms
+
+
+ENCODINGS: dict[str, Callable[[str], list[str]]] = {
+    "as is": lambda key: [key],
+    "reversed": lambda key: [key[::-1]],
+    "rot13": lambda key: [codecs.encode(key, "rot13"), codecs.encode(key[::-1], "rot13")],
+    "hex": lambda key: [key.encode().hex()],
+    "UTF-16 hex": lambda key: [key.encode("utf-16-be").hex(), key.encode("utf-16-le").hex()],
+    "decimal codes": lambda key: ["".join(str(ord(char)) for char in key)],
+    "base64": lambda key: _middle(base64.b64encode, 3, 4)(key.encode()),
+    "base32": lambda key: _middle(base64.b32encode, 5, 8)(key.encode()),
+}
+
+
+def _codepoint(base: int) -> Callable[[str], str]:
+    def decode(digits: str) -> str:
+        value = int(digits, base)
+        return chr(value) if value <= 0x10FFFF else ""
+
+    return decode
+
+
+ESCAPES: dict[str, tuple[str, Callable[[str], str]]] = {  # name: (regex with one group, decoder)
+    "html_hex": (r"&#[xX]([0-9a-fA-F]{1,6});?", _codepoint(16)),
+    "html_dec": (r"&#([0-9]{1,7});?", _codepoint(10)),
+    "html_named": (r"(&[A-Za-z][A-Za-z0-9]{1,31};)", html.unescape),
+    "u_braced": (r"\\u\{([0-9a-fA-F]{1,6})\}", _codepoint(16)),
+    "u4": (r"\\u([0-9a-fA-F]{4})", _codepoint(16)),
+    "u8": (r"\\U([0-9a-fA-F]{8})", _codepoint(16)),
+    "x2": (r"\\x([0-9a-fA-F]{2})", _codepoint(16)),
+    "octal": (r"\\([0-3][0-7]{2})", _codepoint(8)),
+    "percent_u": (r"%u([0-9a-fA-F]{4})", _codepoint(16)),
+    "percent": (r"%([0-9a-fA-F]{2})", _codepoint(16)),
+}
+_ESCAPE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, (pattern, _) in ESCAPES.items()))
+_RUN = re.compile(r"(?P<ascii>[A-Za-z0-9]+)|(?P<other>[^\x00-\x7f]+)")  # ASCII punctuation: not in a skeleton
+_AROUND = re.compile(r"[\w+/=%-]")  # what an encoded blob is made of: redacted whole around a match
+
+
+def _skeleton_of(text: str) -> str:
+    """The letters and digits of `text`, NFKC (fullwidth ａ -> a), escapes not undone: for the key's forms."""
+    return "".join(char for char in unicodedata.normalize("NFKC", text) if char.isalnum())
+
+
+def skeleton(text: str) -> tuple[str, list[int], list[int]]:
+    """`text`'s letters and digits after undoing escapes and NFKC, and for each the span [start, end)
+    of the original text it came from."""
+    chars: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+
+    def plain(begin: int, end: int) -> None:
+        for run in _RUN.finditer(text, begin, end):
+            if run.lastgroup == "ascii":
+                chars.append(run.group())
+                starts.extend(range(run.start(), run.end()))
+                ends.extend(range(run.start() + 1, run.end() + 1))
+            else:
+                for offset, char in enumerate(run.group(), run.start()):
+                    spread(char, offset, offset + 1)
+
+    def spread(decoded: str, begin: int, end: int) -> None:
+        for char in _skeleton_of(decoded):
+            chars.append(char)
+            starts.append(begin)
+            ends.append(end)
+
+    done = 0
+    for match in _ESCAPE.finditer(text):
+        plain(done, match.start())
+        name = match.lastgroup
+        assert name is not None
+        spread(ESCAPES[name][1](_group(match, name)), match.start(), match.end())
+        done = match.end()
+    plain(done, len(text))
+    return "".join(chars), starts, ends
+
+
+def _group(match: re.Match, name: str) -> str:
+    """The one inner group of the escape `name` that matched (the digits, or the entity)."""
+    index = match.re.groupindex[name]
+    return match.group(index + 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _pieces(api_key: str) -> tuple[frozenset[str], int] | None:
+    """Every PIECE-character piece (the key's whole skeleton if shorter) of the skeleton of every
+    encoding of the key, lower-cased, and that length; None for a key with no letter or digit
+    (redacted only where it appears as is)."""
+    key = _skeleton_of(api_key)
+    if not key:
+        return None
+    n = min(PIECE, len(key))
+    forms = {_skeleton_of(text).lower() for encode in ENCODINGS.values() for text in encode(api_key)}
+    return frozenset(form[i : i + n] for form in forms for i in range(len(form) - n + 1)), n
+
+
+def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
+    """The spans of `text` holding a piece of the key, merged, each widened to its encoded blob."""
+    found = _pieces(api_key)
+    assert found is not None
+    pieces, n = found
+    skel, starts, ends = skeleton(text)
+    # lower-cased char by char where a character's lower case is longer (İ): the pieces are ASCII anyway
+    low = skel.lower() if skel.isascii() else "".join(c.lower() if c.isascii() else "\0" for c in skel)
+    spans: list[list[int]] = []
+    for at in range(len(low) - n + 1):
+        if low[at : at + n] not in pieces:
+            continue
+        begin, end = starts[at], ends[at + n - 1]
+        if spans and end <= spans[-1][1]:  # inside the blob already widened: no walk over it again
+            continue
+        while begin > 0 and _AROUND.match(text, begin - 1):
+            begin -= 1
+        while end < len(text) and _AROUND.match(text, end):
+            end += 1
+        if spans and begin <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([begin, end])
+    return [(begin, end) for begin, end in spans]
+
+
+def holds_key(text: str, api_key: str | None) -> bool:
+    """Whether the key could be read back from `text` (a piece of any of its encodings in it)."""
+    if not api_key:
+        return False
+    return api_key in text if _pieces(api_key) is None else bool(_spans(text, api_key))
+
+
+def redact_key(value: Any, api_key: str | None) -> Any:
+    """`value` (a string, or JSON data) with every run of text holding a piece of the key, in any
+    encoding, replaced by ***; anything without one is returned as is."""
+    if not api_key:
+        return value
+    if isinstance(value, str):
+        if _pieces(api_key) is None:  # a key of punctuation only (never a real one): where it appears as is
+            return value.replace(api_key, "***")
+        while spans := _spans(value, api_key):  # until none: joining what was around a span may make one
+            for begin, end in reversed(spans):
+                value = value[:begin] + "***" + value[end:]
+        return value
+    if isinstance(value, dict):
+        return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_key(v, api_key) for v in value]
+    return value
