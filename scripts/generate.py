@@ -20,7 +20,7 @@ import typer
 
 from scripts.lib.dvc_cache import cached_directory
 from scripts.lib.errors import DataError
-from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys
+from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys, store_lock
 from scripts.lib.io import check_output_kind, shown
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
@@ -119,7 +119,7 @@ def generate(
     `prefix` (default: OUTPUT's folder name, i.e. the source) names the files with `file_names: index`."""
     runtime = runtime or Runtime()
     check_output_kind(output)  # a link would be written through (into the folder it names)
-    with output_lock(output), engine_session(runtime) as cuda:  # a second run on OUTPUT fails at once
+    with output_lock(output), store_lock(store, output=output), engine_session(runtime) as cuda:
         return _generate(table, settings, Path(output), input_name, store, prefix, runtime, cuda)
 
 
@@ -227,7 +227,8 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
                     "folders to keep with --keep, or empty the store with --all)"
                 )
             wanted.update(stored_name(k, f) for f, k in manifest_keys(manifest).items() if KEY.fullmatch(k))
-    return ImageStore(store).prune(wanted)
+    with store_lock(store, exclusive=True):  # not while a generate run links images out of it
+        return ImageStore(store).prune(wanted)
 
 
 def cli_prune(

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from scripts.generate import generate
+from scripts.generate import generate, prune_generation_store
 from scripts.lib.errors import DataError
+from scripts.lib.image_store import store_lock
 from scripts.lib.params import Generate
 from scripts.lib.temps import output_lock
 from tests.helpers.trees import file_digests
@@ -61,13 +62,13 @@ def stage_repo(root: Path, model: Path) -> None:
 
 
 @pytest.mark.parametrize("spelling", ["out", "out/", "./sub/../out", "lnk/../out"])
-def test_a_second_generate_on_the_same_folder_fails_at_once(tiny_model_dir, tmp_path, spelling):
+def test_a_second_generate_on_the_same_folder_fails_at_once(tiny_model_dir, tmp_path, monkeypatch, spelling):
     """Two runs on one folder both went on, and the folder was wedged: each pruned or listed the other's
     files, and every later run refused it ("holds ..., which generate did not write")."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "a").mkdir()
     (tmp_path / "lnk").symlink_to("a")  # lnk/.. is the kernel's tmp_path: the same folder as out
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     with (
         output_lock(tmp_path / "out"),
         pytest.raises(DataError, match="another run is writing it"),
@@ -155,3 +156,31 @@ def test_a_full_disk_while_a_model_is_saved_is_one_line(tmp_path, command, limit
     line = error_line(done.stderr)
     assert done.returncode == 2 and line == "error: models/m: cannot write (File too large)", done.stderr
     assert not (tmp_path / "models" / "m").exists() and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- generate-prune beside generate
+
+
+@pytest.mark.parametrize("keep", ["all", "the other output", "nothing kept"])
+def test_generate_prune_waits_for_no_one_while_a_generate_run_uses_the_store(tiny_model_dir, tmp_path, keep):
+    """generate-prune deleted images a running generate had just linked (the store had no lock)."""
+    store = tmp_path / "store"
+    generate(prompts(), settings(tiny_model_dir), tmp_path / "a", store=store)
+    generate(prompts().iloc[:1], settings(tiny_model_dir), tmp_path / "b", store=store)
+    before = file_digests(store)
+    kept = {"all": None, "the other output": [tmp_path / "b"], "nothing kept": []}[keep]
+    with store_lock(store):  # as a generate run holds it
+        with pytest.raises(DataError, match="a generate run is using it"):
+            prune_generation_store(store, kept, everything=kept is None)
+        generate(prompts(), settings(tiny_model_dir), tmp_path / "c", store=store)  # runs share it
+    assert file_digests(store) == before
+    assert prune_generation_store(store, [tmp_path / "b"])["removed"] == 2  # the lock went with its holder
+
+
+@pytest.mark.parametrize("output", ["a", "fresh", "nested/out"])
+def test_generate_fails_at_once_while_generate_prune_prunes_the_store(tiny_model_dir, tmp_path, output):
+    store = tmp_path / "store"
+    generate(prompts(), settings(tiny_model_dir), tmp_path / "a", store=store)
+    with store_lock(store, exclusive=True), pytest.raises(DataError, match="generate-prune is pruning it"):
+        generate(prompts(), settings(tiny_model_dir), tmp_path / output, store=store)
+    assert output == "a" or not (tmp_path / output).exists() or not any((tmp_path / output).iterdir())

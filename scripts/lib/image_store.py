@@ -3,6 +3,7 @@
     data/image_store/               the generation store: every image rendered or seen here, by key
         index.txt                   every name the store wrote (appended before the file appears)
         .tmp/  .gitignore           temp files (renamed into place), `*` (a local cache, never committed)
+        .tmp/store.lock             held shared by each generate run, alone by generate-prune
         ab/abcdef0123....jpg        <key[:2]>/<key>.<ext>
     data/images/S/                  the stage's output: images (key or index names) + manifest.parquet
         .generate-journal           while a run is under way: every name it is about to write, with
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.errors import DataError, os_error_message, shown
@@ -302,6 +305,34 @@ class ImageStore:
                 (self.root / folder).rmdir()
         self._sweep(indexed)
         return {"removed": removed, "kept": kept}
+
+
+STORE_LOCK = "store.lock"  # in .tmp: generate runs hold it shared, generate-prune alone
+
+
+@contextlib.contextmanager
+def store_lock(store: Path | None, exclusive: bool = False, output: Path | None = None) -> Iterator[None]:
+    """Hold the store's lock for a run: generate runs share the store (each appends whole lines to its
+    index), generate-prune has it alone (it deleted images a running generate had just linked)."""
+    if store is None:
+        yield
+        return
+    store = Path(store)
+    check_store(store, output)  # before anything is made in a folder that may be the user's
+    try:
+        (store / STORE_TMP).mkdir(parents=True, exist_ok=True)
+        fd = os.open(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, store / STORE_TMP / STORE_LOCK)) from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = "a generate run is using it" if exclusive else "generate-prune is pruning it"
+            raise DataError(f"{shown(store)}: {busy}; wait for it to end") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_store(store: Path, output: Path | None = None) -> None:
