@@ -23,13 +23,12 @@ caption that failed QA, also those a later model replaced), sources.json, cache/
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-import io
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,25 +36,25 @@ import typer
 
 from scripts.lib import chat_client
 from scripts.lib.archive import (
-    REF_SEPARATOR,
     UnsafeArchive,
-    check_image_pixels,
-    iter_samples,
-    make_ref,
-    open_tar,
-    read_member,
 )
+from scripts.lib.caption_images import ImageInfo, inspect_image, list_images, read_image
 from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_not_input, check_outputs_ours, sha256_text, shown, write_json
+from scripts.lib.io import (
+    atomic_path,
+    check_not_input,
+    check_output_kind,
+    check_outputs_ours,
+    json_text,
+    sha256_text,
+    shown,
+    writing,
+)
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
-from scripts.lib.safe_paths import confined_file
-from scripts.lib.tables import write_parquet
+from scripts.lib.tables import write_parquet_file
 from scripts.lib.temps import output_lock
 
-MANIFEST = "manifest.parquet"
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 CAPTION_COLUMNS = [
     "id",
     "image",
@@ -77,16 +76,6 @@ def parse_params(name: str, raw: Any) -> CaptionEntry:
 
 
 # ---------------------------------------------------------------- requests (pure)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    id: str
-    ref: str  # a path, or "shard.tar!/member" (scripts/lib/archive.py)
-    sha256: str
-    mime: str
-    width: int
-    height: int
 
 
 def build_request(params: CaptionEntry, step: int, image_url: str) -> dict:
@@ -164,103 +153,6 @@ def caption_sources(params: CaptionEntry, created: list[int | None]) -> list[dic
     ]
 
 
-# ---------------------------------------------------------------- images (read only)
-
-
-@dataclass(frozen=True)
-class Listed:
-    id: str
-    ref: str
-
-
-def list_images(folder: Path) -> tuple[list[Listed], Counter]:
-    """Every image under `folder`, sorted by id, and the count of what was passed over, per reason."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: images folder not found (run its upstream stage first)")
-    skipped: Counter = Counter()
-    manifest = folder / MANIFEST
-    if manifest.exists():
-        return _manifest_images(folder, manifest), skipped
-    listed: list[Listed] = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            skipped["symlink"] += 1
-            continue
-        if not path.is_file():
-            continue
-        ext = path.suffix.lower().lstrip(".")
-        if ext in IMAGE_EXTS:
-            listed.append(Listed(rel, path.as_posix()))
-        elif ext == "tar":
-            listed.extend(_tar_images(folder, path, skipped))
-    return sorted(listed, key=lambda image: image.id), skipped
-
-
-def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
-    from scripts.lib.tables import check_table, read_parquet
-
-    frame = read_parquet(manifest)
-    check_table(frame, manifest, strings=("id", "file"), unique="id")
-    listed = []
-    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
-        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-            raise DataError(f"{manifest}: row {row}: file {name!r} leaves the images folder")
-        # resolved where it is read: a link in the folder pointing out of it is refused too
-        listed.append(Listed(image_id, confined_file(folder, name, f"{manifest}: row {row}").as_posix()))
-    return sorted(listed, key=lambda image: image.id)
-
-
-def _tar_images(folder: Path, shard: Path, skipped: Counter) -> list[Listed]:
-    """The image of each WebDataset sample of a shard (headers only; nothing is extracted)."""
-    listed = []
-    rel = shard.relative_to(folder).as_posix()
-    try:
-        with open_tar(shard) as buf:
-            for item in iter_samples(buf, max_bytes=1 << 62):  # sizes are checked when an image is read
-                if isinstance(item, UnsafeArchive):
-                    skipped[item.reason] += 1
-                    continue
-                _, members = item
-                ext = next((ext for ext in IMAGE_EXTS if ext in members), None)
-                if ext is not None:
-                    member = members[ext].name
-                    listed.append(Listed(f"{rel}{REF_SEPARATOR}{member}", make_ref(shard, member)))
-    except UnsafeArchive as exc:
-        skipped[exc.reason] += 1
-    return listed
-
-
-def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
-    """sha256, type and size of an image, after the byte and pixel caps; UnsafeArchive (with the
-    counted reason) when it cannot be sent."""
-    data = _read(image.ref, params)
-    return _info(image, data, params)
-
-
-def _read(ref: str, params: CaptionEntry) -> bytes:
-    try:
-        return read_member(ref, params.max_image_bytes)
-    except FileNotFoundError:
-        raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
-    except OSError as exc:
-        raise DataError(f"{ref}: cannot read image ({exc.strerror or exc})") from None
-
-
-def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
-    from PIL import Image
-
-    width, height = check_image_pixels(data, image.ref, params.max_image_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
-    except Exception:
-        raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
-    if fmt not in MIME:
-        raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")
-    return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height)
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -276,6 +168,7 @@ def caption(
     Returns the report (also OUT/report.json). A request that fails for good stops new requests and
     fails the stage with a DataError; what finished stays cached, so the next run resumes. OUT is
     locked (output_lock): a second run into it fails at once, paying for no request twice."""
+    check_output_kind(out_dir)  # a link to a folder would be written through
     with output_lock(out_dir):
         return _caption(name, params, out_dir, api_key, log)
 
@@ -377,32 +270,41 @@ def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None
     }
     import pandas as pd
 
-    write_json(report, out_dir / "report.json")  # first: it proves the files beside it ours to the next run
-    write_parquet(captions, out_dir / "captions.parquet")
-    write_parquet(
-        pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"}),
-        out_dir / "rejections.parquet",
-    )
-    write_json(
-        {
-            "caption_sources": sources,
-            "waterfall": [
-                {
-                    "caption_selector_index": s["caption_selector_index"],
-                    "caption_variant": s["caption_variant"],
-                    "caption_source_id": s["caption_selector_index"] + 1,
-                    "model": s["model"],
-                    "images": s["accepted"],
-                }
-                for s in steps
-            ],
-        },
-        out_dir / "sources.json",
-    )
+    rejected = pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"})
+    with contextlib.ExitStack() as stack:  # all four written whole before any is renamed in (a full disk left some)
+        # entered last, renamed first: report.json proves the files beside it ours to the next run
+        sources_tmp, rejections_tmp, captions_tmp, report_tmp = (
+            stack.enter_context(atomic_path(out_dir / name))
+            for name in ("sources.json", "rejections.parquet", "captions.parquet", "report.json")
+        )
+        with writing(out_dir / "captions.parquet"):
+            write_parquet_file(captions, captions_tmp)
+        with writing(out_dir / "rejections.parquet"):
+            write_parquet_file(rejected, rejections_tmp)
+        with writing(out_dir / "sources.json"):
+            sources_tmp.write_text(json_text(waterfall(sources, steps)), encoding="utf-8")
+        report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
     log(
         f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}"
     )
     return report
+
+
+def waterfall(sources, steps) -> dict:
+    """sources.json: where each caption variant came from, model by model."""
+    return {
+        "caption_sources": sources,
+        "waterfall": [
+            {
+                "caption_selector_index": s["caption_selector_index"],
+                "caption_variant": s["caption_variant"],
+                "caption_source_id": s["caption_selector_index"] + 1,
+                "model": s["model"],
+                "images": s["accepted"],
+            }
+            for s in steps
+        ],
+    }
 
 
 def _run_step(
@@ -423,7 +325,7 @@ def _run_step(
 
     def sender(image: ImageInfo) -> Callable[[], dict]:
         def body() -> dict:  # the image is read when its request starts, not all at once
-            data = _read(image.ref, params)
+            data = read_image(image.ref, params)
             if hashlib.sha256(data).hexdigest() != image.sha256:
                 raise DataError(f"{image.ref}: the image changed while it was captioned; re-run")
             return build_request(params, step, data_url(image, data))

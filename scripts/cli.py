@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from scripts.lib.errors import shown
-from scripts.lib.interrupts import Interrupted, forget, note, received
+from scripts.lib.interrupts import Interrupted, forget, holding, note, received
 
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
 COMMANDS = {
@@ -92,7 +92,8 @@ def _install_signal_handlers() -> dict:
             os.write(2, f"interrupted again ({signal.Signals(signum).name}): stopping now\n".encode())
             os._exit(128 + signum)
         note(signum)
-        raise Interrupted(signum)
+        if not holding():  # inside held(), the block raises it when it ends
+            raise Interrupted(signum)
 
     pid = os.getpid()
     global _FORK_HOOK

@@ -27,7 +27,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import check_files_ours, write_json
+from scripts.lib.io import atomic_path, check_files_ours, json_text
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
 from scripts.lib.recipe import resolve_recipe
@@ -128,7 +128,11 @@ def cli(
     removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))
     check_files_ours(output, removed_path, report_path, inputs=[input, rules, recipe])
     rows_in, reasons = 0, Counter()
-    with row_groups_to(output) as kept_out, row_groups_to(removed_path) as removed_out:
+    with (  # the three appear together: each is written whole before any is renamed into place
+        row_groups_to(output) as kept_out,
+        row_groups_to(removed_path) as removed_out,
+        atomic_path(report_path) as report_tmp,
+    ):
         for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows
             check_table(chunk, input, strings=("id", "text"))
             positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
@@ -140,23 +144,25 @@ def cli(
             reasons.update(removed["reason"].tolist())
         if removed_out.schema is None:
             removed_out.add(rows.arrow(removed))
-    report = {
-        "source": source,
-        "rows_in": rows_in,
-        "kept": rows_in - sum(reasons.values()),
-        "removed": sum(reasons.values()),
-        "steps": [
-            {
-                "release": n,
-                "rows": c.rows,
-                "reference": s.reference,
-                "against": s.against,
-                "removed": reasons[f"cross_dedup:{s.reference}:{s.against}"],
-            }
-            for n, c, s in steps
-        ],
-    }
-    write_json(report, report_path)
+        kept_out.finish()
+        removed_out.finish()
+        report = {
+            "source": source,
+            "rows_in": rows_in,
+            "kept": rows_in - sum(reasons.values()),
+            "removed": sum(reasons.values()),
+            "steps": [
+                {
+                    "release": n,
+                    "rows": c.rows,
+                    "reference": s.reference,
+                    "against": s.against,
+                    "removed": reasons[f"cross_dedup:{s.reference}:{s.against}"],
+                }
+                for n, c, s in steps
+            ],
+        }
+        report_tmp.write_text(json_text(report), encoding="utf-8")
     print(
         shown(
             f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed "

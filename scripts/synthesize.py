@@ -38,7 +38,7 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
     redact_key,
 )
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_outputs_ours, shown, write_json
+from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.temps import output_lock
 
@@ -213,6 +213,7 @@ def synthesize(
     finished stays cached, so the next run resumes. OUT is locked for the whole run: a second run
     into it fails at once (it would pay for the same requests).
     """
+    check_output_kind(out_dir)  # a link to a folder would be written through
     with output_lock(out_dir):
         return _synthesize(name, params, out_dir, api_key, log)
 

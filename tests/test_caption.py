@@ -28,7 +28,8 @@ import yaml
 from PIL import Image
 
 from helpers import Loopback, cli, send_json, write_tar
-from scripts.caption import build_request, caption, compile_rules, list_images, parse_params, qa_reason
+from scripts.caption import build_request, caption, compile_rules, parse_params, qa_reason
+from scripts.lib.caption_images import list_images
 from scripts.lib.errors import DataError
 from scripts.lib.params import CaptionEntry
 

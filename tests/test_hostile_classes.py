@@ -511,7 +511,7 @@ def _outside_png(tmp_path: Path) -> Path:
 
 
 def caption_manifest_link(tmp_path):
-    from scripts.caption import list_images
+    from scripts.lib.caption_images import list_images
 
     images = tmp_path / "images"
     images.mkdir()
@@ -521,7 +521,7 @@ def caption_manifest_link(tmp_path):
 
 
 def caption_manifest_linked_folder(tmp_path):
-    from scripts.caption import list_images
+    from scripts.lib.caption_images import list_images
 
     images = tmp_path / "images"
     images.mkdir()

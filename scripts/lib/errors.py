@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -29,9 +30,14 @@ def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) 
     """One line for an OSError met while writing `target`: the path it names (never a temp path), the reason."""
     detail = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
     name = exc.filename
+    if exc.errno in NO_ROOM:  # the write failed, whichever file the error names (a copy names its source)
+        return f"{shown(target)}: cannot write ({detail})"
     if name and (tmp is None or not str(name).startswith(str(tmp))):
-        return f"{name}: {detail}"
-    return f"{target}: cannot write ({detail})"
+        return f"{shown(name)}: {detail}"
+    return f"{shown(target)}: cannot write ({detail})"
+
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def shown(path: Path | str) -> str:

@@ -6,6 +6,9 @@ command exits as interrupted whatever the run does next."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
@@ -18,6 +21,24 @@ class Interrupted(BaseException):
 
 
 _received: list[int] = []
+_holding: list[bool] = []
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """A few steps that must not be split by a signal (an output renamed aside, the new one renamed in,
+    the old one tagged): one arriving inside is noted, and raised when the block ends."""
+    _holding.append(True)
+    try:
+        yield
+    finally:
+        _holding.pop()
+    stop_if_received()
+
+
+def holding() -> bool:
+    """Inside held(): the signal handler notes the signal and lets the block finish."""
+    return bool(_holding)
 
 
 def note(signum: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from scripts.lib.dvc_cache import holds_locked_bytes
 from scripts.lib.errors import DataError, os_error_code, os_error_message, shown
 from scripts.lib.git_files import git_unmodified
-from scripts.lib.interrupts import stop_if_received
+from scripts.lib.interrupts import held, stop_if_received
 from scripts.lib.temps import (
     TEMP_XATTR,
     TMP_NEW,
@@ -34,7 +34,15 @@ from scripts.lib.temps import (
     remove_stale,
 )
 
-UMASK = os.umask(os.umask(0))  # the only way to read it; done once at import, before any thread starts
+
+def _read_umask() -> int:
+    """The process's umask: setting one is the only way to read it (os.umask(os.umask(0)) read back the 0)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # once at import, before any thread starts
 
 # The normalised prompt table every reader emits (docs/contracts.md).
 PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
@@ -307,13 +315,14 @@ def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = Fal
         os.replace(new, target)
         return
     old = _sibling(target, TMP_OLD)
-    os.replace(target, old)
-    mark_temp(old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
+    with held():  # a signal between these renames left the output gone and its old copy untagged
+        os.replace(target, old)
+        mark_temp(old)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
     _remove(old)
 
 
@@ -394,4 +403,19 @@ def staging_dir(output: Path | str) -> Iterator[Path]:
 def write_json(obj: Any, path: Path | str) -> None:
     """Deterministic JSON (sorted keys, fixed indent), written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(obj), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def writing(target: Path | str) -> Iterator[None]:
+    """An OSError inside (a full disk while `target`'s temp is written) is `target`'s one line: with several
+    outputs' atomic_paths open at once, the innermost would name its own target, whichever file failed."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(os_error_message(exc, target)) from None
+
+
+def json_text(obj: Any) -> str:
+    """write_json's text, for a file written inside a caller's atomic_path (outputs that appear together)."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -17,7 +17,15 @@ import pandas as pd
 
 from scripts.lib.archive import parse_ref
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, check_outputs_ours, check_replaceable, holds_marker, mark_file, replace_path
+from scripts.lib.io import (
+    SPLITS,
+    check_output_kind,
+    check_outputs_ours,
+    check_replaceable,
+    holds_marker,
+    mark_file,
+    replace_path,
+)
 from scripts.lib.safe_paths import inside
 from scripts.lib.tables import check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale
@@ -131,6 +139,7 @@ def not_plain(path: Path, number: int, row_id) -> DataError:
 
 def check_output(output: Path) -> None:
     """What move_into_place checks again at the end, on what a release writes (OUTPUTS)."""
+    check_output_kind(output)  # a link to a folder was written through (the release landed in the folder)
     if output.exists() and not output.is_dir():
         raise DataError(f"{output}: is a file, expected a release folder")
     marked = {split: holds_marker(output / split) for split in SPLITS}  # one stat a file: once a split

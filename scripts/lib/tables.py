@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, writing
 
 
 def arrow_table(df):
@@ -24,10 +24,19 @@ def arrow_table(df):
 
 def write_parquet(df, path: Path | str) -> None:
     """Write a DataFrame as parquet atomically, without the pandas index (byte-stable)."""
+    table = arrow_table(df)  # before the output is touched: a bad frame fails here
+    with atomic_path(path) as tmp:
+        write_parquet_file(table, tmp)
+
+
+def write_parquet_file(table, tmp: Path) -> None:
+    """write_parquet's bytes (a DataFrame, or arrow_table's table) into `tmp`, a caller's atomic_path:
+    for outputs that appear together."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = arrow_table(df)
-    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
+    table = table if isinstance(table, pa.Table) else arrow_table(table)
+    with open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
         pq.write_table(table, sink, compression="zstd")
 
 
@@ -68,6 +77,7 @@ class RowGroups:
         self.pending: list = []
         self.held = self.written = 0
         self.writer: Any = None  # pq.ParquetWriter, opened with the first row group
+        self.finished = False
 
     def add(self, table) -> None:
         import pyarrow as pa
@@ -82,23 +92,33 @@ class RowGroups:
             self.pending, self.held = [rows.slice(PARQUET_ROW_GROUP)], self.held - PARQUET_ROW_GROUP
 
     def finish(self) -> None:
+        """Write the last rows and the footer, and flush: every byte is on disk (a full disk fails here,
+        before any output of the command is renamed into place). Once; later calls do nothing."""
         import pyarrow as pa
 
+        if self.finished:
+            return
         if self.schema is None:
             raise DataError(f"{self.path}: nothing to write (no table, so no columns)")
         if self.held or not self.written:  # no rows at all: one empty row group, as pq.write_table writes
             self._write(pa.concat_tables([self.schema.empty_table(), *self.pending]))
+        with writing(self.path):
+            self.close()
+            self.sink.flush()
+        self.finished = True
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     def _write(self, rows) -> None:
         import pyarrow.parquet as pq
 
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
-        self.writer.write_table(rows.combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
+        with writing(self.path):
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.sink, self.schema, compression="zstd")
+            self.writer.write_table(rows.combine_chunks(), row_group_size=PARQUET_ROW_GROUP)
         self.written += 1
 
 
@@ -154,7 +174,7 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
     fatal and names the path."""
     import pandas as pd
 
-    path = _existing_input(path)
+    path = existing_input(path)
     if columns is not None:
         names = set(column_names(path))
         columns = [c for c in columns if c in names]
@@ -168,7 +188,7 @@ def column_names(path: Path | str) -> list[str]:
     """A stage input's columns, from its footer alone."""
     import pyarrow.parquet as pq
 
-    path = _existing_input(path)
+    path = existing_input(path)
     try:
         return pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises many types for corrupt files
@@ -188,7 +208,7 @@ class ParquetChunks:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        self.path, self.rows = _existing_input(path), rows
+        self.path, self.rows = existing_input(path), rows
         try:
             self.file = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering keeps every read row group
             names = self.file.schema_arrow.names
@@ -234,7 +254,7 @@ class ParquetChunks:
         return table
 
 
-def _existing_input(path: Path | str) -> Path:
+def existing_input(path: Path | str) -> Path:
     """`path`, or a one-line error when the stage input is missing or neither a file nor a folder (a FIFO
     would block the open in C, where no signal handler runs: the command hung, deaf to Ctrl-C)."""
     path = Path(path)
@@ -256,7 +276,7 @@ def check_unique(path: Path | str, column: str = "id"):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    path = _existing_input(path)
+    path = existing_input(path)
     try:
         values = pq.read_table(path, columns=[column]).column(column) if column in pq.read_schema(path).names else None
     except Exception as exc:  # pyarrow raises many types for corrupt files

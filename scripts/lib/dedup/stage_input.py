@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib.errors import DataError
+from scripts.lib.tables import existing_input
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -26,10 +27,8 @@ def shards(path: Path) -> list[Path]:
         found = sorted(path.glob("*.parquet"))
         if not found:
             raise DataError(f"{path}: no parquet shards in this folder")
-        return found
-    if not path.exists():
-        raise DataError(f"{path}: input not found (run its upstream stage first)")
-    return [path]
+        return [existing_input(shard) for shard in found]
+    return [existing_input(path)]  # a FIFO would block the open in C, deaf to Ctrl-C: refused
 
 
 def open_parquet(path: Path) -> list[pq.ParquetFile]:

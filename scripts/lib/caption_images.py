@@ -1,0 +1,131 @@
+"""Which images caption@S reads, and what it may send of each: a manifest's files (confined to the folder),
+image files, or WebDataset samples (headers only, nothing extracted); symbolic links skipped. Read only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from scripts.lib.archive import (
+    REF_SEPARATOR,
+    UnsafeArchive,
+    check_image_pixels,
+    iter_samples,
+    make_ref,
+    open_tar,
+    read_member,
+)
+from scripts.lib.errors import DataError
+from scripts.lib.params import CaptionEntry
+from scripts.lib.safe_paths import confined_file
+
+MANIFEST = "manifest.parquet"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    ref: str  # a path, or "shard.tar!/member" (scripts/lib/archive.py)
+    sha256: str
+    mime: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Listed:
+    id: str
+    ref: str
+
+
+def list_images(folder: Path) -> tuple[list[Listed], Counter]:
+    """Every image under `folder`, sorted by id, and the count of what was passed over, per reason."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: images folder not found (run its upstream stage first)")
+    skipped: Counter = Counter()
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        return _manifest_images(folder, manifest), skipped
+    listed: list[Listed] = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            skipped["symlink"] += 1
+            continue
+        if not path.is_file():
+            continue
+        ext = path.suffix.lower().lstrip(".")
+        if ext in IMAGE_EXTS:
+            listed.append(Listed(rel, path.as_posix()))
+        elif ext == "tar":
+            listed.extend(_tar_images(folder, path, skipped))
+    return sorted(listed, key=lambda image: image.id), skipped
+
+
+def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
+    from scripts.lib.tables import check_table, read_parquet
+
+    frame = read_parquet(manifest)
+    check_table(frame, manifest, strings=("id", "file"), unique="id")
+    listed = []
+    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise DataError(f"{manifest}: row {row}: file {name!r} leaves the images folder")
+        # resolved where it is read: a link in the folder pointing out of it is refused too
+        listed.append(Listed(image_id, confined_file(folder, name, f"{manifest}: row {row}").as_posix()))
+    return sorted(listed, key=lambda image: image.id)
+
+
+def _tar_images(folder: Path, shard: Path, skipped: Counter) -> list[Listed]:
+    """The image of each WebDataset sample of a shard (headers only; nothing is extracted)."""
+    listed = []
+    rel = shard.relative_to(folder).as_posix()
+    try:
+        with open_tar(shard) as buf:
+            for item in iter_samples(buf, max_bytes=1 << 62):  # sizes are checked when an image is read
+                if isinstance(item, UnsafeArchive):
+                    skipped[item.reason] += 1
+                    continue
+                _, members = item
+                ext = next((ext for ext in IMAGE_EXTS if ext in members), None)
+                if ext is not None:
+                    member = members[ext].name
+                    listed.append(Listed(f"{rel}{REF_SEPARATOR}{member}", make_ref(shard, member)))
+    except UnsafeArchive as exc:
+        skipped[exc.reason] += 1
+    return listed
+
+
+def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
+    """sha256, type and size of an image, after the byte and pixel caps; UnsafeArchive (with the
+    counted reason) when it cannot be sent."""
+    data = read_image(image.ref, params)
+    return _info(image, data, params)
+
+
+def read_image(ref: str, params: CaptionEntry) -> bytes:
+    try:
+        return read_member(ref, params.max_image_bytes)
+    except FileNotFoundError:
+        raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
+    except OSError as exc:
+        raise DataError(f"{ref}: cannot read image ({exc.strerror or exc})") from None
+
+
+def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
+    from PIL import Image
+
+    width, height = check_image_pixels(data, image.ref, params.max_image_pixels)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+    except Exception:
+        raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
+    if fmt not in MIME:
+        raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")
+    return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height)
