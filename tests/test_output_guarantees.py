@@ -221,3 +221,20 @@ def test_a_signal_between_an_outputs_renames_waits_for_the_last_one(tmp_path, af
         forget()
     assert (tmp_path / "out" / "a.txt").read_text(encoding="utf-8") == "new\n"  # the renames finished
     assert all(is_our_temp(tmp_path / name) for name in leftovers(tmp_path))  # the next run removes them
+
+
+# ---------------------------------------------------------------- dedup-preview over what it reads (fifth round)
+
+
+@pytest.mark.parametrize("table", ["dedup/s.parquet", "clean/s.parquet", "dedup/s.clusters.parquet"])
+def test_dedup_preview_refuses_to_write_over_a_table_it_reads(tmp_path, table):
+    """`--output data/dedup/S.parquet` wrote the HTML page over the dedup table (exit 0; the next run failed)."""
+    write_params(tmp_path)
+    (tmp_path / "data" / "clean").mkdir(parents=True)
+    (tmp_path / "data" / "dedup").mkdir()
+    for name in ("clean/s.parquet", "dedup/s.parquet", "dedup/s.clusters.parquet"):
+        (tmp_path / "data" / name).write_bytes(b"PAR1 a table of the user's PAR1")
+    before = file_digests(tmp_path)
+    done = run(tmp_path, "dedup-preview", "s", "--output", f"data/{table}")
+    assert done.returncode == 2 and "the output is the input" in error_line(done.stderr), done.stderr
+    assert file_digests(tmp_path) == before

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.io import shown
+from scripts.lib.io import check_not_input, shown
 from scripts.lib.params import load_section
 from scripts.lib.preview import write_dedup_preview
 
@@ -19,12 +19,8 @@ def cli(
     """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
     output = output or data / "dedup" / f"{source}.preview.html"
     n = load_section("preview", missing_ok=True).dedup_clusters
-    write_dedup_preview(
-        source,
-        data / "clean" / f"{source}.parquet",
-        data / "dedup" / f"{source}.parquet",
-        data / "dedup" / f"{source}.clusters.parquet",
-        output,
-        n,
-    )
+    inputs = (data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet")
+    clusters = data / "dedup" / f"{source}.clusters.parquet"
+    check_not_input(output, [*inputs, clusters])  # the page written over the table it reads destroyed it
+    write_dedup_preview(source, *inputs, clusters, output, n)
     print(shown(f"dedup-preview {source}: -> {output}"))
