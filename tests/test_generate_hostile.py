@@ -5,10 +5,7 @@ user's touched, no temp file left (found by the third hostile round: each row fa
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +18,7 @@ from scripts.lib.image_store import store_lock
 from scripts.lib.params import Generate
 from scripts.lib.temps import output_lock
 from tests.helpers.trees import file_digests
-from tests.helpers.workspace import REPO, error_line, leftovers
+from tests.helpers.workspace import REPO, error_line, leftovers, run_scripts
 
 TEXTS = ["a lighthouse at night", "a red fox in the snow", "an owl on a branch"]
 
@@ -35,21 +32,7 @@ def settings(model: Path) -> Generate:
 
 
 def cli(root: Path, *argv: str, limit: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "T2I_PROGRESS_EVERY_S": "3600"}
-
-    def file_size_limit() -> None:  # writes past `limit` bytes fail with EFBIG, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    return subprocess.run(
-        [sys.executable, "-m", "scripts", *argv],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        preexec_fn=file_size_limit if limit else None,
-    )
+    return run_scripts(root, *argv, limit=limit, timeout=600)
 
 
 def stage_repo(root: Path, model: Path) -> None:

@@ -7,11 +7,8 @@ from __future__ import annotations
 import copy
 import errno
 import os
-import resource
 import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,27 +17,8 @@ import yaml
 
 from scripts.lib.errors import os_error_message
 from tests.helpers.trees import file_digests
-from tests.helpers.workspace import PARAMS, REPO, error_line, leftovers, make_splits, write_params
-
-
-def run(root: Path, *argv: str, umask: int | None = None, limit: int | None = None, timeout: float = 300):
-    def child() -> None:
-        if umask is not None:
-            os.umask(umask)
-        if limit is not None:  # writes past `limit` bytes fail with EFBIG, as on a full disk
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_PROGRESS_EVERY_S": "3600"}
-    return subprocess.run(
-        [sys.executable, "-m", "scripts", *argv],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=child,
-    )
+from tests.helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
+from tests.helpers.workspace import run_scripts as run
 
 
 def mode(path: Path) -> int:

@@ -4,7 +4,12 @@ as split@S writes them, and the checks every guarantee shares (one error line, n
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -80,3 +85,28 @@ def make_splits(root: Path, source: str = "diffusiondb", n: int = 40, digests: b
     write_parquet(rows.iloc[: n * 3 // 4].assign(split="train"), folder / "train.parquet")
     write_parquet(rows.iloc[n * 3 // 4 :].assign(split="validation"), folder / "validation.parquet")
     (folder / MARKER).write_text("", encoding="utf-8")
+
+
+def run_scripts(
+    root: Path, *argv: str, umask: int | None = None, limit: int | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m scripts ARGV` in `root` as a user runs it (one torch thread, no progress lines between the
+    start and the summary), under `umask`, and with writes past `limit` bytes failing as on a full disk."""
+
+    def child() -> None:
+        if umask is not None:
+            os.umask(umask)
+        if limit is not None:  # EFBIG past `limit` bytes, as a full disk fails a write
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "T2I_PROGRESS_EVERY_S": "3600"}
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", *argv],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=child,
+    )
