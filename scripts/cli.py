@@ -232,10 +232,11 @@ def _main(argv: list[str] | None) -> int:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
 
         from scripts.lib.errors import DataError
-        from scripts.lib.io import note_folder_spellings
+        from scripts.lib.io import note_command, note_folder_spellings
 
         argv = sys.argv[1:] if argv is None else argv
         note_folder_spellings(argv)
+        note_command(next((a for a in argv if not a.startswith("-")), ""))  # what it writes is this command's
         try:
             status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
         except DataError as exc:

@@ -9,6 +9,7 @@ release.py, prefilter.py, the tests and the benchmarks import from here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from scripts.lib.dedup import (
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_files_ours, shown, write_json
+from scripts.lib.io import atomic_path, check_files_ours, json_text, shown, writing
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 from scripts.lib.tables import write_row_groups
 
@@ -77,9 +78,9 @@ def read_stage_input(path: Path) -> pa.Table:
     return pa.concat_tables([source.schema.empty_table(), *source.tables()])
 
 
-def write_table(table: pa.Table, path: Path) -> None:
+def write_table(table: pa.Table, path: Path, into: Path | None = None) -> None:
     table = table.replace_schema_metadata(None)
-    write_row_groups([table], table.schema, path)  # the Ray engine's bytes however the input was chunked
+    write_row_groups([table], table.schema, path, into)  # the Ray engine's bytes however the input was chunked
 
 
 def clusters_table(ids: pa.Array, result: Result, params: Dedup) -> pa.Table:
@@ -123,33 +124,39 @@ def cli(
     clusters_path, report_path, preview_path = (
         output.parent / f"{stem}{suffix}" for suffix in (".clusters.parquet", ".report.json", ".preview.html")
     )
-    check_files_ours(output, clusters_path, report_path, preview_path, inputs=[input])
-    if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
-        rows = StageInput(input, runtime.stream_rows)
-        n = len(rows)
-        result = Result(
-            np.ones(n, dtype=bool),
-            np.full(n, -1, dtype=np.int64),
-            np.full(n, np.nan),
-            {"rows_in": n, "kept": n, "removed": 0},
-        )
-        write_row_groups(rows.tables(), rows.schema, output)
-        write_table(clusters_table(rows.ids, result, params), clusters_path)
-        stats = result.stats
-    elif runtime.engine == "ray" and params.method == "minhash":
-        from scripts.lib.dedup.on_ray import dedup_stage
+    outputs = (output, clusters_path, report_path, preview_path)
+    check_files_ours(*outputs, inputs=[input])
+    with contextlib.ExitStack() as stack:  # the four written whole before any is renamed in (a full disk left some)
+        kept_tmp, clusters_tmp, report_tmp, page_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
+        if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
+            rows = StageInput(input, runtime.stream_rows)
+            n = len(rows)
+            result = Result(
+                np.ones(n, dtype=bool),
+                np.full(n, -1, dtype=np.int64),
+                np.full(n, np.nan),
+                {"rows_in": n, "kept": n, "removed": 0},
+            )
+            write_row_groups(rows.tables(), rows.schema, output, kept_tmp)
+            stats, clusters = result.stats, clusters_table(rows.ids, result, params)
+        elif runtime.engine == "ray" and params.method == "minhash":
+            from scripts.lib.dedup.on_ray import dedup_stage
 
-        stats = dedup_stage(input, output, clusters_path, params, runtime)
-    else:  # the input is read as each step needs it (scripts/lib/dedup/stage_input.py), never held whole
-        rows = StageInput(input, runtime.stream_rows)
-        result = dedup_self(rows, rows.ids, params, runtime.model_copy(update={"engine": "local"}))
-        release_arrow_memory()  # verification's texts, before the kept rows' row groups
-        write_row_groups(rows.tables(result.keep), rows.schema, output)
-        write_table(clusters_table(rows.ids, result, params), clusters_path)
-        stats = result.stats
-    report = {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
-    write_json(report, report_path)
-    write_preview(source, input, output, clusters_path, preview_path)
+            stats, clusters = dedup_stage(input, output, kept_tmp, params, runtime)
+        else:  # the input is read as each step needs it (scripts/lib/dedup/stage_input.py), never held whole
+            rows = StageInput(input, runtime.stream_rows)
+            result = dedup_self(rows, rows.ids, params, runtime.model_copy(update={"engine": "local"}))
+            release_arrow_memory()  # verification's texts, before the kept rows' row groups
+            write_row_groups(rows.tables(result.keep), rows.schema, output, kept_tmp)
+            stats, clusters = result.stats, clusters_table(rows.ids, result, params)
+        write_table(clusters, clusters_path, clusters_tmp)
+        report = (
+            {"source": source, **stats, "method": "off"} if setting is False else stage_report(source, stats, params)
+        )
+        with writing(report_path):
+            report_tmp.write_text(json_text(report), encoding="utf-8")
+        page = preview_page(source, input, kept_tmp, clusters_tmp)
+        page_tmp.write_text(page, encoding="utf-8")  # the innermost: its own errors name it
     print(shown(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed"))
 
 
@@ -162,12 +169,11 @@ def source_params(params: Dedup, source: str) -> tuple[Dedup, object]:
     return params.replace(**setting.overrides()), setting
 
 
-def write_preview(source: str, input: Path, output: Path, clusters: Path, page: Path) -> None:
+def preview_page(source: str, input: Path, kept: Path, clusters: Path) -> str:
     """data/dedup/S.preview.html: the largest clusters, kept vs removed texts (params preview.dedup_clusters)."""
-    from scripts.lib.preview import write_dedup_preview
+    from scripts.lib.preview import dedup_preview_page
 
-    n = load_section("preview", missing_ok=True).dedup_clusters
-    write_dedup_preview(source, input, output, clusters, page, n)
+    return dedup_preview_page(source, input, kept, clusters, load_section("preview", missing_ok=True).dedup_clusters)
 
 
 # --- dedup-text ----------------------------------------------------------------------------------------

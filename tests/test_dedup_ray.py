@@ -236,8 +236,6 @@ def local_files(tmp_path: Path, params) -> tuple[dict, list[bytes]]:
 def test_the_ray_stage_on_100k_prompts_writes_the_local_files(cluster, tmp_path):
     """~100k recombined real prompts with planted near-duplicates, on 3 nodes of 1 CPU whose 80 MB object
     stores make blocks spill: the local engine's bytes."""
-    from scripts.lib.dedup.on_ray import dedup_stage
-
     texts, _ = with_near_duplicates(recombined(real_prompts(3_100), 75_000, seed=5), seed=6)
     ids = [f"id{(i * 7919) % 1_000_003:07d}" for i in range(len(texts))]  # distinct, not in row order
     folder = stage_files(tmp_path, texts, ids, shard_rows=20_000, group_rows=7_000)
@@ -245,14 +243,12 @@ def test_the_ray_stage_on_100k_prompts_writes_the_local_files(cluster, tmp_path)
     stats, expected = local_files(tmp_path, params)
     assert 20_000 < stats["removed"] < 60_000 and stats["candidate_pairs"] > 1_000_000, stats
     out, clusters = tmp_path / "out.parquet", tmp_path / "out.clusters.parquet"
-    assert dedup_stage(folder, out, clusters, params, Runtime(engine="ray")) == stats
+    assert ray_stage(folder, out, clusters, params, Runtime(engine="ray")) == stats
     assert [out.read_bytes(), clusters.read_bytes()] == expected
 
 
 @pytest.mark.slow
 def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_node(cluster, tmp_path):
-    from scripts.lib.dedup.on_ray import dedup_stage
-
     _ray, local_cluster, workers = cluster
     texts, ids = planted(600)
     folder = stage_files(tmp_path, texts, ids)
@@ -264,7 +260,7 @@ def test_the_ray_stage_writes_the_local_files_for_any_partitioning_and_a_lost_no
             import threading
 
             threading.Timer(3.0, local_cluster.remove_node, args=(workers[1],)).start()
-        found = dedup_stage(
+        found = ray_stage(
             folder, out, clusters, params, Runtime(engine="ray", partitions=parts, driver_edges=edges, batch_rows=97)
         )
         assert found == stats
@@ -276,16 +272,24 @@ def test_a_relative_input_path_is_read_where_the_stage_runs_not_where_the_worker
     """A stage joins a running cluster (runtime.ray_address), whose workers run in their own folders: the
     input named relative to the stage (dvc.yaml's `data/clean/S.parquet`) is read as the stage resolves it.
     The 1M rehearsal on a local cluster failed here with `input shard vanished during the run`."""
-    from scripts.lib.dedup.on_ray import dedup_stage
-
     texts, ids = planted(300)
     stage_files(tmp_path, texts, ids)
     params = resolve_params(None)
     stats, expected = local_files(tmp_path, params)
     monkeypatch.chdir(tmp_path)  # the driver's folder; the cluster's workers keep theirs
     out, clusters = Path("out.parquet"), Path("out.clusters.parquet")
-    assert dedup_stage(Path("in"), out, clusters, params, Runtime(engine="ray")) == stats
+    assert ray_stage(Path("in"), out, clusters, params, Runtime(engine="ray")) == stats
     assert [out.read_bytes(), clusters.read_bytes()] == expected
+
+
+def ray_stage(folder: Path, out: Path, clusters: Path, params, runtime) -> dict:
+    """The Ray engine's step as the dedup command runs it: kept rows into `out`, the clusters table beside."""
+    from scripts.dedup import write_table
+    from scripts.lib.dedup.on_ray import dedup_stage
+
+    stats, table = dedup_stage(folder, out, out, params, runtime)  # `out` is its own temp here
+    write_table(table, clusters)
+    return stats
 
 
 def run_cli(tmp_path: Path, input: Path, extra_env=None, start=True):

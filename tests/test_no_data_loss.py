@@ -53,10 +53,11 @@ def _captions(root: Path) -> None:
     write_parquet(split_rows(20, "chatgpt", root / "img.png"), root / "data" / "captions" / "chatgpt.parquet")
 
 
-def lock_of(path: str, md5: str) -> str:
-    """A dvc.lock recording one output (as `dvc repro` writes it)."""
+def lock_of(path: str, md5: str, cmd: str = "python -m scripts clean-text in.txt out.jsonl") -> str:
+    """A dvc.lock recording one output of a stage running `cmd` (as `dvc repro` writes it)."""
     return (
-        f"schema: '2.0'\nstages:\n  c:\n    cmd: x\n    outs:\n    - path: {path}\n      hash: md5\n      md5: {md5}\n"
+        f"schema: '2.0'\nstages:\n  c:\n    cmd: {cmd}\n    outs:\n    - path: {path}\n      hash: md5\n"
+        f"      md5: {md5}\n"
     )
 
 
@@ -407,6 +408,9 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     out_md5 = hashlib.md5((ws / "out.jsonl").read_bytes()).hexdigest()
     (ws / "dvc.lock").write_text(lock_of("./out.jsonl", "0" * 32), encoding="utf-8")  # edited since its checkout
     code, _, err = cli(capsys, *clean_text, "out.jsonl")
+    assert code == 2 and "cannot prove" in error_line(err)
+    (ws / "dvc.lock").write_text(lock_of("./out.jsonl", out_md5, "python -m scripts clean x"), encoding="utf-8")
+    code, _, err = cli(capsys, *clean_text, "out.jsonl")  # the bytes, but another command's output
     assert code == 2 and "cannot prove" in error_line(err)
     (ws / "dvc.lock").write_text(lock_of("./out.jsonl", out_md5), encoding="utf-8")  # the bytes DVC's cache holds
     assert cli(capsys, *clean_text, "out.jsonl")[0] == 0

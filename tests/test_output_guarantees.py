@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import errno
 import os
+import random
 import signal
 import stat
 from pathlib import Path
@@ -109,34 +110,56 @@ def test_a_fifo_where_dedup_reads_is_refused_at_once(tmp_path, setup):
 # ---------------------------------------------------------------- outputs that appear together
 
 
-def text_source(root: Path, rows: int = 20_000) -> None:
+def text_source(root: Path, lines: list[str] | None = None) -> None:
+    """A text source `notes` ingested, cleaned and deduplicated in `root` (p, c, d.parquet)."""
     params = copy.deepcopy(PARAMS)
     params["sources"] = {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": False}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     (root / "raw").mkdir()
-    lines = [f"a red fox number {i} in the snow under a {i % 7} moon, oil painting" for i in range(rows)]
+    lines = lines or [f"a red fox number {i} in the snow under a {i % 7} moon, oil painting" for i in range(20_000)]
     (root / "raw" / "prompts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     steps = (["ingest", "notes", "p.parquet"], ["clean", "notes", "p.parquet", "c.parquet"])
     for argv in (*steps, ["dedup", "notes", "c.parquet", "d.parquet"]):
         assert run(root, *argv).returncode == 0
 
 
-TOGETHER = [  # command, a file-size limit its main table passes and its small siblings do not reach
-    (["clean", "notes", "p.parquet", "out/o.parquet"], 32 * 1024),
-    (["clean", "notes", "p.parquet", "out/o.parquet"], 128 * 1024),
-    (["prefilter", "notes", "d.parquet", "out/o.parquet"], 64 * 1024),
+def near_duplicates(bases: int = 40, variants: int = 25) -> list[str]:
+    """Prompts of 60 words in clusters of `variants` (one word changed): few kept rows, a long preview page
+    (its 20 largest clusters' texts, some 240 kB) after the small tables."""
+    rng = random.Random(3)
+    words = [f"w{i}" for i in range(5000)]
+    lines = []
+    for _ in range(bases):
+        base = [rng.choice(words) for _ in range(60)]
+        for _ in range(variants):
+            variant = list(base)
+            variant[rng.randrange(60)] = rng.choice(words)
+            lines.append(" ".join(variant))
+    return lines
+
+
+TOGETHER = [  # command, its input's prompts, a file-size limit the first outputs pass and a later one does not
+    (["clean", "notes", "p.parquet", "out/o.parquet"], None, 32 * 1024, "o.parquet"),
+    (["clean", "notes", "p.parquet", "out/o.parquet"], None, 128 * 1024, "o.parquet"),
+    (["prefilter", "notes", "d.parquet", "out/o.parquet"], None, 64 * 1024, "o.parquet"),
+    # dedup's kept rows (17 kB), clusters (11 kB) and report fit, the preview page does not
+    (["dedup", "notes", "c.parquet", "out/o.parquet"], near_duplicates(), 64 * 1024, "o.preview.html"),
+    (["dedup", "notes", "c.parquet", "out/o.parquet"], near_duplicates(), 14 * 1024, "o.parquet"),
+    (["dedup", "notes", "c.parquet", "out/o.parquet"], near_duplicates(60, 40), 64 * 1024, "o.preview.html"),
 ]
 
 
-@pytest.mark.parametrize("argv, limit", TOGETHER, ids=lambda v: v[0] if isinstance(v, list) else str(v))
-def test_outputs_written_together_appear_together_or_not_at_all(tmp_path, argv, limit):
+@pytest.mark.parametrize("argv, lines, limit, failing", TOGETHER, ids=[f"{c[0][0]}-{c[2]}-{c[3]}" for c in TOGETHER])
+def test_outputs_written_together_appear_together_or_not_at_all(tmp_path, argv, lines, limit, failing):
     """On a full disk the small siblings (`.dropped.parquet`, `.removed.parquet`) were renamed in before the
-    main table failed: a new sibling beside no table (or beside the previous run's)."""
-    text_source(tmp_path)
+    main table failed: a new sibling beside no table (or beside the previous run's); dedup's kept rows,
+    clusters and report were in place when its preview page failed."""
+    text_source(tmp_path, lines)
+    (tmp_path / "out").mkdir()
     done = run(tmp_path, *argv, limit=limit)
     line = error_line(done.stderr)
-    assert done.returncode == 2 and line.startswith("error: out/o.parquet: cannot write"), done.stderr
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert done.returncode == 2 and line.startswith(f"error: out/{failing}: cannot write"), done.stderr
+    assert list((tmp_path / "out").iterdir()) == []
     assert leftovers(tmp_path) == []
 
 

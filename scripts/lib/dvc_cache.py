@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import re
+import shlex
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -84,9 +86,10 @@ def _listing(odb, oid: str) -> dict[str, str]:
 # --- proving an output ours: the bytes a dvc.lock records ---------------------------------------------
 
 
-def holds_locked_bytes(real: Path, files_under: Callable[[Path], list[str]]) -> bool:
+def holds_locked_bytes(real: Path, files_under: Callable[[Path], list[str]], command: str = "") -> bool:
     """A stage records `real` (a path as the kernel resolves it), or a folder above it, as an output (an
-    `outs` path of a dvc.lock above it) and `real` still holds the bytes the lock records, which DVC's
+    `outs` path of a dvc.lock above it) of a stage whose cmd runs `command` (`python -m scripts clean`;
+    any command when ""), and `real` still holds the bytes the lock records, which DVC's
     cache keeps: a file's md5 is the lock's; every file of a folder (`files_under`: their relative paths)
     is in the lock's .dir listing, read from the cache, with its md5. So a checked-out copy edited by hand,
     or a file a user added to an output folder, is the user's. A .gitignore line (`/name`) proves nothing
@@ -94,11 +97,13 @@ def holds_locked_bytes(real: Path, files_under: Callable[[Path], list[str]]) -> 
     user's data, not a stage's output."""
     chain = [real, *real.parents]
     for depth, folder in enumerate(chain[1:], start=1):
-        outs = locked_outputs(folder / LOCK)
+        outs = _locked(folder / LOCK)
         for item in chain[:depth]:
-            md5 = outs.get(item.relative_to(folder).as_posix())
-            if md5 is not None:
-                return _holds_recorded(real, item, md5, folder, files_under)
+            recorded = outs.get(item.relative_to(folder).as_posix())
+            if recorded is not None:
+                md5, commands = recorded
+                runs = not command or command in commands  # another command's output is that command's
+                return runs and _holds_recorded(real, item, md5, folder, files_under)
         if (folder / ".dvc").is_dir():  # the repository's root: a dvc.lock above it is another project's
             break
     return False
@@ -107,6 +112,11 @@ def holds_locked_bytes(real: Path, files_under: Callable[[Path], list[str]]) -> 
 def locked_outputs(lock: Path) -> dict[str, str]:
     """The output paths a dvc.lock records (a stage's `outs`, relative to its folder) and the md5 of each
     ('' where the lock names none; a folder's ends in .dir)."""
+    return {path: md5 for path, (md5, _) in _locked(lock).items()}
+
+
+def _locked(lock: Path) -> dict[str, tuple[str, frozenset[str]]]:
+    """locked_outputs, each with the `python -m scripts` commands its stage's cmd runs."""
     with contextlib.suppress(OSError):
         if stat.S_ISREG((st := os.stat(lock)).st_mode):
             return _parsed_outputs(str(lock), st.st_mtime_ns, st.st_size)
@@ -114,8 +124,8 @@ def locked_outputs(lock: Path) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=16)
-def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, str]:
-    """locked_outputs of one version of the file: a lock of thousands of lines is parsed once, not per output."""
+def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, tuple[str, frozenset[str]]]:
+    """_locked of one version of the file: a lock of thousands of lines is parsed once, not per output."""
     from scripts.lib.params.yaml_text import read_yaml
 
     try:
@@ -125,12 +135,22 @@ def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, str]:
     stages = data.get("stages") if isinstance(data, dict) else None
     entries = list(stages.values()) if isinstance(stages, dict) else []
     return {
-        os.path.normpath(out["path"]): str(out.get("md5") or "")
+        os.path.normpath(out["path"]): (str(out.get("md5") or ""), _commands_run(entry.get("cmd")))
         for entry in entries
         if isinstance(entry, dict) and isinstance(entry.get("outs"), list)
         for out in entry["outs"]
         if isinstance(out, dict) and isinstance(out.get("path"), str)
     }
+
+
+def _commands_run(cmd) -> frozenset[str]:
+    """The commands a stage's cmd (a line, or a list of them) runs as `python -m scripts NAME ...`."""
+    found: set[str] = set()
+    for line in cmd if isinstance(cmd, list) else [cmd]:
+        with contextlib.suppress(ValueError):  # unbalanced quotes: runs none of ours
+            words = shlex.split(line) if isinstance(line, str) else []  # (None would read stdin)
+            found.update(b for a, b in itertools.pairwise(words) if a == "scripts" and not b.startswith("-"))
+    return frozenset(found)
 
 
 def _holds_recorded(path: Path, out: Path, md5: str, root: Path, files_under) -> bool:
@@ -143,9 +163,16 @@ def _holds_recorded(path: Path, out: Path, md5: str, root: Path, files_under) ->
         return False
     inside = path.relative_to(out).as_posix()
     if not path.is_dir() or path.is_symlink():
-        return listing.get(inside) == file_md5(path)
+        return _listed(listing, inside, path)
     prefix = "" if inside == "." else inside + "/"
-    return all(listing.get(prefix + rel) == file_md5(path / rel) for rel in files_under(path))
+    return all(_listed(listing, prefix + rel, path / rel) for rel in files_under(path))
+
+
+def _listed(listing: dict[str, str], rel: str, path: Path) -> bool:
+    """The listing holds `rel` with `path`'s bytes: an entry it lacks (a user's file, link or empty folder,
+    whose file_md5 is None too) is not the lock's."""
+    recorded = listing.get(rel)
+    return recorded is not None and recorded == file_md5(path)
 
 
 def file_md5(path: Path) -> str | None:

@@ -66,8 +66,25 @@ def sha256_text(text: str) -> str:
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
 # A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5s stay), holding
-# the file's identity, so a later run may replace it while unchanged (file_is_ours has the other proofs).
+# the command's name and the file's identity, so a later run of that command may replace it while
+# unchanged (file_is_ours has the other proofs); another command's output stays that command's.
 OWNER_XATTR = "user.t2i-datasets.output"
+# The command this process runs (`clean`, `params-doc`), set by scripts.cli; children inherit it.
+COMMAND_ENV = "T2I_DATASETS_COMMAND"
+
+
+def note_command(name: str) -> None:
+    """Name the command this process runs: what it writes is that command's, what it replaces must be."""
+    os.environ[COMMAND_ENV] = name
+
+
+def _command() -> str:
+    return os.environ.get(COMMAND_ENV, "")
+
+
+def _owner_mark(identity: bytes) -> bytes:
+    """The attribute a command writes: its name, then what it wrote (an output of `clean` is not `params-doc`'s)."""
+    return _command().encode("utf-8", "surrogateescape") + b"\0" + identity
 
 
 def check_output_kind(target: Path | str) -> None:
@@ -116,12 +133,15 @@ def check_not_input(output: Path | str, inputs) -> None:
 
 
 def _files_under(folder: Path) -> list[str]:
-    """Relative paths of the files and links under `folder` (empty folders carry no data)."""
+    """Relative paths of the files and links under `folder`, and of its empty folders (ending in `/`): a
+    user's empty folder, made to keep a place, is theirs as much as a file is."""
     found = []
     for root, dirs, files in os.walk(folder):
         base = Path(root)
         for name in files + [d for d in dirs if (base / d).is_symlink()]:
             found.append((base / name).relative_to(folder).as_posix())
+        if not dirs and not files and base != folder:
+            found.append(base.relative_to(folder).as_posix() + "/")
     return sorted(found)
 
 
@@ -150,13 +170,13 @@ def mark_file(path: Path | str) -> None:
     """Tag a file this command wrote (content final) with its _identity. Without user attributes (the
     file system, or no os.setxattr) it stays untagged: a later run proves it ours another way or refuses."""
     with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(path, OWNER_XATTR, _identity(path), follow_symlinks=False)
+        os.setxattr(path, OWNER_XATTR, _owner_mark(_identity(path)), follow_symlinks=False)
 
 
 def _tagged(path: Path) -> bool:
-    """The mark is there and still describes this file: we wrote it and no one changed it since."""
+    """The mark is there and still describes this file: this command wrote it and no one changed it since."""
     try:
-        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == _identity(path)
+        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == _owner_mark(_identity(path))
     except (OSError, AttributeError):
         return False
 
@@ -166,7 +186,7 @@ def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: 
     since, it holds `new`'s bytes, DVC records it as an output with these bytes, its folder holds the
     MARKER, or (with `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
     path = Path(path)
-    if _tagged(path) or holds_marker(path.parent) or holds_locked_bytes(real_path(path), _files_under):
+    if _tagged(path) or holds_marker(path.parent) or holds_locked_bytes(real_path(path), _files_under, _command()):
         return True
     if new is not None and _same_bytes(path, Path(new)):
         return True
@@ -234,12 +254,12 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         return
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
-    if holds_marker(target) or holds_locked_bytes(real_path(target), _files_under):
+    if holds_marker(target) or holds_locked_bytes(real_path(target), _files_under, _command()):
         return
     recoverable: set[str] | None = None
     for rel in _files_under(target):
-        if new is not None and _same_bytes(target / rel, Path(new) / rel):
-            continue
+        if new is not None and (_same_bytes(target / rel, Path(new) / rel) or (Path(new) / rel).is_dir()):
+            continue  # a file the command writes again as it is, an empty folder it writes too
         if recoverable is None:
             recoverable = git_unmodified(target) if committed_ok else set()
         if rel in recoverable:
@@ -279,7 +299,7 @@ def mark_folder(folder: Path | str) -> None:
     marker = Path(folder) / MARKER
     marker.write_text(MARKER_TEXT, encoding="utf-8")
     with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(marker, OWNER_XATTR, _marker_mark(Path(folder)), follow_symlinks=False)
+        os.setxattr(marker, OWNER_XATTR, _owner_mark(_marker_mark(Path(folder))), follow_symlinks=False)
 
 
 def holds_marker(folder: Path | str) -> bool:
@@ -289,7 +309,7 @@ def holds_marker(folder: Path | str) -> bool:
         mark = os.getxattr(Path(folder) / MARKER, OWNER_XATTR, follow_symlinks=False)
     except (OSError, AttributeError):
         return False
-    return mark == _marker_mark(Path(folder))
+    return mark == _owner_mark(_marker_mark(Path(folder)))
 
 
 def _marker_mark(folder: Path) -> bytes:
@@ -297,8 +317,8 @@ def _marker_mark(folder: Path) -> bytes:
 
 
 def _folder_identity(folder: Path) -> bytes:
-    """A digest of the _identity (inode, size, mtime) and name of every file and link under `folder`
-    but the MARKER: one stat a file, no read (a release of 100k images: well under a second)."""
+    """A digest of the _identity (inode, size, mtime) and name of every file, link and empty folder under
+    `folder` but the MARKER: one stat a file, no read (a release of 100k images: well under a second)."""
     digest = hashlib.sha256()
     for rel in _files_under(folder):
         if rel != MARKER:

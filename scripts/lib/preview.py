@@ -226,8 +226,15 @@ def _highlight(text: str, keep_words: set[str]) -> str:
 def write_dedup_preview(
     source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, output: Path, n: int
 ) -> None:
-    """data/dedup/S.preview.html from the dedup stage's input, output and clusters. Only the clusters
-    table is read whole (removed rows only); the texts of the rows shown are picked from the other two."""
+    """data/dedup/S.preview.html from the dedup stage's input, output and clusters (dedup_preview_page)."""
+    page = dedup_preview_page(source, clean_path, dedup_path, clusters_path, n)
+    with atomic_path(output) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+
+
+def dedup_preview_page(source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, n: int) -> str:
+    """The preview page's HTML: its `n` largest clusters. Only the clusters table is read whole (removed
+    rows only); the texts of the rows shown are picked from the other two."""
     from scripts.lib.dedup.stage_input import open_parquet, read
 
     clean, clusters_files, dedup = (open_parquet(p) for p in (clean_path, clusters_path, dedup_path))
@@ -241,14 +248,12 @@ def write_dedup_preview(
     shown = largest_clusters(clusters, n)
     kept_ids = [kid for kid, _ in shown.largest]
     removed_ids = [rid for _, rows in shown.largest for _, rid in rows]
-    page = cluster_page(
+    return cluster_page(
         shown,
         texts_by_id(dedup_path, dedup, kept_ids),
         texts_by_id(clean_path, clean, removed_ids),
         title=f"dedup@{source}: largest near-duplicate clusters",
     )
-    with atomic_path(output) as tmp:
-        tmp.write_text(page, encoding="utf-8")
 
 
 def texts_by_id(path: Path, files, ids: list[str]) -> dict[str, str]:

@@ -43,9 +43,10 @@ def write_parquet_file(table, tmp: Path) -> None:
 PARQUET_ROW_GROUP = 1024 * 1024  # pyarrow's default row group size, written out
 
 
-def write_row_groups(tables, schema, path: Path | str) -> None:
-    """Tables (pyarrow, in order) into one parquet file atomically (see row_groups_to)."""
-    with row_groups_to(path, schema) as out:
+def write_row_groups(tables, schema, path: Path | str, into: Path | None = None) -> None:
+    """Tables (pyarrow, in order) into one parquet file atomically (see row_groups_to); with `into` (a
+    temp of the caller's atomic_path, for outputs that appear together) into that file, named `path`."""
+    with row_groups_to(path, schema) if into is None else row_groups_into(into, schema, path) as out:
         for table in tables:
             out.add(table)
 
@@ -58,13 +59,25 @@ def row_groups_to(path: Path | str, schema=None) -> Iterator[RowGroups]:
         for table in tables:
             out.add(table)
     """
-    with atomic_path(path) as tmp, open(tmp, "wb") as sink:  # a file object: pyarrow cannot encode a non-UTF-8 name
-        out = RowGroups(sink, schema, path)
-        try:
-            yield out
-            out.finish()
-        finally:  # the writer before its file, even when interrupted
-            out.close()
+    with atomic_path(path) as tmp, row_groups_into(tmp, schema, path) as out:
+        yield out
+
+
+@contextlib.contextmanager
+def row_groups_into(tmp: Path, schema, path: Path | str) -> Iterator[RowGroups]:
+    """row_groups_to's writer into `tmp`, an atomic_path's temp (errors name `path`, the output)."""
+    sink = open(tmp, "wb")  # noqa: SIM115  # a file object: pyarrow cannot encode a non-UTF-8 name
+    out = RowGroups(sink, schema, path)
+    try:
+        yield out
+        out.finish()
+    except BaseException:  # the writer, then its file, even when interrupted; a full disk failing their
+        for close in (out.close, sink.close):  # flush again is no news (it hid the first error's file name)
+            with contextlib.suppress(Exception):
+                close()
+        raise
+    with writing(path):
+        sink.close()
 
 
 class RowGroups:
@@ -108,9 +121,9 @@ class RowGroups:
         self.finished = True
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = self.writer, None  # once: a close that failed (a full disk) is not tried again
+        if writer is not None:
+            writer.close()
 
     def _write(self, rows) -> None:
         import pyarrow.parquet as pq

@@ -47,7 +47,6 @@ from scripts.lib.dedup.rows import (
 )
 from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.tables import write_row_groups
 
@@ -204,8 +203,9 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.append_column("order_key", table.column("id").cast(ORDER_KEY))
 
 
-def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtime: Runtime) -> dict:
-    """dedup@S on Ray: writes `output` and `clusters` byte-identical to the local engine; returns the stats."""
+def dedup_stage(input: Path, output: Path, into: Path, params: Dedup, runtime: Runtime) -> tuple[dict, pa.Table]:
+    """dedup@S on Ray: writes the kept rows into `into` (the temp of `output`), byte-identical to the local
+    engine; returns the stats and the clusters table (the caller writes it beside the kept rows)."""
     from scripts.lib.ray_engine import ray_session
 
     items, schema = fragments(shards(input))
@@ -224,7 +224,7 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
             needed = np.union1d(removed["row"], removed["duplicate_of"])
             ids = _ids_of(ray, rows, needed)
             kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
-            write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output)
+            write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output, into)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
     at = np.searchsorted(needed, removed["row"]), np.searchsorted(needed, removed["duplicate_of"])
@@ -235,9 +235,7 @@ def dedup_stage(input: Path, output: Path, clusters: Path, params: Dedup, runtim
             "jaccard": pa.array(removed["similarity"], type=pa.float64()),
         }
     )
-    with atomic_path(clusters) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return stats
+    return stats, table
 
 
 def _repeated_ids(ray, rows, parts: int) -> int:
