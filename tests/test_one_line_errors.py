@@ -22,9 +22,7 @@ import copy
 import io
 import json
 import os
-import resource
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -848,11 +846,6 @@ def _patched_ingest(ws: Path, source: str, patch: str) -> subprocess.CompletedPr
     return _subprocess([sys.executable, "-c", script], ws)
 
 
-def _file_size_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG, as on a full disk
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 @pytest.mark.parametrize("writer", ["clean-text", "ingest"])
 def test_a_full_disk_is_one_line_and_leaves_nothing(params_ws, writer):
     ws = params_ws
@@ -865,7 +858,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(params_ws, writer):
         if writer == "clean-text"
         else ["ingest", "chatgpt", "out/x.parquet"]
     )
-    result = _subprocess([sys.executable, "-m", "scripts", *argv], ws, preexec_fn=_file_size_limit)
+    result = workspace.run_scripts(ws, *argv, limit=64 * 1024)  # writes past 64 KiB fail, as on a full disk
     line = workspace.error_line(result.stderr)
     assert result.returncode == 2 and line.startswith("error: out/x.") and "too large" in line.lower(), result.stderr
     assert not list((ws / "out").iterdir())

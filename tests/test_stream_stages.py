@@ -5,12 +5,7 @@ failure part-way leaves no output and no spill."""
 
 from __future__ import annotations
 
-import os
 import random
-import resource
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +15,7 @@ import pytest
 import yaml
 
 from helpers.commands import cli
+from helpers.workspace import run_scripts
 from scripts.lib import external_sort
 from scripts.lib.io import stable_id
 from scripts.lib.tables import write_parquet
@@ -162,11 +158,6 @@ def test_a_bad_row_part_way_leaves_no_output_and_no_spill(tmp_path, fixtures_dir
     assert sorted(p.name for p in broken.parent.iterdir()) == ["prefilter.parquet"]
 
 
-def _file_size_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG, as on a full disk
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-
-
 @pytest.mark.parametrize("stage", ["captions", "split"])
 def test_a_full_disk_while_spilling_or_writing_is_one_line_and_leaves_nothing(english, stage, monkeypatch, capfd):
     set_params(english, 500)
@@ -179,14 +170,7 @@ def test_a_full_disk_while_spilling_or_writing_is_one_line_and_leaves_nothing(en
         if stage == "captions"
         else ["split", SOURCE, folder / "captions.parquet", out / "splits", "--order", folder / "prefilter.parquet"]
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "scripts", *map(str, argv)],
-        cwd=english,
-        capture_output=True,
-        text=True,
-        preexec_fn=_file_size_limit,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_scripts(english, *map(str, argv), limit=64 * 1024)  # writes past 64 KiB fail, as on a full disk
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "too large" in result.stderr.lower(), result.stderr
     assert ".tmp-" not in result.stderr and str(out) in result.stderr, "the line names a temp path, not the output"

@@ -28,7 +28,7 @@ from scripts.lib.io import (
 )
 from scripts.lib.safe_paths import inside
 from scripts.lib.tables import check_table
-from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale
+from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
 OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
@@ -144,7 +144,7 @@ def check_output(output: Path) -> None:
         raise DataError(f"{output}: is a file, expected a release folder")
     marked = {split: holds_marker(output / split) for split in SPLITS}  # one stat a file: once a split
     if output.is_dir():
-        allowed = {*OUTPUTS, ".gitignore", *(_old_name(name) for name in OUTPUTS)}
+        allowed = {*OUTPUTS, ".gitignore", *(sibling_name(name, TMP_OLD) for name in OUTPUTS)}
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in allowed))
         _refuse_untagged_old(output, OUTPUTS)  # before any work: a user's `.train.tmp-old/` is theirs
         check_outputs_ours(output, sorted(set(OUTPUTS) - set(SPLITS)))  # each file proved on its own
@@ -153,16 +153,11 @@ def check_output(output: Path) -> None:
             check_replaceable(output / split)
 
 
-def _old_name(name: str) -> str:
-    """What io.replace_path renames an output to while its new version goes in (tagged: temps.mark_temp)."""
-    return f".{name}.{TMP_OLD}"
-
-
 def _refuse_untagged_old(output: Path, names) -> None:
     """Refuse a `.X.tmp-old` in the release folder that no run of ours tagged: named like our leftover,
     it may be anyone's (a name proves nothing); remove_stale says so in one line."""
     for name in names:
-        old = output / _old_name(name)
+        old = output / sibling_name(name, TMP_OLD)
         if os.path.lexists(old) and not is_our_temp(old):
             remove_stale(old, output / name)
 
@@ -185,11 +180,11 @@ def move_into_place(staging: Path, output: Path) -> None:
         raise DataError(f"{output}: is a file, expected a release folder")
     if output.is_dir():
         names = {item.name for item in staged} | {".gitignore"}  # DVC writes .gitignore beside outputs
-        left = {_old_name(item.name) for item in staged}  # a run killed while moving its folders in
+        left = {sibling_name(item.name, TMP_OLD) for item in staged}  # a run killed while moving its folders in
         _refuse_foreign(output, sorted(p.name for p in output.iterdir() if p.name not in names | left))
         _refuse_untagged_old(output, [item.name for item in staged])
         for item in staged:  # only what a killed run of ours tagged (replace_path marks its old copies)
-            remove_stale(output / _old_name(item.name), output / item.name)
+            remove_stale(output / sibling_name(item.name, TMP_OLD), output / item.name)
     for item in staged:
         check_replaceable(output / item.name, item)
         if item.is_file():

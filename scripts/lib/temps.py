@@ -35,7 +35,12 @@ def real_path(path: Path | str) -> Path:
 
 def _sibling(target: Path, kind: str) -> Path:
     target = real_path(target)  # beside the file the kernel writes, whatever links its path runs through
-    return target.parent / f".{target.name}.{kind}"
+    return target.parent / sibling_name(target.name, kind)
+
+
+def sibling_name(name: str, kind: str) -> str:
+    """The name of an output's temp of `kind` (TMP_NEW, TMP_OLD, ...) beside it: `.NAME.KIND`."""
+    return f".{name}.{kind}"
 
 
 def _remove(path: Path) -> None:
