@@ -10,6 +10,7 @@ clean-text cleans a text file, one prompt per line, to JSONL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -33,7 +34,7 @@ from scripts.lib.cleaning import (
 )
 from scripts.lib.cleaning.table import check_mode
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import atomic_path, check_files_ours, json_text, write_json
+from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
 from scripts.lib.tables import ParquetChunks, check_table, row_groups_to
@@ -91,11 +92,10 @@ def cli(
     dropped_path, report_path = sibling_paths(output)
     check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
-    with (  # the three appear together: each is written whole before any is renamed into place
-        row_groups_to(output) as kept_out,
-        row_groups_to(dropped_path) as dropped_out,
-        atomic_path(report_path) as report_tmp,
-    ):
+    with contextlib.ExitStack() as outputs:  # the three appear together: each written whole, then all renamed
+        kept_out = outputs.enter_context(row_groups_to(output))
+        dropped_out = outputs.enter_context(row_groups_to(dropped_path))
+        report_tmp = outputs.enter_context(atomic_path(report_path))
         for df in table.frames():  # a chunk at a time: memory stays flat however long the source
             check_table(df, input, strings=("prompt",))
             kept, dropped = clean_chunk(df, rows_in)
@@ -106,6 +106,7 @@ def cli(
         kept_out.finish()
         dropped_out.finish()
         report_tmp.write_text(json_text(report(source, rows_in, reasons, mode != "off", used, mode)), encoding="utf-8")
+        commit_together(outputs)
     dropped_total = sum(reasons.values())
     print(
         shown(

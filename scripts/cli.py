@@ -211,6 +211,14 @@ def _silence_finalizers() -> None:
     sys.unraisablehook = lambda unraisable: None
 
 
+def _unencodable(exc: UnicodeEncodeError) -> str:
+    """A name that is not UTF-8 is named; other text (a reply, a table cell: any length) is not printed."""
+    text = str(exc.object)
+    if len(text) <= 4096 and "\n" not in text:
+        return f"{one_line(text)}: cannot be encoded as {exc.encoding} (a file name that is not UTF-8?); rename it"
+    return f"text of {len(text)} characters cannot be encoded as {exc.encoding} (a lone surrogate?)"
+
+
 def one_line(text: str) -> str:
     """An error message as the one line it must be: a newline, an escape code or any other character
     that is not printable (a file name's, a key's, a byte that is not UTF-8) is shown escaped."""
@@ -232,7 +240,8 @@ def _main(argv: list[str] | None) -> int:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
 
         from scripts.lib.errors import DataError
-        from scripts.lib.io import note_command, note_folder_spellings
+        from scripts.lib.io import note_folder_spellings
+        from scripts.lib.marks import note_command
 
         argv = sys.argv[1:] if argv is None else argv
         note_folder_spellings(argv)
@@ -244,9 +253,7 @@ def _main(argv: list[str] | None) -> int:
         except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line
             return _error(one_line(os_error_line(exc)))
         except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
-            return _error(
-                f"{one_line(exc.object)}: cannot be encoded as {exc.encoding} (a file name that is not UTF-8?); rename it"
-            )
+            return _error(_unencodable(exc))
         except MemoryError:
             return _error("out of memory (a smaller input, batch_rows or workers may fit)")
         except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer

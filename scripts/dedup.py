@@ -34,7 +34,7 @@ from scripts.lib.dedup import (
 from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_files_ours, json_text, shown, writing
+from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 from scripts.lib.tables import write_row_groups
 
@@ -157,6 +157,7 @@ def cli(
             report_tmp.write_text(json_text(report), encoding="utf-8")
         page = preview_page(source, input, kept_tmp, clusters_tmp)
         page_tmp.write_text(page, encoding="utf-8")  # the innermost: its own errors name it
+        commit_together(stack)
     print(shown(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed"))
 
 

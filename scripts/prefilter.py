@@ -16,6 +16,7 @@ is built from its reference for each chunk (one chunk up to stream_rows: the sam
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,7 @@ import typer
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.compose_ops import cleaner, deduper
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import atomic_path, check_files_ours, json_text
+from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text
 from scripts.lib.params import Component, DedupStep, Split, load_section
 from scripts.lib.plans import before_generate_steps, check_plan, plan_releases, prefilter_plan, written_releases
 from scripts.lib.recipe import resolve_recipe
@@ -128,11 +129,10 @@ def cli(
     removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))
     check_files_ours(output, removed_path, report_path, inputs=[input, rules, recipe])
     rows_in, reasons = 0, Counter()
-    with (  # the three appear together: each is written whole before any is renamed into place
-        row_groups_to(output) as kept_out,
-        row_groups_to(removed_path) as removed_out,
-        atomic_path(report_path) as report_tmp,
-    ):
+    with contextlib.ExitStack() as outputs:  # the three appear together: each written whole, then all renamed
+        kept_out = outputs.enter_context(row_groups_to(output))
+        removed_out = outputs.enter_context(row_groups_to(removed_path))
+        report_tmp = outputs.enter_context(atomic_path(report_path))
         for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows
             check_table(chunk, input, strings=("id", "text"))
             positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
@@ -163,6 +163,7 @@ def cli(
             ],
         }
         report_tmp.write_text(json_text(report), encoding="utf-8")
+        commit_together(outputs)
     print(
         shown(
             f"prefilter@{source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed "

@@ -24,7 +24,8 @@ from scripts.lib.card import data_card, generation_settings
 from scripts.lib.compose import ROW_COLUMNS, composed_table, release_stats
 from scripts.lib.errors import DataError
 from scripts.lib.export import export_options, write_prompts_release, write_rows_table, write_split
-from scripts.lib.io import SPLITS, check_not_input, mark_folder, staging_dir, write_json
+from scripts.lib.io import SPLITS, check_not_input, staging_dir, write_json
+from scripts.lib.marks import mark_folder
 from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_composed_rows, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources

@@ -169,7 +169,7 @@ def own_simpletuner_config(tmp_path):  # the user's own multidatabackend.json be
 
 
 def own_folder_with_a_hand_made_marker(tmp_path):  # the marker's exact bytes, written by the user
-    from scripts.lib.io import MARKER, MARKER_TEXT
+    from scripts.lib.marks import MARKER, MARKER_TEXT
 
     folder = _user_folder(tmp_path, {"train.parquet": "my own table", MARKER: MARKER_TEXT})
     return lambda: _folder_output(folder, {"train.parquet": "new", "validation.parquet": "new"})
@@ -268,7 +268,8 @@ def own_file_only_in_gits_index(tmp_path):  # added, never committed: no commit 
 
 
 def own_file_beside_a_copied_marker(tmp_path):  # a file output in the copy of a marked folder
-    from scripts.lib.io import MARKER, write_json
+    from scripts.lib.io import write_json
+    from scripts.lib.marks import MARKER
 
     _folder_output(tmp_path / "ours", {"train.parquet": "ours"})
     folder = _user_folder(tmp_path, {"notes.json": '{"my": "notes"}\n'})

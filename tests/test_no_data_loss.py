@@ -20,7 +20,8 @@ from helpers.workspace import RAW, error_line, leftovers, make_splits, snapshot,
 from scripts.cli import main
 from scripts.ingest import ingest
 from scripts.lib.errors import DataError
-from scripts.lib.io import MARKER, OWNER_XATTR, atomic_path
+from scripts.lib.io import atomic_path
+from scripts.lib.marks import MARKER, OWNER_XATTR
 from scripts.lib.readers import SourceConfig
 from scripts.lib.tables import write_parquet
 from scripts.lib.temps import output_lock

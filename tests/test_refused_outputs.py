@@ -185,6 +185,34 @@ def test_pr_tools_refuse_an_output_they_did_not_write(ws, tmp_path, make, comman
     refused_untouched(lambda: python(args, ws), tmp_path, name)
 
 
+def plots_page_of_the_user(tmp_path):
+    (tmp_path / "out" / "plots").mkdir(parents=True)
+    (tmp_path / "out" / "plots" / "index.html").write_text("<p>my page</p>\n", encoding="utf-8")
+
+
+def plots_page_links_to_a_file(tmp_path):
+    (tmp_path / "out" / "plots").mkdir(parents=True)
+    (tmp_path / "out" / "plots" / "index.html").symlink_to(_precious(tmp_path))
+
+
+def plots_folder_of_the_users_notes(tmp_path):
+    (tmp_path / "out" / "plots").mkdir(parents=True)
+    (tmp_path / "out" / "plots" / "notes.md").write_text("my notes\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [plots_page_of_the_user, plots_page_links_to_a_file, plots_folder_of_the_users_notes],
+    ids=lambda f: f.__name__,
+)
+def test_pr_comment_renders_its_plots_only_into_a_folder_of_its_own(ws, tmp_path, make):
+    """`dvc plots diff -o OUT/plots` wrote into whatever OUT/plots held, and through a link there (sixth
+    round): the page is rendered into a temp folder and replaces only a plots/ pr-comment wrote."""
+    make(tmp_path)
+    args = ["pr-comment", "HEAD", "workspace", "--out", tmp_path / "out"]
+    refused_untouched(lambda: python(args, ws), tmp_path, "plots")
+
+
 def _with_release(ws: Path) -> None:
     """A release only the workspace has: pr-comment shows it with its contact sheet (the head's)."""
     from PIL import Image

@@ -13,7 +13,7 @@ import yaml
 
 from helpers import file_digests
 from scripts.lib.errors import DataError
-from scripts.lib.io import mark_folder
+from scripts.lib.marks import mark_folder
 from scripts.lib.params import TinyModel
 from scripts.tiny_model import build_tokenizer_files, learn_bpe_merges, save_tiny_model
 

@@ -47,6 +47,11 @@ def shown(path: Path | str) -> str:
     return text if text.isprintable() else "".join(map(_printable, text))
 
 
+def shown_lines(text: str) -> str:
+    """shown, line by line: a report of many lines (a diff, a table) printed with its newlines."""
+    return "\n".join(map(shown, text.split("\n")))
+
+
 def _printable(char: str) -> str:
     if char.isprintable():
         return char

@@ -33,7 +33,8 @@ def held() -> Iterator[None]:
         yield
     finally:
         _holding.pop()
-    stop_if_received()
+    if not _holding:  # an enclosing held() block goes on to its end first
+        stop_if_received()
 
 
 def holding() -> bool:

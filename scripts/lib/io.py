@@ -21,13 +21,25 @@ from typing import Any
 from scripts.lib.dvc_cache import holds_locked_bytes
 from scripts.lib.errors import DataError, os_error_code, os_error_message, shown
 from scripts.lib.git_files import git_unmodified
-from scripts.lib.interrupts import held, stop_if_received
+from scripts.lib.interrupts import held, holding, stop_if_received
+from scripts.lib.marks import (
+    MARKER,
+    current_command,
+    files_under,
+    holds_marker,
+    is_real_folder,
+    mark_file,
+    mark_folder,
+    same_bytes,
+    tagged_as_written,
+)
 from scripts.lib.temps import (
     TEMP_XATTR,
     TMP_NEW,
     TMP_OLD,
     _remove,
     _sibling,
+    cannot_remove,
     mark_temp,
     output_lock,
     real_path,
@@ -57,34 +69,6 @@ def stable_id(source: str, key: str | int) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# A folder a command wrote holds this file, so a later run may replace it whole. A folder without it
-# is replaced only when every file in it would be written again with the same bytes, or is committed
-# unmodified in git (either way nothing of anyone else's is lost): file names alone prove nothing.
-# Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
-MARKER = ".t2i-output"
-MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"
-# A file a command wrote carries this extended attribute (metadata, not bytes: DVC's md5s stay), holding
-# the command's name and the file's identity, so a later run of that command may replace it while
-# unchanged (file_is_ours has the other proofs); another command's output stays that command's.
-OWNER_XATTR = "user.t2i-datasets.output"
-# The command this process runs (`clean`, `params-doc`), set by scripts.cli; children inherit it.
-COMMAND_ENV = "T2I_DATASETS_COMMAND"
-
-
-def note_command(name: str) -> None:
-    """Name the command this process runs: what it writes is that command's, what it replaces must be."""
-    os.environ[COMMAND_ENV] = name
-
-
-def _command() -> str:
-    return os.environ.get(COMMAND_ENV, "")
-
-
-def _owner_mark(identity: bytes) -> bytes:
-    """The attribute a command writes: its name, then what it wrote (an output of `clean` is not `params-doc`'s)."""
-    return _command().encode("utf-8", "surrogateescape") + b"\0" + identity
 
 
 def check_output_kind(target: Path | str) -> None:
@@ -126,59 +110,22 @@ def check_not_input(output: Path | str, inputs) -> None:
     for item in inputs:
         if item is None:
             continue
-        src = real_path(item)
+        src = Path(os.path.realpath(item))  # an input named through a link is what the link names
         if src == out or out in src.parents or (src in out.parents and src.is_dir()):
             what = "is" if src == out else "holds" if out in src.parents else "is inside"
             raise DataError(f"{shown(output)}: the output {what} the input {shown(item)}; choose another output path")
 
 
-def _files_under(folder: Path) -> list[str]:
-    """Relative paths of the files and links under `folder`, and of its empty folders (ending in `/`): a
-    user's empty folder, made to keep a place, is theirs as much as a file is."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        base = Path(root)
-        for name in files + [d for d in dirs if (base / d).is_symlink()]:
-            found.append((base / name).relative_to(folder).as_posix())
-        if not dirs and not files and base != folder:
-            found.append(base.relative_to(folder).as_posix() + "/")
-    return sorted(found)
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    try:
-        if os.path.islink(a) or os.path.islink(b) or os.path.getsize(a) != os.path.getsize(b):
-            return False
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            while True:
-                chunk = fa.read(1 << 20)
-                if chunk != fb.read(1 << 20):
-                    return False
-                if not chunk:
-                    return True
-    except OSError:
-        return False
-
-
-def _identity(path: Path | str) -> bytes:
-    """What the mark holds: inode, size, mtime. A copy that kept the attribute (`cp -a`, `rsync -X`) is
-    another inode; an edit in place changes the size or the time: neither is what the command wrote."""
-    return "{0.st_ino}:{0.st_size}:{0.st_mtime_ns}".format(os.lstat(path)).encode()
-
-
-def mark_file(path: Path | str) -> None:
-    """Tag a file this command wrote (content final) with its _identity. Without user attributes (the
-    file system, or no os.setxattr) it stays untagged: a later run proves it ours another way or refuses."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(path, OWNER_XATTR, _owner_mark(_identity(path)), follow_symlinks=False)
-
-
-def _tagged(path: Path) -> bool:
-    """The mark is there and still describes this file: this command wrote it and no one changed it since."""
-    try:
-        return os.getxattr(path, OWNER_XATTR, follow_symlinks=False) == _owner_mark(_identity(path))
-    except (OSError, AttributeError):
-        return False
+def check_apart(*outputs: Path | str | None) -> None:
+    """Refuse outputs of one command where one is, or lies inside, another (whether or not they exist yet):
+    the inner one would be renamed in, then replaced with its outer folder or refused half-way."""
+    named = [(Path(item), real_path(item)) for item in outputs if item is not None]
+    for a, real_a in named:
+        for b, real_b in named:
+            if a is not b and (real_a == real_b or real_b in real_a.parents):
+                raise DataError(
+                    f"{shown(a)}: lies inside (or is) the output {shown(b)}; give each output a place of its own"
+                )
 
 
 def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: bool = True) -> bool:
@@ -186,9 +133,13 @@ def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: 
     since, it holds `new`'s bytes, DVC records it as an output with these bytes, its folder holds the
     MARKER, or (with `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
     path = Path(path)
-    if _tagged(path) or holds_marker(path.parent) or holds_locked_bytes(real_path(path), _files_under, _command()):
+    if (
+        tagged_as_written(path)
+        or holds_marker(path.parent)
+        or holds_locked_bytes(real_path(path), files_under, current_command())
+    ):
         return True
-    if new is not None and _same_bytes(path, Path(new)):
+    if new is not None and same_bytes(path, Path(new)):
         return True
     return committed_ok and path.name in git_unmodified(path.parent)
 
@@ -254,12 +205,14 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         return
     if target.is_symlink() or not target.is_dir():
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
-    if holds_marker(target) or holds_locked_bytes(real_path(target), _files_under, _command()):
+    if holds_marker(target) or holds_locked_bytes(real_path(target), files_under, current_command()):
         return
     recoverable: set[str] | None = None
-    for rel in _files_under(target):
-        if new is not None and (_same_bytes(target / rel, Path(new) / rel) or (Path(new) / rel).is_dir()):
-            continue  # a file the command writes again as it is, an empty folder it writes too
+    for rel in files_under(target):
+        if new is not None and same_bytes(target / rel, Path(new) / rel):
+            continue  # a file the command writes again as it is
+        if new is not None and rel.endswith("/") and is_real_folder(Path(new) / rel):
+            continue  # an empty folder where the command writes a folder too
         if recoverable is None:
             recoverable = git_unmodified(target) if committed_ok else set()
         if rel in recoverable:
@@ -291,45 +244,11 @@ def check_outputs_ours(folder: Path | str, names) -> None:
             )
 
 
-def mark_folder(folder: Path | str) -> None:
-    """Write the MARKER into a finished folder output (atomic_path, a staging folder), marked with its own
-    identity and its folder's (_folder_identity): its bytes are fixed, so only the mark tells ours from a
-    copy of an output folder or a user's hand-made one, and the folder's identity from one a user added
-    to or edited since."""
-    marker = Path(folder) / MARKER
-    marker.write_text(MARKER_TEXT, encoding="utf-8")
-    with contextlib.suppress(OSError, AttributeError):
-        os.setxattr(marker, OWNER_XATTR, _owner_mark(_marker_mark(Path(folder))), follow_symlinks=False)
-
-
-def holds_marker(folder: Path | str) -> bool:
-    """`folder` holds the MARKER we wrote there, and every file in it is as we wrote it: a folder output
-    of ours, replaced whole. A file added, removed, replaced or edited since makes it the user's."""
-    try:
-        mark = os.getxattr(Path(folder) / MARKER, OWNER_XATTR, follow_symlinks=False)
-    except (OSError, AttributeError):
-        return False
-    return mark == _owner_mark(_marker_mark(Path(folder)))
-
-
-def _marker_mark(folder: Path) -> bytes:
-    return _identity(folder / MARKER) + b" " + _folder_identity(folder)
-
-
-def _folder_identity(folder: Path) -> bytes:
-    """A digest of the _identity (inode, size, mtime) and name of every file, link and empty folder under
-    `folder` but the MARKER: one stat a file, no read (a release of 100k images: well under a second)."""
-    digest = hashlib.sha256()
-    for rel in _files_under(folder):
-        if rel != MARKER:
-            digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + _identity(folder / rel) + b"\n")
-    return digest.hexdigest().encode()
-
-
 def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
     """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted), unless
     a signal came while `new` was written: a Ctrl-C never leaves an output that looks finished."""
-    stop_if_received()
+    if not holding():  # inside held() (commit_together) the renames go on; the signal waits for the last
+        stop_if_received()
     check_replaceable(target, new, committed_ok)
     if not is_dir or not os.path.lexists(target):
         os.replace(new, target)
@@ -343,7 +262,48 @@ def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = Fal
         except BaseException:
             os.replace(old, target)
             raise
-    _remove(old)
+    if not _remove(old):
+        raise cannot_remove(old, target)
+
+
+def replace_together(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each new path over its target, all or none (a release's entries never mix two runs): every
+    target checked first, then, signals held, each existing one renamed aside and each new one in; a
+    failure puts every name back as it was. The old copies are deleted last."""
+    stop_if_received()
+    for new, target in pairs:
+        check_replaceable(target, new)
+    aside: list[tuple[Path, Path]] = []
+    placed: list[tuple[Path, Path]] = []
+    with held():
+        try:
+            for _, target in pairs:
+                if os.path.lexists(target):
+                    old = _sibling(target, TMP_OLD)
+                    os.replace(target, old)
+                    mark_temp(old)
+                    aside.append((old, target))
+            for new, target in pairs:
+                os.replace(new, target)
+                placed.append((new, target))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                for new, target in reversed(placed):
+                    os.replace(target, new)
+                for old, target in reversed(aside):
+                    os.replace(old, target)
+            raise
+    for old, target in aside:
+        if not _remove(old):
+            raise cannot_remove(old, target)
+
+
+def commit_together(stack: contextlib.ExitStack) -> None:
+    """Close `stack`, whose atomic_paths rename a command's outputs in, with signals held: a Ctrl-C that
+    came before stops the run with none renamed, one that comes during waits for the last rename."""
+    stop_if_received()
+    with held():
+        stack.close()
 
 
 @contextlib.contextmanager
@@ -391,11 +351,15 @@ def atomic_path(
                 mark_file(tmp)
             replace_path(tmp, target, is_dir, committed_ok)
         except BaseException as exc:
-            _remove(tmp)
+            _remove(tmp)  # best effort: the error that stopped the run is the one to tell
             if isinstance(exc, OSError):
                 raise DataError(os_error_message(exc, target, tmp)) from None
             if isinstance(exc, Exception) and (code := os_error_code(exc)) is not None:
                 raise DataError(f"{shown(target)}: cannot write ({os.strerror(code)})") from None
+            if isinstance(exc, UnicodeEncodeError) and str(tmp) in str(exc.object):  # a name inside the temp
+                raise DataError(
+                    f"{shown(target)}: cannot be encoded as {exc.encoding} (not UTF-8?); rename it"
+                ) from None
             if isinstance(exc, DataError) and str(tmp) in str(exc):  # a file written inside this folder
                 raise DataError(str(exc).replace(str(tmp), str(target))) from None
             raise

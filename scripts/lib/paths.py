@@ -22,10 +22,9 @@ from scripts.lib.io import (
     check_output_kind,
     check_outputs_ours,
     check_replaceable,
-    holds_marker,
-    mark_file,
-    replace_path,
+    replace_together,
 )
+from scripts.lib.marks import holds_marker, mark_file
 from scripts.lib.safe_paths import inside
 from scripts.lib.tables import check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
@@ -190,5 +189,4 @@ def move_into_place(staging: Path, output: Path) -> None:
         if item.is_file():
             mark_file(item)  # the next run proves it ours by this mark (the split folders hold the MARKER)
     output.mkdir(parents=True, exist_ok=True)
-    for item in staged:
-        replace_path(item, output / item.name, item.is_dir())
+    replace_together([(item, output / item.name) for item in staged])  # a Ctrl-C or a failure mixed two runs

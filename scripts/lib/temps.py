@@ -43,13 +43,16 @@ def sibling_name(name: str, kind: str) -> str:
     return f".{name}.{kind}"
 
 
-def _remove(path: Path) -> None:
-    """Delete a file, link or folder of ours (a temp or old copy); absent is fine."""
+def _remove(path: Path) -> bool:
+    """Delete a file, link or folder of ours (a temp or old copy); absent is fine. Whether it is gone: a
+    file in it that cannot be deleted (immutable, its folder read-only) leaves it, and callers that
+    would trip over it later say so."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
+    return not os.path.lexists(path)
 
 
 @contextlib.contextmanager
@@ -57,6 +60,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
     """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
     remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
     target = Path(target)
+    made = _missing_folders(real_path(target).parent)
     try:
         real_path(target).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -88,6 +92,19 @@ def output_lock(target: Path | str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still holding it: see the inode check above
         os.close(fd)
+        if not os.path.lexists(target):  # a failed or refused run leaves none of the folders it made
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those above it that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _open_lock(lock: Path, target: Path) -> int:
@@ -137,9 +154,18 @@ def is_our_temp(path: Path | int) -> bool:
 def remove_stale(path: Path, target: Path) -> None:
     """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
     if is_our_temp(path):
-        return _remove(path)
+        if not _remove(path):
+            raise cannot_remove(path, target)
+        return
     if os.path.lexists(path):
         raise _not_our_temp(path, target)
+
+
+def cannot_remove(path: Path, target: Path) -> DataError:
+    return DataError(
+        f"{shown(path)}: an old copy of {shown(target)} that a run of this command moved aside, which "
+        "cannot be deleted (a file in it is immutable or a folder read-only); delete it by hand"
+    )
 
 
 def _not_our_temp(path: Path, target: Path) -> DataError:

@@ -29,7 +29,7 @@ import pandas as pd
 import typer
 import yaml
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.export import parse_metadata
 from scripts.lib.io import SPLITS
 from scripts.lib.nesting import TooDeep
@@ -361,9 +361,10 @@ def cli(
     for rev, at in ((rev_a, at_a), (rev_b, at_b)):
         if at != rev:  # said once the diff is built: a failure stays one line
             print(
-                f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})", file=sys.stderr
+                shown(f"diff: no git revision {rev!r}: release {rev} of the workspace (data/releases/{rev})"),
+                file=sys.stderr,
             )
     if format == "json":
-        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, ensure_ascii=False))
-    else:
-        print("\n".join(to_markdown(r) for r in reports))
+        print(shown_lines(json.dumps(reports if len(reports) > 1 else reports[0], indent=2, ensure_ascii=False)))
+    else:  # prompts are data: an escape code in one is shown, never sent to the terminal
+        print(shown_lines("\n".join(to_markdown(r) for r in reports)))

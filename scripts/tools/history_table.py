@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_lines
 from scripts.lib.nesting import loads_json
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
@@ -279,4 +279,5 @@ def cli(
         f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
         f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)\n"
     )
-    print(history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources)), end="")
+    table = history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources))
+    print(shown_lines(table), end="")

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from scripts.lib.io import atomic_path
+from scripts.lib.io import atomic_path, shown
 from scripts.lib.params import ENTRY_SECTIONS, SECTION_MODELS, Params
 
 DOC = Path("docs/params.md")
@@ -219,7 +219,6 @@ def render() -> str:
 def cli(output: Path = typer.Argument(DOC, help="where to write the reference (default docs/params.md)")) -> None:
     """Write the params.yaml reference (docs/params.md) from scripts/lib/params/."""
     text = render()
-    output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    print(f"params-doc: {sum(len(m.model_fields) for m in SECTION_MODELS.values())} section keys -> {output}")
+    print(shown(f"params-doc: {sum(len(m.model_fields) for m in SECTION_MODELS.values())} section keys -> {output}"))

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 
 
 def dvc(args: list[str], cwd: str | Path) -> int:
     """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
-    print(f"$ dvc {' '.join(args)}", flush=True)
+    print(shown(f"$ dvc {' '.join(args)}"), flush=True)
     return subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
     ).returncode
@@ -125,9 +125,12 @@ def cli(
         {a for a, _ in changed if a and not readable(str(repo), base_rev, f"data/releases/{a}/rows.parquet")}
     )
     if missing:
-        print(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there", flush=True)
+        print(
+            shown(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there"),
+            flush=True,
+        )
         build_base(repo, base_rev, missing, base_dir)
     report = {"mode": mode, "changed": [b for _, b in changed], "base_built": missing}
     with atomic_path(out / "build.json") as tmp:  # makes `out`; replaces only a build.json of ours
         tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"pr-build: {mode}; changed releases: {', '.join(report['changed']) or 'none'}", flush=True)
+    print(shown(f"pr-build: {mode}; changed releases: {', '.join(report['changed']) or 'none'}"), flush=True)

@@ -201,7 +201,10 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
     if result.returncode != 0:
         return lines + [f"_dvc plots diff failed: {_last_line(result.stderr)}_"]
     changes = plot_changes(json.loads(result.stdout or "{}"), base_rev, head_rev)
-    dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "-o", str(out / "plots")], repo)  # the page, for the artifact
+    from scripts.lib.io import atomic_path
+
+    with atomic_path(out / "plots", is_dir=True) as page:  # the page, for the artifact; a folder of ours
+        dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "-o", str(page)], repo)
     where = f"[the run's `dataset-diff` artifact]({run_url})" if run_url else f"`{out.name}/plots/index.html`"
     if not changes:
         return lines + [f"No plot data changed. Rendered plots: {where}."]
@@ -398,15 +401,15 @@ def cli(
     repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
 ) -> None:
     """Write the dataset-diff PR comment body (rows, metrics, plots, contact sheets) to OUT/comment.md."""
-    from scripts.lib.io import atomic_path, check_files_ours, check_output_kind
+    from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
 
     check_files_ours(out / "comment.md")  # before any work: a user's comment.md, or a link there, stays
-    for folder in (out / "sheets", out / "plots"):  # written into (plots/ by dvc): never through a link
-        check_output_kind(folder)
+    check_output_kind(out / "sheets")  # written into: never through a link
+    check_replaceable(out / "plots")  # replaced whole (dvc renders into a temp): only a plots/ we wrote
     body = build_body(str(repo), base_rev, head_rev, out, assets_url or None, run_url or None)
     with atomic_path(out / "comment.md") as tmp:
         tmp.write_text(body, encoding="utf-8")
-    print(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)")
+    print(shown(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)"))
 
 
 # --- posting (GitHub REST API, standard library only) ---------------------------------------------
@@ -560,6 +563,6 @@ def cli_post(
         files = sheets_to_commit(assets, assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}"))
         if files:
             sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
-            print(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})")
+            print(shown(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})"))
     action, comment = github.upsert_comment(number, body)
-    print(f"pr-comment-post: {action} {comment.get('html_url') or comment.get('id')}")
+    print(shown(f"pr-comment-post: {action} {comment.get('html_url') or comment.get('id')}"))  # the server's text

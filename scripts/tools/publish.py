@@ -472,4 +472,4 @@ def cli(
     if dry_run:
         return
     oid = upload(out, repo_id, tag, commit, private)
-    print(f"publish: {repo_id} commit {oid[:12]} tagged {tag}")
+    print(shown(f"publish: {repo_id} commit {oid[:12]} tagged {tag}"))

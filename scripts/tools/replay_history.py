@@ -24,7 +24,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIT_ENV = {
@@ -92,7 +92,7 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
             lines.append(line)
             stage = STAGE_LINE.match(line)
             if say and stage:
-                print(f"{say}: stage {stage.group(1)}", flush=True)
+                print(shown(f"{say}: stage {stage.group(1)}"), flush=True)
     if proc.returncode != 0:
         tail = "".join(lines).strip().splitlines()[-1:] or ["(no output)"]
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
@@ -183,4 +183,4 @@ def replay(params_text: str, names: list[str], dest: Path) -> None:
         _run(["git", "commit", "-q", "-m", f"Release {name}"], dest)
         _run(python + ["dvc", "push", "-q"], dest)
         _run(python + ["scripts", "tag", name], dest)
-        print(f"replayed {name} ({duration(time.perf_counter() - start)} so far)", flush=True)
+        print(shown(f"replayed {name} ({duration(time.perf_counter() - start)} so far)"), flush=True)

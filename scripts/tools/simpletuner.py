@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import (
+    check_apart,
     check_files_ours,
     check_not_input,
     check_output_kind,
@@ -64,6 +65,7 @@ def cli(
     if config is not None:
         check_not_input(config, [shards, output])
         check_config_ours(config)
+    check_apart(output, data_dir, txt_dir, config)
     stats = compile_simpletuner(
         [shards] if shards.is_file() else shards,
         output,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.nesting import loads_json
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
@@ -100,4 +100,4 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
             f"{stats_file}: not the stats release writes ({type(exc).__name__}: {exc})".splitlines()[0]
         ) from None
     _git("tag", "-a", name, "-m", tag_message(name, stats))
-    print(f"tagged {name}: {tag_message(name, stats).splitlines()[0]}")
+    print(shown(f"tagged {name}: {tag_message(name, stats).splitlines()[0]}"))

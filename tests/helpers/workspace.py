@@ -16,7 +16,8 @@ import pandas as pd
 import yaml
 
 from helpers.repos import REPO
-from scripts.lib.io import MARKER, stable_id
+from scripts.lib.io import stable_id
+from scripts.lib.marks import MARKER
 from scripts.lib.tables import write_parquet
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from scripts.lib.archive import (
     open_tar,
 )
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_replaceable
+from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
@@ -234,6 +234,7 @@ def compile_simpletuner(
             data = Path(data_dir).resolve()
             entries = backend_config("dalle3", str(data), str(Path(out_parquet).resolve()), str(data.parent / "cache"))
             stack.enter_context(atomic_path(config)).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+        commit_together(stack)
     stats["skipped"] = dict(sorted(stats["skipped"].items()))
     return stats
 
