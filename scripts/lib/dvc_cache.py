@@ -73,7 +73,10 @@ def _from_cache(root: Path | str, read):
 def _listing(odb, oid: str) -> dict[str, str]:
     """{relpath: md5} of the .dir object `oid` (entries with a bad md5 left out: they never name a path)."""
     # a listing nested deeper than any DVC writes is TooDeep (a ValueError: "nothing known"), not a RecursionError
-    entries = loads_json(Path(odb.oid_to_path(oid)).read_text(encoding="utf-8"))
+    listing = Path(odb.oid_to_path(oid))
+    if not stat.S_ISREG(os.stat(listing).st_mode):  # a FIFO there would block the read for good
+        raise ValueError(f"{oid}: not a file")
+    entries = loads_json(listing.read_text(encoding="utf-8"))
     if not isinstance(entries, list):
         raise ValueError(f"{oid}: not a .dir listing")
     return {

@@ -151,21 +151,55 @@ class NameList:
 
     def names(self) -> set[str]:
         try:
-            return {line for line in self.path.read_text(encoding="utf-8").splitlines() if line}
+            fd = _open_own(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return set()
+        try:
+            with open(fd, "rb") as f:
+                text = f.read().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.path}: unreadable ({type(exc).__name__}); it says which files are ours") from None
+        return {line for line in text.splitlines() if line}
 
     def add(self, name: str) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        """One line, written whole: after a line a full disk cut short, the next starts a line of its own."""
+        fd = _open_own(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # read: its last byte
         try:
-            os.write(fd, (name + "\n").encode("utf-8"))
+            size = os.fstat(fd).st_size
+            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            line = ("\n" if torn else "") + name + "\n"
+            data = line.encode("utf-8")
+            if os.write(fd, data) != len(data):  # a full disk mid-line: the line is not there
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            raise DataError(os_error_message(exc, self.path)) from None
         finally:
             os.close(fd)
 
     def rewrite(self, names: set[str], tmp_dir: Path | None = None) -> None:
         write_file_atomic(self.path, "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"), tmp_dir)
+
+
+def _open_own(path: Path, flags: int) -> int:
+    """Open a record of ours (the store's index, the output's journal, the store's lock): a regular file with
+    one link, never followed through a link, never a FIFO or device that would block or write elsewhere."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise DataError(os_error_message(exc, path)) from None
+        fd = -1
+    info = os.fstat(fd) if fd >= 0 else None
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        if fd >= 0:
+            os.close(fd)
+        raise DataError(
+            f"{shown(path)}: is not a file of generate's own (a link, a hard link, a FIFO or a device); "
+            "refusing to read or write it (move it away)"
+        )
+    return fd
 
 
 class Journal(NameList):
@@ -321,7 +355,7 @@ def store_lock(store: Path | None, exclusive: bool = False, output: Path | None 
     check_store(store, output)  # before anything is made in a folder that may be the user's
     try:
         (store / STORE_TMP).mkdir(parents=True, exist_ok=True)
-        fd = os.open(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        fd = _open_own(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT)
     except OSError as exc:
         raise DataError(os_error_message(exc, store / STORE_TMP / STORE_LOCK)) from None
     try:
@@ -345,8 +379,9 @@ def check_store(store: Path, output: Path | None = None) -> None:
             raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
     if store.is_dir():
         for entry in sorted(store.iterdir()):
-            if entry.name in (STORE_IGNORE, STORE_TMP, STORE_INDEX) or (
-                _HEX2.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+            mode = entry.lstat().st_mode  # never through a link: .tmp or index.txt linked out wrote there
+            if (entry.name in (STORE_IGNORE, STORE_INDEX) and stat.S_ISREG(mode)) or (
+                (entry.name == STORE_TMP or _HEX2.fullmatch(entry.name)) and stat.S_ISDIR(mode)
             ):
                 continue
             raise DataError(

@@ -221,7 +221,7 @@ def compile_simpletuner(
                         stats["skipped"][checked.reason] = stats["skipped"].get(checked.reason, 0) + 1
                         continue
                     caption, filename, width, height = checked
-                    names.add(filename)
+                    names.update((filename, txt_name(filename)))
                     table.add(width, height, caption, filename)
                     if "data" in folders:
                         assert not isinstance(sample, Problem)  # _check_sample returned it as the Problem
@@ -254,12 +254,16 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
     filename = image_name_of(sample)
     if isinstance(filename, Problem):
         return filename
-    if filename in names:
+    taken = {
+        filename,
+        txt_name(filename),
+    } & names  # x.jpg and x.png share x.txt; an image named x.txt is x.jpg's caption
+    if taken:
         return Problem(
             sample.shard,
             f"sample {sample.key!r}",
             "duplicate_image_name",
-            f"image_name {filename!r} was already written (by an earlier record)",
+            f"image_name {filename!r}: {sorted(taken)[0]!r} was already written (by an earlier record)",
         )
     return (caption, filename, *size)
 
