@@ -15,6 +15,7 @@ outputs are written to temp files and renamed at the end: a failed run leaves no
 
 from __future__ import annotations
 
+import contextlib
 import json
 from array import array
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, shown, stable_id, write_json
+from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, commit_together, json_text, shown, stable_id
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows
 
@@ -141,13 +142,16 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
     }
     info: dict[str, Any] = {}
     check_files_ours(output, report_path(output), inputs=[cfg.path])
-    with atomic_path(output) as tmp:
+    with contextlib.ExitStack() as outputs:  # the table and its report appear together, or neither
+        tmp = outputs.enter_context(atomic_path(output))
+        report_tmp = outputs.enter_context(atomic_path(report_path(output)))
         with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:
             normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)
         report["rows_written"] = writer.rows
         report["skipped"] = dict(sorted(report["skipped"].items()))
         report.update(info)
-        write_json(report, report_path(output))
+        report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
+        commit_together(outputs)
     return report
 
 

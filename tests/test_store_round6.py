@@ -16,7 +16,7 @@ import pytest
 
 from scripts.generate import generate, prune_generation_store
 from scripts.lib.errors import DataError
-from scripts.lib.image_store import NameList
+from scripts.lib.name_lists import NameList
 from scripts.lib.params import Generate
 from tests.helpers.trees import file_digests
 from tests.helpers.workspace import REPO, error_line, run_scripts

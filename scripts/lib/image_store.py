@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.errors import DataError, os_error_message, shown
+from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
 from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp
@@ -142,88 +143,6 @@ def _ancestors(names: set[str]) -> set[str]:
     return {parent.as_posix() for name in names for parent in Path(name).parents if parent != Path(".")}
 
 
-class NameList:
-    """An append-only list of relative names in one text file: each `add` is one O_APPEND write,
-    whole even with several threads or processes appending (local filesystems)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def names(self) -> set[str]:
-        try:
-            fd = _open_own(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return set()
-        try:
-            with open(fd, "rb") as f:
-                text = f.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"{self.path}: unreadable ({type(exc).__name__}); it says which files are ours") from None
-        return {line for line in text.splitlines() if line}
-
-    def add(self, name: str) -> None:
-        """One line, written whole: after a line a full disk cut short, the next starts a line of its own."""
-        fd = _open_own(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)  # read: its last byte
-        try:
-            size = os.fstat(fd).st_size
-            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            line = ("\n" if torn else "") + name + "\n"
-            data = line.encode("utf-8")
-            if os.write(fd, data) != len(data):  # a full disk mid-line: the line is not there
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError as exc:
-            raise DataError(os_error_message(exc, self.path)) from None
-        finally:
-            os.close(fd)
-
-    def rewrite(self, names: set[str], tmp_dir: Path | None = None) -> None:
-        write_file_atomic(self.path, "".join(f"{n}\n" for n in sorted(names)).encode("utf-8"), tmp_dir)
-
-
-def _open_own(path: Path, flags: int) -> int:
-    """Open a record of ours (the store's index, the output's journal, the store's lock): a regular file with
-    one link, never followed through a link, never a FIFO or device that would block or write elsewhere."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise DataError(os_error_message(exc, path)) from None
-        fd = -1
-    info = os.fstat(fd) if fd >= 0 else None
-    if info is None or not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-        if fd >= 0:
-            os.close(fd)
-        raise DataError(
-            f"{shown(path)}: is not a file of generate's own (a link, a hard link, a FIFO or a device); "
-            "refusing to read or write it (move it away)"
-        )
-    return fd
-
-
-class Journal(NameList):
-    """The output's journal: each line a name and, tab-separated, the sha256 of the bytes written there
-    (added before the file appears, so a killed run's files are provably its own)."""
-
-    def names(self) -> set[str]:
-        return set(self.digests())
-
-    def digests(self) -> dict[str, set[str]]:
-        """name -> the sha256s recorded for it (empty where a line names no digest: it proves nothing)."""
-        found: dict[str, set[str]] = {}
-        for line in super().names():
-            name, _, digest = line.partition("\t")
-            found.setdefault(name, set()).update([digest] if digest else [])
-        return found
-
-    def add(self, name: str, digest: str | None = None) -> None:
-        super().add(f"{name}\t{digest}" if digest else name)
-
-    def rewrite_with(self, digests: dict[str, str], tmp_dir: Path | None = None) -> None:
-        super().rewrite({f"{name}\t{digest}" for name, digest in digests.items()}, tmp_dir)
-
-
 def manifest_keys(manifest: Path) -> dict[str, str]:
     """file -> key of a generate manifest; a DataError if it is not one (unreadable, other columns)."""
     data = _manifest_columns(manifest, ["file", "key"])
@@ -333,7 +252,7 @@ class ImageStore:
                 (self.root / rel).unlink()
                 removed += 1
         left = {rel for rel in images if wanted is not None and rel in wanted}
-        self.index.rewrite(left, self.tmp)
+        write_file_atomic(self.index.path, NameList.text(left), self.tmp)
         for folder in reversed(folders):
             if _HEX2.fullmatch(folder) and not any((self.root / folder).iterdir()):
                 (self.root / folder).rmdir()
@@ -355,7 +274,7 @@ def store_lock(store: Path | None, exclusive: bool = False, output: Path | None 
     check_store(store, output)  # before anything is made in a folder that may be the user's
     try:
         (store / STORE_TMP).mkdir(parents=True, exist_ok=True)
-        fd = _open_own(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT)
+        fd = open_own(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT)
     except OSError as exc:
         raise DataError(os_error_message(exc, store / STORE_TMP / STORE_LOCK)) from None
     try:
@@ -435,7 +354,9 @@ class OutputFolder:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
                     store.take(self.root / rel, stored_name(keys[rel], rel))
-        self.journal.rewrite_with(self.digests_of(sorted(kept)))  # before the manifest goes: kept files stay listed
+        write_file_atomic(
+            self.journal.path, Journal.text_with(self.digests_of(sorted(kept)))
+        )  # before the manifest goes
         removed = 0
         for rel in files:
             if rel not in kept and rel != JOURNAL:
