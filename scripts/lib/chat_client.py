@@ -232,9 +232,17 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
         response = redact_key(loads_json(raw), api_key)
     except ValueError:  # TooDeep too: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
-    if api_key and any(holds_key(json.dumps(response, ensure_ascii=escaped), api_key) for escaped in (False, True)):
+    if api_key and _stored_holds_key(response, api_key):
         raise FatalError("the reply holds the API key in a form that could not be removed; not stored")
     return response
+
+
+def _stored_holds_key(response: dict, api_key: str) -> bool:
+    """Whether the reply's JSON, as stored (UTF-8) or \\u-escaped, holds the key; an ASCII one is both."""
+    text = json.dumps(response, ensure_ascii=False)
+    if holds_key(text, api_key):
+        return True
+    return not text.isascii() and holds_key(json.dumps(response), api_key)
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
