@@ -40,6 +40,7 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
+from scripts.lib.safe_paths import own_regular_file
 from scripts.lib.temps import output_lock
 
 # ---------------------------------------------------------------- params
@@ -159,7 +160,12 @@ def read_example_pool(source: ExampleSource) -> list[str]:
     path = Path(source.path)
     if not path.exists():
         raise DataError(f"{path}: example source not found (run its upstream stage first)")
-    files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".parquet")) if path.is_dir() else [path]
+    # a folder's files are its own regular files: a link in it would send what it points to to the API
+    files = (
+        [own_regular_file(p, path) for p in sorted(path.iterdir()) if p.suffix in (".txt", ".parquet")]
+        if path.is_dir()
+        else [path]
+    )
     pool: list[str] = []
     for file in files:
         if file.suffix == ".parquet":

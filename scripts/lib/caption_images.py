@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,12 @@ from scripts.lib.archive import (
     iter_samples,
     make_ref,
     open_tar,
+    parse_ref,
     read_member,
 )
 from scripts.lib.errors import DataError
 from scripts.lib.params import CaptionEntry
-from scripts.lib.safe_paths import confined_file
+from scripts.lib.safe_paths import confined_file, inside
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -58,6 +60,9 @@ def list_images(folder: Path) -> tuple[list[Listed], Counter]:
             skipped["symlink"] += 1
             continue
         if not path.is_file():
+            continue
+        if REF_SEPARATOR in rel:  # "x!/y.jpg" reads as member y.jpg of an archive x (read_image)
+            skipped["ambiguous_name"] += 1
             continue
         ext = path.suffix.lower().lstrip(".")
         if ext in IMAGE_EXTS:
@@ -109,12 +114,24 @@ def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
 
 
 def read_image(ref: str, params: CaptionEntry) -> bytes:
+    confine(ref, Path(params.images))
     try:
         return read_member(ref, params.max_image_bytes)
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
     except OSError as exc:
         raise DataError(f"{ref}: cannot read image ({exc.strerror or exc})") from None
+
+
+def confine(ref: str, root: Path) -> None:
+    """UnsafeArchive unless the file a reference opens (the archive of "a.tar!/m", or the plain file)
+    is inside the images folder after every link, and the reference cannot also name a plain file:
+    "x!/y.jpg" opened y.jpg of whatever x linked to, outside the folder."""
+    archive, member = parse_ref(ref)
+    if member is not None and os.path.lexists(ref):
+        raise UnsafeArchive("ambiguous_name", f"{ref}: both a file and a member of {archive}")
+    if not inside(os.path.realpath(archive), os.path.realpath(root)):
+        raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:

@@ -6,9 +6,10 @@
 - Retries: timeouts, 429, 5xx, dropped connections and replies that are not a chat completion are
   retried with exponential backoff (at least the server's Retry-After); other statuses are not.
 - The key never reaches a file or a message: any run of text from which it could be read back (any
-  8+ character piece of it in any case, reversed, escaped or encoded: scripts/lib/key_redaction.py)
-  is removed from replies (a server echoing the header) and error messages; a reply that still holds
-  it is refused, not cached.
+  8+ character piece of it in any case, reversed, escaped or encoded: scripts/lib/key_redaction.py;
+  a key under 16 characters only as itself) is removed from replies (a server echoing the header) and
+  error messages; a reply that still holds it is refused, not cached, and so is one whose usage is
+  not an object or whose text is not Unicode (check_reply).
 - Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body),
   written atomically only after the request succeeded, so a killed run (even kill -9) keeps every
   finished request and the next run resumes; with the cache, a run replays without network or key.
@@ -63,6 +64,20 @@ def read_completion(response: Any) -> tuple[str, bool]:
     if content is not None and not isinstance(content, str):
         raise ValueError("choices[0].message.content is not a string")
     return content or "", choice.get("finish_reason") == "length"
+
+
+def check_reply(response: Any) -> None:
+    """ValueError unless `response` is a chat completion whose parts the stages read have their types
+    and whose text is Unicode: checked before a reply is cached, so a bad one is retried, never stored
+    (a cached `"usage": [1]` failed every later run, offline ones too)."""
+    read_completion(response)
+    usage = response.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise ValueError("usage is not an object")
+    try:
+        json.dumps(response, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\\ud800"): no file can hold it as UTF-8
+        raise ValueError("the reply holds text that is not Unicode (a lone surrogate)") from None
 
 
 # ---------------------------------------------------------------- HTTP with retries
@@ -126,7 +141,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-MAX_REPLY_BYTES = 64 << 20  # a chat completion (even with an image echoed back) is far smaller
+MAX_REPLY_BYTES = 4 << 20  # a chat completion is kilobytes; redacting a reply costs a few times its size
 MAX_ERROR_BYTES = 64 << 10
 
 
@@ -147,8 +162,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _origin(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    """scheme://host:port of a redirect's target; "elsewhere" for one that is no URL (a port out of
+    range, a broken [IPv6]): its text may hold the key, and urllib's ValueError printed it whole."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    except ValueError:
+        return "elsewhere"
 
 
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
@@ -161,7 +181,10 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    try:
+        request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+    except ValueError:  # a base_url urllib cannot split (http://[::1/v1): checked in params, and here
+        raise FatalError("base_url is not a URL urllib can read") from None
     # per call: proxy settings are read from the env now, and `timeout` is a deadline for the whole
     # request (connect, send, headers, body), not for each read
     deadline = time.monotonic() + timeout
@@ -200,13 +223,26 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
         raise TransientError("connection", redact_key(f"connection failed ({exc.reason})", api_key)) from None
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
         raise TransientError("connection", redact_key(f"connection failed ({type(exc).__name__})", api_key)) from None
+    except (Cancelled, TransientError):  # the reply cap's own
+        raise
+    except Exception as exc:  # urllib's own (a redirect to http://[::1/x, a host idna refuses):
+        # its text holds what the server sent, so only its type is named
+        raise FatalError(f"the request failed ({type(exc).__name__}: an address or reply urllib cannot read)") from None
     try:
         response = redact_key(loads_json(raw), api_key)
     except ValueError:  # TooDeep too: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
-    if api_key and any(holds_key(json.dumps(response, ensure_ascii=escaped), api_key) for escaped in (False, True)):
+    if api_key and _stored_holds_key(response, api_key):
         raise FatalError("the reply holds the API key in a form that could not be removed; not stored")
     return response
+
+
+def _stored_holds_key(response: dict, api_key: str) -> bool:
+    """Whether the reply's JSON, as stored (UTF-8) or \\u-escaped, holds the key; an ASCII one is both."""
+    text = json.dumps(response, ensure_ascii=False)
+    if holds_key(text, api_key):
+        return True
+    return not text.isascii() and holds_key(json.dumps(response), api_key)
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:
@@ -253,7 +289,7 @@ def call_with_retries(
         try:
             response = post_chat(url, body, api_key, policy.timeout_s, cancel)
             try:
-                read_completion(response)
+                check_reply(response)
             except ValueError as exc:
                 raise TransientError("invalid_response", str(exc)) from None
             return response, stats
@@ -288,8 +324,8 @@ class ResponseCache:
             return None
         try:
             response = loads_json(path.read_text(encoding="utf-8"))["response"]
-            read_completion(response)
-        except (ValueError, KeyError, TypeError, RecursionError):
+            check_reply(response)
+        except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
             raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
         return response
 
@@ -304,6 +340,8 @@ class ResponseCache:
                 write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
         except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
             raise DataError(f"{self.path(key)}: cannot write cache entry ({exc.strerror or exc})") from None
+        except UnicodeEncodeError:  # check_reply refuses such a reply; the entry itself is never printed
+            raise DataError(f"{self.path(key)}: cannot write cache entry (text that is not Unicode)") from None
 
     def remove_stale_temp_files(self) -> int:
         """Temp files of a killed run (atomic_path names them .<name>.tmp-* and tags them, temps.mark_temp);

@@ -15,15 +15,23 @@ Any 8-character piece of any encoding (the whole key if shorter) found in the sk
 case, is redacted in the original text together with the run of word, base64 and %-characters around
 it (an encoded blob goes whole, not just its middle). `holds_key` says whether text still holds such a
 piece: what must be stored (a cache entry) and cannot be proven clean is refused, never written.
+
+A key shorter than SHORT_KEY (16) characters (vLLM's dummy `EMPTY`) is matched only as itself, a whole
+case-sensitive token: its pieces in any case are common words. Redaction makes at most MAX_ROUNDS
+passes (each linear: numpy over the skeleton), then a text still holding a piece goes whole. Encodings
+beyond ENCODINGS (base64 of base64, a C hex list) are not looked for: a server that holds the key can
+always encode it anew.
 """
 
 from __future__ import annotations
 
+import array
 import base64
 import codecs
 import functools
 import html
 import re
+import string
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -79,8 +87,8 @@ ESCAPES: dict[str, tuple[str, Callable[[str], str]]] = {  # name: (regex with on
     "percent": (r"%([0-9a-fA-F]{2})", _codepoint(16)),
 }
 _ESCAPE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, (pattern, _) in ESCAPES.items()))
-_RUN = re.compile(r"(?P<ascii>[A-Za-z0-9]+)|(?P<other>[^\x00-\x7f]+)")  # ASCII punctuation: not in a skeleton
-_AROUND = re.compile(r"[\w+/=%-]")  # what an encoded blob is made of: redacted whole around a match
+_PLAIN = re.compile(r"(?P<ascii>[\x00-\x7f]+)|(?P<other>[^\x00-\x7f]+)")  # ASCII runs go whole to numpy
+_AROUND = re.compile(r"[\w+/=%-]*")  # what an encoded blob is made of: redacted whole around a match
 
 
 def _skeleton_of(text: str) -> str:
@@ -88,19 +96,38 @@ def _skeleton_of(text: str) -> str:
     return "".join(char for char in unicodedata.normalize("NFKC", text) if char.isalnum())
 
 
+_ALNUM_BYTES = None  # lazily: a 256-entry table, True for the ASCII letters and digits
+
+
+def _ascii_alnum(run: str, begin: int, chars: list[str], starts: array.array) -> None:
+    """The letters and digits of an ASCII run and their offsets, without a Python step per character
+    (a reply of megabytes: lists of ints per character cost ~100x its size)."""
+    import numpy as np
+
+    global _ALNUM_BYTES
+    if _ALNUM_BYTES is None:
+        _ALNUM_BYTES = np.zeros(256, dtype=bool)
+        _ALNUM_BYTES[[ord(c) for c in string.ascii_letters + string.digits]] = True
+    raw = np.frombuffer(run.encode("ascii"), dtype=np.uint8)
+    keep = np.flatnonzero(_ALNUM_BYTES[raw])
+    chars.append(raw[keep].tobytes().decode("ascii"))
+    starts.frombytes((keep + begin).astype(np.int64).tobytes())
+
+
 def skeleton(text: str) -> tuple[str, list[int], list[int]]:
     """`text`'s letters and digits after undoing escapes and NFKC, and for each the span [start, end)
-    of the original text it came from."""
+    of the original text it came from (as int64 arrays: a character of a plain ASCII run spans one)."""
+    import numpy as np
+
     chars: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
+    starts, ends = array.array("q"), array.array("q")
 
     def plain(begin: int, end: int) -> None:
-        for run in _RUN.finditer(text, begin, end):
+        for run in _PLAIN.finditer(text, begin, end):
             if run.lastgroup == "ascii":
-                chars.append(run.group())
-                starts.extend(range(run.start(), run.end()))
-                ends.extend(range(run.start() + 1, run.end() + 1))
+                before = len(starts)
+                _ascii_alnum(run.group(), run.start(), chars, starts)
+                ends.frombytes((np.frombuffer(starts, dtype=np.int64)[before:] + 1).tobytes())
             else:
                 for offset, char in enumerate(run.group(), run.start()):
                     spread(char, offset, offset + 1)
@@ -119,7 +146,7 @@ def skeleton(text: str) -> tuple[str, list[int], list[int]]:
         spread(ESCAPES[name][1](_group(match, name)), match.start(), match.end())
         done = match.end()
     plain(done, len(text))
-    return "".join(chars), starts, ends
+    return "".join(chars), np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64)  # type: ignore[return-value]  # arrays index as the lists did
 
 
 def _group(match: re.Match, name: str) -> str:
@@ -141,6 +168,29 @@ def _pieces(api_key: str) -> tuple[frozenset[str], int] | None:
     return frozenset(form[i : i + n] for form in forms for i in range(len(form) - n + 1)), n
 
 
+def _hits(low: str, pieces: frozenset[str], n: int) -> list[int]:
+    """Where in `low` (ASCII) an n-character piece starts: every n-gram packed into one integer and
+    looked up at once (a Python step per character made a 16 MB reply take most of a minute)."""
+    import numpy as np
+
+    if len(low) < n:
+        return []
+    raw = np.frombuffer(low.encode("ascii"), dtype=np.uint8).astype(np.uint64)
+    grams = np.zeros(len(raw) - n + 1, dtype=np.uint64)
+    for i in range(n):
+        grams = (grams << np.uint64(8)) | raw[i : len(raw) - n + 1 + i]
+    wanted = np.array(sorted(int.from_bytes(p.encode("ascii"), "big") for p in pieces if p.isascii()), dtype=np.uint64)
+    if not len(wanted):
+        return []
+    near = np.minimum(np.searchsorted(wanted, grams), len(wanted) - 1)  # a binary search, no sort of the text's
+    return np.flatnonzero(wanted[near] == grams).tolist()
+
+
+def _blob_length(text: str, at: int) -> int:
+    found = _AROUND.match(text, at)
+    return found.end() - at if found else 0
+
+
 def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
     """The spans of `text` holding a piece of the key, merged, each widened to its encoded blob."""
     found = _pieces(api_key)
@@ -150,16 +200,14 @@ def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
     # lower-cased char by char where a character's lower case is longer (İ): the pieces are ASCII anyway
     low = skel.lower() if skel.isascii() else "".join(c.lower() if c.isascii() else "\0" for c in skel)
     spans: list[list[int]] = []
-    for at in range(len(low) - n + 1):
-        if low[at : at + n] not in pieces:
-            continue
-        begin, end = starts[at], ends[at + n - 1]
+    rev = None
+    for at in _hits(low, pieces, n):
+        begin, end = int(starts[at]), int(ends[at + n - 1])
         if spans and end <= spans[-1][1]:  # inside the blob already widened: no walk over it again
             continue
-        while begin > 0 and _AROUND.match(text, begin - 1):
-            begin -= 1
-        while end < len(text) and _AROUND.match(text, end):
-            end += 1
+        rev = rev if rev is not None else text[::-1]  # widening to the left is a regex match on it
+        begin -= _blob_length(rev, len(text) - begin)
+        end += _blob_length(text, end)
         if spans and begin <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], end)
         else:
@@ -167,10 +215,22 @@ def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
     return [(begin, end) for begin, end in spans]
 
 
+SHORT_KEY = 16  # shorter keys (vLLM's dummy "EMPTY", a test "secret") are redacted as whole tokens only
+MAX_ROUNDS = 4  # redaction rounds before a text that keeps joining into a piece goes whole
+
+
+def _short_key(api_key: str) -> re.Pattern:
+    """A short key as an exact, case-sensitive token: its 8-character pieces in any case and encoding
+    would be common words ("EMPTY" in "an empty street"), and such a key guards nothing worth that."""
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])")
+
+
 def holds_key(text: str, api_key: str | None) -> bool:
     """Whether the key could be read back from `text` (a piece of any of its encodings in it)."""
     if not api_key:
         return False
+    if len(api_key) < SHORT_KEY:
+        return bool(_short_key(api_key).search(text))
     return api_key in text if _pieces(api_key) is None else bool(_spans(text, api_key))
 
 
@@ -180,14 +240,28 @@ def redact_key(value: Any, api_key: str | None) -> Any:
     if not api_key:
         return value
     if isinstance(value, str):
-        if _pieces(api_key) is None:  # a key of punctuation only (never a real one): where it appears as is
-            return value.replace(api_key, "***")
-        while spans := _spans(value, api_key):  # until none: joining what was around a span may make one
-            for begin, end in reversed(spans):
-                value = value[:begin] + "***" + value[end:]
-        return value
+        return _redact_text(value, api_key)
     if isinstance(value, dict):
         return {redact_key(k, api_key): redact_key(v, api_key) for k, v in value.items()}
     if isinstance(value, list):
         return [redact_key(v, api_key) for v in value]
     return value
+
+
+def _redact_text(value: str, api_key: str) -> str:
+    if len(api_key) < SHORT_KEY:
+        return _short_key(api_key).sub("***", value)
+    if _pieces(api_key) is None:  # a key of punctuation only (never a real one): where it appears as is
+        return value.replace(api_key, "***")
+    # joining what was around a span may make one: a few rounds, then the text goes whole (pieces nested
+    # thousands deep took one full rescan per layer: minutes for 40 KB)
+    for _ in range(MAX_ROUNDS):
+        spans = _spans(value, api_key)
+        if not spans:
+            return value
+        kept, done = [], 0
+        for begin, end in spans:
+            kept += [value[done:begin], "***"]
+            done = end
+        value = "".join([*kept, value[done:]])
+    return "***" if _spans(value, api_key) else value

@@ -37,3 +37,22 @@ def confined_file(root: Path | str, name: str, where: str) -> Path:
     if not stat.S_ISREG(mode):
         raise DataError(f"{where}: file {shown(repr(name))} is not a regular file")
     return path
+
+
+def own_regular_file(path: Path, root: Path) -> Path:
+    """`path` (an entry of the folder `root`) when it is a regular file with one name inside `root`;
+    otherwise a DataError. A symbolic link or a hard link could send any file, a secrets file
+    included, to a remote API (synthesize's examples folder followed `notes.txt -> /tmp/secret.env`)."""
+    try:
+        found = os.lstat(path)
+    except OSError as exc:
+        raise DataError(f"{shown(path)}: cannot read ({exc.strerror})") from None
+    if stat.S_ISLNK(found.st_mode):
+        raise DataError(f"{shown(path)}: a symbolic link; files in this folder are read only as regular files")
+    if not stat.S_ISREG(found.st_mode):
+        raise DataError(f"{shown(path)}: not a regular file")
+    if found.st_nlink > 1:
+        raise DataError(f"{shown(path)}: has another hard link; files in this folder are read only with one name")
+    if not inside(os.path.realpath(path), os.path.realpath(root)):
+        raise DataError(f"{shown(path)}: leaves its folder {shown(root)}")
+    return path

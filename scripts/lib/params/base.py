@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -46,9 +47,26 @@ class Section(BaseModel):
                     raise ValueError(unknown_key_message(key, set(cls.model_fields)))
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\0" in value:  # a path with one failed deep inside pathlib
+            raise ValueError("holds a NUL character (\\0), which no path or name may hold")
+        return value
+
     def replace(self, **changes: Any) -> Self:
         """A copy with `changes` applied, validated like params.yaml (a bad value is a DataError)."""
         return parse(type(self), {**self.model_dump(), **changes}, file=f"{type(self).__name__}.replace")
+
+
+KEY_LIKE = re.compile(r"(?=[\w-]*[0-9])(?=[\w-]*[A-Za-z])[\w-]{20,}")  # a long run mixing letters and digits
+
+
+def looks_like_a_key(text: str) -> bool:
+    """Whether a value may be a credential: a known key shape (SECRET_SHAPES) or a long token."""
+    from scripts.lib.params.yaml_text import SECRET_SHAPES
+
+    return bool(SECRET_SHAPES.search(text) or KEY_LIKE.search(text))
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -88,6 +106,8 @@ def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
     if err["type"] == "missing":
         return where, "Field required"
     shown = repr(err.get("input"))
+    if looks_like_a_key(shown):  # `temperature: gsk_...` echoed 50 characters of the key
+        return where, f"{err['msg']} (got a value shaped like an API key, not shown)"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return where, f"{err['msg']} (got {shown})"

@@ -6,6 +6,7 @@ import datetime
 import math
 import re
 import string
+import urllib.parse
 from typing import Any
 
 from pydantic import (
@@ -13,7 +14,7 @@ from pydantic import (
     field_validator,
 )
 
-from scripts.lib.params.base import NonEmpty, Section, Seed
+from scripts.lib.params.base import NonEmpty, Section, Seed, looks_like_a_key
 
 TEMPLATE_FIELDS = {"examples", "avoid_topics"}
 RESERVED_BODY_KEYS = {"model", "messages", "temperature", "max_tokens", "seed", "stream", "n"}
@@ -23,6 +24,20 @@ DEFAULT_TEMPLATE = (
     "fairly simple to complex with multiple objects and modifiers. Different words from examples are preferred.\n\n"
     "Not preferred topics: [{avoid_topics}]"
 )
+
+
+def check_host(url: str) -> None:
+    """ValueError (never echoing the URL) unless its host can be looked up: `a..b`, a label over 63
+    characters or `[::1` failed at connect with urllib's ValueError or UnicodeError traceback."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, _ = parts.hostname, parts.port
+        if not host:
+            raise ValueError("no host")
+        if not parts.netloc.startswith("["):  # an IPv6 literal is no DNS name
+            host.encode("idna")
+    except ValueError:  # UnicodeError too
+        raise ValueError("has no valid host (an empty or over-long name part, a bad [IPv6] address or port)") from None
 
 
 # api_key_env names a variable the way shells and CI write them (OPENAI_API_KEY): upper case, and no
@@ -95,13 +110,16 @@ class ChatClientSettings(Section):
             )
         if "@" in value.split("/", 3)[2]:
             raise ValueError("holds a user or password (user:password@host); put the key in api_key_env's variable")
+        check_host(value)
         return value
 
     @field_validator("api_key_env", check_fields=False)
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
         # the value is never echoed: the key itself pasted here would reach the error line and dvc.lock
-        if value is not None and (not ENV_VAR.fullmatch(value) or KEY_LIKE_PART.search(value)):
+        if value is not None and (
+            not ENV_VAR.fullmatch(value) or KEY_LIKE_PART.search(value) or looks_like_a_key(value)
+        ):
             raise ValueError(
                 "must name an environment variable in upper case (A-Z, 0-9, '_', at most 64, e.g. OPENAI_API_KEY), "
                 "not hold the key itself (it looks like one: it is committed and copied into dvc.lock)"
@@ -157,6 +175,12 @@ class SynthesizeEntry(ChatClientSettings):
                 f"unknown field {{{sorted(unknown)[0]}}} "
                 f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})"
             )
+        try:  # a format spec or conversion the text fields refuse ({examples:d}, {examples!z}) fails here, not at render
+            value.format(**dict.fromkeys(TEMPLATE_FIELDS, "x"))
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            raise ValueError(
+                f"a field's format spec or conversion does not apply to text ({exc}); write {{examples}}"
+            ) from None
         return value
 
     @field_validator("extra_body")

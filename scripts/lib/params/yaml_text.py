@@ -49,6 +49,8 @@ class RuamelError(yaml.YAMLError):
 SECRET_SHAPES = re.compile(
     r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
     r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
+    r"|\bgsk_[a-z0-9]{20,}|\bxai-[a-z0-9]{20,}|\bpplx-[a-z0-9]{20,}|\br8_[a-z0-9]{20,}"  # Groq, xAI, Perplexity, Replicate
+    r"|\b[sr]k_(?:live|test)_[a-z0-9]{16,}|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,}"  # Stripe; a JWT (header.payload)
     r"|\bbearer\s+\S{16,}|\b[a-z][a-z0-9+.-]*://[^\s/?#@]+@)"  # a URL's user:password@, :password@ or token@
 )
 
