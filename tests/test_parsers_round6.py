@@ -2,8 +2,8 @@
 
 1 a YAML value whose constructor raises its own error (`2024-02-30`, `!!int abc`, a 5,000-digit int)
   was a traceback: now one line naming the file and the line, wherever params.yaml is read
-2 a FIFO or device as params.yaml or a `--recipe` plan hung the command (or read /dev/zero forever):
-  refused in one line before it is opened
+2 a FIFO or device as params.yaml (diff's workspace too) or a `--recipe` plan hung the command (or read
+  /dev/zero until memory ran out): refused in one line before it is opened
 3 clean-text and dedup-text held a line whole, however long (/dev/zero grew to 21 GB until the kernel
   killed the command): each line is capped as ingest caps it, and a device as the input is refused
 """
@@ -99,6 +99,28 @@ def test_diff_names_the_revision_whose_value_its_type_cannot_hold(tmp_path, befo
 
 
 # ---------------------------------------------------------------- 2. a FIFO or device where a config is read
+
+
+@pytest.mark.parametrize(
+    ("folder", "argv", "shown"),
+    [
+        (".", ["diff", "HEAD", "workspace"], "params.yaml"),
+        (".", ["diff", "workspace", "HEAD"], "params.yaml"),
+        ("repo", ["diff", "HEAD", "workspace", "--repo", "repo"], "repo/params.yaml"),
+    ],
+    ids=["workspace-second", "workspace-first", "workspace-of-another-repo"],
+)
+def test_diff_refuses_a_fifo_as_the_workspace_params(tmp_path, folder, argv, shown):
+    repo = tmp_path / folder
+    repo.mkdir(exist_ok=True)
+    _git(repo, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    _commit_params(repo, "releases: {}\n")
+    (repo / "params.yaml").unlink()
+    os.mkfifo(repo / "params.yaml")
+    result = run_scripts(tmp_path, *argv, timeout=20)  # it hung reading the FIFO
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert error_line(result.stderr) == f"error: {shown}: is a FIFO, not a regular file; refusing to read it"
 
 
 def _fifo(path: Path) -> Path:
