@@ -38,6 +38,7 @@ from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
 from scripts.lib.tables import ParquetChunks, check_table, row_groups_to
+from scripts.lib.text_lines import decode_lines, line_batches, text_input
 
 
 def cli_rules(output: Path) -> None:
@@ -168,9 +169,7 @@ def cli_text(
     rule_set: str | None = typer.Option(None, "--rules", help="a named rule set (default: params.yaml clean)"),
 ) -> None:
     """Clean a text file, one prompt per line -> JSONL {"text": str|null, "reason": str|null}."""
-    input = Path(input)
-    if not input.exists():
-        raise DataError(f"{input}: input not found")
+    input = text_input(input)  # a device (/dev/zero) or socket is refused; a FIFO streams
     check_files_ours(output, inputs=[input])
     rules = compile_rules(load_rule_set(rule_set) if rule_set is not None else resolve(load_section("clean")))
     line_no = 0
@@ -180,29 +179,12 @@ def cli_text(
         Progress(f"clean-text {input.name}", total=input.stat().st_size, unit="bytes") as progress,
         tmp.open("w", encoding="utf-8") as dst,
     ):
-        while batch := src.readlines(1 << 20):  # ~1 MB at a time: one decode and one write per batch
-            lines = _decode_lines(batch, input, line_no)
+        for batch in line_batches(src, input):  # each line capped: a newline-free file held no more than the cap
+            lines = decode_lines(batch, input, line_no)
             line_no += len(batch)
             results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
             dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
             progress.advance(sum(map(len, batch)))
-
-
-def _decode_lines(batch: list[bytes], input: Path, line_no: int) -> list[str]:
-    """The batch's lines as text (split at "\\n" only, like the file's lines); invalid UTF-8 is an
-    error naming its line."""
-    try:
-        lines = b"".join(batch).decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        for offset, raw in enumerate(batch, start=line_no + 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{input}: line {offset}: not valid UTF-8") from None
-        raise
-    if lines[-1] == "":
-        lines.pop()  # after the batch's last "\n"
-    return lines
 
 
 # What json.dumps({"text": ..., "reason": ...}, ensure_ascii=False) writes, a few times faster

@@ -37,6 +37,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 from scripts.lib.tables import write_row_groups
+from scripts.lib.text_lines import decode_lines, line_batches, text_input
 
 DedupParams = Dedup  # the `dedup:` section's model; Dedup() = the documented defaults
 
@@ -207,14 +208,9 @@ def cli_text(
 
 
 def read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"{path}: input not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8") from None
-    if text.endswith("\n"):
-        text = text[:-1]
-    return [line.removesuffix("\r") for line in text.split("\n")] if text else []
+    """The file's lines, each capped as ingest caps a text line (a newline-free file was read whole)."""
+    lines: list[str] = []
+    with text_input(path).open("rb") as f:
+        for batch in line_batches(f, path):
+            lines += (line.removesuffix("\r") for line in decode_lines(batch, path, len(lines)))
+    return lines

@@ -91,16 +91,40 @@ def check_output_kind(target: Path | str) -> None:
             "or write through it (remove the link, or name the file it points at)"
         )
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a special file"
-        )
-        raise DataError(f"{shown(target)}: is {kind}, not a regular file; refusing to replace it")
+        raise DataError(f"{shown(target)}: is {file_kind(mode)}, not a regular file; refusing to replace it")
+
+
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for its one line."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
+
+
+def regular_file(path: Path | str, pipes: bool = False) -> Path:
+    """`path` when it is a regular file after links (or a FIFO, with `pipes`: a command that streams its
+    input), checked before anything opens it: opening a FIFO blocks until a writer comes (the command
+    hung), and a device such as /dev/zero never ends. FileNotFoundError is the caller's to name."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode))):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
+    return Path(path)
+
+
+def config_text(path: Path | str) -> str:
+    """The text of a file that configures a command (params.yaml, a rule set, a `--recipe` plan), read
+    only when it is a regular file (regular_file). The open does not wait (O_NONBLOCK) and the opened file
+    is checked again: a FIFO put there since the check is refused too. UnicodeDecodeError is the caller's."""
+    regular_file(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, encoding="utf-8") as f:
+        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
+            raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
+        return f.read()
 
 
 def check_not_input(output: Path | str, inputs) -> None:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from scripts.lib.errors import DataError
+from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, load_params, parse
 from scripts.lib.recipe import Recipe, resolve_recipe
@@ -121,7 +122,7 @@ def plan_sources(plan: dict) -> dict[str, Source]:
 def check_plan(path: Path, expected: dict) -> None:
     """Refuse the plan file DVC gave a stage unless it holds `expected` (computed from params.yaml now)."""
     try:
-        plan = loads_json(Path(path).read_text(encoding="utf-8"))
+        plan = loads_json(config_text(path))  # a FIFO or device is refused before it is opened: it hung
     except FileNotFoundError:
         raise DataError(f"{path}: not found (run `dvc repro recipes`)") from None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep

@@ -18,6 +18,7 @@ component is no longer in the recipe).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -31,7 +32,7 @@ import yaml
 
 from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.export import parse_metadata
-from scripts.lib.io import SPLITS
+from scripts.lib.io import SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 
@@ -58,6 +59,9 @@ class Snapshot:
 def open_fs(repo: str, rev: str):
     from dvc.api import DVCFileSystem
 
+    if rev == WORKSPACE:  # the working tree's params.yaml is read through the filesystem: a FIFO there hung diff
+        with contextlib.suppress(FileNotFoundError):
+            regular_file(Path(repo) / "params.yaml")
     try:
         fs = DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
         fs.repo  # noqa: B018  the filesystem opens the revision lazily: an unknown one fails here

@@ -124,10 +124,11 @@ def copy_tracked(src: Path, dest: Path, names: list[str]) -> None:
 def read_params(src: Path) -> str:
     """params.yaml's text, checked as every stage reads it (nesting bounded, aliases refused, the models')
     before ruamel's round trip sees it: it recurses once per level (100k levels were a segfault)."""
+    from scripts.lib.io import config_text
     from scripts.lib.params import load_params
 
     load_params(path=src / "params.yaml")
-    return (src / "params.yaml").read_text(encoding="utf-8")
+    return config_text(src / "params.yaml")
 
 
 @contextlib.contextmanager

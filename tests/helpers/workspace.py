@@ -89,10 +89,16 @@ def make_splits(root: Path, source: str = "diffusiondb", n: int = 40, digests: b
 
 
 def run_scripts(
-    root: Path, *argv: str, umask: int | None = None, limit: int | None = None, timeout: float = 300
+    root: Path,
+    *argv: str,
+    umask: int | None = None,
+    limit: int | None = None,
+    timeout: float = 300,
+    memory: int | None = None,
 ) -> subprocess.CompletedProcess:
     """`python -m scripts ARGV` in `root` as a user runs it (one torch thread, no progress lines between the
-    start and the summary), under `umask`, and with writes past `limit` bytes failing as on a full disk."""
+    start and the summary), under `umask`, with writes past `limit` bytes failing as on a full disk, and
+    `memory` bytes of address space at most (a command that holds a whole input fails, not the machine)."""
 
     def child() -> None:
         if umask is not None:
@@ -100,6 +106,8 @@ def run_scripts(
         if limit is not None:  # EFBIG past `limit` bytes, as a full disk fails a write
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "T2I_PROGRESS_EVERY_S": "3600"}
     return subprocess.run(

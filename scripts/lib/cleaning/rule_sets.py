@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from scripts.lib.errors import DataError
+from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import CLEAN_RULES_DIR, Clean, CleanRules, SourceClean, parse, read_yaml, rule_set_names
 
@@ -35,7 +36,7 @@ def _read_rule_set(path: Path, mtime_ns: int) -> CleanRules:  # a frozen model: 
     root = CLEAN_RULES_DIR.parents[1]
     where = str(path.relative_to(root) if path.is_relative_to(root) else path)
     try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
+        data = read_yaml(config_text(path))
     except Exception as exc:  # YAML syntax, alias, encoding: one line naming the file
         raise DataError(f"{where}: not a valid rule set ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import sha256_text
+from scripts.lib.io import config_text, sha256_text
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params.base import (  # noqa: F401
     ENTRY_NAME,
@@ -167,7 +167,7 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     if not path.exists():
         raise DataError(f"{path}: params file not found (run from the repository root)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = config_text(path)  # a FIFO or device is refused before it is opened: it hung the command
         params = read_yaml(text) or {}
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None

@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from scripts.lib.errors import DataError
+from scripts.lib.io import config_text
 from scripts.lib.params.base import NonEmpty, Section, Seed
 from scripts.lib.params.yaml_text import read_yaml
 
@@ -176,8 +178,8 @@ class _CleanChoice(Section):
         lo, hi = getattr(self, "min_chars", None), getattr(self, "max_chars", None)
         if lo is None or hi is None:
             try:
-                own = read_yaml((CLEAN_RULES_DIR / f"{self.rules}.yaml").read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                own = read_yaml(config_text(CLEAN_RULES_DIR / f"{self.rules}.yaml")) or {}
+            except (OSError, yaml.YAMLError, UnicodeDecodeError, DataError):
                 own = {}  # the stage names a broken rule set file when it loads it
             lo = own.get("min_chars") if lo is None else lo
             hi = own.get("max_chars") if hi is None else hi

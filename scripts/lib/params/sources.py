@@ -13,6 +13,8 @@ from pydantic import (
 from scripts.lib.params.base import NonEmpty, Section, Seed
 from scripts.lib.params.clean import RuleName, SourceClean, SourceDedup, _rule_set_name
 
+MAX_PROMPT_BYTES = 65_536  # a longer text line is refused: by ingest (its default) and by clean-text and dedup-text
+
 
 class Source(Section):
     """One raw dataset, `sources.<name>`. `kind` picks the reader; keys of other kinds are ignored.
@@ -56,7 +58,10 @@ class Source(Section):
         50_000, ge=1, le=10_000_000, description="rows per parquet row group (memory stays flat as input grows)"
     )
     max_prompt_bytes: int = Field(
-        65_536, ge=1, le=1 << 24, description="longer text lines are refused (CSV fields: the csv module's 128 KiB)"
+        MAX_PROMPT_BYTES,
+        ge=1,
+        le=1 << 24,
+        description="longer text lines are refused (CSV fields: the csv module's 128 KiB)",
     )
     max_member_bytes: int = Field(
         64 << 20, ge=1, le=1 << 30, description="cap on one archive member or image file, in bytes"

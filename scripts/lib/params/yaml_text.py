@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 
 
 class AliasError(yaml.YAMLError):
@@ -22,7 +22,6 @@ def read_yaml(text: str) -> Any:
     built: an alias (AliasError, a yaml.YAMLError; a few hundred bytes of nested aliases expand to
     billions of nodes, and `dvc exp run -S` writes them out anyway) and nesting deeper than
     nesting.MAX_DEPTH (TooDeep). The event pass is libyaml's (PyYAML's C parser, not recursive)."""
-    from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError as RuamelYAMLError
 
     from scripts.lib.nesting import check_yaml_depth
@@ -32,9 +31,60 @@ def read_yaml(text: str) -> Any:
         if isinstance(event, yaml.AliasEvent):
             raise AliasError(event.start_mark.line + 1)
     try:
-        return YAML(typ="safe", pure=not fast).load(text)
+        return _safe_yaml(fast).load(text)
     except RuamelYAMLError as exc:  # one error type for the callers: PyYAML's, with the line
         raise RuamelError(exc) from None
+    except (yaml.YAMLError, MemoryError):
+        raise
+    except Exception as exc:  # a constructor's own error met outside any node (none known): still one line
+        raise ValueProblem(exc) from None
+
+
+class ValueProblem(yaml.YAMLError):
+    """A value the YAML grammar accepts but its type cannot hold (`2024-02-30`, `!!int abc`, a 5,000-digit
+    int, `!!bool maybe`, a repeated `!!omap` key): ruamel's constructors raise ValueError, KeyError or
+    AssertionError for these, which callers that name the file for a YAMLError let through as a traceback."""
+
+    def __init__(self, exc: Exception, node: Any = None):
+        kind = str(getattr(node, "tag", None) or "value").rsplit(":", 1)[-1]
+        value = getattr(node, "value", None)  # a scalar's text; a collection's nodes are not shown
+        subject = f"{value[:40] + ('...' if len(value) > 40 else '')!r} is " if isinstance(value, str) else ""
+        reason = "" if isinstance(exc, KeyError) else (str(exc).splitlines() or [""])[0]  # a KeyError: the value again
+        self.problem = shown(f"{subject}not a valid {kind}{': ' if reason else ''}{reason}")
+        self.problem_mark = getattr(node, "start_mark", None)  # .line, 0-based, as PyYAML's
+        at = f"line {self.problem_mark.line + 1}: " if self.problem_mark is not None else ""
+        super().__init__(at + self.problem)
+
+
+def _safe_yaml(fast: bool) -> Any:
+    """ruamel's safe loader whose constructors' own errors are ValueProblems naming the node's line."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import SafeConstructor
+    from ruamel.yaml.error import YAMLError as RuamelYAMLError
+
+    def marked(generator: Any, node: Any) -> Any:  # a mapping's or omap's entries are built after it is made
+        try:
+            yield from generator
+        except (yaml.YAMLError, RuamelYAMLError, MemoryError):
+            raise
+        except Exception as exc:
+            raise ValueProblem(exc, node) from None
+
+    class Constructor(SafeConstructor):
+        def construct_non_recursive_object(self, node: Any, tag: Any = None) -> Any:
+            pending = len(self.state_generators)
+            try:
+                data = super().construct_non_recursive_object(node, tag)
+            except (yaml.YAMLError, RuamelYAMLError, MemoryError):
+                raise
+            except Exception as exc:
+                raise ValueProblem(exc, node) from None
+            self.state_generators[pending:] = [marked(g, node) for g in self.state_generators[pending:]]
+            return data
+
+    loader = YAML(typ="safe", pure=not fast)
+    loader.Constructor = Constructor
+    return loader
 
 
 class RuamelError(yaml.YAMLError):
