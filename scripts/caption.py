@@ -46,6 +46,7 @@ from scripts.lib.io import (
     check_not_input,
     check_output_kind,
     check_outputs_ours,
+    commit_together,
     json_text,
     sha256_text,
     shown,
@@ -284,6 +285,7 @@ def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None
         with writing(out_dir / "sources.json"):
             sources_tmp.write_text(json_text(waterfall(sources, steps)), encoding="utf-8")
         report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
+        commit_together(stack)
     log(
         f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}"
     )

@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, check_files_ours, shown
+from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
 from scripts.lib.tables import read_parquet
@@ -73,7 +73,7 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
         if not path.exists():
             raise DataError(f"{path}: not found (run clean@{source} first)")
         try:
-            reports[source] = loads_json(path.read_text(encoding="utf-8"))
+            reports[source] = loads_json(config_text(path))  # a FIFO there hung the command
         except ValueError:
             raise DataError(f"{path}: not valid JSON") from None
     return reports

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_files_ours, shown, write_json
+from scripts.lib.io import check_files_ours, config_text, shown, write_json
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import load_section
 
@@ -31,7 +31,9 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     for name in names:
         path = releases / name / "stats.json"
         try:
-            stats[name] = loads_json(path.read_text(encoding="utf-8"))  # depth-bounded: no RecursionError
+            stats[name] = loads_json(
+                config_text(path)
+            )  # a FIFO there hung the command  # depth-bounded: no RecursionError
             stats[name]["rows"]["total"]
         except FileNotFoundError:
             raise DataError(f"{path}: input not found (run release@{name})") from None

@@ -375,3 +375,35 @@ def test_unencodable_text_is_named_only_when_it_is_a_name(text, named):
         text.encode("utf-8")
     line = _unencodable(caught.value)
     assert len(line) < 300 and "\n" not in line and ("rename it" in line) == named, line
+
+
+# ---------------------------------------------------------------- a FIFO where a report is read
+
+
+def stats_fifo(root: Path) -> list[str]:
+    (root / "rel" / "v2").mkdir(parents=True)
+    os.mkfifo(root / "rel" / "v2" / "stats.json")
+    return ["history-table", "--releases", "rel"]
+
+
+def summary_stats_fifo(root: Path) -> list[str]:
+    write_params(root)
+    assert run(root, "recipes", "rec").returncode == 0
+    stats_fifo(root)
+    return ["summary", "rel", "s.json", "--recipe", "rec/plots.json"]
+
+
+def dedup_report_fifo(root: Path) -> list[str]:
+    (root / "rel").mkdir()
+    (root / "data" / "dedup").mkdir(parents=True)
+    for source in ("diffusiondb", "chatgpt", "gustavosta", "openprompts", "kaggle_sd2", "gpt4_style"):
+        os.mkfifo(root / "data" / "dedup" / f"{source}.report.json")
+    return ["history-table", "--releases", "rel"]
+
+
+@pytest.mark.parametrize("make", [stats_fifo, summary_stats_fifo, dedup_report_fifo], ids=lambda f: f.__name__)
+def test_a_fifo_where_a_report_is_read_is_refused_not_waited_on(tmp_path, make):
+    """history-table and summary opened a FIFO named as a release's stats.json or a dedup report and hung."""
+    argv = make(tmp_path)
+    done = run(tmp_path, *argv, timeout=60)
+    assert done.returncode == 2 and "FIFO" in error_line(done.stderr), done.stderr

@@ -21,6 +21,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown_lines
+from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
@@ -172,7 +173,7 @@ def read_reports(folder: Path, sources) -> dict[str, dict | str]:
 
 def read_json(path: Path) -> dict | str:
     try:
-        data = loads_json(path.read_text(encoding="utf-8"))
+        data = loads_json(config_text(path))  # a FIFO there hung the command
     except FileNotFoundError:
         return NOT_BUILT
     except (OSError, ValueError):
