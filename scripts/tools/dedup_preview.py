@@ -6,9 +6,16 @@ from pathlib import Path
 
 import typer
 
+from scripts.lib.errors import DataError
 from scripts.lib.io import check_not_input, shown
 from scripts.lib.params import load_section
 from scripts.lib.preview import write_dedup_preview
+
+
+def check_source_name(source: str) -> None:
+    """A plain name: it is joined into --data's paths, so `/`, `..` or NUL would read and write elsewhere."""
+    if not source or source in (".", "..") or any(c in source for c in "/\\\0"):
+        raise DataError(f"{shown(repr(source))}: not a source name (a plain name such as diffusiondb)")
 
 
 def cli(
@@ -17,6 +24,7 @@ def cli(
     output: Path = typer.Option(None, "--output", help="default: DATA/dedup/SOURCE.preview.html"),
 ) -> None:
     """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
+    check_source_name(source)
     output = output or data / "dedup" / f"{source}.preview.html"
     n = load_section("preview", missing_ok=True).dedup_clusters
     inputs = (data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet")

@@ -38,6 +38,7 @@ from scripts.lib.params import read_yaml
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
+NOT_HERE = "not in the DVC cache here (run `dvc pull`, or `dvc fetch` for another revision)"
 
 
 @dataclass
@@ -65,16 +66,46 @@ def open_fs(repo: str, rev: str):
     try:
         fs = DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
         fs.repo  # noqa: B018  the filesystem opens the revision lazily: an unknown one fails here
+        fs.t2i_root = Path(repo) if rev == WORKSPACE else None  # the workspace's files are checked first
         return fs
     except Exception as exc:
         raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+
+
+def _from_dvc(exc: Exception) -> bool:
+    return type(exc).__module__.split(".")[0] in ("dvc", "dvc_data", "dvc_objects")
+
+
+@contextlib.contextmanager
+def dvc_read(where: str):
+    """DVC's own errors reading `where` (a folder whose .dir the cache lacks: a fresh clone) as one line."""
+    try:
+        yield
+    except (DataError, FileNotFoundError, UnicodeDecodeError):
+        raise
+    except Exception as exc:
+        if _from_dvc(exc):
+            raise DataError(f"{shown(where)}: {NOT_HERE}") from None
+        raise
+
+
+@contextlib.contextmanager
+def open_at(fs, path: str, where: str, mode: str = "rb"):
+    """fs.open(path), a workspace file checked to be a regular file first (a FIFO blocks the read)."""
+    from scripts.tools.side_inputs import check_regular
+
+    root = getattr(fs, "t2i_root", None)
+    if root is not None:
+        check_regular(root / path, where)  # nothing there: fs.open says FileNotFoundError
+    with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+        yield f
 
 
 def releases_at(fs, rev: str = "") -> dict:
     """`releases` of params.yaml at `rev`: a file missing, not YAML or not a mapping there is one line."""
     where = f"{rev}:params.yaml" if rev else "params.yaml"
     try:
-        with fs.open("params.yaml", "r", encoding="utf-8") as f:
+        with open_at(fs, "params.yaml", where, "r") as f:
             params = read_yaml(f.read()) or {}  # as load_params and DVC read it: YAML 1.2, depth-bounded
     except FileNotFoundError:
         raise DataError(f"{where}: not found") from None
@@ -96,12 +127,14 @@ def releases_at(fs, rev: str = "") -> dict:
 
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     base = f"data/releases/{release}"
-    removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"])
+    removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"], rev)
     try:
-        with fs.open(f"{base}/rows.parquet", "rb") as f:
+        with open_at(fs, f"{base}/rows.parquet", f"{rev}:{base}/rows.parquet") as f:
             table = pd.read_parquet(io.BytesIO(f.read()))
     except FileNotFoundError:
         return _read_metadata_snapshot(fs, rev, release, removed)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
     missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
@@ -127,7 +160,7 @@ def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -
     for split in SPLITS:
         path = f"{base}/{split}/metadata.jsonl"
         try:
-            with fs.open(path, "r", encoding="utf-8") as f:
+            with open_at(fs, path, f"{rev}:{path}", "r") as f:
                 records = parse_metadata(f, f"{rev}:{path}", ("id", "source", "text", "file_name"))
         except FileNotFoundError:
             raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
@@ -143,28 +176,39 @@ def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -
 def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str) -> str:
     """ "md5:<hex>" of the image file folder/name from DVC's own index (no image bytes are read)."""
     try:
-        info = fs.info(f"{folder}/{name}")
+        with dvc_read(f"{rev}:{folder}/{name}"):
+            info = fs.info(f"{folder}/{name}")
     except FileNotFoundError:
         raise DataError(f"{rev}:{listed_in}: image {name!r} of id {row_id} not found") from None
     md5 = info.get("md5") or (info.get("dvc_info") or {}).get("md5")
     return f"md5:{md5}" if md5 else ""
 
 
-def _read_parquet(fs, path: str, columns: list[str]) -> pd.DataFrame:
+def _read_parquet(fs, path: str, columns: list[str], rev: str = "") -> pd.DataFrame:
+    """A table at a revision, empty when absent; unreadable, or lacking a column, is one line naming it."""
+    where = f"{rev}:{path}" if rev else path
     try:
-        with fs.open(path, "rb") as f:
-            return pd.read_parquet(io.BytesIO(f.read()))
+        with open_at(fs, path, where) as f:
+            table = pd.read_parquet(io.BytesIO(f.read()))
     except FileNotFoundError:
         return pd.DataFrame(columns=columns)
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow's errors on a file that is not parquet
+        raise DataError(f"{shown(where)}: not a readable parquet table ({type(exc).__name__})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{shown(where)}: no {missing[0]!r} column")
+    return table
 
 
-def source_removals(fs, sources: set[str]) -> dict[str, str]:
+def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
     """id -> reason from the per-source clean and dedup outputs at one revision."""
     reasons: dict[str, str] = {}
     for source in sorted(sources):
-        dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"])
+        dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"], rev)
         reasons.update({i: f"clean:{r}" for i, r in zip(dropped["id"], dropped["reason"])})
-        clusters = _read_parquet(fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"])
+        clusters = _read_parquet(fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"], rev)
         for row in clusters.itertuples(index=False):
             reasons[row.id] = f"dedup:duplicate_of={row.duplicate_of} jaccard={float(row.jaccard):.2f}"
     return reasons
@@ -321,7 +365,9 @@ def pick_releases(rev_a: str, rev_b: str, release: str | None, at_a: dict, at_b:
 def is_git_revision(repo: Path, rev: str) -> bool:
     return (
         subprocess.run(
-            ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True
+            ["git", "rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{commit}}"],
+            cwd=repo,
+            capture_output=True,
         ).returncode
         == 0
     )
@@ -359,7 +405,7 @@ def cli(
     ):
         a = read_snapshot(fs_a, rev_a, release_a)
         b = read_snapshot(fs_b, rev_b, release_b)
-        explain = source_removals(fs_b, set(a.rows["source"]))
+        explain = source_removals(fs_b, set(a.rows["source"]), rev_b)
         explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
         reports.append(compare(a, b, explain))
     for rev, at in ((rev_a, at_a), (rev_b, at_b)):

@@ -68,7 +68,15 @@ def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -
     """`dvc repro --pull release@R...` at base_rev in a worktree that uses this repository's cache."""
     if base_dir.exists():
         raise DataError(f"{base_dir}: exists (pr-build makes the base's worktree there)")
-    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base_dir), base_rev], cwd=repo, check=True)
+    added = subprocess.run(
+        ["git", "worktree", "add", "-q", "--detach", "--end-of-options", str(base_dir), base_rev],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    if added.returncode != 0:  # a folder that cannot be made, a stale worktree registered there
+        detail = [line for line in added.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+        raise DataError(shown(f"{base_dir}: git worktree add failed ({detail[0].strip()})"))
     try:
         local = repo / ".dvc" / "config.local"  # a remote set with `dvc remote add --local`
         if local.exists():
@@ -93,9 +101,11 @@ def cli(
     from scripts.lib.io import atomic_path, check_files_ours
     from scripts.tools.diff import open_fs, releases_at
     from scripts.tools.pr_comment import release_pairs, unchanged_releases
+    from scripts.tools.side_inputs import commit_of
 
     check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     repo = Path.cwd()
+    base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
     status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"
     if status.returncode == 0 and only_data_missing(json.loads(status.stdout or "{}")):
@@ -117,7 +127,7 @@ def cli(
     unchanged = unchanged_releases(str(repo), base_rev, "workspace")
     try:
         at_base = releases_at(open_fs(str(repo), base_rev))
-    except (DataError, FileNotFoundError):
+    except (DataError, FileNotFoundError):  # a verified commit with no (readable) params.yaml: all is new
         at_base = {}
     pairs = release_pairs(at_base, releases_at(open_fs(str(repo), "workspace")))
     changed = [(a, b) for a, b in pairs if not (a == b and b in unchanged)]
@@ -126,7 +136,7 @@ def cli(
     )
     if missing:
         print(
-            shown(f"pr-build: no cache or remote has {', '.join(missing)} at {base_rev}: building them there"),
+            shown(f"pr-build: no cache or remote has {', '.join(missing)} at {base_name}: building them there"),
             flush=True,
         )
         build_base(repo, base_rev, missing, base_dir)

@@ -35,6 +35,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.side_inputs import check_inside
 
 MARKER = "<!-- t2i-dataset-diff -->"
 MAX_BODY = 65_000  # GitHub refuses comment bodies over 65,536 characters
@@ -81,18 +82,11 @@ def release_outs(lock_text: str | None, where: str = "dvc.lock") -> dict[str, li
     return {name: sorted((str(o.get("path")), str(o.get("md5"))) for o in out) for name, out in outs.items()}
 
 
-def lock_at(repo: str, rev: str) -> str | None:
-    """dvc.lock's text at a git revision or in the workspace (None when there is none)."""
-    if rev == "workspace":
-        lock = Path(repo) / "dvc.lock"
-        return lock.read_text(encoding="utf-8") if lock.exists() else None
-    result = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=repo, capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
-
-
 def unchanged_releases(repo: str, base_rev: str, head_rev: str) -> set[str]:
     """Releases whose outputs both revisions' dvc.lock pin alike: unchanged without reading any data (a
     fresh runner with no remote has none)."""
+    from scripts.tools.side_inputs import lock_at
+
     before = release_outs(lock_at(repo, base_rev), f"{base_rev}:dvc.lock")
     after = release_outs(lock_at(repo, head_rev), "dvc.lock" if head_rev == "workspace" else f"{head_rev}:dvc.lock")
     return {name for name, outs in after.items() if before.get(name) == outs}
@@ -130,7 +124,7 @@ def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str])
         except DataError as exc:
             out.append((release_a, release_b, None, f"not compared: {exc}"))
             continue
-        explain = diff.source_removals(fs_b, set(a.rows["source"]))
+        explain = diff.source_removals(fs_b, set(a.rows["source"]), labels[head_rev])
         explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
         out.append((release_a, release_b, diff.compare(a, b, explain), ""))
     gone = [r for r in at_base if r not in at_head]
@@ -140,14 +134,21 @@ def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str])
 # --- dvc metrics diff / dvc plots diff ------------------------------------------------------------
 
 
+DVC_TIMEOUT_S = 1800  # generous: a stalled remote or a file that never answers ends in one line
+
+
 def dvc(args: list[str], repo: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+            timeout=DVC_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise DataError(f"dvc {' '.join(args[:2])}: no answer within {DVC_TIMEOUT_S}s") from None
 
 
 def _dvc_rev(rev: str) -> list[str]:
@@ -243,13 +244,16 @@ def contact_sheets(
     (side, release) -> file name (None when that revision has no contact sheet). The images come from
     `dvc plots diff --targets ...preview.jpg` (as image plots), else straight from DVC's filesystem.
     Each is read in full and checked first; then written atomically, over sheets of ours only."""
+    from scripts.tools import diff
+
     wanted = {("base", a): (a, base_rev, fs_a) for a, _ in pairs if a} | {
         ("head", b): (b, head_rev, fs_b) for _, b in pairs
     }
     targets = sorted({f"data/releases/{release}/preview.jpg" for release, _, _ in wanted.values()})
     for release, rev, _ in wanted.values():  # dvc plots diff and DVC's filesystem follow a link: look first
         if rev == "workspace":
-            _check_not_linked_out(Path(repo) / f"data/releases/{release}/preview.jpg", repo)
+            path = Path(repo) / f"data/releases/{release}/preview.jpg"
+            check_inside(path, (repo, Path(repo) / ".dvc" / "cache"), "copy it as a contact sheet")
     found: dict[tuple[str, str], bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp, "--targets", *targets], repo)
@@ -258,15 +262,16 @@ def contact_sheets(
         for key, (release, rev, _) in wanted.items():
             for entry in plots.get(f"data/releases/{release}/preview.jpg", []):
                 if entry.get("type") == "image" and entry.get("revisions") == [head_name if key[0] == "head" else rev]:
-                    data = _read_sheet(Path(entry["url"]), repo)
+                    data = _read_sheet(Path(entry["url"]), repo, tmp)
                     if data is not None:
                         found[key] = data
     for key, (release, _rev, fs) in wanted.items():
         if key not in found:
-            try:
-                with fs.open(f"data/releases/{release}/preview.jpg", "rb") as f:
+            path = f"data/releases/{release}/preview.jpg"
+            try:  # not in the cache here (a fresh clone): no sheet, the rows' note says to pull
+                with diff.open_at(fs, path, path) as f:
                     data = f.read(MAX_SHEET_BYTES + 1)
-            except (FileNotFoundError, OSError):
+            except (FileNotFoundError, OSError, DataError):
                 continue
             if _is_sheet(data):
                 found[key] = data
@@ -278,20 +283,10 @@ def _is_sheet(data: bytes) -> bool:
     return data.startswith(b"\xff\xd8\xff") and len(data) <= MAX_SHEET_BYTES
 
 
-def _check_not_linked_out(path: Path, repo: str) -> None:
-    """Refuse a preview.jpg that is a link out of DVC's cache (cache.type symlink links it there): it
-    would copy whatever it points at into the artifact."""
-    if path.is_symlink():
-        real = Path(os.path.realpath(path))
-        if Path(os.path.realpath(Path(repo) / ".dvc" / "cache")) not in real.parents:
-            raise DataError(
-                f"{shown(path)}: is a symbolic link out of DVC's cache; refusing to copy it as a contact sheet"
-            )
-
-
-def _read_sheet(path: Path, repo: str) -> bytes | None:
-    """A preview.jpg's bytes (None when absent or not a JPEG sheet); a link only into DVC's cache."""
-    _check_not_linked_out(path, repo)
+def _read_sheet(path: Path, repo: str, tmp: str) -> bytes | None:
+    """A preview.jpg's bytes (None when absent or not a JPEG sheet) that dvc put in `tmp`; a link only
+    into the repository or DVC's cache."""
+    check_inside(path, (repo, Path(repo) / ".dvc" / "cache", tmp), "copy it as a contact sheet")
     if not path.is_file():
         return None
     with open(path, "rb") as f:
@@ -340,10 +335,12 @@ def build_body(
 
     labels = {base_rev: base_rev, head_rev: head_rev}
     base_sha = _git_rev(repo, base_rev)  # dvc commands get the commit: a ref like origin/main has a slash
+    head_name, head_rev = head_rev, head_rev if head_rev == "workspace" else _git_rev(repo, head_rev)
+    labels[head_rev] = head_name
     reports, gone, fs_a, fs_b = row_reports(repo, base_rev, head_rev, labels)
     labels[base_sha] = base_rev
     head_sha = _git_rev(repo, "HEAD")
-    head = f"{head_sha[:8]} + rebuilt workspace" if head_rev == "workspace" else head_rev
+    head = f"{head_sha[:8]} + rebuilt workspace" if head_rev == "workspace" else head_name
     title = f"## Dataset diff: `{base_rev}` ({base_sha[:8]}) → PR ({head})"
     lines = [MARKER, title, ""]
     unchanged = [
@@ -380,14 +377,14 @@ def build_body(
 
 
 def _git_rev(repo: str, rev: str) -> str:
-    result = subprocess.run(
-        ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        if rev == "HEAD":
+    from scripts.tools.side_inputs import commit_of
+
+    if rev == "HEAD":  # a repository with no commit yet: the title shows none
+        try:
+            return commit_of(repo, rev)
+        except DataError:
             return ""
-        raise DataError(f"{rev}: not a git revision in {repo}")
-    return result.stdout.strip()
+    return commit_of(repo, rev)
 
 
 def cli(

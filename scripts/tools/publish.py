@@ -38,6 +38,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.safe_paths import confined_file
+from scripts.tools.side_inputs import release_file
 
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
@@ -73,6 +74,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
     row), `_name` (the file name the Hub shows) and `_size` (bytes, to plan shards)."""
     from scripts.lib.export import read_metadata, read_rows_table
 
+    release_file(release_dir, "rows.parquet", str(release_dir))
     table = read_rows_table(release_dir)
     if table is not None:
         records = []
@@ -104,9 +106,14 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
             f"{release_dir}/rows.parquet: not found, nor {folder}/metadata.jsonl "
             f"(build the release first: `dvc repro release@{release_dir.name}`)"
         )
+    release_file(folder, "metadata.jsonl", str(folder))
     records = read_metadata(folder, ("file_name", "id", "source", "text"))
-    for record in records:
-        path = confined_file(folder, record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
+    for record in records:  # no sha256 recorded here: the one-link rule keeps another file's bytes out
+        path = release_file(folder, record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
+        if path is None:
+            raise DataError(
+                f"{folder}/metadata.jsonl: id {record['id']}: file {shown(repr(record['file_name']))} not found"
+            )
         record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
     return records
 
@@ -199,7 +206,8 @@ def licence_fields(
 
 def release_card_body(release_dir: Path) -> str:
     """The release's own README.md (release@V's card) without its YAML front matter."""
-    text = (release_dir / "README.md").read_text(encoding="utf-8") if (release_dir / "README.md").is_file() else ""
+    path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
+    text = path.read_text(encoding="utf-8") if path else ""
     if text.startswith("---"):
         text = text.split("\n---", 2)[-1].split("\n", 1)[-1]
     return text.strip()
@@ -462,8 +470,9 @@ def cli(
         licence, licence_text = licence_fields(sources, used, license, license_name, license_link)
         if licence_text:
             (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
-        if (release_dir / "preview.jpg").is_file():
-            shutil.copyfile(release_dir / "preview.jpg", tmp / "preview.jpg")
+        preview = release_file(release_dir, "preview.jpg", str(release_dir))
+        if preview:
+            shutil.copyfile(preview, tmp / "preview.jpg")
         build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
             tmp / "README.md"
         )

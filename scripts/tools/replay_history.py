@@ -115,10 +115,15 @@ def tracked_files(src: Path) -> list[str]:
 
 
 def copy_tracked(src: Path, dest: Path, names: list[str]) -> None:
+    """The tracked files as git sees them: a tracked link is copied as the same link (copying what it
+    points at would put a file from anywhere, a secret, into DEST and its commits)."""
     for name in names:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / name, target)
+        if (src / name).is_symlink():
+            os.symlink(os.readlink(src / name), target)
+        else:
+            shutil.copy2(src / name, target)
 
 
 def read_params(src: Path) -> str:

@@ -1,0 +1,113 @@
+"""Revisions and files the side tools (diff, pr-build, pr-comment, publish) take from a user, checked
+before use.
+
+A revision is verified as a commit (`git rev-parse --verify --end-of-options`) and passed on as its
+hex id, so `--output=FILE` can never reach git or DVC as an option; a file read in the workspace must
+be a regular file (a FIFO would block the read, and every DVC subprocess that opens it, forever); a
+file publish reads stays in the release, with one link or being DVC's cache copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from scripts.lib.errors import DataError, shown
+
+WORKSPACE = "workspace"  # a revision name meaning the working tree
+
+
+def commit_of(repo: str | Path, rev: str) -> str:
+    """The commit `rev` names in `repo` (its full hex id), else one line."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{commit}}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataError(f"{shown(repo)}: git rev-parse failed ({type(exc).__name__})") from None
+    if result.returncode != 0 or not result.stdout.strip():
+        raise DataError(f"{shown(rev)}: not a git revision in {shown(repo)}")
+    return result.stdout.strip()
+
+
+def check_regular(path: Path, where: str) -> bool:
+    """True when `path` is a regular file (after links), False when nothing is there; else one line."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise DataError(f"{shown(where)}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{shown(where)}: not a regular file (a FIFO, device or folder is never read)")
+    return True
+
+
+def lock_at(repo: str, rev: str) -> str | None:
+    """dvc.lock's text at a git revision or in the workspace (None when there is none); an unknown
+    revision, or a workspace dvc.lock that is not a regular file, is one line."""
+    if rev == WORKSPACE:
+        lock = Path(repo) / "dvc.lock"
+        if not check_regular(lock, "dvc.lock"):
+            return None
+        try:
+            return lock.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError("dvc.lock: not UTF-8 text") from None
+    sha = commit_of(repo, rev)  # a hex id: never read as an option
+    result = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=repo, capture_output=True, timeout=120)
+    if result.returncode != 0:
+        return None
+    try:
+        return result.stdout.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{shown(rev)}:dvc.lock: not UTF-8 text") from None
+
+
+def check_inside(path: Path, roots: tuple, use: str) -> None:
+    """Refuse `path` when its real path (through every link on the way, a linked release folder's
+    too) is outside all of `roots`, or when it is not a regular file (a FIFO blocks `dvc plots diff`)."""
+    from scripts.lib.safe_paths import inside
+
+    real = os.path.realpath(path)
+    if os.path.lexists(path) and not any(inside(real, os.path.realpath(root)) for root in roots):
+        raise DataError(f"{shown(path)}: leads out of the repository; refusing to {use}")
+    check_regular(path, str(path))
+
+
+def release_file(root: Path, name: str, where: str) -> Path | None:
+    """`root / name` (None when nothing is there) if it stays in `root` after every link, is a regular
+    file, and has one link or is DVC's own cache copy of its bytes (a checkout hard-links those): a hard
+    link to a file elsewhere keeps its name and passes every path check, and would be published."""
+    if not os.path.lexists(Path(root) / name):
+        return None
+    from scripts.lib.safe_paths import confined_file
+
+    path = confined_file(root, name, where)
+    status = os.stat(path)
+    if status.st_nlink > 1 and not _dvc_cache_copy(path, status):
+        raise DataError(
+            f"{where}: file {shown(repr(name))} has {status.st_nlink} links and is not DVC's cache copy "
+            "(a hard link to another file?); refusing to publish it"
+        )
+    return path
+
+
+def _dvc_cache_copy(path: Path, status: os.stat_result) -> bool:
+    """`path` is the very file (same inode) DVC's cache holds under its md5."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    md5 = digest.hexdigest()
+    try:
+        return os.path.samestat(os.stat(Path(".dvc/cache/files/md5") / md5[:2] / md5[2:]), status)
+    except OSError:
+        return False
