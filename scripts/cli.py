@@ -74,7 +74,8 @@ def build_app(argv: list[str]):
 
 def _install_signal_handlers() -> dict:
     """SIGINT and SIGTERM raise Interrupted in the main thread; a second one during the cleanup ends
-    the process at once (its temp files are removed by the next run). Returns the old handlers."""
+    the process at once (its temp files are removed by the next run), but never while outputs are being
+    renamed in (interrupts.held: a second Ctrl-C there left a release half renamed). Returns the old handlers."""
     import os
     import signal
     import threading
@@ -88,12 +89,14 @@ def _install_signal_handlers() -> dict:
             if signum == signal.SIGTERM:
                 os._exit(128 + signum)
             return
+        if holding():  # outputs are being renamed in together: any signal waits the few renames out
+            note(signum)
+            return
         if received() is not None:
             os.write(2, f"interrupted again ({signal.Signals(signum).name}): stopping now\n".encode())
             os._exit(128 + signum)
         note(signum)
-        if not holding():  # inside held(), the block raises it when it ends
-            raise Interrupted(signum)
+        raise Interrupted(signum)
 
     pid = os.getpid()
     global _FORK_HOOK

@@ -178,6 +178,8 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     could give it back is removed from the reply (a server echoing the header must not put it into
     the cache or prompts.txt) and from error messages (redact_key); a reply that still holds it as
     stored (holds_key on its JSON text) is a FatalError, never cached."""
+    if api_key and holds_key(json.dumps(body, ensure_ascii=False), api_key):  # the body is cached as sent
+        raise FatalError("the request would carry the API key in its body (the key pasted into params?); not sent")
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import os
 import re
 import shlex
@@ -28,6 +27,8 @@ LOCK = "dvc.lock"
 # cache file names: checked, so a doctored lock or listing never names a path of its choosing
 MD5 = re.compile(r"[0-9a-f]{32}")
 DIR_OID = re.compile(r"[0-9a-f]{32}\.dir")
+PYTHON = re.compile(r"python[0-9.]*")  # `python`, `python3`, `python3.11`, a venv's bin/python
+SHELL_SEPARATORS = ("&&", "||", ";", "|")
 
 
 def locked_output_oid(output: Path | str, root: Path | str = ".") -> str | None:
@@ -147,12 +148,21 @@ def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, tuple[str,
 
 
 def _commands_run(cmd) -> frozenset[str]:
-    """The commands a stage's cmd (a line, or a list of them) runs as `python -m scripts NAME ...`."""
+    """The commands a stage's cmd (a line, or a list of them) runs as `python -m scripts NAME ...` where a
+    shell command starts (the line's start, or after `&&`, `||`, `;`, `|`); words in an `echo`, after a
+    `#`, or `scripts` as an argument name no command of ours."""
     found: set[str] = set()
     for line in cmd if isinstance(cmd, list) else [cmd]:
         with contextlib.suppress(ValueError):  # unbalanced quotes: runs none of ours
-            words = shlex.split(line) if isinstance(line, str) else []  # (None would read stdin)
-            found.update(b for a, b in itertools.pairwise(words) if a == "scripts" and not b.startswith("-"))
+            words = shlex.split(line, comments=True) if isinstance(line, str) else []  # (None would read stdin)
+            starts = [0] + [i + 1 for i, word in enumerate(words) if word in SHELL_SEPARATORS]
+            found.update(
+                words[i + 3]
+                for i in starts
+                if i + 3 < len(words)
+                and PYTHON.fullmatch(os.path.basename(words[i]))
+                and words[i + 1 : i + 3] == ["-m", "scripts"]
+            )
     return frozenset(found)
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,10 +325,23 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
 
 def commit_together(stack: contextlib.ExitStack) -> None:
     """Close `stack`, whose atomic_paths rename a command's outputs in, with signals held: a Ctrl-C that
-    came before stops the run with none renamed, one that comes during waits for the last rename."""
+    came before stops the run with none renamed, one that comes during waits for the last rename. Every
+    output is checked again first: one a user put in place since the start is refused before any is renamed."""
     stop_if_received()
+    for target, tmp, committed_ok in list(_open_outputs()):
+        check_replaceable(target, tmp, committed_ok)
     with held():
         stack.close()
+
+
+_OPEN = threading.local()
+
+
+def _open_outputs() -> list[tuple[Path, Path, bool]]:
+    """(target, temp, committed_ok) of each atomic_path of this thread whose block is running."""
+    if not hasattr(_OPEN, "outputs"):
+        _OPEN.outputs = []
+    return _OPEN.outputs
 
 
 @contextlib.contextmanager
@@ -365,7 +379,11 @@ def atomic_path(
             else:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
             mark_temp(tmp)  # removed again below: the output it becomes is no temp
-            yield tmp
+            _open_outputs().append(entry := (target, tmp, committed_ok))
+            try:
+                yield tmp
+            finally:
+                _open_outputs().remove(entry)
             if is_dir and mark:
                 mark_folder(tmp)
             os.chmod(tmp, (0o777 if is_dir else 0o666) & ~UMASK)  # in case the block re-created it
