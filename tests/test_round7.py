@@ -150,3 +150,103 @@ def test_a_key_in_the_request_body_is_never_sent_or_cached(tmp_path, monkeypatch
     assert server.bodies == []
     texts = [p.read_text(encoding="utf-8") for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert not any(KEY in t.lower() for t in texts), json.dumps(texts)[:500]
+
+
+# ---------------------------------------------------------------- inputs: repeated columns, cut tars, long CSV lines
+
+MEMORY = 1 << 30  # a command that held a whole 1 GB input would fail under this, not pass
+
+
+def gustavosta_repeated_prompt(root: Path) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "raw" / "data").mkdir(parents=True)
+    table = pa.Table.from_arrays([pa.array(["a red fox"]), pa.array(["a blue boat"])], names=["Prompt", "Prompt"])
+    pq.write_table(table, root / "raw" / "data" / "train.parquet")
+    pq.write_table(pa.table({"Prompt": ["c"]}), root / "raw" / "data" / "eval.parquet")
+    write_params_sources(root, {"s": {"kind": "gustavosta", "path": "raw", "on_error": "skip"}})
+    return ["ingest", "s", "out/s.parquet"]
+
+
+def dedup_repeated(column: str):
+    def make(root: Path) -> list[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids, texts = pa.array(["a", "b"]), pa.array(["a red fox", "a blue boat"])
+        names = ["id", "text", column]
+        pq.write_table(
+            pa.Table.from_arrays([ids, texts, ids if column == "id" else texts], names=names), root / "in.parquet"
+        )
+        write_params_sources(root, {})
+        return ["dedup", "s", "in.parquet", "out.parquet"]
+
+    make.__name__ = f"dedup_repeated_{column}"
+    return make
+
+
+def write_params_sources(root: Path, sources: dict) -> None:
+    from helpers.workspace import write_params
+
+    write_params(root, sources=sources)
+
+
+@pytest.mark.parametrize(
+    "make", [gustavosta_repeated_prompt, dedup_repeated("id"), dedup_repeated("text")], ids=lambda f: f.__name__
+)
+def test_a_column_named_twice_is_one_line(tmp_path, make):
+    """pyarrow writes a table with a column name twice; looking the column up was a KeyError traceback."""
+    argv = make(tmp_path)
+    done = run(tmp_path, *argv)
+    assert done.returncode == 2 and "appears twice" in error_line(done.stderr), done.stderr
+
+
+def dalle3_shards(root: Path, cut: str) -> None:
+    """The sample's first DALL-E-3 shard, cut: to nothing, after a member (no end blocks), or a copy beside
+    an empty shard."""
+    shard = sorted((REPO / "data" / "raw" / "dalle3").glob("*.tar"))[0]
+    data = shard.read_bytes()
+    (root / "raw").mkdir()
+    body = data.rstrip(b"\0")
+    end = (len(body) + 511) // 512 * 512  # the last member's data, padded to its block: no end-of-archive blocks
+    (root / "raw" / "a.tar").write_bytes({"empty": b"", "after a member": data[:end], "beside an empty one": data}[cut])
+    if cut == "beside an empty one":
+        (root / "raw" / "b.tar").write_bytes(b"")
+    write_params_sources(
+        root, {"d": {"kind": "dalle3", "path": "raw", "on_error": "fail", "caption_field": "short_caption"}}
+    )
+
+
+@pytest.mark.parametrize("cut", ["empty", "after a member", "beside an empty one"])
+def test_a_tar_shard_cut_short_is_never_read_as_whole(tmp_path, cut):
+    """A 0-byte shard, or one cut right after a member, was read as complete: rows lost, exit 0, nothing counted."""
+    dalle3_shards(tmp_path, cut)
+    done = run(tmp_path, "ingest", "d", "out.parquet")
+    assert done.returncode == 2 and "tar" in error_line(done.stderr), done.stdout + done.stderr
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def sparse_csv(root: Path, header: bool) -> None:
+    (root / "raw").mkdir()
+    path = root / "raw" / "p.csv"
+    with open(path, "wb") as f:
+        if header:
+            f.write(b"prompt,raw_data\na red fox,{}\n")
+        f.truncate(f.tell() + (1 << 30))  # 1 GB of holes, no newline: nothing on disk
+
+
+CSVS = {  # (source kind, a header first)
+    "openprompts, no newline at all": ("openprompts", False),
+    "openprompts, a long line after good ones": ("openprompts", True),
+    "kaggle_sd2, no newline at all": ("kaggle_sd2", False),
+}
+
+
+@pytest.mark.parametrize("kind, header", CSVS.values(), ids=CSVS)
+def test_a_csv_line_without_end_is_one_line_in_flat_memory(tmp_path, kind, header):
+    """csv.reader took the file's lines whole: a 10 GB sparse CSV grew to 21 GB of memory."""
+    sparse_csv(tmp_path, header)
+    write_params_sources(tmp_path, {"c": {"kind": kind, "path": "raw", "on_error": "fail"}})
+    done = run(tmp_path, "ingest", "c", "out.parquet", memory=MEMORY, timeout=120)
+    assert done.returncode == 2 and "longer than" in error_line(done.stderr), done.stderr

@@ -186,6 +186,12 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
         if len(header) < BLOCK:
             if header.strip(b"\x00"):
                 yield UnsafeArchive("corrupt_archive", f"truncated tar header at byte {pos}")
+            elif pos == 0:  # an empty file: tar and tarfile refuse it too
+                yield UnsafeArchive("corrupt_archive", "empty file, not a tar archive")
+            elif not header:  # every writer ends an archive with zero blocks: the rest of it was cut off
+                yield UnsafeArchive(
+                    "corrupt_archive", f"tar archive ends at byte {pos} without its end blocks (cut short?)"
+                )
             return
         if header == ZERO_BLOCK:
             return

@@ -11,8 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, writing
+
+
+def check_column_names(path: Path | str, names) -> None:
+    """A column name twice (pyarrow writes such files; looking the column up then fails) is one line."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{shown(path)}: column {shown(name)!r} appears twice; a column name must be unique")
+        seen.add(name)
 
 
 def arrow_table(df):

@@ -48,7 +48,7 @@ from scripts.lib.dedup.rows import (
 from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
-from scripts.lib.tables import write_row_groups
+from scripts.lib.tables import check_column_names, write_row_groups
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
@@ -170,6 +170,7 @@ def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
                 f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]
             ) from None
         schema = schema or meta.schema_arrow.remove_metadata()
+        check_column_names(file, meta.schema_arrow.names)
         for column in ("id", "text"):
             if column not in meta.schema_arrow.names:
                 raise DataError(f"{file}: missing column '{column}'")

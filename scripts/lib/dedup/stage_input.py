@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib.errors import DataError
-from scripts.lib.tables import existing_input
+from scripts.lib.tables import check_column_names, existing_input
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -62,6 +62,8 @@ class StageInput:
         self.path, self.read_rows = path, read_rows
         self.files = open_parquet(path)
         self.schema = self.files[0].schema_arrow.remove_metadata()
+        for file in self.files:
+            check_column_names(path, file.schema_arrow.names)
         for column in ("id", "text"):
             if column not in self.schema.names:
                 raise DataError(f"{path}: missing column '{column}'")

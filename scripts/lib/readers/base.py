@@ -16,6 +16,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.params import Source
+from scripts.lib.tables import check_column_names
 
 SourceConfig = Source  # one `params.yaml: sources.<name>` entry (scripts/lib/params/sources.py: Source)
 
@@ -106,6 +107,7 @@ def decode(data: bytes) -> str:
 def require_columns(file: Path, present: list[str], required: list[str], echo: bool = True) -> None:
     """A one-line DataError when a required column is missing. With `echo=False` (a CSV header is the
     file's first line, whatever the file is) only a near match of the missing name is shown, never the line."""
+    check_column_names(file, present)
     missing = [c for c in required if c not in present]
     if not missing:
         return

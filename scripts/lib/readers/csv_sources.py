@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (
     LINK_HINT,
@@ -23,10 +23,24 @@ from scripts.lib.readers.base import (
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]
 
 
+MAX_CSV_LINE = 4 * 1024 * 1024  # characters: a record of many fields of the csv module's 128 Ki each fits
+
+
+def _capped_lines(f, file: Path) -> Iterator[str]:
+    """The lines the csv reader parses, each read at most MAX_CSV_LINE characters at a time: a file
+    without a newline (a sparse 10 GB file) is one line naming it, not every byte held in memory."""
+    number = 0
+    while line := f.readline(MAX_CSV_LINE + 1):
+        number += 1
+        if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
+            raise DataError(f"{shown(file)}: line {number}: longer than {MAX_CSV_LINE} characters (not a CSV file?)")
+        yield line
+
+
 def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str] | Problem]]:
     """(data row number, {column: value}) per CSV record, or a Problem for a malformed one."""
     with file.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.reader(f, strict=True)
+        reader = csv.reader(_capped_lines(f, file), strict=True)
         try:
             header = next(reader)
         except (StopIteration, csv.Error):
