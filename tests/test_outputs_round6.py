@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers.repos import REPO
+from helpers.trees import tree
 from helpers.workspace import error_line, leftovers, make_splits, write_params
 from helpers.workspace import run_scripts as run
 
@@ -25,19 +26,6 @@ def one_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-def tree(root: Path) -> dict[str, object]:
-    """Every path under root, links not followed: a file's bytes, a link's target, None for a folder."""
-    found: dict[str, object] = {}
-    for base, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(base) / name
-            rel = path.relative_to(root).as_posix()
-            found[rel] = (
-                ("link", os.readlink(path)) if path.is_symlink() else None if path.is_dir() else path.read_bytes()
-            )
-    return found
 
 
 def refused(root: Path, *argv: str, says: str = "") -> str:

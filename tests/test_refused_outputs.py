@@ -12,7 +12,6 @@ B11 simpletuner-config wrote paths read from a release's multidatabackend.json u
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import env
+from helpers.trees import tree
 from helpers.workspace import make_splits, write_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,20 +46,6 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
     return lines[0]
-
-
-def tree(root: Path) -> dict[str, object]:
-    """Every path under root, links not followed: a file's bytes, a link's target, None for a folder."""
-    found: dict[str, object] = {}
-    for base, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(base) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            else:
-                found[rel] = None if path.is_dir() else path.read_bytes()
-    return found
 
 
 def refused_untouched(act, root: Path, *words: str) -> str:

@@ -25,24 +25,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_refused_outputs import python
 
 from helpers import REPO, env
 from helpers.workspace import write_params
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
 JPEG_BYTES = b"\xff\xd8\xff\xe0 a private picture"
-
-
-def python(args: list, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """`python -m scripts ARGS` as a real process; a hang fails the row (TimeoutExpired)."""
-    environment = {**env(), "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "scripts", *map(str, args)],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        timeout=timeout,
-    )
 
 
 def one_error_line(result: subprocess.CompletedProcess, *words: str) -> str:
