@@ -22,7 +22,8 @@ from scripts.lib.tables import write_parquet
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 RAW = REPO / "data" / "raw"
-SUMMARY = re.compile(r"^\S+: [\d,]+ .* in [\d.]+ s \(")  # scripts/lib/progress.py's one line per finished loop
+# scripts/lib/progress.py's one line per finished loop; its label may hold spaces (`release@v2 2023-03-30`)
+SUMMARY = re.compile(r"^(?!error: ).+: [\d,]+ .* in [\d.]+ s \([\d,.]+ .*/s\)$")
 LEFTOVER = re.compile(r"\.(tmp-|staging-)")
 PNG = bytes.fromhex(  # a valid 1x1 PNG
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
