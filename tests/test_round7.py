@@ -169,6 +169,14 @@ def gustavosta_repeated_prompt(root: Path) -> list[str]:
     return ["ingest", "s", "out/s.parquet"]
 
 
+def csv_header_repeats_prompt(root: Path) -> list[str]:
+    """A header `prompt,prompt`: the last column's value was taken without a word."""
+    (root / "raw").mkdir()
+    (root / "raw" / "p.csv").write_text("prompt,prompt,raw_data\na red fox,a blue boat,{}\n", encoding="utf-8")
+    write_params_sources(root, {"c": {"kind": "openprompts", "path": "raw", "on_error": "fail"}})
+    return ["ingest", "c", "out.parquet"]
+
+
 def dedup_repeated(column: str):
     def make(root: Path) -> list[str]:
         import pyarrow as pa
@@ -193,7 +201,9 @@ def write_params_sources(root: Path, sources: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    "make", [gustavosta_repeated_prompt, dedup_repeated("id"), dedup_repeated("text")], ids=lambda f: f.__name__
+    "make",
+    [gustavosta_repeated_prompt, csv_header_repeats_prompt, dedup_repeated("id"), dedup_repeated("text")],
+    ids=lambda f: f.__name__,
 )
 def test_a_column_named_twice_is_one_line(tmp_path, make):
     """pyarrow writes a table with a column name twice; looking the column up was a KeyError traceback."""
