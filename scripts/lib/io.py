@@ -270,37 +270,28 @@ def check_outputs_ours(folder: Path | str, names) -> None:
 
 
 def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
-    """Rename `new` over `target` (a folder: the old one is renamed aside first, then deleted), unless
-    a signal came while `new` was written: a Ctrl-C never leaves an output that looks finished."""
+    """Rename `new` over `target` (a folder: through replace_together, the old one renamed aside, then
+    deleted), unless a signal came while `new` was written: a Ctrl-C never leaves an output that looks finished."""
+    if is_dir and os.path.lexists(target):
+        replace_together([(new, target)], committed_ok)
+        return
     if not holding():  # inside held() (commit_together) the renames go on; the signal waits for the last
         stop_if_received()
     check_replaceable(target, new, committed_ok)
-    if not is_dir or not os.path.lexists(target):
-        os.replace(new, target)
-        return
-    old = _sibling(target, TMP_OLD)
-    with held():  # a signal between these renames left the output gone and its old copy untagged
-        os.replace(target, old)
-        mark_temp(old)
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-    if not _remove(old):
-        raise cannot_remove(old, target)
+    os.replace(new, target)
 
 
-def replace_together(pairs: list[tuple[Path, Path]]) -> None:
+def replace_together(pairs: list[tuple[Path, Path]], committed_ok: bool = False) -> None:
     """Rename each new path over its target, all or none (a release's entries never mix two runs): every
     target checked first, then, signals held, each existing one renamed aside and each new one in; a
     failure puts every name back as it was. The old copies are deleted last."""
-    stop_if_received()
+    if not holding():
+        stop_if_received()
     for new, target in pairs:
-        check_replaceable(target, new)
+        check_replaceable(target, new, committed_ok)
     aside: list[tuple[Path, Path]] = []
     placed: list[tuple[Path, Path]] = []
-    with held():
+    with held():  # a signal between these renames left an output gone and its old copy untagged
         try:
             for _, target in pairs:
                 if os.path.lexists(target):

@@ -9,7 +9,6 @@ file publish reads stays in the release, with one link or being DVC's cache copy
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import subprocess
@@ -102,11 +101,11 @@ def release_file(root: Path, name: str, where: str) -> Path | None:
 
 def _dvc_cache_copy(path: Path, status: os.stat_result) -> bool:
     """`path` is the very file (same inode) DVC's cache holds under its md5."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    md5 = digest.hexdigest()
+    from scripts.lib.dvc_cache import file_md5
+
+    md5 = file_md5(path)
+    if md5 is None:
+        return False
     try:
         return os.path.samestat(os.stat(Path(".dvc/cache/files/md5") / md5[:2] / md5[2:]), status)
     except OSError:
