@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.params import Source
 from scripts.lib.tables import check_column_names
 
@@ -79,6 +79,29 @@ def check_confined(path: Path, root: Path, follow_symlinks: bool = False) -> Pat
     if link is not None:
         raise DataError(f"{link}: is a symbolic link; {LINK_HINT}")
     return path
+
+
+def native_name(path: Path, root: Path) -> str:
+    """`path` as the row keys name it: its path under `root` (`/`-separated, normalised), or its file name
+    when `root` is the file itself. Two files of one source never share it, whatever folders they sit in."""
+    if os.path.normpath(path) == os.path.normpath(root):
+        return path.name
+    return Path(os.path.normpath(path)).relative_to(os.path.normpath(root)).as_posix()
+
+
+def check_distinct(named: list[tuple[str, str]], where: Path | str, what: str) -> None:
+    """A one-line DataError for the first two of `named` (key, path) with one key: a file read twice, or
+    two files whose rows the keys cannot tell apart, would give rows the same id."""
+    seen: dict[str, str] = {}
+    for key, path in named:
+        if key not in seen:
+            seen[key] = path
+        elif seen[key] == path:
+            raise DataError(f"{shown(where)}: {what} {shown(path)} is listed twice")
+        else:
+            raise DataError(
+                f"{shown(where)}: {what}s {shown(seen[key])} and {shown(path)} would give their rows one key"
+            )
 
 
 def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = False) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from scripts.lib.readers.base import (
     Record,
     SourceConfig,
     check_confined,
+    check_distinct,
+    native_name,
     require_columns,
     source_files,
 )
@@ -98,14 +101,8 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
 def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
     """gpt_generated_prompts.csv / hardcoded_prompts.csv (column `prompt`), image {row_index}.png beside."""
     root = Path(cfg.path)
-    if cfg.csv_files:
-        files = [check_confined(root / name, root, cfg.follow_symlinks) for name in cfg.csv_files]
-        for file in files:
-            if not file.is_file():
-                raise DataError(f"{file}: not found (sources.<name>.csv_files)")
-    else:
-        files = source_files(root, "*.csv", "CSV", cfg.follow_symlinks)
-    for file in files:
+    for file in kaggle_csv_files(cfg):
+        name = native_name(file, root)
         for number, row in iter_csv(file, ["prompt"]):
             if isinstance(row, Problem):
                 yield row
@@ -117,7 +114,7 @@ def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
                 yield Problem(file, f"row {number}", reason, detail)
                 continue
             yield Record(
-                key=f"{file.name}:{number}",
+                key=f"{name}:{number}",
                 prompt=row["prompt"],
                 image=image.as_posix(),
                 width=sized[0],
@@ -126,6 +123,30 @@ def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
                 file=file,
                 where=f"row {number}",
             )
+
+
+def kaggle_csv_files(cfg: SourceConfig) -> list[Path]:
+    """The source's CSV files (`csv_files`, else every *.csv under `path`), one a folder: row N of each
+    CSV in a folder would take the same N.png, so a second one there is refused, not guessed at."""
+    root = Path(cfg.path)
+    if not cfg.csv_files:
+        files = source_files(root, "*.csv", "CSV", cfg.follow_symlinks)
+    else:
+        files = [check_confined(root / name, root, cfg.follow_symlinks) for name in cfg.csv_files]
+        names = [native_name(file, root) for file in files]
+        check_distinct(list(zip(names, names)), root, "sources.<name>.csv_files: file")
+        for file in files:
+            if not file.is_file():
+                raise DataError(f"{shown(file)}: not found (sources.<name>.csv_files)")
+    first_in: dict[str, Path] = {}
+    for file in files:
+        other = first_in.setdefault(os.path.normpath(file.parent), file)
+        if other is not file:
+            raise DataError(
+                f"{shown(file.parent)}: holds {shown(other.name)} and {shown(file.name)}, whose rows would take the"
+                " same {row_index}.png images: keep one CSV a folder (sources.<name>.csv_files)"
+            )
+    return files
 
 
 def image_file_size(

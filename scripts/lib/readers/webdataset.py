@@ -18,7 +18,15 @@ from pathlib import Path
 from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
-from scripts.lib.readers.base import Problem, Record, SourceConfig, check_confined, decode
+from scripts.lib.readers.base import (
+    Problem,
+    Record,
+    SourceConfig,
+    check_confined,
+    check_distinct,
+    decode,
+    native_name,
+)
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -65,8 +73,12 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
 def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
     root = Path(cfg.path)
     shards = manifest_shards(root, cfg.follow_symlinks)
+    names = [shard_name(shard, root) for shard in shards]
+    check_distinct(
+        [(name, native_name(shard, root)) for name, shard in zip(names, shards)], root / "manifest.json", "shard"
+    )
     info["shards"] = len(shards)
-    for shard in shards:
+    for shard, name in zip(shards, names):
         if not shard.is_file():
             raise DataError(f"{shard}: shard listed in manifest.json not found")
         with open_tar(shard) as buf:
@@ -74,10 +86,16 @@ def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record |
                 if isinstance(item, UnsafeArchive):
                     yield Problem(shard, "", item.reason, str(item))
                     continue
-                yield _sample(shard, *item, cfg)
+                yield _sample(shard, name, *item, cfg)
 
 
-def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record | Problem:
+def shard_name(shard: Path, root: Path) -> str:
+    """The shard's part of its rows' keys: its path under the export, less the layout's `buckets/`
+    (`<bucket_id>/shard-000000.tar`): unique per shard, wherever a manifest puts it."""
+    return native_name(shard, root).removeprefix("buckets/")
+
+
+def _sample(shard: Path, shard_key: str, key: str, members: dict, cfg: SourceConfig) -> Record | Problem:
     where = f"sample {key!r}"
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
     if image_ext is None or "txt" not in members or "json" not in members:
@@ -102,7 +120,7 @@ def _sample(shard: Path, key: str, members: dict, cfg: SourceConfig) -> Record |
     kept = {name: meta.get(name) for name in META_FIELDS}
     kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
     return Record(
-        key=f"{shard.parent.name}/{shard.name}/{key}",
+        key=f"{shard_key}/{key}",
         prompt=caption,
         image=make_ref(shard, image.name),
         width=width,
