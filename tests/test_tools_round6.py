@@ -262,6 +262,51 @@ def test_publish_reads_no_file_from_outside_the_release(tmp_path, make):
     assert not (tmp_path / "hub").exists()
 
 
+def cache_linked(root: Path, cache: Path) -> None:
+    """Every file of the release hard-linked into `cache` under its md5, as `dvc checkout` with
+    cache.type hardlink leaves a workspace."""
+    import hashlib
+
+    for file in (root / "data" / "releases" / "v2").rglob("*"):
+        if file.is_file():
+            md5 = hashlib.md5(file.read_bytes(), usedforsecurity=False).hexdigest()
+            cached = cache / "files" / "md5" / md5[:2] / md5[2:]
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            if cached.exists():  # equal bytes: one cache file, both workspace files linked to it
+                file.unlink()
+                os.link(cached, file)
+            else:
+                os.link(file, cached)
+
+
+def test_publish_reads_a_release_hard_linked_into_its_own_dvc_cache(tmp_path):
+    from test_publish import tiny_release
+
+    root = tiny_release(tmp_path / "repo")
+    git("init", "-q", "-b", "main", cwd=root)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    cache_linked(root, root / ".dvc" / "cache")
+    args = ["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", tmp_path / "hub"]
+    done = python(args, root)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (tmp_path / "hub" / "README.md").is_file()
+
+
+def test_publish_reads_a_release_hard_linked_into_a_cache_set_by_dvc_cache_dir(tmp_path):
+    """`dvc cache dir` puts the cache anywhere (a shared disk): the proof is the cache DVC reads."""
+    from test_publish import tiny_release
+
+    root = tiny_release(tmp_path / "repo")
+    git("init", "-q", "-b", "main", cwd=root)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", str(tmp_path / "shared")], cwd=root, check=True)
+    cache_linked(root, tmp_path / "shared")
+    args = ["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", tmp_path / "hub"]
+    done = python(args, root)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert (tmp_path / "hub" / "README.md").is_file()
+
+
 # ---------------------------------------------------------------- C8. replay-history keeps tracked links
 
 LINKS = {  # a tracked link -> its target

@@ -200,3 +200,37 @@ def file_md5(path: Path) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def repository_cache(folder: Path | str) -> str | None:
+    """The DVC cache of the repository holding `folder`: its `.dvc/cache` when that is a folder itself. A
+    `.dvc/cache` in the current folder, or one that is a link (to `/`, to a shared folder), proves nothing."""
+    for above in (Path(folder), *Path(folder).parents):
+        if (above / ".dvc").is_dir() and not (above / ".dvc").is_symlink():
+            cache = above / ".dvc" / "cache"
+            return str(cache) if cache.is_dir() and not cache.is_symlink() else None
+    return None
+
+
+def is_cache_copy(path: Path | str, root: Path | str = ".") -> bool:
+    """`path` is the very file (same inode) the DVC cache of the repository at `root` holds under its md5
+    (wherever `dvc cache dir` put it): what a checkout with cache.type hardlink puts in the workspace."""
+    md5, files = file_md5(Path(path)), _cache_files(os.path.abspath(root))
+    if md5 is None or files is None:
+        return False
+    try:
+        return os.path.samestat(os.stat(Path(files) / md5[:2] / md5[2:]), os.stat(path))
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def _cache_files(root: str) -> str | None:
+    """The folder of file objects (`<cache>/files/md5`) of the repository at `root`, as DVC reads its config."""
+    return _from_cache(root, lambda odb: odb.path)
+
+
+def cache_folder(root: Path | str = ".") -> str | None:
+    """The DVC cache of the repository at `root` (`.dvc/cache`, or where `dvc cache dir` put it)."""
+    files = _cache_files(os.path.abspath(root))
+    return os.path.dirname(os.path.dirname(files)) if files else None

@@ -107,7 +107,14 @@ class ImageRoots:
         self.roots = roots
         self.real = [os.path.realpath(root) for root in roots]
         self.named = [os.path.abspath(root) for root in roots]
-        self.cache = os.path.realpath(".dvc/cache")  # DVC's cache.type symlink links every image into it
+        self._cache: str | None = None  # DVC's cache (cache.type symlink links images into it): found when needed
+
+    def cache(self) -> str:
+        if self._cache is None:
+            from scripts.lib.dvc_cache import cache_folder
+
+            self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
+        return self._cache
 
     def check(self, image, path: Path, number: int, source: str) -> None:
         if image is None or image != image:  # no image (a text-only source): nothing to confine
@@ -117,7 +124,7 @@ class ImageRoots:
         named = os.path.abspath(file)  # the path as written, `..` applied
         if not (
             any(inside(real, root) for root in self.real)
-            or (inside(real, self.cache) and any(inside(named, root) for root in self.named))
+            or (any(inside(named, root) for root in self.named) and inside(real, self.cache()))
         ):
             where = ", ".join(str(root) for root in self.roots) or "none in params.yaml"
             raise DataError(

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path
 from scripts.lib.nesting import loads_json
@@ -194,16 +195,6 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _dvc_cache_of(folder: str) -> str | None:
-    """The DVC cache of the repository holding `folder`: its `.dvc/cache` when that is a folder itself. A
-    `.dvc/cache` in the current folder, or one that is a link (to `/`, to a shared folder), proves nothing."""
-    for above in (Path(folder), *Path(folder).parents):
-        if (above / ".dvc").is_dir() and not (above / ".dvc").is_symlink():
-            cache = above / ".dvc" / "cache"
-            return str(cache) if cache.is_dir() and not cache.is_symlink() else None
-    return None
-
-
 def confined(value, root: Path, where: str) -> str:
     """`value` (a path read from a release's config) made absolute against `root`, refused unless it stays
     inside `root` as written (`..` applied) and after every link, but a link into DVC's cache (cache.type
@@ -212,7 +203,7 @@ def confined(value, root: Path, where: str) -> str:
         raise DataError(f"{where}: {value!r} is not a path")
     named = os.path.normpath(os.path.join(root, value))
     real, top = os.path.realpath(named), os.path.realpath(root)
-    dvc_cache = _dvc_cache_of(top)
+    dvc_cache = repository_cache(top)
     if not (inside(named, str(root)) and (inside(real, top) or (dvc_cache is not None and inside(real, dvc_cache)))):
         raise DataError(f"{where}: {shown(value)!r} is outside {shown(root)}; refusing to point SimpleTuner at it")
     return named

@@ -87,26 +87,14 @@ def release_file(root: Path, name: str, where: str) -> Path | None:
     link to a file elsewhere keeps its name and passes every path check, and would be published."""
     if not os.path.lexists(Path(root) / name):
         return None
+    from scripts.lib.dvc_cache import is_cache_copy
     from scripts.lib.safe_paths import confined_file
 
     path = confined_file(root, name, where)
     status = os.stat(path)
-    if status.st_nlink > 1 and not _dvc_cache_copy(path, status):
+    if status.st_nlink > 1 and not is_cache_copy(path):
         raise DataError(
             f"{where}: file {shown(repr(name))} has {status.st_nlink} links and is not DVC's cache copy "
             "(a hard link to another file?); refusing to publish it"
         )
     return path
-
-
-def _dvc_cache_copy(path: Path, status: os.stat_result) -> bool:
-    """`path` is the very file (same inode) DVC's cache holds under its md5."""
-    from scripts.lib.dvc_cache import file_md5
-
-    md5 = file_md5(path)
-    if md5 is None:
-        return False
-    try:
-        return os.path.samestat(os.stat(Path(".dvc/cache/files/md5") / md5[:2] / md5[2:]), status)
-    except OSError:
-        return False
