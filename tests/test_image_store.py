@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from scripts.lib.errors import DataError
-from scripts.lib.image_store import JOURNAL, STORE_INDEX, ImageStore, OutputFolder
+from scripts.lib.image_store import JOURNAL, STORE_INDEX, STORE_MARK, ImageStore, OutputFolder
 from scripts.lib.render_plan import MANIFEST, MANIFEST_COLUMNS
 from scripts.lib.temps import mark_temp
 
@@ -92,12 +92,13 @@ def test_the_store_lists_a_name_before_its_file_and_prunes_by_that_list(tmp_path
     assert store.prune({other}) == {"removed": 1, "kept": 1}
     assert (tmp_path / "store" / STORE_INDEX).read_text().splitlines() == [other]
     assert ImageStore(tmp_path / "store").prune(None) == {"removed": 1, "kept": 0}
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".gitignore", ".tmp", STORE_INDEX]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [".gitignore", STORE_MARK, ".tmp", STORE_INDEX]
 
 
 def test_a_file_the_index_does_not_list_is_neither_served_nor_pruned(tmp_path):
     """A file under a key's name that the index does not list (a store from before the index, or a user's
     file put there) looks the same: it is never served as a render (it was), nor deleted."""
+    ImageStore(tmp_path / "store")
     (tmp_path / "store" / "ab").mkdir(parents=True)
     (tmp_path / "store" / STORED).write_bytes(b"img")
     store = ImageStore(tmp_path / "store")

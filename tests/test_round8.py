@@ -73,3 +73,77 @@ def test_an_image_linked_into_the_repositorys_dvc_cache_is_inside_its_source(tmp
             "s",
             [Path("data/images/s")],
         )
+
+
+# ---------------------------------------------------------------- a folder is generate's store only by its marker
+IMAGE = "ab/ab" + "0" * 62 + ".png"
+
+
+def user_folder_with_index(root: Path) -> None:
+    (root / "ab").mkdir(parents=True)
+    (root / IMAGE).write_bytes(b"my holiday photo")
+    (root / "index.txt").write_text(IMAGE + "\n", encoding="utf-8")
+
+
+def with_own_gitignore(root: Path) -> None:
+    user_folder_with_index(root)
+    (root / ".gitignore").write_text("my rules\n", encoding="utf-8")
+
+
+def with_a_tmp_folder(root: Path) -> None:
+    user_folder_with_index(root)
+    (root / ".tmp").mkdir()
+    (root / ".gitignore").write_text("*.log\n", encoding="utf-8")
+
+
+def images_without_an_index(root: Path) -> None:
+    (root / "ab").mkdir(parents=True)
+    (root / IMAGE).write_bytes(b"my holiday photo")
+
+
+USER_FOLDERS = {
+    "an index and a two-hex folder": user_folder_with_index,
+    "and a .gitignore of the user's": with_own_gitignore,
+    "and a .tmp folder": with_a_tmp_folder,
+    "two-hex folders, no index": images_without_an_index,
+}
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", USER_FOLDERS)
+def test_generate_prune_refuses_a_folder_generate_did_not_make_and_writes_nothing_there(tmp_path, case):
+    from helpers.workspace import error_line
+    from helpers.workspace import run_scripts as run
+
+    USER_FOLDERS[case](tmp_path / "mystuff")
+    before = tree(tmp_path / "mystuff")
+    done = run(tmp_path, "generate-prune", "--store", "mystuff", "--all")
+    assert done.returncode == 2 and "has no .t2i-image-store" in error_line(done.stderr), done.stderr
+    assert tree(tmp_path / "mystuff") == before
+
+
+@pytest.mark.parametrize("case", USER_FOLDERS)
+def test_generate_opens_no_store_in_a_folder_generate_did_not_make(tmp_path, case):
+    from scripts.lib.image_store import ImageStore, store_lock
+
+    USER_FOLDERS[case](tmp_path / "mystuff")
+    before = tree(tmp_path / "mystuff")
+    for open_store in (lambda: ImageStore(tmp_path / "mystuff"), lambda: store_lock(tmp_path / "mystuff").__enter__()):
+        with pytest.raises(DataError, match="has no .t2i-image-store"):
+            open_store()
+    assert tree(tmp_path / "mystuff") == before
+
+
+def test_a_store_made_before_the_marker_is_still_used_and_gets_the_marker(tmp_path):
+    """Guards what held: the `.gitignore` of "*" and the `.tmp` folder generate always made first."""
+    from helpers.workspace import run_scripts as run
+
+    user_folder_with_index(tmp_path / "store")
+    (tmp_path / "store" / ".gitignore").write_bytes(b"*\n")
+    (tmp_path / "store" / ".tmp").mkdir()
+    done = run(tmp_path, "generate-prune", "--store", "store", "--all")
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "store" / IMAGE).exists() and (tmp_path / "store" / ".t2i-image-store").is_file()

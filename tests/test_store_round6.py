@@ -16,6 +16,7 @@ import pytest
 
 from scripts.generate import generate, prune_generation_store
 from scripts.lib.errors import DataError
+from scripts.lib.image_store import claim_store
 from scripts.lib.name_lists import NameList
 from scripts.lib.params import Generate
 from tests.helpers.trees import file_digests
@@ -101,7 +102,7 @@ def test_a_line_cut_short_by_a_full_disk_never_swallows_the_next(tmp_path, torn)
 
 def test_a_full_disk_while_the_index_grows_names_the_index(tiny_model_dir, tmp_path):
     store = tmp_path / "store"
-    store.mkdir()
+    claim_store(store)  # a store generate made, its index grown by earlier runs
     (store / "index.txt").write_text("".join(f"ff/{i:064x}.jpg\n" for i in range(1442)), encoding="utf-8")
     (tmp_path / "params.yaml").write_text(
         json.dumps({"generate": {"model": str(tiny_model_dir), "steps": 2, "batch_size": 1}}), encoding="utf-8"

@@ -38,6 +38,11 @@ from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp
 STORE_TMP = ".tmp"
 STORE_IGNORE = ".gitignore"
 STORE_INDEX = "index.txt"
+# The store's own marker: a folder is generate's store only if it holds it (an index.txt and two-hex
+# folders are names a user's folder may have too). Fixed bytes; a store made before the marker is known
+# by the `.gitignore` of "*" and the `.tmp` folder generate made first, and gets it on its next use.
+STORE_MARK = ".t2i-image-store"
+STORE_MARK_TEXT = b"The generation store of t2i-datasets (python -m scripts generate): images by render key.\n"
 JOURNAL = ".generate-journal"
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 # `.<name>.tmp-<pid>-<thread>` (write_file_atomic, link_file) or `.<name>.tmp-new|old|lock` (io.atomic_path)
@@ -184,6 +189,7 @@ class ImageStore:
         """Open (create if needed) the store; sweep temp files of dead runs."""
         self.root = Path(root)
         check_store(self.root, output)
+        claim_store(self.root)
         self.tmp = self.root / STORE_TMP
         self.index = NameList(self.root / STORE_INDEX)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -273,6 +279,7 @@ def store_lock(store: Path | None, exclusive: bool = False, output: Path | None 
     store = Path(store)
     check_store(store, output)  # before anything is made in a folder that may be the user's
     try:
+        claim_store(store)
         (store / STORE_TMP).mkdir(parents=True, exist_ok=True)
         fd = open_own(store / STORE_TMP / STORE_LOCK, os.O_RDONLY | os.O_CREAT)
     except OSError as exc:
@@ -296,17 +303,48 @@ def check_store(store: Path, output: Path | None = None) -> None:
         a, b = os.path.abspath(store), os.path.abspath(output)
         if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
             raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
-    if store.is_dir():
-        for entry in sorted(store.iterdir()):
-            mode = entry.lstat().st_mode  # never through a link: .tmp or index.txt linked out wrote there
-            if (entry.name in (STORE_IGNORE, STORE_INDEX) and stat.S_ISREG(mode)) or (
-                (entry.name == STORE_TMP or _HEX2.fullmatch(entry.name)) and stat.S_ISDIR(mode)
-            ):
-                continue
-            raise DataError(
-                f"{store}: holds {entry.name!r}, which generate did not write; refusing to use it as "
-                "the generation store (point --store at its own folder, e.g. data/image_store)"
-            )
+    if not store.is_dir():
+        return
+    entries = sorted(store.iterdir())
+    for entry in entries:
+        mode = entry.lstat().st_mode  # never through a link: .tmp or index.txt linked out wrote there
+        if (entry.name in (STORE_IGNORE, STORE_INDEX, STORE_MARK) and stat.S_ISREG(mode)) or (
+            (entry.name == STORE_TMP or _HEX2.fullmatch(entry.name)) and stat.S_ISDIR(mode)
+        ):
+            continue
+        raise DataError(
+            f"{shown(store)}: holds {shown(repr(entry.name))}, which generate did not write; refusing to use it as "
+            "the generation store (point --store at its own folder, e.g. data/image_store)"
+        )
+    if entries and not (_holds(store / STORE_MARK, STORE_MARK_TEXT) or _made_before_the_mark(store)):
+        raise DataError(
+            f"{shown(store)}: has no {STORE_MARK}, so generate did not make it (its index.txt and folders may be "
+            "a user's); refusing to use or prune it (point --store at the store generate made, e.g. data/image_store)"
+        )
+
+
+def claim_store(store: Path) -> None:
+    """Make the store folder (checked by check_store) and put its marker in, once."""
+    store.mkdir(parents=True, exist_ok=True)
+    if not (store / STORE_MARK).is_file():
+        (store / STORE_TMP).mkdir(exist_ok=True)
+        write_file_atomic(store / STORE_MARK, STORE_MARK_TEXT, store / STORE_TMP)
+
+
+def _made_before_the_mark(store: Path) -> bool:
+    """A store generate made before it wrote the marker: the `.tmp` folder and the `.gitignore` of "*"
+    it made before anything else (a user's folder of images and an index has neither)."""
+    return (store / STORE_TMP).is_dir() and _holds(store / STORE_IGNORE, b"*\n")
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """`path` is a regular file (not a link) holding exactly `data`."""
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- the stage's output folder
