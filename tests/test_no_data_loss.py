@@ -393,8 +393,8 @@ def test_outputs_it_wrote_are_replaced_on_the_next_run(ws, capsys):
 
 
 def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
-    """A file a command wrote carries its mark (an extended attribute, not bytes); DVC's .gitignore
-    (for the file or a folder above it) or an unmodified git checkout prove it too. Nothing else does."""
+    """A file a command wrote carries its mark (an extended attribute, not bytes); DVC's lock (for the
+    file or a folder above it) proves it too. Nothing else does: not a .gitignore line, not git."""
     _user_file("in.txt", "a red fox in the snow\n")(ws)
     clean_text = ("clean-text", "in.txt")
     assert cli(capsys, *clean_text, "out.jsonl")[0] == 0
@@ -449,8 +449,9 @@ def test_a_file_output_is_replaced_only_when_it_is_provably_ours(ws, capsys):
     code, _, err = cli(capsys, *clean_text, "committed.jsonl")
     assert code == 2 and "committed.jsonl" in error_line(err)
     subprocess.run(["git", "checkout", "-q", "committed.jsonl"], cwd=ws, check=True)
-    assert cli(capsys, *clean_text, "committed.jsonl")[0] == 0  # git brings it back: nothing lost
-    assert (ws / "committed.jsonl").read_text(encoding="utf-8").startswith('{"text": "a red fox')
+    code, _, err = cli(capsys, *clean_text, "committed.jsonl")  # unmodified in git: still not ours (dvc.yaml is)
+    assert code == 2 and "cannot prove" in error_line(err)
+    assert (ws / "committed.jsonl").read_text(encoding="utf-8") == "in git\n"
 
 
 def _added(folder: Path) -> None:

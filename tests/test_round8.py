@@ -147,3 +147,34 @@ def test_a_store_made_before_the_marker_is_still_used_and_gets_the_marker(tmp_pa
     done = run(tmp_path, "generate-prune", "--store", "store", "--all")
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "store" / IMAGE).exists() and (tmp_path / "store" / ".t2i-image-store").is_file()
+
+
+# ---------------------------------------------------------------- a committed file is not an output of ours
+COMMITTED = {  # path in a git repository -> the command that names it as its output
+    "dvc.yaml, by clean-rules": ("dvc.yaml", ["clean-rules", "dvc.yaml"]),
+    "params.yaml, by clean-rules": ("params.yaml", ["clean-rules", "params.yaml"]),
+    "the README, by params-doc": ("README.md", ["params-doc", "README.md"]),
+    "requirements.txt, by clean-rules": ("requirements.txt", ["clean-rules", "requirements.txt"]),
+    "a committed data file in a folder, by params-doc": ("data/notes.md", ["params-doc", "data/notes.md"]),
+}
+
+
+@pytest.mark.parametrize("case", COMMITTED)
+def test_a_file_git_holds_unmodified_is_not_replaced_by_a_command_that_did_not_write_it(tmp_path, case):
+    """git holding a file proved it ours: a mistyped output path wrote over dvc.yaml and params.yaml."""
+    from helpers.repos import REPO
+    from helpers.workspace import error_line
+    from helpers.workspace import run_scripts as run
+
+    path, argv = COMMITTED[case]
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    if path != "params.yaml":
+        (tmp_path / path).write_text("# the project's own file\n", encoding="utf-8")
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=tmp_path, check=True)
+    before = (tmp_path / path).read_bytes()
+    done = run(tmp_path, *argv)
+    assert done.returncode == 2 and "cannot prove it wrote it" in error_line(done.stderr), done.stderr
+    assert (tmp_path / path).read_bytes() == before

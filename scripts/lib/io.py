@@ -21,7 +21,6 @@ from typing import Any
 
 from scripts.lib.dvc_cache import holds_locked_bytes
 from scripts.lib.errors import DataError, os_error_code, os_error_message, shown
-from scripts.lib.git_files import git_unmodified
 from scripts.lib.interrupts import held, holding, stop_if_received
 from scripts.lib.marks import (
     MARKER,
@@ -153,10 +152,11 @@ def check_apart(*outputs: Path | str | None) -> None:
                 )
 
 
-def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: bool = True) -> bool:
+def file_is_ours(path: Path | str, new: Path | str | None = None) -> bool:
     """Whether replacing the file `path` loses nothing of anyone else's: we tagged it and it is unchanged
-    since, it holds `new`'s bytes, DVC records it as an output with these bytes, its folder holds the
-    MARKER, or (with `committed_ok`) git holds it unmodified. Its name alone proves nothing."""
+    since, it holds `new`'s bytes, DVC records it as an output with these bytes, or its folder holds the
+    MARKER. Its name alone proves nothing, nor does git holding it (dvc.yaml and params.yaml are
+    committed: a mistyped output path wrote over them)."""
     path = Path(path)
     if (
         tagged_as_written(path)
@@ -164,15 +164,13 @@ def file_is_ours(path: Path | str, new: Path | str | None = None, committed_ok: 
         or holds_locked_bytes(real_path(path), files_under, current_command())
     ):
         return True
-    if new is not None and same_bytes(path, Path(new)):
-        return True
-    return committed_ok and path.name in git_unmodified(path.parent)
+    return new is not None and same_bytes(path, Path(new))
 
 
 def _not_ours(path: Path) -> DataError:
     return DataError(
         f"{shown(path)}: exists and this command cannot prove it wrote it (no t2i-datasets mark, or changed "
-        f"since; not a DVC output; not committed in git; not the bytes it would write); refusing to replace it "
+        f"since; not a DVC output; not the bytes it would write); refusing to replace it "
         f"(choose another output path, or move the file away)"
     )
 
@@ -212,11 +210,10 @@ def check_files_ours(*paths: Path | str, inputs=()) -> None:
             raise _not_ours(path)
 
 
-def check_replaceable(target: Path | str, new: Path | str | None = None, committed_ok: bool = False) -> None:
+def check_replaceable(target: Path | str, new: Path | str | None = None) -> None:
     """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, a file
     that is ours (file_is_ours), or a folder that is empty, holds the MARKER, or whose every file
-    `new` holds with the same bytes (or, with `committed_ok`, git holds unmodified: a committed output
-    such as data/raw). A name alone proves nothing: a user's README.md or train.parquet stays. A file
+    `new` holds with the same bytes. A name alone proves nothing: a user's README.md or train.parquet stays. A file
     `new` replaces a regular file, never a folder, a link or a device."""
     target = Path(target)
     if not os.path.lexists(target):
@@ -232,16 +229,11 @@ def check_replaceable(target: Path | str, new: Path | str | None = None, committ
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
     if holds_marker(target) or holds_locked_bytes(real_path(target), files_under, current_command()):
         return
-    recoverable: set[str] | None = None
     for rel in files_under(target):
         if new is not None and same_bytes(target / rel, Path(new) / rel):
             continue  # a file the command writes again as it is
         if new is not None and rel.endswith("/") and is_real_folder(Path(new) / rel):
             continue  # an empty folder where the command writes a folder too
-        if recoverable is None:
-            recoverable = git_unmodified(target) if committed_ok else set()
-        if rel in recoverable:
-            continue
         raise DataError(
             f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
             f"and not the bytes it would write); refusing to replace the folder (point the command at "
@@ -261,7 +253,7 @@ def check_outputs_ours(folder: Path | str, names) -> None:
     if not present or holds_marker(folder):
         return
     for name in present:
-        if not file_is_ours(folder / name, committed_ok=False):
+        if not file_is_ours(folder / name):
             raise DataError(
                 f"{shown(folder / name)}: exists and this command cannot prove it wrote it (no {MARKER} "
                 f"marker, no t2i-datasets mark on it or changed since, not a DVC output); refusing to "
@@ -269,26 +261,26 @@ def check_outputs_ours(folder: Path | str, names) -> None:
             )
 
 
-def replace_path(new: Path, target: Path, is_dir: bool, committed_ok: bool = False) -> None:
+def replace_path(new: Path, target: Path, is_dir: bool) -> None:
     """Rename `new` over `target` (a folder: through replace_together, the old one renamed aside, then
     deleted), unless a signal came while `new` was written: a Ctrl-C never leaves an output that looks finished."""
     if is_dir and os.path.lexists(target):
-        replace_together([(new, target)], committed_ok)
+        replace_together([(new, target)])
         return
     if not holding():  # inside held() (commit_together) the renames go on; the signal waits for the last
         stop_if_received()
-    check_replaceable(target, new, committed_ok)
+    check_replaceable(target, new)
     os.replace(new, target)
 
 
-def replace_together(pairs: list[tuple[Path, Path]], committed_ok: bool = False) -> None:
+def replace_together(pairs: list[tuple[Path, Path]]) -> None:
     """Rename each new path over its target, all or none (a release's entries never mix two runs): every
     target checked first, then, signals held, each existing one renamed aside and each new one in; a
     failure puts every name back as it was. The old copies are deleted last."""
     if not holding():
         stop_if_received()
     for new, target in pairs:
-        check_replaceable(target, new, committed_ok)
+        check_replaceable(target, new)
     aside: list[tuple[Path, Path]] = []
     placed: list[tuple[Path, Path]] = []
     with held():  # a signal between these renames left an output gone and its old copy untagged
@@ -319,8 +311,8 @@ def commit_together(stack: contextlib.ExitStack) -> None:
     came before stops the run with none renamed, one that comes during waits for the last rename. Every
     output is checked again first: one a user put in place since the start is refused before any is renamed."""
     stop_if_received()
-    for target, tmp, committed_ok in list(_open_outputs()):
-        check_replaceable(target, tmp, committed_ok)
+    for target, tmp in list(_open_outputs()):
+        check_replaceable(target, tmp)
     with held():
         stack.close()
 
@@ -328,22 +320,20 @@ def commit_together(stack: contextlib.ExitStack) -> None:
 _OPEN = threading.local()
 
 
-def _open_outputs() -> list[tuple[Path, Path, bool]]:
-    """(target, temp, committed_ok) of each atomic_path of this thread whose block is running."""
+def _open_outputs() -> list[tuple[Path, Path]]:
+    """(target, temp) of each atomic_path of this thread whose block is running."""
     if not hasattr(_OPEN, "outputs"):
         _OPEN.outputs = []
     return _OPEN.outputs
 
 
 @contextlib.contextmanager
-def atomic_path(
-    target: Path | str, is_dir: bool = False, mark: bool = True, inputs=(), committed_ok: bool = False
-) -> Iterator[Path]:
+def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=()) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
 
     Readers of `target` never see a half-written file, and a crash leaves the old one intact. A
     folder output gets the MARKER (unless mark=False) and never replaces a folder this pipeline did
-    not write (check_replaceable, `committed_ok` passed on); an output that is or holds one of
+    not write (check_replaceable); an output that is or holds one of
     `inputs` is refused, and so is one that is a link, a device or a FIFO (check_output_kind). One
     process writes a target at a time (output_lock). OSErrors (disk full, a file where a folder
     should be) become one-line DataErrors naming the path.
@@ -370,7 +360,7 @@ def atomic_path(
             else:
                 os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
             mark_temp(tmp)  # removed again below: the output it becomes is no temp
-            _open_outputs().append(entry := (target, tmp, committed_ok))
+            _open_outputs().append(entry := (target, tmp))
             try:
                 yield tmp
             finally:
@@ -382,7 +372,7 @@ def atomic_path(
                 os.removexattr(tmp, TEMP_XATTR, follow_symlinks=False)
             if not is_dir:
                 mark_file(tmp)
-            replace_path(tmp, target, is_dir, committed_ok)
+            replace_path(tmp, target, is_dir)
         except BaseException as exc:
             _remove(tmp)  # best effort: the error that stopped the run is the one to tell
             if isinstance(exc, OSError):

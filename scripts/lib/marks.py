@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 # A folder a command wrote holds this file, so a later run may replace it whole. A folder without it
-# is replaced only when every file in it would be written again with the same bytes, or is committed
-# unmodified in git (either way nothing of anyone else's is lost): file names alone prove nothing.
+# is replaced only when every file in it would be written again with the same bytes (nothing of anyone
+# else's is lost): file names alone prove nothing, nor does git holding them.
 # Fixed content: the marker is part of DVC-tracked folder outputs, so its bytes never vary.
 MARKER = ".t2i-output"
 MARKER_TEXT = "Written by t2i-datasets (python -m scripts): the command that wrote this folder replaces it whole.\n"

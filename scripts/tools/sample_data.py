@@ -642,8 +642,8 @@ def write_all(output: Path, seed: int = SEED) -> None:
 def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)write"), seed: int = SEED) -> None:
     """Write the embedded sample sources (deterministic: same bytes on every run)."""
     # No ownership marker: data/raw is committed to git, byte for byte the generator's output. A folder
-    # holding anything the generator would not write again with the same bytes, and git does not hold
-    # unmodified (a user's own source, or edits to a sample), is refused, not replaced.
-    with atomic_path(output, is_dir=True, mark=False, committed_ok=True) as tmp:
+    # holding anything the generator would not write again with the same bytes (a user's own source, or
+    # edits to a sample) is refused, not replaced.
+    with atomic_path(output, is_dir=True, mark=False) as tmp:
         write_all(tmp, seed)
     print(f"sample-data: wrote {shown(output)}")
