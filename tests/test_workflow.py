@@ -119,6 +119,7 @@ class FakeGitHub(BaseHTTPRequestHandler):
                 "id": 1000 + len(self.comments),
                 "body": data["body"],
                 "html_url": f"https://github.example/acme/t2i/pull/{hit.group(1)}#c",
+                "user": {"login": "github-actions[bot]", "type": "Bot"},  # GITHUB_TOKEN's author
             }
             self.comments.append(comment)
             return self._reply(201, comment)
@@ -149,7 +150,9 @@ class FakeGitHub(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_github():
     FakeGitHub.requests, FakeGitHub.comments, FakeGitHub.refs, FakeGitHub.objects, FakeGitHub.heads = [], [], {}, {}, {}
-    FakeGitHub.comments.append({"id": 1, "body": "LGTM, someone else's comment", "html_url": "x"})
+    FakeGitHub.comments.append(
+        {"id": 1, "body": "LGTM, someone else's comment", "html_url": "x", "user": {"login": "alice", "type": "User"}}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGitHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", FakeGitHub

@@ -18,7 +18,8 @@ piece: what must be stored (a cache entry) and cannot be proven clean is refused
 
 A key shorter than SHORT_KEY (16) characters (vLLM's dummy `EMPTY`) is matched only as itself, a whole
 case-sensitive token: its pieces in any case are common words. Redaction makes at most MAX_ROUNDS
-passes (each linear: numpy over the skeleton), then a text still holding a piece goes whole. Encodings
+passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
+pr-comment-post's job, which redacts only the short lines it prints), then a text still holding a piece goes whole. Encodings
 beyond ENCODINGS (base64 of base64, a C hex list) are not looked for: a server that holds the key can
 always encode it anew.
 """
@@ -91,6 +92,15 @@ _PLAIN = re.compile(r"(?P<ascii>[\x00-\x7f]+)|(?P<other>[^\x00-\x7f]+)")  # ASCI
 _AROUND = re.compile(r"[\w+/=%-]*")  # what an encoded blob is made of: redacted whole around a match
 
 
+def _numpy():
+    """numpy, or None where it is not installed (pr-comment-post's job installs typer alone)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
 def _skeleton_of(text: str) -> str:
     """The letters and digits of `text`, NFKC (fullwidth ａ -> a), escapes not undone: for the key's forms."""
     return "".join(char for char in unicodedata.normalize("NFKC", text) if char.isalnum())
@@ -102,8 +112,12 @@ _ALNUM_BYTES = None  # lazily: a 256-entry table, True for the ASCII letters and
 def _ascii_alnum(run: str, begin: int, chars: list[str], starts: array.array) -> None:
     """The letters and digits of an ASCII run and their offsets, without a Python step per character
     (a reply of megabytes: lists of ints per character cost ~100x its size)."""
-    import numpy as np
-
+    np = _numpy()
+    if np is None:
+        keep = [offset for offset, char in enumerate(run) if char.isalnum()]
+        chars.append("".join(run[offset] for offset in keep))
+        starts.extend(offset + begin for offset in keep)
+        return
     global _ALNUM_BYTES
     if _ALNUM_BYTES is None:
         _ALNUM_BYTES = np.zeros(256, dtype=bool)
@@ -117,8 +131,7 @@ def _ascii_alnum(run: str, begin: int, chars: list[str], starts: array.array) ->
 def skeleton(text: str) -> tuple[str, list[int], list[int]]:
     """`text`'s letters and digits after undoing escapes and NFKC, and for each the span [start, end)
     of the original text it came from (as int64 arrays: a character of a plain ASCII run spans one)."""
-    import numpy as np
-
+    np = _numpy()
     chars: list[str] = []
     starts, ends = array.array("q"), array.array("q")
 
@@ -127,7 +140,10 @@ def skeleton(text: str) -> tuple[str, list[int], list[int]]:
             if run.lastgroup == "ascii":
                 before = len(starts)
                 _ascii_alnum(run.group(), run.start(), chars, starts)
-                ends.frombytes((np.frombuffer(starts, dtype=np.int64)[before:] + 1).tobytes())
+                if np is None:
+                    ends.extend(start + 1 for start in starts[before:])
+                else:
+                    ends.frombytes((np.frombuffer(starts, dtype=np.int64)[before:] + 1).tobytes())
             else:
                 for offset, char in enumerate(run.group(), run.start()):
                     spread(char, offset, offset + 1)
@@ -146,7 +162,13 @@ def skeleton(text: str) -> tuple[str, list[int], list[int]]:
         spread(ESCAPES[name][1](_group(match, name)), match.start(), match.end())
         done = match.end()
     plain(done, len(text))
-    return "".join(chars), np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64)  # type: ignore[return-value]  # arrays index as the lists did
+    if np is None:
+        return "".join(chars), starts, ends  # type: ignore[return-value]  # arrays index as the lists did
+    return (
+        "".join(chars),
+        np.frombuffer(starts, dtype=np.int64),
+        np.frombuffer(ends, dtype=np.int64),
+    )  # arrays index as the lists did
 
 
 def _group(match: re.Match, name: str) -> str:
@@ -171,10 +193,11 @@ def _pieces(api_key: str) -> tuple[frozenset[str], int] | None:
 def _hits(low: str, pieces: frozenset[str], n: int) -> list[int]:
     """Where in `low` (ASCII) an n-character piece starts: every n-gram packed into one integer and
     looked up at once (a Python step per character made a 16 MB reply take most of a minute)."""
-    import numpy as np
-
     if len(low) < n:
         return []
+    np = _numpy()
+    if np is None:
+        return [at for at in range(len(low) - n + 1) if low[at : at + n] in pieces]
     raw = np.frombuffer(low.encode("ascii"), dtype=np.uint8).astype(np.uint64)
     grams = np.zeros(len(raw) - n + 1, dtype=np.uint64)
     for i in range(n):

@@ -10,26 +10,23 @@ data that changed; the rendered page goes to DIR/plots/) and both contact sheets
 PR's preview.jpg, fetched with `dvc plots diff`, copied to DIR/sheets/). A release new in HEAD_REV is
 compared with its `base:` release at BASE_REV (v4-b with v4-a), so a new recipe shows what it changed.
 The body starts with MARKER, a hidden HTML comment by which the next run finds and edits it.
-One job (the comment, built and posted) in one module, hence a little over 500 lines.
 
 `pr-comment-post` (GitHub REST API, token from GITHUB_TOKEN or GH_TOKEN, repository from
 GITHUB_REPOSITORY, API from GITHUB_API_URL) commits the contact sheets to an assets branch (a comment
 shows images only by URL) and edits the comment holding MARKER, or creates it; with --head-sha it posts
-only if the PR's head is the commit that was built. .github/workflows/dataset-diff.yml builds the body
+only if the PR's head is the commit that was built. The client, every request bounded and checked, and
+the bounded readers of its inputs: scripts/tools/github_client.py. .github/workflows/dataset-diff.yml builds the body
 with no token; dataset-diff-post.yml posts it; tests/test_workflow.py runs both workflows' steps.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import typer
@@ -403,95 +400,16 @@ def cli(
     check_files_ours(out / "comment.md")  # before any work: a user's comment.md, or a link there, stays
     check_output_kind(out / "sheets")  # written into: never through a link
     check_replaceable(out / "plots")  # replaced whole (dvc renders into a temp): only a plots/ we wrote
-    body = build_body(str(repo), base_rev, head_rev, out, assets_url or None, run_url or None)
+    from scripts.tools.github_client import comment_link
+
+    assets_url, run_url = comment_link(assets_url, "--assets-url"), comment_link(run_url, "--run-url")
+    body = build_body(str(repo), base_rev, head_rev, out, assets_url, run_url)
     with atomic_path(out / "comment.md") as tmp:
         tmp.write_text(body, encoding="utf-8")
     print(shown(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)"))
 
 
-# --- posting (GitHub REST API, standard library only) ---------------------------------------------
-# Not PyGithub or ghapi (neither is among our pinned packages) nor requests: the job holding the write
-# token installs typer alone, so no package beyond the standard library runs with it, and these are a
-# handful of REST calls. urllib's `timeout` bounds each one.
-
-
-class GitHub:
-    def __init__(self, repository: str, token: str, api: str = "https://api.github.com"):
-        self.repository, self.api = repository, api.rstrip("/")
-        self._token = token
-
-    def request(self, method: str, path: str, body: dict | None = None, ok404: bool = False):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"{self.api}{path}",
-            data=data,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {self._token}",
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": "t2i-datasets-pr-comment",
-                **({"Content-Type": "application/json"} if data is not None else {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            if ok404 and exc.code == 404:
-                return None
-            raise DataError(f"GitHub API {method} {path}: HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            raise DataError(f"GitHub API {method} {path}: {exc.reason}") from None
-        return json.loads(payload) if payload else {}
-
-    def repo(self, path: str) -> str:
-        return f"/repos/{self.repository}{path}"
-
-    def upsert_comment(self, pr: int, body: str) -> tuple[str, dict]:
-        """Edit the comment holding MARKER (the first one, oldest first), or create one."""
-        page = 1
-        while True:
-            comments = self.request("GET", self.repo(f"/issues/{pr}/comments?per_page=100&page={page}"))
-            for comment in comments:
-                if MARKER in (comment.get("body") or ""):
-                    return "updated", self.request(
-                        "PATCH", self.repo(f"/issues/comments/{comment['id']}"), {"body": body}
-                    )
-            if len(comments) < 100:
-                break
-            page += 1
-        return "created", self.request("POST", self.repo(f"/issues/{pr}/comments"), {"body": body})
-
-    def commit_files(self, branch: str, files: dict[str, bytes], message: str) -> str:
-        """One commit on `branch` (created as an orphan branch if missing) adding `files`; its sha."""
-        ref = self.request("GET", self.repo(f"/git/ref/heads/{branch}"), ok404=True)
-        parent = ref["object"]["sha"] if ref else None
-        tree = [
-            {
-                "path": path,
-                "mode": "100644",
-                "type": "blob",
-                "sha": self.request(
-                    "POST", self.repo("/git/blobs"), {"content": base64.b64encode(data).decode(), "encoding": "base64"}
-                )["sha"],
-            }
-            for path, data in sorted(files.items())
-        ]
-        new_tree = {"tree": tree}
-        if parent:
-            new_tree["base_tree"] = self.request("GET", self.repo(f"/git/commits/{parent}"))["tree"]["sha"]
-        tree_sha = self.request("POST", self.repo("/git/trees"), new_tree)["sha"]
-        commit = self.request(
-            "POST",
-            self.repo("/git/commits"),
-            {"message": message, "tree": tree_sha, "parents": [parent] if parent else []},
-        )["sha"]
-        if parent:
-            self.request("PATCH", self.repo(f"/git/refs/heads/{branch}"), {"sha": commit, "force": False})
-        else:
-            self.request("POST", self.repo("/git/refs"), {"ref": f"refs/heads/{branch}", "sha": commit})
-        return commit
+# --- posting (GitHub REST API, standard library only: scripts/tools/github_client.py) -------------
 
 
 SHEET_NAME = re.compile(r"(base|head)-[A-Za-z0-9][A-Za-z0-9._-]*\.jpg")
@@ -500,34 +418,39 @@ MAX_SHEET_BYTES, MAX_SHEETS = 8 << 20, 64  # the artifact is the PR's output: on
 
 def sheets_to_commit(folder: Path, prefix: str) -> dict[str, bytes]:
     """The contact sheets of pr-comment's OUT/sheets, checked: names pr-comment gives, JPEG bytes, sizes
-    bounded (the folder comes from a run of the PR's own code)."""
+    bounded before a byte is read (the folder comes from a run of the PR's own code)."""
+    from scripts.tools.github_client import read_capped
+
+    paths = []
+    with os.scandir(folder) as entries:
+        for entry in entries:  # counted while listed: a folder of a million names is refused early
+            paths.append(folder / entry.name)
+            if len(paths) > MAX_SHEETS:
+                raise DataError(f"{shown(folder)}: more than the {MAX_SHEETS} contact sheets a comment shows")
     files = {}
-    for path in sorted(folder.glob("*")):
-        data = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
-        if not SHEET_NAME.fullmatch(path.name) or not data.startswith(b"\xff\xd8\xff") or len(data) > MAX_SHEET_BYTES:
+    for path in sorted(paths):
+        data = read_capped(path, MAX_SHEET_BYTES, "contact sheet") if SHEET_NAME.fullmatch(path.name) else b""
+        if not data.startswith(b"\xff\xd8\xff"):
             raise DataError(
-                f"{path}: not a contact sheet pr-comment writes (base-R.jpg / head-R.jpg, a JPEG under 8 MiB)"
+                f"{shown(path)}: not a contact sheet pr-comment writes (base-R.jpg / head-R.jpg, a JPEG under 8 MiB)"
             )
         files[f"{prefix}/{path.name}"] = data
-    if len(files) > MAX_SHEETS:
-        raise DataError(f"{folder}: {len(files)} files, more than the {MAX_SHEETS} contact sheets a comment shows")
     return files
 
 
 def pr_number(pr: int | None, pr_from: Path | None) -> int:
+    from scripts.tools.github_client import pr_number_from
+
     if pr is not None:
         return pr
     if pr_from is None:
         raise DataError("give --pr N or --pr-from FILE")
-    text = pr_from.read_text(encoding="utf-8").strip() if pr_from.is_file() else ""
-    if not text.isdigit():
-        raise DataError(f"{pr_from}: expected a pull request number")
-    return int(text)
+    return pr_number_from(pr_from)
 
 
 def cli_post(
     body_file: Path = typer.Argument(..., help="the comment body (pr-comment's OUT/comment.md)"),
-    pr: int = typer.Option(None, "--pr", help="pull request number"),
+    pr: int = typer.Option(None, "--pr", min=1, help="pull request number"),
     pr_from: Path = typer.Option(None, "--pr-from", help="file holding the number (the build job's artifact)"),
     head_sha: str = typer.Option(
         None, "--head-sha", help="refuse unless the PR's head is this commit (the run that built the body)"
@@ -537,29 +460,35 @@ def cli_post(
     assets_prefix: str = typer.Option(
         None, "--assets-prefix", help="folder on that branch (default: pr-N/HEAD_SHA, else pr-N)"
     ),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, max=3600, help="seconds per API request, all told"),
 ) -> None:
     """Post the dataset-diff comment on a pull request, editing the previous one in place."""
-    token = os.environ.get("GITHUB_TOKEN") or os.environ.get("GH_TOKEN")
-    repository = os.environ.get("GITHUB_REPOSITORY")
-    if not token or not repository:
-        raise DataError("GITHUB_TOKEN (or GH_TOKEN) and GITHUB_REPOSITORY must be set")
+    from scripts.tools.github_client import DEFAULT_API, GitHub, check_branch, read_text, token_from_env
+
+    token = token_from_env()
+    github = GitHub(
+        os.environ.get("GITHUB_REPOSITORY") or "", token, os.environ.get("GITHUB_API_URL") or DEFAULT_API, timeout
+    )
     number = pr_number(pr, pr_from)
-    body = body_file.read_text(encoding="utf-8")
+    body = read_text(body_file, 4 * MAX_BODY, "comment body")  # UTF-8: up to 4 bytes a character
     if MARKER not in body:
-        raise DataError(f"{body_file}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
+        raise DataError(f"{shown(body_file)}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
     if len(body) > MAX_BODY:
-        raise DataError(f"{body_file}: {len(body)} characters, over GitHub's comment limit")
-    github = GitHub(repository, token, os.environ.get("GITHUB_API_URL") or "https://api.github.com")
+        raise DataError(f"{shown(body_file)}: {len(body)} characters, over GitHub's comment limit")
     if head_sha:  # the number came with the artifact: post only on the PR whose head that run built
-        actual = (github.request("GET", github.repo(f"/pulls/{number}")).get("head") or {}).get("sha")
+        actual = github.head_sha(number)
         if actual != head_sha:
             raise DataError(
-                f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
+                github.redacted(
+                    f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
+                )
             )
-    if assets is not None and assets.is_dir():
-        files = sheets_to_commit(assets, assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}"))
+    if assets is not None and assets.is_dir():  # branch and folder go into API paths and the tree
+        check_branch(assets_branch, "--assets-branch")
+        prefix = assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}")
+        files = sheets_to_commit(assets, check_branch(prefix, "--assets-prefix" if assets_prefix else "--head-sha"))
         if files:
             sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
             print(shown(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})"))
-    action, comment = github.upsert_comment(number, body)
-    print(shown(f"pr-comment-post: {action} {comment.get('html_url') or comment.get('id')}"))  # the server's text
+    action, comment = github.upsert_comment(number, body, MARKER)
+    print(github.redacted(f"pr-comment-post: {action} {github.comment_url(comment)}"))  # the token never shown
