@@ -31,7 +31,7 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.params import load_section
-from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, row_groups_to
+from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, checked_positions, row_groups_to
 
 
 def hash_unit(seed: int, row_id: str) -> float:
@@ -104,20 +104,19 @@ def with_predefined(rows: pd.DataFrame, validation: np.ndarray) -> pd.Series:
     return chosen
 
 
-def generation_positions(ids: pa.ChunkedArray, order: Path | None) -> np.ndarray:
+def generation_positions(ids: pa.ChunkedArray, order: Path | None, input: Path) -> np.ndarray:
     """int64[n]: each row's place in the generation list, from `order` (data/prefilter/S.parquet: id,
-    position); without it the input's own row order. A row `order` does not list is one line."""
+    position, checked by tables.checked_positions); without it the input's own row order. A row of
+    `input` that `order` does not list is one line naming `input`; a bad `order` names `order`."""
     if order is None:
         return np.arange(len(ids), dtype=np.int64)
     listed = check_unique(order)
-    if "position" not in pq.read_schema(order).names:
-        raise DataError(f"{order}: no 'position' column (not a prefilter output)")
-    places = pq.read_table(order, columns=["position"]).column("position")
+    places = checked_positions(order)  # whole, unique, non-negative: shuffle's order rests on them
     found = pc.index_in(ids, value_set=listed.combine_chunks())
     if found.null_count:
         missing = ids.filter(pc.is_null(found))[0].as_py()
-        raise DataError(f"row {missing}: no position in the generation list (split.method shuffle needs it)")
-    return places.take(found).to_numpy()
+        raise DataError(f"{input}: row {missing}: no position in the generation list (split.method shuffle needs it)")
+    return places[found.to_numpy()]
 
 
 def predefined_open(input: Path, columns: list[str], rows: int) -> np.ndarray:
@@ -144,8 +143,8 @@ def cli(
     ids = check_unique(input)
     validation = None  # method hash draws chunk by chunk; shuffle needs every row's place first
     if params.method == "shuffle":
+        positions = generation_positions(ids, order, input)
         with reported(input):
-            positions = generation_positions(ids, order)
             open_rows = predefined_open(input, rows.columns, len(ids))
             validation = shuffle_draw(ids, open_rows, positions, params.validation_fraction, params.seed)
     counts = dict.fromkeys(SPLITS, 0)

@@ -18,7 +18,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe, source_roots
-from scripts.lib.tables import check_table, read_parquet
+from scripts.lib.tables import check_table, checked_positions, read_parquet
 
 
 def split_loader(
@@ -45,15 +45,14 @@ def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) 
     path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
     if path is None or not path.exists():
         return rows.assign(position=np.nan)
-    order = read_parquet(path, columns=["id", "position"])
+    order = read_parquet(path, columns=["id"])
     check_table(order, path, unique="id")
-    if "position" not in order:
-        raise DataError(f"{path}: no 'position' column (not a prefilter output)")
+    places = checked_positions(path)  # whole, unique, non-negative: row ranges and order rest on them
     ids = pd.Index(order["id"])
     # a lookup, not a merge: a merge copies every column of `rows` (gigabytes of text at 10M rows).
     # As a left merge would: int64 when every row has a position, else float64 with NaN
     found = ids.get_indexer(rows["id"])
-    position = order["position"].to_numpy()[found]
+    position = places[found]
     if (found < 0).any():
         position = np.where(found >= 0, position, np.nan)
     return rows.drop(columns=["position"], errors="ignore").assign(position=position)

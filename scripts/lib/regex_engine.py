@@ -128,8 +128,13 @@ def compile_rewrite(
 def _regex(pattern: str, where: str) -> re.Pattern:
     try:
         return re.compile(pattern)
-    except re.error as exc:
-        raise DataError(f"{where}: bad regex {pattern!r} ({exc})") from None
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}, groups nested thousands deep
+        raise DataError(f"{where}: bad regex {shown_pattern(pattern)} ({exc})") from None
+
+
+def shown_pattern(pattern: str, limit: int = 80) -> str:
+    """A pattern as an error line quotes it: cut to `limit` characters (one may be thousands long)."""
+    return repr(pattern) if len(pattern) <= limit else f"{pattern[:limit]!r}... ({len(pattern)} characters)"
 
 
 class Lookup(enum.Enum):

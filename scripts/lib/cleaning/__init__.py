@@ -9,12 +9,13 @@ rule_sets: the forms a rule set arrives in; compiler: CleanRules -> Rules; drop_
 tests; text: one prompt; table: tables and the local engine; on_ray: the Ray engine.
 """
 
-from scripts.lib.cleaning.compiler import compile_rules, load_rules
+from scripts.lib.cleaning.compiler import compile_rules
 from scripts.lib.cleaning.drop_rules import DROP_POINTS, DROP_RULES
 from scripts.lib.cleaning.rule_sets import (
     MODES,
     all_rule_sets,
     load_rule_set,
+    load_rules,
     read_rules_file,
     resolve,
     rule_set_from_file,

@@ -9,33 +9,53 @@ regex and replacement compiles (an error names its place).
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from scripts.lib.cleaning.drop_rules import DROP_POINTS, DROP_RULES, SWITCHED_RULES, person_counter
-from scripts.lib.cleaning.rule_sets import as_rule_set
 from scripts.lib.cleaning.rules import DropRule, Rules
 from scripts.lib.errors import DataError
-from scripts.lib.params import Clean, CleanRules, Rewrite
+from scripts.lib.params import CleanRules, Rewrite
 from scripts.lib.regex_engine import CompiledRewrite, Phase, compile_phase, compile_rewrite, compile_search
 
 PHASES = ("normalise", "tidy", "collapse_repeats", "finish")  # the rule set's lists of rewrites
 
 
-def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
-    """`rules` ready for `clean_text`; a rule that cannot run is a DataError naming its key.
+class RuleOrigin(NamedTuple):
+    """Where a rule set was written, so that its errors name that file and key: params.yaml `clean`
+    (the default), a rules file's `sets.NAME`, or a shipped set's file (its keys at the top, at="")."""
+
+    file: str = "params.yaml"
+    at: str = "clean"
+
+    def key(self, name: str) -> str:
+        """The key path of `name` in the file, e.g. clean.normalise[0]."""
+        return f"{self.at}.{name}" if self.at else name
+
+    def place(self, name: str) -> str:
+        """The file and key path of `name`, as an error line starts: params.yaml: clean.normalise[0]."""
+        return f"{self.file}: {self.key(name)}"
+
+
+PARAMS = RuleOrigin()
+
+
+def compile_rules(rules: CleanRules, fast: bool = True, origin: RuleOrigin = PARAMS) -> Rules:
+    """`rules` ready for `clean_text`; a rule that cannot run is a DataError naming its file and key
+    (`origin`: where the set was written).
 
     `fast=False` leaves out the regex guards (same results, slower): the benchmark's baseline and
     the tests' proof that the guards never change an output."""
-    listed = _listed_drop_rules(rules)
-    phases = {key: _phase(getattr(rules, key), key, fast) for key in PHASES}
-    phrases = [_phrase(phrase, "stop_phrases", fast) for phrase in rules.stop_phrases]
+    listed = _listed_drop_rules(rules, origin)
+    phases = {key: _phase(getattr(rules, key), origin, key, fast) for key in PHASES}
+    phrases = [_phrase(phrase, origin, "stop_phrases", fast) for phrase in rules.stop_phrases]
     for key in ("artists", "sites"):
         for name in getattr(rules, key):
-            phrases += [_phrase("by " + name, key, fast), _phrase(name, key, fast)]
+            phrases += [_phrase("by " + name, origin, key, fast), _phrase(name, origin, key, fast)]
     phases["phrases"] = compile_phase(tuple(phrases), fast)
     remove_to_comma = None
     if rules.by_clause is not None:
         step = Rewrite(name="by_clause.remove_to_comma", pattern=rules.by_clause.remove_to_comma)
-        compiled = _rewrite(step, "clean.by_clause.remove_to_comma", fast)
+        compiled = _rewrite(step, origin.place("by_clause.remove_to_comma"), fast)
         remove_to_comma = phases["by_clause"] = compile_phase((compiled,), fast)
     on = {name for name in listed if name not in SWITCHED_RULES or getattr(rules, name).enabled}
     persons = rules.person_names  # set when listed and enabled: `on` read its `enabled`
@@ -64,35 +84,28 @@ def compile_rules(rules: CleanRules, fast: bool = True) -> Rules:
     )
 
 
-def load_rules(rules: CleanRules | Clean | dict, fast: bool = True) -> Rules:
-    """Any form of a rule set (`rule_sets.as_rule_set`: the model, params.yaml `clean`, a complete rule
-    document, a rules.json), parsed and compiled."""
-    return compile_rules(as_rule_set(rules), fast=fast)
-
-
-def _listed_drop_rules(rules: CleanRules) -> set[str]:
+def _listed_drop_rules(rules: CleanRules, origin: RuleOrigin) -> set[str]:
     """The drop rules `drops` lists. Each needs its key, and a rule key that is set must be listed (an
     override that would change nothing is an error)."""
     seen: set[str] = set()
     for point in DROP_POINTS:
         for name in getattr(rules.drops, point):
+            drops = origin.place(f"drops.{point}")
             if name not in DROP_RULES:
-                raise DataError(
-                    f"params.yaml: clean.drops.{point}: unknown drop rule {name!r} (registry: {', '.join(DROP_RULES)})"
-                )
+                raise DataError(f"{drops}: unknown drop rule {name!r} (registry: {', '.join(DROP_RULES)})")
             if name in seen:
-                raise DataError(f"params.yaml: clean.drops.{point}: {name!r} is listed twice")
+                raise DataError(f"{drops}: {name!r} is listed twice")
             if getattr(rules, name, None) is None:
-                raise DataError(f"params.yaml: clean.drops.{point} lists {name!r}, but clean.{name} is not set")
+                raise DataError(f"{drops} lists {name!r}, but {origin.key(name)} is not set")
             seen.add(name)
     for name in DROP_RULES:
         if name not in seen and getattr(rules, name, None) is not None:
-            raise DataError(f"params.yaml: clean.{name} is set, but clean.drops lists no {name!r} (add it there)")
+            raise DataError(f"{origin.place(name)} is set, but {origin.key('drops')} lists no {name!r} (add it there)")
     return seen
 
 
-def _phase(rewrites: list[Rewrite], key: str, fast: bool) -> Phase:
-    compiled = tuple(_rewrite(rewrite, f"clean.{key}[{i}]", fast) for i, rewrite in enumerate(rewrites))
+def _phase(rewrites: list[Rewrite], origin: RuleOrigin, key: str, fast: bool) -> Phase:
+    compiled = tuple(_rewrite(rewrite, origin.place(f"{key}[{i}]"), fast) for i, rewrite in enumerate(rewrites))
     return compile_phase(compiled, fast)
 
 
@@ -104,11 +117,11 @@ def _rewrite(rewrite: Rewrite, where: str, fast: bool) -> CompiledRewrite:
         repl=rewrite.repl,
         strip=rewrite.strip,
         fast=fast,
-        where=f"params.yaml: {where}",
+        where=where,
     )
 
 
-def _phrase(phrase: str, key: str, fast: bool) -> CompiledRewrite:
+def _phrase(phrase: str, origin: RuleOrigin, key: str, fast: bool) -> CompiledRewrite:
     """A phrase deleted as whole words in any case, the text trimmed after (like the reference)."""
     rewrite = Rewrite(name=f"{key}: {phrase}", pattern=r"(?i)\b" + re.escape(phrase) + r"\b", strip=True)
-    return _rewrite(rewrite, f"clean.{key}: {phrase!r}", fast)
+    return _rewrite(rewrite, f"{origin.place(key)}: {phrase!r}", fast)

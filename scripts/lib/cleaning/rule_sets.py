@@ -13,6 +13,8 @@ import functools
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from scripts.lib.cleaning.compiler import RuleOrigin, compile_rules
+from scripts.lib.cleaning.rules import Rules
 from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
@@ -41,14 +43,21 @@ def _read_rule_set(path: Path, mtime_ns: int) -> CleanRules:  # a frozen model: 
         raise DataError(f"{where}: not a valid rule set ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise DataError(f"{where}: expected a mapping of rules")
-    return parse(CleanRules, data, file=where)
+    return compiled(parse(CleanRules, data, file=where), where, at="")
 
 
-def set_name(name: Any) -> str:
+def compiled(rules: CleanRules, file: str, at: str) -> CleanRules:
+    """`rules` once every rule in it compiles, a bad one named in `file` at key path `at`: checked where the
+    set is read, since whatever compiles it later cannot know the file (and named params.yaml)."""
+    compile_rules(rules, origin=RuleOrigin(file, at))
+    return rules
+
+
+def set_name(name: Any, where: str = "clean") -> str:
     if isinstance(name, datetime.date):  # YAML reads an unquoted 2023-04-04 as a date
         name = name.isoformat()
     if not isinstance(name, str) or not name:
-        raise DataError(f"clean: a rule set name must be text, got {name!r}")
+        raise DataError(f"{where}: a rule set name must be text, got {name!r}")
     return name
 
 
@@ -93,7 +102,7 @@ class RulesFile(NamedTuple):
         name = self.default if name is None else set_name(name)
         if name not in self.sets:
             raise DataError(f"{where}: no rule set named {name!r} (has: {', '.join(sorted(self.sets))})")
-        return self.sets[name]
+        return compiled(self.sets[name], where, at=f"sets.{name}")
 
 
 def read_rules_file(path: Path) -> RulesFile:
@@ -101,6 +110,8 @@ def read_rules_file(path: Path) -> RulesFile:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: rules file not found (run the clean_rules stage first)")
+    if not path.is_file():  # a FIFO would block the read for good
+        raise DataError(f"{path}: not a regular file; a rules file is JSON")
     try:
         data = loads_json(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -113,7 +124,7 @@ def _rules_file(data: Any, where: str) -> RulesFile:
     if not isinstance(sets, dict):
         raise DataError(f"{where}: no `sets` mapping (write it with the clean_rules stage)")
     parsed = {name: parse(CleanRules, rules, at=("sets", name), file=where) for name, rules in sets.items()}
-    return RulesFile(set_name(data.get("rules", DEFAULT_RULE_SET)), parsed)
+    return RulesFile(set_name(data.get("rules", DEFAULT_RULE_SET), f"{where}: rules"), parsed)
 
 
 def rule_set_from_file(path: Path, name: str | None = None) -> CleanRules:
@@ -152,3 +163,9 @@ def source_choice(value: bool | str | datetime.date | SourceClean | None) -> tup
     raise DataError(
         f"params.yaml: sources.*.clean: expected true, false, a rule set name or {{rules, mode}}, got {value!r}"
     )
+
+
+def load_rules(rules: CleanRules | Clean | dict, fast: bool = True) -> Rules:
+    """Any form of a rule set (`as_rule_set`: the model, params.yaml `clean`, a complete rule document, a
+    rules.json), parsed and compiled."""
+    return compile_rules(as_rule_set(rules), fast=fast)

@@ -143,9 +143,11 @@ def _diffusiondb_metadata(file: Path, parts: list[int] | None, cfg: SourceConfig
     if not file.is_file():
         raise DataError(f"{file}: not found (DiffusionDB metadata.parquet)")
     wanted = set(parts) if parts is not None else None
+    found: set[int] = set()
     for number, row in enumerate(iter_parquet(file, METADATA_COLUMNS, cfg.batch_rows, METADATA_KINDS), start=1):
         if wanted is not None and row["part_id"] not in wanted:
             continue
+        found.add(row["part_id"])
         if not row["image_name"]:
             yield Problem(file, f"row {number}", "missing_key", "empty image_name")
             continue
@@ -157,6 +159,20 @@ def _diffusiondb_metadata(file: Path, parts: list[int] | None, cfg: SourceConfig
             file=file,
             where=f"row {number}",
         )
+    if wanted is not None and wanted - found:
+        raise DataError(absent_parts_message(file, sorted(wanted - found), cfg))
+
+
+def absent_parts_message(file: Path, absent: list[int], cfg: SourceConfig) -> str:
+    """The line for parts chosen but without a row in the metadata: reading on would write fewer rows than
+    asked for (none at all for one part) at exit 0, where `read: parts` stops at the missing zip."""
+    listed = ", ".join(map(str, absent[:10])) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    chosen = (
+        "named in part_ids"
+        if cfg.part_ids is not None
+        else f"drawn by num_parts from 1..part_id_max = {cfg.part_id_max} (lower part_id_max, or name part_ids)"
+    )
+    return f"{file}: no rows with part_id {listed}, {chosen}"
 
 
 def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Problem]:
