@@ -3,7 +3,34 @@
 One module per stage; `python -m scripts --help` lists the commands.
 """
 
+import contextlib
 import os
+
+
+# Python caches each module it compiles in __pycache__ with one write() that may write only part of the
+# bytes (a full disk, RLIMIT_FSIZE) and installs the torn file anyway: every later run then failed to
+# import (EOFError: marshal data too short). This writer writes all or raises OSError, on which Python
+# keeps the module uncached (SourceFileLoader.set_data). Set before the package imports anything; this
+# file's own cache is written before it runs, so it stays small (comments, not docstrings).
+def _whole_bytecode_writes() -> None:
+    import importlib._bootstrap_external as bootstrap
+
+    def write_atomic(path: str, data: bytes, mode: int = 0o666) -> None:
+        temp = f"{path}.{id(path)}"
+        fd = os.open(temp, os.O_EXCL | os.O_CREAT | os.O_WRONLY, mode & 0o666)
+        try:
+            with open(fd, "wb") as file:  # a buffered writer: writes every byte or raises
+                file.write(data)
+            os.replace(temp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    bootstrap._write_atomic = write_atomic
+
+
+_whole_bytecode_writes()
 
 # The same bytes on every x86-64 CPU: torch's CPU kernels pick code paths by processor (ATen and oneDNN use
 # AVX-512 where present; MKL may choose by vendor), and the rendered images and embedding similarities

@@ -178,3 +178,34 @@ def test_a_file_git_holds_unmodified_is_not_replaced_by_a_command_that_did_not_w
     done = run(tmp_path, *argv)
     assert done.returncode == 2 and "cannot prove it wrote it" in error_line(done.stderr), done.stderr
     assert (tmp_path / path).read_bytes() == before
+
+
+# ---------------------------------------------------------------- a full disk never leaves a torn module cache
+@pytest.mark.parametrize("limit", [4096, 8192, 16384])
+def test_a_run_on_a_full_disk_leaves_no_torn_bytecode_for_the_next_run(tmp_path, limit):
+    """Python cached each module with one write() that a full disk cut short, and installed the torn file:
+    every later run was a traceback (EOFError: marshal data too short). A copy of the package with no
+    cache, run as a user runs it (bytecode caching on) once on a full disk, then once as usual."""
+    import os
+    import resource
+    import shutil
+    import signal
+
+    from helpers.repos import REPO
+
+    shutil.copytree(REPO / "scripts", tmp_path / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(tmp_path)}
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    argv = [sys.executable, "-m", "scripts", "clean-rules", "rules.json"]
+    first = subprocess.run(
+        argv, cwd=tmp_path, env=env, preexec_fn=full_disk, capture_output=True, text=True, timeout=300
+    )
+    assert first.returncode == 2 and first.stderr.strip().splitlines()[-1].startswith("error: "), first.stderr
+    assert list((tmp_path / "scripts" / "__pycache__").glob("*.pyc")), "nothing was cached: the case tests nothing"
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "rules.json").is_file(), again.stderr[-2000:]
