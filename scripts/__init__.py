@@ -27,7 +27,7 @@ def _whole_bytecode_writes() -> None:
                 os.unlink(temp)
             raise
 
-    bootstrap._write_atomic = write_atomic
+    bootstrap._write_atomic = write_atomic  # type: ignore[attr-defined]  # private, as the bug it mends
 
 
 _whole_bytecode_writes()
