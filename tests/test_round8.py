@@ -209,3 +209,91 @@ def test_a_run_on_a_full_disk_leaves_no_torn_bytecode_for_the_next_run(tmp_path,
     assert list((tmp_path / "scripts" / "__pycache__").glob("*.pyc")), "nothing was cached: the case tests nothing"
     again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (tmp_path / "rules.json").is_file(), again.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- a secret's value pasted into params.yaml
+AWS_EXAMPLE = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example shape: no key pattern matches it
+PASTED = {  # env var, its value, where it is pasted, how
+    "AWS's secret key in a release description": (
+        "AWS_SECRET_ACCESS_KEY",
+        AWS_EXAMPLE,
+        ("releases", "v2", "description"),
+        lambda v: f"v2 {v}",
+    ),
+    "a chat key upper-cased in a citation": (
+        "OPENAI_API_KEY",
+        "vllm/Tok3n+abcdef/ghijk",
+        ("sources", "gustavosta", "citation"),
+        str.upper,
+    ),
+    "a token reversed in a license": (
+        "HF_TOKEN",
+        "abcdEFGH1234/ijklMNOP5678",
+        ("sources", "chatgpt", "license"),
+        lambda v: v[::-1],
+    ),
+    "the value of the variable api_key_env names": (
+        "MY_LLM_CREDS",
+        "Zq8/Zq8/Zq8/Zq8/Zq8/Zq8",
+        ("sources", "chatgpt", "homepage"),
+        lambda v: f"https://x/{v}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PASTED)
+def test_the_value_of_a_secret_environment_variable_in_params_is_refused_by_name(tmp_path, case):
+    """Only key shapes were refused: a secret of no shape pasted into params.yaml went into data/recipes,
+    the release card and dvc.lock. The line names the key and the variable, never the value."""
+    import os
+
+    import yaml
+
+    from helpers.repos import REPO
+
+    name, value, at, paste = PASTED[case]
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["synthesize"]["gpt4_style"]["api_key_env"] = "MY_LLM_CREDS"
+    node = params
+    for key in at[:-1]:
+        node = node[key]
+    node[at[-1]] = paste(value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO), name: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts", "recipes", "rec"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"{'.'.join(at)}: holds the value of the environment variable {name}" in lines[0]
+    assert value.lower() not in done.stderr.lower() and value[::-1].lower() not in done.stderr.lower()
+    assert not (tmp_path / "rec").exists()
+
+
+def test_secret_variables_whose_values_params_does_not_hold_change_nothing(tmp_path):
+    """Guards what held: the variables set, params.yaml as shipped, the command runs."""
+    import os
+
+    from helpers.repos import REPO
+
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AWS_SECRET_ACCESS_KEY": AWS_EXAMPLE,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts", "recipes", "rec"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr

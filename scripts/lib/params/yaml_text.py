@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -108,13 +109,17 @@ SECRET_SHAPES = re.compile(
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
-def refuse_secrets(value: Any, path: str, at: tuple = ()) -> None:
-    """DataError (naming the key, never the value) for a value shaped like an API key, or an `*_env`
-    key whose value is not an environment variable name (a key pasted where its variable's name goes)."""
+def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str] | None = None) -> None:
+    """DataError (naming the key, never the value) for a value shaped like an API key, one holding the value
+    of a secret environment variable in any letter case or reversed (a key pasted from the shell:
+    AWS's secret keys have no shape), or an `*_env` key whose value is not an environment variable name
+    (a key pasted where its variable's name goes)."""
+    if secrets is None:
+        secrets = secret_env_values(value)
     if isinstance(value, dict):
         for key, item in value.items():
-            refuse_secrets(key, path, at)
-            refuse_secrets(item, path, (*at, key))
+            refuse_secrets(key, path, at, secrets)
+            refuse_secrets(item, path, (*at, key), secrets)
             if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
                 raise DataError(
                     f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
@@ -122,10 +127,44 @@ def refuse_secrets(value: Any, path: str, at: tuple = ()) -> None:
                 )
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            refuse_secrets(item, path, (*at, index))
-    elif isinstance(value, str) and SECRET_SHAPES.search(value):
-        raise DataError(
-            f"{path}: {'.'.join(map(str, at)) or 'a key'}: holds what looks like an API key or token; "
-            "keep keys out of params.yaml (it is committed, and copied into dvc.lock): set an environment "
-            "variable and name it in api_key_env"
-        )
+            refuse_secrets(item, path, (*at, index), secrets)
+    elif isinstance(value, str):
+        where = ".".join(map(str, at)) or "a key"
+        if SECRET_SHAPES.search(value):
+            raise DataError(
+                f"{path}: {where}: holds what looks like an API key or token; keep keys out of params.yaml (it "
+                "is committed, and copied into dvc.lock): set an environment variable and name it in api_key_env"
+            )
+        lowered = value.lower()
+        for name, secret in secrets.items():
+            if secret in lowered or secret[::-1] in lowered:
+                raise DataError(
+                    f"{path}: {where}: holds the value of the environment variable {name}, a secret; keep it "
+                    "out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
+                )
+
+
+# Environment variables whose values are secrets: by name, and every variable params names in an `*_env` key.
+SECRET_ENV_NAME = re.compile(r"(?i)api_?key|access_?key|private_?key|secret|token|passw|credential")
+MIN_SECRET_CHARS = 16  # shorter values, or ones with spaces (`false`, a user name), are in too many texts
+
+
+def secret_env_values(params: Any) -> dict[str, str]:
+    """{name: lower-cased value} of the secret environment variables set now."""
+    names = {name for name in os.environ if SECRET_ENV_NAME.search(name)} | set(_env_names(params))
+    values = {name: os.environ.get(name, "").strip().lower() for name in names}
+    return {
+        name: value
+        for name, value in values.items()
+        if len(value) >= MIN_SECRET_CHARS and value.isprintable() and not any(c.isspace() for c in value)
+    }
+
+
+def _env_names(value: Any) -> list[str]:
+    """The values of every `*_env` key: the variables params says hold keys."""
+    if isinstance(value, dict):
+        found = [v for k, v in value.items() if str(k).endswith("_env") and isinstance(v, str)]
+        return found + [name for item in value.values() for name in _env_names(item)]
+    if isinstance(value, list):
+        return [name for item in value for name in _env_names(item)]
+    return []
