@@ -31,16 +31,16 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     for name in names:
         path = releases / name / "stats.json"
         try:
-            stats[name] = loads_json(
-                config_text(path)
-            )  # a FIFO there hung the command  # depth-bounded: no RecursionError
-            stats[name]["rows"]["total"]
+            stats[name] = loads_json(config_text(path))  # config_text: a FIFO hung it; loads_json: depth-bounded
+            total = stats[name]["rows"]["total"]
         except FileNotFoundError:
             raise DataError(f"{path}: input not found (run release@{name})") from None
         except TooDeep as exc:
             raise DataError(f"{path}: not a release's stats.json ({exc})") from None
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{path}: not a release's stats.json (no rows.total)") from None
+        if not (isinstance(total, int) and not isinstance(total, bool) and total >= 0):
+            raise DataError(f"{path}: rows.total is {type(total).__name__}, not a count of rows; refusing to copy it")
     return stats
 
 

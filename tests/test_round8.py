@@ -297,3 +297,29 @@ def test_secret_variables_whose_values_params_does_not_hold_change_nothing(tmp_p
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- summary copies only a count into the metrics
+TOTALS = {"text": "outside the repo", "a fraction": 3.5, "negative": -1, "a boolean": True, "an object": {"n": 1}}
+
+
+@pytest.mark.parametrize("case", TOTALS)
+def test_summary_copies_rows_total_into_the_metrics_only_when_it_is_a_count(tmp_path, case):
+    """rows.total went into data/summary.json (dvc exp show's metrics) whatever it was."""
+    import json
+
+    import yaml
+
+    from helpers.repos import REPO
+    from helpers.workspace import error_line
+    from helpers.workspace import run_scripts as run
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    for name in params["releases"]:
+        (tmp_path / "rel" / name).mkdir(parents=True)
+        total = TOTALS[case] if name == "v3" else 100
+        (tmp_path / "rel" / name / "stats.json").write_text(json.dumps({"rows": {"total": total}}), encoding="utf-8")
+    done = run(tmp_path, "summary", "rel", "summary.json")
+    assert done.returncode == 2 and "rel/v3/stats.json: rows.total is" in error_line(done.stderr), done.stderr
+    assert not (tmp_path / "summary.json").exists()
