@@ -323,3 +323,42 @@ def test_summary_copies_rows_total_into_the_metrics_only_when_it_is_a_count(tmp_
     done = run(tmp_path, "summary", "rel", "summary.json")
     assert done.returncode == 2 and "rel/v3/stats.json: rows.total is" in error_line(done.stderr), done.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+# ---------------------------------------------------------------- replay-history's DEST as the system resolves it
+def dest_through_a_missing_folder(tmp_path: Path) -> tuple[str, Path]:
+    return "nothere/../../mine", tmp_path / "mine"
+
+
+def dest_through_two_missing_folders(tmp_path: Path) -> tuple[str, Path]:
+    return "a/b/../../../mine", tmp_path / "mine"
+
+
+def dest_through_a_link(tmp_path: Path) -> tuple[str, Path]:
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "src" / "link").symlink_to(tmp_path / "deep" / "er")
+    return "link/../mine", tmp_path / "deep" / "mine"
+
+
+@pytest.mark.parametrize(
+    "where", [dest_through_a_missing_folder, dest_through_two_missing_folders, dest_through_a_link]
+)
+def test_replay_history_refuses_a_non_empty_dest_however_it_is_spelt(tmp_path, where):
+    """`nothere/../../mine` did not exist as written, so the non-empty check passed; the replay then wrote
+    into the user's ../mine (its README replaced) and a Ctrl-C removed only nothere/."""
+    import shutil
+
+    from helpers.repos import REPO
+    from helpers.workspace import error_line
+    from helpers.workspace import run_scripts as run
+
+    (tmp_path / "src").mkdir()
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "src" / "params.yaml")
+    spelt, mine = where(tmp_path)
+    mine.mkdir(parents=True)
+    (mine / "README.md").write_text("my precious readme\n", encoding="utf-8")
+    done = run(tmp_path / "src", "replay-history", spelt)
+    assert done.returncode == 2 and "exists and is not empty" in error_line(done.stderr), done.stderr
+    assert [p.name for p in mine.iterdir()] == ["README.md"]
+    assert (mine / "README.md").read_text(encoding="utf-8") == "my precious readme\n"
+    assert not (tmp_path / "src" / "nothere").exists() and not (tmp_path / "src" / "a").exists()

@@ -159,8 +159,10 @@ def cli(
 ) -> None:
     """Replay the release history as commits and tags in a fresh repository."""
     src = Path.cwd()
+    # as the system will resolve it once its missing folders are made: `nothere/../../mine` is ../mine
+    dest = Path(os.path.realpath(dest))
     if dest.exists() and any(dest.iterdir()):
-        raise DataError(f"{dest}: exists and is not empty")
+        raise DataError(f"{shown(dest)}: exists and is not empty")
     params_text = read_params(src)  # everything checked before DEST is made: a failure leaves nothing
     check_order(params_text)
     names = release_names(params_text)
