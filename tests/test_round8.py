@@ -362,3 +362,71 @@ def test_replay_history_refuses_a_non_empty_dest_however_it_is_spelt(tmp_path, w
     assert [p.name for p in mine.iterdir()] == ["README.md"]
     assert (mine / "README.md").read_text(encoding="utf-8") == "my precious readme\n"
     assert not (tmp_path / "src" / "nothere").exists() and not (tmp_path / "src" / "a").exists()
+
+
+# ---------------------------------------------------------------- tag: a remote that cannot answer is one line
+class _Reply:
+    """A loopback server answering every request with one fixed reply (an S3 endpoint that is not S3)."""
+
+    def __init__(self, status: int, body: bytes, kind: str):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)  # on HEAD too: a server that is not S3 does not know better
+
+            do_GET = do_HEAD = do_PUT = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+REMOTES = {  # a remote's reply -> (status, body, content type, user part of the endpoint URL)
+    "HTML for every request": (200, b"<html><body>a captive portal</body></html>", "text/html", ""),
+    "403 for every request": (403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml", ""),
+    "500, the endpoint written with a password": (500, b"oops", "text/plain", "me:pw0rdSECRET@"),
+}
+
+
+@pytest.mark.parametrize("case", REMOTES)
+def test_tag_says_in_one_line_that_the_remote_cannot_be_checked(tmp_path, monkeypatch, case):
+    """check_pushed asked DVC for the remote's status and let whatever the S3 client raised through: a
+    192-line botocore traceback, or a line followed by asyncio's warnings."""
+    import os
+
+    from scripts.tools.tag import check_pushed
+
+    status, body, kind, user = REMOTES[case]
+    server = _Reply(status, body, kind)
+    repo_dir = tmp_path / "repo"
+    repo_dir.mkdir()
+    for argv in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(argv, cwd=repo_dir, check=True)
+    (repo_dir / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo hi > out.txt\n    outs: [out.txt]\n")
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=repo_dir, check=True)
+    config = (
+        "[core]\n    remote = s3x\n['remote \"s3x\"']\n    url = s3://bucket/x\n"
+        f"    endpointurl = http://{user}127.0.0.1:{server.port}\n"
+        "    access_key_id = AKIAIOSFODNN7EXAMPLE\n    secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+        "    read_timeout = 5\n    connect_timeout = 5\n"
+    )
+    (repo_dir / ".dvc" / "config.local").write_text(config)
+    monkeypatch.chdir(repo_dir)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    from dvc.repo import Repo
+
+    with Repo(os.fspath(repo_dir)) as repo, pytest.raises(DataError) as refused:
+        check_pushed(repo, "s")
+    said = str(refused.value)
+    assert said.startswith("the default remote: cannot check s's outputs there") and "\n" not in said
+    assert "pw0rdSECRET" not in said and "wJalrXUtnFEMI" not in said
+    server.server.shutdown()

@@ -10,7 +10,9 @@ from stats.json in the message, so `git show V` tells what the version holds.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import typer
@@ -56,8 +58,22 @@ def check_up_to_date(repo, stage: str) -> None:
         )
 
 
+USERINFO = re.compile(r"(?<=://)[^/\s@]*@")  # `user:password@` in a URL a remote's error quotes
+
+
 def check_pushed(repo, stage: str) -> None:
-    status = repo.status(targets=[stage], with_deps=True, cloud=True)
+    """Every output of `stage` is in the default remote; a remote that cannot answer is one line (its
+    client raises whatever it meets: an HTML reply, a 403, a bad endpoint), without the URL's user part."""
+    try:
+        status = repo.status(targets=[stage], with_deps=True, cloud=True)
+    except Exception as exc:  # DVC, botocore, aiohttp, fsspec: any of them, one line
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        raise DataError(
+            shown(
+                f"the default remote: cannot check {stage}'s outputs there ({type(exc).__name__}: "
+                f"{USERINFO.sub('', first)[:300]})"
+            )
+        ) from None
     missing = sorted(path for path, state in status.items() if state != "deleted")
     if missing:
         raise DataError(
@@ -76,6 +92,9 @@ def tag_message(name: str, stats: dict) -> str:
 def cli(name: str = typer.Argument(..., help="release name in params.yaml: releases")) -> None:
     """Create the annotated git tag NAME for a built, pushed release."""
     from dvc.repo import Repo
+
+    # an S3 client that failed mid-call leaves coroutines Python warns about at exit: lines after our one
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
     stage = f"release@{name}"
     check_repository()
