@@ -10,6 +10,8 @@ import contextlib
 import ctypes
 import logging
 import os
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,9 @@ SHUFFLE = "sort_shuffle_pull_based"
 def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     """`ray`, initialised for `runtime` (a local instance, or the cluster at `ray_address`), shut down on
     the way out, a Ctrl-C included, when this call started it."""
+    address = runtime.ray_address
+    if address is not None and (refusal := _refusal(address)):  # nothing listens there: no need to ask Ray
+        raise DataError(_cannot_join(address, refusal))
     try:
         import ray
     except ImportError:
@@ -40,29 +45,7 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
         _adopt_orphans()
-        python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        options: dict = {
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "logging_level": logging.CRITICAL,
-            "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
-        }  # workers import scripts.*
-        if runtime.ray_address is None and runtime.object_store_mb is not None:
-            options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
-        try:
-            # "local": always a new instance; None would join any cluster this machine runs (ray's default)
-            ray.init(address=runtime.ray_address or "local", **options)
-        except Exception as exc:
-            ray.shutdown()  # what did start (GCS, agents) goes with it
-            _reap(children_before)
-            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise DataError(
-                f"runtime.ray_address={runtime.ray_address!r}: cannot start or join Ray ({reason})"
-            ) from None
-        except BaseException:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
-            ray.shutdown()
-            _reap(children_before)
-            raise
+        _start_or_join(ray, runtime, children_before)
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
@@ -73,6 +56,130 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         if started_here:
             ray.shutdown()
             _reap(children_before)
+
+
+def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int]) -> None:
+    """`ray.init` for `runtime`; a failure, a cluster that is not there or not Ray included, is one DataError."""
+    address = runtime.ray_address
+    python_path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    options: dict = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.CRITICAL,
+        "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
+    }  # workers import scripts.*
+    if address is None and runtime.object_store_mb is not None:
+        options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
+    with _stderr_silenced() if address is not None else contextlib.nullcontext():
+        if address is not None and (silence := _gcs_silence(address, runtime.connect_timeout_s)):
+            raise DataError(_cannot_join(address, silence))
+        try:
+            # "local": always a new instance; None would join any cluster this machine runs (ray's default)
+            ray.init(address=address or "local", **options)
+        except Exception as exc:
+            ray.shutdown()  # what did start (GCS, agents) goes with it
+            _reap(children_before)
+            raise DataError(_cannot_join(address, _reason(exc))) from None
+        except BaseException:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
+            ray.shutdown()
+            _reap(children_before)
+            raise
+
+
+def _cannot_join(address: str | None, reason: str) -> str:
+    return f"runtime.ray_address={address!r}: cannot start or join Ray ({reason})"
+
+
+def _reason(exc: Exception) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _refusal(address: str) -> str | None:
+    """Why `address` (host:port) surely has no Ray: its port refuses connections. Anything else (a timeout,
+    a server that accepts but is not Ray, "auto", ray://) is left to Ray's own client (_gcs_silence)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except ConnectionRefusedError:
+        return "nothing listens there: connection refused"
+    except (OSError, ValueError, OverflowError):
+        pass
+    return None
+
+
+# Ray's GCS client (as `ray health-check` uses it) asked for at most 1 s at a time: by Ray's defaults its call
+# first waits 5 s for the channel and 5 s for the pubsub one, and ray.init tries 20 times, all in C++ that a
+# Ctrl-C cannot interrupt (minutes, a Ctrl-C acting after up to 40 s)
+GCS_ASK_SECONDS = 1
+GCS_PAUSE_SECONDS = 0.5
+GCS_BOUNDS = {"RAY_gcs_rpc_server_connect_timeout_s": "0", "RAY_py_gcs_connect_timeout_s": str(GCS_ASK_SECONDS)}
+
+
+def _gcs_silence(address: str, seconds: int) -> str | None:
+    """Why Ray's GCS at `address` did not answer within `seconds` (nothing there, or not Ray); None once it
+    answers, and ray.init then joins it by Ray's own defaults. "auto" and ray:// are left to ray.init."""
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
+
+    if address.startswith("ray://"):
+        return None
+    try:
+        gcs_address = canonicalize_bootstrap_address(address)
+    except Exception:
+        return None  # ray.init says why in its own words
+    if gcs_address is None:  # "local": ray.init starts one
+        return None
+    deadline = time.monotonic() + seconds
+    with _ray_config(GCS_BOUNDS):
+        while True:
+            try:
+                GcsClient(address=gcs_address)
+                return None
+            except Exception as exc:
+                if time.monotonic() + GCS_PAUSE_SECONDS + GCS_ASK_SECONDS > deadline:
+                    return f"no Ray answered there within {seconds} s: {_reason(exc)}"
+            time.sleep(GCS_PAUSE_SECONDS)
+
+
+@contextlib.contextmanager
+def _ray_config(settings: dict[str, str]) -> Iterator[None]:
+    """Ray's C++ config with `settings` (RAY_* variables) for the block. Ray read the environment once, at
+    import: it is read again on the way in and out (as Ray's own token setup does)."""
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
+
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        Config.initialize("")
+        yield
+    finally:
+        _restore_environment(saved)
+        Config.initialize("")
+
+
+def _restore_environment(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on /dev/null: Ray's C++ logging writes there directly, past Python's loggers. Put
+    back on the way out, a Ctrl-C's included."""
+    sys.stderr.flush()
+    original = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(original, 2)
+        os.close(original)
 
 
 REAP_SECONDS = 3  # then what is left is killed: Ray is shut down, a worker has nothing of ours to finish

@@ -22,6 +22,12 @@ class Runtime(Section):
     ray_address: NonEmpty | None = Field(
         None, description='null starts a local Ray for the run; "auto" or ray://host:port joins a running cluster'
     )
+    connect_timeout_s: int = Field(
+        8,
+        ge=1,
+        le=3600,
+        description="ray_address: seconds to wait for the cluster's GCS to answer before the stage stops with one line",
+    )
     workers: int = Field(
         0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU"
     )
