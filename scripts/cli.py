@@ -202,7 +202,10 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
-    print(f"error: {shown(text)}", file=sys.stderr)  # whatever a message quotes (a server's reply, a name) is text
+    from scripts.lib.errors import redact_url_userinfo
+
+    # whatever a message quotes (a server's reply, a name) is text, and a URL's password stays unshown
+    print(f"error: {shown(redact_url_userinfo(text))}", file=sys.stderr)
     _silence_finalizers()
     return code
 
@@ -243,9 +246,11 @@ def _main(argv: list[str] | None) -> int:
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
 
         from scripts.lib.errors import DataError
+        from scripts.lib.import_env import check_on_import, import_failure_line
         from scripts.lib.io import note_folder_spellings
         from scripts.lib.marks import note_command
 
+        check_on_import()  # a library's bad environment variable: one line naming it, before it is imported
         argv = sys.argv[1:] if argv is None else argv
         note_folder_spellings(argv)
         note_command(next((a for a in argv if not a.startswith("-")), ""))  # what it writes is this command's
@@ -268,6 +273,11 @@ def _main(argv: list[str] | None) -> int:
             return exc.exit_code
         except typer.Abort:
             return _interrupted(2)
+        except Exception as exc:  # a library failing while it is imported (the command's or a lazy import)
+            line = import_failure_line(exc)
+            if line is None:
+                raise
+            return _error(line)
     except Interrupted as exc:
         return _interrupted(exc.signum)
     except KeyboardInterrupt:  # no handler of ours (not the main thread): Python's own SIGINT

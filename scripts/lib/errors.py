@@ -58,3 +58,13 @@ def _printable(char: str) -> str:
     if 0xDC80 <= ord(char) <= 0xDCFF:  # a byte that was not UTF-8 (os.fsdecode's surrogateescape)
         return f"\\x{ord(char) - 0xDC00:02x}"
     return char.encode("unicode_escape").decode("ascii")
+
+
+# a URL's user:password@ (up to the last @ before the path: a password may hold one, unencoded)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.IGNORECASE)
+
+
+def redact_url_userinfo(text: str) -> str:
+    """`text` with the user:password@ of every URL in it shown as ***@ (a URL from the environment,
+    e.g. HF_ENDPOINT, may carry a password, and a library quotes the URL in its errors)."""
+    return _URL_USERINFO.sub(r"\1***@", text)

@@ -29,7 +29,9 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 import typer
@@ -40,6 +42,7 @@ from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.safe_paths import confined_file
 from scripts.tools.side_inputs import release_file
 
+T = TypeVar("T")
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
 ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
 # the card's YAML form of the features (their JSON form: scripts/lib/export.py HF_FEATURES, shared with `export: parquet`)
@@ -71,7 +74,8 @@ def size_category(rows: int) -> str:
 
 def read_split(release_dir: Path, split: str) -> list[dict]:
     """The rows of one split, each with `_ref` (where its image is: a file, a tar member, a parquet part's
-    row), `_name` (the file name the Hub shows) and `_size` (bytes, to plan shards)."""
+    row), `_name` (the file name the Hub shows) and `_size` (bytes as recorded: a hint; shards count the
+    bytes they read)."""
     from scripts.lib.export import read_metadata, read_rows_table
 
     release_file(release_dir, "rows.parquet", str(release_dir))
@@ -118,26 +122,43 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
     return records
 
 
-def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
-    """[start, end) row ranges, in order, each holding at most max_bytes (a bigger row alone)."""
-    shards, start, total = [], 0, 0
-    for i, size in enumerate(sizes):
-        if i > start and total + size > max_bytes:
-            shards.append((start, i))
-            start, total = i, 0
+def shard_groups(rows: Iterable[tuple[T, int]], max_bytes: int) -> Iterator[list[T]]:
+    """(item, size) pairs grouped in order, each group's sizes summing to at most max_bytes (a bigger item
+    alone). Lazy: a group is yielded as soon as the next item would pass the limit, so a caller that reads
+    each item's bytes as it goes holds one group, and one item more, at a time."""
+    group: list[T] = []
+    total = 0
+    for item, size in rows:
+        if group and total + size > max_bytes:
+            yield group
+            group, total = [], 0
+        group.append(item)
         total += size
-    if sizes:
-        shards.append((start, len(sizes)))
-    return shards or [(0, 0)]
+    if group:
+        yield group
 
 
-def shard_table(records: list[dict]):
+def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
+    """[start, end) row ranges of shard_groups for known sizes (an empty split: one empty shard)."""
+    groups = shard_groups(enumerate(sizes), max_bytes)
+    return [(group[0], group[-1] + 1) for group in groups] or [(0, 0)]
+
+
+def rows_with_images(records: list[dict]) -> Iterator[tuple[tuple[dict, bytes], int]]:
+    """Each row with its image's bytes, as read (never the size rows.parquet records: a wrong one would
+    put every image in one shard), and the bytes it adds to a shard."""
+    from scripts.lib.export import release_image_bytes
+
+    for record in records:
+        data = recorded_bytes(record, release_image_bytes(Path(), record["_ref"]))
+        yield (record, data), len(data) + len(record["text"].encode())
+
+
+def shard_table(rows: list[tuple[dict, bytes]]):
     """The rows with their images embedded (scripts/lib/export.py's image_table: datasets' Image layout)."""
-    from scripts.lib.export import image_table, release_image_bytes
+    from scripts.lib.export import image_table
 
-    return image_table(
-        records, [(recorded_bytes(r, release_image_bytes(Path(), r["_ref"])), r["_name"]) for r in records]
-    )
+    return image_table([r for r, _ in rows], [(data, r["_name"]) for r, data in rows])
 
 
 def recorded_bytes(record: dict, data: bytes) -> bytes:
@@ -153,16 +174,22 @@ def recorded_bytes(record: dict, data: bytes) -> bytes:
 
 
 def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int) -> dict:
-    """Parquet shards of one split; returns {num_examples, num_bytes (Arrow, as datasets counts), files}."""
+    """Parquet shards of one split, each of at most max_bytes of images and text (one bigger image: a
+    shard of its own), written as their images are read; returns {num_examples, num_bytes (Arrow, as
+    datasets counts), files}."""
     import pyarrow.parquet as pq
 
-    ranges = plan_shards([r["_size"] + len(r["text"].encode()) for r in records], max_bytes)
-    info = {"num_examples": len(records), "num_bytes": 0, "files": []}
-    for index, (start, end) in enumerate(ranges):
-        table = shard_table(records[start:end])
-        name = f"{split}-{index:05d}-of-{len(ranges):05d}.parquet"
-        pq.write_table(table, data_dir / name, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    info: dict = {"num_examples": len(records), "num_bytes": 0, "files": []}
+    parts: list[Path] = []
+    for group in shard_groups(rows_with_images(records), max_bytes) if records else [[]]:
+        table = shard_table(group)
+        parts.append(data_dir / f".{split}-{len(parts):05d}.part")  # the count, in its final name, comes last
+        pq.write_table(table, parts[-1], row_group_size=ROW_GROUP_ROWS, compression="zstd")
         info["num_bytes"] += table.nbytes
+        del table, group  # held while the next shard's images are read, they would double the memory
+    for index, part in enumerate(parts):
+        name = f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
+        part.rename(data_dir / name)
         info["files"].append(name)
     return info
 
@@ -340,71 +367,20 @@ def check_tag(tag: str, name: str) -> str:
     return head
 
 
-MAX_HUB_REPLY_BYTES = 16 << 20  # the Hub's JSON answers are small; an endless reply must not fill memory
-
-
-def hub_client_factory(timeout_s: float):
-    """huggingface_hub's HTTP client with a timeout on every request (its default has none: a Hub that
-    never answers would hang publish) and replies capped at MAX_HUB_REPLY_BYTES."""
-    import httpx2
-    from huggingface_hub.utils._http import hf_request_event_hook
-
-    class CappedStream(httpx2.SyncByteStream):  # httpx closes only a SyncByteStream ("sync close on an async stream")
-        """A response body stream that fails past MAX_HUB_REPLY_BYTES (a reply without Content-Length)."""
-
-        def __init__(self, stream, request):
-            self._stream, self._request = stream, request
-
-        def __iter__(self):
-            total = 0
-            for chunk in self._stream:
-                total += len(chunk)
-                if total > MAX_HUB_REPLY_BYTES:
-                    raise httpx2.DecodingError(f"reply over {MAX_HUB_REPLY_BYTES} bytes", request=self._request)
-                yield chunk
-
-        def close(self) -> None:
-            self._stream.close()
-
-    def cap(response) -> None:
-        length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > MAX_HUB_REPLY_BYTES:
-            raise httpx2.DecodingError(f"reply of {length} bytes, over {MAX_HUB_REPLY_BYTES}", request=response.request)
-        response.stream = CappedStream(response.stream, response.request)
-
-    return lambda: httpx2.Client(
-        event_hooks={"request": [hf_request_event_hook], "response": [cap]},
-        follow_redirects=True,
-        timeout=httpx2.Timeout(timeout_s),
-    )
-
-
-def hub_error(exc: Exception, token: str, timeout_s: float) -> str:
-    """Any error of the Hub client as one line, the token removed (in any case)."""
-    import httpx2
-
-    from scripts.lib.chat_client import redact_key
-
-    if isinstance(exc, httpx2.TimeoutException):
-        detail = f"no answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
-    elif isinstance(exc, ValueError) and not isinstance(exc, httpx2.HTTPError):
-        detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
-    else:
-        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-    return redact_key(f"Hub: {detail}", token)
-
-
 def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> str:
     """Create the dataset repository if needed, upload the folder, tag the commit; the Hub commit id."""
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise DataError("HF_TOKEN is not set (a write token: https://huggingface.co/settings/tokens)")
+    from scripts.tools.hub_http import endpoint_secrets, hub_client_factory, hub_error, hub_token
+
+    token = hub_token(os.environ.get("HF_TOKEN"))
+    endpoint = os.environ.get("HF_ENDPOINT") or None
     from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import logging as hub_logging
     from huggingface_hub.utils import set_client_factory
 
     timeout_s = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
     set_client_factory(hub_client_factory(timeout_s))
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    hub_logging.set_verbosity_error()  # its retry warnings quote URLs, and a failure is one line
+    api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         info = api.upload_folder(
@@ -424,7 +400,7 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(hub_error(exc, token, timeout_s)) from None
+        raise DataError(hub_error(exc, [token, *endpoint_secrets(endpoint)], timeout_s)) from None
     return info.oid
 
 

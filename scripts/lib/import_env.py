@@ -1,0 +1,93 @@
+"""Failures while a third-party library is imported, as one line.
+
+A library may read the environment when it is imported (huggingface_hub int()s HF_HUB_ETAG_TIMEOUT
+and HF_HUB_DOWNLOAD_TIMEOUT there): a bad value failed with a ValueError traceback from deep inside
+the import, in every command importing it, even `publish --dry-run`. `check_on_import` checks the
+variables this project knows of just before their library is first imported, and names the variable,
+never its value (an environment may hold secrets); `import_failure_line` turns any other failure raised
+while a library's module body ran into one line naming the module and the cause.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from scripts.lib.errors import DataError
+
+
+def _whole_seconds(value: str) -> bool:
+    return re.fullmatch(r"\s*[0-9]{1,9}\s*", value) is not None and int(value) > 0
+
+
+# library -> {variable: (check, what it must be)}: read (and failing) when the library is imported
+IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] = {
+    "huggingface_hub": {
+        "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+        "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+    },
+}
+# variables whose values an error line must not show, whatever library quotes them
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def check_variables(library: str) -> None:
+    """DataError naming the first variable `library` reads at import that it would fail on."""
+    for name, (valid, expected) in IMPORT_TIME_VARIABLES.get(library, {}).items():
+        value = os.environ.get(name)
+        if value is not None and not valid(value):
+            raise DataError(f"{name}: must be {expected} ({library} reads it when imported); fix or unset it")
+
+
+class _CheckOnImport:
+    """A sys.meta_path finder that finds nothing: it checks a library's variables when it is looked for."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname in IMPORT_TIME_VARIABLES:
+            check_variables(fullname)
+        return None
+
+
+def check_on_import() -> None:
+    """Check each library's import-time variables before it is imported (once per process)."""
+    if not any(isinstance(finder, _CheckOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _CheckOnImport())
+
+
+def _failing_module(exc: BaseException) -> str | None:
+    """The module whose body (run by an import) raised `exc`: the innermost `<module>` frame, or the
+    module an ImportError could not find."""
+    name, tb = None, exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__spec__") is not None:
+            name = frame.f_globals.get("__name__")
+        tb = tb.tb_next
+    if isinstance(exc, ImportError) and exc.name and (name is None or name.partition(".")[0] == "scripts"):
+        return exc.name  # a library missing, or missing a name: a broken install
+    return name
+
+
+def import_failure_line(exc: BaseException) -> str | None:
+    """One line for `exc` raised while a third-party library was imported (None: not so, or our own
+    module's failure: a bug, shown with its traceback)."""
+    module = _failing_module(exc)
+    if module is None or module.partition(".")[0] in ("scripts", "__main__"):
+        return None
+    detail = (str(exc).splitlines() or [""])[0]
+    return without_secrets(
+        f"importing {module} failed: {type(exc).__name__}{': ' + detail if detail else ''} "
+        "(a bad environment variable it reads, or a broken install?)"
+    )
+
+
+def without_secrets(text: str) -> str:
+    """`text` without the value of any environment variable named like a secret (a token, a key)."""
+    from scripts.lib.key_redaction import redact_key
+
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and len(value) >= 4:
+            text = redact_key(text, value)
+    return text
