@@ -17,12 +17,13 @@ Pure parts (params -> request bodies, completion text -> prompts) come first; HT
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, TextIO
 
@@ -98,17 +99,31 @@ def check_pools(params: SynthesizeEntry, pools: list[list[str]]) -> None:
 
 
 def build_requests(params: SynthesizeEntry, pools: list[list[str]]) -> list[dict]:
-    """Every request body at once: for a few requests (tests); the stage streams them (keyed_requests)."""
+    """Every request body at once: for a few requests (tests); the stage streams them (RequestKeys)."""
     check_pools(params, pools)
     return [build_request(params, pools, index) for index in range(params.requests)]
 
 
-def keyed_requests(params: SynthesizeEntry, pools: list[list[str]]) -> Iterator[tuple[int, dict, str]]:
-    """(index, body, cache key) of each request, built one at a time: a million bodies of a thousand examples
-    held at once filled memory in seconds."""
-    for index in range(params.requests):
-        body = build_request(params, pools, index)
-        yield index, body, cache_key(params.base_url, body)
+class RequestKeys:
+    """The cache key of every request, 32 bytes each (a million: 32 MB), each body built once to key it and
+    dropped: a million bodies of a thousand examples held at once filled memory in seconds."""
+
+    def __init__(self, params: SynthesizeEntry, pools: list[list[str]]):
+        self.params, self.pools = params, pools
+        self.digests = bytearray()
+        for index in range(params.requests):
+            self.digests += bytes.fromhex(cache_key(params.base_url, build_request(params, pools, index)))
+
+    def __len__(self) -> int:
+        return len(self.digests) // 32
+
+    def key(self, index: int) -> str:
+        return self.digests[32 * index : 32 * (index + 1)].hex()
+
+    def requests(self) -> Iterator[tuple[int, Callable[[], dict], str]]:
+        """(index, a function building its body, key): a body is built again only when it is sent."""
+        for index in range(len(self)):
+            yield index, functools.partial(build_request, self.params, self.pools, index), self.key(index)
 
 
 # ---------------------------------------------------------------- parsing (pure)
@@ -290,8 +305,9 @@ def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str 
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
     check_pools(params, pools)
     total = params.requests
-    # a first pass for the counts (keys only, nothing kept): the log line and offline's refusal come before any call
-    missing = sum(not os.path.lexists(cache.path(key)) for _, _, key in keyed_requests(params, pools))
+    # keys first (32 bytes each, the bodies dropped): the counts and offline's refusal come before any call
+    keys = RequestKeys(params, pools)
+    missing = sum(not os.path.lexists(cache.path(keys.key(index))) for index in range(total))
     log(f"synthesize {shown(name)}: {total} requests, {total - missing} cached, {missing} to call")
     if missing and params.offline:
         raise DataError(
@@ -311,7 +327,7 @@ def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str 
     )
     with atomic_path(out_dir / "prompts.txt") as tmp:
         with tmp.open("w", encoding="utf-8") as out:
-            prompts, line_counts, usage = _collect_prompts(params, calls.run(keyed_requests(params, pools)), out)
+            prompts, line_counts, usage = _collect_prompts(params, calls.run(keys.requests()), out)
         if calls.failures:
             index, message = min(calls.failures)
             raise DataError(

@@ -448,11 +448,17 @@ def _long_manifest_file(root: Path) -> list:
     return ["caption", "t", "out"]
 
 
+def _long_params_value(root: Path) -> list:
+    write_params(root, "synthesize", synth_entry(temperature="x" * 100_000))  # no digit: KEY_LIKE scanned n**2
+    return ["synthesize", "t", "out"]
+
+
 ELSEWHERE = {  # what the command reads, what its one line says (bounded in memory and length)
     "params-yaml-3-GB": (_params_3_gb, "larger than"),
     "template-field-2-MB": (_long_unknown_template_field, "unknown field"),
     "image-name-200-kB": (_long_image_name, "not a plain relative file name"),
     "manifest-file-2-MB": (_long_manifest_file, "leaves the images folder"),
+    "params-value-100-kB": (_long_params_value, "synthesize.t.temperature"),
 }
 
 

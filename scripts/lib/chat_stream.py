@@ -47,8 +47,9 @@ class OrderedCalls:
         self._stop = threading.Event()  # set by the first request that fails for good
         self._cancel = threading.Event()  # set when the run stops (Ctrl-C): requests in flight are dropped
 
-    def run(self, requests: Iterable[tuple[int, dict, str]]) -> Iterator[tuple[int, dict]]:
-        """`requests`: (index, body, cache key), in order; a body is sent as it is and cached as it is."""
+    def run(self, requests: Iterable[tuple[int, dict | Callable[[], dict], str]]) -> Iterator[tuple[int, dict]]:
+        """`requests`: (index, body or a function building it, cache key), in order; a body is built only
+        when it is not cached, and sent and cached as it is."""
         from scripts.lib.progress import Progress
 
         window: collections.deque[tuple[int, Any]] = collections.deque()  # (index, response or Future), in order
@@ -60,8 +61,10 @@ class OrderedCalls:
                 for index, body, key in requests:
                     if self._stop.is_set():
                         break
-                    cached = self.cache.get(key)
-                    window.append((index, cached if cached is not None else pool.submit(self._one, body, key)))
+                    answer: Any = self.cache.get(key)
+                    if answer is None:
+                        answer = pool.submit(self._one, body() if callable(body) else body, key)
+                    window.append((index, answer))
                     while len(window) > limit or (window and _ready(window[0][1])):
                         yield from self._settle(window.popleft(), progress)
                 while window:
