@@ -21,6 +21,7 @@ from scripts.lib.archive import (
     parse_ref,
     read_member,
 )
+from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
@@ -78,6 +79,9 @@ def own_manifest(manifest: Path) -> Path:
     """The manifest when it is a regular file of the images folder itself: a link (to a table elsewhere)
     was followed and its rows captioned, while the images it names were confined to the folder."""
     mode = os.lstat(manifest).st_mode
+    dvc_cache = repository_cache(manifest.parent)
+    if stat.S_ISLNK(mode) and dvc_cache is not None and inside(os.path.realpath(manifest), dvc_cache):
+        return manifest  # a DVC checkout with cache.type symlink: the table is DVC's own copy
     if stat.S_ISLNK(mode):
         raise DataError(
             f"{shown(manifest)}: a symbolic link (to {shown_short(os.readlink(manifest))}); the manifest is read "
