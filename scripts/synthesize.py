@@ -17,12 +17,15 @@ Pure parts (params -> request bodies, completion text -> prompts) come first; HT
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import random
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO, TextIO
 
 import typer
 
@@ -37,11 +40,13 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
     read_completion,
     redact_key,
 )
+from scripts.lib.chat_stream import OrderedCalls
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, shown, write_json
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
-from scripts.lib.safe_paths import own_regular_file
+from scripts.lib.safe_paths import open_regular, own_regular_file
 from scripts.lib.temps import output_lock
+from scripts.lib.text_lines import line_batches
 
 # ---------------------------------------------------------------- params
 
@@ -87,11 +92,38 @@ def build_request(params: SynthesizeEntry, pools: list[list[str]], index: int) -
     return body
 
 
-def build_requests(params: SynthesizeEntry, pools: list[list[str]]) -> list[dict]:
+def check_pools(params: SynthesizeEntry, pools: list[list[str]]) -> None:
     for source, pool in zip(params.examples, pools):
         if source.count > len(pool):
-            raise DataError(f"{source.path}: {len(pool)} example prompts, fewer than count={source.count}")
+            raise DataError(f"{shown(source.path)}: {len(pool)} example prompts, fewer than count={source.count}")
+
+
+def build_requests(params: SynthesizeEntry, pools: list[list[str]]) -> list[dict]:
+    """Every request body at once: for a few requests (tests); the stage streams them (RequestKeys)."""
+    check_pools(params, pools)
     return [build_request(params, pools, index) for index in range(params.requests)]
+
+
+class RequestKeys:
+    """The cache key of every request, 32 bytes each (a million: 32 MB), each body built once to key it and
+    dropped: a million bodies of a thousand examples held at once filled memory in seconds."""
+
+    def __init__(self, params: SynthesizeEntry, pools: list[list[str]]):
+        self.params, self.pools = params, pools
+        self.digests = bytearray()
+        for index in range(params.requests):
+            self.digests += bytes.fromhex(cache_key(params.base_url, build_request(params, pools, index)))
+
+    def __len__(self) -> int:
+        return len(self.digests) // 32
+
+    def key(self, index: int) -> str:
+        return self.digests[32 * index : 32 * (index + 1)].hex()
+
+    def requests(self) -> Iterator[tuple[int, Callable[[], dict], str]]:
+        """(index, a function building its body, key): a body is built again only when it is sent."""
+        for index in range(len(self)):
+            yield index, functools.partial(build_request, self.params, self.pools, index), self.key(index)
 
 
 # ---------------------------------------------------------------- parsing (pure)
@@ -155,50 +187,91 @@ def parse_completion(
 # ---------------------------------------------------------------- example files
 
 
+MAX_EXAMPLE_BYTES = 128 << 20  # of one source's text files: a pool is held in memory while requests are built
+MAX_EXAMPLE_PROMPTS = 2_000_000
+
+
+def example_files(path: Path) -> list[Path]:
+    """The files an example source reads (and its report hashes): the file named, or a folder's own regular
+    `.txt` and `.parquet` files; a link in it would send what it points to to the API."""
+    if not path.is_dir():
+        return [path]
+    return [own_regular_file(p, path) for p in sorted(path.iterdir()) if p.suffix in (".txt", ".parquet")]
+
+
+def open_example(file: Path, source: Path) -> BinaryIO:
+    """An example file opened without waiting (a FIFO hung the run) as a regular file; in a folder, one
+    that is still its own (not a link, one name) as it is opened."""
+    in_folder = file != source
+    try:
+        return open_regular(file, follow=not in_folder, one_link=in_folder)
+    except OSError as exc:
+        raise DataError(f"{shown(file)}: cannot read ({exc.strerror or exc})") from None
+
+
 def read_example_pool(source: ExampleSource) -> list[str]:
-    """Prompts of one example source, in file order (bullets stripped, blank lines skipped)."""
+    """Prompts of one example source, in file order (bullets stripped, blank lines skipped); its text read
+    in bounded pieces, each line and the whole source capped (a 3 GB file without a newline filled memory)."""
     path = Path(source.path)
     if not path.exists():
-        raise DataError(f"{path}: example source not found (run its upstream stage first)")
-    # a folder's files are its own regular files: a link in it would send what it points to to the API
-    files = (
-        [own_regular_file(p, path) for p in sorted(path.iterdir()) if p.suffix in (".txt", ".parquet")]
-        if path.is_dir()
-        else [path]
-    )
+        raise DataError(f"{shown(path)}: example source not found (run its upstream stage first)")
     pool: list[str] = []
-    for file in files:
+    budget = [MAX_EXAMPLE_BYTES]
+    for file in example_files(path):
         if file.suffix == ".parquet":
             pool.extend(_read_parquet_prompts(file, source.column))
         else:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{file}: not UTF-8 text (byte {exc.start})") from None
-            pool.extend(clean_line(line) for line in text.splitlines() if line.strip())
+            with open_example(file, path) as f:
+                pool.extend(_text_prompts(f, file, budget))
+        if len(pool) > MAX_EXAMPLE_PROMPTS:
+            raise DataError(f"{shown(path)}: more than {MAX_EXAMPLE_PROMPTS} example prompts; use a sample of them")
     pool = [prompt for prompt in pool if prompt]
     if not pool:
-        raise DataError(f"{path}: no example prompts")
+        raise DataError(f"{shown(path)}: no example prompts")
     return pool
+
+
+def _text_prompts(f: BinaryIO, file: Path, budget: list[int]) -> Iterator[str]:
+    """The prompts of one text file; `budget`: the bytes its source may still read (spent here)."""
+    offset = 0
+    for batch in line_batches(f, file):
+        data = b"".join(batch)
+        budget[0] -= len(data)
+        if budget[0] < 0:
+            raise DataError(f"{shown(file)}: example files over {MAX_EXAMPLE_BYTES} bytes; use a sample of them")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{shown(file)}: not UTF-8 text (byte {offset + exc.start})") from None
+        offset += len(data)
+        # a batch ends at a "\n": splitting it splits the file's text where splitting it whole did
+        yield from (clean_line(line) for line in text.splitlines() if line.strip())
 
 
 def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
     from scripts.lib.tables import read_parquet
 
     if column is None:
-        raise DataError(f"{file}: a parquet example source needs `column` (e.g. text)")
+        raise DataError(f"{shown(file)}: a parquet example source needs `column` (e.g. text)")
     frame = read_parquet(file)
     if column not in frame.columns:
-        raise DataError(f"{file}: no column '{column}' (columns: {', '.join(map(str, frame.columns))})")
+        raise DataError(
+            f"{shown(file)}: no column {shown(repr(column)[:80])} (columns: {shown(', '.join(map(str, frame.columns))[:200])})"
+        )
     return [str(value).strip() for value in frame[column].dropna()]
 
 
 def file_sha256(path: Path) -> str:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """sha256 of an example source: of the files it reads (example_files), each streamed; a folder's entries
+    named by their path in it. A link in the folder was read through, whole."""
     digest = hashlib.sha256()
-    for file in files:
+    for file in example_files(path):
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\x00")
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+        one = hashlib.sha256()
+        with open_example(file, path) as f:
+            while chunk := f.read(1 << 20):
+                one.update(chunk)
+        digest.update(one.digest())
     return digest.hexdigest()
 
 
@@ -230,73 +303,74 @@ def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str 
     cache = ResponseCache(out_dir / "cache").open()
 
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
-    bodies = build_requests(params, pools)
-    keys = [cache_key(params.base_url, body) for body in bodies]
-    responses, missing = cache.lookup(keys)
-    log(f"synthesize {shown(name)}: {len(bodies)} requests, {len(responses)} cached, {len(missing)} to call")
+    check_pools(params, pools)
+    total = params.requests
+    # keys first (32 bytes each, the bodies dropped): the counts and offline's refusal come before any call
+    keys = RequestKeys(params, pools)
+    missing = sum(not os.path.lexists(cache.path(keys.key(index))) for index in range(total))
+    log(f"synthesize {shown(name)}: {total} requests, {total - missing} cached, {missing} to call")
     if missing and params.offline:
         raise DataError(
-            f"synthesize {name}: {len(missing)} of {len(bodies)} requests not in "
-            f"{cache.directory} and offline is true (pull the cache or set offline: false)"
+            f"synthesize {shown(name)}: {missing} of {total} requests not in "
+            f"{shown(cache.directory)} and offline is true (pull the cache or set offline: false)"
         )
 
-    jobs = [Job(index, bodies[index], bodies[index], keys[index]) for index in missing]
-    stats, failures = call_missing(
-        jobs,
+    calls = OrderedCalls(
         base_url=params.base_url,
         api_key=api_key,
         policy=params,
         concurrency=params.concurrency,
         cache=cache,
-        responses=responses,
+        calls=missing,
         log=log,
         desc="synthesize",
     )
-    if failures:
-        index, message = min(failures)
-        raise DataError(
-            f"synthesize {name}: request {index} failed: {redact_key(message, api_key)}; "
-            f"{len(responses)} of {len(bodies)} requests cached, re-run to resume"
-        )
-
-    prompts, line_counts, usage = _collect_prompts(params, [responses[i] for i in range(len(bodies))])
-    report = {
-        "name": name,
-        "base_url": params.base_url,
-        "model": params.model,
-        "requests": len(bodies),
-        "cache_hits": len(bodies) - len(missing),
-        "api_calls": len(missing),
-        "attempts": stats.attempts,
-        "retries": stats.retries,
-        "lines": line_counts,
-        "prompts": len(prompts),
-        "usage": usage,
-        "example_sources": [
-            {"path": source.path, "sha256": file_sha256(Path(source.path)), "prompts": len(pool)}
-            for source, pool in zip(params.examples, pools)
-        ],
-    }
-    write_json(report, out_dir / "report.json")  # first: it proves prompts.txt ours to the next run
     with atomic_path(out_dir / "prompts.txt") as tmp:
-        tmp.write_text("".join(f"{prompt}\n" for prompt in prompts), encoding="utf-8")
-    log(f"synthesize {shown(name)}: {len(prompts)} prompts -> {shown(out_dir / 'prompts.txt')}")
+        with tmp.open("w", encoding="utf-8") as out:
+            prompts, line_counts, usage = _collect_prompts(params, calls.run(keys.requests()), out)
+        if calls.failures:
+            index, message = min(calls.failures)
+            raise DataError(
+                f"synthesize {shown(name)}: request {index} failed: {redact_key(message, api_key)}; "
+                f"{total - missing + calls.called} of {total} requests cached, re-run to resume"
+            )
+        report = {
+            "name": name,
+            "base_url": params.base_url,
+            "model": params.model,
+            "requests": total,
+            "cache_hits": total - missing,
+            "api_calls": missing,
+            "attempts": calls.stats.attempts,
+            "retries": calls.stats.retries,
+            "lines": line_counts,
+            "prompts": prompts,
+            "usage": usage,
+            "example_sources": [
+                {"path": source.path, "sha256": file_sha256(Path(source.path)), "prompts": len(pool)}
+                for source, pool in zip(params.examples, pools)
+            ],
+        }
+        write_json(report, out_dir / "report.json")  # first: it proves prompts.txt ours to the next run
+    log(f"synthesize {shown(name)}: {prompts} prompts -> {shown(out_dir / 'prompts.txt')}")
     return report
 
 
 OUTPUTS = ("prompts.txt", "report.json")  # cache/ is only added to: a killed first run leaves it, and resumes
 
 
-def _collect_prompts(params: SynthesizeEntry, responses: list[dict]):
-    prompts: list[str] = []
+def _collect_prompts(params: SynthesizeEntry, responses: Iterable[tuple[int, dict]], out: TextIO):
+    """Write the prompts of each response, in order, to `out`; (prompt count, line counts, token usage)."""
+    prompts = 0
     counts = dict.fromkeys(LINE_COUNTS, 0)
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    for response in responses:
+    for _, response in responses:
         content, truncated = read_completion(response)
         kept, line_counts = parse_completion(
             content, max_chars=params.max_chars, drop_header_lines=params.drop_header_lines, truncated=truncated
         )
-        prompts.extend(kept)
+        out.write("".join(f"{prompt}\n" for prompt in kept))
+        prompts += len(kept)
         for reason, n in line_counts.items():
             counts[reason] += n
         for kind in usage:

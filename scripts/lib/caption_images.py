@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ from scripts.lib.archive import (
     parse_ref,
     read_member,
 )
-from scripts.lib.errors import DataError
+from scripts.lib.dvc_cache import repository_cache
+from scripts.lib.errors import DataError, shown, shown_short
+from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
 from scripts.lib.safe_paths import confined_file, inside
 
@@ -51,8 +54,8 @@ def list_images(folder: Path) -> tuple[list[Listed], Counter]:
         raise DataError(f"{folder}: images folder not found (run its upstream stage first)")
     skipped: Counter = Counter()
     manifest = folder / MANIFEST
-    if manifest.exists():
-        return _manifest_images(folder, manifest), skipped
+    if os.path.lexists(manifest):
+        return _manifest_images(folder, own_manifest(manifest)), skipped
     listed: list[Listed] = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
@@ -72,6 +75,23 @@ def list_images(folder: Path) -> tuple[list[Listed], Counter]:
     return sorted(listed, key=lambda image: image.id), skipped
 
 
+def own_manifest(manifest: Path) -> Path:
+    """The manifest when it is a regular file of the images folder itself: a link (to a table elsewhere)
+    was followed and its rows captioned, while the images it names were confined to the folder."""
+    mode = os.lstat(manifest).st_mode
+    dvc_cache = repository_cache(manifest.parent)
+    if stat.S_ISLNK(mode) and dvc_cache is not None and inside(os.path.realpath(manifest), dvc_cache):
+        return manifest  # a DVC checkout with cache.type symlink: the table is DVC's own copy
+    if stat.S_ISLNK(mode):
+        raise DataError(
+            f"{shown(manifest)}: a symbolic link (to {shown_short(os.readlink(manifest))}); the manifest is read "
+            "only as a regular file in the images folder"
+        )
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{shown(manifest)}: is {file_kind(mode)}, not a regular file; refusing to read it")
+    return manifest
+
+
 def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
     from scripts.lib.tables import check_table, read_parquet
 
@@ -80,7 +100,7 @@ def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
     listed = []
     for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-            raise DataError(f"{manifest}: row {row}: file {name!r} leaves the images folder")
+            raise DataError(f"{shown(manifest)}: row {row}: file {shown_short(repr(name))} leaves the images folder")
         # resolved where it is read: a link in the folder pointing out of it is refused too
         listed.append(Listed(image_id, confined_file(folder, name, f"{manifest}: row {row}").as_posix()))
     return sorted(listed, key=lambda image: image.id)

@@ -25,6 +25,7 @@ import hashlib
 import http.client
 import json
 import os
+import stat
 import threading
 import time
 import urllib.error
@@ -36,10 +37,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler
-from scripts.lib.errors import DataError
-from scripts.lib.io import write_json
+from scripts.lib.dvc_cache import is_cache_copy
+from scripts.lib.errors import DataError, shown
+from scripts.lib.io import file_kind, write_json
 from scripts.lib.key_redaction import holds_key, redact_key
 from scripts.lib.nesting import loads_json
+from scripts.lib.safe_paths import open_regular, read_capped
 from scripts.lib.temps import is_our_temp, remove_stale
 
 
@@ -143,6 +146,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 MAX_REPLY_BYTES = 4 << 20  # a chat completion is kilobytes; redacting a reply costs a few times its size
 MAX_ERROR_BYTES = 64 << 10
+# A cache entry holds the request as sent (images by their sha256) and a reply under MAX_REPLY_BYTES: far less
+MAX_ENTRY_BYTES = 64 << 20
 
 
 def _read_capped(stream, cap: int, what: str) -> bytes:
@@ -321,14 +326,24 @@ class ResponseCache:
         return self.directory / f"{key}.json"
 
     def get(self, key: str) -> dict | None:
+        """The cached response of `key`, None when there is none. An entry is read only when it is a regular
+        file with one name in this folder (a FIFO hung the run, a link to /dev/zero filled memory, a link to a
+        file elsewhere became the reply), at most MAX_ENTRY_BYTES of it."""
         path = self.path(key)
-        if not path.exists():
-            return None
         try:
-            response = loads_json(path.read_text(encoding="utf-8"))["response"]
+            with open_regular(path, follow=False, one_link=True, links_ok=_dvc_checkout) as file:
+                raw = read_capped(file, MAX_ENTRY_BYTES, path)
+        except FileNotFoundError:
+            return None
+        except DataError as exc:
+            raise DataError(f"{exc} (a cache entry; delete it to request it again)") from None
+        except OSError as exc:
+            raise DataError(f"{shown(path)}: cannot read cache entry ({exc.strerror or exc})") from None
+        try:
+            response = loads_json(raw.decode("utf-8"))["response"]
             check_reply(response)
         except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
-            raise DataError(f"{path}: corrupt cache entry (delete it to request it again)") from None
+            raise DataError(f"{shown(path)}: corrupt cache entry (delete it to request it again)") from None
         return response
 
     def lookup(self, keys: list[str]) -> tuple[dict[int, dict], list[int]]:
@@ -341,9 +356,22 @@ class ResponseCache:
             with self._write_lock:
                 write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
         except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
-            raise DataError(f"{self.path(key)}: cannot write cache entry ({exc.strerror or exc})") from None
+            raise DataError(f"{shown(self.path(key))}: cannot write cache entry ({exc.strerror or exc})") from None
         except UnicodeEncodeError:  # check_reply refuses such a reply; the entry itself is never printed
-            raise DataError(f"{self.path(key)}: cannot write cache entry (text that is not Unicode)") from None
+            raise DataError(f"{shown(self.path(key))}: cannot write cache entry (text that is not Unicode)") from None
+
+    def _check_folder(self) -> None:
+        try:
+            mode = os.lstat(self.directory).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):
+            raise DataError(
+                f"{shown(self.directory)}: the response cache is a symbolic link; refusing to read or write "
+                "entries through it (make it a folder of its own)"
+            )
+        if not stat.S_ISDIR(mode):
+            raise DataError(f"{shown(self.directory)}: the response cache is {file_kind(mode)}, not a folder")
 
     def remove_stale_temp_files(self) -> int:
         """Temp files of a killed run (atomic_path names them .<name>.tmp-* and tags them, temps.mark_temp);
@@ -354,10 +382,19 @@ class ResponseCache:
         return len(stale)
 
     def open(self) -> ResponseCache:
-        """Create the folder and drop a killed run's temp files; returns self."""
+        """Create the folder and drop a killed run's temp files; returns self. A folder that is a link (or
+        not a folder) is refused: new entries were written wherever it pointed."""
+        self._check_folder()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._check_folder()  # made by another process since
         self.remove_stale_temp_files()
         return self
+
+
+def _dvc_checkout(path: Path) -> bool:
+    """An entry with a second name that is DVC's own (a checkout with cache.type hardlink), under the size
+    cap: is_cache_copy hashes it."""
+    return os.lstat(path).st_size <= MAX_ENTRY_BYTES and is_cache_copy(path)
 
 
 class Job(NamedTuple):

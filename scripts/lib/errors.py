@@ -47,6 +47,13 @@ def shown(path: Path | str) -> str:
     return text if text.isprintable() else "".join(map(_printable, text))
 
 
+def shown_short(value, limit: int = 80) -> str:
+    """A value from the data as a message may echo it: its first `limit` characters (then `…`), shown
+    (escaped); a 2 MB value made a 2 MB error line."""
+    text = value if isinstance(value, str) else repr(value)
+    return shown(text[:limit]) + ("…" if len(text) > limit else "")
+
+
 def shown_lines(text: str) -> str:
     """shown, line by line: a report of many lines (a diff, a table) printed with its newlines."""
     return "\n".join(map(shown, text.split("\n")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -115,16 +116,24 @@ def regular_file(path: Path | str, pipes: bool = False) -> Path:
     return Path(path)
 
 
-def config_text(path: Path | str) -> str:
+MAX_CONFIG_BYTES = 64 << 20  # no params.yaml, rule set or plan comes near: a 3 GB file was read whole
+
+
+def config_text(path: Path | str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
     """The text of a file that configures a command (params.yaml, a rule set, a `--recipe` plan), read
-    only when it is a regular file (regular_file). The open does not wait (O_NONBLOCK) and the opened file
-    is checked again: a FIFO put there since the check is refused too. UnicodeDecodeError is the caller's."""
+    only when it is a regular file (regular_file) of at most `max_bytes`. The open does not wait (O_NONBLOCK)
+    and the opened file is checked again: a FIFO put there since the check is refused too. Newlines are
+    read as open() reads them (universal). UnicodeDecodeError is the caller's."""
     regular_file(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, encoding="utf-8") as f:
-        if not stat.S_ISREG(mode := os.fstat(fd).st_mode):
-            raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
-        return f.read()
+    with open(fd, "rb") as f:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise DataError(f"{shown(path)}: is {file_kind(opened.st_mode)}, not a regular file; refusing to read it")
+        data = f.read(max_bytes + 1) if opened.st_size <= max_bytes else b""
+        if opened.st_size > max_bytes or len(data) > max_bytes:
+            raise DataError(f"{shown(path)}: larger than {max_bytes} bytes; refusing to read it")
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
 
 
 def check_not_input(output: Path | str, inputs) -> None:

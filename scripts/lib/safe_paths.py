@@ -7,12 +7,15 @@ path, or a link in the folder pointing out of it is one line naming the table an
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import shown
+from scripts.lib.io import file_kind, shown
 
 
 def inside(path: str, root: str) -> bool:
@@ -56,3 +59,51 @@ def own_regular_file(path: Path, root: Path) -> Path:
     if not inside(os.path.realpath(path), os.path.realpath(root)):
         raise DataError(f"{shown(path)}: leaves its folder {shown(root)}")
     return path
+
+
+def open_regular(
+    path: Path | str, *, follow: bool = True, one_link: bool = False, links_ok: Callable[[Path], bool] | None = None
+) -> BinaryIO:
+    """`path` opened for reading (binary) when it is a regular file; otherwise a DataError.
+
+    The open never waits (O_NONBLOCK: a FIFO blocked until a writer came) and, unless `follow`, does not
+    follow a link (O_NOFOLLOW: a link to /dev/zero or to a file elsewhere); what was opened is checked
+    again (fstat), so a FIFO or link put there since the first look is refused too. `one_link`: a file
+    with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink)."""
+    found = os.stat(path) if follow else os.lstat(path)  # FileNotFoundError is the caller's to name
+    _check_regular(path, found.st_mode)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made since the lstat
+            raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it") from None
+        raise
+    file = os.fdopen(fd, "rb")
+    try:
+        opened = os.fstat(fd)
+        _check_regular(path, opened.st_mode)
+        if one_link and opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path))):
+            raise DataError(f"{shown(path)}: has another hard link; refusing to read a file shared with another name")
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _check_regular(path: Path | str, mode: int) -> None:
+    if stat.S_ISLNK(mode):
+        raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
+
+
+def read_capped(file: BinaryIO, cap: int, path: Path | str) -> bytes:
+    """All of `file`, refused (DataError) past `cap` bytes: checked by its size first, then by what the read
+    brings (a file that grows while read), so no more than cap + 1 bytes are ever held."""
+    if os.fstat(file.fileno()).st_size > cap:
+        raise DataError(f"{shown(path)}: larger than {cap} bytes; refusing to read it")
+    data = file.read(cap + 1)
+    if len(data) > cap:
+        raise DataError(f"{shown(path)}: larger than {cap} bytes; refusing to read it")
+    return data

@@ -33,13 +33,14 @@ from typing import Any
 import pandas as pd
 
 from scripts.lib.dvc_cache import repository_cache
-from scripts.lib.errors import DataError, shown
-from scripts.lib.io import atomic_path
+from scripts.lib.errors import DataError, shown, shown_short
+from scripts.lib.io import atomic_path, config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import inside
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
+MAX_CONFIG_BYTES = 16 << 20  # a release's data-backend config is two entries: kilobytes
 CONFIG_NAME = "multidatabackend.json"
 # The preset's resolution settings (its "data loader entry"): 1 megapixel area buckets, images under
 # 0.75 MP dropped, images over 2 MP downsampled to 1.75 MP before cropping.
@@ -173,15 +174,16 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     the release folder, and the caches against `cache_dir` (outside the release: DVC owns that folder)."""
     split_dir = Path(split_dir).resolve()
     path = split_dir / CONFIG_NAME
-    if not path.is_file():
-        raise DataError(f"{path}: not found (a split of a release built with export: simpletuner?)")
+    release, cache = split_dir.parent, Path(cache_dir).resolve()
+    if not os.path.lexists(path):
+        raise DataError(f"{shown(path)}: not found (a split of a release built with export: simpletuner?)")
+    check_in_release(path, release)
     try:
-        entries = loads_json(path.read_text(encoding="utf-8"))  # depth-checked first
+        entries = loads_json(config_text(path, MAX_CONFIG_BYTES))  # regular, capped, depth-checked
     except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{path}: not valid JSON") from None
+        raise DataError(f"{shown(path)}: not valid JSON") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(f"{path}: expected a list of data-backend entries")
-    release, cache = split_dir.parent, Path(cache_dir).resolve()
     for number, entry in enumerate(entries, start=1):
         where = f"{shown(path)}: entry {number}"
         if "instance_data_dir" in entry:
@@ -195,15 +197,28 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def check_in_release(path: Path, release: Path) -> None:
+    """Refuse a config that is a link leading out of the release (a 3 GB file elsewhere was read whole),
+    but into DVC's cache (cache.type symlink links a release's files there)."""
+    real, dvc_cache = os.path.realpath(path), repository_cache(release)
+    if not (inside(real, str(release)) or (dvc_cache is not None and inside(real, dvc_cache))):
+        raise DataError(
+            f"{shown(path)}: a link out of the release {shown(release)} (to {shown_short(os.readlink(path))}); "
+            "refusing to read it"
+        )
+
+
 def confined(value, root: Path, where: str) -> str:
     """`value` (a path read from a release's config) made absolute against `root`, refused unless it stays
     inside `root` as written (`..` applied) and after every link, but a link into DVC's cache (cache.type
     symlink links a release's files there): `../../etc`, `/etc/shadow`, a link out are the data's, not ours."""
     if not isinstance(value, str) or not value or "\0" in value:
-        raise DataError(f"{where}: {value!r} is not a path")
+        raise DataError(f"{where}: {shown_short(repr(value))} is not a path")
     named = os.path.normpath(os.path.join(root, value))
     real, top = os.path.realpath(named), os.path.realpath(root)
     dvc_cache = repository_cache(top)
     if not (inside(named, str(root)) and (inside(real, top) or (dvc_cache is not None and inside(real, dvc_cache)))):
-        raise DataError(f"{where}: {shown(value)!r} is outside {shown(root)}; refusing to point SimpleTuner at it")
+        raise DataError(
+            f"{where}: {shown_short(repr(value))} is outside {shown(root)}; refusing to point SimpleTuner at it"
+        )
     return named

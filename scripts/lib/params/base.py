@@ -105,7 +105,7 @@ def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
         return where, err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return where, "Field required"
-    shown = repr(err.get("input"))
+    shown = repr(err.get("input"))[:200]  # only the start is echoed: KEY_LIKE took minutes on a 100 kB value
     if looks_like_a_key(shown):  # `temperature: gsk_...` echoed 50 characters of the key
         return where, f"{err['msg']} (got a value shaped like an API key, not shown)"
     if len(shown) > 60:

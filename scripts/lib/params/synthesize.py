@@ -14,6 +14,7 @@ from pydantic import (
     field_validator,
 )
 
+from scripts.lib.errors import shown_short
 from scripts.lib.params.base import NonEmpty, Section, Seed, looks_like_a_key
 
 TEMPLATE_FIELDS = {"examples", "avoid_topics"}
@@ -166,21 +167,23 @@ class SynthesizeEntry(ChatClientSettings):
     @classmethod
     def _template_fields(cls, value: str) -> str:
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+            parts = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(value)]
         except ValueError as exc:
             raise ValueError(f"{exc} (write literal braces as {{{{ and }}}})") from None
-        unknown = fields - TEMPLATE_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown field {{{sorted(unknown)[0]}}} "
-                f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})"
-            )
-        try:  # a format spec or conversion the text fields refuse ({examples:d}, {examples!z}) fails here, not at render
-            value.format(**dict.fromkeys(TEMPLATE_FIELDS, "x"))
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
-            raise ValueError(
-                f"a field's format spec or conversion does not apply to text ({exc}); write {{examples}}"
-            ) from None
+        for name, spec, conversion in parts:
+            if name is None:
+                continue
+            if name not in TEMPLATE_FIELDS:
+                raise ValueError(
+                    f"unknown field {{{shown_short(name)}}} "
+                    f"(available: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})"
+                )
+            if spec or conversion:  # {examples:>999999999} padded to a billion characters: out of memory
+                raise ValueError(
+                    f"field {{{name}}} has a format spec or conversion "
+                    f"({shown_short((f'!{conversion}' if conversion else '') + (f':{spec}' if spec else ''), 40)}); "
+                    "fields are inserted as they are: write {examples} or {avoid_topics}"
+                )
         return value
 
     @field_validator("extra_body")

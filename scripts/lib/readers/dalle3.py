@@ -24,7 +24,7 @@ from scripts.lib.archive import (
     make_ref,
     open_tar,
 )
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
@@ -53,7 +53,7 @@ def iter_dalle3(
                 yield Problem(shard, "", item.reason, str(item))
                 continue
             key, members = item
-            where = f"sample {key!r}"
+            where = f"sample {shown_short(repr(key))}"
             image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
             if image_ext is None or "json" not in members:
                 yield Problem(shard, where, "incomplete_sample", f"needs an image and a .json, has {sorted(members)}")
@@ -81,7 +81,7 @@ def iter_dalle3(
 
 def caption_of(sample: Dalle3Sample, caption_field: str) -> str | Problem:
     """The chosen caption, or a Problem: records without `width` are skipped (published behaviour)."""
-    where = f"sample {sample.key!r}"
+    where = f"sample {shown_short(repr(sample.key))}"
     if sample.record.get("width") is None:
         return Problem(sample.shard, where, "missing_width", "record has no width", always_skip=True)
     caption = sample.record.get(caption_field)
@@ -121,7 +121,7 @@ def read_dalle3(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
                 height=height,
                 meta=meta,
                 file=shard,
-                where=f"sample {sample.key!r}",
+                where=f"sample {shown_short(repr(sample.key))}",
             )
 
 
@@ -141,9 +141,9 @@ def size_of(sample: Dalle3Sample) -> tuple[int, int] | Problem:
     if width is None or height is None:
         return Problem(
             sample.shard,
-            f"sample {sample.key!r}",
+            f"sample {shown_short(repr(sample.key))}",
             "bad_size",
-            f"width/height not integers: {sample.record.get('width')!r}x{sample.record.get('height')!r}",
+            f"width/height not integers: {shown_short(repr(sample.record.get('width')))}x{shown_short(repr(sample.record.get('height')))}",
         )
     return width, height
 
@@ -151,7 +151,7 @@ def size_of(sample: Dalle3Sample) -> tuple[int, int] | Problem:
 def image_name_of(sample: Dalle3Sample) -> str | Problem:
     """The json's `image_name`: SimpleTuner's filename (with its extension), a relative name that stays
     inside the folder it is written to."""
-    where = f"sample {sample.key!r}"
+    where = f"sample {shown_short(repr(sample.key))}"
     name = sample.record.get("image_name")
     if not isinstance(name, str) or not name:
         return Problem(sample.shard, where, "missing_image_name", "no string field 'image_name'")
@@ -159,14 +159,26 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
         check_member_name(name)
         name.encode("utf-8")
     except (UnsafeArchive, UnicodeEncodeError):
-        return Problem(sample.shard, where, "bad_image_name", f"image_name {name!r} is not a plain relative file name")
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} is not a plain relative file name",
+        )
     stem, dot, ext = name.rpartition("/")[2].rpartition(".")
     if "\\" in name or "\x00" in name or not (stem and dot and ext) or "//" in name or name.endswith("/"):
         return Problem(
             sample.shard,
             where,
             "bad_image_name",
-            f"image_name {name!r} is not a plain relative file name with an extension",
+            f"image_name {shown_short(repr(name))} is not a plain relative file name with an extension",
+        )
+    if ext.lower() not in IMAGE_EXTENSIONS:  # x.txt: its caption <stem>.txt was written over the image itself
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} has no image extension ({', '.join(IMAGE_EXTENSIONS)})",
         )
     return name
 
@@ -247,7 +259,9 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
     if isinstance(caption, Problem):
         return caption
     if not caption.strip():  # SimpleTuner refuses a parquet whose caption column holds an empty string
-        return Problem(sample.shard, f"sample {sample.key!r}", "empty_caption", f"{caption_field} is blank")
+        return Problem(
+            sample.shard, f"sample {shown_short(repr(sample.key))}", "empty_caption", f"{caption_field} is blank"
+        )
     size = size_of(sample)
     if isinstance(size, Problem):
         return size
@@ -261,9 +275,10 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
     if taken:
         return Problem(
             sample.shard,
-            f"sample {sample.key!r}",
+            f"sample {shown_short(repr(sample.key))}",
             "duplicate_image_name",
-            f"image_name {filename!r}: {sorted(taken)[0]!r} was already written (by an earlier record)",
+            f"image_name {shown_short(repr(filename))}: {shown_short(repr(sorted(taken)[0]))} was already written "
+            "(by an earlier record)",
         )
     return (caption, filename, *size)
 
