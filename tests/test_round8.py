@@ -378,7 +378,8 @@ class _Reply:
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)  # on HEAD too: a server that is not S3 does not know better
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             do_GET = do_HEAD = do_PUT = do_POST = _answer
 
@@ -391,7 +392,7 @@ class _Reply:
 
 
 REMOTES = {  # a remote's reply -> (status, body, content type, user part of the endpoint URL)
-    "HTML for every request": (200, b"<html><body>a captive portal</body></html>", "text/html", ""),
+    "a proxy's HTML error page": (502, b"<html><body>Bad Gateway</body></html>", "text/html", ""),
     "403 for every request": (403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml", ""),
     "500, the endpoint written with a password": (500, b"oops", "text/plain", "me:pw0rdSECRET@"),
 }
