@@ -21,7 +21,6 @@ import typer
 from scripts.lib.cleaning import (
     all_rule_sets,
     clean_table,
-    clean_text,
     compile_rules,
     load_rule_set,
     pass_through,
@@ -32,11 +31,12 @@ from scripts.lib.cleaning import (
     source_choice,
     split_rows,
 )
-from scripts.lib.cleaning.table import check_mode
+from scripts.lib.cleaning.table import check_mode, clean_batch, slow_regex_error
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, write_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
+from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.tables import ParquetChunks, check_table, row_groups_to
 from scripts.lib.text_lines import decode_lines, line_batches, text_input
 
@@ -89,7 +89,7 @@ def cli(
         if runtime.engine == "ray":
             clean_chunk = _on_ray(input, rule_set, runtime, mode, desc=f"clean@{source}")
         else:
-            clean_chunk = _locally(compiled, mode, workers=local_workers(runtime), desc=f"clean@{source}")
+            clean_chunk = _locally(compiled, mode, local_workers(runtime), f"clean@{source}", input)
     dropped_path, report_path = sibling_paths(output)
     check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
@@ -121,9 +121,9 @@ def _pass_through(df, offset: int):
     return pass_through(df)
 
 
-def _locally(compiled, mode: str, workers: int, desc: str):
+def _locally(compiled, mode: str, workers: int, desc: str, input: Path):
     def clean_chunk(df, offset: int):
-        return clean_table(df, compiled, desc=desc, mode=mode, workers=workers)
+        return clean_table(df, compiled, desc=desc, mode=mode, workers=workers, rows_in=shown(input), first_row=offset)
 
     return clean_chunk
 
@@ -180,9 +180,14 @@ def cli_text(
         tmp.open("w", encoding="utf-8") as dst,
     ):
         for batch in line_batches(src, input):  # each line capped: a newline-free file held no more than the cap
-            lines = decode_lines(batch, input, line_no)
+            lines = [line.rstrip("\r\n") for line in decode_lines(batch, input, line_no)]
+            try:
+                results = clean_batch(lines, rules)
+            except RegexTooSlow as exc:
+                raise slow_regex_error(
+                    exc, rules, f"{shown(input)}: line {line_no + lines.index(exc.prompt) + 1}"
+                ) from None
             line_no += len(batch)
-            results = [clean_text(line.rstrip("\r\n"), rules) for line in lines]
             dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
             progress.advance(sum(map(len, batch)))
 

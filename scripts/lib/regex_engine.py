@@ -71,6 +71,7 @@ class CompiledRewrite:
     unchanged_plain: Callable[[str], bool] | None = None
     keeps_plain: bool = False  # printable-ASCII text stays printable ASCII (its new text is)
     prefilter: re.Pattern | None = None  # the regex minus a leading \\b: see `regex_guards.prefilter`
+    where: str = ""  # the rule's place in its file, for an error met while it runs
 
 
 def compile_rewrite(
@@ -122,6 +123,7 @@ def compile_rewrite(
         unchanged_plain=unchanged_plain,
         keeps_plain=is_plain(new_text) and "\\" not in new_text,
         prefilter=prefilter(regex) if fast else None,
+        where=where,
     )
 
 

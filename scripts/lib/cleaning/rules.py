@@ -36,3 +36,14 @@ class Rules:
     drop_rules: dict[str, tuple[DropRule, ...]]  # per drop point, the rules that run there, in order
     fast: bool = True  # the regex engine's guards on (see compile_rules)
     keeps_plain: bool = False  # no rewrite can make printable-ASCII text otherwise (see clean_text)
+
+    def regex_rule(self, patterns: tuple[str, ...]) -> str:
+        """The rewrite one of `patterns` belongs to (its regex, or the faster one that screens for
+        it), as its place and name; else the first pattern."""
+        phases = (self.normalise, self.remove_to_comma, self.phrases, self.tidy, self.collapse_repeats, self.finish)
+        for phase in phases:
+            for rewrite in phase.rewrites if phase is not None else ():
+                regexes = (rewrite.regex, rewrite.prefilter)
+                if rewrite.regex is not None and any(r is not None and r.pattern in patterns for r in regexes):
+                    return f"{rewrite.where} ({rewrite.name}): regex {rewrite.regex.pattern!r}"
+        return f"regex {patterns[0]!r}" if patterns else "a regex"

@@ -17,16 +17,33 @@ from scripts.lib.cleaning.compiler import compile_rules
 from scripts.lib.cleaning.rule_sets import MODES
 from scripts.lib.cleaning.rules import Rules
 from scripts.lib.cleaning.text import CONTROL_CHARS, EMPTY, Outcome, clean_text
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.params import CleanRules
+from scripts.lib.regex_deadline import RegexTooSlow, bounded_regexes
 
 PARALLEL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than it saves
 WORKER_BATCH = 2_000  # distinct prompts handed to a worker process at a time
 
 
-def clean_batch(texts: Iterable[str], rules: Rules) -> list[Outcome]:
-    """The batch function of every engine: each text's outcome, in order."""
-    return [clean_text(text, rules) for text in texts]
+def clean_batch(texts: Iterable[str | None], rules: Rules) -> list[Outcome]:
+    """The batch function of every engine: each text's outcome, in order. A regex call that runs
+    past its time bound raises `RegexTooSlow` naming the text (scripts/lib/regex_deadline.py)."""
+    outcomes = []
+    with bounded_regexes():
+        for text in texts:
+            try:
+                outcomes.append(clean_text(text, rules))
+            except RegexTooSlow as exc:
+                raise exc.for_prompt(text) from None
+    return outcomes
+
+
+def slow_regex_error(exc: RegexTooSlow, rules: Rules, row: str) -> DataError:
+    """The one line for a regex that ran past its bound on the prompt at `row`."""
+    return DataError(
+        f"{row}: {rules.regex_rule(exc.patterns)} ran over {exc.seconds:g} s on this prompt "
+        "(it backtracks without end: rewrite it without a repeat inside a repeat; see docs/cleaning.md)"
+    )
 
 
 def prompt_values(values: Iterable[Any]) -> list[str | None]:
@@ -43,11 +60,21 @@ def outcomes_of(prompts: Sequence[str | None], cleaned: dict[str, Outcome]) -> l
     return [cleaned[p] if p is not None else (None, EMPTY) for p in prompts]
 
 
-def clean_table(df, rules: Rules, column: str = "prompt", desc: str = "clean", mode: str = "rewrite", workers: int = 1):
+def clean_table(
+    df,
+    rules: Rules,
+    column: str = "prompt",
+    desc: str = "clean",
+    mode: str = "rewrite",
+    workers: int = 1,
+    rows_in: str | None = None,
+    first_row: int = 0,
+):
     """Clean `column` of every row: (kept rows + `text`, dropped rows + `reason`), order preserved.
     mode: rewrite (`text` = the cleaned prompt), filter_only (the rules decide which rows go, `text` =
     the raw `column`: the team's v4-a bug) or off (every row kept, `text` = the raw `column`).
-    `desc` names the loop in its progress bar; `workers` > 1 cleans in that many processes (same output)."""
+    `desc` names the loop in its progress bar; `workers` > 1 cleans in that many processes (same output).
+    An error names the row as `rows_in` (default `desc`): row `first_row` + its place in `df`."""
     check_mode(mode)
     if column not in df.columns:
         raise DataError(f"clean: input table has no '{column}' column")
@@ -55,7 +82,13 @@ def clean_table(df, rules: Rules, column: str = "prompt", desc: str = "clean", m
         return pass_through(df, column)
     prompts = prompt_values(df[column].tolist())
     texts = distinct(prompts)
-    cleaned = dict(zip(texts, _clean_locally(texts, rules, desc, workers)))
+    try:
+        cleaned = dict(zip(texts, _clean_locally(texts, rules, desc, workers)))
+    except RegexTooSlow as exc:
+        index = prompts.index(exc.prompt)
+        row = f"{rows_in or desc}: row {first_row + index}"
+        row += f" (id {shown(str(df['id'].iloc[index]))})" if "id" in df else ""
+        raise slow_regex_error(exc, rules, row) from None
     return split_rows(df, outcomes_of(prompts, cleaned), column, mode)
 
 
@@ -123,17 +156,17 @@ def _clean_locally(texts: list[str], rules: Rules, desc: str, workers: int) -> l
     # (compiled regexes and lambdas do not pickle)
     batches = [texts[start : start + WORKER_BATCH] for start in range(0, len(texts), WORKER_BATCH)]
     results = ordered_map(
-        _clean_batch_in_worker,
+        clean_batch_in_worker,
         batches,
         workers,
         chunksize=1,
-        initializer=_start_worker,
+        initializer=start_worker,
         initargs=(rules.document, rules.fast),
     )
     with closing(results):  # an interrupt stops the workers now, not when the traceback is freed
         return list(
             track(
-                (outcome for batch in results for outcome in batch),
+                (outcome for batch in results for outcome in raised_in_worker(batch)),
                 total=len(texts),
                 desc=desc,
                 unit="distinct prompts",
@@ -141,14 +174,24 @@ def _clean_locally(texts: list[str], rules: Rules, desc: str, workers: int) -> l
         )
 
 
+def raised_in_worker(batch: list[Outcome] | RegexTooSlow) -> list[Outcome]:
+    if isinstance(batch, RegexTooSlow):  # a worker's regex ran past its bound: raised here, in the parent
+        raise batch
+    return batch
+
+
 _WORKER_RULES: Rules | None = None
 
 
-def _start_worker(document: CleanRules, fast: bool) -> None:
+def start_worker(document: CleanRules, fast: bool) -> None:
     global _WORKER_RULES
     _WORKER_RULES = compile_rules(document, fast=fast)
 
 
-def _clean_batch_in_worker(texts: list[str]) -> list[Outcome]:
-    assert _WORKER_RULES is not None  # _start_worker ran in this process
-    return clean_batch(texts, _WORKER_RULES)
+def clean_batch_in_worker(texts: list[str]) -> list[Outcome] | RegexTooSlow:
+    """The batch's outcomes, or the `RegexTooSlow` it met (returned: the parent names the row)."""
+    assert _WORKER_RULES is not None  # start_worker ran in this process
+    try:
+        return clean_batch(texts, _WORKER_RULES)
+    except RegexTooSlow as exc:
+        return exc
