@@ -40,7 +40,7 @@ from scripts.lib.archive import (
 )
 from scripts.lib.caption_images import ImageInfo, inspect_image, list_images, read_image
 from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import (
     atomic_path,
     check_not_input,
@@ -53,6 +53,8 @@ from scripts.lib.io import (
     writing,
 )
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
+from scripts.lib.regex_deadline import RegexTooSlow, bounded_regexes
+from scripts.lib.regex_engine import Search, compile_search
 from scripts.lib.tables import write_parquet_file
 from scripts.lib.temps import output_lock
 
@@ -114,7 +116,7 @@ def normalise(content: str) -> str:
     return " ".join(content.split())
 
 
-def qa_reason(caption: str, truncated: bool, qa: CaptionQa, rules: list[tuple[str, re.Pattern]]) -> str | None:
+def qa_reason(caption: str, truncated: bool, qa: CaptionQa, rules: list[tuple[str, Search]]) -> str | None:
     """Why `caption` is not usable (None: it is). Checked in the documented order, first match wins."""
     if not _ALNUM.search(caption):
         return "empty"
@@ -125,13 +127,29 @@ def qa_reason(caption: str, truncated: bool, qa: CaptionQa, rules: list[tuple[st
     if qa.max_chars is not None and len(caption) > qa.max_chars:
         return "too_long"
     for reason, pattern in rules:
-        if pattern.search(caption):
+        if pattern.found(caption):
             return reason
     return None
 
 
-def compile_rules(qa: CaptionQa) -> list[tuple[str, re.Pattern]]:
-    return [(rule.reason, re.compile(rule.pattern)) for rule in qa.rules]
+def compile_rules(qa: CaptionQa) -> list[tuple[str, Search]]:
+    """The QA rules as the cleaner's regex engine runs them (Python's `re`, exactly), so the same time
+    bound holds them: a user's pattern that backtracks without end stops the command, never hangs it."""
+    return [(rule.reason, compile_search(rule.pattern, fast=False)) for rule in qa.rules]
+
+
+def checked_reason(
+    caption: str, truncated: bool, qa: CaptionQa, rules: list[tuple[str, Search]], where: str
+) -> str | None:
+    """qa_reason under the regex time bound; past it, one line naming the rule and the image."""
+    try:
+        with bounded_regexes():
+            return qa_reason(caption, truncated, qa, rules)
+    except RegexTooSlow as exc:
+        patterns = ", ".join(repr(p) for p in exc.patterns) or "a QA rule"
+        raise DataError(
+            f"{where}: QA regex {shown_short(patterns)} ran over {exc.seconds:g} s on its caption"
+        ) from None
 
 
 # ---------------------------------------------------------------- provenance (pure)
@@ -212,7 +230,7 @@ def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None
             response = responses[position]
             content, truncated = read_completion(response)
             text = normalise(content)
-            reason = qa_reason(text, truncated, params.qa, rules)
+            reason = checked_reason(text, truncated, params.qa, rules, f"caption {name}: image {infos[index].id}")
             if reason is None:
                 accepted[index] = (step, text)
             else:

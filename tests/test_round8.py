@@ -431,3 +431,43 @@ def test_tag_says_in_one_line_that_the_remote_cannot_be_checked(tmp_path, monkey
     assert said.startswith("the default remote: cannot check s's outputs there") and "\n" not in said
     assert "pw0rdSECRET" not in said and "wJalrXUtnFEMI" not in said
     server.server.shutdown()
+
+
+# ---------------------------------------------------------------- caption's QA regexes have the cleaner's time bound
+QA_RULES = {  # a QA rule and the reply it backtracks on without end
+    "overlapping alternation": (r"(a|aa)+$", "a" * 5000 + "!"),
+    "nested repeat": (r"(\w+\s?)+$", "word " * 2000 + "!"),
+    "a lookahead around a repeat": (r"(?=(a+)+$)x", "a" * 5000 + "!"),
+}
+
+
+@pytest.mark.parametrize("case", QA_RULES)
+def test_a_caption_qa_regex_that_backtracks_without_end_is_one_line(tmp_path, case):
+    """qa.rules ran with Python's `re` and no bound: a rule backtracking on the reply held caption past 60 s."""
+    import os
+
+    import yaml
+    from test_chat_hostile import caption_entry, make_images, one_error_line
+    from test_chat_round6 import Server, completion, json_reply
+
+    from helpers.commands import CliResult
+    from helpers.repos import REPO
+
+    pattern, reply = QA_RULES[case]
+    with Server(json_reply(completion(reply))) as server:
+        entry = caption_entry(make_images(tmp_path / "images"), server.base_url, max_images=1)
+        entry["qa"] = {"rules": [{"reason": "bad", "pattern": pattern}]}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"caption": {"t": entry}}), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_REGEX_SECONDS": "0.5"}
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts", "caption", "t", "out"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    line = one_error_line(CliResult(done.returncode, done.stdout, done.stderr))
+    assert "QA regex" in line and "ran over 0.5 s" in line and "image" in line, line
+    written = [p.relative_to(tmp_path / "out").parts[0] for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert set(written) <= {"cache"}, written  # the paid replies are kept for the next run; no output
