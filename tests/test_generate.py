@@ -338,7 +338,12 @@ def test_prune_keeps_what_a_manifest_names_and_nothing_else(tiny_model_dir, tmp_
         prune_generation_store(store, None, everything=True)
     (store / "ab" / "mine.txt").unlink()
     assert prune_generation_store(store, None, everything=True) == {"removed": 3, "kept": 0}
-    assert sorted(p.name for p in store.iterdir()) == [".gitignore", ".tmp", "index.txt"]  # the index stays, empty
+    assert sorted(p.name for p in store.iterdir()) == [
+        ".gitignore",
+        ".t2i-image-store",
+        ".tmp",
+        "index.txt",
+    ]  # the index stays, empty
 
 
 # ------------------------------------------------------------------ the command, crashes

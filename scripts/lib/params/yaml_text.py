@@ -139,8 +139,8 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
         for name, secret in secrets.items():
             if secret in lowered or secret[::-1] in lowered:
                 raise DataError(
-                    f"{path}: {where}: holds the value of the environment variable {name}, a secret; keep it "
-                    "out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
+                    f"{path}: {where}: holds the value of the environment variable {name} (an API key or other "
+                    "secret); keep it out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
                 )
 
 
