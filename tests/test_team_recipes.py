@@ -337,7 +337,7 @@ def test_a_fixed_point_clean_step_is_the_rules_run_until_nothing_changes():
     """v4-b's step: the 04-04 rules (language check off) again and again over the cleaned text; on real
     prompts a second pass changes some texts, and the step's output is a fixed point of the rules."""
 
-    from scripts.clean import clean_text
+    from scripts.lib.cleaning import clean_text
     from scripts.lib.compose_ops import rule_set, without_language_check
 
     texts = [p for p in _openprompts()[:220] if p.strip()]

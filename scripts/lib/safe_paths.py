@@ -72,9 +72,8 @@ def open_regular(
     with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink)."""
     found = os.stat(path) if follow else os.lstat(path)  # FileNotFoundError is the caller's to name
     _check_regular(path, found.st_mode)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made since the lstat
             raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it") from None
