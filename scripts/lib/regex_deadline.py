@@ -28,6 +28,7 @@ from types import FrameType
 
 LIMIT_S = 10.0  # a regex call on one text may run this long; shipped rules take microseconds
 LIMIT_ENV = "T2I_REGEX_SECONDS"  # overrides LIMIT_S (the tests use a fraction of a second)
+MIN_LIMIT_S = 0.05  # a smaller bound made the timer fire so often that the process could not run, nor stop
 
 
 class RegexTooSlow(Exception):
@@ -51,7 +52,7 @@ def limit_s() -> float:
         value = float(os.environ[LIMIT_ENV])
     except (KeyError, ValueError):
         return LIMIT_S
-    return value if value > 0 else LIMIT_S
+    return max(value, MIN_LIMIT_S) if value > 0 else LIMIT_S
 
 
 @contextlib.contextmanager

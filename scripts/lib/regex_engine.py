@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, overload
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
+from scripts.lib.regex_deadline import RegexTooSlow, bounded_regexes
 from scripts.lib.regex_guards import (
     SAME_ON_PLAIN,
     UNCHANGED_WHEN,
@@ -103,9 +104,14 @@ def compile_rewrite(
     assert pattern is not None, "compile_rewrite needs `find` or `pattern`"
     regex = _regex(pattern, where)
     try:
-        regex.sub(repl, "")  # a bad group reference in `repl` fails here, not on row 1,000,000
+        with bounded_regexes():  # a pattern can backtrack without end on the empty text too
+            regex.sub(repl, "")  # a bad group reference in `repl` fails here, not on row 1,000,000
     except (re.error, IndexError) as exc:
         raise DataError(f"{where}: bad repl {repl!r} ({exc})") from None
+    except RegexTooSlow as exc:
+        raise DataError(
+            f"{where}: regex {shown_short(pattern)!r} ran over {exc.seconds:g} s on the empty text"
+        ) from None
     sub = regex.sub
     found = guards(regex)._asdict() if fast else {}
     unchanged = unchanged_plain = None

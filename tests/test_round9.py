@@ -1,0 +1,56 @@
+"""The ninth hostile round's breaks, one table each (every row failed before its fix): a rule that
+backtracks on the empty text hung rule loading outside the regex bound; a tiny T2I_REGEX_SECONDS made the
+timer fire so often the process could neither run nor stop; a Ray address's password was printed.
+Real commands as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_round8_regex import write_params
+
+from helpers.repos import REPO
+
+
+def run(argv: list[str], root: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", *argv],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------- a rule slow on the empty text, at load
+EMPTY_TEXT_BLOWUPS = {  # 2**N ways to match nothing, then a failing lookahead
+    "empty alternation repeated": r"(?:|){40}(?!)",
+    "two empty branches repeated": r"(?:(?:)|(?:)){40}(?!)",
+    "nested empty stars": r"(?:(?:)*|){38}(?!)",
+}
+
+
+@pytest.mark.parametrize("case", EMPTY_TEXT_BLOWUPS)
+@pytest.mark.parametrize("command", [["clean-rules", "rules.json"], ["clean-text", "in.txt", "out.jsonl"]])
+def test_a_rule_that_backtracks_on_the_empty_text_fails_at_load_in_one_line(tmp_path, case, command):
+    write_params(tmp_path, "finish", EMPTY_TEXT_BLOWUPS[case])
+    (tmp_path / "in.txt").write_text("a red fox\n", encoding="utf-8")
+    done = run(command, tmp_path, T2I_REGEX_SECONDS="0.5")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "on the empty text" in lines[0], done.stderr
+    assert not (tmp_path / "rules.json").exists() and not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("seconds", ["1e-9", "0.000001", "0.001"])
+def test_a_tiny_regex_bound_still_lets_the_command_run(tmp_path, seconds):
+    """A bound of 1e-9 s made SIGALRM fire without pause: clean-text ran past 10 minutes, deaf to SIGTERM."""
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    (tmp_path / "in.txt").write_text("a red fox in the snow\n" * 200, encoding="utf-8")
+    done = run(["clean-text", "in.txt", "out.jsonl"], tmp_path, timeout=60, T2I_REGEX_SECONDS=seconds)
+    assert done.returncode == 0, done.stderr
+    assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 200
