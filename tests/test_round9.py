@@ -54,3 +54,25 @@ def test_a_tiny_regex_bound_still_lets_the_command_run(tmp_path, seconds):
     done = run(["clean-text", "in.txt", "out.jsonl"], tmp_path, timeout=60, T2I_REGEX_SECONDS=seconds)
     assert done.returncode == 0, done.stderr
     assert len((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()) == 200
+
+
+# ---------------------------------------------------------------- a Ray address's password is never printed
+ADDRESSES = {
+    "user and password, no scheme": "alice:S3cretPassw0rd@127.0.0.1:1",
+    "a password only": ":S3cretPassw0rd@localhost:1",
+    "no port": "bob:S3cretPassw0rd@127.0.0.1",
+}
+
+
+@pytest.mark.parametrize("case", ADDRESSES)
+def test_a_ray_address_with_a_password_is_one_line_without_it(tmp_path, case):
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["runtime"] = {"engine": "ray", "ray_address": ADDRESSES[case], "connect_timeout_s": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    (tmp_path / "in.txt").write_text("a red fox\na red fox!\n", encoding="utf-8")
+    done = run(["dedup-text", "in.txt", "out.jsonl"], tmp_path, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "cannot start or join Ray" in lines[0], done.stderr
+    assert "S3cretPassw0rd" not in done.stderr and not (tmp_path / "out.jsonl").exists()

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -86,8 +87,13 @@ def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int])
             raise
 
 
+# `user:password@` before a host, with or without a scheme: Ray's own message quotes the address too
+_USERINFO = re.compile(r"(?:(?<=://)|(?<![\w.:/@-]))[^\s/@'\"]+@")
+
+
 def _cannot_join(address: str | None, reason: str) -> str:
-    return f"runtime.ray_address={address!r}: cannot start or join Ray ({reason})"
+    shown_address = None if address is None else _USERINFO.sub("***@", address)
+    return f"runtime.ray_address={shown_address!r}: cannot start or join Ray ({_USERINFO.sub('***@', reason)})"
 
 
 def _reason(exc: Exception) -> str:
