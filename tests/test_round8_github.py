@@ -486,6 +486,12 @@ def dvc_repo(tmp_path_factory) -> Path:
 RUN_URLS = {
     "a token in user:password@": ("https://u:ghp_RUNURLsecret1234567890@github.example/o/r/actions/runs/1", 0),
     "a token as the user": ("https://ghp_RUNURLsecret1234567890@github.example/o/r/actions/runs/1", 0),
+    "a token in the query (round 9)": ("https://github.example/o/r/actions/runs/1?token=ghp_RUNURLsecret1234567890", 0),
+    "a token in the fragment (round 9)": ("https://github.example/o/r/actions/runs/1#ghp_RUNURLsecret1234567890", 0),
+    "an AWS key id in the query (round 9)": (
+        "https://github.example/o/r/actions/runs/1?sig=AKIAIOSFODNN7EXAMPLE&a=1",
+        0,
+    ),
     "javascript:": ("javascript:alert(1)", 2),
     "a newline that starts a heading": ("https://github.example/run\n\n# injected", 2),
     "a ) that ends the link": ("https://github.example/run) ![x](https://evil.example/x.png", 2),
@@ -511,4 +517,4 @@ def test_pr_comment_writes_only_plain_public_links(dvc_repo, tmp_path, monkeypat
         return
     assert result.returncode == 0, result.stderr
     comment = (tmp_path / "o" / "comment.md").read_text(encoding="utf-8")
-    assert "ghp_" not in comment and "https://github.example/o/r/actions/runs/1" in comment
+    assert "ghp_" not in comment and "AKIA" not in comment and "https://github.example/o/r/actions/runs/1" in comment

@@ -111,8 +111,9 @@ def check_branch(value: str, option: str) -> str:
 
 
 def comment_link(url: str | None, option: str) -> str | None:
-    """A URL written into the comment: http(s) only, its user:password@ dropped (a token there would be
-    public), no whitespace or character that ends a Markdown link."""
+    """A URL written into the comment: http(s) only, its user:password@, query and fragment dropped (a
+    token in any of them would be public: `?token=ghp_...`), no whitespace or character that ends a
+    Markdown link. A run's or an artifact's page needs only its path."""
     if not url:
         return None
     try:
@@ -123,7 +124,7 @@ def comment_link(url: str | None, option: str) -> str | None:
     if parts.scheme not in ("http", "https") or not host or not URL_CHARS.fullmatch(url):
         raise DataError(f"{option}: an http(s) URL of plain characters only (no space, newline, ( ) [ ] < >)")
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # --- local inputs ----------------------------------------------------------------------------------
