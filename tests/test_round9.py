@@ -76,3 +76,56 @@ def test_a_ray_address_with_a_password_is_one_line_without_it(tmp_path, case):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "cannot start or join Ray" in lines[0], done.stderr
     assert "S3cretPassw0rd" not in done.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+# ---------------------------------------------------------------- a member name twice in one tar sample
+def _png(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+TWICE = {  # the members of one sample, a name repeated: which copy is the sample's?
+    "the image twice": ["0001.png", "0001.json", "0001.png"],
+    "the json twice": ["0001.json", "0001.png", "0001.json"],
+    "the image twice, adjacent": ["0001.png", "0001.png", "0001.json"],
+}
+
+
+@pytest.mark.parametrize("case", TWICE)
+def test_a_sample_holding_a_member_name_twice_is_refused_whole(tmp_path, case):
+    """ingest took the first copy (its caption, its size) and a release read the last one's bytes: a
+    caption paired with another image at exit 0. Now the sample is skipped and counted, or one line."""
+    import json
+
+    from helpers.archives import write_tar
+    from scripts.ingest import ingest
+    from scripts.lib.errors import DataError
+    from scripts.lib.readers import SourceConfig
+
+    records = {0: {"image_name": "0001.png", "short_caption": "a red square", "width": 8, "height": 6}}
+    record_b = dict(records[0], short_caption="a blue circle")
+    members, seen = [], {"png": 0, "json": 0}
+    for name in TWICE[case]:
+        ext = name.rsplit(".", 1)[1]
+        copy = seen[ext]
+        seen[ext] += 1
+        data = (
+            _png((255, 0, 0) if copy == 0 else (0, 0, 255))
+            if ext == "png"
+            else json.dumps([records[0], record_b][copy])
+        )
+        members.append((name, data if isinstance(data, bytes) else data.encode()))
+    members += [
+        ("0002.png", _png((0, 255, 0))),
+        ("0002.json", json.dumps(dict(records[0], image_name="0002.png")).encode()),
+    ]
+    write_tar(tmp_path / "d" / "data-000000.tar", members)
+    report = ingest("d", SourceConfig(kind="dalle3", path=str(tmp_path / "d"), on_error="skip"), tmp_path / "p.parquet")
+    assert report["rows_written"] == 1 and report["skipped"] == {"duplicate_key": 1}, report
+    with pytest.raises(DataError, match="appears twice in sample '0001'"):
+        ingest("d", SourceConfig(kind="dalle3", path=str(tmp_path / "d")), tmp_path / "q.parquet")

@@ -270,8 +270,8 @@ def iter_samples(
 ) -> Iterator[tuple[str, dict[str, TarMember]] | UnsafeArchive]:
     """Group adjacent members sharing a key: yield (key, {ext: member}) or a refused member.
 
-    A key that comes back after other keys (or a repeated member name) would give two samples the
-    same id: it is refused as "duplicate_key".
+    A key that comes back after other keys would give two samples the same id, and a member name that
+    repeats in a sample two candidates for one file: either is refused whole as "duplicate_key".
     """
     key: str | None = None
     group: dict[str, TarMember] = {}
@@ -294,8 +294,9 @@ def iter_samples(
                 key, refused = None, item_key
                 continue
             seen.add(item_key)
-        elif ext in group:
+        elif ext in group:  # which copy is the sample's? ingest read the first, a release the last: neither
             yield UnsafeArchive("duplicate_key", f"member {item.name!r} appears twice in sample {item_key!r}")
+            key, group, refused = None, {}, item_key
             continue
         group[ext] = item
     if group:
