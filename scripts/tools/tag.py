@@ -10,14 +10,13 @@ from stats.json in the message, so `git show V` tells what the version holds.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import warnings
 from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, redact_url_userinfo, shown
 from scripts.lib.nesting import loads_json
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
@@ -58,9 +57,6 @@ def check_up_to_date(repo, stage: str) -> None:
         )
 
 
-USERINFO = re.compile(r"(?<=://)[^/\s@]*@")  # `user:password@` in a URL a remote's error quotes
-
-
 def check_pushed(repo, stage: str) -> None:
     """Every output of `stage` is in the default remote; a remote that cannot answer is one line (its
     client raises whatever it meets: an HTML reply, a 403, a bad endpoint), without the URL's user part."""
@@ -71,7 +67,7 @@ def check_pushed(repo, stage: str) -> None:
         raise DataError(
             shown(
                 f"the default remote: cannot check {stage}'s outputs there ({type(exc).__name__}: "
-                f"{USERINFO.sub('', first)[:300]})"
+                f"{redact_url_userinfo(first)[:300]})"
             )
         ) from None
     missing = sorted(path for path, state in status.items() if state != "deleted")
