@@ -32,6 +32,27 @@ def _whole_bytecode_writes() -> None:
 
 _whole_bytecode_writes()
 
+
+# This file's own cache was written by Python's writer, before the one above was set: under a file-size
+# limit (ulimit -f) it was installed torn and every later run failed (EOFError). A copy shorter than this
+# file's code marshalled is removed; a cache, the next run writes it again. Compared, never loaded.
+def _drop_own_torn_cache() -> None:
+    import marshal
+    import sys
+
+    cached = globals().get("__cached__")
+    if not cached:
+        return
+    whole = 16 + len(marshal.dumps(sys._getframe(1).f_code))  # the header, then the module's code
+    try:
+        if os.stat(cached).st_size < whole:
+            os.unlink(cached)
+    except OSError:  # not written (PYTHONDONTWRITEBYTECODE, a full disk), or a read-only install
+        pass
+
+
+_drop_own_torn_cache()
+
 # The same bytes on every x86-64 CPU: torch's CPU kernels pick code paths by processor (ATen and oneDNN use
 # AVX-512 where present; MKL may choose by vendor), and the rendered images and embedding similarities
 # of an AMD AVX-512 machine differed in their last bits from those in the committed dvc.lock. Set here,

@@ -75,3 +75,22 @@ def redact_url_userinfo(text: str) -> str:
     """`text` with the user:password@ of every URL in it shown as ***@ (a URL from the environment,
     e.g. HF_ENDPOINT, may carry a password, and a library quotes the URL in its errors)."""
     return _URL_USERINFO.sub(r"\1***@", text)
+
+
+# a path to a file: absolute, home- or dot-relative, its last part with an extension (key.json, ca.pem)
+_FILE_PATH = re.compile(r"(?:~|\.{1,2}|[A-Za-z]:)?[/\\](?:[\w.-]+[/\\])*[\w-][\w.-]*\.[A-Za-z][A-Za-z0-9]{0,7}")
+
+
+def names_a_file(value: str) -> bool:
+    """Whether a variable's value is a path (one that exists, or shaped like a path to a file): a variable
+    named like a credential (GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN_PATH) may hold where the secret is,
+    which is no secret, and treating it as one refused params and blanked error lines naming the file.
+    A token never has that shape (base64 has no `.`; a JWT does not start with `/`), nor is it a file here."""
+    if len(value) > 4096:
+        return False
+    if _FILE_PATH.fullmatch(value):
+        return True
+    try:
+        return os.path.exists(os.path.expanduser(value))
+    except (OSError, ValueError):
+        return False

@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, names_a_file
 
 
 def _whole_seconds(value: str) -> bool:
@@ -84,10 +84,11 @@ def import_failure_line(exc: BaseException) -> str | None:
 
 
 def without_secrets(text: str) -> str:
-    """`text` without the value of any environment variable named like a secret (a token, a key)."""
+    """`text` without the value of any environment variable named like a secret (a token, a key); a value
+    naming a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json) is no secret, and stays readable."""
     from scripts.lib.key_redaction import redact_key
 
     for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 4:
+        if _SECRET_NAME.search(name) and len(value) >= 4 and not names_a_file(value):
             text = redact_key(text, value)
     return text

@@ -257,6 +257,29 @@ def holds_key(text: str, api_key: str | None) -> bool:
     return api_key in text if _pieces(api_key) is None else bool(_spans(text, api_key))
 
 
+def holds_whole_key(text: str, api_key: str | None) -> bool:
+    """Whether `text` holds the whole key in one of ENCODINGS, read through the skeleton (any letter case,
+    escapes such as %2F undone, separators left out). What is sent or published on a user's behalf (a PR
+    comment, a dataset, params.yaml) is refused on this, not on holds_key's 8-character pieces: megabytes
+    of hex ids and digits hold some piece of some encoding by chance. A short key: as itself, as holds_key."""
+    if not api_key or len(api_key) < SHORT_KEY:
+        return holds_key(text, api_key)
+    if api_key.lower() in text.lower():  # also a key of too few letters and digits for a skeleton
+        return True
+    forms = _whole_forms(api_key)
+    low = skeleton(text)[0].lower() if forms else ""
+    return any(form in low for form in forms)
+
+
+@functools.lru_cache(maxsize=8)
+def _whole_forms(api_key: str) -> frozenset[str]:
+    """The lower-cased skeleton of each of the key's encodings (base64url's too: `-_` are left out like `+/`),
+    those of SHORT_KEY characters or more: a shorter one is in too many texts."""
+    texts = [text for encode in ENCODINGS.values() for text in encode(api_key)]
+    forms = {_skeleton_of(text).lower() for text in texts}
+    return frozenset(form for form in forms if len(form) >= SHORT_KEY)
+
+
 def redact_key(value: Any, api_key: str | None) -> Any:
     """`value` (a string, or JSON data) with every run of text holding a piece of the key, in any
     encoding, replaced by ***; anything without one is returned as is."""

@@ -11,6 +11,8 @@
   ids are checked before they go into a path. The comment list is read MAX_PAGES pages at most.
 - Every error is one line with the token redacted (scripts/lib/key_redaction.py: in any case,
   reversed, encoded), and so is whatever the server sent that is printed (the comment's URL, a sha).
+  A request whose body holds the token (holds_key; an image's bytes: as is or reversed, any case) is
+  refused before it is sent: the comment is public.
 - Local inputs (the body, --pr-from, the sheets) are read only when regular files and never past a
   cap, so a FIFO, a device or a huge file is one line.
 
@@ -37,7 +39,7 @@ from typing import Any
 
 from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler
 from scripts.lib.errors import DataError, shown
-from scripts.lib.key_redaction import redact_key
+from scripts.lib.key_redaction import holds_key, redact_key
 from scripts.lib.nesting import loads_json
 
 DEFAULT_API = "https://api.github.com"
@@ -232,13 +234,27 @@ class GitHub:
             return url
         return f"comment {comment.get('id') if isinstance(comment, dict) else '(no id)'}"
 
-    def request(self, method: str, path: str, body: dict | None = None, ok: tuple[int, ...] = ()) -> Any:
+    def request(
+        self, method: str, path: str, body: dict | None = None, ok: tuple[int, ...] = (), checked: bool = False
+    ) -> Any:
         """The reply's JSON ({} for none); None for a status in `ok` (a 404 that means absent).
-        DataError, one line, the token redacted, for anything else."""
+        DataError, one line, the token redacted, for anything else, and before sending a body that holds
+        the token (unless `checked` by the caller)."""
+        if body is not None and not checked and holds_key(json.dumps(body, ensure_ascii=False), self._token):
+            raise self.holds_token(method, path)
         try:
             return self._request(method, path, body, ok)
         except _Failed as exc:
             raise DataError(self.redacted(f"GitHub API {method} {path}: {exc}")) from None
+
+    @staticmethod
+    def holds_token(method: str, path: str) -> DataError:
+        """The one line for a body holding the token (a diff row quoting it, upper-cased, base64): a comment
+        is public, and whoever reads the token there can act as the workflow until it expires."""
+        return DataError(
+            f"GitHub API {method} {path}: what would be sent holds the token (in some letter case or encoding); "
+            "not sent"
+        )
 
     def _request(self, method: str, path: str, body: dict | None, ok: tuple[int, ...]) -> Any:
         url, deadline = f"{self.api}{path}", time.monotonic() + self._deadline_s
@@ -352,7 +368,10 @@ class GitHub:
         parent = self.field(ref, "object", "sha", what=f"GET {path}", pattern=SHA) if ref is not None else None
         tree = []
         for name, data in sorted(files.items()):
-            blob = self._post_sha("/git/blobs", {"content": base64.b64encode(data).decode(), "encoding": "base64"})
+            if any(form in data.lower() for form in (self._token.lower().encode(), self._token[::-1].lower().encode())):
+                raise self.holds_token("POST", self.repo("/git/blobs"))  # as is: base64 of MiBs is slow to search
+            content = {"content": base64.b64encode(data).decode(), "encoding": "base64"}
+            blob = self._post_sha("/git/blobs", content, checked=True)
             tree.append({"path": name, "mode": "100644", "type": "blob", "sha": blob})
         new_tree: dict[str, Any] = {"tree": tree}
         if parent:
@@ -369,9 +388,9 @@ class GitHub:
             self.request("POST", self.repo("/git/refs"), {"ref": f"refs/heads/{branch}", "sha": commit})
         return commit
 
-    def _post_sha(self, route: str, body: dict) -> str:
+    def _post_sha(self, route: str, body: dict, checked: bool = False) -> str:
         path = self.repo(route)
-        return self.field(self.request("POST", path, body), "sha", what=f"POST {path}", pattern=SHA)
+        return self.field(self.request("POST", path, body, checked=checked), "sha", what=f"POST {path}", pattern=SHA)
 
 
 def _error_message(raw: bytes) -> str:

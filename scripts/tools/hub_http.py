@@ -5,7 +5,7 @@ byte, so a Hub trickling a byte a second would hold publish forever; the deadlin
 socket by a network backend that gives each connect, send and receive only the time left. Replies are
 asked for and taken only uncompressed (a 2 MB gzip reply can inflate to gigabytes, past any cap on
 the bytes received) and capped at MAX_HUB_REPLY_BYTES. Error lines carry no secret: not HF_TOKEN, nor
-HF_ENDPOINT's user:password@, in any letter case.
+HF_ENDPOINT's user:password@, in any letter case; nor does what is uploaded (refuse_token_in).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
-from scripts.lib.errors import DataError, redact_url_userinfo
+from scripts.lib.errors import DataError, redact_url_userinfo, shown
 
 MAX_HUB_REPLY_BYTES = 16 << 20  # the Hub's JSON answers are small; an endless reply must not fill memory
 MIN_UPLOAD_BYTES_PER_S = 256 << 10  # a request body's share of its deadline: a big commit is not cut short
@@ -29,6 +31,38 @@ def hub_token(token: str | None) -> str:
     if not token.isprintable() or any(char.isspace() for char in token):
         raise DataError("HF_TOKEN holds a space, line break or other unprintable character: set the token alone")
     return token
+
+
+def refuse_token_in(folder: Path, token: str) -> None:
+    """DataError naming the file before an upload that would publish the token: a caption, a card or a
+    licence quoting HF_TOKEN (key_redaction.holds_whole_key: in any letter case, reversed, escaped or
+    encoded). The text files and the shards' text columns are searched; images' bytes are not."""
+    from scripts.lib.key_redaction import holds_whole_key
+
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".parquet":
+            texts: Iterable[str] = _shard_texts(path)
+        elif path.suffix in (".md", ".txt", ".json", ".yaml") and path.is_file():
+            texts = [path.read_text(encoding="utf-8", errors="replace")]
+        else:
+            continue
+        if any(holds_whole_key(text, token) for text in texts):
+            raise DataError(
+                f"{shown(path)}: holds HF_TOKEN (in some letter case or encoding); not uploaded: the dataset "
+                "would publish it. Remove it from the release's data or card"
+            )
+
+
+def _shard_texts(path: Path) -> Iterator[str]:
+    """A shard's text columns, a batch of rows at a time, the values of a column joined by lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = pq.ParquetFile(path)
+    columns = [f.name for f in shard.schema_arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    for batch in shard.iter_batches(batch_size=4096, columns=columns):
+        for column in batch.columns:
+            yield "\n".join(value for value in column.to_pylist() if value)
 
 
 def endpoint_secrets(endpoint: str | None) -> list[str]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
 
 import yaml
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, names_a_file, shown
 
 
 class AliasError(yaml.YAMLError):
@@ -111,9 +112,9 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str] | None = None) -> None:
     """DataError (naming the key, never the value) for a value shaped like an API key, one holding the value
-    of a secret environment variable in any letter case or reversed (a key pasted from the shell:
-    AWS's secret keys have no shape), or an `*_env` key whose value is not an environment variable name
-    (a key pasted where its variable's name goes)."""
+    of a secret environment variable (holds_secret: a key pasted from the shell; AWS's secret keys have
+    no shape), or an `*_env` key whose value is not an environment variable name (a key pasted where its
+    variable's name goes)."""
     if secrets is None:
         secrets = secret_env_values(value)
     if isinstance(value, dict):
@@ -135,9 +136,8 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
                 f"{path}: {where}: holds what looks like an API key or token; keep keys out of params.yaml (it "
                 "is committed, and copied into dvc.lock): set an environment variable and name it in api_key_env"
             )
-        lowered = value.lower()
         for name, secret in secrets.items():
-            if secret in lowered or secret[::-1] in lowered:
+            if holds_secret(value, secret):
                 raise DataError(
                     f"{path}: {where}: holds the value of the environment variable {name} (an API key or other "
                     "secret); keep it out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
@@ -146,18 +146,53 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
 
 # Environment variables whose values are secrets: by name, and every variable params names in an `*_env` key.
 SECRET_ENV_NAME = re.compile(r"(?i)api_?key|access_?key|private_?key|secret|token|passw|credential")
-MIN_SECRET_CHARS = 16  # shorter values, or ones with spaces (`false`, a user name), are in too many texts
+MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: as part of a text, `hunter2`
+# is in too many texts (a word, a name); as a whole scalar it is the secret pasted
+# under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
+MIN_SHORT_SECRET_CHARS = 6
 
 
 def secret_env_values(params: Any) -> dict[str, str]:
-    """{name: lower-cased value} of the secret environment variables set now."""
+    """{name: value, whitespace runs made one space} of the secret environment variables set now; a value
+    that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the key is) is none."""
     names = {name for name in os.environ if SECRET_ENV_NAME.search(name)} | set(_env_names(params))
-    values = {name: os.environ.get(name, "").strip().lower() for name in names}
+    values = {name: " ".join(os.environ.get(name, "").split()) for name in names}
     return {
         name: value
         for name, value in values.items()
-        if len(value) >= MIN_SECRET_CHARS and value.isprintable() and not any(c.isspace() for c in value)
+        if len(value) >= MIN_SHORT_SECRET_CHARS and value.isprintable() and not names_a_file(value)
     }
+
+
+def holds_secret(text: str, secret: str) -> bool:
+    """Whether `text` (a scalar of params) holds `secret`. One of MIN_SECRET_CHARS or more anywhere, as
+    key_redaction.holds_whole_key finds it: in any letter case, reversed, percent-escaped, base64 at any byte
+    offset (`Basic <base64 of user:secret>`), spaces or separators left out. A shorter one only as the whole
+    scalar, exactly, or the scalar percent- or base64-decoded."""
+    from scripts.lib.key_redaction import holds_whole_key
+
+    if len(secret) >= MIN_SECRET_CHARS:
+        return holds_whole_key(text, secret)
+    return secret in {" ".join(form.split()) for form in _decodings(text)}
+
+
+def _decodings(text: str) -> set[str]:
+    """`text`, percent-decoded (with `+` as a space or not), and, when it is base64 of UTF-8 text, decoded."""
+    import base64
+    import binascii
+    import urllib.parse
+
+    forms = {text, urllib.parse.unquote(text), urllib.parse.unquote_plus(text)}
+    for form in list(forms):
+        packed = "".join(form.split())
+        if 8 <= len(packed) <= 1 << 16 and BASE64.fullmatch(packed):
+            with contextlib.suppress(binascii.Error, ValueError):  # not base64 after all, or not UTF-8 text
+                forms.add(base64.b64decode(packed.translate(URLSAFE) + "=" * (-len(packed) % 4)).decode("utf-8"))
+    return forms
+
+
+BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+URLSAFE = str.maketrans("-_", "+/")
 
 
 def _env_names(value: Any) -> list[str]:
