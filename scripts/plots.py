@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
-from scripts.lib.tables import read_parquet
+from scripts.lib.tables import read_clusters_table
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 PLOT_FILES = {
@@ -67,20 +67,43 @@ def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
 
 
 def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
+    """source -> its clean report, whose `dropped_by_reason` is checked (dropped_by_reason)."""
     reports = {}
     for source in sources:
         path = Path(clean_dir) / f"{source}.report.json"
         if not path.exists():
-            raise DataError(f"{path}: not found (run clean@{source} first)")
+            raise DataError(f"{shown(path)}: not found (run clean@{source} first)")
         try:
-            reports[source] = loads_json(config_text(path))  # a FIFO there hung the command
+            report = loads_json(config_text(path))  # a FIFO there hung the command
         except ValueError:
-            raise DataError(f"{path}: not valid JSON") from None
+            raise DataError(f"{shown(path)}: not valid JSON") from None
+        dropped_by_reason(report, path)
+        reports[source] = report
     return reports
 
 
+def dropped_by_reason(report, path: Path | str) -> dict[str, int]:
+    """A clean report's rows dropped per rule: an object of counts (whole numbers, not negative). A report
+    of another shape (a list, counts as text) was a traceback in clean_removed; now one line naming it."""
+    if not isinstance(report, dict):
+        raise DataError(f"{shown(path)}: expected a JSON object (a clean report), found {json_kind(report)}")
+    if "dropped_by_reason" not in report:
+        raise DataError(f"{shown(path)}: no dropped_by_reason (not a clean report; run clean again)")
+    counts = report["dropped_by_reason"]
+    if not isinstance(counts, dict):
+        raise DataError(f"{shown(path)}: dropped_by_reason: expected an object of counts, found {json_kind(counts)}")
+    for rule, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise DataError(
+                f"{shown(path)}: dropped_by_reason: {shown_short(repr(rule))}: expected a count of rows, "
+                f"found {json_found(n)}"
+            )
+    return counts
+
+
 def read_clusters(dedup_dir: Path, sources: list[str]) -> dict[str, pd.DataFrame]:
-    return {s: read_parquet(Path(dedup_dir) / f"{s}.clusters.parquet") for s in sources}
+    """source -> its clusters table, checked (tables.check_clusters: text ids, numbers in jaccard)."""
+    return {s: read_clusters_table(Path(dedup_dir) / f"{s}.clusters.parquet").to_pandas() for s in sources}
 
 
 # --- tables (pure) -------------------------------------------------------------------------------
@@ -125,7 +148,7 @@ def clean_removed(reports: dict[str, dict]) -> pd.DataFrame:
     records = [
         (source, rule, int(n))
         for source, report in reports.items()
-        for rule, n in sorted((report.get("dropped_by_reason") or {}).items())
+        for rule, n in sorted(dropped_by_reason(report, f"{source}.report.json").items())
     ]
     table = pd.DataFrame(records, columns=["source", "rule", "rows"])
     table["panel"] = table["source"]

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.lib.errors import DataError
-from scripts.lib.nesting import loads_json
+from scripts.lib.errors import DataError, shown, shown_short
+from scripts.lib.io import config_text
+from scripts.lib.nesting import json_found, json_kind, loads_json
 
 # float32 products carry ~1e-6 of rounding; candidates within this margin are verified in float64
 MARGIN = 1e-4
@@ -95,43 +96,97 @@ def package_folder(model: str) -> Path:
 def read_spec(root: Path) -> EncoderSpec:
     """The transformer folder, max_seq_length and lower-casing of a sentence-transformers model folder.
 
-    A plain transformers folder (no modules.json) is taken as Transformer -> mean pooling.
+    A plain transformers folder (no modules.json) is taken as Transformer -> mean pooling. A file of the
+    wrong shape (a list for an object, text for a number) is one line naming the file and the key.
     """
     modules_file = root / "modules.json"
     transformer_dir = root
     if modules_file.exists():
-        modules = _read_json(modules_file)
-        kinds = {m.get("type", "").rsplit(".", 1)[-1]: m.get("path", "") for m in modules if isinstance(m, dict)}
+        kinds = _read_modules(modules_file)
         if "Transformer" not in kinds:
-            raise DataError(f"{modules_file}: no Transformer module")
+            raise DataError(f"{shown(modules_file)}: no Transformer module")
         transformer_dir = root / kinds["Transformer"]
         unsupported = set(kinds) - {"Transformer", "Pooling", "Normalize"}
         if unsupported:
             raise DataError(
-                f"{modules_file}: module(s) {', '.join(sorted(unsupported))} not supported "
+                f"{shown(modules_file)}: module(s) {shown(', '.join(sorted(unsupported)))} not supported "
                 "(Transformer, Pooling(mean), Normalize)"
             )
         if "Pooling" in kinds:
             pooling_file = root / kinds["Pooling"] / "config.json"
-            pooling = _read_json(pooling_file) if pooling_file.exists() else {"pooling_mode_mean_tokens": True}
+            pooling = _read_object(pooling_file) if pooling_file.exists() else {"pooling_mode_mean_tokens": True}
             modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v is True)
             if modes != ["pooling_mode_mean_tokens"]:
                 raise DataError(
-                    f"{pooling_file}: pooling {', '.join(modes) or 'none'} not supported (mean tokens only)"
+                    f"{shown(pooling_file)}: pooling {shown(', '.join(modes)) or 'none'} not supported "
+                    "(mean tokens only)"
                 )
     config_file = transformer_dir / "sentence_bert_config.json"
     if not config_file.exists():
         config_file = root / "sentence_bert_config.json"
-    config = _read_json(config_file) if config_file.exists() else {}
-    max_len = config.get("max_seq_length")
-    return EncoderSpec(transformer_dir, int(max_len) if max_len else None, bool(config.get("do_lower_case", False)))
+    config = _read_object(config_file) if config_file.exists() else {}
+    return EncoderSpec(
+        transformer_dir, _max_seq_length(config, config_file), _flag(config, "do_lower_case", config_file)
+    )
+
+
+# sentence-transformers' own files are a few hundred bytes: a larger one is not a model's config
+MAX_SPEC_BYTES = 1 << 20
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON object from a model folder's config file: a regular file (a FIFO hung the read, /dev/zero
+    grew without bound) of at most MAX_SPEC_BYTES, depth-bounded."""
+    found = _read_json(path)
+    if not isinstance(found, dict):
+        raise DataError(f"{shown(path)}: expected a JSON object, found {json_kind(found)}")
+    return found
 
 
 def _read_json(path: Path):
     try:
-        return loads_json(path.read_text(encoding="utf-8"))
+        return loads_json(config_text(path, MAX_SPEC_BYTES))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep
-        raise DataError(f"{path}: not a readable JSON file ({type(exc).__name__})") from None
+        raise DataError(f"{shown(path)}: not a readable JSON file ({type(exc).__name__})") from None
+
+
+def _read_modules(path: Path) -> dict[str, str]:
+    """modules.json -> {module kind (last part of its type): its folder, relative to the model folder}."""
+    modules = _read_json(path)
+    if not isinstance(modules, list):
+        raise DataError(f"{shown(path)}: expected a JSON list of modules, found {json_kind(modules)}")
+    kinds = {}
+    for number, module in enumerate(modules):
+        where = f"{shown(path)}: [{number}]"
+        if not isinstance(module, dict):
+            raise DataError(f"{where}: expected an object, found {json_kind(module)}")
+        kind, folder = module.get("type", ""), module.get("path", "")
+        for key, value in (("type", kind), ("path", folder)):
+            if not isinstance(value, str):
+                raise DataError(f"{where}.{key}: expected text, found {json_kind(value)}")
+        # a module's folder is inside the model's: `/etc` or `../..` would load files from elsewhere
+        if Path(folder).is_absolute() or ".." in Path(folder).parts:
+            raise DataError(f"{where}.path: {shown_short(folder)} leaves the model folder")
+        kinds[kind.rsplit(".", 1)[-1]] = folder
+    return kinds
+
+
+def _max_seq_length(config: dict, path: Path) -> int | None:
+    """max_seq_length: a positive whole number, or absent / null (the tokenizer's own limit)."""
+    value = config.get("max_seq_length")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"{shown(path)}: max_seq_length: expected a positive whole number, found {json_found(value)}")
+    return value
+
+
+def _flag(config: dict, key: str, path: Path) -> bool:
+    """A true/false key: the text "false" was taken as true (bool("false"))."""
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise DataError(f"{shown(path)}: {key}: expected true or false, found {json_found(value)}")
+    return value
 
 
 class Encoder:

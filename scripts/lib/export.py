@@ -39,7 +39,7 @@ import pandas as pd
 from scripts.lib import bucketed
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, mark_folder, shown
+from scripts.lib.io import SPLITS, mark_folder, regular_file, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.shards import ShardWriter
 from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
@@ -234,7 +234,7 @@ def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run rele
     path = Path(folder) / "metadata.jsonl"
     if not path.exists():
         raise DataError(f"{path}: not found ({hint})")
-    return parse_metadata(path.read_text(encoding="utf-8").splitlines(), str(path), required)
+    return parse_metadata(regular_file(path).read_text(encoding="utf-8").splitlines(), str(path), required)
 
 
 PROMPT_COLUMNS = ["id", "source", "text", "orig_text"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from scripts.lib.errors import shown_short
+
 MAX_DEPTH = 200
 
 
@@ -49,6 +51,21 @@ def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
     """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON)."""
     check_json_depth(text, limit)
     return json.loads(text)
+
+
+JSON_KINDS = {bool: "a boolean", str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, as a one-line error names it ("found a list", "found text")."""
+    return "null" if value is None else JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def json_found(value: Any) -> str:
+    """json_kind, and a scalar's first characters: "found text '3'", "found a number -5", "found a list"."""
+    if value is None or isinstance(value, (list, dict)):
+        return json_kind(value)
+    return f"{json_kind(value)} {shown_short(repr(value))}"
 
 
 def check_yaml_depth(events, limit: int = MAX_DEPTH):

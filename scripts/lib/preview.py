@@ -22,9 +22,10 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path
 from scripts.lib.params import Preview
+from scripts.lib.tables import CLUSTER_COLUMNS, check_clusters, check_clusters_columns, is_text_type
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
 BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
@@ -107,7 +108,6 @@ def _thumbnail(path: Path | None, size: int):
 # --- near-duplicate sheet ------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"\w+")
-CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet
 
 PAGE_STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -135,17 +135,18 @@ def dedup_preview_html(
         ("kept", kept_df, ("id", text_column)),
         ("removed", removed_df, ("id", text_column)),
     ):
-        _check_columns(name, df.columns, columns)
+        _check_columns(f"dedup preview: {name} table", df.columns, columns)
     clusters = pa.table({c: pa.array(clusters_df[c]) for c in CLUSTER_COLUMNS})
+    check_clusters(clusters, "dedup preview: clusters table")
     kept_text = dict(zip(kept_df["id"].astype(str), kept_df[text_column]))
     removed_text = dict(zip(removed_df["id"].astype(str), removed_df[text_column]))
     return cluster_page(largest_clusters(clusters, n), kept_text, removed_text, title)
 
 
-def _check_columns(name: str, columns, wanted) -> None:
+def _check_columns(where: str, columns, wanted) -> None:
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise DataError(f"dedup preview: {name} table has no column(s) {', '.join(missing)}")
+        raise DataError(f"{where}: no column(s) {', '.join(missing)}")
 
 
 class Clusters(NamedTuple):
@@ -160,9 +161,9 @@ def largest_clusters(clusters: pa.Table, n: int) -> Clusters:
     ids = [clusters.column(c).cast(pa.large_string()) for c in ("id", "duplicate_of")]
     sizes = pa.table({"kid": ids[1]}).group_by("kid").aggregate([([], "count_all")])
     top = sizes.sort_by([("count_all", "descending"), ("kid", "ascending")]).column("kid")[: max(0, n)]
-    shown = pc.is_in(ids[1], value_set=top.combine_chunks())
+    in_top = pc.is_in(ids[1], value_set=top.combine_chunks())
     members: dict[str, list[tuple[float, str]]] = {kid: [] for kid in top.to_pylist()}
-    for rid, kid, jac in zip(*(c.filter(shown).to_pylist() for c in (*ids, clusters.column("jaccard")))):
+    for rid, kid, jac in zip(*(c.filter(in_top).to_pylist() for c in (*ids, clusters.column("jaccard")))):
         members[kid].append((float(jac), rid))
     largest = [(kid, sorted(rows, key=lambda m: (-m[0], m[1]))) for kid, rows in members.items()]
     return Clusters(sizes.num_rows, clusters.num_rows, largest)
@@ -201,9 +202,9 @@ def cluster_page(clusters: Clusters, kept_text: dict, removed_text: dict, title:
                 else ""
             )
             text = removed_text.get(rid)
-            shown = _highlight(str(text), keep_words) if text is not None else "(removed row not found)"
+            cell = _highlight(str(text), keep_words) if text is not None else "(removed row not found)"
             parts.append(
-                f'<tr>{kept_cell}<td class="removed">{shown}<div class="id">{html.escape(rid)}</div></td>'
+                f'<tr>{kept_cell}<td class="removed">{cell}<div class="id">{html.escape(rid)}</div></td>'
                 f'<td class="jaccard">{jac:.3f}</td></tr>'
             )
         parts.append("</table>")
@@ -238,18 +239,19 @@ def dedup_preview_page(source: str, clean_path: Path, dedup_path: Path, clusters
     from scripts.lib.dedup.stage_input import open_parquet, read
 
     clean, clusters_files, dedup = (open_parquet(p) for p in (clean_path, clusters_path, dedup_path))
-    for name, files, columns in (
-        ("clusters", clusters_files, CLUSTER_COLUMNS),
-        ("kept", dedup, ("id", "text")),
-        ("removed", clean, ("id", "text")),
-    ):
-        _check_columns(name, files[0].schema_arrow.names, columns)
+    check_clusters_columns(clusters_path, clusters_files[0].schema_arrow.names)
+    for path, files in ((dedup_path, dedup), (clean_path, clean)):
+        schema = files[0].schema_arrow
+        _check_columns(shown(path), schema.names, ("id", "text"))
+        if not is_text_type(schema.field("id").type):  # a list column failed the cast to text
+            raise DataError(f"{shown(path)}: column 'id' must hold text, found {schema.field('id').type}")
     clusters = read(clusters_path, clusters_files[0].read, columns=list(CLUSTER_COLUMNS))
-    shown = largest_clusters(clusters, n)
-    kept_ids = [kid for kid, _ in shown.largest]
-    removed_ids = [rid for _, rows in shown.largest for _, rid in rows]
+    check_clusters(clusters, clusters_path)  # text in jaccard, a null duplicate_of: one line, not a traceback
+    picked = largest_clusters(clusters, n)
+    kept_ids = [kid for kid, _ in picked.largest]
+    removed_ids = [rid for _, rows in picked.largest for _, rid in rows]
     return cluster_page(
-        shown,
+        picked,
         texts_by_id(dedup_path, dedup, kept_ids),
         texts_by_id(clean_path, clean, removed_ids),
         title=f"dedup@{source}: largest near-duplicate clusters",

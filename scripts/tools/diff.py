@@ -35,6 +35,7 @@ from scripts.lib.export import parse_metadata
 from scripts.lib.io import SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
+from scripts.lib.tables import CLUSTER_COLUMNS, check_clusters, check_table
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -202,13 +203,30 @@ def _read_parquet(fs, path: str, columns: list[str], rev: str = "") -> pd.DataFr
     return table
 
 
+def _check_clusters(clusters: pd.DataFrame, where: str) -> None:
+    """tables.check_clusters on a clusters table read here (text in jaccard was float()'s traceback)."""
+    import pyarrow as pa
+
+    if clusters.empty:  # absent (no columns' types to check), or no rows to misread
+        return
+    try:
+        table = pa.Table.from_pandas(clusters[list(CLUSTER_COLUMNS)], preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        raise DataError(f"{shown(where)}: not a dedup clusters table (its columns' types)") from None
+    check_clusters(table, where)
+
+
 def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
     """id -> reason from the per-source clean and dedup outputs at one revision."""
     reasons: dict[str, str] = {}
     for source in sorted(sources):
-        dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"], rev)
+        path = f"data/clean/{source}.dropped.parquet"
+        dropped = _read_parquet(fs, path, ["id", "reason"], rev)
+        check_table(dropped, shown(f"{rev}:{path}" if rev else path), strings=("id", "reason"))  # a list id: unhashable
         reasons.update({i: f"clean:{r}" for i, r in zip(dropped["id"], dropped["reason"])})
-        clusters = _read_parquet(fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"], rev)
+        path = f"data/dedup/{source}.clusters.parquet"
+        clusters = _read_parquet(fs, path, list(CLUSTER_COLUMNS), rev)
+        _check_clusters(clusters, f"{rev}:{path}" if rev else path)
         for row in clusters.itertuples(index=False):
             reasons[row.id] = f"dedup:duplicate_of={row.duplicate_of} jaccard={float(row.jaccard):.2f}"
     return reasons
