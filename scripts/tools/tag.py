@@ -17,9 +17,11 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, redact_url_userinfo, shown
+from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
+MAX_STATS_BYTES = 16 << 20  # a release's stats.json is a few KiB
 
 
 def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -104,15 +106,19 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
             raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
         check_up_to_date(repo, stage)
         check_pushed(repo, stage)
-    stats_file = Path(f"data/releases/{name}/stats.json")
+    message = release_message(name, Path(f"data/releases/{name}/stats.json"), stage)
+    _git("tag", "-a", name, "-m", message)
+    print(shown(f"tagged {name}: {message.splitlines()[0]}"))
+
+
+def release_message(name: str, stats_file: Path, stage: str) -> str:
+    """The tag's message from the release's stats.json, read only as a regular file (a FIFO there hung
+    tag); a file of another shape is one line naming it."""
     try:
-        stats = loads_json(stats_file.read_text(encoding="utf-8"))
-        tag_message(name, stats)
+        return tag_message(name, loads_json(config_text(stats_file, MAX_STATS_BYTES)))
     except FileNotFoundError:
         raise DataError(f"{stats_file}: not found (run `dvc repro {stage}`, or `dvc pull {stage}`)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(
             f"{stats_file}: not the stats release writes ({type(exc).__name__}: {exc})".splitlines()[0]
         ) from None
-    _git("tag", "-a", name, "-m", tag_message(name, stats))
-    print(shown(f"tagged {name}: {tag_message(name, stats).splitlines()[0]}"))
