@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, writing
 
 
@@ -310,26 +310,85 @@ def check_unique(path: Path | str, column: str = "id"):
     return values
 
 
-def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:
-    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids."""
-    import pandas as pd
-
-    for column in strings:
-        if column not in df.columns:
-            raise DataError(f"{path}: no '{column}' column")
-        if isinstance(df[column].dtype, pd.StringDtype):  # text by construction: no value to look at
-            continue
-        values = df[column].dropna()
-        if len(values) and not (
-            pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()
-        ):
-            raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
+def check_table(
+    df,
+    path: Path | str,
+    strings: tuple[str, ...] = (),
+    unique: str | None = None,
+    present: tuple[str, ...] = (),
+    first_row: int = 0,
+) -> None:
+    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids:
+    check_cells's for `strings` (text or missing) and `present` (never missing), then the repeats."""
+    check_cells(df, path, text=strings, present=present, first_row=first_row)
     if unique is not None:
         if unique not in df.columns:
             raise DataError(f"{path}: no '{unique}' column")
-        repeated = df[unique][df[unique].duplicated()]
-        if len(repeated):
-            raise DataError(f"{path}: duplicate id {repeated.iloc[0]!r} ({len(repeated)} repeated rows)")
+        repeated = df[unique].duplicated()
+        if repeated.any():
+            first: dict = {}
+            for at, value in enumerate(df[unique].tolist()):  # names the first repeat and its first row
+                if value in first:
+                    raise DataError(
+                        f"{path}: duplicate id {shown_short(value)!r} at row {first_row + at + 1} (first at row "
+                        f"{first_row + first[value] + 1}; {int(repeated.sum())} repeated rows)"
+                    )
+                first[value] = at
+
+
+def check_cells(
+    df, path: Path | str, text: tuple[str, ...] = (), present: tuple[str, ...] = (), numbers=(), first_row: int = 0
+) -> None:
+    """One line naming the file and the row (1-based; `first_row` rows came before `df`) of the first cell
+    its column cannot hold: `text` columns hold strings, `numbers` real numbers (either may be missing),
+    `present` columns nothing missing (null, NaN). Any other cell would reach code that hashes, sorts or
+    joins it: a list, a dict or a float NaN there was a traceback far from the file that held it."""
+    for column in dict.fromkeys((*text, *numbers, *present)):
+        if column not in df.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        kind = "text" if column in text else "number" if column in numbers else None
+        bad = first_bad_cell(df[column], kind, nullable=column not in present)
+        if bad is not None:
+            raise DataError(f"{shown(path)}: row {first_row + bad[0] + 1}: column '{column}' {bad[1]}")
+
+
+def first_bad_cell(values, kind: str | None, nullable: bool = True) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first value of a Series that is not of `kind` ("text", "number", or
+    None: anything), or missing where not `nullable`; None when every value is fine."""
+    import pandas as pd
+
+    missing = values.isna().to_numpy()
+    if not nullable and missing.any():
+        return int(missing.argmax()), "is missing (null or NaN)"
+    typed = isinstance(values.dtype, pd.StringDtype) if kind == "text" else None
+    if kind == "number":
+        typed = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+    if kind is None or typed:  # the column's type says every present value is right
+        return None
+    for index, (value, gone) in enumerate(zip(values.tolist(), missing)):
+        if gone:
+            continue
+        right = isinstance(value, str) if kind == "text" else _is_number(value)
+        if not right:
+            return index, f"holds {_described(value)}, not {'text' if kind == 'text' else 'a number'}"
+    return None
+
+
+def _is_number(value) -> bool:
+    import numbers
+
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _described(value) -> str:
+    """A cell's type and (short) value for an error line: `int 5`, `a list ['a']`."""
+    import numpy as np
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"a list {shown_short(list(value), 40)}"
+    if isinstance(value, dict):
+        return f"a mapping {shown_short(value, 40)}"
+    return f"{type(value).__name__} {shown_short(repr(value), 40)}"
 
 
 # A place in a generation list past 2**53 is no real list's; floats stop holding whole numbers exactly there
