@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from scripts.lib.clusters_table import read_clusters_table
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
-from scripts.lib.tables import read_clusters_table
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 PLOT_FILES = {
@@ -102,7 +102,7 @@ def dropped_by_reason(report, path: Path | str) -> dict[str, int]:
 
 
 def read_clusters(dedup_dir: Path, sources: list[str]) -> dict[str, pd.DataFrame]:
-    """source -> its clusters table, checked (tables.check_clusters: text ids, numbers in jaccard)."""
+    """source -> its clusters table, checked (clusters_table.check_clusters: text ids, numbers in jaccard)."""
     return {s: read_clusters_table(Path(dedup_dir) / f"{s}.clusters.parquet").to_pandas() for s in sources}
 
 

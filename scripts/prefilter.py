@@ -84,7 +84,7 @@ def text_loader(dedup_dir: Path, split_params: Split, prefiltered: set[str]):
         if source not in cache:
             path = dedup_dir / f"{source}.parquet"
             rows = with_positions(read_parquet(path))
-            check_table(rows, path, strings=("id", "text", "prompt"), unique="id")
+            check_table(rows, path, strings=("id", "text", "prompt"), unique="id", present=("id", "text"))
             drawn = assign_splits(
                 rows, split_params.validation_fraction, split_params.seed, split_params.method, rows["position"]
             )
@@ -134,7 +134,7 @@ def cli(
         removed_out = outputs.enter_context(row_groups_to(removed_path))
         report_tmp = outputs.enter_context(atomic_path(report_path))
         for chunk in rows.frames(f"prefilter@{source}"):  # a chunk at a time: memory stays flat however many rows
-            check_table(chunk, input, strings=("id", "text"))
+            check_table(chunk, input, strings=("id", "text"), present=("id", "text"), first_row=rows_in)
             positioned = chunk.assign(position=np.arange(rows_in, rows_in + len(chunk), dtype=np.int64))
             kept, removed = prefilter(positioned, steps, reference, ops.keep)
             kept_out.add(rows.arrow(kept))

@@ -1,7 +1,7 @@
 """The bucketed export, as the LAION Aesthetics 512 bucketed card describes it (docs/contracts.md §5).
 
 Layout: `manifest.json` + `buckets/<bucket_id>/shard-NNNNNN.tar`, per sample `<key>.jpg`, `<key>.txt`
-(newline-terminated caption) and `<key>.json`. The card's rules, in the card's order:
+(newline-terminated caption) and `<key>.json` (key: the id escaped, shards.sample_key). The card's rules, in the card's order:
 
 1. EXIF transpose, convert to RGB (the pixels are decoded first, so a corrupt image is a decode error).
 2. Bucket: the SDXL proto bucket (1024 base) of the nearest aspect ratio, |log(w/h) - log(pw/ph)|, ties
@@ -341,6 +341,7 @@ def write_bucketed(
     by_id = {b.bucket_id: b for b in table}
     summary = dict.fromkeys(SUMMARY_KEYS, 0)
     writers: dict[str, ShardWriter] = {}
+    keys: set[str] = set()  # every bucket's: an id is one sample of the split, whichever bucket holds it
     counts: dict[str, int] = {}
     selectors: dict[tuple[int, str], int] = {}
     source_ids: set[int] = set()
@@ -359,10 +360,10 @@ def write_bucketed(
             bucket, jpg, meta = sample
             caption = caption_of(row) or ""
             writer = writers.setdefault(
-                bucket.bucket_id, ShardWriter(folder / "buckets" / bucket.bucket_id, int(options["shard_size"]))
+                bucket.bucket_id, ShardWriter(folder / "buckets" / bucket.bucket_id, int(options["shard_size"]), keys)
             )
             writer.add(
-                str(row.id),
+                row.id,
                 [
                     ("jpg", jpg),
                     ("txt", (caption + "\n").encode("utf-8")),

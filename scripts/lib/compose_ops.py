@@ -46,7 +46,7 @@ def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) 
     if path is None or not path.exists():
         return rows.assign(position=np.nan)
     order = read_parquet(path, columns=["id"])
-    check_table(order, path, unique="id")
+    check_table(order, path, strings=("id",), unique="id", present=("id",))  # a list id was a traceback
     places = checked_positions(path)  # whole, unique, non-negative: row ranges and order rest on them
     ids = pd.Index(order["id"])
     # a lookup, not a merge: a merge copies every column of `rows` (gigabytes of text at 10M rows).

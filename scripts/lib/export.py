@@ -2,8 +2,8 @@
 
 - imagefolder (default): Hugging Face ImageFolder, `metadata.jsonl` beside `images/<source>/<id>.<ext>`
   (hardlinked from the image store where the filesystem allows, never copied when it does).
-- webdataset: deterministic tar shards `shard-NNNNNN.tar`, per sample `<id>.<ext>` + `<id>.txt` +
-  `<id>.json`; fixed member order, mtime, owner and mode, so the bytes depend only on the rows. Every
+- webdataset: deterministic tar shards `shard-NNNNNN.tar`, per sample `<key>.<ext>` + `<key>.txt` +
+  `<key>.json`, key the id escaped (shards.sample_key: no '.' or '/'); fixed member order, mtime, owner and mode, so the bytes depend only on the rows. Every
   image under one extension (`image_format`, default png: lossless), since a loader makes one column
   per extension (`datasets` refuses samples whose members differ).
 - simpletuner: SimpleTuner's DALL-E-3 preset (scripts/lib/simpletuner.py): the images, `<stem>.txt`
@@ -41,7 +41,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, regular_file, shown
 from scripts.lib.nesting import loads_json
-from scripts.lib.shards import ShardWriter
+from scripts.lib.shards import ShardWriter, key_id
 from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
@@ -259,7 +259,7 @@ def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]
 def write_webdataset(
     rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None], image_format: str = "png"
 ) -> None:
-    """WebDataset shards: key = row id, members image + txt + json, adjacent (its reading rule)."""
+    """WebDataset shards: key = sample_key(row id), members image + txt + json, adjacent (its reading rule)."""
     writer = ShardWriter(folder, shard_size)
     try:
         for row in rows.itertuples(index=False):
@@ -393,7 +393,7 @@ ROWS_COLUMNS = [
 
 def write_rows_table(rows: pd.DataFrame, release_dir: Path) -> None:
     """rows.parquet: every row of the release whatever its layout, with `image` where its image is in the
-    release (relative to the release folder: `train/images/s/<id>.png`, `train/shard-000000.tar!/<id>.png`,
+    release (relative to the release folder: `train/images/s/<id>.png`, `train/shard-000000.tar!/<key>.png`,
     `train/part-00000-of-00001.parquet!/<id>`; null if the layout left it out), and that image's sha256 and
     size. Found by reading what the export wrote, so it holds for every writer."""
     release_dir = Path(release_dir)
@@ -458,7 +458,7 @@ def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, in
                     if member.isfile() and ext.lower() in IMAGE_SUFFIXES:
                         data = tar.extractfile(member)
                         assert data is not None  # a regular file's member always has data
-                        found.setdefault(stem, entry(f"{rel}!/{member.name}", data.read()))
+                        found.setdefault(key_id(stem), entry(f"{rel}!/{member.name}", data.read()))
         elif suffix == ".parquet" and path.name.startswith("part-"):
             import pyarrow.parquet as pq
 

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scripts.lib.errors import DataError
+
 # RE2 spelling of Python's `re` non-word run: `\w` there is Unicode letters, digits and underscore.
 _NON_WORD = r"[^\p{L}\p{N}_]+"
 _MIX_MULT = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio odd constant: spreads successive units
@@ -167,7 +169,14 @@ def as_string_array(texts) -> pa.Array:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     if not isinstance(texts, pa.Array):
-        texts = pa.array(list(texts), type=pa.large_string())
+        texts = list(texts)
+        try:
+            texts = pa.array(texts, type=pa.large_string())
+        except (pa.ArrowTypeError, pa.ArrowInvalid):  # a float NaN, an int, a list: name it, not pyarrow's line
+            at = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+            if at is None:
+                raise
+            raise DataError(f"text {at + 1}: expected a string, got {type(texts[at]).__name__}") from None
     if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
         return texts.fill_null("")
     raise TypeError(f"texts must be strings, got {texts.type}")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, writing
 
 
@@ -203,7 +203,7 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
     try:
         return pd.read_parquet(path, columns=columns)
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
 
 
 def column_names(path: Path | str) -> list[str]:
@@ -214,7 +214,7 @@ def column_names(path: Path | str) -> list[str]:
     try:
         return pq.read_schema(path).names
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
 
 
 class ParquetChunks:
@@ -238,7 +238,7 @@ class ParquetChunks:
             fields = [self.file.schema_arrow.field(name) for name in self.columns]
             integers = self.file.read(columns=[f.name for f in fields if pa.types.is_integer(f.type)])
         except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise _unreadable(self.path, exc) from None
+            raise unreadable(self.path, exc) from None
         self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
 
     def frames(self, progress: str | None = None) -> Iterator:
@@ -258,7 +258,7 @@ class ParquetChunks:
             try:
                 batch = next(batches, None)
             except Exception as exc:
-                raise _unreadable(self.path, exc) from None
+                raise unreadable(self.path, exc) from None
             if batch is None:
                 break
             seen = True
@@ -288,7 +288,7 @@ def existing_input(path: Path | str) -> Path:
     return path
 
 
-def _unreadable(path: Path, exc: Exception) -> DataError:
+def unreadable(path: Path, exc: Exception) -> DataError:
     return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
 
 
@@ -302,7 +302,7 @@ def check_unique(path: Path | str, column: str = "id"):
     try:
         values = pq.read_table(path, columns=[column]).column(column) if column in pq.read_schema(path).names else None
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
     if values is None:
         raise DataError(f"{path}: no '{column}' column")
     if pc.count_distinct(values, mode="all").as_py() < len(values):
@@ -310,87 +310,85 @@ def check_unique(path: Path | str, column: str = "id"):
     return values
 
 
-def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:
-    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids."""
-    import pandas as pd
-
-    for column in strings:
-        if column not in df.columns:
-            raise DataError(f"{path}: no '{column}' column")
-        if isinstance(df[column].dtype, pd.StringDtype):  # text by construction: no value to look at
-            continue
-        values = df[column].dropna()
-        if len(values) and not (
-            pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()
-        ):
-            raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
+def check_table(
+    df,
+    path: Path | str,
+    strings: tuple[str, ...] = (),
+    unique: str | None = None,
+    present: tuple[str, ...] = (),
+    first_row: int = 0,
+) -> None:
+    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids:
+    check_cells's for `strings` (text or missing) and `present` (never missing), then the repeats."""
+    check_cells(df, path, text=strings, present=present, first_row=first_row)
     if unique is not None:
         if unique not in df.columns:
             raise DataError(f"{path}: no '{unique}' column")
-        repeated = df[unique][df[unique].duplicated()]
-        if len(repeated):
-            raise DataError(f"{path}: duplicate id {repeated.iloc[0]!r} ({len(repeated)} repeated rows)")
+        repeated = df[unique].duplicated()
+        if repeated.any():
+            first: dict = {}
+            for at, value in enumerate(df[unique].tolist()):  # names the first repeat and its first row
+                if value in first:
+                    raise DataError(
+                        f"{path}: duplicate id {shown_short(value)!r} at row {first_row + at + 1} (first at row "
+                        f"{first_row + first[value] + 1}; {int(repeated.sum())} repeated rows)"
+                    )
+                first[value] = at
 
 
-CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet, as dedup@S writes it
+def check_cells(
+    df, path: Path | str, text: tuple[str, ...] = (), present: tuple[str, ...] = (), numbers=(), first_row: int = 0
+) -> None:
+    """One line naming the file and the row (1-based; `first_row` rows came before `df`) of the first cell
+    its column cannot hold: `text` columns hold strings, `numbers` real numbers (either may be missing),
+    `present` columns nothing missing (null, NaN). Any other cell would reach code that hashes, sorts or
+    joins it: a list, a dict or a float NaN there was a traceback far from the file that held it."""
+    for column in dict.fromkeys((*text, *numbers, *present)):
+        if column not in df.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        kind = "text" if column in text else "number" if column in numbers else None
+        bad = first_bad_cell(df[column], kind, nullable=column not in present)
+        if bad is not None:
+            raise DataError(f"{shown(path)}: row {first_row + bad[0] + 1}: column '{column}' {bad[1]}")
 
 
-def check_clusters(table, where: Path | str) -> None:
-    """A clusters table (pyarrow) as its readers use it: `id` and `duplicate_of` text, `jaccard` a finite
-    number, in every row; else one line naming `where`, the column and the first bad row (1-based). Text
-    in `jaccard` or a null `duplicate_of` was a traceback in dedup-preview, plots and diff."""
-    import pyarrow.compute as pc
+def first_bad_cell(values, kind: str | None, nullable: bool = True) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first value of a Series that is not of `kind` ("text", "number", or
+    None: anything), or missing where not `nullable`; None when every value is fine."""
+    import pandas as pd
 
-    check_clusters_columns(where, table.column_names)
-    for name in CLUSTER_COLUMNS:
-        column = table.column(name)
-        row = _first_true(pc.is_null(column, nan_is_null=True))
-        if row is not None:
-            raise DataError(f"{shown(where)}: row {row + 1}: {name} is missing (null or NaN)")
-        wanted, kind = ("numbers", _is_number) if name == "jaccard" else ("text", is_text_type)
-        if not kind(column.type):
-            raise DataError(f"{shown(where)}: column '{name}' must hold {wanted}, found {column.type}")
-    row = _first_true(pc.invert(pc.is_finite(table.column("jaccard"))))
-    if row is not None:
-        raise DataError(f"{shown(where)}: row {row + 1}: jaccard {table.column('jaccard')[row]} is not a finite number")
-
-
-def check_clusters_columns(where: Path | str, names) -> None:
-    missing = [c for c in CLUSTER_COLUMNS if c not in names]
-    if missing:
-        raise DataError(f"{shown(where)}: no column(s) {', '.join(missing)} (not a dedup clusters table)")
+    missing = values.isna().to_numpy()
+    if not nullable and missing.any():
+        return int(missing.argmax()), "is missing (null or NaN)"
+    typed = isinstance(values.dtype, pd.StringDtype) if kind == "text" else None
+    if kind == "number":
+        typed = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+    if kind is None or typed:  # the column's type says every present value is right
+        return None
+    for index, (value, gone) in enumerate(zip(values.tolist(), missing)):
+        if gone:
+            continue
+        right = isinstance(value, str) if kind == "text" else _is_number(value)
+        if not right:
+            return index, f"holds {_described(value)}, not {'text' if kind == 'text' else 'a number'}"
+    return None
 
 
-def read_clusters_table(path: Path | str):
-    """data/dedup/S.clusters.parquet (pyarrow: its CLUSTER_COLUMNS), checked by check_clusters."""
-    import pyarrow.parquet as pq
+def _is_number(value) -> bool:
+    import numbers
 
-    path = existing_input(path)
-    check_clusters_columns(path, column_names(path))
-    try:
-        table = pq.read_table(path, columns=list(CLUSTER_COLUMNS))
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
-    check_clusters(table, path)
-    return table
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def is_text_type(kind) -> bool:
-    """string or large_string: the two ways parquet gives back a text column."""
-    import pyarrow as pa
+def _described(value) -> str:
+    """A cell's type and (short) value for an error line: `int 5`, `a list ['a']`."""
+    import numpy as np
 
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
-
-def _is_number(kind) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_floating(kind) or pa.types.is_integer(kind)  # a bool column is neither
-
-
-def _first_true(mask) -> int | None:
-    values = mask.to_numpy(zero_copy_only=False)
-    return int(values.argmax()) if values.any() else None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"a list {shown_short(list(value), 40)}"
+    if isinstance(value, dict):
+        return f"a mapping {shown_short(value, 40)}"
+    return f"{type(value).__name__} {shown_short(repr(value), 40)}"
 
 
 # A place in a generation list past 2**53 is no real list's; floats stop holding whole numbers exactly there
@@ -411,7 +409,7 @@ def checked_positions(path: Path | str):
     try:
         column = pq.read_table(path, columns=["position"]).column("position")
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise _unreadable(path, exc) from None
+        raise unreadable(path, exc) from None
     bad = first_bad_position(column)
     if bad is not None:
         row, problem = bad

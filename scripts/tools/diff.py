@@ -30,12 +30,12 @@ import pandas as pd
 import typer
 import yaml
 
-from scripts.lib.errors import DataError, shown, shown_lines
+from scripts.lib.errors import DataError, shown, shown_lines, shown_short
 from scripts.lib.export import parse_metadata
 from scripts.lib.io import SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
-from scripts.lib.tables import CLUSTER_COLUMNS, check_clusters, check_table
+from scripts.lib.tables import check_cells, check_table
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -126,6 +126,12 @@ def releases_at(fs, rev: str = "") -> dict:
     return releases or {}
 
 
+# The columns diff compares: text, and (but `text`: a row whose caption is missing compares as none) present.
+# A list, an int or a null id there was a traceback where they were hashed, sorted or joined.
+ROW_TEXT = ("id", "source", "split", "text")
+ROW_PRESENT = ("id", "source", "split")
+
+
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     base = f"data/releases/{release}"
     removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"], rev)
@@ -138,9 +144,10 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
         raise
     except Exception as exc:
         raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
-    missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
-    if missing:
-        raise DataError(f"{rev}:{base}/rows.parquet: no {missing[0]!r} column")
+    where = f"{rev}:{base}/rows.parquet"
+    check_table(table, where, strings=ROW_TEXT + ("image",), unique="id", present=ROW_PRESENT)
+    if "image_sha256" in table.columns:
+        check_cells(table, where, text=("image_sha256",))
     image_md5: dict[str, str] = {}
     sha = table["image_sha256"] if "image_sha256" in table.columns else pd.Series([None] * len(table))
     for row_id, image, digest in zip(table["id"], table["image"], sha):
@@ -166,6 +173,10 @@ def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -
         except FileNotFoundError:
             raise DataError(f"{rev}:{path}: not found (is release {release} built and pushed at {rev}?)") from None
         frame = pd.DataFrame.from_records(records, columns=["id", "source", "text", "file_name"]).assign(split=split)
+        check_table(frame, f"{rev}:{path}", strings=ROW_TEXT + ("file_name",), unique="id", present=ROW_PRESENT)
+        for row_id in frame["id"]:
+            if row_id in image_md5:  # an id in both splits: which row is it?
+                raise DataError(f"{rev}:{path}: id {shown_short(row_id)!r} is in another split's metadata.jsonl too")
         frames.append(frame[["id", "source", "split", "text"]])
         for row in frame.itertuples(index=False):
             image_md5[row.id] = _file_md5(
@@ -185,8 +196,9 @@ def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str)
     return f"md5:{md5}" if md5 else ""
 
 
-def _read_parquet(fs, path: str, columns: list[str], rev: str = "") -> pd.DataFrame:
-    """A table at a revision, empty when absent; unreadable, or lacking a column, is one line naming it."""
+def _read_parquet(fs, path: str, columns: list[str], rev: str = "", numbers: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table at a revision, empty when absent; unreadable, lacking a column, or a cell that is not what
+    its column holds (text, or the `numbers`; nothing missing), is one line naming it (and the row)."""
     where = f"{rev}:{path}" if rev else path
     try:
         with open_at(fs, path, where) as f:
@@ -200,33 +212,20 @@ def _read_parquet(fs, path: str, columns: list[str], rev: str = "") -> pd.DataFr
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"{shown(where)}: no {missing[0]!r} column")
+    text = tuple(c for c in columns if c not in numbers)
+    check_cells(table, shown(where), text=text, numbers=numbers, present=tuple(columns))
     return table
-
-
-def _check_clusters(clusters: pd.DataFrame, where: str) -> None:
-    """tables.check_clusters on a clusters table read here (text in jaccard was float()'s traceback)."""
-    import pyarrow as pa
-
-    if clusters.empty:  # absent (no columns' types to check), or no rows to misread
-        return
-    try:
-        table = pa.Table.from_pandas(clusters[list(CLUSTER_COLUMNS)], preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        raise DataError(f"{shown(where)}: not a dedup clusters table (its columns' types)") from None
-    check_clusters(table, where)
 
 
 def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
     """id -> reason from the per-source clean and dedup outputs at one revision."""
     reasons: dict[str, str] = {}
     for source in sorted(sources):
-        path = f"data/clean/{source}.dropped.parquet"
-        dropped = _read_parquet(fs, path, ["id", "reason"], rev)
-        check_table(dropped, shown(f"{rev}:{path}" if rev else path), strings=("id", "reason"))  # a list id: unhashable
+        dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"], rev)
         reasons.update({i: f"clean:{r}" for i, r in zip(dropped["id"], dropped["reason"])})
-        path = f"data/dedup/{source}.clusters.parquet"
-        clusters = _read_parquet(fs, path, list(CLUSTER_COLUMNS), rev)
-        _check_clusters(clusters, f"{rev}:{path}" if rev else path)
+        clusters = _read_parquet(
+            fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"], rev, numbers=("jaccard",)
+        )
         for row in clusters.itertuples(index=False):
             reasons[row.id] = f"dedup:duplicate_of={row.duplicate_of} jaccard={float(row.jaccard):.2f}"
     return reasons
@@ -245,7 +244,8 @@ def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
         added = new.index.difference(old.index)
         removed = old.index.difference(new.index)
         both = old.index.intersection(new.index)
-        text_changed = both[(old.loc[both, "text"] != new.loc[both, "text"]).to_numpy()]
+        before, after = old.loc[both, "text"], new.loc[both, "text"]
+        text_changed = both[((before != after) & ~(before.isna() & after.isna())).to_numpy()]
         image_changed = [i for i in both if _changed(a.image_md5.get(i), b.image_md5.get(i))]
         reasons = pd.Series({i: explain.get(i, "recipe") for i in removed}, dtype=object)
         report["splits"][split] = {
