@@ -114,16 +114,18 @@ def cli(
     check_unique(input)
     steps = before_generate_steps(source, releases)
     split_params = load_section("split", missing_ok=True)
-    ops = Ops(
-        text_loader(dedup_dir, split_params, prefiltered),
-        cleaner(rules, f"prefilter@{source}"),
-        deduper(load_section("dedup", missing_ok=True), load_section("runtime", missing_ok=True)),
-        built={},
-    )
 
     @functools.cache
     def reference(name: str) -> pd.DataFrame:  # composed once, read by every chunk
         return output_rows(resolve_recipe(name, releases), ops)
+
+    ops = Ops(  # with `reference`: a reference release may dedup against another one
+        text_loader(dedup_dir, split_params, prefiltered),
+        cleaner(rules, f"prefilter@{source}"),
+        deduper(load_section("dedup", missing_ok=True), load_section("runtime", missing_ok=True)),
+        reference,
+        built={},
+    )
 
     stem = output.name.removesuffix(".parquet")
     removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))

@@ -31,9 +31,8 @@ from stat import S_ISREG
 from typing import Any
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import shown
+from scripts.lib.io import REF_SEPARATOR, shown
 
-REF_SEPARATOR = "!/"
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
 
@@ -332,7 +331,10 @@ def check_image_pixels(head: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMA
 
 # ---------------------------------------------------------------- references
 def make_ref(archive: Path | str, member: str) -> str:
-    return f"{PurePosixPath(Path(archive).as_posix())}{REF_SEPARATOR}{member}"
+    path = PurePosixPath(Path(archive).as_posix())
+    if REF_SEPARATOR in str(path):  # parse_ref would split the reference inside the archive's own path
+        raise DataError(f"{shown(str(path))}: a folder name ending in '!' cannot hold an archive ('!/' marks a member)")
+    return f"{path}{REF_SEPARATOR}{member}"
 
 
 def parse_ref(ref: str) -> tuple[Path, str | None]:

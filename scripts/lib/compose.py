@@ -189,8 +189,9 @@ def run_step(step: Step, rows: pd.DataFrame, ops: Ops, so_far: pd.DataFrame | No
     elif d.scope == "against":
         if d.reference is None:
             reference = so_far
+        elif ops.reference is None:  # a real error, not an assert: `python -O` drops asserts
+            raise DataError(f"params.yaml: dedup.reference {d.reference!r}: this command cannot compose other releases")
         else:
-            assert ops.reference is not None  # Ops that compose a release with `reference` provide it
             reference = ops.reference(d.reference)
         ref_texts = (
             reference.loc[reference["split"] == d.against, "text"].astype(str).tolist() if reference is not None else []

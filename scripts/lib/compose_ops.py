@@ -17,7 +17,8 @@ from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
-from scripts.lib.recipe import Recipe, referenced_releases, resolve_recipe, source_roots
+from scripts.lib.plans import releases_read_by
+from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
 from scripts.lib.tables import check_table, checked_positions, read_parquet
 
 
@@ -147,15 +148,19 @@ def stage_ops(
 ) -> Ops:
     """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
     roots = source_roots(sources, recipe)
-    for other in referenced_releases(recipe):
+    for other in releases_read_by([recipe.name], releases):  # a reference's own references too
         roots.update(source_roots(sources, resolve_recipe(other, releases)))
     text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
-    built: dict[str, pd.DataFrame] = {}
-    ops = Ops(
-        split_loader(splits, roots, positions, text_only), cleaner(rules, desc), deduper(dedup, runtime), built=built
-    )
 
     def reference(name: str) -> pd.DataFrame:
+        # the same Ops, `reference` included: a reference release may dedup against another one
         return output_rows(resolve_recipe(name, releases), ops)
 
-    return Ops(ops.load_split, ops.clean, ops.keep, reference, built)
+    ops = Ops(
+        split_loader(splits, roots, positions, text_only),
+        cleaner(rules, desc),
+        deduper(dedup, runtime),
+        reference,
+        built={},
+    )
+    return ops

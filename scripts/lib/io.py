@@ -61,6 +61,8 @@ UMASK = _read_umask()  # once at import, before any thread starts
 PROMPT_COLUMNS = ["id", "source", "prompt", "split", "image", "width", "height", "meta"]
 # The two splits of every split folder and release.
 SPLITS = ("train", "validation")
+# An image inside an archive is "<archive path>!/<member>" (scripts/lib/archive.py), so no plain path may hold it.
+REF_SEPARATOR = "!/"
 
 
 def stable_id(source: str, key: str | int) -> str:

@@ -1,8 +1,9 @@
 """A release's recipe (params.yaml `releases.V`, the language of docs/recipes.md), resolved.
 
 `resolve_recipe` follows the `base:` chain, turns the shorthands (`reclean`, `validation_leaks`,
-a component's `dedup_against`) into steps and refuses what no stage can run (a base cycle, a step
-`reference` to an unknown release, a scope against outside a component) in one line naming the key;
+a component's `dedup_against`) into steps and refuses what no stage can run (a base cycle, a release
+that reads itself through `base:` and `reference:`, a step `reference` to an unknown release, a scope
+against outside a component) in one line naming the key;
 `source_roots` says where each component's images may live (and refuses a source params.yaml lacks).
 """
 
@@ -94,7 +95,48 @@ def resolve_recipe(name: str, releases: dict, _seen: tuple[str, ...] = ()) -> Re
     )
     if not recipe.own_components and base is None:
         raise DataError(f"params.yaml: releases.{name}: no components")
+    if not _seen:  # once per call, after the base chain (a cycle of bases alone is named above)
+        check_no_read_cycle(name, releases)
     return recipe
+
+
+def _reads(name: str, releases: dict) -> list[tuple[str, str]]:
+    """(key path, release) for each release `name` reads: its base and every step's `reference`."""
+    spec = releases[name]
+    if not isinstance(spec, Release):
+        spec = parse(Release, spec or {}, at=("releases", name))
+    at = f"releases.{name}"
+    reads = [(f"{at}.base", spec.base)] if spec.base is not None else []
+    steps = [(f"{at}.steps[{k}]", s) for k, s in enumerate(spec.steps)] + [
+        (f"{at}.components[{n}].steps[{k}]", s) for n, c in enumerate(spec.components) for k, s in enumerate(c.steps)
+    ]
+    return reads + [(f"{key}.dedup.reference", s.dedup.reference) for key, s in steps if s.dedup and s.dedup.reference]
+
+
+def check_no_read_cycle(name: str, releases: dict) -> None:
+    """Refuse a release that reads itself through `base:` and `reference:` together (`a` references `b`,
+    whose base is `a`): composing it would compose itself first, without end. One line naming the key
+    that starts the cycle. Depth-first with its own stack: a chain of thousands is no recursion."""
+    path, keys, done = [name], list[str](), set[str]()  # keys[i]: the key of the read from path[i] to path[i + 1]
+    todo = [iter(_reads(name, releases))]
+    while todo:
+        edge = next(todo[-1], None)
+        if edge is None:  # every release this one reads is free of cycles
+            todo.pop()
+            done.add(path.pop())
+            del keys[len(path) - 1 :]
+            continue
+        key, other = edge
+        if other in path:
+            start = path.index(other)
+            raise DataError(
+                f"params.yaml: {(keys + [key])[start]}: reference cycle {' -> '.join(path[start:] + [other])}"
+            )
+        if other in done or other not in releases:  # an unknown name: resolve_recipe names it
+            continue
+        path.append(other)
+        keys.append(key)
+        todo.append(iter(_reads(other, releases)))
 
 
 def _with_shorthand(component: Component) -> Component:
@@ -102,16 +144,6 @@ def _with_shorthand(component: Component) -> Component:
         return component
     step = Step(dedup=DedupStep(scope="against", against=component.dedup_against))
     return component.model_copy(update={"steps": [*component.steps, step], "dedup_against": None})
-
-
-def referenced_releases(recipe: Recipe) -> set[str]:
-    """Releases whose output rows the recipe's components dedup against after rendering (`reference:`)."""
-    return {
-        s.dedup.reference
-        for c in recipe.all_components()
-        for s in c.steps
-        if s.dedup is not None and s.dedup.reference is not None and not s.dedup.before_generate
-    }
 
 
 def source_roots(sources: dict[str, Source], recipe: Recipe) -> dict[str, list[Path]]:

@@ -35,6 +35,11 @@ floats must be finite (no `.nan`, `.inf`). `null` is allowed only where the type
 (`*name`) are refused: write repeated entries out. A key left out takes its default; a key marked
 *required* must be set.
 
+The names of `sources`, `releases`, `synthesize` and `caption` entries become file names: plain ASCII
+names (letters, digits, `_`, `-`, `.`), distinct when case is ignored (`Cats` and `cats` are one file
+on macOS and Windows); no source is named as another one followed by `.dropped`, `.clusters`,
+`.preview`, `.report` or `.removed` (`x.dropped` and x's `data/clean/x.dropped.parquet` would be one file).
+
 `dvc exp run -S KEY=VALUE` changes a key for one experiment, with Hydra's override rules: `-S` alone
 only replaces a key that params.yaml already has (a key left out, at its default, is refused: "Could
 not override ... To append to your config use +KEY=VALUE"); `-S +KEY=VALUE` adds a missing key (and

@@ -429,6 +429,12 @@ def cli(
     release_dir = Path("data/releases") / name
     sources = load_section("sources", missing_ok=True)
     recipe = resolve_recipe(name, load_section("releases", missing_ok=True))
+    if recipe.export.format == "prompts":  # its rows have no image: the Hub folder here is images and captions
+        raise DataError(
+            f"params.yaml: releases.{name}: a text-only release (export: prompts) is not for `publish`, which "
+            f"uploads images with their captions: upload data/releases/{name} as it is (`hf upload {repo_id} "
+            f"data/releases/{name} . --repo-type dataset`; its card's configs name each split's prompts.parquet)"
+        )
     commit = _git("rev-parse", "HEAD") if dry_run else check_tag(tag, name)
     out = out or Path("dist/hub") / name
     splits = {split: read_split(release_dir, split) for split in SPLITS}

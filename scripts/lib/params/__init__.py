@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import (
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -28,12 +29,14 @@ from scripts.lib.nesting import TooDeep
 from scripts.lib.params.base import (  # noqa: F401
     ENTRY_NAME,
     PARAMS_FILE,
+    SOURCE_OUTPUT_SUFFIXES,
     NonEmpty,
     Section,
     Seed,
     Seed32,
     _first_error,
     check_name,
+    check_names_apart,
     key_path,
     parse,
     unknown_key_message,
@@ -110,13 +113,17 @@ class Params(Section):
     preview: Preview | None = Field(None, description="contact sheets, previews and plots")
     runtime: Runtime | None = Field(None, description="speed only: engine, workers, batch sizes")
 
+    # Entry names become file and folder names: plain, and apart when case is ignored (macOS, Windows)
     @field_validator("sources", "releases", "synthesize", "caption", mode="before")
     @classmethod
-    def _plain_names(cls, entries: Any) -> Any:
+    def _plain_names(cls, entries: Any, info: ValidationInfo) -> Any:
         if isinstance(entries, dict):
             for name in entries:
                 if isinstance(name, str):
                     check_name(name)
+            # only a source's outputs carry a suffix after its name (a release's are folders data/*/V)
+            suffixes = SOURCE_OUTPUT_SUFFIXES if info.field_name == "sources" else None
+            check_names_apart([name for name in entries if isinstance(name, str)], suffixes)
         return entries
 
 

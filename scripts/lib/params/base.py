@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from scripts.lib.errors import DataError
+from scripts.lib.io import REF_SEPARATOR
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -69,6 +70,18 @@ def looks_like_a_key(text: str) -> bool:
     return bool(SECRET_SHAPES.search(text) or KEY_LIKE.search(text))
 
 
+def no_archive_mark(path: str | None) -> str | None:
+    """A folder path that no image path under it can hold '!/': "data/raw/k!/set/1.png" reads as member
+    set/1.png of archive data/raw/k. Refused, so that a reference means one thing (telling them apart by
+    looking for an archive file could read either when both exist)."""
+    if path is not None and REF_SEPARATOR in path.replace("\\", "/") + "/":
+        raise ValueError(
+            f"{path!r} holds a folder name ending in '!': '{REF_SEPARATOR}' marks a member inside an archive "
+            "(a.tar!/1.png), so the images under it would not be found; rename the folder"
+        )
+    return path
+
+
 def check_name(name: str, what: str = "name") -> str:
     """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
     a plain name only, never `..`, a slash or an empty string."""
@@ -79,7 +92,37 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # ASCII: no two Unicode forms of one name
+# What stages append to a source's name before the extension (dvc.yaml), one file each as an example:
+# sources `x` and `x.dropped` would write one file, data/clean/x.dropped.parquet
+SOURCE_OUTPUT_SUFFIXES = {
+    "dropped": "data/clean/{}.dropped.parquet",
+    "clusters": "data/dedup/{}.clusters.parquet",
+    "preview": "data/dedup/{}.preview.html",
+    "report": "data/clean/{}.report.json",
+    "removed": "data/prefilter/{}.removed.parquet",
+}
+
+
+def check_names_apart(names: list[str], suffixes: dict[str, str] | None = None) -> None:
+    """Refuse two entries of a section whose files would mix: names equal but for case (one file on
+    macOS and Windows file systems), or one the other's plus a stage's `.suffix` (`suffixes`)."""
+    seen: dict[str, str] = {}
+    suffixes = suffixes or {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise ValueError(
+                f"entries {other!r} and {name!r} differ only by case: their files are one on a case-insensitive "
+                "file system (macOS, Windows); rename one"
+            )
+    for name in names:
+        stem, _, suffix = name.casefold().rpartition(".")
+        if stem in seen and suffix in suffixes:
+            raise ValueError(
+                f"entries {seen[stem]!r} and {name!r} would mix their files: the outputs of {seen[stem]!r} include "
+                f"{suffixes[suffix].format(seen[stem])}, those of {name!r} are named {name}.*; rename {name!r}"
+            )
 
 
 def key_path(loc: tuple) -> str:

@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.params.base import NonEmpty, Section
+from scripts.lib.params.base import NonEmpty, Section, no_archive_mark
 from scripts.lib.params.synthesize import RESERVED_BODY_KEYS, ChatClientSettings
 
 CAPTION_SYSTEM = (
@@ -137,6 +137,11 @@ class CaptionEntry(ChatClientSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, le=1 << 28, description="images with more pixels are skipped (bombs)"
     )
+
+    @field_validator("images")
+    @classmethod
+    def _no_archive_mark(cls, path: str) -> str | None:
+        return no_archive_mark(path)
 
     @field_validator("extra_body")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     create_model,
@@ -36,11 +37,50 @@ class Rewrite(Section):
         return self
 
 
+# The codes langdetect 1.0.9 returns (its profiles folder, langdetect.detector_factory.PROFILES_DIRECTORY):
+# a code it never returns ("EN", "english", "en-US") dropped every row at exit 0
+# fmt: off
+LANGDETECT_CODES = (
+    "af", "ar", "bg", "bn", "ca", "cs", "cy", "da", "de", "el", "en", "es", "et", "fa", "fi", "fr", "gu", "he",
+    "hi", "hr", "hu", "id", "it", "ja", "kn", "ko", "lt", "lv", "mk", "ml", "mr", "ne", "nl", "no", "pa", "pl",
+    "pt", "ro", "ru", "sk", "sl", "so", "sq", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "zh-cn",
+    "zh-tw",
+)
+# fmt: on
+
+
+def nearest_language_code(value: str) -> str | None:
+    """The langdetect code `value` most likely means: 'EN' -> 'en', 'en-US' -> 'en', 'english' -> 'en'."""
+    low = value.strip().lower().replace("_", "-")
+    head = low.split("-")[0]
+    for guess in (low, head):
+        if guess in LANGDETECT_CODES:
+            return guess
+    near = difflib.get_close_matches(low, LANGDETECT_CODES, n=1, cutoff=0.6)
+    if near:
+        return near[0]
+    prefixed = [code for code in LANGDETECT_CODES if code.startswith(head[:2])] if len(head) >= 2 else []
+    return prefixed[0] if prefixed else None
+
+
+def _language_code(value: str) -> str:
+    if value not in LANGDETECT_CODES:
+        near = nearest_language_code(value)
+        hint = f"did you mean {near!r}?" if near else f"its codes: {', '.join(LANGDETECT_CODES)}"
+        raise ValueError(f"{value!r} is not a language code langdetect returns ({hint})")
+    return value
+
+
+LanguageCode = Annotated[str, AfterValidator(_language_code)]  # sources.S.caption_language too
+
+
 class Language(Section):
     """The reference's langdetect filter (needs the `langdetect` package when enabled)."""
 
     enabled: bool = Field(False, description="drop prompts whose detected language is not in `keep`")
-    keep: list[NonEmpty] = Field(["en"], min_length=1, description="language codes kept")
+    keep: list[LanguageCode] = Field(
+        ["en"], min_length=1, description="language codes kept, as langdetect returns them (en, de, zh-cn, ...)"
+    )
     seed: Seed = Field(0, description="langdetect's seed (DetectorFactory.seed; its detection is random otherwise)")
     undetectable: Literal["keep", "drop"] = Field(
         "keep",

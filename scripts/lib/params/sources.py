@@ -10,8 +10,8 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.params.base import NonEmpty, Section, Seed
-from scripts.lib.params.clean import RuleName, SourceClean, SourceDedup, _rule_set_name
+from scripts.lib.params.base import NonEmpty, Section, Seed, no_archive_mark
+from scripts.lib.params.clean import LanguageCode, RuleName, SourceClean, SourceDedup, _rule_set_name
 
 MAX_PROMPT_BYTES = 65_536  # a longer text line is refused: by ingest (its default) and by clean-text and dedup-text
 
@@ -23,7 +23,10 @@ class Source(Section):
     kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = (
         Field(description="reader of the native format (docs/contracts.md §5)")
     )
-    path: NonEmpty = Field(description="raw data in its native format: a file or a folder")
+    path: NonEmpty = Field(
+        description="raw data in its native format: a file or a folder (no folder name ending in '!': `a.tar!/x` "
+        "names a member of an archive)"
+    )
     images: NonEmpty | None = Field(
         None,
         description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
@@ -99,9 +102,10 @@ class Source(Section):
         description="dedup@S: true = the `dedup:` section; false = off (every row passes, as the team did for "
         "DiffusionDB and Gustavosta before their split); or {threshold, keep, method} overriding it",
     )
-    caption_language: NonEmpty | None = Field(
+    caption_language: LanguageCode | None = Field(
         None,
-        description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language; "
+        description="captions@S keeps a row only if langdetect (seed 0) reads its raw prompt as this language "
+        "(a code langdetect returns: en, de, zh-cn, ...); "
         "undetectable text is kept (the team's make_captions.py); null: no check",
     )
     follow_symlinks: bool = Field(
@@ -114,6 +118,11 @@ class Source(Section):
     @classmethod
     def _clean_set(cls, value: Any) -> Any:
         return value if isinstance(value, (bool, dict)) else _rule_set_name(value)
+
+    @field_validator("path", "images")
+    @classmethod
+    def _no_archive_mark(cls, path: str | None) -> str | None:
+        return no_archive_mark(path)
 
     @field_validator("csv_files")
     @classmethod

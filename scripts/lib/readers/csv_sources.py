@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from scripts.lib.archive import UnsafeArchive, check_image_pixels
+from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (
@@ -153,6 +153,8 @@ def image_file_size(
     image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False
 ) -> tuple[int, int] | str:
     """(width, height) of a plain image file within the caps, or "reason:detail"."""
+    if REF_SEPARATOR in image.as_posix():  # every later stage would read it as an archive member
+        return f"unsafe_path:image {image}: a folder name ending in '!' reads as an archive ('!/' marks a member)"
     if image.is_symlink() and not follow_symlinks:
         return f"unsafe_path:image {image} is a symbolic link; {LINK_HINT}"
     if not image.is_file():
