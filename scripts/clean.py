@@ -180,7 +180,7 @@ def cli_text(
         tmp.open("w", encoding="utf-8") as dst,
     ):
         for batch in line_batches(src, input):  # each line capped: a newline-free file held no more than the cap
-            lines = [line.rstrip("\r\n") for line in decode_lines(batch, input, line_no)]
+            lines = decode_lines(batch, input, line_no)
             try:
                 results = clean_batch(lines, rules)
             except RegexTooSlow as exc:

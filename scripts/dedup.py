@@ -212,5 +212,5 @@ def read_lines(path: Path) -> list[str]:
     lines: list[str] = []
     with text_input(path).open("rb") as f:
         for batch in line_batches(f, path):
-            lines += (line.removesuffix("\r") for line in decode_lines(batch, path, len(lines)))
+            lines += decode_lines(batch, path, len(lines))
     return lines

@@ -46,7 +46,7 @@ from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, s
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.safe_paths import open_regular, own_regular_file
 from scripts.lib.temps import output_lock
-from scripts.lib.text_lines import line_batches
+from scripts.lib.text_lines import line_batches, split_lines
 
 # ---------------------------------------------------------------- params
 
@@ -196,7 +196,7 @@ def example_files(path: Path) -> list[Path]:
     `.txt` and `.parquet` files; a link in it would send what it points to to the API."""
     if not path.is_dir():
         return [path]
-    return [own_regular_file(p, path) for p in sorted(path.iterdir()) if p.suffix in (".txt", ".parquet")]
+    return [own_regular_file(p, path) for p in sorted(path.iterdir()) if p.suffix.lower() in (".txt", ".parquet")]
 
 
 def open_example(file: Path, source: Path) -> BinaryIO:
@@ -218,7 +218,7 @@ def read_example_pool(source: ExampleSource) -> list[str]:
     pool: list[str] = []
     budget = [MAX_EXAMPLE_BYTES]
     for file in example_files(path):
-        if file.suffix == ".parquet":
+        if file.suffix.lower() == ".parquet":
             pool.extend(_read_parquet_prompts(file, source.column))
         else:
             with open_example(file, path) as f:
@@ -244,8 +244,8 @@ def _text_prompts(f: BinaryIO, file: Path, budget: list[int]) -> Iterator[str]:
         except UnicodeDecodeError as exc:
             raise DataError(f"{shown(file)}: not UTF-8 text (byte {offset + exc.start})") from None
         offset += len(data)
-        # a batch ends at a "\n": splitting it splits the file's text where splitting it whole did
-        yield from (clean_line(line) for line in text.splitlines() if line.strip())
+        # a batch ends at a line end: splitting it splits the file's text where splitting it whole did
+        yield from (clean_line(line) for line in split_lines(text) if line.strip())
 
 
 def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:

@@ -56,9 +56,10 @@ TYPE_NAMES = {
 class UnsafeArchive(Exception):
     """A member or archive that must not be used; `reason` is the counted skip reason."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, member: str | None = None):
         super().__init__(detail)
         self.reason = reason
+        self.member = member  # a refused member's (plain) name: its sample must still see the name taken
 
 
 @dataclass
@@ -244,7 +245,8 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
             continue  # directory entries carry no data
         if typeflag not in REGULAR_TYPES:
             kind = TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
-            yield UnsafeArchive("unsafe_member", f"member {name!r} is a {kind}, only regular files are read")
+            detail = f"member {name!r} is a {kind}, only regular files are read"
+            yield UnsafeArchive("unsafe_member", detail, name if _plain_name(name) else None)
             continue
         try:
             check_member_name(name)
@@ -252,9 +254,17 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
             yield exc
             continue
         if size > max_bytes:
-            yield UnsafeArchive("member_too_large", f"member {name!r} is {size} bytes (cap {max_bytes})")
+            yield UnsafeArchive("member_too_large", f"member {name!r} is {size} bytes (cap {max_bytes})", name)
             continue
         yield TarMember(name, size, data_at, buf)
+
+
+def _plain_name(name: str) -> bool:
+    try:
+        check_member_name(name)
+    except UnsafeArchive:
+        return False
+    return True
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -270,34 +280,42 @@ def iter_samples(
     """Group adjacent members sharing a key: yield (key, {ext: member}) or a refused member.
 
     A key that comes back after other keys would give two samples the same id, and a member name that
-    repeats in a sample two candidates for one file: either is refused whole as "duplicate_key".
+    repeats in a sample two candidates for one file: either is refused whole as "duplicate_key". A copy
+    refused on its own (over `max_bytes`, a link) still counts: a release indexes every copy, whatever
+    its size, so ingest and release would each mean another one.
     """
     key: str | None = None
     group: dict[str, TarMember] = {}
+    exts: set[str] = set()  # of the sample's members, refused ones included
     seen: set[str] = set()
     refused: str | None = None
     for item in iter_tar(buf, max_bytes):
         if isinstance(item, UnsafeArchive):
             yield item
-            continue
-        item_key, ext = split_key(item.name)
+            if item.member is None:
+                continue
+        name = item.name if isinstance(item, TarMember) else item.member
+        assert name is not None  # a refused member without a name went on above
+        item_key, ext = split_key(name)
         if item_key == refused:
             continue  # the rest of a refused duplicate sample
         if item_key != key:
             if group:
                 assert key is not None  # a group fills only under its sample's key
                 yield key, group
-            key, group = item_key, {}
+            key, group, exts = item_key, {}, set()
             if item_key in seen:
-                yield UnsafeArchive("duplicate_key", f"member {item.name!r}: sample key {item_key!r} appears twice")
+                yield UnsafeArchive("duplicate_key", f"member {name!r}: sample key {item_key!r} appears twice")
                 key, refused = None, item_key
                 continue
             seen.add(item_key)
-        elif ext in group:  # which copy is the sample's? ingest read the first, a release the last: neither
-            yield UnsafeArchive("duplicate_key", f"member {item.name!r} appears twice in sample {item_key!r}")
+        elif ext in exts:  # which copy is the sample's? ingest read the first, a release the last: neither
+            yield UnsafeArchive("duplicate_key", f"member {name!r} appears twice in sample {item_key!r}")
             key, group, refused = None, {}, item_key
             continue
-        group[ext] = item
+        exts.add(ext)
+        if isinstance(item, TarMember):
+            group[ext] = item
     if group:
         assert key is not None  # a group fills only under its sample's key
         yield key, group
@@ -344,13 +362,21 @@ def parse_ref(ref: str) -> tuple[Path, str | None]:
 
 
 @functools.lru_cache(maxsize=8)
-def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]]:
-    """member name -> (offset, size) of the safe regular members (cached per archive version)."""
-    index: dict[str, tuple[int, int]] = {}
+def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int] | None]:
+    """member name -> (offset, size) of the safe regular members (cached per archive version); None for a
+    name the archive holds more than once (any copies, links included): which one a row meant is unknown."""
+    index: dict[str, tuple[int, int] | None] = {}
+    named: set[str] = set()
     with open_tar(path) as buf:
         for item in iter_tar(buf, max_bytes=1 << 62):  # sizes are checked per read
-            if isinstance(item, TarMember):
-                index[item.name] = (item.offset, item.size)
+            name = item.name if isinstance(item, TarMember) else item.member
+            if name is None:
+                continue
+            if name in named:
+                index[name] = None
+            elif isinstance(item, TarMember):
+                index[name] = (item.offset, item.size)
+            named.add(name)
     return index
 
 
@@ -376,14 +402,19 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
             raise UnsafeArchive("corrupt_archive", f"{archive}: not a readable zip ({type(exc).__name__})") from None
         with zf:
             try:
-                info = zf.getinfo(member)
+                info = zf.getinfo(member)  # the last of a repeated name: refused below
             except KeyError:
                 raise FileNotFoundError(f"{ref}: no such member") from None
+            if sum(other.filename == member for other in zf.infolist()) > 1:
+                raise UnsafeArchive("duplicate_key", repeated(ref))
             return read_zip_member(zf, info, max_bytes)
     index = _tar_index(str(archive), found.st_mtime_ns, found.st_size)
     if member not in index:
         raise FileNotFoundError(f"{ref}: no such regular member (or refused as unsafe)")
-    offset, size = index[member]
+    entry = index[member]
+    if entry is None:
+        raise UnsafeArchive("duplicate_key", repeated(ref))
+    offset, size = entry
     if size > max_bytes:
         raise UnsafeArchive("member_too_large", f"{ref}: {size} bytes (cap {max_bytes})")
     with open(archive, "rb") as f:
@@ -392,6 +423,10 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     if len(data) < size:
         raise ArchiveChanged(f"{archive}: the file shrank while it was read (member {member!r} cut short)")
     return data
+
+
+def repeated(ref: str) -> str:
+    return f"{ref}: the archive holds this name more than once (which copy is meant is unknown)"
 
 
 def check_sha256(ref: str, data: bytes, recorded) -> None:

@@ -230,11 +230,11 @@ def parse_metadata(lines: Iterable[str], where: str, required: tuple[str, ...]) 
 
 
 def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run release first") -> list[dict]:
-    """parse_metadata of folder/metadata.jsonl; a missing file is a DataError with `hint`."""
+    """parse_metadata of folder/metadata.jsonl cut at "\\n" (not at a caption's U+2028); missing: DataError + `hint`."""
     path = Path(folder) / "metadata.jsonl"
     if not path.exists():
         raise DataError(f"{path}: not found ({hint})")
-    return parse_metadata(regular_file(path).read_text(encoding="utf-8").splitlines(), str(path), required)
+    return parse_metadata(regular_file(path).read_text(encoding="utf-8").split("\n"), str(path), required)
 
 
 PROMPT_COLUMNS = ["id", "source", "text", "orig_text"]

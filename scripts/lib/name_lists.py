@@ -30,7 +30,7 @@ class NameList:
                 text = f.read().decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.path}: unreadable ({type(exc).__name__}); it says which files are ours") from None
-        return {line for line in text.splitlines() if line}
+        return {line for line in text.split("\n") if line}  # as written: "\n" ends a name, U+2028 does not
 
     def add(self, name: str) -> None:
         """One line, written whole: after a line a full disk cut short, the next starts a line of its own."""

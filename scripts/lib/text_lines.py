@@ -1,9 +1,15 @@
-"""The lines of a text file that clean-text and dedup-text read: each capped as ingest caps a `kind: text`
-line, read in bounded pieces, so a file without a newline (a sparse 8 GB file, /dev/zero's stream) is one
-line naming the file, not every byte held in memory until the kernel kills the command."""
+"""The lines of a text file that ingest (`kind: text`), clean-text, dedup-text and synthesize's example files
+read: each capped as ingest caps a `kind: text` line, read in bounded pieces, so a file without a newline
+(a sparse 8 GB file, /dev/zero's stream) is one line naming the file, not every byte held in memory.
+
+A line ends at "\\r\\n", "\\r" or "\\n" (Python's universal newlines: Windows, old Mac and Unix files give
+the same lines), never at U+2028, U+2029, U+0085 or the other separators `str.splitlines` knows: those
+are characters inside a prompt.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,15 +31,42 @@ def text_input(path: Path | str) -> Path:
     return regular_file(path, pipes=True)
 
 
+READ_BYTES = 1 << 20
+LINE_END = re.compile("\r\n|\r|\n")
+
+
+def raw_lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of binary file `f`, each with its end ("\\r\\n", "\\r", "\\n"; the last may have none);
+    None for a line of more than `max_bytes` bytes, yielded as soon as that many came (its rest is read
+    past in pieces, never held)."""
+    carry, overlong = b"", False  # overlong: in a line already reported, up to its end
+    while chunk := f.read(READ_BYTES):
+        lines = (carry + chunk).splitlines(keepends=True)  # bytes split at \r\n, \r and \n only
+        # the last piece goes on in the next read: no end yet, or a "\r" whose "\n" may come next
+        carry = b"" if lines[-1].endswith(b"\n") else lines.pop()
+        for line in lines:
+            if overlong:
+                overlong = False
+            elif len(line.rstrip(b"\r\n")) > max_bytes:
+                yield None
+            else:
+                yield line
+        if len(carry.removesuffix(b"\r")) > max_bytes:
+            if not overlong:
+                yield None
+            overlong, carry = True, carry[-1:]  # its last byte: a "\r" may end it
+    if carry and not overlong:
+        yield None if len(carry.removesuffix(b"\r")) > max_bytes else carry
+
+
 def line_batches(f: BinaryIO, where: Path | str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[list[bytes]]:
-    """The lines of binary file `f` (each with its "\\n"), about BATCH_BYTES at a time; a line longer than
-    `max_bytes` is a DataError naming `where` and the line, raised once that many bytes came without a
-    newline (neither held nor read past)."""
+    """The lines of binary file `f` (raw_lines: each with its end), about BATCH_BYTES at a time; a line
+    longer than `max_bytes` is a DataError naming `where` and the line, raised once that many bytes came
+    without a line end (neither held nor read past)."""
     batch: list[bytes] = []
-    size = number = 0
-    while raw := f.readline(max_bytes + 1):
-        number += 1
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+    size = 0
+    for number, raw in enumerate(raw_lines(f, max_bytes), start=1):
+        if raw is None:
             raise DataError(f"{shown(where)}: line {number}: line longer than {max_bytes} bytes")
         batch.append(raw)
         size += len(raw)
@@ -44,11 +77,17 @@ def line_batches(f: BinaryIO, where: Path | str, max_bytes: int = MAX_LINE_BYTES
         yield batch
 
 
+def split_lines(text: str) -> list[str]:
+    """`text` split at "\\r\\n", "\\r" and "\\n" only (not str.splitlines: U+2028 and the like are
+    characters of a line); a final line end gives a last "" as str.split does."""
+    return LINE_END.split(text) if "\r" in text else text.split("\n")
+
+
 def decode_lines(batch: list[bytes], where: Path | str, line_no: int) -> list[str]:
-    """The batch's lines as text, their "\\n" gone (split at "\\n" only, like the file's lines); invalid
-    UTF-8 is an error naming its line (`line_no`: the lines before the batch)."""
+    """The batch's lines as text, their ends gone (split as raw_lines split the file); invalid UTF-8 is
+    an error naming its line (`line_no`: the lines before the batch)."""
     try:
-        lines = b"".join(batch).decode("utf-8").split("\n")
+        lines = split_lines(b"".join(batch).decode("utf-8"))
     except UnicodeDecodeError:
         for offset, raw in enumerate(batch, start=line_no + 1):
             try:
@@ -57,5 +96,5 @@ def decode_lines(batch: list[bytes], where: Path | str, line_no: int) -> list[st
                 raise DataError(f"{shown(where)}: line {offset}: not valid UTF-8") from None
         raise
     if lines[-1] == "":
-        lines.pop()  # after the batch's last "\n"
+        lines.pop()  # after the batch's last line end
     return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,15 +105,23 @@ def check_distinct(named: list[tuple[str, str]], where: Path | str, what: str) -
             )
 
 
+def matches(root: Path, pattern: str) -> list[Path]:
+    """`root`'s entries whose name matches `pattern` ("*.txt") in any case, sorted: PROMPTS.TXT is a text
+    file too (Windows and macOS file systems match it already; case-sensitive, Linux silently left it out)."""
+    if not root.is_dir():
+        return []  # as glob finds nothing there
+    return sorted(path for path in root.iterdir() if fnmatch.fnmatchcase(path.name.lower(), pattern.lower()))
+
+
 def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = False) -> list[Path]:
-    """The source's files: `root` itself when it is a file, else its sorted matches of `pattern`
-    (a match that is a symbolic link is refused unless `follow_symlinks`)."""
+    """The source's files: `root` itself when it is a file, else its sorted matches of `pattern`, in
+    any case (a match that is a symbolic link is refused unless `follow_symlinks`)."""
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: source path not found")
     files = []
-    for path in sorted(root.glob(pattern)):
+    for path in matches(root, pattern):
         if path.is_symlink() and not follow_symlinks:
             raise DataError(f"{path}: is a symbolic link; {LINK_HINT}")
         if path.is_file():

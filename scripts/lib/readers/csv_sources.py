@@ -29,6 +29,20 @@ OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_u
 MAX_CSV_LINE = 4 * 1024 * 1024  # characters: a record of many fields of the csv module's 128 Ki each fits
 
 
+class _LastLine:
+    """The lines the csv reader parses (capped: _capped_lines), remembering the last one it took."""
+
+    def __init__(self, f, file: Path):
+        self.lines, self.last = _capped_lines(f, file), ""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self.lines)
+        return self.last
+
+
 def _capped_lines(f, file: Path) -> Iterator[str]:
     """The lines the csv reader parses, each read at most MAX_CSV_LINE characters at a time: a file
     without a newline (a sparse 10 GB file) is one line naming it, not every byte held in memory."""
@@ -40,28 +54,55 @@ def _capped_lines(f, file: Path) -> Iterator[str]:
         yield line
 
 
-def iter_csv(file: Path, required: list[str]) -> Iterator[tuple[int, dict[str, str] | Problem]]:
-    """(data row number, {column: value}) per CSV record, or a Problem for a malformed one."""
+def iter_csv(
+    file: Path, required: list[str], skip_blank: bool = False
+) -> Iterator[tuple[int, dict[str, str] | Problem]]:
+    """(data row number, {column: value}) per CSV record, or a Problem for a malformed one.
+
+    `skip_blank`: a line of nothing but spaces and tabs (outside quotes) is no row and takes no number, as
+    pandas.read_csv numbers rows (kaggle_sd2, whose row number names its image); it is counted as
+    "blank_line". Without it an empty line is a "bad_row" and a blank one a row, as they always were.
+    """
     with file.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.reader(_capped_lines(f, file), strict=True)
+        lines = _LastLine(f, file)
+        reader = csv.reader(lines, strict=True)
+        blank = []
+
+        def is_blank(fields: list[str], line_before: int) -> bool:
+            # the record is one physical line of spaces and tabs: not '"  "', nor a quoted field over lines
+            spaces = reader.line_num == line_before + 1 and not lines.last.strip(" \t\r\n")
+            return skip_blank and (not fields or (len(fields) == 1 and spaces))
+
         try:
-            header = next(reader)
+            while True:
+                line_before = reader.line_num
+                header = next(reader)
+                if not is_blank(header, line_before):
+                    break
+                blank.append(reader.line_num)  # before the header too, as pandas skips them
         except (StopIteration, csv.Error):
             header = []
         require_columns(file, header, required, echo=False)
+        for line in blank:
+            yield 0, Problem(file, f"line {line}", "blank_line", "blank line", always_skip=True)
         number = 0
         while True:
-            number += 1
+            line_before = reader.line_num
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
+                number += 1
                 yield (
                     number,
                     Problem(file, f"row {number} (line {reader.line_num})", "bad_csv", f"malformed CSV ({exc})"),
                 )
                 continue
+            if is_blank(fields, line_before):
+                yield number, Problem(file, f"line {reader.line_num}", "blank_line", "blank line", always_skip=True)
+                continue
+            number += 1
             if len(fields) != len(header):
                 yield (
                     number,
@@ -103,7 +144,7 @@ def read_kaggle_sd2(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
     root = Path(cfg.path)
     for file in kaggle_csv_files(cfg):
         name = native_name(file, root)
-        for number, row in iter_csv(file, ["prompt"]):
+        for number, row in iter_csv(file, ["prompt"], skip_blank=True):  # row N names image N-1.png
             if isinstance(row, Problem):
                 yield row
                 continue

@@ -7,6 +7,7 @@ import decimal
 import random
 import re
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from scripts.lib.readers.base import (
     check_confined,
     decode,
     link_under,
+    matches,
     require_columns,
 )
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
@@ -129,7 +131,7 @@ def read_diffusiondb(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
     else:
         if parts is None:
             parts = []
-            for path in sorted(root.glob("part-*.zip")):
+            for path in matches(root, "part-*.zip"):  # PART-000003.ZIP too: refused below, never left out
                 match = PART_NAME.fullmatch(path.name)
                 if match is None:
                     raise DataError(f"{path}: not a DiffusionDB part name (part-NNNNNN.zip); rename or remove it")
@@ -187,6 +189,9 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
         ) from None
     with zf:
         json_name = f"{file.stem}.json"
+        counts = Counter(info.filename for info in zf.infolist())  # a name twice: zipfile reads the last copy
+        if counts[json_name] > 1:
+            raise DataError(f"{file}: holds member {json_name} {counts[json_name]} times: which listing is meant?")
         try:
             listing = loads_json(decode(read_zip_member(zf, zf.getinfo(json_name), cfg.max_member_bytes)))
         except KeyError:
@@ -203,6 +208,9 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
                 continue
             if name not in members:
                 yield Problem(file, where, "missing_image", "image not in the zip")
+                continue
+            if counts[name] > 1:  # a release refuses it too (archive.read_member): neither copy is meant
+                yield Problem(file, where, "duplicate_key", f"the zip holds {name!r} {counts[name]} times")
                 continue
             try:
                 head = read_zip_member(zf, members[name], cfg.max_member_bytes, limit=65536)
