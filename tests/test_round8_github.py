@@ -434,6 +434,7 @@ OTHERS = {
     "a member quoting the marker": {"login": "alice", "type": "User"},
     "another bot": {"login": "dependabot[bot]", "type": "Bot"},
     "no author": None,
+    "ours, quoting it mid-text (round 10)": OURS,  # a comment not written by pr-comment: it starts otherwise
 }
 
 

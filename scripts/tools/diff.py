@@ -36,6 +36,7 @@ from scripts.lib.io import SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
+from scripts.tools.markdown_text import cell, code
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -293,7 +294,7 @@ def to_markdown(report: dict) -> str:
         else f"{report['release_a']} → {report['release_b']}"
     )
     lines = [
-        f"## Dataset diff: `{title}` ({a} → {b})",
+        f"## Dataset diff: {code(title)} ({cell(a)} → {cell(b)})",
         "",
         "| split | rows before | rows after | added | removed | text changed | image changed |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -319,7 +320,7 @@ def to_markdown(report: dict) -> str:
             ("removed by reason", "removed_by_reason"),
         ):
             if s[key]:
-                lines.append(f"- {label}: " + ", ".join(f"`{k}` {v}" for k, v in s[key].items()))
+                lines.append(f"- {label}: " + ", ".join(f"{code(k)} {v}" for k, v in s[key].items()))
         if s["samples_removed"]:
             lines += [
                 "",
@@ -329,7 +330,8 @@ def to_markdown(report: dict) -> str:
                 "|---|---|---|---|",
             ]
             lines += [
-                f"| `{r['id']}` | {r['source']} | {r['reason']} | {_cell(r['text'])} |" for r in s["samples_removed"]
+                f"| {code(r['id'])} | {cell(r['source'])} | {code(r['reason'])} | {cell(r['text'])} |"
+                for r in s["samples_removed"]
             ]
             lines += ["", "</details>"]
         if s["samples_added"]:
@@ -340,7 +342,7 @@ def to_markdown(report: dict) -> str:
                 "| id | source | text |",
                 "|---|---|---|",
             ]
-            lines += [f"| `{r['id']}` | {r['source']} | {_cell(r['text'])} |" for r in s["samples_added"]]
+            lines += [f"| {code(r['id'])} | {cell(r['source'])} | {cell(r['text'])} |" for r in s["samples_added"]]
             lines += ["", "</details>"]
         if s["samples_text_changed"]:
             lines += [
@@ -351,14 +353,10 @@ def to_markdown(report: dict) -> str:
                 "|---|---|---|",
             ]
             lines += [
-                f"| `{r['id']}` | {_cell(r['before'])} | {_cell(r['after'])} |" for r in s["samples_text_changed"]
+                f"| {code(r['id'])} | {cell(r['before'])} | {cell(r['after'])} |" for r in s["samples_text_changed"]
             ]
             lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")[:160]
 
 
 # --- command -------------------------------------------------------------------------------------

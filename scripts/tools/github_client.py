@@ -346,13 +346,18 @@ class GitHub:
         raise DataError(f"pull request #{pr}: more than {MAX_PAGES * PER_PAGE} comments; not searched further")
 
     def upsert_comment(self, pr: int, body: str, marker: str) -> tuple[str, Any]:
-        """Edit our comment holding `marker` (the first, oldest first; by the token's user only: another
-        user quoting the marker keeps their comment), or create one."""
+        """Edit our comment starting with `marker` (the first, oldest first; by the token's user only: another
+        comment quoting the marker, ours or another user's, keeps its text), or create one."""
         author = self.login()
         for comment in self.comments(pr):
             user = comment.get("user")
             text = comment.get("body")
-            if isinstance(user, dict) and user.get("login") == author and isinstance(text, str) and marker in text:
+            if (
+                isinstance(user, dict)
+                and user.get("login") == author
+                and isinstance(text, str)
+                and text.startswith(marker)
+            ):
                 number = self.field(comment, "id", what=f"GET {self.repo(f'/issues/{pr}/comments')}")
                 if not isinstance(number, int) or number < 1:
                     raise DataError(f"pull request #{pr}: a comment's id is not a number")

@@ -21,6 +21,7 @@ with no token; dataset-diff-post.yml posts it; tests/test_workflow.py runs both 
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.markdown_text import cell
 from scripts.tools.side_inputs import check_inside
 
 MARKER = "<!-- t2i-dataset-diff -->"
@@ -211,24 +213,20 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
         columns = sorted({k for p in before + after for k in p})
         lines += [
             "",
-            f"<details><summary><code>{plot_id}</code>: {len(before)} point(s) only in base, "
+            f"<details><summary><code>{html.escape(str(plot_id))}</code>: {len(before)} point(s) only in base, "
             f"{len(after)} only in PR</summary>",
             "",
-            "| | " + " | ".join(columns) + " |",
+            "| | " + " | ".join(cell(c, 80) for c in columns) + " |",
             "|---|" + "---|" * len(columns),
         ]
         for sign, points in (("−", before), ("+", after)):
             lines += [
-                f"| {sign} | " + " | ".join(_cell(p.get(c, "")) for c in columns) + " |" for p in points[:PLOT_ROWS]
+                f"| {sign} | " + " | ".join(cell(p.get(c, ""), 80) for c in columns) + " |" for p in points[:PLOT_ROWS]
             ]
             if len(points) > PLOT_ROWS:
                 lines.append(f"| {sign} | … {len(points) - PLOT_ROWS} more |" + " |" * (len(columns) - 1))
         lines += ["", "</details>"]
     return lines
-
-
-def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")[:80]
 
 
 # --- contact sheets ----------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""Text from the data shown in a GitHub Markdown comment, inert: a prompt in a PR comment is shown as
+written and does nothing else. Raw, a prompt holding `@user` or `@org/team` pinged them, `#12` or
+`owner/repo#12` put a cross-reference on another issue, `</details>` or an unclosed `<!--` broke or hid
+the rest of the comment, and a backtick in an id left its code span.
+"""
+
+from __future__ import annotations
+
+import re
+
+ZERO_WIDTH_SPACE = "\u200b"
+# a line break of any kind ends a table row; control characters are not text a reader can see
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# GitHub's Markdown meaning, escaped with a backslash (CommonMark: any ASCII punctuation may be)
+_MARKDOWN = re.compile(r"([\\`*_\[\]()!~|])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def one_line(value: object, width: int) -> str:
+    """str(value) on one line (breaks and controls as one space), at most `width` characters."""
+    return _BREAKS.sub(" ", str(value))[:width]
+
+
+def cell(value: object, width: int = 160) -> str:
+    """A table cell that shows `value` as plain text: no HTML, link, emphasis, mention or reference."""
+    text = one_line(value, width)
+    text = "".join(_HTML.get(c, c) for c in text)
+    text = _MARKDOWN.sub(r"\\\1", text)
+    # a zero-width space after @ and # keeps the characters while GitHub links no user, team or issue
+    return text.replace("@", "@" + ZERO_WIDTH_SPACE).replace("#", "#" + ZERO_WIDTH_SPACE)
+
+
+def code(value: object, width: int = 160) -> str:
+    """`value` as a code span in a table cell: a fence longer than any run of backticks inside it (a
+    backtick in an id closed the span), `|` escaped (GitHub splits the row at it even inside a span)."""
+    text = one_line(value, width)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}"
