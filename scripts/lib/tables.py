@@ -305,18 +305,28 @@ def check_unique(path: Path | str, column: str = "id"):
         raise _unreadable(path, exc) from None
     if values is None:
         raise DataError(f"{path}: no '{column}' column")
+    if values.null_count:  # an id names its row: a null one broke sorting and joins downstream
+        raise DataError(
+            f"{shown(path)}: row {pc.index(pc.is_null(values), True).as_py() + 1}: '{column}' is missing (null)"
+        )
     if pc.count_distinct(values, mode="all").as_py() < len(values):
         check_table(values.to_pandas().to_frame(column), path, unique=column)  # names the first repeat
     return values
 
 
-def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None) -> None:
-    """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids."""
+def check_table(
+    df, path: Path | str, strings: tuple[str, ...] = (), unique: str | None = None, required: tuple[str, ...] = ()
+) -> None:
+    """One-line errors naming the file when a stage input has a missing or non-text column, repeated ids, or
+    a null in a `required` column or in `unique` (naming the first such row, 1-based)."""
     import pandas as pd
 
     for column in strings:
         if column not in df.columns:
             raise DataError(f"{path}: no '{column}' column")
+        if isinstance(df[column].dtype, pd.CategoricalDtype):  # as raw parquet sources refuse it (iter_parquet):
+            # its values passed the check below, then `"dir/" + column` was a TypeError
+            raise DataError(f"{path}: column '{column}' must hold text, found dictionary-encoded (category) values")
         if isinstance(df[column].dtype, pd.StringDtype):  # text by construction: no value to look at
             continue
         values = df[column].dropna()
@@ -324,9 +334,13 @@ def check_table(df, path: Path | str, strings: tuple[str, ...] = (), unique: str
             pd.api.types.is_string_dtype(df[column]) and values.map(lambda v: isinstance(v, str)).all()
         ):
             raise DataError(f"{path}: column '{column}' must hold text, found {df[column].dtype}")
+    for column in dict.fromkeys((*required, *([unique] if unique is not None else []))):
+        if column not in df.columns:
+            raise DataError(f"{path}: no '{column}' column")
+        missing = df[column].isna().to_numpy()  # check_table ran past nulls: a null file name was a traceback
+        if missing.any():
+            raise DataError(f"{shown(path)}: row {int(missing.argmax()) + 1}: '{column}' is missing (null)")
     if unique is not None:
-        if unique not in df.columns:
-            raise DataError(f"{path}: no '{unique}' column")
         repeated = df[unique][df[unique].duplicated()]
         if len(repeated):
             raise DataError(f"{path}: duplicate id {repeated.iloc[0]!r} ({len(repeated)} repeated rows)")
