@@ -137,7 +137,7 @@ def image_joiner(source: str, images: Path):
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
-        check_table(manifest, manifest_path, strings=("id", "file"), unique="id")
+        check_table(manifest, manifest_path, strings=("id", "file"), unique="id", present=("file",))
         return lambda rows: join_rendered(rows, manifest, images.as_posix())
     # text_only only lets rows without an image through (those would fail otherwise), so it changes
     # no output byte: not a DVC param of this stage

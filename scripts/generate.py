@@ -71,8 +71,10 @@ def render_missing(
     runtime: Runtime,
     output: OutputFolder,
     store: ImageStore | None,
+    source: str,
 ) -> RenderStats:
-    """Render `jobs` on the configured engine; each image lands in the store (if any) and OUTPUT."""
+    """Render `jobs` on the configured engine; each image lands in the store (if any) and OUTPUT. Progress
+    is labelled generate@`source`, as the stage's other lines (not OUTPUT's folder name)."""
 
     def deliver(job: Job, data: bytes) -> None:
         if store is None:
@@ -84,7 +86,7 @@ def render_missing(
 
     if not jobs:
         return RenderStats()
-    with Progress(f"generate@{output.root.name}", total=len(jobs), unit="images") as progress:
+    with Progress(f"generate@{source}", total=len(jobs), unit="images") as progress:
         if runtime.engine == "ray":
             from scripts.lib.render_ray import render_on_ray
 
@@ -145,7 +147,8 @@ def _generate(
     model_dir, identity = resolve_model(settings)
     device, dtype = resolve_device(settings, cuda)
     settings = with_model_size(settings, model_dir).replace(device=device)
-    jobs = plan_jobs(table, settings, identity, dtype, input_name, prefix or output.name, device)
+    source = prefix or output.name
+    jobs = plan_jobs(table, settings, identity, dtype, input_name, source, device)
     recorded = run_settings(
         settings, dtype, device, model_config(model_dir)["scheduler_class"] if settings.scheduler == "model" else None
     )
@@ -163,7 +166,7 @@ def _generate(
                 folder.link(opened.path(job.stored), job.file, opened.tmp)
                 from_store += 1
         missing = [j for j in missing if not folder.has(j.file)]
-    stats = render_missing(missing, settings, model_dir, identity, runtime, folder, opened)
+    stats = render_missing(missing, settings, model_dir, identity, runtime, folder, opened, source)
     absent = [j.file for j in jobs if not folder.has(j.file)]
     if absent:
         raise DataError(f"{output}: {len(absent)} images missing after rendering (first: {absent[0]})")

@@ -28,6 +28,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, commit_together, json_text, shown, stable_id
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows
+from scripts.lib.text_lines import prompt_problem
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig
@@ -46,9 +47,10 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
     prompt = record.prompt
     if not isinstance(prompt, str):
         return "empty_prompt", "prompt is missing"
-    if "\x00" in prompt:
-        return "nul_byte", "prompt contains a NUL byte"
-    for what, text in (("prompt", prompt), ("image reference", record.image or ""), ("native metadata", meta_json)):
+    found = prompt_problem(prompt)  # synthesize@N drops a reply line with this same check
+    if found is not None:
+        return found
+    for what, text in (("image reference", record.image or ""), ("native metadata", meta_json)):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:

@@ -46,7 +46,7 @@ from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, s
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.safe_paths import open_regular, own_regular_file
 from scripts.lib.temps import output_lock
-from scripts.lib.text_lines import line_batches, split_lines
+from scripts.lib.text_lines import line_batches, line_problem, split_lines
 
 # ---------------------------------------------------------------- params
 
@@ -161,7 +161,9 @@ def parse_completion(
 ) -> tuple[list[str], dict[str, int]]:
     """Completion text -> prompts, one per line, with a count per drop reason.
 
-    `truncated` (finish_reason "length") drops the last non-blank line: the model stopped inside it.
+    `truncated` (finish_reason "length") drops the last non-blank line: the model stopped inside it. A line
+    ingest would refuse in prompts.txt (a NUL byte, over its line cap: text_lines.line_problem) is dropped
+    as `dropped_<its reason>`, a count present only when it is not 0 (the reports of earlier runs stay).
     """
     lines = content.splitlines()
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
@@ -178,6 +180,8 @@ def parse_completion(
             counts["dropped_header"] += 1
         elif len(text) > max_chars:
             counts["dropped_too_long"] += 1
+        elif (problem := line_problem(text)) is not None:  # the next stage, ingest, stopped at it
+            counts[f"dropped_{problem[0]}"] = counts.get(f"dropped_{problem[0]}", 0) + 1
         else:
             prompts.append(text)
     counts["kept"] = len(prompts)
@@ -372,7 +376,7 @@ def _collect_prompts(params: SynthesizeEntry, responses: Iterable[tuple[int, dic
         out.write("".join(f"{prompt}\n" for prompt in kept))
         prompts += len(kept)
         for reason, n in line_counts.items():
-            counts[reason] += n
+            counts[reason] = counts.get(reason, 0) + n
         for kind in usage:
             value = (response.get("usage") or {}).get(kind)
             usage[kind] += value if isinstance(value, int) else 0

@@ -96,9 +96,10 @@ def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
     from scripts.lib.tables import check_table, read_parquet
 
     frame = read_parquet(manifest)
-    check_table(frame, manifest, strings=("id", "file"), unique="id")
+    # a null id or file (a traceback at sorting or at the path check) is one line naming its row
+    check_table(frame, manifest, strings=("id", "file"), unique="id", present=("file",))
     listed = []
-    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"])):
+    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"]), start=1):  # rows count from 1
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
             raise DataError(f"{shown(manifest)}: row {row}: file {shown_short(repr(name))} leaves the images folder")
         # resolved where it is read: a link in the folder pointing out of it is refused too

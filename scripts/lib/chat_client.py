@@ -10,9 +10,10 @@
   a key under 16 characters only as itself) is removed from replies (a server echoing the header) and
   error messages; a reply that still holds it is refused, not cached, and so is one whose usage is
   not an object or whose text is not Unicode (check_reply).
-- Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body),
-  written atomically only after the request succeeded, so a killed run (even kill -9) keeps every
-  finished request and the next run resumes; with the cache, a run replays without network or key.
+- Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body) and read
+  only under that key (a renamed entry is refused), written atomically only after the request succeeded,
+  so a killed run (even kill -9) keeps every finished request and the next run resumes; with the cache,
+  a run replays without network or key.
 - `call_missing` runs the uncached requests `concurrency` at a time and stops starting new ones
   after the first request that fails for good.
 """
@@ -328,7 +329,8 @@ class ResponseCache:
     def get(self, key: str) -> dict | None:
         """The cached response of `key`, None when there is none. An entry is read only when it is a regular
         file with one name in this folder (a FIFO hung the run, a link to /dev/zero filled memory, a link to a
-        file elsewhere became the reply), at most MAX_ENTRY_BYTES of it."""
+        file elsewhere became the reply), at most MAX_ENTRY_BYTES of it, and only when the request it stores
+        hashes to `key`."""
         path = self.path(key)
         try:
             with open_regular(path, follow=False, one_link=True, links_ok=_dvc_checkout) as file:
@@ -340,10 +342,13 @@ class ResponseCache:
         except OSError as exc:
             raise DataError(f"{shown(path)}: cannot read cache entry ({exc.strerror or exc})") from None
         try:
-            response = loads_json(raw.decode("utf-8"))["response"]
+            entry = loads_json(raw.decode("utf-8"))
+            response, theirs = entry["response"], cache_key(entry["base_url"], entry["request"])
             check_reply(response)
         except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
             raise DataError(f"{shown(path)}: corrupt cache entry (delete it to request it again)") from None
+        if theirs != key:  # keyed as put() keys it: a swapped or copied entry gave each image another's caption
+            raise DataError(f"{shown(path)}: cache entry of another request (its request hashes to another name)")
         return response
 
     def lookup(self, keys: list[str]) -> tuple[dict[int, dict], list[int]]:

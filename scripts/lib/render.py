@@ -58,6 +58,7 @@ def resolve_model(settings: Generate) -> tuple[str, str]:
 
 def download_model(settings: Generate, revision: str | None = None) -> tuple[str, str]:
     """A hub id's snapshot folder in the local Hugging Face cache (fetched only with allow_download)."""
+    check_hub_id(settings)
     quiet_libraries()
     from diffusers import StableDiffusionPipeline
 
@@ -68,12 +69,35 @@ def download_model(settings: Generate, revision: str | None = None) -> tuple[str
     except (OSError, ValueError) as exc:  # the hub client's errors (not cached, HTTP, a bad id) are these
         if settings.allow_download:
             raise DataError(f"generate.model={settings.model}: cannot download ({type(exc).__name__})") from None
-        raise DataError(
-            f"generate.model={settings.model}: no such directory and not in the local Hugging Face "
-            "cache (build the tiny model with `dvc repro tiny_model`, or set "
-            "generate.allow_download: true to fetch a hub id)"
-        ) from None
+        raise not_cached(settings) from None
     return str(local), f"{settings.model}@{Path(local).name}"
+
+
+def check_hub_id(settings: Generate) -> None:
+    """The refusals StableDiffusionPipeline.download would make, made before diffusers loads (~40 s): a model
+    that is no hub id (`package:x/y`), or, without allow_download, one whose folder the cache lacks."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(settings.model)
+    except HFValidationError:
+        raise DataError(
+            f"generate.model={settings.model}: no such directory, and not a hub id (owner/name: letters, "
+            "digits, '-', '_', '.')"
+        ) from None
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=settings.model, repo_type="model")
+    if not settings.allow_download and not folder.is_dir():
+        raise not_cached(settings)
+
+
+def not_cached(settings: Generate) -> DataError:
+    return DataError(
+        f"generate.model={settings.model}: no such directory and not in the local Hugging Face "
+        "cache (build the tiny model with `dvc repro tiny_model`, or set "
+        "generate.allow_download: true to fetch a hub id)"
+    )
 
 
 def model_on_this_machine(settings: Generate, model_dir: str, identity: str) -> str:

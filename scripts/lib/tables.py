@@ -305,6 +305,10 @@ def check_unique(path: Path | str, column: str = "id"):
         raise unreadable(path, exc) from None
     if values is None:
         raise DataError(f"{path}: no '{column}' column")
+    if values.null_count:  # an id names its row: a null one broke sorting and joins downstream
+        raise DataError(
+            f"{shown(path)}: row {pc.index(pc.is_null(values), True).as_py() + 1}: column '{column}' is missing (null or NaN)"
+        )
     if pc.count_distinct(values, mode="all").as_py() < len(values):
         check_table(values.to_pandas().to_frame(column), path, unique=column)  # names the first repeat
     return values
@@ -319,8 +323,9 @@ def check_table(
     first_row: int = 0,
 ) -> None:
     """One-line errors naming the file when a stage input has a missing or non-text column, or repeated ids:
-    check_cells's for `strings` (text or missing) and `present` (never missing), then the repeats."""
-    check_cells(df, path, text=strings, present=present, first_row=first_row)
+    check_cells's for `strings` (text or missing) and `present` and `unique` (never missing: an id names
+    its row, a null one broke sorting and joins downstream), then the repeats."""
+    check_cells(df, path, text=strings, present=(*present, *([unique] if unique else [])), first_row=first_row)
     if unique is not None:
         if unique not in df.columns:
             raise DataError(f"{path}: no '{unique}' column")
@@ -347,6 +352,9 @@ def check_cells(
         if column not in df.columns:
             raise DataError(f"{path}: no '{column}' column")
         kind = "text" if column in text else "number" if column in numbers else None
+        if kind == "text" and df[column].dtype == "category":  # as raw parquet sources refuse it (iter_parquet):
+            # its values passed as text, then `"dir/" + column` was a TypeError
+            raise DataError(f"{shown(path)}: column '{column}' must hold text, found dictionary-encoded values")
         bad = first_bad_cell(df[column], kind, nullable=column not in present)
         if bad is not None:
             raise DataError(f"{shown(path)}: row {first_row + bad[0] + 1}: column '{column}' {bad[1]}")

@@ -22,6 +22,28 @@ MAX_LINE_BYTES = MAX_PROMPT_BYTES  # what ingest refuses in a text line by defau
 BATCH_BYTES = 1 << 20  # one decode and one write per ~1 MB of lines
 
 
+def prompt_problem(prompt: str) -> tuple[str, str] | None:
+    """(reason, detail) when ingest refuses `prompt`, whatever its source (record_problem): a NUL byte, or text
+    that is not UTF-8 (the surrogates a reader keeps of invalid bytes); else None."""
+    if "\x00" in prompt:
+        return "nul_byte", "prompt contains a NUL byte"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not_utf8", "prompt is not valid UTF-8"
+    return None
+
+
+def line_problem(line: str, max_bytes: int = MAX_LINE_BYTES) -> tuple[str, str] | None:
+    """(reason, detail) when ingest refuses `line` (without its "\\n") as a `kind: text` prompt at its default
+    cap: what prompt_problem refuses, or more bytes than the reader takes (readers/text.py iter_lines); else
+    None. synthesize@N drops such a reply line: its prompts.txt is such a source."""
+    found = prompt_problem(line)
+    if found is None and len(line.encode("utf-8")) > max_bytes:
+        return "line_too_long", f"line longer than {max_bytes} bytes"
+    return found
+
+
 def text_input(path: Path | str) -> Path:
     """`path` when it is a regular file or a FIFO (`clean-text <(zcat x.gz) out.jsonl`: read as it streams,
     Ctrl-C stops a wait); missing, a folder, a socket or a device (/dev/zero never ends) is one line."""
