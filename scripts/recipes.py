@@ -12,8 +12,9 @@ holds is said in scripts/lib/plans.py (`release_plan`, `prefilter_plan`); this s
 Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and every step `reference:`,
                                     transitively, and the entries of the sources their components name
      data/recipes/compose/V.json    the same less `export` and `description` (compose@V)
-     data/recipes/prefilter/S.json  releases with a `before_generate` step on S and those they read, and
-                                    the sources that have such steps (their rows cannot be a reference)
+     data/recipes/prefilter/S.json  releases with a `before_generate` step on S and those they read, the
+                                    sources that have such steps (their rows cannot be a reference), and
+                                    the `caption_language` of the sources the references read
      data/recipes/plots.json        the names of the releases and sources, in params order (plots)
 """
 
@@ -25,17 +26,22 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.params import load_section
 from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     """Write each release's and each source's share of params.yaml `releases` (and `sources`)."""
     releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
+    # split.method only decides whether a plan is refused (prefilter@S, which depends on `split`, checks it too)
+    split_method = load_section("split", missing_ok=True).method
     plans = {}
     for name in releases:
         plans[f"release/{name}.json"] = release_plan(name, releases, sources)
         plans[f"compose/{name}.json"] = compose_plan(plans[f"release/{name}.json"])
-    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in sources})
+    plans.update(
+        {f"prefilter/{source}.json": prefilter_plan(source, releases, sources, split_method) for source in sources}
+    )
     plans["plots.json"] = plots_plan(releases, sources)
     with atomic_path(output, is_dir=True) as tmp:
         for rel, plan in plans.items():

@@ -15,8 +15,10 @@ from pathlib import Path
 from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
-from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, load_params, parse
+from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, Split, load_params, parse
 from scripts.lib.recipe import Recipe, resolve_recipe
+
+SHUFFLE = Split().method  # params.yaml's default split.method
 
 
 def written_releases(path: Path | str = PARAMS_FILE) -> dict:
@@ -73,37 +75,72 @@ def plots_plan(releases: dict, sources: dict) -> dict:
     return {"releases": list(releases), "sources": list(sources)}
 
 
+def _before_generate(releases: dict):
+    """(key, release, component, step) for every before_generate step in `releases`, in params order; `key`
+    is the step's path in params.yaml (`releases.V.components[0].steps[1].dedup`)."""
+    for name in releases:
+        for number, component in enumerate(resolve_recipe(name, releases).own_components):
+            for k, step in enumerate(component.steps):
+                if step.dedup is not None and step.dedup.before_generate:
+                    yield f"releases.{name}.components[{number}].steps[{k}].dedup", name, component, step.dedup
+
+
 def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
     """(release, component, step) for every before_generate step on `source`, in params order."""
-    found = []
-    for name in releases:
-        for component in resolve_recipe(name, releases).own_components:
-            if component.source != source:
-                continue
-            found += [
-                (name, component, s.dedup) for s in component.steps if s.dedup is not None and s.dedup.before_generate
-            ]
-    return found
+    return [(name, c, step) for _, name, c, step in _before_generate(releases) if c.source == source]
 
 
 def prefiltered_sources(releases: dict) -> set[str]:
     """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
-    return {
-        c.source
-        for name in releases
-        for c in resolve_recipe(name, releases).own_components
-        if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)
-    }
+    return {c.source for _, _, c, _ in _before_generate(releases)}
 
 
-def prefilter_plan(source: str, releases: dict) -> dict:
+def sources_read_by(names: list[str], releases: dict) -> list[str]:
+    """The sources whose rows composing `names` reads (their base chains and references too), in first-read order."""
+    read = releases_read_by(names, releases)
+    return list(dict.fromkeys(c.source for n in read for c in resolve_recipe(n, releases).components))
+
+
+def prefilter_plan(source: str, releases: dict, sources: dict | None = None, split_method: str = SHUFFLE) -> dict:
     """data/recipes/prefilter/S.json: the entries of `releases` prefilter@S reads (the releases with a
-    before_generate step on S and what they read) and the sources with such steps."""
-    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
+    before_generate step on S and what they read), the sources with such steps, and the
+    `caption_language` of each source its references read (captions@X drops those rows before the split,
+    so the reference drops them too). What prefilter@S cannot know before generation is refused
+    (`check_before_generate`)."""
+    steps = [(key, name, c, step) for key, name, c, step in _before_generate(releases) if c.source == source]
+    if not steps:
+        return {"prefiltered": [], "releases": []}  # nothing runs before generation
+    prefiltered = prefiltered_sources(releases)
+    check_before_generate(steps, releases, prefiltered, split_method)
+    references = sorted({step.reference for _, _, _, step in steps})
     return {
-        "prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
-        "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)],
+        "prefiltered": sorted(prefiltered),  # read only by steps
+        "releases": [[n, releases[n]] for n in releases_read_by(sorted({n for _, n, _, _ in steps}), releases)],
+        "caption_language": {
+            x: ((sources or {}).get(x) or {}).get("caption_language") for x in sources_read_by(references, releases)
+        },
     }
+
+
+def check_before_generate(steps: list, releases: dict, prefiltered: set[str], split_method: str) -> None:
+    """Refuse a before_generate step (key, release, component, step) whose rows prefilter@S cannot tell before
+    generation, in one line naming its key: a component of one split unless split.method is hash (prefilter
+    runs before split@S draws: with shuffle it would remove rows of the other split, which other releases
+    read), or a reference that reads a source with before_generate steps (its rows depend on that prefilter)."""
+    for key, _, component, step in steps:
+        if component.split != "all" and split_method != "hash":
+            raise DataError(
+                f"params.yaml: {key}.before_generate: runs before split@{component.source} draws its split by "
+                f"{split_method}, so it cannot tell the component's {component.split} rows from the others, which "
+                "other releases read; take `split: all` or use split.method hash"
+            )
+        for read in sources_read_by([step.reference], releases):
+            if read in prefiltered:
+                raise DataError(
+                    f"params.yaml: {key}.reference: release {step.reference!r} reads source {read!r}, which has "
+                    "before_generate steps itself: its rows are not known before generation (they depend on "
+                    f"prefilter@{read}'s output); reference a release that does not read {read!r}"
+                )
 
 
 def plan_releases(plan: dict) -> dict[str, Release]:
