@@ -163,7 +163,7 @@ def _generate(
         take_in_previous(output, opened)
         for job in missing:
             if opened.has(job.stored):
-                folder.link(opened.path(job.stored), job.file, opened.tmp)
+                folder.link(opened.path(job.stored), job.file)
                 from_store += 1
         missing = [j for j in missing if not folder.has(j.file)]
     stats = render_missing(missing, settings, model_dir, identity, runtime, folder, opened, source)

@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -41,6 +40,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, regular_file, shown
 from scripts.lib.nesting import loads_json
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, new_file
 from scripts.lib.shards import ShardWriter, key_id
 from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
 
@@ -171,7 +171,7 @@ def place_image(ref: str, target: Path, sha256=None) -> None:
     an image (check_recorded), and only the bytes its row records (`sha256`, check_sha256)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if "!/" in ref:
-        target.write_bytes(recorded_image_bytes(ref, sha256))
+        new_file(target, recorded_image_bytes(ref, sha256))
         return
     if not os.path.isfile(ref):
         raise DataError(f"{ref}: image not found")
@@ -181,8 +181,8 @@ def place_image(ref: str, target: Path, sha256=None) -> None:
     check_recorded(ref, real)
     try:
         os.link(real, target, follow_symlinks=False)
-    except OSError:  # another filesystem, or links not allowed: fall back to a copy
-        shutil.copyfile(real, target)
+    except OSError:  # another filesystem, links not allowed: a copy (a name taken: refused, never written over)
+        new_file(target, Path(real).read_bytes())
 
 
 def _size(value) -> int | None:
@@ -208,7 +208,7 @@ def write_imagefolder(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]
     lines = []
     for row, file_name in placed_images(rows, folder, tick):
         lines.append(json.dumps({"file_name": file_name, **sample_json(row)}, ensure_ascii=False))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    new_file(folder / "metadata.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
 
 
 def parse_metadata(lines: Iterable[str], where: str, required: tuple[str, ...]) -> list[dict]:
@@ -357,7 +357,7 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
 
 # --- what datasets.load_dataset reads, and rows.parquet -------------------------------------------
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 
 
 def card_data_files(fmt: str, split: str) -> str | list[str]:

@@ -89,7 +89,8 @@ def _rename_in(tmp: Path, path: Path) -> None:
 
 def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
     """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused).
-    Never writes into an existing file: a link or a temp copy renamed over `dst`."""
+    Never writes into an existing file: a link or a temp copy renamed over `dst` (the temp in `tmp_dir`
+    when that is on `dst`'s filesystem, else beside `dst`)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
@@ -99,6 +100,8 @@ def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
             raise
+    if tmp_dir is not None and os.stat(tmp_dir).st_dev != os.stat(dst.parent).st_dev:
+        tmp_dir = None  # the copy is renamed in, and no rename crosses filesystems: its temp goes beside `dst`
     tmp = _temp_path(dst, tmp_dir)
     with _removed_on_failure(tmp, dst):
         with open(tmp, "xb") as f:
@@ -445,10 +448,12 @@ class OutputFolder:
         self.journal.add(file, self.digests[file])
         write_file_atomic(self.root / file, data)
 
-    def link(self, src: Path, file: str, tmp_dir: Path | None = None) -> None:
+    def link(self, src: Path, file: str) -> None:
+        """`file` the image `src` (of the store): a hard link, or a copy whose temp is in this folder (the
+        store's may be on another filesystem, and a rename across one fails)."""
         self.digests[file] = file_sha256(src)
         self.journal.add(file, self.digests[file])
-        link_file(src, self.root / file, tmp_dir)
+        link_file(src, self.root / file)
 
     def digests_of(self, files: list[str]) -> dict[str, str]:
         """file -> sha256 of each of `files` (read here when this run neither wrote nor verified it)."""

@@ -25,7 +25,7 @@ from scripts.lib.io import (
     replace_together,
 )
 from scripts.lib.marks import holds_marker, mark_file
-from scripts.lib.safe_paths import inside
+from scripts.lib.safe_paths import inside, not_an_image_name
 from scripts.lib.tables import check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
@@ -38,7 +38,8 @@ def check_split_rows(
 ) -> None:
     """Refuse, in one line naming the file and row, what a release would trust blindly: a missing
     column, a null value, an id that is not a plain name (it becomes a file name), a row of another
-    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store).
+    source, an image outside the source's folders (`/etc/passwd`, `../../x`, a link out of the store) or
+    named with no image's extension (`x.txt`: its caption's name in a SimpleTuner release).
     Without `images_required` (a text-only source) a row may have no image. `first`: the file's row number
     of rows' first row, when they are a chunk of it."""
     check_row_columns(rows, path)
@@ -130,6 +131,9 @@ class ImageRoots:
             raise DataError(
                 f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})"
             )
+        # no extension is placed as <id>.jpg (export.image_ext): only a named one can be its caption's
+        if os.path.splitext(image)[1] and (why := not_an_image_name(image)):
+            raise DataError(f"{path}: row {number}: image {why}; its caption or metadata would take its name")
 
 
 def check_plain_ids(ids: pd.Series, path: Path) -> None:

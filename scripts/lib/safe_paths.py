@@ -14,8 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import file_kind, shown
+
+# What a release reads back as an image (export.locate_images, the card's data files). An image stored
+# under another name took a name its layout writes beside it: x.txt its caption, x.json its metadata.
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff")
 
 
 def inside(path: str, root: str) -> bool:
@@ -106,3 +110,25 @@ def read_capped(file: BinaryIO, cap: int, path: Path | str) -> bytes:
     if len(data) > cap:
         raise DataError(f"{shown(path)}: larger than {cap} bytes; refusing to read it")
     return data
+
+
+def not_an_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str | None:
+    """Why a file named `name` cannot be written as an image beside its `<stem>.txt` caption and `<stem>.json`
+    metadata (an extension none of `extensions`: `x.txt` is its own caption's name, and the caption was
+    written through the image's hard link into the user's file), or None."""
+    if os.path.splitext(name)[1][1:].lower() in extensions:
+        return None
+    return f"{shown_short(repr(name))} has no image extension ({', '.join(extensions)})"
+
+
+def new_file(path: Path, data: bytes) -> None:
+    """Write `data` as the new file `path`. A release's staging folder holds hard links to the user's
+    images: a name already there may be one, and writing to it wrote into the user's file."""
+    try:
+        with open(path, "xb") as file:
+            file.write(data)
+    except FileExistsError:
+        raise DataError(
+            f"{shown(path)}: two files of one export under this name (ids equal but for case, on a disk "
+            "that ignores it?); refusing to write one over the other"
+        ) from None

@@ -49,10 +49,18 @@ class ShardWriter:
 
     def add(self, row_id: str, members: list[tuple[str, bytes]]) -> None:
         """Write one sample, its member names `<sample_key(row_id)>.<ext>`; an id already written (two rows
-        under one id would read back as one sample, or two with one key) is refused."""
+        under one id would read back as one sample, or two with one key), or an extension twice (one
+        member of the two read back), is refused."""
         key = sample_key(row_id)
         if key in self.keys:
             raise DataError(f"sample id {shown_short(repr(row_id))}: written twice; a sample's id must be unique")
+        extensions = [ext.lower() for ext, _ in members]
+        if len(set(extensions)) < len(extensions):  # an image kept as x.json: one of the two members is lost
+            twice = next(ext for ext in extensions if extensions.count(ext) > 1)
+            raise DataError(
+                f"sample id {shown_short(repr(row_id))}: two members named {key}.{shown_short(twice)}; "
+                "a sample's members need extensions of their own"
+            )
         self.keys.add(key)
         if self.tar is None or self.count == self.shard_size:
             self._next()

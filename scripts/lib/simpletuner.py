@@ -36,7 +36,7 @@ from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, config_text
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import inside
+from scripts.lib.safe_paths import inside, new_file
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -154,7 +154,7 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     sizes = []
     with atomic_path(folder / PARQUET_NAME) as tmp, table_writer(tmp) as table:
         for row, file_name in placed:
-            (folder / txt_name(file_name)).write_text(row.text, encoding="utf-8")
+            new_file(folder / txt_name(file_name), row.text.encode("utf-8"))  # never into a linked image
             with Image.open(folder / file_name) as image:  # the header only: the size as stored
                 sizes.append(image.size)
             table.add(*sizes[-1], row.text, file_name)

@@ -28,9 +28,11 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
+from scripts.lib.safe_paths import not_an_image_name
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+NAME_MAX = 255  # bytes of one file name on Linux and macOS
 
 
 @dataclass
@@ -166,21 +168,17 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             f"image_name {shown_short(repr(name))} is not a plain relative file name",
         )
     stem, dot, ext = name.rpartition("/")[2].rpartition(".")
-    if "\\" in name or "\x00" in name or not (stem and dot and ext) or "//" in name or name.endswith("/"):
+    # `a/./b.png` is the file `a/b.png` under a second name; a part over NAME_MAX bytes cannot be written
+    odd = any(part in ("", ".") or len(part.encode()) > NAME_MAX for part in name.split("/"))
+    if "\\" in name or "\x00" in name or not (stem and dot and ext) or odd:
         return Problem(
             sample.shard,
             where,
             "bad_image_name",
             f"image_name {shown_short(repr(name))} is not a plain relative file name with an extension",
         )
-    if ext.lower() not in IMAGE_EXTENSIONS:  # x.txt: its caption <stem>.txt was written over the image itself
-        return Problem(
-            sample.shard,
-            where,
-            "bad_image_name",
-            f"image_name {shown_short(repr(name))} has no image extension ({', '.join(IMAGE_EXTENSIONS)})",
-        )
-    return name
+    why = not_an_image_name(name, IMAGE_EXTENSIONS)  # x.txt: its caption <stem>.txt was written over the image
+    return name if why is None else Problem(sample.shard, where, "bad_image_name", f"image_name {why}")
 
 
 # --- SimpleTuner's DALL-E-3 preset (the files: scripts/lib/simpletuner.py) ---------------------------
@@ -213,6 +211,7 @@ def compile_simpletuner(
         shards = source_files(shards, "*.tar", "tar shard")
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
     names: set[str] = set()  # image_name is the identifier: a second record of one name would overwrite the first
+    # (its folders as `<name>/`: a name written as a file and as a folder failed the write)
     for folder in (data_dir, write_txt_dir):  # now, not as its temp is renamed in: the config would be in place
         if folder is not None:
             check_replaceable(folder)
@@ -233,7 +232,7 @@ def compile_simpletuner(
                         stats["skipped"][checked.reason] = stats["skipped"].get(checked.reason, 0) + 1
                         continue
                     caption, filename, width, height = checked
-                    names.update((filename, txt_name(filename)))
+                    names.update((filename, txt_name(filename), *(f"{folder}/" for folder in _folders(filename))))
                     table.add(width, height, caption, filename)
                     if "data" in folders:
                         assert not isinstance(sample, Problem)  # _check_sample returned it as the Problem
@@ -280,7 +279,32 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
             f"image_name {shown_short(repr(filename))}: {shown_short(repr(sorted(taken)[0]))} was already written "
             "(by an earlier record)",
         )
+    clash = file_folder_clash(filename, names)
+    if clash is not None:
+        return Problem(
+            sample.shard,
+            f"sample {shown_short(repr(sample.key))}",
+            "duplicate_image_name",
+            f"image_name {shown_short(repr(filename))}: {shown_short(repr(clash))} is already written as a "
+            f"{'file' if clash in names else 'folder'} (by an earlier record); a name cannot be both",
+        )
     return (caption, filename, *size)
+
+
+def file_folder_clash(filename: str, names: set[str]) -> str | None:
+    """The name that would be both a file and a folder if `filename` (and its caption beside it) were
+    written after `names` (files, and folders as `<name>/`): `a.png/x.png` then `a.png`, `q.png` (so
+    `q.txt`) then `q.txt/z.png`; None if there is none."""
+    for name in (filename, txt_name(filename)):
+        if f"{name}/" in names:
+            return name
+    return next((folder for folder in _folders(filename) if folder in names), None)
+
+
+def _folders(filename: str) -> list[str]:
+    """The folders `filename` is written under (`a/b/c.png`: `a`, `a/b`)."""
+    parts = filename.split("/")[:-1]
+    return ["/".join(parts[: n + 1]) for n in range(len(parts))]
 
 
 def _write_beside(folder: Path, filename: str, image: bytes | None, caption: str) -> None:
