@@ -26,16 +26,17 @@ import typer
 
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
+from scripts.lib.recipe import Recipes
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     """Write each release's and each source's share of params.yaml `releases` (and `sources`)."""
     releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
-    plans = {}
+    plans, recipes = {}, Recipes(releases)  # one resolver: each release resolved once, however long its chain
     for name in releases:
-        plans[f"release/{name}.json"] = release_plan(name, releases, sources)
+        plans[f"release/{name}.json"] = release_plan(name, releases, sources, recipes)
         plans[f"compose/{name}.json"] = compose_plan(plans[f"release/{name}.json"])
-    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases) for source in sources})
+    plans.update({f"prefilter/{source}.json": prefilter_plan(source, releases, recipes) for source in sources})
     plans["plots.json"] = plots_plan(releases, sources)
     with atomic_path(output, is_dir=True) as tmp:
         for rel, plan in plans.items():

@@ -16,7 +16,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, load_params, parse
-from scripts.lib.recipe import Recipe, resolve_recipe
+from scripts.lib.recipe import Recipes
 
 
 def written_releases(path: Path | str = PARAMS_FILE) -> dict:
@@ -29,8 +29,10 @@ def written_sources(path: Path | str = PARAMS_FILE) -> dict:
     return load_params(path=path).get("sources") or {}
 
 
-def releases_read_by(names: list[str], releases: dict) -> list[str]:
-    """`names` and every release they read (base chains, step references), transitively, in params order."""
+def releases_read_by(names: list[str], releases: dict, recipes: Recipes | None = None) -> list[str]:
+    """`names` and every release they read (base chains, step references), transitively, in params order.
+    `recipes`: a resolver shared by the caller's other calls (each release resolved once)."""
+    recipes = recipes or Recipes(releases)
     found: set[str] = set()
     todo = list(names)
     while todo:
@@ -38,21 +40,20 @@ def releases_read_by(names: list[str], releases: dict) -> list[str]:
         if name in found:
             continue
         found.add(name)
-        recipe: Recipe | None = resolve_recipe(name, releases)
-        while recipe is not None:
-            found.add(recipe.name)
-            steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
-            todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
-            recipe = recipe.base
+        recipe = recipes(name)
+        steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
+        todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
+        todo += [recipe.base.name] if recipe.base is not None else []
     return [name for name in releases if name in found]
 
 
-def release_plan(name: str, releases: dict, sources: dict) -> dict:
+def release_plan(name: str, releases: dict, sources: dict, recipes: Recipes | None = None) -> dict:
     """data/recipes/release/V.json: the entries of `releases` release@V reads, and of `sources` (the
     sources of their components: image folders, kind, licence, link and citation for the card). An
     unknown source is left out here; the release names it in one line."""
-    read = releases_read_by([name], releases)
-    used = {c.source for n in read for c in resolve_recipe(n, releases).components}
+    recipes = recipes or Recipes(releases)
+    read = releases_read_by([name], releases, recipes)
+    used = {c.source for n in read for c in recipes(n).own_components}  # `read` holds every base
     return {"releases": [[n, releases[n]] for n in read], "sources": [[s, sources[s]] for s in sources if s in used]}
 
 
@@ -73,11 +74,14 @@ def plots_plan(releases: dict, sources: dict) -> dict:
     return {"releases": list(releases), "sources": list(sources)}
 
 
-def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
+def before_generate_steps(
+    source: str, releases: dict, recipes: Recipes | None = None
+) -> list[tuple[str, Component, DedupStep]]:
     """(release, component, step) for every before_generate step on `source`, in params order."""
+    recipes = recipes or Recipes(releases)
     found = []
     for name in releases:
-        for component in resolve_recipe(name, releases).own_components:
+        for component in recipes(name).own_components:
             if component.source != source:
                 continue
             found += [
@@ -86,23 +90,25 @@ def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Compon
     return found
 
 
-def prefiltered_sources(releases: dict) -> set[str]:
+def prefiltered_sources(releases: dict, recipes: Recipes | None = None) -> set[str]:
     """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
+    recipes = recipes or Recipes(releases)
     return {
         c.source
         for name in releases
-        for c in resolve_recipe(name, releases).own_components
+        for c in recipes(name).own_components
         if any(s.dedup is not None and s.dedup.before_generate for s in c.steps)
     }
 
 
-def prefilter_plan(source: str, releases: dict) -> dict:
+def prefilter_plan(source: str, releases: dict, recipes: Recipes | None = None) -> dict:
     """data/recipes/prefilter/S.json: the entries of `releases` prefilter@S reads (the releases with a
     before_generate step on S and what they read) and the sources with such steps."""
-    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases)})
+    recipes = recipes or Recipes(releases)
+    with_steps = sorted({release for release, _, _ in before_generate_steps(source, releases, recipes)})
     return {
-        "prefiltered": sorted(prefiltered_sources(releases)) if with_steps else [],  # read only by steps
-        "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases)],
+        "prefiltered": sorted(prefiltered_sources(releases, recipes)) if with_steps else [],  # read only by steps
+        "releases": [[n, releases[n]] for n in releases_read_by(with_steps, releases, recipes)],
     }
 
 
