@@ -28,6 +28,7 @@ import typer
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.params import load_section
 from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
+from scripts.lib.recipe import Recipes
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
@@ -35,12 +36,15 @@ def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
     # split.method only decides whether a plan is refused (prefilter@S, which depends on `split`, checks it too)
     split_method = load_section("split", missing_ok=True).method
-    plans = {}
+    plans, recipes = {}, Recipes(releases)  # one resolver: each release resolved once, however long its chain
     for name in releases:
-        plans[f"release/{name}.json"] = release_plan(name, releases, sources)
+        plans[f"release/{name}.json"] = release_plan(name, releases, sources, recipes)
         plans[f"compose/{name}.json"] = compose_plan(plans[f"release/{name}.json"])
     plans.update(
-        {f"prefilter/{source}.json": prefilter_plan(source, releases, sources, split_method) for source in sources}
+        {
+            f"prefilter/{source}.json": prefilter_plan(source, releases, sources, split_method, recipes)
+            for source in sources
+        }
     )
     plans["plots.json"] = plots_plan(releases, sources)
     with atomic_path(output, is_dir=True) as tmp:

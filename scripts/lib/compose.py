@@ -104,11 +104,13 @@ def composed_arrow(rows: pd.DataFrame) -> pa.Table:
 
 def output_rows(recipe: Recipe, ops: Ops) -> pd.DataFrame:
     """A release's output rows; composed once when `ops.built` is shared (a chain v2 -> v4 -> v4-a -> v4-b,
-    or a `reference`, reuses what was built)."""
+    or a `reference`, reuses what was built). The chain is built root first, so composing a release finds
+    its base built: a chain of thousands is no recursion."""
     if ops.built is None:
         return compose(recipe, ops)[0]
-    if recipe.name not in ops.built:
-        ops.built[recipe.name] = compose(recipe, ops)[0]
+    for link in recipe.chain():
+        if link.name not in ops.built:
+            ops.built[link.name] = compose(link, ops)[0]
     return ops.built[recipe.name]
 
 
@@ -212,7 +214,9 @@ def _self_keep(texts: list[str], ids: list[str], step: DedupStep, ops: Ops) -> n
         return np.ones(0, dtype=bool)
     if step.match == "exact":  # first occurrence of each text stays (none_of_pair: no occurrence of a repeated one)
         series = pd.Series(texts)
-        return ~series.duplicated(keep=False if step.keep == "none_of_pair" else "first").to_numpy()
+        if step.keep == "longest":  # copies are equally long: the lowest stable id stays, as near dedup breaks ties
+            series = series.iloc[np.argsort(np.asarray(ids, dtype=object), kind="stable")]
+        return ~series.duplicated(keep=False if step.keep == "none_of_pair" else "first").sort_index().to_numpy()
     return np.asarray(ops.keep(texts, ids, step, None), dtype=bool)
 
 

@@ -18,7 +18,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.plans import releases_read_by
-from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
+from scripts.lib.recipe import Recipe, Recipes, source_roots
 from scripts.lib.tables import check_table, checked_positions, read_parquet
 
 
@@ -147,14 +147,14 @@ def stage_ops(
     runtime: Runtime | None = None,
 ) -> Ops:
     """Ops reading data/splits (images checked) and the releases named by `reference` (composed the same way)."""
-    roots = source_roots(sources, recipe)
-    for other in releases_read_by([recipe.name], releases):  # a reference's own references too
-        roots.update(source_roots(sources, resolve_recipe(other, releases)))
+    roots, recipes = source_roots(sources, recipe), Recipes(releases)
+    for other in releases_read_by([recipe.name], releases, recipes):  # a reference's own references too
+        roots.update(source_roots(sources, recipes(other)))
     text_only = frozenset(name for name, entry in sources.items() if entry.text_only)
 
     def reference(name: str) -> pd.DataFrame:
         # the same Ops, `reference` included: a reference release may dedup against another one
-        return output_rows(resolve_recipe(name, releases), ops)
+        return output_rows(recipes(name), ops)
 
     ops = Ops(
         split_loader(splits, roots, positions, text_only),

@@ -16,7 +16,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, Split, load_params, parse
-from scripts.lib.recipe import Recipe, resolve_recipe
+from scripts.lib.recipe import Recipes
 
 SHUFFLE = Split().method  # params.yaml's default split.method
 
@@ -31,8 +31,10 @@ def written_sources(path: Path | str = PARAMS_FILE) -> dict:
     return load_params(path=path).get("sources") or {}
 
 
-def releases_read_by(names: list[str], releases: dict) -> list[str]:
-    """`names` and every release they read (base chains, step references), transitively, in params order."""
+def releases_read_by(names: list[str], releases: dict, recipes: Recipes | None = None) -> list[str]:
+    """`names` and every release they read (base chains, step references), transitively, in params order.
+    `recipes`: a resolver shared by the caller's other calls (each release resolved once)."""
+    recipes = recipes or Recipes(releases)
     found: set[str] = set()
     todo = list(names)
     while todo:
@@ -40,21 +42,20 @@ def releases_read_by(names: list[str], releases: dict) -> list[str]:
         if name in found:
             continue
         found.add(name)
-        recipe: Recipe | None = resolve_recipe(name, releases)
-        while recipe is not None:
-            found.add(recipe.name)
-            steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
-            todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
-            recipe = recipe.base
+        recipe = recipes(name)
+        steps = list(recipe.steps) + [s for c in recipe.own_components for s in c.steps]
+        todo += [s.dedup.reference for s in steps if s.dedup is not None and s.dedup.reference is not None]
+        todo += [recipe.base.name] if recipe.base is not None else []
     return [name for name in releases if name in found]
 
 
-def release_plan(name: str, releases: dict, sources: dict) -> dict:
+def release_plan(name: str, releases: dict, sources: dict, recipes: Recipes | None = None) -> dict:
     """data/recipes/release/V.json: the entries of `releases` release@V reads, and of `sources` (the
     sources of their components: image folders, kind, licence, link and citation for the card). An
     unknown source is left out here; the release names it in one line."""
-    read = releases_read_by([name], releases)
-    used = {c.source for n in read for c in resolve_recipe(n, releases).components}
+    recipes = recipes or Recipes(releases)
+    read = releases_read_by([name], releases, recipes)
+    used = {c.source for n in read for c in recipes(n).own_components}  # `read` holds every base
     return {"releases": [[n, releases[n]] for n in read], "sources": [[s, sources[s]] for s in sources if s in used]}
 
 
@@ -75,54 +76,70 @@ def plots_plan(releases: dict, sources: dict) -> dict:
     return {"releases": list(releases), "sources": list(sources)}
 
 
-def _before_generate(releases: dict):
+def _before_generate(releases: dict, recipes: Recipes | None = None):
     """(key, release, component, step) for every before_generate step in `releases`, in params order; `key`
     is the step's path in params.yaml (`releases.V.components[0].steps[1].dedup`)."""
+    recipes = recipes or Recipes(releases)
     for name in releases:
-        for number, component in enumerate(resolve_recipe(name, releases).own_components):
+        for number, component in enumerate(recipes(name).own_components):
             for k, step in enumerate(component.steps):
                 if step.dedup is not None and step.dedup.before_generate:
                     yield f"releases.{name}.components[{number}].steps[{k}].dedup", name, component, step.dedup
 
 
-def before_generate_steps(source: str, releases: dict) -> list[tuple[str, Component, DedupStep]]:
+def before_generate_steps(
+    source: str, releases: dict, recipes: Recipes | None = None
+) -> list[tuple[str, Component, DedupStep]]:
     """(release, component, step) for every before_generate step on `source`, in params order."""
-    return [(name, c, step) for _, name, c, step in _before_generate(releases) if c.source == source]
+    return [(name, c, step) for _, name, c, step in _before_generate(releases, recipes) if c.source == source]
 
 
-def prefiltered_sources(releases: dict) -> set[str]:
+def prefiltered_sources(releases: dict, recipes: Recipes | None = None) -> set[str]:
     """Sources with a before_generate step in some release (their rows cannot be another step's reference)."""
-    return {c.source for _, _, c, _ in _before_generate(releases)}
+    return {c.source for _, _, c, _ in _before_generate(releases, recipes)}
 
 
-def sources_read_by(names: list[str], releases: dict) -> list[str]:
+def sources_read_by(names: list[str], releases: dict, recipes: Recipes | None = None) -> list[str]:
     """The sources whose rows composing `names` reads (their base chains and references too), in first-read order."""
-    read = releases_read_by(names, releases)
-    return list(dict.fromkeys(c.source for n in read for c in resolve_recipe(n, releases).components))
+    recipes = recipes or Recipes(releases)
+    read = releases_read_by(names, releases, recipes)
+    return list(dict.fromkeys(c.source for n in read for c in recipes(n).components))
 
 
-def prefilter_plan(source: str, releases: dict, sources: dict | None = None, split_method: str = SHUFFLE) -> dict:
+def prefilter_plan(
+    source: str,
+    releases: dict,
+    sources: dict | None = None,
+    split_method: str = SHUFFLE,
+    recipes: Recipes | None = None,
+) -> dict:
     """data/recipes/prefilter/S.json: the entries of `releases` prefilter@S reads (the releases with a
     before_generate step on S and what they read), the sources with such steps, and the
     `caption_language` of each source its references read (captions@X drops those rows before the split,
     so the reference drops them too). What prefilter@S cannot know before generation is refused
     (`check_before_generate`)."""
-    steps = [(key, name, c, step) for key, name, c, step in _before_generate(releases) if c.source == source]
+    recipes = recipes or Recipes(releases)
+    steps = [(key, name, c, step) for key, name, c, step in _before_generate(releases, recipes) if c.source == source]
     if not steps:
         return {"prefiltered": [], "releases": []}  # nothing runs before generation
-    prefiltered = prefiltered_sources(releases)
-    check_before_generate(steps, releases, prefiltered, split_method)
+    prefiltered = prefiltered_sources(releases, recipes)
+    check_before_generate(steps, releases, prefiltered, split_method, recipes)
     references = sorted({step.reference for _, _, _, step in steps})
     return {
         "prefiltered": sorted(prefiltered),  # read only by steps
-        "releases": [[n, releases[n]] for n in releases_read_by(sorted({n for _, n, _, _ in steps}), releases)],
+        "releases": [
+            [n, releases[n]] for n in releases_read_by(sorted({n for _, n, _, _ in steps}), releases, recipes)
+        ],
         "caption_language": {
-            x: ((sources or {}).get(x) or {}).get("caption_language") for x in sources_read_by(references, releases)
+            x: ((sources or {}).get(x) or {}).get("caption_language")
+            for x in sources_read_by(references, releases, recipes)
         },
     }
 
 
-def check_before_generate(steps: list, releases: dict, prefiltered: set[str], split_method: str) -> None:
+def check_before_generate(
+    steps: list, releases: dict, prefiltered: set[str], split_method: str, recipes: Recipes | None = None
+) -> None:
     """Refuse a before_generate step (key, release, component, step) whose rows prefilter@S cannot tell before
     generation, in one line naming its key: a component of one split unless split.method is hash (prefilter
     runs before split@S draws: with shuffle it would remove rows of the other split, which other releases
@@ -134,7 +151,7 @@ def check_before_generate(steps: list, releases: dict, prefiltered: set[str], sp
                 f"{split_method}, so it cannot tell the component's {component.split} rows from the others, which "
                 "other releases read; take `split: all` or use split.method hash"
             )
-        for read in sources_read_by([step.reference], releases):
+        for read in sources_read_by([step.reference], releases, recipes):
             if read in prefiltered:
                 raise DataError(
                     f"params.yaml: {key}.reference: release {step.reference!r} reads source {read!r}, which has "

@@ -56,18 +56,20 @@ class Section(BaseModel):
         return value
 
     def replace(self, **changes: Any) -> Self:
-        """A copy with `changes` applied, validated like params.yaml (a bad value is a DataError)."""
-        return parse(type(self), {**self.model_dump(), **changes}, file=f"{type(self).__name__}.replace")
+        """A copy with `changes` applied, validated like params.yaml (a bad value is a DataError). The keys
+        left unset stay unset (rules on which keys are written: Source's kind keys, Export's options)."""
+        data = {**self.model_dump(exclude_unset=True), **changes}
+        return parse(type(self), data, file=f"{type(self).__name__}.replace")
 
 
 KEY_LIKE = re.compile(r"(?=[\w-]*[0-9])(?=[\w-]*[A-Za-z])[\w-]{20,}")  # a long run mixing letters and digits
 
 
 def looks_like_a_key(text: str) -> bool:
-    """Whether a value may be a credential: a known key shape (SECRET_SHAPES) or a long token."""
-    from scripts.lib.params.yaml_text import SECRET_SHAPES
+    """Whether a value may be a credential: a known key shape (has_secret_shape) or a long token."""
+    from scripts.lib.params.yaml_text import has_secret_shape
 
-    return bool(SECRET_SHAPES.search(text) or KEY_LIKE.search(text))
+    return bool(has_secret_shape(text) or KEY_LIKE.search(text))
 
 
 def no_archive_mark(path: str | None) -> str | None:
@@ -84,10 +86,16 @@ def no_archive_mark(path: str | None) -> str | None:
 
 def check_name(name: str, what: str = "name") -> str:
     """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
-    a plain name only, never `..`, a slash or an empty string."""
+    a plain name only, never `..`, a slash or an empty string, nor one ending in '.' (Windows drops a
+    trailing dot from a file name: `v2.` and `v2` would be one folder)."""
     if not ENTRY_NAME.fullmatch(name):
         raise ValueError(
             f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
+        )
+    if name.endswith("."):
+        raise ValueError(
+            f"{what} {name!r} ends in '.', which Windows drops from a file name ({name.rstrip('.')!r} would be the "
+            "same file); remove it"
         )
     return name
 

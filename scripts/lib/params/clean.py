@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import yaml
 from pydantic import (
@@ -14,6 +14,7 @@ from pydantic import (
     create_model,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
@@ -35,6 +36,21 @@ class Rewrite(Section):
         if (self.find is None) == (self.pattern is None):
             raise ValueError("set exactly one of find or pattern")
         return self
+
+
+def _names_apart(rewrites: list[Rewrite]) -> list[Rewrite]:
+    """A phase's rewrites, refused when two share a name (errors and reports name the rewrite that ran)."""
+    first: dict[str, int] = {}
+    for index, rewrite in enumerate(rewrites):
+        if first.setdefault(rewrite.name, index) != index:
+            raise ValueError(
+                f"[{first[rewrite.name]}] and [{index}] are both named {rewrite.name!r} (errors and reports name a "
+                "rewrite by its name); rename one"
+            )
+    return rewrites
+
+
+Rewrites = Annotated[list[Rewrite], AfterValidator(_names_apart)]  # one phase of a rule set
 
 
 # The codes langdetect 1.0.9 returns (its profiles folder, langdetect.detector_factory.PROFILES_DIRECTORY):
@@ -178,7 +194,7 @@ class CleanRules(Section):
     min_mean_word_len: float | None = Field(
         None, ge=0, le=1000, description="1. dropped when the mean whitespace-word length is below this"
     )
-    normalise: list[Rewrite] = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
+    normalise: Rewrites = Field(description="2. punctuation, numbers, SD flags, camera and resolution jargon")
     max_commas: int | None = Field(
         None, ge=0, le=100_000, description='2. dropped with more "," than this (after normalising)'
     )
@@ -186,17 +202,17 @@ class CleanRules(Section):
     stop_phrases: list[Phrase] = Field(description="4. deleted as whole words, any case")
     artists: list[Phrase] = Field(description='4. deleted, bare or as "by <name>"')
     sites: list[Phrase] = Field(description='4. deleted, bare or as "by <name>"')
-    tidy: list[Rewrite] = Field(description="4. rewrites after the phrase deletions")
+    tidy: Rewrites = Field(description="4. rewrites after the phrase deletions")
     min_chars: int | None = Field(None, ge=0, le=1_000_000, description="5. dropped when shorter")
     max_chars: int | None = Field(None, ge=1, le=1_000_000, description="5. dropped when longer")
     min_unique_words: int | None = Field(
         None, ge=0, le=100_000, description="5. dropped with fewer distinct whitespace words"
     )
-    collapse_repeats: list[Rewrite] = Field(description='6. collapse "a a a" and "red car red car"')
+    collapse_repeats: Rewrites = Field(description='6. collapse "a a a" and "red car red car"')
     thought_phrases: list[Phrase] | None = Field(
         None, description="7. requests, not image descriptions: dropped when one occurs as whole words"
     )
-    finish: list[Rewrite] = Field(description="8. final touches")
+    finish: Rewrites = Field(description="8. final touches")
 
     @model_validator(mode="after")
     def _lengths(self) -> CleanRules:
@@ -228,6 +244,13 @@ class _CleanChoice(Section):
         return self
 
 
+def _override(field: FieldInfo) -> Any:
+    """A rule set key's type as an override: null allowed, the set's own checks kept (ranges, rewrite names
+    apart), so every stage refuses a bad override, not only those that clean."""
+    kind = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return kind if type(None) in get_args(field.annotation) else Optional[kind]  # noqa: UP045  # any annotation, at run time
+
+
 # params.yaml `clean`: `rules`, then every key of a rule set as an optional override
 Clean = create_model(  # type: ignore[call-overload]  # the override fields are built at run time
     "Clean",
@@ -238,7 +261,7 @@ Clean = create_model(  # type: ignore[call-overload]  # the override fields are 
     set's value whole; null keeps the set's own. A source may name another set (sources.S.clean), a release
     too; the overrides apply to the set named here only.""",
     **{
-        name: (Optional[field.annotation], Field(None, description=f"override, null: the set's ({field.description})"))  # noqa: UP045  # any annotation, at run time
+        name: (_override(field), Field(None, description=f"override, null: the set's ({field.description})"))
         for name, field in CleanRules.model_fields.items()
     },
 )

@@ -38,12 +38,14 @@ class CleanStep(Section):
 
 
 DEDUP_SCOPES = ("self", "per_split", "after_merge", "against", "validation_vs_train")
+SELF_SCOPES = ("self", "per_split", "after_merge")  # those that choose which copy stays (`keep`)
 
 
 class DedupStep(Section):
     """A recipe step that removes duplicates (`- dedup: {scope: per_split, threshold: 0.85, keep: none_of_pair}`).
     Unset keys take the `dedup:` section's value. Rules: scope against names `against`; before_generate
-    needs scope against and a `reference` release."""
+    needs scope against and a `reference` release; `threshold` and `method` go with match near, `keep`
+    with the self scopes (self, per_split, after_merge): a key the step would not read is refused."""
 
     scope: Literal["self", "per_split", "after_merge", "against", "validation_vs_train"] = Field(
         "self",
@@ -65,18 +67,30 @@ class DedupStep(Section):
     match: Literal["near", "exact"] = Field(
         "near", description="near: the dedup method at `threshold` | exact: identical text (the team's leak check)"
     )
-    threshold: float | None = Field(None, gt=0, le=1, description="override of dedup.threshold (null: the section's)")
+    threshold: float | None = Field(
+        None, gt=0, le=1, description="match near only: override of dedup.threshold (null: the section's)"
+    )
     keep: Literal["first", "longest", "none_of_pair"] | None = Field(
         None,
-        description="override of dedup.keep for self scopes (null: the section's); none_of_pair = every member "
-        "of a near-duplicate pair is removed (the team's dedup_prompts.py)",
+        description="self scopes only: override of dedup.keep (null: the section's; with match exact, first); "
+        "none_of_pair = every member of a duplicate pair is removed (the team's dedup_prompts.py); with match "
+        "exact, longest keeps the copy with the lowest stable id (copies are equally long)",
     )
     method: Literal["minhash", "embedding"] | None = Field(
-        None, description="override of dedup.method (null: the section's)"
+        None, description="match near only: override of dedup.method (null: the section's)"
     )
 
     @model_validator(mode="after")
     def _scope_keys(self) -> DedupStep:
+        if self.match == "exact":
+            for key in ("threshold", "method"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} goes with match near (match exact compares the texts themselves)")
+        if self.keep is not None and self.scope not in SELF_SCOPES:
+            raise ValueError(
+                f"keep goes with scopes {', '.join(SELF_SCOPES)} (scope {self.scope} removes rows of one side "
+                "only, the other is untouched)"
+            )
         if (self.scope == "against") != (self.against is not None):
             raise ValueError("`against` goes with scope against (and scope against needs it)")
         if self.reference is not None and self.scope != "against":
@@ -279,7 +293,7 @@ class Release(Section):
     description: str = Field("", description="one paragraph for the data card")
     components: list[Component] = Field([], description="added in order, after the base's rows")
     steps: list[Step] = Field([], description="run in order on all rows once the components are merged")
-    reclean: bool = Field(False, description="shorthand for a last step `clean: {rules: final, on: orig_text}`")
+    reclean: bool = Field(False, description="shorthand for a last step `clean: {rules: final, column: orig_text}`")
     validation_leaks: Literal["none", "exact", "near"] = Field(
         "none", description="shorthand for a last step `dedup: {scope: validation_vs_train, match: exact|near}`"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -17,8 +17,24 @@ MAX_PROMPT_BYTES = 65_536  # a longer text line is refused: by ingest (its defau
 
 
 class Source(Section):
-    """One raw dataset, `sources.<name>`. `kind` picks the reader; keys of other kinds are ignored.
-    Rule: set `part_ids` or `num_parts`, not both; `num_parts` <= `part_id_max`."""
+    """One raw dataset, `sources.<name>`. `kind` picks the reader. Rules: a key only other kinds' readers read
+    (`caption_field` with kind text) is refused; set `part_ids` or `num_parts`, not both; `num_parts` <=
+    `part_id_max`."""
+
+    # the keys one reader reads (scripts/lib/readers/): written for another kind, they would do nothing
+    KIND_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "read": ("diffusiondb",),
+        "part_ids": ("diffusiondb",),
+        "num_parts": ("diffusiondb",),
+        "part_seed": ("diffusiondb",),
+        "part_id_max": ("diffusiondb",),
+        "format": ("gustavosta",),
+        "csv_files": ("kaggle_sd2",),
+        "caption_field": ("dalle3",),
+        "max_prompt_bytes": ("text",),
+        "max_member_bytes": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
+        "max_image_pixels": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
+    }
 
     kind: Literal["diffusiondb", "gustavosta", "openprompts", "text", "kaggle_sd2", "dalle3", "bucketed_webdataset"] = (
         Field(description="reader of the native format (docs/contracts.md §5)")
@@ -64,13 +80,19 @@ class Source(Section):
         MAX_PROMPT_BYTES,
         ge=1,
         le=1 << 24,
-        description="longer text lines are refused (CSV fields: the csv module's 128 KiB)",
+        description="text: longer lines are refused (the CSV kinds: the csv module's 128 KiB a field)",
     )
     max_member_bytes: int = Field(
-        64 << 20, ge=1, le=1 << 30, description="cap on one archive member or image file, in bytes"
+        64 << 20,
+        ge=1,
+        le=1 << 30,
+        description="kinds with images (all but text, openprompts): cap on one archive member or image file, in bytes",
     )
     max_image_pixels: int = Field(
-        40_000_000, ge=1, le=1 << 28, description="cap on an image's width x height (decompression bombs)"
+        40_000_000,
+        ge=1,
+        le=1 << 28,
+        description="kinds with images (all but text, openprompts): cap on an image's width x height (decompression bombs)",
     )
     read: Literal["metadata", "parts"] = Field(
         "metadata", description="diffusiondb: metadata.parquet, or the part zips' json"
@@ -131,6 +153,15 @@ class Source(Section):
             if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
                 raise ValueError(f"{name!r} leaves the source folder: name files under `path`")
         return files
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> Source:
+        for key in sorted(self.model_fields_set & set(self.KIND_KEYS)):
+            if self.kind not in self.KIND_KEYS[key]:
+                raise ValueError(
+                    f"{key} is read only by kind {' | '.join(self.KIND_KEYS[key])}, not by kind {self.kind} (remove it)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _parts(self) -> Source:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 from typing import Any
@@ -98,13 +99,40 @@ class RuamelError(yaml.YAMLError):
         self.problem_mark = getattr(exc, "problem_mark", None)  # .line, 0-based, as PyYAML's
 
 
-SECRET_SHAPES = re.compile(
+SECRET_SHAPES = re.compile(  # keys whose prefix says what they are
     r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
     r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
     r"|\bgsk_[a-z0-9]{20,}|\bxai-[a-z0-9]{20,}|\bpplx-[a-z0-9]{20,}|\br8_[a-z0-9]{20,}"  # Groq, xAI, Perplexity, Replicate
-    r"|\b[sr]k_(?:live|test)_[a-z0-9]{16,}|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,}"  # Stripe; a JWT (header.payload)
-    r"|\bbearer\s+\S{16,}|\b[a-z][a-z0-9+.-]*://[^\s/?#@]+@)"  # a URL's user:password@, :password@ or token@
+    r"|\b[sr]k_(?:live|test)_[a-z0-9]{16,}|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,})"  # Stripe; a JWT (header.payload)
 )
+# Shapes that are secrets only when what they hold is random: `Bearer <token>` (RFC 6750's b64token) and a
+# URL's user info. "the ring bearer carrying-an-ancient-sword" and `ssh://git@github.com` are prose and an address
+BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,})")
+URL_USER_INFO = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://([^\s/?#@]+)@")
+TOKEN_RUN = re.compile(r"[A-Za-z0-9]{8,}")
+CHAR_CLASS = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "a" * 26 + "A" * 26 + "0" * 10
+)
+
+
+def looks_random(token: str) -> bool:
+    """Whether `token` holds a run of 8+ letters and digits with a digit in it that changes class (lower,
+    upper, digit) at least twice: `a1B2c3d4`, hex `9f3a07c1`, a JWT or base64. A word changes at most once
+    (`Legion`, `2nd`, `4k`), so hyphenated or title-cased prose never does."""
+    for run in TOKEN_RUN.findall(token):
+        classes = run.translate(CHAR_CLASS)
+        if "0" in classes and sum(a != b for a, b in itertools.pairwise(classes)) >= 2:
+            return True
+    return False
+
+
+def has_secret_shape(text: str) -> bool:
+    """Whether `text` holds an API key or token by its shape: a known prefix (SECRET_SHAPES), `Bearer` and a
+    random token, or a URL with a password (`https://me:PASSWORD@`, `https://:PASSWORD@`) or a random user
+    (`https://TOKEN@`)."""
+    if SECRET_SHAPES.search(text) or any(looks_random(m[1]) for m in BEARER.finditer(text)):
+        return True
+    return any(":" in m[1] or looks_random(m[1]) for m in URL_USER_INFO.finditer(text))
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -131,7 +159,7 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
             refuse_secrets(item, path, (*at, index), secrets)
     elif isinstance(value, str):
         where = ".".join(map(str, at)) or "a key"
-        if SECRET_SHAPES.search(value):
+        if has_secret_shape(value):
             raise DataError(
                 f"{path}: {where}: holds what looks like an API key or token; keep keys out of params.yaml (it "
                 "is committed, and copied into dvc.lock): set an environment variable and name it in api_key_env"
@@ -150,17 +178,30 @@ MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: a
 # is in too many texts (a word, a name); as a whole scalar it is the secret pasted
 # under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
 MIN_SHORT_SECRET_CHARS = 6
+# The keys local OpenAI-compatible servers tell clients to send when they check none (the client insists on
+# one): Ollama's `ollama`, LM Studio's `lm-studio`, llama.cpp's `sk-no-key-required`, vLLM's `EMPTY`, and the
+# usual stand-ins. Published in those servers' docs, so no secret, in any letter case: with
+# OPENAI_API_KEY=ollama, `backend: ollama` (a label naming that server) refused every stage. Kept to a list
+# rather than skipping label keys: a real key written as a label still reaches the outputs (sources.json)
+PLACEHOLDER_KEYS = frozenset(
+    {"ollama", "lm-studio", "lmstudio", "sk-no-key-required", "no-key-required", "not-needed", "no-key", "nokey"}
+    | {"none", "null", "empty", "dummy", "placeholder", "unused", "not-used", "anything", "sk-xxx"}
+)
 
 
 def secret_env_values(params: Any) -> dict[str, str]:
     """{name: value, whitespace runs made one space} of the secret environment variables set now; a value
-    that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the key is) is none."""
+    that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the key is) or is a local
+    server's placeholder (PLACEHOLDER_KEYS) is none."""
     names = {name for name in os.environ if SECRET_ENV_NAME.search(name)} | set(_env_names(params))
     values = {name: " ".join(os.environ.get(name, "").split()) for name in names}
     return {
         name: value
         for name, value in values.items()
-        if len(value) >= MIN_SHORT_SECRET_CHARS and value.isprintable() and not names_a_file(value)
+        if len(value) >= MIN_SHORT_SECRET_CHARS
+        and value.isprintable()
+        and value.casefold() not in PLACEHOLDER_KEYS
+        and not names_a_file(value)
     }
 
 
