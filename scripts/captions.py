@@ -25,7 +25,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
 from scripts.lib.io import check_files_ours, shown
 from scripts.lib.params import PARAMS_FILE, load_section
-from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, read_parquet
+from scripts.lib.tables import ParquetChunks, arrow_table, check_cells, check_table, check_unique, read_parquet
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = [
@@ -118,7 +118,9 @@ def cli(
     offset = not_language = written = 0
     with sorted_rows_to(output, ranks) as out:
         for chunk in rows.frames(f"captions@{source}"):  # a chunk at a time, sorted on disk: memory stays flat
-            check_table(chunk, input, strings=("id", "text", "prompt"))
+            # every column caption_table copies: a missing one was a KeyError traceback
+            check_table(chunk, input, strings=("id", "text", "prompt", "source", "split", "meta"))
+            check_cells(chunk, input, numbers=("width", "height"))
             positions = np.arange(offset, offset + len(chunk))
             offset += len(chunk)
             if language is not None:

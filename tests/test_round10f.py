@@ -146,8 +146,9 @@ def _caption(root: Path, base_url: str, manifest: pa.Table) -> list:
     return ["caption", "t", "out"]
 
 
-def _captions(root: Path, manifest: pa.Table, rows: dict | None = None) -> list:
-    """captions@S on a prefilter-shaped table of two rows and an images folder with `manifest`."""
+def _captions(root: Path, manifest: pa.Table, rows: dict | None = None, without: str = "") -> list:
+    """captions@S on a prefilter-shaped table of two rows (less the column `without`) and an images folder
+    with `manifest`."""
     table = {
         "id": _text(["r0", "r1"]),
         "source": _text(["s", "s"]),
@@ -160,7 +161,8 @@ def _captions(root: Path, manifest: pa.Table, rows: dict | None = None) -> list:
         "text": _text(["a red square", "a blue square"]),
         "position": pa.array([0, 1]),
     }
-    pq.write_table(pa.table({**table, **(rows or {})}), root / "in.parquet")
+    table = {name: column for name, column in {**table, **(rows or {})}.items() if name != without}
+    pq.write_table(pa.table(table), root / "in.parquet")
     pq.write_table(manifest, two_images(root) / "manifest.parquet")
     (root / "params.yaml").write_text("{}\n", encoding="utf-8")
     return ["captions", "s", "in.parquet", "images", "out.parquet"]
@@ -175,6 +177,13 @@ def _manifest(ids: list, files: list, encode: tuple[str, ...] = ()) -> pa.Table:
 
 GOOD = (["r0", "r1"], ["red.png", "blue.png"])
 TABLES = {  # name: (argv for a root and a server, the error line's end)
+    **{  # round 11: a column caption_table copies was a KeyError traceback when missing
+        f"captions-input-without-{column}": (
+            lambda r, u, column=column: _captions(r, _manifest(*GOOD), without=column),
+            f"in.parquet: no '{column}' column",
+        )
+        for column in ("source", "split", "width", "height", "meta")
+    },
     "caption-null-file": (
         lambda r, u: _caption(r, u, _manifest(["r0", "r1"], ["red.png", None])),
         "images/manifest.parquet: row 2: column 'file' is missing (null or NaN)",
