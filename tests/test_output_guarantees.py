@@ -139,7 +139,9 @@ def near_duplicates(bases: int = 40, variants: int = 25) -> list[str]:
 
 
 TOGETHER = [  # command, its input's prompts, a file-size limit the first outputs pass and a later one does not
-    (["clean", "notes", "p.parquet", "out/o.parquet"], None, 32 * 1024, "o.parquet"),
+    pytest.param(  # the same output failing at a smaller size: the slow tier (CI's 10 minutes)
+        ["clean", "notes", "p.parquet", "out/o.parquet"], None, 32 * 1024, "o.parquet", marks=pytest.mark.slow
+    ),
     (["clean", "notes", "p.parquet", "out/o.parquet"], None, 128 * 1024, "o.parquet"),
     (["prefilter", "notes", "d.parquet", "out/o.parquet"], None, 64 * 1024, "o.parquet"),
     # dedup's kept rows (17 kB), clusters (11 kB) and report fit, the preview page does not
@@ -149,7 +151,11 @@ TOGETHER = [  # command, its input's prompts, a file-size limit the first output
 ]
 
 
-@pytest.mark.parametrize("argv, lines, limit, failing", TOGETHER, ids=[f"{c[0][0]}-{c[2]}-{c[3]}" for c in TOGETHER])
+@pytest.mark.parametrize(
+    "argv, lines, limit, failing",
+    TOGETHER,
+    ids=[f"{c[0][0]}-{c[2]}-{c[3]}" for c in (getattr(c, "values", c) for c in TOGETHER)],
+)
 def test_outputs_written_together_appear_together_or_not_at_all(tmp_path, argv, lines, limit, failing):
     """On a full disk the small siblings (`.dropped.parquet`, `.removed.parquet`) were renamed in before the
     main table failed: a new sibling beside no table (or beside the previous run's); dedup's kept rows,
