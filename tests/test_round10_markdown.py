@@ -57,3 +57,20 @@ def test_a_backtick_in_an_id_stays_inside_its_code_span():
 def test_plain_prompts_read_as_written():
     markdown = to_markdown(report_for("r9", PLAIN))
     assert f"| `r9` | chatgpt | {PLAIN} |" in markdown
+
+
+NOT_COMPARED = {  # case: an error line of a release that could not be compared, quoting its data
+    "a repeated hostile id": "pr:data/releases/v2/rows.parquet: duplicate id '@everyone </details><!-- #1' at row 2",
+    "a missing image's name": "pr:data/releases/v2: image '@octocat/<img src=x>.png' of id r1 not found",
+    "a team in a path": "pr:data/releases/v2/rows.parquet: no 'id' column (@github/security #7)",
+}
+
+
+@pytest.mark.parametrize("note", NOT_COMPARED.values(), ids=NOT_COMPARED.keys())
+def test_why_a_release_was_not_compared_is_shown_inert(note):
+    """round 12: the note was pasted raw, so a hostile id in the error line pinged, linked or hid the rest."""
+    from scripts.tools.pr_comment import release_details
+
+    text = "\n".join(release_details([("v2", "v2", None, f"not compared: {note}")]))
+    assert "@everyone" not in text and "@octocat" not in text and "@github" not in text
+    assert "<!--" not in text and "</details>" not in text and "<img" not in text and "#1" not in text.split("`v2`")[1]

@@ -161,7 +161,7 @@ def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, s
     result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--md", "--targets", *targets], repo)
     lines = ["### Metrics (`dvc metrics diff`)", ""]
     if result.returncode != 0:
-        return lines + [f"_dvc metrics diff failed: {_last_line(result.stderr)}_"]
+        return lines + [f"_dvc metrics diff failed: {cell(_last_line(result.stderr), 300)}_"]
     text = result.stdout.strip()
     for rev, label in labels.items():
         text = text.replace(f" {rev} ", f" {label} ")
@@ -199,7 +199,7 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
     with tempfile.TemporaryDirectory() as tmp:  # -o: image plots are copied there, not into the repository
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp], repo)
     if result.returncode != 0:
-        return lines + [f"_dvc plots diff failed: {_last_line(result.stderr)}_"]
+        return lines + [f"_dvc plots diff failed: {cell(_last_line(result.stderr), 300)}_"]
     changes = plot_changes(json.loads(result.stdout or "{}"), base_rev, head_rev)
     from scripts.lib.io import atomic_path
 
@@ -323,10 +323,23 @@ def sheets_section(
 # --- the body ------------------------------------------------------------------------------------
 
 
+def release_details(reports: list) -> list[str]:
+    """The comment's lines for each release compared (its row diff) or not (why not: an error line that
+    may quote the data, a hostile id, so it is shown as text)."""
+    from scripts.tools import diff
+
+    details = []
+    for _release_a, release_b, report, note in reports:
+        if report is None:
+            details += [f"### `{release_b}`", "", f"_{cell(note, 300)}_", ""]
+        elif changed(report):
+            details += [diff.to_markdown(report).replace("## Dataset diff", "### Rows").rstrip(), ""]
+    return details
+
+
 def build_body(
     repo: str, base_rev: str, head_rev: str, out: Path, assets_url: str | None = None, run_url: str | None = None
 ) -> str:
-    from scripts.tools import diff
 
     labels = {base_rev: base_rev, head_rev: head_rev}
     base_sha = _git_rev(repo, base_rev)  # dvc commands get the commit: a ref like origin/main has a slash
@@ -342,12 +355,7 @@ def build_body(
         f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)
     ]
     shown = [(a, b) for a, b, report, _ in reports if report is None or changed(report)]
-    details = []
-    for _release_a, release_b, report, note in reports:
-        if report is None:
-            details += [f"### `{release_b}`", "", f"_{note}_", ""]
-        elif changed(report):
-            details += [diff.to_markdown(report).replace("## Dataset diff", "### Rows").rstrip(), ""]
+    details = release_details(reports)
     if unchanged:
         lines += ["Releases with no row, text or image change: " + ", ".join(unchanged) + ".", ""]
     if gone:
