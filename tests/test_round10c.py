@@ -109,7 +109,10 @@ def test_a_secret_pasted_encoded_short_or_with_spaces_is_refused(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(name, value)
     line = load(write_params(tmp_path, at, pasted))
-    assert line is not None and f"{'.'.join(at)}: holds the value of the environment variable {name}" in line, line
+    said = f"{'.'.join(at)}: holds the value of the environment variable {name}"
+    if "Basic " in pasted:  # since round 12 a Basic header's credentials are refused by their shape first
+        said = f"{'.'.join(at)}: holds what looks like an API key or token"
+    assert line is not None and said in line, line
     assert value.lower() not in line.lower() and pasted not in line
     if len(value) < 16:
         assert load(write_params(tmp_path, at, f"the release notes mention {value} once")) is None

@@ -62,7 +62,39 @@ PROSE = {  # a prompt every stage refused -> a real credential in the same words
         "a poster reading https://alice@example.org/gallery in gold letters",
         "a poster reading https://a1B2c3D4e5F6g7H8@example.org/gallery",
     ),
+    # round 12: `sk-` took any 16 characters, and a size like 3840x2160 read as random
+    "a skincare brand": (
+        "a bottle of SK-II-facial-treatment-essence on marble",
+        "a bottle of sk-proj-AbC123dEf456GhI789jKl0 on marble",
+    ),
+    "a skateboard": ("photo of sk-8ter-boy-skateboard-deck", "photo of sk-8aB3cD4eF5gH6iJ7kL8mN9 deck"),
+    "a bearer in 4k": (
+        "a portrait of the standard bearer 3840x2160-wallpaper",
+        "a portrait of the standard bearer a1B2c3D4e5F6g7H8i9J0",
+    ),
 }
+
+# round 12: credentials that no prefix names, and prefixes that were missing
+UNPREFIXED = {
+    "an HTTP Basic header": "curl -H 'Authorization: Basic dXNlcjpwYXNzd29yZA==' example.org",
+    "GitHub's token scheme": "Authorization: token AbC123dEf456GhI789jKl012MnO345pQr6",
+    "a pasted .env line": "ANTHROPIC_API_KEY=AbC123dEf456GhI789jKl012MnO345pQr678",
+    "a PyPI token": "pypi-AgEIcHlwaS5vcmcCJGFiY2RlZg",
+    "an npm token": "npm_AbC123dEf456GhI789jKl012MnO345pQr6",
+    "a SendGrid key": "SG.abcdefghijklmnop1234.qrstuvwxyzABCDEF5678",
+    "an NVIDIA key": "nvapi-AbC123dEf456GhI789jKl0",
+    "a Databricks token": "dapi0123456789abcdef0123456789abcdef",
+    "an AWS temporary key": "ASIAABCDEFGHIJKLMNOP",
+    "a Hub token after an underscore": "MY_hf_AbCdEfGhIjKlMnOpQrStUvWx",
+}
+
+
+@pytest.mark.parametrize("secret", UNPREFIXED.values(), ids=UNPREFIXED.keys())
+def test_a_credential_without_a_known_prefix_is_refused(tmp_path, monkeypatch, capfd, secret):
+    code, err = recipes(tmp_path, monkeypatch, capfd, **section_with(EXAMPLES, secret))
+    line = error_line(err)
+    assert code == 2 and "synthesize.gpt4_style.fixed_examples.7: holds what looks like an API key" in line, line
+    assert secret not in line
 
 
 @pytest.mark.parametrize("case", PROSE)

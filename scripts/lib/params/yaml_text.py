@@ -99,15 +99,24 @@ class RuamelError(yaml.YAMLError):
         self.problem_mark = getattr(exc, "problem_mark", None)  # .line, 0-based, as PyYAML's
 
 
-SECRET_SHAPES = re.compile(  # keys whose prefix says what they are
-    r"(?i)(?:\bsk-[a-z0-9_-]{16,}|\bhf_[a-z0-9]{20,}|\bgh[pousr]_[a-z0-9]{20,}|\bgithub_pat_\w{20,}"
-    r"|\bAKIA[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
+# keys whose prefix says what they are; a prefix may follow `_` (`MY_hf_...`: \b is no boundary there)
+SECRET_SHAPES = re.compile(
+    r"(?i)(?:(?<![a-z0-9])(?:hf_[a-z0-9]{20,}|gh[pousr]_[a-z0-9]{20,}|github_pat_\w{20,})"
+    r"|\bA(?:KIA|SIA)[0-9A-Z]{16}\b|\bxox[abprs]-[a-z0-9-]{10,}|\bAIza[0-9a-z_-]{30,}|\bglpat-[a-z0-9_-]{16,}"
     r"|\bgsk_[a-z0-9]{20,}|\bxai-[a-z0-9]{20,}|\bpplx-[a-z0-9]{20,}|\br8_[a-z0-9]{20,}"  # Groq, xAI, Perplexity, Replicate
-    r"|\b[sr]k_(?:live|test)_[a-z0-9]{16,}|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,})"  # Stripe; a JWT (header.payload)
+    r"|\bpypi-AgE[a-z0-9_-]{16,}|\bnpm_[a-z0-9]{30,}|\bSG\.[a-z0-9_-]{16,}\.[a-z0-9_-]{16,}"  # PyPI, npm, SendGrid
+    r"|\bya29\.[a-z0-9_-]{20,}|\bnvapi-[a-z0-9_-]{20,}|\bdapi[0-9a-f]{32}|\bfw_[a-z0-9]{20,}"  # Google, NVIDIA, Databricks, Fireworks
+    r"|\b[spr]k_(?:live|test)_[a-z0-9]{16,}|\beyJ[a-z0-9_-]{8,}\.[a-z0-9_-]{8,})"  # Stripe; a JWT (header.payload)
 )
+# `sk-` (OpenAI, Anthropic, DeepSeek) is a key only when what follows is random: `SK-II-facial-essence` and
+# `sk-8ter-boy-skateboard` are prompts
+SK_KEY = re.compile(r"(?i)\bsk-([a-z0-9_-]{16,})")
 # Shapes that are secrets only when what they hold is random: `Bearer <token>` (RFC 6750's b64token) and a
 # URL's user info. "the ring bearer carrying-an-ancient-sword" and `ssh://git@github.com` are prose and an address
-BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{16,})")
+BEARER = re.compile(r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/-]{16,})")  # token: GitHub's own scheme
+# a variable set on one line (`ANTHROPIC_API_KEY=...`, `api_key: ...`), pasted from a shell or a .env file
+ASSIGNED = re.compile(r"(?i)\b\w*(?:key|token|secret|passw(?:or)?d)\w*\s*[=:]\s*['\"]?([A-Za-z0-9._~+/-]{16,})")
+BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])")  # base64 of `user:password`
 URL_USER_INFO = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://([^\s/?#@]+)@")
 TOKEN_RUN = re.compile(r"[A-Za-z0-9]{8,}")
 CHAR_CLASS = str.maketrans(
@@ -117,20 +126,34 @@ CHAR_CLASS = str.maketrans(
 
 def looks_random(token: str) -> bool:
     """Whether `token` holds a run of 8+ letters and digits with a digit in it that changes class (lower,
-    upper, digit) at least twice: `a1B2c3d4`, hex `9f3a07c1`, a JWT or base64. A word changes at most once
-    (`Legion`, `2nd`, `4k`), so hyphenated or title-cased prose never does."""
+    upper, digit) at least three times: `a1B2c3d4`, hex `9f3a07c1`, a JWT or base64. A word changes at most
+    once (`Legion`, `2nd`, `4k`), a size twice (`3840x2160`), so hyphenated or title-cased prose never does."""
     for run in TOKEN_RUN.findall(token):
         classes = run.translate(CHAR_CLASS)
-        if "0" in classes and sum(a != b for a, b in itertools.pairwise(classes)) >= 2:
+        if "0" in classes and sum(a != b for a, b in itertools.pairwise(classes)) >= 3:
             return True
     return False
+
+
+def _basic_credentials(encoded: str) -> bool:
+    """Whether `encoded` is base64 of `user:password` (an HTTP Basic header's value); `basic shapes` is not."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return False
+    return ":" in decoded and decoded.isprintable()
 
 
 def has_secret_shape(text: str) -> bool:
     """Whether `text` holds an API key or token by its shape: a known prefix (SECRET_SHAPES), `Bearer` and a
     random token, or a URL with a password (`https://me:PASSWORD@`, `https://:PASSWORD@`) or a random user
     (`https://TOKEN@`)."""
-    if SECRET_SHAPES.search(text) or any(looks_random(m[1]) for m in BEARER.finditer(text)):
+    if SECRET_SHAPES.search(text) or any(_basic_credentials(m[1]) for m in BASIC.finditer(text)):
+        return True
+    if any(looks_random(m[1]) for pattern in (SK_KEY, BEARER, ASSIGNED) for m in pattern.finditer(text)):
         return True
     return any(":" in m[1] or looks_random(m[1]) for m in URL_USER_INFO.finditer(text))
 
