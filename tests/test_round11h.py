@@ -86,6 +86,8 @@ UNPREFIXED = {
     "a Databricks token": "dapi0123456789abcdef0123456789abcdef",
     "an AWS temporary key": "ASIAABCDEFGHIJKLMNOP",
     "a Hub token after an underscore": "MY_hf_AbCdEfGhIjKlMnOpQrStUvWx",
+    "an sk- key cut by hyphens": "sk-Test-DoNot-Leak-9f3A7c",
+    "a project key": "sk-proj-Ab1_Cd2-Ef3_Gh4-Ij5_Kl6",
 }
 
 

@@ -153,7 +153,9 @@ def has_secret_shape(text: str) -> bool:
     (`https://TOKEN@`)."""
     if SECRET_SHAPES.search(text) or any(_basic_credentials(m[1]) for m in BASIC.finditer(text)):
         return True
-    if any(looks_random(m[1]) for pattern in (SK_KEY, BEARER, ASSIGNED) for m in pattern.finditer(text)):
+    if any(looks_random(m[1].replace("-", "").replace("_", "")) for m in SK_KEY.finditer(text)):
+        return True  # a key's random part may be cut by `-` or `_` (`sk-proj-…`, `sk-ant-api03-…`)
+    if any(looks_random(m[1]) for pattern in (BEARER, ASSIGNED) for m in pattern.finditer(text)):
         return True
     return any(":" in m[1] or looks_random(m[1]) for m in URL_USER_INFO.finditer(text))
 
