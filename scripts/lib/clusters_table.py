@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.tables import column_names, existing_input, unreadable
+from scripts.lib.tables import column_names, existing_input, is_text_type, unreadable
 
 CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet, as dedup@S writes it
 
@@ -51,13 +51,6 @@ def read_clusters_table(path: Path | str):
         raise unreadable(path, exc) from None
     check_clusters(table, path)
     return table
-
-
-def is_text_type(kind) -> bool:
-    """string or large_string: the two ways parquet gives back a text column."""
-    import pyarrow as pa
-
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _is_number_type(kind) -> bool:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scripts.lib.errors import DataError
+from scripts.lib.tables import is_text_type
 
 # RE2 spelling of Python's `re` non-word run: `\w` there is Unicode letters, digits and underscore.
 _NON_WORD = r"[^\p{L}\p{N}_]+"
@@ -177,7 +178,7 @@ def as_string_array(texts) -> pa.Array:
             if at is None:
                 raise
             raise DataError(f"text {at + 1}: expected a string, got {type(texts[at]).__name__}") from None
-    if pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type):
+    if is_text_type(texts.type):
         return texts.fill_null("")
     raise TypeError(f"texts must be strings, got {texts.type}")
 

@@ -22,10 +22,11 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters, check_clusters_columns, is_text_type
+from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters, check_clusters_columns
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path
 from scripts.lib.params import Preview
+from scripts.lib.tables import is_text_type
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
 BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)

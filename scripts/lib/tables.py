@@ -15,6 +15,13 @@ from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, writing
 
 
+def is_text_type(kind) -> bool:
+    """string or large_string: the two ways parquet gives back a text column."""
+    import pyarrow as pa
+
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def check_column_names(path: Path | str, names) -> None:
     """A column name twice (pyarrow writes such files; looking the column up then fails) is one line."""
     seen: set[str] = set()

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import typer
 import yaml
 
+from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters
 from scripts.lib.errors import DataError, shown, shown_lines, shown_short
 from scripts.lib.export import parse_metadata
 from scripts.lib.io import SPLITS, regular_file
@@ -197,24 +199,28 @@ def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str)
     return f"md5:{md5}" if md5 else ""
 
 
-def _read_parquet(fs, path: str, columns: list[str], rev: str = "", numbers: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A table at a revision, empty when absent; unreadable, lacking a column, or a cell that is not what
-    its column holds (text, or the `numbers`; nothing missing), is one line naming it (and the row)."""
+def _read_parquet(fs, path: str, columns: list[str], rev: str = "", check=None) -> pd.DataFrame:
+    """A table at a revision, empty when absent; unreadable, lacking a column, or a cell that is not text
+    (nothing missing) is one line naming it (and the row). `check(table, where)` (a pyarrow table) replaces
+    that text check for a table whose readers share one (the clusters table's check_clusters)."""
     where = f"{rev}:{path}" if rev else path
     try:
         with open_at(fs, path, where) as f:
-            table = pd.read_parquet(io.BytesIO(f.read()))
+            data = io.BytesIO(f.read())
+        table = pq.read_table(data) if check else pd.read_parquet(data)
     except FileNotFoundError:
         return pd.DataFrame(columns=columns)
     except DataError:
         raise
     except Exception as exc:  # pyarrow's errors on a file that is not parquet
         raise DataError(f"{shown(where)}: not a readable parquet table ({type(exc).__name__})") from None
+    if check:
+        check(table, where)
+        return table.select(columns).to_pandas()
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(f"{shown(where)}: no {missing[0]!r} column")
-    text = tuple(c for c in columns if c not in numbers)
-    check_cells(table, shown(where), text=text, numbers=numbers, present=tuple(columns))
+    check_cells(table, shown(where), text=tuple(columns), present=tuple(columns))
     return table
 
 
@@ -224,9 +230,8 @@ def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
     for source in sorted(sources):
         dropped = _read_parquet(fs, f"data/clean/{source}.dropped.parquet", ["id", "reason"], rev)
         reasons.update({i: f"clean:{r}" for i, r in zip(dropped["id"], dropped["reason"])})
-        clusters = _read_parquet(
-            fs, f"data/dedup/{source}.clusters.parquet", ["id", "duplicate_of", "jaccard"], rev, numbers=("jaccard",)
-        )
+        path = f"data/dedup/{source}.clusters.parquet"
+        clusters = _read_parquet(fs, path, list(CLUSTER_COLUMNS), rev, check=check_clusters)
         for row in clusters.itertuples(index=False):
             reasons[row.id] = f"dedup:duplicate_of={row.duplicate_of} jaccard={float(row.jaccard):.2f}"
     return reasons

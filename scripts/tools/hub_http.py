@@ -55,11 +55,12 @@ def refuse_token_in(folder: Path, token: str) -> None:
 
 def _shard_texts(path: Path) -> Iterator[str]:
     """A shard's text columns, a batch of rows at a time, the values of a column joined by lines."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from scripts.lib.tables import is_text_type
+
     shard = pq.ParquetFile(path)
-    columns = [f.name for f in shard.schema_arrow if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    columns = [f.name for f in shard.schema_arrow if is_text_type(f.type)]
     for batch in shard.iter_batches(batch_size=4096, columns=columns):
         for column in batch.columns:
             yield "\n".join(value for value in column.to_pylist() if value)

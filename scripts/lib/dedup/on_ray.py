@@ -48,7 +48,7 @@ from scripts.lib.dedup.rows import (
 from scripts.lib.dedup.stage_input import shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
-from scripts.lib.tables import check_column_names, write_row_groups
+from scripts.lib.tables import check_column_names, is_text_type, write_row_groups
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
@@ -175,7 +175,7 @@ def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
             if column not in meta.schema_arrow.names:
                 raise DataError(f"{file}: missing column '{column}'")
             kind = meta.schema_arrow.field(column).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            if not is_text_type(kind):
                 raise DataError(f"{file}: column '{column}' must hold text, found {kind}")
         in_file = 0  # the group's first row in its file, for messages
         for group in range(meta.num_row_groups):

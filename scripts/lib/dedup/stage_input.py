@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib.errors import DataError
-from scripts.lib.tables import check_column_names, existing_input
+from scripts.lib.tables import check_column_names, existing_input, is_text_type
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -112,7 +112,7 @@ class StageInput:
     def _checked(self, column: str, hold: bool = True) -> pa.Array | None:
         """Check that `column` holds non-null text; return it when `hold` (else it is never read whole)."""
         kind = self.schema.field(column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        if not is_text_type(kind):
             raise DataError(f"{self.path}: column '{column}' must hold text, found {kind}")
         values = self._column(column) if hold else None
         row = first_null(values) if values is not None else self._first_null(column)

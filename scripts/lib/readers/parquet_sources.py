@@ -27,13 +27,14 @@ from scripts.lib.readers.base import (
     require_columns,
 )
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
+from scripts.lib.tables import is_text_type
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
 
 
 # what a column may hold: arrow type predicates by kind (a column of nulls only fits any kind)
 COLUMN_KINDS = {
-    "string": lambda t, pa: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "string": lambda t, pa: is_text_type(t),
     "integer": lambda t, pa: pa.types.is_integer(t),
 }
 
