@@ -33,6 +33,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers import dvc_init
 from scripts.lib.io import PROMPT_COLUMNS, stable_id
 from scripts.lib.tables import write_parquet
 
@@ -182,13 +183,11 @@ def case_diff_unknown_revision(ws):
     # a real git + DVC repository with one commit; the diff names a tag that does not exist
     write_params(ws)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for argv in (
-        git + ["init", "-q"],
-        [sys.executable, "-m", "dvc", "init", "-q"],
-        git + ["add", "-A"],
-        git + ["commit", "-qm", "init"],
-    ):
-        subprocess.run(argv, cwd=ws, check=True, capture_output=True, env=dict(os.environ, HOME=str(ws / ".home")))
+    home = dict(os.environ, HOME=str(ws / ".home"))
+    subprocess.run([*git, "init", "-q"], cwd=ws, check=True, capture_output=True, env=home)
+    dvc_init(ws)
+    for argv in (git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+        subprocess.run(argv, cwd=ws, check=True, capture_output=True, env=home)
     # no tag v4-a: the workspace's data/releases/v4-a stands in (README), and what it lacks is one line
     return Expect(["diff", "v4-a", "HEAD"], ["v4-a", "not found"])
 

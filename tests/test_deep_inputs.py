@@ -8,14 +8,13 @@ Every row failed before its fix; the inputs differ from test_hostile_classes.py'
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from test_hostile_classes import one_error_line, python
 
-from helpers import env
+from helpers import dvc_init, env
 from helpers.workspace import make_splits, write_params
 from scripts.lib.errors import DataError
 from scripts.lib.tables import write_parquet
@@ -68,7 +67,7 @@ X_MD5 = "99914b932bd37a50b983c5e7c90ae93b"  # md5 of "{}": the listing's entry i
 )
 def test_a_deep_dir_listing_in_the_cache_proves_nothing(tmp_path, listing):
     """The ownership check reads the lock's .dir listing: too deep is "not known", the file stays the user's."""
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, env=env(), check=True)
+    dvc_init(tmp_path, scm=False)
     write_params(tmp_path)
     (tmp_path / "in.txt").write_text("a\n", encoding="utf-8")
     (tmp_path / "out").mkdir()

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import GIT_ENV, cli, workspace, write_tar
+from helpers import GIT_ENV, cli, dvc_init, workspace, write_tar
 from scripts.lib.io import stable_id
 from scripts.lib.tables import write_parquet
 
@@ -620,7 +620,7 @@ def _diff_repo(ws: Path) -> None:
         record = {"file_name": f"images/{S}/x.png", "id": f"{split}01", "source": S, "text": "a red fox"}
         (folder / "metadata.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
     _git(ws, "init", "-q", "-b", "main")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=ws, check=True, capture_output=True)
+    dvc_init(ws)
     _git(ws, "add", "-A")
     _git(ws, "commit", "-qm", "r1")
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import GIT_ENV
+from helpers import GIT_ENV, dvc_init
 from helpers.workspace import PARAMS, error_line, run_scripts, write_params
 
 FAST = 9  # seconds: a row that hangs or reads forever fails here instead
@@ -90,7 +89,7 @@ def _commit_params(root: Path, text: str) -> None:
 )
 def test_diff_names_the_revision_whose_value_its_type_cannot_hold(tmp_path, before, after, where):
     _git(tmp_path, "init", "-q", "-b", "main")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, capture_output=True)
+    dvc_init(tmp_path)
     _commit_params(tmp_path, before)
     _commit_params(tmp_path, after)
     result = run_scripts(tmp_path, "diff", "HEAD~1", "HEAD", timeout=60)
@@ -114,7 +113,7 @@ def test_diff_refuses_a_fifo_as_the_workspace_params(tmp_path, folder, argv, sho
     repo = tmp_path / folder
     repo.mkdir(exist_ok=True)
     _git(repo, "init", "-q", "-b", "main")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    dvc_init(repo)
     _commit_params(repo, "releases: {}\n")
     (repo / "params.yaml").unlink()
     os.mkfifo(repo / "params.yaml")

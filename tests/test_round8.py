@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import dvc_init
 from scripts.lib.errors import DataError
 from scripts.lib.paths import check_split_rows
 
@@ -23,7 +24,7 @@ PNG = bytes.fromhex(
 def dvc_repo(root: Path, cache: Path | None) -> Path:
     root.mkdir(parents=True)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    dvc_init(root)
     if cache is not None:
         subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", str(cache)], cwd=root, check=True)
     return root

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from test_refused_outputs import python
 
-from helpers import REPO, env
+from helpers import REPO, dvc_init, env
 from helpers.workspace import write_params
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -52,7 +52,7 @@ def dvc_repo(root: Path, params: str = "releases:\n  r1: {}\n") -> Path:
     """A git repository with DVC, its params.yaml committed."""
     root.mkdir(parents=True, exist_ok=True)
     git("init", "-q", "-b", "main", cwd=root)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env())
+    dvc_init(root)
     (root / "params.yaml").write_text(params, encoding="utf-8")
     git("add", "-A", cwd=root)
     git("commit", "-q", "-m", "base", cwd=root)
@@ -284,7 +284,7 @@ def test_publish_reads_a_release_hard_linked_into_its_own_dvc_cache(tmp_path):
 
     root = tiny_release(tmp_path / "repo")
     git("init", "-q", "-b", "main", cwd=root)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    dvc_init(root)
     cache_linked(root, root / ".dvc" / "cache")
     args = ["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", tmp_path / "hub"]
     done = python(args, root)
@@ -298,7 +298,7 @@ def test_publish_reads_a_release_hard_linked_into_a_cache_set_by_dvc_cache_dir(t
 
     root = tiny_release(tmp_path / "repo")
     git("init", "-q", "-b", "main", cwd=root)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    dvc_init(root)
     subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", str(tmp_path / "shared")], cwd=root, check=True)
     cache_linked(root, tmp_path / "shared")
     args = ["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", tmp_path / "hub"]

@@ -4,7 +4,7 @@ from helpers.archives import tar_bytes, write_tar
 from helpers.commands import CliResult, cli
 from helpers.loopback import Loopback, Unaccepted, send_json
 from helpers.python_ast import parse_python
-from helpers.repos import GIT_ENV, REPO, copy_repo, env, fingerprint, repo_files, run, work_copy
+from helpers.repos import GIT_ENV, REPO, copy_repo, dvc_init, env, fingerprint, repo_files, run, work_copy
 from helpers.trees import file_digests
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "Unaccepted",
     "cli",
     "copy_repo",
+    "dvc_init",
     "env",
     "file_digests",
     "fingerprint",

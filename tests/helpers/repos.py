@@ -3,10 +3,12 @@ and subprocesses that use this venv."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,31 @@ def env() -> dict:
         "DVC_NO_ANALYTICS": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+_DVC_INIT: dict[bool, Path] = {}  # scm? -> a folder where a real `dvc init` ran, once per test process
+
+
+def dvc_init(root: Path, scm: bool = True) -> None:
+    """What `dvc init` (`--no-scm` when not `scm`) leaves in `root`, staged in git as it stages it: the files
+    of one real `dvc init` a test process ran, copied. The command is two seconds of imports on two cores,
+    and the suite makes dozens of repositories."""
+    template = _DVC_INIT.get(scm)
+    if template is None:
+        template = Path(tempfile.mkdtemp(prefix="dvc-init-"))
+        atexit.register(shutil.rmtree, template, True)
+        if scm:
+            subprocess.run(["git", "init", "-q"], cwd=template, check=True, capture_output=True)
+        argv = [sys.executable, "-m", "dvc", "init", "-q", *([] if scm else ["--no-scm"])]
+        subprocess.run(argv, cwd=template, check=True, capture_output=True, env=env())
+        _DVC_INIT[scm] = template
+    for path in sorted(template.rglob("*")):
+        name = path.relative_to(template)
+        if path.is_file() and name.parts[0] != ".git":  # .dvc/config, .dvc/.gitignore, .dvc/tmp/btime, .dvcignore
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, root / name)
+    if scm:  # what dvc stages: .dvc/.gitignore leaves out its tmp/
+        subprocess.run(["git", "add", ".dvc", ".dvcignore"], cwd=root, check=True, capture_output=True)
 
 
 def run(cmd: list[str] | str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
