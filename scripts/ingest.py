@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,6 +64,26 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
     return None
 
 
+def meta_text(meta: dict[str, Any]) -> str:
+    """`meta` as the JSON text the table holds. NaN and Infinity, which JSON has no word for, are null: json.dumps
+    wrote `NaN` (a parquet float, a json member's NaN), which no JSON reader but Python's takes."""
+    try:
+        return json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a non-finite number (or a value JSON cannot hold: raised again below)
+        return json.dumps(finite(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN and Infinity in it null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
 def prompt_schema():
     import pyarrow as pa
 
@@ -95,7 +116,7 @@ def normalise(
         report["rows_read"] += 1
         if isinstance(item, Record):
             try:
-                meta_json = json.dumps(item.meta, sort_keys=True, ensure_ascii=False)
+                meta_json = meta_text(item.meta)
             except (TypeError, ValueError, RecursionError) as exc:  # a value JSON cannot hold
                 meta_json, found = "", ("bad_meta", f"native metadata is not JSON-serialisable ({exc})")
             else:

@@ -9,6 +9,7 @@ are characters inside a prompt.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,14 +56,48 @@ def text_input(path: Path | str) -> Path:
 
 READ_BYTES = 1 << 20
 LINE_END = re.compile("\r\n|\r|\n")
+# A byte order mark opens a file: UTF-8's is no character of the text (Notepad and Excel's "CSV UTF-8" write
+# one; kept, it opened the first prompt and hid its "- " markup); the others' text is read as NULs (UTF-32's
+# before UTF-16's: FF FE 00 00 starts with FF FE). No UTF-8 text starts with one of them.
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF8, "UTF-8"),
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
-def raw_lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+def without_bom(head: bytes, where: Path | str) -> bytes:
+    """`head` (a file's first 4 bytes or more, or the whole file) without a UTF-8 byte order mark; a UTF-16 or
+    UTF-32 one is a DataError naming `where`: every line of it is a NUL byte, not a prompt."""
+    for mark, encoding in BYTE_ORDER_MARKS:
+        if head.startswith(mark):
+            if encoding != "UTF-8":
+                raise DataError(
+                    f"{shown(where)}: {encoding} text (it starts with its byte order mark); save it as UTF-8"
+                )
+            return head[len(mark) :]
+    return head
+
+
+def without_line_end(text: str) -> str:
+    """`text` less one final line end ("\\r\\n", "\\r" or "\\n"), as raw_lines ends a line."""
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith(("\r", "\n")) else text
+
+
+def raw_lines(f: BinaryIO, max_bytes: int, where: Path | str = "") -> Iterator[bytes | None]:
     """The lines of binary file `f`, each with its end ("\\r\\n", "\\r", "\\n"; the last may have none);
     None for a line of more than `max_bytes` bytes, yielded as soon as that many came (its rest is read
-    past in pieces, never held)."""
+    past in pieces, never held). A UTF-8 byte order mark is read past; a UTF-16 or UTF-32 one is a DataError
+    naming `where` (without_bom)."""
     carry, overlong = b"", False  # overlong: in a line already reported, up to its end
-    while chunk := f.read(READ_BYTES):
+    head = f.read(READ_BYTES)
+    while len(head) < 4 and (more := f.read(4 - len(head))):  # a pipe may give its first bytes one at a time
+        head += more
+    first = without_bom(head, where)
+    while chunk := first or f.read(READ_BYTES):
+        first = b""
         lines = (carry + chunk).splitlines(keepends=True)  # bytes split at \r\n, \r and \n only
         # the last piece goes on in the next read: no end yet, or a "\r" whose "\n" may come next
         carry = b"" if lines[-1].endswith(b"\n") else lines.pop()
@@ -87,7 +122,7 @@ def line_batches(f: BinaryIO, where: Path | str, max_bytes: int = MAX_LINE_BYTES
     without a line end (neither held nor read past)."""
     batch: list[bytes] = []
     size = 0
-    for number, raw in enumerate(raw_lines(f, max_bytes), start=1):
+    for number, raw in enumerate(raw_lines(f, max_bytes, where), start=1):
         if raw is None:
             raise DataError(f"{shown(where)}: line {number}: line longer than {max_bytes} bytes")
         batch.append(raw)

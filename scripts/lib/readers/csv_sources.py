@@ -21,6 +21,7 @@ from scripts.lib.readers.base import (
     require_columns,
     source_files,
 )
+from scripts.lib.text_lines import without_bom
 
 # raw_discord_data fields kept in meta (the generation settings of the original image)
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]
@@ -63,7 +64,10 @@ def iter_csv(
     pandas.read_csv numbers rows (kaggle_sd2, whose row number names its image); it is counted as
     "blank_line". Without it an empty line is a "bad_row" and a blank one a row, as they always were.
     """
-    with file.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with file.open("rb") as head:  # UTF-16 or UTF-32 is one line naming the file
+        without_bom(head.read(4), file)
+    # utf-8-sig: a UTF-8 byte order mark is read past (Excel's "CSV UTF-8"), not taken into the first column's name
+    with file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = _LastLine(f, file)
         reader = csv.reader(lines, strict=True)
         blank = []

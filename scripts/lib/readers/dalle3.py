@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,9 @@ def compile_simpletuner(
     if isinstance(shards, Path):
         shards = source_files(shards, "*.tar", "tar shard")
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
-    names: set[str] = set()  # image_name is the identifier: a second record of one name would overwrite the first
+    # image_name is the identifier: a second record of one name would overwrite the first. Keyed by disk_name,
+    # as written: `Cat.png` after `cat.png` is that one file on macOS and Windows, its caption the other's
+    names: dict[str, str] = {}
     # (its folders as `<name>/`: a name written as a file and as a folder failed the write)
     for folder in (data_dir, write_txt_dir):  # now, not as its temp is renamed in: the config would be in place
         if folder is not None:
@@ -232,7 +235,8 @@ def compile_simpletuner(
                         stats["skipped"][checked.reason] = stats["skipped"].get(checked.reason, 0) + 1
                         continue
                     caption, filename, width, height = checked
-                    names.update((filename, txt_name(filename), *(f"{folder}/" for folder in _folders(filename))))
+                    for name in (filename, txt_name(filename), *(f"{folder}/" for folder in _folders(filename))):
+                        names.setdefault(disk_name(name), name)
                     table.add(width, height, caption, filename)
                     if "data" in folders:
                         assert not isinstance(sample, Problem)  # _check_sample returned it as the Problem
@@ -250,7 +254,16 @@ def compile_simpletuner(
     return stats
 
 
-def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set[str]):
+DISK_NAME_HINT = "; names that differ only by case or Unicode form are one file on macOS and Windows"
+
+
+def disk_name(name: str) -> str:
+    """The file a name is on a case-insensitive disk that does not tell Unicode forms apart (macOS; Windows
+    folds case): `Cat.png`, `cat.png` and `cat.PNG` are one, and so are `café` composed and decomposed."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
+def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: dict[str, str]):
     """(caption, filename, width, height) or the Problem that skips the record."""
     if isinstance(sample, Problem):
         return sample
@@ -267,38 +280,37 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: set
     filename = image_name_of(sample)
     if isinstance(filename, Problem):
         return filename
-    taken = {
-        filename,
-        txt_name(filename),
-    } & names  # x.jpg and x.png share x.txt; an image named x.txt is x.jpg's caption
+    # x.jpg and x.png share x.txt; an image named x.txt is x.jpg's caption
+    taken = [names[key] for key in (disk_name(filename), disk_name(txt_name(filename))) if key in names]
     if taken:
         return Problem(
             sample.shard,
             f"sample {shown_short(repr(sample.key))}",
             "duplicate_image_name",
             f"image_name {shown_short(repr(filename))}: {shown_short(repr(sorted(taken)[0]))} was already written "
-            "(by an earlier record)",
+            f"(by an earlier record{'' if set(taken) <= {filename, txt_name(filename)} else DISK_NAME_HINT})",
         )
-    clash = file_folder_clash(filename, names)
-    if clash is not None:
+    found = file_folder_clash(filename, names)
+    if found is not None:
+        clash, kind = found
         return Problem(
             sample.shard,
             f"sample {shown_short(repr(sample.key))}",
             "duplicate_image_name",
             f"image_name {shown_short(repr(filename))}: {shown_short(repr(clash))} is already written as a "
-            f"{'file' if clash in names else 'folder'} (by an earlier record); a name cannot be both",
+            f"{kind} (by an earlier record); a name cannot be both",
         )
     return (caption, filename, *size)
 
 
-def file_folder_clash(filename: str, names: set[str]) -> str | None:
-    """The name that would be both a file and a folder if `filename` (and its caption beside it) were
-    written after `names` (files, and folders as `<name>/`): `a.png/x.png` then `a.png`, `q.png` (so
-    `q.txt`) then `q.txt/z.png`; None if there is none."""
+def file_folder_clash(filename: str, names: dict[str, str]) -> tuple[str, str] | None:
+    """(the name, "file" or "folder" as it was written) that would be both a file and a folder if `filename`
+    (and its caption beside it) were written after `names` (disk_name -> files, and folders as `<name>/`):
+    `a.png/x.png` then `a.png`, `q.png` (so `q.txt`) then `q.txt/z.png`; None if there is none."""
     for name in (filename, txt_name(filename)):
-        if f"{name}/" in names:
-            return name
-    return next((folder for folder in _folders(filename) if folder in names), None)
+        if (folder := names.get(disk_name(f"{name}/"))) is not None:
+            return folder.removesuffix("/"), "folder"
+    return next(((names[key], "file") for key in map(disk_name, _folders(filename)) if key in names), None)
 
 
 def _folders(filename: str) -> list[str]:

@@ -34,7 +34,8 @@ GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our
 
 # what a column may hold: arrow type predicates by kind (a column of nulls only fits any kind)
 COLUMN_KINDS = {
-    "string": lambda t, pa: is_text_type(t),
+    # dictionary-encoded text (a pandas category, a parquet read with read_dictionary) reads as its texts
+    "string": lambda t, pa: is_text_type(t) or (pa.types.is_dictionary(t) and is_text_type(t.value_type)),
     "integer": lambda t, pa: pa.types.is_integer(t),
 }
 
@@ -60,31 +61,46 @@ def iter_parquet(
             raise DataError(f"{file}: column {column!r} holds {kind_of}, expected {kind}")
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield from batch.to_pylist()
+            yield from shortest_floats(batch).to_pylist()
     except DataError:
         raise
     except Exception as exc:  # corrupt pages, invalid UTF-8 in a string column, ...
         raise DataError(f"{file}: unreadable parquet data ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
 
 
+def shortest_floats(batch):
+    """`batch` with its float32 columns as the float64 of their shortest decimals: DiffusionDB's cfg 0.1, not
+    0.10000000149011612. Arrow's cast knows the width; `{:.7g}` on every float rounded a float64 seed
+    3456789012 to 3456789000, and a float32 needing 8 or 9 digits to another float32."""
+    import pyarrow as pa
+
+    if not any(pa.types.is_float32(field.type) for field in batch.schema):
+        return batch
+    columns = [
+        column.cast(pa.string()).cast(pa.float64()) if pa.types.is_float32(column.type) else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(
+        columns, schema=pa.schema([f.with_type(c.type) for f, c in zip(batch.schema, columns)])
+    )
+
+
 def plain(value: Any) -> Any:
-    """A parquet value as JSON: times and dates as ISO strings, decimals as floats, float32 noise
-    trimmed; anything else JSON cannot hold as its text."""
+    """A parquet value as JSON: times and dates as ISO strings, decimals as floats (a float32 column's
+    values come trimmed: shortest_floats); anything else JSON cannot hold as its text."""
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else str(value)
-    if isinstance(value, float):
-        return float(f"{value:.7g}")
     if isinstance(value, bytes):
         return decode(value)  # not UTF-8: the record check names the row
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
 

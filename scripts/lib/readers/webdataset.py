@@ -12,6 +12,7 @@ the stored JPEG keeps its own size and the loader resizes and crops.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from scripts.lib.readers.base import (
     decode,
     native_name,
 )
+from scripts.lib.text_lines import without_line_end
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -116,7 +118,9 @@ def _sample(shard: Path, shard_key: str, key: str, members: dict, cfg: SourceCon
         pixels = check_image_pixels(image.read(), image.name, cfg.max_image_pixels)
     except UnsafeArchive as exc:
         return Problem(shard, where, exc.reason, str(exc))
-    caption = decode(members["txt"].read()).removesuffix("\n")
+    # its newline-terminated line, as a text source's line: a UTF-8 byte order mark and a Windows "\r\n" are
+    # no part of the caption (UTF-16's mark is not UTF-8: the record check refuses it)
+    caption = without_line_end(decode(members["txt"].read().removeprefix(codecs.BOM_UTF8)))
     kept = {name: meta.get(name) for name in META_FIELDS}
     kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
     return Record(
