@@ -57,12 +57,29 @@ READ_BYTES = 1 << 20
 LINE_END = re.compile("\r\n|\r|\n")
 
 
-def raw_lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
-    """The lines of binary file `f`, each with its end ("\\r\\n", "\\r", "\\n"; the last may have none);
-    None for a line of more than `max_bytes` bytes, yielded as soon as that many came (its rest is read
-    past in pieces, never held)."""
-    carry, overlong = b"", False  # overlong: in a line already reported, up to its end
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    """`f`'s bytes, READ_BYTES at a time, without a leading UTF-8 byte-order mark: Notepad and Excel's
+    "UTF-8" write one, and it stayed an invisible U+FEFF at the start of the first prompt (no exact
+    duplicate of the same prompt without it)."""
+    head = b""
+    while len(head) < len(UTF8_BOM) and (chunk := f.read(READ_BYTES)):
+        head += chunk  # a pipe may hand over the mark a byte at a time
+    yield head.removeprefix(UTF8_BOM)
     while chunk := f.read(READ_BYTES):
+        yield chunk
+
+
+def raw_lines(f: BinaryIO, max_bytes: int) -> Iterator[bytes | None]:
+    """The lines of binary file `f` (a leading byte-order mark left out: _chunks), each with its end
+    ("\\r\\n", "\\r", "\\n"; the last may have none); None for a line of more than `max_bytes` bytes,
+    yielded as soon as that many came (its rest is read past in pieces, never held)."""
+    carry, overlong = b"", False  # overlong: in a line already reported, up to its end
+    for chunk in _chunks(f):
+        if not chunk:
+            continue
         lines = (carry + chunk).splitlines(keepends=True)  # bytes split at \r\n, \r and \n only
         # the last piece goes on in the next read: no end yet, or a "\r" whose "\n" may come next
         carry = b"" if lines[-1].endswith(b"\n") else lines.pop()

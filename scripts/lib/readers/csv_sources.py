@@ -63,7 +63,8 @@ def iter_csv(
     pandas.read_csv numbers rows (kaggle_sd2, whose row number names its image); it is counted as
     "blank_line". Without it an empty line is a "bad_row" and a blank one a row, as they always were.
     """
-    with file.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which named the first column "\ufeffprompt"
+    with file.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = _LastLine(f, file)
         reader = csv.reader(lines, strict=True)
         blank = []

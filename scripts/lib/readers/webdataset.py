@@ -116,7 +116,8 @@ def _sample(shard: Path, shard_key: str, key: str, members: dict, cfg: SourceCon
         pixels = check_image_pixels(image.read(), image.name, cfg.max_image_pixels)
     except UnsafeArchive as exc:
         return Problem(shard, where, exc.reason, str(exc))
-    caption = decode(members["txt"].read()).removesuffix("\n")
+    # a caption file saved as "UTF-8 with BOM" kept an invisible U+FEFF at its start
+    caption = decode(members["txt"].read()).removeprefix("\ufeff").removesuffix("\n")
     kept = {name: meta.get(name) for name in META_FIELDS}
     kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
     return Record(
