@@ -27,8 +27,10 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
+from scripts.lib.tables import check_cells
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
+ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: text, or a missing caption
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
     "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
@@ -49,10 +51,12 @@ def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
     for release in releases:
         table = read_rows_table(Path(releases_dir) / release)
         if table is not None:
+            # as diff reads it: str() made a null caption 'nan' (3 characters), a list or bytes their repr
+            check_cells(table, Path(releases_dir) / release / "rows.parquet", ROW_TEXT, present=("split", "source"))
             order = {split: n for n, split in enumerate(SPLITS)}  # splits in SPLITS order, rows in file order
             table = table.sort_values("split", key=lambda s: s.map(order), kind="stable")
             records += [
-                (release, str(split), str(source), str(text))
+                (release, split, source, "" if pd.isna(text) else text)  # no caption: 0 characters
                 for split, source, text in zip(table["split"], table["source"], table["text"])
             ]
             continue

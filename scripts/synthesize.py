@@ -253,7 +253,7 @@ def _text_prompts(f: BinaryIO, file: Path, budget: list[int]) -> Iterator[str]:
 
 
 def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
-    from scripts.lib.tables import read_parquet
+    from scripts.lib.tables import check_cells, read_parquet
 
     if column is None:
         raise DataError(f"{shown(file)}: a parquet example source needs `column` (e.g. text)")
@@ -262,7 +262,9 @@ def _read_parquet_prompts(file: Path, column: str | None) -> list[str]:
         raise DataError(
             f"{shown(file)}: no column {shown(repr(column)[:80])} (columns: {shown(', '.join(map(str, frame.columns))[:200])})"
         )
-    return [str(value).strip() for value in frame[column].dropna()]
+    # text only: bytes, lists or numbers went to the paid API as their repr ("b'a cat'", "['a' 'b']")
+    check_cells(frame, shown(file), text=(column,))
+    return [value.strip() for value in frame[column].dropna()]
 
 
 def file_sha256(path: Path) -> str:

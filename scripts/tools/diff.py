@@ -126,7 +126,24 @@ def releases_at(fs, rev: str = "") -> dict:
     releases = params.get("releases") if isinstance(params, dict) else None
     if not isinstance(params, dict) or not isinstance(releases or {}, dict):
         raise DataError(f"{where}: expected a mapping with a `releases` mapping")
-    return releases or {}
+    return check_release_entries(releases or {}, where)
+
+
+def check_release_entries(releases: dict, where: str) -> dict:
+    """`releases` as the stages accept them: plain names (a PR's `X/../../../y` joined into pr-comment's
+    sheet path wrote outside --out, and `@everyone <!--` went raw into the comment), each entry a mapping
+    whose `base` is a name (a list there was a traceback). Pure: the revision's file is read by the caller."""
+    from scripts.lib.params import check_name
+
+    for name, entry in releases.items():
+        try:
+            check_name(name if isinstance(name, str) else "", "release")
+        except ValueError:
+            raise DataError(f"{where}: releases: {shown_short(repr(name))} is not a plain release name") from None
+        base = entry.get("base") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict | None) or not isinstance(base, str | None):
+            raise DataError(f"{where}: releases.{name}: expected a mapping whose `base` is a release name")
+    return releases
 
 
 # The columns diff compares: text, and (but `text`: a row whose caption is missing compares as none) present.
@@ -149,6 +166,12 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
         raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
     where = f"{rev}:{base}/rows.parquet"
     check_table(table, where, strings=ROW_TEXT + ("image",), unique="id", present=ROW_PRESENT)
+    foreign = ~table["split"].isin(SPLITS).to_numpy()
+    if foreign.any():  # compare() counts train and validation only: such a row was left out at exit 0
+        row = int(foreign.argmax())
+        raise DataError(
+            f"{where}: row {row + 1}: split {shown_short(table['split'].iloc[row])!r} is not one of {', '.join(SPLITS)}"
+        )
     if "image_sha256" in table.columns:
         check_cells(table, where, text=("image_sha256",))
     image_md5: dict[str, str] = {}

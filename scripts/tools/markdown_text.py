@@ -6,6 +6,7 @@ the rest of the comment, and a backtick in an id left its code span.
 
 from __future__ import annotations
 
+import json
 import re
 
 ZERO_WIDTH_SPACE = "\u200b"
@@ -37,3 +38,40 @@ def code(value: object, width: int = 160) -> str:
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}"
+
+
+def metrics_table(dvc_json: str, base: str, head: str) -> list[str] | None:
+    """`dvc metrics diff --json`'s output as a Markdown table, every cell shown as text (None when it is not
+    that JSON): the metric names and values are the PR's own files, and DVC's --md table pasted them raw
+    (`@everyone` pinged, `<!--` hid the rest of the comment, `|` split a row)."""
+    from scripts.lib.nesting import loads_json
+
+    try:
+        metrics = loads_json(dvc_json or "{}")
+    except ValueError:
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    rows = [
+        (path, name, change)
+        for path, found in sorted(metrics.items())
+        if isinstance(found, dict)
+        for name, change in sorted(found.items())
+        if isinstance(change, dict)
+    ]
+    if not rows:
+        return ["No metric changed."]
+    lines = [f"| Path | Metric | {cell(base, 80)} | {cell(head, 80)} | Change |", "|---|---|---:|---:|---:|"]
+    for path, name, change in rows:
+        values = (_metric(change.get(key)) for key in ("old", "new", "diff"))
+        lines.append(f"| {cell(path, 120)} | {cell(name, 120)} | " + " | ".join(cell(v, 80) for v in values) + " |")
+    return lines
+
+
+def _metric(value: object) -> str:
+    """A value as `dvc metrics diff` shows it: `-` for none, numbers rounded to 5 decimals (its --precision)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return str(round(value, 5))
+    return value if isinstance(value, str) else json.dumps(value)

@@ -33,7 +33,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
-from scripts.tools.markdown_text import cell
+from scripts.tools.markdown_text import cell, metrics_table
 from scripts.tools.side_inputs import check_inside
 
 MARKER = "<!-- t2i-dataset-diff -->"
@@ -158,14 +158,13 @@ def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, s
     """`dvc metrics diff` of data/summary.json and the stats.json of `releases` (plain outputs, not
     metrics, so that `dvc exp show` stays narrow: named as targets)."""
     targets = ["data/summary.json", *(f"data/releases/{r}/stats.json" for r in releases)]
-    result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--md", "--targets", *targets], repo)
+    result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--json", "--targets", *targets], repo)
     lines = ["### Metrics (`dvc metrics diff`)", ""]
-    if result.returncode != 0:
+    head = labels.get(head_rev, head_rev)
+    table = metrics_table(result.stdout, labels.get(base_rev, base_rev), head) if result.returncode == 0 else None
+    if table is None:
         return lines + [f"_dvc metrics diff failed: {cell(_last_line(result.stderr), 300)}_"]
-    text = result.stdout.strip()
-    for rev, label in labels.items():
-        text = text.replace(f" {rev} ", f" {label} ")
-    return lines + [text or "No metric changed."]
+    return lines + table
 
 
 def _last_line(text: str) -> str:
