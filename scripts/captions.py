@@ -118,9 +118,10 @@ def cli(
     offset = not_language = written = 0
     with sorted_rows_to(output, ranks) as out:
         for chunk in rows.frames(f"captions@{source}"):  # a chunk at a time, sorted on disk: memory stays flat
-            # every column caption_table copies: a missing one was a KeyError traceback
+            # every column caption_table copies: a missing one was a KeyError traceback, a width of 2.5 or
+            # inf a TypeError where it became an integer
             check_table(chunk, input, strings=("id", "text", "prompt", "source", "split", "meta"))
-            check_cells(chunk, input, numbers=("width", "height"))
+            check_cells(chunk, input, sizes=("width", "height"), first_row=offset)
             positions = np.arange(offset, offset + len(chunk))
             offset += len(chunk)
             if language is not None:

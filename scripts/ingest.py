@@ -28,7 +28,7 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, commit_together, json_text, shown, stable_id
 from scripts.lib.params import load_section
-from scripts.lib.tables import ParquetRows
+from scripts.lib.tables import ParquetRows, size_problem
 from scripts.lib.text_lines import prompt_problem
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
@@ -38,9 +38,6 @@ if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m script
 def report_path(output: Path) -> Path:
     """data/prompts/S.parquet -> data/prompts/S.report.json"""
     return output.with_name(f"{output.stem}.report.json")
-
-
-MAX_SIDE = 2**31 - 1  # width/height are int32 columns
 
 
 def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[str, str] | None:
@@ -59,7 +56,7 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
     if not keep_empty and not prompt.strip():
         return "empty_prompt", "empty prompt"
     for side in (record.width, record.height):
-        if side is not None and not 0 < side <= MAX_SIDE:
+        if side is not None and size_problem(side):
             return "bad_size", f"image size {record.width}x{record.height} out of range"
     return None
 

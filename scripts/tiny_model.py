@@ -390,7 +390,8 @@ def save_tiny_model(params: TinyModel | dict | None, output: Path) -> None:
 def write_tokenizer_files(vocab: dict[str, int], merges: list[str], directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    # a line per merge: no merges (bpe_merges: 0) wrote an empty line the tokenizer refused in a traceback
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
 
 
 # Fields transformers copies into a saved config from how it was loaded, not from the model: the build

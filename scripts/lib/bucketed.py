@@ -225,9 +225,10 @@ class ImageFault(Exception):
 
 def decode(ref: str):
     """(stored bytes, PIL format name, the image EXIF-transposed and in RGB)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from scripts.lib.archive import UnsafeArchive, check_image_pixels, read_member
+    from scripts.lib.pixels import rgb
 
     try:
         data = read_member(ref)
@@ -240,7 +241,7 @@ def decode(ref: str):
         with Image.open(io.BytesIO(data)) as opened:
             fmt = opened.format
             opened.load()
-            image = ImageOps.exif_transpose(opened).convert("RGB")
+            image = rgb(opened)  # upright; 16-bit grey scaled (convert("RGB") alone clipped it to white)
     except MemoryError:
         raise
     except UnsafeArchive as exc:

@@ -274,24 +274,22 @@ def write_webdataset(
 
 def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple[str, bytes]:
     """(member extension, bytes) of an image in `image_format`: bytes already in that format are kept as
-    stored; png re-encodes losslessly (the decoded pixels), jpg at quality 95; keep changes nothing."""
+    stored; png re-encodes losslessly (the decoded pixels), jpg at quality 95, either as the image is
+    shown (pixels.reencoded: upright, 16-bit grey scaled, not clipped to white); keep changes nothing."""
     if image_format == "keep":
         return stored_ext, data
     if data.startswith(b"\x89PNG\r\n\x1a\n" if image_format == "png" else b"\xff\xd8\xff"):
         return image_format, data
     from PIL import Image
 
+    from scripts.lib.pixels import reencoded
+
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            buffer = io.BytesIO()
-            if image_format == "png":
-                image.save(buffer, format="PNG")
-            else:
-                image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            return image_format, reencoded(image, image_format)
     except Exception as exc:
         raise DataError(f"{ref}: cannot re-encode as {image_format} ({type(exc).__name__})") from None
-    return image_format, buffer.getvalue()
 
 
 # --- images embedded in parquet (export: parquet; publish's Hub shards) ---------------------------

@@ -26,7 +26,7 @@ from scripts.lib.io import (
 )
 from scripts.lib.marks import holds_marker, mark_file
 from scripts.lib.safe_paths import inside, not_an_image_name
-from scripts.lib.tables import check_table
+from scripts.lib.tables import check_cells, check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
 PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
@@ -42,7 +42,7 @@ def check_split_rows(
     named with no image's extension (`x.txt`: its caption's name in a SimpleTuner release).
     Without `images_required` (a text-only source) a row may have no image. `first`: the file's row number
     of rows' first row, when they are a chunk of it."""
-    check_row_columns(rows, path)
+    check_row_columns(rows, path, first=first)
     check_no_nulls(
         rows, path, ("id", "source", "text", "image") if images_required else ("id", "source", "text"), first
     )
@@ -61,7 +61,7 @@ def check_composed_rows(
     """check_split_rows for rows of several sources, as release@V reads them from compose@V's rows.parquet
     (`--composed`, any folder a user names): each row of a source of the release, its image inside that
     source's folders (none only for a text-only source), its split train or validation."""
-    check_row_columns(rows, path, ("split",))
+    check_row_columns(rows, path, ("split",), first)
     check_no_nulls(rows, path, ("id", "source", "split", "text"), first)
     confine = {source: ImageRoots(folders) for source, folders in roots.items()}
     columns = zip(rows["id"], rows["source"], rows["split"], rows["image"])
@@ -77,20 +77,11 @@ def check_composed_rows(
         confine[source].check(image, path, number, source)
 
 
-def check_row_columns(rows: pd.DataFrame, path: Path, extra: tuple[str, ...] = ()) -> None:
-    """The columns every release row has: texts that are text, ids unique, sizes that are whole numbers."""
+def check_row_columns(rows: pd.DataFrame, path: Path, extra: tuple[str, ...] = (), first: int = 1) -> None:
+    """The columns every release row has: texts that are text, ids unique, sizes that are pixel counts
+    (tables.size_problem: 1e30 was a traceback, -5 and 0 went into the release)."""
     check_table(rows, path, strings=("id", "source", "text", "orig_text", "image", *extra), unique="id")
-    for column in ("width", "height"):
-        if column not in rows.columns:
-            raise DataError(f"{path}: no '{column}' column")
-        values = rows[column]
-        if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            continue
-        known = values.dropna()
-        if len(known) and not (
-            pd.api.types.is_float_dtype(values) and np.isfinite(known).all() and (known % 1 == 0).all()
-        ):
-            raise DataError(f"{path}: column '{column}' must hold whole numbers, found {values.dtype}")
+    check_cells(rows, path, sizes=("width", "height"), first_row=first - 1)
 
 
 def check_no_nulls(rows: pd.DataFrame, path: Path, columns: tuple[str, ...], first: int = 1) -> None:

@@ -98,11 +98,15 @@ def _thumbnail(path: Path | None, size: int):
         return None
     from PIL import ImageOps
 
+    from scripts.lib.pixels import rgb
+
     try:
         with Image.open(path) as image:
             # fit (up or down, aspect kept) into the cell less a 2 px gutter: 64 px renders stay visible
-            return ImageOps.contain(image.convert("RGB"), (size - 4, size - 4), Image.Resampling.LANCZOS)
-    except (OSError, ValueError, Image.DecompressionBombError):
+            return ImageOps.contain(rgb(image), (size - 4, size - 4), Image.Resampling.LANCZOS)
+    except MemoryError:
+        raise
+    except Exception:  # PIL raises many kinds (a PNG chunk broken past its header: SyntaxError, a traceback)
         return None
 
 

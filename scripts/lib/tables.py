@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,16 +349,17 @@ def check_table(
 
 
 def check_cells(
-    df, path: Path | str, text: tuple[str, ...] = (), present: tuple[str, ...] = (), numbers=(), first_row: int = 0
+    df, path: Path | str, text: tuple[str, ...] = (), present: tuple[str, ...] = (), numbers=(), first_row=0, sizes=()
 ) -> None:
     """One line naming the file and the row (1-based; `first_row` rows came before `df`) of the first cell
-    its column cannot hold: `text` columns hold strings, `numbers` real numbers (either may be missing),
-    `present` columns nothing missing (null, NaN). Any other cell would reach code that hashes, sorts or
-    joins it: a list, a dict or a float NaN there was a traceback far from the file that held it."""
-    for column in dict.fromkeys((*text, *numbers, *present)):
+    its column cannot hold: `text` columns hold strings, `numbers` real numbers, `sizes` pixel counts
+    (size_problem; any of them may be missing), `present` columns nothing missing (null, NaN). Any other
+    cell would reach code that hashes, sorts or joins it: a list, a dict or a float NaN there was a
+    traceback far from the file that held it."""
+    for column in dict.fromkeys((*text, *numbers, *sizes, *present)):
         if column not in df.columns:
             raise DataError(f"{path}: no '{column}' column")
-        kind = "text" if column in text else "number" if column in numbers else None
+        kind = "text" if column in text else "number" if column in numbers else "size" if column in sizes else None
         if kind == "text" and df[column].dtype == "category":  # as raw parquet sources refuse it (iter_parquet):
             # its values passed as text, then `"dir/" + column` was a TypeError
             raise DataError(f"{shown(path)}: column '{column}' must hold text, found dictionary-encoded values")
@@ -368,13 +369,28 @@ def check_cells(
 
 
 def first_bad_cell(values, kind: str | None, nullable: bool = True) -> tuple[int, str] | None:
-    """(index, what is wrong) of the first value of a Series that is not of `kind` ("text", "number", or
-    None: anything), or missing where not `nullable`; None when every value is fine."""
+    """(index, what is wrong) of the first value of a Series that is not of `kind` ("text", "number", "size",
+    or None: anything), or missing where not `nullable`; None when every value is fine."""
     import pandas as pd
 
     missing = values.isna().to_numpy()
     if not nullable and missing.any():
         return int(missing.argmax()), "is missing (null or NaN)"
+    if kind == "size":  # every value is looked at: an int64 column holds -5 and 2**40 too
+        candidates: Iterable[int] = range(len(values))
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+            import numpy as np  # a number column: only the values out of range are looked at one by one
+
+            numbers = values.to_numpy(dtype="float64", na_value=1.0)
+            with np.errstate(invalid="ignore"):  # inf % 1 is NaN, and NaN is out of range
+                candidates = np.flatnonzero(~((numbers % 1 == 0) & (numbers >= 1) & (numbers <= MAX_SIDE))).tolist()
+        for index in candidates:
+            value = values.iloc[index]
+            value = value.item() if hasattr(value, "item") else value  # numpy scalars as the numbers they are
+            why = "" if missing[index] else size_problem(value)
+            if why:
+                return index, f"holds {_described(value)}, {why}"
+        return None
     typed = isinstance(values.dtype, pd.StringDtype) if kind == "text" else None
     if kind == "number":
         typed = pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
@@ -393,6 +409,17 @@ def _is_number(value) -> bool:
     import numbers
 
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+MAX_SIDE = 2**31 - 1  # width/height are int32 columns (ingest, the release layouts, SimpleTuner's parquet)
+
+
+def size_problem(value) -> str:
+    """Why `value` is no image width or height ("" when it is one: a whole number from 1 to MAX_SIDE).
+    2.5, inf or 1e30 was a traceback where the column became integers; -5 and 0 went into a release."""
+    if not _is_number(value) or value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        return "not a whole number of pixels"
+    return "" if 0 < value <= MAX_SIDE else f"not a size from 1 to {MAX_SIDE} pixels"
 
 
 def _described(value) -> str:

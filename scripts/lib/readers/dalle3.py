@@ -31,6 +31,7 @@ from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.safe_paths import not_an_image_name
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
+from scripts.lib.tables import size_problem
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 NAME_MAX = 255  # bytes of one file name on Linux and macOS
@@ -142,13 +143,13 @@ def size_of(sample: Dalle3Sample) -> tuple[int, int] | Problem:
     """The record's width and height (the preset's int(content['width'])), or why not."""
     width, height = _as_int(sample.record.get("width")), _as_int(sample.record.get("height"))
     if width is None or height is None:
-        return Problem(
-            sample.shard,
-            f"sample {shown_short(repr(sample.key))}",
-            "bad_size",
-            f"width/height not integers: {shown_short(repr(sample.record.get('width')))}x{shown_short(repr(sample.record.get('height')))}",
-        )
-    return width, height
+        why = "not integers"
+    elif size_problem(width) or size_problem(height):  # the simpletuner tool writes them as given: -5 went
+        why = "out of range"  # into its int32 columns, 10**25 was a traceback
+    else:
+        return width, height
+    raw = f"{shown_short(repr(sample.record.get('width')))}x{shown_short(repr(sample.record.get('height')))}"
+    return Problem(sample.shard, f"sample {shown_short(repr(sample.key))}", "bad_size", f"width/height {why}: {raw}")
 
 
 def image_name_of(sample: Dalle3Sample) -> str | Problem:
