@@ -31,7 +31,8 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.params import load_section
-from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, checked_positions, row_groups_to
+from scripts.lib.positions import checked_positions
+from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, row_groups_to
 
 
 def hash_unit(seed: int, row_id: str) -> float:
@@ -106,7 +107,7 @@ def with_predefined(rows: pd.DataFrame, validation: np.ndarray) -> pd.Series:
 
 def generation_positions(ids: pa.ChunkedArray, order: Path | None, input: Path) -> np.ndarray:
     """int64[n]: each row's place in the generation list, from `order` (data/prefilter/S.parquet: id,
-    position, checked by tables.checked_positions); without it the input's own row order. A row of
+    position, checked by positions.checked_positions); without it the input's own row order. A row of
     `input` that `order` does not list is one line naming `input`; a bad `order` names `order`."""
     if order is None:
         return np.arange(len(ids), dtype=np.int64)

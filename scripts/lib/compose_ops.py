@@ -18,8 +18,9 @@ from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
 from scripts.lib.paths import check_split_rows
 from scripts.lib.plans import releases_read_by
+from scripts.lib.positions import checked_positions
 from scripts.lib.recipe import Recipe, Recipes, source_roots
-from scripts.lib.tables import check_table, checked_positions, read_parquet
+from scripts.lib.tables import check_table, read_parquet
 
 
 def split_loader(
