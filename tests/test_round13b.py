@@ -10,12 +10,15 @@
    simpletuner tool), -5 and 0 went into the caption table, a release and SimpleTuner's parquet. Now one
    line naming the file and row, or a counted `bad_size` skip.
 4. tiny_model.bpe_merges: 0 (allowed by its range) wrote a merges file the tokenizer refused in a traceback.
+5. generate.model naming a broken pipeline folder (a part missing, a config of the wrong shape) was an
+   80-line traceback, or the error after lines diffusers logged; now one line naming generate.model.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import tarfile
 from pathlib import Path
@@ -230,3 +233,36 @@ def test_the_tiny_models_tokenizer_loads_with_no_merges(tmp_path, monkeypatch):
     write_tokenizer_files(*build_tokenizer_files(0), tmp_path / "tok")  # bpe_merges: 0, its range's floor
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "tok", model_max_length=77)
     assert tokenizer("a red fox")["input_ids"][0] == tokenizer.bos_token_id
+
+
+# ---------------------------------------------------------------- 5. a broken pipeline folder
+
+
+def set_json(path: Path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text(encoding="utf-8")), **fields}), encoding="utf-8")
+
+
+BROKEN_MODELS = [
+    # (what is broken, generate settings beyond the model, what the line says)
+    pytest.param(lambda m: [p.unlink() for p in (m / "unet").glob("*.safetensors")], {}, "not a pipeline diffusers can load", id="weights-missing"),
+    pytest.param(lambda m: set_json(m / "unet" / "config.json", block_out_channels="x"), {}, "not a pipeline diffusers can load", id="unet-config-wrong-shape"),
+    pytest.param(lambda m: (m / "vae" / "config.json").write_text("[1, 2]"), {}, "not a pipeline diffusers can load", id="vae-config-a-list"),
+    pytest.param(lambda m: shutil.rmtree(m / "tokenizer"), {}, "the pipeline failed on the batch from id r0", id="tokenizer-missing"),
+    pytest.param(lambda m: set_json(m / "unet" / "config.json", sample_size="abc"), {"height": "model", "width": "model"}, "sample_size 'abc' is no size", id="sample-size-text"),
+    pytest.param(lambda m: (m / "vae" / "config.json").write_text("[1, 2]"), {"height": "model", "width": "model"}, "vae/config.json: not a JSON object", id="model-size-from-a-list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("breaks", "keys", "said"), BROKEN_MODELS)
+def test_a_broken_pipeline_folder_is_one_line(tiny_model_dir, tmp_path, monkeypatch, capfd, breaks, keys, said):
+    import yaml
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    breaks(tmp_path / "model")
+    params = {"generate": {"model": "model", "steps": 1, "batch_size": 1, "sources": ["s"], **keys}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    pd.DataFrame({"id": ["r0"], "text": ["a red fox"], "prompt": ["a red fox"]}).to_parquet(tmp_path / "in.parquet")
+    result = cli(["generate", "s", "in.parquet", "out"], tmp_path, monkeypatch, capfd)
+    line = error_line(result.stderr)
+    assert result.returncode == 2 and said in line, line
+    assert not any((tmp_path / "out").rglob("*.jpg"))  # nothing rendered

@@ -9,7 +9,9 @@ for any batch size, thread count or engine, and the scheduler's tables are float
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +176,52 @@ def quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+@contextlib.contextmanager
+def failing_as_the_model(settings: Generate, first_id: str):
+    """A pipeline that loaded but cannot render (a tokenizer folder missing: OverflowError deep in
+    transformers, a part of another shape) is one line naming generate.model and the batch's first row."""
+    try:
+        yield
+    except (DataError, MemoryError):
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"generate.model={settings.model}: the pipeline failed on the batch from id {first_id} "
+            f"({type(exc).__name__}: {detail})"
+        ) from None
+
+
+@contextlib.contextmanager
+def loading_quietly(settings: Generate, model_dir: str):
+    """A folder that is no loadable pipeline (a part missing, a config of the wrong shape, cut weights) is one
+    line naming generate.model: diffusers and transformers raised any kind (ValueError, OverflowError: an
+    80-line traceback), after logging lines and warnings of their own, which are held back while it loads."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diffusers_logging.set_verbosity(logging.CRITICAL + 1)
+            transformers_logging.set_verbosity(logging.CRITICAL + 1)
+            yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"generate.model={settings.model}: {model_dir} is not a pipeline diffusers can load "
+            f"({type(exc).__name__}: {detail})"
+        ) from None
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
 # ---------------------------------------------------------------- the pipeline
 
 _PIPELINES: dict = {}  # the loaded pipeline of this process, by model files and settings
@@ -195,14 +243,15 @@ def _load_pipeline(settings: Generate, model_dir: str, device: str, dtype: str):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}[dtype]
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model_dir,
-        dtype=torch_dtype,
-        local_files_only=True,
-        use_safetensors=True,  # never unpickle weights
-        safety_checker=None,
-        requires_safety_checker=False,
-    )
+    with loading_quietly(settings, model_dir):
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_dir,
+            dtype=torch_dtype,
+            local_files_only=True,
+            use_safetensors=True,  # never unpickle weights
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
     pipe.to(device=device, dtype=torch_dtype)
     assert settings.scheduler is not None  # the preset fills every key left null
     if settings.scheduler != "model":  # model: the pipeline's own scheduler config, as loaded
@@ -374,17 +423,18 @@ def render_images(
             padded = batch
             if settings.compile and len(batch) < settings.batch_size:
                 padded = batch + [batch[-1]] * (settings.batch_size - len(batch))  # one shape: no recompile
-            latents = noise.latents(padded) if noise else initial_latents(padded, pipe, settings)
-            images = pipe(
-                [j.prompt for j in padded],
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance,
-                height=settings.height,
-                width=settings.width,
-                latents=latents,
-                generator=probe,
-                output_type="pt",
-            ).images[: len(batch)]
+            with failing_as_the_model(settings, batch[0].id):
+                latents = noise.latents(padded) if noise else initial_latents(padded, pipe, settings)
+                images = pipe(
+                    [j.prompt for j in padded],
+                    num_inference_steps=settings.steps,
+                    guidance_scale=settings.guidance,
+                    height=settings.height,
+                    width=settings.width,
+                    latents=latents,
+                    generator=probe,
+                    output_type="pt",
+                ).images[: len(batch)]
             if not torch.equal(probe.get_state(), probe_state):
                 raise DataError(
                     f"generate.scheduler={settings.scheduler}: {type(pipe.scheduler).__name__} draws noise "

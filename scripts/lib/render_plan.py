@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate
 
@@ -231,18 +231,28 @@ def model_config(model_dir: str | Path) -> dict:
 
     def read(name: str) -> dict:
         try:
-            return loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
+            config = loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
+        if not isinstance(config, dict):  # `[1, 2]` was an AttributeError traceback at .get
+            raise DataError(f"{Path(model_dir) / name}: not a JSON object")
+        return config
 
     sample = read("unet/config.json").get("sample_size")
-    levels = len(read("vae/config.json").get("block_out_channels") or [0] * 4)
-    height, width = (sample, sample) if isinstance(sample, int) else tuple(sample or (0, 0))
+    channels = read("vae/config.json").get("block_out_channels") or [0] * 4
+    listed = isinstance(sample, list) or sample is None  # none: 0 x 0, as before (only `model` sizes need it)
+    sides = (sample, sample) if isinstance(sample, int) else tuple(sample or (0, 0)) if listed else ()
+    if len(sides) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):  # "abc", [1]
+        raise DataError(f"{Path(model_dir) / 'unet/config.json'}: sample_size {shown_short(repr(sample))} is no size")
+    if not isinstance(channels, list):
+        raise DataError(f"{Path(model_dir) / 'vae/config.json'}: block_out_channels {shown_short(repr(channels))}")
+    (height, width), levels = sides, len(channels)
     scale = 2 ** (levels - 1)
+    scheduler = read("model_index.json").get("scheduler")
     return {
         "height": height * scale,
         "width": width * scale,
-        "scheduler_class": (read("model_index.json").get("scheduler") or [None, None])[-1],
+        "scheduler_class": scheduler[-1] if isinstance(scheduler, list) and scheduler else None,
     }  # what loads
 
 
