@@ -45,6 +45,7 @@ from scripts.lib.temps import (
     output_lock,
     real_path,
     remove_stale,
+    sibling_name,
 )
 
 
@@ -405,10 +406,11 @@ def staging_dir(output: Path | str) -> Iterator[Path]:
     (a killed run's, tagged, by the next run; a user's of that name stays); OSErrors become one line."""
     output, real = Path(output), real_path(output)
     with output_lock(output):
-        for stale in real.parent.glob(f".{glob.escape(real.name)}.staging-*"):
+        prefix = sibling_name(real.name, "staging-")  # shortened as every temp name (NAME_MAX)
+        for stale in real.parent.glob(f"{glob.escape(prefix)}*"):
             with contextlib.suppress(DataError):
                 remove_stale(stale, output)
-        staging = Path(tempfile.mkdtemp(prefix=f".{real.name}.staging-", dir=real.parent))
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=real.parent))
         mark_temp(staging)
         try:
             yield staging

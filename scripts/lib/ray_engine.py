@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import time
@@ -46,7 +47,11 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
         _adopt_orphans()
-        _start_or_join(ray, runtime, children_before)
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            _start_or_join(ray, runtime, children_before)
+        finally:
+            _keep_handlers(handlers)
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
@@ -190,6 +195,16 @@ def _stderr_silenced() -> Iterator[None]:
 
 REAP_SECONDS = 3  # then what is left is killed: Ray is shut down, a worker has nothing of ours to finish
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def _keep_handlers(handlers: dict) -> None:
+    """Put the command's signal handlers back: ray.init installs its own for SIGTERM (and its C++ core a
+    crash handler), so a SIGTERM during a Ray run was a C++ stack dump and SIGABRT, not the command's
+    `interrupted (SIGTERM)` and exit 143."""
+    for signum, handler in handlers.items():
+        if handler is not None:  # even one Python still lists: the C-level handler may be Ray's
+            with contextlib.suppress(ValueError):  # not the main thread: nothing was installed there either
+                signal.signal(signum, handler)
 
 
 def _adopt_orphans() -> None:

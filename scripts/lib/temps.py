@@ -4,13 +4,15 @@ Beside a target T, all under the lock: .T.tmp-new (what is being written), .T.tm
 T while the new one is renamed in), .T.tmp-spill (rows an external sort set aside: external_sort.py),
 .T.tmp-lock (held by the one process writing T). A killed run leaves them behind; the next run removes
 each only if it carries TEMP_XATTR (a name proves nothing: a user's own `.T.tmp-old/` is refused, and a
-user's `.T.tmp-lock` is neither locked, nor taken over, nor unlinked).
+user's `.T.tmp-lock` is neither locked, nor taken over, nor unlinked). A name T too long for a sibling
+name to fit NAME_MAX is shortened there (sibling_name), so any T the file system takes can be written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
@@ -22,6 +24,8 @@ from scripts.lib.errors import DataError, os_error_message, shown
 
 TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
 TEMP_XATTR = "user.t2i-datasets.temp"
+NAME_MAX = 255  # bytes in one path part (ext4, xfs, btrfs, tmpfs)
+RANDOM_TAIL = 9  # what mkstemp/mkdtemp add to a sibling name: `.` or nothing, then 8 random characters
 
 
 def real_path(path: Path | str) -> Path:
@@ -39,8 +43,19 @@ def _sibling(target: Path, kind: str) -> Path:
 
 
 def sibling_name(name: str, kind: str) -> str:
-    """The name of an output's temp of `kind` (TMP_NEW, TMP_OLD, ...) beside it: `.NAME.KIND`."""
-    return f".{name}.{kind}"
+    """The name of an output's temp of `kind` (TMP_NEW, TMP_OLD, ...) beside it: `.NAME.KIND`, or, where
+    that (plus a random tail) would pass NAME_MAX, `.NAME-START~DIGEST.KIND`: a 250-byte output name the
+    file system takes was refused as `File name too long` for its temp's. The same name each run, so the
+    next run still finds what a killed one left."""
+    full = f".{name}.{kind}"
+    room = NAME_MAX - RANDOM_TAIL
+    if len(os.fsencode(full)) <= room:
+        return full
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    start = name
+    while start and len(os.fsencode(f".{start}~{digest}.{kind}")) > room:
+        start = start[:-1]  # whole characters: a cut UTF-8 sequence would be a name of bytes only
+    return f".{start}~{digest}.{kind}"
 
 
 def _remove(path: Path) -> bool:
@@ -113,8 +128,8 @@ def _open_lock(lock: Path, target: Path) -> int:
     while True:
         try:
             fd, made = tempfile.mkstemp(prefix=f"{lock.name}.", dir=lock.parent)
-        except OSError as exc:
-            raise DataError(os_error_message(exc, target)) from None
+        except OSError as exc:  # named after the output: the temp's name is ours, not the user's
+            raise DataError(os_error_message(exc, target, tmp=lock)) from None
         try:
             mark_temp(fd)
             os.link(made, lock)

@@ -1,0 +1,102 @@
+"""Round 13d: output paths at the file system's limits. Every row failed before its fix.
+
+1. An output whose name fits NAME_MAX (255 bytes) but not with `.NAME.tmp-lock.XXXXXXXX` beside it (240 to
+   254 bytes) was refused as `File name too long`, naming a temp file the user never made: temps.sibling_name
+   now shortens a temp's name (the same each run, so a killed run's temps are still found).
+2. A folder where the lock cannot be made (a read-only mount) named the lock's temp
+   (`.out.tmp-lock.x1y2z3: Read-only file system`), not the output.
+3. runtime.engine ray: ray.init put its own SIGTERM handler (sys.exit(15)) in place of the command's, so a
+   SIGTERM while Ray cleaned was Ray's C++ stack dump and SIGABRT (exit -6), not `interrupted (SIGTERM)`
+   and exit 143. ray_session puts the command's handlers back after ray.init.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from helpers.workspace import leftovers, write_params
+
+LONG = "a" * 245  # + `.json`: 250 bytes, a name ext4 takes
+WIDE = "é" * 122 + ".json"  # 249 bytes of UTF-8 in 127 characters
+
+
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "scripts", *argv], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "argv, output",
+    [
+        (["clean-rules", f"out/{LONG}.json"], f"out/{LONG}.json"),
+        (["clean-rules", f"out/{WIDE}"], f"out/{WIDE}"),
+        (["recipes", f"out/{LONG}"], f"out/{LONG}"),  # a folder output, its staging folder beside it
+    ],
+    ids=["file-250-bytes", "file-utf8-249-bytes", "folder-245-bytes"],
+)
+def test_an_output_name_the_file_system_takes_is_written(tmp_path, argv, output):
+    write_params(tmp_path)
+    first = run(argv, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / output).exists() and leftovers(tmp_path) == []
+    again = run(argv, tmp_path)  # the next run finds its own temps' names and replaces its output
+    assert again.returncode == 0, again.stderr
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_a_read_only_output_folder_is_named_not_the_locks_temp(tmp_path):
+    write_params(tmp_path)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "--bind", folder, folder], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", folder], check=True)
+        result = run(["clean-rules", "ro/rules.json"], tmp_path)
+    finally:
+        subprocess.run(["umount", folder], check=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: ro/rules.json: cannot write (Read-only file system)"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_ray_run_is_the_commands(tmp_path, fixtures_dir):
+    pytest.importorskip("ray")
+    import pandas as pd
+    from test_clean_on_ray import session_processes, workspace
+
+    from scripts.lib.io import PROMPT_COLUMNS
+    from scripts.lib.tables import write_parquet
+
+    root = workspace(tmp_path / "ws", fixtures_dir, {"engine": "ray", "workers": 1, "object_store_mb": 100})
+    prompts = (fixtures_dir / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+    texts = [f"{prompt} {i}" for i in range(20) for prompt in prompts]  # distinct: Ray still cleans at the signal
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "source": "t_gpt4", "prompt": texts})
+    table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
+    write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
+    proc = subprocess.Popen(argv, cwd=root, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("BatchCleaner" in args for args in session_processes(proc.pid)):  # ray.init has run
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGTERM)  # what `kill`, systemd or a scheduler sends the stage
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    # the command's line last, no dump of Ray's (its core worker's own `E core_worker.cc` line may come first)
+    assert err.strip().splitlines()[-1] == "interrupted (SIGTERM)" and "SIGTERM received" not in err, err
+    assert not (root / "out").exists() or not list((root / "out").iterdir())
