@@ -8,6 +8,8 @@
 3. runtime.engine ray: ray.init put its own SIGTERM handler (sys.exit(15)) in place of the command's, so a
    SIGTERM while Ray cleaned was Ray's C++ stack dump and SIGABRT (exit -6), not `interrupted (SIGTERM)`
    and exit 143. ray_session puts the command's handlers back after ray.init.
+4. runtime.engine ray: a Ctrl-C while ray.init ran raised Interrupted inside Ray's code, which caught it, and the
+   run went on to exit 0: ray_session stops before the run's first step when a signal was noted.
 """
 
 from __future__ import annotations
@@ -100,3 +102,30 @@ def test_sigterm_during_a_ray_run_is_the_commands(tmp_path, fixtures_dir):
     # the command's line last, no dump of Ray's (its core worker's own `E core_worker.cc` line may come first)
     assert err.strip().splitlines()[-1] == "interrupted (SIGTERM)" and "SIGTERM received" not in err, err
     assert not (root / "out").exists() or not list((root / "out").iterdir())
+
+
+def test_a_signal_that_ray_swallowed_while_it_started_still_stops_the_run(monkeypatch):
+    """A Ctrl-C while ray.init ran raised the command's Interrupted inside Ray's own code, which caught it
+    (round 13d: exit 0, outputs written, at 25 s into a loaded start): ray_session now stops before the
+    run's first step when a signal came (and shuts down what it started)."""
+    pytest.importorskip("ray")
+    from scripts.cli import _install_signal_handlers, _restore_signal_handlers
+    from scripts.lib import ray_engine
+    from scripts.lib.interrupts import Interrupted
+    from scripts.lib.params.runtime import Runtime
+
+    def start_swallowing_a_signal(ray, runtime, children_before):  # as a library's bare `except:` does
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except Interrupted:
+            pass
+
+    monkeypatch.setattr(ray_engine, "_start_or_join", start_swallowing_a_signal)
+    monkeypatch.setattr(ray_engine, "_adopt_orphans", lambda: None)  # leaves the test process's reaping alone
+    old = _install_signal_handlers()
+    try:
+        with pytest.raises(Interrupted), ray_engine.ray_session(Runtime(engine="ray")):
+            pytest.fail("the run went on past a Ctrl-C")
+    finally:
+        _restore_signal_handlers(old)

@@ -22,6 +22,7 @@ from types import ModuleType
 import psutil
 
 from scripts.lib.errors import DataError
+from scripts.lib.interrupts import stop_if_received
 from scripts.lib.params import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,9 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
     try:
+        # a Ctrl-C while ray.init ran raised Interrupted inside Ray's own code, which may catch it (a loaded
+        # start went on to exit 0 with its outputs written): the signal, noted, stops the run here
+        stop_if_received()
         yield ray
     finally:
         context.shuffle_strategy = strategy
