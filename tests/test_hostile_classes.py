@@ -1403,7 +1403,7 @@ def test_a_split_table_whose_sizes_are_not_whole_numbers_is_one_line(tmp_path, m
     result = cli(["compose", "r", "data/splits", "data/compose/r"], ws, monkeypatch, capfd)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "validation.parquet: column 'width'" in lines[0], result.stderr
+    assert len(lines) == 1 and "validation.parquet: row 1: column 'width'" in lines[0], result.stderr
     assert not (ws / "data/compose/r").exists()
 
 

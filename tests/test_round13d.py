@@ -111,7 +111,7 @@ def test_a_signal_that_ray_swallowed_while_it_started_still_stops_the_run(monkey
     pytest.importorskip("ray")
     from scripts.cli import _install_signal_handlers, _restore_signal_handlers
     from scripts.lib import ray_engine
-    from scripts.lib.interrupts import Interrupted
+    from scripts.lib.interrupts import Interrupted, forget
     from scripts.lib.params.runtime import Runtime
 
     def start_swallowing_a_signal(ray, runtime, children_before):  # as a library's bare `except:` does
@@ -129,3 +129,4 @@ def test_a_signal_that_ray_swallowed_while_it_started_still_stops_the_run(monkey
             pytest.fail("the run went on past a Ctrl-C")
     finally:
         _restore_signal_handlers(old)
+        forget()  # the noted SIGINT would stop the next command this process runs
