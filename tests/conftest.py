@@ -127,15 +127,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _torch_one_thread():
-    """A test that changed torch's thread count (or imported torch) leaves the next one single-threaded, and
-    torch's default dtype float32: a pipeline load that fails half way (test_round13b's broken model folders,
-    in this process) leaves the dtype transformers set for it, and the next render mixed Float and Double."""
+    """A test that changed torch's thread count (or imported torch) leaves the next one single-threaded."""
     yield
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    if torch is not None and torch.get_default_dtype() != torch.float32:
-        torch.set_default_dtype(torch.float32)
 
 
 @pytest.fixture

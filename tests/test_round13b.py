@@ -266,3 +266,7 @@ def test_a_broken_pipeline_folder_is_one_line(tiny_model_dir, tmp_path, monkeypa
     line = error_line(result.stderr)
     assert result.returncode == 2 and said in line, line
     assert not any((tmp_path / "out").rglob("*.jpg"))  # nothing rendered
+    # and the process goes on as it was: a load that failed half way put torch's default dtype back
+    import torch
+
+    assert torch.get_default_dtype() == torch.float32

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
+from helpers.ray_runs import clean_on_ray_stopped_by, ray_workspace, write_numbered_prompts
 from helpers.workspace import leftovers, write_params
 
 LONG = "a" * 245  # + `.json`: 250 bytes, a name ext4 takes
@@ -72,35 +73,14 @@ def test_a_read_only_output_folder_is_named_not_the_locks_temp(tmp_path):
 @pytest.mark.slow
 def test_sigterm_during_a_ray_run_is_the_commands(tmp_path, fixtures_dir):
     pytest.importorskip("ray")
-    import pandas as pd
-    from test_clean_on_ray import session_processes, workspace
-
-    from scripts.lib.io import PROMPT_COLUMNS
-    from scripts.lib.tables import write_parquet
-
-    root = workspace(tmp_path / "ws", fixtures_dir, {"engine": "ray", "workers": 1, "object_store_mb": 100})
-    prompts = (fixtures_dir / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
-    texts = [f"{prompt} {i}" for i in range(20) for prompt in prompts]  # distinct: Ray still cleans at the signal
-    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "source": "t_gpt4", "prompt": texts})
-    table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
-    write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
-    proc = subprocess.Popen(argv, cwd=root, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not any("BatchCleaner" in args for args in session_processes(proc.pid)):  # ray.init has run
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGTERM)  # what `kill`, systemd or a scheduler sends the stage
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 143, err
+    root = ray_workspace(tmp_path / "ws", fixtures_dir, {"engine": "ray", "workers": 1, "object_store_mb": 100})
+    write_numbered_prompts(root, fixtures_dir, copies=20)  # Ray still cleans at the signal
+    # what `kill`, systemd or a scheduler sends the stage, once ray.init has run
+    run = clean_on_ray_stopped_by(root, lambda pid: os.kill(pid, signal.SIGTERM))
+    assert run.returncode == 143, run.stderr
     # the command's line last, no dump of Ray's (its core worker's own `E core_worker.cc` line may come first)
-    assert err.strip().splitlines()[-1] == "interrupted (SIGTERM)" and "SIGTERM received" not in err, err
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1] == "interrupted (SIGTERM)" and "SIGTERM received" not in run.stderr, run.stderr
     assert not (root / "out").exists() or not list((root / "out").iterdir())
 
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.ray_runs import session_processes
+
 REPO = Path(__file__).resolve().parents[1]
 FAIL_WITHIN_S = 20  # connect_timeout_s (8) plus the command's imports of Ray on a loaded two-core machine
 INTERRUPT_WITHIN_S = 2
@@ -110,11 +112,6 @@ def wait_until_joining(process: subprocess.Popen, server: CountingHTTPServer) ->
     while server.connections < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert process.poll() is None and server.connections >= 2, "the run never tried to join"
-
-
-def session_processes(session: int) -> list[str]:
-    found = subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True).stdout
-    return found.split()
 
 
 @pytest.mark.parametrize("target, interrupt", list(CASES.values()), ids=list(CASES))

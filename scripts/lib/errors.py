@@ -40,6 +40,13 @@ def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def exception_line(exc: BaseException, limit: int = 200) -> str:
+    """A library's exception as one line of ours: `Type: its first line` (at most `limit` characters of it),
+    never its traceback or the pages some libraries put in their messages."""
+    detail = (str(exc).strip().splitlines() or [""])[0][:limit]
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
 def shown(path: Path | str) -> str:
     """A path (or any text from the data) as it may be printed: escape codes, other control characters
     and undecodable bytes (a non-UTF-8 file name) escaped, so a name cannot drive the terminal."""

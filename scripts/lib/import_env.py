@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from scripts.lib.errors import DataError, names_a_file
+from scripts.lib.errors import DataError, exception_line, names_a_file
 
 
 def _whole_seconds(value: str) -> bool:
@@ -76,10 +76,8 @@ def import_failure_line(exc: BaseException) -> str | None:
     module = _failing_module(exc)
     if module is None or module.partition(".")[0] in ("scripts", "__main__"):
         return None
-    detail = (str(exc).splitlines() or [""])[0]
     return without_secrets(
-        f"importing {module} failed: {type(exc).__name__}{': ' + detail if detail else ''} "
-        "(a bad environment variable it reads, or a broken install?)"
+        f"importing {module} failed: {exception_line(exc)} (a bad environment variable it reads, or a broken install?)"
     )
 
 

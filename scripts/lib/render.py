@@ -20,7 +20,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, exception_line
 from scripts.lib.params import Generate
 from scripts.lib.render_plan import Job, final_size
 
@@ -185,11 +185,7 @@ def failing_as_the_model(settings: Generate, first_id: str):
     except (DataError, MemoryError):
         raise
     except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DataError(
-            f"generate.model={settings.model}: the pipeline failed on the batch from id {first_id} "
-            f"({type(exc).__name__}: {detail})"
-        ) from None
+        raise _model_error(settings, f"the pipeline failed on the batch from id {first_id}", exc) from None
 
 
 @contextlib.contextmanager
@@ -199,10 +195,14 @@ def loading_quietly(settings: Generate, model_dir: str):
     80-line traceback), after logging lines and warnings of their own, which are held back while it loads."""
     import warnings
 
+    import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    # transformers sets torch's process-wide default dtype while it loads a part and puts it back only when
+    # the load succeeds: a folder that fails half way left float64, and this process's next render mixed dtypes
+    default_dtype = torch.get_default_dtype()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -212,14 +212,15 @@ def loading_quietly(settings: Generate, model_dir: str):
     except MemoryError:
         raise
     except Exception as exc:
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise DataError(
-            f"generate.model={settings.model}: {model_dir} is not a pipeline diffusers can load "
-            f"({type(exc).__name__}: {detail})"
-        ) from None
+        raise _model_error(settings, f"{model_dir} is not a pipeline diffusers can load", exc) from None
     finally:
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
+        torch.set_default_dtype(default_dtype)
+
+
+def _model_error(settings: Generate, what: str, exc: BaseException) -> DataError:
+    return DataError(f"generate.model={settings.model}: {what} ({exception_line(exc)})")
 
 
 # ---------------------------------------------------------------- the pipeline

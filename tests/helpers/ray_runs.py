@@ -1,0 +1,97 @@
+"""A stage on the Ray engine in a process of its own, as a user runs it: the harness of the tests that stop a
+Ray run with a signal (Ctrl-C, `kill`) and check that nothing of it is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from helpers.repos import REPO
+
+
+def ray_workspace(root: Path, fixtures: Path, runtime: dict) -> Path:
+    """A folder with params.yaml (the repository's, the fixture sources t_gpt4 and t_open added, `runtime`
+    over its runtime section)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["sources"]["t_gpt4"] = {"kind": "text", "path": str(fixtures / "gpt4-prompts-3k.txt"), "clean": True}
+    params["sources"]["t_open"] = {
+        "kind": "openprompts",
+        "path": str(fixtures / "openprompts-1k.csv"),
+        "clean": {"rules": "final", "mode": "filter_only"},
+        "keep_empty": True,
+    }
+    params["runtime"] = {**params.get("runtime", {}), **runtime}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return root
+
+
+def write_numbered_prompts(root: Path, fixtures: Path, copies: int) -> Path:
+    """in.parquet: the 3,057 GPT-4 prompts `copies` times, each copy numbered so that no two rows are the
+    same (cleaning takes seconds per actor, and dedup removes nothing)."""
+    import pandas as pd
+
+    from scripts.lib.io import PROMPT_COLUMNS
+    from scripts.lib.tables import write_parquet
+
+    prompts = (fixtures / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+    texts = [f"{prompt} {i}" for i in range(copies) for prompt in prompts]
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "source": "t_gpt4", "prompt": texts})
+    table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
+    write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
+    return root / "in.parquet"
+
+
+def session_processes(session: int) -> list[str]:
+    """The command lines of the live processes in a session (the stage and everything it started)."""
+    out = subprocess.run(["ps", "-e", "-o", "sid=,stat=,args="], capture_output=True, text=True).stdout
+    return [
+        args
+        for sid, stat, args in (line.split(None, 2) for line in out.splitlines() if line.strip())
+        if int(sid) == session and not stat.startswith("Z")
+    ]
+
+
+def session_gone(session: int, within_s: float) -> bool:
+    """Whether every process of the session has exited within `within_s` (Ray's go after the stage)."""
+    deadline = time.monotonic() + within_s
+    while session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not session_processes(session)
+
+
+class Stopped(NamedTuple):
+    pid: int  # the stage's, and its session's id
+    returncode: int
+    stderr: str
+
+
+def clean_on_ray_stopped_by(root: Path, send: Callable[[int], None], settle_s: float = 0.0) -> Stopped:
+    """Run `clean t_gpt4 in.parquet out/t_gpt4.parquet` in `root` in a session of its own; once a Ray actor
+    cleans (and `settle_s` later), `send(pid)` signals it. A run that outlives its deadlines is killed with
+    its whole session and fails the test."""
+    argv = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(argv, cwd=root, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("BatchCleaner" in args for args in session_processes(proc.pid)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no Ray actor started"
+            time.sleep(0.2)
+        time.sleep(settle_s)
+        send(proc.pid)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return Stopped(proc.pid, proc.returncode, err)
