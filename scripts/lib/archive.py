@@ -22,6 +22,7 @@ import hashlib
 import io
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -323,16 +324,22 @@ def iter_samples(
 
 # ---------------------------------------------------------------- image headers
 def image_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) from the first bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown."""
+    """(width, height) as the image is shown (its EXIF orientation applied, pixels.shown_size) from the first
+    bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown. Every reader records it as the row's
+    size: a phone photo stored 4032x3024 with orientation 6 is 3024x4032 to every writer and trainer."""
+    from scripts.lib.pixels import png_shown_size, shown_size
+
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return struct.unpack(">II", head[16:24])
+        return png_shown_size(head)  # IHDR and eXIf: a head cut before the pixels is enough
     if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
         return struct.unpack("<HH", head[6:10])
     try:
         from PIL import Image
 
-        with Image.open(io.BytesIO(head)) as img:  # reads the header only
-            return img.size
+        with warnings.catch_warnings():  # a broken EXIF block is no orientation, not a line on stderr
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head)) as img:  # reads the header only
+                return shown_size(img)
     except Exception:
         return None
 

@@ -7,6 +7,7 @@ from a file or the network checks the text here first; no file of ours nests any
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
@@ -48,7 +49,10 @@ def check_json_depth(text: str | bytes, limit: int = MAX_DEPTH) -> None:
 
 
 def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
-    """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON)."""
+    """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON).
+    A leading UTF-8 byte order mark is read past (RFC 8259 lets a parser ignore one; Notepad and other
+    Windows tools write it), whether the text is still bytes or was decoded with it as U+FEFF."""
+    text = text.removeprefix(codecs.BOM_UTF8) if isinstance(text, (bytes, bytearray)) else text.removeprefix("\ufeff")
     check_json_depth(text, limit)
     return json.loads(text)
 

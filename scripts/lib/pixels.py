@@ -1,15 +1,18 @@
 """A decoded image as a viewer shows it, for every writer that re-encodes or draws pixels: the webdataset
-layout's `image_format`, the bucketed layout and the contact sheets.
+layout's `image_format`, the bucketed layout and the contact sheets; and its shown size, for every width
+and height recorded from an image file (archive.image_size, the SimpleTuner parquet).
 
 PIL alone changed the picture at exit 0: `convert("RGB")` clips a 16-bit grey image (PNG, TIFF) to white;
 a decode drops the EXIF orientation, so a phone's portrait photo was re-encoded lying on its side; a JPEG
 written from it lost its colour profile (Display P3 shown as sRGB); and PNG cannot hold CMYK, so a CMYK
-JPEG failed a PNG export. Pure functions: a PIL image in, an image or bytes out.
+JPEG failed a PNG export. Pure functions: a PIL image in, an image, its shown size or bytes out.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 
 GREY16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey; PIL opens some 16-bit PNGs as "I"
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", *GREY16)  # what PIL writes as PNG unconverted
@@ -21,6 +24,64 @@ def upright(image):
     from PIL import ImageOps
 
     return ImageOps.exif_transpose(image)
+
+
+ORIENTATION = 0x0112  # the EXIF tag exif_transpose turns an image by
+TURNED = (5, 6, 7, 8)  # orientations that turn the image a quarter: width and height change places
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def shown_size(image) -> tuple[int, int]:
+    """(width, height) of `image` as `upright` shows it, from its header: a phone photo stored 4032x3024
+    with orientation 6 is shown, and loaded by every trainer that applies exif_transpose, as 3024x4032. A
+    broken EXIF block is no orientation (as a viewer shows it); a PNG is not decoded to look for one after its
+    pixels (PIL's getexif would load them)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return image.size
+    with warnings.catch_warnings():  # "Corrupt EXIF data": a line on a stage's stderr per image
+        warnings.simplefilter("ignore")
+        try:
+            orientation = image.getexif().get(ORIENTATION)
+        except Exception:  # PIL raises many kinds for a broken block (SyntaxError, struct.error, ValueError)
+            orientation = None
+    return turned(image.size, orientation)
+
+
+def png_shown_size(head: bytes) -> tuple[int, int] | None:
+    """shown_size of a PNG from its first bytes, without PIL's PNG parser (which refuses a head cut before
+    the pixels): IHDR's size, turned by an eXIf chunk that comes before the pixels. None: not a PNG head."""
+    if head[:8] != PNG_SIGNATURE or len(head) < 24:
+        return None
+    size, at = struct.unpack(">II", head[16:24]), 8
+    while at + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[at : at + 8])
+        if kind == b"IDAT" or (kind == b"eXIf" and at + 8 + length > len(head)):
+            break  # no orientation before the pixels, or its block runs past the head
+        if kind == b"eXIf":
+            return turned(size, exif_orientation(head[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return size
+
+
+def exif_orientation(block: bytes):
+    """The orientation an EXIF block holds; None for none, or for a block PIL cannot read."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            exif = Image.Exif()
+            exif.load(block)
+            return exif.get(ORIENTATION)
+        except Exception:  # a broken block is no orientation, as in shown_size
+            return None
+
+
+def turned(size: tuple[int, int], orientation) -> tuple[int, int]:
+    """`size` (width, height) as an image of this EXIF orientation is shown: swapped for 5 to 8 (a quarter
+    turn, as exif_transpose applies it); any other value, or none, leaves it."""
+    width, height = size
+    return (height, width) if isinstance(orientation, int) and orientation in TURNED else (width, height)
 
 
 def eight_bit(image):

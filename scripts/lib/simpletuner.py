@@ -144,19 +144,21 @@ def write_config(entries: list[dict], path: Path) -> None:
 def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     """A release split as SimpleTuner data: `placed` puts every image in `folder` and yields
     (row, file_name); beside each image its `.txt`, then simpletuner.parquet (filename relative to the
-    split folder, SimpleTuner's instance_data_dir; width and height read from the image) and
+    split folder, SimpleTuner's instance_data_dir; width and height read from the image, as shown) and
     multidatabackend.json, its sizes fitted to these images (resolution_for). Its paths are relative to
     the release folder (`train`, `train/simpletuner.parquet`), so the release's bytes do not depend on
     where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
     from PIL import Image
+
+    from scripts.lib.pixels import shown_size
 
     split = folder.name
     sizes = []
     with atomic_path(folder / PARQUET_NAME) as tmp, table_writer(tmp) as table:
         for row, file_name in placed:
             new_file(folder / txt_name(file_name), row.text.encode("utf-8"))  # never into a linked image
-            with Image.open(folder / file_name) as image:  # the header only: the size as stored
-                sizes.append(image.size)
+            with Image.open(folder / file_name) as image:  # the header only: the size as shown (EXIF turned),
+                sizes.append(shown_size(image))  # as trainers load it (exif_transpose)
             table.add(*sizes[-1], row.text, file_name)
     write_config(
         backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),

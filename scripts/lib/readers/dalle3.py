@@ -76,7 +76,8 @@ def iter_dalle3(
                 continue
             image = members[image_ext]
             try:
-                pixels = check_image_pixels(image.read(65536 if image_ext != "png" else 32), image.name, max_pixels)
+                # 64 KiB, a PNG's too: its EXIF orientation (eXIf, before the pixels) turns the size it is shown at
+                pixels = check_image_pixels(image.read(65536), image.name, max_pixels)
             except UnsafeArchive as exc:
                 yield Problem(shard, where, exc.reason, str(exc))
                 continue
