@@ -31,9 +31,26 @@ PNG = bytes.fromhex(  # a valid 1x1 PNG
 )
 
 
+def without_embedding_steps(releases: dict) -> dict:
+    """The release recipes with every `dedup: {method: embedding}` step left out. A release process that
+    runs one imports torch and transformers and loads the MiniLM encoder (10 s of a failure test's 12, on
+    two cores) and, on make_splits' near-identical texts, removes every row: a release of nothing."""
+
+    def kept(steps: list) -> list:
+        return [step for step in steps if (step.get("dedup") or {}).get("method") != "embedding"]
+
+    light = {}
+    for name, recipe in releases.items():
+        recipe = {**recipe, "steps": kept(recipe.get("steps", []))}
+        recipe["components"] = [{**c, "steps": kept(c.get("steps", []))} for c in recipe.get("components", [])]
+        light[name] = recipe
+    return light
+
+
 def write_params(root: Path, **sections) -> None:
-    """The repository's params.yaml in `root`, with the given sections replaced."""
-    params = {**PARAMS, **sections}
+    """The repository's params.yaml in `root`, with the given sections replaced; its release recipes without
+    their embedding steps unless `releases` is given (a test of embedding dedup in a release says so)."""
+    params = {**PARAMS, "releases": without_embedding_steps(PARAMS["releases"]), **sections}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
