@@ -148,14 +148,15 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     multidatabackend.json, its sizes fitted to these images (resolution_for). Its paths are relative to
     the release folder (`train`, `train/simpletuner.parquet`), so the release's bytes do not depend on
     where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
-    from PIL import Image
+    from scripts.lib.pixels import opened
 
     split = folder.name
     sizes = []
     with atomic_path(folder / PARQUET_NAME) as tmp, table_writer(tmp) as table:
         for row, file_name in placed:
             new_file(folder / txt_name(file_name), row.text.encode("utf-8"))  # never into a linked image
-            with Image.open(folder / file_name) as image:  # the header only: the size as stored
+            image_path = folder / file_name
+            with opened(image_path, str(image_path)) as image:  # the header only: the size as stored
                 sizes.append(image.size)
             table.add(*sizes[-1], row.text, file_name)
     write_config(
