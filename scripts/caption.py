@@ -206,23 +206,85 @@ def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None
     infos: list[ImageInfo] = []
     for image in selected:
         try:
-            infos.append(inspect_image(image, params))
+            infos.append(check_name(inspect_image(image, params)))
         except UnsafeArchive as exc:
             skipped[exc.reason] += 1
     log(
         f"caption {shown(name)}: {len(listed)} images in {shown(images_dir)}, {len(selected)} selected, "
         f"{len(selected) - len(infos)} skipped"
     )
-
     rules = compile_rules(params.qa)
-    variants = params.variants
+    with contextlib.ExitStack() as stack:  # all four written whole before any is renamed in (a full disk left some)
+        # Opened before the first request, so each output path is checked (a folder or a user's file at its
+        # temp's name), and locked, before anything is paid for. Entered last, renamed first: report.json
+        # proves the files beside it ours to the next run.
+        sources_tmp, rejections_tmp, captions_tmp, report_tmp = (
+            stack.enter_context(atomic_path(out_dir / name))
+            for name in ("sources.json", "rejections.parquet", "captions.parquet", "report.json")
+        )
+        accepted, rejections, steps, created, usage = _waterfall(name, params, infos, cache, api_key, rules, log)
+        pending = [index for index in range(len(infos)) if index not in accepted]
+        last_reason = {r["id"]: r["reason"] for r in rejections}  # rejections are in waterfall order
+        dropped = Counter(last_reason[infos[i].id] for i in pending)
+        report = {
+            "name": name,
+            "base_url": params.base_url,
+            "backend": params.backend,
+            "images": {
+                "listed": len(listed),
+                "selected": len(selected),
+                "skipped": dict(sorted(skipped.items())),
+                "captioned": len(accepted),
+                "dropped": len(pending),
+            },
+            "dropped": dict(sorted(dropped.items())),  # by the last model's reason
+            "steps": steps,
+            "requests": sum(s["requests"] for s in steps),
+            "cache_hits": sum(s["cache_hits"] for s in steps),
+            "api_calls": sum(s["api_calls"] for s in steps),
+            "usage": usage,
+        }
+        import pandas as pd
+
+        rejected = pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"})
+        with writing(out_dir / "captions.parquet"):
+            write_parquet_file(_caption_table(infos, accepted, params.variants), captions_tmp)
+        with writing(out_dir / "rejections.parquet"):
+            write_parquet_file(rejected, rejections_tmp)
+        with writing(out_dir / "sources.json"):
+            sources_tmp.write_text(json_text(waterfall(caption_sources(params, created), steps)), encoding="utf-8")
+        report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
+        commit_together(stack)
+    log(
+        f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}"
+    )
+    return report
+
+
+def check_name(image: ImageInfo) -> ImageInfo:
+    """`image`, unless its name is not UTF-8 (bytes os.fsdecode keeps as surrogates): captions.parquet and
+    rejections.parquet hold its id and path as text, which such a name cannot be. Checked before the
+    first request, so refusing it costs none (it was refused at the write, every request paid for)."""
+    for text in (image.id, image.ref):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"{shown(image.ref)}: the file name is not UTF-8, so captions.parquet cannot hold it; rename it"
+            ) from None
+    return image
+
+
+def _waterfall(name: str, params: CaptionEntry, infos: list[ImageInfo], cache, api_key, rules, log) -> tuple:
+    """Model by model, the images no earlier model captioned: (accepted {image index: (step, caption)},
+    rejections, per-step stats, each model's earliest `created`, token usage)."""
     accepted: dict[int, tuple[int, str]] = {}  # image index -> (step, caption)
     rejections: list[dict] = []
     steps: list[dict] = []
     created: list[int | None] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
     pending = list(range(len(infos)))
-    for step, variant in enumerate(variants):
+    for step, variant in enumerate(params.variants):
         responses, stats = _run_step(name, params, step, [infos[i] for i in pending], cache, api_key, log)
         rejected: Counter = Counter()
         stamps = []
@@ -264,50 +326,7 @@ def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None
             }
         )
         pending = [index for index in pending if index not in accepted]
-
-    last_reason = {r["id"]: r["reason"] for r in rejections}  # rejections are in waterfall order
-    dropped = Counter(last_reason[infos[i].id] for i in pending)
-    sources = caption_sources(params, created)
-    captions = _caption_table(infos, accepted, variants)
-    report = {
-        "name": name,
-        "base_url": params.base_url,
-        "backend": params.backend,
-        "images": {
-            "listed": len(listed),
-            "selected": len(selected),
-            "skipped": dict(sorted(skipped.items())),
-            "captioned": len(accepted),
-            "dropped": len(pending),
-        },
-        "dropped": dict(sorted(dropped.items())),  # by the last model's reason
-        "steps": steps,
-        "requests": sum(s["requests"] for s in steps),
-        "cache_hits": sum(s["cache_hits"] for s in steps),
-        "api_calls": sum(s["api_calls"] for s in steps),
-        "usage": usage,
-    }
-    import pandas as pd
-
-    rejected = pd.DataFrame(rejections, columns=REJECTION_COLUMNS).astype({"caption_selector_index": "int16"})
-    with contextlib.ExitStack() as stack:  # all four written whole before any is renamed in (a full disk left some)
-        # entered last, renamed first: report.json proves the files beside it ours to the next run
-        sources_tmp, rejections_tmp, captions_tmp, report_tmp = (
-            stack.enter_context(atomic_path(out_dir / name))
-            for name in ("sources.json", "rejections.parquet", "captions.parquet", "report.json")
-        )
-        with writing(out_dir / "captions.parquet"):
-            write_parquet_file(captions, captions_tmp)
-        with writing(out_dir / "rejections.parquet"):
-            write_parquet_file(rejected, rejections_tmp)
-        with writing(out_dir / "sources.json"):
-            sources_tmp.write_text(json_text(waterfall(sources, steps)), encoding="utf-8")
-        report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
-        commit_together(stack)
-    log(
-        f"caption {shown(name)}: {len(accepted)} captioned, {len(pending)} dropped -> {shown(out_dir / 'captions.parquet')}"
-    )
-    return report
+    return accepted, rejections, steps, created, usage
 
 
 def waterfall(sources, steps) -> dict:

@@ -536,8 +536,9 @@ def test_a_checked_out_output_folder_is_replaced_only_while_it_holds_the_locks_b
 
 
 def test_sample_data_rewrites_the_committed_data_raw_without_a_marker(ws, capsys):
-    """data/raw is committed to git without a marker: rewriting it is allowed (every file is rewritten)
-    and adds nothing (tests/test_sample_data.py compares it byte for byte)."""
+    """data/raw is committed to git with its marker but not the marker's mark (git keeps no extended
+    attribute): rewriting it is allowed (every file is rewritten with the same bytes) and adds nothing
+    (tests/test_sample_data.py compares it byte for byte)."""
     shutil.copytree(RAW, ws / "data" / "raw")
     before = snapshot(ws / "data" / "raw")
     assert cli(capsys, "sample-data", "data/raw")[0] == 0

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import file_digests
+from scripts.lib.marks import MARKER, MARKER_TEXT
 from scripts.tools.sample_data import word_jaccard, write_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,9 @@ def test_committed_data_raw_is_the_generator_output(sample):
     if not committed.exists():
         pytest.skip("data/raw not generated yet")
     committed_files, generated = file_digests(committed), file_digests(sample)
+    # the folder's marker: `sample-data` writes it (atomic_path), write_all does not; git keeps its bytes only
+    assert (committed / MARKER).read_text(encoding="utf-8") == MARKER_TEXT, "data/raw lacks its marker"
+    del committed_files[MARKER]
     foreign = sorted(set(committed_files) - set(generated))
     assert not foreign, (
         f"data/raw holds files `sample-data` does not write: {foreign[:5]}; data/raw is the shipped sample "

@@ -22,7 +22,6 @@ import hashlib
 import io
 import os
 import struct
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
+from scripts.lib.pixels import TooManyPixels, opened, png_shown_size, shown_size
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
@@ -323,30 +323,31 @@ def iter_samples(
 
 
 # ---------------------------------------------------------------- image headers
-def image_size(head: bytes) -> tuple[int, int] | None:
+def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
     """(width, height) as the image is shown (its EXIF orientation applied, pixels.shown_size) from the first
-    bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown. Every reader records it as the row's
-    size: a phone photo stored 4032x3024 with orientation 6 is 3024x4032 to every writer and trainer."""
-    from scripts.lib.pixels import png_shown_size, shown_size
-
+    bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown; TooManyPixels (naming `name`) past PIL's
+    decompression bomb limit. Every reader records it as the row's size: a phone photo stored 4032x3024
+    with orientation 6 is 3024x4032 to every writer and trainer."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
         return png_shown_size(head)  # IHDR and eXIf: a head cut before the pixels is enough
     if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
         return struct.unpack("<HH", head[6:10])
     try:
-        from PIL import Image
-
-        with warnings.catch_warnings():  # a broken EXIF block is no orientation, not a line on stderr
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(head)) as img:  # reads the header only
-                return shown_size(img)
+        with opened(io.BytesIO(head), name) as img:  # reads the header only
+            return shown_size(img)
+    except TooManyPixels:
+        raise
     except Exception:
         return None
 
 
 def check_image_pixels(head: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
-    """The image's size from its header; refuse unreadable headers and decompression bombs."""
-    size = image_size(head)
+    """The image's size from its header; refuse unreadable headers and decompression bombs (ours, and
+    PIL's: an image it would not decode is `image_too_large` too, not `bad_image`)."""
+    try:
+        size = image_size(head, name)
+    except TooManyPixels as exc:
+        raise UnsafeArchive("image_too_large", str(exc)) from None
     if size is None:
         raise UnsafeArchive("bad_image", f"{name}: not a readable image header")
     if size[0] * size[1] > max_pixels:
@@ -482,10 +483,7 @@ def read_zip_member(
 
 def read_image(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
     """Decode the image a reference names (PIL.Image, RGB), after the size and pixel caps."""
-    from PIL import Image
-
     data = read_member(ref, max_bytes)
     check_image_pixels(data[:65536] if data[:8] == b"\x89PNG\r\n\x1a\n" else data, ref, max_pixels)
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img.convert("RGB")
+    with opened(io.BytesIO(data), ref) as img:
+        return img.convert("RGB")

@@ -225,10 +225,8 @@ class ImageFault(Exception):
 
 def decode(ref: str):
     """(stored bytes, PIL format name, the image EXIF-transposed and in RGB)."""
-    from PIL import Image
-
     from scripts.lib.archive import UnsafeArchive, check_image_pixels, read_member
-    from scripts.lib.pixels import rgb
+    from scripts.lib.pixels import opened, rgb
 
     try:
         data = read_member(ref)
@@ -238,10 +236,10 @@ def decode(ref: str):
         raise ImageFault(exc.reason) from None
     try:
         check_image_pixels(data[:65536] if data[:8] == b"\x89PNG\r\n\x1a\n" else data, ref)
-        with Image.open(io.BytesIO(data)) as opened:
-            fmt = opened.format
-            opened.load()
-            image = rgb(opened)  # upright; 16-bit grey scaled (convert("RGB") alone clipped it to white)
+        with opened(io.BytesIO(data), ref) as stored:
+            fmt = stored.format
+            stored.load()
+            image = rgb(stored)  # upright; 16-bit grey scaled (convert("RGB") alone clipped it to white)
     except MemoryError:
         raise
     except UnsafeArchive as exc:

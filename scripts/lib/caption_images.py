@@ -25,6 +25,7 @@ from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
+from scripts.lib.pixels import opened
 from scripts.lib.safe_paths import confined_file, inside
 
 MANIFEST = "manifest.parquet"
@@ -156,11 +157,9 @@ def confine(ref: str, root: Path) -> None:
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
-    from PIL import Image
-
     width, height = check_image_pixels(data, image.ref, params.max_image_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with opened(io.BytesIO(data), image.ref) as img:
             fmt = img.format
     except Exception:
         raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None

@@ -154,11 +154,13 @@ def check_recorded(ref: str, image) -> None:
     the header (read only) must be an image's. Not its size: a bucketed source's rows record the bucket's
     size while the stored JPEG keeps its own (readers/webdataset.py). Another image linked in under a
     rendered image's name is refused by its sha256 (check_sha256); a carried image records none."""
-    from PIL import Image
+    from scripts.lib.pixels import TooManyPixels, opened
 
     try:
-        with Image.open(image):  # the header only, no pixels decoded
+        with opened(image, ref):  # the header only, no pixels decoded
             return
+    except TooManyPixels:  # an image, but one PIL will not decode: its own line, not "not an image"
+        raise
     except Exception:  # anything PIL cannot read as an image (a key file, text, a truncated header)
         raise DataError(
             f"{shown(ref)}: not an image, though a row names it as one: the file was replaced after ingest "
@@ -280,12 +282,10 @@ def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple
         return stored_ext, data
     if data.startswith(b"\x89PNG\r\n\x1a\n" if image_format == "png" else b"\xff\xd8\xff"):
         return image_format, data
-    from PIL import Image
-
-    from scripts.lib.pixels import reencoded
+    from scripts.lib.pixels import opened, reencoded
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with opened(io.BytesIO(data), ref) as image:
             image.load()
             return image_format, reencoded(image, image_format)
     except Exception as exc:

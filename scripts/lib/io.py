@@ -241,7 +241,8 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
     if holds_marker(target) or holds_locked_bytes(real_path(target), files_under, current_command()):
         return
-    for rel in files_under(target):
+    # a file `new` does not hold at all is named first: the user's, where another is only other bytes of ours
+    for rel in sorted(files_under(target), key=lambda rel: new is not None and os.path.lexists(Path(new) / rel)):
         if new is not None and same_bytes(target / rel, Path(new) / rel):
             continue  # a file the command writes again as it is
         if new is not None and rel.endswith("/") and is_real_folder(Path(new) / rel):

@@ -5,18 +5,61 @@ and height recorded from an image file (archive.image_size, the SimpleTuner parq
 PIL alone changed the picture at exit 0: `convert("RGB")` clips a 16-bit grey image (PNG, TIFF) to white;
 a decode drops the EXIF orientation, so a phone's portrait photo was re-encoded lying on its side; a JPEG
 written from it lost its colour profile (Display P3 shown as sRGB); and PNG cannot hold CMYK, so a CMYK
-JPEG failed a PNG export. Pure functions: a PIL image in, an image, its shown size or bytes out.
+JPEG failed a PNG export. Pure functions: a PIL image in, an image, its shown size or bytes out; and
+`opened`, the one way a command opens an image, so PIL's warnings never reach its stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import struct
 import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from scripts.lib import errors
 
 GREY16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey; PIL opens some 16-bit PNGs as "I"
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", *GREY16)  # what PIL writes as PNG unconverted
 RGB_FAMILY = ("RGB", "RGBA", "RGBX", "P", "PA")  # whose colour profile still describes them as RGB
+
+
+class TooManyPixels(errors.DataError):
+    """An image over PIL's decompression bomb limit (its DecompressionBombError): one line naming the file."""
+
+
+@contextlib.contextmanager
+def opened(source, name: str) -> Iterator[Any]:
+    """PIL's Image.open(source) (a path or a file object), closed after the block, with PIL's warnings
+    settled here rather than printed, in the block too (load, convert, exif_transpose): a stage's stderr is
+    its own lines. Catching warnings is process-wide in Python 3.11: every caller decodes on its main thread.
+
+    Each of PIL's warnings is silence, not a counted outcome, since none changes what the command does:
+    - DecompressionBombWarning (over Image.MAX_IMAGE_PIXELS, 89M, under twice that): the command's own
+      cap (max_image_pixels, archive.check_image_pixels) came first and counts what it refuses
+      (`image_too_large`); an image under it is one the user allowed;
+    - EXIF or TIFF tags PIL cannot read ("Corrupt EXIF data", "Tag data larger than file"): PIL skips the
+      tag and the pixels decode; an orientation it cannot read leaves the image as stored, as viewers do;
+    - "Palette images with Transparency expressed in bytes" (a convert to RGB): each pixel keeps its
+      palette colour, as an RGBA conversion then dropping alpha would give;
+    - a broken APNG or MPO part: PIL falls back to the first frame, the picture viewers show.
+    Over twice the limit PIL refuses to decode (DecompressionBombError): TooManyPixels, naming `name`."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        try:
+            with Image.open(source) as image:
+                yield image
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            count = f"{int(found[1]):,} pixels" if found else "too many pixels"
+            raise TooManyPixels(
+                f"{errors.shown(name)}: {count}, over PIL's decompression bomb limit of "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}; refusing to decode it"
+            ) from None
 
 
 def upright(image):

@@ -98,10 +98,10 @@ def _thumbnail(path: Path | None, size: int):
         return None
     from PIL import ImageOps
 
-    from scripts.lib.pixels import rgb
+    from scripts.lib.pixels import opened, rgb
 
     try:
-        with Image.open(path) as image:
+        with opened(path, str(path)) as image:
             # fit (up or down, aspect kept) into the cell less a 2 px gutter: 64 px renders stay visible
             return ImageOps.contain(rgb(image), (size - 4, size - 4), Image.Resampling.LANCZOS)
     except MemoryError:

@@ -148,17 +148,16 @@ def write_release_split(rows: pd.DataFrame, folder: Path, placed) -> None:
     multidatabackend.json, its sizes fitted to these images (resolution_for). Its paths are relative to
     the release folder (`train`, `train/simpletuner.parquet`), so the release's bytes do not depend on
     where it is built; `python -m scripts simpletuner-config` makes them absolute (absolute_config)."""
-    from PIL import Image
-
-    from scripts.lib.pixels import shown_size
+    from scripts.lib.pixels import opened, shown_size
 
     split = folder.name
     sizes = []
     with atomic_path(folder / PARQUET_NAME) as tmp, table_writer(tmp) as table:
         for row, file_name in placed:
             new_file(folder / txt_name(file_name), row.text.encode("utf-8"))  # never into a linked image
-            with Image.open(folder / file_name) as image:  # the header only: the size as shown (EXIF turned),
-                sizes.append(shown_size(image))  # as trainers load it (exif_transpose)
+            image_path = folder / file_name
+            with opened(image_path, str(image_path)) as image:  # the header only: the size as shown (EXIF
+                sizes.append(shown_size(image))  # turned), as trainers load it (exif_transpose)
             table.add(*sizes[-1], row.text, file_name)
     write_config(
         backend_config(f"t2i-{split}", split, f"{split}/{PARQUET_NAME}", "cache", resolution=resolution_for(sizes)),

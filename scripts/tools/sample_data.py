@@ -1,7 +1,8 @@
 """sample-data: write the small embedded sample sources in their NATIVE formats (docs/contracts.md §5).
 
 `python -m scripts sample-data data/raw` rewrites data/raw/ byte for byte the same on every run:
-one seeded RNG, fixed tar/zip timestamps and owners, parquet without pandas metadata.
+one seeded RNG, fixed tar/zip timestamps and owners, parquet without pandas metadata. `--seed` writes
+another sample over a folder it wrote (its marker, as every folder output's).
 
 The prompts are built from word lists and carry planted work for the later stages:
 - exact duplicates, and near duplicates (one-word edits of long prompts) with word-3-gram Jaccard
@@ -20,6 +21,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import tarfile
@@ -29,6 +31,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.marks import holds_marker
 
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable
@@ -641,9 +644,14 @@ def write_all(output: Path, seed: int = SEED) -> None:
 
 def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)write"), seed: int = SEED) -> None:
     """Write the embedded sample sources (deterministic: same bytes on every run)."""
-    # No ownership marker: data/raw is committed to git, byte for byte the generator's output. A folder
-    # holding anything the generator would not write again with the same bytes (a user's own source, or
-    # edits to a sample) is refused, not replaced.
-    with atomic_path(output, is_dir=True, mark=False) as tmp:
+    # The folder carries the marker, as every folder output does (marks.mark_folder): a run at any seed
+    # replaces a folder it wrote, unchanged since; one holding a file it did not write, or an edited one,
+    # is refused untouched. data/raw is committed with its marker, but git keeps no extended attribute,
+    # so a clone's data/raw is proved ours by its bytes: a run at another seed first writes SEED's sample
+    # over it (refused, untouched, unless every file is that sample's), which marks it ours.
+    if seed != SEED and os.path.lexists(output) and not holds_marker(output):
+        with atomic_path(output, is_dir=True) as tmp:
+            write_all(tmp, SEED)
+    with atomic_path(output, is_dir=True) as tmp:
         write_all(tmp, seed)
     print(f"sample-data: wrote {shown(output)}")
