@@ -17,6 +17,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.image_store import store_lock
 from scripts.lib.params import Generate
 from scripts.lib.temps import output_lock
+from tests.helpers.tiers import fast_first
 from tests.helpers.trees import file_digests
 from tests.helpers.workspace import REPO, error_line, leftovers, run_scripts
 
@@ -98,7 +99,7 @@ def test_an_output_folder_that_is_a_link_is_refused(tiny_model_dir, tmp_path, ma
 ESCAPES = ["\x1b]0;pwned\x07", "\x1b[2J", "\x9b31m", "\r\x1b[1A"]
 
 
-@pytest.mark.parametrize("escape", ESCAPES, ids=repr)
+@pytest.mark.parametrize("escape", fast_first(ESCAPES), ids=repr)
 def test_escape_codes_in_names_never_reach_the_terminal(tiny_model_dir, tmp_path, escape):
     """The success line and the progress lines printed a source or file name raw: a title change, a
     cleared screen, a line rewritten above."""
@@ -118,7 +119,7 @@ def test_escape_codes_in_names_never_reach_the_terminal(tiny_model_dir, tmp_path
 # ---------------------------------------------------------------- a full disk
 
 
-@pytest.mark.parametrize("limit", [300, 1_000, 2_000])
+@pytest.mark.parametrize("limit", fast_first([1_000, 300, 2_000]))
 def test_a_full_disk_while_rendering_is_one_line_naming_an_image_with_no_temp_left(tiny_model_dir, tmp_path, limit):
     """`error: File too large` named no file, and each writer thread left its temp image behind."""
     stage_repo(tmp_path, tiny_model_dir)
@@ -130,7 +131,16 @@ def test_a_full_disk_while_rendering_is_one_line_naming_an_image_with_no_temp_le
 
 @pytest.mark.parametrize(
     "command, limit",
-    [("tiny-model", 64 * 1024), ("tiny-encoder", 4 * 1024), ("tiny-encoder", 64 * 1024), ("tiny-encoder", 200 * 1024)],
+    fast_first(
+        [
+            ("tiny-model", 64 * 1024),
+            ("tiny-encoder", 64 * 1024),
+            ("tiny-encoder", 4 * 1024),
+            ("tiny-encoder", 200 * 1024),
+        ],
+        keep=2,
+        columns=2,
+    ),
 )
 def test_a_full_disk_while_a_model_is_saved_is_one_line(tmp_path, command, limit):
     """safetensors reports a failed write as its own exception ("... File too large (os error 27)"): a traceback."""

@@ -1145,10 +1145,16 @@ SUCCESS_COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("command", sorted(SUCCESS_COMMANDS))
-@pytest.mark.parametrize(
-    "name", ["out\x1b]0;pwned\x07", "out\x1b[2J", "out\x9b31m"], ids=["osc-title", "csi-clear", "c1-csi"]
-)
+OUTPUT_NAMES = {"c1-csi": "out\x9b31m", "osc-title": "out\x1b]0;pwned\x07", "csi-clear": "out\x1b[2J"}
+SUCCESS_ROWS = [  # tiny-encoder imports torch and transformers (15 s a row on two cores): one name in CI's tier
+    pytest.param(command, name, id=f"{label}-{command}", marks=[pytest.mark.slow] if slow else [])
+    for command in sorted(SUCCESS_COMMANDS)
+    for index, (label, name) in enumerate(OUTPUT_NAMES.items())
+    for slow in [command == "tiny-encoder" and index > 0]
+]
+
+
+@pytest.mark.parametrize("command, name", SUCCESS_ROWS)
 def test_a_control_character_in_an_output_path_is_escaped_in_the_success_line(tmp_path, command, name):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     result = python(SUCCESS_COMMANDS[command](tmp_path / name), tmp_path, timeout=120)

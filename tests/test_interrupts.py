@@ -178,14 +178,26 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
 # ---------------------------------------------------------------- signals: 130 / 143, one line, nothing left
 
 
+def varied_prompt(rng: random.Random, i: int) -> str:
+    """A prompt of words drawn at random: a few near-duplicates, as real sources have. Lines of one template
+    (`a red fox number 7 in the deep snow`) sit near the dedup threshold: 4.6M candidate pairs and 10 s a
+    dedup, where each stage should run about a second."""
+    words = [
+        ["red", "grey", "small", "pale", "golden", "dark", "white", "blue", "amber", "silver", "tiny", "old"],
+        ["fox", "owl", "cat", "deer", "wolf", "hare", "crow", "bear", "lynx", "seal", "moth", "frog"],
+        ["snow", "forest", "city", "desert", "harbour", "meadow", "ruins", "garden", "canyon", "marsh", "attic"],
+        ["dawn", "dusk", "noon", "midnight", "sunrise", "twilight"],
+        ["oil painting", "watercolour", "photograph", "ink sketch", "3d render", "pastel drawing", "woodcut"],
+    ]
+    colour, animal, place, time_of_day, style = (rng.choice(choices) for choices in words)
+    return f"a {colour} {animal} number {i} in the {rng.choice(words[0])} {place} at {time_of_day}, {style}"
+
+
 @pytest.fixture(scope="module")
 def signal_ws(tmp_path_factory) -> Path:
     """Inputs big enough that each stage runs about a second: 20k prompts, a 400-image release."""
     root = tmp_path_factory.mktemp("signals")
-    lines = "".join(
-        f"a {c} fox number {i} in the {w} snow at dawn, oil painting\n"
-        for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 7000, ["deep", "fresh"] * 10500))
-    )
+    lines = "".join(f"{varied_prompt(rng, i)}\n" for rng in [random.Random(7)] for i in range(21_000))
     (root / "data/raw/big").mkdir(parents=True)
     (root / "data/raw/big/prompts.txt").write_text(lines, encoding="utf-8")
     sources = {

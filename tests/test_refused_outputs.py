@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import env
+from helpers.tiers import fast_first
 from helpers.trees import tree
 from helpers.workspace import make_splits, write_params
 
@@ -238,7 +239,7 @@ def sheets_folder_links_elsewhere(ws, tmp_path):  # the sheets were written into
 
 @pytest.mark.parametrize(
     "case",
-    [preview_links_out, sheet_of_the_user, sheet_links_to_a_file, sheets_folder_links_elsewhere],
+    fast_first([preview_links_out, sheet_of_the_user, sheet_links_to_a_file, sheets_folder_links_elsewhere], keep=2),
     ids=lambda f: f.__name__,
 )
 def test_pr_comment_copies_only_its_own_contact_sheets(ws, tmp_path, case):
@@ -256,7 +257,7 @@ LOCKS = {  # the workspace's dvc.lock, read by pr-comment to find unchanged rele
 }
 
 
-@pytest.mark.parametrize("case", sorted(LOCKS))
+@pytest.mark.parametrize("case", fast_first(sorted(LOCKS), keep=2))
 def test_pr_comment_reads_dvc_lock_bounded_and_checked(ws, tmp_path, case):
     (ws / "dvc.lock").write_text(LOCKS[case], encoding="utf-8")
     args = ["pr-comment", "HEAD", "workspace", "--out", tmp_path / "out"]

@@ -25,6 +25,7 @@ from test_round8_publish import HostileHub, hub_env, publish
 
 from helpers import Loopback
 from helpers.repos import REPO
+from helpers.tiers import fast_first
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
@@ -238,7 +239,7 @@ def _whole(pyc: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("limit", [700, 1500, 2200])
+@pytest.mark.parametrize("limit", fast_first([1500, 700, 2200]))
 def test_a_file_size_limit_leaves_no_torn_bytecode_and_is_one_line(tmp_path, limit):
     """Under `ulimit -f` below the size of scripts/__init__'s cache (~2.3 KiB), Python's own writer (this
     file runs before ours is set) installed it torn: every later run was `EOFError: marshal data too

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from helpers import cli
+from helpers.tiers import fast_first
 from helpers.workspace import PARAMS, error_line
 
 # lines langdetect (seed 0) reads as the language named; a and b hold them all
@@ -174,7 +175,7 @@ ONE_SPLIT = {  # params.yaml split, the component's split
 }
 
 
-@pytest.mark.parametrize("case", ONE_SPLIT)
+@pytest.mark.parametrize("case", fast_first(ONE_SPLIT))
 def test_a_step_on_one_split_removes_rows_of_that_split_only(tmp_path, monkeypatch, capfd, case):
     """rb takes b's `split` only; its step removes b's rows in ra's train. b's other split, which rb never
     reads (and other releases do), is byte for byte that of a build without the step; the removed rows are

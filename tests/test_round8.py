@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from helpers import dvc_init
+from helpers.tiers import fast_first
 from scripts.lib.errors import DataError
 from scripts.lib.paths import check_split_rows
 
@@ -182,7 +183,7 @@ def test_a_file_git_holds_unmodified_is_not_replaced_by_a_command_that_did_not_w
 
 
 # ---------------------------------------------------------------- a full disk never leaves a torn module cache
-@pytest.mark.parametrize("limit", [4096, 8192, 16384])
+@pytest.mark.parametrize("limit", fast_first([8192, 4096, 16384]))
 def test_a_run_on_a_full_disk_leaves_no_torn_bytecode_for_the_next_run(tmp_path, limit):
     """Python cached each module with one write() that a full disk cut short, and installed the torn file:
     every later run was a traceback (EOFError: marshal data too short). A copy of the package with no
@@ -408,7 +409,7 @@ REMOTES = {  # a remote's reply -> (status, body, content type, user part of the
 }
 
 
-@pytest.mark.parametrize("case", REMOTES)
+@pytest.mark.parametrize("case", fast_first(REMOTES))
 def test_tag_says_in_one_line_that_the_remote_cannot_be_checked(tmp_path, monkeypatch, case):
     """check_pushed asked DVC for the remote's status and let whatever the S3 client raised through: a
     192-line botocore traceback, or a line followed by asyncio's warnings."""

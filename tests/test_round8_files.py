@@ -35,6 +35,7 @@ from test_chat_round6 import Server, completion, json_reply
 
 from helpers import REPO
 from helpers.commands import CliResult
+from helpers.tiers import fast_first
 
 MEMORY_LIMIT = 2 << 30
 SPARSE = 3 << 30
@@ -276,7 +277,7 @@ BIG_RUNS = {  # 1000 requests of ~1 MB bodies each: 1 GB held at once before, in
 }
 
 
-@pytest.mark.parametrize("case", sorted(BIG_RUNS))
+@pytest.mark.parametrize("case", fast_first(sorted(BIG_RUNS)))
 def test_a_run_of_large_requests_stays_in_bounded_memory(tmp_path, case):
     write_params(tmp_path, "synthesize", synth_entry(requests=1000, offline=True, **BIG_RUNS[case](tmp_path)))
     result = run(["synthesize", "t", "out"], tmp_path, timeout=240, memory=768 << 20)

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from helpers.repos import env
+from helpers.tiers import fast_first
 
 TOKEN = "ghp_SECRETtoken1234567890abcdefABCDEF"
 MARKER = "<!-- t2i-dataset-diff -->"
@@ -499,7 +500,7 @@ RUN_URLS = {
 }
 
 
-@pytest.mark.parametrize("case", RUN_URLS.values(), ids=RUN_URLS.keys())
+@pytest.mark.parametrize("case", fast_first(RUN_URLS.values(), keep=2), ids=RUN_URLS.keys())
 def test_pr_comment_writes_only_plain_public_links(dvc_repo, tmp_path, monkeypatch, case):
     url, code = case
     monkeypatch.chdir(dvc_repo)

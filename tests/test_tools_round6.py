@@ -28,6 +28,7 @@ import yaml
 from test_refused_outputs import python
 
 from helpers import REPO, dvc_init, env
+from helpers.tiers import fast_first
 from helpers.workspace import write_params
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -152,7 +153,7 @@ def test_diff_without_the_dvc_cache_says_to_pull(tmp_path, case):
     one_error_line(python(NO_CACHE[case], repo), "dvc pull")
 
 
-@pytest.mark.parametrize("head", ["HEAD", "main", "workspace"])
+@pytest.mark.parametrize("head", fast_first(["HEAD", "main", "workspace"]))
 def test_pr_comment_without_the_dvc_cache_notes_it(tmp_path, head):
     repo = without_cache(tmp_path)
     if head == "workspace":  # the workspace's lock differs from HEAD's: r1 is read at both
