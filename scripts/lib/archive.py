@@ -403,7 +403,7 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
             raise UnsafeArchive("member_too_large", f"{archive}: larger than {max_bytes} bytes")
         return archive.read_bytes()
     check_member_name(member)
-    if archive.suffix == ".zip":
+    if archive.suffix.lower() == ".zip":  # PART-1.ZIP too
         try:
             zf = zipfile.ZipFile(archive)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:

@@ -8,6 +8,7 @@ path, or a link in the folder pointing out of it is one line naming the table an
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import stat
 from collections.abc import Callable
@@ -132,3 +133,11 @@ def new_file(path: Path, data: bytes) -> None:
             f"{shown(path)}: two files of one export under this name (ids equal but for case, on a disk "
             "that ignores it?); refusing to write one over the other"
         ) from None
+
+
+def matches(root: Path, pattern: str) -> list[Path]:
+    """`root`'s entries whose name matches `pattern` ("*.txt") in any case, sorted: PROMPTS.TXT is a text
+    file too (Windows and macOS file systems match it already; case-sensitive, Linux silently left it out)."""
+    if not root.is_dir():
+        return []  # as glob finds nothing there
+    return sorted(path for path in root.iterdir() if fnmatch.fnmatchcase(path.name.lower(), pattern.lower()))

@@ -16,15 +16,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib.errors import DataError
+from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names, existing_input, is_text_type
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
 
 def shards(path: Path) -> list[Path]:
-    """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order."""
+    """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order, in any case
+    (a shard PART-3.PARQUET was left out, its rows missing at exit 0)."""
     if path.is_dir():
-        found = sorted(path.glob("*.parquet"))
+        found = matches(path, "*.parquet")
         if not found:
             raise DataError(f"{path}: no parquet shards in this folder")
         return [existing_input(shard) for shard in found]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import difflib
-import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import Source
+from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names
 
 SourceConfig = Source  # one `params.yaml: sources.<name>` entry (scripts/lib/params/sources.py: Source)
@@ -103,14 +103,6 @@ def check_distinct(named: list[tuple[str, str]], where: Path | str, what: str) -
             raise DataError(
                 f"{shown(where)}: {what}s {shown(seen[key])} and {shown(path)} would give their rows one key"
             )
-
-
-def matches(root: Path, pattern: str) -> list[Path]:
-    """`root`'s entries whose name matches `pattern` ("*.txt") in any case, sorted: PROMPTS.TXT is a text
-    file too (Windows and macOS file systems match it already; case-sensitive, Linux silently left it out)."""
-    if not root.is_dir():
-        return []  # as glob finds nothing there
-    return sorted(path for path in root.iterdir() if fnmatch.fnmatchcase(path.name.lower(), pattern.lower()))
 
 
 def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = False) -> list[Path]:

@@ -26,6 +26,7 @@ from scripts.lib.readers.base import (
     check_confined,
     check_distinct,
     decode,
+    matches,
     native_name,
 )
 from scripts.lib.text_lines import without_line_end
@@ -61,7 +62,13 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
             )
         listed += [shard.get("path") if isinstance(shard, dict) else shard for shard in shards]
     if not listed:
-        return [check_confined(path, root, follow_symlinks) for path in sorted(root.glob("buckets/*/shard-*.tar"))]
+        found = [
+            shard
+            for bucket in matches(root, "buckets")
+            for folder in matches(bucket, "*")
+            for shard in matches(folder, "shard-*.tar")
+        ]
+        return [check_confined(path, root, follow_symlinks) for path in found]
     shards = []
     for name in listed:
         if not isinstance(name, str) or not name:
