@@ -17,25 +17,9 @@ import pytest
 
 from helpers import cli
 from helpers.archives import write_tar
-from helpers.workspace import PARAMS, PNG, error_line, write_params
+from helpers.workspace import PNG, error_line, ingest_source, write_params
 
 BOM = b"\xef\xbb\xbf"
-
-
-def files_under(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def ingest(tmp_path, monkeypatch, capfd, source: dict, files: dict[str, bytes]):
-    """`ingest s` of source `s` (path data/raw/s) holding `files`: (result, the prompt table's rows or None)."""
-    files_under(tmp_path / "data" / "raw" / "s", files)
-    write_params(tmp_path, sources={**PARAMS["sources"], "s": {"path": "data/raw/s", **source}})
-    result = cli(["ingest", "s", "data/prompts/s.parquet"], tmp_path, monkeypatch, capfd)
-    table = tmp_path / "data" / "prompts" / "s.parquet"
-    return result, (pq.read_table(table).to_pylist() if table.exists() else None)
 
 
 def png(width: int = 8, height: int = 6) -> bytes:
@@ -77,7 +61,7 @@ def test_a_utf8_byte_order_mark_is_read_past(tmp_path, monkeypatch, capfd, case)
     """The text source's first prompt was '\\ufeff- a red fox' at exit 0 (its list markup kept); a CSV's was
     `missing column 'prompt' (did you mean '\\ufeffprompt'?)`."""
     source, files, prompts = READ_PAST[case]
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, files)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 0, result.stderr
     assert [row["prompt"] for row in rows] == prompts
 
@@ -109,7 +93,7 @@ CAPTIONS = {  # a bucketed sample's .txt -> its caption
 def test_a_bucketed_caption_file_is_its_line(tmp_path, monkeypatch, capfd, case):
     """The caption was '\\ufeffa red fox\\r' at exit 0: the mark and the "\\r" of "\\r\\n" kept as text."""
     source = {"kind": "bucketed_webdataset", "images": "data/raw/s"}
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, bucketed_files(CAPTIONS[case]))
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, bucketed_files(CAPTIONS[case]))
     assert result.returncode == 0, result.stderr
     assert [row["prompt"] for row in rows] == ["a red fox"]
 
@@ -138,7 +122,7 @@ UTF16 = {  # source, files, the file the line names -> (UTF-16 or UTF-32 text: e
 def test_a_utf16_source_is_one_line_naming_it(tmp_path, monkeypatch, capfd, case):
     """With on_error: skip every line was skipped as `nul_byte` and 0 rows written at exit 0."""
     source, files, name = UTF16[case]
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, files)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     line = error_line(result.stderr)
     assert result.returncode == 2 and rows is None, line
     assert f"data/raw/s/{name}: UTF-" in line and "save it as UTF-8" in line, line
@@ -236,7 +220,7 @@ def test_native_metadata_numbers_are_kept_as_json_numbers(tmp_path, monkeypatch,
     """meta is JSON text: a float64 seed 3456789012 was written 3456789000.0, a float32 1.0000001 as 1.0
     (another float32), and NaN or Infinity as `NaN`/`Infinity`, which only Python's json reads."""
     source, files, key, expected = NUMBERS[case]
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, files)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 0, result.stderr
     assert strict_json(rows[0]["meta"])[key] == expected, rows[0]["meta"]
 
@@ -313,6 +297,6 @@ DICTIONARY = {  # source, files -> prompts (a pandas category column is dictiona
 def test_a_dictionary_encoded_text_column_is_read(tmp_path, monkeypatch, capfd, case):
     """`column 'Prompt' holds dictionary<values=string, indices=int8, ordered=0>, expected string`, exit 2."""
     source, files, prompts = DICTIONARY[case]
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, files)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 0, result.stderr
     assert [row["prompt"] for row in rows] == prompts

@@ -22,30 +22,13 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
 from helpers import cli, tar_bytes
-from helpers.workspace import PARAMS, write_params
+from helpers.workspace import ingest_source, write_files
 
 BOM = b"\xef\xbb\xbf"
-
-
-def files_under(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def ingest(tmp_path, monkeypatch, capfd, source: dict, files: dict[str, bytes]):
-    """`ingest s` of source `s` (path data/raw/s) holding `files`: (result, the prompt table's rows or None)."""
-    files_under(tmp_path / "data" / "raw" / "s", files)
-    write_params(tmp_path, sources={**PARAMS["sources"], "s": {"path": "data/raw/s", **source}})
-    result = cli(["ingest", "s", "data/prompts/s.parquet"], tmp_path, monkeypatch, capfd)
-    table = tmp_path / "data" / "prompts" / "s.parquet"
-    return result, (pq.read_table(table).to_pylist() if table.exists() else None)
 
 
 def picture(image_format: str = "PNG", orientation: int | None = None, size=(40, 20), exif: bytes | None = None):
@@ -103,15 +86,15 @@ BOM_SOURCES = {  # source, files with or without the mark -> the same rows eithe
 def test_a_byte_order_mark_before_a_sources_json_is_read_past(tmp_path, monkeypatch, capfd, case):
     """The sample was skipped as `bad_json` (malformed json: Unexpected UTF-8 BOM), or the stage stopped."""
     source, files = BOM_SOURCES[case]
-    result, plain = ingest(tmp_path, monkeypatch, capfd, source, files(b""))
+    result, plain = ingest_source(tmp_path, monkeypatch, capfd, source, files(b""))
     assert result.returncode == 0 and plain and plain[0]["prompt"] == "a red fox", result.stderr
-    result, marked = ingest(tmp_path, monkeypatch, capfd, source, files(BOM))
+    result, marked = ingest_source(tmp_path, monkeypatch, capfd, source, files(BOM))
     assert result.returncode == 0, result.stderr
     assert marked == plain
 
 
 def simpletuner_tool(tmp_path, monkeypatch, capfd, bom: bytes) -> bytes:
-    files_under(tmp_path / "raw", dalle3_files(bom))
+    write_files(tmp_path / "raw", dalle3_files(bom))
     result = cli(["simpletuner", "raw", "st.parquet", "--on-error", "fail"], tmp_path, monkeypatch, capfd)
     assert result.returncode == 0, result.stderr
     return (tmp_path / "st.parquet").read_bytes()
@@ -279,7 +262,7 @@ def test_every_reader_records_the_size_an_image_is_shown_at(tmp_path, monkeypatc
     """The row's width and height (or its meta `pixels`, the image's measured size where the source's json
     names the size) were the stored 40x20 of a picture every writer and trainer shows 20x40."""
     source, files = reader_files(kind, data)
-    result, rows = ingest(tmp_path, monkeypatch, capfd, source, files)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 0 and rows, result.stderr
     recorded = (rows[0]["width"], rows[0]["height"]) if where == "row" else tuple(json.loads(rows[0]["meta"])["pixels"])
     assert recorded == shown(data) == (20, 40)
@@ -303,7 +286,7 @@ def test_caption_records_the_size_an_image_is_shown_at(tmp_path, monkeypatch, fi
     from scripts.lib.params import CaptionEntry
 
     monkeypatch.chdir(tmp_path)
-    files_under(tmp_path / "images", files)
+    write_files(tmp_path / "images", files)
     (image,), _ = list_images(Path("images"))
     info = inspect_image(image, CaptionEntry(images="images"))
     assert (info.width, info.height) == shown(data) == (20, 40)

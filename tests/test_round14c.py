@@ -13,15 +13,13 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from helpers import cli, tar_bytes
-from helpers.workspace import PARAMS, write_params
+from helpers.workspace import PARAMS, ingest_source, write_params
 from scripts.lib.io import PROMPT_COLUMNS
 from scripts.lib.tables import write_parquet
 
@@ -32,19 +30,11 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-def write_files(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-
-
 def ingested(tmp_path, monkeypatch, capfd, source: dict, files: dict[str, bytes]) -> list[dict]:
     """`ingest s` of a source holding `files`: its prompt table's rows (the command must succeed)."""
-    write_files(tmp_path / "data" / "raw" / "s", files)
-    write_params(tmp_path, sources={**PARAMS["sources"], "s": {"path": "data/raw/s", **source}})
-    result = cli(["ingest", "s", "data/prompts/s.parquet"], tmp_path, monkeypatch, capfd)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 0, result.stderr
-    return pq.read_table(tmp_path / "data" / "prompts" / "s.parquet").to_pylist()
+    return rows
 
 
 # ---------------------------------------------------------------- a bucketed export's shards, unlisted

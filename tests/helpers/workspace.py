@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from helpers.commands import CliResult, cli
 from helpers.repos import REPO
 from scripts.lib.io import stable_id
 from scripts.lib.marks import MARKER
@@ -52,6 +53,26 @@ def write_params(root: Path, **sections) -> None:
     their embedding steps unless `releases` is given (a test of embedding dedup in a release says so)."""
     params = {**PARAMS, "releases": without_embedding_steps(PARAMS["releases"]), **sections}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> None:
+    """Each relative path of `files` under `root` (its folders made), holding its bytes."""
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def ingest_source(tmp_path: Path, monkeypatch, capfd, source: dict, files: dict[str, bytes]):
+    """`ingest s` in-process, of a source `s` (path data/raw/s, holding `files`; the repository's params with
+    `source` added): (the command's CliResult, its prompt table's rows, or None when it wrote none)."""
+    import pyarrow.parquet as pq
+
+    write_files(tmp_path / "data" / "raw" / "s", files)
+    write_params(tmp_path, sources={**PARAMS["sources"], "s": {"path": "data/raw/s", **source}})
+    result: CliResult = cli(["ingest", "s", "data/prompts/s.parquet"], tmp_path, monkeypatch, capfd)
+    table = tmp_path / "data" / "prompts" / "s.parquet"
+    return result, (pq.read_table(table).to_pylist() if table.exists() else None)
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
