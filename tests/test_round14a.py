@@ -268,6 +268,56 @@ def test_every_reader_records_the_size_an_image_is_shown_at(tmp_path, monkeypatc
     assert recorded == shown(data) == (20, 40)
 
 
+def png_exif_after_a_long_chunk() -> bytes:
+    """A PNG (stored 40x20, orientation 6) whose eXIf comes after a 100 kB text chunk, all before its pixels."""
+    import zlib
+
+    data = picture("PNG", 6)
+    at = data.index(b"IHDR") + 4 + 13 + 4  # after IHDR's data and CRC: the first chunk after it
+    text = b"comment\x00" + b"x" * 100_000
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    return data[:at] + chunk + data[at:]
+
+
+@pytest.mark.parametrize("kind", ["kaggle_sd2", "diffusiondb", "dalle3"])
+def test_a_pngs_orientation_after_a_long_chunk_is_read(tmp_path, monkeypatch, capfd, kind):
+    """Each reader read a 64 KiB head: a PNG whose eXIf sits past it (after an ICC profile or text chunk,
+    still before its pixels) was recorded at its stored 40x20; the head is now the chunks that decide."""
+    data = png_exif_after_a_long_chunk()
+    assert data.index(b"eXIf") > 65536 and shown(data) == (20, 40)
+    source, files = reader_files(kind, data)
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
+    assert result.returncode == 0 and rows, result.stderr
+    recorded = (
+        (rows[0]["width"], rows[0]["height"]) if kind != "dalle3" else tuple(json.loads(rows[0]["meta"])["pixels"])
+    )
+    assert recorded == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("data", "most"),
+    [
+        pytest.param(png_exif_after_a_long_chunk(), 200, id="png-text-chunk-skipped"),
+        pytest.param(png_exif_before_a_long_chunk(), 200, id="png-stops-at-its-pixels"),
+        pytest.param(picture("JPEG", 6) + b"\0" * 100_000, 65536, id="jpeg-first-64-kib"),
+    ],
+)
+def test_an_image_head_reads_only_the_bytes_that_decide_its_size(data, most):
+    """pixels.image_head: a PNG's signature, IHDR, eXIf and IDAT header (its other chunks never read);
+    another format's first 64 KiB. Every reader gives it its own read_at."""
+    from scripts.lib.archive import image_size
+    from scripts.lib.pixels import image_head
+
+    read: list[int] = []
+
+    def read_at(offset: int, count: int) -> bytes:
+        read.append(len(data[offset : offset + count]))
+        return data[offset : offset + count]
+
+    head = image_head(read_at)
+    assert len(head) <= sum(read) <= most and image_size(head) == shown(data) == (20, 40)
+
+
 CAPTIONED = [  # (the images folder's files, the image captioned): caption@S's width and height of each
     pytest.param({"a.jpg": picture("JPEG", 6)}, picture("JPEG", 6), id="jpeg-file-orientation-6"),
     pytest.param({"a.png": picture("PNG", 8)}, picture("PNG", 8), id="png-file-exif-8"),

@@ -32,7 +32,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
-from scripts.lib.pixels import TooManyPixels, opened, png_shown_size, shown_size
+from scripts.lib.pixels import TooManyPixels, image_head, opened, png_shown_size, shown_size, stream_reader
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
@@ -73,8 +73,12 @@ class TarMember:
     _buf: Any
 
     def read(self, limit: int | None = None) -> bytes:
-        end = self.offset + (self.size if limit is None else min(limit, self.size))
-        return bytes(self._buf[self.offset : end])
+        return self.read_at(0, self.size if limit is None else limit)
+
+    def read_at(self, start: int, count: int) -> bytes:
+        """`count` bytes of the member from `start` (fewer at its end): pixels.image_head's reader."""
+        start = min(start, self.size)
+        return bytes(self._buf[self.offset + start : self.offset + min(start + count, self.size)])
 
 
 class ArchiveChanged(DataError):
@@ -449,9 +453,9 @@ def check_sha256(ref: str, data: bytes, recorded) -> None:
 
 
 def read_zip_member(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, limit: int | None = None
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, head: bool = False
 ) -> bytes:
-    """A zip member's bytes (or its first `limit` bytes), refusing unsafe names and zip bombs.
+    """A zip member's bytes (or, with `head`, an image's pixels.image_head), refusing unsafe names and zip bombs.
 
     The declared size is checked first, and at most max_bytes + 1 bytes are ever inflated, so a
     member lying about its size is caught too.
@@ -465,7 +469,7 @@ def read_zip_member(
         raise UnsafeArchive("member_too_large", f"member {info.filename!r} is {info.file_size} bytes (cap {max_bytes})")
     try:
         with zf.open(info) as f:
-            data = f.read(max_bytes + 1 if limit is None else min(limit, max_bytes + 1))
+            data = image_head(stream_reader(f)) if head else f.read(max_bytes + 1)
     except NotImplementedError:  # Deflate64, implode, ...: methods zipfile cannot inflate
         raise UnsafeArchive(
             "unreadable_member",

@@ -16,7 +16,7 @@ import io
 import re
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from scripts.lib import errors
@@ -48,8 +48,7 @@ def opened(source, name: str) -> Iterator[Any]:
     Over twice the limit PIL refuses to decode (DecompressionBombError): TooManyPixels, naming `name`."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"PIL\.")
+    with quiet_pil():
         try:
             with Image.open(source) as image:
                 yield image
@@ -60,6 +59,16 @@ def opened(source, name: str) -> Iterator[Any]:
                 f"{errors.shown(name)}: {count}, over PIL's decompression bomb limit of "
                 f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}; refusing to decode it"
             ) from None
+
+
+@contextlib.contextmanager
+def quiet_pil() -> Iterator[None]:
+    """PIL's warnings (each raised from a PIL module, as warnings.warn attributes them by default) settled
+    in the block rather than printed; any other library's warning still shows. `opened` says why each is
+    silence."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"PIL\.")
+        yield
 
 
 def upright(image):
@@ -81,8 +90,7 @@ def shown_size(image) -> tuple[int, int]:
     pixels (PIL's getexif would load them)."""
     if image.format == "PNG" and "exif" not in image.info:
         return image.size
-    with warnings.catch_warnings():  # "Corrupt EXIF data": a line on a stage's stderr per image
-        warnings.simplefilter("ignore")
+    with quiet_pil():  # "Corrupt EXIF data": a line on a stage's stderr per image
         try:
             orientation = image.getexif().get(ORIENTATION)
         except Exception:  # PIL raises many kinds for a broken block (SyntaxError, struct.error, ValueError)
@@ -106,12 +114,47 @@ def png_shown_size(head: bytes) -> tuple[int, int] | None:
     return size
 
 
+HEAD_BYTES = 65536  # of a JPEG or another format: its EXIF segment comes first, within 64 KiB
+MAX_PNG_CHUNKS = 4096  # walked before the pixels; a PNG of more ancillary chunks keeps its stored size
+
+
+def image_head(read_at: Callable[[int, int], bytes]) -> bytes:
+    """The bytes that decide an image's shown size, through `read_at(offset, count)` (short at its end): of
+    a PNG its signature, first chunk (IHDR), any eXIf before the pixels and the IDAT header, the other
+    chunks skipped unread (a 200 KiB ICC profile before eXIf is no reason to read it, nor to miss the
+    orientation after it); of any other image its first HEAD_BYTES. png_shown_size reads either."""
+    head = read_at(0, len(PNG_SIGNATURE))
+    if head != PNG_SIGNATURE:
+        return head + read_at(len(head), HEAD_BYTES - len(head))
+    at = len(head)
+    for index in range(MAX_PNG_CHUNKS):
+        header = read_at(at, 8)
+        if len(header) < 8:
+            return head + header
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"IDAT":
+            return head + header
+        if index == 0 or (kind == b"eXIf" and length <= HEAD_BYTES):
+            head += header + read_at(at + 8, min(length + 4, HEAD_BYTES))  # the data and its CRC
+        at += 12 + length
+    return head
+
+
+def stream_reader(stream) -> Callable[[int, int], bytes]:
+    """image_head's `read_at` over a seekable binary stream (a file, a zip member: its seek inflates forward)."""
+
+    def read_at(offset: int, count: int) -> bytes:
+        stream.seek(offset)
+        return stream.read(count)
+
+    return read_at
+
+
 def exif_orientation(block: bytes):
     """The orientation an EXIF block holds; None for none, or for a block PIL cannot read."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pil():
         try:
             exif = Image.Exif()
             exif.load(block)

@@ -10,6 +10,7 @@ from pathlib import Path
 from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
 from scripts.lib.nesting import loads_json
+from scripts.lib.pixels import image_head, stream_reader
 from scripts.lib.readers.base import (
     LINK_HINT,
     Problem,
@@ -207,7 +208,7 @@ def image_file_size(
     if image.stat().st_size > max_bytes:
         return f"member_too_large:image {image} is larger than {max_bytes} bytes"
     with image.open("rb") as f:
-        head = f.read(65536)
+        head = image_head(stream_reader(f))
     try:
         return check_image_pixels(head, str(image), max_pixels)
     except UnsafeArchive as exc:

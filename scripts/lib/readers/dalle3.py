@@ -28,6 +28,7 @@ from scripts.lib.archive import (
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.nesting import loads_json
+from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.safe_paths import not_an_image_name
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
@@ -76,8 +77,8 @@ def iter_dalle3(
                 continue
             image = members[image_ext]
             try:
-                # 64 KiB, a PNG's too: its EXIF orientation (eXIf, before the pixels) turns the size it is shown at
-                pixels = check_image_pixels(image.read(65536), image.name, max_pixels)
+                # the head that decides its shown size (a PNG's IHDR and eXIf: EXIF orientation turns it)
+                pixels = check_image_pixels(image_head(image.read_at), image.name, max_pixels)
             except UnsafeArchive as exc:
                 yield Problem(shard, where, exc.reason, str(exc))
                 continue

@@ -230,7 +230,7 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
                 yield Problem(file, where, "duplicate_key", f"the zip holds {name!r} {counts[name]} times")
                 continue
             try:
-                head = read_zip_member(zf, members[name], cfg.max_member_bytes, limit=65536)
+                head = read_zip_member(zf, members[name], cfg.max_member_bytes, head=True)
                 width, height = check_image_pixels(head, name, cfg.max_image_pixels)
             except UnsafeArchive as exc:
                 yield Problem(file, where, exc.reason, str(exc))
