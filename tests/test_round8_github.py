@@ -447,7 +447,43 @@ def test_only_our_own_comment_is_edited(tmp_path, github, user):
     result = post(tmp_path, server.url)
     assert result.returncode == 0, result.stderr
     assert not [r for r in server.requests if r[0] == "PATCH"]
-    assert [r[1] for r in server.requests if r[0] == "POST"] == ["/repos/o/r/issues/1/comments"]
+    assert [r[1] for r in server.requests if r[0] == "POST" and "graphql" not in r[1]] == [
+        "/repos/o/r/issues/1/comments"
+    ]
+
+
+APP_TOKENS = {  # (GraphQL's viewer login, the API's path prefix, the comment's author, whether it is ours)
+    "an app's slug": ("t2i-diff", "", {"login": "t2i-diff[bot]", "type": "Bot"}, True),
+    "an app's slug[bot]": ("t2i-diff[bot]", "", {"login": "t2i-diff[bot]", "type": "Bot"}, True),
+    "Enterprise's /api/graphql": ("t2i-diff", "/api/v3", {"login": "t2i-diff[bot]", "type": "Bot"}, True),
+    "a person named as the app": ("t2i-diff", "", {"login": "t2i-diff", "type": "User"}, False),
+    "another app": ("t2i-diff", "", {"login": "other-app[bot]", "type": "Bot"}, False),
+}
+
+
+@pytest.mark.parametrize("case", APP_TOKENS.values(), ids=APP_TOKENS.keys())
+def test_an_apps_comment_is_found_by_who_graphql_says_the_token_is(tmp_path, github, case):
+    """An app's installation token may not read GET /user: its comment (by `slug[bot]`) was taken for
+    another's, and every run posted one more. GraphQL's viewer names the app; a person or another bot of
+    that name keeps their comment."""
+    viewer, prefix, user, ours = case
+    page = [{"id": 5, "body": f"{MARKER}\nold", "user": user}]
+
+    def route(method: str, path: str, token: str):
+        if path == prefix.removesuffix("/v3") + "/graphql":
+            return 200, None, {"data": {"viewer": {"login": viewer}}}
+        if path.startswith(f"{prefix}/repos/o/r/issues/1/comments") and method == "GET":
+            return 200, None, page
+        return normal(method, path, token)
+
+    server = github(route)
+    result = post(tmp_path, server.url + prefix)
+    assert result.returncode == 0, result.stderr
+    edited = [r[1] for r in server.requests if r[0] == "PATCH"]
+    posted = [r[1] for r in server.requests if r[0] == "POST" and not r[1].endswith("/graphql")]
+    assert (edited, posted) == (
+        ([f"{prefix}/repos/o/r/issues/comments/5"], []) if ours else ([], [f"{prefix}/repos/o/r/issues/1/comments"])
+    )
 
 
 # --- 26 the sheets ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ MAX_ERROR_BYTES = 64 << 10
 MAX_REDIRECTS = 3  # same-origin only
 PER_PAGE, MAX_PAGES = 100, 50  # 5,000 comments: no pull request has more; a server paging forever stops
 ACTIONS_BOT = "github-actions[bot]"  # GITHUB_TOKEN's author: GET /user refuses an app's token
+GRAPHQL = "/graphql"  # the GraphQL endpoint: {api}/graphql, or {host}/api/graphql beside Enterprise's /api/v3
+VIEWER = {"query": "query { viewer { login } }"}  # who the token is: an app's installation token too
 MAX_TOKEN_CHARS = 1024
 MAX_LINE_CHARS = 2000  # what is printed of the server's text
 
@@ -257,7 +259,8 @@ class GitHub:
         )
 
     def _request(self, method: str, path: str, body: dict | None, ok: tuple[int, ...]) -> Any:
-        url, deadline = f"{self.api}{path}", time.monotonic() + self._deadline_s
+        endpoint = self.api.removesuffix("/v3") + GRAPHQL if path == GRAPHQL else f"{self.api}{path}"
+        url, deadline = endpoint, time.monotonic() + self._deadline_s
         data = json.dumps(body).encode() if body is not None else None
         for _ in range(MAX_REDIRECTS + 1):
             status, location, raw = self._send(method, url, data, deadline)
@@ -326,12 +329,18 @@ class GitHub:
         path = self.repo(f"/pulls/{pr}")
         return self.field(self.request("GET", path), "head", "sha", what=f"GET {path}")
 
-    def login(self) -> str:
-        """Whose comments are ours: the token's user (GET /user), else GitHub Actions' bot (an app's
-        token may not read /user)."""
+    def author(self) -> Callable[[Any], bool]:
+        """Whether a comment's `user` is the token's: its user (GET /user); else, for an app's installation
+        token or GitHub Actions' GITHUB_TOKEN (both refused /user), the bot GraphQL's `viewer` names
+        (`slug` or `slug[bot]`, a comment's author being `slug[bot]` of type Bot), else github-actions[bot].
+        An app's comment was never found as ours, so every run posted another."""
         me = self.request("GET", "/user", ok=(401, 403, 404))
         login = me.get("login") if isinstance(me, dict) else None
-        return login if isinstance(login, str) and login else ACTIONS_BOT
+        if isinstance(login, str) and login:
+            return lambda user: isinstance(user, dict) and user.get("login") == login
+        login = _viewer_login(self.request("POST", GRAPHQL, VIEWER, ok=(401, 403, 404)))
+        bot = login.removesuffix("[bot]") + "[bot]" if login else ACTIONS_BOT
+        return lambda user: isinstance(user, dict) and user.get("login") == bot and user.get("type") == "Bot"
 
     def comments(self, pr: int) -> Iterator[dict]:
         """The pull request's comments, oldest first, page by page; MAX_PAGES pages at most."""
@@ -348,16 +357,12 @@ class GitHub:
     def upsert_comment(self, pr: int, body: str, marker: str) -> tuple[str, Any]:
         """Edit our comment starting with `marker` (the first, oldest first; by the token's user only: another
         comment quoting the marker, ours or another user's, keeps its text), or create one."""
-        author = self.login()
+        if holds_key(json.dumps({"body": body}, ensure_ascii=False), self._token):
+            raise self.holds_token("POST", self.repo(f"/issues/{pr}/comments"))  # before asking who we are
+        is_ours = self.author()
         for comment in self.comments(pr):
-            user = comment.get("user")
             text = comment.get("body")
-            if (
-                isinstance(user, dict)
-                and user.get("login") == author
-                and isinstance(text, str)
-                and text.startswith(marker)
-            ):
+            if is_ours(comment.get("user")) and isinstance(text, str) and text.startswith(marker):
                 number = self.field(comment, "id", what=f"GET {self.repo(f'/issues/{pr}/comments')}")
                 if not isinstance(number, int) or number < 1:
                     raise DataError(f"pull request #{pr}: a comment's id is not a number")
@@ -396,6 +401,13 @@ class GitHub:
     def _post_sha(self, route: str, body: dict, checked: bool = False) -> str:
         path = self.repo(route)
         return self.field(self.request("POST", path, body, checked=checked), "sha", what=f"POST {path}", pattern=SHA)
+
+
+def _viewer_login(reply: Any) -> str | None:
+    """`data.viewer.login` of a GraphQL reply; None where it is missing (a server without GraphQL, an error)."""
+    for key in ("data", "viewer", "login"):
+        reply = reply.get(key) if isinstance(reply, dict) else None
+    return reply if isinstance(reply, str) and reply.strip() else None
 
 
 def _error_message(raw: bytes) -> str:
