@@ -21,7 +21,6 @@ import functools
 import hashlib
 import io
 import os
-import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
-from scripts.lib.pixels import TooManyPixels, opened, png_shown_size, shown_size
+from scripts.lib.pixels import GIF_SIGNATURES, TooManyPixels, gif_shown_size, opened, png_shown_size, shown_size
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
@@ -330,8 +329,8 @@ def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
     with orientation 6 is 3024x4032 to every writer and trainer."""
     if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
         return png_shown_size(head)  # IHDR and eXIf: a head cut before the pixels is enough
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
+    if head[:6] in GIF_SIGNATURES:
+        return gif_shown_size(head)  # its screen grown to its first frame, as PIL decodes it
     try:
         with opened(io.BytesIO(head), name) as img:  # reads the header only
             return shown_size(img)

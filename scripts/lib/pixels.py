@@ -106,6 +106,30 @@ def png_shown_size(head: bytes) -> tuple[int, int] | None:
     return size
 
 
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+
+
+def gif_shown_size(head: bytes) -> tuple[int, int] | None:
+    """The size PIL decodes a GIF at, from its first bytes: the logical screen grown to hold the first frame.
+    A frame may reach past the screen its header declares (1x1 holding a 7000x7000 frame): PIL then decodes
+    the frame's whole extent, so the screen alone let such an image past the pixel cap with a size of 1x1.
+    None: not a GIF, or its first frame is not within `head` (a reader's head cut before it)."""
+    if head[:6] not in GIF_SIGNATURES or len(head) < 13:
+        return None
+    screen, flags, at = struct.unpack("<HH", head[6:10]), head[10], 13
+    if flags & 0x80:  # a global colour table of 2^(n+1) RGB entries
+        at += 3 << ((flags & 7) + 1)
+    while at < len(head) and head[at] == 0x21:  # extensions: a label, then sub-blocks up to an empty one
+        at += 2
+        while at < len(head) and head[at]:
+            at += head[at] + 1
+        at += 1
+    if at + 9 > len(head) or head[at] != 0x2C:  # no image descriptor where it must be
+        return None
+    left, top, width, height = struct.unpack("<HHHH", head[at + 1 : at + 9])
+    return max(screen[0], left + width), max(screen[1], top + height)
+
+
 def exif_orientation(block: bytes):
     """The orientation an EXIF block holds; None for none, or for a block PIL cannot read."""
     from PIL import Image

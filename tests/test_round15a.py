@@ -1,0 +1,135 @@
+"""Round 15a's breaks, one table per class (every row failed before its fix), on real files and the real
+commands:
+
+1. A GIF's size was read from its logical screen alone (archive.image_size). A frame may reach past the
+   screen its header declares, and PIL then decodes the frame's whole extent: a GIF declaring 1x1 that
+   holds a 7000x7000 frame passed the pixel cap (max_image_pixels) and was recorded as 1x1. Now the size
+   is the screen grown to hold the first frame, as PIL decodes it (pixels.gif_shown_size).
+2. A DALL-E-3 json's `image_name` whose parts each fit NAME_MAX but whose whole path is longer than the
+   kernel takes (25 folders of 200 bytes) stopped the simpletuner tool at the write, even under
+   `--on-error skip`: `dd: cannot write (File name too long)`, naming neither shard nor sample, every
+   other record lost. Now a name over 1024 bytes is a bad record (`bad_image_name`), named and skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from helpers import cli, tar_bytes
+from helpers.workspace import ingest_source, write_files
+
+
+def gif(screen: tuple[int, int], frame: tuple[int, int], at: tuple[int, int] = (0, 0)) -> bytes:
+    """A real 2x2 GIF whose header then claims a logical screen `screen` and a first frame of `frame` at `at`."""
+    buffer = io.BytesIO()
+    Image.new("P", (2, 2)).save(buffer, "GIF")
+    data = bytearray(buffer.getvalue())
+    data[6:10] = struct.pack("<HH", *screen)
+    descriptor = data.index(b",", 13)
+    data[descriptor + 1 : descriptor + 9] = struct.pack("<HHHH", *at, *frame)
+    return bytes(data)
+
+
+def decoded_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def diffusiondb_part(image: bytes) -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("part-000001.json", json.dumps({"a.gif": {"p": "a red fox"}}))
+        zf.writestr("a.gif", image)
+    return {"part-000001.zip": buffer.getvalue()}
+
+
+DIFFUSIONDB = {"kind": "diffusiondb", "read": "parts", "part_ids": [1], "images": "data/images/x", "on_error": "fail"}
+KAGGLE = {"kind": "kaggle_sd2", "csv_files": ["gpt_generated_prompts.csv"], "on_error": "fail"}
+GUSTAVOSTA = {"kind": "gustavosta", "format": "kaggle_csv", "on_error": "fail"}
+BOMB = gif((1, 1), (7000, 7000))  # 49M pixels: over the 40M cap
+WIDE = gif((1, 1), (30, 20), at=(100, 50))  # decoded 130x70
+GIFS = [  # (source, its files) -> the size recorded, or None: refused over the pixel cap
+    pytest.param(DIFFUSIONDB, diffusiondb_part(gif((1, 1), (30, 20))), (30, 20), id="zip-member-frame-past-screen"),
+    pytest.param(DIFFUSIONDB, diffusiondb_part(BOMB), None, id="zip-member-over-the-cap"),
+    pytest.param(
+        KAGGLE,
+        {"gpt_generated_prompts.csv": b'prompt\n"a red fox"\n', "0.png": WIDE},
+        (130, 70),
+        id="kaggle-png-holding-a-gif-frame-at-an-offset",
+    ),
+    pytest.param(
+        KAGGLE, {"gpt_generated_prompts.csv": b'prompt\n"a red fox"\n', "0.png": BOMB}, None, id="kaggle-over-the-cap"
+    ),
+    pytest.param(
+        GUSTAVOSTA,
+        {"train.csv": b'Prompt,image_path\n"a red fox",i/a.gif\n', "i/a.gif": BOMB},
+        None,
+        id="gustavosta-image-path-over-the-cap",
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "files", "size"), GIFS)
+def test_a_gifs_size_is_the_size_pil_decodes(tmp_path, monkeypatch, capfd, source, files, size):
+    """Recorded 1x1 before (the logical screen), the 49M-pixel frame let past the 40M cap at exit 0."""
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
+    if size is None:
+        assert result.returncode == 2 and rows is None, result.stderr
+        assert "7000x7000 pixels exceeds the cap of 40000000" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert rows is not None and (rows[0]["width"], rows[0]["height"]) == size
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(gif((1, 1), (30, 20)), id="frame-past-screen"),
+        pytest.param(gif((1, 1), (30, 20), at=(100, 50)), id="frame-at-an-offset"),
+        pytest.param(gif((5, 400), (30, 20)), id="frame-wider-screen-taller"),
+    ],
+)
+def test_image_size_of_a_gif_is_its_decoded_size(data):
+    from scripts.lib.archive import image_size
+
+    assert image_size(data) == decoded_size(data) != struct.unpack("<HH", data[6:10])
+
+
+# ---------------------------------------------------------------- 2. an image_name too long a path to write
+def dalle3_shard(names: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, "PNG")
+    members = []
+    for number, name in enumerate(names):
+        record = {"short_caption": "a red fox", "width": 4, "height": 4, "image_name": name}
+        members += [(f"{number:04d}.png", buffer.getvalue()), (f"{number:04d}.json", json.dumps(record).encode())]
+    return tar_bytes(members)
+
+
+LONG_NAMES = [  # every part within NAME_MAX (255 bytes), the whole past what the kernel opens
+    pytest.param("/".join(["d" * 200] * 25) + "/x.png", id="25-folders-of-200-bytes"),
+    pytest.param("/".join(["a"] * 2100) + "/x.png", id="2100-one-letter-folders"),
+    pytest.param("/".join(["é" * 120] * 20) + "/x.jpg", id="20-folders-of-240-utf8-bytes"),
+]
+
+
+@pytest.mark.parametrize("name", LONG_NAMES)
+def test_an_image_name_too_long_to_write_is_a_skipped_record(tmp_path, monkeypatch, capfd, name):
+    """The run stopped at the write (exit 2, `dd: cannot write (File name too long)`), the good record lost."""
+    write_files(tmp_path / "raw", {"data-000000.tar": dalle3_shard(["fox.png", name])})
+    argv = ["simpletuner", "raw", "st.parquet", "--data-dir", "dd", "--on-error", "skip"]
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "st.parquet").column("filename").to_pylist() == ["fox.png"]
+    assert (tmp_path / "dd" / "fox.png").is_file() and (tmp_path / "dd" / "fox.txt").read_text() == "a red fox"
+    result = cli([*argv[:-1], "fail"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2
+    assert "raw/data-000000.tar: sample '0001': image_name" in result.stderr and "over 1024" in result.stderr
