@@ -35,6 +35,9 @@ from scripts.lib.tables import size_problem
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 NAME_MAX = 255  # bytes of one file name on Linux and macOS
+# bytes of a whole image_name: with the folder it is written under it must fit Linux's PATH_MAX (4096); a
+# name 25 folders deep of 200 bytes each stopped the run at the write ("dd: cannot write (File name too long)")
+IMAGE_NAME_MAX = 1024
 
 
 @dataclass
@@ -179,6 +182,14 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             where,
             "bad_image_name",
             f"image_name {shown_short(repr(name))} is not a plain relative file name with an extension",
+        )
+    if len(name.encode()) > IMAGE_NAME_MAX:  # the record is skipped (or named, on_error fail), not the run lost
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} is {len(name.encode())} bytes, over {IMAGE_NAME_MAX}: "
+            "too long a path to write",
         )
     why = not_an_image_name(name, IMAGE_EXTENSIONS)  # x.txt: its caption <stem>.txt was written over the image
     return name if why is None else Problem(sample.shard, where, "bad_image_name", f"image_name {why}")
