@@ -9,13 +9,20 @@ commands:
    kernel takes (25 folders of 200 bytes) stopped the simpletuner tool at the write, even under
    `--on-error skip`: `dd: cannot write (File name too long)`, naming neither shard nor sample, every
    other record lost. Now a name over 1024 bytes is a bad record (`bad_image_name`), named and skipped.
+3. The bucketed layout with `too_small_policy: upsample` cover-resized a 1x40000 image to 256x10240000
+   (2.6G pixels, 31 GB of float32) to crop its 256x1024 bucket from it: the allocation failed in a
+   traceback, or took the machine. A resize past the pixel cap is now the image's encode error (counted
+   under `on_error: skip`, one line naming it under `fail`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 
 import pyarrow.parquet as pq
@@ -23,6 +30,7 @@ import pytest
 from PIL import Image
 
 from helpers import cli, tar_bytes
+from helpers.repos import REPO
 from helpers.workspace import ingest_source, write_files
 
 
@@ -133,3 +141,42 @@ def test_an_image_name_too_long_to_write_is_a_skipped_record(tmp_path, monkeypat
     result = cli([*argv[:-1], "fail"], tmp_path, monkeypatch, capfd)
     assert result.returncode == 2
     assert "raw/data-000000.tar: sample '0001': image_name" in result.stderr and "over 1024" in result.stderr
+
+
+# ---------------------------------------------------------------- 3. an upsample past the pixel cap
+EXPORT = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, (3 << 30, 3 << 30))  # the machine is not the test's to take
+import pandas as pd, torch
+from pathlib import Path
+from scripts.lib.errors import DataError
+from scripts.lib.export import export_options, write_split
+torch.set_num_threads(1)
+rows = pd.DataFrame({"id": ["i0", "i1"], "source": "s", "text": "a red fox", "image": ["thin.png", "fine.png"]})
+for on_error in ("skip", "fail"):  # the summary of a skipping export, then the line of a failing one
+    spec = {"format": "bucketed", "too_small_policy": "upsample", "on_error": on_error}
+    try:
+        print(json.dumps(write_split(rows.assign(orig_text=rows.text), Path(on_error), *export_options(spec, "t"))))
+    except DataError as exc:
+        sys.exit(print(f"error: {exc}", file=sys.stderr) or 2)
+"""
+THIN = [  # each an image of a few thousand pixels that the cover-resize blows up past a billion
+    pytest.param((1, 40000), id="1x40000"),
+    pytest.param((40000, 1), id="40000x1"),
+    pytest.param((2, 9000), id="2x9000"),
+]
+
+
+@pytest.mark.parametrize("size", THIN)
+def test_an_upsample_past_the_pixel_cap_is_an_encode_error(tmp_path, size):
+    """A MemoryError or torch's 'DefaultCPUAllocator: not enough memory' traceback before, or the OOM killer."""
+    Image.new("RGB", size, (200, 30, 30)).save(tmp_path / "thin.png")
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(tmp_path / "fine.png")
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", EXPORT]
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["encode_errors"] == 1 and summary["images_exported"] == 1
+    assert "thin.png: cannot encode JPEG" in result.stderr and "over the cap of 40000000" in result.stderr
