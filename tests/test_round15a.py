@@ -180,3 +180,63 @@ def test_an_upsample_past_the_pixel_cap_is_an_encode_error(tmp_path, size):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["encode_errors"] == 1 and summary["images_exported"] == 1
     assert "thin.png: cannot encode JPEG" in result.stderr and "over the cap of 40000000" in result.stderr
+
+
+# ---------------------------------------------------------------- 4. publish of a parquet release
+def parquet_release(root, rows: int, shard_size: int):
+    """root/ with this repo's params.yaml and data/releases/v2/, a release in the parquet layout (its images
+    embedded in `part-*.parquet`, rows.parquet pointing into them) of `rows` train rows."""
+    import pandas as pd
+
+    from scripts.lib.export import export_options, write_rows_table, write_split
+
+    release, images = root / "data" / "releases" / "v2", root / "images"
+    images.mkdir(parents=True)
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    for number in range(rows):
+        Image.new("RGB", (16, 12), (number % 256, 80, 160)).save(images / f"{number}.png")
+    table = pd.DataFrame(
+        {
+            "id": [f"t{number:015d}" for number in range(rows)],
+            "source": "diffusiondb",
+            "split": "train",
+            "text": [f"a picture number {number}" for number in range(rows)],
+            "image": [str(images / f"{number}.png") for number in range(rows)],
+            "width": 16,
+            "height": 12,
+        }
+    ).assign(orig_text=lambda frame: frame.text)
+    for split in ("train", "validation"):
+        fmt, options = export_options({"format": "parquet", "shard_size": shard_size}, "test")
+        write_split(table[table.split == split], release / split, fmt, options)
+    write_rows_table(table, release)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(release / "preview.jpg", format="JPEG")
+    (release / "README.md").write_text("---\nlicense: other\n---\n# v2\n\nrelease card text\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("rows", "shard_size"),
+    [
+        pytest.param(12, 4, id="3-parts-of-4"),
+        pytest.param(60, 30, id="2-parts-of-30"),
+        pytest.param(90, 90, id="1-part"),
+    ],
+)
+def test_publish_reads_each_parquet_part_once(tmp_path, monkeypatch, capfd, rows, shard_size):
+    """publish read a whole part for each of its rows: 1000 reads of a 1000-row part (500 GB for 500 MB)."""
+    import pyarrow.parquet as pq
+
+    root = parquet_release(tmp_path / "repo", rows, shard_size)
+    reads: list[str] = []
+    read_table = pq.read_table
+    monkeypatch.setattr(
+        pq, "read_table", lambda source, *a, **k: reads.append(str(source)) or read_table(source, *a, **k)
+    )
+    argv = ["publish", "v2", "--repo-id", "me/t2i-v2", "--dry-run", "--out", tmp_path / "hub"]
+    result = cli(argv, root, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    parts = [read for read in reads if "/part-" in read]
+    assert len(parts) == len(set(parts)) == rows // shard_size
+    published = pq.read_table(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
+    assert published.num_rows == rows and published["id"].to_pylist() == sorted(published["id"].to_pylist())
