@@ -143,6 +143,29 @@ def test_an_image_name_too_long_to_write_is_a_skipped_record(tmp_path, monkeypat
     assert "raw/data-000000.tar: sample '0001': image_name" in result.stderr and "over 1024" in result.stderr
 
 
+MARKER_NAMES = [  # an image_name in a folder named as the output folder's own mark, and the folders written
+    pytest.param(".t2i-output/x.png", ["--data-dir", "dd"], id="data-dir"),
+    pytest.param(".t2i-output/a/b.jpg", ["--txt-dir", "tt"], id="txt-dir"),
+    pytest.param(".t2i-output/x.webp", ["--data-dir", "dd", "--txt-dir", "tt"], id="both"),
+]
+
+
+@pytest.mark.parametrize(("name", "folders"), MARKER_NAMES)
+def test_an_image_name_in_the_marks_folder_is_a_skipped_record(tmp_path, monkeypatch, capfd, name, folders):
+    """The mark failed as the folder was renamed in (`dd: cannot write (Is a directory)`, naming no record), every
+    record lost, and multidatabackend.json, renamed in first, left without the parquet it points at."""
+    write_files(tmp_path / "raw", {"data-000000.tar": dalle3_shard(["fox.png", name])})
+    result = cli(["simpletuner", "raw", "st.parquet", *folders], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "st.parquet").column("filename").to_pylist() == ["fox.png"]
+    for folder in folders[1::2]:
+        expected = {".t2i-output", "fox.txt"} | ({"fox.png"} if folder == "dd" else set())
+        assert {p.name for p in (tmp_path / folder).iterdir()} == expected
+        assert (tmp_path / folder / ".t2i-output").is_file()
+    result = cli(["simpletuner", "raw", "st2.parquet", *folders, "--on-error", "fail"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2 and "sample '0001': image_name '.t2i-output/" in result.stderr
+
+
 # ---------------------------------------------------------------- 3. an upsample past the pixel cap
 EXPORT = """
 import json, resource, sys

@@ -27,6 +27,7 @@ from scripts.lib.archive import (
 )
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
+from scripts.lib.marks import MARKER
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
 from scripts.lib.safe_paths import not_an_image_name
@@ -190,6 +191,13 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             "bad_image_name",
             f"image_name {shown_short(repr(name))} is {len(name.encode())} bytes, over {IMAGE_NAME_MAX}: "
             "too long a path to write",
+        )
+    if disk_name(name.split("/")[0]) == MARKER:  # a folder `.t2i-output/` where the output's own mark goes: the
+        return Problem(  # mark failed at the end (`dd: cannot write (Is a directory)`), the config already renamed in
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} takes {MARKER}, the name of the output folder's own mark",
         )
     why = not_an_image_name(name, IMAGE_EXTENSIONS)  # x.txt: its caption <stem>.txt was written over the image
     return name if why is None else Problem(sample.shard, where, "bad_image_name", f"image_name {why}")
