@@ -13,6 +13,12 @@ commands:
    (2.6G pixels, 31 GB of float32) to crop its 256x1024 bucket from it: the allocation failed in a
    traceback, or took the machine. A resize past the pixel cap is now the image's encode error (counted
    under `on_error: skip`, one line naming it under `fail`).
+4. `publish` read a parquet-layout release's part whole once per row: quadratic in its rows.
+5. An image name from data in the folder `.t2i-output/` (the name of an output folder's own mark) made the
+   simpletuner tool's folders unmarkable at the rename: every record lost, the config left beside no parquet.
+6. The readers took an image's size from its first 64 KiB: a JPEG or WebP whose header runs past them (a
+   200 KB ICC profile, a print workflow's) was `bad_image`, a valid image refused (the stage stopped, or its
+   row dropped). The head now grows while the header runs past it (readers/base.head_pixels).
 """
 
 from __future__ import annotations
@@ -263,3 +269,69 @@ def test_publish_reads_each_parquet_part_once(tmp_path, monkeypatch, capfd, rows
     assert len(parts) == len(set(parts)) == rows // shard_size
     published = pq.read_table(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
     assert published.num_rows == rows and published["id"].to_pylist() == sorted(published["id"].to_pylist())
+
+
+# ---------------------------------------------------------------- 6. a header past the first 64 KiB
+def with_profile(image_format: str, size=(40, 20)) -> bytes:
+    """A real image whose 200 KB ICC profile comes before its size (JPEG's APP2, WebP's ICCP chunk)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, image_format, icc_profile=bytes(range(256)) * 800)
+    return buffer.getvalue()
+
+
+def gif_after_a_comment() -> bytes:
+    """A GIF whose 30x20 frame (on a 1x1 screen) comes after a 100 KB comment extension."""
+    data = gif((1, 1), (30, 20))
+    comment = b"\x21\xfe" + b"".join(b"\xff" + b"c" * 255 for _ in range(400)) + b"\x00"
+    return data[: 13 + 6] + comment + data[13 + 6 :]  # after the 2-entry global colour table
+
+
+def dalle3_image(name: str, image: bytes) -> dict[str, bytes]:
+    record = {"short_caption": "a red fox", "width": 40, "height": 20, "image_name": f"fox.{name.rpartition('.')[2]}"}
+    return {"data-000000.tar": tar_bytes([(name, image), ("0000.json", json.dumps(record).encode())])}
+
+
+def zip_part(name: str, image: bytes) -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("part-000001.json", json.dumps({name: {"p": "a red fox"}}))
+        zf.writestr(name, image)
+    return {"part-000001.zip": buffer.getvalue()}
+
+
+KAGGLE_CSV = {"gpt_generated_prompts.csv": b'prompt\n"a red fox"\n'}
+LONG_HEADERS = [  # (source, its files) -> the size recorded (a DALL-E-3 row's measured `pixels`)
+    pytest.param(
+        {"kind": "dalle3", "on_error": "fail"},
+        dalle3_image("0000.jpg", with_profile("JPEG")),
+        (40, 20),
+        id="dalle3-jpeg",
+    ),
+    pytest.param(
+        {"kind": "dalle3", "on_error": "fail"},
+        dalle3_image("0000.webp", with_profile("WEBP")),
+        (40, 20),
+        id="dalle3-webp",
+    ),
+    pytest.param(DIFFUSIONDB, zip_part("a.jpg", with_profile("JPEG")), (40, 20), id="diffusiondb-zip-jpeg"),
+    pytest.param(KAGGLE, {**KAGGLE_CSV, "0.png": with_profile("WEBP", (20, 40))}, (20, 40), id="kaggle-webp"),
+    pytest.param(
+        GUSTAVOSTA,
+        {"train.csv": b'Prompt,image_path\n"a red fox",a.jpg\n', "a.jpg": with_profile("JPEG")},
+        (40, 20),
+        id="gustavosta-jpeg",
+    ),
+    pytest.param(
+        KAGGLE, {**KAGGLE_CSV, "0.png": gif_after_a_comment()}, (30, 20), id="kaggle-gif-frame-after-a-comment"
+    ),
+]
+
+
+@pytest.mark.parametrize(("source", "files", "size"), LONG_HEADERS)
+def test_an_image_whose_header_runs_past_64_kib_is_read(tmp_path, monkeypatch, capfd, source, files, size):
+    """`not a readable image header` (exit 2 under on_error fail) before; the GIF's size its 1x1 screen."""
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
+    assert result.returncode == 0, result.stderr
+    assert rows is not None and len(rows) == 1
+    pixels = json.loads(rows[0]["meta"]).get("pixels") or [rows[0]["width"], rows[0]["height"]]
+    assert tuple(pixels) == size

@@ -19,7 +19,6 @@ from scripts.lib.archive import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_MEMBER_BYTES,
     UnsafeArchive,
-    check_image_pixels,
     check_member_name,
     iter_samples,
     make_ref,
@@ -29,7 +28,7 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.marks import MARKER
 from scripts.lib.nesting import loads_json
-from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
+from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
 from scripts.lib.safe_paths import not_an_image_name
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 from scripts.lib.tables import size_problem
@@ -81,7 +80,7 @@ def iter_dalle3(
             image = members[image_ext]
             try:
                 # 64 KiB, a PNG's too: its EXIF orientation (eXIf, before the pixels) turns the size it is shown at
-                pixels = check_image_pixels(image.read(65536), image.name, max_pixels)
+                pixels = head_pixels(image.read, image.name, max_pixels)
             except UnsafeArchive as exc:
                 yield Problem(shard, where, exc.reason, str(exc))
                 continue
