@@ -368,7 +368,7 @@ def parse_ref(ref: str) -> tuple[Path, str | None]:
     return Path(archive), (member if sep else None)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4096)  # 8 shards: a release's rows, in id order, hop shards and walked one each time
 def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int] | None]:
     """member name -> (offset, size) of the safe regular members (cached per archive version); None for a
     name the archive holds more than once (any copies, links included): which one a row meant is unknown."""
