@@ -19,6 +19,8 @@ commands:
 6. The readers took an image's size from its first 64 KiB: a JPEG or WebP whose header runs past them (a
    200 KB ICC profile, a print workflow's) was `bad_image`, a valid image refused (the stage stopped, or its
    row dropped). The head now grows while the header runs past it (readers/base.head_pixels).
+7. A release kept the member index of 8 source tar shards: its rows, in id order, hop shards, and past 8 every
+   image read walked its whole shard again.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def test_an_image_name_too_long_to_write_is_a_skipped_record(tmp_path, monkeypat
     assert "raw/data-000000.tar: sample '0001': image_name" in result.stderr and "over 1024" in result.stderr
 
 
+# ---------------------------------------------------------------- 5. a name in the folder of an output's mark
 MARKER_NAMES = [  # an image_name in a folder named as the output folder's own mark, and the folders written
     pytest.param(".t2i-output/x.png", ["--data-dir", "dd"], id="data-dir"),
     pytest.param(".t2i-output/a/b.jpg", ["--txt-dir", "tt"], id="txt-dir"),
