@@ -8,7 +8,7 @@ commands:
    without it.
 2. An image whose EXIF orientation turns it a quarter (5 to 8: a phone's portrait photo, stored 4032x3024,
    shown 3024x4032) recorded its stored size: a release's simpletuner.parquet and multidatabackend.json,
-   caption@S's captions.parquet, and every reader's width and height (archive.image_size). Every writer and trainer shows it upright
+   caption@S's captions.parquet, and every reader's width and height (pixels.image_size). Every writer and trainer shows it upright
    (exif_transpose), so the size is now the one shown (pixels.shown_size).
 """
 
@@ -166,8 +166,7 @@ SIZES = [  # stored 40x20 -> the size recorded: turned by orientations 5 to 8, b
 @pytest.mark.parametrize(("data", "size"), SIZES)
 def test_shown_size_is_the_size_exif_transpose_shows(data, size):
     """The helper every size goes through: from the header only, a broken EXIF block no orientation."""
-    from scripts.lib.archive import image_size
-    from scripts.lib.pixels import shown_size
+    from scripts.lib.pixels import image_size, shown_size
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL's open says "Corrupt EXIF data" itself
@@ -182,7 +181,7 @@ def test_shown_size_is_the_size_exif_transpose_shows(data, size):
 
 def test_a_png_head_cut_before_its_pixels_keeps_its_orientation():
     """A reader's 64 KiB head of this PNG holds its eXIf but not its pixels: PIL's PNG parser refuses it."""
-    from scripts.lib.archive import image_size
+    from scripts.lib.pixels import image_size
 
     data = png_exif_before_a_long_chunk()
     assert data.index(b"eXIf") < 65536 < data.index(b"IDAT") and shown(data) == (20, 40)
@@ -305,8 +304,7 @@ def test_a_pngs_orientation_after_a_long_chunk_is_read(tmp_path, monkeypatch, ca
 def test_an_image_head_reads_only_the_bytes_that_decide_its_size(data, most):
     """pixels.image_head: a PNG's signature, IHDR, eXIf and IDAT header (its other chunks never read);
     another format's first 64 KiB. Every reader gives it its own read_at."""
-    from scripts.lib.archive import image_size
-    from scripts.lib.pixels import image_head
+    from scripts.lib.pixels import image_head, image_size
 
     read: list[int] = []
 

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import io
 import os
-import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
-from scripts.lib.pixels import TooManyPixels, image_head, opened, png_shown_size, shown_size, stream_reader
+from scripts.lib.pixels import TooManyPixels, image_head, image_size, opened, stream_reader
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
@@ -327,24 +326,6 @@ def iter_samples(
 
 
 # ---------------------------------------------------------------- image headers
-def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
-    """(width, height) as the image is shown (its EXIF orientation applied, pixels.shown_size) from the first
-    bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown; TooManyPixels (naming `name`) past PIL's
-    decompression bomb limit. Every reader records it as the row's size: a phone photo stored 4032x3024
-    with orientation 6 is 3024x4032 to every writer and trainer."""
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
-        return png_shown_size(head)  # IHDR and eXIf: a head cut before the pixels is enough
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
-    try:
-        with opened(io.BytesIO(head), name) as img:  # reads the header only
-            return shown_size(img)
-    except TooManyPixels:
-        raise
-    except Exception:
-        return None
-
-
 def check_image_pixels(head: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """The image's size from its header; refuse unreadable headers and decompression bombs (ours, and
     PIL's: an image it would not decode is `image_too_large` too, not `bad_image`)."""
@@ -373,7 +354,7 @@ def parse_ref(ref: str) -> tuple[Path, str | None]:
     return Path(archive), (member if sep else None)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4096)  # 8 shards: a release's rows, in id order, hop shards and walked one each time
 def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int] | None]:
     """member name -> (offset, size) of the safe regular members (cached per archive version); None for a
     name the archive holds more than once (any copies, links included): which one a row meant is unknown."""
@@ -390,6 +371,17 @@ def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int]
                 index[name] = (item.offset, item.size)
             named.add(name)
     return index
+
+
+@functools.lru_cache(maxsize=64)  # closed when dropped from the cache: 64 files open at most
+def _open_zip(path: str, mtime_ns: int, size: int, inode: int) -> tuple[zipfile.ZipFile, dict[str, int]]:
+    """A zip opened once per version of the file, and its names' copy counts: opened per member read, its
+    directory was parsed for each (a 20,000-member zip: 68 ms a read, quadratic in its members)."""
+    zf = zipfile.ZipFile(path)
+    counts: dict[str, int] = {}  # a name held twice is refused, whichever copy zipfile would read
+    for info in zf.infolist():
+        counts[info.filename] = counts.get(info.filename, 0) + 1
+    return zf, counts
 
 
 def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
@@ -409,17 +401,14 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     check_member_name(member)
     if archive.suffix.lower() == ".zip":  # PART-1.ZIP too
         try:
-            zf = zipfile.ZipFile(archive)
+            zf, counts = _open_zip(str(archive), found.st_mtime_ns, found.st_size, found.st_ino)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
             raise UnsafeArchive("corrupt_archive", f"{archive}: not a readable zip ({type(exc).__name__})") from None
-        with zf:
-            try:
-                info = zf.getinfo(member)  # the last of a repeated name: refused below
-            except KeyError:
-                raise FileNotFoundError(f"{ref}: no such member") from None
-            if sum(other.filename == member for other in zf.infolist()) > 1:
-                raise UnsafeArchive("duplicate_key", repeated(ref))
-            return read_zip_member(zf, info, max_bytes)
+        if member not in counts:
+            raise FileNotFoundError(f"{ref}: no such member")
+        if counts[member] > 1:
+            raise UnsafeArchive("duplicate_key", repeated(ref))
+        return read_zip_member(zf, zf.getinfo(member), max_bytes)
     index = _tar_index(str(archive), found.st_mtime_ns, found.st_size)
     if member not in index:
         raise FileNotFoundError(f"{ref}: no such regular member (or refused as unsafe)")
@@ -453,9 +442,9 @@ def check_sha256(ref: str, data: bytes, recorded) -> None:
 
 
 def read_zip_member(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, head: bool = False
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, head: int = 0
 ) -> bytes:
-    """A zip member's bytes (or, with `head`, an image's pixels.image_head), refusing unsafe names and zip bombs.
+    """A zip member's bytes (or, with `head`, its pixels.image_head of that limit), refusing unsafe names and bombs.
 
     The declared size is checked first, and at most max_bytes + 1 bytes are ever inflated, so a
     member lying about its size is caught too.
@@ -469,7 +458,7 @@ def read_zip_member(
         raise UnsafeArchive("member_too_large", f"member {info.filename!r} is {info.file_size} bytes (cap {max_bytes})")
     try:
         with zf.open(info) as f:
-            data = image_head(stream_reader(f)) if head else f.read(max_bytes + 1)
+            data = image_head(stream_reader(f), head) if head else f.read(max_bytes + 1)
     except NotImplementedError:  # Deflate64, implode, ...: methods zipfile cannot inflate
         raise UnsafeArchive(
             "unreadable_member",

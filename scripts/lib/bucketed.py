@@ -254,6 +254,11 @@ def resize_crop(image, plan: Plan):
     import numpy as np
     from PIL import Image
 
+    from scripts.lib.archive import DEFAULT_MAX_IMAGE_PIXELS
+
+    if plan.resize_w * plan.resize_h > DEFAULT_MAX_IMAGE_PIXELS:  # upsample: a 1x40000 image covers 256x1024 at
+        size = f"{plan.src_w}x{plan.src_h} image covers its bucket only at {plan.resize_w}x{plan.resize_h}"
+        raise ImageFault(f"a {size} pixels, over the cap of {DEFAULT_MAX_IMAGE_PIXELS}")  # 256x10240000: 31 GB
     array = np.array(image)  # a writable copy: torch.from_numpy shares its memory
     if (plan.resize_w, plan.resize_h) != (plan.src_w, plan.src_h):
         import torch

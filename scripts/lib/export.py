@@ -42,7 +42,7 @@ from scripts.lib.io import SPLITS, mark_folder, regular_file, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import IMAGE_EXTENSIONS, new_file
 from scripts.lib.shards import ShardWriter, key_id
-from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
+from scripts.lib.tables import arrow_table, part_images, row_groups_to, write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
@@ -470,17 +470,13 @@ def release_image_bytes(release_dir: Path, ref: str) -> bytes:
     """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row)."""
     archive, sep, member = ref.partition("!/")
     if sep and archive.endswith(".parquet"):
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
         path = Path(release_dir) / archive
         if not path.is_file():
             raise DataError(f"{path}: not found (listed in {Path(release_dir) / 'rows.parquet'})")
-        table = pq.read_table(path, columns=["id", "image"])
-        match = table.filter(pc.equal(table["id"], member))
-        if not len(match):
+        images = part_images(str(path), path.stat().st_mtime_ns, path.stat().st_size)  # read once, not a row
+        if member not in images:
             raise DataError(f"{path}: no row with id {member!r} (listed in {Path(release_dir) / 'rows.parquet'})")
-        return match["image"][0]["bytes"].as_py()
+        return images[member]
     return image_bytes(str(Path(release_dir) / ref))
 
 

@@ -1,6 +1,6 @@
 """A decoded image as a viewer shows it, for every writer that re-encodes or draws pixels: the webdataset
 layout's `image_format`, the bucketed layout and the contact sheets; and its shown size, for every width
-and height recorded from an image file (archive.image_size, the SimpleTuner parquet).
+and height recorded from an image file (image_size, the SimpleTuner parquet).
 
 PIL alone changed the picture at exit 0: `convert("RGB")` clips a 16-bit grey image (PNG, TIFF) to white;
 a decode drops the EXIF orientation, so a phone's portrait photo was re-encoded lying on its side; a JPEG
@@ -118,14 +118,14 @@ HEAD_BYTES = 65536  # of a JPEG or another format: its EXIF segment comes first,
 MAX_PNG_CHUNKS = 4096  # walked before the pixels; a PNG of more ancillary chunks keeps its stored size
 
 
-def image_head(read_at: Callable[[int, int], bytes]) -> bytes:
+def image_head(read_at: Callable[[int, int], bytes], limit: int = HEAD_BYTES) -> bytes:
     """The bytes that decide an image's shown size, through `read_at(offset, count)` (short at its end): of
     a PNG its signature, first chunk (IHDR), any eXIf before the pixels and the IDAT header, the other
     chunks skipped unread (a 200 KiB ICC profile before eXIf is no reason to read it, nor to miss the
-    orientation after it); of any other image its first HEAD_BYTES. png_shown_size reads either."""
+    orientation after it); of any other image its first `limit` bytes. image_size reads either."""
     head = read_at(0, len(PNG_SIGNATURE))
     if head != PNG_SIGNATURE:
-        return head + read_at(len(head), HEAD_BYTES - len(head))
+        return head + read_at(len(head), limit - len(head))
     at = len(head)
     for index in range(MAX_PNG_CHUNKS):
         header = read_at(at, 8)
@@ -140,6 +140,24 @@ def image_head(read_at: Callable[[int, int], bytes]) -> bytes:
     return head
 
 
+def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
+    """(width, height) as the image is shown (its EXIF orientation applied, shown_size) from the first
+    bytes of a PNG, GIF or JPEG (or any PIL format), None if unknown; TooManyPixels (naming `name`) past PIL's
+    decompression bomb limit. Every reader records it as the row's size: a phone photo stored 4032x3024
+    with orientation 6 is 3024x4032 to every writer and trainer."""
+    if head[:8] == PNG_SIGNATURE and len(head) >= 24:
+        return png_shown_size(head)  # IHDR and eXIf: a head cut before the pixels is enough
+    if head[:6] in GIF_SIGNATURES:
+        return gif_shown_size(head)  # its screen grown to its first frame, as PIL decodes it
+    try:
+        with opened(io.BytesIO(head), name) as img:  # reads the header only
+            return shown_size(img)
+    except TooManyPixels:
+        raise
+    except Exception:
+        return None
+
+
 def stream_reader(stream) -> Callable[[int, int], bytes]:
     """image_head's `read_at` over a seekable binary stream (a file, a zip member: its seek inflates forward)."""
 
@@ -148,6 +166,30 @@ def stream_reader(stream) -> Callable[[int, int], bytes]:
         return stream.read(count)
 
     return read_at
+
+
+GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+
+
+def gif_shown_size(head: bytes) -> tuple[int, int] | None:
+    """The size PIL decodes a GIF at, from its first bytes: the logical screen grown to hold the first frame.
+    A frame may reach past the screen its header declares (1x1 holding a 7000x7000 frame): PIL then decodes
+    the frame's whole extent, so the screen alone let such an image past the pixel cap with a size of 1x1.
+    None: not a GIF, or its first frame is not within `head` (a reader's head cut before it)."""
+    if head[:6] not in GIF_SIGNATURES or len(head) < 13:
+        return None
+    screen, flags, at = struct.unpack("<HH", head[6:10]), head[10], 13
+    if flags & 0x80:  # a global colour table of 2^(n+1) RGB entries
+        at += 3 << ((flags & 7) + 1)
+    while at < len(head) and head[at] == 0x21:  # extensions: a label, then sub-blocks up to an empty one
+        at += 2
+        while at < len(head) and head[at]:
+            at += head[at] + 1
+        at += 1
+    if at + 9 > len(head) or head[at] != 0x2C:  # no image descriptor where it must be
+        return None
+    left, top, width, height = struct.unpack("<HHHH", head[at + 1 : at + 9])
+    return max(screen[0], left + width), max(screen[1], top + height)
 
 
 def exif_orientation(block: bytes):

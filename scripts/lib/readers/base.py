@@ -10,10 +10,12 @@ from __future__ import annotations
 import codecs
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import Source
 from scripts.lib.safe_paths import matches
@@ -141,3 +143,18 @@ def require_columns(file: Path, present: list[str], required: list[str], echo: b
         near = difflib.get_close_matches(missing[0], [str(c) for c in present], n=1, cutoff=0.7)
         hint = f"did you mean {near[0]!r}?" if near else f"the header has {len(present)} fields"
     raise DataError(f"{file}: missing column {', '.join(repr(c) for c in missing)} ({hint})")
+
+
+def head_pixels(head_of: Callable[[int], bytes], name: str, max_pixels: int) -> tuple[int, int]:
+    """check_image_pixels of an image's head (`head_of(n)`: its pixels.image_head, n bytes of a format other
+    than PNG): 64 KiB, then 8 times more while its header runs past them, up to 32 MiB. A JPEG or WebP with a
+    200 KB ICC profile (a print workflow's) before its size was `bad_image` in a 64 KiB head: a valid image
+    refused, its row dropped or the stage stopped. A PNG's head is its chunks that decide, whatever n."""
+    for limit in (1 << 16, 1 << 19, 1 << 22, 1 << 25):
+        head = head_of(limit)
+        try:
+            return check_image_pixels(head, name, max_pixels)
+        except UnsafeArchive as exc:
+            if exc.reason != "bad_image" or len(head) < limit or limit == 1 << 25:
+                raise  # not a header cut short: refused as it is
+    raise AssertionError("the last limit re-raises")

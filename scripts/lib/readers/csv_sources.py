@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive, check_image_pixels
+from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive
 from scripts.lib.errors import DataError, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head, stream_reader
@@ -18,6 +18,7 @@ from scripts.lib.readers.base import (
     SourceConfig,
     check_confined,
     check_distinct,
+    head_pixels,
     native_name,
     require_columns,
     source_files,
@@ -207,9 +208,8 @@ def image_file_size(
         return f"missing_image:image {image} not found (or not a regular file)"
     if image.stat().st_size > max_bytes:
         return f"member_too_large:image {image} is larger than {max_bytes} bytes"
-    with image.open("rb") as f:
-        head = image_head(stream_reader(f))
     try:
-        return check_image_pixels(head, str(image), max_pixels)
+        with image.open("rb") as f:
+            return head_pixels(lambda n: image_head(stream_reader(f), n), str(image), max_pixels)
     except UnsafeArchive as exc:
         return f"{exc.reason}:{exc}"

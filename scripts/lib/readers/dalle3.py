@@ -8,6 +8,7 @@ export).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import unicodedata
 from collections.abc import Iterator
@@ -19,7 +20,6 @@ from scripts.lib.archive import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_MEMBER_BYTES,
     UnsafeArchive,
-    check_image_pixels,
     check_member_name,
     iter_samples,
     make_ref,
@@ -27,15 +27,19 @@ from scripts.lib.archive import (
 )
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
+from scripts.lib.marks import MARKER
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head
-from scripts.lib.readers.base import Problem, Record, SourceConfig, source_files
+from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
 from scripts.lib.safe_paths import not_an_image_name
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 from scripts.lib.tables import size_problem
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 NAME_MAX = 255  # bytes of one file name on Linux and macOS
+# bytes of a whole image_name: with the folder it is written under it must fit Linux's PATH_MAX (4096); a
+# name 25 folders deep of 200 bytes each stopped the run at the write ("dd: cannot write (File name too long)")
+IMAGE_NAME_MAX = 1024
 
 
 @dataclass
@@ -78,7 +82,7 @@ def iter_dalle3(
             image = members[image_ext]
             try:
                 # the head that decides its shown size (a PNG's IHDR and eXIf: EXIF orientation turns it)
-                pixels = check_image_pixels(image_head(image.read_at), image.name, max_pixels)
+                pixels = head_pixels(functools.partial(image_head, image.read_at), image.name, max_pixels)
             except UnsafeArchive as exc:
                 yield Problem(shard, where, exc.reason, str(exc))
                 continue
@@ -180,6 +184,21 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             where,
             "bad_image_name",
             f"image_name {shown_short(repr(name))} is not a plain relative file name with an extension",
+        )
+    if len(name.encode()) > IMAGE_NAME_MAX:  # the record is skipped (or named, on_error fail), not the run lost
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} is {len(name.encode())} bytes, over {IMAGE_NAME_MAX}: "
+            "too long a path to write",
+        )
+    if disk_name(name.split("/")[0]) == MARKER:  # a folder `.t2i-output/` where the output's own mark goes: the
+        return Problem(  # mark failed at the end (`dd: cannot write (Is a directory)`), the config already renamed in
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} takes {MARKER}, the name of the output folder's own mark",
         )
     why = not_an_image_name(name, IMAGE_EXTENSIONS)  # x.txt: its caption <stem>.txt was written over the image
     return name if why is None else Problem(sample.shard, where, "bad_image_name", f"image_name {why}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import random
 import re
 import zipfile
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.archive import UnsafeArchive, check_image_pixels, make_ref, read_zip_member
+from scripts.lib.archive import UnsafeArchive, make_ref, read_zip_member
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (
@@ -22,6 +23,7 @@ from scripts.lib.readers.base import (
     SourceConfig,
     check_confined,
     decode,
+    head_pixels,
     link_under,
     matches,
     require_columns,
@@ -230,8 +232,8 @@ def _diffusiondb_part(file: Path, cfg: SourceConfig) -> Iterator[Record | Proble
                 yield Problem(file, where, "duplicate_key", f"the zip holds {name!r} {counts[name]} times")
                 continue
             try:
-                head = read_zip_member(zf, members[name], cfg.max_member_bytes, head=True)
-                width, height = check_image_pixels(head, name, cfg.max_image_pixels)
+                head_of = functools.partial(read_zip_member, zf, members[name], cfg.max_member_bytes)  # (n): a head
+                width, height = head_pixels(head_of, name, cfg.max_image_pixels)
             except UnsafeArchive as exc:
                 yield Problem(file, where, exc.reason, str(exc))
                 continue
