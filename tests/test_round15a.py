@@ -22,6 +22,9 @@ commands:
 7. A release kept the member index of 8 source tar shards: its rows, in id order, hop shards, and past 8 every
    image read walked its whole shard again. A zip (a DiffusionDB part) was opened, its directory parsed, for
    each member read: quadratic in its members.
+8. PIL opened an image by its bytes in any of some forty formats, whatever its name: an EPS named 0.png was
+   ingested (decoding it runs Ghostscript where installed). pixels.opened takes the formats of
+   safe_paths.IMAGE_EXTENSIONS only (pixels.FORMATS).
 """
 
 from __future__ import annotations
@@ -401,3 +404,37 @@ def test_a_release_parses_each_source_zip_once(tmp_path, monkeypatch, parts, per
     write_split(rows, tmp_path / "out", *export_options("imagefolder", "test"))
     assert sorted(parsed) == sorted(set(parsed)) and len(parsed) == parts
     assert len(list((tmp_path / "out" / "images" / "s").iterdir())) == parts * per_part
+
+
+# ---------------------------------------------------------------- 8. formats no source holds
+
+
+def saved(image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 12), (30, 60, 90)).save(buffer, image_format)
+    return buffer.getvalue()
+
+
+OTHER_FORMATS = [  # (PIL's format of the image, the source holding it under an image's name)
+    pytest.param("EPS", "kaggle", id="eps-as-a-kaggle-png"),
+    pytest.param("SGI", "dalle3", id="sgi-in-a-dalle3-shard"),
+    pytest.param("PCX", "diffusiondb", id="pcx-in-a-diffusiondb-zip"),
+    pytest.param("QOI", "kaggle", id="qoi-as-a-kaggle-png"),
+    pytest.param("JPEG2000", "dalle3", id="jpeg2000-in-a-dalle3-shard"),
+]
+
+
+@pytest.mark.parametrize(("image_format", "holder"), OTHER_FORMATS)
+def test_an_image_of_a_format_no_source_holds_is_refused(tmp_path, monkeypatch, capfd, image_format, holder):
+    """PIL opens some forty formats by their bytes, whatever the name: an EPS named 0.png was ingested with its
+    size (decoding it later runs Ghostscript where one is installed), and so was any other of PIL's decoders'
+    formats. pixels.opened takes the formats of the image names a source may hold, and no other."""
+    data = saved(image_format)
+    source, files = {
+        "kaggle": (KAGGLE, {**KAGGLE_CSV, "0.png": data}),
+        "dalle3": ({"kind": "dalle3", "on_error": "fail"}, dalle3_image("0000.png", data)),
+        "diffusiondb": (DIFFUSIONDB, zip_part("a.png", data)),
+    }[holder]
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
+    assert result.returncode == 2 and not rows, (result.returncode, rows)
+    assert "not a readable image header" in result.stderr and len(result.stderr.strip().splitlines()) == 1

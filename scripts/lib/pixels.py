@@ -26,14 +26,20 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", *GREY16)  # what PIL writes as 
 RGB_FAMILY = ("RGB", "RGBA", "RGBX", "P", "PA")  # whose colour profile still describes them as RGB
 
 
+# The formats of safe_paths.IMAGE_EXTENSIONS (MPO: a phone's JPEG with a second picture). PIL opens some
+# forty by their bytes, whatever the file's name: an EPS named 0.png was taken, and decoding it runs
+# Ghostscript where one is installed; SGI, PCX, QOI, JPEG 2000 are decoders no source of ours needs.
+FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+
+
 class TooManyPixels(errors.DataError):
     """An image over PIL's decompression bomb limit (its DecompressionBombError): one line naming the file."""
 
 
 @contextlib.contextmanager
 def opened(source, name: str) -> Iterator[Any]:
-    """PIL's Image.open(source) (a path or a file object), closed after the block, with PIL's warnings
-    settled here rather than printed, in the block too (load, convert, exif_transpose): a stage's stderr is
+    """PIL's Image.open(source) (a path or a file object) of one of FORMATS, closed after the block, with PIL's
+    warnings settled here rather than printed, in the block too (load, convert, exif_transpose): a stage's stderr is
     its own lines. Catching warnings is process-wide in Python 3.11: every caller decodes on its main thread.
 
     Each of PIL's warnings is silence, not a counted outcome, since none changes what the command does:
@@ -50,7 +56,7 @@ def opened(source, name: str) -> Iterator[Any]:
 
     with quiet_pil():
         try:
-            with Image.open(source) as image:
+            with Image.open(source, formats=FORMATS) as image:
                 yield image
         except Image.DecompressionBombError as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))
