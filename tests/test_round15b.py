@@ -1,0 +1,103 @@
+"""Round 15b's secret breaks, one table per class (every row failed before its fix): a secret survived a
+change of letter case, or the quotes an env file wraps it in.
+
+1. A secret of 6 to 15 characters pasted into params.yaml was refused only exactly as the variable holds it:
+   the same value upper-cased (`HUNTER22X` for `hunter22x`), or the variable holding it in quotes, as
+   `docker run --env-file` and systemd's EnvironmentFile= leave `DB_PASSWORD="hunter22x"`, went into dvc.lock.
+2. An API key shorter than 16 characters was redacted only as written: a server echoing it upper- or
+   lower-cased put it into the error line, prompts.txt and the cache (a 16+ key is redacted in any case).
+3. An API key variable holding the key in an env file's quotes was sent as `Bearer "KEY"`, and the server's
+   401 naming the key without them reached the error line (a short key is redacted as a whole token only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from test_chat_hostile import one_error_line
+from test_chat_round6 import ENV, Server, cached, completion, json_reply, run_stage
+from test_round10c import DESCRIPTION, HOMEPAGE, load, write_params
+
+# ---------------------------------------------------------------- 1: a short secret in params, another case
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+SHORT_SECRETS = {  # variable, its value, where it is pasted, as what
+    "upper-cased": ("MY_PASSWORD", "hunter22x", DESCRIPTION, "HUNTER22X"),
+    "title-cased": ("DB_PASSWORD", "p@ss-w0rd", HOMEPAGE, "P@SS-W0RD"),
+    "base64 of it upper-cased": ("GITLAB_TOKEN", "hunter22x", DESCRIPTION, b64("HUNTER22X")),
+    "the variable in double quotes (docker --env-file)": ("DB_PASSWORD", '"hunter22x"', DESCRIPTION, "hunter22x"),
+    "the variable in single quotes": ("MY_SECRET", "'p@ss-w0rd'", HOMEPAGE, "p@ss-w0rd"),
+}
+
+
+@pytest.mark.parametrize("case", SHORT_SECRETS)
+def test_a_short_secret_in_another_case_or_unquoted_is_refused(tmp_path, monkeypatch, case):
+    """The line names the key path and the variable, never the value; the value inside a longer text, or a
+    value only as long as a word, stays accepted (as round 10c)."""
+    name, value, at, pasted = SHORT_SECRETS[case]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(name, value)
+    line = load(write_params(tmp_path, at, pasted))
+    assert line is not None and f"{'.'.join(at)}: holds the value of the environment variable {name}" in line, line
+    bare = value.strip("'\"")
+    assert bare.lower() not in line.lower() and pasted not in line
+    assert load(write_params(tmp_path, at, f"the release notes mention {bare.upper()} once")) is None
+
+
+# ---------------------------------------------------------------- 2: a short API key echoed in another case
+
+SHORT_KEY = "Zq7xK2pLm9"  # 10 characters: redacted as a whole token only
+
+
+def echoed(content: str):
+    return json_reply(completion(content))
+
+
+def refused_401(message: str):
+    raw = json.dumps({"error": {"message": message}}).encode()
+    return lambda key: (401, "Unauthorized", {"Content-Type": "application/json"}, raw)
+
+
+SHORT_KEY_ECHOES = {  # the server's answer: a reply or an error, with the key in another case
+    "a reply, upper-cased": echoed(f"1. a kite\n2. key {SHORT_KEY.upper()} rejected"),
+    "a reply, lower-cased": echoed(f"1. a kite\n2. key {SHORT_KEY.lower()} rejected"),
+    "a reply, case swapped": echoed(f"1. a kite\n2. key {SHORT_KEY.swapcase()} rejected"),
+    "a 401 error, upper-cased": refused_401(f"Incorrect API key provided: {SHORT_KEY.upper()}"),
+}
+
+
+@pytest.mark.parametrize("case", SHORT_KEY_ECHOES)
+def test_a_short_key_echoed_in_another_case_is_redacted(tmp_path, monkeypatch, capfd, case):
+    with Server(SHORT_KEY_ECHOES[case]) as server:
+        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", server.base_url, key=SHORT_KEY)
+    prompts = tmp_path / "out" / "prompts.txt"
+    written = [result.stdout, result.stderr, prompts.read_text(encoding="utf-8") if prompts.exists() else ""]
+    written += [path.read_text(encoding="utf-8") for path in cached(tmp_path)]
+    assert not any(SHORT_KEY.lower() in text.lower() for text in written), written
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- 3: an API key in an env file's quotes
+
+QUOTED_KEYS = {  # the variable's value: the key as an env file wrote it
+    "a short key in double quotes": f'"{SHORT_KEY}"',
+    "a short key in single quotes": f"'{SHORT_KEY}'",
+    "a long key in double quotes": '"sk-proj-Tq9xV2mLp7Rw4Zk8Nb3Hc6Yd"',
+}
+
+
+@pytest.mark.parametrize("case", QUOTED_KEYS)
+def test_a_key_in_quotes_is_refused_before_any_request(tmp_path, monkeypatch, capfd, case):
+    quoted = QUOTED_KEYS[case]
+    bare = quoted[1:-1]
+    with Server(refused_401(f"Incorrect API key provided: {bare}")) as server:
+        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", server.base_url, key=quoted)
+    line = one_error_line(result)
+    assert f"${ENV}: the API key is wrapped in quotes" in line, line
+    assert server.bodies == [] and bare not in result.stderr + result.stdout
