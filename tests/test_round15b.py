@@ -8,6 +8,9 @@ change of letter case, or the quotes an env file wraps it in.
    lower-cased put it into the error line, prompts.txt and the cache (a 16+ key is redacted in any case).
 3. An API key variable holding the key in an env file's quotes was sent as `Bearer "KEY"`, and the server's
    401 naming the key without them reached the error line (a short key is redacted as a whole token only).
+4. A release chain in params.yaml: each release's plan holds every release it reads, so `recipes` wrote the
+   square of a chain's length (3,000 links, 85 KB of params.yaml: 200 s and 300 MB; 10,000: most of an hour).
+   Plans that would hold more than 200,000 entries together (a chain of over 600) are now one line, at once.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ import pytest
 from test_chat_hostile import one_error_line
 from test_chat_round6 import ENV, Server, cached, completion, json_reply, run_stage
 from test_round10c import DESCRIPTION, HOMEPAGE, load, write_params
+
+from helpers import cli
+from helpers.workspace import PARAMS
+from helpers.workspace import write_params as write_repo_params
 
 # ---------------------------------------------------------------- 1: a short secret in params, another case
 
@@ -101,3 +108,50 @@ def test_a_key_in_quotes_is_refused_before_any_request(tmp_path, monkeypatch, ca
     line = one_error_line(result)
     assert f"${ENV}: the API key is wrapped in quotes" in line, line
     assert server.bodies == [] and bare not in result.stderr + result.stdout
+
+
+# ---------------------------------------------------------------- 4: a release chain's plans grow as its square
+
+
+def based(n: int) -> dict:
+    """n releases, each on the one before (the first on v2)."""
+    return {f"c{i}": {"base": f"c{i - 1}" if i else "v2"} for i in range(n)}
+
+
+def referencing(n: int, prefix: str = "r", previous: str = "r") -> dict:
+    """n releases, each with a component whose dedup step references the one before (the first: v2)."""
+    step = {"scope": "against", "against": "train"}
+    component = {"source": "gustavosta", "split": "all"}
+    return {
+        f"{prefix}{i}": {
+            "components": [
+                {**component, "steps": [{"dedup": {**step, "reference": f"{previous}{i - 1}" if i else "v2"}}]}
+            ]
+        }
+        for i in range(n)
+    }
+
+
+def mixed(n: int) -> dict:
+    """2n releases, by turns built on and referencing the one before: c_i on r_i, r_i referencing c_(i-1)."""
+    refs = referencing(n, previous="c")
+    return {name: entry for i in range(n) for name, entry in ((f"r{i}", refs[f"r{i}"]), (f"c{i}", {"base": f"r{i}"}))}
+
+
+CHAINS = {  # releases added to the repository's
+    "700 releases, each on the one before": based(700),
+    "700 releases, each referencing the one before": referencing(700),
+    "700 releases built on and referencing by turns": mixed(350),
+}
+
+
+@pytest.mark.parametrize("case", CHAINS)
+def test_release_plans_growing_as_a_chains_square_are_one_line(tmp_path, monkeypatch, capfd, case):
+    """Accepted before, after 9 to 26 s of writing plans (a chain of 3,000: 200 s and 300 MB)."""
+    write_repo_params(tmp_path, releases={**PARAMS["releases"], **CHAINS[case]})
+    result = cli(["recipes", "data/recipes"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: params.yaml: releases."), lines
+    assert "the release plans would hold more than 200000 entries" in lines[0]
+    assert not (tmp_path / "data" / "recipes").exists()
