@@ -3,7 +3,8 @@ change of letter case, or the quotes an env file wraps it in.
 
 1. A secret of 6 to 15 characters pasted into params.yaml was refused only exactly as the variable holds it:
    the same value upper-cased (`HUNTER22X` for `hunter22x`), or the variable holding it in quotes, as
-   `docker run --env-file` and systemd's EnvironmentFile= leave `DB_PASSWORD="hunter22x"`, went into dvc.lock.
+   `docker run --env-file` and systemd's EnvironmentFile= leave `DB_PASSWORD="hunter22x"`, or in another Unicode
+   form (macOS's decomposed `ä`, fullwidth letters), went into dvc.lock.
 2. An API key shorter than 16 characters was redacted only as written: a server echoing it upper- or
    lower-cased put it into the error line, prompts.txt and the cache (a 16+ key is redacted in any case).
 3. An API key variable holding the key in an env file's quotes was sent as `Bearer "KEY"`, and the server's
@@ -40,6 +41,13 @@ SHORT_SECRETS = {  # variable, its value, where it is pasted, as what
     "base64 of it upper-cased": ("GITLAB_TOKEN", "hunter22x", DESCRIPTION, b64("HUNTER22X")),
     "the variable in double quotes (docker --env-file)": ("DB_PASSWORD", '"hunter22x"', DESCRIPTION, "hunter22x"),
     "the variable in single quotes": ("MY_SECRET", "'p@ss-w0rd'", HOMEPAGE, "p@ss-w0rd"),
+    "the variable decomposed (macOS), pasted composed": (
+        "DB_PASSWORD",
+        "pa\u0308sswort9",
+        DESCRIPTION,
+        "p\u00e4sswort9",
+    ),
+    "fullwidth": ("MY_PASSWORD", "hunter22x", DESCRIPTION, "\uff48\uff55\uff4e\uff54\uff45\uff52\uff12\uff12\uff58"),
 }
 
 
@@ -71,22 +79,27 @@ def refused_401(message: str):
     return lambda key: (401, "Unauthorized", {"Content-Type": "application/json"}, raw)
 
 
-SHORT_KEY_ECHOES = {  # the server's answer: a reply or an error, with the key in another case
-    "a reply, upper-cased": echoed(f"1. a kite\n2. key {SHORT_KEY.upper()} rejected"),
-    "a reply, lower-cased": echoed(f"1. a kite\n2. key {SHORT_KEY.lower()} rejected"),
-    "a reply, case swapped": echoed(f"1. a kite\n2. key {SHORT_KEY.swapcase()} rejected"),
-    "a 401 error, upper-cased": refused_401(f"Incorrect API key provided: {SHORT_KEY.upper()}"),
+MIXED_CASE_KEY = "QwErTyUiOpAs"  # letters only, but no word: not one case, not capitalised
+
+
+SHORT_KEY_ECHOES = {  # key, the server's answer: a reply or an error, with the key in another case
+    "a reply, upper-cased": (SHORT_KEY, echoed(f"1. a kite\n2. key {SHORT_KEY.upper()} rejected")),
+    "a reply, lower-cased": (SHORT_KEY, echoed(f"1. a kite\n2. key {SHORT_KEY.lower()} rejected")),
+    "a reply, case swapped": (SHORT_KEY, echoed(f"1. a kite\n2. key {SHORT_KEY.swapcase()} rejected")),
+    "a 401 error, upper-cased": (SHORT_KEY, refused_401(f"Incorrect API key provided: {SHORT_KEY.upper()}")),
+    "a letters-only key, lower-cased": (MIXED_CASE_KEY, echoed(f"1. a kite\n2. {MIXED_CASE_KEY.lower()}")),
 }
 
 
 @pytest.mark.parametrize("case", SHORT_KEY_ECHOES)
 def test_a_short_key_echoed_in_another_case_is_redacted(tmp_path, monkeypatch, capfd, case):
-    with Server(SHORT_KEY_ECHOES[case]) as server:
-        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", server.base_url, key=SHORT_KEY)
+    key, reply = SHORT_KEY_ECHOES[case]
+    with Server(reply) as server:
+        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", server.base_url, key=key)
     prompts = tmp_path / "out" / "prompts.txt"
     written = [result.stdout, result.stderr, prompts.read_text(encoding="utf-8") if prompts.exists() else ""]
     written += [path.read_text(encoding="utf-8") for path in cached(tmp_path)]
-    assert not any(SHORT_KEY.lower() in text.lower() for text in written), written
+    assert not any(key.lower() in text.lower() for text in written), written
     assert "Traceback" not in result.stderr
 
 

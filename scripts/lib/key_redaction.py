@@ -16,9 +16,9 @@ case, is redacted in the original text together with the run of word, base64 and
 it (an encoded blob goes whole, not just its middle). `holds_key` says whether text still holds such a
 piece: what must be stored (a cache entry) and cannot be proven clean is refused, never written.
 
-A key shorter than SHORT_KEY (16) characters is matched only as itself, a whole token in any letter case
-(a published placeholder such as vLLM's `EMPTY`: only as written): its pieces are common words. Redaction makes at most MAX_ROUNDS
-passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
+A key shorter than SHORT_KEY (16) characters is matched only as itself, a whole token in any letter case (one
+that is a word, such as vLLM's `EMPTY`: only as written): its pieces are common words. Redaction makes at most
+MAX_ROUNDS passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
 pr-comment-post's job, which redacts only the short lines it prints), then a text still holding a piece goes whole. Encodings
 beyond ENCODINGS (base64 of base64, a C hex list) are not looked for: a server that holds the key can
 always encode it anew.
@@ -242,23 +242,18 @@ SHORT_KEY = 16  # shorter keys (vLLM's dummy "EMPTY", a test "secret") are redac
 MAX_ROUNDS = 4  # redaction rounds before a text that keeps joining into a piece goes whole
 
 
-# The keys local OpenAI-compatible servers tell clients to send when they check none (the client insists on
-# one): Ollama's `ollama`, LM Studio's `lm-studio`, llama.cpp's `sk-no-key-required`, vLLM's `EMPTY`, and the
-# usual stand-ins. Published in those servers' docs, so no secret, in any letter case (params.yaml's check,
-# scripts/lib/params/yaml_text.py, looks for none of them; redaction takes them only as written)
-PLACEHOLDER_KEYS = frozenset(
-    {"ollama", "lm-studio", "lmstudio", "sk-no-key-required", "no-key-required", "not-needed", "no-key", "nokey"}
-    | {"none", "null", "empty", "dummy", "placeholder", "unused", "not-used", "anything", "sk-xxx"}
-)
-
-
 def _short_key(api_key: str) -> re.Pattern:
     """A short key as a whole token: its 8-character pieces in any case and encoding would be common words.
     In any letter case, as a longer key (a server echoing `ZQ7XK2PLM9` for `Zq7xK2pLm9` reached the error line,
-    prompts.txt and the cache), but for a published placeholder, taken only as written: "EMPTY" must leave
-    "an empty street" whole, and such a key guards nothing."""
-    case = 0 if api_key.casefold() in PLACEHOLDER_KEYS else re.IGNORECASE
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", case)
+    prompts.txt and the cache), unless the key is a word (letters of one case, or capitalised, no digit:
+    vLLM's `EMPTY`, `dummy`, TOKENIZERS_PARALLELISM's `false`): its other cases are that word in prose, and
+    "an empty street" must stay whole."""
+    word = not any(char.isdigit() for char in api_key) and api_key in (
+        api_key.lower(),
+        api_key.upper(),
+        api_key.capitalize(),
+    )
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", 0 if word else re.IGNORECASE)
 
 
 def holds_key(text: str, api_key: str | None) -> bool:

@@ -8,8 +8,7 @@ default, type, range and doc. Stages read their section as a model, defaults fil
 or a value out of range stops any stage at start with one line naming params.yaml and the key path
 (`params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)`). Rules that need data or other
 files stay in the stage modules. docs/params.md is generated from these models (`python -m scripts
-params-doc`). The package imports only scripts.lib.errors, io, nesting and key_redaction, so any module can
-import it.
+params-doc`). The package imports only scripts.lib.errors, io and nesting, so any module can import it.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-from scripts.lib import key_redaction
 from scripts.lib.errors import DataError, names_a_file, shown
 
 
@@ -204,17 +203,21 @@ MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: a
 # is in too many texts (a word, a name); as a whole scalar it is the secret pasted
 # under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
 MIN_SHORT_SECRET_CHARS = 6
-# local servers' published placeholder keys (Ollama's `ollama`, vLLM's `EMPTY`, ...) are no secret, in any case:
-# with OPENAI_API_KEY=ollama, `backend: ollama` (a label naming that server) refused every stage. Kept to a list
+# The keys local OpenAI-compatible servers tell clients to send when they check none (the client insists on
+# one): Ollama's `ollama`, LM Studio's `lm-studio`, llama.cpp's `sk-no-key-required`, vLLM's `EMPTY`, and the
+# usual stand-ins. Published in those servers' docs, so no secret, in any letter case: with
+# OPENAI_API_KEY=ollama, `backend: ollama` (a label naming that server) refused every stage. Kept to a list
 # rather than skipping label keys: a real key written as a label still reaches the outputs (sources.json)
-PLACEHOLDER_KEYS = key_redaction.PLACEHOLDER_KEYS
+PLACEHOLDER_KEYS = frozenset(
+    {"ollama", "lm-studio", "lmstudio", "sk-no-key-required", "no-key-required", "not-needed", "no-key", "nokey"}
+    | {"none", "null", "empty", "dummy", "placeholder", "unused", "not-used", "anything", "sk-xxx"}
+)
 
 
 def secret_env_values(params: Any) -> dict[str, str]:
     """{name: value, whitespace runs made one space, quotes around it left out} of the secret environment
-    variables set now; a value
-    that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the key is) or is a local
-    server's placeholder (PLACEHOLDER_KEYS) is none."""
+    variables set now; a value that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the
+    key is) or is a local server's placeholder (PLACEHOLDER_KEYS) is none."""
     names = {name for name in os.environ if SECRET_ENV_NAME.search(name)} | set(_env_names(params))
     values = {name: _unquoted(" ".join(os.environ.get(name, "").split())) for name in names}
     return {
@@ -239,11 +242,21 @@ def holds_secret(text: str, secret: str) -> bool:
     """Whether `text` (a scalar of params) holds `secret`. One of MIN_SECRET_CHARS or more anywhere, as
     key_redaction.holds_whole_key finds it: in any letter case, reversed, percent-escaped, base64 at any byte
     offset (`Basic <base64 of user:secret>`), spaces or separators left out. A shorter one only as the whole
-    scalar, in any letter case (as a longer one: `HUNTER22X` for hunter22x went into dvc.lock), or the scalar
-    percent- or base64-decoded."""
+    scalar, in any letter case or Unicode form (as a longer one: `HUNTER22X` for hunter22x went into dvc.lock),
+    or the scalar percent- or base64-decoded."""
+    from scripts.lib.key_redaction import holds_whole_key
+
     if len(secret) >= MIN_SECRET_CHARS:
-        return key_redaction.holds_whole_key(text, secret)
-    return secret.casefold() in {" ".join(form.split()).casefold() for form in _decodings(text)}
+        return holds_whole_key(text, secret)
+    return _folded(secret) in {_folded(form) for form in _decodings(text)}
+
+
+def _folded(text: str) -> str:
+    """`text` as a short secret is compared: whitespace runs one space, NFKC (a macOS variable's decomposed `é`,
+    fullwidth letters), case folded (`HUNTER22X` is hunter22x pasted upper-cased)."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", " ".join(text.split())).casefold()
 
 
 def _decodings(text: str) -> set[str]:
