@@ -198,7 +198,13 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
 
 
 # Environment variables whose values are secrets: by name, and every variable params names in an `*_env` key.
-SECRET_ENV_NAME = re.compile(r"(?i)api_?key|access_?key|private_?key|secret|token|passw|credential")
+# Also the names that say so in a word the first list lacked (MYSQL_PWD, DB_PASS, BORG_PASSPHRASE,
+# AZURE_OPENAI_KEY, REDIS_AUTH: each value went into dvc.lock), as parts cut by `_`: GIT_AUTHOR_NAME, PWD and
+# PASSENGER_* are no secrets
+SECRET_ENV_NAME = re.compile(
+    r"(?i)api_?key|access_?key|private_?key|secret|token|passw|passphrase|credential"
+    r"|_key$|_pwd$|(?:^|_)(?:pass|auth)(?:$|_)"
+)
 MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: as part of a text, `hunter2`
 # is in too many texts (a word, a name); as a whole scalar it is the secret pasted
 # under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
