@@ -11,7 +11,10 @@ change of letter case, or the quotes an env file wraps it in.
    401 naming the key without them reached the error line (a short key is redacted as a whole token only).
 4. A secret variable named in a common way the check did not know (MYSQL_PWD, DB_PASS, BORG_PASSPHRASE,
    AZURE_OPENAI_KEY, REDIS_AUTH): its value pasted into params.yaml went into dvc.lock.
-5. A release chain in params.yaml: each release's plan holds every release it reads, so `recipes` wrote the
+5. A synthesize template repeating {examples} or {avoid_topics} (530 KB of params.yaml: 30,000 times) built
+   a message of gigabytes for every request, to key it and then to send it: a request's messages are now at
+   most 32 MiB characters, their longest draw reckoned before any is built.
+6. A release chain in params.yaml: each release's plan holds every release it reads, so `recipes` wrote the
    square of a chain's length (3,000 links, 85 KB of params.yaml: 200 s and 300 MB; 10,000: most of an hour).
    Plans that would hold more than 200,000 entries together (a chain of over 600) are now one line, at once.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from test_chat_hostile import one_error_line
@@ -151,7 +155,38 @@ def test_a_secret_variable_by_its_usual_name_is_looked_for(tmp_path, monkeypatch
     assert load(write_params(tmp_path, at, f"v2 {TOKEN}")) is None
 
 
-# ---------------------------------------------------------------- 5: a release chain's plans grow as its square
+# ---------------------------------------------------------------- 5: a template that multiplies its fields
+
+LINE = "a red kite over a green hill at dawn, " * 5  # 190 characters
+
+
+def long_example_lines(root: Path) -> list[dict]:
+    """An example file of 200 lines of 60,000 characters (each under the 64 KiB line cap), all drawn."""
+    (root / "long.txt").write_text(("x" * 60_000 + "\n") * 200, encoding="utf-8")
+    return [{"path": "long.txt", "count": 200}]
+
+
+MULTIPLIED = {  # the entry's keys: each makes one message of about 40M characters
+    "{examples} 2,000 times": lambda root: {"template": "{examples}" * 2000, "fixed_examples": [LINE] * 100},
+    "{avoid_topics} 2,000 times": lambda root: {"template": "{avoid_topics}" * 2000, "avoid_topics": [LINE] * 100},
+    "long example lines, 3 times": lambda root: {
+        "template": "{examples}\n{examples}\n{examples}",
+        "examples": long_example_lines(root),
+    },
+}
+
+
+@pytest.mark.parametrize("case", MULTIPLIED)
+def test_a_message_of_more_than_32_MiB_characters_is_refused_before_any_request(tmp_path, monkeypatch, capfd, case):
+    with Server(json_reply(completion())) as server:
+        entry = MULTIPLIED[case](tmp_path)
+        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", server.base_url, key=None, **entry)
+    line = one_error_line(result)
+    assert "synthesize t: a request's messages may reach" in line and f"over {32 << 20}" in line, line
+    assert server.bodies == []
+
+
+# ---------------------------------------------------------------- 6: a release chain's plans grow as its square
 
 
 def based(n: int) -> dict:
