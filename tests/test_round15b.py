@@ -1,5 +1,5 @@
-"""Round 15b's secret breaks, one table per class (every row failed before its fix): a secret survived a
-change of letter case, or the quotes an env file wraps it in.
+"""Round 15b's breaks in params.yaml, the chat client's secrets and release recipes, one table per class
+(every row failed before its fix), on real files and the real commands:
 
 1. A secret of 6 to 15 characters pasted into params.yaml was refused only exactly as the variable holds it:
    the same value upper-cased (`HUNTER22X` for `hunter22x`), or the variable holding it in quotes, as
@@ -14,7 +14,10 @@ change of letter case, or the quotes an env file wraps it in.
 5. A synthesize template repeating {examples} or {avoid_topics} (530 KB of params.yaml: 30,000 times) built
    a message of gigabytes for every request, to key it and then to send it: a request's messages are now at
    most 32 MiB characters, their longest draw reckoned before any is built.
-6. A release chain in params.yaml: each release's plan holds every release it reads, so `recipes` wrote the
+6. A proxy's password (`http_proxy=http://user:PASSWORD@proxy:3128`, sent by urllib as Proxy-Authorization):
+   a proxy echoing it in a 407 or a reply put it on the error line or into prompts.txt and the cache; the
+   chat client now redacts every proxy variable's password, as written and percent-decoded, like the key.
+7. A release chain in params.yaml: each release's plan holds every release it reads, so `recipes` wrote the
    square of a chain's length (3,000 links, 85 KB of params.yaml: 200 s and 300 MB; 10,000: most of an hour).
    Plans that would hold more than 200,000 entries together (a chain of over 600) are now one line, at once.
 """
@@ -186,7 +189,40 @@ def test_a_message_of_more_than_32_MiB_characters_is_refused_before_any_request(
     assert server.bodies == []
 
 
-# ---------------------------------------------------------------- 6: a release chain's plans grow as its square
+# ---------------------------------------------------------------- 6: a proxy's password, echoed
+
+LONG_PASSWORD = "PrX7vQ2mZ9kL4wT8"
+SHORT_PASSWORD = "p@ss:W0rd-9x!"
+PROXY_ECHOES = {  # variable, password as the variable writes it, as the proxy echoes it, how it answers
+    "a 407 naming it": ("http_proxy", LONG_PASSWORD, LONG_PASSWORD, 407),
+    "a reply holding it": ("HTTP_PROXY", LONG_PASSWORD, LONG_PASSWORD, 200),
+    "percent-encoded, echoed decoded": ("http_proxy", "p%40ss%3AW0rd-9x%21", SHORT_PASSWORD, 200),
+}
+
+
+def proxy_reply(password: str, status: int):
+    if status == 200:
+        return json_reply(completion(f"1. a kite\n2. proxy login user:{password} accepted"))
+    raw = json.dumps({"error": {"message": f"bad proxy login user:{password}"}}).encode()
+    return lambda key: (status, "Proxy Authentication Required", {"Content-Type": "application/json"}, raw)
+
+
+@pytest.mark.parametrize("case", PROXY_ECHOES)
+def test_a_proxys_password_echoed_is_redacted(tmp_path, monkeypatch, capfd, case):
+    variable, written, echoed_as, status = PROXY_ECHOES[case]
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "REQUEST_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    with Server(proxy_reply(echoed_as, status)) as proxy:
+        monkeypatch.setenv(variable, proxy.base_url.replace("http://", f"http://user:{written}@").removesuffix("/v1"))
+        result = run_stage(tmp_path, monkeypatch, capfd, "synthesize", "http://chat.example.test/v1", key=None)
+    assert len(proxy.bodies) == 1 and "Traceback" not in result.stderr  # it went through the proxy
+    prompts = tmp_path / "out" / "prompts.txt"
+    written_out = [result.stdout, result.stderr, prompts.read_text(encoding="utf-8") if prompts.exists() else ""]
+    written_out += [path.read_text(encoding="utf-8") for path in cached(tmp_path)]
+    assert not any(echoed_as in text for text in written_out), written_out
+
+
+# ---------------------------------------------------------------- 7: a release chain's plans grow as its square
 
 
 def based(n: int) -> dict:

@@ -40,7 +40,8 @@ from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHT
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import file_kind, write_json
-from scripts.lib.key_redaction import holds_key, redact_key
+from scripts.lib.key_redaction import holds_key
+from scripts.lib.key_redaction import redact_secrets as redact_key  # proxy passwords too
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import open_regular, read_capped
 from scripts.lib.temps import is_our_temp, remove_stale
@@ -178,10 +179,9 @@ def _origin(url: str) -> str:
 
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
     """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
-
-    The key goes in the Authorization header of this request only (redirects are refused), and what
-    could give it back is removed from the reply (a server echoing the header must not put it into
-    the cache or prompts.txt) and from error messages (redact_key); a reply that still holds it as
+    The key goes in the Authorization header of this request only (redirects are refused), and what could give
+    it back, or a proxy's password, is removed from the reply (a server echoing the header must not put it into
+    the cache or prompts.txt) and from error messages (redact_secrets); a reply that still holds the key as
     stored (holds_key on its JSON text) is a FatalError, never cached."""
     if api_key and holds_key(json.dumps(body, ensure_ascii=False), api_key):  # the body is cached as sent
         raise FatalError("the request would carry the API key in its body (the key pasted into params?); not sent")

@@ -319,3 +319,32 @@ def _redact_text(value: str, api_key: str) -> str:
             done = end
         value = "".join([*kept, value[done:]])
     return "***" if _spans(value, api_key) else value
+
+
+# urllib sends through the proxy these variables name (either case), with the URL's user:password as
+# Proxy-Authorization: a proxy echoing it in an error or a reply put the password on the error line or into
+# prompts.txt and the cache, where only the API key was redacted
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def proxy_passwords() -> list[str]:
+    """The passwords in the proxy variables set now, as written and percent-decoded."""
+    import os
+    import urllib.parse
+
+    found = set()
+    for name, value in os.environ.items():
+        if name.lower() in PROXY_VARIABLES:
+            try:
+                password = urllib.parse.urlsplit(value).password
+            except ValueError:  # no URL urllib reads: it sends through no proxy then
+                continue
+            found |= {password, urllib.parse.unquote(password)} if password else set()
+    return sorted(found)
+
+
+def redact_secrets(value: Any, api_key: str | None) -> Any:
+    """redact_key for the API key and for every proxy password (proxy_passwords)."""
+    for secret in [api_key, *proxy_passwords()]:
+        value = redact_key(value, secret)
+    return value
