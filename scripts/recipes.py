@@ -27,7 +27,15 @@ import typer
 
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.params import load_section
-from scripts.lib.plans import compose_plan, plots_plan, prefilter_plan, release_plan, written_releases, written_sources
+from scripts.lib.plans import (
+    check_plans_bounded,
+    compose_plan,
+    plots_plan,
+    prefilter_plan,
+    release_plan,
+    written_releases,
+    written_sources,
+)
 from scripts.lib.recipe import Recipes
 
 
@@ -37,8 +45,11 @@ def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     # split.method only decides whether a plan is refused (prefilter@S, which depends on `split`, checks it too)
     split_method = load_section("split", missing_ok=True).method
     plans, recipes = {}, Recipes(releases)  # one resolver: each release resolved once, however long its chain
+    entries = 0  # plans grow as a chain's square: bounded before they are built
     for name in releases:
         plans[f"release/{name}.json"] = release_plan(name, releases, sources, recipes)
+        entries += len(plans[f"release/{name}.json"]["releases"])
+        check_plans_bounded(entries, name)
         plans[f"compose/{name}.json"] = compose_plan(plans[f"release/{name}.json"])
     plans.update(
         {

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import os
 import random
 import re
+import string
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -96,6 +98,28 @@ def check_pools(params: SynthesizeEntry, pools: list[list[str]]) -> None:
     for source, pool in zip(params.examples, pools):
         if source.count > len(pool):
             raise DataError(f"{shown(source.path)}: {len(pool)} example prompts, fewer than count={source.count}")
+
+
+# A request's messages, in characters: far past any model's context (a million tokens is about 4M characters).
+# A template repeating {examples} 30,000 times (530 KB of params.yaml) built a 7 GB message for every request
+MAX_MESSAGE_CHARS = 32 << 20
+
+
+def check_message_size(name: str, params: SynthesizeEntry, pools: list[list[str]]) -> None:
+    """DataError before any request is built when the longest draw (each source's `count` longest prompts,
+    every field of the template filled) makes messages over MAX_MESSAGE_CHARS."""
+    examples = sum(len(line) + 3 for line in params.fixed_examples)  # "- " and a newline each
+    for source, pool in zip(params.examples, pools):
+        examples += sum(heapq.nlargest(source.count, map(len, pool))) + 3 * source.count
+    topics = sum(len(topic) + 2 for topic in params.avoid_topics)
+    fields = [name for _, name, _, _ in string.Formatter().parse(params.template) if name]
+    longest = len(params.template) + len(params.system or "")
+    longest += fields.count("examples") * examples + fields.count("avoid_topics") * topics
+    if longest > MAX_MESSAGE_CHARS:
+        raise DataError(
+            f"synthesize {shown(name)}: a request's messages may reach {longest} characters, over {MAX_MESSAGE_CHARS} "
+            "(the template repeats {examples} or {avoid_topics}, or the examples are long): trim one of them"
+        )
 
 
 def build_requests(params: SynthesizeEntry, pools: list[list[str]]) -> list[dict]:
@@ -310,6 +334,8 @@ def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str 
 
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
     check_pools(params, pools)
+    if params.requests:  # before any body is built: each is built to key it
+        check_message_size(name, params, pools)
     total = params.requests
     # keys first (32 bytes each, the bodies dropped): the counts and offline's refusal come before any call
     keys = RequestKeys(params, pools)

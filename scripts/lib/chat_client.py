@@ -5,11 +5,10 @@
   `timeout_s` a deadline for the whole request (connect, send, headers, body).
 - Retries: timeouts, 429, 5xx, dropped connections and replies that are not a chat completion are
   retried with exponential backoff (at least the server's Retry-After); other statuses are not.
-- The key never reaches a file or a message: any run of text from which it could be read back (any
-  8+ character piece of it in any case, reversed, escaped or encoded: scripts/lib/key_redaction.py;
-  a key under 16 characters only as itself) is removed from replies (a server echoing the header) and
-  error messages; a reply that still holds it is refused, not cached, and so is one whose usage is
-  not an object or whose text is not Unicode (check_reply).
+- The key never reaches a file or a message: any run of text from which it could be read back (any 8+ character
+  piece of it in any case, reversed, escaped or encoded: scripts/lib/key_redaction.py; a key under 16 characters
+  only as a whole token) is removed from replies (a server echoing the header) and error messages; a reply that
+  still holds it is refused, not cached, and so is one whose usage is not an object or whose text is not Unicode.
 - Cache: one JSON file per request under cache/<sha256>.json, keyed by (base_url, request body) and read
   only under that key (a renamed entry is refused), written atomically only after the request succeeded,
   so a killed run (even kill -9) keeps every finished request and the next run resumes; with the cache,
@@ -41,7 +40,8 @@ from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHT
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import file_kind, write_json
-from scripts.lib.key_redaction import holds_key, redact_key
+from scripts.lib.key_redaction import holds_key
+from scripts.lib.key_redaction import redact_secrets as redact_key  # proxy passwords too
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import open_regular, read_capped
 from scripts.lib.temps import is_our_temp, remove_stale
@@ -179,10 +179,9 @@ def _origin(url: str) -> str:
 
 def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel: threading.Event | None = None) -> dict:
     """One POST to /chat/completions; raises TransientError or FatalError (key never in messages).
-
-    The key goes in the Authorization header of this request only (redirects are refused), and what
-    could give it back is removed from the reply (a server echoing the header must not put it into
-    the cache or prompts.txt) and from error messages (redact_key); a reply that still holds it as
+    The key goes in the Authorization header of this request only (redirects are refused), and what could give
+    it back, or a proxy's password, is removed from the reply (a server echoing the header must not put it into
+    the cache or prompts.txt) and from error messages (redact_secrets); a reply that still holds the key as
     stored (holds_key on its JSON text) is a FatalError, never cached."""
     if api_key and holds_key(json.dumps(body, ensure_ascii=False), api_key):  # the body is cached as sent
         raise FatalError("the request would carry the API key in its body (the key pasted into params?); not sent")
@@ -487,13 +486,15 @@ def call_missing(
 
 
 def api_key_from_env(env_name: str | None) -> str | None:
-    """The key from the environment variable `env_name` (None: no key); one that cannot be sent as a
-    header value (a control character such as a trailing \\r or newline, a space, non-ASCII) is
-    refused without printing it."""
+    """The key from the environment variable `env_name` (None: no key), refused without printing it when it
+    cannot be a header value (a control character such as a trailing \\r, a space, non-ASCII) or is wrapped in
+    quotes: `Bearer "sk-..."` fails, and a server naming the key echoes it bare, where a short one went unfound."""
     key = os.environ.get(env_name) if env_name else None
     if key and not all(0x21 <= ord(char) <= 0x7E for char in key):
         raise DataError(
-            f"${env_name}: the API key holds a control character, space or non-ASCII "
-            "character (a trailing newline or \\r from the file it was read from?); fix the variable"
+            f"${env_name}: the API key holds a control character, space or non-ASCII character (a trailing "
+            "newline or \\r from the file it was read from?); fix the variable"
         )
+    if key and len(key) >= 2 and key[0] == key[-1] in "'\"":  # `docker run --env-file` keeps an env file's quotes
+        raise DataError(f"${env_name}: the API key is wrapped in quotes (kept from an env file?); remove them")
     return key

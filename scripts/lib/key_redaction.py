@@ -16,9 +16,9 @@ case, is redacted in the original text together with the run of word, base64 and
 it (an encoded blob goes whole, not just its middle). `holds_key` says whether text still holds such a
 piece: what must be stored (a cache entry) and cannot be proven clean is refused, never written.
 
-A key shorter than SHORT_KEY (16) characters (vLLM's dummy `EMPTY`) is matched only as itself, a whole
-case-sensitive token: its pieces in any case are common words. Redaction makes at most MAX_ROUNDS
-passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
+A key shorter than SHORT_KEY (16) characters is matched only as itself, a whole token in any letter case (one
+that is a word, such as vLLM's `EMPTY`: only as written): its pieces are common words. Redaction makes at most
+MAX_ROUNDS passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
 pr-comment-post's job, which redacts only the short lines it prints), then a text still holding a piece goes whole. Encodings
 beyond ENCODINGS (base64 of base64, a C hex list) are not looked for: a server that holds the key can
 always encode it anew.
@@ -243,9 +243,17 @@ MAX_ROUNDS = 4  # redaction rounds before a text that keeps joining into a piece
 
 
 def _short_key(api_key: str) -> re.Pattern:
-    """A short key as an exact, case-sensitive token: its 8-character pieces in any case and encoding
-    would be common words ("EMPTY" in "an empty street"), and such a key guards nothing worth that."""
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])")
+    """A short key as a whole token: its 8-character pieces in any case and encoding would be common words.
+    In any letter case, as a longer key (a server echoing `ZQ7XK2PLM9` for `Zq7xK2pLm9` reached the error line,
+    prompts.txt and the cache), unless the key is a word (letters of one case, or capitalised, no digit:
+    vLLM's `EMPTY`, `dummy`, TOKENIZERS_PARALLELISM's `false`): its other cases are that word in prose, and
+    "an empty street" must stay whole."""
+    word = not any(char.isdigit() for char in api_key) and api_key in (
+        api_key.lower(),
+        api_key.upper(),
+        api_key.capitalize(),
+    )
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", 0 if word else re.IGNORECASE)
 
 
 def holds_key(text: str, api_key: str | None) -> bool:
@@ -311,3 +319,32 @@ def _redact_text(value: str, api_key: str) -> str:
             done = end
         value = "".join([*kept, value[done:]])
     return "***" if _spans(value, api_key) else value
+
+
+# urllib sends through the proxy these variables name (either case), with the URL's user:password as
+# Proxy-Authorization: a proxy echoing it in an error or a reply put the password on the error line or into
+# prompts.txt and the cache, where only the API key was redacted
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def proxy_passwords() -> list[str]:
+    """The passwords in the proxy variables set now, as written and percent-decoded."""
+    import os
+    import urllib.parse
+
+    found = set()
+    for name, value in os.environ.items():
+        if name.lower() in PROXY_VARIABLES:
+            try:
+                password = urllib.parse.urlsplit(value).password
+            except ValueError:  # no URL urllib reads: it sends through no proxy then
+                continue
+            found |= {password, urllib.parse.unquote(password)} if password else set()
+    return sorted(found)
+
+
+def redact_secrets(value: Any, api_key: str | None) -> Any:
+    """redact_key for the API key and for every proxy password (proxy_passwords)."""
+    for secret in [api_key, *proxy_passwords()]:
+        value = redact_key(value, secret)
+    return value

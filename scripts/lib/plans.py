@@ -49,6 +49,22 @@ def releases_read_by(names: list[str], releases: dict, recipes: Recipes | None =
     return [name for name in releases if name in found]
 
 
+# Entries all release plans may hold together. Each plan holds every release its release reads, so N chained
+# releases make N**2 / 2 entries: 3,000 links (85 KB of params.yaml) ran `recipes` for 200 s into 300 MB,
+# 10,000 for most of an hour. 200,000 is a chain of over 600; real ones are a few releases long.
+MAX_PLAN_ENTRIES = 200_000
+
+
+def check_plans_bounded(entries: int, name: str) -> None:
+    """DataError once the release plans written so far (the last `name`'s) hold more than MAX_PLAN_ENTRIES."""
+    if entries > MAX_PLAN_ENTRIES:
+        raise DataError(
+            f"params.yaml: releases.{name}: the release plans would hold more than {MAX_PLAN_ENTRIES} entries "
+            "(each holds every release its release reads through base: and reference:, so a chain of N holds "
+            "N*N/2); shorten the chain"
+        )
+
+
 def release_plan(name: str, releases: dict, sources: dict, recipes: Recipes | None = None) -> dict:
     """data/recipes/release/V.json: the entries of `releases` release@V reads, and of `sources` (the
     sources of their components: image folders, kind, licence, link and citation for the card). An

@@ -198,7 +198,13 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
 
 
 # Environment variables whose values are secrets: by name, and every variable params names in an `*_env` key.
-SECRET_ENV_NAME = re.compile(r"(?i)api_?key|access_?key|private_?key|secret|token|passw|credential")
+# Also the names that say so in a word the first list lacked (MYSQL_PWD, DB_PASS, BORG_PASSPHRASE,
+# AZURE_OPENAI_KEY, REDIS_AUTH: each value went into dvc.lock), as parts cut by `_`: GIT_AUTHOR_NAME, PWD and
+# PASSENGER_* are no secrets
+SECRET_ENV_NAME = re.compile(
+    r"(?i)api_?key|access_?key|private_?key|secret|token|passw|passphrase|credential"
+    r"|_key$|_pwd$|(?:^|_)(?:pass|auth)(?:$|_)"
+)
 MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: as part of a text, `hunter2`
 # is in too many texts (a word, a name); as a whole scalar it is the secret pasted
 # under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
@@ -215,11 +221,11 @@ PLACEHOLDER_KEYS = frozenset(
 
 
 def secret_env_values(params: Any) -> dict[str, str]:
-    """{name: value, whitespace runs made one space} of the secret environment variables set now; a value
-    that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the key is) or is a local
-    server's placeholder (PLACEHOLDER_KEYS) is none."""
+    """{name: value, whitespace runs made one space, quotes around it left out} of the secret environment
+    variables set now; a value that names a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json: where the
+    key is) or is a local server's placeholder (PLACEHOLDER_KEYS) is none."""
     names = {name for name in os.environ if SECRET_ENV_NAME.search(name)} | set(_env_names(params))
-    values = {name: " ".join(os.environ.get(name, "").split()) for name in names}
+    values = {name: _unquoted(" ".join(os.environ.get(name, "").split())) for name in names}
     return {
         name: value
         for name, value in values.items()
@@ -230,16 +236,33 @@ def secret_env_values(params: Any) -> dict[str, str]:
     }
 
 
+def _unquoted(value: str) -> str:
+    """`value` less one pair of quotes around it: `docker run --env-file` and systemd's EnvironmentFile= keep
+    them (DB_PASSWORD="hunter22x" holds `"hunter22x"`), while the value pasted into params.yaml has none."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].strip()
+    return value
+
+
 def holds_secret(text: str, secret: str) -> bool:
     """Whether `text` (a scalar of params) holds `secret`. One of MIN_SECRET_CHARS or more anywhere, as
     key_redaction.holds_whole_key finds it: in any letter case, reversed, percent-escaped, base64 at any byte
     offset (`Basic <base64 of user:secret>`), spaces or separators left out. A shorter one only as the whole
-    scalar, exactly, or the scalar percent- or base64-decoded."""
+    scalar, in any letter case or Unicode form (as a longer one: `HUNTER22X` for hunter22x went into dvc.lock),
+    or the scalar percent- or base64-decoded."""
     from scripts.lib.key_redaction import holds_whole_key
 
     if len(secret) >= MIN_SECRET_CHARS:
         return holds_whole_key(text, secret)
-    return secret in {" ".join(form.split()) for form in _decodings(text)}
+    return _folded(secret) in {_folded(form) for form in _decodings(text)}
+
+
+def _folded(text: str) -> str:
+    """`text` as a short secret is compared: whitespace runs one space, NFKC (a macOS variable's decomposed `é`,
+    fullwidth letters), case folded (`HUNTER22X` is hunter22x pasted upper-cased)."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", " ".join(text.split())).casefold()
 
 
 def _decodings(text: str) -> set[str]:
