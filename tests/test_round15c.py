@@ -18,6 +18,9 @@
 5. The terminal width from the environment laid out `--help` as given: COLUMNS=99999999 printed 500 MB in
    20 s and went on, 1e21 was an OverflowError traceback, 0 (or TERMINAL_WIDTH=0) printed the help as one
    empty line, TERMINAL_WIDTH=99999999 rendered for minutes. A width outside 40..1000 is now ignored.
+6. replay-history stopped by a signal sent to it alone (`kill`, a CI's cancel) waited for the `dvc repro`
+   it ran (Popen's exit only waits), minutes, and that repro went on. Its child now has a process group
+   of its own, which is ended (SIGTERM, then SIGKILL) on any exit from the loop that reads it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -274,3 +278,35 @@ def test_a_terminal_width_out_of_range_still_prints_the_help(tmp_path, row):
     text = (tmp_path / "help.txt").read_text(encoding="utf-8")
     assert (result.returncode, result.stderr) == (0, "")
     assert f"Usage: python -m scripts {argv[0]}" in text and "--help" in text and len(text) < 20_000
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_replay_history_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, signum):
+    """replay-history's `_run` (as test_history runs it) on a child that runs 10 s and has a child of its
+    own; the signal goes to this process alone, as `kill PID` sends it."""
+    from scripts.cli import _install_signal_handlers, _restore_signal_handlers
+    from scripts.tools.replay_history import _run
+
+    script = "sleep 10 & echo $! > grandchild; echo started; wait"
+
+    def signal_once_started() -> None:
+        while not (tmp_path / "grandchild").exists():
+            time.sleep(0.02)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signum)
+
+    handlers = _install_signal_handlers()
+    sender = threading.Thread(target=signal_once_started, daemon=True)
+    start = time.monotonic()
+    try:
+        sender.start()
+        with pytest.raises(Interrupted):
+            _run(["bash", "-c", script], tmp_path, say="replay-history: v2 (1/5)")
+    finally:
+        _restore_signal_handlers(handlers)
+        interrupts.forget()
+    assert time.monotonic() - start < 5
+    grandchild = int((tmp_path / "grandchild").read_text())
+    time.sleep(0.2)
+    status = Path(f"/proc/{grandchild}/status")
+    assert not status.exists() or "zombie" in status.read_text(), status.read_text()
