@@ -18,9 +18,11 @@
 5. The terminal width from the environment laid out `--help` as given: COLUMNS=99999999 printed 500 MB in
    20 s and went on, 1e21 was an OverflowError traceback, 0 (or TERMINAL_WIDTH=0) printed the help as one
    empty line, TERMINAL_WIDTH=99999999 rendered for minutes. A width outside 40..1000 is now ignored.
-6. replay-history stopped by a signal sent to it alone (`kill`, a CI's cancel) waited for the `dvc repro`
-   it ran (Popen's exit only waits), minutes, and that repro went on. Its child now has a process group
-   of its own, which is ended (SIGTERM, then SIGKILL) on any exit from the loop that reads it.
+6. A tool stopped by a signal sent to it alone (`kill PID`, a CI's cancel) left what its child started
+   running: replay-history waited for the `dvc repro` it ran (Popen's exit only waits), minutes;
+   pr-build's and pr-comment's dvc were SIGKILLed by subprocess.run, and the stage it ran went on. Each
+   child now leads a process group of its own, ended (SIGTERM, then SIGKILL) when the tool stops
+   (scripts/tools/child_group.py).
 """
 
 from __future__ import annotations
@@ -280,14 +282,54 @@ def test_a_terminal_width_out_of_range_still_prints_the_help(tmp_path, row):
     assert f"Usage: python -m scripts {argv[0]}" in text and "--help" in text and len(text) < 20_000
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
-def test_replay_history_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, signum):
-    """replay-history's `_run` (as test_history runs it) on a child that runs 10 s and has a child of its
-    own; the signal goes to this process alone, as `kill PID` sends it."""
-    from scripts.cli import _install_signal_handlers, _restore_signal_handlers
+GRANDCHILD = "sleep 10 & echo $! > grandchild; echo started; wait"  # a child of 10 s with a child of its own
+
+
+def replay_run(tmp_path: Path, monkeypatch) -> None:
     from scripts.tools.replay_history import _run
 
-    script = "sleep 10 & echo $! > grandchild; echo started; wait"
+    _run(["bash", "-c", GRANDCHILD], tmp_path, say="replay-history: v2 (1/5)")
+
+
+def as_python(tmp_path: Path, monkeypatch) -> None:
+    """`python -m dvc ...` (sys.executable) runs GRANDCHILD instead."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/bash\n{GRANDCHILD}\n", encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+
+
+def pr_build_dvc(tmp_path: Path, monkeypatch) -> None:
+    from scripts.tools import pr_build
+
+    as_python(tmp_path, monkeypatch)
+    pr_build.dvc(["repro"], tmp_path)
+
+
+def pr_comment_dvc(tmp_path: Path, monkeypatch) -> None:
+    from scripts.tools import pr_comment
+
+    as_python(tmp_path, monkeypatch)
+    pr_comment.dvc(["pull"], str(tmp_path))
+
+
+# row -> (the signal, sent to this process alone as `kill PID` sends it; a tool's call that runs a child)
+CHILD_ROWS = {
+    "replay-history-SIGTERM": (signal.SIGTERM, replay_run),
+    "replay-history-SIGINT": (signal.SIGINT, replay_run),
+    "replay-history-SIGHUP": (signal.SIGHUP, replay_run),
+    "pr-build-dvc-SIGTERM": (signal.SIGTERM, pr_build_dvc),
+    "pr-build-dvc-SIGHUP": (signal.SIGHUP, pr_build_dvc),
+    "pr-comment-dvc-SIGINT": (signal.SIGINT, pr_comment_dvc),
+}
+
+
+@pytest.mark.parametrize("row", CHILD_ROWS)
+def test_a_tool_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, monkeypatch, row):
+    """The tool's child runs 10 s and has a child of its own: both end within seconds of the signal."""
+    from scripts.cli import _install_signal_handlers, _restore_signal_handlers
+
+    signum, call = CHILD_ROWS[row]
 
     def signal_once_started() -> None:
         while not (tmp_path / "grandchild").exists():
@@ -301,12 +343,12 @@ def test_replay_history_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path,
     try:
         sender.start()
         with pytest.raises(Interrupted):
-            _run(["bash", "-c", script], tmp_path, say="replay-history: v2 (1/5)")
+            call(tmp_path, monkeypatch)
     finally:
         _restore_signal_handlers(handlers)
         interrupts.forget()
     assert time.monotonic() - start < 5
     grandchild = int((tmp_path / "grandchild").read_text())
     time.sleep(0.2)
-    status = Path(f"/proc/{grandchild}/status")
+    status = Path(f"/proc/{grandchild}/status")  # gone, or dead and not reaped yet
     assert not status.exists() or "zombie" in status.read_text(), status.read_text()

@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIT_ENV = {
@@ -87,41 +87,18 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
     # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    # its own process group: whatever stops this command (a signal, a print that fails) stops dvc and
-    # the stage it runs, all of them, here
-    with subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
-    ) as proc:
+    # whatever stops this command (a signal, a print that fails) stops dvc and the stage it runs: Popen's
+    # exit only waited for them, minutes, while they went on writing the replay
+    with child_group(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         lines = []
-        try:
-            for line in proc.stdout:  # type: ignore[union-attr]
-                lines.append(line)
-                stage = STAGE_LINE.match(line)
-                if say and stage:
-                    print(shown(f"{say}: stage {stage.group(1)}"), flush=True)
-        except BaseException:
-            _stop(proc)
-            raise
+        for line in proc.stdout:
+            lines.append(line)
+            stage = STAGE_LINE.match(line)
+            if say and stage:
+                print(shown(f"{say}: stage {stage.group(1)}"), flush=True)
     if proc.returncode != 0:
         tail = "".join(lines).strip().splitlines()[-1:] or ["(no output)"]
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
-
-
-STOP_SECONDS = 1.5  # for dvc and its stage to end on SIGTERM (removing their temps), then SIGKILL
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """End `proc`'s process group. Popen's exit only waited for it: a SIGTERM to replay-history (`kill`,
-    a CI's cancel) or a Ctrl-C sent to it alone waited out the whole `dvc repro` (minutes), which went on
-    writing the replay."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
-        try:
-            proc.wait(timeout=STOP_SECONDS)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def built_by_the_pipeline(name: str) -> bool:
