@@ -23,6 +23,9 @@
    pr-build's and pr-comment's dvc were SIGKILLed by subprocess.run, and the stage it ran went on. Each
    child now leads a process group of its own, ended (SIGTERM, then SIGKILL) when the tool stops
    (scripts/tools/child_group.py).
+7. A bad value of a variable Arrow reads (ARROW_IO_THREADS=0, ARROW_DEFAULT_MEMORY_POOL=bogus,
+   ARROW_USER_SIMD_LEVEL=bogus or max) was ignored by Arrow with a C++ line of its own on stderr, beside the
+   command's output at exit 0. It is now one line naming the variable, as HF_HUB_ETAG_TIMEOUT's is.
 """
 
 from __future__ import annotations
@@ -352,3 +355,31 @@ def test_a_tool_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, monkeyp
     time.sleep(0.2)
     status = Path(f"/proc/{grandchild}/status")  # gone, or dead and not reaped yet
     assert not status.exists() or "zombie" in status.read_text(), status.read_text()
+
+
+ARROW_ROWS = {
+    "ARROW_IO_THREADS-0": ("ARROW_IO_THREADS", "0"),
+    "ARROW_IO_THREADS-too-many": ("ARROW_IO_THREADS", "99999999999"),
+    "ARROW_DEFAULT_MEMORY_POOL-bogus": ("ARROW_DEFAULT_MEMORY_POOL", "bogus"),
+    "ARROW_USER_SIMD_LEVEL-max": ("ARROW_USER_SIMD_LEVEL", "max"),
+}
+
+
+@pytest.mark.parametrize("row", ARROW_ROWS)
+def test_a_bad_arrow_variable_is_one_line_naming_it(tmp_path, row):
+    name, value = ARROW_ROWS[row]
+    write_params(tmp_path)
+    make_splits(tmp_path, n=8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), name: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts", "release", "v2", "data/splits", "rel"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: {name}: must be ") and value not in line
+    assert not (tmp_path / "rel").exists() and leftovers(tmp_path) == []
