@@ -26,6 +26,9 @@
 7. A bad value of a variable Arrow reads (ARROW_IO_THREADS=0, ARROW_DEFAULT_MEMORY_POOL=bogus,
    ARROW_USER_SIMD_LEVEL=bogus or max) was ignored by Arrow with a C++ line of its own on stderr, beside the
    command's output at exit 0. It is now one line naming the variable, as HF_HUB_ETAG_TIMEOUT's is.
+8. A MemoryError while an image's header or EXIF block was read was taken for a broken block: no
+   orientation (a phone photo's width and height recorded unturned) or an unknown size, at exit 0. It
+   now goes on up, to the `out of memory` line.
 """
 
 from __future__ import annotations
@@ -383,3 +386,66 @@ def test_a_bad_arrow_variable_is_one_line_naming_it(tmp_path, row):
     line = error_line(result.stderr)
     assert line.startswith(f"error: {name}: must be ") and value not in line
     assert not (tmp_path / "rel").exists() and leftovers(tmp_path) == []
+
+
+def jpeg_turned() -> bytes:
+    """A 4x2 JPEG whose EXIF orientation (6) shows it 2x4."""
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 2)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def shown_size_of_jpeg(run_out_of_memory) -> object:
+    import io
+
+    from scripts.lib.pixels import opened, shown_size
+
+    with opened(io.BytesIO(jpeg_turned()), "x.jpg") as image:
+        run_out_of_memory()  # PIL reads the EXIF block when shown_size asks for it, not before
+        return shown_size(image)
+
+
+def orientation_of_jpeg(run_out_of_memory) -> object:
+    import io
+
+    from PIL import Image
+
+    from scripts.lib.pixels import exif_orientation
+
+    block = Image.open(io.BytesIO(jpeg_turned())).info["exif"]
+    run_out_of_memory()
+    return exif_orientation(block)
+
+
+def size_of_jpeg_head(run_out_of_memory) -> object:
+    from scripts.lib.archive import image_size
+
+    run_out_of_memory()
+    return image_size(jpeg_turned(), "x.jpg")
+
+
+# row -> (what reads the header, (module, attribute) that runs out of memory)
+HEADER_ROWS = {
+    "shown_size": (shown_size_of_jpeg, ("PIL.Image", "Image.getexif")),
+    "exif_orientation": (orientation_of_jpeg, ("PIL.Image", "Exif.load")),
+    "image_size": (size_of_jpeg_head, ("scripts.lib.archive", "opened")),
+}
+
+
+@pytest.mark.parametrize("row", HEADER_ROWS)
+def test_a_memory_error_reading_an_image_header_is_no_broken_block(monkeypatch, row):
+    import importlib
+
+    read, (module, path) = HEADER_ROWS[row]
+    owner = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    with pytest.raises(MemoryError):
+        read(lambda: monkeypatch.setattr(owner, name, memory_error))

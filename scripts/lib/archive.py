@@ -335,7 +335,7 @@ def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
     try:
         with opened(io.BytesIO(head), name) as img:  # reads the header only
             return shown_size(img)
-    except TooManyPixels:
+    except (TooManyPixels, MemoryError):  # a memory limit is no unknown size
         raise
     except Exception:
         return None

@@ -85,6 +85,8 @@ def shown_size(image) -> tuple[int, int]:
         warnings.simplefilter("ignore")
         try:
             orientation = image.getexif().get(ORIENTATION)
+        except MemoryError:  # a memory limit is no broken block: the size recorded would be the unturned one
+            raise
         except Exception:  # PIL raises many kinds for a broken block (SyntaxError, struct.error, ValueError)
             orientation = None
     return turned(image.size, orientation)
@@ -116,6 +118,8 @@ def exif_orientation(block: bytes):
             exif = Image.Exif()
             exif.load(block)
             return exif.get(ORIENTATION)
+        except MemoryError:  # as in shown_size
+            raise
         except Exception:  # a broken block is no orientation, as in shown_size
             return None
 
