@@ -106,7 +106,7 @@ def test_a_signal_whose_default_kills_stops_the_command_with_one_line(tmp_path, 
     write_params(tmp_path)
     write_lines(tmp_path / "in.txt", prompts)
     if signum == signal.SIGXCPU:  # the real thing: a CPU-time limit the run outlasts
-        proc = start(tmp_path, argv, cpu_seconds=2)
+        proc = start(tmp_path, argv, cpu_seconds=1)
     else:
         proc = start(tmp_path, argv)
         wait_for_temp(tmp_path, proc)
