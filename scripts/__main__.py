@@ -4,13 +4,15 @@ import os
 import signal
 import sys
 
+from scripts.lib.interrupts import STOPPING_SIGNALS
+
 
 def _ignore_late_signals() -> None:
     """Registered first, so it runs last of the atexit callbacks: after it the interpreter only tears down
-    (pyarrow's and torch's teardown takes up to a second), and Python would have reset SIGINT and SIGTERM
-    to their defaults, so a Ctrl-C there ended the process silently by the signal (exit -2, no line). The
+    (pyarrow's and torch's teardown takes up to a second), and Python would have reset SIGINT, SIGTERM and
+    the other STOPPING_SIGNALS to their defaults, so a Ctrl-C there ended the process silently by the signal (exit -2, no line). The
     command's work is done and its output written: the signal is ignored and the command's code stands."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOPPING_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 
@@ -35,7 +37,7 @@ def _while_exiting(signum, frame):
     os._exit(128 + signum)
 
 
-for _signum in (signal.SIGINT, signal.SIGTERM):
+for _signum in STOPPING_SIGNALS:
     if signal.getsignal(_signum) is not signal.SIG_IGN:
         signal.signal(_signum, _while_exiting)
 sys.exit(code)

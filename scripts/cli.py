@@ -3,16 +3,19 @@
 Each stage module owns a `cli` function (typer signature, thin: resolve paths, read its params
 section, do I/O, call the pure core). This file only maps command names to those functions, imports
 just the one a run needs (a stage process never pays for torch or pandas it does not use), and turns
-every failure into one line on stderr with a non-zero exit code (SIGINT 130, SIGTERM 143).
+every failure into one line on stderr with a non-zero exit code (SIGINT 130, SIGTERM 143, SIGHUP 129).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import os
 import sys
 
-from scripts.lib.errors import shown
-from scripts.lib.interrupts import Interrupted, forget, holding, note, received
+from scripts.lib.errors import DataError, shown
+from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, note, received
 
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
 COMMANDS = {
@@ -73,7 +76,7 @@ def build_app(argv: list[str]):
 
 
 def _install_signal_handlers() -> dict:
-    """SIGINT and SIGTERM raise Interrupted in the main thread; a second one during the cleanup ends
+    """SIGINT, SIGTERM and the other STOPPING_SIGNALS raise Interrupted in the main thread; a second one during the cleanup ends
     the process at once (its temp files are removed by the next run), but never while outputs are being
     renamed in (interrupts.held: a second Ctrl-C there left a release half renamed). Returns the old handlers."""
     import os
@@ -108,7 +111,7 @@ def _install_signal_handlers() -> dict:
     # a signal the parent set to be ignored (e.g. SIGINT of a shell's background job) stays ignored
     return {
         signum: signal.signal(signum, handler)
-        for signum in (signal.SIGINT, signal.SIGTERM)
+        for signum in STOPPING_SIGNALS
         if signal.getsignal(signum) is not signal.SIG_IGN
     }
 
@@ -117,9 +120,12 @@ _FORK_HOOK = False
 
 
 def _worker_signals() -> None:
+    """A forked worker: SIGTERM (the parent stopping its pool) ends it at once; every other stopping
+    signal is the parent's to handle (a closed terminal's SIGHUP reaches the whole group, as Ctrl-C does)."""
     import signal
 
-    for signum, disposition in ((signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_DFL)):
+    for signum in STOPPING_SIGNALS:
+        disposition = signal.SIG_DFL if signum == signal.SIGTERM else signal.SIG_IGN
         handler = signal.getsignal(signum)
         if getattr(handler, "__qualname__", "").startswith("_install_signal_handlers"):
             signal.signal(signum, disposition)
@@ -150,15 +156,70 @@ class _LineTracker:
         return getattr(self._stream, name)
 
 
+class _StandardOutput:
+    """sys.stdout during a command: a write or flush that fails is a DataError naming standard output,
+    as a failed write to any output is. Its reader gone (`| head -1`: EPIPE) was exit 1 and no line (click
+    turns a broken pipe into a silent `sys.exit(1)`); `>&-` (Python's sys.stdout is None) printed nothing
+    at exit 0, the table lost; `> /dev/full` was `No space left on device`, naming no output."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        if self._stream is None:
+            raise _standard_output_failed(OSError(errno.EBADF, "closed (`>&-`)"))
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _standard_output_failed(exc) from None
+
+    def flush(self):
+        try:
+            if self._stream is not None:
+                self._stream.flush()
+        except OSError as exc:
+            raise _standard_output_failed(exc) from None
+
+    def isatty(self):
+        return self._stream is not None and self._stream.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _standard_output_failed(exc: OSError) -> DataError:
+    """The one line for standard output; what is still buffered is dropped (fd 1 made /dev/null), or
+    Python's flush at exit would fail again and print an `Exception ignored` traceback after it."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.EPIPE:
+        reason += " (what read it stopped reading: the output is cut short)"
+    return DataError(f"standard output: {reason}")
+
+
+def _flushed(code: int) -> int:
+    """`code`, or the one line when what the command printed cannot be written out (unless it failed
+    already and said so)."""
+    try:
+        sys.stdout.flush()
+    except DataError as exc:
+        return _error(str(exc)) if code == 0 else code
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (0 ok, 2 bad input or usage, 130 SIGINT, 143 SIGTERM)."""
     old_handlers = _install_signal_handlers()
-    stderr, unraisable = sys.stderr, sys.unraisablehook
+    stdout, stderr, unraisable = sys.stdout, sys.stderr, sys.unraisablehook
+    sys.stdout = _StandardOutput(stdout)
     if stderr is not None:
         sys.stderr = _LineTracker(stderr)
     sys.unraisablehook = _quiet_interrupts(unraisable)
     try:
-        code = _main(argv)
+        code = _flushed(_main(argv))
         if (signum := received()) is not None and code != 128 + signum:  # the run went on all the same
             return _interrupted(signum)
         return code
@@ -171,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             return _interrupted(signum)
         raise
     finally:
-        sys.stderr = stderr
+        sys.stdout, sys.stderr = stdout, stderr
         if getattr(sys.unraisablehook, "quiets_interrupts", False):  # not when _silence_finalizers set one
             sys.unraisablehook = unraisable
         _restore_signal_handlers(old_handlers)
@@ -240,7 +301,49 @@ def os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+def _run_app(argv: list[str]):
+    """The command's typer app, run; any failure that a MemoryError caused is that MemoryError."""
+    try:
+        return build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
+    except Exception as exc:
+        if _out_of_memory(exc):
+            raise MemoryError from None
+        raise
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """`exc` is a MemoryError or was raised while one was handled: a handler that turns what a library
+    raised into a line about the data also caught the MemoryError of a memory limit (`ulimit -v`). A
+    release said its image "was replaced after ingest", and a rule set's handler, formatting the empty
+    message's first line, failed with an IndexError traceback of 80 lines."""
+    seen = 0
+    while exc is not None and seen < 100:
+        if isinstance(exc, MemoryError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+WIDTHS = (40, 1000)  # the terminal widths typer's help and usage errors are laid out in
+
+
+def _bounded_terminal_width() -> None:
+    """COLUMNS and TERMINAL_WIDTH lay out typer's help and usage errors, every line padded to the width by
+    rich: COLUMNS=99999999 printed `split --help` as 500 MB in 20 s and went on, 1e21 was an OverflowError
+    traceback, 0 printed the help as one empty line. A width that is no whole number in WIDTHS is dropped,
+    as if unset (80 columns off a terminal)."""
+    low, high = WIDTHS
+    for name in ("COLUMNS", "TERMINAL_WIDTH"):
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        # len first: int() of 5,000 digits is a ValueError
+        if not (value.isascii() and value.isdigit() and len(value) <= len(str(high)) and low <= int(value) <= high):
+            del os.environ[name]
+
+
 def _main(argv: list[str] | None) -> int:
+    _bounded_terminal_width()
     try:
         import typer
         from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer 0.29 vendors click
@@ -255,7 +358,7 @@ def _main(argv: list[str] | None) -> int:
         note_folder_spellings(argv)
         note_command(next((a for a in argv if not a.startswith("-")), ""))  # what it writes is this command's
         try:
-            status = build_app(argv)(args=argv, prog_name="python -m scripts", standalone_mode=False)
+            status = _run_app(argv)
         except DataError as exc:
             return _error(one_line(str(exc)))
         except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line

@@ -161,6 +161,8 @@ def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
     try:
         with opened(io.BytesIO(data), image.ref) as img:
             fmt = img.format
+    except MemoryError:  # a memory limit is no bad image to skip and count
+        raise
     except Exception:
         raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
     if fmt not in MIME:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scripts.lib.interrupts import held
 from scripts.lib.tables import PARQUET_ROW_GROUP, row_groups_to
 from scripts.lib.temps import TMP_SPILL, _remove, _sibling, mark_temp, remove_stale
 
@@ -102,15 +103,18 @@ def sorted_rows_to(path: Path | str, ranks: np.ndarray, schema=None):
     with row_groups_to(path, schema) as out:
         folder = _sibling(Path(path), TMP_SPILL)  # under the lock row_groups_to holds
         remove_stale(folder, Path(path))
-        folder.mkdir()
-        mark_temp(folder)
-        spill = Spill(folder, ranks, BUCKET_ROWS)
+        spill = None
         try:
+            with held():  # a signal between mkdir and the tag left a folder every later run refused as not ours
+                folder.mkdir()
+                mark_temp(folder)
+            spill = Spill(folder, ranks, BUCKET_ROWS)
             yield spill
             for table in spill.tables():
                 out.add(table)
             out.schema = out.schema or spill.schema  # no rows: an empty file with the columns given
         finally:  # the spill goes with the run, even when closing it fails (a full disk)
-            with contextlib.suppress(Exception):
-                spill.close()
+            if spill is not None:
+                with contextlib.suppress(Exception):
+                    spill.close()
             _remove(folder)

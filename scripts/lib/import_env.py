@@ -22,11 +22,25 @@ def _whole_seconds(value: str) -> bool:
     return re.fullmatch(r"\s*[0-9]{1,9}\s*", value) is not None and int(value) > 0
 
 
-# library -> {variable: (check, what it must be)}: read (and failing) when the library is imported
+def _one_of(*values: str) -> Callable[[str], bool]:
+    return lambda value: value.strip().lower() in values
+
+
+# library -> {variable: (check, what it must be)}: read (and failing) when the library is imported, or
+# read by it later and, when bad, ignored with a line of its own on stderr (Arrow's C++ printed
+# `Invalid value for ARROW_IO_THREADS: '0'` beside a command's output at exit 0)
 IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] = {
     "huggingface_hub": {
         "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
         "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+    },
+    "pyarrow": {
+        "ARROW_IO_THREADS": (_whole_seconds, "a whole number, at least 1"),
+        "ARROW_DEFAULT_MEMORY_POOL": (_one_of("mimalloc", "jemalloc", "system"), "mimalloc, jemalloc or system"),
+        "ARROW_USER_SIMD_LEVEL": (
+            _one_of("none", "sse4_2", "avx", "avx2", "avx512"),
+            "none, sse4_2, avx, avx2 or avx512",
+        ),
     },
 }
 # variables whose values an error line must not show, whatever library quotes them
@@ -38,7 +52,7 @@ def check_variables(library: str) -> None:
     for name, (valid, expected) in IMPORT_TIME_VARIABLES.get(library, {}).items():
         value = os.environ.get(name)
         if value is not None and not valid(value):
-            raise DataError(f"{name}: must be {expected} ({library} reads it when imported); fix or unset it")
+            raise DataError(f"{name}: must be {expected} ({library} reads it); fix or unset it")
 
 
 class _CheckOnImport:

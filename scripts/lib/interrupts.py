@@ -7,11 +7,18 @@ command exits as interrupted whatever the run does next."""
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator
+
+# Every signal that ends a command: the two asked for (Ctrl-C, `kill`) and those whose default action
+# would kill the process silently, leaving its temp files, lock and workers behind: SIGHUP (the terminal
+# or ssh session closed), SIGQUIT (Ctrl-backslash) and SIGXCPU (a CPU-time limit, `ulimit -St`). Each exits 128 +
+# its number with the one `interrupted (NAME)` line, like SIGINT and SIGTERM.
+STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGXCPU)
 
 
 class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
+    """A stopping signal (SIGINT, SIGTERM, ...: STOPPING_SIGNALS) arrived: unwinds like KeyboardInterrupt (every `finally` and atomic_path's
     cleanup run, no temp file stays), but is neither an Exception nor a KeyboardInterrupt, so no
     `except Exception` swallows it and typer does not turn it into an exit status of its own."""
 

@@ -133,7 +133,11 @@ def config_text(path: Path | str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
             raise DataError(f"{shown(path)}: is {file_kind(opened.st_mode)}, not a regular file; refusing to read it")
-        data = f.read(max_bytes + 1) if opened.st_size <= max_bytes else b""
+        # its size (+1), not the cap: read(cap + 1) allocates the whole cap first, 64 MiB for a 1 KB rule set,
+        # a MemoryError under a memory limit (`ulimit -v`); one that grew since fstat is read on to the cap
+        data = f.read(opened.st_size + 1) if opened.st_size <= max_bytes else b""
+        if len(data) > opened.st_size:
+            data += f.read(max_bytes + 1 - len(data))
         if opened.st_size > max_bytes or len(data) > max_bytes:
             raise DataError(f"{shown(path)}: larger than {max_bytes} bytes; refusing to read it")
     return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
@@ -411,14 +415,17 @@ def staging_dir(output: Path | str) -> Iterator[Path]:
         for stale in real.parent.glob(f"{glob.escape(prefix)}*"):
             with contextlib.suppress(DataError):
                 remove_stale(stale, output)
-        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=real.parent))
-        mark_temp(staging)
+        staging = None
         try:
+            with held():  # a signal between mkdtemp and the tag left a folder no later run could prove its own
+                staging = Path(tempfile.mkdtemp(prefix=prefix, dir=real.parent))
+                mark_temp(staging)
             yield staging
         except OSError as exc:
             raise DataError(os_error_message(exc, output, staging)) from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(obj: Any, path: Path | str) -> None:

@@ -99,6 +99,8 @@ def shown_size(image) -> tuple[int, int]:
     with quiet_pil():  # "Corrupt EXIF data": a line on a stage's stderr per image
         try:
             orientation = image.getexif().get(ORIENTATION)
+        except MemoryError:  # a memory limit is no broken block: the size recorded would be the unturned one
+            raise
         except Exception:  # PIL raises many kinds for a broken block (SyntaxError, struct.error, ValueError)
             orientation = None
     return turned(image.size, orientation)
@@ -158,7 +160,7 @@ def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
     try:
         with opened(io.BytesIO(head), name) as img:  # reads the header only
             return shown_size(img)
-    except TooManyPixels:
+    except (TooManyPixels, MemoryError):  # a memory limit is no unknown size
         raise
     except Exception:
         return None
@@ -207,6 +209,8 @@ def exif_orientation(block: bytes):
             exif = Image.Exif()
             exif.load(block)
             return exif.get(ORIENTATION)
+        except MemoryError:  # as in shown_size
+            raise
         except Exception:  # a broken block is no orientation, as in shown_size
             return None
 

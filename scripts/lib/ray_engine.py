@@ -22,7 +22,7 @@ from types import ModuleType
 import psutil
 
 from scripts.lib.errors import DataError
-from scripts.lib.interrupts import stop_if_received
+from scripts.lib.interrupts import STOPPING_SIGNALS, stop_if_received
 from scripts.lib.params import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
         _adopt_orphans()
-        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
         try:
             _start_or_join(ray, runtime, children_before)
         finally:

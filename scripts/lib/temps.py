@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.errors import DataError, os_error_message, shown
+from scripts.lib.interrupts import held
 
 TMP_NEW, TMP_OLD, TMP_SPILL, TMP_LOCK = "tmp-new", "tmp-old", "tmp-spill", "tmp-lock"
 TEMP_XATTR = "user.t2i-datasets.temp"
@@ -81,6 +82,29 @@ def output_lock(target: Path | str) -> Iterator[None]:
     except OSError as exc:
         raise DataError(os_error_message(exc, target.parent)) from None
     lock = _sibling(target, TMP_LOCK)
+    fd = -1
+    try:
+        # a few calls that never wait (LOCK_NB): a signal inside them is noted and raised once the lock is
+        # held, here, where the `finally` removes it. One between mkstemp and its unlink left a
+        # `.T.tmp-lock.XXXXXXXX` that no later run removes; one before this `try`, the lock itself
+        with held():
+            fd = _locked(lock, target)
+        for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
+            remove_stale(_sibling(target, kind), target)
+        yield
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)  # while still holding it: see the inode check in _locked
+            os.close(fd)
+            if not os.path.lexists(target):  # a failed or refused run leaves none of the folders it made
+                for folder in made:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
+
+
+def _locked(lock: Path, target: Path) -> int:
+    """The lock file of `target`, opened and held (exclusive), or a DataError when another run holds it."""
     while True:
         fd = _open_lock(lock, target)
         try:
@@ -95,22 +119,10 @@ def output_lock(target: Path | str) -> Iterator[None]:
             current = os.stat(lock)
             mine = os.fstat(fd)
             if (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                break
+                return fd
         except FileNotFoundError:
             pass
         os.close(fd)
-    try:
-        for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
-            remove_stale(_sibling(target, kind), target)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)  # while still holding it: see the inode check above
-        os.close(fd)
-        if not os.path.lexists(target):  # a failed or refused run leaves none of the folders it made
-            for folder in made:
-                with contextlib.suppress(OSError):
-                    os.rmdir(folder)
 
 
 def _missing_folders(folder: Path) -> list[Path]:

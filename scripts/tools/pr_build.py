@@ -26,12 +26,15 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.child_group import run_in_group
 
 
 def dvc(args: list[str], cwd: str | Path) -> int:
     """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
     print(shown(f"$ dvc {' '.join(args)}"), flush=True)
-    return subprocess.run(
+    # a signal to pr-build alone stops `dvc repro` and its stage too (subprocess.run SIGKILLed dvc only:
+    # the stage went on in the worktree that the `finally` below removes)
+    return run_in_group(
         [sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
     ).returncode
 
@@ -106,7 +109,7 @@ def cli(
     check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     repo = Path.cwd()
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"
     if status.returncode == 0 and only_data_missing(json.loads(status.stdout or "{}")):
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here

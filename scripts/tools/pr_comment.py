@@ -33,6 +33,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.child_group import run_in_group
 from scripts.tools.markdown_text import cell, metrics_table
 from scripts.tools.side_inputs import check_inside
 
@@ -138,7 +139,7 @@ DVC_TIMEOUT_S = 1800  # generous: a stalled remote or a file that never answers 
 
 def dvc(args: list[str], repo: str) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(
+        return run_in_group(  # a signal to pr-comment alone stops dvc and all it started
             [sys.executable, "-m", "dvc", *args],
             cwd=repo,
             capture_output=True,

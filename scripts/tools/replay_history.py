@@ -25,6 +25,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIT_ENV = {
@@ -86,7 +87,9 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
     # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    # whatever stops this command (a signal, a print that fails) stops dvc and the stage it runs: Popen's
+    # exit only waited for them, minutes, while they went on writing the replay
+    with child_group(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         lines = []
         for line in proc.stdout:
             lines.append(line)
