@@ -438,3 +438,17 @@ def test_an_image_of_a_format_no_source_holds_is_refused(tmp_path, monkeypatch, 
     result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, files)
     assert result.returncode == 2 and not rows, (result.returncode, rows)
     assert "not a readable image header" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_format_a_source_may_hold_still_opens(image_format):
+    """The formats of safe_paths.IMAGE_EXTENSIONS, and a phone's MPO (a JPEG with a second picture), open as
+    they did: naming "MPO" among PIL's openers (it has none) failed every format PIL loads late, WebP and TIFF."""
+    from scripts.lib.pixels import image_size, opened
+
+    extra = {"save_all": True, "append_images": [Image.new("RGB", (10, 12))]} if image_format == "MPO" else {}
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 12), (30, 60, 90)).save(buffer, image_format, **extra)
+    with opened(io.BytesIO(buffer.getvalue()), "x") as image:
+        assert image.format == image_format and image.size == (10, 12)
+    assert image_size(buffer.getvalue()) == (10, 12)

@@ -26,10 +26,11 @@ PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", *GREY16)  # what PIL writes as 
 RGB_FAMILY = ("RGB", "RGBA", "RGBX", "P", "PA")  # whose colour profile still describes them as RGB
 
 
-# The formats of safe_paths.IMAGE_EXTENSIONS (MPO: a phone's JPEG with a second picture). PIL opens some
+# The formats of safe_paths.IMAGE_EXTENSIONS (PIL's JPEG opener also gives a phone's MPO, a JPEG with a
+# second picture; "MPO" itself is no opener's name, and naming it fails every open). PIL opens some
 # forty by their bytes, whatever the file's name: an EPS named 0.png was taken, and decoding it runs
 # Ghostscript where one is installed; SGI, PCX, QOI, JPEG 2000 are decoders no source of ours needs.
-FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class TooManyPixels(errors.DataError):
