@@ -25,6 +25,9 @@ commands:
 8. PIL opened an image by its bytes in any of some forty formats, whatever its name: an EPS named 0.png was
    ingested (decoding it runs Ghostscript where installed). pixels.opened takes the formats of
    safe_paths.IMAGE_EXTENSIONS only (pixels.FORMATS).
+9. commit_together closed a command's atomic_paths in turn, each renaming its output in as it closed: one whose
+   folder mark then failed (a disk full just then) left those before it in place. Now all are finished first,
+   then renamed in by replace_together, all or none.
 """
 
 from __future__ import annotations
@@ -452,3 +455,49 @@ def test_every_format_a_source_may_hold_still_opens(image_format):
     with opened(io.BytesIO(buffer.getvalue()), "x") as image:
         assert image.format == image_format and image.size == (10, 12)
     assert image_size(buffer.getvalue()) == (10, 12)
+
+
+# ---------------------------------------------------------------- 9. outputs renamed in all or none
+FINISH_FAILS = [  # the simpletuner tool's folders, the one whose mark fails (a disk full just then), a run before?
+    pytest.param(["--data-dir", "dd"], "dd", False, id="data-dir-beside-its-config"),
+    pytest.param(["--data-dir", "dd", "--txt-dir", "tt"], "tt", False, id="txt-dir-after-data-dir"),
+    pytest.param(["--data-dir", "dd", "--txt-dir", "tt"], "dd", True, id="data-dir-over-a-run-before"),
+]
+
+
+def tree(root) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(("folders", "failing", "run_before"), FINISH_FAILS)
+def test_a_command_s_outputs_appear_together_when_one_fails_to_finish(
+    tmp_path, monkeypatch, capfd, folders, failing, run_before
+):
+    """commit_together closed each atomic_path in turn, and each renamed its output in as it closed: a folder
+    whose mark then failed (ENOSPC, a disk full just then) left the outputs closed before it in place, the
+    config (renamed in first) beside no parquet, or a new config beside the run before's folders. Now every
+    output is finished first and renamed in by replace_together, all or none."""
+    import errno
+
+    from scripts.lib import io as lib_io
+
+    write_files(tmp_path / "raw", {"data-000000.tar": dalle3_shard(["fox.png", "cat.png"])})
+    argv = ["simpletuner", "raw", "st.parquet", *folders]
+    if run_before:
+        assert cli(argv, tmp_path, monkeypatch, capfd).returncode == 0
+        write_files(tmp_path / "raw", {"data-000000.tar": dalle3_shard(["fox.png", "dog.png"])})
+    before = tree(tmp_path)
+    mark_folder = lib_io.mark_folder
+
+    def full_disk_at(folder):
+        if f".{failing}." in str(folder) or str(folder).endswith(f"/{failing}"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / ".t2i-output"))
+        mark_folder(folder)
+
+    monkeypatch.setattr(lib_io, "mark_folder", full_disk_at)
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert (
+        result.returncode == 2 and result.stderr.strip() == f"error: {failing}: cannot write (No space left on device)"
+    )
+    after = tree(tmp_path)
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))

@@ -424,7 +424,7 @@ def orientation_of_jpeg(run_out_of_memory) -> object:
 
 
 def size_of_jpeg_head(run_out_of_memory) -> object:
-    from scripts.lib.archive import image_size
+    from scripts.lib.pixels import image_size
 
     run_out_of_memory()
     return image_size(jpeg_turned(), "x.jpg")
@@ -434,7 +434,7 @@ def size_of_jpeg_head(run_out_of_memory) -> object:
 HEADER_ROWS = {
     "shown_size": (shown_size_of_jpeg, ("PIL.Image", "Image.getexif")),
     "exif_orientation": (orientation_of_jpeg, ("PIL.Image", "Exif.load")),
-    "image_size": (size_of_jpeg_head, ("scripts.lib.archive", "opened")),
+    "image_size": (size_of_jpeg_head, ("scripts.lib.pixels", "opened")),
 }
 
 

@@ -324,14 +324,32 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
 
 
 def commit_together(stack: contextlib.ExitStack) -> None:
-    """Close `stack`, whose atomic_paths rename a command's outputs in, with signals held: a Ctrl-C that
-    came before stops the run with none renamed, one that comes during waits for the last rename. Every
-    output is checked again first: one a user put in place since the start is refused before any is renamed."""
+    """Close `stack`, whose atomic_paths finish a command's outputs, then rename them in all or none
+    (replace_together), signals held: a Ctrl-C that came before stops the run with none renamed, one that
+    comes during waits for the last rename. Every output is checked again first: one a user put in place
+    since the start is refused before any is renamed. Each atomic_path renamed its own as it closed, so a
+    later one failing to finish (its folder's mark on a disk just full) left the earlier ones in place: a
+    SimpleTuner config beside no parquet."""
     stop_if_received()
     for target, tmp in list(_open_outputs()):
         check_replaceable(target, tmp)
-    with held():
-        stack.close()
+    finished: list[tuple[Path, Path]] = []  # (target, temp) of each output whose atomic_path has finished it
+    _OPEN.finished = finished
+    try:
+        with held():
+            try:
+                stack.close()
+            finally:
+                _OPEN.finished = None
+            replace_together([(tmp, target) for target, tmp in finished])
+    except BaseException as exc:
+        for _, tmp in finished:
+            _remove(tmp)
+        if isinstance(exc, OSError) and finished:  # a rename failed: name its output, never a temp path
+            named = str(exc.filename)
+            target = next((t for t, tmp in finished if named.startswith(str(tmp))), finished[0][0])
+            raise DataError(os_error_message(exc, target, Path(named))) from None
+        raise
 
 
 _OPEN = threading.local()
@@ -389,7 +407,10 @@ def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inp
                 os.removexattr(tmp, TEMP_XATTR, follow_symlinks=False)
             if not is_dir:
                 mark_file(tmp)
-            replace_path(tmp, target, is_dir)
+            if (finished := getattr(_OPEN, "finished", None)) is not None:
+                finished.append((target, tmp))  # commit_together renames it in with the others
+            else:
+                replace_path(tmp, target, is_dir)
         except BaseException as exc:
             _remove(tmp)  # best effort: the error that stopped the run is the one to tell
             if isinstance(exc, OSError):
