@@ -50,7 +50,7 @@ from helpers import REPO
 from helpers.commands import cli
 from helpers.workspace import error_line, leftovers, make_splits, write_params
 from scripts.lib import external_sort, interrupts
-from scripts.lib.interrupts import Interrupted
+from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted
 
 LINE = "a red fox number {} jumping over the lazy dog {}\n"
 
@@ -66,6 +66,8 @@ def start(root: Path, argv: list[str], cpu_seconds: int | None = None) -> subpro
     """`python -m scripts ARGV` in its own session (a terminal's signals reach its whole group)."""
 
     def child() -> None:
+        for signum in STOPPING_SIGNALS:  # as a terminal's job has them: nohup and `&` in a script ignore some
+            signal.signal(signum, signal.SIG_DFL)
         if cpu_seconds is not None:  # a soft CPU limit: SIGXCPU when it is spent, no SIGKILL after
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, resource.RLIM_INFINITY))
 
@@ -343,6 +345,7 @@ def test_a_tool_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, monkeyp
         time.sleep(0.2)
         os.kill(os.getpid(), signum)
 
+    ignored = signal.signal(signum, signal.SIG_DFL)  # under nohup (SIGHUP) or a script's `&` (SIGINT): a terminal's
     handlers = _install_signal_handlers()
     sender = threading.Thread(target=signal_once_started, daemon=True)
     start = time.monotonic()
@@ -352,6 +355,7 @@ def test_a_tool_stopped_by_a_signal_stops_what_it_runs_at_once(tmp_path, monkeyp
             call(tmp_path, monkeypatch)
     finally:
         _restore_signal_handlers(handlers)
+        signal.signal(signum, ignored)
         interrupts.forget()
     assert time.monotonic() - start < 5
     grandchild = int((tmp_path / "grandchild").read_text())
