@@ -501,3 +501,33 @@ def test_a_command_s_outputs_appear_together_when_one_fails_to_finish(
     )
     after = tree(tmp_path)
     assert after == before, sorted(set(after.items()) ^ set(before.items()))
+
+
+# ---------------------------------------------------------------- 10. a bucketed caption's length
+def bucketed_with_caption(caption: bytes) -> dict[str, bytes]:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, "JPEG")
+    meta = json.dumps({"target_w": 512, "target_h": 512, "bucket_id": "p1"}).encode()
+    samples = [("k1.jpg", buffer.getvalue()), ("k1.txt", caption), ("k1.json", meta)]
+    manifest = json.dumps({"format": "bucketed_shards_v1", "buckets": {"p1": {}}}).encode()
+    return {"manifest.json": manifest, "buckets/p1/shard-000000.tar": tar_bytes(samples)}
+
+
+CAPTIONS = [  # (the .txt's bytes, the source's max_prompt_bytes or None) -> refused?
+    pytest.param(b"a red fox " * 10_000, None, True, id="100-kB-caption"),
+    pytest.param(b"x" * (10 << 20), None, True, id="10-MB-caption"),
+    pytest.param(b"a red fox " * 10_000, 1 << 17, False, id="100-kB-caption-under-a-raised-cap"),
+]
+
+
+@pytest.mark.parametrize(("caption", "cap", "refused"), CAPTIONS)
+def test_a_bucketed_caption_is_capped_as_a_text_line_is(tmp_path, monkeypatch, capfd, caption, cap, refused):
+    """A text source's line is refused past max_prompt_bytes (64 KiB); a bucketed export's `.txt` caption of
+    any size (20 MB) went into the prompt table, and the setting was refused for that kind."""
+    source = {"kind": "bucketed_webdataset", "on_error": "fail"} | ({"max_prompt_bytes": cap} if cap else {})
+    result, rows = ingest_source(tmp_path, monkeypatch, capfd, source, bucketed_with_caption(caption))
+    if refused:
+        assert result.returncode == 2 and not rows, result.stderr
+        assert "sample 'k1': .txt is" in result.stderr and "over max_prompt_bytes" in result.stderr
+    else:
+        assert result.returncode == 0 and [r["prompt"] for r in rows] == [caption.decode()], result.stderr

@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.marks import mark_file
 from scripts.lib.params import ENTRY_SECTIONS, SECTION_MODELS, Params
 
 DOC = Path("docs/params.md")
@@ -221,9 +222,26 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _generated_reference(path: Path) -> bool:
+    """Whether `path` is a regular file this command wrote in any clone: it opens with the reference's
+    title and the line saying it is generated. Anything else there (params.yaml, a user's notes) stays
+    refused by atomic_path, as every output a command cannot prove its own."""
+    first = HEADER.split("\n\n")[:2]
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with path.open("rb") as f:
+            head = f.read(len("\n\n".join(first).encode()) + 2).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return head.startswith("\n\n".join(first))
+
+
 def cli(output: Path = typer.Argument(DOC, help="where to write the reference (default docs/params.md)")) -> None:
     """Write the params.yaml reference (docs/params.md) from scripts/lib/params/."""
     text = render()
+    if _generated_reference(output):  # git keeps no mark: a clone's reference is known by what it says it is
+        mark_file(output)
     with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(shown(f"params-doc: {sum(len(m.model_fields) for m in SECTION_MODELS.values())} section keys -> {output}"))

@@ -31,7 +31,7 @@ class Source(Section):
         "format": ("gustavosta",),
         "csv_files": ("kaggle_sd2",),
         "caption_field": ("dalle3",),
-        "max_prompt_bytes": ("text",),
+        "max_prompt_bytes": ("text", "bucketed_webdataset"),
         "max_member_bytes": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
         "max_image_pixels": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
     }
@@ -80,7 +80,8 @@ class Source(Section):
         MAX_PROMPT_BYTES,
         ge=1,
         le=1 << 24,
-        description="text: longer lines are refused (the CSV kinds: the csv module's 128 KiB a field)",
+        description="text: longer lines are refused; bucketed_webdataset: longer .txt captions (the CSV kinds: the "
+        "csv module's 128 KiB a field)",
     )
     max_member_bytes: int = Field(
         64 << 20,

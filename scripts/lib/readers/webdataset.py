@@ -13,12 +13,14 @@ the stored JPEG keeps its own size and the loader resizes and crops.
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
-from scripts.lib.archive import UnsafeArchive, check_image_pixels, iter_samples, make_ref, open_tar
+from scripts.lib.archive import UnsafeArchive, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
+from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import (
     Problem,
     Record,
@@ -26,6 +28,7 @@ from scripts.lib.readers.base import (
     check_confined,
     check_distinct,
     decode,
+    head_pixels,
     matches,
     native_name,
 )
@@ -120,14 +123,16 @@ def _sample(shard: Path, shard_key: str, key: str, members: dict, cfg: SourceCon
     width, height = meta.get("target_w", meta.get("w")), meta.get("target_h", meta.get("h"))
     if not (isinstance(width, int) and isinstance(height, int)) or isinstance(width, bool) or isinstance(height, bool):
         return Problem(shard, where, "bad_size", "json has no integer target_w/target_h or w/h")
-    image = members[image_ext]
-    try:
-        pixels = check_image_pixels(image.read(), image.name, cfg.max_image_pixels)
+    image, txt = members[image_ext], members["txt"]
+    if txt.size > cfg.max_prompt_bytes:  # a text source's line is capped so; a 20 MB caption went into the table
+        return Problem(shard, where, "line_too_long", f".txt is {txt.size:,} bytes, over max_prompt_bytes")
+    try:  # its head only (every reader's): the whole image was copied out of the shard to read its size
+        pixels = head_pixels(functools.partial(image_head, image.read_at), image.name, cfg.max_image_pixels)
     except UnsafeArchive as exc:
         return Problem(shard, where, exc.reason, str(exc))
     # its newline-terminated line, as a text source's line: a UTF-8 byte order mark and a Windows "\r\n" are
     # no part of the caption (UTF-16's mark is not UTF-8: the record check refuses it)
-    caption = without_line_end(decode(members["txt"].read().removeprefix(codecs.BOM_UTF8)))
+    caption = without_line_end(decode(txt.read().removeprefix(codecs.BOM_UTF8)))
     kept = {name: meta.get(name) for name in META_FIELDS}
     kept.update(bucket_id=meta.get("bucket_id") or shard.parent.name, key=key, pixels=list(pixels))
     return Record(
