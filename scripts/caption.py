@@ -39,7 +39,7 @@ from scripts.lib.archive import (
     UnsafeArchive,
 )
 from scripts.lib.caption_images import ImageInfo, inspect_image, list_images, read_image
-from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion, redact_key
+from scripts.lib.chat_client import Job, ResponseCache, cache_key, call_missing, read_completion
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import (
     atomic_path,
@@ -52,6 +52,7 @@ from scripts.lib.io import (
     shown,
     writing,
 )
+from scripts.lib.key_redaction import redact_secrets
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
 from scripts.lib.regex_deadline import RegexTooSlow, bounded_regexes
 from scripts.lib.regex_engine import Search, compile_search
@@ -387,7 +388,7 @@ def _run_step(
         position, message = min(failures)
         raise DataError(
             f"caption {name}: {variant}: image {images[position].id} failed: "
-            f"{redact_key(message, api_key)}; {len(responses)} of {len(images)} requests to "
+            f"{redact_secrets(message, api_key)}; {len(responses)} of {len(images)} requests to "
             f"{params.models[step].model} cached, re-run to resume"
         )
     counts = {

@@ -40,11 +40,11 @@ from scripts.lib.chat_client import (  # noqa: F401 - re-exported: synthesize's 
     call_missing,
     parse_retry_after,
     read_completion,
-    redact_key,
 )
 from scripts.lib.chat_stream import OrderedCalls
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_output_kind, check_outputs_ours, shown, write_json
+from scripts.lib.key_redaction import redact_secrets
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.safe_paths import open_regular, own_regular_file
 from scripts.lib.temps import output_lock
@@ -363,7 +363,7 @@ def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str 
         if calls.failures:
             index, message = min(calls.failures)
             raise DataError(
-                f"synthesize {shown(name)}: request {index} failed: {redact_key(message, api_key)}; "
+                f"synthesize {shown(name)}: request {index} failed: {redact_secrets(message, api_key)}; "
                 f"{total - missing + calls.called} of {total} requests cached, re-run to resume"
             )
         report = {

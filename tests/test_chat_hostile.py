@@ -247,7 +247,7 @@ def _windows(echo: str, n: int = 12) -> set[str]:
 @pytest.mark.parametrize("key", [KEY, GROQ_KEY], ids=["openai-style", "groq-style"])
 @pytest.mark.parametrize("form", sorted(ECHOES))
 def test_a_key_echoed_in_any_encoding_is_redacted(form, key):
-    from scripts.lib.chat_client import redact_key
+    from scripts.lib.key_redaction import redact_key
 
     echo = ECHOES[form](key)
     said = redact_key(f"HTTP 401: bad key {echo} (try again)", key)

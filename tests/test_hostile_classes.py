@@ -633,7 +633,7 @@ def _key_variants(text: str) -> bool:
     "echo", [KEY.upper(), KEY.lower(), KEY[::-1], KEY.swapcase()], ids=["upper", "lower", "reversed", "swapcase"]
 )
 def test_a_key_echoed_in_another_case_or_reversed_is_redacted(echo):
-    from scripts.lib.chat_client import redact_key
+    from scripts.lib.key_redaction import redact_key
 
     assert not _key_variants(redact_key(f"bad key: Bearer {echo}!", KEY))
     assert not _key_variants(json.dumps(redact_key({"content": [f"x{echo}y"]}, KEY)))
@@ -650,7 +650,7 @@ ENCODED_ECHOES = {  # how a server echoed the key into synthesize's error line, 
 
 @pytest.mark.parametrize("form", sorted(ENCODED_ECHOES))
 def test_a_key_echoed_encoded_or_split_is_redacted(form):
-    from scripts.lib.chat_client import redact_key
+    from scripts.lib.key_redaction import redact_key
 
     echo = ENCODED_ECHOES[form]
     pieces = {"".join(echo.split())[i : i + 8].lower() for i in range(len("".join(echo.split())) - 7)}

@@ -71,8 +71,8 @@ class TarMember:
     offset: int  # of the data in the archive
     _buf: Any
 
-    def read(self, limit: int | None = None) -> bytes:
-        return self.read_at(0, self.size if limit is None else limit)
+    def read(self) -> bytes:
+        return self.read_at(0, self.size)
 
     def read_at(self, start: int, count: int) -> bytes:
         """`count` bytes of the member from `start` (fewer at its end): pixels.image_head's reader."""

@@ -40,8 +40,7 @@ from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHT
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import file_kind, write_json
-from scripts.lib.key_redaction import holds_key
-from scripts.lib.key_redaction import redact_secrets as redact_key  # proxy passwords too
+from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import open_regular, read_capped
 from scripts.lib.temps import is_our_temp, remove_stale
@@ -205,14 +204,13 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
         if 300 <= exc.code < 400:
             where = exc.headers.get("Location")
             where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
+            message = f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed"
             raise FatalError(
-                redact_key(
-                    f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed "
-                    "(the API key is sent to base_url only): set base_url to the final address",
-                    api_key,
+                redact_secrets(
+                    f"{message} (the API key is sent to base_url only): set base_url to the final address", api_key
                 )
             ) from None
-        detail = redact_key(_error_detail(exc), api_key)
+        detail = redact_secrets(_error_detail(exc), api_key)
         if exc.code == 429:
             raise TransientError(
                 "http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))
@@ -227,16 +225,18 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
             raise TransientError("timeout", f"no response within {timeout:g}s") from None
-        raise TransientError("connection", redact_key(f"connection failed ({exc.reason})", api_key)) from None
+        raise TransientError("connection", redact_secrets(f"connection failed ({exc.reason})", api_key)) from None
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
-        raise TransientError("connection", redact_key(f"connection failed ({type(exc).__name__})", api_key)) from None
+        raise TransientError(
+            "connection", redact_secrets(f"connection failed ({type(exc).__name__})", api_key)
+        ) from None
     except (Cancelled, TransientError):  # the reply cap's own
         raise
     except Exception as exc:  # urllib's own (a redirect to http://[::1/x, a host idna refuses):
         # its text holds what the server sent, so only its type is named
         raise FatalError(f"the request failed ({type(exc).__name__}: an address or reply urllib cannot read)") from None
     try:
-        response = redact_key(loads_json(raw), api_key)
+        response = redact_secrets(loads_json(raw), api_key)
     except ValueError:  # TooDeep too: nested thousands deep
         raise TransientError("invalid_response", "response is not JSON") from None
     if api_key and _stored_holds_key(response, api_key):

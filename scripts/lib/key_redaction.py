@@ -31,9 +31,11 @@ import base64
 import codecs
 import functools
 import html
+import os
 import re
 import string
 import unicodedata
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -329,9 +331,6 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 def proxy_passwords() -> list[str]:
     """The passwords in the proxy variables set now, as written and percent-decoded."""
-    import os
-    import urllib.parse
-
     found = set()
     for name, value in os.environ.items():
         if name.lower() in PROXY_VARIABLES:

@@ -213,7 +213,7 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
     """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo."""
     import httpx2
 
-    from scripts.lib.chat_client import redact_key
+    from scripts.lib.key_redaction import redact_secrets
 
     if isinstance(exc, httpx2.TimeoutException):
         detail = f"no whole answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
@@ -223,5 +223,5 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
         detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
     line = redact_url_userinfo(f"Hub: {detail}")
     for secret in secrets:
-        line = redact_key(line, secret)
+        line = redact_secrets(line, secret)
     return line

@@ -18,6 +18,7 @@ from typing import Any
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import Source
+from scripts.lib.pixels import HEAD_BYTES
 from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names
 
@@ -150,11 +151,12 @@ def head_pixels(head_of: Callable[[int], bytes], name: str, max_pixels: int) -> 
     than PNG): 64 KiB, then 8 times more while its header runs past them, up to 32 MiB. A JPEG or WebP with a
     200 KB ICC profile (a print workflow's) before its size was `bad_image` in a 64 KiB head: a valid image
     refused, its row dropped or the stage stopped. A PNG's head is its chunks that decide, whatever n."""
-    for limit in (1 << 16, 1 << 19, 1 << 22, 1 << 25):
+    limits = [HEAD_BYTES << 3 * step for step in range(4)]  # 64 KiB to 32 MiB
+    for limit in limits:
         head = head_of(limit)
         try:
             return check_image_pixels(head, name, max_pixels)
         except UnsafeArchive as exc:
-            if exc.reason != "bad_image" or len(head) < limit or limit == 1 << 25:
+            if exc.reason != "bad_image" or len(head) < limit or limit == limits[-1]:
                 raise  # not a header cut short: refused as it is
     raise AssertionError("the last limit re-raises")
