@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/dedup_bench.py --10m      # 10M rows
     .venv/bin/python benchmarks/dedup_bench.py 250000 --no-naive
     .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive   # phrases of real prompts
-    .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive --verify   # + filters vs none
+    .venv/bin/python benchmarks/dedup_bench.py 100000 --generator realistic --no-naive --verify   # + the exact check three ways
     .venv/bin/python benchmarks/dedup_bench.py --1m --generator realistic --no-naive --rensa  # + rensa (pip install rensa)
     .venv/bin/python benchmarks/dedup_bench.py --1m --out benchmarks/results/dedup_bench_1m.txt   # also keep the output
     .venv/bin/python benchmarks/dedup_bench.py --1m --no-naive --rensa --datatrove --workers 2   # side by side
@@ -50,6 +50,7 @@ from benchmarks._record import TreeMemory, add_out_argument, record
 from scripts.dedup import DedupParams, banding, dedup_self
 from scripts.lib import minhash as mh
 from scripts.lib.params import Runtime
+from scripts.lib.shingle_sets import pair_jaccard, shingle_sets
 
 CHUNK = 200_000
 
@@ -197,9 +198,9 @@ def _generate_to(size: int, folder: str, generator: str) -> None:
 def true_pairs(texts: pa.Array, planted: np.ndarray, threshold: float) -> np.ndarray:
     """Planted pairs whose exact shingle-Jaccard >= threshold."""
     rows = np.unique(planted)
-    sets = mh.unique_sets(mh.shingle_hashes(texts.take(pa.array(rows))))
+    sets = shingle_sets(texts.take(pa.array(rows)), "word", 3)
     local = np.searchsorted(rows, planted)
-    return planted[mh.pair_jaccard(sets, sets, local) >= threshold]
+    return planted[pair_jaccard(sets, sets, local) >= threshold]
 
 
 def recall(keep: np.ndarray, pairs: np.ndarray) -> float:
@@ -459,30 +460,40 @@ def unsupported_removals(texts: pa.Array, result, params: DedupParams) -> int:
 
 
 def verification_benchmark(texts: pa.Array, params: DedupParams) -> None:
-    """The exact check of one run's candidates, on the same pairs: every whole intersection counted
-    (the baseline) vs the size and prefix filters first (what dedup runs)."""
+    """The exact check of one run's candidates, on the same pairs and the same sets: numpy's count of every
+    whole intersection (the baseline), numpy's count after the size filter, and the compiled merge walk
+    (what dedup runs from COMPILED_FROM pairs a call; the compile itself timed apart)."""
     from scripts.lib.dedup import signing
     from scripts.lib.dedup.keep import keep_rank
-    from scripts.lib.prefix_filter import jaccard_at_least
+    from scripts.lib.shingle_sets import compile_walk, jaccard_at_least
 
     rank = keep_rank(texts, None, params.keep)
     sketch = signing.sketch(texts, params, Runtime(workers=1))
     reps, _, _ = signing.identical_groups(sketch.sequence_keys, rank, np.nonzero(sketch.shingle_counts > 0)[0])
     candidates = signing.candidate_rows(*signing.self_candidates(sketch.band_keys, reps, rank, params.bucket_window))
     del sketch
-    sets = mh.unique_sets(mh.shingle_hashes(texts, params.unit, params.ngram))
     t0 = time.perf_counter()
-    full = mh.pair_jaccard(sets, sets, candidates)
-    full_s = time.perf_counter() - t0
+    sets = shingle_sets(texts, params.unit, params.ngram)
+    sets_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    filtered = jaccard_at_least(sets, sets, candidates, params.threshold)
-    filtered_s = time.perf_counter() - t0
+    compile_walk()
+    compile_s = time.perf_counter() - t0
+    timed = {}
+    for name, threshold, compiled in (
+        ("whole", 0.0, False),
+        ("size", params.threshold, False),
+        ("walk", params.threshold, True),
+    ):
+        t0 = time.perf_counter()
+        timed[name] = (jaccard_at_least(sets, sets, candidates, threshold, compiled=compiled), time.perf_counter() - t0)
+    full, full_s = timed["whole"]
     reached = full >= params.threshold
-    same = np.array_equal(reached, filtered >= params.threshold) and np.array_equal(full[reached], filtered[reached])
+    same = all(np.array_equal(timed[name][0], np.where(reached, full, 0.0)) for name in ("size", "walk"))
     print(
-        f"verify {len(candidates):,} candidates of {len(texts):,} rows ({int(reached.sum()):,} reach the threshold): "
-        f"whole intersections {full_s:.1f}s, size + prefix filters first {filtered_s:.1f}s "
-        f"({full_s / filtered_s:.1f}x faster); same verified pairs and similarities: {same}"
+        f"verify {len(candidates):,} candidates of {len(texts):,} rows ({int(reached.sum()):,} reach the threshold; "
+        f"their sets built in {sets_s:.1f}s): numpy, whole intersections {full_s:.1f}s; numpy after the size filter "
+        f"{timed['size'][1]:.1f}s ({full_s / timed['size'][1]:.1f}x faster); compiled walk {timed['walk'][1]:.2f}s "
+        f"({full_s / timed['walk'][1]:.1f}x faster; its compile {compile_s:.2f}s); same verified pairs and similarities: {same}"
     )
 
 
@@ -546,7 +557,9 @@ def main() -> None:
     )
     parser.add_argument("--datatrove-python", type=Path, default=DATATROVE_PYTHON, help="python of the datatrove venv")
     parser.add_argument(
-        "--verify", action="store_true", help="also time the exact check of the candidates with and without filters"
+        "--verify",
+        action="store_true",
+        help="also time the exact check of the candidates three ways (numpy whole, numpy sized, compiled walk)",
     )
     add_out_argument(parser)
     args = parser.parse_args()

@@ -1,6 +1,6 @@
-"""Vectorised MinHash primitives for near-duplicate removal: shingles, signatures, band keys, candidate
-pairs and their exact Jaccard, on Arrow arrays in and numpy arrays out (no Python object per row or per
-shingle, so 10M prompts fit in a few GB). One job, hence over 500 lines.
+"""Vectorised MinHash primitives for near-duplicate removal: shingles, signatures, band keys and candidate
+pairs (their exact Jaccard: scripts/lib/shingle_sets.py), on Arrow arrays in and numpy arrays out (no
+Python object per row or per shingle, so 10M prompts fit in a few GB). One job, hence over 500 lines.
 
 Shingling (docs/contracts.md §4): lowercase `\\w+` tokens, word n-grams (`ngram`, default 3); a text
 with fewer than n tokens is ONE shingle of all its tokens, one without tokens has none; `unit="char"`:
@@ -498,14 +498,15 @@ def positions_in(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     return table[values - rows[0]]
 
 
-def dense_rank(values: np.ndarray) -> np.ndarray:
-    """int64 rank of each value among the distinct values (equal values, equal rank)."""
+def dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, distinct): the int64 rank of each value among the distinct values (equal values, equal
+    rank) and those values, sorted (np.unique's return_inverse answer by `value_order`)."""
     order, ordered = value_order(values)
     new = np.ones(len(values), dtype=bool)
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.cumsum(new) - 1
-    return rank
+    return rank, ordered[new]
 
 
 def value_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -550,86 +551,3 @@ def pack_pairs(pairs: np.ndarray) -> np.ndarray:
 def unpack_pairs(packed: np.ndarray) -> np.ndarray:
     """int64[m, 2] pairs of `pack_pairs` values."""
     return np.stack([packed >> np.uint64(32), packed & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
-
-
-# --- exact Jaccard of candidate pairs ---------------------------------------------------------------
-
-
-def unique_sets(shingles: Shingles) -> RankedSets:
-    """Each text's shingle SET, as dense ranks (int64) of the 64-bit hashes, sorted per text.
-
-    Ranking once lets every later step pack (owner << 32 | rank) into one uint64 and use numpy's
-    fast plain sort; the ranks compare exactly like the full 64-bit hashes.
-    """
-    counts = shingles.counts
-    rank = dense_rank(shingles.hashes)
-    if len(rank) and rank.max() >= 1 << 32:
-        raise ValueError("unique_sets: more than 2^32 distinct shingles in one call")
-    doc = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
-    packed = sorted_unique((doc << np.uint64(32)) | rank.astype(np.uint64))
-    owner = (packed >> np.uint64(32)).astype(np.int64)
-    return RankedSets(
-        ranks=(packed & np.uint64(0xFFFFFFFF)).astype(np.int64),
-        offsets=offsets_from_counts(np.bincount(owner, minlength=len(counts))),
-    )
-
-
-@dataclass(frozen=True)
-class RankedSets(_Ragged):
-    """Shingle sets of n texts as ranks: text i owns ranks[offsets[i]:offsets[i+1]] (distinct)."""
-
-    ranks: np.ndarray  # int64
-    offsets: np.ndarray  # int64, length n + 1
-
-
-def ranked_pair(left: Shingles, right: Shingles) -> tuple[RankedSets, RankedSets]:
-    """unique_sets of two groups of texts ranked together (so their ranks are comparable)."""
-    n = len(left.counts)
-    both = unique_sets(
-        Shingles(
-            hashes=np.concatenate([left.hashes, right.hashes]),
-            offsets=np.concatenate([left.offsets, right.offsets[1:] + left.offsets[-1]]),
-        )
-    )
-    cut = both.offsets[n]
-    return (RankedSets(both.ranks[:cut], both.offsets[: n + 1]), RankedSets(both.ranks[cut:], both.offsets[n:] - cut))
-
-
-def pair_jaccard(left: RankedSets, right: RankedSets, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
-    """float64 exact Jaccard of left-set pairs[:, 0] vs right-set pairs[:, 1] (see `ranked_pair`).
-    Two empty sets have Jaccard 0 (never duplicates)."""
-    inter = pair_intersections(left, right, pairs, chunk)
-    union = left.counts[pairs[:, 0]] + right.counts[pairs[:, 1]] - inter
-    return np.divide(inter, union, out=np.zeros(len(pairs)), where=union > 0)
-
-
-def pair_intersections(left: RankedSets, right: RankedSets, pairs: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
-    """int64 |left[a] & right[b]| of each pair (a, b). Vectorised: the two sets of every pair are laid side
-    by side with the pair number as a prefix, sorted, and equal neighbours counted."""
-    out = np.zeros(len(pairs), dtype=np.int64)
-    ends = np.cumsum(left.counts[pairs[:, 0]] + right.counts[pairs[:, 1]]) if len(pairs) else out
-    start = 0
-    while start < len(pairs):  # chunks of about `chunk` shingles bound the memory
-        done = ends[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, done + chunk, side="right")))
-        out[start:stop] = _intersections(left, right, pairs[start:stop])
-        start = stop
-    return out
-
-
-def _gather(sets: RankedSets, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated ranks of `rows` and, for each, its position in `rows`."""
-    counts = sets.counts[rows]
-    owner = np.repeat(np.arange(len(rows), dtype=np.int64), counts)
-    local = np.arange(owner.size) - offsets_from_counts(counts)[owner]
-    return sets.ranks[sets.offsets[rows][owner] + local], owner
-
-
-def _intersections(left: RankedSets, right: RankedSets, pairs: np.ndarray) -> np.ndarray:
-    lr, lo = _gather(left, pairs[:, 0])
-    rr, ro = _gather(right, pairs[:, 1])
-    packed = np.concatenate([lo, ro]).astype(np.uint64) << np.uint64(32)
-    packed |= np.concatenate([lr, rr]).astype(np.uint64)
-    packed.sort()
-    same = packed[1:] == packed[:-1]  # a rank twice within one pair = a shared shingle
-    return np.bincount((packed[1:][same] >> np.uint64(32)).astype(np.int64), minlength=len(pairs))

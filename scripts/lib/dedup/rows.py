@@ -16,7 +16,7 @@ import scripts.lib.dedup.signing as signing
 from scripts.lib import minhash as mh
 from scripts.lib.dedup.keep import assign, component_sizes
 from scripts.lib.params import Dedup
-from scripts.lib.prefix_filter import jaccard_at_least
+from scripts.lib.shingle_sets import jaccard_at_least, shingle_sets
 
 # the columns that order rows as keep_rank does: keep longest = most characters, then id, then position
 RANKS = {"first": ["row"], "none_of_pair": ["row"], "longest": ["neg_len", "order_key", "row"]}
@@ -201,10 +201,8 @@ def verify_rows(table: pa.Table, params: Dedup, chunk: int) -> pa.Table:
     jaccard = np.zeros(table.num_rows)
     for lo in range(0, table.num_rows, chunk):
         part = table.slice(lo, chunk)
-        left = mh.shingle_hashes(part.column("text_a"), params.unit, params.ngram)
-        right = mh.shingle_hashes(part.column("text_b"), params.unit, params.ngram)
-        sets = mh.ranked_pair(left, right)
-        jaccard[lo : lo + part.num_rows] = jaccard_at_least(*sets, local[: part.num_rows], params.threshold)
+        left, right = (shingle_sets(part.column(f"text_{side}"), params.unit, params.ngram) for side in "ab")
+        jaccard[lo : lo + part.num_rows] = jaccard_at_least(left, right, local[: part.num_rows], params.threshold)
     ok = np.flatnonzero(jaccard >= params.threshold)
     out = table.drop_columns(["text_a", "text_b"]).take(pa.array(ok))
     return out.append_column("similarity", pa.array(jaccard[ok]))

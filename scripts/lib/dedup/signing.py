@@ -16,7 +16,7 @@ import pyarrow as pa
 from scripts.lib import minhash as mh
 from scripts.lib.dedup.texts import ArrayTexts, Texts, as_texts, compact
 from scripts.lib.params import Dedup, Runtime
-from scripts.lib.prefix_filter import jaccard_at_least
+from scripts.lib.shingle_sets import COMPILED_FROM, ShingleSets, compile_walk, jaccard_at_least, shingle_sets
 from scripts.lib.workers import forked_map
 
 
@@ -144,24 +144,27 @@ def _band_group_pairs(band_keys: np.ndarray, reps: np.ndarray, window: int, band
     return mh.sorted_unique(joined, in_place=True)
 
 
-def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> mh.Shingles:
-    """Shingle hashes of texts[rows] (only candidate rows are shingled again for verification)."""
-    return mh.shingle_hashes(texts.take(pa.array(rows)), params.unit, params.ngram)
+def shingles_of(texts: pa.Array, rows: np.ndarray, params: Dedup) -> ShingleSets:
+    """The shingle sets of texts[rows] (only candidate rows are shingled again for verification)."""
+    return shingle_sets(texts.take(pa.array(rows)), params.unit, params.ngram)
 
 
 def self_verified(
     texts: Texts, packed: np.ndarray, order: np.ndarray, params: Dedup, chunk: int, processes: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """The candidates (self_candidates' packed, order) at >= params.threshold: (row pairs int64[k, 2],
-    exact Jaccard float64[k]), in candidate order. The texts of the rows in a pair are read once; chunks of
-    `chunk` pairs are unpacked, checked and dropped in `processes` forked workers, so memory holds the
-    packed candidates and the verified pairs, never a row pair or a similarity per candidate."""
+    exact Jaccard float64[k]), in candidate order. Each row in a pair is shingled once, its set shared by
+    every pair naming it; chunks of `chunk` pairs are unpacked, checked and dropped in `processes` forked
+    workers, so memory holds the sets, the packed candidates and the verified pairs, never a row pair or
+    a similarity per candidate."""
     rows = _rows_in(packed, order, chunk)
-    near = texts.take(rows)
+    sets = shingle_sets(texts.take(rows), params.unit, params.ngram)
     if processes > 1:
         chunk = max(1, min(chunk // processes, -(-len(packed) // processes)))
     starts = list(range(0, len(packed), chunk))
-    found = spread(_verified_chunk, starts, (near, rows, packed, order, params, chunk), processes)
+    if len(packed) >= COMPILED_FROM:
+        compile_walk()  # before the fork: every worker inherits the compiled walk
+    found = spread(_verified_chunk, starts, (sets, rows, packed, order, params, chunk), processes)
     if not found:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float64)
     return np.concatenate([pairs for pairs, _ in found]), np.concatenate([jaccard for _, jaccard in found])
@@ -176,33 +179,32 @@ def _rows_in(packed: np.ndarray, order: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def _verified_chunk(
-    near: pa.Array, rows: np.ndarray, packed: np.ndarray, order: np.ndarray, params: Dedup, chunk: int, start: int
+    sets: ShingleSets, rows: np.ndarray, packed: np.ndarray, order: np.ndarray, params: Dedup, chunk: int, start: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pairs of packed[start:start + chunk] at >= threshold (row pairs) and their exact Jaccard."""
     pairs = candidate_rows(packed[start : start + chunk], order)
-    jaccard = exact_jaccard(near, near, mh.positions_in(rows, pairs), params, chunk)
+    jaccard = jaccard_at_least(sets, sets, mh.positions_in(rows, pairs), params.threshold)
     ok = jaccard >= params.threshold
     return pairs[ok], jaccard[ok]
 
 
 def exact_jaccard(left: pa.Array, right: pa.Array, pairs: np.ndarray, params: Dedup, chunk: int) -> np.ndarray:
     """float64 exact shingle-Jaccard of left[pairs[:, 0]] vs right[pairs[:, 1]] where it reaches
-    params.threshold (0.0 for a pair proven below it: `jaccard_at_least`), `chunk` pairs at a time (only
-    the rows a chunk names are shingled, so memory stays bounded however many candidates come)."""
+    params.threshold (0.0 below it: `jaccard_at_least`), `chunk` pairs at a time (only the rows a chunk
+    names are shingled, so memory stays bounded however many candidates come)."""
     out = np.zeros(len(pairs), dtype=np.float64)
     for lo in range(0, len(pairs), chunk):
         part = pairs[lo : lo + chunk]
         if left is right:  # self mode: shingle each row once
             rows = mh.distinct_values(part.ravel(), len(left))
-            sets = mh.unique_sets(shingles_of(left, rows, params))
+            sets = shingles_of(left, rows, params)
             out[lo : lo + len(part)] = jaccard_at_least(sets, sets, mh.positions_in(rows, part), params.threshold)
             continue
         left_rows, right_rows = mh.sorted_unique(part[:, 0]), mh.sorted_unique(part[:, 1])
-        left_sets, right_sets = mh.ranked_pair(
-            shingles_of(left, left_rows, params), shingles_of(right, right_rows, params)
-        )
         local = np.stack([np.searchsorted(left_rows, part[:, 0]), np.searchsorted(right_rows, part[:, 1])], axis=1)
-        out[lo : lo + len(part)] = jaccard_at_least(left_sets, right_sets, local, params.threshold)
+        out[lo : lo + len(part)] = jaccard_at_least(
+            shingles_of(left, left_rows, params), shingles_of(right, right_rows, params), local, params.threshold
+        )
     return out
 
 
