@@ -36,6 +36,7 @@ from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
+from scripts.lib.s3_input import is_s3
 from scripts.lib.tables import write_row_groups
 from scripts.lib.text_lines import decode_lines, line_batches, text_input
 
@@ -115,10 +116,15 @@ def stage_report(source: str, stats: dict, params: Dedup) -> dict:
 
 def cli(
     source: str = typer.Argument(..., help="source name in params.yaml: sources"),
-    input: Path = typer.Argument(..., help="data/clean/S.parquet (dedup runs on column `text`)"),
+    location: str = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="data/clean/S.parquet, a folder of parquet shards or s3://bucket/prefix (dedup runs on column `text`)",
+    ),
     output: Path = typer.Argument(..., help="data/dedup/S.parquet; S.clusters.parquet and S.report.json go beside it"),
 ) -> None:
     """Remove near-duplicate rows of one source (MinHash-LSH + exact Jaccard, or embeddings + exact cosine)."""
+    input: Path | str = location if is_s3(location) else Path(location)  # Path() would fold s3:// into s3:/
     params, setting = source_params(load_section("dedup"), source)
     runtime = runtime_section()
     stem = output.name.removesuffix(".parquet")
@@ -126,7 +132,7 @@ def cli(
         output.parent / f"{stem}{suffix}" for suffix in (".clusters.parquet", ".report.json", ".preview.html")
     )
     outputs = (output, clusters_path, report_path, preview_path)
-    check_files_ours(*outputs, inputs=[input])
+    check_files_ours(*outputs, inputs=[] if is_s3(input) else [input])
     with contextlib.ExitStack() as stack:  # the four written whole before any is renamed in (a full disk left some)
         kept_tmp, clusters_tmp, report_tmp, page_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
         if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
@@ -171,7 +177,7 @@ def source_params(params: Dedup, source: str) -> tuple[Dedup, object]:
     return params.replace(**setting.overrides()), setting
 
 
-def preview_page(source: str, input: Path, kept: Path, clusters: Path) -> str:
+def preview_page(source: str, input: Path | str, kept: Path, clusters: Path) -> str:
     """data/dedup/S.preview.html: the largest clusters, kept vs removed texts (params preview.dedup_clusters)."""
     from scripts.lib.preview import dedup_preview_page
 

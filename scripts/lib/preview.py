@@ -238,7 +238,7 @@ def write_dedup_preview(
         tmp.write_text(page, encoding="utf-8")
 
 
-def dedup_preview_page(source: str, clean_path: Path, dedup_path: Path, clusters_path: Path, n: int) -> str:
+def dedup_preview_page(source: str, clean_path: Path | str, dedup_path: Path, clusters_path: Path, n: int) -> str:
     """The preview page's HTML: its `n` largest clusters. Only the clusters table is read whole (removed
     rows only); the texts of the rows shown are picked from the other two."""
     from scripts.lib.dedup.stage_input import open_parquet, read
@@ -263,7 +263,7 @@ def dedup_preview_page(source: str, clean_path: Path, dedup_path: Path, clusters
     )
 
 
-def texts_by_id(path: Path, files, ids: list[str]) -> dict[str, str]:
+def texts_by_id(path: Path | str, files, ids: list[str]) -> dict[str, str]:
     """{id: text} of the rows of the parquet input at `path` whose id is in `ids`, read a batch at a time."""
     from scripts.lib.dedup.stage_input import READ_ROWS, batches_of
 

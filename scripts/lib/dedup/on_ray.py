@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import scripts.lib.dedup.components as components
 import scripts.lib.dedup.signing as signing
 from scripts.lib import minhash as mh
+from scripts.lib import s3_input
 from scripts.lib.dedup.keep import report_counts
 from scripts.lib.dedup.result import Result
 from scripts.lib.dedup.rows import (
@@ -45,7 +45,7 @@ from scripts.lib.dedup.rows import (
     sign_rows,
     verified_with_text_b,
 )
-from scripts.lib.dedup.stage_input import shards
+from scripts.lib.dedup.stage_input import parquet_file, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.tables import check_column_names, is_text_type, write_row_groups
@@ -159,12 +159,14 @@ def _collect(ray, dataset) -> pa.Table:
 # --- the dedup@S stage on Ray: sharded parquet in, the local engine's files out -------------------------
 
 
-def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
+def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
     """One item per row group (path, group, first row): Ray tasks read them in parallel, in order."""
     items, offset, schema = [], 0, None
     for file in files:
         try:
-            meta = pq.ParquetFile(file)
+            meta = parquet_file(file)
+        except DataError:
+            raise
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise DataError(
                 f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]
@@ -179,10 +181,10 @@ def fragments(files: list[Path]) -> tuple[list[dict], pa.Schema]:
                 raise DataError(f"{file}: column '{column}' must hold text, found {kind}")
         in_file = 0  # the group's first row in its file, for messages
         for group in range(meta.num_row_groups):
-            # read by the path as this process resolves it (a cluster's workers run in their own folders),
-            # named as the user gave it
-            where = {"path": os.path.abspath(file), "shown": str(file), "in_file": in_file}
-            items.append({**where, "group": group, "offset": offset})
+            # read by the path as this process resolves it (a cluster's workers run in their own folders; an
+            # s3:// object is read by each worker from the bucket), named as the user gave it
+            at = str(file) if s3_input.is_s3(file) else os.path.abspath(file)
+            items.append({"path": at, "shown": str(file), "in_file": in_file, "group": group, "offset": offset})
             offset += meta.metadata.row_group(group).num_rows
             in_file += meta.metadata.row_group(group).num_rows
     return items, schema or pa.schema([])
@@ -193,7 +195,7 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     fields = ("path", "shown", "in_file", "group", "offset")
     (file,), (shown,), (in_file,), (group,), (offset,) = (batch.column(c).to_pylist() for c in fields)
     try:
-        table = pq.ParquetFile(file).read_row_group(group, columns=columns).replace_schema_metadata(None)
+        table = parquet_file(file).read_row_group(group, columns=columns).replace_schema_metadata(None)
     except FileNotFoundError:
         raise DataError(f"{shown}: input shard vanished during the run") from None
     for column in [c for c in ("id", "text") if c in table.column_names]:
@@ -204,7 +206,7 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     return table.append_column("order_key", table.column("id").cast(ORDER_KEY))
 
 
-def dedup_stage(input: Path, output: Path, into: Path, params: Dedup, runtime: Runtime) -> tuple[dict, pa.Table]:
+def dedup_stage(input: Path | str, output: Path, into: Path, params: Dedup, runtime: Runtime) -> tuple[dict, pa.Table]:
     """dedup@S on Ray: writes the kept rows into `into` (the temp of `output`), byte-identical to the local
     engine; returns the stats and the clusters table (the caller writes it beside the kept rows)."""
     from scripts.lib.ray_engine import ray_session

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scripts.lib import s3_input
 from scripts.lib.errors import DataError
 from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names, existing_input, is_text_type
@@ -22,9 +23,12 @@ from scripts.lib.tables import check_column_names, existing_input, is_text_type
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
 
-def shards(path: Path) -> list[Path]:
+def shards(path: Path | str) -> list[Path | str]:
     """The parquet files of a stage input: the file itself, or a folder's *.parquet in name order, in any case
-    (a shard PART-3.PARQUET was left out, its rows missing at exit 0)."""
+    (a shard PART-3.PARQUET was left out, its rows missing at exit 0); an s3:// location's objects the same way."""
+    if s3_input.is_s3(path):
+        return list(s3_input.shards(str(path)))
+    path = Path(path)
     if path.is_dir():
         found = matches(path, "*.parquet")
         if not found:
@@ -33,13 +37,20 @@ def shards(path: Path) -> list[Path]:
     return [existing_input(path)]  # a FIFO would block the open in C, deaf to Ctrl-C: refused
 
 
-def open_parquet(path: Path) -> list[pq.ParquetFile]:
+def parquet_file(location: Path | str, **options) -> pq.ParquetFile:
+    """One parquet file of an input, opened (its footer read): a local path or an s3:// object."""
+    if s3_input.is_s3(location):
+        return pq.ParquetFile(s3_input.open_input(str(location)), **options)
+    return pq.ParquetFile(location, **options)
+
+
+def open_parquet(path: Path | str) -> list[pq.ParquetFile]:
     """The parquet files of a stage input, opened (their footers read). Not pre-buffered: a reader that
     pre-buffers keeps every column chunk it read until it is closed (the whole file, after a full pass)."""
-    return [read(path, pq.ParquetFile, file, pre_buffer=False) for file in shards(path)]
+    return [read(path, parquet_file, file, pre_buffer=False) for file in shards(path)]
 
 
-def batches_of(path: Path, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
+def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
     """The record batches of `files` (the input at `path`) in order, `rows` at a time (none spans two files)."""
     for file in files:
         batches = file.iter_batches(batch_size=rows, columns=columns)
@@ -47,10 +58,12 @@ def batches_of(path: Path, files: list[pq.ParquetFile], columns: list[str] | Non
             yield batch
 
 
-def read(path: Path, function, *args, **kwargs):
+def read(path: Path | str, function, *args, **kwargs):
     """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError."""
     try:
         return function(*args, **kwargs)
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
         message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
         raise DataError(message.splitlines()[0]) from None
@@ -60,7 +73,7 @@ class StageInput:
     """A stage input (one parquet file, or a folder of shards) with columns `id` and `text` as strings,
     neither null, ids distinct; a Texts (scripts/lib/dedup/texts.py) over its `text` column."""
 
-    def __init__(self, path: Path, read_rows: int = READ_ROWS):
+    def __init__(self, path: Path | str, read_rows: int = READ_ROWS):
         self.path, self.read_rows = path, read_rows
         self.files = open_parquet(path)
         self.schema = self.files[0].schema_arrow.remove_metadata()

@@ -1,0 +1,89 @@
+"""A stage input on S3: `s3://bucket/key.parquet`, or `s3://bucket/prefix/` holding parquet shards, read
+with pyarrow's own S3 filesystem (no copy on local disk; with `runtime.engine: ray` each worker reads its
+row groups straight from the bucket, so no node needs a shared volume).
+
+Credentials, region and endpoint come from the environment as boto3 and the AWS CLI read them
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or an instance role, AWS_REGION or
+AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for MinIO and other S3 servers), never from
+params.yaml or the location: a location with `user:secret@` in it is refused, so no key reaches a lock
+file, a report or a log.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+
+import pyarrow as pa
+
+from scripts.lib.errors import DataError
+
+SCHEME = "s3://"
+
+
+def is_s3(location) -> bool:
+    return isinstance(location, str) and location.startswith(SCHEME)
+
+
+def bucket_path(location: str) -> str:
+    """`bucket/key` of an s3:// location (checked: a bucket, no credentials, no empty or dot segments)."""
+    path = location.removeprefix(SCHEME).rstrip("/")
+    bucket = path.split("/", 1)[0]
+    if "@" in bucket or ":" in bucket:
+        raise DataError(f"{SCHEME}…: credentials in an S3 location are refused; set them in the AWS environment")
+    if not bucket or any(part in ("", ".", "..") for part in path.split("/")):
+        raise DataError(f"{location}: not an S3 location of the form s3://bucket/key")
+    return path
+
+
+def filesystem():
+    """pyarrow's S3FileSystem for the AWS environment as it is now (see the module docstring)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return _filesystem(region, endpoint)
+
+
+@functools.cache
+def _filesystem(region: str, endpoint: str | None):
+    from pyarrow import fs
+
+    # the AWS SDK's own timeouts (1 s to connect, 3 s without data) and retries: a bucket that does not
+    # answer stops the stage in seconds, one line, instead of holding it in C where Ctrl-C waits
+    return fs.S3FileSystem(region=region, endpoint_override=endpoint)
+
+
+def shards(location: str) -> list[str]:
+    """The s3:// locations of the parquet files of an input: the object itself, or the *.parquet objects
+    directly under a prefix, in name order (any case, as local folders)."""
+    from pyarrow import fs
+
+    path = bucket_path(location)
+    info = _s3_call(location, filesystem().get_file_info, path)
+    if info.type == fs.FileType.File:
+        return [SCHEME + path]
+    if info.type == fs.FileType.NotFound:
+        raise DataError(f"{location}: input not found on S3")
+    listed = _s3_call(location, filesystem().get_file_info, fs.FileSelector(path, recursive=False))
+    found = sorted(
+        i.path for i in listed if i.type == fs.FileType.File and fnmatch.fnmatch(i.base_name.lower(), "*.parquet")
+    )
+    if not found:
+        raise DataError(f"{location}: no parquet shards under this S3 prefix")
+    return [SCHEME + p for p in found]
+
+
+def open_input(location: str) -> pa.NativeFile:
+    """A random-access reader of one s3:// object (what pq.ParquetFile reads a footer and row groups from)."""
+    return _s3_call(location, filesystem().open_input_file, bucket_path(location))
+
+
+def _s3_call(location: str, function, *args):
+    """function(*args), an S3 request about `location`: a failure is one line naming it (pyarrow's message
+    names bucket, key and the AWS error; it never holds the credentials)."""
+    try:
+        return function(*args)
+    except FileNotFoundError:
+        raise DataError(f"{location}: input not found on S3") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{location}: cannot read from S3 ({exc})".splitlines()[0]) from None
