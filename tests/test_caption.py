@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +26,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import Loopback, cli, send_json, write_tar
+from helpers import cli, send_json, write_tar
+from helpers.children import start_scripts
+from helpers.loopback import JsonServer
 from scripts.caption import build_request, caption, compile_rules, parse_params, qa_reason
 from scripts.lib.caption_images import list_images
 from scripts.lib.errors import DataError
@@ -68,71 +69,52 @@ def colour_of(data: bytes) -> str:
     return min(COLOURS, key=lambda name: sum((a - b) ** 2 for a, b in zip(COLOURS[name], pixel)))
 
 
-class VisionServer:
+class VisionServer(JsonServer):
     def __init__(self):
         self.received: list[dict] = []  # {"authorization", "model", "colour", "body"}
         self.faults: list[tuple] = []  # one per request: ("status", code, retry_after) | ("echo",) | ("echo_401",)
         self.hold_from: int | None = None  # requests from this number on wait for `release`
         self.release = threading.Event()
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                url = body["messages"][-1]["content"][1]["image_url"]["url"]
-                header, _, payload = url.partition(",")
-                assert header.endswith(";base64"), header  # the image itself is sent, not its hash
-                colour = colour_of(base64.b64decode(payload))
-                auth = self.headers.get("Authorization")
-                with server.lock:
-                    server.received.append(
-                        {
-                            "authorization": auth,
-                            "model": body["model"],
-                            "colour": colour,
-                            "body": body,
-                            "path": self.path,
-                        }
-                    )
-                    fault = server.faults.pop(0) if server.faults else None
-                    held = server.hold_from is not None and len(server.received) > server.hold_from
-                if held:
-                    server.release.wait(20)
-                if fault and fault[0] == "status":
-                    extra = {"Retry-After": str(fault[2])} if fault[2] is not None else {}
-                    return self._send(fault[1], {"error": {"message": f"injected {fault[1]}"}}, extra)
-                if fault and fault[0] == "echo_401":
-                    return self._send(401, {"error": {"message": f"invalid key {auth}"}})
-                content, finish = SCRIPT.get((body["model"], colour), (GOOD.format(colour=colour), "stop"))
-                if fault and fault[0] == "echo":  # a server quoting the header back in its reply
-                    content, finish = f"{GOOD.format(colour=colour)} (request authorised by {auth})", "stop"
-                created = {"m1": 1776589694, "m2": 1776684944}.get(body["model"], 1) + len(server.received)
-                self._send(
-                    200,
-                    {
-                        "id": "c",
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": body["model"],
-                        "choices": [
-                            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
-                        ],
-                        "usage": {"prompt_tokens": 50, "completion_tokens": 10},
-                    },
-                )
-
-            def _send(self, status, payload, headers=None):
-                send_json(self, status, payload, headers)
-
-        self.loopback = Loopback(Handler)
-        self.base_url = self.loopback.base_url
-
-    def close(self):
-        self.loopback.close()
+    def answer(self, handler, body):
+        url = body["messages"][-1]["content"][1]["image_url"]["url"]
+        header, _, payload = url.partition(",")
+        assert header.endswith(";base64"), header  # the image itself is sent, not its hash
+        colour = colour_of(base64.b64decode(payload))
+        auth = handler.headers.get("Authorization")
+        with self.lock:
+            self.received.append(
+                {"authorization": auth, "model": body["model"], "colour": colour, "body": body, "path": handler.path}
+            )
+            fault = self.faults.pop(0) if self.faults else None
+            held = self.hold_from is not None and len(self.received) > self.hold_from
+        if held:
+            self.release.wait(20)
+        if fault and fault[0] == "status":
+            extra = {"Retry-After": str(fault[2])} if fault[2] is not None else {}
+            return send_json(handler, fault[1], {"error": {"message": f"injected {fault[1]}"}}, extra)
+        if fault and fault[0] == "echo_401":
+            return send_json(handler, 401, {"error": {"message": f"invalid key {auth}"}})
+        content, finish = SCRIPT.get((body["model"], colour), (GOOD.format(colour=colour), "stop"))
+        if fault and fault[0] == "echo":  # a server quoting the header back in its reply
+            content, finish = f"{GOOD.format(colour=colour)} (request authorised by {auth})", "stop"
+        created = {"m1": 1776589694, "m2": 1776684944}.get(body["model"], 1) + len(self.received)
+        send_json(
+            handler,
+            200,
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": created,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+                ],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 10},
+            },
+        )
 
 
 @pytest.fixture
@@ -441,14 +423,7 @@ def test_kill_9_mid_run_then_rerun_requests_only_the_missing(tmp_path, server):
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env.update(PYTHONPATH=str(REPO), CAPTION_TEST_KEY=API_KEY)
     server.hold_from = 3  # the 4th request hangs until the process is killed
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "caption", "x", "out"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_scripts(tmp_path, "caption", "x", "out", env=env)
     try:
         deadline = time.monotonic() + 20
         while len(server.received) < 4 and time.monotonic() < deadline and process.poll() is None:

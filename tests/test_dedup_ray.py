@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.children import start_child
 from helpers.planted import recombined, with_near_duplicates
 from scripts.lib import minhash as mh
 from scripts.lib.dedup import components, signing
@@ -349,15 +350,7 @@ def test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output(tmp_path, started
     texts, ids = planted(900)
     folder = stage_files(tmp_path, texts * 4, [f"{i}-{k}" for k in range(4) for i in ids])
     command, env = run_cli(tmp_path, folder, start=False)
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_child(command, cwd=tmp_path, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not session_has(process.pid, started):
         time.sleep(0.05)

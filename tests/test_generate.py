@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from helpers import file_digests
+from helpers.children import scripts_env, start_scripts
 from scripts.generate import generate, load_settings, prune_generation_store
 from scripts.lib.errors import DataError
 from scripts.lib.params import Generate
@@ -356,15 +357,7 @@ def write_stage_repo(root: Path, tiny_model_dir: Path, table: pd.DataFrame, **ge
 
 
 def run_stage(root: Path, output: str = "out") -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", output],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_scripts(root, "generate", "demo", "in.parquet", output, env=scripts_env(OMP_NUM_THREADS="1"))
 
 
 def count_images(out: Path) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from helpers import file_digests
+from helpers.children import scripts_env, start_scripts
 from scripts.generate import generate
 from scripts.lib.params import Generate, Runtime
 from scripts.lib.tables import write_parquet
@@ -97,16 +96,9 @@ def test_ctrl_c_during_a_ray_render_exits_130_and_leaves_no_ray_process(tiny_mod
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     write_parquet(prompts(60), tmp_path / "in.parquet")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "generate", "demo", "in.parquet", "out", "--store", "store"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )  # its own process group, as a terminal's foreground job
+    env = scripts_env(OMP_NUM_THREADS="1")
+    # its own process group, as a terminal's foreground job
+    proc = start_scripts(tmp_path, "generate", "demo", "in.parquet", "out", "--store", "store", env=env)
     started: set[int] = set()
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline and not list((tmp_path / "store").glob("??/*.jpg")):

@@ -38,6 +38,7 @@ import pandas as pd
 import pytest
 
 from helpers import Loopback, Unaccepted, cli, env, file_digests
+from helpers.children import start_child, start_scripts
 from helpers.workspace import make_splits, write_params
 from scripts.lib.errors import DataError
 
@@ -906,13 +907,7 @@ def test_ctrl_c_during_requests_exits_130_within_2s_and_sends_nothing_more(tmp_p
             }
         )
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "synthesize", "t", "out"],
-        cwd=tmp_path,
-        env={**env(), "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = start_scripts(tmp_path, "synthesize", "t", "out", env={**env(), "PYTHONPATH": str(REPO)}, text=False)
     try:
         deadline = time.monotonic() + 60
         while len(server.requests) < 2 and time.monotonic() < deadline and process.poll() is None:
@@ -984,13 +979,11 @@ def test_ctrl_c_while_a_tcp_connect_hangs_exits_130_within_2s(tmp_path, command)
     waits for its 60 s timeout, and Ctrl-C must not."""
     server = Unaccepted()
     argv = command(tmp_path, server.base_url)
-    process = subprocess.Popen(
+    process = start_child(  # its own group, SIGINT at its default: as a terminal's Ctrl-C finds it
         [sys.executable, *(argv if argv[0] == "-c" else ["-m", "scripts", *argv])],
         cwd=tmp_path,
         env={**env(), "PYTHONPATH": str(REPO), "HF_ENDPOINT": server.base_url.removesuffix("/v1"), "HF_TOKEN": KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own group, SIGINT at its default: as a terminal's Ctrl-C finds it
+        text=False,
     )
     try:
         deadline = time.monotonic() + 90
@@ -1435,14 +1428,7 @@ def test_a_signal_while_the_interpreter_exits_is_not_a_silent_death(tmp_path, co
         "import atexit, runpy, sys, time; atexit.register(time.sleep, 3); "
         f"sys.argv = ['scripts', *{[str(a) for a in argv]!r}]; runpy.run_module('scripts', run_name='__main__')"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ws,
-        env={**env(), "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = start_child([sys.executable, "-c", code], cwd=ws, env={**env(), "PYTHONPATH": str(REPO)}, text=False)
     assert process.stdout is not None
     line = process.stdout.readline()  # the success line: main() is about to return
     time.sleep(0.5)

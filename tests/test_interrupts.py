@@ -34,7 +34,8 @@ from test_s3_remote import (  # noqa: F401
     s3_server,
 )
 
-from helpers import REPO, copy_repo, env, run, work_copy
+from helpers import copy_repo, env, run, work_copy
+from helpers.children import default_stop_signals, scripts_env, start_child, start_scripts
 from helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
 from scripts.cli import main
 
@@ -133,14 +134,11 @@ def test_repro_killed_mid_stage_recovers(history, tmp_path):
     listing = outs_md5((repo / "dvc.lock").read_text())["data/images/diffusiondb"]
     (repo / ".dvc" / "cache" / "files" / "md5" / listing[:2] / listing[2:]).unlink()  # a hardlink: history keeps it
     images = repo / "data" / "images" / "diffusiondb"
-    proc = subprocess.Popen(
+    proc = start_child(
         [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", TARGET],
         cwd=repo,
         env=env(),
-        stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
     seen, written = [], 0
     try:
@@ -232,19 +230,10 @@ def interrupt(root: Path, argv: list[str], signum: int, seed: str) -> subprocess
     """Run the command and send `signum` after a random delay (shorter each time it finished first,
     or the signal came after its result line: a process ending cannot be interrupted any more)."""
     rng = random.Random(seed)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     low, high = 0.3, 2.0
     for _ in range(6):
         delay = rng.uniform(low, max(low, high))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts", *argv],
-            cwd=root,
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_scripts(root, *argv)
         time.sleep(delay)
         if proc.poll() is None:
             os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does: worker processes get it too
@@ -290,15 +279,7 @@ def test_ctrl_c_during_a_clean_with_worker_processes_is_one_line(signal_ws, tmp_
     params.setdefault("runtime", {})["workers"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     four_times_the_prompts(root / "data/prompts/big.parquet")  # cleaning lasts well past `delay`
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts", *STAGES["clean"]],
-        cwd=root,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_scripts(root, *STAGES["clean"])
     try:
         _worker_process(proc.pid)  # a worker process is up
         time.sleep(delay)
@@ -342,7 +323,8 @@ def test_a_signal_that_a_library_swallows_still_stops_the_stage_before_it_commit
         params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
         params["runtime"].update(workers=workers, batch_rows=5000)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-        result = _subprocess([sys.executable, "-c", _SIGNAL_DURING_A_LAZY_IMPORT, *STAGES["dedup"]], root)
+        argv = [sys.executable, "-c", _SIGNAL_DURING_A_LAZY_IMPORT, *STAGES["dedup"]]
+        result = _subprocess(argv, root, preexec_fn=default_stop_signals)  # its own SIGINT: not ignored
         assert result.returncode == 130, (workers, result.returncode, result.stderr)
         assert error_line(result.stderr) == "interrupted (SIGINT)"
         assert not (root / "data/dedup/big.parquet").exists()
@@ -362,16 +344,9 @@ def test_sigint_exits_130_with_one_line_and_no_output(tmp_path):
     (tmp_path / ".tmp").mkdir()
     (tmp_path / ".home").mkdir()
     write_params(tmp_path)
-    env = {**os.environ, "TMPDIR": str(tmp_path / ".tmp"), "HOME": str(tmp_path / ".home"), "PYTHONPATH": str(REPO)}
+    env = scripts_env(TMPDIR=str(tmp_path / ".tmp"), HOME=str(tmp_path / ".home"))
     os.mkfifo(tmp_path / "in.txt")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts", "clean-text", "in.txt", "out.jsonl"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_scripts(tmp_path, "clean-text", "in.txt", "out.jsonl", env=env)
     writer = None
     try:
         deadline = time.monotonic() + 120
@@ -400,8 +375,7 @@ def test_sigint_exits_130_with_one_line_and_no_output(tmp_path):
 
 
 def _subprocess(argv: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(argv, cwd=cwd, env=scripts_env(), capture_output=True, text=True, timeout=120, **kwargs)
 
 
 # ---------------------------------------------------------------- dvc repro never records an interrupted stage
@@ -470,15 +444,7 @@ def test_dvc_repro_never_records_an_interrupted_stage(tmp_path, target):
         for i, (c, w) in enumerate(zip(["red", "grey", "small"] * 200_000, ["deep", "fresh"] * 300_000))
     )
     (repo / "data/raw/chatgpt/prompts.txt").write_text(lines, encoding="utf-8")  # ~3 s of ingest
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "ingest@chatgpt"],
-        cwd=repo,
-        env=env(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_child([sys.executable, "-m", "dvc", "repro", "ingest@chatgpt"], cwd=repo, env=env())
     try:
         stage = _stage_process(proc.pid, b"scripts\x00ingest\x00chatgpt")
         time.sleep(0.8)  # inside the stage's work

@@ -16,7 +16,6 @@ import io
 import json
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,41 +24,39 @@ import pytest
 from PIL import Image
 from test_chat_hostile import caption_entry, one_error_line, synth_entry, write_params
 
-from helpers import REPO, Loopback, cli, env, send_json
+from helpers import REPO, cli, env, send_json
+from helpers.loopback import JsonServer
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
 
 
-class EchoServer:
+class EchoServer(JsonServer):
     """A chat server whose reply names what was asked: the image's digest (caption@S) or the request's
     seed (synthesize@N), so a reply given to another request shows. `lines` replaces synthesize's reply."""
 
     def __init__(self, lines: str | None = None):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+        self.lines = lines
+        super().__init__()
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                last = body["messages"][-1]["content"]
-                if isinstance(last, list):  # a vision request: the image as a data: URI
-                    digest = hashlib.sha256(last[1]["image_url"]["url"].encode()).hexdigest()[:8]
-                    content = f"A plain square picture with the number {digest} written on it."
-                else:
-                    content = lines if lines is not None else f"1. a red kite {body['seed']}\n2. a boat {body['seed']}"
-                message = {"role": "assistant", "content": content}
-                send_json(self, 200, {"choices": [{"message": message, "finish_reason": "stop"}]})
-
-        self.loopback = Loopback(Handler)
-        self.base_url = self.loopback.base_url
+    def answer(self, handler, body):
+        last = body["messages"][-1]["content"]
+        if isinstance(last, list):  # a vision request: the image as a data: URI
+            digest = hashlib.sha256(last[1]["image_url"]["url"].encode()).hexdigest()[:8]
+            content = f"A plain square picture with the number {digest} written on it."
+        else:
+            content = (
+                self.lines if self.lines is not None else f"1. a red kite {body['seed']}\n2. a boat {body['seed']}"
+            )
+        message = {"role": "assistant", "content": content}
+        send_json(handler, 200, {"choices": [{"message": message, "finish_reason": "stop"}]})
 
     def __enter__(self) -> EchoServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.loopback.close()
+        self.close()
 
 
 def png(colour: str) -> bytes:

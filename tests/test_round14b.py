@@ -22,7 +22,6 @@ import struct
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +29,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import REPO, Loopback, file_digests, send_json, tar_bytes, write_tar
+from helpers import REPO, file_digests, send_json, tar_bytes, write_tar
+from helpers.loopback import JsonServer
 from helpers.workspace import SUMMARY, make_splits, snapshot
 from helpers.workspace import write_params as write_repo_params
 from scripts.lib.marks import MARKER, MARKER_TEXT
@@ -65,35 +65,27 @@ def png(colour=(200, 30, 30)) -> bytes:
 # ---------------------------------------------------------------- 1. caption checks before it pays
 
 
-class CountingServer:
+class CountingServer(JsonServer):
     """A vision chat server on loopback answering every request with one good caption, counting them."""
 
     def __init__(self):
         self.requests = 0
-        lock = threading.Lock()
-        server = self
+        self.lock = threading.Lock()
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    server.requests += 1
-                message = {"role": "assistant", "content": "A red square on a plain background, evenly lit."}
-                choice = {"index": 0, "message": message, "finish_reason": "stop"}
-                send_json(self, 200, {"object": "chat.completion", "model": body["model"], "choices": [choice]})
-
-        self.loopback = Loopback(Handler)
-        self.base_url = self.loopback.base_url
+    def answer(self, handler, body):
+        with self.lock:
+            self.requests += 1
+        message = {"role": "assistant", "content": "A red square on a plain background, evenly lit."}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        send_json(handler, 200, {"object": "chat.completion", "model": body["model"], "choices": [choice]})
 
 
 @pytest.fixture
 def server():
     counting = CountingServer()
     yield counting
-    counting.loopback.close()
+    counting.close()
 
 
 def caption_params(root: Path, base_url: str, **overrides) -> None:
@@ -377,7 +369,7 @@ def _caption_counts(root: Path) -> dict:
         caption_params(root, counting.base_url, max_image_pixels=1 << 28)
         result = run(["caption", "t", "out"], root)
     finally:
-        counting.loopback.close()
+        counting.close()
     assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
     assert counting.requests == 1
     return json.loads((root / "out" / "report.json").read_text(encoding="utf-8"))["images"]["skipped"]

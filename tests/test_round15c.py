@@ -46,11 +46,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from helpers import REPO
+from helpers.children import scripts_env, start_scripts
 from helpers.commands import cli
 from helpers.workspace import error_line, leftovers, make_splits, write_params
 from scripts.lib import external_sort, interrupts
-from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted
+from scripts.lib.interrupts import Interrupted
 
 LINE = "a red fox number {} jumping over the lazy dog {}\n"
 
@@ -65,23 +65,12 @@ def write_lines(path: Path, count: int) -> None:
 def start(root: Path, argv: list[str], cpu_seconds: int | None = None) -> subprocess.Popen:
     """`python -m scripts ARGV` in its own session (a terminal's signals reach its whole group)."""
 
-    def child() -> None:
-        for signum in STOPPING_SIGNALS:  # as a terminal's job has them: nohup and `&` in a script ignore some
-            signal.signal(signum, signal.SIG_DFL)
+    def cpu_limit() -> None:
         if cpu_seconds is not None:  # a soft CPU limit: SIGXCPU when it is spent, no SIGKILL after
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, resource.RLIM_INFINITY))
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "T2I_PROGRESS_EVERY_S": "3600"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "scripts", *argv],
-        cwd=root,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=child,
-    )
+    env = scripts_env(OMP_NUM_THREADS="1", T2I_PROGRESS_EVERY_S="3600")
+    return start_scripts(root, *argv, env=env, preexec=cpu_limit)
 
 
 def wait_for_temp(root: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -184,7 +173,7 @@ def test_a_signal_right_after_the_spill_folder_is_made_leaves_nothing(tmp_path, 
 
 def run_with_stdout(root: Path, argv: list[str], stdout: str) -> subprocess.CompletedProcess:
     """`python -m scripts ARGV` whose standard output is a pipe its reader closed, closed, or /dev/full."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = scripts_env()
     command = [sys.executable, "-m", "scripts", *argv]
     if stdout == "reader-gone":
         proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -268,7 +257,7 @@ WIDTH_ROWS = {
 @pytest.mark.parametrize("row", WIDTH_ROWS)
 def test_a_terminal_width_out_of_range_still_prints_the_help(tmp_path, row):
     variables, argv = WIDTH_ROWS[row]
-    env = {**os.environ, "PYTHONPATH": str(REPO), **variables}
+    env = scripts_env(**variables)
 
     def one_mb_at_most() -> None:  # the old 500 MB of help stops here (EFBIG) instead of filling the disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
@@ -377,7 +366,7 @@ def test_a_bad_arrow_variable_is_one_line_naming_it(tmp_path, row):
     name, value = ARROW_ROWS[row]
     write_params(tmp_path)
     make_splits(tmp_path, n=8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), name: value}
+    env = scripts_env(**{name: value})
     result = subprocess.run(
         [sys.executable, "-m", "scripts", "release", "v2", "data/splits", "rel"],
         cwd=tmp_path,

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.children import start_scripts
 from helpers.ray_runs import session_processes
 
-REPO = Path(__file__).resolve().parents[1]
 FAIL_WITHIN_S = 20  # connect_timeout_s (8) plus the command's imports of Ray on a loaded two-core machine
 INTERRUPT_WITHIN_S = 2
 HARD_TIMEOUT_S = 90  # the run before the fix: minutes; it is killed (with its session) and the row fails
@@ -88,11 +87,7 @@ def workspace(root: Path, address: str) -> Path:
 
 
 def start(root: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "scripts", "dedup", "s", "in.parquet", "out/s.parquet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    return start_scripts(root, "dedup", "s", "in.parquet", "out/s.parquet")
 
 
 def finish(process: subprocess.Popen, timeout: float) -> str:

@@ -15,14 +15,14 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from helpers import Loopback, send_json
+from helpers import send_json
+from helpers.loopback import JsonServer
 from scripts.lib.errors import DataError
 from scripts.lib.tables import write_parquet
 from scripts.lib.temps import mark_temp
@@ -48,7 +48,7 @@ API_KEY = "sk-test-DO-NOT-LEAK-4242"
 # ---------------------------------------------------------------- the fake chat server
 
 
-class ChatServer:
+class ChatServer(JsonServer):
     """A chat-completions endpoint on 127.0.0.1 with scripted failures."""
 
     def __init__(self):
@@ -57,58 +57,42 @@ class ChatServer:
         # ("trickle", s) | ("garbage",)
         self.fail_seed: int | None = None  # requests with this `seed` always get 500
         self.lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.received.append(
-                        {"path": self.path, "authorization": self.headers.get("Authorization"), "body": body}
-                    )
-                    fault = server.faults.pop(0) if server.faults else None
-                if body.get("seed") == server.fail_seed:
-                    fault = ("status", 500, None)
-                try:
-                    if fault and fault[0] == "status":
-                        headers = {"Retry-After": str(fault[2])} if fault[2] is not None else {}
-                        self._send(fault[1], {"error": {"message": f"injected {fault[1]}"}}, headers)
-                    elif fault and fault[0] == "slow":
-                        time.sleep(fault[1])
-                        self._send(200, reply(body))
-                    elif fault and fault[0] == "body":  # ("body", status, raw bytes)
-                        self._send_raw(fault[1], fault[2])
-                    elif fault and fault[0] == "trickle":  # ("trickle", s): the whole reply a byte every s seconds
-                        raw = json.dumps(reply(body)).encode()
-                        head = (
-                            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
-                        ).encode()
-                        self.close_connection = True
-                        for i in range(len(head + raw)):
-                            self.wfile.write((head + raw)[i : i + 1])
-                            time.sleep(fault[1])
-                    elif fault and fault[0] == "garbage":
-                        self._send_raw(200, b"<html>bad gateway</html>")
-                    elif fault and fault[0] == "echo_key":  # an error body that quotes the key back
-                        self._send(401, {"error": {"message": f"bad key {self.headers.get('Authorization')}"}})
-                    else:
-                        self._send(200, reply(body))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def _send(self, status, payload, headers=None):
-                send_json(self, status, payload, headers)
-
-            _send_raw = _send
-
-        self.loopback = Loopback(Handler)
-        self.base_url = self.loopback.base_url
-
-    def close(self):
-        self.loopback.close()
+    def answer(self, handler, body):
+        with self.lock:
+            self.received.append(
+                {"path": handler.path, "authorization": handler.headers.get("Authorization"), "body": body}
+            )
+            fault = self.faults.pop(0) if self.faults else None
+        if body.get("seed") == self.fail_seed:
+            fault = ("status", 500, None)
+        try:
+            if fault and fault[0] == "status":
+                headers = {"Retry-After": str(fault[2])} if fault[2] is not None else {}
+                send_json(handler, fault[1], {"error": {"message": f"injected {fault[1]}"}}, headers)
+            elif fault and fault[0] == "slow":
+                time.sleep(fault[1])
+                send_json(handler, 200, reply(body))
+            elif fault and fault[0] == "body":  # ("body", status, raw bytes)
+                send_json(handler, fault[1], fault[2])
+            elif fault and fault[0] == "trickle":  # ("trickle", s): the whole reply a byte every s seconds
+                raw = json.dumps(reply(body)).encode()
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+                ).encode()
+                handler.close_connection = True
+                for i in range(len(head + raw)):
+                    handler.wfile.write((head + raw)[i : i + 1])
+                    time.sleep(fault[1])
+            elif fault and fault[0] == "garbage":
+                send_json(handler, 200, b"<html>bad gateway</html>")
+            elif fault and fault[0] == "echo_key":  # an error body that quotes the key back
+                send_json(handler, 401, {"error": {"message": f"bad key {handler.headers.get('Authorization')}"}})
+            else:
+                send_json(handler, 200, reply(body))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout test)
 
 
 def reply(body: dict) -> dict:

@@ -1,5 +1,5 @@
-"""An OpenAI-style HTTP server on 127.0.0.1, for the chat client's callers (synthesize, caption), and a
-port there whose connects hang (Ctrl-C tests)."""
+"""An OpenAI-style HTTP server on 127.0.0.1, for the chat client's callers (synthesize, caption), one
+that hands each POST's JSON body to a method, and a port there whose connects hang (Ctrl-C tests)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,30 @@ class Loopback:
         if self.thread.is_alive():
             self.httpd.shutdown()
             self.httpd.server_close()
+
+
+class JsonServer:
+    """A Loopback whose every POST's JSON body goes to `answer(handler, body)`, which replies (send_json);
+    no request is logged. A server's state is set before this __init__ runs: a request may come at once."""
+
+    def __init__(self) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):
+                server.answer(self, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+
+        self.loopback = Loopback(Handler)
+        self.base_url = self.loopback.base_url
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: dict) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.loopback.close()
 
 
 def send_json(handler: BaseHTTPRequestHandler, status: int, payload, headers: dict | None = None) -> None:

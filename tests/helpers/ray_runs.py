@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import NamedTuple
 
 import yaml
 
+from helpers.children import start_scripts
 from helpers.repos import REPO
 
 
@@ -78,9 +78,7 @@ def clean_on_ray_stopped_by(root: Path, send: Callable[[int], None], settle_s: f
     """Run `clean t_gpt4 in.parquet out/t_gpt4.parquet` in `root` in a session of its own; once a Ray actor
     cleans (and `settle_s` later), `send(pid)` signals it. A run that outlives its deadlines is killed with
     its whole session and fails the test."""
-    argv = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(argv, cwd=root, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    proc = start_scripts(root, "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet", stdout=None)
     try:
         deadline = time.monotonic() + 120
         while not any("BatchCleaner" in args for args in session_processes(proc.pid)):
