@@ -47,18 +47,17 @@ def main() -> None:
     start = time.perf_counter()
     packed, order = signing.self_candidates(sketch.band_keys, reps, rank, params.bucket_window)
     found = time.perf_counter()
-    pairs = signing.candidate_rows(packed, order)
-    jaccard = signing.exact_jaccard(texts, texts, pairs, params, runtime.verify_pairs)
+    near_pairs, jaccard = signing.self_verified(table, packed, order, params, runtime.verify_pairs)  # as the stage
     verified = time.perf_counter()
-    near = jaccard >= params.threshold
-    keep, _, _ = greedy_assign(args.rows, pairs[near], jaccard[near], rank)
+    keep, _, _ = greedy_assign(args.rows, near_pairs, jaccard, rank)
+    pairs = signing.candidate_rows(packed, order)
     earlier = np.where(rank[pairs[:, 0]] < rank[pairs[:, 1]], pairs[:, 0], pairs[:, 1])
     prunable = float((~keep[earlier]).mean()) if len(pairs) else 0.0
     print(
         f"{args.rows:,} realistic rows, {len(reps):,} distinct texts, threshold {params.threshold}, keep {params.keep}"
     )
     print(
-        f"candidates {len(pairs):,} ({len(pairs) / args.rows:.1f} a row); at >= threshold {int(near.sum()):,} ({near.mean():.4f})"
+        f"candidates {len(pairs):,} ({len(pairs) / args.rows:.1f} a row); at >= threshold {len(near_pairs):,} ({len(near_pairs) / max(1, len(pairs)):.4f})"
     )
     print(f"rows removed {int((~keep).sum()):,}; candidates whose earlier row is removed: {prunable:.4f}")
     print(f"finding candidates {found - start:.1f} s, verifying them {verified - found:.1f} s")
