@@ -20,6 +20,8 @@
 7. A standard output whose encoding lacks a character (PYTHONIOENCODING=ascii, a Latin-1 locale, a Windows
    pipe's cp1252): history-table printed nothing at exit 2, and ingest, its output written, failed its own
    success line (exit 2, blaming the file name). The character is now printed as its escape, as on stderr.
+8. A DiffusionDB part's zip member that its external attributes mark a FIFO, a device, a socket or a folder was
+   read as an image at exit 0 (a tar's such member was refused; unzip or bsdtar makes the FIFO). Refused now.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import copy
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -358,3 +362,42 @@ def test_a_character_standard_output_cannot_encode_is_printed_escaped(tmp_path, 
     result = run(tmp_path, *argv, env=env)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
+
+
+# --- 8. a zip member marked as no regular file ---------------------------------------------------------------
+
+
+def part_zip(mode: int) -> bytes:
+    """A DiffusionDB part whose one image member's external attributes mark it `mode` (its bytes a real PNG)."""
+    listing = {"x.png": {"p": "a red fox", "se": 1, "c": 7.0, "st": 50, "sa": "k_lms"}}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("part-000001.json", json.dumps(listing))
+        member = zipfile.ZipInfo("x.png")
+        member.external_attr = (mode | 0o644) << 16
+        zf.writestr(member, PNG)
+    return buffer.getvalue()
+
+
+# row -> (the member's file type, what the line says it is)
+ZIP_MEMBER_ROWS = {
+    "fifo": (stat.S_IFIFO, "a FIFO"),
+    "character-device": (stat.S_IFCHR, "a character device"),
+    "socket": (stat.S_IFSOCK, "a socket"),
+    "folder-with-bytes": (stat.S_IFDIR, "a folder"),
+}
+
+
+@pytest.mark.parametrize("row", ZIP_MEMBER_ROWS)
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_zip_member_marked_as_no_regular_file_is_refused(tmp_path, row, on_error):
+    mode, kind = ZIP_MEMBER_ROWS[row]
+    write_files(tmp_path, {"raw/part-000001.zip": part_zip(mode)})
+    write_params(tmp_path, sources={"s": source("diffusiondb", "raw", read="parts", part_ids=[1], on_error=on_error)})
+    result = run(tmp_path, "ingest", "s", "out/s.parquet")
+    if on_error == "fail":
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert f"member 'x.png' is {kind}, only regular files are read" in error_line(result.stderr)
+    else:
+        assert result.returncode == 0, result.stderr
+        assert json.loads((tmp_path / "out" / "s.report.json").read_text())["skipped"] == {"unsafe_member": 1}
