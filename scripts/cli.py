@@ -170,6 +170,8 @@ class _StandardOutput:
             raise _standard_output_failed(OSError(errno.EBADF, "closed (`>&-`)"))
         try:
             return self._stream.write(text)
+        except UnicodeEncodeError:
+            return self._stream.write(_in_encoding(text, self._stream.encoding))
         except OSError as exc:
             raise _standard_output_failed(exc) from None
 
@@ -185,6 +187,15 @@ class _StandardOutput:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def _in_encoding(text: str, encoding: str | None) -> str:
+    """`text` with each character `encoding` lacks as its escape (`\\xe9`), as Python writes stderr. An ASCII,
+    Latin-1 or Windows cp1252 standard output (PYTHONIOENCODING, a locale, a Windows pipe) took no Hangul or
+    `é`: history-table and diff printed nothing and exited 2, and a stage whose output was written failed its
+    success line, exit 2 at `cannot be encoded as ascii (a file name that is not UTF-8?)`."""
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
 def _standard_output_failed(exc: OSError) -> DataError:

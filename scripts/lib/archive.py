@@ -441,6 +441,17 @@ def check_sha256(ref: str, data: bytes, recorded) -> None:
         )
 
 
+# A zip member's file type, as a Unix zip records it in the high bits of its external attributes (0: none recorded).
+# A member marked a FIFO, device, socket or folder, bytes and all, was read as an image at exit 0
+ZIP_FILE_TYPES = {
+    0o010000: "a FIFO",
+    0o020000: "a character device",
+    0o040000: "a folder",
+    0o060000: "a block device",
+    0o140000: "a socket",
+}
+
+
 def read_zip_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, head: int = 0
 ) -> bytes:
@@ -452,8 +463,12 @@ def read_zip_member(
     check_member_name(info.filename)
     if info.is_dir():
         raise UnsafeArchive("unsafe_member", f"member {info.filename!r} is a directory")
-    if (info.external_attr >> 16) & 0o170000 == 0o120000:
+    mode = (info.external_attr >> 16) & 0o170000
+    if mode == 0o120000:
         raise UnsafeArchive("unsafe_member", f"member {info.filename!r} is a symlink")
+    if mode not in (0, 0o100000):  # as a tar's FIFO or device member is refused: unzip or bsdtar makes one
+        kind = ZIP_FILE_TYPES.get(mode, f"of file type {mode:o}")
+        raise UnsafeArchive("unsafe_member", f"member {info.filename!r} is {kind}, only regular files are read")
     if info.file_size > max_bytes:
         raise UnsafeArchive("member_too_large", f"member {info.filename!r} is {info.file_size} bytes (cap {max_bytes})")
     try:

@@ -54,7 +54,22 @@ def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
     Windows tools write it), whether the text is still bytes or was decoded with it as U+FEFF."""
     text = text.removeprefix(codecs.BOM_UTF8) if isinstance(text, (bytes, bytearray)) else text.removeprefix("\ufeff")
     check_json_depth(text, limit)
-    return json.loads(text)
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict; a ValueError when a name comes twice. RFC 8259 leaves which one counts to
+    the reader (Python takes the last, others the first or refuse), so `{"width": 1, ..., "width": 5}` was read
+    as width 5 of a 1x1 image, and a sample's caption named twice took its last at exit 0: ambiguous, refused
+    as a YAML mapping or a parquet column named twice is."""
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {shown_short(repr(key))} appears twice in one object")
+            seen.add(key)
+    return found
 
 
 JSON_KINDS = {bool: "a boolean", str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}

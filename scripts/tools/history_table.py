@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, shown_lines
+from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 
@@ -189,7 +189,16 @@ def _number(stats: dict | str, *path: str, missing: int | None = None) -> int | 
     for part in path[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
     value = node.get(path[-1], missing) if isinstance(node, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else UNREADABLE
+    return value if is_count(value) else UNREADABLE
+
+
+MAX_COUNT = 2**63 - 1  # what any table of ours can hold: a stats.json's 4,000-digit "count" was printed whole
+
+
+def is_count(value: object) -> bool:
+    """Whether `value` is a row count: a whole number from 0 to MAX_COUNT. A negative one was shown as rows
+    (and subtracted into a delta), a boolean in removed_by_split summed as 1 (summary refuses these too)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _removed(stats: dict | str, split: str, reason: str) -> int | str:
@@ -204,7 +213,7 @@ def _removed(stats: dict | str, split: str, reason: str) -> int | str:
     if not reason.endswith(":"):
         return _number(by_reason, reason, missing=0)
     values = [v for k, v in by_reason.items() if k.startswith(reason)]
-    return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
+    return sum(values) if all(is_count(v) for v in values) else UNREADABLE
 
 
 def our_count(
@@ -235,7 +244,7 @@ def our_count(
             if isinstance(steps, list)
             else [None]
         )
-        return sum(values) if all(isinstance(v, int) for v in values) else UNREADABLE
+        return sum(values) if all(is_count(v) for v in values) else UNREADABLE
     split, base = args
     now, before = _number(own, "rows", split), _number(stats.get(base, NOT_BUILT), "rows", split)
     if isinstance(now, str) or isinstance(before, str):
@@ -276,9 +285,11 @@ def cli(
     if not releases.is_dir():
         raise DataError(f"{releases}: no such folder (build the releases with `dvc repro`, or pass --releases)")
     sources = sorted({c.ours[1] for c in LOG if c.ours[0] in ("dedup", "prefilter")})
-    print(
-        f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
-        f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)\n"
-    )
+    # every file read before a line is printed: a FIFO there printed the heading, then the error (a table
+    # redirected to a file was cut short at exit 2); the folder names are escaped as every printed path is
     table = history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources))
-    print(shown_lines(table), end="")
+    heading = shown(
+        f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
+        f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)"
+    )
+    print(heading + "\n\n" + shown_lines(table), end="")

@@ -97,7 +97,22 @@ def check_name(name: str, what: str = "name") -> str:
             f"{what} {name!r} ends in '.', which Windows drops from a file name ({name.rstrip('.')!r} would be the "
             "same file); remove it"
         )
+    if windows_device(name):
+        raise ValueError(
+            f"{what} {name!r} is a device name on Windows ({name.split('.')[0].upper()}): a file named {name}.<ext> "
+            "there is that device, not a file (what is written to it is lost); rename it"
+        )
     return name
+
+
+# Names Windows gives its devices in every folder, whatever the extension: `aux.parquet` opens the AUX device
+WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul"} | {f"{port}{n}" for port in ("com", "lpt") for n in range(10)})
+
+
+def windows_device(name: str) -> bool:
+    """Whether a file or folder named `name` is a device on Windows (its part before the first '.', any case;
+    Windows ignores trailing spaces there too)."""
+    return name.split(".", 1)[0].rstrip(" ").casefold() in WINDOWS_DEVICES
 
 
 ENTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # ASCII: no two Unicode forms of one name

@@ -29,18 +29,53 @@ def read_yaml(text: str) -> Any:
 
     from scripts.lib.nesting import check_yaml_depth
 
-    fast = yaml.__with_libyaml__
-    for event in check_yaml_depth(yaml.parse(text, Loader=yaml.CSafeLoader if fast else yaml.SafeLoader)):
-        if isinstance(event, yaml.AliasEvent):
-            raise AliasError(event.start_mark.line + 1)
     try:
-        return _safe_yaml(fast).load(text)
-    except RuamelYAMLError as exc:  # one error type for the callers: PyYAML's, with the line
-        raise RuamelError(exc) from None
-    except (yaml.YAMLError, MemoryError):
-        raise
-    except Exception as exc:  # a constructor's own error met outside any node (none known): still one line
-        raise ValueProblem(exc) from None
+        fast = yaml.__with_libyaml__
+        for event in check_yaml_depth(yaml.parse(text, Loader=yaml.CSafeLoader if fast else yaml.SafeLoader)):
+            if isinstance(event, yaml.AliasEvent):
+                raise AliasError(event.start_mark.line + 1)
+        try:
+            return _safe_yaml(fast).load(text)
+        except RuamelYAMLError as exc:  # one error type for the callers: PyYAML's, with the line
+            raise RuamelError(exc) from None
+        except (yaml.YAMLError, MemoryError):
+            raise
+        except Exception as exc:  # a constructor's own error met outside any node (none known): still one line
+            raise ValueProblem(exc) from None
+    except yaml.YAMLError as exc:
+        if not quotes_a_secret(str(exc)) and not quotes_a_secret(str(getattr(exc, "problem", None) or "")):
+            raise
+        raise SecretQuoted(exc) from None
+
+
+class SecretQuoted(yaml.YAMLError):
+    """A YAML error whose text quotes a secret: the parsers quote the value or key they stopped at (`'sk-...' is
+    not a valid int`, `found duplicate key "<key>"`, a tag), and refuse_secrets never saw it, since nothing was
+    built; the error line went to stderr and CI logs with the key in it. Its problem with each quoted secret
+    left out, at the same line."""
+
+    def __init__(self, exc: yaml.YAMLError):
+        problem = str(getattr(exc, "problem", None) or type(exc).__name__)
+        shown_problem = QUOTED.sub(lambda m: HIDDEN if quotes_a_secret(m[2]) else m[0], problem)
+        self.problem = (
+            "a value that looks like a secret (not shown)" if quotes_a_secret(shown_problem) else shown_problem
+        )
+        self.problem_mark = getattr(exc, "problem_mark", None)
+        at = f"line {self.problem_mark.line + 1}: " if self.problem_mark is not None else ""
+        super().__init__(at + self.problem)
+
+
+QUOTED = re.compile(r"""(['"])(.*?)\1""")
+HIDDEN = "(not shown: it looks like a secret)"
+
+
+def quotes_a_secret(text: str) -> bool:
+    """Whether `text` holds a key by its shape, or the value of a secret environment variable (a short one only
+    as a whole quoted part, as holds_secret finds it in a scalar)."""
+    if has_secret_shape(text):
+        return True
+    parts = [text, *(m[2] for m in QUOTED.finditer(text))]
+    return any(holds_secret(part, secret) for secret in secret_env_values(None).values() for part in parts)
 
 
 class ValueProblem(yaml.YAMLError):

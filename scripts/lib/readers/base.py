@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
+from scripts.lib.io import file_kind
 from scripts.lib.params import Source
 from scripts.lib.pixels import HEAD_BYTES
 from scripts.lib.safe_paths import matches
@@ -119,11 +121,25 @@ def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = Fa
     for path in matches(root, pattern):
         if path.is_symlink() and not follow_symlinks:
             raise DataError(f"{path}: is a symbolic link; {LINK_HINT}")
-        if path.is_file():
-            files.append(path)
+        check_source_file(path, what)
+        files.append(path)
     if not files:
         raise DataError(f"{root}: no {what} files ({pattern}) found")
     return files
+
+
+def check_source_file(path: Path, what: str) -> None:
+    """A DataError unless `path`, a match of the source's pattern, is a regular file after links. A FIFO, socket,
+    device, folder (a shard extracted into `data-000001.tar/`) or link to nothing there was passed over, its
+    rows missing from the table at exit 0; reading it instead would hang (a FIFO) or never end (a device)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if not path.is_symlink():
+            raise  # gone since it was listed: the caller's one line names it
+        raise DataError(f"{shown(path)}: a symbolic link to nothing; not a {what} file") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a {what} file; its rows would be left out")
 
 
 def decode(data: bytes) -> str:

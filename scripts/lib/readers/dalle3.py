@@ -29,6 +29,7 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.marks import MARKER
 from scripts.lib.nesting import loads_json
+from scripts.lib.params.base import windows_device
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
 from scripts.lib.safe_paths import not_an_image_name
@@ -184,6 +185,13 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             where,
             "bad_image_name",
             f"image_name {shown_short(repr(name))} is not a plain relative file name with an extension",
+        )
+    if any(windows_device(part) for part in name.split("/")):  # CON.png: the image and CON.txt went to the console
+        return Problem(
+            sample.shard,
+            where,
+            "bad_image_name",
+            f"image_name {shown_short(repr(name))} is a device name on Windows, not a file name",
         )
     if len(name.encode()) > IMAGE_NAME_MAX:  # the record is skipped (or named, on_error fail), not the run lost
         return Problem(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import os
 import random
 import re
 import zipfile
@@ -22,6 +23,7 @@ from scripts.lib.readers.base import (
     Record,
     SourceConfig,
     check_confined,
+    check_source_file,
     decode,
     head_pixels,
     link_under,
@@ -37,9 +39,16 @@ GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our
 # what a column may hold: arrow type predicates by kind (a column of nulls only fits any kind)
 COLUMN_KINDS = {
     # dictionary-encoded text (a pandas category, a parquet read with read_dictionary) reads as its texts
-    "string": lambda t, pa: is_text_type(t) or (pa.types.is_dictionary(t) and is_text_type(t.value_type)),
+    "string": lambda t, pa: _text(t, pa) or (pa.types.is_dictionary(t) and _text(t.value_type, pa)),
     "integer": lambda t, pa: pa.types.is_integer(t),
 }
+
+
+def _text(kind, pa) -> bool:
+    """A text type: string, large_string, or string_view (Arrow's newer layout, which pyarrow 16+ and polars
+    write; it reads as the same texts). A string_view prompt column was refused as `holds string_view,
+    expected string`: every row of a valid source lost."""
+    return is_text_type(kind) or pa.types.is_string_view(kind)
 
 
 def iter_parquet(
@@ -263,14 +272,17 @@ def read_gustavosta(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]
     root = Path(cfg.path)
     fmt = cfg.format
     if fmt == "auto":
-        fmt = "parquet" if (root / "data" / "train.parquet").is_file() else "kaggle_csv"
+        fmt = "parquet" if os.path.lexists(root / "data" / "train.parquet") else "kaggle_csv"
     info["format"] = fmt
     found = False
     for stem, split in GUSTAVOSTA_SPLITS.items():
         if fmt == "parquet":
             file = root / "data" / f"{stem}.parquet"
-            if not file.is_file():
+            if not os.path.lexists(file):
                 continue
+            # a folder there (Spark writes `eval.parquet/` of part files), a FIFO or a link to nothing was passed
+            # over: the split's rows lost at exit 0
+            check_source_file(file, "parquet")
             found = True
             check_confined(file, root, cfg.follow_symlinks)
             for number, row in enumerate(iter_parquet(file, ["Prompt"], cfg.batch_rows, {"Prompt": "string"}), start=1):
