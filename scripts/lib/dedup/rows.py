@@ -16,7 +16,7 @@ import scripts.lib.dedup.signing as signing
 from scripts.lib import minhash as mh
 from scripts.lib.dedup.keep import assign, component_sizes
 from scripts.lib.params import Dedup
-from scripts.lib.shingle_sets import jaccard_at_least, shingle_sets
+from scripts.lib.shingle_sets import ShingleSets, jaccard_at_least, shingle_sets
 
 # the columns that order rows as keep_rank does: keep longest = most characters, then id, then position
 RANKS = {"first": ["row"], "none_of_pair": ["row"], "longest": ["neg_len", "order_key", "row"]}
@@ -196,16 +196,26 @@ _KEY = pa.field("key", pa.int64())
 
 
 def verify_rows(table: pa.Table, params: Dedup, chunk: int) -> pa.Table:
-    """Pairs with both texts -> the pairs whose exact Jaccard >= threshold, with `similarity`."""
-    local = np.repeat(np.arange(table.num_rows), 2).reshape(-1, 2)
+    """Pairs with both texts -> the pairs whose exact Jaccard >= threshold, with `similarity`. In each chunk
+    a row is shingled once however many pairs name it (a group's pairs share their b rows: they were
+    grouped by them), as the local engine shingles each candidate row once."""
     jaccard = np.zeros(table.num_rows)
     for lo in range(0, table.num_rows, chunk):
         part = table.slice(lo, chunk)
-        left, right = (shingle_sets(part.column(f"text_{side}"), params.unit, params.ngram) for side in "ab")
-        jaccard[lo : lo + part.num_rows] = jaccard_at_least(left, right, local[: part.num_rows], params.threshold)
+        (left, at_a), (right, at_b) = (_distinct_sets(part, side, params) for side in "ab")
+        jaccard[lo : lo + part.num_rows] = jaccard_at_least(
+            left, right, np.stack([at_a, at_b], axis=1), params.threshold
+        )
     ok = np.flatnonzero(jaccard >= params.threshold)
     out = table.drop_columns(["text_a", "text_b"]).take(pa.array(ok))
     return out.append_column("similarity", pa.array(jaccard[ok]))
+
+
+def _distinct_sets(pairs: pa.Table, side: str, params: Dedup) -> tuple[ShingleSets, np.ndarray]:
+    """The shingle sets of the distinct rows on one side of the pairs, and each pair's position among them."""
+    _, first, at = np.unique(pairs.column(side).to_numpy(), return_index=True, return_inverse=True)
+    texts = pairs.column(f"text_{side}").take(pa.array(first))
+    return shingle_sets(texts, params.unit, params.ngram), at.reshape(-1)
 
 
 def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep: str):
