@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import stat
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,8 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from scripts.lib.errors import DataError
-from scripts.lib.io import PROMPT_COLUMNS, atomic_path, check_files_ours, commit_together, json_text, shown, stable_id
+from scripts.lib.errors import DataError, redact_url_userinfo
+from scripts.lib.io import (
+    PROMPT_COLUMNS,
+    atomic_path,
+    check_files_ours,
+    commit_together,
+    file_kind,
+    json_text,
+    shown,
+    stable_id,
+)
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows, size_problem
 from scripts.lib.text_lines import prompt_problem
@@ -63,11 +73,29 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
 
 def meta_text(meta: dict[str, Any]) -> str:
     """`meta` as the JSON text the table holds. NaN and Infinity, which JSON has no word for, are null: json.dumps
-    wrote `NaN` (a parquet float, a json member's NaN), which no JSON reader but Python's takes."""
+    wrote `NaN` (a parquet float, a json member's NaN), which no JSON reader but Python's takes. A URL's
+    user:password@ is ***@ (without_userinfo)."""
     try:
-        return json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
     except ValueError:  # a non-finite number (or a value JSON cannot hold: raised again below)
-        return json.dumps(finite(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        meta = finite(meta)
+        text = json.dumps(meta, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    if "@" in text and "://" in text:  # the common row holds no URL with a user part: dumped once
+        text = json.dumps(without_userinfo(meta), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return text
+
+
+def without_userinfo(value: Any) -> Any:
+    """`value` with the user:password@ of every URL in its texts (keys too) shown as ***@: a source's metadata
+    (an OpenPrompts `image_uri` of https://user:pass@host/x.png, a webdataset json's `url`) went into the
+    prompt table, and from there into clean's table and every copy of them, a secret in a file."""
+    if isinstance(value, str):
+        return redact_url_userinfo(value)
+    if isinstance(value, dict):
+        return {without_userinfo(key): without_userinfo(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_userinfo(item) for item in value]
+    return value
 
 
 def finite(value: Any) -> Any:
@@ -145,12 +173,21 @@ def check_unique(ids: array, source: str) -> None:
         )
 
 
+def check_source_path(path: Path, source: str) -> None:
+    """One line unless `path` is there as a folder or a regular file (after links). A FIFO or a device there
+    (`/dev/zero`) was `source path not found`, the wrong reason for what the user sees with `ls`."""
+    if not path.exists():
+        raise DataError(f"{shown(path)}: source path not found (sources.{source}.path)")
+    mode = path.stat().st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a folder or a file (sources.{source}.path)")
+
+
 def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
     """Read `source` with its reader and write the prompt table and its report; returns the report."""
     from scripts.lib.readers import READERS
 
-    if not Path(cfg.path).exists():
-        raise DataError(f"{cfg.path}: source path not found (sources.{source}.path)")
+    check_source_path(Path(cfg.path), source)
     report: dict[str, Any] = {
         "source": source,
         "kind": cfg.kind,

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
-from scripts.lib.pixels import TooManyPixels, image_head, image_size, opened, stream_reader
+from scripts.lib.pixels import TooManyPixels, UnsupportedPixels, image_head, image_size, opened, stream_reader
 
 DEFAULT_MAX_MEMBER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # ~6300 x 6300; PIL's own bomb limit is 89M
@@ -149,14 +150,18 @@ def check_member_name(name: str) -> None:
         raise UnsafeArchive("unsafe_member", f"member {name!r} has a '..' component")
 
 
+# A tar number as GNU tar reads it: ASCII octal digits between blanks (a header field, to its NUL), ASCII decimal digits
+# alone (pax). int() took `1_0`, `+10`, `0o12`, Unicode digits: tar refuses them, and our member boundaries would differ.
+_OCTAL, _DECIMAL = re.compile(rb"\s*([0-7]*)\s*"), re.compile("[0-9]+")
+
+
 def _octal(field: bytes, what: str) -> int:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field[1:], "big")
-    digits = field.split(b"\x00", 1)[0].strip()
-    try:
-        return int(digits, 8) if digits else 0
-    except ValueError:
-        raise UnsafeArchive("corrupt_archive", f"bad {what} field {field!r} in a tar header") from None
+    digits = _OCTAL.fullmatch(field.split(b"\x00", 1)[0])
+    if digits is None:
+        raise UnsafeArchive("corrupt_archive", f"bad {what} field {field!r} in a tar header")
+    return int(digits[1], 8) if digits[1] else 0
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -166,9 +171,10 @@ def _pax_records(data: bytes) -> dict[str, str]:
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
+        digits = data[pos:space].decode("latin-1")
+        length = int(digits) if _DECIMAL.fullmatch(digits) else -1  # -1: refused as a bad length below
         if length <= space - pos or pos + length > len(data):
-            raise ValueError(f"bad pax record length {length}")
+            raise ValueError(f"bad pax record length {digits[:40]!r}")
         key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
         pos += length
@@ -227,9 +233,9 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                 try:
                     records = _pax_records(data)
                     if "size" in records:
+                        if not _DECIMAL.fullmatch(records["size"]):
+                            raise ValueError(f"size {records['size'][:40]!r} is not a plain decimal number")
                         pending_size = int(records["size"])
-                        if pending_size < 0:
-                            raise ValueError("negative size")
                 except ValueError as exc:
                     yield UnsafeArchive("corrupt_archive", f"bad pax header at byte {data_at} ({exc})")
                     return
@@ -331,8 +337,8 @@ def check_image_pixels(head: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMA
     PIL's: an image it would not decode is `image_too_large` too, not `bad_image`)."""
     try:
         size = image_size(head, name)
-    except TooManyPixels as exc:
-        raise UnsafeArchive("image_too_large", str(exc)) from None
+    except (TooManyPixels, UnsupportedPixels) as exc:
+        raise UnsafeArchive(exc.reason, str(exc)) from None
     if size is None:
         raise UnsafeArchive("bad_image", f"{name}: not a readable image header")
     if size[0] * size[1] > max_pixels:
@@ -443,13 +449,8 @@ def check_sha256(ref: str, data: bytes, recorded) -> None:
 
 # A zip member's file type, as a Unix zip records it in the high bits of its external attributes (0: none recorded).
 # A member marked a FIFO, device, socket or folder, bytes and all, was read as an image at exit 0
-ZIP_FILE_TYPES = {
-    0o010000: "a FIFO",
-    0o020000: "a character device",
-    0o040000: "a folder",
-    0o060000: "a block device",
-    0o140000: "a socket",
-}
+ZIP_FILE_TYPES = {0o010000: "a FIFO", 0o020000: "a character device", 0o040000: "a folder"}
+ZIP_FILE_TYPES |= {0o060000: "a block device", 0o140000: "a socket"}
 
 
 def read_zip_member(

@@ -239,7 +239,7 @@ def decode(ref: str):
         with opened(io.BytesIO(data), ref) as stored:
             fmt = stored.format
             stored.load()
-            image = rgb(stored)  # upright; 16-bit grey scaled (convert("RGB") alone clipped it to white)
+            image = rgb(stored, ref)  # upright; 16-bit grey scaled (convert("RGB") alone clipped it to white)
     except MemoryError:
         raise
     except UnsafeArchive as exc:

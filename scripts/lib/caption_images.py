@@ -63,17 +63,30 @@ def list_images(folder: Path) -> tuple[list[Listed], Counter]:
         if path.is_symlink():
             skipped["symlink"] += 1
             continue
-        if not path.is_file():
+        ext = path.suffix.lower().lstrip(".")
+        if not regular_file_listed(path, ext, skipped):
             continue
         if REF_SEPARATOR in rel:  # "x!/y.jpg" reads as member y.jpg of an archive x (read_image)
             skipped["ambiguous_name"] += 1
             continue
-        ext = path.suffix.lower().lstrip(".")
         if ext in IMAGE_EXTS:
             listed.append(Listed(rel, path.as_posix()))
         elif ext == "tar":
             listed.extend(_tar_images(folder, path, skipped))
     return sorted(listed, key=lambda image: image.id), skipped
+
+
+def regular_file_listed(path: Path, ext: str, skipped: Counter) -> bool:
+    """Whether `path` (no link) is a regular file to read. A FIFO, socket or device named as an image or a shard
+    (`x.png`, `x.tar`) is counted `not_a_regular_file`, as read_member counts one: it was passed over uncounted,
+    an image missing from the report; a folder is walked, and any other name passed over, as a regular one is."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:  # gone since it was listed
+        return False
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode) and (ext in IMAGE_EXTS or ext == "tar"):
+        skipped["not_a_regular_file"] += 1
+    return stat.S_ISREG(mode)
 
 
 def own_manifest(manifest: Path) -> Path:

@@ -287,7 +287,9 @@ def image_as(data: bytes, image_format: str, stored_ext: str, ref: str) -> tuple
     try:
         with opened(io.BytesIO(data), ref) as image:
             image.load()
-            return image_format, reencoded(image, image_format)
+            return image_format, reencoded(image, image_format, name=ref)
+    except DataError:  # UnsupportedPixels: its own line names the image and why
+        raise
     except Exception as exc:
         raise DataError(f"{ref}: cannot re-encode as {image_format} ({type(exc).__name__})") from None
 

@@ -36,6 +36,27 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 class TooManyPixels(errors.DataError):
     """An image over PIL's decompression bomb limit (its DecompressionBombError): one line naming the file."""
 
+    reason = "image_too_large"  # counted under on_error: skip
+
+
+class UnsupportedPixels(errors.DataError):
+    """An image of samples no 8- or 16-bit picture shows as they are (check_pixel_format): one line naming it."""
+
+    reason = "unsupported_pixel_format"
+
+
+def check_pixel_format(image, name: str) -> None:
+    """UnsupportedPixels for float samples (PIL mode F) or 32-bit or signed integer ones (mode I, but a 16-bit
+    grey PNG, which older PIL opened as I): re-encoded, a float TIFF came out black, a 32-bit one saturated at
+    65,535 (or failed, `cannot write mode I as PNG`). Which picture such values mean (0..1? 0..2**32?) is the
+    writer's to say, not ours to guess: refused from the header, before any row records the image."""
+    if image.mode == "F" or (image.mode == "I" and image.format != "PNG"):
+        samples = "float" if image.mode == "F" else "32-bit or signed integer"
+        raise UnsupportedPixels(
+            f"{errors.shown(name)}: {samples} samples (PIL mode {image.mode}), an unsupported pixel format: "
+            "no 8- or 16-bit picture shows them as they are"
+        )
+
 
 @contextlib.contextmanager
 def opened(source, name: str) -> Iterator[Any]:
@@ -160,8 +181,9 @@ def image_size(head: bytes, name: str = "image") -> tuple[int, int] | None:
         return gif_shown_size(head)  # its screen grown to its first frame, as PIL decodes it
     try:
         with opened(io.BytesIO(head), name) as img:  # reads the header only
+            check_pixel_format(img, name)
             return shown_size(img)
-    except (TooManyPixels, MemoryError):  # a memory limit is no unknown size
+    except (TooManyPixels, UnsupportedPixels, MemoryError):  # a memory limit is no unknown size
         raise
     except Exception:
         return None
@@ -234,14 +256,17 @@ def eight_bit(image):
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
-def rgb(image):
-    """`image` upright in 8-bit RGB: what a contact sheet or a resize draws."""
+def rgb(image, name: str = "image"):
+    """`image` upright in 8-bit RGB: what a contact sheet or a resize draws (UnsupportedPixels: check_pixel_format)."""
+    check_pixel_format(image, name)
     return eight_bit(upright(image)).convert("RGB")
 
 
-def reencoded(image, image_format: str, quality: int = 95) -> bytes:
+def reencoded(image, image_format: str, quality: int = 95, name: str = "image") -> bytes:
     """PNG (the pixels as decoded: a mode PNG cannot hold becomes RGB or RGBA) or JPEG (8-bit RGB at
-    `quality`) of `image` upright, with its colour profile where it still describes the pixels written."""
+    `quality`) of `image` upright, with its colour profile where it still describes the pixels written.
+    UnsupportedPixels, naming `name`, for samples neither shows as they are (check_pixel_format)."""
+    check_pixel_format(image, name)
     profile = image.info.get("icc_profile")
     shown = upright(image)
     if image_format == "png":

@@ -348,16 +348,25 @@ def _git(*args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def check_tag(tag: str, name: str) -> str:
-    """The commit of HEAD, which `tag` must point at; release@NAME must be up to date there."""
+def tag_at_head(tag: str, name: str, hint: str = "or --dry-run") -> str:
+    """The commit of HEAD, which `tag` must point at; one line outside a git repository or for no such tag.
+    `--dry-run --tag X` checked nothing: the card named tag X, and outside git an empty commit."""
     head = _git("rev-parse", "HEAD")
+    if not head:
+        raise DataError(f"git tag {tag} not found: not in a git repository with a commit (run from the repository)")
     at = _git("rev-parse", "-q", "--verify", f"refs/tags/{tag}^{{commit}}")
     if not at:
-        raise DataError(f"git tag {tag} not found: tag the release first (python -m scripts tag {name}), or --dry-run")
+        raise DataError(f"git tag {tag} not found: tag the release first (python -m scripts tag {name}), {hint}")
     if at != head:
         raise DataError(
             f"git tag {tag} is {at[:12]}, not HEAD {head[:12]}: `git checkout {tag}` (and `dvc checkout`) first"
         )
+    return head
+
+
+def check_tag(tag: str, name: str) -> str:
+    """The commit of HEAD, which `tag` must point at (tag_at_head); release@NAME must be up to date there."""
+    head = tag_at_head(tag, name)
     from dvc.repo import Repo
 
     from scripts.tools.tag import check_up_to_date
@@ -425,6 +434,7 @@ def cli(
 
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise DataError(f"--repo-id: expected ORG/NAME, got {repo_id!r}")
+    dry_run_head = dry_run and tag is None  # a tag named with --dry-run is checked too: the card names it
     tag = tag or name
     release_dir = Path("data/releases") / name
     sources = load_section("sources", missing_ok=True)
@@ -435,7 +445,10 @@ def cli(
             f"uploads images with their captions: upload data/releases/{name} as it is (`hf upload {repo_id} "
             f"data/releases/{name} . --repo-type dataset`; its card's configs name each split's prompts.parquet)"
         )
-    commit = _git("rev-parse", "HEAD") if dry_run else check_tag(tag, name)
+    if dry_run_head:
+        commit = _git("rev-parse", "HEAD")
+    else:
+        commit = tag_at_head(tag, name, "or leave out --tag") if dry_run else check_tag(tag, name)
     out = out or Path("dist/hub") / name
     splits = {split: read_split(release_dir, split) for split in SPLITS}
     with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:

@@ -115,6 +115,8 @@ def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = Fa
     any case (a match that is a symbolic link is refused unless `follow_symlinks`)."""
     if root.is_file():
         return [root]
+    if root.exists() and not root.is_dir():  # a FIFO or a device (/dev/zero) is there: "not found" was wrong
+        raise DataError(f"{shown(root)}: is {file_kind(root.stat().st_mode)}, not a folder or a {what} file")
     if not root.is_dir():
         raise DataError(f"{root}: source path not found")
     files = []
