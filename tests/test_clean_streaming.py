@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from helpers.commands import cli
+from helpers.tiers import fast_first
 from helpers.workspace import error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def clean_all(root: Path, folder: str, monkeypatch, capfd) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("rows", [7, 100, 1000])
+@pytest.mark.parametrize("rows", fast_first([7, 100, 1000]))
 def test_any_chunk_size_writes_the_bytes_of_one_chunk(prompts, rows, monkeypatch, capfd):
     set_stream_rows(prompts, 10_000_000)
     whole = clean_all(prompts, f"whole{rows}", monkeypatch, capfd)

@@ -39,6 +39,7 @@ import pytest
 
 from helpers import Loopback, Unaccepted, cli, env, file_digests
 from helpers.children import start_child, start_scripts
+from helpers.tiers import fast_first
 from helpers.workspace import make_splits, write_params
 from scripts.lib.errors import DataError
 
@@ -320,29 +321,32 @@ def own_simpletuner_config_with_our_ids(tmp_path):  # written by hand with our t
 
 @pytest.mark.parametrize(
     "case",
-    [
-        own_split_folder,
-        own_hub_folder,
-        own_release_folder,
-        own_synthesize_raw_folder,
-        own_sample_data_edit,
-        own_simpletuner_config,
-        own_folder_with_a_hand_made_marker,
-        own_copy_of_a_release,
-        own_file_beside_a_copied_marker,
-        own_synthesize_prompts_edited,
-        own_synthesize_copy,
-        own_synthesize_hand_made_report,
-        own_simpletuner_config_tuned,
-        own_simpletuner_config_copied,
-        own_simpletuner_config_with_our_ids,
-        own_release_card_edited,
-        own_release_stats_rewritten,
-        own_release_preview_swapped,
-        own_file_git_skips_in_the_worktree,
-        own_file_git_assumes_unchanged,
-        own_file_only_in_gits_index,
-    ],
+    fast_first(
+        [
+            own_split_folder,
+            own_hub_folder,
+            own_release_folder,
+            own_synthesize_raw_folder,
+            own_sample_data_edit,
+            own_simpletuner_config,
+            own_folder_with_a_hand_made_marker,
+            own_copy_of_a_release,
+            own_file_beside_a_copied_marker,
+            own_synthesize_prompts_edited,
+            own_synthesize_copy,
+            own_synthesize_hand_made_report,
+            own_simpletuner_config_tuned,
+            own_simpletuner_config_copied,
+            own_simpletuner_config_with_our_ids,
+            own_release_card_edited,
+            own_release_stats_rewritten,
+            own_release_preview_swapped,
+            own_file_git_skips_in_the_worktree,
+            own_file_git_assumes_unchanged,
+            own_file_only_in_gits_index,
+        ],
+        keep=6,
+    ),
     ids=lambda f: f.__name__,
 )
 def test_a_folder_or_file_we_did_not_write_is_refused_untouched(tmp_path, case):
@@ -1414,7 +1418,7 @@ EXITING = {  # a command, and the output it leaves when it ends normally
 }
 
 
-@pytest.mark.parametrize("command", sorted(EXITING))
+@pytest.mark.parametrize("command", fast_first(sorted(EXITING)))
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_the_interpreter_exits_is_not_a_silent_death(tmp_path, command, signum):
     """After main() returns, the interpreter tears down for up to a second (pyarrow's threads): Python had

@@ -36,6 +36,7 @@ from test_s3_remote import (  # noqa: F401
 
 from helpers import copy_repo, env, run, work_copy
 from helpers.children import default_stop_signals, scripts_env, start_child, start_scripts
+from helpers.tiers import fast_first
 from helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
 from scripts.cli import main
 
@@ -256,7 +257,7 @@ def interrupt(root: Path, argv: list[str], signum: int, seed: str) -> subprocess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", fast_first(STAGES, keep=2))
 def test_a_signal_stops_a_stage_with_one_line_and_no_leftovers(signal_ws, stage, signum):
     result = interrupt(signal_ws, STAGES[stage], signum, f"{stage}:{signum}")
     if result is None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.tiers import fast_first
 from helpers.workspace import PARAMS, error_line, write_params
 from helpers.workspace import run_scripts as run
 
@@ -61,7 +62,10 @@ ANOTHER_COMMANDS = {  # (the command that writes the output, another command poi
 }
 
 
-@pytest.mark.parametrize("first, second", ANOTHER_COMMANDS.values(), ids=ANOTHER_COMMANDS)
+@pytest.mark.parametrize(
+    "first, second",
+    fast_first([pytest.param(*row, id=name) for name, row in ANOTHER_COMMANDS.items()], keep=2),
+)
 def test_a_command_never_replaces_another_commands_output(tmp_path, first, second):
     text_source(tmp_path)
     ok(tmp_path, "ingest", "notes", "p.parquet")

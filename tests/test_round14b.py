@@ -31,6 +31,7 @@ from PIL import Image
 
 from helpers import REPO, file_digests, send_json, tar_bytes, write_tar
 from helpers.loopback import JsonServer
+from helpers.tiers import fast_first
 from helpers.workspace import SUMMARY, make_splits, snapshot
 from helpers.workspace import write_params as write_repo_params
 from scripts.lib.marks import MARKER, MARKER_TEXT
@@ -302,7 +303,7 @@ QUIET = [
 ]
 
 
-@pytest.mark.parametrize("command", QUIET)
+@pytest.mark.parametrize("command", fast_first(QUIET, keep=2))
 def test_pil_warnings_never_reach_stderr(tmp_path, command):
     result = command(tmp_path)
     assert result.returncode == 0, result.stderr

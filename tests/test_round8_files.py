@@ -126,7 +126,7 @@ def _stage_entry(stage: str, root: Path, base_url: str) -> dict:
     return caption_entry(root / "images", base_url, max_images=1)
 
 
-@pytest.mark.parametrize("case", sorted(CACHE_CASES))
+@pytest.mark.parametrize("case", fast_first(sorted(CACHE_CASES), keep=3))
 def test_a_cache_entry_or_folder_that_is_no_own_file_is_one_line(tmp_path, case):
     stage, replace, said = CACHE_CASES[case]
     with Server(json_reply(completion("1. a red kite"))) as server:

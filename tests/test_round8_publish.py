@@ -24,6 +24,7 @@ import pytest
 from test_publish import FakeHub, tiny_release
 
 from helpers import REPO, Loopback, env
+from helpers.tiers import fast_first
 
 TOKEN = "hf_round8LOOPBACKtoken0123456789abc"
 STUB = (  # only the git-tag check is stubbed: it needs a tagged DVC history, the Hub client is what is tested
@@ -165,7 +166,10 @@ USERINFO = {
 }
 
 
-@pytest.mark.parametrize("endpoint, mode, extra, secrets", USERINFO.values(), ids=USERINFO.keys())
+@pytest.mark.parametrize(
+    "endpoint, mode, extra, secrets",
+    fast_first([pytest.param(*row, id=name) for name, row in USERINFO.items()], keep=4),
+)
 def test_09_no_secret_of_the_endpoint_or_token_in_the_line(tmp_path, hub, endpoint, mode, extra, secrets):
     root = tiny_release(tmp_path / "repo")
     base, _handler = hub(mode)
@@ -179,7 +183,7 @@ def test_09_no_secret_of_the_endpoint_or_token_in_the_line(tmp_path, hub, endpoi
 DRIPS = {"body": "drip_body", "headers": "drip_headers", "chunked_body": "drip_chunks"}
 
 
-@pytest.mark.parametrize("mode", DRIPS.values(), ids=DRIPS.keys())
+@pytest.mark.parametrize("mode", fast_first([pytest.param(mode, id=name) for name, mode in DRIPS.items()], keep=2))
 def test_10_a_trickling_hub_ends_at_the_deadline_in_one_line(tmp_path, hub, mode):
     root = tiny_release(tmp_path / "repo")
     endpoint, handler = hub(mode)

@@ -23,6 +23,7 @@ import pytest
 
 from helpers.children import start_scripts
 from helpers.ray_runs import session_processes
+from helpers.tiers import fast_first
 
 FAIL_WITHIN_S = 20  # connect_timeout_s (8) plus the command's imports of Ray on a loaded two-core machine
 INTERRUPT_WITHIN_S = 2
@@ -109,7 +110,9 @@ def wait_until_joining(process: subprocess.Popen, server: CountingHTTPServer) ->
     assert process.poll() is None and server.connections >= 2, "the run never tried to join"
 
 
-@pytest.mark.parametrize("target, interrupt", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize(
+    "target, interrupt", fast_first([pytest.param(*row, id=name) for name, row in CASES.items()], keep=3)
+)
 def test_a_cluster_that_is_not_there_is_one_line_in_bounded_time(tmp_path, http_server, target, interrupt):
     address = ADDRESSES[target](http_server)
     root = workspace(tmp_path, address)

@@ -170,7 +170,7 @@ CORRUPT = {"garbage": b"not parquet at all", "parquet magic only": b"PAR1PAR1", 
 
 
 @pytest.mark.parametrize("how", sorted(CORRUPT))
-@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("table", fast_first(TABLES))
 def test_diff_names_a_corrupt_table(tmp_path, table, how):
     repo = dvc_repo(tmp_path / "repo")
     rows_table(repo / "data" / "releases" / "r1")
