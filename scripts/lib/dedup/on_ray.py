@@ -45,7 +45,7 @@ from scripts.lib.dedup.rows import (
     sign_rows,
     verified_with_text_b,
 )
-from scripts.lib.dedup.stage_input import parquet_file, shards
+from scripts.lib.dedup.stage_input import parquet_file, read, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.tables import check_column_names, is_text_type, write_row_groups
@@ -163,14 +163,7 @@ def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
     """One item per row group (path, group, first row): Ray tasks read them in parallel, in order."""
     items, offset, schema = [], 0, None
     for file in files:
-        try:
-            meta = parquet_file(file)
-        except DataError:
-            raise
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise DataError(
-                f"{file}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0]
-            ) from None
+        meta = read(file, parquet_file, file)  # any failure: its one line, as the local engine's
         schema = schema or meta.schema_arrow.remove_metadata()
         check_column_names(file, meta.schema_arrow.names)
         for column in ("id", "text"):
