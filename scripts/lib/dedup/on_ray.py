@@ -14,7 +14,11 @@ never bring the texts to the driver.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,16 @@ BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds 
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
 # rank columns that went through a join and ones that did not concatenate on the driver.
 ORDER_KEY = pa.large_string()
+# each phase's wall time at INFO: benchmarks/dedup_ray_phases.py shows where the time goes; a stage leaves
+# this logger unconfigured, so it prints nothing
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    log.info("phase %s %.2f s", name, time.perf_counter() - start)
 
 
 def partitions(runtime: Runtime, rows: int) -> int:
@@ -105,15 +119,17 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
     bands, _ = signing.banding(params)
     ranks = RANKS[params.keep]
     by_part = dict(batch_format="pyarrow")
-    signed = rows.map_batches(sign_rows, fn_args=(params,), batch_size=runtime.batch_rows, **by_part).materialize()
+    with phase("sign"):
+        signed = rows.map_batches(sign_rows, fn_args=(params,), batch_size=runtime.batch_rows, **by_part).materialize()
     no_tokens = n - signed.count()  # sign_rows drops rows without tokens: never anybody's duplicate
-    grouped = (
-        signed.map_batches(part_of, fn_args=(["seq0"], parts), **by_part)
-        .groupby("part")
-        .map_groups(identical_in_group, fn_args=(ranks,), **by_part)
-        .materialize()
-    )
-    members = grouped.filter(expr="rep >= 0").map_batches(member_edges, fn_args=(ranks,), **by_part).materialize()
+    with phase("identical texts"):
+        grouped = (
+            signed.map_batches(part_of, fn_args=(["seq0"], parts), **by_part)
+            .groupby("part")
+            .map_groups(identical_in_group, fn_args=(ranks,), **by_part)
+            .materialize()
+        )
+        members = grouped.filter(expr="rep >= 0").map_batches(member_edges, fn_args=(ranks,), **by_part).materialize()
     reps = grouped.filter(expr="rep < 0")
     passes = []
     for lo in range(0, bands, BANDS_PER_PASS):
@@ -125,26 +141,29 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
         )
     found = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
     pairs, pairs_a = pair_fields(ranks), pair_fields(ranks, texts="a")
-    candidates = (
-        found.map_batches(lookup_requests, fn_args=("a", pairs, TEXT_FIELD, parts), **by_part)
-        .union(rows.map_batches(lookup_sources, fn_args=("row", pairs, TEXT_FIELD, parts), **by_part))
-        .groupby("part")
-        .map_groups(distinct_with_text_a, fn_args=(pairs,), **by_part)
-        .materialize()
-    )
+    with phase(f"{bands} bands in {len(passes)} passes, then text_a"):
+        candidates = (
+            found.map_batches(lookup_requests, fn_args=("a", pairs, TEXT_FIELD, parts), **by_part)
+            .union(rows.map_batches(lookup_sources, fn_args=("row", pairs, TEXT_FIELD, parts), **by_part))
+            .groupby("part")
+            .map_groups(distinct_with_text_a, fn_args=(pairs,), **by_part)
+            .materialize()
+        )
     candidate_count = candidates.count()
-    verified = (
-        candidates.map_batches(lookup_requests, fn_args=("b", pairs_a, TEXT_FIELD, parts), **by_part)
-        .union(rows.map_batches(lookup_sources, fn_args=("row", pairs_a, TEXT_FIELD, parts), **by_part))
-        .groupby("part")
-        .map_groups(verified_with_text_b, fn_args=(pairs_a, params, runtime.verify_pairs), **by_part)
-        .materialize()
-    )
+    with phase("text_b and the exact check"):
+        verified = (
+            candidates.map_batches(lookup_requests, fn_args=("b", pairs_a, TEXT_FIELD, parts), **by_part)
+            .union(rows.map_batches(lookup_sources, fn_args=("row", pairs_a, TEXT_FIELD, parts), **by_part))
+            .groupby("part")
+            .map_groups(verified_with_text_b, fn_args=(pairs_a, params, runtime.verify_pairs), **by_part)
+            .materialize()
+        )
     verified_count, member_count = verified.count(), members.count()
-    if verified_count + member_count <= runtime.driver_edges:
-        removed, sizes = resolve_edges(_collect(ray, verified), _collect(ray, members), ranks, params.keep)
-    else:
-        removed, sizes = components.resolve(ray, verified, members, ranks, params.keep, parts)
+    with phase("keep policy"):
+        if verified_count + member_count <= runtime.driver_edges:
+            removed, sizes = resolve_edges(_collect(ray, verified), _collect(ray, members), ranks, params.keep)
+        else:
+            removed, sizes = components.resolve(ray, verified, members, ranks, params.keep, parts)
     stats = report_counts(
         n, n - len(removed["row"]), sizes, member_count, candidate_count, verified_count, no_tokens, params
     )
@@ -210,17 +229,21 @@ def dedup_stage(input: Path | str, output: Path, into: Path, params: Dedup, runt
         try:
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
             # read once: signing, the id check and both text lookups use the rows (blocks spill past the store)
-            rows = ds.map_batches(
-                read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow"
-            ).materialize()
+            with phase("read"):
+                rows = ds.map_batches(
+                    read_fragment, fn_args=(["id", "text"],), batch_size=1, batch_format="pyarrow"
+                ).materialize()
             n = rows.count()
-            if _repeated_ids(ray, rows, partitions(runtime, n)):
-                raise DataError(f"{input}: column 'id' has repeated values")
+            with phase("id check"):
+                if _repeated_ids(ray, rows, partitions(runtime, n)):
+                    raise DataError(f"{input}: column 'id' has repeated values")
             removed, stats = _run(ray, rows, n, params, runtime)
-            needed = np.union1d(removed["row"], removed["duplicate_of"])
-            ids = _ids_of(ray, rows, needed)
-            kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
-            write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output, into)
+            with phase("ids of the removed rows"):
+                needed = np.union1d(removed["row"], removed["duplicate_of"])
+                ids = _ids_of(ray, rows, needed)
+            with phase("kept rows written"):
+                kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
+                write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output, into)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
     at = np.searchsorted(needed, removed["row"]), np.searchsorted(needed, removed["duplicate_of"])

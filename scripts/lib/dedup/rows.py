@@ -54,7 +54,7 @@ def part_of(table: pa.Table, columns: list[str], parts: int) -> pa.Table:
     h = np.zeros(table.num_rows, dtype=np.uint64)
     for name in columns:
         h = mh.fmix64(h * _MIX + table.column(name).to_numpy().astype(np.uint64))
-    return table.append_column("part", pa.array((h % np.uint64(parts)).astype(np.int64)))
+    return table.append_column("part", pa.array((h % np.uint64(parts)).astype(np.int32)))
 
 
 def id_parts(table: pa.Table, parts: int) -> pa.Table:
@@ -99,10 +99,11 @@ def member_edges(table: pa.Table, ranks: list[str]) -> pa.Table:
 
 
 def bucket_rows(table: pa.Table, lo: int, hi: int, ranks: list[str], parts: int) -> pa.Table:
-    """Representatives -> one row per (row, band) for bands [lo, hi): band, key, part and the rank columns."""
+    """Representatives -> one row per (row, band) for bands [lo, hi): band, key, part and the rank columns.
+    Band (int16: num_perm <= 8192) and part (int32) are narrow: these rows are most of the shuffled bytes."""
     pieces = []
     for band in range(lo, hi):
-        piece = table.select(ranks).append_column("band", pa.array(np.full(table.num_rows, band, dtype=np.int64)))
+        piece = table.select(ranks).append_column("band", pa.array(np.full(table.num_rows, band, dtype=np.int16)))
         pieces.append(piece.append_column("key", table.column(f"b{band}")))
     band_rows = pa.concat_tables(pieces)
     return part_of(band_rows, ["band", "key"], parts)
