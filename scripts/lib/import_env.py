@@ -26,6 +26,20 @@ def _one_of(*values: str) -> Callable[[str], bool]:
     return lambda value: value.strip().lower() in values
 
 
+_C_NUMBER = re.compile(r"[ \t\n\v\f\r]*\+?[0-9]+[ \t\n\v\f\r]*")  # what strtoul reads whole, in C's spaces
+
+
+def _omp_counts(value: str) -> bool:
+    """libgomp's list of counts (OMP_NUM_THREADS: `4` or `4,2`): each a whole number from 1 below 2**64 - 1."""
+    return all(_C_NUMBER.fullmatch(part) and 0 < int(part) < 2**64 - 1 for part in value.split(","))
+
+
+def _omp_proc_bind(value: str) -> bool:
+    """libgomp's OMP_PROC_BIND: true or false alone, or a list of master, close and spread (any case)."""
+    parts = [part.strip().lower() for part in value.split(",")]
+    return value.strip().lower() in ("true", "false") or all(p in ("master", "close", "spread") for p in parts)
+
+
 # library -> {variable: (check, what it must be)}: read (and failing) when the library is imported, or
 # read by it later and, when bad, ignored with a line of its own on stderr (Arrow's C++ printed
 # `Invalid value for ARROW_IO_THREADS: '0'` beside a command's output at exit 0)
@@ -33,6 +47,13 @@ IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] =
     "huggingface_hub": {
         "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
         "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+    },
+    "torch": {  # its OpenMP runtime, libgomp, printed `libgomp: Invalid value for environment variable ...` at exit 0
+        "OMP_NUM_THREADS": (_omp_counts, "a whole number from 1, or a comma list of them (4,2)"),
+        "OMP_THREAD_LIMIT": (lambda value: "," not in value and _omp_counts(value), "a whole number from 1"),
+        "OMP_DYNAMIC": (_one_of("true", "false"), "true or false"),
+        "OMP_WAIT_POLICY": (_one_of("active", "passive"), "active or passive"),
+        "OMP_PROC_BIND": (_omp_proc_bind, "true, false, or a comma list of master, close and spread"),
     },
     "pyarrow": {
         "ARROW_IO_THREADS": (_whole_seconds, "a whole number, at least 1"),

@@ -1,0 +1,120 @@
+"""Round 17: the breaks this hostile round found, one table per class (every row failed before its fix), on
+real files and runs of the command (`helpers.cli`: scripts.cli.main in this process, as __main__ runs it):
+
+1. SOURCE_DATE_EPOCH out of datetime's range (300000000000: year 11476), past the platform's time_t, or in
+   digits str.isdigit takes and int() does not ('²') was a ValueError or OverflowError traceback from a
+   bucketed release's manifest.json; a value in other digits or form was dropped silently. One line naming the
+   variable, before a shard is written (source_date.created).
+2. An OpenMP variable torch's libgomp cannot read (OMP_NUM_THREADS=abc or 0, OMP_PROC_BIND=x, OMP_DYNAMIC=1,
+   OMP_WAIT_POLICY=x, OMP_THREAD_LIMIT=0) printed `libgomp: Invalid value for environment variable ...` beside
+   the command's output at exit 0 (tiny-encoder, generate, a bucketed release, embedding dedup). Checked
+   before torch is imported, as Arrow's are (import_env.IMPORT_TIME_VARIABLES): one line naming it, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import cli
+from helpers.repos import REPO
+from helpers.workspace import error_line, leftovers, make_splits, write_params
+
+# --- 1. SOURCE_DATE_EPOCH -----------------------------------------------------------------------------------
+
+
+def bucketed_release(root: Path) -> list[str]:
+    """A release of make_splits' rows with a bucketed export (1x1 images, upsampled), and its command."""
+    components = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
+    export = {"format": "bucketed", "too_small_policy": "upsample", "base_resolution": 64}
+    write_params(root, releases={"r": {"components": components, "export": export}})
+    make_splits(root, n=4)
+    Image.new("RGB", (1, 1), (200, 40, 40)).save(root / "data/images/diffusiondb/img.png")  # a decodable 1x1
+    return ["release", "r", "data/splits", "data/releases/r"]
+
+
+EPOCH_ROWS = {
+    "past-year-9999": "300000000000",  # ValueError: year 11476 is out of range
+    "past-time_t": "9" * 30,  # OverflowError: timestamp out of range for platform time_t
+    "superscript-digit": "1²",  # str.isdigit() is true, int() refuses it
+    "arabic-indic-digits": "١٧٠٠٠٠٠٠٠٠",  # int() reads it as 1700000000; the spec's value is ASCII
+    "fraction": "1700000000.5",  # dropped silently: created null
+}
+
+
+@pytest.mark.parametrize("row", EPOCH_ROWS)
+def test_a_source_date_epoch_that_is_no_whole_ascii_second_is_one_line(tmp_path, monkeypatch, capfd, row):
+    command = bucketed_release(tmp_path)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH_ROWS[row])
+    result = cli(command, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr).startswith("error: SOURCE_DATE_EPOCH: "), result.stderr
+    assert not (tmp_path / "data" / "releases" / "r").exists()
+    assert not leftovers(tmp_path)
+
+
+def test_a_source_date_epoch_of_whole_ascii_seconds_dates_the_manifest(tmp_path, monkeypatch, capfd):
+    command = bucketed_release(tmp_path)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert cli(command, tmp_path, monkeypatch, capfd).returncode == 0
+    manifest = json.loads((tmp_path / "data/releases/r/train/manifest.json").read_text())
+    assert manifest["created"] == "2023-11-14T22:13:20+00:00"
+
+
+# --- 2. an OpenMP variable libgomp cannot read ----------------------------------------------------------------
+
+
+def run(root: Path, *argv: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m scripts ARGV` in `root` with `env` added, as a user runs it (torch imported afresh)."""
+    full = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "T2I_PROGRESS_EVERY_S": "3600", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "scripts", *argv], cwd=root, env=full, capture_output=True, text=True, timeout=180
+    )
+
+
+OMP_ROWS = {
+    "threads-text": ("OMP_NUM_THREADS", "abc"),
+    "threads-zero": ("OMP_NUM_THREADS", "0"),
+    "threads-trailing-comma": ("OMP_NUM_THREADS", "4,"),
+    "proc-bind": ("OMP_PROC_BIND", "true,close"),
+    "dynamic-one": ("OMP_DYNAMIC", "1"),
+    "wait-policy": ("OMP_WAIT_POLICY", "busy"),
+    "thread-limit-zero": ("OMP_THREAD_LIMIT", "0"),
+}
+
+
+@pytest.mark.parametrize("row", OMP_ROWS)
+def test_an_openmp_variable_libgomp_cannot_read_is_one_line_before_torch_loads(tmp_path, row):
+    name, value = OMP_ROWS[row]
+    write_params(tmp_path)
+    result = run(tmp_path, "tiny-encoder", "enc", env={name: value})
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: {name}: must be ") and "libgomp" not in result.stderr, result.stderr
+    assert not (tmp_path / "enc").exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("OMP_NUM_THREADS", " +4 , 2 "),
+        ("OMP_NUM_THREADS", "2147483648"),
+        ("OMP_PROC_BIND", "Master"),
+        ("OMP_PROC_BIND", " close,spread "),
+        ("OMP_DYNAMIC", "TRUE"),
+        ("OMP_WAIT_POLICY", " passive "),
+        ("OMP_THREAD_LIMIT", "4"),
+    ],
+)
+def test_an_openmp_value_libgomp_reads_passes_the_check(monkeypatch, name, value):
+    """Values libgomp takes without a word (each tried against torch's libgomp): never refused."""
+    from scripts.lib.import_env import check_variables
+
+    monkeypatch.setenv(name, value)
+    check_variables("torch")
