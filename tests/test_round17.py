@@ -5,10 +5,12 @@ real files and runs of the command (`helpers.cli`: scripts.cli.main in this proc
    digits str.isdigit takes and int() does not ('²') was a ValueError or OverflowError traceback from a
    bucketed release's manifest.json; a value in other digits or form was dropped silently. One line naming the
    variable, before a shard is written (source_date.created).
-2. An OpenMP variable torch's libgomp cannot read (OMP_NUM_THREADS=abc or 0, OMP_PROC_BIND=x, OMP_DYNAMIC=1,
-   OMP_WAIT_POLICY=x, OMP_THREAD_LIMIT=0) printed `libgomp: Invalid value for environment variable ...` beside
-   the command's output at exit 0 (tiny-encoder, generate, a bucketed release, embedding dedup). Checked
-   before torch is imported, as Arrow's are (import_env.IMPORT_TIME_VARIABLES): one line naming it, exit 2.
+2. A variable a library reads and cannot read printed the library's own line beside the command's output at
+   exit 0 (tiny-encoder, tiny-model, generate, a bucketed release, embedding dedup): an OpenMP one torch's libgomp
+   refuses (OMP_NUM_THREADS=abc or 0, OMP_PROC_BIND=true,close, OMP_DYNAMIC=1, ...: `libgomp: Invalid value for
+   environment variable ...`), TORCH_CPP_LOG_LEVEL=WARN, TORCH_SHOW_CPP_STACKTRACES=true (a UserWarning),
+   TRANSFORMERS_VERBOSITY=INFO, DIFFUSERS_VERBOSITY=detail (`Unknown option ...`). Checked before the library is
+   imported, as Arrow's are (import_env.IMPORT_TIME_VARIABLES): one line naming it, exit 2.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from PIL import Image
 
 from helpers import cli
 from helpers.repos import REPO
+from helpers.tiers import fast_first
 from helpers.workspace import error_line, leftovers, make_splits, write_params
 
 # --- 1. SOURCE_DATE_EPOCH -----------------------------------------------------------------------------------
@@ -78,26 +81,31 @@ def run(root: Path, *argv: str, env: dict[str, str]) -> subprocess.CompletedProc
     )
 
 
-OMP_ROWS = {
-    "threads-text": ("OMP_NUM_THREADS", "abc"),
-    "threads-zero": ("OMP_NUM_THREADS", "0"),
-    "threads-trailing-comma": ("OMP_NUM_THREADS", "4,"),
-    "proc-bind": ("OMP_PROC_BIND", "true,close"),
-    "dynamic-one": ("OMP_DYNAMIC", "1"),
-    "wait-policy": ("OMP_WAIT_POLICY", "busy"),
-    "thread-limit-zero": ("OMP_THREAD_LIMIT", "0"),
+# row -> (the command, the variable, its value): each printed its library's own line(s) at exit 0
+LIBRARY_VARIABLE_ROWS = {  # the first three (torch's libgomp, torch's C++, transformers) run in every tier
+    "threads-text": ("tiny-encoder", "OMP_NUM_THREADS", "abc"),
+    "torch-cpp-log-level": ("tiny-encoder", "TORCH_CPP_LOG_LEVEL", "WARN"),
+    "transformers-upper-case": ("tiny-encoder", "TRANSFORMERS_VERBOSITY", "INFO"),
+    "threads-zero": ("tiny-encoder", "OMP_NUM_THREADS", "0"),
+    "threads-trailing-comma": ("tiny-encoder", "OMP_NUM_THREADS", "4,"),
+    "proc-bind": ("tiny-encoder", "OMP_PROC_BIND", "true,close"),
+    "dynamic-one": ("tiny-encoder", "OMP_DYNAMIC", "1"),
+    "wait-policy": ("tiny-encoder", "OMP_WAIT_POLICY", "busy"),
+    "thread-limit-zero": ("tiny-encoder", "OMP_THREAD_LIMIT", "0"),
+    "torch-stacktraces": ("tiny-encoder", "TORCH_SHOW_CPP_STACKTRACES", "true"),
+    "diffusers-detail": ("tiny-model", "DIFFUSERS_VERBOSITY", "detail"),
 }
 
 
-@pytest.mark.parametrize("row", OMP_ROWS)
-def test_an_openmp_variable_libgomp_cannot_read_is_one_line_before_torch_loads(tmp_path, row):
-    name, value = OMP_ROWS[row]
+@pytest.mark.parametrize("row", fast_first(LIBRARY_VARIABLE_ROWS, keep=3))
+def test_a_library_variable_it_cannot_read_is_one_line_before_it_loads(tmp_path, row):
+    command, name, value = LIBRARY_VARIABLE_ROWS[row]
     write_params(tmp_path)
-    result = run(tmp_path, "tiny-encoder", "enc", env={name: value})
+    result = run(tmp_path, command, "out", env={name: value})
     assert result.returncode == 2, result.stderr
     line = error_line(result.stderr)
-    assert line.startswith(f"error: {name}: must be ") and "libgomp" not in result.stderr, result.stderr
-    assert not (tmp_path / "enc").exists() and not leftovers(tmp_path)
+    assert line.startswith(f"error: {name}: must be "), result.stderr
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -110,11 +118,20 @@ def test_an_openmp_variable_libgomp_cannot_read_is_one_line_before_torch_loads(t
         ("OMP_DYNAMIC", "TRUE"),
         ("OMP_WAIT_POLICY", " passive "),
         ("OMP_THREAD_LIMIT", "4"),
+        ("TORCH_CPP_LOG_LEVEL", "info"),
+        ("TORCH_CPP_LOG_LEVEL", "3"),
+        ("TORCH_CPP_LOG_LEVEL", ""),
+        ("TORCH_SHOW_CPP_STACKTRACES", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_VERBOSITY", ""),
+        ("DIFFUSERS_VERBOSITY", "warning"),
     ],
 )
-def test_an_openmp_value_libgomp_reads_passes_the_check(monkeypatch, name, value):
-    """Values libgomp takes without a word (each tried against torch's libgomp): never refused."""
+def test_a_library_variable_value_it_reads_passes_the_check(monkeypatch, name, value):
+    """Values each library takes without a word (each tried against the installed torch, libgomp, transformers
+    and diffusers): never refused."""
     from scripts.lib.import_env import check_variables
 
     monkeypatch.setenv(name, value)
-    check_variables("torch")
+    for library in ("torch", "transformers", "diffusers"):
+        check_variables(library)

@@ -40,6 +40,16 @@ def _omp_proc_bind(value: str) -> bool:
     return value.strip().lower() in ("true", "false") or all(p in ("master", "close", "spread") for p in parts)
 
 
+def _log_level(*names: str) -> Callable[[str], bool]:
+    """A logging level a library reads by its exact name (transformers' and diffusers' VERBOSITY); unset or empty:
+    its default."""
+    return lambda value: value in ("", *names)
+
+
+def _torch_cpp_log_level(value: str) -> bool:
+    return value.upper() in ("", "INFO", "WARNING", "ERROR", "FATAL") or re.fullmatch("[0-3]", value) is not None
+
+
 # library -> {variable: (check, what it must be)}: read (and failing) when the library is imported, or
 # read by it later and, when bad, ignored with a line of its own on stderr (Arrow's C++ printed
 # `Invalid value for ARROW_IO_THREADS: '0'` beside a command's output at exit 0)
@@ -54,6 +64,20 @@ IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] =
         "OMP_DYNAMIC": (_one_of("true", "false"), "true or false"),
         "OMP_WAIT_POLICY": (_one_of("active", "passive"), "active or passive"),
         "OMP_PROC_BIND": (_omp_proc_bind, "true, false, or a comma list of master, close and spread"),
+        "TORCH_CPP_LOG_LEVEL": (_torch_cpp_log_level, "INFO, WARNING, ERROR, FATAL or 0 to 3"),  # else a C++ line
+        "TORCH_SHOW_CPP_STACKTRACES": (lambda value: value in ("0", "1"), "0 or 1"),  # else a UserWarning
+    },
+    "transformers": {  # else a logging line `Unknown option TRANSFORMERS_VERBOSITY=...`
+        "TRANSFORMERS_VERBOSITY": (
+            _log_level("detail", "debug", "info", "warning", "error", "critical"),
+            "detail, debug, info, warning, error or critical, in lower case",
+        ),
+    },
+    "diffusers": {
+        "DIFFUSERS_VERBOSITY": (
+            _log_level("debug", "info", "warning", "error", "critical"),
+            "debug, info, warning, error or critical, in lower case",
+        ),
     },
     "pyarrow": {
         "ARROW_IO_THREADS": (_whole_seconds, "a whole number, at least 1"),
