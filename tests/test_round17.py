@@ -11,6 +11,9 @@ real files and runs of the command (`helpers.cli`: scripts.cli.main in this proc
    environment variable ...`), TORCH_CPP_LOG_LEVEL=WARN, TORCH_SHOW_CPP_STACKTRACES=true (a UserWarning),
    TRANSFORMERS_VERBOSITY=INFO, DIFFUSERS_VERBOSITY=detail (`Unknown option ...`). Checked before the library is
    imported, as Arrow's are (import_env.IMPORT_TIME_VARIABLES): one line naming it, exit 2.
+3. torch's allocator failing under a memory limit (`ulimit -v`) raised a RuntimeError (`DefaultCPUAllocator: can't
+   allocate memory`), not a MemoryError: a tiny_encoder or tiny_model too wide for the limit was a 67-line
+   traceback, exit 1. It is `out of memory`, one line, exit 2, as any MemoryError is (cli._torch_out_of_memory).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from PIL import Image
 from helpers import cli
 from helpers.repos import REPO
 from helpers.tiers import fast_first
-from helpers.workspace import error_line, leftovers, make_splits, write_params
+from helpers.workspace import PARAMS, error_line, leftovers, make_splits, run_scripts, write_params
 
 # --- 1. SOURCE_DATE_EPOCH -----------------------------------------------------------------------------------
 
@@ -82,7 +85,7 @@ def run(root: Path, *argv: str, env: dict[str, str]) -> subprocess.CompletedProc
 
 
 # row -> (the command, the variable, its value): each printed its library's own line(s) at exit 0
-LIBRARY_VARIABLE_ROWS = {  # the first three (torch's libgomp, torch's C++, transformers) run in every tier
+LIBRARY_VARIABLE_ROWS = {  # the first two (torch's libgomp, torch's C++) run in every tier
     "threads-text": ("tiny-encoder", "OMP_NUM_THREADS", "abc"),
     "torch-cpp-log-level": ("tiny-encoder", "TORCH_CPP_LOG_LEVEL", "WARN"),
     "transformers-upper-case": ("tiny-encoder", "TRANSFORMERS_VERBOSITY", "INFO"),
@@ -97,7 +100,7 @@ LIBRARY_VARIABLE_ROWS = {  # the first three (torch's libgomp, torch's C++, tran
 }
 
 
-@pytest.mark.parametrize("row", fast_first(LIBRARY_VARIABLE_ROWS, keep=3))
+@pytest.mark.parametrize("row", fast_first(LIBRARY_VARIABLE_ROWS, keep=2))
 def test_a_library_variable_it_cannot_read_is_one_line_before_it_loads(tmp_path, row):
     command, name, value = LIBRARY_VARIABLE_ROWS[row]
     write_params(tmp_path)
@@ -135,3 +138,58 @@ def test_a_library_variable_value_it_reads_passes_the_check(monkeypatch, name, v
     monkeypatch.setenv(name, value)
     for library in ("torch", "transformers", "diffusers"):
         check_variables(library)
+
+
+# --- 3. torch's allocator under a memory limit ---------------------------------------------------------------
+
+WIDE_ENCODER = {"hidden": 4096, "layers": 48, "heads": 64}  # 9.7G weights: 39 GB of float32
+# row -> (the command, its params section, the keys that make it too wide for MEMORY)
+TOO_WIDE_ROWS = {
+    "tiny-encoder": ("tiny-encoder", "tiny_encoder", WIDE_ENCODER),
+    "tiny-model-text-encoder": ("tiny-model", "tiny_model", {"text_hidden": 4096, "text_layers": 48, "text_heads": 64}),
+    "tiny-model-unet": ("tiny-model", "tiny_model", {"unet_channels": [4096, 4096], "unet_heads": [64, 64]}),
+}
+MEMORY = 1_500_000_000  # bytes of address space: torch and transformers import in about 750 MB
+
+
+@pytest.mark.parametrize("row", fast_first(TOO_WIDE_ROWS))
+def test_torch_out_of_memory_under_a_memory_limit_is_one_line(tmp_path, row):
+    command, section, keys = TOO_WIDE_ROWS[row]
+    write_params(tmp_path, **{section: {**PARAMS[section], **keys}})
+    result = run_scripts(tmp_path, command, "out", memory=MEMORY, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr).startswith("error: out of memory"), result.stderr
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def _raised_from(cause: BaseException) -> BaseException:
+    """A DataError a handler raised while `cause` was handled (its context), as a stage's `except` does."""
+    from scripts.lib.errors import DataError
+
+    try:
+        try:
+            raise cause
+        except RuntimeError:
+            raise DataError("x.parquet: row 3: cannot embed") from None
+    except DataError as exc:
+        return exc
+
+
+ALLOCATOR = "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"
+
+
+@pytest.mark.parametrize(
+    "make, out_of_memory",
+    [
+        (lambda: RuntimeError(ALLOCATOR), True),
+        (lambda: __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (lambda: _raised_from(RuntimeError(ALLOCATOR)), True),
+        (lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+        (lambda: ValueError("DefaultCPUAllocator: can't allocate memory"), False),
+    ],
+    ids=["cpu-allocator", "gpu", "handled-into-a-data-error", "other-runtime-error", "not-a-runtime-error"],
+)
+def test_torch_s_out_of_memory_errors_are_told_from_others(make, out_of_memory):
+    from scripts.cli import _out_of_memory
+
+    assert _out_of_memory(make()) is out_of_memory
