@@ -14,6 +14,10 @@ real files and runs of the command (`helpers.cli`: scripts.cli.main in this proc
 3. torch's allocator failing under a memory limit (`ulimit -v`) raised a RuntimeError (`DefaultCPUAllocator: can't
    allocate memory`), not a MemoryError: a tiny_encoder or tiny_model too wide for the limit was a 67-line
    traceback, exit 1. It is `out of memory`, one line, exit 2, as any MemoryError is (cli._torch_out_of_memory).
+4. A NUMBA_* variable numba cannot parse (NUMBA_OPT=9, NUMBA_DISABLE_JIT=abc, NUMBA_BOUNDSCHECK=abc) was a
+   12-line RuntimeWarning holding a traceback beside dedup's output at exit 0 (numba then ignores it), once
+   the exact check compiles its walk (100k candidate pairs). The warning is one line naming the variable
+   (import_env.variables_parsed), whichever of numba's sixty it is.
 """
 
 from __future__ import annotations
@@ -193,3 +197,26 @@ def test_torch_s_out_of_memory_errors_are_told_from_others(make, out_of_memory):
     from scripts.cli import _out_of_memory
 
     assert _out_of_memory(make()) is out_of_memory
+
+
+# --- 4. a NUMBA_* variable numba cannot parse -----------------------------------------------------------------
+
+NUMBA_ROWS = {
+    "opt-level": ("NUMBA_OPT", "9"),
+    "disable-jit": ("NUMBA_DISABLE_JIT", "abc"),
+    "boundscheck": ("NUMBA_BOUNDSCHECK", "abc"),
+}
+
+
+@pytest.mark.parametrize("row", fast_first(NUMBA_ROWS))
+def test_a_numba_variable_it_cannot_parse_is_one_line(tmp_path, row):
+    name, value = NUMBA_ROWS[row]
+    lines = (f"a photo of a red fox in the snow at dawn with a tall tree variant {i}" for i in range(5000))
+    (tmp_path / "many.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")  # 300k pairs: numba compiles
+    result = run(tmp_path, "dedup-text", "many.txt", "out.jsonl", env={name: value})
+    assert result.returncode == 2, result.stderr
+    assert (
+        error_line(result.stderr)
+        == f"error: {name}: numba cannot parse its value, and would ignore it; fix or unset it"
+    )
+    assert not (tmp_path / "out.jsonl").exists() and not leftovers(tmp_path)

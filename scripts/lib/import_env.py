@@ -10,10 +10,12 @@ while a library's module body ran into one line naming the module and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 from scripts.lib.errors import DataError, exception_line, names_a_file
 
@@ -127,6 +129,27 @@ def _failing_module(exc: BaseException) -> str | None:
     if isinstance(exc, ImportError) and exc.name and (name is None or name.partition(".")[0] == "scripts"):
         return exc.name  # a library missing, or missing a name: a broken install
     return name
+
+
+_UNPARSED = re.compile(r"Environment variable '([A-Z0-9_]{1,100})' is defined but its associated value")
+
+
+@contextlib.contextmanager
+def variables_parsed(library: str) -> Iterator[None]:
+    """Inside: `library` imported with the warnings its import gives held back. A variable it cannot parse
+    (numba's `Environment variable 'NUMBA_OPT' is defined but its associated value '9' could not be parsed`,
+    a 12-line warning holding a traceback, beside dedup's output at exit 0; it then ignores the value) is one
+    line naming it, never its value, whatever the variable: numba reads some sixty. Other warnings are
+    given back as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _UNPARSED.search(str(warning.message))
+        if found:
+            raise DataError(f"{found[1]}: {library} cannot parse its value, and would ignore it; fix or unset it")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def import_failure_line(exc: BaseException) -> str | None:
