@@ -329,10 +329,19 @@ def _out_of_memory(exc: BaseException) -> bool:
     message's first line, failed with an IndexError traceback of 80 lines."""
     seen = 0
     while exc is not None and seen < 100:
-        if isinstance(exc, MemoryError):
+        if isinstance(exc, MemoryError) or _torch_out_of_memory(exc):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def _torch_out_of_memory(exc: BaseException) -> bool:
+    """torch's own out-of-memory errors, which are RuntimeErrors, not MemoryErrors: its CPU allocator's
+    `DefaultCPUAllocator: can't allocate memory` (a tiny_encoder or tiny_model too wide for `ulimit -v` was a
+    67-line traceback, exit 1) and a GPU's torch.OutOfMemoryError. Told by name: torch is not imported here."""
+    if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.partition(".")[0] == "torch":
+        return True
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
 
 
 WIDTHS = (40, 1000)  # the terminal widths typer's help and usage errors are laid out in

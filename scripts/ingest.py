@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import stat
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,8 +30,8 @@ from scripts.lib.io import (
     PROMPT_COLUMNS,
     atomic_path,
     check_files_ours,
+    check_folder_or_file,
     commit_together,
-    file_kind,
     json_text,
     shown,
     stable_id,
@@ -178,9 +177,7 @@ def check_source_path(path: Path, source: str) -> None:
     (`/dev/zero`) was `source path not found`, the wrong reason for what the user sees with `ls`."""
     if not path.exists():
         raise DataError(f"{shown(path)}: source path not found (sources.{source}.path)")
-    mode = path.stat().st_mode
-    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a folder or a file (sources.{source}.path)")
+    check_folder_or_file(path, f"a file (sources.{source}.path)")
 
 
 def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:

@@ -31,14 +31,13 @@ import hashlib
 import io
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from scripts.lib import source_date
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 
@@ -350,6 +349,7 @@ def write_bucketed(
     selectors: dict[tuple[int, str], int] = {}
     source_ids: set[int] = set()
     export_hash = hashlib.sha256(json.dumps(options, sort_keys=True).encode("utf-8"))
+    created = source_date.created()  # before any shard: a bad SOURCE_DATE_EPOCH is one line, not a traceback
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for row in rows.itertuples(index=False):
@@ -392,11 +392,10 @@ def write_bucketed(
         )
         for i in sorted(source_ids)
     }
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
     manifest = {
         "format": MANIFEST_FORMAT,
         "export_id": export_hash.hexdigest()[:16],
-        "created": datetime.fromtimestamp(int(epoch), UTC).isoformat() if epoch.isdigit() else None,
+        "created": created,
         "image_mode": options["image_mode"],
         "base_resolution": options["base_resolution"][0] if len(options["base_resolution"]) == 1 else None,
         "base_resolutions": options["base_resolution"],

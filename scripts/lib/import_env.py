@@ -10,10 +10,12 @@ while a library's module body ran into one line naming the module and the cause.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 from scripts.lib.errors import DataError, exception_line, names_a_file
 
@@ -26,6 +28,30 @@ def _one_of(*values: str) -> Callable[[str], bool]:
     return lambda value: value.strip().lower() in values
 
 
+_C_NUMBER = re.compile(r"[ \t\n\v\f\r]*\+?[0-9]+[ \t\n\v\f\r]*")  # what strtoul reads whole, in C's spaces
+
+
+def _omp_counts(value: str) -> bool:
+    """libgomp's list of counts (OMP_NUM_THREADS: `4` or `4,2`): each a whole number from 1 below 2**64 - 1."""
+    return all(_C_NUMBER.fullmatch(part) and 0 < int(part) < 2**64 - 1 for part in value.split(","))
+
+
+def _omp_proc_bind(value: str) -> bool:
+    """libgomp's OMP_PROC_BIND: true or false alone, or a list of master, close and spread (any case)."""
+    parts = [part.strip().lower() for part in value.split(",")]
+    return value.strip().lower() in ("true", "false") or all(p in ("master", "close", "spread") for p in parts)
+
+
+def _log_level(*names: str) -> Callable[[str], bool]:
+    """A logging level a library reads by its exact name (transformers' and diffusers' VERBOSITY); unset or empty:
+    its default."""
+    return lambda value: value in ("", *names)
+
+
+def _torch_cpp_log_level(value: str) -> bool:
+    return value.upper() in ("", "INFO", "WARNING", "ERROR", "FATAL") or re.fullmatch("[0-3]", value) is not None
+
+
 # library -> {variable: (check, what it must be)}: read (and failing) when the library is imported, or
 # read by it later and, when bad, ignored with a line of its own on stderr (Arrow's C++ printed
 # `Invalid value for ARROW_IO_THREADS: '0'` beside a command's output at exit 0)
@@ -33,6 +59,27 @@ IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] =
     "huggingface_hub": {
         "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
         "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+    },
+    "torch": {  # its OpenMP runtime, libgomp, printed `libgomp: Invalid value for environment variable ...` at exit 0
+        "OMP_NUM_THREADS": (_omp_counts, "a whole number from 1, or a comma list of them (4,2)"),
+        "OMP_THREAD_LIMIT": (lambda value: "," not in value and _omp_counts(value), "a whole number from 1"),
+        "OMP_DYNAMIC": (_one_of("true", "false"), "true or false"),
+        "OMP_WAIT_POLICY": (_one_of("active", "passive"), "active or passive"),
+        "OMP_PROC_BIND": (_omp_proc_bind, "true, false, or a comma list of master, close and spread"),
+        "TORCH_CPP_LOG_LEVEL": (_torch_cpp_log_level, "INFO, WARNING, ERROR, FATAL or 0 to 3"),  # else a C++ line
+        "TORCH_SHOW_CPP_STACKTRACES": (lambda value: value in ("0", "1"), "0 or 1"),  # else a UserWarning
+    },
+    "transformers": {  # else a logging line `Unknown option TRANSFORMERS_VERBOSITY=...`
+        "TRANSFORMERS_VERBOSITY": (
+            _log_level("detail", "debug", "info", "warning", "error", "critical"),
+            "detail, debug, info, warning, error or critical, in lower case",
+        ),
+    },
+    "diffusers": {
+        "DIFFUSERS_VERBOSITY": (
+            _log_level("debug", "info", "warning", "error", "critical"),
+            "debug, info, warning, error or critical, in lower case",
+        ),
     },
     "pyarrow": {
         "ARROW_IO_THREADS": (_whole_seconds, "a whole number, at least 1"),
@@ -82,6 +129,27 @@ def _failing_module(exc: BaseException) -> str | None:
     if isinstance(exc, ImportError) and exc.name and (name is None or name.partition(".")[0] == "scripts"):
         return exc.name  # a library missing, or missing a name: a broken install
     return name
+
+
+_UNPARSED = re.compile(r"Environment variable '([A-Z0-9_]{1,100})' is defined but its associated value")
+
+
+@contextlib.contextmanager
+def variables_parsed(library: str) -> Iterator[None]:
+    """Inside: `library` imported with the warnings its import gives held back. A variable it cannot parse
+    (numba's `Environment variable 'NUMBA_OPT' is defined but its associated value '9' could not be parsed`,
+    a 12-line warning holding a traceback, beside dedup's output at exit 0; it then ignores the value) is one
+    line naming it, never its value, whatever the variable: numba reads some sixty. Other warnings are
+    given back as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        found = _UNPARSED.search(str(warning.message))
+        if found:
+            raise DataError(f"{found[1]}: {library} cannot parse its value, and would ignore it; fix or unset it")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def import_failure_line(exc: BaseException) -> str | None:

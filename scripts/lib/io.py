@@ -109,6 +109,14 @@ def file_kind(mode: int) -> str:
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"
 
 
+def check_folder_or_file(path: Path, expected: str) -> None:
+    """A DataError unless `path`, which is there, is a folder or a regular file after links: a FIFO or a device
+    (/dev/zero) is named as what it is, then `expected` ("a file (sources.S.path)", "a parquet file")."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a folder or {expected}")
+
+
 def regular_file(path: Path | str, pipes: bool = False) -> Path:
     """`path` when it is a regular file after links (or a FIFO, with `pipes`: a command that streams its
     input), checked before anything opens it: opening a FIFO blocks until a writer comes (the command

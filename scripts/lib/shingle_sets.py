@@ -149,7 +149,10 @@ def compile_walk():
     """The compiled walk (numba imported and the walk compiled on first use, once a process: a caller
     about to fork workers calls it first, so that they inherit it)."""
     if not _COMPILED:
-        import numba
+        from scripts.lib.import_env import variables_parsed
+
+        with variables_parsed("numba"):  # a NUMBA_* value it cannot parse: one line, not its warning
+            import numba
 
         kinds = "void(uint64[:], int64[:], uint64[:], int64[:], int64[:, :], int64[:], float64[:], int64[:])"
         _COMPILED.append(numba.njit(kinds, nogil=True, cache=False)(_walk))  # compiled here, never cached to disk

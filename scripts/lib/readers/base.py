@@ -18,7 +18,7 @@ from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import file_kind
+from scripts.lib.io import check_folder_or_file, file_kind
 from scripts.lib.params import Source
 from scripts.lib.pixels import HEAD_BYTES
 from scripts.lib.safe_paths import matches
@@ -115,10 +115,9 @@ def source_files(root: Path, pattern: str, what: str, follow_symlinks: bool = Fa
     any case (a match that is a symbolic link is refused unless `follow_symlinks`)."""
     if root.is_file():
         return [root]
-    if root.exists() and not root.is_dir():  # a FIFO or a device (/dev/zero) is there: "not found" was wrong
-        raise DataError(f"{shown(root)}: is {file_kind(root.stat().st_mode)}, not a folder or a {what} file")
-    if not root.is_dir():
+    if not root.exists():
         raise DataError(f"{root}: source path not found")
+    check_folder_or_file(root, f"a {what} file")  # a FIFO or a device (/dev/zero): "not found" was wrong
     files = []
     for path in matches(root, pattern):
         if path.is_symlink() and not follow_symlinks:
