@@ -34,6 +34,7 @@ import pytest
 import yaml
 
 from helpers import dvc_init
+from helpers.tiers import fast_first
 from scripts.lib.io import PROMPT_COLUMNS, stable_id
 from scripts.lib.tables import write_parquet
 
@@ -792,7 +793,7 @@ SUBPROCESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+@pytest.mark.parametrize("name", fast_first(SUBPROCESS_CASES, keep=2))
 def test_bad_input_in_a_real_process(tmp_path, name):
     check_case(tmp_path, name, run_subprocess)
 

@@ -1143,11 +1143,10 @@ SUCCESS_COMMANDS = {
 
 
 OUTPUT_NAMES = {"c1-csi": "out\x9b31m", "osc-title": "out\x1b]0;pwned\x07", "csi-clear": "out\x1b[2J"}
-SUCCESS_ROWS = [  # tiny-encoder imports torch and transformers (15 s a row on two cores): one name in CI's tier
-    pytest.param(command, name, id=f"{label}-{command}", marks=[pytest.mark.slow] if slow else [])
+SUCCESS_ROWS = [  # each command with one name in CI's tier, the other names in -m slow (tiny-encoder: 15 s a row)
+    pytest.param(command, name, id=f"{label}-{command}", marks=[pytest.mark.slow] if index > 0 else [])
     for command in sorted(SUCCESS_COMMANDS)
     for index, (label, name) in enumerate(OUTPUT_NAMES.items())
-    for slow in [command == "tiny-encoder" and index > 0]
 ]
 
 

@@ -399,7 +399,7 @@ def fifo_rows(repo: Path) -> tuple[list, str]:
 
 @pytest.mark.parametrize(
     "make",
-    [fifo_dvc_lock, fifo_params_for_diff, fifo_params_for_pr_comment, fifo_preview, fifo_rows],
+    fast_first([fifo_dvc_lock, fifo_params_for_diff, fifo_params_for_pr_comment, fifo_preview, fifo_rows], keep=2),
     ids=lambda f: f.__name__,
 )
 def test_a_fifo_is_refused_never_read(tmp_path, make):
