@@ -27,14 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._record import add_out_argument, record
 
 
-def write_input(path: Path, size: int, row_group: int) -> None:
+def write_input(path: Path, size: int, row_group: int, realistic: bool) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from benchmarks.dedup_bench import synthetic_prompts
+    from benchmarks.dedup_bench import realistic_prompts, synthetic_prompts
 
-    texts, _ = synthetic_prompts(size, units=(10, 41))
+    texts, _ = realistic_prompts(size) if realistic else synthetic_prompts(size, units=(10, 41))
     ids = pa.array([f"p{i:09d}" for i in np.arange(size)])
     pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=row_group)
 
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("size", type=int, nargs="?", default=1_000_000, help="prompts")
     parser.add_argument("--nodes", type=int, default=3, help="1-CPU nodes of the local cluster")
     parser.add_argument("--node-store-mb", type=int, default=512, help="each node's object store")
+    parser.add_argument("--realistic", action="store_true", help="dedup_bench's realistic prompts (real phrases)")
     parser.add_argument("--bands-per-pass", type=int, default=None, help="on_ray.BANDS_PER_PASS for this run")
     parser.add_argument("--row-group", type=int, default=1024 * 1024, help="rows per row group of the input")
     add_out_argument(parser)
@@ -132,8 +133,11 @@ def main() -> None:
         folder = Path(tmp)
         input = folder / "clean.parquet"
         t0 = time.perf_counter()
-        write_input(input, args.size, args.row_group)
-        print(f"{args.size:,} prompts written in {time.perf_counter() - t0:.1f} s (row groups of {args.row_group:,})")
+        write_input(input, args.size, args.row_group, args.realistic)
+        kind = "realistic" if args.realistic else "synthetic"
+        print(
+            f"{args.size:,} {kind} prompts written in {time.perf_counter() - t0:.1f} s (row groups of {args.row_group:,})"
+        )
         local_stats, local_clusters, local_wall = timed_local(input, folder / "local.parquet", "before")
         stats, clusters, wall, phases, spilled = run_ray(input, folder / "ray.parquet", args.nodes, args.node_store_mb)
         local_wall = min(local_wall, timed_local(input, folder / "local.parquet", "after")[2])
@@ -146,6 +150,7 @@ def main() -> None:
         print(f"spilled to disk by the cluster's raylets: {spilled:,} MiB")
         same = digest(folder / "local.parquet") == digest(folder / "ray.parquet") and clusters.equals(local_clusters)
         print(f"same kept rows and clusters: {same}; same report counts: {stats == local_stats}")
+        print(f"candidate pairs {stats['candidate_pairs']:,}, verified {stats['verified_pairs']:,}")
         print(f"ray / local wall: {wall / local_wall:.2f}x (against the faster local run)")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,6 +31,7 @@ from scripts.lib.dedup import rows as R
 from scripts.lib.dedup.api import dedup_self, resolve_params
 from scripts.lib.dedup.keep import report_counts
 from scripts.lib.params import Runtime
+from scripts.lib.shingle_sets import jaccard_at_least, shingle_sets
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = [REPO / "tests" / "fixtures", REPO.parent / "shared" / "fixtures"]
@@ -89,7 +91,7 @@ def composed(texts, ids, params, parts: int, size: int, distributed: bool):
             [group_step(g.drop_columns(["part"]), fields, *args) for g in groups(pa.concat_tables(keyed), parts)]
         )
 
-    candidates = looked_up(found, "a", pairs, R.distinct_with_text_a)
+    candidates = looked_up(found, "a", pairs, R.distinct_with_text_a, parts)
     verified = looked_up(blocks(candidates, size), "b", pairs_a, R.verified_with_text_b, params, 50)
     if distributed:
         removed, sizes = star_resolved(verified, members, ranks, params.keep, parts)
@@ -193,6 +195,41 @@ def test_star_rounds_label_every_node_with_the_smallest_of_its_cluster():
 
 
 # --- the real engine on a local Ray cluster ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parts", [1, 4, 16])
+def test_a_rows_text_travels_once_to_each_group_that_verifies_its_pairs(parts):
+    """Pairs of many candidates a row (as real prompts give): text_a rides on one pair per (a, b's next group),
+    never on every pair, and the check by b still finds each pair's exact Jaccard from both texts."""
+    params = resolve_params(threshold=0.3)
+    texts = real_prompts(120)  # and 39 OpenPrompts rows
+    rows = pa.table({"row": np.arange(len(texts)), "text": pa.array(texts, R.TEXT)})
+    a, b = (side.reshape(-1) for side in np.triu_indices(len(texts), 1))  # every pair: ~150 candidates a row
+    pairs = pa.table({"a": a, "b": b})
+    fields, fields_a = R.pair_fields(["row"]), R.pair_fields(["row"], texts="a")
+
+    def lookup(requests, side, fields, step, *args):
+        keyed = pa.concat_tables(
+            [
+                R.lookup_requests(requests, side, fields, R.TEXT_FIELD, parts),
+                R.lookup_sources(rows, "row", fields, R.TEXT_FIELD, parts),
+            ]
+        )
+        return pa.concat_tables([step(g.drop_columns(["part"]), fields, *args) for g in groups(keyed, parts)])
+
+    carried = lookup(pairs, "a", fields, R.distinct_with_text_a, parts)
+    with_text = carried.filter(pc.is_valid(carried.column("text_a")))
+    routes = {
+        (x, int(p))
+        for x, p in zip(carried.column("a").to_pylist(), R.part_numbers([carried.column("b").to_numpy()], parts))
+    }
+    assert carried.num_rows == len(a) and with_text.num_rows == len(routes) <= len(texts) * parts < len(a)
+    assert all(texts[x] == t for x, t in zip(with_text.column("a").to_pylist(), with_text.column("text_a").to_pylist()))
+    verified = lookup(carried, "b", fields_a, R.verified_with_text_b, params, 1000)
+    found = {(x, y): j for x, y, j in zip(*(verified.column(c).to_pylist() for c in ("a", "b", "similarity")))}
+    sets = shingle_sets(pa.array(texts), params.unit, params.ngram)
+    exact = jaccard_at_least(sets, sets, np.stack([a, b], axis=1), params.threshold)
+    assert found == {(int(x), int(y)): j for x, y, j in zip(a, b, exact) if j >= params.threshold} and found
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
             found.map_batches(lookup_requests, fn_args=("a", pairs, TEXT_FIELD, parts), **by_part)
             .union(rows.map_batches(lookup_sources, fn_args=("row", pairs, TEXT_FIELD, parts), **by_part))
             .groupby("part")
-            .map_groups(distinct_with_text_a, fn_args=(pairs,), **by_part)
+            .map_groups(distinct_with_text_a, fn_args=(pairs, parts), **by_part)
             .materialize()
         )
     candidate_count = candidates.count()

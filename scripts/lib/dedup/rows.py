@@ -51,10 +51,15 @@ def sign_rows(table: pa.Table, params: Dedup) -> pa.Table:
 
 def part_of(table: pa.Table, columns: list[str], parts: int) -> pa.Table:
     """Add `part`: a hash of `columns` modulo `parts` (the shuffle's group)."""
-    h = np.zeros(table.num_rows, dtype=np.uint64)
-    for name in columns:
-        h = mh.fmix64(h * _MIX + table.column(name).to_numpy().astype(np.uint64))
-    return table.append_column("part", pa.array((h % np.uint64(parts)).astype(np.int32)))
+    return table.append_column("part", pa.array(part_numbers([table.column(c).to_numpy() for c in columns], parts)))
+
+
+def part_numbers(columns: list[np.ndarray], parts: int) -> np.ndarray:
+    """The group of each row of `columns` in a shuffle of `parts` groups (part_of's `part`)."""
+    h = np.zeros(len(columns[0]), dtype=np.uint64)
+    for values in columns:
+        h = mh.fmix64(h * _MIX + values.astype(np.uint64))
+    return (h % np.uint64(parts)).astype(np.int32)
 
 
 def id_parts(table: pa.Table, parts: int) -> pa.Table:
@@ -168,55 +173,80 @@ def lookup_sources(table: pa.Table, row: str, fields: list[pa.Field], value: pa.
 def looked_up(group: pa.Table, fields: list[pa.Field], value: pa.Field, name: str) -> pa.Table:
     """One group's pairs with column `name` = `value` of the row their key names (an inner join: a
     pair whose row has no value goes)."""
-    source = pc.is_null(group.column("a")).to_numpy(zero_copy_only=False)
-    pairs, sources = group.filter(pa.array(~source)), group.filter(pa.array(source))
-    keys = sources.column("key").to_numpy()
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    wanted = pairs.column("key").to_numpy()
-    at = np.minimum(np.searchsorted(sorted_keys, wanted), max(len(keys) - 1, 0))
-    found = (sorted_keys[at] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
-    values = sources.column(value.name).take(pa.array(order[at[found]]))
+    pairs, sources = requests_and_sources(group)
+    at, found = source_positions(sources, pairs.column("key").to_numpy())
+    values = sources.column(value.name).take(pa.array(at[found]))
     return pairs.filter(pa.array(found)).select([f.name for f in fields]).append_column(name, values)
 
 
-def distinct_with_text_a(group: pa.Table, fields: list[pa.Field]) -> pa.Table:
-    """One group's distinct pairs (a pair comes from every band it shares), with text_a."""
-    pairs = looked_up(group, fields, TEXT_FIELD, "text_a")
+def requests_and_sources(group: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """A lookup group's pairs and its rows (a row has no pair end `a`)."""
+    source = pc.is_null(group.column("a")).to_numpy(zero_copy_only=False)
+    return group.filter(pa.array(~source)), group.filter(pa.array(source))
+
+
+def source_positions(sources: pa.Table, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each wanted row: its position in `sources` (by column `key`) and whether it is there."""
+    keys = sources.column("key").to_numpy()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    at = np.minimum(np.searchsorted(sorted_keys, wanted), max(len(keys) - 1, 0))
+    found = (sorted_keys[at] == wanted) if len(keys) else np.zeros(len(wanted), dtype=bool)
+    return (order[at] if len(keys) else at), found
+
+
+def distinct_with_text_a(group: pa.Table, fields: list[pa.Field], parts: int) -> pa.Table:
+    """One group's distinct pairs (a pair comes from every band it shares) with text_a on one pair per (a, the
+    group its b goes to next), null on the others: the shuffle by b carries a row's text once to each group
+    that needs it, not once per pair (a realistic 100k-prompt run has 69 candidates a row)."""
+    pairs, sources = requests_and_sources(group)
     packed = mh.pack_pairs(np.stack([pairs.column("a").to_numpy(), pairs.column("b").to_numpy()], axis=1))
     _, first = np.unique(packed, return_index=True)
-    return pairs.take(pa.array(np.sort(first)))
+    pairs = pairs.take(pa.array(np.sort(first)))
+    at, found = source_positions(sources, pairs.column("a").to_numpy())
+    pairs, at = pairs.filter(pa.array(found)), at[found]
+    a, b = pairs.column("a").to_numpy(), pairs.column("b").to_numpy()
+    _, carriers = np.unique(mh.pack_pairs(np.stack([a, part_numbers([b], parts)], axis=1)), return_index=True)
+    without = np.ones(len(a), dtype=bool)
+    without[carriers] = False
+    text_a = sources.column("text").take(pa.array(at, mask=without))
+    return pairs.select([f.name for f in fields]).append_column("text_a", text_a)
 
 
 def verified_with_text_b(group: pa.Table, fields: list[pa.Field], params: Dedup, chunk: int) -> pa.Table:
-    """One group's pairs (with text_a) given text_b, then `verify_rows`: the pairs at >= threshold."""
-    return verify_rows(looked_up(group, fields, TEXT_FIELD, "text_b"), params, chunk)
+    """One group's pairs, each a's text on one of its pairs (distinct_with_text_a), and their b rows' texts:
+    the pairs at >= threshold (`verify_pairs`)."""
+    pairs, sources = requests_and_sources(group)
+    carried = pairs.filter(pc.is_valid(pairs.column("text_a")))
+    a_texts = pa.table({"key": carried.column("a"), "text": carried.column("text_a")})
+    a_at, a_found = source_positions(a_texts, pairs.column("a").to_numpy())
+    b_at, b_found = source_positions(sources, pairs.column("b").to_numpy())
+    found = a_found & b_found
+    pairs = pairs.filter(pa.array(found)).select([f.name for f in fields if f.name != "text_a"])
+    return verify_pairs(pairs, (a_texts, a_at[found]), (sources, b_at[found]), params, chunk)
 
 
 _KEY = pa.field("key", pa.int64())
 
 
-def verify_rows(table: pa.Table, params: Dedup, chunk: int) -> pa.Table:
-    """Pairs with both texts -> the pairs whose exact Jaccard >= threshold, with `similarity`. In each chunk
-    a row is shingled once however many pairs name it (a group's pairs share their b rows: they were
-    grouped by them), as the local engine shingles each candidate row once."""
-    jaccard = np.zeros(table.num_rows)
-    for lo in range(0, table.num_rows, chunk):
-        part = table.slice(lo, chunk)
-        (left, at_a), (right, at_b) = (_distinct_sets(part, side, params) for side in "ab")
-        jaccard[lo : lo + part.num_rows] = jaccard_at_least(
-            left, right, np.stack([at_a, at_b], axis=1), params.threshold
-        )
+def verify_pairs(pairs: pa.Table, a_side: tuple, b_side: tuple, params: Dedup, chunk: int) -> pa.Table:
+    """Pairs (a, b, ...) and, for each side, (rows with column `text`, each pair's position among them) -> the
+    pairs whose exact Jaccard >= threshold, with `similarity`. In each chunk a row is shingled once however
+    many pairs name it (a group's pairs share their b rows: they were grouped by them), as the local engine
+    shingles each candidate row once; no text is copied per pair."""
+    jaccard = np.zeros(pairs.num_rows)
+    for lo in range(0, pairs.num_rows, chunk):
+        hi = min(lo + chunk, pairs.num_rows)
+        (left, at_a), (right, at_b) = (_distinct_sets(rows, at[lo:hi], params) for rows, at in (a_side, b_side))
+        jaccard[lo:hi] = jaccard_at_least(left, right, np.stack([at_a, at_b], axis=1), params.threshold)
     ok = np.flatnonzero(jaccard >= params.threshold)
-    out = table.drop_columns(["text_a", "text_b"]).take(pa.array(ok))
-    return out.append_column("similarity", pa.array(jaccard[ok]))
+    return pairs.take(pa.array(ok)).append_column("similarity", pa.array(jaccard[ok]))
 
 
-def _distinct_sets(pairs: pa.Table, side: str, params: Dedup) -> tuple[ShingleSets, np.ndarray]:
-    """The shingle sets of the distinct rows on one side of the pairs, and each pair's position among them."""
-    _, first, at = np.unique(pairs.column(side).to_numpy(), return_index=True, return_inverse=True)
-    texts = pairs.column(f"text_{side}").take(pa.array(first))
-    return shingle_sets(texts, params.unit, params.ngram), at.reshape(-1)
+def _distinct_sets(rows: pa.Table, at: np.ndarray, params: Dedup) -> tuple[ShingleSets, np.ndarray]:
+    """The shingle sets of the distinct rows `at` names, and each position's place among them."""
+    distinct, place = np.unique(at, return_inverse=True)
+    return shingle_sets(rows.column("text").take(pa.array(distinct)), params.unit, params.ngram), place.reshape(-1)
 
 
 def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep: str):
