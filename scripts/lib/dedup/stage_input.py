@@ -7,6 +7,7 @@ the texts and the other columns are read from the parquet files again by each st
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib import s3_input
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names, existing_input, is_text_type
 
@@ -47,7 +48,23 @@ def parquet_file(location: Path | str, **options) -> pq.ParquetFile:
 def open_parquet(path: Path | str) -> list[pq.ParquetFile]:
     """The parquet files of a stage input, opened (their footers read). Not pre-buffered: a reader that
     pre-buffers keeps every column chunk it read until it is closed (the whole file, after a full pass)."""
-    return [read(path, parquet_file, file, pre_buffer=False) for file in shards(path)]
+    files = shards(path)
+    opened = [read(path, parquet_file, file, pre_buffer=False) for file in files]
+    for file, parquet in zip(files, opened):
+        check_same_columns(file, parquet.schema_arrow, opened[0].schema_arrow)
+    return opened
+
+
+def check_same_columns(shard: Path | str, schema: pa.Schema, first: pa.Schema) -> None:
+    """A shard's columns are the first shard's, by name, order and type: one with another column, or a column
+    of another type, was a traceback when the rows were joined or written (or its values were cast to the
+    first shard's type without a word)."""
+    for here, there in itertools.zip_longest(schema, first):
+        if here is None or there is None or (here.name, here.type) != (there.name, there.type):
+            found, expected = (f"'{f.name}' {f.type}" if f is not None else "no column" for f in (here, there))
+            raise DataError(
+                f"{shown(shard)}: its columns differ from the first shard's: {found} where that has {expected}"
+            )
 
 
 def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
@@ -59,14 +76,15 @@ def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str]
 
 
 def read(path: Path | str, function, *args, **kwargs):
-    """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError."""
+    """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError (an
+    S3 server's error quoting the AWS credentials: redacted)."""
     try:
         return function(*args, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
         message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
-        raise DataError(message.splitlines()[0]) from None
+        raise DataError(s3_input.redact_credentials(message.splitlines()[0])) from None
 
 
 class StageInput:

@@ -1,0 +1,217 @@
+"""Round 18: the breaks this hostile round found in `runtime.engine: ray` and dedup's s3:// input, one table per
+class (every row failed before its fix), on real files, real servers on loopback and runs of the command:
+
+1. An S3 server (or a proxy in front of it) whose error quotes the request's headers put the AWS credentials on
+   dedup's error line: the session token (`x-amz-security-token`, sent as it is) and the access key id (in
+   `Authorization`), as written, upper-cased or reversed, from a listing, a footer or a row group's read; an
+   endpoint written with `user:secret@` (AWS_ENDPOINT_URL) was quoted as the host the SDK could not resolve.
+   Every S3 failure's line is redacted of the environment's credentials (s3_input.redact_credentials), and an
+   endpoint with credentials is refused in one line, as a location with them is.
+2. dedup@S on a folder of shards whose columns differ (another column, one fewer, another order, `n` int64 in one
+   and string in the other, `text` large_string, an empty shard whose columns pandas typed null) was a pyarrow
+   traceback (exit 1) when the rows were joined or the kept rows written, on both engines (Ray's after starting
+   Ray), or cast the values to the first shard's type without a word. Each shard's columns are checked against
+   the first's, by name, order and type, as it is opened: one line naming the shard and the first difference,
+   before Ray starts (stage_input.check_same_columns).
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import REPO, cli
+from helpers.workspace import error_line, leftovers
+
+# --- 1. AWS credentials quoted back by an S3 server ----------------------------------------------------------
+
+ACCESS_KEY = "AKIAR18" + "Q" * 13  # made-up credentials, each long enough to be matched in any case and form
+SECRET_KEY = "r18-secret-" + "s3cr3t" * 5
+SESSION_TOKEN = "r18sessiontoken" + "T0k3n" * 6
+OBJECT = "shards/part-0.parquet"
+
+
+def parquet_bytes(path: Path) -> bytes:
+    """A parquet file larger than the 64 KiB pyarrow reads for its footer: a row group's read is a GET of its own."""
+    rng = __import__("random").Random(18)
+    texts = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=120)) for _ in range(2000)]
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(2000)], "text": texts}), path)
+    return path.read_bytes()
+
+
+class EchoingS3(http.server.BaseHTTPRequestHandler):
+    """Serves one object (HEAD, ranged GET); a listing, or a GET of bytes before the footer, is a 403 whose
+    message quotes the request's credentials in `echo`'s form."""
+
+    body = b""
+    echo = staticmethod(lambda token, auth: "")
+
+    def do_HEAD(self) -> None:
+        if self.path.split("?")[0] != f"/b/{OBJECT}":
+            return self._reply(404, b"")
+        self._reply(200, b"", length=len(self.body))
+
+    def do_GET(self) -> None:
+        found = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+        footer = len(self.body) - 65536
+        if self.path.split("?")[0] == f"/b/{OBJECT}" and found and int(found.group(1)) >= footer:
+            lo, hi = int(found.group(1)), int(found.group(2))
+            return self._reply(206, self.body[lo : hi + 1])
+        said = self.echo(self.headers.get("x-amz-security-token", ""), self.headers.get("Authorization", ""))
+        error = f"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>denied: {said}</Message></Error>"
+        self._reply(403, error.encode(), kind="application/xml")
+
+    def _reply(self, status: int, data: bytes, length: int | None = None, kind: str = "binary/octet-stream") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_s3(tmp_path) -> Iterator[type[EchoingS3]]:
+    handler = type("Handler", (EchoingS3,), {"body": parquet_bytes(tmp_path / "object.parquet")})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+# row -> (the location, what the server quotes of (token, Authorization), AWS_ENDPOINT_URL's userinfo or None)
+ECHO_ROWS = {
+    "listing-token-as-is": ("s3://b/shards/", lambda token, auth: token, None),
+    "listing-token-upper-cased": ("s3://b/shards/", lambda token, auth: token.upper(), None),
+    "listing-token-reversed": ("s3://b/shards/", lambda token, auth: token[::-1], None),
+    "listing-authorization-lower-cased": ("s3://b/shards/", lambda token, auth: auth.lower(), None),
+    "row-group-read-token-upper-cased": (f"s3://b/{OBJECT}", lambda token, auth: token.upper(), None),
+    "row-group-read-authorization": (f"s3://b/{OBJECT}", lambda token, auth: auth, None),
+    "endpoint-with-key-id-and-secret": ("s3://b/shards/", lambda token, auth: "", f"{ACCESS_KEY}:{SECRET_KEY}"),
+    "endpoint-with-key-id": ("s3://b/shards/", lambda token, auth: "", ACCESS_KEY),
+    "endpoint-with-secret-only": ("s3://b/shards/", lambda token, auth: "", f":{SECRET_KEY}"),
+}
+
+
+def secrets_in(text: str) -> list[str]:
+    low = text.lower()
+    forms = [form for key in (ACCESS_KEY, SECRET_KEY, SESSION_TOKEN) for form in (key.lower(), key.lower()[::-1])]
+    return [form for form in forms if form in low]
+
+
+@pytest.mark.parametrize("row", ECHO_ROWS)
+def test_no_aws_credential_reaches_an_s3_error_line(tmp_path, monkeypatch, capfd, echoing_s3, row):
+    location, echo, userinfo = ECHO_ROWS[row]
+    echoing_s3.echo = staticmethod(echo)
+    endpoint = echoing_s3.endpoint  # type: ignore[attr-defined]
+    if userinfo is not None:
+        endpoint = endpoint.replace("://", f"://{userinfo}@")
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_SESSION_TOKEN": SESSION_TOKEN,
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    result = cli(["dedup", "s", location, "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert not secrets_in(result.stdout + result.stderr), line
+    if userinfo is None:  # the server's own words still come through, the credentials' places starred
+        assert "AccessDenied" in line or "ACCESS_DENIED" in line, line
+    else:
+        assert (
+            line
+            == "error: AWS_ENDPOINT_URL: credentials in an S3 endpoint are refused; set them in the AWS environment"
+        )
+    assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
+
+
+# --- 2. shards whose columns differ ------------------------------------------------------------------------
+
+
+def shard(rows: int, first: int = 0, **columns) -> pa.Table:
+    """`rows` distinct texts (`id`, `text`), ids from `first`, with `columns` (name -> a function of rows) after."""
+    numbers = range(first, first + rows)
+    table = pa.table({"id": [f"r{i}" for i in numbers], "text": [f"a photo of thing {i} in a field" for i in numbers]})
+    for name, values in columns.items():
+        table = table.append_column(name, values(rows))
+    return table
+
+
+# row -> (first shard, second shard): each a traceback or a silent cast before
+SCHEMA_ROWS = {
+    "another-column": (shard(40), shard(40, 40, n=lambda n: pa.array(range(n)))),
+    "one-column-fewer": (shard(40, n=lambda n: pa.array(range(n))), shard(40, 40)),
+    "column-order": (
+        shard(40, n=lambda n: pa.array(range(n))),
+        shard(40, 40, n=lambda n: pa.array(range(n))).select(["n", "text", "id"]),
+    ),
+    "int-then-string": (
+        shard(40, n=lambda n: pa.array(range(n))),
+        shard(40, 40, n=lambda n: pa.array([str(i) for i in range(n)])),
+    ),
+    "large-string-text": (shard(40), shard(40, 40).cast(pa.schema([("id", pa.string()), ("text", pa.large_string())]))),
+    "empty-shard-typed-null": (shard(40), pa.table({"id": pa.array([], pa.null()), "text": pa.array([], pa.null())})),
+}
+
+
+def sharded_input(root: Path, first: pa.Table, second: pa.Table) -> None:
+    (root / "in").mkdir()
+    pq.write_table(first, root / "in" / "part-0.parquet")
+    pq.write_table(second, root / "in" / "part-1.parquet")
+    (root / "out").mkdir()
+
+
+@pytest.mark.parametrize("row", SCHEMA_ROWS)
+def test_shards_whose_columns_differ_are_one_line(tmp_path, monkeypatch, capfd, row):
+    sharded_input(tmp_path, *SCHEMA_ROWS[row])
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    result = cli(["dedup", "s", "in", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr).startswith("error: in/part-1.parquet: its columns differ from the first shard's: ")
+    assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
+
+
+def test_shards_with_the_same_columns_still_dedup_as_one_table(tmp_path, monkeypatch, capfd):
+    n = lambda n: pa.array(range(n))  # noqa: E731
+    sharded_input(tmp_path, shard(40, n=n), shard(0, 40, n=n).cast(shard(1, n=n).schema))  # an empty second shard
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    result = cli(["dedup", "s", "in", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(tmp_path / "out" / "s.parquet").num_rows == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ["another-column", "int-then-string", "large-string-text"])
+def test_shards_whose_columns_differ_are_one_line_before_ray_starts(tmp_path, row):
+    sharded_input(tmp_path, *SCHEMA_ROWS[row])
+    (tmp_path / "params.yaml").write_text(
+        "dedup: {threshold: 0.7}\nruntime: {engine: ray, object_store_mb: 100, partitions: 3}\n", encoding="utf-8"
+    )
+    command = [sys.executable, "-m", "scripts", "dedup", "s", "in", "out/s.parquet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr).startswith("error: in/part-1.parquet: its columns differ from the first shard's: ")
+    assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
