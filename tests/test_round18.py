@@ -13,6 +13,18 @@ class (every row failed before its fix), on real files, real servers on loopback
    Ray), or cast the values to the first shard's type without a word. Each shard's columns are checked against
    the first's, by name, order and type, as it is opened: one line naming the shard and the first difference,
    before Ray starts (stage_input.check_same_columns).
+3. dedup@S on Ray over an input of no rows held in row groups (an empty shard as pyarrow and pandas write it: one
+   row group of 0 rows; two of them; one beside a file of no row groups) was a KeyError traceback (exit 1) after
+   the run: Ray hands a block of no rows back as a table of no columns, and the ids of the removed rows were read
+   from it (on_ray._ids_of). Blocks of no rows are left out: the local engine's bytes, as an input of no row
+   groups already gave.
+4. A shard of dedup@S's input rewritten in place (same size), replaced by a rename, added, or removed while the
+   stage ran (a second pipeline, a sync job), or an s3:// object overwritten, gave exit 0 with outputs of two inputs
+   at once: the decisions from the old rows, the kept rows or the preview read from the new ones (a rewrite in
+   place: the kept rows of the new file under the old clusters), and DVC would lock them against the new input's
+   hash. The input's state (each shard's name, device, inode, size and modification time; an object's size and
+   modification time) is taken before the run and checked again before the outputs go in: one line, nothing
+   written (stage_input.input_state / check_unchanged).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_s3_remote import aws_env, bucket, s3_server  # noqa: F401
 
 from helpers import REPO, cli
 from helpers.workspace import error_line, leftovers
@@ -215,3 +228,148 @@ def test_shards_whose_columns_differ_are_one_line_before_ray_starts(tmp_path, ro
     assert result.returncode == 2, result.stderr
     assert error_line(result.stderr).startswith("error: in/part-1.parquet: its columns differ from the first shard's: ")
     assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
+
+
+# --- 3. an input of empty row groups on Ray --------------------------------------------------------------
+
+EMPTY = pa.schema([("id", pa.string()), ("text", pa.string()), ("n", pa.int64())])
+
+
+def no_row_groups(path: Path) -> None:
+    pq.ParquetWriter(path, EMPTY).close()
+
+
+# row -> what writes the input folder's shards: each a KeyError traceback on Ray before
+EMPTY_ROWS = {
+    "one-empty-row-group": lambda folder: pq.write_table(EMPTY.empty_table(), folder / "a.parquet"),
+    "two-empty-shards": lambda folder: [pq.write_table(EMPTY.empty_table(), folder / f"{k}.parquet") for k in "ab"],
+    "empty-and-no-row-groups": lambda folder: (
+        pq.write_table(EMPTY.empty_table(), folder / "a.parquet"),
+        no_row_groups(folder / "b.parquet"),
+    ),
+}
+OUTPUTS = ("s.parquet", "s.clusters.parquet", "s.report.json", "s.preview.html")
+
+
+def dedup_run(root: Path, engine: str, out: str) -> subprocess.CompletedProcess:
+    (root / "params.yaml").write_text(
+        f"dedup: {{threshold: 0.7}}\nruntime: {{engine: {engine}, object_store_mb: 100, partitions: 3}}\n",
+        encoding="utf-8",
+    )
+    (root / out).mkdir()
+    command = [sys.executable, "-m", "scripts", "dedup", "s", "in", f"{out}/s.parquet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", EMPTY_ROWS)
+def test_an_input_of_empty_row_groups_dedups_on_ray_as_locally(tmp_path, row):
+    (tmp_path / "in").mkdir()
+    EMPTY_ROWS[row](tmp_path / "in")
+    local, ray = dedup_run(tmp_path, "local", "local"), dedup_run(tmp_path, "ray", "ray")
+    assert local.returncode == 0, local.stderr
+    assert ray.returncode == 0, ray.stderr
+    assert ray.stdout == local.stdout == "dedup s: 0 rows -> 0 kept, 0 removed\n"
+    for name in OUTPUTS:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+# --- 4. an input that changes during the run ---------------------------------------------------------------
+
+
+def texts_table(word: str, rows: int = 60) -> pa.Table:
+    """`rows` texts, each pair near-duplicates (dedup removes half), `word` in each: same size for any 3 letters."""
+    texts = [f"a {word} photo of thing {i // 2} standing in a field at dawn" for i in range(rows)]
+    return pa.table({"id": [f"r{i}" for i in range(rows)], "text": texts})
+
+
+def rewrite_in_place(folder: Path) -> None:
+    pq.write_table(texts_table("blu"), folder / "part-0.parquet")  # same size, same inode
+
+
+def replace_by_rename(folder: Path) -> None:
+    pq.write_table(texts_table("blu"), folder / "new.tmp")
+    os.replace(folder / "new.tmp", folder / "part-0.parquet")
+
+
+def add_a_shard(folder: Path) -> None:
+    pq.write_table(texts_table("new", 4), folder / "part-2.parquet")
+
+
+def remove_a_shard(folder: Path) -> None:
+    (folder / "part-1.parquet").unlink()
+
+
+CHANGE_ROWS = {
+    "rewritten-in-place": rewrite_in_place,
+    "replaced-by-rename": replace_by_rename,
+    "shard-added": add_a_shard,
+    "shard-removed": remove_a_shard,
+}
+
+
+def change_while_running(monkeypatch, change) -> None:
+    """`change` runs once the kept rows are written, before the preview reads the input (dedup.preview_page)."""
+    import scripts.dedup
+
+    original = scripts.dedup.preview_page
+
+    def preview_page(*args):
+        change()
+        return original(*args)
+
+    monkeypatch.setattr(scripts.dedup, "preview_page", preview_page)
+
+
+@pytest.mark.parametrize("row", CHANGE_ROWS)
+def test_an_input_that_changes_during_the_run_is_one_line(tmp_path, monkeypatch, capfd, row):
+    (tmp_path / "in").mkdir()
+    pq.write_table(texts_table("red"), tmp_path / "in" / "part-0.parquet")
+    pq.write_table(
+        texts_table("big").slice(0, 10).set_column(0, "id", pa.array([f"s{i}" for i in range(10)])),
+        tmp_path / "in" / "part-1.parquet",
+    )
+    (tmp_path / "out").mkdir()
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    change_while_running(monkeypatch, lambda: CHANGE_ROWS[row](tmp_path / "in"))
+    result = cli(["dedup", "s", "in", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr) == (
+        "error: in: the input changed during the run (a shard written, added or removed); run again"
+    )
+    assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
+
+
+def test_an_s3_object_overwritten_during_the_run_is_one_line(tmp_path, monkeypatch, capfd, s3_server, bucket):  # noqa: F811
+    for name, value in aws_env(with_credentials=True).items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    pq.write_table(texts_table("red"), tmp_path / "a.parquet")
+    pq.write_table(texts_table("other", 80), tmp_path / "b.parquet")
+    client = s3_server.client()
+    client.upload_file(str(tmp_path / "a.parquet"), bucket, "in/part-0.parquet")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    change_while_running(
+        monkeypatch, lambda: client.upload_file(str(tmp_path / "b.parquet"), bucket, "in/part-0.parquet")
+    )
+    result = cli(["dedup", "s", f"s3://{bucket}/in/", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr) == (
+        f"error: s3://{bucket}/in/: the input changed during the run (a shard written, added or removed); run again"
+    )
+    assert not list((tmp_path / "out").iterdir()) and not leftovers(tmp_path)
+
+
+def test_an_input_left_alone_during_the_run_is_deduped(tmp_path, monkeypatch, capfd):
+    (tmp_path / "in").mkdir()
+    pq.write_table(texts_table("red"), tmp_path / "in" / "part-0.parquet")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    change_while_running(monkeypatch, lambda: os.utime(tmp_path / "in"))  # the folder's own times change nothing
+    result = cli(["dedup", "s", "in", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "dedup s: 60 rows -> 30 kept, 30 removed\n"

@@ -81,21 +81,32 @@ def _filesystem(region: str, endpoint: str | None):
 def shards(location: str) -> list[str]:
     """The s3:// locations of the parquet files of an input: the object itself, or the *.parquet objects
     directly under a prefix, in name order (any case, as local folders)."""
+    return [SCHEME + info.path for info in _shard_infos(location)]
+
+
+def shard_states(location: str) -> list[tuple[str, int, int | None]]:
+    """Each shard's location, size and modification time (ns; S3 keeps whole seconds), from the one listing
+    shards() makes: what tells an object overwritten, added or deleted since."""
+    return [(SCHEME + info.path, info.size, info.mtime_ns) for info in _shard_infos(location)]
+
+
+def _shard_infos(location: str) -> list:
     from pyarrow import fs
 
     path = bucket_path(location)
     info = _s3_call(location, filesystem().get_file_info, path)
     if info.type == fs.FileType.File:
-        return [SCHEME + path]
+        return [info]
     if info.type == fs.FileType.NotFound:
         raise DataError(f"{location}: input not found on S3")
     listed = _s3_call(location, filesystem().get_file_info, fs.FileSelector(path, recursive=False))
     found = sorted(
-        i.path for i in listed if i.type == fs.FileType.File and fnmatch.fnmatch(i.base_name.lower(), "*.parquet")
+        (i for i in listed if i.type == fs.FileType.File and fnmatch.fnmatch(i.base_name.lower(), "*.parquet")),
+        key=lambda i: i.path,
     )
     if not found:
         raise DataError(f"{location}: no parquet shards under this S3 prefix")
-    return [SCHEME + p for p in found]
+    return found
 
 
 def open_input(location: str) -> pa.NativeFile:

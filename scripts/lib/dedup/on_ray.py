@@ -269,7 +269,8 @@ def _repeated_ids(ray, rows, parts: int) -> int:
 def _ids_of(ray, rows, needed: np.ndarray) -> pa.Array:
     """The ids of rows `needed` (sorted positions), in that order (rows: the stage's rows, materialized)."""
     picked = rows.map_batches(_picked_ids, fn_args=(needed,), batch_format="pyarrow")
-    parts = [ray.get(r) for r in picked.to_arrow_refs()]
+    # a block of no rows comes back as a table of no columns either (an input of empty row groups)
+    parts = [part for part in (ray.get(r) for r in picked.to_arrow_refs()) if part.num_rows]
     table = (
         pa.concat_tables(parts, promote_options="default")
         if parts

@@ -8,6 +8,7 @@ the texts and the other columns are read from the parquet files again by each st
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,33 @@ def shards(path: Path | str) -> list[Path | str]:
             raise DataError(f"{path}: no parquet shards in this folder")
         return [existing_input(shard) for shard in found]
     return [existing_input(path)]  # a FIFO would block the open in C, deaf to Ctrl-C: refused
+
+
+def input_state(path: Path | str) -> list[tuple]:
+    """What tells the input's content now from another: its shards' names and each one's device, inode,
+    size and modification time (an s3:// object's size and modification time)."""
+    if s3_input.is_s3(path):
+        return list(s3_input.shard_states(str(path)))
+    return [(str(shard), *_file_state(shard)) for shard in shards(path)]
+
+
+def _file_state(shard: Path | str) -> tuple[int, int, int, int]:
+    stat = os.stat(shard)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def check_unchanged(path: Path | str, before: list[tuple]) -> None:
+    """The input is as `before` (input_state when the run began): a shard rewritten, replaced, added or deleted
+    while the stage read it made outputs of two inputs at once (dedup's decisions from the old rows, the kept
+    rows or the preview from the new ones), which DVC would then lock against the new input's hash."""
+    try:
+        now = input_state(path)
+    except (DataError, OSError):
+        now = None
+    if now != before:
+        raise DataError(
+            f"{shown(path)}: the input changed during the run (a shard written, added or removed); run again"
+        )
 
 
 def parquet_file(location: Path | str, **options) -> pq.ParquetFile:
