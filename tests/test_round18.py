@@ -31,6 +31,9 @@ class (every row failed before its fix), on real files, real servers on loopback
    exit 0 (any `workers`), and beside any stage's actor pool (generate's RenderActor). For the session, file
    descriptor 2 goes through a filter that drops whole lines of Ray's C++ log format (Ray's session log files keep
    them) and passes every other byte as written (ray_engine._ray_log_lines_dropped).
+6. dedup@S on `s3://bucket/clean/s/` (a prefix: its trailing slash) read the object `clean/s` when the bucket held
+   one beside the prefix (S3 allows both): its rows in place of the shards', silently when it was parquet, or an
+   error naming a file the user never meant. A location ending in `/` is a prefix only (s3_input._shard_infos).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import pytest
 from test_s3_remote import aws_env, bucket, s3_server  # noqa: F401
 
 from helpers import REPO, cli
+from helpers.tiers import fast_first
 from helpers.workspace import error_line, leftovers
 
 # --- 1. AWS credentials quoted back by an S3 server ----------------------------------------------------------
@@ -436,3 +440,39 @@ def test_no_ray_cpp_log_line_reaches_a_ray_runs_stderr(tmp_path, row):
         assert "3057 rows in, 3057 kept" in result.stdout + result.stderr
     else:
         assert result.stdout == "56\n"
+
+
+# --- 6. a trailing slash on an s3:// location --------------------------------------------------------------
+
+# row -> (the location's tail after the bucket, the object named like the prefix): each read that object before
+SLASH_ROWS = {
+    "parquet-object-beside-the-prefix": ("clean/s/", "parquet"),
+    "text-object-beside-the-prefix": ("clean/s/", b"a note, not parquet"),
+    "empty-object-beside-the-prefix": ("clean/s/", b""),
+    "two-slashes": ("clean/s//", "parquet"),
+}
+
+
+@pytest.mark.parametrize("row", fast_first(SLASH_ROWS, keep=2))
+def test_a_location_ending_in_a_slash_is_the_prefix_not_an_object(tmp_path, monkeypatch, capfd, s3_server, bucket, row):  # noqa: F811
+    tail, beside = SLASH_ROWS[row]
+    for name, value in aws_env(with_credentials=True).items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    pq.write_table(
+        texts_table("red", 50).set_column(1, "text", pa.array([f"text {i}" for i in range(50)])),
+        tmp_path / "shard.parquet",
+    )
+    pq.write_table(texts_table("other", 3), tmp_path / "other.parquet")
+    client = s3_server.client()
+    client.upload_file(str(tmp_path / "shard.parquet"), bucket, "clean/s/part-0.parquet")
+    body = (tmp_path / "other.parquet").read_bytes() if beside == "parquet" else beside
+    client.put_object(Bucket=bucket, Key="clean/s", Body=body)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "params.yaml").write_text("dedup: {threshold: 0.7}\n", encoding="utf-8")
+    result = cli(["dedup", "s", f"s3://{bucket}/{tail}", "out/s.parquet"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "dedup s: 50 rows -> 50 kept, 0 removed\n"
+    assert pq.read_table(tmp_path / "out" / "s.parquet").column("text").to_pylist() == [f"text {i}" for i in range(50)]

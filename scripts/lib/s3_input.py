@@ -80,7 +80,8 @@ def _filesystem(region: str, endpoint: str | None):
 
 def shards(location: str) -> list[str]:
     """The s3:// locations of the parquet files of an input: the object itself, or the *.parquet objects
-    directly under a prefix, in name order (any case, as local folders)."""
+    directly under a prefix, in name order (any case, as local folders). A location ending in `/` is a prefix
+    only (an object of the same name without the slash was read in its place)."""
     return [SCHEME + info.path for info in _shard_infos(location)]
 
 
@@ -95,7 +96,7 @@ def _shard_infos(location: str) -> list:
 
     path = bucket_path(location)
     info = _s3_call(location, filesystem().get_file_info, path)
-    if info.type == fs.FileType.File:
+    if info.type == fs.FileType.File and not location.endswith("/"):  # `name/`: the prefix, never an object `name`
         return [info]
     if info.type == fs.FileType.NotFound:
         raise DataError(f"{location}: input not found on S3")
