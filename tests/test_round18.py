@@ -34,6 +34,11 @@ class (every row failed before its fix), on real files, real servers on loopback
 6. dedup@S on `s3://bucket/clean/s/` (a prefix: its trailing slash) read the object `clean/s` when the bucket held
    one beside the prefix (S3 allows both): its rows in place of the shards', silently when it was parquet, or an
    error naming a file the user never meant. A location ending in `/` is a prefix only (s3_input._shard_infos).
+7. clean@S on Ray asked Ray Data for an actor pool larger than the blocks it had (an input of 0 or 1 rows on a
+   2-CPU machine, `runtime.partitions: 1`): Ray Data's 2-line UserWarning (`The minimum number of concurrent actors
+   for 'MapBatches(BatchCleaner)' is set to 2, but the operator only received 1 input(s) ...`) beside the output at
+   exit 0. The pool is never larger than the blocks (cleaning.on_ray.outcomes_on_ray; generate's pool the same,
+   render_ray.render_on_ray).
 """
 
 from __future__ import annotations
@@ -402,12 +407,15 @@ with ray_session(Runtime(engine="ray", object_store_mb=100)) as ray:
 """
 
 
-def clean_on_ray(root: Path, runtime: dict) -> subprocess.CompletedProcess:
+def clean_on_ray(root: Path, runtime: dict, rows: int | None = None) -> subprocess.CompletedProcess:
+    """clean t_gpt4 on Ray over the 3,057 GPT-4 prompts (the first `rows` of them, if given)."""
     from helpers.ray_runs import ray_workspace, write_numbered_prompts
 
     fixtures = Path(__file__).resolve().parent / "fixtures"
     ray_workspace(root, fixtures, {"engine": "ray", "object_store_mb": 100, **runtime})
-    write_numbered_prompts(root, fixtures, 1)
+    prompts = write_numbered_prompts(root, fixtures, 1)
+    if rows is not None:
+        pq.write_table(pq.read_table(prompts).slice(0, rows), prompts)
     command = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_PROGRESS_EVERY_S": "3600"}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -476,3 +484,24 @@ def test_a_location_ending_in_a_slash_is_the_prefix_not_an_object(tmp_path, monk
     assert result.returncode == 0, result.stderr
     assert result.stdout == "dedup s: 50 rows -> 50 kept, 0 removed\n"
     assert pq.read_table(tmp_path / "out" / "s.parquet").column("text").to_pylist() == [f"text {i}" for i in range(50)]
+
+
+# --- 7. an actor pool larger than its blocks ---------------------------------------------------------------
+
+# row -> (runtime, rows): each printed Ray Data's UserWarning of a pool it could not fill, at exit 0
+POOL_ROWS = {
+    "no-rows": ({"workers": 2}, 0),
+    "one-row": ({"workers": 2}, 1),
+    "one-partition": ({"workers": 2, "partitions": 1}, None),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", POOL_ROWS)
+def test_clean_on_ray_asks_for_no_more_actors_than_blocks(tmp_path, row):
+    runtime, rows = POOL_ROWS[row]
+    result = clean_on_ray(tmp_path, runtime, rows)
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "warnings.warn" not in result.stderr, result.stderr
+    kept = 3057 if rows is None else rows
+    assert f"{kept} rows in, {kept} kept" in result.stdout + result.stderr

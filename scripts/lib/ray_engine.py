@@ -200,7 +200,11 @@ def _ray_log_lines_dropped() -> Iterator[None]:
     """File descriptor 2 through a filter for the session: Ray's C++ logging writes its error lines to the
     driver's stderr past Python (Ray 2.60 one per Ray Data actor pool, `Actor ... has constructor arguments in
     the object store`, beside clean's and generate's output at exit 0). Those lines are dropped (Ray's session
-    log files keep them); every other byte passes as it was written, in order."""
+    log files keep them); every other byte passes as it was written, in order. With no stderr (`2>&-`) there is
+    nothing to filter."""
+    if sys.stderr is None or not _is_open(2):
+        yield
+        return
     sys.stderr.flush()
     original = os.dup(2)
     read_end, write_end = os.pipe()
@@ -215,6 +219,14 @@ def _ray_log_lines_dropped() -> Iterator[None]:
         os.dup2(original, 2)  # the pipe's last write end: the forwarder reads to its end
         forwarder.join(FORWARD_JOIN_SECONDS)
         os.close(original)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _forward(read_end: int, sink: int) -> None:
