@@ -32,7 +32,7 @@ from scripts.lib.dedup import (
     resolve_params,
 )
 from scripts.lib.dedup.embedded import embed as _embed
-from scripts.lib.dedup.stage_input import StageInput, release_arrow_memory
+from scripts.lib.dedup.stage_input import StageInput, check_unchanged, input_state, release_arrow_memory
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
@@ -133,6 +133,7 @@ def cli(
     )
     outputs = (output, clusters_path, report_path, preview_path)
     check_files_ours(*outputs, inputs=[] if is_s3(input) else [input])
+    before = input_state(input)  # checked again before the outputs go in (check_unchanged)
     with contextlib.ExitStack() as stack:  # the four written whole before any is renamed in (a full disk left some)
         kept_tmp, clusters_tmp, report_tmp, page_tmp = (stack.enter_context(atomic_path(p)) for p in outputs)
         if setting is False:  # the source's rows pass untouched (its near-duplicates are left to the recipes)
@@ -164,6 +165,7 @@ def cli(
             report_tmp.write_text(json_text(report), encoding="utf-8")
         page = preview_page(source, input, kept_tmp, clusters_tmp)
         page_tmp.write_text(page, encoding="utf-8")  # the innermost: its own errors name it
+        check_unchanged(input, before)
         commit_together(stack)
     print(shown(f"dedup {source}: {report['rows_in']} rows -> {report['kept']} kept, {report['removed']} removed"))
 

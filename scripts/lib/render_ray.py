@@ -141,6 +141,7 @@ def render_on_ray(
             else max(1, min(per_call, math.ceil(len(jobs) / size)))
         )
         blocks = [jobs_table(jobs[i : i + rows]) for i in range(0, len(jobs), rows)]
+        size = min(size, len(blocks))  # no more actors than blocks: Ray Data warns of a pool it cannot fill
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = context.print_on_execution_start = False  # the stage prints its own
         dataset = ray.data.from_arrow(blocks).map_batches(

@@ -88,13 +88,14 @@ def outcomes_on_ray(
         workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         blocks = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
         size = max(1, math.ceil(rows / blocks))
-        dataset = ray.data.from_arrow([prompts.slice(start, size) for start in range(0, max(rows, 1), size)])
-        dataset = dataset.map_batches(
+        parts = [prompts.slice(start, size) for start in range(0, max(rows, 1), size)]
+        dataset = ray.data.from_arrow(parts).map_batches(
             BatchCleaner,
             fn_constructor_args=(rules, fast, column),
             batch_format="pyarrow",
             batch_size=runtime.batch_rows,
-            concurrency=workers,
+            # no more actors than blocks: Ray Data warns (a UserWarning beside the output) of a pool it cannot fill
+            concurrency=min(workers, len(parts)),
             num_cpus=1,
         )
         outcomes: list[Outcome] = []

@@ -49,7 +49,7 @@ from scripts.lib.dedup.rows import (
     sign_rows,
     verified_with_text_b,
 )
-from scripts.lib.dedup.stage_input import parquet_file, read, shards
+from scripts.lib.dedup.stage_input import check_same_columns, parquet_file, read, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
 from scripts.lib.tables import check_column_names, is_text_type, write_row_groups
@@ -184,6 +184,7 @@ def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
     for file in files:
         meta = read(file, parquet_file, file)  # any failure: its one line, as the local engine's
         schema = schema or meta.schema_arrow.remove_metadata()
+        check_same_columns(file, meta.schema_arrow, schema)
         check_column_names(file, meta.schema_arrow.names)
         for column in ("id", "text"):
             if column not in meta.schema_arrow.names:
@@ -268,7 +269,8 @@ def _repeated_ids(ray, rows, parts: int) -> int:
 def _ids_of(ray, rows, needed: np.ndarray) -> pa.Array:
     """The ids of rows `needed` (sorted positions), in that order (rows: the stage's rows, materialized)."""
     picked = rows.map_batches(_picked_ids, fn_args=(needed,), batch_format="pyarrow")
-    parts = [ray.get(r) for r in picked.to_arrow_refs()]
+    # a block of no rows comes back as a table of no columns either (an input of empty row groups)
+    parts = [part for part in (ray.get(r) for r in picked.to_arrow_refs()) if part.num_rows]
     table = (
         pa.concat_tables(parts, promote_options="default")
         if parts
@@ -303,4 +305,5 @@ def _ray_failure(exc: BaseException) -> str:
     remote = [
         line.removeprefix(REMOTE_DATA_ERROR) for line in str(exc).splitlines() if line.startswith(REMOTE_DATA_ERROR)
     ]
-    return remote[-1] if remote else f"dedup on Ray failed: {_first_line(exc)}"
+    # a worker's failed S3 read quotes the server's message, which may echo the credentials
+    return s3_input.redact_credentials(remote[-1] if remote else f"dedup on Ray failed: {_first_line(exc)}")

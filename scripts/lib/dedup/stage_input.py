@@ -7,6 +7,8 @@ the texts and the other columns are read from the parquet files again by each st
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scripts.lib import s3_input
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import matches
 from scripts.lib.tables import check_column_names, existing_input, is_text_type
 
@@ -37,6 +39,33 @@ def shards(path: Path | str) -> list[Path | str]:
     return [existing_input(path)]  # a FIFO would block the open in C, deaf to Ctrl-C: refused
 
 
+def input_state(path: Path | str) -> list[tuple]:
+    """What tells the input's content now from another: its shards' names and each one's device, inode,
+    size and modification time (an s3:// object's size and modification time)."""
+    if s3_input.is_s3(path):
+        return list(s3_input.shard_states(str(path)))
+    return [(str(shard), *_file_state(shard)) for shard in shards(path)]
+
+
+def _file_state(shard: Path | str) -> tuple[int, int, int, int]:
+    stat = os.stat(shard)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def check_unchanged(path: Path | str, before: list[tuple]) -> None:
+    """The input is as `before` (input_state when the run began): a shard rewritten, replaced, added or deleted
+    while the stage read it made outputs of two inputs at once (dedup's decisions from the old rows, the kept
+    rows or the preview from the new ones), which DVC would then lock against the new input's hash."""
+    try:
+        now = input_state(path)
+    except (DataError, OSError):
+        now = None
+    if now != before:
+        raise DataError(
+            f"{shown(path)}: the input changed during the run (a shard written, added or removed); run again"
+        )
+
+
 def parquet_file(location: Path | str, **options) -> pq.ParquetFile:
     """One parquet file of an input, opened (its footer read): a local path or an s3:// object."""
     if s3_input.is_s3(location):
@@ -47,7 +76,23 @@ def parquet_file(location: Path | str, **options) -> pq.ParquetFile:
 def open_parquet(path: Path | str) -> list[pq.ParquetFile]:
     """The parquet files of a stage input, opened (their footers read). Not pre-buffered: a reader that
     pre-buffers keeps every column chunk it read until it is closed (the whole file, after a full pass)."""
-    return [read(path, parquet_file, file, pre_buffer=False) for file in shards(path)]
+    files = shards(path)
+    opened = [read(path, parquet_file, file, pre_buffer=False) for file in files]
+    for file, parquet in zip(files, opened):
+        check_same_columns(file, parquet.schema_arrow, opened[0].schema_arrow)
+    return opened
+
+
+def check_same_columns(shard: Path | str, schema: pa.Schema, first: pa.Schema) -> None:
+    """A shard's columns are the first shard's, by name, order and type: one with another column, or a column
+    of another type, was a traceback when the rows were joined or written (or its values were cast to the
+    first shard's type without a word)."""
+    for here, there in itertools.zip_longest(schema, first):
+        if here is None or there is None or (here.name, here.type) != (there.name, there.type):
+            found, expected = (f"'{f.name}' {f.type}" if f is not None else "no column" for f in (here, there))
+            raise DataError(
+                f"{shown(shard)}: its columns differ from the first shard's: {found} where that has {expected}"
+            )
 
 
 def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
@@ -59,14 +104,15 @@ def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str]
 
 
 def read(path: Path | str, function, *args, **kwargs):
-    """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError."""
+    """function(*args, **kwargs), a read of the input at `path`: any failure is its one-line DataError (an
+    S3 server's error quoting the AWS credentials: redacted)."""
     try:
         return function(*args, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
         message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
-        raise DataError(message.splitlines()[0]) from None
+        raise DataError(s3_input.redact_credentials(message.splitlines()[0])) from None
 
 
 class StageInput:
