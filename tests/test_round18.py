@@ -25,12 +25,8 @@ class (every row failed before its fix), on real files, real servers on loopback
    hash. The input's state (each shard's name, device, inode, size and modification time; an object's size and
    modification time) is taken before the run and checked again before the outputs go in: one line, nothing
    written (stage_input.input_state / check_unchanged).
-5. Ray 2.60's C++ core worker wrote `[... E ...] core_worker.cc:2465: Actor with class name: 'MapWorker(MapBatches(
-   BatchCleaner))' ... has constructor arguments in the object store and max_restarts > 0 ...` to the driver's
-   stderr, past Python's loggers, once per Ray Data actor pool: beside clean@S's output on `runtime.engine: ray` at
-   exit 0 (any `workers`), and beside any stage's actor pool (generate's RenderActor). For the session, file
-   descriptor 2 goes through a filter that drops whole lines of Ray's C++ log format (Ray's session log files keep
-   them) and passes every other byte as written (ray_engine._ray_log_lines_dropped).
+5. (found, not fixed: Ray 2.60's C++ core worker's `core_worker.cc` line beside clean@S's output on Ray at exit 0;
+   a filter on file descriptor 2 was tried and left out, see docs/guarantees.md "Not proven")
 6. dedup@S on `s3://bucket/clean/s/` (a prefix: its trailing slash) read the object `clean/s` when the bucket held
    one beside the prefix (S3 allows both): its rows in place of the shards', silently when it was parquet, or an
    error naming a file the user never meant. A location ending in `/` is a prefix only (s3_input._shard_infos).
@@ -390,23 +386,6 @@ def test_an_input_left_alone_during_the_run_is_deduped(tmp_path, monkeypatch, ca
     assert result.stdout == "dedup s: 60 rows -> 30 kept, 30 removed\n"
 
 
-# --- 5. Ray's C++ log lines on the driver's stderr -----------------------------------------------------------
-
-ACTOR_POOL = """
-from scripts.lib.params import Runtime
-from scripts.lib.ray_engine import ray_session
-
-
-class Double:
-    def __call__(self, batch):
-        return {"id": batch["id"] * 2}
-
-
-with ray_session(Runtime(engine="ray", object_store_mb=100)) as ray:
-    print(sum(row["id"] for row in ray.data.range(8).map_batches(Double, concurrency=1).take_all()))
-"""
-
-
 def clean_on_ray(root: Path, runtime: dict, rows: int | None = None) -> subprocess.CompletedProcess:
     """clean t_gpt4 on Ray over the 3,057 GPT-4 prompts (the first `rows` of them, if given)."""
     from helpers.ray_runs import ray_workspace, write_numbered_prompts
@@ -419,35 +398,6 @@ def clean_on_ray(root: Path, runtime: dict, rows: int | None = None) -> subproce
     command = [sys.executable, "-m", "scripts", "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "T2I_PROGRESS_EVERY_S": "3600"}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-
-
-def actor_pool(root: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-c", ACTOR_POOL], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-# row -> the run: each printed Ray's C++ `core_worker.cc` line on stderr at exit 0 before
-RAY_LINE_ROWS = {
-    "clean-default-workers": lambda root: clean_on_ray(root, {}),
-    "clean-one-worker-small-batches": lambda root: clean_on_ray(root, {"workers": 1, "batch_rows": 1000}),
-    "any-actor-pool-in-a-session": actor_pool,
-}
-RAY_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWEF] \d+ \d+\] ")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("row", RAY_LINE_ROWS)
-def test_no_ray_cpp_log_line_reaches_a_ray_runs_stderr(tmp_path, row):
-    result = RAY_LINE_ROWS[row](tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert not RAY_LOG_LINE.search(result.stderr), result.stderr
-    assert "core_worker" not in result.stderr, result.stderr
-    if row.startswith("clean"):  # the stage's own lines still come through
-        assert "3057 rows in, 3057 kept" in result.stdout + result.stderr
-    else:
-        assert result.stdout == "56\n"
 
 
 # --- 6. a trailing slash on an s3:// location --------------------------------------------------------------

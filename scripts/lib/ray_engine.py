@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,13 +42,6 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         import ray
     except ImportError:
         raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
-    with _ray_log_lines_dropped(), _session(ray, runtime):
-        yield ray
-
-
-@contextlib.contextmanager
-def _session(ray: ModuleType, runtime: Runtime) -> Iterator[None]:
-    """Ray started or joined for `runtime` for the block, as ray_session describes."""
     _quiet_console()
     started_here = not ray.is_initialized()
     children_before: set[int] = set()
@@ -68,7 +60,7 @@ def _session(ray: ModuleType, runtime: Runtime) -> Iterator[None]:
         # a Ctrl-C while ray.init ran raised Interrupted inside Ray's own code, which may catch it (a loaded
         # start went on to exit 0 with its outputs written): the signal, noted, stops the run here
         stop_if_received()
-        yield
+        yield ray
     finally:
         context.shuffle_strategy = strategy
         if started_here:
@@ -188,61 +180,6 @@ def _restore_environment(saved: dict[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-# a line of Ray's C++ logging: `[2026-12-06 13:59:07,814 E 12145 12145] core_worker.cc:2465: ...`
-_RAY_LOG_LINE = re.compile(rb"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [DIWEF] \d+ \d+\] ")
-FORWARD_JOIN_SECONDS = 2
-
-
-@contextlib.contextmanager
-def _ray_log_lines_dropped() -> Iterator[None]:
-    """File descriptor 2 through a filter for the session: Ray's C++ logging writes its error lines to the
-    driver's stderr past Python (Ray 2.60 one per Ray Data actor pool, `Actor ... has constructor arguments in
-    the object store`, beside clean's and generate's output at exit 0). Those lines are dropped (Ray's session
-    log files keep them); every other byte passes as it was written, in order. With no stderr (`2>&-`) there is
-    nothing to filter."""
-    if sys.stderr is None or not _is_open(2):
-        yield
-        return
-    sys.stderr.flush()
-    original = os.dup(2)
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    forwarder = threading.Thread(target=_forward, args=(read_end, original), daemon=True)
-    forwarder.start()
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(original, 2)  # the pipe's last write end: the forwarder reads to its end
-        forwarder.join(FORWARD_JOIN_SECONDS)
-        os.close(original)
-
-
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
-def _forward(read_end: int, sink: int) -> None:
-    """Copy what comes through `read_end` to `sink`, but whole lines of Ray's C++ logging. A partial line is
-    passed at once unless it may be the start of one of those (it starts with `[`)."""
-    pending = b""
-    with contextlib.suppress(OSError), os.fdopen(read_end, "rb", buffering=0) as source:
-        while chunk := source.read(65536):
-            *lines, pending = (pending + chunk).split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not _RAY_LOG_LINE.match(line))
-            if pending and not pending.startswith(b"["):
-                kept, pending = kept + pending, b""
-            if kept:
-                os.write(sink, kept)
-        if pending and not _RAY_LOG_LINE.match(pending):
-            os.write(sink, pending)
 
 
 @contextlib.contextmanager
