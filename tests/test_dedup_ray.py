@@ -79,7 +79,7 @@ def composed(texts, ids, params, parts: int, size: int, distributed: bool):
     found = []
     for lo in range(0, bands, 8):
         band_rows = pa.concat_tables(
-            [R.bucket_rows(b, lo, min(bands, lo + 8), ranks, parts) for b in blocks(reps, size)]
+            [R.bucket_rows(b, lo, min(bands, lo + 8), ranks, parts, n) for b in blocks(reps, size)]
         )
         found += [R.candidates_in_group(g, params.bucket_window, ranks) for g in groups(band_rows, parts)]
     pairs, pairs_a = R.pair_fields(ranks), R.pair_fields(ranks, texts="a")
@@ -230,6 +230,34 @@ def test_a_rows_text_travels_once_to_each_group_that_verifies_its_pairs(parts):
     sets = shingle_sets(pa.array(texts), params.unit, params.ngram)
     exact = jaccard_at_least(sets, sets, np.stack([a, b], axis=1), params.threshold)
     assert found == {(int(x), int(y)): j for x, y, j in zip(a, b, exact) if j >= params.threshold} and found
+
+
+@pytest.mark.parametrize(
+    "keep, rows, row_type, parts, part_type",
+    [
+        ("first", 300, pa.int16(), 7, pa.int8()),
+        ("longest", 70_000, pa.int32(), 300, pa.int16()),
+        ("first", 2**31, pa.int32(), 40_000, pa.int32()),
+        ("none_of_pair", 2**31 + 1, pa.int64(), 128, pa.int8()),
+    ],
+)
+def test_band_rows_are_as_narrow_as_the_run_allows(keep, rows, row_type, parts, part_type):
+    """Band rows are most of what the Ray engine shuffles: row, band and part take the narrowest type the
+    run's row count, bands and groups allow, and the candidates found from them are the wide rows' pairs."""
+    params = resolve_params(keep=keep)
+    ranks = R.RANKS[keep]
+    texts, ids = planted(200)
+    table = pa.table(
+        {"row": np.arange(len(texts)), "text": pa.array(texts, R.TEXT), "order_key": pa.array(ids, R.TEXT)}
+    )
+    signed = R.sign_rows(table, params)
+    narrow, wide = (R.bucket_rows(signed, 0, 8, ranks, parts, n) for n in (rows, 2**62))
+    assert narrow.schema.field("row").type == row_type and narrow.schema.field("band").type == pa.int8()
+    assert narrow.schema.field("part").type == part_type and wide.schema.field("row").type == pa.int64()
+    assert (narrow.nbytes < wide.nbytes) == (row_type != pa.int64())
+    found = [R.candidates_in_group(band_rows, params.bucket_window, ranks) for band_rows in (narrow, wide)]
+    assert found[0].schema.field("a").type == pa.int64() and found[0].num_rows > 0
+    assert found[0].equals(found[1])
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
     passes = []
     for lo in range(0, bands, BANDS_PER_PASS):
         band_rows = reps.map_batches(
-            bucket_rows, fn_args=(lo, min(bands, lo + BANDS_PER_PASS), ranks, parts), **by_part
+            bucket_rows, fn_args=(lo, min(bands, lo + BANDS_PER_PASS), ranks, parts, n), **by_part
         )
         passes.append(
             band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks), **by_part)
