@@ -9,13 +9,20 @@ files and runs of the command:
    deleted the images before a read-only folder of the store and stopped at exit 2 on the first it could not, its
    index not rewritten. A folder whose old copy cannot be deleted is now refused in one line before anything is
    moved or deleted (temps.check_removable, image_store.check_prunable, both through temps.unremovable_folder).
+2. A CSV record the csv module stops at (a field over its 131,072-character limit, a stray quote inside a quoted
+   field) inside a quoted field that runs over lines: the module goes on at the next line, inside that field, so
+   the field's lines were read as rows: under `on_error: skip` an OpenPrompts or Kaggle SD2 source ingested a
+   line of one prompt (`injected prompt,{}`) as a row of its own at exit 0, and with Kaggle's numbered images
+   every later row took the image of the row before it. A malformed record is now read on to the line where its
+   quotes close, one bad record (csv_sources._LastLine.past_record).
 
-The commands run without the capabilities that let root write anywhere (setpriv drops CAP_DAC_OVERRIDE): the
+The read-only rows run without the capabilities that let root write anywhere (setpriv drops CAP_DAC_OVERRIDE): the
 suite runs as root here, and root ignores a folder's permissions.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -23,13 +30,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from helpers import REPO
 from helpers.tiers import fast_first
-from helpers.workspace import error_line, leftovers, write_params
+from helpers.workspace import PNG, error_line, leftovers, write_params
 from helpers.workspace import run_scripts as run
+from scripts.ingest import ingest
+from scripts.lib.errors import DataError
 from scripts.lib.image_store import STORE_MARK_TEXT
+from scripts.lib.readers import SourceConfig
 
 # --- 1. a read-only output folder ------------------------------------------------------------------------
 
@@ -104,3 +115,52 @@ def test_a_folder_that_cannot_be_deleted_is_refused_before_anything_moves(tmp_pa
         (tmp_path / locked).chmod(0o755)
     done = as_user(tmp_path, *argv)  # made writable again, the command runs
     assert done.returncode == 0 and leftovers(tmp_path) == [], done.stderr
+
+
+# --- 2. the lines of a malformed record's quoted field read as rows --------------------------------------
+
+GOOD = json.dumps({"raw_discord_data": {"seed": 1}}).replace('"', '""')
+
+
+def openprompts(root: Path, record: str) -> dict:
+    """An OpenPrompts CSV: a fine row, `record` (over lines), another fine row."""
+    lines = ["prompt,raw_data", f'a fine prompt,"{GOOD}"', record, f'another fine prompt,"{GOOD}"']
+    (root / "op.csv").write_bytes(("\n".join(lines) + "\n").encode())
+    return dict(kind="openprompts", path=str(root))
+
+
+def kaggle(root: Path, record: str) -> dict:
+    """A Kaggle SD2 folder: row N's image is N-1.png (each a 1x1 PNG)."""
+    (root / "p.csv").write_text("\n".join(["prompt", "a fine prompt", record, "another fine prompt"]) + "\n")
+    for index in range(6):
+        (root / f"{index}.png").write_bytes(PNG)
+    return dict(kind="kaggle_sd2", path=str(root))
+
+
+INJECTED = "injected prompt,{}"  # a line of a quoted field that is a whole record of its own
+FIELD_ROWS = {  # (the source, the malformed record whose quoted field runs over lines, holding INJECTED)
+    "a field over the csv module's limit": (
+        openprompts,
+        '"' + "\n".join(["x" * 60] * 2500 + [INJECTED, "end"]) + '",{}',
+    ),
+    "a first line over the limit": (openprompts, '"' + "x" * 200_000 + f'\n{INJECTED}\nend",{{}}'),
+    "a stray quote in the field": (openprompts, f'"a "stray" quote\n{INJECTED}\nend",{{}}'),
+    "a stray quote, Kaggle's numbered images": (kaggle, f'"a "stray" quote\n{INJECTED}\nend"'),
+}
+
+
+@pytest.mark.parametrize("make, record", FIELD_ROWS.values(), ids=FIELD_ROWS)
+def test_a_malformed_records_quoted_lines_are_never_rows(tmp_path, make, record):
+    """The csv module goes on at the next line after an error, which may lie inside the record's quoted field:
+    `injected prompt` was ingested as a row at exit 0 (and with Kaggle's numbering, each later row took the
+    image of the row before it)."""
+    (tmp_path / "src").mkdir()
+    config = make(tmp_path / "src", record)
+    report = ingest("s", SourceConfig(**config, on_error="skip"), tmp_path / "out.parquet")
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [row["prompt"] for row in rows] == ["a fine prompt", "another fine prompt"]
+    assert report["skipped"] == {"bad_csv": 1}
+    if config["kind"] == "kaggle_sd2":  # rows 1 and 3, the malformed one row 2: as pandas numbers them
+        assert [Path(row["image"]).name for row in rows] == ["0.png", "2.png"]
+    with pytest.raises(DataError, match=r"row 2 \(line \d+\): malformed CSV .*its quoted field closes on line"):
+        ingest("s", SourceConfig(**config, on_error="fail"), tmp_path / "failed.parquet")
