@@ -33,7 +33,7 @@ from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
-from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp
+from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp, unremovable_folder
 
 STORE_TMP = ".tmp"
 STORE_IGNORE = ".gitignore"
@@ -253,6 +253,7 @@ class ImageStore:
                     f"or the store predates {STORE_INDEX}); refusing to prune (delete the store by hand to "
                     "empty it)"
                 )
+        check_prunable(self.root)
         removed = kept = 0
         for rel in images:
             if wanted is not None and rel in wanted:
@@ -267,6 +268,17 @@ class ImageStore:
                 (self.root / folder).rmdir()
         self._sweep(indexed)
         return {"removed": removed, "kept": kept}
+
+
+def check_prunable(store: Path) -> None:
+    """Refuse, nothing deleted, to prune a store holding a folder this process may not write (read-only): the
+    images before it were deleted and the run stopped at exit 2 on the first it could not, its index unwritten."""
+    locked = unremovable_folder(store)
+    if locked is not None:
+        raise DataError(
+            f"{shown(locked)}: a folder of the generation store this process may not write (read-only?); refusing "
+            "to prune (nothing deleted; make the store writable, e.g. `chmod -R u+w`)"
+        )
 
 
 STORE_LOCK = "store.lock"  # in .tmp: generate runs hold it shared, generate-prune alone

@@ -41,6 +41,7 @@ from scripts.lib.temps import (
     _remove,
     _sibling,
     cannot_remove,
+    check_removable,
     mark_temp,
     output_lock,
     real_path,
@@ -306,6 +307,7 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
         stop_if_received()
     for new, target in pairs:
         check_replaceable(target, new)
+        check_removable(target)
     aside: list[tuple[Path, Path]] = []
     placed: list[tuple[Path, Path]] = []
     with held():  # a signal between these renames left an output gone and its old copy untagged

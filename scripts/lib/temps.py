@@ -188,6 +188,38 @@ def remove_stale(path: Path, target: Path) -> None:
         raise _not_our_temp(path, target)
 
 
+def unremovable_folder(folder: Path | str) -> Path | None:
+    """The first folder of `folder`'s tree (itself included; links are not followed) whose entries this process
+    may not list or delete (read-only, `chmod -R a-w`, or unreadable), or None: what `shutil.rmtree` of the
+    tree would leave. Files need no look: deleting one is its folder's write permission."""
+    full = os.R_OK | os.W_OK | os.X_OK
+    if not os.access(folder, full):
+        return Path(folder)
+    for here, folders, _ in os.walk(folder):  # a folder is looked at before os.walk lists it (it may not)
+        for name in folders:
+            inner = os.path.join(here, name)
+            if not os.path.islink(inner) and not os.access(inner, full):
+                return Path(inner)
+    return None
+
+
+def check_removable(target: Path | str) -> None:
+    """Refuse (DataError, nothing touched) to replace the folder `target` when its old copy could not be deleted
+    after the new one is in: a folder in it is read-only. It was moved aside all the same, the new output put in
+    its place, and the run said so at exit 2, leaving `.T.tmp-old` (untagged: its tag cannot be set on a
+    read-only folder) that every later run refused to touch."""
+    target = Path(target)
+    if target.is_symlink() or not target.is_dir():
+        return
+    locked = unremovable_folder(target)
+    if locked is not None:
+        inner = "" if locked == target else f"holds {shown(locked.relative_to(target).as_posix())!r}, "
+        raise DataError(
+            f"{shown(target)}: {inner}a folder this process may not write (read-only?), so its old copy could not "
+            "be deleted; refusing to replace it (make it writable, e.g. `chmod -R u+w`, or choose another output path)"
+        )
+
+
 def cannot_remove(path: Path, target: Path) -> DataError:
     return DataError(
         f"{shown(path)}: an old copy of {shown(target)} that a run of this command moved aside, which "

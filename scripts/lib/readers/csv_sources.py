@@ -33,17 +33,32 @@ MAX_CSV_LINE = 4 * 1024 * 1024  # characters: a record of many fields of the csv
 
 
 class _LastLine:
-    """The lines the csv reader parses (capped: _capped_lines), remembering the last one it took."""
+    """The lines the csv reader parses (capped: _capped_lines), remembering the last one it took, how many it
+    took (`count`: the reader's line_num, and the lines read past a malformed record) and the quotes of the
+    record it is in (`quotes`, set to 0 as a record starts)."""
 
     def __init__(self, f, file: Path):
-        self.lines, self.last = _capped_lines(f, file), ""
+        self.lines, self.last, self.count, self.quotes = _capped_lines(f, file), "", 0, 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
         self.last = next(self.lines)
+        self.count += 1
+        self.quotes += self.last.count('"')
         return self.last
+
+    def past_record(self) -> bool:
+        """After a malformed record: read on to the line where its quotes close (an odd count leaves a quoted
+        field open, whose next lines are its text, never records: the csv module goes on at the next line, and
+        a field's lines were read as rows); False when the file ends first."""
+        while self.quotes % 2:
+            try:
+                next(self)
+            except StopIteration:
+                return False
+        return True
 
 
 def _capped_lines(f, file: Path) -> Iterator[str]:
@@ -76,16 +91,16 @@ def iter_csv(
 
         def is_blank(fields: list[str], line_before: int) -> bool:
             # the record is one physical line of spaces and tabs: not '"  "', nor a quoted field over lines
-            spaces = reader.line_num == line_before + 1 and not lines.last.strip(" \t\r\n")
+            spaces = lines.count == line_before + 1 and not lines.last.strip(" \t\r\n")
             return skip_blank and (not fields or (len(fields) == 1 and spaces))
 
         try:
             while True:
-                line_before = reader.line_num
+                line_before, lines.quotes = lines.count, 0
                 header = next(reader)
                 if not is_blank(header, line_before):
                     break
-                blank.append(reader.line_num)  # before the header too, as pandas skips them
+                blank.append(lines.count)  # before the header too, as pandas skips them
         except (StopIteration, csv.Error):
             header = []
         require_columns(file, header, required, echo=False)
@@ -93,20 +108,23 @@ def iter_csv(
             yield 0, Problem(file, f"line {line}", "blank_line", "blank line", always_skip=True)
         number = 0
         while True:
-            line_before = reader.line_num
+            line_before, lines.quotes = lines.count, 0
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                number += 1
+                number, at = number + 1, lines.count
+                ends = (
+                    "" if lines.quotes % 2 == 0 else f"; its quoted field {_closes(lines.past_record(), lines.count)}"
+                )
                 yield (
                     number,
-                    Problem(file, f"row {number} (line {reader.line_num})", "bad_csv", f"malformed CSV ({exc})"),
+                    Problem(file, f"row {number} (line {at})", "bad_csv", f"malformed CSV ({exc}){ends}"),
                 )
                 continue
             if is_blank(fields, line_before):
-                yield number, Problem(file, f"line {reader.line_num}", "blank_line", "blank line", always_skip=True)
+                yield number, Problem(file, f"line {lines.count}", "blank_line", "blank line", always_skip=True)
                 continue
             number += 1
             if len(fields) != len(header):
@@ -114,13 +132,22 @@ def iter_csv(
                     number,
                     Problem(
                         file,
-                        f"row {number} (line {reader.line_num})",
+                        f"row {number} (line {lines.count})",
                         "bad_row",
                         f"expected {len(header)} fields, got {len(fields)}",
                     ),
                 )
                 continue
             yield number, dict(zip(header, fields))
+
+
+def _closes(closed: bool, line: int) -> str:
+    """Where a malformed record's open quoted field ends: its lines are that record's, read past as one."""
+    return (
+        f"closes on line {line}: read past as this record"
+        if closed
+        else "never closes: the rest of the file is this record"
+    )
 
 
 def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
