@@ -82,7 +82,7 @@ def composed(texts, ids, params, parts: int, size: int, distributed: bool):
             [R.bucket_rows(b, lo, min(bands, lo + 8), ranks, parts, n) for b in blocks(reps, size)]
         )
         found += [R.candidates_in_group(g, params.bucket_window, ranks) for g in groups(band_rows, parts)]
-    pairs, pairs_a = R.pair_fields(ranks), R.pair_fields(ranks, texts="a")
+    pairs, pairs_a = R.pair_fields(ranks, rows=R.row_type(n)), R.pair_fields(ranks, texts="a", rows=R.row_type(n))
 
     def looked_up(pair_blocks, side, fields, group_step, *args):
         keyed = [R.lookup_requests(b, side, fields, R.TEXT_FIELD, parts) for b in pair_blocks]
@@ -131,11 +131,9 @@ def star_resolved(verified, members, ranks, keep, parts):
         seen, edges = now, round_of(round_of(edges, components.large_star), components.small_star)
     label = {v: v for v in edges.column("v").to_pylist()}
     label.update(zip(edges.column("u").to_pylist(), edges.column("v").to_pylist()))
+    columns = verified.column_names
     flagged = pa.concat_tables(
-        [
-            verified.append_column("member", pa.array(np.zeros(verified.num_rows, bool))),
-            members.select(verified.column_names).append_column("member", pa.array(np.ones(members.num_rows, bool))),
-        ]
+        [components._flagged(verified, columns, False), components._flagged(members, columns, True)]
     )
     labels = pa.array([label[a] for a in flagged.column("a").to_pylist()], pa.int64())
     out = []
@@ -242,8 +240,8 @@ def test_a_rows_text_travels_once_to_each_group_that_verifies_its_pairs(parts):
     ],
 )
 def test_band_rows_are_as_narrow_as_the_run_allows(keep, rows, row_type, parts, part_type):
-    """Band rows are most of what the Ray engine shuffles: row, band and part take the narrowest type the
-    run's row count, bands and groups allow, and the candidates found from them are the wide rows' pairs."""
+    """Band rows and pairs are most of what the Ray engine shuffles: row, band and part take the narrowest type
+    the run's row count, bands and groups allow, and the candidates found from them are the wide rows' pairs."""
     params = resolve_params(keep=keep)
     ranks = R.RANKS[keep]
     texts, ids = planted(200)
@@ -256,8 +254,8 @@ def test_band_rows_are_as_narrow_as_the_run_allows(keep, rows, row_type, parts, 
     assert narrow.schema.field("part").type == part_type and wide.schema.field("row").type == pa.int64()
     assert (narrow.nbytes < wide.nbytes) == (row_type != pa.int64())
     found = [R.candidates_in_group(band_rows, params.bucket_window, ranks) for band_rows in (narrow, wide)]
-    assert found[0].schema.field("a").type == pa.int64() and found[0].num_rows > 0
-    assert found[0].equals(found[1])
+    assert found[0].schema.field("a").type == row_type and found[0].num_rows > 0
+    assert found[0].cast(found[1].schema).equals(found[1])
 
 
 @pytest.fixture(scope="module")

@@ -108,15 +108,19 @@ def labels(ray, edges, parts: int):
     )
 
 
+def _flagged(table: pa.Table, columns: list[str], member: bool) -> pa.Table:
+    """Verified pairs (a, b of row_type) and identical-text members (int64) in one schema, flagged."""
+    table = table.select(columns).append_column("member", pa.array(np.full(table.num_rows, member)))
+    return table.cast(pa.schema([f.with_type(pa.int64()) if f.name in ("a", "b") else f for f in table.schema]))
+
+
 def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):
     """resolve_edges over clusters spread across the cluster: (removed rows, cluster sizes)."""
     columns = ["a", "b", "similarity", *[f"{side}_{r}" for side in "ab" for r in ranks if r != "row"]]
     flagged = [
-        d.map_batches(
-            lambda t, m=m: t.select(columns).append_column("member", pa.array(np.full(t.num_rows, m))), **_ARROW
-        )
-        for d, m in ((verified, False), (members, True))
-    ]  # one schema for both
+        d.map_batches(_flagged, fn_args=(columns, member), **_ARROW)
+        for d, member in ((verified, False), (members, True))
+    ]
     edges = flagged[0].union(flagged[1])
     node_labels = labels(
         ray, edges.map_batches(lambda t: pa.table({"u": t.column("a"), "v": t.column("b")}), **_ARROW), parts

@@ -23,6 +23,7 @@ RANKS = {"first": ["row"], "none_of_pair": ["row"], "longest": ["neg_len", "orde
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 TEXT = pa.large_string()  # texts and order keys as Arrow's 64-bit-offset strings: one type on every path
 RANK_TYPES = {"neg_len": pa.int64(), "order_key": TEXT}
+ROW = pa.int64()  # a row number outside the shuffles
 
 
 def rank_columns(ranks: list[str], prefix: str) -> list[str]:
@@ -65,6 +66,11 @@ def part_numbers(columns: list[np.ndarray], parts: int) -> np.ndarray:
 def narrowest_int(limit: int) -> np.dtype:
     """The narrowest signed integer type holding 0..limit-1: a shuffled column's bytes are the shuffle's time."""
     return np.dtype(next(kind for kind in (np.int8, np.int16, np.int32, np.int64) if limit - 1 <= np.iinfo(kind).max))
+
+
+def row_type(rows: int) -> pa.DataType:
+    """How the shuffles carry a row number of a run of `rows` rows (band rows, pairs, lookup keys)."""
+    return pa.from_numpy_dtype(narrowest_int(rows))
 
 
 def id_parts(table: pa.Table, parts: int) -> pa.Table:
@@ -113,9 +119,7 @@ def bucket_rows(table: pa.Table, lo: int, hi: int, ranks: list[str], parts: int,
     These rows are most of the shuffled bytes, so row, band and part take the narrowest type their range
     (`rows` rows in the run, `hi` bands, `parts` groups) allows: 10 bytes a row instead of 18 took the
     band passes of 1M rows on a 3-node local cluster from 21 to 12-14 s."""
-    ranked = table.select(ranks).set_column(
-        ranks.index("row"), "row", table.column("row").cast(pa.from_numpy_dtype(narrowest_int(rows)))
-    )
+    ranked = table.select(ranks).set_column(ranks.index("row"), "row", table.column("row").cast(row_type(rows)))
     pieces = []
     for band in range(lo, hi):
         piece = ranked.append_column("band", pa.array(np.full(table.num_rows, band, dtype=narrowest_int(hi))))
@@ -135,7 +139,7 @@ def candidates_in_group(table: pa.Table, window: int, ranks: list[str]) -> pa.Ta
         at = np.flatnonzero(bands == band)  # in keep order
         found.append(at[mh.bucket_pairs(keys[at], window)])
     pairs = np.concatenate(found)
-    row = table.column("row").cast(pa.int64())  # narrowed for the shuffle (bucket_rows); pairs are int64
+    row = table.column("row")  # row_type: pairs travel as narrow as the band rows
     out = pa.table({"a": row.take(pa.array(pairs[:, 0])), "b": row.take(pa.array(pairs[:, 1]))})
     for side, index in (("a", pairs[:, 0]), ("b", pairs[:, 1])):
         for name in ranks:
@@ -144,9 +148,10 @@ def candidates_in_group(table: pa.Table, window: int, ranks: list[str]) -> pa.Ta
     return out
 
 
-def pair_fields(ranks: list[str], texts: str = "") -> list[pa.Field]:
-    """The columns of a pair: a, b, each end's rank columns (row is a and b) and text_<side> for `texts`."""
-    fields = [pa.field("a", pa.int64()), pa.field("b", pa.int64())]
+def pair_fields(ranks: list[str], texts: str = "", rows: pa.DataType = ROW) -> list[pa.Field]:
+    """The columns of a pair: a, b (of type `rows`: row_type on the way through the shuffles), each end's rank
+    columns (row is a and b) and text_<side> for `texts`."""
+    fields = [pa.field("a", rows), pa.field("b", rows)]
     fields += [pa.field(f"{side}_{r}", RANK_TYPES[r]) for side in "ab" for r in ranks if r != "row"]
     return fields + [pa.field(f"text_{side}", TEXT) for side in texts]
 
@@ -170,13 +175,18 @@ TEXT_FIELD = pa.field("text", TEXT)
 def lookup_requests(table: pa.Table, side: str, fields: list[pa.Field], value: pa.Field, parts: int) -> pa.Table:
     """Pairs (columns `fields`), keyed by their `side` row, `value` to be looked up."""
     keyed = table.append_column("key", table.column(side))
-    return part_of(conform(keyed, [*fields, _KEY, value]), ["key"], parts)
+    return part_of(conform(keyed, [*fields, _key(fields), value]), ["key"], parts)
 
 
 def lookup_sources(table: pa.Table, row: str, fields: list[pa.Field], value: pa.Field, parts: int) -> pa.Table:
     """Rows (`row`, `value`), keyed by row, in the schema of the requests (their pair columns null)."""
     keyed = pa.table({"key": table.column(row), value.name: table.column(value.name)})
-    return part_of(conform(keyed, [*fields, _KEY, value]), ["key"], parts)
+    return part_of(conform(keyed, [*fields, _key(fields), value]), ["key"], parts)
+
+
+def _key(fields: list[pa.Field]) -> pa.Field:
+    """A lookup's key: a row, of the pairs' row type (fields[0] is a)."""
+    return pa.field("key", fields[0].type)
 
 
 def looked_up(group: pa.Table, fields: list[pa.Field], value: pa.Field, name: str) -> pa.Table:
@@ -235,9 +245,6 @@ def verified_with_text_b(group: pa.Table, fields: list[pa.Field], params: Dedup,
     return verify_pairs(pairs, (a_texts, a_at[found]), (sources, b_at[found]), params, chunk)
 
 
-_KEY = pa.field("key", pa.int64())
-
-
 def verify_pairs(pairs: pa.Table, a_side: tuple, b_side: tuple, params: Dedup, chunk: int) -> pa.Table:
     """Pairs (a, b, ...) and, for each side, (rows with column `text`, each pair's position among them) -> the
     pairs whose exact Jaccard >= threshold, with `similarity`. In each chunk a row is shingled once however
@@ -273,7 +280,8 @@ def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep:
     for table in edges:
         for side in "ab":
             names = {side: "row", **{f"{side}_{r}": r for r in ranks if r != "row"}}
-            ends.append(table.select(list(names)).rename_columns(list(names.values())))
+            end = table.select(list(names)).rename_columns(list(names.values()))
+            ends.append(end.set_column(0, "row", end.column("row").cast(pa.int64())))  # pairs: row_type
     nodes = pa.concat_tables(ends)
     node_rows = nodes.column("row").to_numpy()
     ids, first = np.unique(node_rows, return_index=True)
