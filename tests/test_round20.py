@@ -13,6 +13,10 @@ files and runs of the command:
    names) was passed over: its shards' rows lost at exit 0, and a manifest of such buckets only read as one listing
    nothing, so every buckets/*/shard-*.tar was read, those it did not name too. Now one line naming the bucket
    (readers.webdataset.manifest_buckets).
+4. runtime.engine ray: ray.init installs its own SIGTERM handler (`sys.exit(signum)`) for its duration, so a SIGTERM to
+   dedup's process (`kill PID`) while Ray started ended it at exit 15 with no line, not `interrupted (SIGTERM)` and
+   143 (round 13d put the command's handlers back after ray.init only). ray_engine.rays_sigterm_exit tells Ray's exit
+   from any other; the command stops as on its own SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.children import start_child
 from helpers.commands import cli
+from helpers.repos import REPO
 from helpers.workspace import PARAMS, PNG, error_line, ingest_source, write_params
 
 # ---------------------------------------------------------------- 1. every kind's prompt is capped
@@ -162,3 +173,61 @@ def test_a_manifest_of_mappings_still_reads_every_listed_shard(tmp_path, monkeyp
         manifest = {"manifest.json": json.dumps({"format": "bucketed_shards_v1", "buckets": buckets}).encode()}
         result, rows = ingest_source(tmp_path, monkeypatch, capfd, copy.deepcopy(source), files | manifest)
         assert result.returncode == 0 and rows is not None and len(rows) == 2, result.stderr
+
+
+# ---------------------------------------------------------------- 4. SIGTERM while ray.init runs
+
+
+def test_only_rays_own_sigterm_exit_is_taken_for_a_sigterm():
+    """Ray's handler is told apart by its module: a SystemExit(15) of anything else, or Ray's of another code, stays."""
+    from scripts.lib.ray_engine import rays_sigterm_exit
+
+    def ray_handler(signum, frame):
+        raise SystemExit(signum)
+
+    ray_handler.__module__ = "ray._private.worker"
+    assert rays_sigterm_exit(SystemExit(signal.SIGTERM), ray_handler)
+    assert not rays_sigterm_exit(SystemExit(signal.SIGTERM), signal.SIG_DFL)  # a command's own sys.exit(15)
+    assert not rays_sigterm_exit(SystemExit(2), ray_handler)
+    assert not rays_sigterm_exit(KeyboardInterrupt(), ray_handler)
+
+
+def session_has(session: int, name: str) -> bool:
+    found = subprocess.run(["pgrep", "-s", str(session), "-f", name], capture_output=True, text=True).stdout
+    return bool(found.split())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("started", ["gcs_server", "raylet", "runtime_env/agent"])  # moments of ray.init (~10 s each)
+def test_a_sigterm_to_dedup_while_ray_starts_is_143_and_one_line(tmp_path, started):
+    """`kill PID` of dedup on Ray once `started` runs (ray.init still working): exit 15, stderr empty, before."""
+    texts = [f"a red fox number {i % 700} jumps over {i}" for i in range(4000)]
+    table = pa.table({"id": [str(i) for i in range(4000)], "text": texts, "source": ["s"] * 4000})
+    pq.write_table(table, tmp_path / "in.parquet")
+    (tmp_path / "params.yaml").write_text(
+        "dedup: {threshold: 0.7}\nruntime: {engine: ray, object_store_mb: 100, partitions: 3}\n", encoding="utf-8"
+    )
+    (tmp_path / "out").mkdir()
+    argv = [
+        sys.executable,
+        "-m",
+        "scripts",
+        "dedup",
+        "s",
+        str(tmp_path / "in.parquet"),
+        str(tmp_path / "out" / "s.parquet"),
+    ]
+    process = start_child(argv, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not session_has(process.pid, started):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before the SIGTERM"
+    os.kill(process.pid, signal.SIGTERM)  # the command alone, as `kill PID` sends it
+    _, err = process.communicate(timeout=120)
+    err = err.decode() if isinstance(err, bytes) else err
+    assert process.returncode == 143 and err.strip() == "interrupted (SIGTERM)", (process.returncode, err)
+    assert not list((tmp_path / "out").iterdir())
+    deadline = time.monotonic() + 10
+    while session_has(process.pid, "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not session_has(process.pid, ""), "processes of the run still alive"
