@@ -38,6 +38,7 @@ from scripts.lib.io import (
 )
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows, size_problem
+from scripts.lib.text_lines import MAX_LINE_BYTES as MAX_PROMPT_BYTES
 from scripts.lib.text_lines import prompt_problem
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
@@ -49,13 +50,15 @@ def report_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.report.json")
 
 
-def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[str, str] | None:
+def record_problem(
+    record: Record, meta_json: str, keep_empty: bool, max_prompt_bytes: int = MAX_PROMPT_BYTES
+) -> tuple[str, str] | None:
     """(reason, detail) when the record cannot be written as it is, else None."""
     prompt = record.prompt
     if not isinstance(prompt, str):
         return "empty_prompt", "prompt is missing"
-    found = prompt_problem(prompt)  # synthesize@N drops a reply line with this same check
-    if found is not None:
+    found = prompt_problem(prompt) or prompt_too_long(prompt, max_prompt_bytes)
+    if found is not None:  # synthesize@N drops a reply line with prompt_problem's same check
         return found
     for what, text in (("image reference", record.image or ""), ("native metadata", meta_json)):
         try:
@@ -68,6 +71,19 @@ def record_problem(record: Record, meta_json: str, keep_empty: bool) -> tuple[st
         if side is not None and size_problem(side):
             return "bad_size", f"image size {record.width}x{record.height} out of range"
     return None
+
+
+def prompt_too_long(prompt: str, max_bytes: int) -> tuple[str, str] | None:
+    """("prompt_too_long", detail) when `prompt` holds more than `max_bytes` bytes of UTF-8 (sources.S.max_prompt_bytes),
+    whatever its kind. Only a text line and a WebDataset `.txt` were capped: a DALL-E-3 json caption, a DiffusionDB
+    or Gustavosta parquet prompt of 60 MB (a parquet cell holds up to 2 GB) went into the table whole, and on into
+    clean's regular expressions and dedup's shingles."""
+    if len(prompt) * 4 <= max_bytes:  # UTF-8 is at most 4 bytes a character: most prompts are not encoded here
+        return None
+    size = len(prompt.encode("utf-8", "surrogatepass"))
+    if size <= max_bytes:
+        return None
+    return "prompt_too_long", f"prompt is {size:,} bytes, over max_prompt_bytes ({max_bytes:,})"
 
 
 def meta_text(meta: dict[str, Any]) -> str:
@@ -144,7 +160,7 @@ def normalise(
             except (TypeError, ValueError, RecursionError) as exc:  # a value JSON cannot hold
                 meta_json, found = "", ("bad_meta", f"native metadata is not JSON-serialisable ({exc})")
             else:
-                found = record_problem(item, meta_json, cfg.keep_empty)
+                found = record_problem(item, meta_json, cfg.keep_empty, cfg.max_prompt_bytes)
             if found is None:
                 row_id = stable_id(source, item.key)
                 ids.append(int(row_id, 16))

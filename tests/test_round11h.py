@@ -228,7 +228,8 @@ KIND_KEYS = {  # source, key written, its value -> the kinds that read it
     "caption_field with kind text": ("chatgpt", "caption_field", "long_caption", "dalle3"),
     "max_member_bytes with kind text": ("chatgpt", "max_member_bytes", 1024, "diffusiondb | gustavosta"),
     "format with kind diffusiondb": ("diffusiondb", "format", "parquet", "gustavosta"),
-    "max_prompt_bytes with kind dalle3": ("dalle3", "max_prompt_bytes", 100, "text"),
+    # (max_prompt_bytes with kind dalle3 was this row's: every kind reads it since round 20)
+    "csv_files with kind dalle3": ("dalle3", "csv_files", ["a.csv"], "kaggle_sd2"),
 }
 
 

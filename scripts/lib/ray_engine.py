@@ -22,7 +22,7 @@ from types import ModuleType
 import psutil
 
 from scripts.lib.errors import DataError
-from scripts.lib.interrupts import STOPPING_SIGNALS, stop_if_received
+from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, note, stop_if_received
 from scripts.lib.params import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,10 +90,22 @@ def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int])
             ray.shutdown()  # what did start (GCS, agents) goes with it
             _reap(children_before)
             raise DataError(_cannot_join(address, _reason(exc))) from None
-        except BaseException:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
+        except BaseException as exc:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
+            by_ray = rays_sigterm_exit(exc, signal.getsignal(signal.SIGTERM))  # before shutdown: its handler
             ray.shutdown()
             _reap(children_before)
+            if by_ray:
+                note(signal.SIGTERM)
+                raise Interrupted(signal.SIGTERM) from None
             raise
+
+
+def rays_sigterm_exit(exc: BaseException, handler: object) -> bool:
+    """`exc` is what Ray's own SIGTERM handler raises: ray.init installs one for its duration (`sys.exit(signum)`),
+    so a SIGTERM while Ray started (`kill PID` of dedup or clean on `runtime.engine: ray`) ended the command at
+    exit 15 with no line, not the command's `interrupted (SIGTERM)` and 143. `handler`: SIGTERM's handler then."""
+    from_ray = getattr(handler, "__module__", None) or ""
+    return isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and from_ray.split(".")[0] == "ray"
 
 
 # `user:password@` before a host, with or without a scheme: Ray's own message quotes the address too

@@ -53,6 +53,14 @@ GENERATE_PRESETS: dict[str, dict[str, Any]] = {
 Side = Annotated[int, Field(ge=8, le=8192)]
 
 
+def preset_values(data: Any) -> dict[str, Any] | None:
+    """The values `data`'s preset gives (None: `data` is no mapping, or its preset is no preset's name). A preset
+    of a list or a mapping (`-S 'generate.preset=[fast]'`) was looked up as a key: a TypeError traceback, where
+    validation names the key in one line."""
+    name = data.get("preset", "fast") if isinstance(data, dict) else None
+    return GENERATE_PRESETS.get(name) if isinstance(name, str) else None
+
+
 class Generate(Section):
     """generate@S: one image per prompt. `preset` gives every key marked *preset* its value when the key
     is left out or null (fast: today's quick settings; reference: the reference team's script);
@@ -181,7 +189,7 @@ class Generate(Section):
     def _apply_preset(cls, data: Any, handler: Any) -> Generate:
         # A null key takes the preset's value before validation (so it is checked like a given one) and is
         # remembered as the preset's, so replace(preset=...) re-resolves it; keys given a value win.
-        preset = GENERATE_PRESETS.get(data.get("preset", "fast")) if isinstance(data, dict) else None
+        preset = preset_values(data)
         if preset is None:  # not a mapping, or an unknown preset: validation says which
             return handler(data)
         filled = frozenset(k for k in preset if data.get(k) is None)

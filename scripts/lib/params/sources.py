@@ -31,7 +31,6 @@ class Source(Section):
         "format": ("gustavosta",),
         "csv_files": ("kaggle_sd2",),
         "caption_field": ("dalle3",),
-        "max_prompt_bytes": ("text", "bucketed_webdataset"),
         "max_member_bytes": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
         "max_image_pixels": ("diffusiondb", "gustavosta", "kaggle_sd2", "dalle3", "bucketed_webdataset"),
     }
@@ -80,8 +79,8 @@ class Source(Section):
         MAX_PROMPT_BYTES,
         ge=1,
         le=1 << 24,
-        description="text: longer lines are refused; bucketed_webdataset: longer .txt captions (the CSV kinds: the "
-        "csv module's 128 KiB a field)",
+        description="a longer prompt is refused, whatever the kind (text: a line; bucketed_webdataset: a .txt caption; "
+        "dalle3: the json caption; the parquet and CSV kinds: a prompt cell)",
     )
     max_member_bytes: int = Field(
         64 << 20,

@@ -16,9 +16,10 @@ import codecs
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, iter_samples, make_ref, open_tar
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import (
@@ -51,14 +52,9 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
         raise DataError(f"{manifest_file}: malformed JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{manifest_file}: format is not {MANIFEST_FORMAT!r}")
-    buckets = manifest.get("buckets")
-    if isinstance(buckets, dict):
-        buckets = [dict(v, bucket_id=k) for k, v in buckets.items() if isinstance(v, dict)]
-    if buckets is not None and not isinstance(buckets, list):
-        raise DataError(f"{manifest_file}: 'buckets' is a {type(buckets).__name__}, expected a list of buckets")
     listed = []
-    for number, bucket in enumerate(buckets or []):
-        shards = bucket.get("shards", []) if isinstance(bucket, dict) else []
+    for number, bucket in enumerate(manifest_buckets(manifest.get("buckets"), manifest_file)):
+        shards = bucket.get("shards", [])
         if not isinstance(shards, list):
             raise DataError(
                 f"{manifest_file}: buckets[{number}].shards is a {type(shards).__name__}, expected a list of paths"
@@ -80,6 +76,25 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
             raise DataError(f"{manifest_file}: shard path {name!r} leaves the export folder")
         shards.append(check_confined(root / name, root, follow_symlinks))
     return shards
+
+
+def manifest_buckets(buckets: Any, manifest_file: Path) -> list[dict]:
+    """The manifest's `buckets` (a mapping bucket_id -> bucket, or a list of buckets; absent: none) as a list of
+    mappings. A bucket that is no mapping is one line: one was passed over, its shards' rows lost at exit 0, and a
+    manifest of such buckets only (`"buckets": ["a"]`) read as one listing nothing, so every buckets/*/shard-*.tar,
+    the ones it did not name too, was read."""
+    if buckets is None:
+        return []
+    if not isinstance(buckets, (dict, list)):
+        raise DataError(f"{manifest_file}: 'buckets' is a {type(buckets).__name__}, expected a list of buckets")
+    named = list(buckets.items()) if isinstance(buckets, dict) else list(enumerate(buckets))
+    for key, bucket in named:
+        if not isinstance(bucket, dict):
+            raise DataError(
+                f"{manifest_file}: bucket {shown_short(repr(key))} is a {type(bucket).__name__} "
+                f"({shown_short(repr(bucket), 40)}), expected a mapping holding its shards"
+            )
+    return [dict(bucket, bucket_id=key) for key, bucket in named] if isinstance(buckets, dict) else list(buckets)
 
 
 def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
