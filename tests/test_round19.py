@@ -49,7 +49,12 @@ UNPRIVILEGED = ["--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 def as_user(root: Path, *argv: str) -> subprocess.CompletedProcess:
     """`python -m scripts ARGV` in `root` as a user without root's right to write anywhere (CAP_DAC_OVERRIDE)."""
-    cmd = [sys.executable, "-m", "scripts", *argv]
+    return python_as_user(root, "-m", "scripts", *argv)
+
+
+def python_as_user(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python ARGS` in `root` as a user without root's right to write anywhere (CAP_DAC_OVERRIDE)."""
+    cmd = [sys.executable, *args]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None or subprocess.run([setpriv, *UNPRIVILEGED, "true"], capture_output=True).returncode:
@@ -115,6 +120,38 @@ def test_a_folder_that_cannot_be_deleted_is_refused_before_anything_moves(tmp_pa
         (tmp_path / locked).chmod(0o755)
     done = as_user(tmp_path, *argv)  # made writable again, the command runs
     assert done.returncode == 0 and leftovers(tmp_path) == [], done.stderr
+
+
+OPENED_FOLDERS = {  # how a command opens its output folder: every one holds output_lock first
+    "atomic_path (split, compose, recipes)": "from scripts.lib.io import atomic_path as opened; kw = {'is_dir': True}",
+    "staging_dir (release)": "from scripts.lib.io import staging_dir as opened; kw = {}",
+    "output_lock (generate, caption, synthesize)": "from scripts.lib.temps import output_lock as opened; kw = {}",
+}
+WORK = """
+from scripts.lib.errors import DataError
+try:
+    with opened('out', **kw):
+        print('the work ran')
+except DataError as exc:
+    print('error:', exc)
+"""
+
+
+@pytest.mark.parametrize("opening", OPENED_FOLDERS.values(), ids=OPENED_FOLDERS)
+def test_a_folder_that_cannot_be_deleted_is_refused_before_the_work(tmp_path, opening):
+    """The refusal above came at the rename, after the work (a long release ran to its end first): the output's
+    lock now looks before the command's work starts, for every way a command opens its output folder."""
+    (tmp_path / "out" / "part").mkdir(parents=True)
+    (tmp_path / "out" / "part" / "a.txt").write_text("a")
+    (tmp_path / "out" / "part").chmod(0o555)
+    try:
+        before = snapshot(tmp_path / "out")
+        done = python_as_user(tmp_path, "-c", opening + WORK)
+        assert done.returncode == 0 and "the work ran" not in done.stdout, done.stdout + done.stderr
+        assert "error: out: holds 'part', a folder this process may not write" in done.stdout
+        assert snapshot(tmp_path / "out") == before and leftovers(tmp_path) == []
+    finally:
+        (tmp_path / "out" / "part").chmod(0o755)
 
 
 # --- 2. the lines of a malformed record's quoted field read as rows --------------------------------------

@@ -91,6 +91,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
             fd = _locked(lock, target)
         for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
             remove_stale(_sibling(target, kind), target)
+        check_removable(target)  # before the work: a long release refused only at its rename, after it all
         yield
     finally:
         if fd >= 0:
