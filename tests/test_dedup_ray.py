@@ -259,6 +259,30 @@ def test_band_rows_are_as_narrow_as_the_run_allows(keep, rows, row_type, parts, 
     assert found[0].cast(found[1].schema).equals(found[1])
 
 
+def test_each_row_group_task_gets_only_its_own_removed_rows(tmp_path):
+    """The kept rows and the ids of removed rows are read row group by row group: each task's item carries the
+    removed rows inside its group (with_rows), never the whole array, and the groups' kept rows together are
+    the input less the removed rows, in order."""
+    from scripts.lib.dedup import on_ray
+
+    texts, ids = planted(120)
+    folder = stage_files(tmp_path, texts, ids, shard_rows=130, group_rows=40)
+    items, _ = on_ray.fragments(sorted(folder.iterdir()))
+    gone = np.sort(np.random.default_rng(4).choice(len(texts), size=len(texts) // 3, replace=False))
+    carried = on_ray.with_rows(items, gone, "gone")
+    spans = [(item["offset"], item["offset"] + item["rows"]) for item in items]
+    assert len(items) > 4 and spans[0][0] == 0 and spans[-1][1] == len(texts)
+    for item, (lo, hi) in zip(carried, spans):
+        assert np.array_equal(np.frombuffer(item["gone"], np.int64), gone[(gone >= lo) & (gone < hi)])
+    kept = pa.concat_tables([on_ray._kept_rows(pa.Table.from_pylist([item])) for item in carried])
+    keep = np.ones(len(texts), dtype=bool)
+    keep[gone] = False
+    assert kept.column("text").to_pylist() == [t for t, k in zip(texts, keep) if k]
+    picked = [on_ray._picked_ids(pa.Table.from_pylist([item])) for item in on_ray.with_rows(items, gone, "wanted")]
+    found = pa.concat_tables([part for part in picked if part.num_rows])
+    assert found.column("id").to_pylist() == [ids[k] for k in gone]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     ray = pytest.importorskip("ray")

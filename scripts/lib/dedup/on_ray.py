@@ -180,7 +180,7 @@ def _collect(ray, dataset) -> pa.Table:
 
 
 def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
-    """One item per row group (path, group, first row): Ray tasks read them in parallel, in order."""
+    """One item per row group (path, group, first row, rows): Ray tasks read them in parallel, in order."""
     items, offset, schema = [], 0, None
     for file in files:
         meta = read(file, parquet_file, file)  # any failure: its one line, as the local engine's
@@ -198,9 +198,12 @@ def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
             # read by the path as this process resolves it (a cluster's workers run in their own folders; an
             # s3:// object is read by each worker from the bucket), named as the user gave it
             at = str(file) if s3_input.is_s3(file) else os.path.abspath(file)
-            items.append({"path": at, "shown": str(file), "in_file": in_file, "group": group, "offset": offset})
-            offset += meta.metadata.row_group(group).num_rows
-            in_file += meta.metadata.row_group(group).num_rows
+            rows = meta.metadata.row_group(group).num_rows
+            items.append(
+                {"path": at, "shown": str(file), "in_file": in_file, "group": group, "offset": offset, "rows": rows}
+            )
+            offset += rows
+            in_file += rows
     return items, schema or pa.schema([])
 
 
@@ -242,9 +245,12 @@ def dedup_stage(input: Path | str, output: Path, into: Path, params: Dedup, runt
             removed, stats = _run(ray, rows, n, params, runtime)
             with phase("ids of the removed rows"):
                 needed = np.union1d(removed["row"], removed["duplicate_of"])
-                ids = _ids_of(ray, rows, needed)
+                ids = _ids_of(ray, items, needed)
             with phase("kept rows written"):
-                kept = ds.map_batches(_kept_rows, fn_args=(removed["row"],), batch_size=1, batch_format="pyarrow")
+                kept = ray.data.from_items(
+                    with_rows(items, removed["row"], "gone"), override_num_blocks=len(items) or 1
+                )
+                kept = kept.map_batches(_kept_rows, batch_size=1, batch_format="pyarrow")
                 write_row_groups(kept.iter_batches(batch_size=None, batch_format="pyarrow"), schema, output, into)
         except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(_ray_failure(exc)) from None
@@ -267,9 +273,20 @@ def _repeated_ids(ray, rows, parts: int) -> int:
     return int(np.sum(found.column("repeated").to_numpy())) if found.num_rows else 0
 
 
-def _ids_of(ray, rows, needed: np.ndarray) -> pa.Array:
-    """The ids of rows `needed` (sorted positions), in that order (rows: the stage's rows, materialized)."""
-    picked = rows.map_batches(_picked_ids, fn_args=(needed,), batch_format="pyarrow")
+def with_rows(items: list[dict], rows: np.ndarray, name: str) -> list[dict]:
+    """Each row group's item with `name`: the rows of `rows` (sorted positions) inside it, as int64 bytes. A task
+    gets the rows of its own row group: the whole array in every task's arguments (100M removed rows of a 1B-row
+    input: 800 MB each) and an `isin` against it in each were the cost of the old way, not the rows."""
+    starts = np.array([item["offset"] for item in items], dtype=np.int64)
+    ends = starts + np.array([item["rows"] for item in items], dtype=np.int64)
+    lo, hi = np.searchsorted(rows, starts), np.searchsorted(rows, ends)
+    return [{**item, name: rows[a:b].astype(np.int64).tobytes()} for item, a, b in zip(items, lo, hi)]
+
+
+def _ids_of(ray, items: list[dict], needed: np.ndarray) -> pa.Array:
+    """The ids of rows `needed` (sorted positions), in that order, each read from its own row group."""
+    wanted = ray.data.from_items(with_rows(items, needed, "wanted"), override_num_blocks=len(items) or 1)
+    picked = wanted.map_batches(_picked_ids, batch_size=1, batch_format="pyarrow")
     # a block of no rows comes back as a table of no columns either (an input of empty row groups)
     parts = [part for part in (ray.get(r) for r in picked.to_arrow_refs()) if part.num_rows]
     table = (
@@ -281,16 +298,23 @@ def _ids_of(ray, rows, needed: np.ndarray) -> pa.Array:
     return table.column("id").combine_chunks().take(pa.array(order))
 
 
-# Arrays go to these UDFs as plain fn_args: Ray Data pickles a task UDF's fn_args into the operator's
-# closure, so an ObjectRef there would arrive unresolved (np.isin against it matches nothing).
-def _picked_ids(table: pa.Table, wanted: np.ndarray) -> pa.Table:
-    mask = np.isin(table.column("row").to_numpy(), wanted)
-    return table.select(["row", "id"]).filter(pa.array(mask))
+def _rows_in(batch: pa.Table, name: str) -> np.ndarray:
+    """The rows `with_rows` put in this row group's item, as places in the group."""
+    (offset,), (value,) = batch.column("offset").to_pylist(), batch.column(name).to_pylist()
+    return np.frombuffer(value, dtype=np.int64) - offset
 
 
-def _kept_rows(batch: pa.Table, gone: np.ndarray) -> pa.Table:
+def _picked_ids(batch: pa.Table) -> pa.Table:
+    wanted = _rows_in(batch, "wanted")
+    if not len(wanted):  # no removed row and no kept duplicate here: the group is not read (left out above)
+        return pa.table({"row": pa.array([], pa.int64())})
+    return read_fragment(batch, ["id"]).select(["row", "id"]).take(pa.array(wanted))
+
+
+def _kept_rows(batch: pa.Table) -> pa.Table:
     table = read_fragment(batch, None)
-    mask = ~np.isin(table.column("row").to_numpy(), gone)
+    mask = np.ones(table.num_rows, dtype=bool)
+    mask[_rows_in(batch, "gone")] = False
     return table.filter(pa.array(mask)).drop_columns(["row", "order_key"])
 
 
