@@ -81,19 +81,21 @@ def cli(
     table = ParquetChunks(input, runtime.stream_rows)
     if "prompt" not in table.columns:
         raise DataError(f"{input}: no 'prompt' column (expected the normalised prompt table)")
-    used, clean_chunk = None, _pass_through
+    used, clean_chunk, on_ray = None, _pass_through, None
     if mode != "off":
         rule_set, used = chosen_rule_set(name, rules)
         compiled = compile_rules(rule_set)  # a rule that cannot run stops here, before any engine starts
         check_mode(mode)
         if runtime.engine == "ray":
-            clean_chunk = _on_ray(input, rule_set, runtime, mode, desc=f"clean@{source}")
+            on_ray = _on_ray(input, rule_set, runtime, desc=f"clean@{source}")
+            clean_chunk = _taking(on_ray, mode)
         else:
             clean_chunk = _locally(compiled, mode, local_workers(runtime), f"clean@{source}", input)
     dropped_path, report_path = sibling_paths(output)
     check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
-    with contextlib.ExitStack() as outputs:  # the three appear together: each written whole, then all renamed
+    # Ray (started at the first chunk) is shut down on the way out whatever happens, outside the outputs' commit
+    with contextlib.closing(on_ray.batches) if on_ray else contextlib.nullcontext(), contextlib.ExitStack() as outputs:
         kept_out = outputs.enter_context(row_groups_to(output))
         dropped_out = outputs.enter_context(row_groups_to(dropped_path))
         report_tmp = outputs.enter_context(atomic_path(report_path))
@@ -107,6 +109,8 @@ def cli(
         kept_out.finish()
         dropped_out.finish()
         report_tmp.write_text(json_text(report(source, rows_in, reasons, mode != "off", used, mode)), encoding="utf-8")
+        if on_ray:
+            on_ray.finish()  # Ray shut down before the outputs are renamed in
         commit_together(outputs)
     dropped_total = sum(reasons.values())
     print(
@@ -128,14 +132,16 @@ def _locally(compiled, mode: str, workers: int, desc: str, input: Path):
     return clean_chunk
 
 
-def _on_ray(input: Path, rule_set: CleanRules, runtime: Runtime, mode: str, desc: str):
-    """Every row cleaned on Ray in one pass (Ray Data streams the file); the chunks take their rows' outcomes."""
-    from scripts.lib.cleaning.on_ray import outcomes_on_ray
+def _on_ray(input: Path, rule_set: CleanRules, runtime: Runtime, desc: str):
+    """Every row cleaned on Ray in one pass over the file, a window at a time, taken as the chunks are written."""
+    from scripts.lib.cleaning.on_ray import OutcomeStream, outcome_batches
 
-    outcomes = outcomes_on_ray(input, "prompt", rule_set, runtime, desc=desc)
+    return OutcomeStream(outcome_batches(input, "prompt", rule_set, runtime, desc=desc))
 
+
+def _taking(stream, mode: str):
     def clean_chunk(df, offset: int):
-        return split_rows(df, outcomes[offset : offset + len(df)], "prompt", mode)
+        return split_rows(df, stream.take(len(df)), "prompt", mode)
 
     return clean_chunk
 

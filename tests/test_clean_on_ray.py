@@ -56,7 +56,8 @@ def test_ray_engine_writes_the_local_engines_bytes(tmp_path, fixtures_dir, monke
             cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
         cluster.wait_for_nodes()
         # small batches, an odd number of blocks: many batches per actor, blocks cut across batches; the
-        # command writes in chunks of 300 rows that cut across both
+        # command writes in chunks of 300 rows that cut across both, and the driver hands Ray 700 rows at a time
+        monkeypatch.setattr("scripts.lib.cleaning.on_ray.WINDOW_ROWS", 700)
         set_runtime(
             root, engine="ray", ray_address=cluster.address, workers=3, batch_rows=256, partitions=7, stream_rows=300
         )

@@ -137,3 +137,45 @@ def test_a_file_broken_part_way_is_one_line_and_writes_nothing(prompts, monkeypa
     assert "prompts/broken.parquet: not a readable parquet file" in error_line(result.stderr)
     assert "500 distinct prompts" in result.stderr  # earlier chunks were cleaned: it broke part-way
     assert not (prompts / "out").exists() or not list((prompts / "out").iterdir())  # not even a temp file
+
+
+def test_the_ray_engine_reads_windows_and_hands_the_outcomes_out_in_row_order(tmp_path):
+    """clean@S on Ray holds one window of prompts at a time (prompt_windows) and the command takes the outcomes
+    as it writes its chunks (OutcomeStream), whatever sizes Ray's batches and the chunks have; Ray (the batches'
+    generator) is closed once every outcome is taken."""
+    from scripts.lib.cleaning.on_ray import OutcomeStream, blocks_of, prompt_windows
+
+    prompts = [f"a prompt number {k}" for k in range(1_000)]
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": [str(k) for k in range(1_000)], "prompt": prompts}), path, row_group_size=300)
+    windows = list(prompt_windows(path, "prompt", 128))
+    assert [w.column_names for w in windows] == [["prompt"]] * len(windows) and len(windows) >= 8
+    assert max(w.num_rows for w in windows) == 128 and pa.concat_tables(windows).column(0).to_pylist() == prompts
+    blocks = blocks_of(windows[0], 7)
+    assert len(blocks) == 7 and pa.concat_tables(blocks).equals(windows[0])
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    (empty,) = prompt_windows(tmp_path / "empty.parquet", "prompt", 128)
+    assert empty.num_rows == 0 and len(blocks_of(empty, 7)) == 1
+
+    closed = []
+
+    def batches(sizes):
+        try:
+            start = 0
+            for size in sizes:
+                yield [(p.upper(), None) for p in prompts[start : start + size]]
+                start += size
+        finally:
+            closed.append(True)
+
+    stream = OutcomeStream(batches([97, 3, 500, 400]))
+    taken = stream.take(300) + stream.take(1) + stream.take(699)
+    assert taken == [(p.upper(), None) for p in prompts] and not closed
+    stream.finish()
+    assert closed == [True]
+    with pytest.raises(RuntimeError, match="fewer outcomes"):
+        OutcomeStream(batches([10])).take(11)
+    short = OutcomeStream(batches([10, 5]))
+    short.take(12)
+    with pytest.raises(RuntimeError, match="3 outcomes more"):
+        short.finish()

@@ -33,7 +33,7 @@ class (every row failed before its fix), on real files, real servers on loopback
 7. clean@S on Ray asked Ray Data for an actor pool larger than the blocks it had (an input of 0 or 1 rows on a
    2-CPU machine, `runtime.partitions: 1`): Ray Data's 2-line UserWarning (`The minimum number of concurrent actors
    for 'MapBatches(BatchCleaner)' is set to 2, but the operator only received 1 input(s) ...`) beside the output at
-   exit 0. The pool is never larger than the blocks (cleaning.on_ray.outcomes_on_ray; generate's pool the same,
+   exit 0. The pool is never larger than the blocks (cleaning.on_ray.outcome_batches; generate's pool the same,
    render_ray.render_on_ray).
 """
 

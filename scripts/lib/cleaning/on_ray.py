@@ -1,11 +1,12 @@
 """Cleaning on Ray Data (`runtime.engine: ray`): the same batch function, rules and outcomes as the
 local engine, so the tables and the report are byte-identical.
 
-The driver reads the prompt column (it holds every outcome anyway) and hands it to Ray in blocks: Ray
-Data's own parquet read lists files in a task that needs a whole CPU, which never comes while the
-actors hold every CPU. A pool of actors (each compiles the rules once: compiled regexes do not pickle)
-runs `clean_batch` over batches of `runtime.batch_rows` rows; only the outcomes come back, in row
-order, and the driver writes the outputs as the local engine does.
+The driver reads the prompt column a window of WINDOW_ROWS rows at a time and hands each to Ray in blocks
+(a cluster's workers need not see the driver's disk; Ray Data's own parquet read lists files in a task that
+needs a whole CPU, which never comes while the actors hold every CPU). A pool of actors (each compiles the
+rules once: compiled regexes do not pickle) runs `clean_batch` over batches of `runtime.batch_rows` rows;
+only the outcomes come back, in row order, and the driver writes them as they come, as the local engine
+does (`OutcomeStream`): it holds one window, never the whole column (a source of 1B prompts).
 
 Ray calls an actor's `map_batches` callable on a thread of its own, where no signal can stop a regex
 (scripts/lib/regex_deadline.py): each actor cleans in a child process of its own, in that process's
@@ -14,9 +15,13 @@ main thread, so a regex that backtracks without end fails there as in the local 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+
+import pyarrow as pa
 
 from scripts.lib.cleaning.compiler import compile_rules
 from scripts.lib.cleaning.table import (
@@ -35,6 +40,7 @@ from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.workers import Worker
 
 ROWS_PER_BLOCK = 100_000  # runtime.partitions 0: one block per this many rows, at least 2 per worker
+WINDOW_ROWS = 4_000_000  # prompts the driver reads and hands to Ray at a time (one actor pool a window)
 
 
 class BatchCleaner:
@@ -70,45 +76,90 @@ class BatchCleaner:
         )
 
 
-def outcomes_on_ray(
+def outcome_batches(
     path: Path, column: str, rules: CleanRules, runtime: Runtime, desc: str = "clean", fast: bool = True
-) -> list[Outcome]:
-    """Each row's outcome for `column` of the parquet file at `path`, in row order, cleaned on Ray."""
+) -> Iterator[list[Outcome]]:
+    """Each row's outcome for `column` of the parquet file at `path`, in row order, a batch at a time, cleaned on
+    Ray a window at a time. Ray runs while the caller takes them; closing the generator shuts Ray down."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from scripts.lib.progress import track
 
-    prompts = pq.read_table(path, columns=[column])
-    rows = prompts.num_rows
     with ray_session(runtime) as ray:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # outcomes in row order, on any cluster
         context.enable_progress_bars = False  # one progress line of ours instead
         workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        blocks = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
-        size = max(1, math.ceil(rows / blocks))
-        parts = [prompts.slice(start, size) for start in range(0, max(rows, 1), size)]
-        dataset = ray.data.from_arrow(parts).map_batches(
-            BatchCleaner,
-            fn_constructor_args=(rules, fast, column),
-            batch_format="pyarrow",
-            batch_size=runtime.batch_rows,
-            # no more actors than blocks: Ray Data warns (a UserWarning beside the output) of a pool it cannot fill
-            concurrency=min(workers, len(parts)),
-            num_cpus=1,
-        )
-        outcomes: list[Outcome] = []
-        batches = dataset.iter_batches(batch_format="pyarrow", batch_size=None)
-        for batch in track(batches, total=None, desc=desc, unit="batches"):
+
+        def cleaned() -> Iterator[pa.Table]:
+            for window in prompt_windows(path, column, WINDOW_ROWS):
+                parts = blocks_of(
+                    window, runtime.partitions or max(2 * workers, math.ceil(window.num_rows / ROWS_PER_BLOCK))
+                )
+                dataset = ray.data.from_arrow(parts).map_batches(
+                    BatchCleaner,
+                    fn_constructor_args=(rules, fast, column),
+                    batch_format="pyarrow",
+                    batch_size=runtime.batch_rows,
+                    # no more actors than blocks: Ray Data warns (a UserWarning beside the output) of a pool it cannot fill
+                    concurrency=min(workers, len(parts)),
+                    num_cpus=1,
+                )
+                yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+
+        done = 0
+        for batch in track(cleaned(), total=None, desc=desc, unit="batches"):
             reasons = batch.column("reason")
             index = pc.index(pc.starts_with(reasons, TOO_SLOW), True).as_py()
             if index >= 0:
                 slow = RegexTooSlow(*json.loads(reasons[index].as_py().removeprefix(TOO_SLOW)))
-                row = f"{shown(path)}: row {len(outcomes) + index}"
-                raise slow_regex_error(slow, compile_rules(rules, fast=fast), row)
-            outcomes += zip(batch.column("text").to_pylist(), reasons.to_pylist())
-    return outcomes
+                raise slow_regex_error(slow, compile_rules(rules, fast=fast), f"{shown(path)}: row {done + index}")
+            done += batch.num_rows
+            yield list(zip(batch.column("text").to_pylist(), reasons.to_pylist()))
+
+
+def prompt_windows(path: Path, column: str, rows: int) -> Iterator[pa.Table]:
+    """`column` of the parquet file at `path`, at most `rows` rows at a time, in order (a file of no rows: one
+    window of none, as Ray is handed one block at least)."""
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    batches = file.iter_batches(batch_size=rows, columns=[column])
+    first = next(batches, None)
+    if first is None:
+        yield file.schema_arrow.empty_table().select([column])
+        return
+    for batch in itertools.chain([first], batches):
+        yield pa.Table.from_batches([batch])
+
+
+def blocks_of(table: pa.Table, blocks: int) -> list[pa.Table]:
+    """`table` cut into `blocks` slices of equal rows (the last shorter; one of none for no rows)."""
+    size = max(1, math.ceil(table.num_rows / blocks))
+    return [table.slice(start, size) for start in range(0, max(table.num_rows, 1), size)]
+
+
+class OutcomeStream:
+    """The outcomes of `outcome_batches`, taken in row order a chunk at a time (a chunk of the command's own size,
+    which cuts across Ray's batches)."""
+
+    def __init__(self, batches: Iterator[list[Outcome]]):
+        self.batches, self.pending = batches, []  # type: ignore[var-annotated]
+
+    def take(self, rows: int) -> list[Outcome]:
+        while len(self.pending) < rows:
+            batch = next(self.batches, None)
+            if batch is None:
+                raise RuntimeError(f"the Ray engine returned fewer outcomes than rows ({len(self.pending)} < {rows})")
+            self.pending += batch
+        taken, self.pending = self.pending[:rows], self.pending[rows:]
+        return taken
+
+    def finish(self) -> None:
+        """Every outcome taken: Ray shut down (the generator closed), before the outputs are renamed in."""
+        extra = len(self.pending) + sum(len(batch) for batch in self.batches)
+        if extra:
+            raise RuntimeError(f"the Ray engine returned {extra} outcomes more than rows")
 
 
 # An actor's batch whose regex ran past its bound comes back with this reason at the prompt's rows:
