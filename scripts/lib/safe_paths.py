@@ -27,6 +27,18 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def resolved(path: Path | str) -> Path:
+    """Path(path).resolve() (absolute, every link followed, `..` gone), a loop of links on the way one line:
+    Python 3.11's resolve raises RuntimeError for it (`simpletuner-config a/train` with a -> b -> a was a
+    traceback)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise DataError(f"{shown(path)}: a loop of symbolic links") from None
+    except OSError as exc:  # Python 3.13 raises ELOOP as an OSError; a folder on the way not searchable
+        raise DataError(f"{shown(path)}: {exc.strerror}") from None
+
+
 def confined_file(root: Path | str, name: str, where: str) -> Path:
     """`root / name` when it stays inside `root` after every link and is a regular file; otherwise a
     DataError naming `where` (the table and row the name came from)."""

@@ -234,10 +234,18 @@ def licence_fields(
 def release_card_body(release_dir: Path) -> str:
     """The release's own README.md (release@V's card) without its YAML front matter."""
     path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
-    text = path.read_text(encoding="utf-8") if path else ""
-    if text.startswith("---"):
-        text = text.split("\n---", 2)[-1].split("\n", 1)[-1]
-    return text.strip()
+    return without_front_matter(path.read_text(encoding="utf-8") if path else "").strip()
+
+
+def without_front_matter(text: str) -> str:
+    """A card's text after its YAML front matter, found as the Hub finds it (huggingface_hub's
+    REGEX_YAML_BLOCK: a `---` line first, up to the next `---` line). A `---` rule in the body (a recipe
+    description's) is the body's: splitting at the second `---` dropped the card's title and all before
+    the rule from the Hub card."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    found = REGEX_YAML_BLOCK.search(text)
+    return text[found.end() :] if found else text
 
 
 def build_card(

@@ -98,3 +98,18 @@ def release_file(root: Path, name: str, where: str) -> Path | None:
             "(a hard link to another file?); refusing to publish it"
         )
     return path
+
+
+# What a side tool reads in the repository and never writes into: every stage's outputs (data/), DVC's
+# store (.dvc/: its cache, config and state) and git's. `pr-comment --out data/releases/r1` wrote comment.md,
+# plots/ and sheets/ into the release it compared (`dvc status`: modified; `dvc commit` would take them in).
+REPOSITORY_STORES = ("data", ".dvc", ".git")
+
+
+def check_outside_stores(repo: str | Path, *outputs: Path) -> None:
+    """Refuse, in one line before any work, an output that is, holds, or lies inside the repository's data,
+    DVC's folder or git's (REPOSITORY_STORES, through links)."""
+    from scripts.lib.io import check_not_input
+
+    for output in outputs:
+        check_not_input(output, [Path(repo) / name for name in REPOSITORY_STORES])

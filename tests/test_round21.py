@@ -1,0 +1,194 @@
+"""Round 21: the breaks this hostile round found in the side tools, one table per class (every row failed before its
+fix), on real files, real git and DVC repositories and runs of the command:
+
+1. `publish` cut its own YAML front matter off the release's README.md at the second `---` it met, not at the line
+   that closes the front matter: a `---` rule in the card's body (a recipe description's) dropped the card's title
+   and every line before the rule from the Hub card, and a rule at its end dropped the whole body, at exit 0. The
+   front matter is now found as the Hub finds it (publish.without_front_matter: huggingface_hub's REGEX_YAML_BLOCK).
+2. A loop of symbolic links on a path a command resolves (`a -> b -> a`) was a RuntimeError traceback: Python 3.11's
+   Path.resolve raises it. `simpletuner-config` (the split, --output, --cache-dir), `replay-history --remote` and
+   `caption`'s images folder resolved their paths so. Now one line (safe_paths.resolved).
+3. `diff` took rows.parquet's `image` and metadata.jsonl's `file_name` as paths without checking them: an image
+   `../../../params.yaml` compared a file outside the release as the row's image, at exit 0 (publish and export
+   refuse it). A path with `..`, or absolute, is one line naming the table and id (diff.check_in_folder: at a git
+   revision no link can be followed, so the check is by the path's text).
+4. `pr-comment --out` and `pr-build --out` wrote into the data they compare: `--out data/releases/r1` put
+   comment.md, plots/ and sheets/ into the release (`dvc status`: modified, and `dvc commit` would take them in),
+   `--out .dvc/cache` into DVC's cache and `--out .git` into git's folder. An output that is, holds or lies inside
+   the repository's data/, .dvc/ or .git/ is refused in one line before any work
+   (side_inputs.check_outside_stores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers import REPO, dvc_init, env
+from helpers.commands import cli
+from helpers.workspace import error_line
+from scripts.tools.publish import release_card_body
+
+pytestmark = pytest.mark.usefixtures("no_proxy")
+
+# ---------------------------------------------------------------- 1. the card's front matter, and only it
+
+FRONT = "---\nlicense: other\npretty_name: t2i-datasets v2\n---\n"
+CARDS = {  # the release's README.md after its front matter: every line of it reaches the Hub card
+    "a rule after the intro": "# t2i-datasets v2\n\nintro line one\n\n---\n\n## Rows\n\nrows line two\n",
+    "a rule at the end": "# t2i-datasets v2\n\nintro line one\n\n## Rows\n\nrows line two\n\n---\n",
+    "a rule with words after it": "# t2i-datasets v2\n\nintro line one\n--- rows line two\n",
+    "two rules": "# t2i-datasets v2\n\nintro line one\n\n---\n\nrows line two\n\n---\n\nthe end line three\n",
+}
+
+
+@pytest.mark.parametrize("case", CARDS)
+def test_publish_keeps_the_whole_card_body_after_its_front_matter(tmp_path, case):
+    (tmp_path / "README.md").write_text(FRONT + CARDS[case], encoding="utf-8")
+    body = release_card_body(tmp_path)
+    assert body == CARDS[case].strip()
+    assert "license: other" not in body
+
+
+def test_publish_reads_a_card_without_front_matter_whole(tmp_path):
+    (tmp_path / "README.md").write_text("# a card\n\n---\n\nbelow the rule\n", encoding="utf-8")
+    assert release_card_body(tmp_path) == "# a card\n\n---\n\nbelow the rule"
+
+
+# ---------------------------------------------------------------- 2. a loop of symbolic links
+
+
+def loop(tmp: Path) -> Path:
+    """tmp/loop-a -> loop-b -> loop-a."""
+    (tmp / "loop-a").symlink_to("loop-b")
+    (tmp / "loop-b").symlink_to("loop-a")
+    return tmp / "loop-a"
+
+
+LOOPS = {  # case: argv (L: the loop, T: tmp_path), cwd (None: tmp_path)
+    "simpletuner-config split in the loop": (["simpletuner-config", "L/train", "T/o.json"], None),
+    "simpletuner-config --output in the loop": (["simpletuner-config", "T/r/train", "L/o.json"], None),
+    "simpletuner-config --cache-dir the loop": (
+        ["simpletuner-config", "T/r/train", "T/o.json", "--cache-dir", "L"],
+        None,
+    ),
+    "simpletuner-config --cache-dir under the loop": (
+        ["simpletuner-config", "T/r/train", "T/o.json", "--cache-dir", "L/cache"],
+        None,
+    ),
+    "replay-history --remote the loop": (["replay-history", "T/dest", "--remote", "L"], REPO),
+}
+
+
+@pytest.mark.parametrize("case", LOOPS)
+def test_a_loop_of_links_is_one_line(tmp_path, monkeypatch, capfd, case):
+    argv, cwd = LOOPS[case]
+    target = loop(tmp_path)
+    argv = [a.replace("L", str(target), 1) if a.startswith("L") else a.replace("T", str(tmp_path), 1) for a in argv]
+    before = sorted(os.listdir(tmp_path))
+    done = cli(argv, cwd or tmp_path, monkeypatch, capfd)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "a loop of symbolic links" in error_line(done.stderr)
+    assert sorted(os.listdir(tmp_path)) == before  # nothing made: not o.json, not DEST
+
+
+# ---------------------------------------------------------------- 3. diff: a table's path out of the release
+
+
+def git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
+
+
+def release_repo(root: Path) -> Path:
+    """A git repository with DVC and release r1 in its params.yaml, committed (r1's folder: the test's)."""
+    root.mkdir(parents=True)
+    git("init", "-q", "-b", "main", cwd=root)
+    dvc_init(root)
+    (root / "params.yaml").write_text("releases:\n  r1: {}\n", encoding="utf-8")
+    (root / "data" / "releases" / "r1").mkdir(parents=True)
+    git("add", "-A", cwd=root)
+    git("commit", "-q", "-m", "base", cwd=root)
+    return root
+
+
+def rows_naming(release: Path, image: str) -> None:
+    pd.DataFrame({"id": ["a", "b"], "source": ["s1"] * 2, "split": ["train", "validation"], "text": ["x", "y"]}).assign(
+        image=[image, None]
+    ).to_parquet(release / "rows.parquet")
+
+
+def metadata_naming(release: Path, image: str) -> None:
+    for split in ("train", "validation"):
+        (release / split).mkdir()
+        record = {"id": split[0], "source": "s1", "text": split, "file_name": image if split == "train" else "v.png"}
+        (release / split / "metadata.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    (release / "validation" / "v.png").write_bytes(b"\x89PNG")
+
+
+OUT_OF_RELEASE = {  # case: (how the release names it, the path)
+    "rows.parquet: up to params.yaml": (rows_naming, "../../../params.yaml"),
+    "rows.parquet: an archive up and out": (rows_naming, "../../../params.yaml!/k1.png"),
+    "rows.parquet: down then up and out": (rows_naming, "train/../../../../.dvcignore"),
+    "metadata.jsonl: up to params.yaml": (metadata_naming, "../../../../params.yaml"),
+    "metadata.jsonl: to another split's image": (metadata_naming, "../validation/v.png"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_RELEASE)
+def test_diff_refuses_an_image_path_leaving_the_release(tmp_path, monkeypatch, capfd, case):
+    write, image = OUT_OF_RELEASE[case]
+    repo = release_repo(tmp_path / "repo")
+    write(repo / "data" / "releases" / "r1", image)
+    done = cli(["diff", "workspace", "workspace", "--repo", repo], repo, monkeypatch, capfd)
+    assert done.returncode == 2, (done.stdout[-500:], done.stderr[-2000:])
+    line = error_line(done.stderr)
+    assert "leaves its folder" in line and repr(image) in line, line
+    assert done.stdout == ""
+
+
+def test_diff_still_compares_a_release_whose_images_stay_in_it(tmp_path, monkeypatch, capfd):
+    repo = release_repo(tmp_path / "repo")
+    release = repo / "data" / "releases" / "r1"
+    (release / "train").mkdir()
+    (release / "train" / "k1.png").write_bytes(b"\x89PNG")
+    rows_naming(release, "train/k1.png")
+    done = cli(["diff", "workspace", "workspace", "--repo", repo, "--format", "json"], repo, monkeypatch, capfd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["splits"]["train"]["rows_b"] == 1
+
+
+# ---------------------------------------------------------------- 4. pr-comment / pr-build into the repository's data
+
+INTO_THE_DATA = {  # case: (command, --out under the repository)
+    "pr-comment into the release it compares": ("pr-comment", "data/releases/r1"),
+    "pr-comment into data/": ("pr-comment", "data"),
+    "pr-comment into DVC's cache": ("pr-comment", ".dvc/cache"),
+    "pr-comment into .git": ("pr-comment", ".git"),
+    "pr-build into the release": ("pr-build", "data/releases/r1"),
+    "pr-build into .dvc": ("pr-build", ".dvc"),
+}
+
+
+@pytest.mark.parametrize("case", INTO_THE_DATA)
+def test_a_side_tool_never_writes_into_the_repositorys_data(tmp_path, monkeypatch, capfd, case):
+    command, out = INTO_THE_DATA[case]
+    repo = release_repo(tmp_path / "repo")
+    rows_naming(repo / "data" / "releases" / "r1", None)
+    if command == "pr-build":  # a pipeline with nothing to build: pr-build went straight to writing build.json
+        (repo / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
+        (repo / "params.yaml").write_text("releases: {}\n", encoding="utf-8")
+        git("add", "-A", cwd=repo)
+        git("commit", "-q", "-m", "no stages", cwd=repo)
+    before = {p for p in repo.rglob("*") if ".git" not in p.relative_to(repo).parts[:1]}
+    argv = [command, "HEAD", "--out", repo / out] + (["--repo", repo] if command == "pr-comment" else [])
+    done = cli(argv, repo, monkeypatch, capfd)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = error_line(done.stderr)
+    assert "the output is inside the input" in line and "choose another output path" in line, line
+    assert {p for p in repo.rglob("*") if ".git" not in p.relative_to(repo).parts[:1]} == before
+    assert not (repo / out / "comment.md").exists() and not (repo / out / "build.json").exists()
