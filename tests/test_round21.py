@@ -17,6 +17,10 @@ fix), on real files, real git and DVC repositories and runs of the command:
    `--out .dvc/cache` into DVC's cache and `--out .git` into git's folder. An output that is, holds or lies inside
    the repository's data/, .dvc/ or .git/ is refused in one line before any work
    (side_inputs.check_outside_stores).
+5. HF_ENDPOINT with a token pasted where the port goes (`https://hub.example:hf_...`), a port out of range or an IPv6
+   host never closed failed huggingface_hub's import: `Port could not be cast to integer value as 'hf_...'`, on two
+   lines (the library's own `Error importing ...`, then ours), the token in both, `publish --dry-run` too. It is now
+   checked before the library is imported, one line naming the variable (import_env.IMPORT_TIME_VARIABLES).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -192,3 +197,59 @@ def test_a_side_tool_never_writes_into_the_repositorys_data(tmp_path, monkeypatc
     assert "the output is inside the input" in line and "choose another output path" in line, line
     assert {p for p in repo.rglob("*") if ".git" not in p.relative_to(repo).parts[:1]} == before
     assert not (repo / out / "comment.md").exists() and not (repo / out / "build.json").exists()
+
+
+# ---------------------------------------------------------------- 5. HF_ENDPOINT that huggingface_hub cannot parse
+
+BAD_ENDPOINTS = {  # huggingface_hub's import parsed it: `Port could not be cast to integer value as 'hf_...'`, twice
+    "a token where the port goes": "https://hub.example:hf_PORTsecret12345",
+    "a token after the port": "http://127.0.0.1:9;hf_SEMIsecret12345",
+    "a token as the port after user:password@": "http://u:pw@hub.example:hf_USERport98765",
+    "a port out of range": "http://hub.example:999999",
+    "an IPv6 host never closed": "http://[::1",
+}
+SECRETS = ("secret", "98765", "999999", "[::1")  # each bad value's own part, lower-cased
+GOOD_ENDPOINTS = ["", "https://huggingface.co", "http://127.0.0.1:8080/", "HTTPS://Hub.Example:443/api"]
+
+
+@pytest.mark.parametrize("case", BAD_ENDPOINTS)
+def test_a_bad_hf_endpoint_is_one_line_naming_it_never_its_value(monkeypatch, case):
+    from scripts.lib.errors import DataError
+    from scripts.lib.import_env import check_variables
+
+    monkeypatch.setenv("HF_ENDPOINT", BAD_ENDPOINTS[case])
+    with pytest.raises(DataError) as caught:
+        check_variables("huggingface_hub")  # what runs just before huggingface_hub is first imported
+    line = str(caught.value)
+    assert line.startswith("HF_ENDPOINT: must be an http(s) URL") and "\n" not in line, line
+    assert not any(secret in line.lower() for secret in SECRETS) and BAD_ENDPOINTS[case] not in line
+
+
+@pytest.mark.parametrize("value", GOOD_ENDPOINTS)
+def test_a_good_hf_endpoint_passes(monkeypatch, value):
+    from scripts.lib.import_env import check_variables
+
+    monkeypatch.setenv("HF_ENDPOINT", value)
+    check_variables("huggingface_hub")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_ENDPOINTS)
+def test_publish_with_a_bad_hf_endpoint_is_one_line_without_it(tmp_path, case):
+    from test_publish import tiny_release
+
+    root = tiny_release(tmp_path / "repo")
+    environ = {**env(), "PYTHONPATH": str(REPO), "HF_ENDPOINT": BAD_ENDPOINTS[case], "HF_TOKEN": "hf_TOKENsecret99999"}
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts", "publish", "v2", "--repo-id", "a/b", "--dry-run"],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = error_line(done.stderr)  # huggingface_hub's own `Error importing ...` line was a second one
+    assert line.startswith("error: HF_ENDPOINT: "), line
+    assert not any(secret in (done.stdout + done.stderr).lower() for secret in SECRETS), done.stderr
+    assert not (root / "dist").exists()
