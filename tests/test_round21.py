@@ -21,6 +21,9 @@ fix), on real files, real git and DVC repositories and runs of the command:
    host never closed failed huggingface_hub's import: `Port could not be cast to integer value as 'hf_...'`, on two
    lines (the library's own `Error importing ...`, then ours), the token in both, `publish --dry-run` too. It is now
    checked before the library is imported, one line naming the variable (import_env.IMPORT_TIME_VARIABLES).
+6. `publish` took any file of the release that metadata.jsonl or rows.parquet named as a row's image: the release's own
+   metadata.jsonl, README.md or rows.parquet passed every path check (inside, one link, regular) and its bytes were
+   published as the image at exit 0. A name without an image's extension is one line (safe_paths.check_image_name).
 """
 
 from __future__ import annotations
@@ -253,3 +256,62 @@ def test_publish_with_a_bad_hf_endpoint_is_one_line_without_it(tmp_path, case):
     assert line.startswith("error: HF_ENDPOINT: "), line
     assert not any(secret in (done.stdout + done.stderr).lower() for secret in SECRETS), done.stderr
     assert not (root / "dist").exists()
+
+
+# ---------------------------------------------------------------- 6. publish: a row's image that is no image
+
+
+def rows_table_of(release: Path) -> pd.DataFrame:
+    """The ImageFolder release's rows as rows.parquet records them (image: the path in the release)."""
+    frames = []
+    for split in ("train", "validation"):
+        lines = (release / split / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines]
+        frames.append(pd.DataFrame(records).assign(split=split, image=[f"{split}/{r['file_name']}" for r in records]))
+    return pd.concat(frames, ignore_index=True).drop(columns=["file_name"])
+
+
+def metadata_lists(release: Path, name: str) -> None:
+    path = release / "train" / "metadata.jsonl"
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    records[0]["file_name"] = name
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def rows_list(release: Path, name: str) -> None:
+    rows = rows_table_of(release)
+    rows.loc[0, "image"] = name
+    rows.to_parquet(release / "rows.parquet")
+
+
+NOT_IMAGES = {  # case: (how the release lies, the name of a file in it that is no image)
+    "metadata.jsonl naming itself": (metadata_lists, "metadata.jsonl"),
+    "metadata.jsonl naming itself down and up": (metadata_lists, "images/diffusiondb/../../metadata.jsonl"),
+    "rows.parquet naming the card": (rows_list, "README.md"),
+    "rows.parquet naming itself": (rows_list, "rows.parquet"),
+    "rows.parquet naming a split's metadata": (rows_list, "train/metadata.jsonl"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_IMAGES)
+def test_publish_refuses_a_row_whose_image_is_no_image_file(tmp_path, monkeypatch, capfd, case):
+    from test_publish import tiny_release
+
+    lie, name = NOT_IMAGES[case]
+    root = tiny_release(tmp_path / "repo")
+    lie(root / "data" / "releases" / "v2", name)
+    done = cli(["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", "hub"], root, monkeypatch, capfd)
+    assert done.returncode == 2, done.stdout[-500:] + done.stderr[-2000:]
+    line = error_line(done.stderr)
+    assert "has no image extension" in line and "refusing to read it as an image" in line, line
+    assert not (root / "hub").exists()
+
+
+def test_publish_still_reads_a_rows_table_of_images(tmp_path, monkeypatch, capfd):
+    from test_publish import tiny_release
+
+    root = tiny_release(tmp_path / "repo")
+    rows_table_of(root / "data" / "releases" / "v2").to_parquet(root / "data" / "releases" / "v2" / "rows.parquet")
+    done = cli(["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", "hub"], root, monkeypatch, capfd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((root / "hub" / "data").glob("*.parquet"))) == 2

@@ -134,6 +134,15 @@ def not_an_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS)
     return f"{shown_short(repr(name))} has no image extension ({', '.join(extensions)})"
 
 
+def check_image_name(name: str, where: str) -> None:
+    """Refuse a row whose image is a file without an image's extension (not_an_image_name): publish's
+    metadata.jsonl or rows.parquet naming the release's own `metadata.jsonl`, `README.md` or `rows.parquet`
+    passed every path check, and its bytes were published as the row's image at exit 0."""
+    problem = not_an_image_name(name)
+    if problem is not None:
+        raise DataError(f"{where}: its image {problem}; refusing to read it as an image")
+
+
 def new_file(path: Path, data: bytes) -> None:
     """Write `data` as the new file `path`. A release's staging folder holds hard links to the user's
     images: a name already there may be one, and writing to it wrote into the user's file."""
