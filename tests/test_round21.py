@@ -24,6 +24,9 @@ fix), on real files, real git and DVC repositories and runs of the command:
 6. `publish` took any file of the release that metadata.jsonl or rows.parquet named as a row's image: the release's own
    metadata.jsonl, README.md or rows.parquet passed every path check (inside, one link, regular) and its bytes were
    published as the image at exit 0. A name without an image's extension is one line (safe_paths.check_image_name).
+7. `diff` and `pr-comment` read the workspace's params.yaml and dvc.lock through a link out of the repository
+   (`params.yaml -> /elsewhere.yaml`), quoting its keys in error lines; both are git's files, never DVC links: one
+   line now (side_inputs.check_repository_file).
 """
 
 from __future__ import annotations
@@ -315,3 +318,42 @@ def test_publish_still_reads_a_rows_table_of_images(tmp_path, monkeypatch, capfd
     done = cli(["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", "hub"], root, monkeypatch, capfd)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((root / "hub" / "data").glob("*.parquet"))) == 2
+
+
+# ---------------------------------------------------------------- 7. the workspace's params.yaml / dvc.lock through a link out
+
+OUTSIDE = "releases:\n  r1: {}\nstages: {}\n"  # good YAML for either file: what was read is the question
+LINKED_OUT = {  # case: (command's argv but --repo/--out, the file linked out, the link's target: absolute or relative)
+    "diff: params.yaml to an absolute path": (["diff", "HEAD", "workspace"], "params.yaml", "abs"),
+    "diff: params.yaml up and out": (["diff", "workspace", "workspace"], "params.yaml", "rel"),
+    "pr-comment: params.yaml to an absolute path": (["pr-comment", "HEAD", "workspace"], "params.yaml", "abs"),
+    "pr-comment: dvc.lock to an absolute path": (["pr-comment", "HEAD", "workspace"], "dvc.lock", "abs"),
+    "pr-comment: dvc.lock up and out": (["pr-comment", "HEAD", "workspace"], "dvc.lock", "rel"),
+}
+
+
+@pytest.mark.parametrize("case", LINKED_OUT)
+def test_a_repository_file_linked_out_of_it_is_never_read(tmp_path, monkeypatch, capfd, case):
+    argv, name, how = LINKED_OUT[case]
+    repo = release_repo(tmp_path / "repo")
+    rows_naming(repo / "data" / "releases" / "r1", None)
+    (tmp_path / "elsewhere.yaml").write_text(OUTSIDE, encoding="utf-8")
+    (repo / name).unlink(missing_ok=True)
+    (repo / name).symlink_to(tmp_path / "elsewhere.yaml" if how == "abs" else Path("..") / "elsewhere.yaml")
+    out = ["--out", tmp_path / "o"] if argv[0] == "pr-comment" else []
+    done = cli([*argv, "--repo", repo, *out], repo, monkeypatch, capfd)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = error_line(done.stderr)
+    assert f"{name}: a link out of the repository; refusing to read it" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_repository_file_linked_inside_it_is_read(tmp_path, monkeypatch, capfd):
+    repo = release_repo(tmp_path / "repo")
+    rows_naming(repo / "data" / "releases" / "r1", None)
+    (repo / "conf").mkdir()
+    (repo / "params.yaml").rename(repo / "conf" / "params.yaml")
+    (repo / "params.yaml").symlink_to(Path("conf") / "params.yaml")
+    done = cli(["diff", "workspace", "workspace", "--repo", repo, "--format", "json"], repo, monkeypatch, capfd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["release_b"] == "r1"

@@ -96,11 +96,13 @@ def dvc_read(where: str):
 @contextlib.contextmanager
 def open_at(fs, path: str, where: str, mode: str = "rb"):
     """fs.open(path), a workspace file checked to be a regular file first (a FIFO blocks the read)."""
-    from scripts.tools.side_inputs import check_regular
+    from scripts.tools.side_inputs import REPOSITORY_FILES, check_regular, check_repository_file
 
     root = getattr(fs, "t2i_root", None)
     if root is not None:
         check_regular(root / path, where)  # nothing there: fs.open says FileNotFoundError
+        if path in REPOSITORY_FILES:
+            check_repository_file(root, path, where)
     with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
         yield f
 
