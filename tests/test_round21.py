@@ -42,6 +42,7 @@ import pytest
 
 from helpers import REPO, dvc_init, env
 from helpers.commands import cli
+from helpers.tiers import fast_first
 from helpers.workspace import error_line
 from scripts.tools.publish import release_card_body
 
@@ -96,7 +97,7 @@ LOOPS = {  # case: argv (L: the loop, T: tmp_path), cwd (None: tmp_path)
 }
 
 
-@pytest.mark.parametrize("case", LOOPS)
+@pytest.mark.parametrize("case", fast_first(LOOPS, keep=3))  # the rest: -m slow
 def test_a_loop_of_links_is_one_line(tmp_path, monkeypatch, capfd, case):
     argv, cwd = LOOPS[case]
     target = loop(tmp_path)
@@ -150,7 +151,7 @@ OUT_OF_RELEASE = {  # case: (how the release names it, the path)
 }
 
 
-@pytest.mark.parametrize("case", OUT_OF_RELEASE)
+@pytest.mark.parametrize("case", fast_first(OUT_OF_RELEASE, keep=3))  # the rest: -m slow
 def test_diff_refuses_an_image_path_leaving_the_release(tmp_path, monkeypatch, capfd, case):
     write, image = OUT_OF_RELEASE[case]
     repo = release_repo(tmp_path / "repo")
@@ -177,15 +178,15 @@ def test_diff_still_compares_a_release_whose_images_stay_in_it(tmp_path, monkeyp
 
 INTO_THE_DATA = {  # case: (command, --out under the repository)
     "pr-comment into the release it compares": ("pr-comment", "data/releases/r1"),
-    "pr-comment into data/": ("pr-comment", "data"),
-    "pr-comment into DVC's cache": ("pr-comment", ".dvc/cache"),
-    "pr-comment into .git": ("pr-comment", ".git"),
     "pr-build into the release": ("pr-build", "data/releases/r1"),
+    "pr-comment into DVC's cache": ("pr-comment", ".dvc/cache"),
+    "pr-comment into data/": ("pr-comment", "data"),
+    "pr-comment into .git": ("pr-comment", ".git"),
     "pr-build into .dvc": ("pr-build", ".dvc"),
 }
 
 
-@pytest.mark.parametrize("case", INTO_THE_DATA)
+@pytest.mark.parametrize("case", fast_first(INTO_THE_DATA, keep=3))  # the rest: -m slow
 def test_a_side_tool_never_writes_into_the_repositorys_data(tmp_path, monkeypatch, capfd, case):
     command, out = INTO_THE_DATA[case]
     repo = release_repo(tmp_path / "repo")
@@ -296,7 +297,7 @@ NOT_IMAGES = {  # case: (how the release lies, the name of a file in it that is 
 }
 
 
-@pytest.mark.parametrize("case", NOT_IMAGES)
+@pytest.mark.parametrize("case", fast_first(NOT_IMAGES, keep=3))  # the rest: -m slow
 def test_publish_refuses_a_row_whose_image_is_no_image_file(tmp_path, monkeypatch, capfd, case):
     from test_publish import tiny_release
 
@@ -332,7 +333,7 @@ LINKED_OUT = {  # case: (command's argv but --repo/--out, the file linked out, t
 }
 
 
-@pytest.mark.parametrize("case", LINKED_OUT)
+@pytest.mark.parametrize("case", fast_first(LINKED_OUT, keep=3))  # the rest: -m slow
 def test_a_repository_file_linked_out_of_it_is_never_read(tmp_path, monkeypatch, capfd, case):
     argv, name, how = LINKED_OUT[case]
     repo = release_repo(tmp_path / "repo")
