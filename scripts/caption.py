@@ -56,6 +56,7 @@ from scripts.lib.key_redaction import redact_secrets
 from scripts.lib.params import CaptionEntry, CaptionQa, load_section, parse
 from scripts.lib.regex_deadline import RegexTooSlow, bounded_regexes
 from scripts.lib.regex_engine import Search, compile_search
+from scripts.lib.safe_paths import resolved
 from scripts.lib.tables import write_parquet_file
 from scripts.lib.temps import output_lock
 
@@ -196,7 +197,7 @@ def caption(
 def _caption(name: str, params: CaptionEntry, out_dir: Path, api_key: str | None, log) -> dict:
     images_dir = Path(params.images)
     check_not_input(out_dir, [images_dir])  # never write into the user's images
-    if Path.resolve(images_dir) in Path.resolve(out_dir).parents:
+    if resolved(images_dir) in resolved(out_dir).parents:
         raise DataError(f"{out_dir}: inside the images folder {images_dir}; choose another output path")
     check_outputs_ours(out_dir, OUTPUTS)  # each one ours and unchanged: a report naming this entry proves
     # nothing of the files beside it (a copy of the folder keeps it; a user edits prompts.txt beside it)

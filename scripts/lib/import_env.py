@@ -48,6 +48,22 @@ def _log_level(*names: str) -> Callable[[str], bool]:
     return lambda value: value in ("", *names)
 
 
+def _hub_endpoint(value: str) -> bool:
+    """HF_ENDPOINT as huggingface_hub parses it when imported (its port too): an http(s) URL with a host and a port
+    that is a number, or empty (the default Hub). A token pasted where the port goes (`https://hub.example:hf_...`)
+    failed that import with `Port could not be cast to integer value as 'hf_...'`, quoted twice on stderr."""
+    import urllib.parse
+
+    if not value:
+        return True
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 def _torch_cpp_log_level(value: str) -> bool:
     return value.upper() in ("", "INFO", "WARNING", "ERROR", "FATAL") or re.fullmatch("[0-3]", value) is not None
 
@@ -59,6 +75,7 @@ IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] =
     "huggingface_hub": {
         "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
         "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
+        "HF_ENDPOINT": (_hub_endpoint, "an http(s) URL with a host, and a port that is a number"),
     },
     "torch": {  # its OpenMP runtime, libgomp, printed `libgomp: Invalid value for environment variable ...` at exit 0
         "OMP_NUM_THREADS": (_omp_counts, "a whole number from 1, or a comma list of them (4,2)"),

@@ -27,6 +27,18 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def resolved(path: Path | str) -> Path:
+    """Path(path).resolve() (absolute, every link followed, `..` gone), a loop of links on the way one line:
+    Python 3.11's resolve raises RuntimeError for it (`simpletuner-config a/train` with a -> b -> a was a
+    traceback)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise DataError(f"{shown(path)}: a loop of symbolic links") from None
+    except OSError as exc:  # Python 3.13 raises ELOOP as an OSError; a folder on the way not searchable
+        raise DataError(f"{shown(path)}: {exc.strerror}") from None
+
+
 def confined_file(root: Path | str, name: str, where: str) -> Path:
     """`root / name` when it stays inside `root` after every link and is a regular file; otherwise a
     DataError naming `where` (the table and row the name came from)."""
@@ -120,6 +132,15 @@ def not_an_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS)
     if os.path.splitext(name)[1][1:].lower() in extensions:
         return None
     return f"{shown_short(repr(name))} has no image extension ({', '.join(extensions)})"
+
+
+def check_image_name(name: str, where: str) -> None:
+    """Refuse a row whose image is a file without an image's extension (not_an_image_name): publish's
+    metadata.jsonl or rows.parquet naming the release's own `metadata.jsonl`, `README.md` or `rows.parquet`
+    passed every path check, and its bytes were published as the row's image at exit 0."""
+    problem = not_an_image_name(name)
+    if problem is not None:
+        raise DataError(f"{where}: its image {problem}; refusing to read it as an image")
 
 
 def new_file(path: Path, data: bytes) -> None:

@@ -36,7 +36,7 @@ from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, config_text
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import inside, new_file
+from scripts.lib.safe_paths import inside, new_file, resolved
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -173,9 +173,9 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     instance_data_dir matches nothing, and every image would count as having no caption. The release
     keeps relative paths (its bytes must not depend on where it was built); this resolves them against
     the release folder, and the caches against `cache_dir` (outside the release: DVC owns that folder)."""
-    split_dir = Path(split_dir).resolve()
+    split_dir = resolved(split_dir)
     path = split_dir / CONFIG_NAME
-    release, cache = split_dir.parent, Path(cache_dir).resolve()
+    release, cache = split_dir.parent, resolved(cache_dir)
     if not os.path.lexists(path):
         raise DataError(f"{shown(path)}: not found (a split of a release built with export: simpletuner?)")
     check_in_release(path, release)

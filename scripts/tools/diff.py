@@ -96,11 +96,13 @@ def dvc_read(where: str):
 @contextlib.contextmanager
 def open_at(fs, path: str, where: str, mode: str = "rb"):
     """fs.open(path), a workspace file checked to be a regular file first (a FIFO blocks the read)."""
-    from scripts.tools.side_inputs import check_regular
+    from scripts.tools.side_inputs import REPOSITORY_FILES, check_regular, check_repository_file
 
     root = getattr(fs, "t2i_root", None)
     if root is not None:
         check_regular(root / path, where)  # nothing there: fs.open says FileNotFoundError
+        if path in REPOSITORY_FILES:
+            check_repository_file(root, path, where)
     with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
         yield f
 
@@ -179,6 +181,7 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     for row_id, image, digest in zip(table["id"], table["image"], sha):
         if image is None or pd.isna(image):
             continue
+        check_in_folder(image, f"{where}: id {shown_short(row_id)!r}: image")
         if "!/" in image:
             image_md5[row_id] = f"sha256:{digest}" if isinstance(digest, str) else ""
         else:
@@ -205,10 +208,21 @@ def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -
                 raise DataError(f"{rev}:{path}: id {shown_short(row_id)!r} is in another split's metadata.jsonl too")
         frames.append(frame[["id", "source", "split", "text"]])
         for row in frame.itertuples(index=False):
+            check_in_folder(row.file_name, f"{rev}:{path}: id {shown_short(row.id)!r}: file_name")
             image_md5[row.id] = _file_md5(
                 fs, rev, f"{base}/{split}", row.file_name, f"{base}/{split}/metadata.jsonl", row.id
             )
     return Snapshot(rev, release, pd.concat(frames, ignore_index=True), removed, image_md5)
+
+
+def check_in_folder(name: str, where: str) -> None:
+    """A path a release's table names (rows.parquet's `image`, an archive's part of it; metadata.jsonl's
+    `file_name`) that stays in the folder it is relative to, by its text: at a git revision no link can be
+    followed, so `..` is refused outright, as an absolute path is. `../../../params.yaml` compared a file
+    outside the release as the row's image, at exit 0 (publish and export refuse it: safe_paths.confined_file)."""
+    parts = name.partition("!/")[0].split("/")  # `a.tar!/k1.png`: the archive's path
+    if not name or "\0" in name or name.startswith("/") or ".." in parts:
+        raise DataError(f"{where} {shown_short(repr(name))} leaves its folder (no `..`, no absolute path)")
 
 
 def _file_md5(fs, rev: str, folder: str, name: str, listed_in: str, row_id: str) -> str:

@@ -104,10 +104,11 @@ def cli(
     from scripts.lib.io import atomic_path, check_files_ours
     from scripts.tools.diff import open_fs, releases_at
     from scripts.tools.pr_comment import release_pairs, unchanged_releases
-    from scripts.tools.side_inputs import commit_of
+    from scripts.tools.side_inputs import check_outside_stores, commit_of
 
-    check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     repo = Path.cwd()
+    check_outside_stores(repo, out / "build.json")  # never into the data it builds, DVC's cache or .git
+    check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
     status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"

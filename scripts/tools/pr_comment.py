@@ -33,9 +33,10 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
 from scripts.tools.child_group import run_in_group
 from scripts.tools.markdown_text import cell, metrics_table
-from scripts.tools.side_inputs import check_inside
+from scripts.tools.side_inputs import check_inside, check_outside_stores
 
 MARKER = "<!-- t2i-dataset-diff -->"
 MAX_BODY = 65_000  # GitHub refuses comment bodies over 65,536 characters
@@ -401,8 +402,7 @@ def cli(
     repo: Path = typer.Option(Path("."), "--repo", help="the DVC repository"),
 ) -> None:
     """Write the dataset-diff PR comment body (rows, metrics, plots, contact sheets) to OUT/comment.md."""
-    from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
-
+    check_outside_stores(repo, out / "comment.md", out / "sheets", out / "plots")  # never into what it compares
     check_files_ours(out / "comment.md")  # before any work: a user's comment.md, or a link there, stays
     check_output_kind(out / "sheets")  # written into: never through a link
     check_replaceable(out / "plots")  # replaced whole (dvc renders into a temp): only a plots/ we wrote

@@ -39,7 +39,7 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
-from scripts.lib.safe_paths import confined_file
+from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.tools.side_inputs import release_file
 
 T = TypeVar("T")
@@ -91,9 +91,11 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
                 size = (release_dir / ref).stat().st_size if "!/" not in ref and (release_dir / ref).is_file() else 0
             if not isinstance(record.get("id"), str):
                 raise DataError(f"{release_dir}/rows.parquet: an id is not text")
-            archive, _sep, _member = ref.partition("!/")
+            archive, sep, _member = ref.partition("!/")
             # a path from the table: it must stay in the release (after links) and name a regular file
             confined_file(release_dir, archive, f"{release_dir}/rows.parquet: id {record['id']}")
+            if not (sep and archive.endswith(".parquet")):  # a parquet part's row is named by its id
+                check_image_name(ref.rpartition("/")[2], f"{release_dir}/rows.parquet: id {record['id']}")
             records.append(
                 {
                     **{c: record.get(c) for c in COLUMNS},
@@ -118,6 +120,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
             raise DataError(
                 f"{folder}/metadata.jsonl: id {record['id']}: file {shown(repr(record['file_name']))} not found"
             )
+        check_image_name(record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
         record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
     return records
 
@@ -234,10 +237,18 @@ def licence_fields(
 def release_card_body(release_dir: Path) -> str:
     """The release's own README.md (release@V's card) without its YAML front matter."""
     path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
-    text = path.read_text(encoding="utf-8") if path else ""
-    if text.startswith("---"):
-        text = text.split("\n---", 2)[-1].split("\n", 1)[-1]
-    return text.strip()
+    return without_front_matter(path.read_text(encoding="utf-8") if path else "").strip()
+
+
+def without_front_matter(text: str) -> str:
+    """A card's text after its YAML front matter, found as the Hub finds it (huggingface_hub's
+    REGEX_YAML_BLOCK: a `---` line first, up to the next `---` line). A `---` rule in the body (a recipe
+    description's) is the body's: splitting at the second `---` dropped the card's title and all before
+    the rule from the Hub card."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    found = REGEX_YAML_BLOCK.search(text)
+    return text[found.end() :] if found else text
 
 
 def build_card(

@@ -25,6 +25,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
+from scripts.lib.safe_paths import resolved
 from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
@@ -170,11 +171,12 @@ def cli(
     check_order(params_text)
     names = release_names(params_text)
     tracked = tracked_files(src)
+    remote_url = None if remote is None else str(resolved(remote))  # a loop of links: one line, before DEST
     with replay_folder(dest):
         _run(["git", "init", "-q", "-b", "main"], dest)
         copy_tracked(src, dest, tracked)
-        if remote is not None:
-            _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", str(remote.resolve())], dest)
+        if remote_url is not None:
+            _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", remote_url], dest)
         replay(params_text, names, dest)
 
 

@@ -56,6 +56,7 @@ def lock_at(repo: str, rev: str) -> str | None:
         lock = Path(repo) / "dvc.lock"
         if not check_regular(lock, "dvc.lock"):
             return None
+        check_repository_file(repo, "dvc.lock", "dvc.lock")
         try:
             return lock.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -98,3 +99,32 @@ def release_file(root: Path, name: str, where: str) -> Path | None:
             "(a hard link to another file?); refusing to publish it"
         )
     return path
+
+
+# What a side tool reads in the repository and never writes into: every stage's outputs (data/), DVC's
+# store (.dvc/: its cache, config and state) and git's. `pr-comment --out data/releases/r1` wrote comment.md,
+# plots/ and sheets/ into the release it compared (`dvc status`: modified; `dvc commit` would take them in).
+REPOSITORY_STORES = ("data", ".dvc", ".git")
+
+
+def check_outside_stores(repo: str | Path, *outputs: Path) -> None:
+    """Refuse, in one line before any work, an output that is, holds, or lies inside the repository's data,
+    DVC's folder or git's (REPOSITORY_STORES, through links)."""
+    from scripts.lib.io import check_not_input
+
+    for output in outputs:
+        check_not_input(output, [Path(repo) / name for name in REPOSITORY_STORES])
+
+
+# The repository's own files a side tool reads in the workspace: git's, never a DVC link into a cache, so
+# they stay in the repository after every link (`params.yaml -> ~/elsewhere.yaml` was read, and a key of it
+# quoted in the error line).
+REPOSITORY_FILES = ("params.yaml", "dvc.lock")
+
+
+def check_repository_file(repo: str | Path, name: str, where: str) -> None:
+    """Refuse the workspace's `name` (one of REPOSITORY_FILES) when a link takes it out of `repo`."""
+    from scripts.lib.safe_paths import inside
+
+    if os.path.lexists(Path(repo) / name) and not inside(os.path.realpath(Path(repo) / name), os.path.realpath(repo)):
+        raise DataError(f"{shown(where)}: a link out of the repository; refusing to read it")

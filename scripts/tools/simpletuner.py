@@ -94,11 +94,12 @@ def cli_config(
     import json
 
     from scripts.lib.io import atomic_path
+    from scripts.lib.safe_paths import resolved
     from scripts.lib.simpletuner import absolute_config
 
-    release = split.resolve().parent
+    release = resolved(split).parent
     for path, what in ((output, "--output"), (cache_dir, "--cache-dir")):
-        if path.resolve() == release or release in path.resolve().parents:
+        if resolved(path) == release or release in resolved(path).parents:
             raise DataError(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
@@ -106,4 +107,4 @@ def cli_config(
     check_config_ours(output)
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-    print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {cache_dir.resolve()})"))
+    print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {resolved(cache_dir)})"))

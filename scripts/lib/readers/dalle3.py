@@ -32,7 +32,7 @@ from scripts.lib.nesting import loads_json
 from scripts.lib.params.base import windows_device
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
-from scripts.lib.safe_paths import not_an_image_name
+from scripts.lib.safe_paths import not_an_image_name, resolved
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 from scripts.lib.tables import size_problem
 
@@ -276,8 +276,8 @@ def compile_simpletuner(
         stats["rows_written"] = table.rows
         if config is not None:  # entered last: its temp file is renamed first, the parquet last
             assert data_dir is not None  # checked on entry: config needs data_dir
-            data = Path(data_dir).resolve()
-            entries = backend_config("dalle3", str(data), str(Path(out_parquet).resolve()), str(data.parent / "cache"))
+            data = resolved(data_dir)
+            entries = backend_config("dalle3", str(data), str(resolved(out_parquet)), str(data.parent / "cache"))
             stack.enter_context(atomic_path(config)).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
         commit_together(stack)
     stats["skipped"] = dict(sorted(stats["skipped"].items()))
