@@ -100,6 +100,7 @@ def test_a_line_cut_short_by_a_full_disk_never_swallows_the_next(tmp_path, torn)
     assert f"bb/{'2' * 64}.jpg" in index.names()
 
 
+@pytest.mark.slow  # a generate run against a size limit: 13 s of CI; tests/test_stream_stages.py keeps a full disk in CI
 def test_a_full_disk_while_the_index_grows_names_the_index(tiny_model_dir, tmp_path):
     store = tmp_path / "store"
     claim_store(store)  # a store generate made, its index grown by earlier runs

@@ -156,6 +156,7 @@ generate(table, Generate(model=sys.argv[2], preset="fast"), sys.argv[4])
 """
 
 
+@pytest.mark.slow  # 3 renders of 64 prompts: 23 s of CI; the slow tier keeps it
 def test_renders_are_the_same_bytes_whichever_math_kernels_the_cpu_gets(tiny_model_dir, tmp_path):
     """MKL picks its kernels by processor (an Intel and an AMD machine take different paths); MKL_CBWR
     forces each path on this one. diffusers builds the scheduler's sigmas in float32 through those
