@@ -292,7 +292,10 @@ def cluster():
     env = {"env_vars": {"PYTHONPATH": str(REPO)}}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 * 2**20})
     workers = [cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20) for _ in range(2)]
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     ray.init(address=cluster.address, runtime_env=env, include_dashboard=False, log_to_driver=False)
+    for signum, handler in handlers.items():  # ray.init leaves its SIGTERM handler (sys.exit) in this process:
+        signal.signal(signum, handler)  # a test forking after it on this xdist worker saw its fork exit 1, not -15
     yield ray, cluster, workers
     ray.shutdown()
     cluster.shutdown()
