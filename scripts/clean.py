@@ -95,7 +95,7 @@ def cli(
     check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
     # Ray (started at the first chunk) is shut down on the way out whatever happens, outside the outputs' commit
-    with contextlib.closing(on_ray.batches) if on_ray else contextlib.nullcontext(), contextlib.ExitStack() as outputs:
+    with contextlib.closing(on_ray) if on_ray else contextlib.nullcontext(), contextlib.ExitStack() as outputs:
         kept_out = outputs.enter_context(row_groups_to(output))
         dropped_out = outputs.enter_context(row_groups_to(dropped_path))
         report_tmp = outputs.enter_context(atomic_path(report_path))

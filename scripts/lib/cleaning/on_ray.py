@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,7 +78,7 @@ class BatchCleaner:
 
 def outcome_batches(
     path: Path, column: str, rules: CleanRules, runtime: Runtime, desc: str = "clean", fast: bool = True
-) -> Iterator[list[Outcome]]:
+) -> Generator[list[Outcome], None, None]:
     """Each row's outcome for `column` of the parquet file at `path`, in row order, a batch at a time, cleaned on
     Ray a window at a time. Ray runs while the caller takes them; closing the generator shuts Ray down."""
     import pyarrow.compute as pc
@@ -143,7 +143,7 @@ class OutcomeStream:
     """The outcomes of `outcome_batches`, taken in row order a chunk at a time (a chunk of the command's own size,
     which cuts across Ray's batches)."""
 
-    def __init__(self, batches: Iterator[list[Outcome]]):
+    def __init__(self, batches: Generator[list[Outcome], None, None]):
         self.batches, self.pending = batches, []  # type: ignore[var-annotated]
 
     def take(self, rows: int) -> list[Outcome]:
@@ -154,6 +154,10 @@ class OutcomeStream:
             self.pending += batch
         taken, self.pending = self.pending[:rows], self.pending[rows:]
         return taken
+
+    def close(self) -> None:
+        """Ray shut down (the generator closed), the outcomes taken or not: a failed or interrupted run."""
+        self.batches.close()
 
     def finish(self) -> None:
         """Every outcome taken: Ray shut down (the generator closed), before the outputs are renamed in."""

@@ -109,9 +109,8 @@ def labels(ray, edges, parts: int):
 
 
 def _flagged(table: pa.Table, columns: list[str], member: bool) -> pa.Table:
-    """Verified pairs (a, b of row_type) and identical-text members (int64) in one schema, flagged."""
-    table = table.select(columns).append_column("member", pa.array(np.full(table.num_rows, member)))
-    return table.cast(pa.schema([f.with_type(pa.int64()) if f.name in ("a", "b") else f for f in table.schema]))
+    """Verified pairs or identical-text members in one schema, flagged."""
+    return table.select(columns).append_column("member", pa.array(np.full(table.num_rows, member)))
 
 
 def resolve(ray, verified, members, ranks: list[str], keep: str, parts: int):

@@ -141,7 +141,8 @@ def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict
             band_rows.groupby("part").map_groups(candidates_in_group, fn_args=(params.bucket_window, ranks), **by_part)
         )
     found = passes[0].union(*passes[1:]) if len(passes) > 1 else passes[0]
-    pairs, pairs_a = pair_fields(ranks, rows=row_type(n)), pair_fields(ranks, texts="a", rows=row_type(n))
+    narrow = row_type(n)  # rows travel through the shuffles as narrow as the run allows
+    pairs, pairs_a = pair_fields(ranks, rows=narrow), pair_fields(ranks, texts="a", rows=narrow)
     with phase(f"{bands} bands in {len(passes)} passes, then text_a"):
         candidates = (
             found.map_batches(lookup_requests, fn_args=("a", pairs, TEXT_FIELD, parts), **by_part)

@@ -242,7 +242,9 @@ def verified_with_text_b(group: pa.Table, fields: list[pa.Field], params: Dedup,
     b_at, b_found = source_positions(sources, pairs.column("b").to_numpy())
     found = a_found & b_found
     pairs = pairs.filter(pa.array(found)).select([f.name for f in fields if f.name != "text_a"])
-    return verify_pairs(pairs, (a_texts, a_at[found]), (sources, b_at[found]), params, chunk)
+    verified = verify_pairs(pairs, (a_texts, a_at[found]), (sources, b_at[found]), params, chunk)
+    # out of the shuffles, rows are int64 again: the keep policy meets them with the members' (ROW)
+    return verified.cast(pa.schema([f.with_type(ROW) if f.name in ("a", "b") else f for f in verified.schema]))
 
 
 def verify_pairs(pairs: pa.Table, a_side: tuple, b_side: tuple, params: Dedup, chunk: int) -> pa.Table:
@@ -280,8 +282,7 @@ def resolve_edges(verified: pa.Table, members: pa.Table, ranks: list[str], keep:
     for table in edges:
         for side in "ab":
             names = {side: "row", **{f"{side}_{r}": r for r in ranks if r != "row"}}
-            end = table.select(list(names)).rename_columns(list(names.values()))
-            ends.append(end.set_column(0, "row", end.column("row").cast(pa.int64())))  # pairs: row_type
+            ends.append(table.select(list(names)).rename_columns(list(names.values())))
     nodes = pa.concat_tables(ends)
     node_rows = nodes.column("row").to_numpy()
     ids, first = np.unique(node_rows, return_index=True)
