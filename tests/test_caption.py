@@ -463,6 +463,27 @@ def test_output_inside_the_images_folder_is_refused(tmp_path, server):
     assert server.received == []
 
 
+LOOPED = {  # case: (images, out) under tmp_path; loop-a -> loop-b -> loop-a
+    "images folder is the loop": ("loop-a", "out"),
+    "images folder under the loop": ("loop-a/images", "out"),
+    "output under the loop": ("images", "loop-b/out"),
+}
+
+
+@pytest.mark.parametrize("case", LOOPED.values(), ids=LOOPED.keys())
+def test_a_loop_of_links_is_refused_before_a_request(tmp_path, server, case):
+    images, out = case
+    make_images(tmp_path / "images")
+    (tmp_path / "loop-a").symlink_to("loop-b")
+    (tmp_path / "loop-b").symlink_to("loop-a")
+    before = sorted(os.listdir(tmp_path))
+    params = parse_params("t", raw_params(server.base_url, tmp_path / images))
+    with pytest.raises(DataError, match="a loop of symbolic links|Too many levels of symbolic links"):
+        caption("t", params, tmp_path / out, None, log=lambda message: None)
+    assert server.received == []
+    assert sorted(os.listdir(tmp_path)) == before
+
+
 # ---------------------------------------------------------------- dvc.yaml
 
 

@@ -556,3 +556,21 @@ def test_pr_comment_writes_only_plain_public_links(dvc_repo, tmp_path, monkeypat
     assert result.returncode == 0, result.stderr
     comment = (tmp_path / "o" / "comment.md").read_text(encoding="utf-8")
     assert "ghp_" not in comment and "AKIA" not in comment and "https://github.example/o/r/actions/runs/1" in comment
+
+
+BEFORE_ANY_REQUEST = {
+    "a sheet that is no JPEG": (lambda p: p.write_bytes(b"GIF89a" + b"\0" * 64), "not a contact sheet"),
+    "a FIFO named as a sheet": (fifo, "not a regular file"),
+    "a file pr-comment does not name": (lambda p: p.with_name("notes.txt").write_text("x"), "not a contact sheet"),
+}
+
+
+@pytest.mark.parametrize("case", BEFORE_ANY_REQUEST.values(), ids=BEFORE_ANY_REQUEST.keys())
+def test_sheets_are_checked_before_the_first_request(tmp_path, github, case):
+    """With --head-sha the PR's head is asked for first; a bad sheet is refused before that request."""
+    make, match = case
+    (tmp_path / "sheets").mkdir()
+    make(tmp_path / "sheets" / "head-v2.jpg")
+    server = github()
+    one_error_line(post(tmp_path, server.url, "--head-sha", "a" * 40, "--assets", str(tmp_path / "sheets")), match)
+    assert server.requests == []

@@ -481,6 +481,11 @@ def cli_post(
         raise DataError(f"{shown(body_file)}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
     if len(body) > MAX_BODY:
         raise DataError(f"{shown(body_file)}: {len(body)} characters, over GitHub's comment limit")
+    files = {}
+    if assets is not None and assets.is_dir():  # read and checked before the first request is sent
+        check_branch(assets_branch, "--assets-branch")  # branch and folder go into API paths and the tree
+        prefix = assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}")
+        files = sheets_to_commit(assets, check_branch(prefix, "--assets-prefix" if assets_prefix else "--head-sha"))
     if head_sha:  # the number came with the artifact: post only on the PR whose head that run built
         actual = github.head_sha(number)
         if actual != head_sha:
@@ -489,12 +494,8 @@ def cli_post(
                     f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
                 )
             )
-    if assets is not None and assets.is_dir():  # branch and folder go into API paths and the tree
-        check_branch(assets_branch, "--assets-branch")
-        prefix = assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}")
-        files = sheets_to_commit(assets, check_branch(prefix, "--assets-prefix" if assets_prefix else "--head-sha"))
-        if files:
-            sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
-            print(shown(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})"))
+    if files:
+        sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
+        print(shown(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})"))
     action, comment = github.upsert_comment(number, body, MARKER)
     print(github.redacted(f"pr-comment-post: {action} {github.comment_url(comment)}"))  # the token never shown
