@@ -481,19 +481,16 @@ def cli_post(
         raise DataError(f"{shown(body_file)}: no {MARKER} marker (write it with `python -m scripts pr-comment`)")
     if len(body) > MAX_BODY:
         raise DataError(f"{shown(body_file)}: {len(body)} characters, over GitHub's comment limit")
-    files = {}
-    if assets is not None and assets.is_dir():  # read and checked before the first request is sent
+    files: dict[str, bytes] = {}  # the sheets, read and checked before the first request is sent
+    if assets is not None and assets.is_dir():
         check_branch(assets_branch, "--assets-branch")  # branch and folder go into API paths and the tree
         prefix = assets_prefix or (f"pr-{number}/{head_sha}" if head_sha else f"pr-{number}")
         files = sheets_to_commit(assets, check_branch(prefix, "--assets-prefix" if assets_prefix else "--head-sha"))
     if head_sha:  # the number came with the artifact: post only on the PR whose head that run built
         actual = github.head_sha(number)
         if actual != head_sha:
-            raise DataError(
-                github.redacted(
-                    f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
-                )
-            )
+            message = f"pull request #{number}: head is {actual}, not {head_sha} (the run that wrote {body_file})"
+            raise DataError(github.redacted(message))
     if files:
         sha = github.commit_files(assets_branch, files, f"dataset-diff images for #{number}")
         print(shown(f"pr-comment-post: {len(files)} image(s) on {assets_branch} ({sha[:8]})"))
