@@ -10,9 +10,10 @@ tools' outputs, one table per class (every row failed before its fix), on real f
 2. `replay-history DEST` with DEST itself a symbolic link (dangling, or to an empty folder) resolved the link and
    wrote the whole replay wherever it pointed, at exit 0. Refused in one line now (io.check_output_kind), a link on
    the way to DEST still followed as before.
-3. `replay-history DEST` and `publish --out` wrote into the repository's stores: `replay-history .git/replay` put a
-   whole repository in git's folder, `publish --dry-run --out data/hub` its Hub folder among the stages' outputs
-   (the gap round 21 left: only pr-comment and pr-build refused it). Both refuse now, in one line, before any work
+3. `replay-history DEST`, `publish --out` and `pr-build --base-dir` wrote into the repository's stores:
+   `replay-history .git/replay` put a whole repository in git's folder, `publish --dry-run --out data/hub` its Hub
+   folder among the stages' outputs, and pr-build took `--base-dir .git/base` for the base's worktree (the gap round
+   21 left: only pr-comment's and pr-build's --out were refused). All refuse now, in one line, before any work
    (side_inputs.check_outside_stores).
 """
 
@@ -201,20 +202,24 @@ INTO_THE_STORES = {  # case: (command, output under the repository)
     "replay-history into .dvc": ("replay-history", ".dvc/replay"),
     "replay-history into data/": ("replay-history", "data/replay"),
     "publish into .dvc": ("publish", ".dvc/hub"),
+    "pr-build's base worktree into .git": ("pr-build", ".git/base"),
+    "pr-build's base worktree into data/": ("pr-build", "data/base"),
+    "pr-build's base worktree into .dvc": ("pr-build", ".dvc/base"),
 }
 
 
 @pytest.mark.parametrize("case", INTO_THE_STORES)
-def test_replay_and_publish_never_write_into_the_repositorys_stores(tmp_path, monkeypatch, capfd, case):
+def test_side_tools_never_write_into_the_repositorys_stores(tmp_path, monkeypatch, capfd, case):
     command, out = INTO_THE_STORES[case]
     if command == "publish":
         root = publish_repo(tmp_path / "repo")
         argv = ["publish", "v2", "--repo-id", "a/b", "--dry-run", "--out", out]
-    else:
+    else:  # a repository with no stages: pr-build had nothing to build and made build.json, never the worktree
         root = source_repo(tmp_path / "repo")
         (root / ".dvc").mkdir()
         (root / "data").mkdir()
-        argv = ["replay-history", out]
+        (root / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
+        argv = ["replay-history", out] if command == "replay-history" else ["pr-build", "HEAD", "--base-dir", out]
     done = cli(argv, root, monkeypatch, capfd)
     assert done.returncode == 2, done.stdout[-500:] + done.stderr[-2000:]
     line = error_line(done.stderr)
