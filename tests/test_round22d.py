@@ -4,9 +4,10 @@ tools' outputs, one table per class (every row failed before its fix), on real f
 1. The tar walk followed some pax records and passed over others that tar follows: a pax sparse member (a regular
    `0` member with GNU.sparse.* records) was read as the file (its holes dropped: GNU tar's 35 MB image became its
    4 kB of data, written at exit 0), a global header's `path` or `size` (every later member's, to GNU tar and
-   tarfile) was ignored, and two pax headers before one member were merged (GNU tar keeps the last, tarfile the
-   first). Such a member is refused as a sparse file; such a header ends the walk as `corrupt_archive`
-   (archive.iter_tar, archive._check_followed). A global header of other records (git archive's comment) is read.
+   tarfile) was ignored, and of two pax or GNU long-name headers before one member the walk took one name where
+   GNU tar or tarfile took another (`x path=A` then `L B`: A to both, B to the walk). Such a member is refused as
+   a sparse file; such a header ends the walk as `corrupt_archive` (archive.iter_tar, archive._check_global). A
+   global header of other records (git archive's comment) and one long name per member are read as before.
 2. `replay-history DEST` with DEST itself a symbolic link (dangling, or to an empty folder) resolved the link and
    wrote the whole replay wherever it pointed, at exit 0. Refused in one line now (io.check_output_kind), a link on
    the way to DEST still followed as before.
@@ -55,8 +56,13 @@ def header(name: str, size: int, typeflag: bytes = b"0") -> bytes:
     return info.tobuf(tarfile.USTAR_FORMAT)
 
 
-def member(name: str, data: bytes) -> bytes:
-    return header(name, len(data)) + data + b"\x00" * (-len(data) % 512)
+def member(name: str, data: bytes, typeflag: bytes = b"0") -> bytes:
+    return header(name, len(data), typeflag) + data + b"\x00" * (-len(data) % 512)
+
+
+def long_name(name: str) -> bytes:
+    """A GNU long-name header (`L`): the next member's name."""
+    return member("././@LongLink", name.encode() + b"\x00", b"L")
 
 
 def pax(records: dict[str, str], typeflag: bytes = b"x") -> bytes:
@@ -94,6 +100,14 @@ PAX_SHARDS = {  # case: (the shard's bytes, the skip reason its image gets)
     ),
     "a global header sizing every member": (
         pax({"size": "0"}, b"g") + member("a.png", IMAGE) + member("a.json", RECORD) + END,
+        "corrupt_archive",
+    ),
+    "a GNU long name after a pax path": (  # GNU tar and tarfile: z.png; the walk took a.png
+        pax({"path": "z.png"}) + long_name("a.png") + member("q.png", IMAGE) + member("a.json", RECORD) + END,
+        "corrupt_archive",
+    ),
+    "two GNU long names": (  # GNU tar: the last, tarfile: the first
+        long_name("z.png") + long_name("a.png") + member("q.png", IMAGE) + member("a.json", RECORD) + END,
         "corrupt_archive",
     ),
     "a pax 1.0 sparse member under its real name": (

@@ -8,7 +8,7 @@ compile reads millions of members); every member is checked before its bytes are
 - types: regular files only (directories are passed over); symlinks, hardlinks, devices, fifos and
   sparse/unknown members are refused, pax sparse members too;
 - pax records: a member's path and size are followed; records tar readers apply another way (a global
-  header's path or size, two pax headers before one member) end the walk;
+  header's path or size, two pax or GNU long-name headers before one member) end the walk;
 - sizes: a member larger than `max_bytes` is refused without reading it; images larger than
   `max_pixels` (decompression bombs) are refused from their header before any decoding.
 
@@ -191,16 +191,11 @@ def _pax_records(data: bytes) -> dict[str, str]:
 SPARSE_RECORD = "GNU.sparse."
 
 
-def _check_followed(records: dict[str, str], typeflag: bytes, after_pax: bool) -> None:
-    """Refuse pax records that tar readers apply and the walk does not, or apply each their own way: a global
-    header's path, size or sparse map is every later member's (GNU tar and tarfile rename or resize them all),
-    and of two pax headers before one member GNU tar keeps the last, tarfile the first, the walk merged them."""
-    if typeflag == b"g" and (
-        taken := sorted(k for k in records if k in ("path", "size") or k.startswith(SPARSE_RECORD))
-    ):
+def _check_global(records: dict[str, str]) -> None:
+    """Refuse a global pax header's path, size or sparse map: every later member's to GNU tar and tarfile
+    (renamed or resized all), which the walk does not apply."""
+    if taken := sorted(k for k in records if k in ("path", "size") or k.startswith(SPARSE_RECORD)):
         raise ValueError(f"a global header sets {', '.join(taken)} for every later member")
-    if typeflag == b"x" and after_pax:
-        raise ValueError("a second pax header before one member: tar readers differ on which one counts")
 
 
 def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[TarMember | UnsafeArchive]:
@@ -252,11 +247,15 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                 yield UnsafeArchive("corrupt_archive", f"oversized tar extension header at byte {data_at}")
                 return
             data = bytes(buf[data_at : data_at + size])
+            if typeflag != b"g" and (pending_pax is not None or pending_name is not None):
+                # two of pax `x` and GNU `L` before one member: GNU tar keeps one, tarfile another (x L: A, B)
+                yield UnsafeArchive("corrupt_archive", f"a second extension header for one member at byte {data_at}")
+                return
             if typeflag in (b"x", b"g"):
                 try:
                     records = _pax_records(data)
-                    _check_followed(records, typeflag, pending_pax is not None)
                     if typeflag == b"g":
+                        _check_global(records)
                         continue  # what is left of a global header (a comment: git archive's) names no member
                     if "size" in records:
                         if not _DECIMAL.fullmatch(records["size"]):
@@ -266,7 +265,7 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                     yield UnsafeArchive("corrupt_archive", f"bad pax header at byte {data_at} ({exc})")
                     return
                 pending_pax = records
-                pending_name = records.get("GNU.sparse.name", records.get("path", pending_name))
+                pending_name = records.get("GNU.sparse.name", records.get("path"))
             elif typeflag == b"L":
                 pending_name = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
             continue
