@@ -107,7 +107,8 @@ def cli(
     from scripts.tools.side_inputs import check_outside_stores, commit_of
 
     repo = Path.cwd()
-    check_outside_stores(repo, out / "build.json")  # never into the data it builds, DVC's cache or .git
+    # never into the data it builds, DVC's cache or .git: the base's worktree neither (`--base-dir .git/base`)
+    check_outside_stores(repo, out / "build.json", base_dir)
     check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
     status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)

@@ -40,7 +40,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.safe_paths import check_image_name, confined_file
-from scripts.tools.side_inputs import release_file
+from scripts.tools.side_inputs import check_outside_stores, release_file
 
 T = TypeVar("T")
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
@@ -461,6 +461,7 @@ def cli(
     else:
         commit = tag_at_head(tag, name, "or leave out --tag") if dry_run else check_tag(tag, name)
     out = out or Path("dist/hub") / name
+    check_outside_stores(".", out)  # `--out .git/hub`, `data/hub`: never into git's, DVC's or the stages' folders
     splits = {split: read_split(release_dir, split) for split in SPLITS}
     with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:
         (tmp / "data").mkdir()

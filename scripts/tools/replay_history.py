@@ -162,11 +162,18 @@ def cli(
     remote: Path = typer.Option(None, "--remote", help="DVC remote folder (default: DEST/.dvc-storage)"),
 ) -> None:
     """Replay the release history as commits and tags in a fresh repository."""
+    from scripts.lib.io import check_output_kind
+    from scripts.tools.side_inputs import check_outside_stores
+
     src = Path.cwd()
+    # DEST itself a link (dangling, or to an empty folder): realpath followed it and the replay went wherever it
+    # points; a link on the way to DEST is followed, as the system does
+    check_output_kind(dest)
     # as the system will resolve it once its missing folders are made: `nothere/../../mine` is ../mine
     dest = Path(os.path.realpath(dest))
     if dest.exists() and any(dest.iterdir()):
         raise DataError(f"{shown(dest)}: exists and is not empty")
+    check_outside_stores(src, dest)  # `.git/replay`: a whole repository and its DVC cache written into git's folder
     params_text = read_params(src)  # everything checked before DEST is made: a failure leaves nothing
     check_order(params_text)
     names = release_names(params_text)
