@@ -12,6 +12,9 @@ failed before its fix), on real parquet files and runs of the commands:
    file) was a traceback in clean (to_pandas), in dedup (the tokenizer, the preview), or passed on at exit 0
    (clean's `id`, dedup's other columns). Every batch a stage input gives is validated where it is read
    (tables.utf8_checked), one line naming the file and column.
+4. A rules file (`clean --rules`, and the rule_set_from_file of compose, release and prefilter) was read whole:
+   a 3 GB sparse file, read as NULs, held the command for minutes and gigabytes before the JSON parser refused it.
+   It is read as every configuration file is (io.config_text: regular, at most MAX_CONFIG_BYTES).
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ import pytest
 import yaml
 
 from helpers.commands import cli
+from helpers.tiers import fast_first
 from helpers.workspace import PARAMS, error_line, write_params
+from scripts.lib.cleaning import rule_set_from_file
+from scripts.lib.errors import DataError
+from scripts.lib.io import MAX_CONFIG_BYTES
 
 TEXTS = [
     "a majestic red fox standing in a snowy forest at dawn, highly detailed",
@@ -160,3 +167,37 @@ def test_invalid_utf8_in_a_parquet_text_column_is_one_line(tmp_path, monkeypatch
     line = error_line(result.stderr)
     assert line.startswith(f"error: in.parquet: column '{column}' holds invalid data, such as text that is not UTF-8")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- 4. a rules file is capped as a configuration file
+
+OVERSIZED_RULES = fast_first(
+    [
+        ("clean --rules", "sparse"),  # a sparse file: its bytes read as NULs
+        ("rule_set_from_file", "sparse"),  # compose's, release's and prefilter's reader
+        ("clean --rules", "spaces"),  # real bytes: valid JSON whitespace, a parser's work too
+    ],
+    keep=2,
+    columns=2,
+)
+
+
+@pytest.mark.parametrize(("reader", "content"), OVERSIZED_RULES)
+def test_a_rules_file_over_the_configuration_cap_is_refused_unread(tmp_path, monkeypatch, capfd, reader, content):
+    workspace(tmp_path)
+    rules = tmp_path / "rules.json"
+    with rules.open("wb") as f:
+        if content == "sparse":
+            f.truncate(MAX_CONFIG_BYTES + 1)
+        else:
+            f.write(b" " * (MAX_CONFIG_BYTES + 1))
+    expected = f"rules.json: larger than {MAX_CONFIG_BYTES} bytes; refusing to read it"
+    if reader == "rule_set_from_file":
+        with pytest.raises(DataError, match=expected):
+            rule_set_from_file(rules)
+        return
+    pq.write_table(prompt_table(), tmp_path / "in.parquet")
+    result = cli(["clean", "s", "in.parquet", "out.parquet", "--rules", "rules.json"], tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2
+    assert error_line(result.stderr) == f"error: {expected}"
+    assert not (tmp_path / "out.parquet").exists()
