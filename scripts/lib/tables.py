@@ -32,6 +32,31 @@ def check_column_names(path: Path | str, names) -> None:
         seen.add(name)
 
 
+def utf8_checked(rows, path: Path | str):
+    """`rows` (a pyarrow table or batch read from `path`) when every text in it is UTF-8. Parquet stores a
+    string as bytes and pyarrow reads them unchecked: a file another tool wrote with invalid bytes in a text
+    column was a traceback wherever the texts were first used (to_pandas, the tokenizer, a preview), or was
+    passed on at exit 0. A full validation is one pass over the bytes (~8 ms a million rows)."""
+    import pyarrow as pa
+
+    for name, column in zip(rows.schema.names, rows.columns):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise DataError(
+                f"{shown(path)}: column {shown(name)!r} holds invalid data, such as text that is not UTF-8 "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
+    return rows
+
+
+def frame_of(rows):
+    """A pyarrow table or batch as a DataFrame, by its columns alone. A file's `pandas` schema metadata is its
+    writer's (ours write none): read, it named the index (an `id` column vanished from clean's output), renamed
+    columns (`meta` cleaned as the prompt) and, as bad JSON, was a traceback."""
+    return rows.replace_schema_metadata(None).to_pandas()
+
+
 def arrow_table(df):
     """A DataFrame as pyarrow, without the pandas index or metadata (it embeds versions): byte-stable."""
     import pyarrow as pa
@@ -202,14 +227,16 @@ class ParquetRows:
 def read_parquet(path: Path | str, columns: list[str] | None = None):
     """Read a stage's parquet input (only `columns`, when given: those the file has); a missing input is
     fatal and names the path."""
-    import pandas as pd
+    import pyarrow.parquet as pq
 
     path = existing_input(path)
     if columns is not None:
         names = set(column_names(path))
         columns = [c for c in columns if c in names]
     try:
-        return pd.read_parquet(path, columns=columns)
+        return frame_of(utf8_checked(pq.read_table(path, columns=columns), path))
+    except DataError:
+        raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise unreadable(path, exc) from None
 
@@ -270,9 +297,9 @@ class ParquetChunks:
             if batch is None:
                 break
             seen = True
-            yield batch.to_pandas()
+            yield frame_of(utf8_checked(batch, self.path))
         if not seen:
-            yield self.file.schema_arrow.empty_table().select(self.columns).to_pandas()
+            yield frame_of(self.file.schema_arrow.empty_table().select(self.columns))
 
     def arrow(self, df):
         import pyarrow as pa

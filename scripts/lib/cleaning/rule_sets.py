@@ -112,8 +112,8 @@ def read_rules_file(path: Path) -> RulesFile:
         raise DataError(f"{path}: rules file not found (run the clean_rules stage first)")
     if not path.is_file():  # a FIFO would block the read for good
         raise DataError(f"{path}: not a regular file; a rules file is JSON")
-    try:
-        data = loads_json(path.read_text(encoding="utf-8"))
+    try:  # capped as every configuration file: a 3 GB file (a sparse one reads as NULs) was read whole
+        data = loads_json(config_text(path))
     except ValueError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     return _rules_file(data, str(path))

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from scripts.lib import s3_input
 from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import matches
-from scripts.lib.tables import check_column_names, existing_input, is_text_type
+from scripts.lib.tables import check_column_names, existing_input, is_text_type, utf8_checked
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -100,7 +100,7 @@ def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str]
     for file in files:
         batches = file.iter_batches(batch_size=rows, columns=columns)
         while (batch := read(path, next, batches, None)) is not None:
-            yield batch
+            yield utf8_checked(batch, path)
 
 
 def read(path: Path | str, function, *args, **kwargs):
@@ -198,7 +198,8 @@ class StageInput:
         return None
 
     def _column(self, column: str) -> pa.Array:
-        chunks = [c for file in self.files for c in read(self.path, file.read, columns=[column]).column(0).chunks]
+        tables = (utf8_checked(read(self.path, file.read, columns=[column]), self.path) for file in self.files)
+        chunks = [chunk for table in tables for chunk in table.column(0).chunks]
         return chunks[0] if len(chunks) == 1 else self._concat(chunks, self.schema.field(column).type)
 
     def _batches(self, columns: list[str] | None, rows: int) -> Iterator[pa.RecordBatch]:

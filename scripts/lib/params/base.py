@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -51,7 +52,9 @@ class Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
-        if isinstance(value, str) and "\0" in value:  # a path with one failed deep inside pathlib
+        # a path with one failed deep inside pathlib; an item of a list too (`stop_phrases: ["\0"]` passed here,
+        # and the rule built of it later refused it as a traceback)
+        if any("\0" in text for text in _strings(value)):
             raise ValueError("holds a NUL character (\\0), which no path or name may hold")
         return value
 
@@ -60,6 +63,16 @@ class Section(BaseModel):
         left unset stay unset (rules on which keys are written: Source's kind keys, Export's options)."""
         data = {**self.model_dump(exclude_unset=True), **changes}
         return parse(type(self), data, file=f"{type(self).__name__}.replace")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """The strings `value` is or holds as list items, at any depth (a mapping's entries are models, checked
+    by their own validator, or free-form request fields)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
 
 
 KEY_LIKE = re.compile(r"(?=[\w-]*[0-9])(?=[\w-]*[A-Za-z])[\w-]{20,}")  # a long run mixing letters and digits
