@@ -1,10 +1,11 @@
 """Round 22c: the breaks this hostile round found in the network side of the tools (synthesize, caption,
 publish, pr-comment-post, tag against loopback servers), one table per class; every row failed before its fix:
 
-1. pr-comment-post printed a proxy's password: urllib sends `https_proxy=http://user:PASSWORD@proxy` as
-   Proxy-Authorization, and a proxy's 407 quoting it (as is, upper-cased, reversed, the Basic header) reached the
-   error line whole; the GitHub client redacted its token only (the chat and Hub clients redact proxy passwords
-   too: key_redaction.redact_secrets, now the GitHub client's as well).
+1. A proxy's credential echoed by the proxy reached a tool's line: urllib sends `https_proxy=http://user:PASSWORD@proxy`
+   as Proxy-Authorization, and a 407 quoting it (as is, upper-cased, reversed, the Basic header) was printed whole by
+   pr-comment-post, whose GitHub client redacted its token only; httpx (publish's client) sends a proxy URL's user
+   alone (`http://TOKEN@proxy`) as Basic `TOKEN:`, and only passwords were redacted. Both clients now redact what
+   key_redaction.proxy_credentials finds (a password, or a user where there is none), as the chat client does.
 2. publish slept as long as the Hub asked: huggingface_hub's retries sleep a 429 or 5xx's `Retry-After` (or a 429's
    RateLimit reset) whatever it says, silently (its warnings are off), so `Retry-After: 99999` held publish for a day
    and 400 digits were `int too large to convert to float`. A wait over hub_http.MAX_HUB_WAIT_S (60 s) is one line at
@@ -97,6 +98,32 @@ def test_a_proxys_password_echoed_never_reaches_pr_comment_posts_line(monkeypatc
     assert "HTTP 407" in line, line  # the proxy was asked, and answered
     assert not shows(line, PROXY_PASSWORD), line
     assert base64.b64encode(f"me:{PROXY_PASSWORD}".encode()).decode()[4:20] not in line, line
+
+
+PROXY_USER = f"Proxy{SECRET}token"  # a proxy whose credential is its URL's user alone: `http://TOKEN@proxy`
+
+
+@pytest.mark.parametrize("case", sorted(PROXY_ECHOES))
+def test_a_proxys_user_alone_echoed_never_reaches_publishs_line(tmp_path, monkeypatch, case):
+    """httpx (publish's client) sends a proxy URL's user without a password as Basic `USER:`; urllib sends none."""
+    from scripts.tools.publish import upload
+
+    proxy = echoing_proxy(PROXY_ECHOES[case])
+    try:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://{PROXY_USER}@127.0.0.1:{proxy.httpd.server_address[1]}")
+        monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # reached through the proxy
+        (tmp_path / "hub").mkdir()
+        with pytest.raises(DataError) as caught:
+            upload(tmp_path / "hub", "a/b", "v2", "c" * 40, private=False)
+    finally:
+        proxy.close()
+    line = str(caught.value)
+    assert "407" in line, line
+    assert not shows(line, PROXY_USER), line
+    assert base64.b64encode(f"{PROXY_USER}:".encode()).decode()[4:20] not in line, line
 
 
 # ---------------------------------------------------------------- 2. the waits the Hub asks publish for
