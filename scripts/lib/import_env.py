@@ -51,7 +51,9 @@ def _log_level(*names: str) -> Callable[[str], bool]:
 def _hub_endpoint(value: str) -> bool:
     """HF_ENDPOINT as huggingface_hub parses it when imported (its port too): an http(s) URL with a host and a port
     that is a number, or empty (the default Hub). A token pasted where the port goes (`https://hub.example:hf_...`)
-    failed that import with `Port could not be cast to integer value as 'hf_...'`, quoted twice on stderr."""
+    failed that import with `Port could not be cast to integer value as 'hf_...'`, quoted twice on stderr. No query
+    or fragment: the client puts each request's path after the endpoint, so `?api_key=...` was no key the Hub
+    read, only text in every request's URL that an error line quoted whole (as synthesize's base_url, refused)."""
     import urllib.parse
 
     if not value:
@@ -61,7 +63,7 @@ def _hub_endpoint(value: str) -> bool:
         _port = parts.port
     except ValueError:
         return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not ("?" in value or "#" in value)
 
 
 def _torch_cpp_log_level(value: str) -> bool:
@@ -75,7 +77,7 @@ IMPORT_TIME_VARIABLES: dict[str, dict[str, tuple[Callable[[str], bool], str]]] =
     "huggingface_hub": {
         "HF_HUB_ETAG_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
         "HF_HUB_DOWNLOAD_TIMEOUT": (_whole_seconds, "a whole number of seconds, at least 1"),
-        "HF_ENDPOINT": (_hub_endpoint, "an http(s) URL with a host, and a port that is a number"),
+        "HF_ENDPOINT": (_hub_endpoint, "an http(s) URL with a host, a port that is a number, no query or fragment"),
     },
     "torch": {  # its OpenMP runtime, libgomp, printed `libgomp: Invalid value for environment variable ...` at exit 0
         "OMP_NUM_THREADS": (_omp_counts, "a whole number from 1, or a comma list of them (4,2)"),

@@ -329,21 +329,24 @@ def _redact_text(value: str, api_key: str) -> str:
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 
-def proxy_passwords() -> list[str]:
-    """The passwords in the proxy variables set now, as written and percent-decoded."""
+def proxy_credentials() -> list[str]:
+    """The credential in each proxy variable set now, as written and percent-decoded: its password, or its user
+    where it has none (`http://TOKEN@proxy`: httpx, publish's client, sends it as Basic `TOKEN:`, and a proxy's 407
+    quoting it reached publish's line; urllib sends no user alone)."""
     found = set()
     for name, value in os.environ.items():
         if name.lower() in PROXY_VARIABLES:
             try:
-                password = urllib.parse.urlsplit(value).password
+                parts = urllib.parse.urlsplit(value)
             except ValueError:  # no URL urllib reads: it sends through no proxy then
                 continue
-            found |= {password, urllib.parse.unquote(password)} if password else set()
+            secret = parts.password or parts.username
+            found |= {secret, urllib.parse.unquote(secret)} if secret else set()
     return sorted(found)
 
 
 def redact_secrets(value: Any, api_key: str | None) -> Any:
-    """redact_key for the API key and for every proxy password (proxy_passwords)."""
-    for secret in [api_key, *proxy_passwords()]:
+    """redact_key for the API key and for every proxy's credential (proxy_credentials)."""
+    for secret in [api_key, *proxy_credentials()]:
         value = redact_key(value, secret)
     return value

@@ -10,7 +10,8 @@
 - Every reply is parsed with the depth-bounded JSON loader and shape-checked; commit shas and comment
   ids are checked before they go into a path. The comment list is read MAX_PAGES pages at most.
 - Every error is one line with the token redacted (scripts/lib/key_redaction.py: in any case,
-  reversed, encoded), and so is whatever the server sent that is printed (the comment's URL, a sha).
+  reversed, encoded), and so is whatever the server sent that is printed (the comment's URL, a sha);
+  so is a proxy's password (urllib sends it as Proxy-Authorization, and a proxy's 407 may echo it).
   A request whose body holds the token (holds_key; an image's bytes: as is or reversed, any case) is
   refused before it is sent: the comment is public.
 - Local inputs (the body, --pr-from, the sheets) are read only when regular files and never past a
@@ -39,7 +40,7 @@ from typing import Any
 
 from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler
 from scripts.lib.errors import DataError, shown
-from scripts.lib.key_redaction import holds_key, redact_key
+from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
 
 DEFAULT_API = "https://api.github.com"
@@ -187,6 +188,14 @@ def _origin(url: str) -> str:
         return "elsewhere"
 
 
+def _user_part(url: str) -> bool:
+    """Whether a URL has a `user:password@` part (a URL urllib cannot split has none it would use)."""
+    try:
+        return "@" in urllib.parse.urlsplit(url).netloc
+    except ValueError:
+        return False
+
+
 def _opener(deadline: float) -> urllib.request.OpenerDirector:
     """http(s) only (build_opener would add file://, ftp:// and data: handlers), no redirect followed."""
     opener = urllib.request.OpenerDirector()
@@ -223,10 +232,12 @@ class GitHub:
         return f"/repos/{self.repository}{path}"
 
     def redacted(self, text: str) -> str:
-        """A line for the terminal: the token redacted, its length bounded (a server's sha of megabytes)."""
+        """A line for the terminal: the token and any proxy's password redacted (the chat and Hub clients' rule: a
+        proxy's 407 quoting its Proxy-Authorization was printed whole), its length bounded (a server's sha of
+        megabytes)."""
         if len(text) > MAX_LINE_CHARS:
             text = text[:MAX_LINE_CHARS] + "…"
-        return shown(redact_key(text, self._token))
+        return shown(redact_secrets(text, self._token))
 
     @staticmethod
     def comment_url(comment: Any) -> str:
@@ -279,6 +290,8 @@ class GitHub:
 
     def _redirect_target(self, status: int, url: str, location: str | None) -> str:
         target = urllib.parse.urljoin(url, location) if location else ""
+        if _user_part(target):  # urllib takes `user:TOKEN@host` whole as the host's name: the resolver was asked it
+            raise _Failed(f"HTTP {status} redirects to a URL with a user part; only {_origin(self.api)} gets the token")
         if not target or _origin(target) != _origin(self.api):
             where = _origin(target) if target else "nowhere"
             raise _Failed(f"HTTP {status} redirects to {where}; only {_origin(self.api)} gets the token")

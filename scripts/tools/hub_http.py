@@ -4,12 +4,15 @@ Every request has an overall deadline: its per-socket-operation timeouts (httpx'
 byte, so a Hub trickling a byte a second would hold publish forever; the deadline is carried to the
 socket by a network backend that gives each connect, send and receive only the time left. Replies are
 asked for and taken only uncompressed (a 2 MB gzip reply can inflate to gigabytes, past any cap on
-the bytes received) and capped at MAX_HUB_REPLY_BYTES. Error lines carry no secret: not HF_TOKEN, nor
-HF_ENDPOINT's user:password@, in any letter case; nor does what is uploaded (refuse_token_in).
+the bytes received) and capped at MAX_HUB_REPLY_BYTES. A wait the Hub asks for before a retry is taken up
+to MAX_HUB_WAIT_S only (huggingface_hub sleeps whatever Retry-After says). Error lines carry no secret: not
+HF_TOKEN, nor HF_ENDPOINT's user:password@, in any letter case; nor does what is uploaded (refuse_token_in).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 import urllib.parse
@@ -19,8 +22,32 @@ from pathlib import Path
 from scripts.lib.errors import DataError, redact_url_userinfo, shown
 
 MAX_HUB_REPLY_BYTES = 16 << 20  # the Hub's JSON answers are small; an endless reply must not fill memory
+# huggingface_hub's retries sleep as long as a 429 or 5xx's Retry-After (or a 429's RateLimit reset) says, silently
+# (its warnings are off: they quote URLs): `Retry-After: 99999` held publish for a day. A longer wait fails at once.
+MAX_HUB_WAIT_S = 60
+RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)  # huggingface_hub's http_backoff retries these
 MIN_UPLOAD_BYTES_PER_S = 256 << 10  # a request body's share of its deadline: a big commit is not cut short
 _request = threading.local()  # .deadline: time.monotonic() by which the request in this thread must end
+
+
+class HubAsksToWait(Exception):
+    """The Hub asked for a wait over MAX_HUB_WAIT_S before a retry: not retried (hub_error prints the message)."""
+
+
+def asked_wait(status: int, headers) -> int | None:
+    """Seconds the Hub asks huggingface_hub to sleep before retrying this reply, read as http_backoff reads them
+    (a 429's RateLimit reset when none is left, else a Retry-After of digits); None when it asks for none."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    if status not in RETRIED_STATUSES:
+        return None
+    limit = parse_ratelimit_headers(headers) if status == 429 else None
+    if limit is not None and limit.remaining == 0:
+        return limit.reset_in_seconds
+    value = (headers.get("Retry-After") or "").strip()
+    if not re.fullmatch("[0-9]+", value):
+        return None
+    return int(value) if len(value) <= 18 else 10**18  # thousands of digits: int() refuses them, any cap is less
 
 
 def hub_token(token: str | None) -> str:
@@ -31,6 +58,25 @@ def hub_token(token: str | None) -> str:
     if not token.isprintable() or any(char.isspace() for char in token):
         raise DataError("HF_TOKEN holds a space, line break or other unprintable character: set the token alone")
     return token
+
+
+def check_proxy_variables() -> None:
+    """DataError naming the first proxy variable the Hub client cannot read as a URL with a numeric port: httpx
+    quotes the bad part (`Invalid port: '...'`, a secret pasted where the port goes) in its error, unredacted.
+    Checked before any request, the value never shown; urllib's clients (synthesize, pr-comment-post) name only
+    the error's type."""
+    from scripts.lib.key_redaction import PROXY_VARIABLES
+
+    for name, value in sorted(os.environ.items()):
+        if name.lower() not in PROXY_VARIABLES or not value:
+            continue
+        try:
+            _port = urllib.parse.urlsplit(value if "://" in value else f"http://{value}").port
+        except ValueError:
+            raise DataError(
+                f"{name}: not a proxy URL the Hub client can use (its port is not a number, or a [host] is not "
+                "closed); fix or unset it"
+            ) from None
 
 
 def refuse_token_in(folder: Path, token: str) -> None:
@@ -188,6 +234,12 @@ def hub_client_factory(timeout_s: float):
         hf_request_event_hook(request)
 
     def cap(response) -> None:
+        wait = asked_wait(response.status_code, response.headers)
+        if wait is not None and wait > MAX_HUB_WAIT_S:
+            raise HubAsksToWait(
+                f"HTTP {response.status_code}: the Hub asks to wait {min(wait, 10**9)} s before retrying, over the "
+                f"{MAX_HUB_WAIT_S} s publish waits; publish again later"
+            )
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):  # asked for identity: a compressed body's size says nothing
             raise httpx2.DecodingError(f"a {encoding[:40]}-encoded reply, not asked for", request=response.request)

@@ -389,9 +389,17 @@ def check_tag(tag: str, name: str) -> str:
 
 def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> str:
     """Create the dataset repository if needed, upload the folder, tag the commit; the Hub commit id."""
-    from scripts.tools.hub_http import endpoint_secrets, hub_client_factory, hub_error, hub_token, refuse_token_in
+    from scripts.tools.hub_http import (
+        check_proxy_variables,
+        endpoint_secrets,
+        hub_client_factory,
+        hub_error,
+        hub_token,
+        refuse_token_in,
+    )
 
     token = hub_token(os.environ.get("HF_TOKEN"))
+    check_proxy_variables()
     refuse_token_in(folder, token)
     endpoint = os.environ.get("HF_ENDPOINT") or None
     from huggingface_hub import HfApi, constants
