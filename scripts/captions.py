@@ -113,7 +113,7 @@ def cli(
     check_files_ours(output, inputs=[input, images])
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
-    attach = image_joiner(source, images)
+    attach = image_joiner(source, images, input, rows.columns)
     language = caption_language(source)
     offset = not_language = written = 0
     with sorted_rows_to(output, ranks) as out:
@@ -135,13 +135,19 @@ def cli(
     print(shown(f"captions@{source}: {written} rows -> {output}"))
 
 
-def image_joiner(source: str, images: Path):
-    """rows -> rows with their images: the rendered ones of generate@S's manifest, else the source's own."""
+def image_joiner(source: str, images: Path, input: Path, columns: list[str]):
+    """rows -> rows with their images: the rendered ones of generate@S's manifest, else the source's own
+    (`columns`: the input's, which must then hold `image`)."""
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id", present=("file",))
         return lambda rows: join_rendered(rows, manifest, images.as_posix())
+    if "image" not in columns:  # a mistyped images folder, or a file: a KeyError traceback at the first chunk
+        raise DataError(
+            f"{shown(images)}: no {MANIFEST} here, and {shown(input)} has no 'image' column (name generate@S's "
+            "image folder, or the raw path of a source that carries its images)"
+        )
     # text_only only lets rows without an image through (those would fail otherwise), so it changes
     # no output byte: not a DVC param of this stage
     entry = load_section("sources", missing_ok=True).get(source)

@@ -11,6 +11,7 @@ committed), read with `dvc metrics diff --targets FILE` or cat.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -26,10 +27,20 @@ def summarise(threshold: float, stats: dict[str, dict]) -> dict:
     return {"dedup_threshold": threshold, "rows": {name: s["rows"]["total"] for name, s in stats.items()}}
 
 
+def stats_path(releases: Path, name: str) -> Path:
+    """RELEASES/NAME/stats.json, refused when a link on its way leads out of RELEASES: summary copied the row
+    count of a `stats.json -> /elsewhere/stats.json` into the metrics (and tag into its message)."""
+    path = releases / name / "stats.json"
+    real, top = os.path.realpath(path), os.path.realpath(releases)
+    if not real.startswith(top.rstrip(os.sep) + os.sep):
+        raise DataError(f"{shown(path)}: a link on its way leads out of {shown(releases)}; refusing to read it")
+    return path
+
+
 def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     stats = {}
     for name in names:
-        path = releases / name / "stats.json"
+        path = stats_path(releases, name)
         try:
             stats[name] = loads_json(config_text(path))  # config_text: a FIFO hung it; loads_json: depth-bounded
             total = stats[name]["rows"]["total"]

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.errors import DataError, os_error_message, shown
+from scripts.lib.io import check_output_kind
 from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
 from scripts.lib.tables import write_parquet
@@ -312,10 +313,12 @@ def store_lock(store: Path | None, exclusive: bool = False, output: Path | None 
 
 def check_store(store: Path, output: Path | None = None) -> None:
     """The store holds only what generate writes there, and is neither inside OUTPUT nor around it."""
+    check_output_kind(store)  # a link to a folder elsewhere was written through (marker, index, images there)
     if store.exists() and not store.is_dir():
         raise DataError(f"{store}: is a file, expected the generation store folder")
     if output is not None:
-        a, b = os.path.abspath(store), os.path.abspath(output)
+        # as they resolve: `data/alias/S/st` (data/alias -> images) made a store inside data/images/S
+        a, b = os.path.realpath(store), os.path.realpath(output)
         if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
             raise DataError(f"--store {store}: must be a folder of its own, not {output} or inside/around it")
     if not store.is_dir():

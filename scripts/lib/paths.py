@@ -111,6 +111,8 @@ class ImageRoots:
     def check(self, image, path: Path, number: int, source: str) -> None:
         if image is None or image != image:  # no image (a text-only source): nothing to confine
             return
+        if "\0" in image:  # os.path.realpath raises ValueError for it: a traceback, not a line
+            raise DataError(f"{path}: row {number}: image {image!r} holds a NUL byte, which no path may hold")
         file = parse_ref(image)[0]
         real = os.path.realpath(file)  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied

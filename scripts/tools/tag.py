@@ -19,6 +19,7 @@ import typer
 from scripts.lib.errors import DataError, redact_url_userinfo, shown
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
+from scripts.summary import stats_path
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 MAX_STATS_BYTES = 16 << 20  # a release's stats.json is a few KiB
@@ -106,7 +107,7 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
             raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
         check_up_to_date(repo, stage)
         check_pushed(repo, stage)
-    message = release_message(name, Path(f"data/releases/{name}/stats.json"), stage)
+    message = release_message(name, stats_path(Path("data/releases"), name), stage)
     _git("tag", "-a", name, "-m", message)
     print(shown(f"tagged {name}: {message.splitlines()[0]}"))
 
