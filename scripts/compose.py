@@ -30,6 +30,7 @@ from scripts.lib.compose_stream import placements, write_picked_rows
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_not_input, shown
 from scripts.lib.params import load_section
+from scripts.lib.paths import table_in
 from scripts.lib.plans import (
     check_plan,
     compose_plan,
@@ -61,7 +62,7 @@ def read_composed(folder: Path, row_columns: list[str] = ROW_COLUMNS) -> tuple[p
 
 def composed_file(folder: Path, name: str, columns: list[str]) -> Path:
     """folder/name, checked to be a compose@V output with `columns` (its footer read, not its rows)."""
-    path = Path(folder) / name
+    path = table_in(Path(folder), name)
     if not path.is_file():
         raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
     missing = [c for c in columns if c not in column_names(path)]

@@ -27,7 +27,7 @@ from scripts.lib.export import export_options, write_prompts_release, write_rows
 from scripts.lib.io import SPLITS, check_not_input, staging_dir, write_json
 from scripts.lib.marks import mark_folder
 from scripts.lib.params import Preview, Source, load_section
-from scripts.lib.paths import check_composed_rows, check_output, move_into_place
+from scripts.lib.paths import check_composed_rows, check_output, move_into_place, table_in
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
@@ -84,7 +84,7 @@ def read_split_records(splits: Path, names: list[str]) -> tuple[dict[str, list[d
     for name in names:
         values, files = [], []  # files: (table, its rows), so a bad `generation` value names its row
         for split in SPLITS:
-            path = splits / name / f"{split}.parquet"
+            path = table_in(splits, name, f"{split}.parquet")
             table = read_parquet(path, columns=["generation", "id", "image_sha256"]) if path.is_file() else None
             if table is None:
                 continue

@@ -1,0 +1,113 @@
+"""Round 23e: the breaks round 22 left open in compose and release, and what this round found around them,
+one table per class (every row of a class table failed before its fix), on real files, folders and links:
+
+1. A split folder `data/splits/S` (or its table, a positions file of `--positions`, compose@V's rows.parquet
+   under `--composed`) that is a symbolic link out of its folder was read by compose and release, plain and
+   streamed, at exit 0: refused in one line (paths.table_in), while a link into DVC's cache (cache.type
+   symlink) is still read, as paths.ImageRoots takes an image's.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from helpers.commands import cli
+from helpers.workspace import error_line, make_splits, snapshot, write_params
+
+COMPONENTS = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
+PICKS = {"r": {"components": COMPONENTS}}  # only picks rows: compose streams them (compose_stream)
+CLEANED = {"r": {"components": COMPONENTS, "steps": [{"clean": {"rules": "final"}}]}}  # reads texts: plain
+
+# ---------------------------------------------------------------- 1. a split table through a link out
+
+
+def _moved_out(path: Path, elsewhere: Path, relative: bool = False) -> None:
+    """`path` moved to `elsewhere`, a link to it left in its place."""
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, elsewhere)
+    path.symlink_to(Path("../" * (len(path.parts) - 1)) / elsewhere if relative else elsewhere.absolute())
+
+
+def split_folder_out_compose_streamed(root: Path, out: Path, run) -> tuple:
+    _moved_out(root / "data/splits/diffusiondb", out / "diffusiondb")
+    return PICKS, ["compose", "r", "data/splits", "data/compose/r"], "data/splits/diffusiondb/train.parquet"
+
+
+def split_folder_out_compose_plain(root: Path, out: Path, run) -> tuple:  # a relative link, a clean step
+    _moved_out(root / "data/splits/diffusiondb", out / "diffusiondb", relative=True)
+    return CLEANED, ["compose", "r", "data/splits", "data/compose/r"], "data/splits/diffusiondb/train.parquet"
+
+
+def split_file_out_release(root: Path, out: Path, run) -> tuple:  # the table alone, release's own reads
+    _moved_out(root / "data/splits/diffusiondb/validation.parquet", out / "validation.parquet")
+    return PICKS, ["release", "r", "data/splits", "data/releases/r"], "data/splits/diffusiondb/validation.parquet"
+
+
+def split_folder_out_release_plain(root: Path, out: Path, run) -> tuple:
+    _moved_out(root / "data/splits/diffusiondb", out / "diffusiondb")
+    return CLEANED, ["release", "r", "data/splits", "data/releases/r"], "data/splits/diffusiondb/train.parquet"
+
+
+def positions_out_compose(root: Path, out: Path, run) -> tuple:  # --positions' table of the source
+    (out / "p").mkdir(parents=True)
+    ids = pd.read_parquet(root / "data/splits/diffusiondb/train.parquet")["id"]
+    pd.DataFrame({"id": ids, "position": range(len(ids))}).to_parquet(out / "p/diffusiondb.parquet")
+    (root / "data/prefilter").mkdir(parents=True)
+    (root / "data/prefilter/diffusiondb.parquet").symlink_to(out / "p/diffusiondb.parquet")
+    return PICKS, ["compose", "r", "data/splits", "data/compose/r"], "data/prefilter/diffusiondb.parquet"
+
+
+def composed_rows_out_release(root: Path, out: Path, run) -> tuple:  # --composed: compose@r's rows.parquet
+    write_params(root, releases=PICKS)
+    assert run(["compose", "r", "data/splits", "data/compose/r"]).returncode == 0
+    _moved_out(root / "data/compose/r/rows.parquet", out / "rows.parquet")
+    argv = ["release", "r", "data/splits", "data/releases/r", "--composed", "data/compose/r"]
+    return PICKS, argv, "data/compose/r/rows.parquet"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        split_folder_out_compose_streamed,
+        split_folder_out_compose_plain,
+        split_file_out_release,
+        split_folder_out_release_plain,
+        positions_out_compose,
+        composed_rows_out_release,
+    ],
+)
+def test_a_table_linked_out_of_its_folder_is_refused(tmp_path, monkeypatch, capfd, case):
+    root, out = tmp_path / "ws", tmp_path / "elsewhere"
+    root.mkdir()
+    make_splits(root, n=8)
+    run = lambda argv: cli(argv, root, monkeypatch, capfd)  # noqa: E731
+    releases, argv, linked = case(root, out, run)
+    write_params(root, releases=releases)
+    output = root / argv[3]
+    before = snapshot(output) if output.exists() else None
+    result = run(argv)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: {linked}: a link on its way leads out of"), line
+    assert (snapshot(output) if output.exists() else None) == before
+
+
+def test_a_split_table_linked_into_the_dvc_cache_is_read(tmp_path, monkeypatch, capfd):
+    """cache.type symlink checks each output file out as a link into .dvc/cache: still the split's own."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_splits(root, n=8)
+    write_params(root, releases=CLEANED)
+    for name in ("train", "validation"):
+        table = root / "data/splits/diffusiondb" / f"{name}.parquet"
+        cached = root / ".dvc/cache/files/md5" / ("ab" if name == "train" else "cd") / ("0" * 30)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(table, cached)
+        table.symlink_to(cached)
+    for argv in (["compose", "r", "data/splits", "data/compose/r"], ["release", "r", "data/splits", "data/releases/r"]):
+        result = cli(argv, root, monkeypatch, capfd)
+        assert result.returncode == 0, result.stderr
