@@ -5,6 +5,9 @@ one table per class (every row of a class table failed before its fix), on real 
    under `--composed`) that is a symbolic link out of its folder was read by compose and release, plain and
    streamed, at exit 0: refused in one line (paths.table_in), while a link into DVC's cache (cache.type
    symlink) is still read, as paths.ImageRoots takes an image's.
+2. dedup refused `text` and `id` columns that ingest and clean read (dictionary-encoded, string_view), clean's
+   own output among them (clean keeps an `id` column as it found it): dedup reads them as the plain texts they
+   stand for, a read at a time, and keeps and removes what it does for the plain table (tables.plain_texts).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from helpers.commands import cli
@@ -111,3 +116,62 @@ def test_a_split_table_linked_into_the_dvc_cache_is_read(tmp_path, monkeypatch, 
     for argv in (["compose", "r", "data/splits", "data/compose/r"], ["release", "r", "data/splits", "data/releases/r"]):
         result = cli(argv, root, monkeypatch, capfd)
         assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- 2. dedup reads every text layout clean reads
+
+TEXTS = ["a red fox in the snowy forest at dawn, highly detailed"] * 3 + [f"a blue boat number {i}" for i in range(5)]
+
+
+def _prompt_table(id_kind=None, text_kind=None) -> pa.Table:
+    def column(values, kind):
+        array = pa.array(values)
+        return array.dictionary_encode() if kind == "dictionary" else array.cast(kind) if kind else array
+
+    ids = [f"p{i}" for i in range(len(TEXTS))]
+    return pa.table(
+        {"id": column(ids, id_kind), "source": ["diffusiondb"] * len(ids), "text": column(TEXTS, text_kind)}
+    )
+
+
+def dictionary_ids_from_clean(root: Path, run) -> str:  # the pipeline itself: clean@S's output, as dedup@S reads it
+    rows = (
+        _prompt_table("dictionary").append_column("prompt", pa.array(TEXTS)).append_column("meta", pa.array(["{}"] * 8))
+    )
+    (root / "data/prompts").mkdir(parents=True)
+    pq.write_table(rows, root / "data/prompts/diffusiondb.parquet")
+    assert run(["clean", "diffusiondb", "data/prompts/diffusiondb.parquet", "data/clean/in.parquet"]).returncode == 0
+    return "data/clean/in.parquet"
+
+
+def string_view_texts(root: Path, run) -> str:  # pyarrow 16+ and polars write it
+    pq.write_table(_prompt_table(text_kind=pa.string_view()), root / "data/clean/in.parquet")
+    return "data/clean/in.parquet"
+
+
+def dictionary_texts_string_view_ids_in_shards(root: Path, run) -> str:  # a folder of shards, both at once
+    rows = _prompt_table(pa.string_view(), "dictionary")
+    (root / "data/clean/in").mkdir()
+    pq.write_table(rows.slice(0, 4), root / "data/clean/in/part-0.parquet")
+    pq.write_table(rows.slice(4), root / "data/clean/in/part-1.parquet")
+    return "data/clean/in"
+
+
+@pytest.mark.parametrize(
+    "case", [dictionary_ids_from_clean, string_view_texts, dictionary_texts_string_view_ids_in_shards]
+)
+def test_dedup_reads_the_text_layouts_clean_reads(tmp_path, monkeypatch, capfd, case):
+    (tmp_path / "data/clean").mkdir(parents=True)
+    write_params(tmp_path)
+    run = lambda argv: cli(argv, tmp_path, monkeypatch, capfd)  # noqa: E731
+    pq.write_table(_prompt_table(), tmp_path / "data/clean/plain.parquet")
+    assert run(["dedup", "diffusiondb", "data/clean/plain.parquet", "data/dedup/plain.parquet"]).returncode == 0
+    result = run(["dedup", "diffusiondb", case(tmp_path, run), "data/dedup/in.parquet"])
+    assert result.returncode == 0, result.stderr
+    for name in ("", ".clusters"):  # the same rows kept and the same clusters as of the plain table
+        kept, plain = (pq.read_table(tmp_path / f"data/dedup/{s}{name}.parquet") for s in ("in", "plain"))
+        assert (
+            kept.select(["id", "text"] if not name else kept.column_names).to_pylist()
+            == plain.select(["id", "text"] if not name else plain.column_names).to_pylist()
+        )
+    assert pq.read_table(tmp_path / "data/dedup/in.parquet").num_rows == 6  # two copies of the fox removed

@@ -1,6 +1,8 @@
 """Parquet tables in and out of a stage: byte-stable writes (whole, or row group by row group, always
 through io.atomic_path) and checked reads of a stage's inputs (whole, by columns, or in chunks), whose
-bad input is one line naming the file (and the row, where there is one).
+bad input is one line naming the file (and the row, where there is one). It is over 500 lines as one job: the
+stages' dvc.yaml deps name this file for every parquet read and write, and a text column's checks (layouts,
+UTF-8) are part of each read.
 """
 
 from __future__ import annotations
@@ -21,6 +23,37 @@ def is_text_type(kind) -> bool:
     import pyarrow as pa
 
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def reads_as_text(kind) -> bool:
+    """A type every stage reads as texts: string, large_string, string_view (Arrow's newer layout, which pyarrow
+    16+ and polars write) or a dictionary of one of them (a pandas category). ingest and clean read them all;
+    dedup refused the last two in clean's own output (clean keeps an `id` column as it found it)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return is_text_type(kind) or pa.types.is_string_view(kind)
+
+
+def plain_texts(rows):
+    """`rows` (a pyarrow table or batch) with each string_view or dictionary-of-text column as large_string, the
+    layout the text steps take; a dictionary is decoded a read at a time, the memory of the plain column it
+    stands for, so a table of 1B rows costs what its plain form would."""
+    import pyarrow as pa
+
+    for i, field in enumerate(rows.schema):
+        if reads_as_text(field.type) and not is_text_type(field.type):
+            rows = rows.set_column(i, field.with_type(pa.large_string()), rows.column(i).cast(pa.large_string()))
+    return rows
+
+
+def plain_schema(schema):
+    """`schema` as plain_texts leaves its rows."""
+    import pyarrow as pa
+
+    kinds = [pa.large_string() if reads_as_text(f.type) and not is_text_type(f.type) else f.type for f in schema]
+    return pa.schema([f.with_type(kind) for f, kind in zip(schema, kinds)], metadata=schema.metadata)
 
 
 def check_column_names(path: Path | str, names) -> None:
