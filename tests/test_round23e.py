@@ -8,6 +8,8 @@ one table per class (every row of a class table failed before its fix), on real 
 2. dedup refused `text` and `id` columns that ingest and clean read (dictionary-encoded, string_view), clean's
    own output among them (clean keeps an `id` column as it found it): dedup reads them as the plain texts they
    stand for, a read at a time, and keeps and removes what it does for the plain table (tables.plain_texts).
+3. The invalid-UTF-8 line quoted Arrow's string index within the read batch (`string index 0` for the 5th row
+   read 2 at a time): it names the input's row, 1-based, counted across reads and shards (tables.utf8_checked).
 """
 
 from __future__ import annotations
@@ -175,3 +177,66 @@ def test_dedup_reads_the_text_layouts_clean_reads(tmp_path, monkeypatch, capfd, 
             == plain.select(["id", "text"] if not name else plain.column_names).to_pylist()
         )
     assert pq.read_table(tmp_path / "data/dedup/in.parquet").num_rows == 6  # two copies of the fox removed
+
+
+# ---------------------------------------------------------------- 3. the invalid-UTF-8 line names the file's row
+
+
+def _with_bad_text(rows: pa.Table, column: str, row: int) -> pa.Table:
+    """`rows` with the text of `column` at `row` (0-based) bytes that are not UTF-8, as pyarrow reads them back."""
+    values = [v.encode() for v in rows.column(column).to_pylist()]
+    values[row] = b"\xff\xfe " + values[row]
+    return rows.set_column(rows.schema.get_field_index(column), column, pa.array(values, pa.binary()).view(pa.string()))
+
+
+def _prompts(n: int = 8) -> pa.Table:
+    texts = [f"a green lamp number {i}" for i in range(n)]
+    meta = ["{}"] * n
+    return pa.table(
+        {"id": [f"p{i}" for i in range(n)], "source": ["diffusiondb"] * n, "prompt": texts, "text": texts, "meta": meta}
+    )
+
+
+def clean_streamed_two_rows_a_read(root: Path, run) -> tuple:  # the 5th row: index 0 of the third read
+    write_params(root, runtime={"engine": "local", "stream_rows": 2})
+    pq.write_table(_with_bad_text(_prompts(), "prompt", 4), root / "in.parquet")
+    return ["clean", "diffusiondb", "in.parquet", "out/c.parquet"], "in.parquet", 5
+
+
+def dedup_second_shard(root: Path, run) -> tuple:  # the 7th row of the input: the 3rd of its second shard
+    write_params(root, runtime={"engine": "local", "stream_rows": 3})
+    rows = _with_bad_text(_prompts(), "text", 6)
+    (root / "in").mkdir()
+    pq.write_table(rows.slice(0, 4), root / "in/a.parquet")
+    pq.write_table(rows.slice(4), root / "in/b.parquet")
+    return ["dedup", "diffusiondb", "in", "out/d.parquet"], "in", 7
+
+
+def dedup_ids_in_shards(root: Path, run) -> tuple:  # the id column, read whole a shard at a time
+    write_params(root)
+    rows = _with_bad_text(_prompts(), "id", 5)
+    (root / "in").mkdir()
+    pq.write_table(rows.slice(0, 3), root / "in/a.parquet")
+    pq.write_table(rows.slice(3), root / "in/b.parquet")
+    return ["dedup", "diffusiondb", "in", "out/d.parquet"], "in", 6
+
+
+def compose_split_text(root: Path, run) -> tuple:  # a split table read whole: its 3rd row
+    write_params(root, releases=PICKS)
+    make_splits(root, n=8)
+    table = root / "data/splits/diffusiondb/train.parquet"
+    pq.write_table(_with_bad_text(pq.read_table(table), "text", 2), table)
+    return ["compose", "r", "data/splits", "out/r"], "data/splits/diffusiondb/train.parquet", 3
+
+
+@pytest.mark.parametrize(
+    "case", [clean_streamed_two_rows_a_read, dedup_second_shard, dedup_ids_in_shards, compose_split_text]
+)
+def test_the_invalid_utf8_line_names_the_files_row(tmp_path, monkeypatch, capfd, case):
+    argv, path, row = case(tmp_path, lambda argv: cli(argv, tmp_path, monkeypatch, capfd))
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert line.startswith(f"error: {path}: column '"), line
+    assert line.endswith(f"holds invalid data, such as text that is not UTF-8, first in row {row}"), line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

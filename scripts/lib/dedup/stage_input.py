@@ -104,10 +104,12 @@ def check_same_columns(shard: Path | str, schema: pa.Schema, first: pa.Schema) -
 
 def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
     """The record batches of `files` (the input at `path`) in order, `rows` at a time (none spans two files)."""
+    first = 1  # the input's row number of the batch's first row (shards counted in order)
     for file in files:
         batches = file.iter_batches(batch_size=rows, columns=columns)
         while (batch := read(path, next, batches, None)) is not None:
-            yield utf8_checked(plain_texts(batch), path)
+            yield utf8_checked(plain_texts(batch), path, first)
+            first += batch.num_rows
 
 
 def read(path: Path | str, function, *args, **kwargs):
@@ -205,10 +207,11 @@ class StageInput:
         return None
 
     def _column(self, column: str) -> pa.Array:
-        tables = (
-            utf8_checked(plain_texts(read(self.path, file.read, columns=[column])), self.path) for file in self.files
-        )
-        chunks = [chunk for table in tables for chunk in table.column(0).chunks]
+        chunks, first = [], 1
+        for file in self.files:
+            table = utf8_checked(plain_texts(read(self.path, file.read, columns=[column])), self.path, first)
+            chunks += table.column(0).chunks
+            first += table.num_rows
         return chunks[0] if len(chunks) == 1 else self._concat(chunks, self.schema.field(column).type)
 
     def _batches(self, columns: list[str] | None, rows: int) -> Iterator[pa.RecordBatch]:
