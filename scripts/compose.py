@@ -30,7 +30,6 @@ from scripts.lib.compose_stream import placements, write_picked_rows
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_not_input, shown
 from scripts.lib.params import load_section
-from scripts.lib.paths import table_in
 from scripts.lib.plans import (
     check_plan,
     compose_plan,
@@ -41,6 +40,7 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import column_names, read_parquet, write_parquet, write_row_groups
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"

@@ -27,9 +27,10 @@ from scripts.lib.export import export_options, write_prompts_release, write_rows
 from scripts.lib.io import SPLITS, check_not_input, staging_dir, write_json
 from scripts.lib.marks import mark_folder
 from scripts.lib.params import Preview, Source, load_section
-from scripts.lib.paths import check_composed_rows, check_output, move_into_place, table_in
+from scripts.lib.paths import check_composed_rows, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
 
 # layouts written a chunk of rows at a time (text only: an image layout holds its rows)

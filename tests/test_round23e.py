@@ -2,9 +2,10 @@
 one table per class (every row of a class table failed before its fix), on real files, folders and links:
 
 1. A split folder `data/splits/S` (or its table, a positions file of `--positions`, compose@V's rows.parquet
-   under `--composed`) that is a symbolic link out of its folder was read by compose and release, plain and
-   streamed, at exit 0: refused in one line (paths.table_in), while a link into DVC's cache (cache.type
-   symlink) is still read, as paths.ImageRoots takes an image's.
+   under `--composed`; plots' clean report, clusters table and release rows) that is a symbolic link out of
+   its folder was read by compose, release and plots, plain and streamed, at exit 0: refused in one line
+   (safe_paths.table_in), while a link into DVC's cache (cache.type symlink) is still read, by the one rule
+   paths.ImageRoots applies to an image (safe_paths.Roots).
 2. dedup refused `text` and `id` columns that ingest and clean read (dictionary-encoded, string_view), clean's
    own output among them (clean keeps an `id` column as it found it): dedup reads them as the plain texts they
    stand for, a read at a time, and keeps and removes what it does for the plain table (tables.plain_texts).
@@ -23,10 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.commands import cli
-from helpers.workspace import error_line, make_splits, snapshot, write_params
+from helpers.workspace import PARAMS, error_line, make_splits, snapshot, write_params
 
 COMPONENTS = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
 PICKS = {"r": {"components": COMPONENTS}}  # only picks rows: compose streams them (compose_stream)
+ONE_SOURCE = {"diffusiondb": PARAMS["sources"]["diffusiondb"]}  # plots reads each source's reports
 CLEANED = {"r": {"components": COMPONENTS, "steps": [{"clean": {"rules": "final"}}]}}  # reads texts: plain
 
 # ---------------------------------------------------------------- 1. a split table through a link out
@@ -76,6 +78,38 @@ def composed_rows_out_release(root: Path, out: Path, run) -> tuple:  # --compose
     return PICKS, argv, "data/compose/r/rows.parquet"
 
 
+PLOTS = ["plots", "data/releases", "data/clean", "data/dedup", "data/plots"]
+
+
+def _plots_inputs(root: Path, run) -> None:
+    """What plots reads: release r, diffusiondb's clean report and dedup clusters table."""
+    write_params(root, releases=PICKS, sources=ONE_SOURCE)
+    assert run(["release", "r", "data/splits", "data/releases/r"]).returncode == 0
+    (root / "data/clean").mkdir()
+    (root / "data/clean/diffusiondb.report.json").write_text('{"dropped_by_reason": {"nsfw": 2}}')
+    (root / "data/dedup").mkdir()
+    clusters = pa.table({"id": ["a", "b"], "duplicate_of": ["k", "k"], "jaccard": [0.9, 0.8]})
+    pq.write_table(clusters, root / "data/dedup/diffusiondb.clusters.parquet")
+
+
+def plots_clean_report_out(root: Path, out: Path, run) -> tuple:  # its rule counts copied into clean_removed.csv
+    _plots_inputs(root, run)
+    _moved_out(root / "data/clean/diffusiondb.report.json", out / "report.json")
+    return PICKS, PLOTS, "data/clean/diffusiondb.report.json"
+
+
+def plots_clusters_out(root: Path, out: Path, run) -> tuple:
+    _plots_inputs(root, run)
+    _moved_out(root / "data/dedup/diffusiondb.clusters.parquet", out / "c.parquet", relative=True)
+    return PICKS, PLOTS, "data/dedup/diffusiondb.clusters.parquet"
+
+
+def plots_release_folder_out(root: Path, out: Path, run) -> tuple:  # the release's folder, not its file
+    _plots_inputs(root, run)
+    _moved_out(root / "data/releases/r", out / "r")
+    return PICKS, PLOTS, "data/releases/r/rows.parquet"
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -85,6 +119,9 @@ def composed_rows_out_release(root: Path, out: Path, run) -> tuple:  # --compose
         split_folder_out_release_plain,
         positions_out_compose,
         composed_rows_out_release,
+        plots_clean_report_out,
+        plots_clusters_out,
+        plots_release_folder_out,
     ],
 )
 def test_a_table_linked_out_of_its_folder_is_refused(tmp_path, monkeypatch, capfd, case):
@@ -93,7 +130,7 @@ def test_a_table_linked_out_of_its_folder_is_refused(tmp_path, monkeypatch, capf
     make_splits(root, n=8)
     run = lambda argv: cli(argv, root, monkeypatch, capfd)  # noqa: E731
     releases, argv, linked = case(root, out, run)
-    write_params(root, releases=releases)
+    write_params(root, releases=releases, sources=ONE_SOURCE)
     output = root / argv[3]
     before = snapshot(output) if output.exists() else None
     result = run(argv)

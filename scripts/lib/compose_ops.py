@@ -16,10 +16,11 @@ import pandas as pd
 from scripts.lib.compose import ROW_COLUMNS, Ops, output_rows
 from scripts.lib.errors import DataError
 from scripts.lib.params import CleanStep, Dedup, DedupStep, Release, Runtime, Source
-from scripts.lib.paths import check_split_rows, table_in
+from scripts.lib.paths import check_split_rows
 from scripts.lib.plans import releases_read_by
 from scripts.lib.positions import checked_positions
 from scripts.lib.recipe import Recipe, Recipes, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import check_table, read_parquet
 
 

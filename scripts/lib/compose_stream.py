@@ -26,9 +26,10 @@ from scripts.lib.compose import (
 )
 from scripts.lib.compose_ops import with_positions
 from scripts.lib.external_sort import sorted_rows_to
-from scripts.lib.paths import check_plain_ids, check_split_rows, table_in
+from scripts.lib.paths import check_plain_ids, check_split_rows
 from scripts.lib.progress import Progress
 from scripts.lib.recipe import Recipe
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from scripts.lib.archive import parse_ref
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError
 from scripts.lib.io import (
     SPLITS,
     check_output_kind,
@@ -25,7 +25,7 @@ from scripts.lib.io import (
     replace_together,
 )
 from scripts.lib.marks import holds_marker, mark_file
-from scripts.lib.safe_paths import inside, not_an_image_name
+from scripts.lib.safe_paths import Roots, not_an_image_name
 from scripts.lib.tables import check_cells, check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
@@ -92,30 +92,8 @@ def check_no_nulls(rows: pd.DataFrame, path: Path, columns: tuple[str, ...], fir
             raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
 
 
-class ImageRoots:
-    """Whether an image reference lies in a source's folders, after every link."""
-
-    def __init__(self, roots: list[Path]):
-        self.roots = roots
-        self.real = [os.path.realpath(root) for root in roots]
-        self.named = [os.path.abspath(root) for root in roots]
-        self._cache: str | None = None  # DVC's cache (cache.type symlink links images into it): found when needed
-
-    def cache(self) -> str:
-        if self._cache is None:
-            from scripts.lib.dvc_cache import cache_folder
-
-            self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
-        return self._cache
-
-    def holds(self, file: Path | str) -> bool:
-        """`file` lies in a root after every link, or is named inside one and links into DVC's cache (what a
-        checkout with cache.type symlink puts there)."""
-        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
-        named = os.path.abspath(file)  # the path as written, `..` applied
-        return any(inside(real, root) for root in self.real) or (
-            any(inside(named, root) for root in self.named) and inside(real, self.cache())
-        )
+class ImageRoots(Roots):
+    """Whether an image reference lies in a source's folders, after every link (a link into DVC's cache too)."""
 
     def check(self, image, path: Path, number: int, source: str) -> None:
         if image is None or image != image:  # no image (a text-only source): nothing to confine
@@ -130,17 +108,6 @@ class ImageRoots:
         # no extension is placed as <id>.jpg (export.image_ext): only a named one can be its caption's
         if os.path.splitext(image)[1] and (why := not_an_image_name(image)):
             raise DataError(f"{path}: row {number}: image {why}; its caption or metadata would take its name")
-
-
-def table_in(root: Path, *names: str) -> Path:
-    """root/names (data/splits/S/train.parquet, a positions file, compose@V's rows.parquet), refused in one line
-    when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
-    was read as the source's split. A link into DVC's cache (cache.type symlink) is the root's own, as for
-    images; a hard link (cache.type hardlink) is a file of the root itself."""
-    path = Path(root).joinpath(*names)
-    if not ImageRoots([Path(root)]).holds(str(path)):
-        raise DataError(f"{shown(path)}: a link on its way leads out of {shown(root)}; refusing to read it")
-    return path
 
 
 def check_plain_ids(ids: pd.Series, path: Path) -> None:
