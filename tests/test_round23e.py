@@ -11,6 +11,8 @@ one table per class (every row of a class table failed before its fix), on real 
    stand for, a read at a time, and keeps and removes what it does for the plain table (tables.plain_texts).
 3. The invalid-UTF-8 line quoted Arrow's string index within the read batch (`string index 0` for the 5th row
    read 2 at a time): it names the input's row, 1-based, counted across reads and shards (tables.utf8_checked).
+4. A dedup clusters table whose ids are not UTF-8 was counted by plots at exit 0 and was a traceback in
+   dedup-preview: clusters_table.check_clusters, which both run, checks the UTF-8 too.
 """
 
 from __future__ import annotations
@@ -277,3 +279,47 @@ def test_the_invalid_utf8_line_names_the_files_row(tmp_path, monkeypatch, capfd,
     assert line.startswith(f"error: {path}: column '"), line
     assert line.endswith(f"holds invalid data, such as text that is not UTF-8, first in row {row}"), line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- 4. a clusters table's ids are UTF-8
+
+
+def _clusters_not_utf8(root: Path, column: str, row: int) -> None:
+    clusters = pa.table({"id": ["a", "b", "c"], "duplicate_of": ["k", "k", "m"], "jaccard": [0.9, 0.8, 0.7]})
+    pq.write_table(_with_bad_text(clusters, column, row), root / "data/dedup/diffusiondb.clusters.parquet")
+
+
+def plots_duplicate_of(root: Path, run) -> tuple:  # counted into dedup_clusters.csv at exit 0
+    _plots_inputs(root, run)
+    _clusters_not_utf8(root, "duplicate_of", 1)
+    return PLOTS, "duplicate_of", 2
+
+
+def plots_id(root: Path, run) -> tuple:
+    _plots_inputs(root, run)
+    _clusters_not_utf8(root, "id", 2)
+    return PLOTS, "id", 3
+
+
+def dedup_preview_id(root: Path, run) -> tuple:  # the page's reader of the same table
+    write_params(root)
+    (root / "data/dedup").mkdir(parents=True)
+    (root / "data/clean").mkdir(parents=True)
+    rows = pa.table({"id": ["a", "b", "c", "k", "m"], "text": ["x a", "x b", "x c", "x k", "x m"]})
+    pq.write_table(rows, root / "data/clean/diffusiondb.parquet")
+    pq.write_table(rows.slice(3), root / "data/dedup/diffusiondb.parquet")
+    _clusters_not_utf8(root, "id", 0)
+    return ["dedup-preview", "diffusiondb", "--output", "out/p.html"], "id", 1
+
+
+@pytest.mark.parametrize("case", [plots_duplicate_of, plots_id, dedup_preview_id])
+def test_a_clusters_table_that_is_not_utf8_is_one_line(tmp_path, monkeypatch, capfd, case):
+    make_splits(tmp_path, n=8)
+    argv, column, row = case(tmp_path, lambda argv: cli(argv, tmp_path, monkeypatch, capfd))
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr) == (
+        f"error: data/dedup/diffusiondb.clusters.parquet: column '{column}' holds invalid data, "
+        f"such as text that is not UTF-8, first in row {row}"
+    )
+    assert not (tmp_path / "data/plots").exists() and not (tmp_path / "out").exists()
