@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.commands import cli
+from helpers.tiers import fast_first
 from helpers.workspace import PARAMS, error_line, make_splits, snapshot, write_params
 
 COMPONENTS = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
@@ -112,20 +113,23 @@ def plots_release_folder_out(root: Path, out: Path, run) -> tuple:  # the releas
     return PICKS, PLOTS, "data/releases/r/rows.parquet"
 
 
-@pytest.mark.parametrize(
-    "case",
+LINKED_OUT = fast_first(
     [
         split_folder_out_compose_streamed,
-        split_folder_out_compose_plain,
         split_file_out_release,
-        split_folder_out_release_plain,
         positions_out_compose,
         composed_rows_out_release,
         plots_clean_report_out,
+        split_folder_out_compose_plain,
+        split_folder_out_release_plain,
         plots_clusters_out,
         plots_release_folder_out,
     ],
+    keep=5,
 )
+
+
+@pytest.mark.parametrize("case", LINKED_OUT, ids=lambda case: case.__name__)
 def test_a_table_linked_out_of_its_folder_is_refused(tmp_path, monkeypatch, capfd, case):
     root, out = tmp_path / "ws", tmp_path / "elsewhere"
     root.mkdir()
@@ -199,7 +203,9 @@ def dictionary_texts_string_view_ids_in_shards(root: Path, run) -> str:  # a fol
 
 
 @pytest.mark.parametrize(
-    "case", [dictionary_ids_from_clean, string_view_texts, dictionary_texts_string_view_ids_in_shards]
+    "case",
+    fast_first([dictionary_ids_from_clean, dictionary_texts_string_view_ids_in_shards, string_view_texts], keep=2),
+    ids=lambda case: case.__name__,
 )
 def test_dedup_reads_the_text_layouts_clean_reads(tmp_path, monkeypatch, capfd, case):
     (tmp_path / "data/clean").mkdir(parents=True)
@@ -312,7 +318,9 @@ def dedup_preview_id(root: Path, run) -> tuple:  # the page's reader of the same
     return ["dedup-preview", "diffusiondb", "--output", "out/p.html"], "id", 1
 
 
-@pytest.mark.parametrize("case", [plots_duplicate_of, plots_id, dedup_preview_id])
+@pytest.mark.parametrize(
+    "case", fast_first([plots_duplicate_of, dedup_preview_id, plots_id], keep=2), ids=lambda case: case.__name__
+)
 def test_a_clusters_table_that_is_not_utf8_is_one_line(tmp_path, monkeypatch, capfd, case):
     make_splits(tmp_path, n=8)
     argv, column, row = case(tmp_path, lambda argv: cli(argv, tmp_path, monkeypatch, capfd))
