@@ -40,6 +40,7 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import column_names, read_parquet, write_parquet, write_row_groups
 
 ROWS, REMOVED = "rows.parquet", "removed.parquet"
@@ -61,7 +62,7 @@ def read_composed(folder: Path, row_columns: list[str] = ROW_COLUMNS) -> tuple[p
 
 def composed_file(folder: Path, name: str, columns: list[str]) -> Path:
     """folder/name, checked to be a compose@V output with `columns` (its footer read, not its rows)."""
-    path = Path(folder) / name
+    path = table_in(Path(folder), name)
     if not path.is_file():
         raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
     missing = [c for c in columns if c not in column_names(path)]

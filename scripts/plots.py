@@ -11,7 +11,8 @@ Each file is a small CSV covering every release (or every source), so one file p
 
 `panel` names the small multiple a row belongs to (the templates in .dvc/plots/ facet on it; `rev` is
 added by DVC, so `dvc plots diff v4-a v4-b` draws both revisions side by side). Releases come from
-params.yaml `releases` and sources from `sources`, in that order; a missing input names its path.
+params.yaml `releases` and sources from `sources`, in that order; a missing input names its path, and one
+reached through a link out of its folder is refused (safe_paths.table_in: DVC's cache links are the folder's).
 Generation speed is not plotted: generate@S records no timing in its manifest or elsewhere.
 """
 
@@ -27,6 +28,7 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import check_cells
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
@@ -49,7 +51,7 @@ def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
 
     records = []
     for release in releases:
-        table = read_rows_table(Path(releases_dir) / release)
+        table = read_rows_table(table_in(releases_dir, release, "rows.parquet").parent)  # not through a link out
         if table is not None:
             # as diff reads it: str() made a null caption 'nan' (3 characters), a list or bytes their repr
             check_cells(table, Path(releases_dir) / release / "rows.parquet", ROW_TEXT, present=("split", "source"))
@@ -64,7 +66,9 @@ def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
             (release, split, str(record["source"]), str(record["text"]))
             for split in SPLITS
             for record in read_metadata(
-                Path(releases_dir) / release / split, ("source", "text"), f"run release@{release} first"
+                table_in(releases_dir, release, split, "metadata.jsonl").parent,
+                ("source", "text"),
+                f"run release@{release} first",
             )
         ]
     return pd.DataFrame(records, columns=["release", "split", "source", "text"])
@@ -74,7 +78,7 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
     """source -> its clean report, whose `dropped_by_reason` is checked (dropped_by_reason)."""
     reports = {}
     for source in sources:
-        path = Path(clean_dir) / f"{source}.report.json"
+        path = table_in(clean_dir, f"{source}.report.json")
         if not path.exists():
             raise DataError(f"{shown(path)}: not found (run clean@{source} first)")
         try:
@@ -107,7 +111,7 @@ def dropped_by_reason(report, path: Path | str) -> dict[str, int]:
 
 def read_clusters(dedup_dir: Path, sources: list[str]) -> dict[str, pd.DataFrame]:
     """source -> its clusters table, checked (clusters_table.check_clusters: text ids, numbers in jaccard)."""
-    return {s: read_clusters_table(Path(dedup_dir) / f"{s}.clusters.parquet").to_pandas() for s in sources}
+    return {s: read_clusters_table(table_in(dedup_dir, f"{s}.clusters.parquet")).to_pandas() for s in sources}
 
 
 # --- tables (pure) -------------------------------------------------------------------------------

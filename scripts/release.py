@@ -30,6 +30,7 @@ from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_composed_rows, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
 
 # layouts written a chunk of rows at a time (text only: an image layout holds its rows)
@@ -84,7 +85,7 @@ def read_split_records(splits: Path, names: list[str]) -> tuple[dict[str, list[d
     for name in names:
         values, files = [], []  # files: (table, its rows), so a bad `generation` value names its row
         for split in SPLITS:
-            path = splits / name / f"{split}.parquet"
+            path = table_in(splits, name, f"{split}.parquet")
             table = read_parquet(path, columns=["generation", "id", "image_sha256"]) if path.is_file() else None
             if table is None:
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.tables import column_names, existing_input, is_text_type, unreadable
+from scripts.lib.tables import column_names, existing_input, is_text_type, unreadable, utf8_checked
 
 CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet, as dedup@S writes it
 
@@ -20,6 +20,7 @@ def check_clusters(table, where: Path | str) -> None:
     import pyarrow.compute as pc
 
     check_clusters_columns(where, table.column_names)
+    utf8_checked(table, where)  # ids that are not UTF-8 were counted by plots at exit 0
     for name in CLUSTER_COLUMNS:
         column = table.column(name)
         row = _first_true(pc.is_null(column, nan_is_null=True))

@@ -20,6 +20,7 @@ from scripts.lib.paths import check_split_rows
 from scripts.lib.plans import releases_read_by
 from scripts.lib.positions import checked_positions
 from scripts.lib.recipe import Recipe, Recipes, source_roots
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import check_table, read_parquet
 
 
@@ -33,7 +34,7 @@ def split_loader(
     source may have no image."""
 
     def load_split(source: str, split: str) -> pd.DataFrame:
-        path = splits_dir / source / f"{split}.parquet"
+        path = table_in(splits_dir, source, f"{split}.parquet")  # not through a link out
         rows = read_parquet(path, columns=ROW_COLUMNS)  # composition keeps no other column
         check_split_rows(rows, path, source, roots[source], images_required=source not in text_only)
         return with_positions(rows, source, positions_dir)
@@ -44,7 +45,7 @@ def split_loader(
 def with_positions(rows: pd.DataFrame, source: str, positions_dir: Path | None) -> pd.DataFrame:
     """Rows with `position`: where each sits in the source's generation list (prefilter@S writes it), so a
     component can take a batch by row range. Without the file, positions are unknown (NaN)."""
-    path = positions_dir / f"{source}.parquet" if positions_dir is not None else None
+    path = table_in(positions_dir, f"{source}.parquet") if positions_dir is not None else None
     if path is None or not path.exists():
         return rows.assign(position=np.nan)
     order = read_parquet(path, columns=["id"])

@@ -29,6 +29,7 @@ from scripts.lib.external_sort import sorted_rows_to
 from scripts.lib.paths import check_plain_ids, check_split_rows
 from scripts.lib.progress import Progress
 from scripts.lib.recipe import Recipe
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet
 
 
@@ -47,7 +48,7 @@ def placements(recipe: Recipe, splits_dir: Path, positions_dir: Path | None) -> 
     order (the base chain's first), each component's rows in component_order."""
     placed, taken = 0, []
     for component in recipe.components:
-        paths = [splits_dir / component.source / f"{part}.parquet" for part in component_parts(component)]
+        paths = [table_in(splits_dir, component.source, f"{part}.parquet") for part in component_parts(component)]
         keys = [row_keys(path, component.source, positions_dir) for path in paths]
         order = component_order(component, pd.concat(keys, ignore_index=True))
         taken.append(pd.concat([k["id"] for k in keys], ignore_index=True).take(order))

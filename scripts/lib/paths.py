@@ -25,7 +25,7 @@ from scripts.lib.io import (
     replace_together,
 )
 from scripts.lib.marks import holds_marker, mark_file
-from scripts.lib.safe_paths import inside, not_an_image_name
+from scripts.lib.safe_paths import Roots, not_an_image_name
 from scripts.lib.tables import check_cells, check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
@@ -92,34 +92,15 @@ def check_no_nulls(rows: pd.DataFrame, path: Path, columns: tuple[str, ...], fir
             raise DataError(f"{path}: row {nulls[0] + first}: null {column}")
 
 
-class ImageRoots:
-    """Whether an image reference lies in a source's folders, after every link."""
-
-    def __init__(self, roots: list[Path]):
-        self.roots = roots
-        self.real = [os.path.realpath(root) for root in roots]
-        self.named = [os.path.abspath(root) for root in roots]
-        self._cache: str | None = None  # DVC's cache (cache.type symlink links images into it): found when needed
-
-    def cache(self) -> str:
-        if self._cache is None:
-            from scripts.lib.dvc_cache import cache_folder
-
-            self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
-        return self._cache
+class ImageRoots(Roots):
+    """Whether an image reference lies in a source's folders, after every link (a link into DVC's cache too)."""
 
     def check(self, image, path: Path, number: int, source: str) -> None:
         if image is None or image != image:  # no image (a text-only source): nothing to confine
             return
         if "\0" in image:  # os.path.realpath raises ValueError for it: a traceback, not a line
             raise DataError(f"{path}: row {number}: image {image!r} holds a NUL byte, which no path may hold")
-        file = parse_ref(image)[0]
-        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
-        named = os.path.abspath(file)  # the path as written, `..` applied
-        if not (
-            any(inside(real, root) for root in self.real)
-            or (any(inside(named, root) for root in self.named) and inside(real, self.cache()))
-        ):
+        if not self.holds(parse_ref(image)[0]):
             where = ", ".join(str(root) for root in self.roots) or "none in params.yaml"
             raise DataError(
                 f"{path}: row {number}: image {image!r} is outside the folders of source {source!r} ({where})"

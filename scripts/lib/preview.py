@@ -26,7 +26,7 @@ from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters, check_cl
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path
 from scripts.lib.params import Preview
-from scripts.lib.tables import is_text_type
+from scripts.lib.tables import reads_as_text
 
 CHAR_WIDTH, LINE_HEIGHT = 6, 12  # PIL's default bitmap font: 6 px per character, 11 px tall
 BACKGROUND, INK, MISSING = (255, 255, 255), (20, 20, 20), (200, 200, 200)
@@ -248,7 +248,7 @@ def dedup_preview_page(source: str, clean_path: Path | str, dedup_path: Path, cl
     for path, files in ((dedup_path, dedup), (clean_path, clean)):
         schema = files[0].schema_arrow
         _check_columns(shown(path), schema.names, ("id", "text"))
-        if not is_text_type(schema.field("id").type):  # a list column failed the cast to text
+        if not reads_as_text(schema.field("id").type):  # a list column failed the cast to text
             raise DataError(f"{shown(path)}: column 'id' must hold text, found {schema.field('id').type}")
     clusters = read(clusters_path, clusters_files[0].read, columns=list(CLUSTER_COLUMNS))
     check_clusters(clusters, clusters_path)  # text in jaccard, a null duplicate_of: one line, not a traceback

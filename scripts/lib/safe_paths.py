@@ -27,6 +27,43 @@ def inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+class Roots:
+    """Folders a path must lie in after every link. A path named inside one that links into DVC's cache is the
+    folder's own: a checkout with cache.type symlink leaves each output file such a link (a hard link, of
+    cache.type hardlink, is a file of the folder itself)."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = roots
+        self.real = [os.path.realpath(root) for root in roots]
+        self.named = [os.path.abspath(root) for root in roots]
+        self._cache: str | None = None  # found when needed: the lookup opens the DVC repository
+
+    def cache(self) -> str:
+        if self._cache is None:
+            from scripts.lib.dvc_cache import cache_folder
+
+            self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
+        return self._cache
+
+    def holds(self, file: Path | str) -> bool:
+        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
+        named = os.path.abspath(file)  # the path as written, `..` applied
+        return any(inside(real, root) for root in self.real) or (
+            any(inside(named, root) for root in self.named) and inside(real, self.cache())
+        )
+
+
+def table_in(root: Path, *names: str) -> Path:
+    """root/names (data/splits/S/train.parquet, a positions file, compose@V's rows.parquet), refused in one line
+    when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
+    was read as the source's split. A link into DVC's cache (cache.type symlink) is the root's own, as for
+    images; a hard link (cache.type hardlink) is a file of the root itself."""
+    path = Path(root).joinpath(*names)
+    if not Roots([Path(root)]).holds(path):
+        raise DataError(f"{shown(path)}: a link on its way leads out of {shown(root)}; refusing to read it")
+    return path
+
+
 def resolved(path: Path | str) -> Path:
     """Path(path).resolve() (absolute, every link followed, `..` gone), a loop of links on the way one line:
     Python 3.11's resolve raises RuntimeError for it (`simpletuner-config a/train` with a -> b -> a was a

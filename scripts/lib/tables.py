@@ -1,6 +1,8 @@
 """Parquet tables in and out of a stage: byte-stable writes (whole, or row group by row group, always
 through io.atomic_path) and checked reads of a stage's inputs (whole, by columns, or in chunks), whose
-bad input is one line naming the file (and the row, where there is one).
+bad input is one line naming the file (and the row, where there is one). It is over 500 lines as one job: the
+stages' dvc.yaml deps name this file for every parquet read and write, and a text column's checks (layouts,
+UTF-8) are part of each read.
 """
 
 from __future__ import annotations
@@ -23,6 +25,37 @@ def is_text_type(kind) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
+def reads_as_text(kind) -> bool:
+    """A type every stage reads as texts: string, large_string, string_view (Arrow's newer layout, which pyarrow
+    16+ and polars write) or a dictionary of one of them (a pandas category). ingest and clean read them all;
+    dedup refused the last two in clean's own output (clean keeps an `id` column as it found it)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return is_text_type(kind) or pa.types.is_string_view(kind)
+
+
+def plain_texts(rows):
+    """`rows` (a pyarrow table or batch) with each string_view or dictionary-of-text column as large_string, the
+    layout the text steps take; a dictionary is decoded a read at a time, the memory of the plain column it
+    stands for, so a table of 1B rows costs what its plain form would."""
+    import pyarrow as pa
+
+    for i, field in enumerate(rows.schema):
+        if reads_as_text(field.type) and not is_text_type(field.type):
+            rows = rows.set_column(i, field.with_type(pa.large_string()), rows.column(i).cast(pa.large_string()))
+    return rows
+
+
+def plain_schema(schema):
+    """`schema` as plain_texts leaves its rows."""
+    import pyarrow as pa
+
+    kinds = [pa.large_string() if reads_as_text(f.type) and not is_text_type(f.type) else f.type for f in schema]
+    return pa.schema([f.with_type(kind) for f, kind in zip(schema, kinds)], metadata=schema.metadata)
+
+
 def check_column_names(path: Path | str, names) -> None:
     """A column name twice (pyarrow writes such files; looking the column up then fails) is one line."""
     seen: set[str] = set()
@@ -32,22 +65,51 @@ def check_column_names(path: Path | str, names) -> None:
         seen.add(name)
 
 
-def utf8_checked(rows, path: Path | str):
-    """`rows` (a pyarrow table or batch read from `path`) when every text in it is UTF-8. Parquet stores a
-    string as bytes and pyarrow reads them unchecked: a file another tool wrote with invalid bytes in a text
-    column was a traceback wherever the texts were first used (to_pandas, the tokenizer, a preview), or was
-    passed on at exit 0. A full validation is one pass over the bytes (~8 ms a million rows)."""
+def utf8_checked(rows, path: Path | str, first_row: int = 1):
+    """`rows` (a pyarrow table or batch read from `path`, `first_row` the file's row number of its first) when
+    every text in it is UTF-8. Parquet stores a string as bytes and pyarrow reads them unchecked: a file another
+    tool wrote with invalid bytes in a text column was a traceback wherever the texts were first used (to_pandas,
+    the tokenizer, a preview), or was passed on at exit 0. A full validation is one pass over the bytes (~8 ms a
+    million rows); the row named is found only once one fails."""
+    for name, column in zip(rows.schema.names, rows.columns):
+        if not _valid(column):
+            row = _first_invalid(column)
+            where = f", first in row {first_row + row}" if row is not None else ""
+            raise DataError(
+                f"{shown(path)}: column {shown(name)!r} holds invalid data, such as text that is not UTF-8{where}"
+            )
+    return rows
+
+
+def _valid(values) -> bool:
     import pyarrow as pa
 
-    for name, column in zip(rows.schema.names, rows.columns):
+    try:
+        values.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _first_invalid(column) -> int | None:
+    """The first row of `column` (which fails a full validation) that fails it alone, found by halving the rows
+    still in question (a text's UTF-8 is its own: n/2 + n/4 + ... rows validated again, not log n passes);
+    Arrow's own message counts within a read batch, not the file. None: no one row is at fault."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):  # a slice keeps the whole dictionary: halve the values it stands for
         try:
-            column.validate(full=True)
-        except pa.ArrowInvalid as exc:
-            raise DataError(
-                f"{shown(path)}: column {shown(name)!r} holds invalid data, such as text that is not UTF-8 "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
-    return rows
+            column = column.cast(column.type.value_type)
+        except pa.ArrowInvalid:  # an index out of its dictionary: no row's text to name
+            return None
+    lo, hi = 0, len(column)  # the first invalid row lies in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _valid(column.slice(lo, mid - lo)):
+            lo = mid
+        else:
+            hi = mid
+    return lo if hi > lo and not _valid(column.slice(lo, 1)) else None
 
 
 def frame_of(rows):
@@ -234,7 +296,7 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
         names = set(column_names(path))
         columns = [c for c in columns if c in names]
     try:
-        return frame_of(utf8_checked(pq.read_table(path, columns=columns), path))
+        return frame_of(utf8_checked(pq.read_table(path, columns=columns), path))  # rows from 1
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
@@ -288,7 +350,7 @@ class ParquetChunks:
                     shown.advance(len(frame))
             return
         batches = self.file.iter_batches(batch_size=self.rows, columns=self.columns)
-        seen = False
+        seen, first = False, 1
         while True:
             try:
                 batch = next(batches, None)
@@ -297,7 +359,8 @@ class ParquetChunks:
             if batch is None:
                 break
             seen = True
-            yield frame_of(utf8_checked(batch, self.path))
+            yield frame_of(utf8_checked(batch, self.path, first))
+            first += batch.num_rows
         if not seen:
             yield frame_of(self.file.schema_arrow.empty_table().select(self.columns))
 

@@ -53,7 +53,7 @@ from scripts.lib.dedup.rows import (
 from scripts.lib.dedup.stage_input import check_same_columns, parquet_file, read, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
-from scripts.lib.tables import check_column_names, is_text_type, write_row_groups
+from scripts.lib.tables import check_column_names, plain_schema, plain_texts, reads_as_text, write_row_groups
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
@@ -182,17 +182,17 @@ def _collect(ray, dataset) -> pa.Table:
 
 def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
     """One item per row group (path, group, first row, rows): Ray tasks read them in parallel, in order."""
-    items, offset, schema = [], 0, None
+    items, offset, first = [], 0, None
     for file in files:
         meta = read(file, parquet_file, file)  # any failure: its one line, as the local engine's
-        schema = schema or meta.schema_arrow.remove_metadata()
-        check_same_columns(file, meta.schema_arrow, schema)
+        first = first or meta.schema_arrow.remove_metadata()
+        check_same_columns(file, meta.schema_arrow, first)
         check_column_names(file, meta.schema_arrow.names)
         for column in ("id", "text"):
             if column not in meta.schema_arrow.names:
                 raise DataError(f"{file}: missing column '{column}'")
             kind = meta.schema_arrow.field(column).type
-            if not is_text_type(kind):
+            if not reads_as_text(kind):
                 raise DataError(f"{file}: column '{column}' must hold text, found {kind}")
         in_file = 0  # the group's first row in its file, for messages
         for group in range(meta.num_row_groups):
@@ -205,7 +205,7 @@ def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
             )
             offset += rows
             in_file += rows
-    return items, schema or pa.schema([])
+    return items, plain_schema(first) if first else pa.schema([])  # as read_fragment gives the rows
 
 
 def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
@@ -213,7 +213,7 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
     fields = ("path", "shown", "in_file", "group", "offset")
     (file,), (shown,), (in_file,), (group,), (offset,) = (batch.column(c).to_pylist() for c in fields)
     try:
-        table = parquet_file(file).read_row_group(group, columns=columns).replace_schema_metadata(None)
+        table = plain_texts(parquet_file(file).read_row_group(group, columns=columns).replace_schema_metadata(None))
     except FileNotFoundError:
         raise DataError(f"{shown}: input shard vanished during the run") from None
     for column in [c for c in ("id", "text") if c in table.column_names]:

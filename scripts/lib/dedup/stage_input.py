@@ -20,7 +20,14 @@ import pyarrow.parquet as pq
 from scripts.lib import s3_input
 from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import matches
-from scripts.lib.tables import check_column_names, existing_input, is_text_type, utf8_checked
+from scripts.lib.tables import (
+    check_column_names,
+    existing_input,
+    plain_schema,
+    plain_texts,
+    reads_as_text,
+    utf8_checked,
+)
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -97,10 +104,12 @@ def check_same_columns(shard: Path | str, schema: pa.Schema, first: pa.Schema) -
 
 def batches_of(path: Path | str, files: list[pq.ParquetFile], columns: list[str] | None, rows: int) -> Iterator:
     """The record batches of `files` (the input at `path`) in order, `rows` at a time (none spans two files)."""
+    first = 1  # the input's row number of the batch's first row (shards counted in order)
     for file in files:
         batches = file.iter_batches(batch_size=rows, columns=columns)
         while (batch := read(path, next, batches, None)) is not None:
-            yield utf8_checked(batch, path)
+            yield utf8_checked(plain_texts(batch), path, first)
+            first += batch.num_rows
 
 
 def read(path: Path | str, function, *args, **kwargs):
@@ -116,13 +125,13 @@ def read(path: Path | str, function, *args, **kwargs):
 
 
 class StageInput:
-    """A stage input (one parquet file, or a folder of shards) with columns `id` and `text` as strings,
+    """A stage input (one parquet file, or a folder of shards) with columns `id` and `text` as texts (read plain),
     neither null, ids distinct; a Texts (scripts/lib/dedup/texts.py) over its `text` column."""
 
     def __init__(self, path: Path | str, read_rows: int = READ_ROWS):
         self.path, self.read_rows = path, read_rows
         self.files = open_parquet(path)
-        self.schema = self.files[0].schema_arrow.remove_metadata()
+        self.schema = plain_schema(self.files[0].schema_arrow.remove_metadata())  # as the reads give the rows
         for file in self.files:
             check_column_names(path, file.schema_arrow.names)
         for column in ("id", "text"):
@@ -172,8 +181,8 @@ class StageInput:
 
     def _checked(self, column: str, hold: bool = True) -> pa.Array | None:
         """Check that `column` holds non-null text; return it when `hold` (else it is never read whole)."""
-        kind = self.schema.field(column).type
-        if not is_text_type(kind):
+        kind = self.files[0].schema_arrow.field(column).type
+        if not reads_as_text(kind):
             raise DataError(f"{self.path}: column '{column}' must hold text, found {kind}")
         values = self._column(column) if hold else None
         row = first_null(values) if values is not None else self._first_null(column)
@@ -198,8 +207,11 @@ class StageInput:
         return None
 
     def _column(self, column: str) -> pa.Array:
-        tables = (utf8_checked(read(self.path, file.read, columns=[column]), self.path) for file in self.files)
-        chunks = [chunk for table in tables for chunk in table.column(0).chunks]
+        chunks, first = [], 1
+        for file in self.files:
+            table = utf8_checked(plain_texts(read(self.path, file.read, columns=[column])), self.path, first)
+            chunks += table.column(0).chunks
+            first += table.num_rows
         return chunks[0] if len(chunks) == 1 else self._concat(chunks, self.schema.field(column).type)
 
     def _batches(self, columns: list[str] | None, rows: int) -> Iterator[pa.RecordBatch]:

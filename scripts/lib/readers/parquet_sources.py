@@ -31,24 +31,18 @@ from scripts.lib.readers.base import (
     require_columns,
 )
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
-from scripts.lib.tables import is_text_type
+from scripts.lib.tables import reads_as_text
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
 
 
 # what a column may hold: arrow type predicates by kind (a column of nulls only fits any kind)
 COLUMN_KINDS = {
-    # dictionary-encoded text (a pandas category, a parquet read with read_dictionary) reads as its texts
-    "string": lambda t, pa: _text(t, pa) or (pa.types.is_dictionary(t) and _text(t.value_type, pa)),
+    # string, large_string, string_view (pyarrow 16+ and polars write it; a string_view prompt column was refused
+    # as `holds string_view, expected string`: every row of a valid source lost) or a dictionary of them
+    "string": lambda t, pa: reads_as_text(t),
     "integer": lambda t, pa: pa.types.is_integer(t),
 }
-
-
-def _text(kind, pa) -> bool:
-    """A text type: string, large_string, or string_view (Arrow's newer layout, which pyarrow 16+ and polars
-    write; it reads as the same texts). A string_view prompt column was refused as `holds string_view,
-    expected string`: every row of a valid source lost."""
-    return is_text_type(kind) or pa.types.is_string_view(kind)
 
 
 def iter_parquet(
