@@ -4,7 +4,25 @@ import os
 import signal
 import sys
 
-from scripts.lib.interrupts import STOPPING_SIGNALS
+
+def _hold_closed_standard_descriptors() -> None:
+    """A standard descriptor the caller closed (`>&-`, `2>&-`, `<&-`) is the lowest free number: the next
+    file the command opened took it, and what anything then wrote to standard error (a C library's warning,
+    a worker's traceback) or read from standard input went to that file. /dev/null holds the number instead;
+    Python has set sys.stdout or sys.stderr to None already, which cli.main reads as closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+_hold_closed_standard_descriptors()  # first: before an import opens a file that would take the number
+
+from scripts.lib.interrupts import STOPPING_SIGNALS  # noqa: E402
 
 
 def _ignore_late_signals() -> None:

@@ -156,6 +156,9 @@ class _LineTracker:
         return getattr(self._stream, name)
 
 
+_CLOSED = OSError(errno.EBADF, "closed (`>&-`)")
+
+
 class _StandardOutput:
     """sys.stdout during a command: a write or flush that fails is a DataError naming standard output,
     as a failed write to any output is. Its reader gone (`| head -1`: EPIPE) was exit 1 and no line (click
@@ -167,7 +170,7 @@ class _StandardOutput:
 
     def write(self, text):
         if self._stream is None:
-            raise _standard_output_failed(OSError(errno.EBADF, "closed (`>&-`)"))
+            raise _standard_output_failed(_CLOSED)
         try:
             return self._stream.write(text)
         except UnicodeEncodeError:
@@ -226,11 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     old_handlers = _install_signal_handlers()
     stdout, stderr, unraisable = sys.stdout, sys.stderr, sys.unraisablehook
     sys.stdout = _StandardOutput(stdout)
-    if stderr is not None:
-        sys.stderr = _LineTracker(stderr)
+    # a closed standard error (None) loses its lines: print(file=None) would write them on standard output
+    sys.stderr = _LineTracker(stderr if stderr is not None else open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
     sys.unraisablehook = _quiet_interrupts(unraisable)
     try:
-        code = _flushed(_main(argv))
+        # `>&-` is known before the work: found at the command's success line, it failed a run whose
+        # outputs were already in place
+        code = _flushed(_main(argv)) if stdout is not None else _error(str(_standard_output_failed(_CLOSED)))
         if (signum := received()) is not None and code != 128 + signum:  # the run went on all the same
             return _interrupted(signum)
         return code
@@ -266,7 +271,7 @@ def _interrupted(signum: int) -> int:
     import signal
 
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
-    print(f"{start}interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    _say(f"{start}interrupted ({signal.Signals(signum).name})")
     _silence_finalizers()
     return 128 + signum
 
@@ -277,9 +282,16 @@ def _error(text: str, code: int = 2) -> int:
     from scripts.lib.errors import redact_url_userinfo
 
     # whatever a message quotes (a server's reply, a name) is text, and a URL's password stays unshown
-    print(f"error: {shown(redact_url_userinfo(text))}", file=sys.stderr)
+    _say(f"error: {shown(redact_url_userinfo(text))}")
     _silence_finalizers()
     return code
+
+
+def _say(line: str) -> None:
+    """`line` on standard error. One that cannot take it (`2>/dev/full`, its reader gone) loses the line,
+    never the exit code: the OSError was a traceback no one could read, and exit 1."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _silence_finalizers() -> None:
