@@ -323,7 +323,12 @@ def existing_input(path: Path | str) -> Path:
     return path
 
 
-def unreadable(path: Path, exc: Exception) -> DataError:
+def unreadable(path: Path | str, exc: Exception) -> DataError:
+    """The one line for a parquet input pyarrow could not read. pyarrow takes a path as UTF-8 only: a name
+    that is not (`x\\xff.parquet`, Python's surrogate escapes) fails before a byte is read, and was told as
+    "not a readable parquet file (UnicodeEncodeError: ...)", blaming a file that is fine."""
+    if isinstance(exc, UnicodeEncodeError) and "surrogates not allowed" in str(exc):
+        return DataError(f"{path}: its name is not UTF-8, which pyarrow cannot open; rename it")
     return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from scripts.lib import s3_input
 from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import matches
-from scripts.lib.tables import check_column_names, existing_input, is_text_type, utf8_checked
+from scripts.lib.tables import check_column_names, existing_input, is_text_type, unreadable, utf8_checked
 
 READ_ROWS = 1 << 16  # rows per read of the steps that pass over every row (bounds their memory)
 
@@ -111,8 +111,7 @@ def read(path: Path | str, function, *args, **kwargs):
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
-        raise DataError(s3_input.redact_credentials(message.splitlines()[0])) from None
+        raise DataError(s3_input.redact_credentials(str(unreadable(path, exc)))) from None
 
 
 class StageInput:
