@@ -58,14 +58,15 @@ def _while_exiting(signum, frame):
 for _signum in STOPPING_SIGNALS:
     if signal.getsignal(_signum) is not signal.SIG_IGN:
         signal.signal(_signum, _while_exiting)
-if code >= 128:
-    # interrupted: the command removed what it had started and printed its line. The exit callbacks run (Ray's
-    # stops what a Ctrl-C in ray.init left starting), then the interpreter's teardown is skipped: a library
-    # interrupted mid-call can crash in it (Ray's driver after a Ctrl-C: SIGSEGV, exit -11 instead of 130, in
-    # 2 of 7 runs of test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output)
+if code != 0:
+    # interrupted or failed: the command removed what it had started and printed its line. The exit callbacks
+    # run (Ray's stops what a Ctrl-C in ray.init left starting), then the interpreter's teardown is skipped: a
+    # library stopped mid-call can crash in it (Ray's driver after a Ctrl-C: SIGSEGV, exit -11 instead of 130,
+    # in 2 of 7 runs of test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output; dedup under `ulimit -v
+    # 250000`, a library half loaded: the out-of-memory line, then SIGSEGV, exit 139 instead of 2)
     atexit._run_exitfuncs()
-    with contextlib.suppress(OSError, ValueError, RuntimeError):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None where the caller closed it (`>&-`)
+        with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
+            stream.flush()
     os._exit(code)
 sys.exit(code)

@@ -17,6 +17,8 @@ import sys
 from scripts.lib.errors import DataError, shown
 from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, note, received
 
+OUT_OF_MEMORY = "out of memory (a smaller input, batch_rows or workers may fit)"
+
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
 COMMANDS = {
     # DVC stages (dvc.yaml), one module each
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except Interrupted as exc:  # raised outside _main's own try (e.g. while it returns)
         return _interrupted(exc.signum)
+    except MemoryError:  # while a failure was handled (its line's lazy imports): a traceback and exit 1
+        return _error(OUT_OF_MEMORY)
     except Exception:
         # after a signal whose exception a library swallowed, the run went on in a state the unwinding
         # left broken (a half-imported module): the failure is the signal's, not a bug to show
@@ -341,7 +345,7 @@ def _out_of_memory(exc: BaseException) -> bool:
     message's first line, failed with an IndexError traceback of 80 lines."""
     seen = 0
     while exc is not None and seen < 100:
-        if isinstance(exc, MemoryError) or _torch_out_of_memory(exc):
+        if isinstance(exc, MemoryError) or _torch_out_of_memory(exc) or _library_out_of_memory(exc):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
@@ -354,6 +358,16 @@ def _torch_out_of_memory(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.partition(".")[0] == "torch":
         return True
     return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def _library_out_of_memory(exc: BaseException) -> bool:
+    """A memory limit (`ulimit -v`) in a library's own words, neither a MemoryError: the dynamic loader could
+    not map a shared library (`ImportError: ...so: failed to map segment from shared object`, told as "a bad
+    environment variable ..., or a broken install?") and Arrow could not start a thread for its stack
+    (`Failed to launch worker thread`, told as "unreadable parquet data" of a file that is fine)."""
+    if isinstance(exc, ImportError):
+        return "failed to map segment from shared object" in str(exc)
+    return type(exc).__module__.partition(".")[0] == "pyarrow" and "Failed to launch worker thread" in str(exc)
 
 
 WIDTHS = (40, 1000)  # the terminal widths typer's help and usage errors are laid out in
@@ -398,7 +412,7 @@ def _main(argv: list[str] | None) -> int:
         except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
             return _error(_unencodable(exc))
         except MemoryError:
-            return _error("out of memory (a smaller input, batch_rows or workers may fit)")
+            return _error(OUT_OF_MEMORY)
         except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
             exc.show()
             return 0

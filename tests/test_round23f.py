@@ -11,6 +11,12 @@ fix), each a real `python -m scripts` process (the standard descriptors are the 
 3. An input whose name is not UTF-8 (`x\\xff.parquet`, a split folder so named) was "not a readable parquet file
    (UnicodeEncodeError: ...)", blaming a file that is fine: pyarrow opens UTF-8 paths only. The line now says
    the name is the cause (tables.unreadable, for every parquet reader of the stages).
+4. A memory limit (`ulimit -v`) in a library's own words was told as something else: the loader's `failed to map
+   segment from shared object` as "a bad environment variable ..., or a broken install?", Arrow's `Failed to
+   launch worker thread` as unreadable parquet data, and a MemoryError while the import's line was built was a
+   traceback (exit 1). Each is the out-of-memory line (cli._library_out_of_memory, and main's MemoryError); a
+   failed run also skips the interpreter's teardown, as an interrupted one did (dedup under `ulimit -v 250000`
+   printed its line, then SIGSEGV, exit 139; measured by hand, the threshold is the machine's).
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from helpers.children import start_scripts
 from helpers.commands import cli
+from helpers.repos import REPO
 from helpers.tiers import fast_first
 from helpers.workspace import error_line, make_splits, snapshot, write_params
+from scripts import cli as cli_module
+from scripts.lib import import_env
 
 RELEASES = {"r": {"components": [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]}}
 
@@ -143,4 +154,71 @@ def test_an_input_name_that_is_not_utf8_is_named_as_the_cause(tmp_path, monkeypa
     line = error_line(result.stderr)
     assert line.endswith("its name is not UTF-8, which pyarrow cannot open; rename it"), line
     assert "x\\xff" in line  # the name, printable-escaped
+    assert snapshot(tmp_path / "data") == before
+
+
+# ---------------------------------------------------------------- 4. a memory limit in a library's own words
+
+MAPPED = "/venv/site-packages/pandas/_libs/tslibs/timestamps.so: failed to map segment from shared object"
+THREAD = "Unknown error: Failed to launch worker thread: Resource temporarily unavailable"
+
+
+def _failing_import(monkeypatch, exc: Exception) -> None:
+    real = cli_module.importlib.import_module
+
+    def import_module(name, *args):
+        if name == "scripts.compose":
+            raise exc
+        return real(name, *args)
+
+    monkeypatch.setattr(cli_module.importlib, "import_module", import_module)
+
+
+def loader_cannot_map(root: Path, monkeypatch) -> list:  # the command's module: its libraries' .so files
+    _failing_import(monkeypatch, ImportError(MAPPED))
+    return ["compose", "r", "data/splits", "data/compose/r"]
+
+
+def memory_error_while_the_line_is_built(root: Path, monkeypatch) -> list:  # its lazy imports, under the limit
+    _failing_import(monkeypatch, ImportError("No module named 'pandas'", name="pandas"))
+
+    def no_memory(text: str) -> str:
+        raise MemoryError
+
+    monkeypatch.setattr(import_env, "without_secrets", no_memory)
+    return ["compose", "r", "data/splits", "data/compose/r"]
+
+
+def _no_thread(*args, **kwargs):
+    raise pa.lib.ArrowException(THREAD)
+
+
+def dedup_read_without_a_thread(root: Path, monkeypatch) -> list:
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", _no_thread)
+    return ["dedup", "diffusiondb", "data/splits/diffusiondb/train.parquet", "data/dedup/d.parquet"]
+
+
+def ingest_read_without_a_thread(root: Path, monkeypatch) -> list:
+    shutil.copytree(REPO / "data/raw/gustavosta", root / "data/raw/gustavosta")
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", _no_thread)
+    return ["ingest", "gustavosta", "data/prompts/gustavosta.parquet"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        loader_cannot_map,
+        memory_error_while_the_line_is_built,
+        dedup_read_without_a_thread,
+        ingest_read_without_a_thread,
+    ],
+)
+def test_a_memory_limit_in_a_library_s_own_words_is_the_out_of_memory_line(tmp_path, monkeypatch, capfd, case):
+    write_params(tmp_path, releases=RELEASES)
+    make_splits(tmp_path, n=8)
+    argv = case(tmp_path, monkeypatch)
+    before = snapshot(tmp_path / "data")
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert error_line(result.stderr) == f"error: {cli_module.OUT_OF_MEMORY}"
     assert snapshot(tmp_path / "data") == before
