@@ -17,10 +17,16 @@ fix), each a real `python -m scripts` process (the standard descriptors are the 
    traceback (exit 1). Each is the out-of-memory line (cli._library_out_of_memory, and main's MemoryError); a
    failed run also skips the interpreter's teardown, as an interrupted one did (dedup under `ulimit -v 250000`
    printed its line, then SIGSEGV, exit 139; measured by hand, the threshold is the machine's).
+5. A descriptor limit (`ulimit -n`) was told as the file's fault: a split table pyarrow could not open (EMFILE) was
+   "not a readable parquet file", and an old copy rmtree could not delete was "a file in it is immutable or a folder
+   read-only" (release under `ulimit -n 6` left `.train.tmp-old` so named). Each line now gives the system's reason
+   (tables.unreadable, temps.removal_failure).
 """
 
 from __future__ import annotations
 
+import copy
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -35,7 +41,7 @@ from helpers.repos import REPO
 from helpers.tiers import fast_first
 from helpers.workspace import error_line, make_splits, snapshot, write_params
 from scripts import cli as cli_module
-from scripts.lib import import_env
+from scripts.lib import import_env, temps
 
 RELEASES = {"r": {"components": [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]}}
 
@@ -222,3 +228,68 @@ def test_a_memory_limit_in_a_library_s_own_words_is_the_out_of_memory_line(tmp_p
     assert result.returncode == 2, result.stderr
     assert error_line(result.stderr) == f"error: {cli_module.OUT_OF_MEMORY}"
     assert snapshot(tmp_path / "data") == before
+
+
+# ---------------------------------------------------------------- 5. a descriptor limit told as the file's fault
+
+EMFILE = OSError(errno.EMFILE, "Failed to open local file. Detail: [errno 24] Too many open files")
+
+
+def _no_descriptor(*args, **kwargs):
+    raise EMFILE
+
+
+def _split_tables_out_of_descriptors(monkeypatch) -> None:
+    real = pq.ParquetFile.__init__
+
+    def init(self, source, *args, **kwargs):
+        if "splits" in str(source):
+            raise EMFILE
+        real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", init)
+
+
+def compose_cannot_open(root: Path, monkeypatch, capfd) -> list:
+    _split_tables_out_of_descriptors(monkeypatch)
+    return ["compose", "r", "data/splits", "data/compose/r"]
+
+
+def _rmtree_out_of_descriptors(monkeypatch) -> None:
+    real = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, onerror=None, **kwargs):
+        if ".tmp-old" not in str(path):
+            return real(path, ignore_errors=ignore_errors, onerror=onerror, **kwargs)
+        if onerror is not None:
+            onerror(os.open, path, (OSError, EMFILE, None))
+        elif not ignore_errors:  # ignore_errors: the folder is left, as rmtree leaves it, and no reason is told
+            raise EMFILE
+
+    monkeypatch.setattr(temps.shutil, "rmtree", rmtree)
+
+
+def release_old_copy(root: Path, monkeypatch, capfd) -> list:
+    argv = ["release", "r", "data/splits", "data/releases/r"]
+    assert cli(argv, root, monkeypatch, capfd).returncode == 0
+    _rmtree_out_of_descriptors(monkeypatch)
+    return argv
+
+
+def recipes_old_copy(root: Path, monkeypatch, capfd) -> list:
+    assert cli(["recipes", "data/recipes"], root, monkeypatch, capfd).returncode == 0
+    write_params(root, releases={**RELEASES, "q": copy.deepcopy(RELEASES["r"])})  # a new recipe: the folder is replaced
+    _rmtree_out_of_descriptors(monkeypatch)
+    return ["recipes", "data/recipes"]
+
+
+@pytest.mark.parametrize("case", [compose_cannot_open, release_old_copy, recipes_old_copy])
+def test_a_descriptor_limit_is_told_as_such_not_as_the_file_s_fault(tmp_path, monkeypatch, capfd, case):
+    write_params(tmp_path, releases=RELEASES)
+    make_splits(tmp_path, n=8)
+    argv = case(tmp_path, monkeypatch, capfd)
+    result = cli(argv, tmp_path, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert "Too many open files)" in line, line
+    assert "not a readable parquet" not in line and "immutable" not in line, line

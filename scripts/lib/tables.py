@@ -6,7 +6,9 @@ bad input is one line naming the file (and the row, where there is one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -329,6 +331,8 @@ def unreadable(path: Path | str, exc: Exception) -> DataError:
     "not a readable parquet file (UnicodeEncodeError: ...)", blaming a file that is fine."""
     if isinstance(exc, UnicodeEncodeError) and "surrogates not allowed" in str(exc):
         return DataError(f"{path}: its name is not UTF-8, which pyarrow cannot open; rename it")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):  # `ulimit -n`: not the file's fault
+        return DataError(f"{path}: cannot open ({os.strerror(exc.errno)})")
     return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
 
 
