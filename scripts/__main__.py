@@ -4,7 +4,25 @@ import os
 import signal
 import sys
 
-from scripts.lib.interrupts import STOPPING_SIGNALS
+
+def _hold_closed_standard_descriptors() -> None:
+    """A standard descriptor the caller closed (`>&-`, `2>&-`, `<&-`) is the lowest free number: the next
+    file the command opened took it, and what anything then wrote to standard error (a C library's warning,
+    a worker's traceback) or read from standard input went to that file. /dev/null holds the number instead;
+    Python has set sys.stdout or sys.stderr to None already, which cli.main reads as closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+_hold_closed_standard_descriptors()  # first: before an import opens a file that would take the number
+
+from scripts.lib.interrupts import STOPPING_SIGNALS  # noqa: E402
 
 
 def _ignore_late_signals() -> None:
@@ -40,14 +58,15 @@ def _while_exiting(signum, frame):
 for _signum in STOPPING_SIGNALS:
     if signal.getsignal(_signum) is not signal.SIG_IGN:
         signal.signal(_signum, _while_exiting)
-if code >= 128:
-    # interrupted: the command removed what it had started and printed its line. The exit callbacks run (Ray's
-    # stops what a Ctrl-C in ray.init left starting), then the interpreter's teardown is skipped: a library
-    # interrupted mid-call can crash in it (Ray's driver after a Ctrl-C: SIGSEGV, exit -11 instead of 130, in
-    # 2 of 7 runs of test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output)
+if code != 0:
+    # interrupted or failed: the command removed what it had started and printed its line. The exit callbacks
+    # run (Ray's stops what a Ctrl-C in ray.init left starting), then the interpreter's teardown is skipped: a
+    # library stopped mid-call can crash in it (Ray's driver after a Ctrl-C: SIGSEGV, exit -11 instead of 130,
+    # in 2 of 7 runs of test_ctrl_c_on_ray_is_exit_130_with_ray_down_and_no_output; dedup under `ulimit -v
+    # 250000`, a library half loaded: the out-of-memory line, then SIGSEGV, exit 139 instead of 2)
     atexit._run_exitfuncs()
-    with contextlib.suppress(OSError, ValueError, RuntimeError):
-        sys.stdout.flush()
-        sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None where the caller closed it (`>&-`)
+        with contextlib.suppress(OSError, ValueError, RuntimeError, AttributeError):
+            stream.flush()
     os._exit(code)
 sys.exit(code)

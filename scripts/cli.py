@@ -17,6 +17,8 @@ import sys
 from scripts.lib.errors import DataError, shown
 from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, note, received
 
+OUT_OF_MEMORY = "out of memory (a smaller input, batch_rows or workers may fit)"
+
 # command name -> "module[:function]" under scripts/ (function defaults to `cli`).
 COMMANDS = {
     # DVC stages (dvc.yaml), one module each
@@ -156,6 +158,9 @@ class _LineTracker:
         return getattr(self._stream, name)
 
 
+_CLOSED = OSError(errno.EBADF, "closed (`>&-`)")
+
+
 class _StandardOutput:
     """sys.stdout during a command: a write or flush that fails is a DataError naming standard output,
     as a failed write to any output is. Its reader gone (`| head -1`: EPIPE) was exit 1 and no line (click
@@ -167,7 +172,7 @@ class _StandardOutput:
 
     def write(self, text):
         if self._stream is None:
-            raise _standard_output_failed(OSError(errno.EBADF, "closed (`>&-`)"))
+            raise _standard_output_failed(_CLOSED)
         try:
             return self._stream.write(text)
         except UnicodeEncodeError:
@@ -226,16 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     old_handlers = _install_signal_handlers()
     stdout, stderr, unraisable = sys.stdout, sys.stderr, sys.unraisablehook
     sys.stdout = _StandardOutput(stdout)
-    if stderr is not None:
-        sys.stderr = _LineTracker(stderr)
+    # a closed standard error (None) loses its lines: print(file=None) would write them on standard output
+    sys.stderr = _LineTracker(stderr if stderr is not None else open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
     sys.unraisablehook = _quiet_interrupts(unraisable)
     try:
-        code = _flushed(_main(argv))
+        # `>&-` is known before the work: found at the command's success line, it failed a run whose
+        # outputs were already in place
+        code = _flushed(_main(argv)) if stdout is not None else _error(str(_standard_output_failed(_CLOSED)))
         if (signum := received()) is not None and code != 128 + signum:  # the run went on all the same
             return _interrupted(signum)
         return code
     except Interrupted as exc:  # raised outside _main's own try (e.g. while it returns)
         return _interrupted(exc.signum)
+    except MemoryError:  # while a failure was handled (its line's lazy imports): a traceback and exit 1
+        return _error(OUT_OF_MEMORY)
     except Exception:
         # after a signal whose exception a library swallowed, the run went on in a state the unwinding
         # left broken (a half-imported module): the failure is the signal's, not a bug to show
@@ -266,7 +275,7 @@ def _interrupted(signum: int) -> int:
     import signal
 
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
-    print(f"{start}interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+    _say(f"{start}interrupted ({signal.Signals(signum).name})")
     _silence_finalizers()
     return 128 + signum
 
@@ -277,9 +286,16 @@ def _error(text: str, code: int = 2) -> int:
     from scripts.lib.errors import redact_url_userinfo
 
     # whatever a message quotes (a server's reply, a name) is text, and a URL's password stays unshown
-    print(f"error: {shown(redact_url_userinfo(text))}", file=sys.stderr)
+    _say(f"error: {shown(redact_url_userinfo(text))}")
     _silence_finalizers()
     return code
+
+
+def _say(line: str) -> None:
+    """`line` on standard error. One that cannot take it (`2>/dev/full`, its reader gone) loses the line,
+    never the exit code: the OSError was a traceback no one could read, and exit 1."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _silence_finalizers() -> None:
@@ -329,7 +345,7 @@ def _out_of_memory(exc: BaseException) -> bool:
     message's first line, failed with an IndexError traceback of 80 lines."""
     seen = 0
     while exc is not None and seen < 100:
-        if isinstance(exc, MemoryError) or _torch_out_of_memory(exc):
+        if isinstance(exc, MemoryError) or _torch_out_of_memory(exc) or _library_out_of_memory(exc):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
@@ -342,6 +358,16 @@ def _torch_out_of_memory(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.partition(".")[0] == "torch":
         return True
     return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def _library_out_of_memory(exc: BaseException) -> bool:
+    """A memory limit (`ulimit -v`) in a library's own words, neither a MemoryError: the dynamic loader could
+    not map a shared library (`ImportError: ...so: failed to map segment from shared object`, told as "a bad
+    environment variable ..., or a broken install?") and Arrow could not start a thread for its stack
+    (`Failed to launch worker thread`, told as "unreadable parquet data" of a file that is fine)."""
+    if isinstance(exc, ImportError):
+        return "failed to map segment from shared object" in str(exc)
+    return type(exc).__module__.partition(".")[0] == "pyarrow" and "Failed to launch worker thread" in str(exc)
 
 
 WIDTHS = (40, 1000)  # the terminal widths typer's help and usage errors are laid out in
@@ -386,7 +412,7 @@ def _main(argv: list[str] | None) -> int:
         except UnicodeEncodeError as exc:  # a name that is not UTF-8 met a library that needs text
             return _error(_unencodable(exc))
         except MemoryError:
-            return _error("out of memory (a smaller input, batch_rows or workers may fit)")
+            return _error(OUT_OF_MEMORY)
         except NoArgsIsHelpError as exc:  # `python -m scripts` alone: the help text is the answer
             exc.show()
             return 0

@@ -45,6 +45,7 @@ from scripts.lib.temps import (
     mark_temp,
     output_lock,
     real_path,
+    removal_failure,
     remove_stale,
     sibling_name,
 )
@@ -329,8 +330,8 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
                     os.replace(old, target)
             raise
     for old, target in aside:
-        if not _remove(old):
-            raise cannot_remove(old, target)
+        if (failure := removal_failure(old)) is not None:
+            raise cannot_remove(old, target, failure)
 
 
 def commit_together(stack: contextlib.ExitStack) -> None:

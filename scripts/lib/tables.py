@@ -8,7 +8,9 @@ UTF-8) are part of each read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -386,7 +388,14 @@ def existing_input(path: Path | str) -> Path:
     return path
 
 
-def unreadable(path: Path, exc: Exception) -> DataError:
+def unreadable(path: Path | str, exc: Exception) -> DataError:
+    """The one line for a parquet input pyarrow could not read. pyarrow takes a path as UTF-8 only: a name
+    that is not (`x\\xff.parquet`, Python's surrogate escapes) fails before a byte is read, and was told as
+    "not a readable parquet file (UnicodeEncodeError: ...)", blaming a file that is fine."""
+    if isinstance(exc, UnicodeEncodeError) and "surrogates not allowed" in str(exc):
+        return DataError(f"{path}: its name is not UTF-8, which pyarrow cannot open; rename it")
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):  # `ulimit -n`: not the file's fault
+        return DataError(f"{path}: cannot open ({os.strerror(exc.errno)})")
     return DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})".splitlines()[0])
 
 

@@ -11,6 +11,7 @@ name to fit NAME_MAX is shortened there (sibling_name), so any T the file system
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -63,12 +64,30 @@ def _remove(path: Path) -> bool:
     """Delete a file, link or folder of ours (a temp or old copy); absent is fine. Whether it is gone: a
     file in it that cannot be deleted (immutable, its folder read-only) leaves it, and callers that
     would trip over it later say so."""
+    return removal_failure(path) is None
+
+
+def removal_failure(path: Path) -> OSError | None:
+    """_remove's work: None when `path` is gone, else the first error that left it, for the caller's line
+    (EMFILE under `ulimit -n` was told as "a file in it is immutable or a folder read-only")."""
+    failures: list[OSError] = []
+
+    def failed(function, name, info) -> None:
+        if isinstance(info[1], OSError):
+            failures.append(info[1])
+
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, onerror=failed)
     else:
-        with contextlib.suppress(OSError):
+        try:
             path.unlink()
-    return not os.path.lexists(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append(exc)
+    if not os.path.lexists(path):
+        return None
+    return failures[0] if failures else OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
 
 
 @contextlib.contextmanager
@@ -182,8 +201,8 @@ def is_our_temp(path: Path | int) -> bool:
 def remove_stale(path: Path, target: Path) -> None:
     """Delete what a killed run writing `target` left at `path` (a .T.tmp-* sibling): only a temp we tagged."""
     if is_our_temp(path):
-        if not _remove(path):
-            raise cannot_remove(path, target)
+        if (failure := removal_failure(path)) is not None:
+            raise cannot_remove(path, target, failure)
         return
     if os.path.lexists(path):
         raise _not_our_temp(path, target)
@@ -221,10 +240,12 @@ def check_removable(target: Path | str) -> None:
         )
 
 
-def cannot_remove(path: Path, target: Path) -> DataError:
+def cannot_remove(path: Path, target: Path, failure: OSError) -> DataError:
+    denied = failure.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    reason = "a file in it is immutable or a folder read-only" if denied else failure.strerror or str(failure)
     return DataError(
         f"{shown(path)}: an old copy of {shown(target)} that a run of this command moved aside, which "
-        "cannot be deleted (a file in it is immutable or a folder read-only); delete it by hand"
+        f"cannot be deleted ({reason}); delete it by hand"
     )
 
 

@@ -26,6 +26,7 @@ from scripts.lib.tables import (
     plain_schema,
     plain_texts,
     reads_as_text,
+    unreadable,
     utf8_checked,
 )
 
@@ -120,8 +121,7 @@ def read(path: Path | str, function, *args, **kwargs):
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        message = f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})"
-        raise DataError(s3_input.redact_credentials(message.splitlines()[0])) from None
+        raise DataError(s3_input.redact_credentials(str(unreadable(path, exc)))) from None
 
 
 class StageInput:

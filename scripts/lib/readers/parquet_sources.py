@@ -31,7 +31,7 @@ from scripts.lib.readers.base import (
     require_columns,
 )
 from scripts.lib.readers.csv_sources import image_file_size, iter_csv
-from scripts.lib.tables import reads_as_text
+from scripts.lib.tables import reads_as_text, unreadable
 
 GUSTAVOSTA_SPLITS = {"train": "train", "eval": "validation"}  # file stem -> our split name
 
@@ -57,6 +57,8 @@ def iter_parquet(
     try:
         pf = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every row group read: memory grows
         schema = pf.schema_arrow
+    except UnicodeEncodeError as exc:  # the file's name, not its bytes (tables.unreadable)
+        raise unreadable(file, exc) from None
     except Exception as exc:
         raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__})") from None
     require_columns(file, schema.names, columns)
