@@ -125,20 +125,12 @@ def prompt_lengths(rows: pd.DataFrame, bin_width: int) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=PLOT_FILES["prompt_lengths.csv"])
     binned = rows.assign(chars=rows["text"].str.len() // bin_width * bin_width)
-    counts = binned.groupby(["release", "split", "chars"], sort=False).size()
-    bins = range(int(binned["chars"].min()), int(binned["chars"].max()) + 1, bin_width)
+    bins = pd.RangeIndex(int(binned["chars"].min()), int(binned["chars"].max()) + 1, bin_width, name="chars")
     frames = []
-    for (release, split), _ in binned.groupby(["release", "split"], sort=False):
-        frames.append(
-            pd.DataFrame(
-                {
-                    "release": release,
-                    "split": split,
-                    "chars": list(bins),
-                    "rows": [int(counts.get((release, split, b), 0)) for b in bins],
-                }
-            )
-        )
+    for (release, split), group in binned.groupby(["release", "split"], sort=False):
+        # one reindex, not a lookup a bin: a caption of 300,000 characters at length_bin 1 took 22 s
+        rows = group["chars"].value_counts().reindex(bins, fill_value=0).astype(int)
+        frames.append(pd.DataFrame({"release": release, "split": split, "chars": bins, "rows": rows.to_numpy()}))
     return pd.concat(frames, ignore_index=True)
 
 
