@@ -14,6 +14,7 @@ import yaml
 from helpers.commands import cli
 from helpers.tiers import fast_first
 from helpers.workspace import error_line
+from scripts.lib.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("{}.parquet", "{}.dropped.parquet", "{}.report.json")
@@ -179,3 +180,25 @@ def test_the_ray_engine_reads_windows_and_hands_the_outcomes_out_in_row_order(tm
     short.take(12)
     with pytest.raises(RuntimeError, match="3 outcomes more"):
         short.finish()
+
+
+BAD_BYTES = {  # case: (bytes in the prompt, its 1-based row): the Ray engine's prompt windows are 128 rows
+    "a lone continuation byte in the first window": (b"a \x80 cat", 5),
+    "an overlong slash in a later window": (b"a \xc0\xaf cat", 300),
+    "a surrogate encoded in the last row": (b"a \xed\xa0\x80 cat", 1_000),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BYTES.values(), ids=BAD_BYTES.keys())
+def test_the_ray_engines_prompt_windows_name_a_row_that_is_not_utf8(tmp_path, case):
+    """clean@S on Ray reads its prompts itself (prompt_windows): invalid UTF-8 was passed to the workers unchecked,
+    as the local engine's reads no longer pass it."""
+    from scripts.lib.cleaning.on_ray import prompt_windows
+
+    data, row = case
+    prompts = [f"a prompt number {k}".encode() for k in range(1_000)]
+    prompts[row - 1] = data
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": pa.array(prompts, pa.binary()).view(pa.string())}), path, row_group_size=300)
+    with pytest.raises(DataError, match=rf"p\.parquet: column 'prompt' holds invalid data.*first in row {row}$"):
+        list(prompt_windows(path, "prompt", 128))

@@ -123,14 +123,18 @@ def prompt_windows(path: Path, column: str, rows: int) -> Iterator[pa.Table]:
     window of none, as Ray is handed one block at least)."""
     import pyarrow.parquet as pq
 
+    from scripts.lib.tables import utf8_checked
+
     file = pq.ParquetFile(path)
     batches = file.iter_batches(batch_size=rows, columns=[column])
     first = next(batches, None)
     if first is None:
         yield file.schema_arrow.empty_table().select([column])
         return
-    for batch in itertools.chain([first], batches):
-        yield pa.Table.from_batches([batch])
+    row = 1
+    for batch in itertools.chain([first], batches):  # checked as the local engine's reads are: a worker's traceback
+        yield pa.Table.from_batches([utf8_checked(batch, path, row)])
+        row += batch.num_rows
 
 
 def blocks_of(table: pa.Table, blocks: int) -> list[pa.Table]:
