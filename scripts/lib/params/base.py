@@ -174,12 +174,34 @@ def key_path(loc: tuple) -> str:
     return text
 
 
-def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
+def written_keys(loc: tuple, data: Any, missing: bool = False) -> tuple:
+    """The parts of an error's `loc` that name keys or indexes of `data` as the user wrote it: pydantic adds
+    the name of a union's branch (`sources.x.dedup.SourceDedup.threshold`, `.bool`, a validator chain) and
+    `[key]` for a mapping's key, which no one wrote. Kept too: a missing key (`missing`, the last part) and a
+    field under a value a validator made a mapping of (`export: tarball` is export.format)."""
+    keys = []
+    for part in loc:
+        is_index = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if is_index or (isinstance(data, dict) and part in data):
+            data = data[part]
+        elif isinstance(data, (dict, list)) or not FIELD_NAME.fullmatch(str(part)) or part in TYPE_TAGS:
+            continue
+        keys.append(part)
+    return (*keys, loc[-1]) if missing and loc and keys[-1:] != [loc[-1]] else tuple(keys)
+
+
+FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")  # every model's field names; a branch's class name is CamelCase
+TYPE_TAGS = {"bool", "int", "float", "str", "list", "dict"}  # pydantic's names of plain-type union branches
+
+
+def _first_error(exc: ValidationError, at: tuple = (), data: Any = None) -> tuple[str, str]:
     """The most useful error of a validation failure as (key path, message)."""
-    errors = exc.errors(include_url=False)
-    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union.
-    err = next((e for e in errors if e["type"] == "value_error"), errors[0])
-    where = key_path(tuple(at) + tuple(err["loc"]))
+    errors = [(err, written_keys(err["loc"], data, err["type"] == "missing")) for err in exc.errors(include_url=False)]
+    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union; then the
+    # deepest: `dedup: {threshold: 5}` fails `bool` at dedup and the range at dedup.threshold, the one meant
+    # (max keeps the first of equals: pydantic's order)
+    err, keys = max(errors, key=lambda pair: (pair[0]["type"] == "value_error", len(pair[1])))
+    where = key_path(tuple(at) + keys)
     if err["type"] == "value_error":
         return where, err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -198,5 +220,5 @@ def parse(model: type[Section], data: Any, at: tuple = (), file: str = "params.y
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        where, message = _first_error(exc, at)
+        where, message = _first_error(exc, at, data)
         raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None
