@@ -11,7 +11,7 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.params.base import NonEmpty, Section, Seed, parse
+from scripts.lib.params.base import NonEmpty, Section, Seed, check_name, check_names_apart, parse
 
 FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
 
@@ -161,6 +161,15 @@ class Generate(Section):
             if isinstance(data, dict) and key in data:
                 raise ValueError(f"{key!r} moved to the runtime section (runtime.{key}: speed only, never a DVC param)")
         return data
+
+    @field_validator("sources")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        # each is a stage's name, its paths (data/images/NAME) and a word of its shell command (dvc.yaml)
+        for name in names:
+            check_name(name, "source")
+        check_names_apart(names)
+        return names
 
     @field_validator("format", mode="before")
     @classmethod
