@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.io import REF_SEPARATOR
 
 PARAMS_FILE = Path("params.yaml")
@@ -31,7 +31,7 @@ def unknown_key_message(key: Any, known: set[str]) -> str:
     """ "unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
     near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     hint = f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(sorted(known))})"
-    return f"unknown key {str(key)!r}{hint}"  # repr: a key holding a newline stays on the one line
+    return f"unknown key {quoted(str(key))}{hint}"  # repr: a key holding a newline stays on the one line
 
 
 class Section(BaseModel):
@@ -91,7 +91,7 @@ def no_archive_mark(path: str | None) -> str | None:
     looking for an archive file could read either when both exist)."""
     if path is not None and REF_SEPARATOR in path.replace("\\", "/") + "/":
         raise ValueError(
-            f"{path!r} holds a folder name ending in '!': '{REF_SEPARATOR}' marks a member inside an archive "
+            f"{quoted(path)} holds a folder name ending in '!': '{REF_SEPARATOR}' marks a member inside an archive "
             "(a.tar!/1.png), so the images under it would not be found; rename the folder"
         )
     return path
@@ -103,7 +103,7 @@ def check_name(name: str, what: str = "name") -> str:
     trailing dot from a file name: `v2.` and `v2` would be one folder)."""
     if not ENTRY_NAME.fullmatch(name):
         raise ValueError(
-            f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
+            f"{what} {quoted(name)} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
         )
     if name.endswith("."):
         raise ValueError(

@@ -11,6 +11,7 @@ from pydantic import (
     model_validator,
 )
 
+from scripts.lib.errors import quoted
 from scripts.lib.params.base import NonEmpty, Section, Seed, check_name, check_names_apart, parse
 
 FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
@@ -185,7 +186,7 @@ class Generate(Section):
         if value is None or (value is False if resize else value == "model"):
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"Input should be a valid integer or {word} (got {value!r})")
+            raise ValueError(f"Input should be a valid integer or {word} (got {quoted(value)})")
         if not low <= value <= 8192:
             side = "greater than or equal to" if value < low else "less than or equal to"
             raise ValueError(f"Input should be {side} {low if value < low else 8192} (got {value!r})")
