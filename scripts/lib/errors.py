@@ -61,6 +61,16 @@ def shown_short(value, limit: int = 80) -> str:
     return shown(text[:limit]) + ("…" if len(text) > limit else "")
 
 
+def quoted(value, limit: int = 100) -> str:
+    """A name or value from params as a message quotes it: the repr of its first `limit` characters (then
+    `…`); a 200 kB unknown key, entry name or rule set name made a 200 kB error line. 100 characters show
+    any entry name whole (params.base.ENTRY_NAME)."""
+    if not isinstance(value, str):  # a number or list as repr shows it (`got 7.5`, not `got '7.5'`)
+        text = repr(value)
+        return text[:limit] + ("…" if len(text) > limit else "")
+    return repr(value[:limit]) + ("…" if len(value) > limit else "")
+
+
 def shown_lines(text: str) -> str:
     """shown, line by line: a report of many lines (a diff, a table) printed with its newlines."""
     return "\n".join(map(shown, text.split("\n")))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.params import CleanStep, Component, DedupStep, Export, Release, Source, Step, parse
 
 
@@ -84,7 +84,7 @@ class Recipes:
         at: str | None = name
         while at is not None and at not in self.resolved:
             if at not in self.releases:
-                raise DataError(f"params.yaml: releases.{next(reversed(chain), at)}: unknown release {at!r}")
+                raise DataError(f"params.yaml: releases.{next(reversed(chain), at)}: unknown release {quoted(at)}")
             if at in chain:
                 raise DataError(f"params.yaml: releases: base cycle {' -> '.join([*chain, at])}")
             chain[at] = _spec(at, self.releases)
@@ -124,7 +124,7 @@ def _resolved(name: str, spec: Release, base: Recipe | None, releases: dict) -> 
             if step.dedup is not None and step.dedup.reference is not None and step.dedup.reference not in releases:
                 raise DataError(
                     f"params.yaml: releases.{name}.components[{number}].steps[{k}].dedup.reference: "
-                    f"unknown release {step.dedup.reference!r}"
+                    f"unknown release {quoted(step.dedup.reference)}"
                 )
     if not components and base is None:
         raise DataError(f"params.yaml: releases.{name}: no components")

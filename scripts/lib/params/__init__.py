@@ -124,7 +124,19 @@ class Params(Section):
             # only a source's outputs carry a suffix after its name (a release's are folders data/*/V)
             suffixes = SOURCE_OUTPUT_SUFFIXES if info.field_name == "sources" else None
             check_names_apart([name for name in entries if isinstance(name, str)], suffixes)
+            if info.field_name in DOTTED_PARAMS:
+                for name in entries:
+                    if isinstance(name, str) and "." in name:
+                        raise ValueError(
+                            f"name {name!r} holds '.': dvc.yaml lists its params as {info.field_name}.{name}, "
+                            f"which DVC reads as the keys {' -> '.join([info.field_name, *name.split('.')])}, so "
+                            "its stages fail ('Parameters ... are missing'); use '-' or '_' instead"
+                        )
         return entries
+
+
+# Sections whose entries dvc.yaml lists as params `SECTION.${key}`: DVC splits a params path at each '.'
+DOTTED_PARAMS = ("sources", "synthesize", "caption")
 
 
 ENTRY_SECTIONS = ("sources", "releases", "synthesize", "caption")  # name -> model mappings

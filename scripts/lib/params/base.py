@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.io import REF_SEPARATOR
 
 PARAMS_FILE = Path("params.yaml")
@@ -31,7 +31,7 @@ def unknown_key_message(key: Any, known: set[str]) -> str:
     """ "unknown key 'treshold' (did you mean 'threshold'?)" - the nearest valid name, if any is close."""
     near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
     hint = f" (did you mean '{near[0]}'?)" if near else f" (valid: {', '.join(sorted(known))})"
-    return f"unknown key {str(key)!r}{hint}"  # repr: a key holding a newline stays on the one line
+    return f"unknown key {quoted(str(key))}{hint}"  # repr: a key holding a newline stays on the one line
 
 
 class Section(BaseModel):
@@ -91,7 +91,7 @@ def no_archive_mark(path: str | None) -> str | None:
     looking for an archive file could read either when both exist)."""
     if path is not None and REF_SEPARATOR in path.replace("\\", "/") + "/":
         raise ValueError(
-            f"{path!r} holds a folder name ending in '!': '{REF_SEPARATOR}' marks a member inside an archive "
+            f"{quoted(path)} holds a folder name ending in '!': '{REF_SEPARATOR}' marks a member inside an archive "
             "(a.tar!/1.png), so the images under it would not be found; rename the folder"
         )
     return path
@@ -103,7 +103,7 @@ def check_name(name: str, what: str = "name") -> str:
     trailing dot from a file name: `v2.` and `v2` would be one folder)."""
     if not ENTRY_NAME.fullmatch(name):
         raise ValueError(
-            f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
+            f"{what} {quoted(name)} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
         )
     if name.endswith("."):
         raise ValueError(
@@ -174,12 +174,34 @@ def key_path(loc: tuple) -> str:
     return text
 
 
-def _first_error(exc: ValidationError, at: tuple = ()) -> tuple[str, str]:
+def written_keys(loc: tuple, data: Any, missing: bool = False) -> tuple:
+    """The parts of an error's `loc` that name keys or indexes of `data` as the user wrote it: pydantic adds
+    the name of a union's branch (`sources.x.dedup.SourceDedup.threshold`, `.bool`, a validator chain) and
+    `[key]` for a mapping's key, which no one wrote. Kept too: a missing key (`missing`, the last part) and a
+    field under a value a validator made a mapping of (`export: tarball` is export.format)."""
+    keys = []
+    for part in loc:
+        is_index = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if is_index or (isinstance(data, dict) and part in data):
+            data = data[part]
+        elif isinstance(data, (dict, list)) or not FIELD_NAME.fullmatch(str(part)) or part in TYPE_TAGS:
+            continue
+        keys.append(part)
+    return (*keys, loc[-1]) if missing and loc and keys[-1:] != [loc[-1]] else tuple(keys)
+
+
+FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")  # every model's field names; a branch's class name is CamelCase
+TYPE_TAGS = {"bool", "int", "float", "str", "list", "dict"}  # pydantic's names of plain-type union branches
+
+
+def _first_error(exc: ValidationError, at: tuple = (), data: Any = None) -> tuple[str, str]:
     """The most useful error of a validation failure as (key path, message)."""
-    errors = exc.errors(include_url=False)
-    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union.
-    err = next((e for e in errors if e["type"] == "value_error"), errors[0])
-    where = key_path(tuple(at) + tuple(err["loc"]))
+    errors = [(err, written_keys(err["loc"], data, err["type"] == "missing")) for err in exc.errors(include_url=False)]
+    # An unknown key or a rule beats the errors pydantic raises for sibling branches of a union; then the
+    # deepest: `dedup: {threshold: 5}` fails `bool` at dedup and the range at dedup.threshold, the one meant
+    # (max keeps the first of equals: pydantic's order)
+    err, keys = max(errors, key=lambda pair: (pair[0]["type"] == "value_error", len(pair[1])))
+    where = key_path(tuple(at) + keys)
     if err["type"] == "value_error":
         return where, err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -198,5 +220,5 @@ def parse(model: type[Section], data: Any, at: tuple = (), file: str = "params.y
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        where, message = _first_error(exc, at)
+        where, message = _first_error(exc, at, data)
         raise DataError(f"{file}: {where}: {message}" if where else f"{file}: {message}") from None

@@ -16,7 +16,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.io import config_text
 from scripts.lib.params.base import NonEmpty, Section, Seed
 from scripts.lib.params.yaml_text import read_yaml
@@ -83,7 +83,7 @@ def _language_code(value: str) -> str:
     if value not in LANGDETECT_CODES:
         near = nearest_language_code(value)
         hint = f"did you mean {near!r}?" if near else f"its codes: {', '.join(LANGDETECT_CODES)}"
-        raise ValueError(f"{value!r} is not a language code langdetect returns ({hint})")
+        raise ValueError(f"{quoted(value)} is not a language code langdetect returns ({hint})")
     return value
 
 
@@ -150,7 +150,7 @@ def _rule_set_name(value: Any) -> Any:
     if isinstance(value, str) and value not in rule_set_names():
         near = difflib.get_close_matches(value, rule_set_names(), n=1, cutoff=0.6)
         hint = f" (did you mean {near[0]!r}?)" if near else f" (shipped: {', '.join(rule_set_names())})"
-        raise ValueError(f"unknown cleaning rule set {value!r}{hint}")
+        raise ValueError(f"unknown cleaning rule set {quoted(value)}{hint}")
     return value
 
 

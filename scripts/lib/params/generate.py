@@ -11,7 +11,8 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.params.base import NonEmpty, Section, Seed, parse
+from scripts.lib.errors import quoted
+from scripts.lib.params.base import NonEmpty, Section, Seed, check_name, check_names_apart, parse
 
 FORMAT_NAMES = {"jpg": "jpg", "jpeg": "jpg", "webp": "webp", "png": "png"}
 
@@ -162,6 +163,15 @@ class Generate(Section):
                 raise ValueError(f"{key!r} moved to the runtime section (runtime.{key}: speed only, never a DVC param)")
         return data
 
+    @field_validator("sources")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        # each is a stage's name, its paths (data/images/NAME) and a word of its shell command (dvc.yaml)
+        for name in names:
+            check_name(name, "source")
+        check_names_apart(names)
+        return names
+
     @field_validator("format", mode="before")
     @classmethod
     def _format_name(cls, value: Any) -> Any:
@@ -176,7 +186,7 @@ class Generate(Section):
         if value is None or (value is False if resize else value == "model"):
             return value
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"Input should be a valid integer or {word} (got {value!r})")
+            raise ValueError(f"Input should be a valid integer or {word} (got {quoted(value)})")
         if not low <= value <= 8192:
             side = "greater than or equal to" if value < low else "less than or equal to"
             raise ValueError(f"Input should be {side} {low if value < low else 8192} (got {value!r})")

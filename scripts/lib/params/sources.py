@@ -10,6 +10,7 @@ from pydantic import (
     model_validator,
 )
 
+from scripts.lib.errors import quoted
 from scripts.lib.params.base import NonEmpty, Section, Seed, no_archive_mark
 from scripts.lib.params.clean import LanguageCode, RuleName, SourceClean, SourceDedup, _rule_set_name
 
@@ -151,7 +152,7 @@ class Source(Section):
     def _inside(cls, files: list[str] | None) -> list[str] | None:
         for name in files or []:
             if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-                raise ValueError(f"{name!r} leaves the source folder: name files under `path`")
+                raise ValueError(f"{quoted(name)} leaves the source folder: name files under `path`")
         return files
 
     @model_validator(mode="after")
