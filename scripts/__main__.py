@@ -14,7 +14,7 @@ def _hold_closed_standard_descriptors() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)  # never an output: no O_RDWR
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
