@@ -26,7 +26,9 @@ hf_xet, the default: streamed, several commits for large folders, resumable by r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -40,7 +42,8 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.safe_paths import check_image_name, confined_file
-from scripts.tools.side_inputs import check_outside_stores, release_file
+from scripts.tools.markdown_text import cell
+from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
 T = TypeVar("T")
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
@@ -49,6 +52,9 @@ ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer 
 CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
     {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS
 ]
+# A Hub repository id as the Hub takes it (huggingface_hub's validate_repo_id): it is pasted into the card's
+# Python snippet, where `me/x", revision=...)` or an escape code changed what a reader copies and runs.
+REPO_ID = re.compile(r"[\w.-]{1,96}/[\w.-]{1,96}", re.ASCII)
 # source kind -> the Hub dataset it comes from (source_datasets: extended|ID); others are "original"
 HUB_SOURCES = {"diffusiondb": "poloclub/diffusiondb", "gustavosta": "Gustavosta/Stable-Diffusion-Prompts"}
 SIZE_CATEGORIES = [
@@ -227,28 +233,11 @@ def licence_fields(
                     "| source | licence |",
                     "|---|---|",
                 ]
-                + [f"| {s} | {lic} |" for s, lic in per_source.items()]
+                + [f"| {cell(s, 100)} | {cell(lic, 100)} |" for s, lic in per_source.items()]
             )
             + "\n"
         )
     return fields, text
-
-
-def release_card_body(release_dir: Path) -> str:
-    """The release's own README.md (release@V's card) without its YAML front matter."""
-    path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
-    return without_front_matter(path.read_text(encoding="utf-8") if path else "").strip()
-
-
-def without_front_matter(text: str) -> str:
-    """A card's text after its YAML front matter, found as the Hub finds it (huggingface_hub's
-    REGEX_YAML_BLOCK: a `---` line first, up to the next `---` line). A `---` rule in the body (a recipe
-    description's) is the body's: splitting at the second `---` dropped the card's title and all before
-    the rule from the Hub card."""
-    from huggingface_hub.repocard import REGEX_YAML_BLOCK
-
-    found = REGEX_YAML_BLOCK.search(text)
-    return text[found.end() :] if found else text
 
 
 def build_card(
@@ -310,7 +299,8 @@ def build_card(
         "```python",
         "from datasets import load_dataset",
         "",
-        f'ds = load_dataset("{repo_id}", revision="{tag}")   # the data of git tag {tag}',
+        # JSON strings are Python literals: a `"` in a tag (git allows it) stays inside the string
+        f"ds = load_dataset({json.dumps(repo_id)}, revision={json.dumps(tag)})   # the data of git tag {tag}",
         'ds["train"][0]["image"]   # a PIL image; "text" is its caption',
         "```",
         "",
@@ -451,8 +441,8 @@ def cli(
     from scripts.lib.params import load_section
     from scripts.lib.recipe import resolve_recipe
 
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise DataError(f"--repo-id: expected ORG/NAME, got {repo_id!r}")
+    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
+        raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
     dry_run_head = dry_run and tag is None  # a tag named with --dry-run is checked too: the card names it
     tag = tag or name
     release_dir = Path("data/releases") / name

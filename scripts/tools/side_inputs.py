@@ -4,7 +4,8 @@ before use.
 A revision is verified as a commit (`git rev-parse --verify --end-of-options`) and passed on as its
 hex id, so `--output=FILE` can never reach git or DVC as an option; a file read in the workspace must
 be a regular file (a FIFO would block the read, and every DVC subprocess that opens it, forever); a
-file publish reads stays in the release, with one link or being DVC's cache copy.
+file publish reads stays in the release, with one link or being DVC's cache copy; the release's card is
+read bounded and decoded, one line otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from scripts.lib.errors import DataError, shown
 
 WORKSPACE = "workspace"  # a revision name meaning the working tree
+# The release's own card, pasted under "Release card": release@V writes a few KB. A larger or undecodable
+# file is not that card (a 50 MB README.md went into the Hub card whole; bytes not UTF-8 were a traceback).
+MAX_RELEASE_CARD_BYTES = 1_000_000
 
 
 def commit_of(repo: str | Path, rev: str) -> str:
@@ -128,3 +132,31 @@ def check_repository_file(repo: str | Path, name: str, where: str) -> None:
 
     if os.path.lexists(Path(repo) / name) and not inside(os.path.realpath(Path(repo) / name), os.path.realpath(repo)):
         raise DataError(f"{shown(where)}: a link out of the repository; refusing to read it")
+
+
+def release_card_body(release_dir: Path) -> str:
+    """The release's own README.md (release@V's card) without its YAML front matter."""
+    path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
+    if path is None:
+        return ""
+    with open(path, "rb") as f:
+        data = f.read(MAX_RELEASE_CARD_BYTES + 1)
+    where = f"{shown(release_dir)}/README.md"
+    if len(data) > MAX_RELEASE_CARD_BYTES:
+        raise DataError(f"{where}: over {MAX_RELEASE_CARD_BYTES:,} bytes, not a release card (release@V writes it)")
+    try:  # utf-8-sig: a byte-order mark before the front matter hid it, and the card showed it as text
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: byte {exc.start}: not UTF-8 text, not a release card") from None
+    return without_front_matter(text).strip()
+
+
+def without_front_matter(text: str) -> str:
+    """A card's text after its YAML front matter, found as the Hub finds it (huggingface_hub's
+    REGEX_YAML_BLOCK: a `---` line first, up to the next `---` line). A `---` rule in the body (a recipe
+    description's) is the body's: splitting at the second `---` dropped the card's title and all before
+    the rule from the Hub card."""
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    found = REGEX_YAML_BLOCK.search(text)
+    return text[found.end() :] if found else text
