@@ -10,6 +10,10 @@
    code or a line break in it too; a source's licence holding `|`, a line break or `<!--` split or hid
    LICENSE.md's table. The repository id is checked as the Hub checks it, the snippet's strings are
    literals (json.dumps), and the licence table's cells are shown as text (markdown_text.cell).
+3. A caption, source or id holding a Unicode format character reached `diff`'s Markdown and pr-comment's
+   comment raw: a bidi override (U+202E) or isolate (U+2066) reordered what a reviewer reads, a zero-width
+   space or a tag character (U+E0041, invisible "ASCII smuggling") hid text. markdown_text.one_line shows
+   each as its escape (`\\u202e`), the zero-width joiner of emoji sequences aside.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pytest
 
 from helpers.commands import cli
 from helpers.workspace import error_line
+from scripts.tools.markdown_text import cell, code
 from scripts.tools.publish import licence_fields, release_card_body
 
 # ---------------------------------------------------------------- 1. the release's card, bounded and decoded
@@ -98,3 +103,34 @@ def test_licence_table_cells_are_text(case):
     assert row.startswith("| s1 | ") and row.endswith(" |"), text
     assert row.replace("\\|", "").count("|") == 3, row  # two cells: an escaped `|` splits nothing
     assert "<" not in row and "](" not in row, row
+
+
+# ---------------------------------------------------------------- 3. format characters in the comment's text
+
+FORMAT_CHARACTERS = {  # case: (a caption, the escape the comment shows instead of the character)
+    "a right-to-left override": ("safe \u202egpj.exe", "\\u202e"),
+    "a left-to-right isolate": ("a\u2066b\u2069c", "\\u2066"),
+    "a zero-width space inside a word": ("ever\u200bone", "\\u200b"),
+    "a byte-order mark": ("\ufeffcaption", "\\ufeff"),
+    "a tag character": ("plain\U000e0041\U000e0042", "\\U000e0041"),
+}
+
+
+def _format_characters(text: str) -> set[str]:
+    import unicodedata
+
+    return {c for c in text if unicodedata.category(c) == "Cf"}
+
+
+@pytest.mark.parametrize("case", FORMAT_CHARACTERS)
+def test_format_characters_in_a_comment_are_shown_escaped(case):
+    text, escape = FORMAT_CHARACTERS[case]
+    for shown_as in (cell(text), code(text)):
+        assert not _format_characters(shown_as), ascii(shown_as)
+        assert escape in shown_as.replace("\\\\", "\\"), shown_as
+
+
+def test_emoji_sequences_and_our_own_mention_guard_are_kept():
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert cell(family) == family and code(family) == f"`{family}`"
+    assert _format_characters(cell("@everyone #1")) == {"\u200b"}  # the guard markdown_text adds on purpose

@@ -1,13 +1,15 @@
 """Text from the data shown in a GitHub Markdown comment, inert: a prompt in a PR comment is shown as
 written and does nothing else. Raw, a prompt holding `@user` or `@org/team` pinged them, `#12` or
 `owner/repo#12` put a cross-reference on another issue, `</details>` or an unclosed `<!--` broke or hid
-the rest of the comment, and a backtick in an id left its code span.
+the rest of the comment, a backtick in an id left its code span, and a bidi override (U+202E) or a
+zero-width character made a caption read as other text than it is.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 ZERO_WIDTH_SPACE = "\u200b"
 # a line break of any kind ends a table row; control characters are not text a reader can see
@@ -15,11 +17,22 @@ _BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # GitHub's Markdown meaning, escaped with a backslash (CommonMark: any ASCII punctuation may be)
 _MARKDOWN = re.compile(r"([\\`*_\[\]()!~|])")
 _HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+# Unicode format characters (category Cf: bidi overrides and isolates, zero-width spaces and non-joiners, tag
+# characters, the byte-order mark) show nothing themselves and reorder or hide what a reader sees; they are
+# shown as their escape. The zero-width joiner alone is kept: emoji sequences (a family, a profession) need it.
+_KEPT_FORMAT = "\u200d"
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) != "Cf" or char in _KEPT_FORMAT:
+        return char
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 def one_line(value: object, width: int) -> str:
-    """str(value) on one line (breaks and controls as one space), at most `width` characters."""
-    return _BREAKS.sub(" ", str(value))[:width]
+    """str(value) on one line (breaks and controls as one space, format characters as their escape), at
+    most `width` characters."""
+    return "".join(map(_visible, _BREAKS.sub(" ", str(value))[:width]))[:width]
 
 
 def cell(value: object, width: int = 160) -> str:
