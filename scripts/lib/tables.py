@@ -38,15 +38,20 @@ def reads_as_text(kind) -> bool:
     return is_text_type(kind) or pa.types.is_string_view(kind)
 
 
+def plain_type(kind):
+    """The type plain_texts reads `kind` as: large_string for a string_view or a dictionary of texts, else itself."""
+    import pyarrow as pa
+
+    return pa.large_string() if reads_as_text(kind) and not is_text_type(kind) else kind
+
+
 def plain_texts(rows):
     """`rows` (a pyarrow table or batch) with each string_view or dictionary-of-text column as large_string, the
     layout the text steps take; a dictionary is decoded a read at a time, the memory of the plain column it
     stands for, so a table of 1B rows costs what its plain form would."""
-    import pyarrow as pa
-
     for i, field in enumerate(rows.schema):
-        if reads_as_text(field.type) and not is_text_type(field.type):
-            rows = rows.set_column(i, field.with_type(pa.large_string()), rows.column(i).cast(pa.large_string()))
+        if (kind := plain_type(field.type)) != field.type:
+            rows = rows.set_column(i, field.with_type(kind), rows.column(i).cast(kind))
     return rows
 
 
@@ -54,8 +59,7 @@ def plain_schema(schema):
     """`schema` as plain_texts leaves its rows."""
     import pyarrow as pa
 
-    kinds = [pa.large_string() if reads_as_text(f.type) and not is_text_type(f.type) else f.type for f in schema]
-    return pa.schema([f.with_type(kind) for f, kind in zip(schema, kinds)], metadata=schema.metadata)
+    return pa.schema([f.with_type(plain_type(f.type)) for f in schema], metadata=schema.metadata)
 
 
 def check_column_names(path: Path | str, names) -> None:
@@ -71,8 +75,8 @@ def utf8_checked(rows, path: Path | str, first_row: int = 1):
     """`rows` (a pyarrow table or batch read from `path`, `first_row` the file's row number of its first) when
     every text in it is UTF-8. Parquet stores a string as bytes and pyarrow reads them unchecked: a file another
     tool wrote with invalid bytes in a text column was a traceback wherever the texts were first used (to_pandas,
-    the tokenizer, a preview), or was passed on at exit 0. A full validation is one pass over the bytes (~8 ms a
-    million rows); the row named is found only once one fails."""
+    the tokenizer, a preview), or was passed on at exit 0. A full validation is one pass over the bytes (about
+    20 ms a million 90-byte prompts); the row named is found only once one fails."""
     for name, column in zip(rows.schema.names, rows.columns):
         if not _valid(column):
             row = _first_invalid(column)
