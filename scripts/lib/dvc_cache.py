@@ -127,13 +127,31 @@ def _locked(lock: Path) -> dict[str, tuple[str, frozenset[str]]]:
     return {}
 
 
+# A lock over io.MAX_CONFIG_BYTES (this module cannot import io, which imports it) proves nothing: every
+# command's output check read a dvc.lock of gigabytes whole.
+MAX_LOCK_BYTES = 64 << 20
+
+
+def _lock_text(lock: str, size: int) -> str:
+    """The lock's text, `size` bytes as stat'ed (a lock grown or replaced by a FIFO since is a ValueError)."""
+    if size > MAX_LOCK_BYTES:
+        raise ValueError(f"{lock}: over {MAX_LOCK_BYTES} bytes")
+    with open(os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"{lock}: not a regular file")
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise ValueError(f"{lock}: changed while read")
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # newlines as read_text read them
+
+
 @functools.lru_cache(maxsize=16)
 def _parsed_outputs(lock: str, mtime_ns: int, size: int) -> dict[str, tuple[str, frozenset[str]]]:
     """_locked of one version of the file: a lock of thousands of lines is parsed once, not per output."""
     from scripts.lib.params.yaml_text import read_yaml
 
     try:
-        data = read_yaml(Path(lock).read_text(encoding="utf-8"))
+        data = read_yaml(_lock_text(lock, size))
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # TooDeep is a ValueError
         return {}
     stages = data.get("stages") if isinstance(data, dict) else None

@@ -38,7 +38,7 @@ import pandas as pd
 from scripts.lib import bucketed
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, mark_folder, regular_file, shown
+from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import IMAGE_EXTENSIONS, new_file
 from scripts.lib.shards import ShardWriter, key_id
@@ -485,7 +485,7 @@ def release_image_bytes(release_dir: Path, ref: str) -> bytes:
 def read_rows_table(release_dir: Path) -> pd.DataFrame | None:
     """rows.parquet of a release, or None for a release built before it existed (read metadata.jsonl)."""
     path = Path(release_dir) / "rows.parquet"
-    if not path.is_file():
+    if not present_file(path):  # a FIFO or folder there is one line, never "absent": metadata.jsonl read instead
         return None
     from scripts.lib.tables import read_parquet
 

@@ -133,10 +133,15 @@ MAX_CONFIG_BYTES = 64 << 20  # no params.yaml, rule set or plan comes near: a 3 
 
 
 def config_text(path: Path | str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
-    """The text of a file that configures a command (params.yaml, a rule set, a `--recipe` plan), read
-    only when it is a regular file (regular_file) of at most `max_bytes`. The open does not wait (O_NONBLOCK)
-    and the opened file is checked again: a FIFO put there since the check is refused too. Newlines are
-    read as open() reads them (universal). UnicodeDecodeError is the caller's."""
+    """The text of a file that configures a command (params.yaml, a rule set, a `--recipe` plan): bounded_bytes,
+    newlines read as open() reads them (universal). UnicodeDecodeError is the caller's."""
+    return io.TextIOWrapper(io.BytesIO(bounded_bytes(path, max_bytes)), encoding="utf-8").read()
+
+
+def bounded_bytes(path: Path | str, max_bytes: int) -> bytes:
+    """The bytes of a side file read whole (a config, a manifest, a lock), only when it is a regular file
+    (regular_file) of at most `max_bytes`, else one line naming the file and the cap. The open does not wait
+    (O_NONBLOCK) and the opened file is checked again: a FIFO put there since the check is refused too."""
     regular_file(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as f:
@@ -150,7 +155,21 @@ def config_text(path: Path | str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
             data += f.read(max_bytes + 1 - len(data))
         if opened.st_size > max_bytes or len(data) > max_bytes:
             raise DataError(f"{shown(path)}: larger than {max_bytes} bytes; refusing to read it")
-    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()
+    return data
+
+
+def present_file(path: Path | str) -> bool:
+    """False when nothing is at an optional input's `path`, True for a regular file (after links), else one
+    line: a FIFO or folder at rows.parquet was "absent", and plots read metadata.jsonl instead, without a word."""
+    if not os.path.lexists(path):
+        return False
+    try:
+        regular_file(path)
+    except FileNotFoundError:
+        raise DataError(f"{shown(path)}: a symbolic link to nothing ({shown(os.readlink(path))})") from None
+    except OSError as exc:  # a loop of links, a folder on the way not searchable
+        raise DataError(f"{shown(path)}: {exc.strerror}") from None
+    return True
 
 
 def check_not_input(output: Path | str, inputs) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.lib.errors import DataError, shown_short
+from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate
 
@@ -231,7 +232,7 @@ def model_config(model_dir: str | Path) -> dict:
 
     def read(name: str) -> dict:
         try:
-            config = loads_json((Path(model_dir) / name).read_text(encoding="utf-8"))
+            config = loads_json(config_text(Path(model_dir) / name))  # a FIFO there hung generate; /dev/zero
         except (OSError, ValueError) as exc:
             raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
         if not isinstance(config, dict):  # `[1, 2]` was an AttributeError traceback at .get

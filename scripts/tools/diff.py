@@ -34,7 +34,7 @@ import yaml
 from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters
 from scripts.lib.errors import DataError, shown, shown_lines, shown_short
 from scripts.lib.export import parse_metadata
-from scripts.lib.io import SPLITS, regular_file
+from scripts.lib.io import MAX_CONFIG_BYTES, SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
@@ -111,8 +111,15 @@ def releases_at(fs, rev: str = "") -> dict:
     """`releases` of params.yaml at `rev`: a file missing, not YAML or not a mapping there is one line."""
     where = f"{rev}:params.yaml" if rev else "params.yaml"
     try:
-        with open_at(fs, "params.yaml", where, "r") as f:
-            params = read_yaml(f.read()) or {}  # as load_params and DVC read it: YAML 1.2, depth-bounded
+        with open_at(fs, "params.yaml", where) as f:
+            # a revision's file is read whole by git's object reader: its size is checked first, as the
+            # workspace's params.yaml is bounded (io.config_text); a 500 MB one took minutes and gigabytes
+            if (
+                fs.size("params.yaml") > MAX_CONFIG_BYTES
+                or len(data := f.read(MAX_CONFIG_BYTES + 1)) > MAX_CONFIG_BYTES
+            ):
+                raise DataError(f"{shown(where)}: larger than {MAX_CONFIG_BYTES} bytes; refusing to read it")
+        params = read_yaml(data.decode("utf-8")) or {}  # as load_params and DVC read it: YAML 1.2, depth-bounded
     except FileNotFoundError:
         raise DataError(f"{where}: not found") from None
     except UnicodeDecodeError:

@@ -86,7 +86,7 @@ def release_outs(lock_text: str | None, where: str = "dvc.lock") -> dict[str, li
 def unchanged_releases(repo: str, base_rev: str, head_rev: str) -> set[str]:
     """Releases whose outputs both revisions' dvc.lock pin alike: unchanged without reading any data (a
     fresh runner with no remote has none)."""
-    from scripts.tools.side_inputs import lock_at
+    from scripts.tools.lock_text import lock_at
 
     before = release_outs(lock_at(repo, base_rev), f"{base_rev}:dvc.lock")
     after = release_outs(lock_at(repo, head_rev), "dvc.lock" if head_rev == "workspace" else f"{head_rev}:dvc.lock")

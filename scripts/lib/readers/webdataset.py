@@ -20,6 +20,7 @@ from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, iter_samples, make_ref, open_tar
 from scripts.lib.errors import DataError, shown_short
+from scripts.lib.io import bounded_bytes, present_file
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import (
@@ -38,17 +39,20 @@ from scripts.lib.text_lines import without_line_end
 MANIFEST_FORMAT = "bucketed_shards_v1"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 META_FIELDS = ["caption_variant", "caption_selector_index", "caption_source_id"]
+# manifest.json lists each shard in about 60 bytes: 64 MiB is a million shards, of a thousand samples each. Read
+# whole before anything is checked, a multi-gigabyte manifest (or /dev/zero linked in) took all memory.
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
     """Shard paths listed by the manifest (or buckets/*/shard-*.tar), each checked to stay inside root
     (and, unless `follow_symlinks`, to reach no file through a symbolic link)."""
     manifest_file = check_confined(root / "manifest.json", root, follow_symlinks)
-    if not manifest_file.is_file():
+    if not present_file(manifest_file):  # a FIFO, folder or device there is one line saying so
         raise DataError(f"{manifest_file}: not found (bucketed WebDataset export)")
     try:
-        manifest = loads_json(manifest_file.read_bytes().decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+        manifest = loads_json(bounded_bytes(manifest_file, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep; not UTF-8 a ValueError
         raise DataError(f"{manifest_file}: malformed JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{manifest_file}: format is not {MANIFEST_FORMAT!r}")
