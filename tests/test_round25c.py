@@ -10,7 +10,8 @@ a timeout (and a memory limit where /dev/zero is read).
    there was "not found" (readers.webdataset.manifest_shards): now read by io.bounded_bytes (a cap of 64 MiB,
    MAX_MANIFEST_BYTES) and a manifest that is no regular file says what it is (io.present_file).
 3. A release's rows.parquet that is a FIFO, a folder, a socket or a link to nothing was taken for absent: plots
-   read the release's metadata.jsonl instead, at exit 0 (export.read_rows_table, io.present_file).
+   read the release's metadata.jsonl instead, at exit 0 (export.read_rows_table, io.present_file); a
+   metadata.jsonl whose bytes are not UTF-8 was a UnicodeDecodeError traceback (export.read_metadata).
 4. A model folder's config.json or model_index.json that is a FIFO hung generate for good, and one linked to
    /dev/zero was read until memory ran out (render_plan.model_config: io.config_text).
 """
@@ -228,29 +229,54 @@ ROWS_TABLES = {  # case: (make data/releases/r/rows.parquet, what the line says)
 }
 
 
+def _plots_workspace(root: Path) -> Path:
+    """What plots reads, for a release r from before rows.parquet (its metadata.jsonl): r's folder."""
+    release = root / "data" / "releases" / "r"
+    for split in ("train", "validation"):
+        (release / split).mkdir(parents=True)
+        (release / split / "metadata.jsonl").write_text(json.dumps({"source": "diffusiondb", "text": "a fox"}) + "\n")
+    (root / "data" / "clean").mkdir()
+    (root / "data" / "clean" / "diffusiondb.report.json").write_text('{"dropped_by_reason": {}}')
+    (root / "data" / "dedup").mkdir()
+    clusters = pa.table({"id": ["a"], "duplicate_of": ["k"], "jaccard": [0.9]})
+    pq.write_table(clusters, root / "data" / "dedup" / "diffusiondb.clusters.parquet")
+    components = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
+    write_params(
+        root, releases={"r": {"components": components}}, sources={"diffusiondb": PARAMS["sources"]["diffusiondb"]}
+    )
+    return release
+
+
+PLOTS = ["plots", "data/releases", "data/clean", "data/dedup", "data/plots"]
+
+
 @pytest.mark.parametrize("case", ROWS_TABLES)
 def test_plots_refuses_a_rows_table_that_is_no_file(tmp_path, monkeypatch, capfd, case):
     """plots read the release's metadata.jsonl instead, at exit 0, without a word."""
     make, says = ROWS_TABLES[case]
-    release = tmp_path / "data" / "releases" / "r"
-    for split in ("train", "validation"):
-        (release / split).mkdir(parents=True)
-        (release / split / "metadata.jsonl").write_text(json.dumps({"source": "diffusiondb", "text": "a fox"}) + "\n")
-    make(release / "rows.parquet")
-    (tmp_path / "data" / "clean").mkdir()
-    (tmp_path / "data" / "clean" / "diffusiondb.report.json").write_text('{"dropped_by_reason": {}}')
-    (tmp_path / "data" / "dedup").mkdir()
-    clusters = pa.table({"id": ["a"], "duplicate_of": ["k"], "jaccard": [0.9]})
-    pq.write_table(clusters, tmp_path / "data" / "dedup" / "diffusiondb.clusters.parquet")
-    components = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
-    write_params(
-        tmp_path, releases={"r": {"components": components}}, sources={"diffusiondb": PARAMS["sources"]["diffusiondb"]}
-    )
-    argv = ["plots", "data/releases", "data/clean", "data/dedup", "data/plots"]
-    done = cli(argv, tmp_path, monkeypatch, capfd)
+    make(_plots_workspace(tmp_path) / "rows.parquet")
+    done = cli(PLOTS, tmp_path, monkeypatch, capfd)
     line = error_line(done.stderr)
     assert done.returncode == 2 and line == f"error: data/releases/r/rows.parquet: {says}", line
     assert not (tmp_path / "data" / "plots").exists()
+
+
+NOT_UTF8 = {  # case: (metadata.jsonl's bytes, the byte the line names)
+    "a Latin-1 caption": (b'{"source": "diffusiondb", "text": "caf\xe9"}\n', 38),
+    "UTF-16 with its mark": ('{"source": "diffusiondb", "text": "x"}\n'.encode("utf-16"), 0),
+    "a character cut at the end": (b'{"source": "diffusiondb", "text": "x"}\n\xe2\x82', 39),
+}
+
+
+@pytest.mark.parametrize("case", NOT_UTF8)
+def test_plots_names_a_metadata_file_that_is_not_utf8(tmp_path, monkeypatch, capfd, case):
+    """A UnicodeDecodeError traceback (exit 1) before: export.read_metadata, plots' and publish's reader."""
+    data, byte = NOT_UTF8[case]
+    (_plots_workspace(tmp_path) / "train" / "metadata.jsonl").write_bytes(data)
+    done = cli(PLOTS, tmp_path, monkeypatch, capfd)
+    line = error_line(done.stderr)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert line == f"error: data/releases/r/train/metadata.jsonl: byte {byte}: not UTF-8 text", line
 
 
 # ---------------------------------------------------------------- 4. generate: a model's config that is no file

@@ -236,7 +236,11 @@ def read_metadata(folder: Path, required: tuple[str, ...], hint: str = "run rele
     path = Path(folder) / "metadata.jsonl"
     if not path.exists():
         raise DataError(f"{path}: not found ({hint})")
-    return parse_metadata(regular_file(path).read_text(encoding="utf-8").split("\n"), str(path), required)
+    try:  # bytes not UTF-8 were a traceback in plots and publish
+        text = regular_file(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{shown(path)}: byte {exc.start}: not UTF-8 text") from None
+    return parse_metadata(text.split("\n"), str(path), required)
 
 
 PROMPT_COLUMNS = ["id", "source", "text", "orig_text"]
