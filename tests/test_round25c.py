@@ -14,6 +14,9 @@ a timeout (and a memory limit where /dev/zero is read).
    metadata.jsonl whose bytes are not UTF-8 was a UnicodeDecodeError traceback (export.read_metadata).
 4. A model folder's config.json or model_index.json that is a FIFO hung generate for good, and one linked to
    /dev/zero was read until memory ran out (render_plan.model_config: io.config_text).
+5. The dvc.lock above an output that the output check reads (does DVC record these bytes?) was read whole: a
+   2 GiB one was "out of memory" under a 1 GiB limit (gigabytes without one); one over the cap now proves
+   nothing (dvc_cache._lock_text).
 """
 
 from __future__ import annotations
@@ -277,6 +280,31 @@ def test_plots_names_a_metadata_file_that_is_not_utf8(tmp_path, monkeypatch, cap
     line = error_line(done.stderr)
     assert done.returncode == 2, done.stderr[-2000:]
     assert line == f"error: data/releases/r/train/metadata.jsonl: byte {byte}: not UTF-8 text", line
+
+
+# ---------------------------------------------------------------- 5. the dvc.lock an output check reads
+
+LOCKS_READ = {  # case: where a sparse dvc.lock of 2 GiB is (the repository's, or one above the output in it)
+    "the repository's dvc.lock": "dvc.lock",
+    "a dvc.lock in a folder above the output": "data/dvc.lock",
+    "a dvc.lock beside the output": "data/plots/dvc.lock",
+}
+
+
+@pytest.mark.slow  # a real process under a memory limit: seconds each
+@pytest.mark.parametrize("case", LOCKS_READ)
+def test_an_output_check_never_reads_a_dvc_lock_over_the_cap(tmp_path, case):
+    """Every output check read the dvc.lock above the output whole: 2 GiB under a 1 GiB limit was "out of memory
+    (a smaller input ... may fit)", blaming the input; now the lock proves nothing and the check says why."""
+    _plots_workspace(tmp_path)
+    (tmp_path / "data" / "plots").mkdir()
+    (tmp_path / "data" / "plots" / "source_mix.csv").write_text("a user's file\n")
+    with open(tmp_path / LOCKS_READ[case], "wb") as lock:
+        lock.truncate(2 << 30)  # sparse: no disk
+    done = run_scripts(tmp_path, *PLOTS, timeout=60, memory=1 << 30)
+    line = error_line(done.stderr)
+    assert done.returncode == 2 and line.startswith("error: data/plots/source_mix.csv: exists and this command"), line
+    assert (tmp_path / "data" / "plots" / "source_mix.csv").read_text() == "a user's file\n"
 
 
 # ---------------------------------------------------------------- 4. generate: a model's config that is no file
