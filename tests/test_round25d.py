@@ -10,6 +10,9 @@ the old table_in, summary.stats_path and side_inputs.check_repository_file each 
    workspace dvc.lock of pr-comment (side_inputs.lock_at). The check ran on the name, the open followed
    whatever was there by then. The file is checked again once open, by what its descriptor names
    (safe_paths.read_within, opened_real_path: /proc/self/fd).
+3. dedup read a folder input's `*.parquet` shard that is a link out of the folder (absolute, `..` up and out,
+   a link to a link, a `x.parquet` folder elsewhere) as the input's own rows, at exit 0: refused in one line by
+   the same rule (dedup.stage_input.shards), a link into DVC's cache (cache.type symlink) still read.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from helpers.commands import cli
 from helpers.repos import REPO
+from helpers.tiers import fast_first
 from helpers.workspace import error_line, write_params
 
 COMPONENTS = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
@@ -76,7 +82,7 @@ SECOND_NAME = [
 ]
 
 
-@pytest.mark.parametrize("case", SECOND_NAME, ids=lambda case: case.__name__)
+@pytest.mark.parametrize("case", fast_first(SECOND_NAME, keep=2), ids=lambda case: case.__name__)
 def test_summary_never_copies_a_stats_file_with_another_name(tmp_path, monkeypatch, capfd, case):
     root, out = _workspace(tmp_path)
     releases = case(root, out)
@@ -140,7 +146,7 @@ def stats_to_link_to_a_link(root: Path, out: Path):  # a link inside data/releas
 REPLACED = [stats_to_absolute_link, stats_to_relative_link_up, stats_to_link_to_a_link]
 
 
-@pytest.mark.parametrize("case", REPLACED, ids=lambda case: case.__name__)
+@pytest.mark.parametrize("case", fast_first(REPLACED, keep=2), ids=lambda case: case.__name__)
 def test_summary_never_reads_a_stats_file_replaced_by_a_link_out(tmp_path, monkeypatch, capfd, case):
     root, out = _workspace(tmp_path)
     (root / "data/releases/r/stats.json").write_text(OURS, encoding="utf-8")
@@ -161,7 +167,7 @@ LOCKS_REPLACED = {  # case: the link dvc.lock becomes, from a file in the reposi
 }
 
 
-@pytest.mark.parametrize("case", LOCKS_REPLACED)
+@pytest.mark.parametrize("case", fast_first(LOCKS_REPLACED, keep=2))
 def test_a_workspace_dvc_lock_replaced_by_a_link_out_is_never_read(tmp_path, monkeypatch, case):
     from scripts.lib.errors import DataError
     from scripts.tools.side_inputs import lock_at
@@ -182,3 +188,65 @@ def test_a_workspace_dvc_lock_is_read():
     from scripts.tools.side_inputs import lock_at
 
     assert "stages:" in (lock_at(str(REPO), "workspace") or "")
+
+
+# ---------------------------------------------------------------- 3. a shard of dedup's folder input linked out
+
+
+def _prompts(tag: str, n: int = 4) -> pa.Table:
+    texts = [f"{tag} green lamp number {i}" for i in range(n)]
+    return pa.table({"id": [f"{tag}{i}" for i in range(n)], "source": ["diffusiondb"] * n, "text": texts})
+
+
+def shard_to_absolute_link(root: Path, out: Path) -> None:
+    pq.write_table(_prompts("x"), out / "x.parquet")
+    (root / "in/b.parquet").symlink_to(out / "x.parquet")
+
+
+def shard_to_relative_link_up(root: Path, out: Path) -> None:
+    pq.write_table(_prompts("x"), out / "x.parquet")
+    (root / "in/b.parquet").symlink_to("../../elsewhere/x.parquet")
+
+
+def shard_to_link_to_a_link(root: Path, out: Path) -> None:  # the first hop stays in the workspace
+    pq.write_table(_prompts("x"), out / "x.parquet")
+    (root / "hop.parquet").symlink_to(out / "x.parquet")
+    (root / "in/b.parquet").symlink_to("../hop.parquet")
+
+
+def shard_folder_linked_out(root: Path, out: Path) -> None:  # a folder named as a shard: pyarrow reads all in it
+    (out / "more").mkdir()
+    pq.write_table(_prompts("x"), out / "more/x.parquet")
+    (root / "in/B.PARQUET").symlink_to(out / "more")
+
+
+SHARDS_OUT = [shard_to_absolute_link, shard_to_relative_link_up, shard_to_link_to_a_link, shard_folder_linked_out]
+
+
+def _dedup_folder(tmp_path: Path, monkeypatch, capfd, plant):
+    root, out = tmp_path / "ws", tmp_path / "elsewhere"
+    (root / "in").mkdir(parents=True)
+    out.mkdir()
+    write_params(root)
+    pq.write_table(_prompts("a"), root / "in/a.parquet")
+    plant(root, out)
+    return root, cli(["dedup", "diffusiondb", "in", "out/d.parquet"], root, monkeypatch, capfd)
+
+
+@pytest.mark.parametrize("case", fast_first(SHARDS_OUT, keep=2), ids=lambda case: case.__name__)
+def test_dedup_never_reads_a_shard_linked_out_of_its_folder(tmp_path, monkeypatch, capfd, case):
+    root, result = _dedup_folder(tmp_path, monkeypatch, capfd, case)
+    assert result.returncode == 2, result.stderr
+    assert ": a link on its way leads out of in; refusing to read it" in error_line(result.stderr)
+    assert not (root / "out").exists()
+
+
+def test_dedup_reads_a_shard_linked_into_the_dvc_cache(tmp_path, monkeypatch, capfd):
+    def cached(root: Path, out: Path) -> None:
+        (root / ".dvc/cache/files/md5/ab").mkdir(parents=True)
+        pq.write_table(_prompts("c"), root / ".dvc/cache/files/md5/ab" / ("0" * 30))
+        (root / "in/b.parquet").symlink_to(root / ".dvc/cache/files/md5/ab" / ("0" * 30))
+
+    root, result = _dedup_folder(tmp_path, monkeypatch, capfd, cached)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(root / "out/d.parquet").num_rows == 8
