@@ -81,10 +81,9 @@ def lock_at(repo: str, rev: str) -> str | None:
 def check_inside(path: Path, roots: tuple, use: str) -> None:
     """Refuse `path` when its real path (through every link on the way, a linked release folder's
     too) is outside all of `roots`, or when it is not a regular file (a FIFO blocks `dvc plots diff`)."""
-    from scripts.lib.safe_paths import inside
+    from scripts.lib.safe_paths import leads_out
 
-    real = os.path.realpath(path)
-    if os.path.lexists(path) and not any(inside(real, os.path.realpath(root)) for root in roots):
+    if os.path.lexists(path) and all(leads_out(path, root) for root in roots):
         raise DataError(f"{shown(path)}: leads out of the repository; refusing to {use}")
     check_regular(path, str(path))
 
