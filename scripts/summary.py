@@ -11,15 +11,15 @@ committed), read with `dvc metrics diff --targets FILE` or cat.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import check_files_ours, config_text, shown, write_json
+from scripts.lib.io import MAX_CONFIG_BYTES, check_files_ours, shown, write_json
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import load_section
+from scripts.lib.safe_paths import check_stays_in, read_within
 
 
 def summarise(threshold: float, stats: dict[str, dict]) -> dict:
@@ -29,12 +29,9 @@ def summarise(threshold: float, stats: dict[str, dict]) -> dict:
 
 def stats_path(releases: Path, name: str) -> Path:
     """RELEASES/NAME/stats.json, refused when a link on its way leads out of RELEASES: summary copied the row
-    count of a `stats.json -> /elsewhere/stats.json` into the metrics (and tag into its message)."""
-    path = releases / name / "stats.json"
-    real, top = os.path.realpath(path), os.path.realpath(releases)
-    if not real.startswith(top.rstrip(os.sep) + os.sep):
-        raise DataError(f"{shown(path)}: a link on its way leads out of {shown(releases)}; refusing to read it")
-    return path
+    count of a `stats.json -> /elsewhere/stats.json` into the metrics (and tag into its message). No DVC-cache
+    exception: stats.json is `cache: false`, never a link into the cache."""
+    return check_stays_in(releases / name / "stats.json", releases)
 
 
 def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
@@ -42,7 +39,9 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     for name in names:
         path = stats_path(releases, name)
         try:
-            stats[name] = loads_json(config_text(path))  # config_text: a FIFO hung it; loads_json: depth-bounded
+            # read_within: checked again once open (replaced by a link out since?), one name only (a hard link
+            # to a file elsewhere was copied), never a FIFO (it hung); loads_json: depth-bounded
+            stats[name] = loads_json(read_within(path, releases, cap=MAX_CONFIG_BYTES, one_name=True).decode())
             total = stats[name]["rows"]["total"]
         except FileNotFoundError:
             raise DataError(f"{path}: input not found (run release@{name})") from None

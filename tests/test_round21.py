@@ -345,7 +345,7 @@ def test_a_repository_file_linked_out_of_it_is_never_read(tmp_path, monkeypatch,
     done = cli([*argv, "--repo", repo, *out], repo, monkeypatch, capfd)
     assert done.returncode == 2, done.stderr[-2000:]
     line = error_line(done.stderr)
-    assert f"{name}: a link out of the repository; refusing to read it" in line, line
+    assert f"{name}: a link on its way leads out of the repository; refusing to read it" in line, line
     assert not (tmp_path / "o").exists()
 
 

@@ -31,7 +31,7 @@ NOT_A_CARD = {  # case: (the README.md's bytes, what the one line says)
     "Latin-1 bytes": (b"---\nlicense: x\n---\n# caf\xe9\n", "not UTF-8 text"),
     "UTF-16 with its mark": ("# a card\n".encode("utf-16"), "not UTF-8 text"),
     "a NUL-padded binary": (b"\x00\xff\xfe" * 100, "not UTF-8 text"),
-    "a 1 MB caption pasted in": (b"# card\n" + b"x" * 1_000_000, "over 1,000,000 bytes"),
+    "a 1 MB caption pasted in": (b"# card\n" + b"x" * 1_000_000, "larger than 1000000 bytes"),
 }
 
 

@@ -45,12 +45,79 @@ class Roots:
             self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
         return self._cache
 
-    def holds(self, file: Path | str) -> bool:
-        real = os.path.realpath(file)  # what a link (anywhere on the way) points at
+    def holds(self, file: Path | str, real: str | None = None) -> bool:
+        """Whether `file` lies in a root; `real`: where it really is, when known better than by its name (what
+        an open file descriptor names: the file may have been replaced by a link since)."""
+        real = os.path.realpath(file) if real is None else real  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied
         return any(inside(real, root) for root in self.real) or (
             any(inside(named, root) for root in self.named) and inside(real, self.cache())
         )
+
+
+def leads_out(path: Path | str, root: Path | str, *, dvc_cache: bool = False, real: str | None = None) -> bool:
+    """Whether `path`, after every link on its way (`..` in a relative link, a link to a link), lies outside
+    `root`: the one rule for a file a stage or tool reads under a folder it was given.
+
+    `dvc_cache`: a path named inside `root` whose link leads into DVC's cache is `root`'s own. A checkout with
+    cache.type symlink leaves each output file such a link (cache.type hardlink leaves a file of the folder
+    itself); a file DVC never caches (`cache: false`, git's params.yaml) needs no such exception.
+    `real`: where the file really is, when known better than by its name (opened_real_path)."""
+    if dvc_cache:
+        return not Roots([Path(root)]).holds(path, real)
+    return not inside(os.path.realpath(path) if real is None else real, os.path.realpath(root))
+
+
+def check_stays_in(
+    path: Path | str,
+    root: Path | str,
+    *,
+    dvc_cache: bool = False,
+    where: str | None = None,
+    root_name: str | None = None,
+) -> Path:
+    """`path` when it stays in `root` (leads_out), else one line naming it (`where`, default the path) and the
+    folder (`root_name`, default its path)."""
+    if leads_out(path, root, dvc_cache=dvc_cache):
+        raise _led_out(path, root, where, root_name)
+    return Path(path)
+
+
+def _led_out(path: Path | str, root: Path | str, where: str | None, root_name: str | None) -> DataError:
+    return DataError(
+        f"{where or shown(path)}: a link on its way leads out of {root_name or shown(root)}; refusing to read it"
+    )
+
+
+def opened_real_path(file: BinaryIO, path: Path | str) -> str:
+    """The real path of the file `file` has open (Linux's /proc/self/fd): what was read, even when its name
+    was replaced by a link since it was checked. Without /proc, `path`'s realpath (the check as before)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{file.fileno()}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+def read_within(
+    path: Path | str,
+    root: Path | str,
+    *,
+    cap: int,
+    one_name: bool = False,
+    dvc_cache: bool = False,
+    where: str | None = None,
+    root_name: str | None = None,
+) -> bytes:
+    """The bytes of the regular file `path` (at most `cap`) when it stays in `root` (check_stays_in). The file
+    is checked again once open, by what the descriptor names: a file replaced by a link out between the check
+    and the open was read (summary's stats.json, a workspace dvc.lock). `one_name`: a file with another hard
+    link is refused too (a hard link to a file elsewhere passes every path check). FileNotFoundError is the
+    caller's to name."""
+    check_stays_in(path, root, dvc_cache=dvc_cache, where=where, root_name=root_name)
+    with open_regular(path, one_link=one_name) as file:
+        if leads_out(path, root, dvc_cache=dvc_cache, real=opened_real_path(file, path)):
+            raise _led_out(path, root, where, root_name)
+        return read_capped(file, cap, path)
 
 
 def table_in(root: Path, *names: str) -> Path:
@@ -58,10 +125,7 @@ def table_in(root: Path, *names: str) -> Path:
     when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
     was read as the source's split. A link into DVC's cache (cache.type symlink) is the root's own, as for
     images; a hard link (cache.type hardlink) is a file of the root itself."""
-    path = Path(root).joinpath(*names)
-    if not Roots([Path(root)]).holds(path):
-        raise DataError(f"{shown(path)}: a link on its way leads out of {shown(root)}; refusing to read it")
-    return path
+    return check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True)
 
 
 def resolved(path: Path | str) -> Path:

@@ -60,9 +60,12 @@ def lock_at(repo: str, rev: str) -> str | None:
         lock = Path(repo) / "dvc.lock"
         if not check_regular(lock, "dvc.lock"):
             return None
-        check_repository_file(repo, "dvc.lock", "dvc.lock")
-        try:
-            return lock.read_text(encoding="utf-8")
+        from scripts.lib.io import MAX_CONFIG_BYTES
+        from scripts.lib.safe_paths import read_within
+
+        try:  # read_within: checked again once open (replaced by a link out of the repository since?)
+            data = read_within(lock, repo, cap=MAX_CONFIG_BYTES, where="dvc.lock", root_name=IN_REPOSITORY)
+            return data.decode("utf-8").replace("\r\n", "\n")  # as read_text read it
         except UnicodeDecodeError:
             raise DataError("dvc.lock: not UTF-8 text") from None
     sha = commit_of(repo, rev)  # a hex id: never read as an option
@@ -78,10 +81,9 @@ def lock_at(repo: str, rev: str) -> str | None:
 def check_inside(path: Path, roots: tuple, use: str) -> None:
     """Refuse `path` when its real path (through every link on the way, a linked release folder's
     too) is outside all of `roots`, or when it is not a regular file (a FIFO blocks `dvc plots diff`)."""
-    from scripts.lib.safe_paths import inside
+    from scripts.lib.safe_paths import leads_out
 
-    real = os.path.realpath(path)
-    if os.path.lexists(path) and not any(inside(real, os.path.realpath(root)) for root in roots):
+    if os.path.lexists(path) and all(leads_out(path, root) for root in roots):
         raise DataError(f"{shown(path)}: leads out of the repository; refusing to {use}")
     check_regular(path, str(path))
 
@@ -124,31 +126,32 @@ def check_outside_stores(repo: str | Path, *outputs: Path) -> None:
 # they stay in the repository after every link (`params.yaml -> ~/elsewhere.yaml` was read, and a key of it
 # quoted in the error line).
 REPOSITORY_FILES = ("params.yaml", "dvc.lock")
+IN_REPOSITORY = "the repository"  # the folder a repository file's one line names
 
 
 def check_repository_file(repo: str | Path, name: str, where: str) -> None:
     """Refuse the workspace's `name` (one of REPOSITORY_FILES) when a link takes it out of `repo`."""
-    from scripts.lib.safe_paths import inside
+    from scripts.lib.safe_paths import check_stays_in
 
-    if os.path.lexists(Path(repo) / name) and not inside(os.path.realpath(Path(repo) / name), os.path.realpath(repo)):
-        raise DataError(f"{shown(where)}: a link out of the repository; refusing to read it")
+    if os.path.lexists(Path(repo) / name):
+        check_stays_in(Path(repo) / name, repo, where=shown(where), root_name=IN_REPOSITORY)
 
 
 def release_card_body(release_dir: Path) -> str:
     """The release's own README.md (release@V's card) without its YAML front matter."""
+    from scripts.lib.io import config_text
+
     path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
     if path is None:
         return ""
-    with open(path, "rb") as f:
-        data = f.read(MAX_RELEASE_CARD_BYTES + 1)
-    where = f"{shown(release_dir)}/README.md"
-    if len(data) > MAX_RELEASE_CARD_BYTES:
-        raise DataError(f"{where}: over {MAX_RELEASE_CARD_BYTES:,} bytes, not a release card (release@V writes it)")
-    try:  # utf-8-sig: a byte-order mark before the front matter hid it, and the card showed it as text
-        text = data.decode("utf-8-sig")
+    try:
+        text = config_text(path, MAX_RELEASE_CARD_BYTES)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: byte {exc.start}: not UTF-8 text, not a release card") from None
-    return without_front_matter(text).strip()
+        raise DataError(
+            f"{shown(release_dir)}/README.md: byte {exc.start}: not UTF-8 text, not a release card"
+        ) from None
+    # a byte-order mark before the front matter hid it, and the card showed it as text
+    return without_front_matter(text.removeprefix("\ufeff")).strip()
 
 
 def without_front_matter(text: str) -> str:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from scripts.lib import s3_input
 from scripts.lib.errors import DataError, shown
-from scripts.lib.safe_paths import matches
+from scripts.lib.safe_paths import check_stays_in, matches
 from scripts.lib.tables import (
     check_column_names,
     existing_input,
@@ -43,7 +43,9 @@ def shards(path: Path | str) -> list[Path | str]:
         found = matches(path, "*.parquet")
         if not found:
             raise DataError(f"{path}: no parquet shards in this folder")
-        return [existing_input(shard) for shard in found]
+        # each in the folder after every link (a shard linked elsewhere was deduplicated as the input's own),
+        # a link into DVC's cache aside (cache.type symlink checks a folder output's files out so)
+        return [existing_input(check_stays_in(shard, path, dvc_cache=True)) for shard in found]
     return [existing_input(path)]  # a FIFO would block the open in C, deaf to Ctrl-C: refused
 
 

@@ -57,10 +57,8 @@ def iter_parquet(
     try:
         pf = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every row group read: memory grows
         schema = pf.schema_arrow
-    except UnicodeEncodeError as exc:  # the file's name, not its bytes (tables.unreadable)
+    except Exception as exc:  # a name pyarrow cannot take, `ulimit -n`, a corrupt footer: tables.unreadable tells which
         raise unreadable(file, exc) from None
-    except Exception as exc:
-        raise DataError(f"{file}: not a readable parquet file ({type(exc).__name__})") from None
     require_columns(file, schema.names, columns)
     for column, kind in (kinds or {}).items():
         kind_of = schema.field(column).type
