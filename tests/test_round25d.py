@@ -7,7 +7,7 @@ the old table_in, summary.stats_path and side_inputs.check_repository_file each 
    a hard link keeps the name and passes every path check. stats.json is `cache: false` (never DVC's hard
    link), so a second name is refused in one line (safe_paths.read_within, one_name).
 2. A file replaced by a link out between the check and the open was read: summary's stats.json, the
-   workspace dvc.lock of pr-comment (side_inputs.lock_at). The check ran on the name, the open followed
+   workspace dvc.lock of pr-comment (lock_text.lock_at). The check ran on the name, the open followed
    whatever was there by then. The file is checked again once open, by what its descriptor names
    (safe_paths.read_within, opened_real_path: /proc/self/fd).
 3. dedup read a folder input's `*.parquet` shard that is a link out of the folder (absolute, `..` up and out,
@@ -170,7 +170,7 @@ LOCKS_REPLACED = {  # case: the link dvc.lock becomes, from a file in the reposi
 @pytest.mark.parametrize("case", fast_first(LOCKS_REPLACED, keep=2))
 def test_a_workspace_dvc_lock_replaced_by_a_link_out_is_never_read(tmp_path, monkeypatch, case):
     from scripts.lib.errors import DataError
-    from scripts.tools.side_inputs import lock_at
+    from scripts.tools.lock_text import lock_at
 
     repo = tmp_path / "repo"
     (repo / "conf").mkdir(parents=True)
@@ -185,7 +185,7 @@ def test_a_workspace_dvc_lock_replaced_by_a_link_out_is_never_read(tmp_path, mon
 
 
 def test_a_workspace_dvc_lock_is_read():
-    from scripts.tools.side_inputs import lock_at
+    from scripts.tools.lock_text import lock_at
 
     assert "stages:" in (lock_at(str(REPO), "workspace") or "")
 

@@ -3,7 +3,8 @@
 A revision's lock was read whole (`git show`, then YAML): a dvc.lock of hundreds of megabytes at a
 revision of a pull request took minutes and gigabytes before anything was checked. Its size is now asked
 of git first (`git cat-file --batch-check`) and a lock over MAX_LOCK_BYTES is one line; the blob is then
-read through a pipe up to the cap, never more. The workspace's lock is read as params.yaml is (io.bounded_bytes).
+read through a pipe up to the cap, never more. The workspace's lock is read within the
+repository, checked again once open (safe_paths.read_within).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import MAX_CONFIG_BYTES, bounded_bytes
-from scripts.tools.side_inputs import WORKSPACE, check_regular, check_repository_file, commit_of
+from scripts.lib.io import MAX_CONFIG_BYTES
+from scripts.lib.safe_paths import read_within
+from scripts.tools.side_inputs import IN_REPOSITORY, WORKSPACE, check_regular, commit_of
 
 # DVC writes a few KB a stage (this repository's 58 stages: 220 KB), so 64 MiB is some 18,000 stages; YAML
 # parses about 1.4 s a MB here, a minute and a half at the cap, and a larger lock is no pipeline's.
@@ -29,9 +31,9 @@ def lock_at(repo: str, rev: str) -> str | None:
         lock = Path(repo) / "dvc.lock"
         if not check_regular(lock, "dvc.lock"):
             return None
-        check_repository_file(repo, "dvc.lock", "dvc.lock")
-        try:
-            return bounded_bytes(lock, MAX_LOCK_BYTES).decode("utf-8")
+        try:  # read_within: checked again once open (replaced by a link out of the repository since?)
+            data = read_within(lock, repo, cap=MAX_LOCK_BYTES, where="dvc.lock", root_name=IN_REPOSITORY)
+            return data.decode("utf-8").replace("\r\n", "\n")  # as read_text read it
         except UnicodeDecodeError:
             raise DataError("dvc.lock: not UTF-8 text") from None
     spec = f"{commit_of(repo, rev)}:dvc.lock"  # a hex id: never read as an option

@@ -53,31 +53,6 @@ def check_regular(path: Path, where: str) -> bool:
     return True
 
 
-def lock_at(repo: str, rev: str) -> str | None:
-    """dvc.lock's text at a git revision or in the workspace (None when there is none); an unknown
-    revision, or a workspace dvc.lock that is not a regular file, is one line."""
-    if rev == WORKSPACE:
-        lock = Path(repo) / "dvc.lock"
-        if not check_regular(lock, "dvc.lock"):
-            return None
-        from scripts.lib.io import MAX_CONFIG_BYTES
-        from scripts.lib.safe_paths import read_within
-
-        try:  # read_within: checked again once open (replaced by a link out of the repository since?)
-            data = read_within(lock, repo, cap=MAX_CONFIG_BYTES, where="dvc.lock", root_name=IN_REPOSITORY)
-            return data.decode("utf-8").replace("\r\n", "\n")  # as read_text read it
-        except UnicodeDecodeError:
-            raise DataError("dvc.lock: not UTF-8 text") from None
-    sha = commit_of(repo, rev)  # a hex id: never read as an option
-    result = subprocess.run(["git", "show", f"{sha}:dvc.lock"], cwd=repo, capture_output=True, timeout=120)
-    if result.returncode != 0:
-        return None
-    try:
-        return result.stdout.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{shown(rev)}:dvc.lock: not UTF-8 text") from None
-
-
 def check_inside(path: Path, roots: tuple, use: str) -> None:
     """Refuse `path` when its real path (through every link on the way, a linked release folder's
     too) is outside all of `roots`, or when it is not a regular file (a FIFO blocks `dvc plots diff`)."""
