@@ -13,7 +13,7 @@ defaults); where the moment matters, the signal is sent by the child itself at t
    (`interrupts.stop_when_parent_dies`) and stops as its own SIGTERM stops it: 143, nothing left.
 3. A signal while a folder output is renamed in waits for the last rename (interrupts.held), then was
    raised before the old copy was deleted: the command exited 130 with `.T.tmp-old` (the whole previous
-   output) left beside the new one (sample-data's `raw`, split's folder, compose's). `io.replace_together`
+   output) left beside the new one (recipes', sample-data's, split's and compose's folders). `io.replace_together`
    now deletes the old copies before it raises the signal.
 """
 
@@ -212,7 +212,7 @@ def compose_ws(root: Path) -> None:
 
 
 RENAMED_IN = {  # row: (the signal, the command, what makes its inputs, its folder output)
-    "SIGTERM-split": (signal.SIGTERM, ["split", "s", "in.parquet", "out"], split_ws, "out"),
+    "SIGTERM-recipes": (signal.SIGTERM, ["recipes", "data/recipes"], write_params, "data/recipes"),
     "SIGINT-split": (signal.SIGINT, ["split", "s", "in.parquet", "out"], split_ws, "out"),
     "SIGHUP-compose": (signal.SIGHUP, ["compose", "r", "data/splits", "data/compose/r"], compose_ws, "data/compose/r"),
     "SIGINT-sample-data": (signal.SIGINT, ["sample-data", "raw"], write_params, "raw"),
