@@ -22,7 +22,15 @@ def _hold_closed_standard_descriptors() -> None:
 
 _hold_closed_standard_descriptors()  # first: before an import opens a file that would take the number
 
-from scripts.lib.interrupts import STOPPING_SIGNALS  # noqa: E402
+try:  # the one line and 128 + signal at once until main() installs the command's handlers
+    from scripts.lib.interrupts import STOPPING_SIGNALS, exit_at_once_on_signals, stop_when_parent_dies
+
+    exit_at_once_on_signals()
+except KeyboardInterrupt:  # Ctrl-C in the few imports before
+    os.write(2, b"interrupted (SIGINT)\n")
+    os._exit(128 + signal.SIGINT)
+if "DVC_STAGE" in os.environ:  # a stage `dvc repro` runs: it stops when dvc is killed
+    stop_when_parent_dies()
 
 
 def _ignore_late_signals() -> None:
@@ -36,11 +44,7 @@ def _ignore_late_signals() -> None:
 
 atexit.register(_ignore_late_signals)
 
-try:
-    from scripts.cli import main
-except KeyboardInterrupt:  # Ctrl-C while the command's modules import, before main() handles signals
-    print("interrupted (SIGINT)", file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+from scripts.cli import main  # noqa: E402
 
 code = main()
 

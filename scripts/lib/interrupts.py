@@ -7,7 +7,9 @@ command exits as interrupted whatever the run does next."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Iterator
 
 # Every signal that ends a command: the two asked for (Ctrl-C, `kill`) and those whose default action
@@ -67,3 +69,42 @@ def stop_if_received() -> None:
     """Raise `Interrupted` again if a signal came, even one whose exception something swallowed."""
     if _received:
         raise Interrupted(_received[0])
+
+
+def line(signum: int) -> str:
+    """The one line a stopped command prints."""
+    return f"interrupted ({signal.Signals(signum).name})"
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os.write(2, f"{line(signum)}\n".encode())
+    os._exit(128 + signum)
+
+
+def exit_at_once_on_signals() -> None:
+    """Before the command's handlers: a stopping signal prints the one line and exits 128 + signal at once.
+    Nothing has been written yet (and after the command returned, everything has), so there is nothing to
+    unwind. Python's defaults there: SIGTERM, SIGHUP and SIGQUIT while `scripts.cli` imports killed the
+    process silently (exit -15, no line), a Ctrl-C was a KeyboardInterrupt traceback. A signal the parent
+    set to be ignored (a shell's background job, nohup) stays ignored."""
+    for signum in STOPPING_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _exit_at_once)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_when_parent_dies(signum: int = signal.SIGTERM) -> None:
+    """`signum` to this process when its parent dies (Linux). `dvc repro` killed by SIGTERM (a CI's cancel,
+    `kill PID`) dies at once and leaves the stage it runs going: the orphan finished and replaced its output,
+    one dvc.lock did not record. Now the stage stops with its parent, as its own SIGTERM stops it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request was made: no signal will come
+        os.kill(os.getpid(), signum)

@@ -22,7 +22,7 @@ from typing import Any
 
 from scripts.lib.dvc_cache import holds_locked_bytes
 from scripts.lib.errors import DataError, os_error_code, os_error_message, shown
-from scripts.lib.interrupts import held, holding, stop_if_received
+from scripts.lib.interrupts import Interrupted, held, holding, stop_if_received
 from scripts.lib.marks import (
     MARKER,
     current_command,
@@ -330,27 +330,35 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
         check_removable(target)
     aside: list[tuple[Path, Path]] = []
     placed: list[tuple[Path, Path]] = []
-    with held():  # a signal between these renames left an output gone and its old copy untagged
-        try:
-            for _, target in pairs:
-                if os.path.lexists(target):
-                    old = _sibling(target, TMP_OLD)
-                    os.replace(target, old)
-                    mark_temp(old)
-                    aside.append((old, target))
-            for new, target in pairs:
-                os.replace(new, target)
-                placed.append((new, target))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                for new, target in reversed(placed):
-                    os.replace(target, new)
-                for old, target in reversed(aside):
-                    os.replace(old, target)
+    signalled: Interrupted | None = None
+    try:
+        with held():  # a signal between these renames left an output gone and its old copy untagged
+            try:
+                for _, target in pairs:
+                    if os.path.lexists(target):
+                        old = _sibling(target, TMP_OLD)
+                        os.replace(target, old)
+                        mark_temp(old)
+                        aside.append((old, target))
+                for new, target in pairs:
+                    os.replace(new, target)
+                    placed.append((new, target))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    for new, target in reversed(placed):
+                        os.replace(target, new)
+                    for old, target in reversed(aside):
+                        os.replace(old, target)
+                raise
+    except Interrupted as exc:  # held() raises a signal that came during the renames once they are all done
+        if len(placed) != len(pairs):
             raise
+        signalled = exc  # the old copies go first: a Ctrl-C there left `.T.tmp-old` (sample-data, release)
     for old, target in aside:
         if (failure := removal_failure(old)) is not None:
             raise cannot_remove(old, target, failure)
+    if signalled is not None:
+        raise signalled
 
 
 def commit_together(stack: contextlib.ExitStack) -> None:
