@@ -20,6 +20,7 @@ from scripts.lib.io import SPLITS
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
+from scripts.tools.markdown_text import cell, code, code_span, fenced, link_target
 
 # the per-row fields of captions@S's `generation` that vary by row: left out of the card's summary
 PER_ROW = ("seed",)
@@ -162,9 +163,11 @@ def _sources(names: list[str], sources: dict[str, Source], dedup: Dedup) -> list
     for s in names:
         entry, found = sources[s], source_dedup(sources[s], dedup)
         removed = "no" if found is None else f"{found['method']} ≥ {found['threshold']}, keep {found['keep']}"
+        # a licence or homepage is params text: `|` split the row, `<!--` hid the rest of the card
+        homepage = link_target(entry.homepage) or cell(entry.homepage) if entry.homepage else "unknown"
         lines.append(
-            f"| `{s}` | {entry.kind}{', text only' if entry.text_only else ''} | {entry.license or 'unknown'} "
-            f"| {entry.homepage or 'unknown'} | {removed} | {entry.caption_language or 'any (not checked)'} |"
+            f"| {code(s)} | {entry.kind}{', text only' if entry.text_only else ''} | {cell(entry.license or 'unknown')} "
+            f"| {homepage} | {removed} | {entry.caption_language or 'any (not checked)'} |"
         )
     return lines + [
         "",
@@ -180,10 +183,10 @@ def _images(names: list[str], generation: dict[str, list[dict]]) -> list[str]:
     for s in names:
         settings = generation.get(s) or []
         if not settings:
-            lines.append(f"- `{s}`: the images the source carries.")
-        for one in settings:
-            shown = ", ".join(f"{k} `{v}`" for k, v in one.items())
-            lines.append(f"- `{s}`: rendered by the pipeline: {shown} (each row's seed is in its metadata).")
+            lines.append(f"- {code_span(s)}: the images the source carries.")
+        for one in settings:  # captions@S's `generation` JSON: keys and values from a split table, shown as text
+            shown = ", ".join(f"{cell(k, 100)} {code_span(v, 500)}" for k, v in one.items())
+            lines.append(f"- {code_span(s)}: rendered by the pipeline: {shown} (each row's seed is in its metadata).")
     return lines + [""]
 
 
@@ -204,19 +207,15 @@ def _how_made(recipe: Recipe, stats: dict, dedup: Dedup, split: Split, embedding
         "",
         "### Removed rows",
         "",
-        *[f"- `{reason}`: {n}" for reason, n in stats["removed"].items()],
+        *[f"- {code_span(reason)}: {n}" for reason, n in stats["removed"].items()],
         "",
         "### Recipe",
         "",
-        "```yaml",
-        yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(),
-        "```",
+        *fenced(yaml.safe_dump(recipe_yaml, sort_keys=False).rstrip(), "yaml"),
         "",
         "### Params",
         "",
-        "```yaml",
-        yaml.safe_dump(card_params(dedup, split, embeddings), sort_keys=True).rstrip(),
-        "```",
+        *fenced(yaml.safe_dump(card_params(dedup, split, embeddings), sort_keys=True).rstrip(), "yaml"),
         "",
     ]
 
@@ -235,7 +234,7 @@ def _limitations(
     models = sorted({str(one.get("model")) for s in names for one in generation.get(s) or []})
     if models and not text_only:
         lines.append(
-            f"- Rendered images show what {', '.join(f'`{m}`' for m in models)} makes of each prompt, "
+            f"- Rendered images show what {', '.join(code_span(m) for m in models)} makes of each prompt, "
             "its biases and failures included; they are not photographs of the prompt's subject."
         )
     if any(m.endswith("tiny-sd2") for m in models):
@@ -251,7 +250,7 @@ def _citations(names: list[str], sources: dict[str, Source]) -> list[str]:
         return []
     lines = ["## Citation", "", "If you use this dataset, cite the sources that ask for it:", ""]
     for s, citation in asked:
-        lines += [f"`{s}`:", "", "```bibtex", citation.strip(), "```", ""]
+        lines += [f"{code_span(s)}:", "", *fenced(citation.strip(), "bibtex"), ""]
     return lines
 
 

@@ -38,7 +38,7 @@ from scripts.lib.io import MAX_CONFIG_BYTES, SPLITS, regular_file
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
-from scripts.tools.markdown_text import cell, code
+from scripts.tools.markdown_text import cell, code, code_span
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -343,7 +343,7 @@ def to_markdown(report: dict) -> str:
         else f"{report['release_a']} → {report['release_b']}"
     )
     lines = [
-        f"## Dataset diff: {code(title)} ({cell(a)} → {cell(b)})",
+        f"## Dataset diff: {code_span(title)} ({cell(a)} → {cell(b)})",
         "",
         "| split | rows before | rows after | added | removed | text changed | image changed |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -357,7 +357,7 @@ def to_markdown(report: dict) -> str:
     lines.append("")
     lines.append(
         f"See: contact sheet `data/releases/{report['release_b']}/preview.jpg`, near-duplicates "
-        f"`data/dedup/<source>.preview.html`, plots `dvc plots diff {a} {b}`"
+        f"`data/dedup/<source>.preview.html`, plots {code_span(f'dvc plots diff {a} {b}', 400)}"
     )
     for split, s in report["splits"].items():
         if not (s["added"] or s["removed"] or s["text_changed"]):
@@ -369,7 +369,7 @@ def to_markdown(report: dict) -> str:
             ("removed by reason", "removed_by_reason"),
         ):
             if s[key]:
-                lines.append(f"- {label}: " + ", ".join(f"{code(k)} {v}" for k, v in s[key].items()))
+                lines.append(f"- {label}: " + ", ".join(f"{code_span(k)} {v}" for k, v in s[key].items()))
         if s["samples_removed"]:
             lines += [
                 "",

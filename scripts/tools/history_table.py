@@ -23,6 +23,7 @@ import typer
 from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
+from scripts.tools.markdown_text import code_span
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 
@@ -288,8 +289,11 @@ def cli(
     # every file read before a line is printed: a FIFO there printed the heading, then the error (a table
     # redirected to a file was cut short at exit 2); the folder names are escaped as every printed path is
     table = history_table(read_stats(releases), read_reports(dedup, sources), read_reports(prefilter, sources))
-    heading = shown(
-        f"Row counts of the reference history: the team's log (DESIGN.md §6) and ours ({releases}/<release>/"
-        f"stats.json, {dedup}/ and {prefilter}/<source>.report.json)"
+    # the paths as code spans: bare, `<release>` was an HTML tag GitHub drops, and a folder's `_` or `<!--`
+    # was Markdown (shown: escape codes escaped, as in every printed path)
+    heading = (
+        "Row counts of the reference history: the team's log (DESIGN.md §6) and ours "
+        f"({code_span(shown(f'{releases}/<release>/stats.json'), 300)}, {code_span(shown(f'{dedup}/'), 300)} and "
+        f"{code_span(shown(f'{prefilter}/<source>.report.json'), 300)})"
     )
     print(heading + "\n\n" + shown_lines(table), end="")

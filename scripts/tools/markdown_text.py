@@ -44,13 +44,52 @@ def cell(value: object, width: int = 160) -> str:
     return text.replace("@", "@" + ZERO_WIDTH_SPACE).replace("#", "#" + ZERO_WIDTH_SPACE)
 
 
-def code(value: object, width: int = 160) -> str:
-    """`value` as a code span in a table cell: a fence longer than any run of backticks inside it (a
-    backtick in an id closed the span), `|` escaped (GitHub splits the row at it even inside a span)."""
+def code_span(value: object, width: int = 160) -> str:
+    """`value` as an inline code span: a fence longer than any run of backticks inside it (CommonMark; a
+    backtick in an id or a git tag closed a one-backtick span early and the rest read as Markdown)."""
     text = one_line(value, width)
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text.replace('|', chr(92) + '|')}{pad}{fence}"
+    fence = "`" * (_longest_run(text, "`") + 1)
+    # one space each side is stripped from a span that has both: a padding space keeps a leading backtick
+    # apart from the fence, and a value's own outer spaces
+    edge = text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip() != "")
+    pad = " " if edge else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def code(value: object, width: int = 160) -> str:
+    """`value` as a code span in a table cell: code_span with `|` escaped (GitHub splits the row at it even
+    inside a span, and shows `\\|` there as `|`); outside a table use code_span."""
+    return code_span(value, width).replace("|", chr(92) + "|")
+
+
+def fenced(text: str, info: str = "") -> list[str]:
+    """The lines of a fenced code block showing `text` as is: its fence is longer than any run of backticks
+    in it (a citation holding a ``` line closed the block, and the rest read as Markdown)."""
+    fence = "`" * max(3, _longest_run(text, "`") + 1)
+    return [fence + info, text, fence]
+
+
+def _longest_run(text: str, char: str) -> int:
+    return max((len(run) for run in re.findall(f"{re.escape(char)}+", text)), default=0)
+
+
+# A link target a card may hold: an http(s) URL with a plain host (no user@ before it: `https://github.com@evil`
+# reads as one site and opens another) and no space, quote, parenthesis, angle bracket or control character
+# (each ends the link early, or opens raw HTML), or a relative path of plain characters (no scheme, so no
+# `javascript:`, and no leading `/`: `//evil.example` is another site).
+_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][A-Za-z0-9._~:/?#@!$&*+,;=%-]*)?", re.IGNORECASE)
+_RELATIVE = re.compile(r"[A-Za-z0-9_.~-][A-Za-z0-9_.~/%+#-]*")
+
+
+def link_target(value: str) -> str | None:
+    """`value` when a Markdown link may point at it as written (see _URL), else None."""
+    return value if len(value) <= 2000 and (_URL.fullmatch(value) or _RELATIVE.fullmatch(value)) else None
+
+
+def link(text: object, target: str | None) -> str:
+    """A link showing `text` as text, or the text alone when there is no target link_target accepts."""
+    shown = cell(text, 300)
+    return f"[{shown}]({target})" if target and link_target(target) else shown
 
 
 def metrics_table(dvc_json: str, base: str, head: str) -> list[str] | None:
@@ -88,3 +127,31 @@ def _metric(value: object) -> str:
     if isinstance(value, float):
         return str(round(value, 5))
     return value if isinstance(value, str) else json.dumps(value)
+
+
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_ATX_H1 = re.compile(r"( {0,3})#(?=[ \t]|$)")
+_SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
+# a line a setext underline turns into a heading: paragraph text, not a list item, quote, table row or heading
+_PARAGRAPH = re.compile(r" {0,3}(?![-*+>|#]|[0-9]{1,9}[.)]|\s)\S")
+
+
+def h1_demoted(markdown: str) -> str:
+    """`markdown` with every level-1 heading made a lower one, outside fenced code: `# T` as `### T`, a
+    setext one (`T` over a `===` line) as level 2 (`---`). Pasted under a heading of another card, its h1
+    was a second title; the first line's escaped a `"\\n# "` replace, a `===` underline every one."""
+    lines, fence, previous = [], "", ""
+    for line in markdown.split("\n"):
+        opened = _FENCE.match(line)
+        if fence:
+            run = opened.group(1) if opened and not line[opened.end() :].strip() else ""
+            fence = "" if run[:1] == fence[0] and len(run) >= len(fence) else fence  # closed by a bare run as long
+        elif opened:
+            fence = opened.group(1)
+        elif _ATX_H1.match(line):
+            line = _ATX_H1.sub(r"\1###", line, count=1)
+        elif _SETEXT_H1.fullmatch(line) and _PARAGRAPH.match(previous):
+            line = line.replace("=", "-")
+        lines.append(line)
+        previous = "" if fence or opened else line
+    return "\n".join(lines)

@@ -35,7 +35,7 @@ import typer
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
 from scripts.tools.child_group import run_in_group
-from scripts.tools.markdown_text import cell, metrics_table
+from scripts.tools.markdown_text import cell, code, code_span, metrics_table
 from scripts.tools.side_inputs import check_inside, check_outside_stores
 
 MARKER = "<!-- t2i-dataset-diff -->"
@@ -309,7 +309,7 @@ def sheets_section(
     lines = [
         "### Contact sheets (`preview.jpg`)",
         "",
-        f"| release | base: `{labels[base_rev]}` | PR: `{labels[head_rev]}` |",
+        f"| release | base: {code(labels[base_rev])} | PR: {code(labels[head_rev])} |",
         "|---|---|---|",
     ]
     for release_a, release_b in pairs:
@@ -350,7 +350,7 @@ def build_body(
     labels[base_sha] = base_rev
     head_sha = _git_rev(repo, "HEAD")
     head = f"{head_sha[:8]} + rebuilt workspace" if head_rev == "workspace" else head_name
-    title = f"## Dataset diff: `{base_rev}` ({base_sha[:8]}) → PR ({head})"
+    title = f"## Dataset diff: {code_span(base_rev)} ({base_sha[:8]}) → PR ({cell(head)})"
     lines = [MARKER, title, ""]
     unchanged = [
         f"`{b}`" + (f" (= `{a}`)" if a != b else "") for a, b, report, _ in reports if report and not changed(report)

@@ -42,7 +42,8 @@ from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.safe_paths import check_image_name, confined_file
-from scripts.tools.markdown_text import cell
+from scripts.tools.hub_licence import check_licence_options, licence_fields
+from scripts.tools.markdown_text import cell, code_span, h1_demoted, link
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
 T = TypeVar("T")
@@ -206,40 +207,6 @@ def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int
 # --- the card ------------------------------------------------------------------------------------
 
 
-def licence_fields(
-    sources: dict, used: list[str], license: str | None, name: str | None, link: str | None
-) -> tuple[dict, str | None]:
-    """Card licence fields and the LICENSE.md text (None when the card's licence says it all).
-    `sources`: params.yaml sources, name -> Source model."""
-    per_source = {s: (sources[s].license if s in sources else None) or "unknown" for s in used}
-    if license:
-        fields = {"license": license}
-        if license == "other":
-            fields.update(license_name=name or "other", license_link=link or "LICENSE.md")
-    elif len(set(per_source.values())) == 1 and "unknown" not in per_source.values():
-        fields = {"license": next(iter(per_source.values())).lower()}
-    else:
-        fields = {"license": "other", "license_name": name or "per-source", "license_link": link or "LICENSE.md"}
-    text = None
-    if fields.get("license_link") == "LICENSE.md":
-        text = (
-            "\n".join(
-                [
-                    "# Licences",
-                    "",
-                    "Each row keeps the licence of the source it comes from (column `source`); generated images "
-                    "also follow the licence of the model that rendered them (docs/generation.md).",
-                    "",
-                    "| source | licence |",
-                    "|---|---|",
-                ]
-                + [f"| {cell(s, 100)} | {cell(lic, 100)} |" for s, lic in per_source.items()]
-            )
-            + "\n"
-        )
-    return fields, text
-
-
 def build_card(
     recipe,
     release_dir: Path,
@@ -284,7 +251,7 @@ def build_card(
         "",
         f"Rows: {counts}. Sources: "
         + ", ".join(
-            f"`{s}`"
+            code_span(s)
             + (
                 f" ([{HUB_SOURCES[kinds[s]]}](https://huggingface.co/datasets/{HUB_SOURCES[kinds[s]]}))"
                 if kinds[s] in HUB_SOURCES
@@ -321,21 +288,22 @@ def build_card(
         "",
         "## Provenance",
         "",
-        f"Built by the t2i-datasets pipeline with `dvc repro release@{name}` at git tag `{tag}` (commit `{commit[:12]}`), "
-        f"published with `python -m scripts publish {name}`; Hub tag `{tag}` is that commit's data.",
+        f"Built by the t2i-datasets pipeline with `dvc repro release@{name}` at git tag {code_span(tag)} (commit "
+        f"`{commit[:12]}`), published with `python -m scripts publish {name}`; Hub tag {code_span(tag)} is that "
+        "commit's data.",
         "",
         "## Licence",
         "",
-        f"`{licence['license']}`"
+        code_span(licence["license"])  # the name as text, the link only where link_target takes it (cli checks)
         + (
-            f" ({licence['license_name']}: [{licence['license_link']}]({licence['license_link']}))"
+            f" ({cell(licence['license_name'])}: {link(licence['license_link'], licence['license_link'])})"
             if licence.get("license_name")
             else ""
         ),
         "",
         "## Release card",
         "",
-        release_card_body(release_dir).replace("\n# ", "\n### "),
+        h1_demoted(release_card_body(release_dir)),
         "",
     ]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body))
@@ -443,6 +411,7 @@ def cli(
 
     if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
         raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
+    check_licence_options(license_name, license_link)
     dry_run_head = dry_run and tag is None  # a tag named with --dry-run is checked too: the card names it
     tag = tag or name
     release_dir = Path("data/releases") / name
