@@ -22,7 +22,7 @@ import pytest
 
 from helpers.commands import cli
 from helpers.workspace import error_line
-from scripts.tools.markdown_text import cell, code
+from scripts.lib.markdown_text import cell, code
 from scripts.tools.publish import licence_fields, release_card_body
 
 # ---------------------------------------------------------------- 1. the release's card, bounded and decoded

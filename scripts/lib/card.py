@@ -17,10 +17,10 @@ import yaml
 from scripts.lib.errors import DataError
 from scripts.lib.export import card_data_files
 from scripts.lib.io import SPLITS
+from scripts.lib.markdown_text import cell, code, code_span, fenced, link_target
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
-from scripts.tools.markdown_text import cell, code, code_span, fenced, link_target
 
 # the per-row fields of captions@S's `generation` that vary by row: left out of the card's summary
 PER_ROW = ("seed",)

@@ -22,8 +22,8 @@ import typer
 
 from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.io import config_text
+from scripts.lib.markdown_text import code_span
 from scripts.lib.nesting import loads_json
-from scripts.tools.markdown_text import code_span
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 

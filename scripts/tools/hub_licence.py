@@ -4,7 +4,7 @@ on --license-name and --license-link, which the card's Licence line shows (as te
 from __future__ import annotations
 
 from scripts.lib.errors import DataError, shown
-from scripts.tools.markdown_text import cell, link_target
+from scripts.lib.markdown_text import cell, link_target
 
 
 def licence_fields(

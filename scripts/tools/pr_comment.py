@@ -34,8 +34,8 @@ import typer
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
+from scripts.lib.markdown_text import cell, code, code_span, metrics_table
 from scripts.tools.child_group import run_in_group
-from scripts.tools.markdown_text import cell, code, code_span, metrics_table
 from scripts.tools.side_inputs import check_inside, check_outside_stores
 
 MARKER = "<!-- t2i-dataset-diff -->"

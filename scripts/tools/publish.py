@@ -41,9 +41,9 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
+from scripts.lib.markdown_text import cell, code_span, h1_demoted, link
 from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.tools.hub_licence import check_licence_options, licence_fields
-from scripts.tools.markdown_text import cell, code_span, h1_demoted, link
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
 T = TypeVar("T")
