@@ -15,6 +15,7 @@ import scripts.compose
 import scripts.release
 from helpers.commands import cli
 from helpers.trees import file_digests
+from helpers.workspace import naming_its_sources
 from scripts.lib import external_sort
 from scripts.lib.compose import picks_only
 from scripts.lib.io import stable_id
@@ -60,6 +61,7 @@ def workspace(tmp_path, fixtures_dir) -> Path:
         "b": {"kind": "text", "path": "raw/b", "images": "raw/b", "caption_language": None},
     }
     params["releases"] = RELEASES
+    params = naming_its_sources(params, keep={"releases"})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     a = split_rows("a", prompts[:1500], 0, images=False)
     b = split_rows("b", prompts[1500:2300], 0, images=True)

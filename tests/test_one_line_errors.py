@@ -315,7 +315,7 @@ def case_diffusiondb_zip_corrupt_deflate_stream(ws):
 
 def case_sources_null(ws):
     write_params(ws, lambda p: p.update(sources=None))
-    return Case(INGEST, ["params.yaml: no source 'chatgpt' under sources"])
+    return Case(INGEST, ["params.yaml: sources: null is not a mapping", "write `{}` for none"])
 
 
 def case_source_named_dotdot_pwn(ws):
@@ -535,14 +535,14 @@ def case_release_null_text_in_a_webdataset_export(ws):
 
 
 def case_release_source_missing_from_params(ws):
-    case = release_ws(ws, split_rows(ws), change=lambda p: p["sources"].pop(S))
+    case = release_ws(ws, split_rows(ws), change=lambda p: [p["sources"].pop(S), p["generate"]["sources"].remove(S)])
     case.error = ["params.yaml: releases.r1", f"names source '{S}'", "not under sources"]
     return case
 
 
 def case_release_with_sources_null(ws):
     case = release_ws(ws, split_rows(ws), change=lambda p: p.update(sources=None))
-    case.error = ["params.yaml: releases.r1", "not under sources (have: none)"]
+    case.error = ["params.yaml: sources: null is not a mapping", "write `{}` for none"]
     return case
 
 

@@ -19,7 +19,7 @@ import yaml
 from helpers.tiers import fast_first
 from scripts.lib.errors import os_error_message
 from tests.helpers.trees import file_digests
-from tests.helpers.workspace import PARAMS, error_line, leftovers, make_splits, write_params
+from tests.helpers.workspace import PARAMS, error_line, leftovers, make_splits, naming_its_sources, write_params
 from tests.helpers.workspace import run_scripts as run
 
 
@@ -117,6 +117,7 @@ def text_source(root: Path, lines: list[str] | None = None) -> None:
     reads a cleaned table as well as a deduplicated one."""
     params = copy.deepcopy(PARAMS)
     params["sources"] = {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": False}}
+    params = naming_its_sources(params)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     (root / "raw").mkdir()
     lines = lines or [f"a red fox number {i} in the snow under a {i % 7} moon, oil painting" for i in range(20_000)]

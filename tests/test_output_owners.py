@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from helpers.tiers import fast_first
-from helpers.workspace import PARAMS, error_line, write_params
+from helpers.workspace import PARAMS, error_line, naming_its_sources, write_params
 from helpers.workspace import run_scripts as run
 
 
@@ -33,7 +33,9 @@ def refused(root: Path, *argv: str, says: str = "refusing") -> None:
 
 
 def text_source(root: Path) -> None:
-    params = {**PARAMS, "sources": {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": False}}}
+    params = naming_its_sources(
+        {**PARAMS, "sources": {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": False}}}
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     (root / "raw").mkdir()
     (root / "raw" / "prompts.txt").write_text("a red fox in the snow\na blue boat at dawn\n", encoding="utf-8")

@@ -27,6 +27,7 @@ from PIL import Image
 
 from helpers import REPO, env
 from helpers.commands import cli
+from helpers.workspace import naming_its_sources
 from scripts.lib.errors import DataError
 
 
@@ -256,6 +257,7 @@ def prefilter_workspace(root: Path, reference_text: list, own_text: list | None 
     }
     (root / "raw").mkdir(parents=True)
     (root / "data" / "dedup").mkdir(parents=True)
+    params = naming_its_sources(params, keep={"releases"})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     for source, texts in (("s", own_text or ["a red fox", "a blue dog"]), ("x", reference_text)):
         n = len(texts)

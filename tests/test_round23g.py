@@ -175,7 +175,7 @@ LONG_VALUES = {  # the change -> where the one line names it
     "a language code": (_source(caption_language=LONG), "sources.chatgpt.caption_language: 'qqq"),
     "a path with '!'": (_source(path=LONG + "!/x"), "sources.chatgpt.path: 'qqq"),
     "a size word": (lambda params: params["generate"].update(height=LONG), "generate.height: Input should be"),
-    "a base release": (lambda params: params["releases"]["v3"].update(base=LONG), "releases.v3: unknown release"),
+    "a base release": (lambda params: params["releases"]["v3"].update(base=LONG), "releases.v3.base: names release"),
 }
 
 

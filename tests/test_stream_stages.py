@@ -16,7 +16,7 @@ import yaml
 
 from helpers.commands import cli
 from helpers.tiers import fast_first
-from helpers.workspace import run_scripts
+from helpers.workspace import naming_its_sources, run_scripts
 from scripts.lib import external_sort
 from scripts.lib.io import stable_id
 from scripts.lib.tables import write_parquet
@@ -39,6 +39,7 @@ def workspace(root: Path, fixtures: Path, language: str | None) -> Path:
         SOURCE: {"kind": "text", "path": "raw", "images": "raw", "text_only": True, "caption_language": language}
     }
     params["releases"] = {}
+    params = naming_its_sources(params)
     root.mkdir(parents=True)
     (root / "raw").mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")

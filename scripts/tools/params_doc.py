@@ -40,6 +40,10 @@ The names of `sources`, `releases`, `synthesize` and `caption` entries become fi
 names (letters, digits, `_`, `-`, `.`), distinct when case is ignored (`Cats` and `cats` are one file
 on macOS and Windows); no source is named as another one followed by `.dropped`, `.clusters`,
 `.preview`, `.report` or `.removed` (`x.dropped` and x's `data/clean/x.dropped.parquet` would be one file).
+Each of these four sections, when present, is a mapping: `{}` for no entries, never `null` (DVC's `foreach`
+refuses it). A name one section gives another's entry must be there: a release component's `source` and a
+`generate.sources` item under `sources`, a release's `base` and a step's `reference` under `releases`;
+every stage refuses the file otherwise, so `dvc repro` stops at its first stage, not at compose@V.
 
 `dvc exp run -S KEY=VALUE` changes a key for one experiment, with Hydra's override rules: `-S` alone
 only replaces a key that params.yaml already has (a key left out, at its default, is refused: "Could

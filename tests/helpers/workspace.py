@@ -52,7 +52,38 @@ def write_params(root: Path, **sections) -> None:
     """The repository's params.yaml in `root`, with the given sections replaced; its release recipes without
     their embedding steps unless `releases` is given (a test of embedding dedup in a release says so)."""
     params = {**PARAMS, "releases": without_embedding_steps(PARAMS["releases"]), **sections}
+    if "sources" in sections:
+        params = naming_its_sources(params, keep=set(sections))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def naming_its_sources(params: dict, keep: set[str] = frozenset()) -> dict:
+    """`params` whose shipped `releases` and `generate.sources` name only entries it holds (every stage refuses a
+    file naming a source or release it lacks: params.references): the releases naming another source, or
+    based on or referencing a release left out, are left out. Sections in `keep` stay as they are."""
+    names = set(params.get("sources") or {})
+    params = {**params}
+    if "generate" not in keep and isinstance(params.get("generate"), dict):
+        params["generate"] = {**params["generate"], "sources": [s for s in params["generate"]["sources"] if s in names]}
+    if "releases" in keep:
+        return params
+    releases = dict(params.get("releases") or {})
+    while True:
+        left = {
+            name: spec
+            for name, spec in releases.items()
+            if set(_names_read(spec)) <= set(releases) and {c["source"] for c in spec.get("components", [])} <= names
+        }
+        if left.keys() == releases.keys():
+            return {**params, "releases": left}
+        releases = left
+
+
+def _names_read(spec: dict) -> list[str]:
+    """The releases a release entry reads: its base and each step's reference."""
+    steps = [*spec.get("steps", []), *(s for c in spec.get("components", []) for s in c.get("steps", []))]
+    reads = [spec["base"]] if spec.get("base") else []
+    return reads + [s["dedup"]["reference"] for s in steps if (s.get("dedup") or {}).get("reference")]
 
 
 def write_files(root: Path, files: dict[str, bytes]) -> None:

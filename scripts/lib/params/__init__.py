@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from scripts.lib.errors import DataError
@@ -69,6 +70,7 @@ from scripts.lib.params.clean import (  # noqa: F401
 from scripts.lib.params.dedup import Dedup
 from scripts.lib.params.generate import FORMAT_NAMES, GENERATE_PRESETS, Generate, Side  # noqa: F401
 from scripts.lib.params.preview import Preview
+from scripts.lib.params.references import FOREACH_SECTIONS, check_references, null_foreach_section  # noqa: F401
 from scripts.lib.params.releases import (  # noqa: F401
     DEDUP_SCOPES,
     Bucket,
@@ -112,6 +114,13 @@ class Params(Section):
     caption: dict[str, CaptionEntry] | None = Field(None, description="image captions from vision models")
     preview: Preview | None = Field(None, description="contact sheets, previews and plots")
     runtime: Runtime | None = Field(None, description="speed only: engine, workers, batch sizes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_null_foreach(cls, data: Any) -> Any:
+        if (message := null_foreach_section(data)) is not None:
+            raise ValueError(message)
+        return data
 
     # Entry names become file and folder names: plain, and apart when case is ignored (macOS, Windows)
     @field_validator("sources", "releases", "synthesize", "caption", mode="before")
@@ -160,10 +169,11 @@ SECTION_MODELS: dict[str, type[Section]] = {
 
 
 def check_params(params: Any, file: str = "params.yaml") -> None:
-    """Raise one DataError naming `file` and the key path if `params` does not fit the models."""
+    """Raise one DataError naming `file` and the key path if `params` does not fit the models, or names an
+    entry of `sources` or `releases` they do not hold (references.check_references: checked at every stage)."""
     if not isinstance(params, dict):
         raise DataError(f"{file}: expected a mapping of sections, got {type(params).__name__}")
-    parse(Params, params, file=file)
+    check_references(parse(Params, params, file=file), file)
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -46,7 +47,8 @@ class Source(Section):
     images: NonEmpty | None = Field(
         None,
         description="where the images live: data/images/<name> for prompt-only sources (generate@<name>), "
-        "else the raw path; captions@S reads it (null: none)",
+        "else the raw path; captions@S reads it (null: none). One shell word (letters, digits, _./@%+=:,-, not "
+        "first -): dvc.yaml pastes it unquoted into captions@S's command",
     )
     clean: bool | RuleName | SourceClean = Field(
         True,
@@ -147,6 +149,11 @@ class Source(Section):
     def _no_archive_mark(cls, path: str | None) -> str | None:
         return no_archive_mark(path)
 
+    @field_validator("images")
+    @classmethod
+    def _one_shell_word(cls, path: str | None) -> str | None:
+        return one_shell_word(path, "captions@S's command (`${item.images}`)")
+
     @field_validator("csv_files")
     @classmethod
     def _inside(cls, files: list[str] | None) -> list[str] | None:
@@ -171,3 +178,19 @@ class Source(Section):
         if self.num_parts is not None and self.num_parts > self.part_id_max:
             raise ValueError(f"num_parts = {self.num_parts} exceeds part_id_max = {self.part_id_max}")
         return self
+
+
+# dvc.yaml pastes a source's `images` unquoted into captions@S's shell command: a space made it two arguments,
+# `;` or `$(...)` ran a command of its own, and `$HOME`, `~` or `*` read another folder than params.yaml names
+SHELL_WORD = re.compile(r"[\w./@%+=:,-]+")
+
+
+def one_shell_word(value: str | None, where: str) -> str | None:
+    """`value`, if the shell reads it as the one word written (letters, digits and `_./@%+=:,-`, not first `-`)."""
+    if value is None or (SHELL_WORD.fullmatch(value) and not value.startswith("-")):
+        return value
+    problem = "starts with '-'" if value.startswith("-") else f"holds {re.sub(SHELL_WORD, '', value)[0]!r}"
+    raise ValueError(
+        f"{quoted(value)} {problem}: dvc.yaml pastes it unquoted into {where}, where the shell reads it "
+        "otherwise; name the folder with letters, digits and _./@%+=:,- only (a link to it will do)"
+    )
