@@ -263,3 +263,11 @@ def test_plain_values_render_as_before():
     """Not a fail-before row: the escaping leaves the usual card as it was."""
     source = Source(kind="diffusiondb", path="p", license="cc0-1.0", homepage="https://huggingface.co/datasets/x")
     assert "| `diffusiondb` | diffusiondb | cc0-1.0 | https://huggingface.co/datasets/x |" in release_card(source)
+
+
+def test_a_plain_setting_key_is_written_as_before():
+    """A settings key that is a plain identifier is inert Markdown and keeps the card's bytes (`guidance\\_scale`
+    changed every rendered release's README.md); an underscore inside a word emphasises nothing."""
+    card = release_card(generation=[json.dumps({"model": "m", "guidance_scale": 7.5, "_x_": 1})])
+    assert "guidance_scale `7.5`" in card, card
+    assert "<em>" not in html(card) and "\\_x\\_ `1`" in card, card

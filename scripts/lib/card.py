@@ -17,7 +17,7 @@ import yaml
 from scripts.lib.errors import DataError
 from scripts.lib.export import card_data_files
 from scripts.lib.io import SPLITS
-from scripts.lib.markdown_text import cell, code, code_span, fenced, link_target
+from scripts.lib.markdown_text import cell, code, code_span, fenced, link_target, name_text
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
@@ -185,7 +185,7 @@ def _images(names: list[str], generation: dict[str, list[dict]]) -> list[str]:
         if not settings:
             lines.append(f"- {code_span(s)}: the images the source carries.")
         for one in settings:  # captions@S's `generation` JSON: keys and values from a split table, shown as text
-            shown = ", ".join(f"{cell(k, 100)} {code_span(v, 500)}" for k, v in one.items())
+            shown = ", ".join(f"{name_text(k, 100)} {code_span(v, 500)}" for k, v in one.items())
             lines.append(f"- {code_span(s)}: rendered by the pipeline: {shown} (each row's seed is in its metadata).")
     return lines + [""]
 

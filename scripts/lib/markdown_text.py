@@ -44,6 +44,17 @@ def cell(value: object, width: int = 160) -> str:
     return text.replace("@", "@" + ZERO_WIDTH_SPACE).replace("#", "#" + ZERO_WIDTH_SPACE)
 
 
+# a name of letters, digits and underscores that starts with a letter: inert in Markdown (an underscore inside
+# a word opens no emphasis, CommonMark), so `guidance_scale` is shown without backslashes
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def name_text(value: object, width: int = 160) -> str:
+    """A name (a settings key) as text: as written when it is a plain identifier, else cell's escaping."""
+    text = str(value)
+    return text if len(text) <= width and _IDENTIFIER.fullmatch(text) else cell(value, width)
+
+
 def code_span(value: object, width: int = 160) -> str:
     """`value` as an inline code span: a fence longer than any run of backticks inside it (CommonMark; a
     backtick in an id or a git tag closed a one-backtick span early and the rest read as Markdown)."""
