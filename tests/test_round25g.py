@@ -261,6 +261,10 @@ SIGNED_URLS = {  # the source, what meta holds in the signature's place
         "a.png?sv=2021&se=2030&sig=***",
     ),
     "dalle3-oauth-fragment": (dalle3_url(f"https://cdn.example/a.png#access_token={SIGNATURE}"), "#access_token=***"),
+    "dalle3-protocol-relative-gcs": (
+        dalle3_url(f"//storage.googleapis.com/b/a.png?X-Goog-Signature={SIGNATURE}&X-Goog-Expires=60"),
+        "a.png?X-Goog-Signature=***&X-Goog-Expires=60",
+    ),
     "openprompts-api-key-and-token": (
         openprompts_uri(f"https://api.example/v1/img?key={SIGNATURE}&page=2&token={SIGNATURE[::-1]}"),
         "img?key=***&page=2&token=***",

@@ -51,7 +51,8 @@ SIGNING_PARAMETER = re.compile(
     r"(?i)(?:^|[-_.])(?:sig|signature|token|key|apikey|secret|credential|password|passwd|pwd|auth)$"
 )
 _URL_PARAMETER = re.compile(r"([?&#;])([^=&#;?\s\"'<>]+)=([^&#;\s\"'<>]*)")
-_URL_WITH_PARAMETERS = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s\"'<>?#]*[?#][^\s\"'<>]*")
+# with a scheme, or protocol-relative (`//cdn.example/x.png?sig=...`, as scraped HTML writes it)
+_URL_WITH_PARAMETERS = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:)?//[^\s\"'<>?#]*[?#][^\s\"'<>]*")
 
 
 def without_signatures(value: Any) -> Any:
@@ -62,7 +63,7 @@ def without_signatures(value: Any) -> Any:
     data; the signature expires anyway, and refusing would drop whole sources whose every URL is signed); a URL's
     user:password@ is ingest's (without_userinfo)."""
     if isinstance(value, str):
-        if "://" not in value or "=" not in value:  # the common value: no URL with parameters
+        if "//" not in value or "=" not in value:  # the common value: no URL with parameters
             return value
         return _URL_WITH_PARAMETERS.sub(lambda url: _URL_PARAMETER.sub(_unsigned, url.group()), value)
     if isinstance(value, dict):
