@@ -16,8 +16,9 @@ case, is redacted in the original text together with the run of word, base64 and
 it (an encoded blob goes whole, not just its middle). `holds_key` says whether text still holds such a
 piece: what must be stored (a cache entry) and cannot be proven clean is refused, never written.
 
-A key shorter than SHORT_KEY (16) characters is matched only as itself, a whole token in any letter case (one
-that is a word, such as vLLM's `EMPTY`: only as written): its pieces are common words. Redaction makes at most
+A key shorter than SHORT_KEY (16) characters is matched as itself, a whole token in any letter case (one
+that is a word, such as vLLM's `EMPTY`: only as written), and as each whole encoding of PIECE characters or more
+(_short_forms: a proxy's Basic header, the key %-escaped or split), never by pieces: its pieces are common words. Redaction makes at most
 MAX_ROUNDS passes (each linear: numpy over the skeleton; a Python loop where numpy is not installed, as in
 pr-comment-post's job, which redacts only the short lines it prints), then a text still holding a piece goes whole. Encodings
 beyond ENCODINGS (base64 of base64, a C hex list) are not looked for: a server that holds the key can
@@ -216,17 +217,33 @@ def _blob_length(text: str, at: int) -> int:
     return found.end() - at if found else 0
 
 
-def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
-    """The spans of `text` holding a piece of the key, merged, each widened to its encoded blob."""
+def _found(low: str, api_key: str) -> list[tuple[int, int]]:
+    """(start, length) in the lower-cased skeleton `low` of each piece of the key (a key of SHORT_KEY or more
+    characters), or of each whole encoding of a shorter key (_short_forms), in order."""
+    if len(api_key) < SHORT_KEY:
+        return sorted((at, len(form)) for form in _short_forms(api_key) for at in _find_all(low, form))
     found = _pieces(api_key)
     assert found is not None
     pieces, n = found
+    return [(at, n) for at in _hits(low, pieces, n)]
+
+
+def _find_all(text: str, part: str) -> list[int]:
+    found, at = [], text.find(part)
+    while at >= 0:
+        found.append(at)
+        at = text.find(part, at + 1)
+    return found
+
+
+def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
+    """The spans of `text` holding a piece of the key, merged, each widened to its encoded blob."""
     skel, starts, ends = skeleton(text)
     # lower-cased char by char where a character's lower case is longer (İ): the pieces are ASCII anyway
     low = skel.lower() if skel.isascii() else "".join(c.lower() if c.isascii() else "\0" for c in skel)
     spans: list[list[int]] = []
     rev = None
-    for at in _hits(low, pieces, n):
+    for at, n in _found(low, api_key):
         begin, end = int(starts[at]), int(ends[at + n - 1])
         if spans and end <= spans[-1][1]:  # inside the blob already widened: no walk over it again
             continue
@@ -244,18 +261,35 @@ SHORT_KEY = 16  # shorter keys (vLLM's dummy "EMPTY", a test "secret") are redac
 MAX_ROUNDS = 4  # redaction rounds before a text that keeps joining into a piece goes whole
 
 
-def _short_key(api_key: str) -> re.Pattern:
-    """A short key as a whole token: its 8-character pieces in any case and encoding would be common words.
-    In any letter case, as a longer key (a server echoing `ZQ7XK2PLM9` for `Zq7xK2pLm9` reached the error line,
-    prompts.txt and the cache), unless the key is a word (letters of one case, or capitalised, no digit:
-    vLLM's `EMPTY`, `dummy`, TOKENIZERS_PARALLELISM's `false`): its other cases are that word in prose, and
-    "an empty street" must stay whole."""
-    word = not any(char.isdigit() for char in api_key) and api_key in (
+def _is_word(api_key: str) -> bool:
+    """Letters of one case, or capitalised, no digit: vLLM's `EMPTY`, `dummy`, TOKENIZERS_PARALLELISM's `false`."""
+    return not any(char.isdigit() for char in api_key) and api_key in (
         api_key.lower(),
         api_key.upper(),
         api_key.capitalize(),
     )
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", 0 if word else re.IGNORECASE)
+
+
+def _short_key(api_key: str) -> re.Pattern:
+    """A short key as a whole token: its 8-character pieces in any case and encoding would be common words.
+    In any letter case, as a longer key (a server echoing `ZQ7XK2PLM9` for `Zq7xK2pLm9` reached the error line,
+    prompts.txt and the cache), unless the key is a word (_is_word): its other cases are that word in prose, and
+    "an empty street" must stay whole."""
+    flags = 0 if _is_word(api_key) else re.IGNORECASE
+    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(api_key)}(?![A-Za-z0-9])", flags)
+
+
+@functools.lru_cache(maxsize=8)
+def _short_forms(api_key: str) -> tuple[str, ...]:
+    """The lower-cased skeleton of each of a short key's ENCODINGS that has PIECE characters or more, looked for
+    whole (never by pieces: a short key's pieces are common words). A proxy's password is short more often than
+    not, and the Basic header a proxy echoes is base64 of `user:password`; a 10-character key percent-encoded,
+    \\u-escaped, split by a line break or a zero-width space was printed whole. A word key's own letters are not
+    looked for this way (`dummy` in `dum my`), only its encodings."""
+    word = _is_word(api_key)
+    texts = [text for name, encode in ENCODINGS.items() if not (word and name == "as is") for text in encode(api_key)]
+    forms = {_skeleton_of(text).lower() for text in texts}
+    return tuple(sorted(form for form in forms if len(form) >= PIECE and form.isascii()))
 
 
 def holds_key(text: str, api_key: str | None) -> bool:
@@ -263,7 +297,7 @@ def holds_key(text: str, api_key: str | None) -> bool:
     if not api_key:
         return False
     if len(api_key) < SHORT_KEY:
-        return bool(_short_key(api_key).search(text))
+        return bool(_short_key(api_key).search(text)) or bool(_short_forms(api_key) and _spans(text, api_key))
     return api_key in text if _pieces(api_key) is None else bool(_spans(text, api_key))
 
 
@@ -306,8 +340,10 @@ def redact_key(value: Any, api_key: str | None) -> Any:
 
 def _redact_text(value: str, api_key: str) -> str:
     if len(api_key) < SHORT_KEY:
-        return _short_key(api_key).sub("***", value)
-    if _pieces(api_key) is None:  # a key of punctuation only (never a real one): where it appears as is
+        value = _short_key(api_key).sub("***", value)
+        if not _short_forms(api_key):
+            return value
+    elif _pieces(api_key) is None:  # a key of punctuation only (never a real one): where it appears as is
         return value.replace(api_key, "***")
     # joining what was around a span may make one: a few rounds, then the text goes whole (pieces nested
     # thousands deep took one full rescan per layer: minutes for 40 KB)
@@ -332,17 +368,19 @@ PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 def proxy_credentials() -> list[str]:
     """The credential in each proxy variable set now, as written and percent-decoded: its password, or its user
     where it has none (`http://TOKEN@proxy`: httpx, publish's client, sends it as Basic `TOKEN:`, and a proxy's 407
-    quoting it reached publish's line; urllib sends no user alone)."""
+    quoting it reached publish's line; urllib sends no user alone). A value without a scheme is read as both
+    clients read it, as http:// (`user:PASSWORD@proxy:3128` was urlsplit's scheme `user`: no password found, and
+    the proxy's 407 echoing it reached every client's line). Blank ones are no secret: spaces are in every line."""
     found = set()
     for name, value in os.environ.items():
         if name.lower() in PROXY_VARIABLES:
             try:
-                parts = urllib.parse.urlsplit(value)
+                parts = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
             except ValueError:  # no URL urllib reads: it sends through no proxy then
                 continue
             secret = parts.password or parts.username
             found |= {secret, urllib.parse.unquote(secret)} if secret else set()
-    return sorted(found)
+    return sorted(secret for secret in found if secret.strip())
 
 
 def redact_secrets(value: Any, api_key: str | None) -> Any:

@@ -273,7 +273,38 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
         detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
     else:
         detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-    line = redact_url_userinfo(f"Hub: {detail}")
-    for secret in secrets:
+    line = redact_url_userinfo(hide_endpoint_path(f"Hub: {detail}", os.environ.get("HF_ENDPOINT"), secrets))
+    for secret in [*secrets, *endpoint_path_secrets(os.environ.get("HF_ENDPOINT"))]:
         line = redact_secrets(line, secret)
+    return line
+
+
+def endpoint_path_secrets(endpoint: str | None) -> list[str]:
+    """The parts of HF_ENDPOINT's path shaped like a key or token (params' has_secret_shape, or a random run of 16
+    characters or more), as written and decoded: the client puts every request's path after the endpoint's, and
+    its errors quote the whole URL (`/mirror/sk-proj-...` was printed). A mirror's own prefix (`/hub`) is kept."""
+    from scripts.lib.params.yaml_text import has_secret_shape, looks_random
+
+    try:
+        path = urllib.parse.urlsplit(endpoint or "").path
+    except ValueError:
+        return []
+    parts = {p for part in path.split("/") for p in (part, urllib.parse.unquote(part))}
+    return sorted(p for p in parts if has_secret_shape(p) or (len(p) >= 16 and looks_random(p)))
+
+
+def hide_endpoint_path(line: str, endpoint: str | None, secrets: list[str]) -> str:
+    """`line` with HF_ENDPOINT's path shown as `/***` where that path holds a secret (HF_TOKEN, a key-shaped
+    part): redacting the secret alone took the blob around it, the port and the request's path with it."""
+    from scripts.lib.key_redaction import holds_key
+
+    try:
+        path = urllib.parse.urlsplit(endpoint or "").path.rstrip("/")
+    except ValueError:
+        return line
+    if not path or not (endpoint_path_secrets(endpoint) or any(holds_key(path, s) for s in secrets if s)):
+        return line
+    decoded = urllib.parse.unquote(path)
+    for form in sorted({path, decoded, urllib.parse.quote(decoded, safe="/")}, key=len, reverse=True):
+        line = line.replace(form, "/***")
     return line

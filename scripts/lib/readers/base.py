@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,43 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict)
     file: Path | str = ""  # where it came from, for error messages
     where: str = ""
+
+    def __post_init__(self) -> None:
+        self.meta = without_signatures(self.meta)
+
+
+# A query or fragment parameter that signs or authorises a URL: S3's presigned `X-Amz-Signature`/`-Credential`/
+# `-Security-Token`, GCS's `X-Goog-*`, Azure SAS's `sig`, CloudFront's `Signature`, OAuth's `access_token`, an API's
+# `key`/`api_key`/`token`: a name ending in one of these words (after `-`, `_` or `.`).
+SIGNING_PARAMETER = re.compile(
+    r"(?i)(?:^|[-_.])(?:sig|signature|token|key|apikey|secret|credential|password|passwd|pwd|auth)$"
+)
+_URL_PARAMETER = re.compile(r"([?&#;])([^=&#;?\s\"'<>]+)=([^&#;\s\"'<>]*)")
+# with a scheme, or protocol-relative (`//cdn.example/x.png?sig=...`, as scraped HTML writes it)
+_URL_WITH_PARAMETERS = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:)?//[^\s\"'<>?#]*[?#][^\s\"'<>]*")
+
+
+def without_signatures(value: Any) -> Any:
+    """`value` (a record's metadata) with the value of every signing parameter (SIGNING_PARAMETER) of every URL in
+    its texts shown as ***. A source's metadata quoting a signed URL (a DALL-E-3 json's `url`, an OpenPrompts
+    `image_uri`, a parquet source's URL column) carried a working credential into the prompt table, and from there
+    into clean's table and every release. The row is kept and the URL still names its object (the prompt is the
+    data; the signature expires anyway, and refusing would drop whole sources whose every URL is signed); a URL's
+    user:password@ is ingest's (without_userinfo)."""
+    if isinstance(value, str):
+        if "//" not in value or "=" not in value:  # the common value: no URL with parameters
+            return value
+        return _URL_WITH_PARAMETERS.sub(lambda url: _URL_PARAMETER.sub(_unsigned, url.group()), value)
+    if isinstance(value, dict):
+        return {without_signatures(key): without_signatures(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_signatures(item) for item in value]
+    return value
+
+
+def _unsigned(parameter: re.Match) -> str:
+    separator, name, secret = parameter.groups()
+    return f"{separator}{name}=***" if secret and SIGNING_PARAMETER.search(name) else parameter.group()
 
 
 @dataclass
