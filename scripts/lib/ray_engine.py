@@ -21,7 +21,7 @@ from types import ModuleType
 
 import psutil
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, exception_line, shown, shown_short
 from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, note, stop_if_received
 from scripts.lib.params import Runtime
 
@@ -115,6 +115,26 @@ _USERINFO = re.compile(r"(?:(?<=://)|(?<![\w.:/@-]))[^\s/@'\"]+@")
 def _cannot_join(address: str | None, reason: str) -> str:
     shown_address = None if address is None else _USERINFO.sub("***@", address)
     return f"runtime.ray_address={shown_address!r}: cannot start or join Ray ({_USERINFO.sub('***@', reason)})"
+
+
+# the last line of a task's traceback, as Ray's text of a failed task brings it back: `Type: message`
+_RAISED = re.compile(r"(?P<type>[A-Za-z_][\w.]*(?:Error|Exception))(?:: (?P<message>.*))?")
+_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}"
+
+
+def failure_line(exc: BaseException, stage: str) -> str:
+    """One line for a failure inside Ray: the DataError a task raised, as it was, else what the task raised, by
+    type and message. Ray Data wraps a task's exception in a UserCodeException whose cause stays on the worker
+    (`UDF failed to process a data block.`); the task's own last line comes back in the text."""
+    raised = [found for line in str(exc).splitlines() if (found := _RAISED.fullmatch(line))]
+    ours = [found for found in raised if not found["type"].startswith("ray.")]
+    if not ours:
+        return f"{stage} on Ray failed ({exception_line(exc)})"
+    last = ours[-1]
+    if last["type"] == _DATA_ERROR:
+        return shown(last["message"] or "")
+    kind, message = last["type"].rpartition(".")[2], last["message"]
+    return f"{stage} on Ray failed ({shown_short(f'{kind}: {message}' if message else kind, 200)})"
 
 
 def _reason(exc: Exception) -> str:
@@ -271,3 +291,14 @@ def _quiet_console() -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.CRITICAL + 1)
+    import ray._private.worker as driver
+
+    # the raylet's messages to the driver (`(raylet) A worker died or was killed while executing a task ...`, a
+    # task killed for memory) were printed on stdout by a thread of Ray's whatever `log_to_driver` says, beside
+    # a stage's lines at exit 0; they go to Ray's log instead (the listener looks the printer up at each message)
+    driver.print_to_stdstream = _raylet_message_logged
+
+
+def _raylet_message_logged(data: dict, ignore_prefix: bool = False) -> None:
+    for line in data.get("lines", []):
+        logging.getLogger("ray").warning("(%s) %s", data.get("pid"), line)

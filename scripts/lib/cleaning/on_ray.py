@@ -33,9 +33,9 @@ from scripts.lib.cleaning.table import (
     start_worker,
 )
 from scripts.lib.cleaning.text import Outcome
-from scripts.lib.errors import shown
+from scripts.lib.errors import DataError, shown
 from scripts.lib.params import CleanRules, Runtime
-from scripts.lib.ray_engine import ray_session
+from scripts.lib.ray_engine import failure_line, ray_session
 from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.workers import Worker
 
@@ -47,16 +47,35 @@ class BatchCleaner:
     """A Ray actor's `map_batches` callable: a pyarrow batch of prompts -> its `text` and `reason`."""
 
     def __init__(self, rules: CleanRules, fast: bool, column: str):
-        self.worker, self.column = Worker(clean_batch_in_worker, start_worker, (rules, fast)), column
-        self.worker.start()
+        self.setup, self.column = (rules, fast), column
+        self.worker: Worker | None = None  # started at the first batch, and again after one that it died on
 
     def clean(self, texts: list[str]) -> list[Outcome] | RegexTooSlow:
-        """The texts' outcomes from this actor's cleaning process, or the `RegexTooSlow` it met."""
-        self.worker.outbox.send([texts])
-        ok, answer = self.worker.inbox.recv()
+        """The texts' outcomes from this actor's cleaning process, or the `RegexTooSlow` it met. A process that
+        died on the batch (killed: the OOM killer, an operator's `kill`) is started again for one more try: it
+        ended clean@S at exit 1 with Ray's 96-line traceback, the run's work lost."""
+        for last_try in (False, True):
+            try:
+                if self.worker is None:
+                    self.worker = Worker(clean_batch_in_worker, start_worker, self.setup)
+                    self.worker.start()
+                self.worker.outbox.send([texts])
+                ok, answer = self.worker.inbox.recv()
+                break
+            except (EOFError, OSError):  # the pipe closed: the process is gone (or going: stop kills it)
+                code = self._stopped()
+                if last_try:
+                    raise RuntimeError(f"the cleaning process died twice on one batch (exit code {code})") from None
         if not ok:
             raise RuntimeError(f"worker process failed: {answer}")
         return answer[0]
+
+    def _stopped(self) -> int | None:
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return None
+        worker.stop()
+        return worker.process.returncode
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -108,7 +127,8 @@ def outcome_batches(
                 yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
 
         done = 0
-        for batch in track(cleaned(), total=None, desc=desc, unit="batches"):
+        batches = track(cleaned(), total=None, desc=desc, unit="batches")
+        while (batch := _next_or_one_line(ray, batches)) is not None:
             reasons = batch.column("reason")
             index = pc.index(pc.starts_with(reasons, TOO_SLOW), True).as_py()
             if index >= 0:
@@ -116,6 +136,15 @@ def outcome_batches(
                 raise slow_regex_error(slow, compile_rules(rules, fast=fast), f"{shown(path)}: row {done + index}")
             done += batch.num_rows
             yield list(zip(batch.column("text").to_pylist(), reasons.to_pylist()))
+
+
+def _next_or_one_line(ray, batches: Iterator[pa.Table]) -> pa.Table | None:
+    """The next batch Ray cleaned; a failure inside Ray (an actor lost for good, a task that raised) is one
+    line, not Ray's traceback of the actor's and the driver's stacks at exit 1."""
+    try:
+        return next(batches, None)
+    except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
+        raise DataError(failure_line(exc, "clean")) from None
 
 
 def prompt_windows(path: Path, column: str, rows: int) -> Iterator[pa.Table]:

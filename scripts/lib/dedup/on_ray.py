@@ -53,7 +53,14 @@ from scripts.lib.dedup.rows import (
 from scripts.lib.dedup.stage_input import check_same_columns, parquet_file, read, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
-from scripts.lib.tables import check_column_names, plain_schema, plain_texts, reads_as_text, write_row_groups
+from scripts.lib.tables import (
+    check_column_names,
+    plain_schema,
+    plain_texts,
+    reads_as_text,
+    utf8_checked,
+    write_row_groups,
+)
 
 BANDS_PER_PASS = 8  # band rows of this many bands are shuffled at once (bounds the shuffle's memory)
 # Ray's join goes through Polars and hands strings back as large_string: keys start out that type so that
@@ -107,12 +114,6 @@ def run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]
         return _run(ray, rows, n, params, runtime)
     except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
         raise DataError(_ray_failure(exc)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-    return next((line for line in text.splitlines() if line.strip()), type(exc).__name__)
 
 
 def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]:
@@ -180,8 +181,9 @@ def _collect(ray, dataset) -> pa.Table:
 # --- the dedup@S stage on Ray: sharded parquet in, the local engine's files out -------------------------
 
 
-def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
-    """One item per row group (path, group, first row, rows): Ray tasks read them in parallel, in order."""
+def fragments(files: list[Path | str], input: Path | str | None = None) -> tuple[list[dict], pa.Schema]:
+    """One item per row group (path, group, first row, rows): Ray tasks read them in parallel, in order.
+    `input`: the path the user gave (a file, or the folder of `files`), named in a row's message."""
     items, offset, first = [], 0, None
     for file in files:
         meta = read(file, parquet_file, file)  # any failure: its one line, as the local engine's
@@ -201,7 +203,11 @@ def fragments(files: list[Path | str]) -> tuple[list[dict], pa.Schema]:
             at = str(file) if s3_input.is_s3(file) else os.path.abspath(file)
             rows = meta.metadata.row_group(group).num_rows
             items.append(
-                {"path": at, "shown": str(file), "in_file": in_file, "group": group, "offset": offset, "rows": rows}
+                {
+                    **({"input": str(input)} if input is not None else {}),
+                    **{"path": at, "shown": str(file), "in_file": in_file, "group": group, "offset": offset},
+                    "rows": rows,
+                }
             )
             offset += rows
             in_file += rows
@@ -216,6 +222,11 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
         table = plain_texts(parquet_file(file).read_row_group(group, columns=columns).replace_schema_metadata(None))
     except FileNotFoundError:
         raise DataError(f"{shown}: input shard vanished during the run") from None
+    # checked as the local engine's reads are (the input and its row from 1): bytes that are not UTF-8 went
+    # unchecked into the tokenizer here, deduped at exit 0 where the local engine stops with this line
+    table = utf8_checked(
+        table, batch.column("input")[0].as_py() if "input" in batch.column_names else shown, offset + 1
+    )
     for column in [c for c in ("id", "text") if c in table.column_names]:
         nulls = pc.is_null(table.column(column)).to_numpy(zero_copy_only=False)
         if nulls.any():  # the row in its file, counted from 0 as the local engine's message does
@@ -229,7 +240,7 @@ def dedup_stage(input: Path | str, output: Path, into: Path, params: Dedup, runt
     engine; returns the stats and the clusters table (the caller writes it beside the kept rows)."""
     from scripts.lib.ray_engine import ray_session
 
-    items, schema = fragments(shards(input))
+    items, schema = fragments(shards(input), input)
     with ray_session(runtime) as ray:
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
         try:
@@ -319,17 +330,13 @@ def _kept_rows(batch: pa.Table) -> pa.Table:
     return table.filter(pa.array(mask)).drop_columns(["row", "order_key"])
 
 
-REMOTE_DATA_ERROR = f"{DataError.__module__}.{DataError.__qualname__}: "
-
-
 def _ray_failure(exc: BaseException) -> str:
-    """The one line of a failed Ray run: our own DataError's where a task raised one (Ray Data wraps it in
-    a UserCodeException whose cause stays on the worker; its traceback text comes back), else Ray's."""
+    """The one line of a failed Ray run: our own DataError's where a task raised one, else what the task raised
+    (Ray's own first line was `UserCodeException: UDF failed to process a data block.`, whatever failed)."""
+    from scripts.lib.ray_engine import failure_line
+
     cause = getattr(exc, "cause", None)
     if isinstance(cause, DataError):
         return str(cause)
-    remote = [
-        line.removeprefix(REMOTE_DATA_ERROR) for line in str(exc).splitlines() if line.startswith(REMOTE_DATA_ERROR)
-    ]
     # a worker's failed S3 read quotes the server's message, which may echo the credentials
-    return s3_input.redact_credentials(remote[-1] if remote else f"dedup on Ray failed: {_first_line(exc)}")
+    return s3_input.redact_credentials(failure_line(exc, "dedup"))

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import (
     Field,
+    field_validator,
 )
 
 from scripts.lib.params.base import NonEmpty, Section
+
+# Ray refuses a smaller object store (78,643,200 bytes): 64 passed here and failed after Ray's whole start,
+# blamed on `runtime.ray_address=None`
+OBJECT_STORE_MIN_MB = 75
+
+
+# what Ray joins: its GCS as host:port (an IPv6 host in brackets), or its client server as ray://host[:port]
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]]+)"
+_JOINABLE = re.compile(rf"auto|local|ray://{_HOST}(?::(?P<client_port>\d+))?|{_HOST}:(?P<port>\d+)")
+_EXPECTED = 'expected "auto", "host:port" or "ray://host:port"'
+
+
+def ray_address_problem(address: str) -> str | None:
+    """Why `address` is no address Ray can join, told at params' load: Ray took 5-15 s to say so, after its
+    import, in words that blamed RAY_ADDRESS and ended mid-sentence (an http:// dashboard URL)."""
+    if (shape := _JOINABLE.fullmatch(address)) is None:
+        scheme = address.partition("://")[0] if "://" in address else None
+        if scheme in ("http", "https"):
+            return f"an {scheme}:// address is the dashboard's, not one Ray joins; {_EXPECTED}"
+        return f"not an address Ray joins; {_EXPECTED}"
+    port = int(shape["port"] or shape["client_port"] or 1)
+    return None if 1 <= port <= 65_535 else f"port {port} is out of range (1 to 65535)"
 
 
 class Runtime(Section):
@@ -20,7 +44,8 @@ class Runtime(Section):
         description="local: this machine's processes | ray: Ray Data (dedup, clean) and a Ray actor pool (generate)",
     )
     ray_address: NonEmpty | None = Field(
-        None, description='null starts a local Ray for the run; "auto" or ray://host:port joins a running cluster'
+        None,
+        description='null starts a local Ray for the run; "auto", host:port (its GCS) or ray://host:port joins a running cluster',
     )
     connect_timeout_s: int = Field(
         8,
@@ -48,7 +73,7 @@ class Runtime(Section):
     )
     object_store_mb: int | None = Field(
         None,
-        ge=64,
+        ge=OBJECT_STORE_MIN_MB,
         le=10_000_000,
         description="ray, local instance only: object store size in MiB (null: Ray's default); "
         "blocks beyond it spill to disk",
@@ -66,3 +91,11 @@ class Runtime(Section):
     writers: int = Field(
         2, ge=1, le=256, description="generate: threads encoding and writing images beside the diffusion loop"
     )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _joinable(cls, address: str | None) -> str | None:
+        # the address is never echoed: it may hold a password (user:password@host)
+        if address is not None and (problem := ray_address_problem(address)):
+            raise ValueError(f"cannot start or join Ray ({problem})")
+        return address
