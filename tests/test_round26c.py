@@ -28,8 +28,10 @@ import pytest
 import yaml
 
 from helpers.children import scripts_env, start_child
+from helpers.commands import cli
 from helpers.tiers import fast_first
-from helpers.workspace import error_line, leftovers
+from helpers.workspace import error_line, leftovers, write_params
+from scripts.lib.interrupts import forget
 from scripts.lib.marks import COMMAND_ENV, mark_file
 from scripts.lib.tables import write_parquet
 from scripts.plots import PLOT_FILES
@@ -109,16 +111,42 @@ def plot_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "data" / "plots").iterdir())}
 
 
-@pytest.mark.parametrize("row", fast_first(BETWEEN_FILES))
+def previous_plots(root: Path, monkeypatch) -> dict[str, bytes]:
+    """plots' inputs and a previous run's files (their header only: every file of a new run differs)."""
+    plots_inputs(root)
+    monkeypatch.setenv(COMMAND_ENV, "plots")  # the files below marked as plots marks its own
+    (root / "data" / "plots").mkdir()
+    for name in PLOT_FILES:
+        (root / "data" / "plots" / name).write_text(",".join(PLOT_FILES[name]) + "\n", encoding="utf-8")
+        mark_file(root / "data" / "plots" / name)
+    return plot_files(root)
+
+
+def test_a_signal_between_two_plot_files_changes_none_in_process(tmp_path, monkeypatch, capfd):
+    """The fast row: scripts.cli.main in this process (its handlers), SIGINT as the third file starts."""
+    previous = previous_plots(tmp_path, monkeypatch)
+    real, calls = pd.DataFrame.to_csv, []
+
+    def to_csv(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+    try:
+        done = cli(PLOTS, tmp_path, monkeypatch, capfd)
+    finally:
+        forget()  # the signal this process noted is the command's, not the next test's
+    assert done.returncode == 130 and error_line(done.stderr) == "interrupted (SIGINT)", done.stderr
+    assert plot_files(tmp_path) == previous and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", BETWEEN_FILES)
 def test_a_signal_between_two_plot_files_changes_none(tmp_path, monkeypatch, row):
     signum, nth = BETWEEN_FILES[row]
-    monkeypatch.setenv(COMMAND_ENV, "plots")  # the files below marked as plots marks its own
-    plots_inputs(tmp_path)
-    (tmp_path / "data" / "plots").mkdir()
-    for name in PLOT_FILES:  # a previous run's files (their header only): every file of this run differs
-        (tmp_path / "data" / "plots" / name).write_text(",".join(PLOT_FILES[name]) + "\n", encoding="utf-8")
-        mark_file(tmp_path / "data" / "plots" / name)  # as that run marked it
-    previous = plot_files(tmp_path)
+    previous = previous_plots(tmp_path, monkeypatch)
     argv = [sys.executable, "-c", SIGNAL_AT_CSV, str(int(signum)), str(nth), *PLOTS]
     proc = start_child(argv, cwd=tmp_path, env=scripts_env())
     _, err = proc.communicate(timeout=120)
@@ -212,3 +240,59 @@ def test_a_signal_to_tag_while_git_tags_ends_git_and_leaves_its_lock_removed(tmp
     wait_until(lambda: gone(grandchild), 5, "what git ran went on after tag stopped")
     assert not (tmp_path / ".git" / "refs" / "tags" / "v1.lock").exists()
     assert not (tmp_path / ".git" / "refs" / "tags" / "v1").exists()
+
+
+# ---------------------------------------------------------------- regression: summary and diff (no break found)
+
+# `python -m scripts ARGV`, the signal sent by the process itself as MODULE.ATTR is first called
+SIGNAL_ON_CALL = """\
+import importlib, os, runpy, sys
+module, attr, signum = sys.argv[1], sys.argv[2], int(sys.argv[3])
+owner = importlib.import_module(module)
+real = getattr(owner, attr)
+def signalled(*args, **kwargs):
+    setattr(owner, attr, real)
+    os.kill(os.getpid(), signum)
+    return real(*args, **kwargs)
+setattr(owner, attr, signalled)
+sys.argv = ["scripts", *sys.argv[4:]]
+runpy.run_module("scripts", run_name="__main__", alter_sys=True)
+"""
+
+
+def summary_ws(root: Path) -> list[str]:
+    releases = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))["releases"]
+    for name in releases:
+        (root / "data" / "releases" / name).mkdir(parents=True, exist_ok=True)
+        (root / "data" / "releases" / name / "stats.json").write_text('{"rows": {"total": 7}}', encoding="utf-8")
+    return ["summary", "data/releases", "data/summary.json"]
+
+
+def diff_ws(root: Path) -> list[str]:
+    (root / "data" / "releases" / "r1").mkdir(parents=True)
+    (root / "params.yaml").write_text("releases:\n  r1: {}\n", encoding="utf-8")
+    rows = pd.DataFrame({"id": ["a", "b"], "source": "s1", "split": ["train", "validation"], "text": ["x", "y"]})
+    rows.assign(image=None).to_parquet(root / "data" / "releases" / "r1" / "rows.parquet")
+    return ["diff", "workspace", "workspace"]
+
+
+NO_BREAK = {  # row: (the signal, the call it comes at: the final rename, the comparison; the command's inputs)
+    "summary-SIGTERM-rename": (signal.SIGTERM, "os", "replace", summary_ws),
+    "diff-SIGHUP-compare": (signal.SIGHUP, "scripts.tools.diff", "compare", diff_ws),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", NO_BREAK)
+def test_a_signal_mid_work_to_summary_or_diff_is_one_line_and_changes_nothing(tmp_path, row):
+    signum, module, attr, make = NO_BREAK[row]
+    write_params(tmp_path)
+    argv = make(tmp_path)
+    before = sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    proc = start_child(
+        [sys.executable, "-c", SIGNAL_ON_CALL, module, attr, str(int(signum)), *argv], cwd=tmp_path, env=scripts_env()
+    )
+    out, err = proc.communicate(timeout=120)
+    assert_interrupted(proc, err, signum)
+    assert out == "" and leftovers(tmp_path) == []
+    assert sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
