@@ -18,6 +18,7 @@ Generation speed is not plotted: generate@S records no timing in its manifest or
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ import typer
 
 from scripts.lib.clusters_table import read_clusters_table
 from scripts.lib.errors import DataError, shown_short
-from scripts.lib.io import SPLITS, atomic_path, check_files_ours, config_text, shown
+from scripts.lib.io import SPLITS, atomic_path, check_files_ours, commit_together, config_text, shown
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import table_in
@@ -188,9 +189,14 @@ def build_plots(
     }
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False, lineterminator="\n")
+def write_csvs(tables: dict[str, pd.DataFrame], output: Path) -> None:
+    """Every file written whole, then all renamed in together (commit_together): written one after another,
+    a signal between two left the first files of this run beside the others of the previous one."""
+    with contextlib.ExitStack() as outputs:
+        for name, table in tables.items():
+            tmp = outputs.enter_context(atomic_path(output / name))
+            table.to_csv(tmp, index=False, lineterminator="\n")
+        commit_together(outputs)
 
 
 # --- stage ---------------------------------------------------------------------------------------
@@ -213,6 +219,5 @@ def cli(
     length_bin = load_section("preview", missing_ok=True).length_bin
     check_files_ours(*(output / name for name in PLOT_FILES), inputs=[releases_dir, clean_dir, dedup_dir])
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
-    for name, table in tables.items():
-        write_csv(table, output / name)
+    write_csvs(tables, output)
     print(shown(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})"))

@@ -20,15 +20,18 @@ from scripts.lib.errors import DataError, redact_url_userinfo, shown
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.summary import stats_path
+from scripts.tools.child_group import run_in_group
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 MAX_STATS_BYTES = 16 << 20  # a release's stats.json is a few KiB
 
 
 def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """git ARGS; with `check`, a failure is one line (git's own first line), never a traceback."""
+    """git ARGS; with `check`, a failure is one line (git's own first line), never a traceback. git runs in a
+    group of its own, ended by SIGTERM when tag stops: subprocess.run SIGKILLed it, and a `git tag` killed
+    holding `.git/refs/tags/NAME.lock` left it there, refusing every later tag of that name."""
     try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True)
+        result = run_in_group(["git", *args], capture_output=True, text=True)
     except FileNotFoundError:
         raise DataError("git is not installed (tag needs it)") from None
     if check and result.returncode != 0:
