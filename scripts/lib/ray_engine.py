@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Ray Data's groupby on its classic sort-based shuffle: Ray 2.60's default (SHUFFLE_V2, hash aggregator
 # actors) took 3-6x longer for dedup's groupbys on 2 CPUs, and its HASH_SHUFFLE made no progress at all there
 SHUFFLE = "sort_shuffle_pull_based"
+# an actor pool's bounds (map_batches' Ray options): Ray Data restarts a lost actor, and retries its task, without
+# a limit by default, so a run whose actors kept dying (killed on every try, a machine out of memory) never ended;
+# this many restarts and retries each, then the run is one line
+ACTOR_RETRIES = {"max_restarts": 3, "max_task_retries": 3}
+LOCAL = (None, "local")  # runtime.ray_address values that start a Ray of the run's own
+
+
+def map_on_actors(dataset, fn, **options):
+    """`dataset.map_batches(fn, **options)` on an actor pool bounded by ACTOR_RETRIES. Ray 2.60 takes them only
+    as `ray_remote_args` (no named parameter yet), whose deprecation warning it printed beside the stage's lines."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(fn, **options, **ACTOR_RETRIES)
 
 
 @contextlib.contextmanager
@@ -44,6 +58,11 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         raise DataError("runtime.engine=ray but ray is not installed (pip install 'ray[data]')") from None
     _quiet_console()
     started_here = not ray.is_initialized()
+    saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    if started_here and address in LOCAL:
+        # params are the only source: ray.init, and what it starts, read RAY_ADDRESS (an "auto" joins the cluster
+        # it names); a stray one has no say over the local Ray that `ray_address: null` asks for
+        os.environ.pop("RAY_ADDRESS", None)
     children_before: set[int] = set()
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
@@ -51,6 +70,9 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
         try:
             _start_or_join(ray, runtime, children_before)
+        except BaseException:
+            _restore_environment(saved)
+            raise
         finally:
             _keep_handlers(handlers)
     context = ray.data.DataContext.get_current()
@@ -66,6 +88,7 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
         if started_here:
             ray.shutdown()
             _reap(children_before)
+            _restore_environment(saved)
 
 
 def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int]) -> None:
@@ -78,7 +101,7 @@ def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int])
         "logging_level": logging.CRITICAL,
         "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
     }  # workers import scripts.*
-    if address is None and runtime.object_store_mb is not None:
+    if address in LOCAL and runtime.object_store_mb is not None:
         options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
     with _stderr_silenced() if address is not None else contextlib.nullcontext():
         if address is not None and (silence := _gcs_silence(address, runtime.connect_timeout_s)):

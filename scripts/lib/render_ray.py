@@ -18,7 +18,7 @@ from dataclasses import asdict
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore
 from scripts.lib.params import Generate, Runtime
-from scripts.lib.ray_engine import ray_session
+from scripts.lib.ray_engine import failure_line, map_on_actors, ray_session
 from scripts.lib.render import (
     RenderStats,
     load_pipeline,
@@ -144,7 +144,8 @@ def render_on_ray(
         size = min(size, len(blocks))  # no more actors than blocks: Ray Data warns of a pool it cannot fill
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = context.print_on_execution_start = False  # the stage prints its own
-        dataset = ray.data.from_arrow(blocks).map_batches(
+        dataset = map_on_actors(
+            ray.data.from_arrow(blocks),
             RenderActor,
             batch_size=min(rows, per_call),
             batch_format="pyarrow",
@@ -170,19 +171,13 @@ def render_on_ray(
                     stats.pipeline_calls += calls
                     if progress is not None:
                         progress.advance(1)
-        except ray.exceptions.RayError as exc:
+        except (ray.exceptions.RayError, ray.exceptions.RaySystemError) as exc:
             raise DataError(ray_failure(exc)) from None
     return stats
 
 
 def ray_failure(exc: BaseException) -> str:
-    """One line for a failure inside Ray: an actor's DataError as it was, anything else by type and first line."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, DataError):
-            return str(cause)
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    text = str(exc).strip().splitlines()
-    return f"runtime.engine=ray: rendering failed ({type(exc).__name__}: {text[-1] if text else ''})"
+    """One line for a failure inside Ray, as clean and dedup say it (`ray_engine.failure_line`): an actor's
+    DataError as it was, anything else by type and message. Its own walk returned a DataError's text as it
+    was (a newline in it made two lines) and named Ray's wrapper, not what the actor raised."""
+    return failure_line(exc, "generate")

@@ -35,7 +35,7 @@ from scripts.lib.cleaning.table import (
 from scripts.lib.cleaning.text import Outcome
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import CleanRules, Runtime
-from scripts.lib.ray_engine import failure_line, ray_session
+from scripts.lib.ray_engine import failure_line, map_on_actors, ray_session
 from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.workers import Worker
 
@@ -115,7 +115,8 @@ def outcome_batches(
                 parts = blocks_of(
                     window, runtime.partitions or max(2 * workers, math.ceil(window.num_rows / ROWS_PER_BLOCK))
                 )
-                dataset = ray.data.from_arrow(parts).map_batches(
+                dataset = map_on_actors(
+                    ray.data.from_arrow(parts),
                     BatchCleaner,
                     fn_constructor_args=(rules, fast, column),
                     batch_format="pyarrow",

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
 from scripts.lib.params.base import NonEmpty, Section
@@ -99,3 +100,13 @@ class Runtime(Section):
         if address is not None and (problem := ray_address_problem(address)):
             raise ValueError(f"cannot start or join Ray ({problem})")
         return address
+
+    @model_validator(mode="after")
+    def _store_sizes_a_local_ray_only(self) -> Runtime:
+        # a cluster's object store is sized when the cluster starts: joining one ignored this value without a word
+        if self.ray_address not in (None, "local") and self.object_store_mb is not None:
+            raise ValueError(
+                'object_store_mb sizes the local Ray that ray_address null (or "local") starts; '
+                "a cluster's store is set where it starts (leave object_store_mb null to join one)"
+            )
+        return self
