@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -95,6 +96,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
     """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
     remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
     target = Path(target)
+    check_outside_stores(target)  # before a folder is made: `--out .git/x` made .git/x even when refused
     made = _missing_folders(real_path(target).parent)
     try:
         real_path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -254,3 +256,81 @@ def _not_our_temp(path: Path, target: Path) -> DataError:
         f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
         "refusing to delete it (move it away)"
     )
+
+
+# The repository's own stores: git's and DVC's folders (.dvc/cache, .dvc/tmp inside), DVC's cache where
+# `dvc cache dir` put it and a remote's local folder (.dvc/config). No command writes there, whatever the
+# spelling (`a/../.git/x`, a link to .git): `publish --out .git/hub` and a stage's `.dvc/cache/x` did.
+STORE_NAMES = (".git", ".dvc")
+STORE_KEYS = {"cache": "dir", "remote": "url"}  # section -> the key naming a folder in .dvc/config
+# What git and DVC read at a repository's root: an output of that name there (absent, or of ours) rewrote the
+# pipeline (`params-doc dvc.yaml`) or what git and DVC track (`.gitignore`).
+CONTROL_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".gitignore", ".dvcignore", ".gitattributes", ".gitmodules")
+
+
+def check_outside_stores(target: Path | str) -> None:
+    """Refuse, in one line naming the output and the store, an output that is, holds or lies inside a
+    repository store (repository_stores) of the repository holding it or the current folder."""
+    real = real_path(target)
+    if real.name in CONTROL_FILES and any(os.path.lexists(real.parent / name) for name in STORE_NAMES):
+        raise DataError(
+            f"{shown(target)}: the output is the repository's own {real.name} (in {shown(real.parent)}); "
+            "refusing to write it (choose another output path)"
+        )
+    named = next((part for part in (real, *real.parents) if part.name in STORE_NAMES), None)
+    stores = repository_stores(real.parent) | repository_stores(Path.cwd())
+    store = named or next((s for s in sorted(stores) if s == real or s in real.parents or real in s.parents), None)
+    if store is not None:
+        what = "is" if store == real else "holds" if real in store.parents else "lies inside"
+        raise DataError(
+            f"{shown(target)}: the output {what} the repository store {shown(store)} (git's or DVC's); "
+            "refusing to write there (choose an output path outside .git, .dvc and DVC's cache and remotes)"
+        )
+
+
+def repository_stores(start: Path) -> set[Path]:
+    """The real paths of the stores of every repository holding `start`: each `.git` and `.dvc` beside a
+    folder above it, and the cache and local remote folders its DVC config names."""
+    stores: set[Path] = set()
+    for folder in (start, *start.parents):
+        for name in STORE_NAMES:
+            if os.path.lexists(folder / name):
+                stores.add(Path(os.path.realpath(folder / name)))
+        for config in ("config", "config.local"):
+            stores |= _configured_stores(folder / ".dvc" / config)
+    return stores
+
+
+def _configured_stores(config: Path) -> set[Path]:
+    try:
+        status = os.stat(config)
+    except OSError:
+        return set()
+    if not stat.S_ISREG(status.st_mode):
+        return set()
+    return _stores_named(str(config), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _stores_named(config: str, mtime_ns: int, size: int) -> set[Path]:
+    """The local folders a DVC config names as its cache (`dir`) or a remote (`url`), relative ones read
+    from the config's folder as DVC reads them; a URL with a scheme (s3://, ssh://) is no folder here."""
+    try:
+        with open(config, "rb") as file:
+            text = file.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return set()
+    found, section = set(), ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]'\" ").split(" ")[0].strip("'\"").lower()
+            continue
+        key, sep, value = line.partition("=")
+        value = value.strip().strip("'\"")
+        if not sep or STORE_KEYS.get(section) != key.strip().lower() or not value:
+            continue
+        value = value.removeprefix("file://")
+        if "://" not in value:
+            found.add(Path(os.path.realpath(os.path.join(os.path.dirname(config), os.path.expanduser(value)))))
+    return found
