@@ -7,9 +7,10 @@ fix), on real files and runs of the command:
    `dvc cache dir` moved or a local remote's folder (.dvc/config). Refused now in one line naming the output
    and the store, where every output is locked (temps.output_lock -> temps.check_outside_stores), so every
    command and stage inherits it.
-2. An output named as a file git or DVC reads at the repository's root, absent there (`params-doc dvc.yaml`,
-   `.gitignore`, `.dvcignore`, `dvc.lock`), was written at exit 0: a markdown dvc.yaml, a .gitignore that
-   hides files from git. Refused now in one line (temps.CONTROL_FILES).
+2. An output named as a file git or DVC reads in the repository, absent there (`params-doc dvc.yaml`, `a/dvc.yaml`,
+   `a/raw.dvc`, `.gitignore`, `.dvcignore`, `dvc.lock`), was written at exit 0: a markdown dvc.yaml DVC collects, a
+   .dvc file it tracks, a .gitignore that hides files from git. Refused now in one line (temps.CONTROL_FILES;
+   params.yaml and .gitmodules at the root only).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ CONTROL_FILES = {  # case: (command, output at the repository's root, absent the
     "params-doc as .dvcignore": ("params-doc", ".dvcignore"),
     "clean-rules as dvc.yaml": ("clean-rules", "./dvc.yaml"),
     "clean-rules as .gitattributes": ("clean-rules", "a/../.gitattributes"),
+    "params-doc as params.yaml's neighbour .gitmodules": ("params-doc", ".gitmodules"),
+    "params-doc as a dvc.yaml below the root": ("params-doc", "a/dvc.yaml"),
+    "params-doc as a .dvc file": ("params-doc", "a/raw.dvc"),
+    "clean-rules as a .gitignore below the root": ("clean-rules", "a/.gitignore"),
+    "clean-rules as a .dvc file at the root": ("clean-rules", "data.dvc"),
 }
 
 
@@ -91,5 +97,5 @@ def test_no_command_writes_a_file_git_or_dvc_reads_at_the_root(tmp_path, monkeyp
     done = cli([command, out], root, monkeypatch, capfd)
     assert done.returncode == 2, done.stdout[-500:] + done.stderr[-2000:]
     line = error_line(done.stderr)
-    assert "the repository's own" in line and os.path.normpath(out) in line, line
+    assert "a file git or DVC reads" in line and os.path.normpath(out) in line, line
     assert not os.path.lexists(root / out)

@@ -263,19 +263,21 @@ def _not_our_temp(path: Path, target: Path) -> DataError:
 # spelling (`a/../.git/x`, a link to .git): `publish --out .git/hub` and a stage's `.dvc/cache/x` did.
 STORE_NAMES = (".git", ".dvc")
 STORE_KEYS = {"cache": "dir", "remote": "url"}  # section -> the key naming a folder in .dvc/config
-# What git and DVC read at a repository's root: an output of that name there (absent, or of ours) rewrote the
-# pipeline (`params-doc dvc.yaml`) or what git and DVC track (`.gitignore`).
-CONTROL_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".gitignore", ".dvcignore", ".gitattributes", ".gitmodules")
+# What git and DVC read in a repository: an output of that name there (absent, or of ours) rewrote the pipeline
+# (`params-doc dvc.yaml`, `sub/dvc.yaml`: DVC reads every one), what DVC tracks (`data/x.dvc`) or what git
+# ignores (`.gitignore`). params.yaml and .gitmodules are read at the root only.
+CONTROL_FILES = ("dvc.yaml", "dvc.lock", ".gitignore", ".dvcignore", ".gitattributes")
+ROOT_CONTROL_FILES = ("params.yaml", ".gitmodules")
 
 
 def check_outside_stores(target: Path | str) -> None:
     """Refuse, in one line naming the output and the store, an output that is, holds or lies inside a
     repository store (repository_stores) of the repository holding it or the current folder."""
     real = real_path(target)
-    if real.name in CONTROL_FILES and any(os.path.lexists(real.parent / name) for name in STORE_NAMES):
+    if (root := _control_file_root(real)) is not None:
         raise DataError(
-            f"{shown(target)}: the output is the repository's own {real.name} (in {shown(real.parent)}); "
-            "refusing to write it (choose another output path)"
+            f"{shown(target)}: the output is a file git or DVC reads ({real.name} in the repository "
+            f"{shown(root)}); refusing to write it (choose another output path)"
         )
     named = next((part for part in (real, *real.parents) if part.name in STORE_NAMES), None)
     stores = repository_stores(real.parent) | repository_stores(Path.cwd())
@@ -286,6 +288,17 @@ def check_outside_stores(target: Path | str) -> None:
             f"{shown(target)}: the output {what} the repository store {shown(store)} (git's or DVC's); "
             "refusing to write there (choose an output path outside .git, .dvc and DVC's cache and remotes)"
         )
+
+
+def _control_file_root(real: Path) -> Path | None:
+    """The repository root whose git or DVC reads `real` by its name (CONTROL_FILES, a `.dvc` file), else None."""
+    wide = real.name in CONTROL_FILES or (real.name.endswith(".dvc") and real.name != ".dvc")
+    if not wide and real.name not in ROOT_CONTROL_FILES:
+        return None
+    for folder in real.parents if wide else (real.parent,):
+        if any(os.path.lexists(folder / name) for name in STORE_NAMES):
+            return folder
+    return None
 
 
 def repository_stores(start: Path) -> set[Path]:
