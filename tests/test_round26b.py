@@ -31,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def repository(root: Path) -> Path:
     """A git and DVC repository with params.yaml, a cache moved by `dvc cache dir`, and a local remote."""
-    root.mkdir()
+    root.mkdir(parents=True)
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, capture_output=True, env=env())
     (root / ".dvc" / "cache").mkdir(parents=True)
     (root / ".dvc" / "tmp").mkdir()
     remote = root.parent / "remote"
-    remote.mkdir()
+    remote.mkdir(exist_ok=True)
     (root / ".dvc" / "config").write_text(
         f"[core]\n    remote = loc\n[cache]\n    dir = ../moved-cache\n['remote \"loc\"']\n    url = {remote}\n",
         encoding="utf-8",
@@ -99,3 +99,13 @@ def test_no_command_writes_a_file_git_or_dvc_reads_at_the_root(tmp_path, monkeyp
     line = error_line(done.stderr)
     assert "a file git or DVC reads" in line and os.path.normpath(out) in line, line
     assert not os.path.lexists(root / out)
+
+
+def test_an_experiments_temp_workspace_inside_dot_dvc_writes_its_outputs(tmp_path, monkeypatch, capfd):
+    """`dvc exp run --temp` runs the stages in a whole repository inside the outer one's .dvc/tmp: its own
+    outputs are outside its own stores, so they are written."""
+    outer = repository(tmp_path / "repo")
+    inner = repository(outer / ".dvc" / "tmp" / "exps" / "run")
+    done = cli(["params-doc", "docs/params.md"], inner, monkeypatch, capfd)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (inner / "docs" / "params.md").is_file()

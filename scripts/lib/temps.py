@@ -279,9 +279,8 @@ def check_outside_stores(target: Path | str) -> None:
             f"{shown(target)}: the output is a file git or DVC reads ({real.name} in the repository "
             f"{shown(root)}); refusing to write it (choose another output path)"
         )
-    named = next((part for part in (real, *real.parents) if part.name in STORE_NAMES), None)
     stores = repository_stores(real.parent) | repository_stores(Path.cwd())
-    store = named or next((s for s in sorted(stores) if s == real or s in real.parents or real in s.parents), None)
+    store = next((s for s in sorted(stores) if s == real or s in real.parents or real in s.parents), None)
     if store is not None:
         what = "is" if store == real else "holds" if real in store.parents else "lies inside"
         raise DataError(
@@ -302,16 +301,16 @@ def _control_file_root(real: Path) -> Path | None:
 
 
 def repository_stores(start: Path) -> set[Path]:
-    """The real paths of the stores of every repository holding `start`: each `.git` and `.dvc` beside a
-    folder above it, and the cache and local remote folders its DVC config names."""
-    stores: set[Path] = set()
+    """The real paths of the stores of the nearest repository holding `start` (the first folder above with a
+    `.git` or `.dvc`): those two and the cache and local remote folders its DVC config names. The nearest only:
+    `dvc exp run --temp` runs the stages in a whole repository inside the outer one's .dvc/tmp."""
     for folder in (start, *start.parents):
-        for name in STORE_NAMES:
-            if os.path.lexists(folder / name):
-                stores.add(Path(os.path.realpath(folder / name)))
-        for config in ("config", "config.local"):
-            stores |= _configured_stores(folder / ".dvc" / config)
-    return stores
+        stores = {Path(os.path.realpath(folder / name)) for name in STORE_NAMES if os.path.lexists(folder / name)}
+        if stores:
+            for config in ("config", "config.local"):
+                stores |= _configured_stores(folder / ".dvc" / config)
+            return stores
+    return set()
 
 
 def _configured_stores(config: Path) -> set[Path]:
