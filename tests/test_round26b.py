@@ -109,3 +109,11 @@ def test_an_experiments_temp_workspace_inside_dot_dvc_writes_its_outputs(tmp_pat
     done = cli(["params-doc", "docs/params.md"], inner, monkeypatch, capfd)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (inner / "docs" / "params.md").is_file()
+
+
+def test_a_remote_folder_holding_the_repository_is_no_store_for_its_outputs(tmp_path, monkeypatch, capfd):
+    """A local remote at a folder above the repository (`url = /data` for /data/me/repo) would refuse every output."""
+    root = repository(tmp_path / "repo")
+    (root / ".dvc" / "config.local").write_text(f"['remote \"up\"']\n    url = {tmp_path}\n", encoding="utf-8")
+    done = cli(["params-doc", "docs/params.md"], root, monkeypatch, capfd)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -274,12 +274,15 @@ def check_outside_stores(target: Path | str) -> None:
     """Refuse, in one line naming the output and the store, an output that is, holds or lies inside a
     repository store (repository_stores) of the repository holding it or the current folder."""
     real = real_path(target)
-    if (root := _control_file_root(real)) is not None:
+    # one there already is the user's: refused as such when replaced (io.check_replaceable: "cannot prove")
+    if not os.path.lexists(real) and (root := _control_file_root(real)) is not None:
         raise DataError(
             f"{shown(target)}: the output is a file git or DVC reads ({real.name} in the repository "
             f"{shown(root)}); refusing to write it (choose another output path)"
         )
-    stores = repository_stores(real.parent) | repository_stores(Path.cwd())
+    stores = repository_stores(real.parent)
+    with contextlib.suppress(OSError):  # a deleted current folder has no repository to look in
+        stores |= repository_stores(Path(os.getcwd()))
     store = next((s for s in sorted(stores) if s == real or s in real.parents or real in s.parents), None)
     if store is not None:
         what = "is" if store == real else "holds" if real in store.parents else "lies inside"
@@ -307,8 +310,11 @@ def repository_stores(start: Path) -> set[Path]:
     for folder in (start, *start.parents):
         stores = {Path(os.path.realpath(folder / name)) for name in STORE_NAMES if os.path.lexists(folder / name)}
         if stores:
-            for config in ("config", "config.local"):
-                stores |= _configured_stores(folder / ".dvc" / config)
+            real = Path(os.path.realpath(folder))
+            for config in ("config", "config.local"):  # one holding the repository (`url = /data`) is no store here
+                stores |= {
+                    s for s in _configured_stores(folder / ".dvc" / config) if s != real and s not in real.parents
+                }
             return stores
     return set()
 
