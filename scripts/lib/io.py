@@ -49,6 +49,7 @@ from scripts.lib.temps import (
     _remove,
     _sibling,
     cannot_remove,
+    check_outside_stores,
     check_removable,
     mark_temp,
     output_lock,
@@ -181,6 +182,7 @@ def check_files_ours(*paths: Path | str, inputs=()) -> None:
     p.parquet` would replace what it reads) or exists and is not a regular file of ours (file_is_ours)."""
     for path in map(Path, paths):
         check_file_spelling(path)
+        check_outside_stores(path)
         check_not_input(path, inputs)
         if not os.path.lexists(path):
             continue
@@ -197,6 +199,7 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
     `new` holds with the same bytes. A name alone proves nothing: a user's README.md or train.parquet stays. A file
     `new` replaces a regular file, never a folder, a link or a device."""
     target = Path(target)
+    check_outside_stores(target)  # never into .git or .dvc, whatever wrote the new copy
     if not os.path.lexists(target):
         return
     check_output_kind(target)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -95,6 +96,7 @@ def output_lock(target: Path | str) -> Iterator[None]:
     """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
     remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
     target = Path(target)
+    check_outside_stores(target)  # before a folder is made: `--out .git/x` made .git/x even when refused
     made = _missing_folders(real_path(target).parent)
     try:
         real_path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -254,3 +256,99 @@ def _not_our_temp(path: Path, target: Path) -> DataError:
         f"{shown(path)}: named as a temp file of {shown(target)}, but no run of this command left it; "
         "refusing to delete it (move it away)"
     )
+
+
+# The repository's own stores: git's and DVC's folders (.dvc/cache, .dvc/tmp inside), DVC's cache where
+# `dvc cache dir` put it and a remote's local folder (.dvc/config). No command writes there, whatever the
+# spelling (`a/../.git/x`, a link to .git): `publish --out .git/hub` and a stage's `.dvc/cache/x` did.
+STORE_NAMES = (".git", ".dvc")
+STORE_KEYS = {"cache": "dir", "remote": "url"}  # section -> the key naming a folder in .dvc/config
+# What git and DVC read in a repository: an output of that name there (absent, or of ours) rewrote the pipeline
+# (`params-doc dvc.yaml`, `sub/dvc.yaml`: DVC reads every one), what DVC tracks (`data/x.dvc`) or what git
+# ignores (`.gitignore`). params.yaml and .gitmodules are read at the root only.
+CONTROL_FILES = ("dvc.yaml", "dvc.lock", ".gitignore", ".dvcignore", ".gitattributes")
+ROOT_CONTROL_FILES = ("params.yaml", ".gitmodules")
+
+
+def check_outside_stores(target: Path | str) -> None:
+    """Refuse, in one line naming the output and the store, an output that is, holds or lies inside a
+    repository store (repository_stores) of the repository holding it or the current folder."""
+    real = real_path(target)
+    # one there already is the user's: refused as such when replaced (io.check_replaceable: "cannot prove")
+    if not os.path.lexists(real) and (root := _control_file_root(real)) is not None:
+        raise DataError(
+            f"{shown(target)}: the output is a file git or DVC reads ({real.name} in the repository "
+            f"{shown(root)}); refusing to write it (choose another output path)"
+        )
+    stores = repository_stores(real.parent)
+    with contextlib.suppress(OSError):  # a deleted current folder has no repository to look in
+        stores |= repository_stores(Path(os.getcwd()))
+    store = next((s for s in sorted(stores) if s == real or s in real.parents or real in s.parents), None)
+    if store is not None:
+        what = "is" if store == real else "holds" if real in store.parents else "lies inside"
+        raise DataError(
+            f"{shown(target)}: the output {what} the repository store {shown(store)} (git's or DVC's); "
+            "refusing to write there (choose an output path outside .git, .dvc and DVC's cache and remotes)"
+        )
+
+
+def _control_file_root(real: Path) -> Path | None:
+    """The repository root whose git or DVC reads `real` by its name (CONTROL_FILES, a `.dvc` file), else None."""
+    wide = real.name in CONTROL_FILES or (real.name.endswith(".dvc") and real.name != ".dvc")
+    if not wide and real.name not in ROOT_CONTROL_FILES:
+        return None
+    for folder in real.parents if wide else (real.parent,):
+        if any(os.path.lexists(folder / name) for name in STORE_NAMES):
+            return folder
+    return None
+
+
+def repository_stores(start: Path) -> set[Path]:
+    """The real paths of the stores of the nearest repository holding `start` (the first folder above with a
+    `.git` or `.dvc`): those two and the cache and local remote folders its DVC config names. The nearest only:
+    `dvc exp run --temp` runs the stages in a whole repository inside the outer one's .dvc/tmp."""
+    for folder in (start, *start.parents):
+        stores = {Path(os.path.realpath(folder / name)) for name in STORE_NAMES if os.path.lexists(folder / name)}
+        if stores:
+            real = Path(os.path.realpath(folder))
+            for config in ("config", "config.local"):  # one holding the repository (`url = /data`) is no store here
+                stores |= {
+                    s for s in _configured_stores(folder / ".dvc" / config) if s != real and s not in real.parents
+                }
+            return stores
+    return set()
+
+
+def _configured_stores(config: Path) -> set[Path]:
+    try:
+        status = os.stat(config)
+    except OSError:
+        return set()
+    if not stat.S_ISREG(status.st_mode):
+        return set()
+    return _stores_named(str(config), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _stores_named(config: str, mtime_ns: int, size: int) -> set[Path]:
+    """The local folders a DVC config names as its cache (`dir`) or a remote (`url`), relative ones read
+    from the config's folder as DVC reads them; a URL with a scheme (s3://, ssh://) is no folder here."""
+    try:
+        with open(config, "rb") as file:
+            text = file.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return set()
+    found, section = set(), ""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]'\" ").split(" ")[0].strip("'\"").lower()
+            continue
+        key, sep, value = line.partition("=")
+        value = value.strip().strip("'\"")
+        if not sep or STORE_KEYS.get(section) != key.strip().lower() or not value:
+            continue
+        value = value.removeprefix("file://")
+        if "://" not in value:
+            found.add(Path(os.path.realpath(os.path.join(os.path.dirname(config), os.path.expanduser(value)))))
+    return found
