@@ -23,7 +23,7 @@ def _hold_closed_standard_descriptors() -> None:
 _hold_closed_standard_descriptors()  # first: before an import opens a file that would take the number
 
 try:  # the one line and 128 + signal at once until main() installs the command's handlers
-    from scripts.lib.interrupts import STOPPING_SIGNALS, exit_at_once_on_signals, stop_when_parent_dies
+    from scripts.lib.interrupts import STOPPING_SIGNALS, exit_at_once_on_signals, line, stop_when_parent_dies
 
     exit_at_once_on_signals()
 except KeyboardInterrupt:  # Ctrl-C in the few imports before
@@ -55,7 +55,7 @@ def _while_exiting(signum, frame):
     if code < 128:
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             sys.stdout.flush()
-        os.write(2, f"interrupted ({signal.Signals(signum).name})\n".encode())
+        os.write(2, f"{line(signum)}\n".encode())
     os._exit(128 + signum)
 
 

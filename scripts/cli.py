@@ -15,7 +15,7 @@ import os
 import sys
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, note, received
+from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, line, note, received
 
 OUT_OF_MEMORY = "out of memory (a smaller input, batch_rows or workers may fit)"
 
@@ -272,10 +272,8 @@ def _quiet_interrupts(previous):
 
 
 def _interrupted(signum: int) -> int:
-    import signal
-
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
-    _say(f"{start}interrupted ({signal.Signals(signum).name})")
+    _say(f"{start}{line(signum)}")
     _silence_finalizers()
     return 128 + signum
 

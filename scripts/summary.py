@@ -37,10 +37,11 @@ def stats_path(releases: Path, name: str) -> Path:
 def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
     stats = {}
     for name in names:
-        path = stats_path(releases, name)
+        path = releases / name / "stats.json"
         try:
-            # read_within: checked again once open (replaced by a link out since?), one name only (a hard link
-            # to a file elsewhere was copied), never a FIFO (it hung); loads_json: depth-bounded
+            # read_within: stays in RELEASES (stats_path's check) and again once open (replaced by a link out
+            # since?), one name only (a hard link to a file elsewhere was copied), never a FIFO (it hung);
+            # loads_json: depth-bounded
             stats[name] = loads_json(read_within(path, releases, cap=MAX_CONFIG_BYTES, one_name=True).decode())
             total = stats[name]["rows"]["total"]
         except FileNotFoundError:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from scripts.lib.errors import DataError
 from scripts.lib.nesting import loads_json
+from scripts.lib.side_files import MAX_CONFIG_BYTES, bounded_bytes
 
 LOCK = "dvc.lock"
 # cache file names: checked, so a doctored lock or listing never names a path of its choosing
@@ -127,19 +129,13 @@ def _locked(lock: Path) -> dict[str, tuple[str, frozenset[str]]]:
     return {}
 
 
-# A lock over io.MAX_CONFIG_BYTES (this module cannot import io, which imports it) proves nothing: every
-# command's output check read a dvc.lock of gigabytes whole.
-MAX_LOCK_BYTES = 64 << 20
-
-
 def _lock_text(lock: str, size: int) -> str:
-    """The lock's text, `size` bytes as stat'ed (a lock grown or replaced by a FIFO since is a ValueError)."""
-    if size > MAX_LOCK_BYTES:
-        raise ValueError(f"{lock}: over {MAX_LOCK_BYTES} bytes")
-    with open(os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ValueError(f"{lock}: not a regular file")
-        data = f.read(size + 1)
+    """The lock's text, `size` bytes as stat'ed, read bounded (side_files.bounded_bytes: every command's output
+    check read a dvc.lock of gigabytes whole); one grown or replaced since is a ValueError: it proves nothing."""
+    try:
+        data = bounded_bytes(lock, MAX_CONFIG_BYTES)
+    except DataError as exc:  # over the cap, or a FIFO swapped in
+        raise ValueError(str(exc)) from None
     if len(data) != size:
         raise ValueError(f"{lock}: changed while read")
     return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # newlines as read_text read them
