@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from helpers.children import scripts_env, start_scripts
-from helpers.ray_runs import ray_workspace, write_numbered_prompts
+from helpers.ray_runs import cluster_processes, ray_workspace, two_cpu_cluster, write_numbered_prompts
 from helpers.repos import REPO
 from helpers.tiers import fast_first
 
@@ -105,28 +105,7 @@ def test_params_no_ray_can_take_are_one_line_before_ray_starts(tmp_path, runtime
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * 2**20})
-    yield cluster
-    cluster.shutdown()
-
-
-def cluster_processes(cluster, marker: str) -> list[int]:
-    """The pids of the cluster's processes (its raylets' descendants) whose command line holds `marker`."""
-    import psutil
-
-    raylets = [info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])]
-    found = []
-    for raylet in raylets:
-        for process in psutil.Process(raylet).children(recursive=True):
-            try:
-                if marker in " ".join(process.cmdline()):
-                    found.append(process.pid)
-            except psutil.Error:
-                pass
-    return found
+    yield from two_cpu_cluster()
 
 
 # --- 3: a cleaning process killed inside a Ray actor -----------------------------------------------------------

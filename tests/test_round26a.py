@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from helpers.children import scripts_env, start_scripts
-from helpers.ray_runs import ray_workspace, write_numbered_prompts
+from helpers.ray_runs import cluster_processes, ray_workspace, two_cpu_cluster, write_numbered_prompts
 from helpers.repos import REPO
 from scripts.lib.errors import DataError
 from scripts.lib.params import check_params
@@ -125,12 +125,7 @@ def test_object_store_mb_for_a_local_ray_is_still_taken(address):
 @pytest.fixture(scope="module")
 def cluster():
     pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * 2**20})
-    yield cluster
-    cluster.shutdown()
+    yield from two_cpu_cluster()
 
 
 @pytest.fixture(autouse=True)
@@ -190,19 +185,6 @@ def test_ray_address_in_the_environment_joins_only_where_params_say(tmp_path, cl
 # --- 4: an actor killed on every try ends the run in one line -------------------------------------------------
 ACTOR = "ray::MapWorker(MapBatches(BatchCleaner))"
 KNOWN_RAY_LINE = "has constructor arguments in the object store and max_restarts > 0"  # test_round25f.py
-
-
-def cluster_processes(cluster, marker: str) -> list[int]:
-    import psutil
-
-    raylets = [info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])]
-    found = []
-    for raylet in raylets:
-        for process in psutil.Process(raylet).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if marker in " ".join(process.cmdline()):
-                    found.append(process.pid)
-    return found
 
 
 def kill_every_actor(cluster, stop: threading.Event) -> None:

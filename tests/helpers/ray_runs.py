@@ -3,11 +3,12 @@ Ray run with a signal (Ctrl-C, `kill`) and check that nothing of it is left."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -93,3 +94,28 @@ def clean_on_ray_stopped_by(root: Path, send: Callable[[int], None], settle_s: f
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return Stopped(proc.pid, proc.returncode, err)
+
+
+def two_cpu_cluster() -> Iterator:
+    """A local ray.cluster_utils.Cluster of 2 CPUs and an 80 MiB object store (Ray's minimum, 75), for a module's
+    fixture (`yield from two_cpu_cluster()`); shut down when the module ends."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * 2**20})
+    yield cluster
+    cluster.shutdown()
+
+
+def cluster_processes(cluster, marker: str) -> list[int]:
+    """The pids of the cluster's processes (its raylets' descendants) whose command line holds `marker`."""
+    import psutil
+
+    raylets = [info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])]
+    found = []
+    for raylet in raylets:
+        for process in psutil.Process(raylet).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if marker in " ".join(process.cmdline()):
+                    found.append(process.pid)
+    return found
