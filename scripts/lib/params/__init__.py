@@ -6,13 +6,16 @@ default, type, range and doc. Stages read their section as a model, defaults fil
 
 `load_params` reads the file as DVC does and checks all of it once per process, so a typo, a wrong type
 or a value out of range stops any stage at start with one line naming params.yaml and the key path
-(`params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)`). Rules that need data or other
+(`params.yaml: dedup: unknown key 'treshold' (did you mean 'threshold'?)`), and against the dvc.yaml beside it
+(listed.py: a key its stages list that the file lacks, which DVC refuses late). Rules that need data or other
 files stay in the stage modules. docs/params.md is generated from these models (`python -m scripts
 params-doc`). The package imports only scripts.lib.errors, io and nesting, so any module can import it.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.io import config_text, sha256_text
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params.base import (  # noqa: F401
@@ -39,6 +42,7 @@ from scripts.lib.params.base import (  # noqa: F401
     check_name,
     check_names_apart,
     key_path,
+    not_a_name_message,
     parse,
     unknown_key_message,
 )
@@ -69,6 +73,7 @@ from scripts.lib.params.clean import (  # noqa: F401
 )
 from scripts.lib.params.dedup import Dedup
 from scripts.lib.params.generate import FORMAT_NAMES, GENERATE_PRESETS, Generate, Side  # noqa: F401
+from scripts.lib.params.listed import check_listed_params
 from scripts.lib.params.preview import Preview
 from scripts.lib.params.references import FOREACH_SECTIONS, check_references, null_foreach_section  # noqa: F401
 from scripts.lib.params.releases import (  # noqa: F401
@@ -130,6 +135,8 @@ class Params(Section):
             for name in entries:
                 if isinstance(name, str):
                     check_name(name)
+                else:
+                    raise ValueError(not_a_name_message(name))
             # only a source's outputs carry a suffix after its name (a release's are folders data/*/V)
             suffixes = SOURCE_OUTPUT_SUFFIXES if info.field_name == "sources" else None
             check_names_apart([name for name in entries if isinstance(name, str)], suffixes)
@@ -194,7 +201,7 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: params file not found (run from the repository root)")
+        raise DataError(f"{path}: {missing_file_reason(path)}")
     try:
         text = config_text(path)  # a FIFO or device is refused before it is opened: it hung the command
         params = read_yaml(text) or {}
@@ -210,12 +217,27 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     if key not in _CHECKED_PARAMS:
         refuse_secrets(params, str(path))
         check_params(params, str(path))
+        check_listed_params(params, path)  # what DVC will refuse of it, late: dvc.yaml's lists
         _CHECKED_PARAMS.add(key)
     if section is None:
         return params
     if section not in params:
         raise DataError(f"{path}: missing section '{section}'")
     return params[section]
+
+
+def missing_file_reason(path: Path) -> str:
+    """Why `path` (which does not exist as a file) cannot be read: a link to nothing or in a loop says so."""
+    if not path.is_symlink():
+        return "params file not found (run from the repository root)"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python before 3.13: a loop of links
+        return "is a symbolic link in a loop of links (it never reaches a file); point it at the params file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link in a loop of links (it never reaches a file); point it at the params file"
+    return f"is a symbolic link to {quoted(os.readlink(path))}, which does not exist; point it at the params file"
 
 
 def load_section(section: str, path: Path | str = PARAMS_FILE, missing_ok: bool = False) -> Any:

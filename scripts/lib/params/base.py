@@ -97,6 +97,20 @@ def no_archive_mark(path: str | None) -> str | None:
     return path
 
 
+# What YAML 1.2 (ruamel, as DVC reads params.yaml) makes of a key written unquoted that is no string
+YAML_SCALAR_KINDS = {bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+
+
+def not_a_name_message(name: Any) -> str:
+    """An entry name YAML read as no string (`true:`, `1:`, `1.10:` (the number 1.1), `~:`, `2024-01-01:`): one
+    line saying what it became, for a key path naming `sources[1]` or a type error about the value."""
+    kind = YAML_SCALAR_KINDS.get(type(name), "a date" if type(name).__name__ in ("date", "datetime") else "no string")
+    return (
+        f"entry name {quoted(str(name))} is no name: YAML reads this key, written unquoted, as {kind}, not text (an "
+        "unquoted 1.10 is the number 1.1); write the name in quotes"
+    )
+
+
 def check_name(name: str, what: str = "name") -> str:
     """A source, release or synthesize entry name becomes part of file paths (data/prompts/NAME.parquet):
     a plain name only, never `..`, a slash or an empty string, nor one ending in '.' (Windows drops a

@@ -170,6 +170,11 @@ class Generate(Section):
         for name in names:
             check_name(name, "source")
         check_names_apart(names)
+        if twice := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(
+                f"source {twice[0]!r} is listed twice: DVC makes one stage generate@{twice[0]} of both (one render); "
+                "list each source once"
+            )
         return names
 
     @field_validator("format", mode="before")
