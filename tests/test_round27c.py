@@ -36,7 +36,7 @@ def _first_stage_refuses(tmp_path, monkeypatch, capfd, change: Callable[[dict], 
     changed by `change`: its one error line, exit 2; nothing written."""
     params = copy.deepcopy(PARAMS)
     change(params)
-    write_params(tmp_path, **params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     if with_dvc:
         shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     result = cli(["recipes", "data/recipes"], tmp_path, monkeypatch, capfd)
@@ -78,6 +78,7 @@ LISTED_KEYS = {  # key left out -> the stage DVC would refuse
     "a caption entry's qa": ("caption.laion_buckets.qa", "caption@laion_buckets"),
     "a dedup key": ("dedup.seed", "dedup@diffusiondb"),
     "a preview key": ("preview.dedup_clusters", "dedup@diffusiondb"),
+    "a whole section": ("split", "prefilter@diffusiondb"),
 }
 
 
@@ -137,6 +138,26 @@ def test_a_path_no_stage_writes_is_one_line_at_the_first_stage(tmp_path, monkeyp
     change, said = PATHS[case]
     line = _first_stage_refuses(tmp_path, monkeypatch, capfd, change)
     assert line.startswith(f"error: params.yaml: {said}"), line
+
+
+@pytest.mark.slow
+def test_ingest_refuses_a_null_images_before_it_reads_anything(tmp_path):
+    """`python -m scripts ingest`, as dvc.yaml runs the first stage of a source: one line, exit 2, no output."""
+    params = copy.deepcopy(PARAMS)
+    params["sources"]["chatgpt"]["images"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts", "ingest", "chatgpt", "data/prompts/chatgpt.parquet"],
+        cwd=tmp_path,
+        env={**env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: params.yaml: sources.chatgpt.images: null, which dvc.yaml pastes")
+    assert not (tmp_path / "data").exists()
 
 
 def test_a_path_that_exists_is_a_dependency_dvc_finds(tmp_path, monkeypatch, capfd):
