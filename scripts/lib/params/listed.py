@@ -22,6 +22,7 @@ from typing import Any
 from scripts.lib.errors import DataError, quoted
 
 DVC_FILE = "dvc.yaml"
+DEFAULT_PARAMS = "params.yaml"  # the file DVC reads a stage's plain `params:` keys and interpolations from
 INTERPOLATION = re.compile(r"\$\{\s*([^{}]*?)\s*\}")
 GLOB = re.compile(r"[*?\[]")  # DVC's params paths may be dpath globs: left to DVC
 
@@ -36,14 +37,14 @@ def check_listed_params(params: dict, params_path: Path) -> None:
     path inside the folders stages write that no stage writes and that does not exist."""
     root = params_path.parent
     stages = _dvc_stages(root / DVC_FILE)
-    if not stages:
+    if not stages or params_path.name != DEFAULT_PARAMS:  # dvc.yaml's plain keys and ${...} read params.yaml
         return
     file = str(params_path)
     resolved = list(_resolved_stages(stages, params))
     outs = {_normal(out) for _, _, spec, context in resolved for out, _ in _paths(spec.get("outs"), context)}
     written_folders = _written_folders(stages)
     for name, origin, spec, context in resolved:
-        for key in _listed_keys(spec.get("params"), params_path.name, context):
+        for key in _listed_keys(spec.get("params"), context):
             if not _present(params, key):
                 raise DataError(
                     f"{file}: {key}: missing, but dvc.yaml lists it in the params of stage {name} (DVC refuses "
@@ -82,8 +83,8 @@ def _resolved_stages(stages: dict, params: dict) -> Iterator[tuple[str, str | No
     """(stage name as DVC shows it, params key path of its foreach entry or None, its definition, its
     interpolation context) for every stage and foreach entry DVC would make of dvc.yaml."""
     for stage, spec in stages.items():
-        if not isinstance(spec, dict) or "matrix" in spec:
-            continue
+        if not isinstance(spec, dict) or "matrix" in spec or "wdir" in spec or "wdir" in (spec.get("do") or {}):
+            continue  # a matrix, or paths and params read from another folder: left to DVC
         if "foreach" not in spec:
             yield str(stage), None, spec, {}
             continue
@@ -144,12 +145,12 @@ def _substituted(text: str, context: dict) -> str:
     return INTERPOLATION.sub(one, text)
 
 
-def _listed_keys(listed: Any, params_name: str, context: dict) -> Iterator[str]:
+def _listed_keys(listed: Any, context: dict) -> Iterator[str]:
     """The params.yaml keys a stage's `params:` lists, resolved (a key of another file or a glob: skipped)."""
     for entry in listed if isinstance(listed, list) else []:
         keys: Any = [entry] if isinstance(entry, str) else []
         if isinstance(entry, dict):
-            keys = [k for file, ks in entry.items() if file == params_name for k in (ks or [])]
+            keys = [k for file, ks in entry.items() if file == DEFAULT_PARAMS for k in (ks or [])]
         for key in keys:
             try:
                 key = _substituted(str(key), context)
