@@ -281,10 +281,10 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
-    from scripts.lib.errors import redact_url_userinfo
+    from scripts.lib.import_env import redact_line
 
-    # whatever a message quotes (a server's reply, a name) is text, and a URL's password stays unshown
-    _say(f"error: {shown(redact_url_userinfo(text))}")
+    # whatever a message quotes (a server's reply, a name, a path typed) is text: no password or key is shown
+    _say(f"error: {shown(redact_line(text))}")
     _silence_finalizers()
     return code
 

@@ -17,7 +17,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 
-from scripts.lib.errors import DataError, exception_line, names_a_file
+from scripts.lib.errors import DataError, exception_line, names_a_file, redact_url_userinfo
 
 
 def _whole_seconds(value: str) -> bool:
@@ -190,4 +190,38 @@ def without_secrets(text: str) -> str:
     for name, value in os.environ.items():
         if _SECRET_NAME.search(name) and len(value) >= 4 and not names_a_file(value):
             text = redact_key(text, value)
+    return text
+
+
+# a variable's name as a line may quote it (`$T2I_KEY: the API key holds a control character`): no secret, kept
+# whole though a piece of a value is in it (a key `sk-guarantee-...` and its variable T2I_GUARANTEE_KEY)
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def redact_line(text: str) -> str:
+    """An error line as it may be printed: a URL's user:password@ ***@ (redact_url_userinfo), and no secret of the
+    environment in it (params.yaml_text.secret_env_values: a variable named like a secret, or named by an `*_env`
+    key of params.yaml; a proxy's credential) in any letter case or encoding key_redaction finds. A path or name
+    the user typed holding their key (`synthesize t sk-...`, `ingest $HF_TOKEN out.parquet`) was printed as given,
+    and so was a library's message quoting a variable's value."""
+    from scripts.lib.key_redaction import proxy_credentials, redact_key
+    from scripts.lib.params.yaml_text import secret_env_values
+
+    try:
+        from scripts.lib.params import load_params
+
+        params = load_params()  # its `api_key_env` names: checked once already, read again from its cache
+    except Exception:  # the line is printed whatever params.yaml holds
+        params = None  # no params.yaml, or the failure is its own: the variables' names alone
+    secrets = sorted({*secret_env_values(params).values(), *proxy_credentials()}, key=len, reverse=True)
+    text = redact_url_userinfo(text)
+    if not secrets:
+        return text
+    names = sorted({m for m in _VARIABLE_NAME.findall(text) if m in os.environ}, key=len, reverse=True)
+    for index, name in enumerate(names):  # each held aside as a mark no secret's piece can join with
+        text = re.sub(rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])", chr(0xE000 + index), text)
+    for secret in secrets:
+        text = redact_key(text, secret)
+    for index, name in enumerate(names):
+        text = text.replace(chr(0xE000 + index), name)
     return text

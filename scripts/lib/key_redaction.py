@@ -239,8 +239,7 @@ def _find_all(text: str, part: str) -> list[int]:
 def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
     """The spans of `text` holding a piece of the key, merged, each widened to its encoded blob."""
     skel, starts, ends = skeleton(text)
-    # lower-cased char by char where a character's lower case is longer (İ): the pieces are ASCII anyway
-    low = skel.lower() if skel.isascii() else "".join(c.lower() if c.isascii() else "\0" for c in skel)
+    low = _lowered(skel)
     spans: list[list[int]] = []
     rev = None
     for at, n in _found(low, api_key):
@@ -255,6 +254,19 @@ def _spans(text: str, api_key: str) -> list[tuple[int, int]]:
         else:
             spans.append([begin, end])
     return [(begin, end) for begin, end in spans]
+
+
+# the letters a locale's case mapping makes of ASCII ones: Turkish upper-cases i to İ and lower-cases I to ı (a
+# server in that locale echoing an i-rich key printed it whole); their own lower case is longer or not ASCII
+_LOCALE_FOLDS = {"\u0130": "i", "\u0131": "i"}
+
+
+def _lowered(skel: str) -> str:
+    """`skel` lower-cased char by char, one char each (a character's lower case may be longer: İ is i and a dot),
+    the Turkish i's as i, any other non-ASCII char a \\0: the pieces are ASCII anyway."""
+    if skel.isascii():
+        return skel.lower()
+    return "".join(c.lower() if c.isascii() else _LOCALE_FOLDS.get(c, "\0") for c in skel)
 
 
 SHORT_KEY = 16  # shorter keys (vLLM's dummy "EMPTY", a test "secret") are redacted as whole tokens only
@@ -311,7 +323,7 @@ def holds_whole_key(text: str, api_key: str | None) -> bool:
     if api_key.lower() in text.lower():  # also a key of too few letters and digits for a skeleton
         return True
     forms = _whole_forms(api_key)
-    low = skeleton(text)[0].lower() if forms else ""
+    low = _lowered(skeleton(text)[0]) if forms else ""
     return any(form in low for form in forms)
 
 

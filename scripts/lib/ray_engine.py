@@ -11,12 +11,14 @@ import ctypes
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +26,7 @@ import psutil
 
 from scripts.lib.errors import DataError, exception_line, shown, shown_short
 from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, note, stop_if_received
+from scripts.lib.key_redaction import PROXY_VARIABLES
 from scripts.lib.params import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +49,11 @@ def map_on_actors(dataset, fn, **options):
 
 
 @contextlib.contextmanager
-def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
+def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterator[ModuleType]:
     """`ray`, initialised for `runtime` (a local instance, or the cluster at `ray_address`), shut down on
-    the way out, a Ctrl-C included, when this call started it."""
+    the way out, a Ctrl-C included, when this call started it. A local instance's processes get no secret of
+    the environment but the variables `workers_need` names (withheld_variables), and write their logs into a
+    folder of this session's, removed with it."""
     address = runtime.ray_address
     if address is not None and (refusal := _refusal(address)):  # nothing listens there: no need to ask Ray
         raise DataError(_cannot_join(address, refusal))
@@ -59,19 +64,23 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
     _quiet_console()
     started_here = not ray.is_initialized()
     saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    logs = None  # a local Ray's session folder (its logs, sockets, spilled objects)
     if started_here and address in LOCAL:
         # params are the only source: ray.init, and what it starts, read RAY_ADDRESS (an "auto" joins the cluster
         # it names); a stray one has no say over the local Ray that `ray_address: null` asks for
         os.environ.pop("RAY_ADDRESS", None)
+        logs = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
     children_before: set[int] = set()
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
         _adopt_orphans()
         handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
         try:
-            _start_or_join(ray, runtime, children_before)
+            with _local_environment(withheld_variables(workers_need), logs) if logs else contextlib.nullcontext():
+                _start_or_join(ray, runtime, children_before)
         except BaseException:
             _restore_environment(saved)
+            _remove(logs)
             raise
         finally:
             _keep_handlers(handlers)
@@ -89,6 +98,58 @@ def ray_session(runtime: Runtime) -> Iterator[ModuleType]:
             ray.shutdown()
             _reap(children_before)
             _restore_environment(saved)
+            _remove(logs)
+
+
+# what a step's workers read that is a secret: an s3:// input's objects (dedup@S reads them on the workers), a hub
+# model's snapshot (generate's actors fetch it). A proxy in the way goes with them: it may hold a password too
+S3_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", *PROXY_VARIABLES)
+HUB_CREDENTIALS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", *PROXY_VARIABLES)
+
+
+def withheld_variables(needed: Collection[str] = ()) -> list[str]:
+    """The environment variables a local Ray's processes start without: every secret (params.yaml_text's
+    secret_env_values: named like one, or named by an `*_env` key of params.yaml) and every proxy variable
+    holding a user or password, but those in `needed` (proxies in any letter case). Ray's workers inherit the
+    environment of ray.init, and what a worker prints goes to its log file as it is: HF_TOKEN and
+    OPENAI_API_KEY reached every worker of clean@S, which reads neither."""
+    from scripts.lib.params.yaml_text import secret_env_values
+
+    try:
+        from scripts.lib.params import load_params
+
+        params = load_params()  # checked once already by the stage: its `api_key_env` names
+    except DataError:
+        params = None  # no params.yaml here (a library call): the names alone
+    names = set(secret_env_values(params)) | {name for name in os.environ if _proxy_with_userinfo(name)}
+    keep = {name.lower() for name in needed}
+    return sorted(name for name in names if name.lower() not in keep)
+
+
+def _proxy_with_userinfo(name: str) -> bool:
+    value = os.environ.get(name, "")
+    return name.lower() in PROXY_VARIABLES and "@" in value.partition("://")[2 if "://" in value else 0]
+
+
+@contextlib.contextmanager
+def _local_environment(withheld: list[str], folder: str) -> Iterator[None]:
+    """The block (ray.init: what it starts takes the environment of now) without the variables `withheld`, and
+    with Ray's temp folder (RAY_TMPDIR: its sessions, logs, sockets and spilled objects) in `folder`; as it was on
+    the way out: the driver's own reads (an s3:// input's footer) still need the secrets."""
+    saved = {name: os.environ.get(name) for name in [*withheld, "RAY_TMPDIR"]}
+    for name in withheld:
+        os.environ.pop(name, None)
+    os.environ["RAY_TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        _restore_environment(saved)
+
+
+def _remove(folder: str | None) -> None:
+    """A local Ray's session folder, gone once its processes are: its logs hold whatever the workers printed."""
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from scripts.lib.errors import DataError
 from scripts.lib.image_store import ImageStore
 from scripts.lib.params import Generate, Runtime
-from scripts.lib.ray_engine import failure_line, map_on_actors, ray_session
+from scripts.lib.ray_engine import HUB_CREDENTIALS, failure_line, map_on_actors, ray_session
 from scripts.lib.render import (
     RenderStats,
     load_pipeline,
@@ -107,8 +107,9 @@ def pool_size(resources: dict, workers: int, on_gpu: bool, jobs: int) -> tuple[i
 
 @contextlib.contextmanager
 def ray_cluster(runtime: Runtime) -> Iterator[bool]:
-    """A Ray session for a whole run; yields whether the cluster has GPUs (what `device: auto` means there)."""
-    with ray_session(runtime) as ray:
+    """A Ray session for a whole run; yields whether the cluster has GPUs (what `device: auto` means there).
+    Its actors may fetch a hub model (model_on_this_machine): HF_TOKEN goes to them, no other secret."""
+    with ray_session(runtime, HUB_CREDENTIALS) as ray:
         yield ray.cluster_resources().get("GPU", 0) > 0
 
 
@@ -131,7 +132,7 @@ def render_on_ray(
     by_key = {job.key: job for job in jobs}
     on_gpu = settings.device != "cpu"
     settings = settings.replace(device="cuda" if on_gpu else "cpu")  # an actor sees its one GPU as cuda:0
-    with ray_session(runtime) as ray:
+    with ray_session(runtime, HUB_CREDENTIALS) as ray:
         size, gpu = pool_size(ray.cluster_resources(), runtime.workers, on_gpu, len(jobs))
         assert settings.batch_size is not None  # the preset fills every key left null
         per_call = CALLS_PER_BATCH * settings.batch_size

@@ -238,10 +238,12 @@ def read_fragment(batch: pa.Table, columns: list[str] | None) -> pa.Table:
 def dedup_stage(input: Path | str, output: Path, into: Path, params: Dedup, runtime: Runtime) -> tuple[dict, pa.Table]:
     """dedup@S on Ray: writes the kept rows into `into` (the temp of `output`), byte-identical to the local
     engine; returns the stats and the clusters table (the caller writes it beside the kept rows)."""
-    from scripts.lib.ray_engine import ray_session
+    from scripts.lib.ray_engine import S3_CREDENTIALS, ray_session
 
     items, schema = fragments(shards(input), input)
-    with ray_session(runtime) as ray:
+    # an s3:// input's row groups are read on the workers: the AWS credentials go to them, no other secret
+    on_s3 = any(s3_input.is_s3(item["path"]) for item in items)
+    with ray_session(runtime, S3_CREDENTIALS if on_s3 else ()) as ray:
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # output in input order
         try:
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))

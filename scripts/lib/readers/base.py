@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,27 +46,41 @@ class Record:
 
 
 # A query or fragment parameter that signs or authorises a URL: S3's presigned `X-Amz-Signature`/`-Credential`/
-# `-Security-Token`, GCS's `X-Goog-*`, Azure SAS's `sig`, CloudFront's `Signature`, OAuth's `access_token`, an API's
-# `key`/`api_key`/`token`: a name ending in one of these words (after `-`, `_` or `.`).
+# `-Security-Token`, GCS's `X-Goog-*`, Azure SAS's `sig`, CloudFront's `Signature` and `Policy`, OAuth's
+# `access_token`, an API's `key`/`api_key`/`token`: a name ending in one of these words (after `-`, `_`, `.` or a
+# camelCase step: `accessToken`, `clientSecret`, `sessionToken`). Azure's `se` is the expiry, no secret.
 SIGNING_PARAMETER = re.compile(
-    r"(?i)(?:^|[-_.])(?:sig|signature|token|key|apikey|secret|credential|password|passwd|pwd|auth)$"
+    r"(?i)(?:^|[-_.])(?:sig|signature|token|key|apikey|secret|credential|password|passwd|pwd|auth|policy|sas|jwt)$"
 )
-_URL_PARAMETER = re.compile(r"([?&#;])([^=&#;?\s\"'<>]+)=([^&#;\s\"'<>]*)")
-# with a scheme, or protocol-relative (`//cdn.example/x.png?sig=...`, as scraped HTML writes it)
-_URL_WITH_PARAMETERS = re.compile(r"(?i)(?:\b[a-z][a-z0-9+.-]*:)?//[^\s\"'<>?#]*[?#][^\s\"'<>]*")
+_CAMEL_STEP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# a parameter's `?`, `&`, `#` or `;` (`&amp;`), and `=`, as written or %-escaped once or more (a signed URL inside
+# another's query: `?next=https%3A%2F%2Fb%2Fk%3FX-Amz-Signature%3D...`), or \u-escaped as JSON text writes `&`
+_SEPARATOR = r"(?:[?&#;]|\\u0026|%(?:25)*(?:3[fF]|26|23|3[bB]))"
+_EQUALS = r"(?:=|%(?:25)*3[dD]|\\u003[dD])"
+_URL_PARAMETER = re.compile(
+    rf"({_SEPARATOR})((?:(?!{_SEPARATOR}|{_EQUALS})[^=\s\"'<>])+)({_EQUALS})((?:(?!{_SEPARATOR})[^&#;\s\"'<>])*)"
+)
+# user:password@host without a scheme (`admin:hunter2@db.internal:5432`): ingest's without_userinfo takes the
+# URLs' (scheme://user:password@). Not a mail address (no `:` before its `@`), nor `mailto:me@host`
+_BARE_USERINFO = re.compile(
+    r"(?<![\w.:/@%+~-])(?!(?i:mailto|sips?|xmpp|tel):)[\w.~%!$&'()*+,;=-]+:[^\s/?#@:\"'<>]+@(?=[\w\[])"
+)
 
 
 def without_signatures(value: Any) -> Any:
-    """`value` (a record's metadata) with the value of every signing parameter (SIGNING_PARAMETER) of every URL in
-    its texts shown as ***. A source's metadata quoting a signed URL (a DALL-E-3 json's `url`, an OpenPrompts
-    `image_uri`, a parquet source's URL column) carried a working credential into the prompt table, and from there
-    into clean's table and every release. The row is kept and the URL still names its object (the prompt is the
-    data; the signature expires anyway, and refusing would drop whole sources whose every URL is signed); a URL's
-    user:password@ is ingest's (without_userinfo)."""
+    """`value` (a record's metadata) with the value of every signing parameter (SIGNING_PARAMETER) in its texts
+    shown as ***, and every user:password@ without a scheme as ***@. A source's metadata quoting a signed URL (a
+    DALL-E-3 json's `url`, an OpenPrompts `image_uri`, a parquet source's URL column) carried a working credential
+    into the prompt table, and from there into clean's table and every release; so did one without a scheme
+    (`b.s3.amazonaws.com/x.png?X-Amz-Signature=...`), one %-escaped inside another URL, and a parameter named in
+    camelCase (`accessToken`). The row is kept and the URL still names its object (the prompt is the data; the
+    signature expires anyway, and refusing would drop whole sources whose every URL is signed); a URL's
+    scheme://user:password@ is ingest's (without_userinfo). The prompt itself is kept as the source wrote it: it is
+    the data, and a model is trained on it as it is."""
     if isinstance(value, str):
-        if "//" not in value or "=" not in value:  # the common value: no URL with parameters
-            return value
-        return _URL_WITH_PARAMETERS.sub(lambda url: _URL_PARAMETER.sub(_unsigned, url.group()), value)
+        if "=" in value or "%3" in value or "\\u003" in value:  # else no parameter: the common value
+            value = _URL_PARAMETER.sub(_unsigned, value)
+        return _BARE_USERINFO.sub("***@", value) if "@" in value else value
     if isinstance(value, dict):
         return {without_signatures(key): without_signatures(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -74,8 +89,15 @@ def without_signatures(value: Any) -> Any:
 
 
 def _unsigned(parameter: re.Match) -> str:
-    separator, name, secret = parameter.groups()
-    return f"{separator}{name}=***" if secret and SIGNING_PARAMETER.search(name) else parameter.group()
+    separator, name, equals, secret = parameter.groups()
+    return f"{separator}{name}{equals}***" if secret and _signs(name) else parameter.group()
+
+
+def _signs(name: str) -> bool:
+    """Whether a parameter's name (%-escapes undone, camelCase steps cut) is SIGNING_PARAMETER's."""
+    for _ in range(3):  # %-escaped twice over at most, as the separators are matched
+        name = urllib.parse.unquote(name)
+    return bool(SIGNING_PARAMETER.search(_CAMEL_STEP.sub("_", name)))
 
 
 @dataclass
