@@ -69,7 +69,7 @@ USER_CHANGES = {  # case: (change the release at data/releases/r, the name the l
     "metadata edited in place": (
         lambda r: _append(r / "train" / "metadata.jsonl", '{"file_name": "mine.png"}\n'),
         "metadata.jsonl",
-        "which this command wrote but which was edited since",
+        "edited since this command wrote it",
     ),
     "a photo hard-linked in": (
         lambda r: os.link(_photo(r.parent.parent.parent.parent), r / "train" / "images" / "mine.png"),
@@ -105,7 +105,7 @@ def test_sample_data_names_a_file_edited_since_it_wrote_it(tmp_path, monkeypatch
     before = snapshot(tmp_path / "raw")
     done = cli(["sample-data", "raw", "--seed", "7"], tmp_path, monkeypatch, capfd)
     line = error_line(done.stderr)
-    assert done.returncode == 2 and "which this command wrote but which was edited since" in line, line
+    assert done.returncode == 2 and "edited since this command wrote it" in line, line
     assert snapshot(tmp_path / "raw") == before
 
 

@@ -228,8 +228,8 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
             continue  # an empty folder where the command writes a folder too
         if edited_since(target / rel):
             raise DataError(
-                f"{shown(target)}: holds {shown(rel)!r}, which this command wrote but which was edited since; "
-                f"refusing to replace the folder (move that file out of it, or delete it yourself)"
+                f"{shown(target)}: holds {shown(rel)!r}, edited since this command wrote it (so it cannot prove "
+                f"it its own); refusing to replace the folder (move that file out of it, or delete it yourself)"
             )
         raise DataError(
             f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (the folder's {MARKER} "
