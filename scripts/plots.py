@@ -26,7 +26,15 @@ import typer
 
 from scripts.lib.clusters_table import read_clusters_table
 from scripts.lib.errors import DataError, shown_short
-from scripts.lib.io import SPLITS, atomic_path, check_files_ours, commit_together, config_text, shown
+from scripts.lib.io import (
+    SPLITS,
+    atomic_path,
+    check_files_ours,
+    check_output_kind,
+    commit_together,
+    config_text,
+    shown,
+)
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import table_in
@@ -217,6 +225,7 @@ def cli(
         check_plan(plan, reads)
     releases, sources = reads["releases"], reads["sources"]
     length_bin = load_section("preview", missing_ok=True).length_bin
+    check_output_kind(output)  # a link to a folder was written through: the CSVs landed in the folder it names
     check_files_ours(*(output / name for name in PLOT_FILES), inputs=[releases_dir, clean_dir, dedup_dir])
     tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
     write_csvs(tables, output)

@@ -25,6 +25,7 @@ from scripts.lib.interrupts import Interrupted, held, holding, stop_if_received
 from scripts.lib.marks import (
     MARKER,
     current_command,
+    edited_since,
     files_under,
     holds_marker,
     is_real_folder,
@@ -32,6 +33,7 @@ from scripts.lib.marks import (
     mark_folder,
     same_bytes,
     tagged_as_written,
+    unproven_rank,
 )
 from scripts.lib.side_files import (  # re-exported: read beside what the stages write
     MAX_CONFIG_BYTES as MAX_CONFIG_BYTES,
@@ -213,15 +215,25 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
         raise DataError(f"{shown(target)}: exists and is not a folder; refusing to replace it (move it away first)")
     if holds_marker(target) or holds_locked_bytes(real_path(target), files_under, current_command()):
         return
-    # a file `new` does not hold at all is named first: the user's, where another is only other bytes of ours
-    for rel in sorted(files_under(target), key=lambda rel: new is not None and os.path.lexists(Path(new) / rel)):
+
+    # named first: a file `new` does not hold at all (the user's, where another is only other bytes of ours),
+    # then one no mark of ours proves unchanged (marks.unproven_rank: added or edited since)
+    def naming_order(rel: str) -> tuple[bool, int]:
+        return new is not None and os.path.lexists(Path(new) / rel), unproven_rank(target, rel)
+
+    for rel in sorted(files_under(target), key=naming_order):
         if new is not None and same_bytes(target / rel, Path(new) / rel):
             continue  # a file the command writes again as it is
         if new is not None and rel.endswith("/") and is_real_folder(Path(new) / rel):
             continue  # an empty folder where the command writes a folder too
+        if edited_since(target / rel):
+            raise DataError(
+                f"{shown(target)}: holds {shown(rel)!r}, edited since this command wrote it (so it cannot prove "
+                f"it its own); refusing to replace the folder (move that file out of it, or delete it yourself)"
+            )
         raise DataError(
-            f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (no {MARKER} marker, "
-            f"and not the bytes it would write); refusing to replace the folder (point the command at "
+            f"{shown(target)}: holds {shown(rel)!r}, which this command did not write (the folder's {MARKER} "
+            f"marker absent or changed since, and not the bytes it would write); refusing to replace the folder (point the command at "
             f"its own output path, or move the folder away)"
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 # A folder a command wrote holds this file, so a later run may replace it whole. A folder without it
@@ -96,6 +97,8 @@ def mark_folder(folder: Path | str) -> None:
     identity and its folder's (_folder_identity): its bytes are fixed, so only the mark tells ours from a
     copy of an output folder or a user's hand-made one, and the folder's identity from one a user added
     to or edited since."""
+    for rel in files_under(Path(folder)):
+        _mark_own(Path(folder) / rel)  # each file too: a folder changed since names the file (first_unproven)
     marker = Path(folder) / MARKER
     marker.write_text(MARKER_TEXT, encoding="utf-8")
     with contextlib.suppress(OSError, AttributeError):
@@ -124,3 +127,78 @@ def _folder_identity(folder: Path) -> bytes:
         if rel != MARKER:
             digest.update(rel.encode("utf-8", "surrogateescape") + b"\0" + _identity(folder / rel) + b"\n")
     return digest.hexdigest().encode()
+
+
+def _mark_own(path: Path) -> None:
+    """mark_file a file of a finished folder output, unless another name shares it (an image linked in from
+    the generation store or DVC's cache): its mark is that name's, and this command's would overwrite it."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(status.st_mode) and status.st_nlink == 1:
+        mark_file(path)
+
+
+def unproven_rank(folder: Path, rel: str) -> int:
+    """How surely the entry `rel` of a folder output is not as this command wrote it, to name the user's first
+    when the folder is refused: 0 a file whose mark is another file's or stale, or a lone file with none (added
+    since: mark_folder marked every lone file it wrote), 1 what no mark tells (a link, an empty folder, a file
+    sharing its inode), 2 a file this command wrote, unchanged since, 3 the MARKER. The MARKER was named: a
+    `notes.txt` added to a release's `train/` was told as "holds '.t2i-output', which this command did not write"."""
+    path = folder / rel
+    if rel == MARKER:
+        return 3  # named last: it changed with the folder, whatever changed
+    if rel.endswith("/"):
+        return 1
+    if tagged_as_written(path):
+        return 2
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return 1
+    try:
+        os.getxattr(path, OWNER_XATTR, follow_symlinks=False)
+        return 0  # marked, but not as this file now is
+    except (OSError, AttributeError):
+        return 0 if stat.S_ISREG(status.st_mode) and status.st_nlink == 1 else 1
+
+
+def edited_since(path: Path) -> bool:
+    """`path` carries this command's mark for this very inode, but its size or time is no longer the mark's:
+    a file this command wrote, edited in place since (a copy, or one saved over it, is another inode)."""
+    if path.name == MARKER:  # its mark changes with anything beside it: the folder's change, not the marker's
+        return False
+    try:
+        mark = os.getxattr(path, OWNER_XATTR, follow_symlinks=False)
+        inode = os.lstat(path).st_ino
+    except (OSError, AttributeError):
+        return False
+    return mark.startswith(_owner_mark(f"{inode}:".encode())) and not tagged_as_written(path)
+
+
+def ours_file_by_file(folder: Path) -> bool:
+    """`folder` holds the MARKER this command wrote (the marker itself unchanged) and, though no longer all it
+    wrote, nothing a user added or edited: each lone file marked and unchanged (mark_folder), each other one a
+    file sharing its inode (an image linked in) or an empty folder, proved by the new output's bytes when
+    replaced (io.check_replaceable). A
+    user who deleted a file of a release's split folder had it refused at every later run, naming the marker."""
+    marker = folder / MARKER
+    try:
+        mark = os.getxattr(marker, OWNER_XATTR, follow_symlinks=False)
+        if not mark.startswith(_owner_mark(_identity(marker) + b" ")):
+            return False
+    except (OSError, AttributeError):
+        return False
+    return all(
+        unproven_rank(folder, rel) >= 2 or rel.endswith("/") or _shared_unmarked(folder / rel)
+        for rel in files_under(folder)
+    )
+
+
+def _shared_unmarked(path: Path) -> bool:
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_nlink > 1 and unproven_rank(path.parent, path.name) == 1
