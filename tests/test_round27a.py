@@ -358,3 +358,180 @@ def test_diff_reads_the_workspace_file_it_checked(tmp_path, monkeypatch, case):
     with pytest.raises(DataError) as caught, open_at(_Workspace(root), path, f"workspace:{path}") as f:
         f.read()
     assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- 4. export.place_image: the link is of the file checked
+
+KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\n"  # what must never be shipped under an image's name
+
+
+def _replaced_at_link(monkeypatch, replace) -> None:
+    """The first hard link made finds its source's name replaced first: after every check, before the link."""
+    real, pending = os.link, [True]
+
+    def link(src, dst, **kwargs):
+        if pending:
+            pending.clear()
+            replace()
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def _image(tmp_path: Path) -> Path:
+    from helpers.workspace import PNG
+
+    path = tmp_path / "store/img.png"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(PNG)
+    return path
+
+
+def rendered_image_replaced_by_a_key_file(tmp_path: Path, monkeypatch) -> tuple[Path, bool]:
+    image = _image(tmp_path)
+
+    def replace() -> None:
+        shutil.move(image, image.with_name("moved.png"))
+        image.write_bytes(KEY)
+
+    _replaced_at_link(monkeypatch, replace)
+    return image, True
+
+
+def image_replaced_by_a_fifo(tmp_path: Path, monkeypatch) -> tuple[Path, bool]:
+    image = _image(tmp_path)
+
+    def replace() -> None:
+        shutil.move(image, image.with_name("moved.png"))
+        os.mkfifo(image)
+
+    _replaced_at_link(monkeypatch, replace)
+    return image, False
+
+
+def cached_image_behind_a_link_replaced(tmp_path: Path, monkeypatch) -> tuple[Path, bool]:
+    cached = _image(tmp_path)  # DVC's cache.type symlink: the image's name links to the cache's file
+    (tmp_path / "release-src").mkdir()
+    link = tmp_path / "release-src/img.png"
+    link.symlink_to(cached)
+
+    def replace() -> None:
+        shutil.move(cached, cached.with_name("moved.png"))
+        cached.write_bytes(KEY)
+
+    _replaced_at_link(monkeypatch, replace)
+    return link, False
+
+
+@pytest.mark.parametrize(
+    "case",
+    [rendered_image_replaced_by_a_key_file, image_replaced_by_a_fifo, cached_image_behind_a_link_replaced],
+    ids=lambda case: case.__name__,
+)
+def test_export_links_only_the_image_it_checked(tmp_path, monkeypatch, case):
+    import hashlib
+
+    from helpers.workspace import PNG
+    from scripts.lib.export import place_image
+
+    image, recorded = case(tmp_path, monkeypatch)
+    target = tmp_path / "release/images/img.png"
+    with pytest.raises(DataError) as caught:
+        place_image(str(image), target, hashlib.sha256(PNG).hexdigest() if recorded else None)
+    assert "replaced while it was placed" in str(caught.value) and "\n" not in str(caught.value)
+    assert not os.path.lexists(target)  # nothing shipped under the image's name
+
+
+# ---------------------------------------------------------------- 5. simpletuner's config: read from the open checked
+
+
+def _release_config(tmp_path: Path) -> tuple[Path, Path]:
+    from scripts.lib.simpletuner import CONFIG_NAME
+
+    split, out = tmp_path / "release/train", tmp_path / "elsewhere"
+    split.mkdir(parents=True)
+    out.mkdir()
+    (split / CONFIG_NAME).write_text("[]", encoding="utf-8")
+    (out / CONFIG_NAME).write_text('[{"id": "theirs"}]', encoding="utf-8")
+    return split / CONFIG_NAME, out / CONFIG_NAME
+
+
+def config_swapped_for_a_link_out(path: Path, outside: Path) -> Path:
+    return outside
+
+
+def config_swapped_for_a_relative_link_up(path: Path, outside: Path) -> Path:
+    return Path("../../elsewhere") / outside.name
+
+
+def config_swapped_for_a_link_to_a_link_out(path: Path, outside: Path) -> Path:
+    (path.parent.parent / "hop.json").symlink_to(outside)  # a link inside the release, pointing out
+    return Path("../hop.json")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [config_swapped_for_a_link_out, config_swapped_for_a_relative_link_up, config_swapped_for_a_link_to_a_link_out],
+    ids=lambda case: case.__name__,
+)
+def test_simpletuner_config_reads_only_the_release_s_own_file(tmp_path, monkeypatch, case):
+    from scripts.lib.simpletuner import absolute_config
+
+    path, outside = _release_config(tmp_path)
+    _replaced_at_open(monkeypatch, path, _link_out(path, case(path, outside)))
+    with pytest.raises(DataError) as caught:
+        absolute_config(path.parent, tmp_path / "cache")  # never another file's backends
+    assert "a link out of the release" in str(caught.value) and "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------- 6. caption's manifest: read from the open checked
+
+
+def _images_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """An images folder with its manifest.parquet, and a manifest elsewhere naming the same files by other ids."""
+    from helpers.workspace import PNG
+
+    folder, out = tmp_path / "images", tmp_path / "elsewhere"
+    folder.mkdir()
+    out.mkdir()
+    (folder / "a.png").write_bytes(PNG)
+    pq.write_table(pa.table({"id": ["ours"], "file": ["a.png"]}), folder / "manifest.parquet")
+    pq.write_table(pa.table({"id": ["theirs"], "file": ["a.png"]}), out / "manifest.parquet")
+    return folder, out
+
+
+def manifest_swapped_for_a_link_out(folder: Path, out: Path) -> None:
+    (folder / "manifest.parquet").symlink_to(out / "manifest.parquet")
+
+
+def manifest_swapped_for_a_link_inside(folder: Path, out: Path) -> None:
+    shutil.copy(out / "manifest.parquet", folder / "other.parquet")
+    (folder / "manifest.parquet").symlink_to("other.parquet")
+
+
+def manifest_swapped_for_a_folder(folder: Path, out: Path) -> None:
+    (folder / "manifest.parquet").mkdir()
+    shutil.copy(out / "manifest.parquet", folder / "manifest.parquet/part-0.parquet")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [manifest_swapped_for_a_link_out, manifest_swapped_for_a_link_inside, manifest_swapped_for_a_folder],
+    ids=lambda case: case.__name__,
+)
+def test_caption_reads_only_the_manifest_it_checked(tmp_path, monkeypatch, case):
+    from scripts.lib import caption_images
+
+    folder, out = _images_folder(tmp_path)
+    real = caption_images.own_manifest
+
+    def own_manifest(manifest: Path):  # the look by name passes; the manifest is swapped before it is read
+        checked = real(manifest)
+        shutil.move(manifest, tmp_path / "moved.parquet")
+        case(folder, out)
+        return checked
+
+    monkeypatch.setattr(caption_images, "own_manifest", own_manifest)
+    with pytest.raises(DataError) as caught:
+        caption_images.list_images(folder)  # never another table's rows as the folder's
+    assert "manifest.parquet" in str(caught.value) and "\n" not in str(caught.value)

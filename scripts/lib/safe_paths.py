@@ -143,27 +143,28 @@ def read_within(
 
 
 class TablePath(PosixPath):
-    """A table's path that table_in checked, with the folder it must stay in (`within`): tables' readers open
-    it once through open_within and read that file, never the name again (a link swapped in after the
-    check was followed). A path made from it (`.parent`, `/ x`) is a plain path: `within` is None."""
+    """A table's path checked by name, with how it must be opened (`opener`): tables.py's readers open it once
+    that way and read that file, never the name again (a link swapped in after the check was followed). A path
+    made from it (`.parent`, `/ x`) is a plain path: its `opener` is None."""
 
-    within: Path | None = None
+    opener: Callable[[], BinaryIO] | None = None
 
-    def open_checked(self) -> BinaryIO:
-        """This table opened once (open_within: in `within` once open, a link into DVC's cache its own)."""
-        assert self.within is not None, "a TablePath is made by table_in"
-        return open_within(self, self.within, dvc_cache=True)
+
+def opened_once(path: Path | str, opener: Callable[[], BinaryIO]) -> TablePath:
+    """`path` as a TablePath that tables.py's readers open by `opener` (which checks what it opened)."""
+    table = TablePath(path)
+    table.opener = opener
+    return table
 
 
 def table_in(root: Path, *names: str) -> TablePath:
     """root/names (data/splits/S/train.parquet, a positions file, compose@V's rows.parquet), refused in one line
     when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
     was read as the source's split. A link into DVC's cache (cache.type symlink) is the root's own, as for
-    images; a hard link (cache.type hardlink) is a file of the root itself. Returned as a TablePath: the
-    readers in scripts/lib/tables.py open it once (open_table) and check it again there."""
-    table = TablePath(check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True))
-    table.within = Path(root)
-    return table
+    images; a hard link (cache.type hardlink) is a file of the root itself. tables.py's readers open it once
+    (open_within: the same rule, checked again by what the descriptor names)."""
+    path = check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True)
+    return opened_once(path, lambda: open_within(path, root, dvc_cache=True))
 
 
 def resolved(path: Path | str) -> Path:
@@ -261,6 +262,24 @@ def read_capped(file: BinaryIO, cap: int, path: Path | str) -> bytes:
     if len(data) > cap:
         raise DataError(f"{shown(path)}: larger than {cap} bytes; refusing to read it")
     return data
+
+
+def link_opened(file: BinaryIO, path: Path | str, target: Path) -> bool:
+    """Hard-link the file `file` has open (`path`) as the new name `target`, `file` rewound for a copy: False
+    when no link can be made there (another filesystem). The link is made by the name and proved to be of the
+    opened file: a file or FIFO swapped in under the name after the checks on the open was linked into the
+    release; such a link (the name just made, ours) is removed and refused in one line."""
+    file.seek(0)
+    try:
+        os.link(opened_real_path(file, path), target, follow_symlinks=False)  # the file itself, never a link
+    except OSError:
+        return False
+    if not os.path.samestat(os.lstat(target), os.fstat(file.fileno())):
+        os.unlink(target)
+        raise DataError(
+            f"{shown(path)}: replaced while it was placed; refusing to ship a file other than the one checked"
+        )
+    return True
 
 
 def not_an_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str | None:

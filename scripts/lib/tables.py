@@ -330,12 +330,12 @@ def schema_names(source, path: Path | str) -> list[str]:
 @contextlib.contextmanager
 def parquet_source(path: Path | str) -> Iterator[Any]:
     """What pyarrow reads for the stage input `path`: its name, or for a table found under a folder by name
-    (safe_paths.table_in: split tables, positions files, compose@V's rows.parquet) the file opened ONCE there
+    (safe_paths.table_in: split tables, positions files, compose@V's rows.parquet; caption's manifest) the file opened ONCE there
     (safe_paths.open_within: stays in the folder once open, a regular file), so that a link or folder swapped
-    in after table_in's check is never what pyarrow reads. The path opens itself (TablePath.open_checked): only
-    the stages that find tables by name run safe_paths, and their dvc.yaml deps name it."""
-    open_checked = getattr(path, "open_checked", None)
-    if open_checked is None:
+    in after table_in's check is never what pyarrow reads. The path carries its opener (safe_paths.TablePath):
+    only the stages that find tables by name run safe_paths, and their dvc.yaml deps name it."""
+    opener = getattr(path, "opener", None)
+    if opener is None:
         yield path
         return
     try:
@@ -343,7 +343,7 @@ def parquet_source(path: Path | str) -> Iterator[Any]:
     except UnicodeEncodeError as exc:
         raise unreadable(path, exc) from None
     try:
-        file = open_checked()
+        file = opener()
     except OSError as exc:  # gone since existing_input's look, a loop of links, not readable
         raise DataError(f"{shown(path)}: cannot open ({exc.strerror})") from None
     with file:
