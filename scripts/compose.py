@@ -65,7 +65,8 @@ def composed_file(folder: Path, name: str, columns: list[str]) -> Path:
     path = table_in(Path(folder), name)
     if not path.is_file():
         raise DataError(f"{path}: not found (run compose@{Path(folder).name} first)")
-    missing = [c for c in columns if c not in column_names(path)]
+    names = column_names(path)  # read from the file table_in checked, opened once (tables.parquet_source)
+    missing = [c for c in columns if c not in names]
     if missing:
         raise DataError(f"{path}: no {missing[0]!r} column (not a compose output)")
     return path

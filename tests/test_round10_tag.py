@@ -34,7 +34,7 @@ def list_json(path):
     "make, said",
     [
         (fifo, "not a regular file"),
-        (device, "not a regular file"),
+        (device, "refusing to read it"),  # a link to /dev/zero: out of the release's folder, refused first
         (folder, "not a regular file"),
         (list_json, "not the stats release writes"),
     ],

@@ -10,6 +10,7 @@ import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.lib.archive import (
     REF_SEPARATOR,
@@ -26,7 +27,7 @@ from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
 from scripts.lib.pixels import opened
-from scripts.lib.safe_paths import confined_file, inside
+from scripts.lib.safe_paths import confined_file, inside, open_regular, opened_once, opened_real_path
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -103,7 +104,20 @@ def own_manifest(manifest: Path) -> Path:
         )
     if not stat.S_ISREG(mode):
         raise DataError(f"{shown(manifest)}: is {file_kind(mode)}, not a regular file; refusing to read it")
-    return manifest
+    return opened_once(manifest, lambda: _open_manifest(manifest))  # read by the same rule where it is opened
+
+
+def _open_manifest(manifest: Path) -> BinaryIO:
+    """The manifest opened once as own_manifest allows it: the folder's own file (no link followed: O_NOFOLLOW),
+    or a link into DVC's cache, checked again by what the descriptor names. A link swapped in after
+    own_manifest's look was followed, and its table's rows captioned."""
+    dvc_cache = repository_cache(manifest.parent)
+    linked = dvc_cache is not None and os.path.islink(manifest)
+    file = open_regular(manifest, follow=linked)
+    if linked and not inside(opened_real_path(file, manifest), os.path.realpath(str(dvc_cache))):
+        file.close()
+        raise DataError(f"{shown(manifest)}: a symbolic link out of DVC's cache; the manifest is read only as its own")
+    return file
 
 
 def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:

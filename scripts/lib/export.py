@@ -40,7 +40,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import IMAGE_EXTENSIONS, new_file
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, link_opened, new_file, open_regular
 from scripts.lib.shards import ShardWriter, key_id
 from scripts.lib.tables import arrow_table, part_images, row_groups_to, write_parquet
 
@@ -169,22 +169,22 @@ def check_recorded(ref: str, image) -> None:
 
 
 def place_image(ref: str, target: Path, sha256=None) -> None:
-    """Hardlink a rendered image (no copy), or extract a carried one from its archive; either way only
-    an image (check_recorded), and only the bytes its row records (`sha256`, check_sha256)."""
+    """Hardlink a rendered image (no copy), or extract a carried one from its archive; either way only an
+    image (check_recorded) and only the bytes its row records (check_sha256). A rendered image is checked in
+    its one open, and the link made is of that file (safe_paths.link_opened)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if "!/" in ref:
-        new_file(target, recorded_image_bytes(ref, sha256))
-        return
-    if not os.path.isfile(ref):
-        raise DataError(f"{ref}: image not found")
-    real = os.path.realpath(ref)  # the file itself: a link in the store is never copied as a link
-    if isinstance(sha256, str):
-        check_sha256(ref, Path(real).read_bytes(), sha256)
-    check_recorded(ref, real)
+        return new_file(target, recorded_image_bytes(ref, sha256))
     try:
-        os.link(real, target, follow_symlinks=False)
-    except OSError:  # another filesystem, links not allowed: a copy (a name taken: refused, never written over)
-        new_file(target, Path(real).read_bytes())
+        file = open_regular(ref)  # a link into DVC's cache is followed; a FIFO never waited on
+    except FileNotFoundError:
+        raise DataError(f"{ref}: image not found") from None
+    with file:
+        if isinstance(sha256, str):
+            check_sha256(ref, file.read(), sha256)
+        check_recorded(ref, file)
+        if not link_opened(file, ref, target):  # another filesystem, links not allowed: a copy (never over a name)
+            new_file(target, file.read())
 
 
 def _size(value) -> int | None:

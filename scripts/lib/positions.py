@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.tables import column_names, existing_input, unreadable
+from scripts.lib.tables import existing_input, parquet_source, schema_names, unreadable
 
 # A place in a generation list past 2**53 is no real list's; floats stop holding whole numbers exactly there
 MAX_POSITION = 2**53
@@ -24,12 +24,13 @@ def checked_positions(path: Path | str):
     import pyarrow.parquet as pq
 
     path = existing_input(path)
-    if "position" not in column_names(path):
-        raise DataError(f"{path}: no 'position' column (not a prefilter output)")
-    try:
-        column = pq.read_table(path, columns=["position"]).column("position")
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise unreadable(path, exc) from None
+    with parquet_source(path) as source:  # opened once: a positions file found by table_in is read as checked
+        if "position" not in schema_names(source, path):
+            raise DataError(f"{path}: no 'position' column (not a prefilter output)")
+        try:
+            column = pq.read_table(source, columns=["position"]).column("position")
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
     bad = first_bad_position(column)
     if bad is not None:
         row, problem = bad

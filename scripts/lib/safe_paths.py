@@ -12,7 +12,7 @@ import fnmatch
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PosixPath
 from typing import BinaryIO
 
 from scripts.lib.errors import DataError, shown_short
@@ -98,6 +98,33 @@ def opened_real_path(file: BinaryIO, path: Path | str) -> str:
         return os.path.realpath(path)
 
 
+def open_within(
+    path: Path | str,
+    root: Path | str,
+    *,
+    one_name: bool = False,
+    links_ok: Callable[[Path], bool] | None = None,
+    dvc_cache: bool = False,
+    where: str | None = None,
+    root_name: str | None = None,
+) -> BinaryIO:
+    """The regular file `path` opened ONCE for reading (binary) when it stays in `root` (check_stays_in): the
+    one open every reader of a data-named path reads from (pyarrow takes the file object), so a link or file
+    swapped in after a check by name is never what is read. The opened file is checked again by what its
+    descriptor names (opened_real_path) and by fstat (open_regular: a FIFO, folder or device). `one_name`: a
+    file with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink).
+    FileNotFoundError is the caller's to name."""
+    check_stays_in(path, root, dvc_cache=dvc_cache, where=where, root_name=root_name)
+    file = open_regular(path, one_link=one_name, links_ok=links_ok)
+    try:
+        if leads_out(path, root, dvc_cache=dvc_cache, real=opened_real_path(file, path)):
+            raise _led_out(path, root, where, root_name)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
 def read_within(
     path: Path | str,
     root: Path | str,
@@ -108,24 +135,36 @@ def read_within(
     where: str | None = None,
     root_name: str | None = None,
 ) -> bytes:
-    """The bytes of the regular file `path` (at most `cap`) when it stays in `root` (check_stays_in). The file
-    is checked again once open, by what the descriptor names: a file replaced by a link out between the check
-    and the open was read (summary's stats.json, a workspace dvc.lock). `one_name`: a file with another hard
-    link is refused too (a hard link to a file elsewhere passes every path check). FileNotFoundError is the
-    caller's to name."""
-    check_stays_in(path, root, dvc_cache=dvc_cache, where=where, root_name=root_name)
-    with open_regular(path, one_link=one_name) as file:
-        if leads_out(path, root, dvc_cache=dvc_cache, real=opened_real_path(file, path)):
-            raise _led_out(path, root, where, root_name)
+    """The bytes of the regular file `path` (at most `cap`), opened once by open_within: a file replaced by a
+    link out between the check and the open was read (summary's stats.json, a workspace dvc.lock).
+    FileNotFoundError is the caller's to name."""
+    with open_within(path, root, one_name=one_name, dvc_cache=dvc_cache, where=where, root_name=root_name) as file:
         return read_capped(file, cap, path)
 
 
-def table_in(root: Path, *names: str) -> Path:
+class TablePath(PosixPath):
+    """A table's path checked by name, with how it must be opened (`opener`): tables.py's readers open it once
+    that way and read that file, never the name again (a link swapped in after the check was followed). A path
+    made from it (`.parent`, `/ x`) is a plain path: its `opener` is None."""
+
+    opener: Callable[[], BinaryIO] | None = None
+
+
+def opened_once(path: Path | str, opener: Callable[[], BinaryIO]) -> TablePath:
+    """`path` as a TablePath that tables.py's readers open by `opener` (which checks what it opened)."""
+    table = TablePath(path)
+    table.opener = opener
+    return table
+
+
+def table_in(root: Path, *names: str) -> TablePath:
     """root/names (data/splits/S/train.parquet, a positions file, compose@V's rows.parquet), refused in one line
     when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
     was read as the source's split. A link into DVC's cache (cache.type symlink) is the root's own, as for
-    images; a hard link (cache.type hardlink) is a file of the root itself."""
-    return check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True)
+    images; a hard link (cache.type hardlink) is a file of the root itself. tables.py's readers open it once
+    (open_within: the same rule, checked again by what the descriptor names)."""
+    path = check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True)
+    return opened_once(path, lambda: open_within(path, root, dvc_cache=True))
 
 
 def resolved(path: Path | str) -> Path:
@@ -196,16 +235,15 @@ def open_regular(
         if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made since the lstat
             raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it") from None
         raise
-    file = os.fdopen(fd, "rb")
     try:
-        opened = os.fstat(fd)
+        opened = os.fstat(fd)  # before fdopen, which refuses a folder put there since in its own words
         _check_regular(path, opened.st_mode)
         if one_link and opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path))):
             raise DataError(f"{shown(path)}: has another hard link; refusing to read a file shared with another name")
     except BaseException:
-        file.close()
+        os.close(fd)
         raise
-    return file
+    return os.fdopen(fd, "rb")
 
 
 def _check_regular(path: Path | str, mode: int) -> None:
@@ -224,6 +262,24 @@ def read_capped(file: BinaryIO, cap: int, path: Path | str) -> bytes:
     if len(data) > cap:
         raise DataError(f"{shown(path)}: larger than {cap} bytes; refusing to read it")
     return data
+
+
+def link_opened(file: BinaryIO, path: Path | str, target: Path) -> bool:
+    """Hard-link the file `file` has open (`path`) as the new name `target`, `file` rewound for a copy: False
+    when no link can be made there (another filesystem). The link is made by the name and proved to be of the
+    opened file: a file or FIFO swapped in under the name after the checks on the open was linked into the
+    release; such a link (the name just made, ours) is removed and refused in one line."""
+    file.seek(0)
+    try:
+        os.link(opened_real_path(file, path), target, follow_symlinks=False)  # the file itself, never a link
+    except OSError:
+        return False
+    if not os.path.samestat(os.lstat(target), os.fstat(file.fileno())):
+        os.unlink(target)
+        raise DataError(
+            f"{shown(path)}: replaced while it was placed; refusing to ship a file other than the one checked"
+        )
+    return True
 
 
 def not_an_image_name(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str | None:

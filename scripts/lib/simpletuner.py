@@ -34,9 +34,9 @@ import pandas as pd
 
 from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
-from scripts.lib.io import atomic_path, config_text
+from scripts.lib.io import atomic_path
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import inside, new_file, resolved
+from scripts.lib.safe_paths import inside, new_file, open_regular, opened_real_path, read_capped, resolved
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -180,7 +180,7 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
         raise DataError(f"{shown(path)}: not found (a split of a release built with export: simpletuner?)")
     check_in_release(path, release)
     try:
-        entries = loads_json(config_text(path, MAX_CONFIG_BYTES))  # regular, capped, depth-checked
+        entries = loads_json(config_in_release(path, release).decode("utf-8"))  # regular, capped, depth-checked
     except (ValueError, UnicodeDecodeError):
         raise DataError(f"{shown(path)}: not valid JSON") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -198,14 +198,21 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def check_in_release(path: Path, release: Path) -> None:
+def config_in_release(path: Path, release: Path) -> bytes:
+    """The config's bytes from its one open (safe_paths.open_regular: regular, never waited on), checked again
+    there by what the descriptor names: a link out swapped in after check_in_release's look was read."""
+    with open_regular(path) as file:
+        check_in_release(path, release, opened_real_path(file, path))
+        return read_capped(file, MAX_CONFIG_BYTES, path)
+
+
+def check_in_release(path: Path, release: Path, real: str | None = None) -> None:
     """Refuse a config that is a link leading out of the release (a 3 GB file elsewhere was read whole),
-    but into DVC's cache (cache.type symlink links a release's files there)."""
-    real, dvc_cache = os.path.realpath(path), repository_cache(release)
+    but into DVC's cache (cache.type symlink links a release's files there); `real`: where the opened file is."""
+    real, dvc_cache = os.path.realpath(path) if real is None else real, repository_cache(release)
     if not (inside(real, str(release)) or (dvc_cache is not None and inside(real, dvc_cache))):
         raise DataError(
-            f"{shown(path)}: a link out of the release {shown(release)} (to {shown_short(os.readlink(path))}); "
-            "refusing to read it"
+            f"{shown(path)}: a link out of the release {shown(release)} (to {shown_short(real)}); refusing to read it"
         )
 
 

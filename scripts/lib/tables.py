@@ -298,26 +298,56 @@ def read_parquet(path: Path | str, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
     path = existing_input(path)
-    if columns is not None:
-        names = set(column_names(path))
-        columns = [c for c in columns if c in names]
-    try:
-        return frame_of(utf8_checked(pq.read_table(path, columns=columns), path))  # rows from 1
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise unreadable(path, exc) from None
+    with parquet_source(path) as source:
+        if columns is not None:
+            names = set(schema_names(source, path))
+            columns = [c for c in columns if c in names]
+        try:
+            return frame_of(utf8_checked(pq.read_table(source, columns=columns), path))  # rows from 1
+        except DataError:
+            raise
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
 
 
 def column_names(path: Path | str) -> list[str]:
     """A stage input's columns, from its footer alone."""
+    path = existing_input(path)
+    with parquet_source(path) as source:
+        return schema_names(source, path)
+
+
+def schema_names(source, path: Path | str) -> list[str]:
+    """The columns of `source` (parquet_source's) from its footer; `path` names it in the one line."""
     import pyarrow.parquet as pq
 
-    path = existing_input(path)
     try:
-        return pq.read_schema(path).names
+        return pq.read_schema(source).names
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise unreadable(path, exc) from None
+
+
+@contextlib.contextmanager
+def parquet_source(path: Path | str) -> Iterator[Any]:
+    """What pyarrow reads for the stage input `path`: its name, or for a table found under a folder by name
+    (safe_paths.table_in: split tables, positions files, compose@V's rows.parquet; caption's manifest) the file opened ONCE there
+    (safe_paths.open_within: stays in the folder once open, a regular file), so that a link or folder swapped
+    in after table_in's check is never what pyarrow reads. The path carries its opener (safe_paths.TablePath):
+    only the stages that find tables by name run safe_paths, and their dvc.yaml deps name it."""
+    opener = getattr(path, "opener", None)
+    if opener is None:
+        yield path
+        return
+    try:
+        os.fsdecode(path).encode("utf-8")  # one rule for every reader's name, as pyarrow's own open tells it
+    except UnicodeEncodeError as exc:
+        raise unreadable(path, exc) from None
+    try:
+        file = opener()
+    except OSError as exc:  # gone since existing_input's look, a loop of links, not readable
+        raise DataError(f"{shown(path)}: cannot open ({exc.strerror})") from None
+    with file:
+        yield file
 
 
 class ParquetChunks:
@@ -334,14 +364,17 @@ class ParquetChunks:
         import pyarrow.parquet as pq
 
         self.path, self.rows = existing_input(path), rows
+        self.source = contextlib.ExitStack()  # the file parquet_source opened, closed when the rows are read
         try:
-            self.file = pq.ParquetFile(self.path, pre_buffer=False)  # pre-buffering keeps every read row group
+            source = self.source.enter_context(parquet_source(self.path))
+            self.file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
             names = self.file.schema_arrow.names
             self.columns = names if columns is None else [c for c in columns if c in names]  # as read_parquet
             fields = [self.file.schema_arrow.field(name) for name in self.columns]
             integers = self.file.read(columns=[f.name for f in fields if pa.types.is_integer(f.type)])
         except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise unreadable(self.path, exc) from None
+            self.source.close()
+            raise exc if isinstance(exc, DataError) else unreadable(self.path, exc) from None
         self.float_columns = {name for name in integers.column_names if integers.column(name).null_count}
 
     def frames(self, progress: str | None = None) -> Iterator:
@@ -355,6 +388,10 @@ class ParquetChunks:
                     yield frame
                     shown.advance(len(frame))
             return
+        with self.source:
+            yield from self._frames()
+
+    def _frames(self) -> Iterator:
         batches = self.file.iter_batches(batch_size=self.rows, columns=self.columns)
         seen, first = False, 1
         while True:
@@ -383,7 +420,7 @@ class ParquetChunks:
 def existing_input(path: Path | str) -> Path:
     """`path`, or a one-line error when the stage input is missing or neither a file nor a folder (a FIFO
     would block the open in C, where no signal handler runs: the command hung, deaf to Ctrl-C)."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a TablePath keeps its folder (parquet_source)
     if not path.exists():
         raise DataError(f"{path}: input not found (run its upstream stage first)")
     mode = path.stat().st_mode
@@ -410,10 +447,15 @@ def check_unique(path: Path | str, column: str = "id"):
     import pyarrow.parquet as pq
 
     path = existing_input(path)
-    try:
-        values = pq.read_table(path, columns=[column]).column(column) if column in pq.read_schema(path).names else None
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise unreadable(path, exc) from None
+    with parquet_source(path) as source:
+        try:
+            values = (
+                pq.read_table(source, columns=[column]).column(column) if column in schema_names(source, path) else None
+            )
+        except DataError:
+            raise
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
     if values is None:
         raise DataError(f"{path}: no '{column}' column")
     if values.null_count:  # an id names its row: a null one broke sorting and joins downstream

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -95,15 +96,16 @@ def dvc_read(where: str):
 
 @contextlib.contextmanager
 def open_at(fs, path: str, where: str, mode: str = "rb"):
-    """fs.open(path), a workspace file checked to be a regular file first (a FIFO blocks the read)."""
-    from scripts.tools.side_inputs import REPOSITORY_FILES, check_regular, check_repository_file
-
+    """fs.open(path); a workspace file is opened ONCE here instead (workspace_file) and read from that open."""
     root = getattr(fs, "t2i_root", None)
-    if root is not None:
-        check_regular(root / path, where)  # nothing there: fs.open says FileNotFoundError
-        if path in REPOSITORY_FILES:
-            check_repository_file(root, path, where)
-    with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+    if root is None or not os.path.lexists(root / path):  # nothing there: fs.open says FileNotFoundError
+        with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            yield f
+        return
+    from scripts.tools.side_inputs import workspace_file
+
+    file = workspace_file(root, path, where)
+    with file if "b" in mode else io.TextIOWrapper(file, encoding="utf-8") as f:
         yield f
 
 

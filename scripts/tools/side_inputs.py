@@ -10,10 +10,12 @@ read bounded and decoded, one line otherwise.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.lib.errors import DataError, shown
 
@@ -112,15 +114,38 @@ def check_repository_file(repo: str | Path, name: str, where: str) -> None:
         check_stays_in(Path(repo) / name, repo, where=shown(where), root_name=IN_REPOSITORY)
 
 
+def workspace_file(root: Path, path: str, where: str) -> BinaryIO:
+    """The workspace's `path` opened for reading (binary) when it is a regular file (a FIFO blocks the read);
+    the repository's own files (REPOSITORY_FILES) also stay in the repository once open (open_within). The
+    checks and the read are of one open: a link swapped in after a check by name was followed."""
+    from scripts.lib.safe_paths import open_regular, open_within
+
+    try:
+        if path in REPOSITORY_FILES:
+            return open_within(root / path, root, where=shown(where), root_name=IN_REPOSITORY)
+        return open_regular(root / path)
+    except (FileNotFoundError, DataError):
+        raise
+    except OSError as exc:
+        raise DataError(f"{shown(where)}: {exc.strerror}") from None
+
+
 def release_card_body(release_dir: Path) -> str:
     """The release's own README.md (release@V's card) without its YAML front matter."""
-    from scripts.lib.io import config_text
+    from scripts.lib.dvc_cache import is_cache_copy
+    from scripts.lib.safe_paths import open_within, read_capped
 
     path = release_file(release_dir, "README.md", str(release_dir))  # never a file linked in from elsewhere
     if path is None:
         return ""
     try:
-        text = config_text(path, MAX_RELEASE_CARD_BYTES)
+        # read from the one open, checked again there: a link or hard link swapped in after release_file's
+        # check was read and published as the card
+        with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy) as file:
+            data = read_capped(file, MAX_RELEASE_CARD_BYTES, path)
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()  # newlines as open() reads them
+    except FileNotFoundError:
+        raise DataError(f"{shown(release_dir)}/README.md: removed while read") from None
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{shown(release_dir)}/README.md: byte {exc.start}: not UTF-8 text, not a release card"

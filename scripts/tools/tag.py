@@ -17,8 +17,8 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, redact_url_userinfo, shown
-from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
+from scripts.lib.safe_paths import read_within
 from scripts.summary import stats_path
 from scripts.tools.child_group import run_in_group
 
@@ -110,16 +110,20 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
             raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
         check_up_to_date(repo, stage)
         check_pushed(repo, stage)
-    message = release_message(name, stats_path(Path("data/releases"), name), stage)
+    releases = Path("data/releases")
+    message = release_message(name, stats_path(releases, name), stage, releases)
     _git("tag", "-a", name, "-m", message)
     print(shown(f"tagged {name}: {message.splitlines()[0]}"))
 
 
-def release_message(name: str, stats_file: Path, stage: str) -> str:
-    """The tag's message from the release's stats.json, read only as a regular file (a FIFO there hung
-    tag); a file of another shape is one line naming it."""
+def release_message(name: str, stats_file: Path, stage: str, releases: Path | None = None) -> str:
+    """The tag's message from the release's stats.json, read once as a regular file with one name that stays
+    in `releases` (default: its own folder) once open (safe_paths.read_within, as summary reads it: a FIFO
+    there hung tag; a hard link or a link swapped in after stats_path's check put another file's row counts
+    in the message); a file of another shape is one line naming it."""
     try:
-        return tag_message(name, loads_json(config_text(stats_file, MAX_STATS_BYTES)))
+        data = read_within(stats_file, releases or stats_file.parent, cap=MAX_STATS_BYTES, one_name=True)
+        return tag_message(name, loads_json(data.decode("utf-8")))
     except FileNotFoundError:
         raise DataError(f"{stats_file}: not found (run `dvc repro {stage}`, or `dvc pull {stage}`)") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
