@@ -106,7 +106,7 @@ def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Even
     instead of holding its thread, and the exit that joins it, until the timeout."""
     host, port = address
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in resolve_by(host, port, deadline, cancel):
         sock = socket.socket(family, kind, proto)
         try:
             if source_address:
@@ -121,6 +121,34 @@ def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Even
             sock.close()
             raise
     raise error or OSError(f"{host}: no address to connect to")
+
+
+def resolve_by(host: str, port: int, deadline: float, cancel: threading.Event | None = None) -> list:
+    """socket.getaddrinfo(host, port) for a stream socket, ended by the deadline, and at once on a cancel: the
+    lookup runs in a thread of its own while this one waits in slices of POLL_S. The C resolver holds its
+    thread until its own timeouts end (about 5 s a nameserver and try; no signal handler runs meanwhile), so
+    a name that resolves slowly held a request past `timeout_s` and a Ctrl-C in the main thread (publish's)
+    until it was done. A lookup left behind ends on its own, in a daemon thread."""
+    done = threading.Event()
+    answer: list = []
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # OSError (gaierror), UnicodeError (a name idna refuses): the caller's
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    while not done.wait(max(0.0, min(deadline - time.monotonic(), POLL_S))):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}: no address within the request's deadline")
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
 
 
 def _handshake(sock: socket.socket, sockaddr, deadline: float, cancel: threading.Event | None) -> None:
