@@ -279,6 +279,142 @@ def test_a_signal_mid_work_stops_at_once_and_sends_nothing_more(tmp_path, comman
     assert left_behind(tmp_path) == [], left_behind(tmp_path)
 
 
+def release_ws(root: Path) -> None:
+    from test_round25e import compose_ws
+
+    compose_ws(root)
+
+
+def summary_inputs(root: Path) -> None:
+    from test_round26c import summary_ws
+
+    from helpers.workspace import write_params
+
+    write_params(root)
+    summary_ws(root)
+
+
+def split_inputs(root: Path) -> None:
+    from test_round25e import split_ws
+
+    split_ws(root)
+
+
+def plots_ws(root: Path) -> None:
+    from test_round26c import plots_inputs
+
+    plots_inputs(root)
+
+
+LOCAL = {  # row: (the signal, the call it comes at (module, name), what makes the inputs, argv, the output)
+    "split-SIGTERM-mid-chunks": (
+        signal.SIGTERM,
+        ("scripts.split", "check_table"),
+        split_inputs,
+        ["split", "s", "in.parquet", "out"],
+        "out",
+    ),
+    "plots-SIGTERM-mid-read": (
+        signal.SIGTERM,
+        ("scripts.plots", "read_clusters"),
+        plots_ws,
+        ["plots", "data/releases", "data/clean", "data/dedup", "data/plots"],
+        "data/plots",
+    ),
+    "summary-SIGINT-mid-read": (
+        signal.SIGINT,
+        ("scripts.summary", "summarise"),
+        summary_inputs,
+        ["summary", "data/releases", "data/summary.json"],
+        "data/summary.json",
+    ),
+    "release-SIGTERM-mid-write": (
+        signal.SIGTERM,
+        ("scripts.release", "write_preview"),
+        release_ws,
+        ["release", "r", "data/splits", "data/releases/r"],
+        "data/releases/r",
+    ),
+    "release-SIGINT-mid-write": (
+        signal.SIGINT,
+        ("scripts.release", "write_preview"),
+        release_ws,
+        ["release", "r", "data/splits", "data/releases/r"],
+        "data/releases/r",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", LOCAL)
+def test_a_signal_mid_work_to_a_local_command_is_one_line_and_no_output(tmp_path, row):
+    """plots, summary, split and release, the signal sent by the process itself mid-work (a regression table:
+    no break found; tests/test_interrupts.py, test_round25e.py and test_round26c.py hold their other rows)."""
+    from test_round26c import SIGNAL_ON_CALL
+
+    from helpers.workspace import leftovers
+
+    signum, (module, name), make, argv, output = LOCAL[row]
+    make(tmp_path)
+    process = start_child(
+        [sys.executable, "-c", SIGNAL_ON_CALL, module, name, str(int(signum)), *argv], cwd=tmp_path, env=scripts_env()
+    )
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum and err.splitlines()[-1:] == [
+        f"interrupted ({signal.Signals(signum).name})"
+    ], err
+    assert "Traceback" not in err and leftovers(tmp_path) == [] and not (tmp_path / output).exists(), err
+
+
+# `python -m scripts ARGV` whose NTH rename of a cache entry into cache/ first sends SIGNUM to the process and
+# takes 0.5 s: a signal while a worker thread writes an entry
+SIGNAL_AT_ENTRY = """\
+import os, runpy, sys, time
+signum, nth = int(sys.argv[1]), int(sys.argv[2])
+real, calls = os.replace, []
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.path.dirname(os.fspath(dst))) == "cache":
+        calls.append(1)
+        if len(calls) == nth:
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ["scripts", *sys.argv[3:]]
+runpy.run_module("scripts", run_name="__main__", alter_sys=True)
+"""
+
+AT_ENTRY = {  # row: (command, signal)
+    "synthesize-SIGINT": ("synthesize", signal.SIGINT),
+    "caption-SIGTERM": ("caption", signal.SIGTERM),
+    "caption-SIGHUP": ("caption", signal.SIGHUP),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", AT_ENTRY)
+def test_a_signal_while_a_cache_entry_is_written_leaves_no_temp(tmp_path, case):
+    """The run exited at once (os._exit) while a worker renamed its entry in: `.KEY.json.tmp-*` stayed in
+    cache/. The stop now waits for that one write (stop_calls) and no entry is written after it."""
+    command, signum = AT_ENTRY[case]
+    server = SteadyChat()
+    workspace = synthesize_run if command == "synthesize" else caption_run
+    argv = ["-c", SIGNAL_AT_ENTRY, str(int(signum)), "3", *workspace(tmp_path, server)[2:]]
+    process = start(tmp_path, argv, server)
+    try:
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.close()
+    err = process.stderr.read().decode("utf-8", "replace")
+    assert process.returncode == 128 + signum and err.splitlines()[-1:] == [
+        f"interrupted ({signal.Signals(signum).name})"
+    ], err
+    assert left_behind(tmp_path) == [], left_behind(tmp_path)
+    assert len(list((tmp_path / "out" / "cache").glob("*.json"))) >= 3  # the entry being written is whole
+
+
 # ---------------------------------------------------------------- 2. two different signals together
 
 # `python -m scripts ARGV` whose cli.WHEN, once called, first sends SIGNUM to the process itself: a second signal

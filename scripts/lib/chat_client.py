@@ -319,8 +319,8 @@ class ResponseCache:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        # atomic_path reads the umask with os.umask(0) + restore, which is not thread-safe
-        self._write_lock = threading.Lock()
+        # a lock: atomic_path's umask read is not thread-safe; closed (chat_stream.stop_calls): no entry after
+        self.write_lock, self.closed = threading.Lock(), False
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -357,8 +357,9 @@ class ResponseCache:
 
     def put(self, key: str, base_url: str, body: dict, response: dict) -> None:
         try:
-            with self._write_lock:
-                write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
+            with self.write_lock:
+                if not self.closed:
+                    write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
         except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
             raise DataError(f"{shown(self.path(key))}: cannot write cache entry ({exc.strerror or exc})") from None
         except UnicodeEncodeError:  # check_reply refuses such a reply; the entry itself is never printed
@@ -425,11 +426,9 @@ def call_missing(
     desc: str = "requests",
 ) -> tuple[CallStats, list[tuple[int, str]]]:
     """Make `jobs`, `concurrency` at a time; cache each success at once and put it in `responses`.
-
     After the first request that fails for good, no new request starts (the ones in flight finish
     and are cached): a broken key or an outage costs one request's retries, not thousands.
-    Returns the summed call stats and the (index, message) of each request that failed for good.
-    """
+    Returns the summed call stats and the (index, message) of each request that failed for good."""
     url = base_url.rstrip("/") + "/chat/completions"
     stats = CallStats()
     failures: list[tuple[int, str]] = []
@@ -474,9 +473,10 @@ def call_missing(
                 failures.append((index, error))
             if done % every == 0 or done == len(jobs):
                 log(f"  {done}/{len(jobs)} requests done")
-    except BaseException:  # Ctrl-C, SIGTERM: no new request; those in flight stop within POLL_S
-        cancel.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, SIGTERM: no new request nor cache entry; those in flight stop within POLL_S
+        from scripts.lib.chat_stream import stop_calls
+
+        stop_calls(cancel, pool, cache)
         raise
     pool.shutdown(wait=True)
     return stats, failures

@@ -70,8 +70,7 @@ class OrderedCalls:
                 while window:
                     yield from self._settle(window.popleft(), progress)
         except BaseException:  # Ctrl-C, SIGTERM, the consumer's error: no new request; those in flight stop
-            self._cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_calls(self._cancel, pool, self.cache)
             raise
         pool.shutdown(wait=True)
 
@@ -112,3 +111,18 @@ class OrderedCalls:
 
 def _ready(answer) -> bool:
     return not isinstance(answer, concurrent.futures.Future) or answer.done()
+
+
+ENTRY_WRITE_WAIT_S = 2.0  # a cache entry is one small file: its write ends long before this
+
+
+def stop_calls(cancel: threading.Event, pool: concurrent.futures.ThreadPoolExecutor, cache: ResponseCache) -> None:
+    """The run stops (a signal, an error): no new request, those in flight dropped, and no cache entry written
+    after this. An entry a worker is writing is let finish first: a Ctrl-C while one was renamed in exited at
+    once (os._exit) and left its `.KEY.json.tmp-*` in cache/."""
+    cancel.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    held = cache.write_lock.acquire(timeout=ENTRY_WRITE_WAIT_S)
+    cache.closed = True
+    if held:
+        cache.write_lock.release()
