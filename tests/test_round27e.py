@@ -395,7 +395,7 @@ AT_ENTRY = {  # row: (command, signal)
 @pytest.mark.parametrize("case", AT_ENTRY)
 def test_a_signal_while_a_cache_entry_is_written_leaves_no_temp(tmp_path, case):
     """The run exited at once (os._exit) while a worker renamed its entry in: `.KEY.json.tmp-*` stayed in
-    cache/. The stop now waits for that one write (stop_calls) and no entry is written after it."""
+    cache/. The stop now waits for that one write (deadline_http.stop_calls) and no entry is written after it."""
     command, signum = AT_ENTRY[case]
     server = SteadyChat()
     workspace = synthesize_run if command == "synthesize" else caption_run

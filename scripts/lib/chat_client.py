@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler
+from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler, stop_calls
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import file_kind, write_json
@@ -319,7 +319,7 @@ class ResponseCache:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        # a lock: atomic_path's umask read is not thread-safe; closed (chat_stream.stop_calls): no entry after
+        # a lock: atomic_path's umask read is not thread-safe; closed (deadline_http.stop_calls): no entry after
         self.write_lock, self.closed = threading.Lock(), False
 
     def path(self, key: str) -> Path:
@@ -426,9 +426,11 @@ def call_missing(
     desc: str = "requests",
 ) -> tuple[CallStats, list[tuple[int, str]]]:
     """Make `jobs`, `concurrency` at a time; cache each success at once and put it in `responses`.
+
     After the first request that fails for good, no new request starts (the ones in flight finish
     and are cached): a broken key or an outage costs one request's retries, not thousands.
-    Returns the summed call stats and the (index, message) of each request that failed for good."""
+    Returns the summed call stats and the (index, message) of each request that failed for good.
+    """
     url = base_url.rstrip("/") + "/chat/completions"
     stats = CallStats()
     failures: list[tuple[int, str]] = []
@@ -474,8 +476,6 @@ def call_missing(
             if done % every == 0 or done == len(jobs):
                 log(f"  {done}/{len(jobs)} requests done")
     except BaseException:  # Ctrl-C, SIGTERM: no new request nor cache entry; those in flight stop within POLL_S
-        from scripts.lib.chat_stream import stop_calls
-
         stop_calls(cancel, pool, cache)
         raise
     pool.shutdown(wait=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from scripts.lib.chat_client import CallStats, RequestFailed, ResponseCache, call_with_retries
-from scripts.lib.deadline_http import Cancelled
+from scripts.lib.deadline_http import Cancelled, stop_calls
 
 WINDOW_PER_WORKER = 4  # requests built ahead of the one awaited: enough to keep every worker busy
 
@@ -111,18 +111,3 @@ class OrderedCalls:
 
 def _ready(answer) -> bool:
     return not isinstance(answer, concurrent.futures.Future) or answer.done()
-
-
-ENTRY_WRITE_WAIT_S = 2.0  # a cache entry is one small file: its write ends long before this
-
-
-def stop_calls(cancel: threading.Event, pool: concurrent.futures.ThreadPoolExecutor, cache: ResponseCache) -> None:
-    """The run stops (a signal, an error): no new request, those in flight dropped, and no cache entry written
-    after this. An entry a worker is writing is let finish first: a Ctrl-C while one was renamed in exited at
-    once (os._exit) and left its `.KEY.json.tmp-*` in cache/."""
-    cancel.set()
-    pool.shutdown(wait=False, cancel_futures=True)
-    held = cache.write_lock.acquire(timeout=ENTRY_WRITE_WAIT_S)
-    cache.closed = True
-    if held:
-        cache.write_lock.release()

@@ -20,6 +20,7 @@ import time
 import urllib.request
 
 POLL_S = 0.2  # how often a blocked connect, send or receive looks at the cancel flag (Ctrl-C)
+ENTRY_WRITE_WAIT_S = 2.0  # a response cache entry is one small file: its write ends long before this
 
 
 class Cancelled(Exception):
@@ -195,3 +196,16 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req):
         return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__, not in typeshed
+
+
+def stop_calls(cancel: threading.Event, pool, cache) -> None:
+    """A run of requests stops (a signal, an error): no new request, those in flight dropped (`cancel`, the
+    `pool`'s queue), and no entry written to `cache` (chat_client.ResponseCache) after this. An entry a worker
+    is writing is let finish first: a Ctrl-C while one was renamed in exited at once (os._exit) and left its
+    `.KEY.json.tmp-*` in cache/."""
+    cancel.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    held = cache.write_lock.acquire(timeout=ENTRY_WRITE_WAIT_S)
+    cache.closed = True
+    if held:
+        cache.write_lock.release()
