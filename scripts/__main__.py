@@ -50,13 +50,13 @@ code = main()
 
 
 def _while_exiting(signum, frame):
-    """A signal after main() returned, before the atexit callbacks end: the one line (unless the run was
-    already interrupted and said so) and 128 + signal, at once."""
+    """A signal after main() returned, before the atexit callbacks end: the one line and 128 + signal, at
+    once; a run already interrupted said so and keeps its first signal's code."""
     if code < 128:
         with contextlib.suppress(OSError, ValueError, RuntimeError):
             sys.stdout.flush()
         os.write(2, f"{line(signum)}\n".encode())
-    os._exit(128 + signum)
+    os._exit(code if code >= 128 else 128 + signum)
 
 
 for _signum in STOPPING_SIGNALS:

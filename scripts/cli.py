@@ -15,7 +15,17 @@ import os
 import sys
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, forget, holding, line, note, received
+from scripts.lib.interrupts import (
+    STOPPING_SIGNALS,
+    Interrupted,
+    again_line,
+    forget,
+    holding,
+    line,
+    note,
+    received,
+    said,
+)
 
 OUT_OF_MEMORY = "out of memory (a smaller input, batch_rows or workers may fit)"
 
@@ -97,9 +107,10 @@ def _install_signal_handlers() -> dict:
         if holding():  # outputs are being renamed in together: any signal waits the few renames out
             note(signum)
             return
-        if received() is not None:
-            os.write(2, f"interrupted again ({signal.Signals(signum).name}): stopping now\n".encode())
-            os._exit(128 + signum)
+        if (first := received()) is not None:  # the exit is the first signal's (130 for SIGINT, then SIGTERM)
+            start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
+            os.write(2, f"{start}{again_line(signum)}\n".encode())
+            os._exit(128 + first)
         note(signum)
         raise Interrupted(signum)
 
@@ -274,6 +285,7 @@ def _quiet_interrupts(previous):
 def _interrupted(signum: int) -> int:
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
     _say(f"{start}{line(signum)}")
+    said()
     _silence_finalizers()
     return 128 + signum
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler
+from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler, stop_calls
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import file_kind, write_json
@@ -319,8 +319,8 @@ class ResponseCache:
 
     def __init__(self, directory: Path):
         self.directory = directory
-        # atomic_path reads the umask with os.umask(0) + restore, which is not thread-safe
-        self._write_lock = threading.Lock()
+        # a lock: atomic_path's umask read is not thread-safe; closed (deadline_http.stop_calls): no entry after
+        self.write_lock, self.closed = threading.Lock(), False
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"
@@ -357,8 +357,9 @@ class ResponseCache:
 
     def put(self, key: str, base_url: str, body: dict, response: dict) -> None:
         try:
-            with self._write_lock:
-                write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
+            with self.write_lock:
+                if not self.closed:
+                    write_json({"base_url": base_url, "request": body, "response": response}, self.path(key))
         except OSError as exc:  # disk full, read-only checkout: one line, not a thread traceback
             raise DataError(f"{shown(self.path(key))}: cannot write cache entry ({exc.strerror or exc})") from None
         except UnicodeEncodeError:  # check_reply refuses such a reply; the entry itself is never printed
@@ -474,9 +475,8 @@ def call_missing(
                 failures.append((index, error))
             if done % every == 0 or done == len(jobs):
                 log(f"  {done}/{len(jobs)} requests done")
-    except BaseException:  # Ctrl-C, SIGTERM: no new request; those in flight stop within POLL_S
-        cancel.set()
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException:  # Ctrl-C, SIGTERM: no new request nor cache entry; those in flight stop within POLL_S
+        stop_calls(cancel, pool, cache)
         raise
     pool.shutdown(wait=True)
     return stats, failures

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from scripts.lib.chat_client import CallStats, RequestFailed, ResponseCache, call_with_retries
-from scripts.lib.deadline_http import Cancelled
+from scripts.lib.deadline_http import Cancelled, stop_calls
 
 WINDOW_PER_WORKER = 4  # requests built ahead of the one awaited: enough to keep every worker busy
 
@@ -70,8 +70,7 @@ class OrderedCalls:
                 while window:
                     yield from self._settle(window.popleft(), progress)
         except BaseException:  # Ctrl-C, SIGTERM, the consumer's error: no new request; those in flight stop
-            self._cancel.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_calls(self._cancel, pool, self.cache)
             raise
         pool.shutdown(wait=True)
 

@@ -20,6 +20,7 @@ import time
 import urllib.request
 
 POLL_S = 0.2  # how often a blocked connect, send or receive looks at the cancel flag (Ctrl-C)
+ENTRY_WRITE_WAIT_S = 2.0  # a response cache entry is one small file: its write ends long before this
 
 
 class Cancelled(Exception):
@@ -106,7 +107,7 @@ def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Even
     instead of holding its thread, and the exit that joins it, until the timeout."""
     host, port = address
     error: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in resolve_by(host, port, deadline, cancel):
         sock = socket.socket(family, kind, proto)
         try:
             if source_address:
@@ -121,6 +122,34 @@ def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Even
             sock.close()
             raise
     raise error or OSError(f"{host}: no address to connect to")
+
+
+def resolve_by(host: str, port: int, deadline: float, cancel: threading.Event | None = None) -> list:
+    """socket.getaddrinfo(host, port) for a stream socket, ended by the deadline, and at once on a cancel: the
+    lookup runs in a thread of its own while this one waits in slices of POLL_S. The C resolver holds its
+    thread until its own timeouts end (about 5 s a nameserver and try; no signal handler runs meanwhile), so
+    a name that resolves slowly held a request past `timeout_s` and a Ctrl-C in the main thread (publish's)
+    until it was done. A lookup left behind ends on its own, in a daemon thread."""
+    done = threading.Event()
+    answer: list = []
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # OSError (gaierror), UnicodeError (a name idna refuses): the caller's
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    while not done.wait(max(0.0, min(deadline - time.monotonic(), POLL_S))):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}: no address within the request's deadline")
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
 
 
 def _handshake(sock: socket.socket, sockaddr, deadline: float, cancel: threading.Event | None) -> None:
@@ -167,3 +196,16 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req):
         return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__, not in typeshed
+
+
+def stop_calls(cancel: threading.Event, pool, cache) -> None:
+    """A run of requests stops (a signal, an error): no new request, those in flight dropped (`cancel`, the
+    `pool`'s queue), and no entry written to `cache` (chat_client.ResponseCache) after this. An entry a worker
+    is writing is let finish first: a Ctrl-C while one was renamed in exited at once (os._exit) and left its
+    `.KEY.json.tmp-*` in cache/."""
+    cancel.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    held = cache.write_lock.acquire(timeout=ENTRY_WRITE_WAIT_S)
+    cache.closed = True
+    if held:
+        cache.write_lock.release()

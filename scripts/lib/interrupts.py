@@ -63,6 +63,7 @@ def received() -> int | None:
 def forget() -> None:
     """A new command starts (tests run several in one process)."""
     _received.clear()
+    _said.clear()
 
 
 def stop_if_received() -> None:
@@ -76,7 +77,27 @@ def line(signum: int) -> str:
     return f"interrupted ({signal.Signals(signum).name})"
 
 
+_said: list[bool] = []
+
+
+def said() -> None:
+    """The command printed its `interrupted` line."""
+    _said.append(True)
+
+
+def again_line(signum: int) -> str:
+    """The line of a second signal that ends the command at once, during the first one's cleanup. It starts
+    with the first signal's line while that was not written yet: SIGTERM right after a Ctrl-C printed only
+    `interrupted again (SIGTERM): stopping now`, and the run's exit and reason are the first signal's."""
+    first = received()
+    if first is None or _said:
+        return f"interrupted again ({signal.Signals(signum).name}): stopping now"
+    return f"{line(first)}; again ({signal.Signals(signum).name}): stopping now"
+
+
 def _exit_at_once(signum: int, frame: object) -> None:
+    if (first := received()) is not None:  # the command's handlers just went back: it was interrupted, said so
+        os._exit(128 + first)
     os.write(2, f"{line(signum)}\n".encode())
     os._exit(128 + signum)
 

@@ -170,6 +170,26 @@ class DeadlineStream:
         return self._stream.get_extra_info(info)
 
 
+def _addresses(host: str, port: int) -> list[str]:
+    """`host`'s addresses, looked up by the request's deadline (deadline_http.resolve_by): httpcore's connect
+    resolves in socket.create_connection, where a name that resolves slowly held publish, Ctrl-C included,
+    until the C resolver gave up (its timeout is not the socket's). TLS still names `host` (httpcore's SNI)."""
+    deadline = getattr(_request, "deadline", None)
+    if deadline is None:
+        return [host]
+    import httpcore2
+
+    from scripts.lib.deadline_http import resolve_by
+
+    try:
+        found = resolve_by(host, port, deadline)
+    except TimeoutError:
+        raise httpcore2.ConnectTimeout("request deadline passed while resolving the host name") from None
+    except OSError as exc:
+        raise httpcore2.ConnectError(str(exc)) from None
+    return list(dict.fromkeys(str(sockaddr[0]) for *_, sockaddr in found))
+
+
 class DeadlineBackend:
     """httpcore's network backend, its connects and streams held to the request's deadline."""
 
@@ -177,7 +197,17 @@ class DeadlineBackend:
         self._backend = backend
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        return DeadlineStream(self._backend.connect_tcp(host, port, _time_left(timeout), local_address, socket_options))
+        import httpcore2
+
+        error: Exception = httpcore2.ConnectError(f"{host}: no address to connect to")
+        for address in _addresses(host, port):  # each in turn, as socket.create_connection tries them
+            try:
+                stream = self._backend.connect_tcp(address, port, _time_left(timeout), local_address, socket_options)
+            except httpcore2.ConnectError as exc:  # the next address; the last one's error when none is left
+                error = exc
+                continue
+            return DeadlineStream(stream)
+        raise error
 
     def connect_unix_socket(self, path, timeout=None, socket_options=None):
         return DeadlineStream(self._backend.connect_unix_socket(path, _time_left(timeout), socket_options))
