@@ -17,7 +17,7 @@ import yaml
 from scripts.lib.errors import DataError
 from scripts.lib.export import card_data_files
 from scripts.lib.io import SPLITS
-from scripts.lib.markdown_text import cell, code, code_span, fenced, link_target, name_text
+from scripts.lib.markdown_text import authored, cell, code, code_span, fenced, link_target, name_text
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import Dedup, Source, Split
 from scripts.lib.recipe import Recipe
@@ -131,7 +131,7 @@ def data_card(
         "---",
         f"# t2i-datasets {recipe.name}",
         "",
-        recipe.description or "",
+        authored(recipe.description or ""),  # the author's Markdown, inert: no raw HTML, h1 or open fence
         "",
     ]
     lines += _rows(stats, names)

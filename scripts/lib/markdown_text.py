@@ -7,6 +7,7 @@ zero-width character made a caption read as other text than it is.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import unicodedata
@@ -141,6 +142,25 @@ def _metric(value: object) -> str:
 
 
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+def _fence_opened(line: str) -> str:
+    """The run of backticks or tildes that opens a fenced code block on `line`, or "". A backtick run
+    followed by a backtick on its line opens none (CommonMark: the info string holds no backtick; ```a`b
+    is an inline code span, and what followed was taken for code)."""
+    opened = _FENCE.match(line)
+    if opened is None or (opened.group(1)[0] == "`" and "`" in line[opened.end() :]):
+        return ""
+    return opened.group(1)
+
+
+def _fence_closes(line: str, fence: str) -> bool:
+    """Whether `line` closes the block `fence` opened: a bare run of its character, at least as long."""
+    found = _FENCE.match(line)
+    run = found.group(1) if found and not line[found.end() :].strip() else ""
+    return run[:1] == fence[0] and len(run) >= len(fence)
+
+
 _ATX_H1 = re.compile(r"( {0,3})#(?=[ \t]|$)")
 _SETEXT_H1 = re.compile(r" {0,3}=+[ \t]*")
 # a line a setext underline turns into a heading: paragraph text, not a list item, quote, table row or heading
@@ -153,12 +173,11 @@ def h1_demoted(markdown: str) -> str:
     was a second title; the first line's escaped a `"\\n# "` replace, a `===` underline every one."""
     lines, fence, previous = [], "", ""
     for line in markdown.split("\n"):
-        opened = _FENCE.match(line)
+        opened = _fence_opened(line)
         if fence:
-            run = opened.group(1) if opened and not line[opened.end() :].strip() else ""
-            fence = "" if run[:1] == fence[0] and len(run) >= len(fence) else fence  # closed by a bare run as long
+            fence = "" if _fence_closes(line, fence) else fence
         elif opened:
-            fence = opened.group(1)
+            fence = opened
         elif _ATX_H1.match(line):
             line = _ATX_H1.sub(r"\1###", line, count=1)
         elif _SETEXT_H1.fullmatch(line) and _PARAGRAPH.match(previous):
@@ -166,3 +185,84 @@ def h1_demoted(markdown: str) -> str:
         lines.append(line)
         previous = "" if fence or opened else line
     return "\n".join(lines)
+
+
+# a blank line ends a paragraph, and with it any code span (CommonMark)
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def authored(markdown: str) -> str:
+    """An author's Markdown (a recipe's `description`) as a card pastes it under the card's own title: its
+    ordinary Markdown kept (emphasis, lists, links, code, headings below h1), what would hide text or
+    change the card's structure made inert. Raw HTML, comments and autolinks are shown as text (`<` as
+    `&lt;` outside code: `<!--` hid the rest of the card, `<details>` folded it); every h1 is demoted
+    (h1_demoted: a second title); a fence left open is closed (it made the rest of the card code)."""
+    out: list[str] = []
+    block: list[str] = []
+    fence = ""
+    for line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if fence:
+            out.append(line)
+            fence = "" if _fence_closes(line, fence) else fence
+        elif fence := _fence_opened(line):
+            out += [_html_as_text("\n".join(block))] if block else []
+            out.append(line)
+            block = []
+        else:
+            block.append(line)
+    out += [_html_as_text("\n".join(block))] if block else []
+    if fence:
+        out.append(fence)
+    return h1_demoted("\n".join(out))
+
+
+def _html_as_text(text: str) -> str:
+    """`text` (Markdown outside fenced code) with each `<` outside a code span as `&lt;`, paragraph by
+    paragraph (a code span never crosses a blank line): no tag, comment or autolink."""
+    if "<" not in text:
+        return text
+    parts = _BLANK_LINE.split(text)
+    breaks = _BLANK_LINE.findall(text)
+    return "".join(
+        _paragraph_html_as_text(part) + (breaks[n] if n < len(breaks) else "") for n, part in enumerate(parts)
+    )
+
+
+def _paragraph_html_as_text(text: str) -> str:
+    """One paragraph's `<` outside code spans as `&lt;`. Spans are found as CommonMark finds them: the
+    leftmost backtick run, closed by the next run as long (a backslash escapes a backtick outside one); a
+    span over a line break is escaped too (a list item or quote on its next line ends the paragraph first)."""
+    starts: dict[int, list[int]] = {}  # run length -> where each maximal backtick run of that length starts
+    for found in re.finditer(r"`+", text):
+        starts.setdefault(len(found.group()), []).append(found.start())
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):  # `\<` stays: an escaped `<` is text
+            out.append(text[i : i + 2])
+            i += 2
+        elif char == "`":
+            after = i
+            while after < len(text) and text[after] == "`":
+                after += 1
+            same = starts.get(after - i, [])
+            later = bisect.bisect_right(same, i)  # the next run as long closes the span (none: text)
+            span = text[i : same[later] + after - i] if later < len(same) else text[i:after]
+            out.append(span.replace("<", "&lt;") if "\n" in span else span)
+            i += len(span)
+        else:
+            out.append("&lt;" if char == "<" else char)
+            i += 1
+    return "".join(out)
+
+
+def front_matter_as_code(markdown: str) -> str:
+    """A card body whose first line opens a second `---` block: that block as fenced YAML. Pasted under
+    a heading it showed as a rule and its last line as a setext h2 (`key: value` over `---`)."""
+    lines = markdown.split("\n")
+    if not lines or lines[0].rstrip() != "---":
+        return markdown
+    end = next((n for n in range(1, len(lines)) if lines[n].rstrip() == "---"), None)
+    if end is None:
+        return markdown
+    return "\n".join([*fenced("\n".join(lines[1:end]), "yaml"), *lines[end + 1 :]])

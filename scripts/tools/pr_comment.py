@@ -22,7 +22,6 @@ with no token; dataset-diff-post.yml posts it; tests/test_workflow.py runs both 
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import subprocess
@@ -36,12 +35,12 @@ from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
 from scripts.lib.markdown_text import cell, code, code_span, metrics_table
 from scripts.tools.child_group import run_in_group
+from scripts.tools.plot_points import dvc_json, plot_changes
 from scripts.tools.side_inputs import check_inside, check_outside_stores
 
 MARKER = "<!-- t2i-dataset-diff -->"
 MAX_BODY = 65_000  # GitHub refuses comment bodies over 65,536 characters
 PLOT_ROWS = 12  # changed data points listed per plot and side
-IGNORED_PLOT_FIELDS = {"rev", "filename", "field", "step"}  # added by DVC to every data point
 
 
 # --- releases to compare -------------------------------------------------------------------------
@@ -174,34 +173,16 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def plot_changes(plots: dict, base_rev: str, head_rev: str) -> dict[str, tuple[list[dict], list[dict]]]:
-    """plot id -> (data points only at base, only at head), from `dvc plots diff --json`."""
-    head_name = "workspace" if head_rev == "workspace" else head_rev
-    changes = {}
-    for plot_id, entries in sorted(plots.get("data", {}).items()):
-        by_rev: dict[str, set] = {base_rev: set(), head_name: set()}
-        for entry in entries:
-            if entry.get("type") != "vega":
-                continue
-            for point in (entry.get("content") or {}).get("data", {}).get("values", []):
-                rev = point.get("rev")
-                if rev in by_rev:
-                    by_rev[rev].add(
-                        tuple(sorted((k, str(v)) for k, v in point.items() if k not in IGNORED_PLOT_FIELDS))
-                    )
-        before, after = by_rev[base_rev], by_rev[head_name]
-        if before != after:
-            changes[plot_id] = ([dict(p) for p in sorted(before - after)], [dict(p) for p in sorted(after - before)])
-    return changes
-
-
 def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: str | None) -> list[str]:
     lines = ["### Plots (`dvc plots diff`)", ""]
     with tempfile.TemporaryDirectory() as tmp:  # -o: image plots are copied there, not into the repository
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp], repo)
     if result.returncode != 0:
         return lines + [f"_dvc plots diff failed: {cell(_last_line(result.stderr), 300)}_"]
-    changes = plot_changes(json.loads(result.stdout or "{}"), base_rev, head_rev)
+    plots = dvc_json(result.stdout)
+    if plots is None:
+        return lines + ["_dvc plots diff failed: its --json output is not an object of plots_"]
+    changes = plot_changes(plots, base_rev, head_rev)
     from scripts.lib.io import atomic_path
 
     with atomic_path(out / "plots", is_dir=True) as page:  # the page, for the artifact; a folder of ours
@@ -253,7 +234,7 @@ def contact_sheets(
     found: dict[tuple[str, str], bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp, "--targets", *targets], repo)
-        plots = json.loads(result.stdout or "{}").get("data", {}) if result.returncode == 0 else {}
+        plots = (dvc_json(result.stdout) or {}).get("data", {}) if result.returncode == 0 else {}
         head_name = "workspace" if head_rev == "workspace" else head_rev
         for key, (release, rev, _) in wanted.items():
             for entry in plots.get(f"data/releases/{release}/preview.jpg", []):
@@ -367,7 +348,9 @@ def build_body(
     if shown:
         names = contact_sheets(repo, base_sha, head_rev, shown, fs_a, fs_b, out)
         lines += sheets_section(shown, names, {**labels, base_sha: base_rev}, base_sha, head_rev, assets_url) + [""]
-    lines += metrics_section(repo, base_sha, head_rev, {base_sha: base_rev}, [b for _, b in shown]) + [""]
+    # the head's column named as the title names it (its commit was shown: the labels held the base only)
+    metric_labels = {base_sha: base_rev, head_rev: head_name}
+    lines += metrics_section(repo, base_sha, head_rev, metric_labels, [b for _, b in shown]) + [""]
     plots = plots_section(repo, base_sha, head_rev, out, run_url)
     body = "\n".join(lines + plots) + "\n"
     if len(body) > MAX_BODY:  # the plot tables go first, then the row details are cut

@@ -41,7 +41,7 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
-from scripts.lib.markdown_text import cell, code_span, h1_demoted, link
+from scripts.lib.markdown_text import authored, cell, code_span, front_matter_as_code, link
 from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.tools.hub_licence import check_licence_options, licence_fields
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
@@ -247,7 +247,7 @@ def build_card(
     body = [
         f"# t2i-datasets {name}",
         "",
-        recipe.description or "",
+        authored(recipe.description or ""),  # as the release card shows it (markdown_text.authored)
         "",
         f"Rows: {counts}. Sources: "
         + ", ".join(
@@ -303,7 +303,8 @@ def build_card(
         "",
         "## Release card",
         "",
-        h1_demoted(release_card_body(release_dir)),
+        # its h1s demoted, raw HTML as text, a second `---` block after the front matter as YAML code
+        authored(front_matter_as_code(release_card_body(release_dir))),
         "",
     ]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(body))

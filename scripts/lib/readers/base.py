@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, check_image_pixels
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import check_folder_or_file, file_kind
 from scripts.lib.params import Source
 from scripts.lib.pixels import HEAD_BYTES
@@ -126,6 +126,11 @@ def leaves(path: Path, root: Path) -> bool:
     return ".." in relative.parts
 
 
+# how much of a path from the data (a manifest's shard, a CSV's image_path) a message shows: a name past
+# NAME_MAX (255 bytes) or PATH_MAX (4096) cannot exist, and a 100 KB one made a 100 KB error line
+NAME_SHOWN = 300
+
+
 def link_under(path: Path, root: Path) -> Path | None:
     """The first symbolic link on the way down from `root` (which may itself be one) to `path`."""
     current = Path(os.path.normpath(root))
@@ -140,8 +145,11 @@ def check_confined(path: Path, root: Path, follow_symlinks: bool = False) -> Pat
     """`path`, refused (one-line DataError) if it leaves `root` or, unless `follow_symlinks`, passes
     through a symbolic link below `root`: a reader opens only files the source holds."""
     if leaves(path, root):
-        raise DataError(f"{path}: leaves the source folder {root}")
-    link = None if follow_symlinks else link_under(path, root)
+        raise DataError(f"{shown_short(str(path), NAME_SHOWN)}: leaves the source folder {root}")
+    try:
+        link = None if follow_symlinks else link_under(path, root)
+    except OSError as exc:  # a name from the data past NAME_MAX or PATH_MAX: a 100 KB line naming it whole
+        raise DataError(f"{shown_short(str(path), NAME_SHOWN)}: {exc.strerror}") from None
     if link is not None:
         raise DataError(f"{link}: is a symbolic link; {LINK_HINT}")
     return path

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head, stream_reader
 from scripts.lib.readers.base import (
     LINK_HINT,
+    NAME_SHOWN,
     Problem,
     Record,
     SourceConfig,
@@ -227,6 +228,13 @@ def image_file_size(
     image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False
 ) -> tuple[int, int] | str:
     """(width, height) of a plain image file within the caps, or "reason:detail"."""
+    try:
+        return _image_file_size(image, max_bytes, max_pixels, follow_symlinks)
+    except OSError as exc:  # a name from the data past NAME_MAX or PATH_MAX: the row's, never the whole run's
+        return f"missing_image:image {shown_short(str(image), NAME_SHOWN)}: {exc.strerror}"
+
+
+def _image_file_size(image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool) -> tuple[int, int] | str:
     if REF_SEPARATOR in image.as_posix():  # every later stage would read it as an archive member
         return f"unsafe_path:image {image}: a folder name ending in '!' reads as an archive ('!/' marks a member)"
     if image.is_symlink() and not follow_symlinks:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, make_ref, read_zip_member
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, quoted
 from scripts.lib.nesting import loads_json
 from scripts.lib.readers.base import (
     LINK_HINT,
+    NAME_SHOWN,
     Problem,
     Record,
     SourceConfig,
@@ -299,12 +300,26 @@ def _gustavosta_csv(file: Path, root: Path, stem: str, split: str, cfg: SourceCo
             continue
         relative = row["image_path"].replace("\\", "/")
         if relative.startswith("/") or ".." in relative.split("/"):
-            yield Problem(file, f"row {number}", "unsafe_path", f"image_path {relative!r} leaves the source folder")
+            yield Problem(
+                file,
+                f"row {number}",
+                "unsafe_path",
+                f"image_path {quoted(relative, NAME_SHOWN)} leaves the source folder",
+            )
             continue
-        link = None if cfg.follow_symlinks else link_under(root / relative, root)
+        try:
+            link = None if cfg.follow_symlinks else link_under(root / relative, root)
+        except OSError as exc:  # a name past NAME_MAX or PATH_MAX: this row's image is missing, not the run's
+            yield Problem(
+                file, f"row {number}", "missing_image", f"image_path {quoted(relative, NAME_SHOWN)}: {exc.strerror}"
+            )
+            continue
         if link is not None:
             yield Problem(
-                file, f"row {number}", "unsafe_path", f"image_path {relative!r}: {link} is a symbolic link; {LINK_HINT}"
+                file,
+                f"row {number}",
+                "unsafe_path",
+                f"image_path {quoted(relative, NAME_SHOWN)}: {link} is a symbolic link; {LINK_HINT}",
             )
             continue
         sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels, follow_symlinks=True)

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from scripts.lib.archive import UnsafeArchive, iter_samples, make_ref, open_tar
-from scripts.lib.errors import DataError, shown_short
+from scripts.lib.errors import DataError, quoted, shown_short
 from scripts.lib.io import bounded_bytes, present_file
 from scripts.lib.nesting import loads_json
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import (
+    NAME_SHOWN,
     Problem,
     Record,
     SourceConfig,
@@ -75,9 +76,9 @@ def manifest_shards(root: Path, follow_symlinks: bool = False) -> list[Path]:
     shards = []
     for name in listed:
         if not isinstance(name, str) or not name:
-            raise DataError(f"{manifest_file}: shard path {name!r} is not a path")
+            raise DataError(f"{manifest_file}: shard path {quoted(name)} is not a path")
         if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
-            raise DataError(f"{manifest_file}: shard path {name!r} leaves the export folder")
+            raise DataError(f"{manifest_file}: shard path {quoted(name, NAME_SHOWN)} leaves the export folder")
         shards.append(check_confined(root / name, root, follow_symlinks))
     return shards
 
@@ -110,7 +111,11 @@ def read_bucketed_webdataset(cfg: SourceConfig, info: dict) -> Iterator[Record |
     )
     info["shards"] = len(shards)
     for shard, name in zip(shards, names):
-        if not shard.is_file():
+        try:
+            listed = shard.is_file()
+        except OSError as exc:  # a name past NAME_MAX or PATH_MAX (follow_symlinks: no check_confined walk)
+            raise DataError(f"{shown_short(str(shard), NAME_SHOWN)}: {exc.strerror}") from None
+        if not listed:
             raise DataError(f"{shard}: shard listed in manifest.json not found")
         with open_tar(shard) as buf:
             for item in iter_samples(buf, cfg.max_member_bytes):
