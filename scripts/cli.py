@@ -13,6 +13,7 @@ import errno
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.interrupts import (
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         # left broken (a half-imported module): the failure is the signal's, not a bug to show
         if (signum := received()) is not None:
             return _interrupted(signum)
-        raise
+        return _internal_error(sys.exc_info()[1])
     finally:
         sys.stdout, sys.stderr = stdout, stderr
         if getattr(sys.unraisablehook, "quiets_interrupts", False):  # not when _silence_finalizers set one
@@ -299,6 +300,46 @@ def _error(text: str, code: int = 2) -> int:
     _say(f"error: {shown(redact_line(text))}")
     _silence_finalizers()
     return code
+
+
+TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: a bug's traceback instead of its one line
+
+
+def _internal_error(exc: BaseException | None) -> int:
+    """A failure no check of ours foresaw (a bug, not the input's fault: exit 1, where bad input is 2) as one
+    line naming the exception and where in scripts/ it was raised, as DVC prints "unexpected error" without
+    `-v`; the traceback, on asking (T2I_TRACEBACK=1), is raised on to Python. It was a traceback of dozens of
+    lines, and whatever the exception's message quoted (a value from the data) in full."""
+    if exc is None or os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+        raise  # re-raises the exception being handled: the traceback asked for
+    from scripts.lib.errors import exception_line
+
+    return _error(
+        f"internal error (a bug, please report it): {exception_line(exc)}{_raised_at(exc)}; "
+        f"{TRACEBACK_VARIABLE}=1 prints the traceback",
+        code=1,
+    )
+
+
+def _raised_at(exc: BaseException) -> str:
+    """` at scripts/x.py:LINE in FUNCTION`: the innermost frame of our own code the exception went through."""
+    import traceback
+
+    package = Path(__file__).resolve().parent
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if _inside(frame.filename, package)]
+    if not ours:
+        return ""
+    frame = ours[-1]
+    where = Path(frame.filename).resolve().relative_to(package.parent)
+    return f" at {where.as_posix()}:{frame.lineno} in {frame.name}"
+
+
+def _inside(filename: str, package: Path) -> bool:
+    try:
+        Path(filename).resolve().relative_to(package)
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _say(line: str) -> None:
@@ -435,7 +476,7 @@ def _main(argv: list[str] | None) -> int:
         except Exception as exc:  # a library failing while it is imported (the command's or a lazy import)
             line = import_failure_line(exc)
             if line is None:
-                raise
+                return _internal_error(exc)
             return _error(line)
     except Interrupted as exc:
         return _interrupted(exc.signum)
