@@ -27,7 +27,7 @@ from scripts.lib.export import export_options, write_prompts_release, write_rows
 from scripts.lib.io import SPLITS, check_not_input, staging_dir, write_json
 from scripts.lib.marks import mark_folder
 from scripts.lib.params import Preview, Source, load_section
-from scripts.lib.paths import check_composed_rows, check_output, move_into_place
+from scripts.lib.paths import check_composed_rows, check_ids_apart, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
 from scripts.lib.safe_paths import table_in
@@ -133,6 +133,7 @@ def cli(
             check_table(rows, composed / ROWS, strings=("id", "source", "split"), unique="id")
         else:  # any folder may be named: its rows are checked as compose@V checks the split tables'
             check_composed_rows(rows, composed / ROWS, roots, text_only)
+        check_ids_apart(rows["id"], composed / ROWS)  # a hand-edited rows.parquet: compose@V checks its own
     names = sorted({c.source for c in recipe.all_components()})
     generation, digests = read_split_records(splits, names)
     if not streamed:  # each rendered image is checked against the sha256 generate recorded, where it is read

@@ -20,6 +20,7 @@ import pyarrow as pa
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS
 from scripts.lib.params import Component, DedupStep, Step
+from scripts.lib.paths import check_ids_apart
 from scripts.lib.recipe import Recipe
 from scripts.lib.tables import arrow_table
 
@@ -66,17 +67,18 @@ def compose(recipe: Recipe, ops: Ops) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def check_unique_ids(ids: pd.Series, recipe: Recipe) -> None:
     """One row per id in a release (an id names the row's files in every layout): an id that two
-    components, or two splits of a source, both give is one line."""
+    components, or two splits of a source, both give is one line; so are two ids equal but for case."""
     import pyarrow.compute as pc
 
-    if pc.count_distinct(pa.array(ids), mode="all").as_py() == len(ids):  # no hash table of Python strings
-        return
-    repeated = ids[ids.duplicated()]
+    repeated = ids[:0]  # no hash table of Python strings unless pyarrow counts a repeat
+    if pc.count_distinct(pa.array(ids), mode="all").as_py() < len(ids):
+        repeated = ids[ids.duplicated()]
     if len(repeated):
         raise DataError(
             f"params.yaml: releases.{recipe.name}: id {repeated.iloc[0]!r} would be in the release twice "
             f"({len(repeated)} such ids): two of its components, or two splits of a source, hold it"
         )
+    check_ids_apart(ids, f"params.yaml: releases.{recipe.name}")  # nor two that one file system takes for one
 
 
 def no_removed_rows() -> pd.DataFrame:

@@ -111,7 +111,8 @@ def image_ext(row) -> str:
 
 
 def image_file_name(row) -> str:
-    """Where a row's image lives inside its split folder: images/<source>/<id><ext>."""
+    """Where a row's image lives inside its split folder: images/<source>/<id><ext> (the id a portable file
+    name, apart from every other id when case is ignored: paths.PLAIN_ID, paths.check_ids_apart)."""
     return f"images/{row.source}/{row.id}{image_ext(row)}"
 
 

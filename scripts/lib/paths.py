@@ -1,7 +1,7 @@
 """Path checks of a release: what it reads must stay inside its sources, what it replaces must be its own.
 
-`check_split_rows` refuses a split row whose id is not a plain name (ids become file and tar member
-names) or whose image lies outside its source's folders (`/etc/passwd`, `../../x`, a link out of the
+`check_split_rows` refuses a split row whose id is not a portable file name (ids become file and tar
+member names: PLAIN_ID, check_ids_apart) or whose image lies outside its source's folders (`/etc/passwd`, `../../x`, a link out of the
 store). `check_output` and `move_into_place` let a release replace only a folder it wrote: a mistyped
 output path loses no data.
 """
@@ -25,11 +25,16 @@ from scripts.lib.io import (
     replace_together,
 )
 from scripts.lib.marks import holds_marker, mark_file, ours_file_by_file
+from scripts.lib.params.base import WINDOWS_DEVICES, windows_device
 from scripts.lib.safe_paths import Roots, not_an_image_name
 from scripts.lib.tables import check_cells, check_table
 from scripts.lib.temps import TMP_OLD, is_our_temp, remove_stale, sibling_name
 
-PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # ids become file and tar member names
+# Ids become file and tar member names (images/<source>/<id>.png) on every system a release is checked out
+# on: ASCII (one Unicode form of each), and never a Windows device's name (CON.png there is the console, what
+# is written to it lost), whatever the case or extension. Apart when case is ignored: check_ids_apart.
+DEVICE_STEM = "|".join(sorted(WINDOWS_DEVICES))
+PLAIN_ID = re.compile(rf"(?!(?i:{DEVICE_STEM})(?:\.|$))[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}")
 OUTPUTS = ("train", "validation", "README.md", "removed.parquet", "rows.parquet", "stats.json", "preview.jpg")
 
 
@@ -118,7 +123,32 @@ def check_plain_ids(ids: pd.Series, path: Path) -> None:
 
 
 def not_plain(path: Path, number: int, row_id) -> DataError:
+    if isinstance(row_id, str) and windows_device(row_id):
+        return DataError(
+            f"{path}: row {number}: id {row_id!r} is a device name on Windows ({row_id.split('.')[0].upper()}): "
+            f"its file {row_id}.png there is that device, not a file (ids become file names); give the row another id"
+        )
     return DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
+
+
+def check_ids_apart(ids: pd.Series, where: str | Path) -> None:
+    """Refuse two ids of a release equal but for case (`ABC`, `abc`): their files (images/<source>/<id>.png,
+    a SimpleTuner caption <id>.txt) are one on a case-insensitive file system (macOS, Windows), where a
+    checkout keeps one of the two. Ids are ASCII (PLAIN_ID): lowercase is their case-insensitive form."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(ids, pa.large_string())
+    if pc.count_distinct(pc.utf8_lower(array), mode="all").as_py() == pc.count_distinct(array, mode="all").as_py():
+        return  # no hash table of Python strings: pipeline ids are lowercase hex, this is all a release pays
+    seen: dict[str, str] = {}
+    for row_id in ids[ids.str.lower().duplicated(keep=False)]:
+        other = seen.setdefault(row_id.lower(), row_id)
+        if other != row_id:
+            raise DataError(
+                f"{where}: ids {other!r} and {row_id!r} differ only by case: their files ({other}.png, "
+                f"{row_id}.png) are one on a case-insensitive file system (macOS, Windows); give one another id"
+            )
 
 
 def check_output(output: Path) -> None:
