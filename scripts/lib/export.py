@@ -111,8 +111,7 @@ def image_ext(row) -> str:
 
 
 def image_file_name(row) -> str:
-    """Where a row's image lives inside its split folder: images/<source>/<id><ext> (the id a portable file
-    name, apart from every other id when case is ignored: paths.PLAIN_ID, paths.check_ids_apart)."""
+    """Where a row's image lives in its split folder: images/<source>/<id><ext> (ids are portable: paths.PLAIN_ID)."""
     return f"images/{row.source}/{row.id}{image_ext(row)}"
 
 
