@@ -161,7 +161,7 @@ class _LineTracker:
         self.mid_line = False
 
     def write(self, text):
-        written = self._stream.write(text)
+        written = self._stream.write(_redacted(text))
         if text:
             self.mid_line = not text.endswith("\n")
         return written
@@ -185,6 +185,7 @@ class _StandardOutput:
     def write(self, text):
         if self._stream is None:
             raise _standard_output_failed(_CLOSED)
+        text = _redacted(text)
         try:
             return self._stream.write(text)
         except UnicodeEncodeError:
@@ -204,6 +205,15 @@ class _StandardOutput:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def _redacted(text):
+    """`text` as it may be printed (import_env.redact_line: no secret known to this process, in any encoding),
+    written on standard output or error: a success line quoting an output path or a source name that holds a key,
+    a progress line, a warning, a table on stdout was printed as given, where an error line was redacted."""
+    from scripts.lib.import_env import redact_line
+
+    return redact_line(text) if isinstance(text, str) and text else text
 
 
 def _in_encoding(text: str, encoding: str | None) -> str:

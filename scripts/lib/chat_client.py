@@ -39,8 +39,9 @@ from typing import Any, NamedTuple
 from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler, stop_calls
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
+from scripts.lib.import_env import redact_known as redact_secrets  # the API key, and every other secret known
 from scripts.lib.io import file_kind, write_json
-from scripts.lib.key_redaction import holds_key, redact_secrets
+from scripts.lib.key_redaction import holds_key
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import open_regular, read_capped
 from scripts.lib.temps import is_our_temp, remove_stale
@@ -205,11 +206,8 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
             where = exc.headers.get("Location")
             where = _origin(urllib.parse.urljoin(url, where)) if where else "elsewhere"
             message = f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed"
-            raise FatalError(
-                redact_secrets(
-                    f"{message} (the API key is sent to base_url only): set base_url to the final address", api_key
-                )
-            ) from None
+            message += " (the API key is sent to base_url only): set base_url to the final address"
+            raise FatalError(redact_secrets(message, api_key)) from None
         detail = redact_secrets(_error_detail(exc), api_key)
         if exc.code == 429:
             raise TransientError(

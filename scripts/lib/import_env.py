@@ -16,6 +16,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from scripts.lib.errors import DataError, exception_line, names_a_file, redact_url_userinfo
 
@@ -199,23 +200,16 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def redact_line(text: str) -> str:
-    """An error line as it may be printed: a URL's user:password@ ***@ (redact_url_userinfo), and no secret of the
-    environment in it (params.yaml_text.secret_env_values: a variable named like a secret, or named by an `*_env`
-    key of params.yaml; a proxy's credential) in any letter case or encoding key_redaction finds. A path or name
-    the user typed holding their key (`synthesize t sk-...`, `ingest $HF_TOKEN out.parquet`) was printed as given,
-    and so was a library's message quoting a variable's value."""
-    from scripts.lib.key_redaction import proxy_credentials, redact_key
-    from scripts.lib.params.yaml_text import secret_env_values
+    """A line as it may be printed: a URL's user:password@ ***@ (redact_url_userinfo), and no known secret
+    (known_secrets: the environment's, a proxy's, the credential files' the SDKs read) in it, in any letter case
+    or encoding key_redaction finds. A path or name the user typed holding their key (`synthesize t sk-...`,
+    `ingest $HF_TOKEN out.parquet`) was printed as given, and so was a library's message quoting a variable's
+    value. Every line a command prints goes through it (cli's standard output and error), progress included."""
+    from scripts.lib.key_redaction import redact_key
 
-    try:
-        from scripts.lib.params import load_params
-
-        params = load_params()  # its `api_key_env` names: checked once already, read again from its cache
-    except Exception:  # the line is printed whatever params.yaml holds
-        params = None  # no params.yaml, or the failure is its own: the variables' names alone
-    secrets = sorted({*secret_env_values(params).values(), *proxy_credentials()}, key=len, reverse=True)
+    secrets = known_secrets()
     text = redact_url_userinfo(text)
-    if not secrets:
+    if not secrets or not any(char.isalnum() for char in text):  # a newline, a space: print's own writes
         return text
     names = sorted({m for m in _VARIABLE_NAME.findall(text) if m in os.environ}, key=len, reverse=True)
     for index, name in enumerate(names):  # each held aside as a mark no secret's piece can join with
@@ -225,3 +219,125 @@ def redact_line(text: str) -> str:
     for index, name in enumerate(names):
         text = text.replace(chr(0xE000 + index), name)
     return text
+
+
+def redact_known(value: Any, api_key: str | None) -> Any:
+    """key_redaction.redact_key for the API key and every other secret known (known_secrets): what a server's reply
+    or error body echoes of the Hub token or an AWS key of a credentials file went into the response cache,
+    prompts.txt and a failure's reason, where key_redaction.redact_secrets removed the API key and the proxies'."""
+    from scripts.lib.key_redaction import redact_key
+
+    for secret in dict.fromkeys([api_key, *known_secrets()]):
+        value = redact_key(value, secret)
+    return value
+
+
+_KNOWN: tuple[tuple, tuple[str, ...]] | None = None  # (what it was read for, the secrets): one read per process
+
+
+def known_secrets() -> tuple[str, ...]:
+    """The secrets a printed line must not hold, longest first: the environment's (params.yaml_text.
+    secret_env_values: a variable named like a secret, or named by an `*_env` key of params.yaml), each proxy's
+    credential, and those the SDKs read from files (file_credentials). Read once per process and environment:
+    every line printed asks (a progress line, each row of a table on stdout), and reading params.yaml and the
+    credential files for each cost milliseconds a line."""
+    global _KNOWN
+    environ = getattr(os.environ, "_data", os.environ)  # its bytes as they are: decoding each item cost more
+    state = (tuple(environ.items()), os.getcwd())
+    if _KNOWN is not None and _KNOWN[0] == state:
+        return _KNOWN[1]
+    from scripts.lib.key_redaction import proxy_credentials
+
+    found = {*_environment_secrets(), *proxy_credentials(), *file_credentials()}
+    _KNOWN = state, tuple(sorted(found, key=len, reverse=True))
+    return _KNOWN[1]
+
+
+def _environment_secrets() -> list[str]:
+    """params.yaml_text.secret_env_values's, or where PyYAML is not installed (pr-comment-post's job installs typer
+    alone) the values of the variables named like a secret: every line printed asks, and one failing to ask lost
+    the line."""
+    try:
+        from scripts.lib.params.yaml_text import secret_env_values
+    except ImportError:
+        return [v for n, v in os.environ.items() if _SECRET_NAME.search(n) and len(v) >= 6 and not names_a_file(v)]
+    try:
+        from scripts.lib.params import load_params
+
+        params = load_params()  # its `api_key_env` names: checked once already, read again from its cache
+    except Exception:  # the line is printed whatever params.yaml holds
+        params = None  # no params.yaml, or the failure is its own: the variables' names alone
+    return list(secret_env_values(params).values())
+
+
+CREDENTIAL_FILE_BYTES = 1 << 20  # a credential file is bytes to kilobytes: more is read no further
+# an option of an AWS credentials or config file, or of huggingface_hub's stored_tokens, holding a secret
+# (aws_secret_access_key, aws_session_token, aws_access_key_id, hf_token); credential_process is a command
+_SECRET_OPTION = re.compile(r"(?i)key|secret|token|password")
+
+
+def file_credentials() -> list[str]:
+    """The credentials the SDKs read from files, not the environment, that an S3 or Hub error may quote: every
+    profile's keys in the AWS credentials and config files (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, else
+    ~/.aws/; AWS_PROFILE picks one, any may be used), the passwords of ~/.netrc (NETRC; requests and curl send
+    them), and huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token`
+    and `stored_tokens`). A file missing, unreadable, not a regular file or not what it should be adds none:
+    never a failure of the command (nor its line)."""
+    from scripts.lib.params.yaml_text import MIN_SHORT_SECRET_CHARS
+
+    home = os.path.expanduser("~")
+    aws = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")]
+    aws.append(os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+    hf_home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
+    found = [value for path in aws for value in _ini_secrets(_bounded_text(path))]
+    found += [value for value in _ini_secrets(_bounded_text(os.path.join(hf_home, "stored_tokens")))]
+    found.append(_bounded_text(os.environ.get("HF_TOKEN_PATH") or os.path.join(hf_home, "token")).strip())
+    found += _netrc_passwords(_bounded_text(os.environ.get("NETRC") or os.path.join(home, ".netrc")))
+    return sorted({value for value in found if len(value) >= MIN_SHORT_SECRET_CHARS and value.isprintable()})
+
+
+def _bounded_text(path: str) -> str:
+    """The first CREDENTIAL_FILE_BYTES of a regular file as text, or "" (a FIFO is not opened for reading: it
+    would wait for a writer; O_NONBLOCK opens it at once, and it is then refused by its kind)."""
+    try:
+        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return ""
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return os.read(fd, CREDENTIAL_FILE_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _ini_secrets(text: str) -> list[str]:
+    """The values of the secret options (_SECRET_OPTION) of every section of an INI text, as configparser
+    reads it (botocore's own parser is much the same); none when it is no INI."""
+    import configparser
+
+    if not text:
+        return []
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        parser.read_string(text)
+        return [
+            value.strip()
+            for section in parser.sections()
+            for option, value in parser.items(section)
+            if _SECRET_OPTION.search(option) and value
+        ]
+    except Exception:  # configparser.Error, or whatever else a hostile file makes it raise: no secret read
+        return []
+
+
+def _netrc_passwords(text: str) -> list[str]:
+    """Each `password` of a .netrc text (tokens split on whitespace, as the netrc format has it; a macdef's
+    body is read as tokens too: a stray password there is redacted as well)."""
+    tokens = text.split()
+    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token in ("password", "passwd")]

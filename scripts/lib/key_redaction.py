@@ -87,8 +87,10 @@ ESCAPES: dict[str, tuple[str, Callable[[str], str]]] = {  # name: (regex with on
     "u8": (r"\\U([0-9a-fA-F]{8})", _codepoint(16)),
     "x2": (r"\\x([0-9a-fA-F]{2})", _codepoint(16)),
     "octal": (r"\\([0-3][0-7]{2})", _codepoint(8)),
-    "percent_u": (r"%u([0-9a-fA-F]{4})", _codepoint(16)),
-    "percent": (r"%([0-9a-fA-F]{2})", _codepoint(16)),
+    # %-escaped once or more (`%2573` is `%73` escaped again, `s`): a key escaped twice char by char, as a URL
+    # put inside another URL's query, was read as the digits of its hex only
+    "percent_u": (r"%(?:25)*u([0-9a-fA-F]{4})", _codepoint(16)),
+    "percent": (r"%(?:25)*([0-9a-fA-F]{2})", _codepoint(16)),
 }
 _ESCAPE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, (pattern, _) in ESCAPES.items()))
 _PLAIN = re.compile(r"(?P<ascii>[\x00-\x7f]+)|(?P<other>[^\x00-\x7f]+)")  # ASCII runs go whole to numpy
@@ -105,8 +107,9 @@ def _numpy():
 
 
 def _skeleton_of(text: str) -> str:
-    """The letters and digits of `text`, NFKC (fullwidth ａ -> a), escapes not undone: for the key's forms."""
-    return "".join(char for char in unicodedata.normalize("NFKC", text) if char.isalnum())
+    """The letters and digits of `text`, NFKC (fullwidth ａ -> a) and case folded (ß and ẞ -> ss: `paßword` for a
+    key's `password` was kept whole), escapes not undone: for the key's forms."""
+    return "".join(char for char in unicodedata.normalize("NFKC", text).casefold() if char.isalnum())
 
 
 _ALNUM_BYTES = None  # lazily: a 256-entry table, True for the ASCII letters and digits
@@ -189,7 +192,7 @@ def _pieces(api_key: str) -> tuple[frozenset[str], int] | None:
     if not key:
         return None
     n = min(PIECE, len(key))
-    forms = {_skeleton_of(text).lower() for encode in ENCODINGS.values() for text in encode(api_key)}
+    forms = {_skeleton_of(text) for encode in ENCODINGS.values() for text in encode(api_key)}
     return frozenset(form[i : i + n] for form in forms for i in range(len(form) - n + 1)), n
 
 
@@ -205,11 +208,19 @@ def _hits(low: str, pieces: frozenset[str], n: int) -> list[int]:
     grams = np.zeros(len(raw) - n + 1, dtype=np.uint64)
     for i in range(n):
         grams = (grams << np.uint64(8)) | raw[i : len(raw) - n + 1 + i]
-    wanted = np.array(sorted(int.from_bytes(p.encode("ascii"), "big") for p in pieces if p.isascii()), dtype=np.uint64)
+    wanted = _packed(pieces)
     if not len(wanted):
         return []
     near = np.minimum(np.searchsorted(wanted, grams), len(wanted) - 1)  # a binary search, no sort of the text's
     return np.flatnonzero(wanted[near] == grams).tolist()
+
+
+@functools.lru_cache(maxsize=16)
+def _packed(pieces: frozenset[str]):
+    """The pieces packed into integers, sorted (numpy): built once per key, not per text (every printed line is
+    redacted: packing the ~500 pieces of each of a few keys cost milliseconds a line)."""
+    np = _numpy()
+    return np.array(sorted(int.from_bytes(p.encode("ascii"), "big") for p in pieces if p.isascii()), dtype=np.uint64)
 
 
 def _blob_length(text: str, at: int) -> int:
@@ -300,7 +311,7 @@ def _short_forms(api_key: str) -> tuple[str, ...]:
     looked for this way (`dummy` in `dum my`), only its encodings."""
     word = _is_word(api_key)
     texts = [text for name, encode in ENCODINGS.items() if not (word and name == "as is") for text in encode(api_key)]
-    forms = {_skeleton_of(text).lower() for text in texts}
+    forms = {_skeleton_of(text) for text in texts}
     return tuple(sorted(form for form in forms if len(form) >= PIECE and form.isascii()))
 
 
@@ -320,7 +331,7 @@ def holds_whole_key(text: str, api_key: str | None) -> bool:
     of hex ids and digits hold some piece of some encoding by chance. A short key: as itself, as holds_key."""
     if not api_key or len(api_key) < SHORT_KEY:
         return holds_key(text, api_key)
-    if api_key.lower() in text.lower():  # also a key of too few letters and digits for a skeleton
+    if api_key.casefold() in text.casefold():  # also a key of too few letters and digits for a skeleton
         return True
     forms = _whole_forms(api_key)
     low = _lowered(skeleton(text)[0]) if forms else ""
@@ -332,7 +343,7 @@ def _whole_forms(api_key: str) -> frozenset[str]:
     """The lower-cased skeleton of each of the key's encodings (base64url's too: `-_` are left out like `+/`),
     those of SHORT_KEY characters or more: a shorter one is in too many texts."""
     texts = [text for encode in ENCODINGS.values() for text in encode(api_key)]
-    forms = {_skeleton_of(text).lower() for text in texts}
+    forms = {_skeleton_of(text) for text in texts}
     return frozenset(form for form in forms if len(form) >= SHORT_KEY)
 
 

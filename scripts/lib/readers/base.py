@@ -61,9 +61,13 @@ _URL_PARAMETER = re.compile(
     rf"({_SEPARATOR})((?:(?!{_SEPARATOR}|{_EQUALS})[^=\s\"'<>])+)({_EQUALS})((?:(?!{_SEPARATOR})[^&#;\s\"'<>])*)"
 )
 # user:password@host without a scheme (`admin:hunter2@db.internal:5432`): ingest's without_userinfo takes the
-# URLs' (scheme://user:password@). Not a mail address (no `:` before its `@`), nor `mailto:me@host`
+# URLs' (scheme://user:password@). Its host is a name with a dot, a name and a port, or [an IPv6 address]: `12:30@venue`
+# (a time and a place) was blanked. Not a mail address (no `:` before its `@`), nor one after a label or scheme
+# (`mailto:me@host`, `email:jo@example.com`, `Contact:jo@example.com`), nor a time (`at 12:30@cafe.example`)
+_MAIL_LABEL = r"mailto|sips?|xmpp|tel|e-?mail|mail|contact|from|to|cc|bcc|reply-to|re|fwd?|sender|author|by"
 _BARE_USERINFO = re.compile(
-    r"(?<![\w.:/@%+~-])(?!(?i:mailto|sips?|xmpp|tel):)[\w.~%!$&'()*+,;=-]+:[^\s/?#@:\"'<>]+@(?=[\w\[])"
+    rf"(?<![\w.:/@%+~-])(?!(?i:{_MAIL_LABEL}):)(?!\d{{1,2}}:\d{{2}}(?::\d{{2}})?(?i:\s*[ap]\.?m\.?)?@)"
+    r"[\w.~%!$&'()*+,;=-]+:[^\s/?#@:\"'<>]+@(?=\[|[\w-]+(?:\.[\w-]+)+|[\w-]+:[0-9]{1,5}(?![0-9]))"
 )
 
 
