@@ -59,14 +59,14 @@ class Roots:
 
 def dvc_cache_of(repository: Path | str) -> str | None:
     """The real path of the DVC cache of the repository holding `repository` (where `dvc cache dir` put it:
-    DVC's own config), the one folder a link of a checkout with cache.type symlink may lead into; None when
+    DVC's own config; where DVC cannot open it, a `.dvc/cache` folder above), the one folder a link of a checkout with cache.type symlink may lead into; None when
     there is none, or when it holds the repository itself (`.dvc/cache -> /`, `cache.dir: /`: every file
     would pass as DVC's). Every reader of a DVC output asks this one rule (Roots, simpletuner's release
     config, caption's manifest): each kept its own, and `.dvc/cache` walked up to and the cache DVC uses
     told a link apart differently."""
-    from scripts.lib.dvc_cache import cache_folder
+    from scripts.lib.dvc_cache import cache_folder, repository_cache
 
-    found = cache_folder(repository)
+    found = cache_folder(repository) or repository_cache(repository)  # DVC cannot open it: its own .dvc/cache
     if found is None:
         return None
     cache, top = os.path.realpath(found), os.path.realpath(repository)
