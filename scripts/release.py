@@ -129,6 +129,7 @@ def cli(
         recipe, rows, removed = compose_release(name, reads, splits, rules, positions, f"release@{name}")
     else:
         rows, removed = read_composed(composed, ["id", "source", "split"] if streamed else ROW_COLUMNS)
+        rows_file = table_in(composed, ROWS)  # the streamed reads: one open, in the folder (and its ids: rows')
         if streamed:  # each chunk is checked as it is written (checked_chunks), the ids across them here
             check_table(rows, composed / ROWS, strings=("id", "source", "split"), unique="id")
         else:  # any folder may be named: its rows are checked as compose@V checks the split tables'
@@ -147,9 +148,9 @@ def cli(
         unit = "rows" if fmt == "prompts" else "images"
         with Progress(f"release@{name}", total=len(rows), unit=unit) as progress:
             if streamed:
-                chunks = ParquetChunks(composed / ROWS, load_section("runtime", missing_ok=True).stream_rows)
+                chunks = ParquetChunks(rows_file, load_section("runtime", missing_ok=True).stream_rows)
                 write_prompts_release(
-                    checked_chunks(chunks.frames(), composed / ROWS, roots, text_only), staging, progress.advance
+                    checked_chunks(chunks.frames(), rows_file, roots, text_only, rows["id"]), staging, progress.advance
                 )
             else:
                 for part in SPLITS:
@@ -167,7 +168,7 @@ def cli(
             generation,
         )
         if streamed:  # the sample's texts from the file: `exported` holds ids, sources and splits only
-            write_preview(exported["id"], lambda ids: rows_of(composed / ROWS, ids), staging / "preview.jpg")
+            write_preview(exported["id"], lambda ids: rows_of(rows_file, ids), staging / "preview.jpg")
         else:
             write_preview(exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg")
         write_parquet(composed_table(removed), staging / "removed.parquet")
@@ -181,10 +182,20 @@ def cli(
     )
 
 
-def checked_chunks(chunks: Iterator[pd.DataFrame], path: Path, roots: dict, text_only: frozenset[str]):
-    """The chunks of a composed rows.parquet, each checked (check_composed_rows) before it is written."""
+def checked_chunks(chunks: Iterator[pd.DataFrame], path: Path, roots: dict, text_only: frozenset[str], ids: pd.Series):
+    """The chunks of a composed rows.parquet, each checked (check_composed_rows) before it is written, and
+    holding the `ids` read (and checked) before, in order: a rows.parquet renamed over the name between the
+    two reads was streamed unchecked, under the card and stats of the first."""
     first = 1
     for chunk in chunks:
+        if (
+            not chunk["id"]
+            .reset_index(drop=True)
+            .equals(ids.iloc[first - 1 : first - 1 + len(chunk)].reset_index(drop=True))
+        ):
+            raise DataError(
+                f"{path}: changed while it was read (its ids differ from the first read); refusing to mix two"
+            )
         check_composed_rows(chunk, path, roots, text_only, first)
         first += len(chunk)
         yield chunk
@@ -194,8 +205,13 @@ def rows_of(path: Path, ids: list[str]) -> pd.DataFrame:
     """The rows of `ids` (id-indexed, in that order) from a parquet file, read a row group at a time."""
     import pyarrow.parquet as pq
 
+    from scripts.lib.tables import parquet_source
+
     columns = ["id", "text", "image"]
-    table = pq.read_table(path, columns=columns, filters=[("id", "in", ids)]) if ids else None
+    table = None
+    if ids:
+        with parquet_source(path) as source:  # the file the rows were streamed from, never the name again
+            table = pq.read_table(source, columns=columns, filters=[("id", "in", ids)])
     return (table.to_pandas() if table is not None else pd.DataFrame(columns=columns)).set_index("id").loc[ids]
 
 

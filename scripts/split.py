@@ -32,7 +32,15 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.params import load_section
 from scripts.lib.positions import checked_positions
-from scripts.lib.tables import ParquetChunks, arrow_table, check_table, check_unique, row_groups_to
+from scripts.lib.tables import (
+    ParquetChunks,
+    arrow_table,
+    check_table,
+    check_unique,
+    parquet_source,
+    row_groups_to,
+    stage_input,
+)
 
 
 def hash_unit(seed: int, row_id: str) -> float:
@@ -124,7 +132,9 @@ def predefined_open(input: Path, columns: list[str], rows: int) -> np.ndarray:
     """bool[n]: True for the rows without a predefined split."""
     if "split" not in columns:
         return np.ones(rows, dtype=bool)
-    return pc.is_null(pq.read_table(input, columns=["split"]).column("split")).to_numpy(zero_copy_only=False)
+    with parquet_source(input) as source:  # the file the other reads read (stage_input), never the name again
+        column = pq.read_table(source, columns=["split"]).column("split")
+    return pc.is_null(column).to_numpy(zero_copy_only=False)
 
 
 def cli(
@@ -140,6 +150,8 @@ def cli(
 ) -> None:
     """Split a source's caption table into train and validation."""
     params = load_section("split")
+    # each file is read more than once (its ids, its rows): every read is of the file the first one opened
+    input, order = stage_input(input), (None if order is None else stage_input(order))
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ids = check_unique(input)
     validation = None  # method hash draws chunk by chunk; shuffle needs every row's place first

@@ -22,12 +22,11 @@ from scripts.lib.archive import (
     parse_ref,
     read_member,
 )
-from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
 from scripts.lib.pixels import opened
-from scripts.lib.safe_paths import confined_file, inside, open_regular, opened_once, opened_real_path
+from scripts.lib.safe_paths import confined_file, dvc_cache_of, inside, open_regular, opened_once, opened_real_path
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -94,7 +93,7 @@ def own_manifest(manifest: Path) -> Path:
     """The manifest when it is a regular file of the images folder itself: a link (to a table elsewhere)
     was followed and its rows captioned, while the images it names were confined to the folder."""
     mode = os.lstat(manifest).st_mode
-    dvc_cache = repository_cache(manifest.parent)
+    dvc_cache = dvc_cache_of(manifest.parent)
     if stat.S_ISLNK(mode) and dvc_cache is not None and inside(os.path.realpath(manifest), dvc_cache):
         return manifest  # a DVC checkout with cache.type symlink: the table is DVC's own copy
     if stat.S_ISLNK(mode):
@@ -111,10 +110,10 @@ def _open_manifest(manifest: Path) -> BinaryIO:
     """The manifest opened once as own_manifest allows it: the folder's own file (no link followed: O_NOFOLLOW),
     or a link into DVC's cache, checked again by what the descriptor names. A link swapped in after
     own_manifest's look was followed, and its table's rows captioned."""
-    dvc_cache = repository_cache(manifest.parent)
+    dvc_cache = dvc_cache_of(manifest.parent)
     linked = dvc_cache is not None and os.path.islink(manifest)
     file = open_regular(manifest, follow=linked)
-    if linked and not inside(opened_real_path(file, manifest), os.path.realpath(str(dvc_cache))):
+    if linked and not inside(opened_real_path(file, manifest), str(dvc_cache)):
         file.close()
         raise DataError(f"{shown(manifest)}: a symbolic link out of DVC's cache; the manifest is read only as its own")
     return file
@@ -163,9 +162,17 @@ def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
 
 
 def read_image(ref: str, params: CaptionEntry) -> bytes:
+    """The bytes of the image `ref` names, from the file opened ONCE and checked there (confined_open): the
+    folder check was of the name (realpath), and a link out or a FIFO swapped in before the open was read."""
     confine(ref, Path(params.images))
+    archive, member = parse_ref(ref)
     try:
-        return read_member(ref, params.max_image_bytes)
+        with confined_open(archive, Path(params.images), ref) as file:
+            if member is None:
+                return _capped(file, ref, params.max_image_bytes)
+            data = read_member(ref, params.max_image_bytes)  # by name: proved after to be of the file opened
+            _check_still(archive, file, ref)
+            return data
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
     except OSError as exc:
@@ -173,14 +180,42 @@ def read_image(ref: str, params: CaptionEntry) -> bytes:
 
 
 def confine(ref: str, root: Path) -> None:
-    """UnsafeArchive unless the file a reference opens (the archive of "a.tar!/m", or the plain file)
-    is inside the images folder after every link, and the reference cannot also name a plain file:
-    "x!/y.jpg" opened y.jpg of whatever x linked to, outside the folder."""
+    """UnsafeArchive when the reference can also name a plain file: "x!/y.jpg" opened y.jpg of whatever x
+    linked to, outside the folder. Where the file lies is checked on its open (confined_open)."""
     archive, member = parse_ref(ref)
     if member is not None and os.path.lexists(ref):
         raise UnsafeArchive("ambiguous_name", f"{ref}: both a file and a member of {archive}")
-    if not inside(os.path.realpath(archive), os.path.realpath(root)):
+
+
+def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
+    """The file of a reference (the archive of "a.tar!/m", or the plain file) opened once, never waited on,
+    and UnsafeArchive unless it is a regular file inside the images folder after every link, as its
+    descriptor names it."""
+    try:
+        file = open_regular(archive)
+    except DataError:  # a FIFO, folder or device: counted, as read_member counts one
+        raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)") from None
+    if not inside(opened_real_path(file, archive), os.path.realpath(root)):
+        file.close()
         raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
+    return file
+
+
+def _capped(file: BinaryIO, ref: str, max_bytes: int) -> bytes:
+    if os.fstat(file.fileno()).st_size > max_bytes:
+        raise UnsafeArchive("member_too_large", f"{ref}: larger than {max_bytes} bytes")
+    data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grown since
+        raise UnsafeArchive("member_too_large", f"{ref}: larger than {max_bytes} bytes")
+    return data
+
+
+def _check_still(archive: Path, file: BinaryIO, ref: str) -> None:
+    """A DataError unless `archive`'s name still names the file opened and checked, unchanged: its member was
+    read by the name (read_member), and a shard swapped in meanwhile is not the one checked."""
+    opened, now = os.fstat(file.fileno()), os.stat(archive)
+    if not (os.path.samestat(opened, now) and (opened.st_size, opened.st_mtime_ns) == (now.st_size, now.st_mtime_ns)):
+        raise DataError(f"{ref}: its archive was replaced while it was read; refusing to send a file not checked")
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:

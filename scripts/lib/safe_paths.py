@@ -7,16 +7,19 @@ path, or a link in the folder pointing out of it is one line naming the table an
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path, PosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 from scripts.lib.errors import DataError, shown_short
-from scripts.lib.io import file_kind, shown
+from scripts.lib.io import shown
+from scripts.lib.side_files import TablePath as TablePath
+from scripts.lib.side_files import held_open as held_open
+from scripts.lib.side_files import open_regular as open_regular
+from scripts.lib.side_files import opened_once as opened_once
 
 # What a release reads back as an image (export.locate_images, the card's data files). An image stored
 # under another name took a name its layout writes beside it: x.txt its caption, x.json its metadata.
@@ -38,21 +41,36 @@ class Roots:
         self.named = [os.path.abspath(root) for root in roots]
         self._cache: str | None = None  # found when needed: the lookup opens the DVC repository
 
-    def cache(self) -> str:
+    def cache(self) -> str | None:
         if self._cache is None:
-            from scripts.lib.dvc_cache import cache_folder
-
-            self._cache = os.path.realpath(cache_folder(".") or ".dvc/cache")
-        return self._cache
+            self._cache = dvc_cache_of(".") or ""
+        return self._cache or None
 
     def holds(self, file: Path | str, real: str | None = None) -> bool:
         """Whether `file` lies in a root; `real`: where it really is, when known better than by its name (what
         an open file descriptor names: the file may have been replaced by a link since)."""
         real = os.path.realpath(file) if real is None else real  # what a link (anywhere on the way) points at
         named = os.path.abspath(file)  # the path as written, `..` applied
-        return any(inside(real, root) for root in self.real) or (
-            any(inside(named, root) for root in self.named) and inside(real, self.cache())
-        )
+        if any(inside(real, root) for root in self.real):
+            return True
+        cache = self.cache() if any(inside(named, root) for root in self.named) else None
+        return cache is not None and inside(real, cache)
+
+
+def dvc_cache_of(repository: Path | str) -> str | None:
+    """The real path of the DVC cache of the repository holding `repository` (where `dvc cache dir` put it:
+    DVC's own config; where DVC cannot open it, a `.dvc/cache` folder above), the one folder a link of a checkout with cache.type symlink may lead into; None when
+    there is none, or when it holds the repository itself (`.dvc/cache -> /`, `cache.dir: /`: every file
+    would pass as DVC's). Every reader of a DVC output asks this one rule (Roots, simpletuner's release
+    config, caption's manifest): each kept its own, and `.dvc/cache` walked up to and the cache DVC uses
+    told a link apart differently."""
+    from scripts.lib.dvc_cache import cache_folder, repository_cache
+
+    found = cache_folder(repository) or repository_cache(repository)  # DVC cannot open it: its own .dvc/cache
+    if found is None:
+        return None
+    cache, top = os.path.realpath(found), os.path.realpath(repository)
+    return None if inside(top, cache) else cache
 
 
 def leads_out(path: Path | str, root: Path | str, *, dvc_cache: bool = False, real: str | None = None) -> bool:
@@ -142,21 +160,6 @@ def read_within(
         return read_capped(file, cap, path)
 
 
-class TablePath(PosixPath):
-    """A table's path checked by name, with how it must be opened (`opener`): tables.py's readers open it once
-    that way and read that file, never the name again (a link swapped in after the check was followed). A path
-    made from it (`.parent`, `/ x`) is a plain path: its `opener` is None."""
-
-    opener: Callable[[], BinaryIO] | None = None
-
-
-def opened_once(path: Path | str, opener: Callable[[], BinaryIO]) -> TablePath:
-    """`path` as a TablePath that tables.py's readers open by `opener` (which checks what it opened)."""
-    table = TablePath(path)
-    table.opener = opener
-    return table
-
-
 def table_in(root: Path, *names: str) -> TablePath:
     """root/names (data/splits/S/train.parquet, a positions file, compose@V's rows.parquet), refused in one line
     when a link on its way (the source's folder, the file) leads out of `root`: `data/splits/S -> /elsewhere`
@@ -164,7 +167,7 @@ def table_in(root: Path, *names: str) -> TablePath:
     images; a hard link (cache.type hardlink) is a file of the root itself. tables.py's readers open it once
     (open_within: the same rule, checked again by what the descriptor names)."""
     path = check_stays_in(Path(root).joinpath(*names), root, dvc_cache=True)
-    return opened_once(path, lambda: open_within(path, root, dvc_cache=True))
+    return held_open(path, lambda: open_within(path, root, dvc_cache=True))  # every read of one stage: one file
 
 
 def resolved(path: Path | str) -> Path:
@@ -216,41 +219,6 @@ def own_regular_file(path: Path, root: Path) -> Path:
     if not inside(os.path.realpath(path), os.path.realpath(root)):
         raise DataError(f"{shown(path)}: leaves its folder {shown(root)}")
     return path
-
-
-def open_regular(
-    path: Path | str, *, follow: bool = True, one_link: bool = False, links_ok: Callable[[Path], bool] | None = None
-) -> BinaryIO:
-    """`path` opened for reading (binary) when it is a regular file; otherwise a DataError.
-
-    The open never waits (O_NONBLOCK: a FIFO blocked until a writer came) and, unless `follow`, does not
-    follow a link (O_NOFOLLOW: a link to /dev/zero or to a file elsewhere); what was opened is checked
-    again (fstat), so a FIFO or link put there since the first look is refused too. `one_link`: a file
-    with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink)."""
-    found = os.stat(path) if follow else os.lstat(path)  # FileNotFoundError is the caller's to name
-    _check_regular(path, found.st_mode)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made since the lstat
-            raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it") from None
-        raise
-    try:
-        opened = os.fstat(fd)  # before fdopen, which refuses a folder put there since in its own words
-        _check_regular(path, opened.st_mode)
-        if one_link and opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path))):
-            raise DataError(f"{shown(path)}: has another hard link; refusing to read a file shared with another name")
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
-def _check_regular(path: Path | str, mode: int) -> None:
-    if stat.S_ISLNK(mode):
-        raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it")
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
 
 
 def read_capped(file: BinaryIO, cap: int, path: Path | str) -> bytes:

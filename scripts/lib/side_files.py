@@ -5,10 +5,14 @@ under a cap. scripts/lib/io.py re-exports these for the stages that read and wri
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
-from pathlib import Path
+import weakref
+from collections.abc import Callable
+from pathlib import Path, PosixPath
+from typing import BinaryIO
 
 from scripts.lib.errors import DataError, shown
 
@@ -42,6 +46,93 @@ def regular_file(path: Path | str, pipes: bool = False) -> Path:
     return Path(path)
 
 
+class TablePath(PosixPath):
+    """A table's path checked by name, with how it must be opened (`opener`): tables.py's readers open it once
+    that way and read that file, never the name again (a link swapped in after the check was followed). A path
+    made from it (`.parent`, `/ x`) is a plain path: its `opener` is None."""
+
+    opener: Callable[[], BinaryIO] | None = None
+
+
+def opened_once(path: Path | str, opener: Callable[[], BinaryIO]) -> TablePath:
+    """`path` as a TablePath that tables.py's readers open by `opener` (which checks what it opened)."""
+    table = TablePath(path)
+    table.opener = opener
+    return table
+
+
+def open_regular(
+    path: Path | str, *, follow: bool = True, one_link: bool = False, links_ok: Callable[[Path], bool] | None = None
+) -> BinaryIO:
+    """`path` opened for reading (binary) when it is a regular file; otherwise a DataError.
+
+    The open never waits (O_NONBLOCK: a FIFO blocked until a writer came) and, unless `follow`, does not
+    follow a link (O_NOFOLLOW: a link to /dev/zero or to a file elsewhere); what was opened is checked
+    again (fstat), so a FIFO or link put there since the first look is refused too. `one_link`: a file
+    with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink)."""
+    found = os.stat(path) if follow else os.lstat(path)  # FileNotFoundError is the caller's to name
+    _check_regular(path, found.st_mode)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link made since the lstat
+            raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it") from None
+        raise
+    try:
+        opened = os.fstat(fd)  # before fdopen, which refuses a folder put there since in its own words
+        _check_regular(path, opened.st_mode)
+        if one_link and opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path))):
+            raise DataError(f"{shown(path)}: has another hard link; refusing to read a file shared with another name")
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _check_regular(path: Path | str, mode: int) -> None:
+    if stat.S_ISLNK(mode):
+        raise DataError(f"{shown(path)}: a symbolic link; refusing to read through it")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{shown(path)}: is {file_kind(mode)}, not a regular file; refusing to read it")
+
+
+def held_open(path: Path | str, first_open: Callable[[], BinaryIO]) -> TablePath:
+    """`path` as a TablePath whose every reader reads the one file `first_open` opened (and checked) for the
+    first: a later open is of that file again (/proc/self/fd), never of the name. A stage reads its input
+    more than once (split: its ids, then its rows; release: the composed ids, then the rows streamed), and
+    a file renamed over the name between two reads mixed two tables in one output. A later open that finds
+    the file changed since (its size or time: written in place) is one line. Without /proc the name is
+    opened again and must still be that file."""
+    table = TablePath(path)
+    held: list[tuple[int, os.stat_result]] = []
+
+    def opener() -> BinaryIO:
+        if not held:
+            file = first_open()
+            fd = os.dup(file.fileno())
+            held.append((fd, os.fstat(fd)))
+            weakref.finalize(table, os.close, fd)
+            return file
+        return _opened_again(*held[0], path)
+
+    table.opener = opener
+    return table
+
+
+def _opened_again(fd: int, first: os.stat_result, path: Path | str) -> BinaryIO:
+    try:
+        again = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # no /proc: the name, proved below to be the same file
+        again = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    now = os.fstat(again)
+    if not (os.path.samestat(now, first) and (now.st_size, now.st_mtime_ns) == (first.st_size, first.st_mtime_ns)):
+        os.close(again)
+        raise DataError(
+            f"{shown(path)}: replaced or changed while this command read it; refusing to mix two versions of it"
+        )
+    return os.fdopen(again, "rb")
+
+
 MAX_CONFIG_BYTES = 64 << 20  # no params.yaml, rule set or plan comes near: a 3 GB file was read whole
 
 
@@ -71,15 +162,23 @@ def bounded_bytes(path: Path | str, max_bytes: int) -> bytes:
     return data
 
 
-def present_file(path: Path | str) -> bool:
+def present_file(path: Path | str, where: str | None = None, *, dangling_absent: bool = False) -> bool:
     """False when nothing is at an optional input's `path`, True for a regular file (after links), else one
-    line: a FIFO or folder at rows.parquet was "absent", and plots read metadata.jsonl instead, without a word."""
+    line naming `where` (default the path): a FIFO or folder at rows.parquet was "absent", and plots read
+    metadata.jsonl instead, without a word. A link to nothing is one line too (a dvc.lock link whose target
+    is gone is no "no lock"), unless `dangling_absent`: a file only shown when there (pr-comment's contact
+    sheet, a DVC symlink checkout after `dvc gc`). The one rule for the stages and the side tools alike."""
+    name = where or shown(path)
     if not os.path.lexists(path):
         return False
     try:
-        regular_file(path)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{shown(path)}: a symbolic link to nothing ({shown(os.readlink(path))})") from None
+        if dangling_absent:
+            return False
+        raise DataError(f"{name}: a symbolic link to nothing ({shown(os.readlink(path))})") from None
     except OSError as exc:  # a loop of links, a folder on the way not searchable
-        raise DataError(f"{shown(path)}: {exc.strerror}") from None
+        raise DataError(f"{name}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{name}: is {file_kind(mode)}, not a regular file; refusing to read it")
     return True

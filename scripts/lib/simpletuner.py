@@ -32,11 +32,10 @@ from typing import Any
 
 import pandas as pd
 
-from scripts.lib.dvc_cache import repository_cache
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import inside, new_file, open_regular, opened_real_path, read_capped, resolved
+from scripts.lib.safe_paths import dvc_cache_of, inside, new_file, open_regular, opened_real_path, read_capped, resolved
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
 PARQUET_NAME = "simpletuner.parquet"
@@ -209,7 +208,7 @@ def config_in_release(path: Path, release: Path) -> bytes:
 def check_in_release(path: Path, release: Path, real: str | None = None) -> None:
     """Refuse a config that is a link leading out of the release (a 3 GB file elsewhere was read whole),
     but into DVC's cache (cache.type symlink links a release's files there); `real`: where the opened file is."""
-    real, dvc_cache = os.path.realpath(path) if real is None else real, repository_cache(release)
+    real, dvc_cache = os.path.realpath(path) if real is None else real, dvc_cache_of(release)
     if not (inside(real, str(release)) or (dvc_cache is not None and inside(real, dvc_cache))):
         raise DataError(
             f"{shown(path)}: a link out of the release {shown(release)} (to {shown_short(real)}); refusing to read it"
@@ -224,7 +223,7 @@ def confined(value, root: Path, where: str) -> str:
         raise DataError(f"{where}: {shown_short(repr(value))} is not a path")
     named = os.path.normpath(os.path.join(root, value))
     real, top = os.path.realpath(named), os.path.realpath(root)
-    dvc_cache = repository_cache(top)
+    dvc_cache = dvc_cache_of(top)
     if not (inside(named, str(root)) and (inside(real, top) or (dvc_cache is not None and inside(real, dvc_cache)))):
         raise DataError(
             f"{where}: {shown_short(repr(value))} is outside {shown(root)}; refusing to point SimpleTuner at it"

@@ -18,6 +18,7 @@ from typing import Any
 
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path, writing
+from scripts.lib.side_files import held_open, open_regular
 
 
 def is_text_type(kind) -> bool:
@@ -329,15 +330,15 @@ def schema_names(source, path: Path | str) -> list[str]:
 
 @contextlib.contextmanager
 def parquet_source(path: Path | str) -> Iterator[Any]:
-    """What pyarrow reads for the stage input `path`: its name, or for a table found under a folder by name
+    """What pyarrow reads for the stage input `path`: the file opened ONCE (side_files.open_regular: links
+    followed, as DVC's symlink checkout and a user's own link ask; a FIFO never waited on; a folder, FIFO or
+    device put there after existing_input's look refused by what was opened: pyarrow opened the name again,
+    and read a folder swapped in as a dataset of other rows), or for a table found under a folder by name
     (safe_paths.table_in: split tables, positions files, compose@V's rows.parquet; caption's manifest) the file opened ONCE there
     (safe_paths.open_within: stays in the folder once open, a regular file), so that a link or folder swapped
     in after table_in's check is never what pyarrow reads. The path carries its opener (safe_paths.TablePath):
     only the stages that find tables by name run safe_paths, and their dvc.yaml deps name it."""
-    opener = getattr(path, "opener", None)
-    if opener is None:
-        yield path
-        return
+    opener = getattr(path, "opener", None) or (lambda: open_regular(path))
     try:
         os.fsdecode(path).encode("utf-8")  # one rule for every reader's name, as pyarrow's own open tells it
     except UnicodeEncodeError as exc:
@@ -415,6 +416,15 @@ class ParquetChunks:
             index = table.schema.get_field_index(name)
             table = table.set_column(index, pa.field(name, pa.float64()), table.column(name).cast(pa.float64()))
         return table
+
+
+def stage_input(path: Path | str) -> Path:
+    """A stage's input named on the command line (`split`'s input and `--order`) as every read of one run takes
+    it: the file the first read opened and checked (side_files.held_open), never the name again. A link is
+    followed (DVC's own symlink checkout is one); a file renamed over the name between two reads is one line
+    (split read its ids from one table and its rows from another)."""
+    path = Path(path)
+    return held_open(path, lambda: open_regular(path))
 
 
 def existing_input(path: Path | str) -> Path:

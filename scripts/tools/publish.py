@@ -110,6 +110,8 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
                     "_name": ref.rpartition("/")[2],
                     "_size": int(size),
                     "_sha256": record.get("image_sha256") if isinstance(record.get("image_sha256"), str) else None,
+                    "_root": str(release_dir),  # the folder the opened file must stay in (image_read)
+                    "_one_name": False,  # a hard link (DVC's hardlink checkout) is told by the sha256 recorded
                 }
             )
         return records
@@ -129,6 +131,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
             )
         check_image_name(record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
         record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
+        record["_root"], record["_one_name"] = str(folder), True  # no sha256 here: the one-link rule, where it is read
     return records
 
 
@@ -157,11 +160,29 @@ def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
 def rows_with_images(records: list[dict]) -> Iterator[tuple[tuple[dict, bytes], int]]:
     """Each row with its image's bytes, as read (never the size rows.parquet records: a wrong one would
     put every image in one shard), and the bytes it adds to a shard."""
-    from scripts.lib.export import release_image_bytes
-
     for record in records:
-        data = recorded_bytes(record, release_image_bytes(Path(), record["_ref"]))
+        data = recorded_bytes(record, image_read(record))
         yield (record, data), len(data) + len(record["text"].encode())
+
+
+def image_read(record: dict) -> bytes:
+    """The bytes of a row's image from ONE open, checked there (safe_paths.open_within: in its folder, a regular
+    file, with one name where read_split asks it): read_split's checks were by name, and a link out or a file
+    swapped in after them was read and uploaded. A member of an archive is read by its name, its sha256 checked
+    after (recorded_bytes)."""
+    from scripts.lib.archive import DEFAULT_MAX_MEMBER_BYTES
+    from scripts.lib.dvc_cache import is_cache_copy
+    from scripts.lib.export import release_image_bytes
+    from scripts.lib.safe_paths import open_within, read_capped
+
+    ref = record["_ref"]
+    if "!/" in ref:
+        return release_image_bytes(Path(), ref)
+    try:
+        with open_within(ref, record["_root"], one_name=record["_one_name"], links_ok=is_cache_copy) as file:
+            return read_capped(file, DEFAULT_MAX_MEMBER_BYTES, ref)
+    except FileNotFoundError:
+        raise DataError(f"{shown(ref)}: image not found (removed while the release was read)") from None
 
 
 def shard_table(rows: list[tuple[dict, bytes]]):
@@ -202,6 +223,19 @@ def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int
         part.rename(data_dir / name)
         info["files"].append(name)
     return info
+
+
+def copy_checked(path: Path, release_dir: Path, target: Path) -> None:
+    """Copy the release's `path` (release_file checked it by name) from one open checked there (open_within,
+    one name or DVC's cache copy): a link out or hard link swapped in after the check was copied and uploaded."""
+    from scripts.lib.dvc_cache import is_cache_copy
+    from scripts.lib.safe_paths import open_within
+
+    try:
+        with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy) as file, open(target, "xb") as out:
+            shutil.copyfileobj(file, out)
+    except FileNotFoundError:
+        raise DataError(f"{shown(path)}: removed while the release was read") from None
 
 
 # --- the card ------------------------------------------------------------------------------------
@@ -448,7 +482,7 @@ def cli(
             (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
         preview = release_file(release_dir, "preview.jpg", str(release_dir))
         if preview:
-            shutil.copyfile(preview, tmp / "preview.jpg")
+            copy_checked(preview, release_dir, tmp / "preview.jpg")
         build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
             tmp / "README.md"
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import subprocess
 from pathlib import Path
 from typing import BinaryIO
@@ -42,17 +41,13 @@ def commit_of(repo: str | Path, rev: str) -> str:
     return result.stdout.strip()
 
 
-def check_regular(path: Path, where: str) -> bool:
-    """True when `path` is a regular file (after links), False when nothing is there; else one line."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise DataError(f"{shown(where)}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{shown(where)}: not a regular file (a FIFO, device or folder is never read)")
-    return True
+def check_regular(path: Path, where: str, *, dangling_absent: bool = False) -> bool:
+    """True when `path` is a regular file (after links), False when nothing is there; else one line: the
+    stages' rule (side_files.present_file), a link to nothing an error unless `dangling_absent`. A workspace
+    dvc.lock linked to nothing read as "no lock" here, and as an error in the stages."""
+    from scripts.lib.side_files import present_file
+
+    return present_file(path, shown(where), dangling_absent=dangling_absent)
 
 
 def check_inside(path: Path, roots: tuple, use: str) -> None:
@@ -62,7 +57,7 @@ def check_inside(path: Path, roots: tuple, use: str) -> None:
 
     if os.path.lexists(path) and all(leads_out(path, root) for root in roots):
         raise DataError(f"{shown(path)}: leads out of the repository; refusing to {use}")
-    check_regular(path, str(path))
+    check_regular(path, str(path), dangling_absent=True)  # a sheet only shown when there: a gc'd checkout has none
 
 
 def release_file(root: Path, name: str, where: str) -> Path | None:
