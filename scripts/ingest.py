@@ -7,8 +7,8 @@ by `kind` (scripts/lib/readers/), and writes
 - data/prompts/S.report.json: rows read, rows written, skipped rows per reason.
 
 Every record passes the same checks here, whatever its format: prompt, image reference and kept
-native fields are valid UTF-8, the prompt has no NUL byte and is not empty (unless `keep_empty`),
-width/height fit the table. A bad record stops the stage with one line naming file
+native fields are valid UTF-8 (and at most MAX_META_BYTES as JSON), the prompt has no NUL byte, is not
+empty (unless `keep_empty`) nor over `max_prompt_bytes`, width/height fit the table. A bad record stops the stage with one line naming file
 and row (`on_error: fail`) or is counted under its reason in the report (`on_error: skip`). Both
 outputs are written to temp files and renamed at the end: a failed run leaves no partial file.
 """
