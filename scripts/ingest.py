@@ -7,8 +7,8 @@ by `kind` (scripts/lib/readers/), and writes
 - data/prompts/S.report.json: rows read, rows written, skipped rows per reason.
 
 Every record passes the same checks here, whatever its format: prompt, image reference and kept
-native fields are valid UTF-8, the prompt has no NUL byte and is not empty (unless `keep_empty`),
-width/height fit the table. A bad record stops the stage with one line naming file
+native fields are valid UTF-8 (and at most MAX_META_BYTES as JSON), the prompt has no NUL byte, is not
+empty (unless `keep_empty`) nor over `max_prompt_bytes`, width/height fit the table. A bad record stops the stage with one line naming file
 and row (`on_error: fail`) or is counted under its reason in the report (`on_error: skip`). Both
 outputs are written to temp files and renamed at the end: a failed run leaves no partial file.
 """
@@ -41,6 +41,13 @@ from scripts.lib.tables import ParquetRows, size_problem
 from scripts.lib.text_lines import MAX_LINE_BYTES as MAX_PROMPT_BYTES
 from scripts.lib.text_lines import prompt_problem
 
+# A record's kept native fields, as JSON: a DALL-E-3 json's every other field, a WebDataset json's caption_*
+# fields, a parquet source's metadata cells. Uncapped, a 60 MB field of one json member went into the table
+# whole and into every copy of it, and the writer held batch_rows such rows at once (8 of 20 MB: +240 MB).
+MAX_META_BYTES = 1 << 20
+# the rows' prompt and meta text the writer holds before it writes them as a row group, whatever batch_rows
+FLUSH_BYTES = 256 << 20
+
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig
 
@@ -65,6 +72,8 @@ def record_problem(
             text.encode("utf-8")
         except UnicodeEncodeError:
             return "not_utf8", f"{what} is not valid UTF-8"
+    if len(meta_json) > MAX_META_BYTES // 4 and (size := len(meta_json.encode("utf-8"))) > MAX_META_BYTES:
+        return "meta_too_large", f"native metadata is {size:,} bytes as JSON, over {MAX_META_BYTES:,}"
     if not keep_empty and not prompt.strip():
         return "empty_prompt", "empty prompt"
     for side in (record.width, record.height):
@@ -152,6 +161,7 @@ def normalise(
 
     skipped: dict[str, int] = report["skipped"]
     ids = array("Q")  # 8 bytes per row: checks that native keys were unique
+    held = 0  # bytes of text the writer holds (FLUSH_BYTES)
     for item in track(items, desc=f"ingest@{source}", unit="records"):
         report["rows_read"] += 1
         if isinstance(item, Record):
@@ -165,6 +175,10 @@ def normalise(
                 row_id = stable_id(source, item.key)
                 ids.append(int(row_id, 16))
                 writer.add(row_id, source, item.prompt, item.split, item.image, item.width, item.height, meta_json)
+                held += len(item.prompt) + len(meta_json)
+                if held >= FLUSH_BYTES:  # batch_rows rows of 64 KB prompts and 1 MB metadata: 50 GB held
+                    writer.flush()
+                    held = 0
                 continue
             problem = Problem(item.file or cfg.path, item.where or f"record {item.key!r}", *found)
         else:

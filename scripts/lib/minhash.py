@@ -208,6 +208,24 @@ def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
 
 
 SHINGLE_BLOCK = 1 << 16  # texts shingled at once: the temporaries cost ~2 kB a text, the result ~0.2 kB
+# text bytes shingled at once, however many texts: the temporaries cost ~15 bytes a text byte, so a block of
+# texts counted in rows alone held 20,000 prompts of 64 KB (10,000 words each) as ~20 GB in each worker
+TEXT_BLOCK_BYTES = 8 << 20
+
+
+def text_slices(texts: pa.Array, rows: int, max_bytes: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) bounds cutting `texts` into consecutive slices of at most `rows` texts and `max_bytes`
+    (TEXT_BLOCK_BYTES) bytes of text (a longer text alone), in order: what one batch of shingling may hold."""
+    max_bytes = TEXT_BLOCK_BYTES if max_bytes is None else max_bytes
+    sizes = pc.binary_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ends = offsets_from_counts(sizes)
+    bounds, start = [], 0
+    while start < len(texts):
+        fits = int(np.searchsorted(ends, ends[start] + max_bytes, side="right")) - 1  # texts [start, fits) fit
+        stop = min(start + rows, max(fits, start + 1))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 def shingle_hashes(texts, unit: str = "word", ngram: int = 3) -> Shingles:
@@ -215,10 +233,10 @@ def shingle_hashes(texts, unit: str = "word", ngram: int = 3) -> Shingles:
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
     texts = as_string_array(texts)
-    if len(texts) <= SHINGLE_BLOCK:
+    blocks = text_slices(texts, SHINGLE_BLOCK)
+    if len(blocks) <= 1:
         return _shingle_block(texts, unit, ngram)
-    blocks = range(0, len(texts), SHINGLE_BLOCK)
-    return concat_shingles([_shingle_block(texts.slice(lo, SHINGLE_BLOCK), unit, ngram) for lo in blocks])
+    return concat_shingles([_shingle_block(texts.slice(lo, hi - lo), unit, ngram) for lo, hi in blocks])
 
 
 def concat_shingles(parts: list[Shingles]) -> Shingles:
@@ -303,6 +321,9 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's "no value seen" sentinel
 
 
+SIGNATURE_CELLS = 1 << 22  # shingles of one signatures() gather: ~50 MB of temporaries, however long the texts
+
+
 def signatures(shingles: Shingles, perms: tuple[np.ndarray, np.ndarray], block: int = 4096) -> np.ndarray:
     """uint32[n, num_perm] MinHash signatures; texts without shingles get all EMPTY.
 
@@ -318,8 +339,10 @@ def signatures(shingles: Shingles, perms: tuple[np.ndarray, np.ndarray], block: 
     step = np.empty((block, len(a)), dtype=np.uint32)
     for length in range(1, len(group_start) - 1):
         group = by_count[group_start[length] : group_start[length + 1]]
-        for lo in range(0, len(group), block):
-            rows = group[lo : lo + block]
+        # [rows, length] gathers 12 bytes a cell: 4096 texts of 10,000 words held 490 MB, of 65,536 characters 3 GB
+        at_once = max(1, min(block, SIGNATURE_CELLS // length))
+        for lo in range(0, len(group), at_once):
+            rows = group[lo : lo + at_once]
             values = hv[shingles.offsets[rows][:, None] + np.arange(length)]  # [len(rows), length]
             acc = np.full((len(rows), len(a)), EMPTY, dtype=np.uint32)
             tmp = step[: len(rows)]

@@ -33,8 +33,11 @@ class ShingleSets(mh._Ragged):
 
 
 def shingle_sets(texts: pa.Array, unit: str, ngram: int, block: int = BLOCK_ROWS) -> ShingleSets:
-    """The shingle set of each text (docs/contracts.md §4), `block` texts at a time."""
-    parts = [sets_of(mh.shingle_hashes(texts.slice(lo, block), unit, ngram)) for lo in range(0, len(texts), block)]
+    """The shingle set of each text (docs/contracts.md §4), `block` texts (and mh.TEXT_BLOCK_BYTES) at a time."""
+    texts = mh.as_string_array(texts)
+    parts = [
+        sets_of(mh.shingle_hashes(texts.slice(lo, hi - lo), unit, ngram)) for lo, hi in mh.text_slices(texts, block)
+    ]
     if not parts:
         return ShingleSets(hashes=np.zeros(0, dtype=np.uint64), offsets=np.zeros(1, dtype=np.int64))
     return ShingleSets(

@@ -8,6 +8,7 @@ The batch function `sketch_batch` is what both engines run: the local one over b
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,24 +73,33 @@ def sketch(texts, params: Dedup, runtime: Runtime) -> Sketch:
     )
     pool_size = min(workers(runtime), -(-n // size))
     if pool_size <= 1:
-        _fill(out, (sketch_batch(batch, params) for batch in texts.batches(size)))
+        _fill(out, (sketch_batch(batch, params) for batch in bounded_batches(texts, size)))
         return out
-    if isinstance(texts, ArrayTexts):  # the forks inherit the array: only batch numbers travel
-        starts = range(0, n, size)
-        _fill(out, forked_map(_sketch_slice, starts, pool_size, (texts.array, size, params)))
+    if isinstance(texts, ArrayTexts):  # the forks inherit the array: only batch bounds travel
+        bounds = mh.text_slices(texts.array, size)
+        _fill(out, forked_map(_sketch_slice, bounds, pool_size, (texts.array, params)))
         return out
     # batches travel to the workers pickled, one a worker at a time: the texts are never all in memory at once
-    batches = (compact(batch) for batch in texts.batches(size))
+    batches = (compact(batch) for batch in bounded_batches(texts, size))
     _fill(out, forked_map(_sketch_item, batches, pool_size, (params,)))
     return out
+
+
+def bounded_batches(texts: Texts, size: int) -> Iterator[pa.Array]:
+    """The texts in order, in batches of at most `size` texts and mh.TEXT_BLOCK_BYTES bytes (a longer text
+    alone): a batch's memory is its bytes', so 20,000 prompts of 64 KB no longer make one batch of 20 GB."""
+    for batch in texts.batches(size):
+        for lo, hi in mh.text_slices(batch, size):
+            yield batch.slice(lo, hi - lo)
 
 
 def _sketch_item(params: Dedup, texts: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sketch_batch(texts, params)
 
 
-def _sketch_slice(texts: pa.Array, size: int, params: Dedup, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return sketch_batch(texts.slice(start, size), params)
+def _sketch_slice(texts: pa.Array, params: Dedup, bounds: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    start, stop = bounds
+    return sketch_batch(texts.slice(start, stop - start), params)
 
 
 def spread(function, tasks: list, shared: tuple, processes: int) -> list:

@@ -228,11 +228,20 @@ def require_columns(file: Path, present: list[str], required: list[str], echo: b
     if not missing:
         return
     if echo:
-        hint = f"has: {', '.join(present) or 'none'}"
+        hint = f"has: {columns_shown(present)}"
     else:
         near = difflib.get_close_matches(missing[0], [str(c) for c in present], n=1, cutoff=0.7)
         hint = f"did you mean {near[0]!r}?" if near else f"the header has {len(present)} fields"
     raise DataError(f"{file}: missing column {', '.join(repr(c) for c in missing)} ({hint})")
+
+
+COLUMNS_SHOWN = 20  # a parquet file of 5,000 columns named every one: a 40 KB error line
+
+
+def columns_shown(present: list[str]) -> str:
+    """The first COLUMNS_SHOWN of a file's column names, each cut short, for a one-line message."""
+    names = ", ".join(shown_short(str(name), 40) for name in present[:COLUMNS_SHOWN]) or "none"
+    return names + (f" and {len(present) - COLUMNS_SHOWN:,} more" if len(present) > COLUMNS_SHOWN else "")
 
 
 def head_pixels(head_of: Callable[[int], bytes], name: str, max_pixels: int) -> tuple[int, int]:
