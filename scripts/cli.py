@@ -307,9 +307,22 @@ def _error(text: str, code: int = 2) -> int:
     from scripts.lib.import_env import redact_line
 
     # whatever a message quotes (a server's reply, a name, a path typed) is text: no password or key is shown
-    _say(f"error: {shown(redact_line(text))}")
+    _say(f"error: {_capped(shown(redact_line(text)))}")
     _silence_finalizers()
     return code
+
+
+MAX_LINE = 2000  # characters of an error line; a longer one keeps its head and its tail (the advice)
+
+
+def _capped(line: str) -> str:
+    """`line` at most about MAX_LINE characters: its start (what failed, the file) and its end (what to do), the
+    middle cut and counted. A value quoted whole (a 100 KB column name, a shard path, a server's reply) made an
+    error line of that size wherever no message cut it itself."""
+    if len(line) <= MAX_LINE:
+        return line
+    head, tail = MAX_LINE * 2 // 3, MAX_LINE // 4
+    return f"{line[:head]} [... {len(line) - head - tail} characters cut ...] {line[-tail:]}"
 
 
 TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: a bug's traceback instead of its one line

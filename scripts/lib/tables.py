@@ -68,7 +68,7 @@ def check_column_names(path: Path | str, names) -> None:
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise DataError(f"{shown(path)}: column {shown(name)!r} appears twice; a column name must be unique")
+            raise DataError(f"{shown(path)}: column {shown_short(name)!r} appears twice; a column name must be unique")
         seen.add(name)
 
 
