@@ -104,7 +104,7 @@ def test_a_main_thread_ray_holds_still_ends_in_one_line_at_exit_2(tmp_path, hold
     code = textwrap.dedent(f"""
         import signal, threading, time
         from scripts.lib.ray_engine import ClusterWatch, LOST_SIGNAL
-        with ClusterWatch("u:pw@h:1", {{"the cluster's GCS": "{closed_port()}"}}, 1):
+        with ClusterWatch("u:pw@h:1", {{"the cluster's GCS": "{closed_port()}"}}, 1, True):
             {hold}
         """)
     start = time.monotonic()
@@ -144,7 +144,6 @@ STAGES = {
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="Ray's C++ core still writes `Failed to push error to driver` lines on fd 2 once the GCS is gone")
 @pytest.mark.parametrize("make, after_s", list(STAGES.values()), ids=list(STAGES))
 def test_a_cluster_whose_head_is_killed_mid_run_ends_in_one_line(tmp_path, make, after_s):
     from ray.cluster_utils import Cluster

@@ -6,6 +6,7 @@ stops Ray and turns its failures into one-line DataErrors.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -88,7 +89,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
-    watch = ClusterWatch(address, _probed(ray), runtime.connect_timeout_s) if started_here else None
+    watch = ClusterWatch(address, _probed(ray), runtime.connect_timeout_s, True) if started_here else None
     try:
         # a Ctrl-C while ray.init ran raised Interrupted inside Ray's own code, which may catch it (a loaded
         # start went on to exit 0 with its outputs written): the signal, noted, stops the run here
@@ -105,23 +106,19 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
 
 
 # a cluster gone mid-run (its head or this machine's raylet stopped): Ray's driver waited for its GCS 60 s
-# (gcs_rpc_server_reconnect_timeout_s), then ended the process from C++ at exit 1 with Ray's lines on stderr and the
-# outputs' temps left behind; a raylet gone, the run hung as long. A thread of ours probes both every second and,
-# once one has not answered `connect_timeout_s` in a row (at most WATCH_MOST_S, before Ray's own end), raises the
-# one line in the main thread through LOST_SIGNAL: the stage's own DataError path removes what it started writing
-WATCH_EVERY_S = 1.0
-WATCH_MOST_S = 30
-LOST_SIGNAL = signal.SIGUSR2
-LOST_GRACE_S = 5
+# (gcs_rpc_server_reconnect_timeout_s), then ended the process from C++ at exit 1 with Ray's lines and the outputs'
+# temps left. A thread of ours probes both every second; one silent `connect_timeout_s` (at most WATCH_MOST_S) is
+# the one line, raised in the main thread through LOST_SIGNAL: the stage's DataError path removes its temps
+WATCH_EVERY_S, WATCH_MOST_S, LOST_SIGNAL, LOST_GRACE_S = 1.0, 30, signal.SIGUSR2, 5
 
 
 class ClusterWatch:
-    """The context of a run on Ray: `lost` (the run's one line) once the cluster's GCS or this machine's raylet has
-    not answered for `seconds`, raised in the main thread as a DataError (and again on the way out, whatever Ray
-    made of it). `places`: what is probed, by name (host:port)."""
+    """A run on Ray: `lost` (its one line) once a place of `places` (name: host:port) has not answered for `seconds`,
+    raised in the main thread as a DataError (and again on the way out, whatever Ray made of it)."""
 
-    def __init__(self, address: str | None, places: dict[str, str], seconds: int):
+    def __init__(self, address: str | None, places: dict[str, str], seconds: int, quiet_ray: bool = False):
         self.address, self.places, self.seconds = address, places, min(seconds, WATCH_MOST_S)
+        self.quiet_ray, self._python_only = quiet_ray, 2  # the command's own process: see _quiet
         self.lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ray-cluster-watch", daemon=True)
@@ -150,24 +147,31 @@ class ClusterWatch:
                 if _answers(place):
                     silent_since.pop(name, None)
                 elif time.monotonic() - silent_since.setdefault(name, time.monotonic()) >= self.seconds:
-                    self.lost = cluster_lost(self.address, name, place, self.seconds)
-                    break
-            else:
-                self._stop.wait(WATCH_EVERY_S)
+                    self.lost = self.lost or cluster_lost(self.address, name, place, self.seconds)
+            if silent_since:
+                self._quiet()
+            self._stop.wait(0 if self.lost else WATCH_EVERY_S)
         if self.lost is not None:
             self._stop_the_run()
 
+    def _quiet(self) -> None:
+        """A place is silent: Ray's C++ threads write lines to descriptor 2 now (`Failed to push error to driver`),
+        so it goes nowhere for the rest of the run; the command's own lines go to a copy of it."""
+        if self.quiet_ray and self._python_only == 2:
+            sys.stderr.flush()
+            self._python_only = os.dup(2)
+            with open(os.devnull, "wb") as sink:
+                os.dup2(sink.fileno(), 2)
+            sys.stderr = open(self._python_only, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+
     def _stop_the_run(self) -> None:
-        """The one line raised in the main thread; where Ray holds it (a wait in its C++ core that checks no
-        signal, its own shutdown) for LOST_GRACE_S, printed from here and the process ended at exit 2: the
-        outputs' temps, tagged, are removed by the next run (as a killed run's are)."""
-        main = threading.main_thread().ident or 0
-        signal.pthread_kill(main, LOST_SIGNAL)
-        if self._stop.wait(LOST_GRACE_S):
-            return
-        with contextlib.suppress(OSError):
-            os.write(2, f"error: {self.lost}\n".encode())
-        os._exit(2)
+        """The line raised in the main thread; where Ray holds it LOST_GRACE_S (a C++ wait that runs no handler), said
+        from here and the process ended at exit 2 (the outputs' tagged temps: the next run removes them)."""
+        signal.pthread_kill(threading.main_thread().ident or 0, LOST_SIGNAL)
+        if not self._stop.wait(LOST_GRACE_S):
+            with contextlib.suppress(OSError):
+                os.write(self._python_only, f"error: {self.lost}\n".encode())
+            os._exit(2)
 
 
 def cluster_lost(address: str | None, name: str, place: str, seconds: int) -> str:
@@ -190,21 +194,18 @@ def _probed(ray: ModuleType) -> dict[str, str]:
 
 def _answers(place: str) -> bool:
     host, _, port = place.rpartition(":")
-    try:
+    with contextlib.suppress(OSError, ValueError, OverflowError):
         socket.create_connection((host.strip("[]"), int(port)), timeout=WATCH_EVERY_S).close()
-    except (OSError, ValueError, OverflowError):
-        return False
-    return True
+        return True
+    return False
 
 
 def _shutdown(ray: ModuleType, lost: bool) -> None:
     """ray.shutdown(); after a cluster was lost, in a thread given REAP_SECONDS, and not again at exit (Ray's
-    atexit): its disconnect waits on the GCS until Ray ends the process itself (60 s, exit 1)."""
+    atexit): its disconnect waits on the GCS until Ray ends the process (60 s)."""
     if not lost:
         ray.shutdown()
         return
-    import atexit
-
     done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
     done.start()
     done.join(REAP_SECONDS)
