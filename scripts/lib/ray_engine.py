@@ -6,6 +6,7 @@ stops Ray and turns its failures into one-line DataErrors.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import logging
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Collection, Iterator
@@ -87,18 +89,128 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
+    watch = ClusterWatch(address, _probed(ray), runtime.connect_timeout_s, True) if started_here else None
     try:
         # a Ctrl-C while ray.init ran raised Interrupted inside Ray's own code, which may catch it (a loaded
         # start went on to exit 0 with its outputs written): the signal, noted, stops the run here
         stop_if_received()
-        yield ray
+        with watch or contextlib.nullcontext():
+            yield ray
     finally:
         context.shuffle_strategy = strategy
         if started_here:
-            ray.shutdown()
+            _shutdown(ray, lost=watch is not None and watch.lost is not None)
             _reap(children_before)
             _restore_environment(saved)
             _remove(logs)
+
+
+# a cluster gone mid-run (its head or this machine's raylet stopped): Ray's driver waited for its GCS 60 s
+# (gcs_rpc_server_reconnect_timeout_s), then ended the process from C++ at exit 1 with Ray's lines and the outputs'
+# temps left. A thread of ours probes both every second; one silent `connect_timeout_s` (at most WATCH_MOST_S) is
+# the one line, raised in the main thread through LOST_SIGNAL: the stage's DataError path removes its temps
+WATCH_EVERY_S, WATCH_MOST_S, LOST_SIGNAL, LOST_GRACE_S = 1.0, 30, signal.SIGUSR2, 5
+
+
+class ClusterWatch:
+    """A run on Ray: `lost` (its one line) once a place of `places` (name: host:port) has not answered for `seconds`,
+    raised in the main thread as a DataError (and again on the way out, whatever Ray made of it)."""
+
+    def __init__(self, address: str | None, places: dict[str, str], seconds: int, quiet_ray: bool = False):
+        self.address, self.places, self.seconds = address, places, min(seconds, WATCH_MOST_S)
+        self.quiet_ray, self._python_only = quiet_ray, 2  # the command's own process: see _quiet
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="ray-cluster-watch", daemon=True)
+
+    def __enter__(self) -> ClusterWatch:
+        self._armed, self._handler = True, signal.signal(LOST_SIGNAL, self._raise_lost)
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> None:
+        self._armed = False  # a signal sent just now finds the handler inert
+        self._stop.set()
+        self._thread.join()
+        signal.signal(LOST_SIGNAL, self._handler)
+        if self.lost is not None and kind is not None and issubclass(kind, Exception):
+            raise DataError(self.lost) from None  # whatever Ray made of it (its own error, a wrapped one)
+
+    def _raise_lost(self, signum: int, frame: object) -> None:
+        if self._armed and self.lost is not None:
+            raise DataError(self.lost)
+
+    def _watch(self) -> None:
+        silent_since: dict[str, float] = {}
+        while self.lost is None and not self._stop.is_set():
+            for name, place in self.places.items():
+                if _answers(place):
+                    silent_since.pop(name, None)
+                elif time.monotonic() - silent_since.setdefault(name, time.monotonic()) >= self.seconds:
+                    self.lost = self.lost or cluster_lost(self.address, name, place, self.seconds)
+            if silent_since:
+                self._quiet()
+            self._stop.wait(0 if self.lost else WATCH_EVERY_S)
+        if self.lost is not None:
+            self._stop_the_run()
+
+    def _quiet(self) -> None:
+        """A place is silent: Ray's C++ threads write lines to descriptor 2 now (`Failed to push error to driver`),
+        so it goes nowhere for the rest of the run; the command's own lines go to a copy of it."""
+        if self.quiet_ray and self._python_only == 2:
+            sys.stderr.flush()
+            self._python_only = os.dup(2)
+            with open(os.devnull, "wb") as sink:
+                os.dup2(sink.fileno(), 2)
+            sys.stderr = open(self._python_only, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+
+    def _stop_the_run(self) -> None:
+        """The line raised in the main thread; where Ray holds it LOST_GRACE_S (a C++ wait that runs no handler), said
+        from here and the process ended at exit 2 (the outputs' tagged temps: the next run removes them)."""
+        signal.pthread_kill(threading.main_thread().ident or 0, LOST_SIGNAL)
+        if not self._stop.wait(LOST_GRACE_S):
+            with contextlib.suppress(OSError):
+                os.write(self._python_only, f"error: {self.lost}\n".encode())
+            os._exit(2)
+
+
+def cluster_lost(address: str | None, name: str, place: str, seconds: int) -> str:
+    """The one line of a run whose cluster went away: the address as params.yaml has it (its password hidden)."""
+    shown_address = None if address is None else _USERINFO.sub("***@", address)
+    return (
+        f"runtime.ray_address={shown_address!r}: the Ray cluster went away during the run "
+        f"({name} at {place} has not answered for {seconds} s)"
+    )
+
+
+def _probed(ray: ModuleType) -> dict[str, str]:
+    """What ClusterWatch probes: the GCS this driver joined and the raylet it talks to (host:port each)."""
+    node = ray._private.worker.global_worker.node
+    return {
+        "the cluster's GCS": node.gcs_address,
+        "this machine's raylet": f"{node.node_ip_address}:{node.node_manager_port}",
+    }
+
+
+def _answers(place: str) -> bool:
+    host, _, port = place.rpartition(":")
+    with contextlib.suppress(OSError, ValueError, OverflowError):
+        socket.create_connection((host.strip("[]"), int(port)), timeout=WATCH_EVERY_S).close()
+        return True
+    return False
+
+
+def _shutdown(ray: ModuleType, lost: bool) -> None:
+    """ray.shutdown(); after a cluster was lost, in a thread given REAP_SECONDS, and not again at exit (Ray's
+    atexit): its disconnect waits on the GCS until Ray ends the process (60 s)."""
+    if not lost:
+        ray.shutdown()
+        return
+    done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    done.start()
+    done.join(REAP_SECONDS)
+    if done.is_alive():
+        atexit.unregister(ray.shutdown)
 
 
 # what a step's workers read that is a secret: an s3:// input's objects (dedup@S reads them on the workers), a hub
