@@ -228,7 +228,7 @@ def cli(
     length_bin = load_section("preview", missing_ok=True).length_bin
     check_output_kind(output)  # a link to a folder was written through: the CSVs landed in the folder it names
     check_files_ours(*(output / name for name in PLOT_FILES), inputs=[releases_dir, clean_dir, dedup_dir])
-    with output_lock(output):  # a second run at once is refused before it reads, not at its first file
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads, not at its first file
         tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
         write_csvs(tables, output)
     print(shown(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})"))

@@ -67,7 +67,7 @@ def cli(
     from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
 
     check_files_ours(output, inputs=[releases])
-    with output_lock(output):  # a second run at once is refused before it reads, not at its write
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads, not at its write
         reads = plots_plan(written_releases(), written_sources())
         if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
             check_plan(plan, reads)

@@ -102,11 +102,11 @@ def _held_locks() -> set[Path]:
 
 
 @contextlib.contextmanager
-def output_lock(target: Path | str) -> Iterator[None]:
+def output_lock(target: Path | str, whole_run: bool = False) -> Iterator[None]:
     """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
-    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old). Taken again by the thread that
-    holds it (a command locks its output before its work, then atomic_path writes it) it is already held:
-    a second flock of the same file in one process refused the command's own write."""
+    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old). `whole_run`: a command locks its
+    output before its work, and its own atomic_path (this thread) then finds the lock held, not refused (a
+    second flock of the same file in one process refused the command's own write); any other taker is."""
     target = Path(target)
     if _sibling(target, TMP_LOCK) in _held_locks():
         yield
@@ -125,7 +125,8 @@ def output_lock(target: Path | str) -> Iterator[None]:
         # `.T.tmp-lock.XXXXXXXX` that no later run removes; one before this `try`, the lock itself
         with held():
             fd = _locked(lock, target)
-        _held_locks().add(lock)
+        if whole_run:
+            _held_locks().add(lock)
         for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
             remove_stale(_sibling(target, kind), target)
         check_removable(target)  # before the work: a long release refused only at its rename, after it all

@@ -109,7 +109,9 @@ def cli(
     # never into the data it builds, DVC's cache or .git: the base's worktree neither (`--base-dir .git/base`)
     check_outside_stores(repo, out / "build.json", base_dir)
     check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
-    with output_lock(out / "build.json"):  # a second run at once is refused before its dvc repro, not after
+    with output_lock(
+        out / "build.json", whole_run=True
+    ):  # a second run at once is refused before its dvc repro, not after
         _build(repo, base_rev, out, base_dir)
 
 

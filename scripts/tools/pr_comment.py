@@ -403,7 +403,7 @@ def cli(
     assets_url, run_url = comment_link(assets_url, "--assets-url"), comment_link(run_url, "--run-url")
     # the whole run under comment.md's lock: two at once wrote one's plots/ and sheets/ beside the other's comment
     # plots/, the sheets and comment.md are renamed in together: a full disk at one left the others new
-    with output_lock(out / "comment.md"), outputs_together():
+    with output_lock(out / "comment.md", whole_run=True), outputs_together():
         body = build_body(str(repo), base_rev, head_rev, out, assets_url, run_url)
         with atomic_path(out / "comment.md") as tmp:
             tmp.write_text(body, encoding="utf-8")

@@ -105,7 +105,7 @@ def cli_config(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
     check_config_ours(output)
-    with output_lock(output):  # a second run at once is refused before it reads the release
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads the release
         entries = absolute_config(split, cache_dir)
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
