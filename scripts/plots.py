@@ -39,6 +39,7 @@ from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import check_cells
+from scripts.lib.temps import output_lock
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: text, or a missing caption
@@ -227,6 +228,7 @@ def cli(
     length_bin = load_section("preview", missing_ok=True).length_bin
     check_output_kind(output)  # a link to a folder was written through: the CSVs landed in the folder it names
     check_files_ours(*(output / name for name in PLOT_FILES), inputs=[releases_dir, clean_dir, dedup_dir])
-    tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
-    write_csvs(tables, output)
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads, not at its first file
+        tables = build_plots(releases_dir, clean_dir, dedup_dir, releases, sources, length_bin)
+        write_csvs(tables, output)
     print(shown(f"plots: {len(releases)} releases, {len(sources)} sources -> {output}/ ({', '.join(tables)})"))

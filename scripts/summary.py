@@ -20,6 +20,7 @@ from scripts.lib.io import MAX_CONFIG_BYTES, check_files_ours, shown, write_json
 from scripts.lib.nesting import TooDeep, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import check_stays_in, read_within
+from scripts.lib.temps import output_lock
 
 
 def summarise(threshold: float, stats: dict[str, dict]) -> dict:
@@ -66,10 +67,11 @@ def cli(
     from scripts.lib.plans import check_plan, plots_plan, written_releases, written_sources
 
     check_files_ours(output, inputs=[releases])
-    reads = plots_plan(written_releases(), written_sources())
-    if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
-        check_plan(plan, reads)
-    names = reads["releases"]
-    summary = summarise(load_section("dedup").threshold, read_stats(releases, names))
-    write_json(summary, output)
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads, not at its write
+        reads = plots_plan(written_releases(), written_sources())
+        if plan is not None:  # dvc.yaml: the names come from the file this stage depends on, not every entry
+            check_plan(plan, reads)
+        names = reads["releases"]
+        summary = summarise(load_section("dedup").threshold, read_stats(releases, names))
+        write_json(summary, output)
     print(shown(f"summary: {len(names)} releases -> {output}"))

@@ -307,7 +307,7 @@ def replace_together(pairs: list[tuple[Path, Path]]) -> None:
         signalled = exc  # the old copies go first: a Ctrl-C there left `.T.tmp-old` (sample-data, release)
     for old, target in aside:
         if (failure := removal_failure(old)) is not None:
-            raise cannot_remove(old, target, failure)
+            raise cannot_remove(old, target, failure, placed=True)
     if signalled is not None:
         raise signalled
 
@@ -335,9 +335,40 @@ def commit_together(stack: contextlib.ExitStack) -> None:
         for _, tmp in finished:
             _remove(tmp)
         if isinstance(exc, OSError) and finished:  # a rename failed: name its output, never a temp path
-            named = str(exc.filename)
-            target = next((t for t, tmp in finished if named.startswith(str(tmp))), finished[0][0])
-            raise DataError(os_error_message(exc, target, Path(named))) from None
+            raise _renaming_failure(exc, finished) from None
+        raise
+
+
+def _renaming_failure(exc: OSError, finished: list[tuple[Path, Path]]) -> DataError:
+    """The line for a rename of finished (target, temp) pairs that failed: the target whose temp it names."""
+    named = str(exc.filename)
+    target = next((t for t, tmp in finished if named.startswith(str(tmp))), finished[0][0])
+    return DataError(os_error_message(exc, target, Path(named)))
+
+
+@contextlib.contextmanager
+def outputs_together() -> Iterator[None]:
+    """Every atomic_path that finishes inside the block waits, its temp written whole, and all are renamed in
+    at the block's end (replace_together), or, if the block fails, none. For a command whose outputs are
+    written in separate steps (pr-comment: plots/, then each contact sheet, then comment.md, each renamed in
+    as it closed): a full disk at comment.md left this run's sheets beside the previous run's comment."""
+    if getattr(_OPEN, "finished", None) is not None:  # inside commit_together: it renames them with its own
+        yield
+        return
+    finished: list[tuple[Path, Path]] = []
+    _OPEN.finished = finished
+    try:
+        try:
+            yield
+        finally:
+            _OPEN.finished = None
+        try:
+            replace_together([(tmp, target) for target, tmp in finished])
+        except OSError as exc:  # a rename failed: name its output, never a temp path
+            raise _renaming_failure(exc, finished) from None
+    except BaseException:
+        for _, tmp in finished:
+            _remove(tmp)
         raise
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,11 +92,25 @@ def removal_failure(path: Path) -> OSError | None:
     return failures[0] if failures else OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
 
 
+_HELD = threading.local()  # the lock files this thread holds: a command locks its output before its work
+
+
+def _held_locks() -> set[Path]:
+    if not hasattr(_HELD, "locks"):
+        _HELD.locks = set()
+    return _HELD.locks
+
+
 @contextlib.contextmanager
-def output_lock(target: Path | str) -> Iterator[None]:
+def output_lock(target: Path | str, whole_run: bool = False) -> Iterator[None]:
     """Hold the exclusive lock of `target` (a second run writing the same path fails at once), and
-    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old)."""
+    remove what a killed run of it left behind (.T.tmp-new, .T.tmp-old). `whole_run`: a command locks its
+    output before its work, and its own atomic_path (this thread) then finds the lock held, not refused (a
+    second flock of the same file in one process refused the command's own write); any other taker is."""
     target = Path(target)
+    if _sibling(target, TMP_LOCK) in _held_locks():
+        yield
+        return
     check_outside_stores(target)  # before a folder is made: `--out .git/x` made .git/x even when refused
     made = _missing_folders(real_path(target).parent)
     try:
@@ -110,12 +125,15 @@ def output_lock(target: Path | str) -> Iterator[None]:
         # `.T.tmp-lock.XXXXXXXX` that no later run removes; one before this `try`, the lock itself
         with held():
             fd = _locked(lock, target)
+        if whole_run:
+            _held_locks().add(lock)
         for kind in (TMP_NEW, TMP_OLD, TMP_SPILL):
             remove_stale(_sibling(target, kind), target)
         check_removable(target)  # before the work: a long release refused only at its rename, after it all
         yield
     finally:
         if fd >= 0:
+            _held_locks().discard(lock)
             with contextlib.suppress(OSError):
                 os.unlink(lock)  # while still holding it: see the inode check in _locked
             os.close(fd)
@@ -242,13 +260,18 @@ def check_removable(target: Path | str) -> None:
         )
 
 
-def cannot_remove(path: Path, target: Path, failure: OSError) -> DataError:
+def cannot_remove(path: Path, target: Path, failure: OSError, placed: bool = False) -> DataError:
+    """The line for an old copy (tagged as ours) that could not be deleted; `placed`: the new output is in."""
+    copy = f"{shown(path)}: an old copy of {shown(target)} that a run of this command moved aside"
+    if failure.errno in (errno.EMFILE, errno.ENFILE):  # a descriptor limit passes: the next run's remove_stale
+        done = f"the new {shown(target)} is in place; " if placed else ""
+        return DataError(
+            f"{copy}, could not be deleted now ({failure.strerror}: a descriptor limit, `ulimit -n`?); "
+            f"{done}the next run deletes it"
+        )  # "delete it by hand" sent the user to do what the next run does
     denied = failure.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
     reason = "a file in it is immutable or a folder read-only" if denied else failure.strerror or str(failure)
-    return DataError(
-        f"{shown(path)}: an old copy of {shown(target)} that a run of this command moved aside, which "
-        f"cannot be deleted ({reason}); delete it by hand"
-    )
+    return DataError(f"{copy}, which cannot be deleted ({reason}); delete it by hand")
 
 
 def _not_our_temp(path: Path, target: Path) -> DataError:

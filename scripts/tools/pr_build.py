@@ -101,15 +101,27 @@ def cli(
     ),
 ) -> None:
     """Rebuild what a pull request changed and make the base's data readable for `pr-comment`."""
-    from scripts.lib.io import atomic_path, check_files_ours
-    from scripts.tools.diff import open_fs, releases_at
-    from scripts.tools.pr_comment import release_pairs, unchanged_releases
-    from scripts.tools.side_inputs import check_outside_stores, commit_of
+    from scripts.lib.io import check_files_ours
+    from scripts.lib.temps import output_lock
+    from scripts.tools.side_inputs import check_outside_stores
 
     repo = Path.cwd()
     # never into the data it builds, DVC's cache or .git: the base's worktree neither (`--base-dir .git/base`)
     check_outside_stores(repo, out / "build.json", base_dir)
     check_files_ours(out / "build.json")  # before any work: a user's build.json, or a link there, stays
+    with output_lock(
+        out / "build.json", whole_run=True
+    ):  # a second run at once is refused before its dvc repro, not after
+        _build(repo, base_rev, out, base_dir)
+
+
+def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
+    """pr-build's work, its output locked: dvc repro (or pull), the base's missing releases, build.json."""
+    from scripts.lib.io import atomic_path
+    from scripts.tools.diff import open_fs, releases_at
+    from scripts.tools.pr_comment import release_pairs, unchanged_releases
+    from scripts.tools.side_inputs import commit_of
+
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
     status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"

@@ -32,7 +32,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable
+from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable, outputs_together
 from scripts.lib.markdown_text import cell, code, code_span, metrics_table
 from scripts.tools.child_group import run_in_group
 from scripts.tools.plot_points import dvc_json, plot_changes
@@ -173,6 +173,12 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _error_line(text: str) -> str:
+    """DVC's `ERROR: ...` line (its last line is a banner: "Having any troubles? Hit us up ...")."""
+    errors = [line for line in text.splitlines() if line.startswith("ERROR")]
+    return cell(errors[-1].strip(), 300) if errors else cell(_last_line(text), 300)
+
+
 def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: str | None) -> list[str]:
     lines = ["### Plots (`dvc plots diff`)", ""]
     with tempfile.TemporaryDirectory() as tmp:  # -o: image plots are copied there, not into the repository
@@ -186,7 +192,9 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
     from scripts.lib.io import atomic_path
 
     with atomic_path(out / "plots", is_dir=True) as page:  # the page, for the artifact; a folder of ours
-        dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "-o", str(page)], repo)
+        rendered = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "-o", str(page)], repo)
+        if rendered.returncode != 0:  # a full disk while dvc wrote the page: the cut page was put in, exit 0
+            raise DataError(f"{shown(out / 'plots')}: cannot write (dvc plots diff: {_error_line(rendered.stderr)})")
     where = f"[the run's `dataset-diff` artifact]({run_url})" if run_url else f"`{out.name}/plots/index.html`"
     if not changes:
         return lines + [f"No plot data changed. Rendered plots: {where}."]
@@ -389,12 +397,16 @@ def cli(
     check_files_ours(out / "comment.md")  # before any work: a user's comment.md, or a link there, stays
     check_output_kind(out / "sheets")  # written into: never through a link
     check_replaceable(out / "plots")  # replaced whole (dvc renders into a temp): only a plots/ we wrote
+    from scripts.lib.temps import output_lock
     from scripts.tools.github_client import comment_link
 
     assets_url, run_url = comment_link(assets_url, "--assets-url"), comment_link(run_url, "--run-url")
-    body = build_body(str(repo), base_rev, head_rev, out, assets_url, run_url)
-    with atomic_path(out / "comment.md") as tmp:
-        tmp.write_text(body, encoding="utf-8")
+    # the whole run under comment.md's lock: two at once wrote one's plots/ and sheets/ beside the other's comment
+    # plots/, the sheets and comment.md are renamed in together: a full disk at one left the others new
+    with output_lock(out / "comment.md", whole_run=True), outputs_together():
+        body = build_body(str(repo), base_rev, head_rev, out, assets_url, run_url)
+        with atomic_path(out / "comment.md") as tmp:
+            tmp.write_text(body, encoding="utf-8")
     print(shown(f"pr-comment: {out / 'comment.md'} ({len(body)} characters)"))
 
 

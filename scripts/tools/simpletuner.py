@@ -96,6 +96,7 @@ def cli_config(
     from scripts.lib.io import atomic_path
     from scripts.lib.safe_paths import resolved
     from scripts.lib.simpletuner import absolute_config
+    from scripts.lib.temps import output_lock
 
     release = resolved(split).parent
     for path, what in ((output, "--output"), (cache_dir, "--cache-dir")):
@@ -103,8 +104,9 @@ def cli_config(
             raise DataError(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
-    entries = absolute_config(split, cache_dir)
     check_config_ours(output)
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads the release
+        entries = absolute_config(split, cache_dir)
+        with atomic_path(output) as tmp:
+            tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
     print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {resolved(cache_dir)})"))
