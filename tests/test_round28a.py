@@ -138,13 +138,7 @@ def clean_input(root: Path) -> list[str]:
 
 STAGES = {
     "dedup@S, head killed once it works": (dedup_input, 1.0),
-    "clean@S, head killed once it works": pytest.param(
-        clean_input,
-        1.0,
-        marks=pytest.mark.xfail(
-            reason="Ray's C++ `Failed to push error to driver` lines, in the second before a probe"
-        ),
-    ),
+    "clean@S, head killed once it works": (clean_input, 1.0),
     "dedup@S, head killed at its first task": (dedup_input, 0.0),
 }
 
@@ -176,7 +170,10 @@ def test_a_cluster_whose_head_is_killed_mid_run_ends_in_one_line(tmp_path, make,
             cluster.shutdown()
     assert time.monotonic() - killed < 10 + 5 + 10  # connect_timeout_s, the grace, a margin (Ray's own: 60 s)
     # Ray 2.60's core worker line (ray#53727), once per actor pool, before the cluster went: known (test_round25f.py)
-    lines = [line for line in err.strip().splitlines() if "has constructor arguments in the object store" not in line]
+    # and Ray's C++ `Failed to push error to driver` lines, written in the second before the first probe finds the
+    # head silent (from then on descriptor 2 is quieted): Ray's, not the command's (docs/guarantees.md, round 28a)
+    known = ("has constructor arguments in the object store", "Failed to push error to driver")
+    lines = [line for line in err.strip().splitlines() if not any(text in line for text in known)]
     assert process.returncode == 2 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith(f"error: runtime.ray_address='{address}': the Ray cluster went away"), lines
     assert not [path for path in (tmp_path / "out").iterdir() if not path.name.startswith(".")]
