@@ -13,7 +13,6 @@ import errno
 import importlib
 import os
 import sys
-from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.interrupts import (
@@ -304,65 +303,23 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
+    # whatever a message quotes (a server's reply, a name, a path typed) is text: no password or key is shown
+    from scripts.lib.failure_lines import capped
     from scripts.lib.import_env import redact_line
 
-    # whatever a message quotes (a server's reply, a name, a path typed) is text: no password or key is shown
-    _say(f"error: {_capped(shown(redact_line(text)))}")
+    _say(f"error: {capped(shown(redact_line(text)))}")
     _silence_finalizers()
     return code
 
 
-MAX_LINE = 2000  # characters of an error line; a longer one keeps its head and its tail (the advice)
-
-
-def _capped(line: str) -> str:
-    """`line` at most about MAX_LINE characters: its start (what failed, the file) and its end (what to do), the
-    middle cut and counted. A value quoted whole (a 100 KB column name, a shard path, a server's reply) made an
-    error line of that size wherever no message cut it itself."""
-    if len(line) <= MAX_LINE:
-        return line
-    head, tail = MAX_LINE * 2 // 3, MAX_LINE // 4
-    return f"{line[:head]} [... {len(line) - head - tail} characters cut ...] {line[-tail:]}"
-
-
-TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: a bug's traceback instead of its one line
-
-
 def _internal_error(exc: BaseException | None) -> int:
-    """A failure no check of ours foresaw (a bug, not the input's fault: exit 1, where bad input is 2) as one
-    line naming the exception and where in scripts/ it was raised, as DVC prints "unexpected error" without
-    `-v`; the traceback, on asking (T2I_TRACEBACK=1), is raised on to Python. It was a traceback of dozens of
-    lines, and whatever the exception's message quoted (a value from the data) in full."""
-    if exc is None or os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0"):
+    """A failure no check of ours foresaw: its one line (failure_lines.internal_error_line) and exit 1, where bad
+    input is 2; the traceback, on asking (T2I_TRACEBACK=1), is raised on to Python."""
+    from scripts.lib.failure_lines import internal_error_line, traceback_asked
+
+    if exc is None or traceback_asked():
         raise  # re-raises the exception being handled: the traceback asked for
-    from scripts.lib.errors import exception_line
-
-    return _error(
-        f"internal error (a bug, please report it): {exception_line(exc)}{_raised_at(exc)}; "
-        f"{TRACEBACK_VARIABLE}=1 prints the traceback",
-        code=1,
-    )
-
-
-def _raised_at(exc: BaseException) -> str:
-    """` at scripts/x.py:LINE in FUNCTION`: the innermost frame of our own code the exception went through."""
-    import traceback
-
-    package = Path(__file__).resolve().parent
-    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if _inside(frame.filename, package)]
-    if not ours:
-        return ""
-    frame = ours[-1]
-    where = Path(frame.filename).resolve().relative_to(package.parent)
-    return f" at {where.as_posix()}:{frame.lineno} in {frame.name}"
-
-
-def _inside(filename: str, package: Path) -> bool:
-    try:
-        Path(filename).resolve().relative_to(package)
-    except (ValueError, OSError):
-        return False
-    return True
+    return _error(internal_error_line(exc), code=1)
 
 
 def _say(line: str) -> None:

@@ -1,0 +1,58 @@
+"""The last shape of a command's failure line, as cli prints it: cut to a length a terminal and a CI log can show
+(`capped`), and the one line of a failure no check foresaw (`internal_error_line`: a bug, exit 1). cli's own;
+no stage imports it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MAX_LINE = 2000  # characters of an error line; a longer one keeps its head and its tail (the advice)
+TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: a bug's traceback instead of its one line
+PACKAGE = Path(__file__).resolve().parents[1]  # scripts/
+
+
+def capped(line: str) -> str:
+    """`line` at most about MAX_LINE characters: its start (what failed, the file) and its end (what to do), the
+    middle cut and counted. A value quoted whole (a 100 KB column name, a shard path, a server's reply) made an
+    error line of that size wherever no message cut it itself."""
+    if len(line) <= MAX_LINE:
+        return line
+    head, tail = MAX_LINE * 2 // 3, MAX_LINE // 4
+    return f"{line[:head]} [... {len(line) - head - tail} characters cut ...] {line[-tail:]}"
+
+
+def traceback_asked() -> bool:
+    return os.environ.get(TRACEBACK_VARIABLE, "").strip() not in ("", "0")
+
+
+def internal_error_line(exc: BaseException) -> str:
+    """A failure no check of ours foresaw (a bug, not the input's fault) as one line naming the exception and where
+    in scripts/ it was raised, as DVC prints "unexpected error" without `-v`. It was a traceback of dozens of lines,
+    and whatever the exception's message quoted (a value from the data) in full."""
+    from scripts.lib.errors import exception_line
+
+    return (
+        f"internal error (a bug, please report it): {exception_line(exc)}{raised_at(exc)}; "
+        f"{TRACEBACK_VARIABLE}=1 prints the traceback"
+    )
+
+
+def raised_at(exc: BaseException) -> str:
+    """` at scripts/x.py:LINE in FUNCTION`: the innermost frame of our own code the exception went through."""
+    import traceback
+
+    ours = [frame for frame in traceback.extract_tb(exc.__traceback__) if _inside(frame.filename)]
+    if not ours:
+        return ""
+    frame = ours[-1]
+    where = Path(frame.filename).resolve().relative_to(PACKAGE.parent)
+    return f" at {where.as_posix()}:{frame.lineno} in {frame.name}"
+
+
+def _inside(filename: str) -> bool:
+    try:
+        Path(filename).resolve().relative_to(PACKAGE)
+    except (ValueError, OSError):
+        return False
+    return True
