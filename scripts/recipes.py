@@ -37,10 +37,16 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import Recipes
+from scripts.lib.temps import output_lock
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
     """Write each release's and each source's share of params.yaml `releases` (and `sources`)."""
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads params.yaml
+        write_recipes(output)
+
+
+def write_recipes(output: Path) -> None:
     releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
     # split.method only decides whether a plan is refused (prefilter@S, which depends on `split`, checks it too)
     split_method = load_section("split", missing_ok=True).method

@@ -10,6 +10,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.io import check_not_input, shown
 from scripts.lib.params import load_section
 from scripts.lib.preview import write_dedup_preview
+from scripts.lib.temps import output_lock
 
 
 def check_source_name(source: str) -> None:
@@ -26,9 +27,10 @@ def cli(
     """Write the near-duplicate sheet of SOURCE from existing clean and dedup outputs."""
     check_source_name(source)
     output = output or data / "dedup" / f"{source}.preview.html"
-    n = load_section("preview", missing_ok=True).dedup_clusters
     inputs = (data / "clean" / f"{source}.parquet", data / "dedup" / f"{source}.parquet")
     clusters = data / "dedup" / f"{source}.clusters.parquet"
     check_not_input(output, [*inputs, clusters])  # the page written over the table it reads destroyed it
-    write_dedup_preview(source, *inputs, clusters, output, n)
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it reads params and tables
+        n = load_section("preview", missing_ok=True).dedup_clusters
+        write_dedup_preview(source, *inputs, clusters, output, n)
     print(shown(f"dedup-preview {source}: -> {output}"))

@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.marks import mark_file
 from scripts.lib.params import ENTRY_SECTIONS, SECTION_MODELS, Params
+from scripts.lib.temps import output_lock
 
 DOC = Path("docs/params.md")
 HEADER = """# params.yaml reference
@@ -243,9 +244,10 @@ def _generated_reference(path: Path) -> bool:
 
 def cli(output: Path = typer.Argument(DOC, help="where to write the reference (default docs/params.md)")) -> None:
     """Write the params.yaml reference (docs/params.md) from scripts/lib/params/."""
-    text = render()
-    if _generated_reference(output):  # git keeps no mark: a clone's reference is known by what it says it is
-        mark_file(output)
-    with atomic_path(output) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with output_lock(output, whole_run=True):  # a second run at once is refused before it marks the output
+        text = render()
+        if _generated_reference(output):  # git keeps no mark: a clone's reference is known by what it says it is
+            mark_file(output)
+        with atomic_path(output) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     print(shown(f"params-doc: {sum(len(m.model_fields) for m in SECTION_MODELS.values())} section keys -> {output}"))

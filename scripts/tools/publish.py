@@ -43,6 +43,7 @@ from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.markdown_text import authored, cell, code_span, front_matter_as_code, link
 from scripts.lib.safe_paths import check_image_name, confined_file
+from scripts.lib.temps import output_lock
 from scripts.tools.hub_licence import check_licence_options, licence_fields
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
@@ -458,37 +459,40 @@ def cli(
             f"uploads images with their captions: upload data/releases/{name} as it is (`hf upload {repo_id} "
             f"data/releases/{name} . --repo-type dataset`; its card's configs name each split's prompts.parquet)"
         )
-    if dry_run_head:
-        commit = _git("rev-parse", "HEAD")
-    else:
-        commit = tag_at_head(tag, name, "or leave out --tag") if dry_run else check_tag(tag, name)
     out = out or Path("dist/hub") / name
     check_outside_stores(".", out)  # `--out .git/hub`, `data/hub`: never into git's, DVC's or the stages' folders
-    splits = {split: read_split(release_dir, split) for split in SPLITS}
-    with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:
-        (tmp / "data").mkdir()
-        infos = {}
-        for split, records in splits.items():
-            infos[split] = write_shards(records, split, tmp / "data", max_shard_mb * 1_000_000)
-        files = sum(len(i["files"]) for i in infos.values())
-        if files > MAX_FILES_PER_FOLDER:
-            raise DataError(
-                f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)"
+    # --out's lock for the whole run, upload included: a second run at once is refused before it reads git and
+    # the release, not at its write, and never replaces the folder the first is uploading
+    with output_lock(out, whole_run=True):
+        if dry_run_head:
+            commit = _git("rev-parse", "HEAD")
+        else:
+            commit = tag_at_head(tag, name, "or leave out --tag") if dry_run else check_tag(tag, name)
+        splits = {split: read_split(release_dir, split) for split in SPLITS}
+        with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:
+            (tmp / "data").mkdir()
+            infos = {}
+            for split, records in splits.items():
+                infos[split] = write_shards(records, split, tmp / "data", max_shard_mb * 1_000_000)
+            files = sum(len(i["files"]) for i in infos.values())
+            if files > MAX_FILES_PER_FOLDER:
+                raise DataError(
+                    f"{files} shards in data/: over the Hub's {MAX_FILES_PER_FOLDER} files per folder (raise --max-shard-mb)"
+                )
+            download_size = sum((tmp / "data" / f).stat().st_size for i in infos.values() for f in i["files"])
+            used = sorted({c.source for c in recipe.components})
+            licence, licence_text = licence_fields(sources, used, license, license_name, license_link)
+            if licence_text:
+                (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
+            preview = release_file(release_dir, "preview.jpg", str(release_dir))
+            if preview:
+                copy_checked(preview, release_dir, tmp / "preview.jpg")
+            build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
+                tmp / "README.md"
             )
-        download_size = sum((tmp / "data" / f).stat().st_size for i in infos.values() for f in i["files"])
-        used = sorted({c.source for c in recipe.components})
-        licence, licence_text = licence_fields(sources, used, license, license_name, license_link)
-        if licence_text:
-            (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
-        preview = release_file(release_dir, "preview.jpg", str(release_dir))
-        if preview:
-            copy_checked(preview, release_dir, tmp / "preview.jpg")
-        build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
-            tmp / "README.md"
-        )
-    total = {s: i["num_examples"] for s, i in infos.items()}
-    print(f"publish: {shown(out)} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
-    if dry_run:
-        return
-    oid = upload(out, repo_id, tag, commit, private)
-    print(shown(f"publish: {repo_id} commit {oid[:12]} tagged {tag}"))
+        total = {s: i["num_examples"] for s, i in infos.items()}
+        print(f"publish: {shown(out)} ({files} shards, {download_size / 1e6:.1f} MB, rows {total})")
+        if dry_run:
+            return
+        oid = upload(out, repo_id, tag, commit, private)
+        print(shown(f"publish: {repo_id} commit {oid[:12]} tagged {tag}"))

@@ -26,6 +26,7 @@ import typer
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import resolved
+from scripts.lib.temps import output_lock
 from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
@@ -141,20 +142,27 @@ def read_params(src: Path) -> str:
 
 
 @contextlib.contextmanager
-def replay_folder(dest: Path):
+def replay_folder(dest: Path, written: set[str]):
     """`dest` for the replay; on any failure (Ctrl-C too) what the replay put there goes: the topmost
-    folder it made (DEST, or a missing parent of it), else DEST's contents (it was checked empty)."""
+    folder it made (DEST, or a missing parent of it), else the entries of DEST it writes (`written`: its
+    top-level names), never another: DEST's contents were a second run's work when two passed its check."""
     made = [folder for folder in (dest, *dest.absolute().parents) if not folder.exists()]
     dest.mkdir(parents=True, exist_ok=True)
     try:
         yield dest
     except BaseException:
-        for item in made[-1:] or list(dest.iterdir()):
+        for item in made[-1:] or [item for item in dest.iterdir() if item.name in written]:
             if item.is_dir() and not item.is_symlink():
                 shutil.rmtree(item, ignore_errors=True)
             else:
                 item.unlink(missing_ok=True)
         raise
+
+
+def written_names(tracked: list[str]) -> set[str]:
+    """The top-level names a replay writes in DEST: git's and DVC's folders, the tracked files' and what the
+    stages build (data/, models/) and the default remote (.dvc-storage)."""
+    return {".git", ".dvc", ".dvc-storage", "data", "models"} | {name.split("/")[0] for name in tracked}
 
 
 def cli(
@@ -171,15 +179,23 @@ def cli(
     check_output_kind(dest)
     # as the system will resolve it once its missing folders are made: `nothere/../../mine` is ../mine
     dest = Path(os.path.realpath(dest))
-    if dest.exists() and any(dest.iterdir()):
-        raise DataError(f"{shown(dest)}: exists and is not empty")
     check_outside_stores(src, dest)  # `.git/replay`: a whole repository and its DVC cache written into git's folder
+    # DEST's lock for the whole run, before its emptiness check: two runs into one empty DEST both passed it,
+    # and the one that failed then deleted DEST's contents, the other's work
+    with output_lock(dest, whole_run=True):
+        if dest.exists() and any(dest.iterdir()):
+            raise DataError(f"{shown(dest)}: exists and is not empty")
+        replay_into(src, dest, remote)
+
+
+def replay_into(src: Path, dest: Path, remote: Path | None) -> None:
+    """cli's work once DEST is locked and checked empty."""
     params_text = read_params(src)  # everything checked before DEST is made: a failure leaves nothing
     check_order(params_text)
     names = release_names(params_text)
     tracked = tracked_files(src)
     remote_url = None if remote is None else str(resolved(remote))  # a loop of links: one line, before DEST
-    with replay_folder(dest):
+    with replay_folder(dest, written_names(tracked)):
         _run(["git", "init", "-q", "-b", "main"], dest)
         copy_tracked(src, dest, tracked)
         if remote_url is not None:

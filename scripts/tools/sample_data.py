@@ -32,6 +32,7 @@ import typer
 
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.marks import holds_marker
+from scripts.lib.temps import output_lock
 
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable
@@ -649,9 +650,11 @@ def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)writ
     # is refused untouched. data/raw is committed with its marker, but git keeps no extended attribute,
     # so a clone's data/raw is proved ours by its bytes: a run at another seed first writes SEED's sample
     # over it (refused, untouched, unless every file is that sample's), which marks it ours.
-    if seed != SEED and os.path.lexists(output) and not holds_marker(output):
+    # one lock for both writes: a second run took it between them and wrote its own sample in the gap
+    with output_lock(output, whole_run=True):
+        if seed != SEED and os.path.lexists(output) and not holds_marker(output):
+            with atomic_path(output, is_dir=True) as tmp:
+                write_all(tmp, SEED)
         with atomic_path(output, is_dir=True) as tmp:
-            write_all(tmp, SEED)
-    with atomic_path(output, is_dir=True) as tmp:
-        write_all(tmp, seed)
+            write_all(tmp, seed)
     print(f"sample-data: wrote {shown(output)}")
