@@ -30,6 +30,15 @@ from scripts.lib.errors import DataError, exception_line, shown, shown_short
 from scripts.lib.interrupts import STOPPING_SIGNALS, Interrupted, note, stop_if_received
 from scripts.lib.key_redaction import PROXY_VARIABLES
 from scripts.lib.params import Runtime
+from scripts.lib.ray_checks import (
+    USERINFO,
+    auto_refusal,
+    cannot_join,
+    gcs_silence,
+    reason,
+    refusal,
+    restore_environment,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Ray Data's groupby on its classic sort-based shuffle: Ray 2.60's default (SHUFFLE_V2, hash aggregator
@@ -57,8 +66,9 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
     the environment but the variables `workers_need` names (withheld_variables), and write their logs into a
     folder of this session's, removed with it."""
     address = runtime.ray_address
-    if address is not None and (refusal := _refusal(address)):  # nothing listens there: no need to ask Ray
-        raise DataError(_cannot_join(address, refusal))
+    # nothing listens there, or no cluster runs for "auto": no need to import and ask Ray
+    if address is not None and (why := auto_refusal(os.environ) if address == "auto" else refusal(address)):
+        raise DataError(cannot_join(address, why))
     try:
         import ray
     except ImportError:
@@ -81,7 +91,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
             with _local_environment(withheld_variables(workers_need), logs) if logs else contextlib.nullcontext():
                 _start_or_join(ray, runtime, children_before)
         except BaseException:
-            _restore_environment(saved)
+            restore_environment(saved)
             _remove(logs)
             raise
         finally:
@@ -101,7 +111,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
         if started_here:
             _shutdown(ray, lost=watch is not None and watch.lost is not None)
             _reap(children_before)
-            _restore_environment(saved)
+            restore_environment(saved)
             _remove(logs)
 
 
@@ -176,7 +186,7 @@ class ClusterWatch:
 
 def cluster_lost(address: str | None, name: str, place: str, seconds: int) -> str:
     """The one line of a run whose cluster went away: the address as params.yaml has it (its password hidden)."""
-    shown_address = None if address is None else _USERINFO.sub("***@", address)
+    shown_address = None if address is None else USERINFO.sub("***@", address)
     return (
         f"runtime.ray_address={shown_address!r}: the Ray cluster went away during the run "
         f"({name} at {place} has not answered for {seconds} s)"
@@ -255,7 +265,7 @@ def _local_environment(withheld: list[str], folder: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _restore_environment(saved)
+        restore_environment(saved)
 
 
 def _remove(folder: str | None) -> None:
@@ -277,15 +287,15 @@ def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int])
     if address in LOCAL and runtime.object_store_mb is not None:
         options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
     with _stderr_silenced() if address is not None else contextlib.nullcontext():
-        if address is not None and (silence := _gcs_silence(address, runtime.connect_timeout_s)):
-            raise DataError(_cannot_join(address, silence))
+        if address is not None and (silence := gcs_silence(address, runtime.connect_timeout_s)):
+            raise DataError(cannot_join(address, silence))
         try:
             # "local": always a new instance; None would join any cluster this machine runs (ray's default)
             ray.init(address=address or "local", **options)
         except Exception as exc:
             ray.shutdown()  # what did start (GCS, agents) goes with it
             _reap(children_before)
-            raise DataError(_cannot_join(address, _reason(exc))) from None
+            raise DataError(cannot_join(address, reason(exc))) from None
         except BaseException as exc:  # Ctrl-C while Ray starts: what did start goes with it (it was left running)
             by_ray = rays_sigterm_exit(exc, signal.getsignal(signal.SIGTERM))  # before shutdown: its handler
             ray.shutdown()
@@ -302,15 +312,6 @@ def rays_sigterm_exit(exc: BaseException, handler: object) -> bool:
     exit 15 with no line, not the command's `interrupted (SIGTERM)` and 143. `handler`: SIGTERM's handler then."""
     from_ray = getattr(handler, "__module__", None) or ""
     return isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and from_ray.split(".")[0] == "ray"
-
-
-# `user:password@` before a host, with or without a scheme: Ray's own message quotes the address too
-_USERINFO = re.compile(r"(?:(?<=://)|(?<![\w.:/@-]))[^\s/@'\"]+@")
-
-
-def _cannot_join(address: str | None, reason: str) -> str:
-    shown_address = None if address is None else _USERINFO.sub("***@", address)
-    return f"runtime.ray_address={shown_address!r}: cannot start or join Ray ({_USERINFO.sub('***@', reason)})"
 
 
 # the last line of a task's traceback, as Ray's text of a failed task brings it back: `Type: message`
@@ -331,83 +332,6 @@ def failure_line(exc: BaseException, stage: str) -> str:
         return shown(last["message"] or "")
     kind, message = last["type"].rpartition(".")[2], last["message"]
     return f"{stage} on Ray failed ({shown_short(f'{kind}: {message}' if message else kind, 200)})"
-
-
-def _reason(exc: Exception) -> str:
-    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-
-
-def _refusal(address: str) -> str | None:
-    """Why `address` (host:port) surely has no Ray: its port refuses connections. Anything else (a timeout,
-    a server that accepts but is not Ray, "auto", ray://) is left to Ray's own client (_gcs_silence)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
-        return None
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
-    except ConnectionRefusedError:
-        return "nothing listens there: connection refused"
-    except (OSError, ValueError, OverflowError):
-        pass
-    return None
-
-
-# Ray's GCS client (as `ray health-check` uses it) asked for at most 1 s at a time: by Ray's defaults its call
-# first waits 5 s for the channel and 5 s for the pubsub one, and ray.init tries 20 times, all in C++ that a
-# Ctrl-C cannot interrupt (minutes, a Ctrl-C acting after up to 40 s)
-GCS_ASK_SECONDS = 1
-GCS_PAUSE_SECONDS = 0.5
-GCS_BOUNDS = {"RAY_gcs_rpc_server_connect_timeout_s": "0", "RAY_py_gcs_connect_timeout_s": str(GCS_ASK_SECONDS)}
-
-
-def _gcs_silence(address: str, seconds: int) -> str | None:
-    """Why Ray's GCS at `address` did not answer within `seconds` (nothing there, or not Ray); None once it
-    answers, and ray.init then joins it by Ray's own defaults. "auto" and ray:// are left to ray.init."""
-    from ray._private.services import canonicalize_bootstrap_address
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
-
-    if address.startswith("ray://"):
-        return None
-    try:
-        gcs_address = canonicalize_bootstrap_address(address)
-    except Exception:
-        return None  # ray.init says why in its own words
-    if gcs_address is None:  # "local": ray.init starts one
-        return None
-    deadline = time.monotonic() + seconds
-    with _ray_config(GCS_BOUNDS):
-        while True:
-            try:
-                GcsClient(address=gcs_address)
-                return None
-            except Exception as exc:
-                if time.monotonic() + GCS_PAUSE_SECONDS + GCS_ASK_SECONDS > deadline:
-                    return f"no Ray answered there within {seconds} s: {_reason(exc)}"
-            time.sleep(GCS_PAUSE_SECONDS)
-
-
-@contextlib.contextmanager
-def _ray_config(settings: dict[str, str]) -> Iterator[None]:
-    """Ray's C++ config with `settings` (RAY_* variables) for the block. Ray read the environment once, at
-    import: it is read again on the way in and out (as Ray's own token setup does)."""
-    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
-
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        Config.initialize("")
-        yield
-    finally:
-        _restore_environment(saved)
-        Config.initialize("")
-
-
-def _restore_environment(saved: dict[str, str | None]) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @contextlib.contextmanager

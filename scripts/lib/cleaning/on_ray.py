@@ -35,6 +35,7 @@ from scripts.lib.cleaning.table import (
 from scripts.lib.cleaning.text import Outcome
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import CleanRules, Runtime
+from scripts.lib.ray_checks import ray_workers
 from scripts.lib.ray_engine import failure_line, map_on_actors, ray_session
 from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.workers import Worker
@@ -108,7 +109,7 @@ def outcome_batches(
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # outcomes in row order, on any cluster
         context.enable_progress_bars = False  # one progress line of ours instead
-        workers = runtime.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = ray_workers(runtime.workers, ray.cluster_resources().get("CPU", 1))  # at most the cluster's CPUs
 
         def cleaned() -> Iterator[pa.Table]:
             for window in prompt_windows(path, column, WINDOW_ROWS):

@@ -79,8 +79,11 @@ def phase(name: str) -> Iterator[None]:
 
 
 def partitions(runtime: Runtime, rows: int) -> int:
-    """Groups of each shuffle: runtime.partitions, else one per 100k rows and at least 2 per worker."""
-    return runtime.partitions or max(2 * signing.workers(runtime), -(-rows // 100_000))
+    """Groups of each shuffle: runtime.partitions, else one per 100k rows and at least 2 per worker; at most one
+    per row (ray_checks.shuffle_groups)."""
+    from scripts.lib.ray_checks import shuffle_groups
+
+    return shuffle_groups(runtime.partitions or max(2 * signing.workers(runtime), -(-rows // 100_000)), rows)
 
 
 def dedup_arrays(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -> Result:

@@ -55,7 +55,11 @@ class Runtime(Section):
         description="ray_address: seconds to wait for the cluster's GCS to answer before the stage stops with one line",
     )
     workers: int = Field(
-        0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU"
+        0,
+        ge=0,
+        le=65_536,
+        description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU; "
+        "clean on ray: at most the cluster's CPUs",
     )
     batch_rows: int = Field(
         20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)"
@@ -70,7 +74,7 @@ class Runtime(Section):
         0,
         ge=0,
         le=1_000_000,
-        description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker)",
+        description="ray: blocks a table is cut into (0: one per 100k rows, at least 2 per worker); at most one per row",
     )
     object_store_mb: int | None = Field(
         None,

@@ -1,0 +1,164 @@
+"""The checks of `runtime.ray_address` before and while Ray is asked to join it: each says why no Ray is there
+in words of ours, in bounded time (Ray's own searches and retries took 5 s to minutes), or None.
+
+ray_engine calls them; `auto_refusal` and `refusal` run before Ray is imported (seconds on a loaded machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+
+import psutil
+
+# `user:password@` before a host, with or without a scheme: Ray's own message quotes the address too
+USERINFO = re.compile(r"(?:(?<=://)|(?<![\w.:/@-]))[^\s/@'\"]+@")
+
+
+def cannot_join(address: str | None, why: str) -> str:
+    shown_address = None if address is None else USERINFO.sub("***@", address)
+    return f"runtime.ray_address={shown_address!r}: cannot start or join Ray ({USERINFO.sub('***@', why)})"
+
+
+def reason(exc: Exception) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def refusal(address: str) -> str | None:
+    """Why `address` (host:port) surely has no Ray: its port refuses connections. Anything else (a timeout,
+    a server that accepts but is not Ray, "auto", ray://) is left to Ray's own client (gcs_silence)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
+    except ConnectionRefusedError:
+        return "nothing listens there: connection refused"
+    except (OSError, ValueError, OverflowError):
+        pass
+    return None
+
+
+# Ray's GCS client (as `ray health-check` uses it) asked for at most 1 s at a time: by Ray's defaults its call
+# first waits 5 s for the channel and 5 s for the pubsub one, and ray.init tries 20 times, all in C++ that a
+# Ctrl-C cannot interrupt (minutes, a Ctrl-C acting after up to 40 s)
+GCS_ASK_SECONDS = 1
+GCS_PAUSE_SECONDS = 0.5
+GCS_BOUNDS = {"RAY_gcs_rpc_server_connect_timeout_s": "0", "RAY_py_gcs_connect_timeout_s": str(GCS_ASK_SECONDS)}
+
+
+def gcs_silence(address: str, seconds: int) -> str | None:
+    """Why Ray's GCS at `address` did not answer within `seconds` (nothing there, or not Ray); None once it
+    answers, and ray.init then joins it by Ray's own defaults. "auto" and ray:// are left to ray.init."""
+    from ray._private.services import canonicalize_bootstrap_address
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
+
+    if address.startswith("ray://"):
+        return None
+    try:
+        gcs_address = canonicalize_bootstrap_address(address)
+    except Exception:
+        return None  # ray.init says why in its own words
+    if gcs_address is None:  # "local": ray.init starts one
+        return None
+    deadline = time.monotonic() + seconds
+    with ray_config(GCS_BOUNDS):
+        while True:
+            try:
+                GcsClient(address=gcs_address)
+                return None
+            except Exception as exc:
+                if time.monotonic() + GCS_PAUSE_SECONDS + GCS_ASK_SECONDS > deadline:
+                    return f"no Ray answered there within {seconds} s: {reason(exc)}"
+            time.sleep(GCS_PAUSE_SECONDS)
+
+
+@contextlib.contextmanager
+def ray_config(settings: dict[str, str]) -> Iterator[None]:
+    """Ray's C++ config with `settings` (RAY_* variables) for the block. Ray read the environment once, at
+    import: it is read again on the way in and out (as Ray's own token setup does)."""
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled: not in _raylet.pyi
+
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        Config.initialize("")
+        yield
+    finally:
+        restore_environment(saved)
+        Config.initialize("")
+
+
+def restore_environment(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+# where `ray start` writes the address "auto" joins (Ray's get_default_ray_temp_dir: RAY_TMPDIR, else TMPDIR, else
+# /tmp, then ray/), and the process every Ray cluster's head runs (the name Ray's own search looks for)
+ADDRESS_FILE = "ray_current_cluster"
+GCS_PROCESS = "gcs_server"
+
+
+def address_file(environ: Mapping[str, str]) -> str:
+    """The file Ray reads for "auto" under `environ`."""
+    base = environ.get("RAY_TMPDIR") or (environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    return os.path.join(base, "ray", ADDRESS_FILE)
+
+
+def auto_refusal(environ: Mapping[str, str], gcs_running: bool | None = None) -> str | None:
+    """Why `ray_address: auto` surely finds no cluster, known before Ray is imported: RAY_ADDRESS unset (or set to
+    a port that refuses), no address file of `ray start`'s, no GCS process on this machine. Ray's own search took
+    its import and a ConnectionError (5-15 s) to say so. `gcs_running` None: looked up here."""
+    if named := environ.get("RAY_ADDRESS"):  # Ray's "auto" joins it: a GCS, or a client server (ray://)
+        found = refusal(_probed_place(named))
+        return None if found is None else f"RAY_ADDRESS names {USERINFO.sub('***@', named)}: {found}"
+    file = address_file(environ)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(file, encoding="utf-8") as opened:
+            written = opened.read().strip()
+        if written:
+            return None  # the last `ray start`'s address: Ray's client is bounded by connect_timeout_s
+    if gcs_running is None:
+        gcs_running = any_gcs_process()
+    if gcs_running:
+        return None  # Ray's "auto" joins a GCS it finds among this machine's processes
+    return f"no Ray cluster runs here: RAY_ADDRESS is unset, no {file} (ray start writes it), no {GCS_PROCESS} process"
+
+
+RAY_CLIENT_PORT = 10001  # ray://host without a port
+
+
+def _probed_place(address: str) -> str:
+    """host:port that `address` (host:port, or ray://[user:password@]host[:port]) connects to first."""
+    if not address.startswith("ray://"):
+        return address
+    place = address.removeprefix("ray://").rpartition("@")[2].partition("/")[0]
+    return place if place.rpartition(":")[2].isdigit() else f"{place}:{RAY_CLIENT_PORT}"
+
+
+def any_gcs_process() -> bool:
+    names = (process.info.get("name") or "" for process in psutil.process_iter(["name"]))
+    return any(name.startswith(GCS_PROCESS) for name in names)
+
+
+def ray_workers(requested: int, cluster_cpus: float) -> int:
+    """`runtime.workers` on Ray: 0 is one per CPU of the cluster, and more than the cluster has counts as that many.
+    Each actor holds a CPU: `workers: 65536` on 2 CPUs had Ray Data start an actor per block, all but two
+    waiting for CPUs that were not there."""
+    cpus = max(1, int(cluster_cpus))
+    return min(requested, cpus) if requested > 0 else cpus
+
+
+def shuffle_groups(groups: int, rows: int) -> int:
+    """A shuffle's groups (runtime.partitions, or its default), at most one per row: more made only empty groups
+    (`partitions: 1000000` for 3,057 rows), each a task of Ray's."""
+    return max(1, min(groups, rows))
