@@ -115,6 +115,7 @@ BYTE_NEUTRAL = {
     "scripts.lib.progress": "progress lines on stderr",
     "scripts.lib.workers": "worker processes (runtime.workers)",
     "scripts.lib.ray_engine": "starts and stops Ray (runtime.engine)",
+    "scripts.lib.ray_checks": "Ray's addresses, actor and shuffle counts (the same bytes for any value)",
 }
 # Imports a stage's command has but its dvc.yaml command never runs.
 NOT_RUN_BY_THE_STAGE = {

@@ -5,8 +5,8 @@ failed before its fix:
    imported Ray and ran its search first (5-15 s), and an `auto` whose RAY_ADDRESS names a port that refuses
    waited the whole `connect_timeout_s` for it; now `ray_checks.auto_refusal` says so in one line before Ray is
    imported (the address's password hidden);
-2. `workers` far above the cluster's CPUs made clean@S ask Ray Data for an actor per block (`workers: 65536`: 3,057
-   actors for 3,057 rows on 2 CPUs); now `ray_checks.ray_workers` counts it as the cluster's CPUs;
+2. (guard rows, not failing before) `workers` is taken as asked, above the cluster's CPUs too, so an autoscaling
+   cluster grows to it; 0 is one per CPU (`ray_checks.ray_workers`);
 3. `partitions` above the row count (up to 1,000,000) made dedup@S's shuffles that many groups, all but a few
    empty; now `ray_checks.shuffle_groups` makes at most one per row (the outputs are the same for any value).
 
@@ -152,16 +152,16 @@ def test_auto_with_no_cluster_is_one_line_well_within_the_timeout(tmp_path, work
 
 
 # --- 2 and 3. workers and partitions past what the cluster or the rows hold: the documented rules --------------
-WORKERS = {
-    "65,536 on 2 CPUs": (65_536, 2.0, 2),
+WORKERS = {  # guards: the rule main had, now in one named place
+    "65,536 on 2 CPUs: the autoscaler's to meet": (65_536, 2.0, 65_536),
     "3 on 16 CPUs": (3, 16.0, 3),
     "0: one per CPU": (0, 4.0, 4),
-    "a cluster that reports no CPU": (5, 0.0, 1),
+    "0 on a cluster that reports no CPU": (0, 0.0, 1),
 }
 
 
 @pytest.mark.parametrize("requested, cpus, used", list(WORKERS.values()), ids=list(WORKERS))
-def test_workers_on_ray_are_at_most_the_clusters_cpus(requested, cpus, used):
+def test_workers_on_ray_are_as_asked_or_one_per_cpu(requested, cpus, used):
     from scripts.lib.ray_checks import ray_workers
 
     assert ray_workers(requested, cpus) == used

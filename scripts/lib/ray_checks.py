@@ -151,11 +151,10 @@ def any_gcs_process() -> bool:
 
 
 def ray_workers(requested: int, cluster_cpus: float) -> int:
-    """`runtime.workers` on Ray: 0 is one per CPU of the cluster, and more than the cluster has counts as that many.
-    Each actor holds a CPU: `workers: 65536` on 2 CPUs had Ray Data start an actor per block, all but two
-    waiting for CPUs that were not there."""
-    cpus = max(1, int(cluster_cpus))
-    return min(requested, cpus) if requested > 0 else cpus
+    """`runtime.workers` on Ray: 0 is one per CPU the cluster has now; a number is taken as asked, above the
+    cluster's CPUs too: an autoscaling cluster (KubeRay, Anyscale) starts the nodes Ray Data's actor pool asks for,
+    and capping it at the CPUs of the moment would pin a 1B-prompt run to the head's few (docs/scale.md)."""
+    return requested if requested > 0 else max(1, int(cluster_cpus))
 
 
 def shuffle_groups(groups: int, rows: int) -> int:

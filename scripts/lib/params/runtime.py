@@ -55,11 +55,7 @@ class Runtime(Section):
         description="ray_address: seconds to wait for the cluster's GCS to answer before the stage stops with one line",
     )
     workers: int = Field(
-        0,
-        ge=0,
-        le=65_536,
-        description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU; "
-        "clean on ray: at most the cluster's CPUs",
+        0, ge=0, le=65_536, description="parallel workers (processes, or Ray tasks/actors): 0 = one per CPU"
     )
     batch_rows: int = Field(
         20_000, ge=1, le=10_000_000, description="rows per batch handed to a worker (bounds each worker's memory)"
