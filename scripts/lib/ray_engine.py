@@ -99,11 +99,13 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
     context = ray.data.DataContext.get_current()
     strategy = context.shuffle_strategy
     context.shuffle_strategy = type(strategy)(SHUFFLE)
-    watch = ClusterWatch(address, _probed(ray), runtime.connect_timeout_s, True) if started_here else None
+    watch = None
     try:
         # a Ctrl-C while ray.init ran raised Interrupted inside Ray's own code, which may catch it (a loaded
         # start went on to exit 0 with its outputs written): the signal, noted, stops the run here
         stop_if_received()
+        # after the signal's check: an init a signal cut short has no node to probe (it was an AttributeError)
+        watch = ClusterWatch(address, _probed(ray), runtime.connect_timeout_s, True) if started_here else None
         with watch or contextlib.nullcontext():
             yield ray
     finally:
@@ -195,7 +197,9 @@ def cluster_lost(address: str | None, name: str, place: str, seconds: int) -> st
 
 def _probed(ray: ModuleType) -> dict[str, str]:
     """What ClusterWatch probes: the GCS this driver joined and the raylet it talks to (host:port each)."""
-    node = ray._private.worker.global_worker.node
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    if node is None:  # no node this driver is connected to: nothing to watch
+        return {}
     return {
         "the cluster's GCS": node.gcs_address,
         "this machine's raylet": f"{node.node_ip_address}:{node.node_manager_port}",
