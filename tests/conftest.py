@@ -29,6 +29,9 @@ from helpers import REPO, copy_repo, fingerprint, run, work_copy
 # by torch threads and parallel work only slow each other down.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# DVC run by a test (in process or not) neither phones home nor leaves its analytics report in the system's temp
+# folder (a /tmp/tmpXXXXXXXX per command: the daemon that would send it has no network here)
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # A suite started from a non-interactive shell's background job inherits SIGINT ignored, and so would every
 # process it starts (an ignored signal stays ignored across exec): the Ctrl-C tests need Python's default.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
