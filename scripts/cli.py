@@ -248,7 +248,8 @@ def _flushed(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return its exit code (0 ok, 2 bad input or usage, 130 SIGINT, 143 SIGTERM)."""
+    """Run one command; return its exit code (0 ok, 1 a bug of ours (one line), 2 bad input or usage, 130 SIGINT,
+    143 SIGTERM)."""
     old_handlers = _install_signal_handlers()
     stdout, stderr, unraisable = sys.stdout, sys.stderr, sys.unraisablehook
     sys.stdout = _StandardOutput(stdout)
