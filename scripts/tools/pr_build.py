@@ -26,17 +26,15 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
-from scripts.tools.child_group import run_in_group
+from scripts.tools.child_group import run_in_group, run_shown
 
 
 def dvc(args: list[str], cwd: str | Path) -> int:
     """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
     print(shown(f"$ dvc {' '.join(args)}"), flush=True)
     # a signal to pr-build alone stops `dvc repro` and its stage too (subprocess.run SIGKILLed dvc only:
-    # the stage went on in the worktree that the `finally` below removes)
-    return run_in_group(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
-    ).returncode
+    # the stage went on in the worktree that the `finally` below removes); what dvc prints is redacted
+    return run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
 
 
 def only_data_missing(status: dict) -> bool:
@@ -53,6 +51,42 @@ def only_data_missing(status: dict) -> bool:
                 if not (state == "deleted" or (state == "modified" and built_by_the_pipeline(dep.rstrip("/") + "/"))):
                     return False
     return True
+
+
+def dvc_status(text: str) -> dict:
+    """`dvc status --json`'s output read as the bounded JSON of the shape only_data_missing reads (each stage's
+    list of a text or an object, its "changed deps" an object of texts), else one line: json.loads took DVC's
+    output as it came, and text that is not JSON, 100k nested brackets or a NaN was a traceback at exit 1."""
+    from scripts.lib.nesting import loads_json
+
+    try:
+        status = loads_json(text or "{}")
+    except ValueError as exc:
+        raise DataError(f"dvc status --json: not the JSON DVC writes ({exc})".splitlines()[0]) from None
+    odd = _odd_status(status)
+    if odd is not None:
+        raise DataError(f"dvc status --json: not the shape DVC writes ({odd})")
+    return status
+
+
+def _odd_status(status) -> str | None:
+    """What in a parsed `dvc status --json` is not of DVC's shape, else None."""
+    from scripts.lib.nesting import json_found
+
+    if not isinstance(status, dict):
+        return f"not an object of stages: found {json_found(status)}"
+    for changes in status.values():
+        if not isinstance(changes, list):
+            return "a stage's changes not a list"
+        for change in changes:
+            if isinstance(change, str):
+                continue
+            if not isinstance(change, dict):
+                return "a change neither text nor an object"
+            deps = change.get("changed deps", {})
+            if not isinstance(deps, dict) or not all(isinstance(state, str) for state in deps.values()):
+                return "a stage's changed deps not an object of texts"
+    return None
 
 
 def readable(repo: str, rev: str, path: str) -> bool:
@@ -125,7 +159,7 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
     status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
     mode = "pulled"
-    if status.returncode == 0 and only_data_missing(json.loads(status.stdout or "{}")):
+    if status.returncode == 0 and only_data_missing(dvc_status(status.stdout)):
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here
         print("pr-build: dvc status reports only outputs that are not here: nothing to build", flush=True)
     else:

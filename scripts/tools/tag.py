@@ -10,8 +10,12 @@ from stats.json in the message, so `git show V` tells what the version holds.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -93,13 +97,19 @@ def tag_message(name: str, stats: dict) -> str:
 
 def cli(name: str = typer.Argument(..., help="release name in params.yaml: releases")) -> None:
     """Create the annotated git tag NAME for a built, pushed release."""
-    from dvc.repo import Repo
-
     # an S3 client that failed mid-call leaves coroutines Python warns about at exit: lines after our one
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
     stage = f"release@{name}"
     check_repository()
+    with tag_lock():
+        tag_release(name, stage)
+
+
+def tag_release(name: str, stage: str) -> None:
+    """cli's work once this repository's tag lock is held."""
+    from dvc.repo import Repo
+
     if _git("rev-parse", "-q", "--verify", f"refs/tags/{name}", check=False).returncode == 0:
         raise DataError(f"tag {name} already exists")
     check_committed()
@@ -114,6 +124,35 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
     message = release_message(name, stats_path(releases, name), stage, releases)
     _git("tag", "-a", name, "-m", message)
     print(shown(f"tagged {name}: {message.splitlines()[0]}"))
+
+
+LOCK_NAME = "t2i-tag.lock"  # in git's common folder, beside its own refs' locks
+
+
+@contextlib.contextmanager
+def tag_lock() -> Iterator[None]:
+    """This repository's tag lock held for the run: two runs at once both passed the "already exists" check
+    and both ran `dvc status`, the second refused only at `git tag`. It is a flock of a file in git's own
+    folder (`git rev-parse --git-common-dir`, shared by worktrees): temps.output_lock refuses to write under
+    .git, and a lock beside an output there is none. The kernel drops a flock with its holder, so a run killed
+    (Ctrl-C, kill -9) blocks no later one; the file stays, empty, for the next run to lock."""
+    common = _git("rev-parse", "--git-common-dir").stdout.strip()
+    lock = Path(common) / LOCK_NAME
+    try:
+        # read-only: a flock needs no write access, and the file is never written (empty, made once)
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DataError(shown(f"{lock}: cannot open tag's lock ({exc.strerror or type(exc).__name__})")) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                shown(f"another tag run is at work in this repository (lock {lock}); wait for it to end")
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def release_message(name: str, stats_file: Path, stage: str, releases: Path | None = None) -> str:
