@@ -30,6 +30,7 @@ import pytest
 from helpers.repos import REPO
 
 # --- 2a. stale folders of ours ------------------------------------------------------------------------------------
+OWNER_FILE = ".t2i-datasets-owner"  # ray_engine.OWNER_FILE: what a folder of ours holds
 
 
 def dead_pid() -> int:
@@ -39,8 +40,6 @@ def dead_pid() -> int:
 
 
 def marked(parent: Path, name: str, text: str) -> Path:
-    from scripts.lib.ray_engine import OWNER_FILE
-
     folder = parent / name
     (folder / "session_1" / "logs").mkdir(parents=True)
     (folder / "session_1" / "logs" / "worker.out").write_text("what a worker printed\n", encoding="utf-8")
@@ -78,8 +77,6 @@ def no_marker(parent: Path) -> Path:
 
 
 def linked_marker(parent: Path) -> Path:
-    from scripts.lib.ray_engine import OWNER_FILE
-
     (parent / "elsewhere").write_text("99999999 1.5\n", encoding="utf-8")
     folder = no_marker(parent)
     (folder / OWNER_FILE).symlink_to(parent / "elsewhere")
@@ -87,8 +84,6 @@ def linked_marker(parent: Path) -> Path:
 
 
 def fifo_marker(parent: Path) -> Path:
-    from scripts.lib.ray_engine import OWNER_FILE
-
     folder = no_marker(parent)
     os.mkfifo(folder / OWNER_FILE)  # reading it would wait for a writer for ever
     return folder
