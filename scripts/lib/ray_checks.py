@@ -35,12 +35,19 @@ def refusal(address: str) -> str | None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return None
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
-    except ConnectionRefusedError:
+    if isinstance(connection_failure(address, 1), ConnectionRefusedError):
         return "nothing listens there: connection refused"
-    except (OSError, ValueError, OverflowError):
-        pass
+    return None
+
+
+def connection_failure(place: str, seconds: float) -> Exception | None:
+    """None when `place` (host:port, an IPv6 host in brackets or not) takes a TCP connection within `seconds`,
+    else why not (ConnectionRefusedError: nothing listens). The one probe of refusal and ClusterWatch."""
+    host, _, port = place.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except (OSError, ValueError, OverflowError) as exc:
+        return exc
     return None
 
 

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import signal
-import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -34,6 +34,7 @@ from scripts.lib.ray_checks import (
     USERINFO,
     auto_refusal,
     cannot_join,
+    connection_failure,
     gcs_silence,
     reason,
     refusal,
@@ -81,7 +82,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
         # params are the only source: ray.init, and what it starts, read RAY_ADDRESS (an "auto" joins the cluster
         # it names); a stray one has no say over the local Ray that `ray_address: null` asks for
         os.environ.pop("RAY_ADDRESS", None)
-        logs = tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+        logs = _own_folder(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
     children_before: set[int] = set()
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
@@ -156,7 +157,7 @@ class ClusterWatch:
         silent_since: dict[str, float] = {}
         while self.lost is None and not self._stop.is_set():
             for name, place in self.places.items():
-                if _answers(place):
+                if connection_failure(place, WATCH_EVERY_S) is None:
                     silent_since.pop(name, None)
                 elif time.monotonic() - silent_since.setdefault(name, time.monotonic()) >= self.seconds:
                     self.lost = self.lost or cluster_lost(self.address, name, place, self.seconds)
@@ -204,14 +205,6 @@ def _probed(ray: ModuleType) -> dict[str, str]:
         "the cluster's GCS": node.gcs_address,
         "this machine's raylet": f"{node.node_ip_address}:{node.node_manager_port}",
     }
-
-
-def _answers(place: str) -> bool:
-    host, _, port = place.rpartition(":")
-    with contextlib.suppress(OSError, ValueError, OverflowError):
-        socket.create_connection((host.strip("[]"), int(port)), timeout=WATCH_EVERY_S).close()
-        return True
-    return False
 
 
 def _shutdown(ray: ModuleType, lost: bool) -> None:
@@ -270,6 +263,55 @@ def _local_environment(withheld: list[str], folder: str) -> Iterator[None]:
         yield
     finally:
         restore_environment(saved)
+
+
+# a local Ray's folder of ours (`ray-` and mkdtemp's 8 characters) holds OWNER_FILE: `PID START` of the command
+# that made it. A command killed (SIGKILL, a second signal's exit at once) left it, logs and all; the next local
+# start removes those whose command is gone, and nothing else (a folder of Ray's own, another user's, a live run's)
+OWNER_FILE = ".t2i-datasets-owner"
+OUR_FOLDER = re.compile(r"ray-[A-Za-z0-9_]{8}")
+
+
+def _own_folder(parent: str) -> str:
+    """A new folder for a local Ray under `parent`, marked ours; the stale ones of ours there removed first."""
+    remove_stale_folders(parent)
+    folder = tempfile.mkdtemp(prefix="ray-", dir=parent)
+    with open(os.path.join(folder, OWNER_FILE), "x", encoding="utf-8") as marker:
+        marker.write(f"{os.getpid()} {psutil.Process().create_time()!r}\n")
+    return folder
+
+
+def remove_stale_folders(parent: str) -> None:
+    """Remove each folder of `parent` a local Ray of ours had and whose command is gone (_stale)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if OUR_FOLDER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False) and _stale(entry.path):
+                _remove(entry.path)
+
+
+def _stale(folder: str) -> bool:
+    """`folder` is ours (this user's, its OWNER_FILE a plain file of this user's) and its command is not running:
+    no process has that pid and start time (a pid the system gave to another process since is not it)."""
+    marker = os.path.join(folder, OWNER_FILE)
+    try:
+        if os.lstat(folder).st_uid != os.getuid():
+            return False
+        descriptor = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as opened:
+            info = os.fstat(opened.fileno())
+            text = opened.read(100)
+        pid_text, start_text = text.decode("ascii").split()
+        pid, start = int(pid_text), float(start_text)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False  # no marker of ours: not a folder of ours
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
+        return False
+    try:
+        return psutil.Process(pid).create_time() != start
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False  # there, not ours to ask about: kept
 
 
 def _remove(folder: str | None) -> None:
@@ -354,6 +396,7 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 REAP_SECONDS = 3  # then what is left is killed: Ray is shut down, a worker has nothing of ours to finish
+KILL_SECONDS, LOOK_PAUSE_S = 6, 0.05  # a killed process's exit, loaded machine included
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -380,18 +423,34 @@ def _reap(children_before: set[int]) -> None:
 
     `ray.shutdown()` stops the raylet and GCS; their workers notice and exit on their own, a moment later.
     A command that returned before then would leave them running past its exit code (a Ctrl-C's 130
-    included), so wait a bounded time, then kill what is left. Each look lists the descendants again: a
-    process started (or orphaned to us) after the last look is waited for too."""
-    deadline = time.monotonic() + REAP_SECONDS
-    while (started := _descendants(children_before)) and time.monotonic() < deadline:
-        psutil.wait_procs(started, timeout=min(deadline - time.monotonic(), 0.5))
-    for _ in range(3):  # what is left is killed; a killed one's orphans come to us next round
-        if not (started := _descendants(children_before)):
-            return
-        for process in started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
-        psutil.wait_procs(started, timeout=REAP_SECONDS)
+    included), so wait REAP_SECONDS, then kill what is left, look by look, for at most KILL_SECONDS."""
+    if not _gone(children_before, time.monotonic() + REAP_SECONDS, kill=False):
+        _gone(children_before, time.monotonic() + KILL_SECONDS, kill=True)
+
+
+def _gone(children_before: set[int], deadline: float, kill: bool) -> bool:
+    """Whether the processes this session started are gone by `deadline`: waited for (and killed, `kill`) look by
+    look, each listing the descendants again (one started, or orphaned to us, since is found). Gone is two empty
+    looks LOOK_PAUSE_S apart: a look is not atomic (it read /proc pid by pid), and a worker its raylet's exit
+    orphaned while it was read was missed by the one look that ended the wait (a Ctrl-C's exit 130 with
+    processes of the run left, now and then, on a loaded machine). It was three kill rounds, and no look after."""
+    empty_looks = 0
+    while True:
+        started = _descendants(children_before)
+        empty_looks = 0 if started else empty_looks + 1
+        if empty_looks == 2:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if kill:
+            for process in started:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        if started:
+            psutil.wait_procs(started, timeout=min(left, 0.5))
+        else:
+            time.sleep(min(left, LOOK_PAUSE_S))
 
 
 def _descendants(children_before: set[int]) -> list[psutil.Process]:
