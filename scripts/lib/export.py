@@ -465,8 +465,8 @@ def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, in
                         found.setdefault(key_id(stem), entry(f"{rel}!/{member.name}", data.read()))
         elif suffix == ".parquet" and path.name.startswith("part-"):
             with open_within(path, release_dir) as file:  # one open, checked there: never a link or FIFO put there
-                for row_id, data in part_images(file, path).items():
-                    found.setdefault(row_id, entry(f"{rel}!/{row_id}", data))
+                for row_id, image in part_images(file, path).items():
+                    found.setdefault(row_id, entry(f"{rel}!/{row_id}", image))
     return found
 
 
