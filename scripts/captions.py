@@ -25,7 +25,15 @@ from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
 from scripts.lib.io import check_files_ours, shown
 from scripts.lib.params import PARAMS_FILE, load_section
-from scripts.lib.tables import ParquetChunks, arrow_table, check_cells, check_table, check_unique, read_parquet
+from scripts.lib.tables import (
+    ParquetChunks,
+    arrow_table,
+    check_cells,
+    check_table,
+    check_unique,
+    read_parquet,
+    stage_input,
+)
 
 MANIFEST = "manifest.parquet"
 CAPTION_COLUMNS = [
@@ -111,6 +119,7 @@ def cli(
 ) -> None:
     """Join kept prompts with their images into the caption table."""
     check_files_ours(output, inputs=[input, images])
+    input = stage_input(input)  # its ids ranked and its rows streamed: one file, the first read's
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
     attach = image_joiner(source, images, input, rows.columns)

@@ -44,7 +44,7 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe
-from scripts.lib.tables import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to
+from scripts.lib.tables import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to, stage_input
 
 
 def with_positions(rows: pd.DataFrame) -> pd.DataFrame:
@@ -147,6 +147,7 @@ def cli(
     if recipe is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(recipe, reads)
     releases = plan_releases(reads)  # what S's steps read, no more
+    input = stage_input(input)  # its ids checked and its rows streamed: one file, the first read's
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     check_unique(input)
     steps = before_generate_steps(source, releases)

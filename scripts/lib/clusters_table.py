@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.tables import column_names, existing_input, is_text_type, unreadable, utf8_checked
+from scripts.lib.tables import existing_input, is_text_type, parquet_source, schema_names, unreadable, utf8_checked
 
 CLUSTER_COLUMNS = ("id", "duplicate_of", "jaccard")  # data/dedup/S.clusters.parquet, as dedup@S writes it
 
@@ -45,11 +45,12 @@ def read_clusters_table(path: Path | str):
     import pyarrow.parquet as pq
 
     path = existing_input(path)
-    check_clusters_columns(path, column_names(path))
-    try:
-        table = pq.read_table(path, columns=list(CLUSTER_COLUMNS))
-    except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise unreadable(path, exc) from None
+    with parquet_source(path) as source:  # one open, checked there (the table_in's folder), for both reads
+        check_clusters_columns(path, schema_names(source, path))
+        try:
+            table = pq.read_table(source, columns=list(CLUSTER_COLUMNS))
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
     check_clusters(table, path)
     return table
 

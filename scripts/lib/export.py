@@ -40,7 +40,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import IMAGE_EXTENSIONS, link_opened, new_file, open_regular
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, link_opened, new_file, open_regular, open_within
 from scripts.lib.shards import ShardWriter, key_id
 from scripts.lib.tables import arrow_table, part_images, row_groups_to, write_parquet
 
@@ -464,11 +464,9 @@ def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, in
                         assert data is not None  # a regular file's member always has data
                         found.setdefault(key_id(stem), entry(f"{rel}!/{member.name}", data.read()))
         elif suffix == ".parquet" and path.name.startswith("part-"):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path, columns=["id", "image"]).to_pylist()
-            for record in table:
-                found.setdefault(record["id"], entry(f"{rel}!/{record['id']}", record["image"]["bytes"]))
+            with open_within(path, release_dir) as file:  # one open, checked there: never a link or FIFO put there
+                for row_id, image in part_images(file, path).items():
+                    found.setdefault(row_id, entry(f"{rel}!/{row_id}", image))
     return found
 
 
@@ -476,13 +474,14 @@ def release_image_bytes(release_dir: Path, ref: str) -> bytes:
     """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row)."""
     archive, sep, member = ref.partition("!/")
     if sep and archive.endswith(".parquet"):
-        path = Path(release_dir) / archive
-        if not path.is_file():
-            raise DataError(f"{path}: not found (listed in {Path(release_dir) / 'rows.parquet'})")
-        images = part_images(str(path), path.stat().st_mtime_ns, path.stat().st_size)  # read once, not a row
-        if member not in images:
-            raise DataError(f"{path}: no row with id {member!r} (listed in {Path(release_dir) / 'rows.parquet'})")
-        return images[member]
+        path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
+        try:  # one open, checked there (in the release, a regular file): a link out or FIFO put there is refused
+            with open_within(path, release_dir, dvc_cache=True) as file:
+                return part_images(file, path)[member]  # the part read once, not a row
+        except FileNotFoundError:
+            raise DataError(f"{path}: not found ({listed})") from None
+        except KeyError:
+            raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
     return image_bytes(str(Path(release_dir) / ref))
 
 

@@ -33,7 +33,7 @@ from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.io import check_output_kind
 from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
-from scripts.lib.tables import write_parquet
+from scripts.lib.tables import parquet_source, write_parquet
 from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp, unremovable_folder
 
 STORE_TMP = ".tmp"
@@ -169,7 +169,8 @@ def _manifest_columns(manifest: Path, columns: list[str]) -> dict[str, list]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(manifest)
+        with parquet_source(manifest) as source:  # one open, checked there: a FIFO or folder put there is refused
+            table = pq.read_table(source)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"{manifest}: not a readable generate manifest ({type(exc).__name__})") from None
     if table.column_names not in (MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -589,15 +588,27 @@ def _described(value) -> str:
     return f"{type(value).__name__} {shown_short(repr(value), 40)}"
 
 
-@functools.lru_cache(maxsize=1)
-def part_images(path: str, mtime_ns: int, size: int) -> dict[str, bytes]:
-    """id -> image bytes of a parquet part of a release (the first row of an id), read once per version of
-    the file: publish asks for a part's rows one by one, and read the whole part for each (a 1000-row part
-    of 500 MB: 500 GB read)."""
+_PART_IMAGES: dict[tuple[int, int, int, int], dict[str, bytes]] = {}  # the last part read, by what it is
+
+
+def part_images(file, path: Path | str) -> dict[str, bytes]:
+    """id -> image bytes of a parquet part of a release (the first row of an id) that `file` has open (opened
+    and checked by the caller: open_within), read once per version of the file, known by its device, inode,
+    size and time: publish asks for a part's rows one by one, and read the whole part for each (a 1000-row part
+    of 500 MB: 500 GB read). By that identity, never the name: a part renamed over between two rows is read
+    anew, not taken from the cache of the other file."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "image"])
-    images: dict[str, bytes] = {}
-    for row_id, image in zip(table["id"].to_pylist(), table["image"].to_pylist()):
-        images.setdefault(row_id, image["bytes"])
-    return images
+    opened = os.fstat(file.fileno())
+    identity = (opened.st_dev, opened.st_ino, opened.st_size, opened.st_mtime_ns)
+    if identity not in _PART_IMAGES:
+        try:
+            table = pq.read_table(file, columns=["id", "image"])
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
+        images: dict[str, bytes] = {}
+        for row_id, image in zip(table["id"].to_pylist(), table["image"].to_pylist()):
+            images.setdefault(row_id, image["bytes"])
+        _PART_IMAGES.clear()
+        _PART_IMAGES[identity] = images
+    return _PART_IMAGES[identity]
