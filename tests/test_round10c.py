@@ -131,7 +131,7 @@ CREDENTIAL_FILES = {  # variable, its value ({tmp} is the test's folder), where 
 def test_a_credential_variable_naming_a_file_is_no_secret(tmp_path, monkeypatch, case):
     """GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json holds where the key is: params naming that file was
     refused, and an error line quoting the path showed `***`. A real token set beside it still counts."""
-    from scripts.lib.import_env import without_secrets
+    from scripts.lib.import_env import redact_line
 
     name, value, at = CREDENTIAL_FILES[case]
     value = value.format(tmp=tmp_path)
@@ -143,7 +143,7 @@ def test_a_credential_variable_naming_a_file_is_no_secret(tmp_path, monkeypatch,
     text = f"the key file: {value}"
     assert load(write_params(tmp_path, at, text)) is None
     assert "T2I_ROUND10C_TOKEN" in (load(write_params(tmp_path, at, f"{text} zQ8vLw3RkP0sXt7YbN2m")) or "")
-    line = without_secrets(f"importing google.auth failed: OSError: {value}: bad key file, token zQ8vLw3RkP0sXt7YbN2m")
+    line = redact_line(f"importing google.auth failed: OSError: {value}: bad key file, token zQ8vLw3RkP0sXt7YbN2m")
     assert value in line and "zQ8vLw3RkP0sXt7YbN2m" not in line, line
 
 

@@ -191,7 +191,7 @@ def memory_error_while_the_line_is_built(root: Path, monkeypatch) -> list:  # it
     def no_memory(text: str) -> str:
         raise MemoryError
 
-    monkeypatch.setattr(import_env, "without_secrets", no_memory)
+    monkeypatch.setattr(import_env, "exception_line", no_memory)  # what import_failure_line builds first
     return ["compose", "r", "data/splits", "data/compose/r"]
 
 

@@ -40,6 +40,7 @@ import pandas as pd
 from scripts.lib import source_date
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
+from scripts.lib.import_env import redact_known
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 # The card's 40 SDXL proto buckets at 1024 (width, height), in bucket-id order as the card lists them.
@@ -433,6 +434,9 @@ def write_bucketed(
         "missing_caption_policy": options["missing_caption_policy"],
         "export_summary": summary,
     }
+    # a caption source's model or backend label is params text: a secret in it went into manifest.json, which a
+    # release publishes (the captions themselves are data, in the shards as written)
+    manifest = redact_known(manifest, None)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 

@@ -1,8 +1,10 @@
 """The data card of a release: README.md with Hugging Face YAML front matter.
 
-`data_card` is pure (the recipe, the release's stats, the sources' entries, the settings that rendered
-the images and the params that shaped the rows -> text). Licences, links and citations come from
-params.yaml `sources.S.{license,homepage,citation}`; what is not given there is written as unknown.
+`data_card` is pure but for the secrets known to the process (the recipe, the release's stats, the sources'
+entries, the settings that rendered the images and the params that shaped the rows -> text). Licences, links
+and citations come from params.yaml `sources.S.{license,homepage,citation}`; what is not given there is written
+as unknown. The card is published (publish uploads it as the dataset's README): no known secret is in it
+(import_env.redact_known), unlike a row's prompt, which is data and stays as written.
 """
 
 from __future__ import annotations
@@ -142,7 +144,16 @@ def data_card(
     lines += _limitations(names, sources, generation, text_only)
     lines += _citations(names, sources)
     lines += _revision(recipe)
-    return "\n".join(lines)
+    return _without_secrets("\n".join(lines))
+
+
+def _without_secrets(card: str) -> str:
+    """The card with every known secret (an environment variable's, a credential file's) starred: a homepage's
+    `?token=` holding the Hub token, a citation or a rendering model's path holding an AWS key were written into
+    README.md as given, and publish put them on the Hub."""
+    from scripts.lib.import_env import redact_known
+
+    return cast(str, redact_known(card, None))
 
 
 def _rows(stats: dict, names: list[str]) -> list[str]:

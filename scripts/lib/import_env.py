@@ -173,25 +173,14 @@ def variables_parsed(library: str) -> Iterator[None]:
 
 
 def import_failure_line(exc: BaseException) -> str | None:
-    """One line for `exc` raised while a third-party library was imported (None: not so, or our own
-    module's failure: a bug, shown with its traceback)."""
+    """One line for `exc` raised while a third-party library was imported, redacted as every printed line
+    (redact_line); None when it is not so, or is our own module's failure (a bug: cli's internal-error line)."""
     module = _failing_module(exc)
     if module is None or module.partition(".")[0] in ("scripts", "__main__"):
         return None
-    return without_secrets(
+    return redact_line(
         f"importing {module} failed: {exception_line(exc)} (a bad environment variable it reads, or a broken install?)"
     )
-
-
-def without_secrets(text: str) -> str:
-    """`text` without the value of any environment variable named like a secret (a token, a key); a value
-    naming a file (GOOGLE_APPLICATION_CREDENTIALS=/home/u/key.json) is no secret, and stays readable."""
-    from scripts.lib.key_redaction import redact_key
-
-    for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 4 and not names_a_file(value):
-            text = redact_key(text, value)
-    return text
 
 
 # a variable's name as a line may quote it (`$T2I_KEY: the API key holds a control character`): no secret, kept

@@ -7,8 +7,8 @@ Credentials, region and endpoint come from the environment as boto3 and the AWS 
 AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for MinIO and other S3 servers), never from
 params.yaml or the location: a location or an endpoint with `user:secret@` in it is refused, so no key
 reaches a lock file, a report or a log; and whatever a server's error quotes of the credentials (a proxy
-echoing the request's `x-amz-security-token` or `Authorization`, in any case or encoding) is redacted from
-every S3 failure's line (`redact_credentials`).
+echoing the request's `x-amz-security-token` or `Authorization`, in any case or encoding), the environment's or
+those of `~/.aws/credentials` and a profile, is redacted from every S3 failure's line (`redact_credentials`).
 """
 
 from __future__ import annotations
@@ -62,11 +62,15 @@ def endpoint() -> str | None:
 
 
 def redact_credentials(text: str) -> str:
-    """`text` without the AWS credentials of the environment, in any case or encoding a server may echo
-    them in (key_redaction.redact_key)."""
+    """`text` without the AWS credentials the SDK signs with, in any case or encoding a server may echo them in
+    (key_redaction.redact_key): the environment's, and every other secret known (import_env.redact_line: those
+    of the credentials and config files the SDK reads, any profile, AWS_PROFILE's included); the environment's
+    only named ones redacted the error of a profile's credentials not at all."""
+    from scripts.lib.import_env import redact_line
+
     for name in CREDENTIAL_VARIABLES:
         text = redact_key(text, os.environ.get(name))
-    return text
+    return redact_line(text)
 
 
 @functools.cache
@@ -122,6 +126,6 @@ def _s3_call(location: str, function, *args):
     try:
         return function(*args)
     except FileNotFoundError:
-        raise DataError(f"{location}: input not found on S3") from None
+        raise DataError(redact_credentials(f"{location}: input not found on S3")) from None
     except (OSError, ValueError) as exc:
         raise DataError(redact_credentials(f"{location}: cannot read from S3 ({exc})".splitlines()[0])) from None
