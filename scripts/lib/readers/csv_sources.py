@@ -33,22 +33,49 @@ OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_u
 MAX_CSV_LINE = 4 * 1024 * 1024  # characters: a record of many fields of the csv module's 128 Ki each fits
 
 
+class RecordTooLong(Exception):
+    """A record with a line past MAX_CSV_LINE characters, read past (a bounded chunk at a time) to its end."""
+
+    def __init__(self, line: int):
+        super().__init__(line)
+        self.line = line  # where its long line starts
+
+
 class _LastLine:
-    """The lines the csv reader parses (capped: _capped_lines), remembering the last one it took, how many it
-    took (`count`: the reader's line_num, and the lines read past a malformed record) and the quotes of the
-    record it is in (`quotes`, set to 0 as a record starts)."""
+    """The lines the csv reader parses, each read at most MAX_CSV_LINE characters at a time, remembering the last
+    one it took, how many it took (`count`: the reader's line_num, and the lines read past a malformed record) and
+    the quotes of the record it is in (`quotes`, set to 0 as a record starts). A line past the cap (a 10 GB file
+    without a newline, a 5 MB field) is never held: read past to its record's end, it is RecordTooLong."""
 
     def __init__(self, f, file: Path):
-        self.lines, self.last, self.count, self.quotes = _capped_lines(f, file), "", 0, 0
+        self.f, self.file, self.last, self.count, self.quotes = f, file, "", 0, 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
-        self.last = next(self.lines)
+        line = self.f.readline(MAX_CSV_LINE + 1)
+        if not line:
+            raise StopIteration
         self.count += 1
-        self.quotes += self.last.count('"')
-        return self.last
+        self.quotes += line.count('"')
+        if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
+            start = self.count
+            self._read_past_record()
+            raise RecordTooLong(start)
+        self.last = line
+        return line
+
+    def _read_past_record(self) -> None:
+        """Read on from inside an overlong line to the end of the line where the record's quotes close (a quoted
+        field's newlines are its text), or to the file's end; MAX_CSV_LINE characters at most held at once."""
+        ended = False
+        while chunk := self.f.readline(MAX_CSV_LINE + 1):
+            self.count += ended  # the chunk after a line end starts the next line
+            self.quotes += chunk.count('"')
+            ended = chunk.endswith(("\n", "\r"))
+            if ended and self.quotes % 2 == 0:
+                return
 
     def past_record(self) -> bool:
         """After a malformed record: read on to the line where its quotes close (an odd count leaves a quoted
@@ -59,18 +86,9 @@ class _LastLine:
                 next(self)
             except StopIteration:
                 return False
+            except RecordTooLong:  # read past to where the quotes close, or the file's end
+                return self.quotes % 2 == 0
         return True
-
-
-def _capped_lines(f, file: Path) -> Iterator[str]:
-    """The lines the csv reader parses, each read at most MAX_CSV_LINE characters at a time: a file
-    without a newline (a sparse 10 GB file) is one line naming it, not every byte held in memory."""
-    number = 0
-    while line := f.readline(MAX_CSV_LINE + 1):
-        number += 1
-        if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
-            raise DataError(f"{shown(file)}: line {number}: longer than {MAX_CSV_LINE} characters (not a CSV file?)")
-        yield line
 
 
 def iter_csv(
@@ -104,6 +122,10 @@ def iter_csv(
                 blank.append(lines.count)  # before the header too, as pandas skips them
         except (StopIteration, csv.Error):
             header = []
+        except RecordTooLong as exc:
+            raise DataError(
+                f"{shown(file)}: line {exc.line}: longer than {MAX_CSV_LINE} characters (not a CSV file?)"
+            ) from None
         require_columns(file, header, required, echo=False)
         for line in blank:
             yield 0, Problem(file, f"line {line}", "blank_line", "blank line", always_skip=True)
@@ -114,6 +136,11 @@ def iter_csv(
                 fields = next(reader)
             except StopIteration:
                 return
+            except RecordTooLong:  # skipped under on_error: skip, the rows after it read
+                number += 1
+                where = f"row {number} (line {line_before + 1})"  # where the record starts
+                yield number, Problem(file, where, "record_too_long", _too_long(lines))
+                continue
             except csv.Error as exc:
                 number, at = number + 1, lines.count
                 ends = (
@@ -140,6 +167,11 @@ def iter_csv(
                 )
                 continue
             yield number, dict(zip(header, fields))
+
+
+def _too_long(lines: _LastLine) -> str:
+    ends = f"read past to line {lines.count}" if lines.quotes % 2 == 0 else "its quoted field never closes"
+    return f"a line longer than {MAX_CSV_LINE:,} characters ({ends})"
 
 
 def _closes(closed: bool, line: int) -> str:
