@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -382,6 +383,15 @@ def _open_outputs() -> list[tuple[Path, Path]]:
     return _OPEN.outputs
 
 
+# pyarrow's OSError text: "Error writing bytes to file. Detail: [errno 27] File too large", or "Failed to open
+# local file '<a temp path>'. Detail: [errno 24] ...": told as the OS tells its errno, never naming a temp
+_ARROW_ERRNO = re.compile(r"Detail: \[errno (\d+)\]")
+
+
+def _arrow_errno(exc: BaseException) -> int | None:
+    return int(m.group(1)) if isinstance(exc, OSError) and (m := _ARROW_ERRNO.search(str(exc))) else None
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inputs=()) -> Iterator[Path]:
     """Yield a temp path beside `target`; rename it over `target` only if the block succeeds.
@@ -433,9 +443,9 @@ def atomic_path(target: Path | str, is_dir: bool = False, mark: bool = True, inp
                 replace_path(tmp, target, is_dir)
         except BaseException as exc:
             _remove(tmp)  # best effort: the error that stopped the run is the one to tell
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and (code := _arrow_errno(exc)) is None:
                 raise DataError(os_error_message(exc, target, tmp)) from None
-            if isinstance(exc, Exception) and (code := os_error_code(exc)) is not None:
+            if isinstance(exc, Exception) and (code := _arrow_errno(exc) or os_error_code(exc)) is not None:
                 raise DataError(f"{shown(target)}: cannot write ({os.strerror(code)})") from None
             if isinstance(exc, UnicodeEncodeError) and str(tmp) in str(exc.object):  # a name inside the temp
                 raise DataError(
