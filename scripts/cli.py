@@ -15,6 +15,7 @@ import os
 import sys
 
 from scripts.lib.errors import DataError, shown
+from scripts.lib.failure_lines import capped, internal_error_line, traceback_asked, with_limit_hint
 from scripts.lib.interrupts import (
     STOPPING_SIGNALS,
     Interrupted,
@@ -209,10 +210,19 @@ class _StandardOutput:
 def _redacted(text):
     """`text` as it may be printed (import_env.redact_line: no secret known to this process, in any encoding),
     written on standard output or error: a success line quoting an output path or a source name that holds a key,
-    a progress line, a warning, a table on stdout was printed as given, where an error line was redacted."""
-    from scripts.lib.import_env import redact_line
+    a progress line, a warning, a table on stdout was printed as given, where an error line was redacted. Text that
+    cannot be checked (at the open-file limit the secrets cannot be read) is left out, never shown as it came."""
+    if not isinstance(text, str) or not text.strip() or text in _NO_DATA:
+        return text
+    try:
+        from scripts.lib.import_env import redact_line
 
-    return redact_line(text) if isinstance(text, str) and text else text
+        return redact_line(text)
+    except Exception:
+        return "(a line left out: it could not be checked for secrets)" + "\n" * text.endswith("\n")
+
+
+_NO_DATA: set[str] = set()  # lines of ours that quote nothing (no path, no value): shown even where _redacted fails
 
 
 def _in_encoding(text: str, encoding: str | None) -> str:
@@ -304,20 +314,30 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
-    # whatever a message quotes (a server's reply, a name, a path typed) is text: no password or key is shown
-    from scripts.lib.failure_lines import capped
-    from scripts.lib.import_env import redact_line
-
-    _say(f"error: {capped(shown(redact_line(text)))}")
+    _say(f"error: {_failure_line(text)}")
     _silence_finalizers()
     return code
+
+
+def _failure_line(text: str) -> str:
+    """`text` as the error line shows it: whatever it quotes (a server's reply, a name, a path typed) redacted, no
+    password or key shown. Redacting imports what names the secrets (params, the key encodings): at the open-file
+    limit those imports fail, and the OSError was a traceback at exit 1; the text is then left out, not shown as
+    it came."""
+    try:
+        from scripts.lib.import_env import redact_line
+
+        return capped(with_limit_hint(shown(redact_line(text))))
+    except Exception as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        line = with_limit_hint(f"the failure's line could not be checked for secrets ({reason}), so it is left out")
+        _NO_DATA.add(f"error: {line}")
+        return line
 
 
 def _internal_error(exc: BaseException | None) -> int:
     """A failure no check of ours foresaw: its one line (failure_lines.internal_error_line) and exit 1, where bad
     input is 2; the traceback, on asking (T2I_TRACEBACK=1), is raised on to Python."""
-    from scripts.lib.failure_lines import internal_error_line, traceback_asked
-
     if exc is None or traceback_asked():
         raise  # re-raises the exception being handled: the traceback asked for
     return _error(internal_error_line(exc), code=1)

@@ -4,7 +4,9 @@ no stage imports it."""
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 from pathlib import Path
 
 MAX_LINE = 2000  # characters of an error line; a longer one keeps its head and its tail (the advice)
@@ -20,6 +22,16 @@ def capped(line: str) -> str:
         return line
     head, tail = MAX_LINE * 2 // 3, MAX_LINE // 4
     return f"{line[:head]} [... {len(line) - head - tail} characters cut ...] {line[-tail:]}"
+
+
+def with_limit_hint(line: str) -> str:
+    """`line`, and, when it tells of the open-file limit (EMFILE), what that limit is: hit while Python imported a
+    library, the line named the library's own file (`.../pandas/__init__.py: Too many open files`), which looked
+    like that file's fault; the limit (`ulimit -n`) is the process's, set where it was started."""
+    if os.strerror(errno.EMFILE) not in line:
+        return line
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return f"{line} (this process may hold {soft} open files at most: raise `ulimit -n`)"
 
 
 def traceback_asked() -> bool:
