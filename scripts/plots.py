@@ -27,17 +27,17 @@ import typer
 from scripts.lib.clusters_table import read_clusters_table
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import (
+    MAX_CONFIG_BYTES,
     SPLITS,
     atomic_path,
     check_files_ours,
     check_output_kind,
     commit_together,
-    config_text,
     shown,
 )
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
-from scripts.lib.safe_paths import table_in
+from scripts.lib.safe_paths import read_within, table_in
 from scripts.lib.tables import check_cells
 from scripts.lib.temps import output_lock
 
@@ -92,7 +92,10 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
         if not path.exists():
             raise DataError(f"{shown(path)}: not found (run clean@{source} first)")
         try:
-            report = loads_json(config_text(path))  # a FIFO there hung the command
+            # the one file table_in checked, opened once (a link out or FIFO swapped in after the check was read)
+            report = loads_json(read_within(path, clean_dir, cap=MAX_CONFIG_BYTES, dvc_cache=True).decode("utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{shown(path)}: not found (run clean@{source} first)") from None
         except ValueError:
             raise DataError(f"{shown(path)}: not valid JSON") from None
         dropped_by_reason(report, path)

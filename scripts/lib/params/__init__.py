@@ -44,6 +44,7 @@ from scripts.lib.params.base import (  # noqa: F401
     key_path,
     not_a_name_message,
     parse,
+    read_once,
     unknown_key_message,
 )
 from scripts.lib.params.caption import (  # noqa: F401
@@ -200,10 +201,8 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     DataError naming the file and key.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: {missing_file_reason(path)}")
     try:
-        text = config_text(path)  # a FIFO or device is refused before it is opened: it hung the command
+        text = read_once(path, params_text)  # one version of the file for every section a run loads
         params = read_yaml(text) or {}
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
@@ -224,6 +223,14 @@ def load_params(section: str | None = None, path: Path | str = PARAMS_FILE) -> A
     if section not in params:
         raise DataError(f"{path}: missing section '{section}'")
     return params[section]
+
+
+def params_text(path: Path) -> str:
+    """The text of the params file `path`, bounded: a FIFO or device is refused before it is opened (it hung the
+    command)."""
+    if not path.exists():
+        raise DataError(f"{path}: {missing_file_reason(path)}")
+    return config_text(path)
 
 
 def missing_file_reason(path: Path) -> str:

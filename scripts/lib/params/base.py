@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Self
 
@@ -21,6 +23,33 @@ from scripts.lib.errors import DataError, quoted
 from scripts.lib.io import REF_SEPARATOR
 
 PARAMS_FILE = Path("params.yaml")
+
+
+def read_once(path: Path, read: Callable[[Path], str]) -> str:
+    """The text of `path` as this command run first read it (by `read`): every later load_section of the run
+    parses that text, never the name again. A stage loads several sections (summary: releases, sources, then
+    dedup), and params.yaml renamed over between two loads (`dvc exp run` beside it, an editor's save) mixed two
+    versions of it in one output. Outside a command run (a library call) each call reads the file anew."""
+    reads = _run_reads()
+    key = os.path.abspath(path)
+    if reads is None:
+        return read(path)
+    if key not in reads:
+        reads[key] = read(path)
+    return reads[key]
+
+
+RUN_READS = "t2i_datasets.params_texts"
+
+
+def _run_reads() -> dict[str, str] | None:
+    """The store of one command run: its click context's `meta` (shared by the nested contexts, gone with the
+    run), so that commands run one after another in one process (tests/helpers/commands.cli) each read the
+    file they find. None outside a run; typer is only looked up, never imported here."""
+    scope = sys.modules.get("typer._click.globals")
+    context = scope.get_current_context(silent=True) if scope is not None else None
+    return None if context is None else context.meta.setdefault(RUN_READS, {})
+
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
