@@ -450,13 +450,15 @@ def _main(argv: list[str] | None) -> int:
         from scripts.lib.import_env import check_on_import, import_failure_line
         from scripts.lib.io import note_folder_spellings
         from scripts.lib.marks import note_command
+        from scripts.lib.params.base import one_read_per_run
 
         check_on_import()  # a library's bad environment variable: one line naming it, before it is imported
         argv = sys.argv[1:] if argv is None else argv
         note_folder_spellings(argv)
         note_command(next((a for a in argv if not a.startswith("-")), ""))  # what it writes is this command's
         try:
-            status = _run_app(argv)
+            with one_read_per_run():  # every section the command loads from one text of params.yaml
+                status = _run_app(argv)
         except DataError as exc:
             return _error(one_line(str(exc)))
         except OSError as exc:  # one no stage turned into a DataError: the path and the reason, one line

@@ -43,6 +43,7 @@ from scripts.lib.params.base import (  # noqa: F401
     check_names_apart,
     key_path,
     not_a_name_message,
+    one_read_per_run,
     parse,
     read_once,
     unknown_key_message,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -30,25 +30,27 @@ def read_once(path: Path, read: Callable[[Path], str]) -> str:
     parses that text, never the name again. A stage loads several sections (summary: releases, sources, then
     dedup), and params.yaml renamed over between two loads (`dvc exp run` beside it, an editor's save) mixed two
     versions of it in one output. Outside a command run (a library call) each call reads the file anew."""
-    reads = _run_reads()
-    key = os.path.abspath(path)
-    if reads is None:
+    if _RUN_READS is None:
         return read(path)
-    if key not in reads:
-        reads[key] = read(path)
-    return reads[key]
+    key = os.path.abspath(path)
+    if key not in _RUN_READS:
+        _RUN_READS[key] = read(path)
+    return _RUN_READS[key]
 
 
-RUN_READS = "t2i_datasets.params_texts"
+_RUN_READS: dict[str, str] | None = None  # the texts read in the command run now under way (one_read_per_run)
 
 
-def _run_reads() -> dict[str, str] | None:
-    """The store of one command run: its click context's `meta` (shared by the nested contexts, gone with the
-    run), so that commands run one after another in one process (tests/helpers/commands.cli) each read the
-    file they find. None outside a run; typer is only looked up, never imported here."""
-    scope = sys.modules.get("typer._click.globals")
-    context = scope.get_current_context(silent=True) if scope is not None else None
-    return None if context is None else context.meta.setdefault(RUN_READS, {})
+@contextlib.contextmanager
+def one_read_per_run() -> Iterator[None]:
+    """A command run (cli), during which read_once keeps each file's first text; commands run one after another
+    in one process (tests/helpers/commands.cli) each read the file they find."""
+    global _RUN_READS
+    _RUN_READS = {}
+    try:
+        yield
+    finally:
+        _RUN_READS = None
 
 
 NonEmpty = Annotated[str, Field(min_length=1)]
