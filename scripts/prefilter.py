@@ -44,6 +44,7 @@ from scripts.lib.plans import (
     written_sources,
 )
 from scripts.lib.recipe import resolve_recipe
+from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, check_unique, read_parquet, row_groups_to, stage_input
 
 
@@ -115,7 +116,7 @@ def text_loader(dedup_dir: Path, split_params: Split, languages: dict[str, str |
 
     def load_split(source: str, split: str) -> pd.DataFrame:
         if source not in cache:
-            path = dedup_dir / f"{source}.parquet"
+            path = table_in(dedup_dir, f"{source}.parquet")  # one checked open in data/dedup, as every table read
             rows = with_positions(read_parquet(path))
             check_table(rows, path, strings=("id", "text", "prompt"), unique="id", present=("id", "text"))
             if languages.get(source) is not None:  # captions@X drops these before split@X draws
