@@ -2,10 +2,11 @@
 pr-comment-post's GitHub client; every row failed before its fix.
 
 A  an error reply (4xx/5xx) whose body cannot be read (a chunk size that is negative, not hex, or a chunk cut
-   short): pr-comment-post printed a traceback (ValueError, IncompleteRead) instead of the status's one line
+   short): pr-comment-post exited 1 with "internal error (a bug...)" (ValueError, IncompleteRead escaping the
+   except clause that read the body) instead of the status's one line, exit 2
 B  a reply whose Content-Length promises more than the server sends before closing: http.client's read(n)
-   returned the cut body as if whole, so a completion was cached, a cut comment page taken as the last one
-   (a second comment posted) and a cut reply to the POST reported as posted
+   returned the cut body as if whole (or as nothing), so a completion was cached, a cut reply to the POST
+   reported as posted, and a cut comment page read as an empty reply ("not a list of comments")
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def github_cut(route: str, body: bytes, extra: int) -> Callable[[str, str], byte
     return answer
 
 
-CUT_GITHUB_REPLIES = {  # each was taken as whole: exit 0
+CUT_GITHUB_REPLIES = {  # each was taken as whole (exit 0), or as an empty reply
     "comment-page-cut-after-its-first-comment": ("/comments", b'[{"id": 5, "body": "a"}]', 4000),
     "user-cut-after-its-login": ("/user", b'{"login": "me"}', 1),
     "posted-comment-cut": ("/issues/1/comments", b'{"id": 7, "html_url": "https://g.example/c"}', 100),
