@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from scripts.lib import deadline_http
 from scripts.lib.deadline_http import Cancelled, DeadlineHTTPHandler, DeadlineHTTPSHandler, stop_calls
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown
@@ -153,7 +154,7 @@ MAX_ENTRY_BYTES = 64 << 20
 
 def _read_capped(stream, cap: int, what: str) -> bytes:
     """At most `cap` bytes of a body; TransientError beyond (a reply with no end must not fill memory)."""
-    data = stream.read(cap + 1)
+    data = deadline_http.read_promised(stream, cap + 1)  # IncompleteRead (a connection error) for a body cut short
     if len(data) > cap:
         raise TransientError("invalid_response", f"{what} larger than {cap} bytes")
     return data

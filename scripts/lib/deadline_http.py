@@ -198,6 +198,16 @@ class DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__, not in typeshed
 
 
+def read_promised(response, amount: int) -> bytes:
+    """response.read(amount), but http.client.IncompleteRead where the server closed before the end its
+    Content-Length promised: read(n) returns such a cut body as if whole (a `{}` of a promised 100 bytes was
+    taken as GitHub's answer, and a completion cut short after its last brace was cached)."""
+    data = response.read(amount)
+    if len(data) < amount and (getattr(response, "length", None) or 0) > 0:
+        raise http.client.IncompleteRead(data, response.length)
+    return data
+
+
 def stop_calls(cancel: threading.Event, pool, cache) -> None:
     """A run of requests stops (a signal, an error): no new request, those in flight dropped (`cancel`, the
     `pool`'s queue), and no entry written to `cache` (chat_client.ResponseCache) after this. An entry a worker

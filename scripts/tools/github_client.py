@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler
+from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler, read_promised
 from scripts.lib.errors import DataError, shown
 from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
@@ -213,10 +213,20 @@ def _opener(deadline: float) -> urllib.request.OpenerDirector:
 
 
 def _read_reply(stream, cap: int) -> bytes:
-    data = stream.read(cap + 1)
+    data = read_promised(stream, cap + 1)  # IncompleteRead for a body cut short: a connection failure
     if len(data) > cap:
         raise _Failed(f"a reply larger than {cap} bytes")
     return data
+
+
+def _error_body(exc: urllib.error.HTTPError) -> bytes:
+    """The start of an error reply's body, b"" where it cannot be read (a chunk size that is no number or
+    negative, a body cut short or trickling past the deadline): the status alone is still a clear error, and
+    these escaped the except clauses around it as a traceback."""
+    try:
+        return exc.read(MAX_ERROR_BYTES)
+    except Exception:
+        return b""
 
 
 class _Failed(Exception):
@@ -312,7 +322,7 @@ class GitHub:
                 return response.status, None, _read_reply(response, MAX_REPLY_BYTES)
         except urllib.error.HTTPError as exc:
             with exc:  # only the start of an error's body: its message is all that is shown
-                return exc.code, exc.headers.get("Location"), exc.read(MAX_ERROR_BYTES)
+                return exc.code, exc.headers.get("Location"), _error_body(exc)
         except _Failed:
             raise
         except TimeoutError:
