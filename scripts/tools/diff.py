@@ -40,6 +40,7 @@ from scripts.lib.markdown_text import cell, code, code_span
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
+from scripts.tools.side_inputs import commit_of
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -68,8 +69,11 @@ def open_fs(repo: str, rev: str):
     if rev == WORKSPACE:  # the working tree's params.yaml is read through the filesystem: a FIFO there hung diff
         with contextlib.suppress(FileNotFoundError):
             regular_file(Path(repo) / "params.yaml")
+    # the commit git names, asked first: a tree or a blob (`HEAD^{tree}`, `HEAD:params.yaml`) was DVC's own
+    # AttributeError text, and a name holding a line break was cut mid-line
+    commit = None if rev == WORKSPACE else commit_of(repo, rev)
     try:
-        fs = DVCFileSystem(repo, rev=None if rev == WORKSPACE else rev)
+        fs = DVCFileSystem(repo, rev=commit)
         fs.repo  # noqa: B018  the filesystem opens the revision lazily: an unknown one fails here
         fs.t2i_root = Path(repo) if rev == WORKSPACE else None  # the workspace's files are checked first
         return fs

@@ -105,10 +105,12 @@ def row_reports(repo: str, base_rev: str, head_rev: str, labels: dict[str, str])
 
     fs_a, fs_b = diff.open_fs(repo, base_rev), diff.open_fs(repo, head_rev)
     try:
-        at_base = diff.releases_at(fs_a)
-    except (DataError, FileNotFoundError):  # no (readable) params.yaml at the base: every release is new
+        at_base = diff.releases_at(fs_a, labels[base_rev])
+    except DataError:  # no params.yaml at the base: every release is new; one that is there but unreadable
+        if fs_a.exists("params.yaml"):  # (not UTF-8, too deep, a link) said so, not every release "new"
+            raise
         at_base = {}
-    at_head = diff.releases_at(fs_b)
+    at_head = diff.releases_at(fs_b, "" if head_rev == "workspace" else labels[head_rev])
     same = unchanged_releases(repo, base_rev, head_rev)
     out = []
     for release_a, release_b in release_pairs(at_base, at_head):
