@@ -14,19 +14,22 @@ releases up to it.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.safe_paths import resolved
-from scripts.lib.temps import output_lock
 from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
@@ -119,16 +122,139 @@ def tracked_files(src: Path) -> list[str]:
     return [name for name in names if not built_by_the_pipeline(name)]
 
 
-def copy_tracked(src: Path, dest: Path, names: list[str]) -> None:
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# what a name another put there mid-run gives: it exists, is a link (ELOOP), a FIFO without reader (ENXIO), is
+# not the folder made (ENOTDIR), is gone (ENOENT)
+PLANTED = {errno.EEXIST, errno.ELOOP, errno.ENXIO, errno.ENOTDIR, errno.ENOENT}
+
+
+class MadeHere:
+    """What a run makes under `base`, each entry recorded by identity (device, inode) as it is made. A name is
+    made or opened relative to the open folder above it, with no link followed, so an entry another put there
+    mid-run (a link, a FIFO, a file or a folder of theirs) is refused, never written through; `remove` deletes
+    what the run made, by identity, never by name. `sub` is the same record seen from one of its folders."""
+
+    def __init__(self, base: Path, prefix: str = "", entries: dict[str, tuple[int, int]] | None = None, pin=False):
+        self.base, self.prefix, self.pin = base, prefix, pin
+        self.entries = {} if entries is None else entries
+        # with `pin` (for `remove`), a top-level entry made is held open (O_PATH) for the run: its inode cannot be
+        # freed, so a user's entry put in its place never has its number (a folder removed and made again had it)
+        self.pins: dict[str, int] = {}
+
+    def sub(self, name: str) -> MadeHere:
+        view = MadeHere(self.base, f"{self.prefix}{name}/", self.entries, self.pin)
+        view.pins = self.pins
+        return view
+
+    def close(self) -> None:
+        for pin in self.pins.values():
+            os.close(pin)
+        self.pins.clear()
+
+    def _made(self, key: str, folder: int, leaf: str) -> None:
+        """Record `key`, just made as `leaf` in the open `folder`; pin it if top-level."""
+        self.entries[key] = identity(os.stat(leaf, dir_fd=folder, follow_symlinks=False))
+        if self.pin and "/" not in key:
+            self.pins[key] = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+
+    def new_folder(self, rel: str) -> None:
+        with self._parent(rel) as (folder, leaf, key):
+            os.mkdir(leaf, dir_fd=folder)
+            self._made(key, folder, leaf)
+
+    def new_link(self, rel: str, target: str) -> None:
+        with self._parent(rel) as (folder, leaf, key):
+            os.symlink(target, leaf, dir_fd=folder)
+            self._made(key, folder, leaf)
+
+    def new_file(self, rel: str, data: bytes, mode: int | None = None) -> None:
+        with (
+            self._parent(rel) as (folder, leaf, key),
+            os.fdopen(os.open(leaf, NEW_FILE_FLAGS, 0o666, dir_fd=folder), "wb") as file,
+        ):
+            self._made(key, folder, leaf)
+            if mode is not None:  # a tracked script keeps its exec bit, as shutil.copy2 kept it
+                os.fchmod(file.fileno(), mode)
+            file.write(data)
+
+    def rewrite(self, rel: str, data: bytes) -> None:
+        """New contents for a file this run made, refused unless the name still holds that regular file: a new
+        file beside it renamed over it (a rename replaces a link there, never writes through one)."""
+        with self._parent(rel) as (folder, leaf, key):
+            status = os.stat(leaf, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(status.st_mode) or identity(status) != self.entries.get(key):
+                raise FileExistsError(errno.EEXIST, "not the file this run made")
+            temp = f".{leaf}.tmp-new"
+            new = os.open(temp, NEW_FILE_FLAGS, 0o666, dir_fd=folder)  # a name there already is another's
+            try:
+                with os.fdopen(new, "wb") as file:
+                    os.fchmod(file.fileno(), stat.S_IMODE(status.st_mode))
+                    file.write(data)
+                os.rename(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=folder)
+                raise
+            if key in self.pins:
+                os.close(self.pins.pop(key))
+            self._made(key, folder, leaf)
+
+    def remove(self) -> None:
+        """Delete the top-level entries this run made that are still they (a user's entry put in the place of
+        one, or beside them, stays); what the run's children made inside its folders goes with them."""
+        for key, made in reversed(self.entries.items()):
+            path = self.base / key
+            if "/" in key or not os.path.lexists(path) or identity(path.lstat()) != made:
+                continue
+            if stat.S_ISDIR(path.lstat().st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _parent(self, rel: str) -> Iterator[tuple[int, str, str]]:
+        """The open folder that holds `rel`, its last name and its key; the folders on the way are made (and
+        recorded) or, made earlier, checked to be the same ones."""
+        key = self.prefix + rel
+        *folders, leaf = key.split("/")
+        folder = os.open(self.base, FOLDER_FLAGS)
+        try:
+            for depth, name in enumerate(folders, start=1):
+                inner_key = "/".join(folders[:depth])
+                if inner_key not in self.entries:
+                    os.mkdir(name, dir_fd=folder)  # new: a name there already is another's
+                    self._made(inner_key, folder, name)
+                inner = os.open(name, FOLDER_FLAGS, dir_fd=folder)
+                os.close(folder)
+                folder = inner
+                if identity(os.fstat(folder)) != self.entries[inner_key]:
+                    raise FileExistsError(errno.EEXIST, "another folder")
+            yield folder, leaf, key
+        except OSError as exc:
+            if exc.errno not in PLANTED:
+                raise
+            raise DataError(
+                f"{shown(self.base / key)}: another entry took this name while the run wrote it (a link, a FIFO "
+                "or another's file or folder); refusing to write through it"
+            ) from None
+        finally:
+            os.close(folder)
+
+
+def identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino
+
+
+def copy_tracked(src: Path, made: MadeHere, names: list[str]) -> None:
     """The tracked files as git sees them: a tracked link is copied as the same link (copying what it
-    points at would put a file from anywhere, a secret, into DEST and its commits)."""
+    points at would put a file from anywhere, a secret, into DEST and its commits). Each is a new entry made
+    through `made` (no link or FIFO planted in DEST meanwhile is followed, nor written through)."""
     for name in names:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
         if (src / name).is_symlink():
-            os.symlink(os.readlink(src / name), target)
+            made.new_link(name, os.readlink(src / name))
         else:
-            shutil.copy2(src / name, target)
+            made.new_file(name, (src / name).read_bytes(), stat.S_IMODE((src / name).stat().st_mode))
 
 
 def read_params(src: Path) -> str:
@@ -139,30 +265,6 @@ def read_params(src: Path) -> str:
 
     load_params(path=src / "params.yaml")
     return config_text(src / "params.yaml")
-
-
-@contextlib.contextmanager
-def replay_folder(dest: Path, written: set[str]):
-    """`dest` for the replay; on any failure (Ctrl-C too) what the replay put there goes: the topmost
-    folder it made (DEST, or a missing parent of it), else the entries of DEST it writes (`written`: its
-    top-level names), never another: DEST's contents were a second run's work when two passed its check."""
-    made = [folder for folder in (dest, *dest.absolute().parents) if not folder.exists()]
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        yield dest
-    except BaseException:
-        for item in made[-1:] or [item for item in dest.iterdir() if item.name in written]:
-            if item.is_dir() and not item.is_symlink():
-                shutil.rmtree(item, ignore_errors=True)
-            else:
-                item.unlink(missing_ok=True)
-        raise
-
-
-def written_names(tracked: list[str]) -> set[str]:
-    """The top-level names a replay writes in DEST: git's and DVC's folders, the tracked files' and what the
-    stages build (data/, models/) and the default remote (.dvc-storage)."""
-    return {".git", ".dvc", ".dvc-storage", "data", "models"} | {name.split("/")[0] for name in tracked}
 
 
 def cli(
@@ -180,39 +282,80 @@ def cli(
     # as the system will resolve it once its missing folders are made: `nothere/../../mine` is ../mine
     dest = Path(os.path.realpath(dest))
     check_outside_stores(src, dest)  # `.git/replay`: a whole repository and its DVC cache written into git's folder
-    # DEST's lock for the whole run, before its emptiness check: two runs into one empty DEST both passed it,
-    # and the one that failed then deleted DEST's contents, the other's work
-    with output_lock(dest, whole_run=True):
-        if dest.exists() and any(dest.iterdir()):
+    with locked_dest(dest) as made:
+        replay_into(src, made, remote)
+
+
+@contextlib.contextmanager
+def locked_dest(dest: Path) -> Iterator[MadeHere]:
+    """DEST, made if missing, locked for the run and checked empty; on any failure after (Ctrl-C too) what the
+    run made goes, by identity: its entries (MadeHere.remove), then DEST and the parents it made if empty.
+    The lock is a flock of DEST itself, before its emptiness check (two runs into one empty DEST both passed
+    it): no file beside it, so DEST in a read-only parent replays (a lock file there refused it), and the
+    kernel drops a flock with its holder, so a run killed (kill -9) blocks no later one."""
+    missing = [folder for folder in (dest, *dest.parents) if not os.path.lexists(folder)]  # deepest first
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        folders = [(folder, identity(folder.lstat())) for folder in missing]
+        fd = os.open(dest, FOLDER_FLAGS)
+    except OSError as exc:
+        raise DataError(os_error_message(exc, dest)) from None
+    made = MadeHere(dest, pin=True)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                shown(f"{dest}: another run is writing it (lock: {dest} itself); wait for it to end")
+            ) from None
+        if os.listdir(fd):
             raise DataError(f"{shown(dest)}: exists and is not empty")
-        replay_into(src, dest, remote)
+        try:
+            yield made
+        except BaseException:
+            made.remove()
+            for folder, made_as in folders:  # a user's entry put in DEST meanwhile keeps it
+                if os.path.lexists(folder) and identity(folder.lstat()) == made_as:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+            raise
+    finally:
+        made.close()
+        os.close(fd)
 
 
-def replay_into(src: Path, dest: Path, remote: Path | None) -> None:
-    """cli's work once DEST is locked and checked empty."""
-    params_text = read_params(src)  # everything checked before DEST is made: a failure leaves nothing
+def replay_into(src: Path, made: MadeHere, remote: Path | None) -> None:
+    """cli's work once DEST is locked and checked empty: each top-level name it writes is made by this run
+    first (recorded as made, so a failure deletes it, and only it), then git and DVC write inside them."""
+    dest = made.base
+    params_text = read_params(src)
     check_order(params_text)
     names = release_names(params_text)
     tracked = tracked_files(src)
-    remote_url = None if remote is None else str(resolved(remote))  # a loop of links: one line, before DEST
-    with replay_folder(dest, written_names(tracked)):
-        _run(["git", "init", "-q", "-b", "main"], dest)
-        copy_tracked(src, dest, tracked)
-        if remote_url is not None:
-            _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", remote_url], dest)
-        replay(params_text, names, dest)
+    remote_url = None if remote is None else str(resolved(remote))  # a loop of links: one line
+    made.new_folder(".git")
+    _run(["git", "init", "-q", "-b", "main"], dest)
+    copy_tracked(src, made, tracked)
+    for name in ["data", "models"] + ([".dvc-storage"] if remote_url is None else []):
+        if name not in made.entries:  # what the stages and `dvc push` write: a user's `data` is never taken
+            made.new_folder(name)
+    if remote_url is not None:
+        _run([sys.executable, "-m", "dvc", "remote", "modify", "local", "url", remote_url], dest)
+    replay(params_text, names, made)
 
 
-def replay(params_text: str, names: list[str], dest: Path) -> None:
+def replay(params_text: str, names: list[str], made: MadeHere) -> None:
     """Per release, in order: its params, `dvc repro`, a commit, `dvc push` and its tag."""
     from scripts.lib.progress import duration
 
+    dest = made.base
     python = [sys.executable, "-m"]
     start = time.perf_counter()
     for number, name in enumerate(names, start=1):
         say = f"replay-history: {name} ({number}/{len(names)})"
         print(f"{say}: dvc repro", flush=True)
-        (dest / "params.yaml").write_text(params_up_to(params_text, name), encoding="utf-8")
+        # the file copied, never a link or FIFO put in its place since
+        made.rewrite("params.yaml", params_up_to(params_text, name).encode("utf-8"))
         _run(python + ["dvc", "repro"], dest, say=say)
         print(f"{say}: commit, dvc push, tag", flush=True)
         _run(["git", "add", "-A"], dest)

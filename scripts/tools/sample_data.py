@@ -33,6 +33,7 @@ import typer
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.marks import holds_marker
 from scripts.lib.temps import output_lock
+from scripts.tools.replay_history import MadeHere
 
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable
@@ -368,7 +369,7 @@ def diffusiondb_prompts(rng: random.Random) -> list[str]:
     return shuffled(rng, rows)
 
 
-def write_diffusiondb(root: Path, rng: random.Random) -> list[str]:
+def write_diffusiondb(root: MadeHere, rng: random.Random) -> list[str]:
     """metadata.parquet (13 native columns and dtypes) + part-00000{1,2}.zip with images and part json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -422,8 +423,9 @@ def write_diffusiondb(root: Path, rng: random.Random) -> list[str]:
             ("prompt_nsfw", pa.float32()),
         ]
     )
-    root.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), root / "metadata.parquet", compression="zstd")
+    table = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), table, compression="zstd")
+    root.new_file("metadata.parquet", table.getvalue())
     for part in (1, 2):
         part_rows = [r for r in rows if r["part_id"] == part]
         part_json = {
@@ -439,11 +441,11 @@ def write_diffusiondb(root: Path, rng: random.Random) -> list[str]:
         name = f"part-{part:06d}"
         members = [(r["image_name"], tiny_image(rng, 16, 16, "png")) for r in part_rows]
         members.append((f"{name}.json", json.dumps(part_json, indent=1).encode()))
-        (root / f"{name}.zip").write_bytes(zip_bytes(members))
+        root.new_file(f"{name}.zip", zip_bytes(members))
     return prompts
 
 
-def write_chatgpt(root: Path, rng: random.Random) -> None:
+def write_chatgpt(root: MadeHere, rng: random.Random) -> None:
     """One prompt per line; GPT-4 style sentences, some with a leading '- '."""
     taken: set[str] = set()
     rows: list[str] = []
@@ -455,11 +457,10 @@ def write_chatgpt(root: Path, rng: random.Random) -> None:
     rows += [rng.choice(rows) for _ in range(10)]  # exact duplicates
     rows += DROP_ROWS[6:10] + REWRITE_ROWS[:2]
     lines = [("- " if rng.random() < 0.3 else "") + r for r in shuffled(rng, rows)]
-    root.mkdir(parents=True)
-    (root / "prompts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    root.new_file("prompts.txt", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def write_gustavosta(root: Path, rng: random.Random, diffusiondb: list[str]) -> None:
+def write_gustavosta(root: MadeHere, rng: random.Random, diffusiondb: list[str]) -> None:
     """data/train.parquet + data/eval.parquet with the single column `Prompt`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -473,10 +474,10 @@ def write_gustavosta(root: Path, rng: random.Random, diffusiondb: list[str]) -> 
     evaluation = unique_short_prompts(rng, 40, taken)
     evaluation += [rng.choice(train[:170]) for _ in range(5)]  # validation rows whose text is in train
     evaluation += [rng.choice(diffusiondb) for _ in range(3)] + DROP_ROWS[4:6]
-    (root / "data").mkdir(parents=True)
     for name, rows in (("train", train), ("eval", evaluation)):
-        table = pa.table({"Prompt": pa.array(shuffled(rng, rows), pa.string())})
-        pq.write_table(table, root / "data" / f"{name}.parquet", compression="snappy")
+        table = io.BytesIO()
+        pq.write_table(pa.table({"Prompt": pa.array(shuffled(rng, rows), pa.string())}), table, compression="snappy")
+        root.new_file(f"data/{name}.parquet", table.getvalue())
 
 
 def openprompts_row(rng: random.Random, prompt: str, null_seed: bool) -> list[str]:
@@ -524,20 +525,20 @@ def openprompts_batch(rng: random.Random, diffusiondb: list[str], batch: int) ->
     return [openprompts_row(rng, prompt, null_seed=rng.random() < 0.1) for prompt in shuffled(rng, rows)]
 
 
-def write_openprompts(root: Path, batches: list[list[list[str]]]) -> None:
+def write_openprompts(root: MadeHere, batches: list[list[list[str]]]) -> None:
     """openprompts.csv: the batches one after the other, as the team's one deduplicated list (a release
     takes a batch as a row range: params.yaml releases, `rows: [a, b]`)."""
     import csv
 
-    root.mkdir(parents=True)
-    with (root / "openprompts.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["prompt", "raw_data"])
-        for batch in batches:
-            writer.writerows(batch)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["prompt", "raw_data"])
+    for batch in batches:
+        writer.writerows(batch)
+    root.new_file("openprompts.csv", text.getvalue().encode("utf-8"))
 
 
-def write_dalle3(root: Path, rng: random.Random) -> None:
+def write_dalle3(root: MadeHere, rng: random.Random) -> None:
     """data-000000.tar: <name>.png + <name>.json pairs (a few records without width)."""
     captions: list[str] = []
     members: list[tuple[str, bytes]] = []
@@ -570,11 +571,10 @@ def write_dalle3(root: Path, rng: random.Random) -> None:
         if i in (5, 17, 26):  # published records lacking width: the reader skips and counts them
             del record["width"], record["height"], record["resolution"]
         members += [(f"{name}.png", png), (f"{name}.json", json.dumps(record).encode())]
-    root.mkdir(parents=True)
-    (root / "data-000000.tar").write_bytes(tar_bytes(members))
+    root.new_file("data-000000.tar", tar_bytes(members))
 
 
-def write_laion_buckets(root: Path, rng: random.Random) -> None:
+def write_laion_buckets(root: MadeHere, rng: random.Random) -> None:
     """manifest.json (bucketed_shards_v1) + buckets/<bucket_id>/shard-000000.tar of jpg/txt/json."""
     # a bucketed export at base resolution 64 (divisible 4), so every target is the JPEG's real size
     buckets = {"p1024x1024": (64, 64, 64, 64), "p1216x832": (76, 52, 76, 52), "p832x1216": (52, 76, 52, 76)}
@@ -603,8 +603,7 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
             ]
             index += 1
         shard = f"buckets/{bucket_id}/shard-000000.tar"
-        (root / shard).parent.mkdir(parents=True)
-        (root / shard).write_bytes(tar_bytes(members))
+        root.new_file(shard, tar_bytes(members))
         manifest_buckets.append(
             {"bucket_id": bucket_id, "width": target_w, "height": target_h, "shards": [shard], "num_samples": 10}
         )
@@ -620,27 +619,34 @@ def write_laion_buckets(root: Path, rng: random.Random) -> None:
         "buckets": manifest_buckets,
         "caption_sources": [{"id": "blip2"}, {"id": "cogvlm"}, {"id": "alt_text"}],
     }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    root.new_file("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 def write_all(output: Path, seed: int = SEED) -> None:
-    """Write every sample source under `output` (one seeded RNG per source: adding one leaves the others)."""
+    """Write every sample source under `output` (one seeded RNG per source: adding one leaves the others).
+    Every folder and file is a new one made through MadeHere: a link, FIFO or file put at one of their names
+    mid-run (in the temp folder atomic_path gives) is refused, never written through."""
+    output.mkdir(parents=True, exist_ok=True)  # atomic_path's temp, or a test's folder
+    made = MadeHere(output)
 
     def rng(name: str) -> random.Random:
         return random.Random(f"{seed}:{name}")
 
-    diffusiondb = write_diffusiondb(output / "diffusiondb", rng("diffusiondb"))
-    write_chatgpt(output / "chatgpt", rng("chatgpt"))
-    write_gustavosta(output / "gustavosta", rng("gustavosta"), diffusiondb)
-    write_openprompts(
-        output / "openprompts",
-        [
-            openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
-            openprompts_batch(rng("openprompts2"), diffusiondb, batch=2),
-        ],
-    )
-    write_dalle3(output / "dalle3", rng("dalle3"))
-    write_laion_buckets(output / "laion_buckets", rng("laion_buckets"))
+    try:
+        diffusiondb = write_diffusiondb(made.sub("diffusiondb"), rng("diffusiondb"))
+        write_chatgpt(made.sub("chatgpt"), rng("chatgpt"))
+        write_gustavosta(made.sub("gustavosta"), rng("gustavosta"), diffusiondb)
+        write_openprompts(
+            made.sub("openprompts"),
+            [
+                openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
+                openprompts_batch(rng("openprompts2"), diffusiondb, batch=2),
+            ],
+        )
+        write_dalle3(made.sub("dalle3"), rng("dalle3"))
+        write_laion_buckets(made.sub("laion_buckets"), rng("laion_buckets"))
+    finally:
+        made.close()
 
 
 def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)write"), seed: int = SEED) -> None:
