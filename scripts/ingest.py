@@ -234,9 +234,19 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
         report["rows_written"] = writer.rows
         report["skipped"] = dict(sorted(report["skipped"].items()))
         report.update(info)
+        report = recorded(report)
         report_tmp.write_text(json_text(report), encoding="utf-8")  # the innermost: its own errors name it
         commit_together(outputs)
     return report
+
+
+def recorded(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as written: no known secret (import_env.redact_known) in what it copies of params and paths. The
+    params check refuses one it finds in a value, but a short secret only as a whole value: a netrc password as
+    one folder of `path` (data/hunter22x/raw.txt) was written into S.report.json, a file DVC tracks and pushes."""
+    from scripts.lib.import_env import redact_known
+
+    return redact_known(report, None)
 
 
 def load_source(source: str) -> SourceConfig:

@@ -227,7 +227,8 @@ _KNOWN: tuple[tuple, tuple[str, ...]] | None = None  # (what it was read for, th
 def known_secrets() -> tuple[str, ...]:
     """The secrets a printed line must not hold, longest first: the environment's (params.yaml_text.
     secret_env_values: a variable named like a secret, or named by an `*_env` key of params.yaml), each proxy's
-    credential, and those the SDKs read from files (file_credentials). Read once per process and environment:
+    credential, those the SDKs read from files (file_credentials) and DVC's remotes' (dvc_config_credentials). Read
+    once per process, environment and folder:
     every line printed asks (a progress line, each row of a table on stdout), and reading params.yaml and the
     credential files for each cost milliseconds a line."""
     global _KNOWN
@@ -237,7 +238,7 @@ def known_secrets() -> tuple[str, ...]:
         return _KNOWN[1]
     from scripts.lib.key_redaction import proxy_credentials
 
-    found = {*_environment_secrets(), *proxy_credentials(), *file_credentials()}
+    found = {*_environment_secrets(), *proxy_credentials(), *file_credentials(), *dvc_config_credentials()}
     _KNOWN = state, tuple(sorted(found, key=len, reverse=True))
     return _KNOWN[1]
 
@@ -259,74 +260,16 @@ def _environment_secrets() -> list[str]:
     return list(secret_env_values(params).values())
 
 
-CREDENTIAL_FILE_BYTES = 1 << 20  # a credential file is bytes to kilobytes: more is read no further
-# an option of an AWS credentials or config file, or of huggingface_hub's stored_tokens, holding a secret
-# (aws_secret_access_key, aws_session_token, aws_access_key_id, hf_token); credential_process is a command
-_SECRET_OPTION = re.compile(r"(?i)key|secret|token|password")
-
-
 def file_credentials() -> list[str]:
-    """The credentials the SDKs read from files, not the environment, that an S3 or Hub error may quote: every
-    profile's keys in the AWS credentials and config files (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, else
-    ~/.aws/; AWS_PROFILE picks one, any may be used), the passwords of ~/.netrc (NETRC; requests and curl send
-    them), and huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token`
-    and `stored_tokens`). A file missing, unreadable, not a regular file or not what it should be adds none:
-    never a failure of the command (nor its line)."""
-    from scripts.lib.params.yaml_text import MIN_SHORT_SECRET_CHARS
+    """The credentials the SDKs read from files, not the environment, that an S3 or Hub error may quote
+    (params.credential_files.credential_sources: where each is read)."""
+    from scripts.lib.params.credential_files import credential_sources
 
-    home = os.path.expanduser("~")
-    aws = [os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")]
-    aws.append(os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    hf_home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
-    found = [value for path in aws for value in _ini_secrets(_bounded_text(path))]
-    found += [value for value in _ini_secrets(_bounded_text(os.path.join(hf_home, "stored_tokens")))]
-    found.append(_bounded_text(os.environ.get("HF_TOKEN_PATH") or os.path.join(hf_home, "token")).strip())
-    found += _netrc_passwords(_bounded_text(os.environ.get("NETRC") or os.path.join(home, ".netrc")))
-    return sorted({value for value in found if len(value) >= MIN_SHORT_SECRET_CHARS and value.isprintable()})
+    return sorted(credential_sources())
 
 
-def _bounded_text(path: str) -> str:
-    """The first CREDENTIAL_FILE_BYTES of a regular file as text, or "" (a FIFO is not opened for reading: it
-    would wait for a writer; O_NONBLOCK opens it at once, and it is then refused by its kind)."""
-    try:
-        fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
-        return ""
-    try:
-        import stat
+def dvc_config_credentials() -> dict[str, str]:
+    """params.credential_files.dvc_config_credentials: the credentials DVC's config of this repository holds."""
+    from scripts.lib.params.credential_files import dvc_config_credentials as held
 
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return os.read(fd, CREDENTIAL_FILE_BYTES).decode("utf-8", "replace")
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
-
-
-def _ini_secrets(text: str) -> list[str]:
-    """The values of the secret options (_SECRET_OPTION) of every section of an INI text, as configparser
-    reads it (botocore's own parser is much the same); none when it is no INI."""
-    import configparser
-
-    if not text:
-        return []
-    parser = configparser.RawConfigParser(strict=False)
-    try:
-        parser.read_string(text)
-        return [
-            value.strip()
-            for section in parser.sections()
-            for option, value in parser.items(section)
-            if _SECRET_OPTION.search(option) and value
-        ]
-    except Exception:  # configparser.Error, or whatever else a hostile file makes it raise: no secret read
-        return []
-
-
-def _netrc_passwords(text: str) -> list[str]:
-    """Each `password` of a .netrc text (tokens split on whitespace, as the netrc format has it; a macdef's
-    body is read as tokens too: a stray password there is redacted as well)."""
-    tokens = text.split()
-    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token in ("password", "passwd")]
+    return held()

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from scripts.lib.errors import DataError, names_a_file, shown
+from scripts.lib.params.credential_files import MIN_SHORT_SECRET_CHARS, credential_sources, dvc_config_credentials
 
 
 class AliasError(yaml.YAMLError):
@@ -198,17 +199,22 @@ def has_secret_shape(text: str) -> bool:
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
-def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str] | None = None) -> None:
+def refuse_secrets(
+    value: Any, path: str, at: tuple = (), secrets: dict[str, str] | None = None, held: dict[str, str] | None = None
+) -> None:
     """DataError (naming the key, never the value) for a value shaped like an API key, one holding the value
     of a secret environment variable (holds_secret: a key pasted from the shell; AWS's secret keys have
-    no shape), or an `*_env` key whose value is not an environment variable name (a key pasted where its
-    variable's name goes)."""
+    no shape) or a secret held elsewhere (`held`, read_secrets: a credential file's, DVC's config's, a proxy's),
+    or an `*_env` key whose value is not an environment variable name (a key pasted where its variable's name
+    goes)."""
     if secrets is None:
         secrets = secret_env_values(value)
+    if held is None:
+        held = held_secrets()
     if isinstance(value, dict):
         for key, item in value.items():
-            refuse_secrets(key, path, at, secrets)
-            refuse_secrets(item, path, (*at, key), secrets)
+            refuse_secrets(key, path, at, secrets, held)
+            refuse_secrets(item, path, (*at, key), secrets, held)
             if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
                 raise DataError(
                     f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
@@ -216,7 +222,7 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
                 )
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            refuse_secrets(item, path, (*at, index), secrets)
+            refuse_secrets(item, path, (*at, index), secrets, held)
     elif isinstance(value, str):
         where = ".".join(map(str, at)) or "a key"
         if has_secret_shape(value):
@@ -230,6 +236,27 @@ def refuse_secrets(value: Any, path: str, at: tuple = (), secrets: dict[str, str
                     f"{path}: {where}: holds the value of the environment variable {name} (an API key or other "
                     "secret); keep it out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
                 )
+        for secret, source in held.items():
+            if holds_secret(value, secret):
+                raise DataError(
+                    f"{path}: {where}: holds a secret read from {source}; keep it out of params.yaml (it is "
+                    "committed, and copied into dvc.lock and the outputs)"
+                )
+
+
+def held_secrets() -> dict[str, str]:
+    """{secret: where it is held, in words} of the secrets known outside the environment's variables (import_env.
+    known_secrets has them all): those the SDKs read from credential files (a source path holding the AWS secret
+    key of AWS_SHARED_CREDENTIALS_FILE's file, a netrc password, the Hub's token file went into dvc.lock and
+    S.report.json), DVC's remotes' (.dvc/config, .dvc/config.local) and each proxy's."""
+    from scripts.lib.key_redaction import proxy_credentials
+
+    proxies = {
+        secret: "a proxy variable (http_proxy, https_proxy, all_proxy)"
+        for secret in proxy_credentials()
+        if len(secret) >= MIN_SHORT_SECRET_CHARS and secret.isprintable()
+    }
+    return proxies | dvc_config_credentials() | credential_sources()
 
 
 # Environment variables whose values are secrets: by name, and every variable params names in an `*_env` key.
@@ -242,8 +269,6 @@ SECRET_ENV_NAME = re.compile(
 )
 MIN_SECRET_CHARS = 16  # shorter values are looked for only as a whole scalar: as part of a text, `hunter2`
 # is in too many texts (a word, a name); as a whole scalar it is the secret pasted
-# under 6 characters: a setting or a placeholder (TOKENIZERS_PARALLELISM=false, vLLM's key `EMPTY`), not a secret
-MIN_SHORT_SECRET_CHARS = 6
 # The keys local OpenAI-compatible servers tell clients to send when they check none (the client insists on
 # one): Ollama's `ollama`, LM Studio's `lm-studio`, llama.cpp's `sk-no-key-required`, vLLM's `EMPTY`, and the
 # usual stand-ins. Published in those servers' docs, so no secret, in any letter case: with
