@@ -51,22 +51,22 @@ def check_json_depth(text: str | bytes, limit: int = MAX_DEPTH) -> None:
             depth -= 1
 
 
-def loads_json(text: str | bytes, limit: int = MAX_DEPTH, non_finite_as_null: bool = False) -> Any:
+def loads_json(text: str | bytes, limit: int = MAX_DEPTH, non_finite: str = "refuse") -> Any:
     """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON).
     A leading UTF-8 byte order mark is read past (RFC 8259 lets a parser ignore one; Notepad and other
     Windows tools write it), whether the text is still bytes or was decoded with it as U+FEFF.
     Refused, as RFC 8259 has no word for them (Python's json reads them; other readers refuse, or take them for
     null): NaN, Infinity, -Infinity, a number too large for a float (1e999 read as inf), and a lone surrogate
     escape ("\\ud800": no character, not UTF-8; a later write of it failed as "not valid UTF-8").
-    `non_finite_as_null`: NaN, Infinity and an overflowing number read as null instead, for a column of a
-    published dataset that Python's json wrote (OpenPrompts' raw_data: its rows stay, ingested as null)."""
+    `non_finite`: "null" reads NaN, Infinity and an overflowing number as null, for a column of a published
+    dataset that Python's json wrote (OpenPrompts' raw_data: its rows stay, ingested as null); "keep" reads them
+    as Python does, for a file a library wrote and reads back so (diffusers' and transformers' model configs)."""
     if isinstance(text, (bytes, bytearray)):  # json.loads would decode with surrogatepass: the raw bytes of one
         raw = bytes(text).removeprefix(codecs.BOM_UTF8)
         text = raw.decode(json.detect_encoding(raw))  # strict: a UnicodeDecodeError is a ValueError
     text = text.removeprefix("\ufeff")
     check_json_depth(text, limit)
-    numbers = {"parse_constant": _null, "parse_float": _finite_or_null} if non_finite_as_null else _STRICT
-    value = json.loads(text, object_pairs_hook=_unique_keys, **numbers)
+    value = json.loads(text, object_pairs_hook=_unique_keys, **_NUMBERS[non_finite])
     if _SURROGATE_ESCAPE.search(text):  # the common case: no such escape, no walk
         _check_no_lone_surrogate(value)
     return value
@@ -95,7 +95,11 @@ def _finite_or_null(literal: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-_STRICT: dict[str, Any] = {"parse_constant": _not_json, "parse_float": _finite}
+_NUMBERS: dict[str, dict[str, Any]] = {
+    "refuse": {"parse_constant": _not_json, "parse_float": _finite},
+    "null": {"parse_constant": _null, "parse_float": _finite_or_null},
+    "keep": {},
+}
 
 
 def _check_no_lone_surrogate(value: Any) -> None:
