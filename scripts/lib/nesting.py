@@ -114,8 +114,9 @@ def _check_no_lone_surrogate(value: Any) -> None:
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str) and not _encodes(item):
-            found = next(char for char in item if 0xD800 <= ord(char) <= 0xDFFF)
-            raise ValueError(f"a lone surrogate \\u{ord(found):04x} in a string (no character; not UTF-8)")
+            found = next(char for char in item if 0xD800 <= ord(char) <= 0xDFFF)  # a UnicodeDecodeError, as its
+            reason = f"a lone surrogate \\u{ord(found):04x} in a string (no character)"  # raw bytes are: not UTF-8
+            raise UnicodeDecodeError("utf-8", found.encode("utf-8", "surrogatepass"), 0, 3, reason)
 
 
 def _encodes(text: str) -> bool:
