@@ -20,12 +20,12 @@ Out: data/recipes/release/V.json    releases V reads: V, its `base:` chain and e
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.nesting import dumps_json
 from scripts.lib.params import load_section
 from scripts.lib.plans import (
     check_plans_bounded,
@@ -68,5 +68,7 @@ def write_recipes(output: Path) -> None:
         for rel, plan in plans.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+            path.write_text(
+                dumps_json(plan, output / rel, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
     print(shown(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/"))

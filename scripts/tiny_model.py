@@ -402,7 +402,7 @@ _VOLATILE_FIELDS = ("_name_or_path", "local_files_only")
 def _strip_volatile_fields(model_dir: Path) -> None:
     """Drop the load-time fields, so the bytes depend only on params (not on the directory or environment)."""
     for path in sorted(Path(model_dir).rglob("*.json")):
-        data = loads_json(path.read_text(encoding="utf-8"))  # what diffusers just wrote; bounded all the same
+        data = loads_json(path.read_text(encoding="utf-8"), non_finite="keep")  # diffusers' own: it writes -Infinity
         if isinstance(data, dict) and any(field in data for field in _VOLATILE_FIELDS):
             for field in _VOLATILE_FIELDS:
                 data.pop(field, None)

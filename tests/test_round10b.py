@@ -109,12 +109,12 @@ MODEL_SHAPES = {  # case: (file, its content, what the line says after "m/FILE: 
     "max_seq_length NaN": (
         "sentence_bert_config.json",
         '{"max_seq_length": NaN}',
-        "max_seq_length: expected a positive whole number, found a number nan",
+        "not a readable JSON file (NaN is not a JSON number (RFC 8259 has no NaN or Infinity))",
     ),
     "max_seq_length past floats": (
         "sentence_bert_config.json",
         '{"max_seq_length": 1e999}',
-        "max_seq_length: expected a positive whole number, found a number inf",
+        "not a readable JSON file (the number 1e999 is too large for a float (read as inf))",
     ),
     "max_seq_length a fraction": (
         "sentence_bert_config.json",

@@ -146,8 +146,10 @@ def _read_object(path: Path) -> dict:
 def _read_json(path: Path):
     try:
         return loads_json(config_text(path, MAX_SPEC_BYTES))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep
+    except OSError as exc:
         raise DataError(f"{shown(path)}: not a readable JSON file ({type(exc).__name__})") from None
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, TooDeep, NaN: what it is, said
+        raise DataError(f"{shown(path)}: not a readable JSON file ({shown_short(str(exc))})") from None
 
 
 def _read_modules(path: Path) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -36,6 +35,7 @@ from scripts.lib.marks import (
     tagged_as_written,
     unproven_rank,
 )
+from scripts.lib.nesting import dumps_json
 from scripts.lib.side_files import (  # re-exported: read beside what the stages write
     MAX_CONFIG_BYTES as MAX_CONFIG_BYTES,
 )
@@ -482,7 +482,7 @@ def staging_dir(output: Path | str) -> Iterator[Path]:
 def write_json(obj: Any, path: Path | str) -> None:
     """Deterministic JSON (sorted keys, fixed indent), written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json_text(obj), encoding="utf-8")
+        tmp.write_text(json_text(obj, path), encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -495,6 +495,6 @@ def writing(target: Path | str) -> Iterator[None]:
         raise DataError(os_error_message(exc, target)) from None
 
 
-def json_text(obj: Any) -> str:
-    """write_json's text, for a file written inside a caller's atomic_path (outputs that appear together)."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def json_text(obj: Any, target: Path | str = "a JSON output") -> str:
+    """write_json's text, for a file written inside a caller's atomic_path; NaN is a bug of ours, refused (nesting)."""
+    return dumps_json(obj, target, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

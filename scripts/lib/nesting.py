@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
+import re
+from pathlib import Path
 from typing import Any
 
-from scripts.lib.errors import shown_short
+from scripts.lib.errors import DataError, shown, shown_short
 
 MAX_DEPTH = 200
 
@@ -48,13 +51,92 @@ def check_json_depth(text: str | bytes, limit: int = MAX_DEPTH) -> None:
             depth -= 1
 
 
-def loads_json(text: str | bytes, limit: int = MAX_DEPTH) -> Any:
+def loads_json(text: str | bytes, limit: int = MAX_DEPTH, non_finite: str = "refuse") -> Any:
     """json.loads after the depth check (ValueError, TooDeep included, for any text that is not JSON).
     A leading UTF-8 byte order mark is read past (RFC 8259 lets a parser ignore one; Notepad and other
-    Windows tools write it), whether the text is still bytes or was decoded with it as U+FEFF."""
-    text = text.removeprefix(codecs.BOM_UTF8) if isinstance(text, (bytes, bytearray)) else text.removeprefix("\ufeff")
+    Windows tools write it), whether the text is still bytes or was decoded with it as U+FEFF.
+    Refused, as RFC 8259 has no word for them (Python's json reads them; other readers refuse, or take them for
+    null): NaN, Infinity, -Infinity, a number too large for a float (1e999 read as inf), and a lone surrogate
+    escape ("\\ud800": no character, not UTF-8; a later write of it failed as "not valid UTF-8").
+    `non_finite`: "null" reads NaN, Infinity and an overflowing number as null, for a column of a published
+    dataset that Python's json wrote (OpenPrompts' raw_data: its rows stay, ingested as null); "keep" reads them
+    as Python does, for a file a library wrote and reads back so (diffusers' and transformers' model configs)."""
+    if isinstance(text, (bytes, bytearray)):  # json.loads would decode with surrogatepass: the raw bytes of one
+        raw = bytes(text).removeprefix(codecs.BOM_UTF8)
+        text = raw.decode(json.detect_encoding(raw))  # strict: a UnicodeDecodeError is a ValueError
+    text = text.removeprefix("\ufeff")
     check_json_depth(text, limit)
-    return json.loads(text, object_pairs_hook=_unique_keys)
+    value = json.loads(text, object_pairs_hook=_unique_keys, **_NUMBERS[non_finite])
+    if _SURROGATE_ESCAPE.search(text):  # the common case: no such escape, no walk
+        _check_no_lone_surrogate(value)
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_json(word: str) -> Any:
+    raise ValueError(f"{word} is not a JSON number (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {shown_short(literal)} is too large for a float (read as {number})")
+    return number
+
+
+def _null(word: str) -> None:
+    return None
+
+
+def _finite_or_null(literal: str) -> float | None:
+    number = float(literal)
+    return number if math.isfinite(number) else None
+
+
+_NUMBERS: dict[str, dict[str, Any]] = {
+    "refuse": {"parse_constant": _not_json, "parse_float": _finite},
+    "null": {"parse_constant": _null, "parse_float": _finite_or_null},
+    "keep": {},
+}
+
+
+def _check_no_lone_surrogate(value: Any) -> None:
+    """ValueError for a string (a value or a key) holding half a UTF-16 surrogate pair: a pair of escapes was
+    joined into its one character by json.loads, so any surrogate left is alone."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not _encodes(item):
+            found = next(char for char in item if 0xD800 <= ord(char) <= 0xDFFF)  # a UnicodeDecodeError, as its
+            reason = f"a lone surrogate \\u{ord(found):04x} in a string (no character)"  # raw bytes are: not UTF-8
+            raise UnicodeDecodeError("utf-8", found.encode("utf-8", "surrogatepass"), 0, 3, reason)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def dumps_json(value: Any, target: Path | str, **options: Any) -> str:
+    """json.dumps refusing NaN and Infinity (allow_nan=False: Python writes them, other JSON readers refuse the
+    file) and a lone surrogate, as a DataError naming `target`, the file it was meant for."""
+    try:
+        text = json.dumps(value, allow_nan=False, **options)
+        if _SURROGATE_ESCAPE.search(text) or not _encodes(text):
+            _check_no_lone_surrogate(value)
+    except ValueError as exc:
+        raise DataError(f"{shown(target)}: {exc}; refusing to write it (not JSON)") from None
+    return text
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -232,7 +232,8 @@ def model_config(model_dir: str | Path) -> dict:
 
     def read(name: str) -> dict:
         try:
-            config = loads_json(config_text(Path(model_dir) / name))  # a FIFO there hung generate; /dev/zero
+            # config_text: a FIFO there hung generate. "keep": a library's file (diffusers writes -Infinity)
+            config = loads_json(config_text(Path(model_dir) / name), non_finite="keep")
         except (OSError, ValueError) as exc:
             raise DataError(f"{Path(model_dir) / name}: unreadable ({type(exc).__name__})") from None
         if not isinstance(config, dict):  # `[1, 2]` was an AttributeError traceback at .get

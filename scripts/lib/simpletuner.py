@@ -25,7 +25,6 @@ image under `minimum_image_size` (its metadata backend's meets_resolution_requir
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +33,7 @@ import pandas as pd
 
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import atomic_path
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.safe_paths import dvc_cache_of, inside, new_file, open_regular, opened_real_path, read_capped, resolved
 
 COLUMNS = ["width", "height", "caption", "filename"]  # the preset's compile.py, in its order
@@ -134,7 +133,7 @@ def backend_config(
 
 def write_config(entries: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(dumps_json(entries, path, indent=2) + "\n", encoding="utf-8")  # NaN: refused
 
 
 # --- release export -----------------------------------------------------------------------------
@@ -180,8 +179,8 @@ def absolute_config(split_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     check_in_release(path, release)
     try:
         entries = loads_json(config_in_release(path, release).decode("utf-8"))  # regular, capped, depth-checked
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{shown(path)}: not valid JSON") from None
+    except ValueError as exc:  # UnicodeDecodeError, TooDeep, NaN, a lone surrogate: each a ValueError
+        raise DataError(f"{shown(path)}: not valid JSON ({shown_short(str(exc))})") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(f"{path}: expected a list of data-backend entries")
     for number, entry in enumerate(entries, start=1):

@@ -91,9 +91,8 @@ def cli_config(
 ) -> None:
     """Write a SimpleTuner data-backend config (absolute paths) for a split of a release built with
     `export: simpletuner` (its multidatabackend.json holds paths relative to the release)."""
-    import json
-
     from scripts.lib.io import atomic_path
+    from scripts.lib.nesting import dumps_json
     from scripts.lib.safe_paths import resolved
     from scripts.lib.simpletuner import absolute_config
     from scripts.lib.temps import output_lock
@@ -108,5 +107,5 @@ def cli_config(
     with output_lock(output, whole_run=True):  # a second run at once is refused before it reads the release
         entries = absolute_config(split, cache_dir)
         with atomic_path(output) as tmp:
-            tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(dumps_json(entries, output, indent=2) + "\n", encoding="utf-8")
     print(shown(f"simpletuner-config: {output} (images and parquet in {release}, caches in {resolved(cache_dir)})"))

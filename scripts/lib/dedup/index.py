@@ -9,7 +9,6 @@ MinHash needs to verify candidates exactly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +22,7 @@ from scripts.lib import minhash as mh
 from scripts.lib.dedup.result import Result, best_partner
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.params import Dedup, Runtime, parse
 
 
@@ -58,7 +57,9 @@ class Index:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             pq.write_table(pa.table({"text": self.texts}), tmp / "texts.parquet", compression="zstd")
             meta = {"params": self.params.model_dump(), "reference_rows": len(self.texts)}
-            (tmp / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            (tmp / "index.json").write_text(
+                dumps_json(meta, "index.json", indent=2, sort_keys=True) + "\n", encoding="utf-8"
+            )
 
     @staticmethod
     def load(path: Path | str) -> Index:

@@ -190,7 +190,7 @@ def read_openprompts(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem
                 yield row
                 continue
             try:
-                raw = loads_json(row["raw_data"])
+                raw = loads_json(row["raw_data"], non_finite="null")  # its NaN is null (round 13a)
                 if not isinstance(raw, dict):
                     raise ValueError("not a JSON object")
                 discord = raw.get("raw_discord_data") or {}

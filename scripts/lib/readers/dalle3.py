@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from scripts.lib.archive import (
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.marks import MARKER
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.params.base import windows_device
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
@@ -278,7 +277,9 @@ def compile_simpletuner(
             assert data_dir is not None  # checked on entry: config needs data_dir
             data = resolved(data_dir)
             entries = backend_config("dalle3", str(data), str(resolved(out_parquet)), str(data.parent / "cache"))
-            stack.enter_context(atomic_path(config)).write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+            stack.enter_context(atomic_path(config)).write_text(
+                dumps_json(entries, config, indent=2) + "\n", encoding="utf-8"
+            )
         commit_together(stack)
     stats["skipped"] = dict(sorted(stats["skipped"].items()))
     return stats
