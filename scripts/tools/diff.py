@@ -76,6 +76,7 @@ def open_fs(repo: str, rev: str):
         fs = DVCFileSystem(repo, rev=commit)
         fs.repo  # noqa: B018  the filesystem opens the revision lazily: an unknown one fails here
         fs.t2i_root = Path(repo) if rev == WORKSPACE else None  # the workspace's files are checked first
+        fs.t2i_commit = (repo, commit) if commit else None  # a revision's git files: links refused (open_at)
         return fs
     except Exception as exc:
         raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
@@ -101,7 +102,11 @@ def dvc_read(where: str):
 @contextlib.contextmanager
 def open_at(fs, path: str, where: str, mode: str = "rb"):
     """fs.open(path); a workspace file is opened ONCE here instead (workspace_file) and read from that open."""
-    root = getattr(fs, "t2i_root", None)
+    root, at_commit = getattr(fs, "t2i_root", None), getattr(fs, "t2i_commit", None)
+    if at_commit is not None:  # a link git stores is its target's text: refused, as the workspace's link out
+        from scripts.tools.lock_text import git_entry
+
+        git_entry(*at_commit, path, shown(where))
     if root is None or not os.path.lexists(root / path):  # nothing there: fs.open says FileNotFoundError
         with dvc_read(where), fs.open(path, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f

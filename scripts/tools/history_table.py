@@ -8,12 +8,13 @@ counts (`removed_by_split.<split>.<reason>`: near-duplicates beside near-duplica
 cleaning), source-level dedup from data/dedup/S.report.json and removals before rendering from
 data/prefilter/S.report.json. Ours are from whatever data was built (the sample by default; real-sized
 inputs: docs/recipes.md), so on the sample the point is the shape. A missing file shows `not built`,
-one that cannot be read `unreadable`. Every number of the log is kept with the log's own words (`log`),
+one that cannot be read `unreadable`; one a link leads out of its folder is one line (summary's rule). Every number of the log is kept with the log's own words (`log`),
 or with the sum it is of numbers the log gives (`23116 − 3901`); tests check both against the log.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,15 +165,22 @@ NOT_BUILT, UNREADABLE = "not built", "unreadable"
 
 def read_stats(releases: Path, names=RELEASES) -> dict[str, dict | str]:
     """release -> its stats.json, or NOT_BUILT / UNREADABLE."""
-    return {name: read_json(Path(releases) / name / "stats.json") for name in names}
+    return {name: read_json(Path(releases) / name / "stats.json", releases) for name in names}
 
 
 def read_reports(folder: Path, sources) -> dict[str, dict | str]:
     """source -> its <folder>/<source>.report.json (dedup@S, prefilter@S), or NOT_BUILT / UNREADABLE."""
-    return {source: read_json(Path(folder) / f"{source}.report.json") for source in sources}
+    return {source: read_json(Path(folder) / f"{source}.report.json", folder) for source in sources}
 
 
-def read_json(path: Path) -> dict | str:
+def read_json(path: Path, root: Path) -> dict | str:
+    """`path`'s JSON object; a link on its way out of `root` is one line, summary's rule (a stats.json a git
+    checkout made a link to /elsewhere/stats.json was counted as the release's; these files are `cache: false`,
+    never a link into DVC's cache)."""
+    from scripts.lib.safe_paths import check_stays_in
+
+    if os.path.lexists(path):  # a link to nothing is "not built", as before
+        check_stays_in(path, root)
     try:
         data = loads_json(config_text(path))  # a FIFO there hung the command
     except FileNotFoundError:

@@ -1,9 +1,10 @@
 """dvc.lock's text at a git revision or in the workspace, for pr-comment and pr-build, read bounded.
 
 A revision's lock was read whole (`git show`, then YAML): a dvc.lock of hundreds of megabytes at a
-revision of a pull request took minutes and gigabytes before anything was checked. Its size is now asked
-of git first (`git cat-file --batch-check`) and a lock over MAX_LOCK_BYTES is one line; the blob is then
-read through a pipe up to the cap, never more. The workspace's lock is read within the
+revision of a pull request took minutes and gigabytes before anything was checked. Its entry is now asked
+of git first (`git ls-tree -l`): a lock over MAX_LOCK_BYTES is one line, and so is one git stores as a
+symbolic link (git_entry, which diff and pr-comment ask of every file they read at a revision); the blob
+is then read through a pipe up to the cap, never more. The workspace's lock is read within the
 repository, checked again once open (safe_paths.read_within).
 """
 
@@ -52,25 +53,44 @@ def lock_at(repo: str, rev: str) -> str | None:
 
 
 def _blob_size(repo: str, spec: str, where: str) -> int | None:
-    """The size of the file `spec` names (None when the revision has none), its kind checked: a folder or a
-    submodule named dvc.lock is one line (`git show` printed a folder's listing as the lock's text)."""
+    """The size of the file `spec` (COMMIT:PATH) names (None when the revision has none), its kind checked: a
+    folder or a submodule named dvc.lock is one line (`git show` printed a folder's listing as the lock's
+    text), and so is a symbolic link (its blob is the link's target path, read as a lock of no stages)."""
+    commit, _, path = spec.partition(":")
+    entry = git_entry(repo, commit, path, where)
+    if entry is None:
+        return None
+    _mode, kind, size = entry
+    if kind != "blob" or not size.isdigit():
+        raise DataError(f"{where}: is a git {kind}, not a file; refusing to read it")
+    return int(size)
+
+
+GIT_LINK_MODE = "120000"  # a symbolic link's entry in a git tree: its blob is the target's path, not a file's bytes
+
+
+def git_entry(repo: str, commit: str, path: str, where: str) -> tuple[str, str, str] | None:
+    """(mode, kind, size) of `path`'s entry in `commit`'s tree, None when there is none (a DVC output is no
+    git entry); a symbolic link is one line: git stores it as its target's text, which DVC's filesystem and
+    `git cat-file` read as the file (a params.yaml "expected a mapping", a dvc.lock of no stages at exit 0),
+    where the workspace's link out of the repository is refused."""
     try:
-        found = subprocess.run(
-            ["git", "cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+        found = subprocess.run(  # literal: a path is no pattern; --full-tree: from the top, whatever the cwd
+            ["git", "--literal-pathspecs", "ls-tree", "-l", "-z", "--full-tree", commit, "--", path],
             cwd=repo,
-            input=f"{spec}\n".encode(),
             capture_output=True,
             timeout=GIT_TIMEOUT_S,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{where}: git cat-file failed ({type(exc).__name__})") from None
-    fields = found.stdout.decode("ascii", "replace").split()
-    if found.returncode != 0 or fields[-1:] == ["missing"] or len(fields) != 2:
-        return None
-    kind, size = fields
-    if kind != "blob" or not size.isdigit():
-        raise DataError(f"{where}: is a git {kind}, not a file; refusing to read it")
-    return int(size)
+        raise DataError(f"{where}: git ls-tree failed ({type(exc).__name__})") from None
+    for record in found.stdout.split(b"\0") if found.returncode == 0 else []:
+        fields, _, name = record.partition(b"\t")
+        parts = fields.decode("ascii", "replace").split()
+        if name == path.encode("utf-8", "surrogateescape") and len(parts) == 4:
+            if parts[0] == GIT_LINK_MODE:
+                raise DataError(f"{where}: is a symbolic link in git; refusing to read it")
+            return parts[0], parts[1], parts[3]
+    return None
 
 
 def _blob_bytes(repo: str, spec: str, where: str) -> bytes:

@@ -161,6 +161,11 @@ def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, s
     """`dvc metrics diff` of data/summary.json and the stats.json of `releases` (plain outputs, not
     metrics, so that `dvc exp show` stays narrow: named as targets)."""
     targets = ["data/summary.json", *(f"data/releases/{r}/stats.json" for r in releases)]
+    from scripts.tools.lock_text import git_entry
+
+    for rev in (r for r in (base_rev, head_rev) if r != "workspace"):  # (commits) a link is its target's text
+        for target in targets:
+            git_entry(repo, rev, target, f"{shown(labels.get(rev, rev))}:{target}")
     result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--json", "--targets", *targets], repo)
     lines = ["### Metrics (`dvc metrics diff`)", ""]
     head = labels.get(head_rev, head_rev)
