@@ -258,7 +258,7 @@ def _error_detail(exc: urllib.error.HTTPError) -> str:
     (transformers serve): {"detail": "..."}; vLLM also {"message": ...}.
     """
     try:
-        payload = loads_json(exc.read(MAX_ERROR_BYTES) or b"null")
+        payload = loads_json(deadline_http.read_error_start(exc, MAX_ERROR_BYTES) or b"null")  # a few seconds
         error = payload.get("error")
         message = error.get("message") if isinstance(error, dict) else error
         message = message or payload.get("detail") or payload.get("message")

@@ -21,6 +21,8 @@ import urllib.request
 
 POLL_S = 0.2  # how often a blocked connect, send or receive looks at the cancel flag (Ctrl-C)
 ENTRY_WRITE_WAIT_S = 2.0  # a response cache entry is one small file: its write ends long before this
+MAX_INTERIM_REPLIES = 20  # 1xx replies skipped before the real one (103 Early Hints: one or two)
+ERROR_BODY_WAIT_S = 3.0  # an error reply's body is read for its message only: a trickle is not waited out
 
 
 class Cancelled(Exception):
@@ -62,6 +64,10 @@ class DeadlineSocket:
         while sent < len(view):  # send, not sendall: a slice that times out must not lose what went
             sent += self._wait(lambda: self._sock.send(view[sent:], flags))  # noqa: B023  # called at once, this iteration
 
+    def end_by(self, deadline: float) -> None:
+        """Bring the deadline forward (never back) for what is still read."""
+        self._deadline = min(self._deadline, deadline)
+
     def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs):
         if mode != "rb":
             raise ValueError(f"unsupported mode {mode!r}")
@@ -99,6 +105,39 @@ class DeadlineReader(io.RawIOBase):
         if not self.closed:
             self._sock._reader_closed()
         super().close()
+
+
+class TooManyInterimReplies(http.client.HTTPException):
+    """More than MAX_INTERIM_REPLIES 1xx replies before the real one: a server that never answers."""
+
+
+class InterimSkippingResponse(http.client.HTTPResponse):
+    """http.client's response, every 1xx informational reply before the real one skipped (RFC 9110 15.2: a
+    client parses and ignores them); http.client skips 100 Continue only, so a `103 Early Hints` failed the
+    request as "HTTP 103". At most MAX_INTERIM_REPLIES of them, all within the request's deadline (the socket's)."""
+
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.deadline_sock = sock if isinstance(sock, DeadlineSocket) else None
+
+    def _read_status(self):
+        for _ in range(MAX_INTERIM_REPLIES + 1):
+            version, status, reason = super()._read_status()  # type: ignore[misc]  # not in typeshed
+            if not 100 <= status < 200 or status == 101:  # 101: a switch of protocols, never asked for
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # its header lines, ignored (also bounded: 100 lines at most)
+        raise TooManyInterimReplies(f"more than {MAX_INTERIM_REPLIES} informational (1xx) replies")
+
+
+def read_error_start(error, amount: int) -> bytes:
+    """The first `amount` bytes of an HTTPError's body, read by ERROR_BODY_WAIT_S from now (and the request's deadline):
+    the body only gives the message shown beside the status, and one trickling a byte at a time held the
+    request until its deadline (60 s for pr-comment-post) before the status was shown. The caller's except
+    clause takes the TimeoutError and shows the status alone."""
+    sock = getattr(getattr(error, "fp", None), "deadline_sock", None)
+    if sock is not None:
+        sock.end_by(time.monotonic() + ERROR_BODY_WAIT_S)
+    return error.read(amount)
 
 
 def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Event | None, source_address=None):
@@ -171,6 +210,8 @@ def _handshake(sock: socket.socket, sockaddr, deadline: float, cancel: threading
 
 def _deadline_connection(base: type, deadline: float, cancel: threading.Event | None):
     class Connection(base):
+        response_class = InterimSkippingResponse
+
         def connect(self):
             self.timeout = max(0.001, deadline - time.monotonic())  # the TLS and proxy handshakes too
             self._create_connection = lambda address, timeout, source: connect_by(address, deadline, cancel, source)

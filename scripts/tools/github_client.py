@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler, read_promised
+from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler, read_error_start, read_promised
 from scripts.lib.errors import DataError, shown
 from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
@@ -221,10 +221,10 @@ def _read_reply(stream, cap: int) -> bytes:
 
 def _error_body(exc: urllib.error.HTTPError) -> bytes:
     """The start of an error reply's body, b"" where it cannot be read (a chunk size that is no number or
-    negative, a body cut short or trickling past the deadline): the status alone is still a clear error, and
-    these escaped the except clauses around it as a traceback."""
+    negative, a body cut short, or not read within a few seconds: read_error_start): the status alone is still
+    a clear error, and these escaped the except clauses around it as a traceback."""
     try:
-        return exc.read(MAX_ERROR_BYTES)
+        return read_error_start(exc, MAX_ERROR_BYTES)
     except Exception:
         return b""
 

@@ -19,13 +19,14 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from scripts.lib.errors import DataError, redact_url_userinfo, shown
+from scripts.lib.errors import DataError, redact_url_userinfo, shown, shown_short
 
 MAX_HUB_REPLY_BYTES = 16 << 20  # the Hub's JSON answers are small; an endless reply must not fill memory
 # huggingface_hub's retries sleep as long as a 429 or 5xx's Retry-After (or a 429's RateLimit reset) says, silently
 # (its warnings are off: they quote URLs): `Retry-After: 99999` held publish for a day. A longer wait fails at once.
 MAX_HUB_WAIT_S = 60
 RETRIED_STATUSES = (408, 429, 500, 502, 503, 504)  # huggingface_hub's http_backoff retries these
+MAX_HUB_LINE_CHARS = 500  # what is printed of a Hub error's text (the server's message or bytes, quoted)
 MIN_UPLOAD_BYTES_PER_S = 256 << 10  # a request body's share of its deadline: a big commit is not cut short
 _request = threading.local()  # .deadline: time.monotonic() by which the request in this thread must end
 
@@ -292,7 +293,9 @@ def hub_client_factory(timeout_s: float):
 
 
 def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
-    """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo."""
+    """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo, its
+    escape codes and other control characters shown escaped and cut at MAX_HUB_LINE_CHARS: h11's protocol
+    errors and huggingface_hub's HTTP errors quote what the server sent (megabytes of it, escape codes)."""
     import httpx2
 
     from scripts.lib.key_redaction import redact_secrets
@@ -306,7 +309,7 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
     line = redact_url_userinfo(hide_endpoint_path(f"Hub: {detail}", os.environ.get("HF_ENDPOINT"), secrets))
     for secret in [*secrets, *endpoint_path_secrets(os.environ.get("HF_ENDPOINT"))]:
         line = redact_secrets(line, secret)
-    return line
+    return shown_short(line, MAX_HUB_LINE_CHARS)  # after the redaction: a cut never leaves part of a secret
 
 
 def endpoint_path_secrets(endpoint: str | None) -> list[str]:
