@@ -28,7 +28,6 @@ import contextlib
 import io
 import json
 import os
-import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -40,9 +39,11 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import loads_json
-from scripts.lib.safe_paths import IMAGE_EXTENSIONS, link_opened, new_file, open_regular, open_within
-from scripts.lib.shards import ShardWriter, key_id
-from scripts.lib.tables import arrow_table, part_images, row_groups_to, write_parquet
+from scripts.lib.release_images import IMAGE_SUFFIXES, image_bytes, locate_images
+from scripts.lib.release_images import release_image_bytes as release_image_bytes
+from scripts.lib.safe_paths import link_opened, new_file, open_regular
+from scripts.lib.shards import ShardWriter
+from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
 IMAGE_FORMATS = ("png", "jpg", "keep")
@@ -122,18 +123,6 @@ def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]):
         place_image(row.image, folder / file_name, getattr(row, "image_sha256", None))
         tick()
         yield row, file_name
-
-
-def image_bytes(ref: str) -> bytes:
-    """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png')."""
-    from scripts.lib.archive import UnsafeArchive, read_member
-
-    try:
-        return read_member(ref)
-    except FileNotFoundError:
-        raise DataError(f"{ref}: image not found") from None
-    except UnsafeArchive as exc:
-        raise DataError(f"{ref}: refused ({exc.reason})") from None
 
 
 def recorded_image_bytes(ref: str, sha256=None) -> bytes:
@@ -361,8 +350,6 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
 
 # --- what datasets.load_dataset reads, and rows.parquet -------------------------------------------
 
-IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
-
 
 def card_data_files(fmt: str, split: str) -> str | list[str]:
     """The files of one split that `datasets.load_dataset(release folder)` reads (the card's `configs`):
@@ -436,53 +423,6 @@ def write_prompts_release(chunks: Iterable[pd.DataFrame], release_dir: Path, tic
             tick(len(chunk))
     for split in SPLITS:
         mark_folder(release_dir / split)
-
-
-def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:
-    """id -> (reference relative to the release, sha256, bytes) of every image under release_dir/split: image
-    files `<id>.<ext>`, image members of tar shards and the embedded images of parquet parts."""
-    import hashlib
-
-    def entry(ref: str, data: bytes) -> tuple[str, str, int]:
-        return ref, hashlib.sha256(data).hexdigest(), len(data)
-
-    found: dict[str, tuple[str, str, int]] = {}
-    for path in sorted((release_dir / split).rglob("*")):
-        if not path.is_file():
-            continue
-        rel = path.relative_to(release_dir).as_posix()
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            found.setdefault(path.name[: -len(path.suffix)], entry(rel, path.read_bytes()))
-        elif suffix == ".tar":
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    name = member.name.rpartition("/")[2]
-                    stem, ext = os.path.splitext(name)
-                    if member.isfile() and ext.lower() in IMAGE_SUFFIXES:
-                        data = tar.extractfile(member)
-                        assert data is not None  # a regular file's member always has data
-                        found.setdefault(key_id(stem), entry(f"{rel}!/{member.name}", data.read()))
-        elif suffix == ".parquet" and path.name.startswith("part-"):
-            with open_within(path, release_dir) as file:  # one open, checked there: never a link or FIFO put there
-                for row_id, image in part_images(file, path).items():
-                    found.setdefault(row_id, entry(f"{rel}!/{row_id}", image))
-    return found
-
-
-def release_image_bytes(release_dir: Path, ref: str) -> bytes:
-    """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row)."""
-    archive, sep, member = ref.partition("!/")
-    if sep and archive.endswith(".parquet"):
-        path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
-        try:  # one open, checked there (in the release, a regular file): a link out or FIFO put there is refused
-            with open_within(path, release_dir, dvc_cache=True) as file:
-                return part_images(file, path)[member]  # the part read once, not a row
-        except FileNotFoundError:
-            raise DataError(f"{path}: not found ({listed})") from None
-        except KeyError:
-            raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
-    return image_bytes(str(Path(release_dir) / ref))
 
 
 def read_rows_table(release_dir: Path) -> pd.DataFrame | None:

@@ -22,12 +22,16 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scripts.lib.errors import DataError
 from scripts.lib.interrupts import held
+from scripts.lib.io import shown
+from scripts.lib.safe_paths import open_within
 from scripts.lib.tables import PARQUET_ROW_GROUP, row_groups_to
 from scripts.lib.temps import TMP_SPILL, _remove, _sibling, mark_temp, remove_stale
 
@@ -70,7 +74,7 @@ class Spill:
         """The spilled rows in rank order, a bucket at a time, without their rank column."""
         self.close()
         for bucket in sorted(self.buckets):
-            with pa.memory_map(str(self._path(bucket))) as source:
+            with self._opened(bucket) as source:
                 rows = pa.ipc.open_file(source).read_all()
             yield rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])
             del rows
@@ -92,6 +96,15 @@ class Spill:
             options = pa.ipc.IpcWriteOptions(compression="lz4")  # spills are read once: fast beats small
             self.writers[bucket] = pa.ipc.new_file(self.sinks[bucket], schema, options=options)
         return self.writers[bucket]
+
+    def _opened(self, bucket: int) -> BinaryIO:
+        """The bucket file opened ONCE, checked there (safe_paths.open_within: in the spill folder, a regular
+        file, not a link, with one name): read by name, a link or hard link to another file put there while the
+        run went on was read as our rows, and a FIFO blocked the run."""
+        try:
+            return open_within(self._path(bucket), self.folder, one_name=True, follow=False)
+        except FileNotFoundError:
+            raise DataError(f"{shown(self._path(bucket))}: removed while the sort ran") from None
 
     def _path(self, bucket: int) -> Path:
         return self.folder / f"{bucket:08d}.arrow"

@@ -178,9 +178,20 @@ def _manifest_columns(manifest: Path, columns: list[str]) -> dict[str, list]:
     return table.select([c for c in columns if c in table.column_names]).to_pydict()
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def file_sha256(path: Path, root: Path) -> str:
+    """The sha256 of the store or output file `path` from ONE open, checked there (safe_paths.open_within: in
+    `root`, a regular file, not a link): opened by name, a link out (the key file it names) or a FIFO put there
+    after the lstat was hashed or blocked the run."""
+    from scripts.lib.safe_paths import open_within
+
+    try:
+        with open_within(path, root, follow=False) as f:
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            return digest.hexdigest()
+    except FileNotFoundError:
+        raise DataError(f"{shown(path)}: removed while it was read") from None
 
 
 # ---------------------------------------------------------------- the generation store
@@ -445,7 +456,7 @@ class OutputFolder:
                 continue
             if rel not in recorded and rel in keys:  # a manifest from before generate recorded sha256s
                 continue
-            digest = file_sha256(self.root / rel)
+            digest = file_sha256(self.root / rel, self.root)
             if digest != recorded.get(rel) and digest not in journaled.get(rel, ()):
                 if store is not None and rel in keys:
                     store.forget(stored_name(keys[rel], rel), self.root / rel)
@@ -467,13 +478,13 @@ class OutputFolder:
     def link(self, src: Path, file: str) -> None:
         """`file` the image `src` (of the store): a hard link, or a copy whose temp is in this folder (the
         store's may be on another filesystem, and a rename across one fails)."""
-        self.digests[file] = file_sha256(src)
+        self.digests[file] = file_sha256(src, src.parent)
         self.journal.add(file, self.digests[file])
         link_file(src, self.root / file)
 
     def digests_of(self, files: list[str]) -> dict[str, str]:
         """file -> sha256 of each of `files` (read here when this run neither wrote nor verified it)."""
-        return {file: self.digests.get(file) or file_sha256(self.root / file) for file in files}
+        return {file: self.digests.get(file) or file_sha256(self.root / file, self.root) for file in files}
 
     def finish(self, manifest) -> None:
         """Write the manifest (the run is complete) and drop the journal."""

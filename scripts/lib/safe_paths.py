@@ -122,6 +122,7 @@ def open_within(
     *,
     one_name: bool = False,
     links_ok: Callable[[Path], bool] | None = None,
+    follow: bool = True,
     dvc_cache: bool = False,
     where: str | None = None,
     root_name: str | None = None,
@@ -130,10 +131,11 @@ def open_within(
     one open every reader of a data-named path reads from (pyarrow takes the file object), so a link or file
     swapped in after a check by name is never what is read. The opened file is checked again by what its
     descriptor names (opened_real_path) and by fstat (open_regular: a FIFO, folder or device). `one_name`: a
-    file with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink).
+    file with another hard link is refused too, unless `links_ok(path)` (DVC's cache.type hardlink). Unless
+    `follow`, the file itself may not be a link (a store's own files never are).
     FileNotFoundError is the caller's to name."""
     check_stays_in(path, root, dvc_cache=dvc_cache, where=where, root_name=root_name)
-    file = open_regular(path, one_link=one_name, links_ok=links_ok)
+    file = open_regular(path, follow=follow, one_link=one_name, links_ok=links_ok)
     try:
         if leads_out(path, root, dvc_cache=dvc_cache, real=opened_real_path(file, path)):
             raise _led_out(path, root, where, root_name)

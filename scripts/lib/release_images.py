@@ -1,0 +1,97 @@
+"""Where a release's images are, read back from what its export wrote (rows.parquet's `image`, sha256 and size)
+and by publish: every image file, tar shard and parquet part opened ONCE, checked there (safe_paths.open_within:
+in the release, a regular file), so a link out, a FIFO or a folder put in the release is one line naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from scripts.lib.dvc_cache import is_cache_copy
+from scripts.lib.errors import DataError
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, open_within
+from scripts.lib.shards import key_id
+from scripts.lib.tables import part_images
+
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
+
+
+def image_bytes(ref: str) -> bytes:
+    """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png')."""
+    from scripts.lib.archive import UnsafeArchive, read_member
+
+    try:
+        return read_member(ref)
+    except FileNotFoundError:
+        raise DataError(f"{ref}: image not found") from None
+    except UnsafeArchive as exc:
+        raise DataError(f"{ref}: refused ({exc.reason})") from None
+
+
+def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:
+    """id -> (reference relative to the release, sha256, bytes) of every image under release_dir/split: image
+    files `<id>.<ext>`, image members of tar shards and the embedded images of parquet parts. Each is read from
+    one open, checked there (open_within): read by name, an image or shard that was a link out of the release
+    was listed (and its sha256 published) as the release's own, a FIFO or folder under such a name passed over."""
+    found: dict[str, tuple[str, str, int]] = {}
+    for path in sorted((release_dir / split).rglob("*")):
+        kind = _kind(path)
+        if kind is None:
+            continue
+        rel = path.relative_to(release_dir).as_posix()
+        with open_within(path, release_dir) as file:
+            for row_id, ref, data in _images_in(kind, file, path, rel):
+                found.setdefault(row_id, (ref, hashlib.sha256(data).hexdigest(), len(data)))
+    return found
+
+
+def _kind(path: Path) -> str | None:
+    """What locate_images reads `path` as (by its name: "image", "tar" or "part"), or None. A folder or FIFO
+    under such a name is read too (open_within refuses it): passed over, its images went unlisted."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix == ".tar":
+        return "tar"
+    if suffix == ".parquet" and path.name.startswith("part-"):
+        return "part"
+    return None
+
+
+def _images_in(kind: str, file: BinaryIO, path: Path, rel: str) -> Iterator[tuple[str, str, bytes]]:
+    """(id, reference, bytes) of each image the opened `file` holds (the file itself, a shard's image members, a
+    part's rows)."""
+    if kind == "image":
+        yield path.name[: -len(path.suffix)], rel, file.read()
+    elif kind == "part":
+        for row_id, image in part_images(file, path).items():
+            yield row_id, f"{rel}!/{row_id}", image
+    else:
+        with tarfile.open(fileobj=file) as tar:
+            for member in tar:
+                stem, ext = os.path.splitext(member.name.rpartition("/")[2])
+                data = tar.extractfile(member) if member.isfile() and ext.lower() in IMAGE_SUFFIXES else None
+                if data is not None:
+                    yield key_id(stem), f"{rel}!/{member.name}", data.read()
+
+
+def release_image_bytes(release_dir: Path, ref: str) -> bytes:
+    """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row). A
+    part is read with one name, as publish reads the release's other files (or as DVC's cache.type hardlink
+    checkout left it): a hard link to a file outside the release kept its name and passed every check."""
+    archive, sep, member = ref.partition("!/")
+    if sep and archive.endswith(".parquet"):
+        path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
+        try:  # one open, checked there (in the release, a regular file): a link out or FIFO put there is refused
+            with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy, dvc_cache=True) as file:
+                return part_images(file, path)[member]  # the part read once, not a row
+        except FileNotFoundError:
+            raise DataError(f"{path}: not found ({listed})") from None
+        except KeyError:
+            raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
+    return image_bytes(str(Path(release_dir) / ref))
