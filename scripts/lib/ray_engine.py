@@ -40,6 +40,7 @@ from scripts.lib.ray_checks import (
     refusal,
     restore_environment,
 )
+from scripts.lib.ray_workers import RedactedLines, driver_reads, worker_setup
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Ray Data's groupby on its classic sort-based shuffle: Ray 2.60's default (SHUFFLE_V2, hash aggregator
@@ -175,7 +176,8 @@ class ClusterWatch:
             self._python_only = os.dup(2)
             with open(os.devnull, "wb") as sink:
                 os.dup2(sink.fileno(), 2)
-            sys.stderr = open(self._python_only, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            copy = open(self._python_only, "w", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+            sys.stderr = RedactedLines(copy)  # the command's lines stay redacted (a bare copy showed secrets)
 
     def _stop_the_run(self) -> None:
         """The line raised in the main thread; where Ray holds it LOST_GRACE_S (a C++ wait that runs no handler), said
@@ -328,8 +330,12 @@ def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int])
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.CRITICAL,
-        "runtime_env": {"env_vars": {"PYTHONPATH": python_path}},
-    }  # workers import scripts.*
+        # workers import scripts.*, and parse the driver's text of params.yaml (ray_workers.worker_setup)
+        "runtime_env": {
+            "env_vars": {"PYTHONPATH": python_path},
+            "worker_process_setup_hook": worker_setup(driver_reads()),
+        },
+    }
     if address in LOCAL and runtime.object_store_mb is not None:
         options["object_store_memory"] = runtime.object_store_mb * 1024 * 1024
     with _stderr_silenced() if address is not None else contextlib.nullcontext():
