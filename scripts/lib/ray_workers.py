@@ -15,9 +15,9 @@ from scripts.lib.params import PARAMS_FILE
 
 def driver_reads() -> dict[str, str]:
     """The texts this command run has read so far (params.base.read_once: params.yaml's), by absolute path."""
-    from scripts.lib.params import base
+    from scripts.lib.params.base import run_reads
 
-    return dict(base._RUN_READS or {})
+    return run_reads()
 
 
 def worker_setup(reads: dict[str, str]) -> Callable[[], None]:
@@ -27,12 +27,12 @@ def worker_setup(reads: dict[str, str]) -> Callable[[], None]:
     params_text = reads.get(os.path.abspath(PARAMS_FILE))
 
     def read_as_the_driver() -> None:
-        from scripts.lib.params import base
+        from scripts.lib.params.base import seed_run_reads
 
         texts = dict(reads)
         if params_text is not None:
             texts[os.path.abspath(PARAMS_FILE)] = params_text
-        base._RUN_READS = texts
+        seed_run_reads(texts)
 
     return read_as_the_driver
 

@@ -41,6 +41,18 @@ def read_once(path: Path, read: Callable[[Path], str]) -> str:
 _RUN_READS: dict[str, str] | None = None  # the texts read in the command run now under way (one_read_per_run)
 
 
+def run_reads() -> dict[str, str]:
+    """The texts the command run now under way has read (read_once), by absolute path; none outside a run."""
+    return dict(_RUN_READS or {})
+
+
+def seed_run_reads(texts: dict[str, str]) -> None:
+    """Make `texts` (another process's run_reads) this process's run: a Ray worker parses the driver's params.yaml
+    text, never the file by name again (ray_workers.worker_setup)."""
+    global _RUN_READS
+    _RUN_READS = dict(texts)
+
+
 @contextlib.contextmanager
 def one_read_per_run() -> Iterator[None]:
     """A command run (cli), during which read_once keeps each file's first text; commands run one after another
