@@ -12,9 +12,7 @@ import ctypes
 import logging
 import os
 import re
-import shutil
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -40,7 +38,8 @@ from scripts.lib.ray_checks import (
     refusal,
     restore_environment,
 )
-from scripts.lib.ray_workers import RedactedLines, driver_reads, worker_setup
+from scripts.lib.ray_workers import RedactedLines, checked_line, driver_reads, own_folder, remove_folder, worker_setup
+from scripts.lib.ray_workers import remove_stale_folders as remove_stale_folders  # its callers import it from here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Ray Data's groupby on its classic sort-based shuffle: Ray 2.60's default (SHUFFLE_V2, hash aggregator
@@ -83,7 +82,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
         # params are the only source: ray.init, and what it starts, read RAY_ADDRESS (an "auto" joins the cluster
         # it names); a stray one has no say over the local Ray that `ray_address: null` asks for
         os.environ.pop("RAY_ADDRESS", None)
-        logs = _own_folder(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+        logs = own_folder(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
     children_before: set[int] = set()
     if started_here:
         children_before = {child.pid for child in psutil.Process().children(recursive=True)}
@@ -94,7 +93,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
                 _start_or_join(ray, runtime, children_before)
         except BaseException:
             restore_environment(saved)
-            _remove(logs)
+            remove_folder(logs)
             raise
         finally:
             _keep_handlers(handlers)
@@ -116,7 +115,7 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
             _shutdown(ray, lost=watch is not None and watch.lost is not None)
             _reap(children_before)
             restore_environment(saved)
-            _remove(logs)
+            remove_folder(logs)
 
 
 # a cluster gone mid-run (its head or this machine's raylet stopped): Ray's driver waited for its GCS 60 s
@@ -181,11 +180,12 @@ class ClusterWatch:
 
     def _stop_the_run(self) -> None:
         """The line raised in the main thread; where Ray holds it LOST_GRACE_S (a C++ wait that runs no handler), said
-        from here and the process ended at exit 2 (the outputs' tagged temps: the next run removes them)."""
+        from here, redacted as every line of the command (checked_line), and the process ended at exit 2 (the
+        outputs' tagged temps: the next run removes them)."""
         signal.pthread_kill(threading.main_thread().ident or 0, LOST_SIGNAL)
         if not self._stop.wait(LOST_GRACE_S):
             with contextlib.suppress(OSError):
-                os.write(self._python_only, f"error: {self.lost}\n".encode())
+                os.write(self._python_only, f"error: {checked_line(self.lost or '')}\n".encode())
             os._exit(2)
 
 
@@ -265,61 +265,6 @@ def _local_environment(withheld: list[str], folder: str) -> Iterator[None]:
         yield
     finally:
         restore_environment(saved)
-
-
-# a local Ray's folder of ours (`ray-` and mkdtemp's 8 characters) holds OWNER_FILE: `PID START` of the command
-# that made it. A command killed (SIGKILL, a second signal's exit at once) left it, logs and all; the next local
-# start removes those whose command is gone, and nothing else (a folder of Ray's own, another user's, a live run's)
-OWNER_FILE = ".t2i-datasets-owner"
-OUR_FOLDER = re.compile(r"ray-[A-Za-z0-9_]{8}")
-
-
-def _own_folder(parent: str) -> str:
-    """A new folder for a local Ray under `parent`, marked ours; the stale ones of ours there removed first."""
-    remove_stale_folders(parent)
-    folder = tempfile.mkdtemp(prefix="ray-", dir=parent)
-    with open(os.path.join(folder, OWNER_FILE), "x", encoding="utf-8") as marker:
-        marker.write(f"{os.getpid()} {psutil.Process().create_time()!r}\n")
-    return folder
-
-
-def remove_stale_folders(parent: str) -> None:
-    """Remove each folder of `parent` a local Ray of ours had and whose command is gone (_stale)."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            if OUR_FOLDER.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False) and _stale(entry.path):
-                _remove(entry.path)
-
-
-def _stale(folder: str) -> bool:
-    """`folder` is ours (this user's, its OWNER_FILE a plain file of this user's) and its command is not running:
-    no process has that pid and start time (a pid the system gave to another process since is not it)."""
-    marker = os.path.join(folder, OWNER_FILE)
-    try:
-        if os.lstat(folder).st_uid != os.getuid():
-            return False
-        descriptor = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(descriptor, "rb") as opened:
-            info = os.fstat(opened.fileno())
-            text = opened.read(100)
-        pid_text, start_text = text.decode("ascii").split()
-        pid, start = int(pid_text), float(start_text)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False  # no marker of ours: not a folder of ours
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_nlink != 1:
-        return False
-    try:
-        return psutil.Process(pid).create_time() != start
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False  # there, not ours to ask about: kept
-
-
-def _remove(folder: str | None) -> None:
-    """A local Ray's session folder, gone once its processes are: its logs hold whatever the workers printed."""
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start_or_join(ray: ModuleType, runtime: Runtime, children_before: set[int]) -> None:
