@@ -155,7 +155,18 @@ def image_joiner(source: str, images: Path, input: Path, columns: list[str]):
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id", present=("file",))
-        return lambda rows: join_rendered(rows, manifest, images.as_posix())
+        sizes_checked = False
+
+        def attach(rows: pd.DataFrame) -> pd.DataFrame:
+            # the rows' sizes come from here: a manifest without them was a KeyError, a width of 2.5 or inf a
+            # TypeError; checked at the first chunk, after the input's own checks (the input's fault is said first)
+            nonlocal sizes_checked
+            if not sizes_checked:
+                check_cells(manifest, manifest_path, sizes=("width", "height"))
+                sizes_checked = True
+            return join_rendered(rows, manifest, images.as_posix())
+
+        return attach
     if "image" not in columns:  # a mistyped images folder, or a file: a KeyError traceback at the first chunk
         raise DataError(
             f"{shown(images)}: no {MANIFEST} here, and {shown(input)} has no 'image' column (name generate@S's "

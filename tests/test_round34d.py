@@ -8,6 +8,8 @@ of scripts/plots.py, summary.py and captions.py.
 2. plots' clean reports and summary's stats.json, read with loads_json, said only "not valid JSON" and "not a
    release's stats.json (no rows.total)" for a NaN, an overflowing number or a lone surrogate (the second one
    wrong: rows.total was there). The one line now says what loads_json found.
+3. captions@S takes each row's width and height from the manifest, unchecked: a manifest without them was a
+   KeyError internal error (exit 1), a width of 2.5 or inf a TypeError. They are checked as the input's are.
 
 Callers that already held (one line naming the file, or a counted "unreadable"/None): tag, history_table,
 rule_sets, card, parquet_sources, dvc_cache, plot_points.
@@ -36,23 +38,49 @@ MANIFEST_VALUES = {  # case: (the manifest column, the second row's value, what 
 }
 
 
-@pytest.mark.parametrize("case", MANIFEST_VALUES)
-def test_captions_refuses_a_generation_value_json_has_no_word_for(tmp_path, monkeypatch, capfd, case):
-    column, value, said = MANIFEST_VALUES[case]
+def _captions_of(tmp_path, monkeypatch, capfd, manifest: dict) -> str:
+    """captions@s's one error line, for two prompt rows and `manifest` as generate@s's manifest.parquet."""
     (tmp_path / "params.yaml").write_text("sources: {}\n", encoding="utf-8")
     (tmp_path / "images").mkdir()
     rows = {"id": ["a", "b"], "text": ["x", "y"], "prompt": ["x", "y"], "source": ["s", "s"]}
     rows |= {"split": ["train", "train"], "meta": ["{}", "{}"], "width": [8, 8], "height": [8, 8]}
     pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
-    manifest = {"id": ["a", "b"], "file": ["a.png", "b.png"], "width": [8, 8], "height": [8, 8], "model": ["m", "m"]}
-    manifest |= {"guidance": [7.5, 7.5], "steps": [1, 1], "seed": [1, 2]}
-    manifest[column] = [manifest[column][0], value]
     pd.DataFrame(manifest).to_parquet(tmp_path / "images" / "manifest.parquet")
     result = cli(["captions", "s", "in.parquet", "images", "out.parquet"], tmp_path, monkeypatch, capfd)
     line = error_line(result.stderr)
     assert result.returncode == 2, result.stderr
-    assert "images/manifest.parquet: id b" in line and said in line, line
     assert not (tmp_path / "out.parquet").exists()
+    return line
+
+
+def _manifest(**columns) -> dict:
+    manifest = {"id": ["a", "b"], "file": ["a.png", "b.png"], "width": [8, 8], "height": [8, 8], "model": ["m", "m"]}
+    return manifest | {"guidance": [7.5, 7.5], "steps": [1, 1], "seed": [1, 2]} | columns
+
+
+@pytest.mark.parametrize("case", MANIFEST_VALUES)
+def test_captions_refuses_a_generation_value_json_has_no_word_for(tmp_path, monkeypatch, capfd, case):
+    column, value, said = MANIFEST_VALUES[case]
+    line = _captions_of(tmp_path, monkeypatch, capfd, _manifest(**{column: [_manifest()[column][0], value]}))
+    assert "images/manifest.parquet: id b" in line and said in line, line
+
+
+MANIFEST_SIZES = {  # case: (the manifest's width column, or None for none, what the one line says)
+    "no width column": (None, "no 'width' column"),
+    "a width of 2.5": ([8.0, 2.5], "row 2"),
+    "a width of inf": ([8.0, math.inf], "row 2"),
+    "a width of -8": ([8, -8], "row 2"),
+}
+
+
+@pytest.mark.parametrize("case", MANIFEST_SIZES)
+def test_captions_checks_the_sizes_a_manifest_gives_its_rows(tmp_path, monkeypatch, capfd, case):
+    widths, said = MANIFEST_SIZES[case]
+    manifest = _manifest(width=widths)
+    if widths is None:
+        del manifest["width"]
+    line = _captions_of(tmp_path, monkeypatch, capfd, manifest)
+    assert "images/manifest.parquet" in line and said in line, line
 
 
 # ---------------------------------------------------------------- 2. the reason, said by plots and summary
