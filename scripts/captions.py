@@ -14,7 +14,6 @@ language, before the split, as the team's make_captions.py skipped it (undetecta
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import typer
 from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
 from scripts.lib.io import check_files_ours, shown
+from scripts.lib.nesting import dumps_json
 from scripts.lib.params import PARAMS_FILE, load_section
 from scripts.lib.tables import (
     ParquetChunks,
@@ -60,9 +60,13 @@ def join_rendered(rows: pd.DataFrame, manifest: pd.DataFrame, images_dir: str) -
     joined["image"] = images_dir.rstrip("/") + "/" + joined["file"]
     joined["image_sha256"] = joined.get("sha256")  # none from a manifest written before it
     present = [f for f in GENERATION_FIELDS if f in joined.columns]
+    # dumps_json: a guidance of inf or NaN (or a null, NaN once in pandas) was written as `Infinity`/`NaN` at
+    # exit 0, a generation value release's card then refused as not JSON; now one line naming the manifest's row
     joined["generation"] = [
-        json.dumps({f: _plain(v) for f, v in zip(present, values)}, sort_keys=True)
-        for values in joined[present].itertuples(index=False, name=None)
+        dumps_json(
+            {f: _plain(v) for f, v in zip(present, values)}, f"{images_dir}/{MANIFEST}: id {row_id}", sort_keys=True
+        )
+        for row_id, values in zip(joined["id"], joined[present].itertuples(index=False, name=None))
     ]
     return joined
 
@@ -151,7 +155,18 @@ def image_joiner(source: str, images: Path, input: Path, columns: list[str]):
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id", present=("file",))
-        return lambda rows: join_rendered(rows, manifest, images.as_posix())
+        sizes_checked = False
+
+        def attach(rows: pd.DataFrame) -> pd.DataFrame:
+            # the rows' sizes come from here: a manifest without them was a KeyError, a width of 2.5 or inf a
+            # TypeError; checked at the first chunk, after the input's own checks (the input's fault is said first)
+            nonlocal sizes_checked
+            if not sizes_checked:
+                check_cells(manifest, manifest_path, sizes=("width", "height"))
+                sizes_checked = True
+            return join_rendered(rows, manifest, images.as_posix())
+
+        return attach
     if "image" not in columns:  # a mistyped images folder, or a file: a KeyError traceback at the first chunk
         raise DataError(
             f"{shown(images)}: no {MANIFEST} here, and {shown(input)} has no 'image' column (name generate@S's "

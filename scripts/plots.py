@@ -96,8 +96,8 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
             report = loads_json(read_within(path, clean_dir, cap=MAX_CONFIG_BYTES, dvc_cache=True).decode("utf-8"))
         except FileNotFoundError:
             raise DataError(f"{shown(path)}: not found (run clean@{source} first)") from None
-        except ValueError:
-            raise DataError(f"{shown(path)}: not valid JSON") from None
+        except ValueError as exc:  # NaN, 1e999, a lone surrogate (loads_json) said which, not only "not valid"
+            raise DataError(f"{shown(path)}: not valid JSON ({shown_short(str(exc), 200)})") from None
         dropped_by_reason(report, path)
         reports[source] = report
     return reports

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import MAX_CONFIG_BYTES, check_files_ours, shown, write_json
-from scripts.lib.nesting import TooDeep, loads_json
+from scripts.lib.nesting import loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import check_stays_in, read_within
 from scripts.lib.temps import output_lock
@@ -47,9 +47,9 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
             total = stats[name]["rows"]["total"]
         except FileNotFoundError:
             raise DataError(f"{path}: input not found (run release@{name})") from None
-        except TooDeep as exc:
-            raise DataError(f"{path}: not a release's stats.json ({exc})") from None
-        except (ValueError, KeyError, TypeError):
+        except ValueError as exc:  # TooDeep, not JSON, NaN or 1e999 or a lone surrogate: was "no rows.total"
+            raise DataError(f"{path}: not a release's stats.json ({shown_short(str(exc), 200)})") from None
+        except (KeyError, TypeError):
             raise DataError(f"{path}: not a release's stats.json (no rows.total)") from None
         if not (isinstance(total, int) and not isinstance(total, bool) and total >= 0):
             raise DataError(f"{path}: rows.total is {type(total).__name__}, not a count of rows; refusing to copy it")
