@@ -9,6 +9,8 @@
    folder outside the store, or to another folder of it, the file there was hashed and linked into OUTPUT as the
    render of its key. The file is now opened once, in its own folder of the store (no link on the way there),
    and what is linked (or copied) is the file opened and hashed.
+3. Through the CLI: `publish --dry-run` of a webdataset release whose shard has another hard link (its bytes
+   still the ones rows.parquet records) published it at exit 0; it is now one line naming the shard, exit 2.
 """
 
 from __future__ import annotations
@@ -207,3 +209,68 @@ def test_a_store_file_is_still_linked(tmp_path, store_is_a_link):
     OutputFolder(tmp_path / "out").link(store / STORED, "x.png")
     assert (tmp_path / "out/x.png").read_bytes() == b"PNG-x"
     assert os.path.samefile(tmp_path / "out/x.png", tmp_path / "real-store" / STORED)  # a hard link, not a copy
+
+
+# ---------------------------------------------------------------- 3. through the CLI: publish, exit 2
+
+
+def webdataset_release(root: Path) -> Path:
+    """root/ with this repo's params.yaml and data/releases/v2/ in the webdataset layout (rows.parquet pointing
+    into its tar shards); the first train shard's path."""
+    import pandas as pd
+    from PIL import Image
+
+    from helpers import REPO
+    from scripts.lib.export import export_options, write_rows_table, write_split
+
+    release, images = root / "data/releases/v2", root / "images"
+    images.mkdir(parents=True)
+    (root / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    for number in range(3):
+        Image.new("RGB", (16, 12), (number * 60, 80, 160)).save(images / f"{number}.png")
+    table = pd.DataFrame(
+        {
+            "id": [f"t{number:015d}" for number in range(3)],
+            "source": "diffusiondb",
+            "split": ["train", "train", "validation"],
+            "text": [f"a picture number {number}" for number in range(3)],
+            "image": [str(images / f"{number}.png") for number in range(3)],
+            "width": 16,
+            "height": 12,
+        }
+    ).assign(orig_text=lambda frame: frame.text)
+    for split in ("train", "validation"):
+        write_split(table[table.split == split], release / split, *export_options("webdataset", "test"))
+    write_rows_table(table, release)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(release / "preview.jpg", format="JPEG")
+    (release / "README.md").write_text("---\nlicense: other\n---\n# v2\n\nrelease card text\n", encoding="utf-8")
+    return sorted((release / "train").rglob("*.tar"))[0]
+
+
+def linked_outside(root: Path, shard: Path) -> None:
+    os.link(shard, root / "outside.tar")
+
+
+def swapped_for_an_outside_copy(root: Path, shard: Path) -> None:
+    (root / "outside.tar").write_bytes(shard.read_bytes())  # the same bytes: rows.parquet's sha256 still matches
+    shard.unlink()
+    os.link(root / "outside.tar", shard)
+
+
+def linked_twice_in_the_release(root: Path, shard: Path) -> None:
+    os.link(shard, shard.parent / "copy.bin")
+
+
+@pytest.mark.parametrize(
+    "case", [linked_outside, swapped_for_an_outside_copy, linked_twice_in_the_release], ids=lambda c: c.__name__
+)
+def test_publish_refuses_a_shard_with_another_hard_link(tmp_path, monkeypatch, capfd, case):
+    from helpers import cli
+
+    shard = webdataset_release(tmp_path / "repo")
+    case(tmp_path / "repo", shard)
+    argv = ["publish", "v2", "--repo-id", "me/t2i-v2", "--dry-run", "--out", tmp_path / "hub"]
+    result = cli(argv, tmp_path / "repo", monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert "has another hard link" in result.stderr and shard.name in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
