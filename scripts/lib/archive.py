@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from stat import S_ISREG
-from typing import Any
+from typing import Any, BinaryIO
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import REF_SEPARATOR, shown
@@ -391,19 +391,59 @@ def parse_ref(ref: str) -> tuple[Path, str | None]:
 def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int] | None]:
     """member name -> (offset, size) of the safe regular members (cached per archive version); None for a
     name the archive holds more than once (any copies, links included): which one a row meant is unknown."""
+    with open_tar(path) as buf:
+        return _index_of(buf)
+
+
+def _index_of(buf: Any) -> dict[str, tuple[int, int] | None]:
     index: dict[str, tuple[int, int] | None] = {}
     named: set[str] = set()
-    with open_tar(path) as buf:
-        for item in iter_tar(buf, max_bytes=1 << 62):  # sizes are checked per read
-            name = item.name if isinstance(item, TarMember) else item.member
-            if name is None:
-                continue
-            if name in named:
-                index[name] = None
-            elif isinstance(item, TarMember):
-                index[name] = (item.offset, item.size)
-            named.add(name)
+    for item in iter_tar(buf, max_bytes=1 << 62):  # sizes are checked per read
+        name = item.name if isinstance(item, TarMember) else item.member
+        if name is None:
+            continue
+        if name in named:
+            index[name] = None
+        elif isinstance(item, TarMember):
+            index[name] = (item.offset, item.size)
+        named.add(name)
     return index
+
+
+# _tar_index of shards opened by the caller, per file version (device, inode, time, size); the oldest dropped first
+_OPENED_INDEXES: dict[tuple[int, int, int, int], dict[str, tuple[int, int] | None]] = {}
+
+
+def read_opened_member(file: BinaryIO, path: Path, member: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
+    """read_member's tar member, from the shard `file` its caller opened ONCE and checked there
+    (safe_paths.open_within: in its folder, a regular file, one name): read_member opens the shard by its name,
+    and a link out, FIFO or hard link put at a shard's name was read as the release's own.
+    Raises UnsafeArchive, or FileNotFoundError for a member the shard lacks."""
+    check_member_name(member)
+    found = os.fstat(file.fileno())
+    version = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size)
+    if version not in _OPENED_INDEXES:
+        if len(_OPENED_INDEXES) >= 4096:
+            _OPENED_INDEXES.pop(next(iter(_OPENED_INDEXES)))
+        _OPENED_INDEXES[version] = _index_of(TarBuffer(file.fileno(), found.st_size, path))
+    return _member_at(_OPENED_INDEXES[version], file.fileno(), path, member, max_bytes)
+
+
+def _member_at(index: dict, fd: int, archive: Path, member: str, max_bytes: int) -> bytes:
+    """The bytes of `member` of the tar open as `fd` (`index`: its _index_of)."""
+    ref = f"{archive}{REF_SEPARATOR}{member}"
+    if member not in index:
+        raise FileNotFoundError(f"{ref}: no such regular member (or refused as unsafe)")
+    entry = index[member]
+    if entry is None:
+        raise UnsafeArchive("duplicate_key", repeated(ref))
+    offset, size = entry
+    if size > max_bytes:
+        raise UnsafeArchive("member_too_large", f"{ref}: {size} bytes (cap {max_bytes})")
+    data = os.pread(fd, size, offset)
+    if len(data) < size:
+        raise ArchiveChanged(f"{archive}: the file shrank while it was read (member {member!r} cut short)")
+    return data
 
 
 @functools.lru_cache(maxsize=64)  # closed when dropped from the cache: 64 files open at most
@@ -443,20 +483,8 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
             raise UnsafeArchive("duplicate_key", repeated(ref))
         return read_zip_member(zf, zf.getinfo(member), max_bytes)
     index = _tar_index(str(archive), found.st_mtime_ns, found.st_size)
-    if member not in index:
-        raise FileNotFoundError(f"{ref}: no such regular member (or refused as unsafe)")
-    entry = index[member]
-    if entry is None:
-        raise UnsafeArchive("duplicate_key", repeated(ref))
-    offset, size = entry
-    if size > max_bytes:
-        raise UnsafeArchive("member_too_large", f"{ref}: {size} bytes (cap {max_bytes})")
     with open(archive, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) < size:
-        raise ArchiveChanged(f"{archive}: the file shrank while it was read (member {member!r} cut short)")
-    return data
+        return _member_at(index, f.fileno(), archive, member, max_bytes)
 
 
 def repeated(ref: str) -> str:

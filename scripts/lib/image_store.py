@@ -28,11 +28,13 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.io import check_output_kind
 from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
+from scripts.lib.safe_paths import link_opened, open_within, opened_real_path
 from scripts.lib.tables import parquet_source, write_parquet
 from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp, unremovable_folder
 
@@ -88,14 +90,17 @@ def _rename_in(tmp: Path, path: Path) -> None:
         os.removexattr(path, TEMP_XATTR, follow_symlinks=False)  # no longer a temp
 
 
-def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
-    """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused).
-    Never writes into an existing file: a link or a temp copy renamed over `dst` (the temp in `tmp_dir`
-    when that is on `dst`'s filesystem, else beside `dst`)."""
+def link_file(src: Path, dst: Path, tmp_dir: Path | None = None, opened: BinaryIO | None = None) -> None:
+    """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused), never writing
+    into an existing file: a link or a temp copy (in `tmp_dir` on `dst`'s filesystem, else beside it) renamed over
+    `dst`. `opened`: `src` as the caller opened and checked it, the link proved of it and the copy read from it."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
-        return
+        if opened is None:
+            os.link(src, dst)
+            return
+        if link_opened(opened, src, dst):  # False where no link can be made: a copy then
+            return
     except FileExistsError:
         pass  # a copy: a linked temp could not be tagged (the tag would land on `src`, the same file)
     except OSError as exc:
@@ -105,9 +110,9 @@ def link_file(src: Path, dst: Path, tmp_dir: Path | None = None) -> None:
         tmp_dir = None  # the copy is renamed in, and no rename crosses filesystems: its temp goes beside `dst`
     tmp = _temp_path(dst, tmp_dir)
     with _removed_on_failure(tmp, dst):
-        with open(tmp, "xb") as f:
+        with open(tmp, "xb") as f, contextlib.nullcontext(opened) if opened else open(src, "rb") as source:
             mark_temp(f.fileno())
-        shutil.copyfile(src, tmp)
+            shutil.copyfileobj(source, f)
         _rename_in(tmp, dst)
 
 
@@ -179,19 +184,22 @@ def _manifest_columns(manifest: Path, columns: list[str]) -> dict[str, list]:
 
 
 def file_sha256(path: Path, root: Path) -> str:
-    """The sha256 of the store or output file `path` from ONE open, checked there (safe_paths.open_within: in
-    `root`, a regular file, not a link): opened by name, a link out (the key file it names) or a FIFO put there
-    after the lstat was hashed or blocked the run."""
-    from scripts.lib.safe_paths import open_within
+    with _opened_in(path, root) as f:  # a store or output file, from one open checked there
+        return hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]  # a BufferedReader
 
+
+def _opened_in(path: Path, root: Path, *, own_folder: bool = False) -> BinaryIO:
+    """`path` opened ONCE, checked there (safe_paths.open_within: in `root`, a regular file, not a link). `own_folder`:
+    a store file `<store>/<ab>/<key>.<ext>` whose folder is no link (`ab -> /elsewhere` or `ab -> cd` passed)."""
     try:
-        with open_within(path, root, follow=False) as f:
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
+        file = open_within(path, root, follow=False)
     except FileNotFoundError:
         raise DataError(f"{shown(path)}: removed while it was read") from None
+    own = os.path.join(os.path.realpath(path.parent.parent), *path.parts[-2:])  # <store>/<ab>/<name>
+    if own_folder and opened_real_path(file, path) != own:
+        file.close()
+        raise DataError(f"{shown(path)}: its folder is a link (to another folder of the store or out of it)")
+    return file
 
 
 # ---------------------------------------------------------------- the generation store
@@ -476,11 +484,11 @@ class OutputFolder:
         write_file_atomic(self.root / file, data)
 
     def link(self, src: Path, file: str) -> None:
-        """`file` the image `src` (of the store): a hard link, or a copy whose temp is in this folder (the
-        store's may be on another filesystem, and a rename across one fails)."""
-        self.digests[file] = file_sha256(src, src.parent)
-        self.journal.add(file, self.digests[file])
-        link_file(src, self.root / file)
+        """`file` the image `src` of the store, from one open checked there: a hard link, or a copy (temp here)."""
+        with _opened_in(src, src.parent, own_folder=True) as opened:
+            self.digests[file] = hashlib.file_digest(opened, "sha256").hexdigest()  # type: ignore[arg-type]
+            self.journal.add(file, self.digests[file])
+            link_file(src, self.root / file, opened=opened)
 
     def digests_of(self, files: list[str]) -> dict[str, str]:
         """file -> sha256 of each of `files` (read here when this run neither wrote nor verified it)."""

@@ -82,16 +82,32 @@ def _images_in(kind: str, file: BinaryIO, path: Path, rel: str) -> Iterator[tupl
 
 def release_image_bytes(release_dir: Path, ref: str) -> bytes:
     """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row). A
-    part is read with one name, as publish reads the release's other files (or as DVC's cache.type hardlink
-    checkout left it): a hard link to a file outside the release kept its name and passed every check."""
+    shard or part is opened ONCE with one name, checked there (in the release, a regular file), as publish reads
+    the release's other files (or as DVC's cache.type hardlink checkout left it): a shard was read by name (a
+    link out or FIFO put there was read), and a hard link to a file outside the release kept its name and
+    passed every check."""
     archive, sep, member = ref.partition("!/")
-    if sep and archive.endswith(".parquet"):
+    if sep and archive.lower().endswith((".parquet", ".tar")):
         path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
-        try:  # one open, checked there (in the release, a regular file): a link out or FIFO put there is refused
+        try:
             with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy, dvc_cache=True) as file:
+                if path.suffix.lower() == ".tar":
+                    return _shard_image(file, path, member, listed)
                 return part_images(file, path)[member]  # the part read once, not a row
         except FileNotFoundError:
             raise DataError(f"{path}: not found ({listed})") from None
         except KeyError:
             raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
     return image_bytes(str(Path(release_dir) / ref))
+
+
+def _shard_image(file: BinaryIO, path: Path, member: str, listed: str) -> bytes:
+    """The member `member` of the shard `file` (opened and checked by release_image_bytes), in image_bytes' words."""
+    from scripts.lib.archive import UnsafeArchive, read_opened_member
+
+    try:
+        return read_opened_member(file, path, member)
+    except FileNotFoundError:
+        raise DataError(f"{path}!/{member}: image not found ({listed})") from None
+    except UnsafeArchive as exc:
+        raise DataError(f"{path}!/{member}: refused ({exc.reason})") from None
