@@ -11,7 +11,7 @@ repository, checked again once open (safe_paths.read_within).
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import MAX_CONFIG_BYTES
@@ -73,24 +73,54 @@ def git_entry(repo: str, commit: str, path: str, where: str) -> tuple[str, str, 
     """(mode, kind, size) of `path`'s entry in `commit`'s tree, None when there is none (a DVC output is no
     git entry); a symbolic link is one line: git stores it as its target's text, which DVC's filesystem and
     `git cat-file` read as the file (a params.yaml "expected a mapping", a dvc.lock of no stages at exit 0),
-    where the workspace's link out of the repository is refused."""
+    where the workspace's link out of the repository is refused. So is a folder on the way stored as a
+    link (`data/releases -> /elsewhere`): its files were "not found", the link never named."""
+    folders = [str(p) for p in reversed(PurePosixPath(path).parents) if str(p) != "."]
     try:
         found = subprocess.run(  # literal: a path is no pattern; --full-tree: from the top, whatever the cwd
-            ["git", "--literal-pathspecs", "ls-tree", "-l", "-z", "--full-tree", commit, "--", path],
+            ["git", "--literal-pathspecs", "ls-tree", "-l", "-z", "--full-tree", commit, "--", path, *folders],
             cwd=repo,
             capture_output=True,
             timeout=GIT_TIMEOUT_S,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DataError(f"{where}: git ls-tree failed ({type(exc).__name__})") from None
+    entries = {}  # name -> [mode, kind, object, size]; a folder that is a tree may list its files: not looked at
     for record in found.stdout.split(b"\0") if found.returncode == 0 else []:
         fields, _, name = record.partition(b"\t")
-        parts = fields.decode("ascii", "replace").split()
-        if name == path.encode("utf-8", "surrogateescape") and len(parts) == 4:
-            if parts[0] == GIT_LINK_MODE:
-                raise DataError(f"{where}: is a symbolic link in git; refusing to read it")
-            return parts[0], parts[1], parts[3]
-    return None
+        entries[name] = fields.decode("ascii", "replace").split()
+    for folder in folders:
+        if entries.get(folder.encode("utf-8", "surrogateescape"), [""])[0] == GIT_LINK_MODE:
+            raise DataError(
+                f"{where}: a folder on its way ({shown(folder)}) is a symbolic link in git; refusing to read it"
+            )
+    parts = entries.get(path.encode("utf-8", "surrogateescape"), [])
+    if len(parts) != 4:
+        return None
+    if parts[0] == GIT_LINK_MODE:
+        raise DataError(f"{where}: is a symbolic link in git; refusing to read it")
+    return parts[0], parts[1], parts[3]
+
+
+def refuse_git_links(repo: str, revs, paths, labels: dict[str, str]) -> None:
+    """Each of `paths` at each commit of `revs` (the workspace's are checked as read) that git stores as a
+    link, or under a folder it stores as one, is one line: `dvc metrics diff` and `dvc plots diff` read the
+    link's target text as the file (a plot of no points at that revision, at exit 0)."""
+    for rev in (r for r in revs if r != WORKSPACE):
+        for path in paths:
+            git_entry(repo, rev, path, f"{shown(labels.get(rev, rev))}:{path}")
+
+
+def plot_files(plots: dict) -> list[str]:
+    """The files `dvc plots diff --json` names: its plot ids (a plot file's path) and its points' `filename`s."""
+    from scripts.tools.plot_points import _plot_points
+
+    data = plots.get("data") if isinstance(plots.get("data"), dict) else {}
+    named = set(data)
+    for entries in data.values():
+        for entry in [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []:
+            named |= {p["filename"] for p in _plot_points(entry) if isinstance(p.get("filename"), str)}
+    return sorted(n for n in named if isinstance(n, str) and n and not n.startswith("/"))
 
 
 def _blob_bytes(repo: str, spec: str, where: str) -> bytes:

@@ -89,16 +89,24 @@ def _odd_status(status) -> str | None:
     return None
 
 
-def readable(repo: str, rev: str, path: str) -> bool:
-    """`path` at `rev` from the cache or a remote (DVCFileSystem fetches it)."""
+def readable(repo: str, rev: str, path: str, where: str = "") -> bool:
+    """`path` at commit `rev` from the cache or a remote (DVCFileSystem fetches it). One git stores as a link,
+    or under a folder it stores as one, is one line (git_entry, as diff asks): its target's text was read as
+    the file, "readable", and the base's release was never built."""
     from scripts.tools import diff
+    from scripts.tools.lock_text import git_entry
 
+    git_entry(repo, rev, path, where or f"{rev}:{path}")
     try:
         with diff.open_fs(repo, rev).open(path, "rb") as f:
             f.read(1)
         return True
     except Exception:
         return False
+
+
+def _rows(release: str) -> str:
+    return f"data/releases/{release}/rows.parquet"
 
 
 def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -> None:
@@ -153,6 +161,7 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
     """pr-build's work, its output locked: dvc repro (or pull), the base's missing releases, build.json."""
     from scripts.lib.io import atomic_path
     from scripts.tools.diff import open_fs, releases_at
+    from scripts.tools.lock_text import git_entry
     from scripts.tools.pr_comment import release_pairs, unchanged_releases
     from scripts.tools.side_inputs import commit_of
 
@@ -176,14 +185,16 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
             if dvc(["repro", "--pull"], repo) != 0:
                 raise DataError("dvc repro --pull failed (see the log above)")
     unchanged = unchanged_releases(str(repo), base_rev, "workspace")
-    try:
-        at_base = releases_at(open_fs(str(repo), base_rev))
-    except (DataError, FileNotFoundError):  # a verified commit with no (readable) params.yaml: all is new
+    try:  # a base with no params.yaml: all is new; one there but unreadable (a link in git) is its one line
+        at_base = releases_at(open_fs(str(repo), base_rev), base_name)
+    except (DataError, FileNotFoundError):  # (DVC's exists() is False for a link git stores: git is asked)
+        if git_entry(str(repo), base_rev, "params.yaml", shown(f"{base_name}:params.yaml")) is not None:
+            raise
         at_base = {}
     pairs = release_pairs(at_base, releases_at(open_fs(str(repo), "workspace")))
     changed = [(a, b) for a, b in pairs if not (a == b and b in unchanged)]
     missing = sorted(
-        {a for a, _ in changed if a and not readable(str(repo), base_rev, f"data/releases/{a}/rows.parquet")}
+        {a for a, _ in changed if a and not readable(str(repo), base_rev, _rows(a), shown(f"{base_name}:{_rows(a)}"))}
     )
     if missing:
         print(

@@ -161,11 +161,9 @@ def metrics_section(repo: str, base_rev: str, head_rev: str, labels: dict[str, s
     """`dvc metrics diff` of data/summary.json and the stats.json of `releases` (plain outputs, not
     metrics, so that `dvc exp show` stays narrow: named as targets)."""
     targets = ["data/summary.json", *(f"data/releases/{r}/stats.json" for r in releases)]
-    from scripts.tools.lock_text import git_entry
+    from scripts.tools.lock_text import refuse_git_links
 
-    for rev in (r for r in (base_rev, head_rev) if r != "workspace"):  # (commits) a link is its target's text
-        for target in targets:
-            git_entry(repo, rev, target, f"{shown(labels.get(rev, rev))}:{target}")
+    refuse_git_links(repo, (base_rev, head_rev), targets, labels)  # (commits) a link is its target's text
     result = dvc(["metrics", "diff", base_rev, *_dvc_rev(head_rev), "--json", "--targets", *targets], repo)
     lines = ["### Metrics (`dvc metrics diff`)", ""]
     head = labels.get(head_rev, head_rev)
@@ -186,7 +184,9 @@ def _error_line(text: str) -> str:
     return cell(errors[-1].strip(), 300) if errors else cell(_last_line(text), 300)
 
 
-def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: str | None) -> list[str]:
+def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: str | None, labels=None) -> list[str]:
+    from scripts.tools.lock_text import plot_files, refuse_git_links
+
     lines = ["### Plots (`dvc plots diff`)", ""]
     with tempfile.TemporaryDirectory() as tmp:  # -o: image plots are copied there, not into the repository
         result = dvc(["plots", "diff", base_rev, *_dvc_rev(head_rev), "--json", "-o", tmp], repo)
@@ -195,6 +195,7 @@ def plots_section(repo: str, base_rev: str, head_rev: str, out: Path, run_url: s
     plots = dvc_json(result.stdout)
     if plots is None:
         return lines + ["_dvc plots diff failed: its --json output is not an object of plots_"]
+    refuse_git_links(repo, (base_rev, head_rev), plot_files(plots), labels or {})  # dvc read a link's target text
     changes = plot_changes(plots, base_rev, head_rev)
     from scripts.lib.io import atomic_path
 
@@ -337,7 +338,6 @@ def release_details(reports: list) -> list[str]:
 def build_body(
     repo: str, base_rev: str, head_rev: str, out: Path, assets_url: str | None = None, run_url: str | None = None
 ) -> str:
-
     labels = {base_rev: base_rev, head_rev: head_rev}
     base_sha = _git_rev(repo, base_rev)  # dvc commands get the commit: a ref like origin/main has a slash
     head_name, head_rev = head_rev, head_rev if head_rev == "workspace" else _git_rev(repo, head_rev)
@@ -366,7 +366,7 @@ def build_body(
     # the head's column named as the title names it (its commit was shown: the labels held the base only)
     metric_labels = {base_sha: base_rev, head_rev: head_name}
     lines += metrics_section(repo, base_sha, head_rev, metric_labels, [b for _, b in shown]) + [""]
-    plots = plots_section(repo, base_sha, head_rev, out, run_url)
+    plots = plots_section(repo, base_sha, head_rev, out, run_url, metric_labels)
     body = "\n".join(lines + plots) + "\n"
     if len(body) > MAX_BODY:  # the plot tables go first, then the row details are cut
         body = "\n".join(lines + plots[:3] + ["", "_Plot details left out (comment size limit)._"]) + "\n"
