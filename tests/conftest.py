@@ -88,6 +88,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+# the variables that name a credential file the SDKs (and import_env.file_credentials) read
+CREDENTIAL_VARIABLES = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "NETRC", "HF_TOKEN_PATH", "HF_HOME")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A home of the test's own: no credential file of the machine's is read, none of the variables naming one."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    for name in CREDENTIAL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """`build(folder)` once per test run, in a folder all xdist workers of the run share (the parent of
     each worker's base temp); a failed build fails every test that asks for it, without a second try."""

@@ -36,7 +36,6 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 KEY = "sk-R28cPRINTEDkey0123456789abcdEF"  # long: found by pieces
 SHORT = "Hx7pass9Qw"  # short (under 16 characters): found whole, in any encoding
 FILE_SECRET = "R28cFILEsecret0123456789abcdEFghIJ"
-CREDENTIAL_VARIABLES = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "NETRC", "HF_TOKEN_PATH", "HF_HOME")
 
 
 def readable(text: str, secret: str) -> bool:
@@ -44,18 +43,6 @@ def readable(text: str, secret: str) -> bool:
     folded = text.casefold()
     joined = "".join(char for char in folded if char.isalnum())
     return secret.casefold() in folded or secret.casefold() in joined
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A home of the test's own: no credential file of the machine's is read, none of the variables naming one."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("HOME", str(folder))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    for name in CREDENTIAL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    return folder
 
 
 def clean_params(root: Path) -> None:

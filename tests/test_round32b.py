@@ -29,21 +29,8 @@ from helpers.workspace import run_scripts
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
 
-CREDENTIAL_VARIABLES = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "NETRC", "HF_TOKEN_PATH", "HF_HOME")
 LONG = "R32bFILEsecret0123456789abcdEFgh"  # no key shape: found only as a known secret
 SHORT = "Qz7hunt3rX"  # under 16 characters: the params check finds it only as a whole value
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A home of the test's own: no credential file of the machine's is read, none of the variables naming one."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("HOME", str(folder))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    for name in CREDENTIAL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    return folder
 
 
 @pytest.fixture(params=["in process", pytest.param("subprocess", marks=pytest.mark.slow)])

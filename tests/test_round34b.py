@@ -18,38 +18,13 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from helpers.refusals import assert_one_line, outcome
 from scripts.lib import export
-from scripts.lib.errors import DataError
 from scripts.lib.image_store import OutputFolder
-
-
-def outcome(call: Callable[[], object]) -> object:
-    """What `call` returned or raised, run in a thread (a FIFO opened by name blocks the read)."""
-    result: list = []
-
-    def run() -> None:
-        try:
-            result.append(call())
-        except Exception as exc:
-            result.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(5)
-    assert not thread.is_alive(), "the read blocked (a FIFO opened by name)"
-    return result[0]
-
-
-def assert_one_line(result: object, expected: str, named: str) -> None:
-    assert isinstance(result, DataError), f"not refused: {result!r}"
-    assert expected in str(result) and named in str(result) and "\n" not in str(result), str(result)
-
 
 # ---------------------------------------------------------------- 1. release_image_bytes: a shard, one open
 
