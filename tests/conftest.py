@@ -90,6 +90,8 @@ def pytest_collection_modifyitems(items):
 
 # the variables that name a credential file the SDKs (and import_env.file_credentials) read
 CREDENTIAL_VARIABLES = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "NETRC", "HF_TOKEN_PATH", "HF_HOME")
+# the variables that move the folders of the credential files and of DVC's and git's configs
+CONFIG_VARIABLES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "DVC_GLOBAL_CONFIG_DIR")
 
 
 @pytest.fixture
@@ -98,8 +100,8 @@ def home(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "home"
     folder.mkdir()
     monkeypatch.setenv("HOME", str(folder))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    for name in CREDENTIAL_VARIABLES:
+    monkeypatch.setenv("DVC_SYSTEM_CONFIG_DIR", str(folder / "system-dvc"))  # not the machine's /etc/xdg/dvc
+    for name in CREDENTIAL_VARIABLES + CONFIG_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return folder
 

@@ -1,4 +1,4 @@
-"""Secrets held in files rather than the environment: the credential files the SDKs read and DVC's config.
+"""Secrets held in files rather than the environment: the credential files the SDKs and git read, DVC's configs.
 
 An S3 or Hub error, a dvc child's error may quote one; a source path holding one went into dvc.lock and the
 ingest report. import_env.known_secrets redacts them from every printed line, and yaml_text.refuse_secrets
@@ -23,9 +23,9 @@ def credential_sources() -> dict[str, str]:
     """{secret: the file it was read from, in words} for the credentials the SDKs read from files: every
     profile's keys in the AWS credentials and config files (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, else
     ~/.aws/; AWS_PROFILE picks one, any may be used), the passwords of ~/.netrc (NETRC; requests and curl send
-    them), and huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token`
-    and `stored_tokens`). A file missing, unreadable, not a regular file or not what it should be adds none:
-    never a failure of the command (nor its line)."""
+    them), huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token` and
+    `stored_tokens`) and git's credential store (git_store_credentials). A file missing, unreadable, not a
+    regular file or not what it should be adds none: never a failure of the command (nor its line)."""
     home = os.path.expanduser("~")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     hf_home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
@@ -42,7 +42,7 @@ def credential_sources() -> dict[str, str]:
     found[token] = "the Hub's token file"
     netrc = _bounded_text(os.environ.get("NETRC") or os.path.join(home, ".netrc"))
     found |= dict.fromkeys(_netrc_passwords(netrc), "the netrc file")
-    return _secrets_only(found)
+    return _secrets_only(found) | git_store_credentials()
 
 
 def _secrets_only(found: dict[str, str]) -> dict[str, str]:
@@ -60,25 +60,59 @@ _DVC_FILE_OPTION = re.compile(r"(?i)file|path$")
 
 
 def dvc_config_credentials() -> dict[str, str]:
-    """{secret: the config file} of the credentials the DVC configs of the repository holding the current folder
-    name (.dvc/config and .dvc/config.local): each remote's password, keys and tokens (_DVC_SECRET_OPTION) and a
-    URL's password. A dvc child's error or an S3 error quoting one was printed as it came, and a source path holding
-    one went into dvc.lock. Read bounded (_bounded_text), as configparser reads DVC's configobj INI; none when
-    missing or unreadable."""
+    """{secret: the config file} of the credentials DVC's configs hold: the repository's (of the current folder:
+    .dvc/config and .dvc/config.local) and, as DVC merges them under it, the user's global and the system's
+    config (dvc_config_files): each remote's password, keys and tokens (_DVC_SECRET_OPTION) and a URL's password.
+    A dvc child's error or an S3 error quoting one was printed as it came, and a source path holding one went
+    into dvc.lock (`dvc remote modify --global` keeps a key out of the repository, not out of our lines). Read
+    bounded (_bounded_text), as configparser reads DVC's configobj INI; none when missing or unreadable."""
     from scripts.lib.errors import names_a_file
 
-    root = _repository_root()
-    if root is None:
-        return {}
     found: dict[str, str] = {}
-    for name in ("config", "config.local"):
-        for option, value in _ini_items(_bounded_text(os.path.join(root, ".dvc", name)), configobj=True):
+    for path, where in dvc_config_files():
+        for option, value in _ini_items(_bounded_text(path), configobj=True):
             if option == "url" or option.endswith("_url"):
                 value = _url_password(value)
             elif not _DVC_SECRET_OPTION.search(option) or _DVC_FILE_OPTION.search(option) or names_a_file(value):
                 continue
             if value.lower() not in ("true", "false"):
-                found[value] = f".dvc/{name}"
+                found[value] = where
+    return _secrets_only(found)
+
+
+def dvc_config_files() -> list[tuple[str, str]]:
+    """(path, how a line names it) of the config files DVC reads, in DVC's own places (dvc.dirs): the system's
+    (DVC_SYSTEM_CONFIG_DIR, else the first of XDG_CONFIG_DIRS or /etc/xdg, then `dvc/config`), the user's
+    global one (DVC_GLOBAL_CONFIG_DIR, else XDG_CONFIG_HOME or ~/.config, then `dvc/config`), and those of the
+    repository holding the current folder. platformdirs (a dvc dependency) gives the first two as DVC does."""
+    files: list[tuple[str, str]] = []
+    try:
+        import platformdirs
+
+        system = os.environ.get("DVC_SYSTEM_CONFIG_DIR") or platformdirs.site_config_dir("dvc", "iterative")
+        user = os.environ.get("DVC_GLOBAL_CONFIG_DIR") or platformdirs.user_config_dir("dvc", "iterative")
+        files += [
+            (os.path.join(system, "config"), "DVC's system config"),
+            (os.path.join(user, "config"), "DVC's global config"),
+        ]
+    except ImportError:  # no DVC installed: its configs are read by nothing
+        pass
+    root = _repository_root()
+    if root is not None:
+        files += [(os.path.join(root, ".dvc", name), f".dvc/{name}") for name in ("config", "config.local")]
+    return files
+
+
+def git_store_credentials() -> dict[str, str]:
+    """{password: git's credential store} of each `https://user:password@host` line of the files git's `store`
+    helper keeps (~/.git-credentials, then XDG_CONFIG_HOME's or ~/.config's git/credentials): tag, pr-build and
+    replay-history run git, whose errors can quote a remote's URL."""
+    home = os.path.expanduser("~")
+    config = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    found: dict[str, str] = {}
+    for path in (os.path.join(home, ".git-credentials"), os.path.join(config, "git", "credentials")):
+        for line in _bounded_text(path).splitlines():
+            found[_url_password(line.strip())] = "git's credential store"
     return _secrets_only(found)
 
 
