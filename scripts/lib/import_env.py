@@ -224,6 +224,14 @@ def redact_known(value: Any, api_key: str | None) -> Any:
 _KNOWN: tuple[tuple, tuple[str, ...]] | None = None  # (what it was read for, the secrets): one read per process
 
 
+def _current_folder() -> str | None:
+    """os.getcwd(), or None when the folder the command runs in was deleted (its line must still be printed)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def known_secrets() -> tuple[str, ...]:
     """The secrets a printed line must not hold, longest first: the environment's (params.yaml_text.
     secret_env_values: a variable named like a secret, or named by an `*_env` key of params.yaml), each proxy's
@@ -233,7 +241,7 @@ def known_secrets() -> tuple[str, ...]:
     credential files for each cost milliseconds a line."""
     global _KNOWN
     environ = getattr(os.environ, "_data", os.environ)  # its bytes as they are: decoding each item cost more
-    state = (tuple(environ.items()), os.getcwd())
+    state = (tuple(environ.items()), _current_folder())
     if _KNOWN is not None and _KNOWN[0] == state:
         return _KNOWN[1]
     from scripts.lib.key_redaction import proxy_credentials
