@@ -8,6 +8,7 @@ fails when docs/params.md differs from `render()`.
 from __future__ import annotations
 
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.marks import mark_file
 from scripts.lib.params import ENTRY_SECTIONS, SECTION_MODELS, Params
@@ -242,8 +244,19 @@ def _generated_reference(path: Path) -> bool:
     return head.startswith("\n\n".join(first))
 
 
+def refuse_stripped_docstrings() -> None:
+    """Each section's text is its model's docstring, which `python -OO` (PYTHONOPTIMIZE=2) strips: the run was an
+    internal error (None.split) after the lock, and a reference written so would lose every section's text."""
+    if sys.flags.optimize >= 2:
+        raise DataError(
+            "params-doc: python runs with -OO (PYTHONOPTIMIZE=2 or more), which strips the docstrings each "
+            "section's text is read from; run it without"
+        )
+
+
 def cli(output: Path = typer.Argument(DOC, help="where to write the reference (default docs/params.md)")) -> None:
     """Write the params.yaml reference (docs/params.md) from scripts/lib/params/."""
+    refuse_stripped_docstrings()
     with output_lock(output, whole_run=True):  # a second run at once is refused before it marks the output
         text = render()
         if _generated_reference(output):  # git keeps no mark: a clone's reference is known by what it says it is
