@@ -15,7 +15,7 @@ import os
 import sys
 
 from scripts.lib.errors import DataError, shown
-from scripts.lib.failure_lines import capped, internal_error_line, traceback_asked, with_limit_hint
+from scripts.lib.failure_lines import capped, folder_gone_line, internal_error_line, traceback_asked, with_limit_hint
 from scripts.lib.interrupts import (
     STOPPING_SIGNALS,
     Interrupted,
@@ -425,17 +425,6 @@ def _library_out_of_memory(exc: BaseException) -> bool:
 WIDTHS = (40, 1000)  # the terminal widths typer's help and usage errors are laid out in
 
 
-def _folder_gone() -> str | None:
-    """The line for a command started in a folder that was deleted (removed in another terminal, or by a checkout):
-    every path it is given is relative to that folder, and each step failed at its own first use of it, as a bare
-    "No such file or directory" naming nothing, or a line that could not be checked for secrets."""
-    try:
-        os.getcwd()
-    except OSError as exc:
-        return f"the current folder cannot be read ({exc.strerror}: deleted?); cd to the repository's root again"
-    return None
-
-
 def _bounded_terminal_width() -> None:
     """COLUMNS and TERMINAL_WIDTH lay out typer's help and usage errors, every line padded to the width by
     rich: COLUMNS=99999999 printed `split --help` as 500 MB in 20 s and went on, 1e21 was an OverflowError
@@ -453,7 +442,7 @@ def _bounded_terminal_width() -> None:
 
 def _main(argv: list[str] | None) -> int:
     _bounded_terminal_width()
-    if (gone := _folder_gone()) is not None:
+    if gone := folder_gone_line():
         return _error(gone)
     try:
         import typer

@@ -1,7 +1,7 @@
 """A command started in a folder that was deleted (removed from another terminal, or by a checkout) says so in one
 line, exit 2. Every path a command is given is relative to that folder: each step failed at its own first use of
 it, as a bare `error: No such file or directory` naming nothing, or as "the failure's line could not be checked
-for secrets" (the redaction's cache key asked for the folder). Every row failed before (cli._folder_gone; a
+for secrets" (the redaction's cache key asked for the folder). Every row failed before (failure_lines.folder_gone_line; a
 folder deleted mid-run: import_env's cache key no longer asks for it).
 """
 

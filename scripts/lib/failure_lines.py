@@ -68,3 +68,14 @@ def _inside(filename: str) -> bool:
     except (ValueError, OSError):
         return False
     return True
+
+
+def folder_gone_line() -> str | None:
+    """The line for a command started in a folder that was deleted (from another terminal, or by a checkout):
+    every path it is given is relative to that folder, and each step failed at its own first use of it, as a bare
+    "No such file or directory" naming nothing, or a line that could not be checked for secrets."""
+    try:
+        os.getcwd()
+    except OSError as exc:
+        return f"the current folder cannot be read ({exc.strerror}: deleted?); cd to the repository's root again"
+    return None
