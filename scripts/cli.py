@@ -16,6 +16,7 @@ import sys
 
 from scripts.lib.errors import DataError, shown
 from scripts.lib.failure_lines import capped, folder_gone_line, internal_error_line, traceback_asked, with_limit_hint
+from scripts.lib.import_env import checked_line
 from scripts.lib.interrupts import (
     STOPPING_SIGNALS,
     Interrupted,
@@ -214,12 +215,7 @@ def _redacted(text):
     cannot be checked (at the open-file limit the secrets cannot be read) is left out, never shown as it came."""
     if not isinstance(text, str) or not text.strip() or text in _NO_DATA:
         return text
-    try:
-        from scripts.lib.import_env import redact_line
-
-        return redact_line(text)
-    except Exception:
-        return "(a line left out: it could not be checked for secrets)" + "\n" * text.endswith("\n")
+    return checked_line(text)
 
 
 _NO_DATA: set[str] = set()  # lines of ours that quote nothing (no path, no value): shown even where _redacted fails
@@ -324,15 +320,17 @@ def _failure_line(text: str) -> str:
     password or key shown. Redacting imports what names the secrets (params, the key encodings): at the open-file
     limit those imports fail, and the OSError was a traceback at exit 1; the text is then left out, not shown as
     it came."""
-    try:
-        from scripts.lib.import_env import redact_line
+    unchecked: list[str] = []
 
-        return capped(with_limit_hint(shown(redact_line(text))))
-    except Exception as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        line = with_limit_hint(f"the failure's line could not be checked for secrets ({reason}), so it is left out")
-        _NO_DATA.add(f"error: {line}")
-        return line
+    def left_out(reason: str) -> str:
+        unchecked.append(
+            with_limit_hint(f"the failure's line could not be checked for secrets ({reason}), so it is left out")
+        )
+        _NO_DATA.add(f"error: {unchecked[0]}")
+        return unchecked[0]
+
+    said = checked_line(text, left_out)
+    return said if unchecked else capped(with_limit_hint(shown(said)))
 
 
 def _internal_error(exc: BaseException | None) -> int:

@@ -210,6 +210,22 @@ def redact_line(text: str) -> str:
     return text
 
 
+LEFT_OUT = "(a line left out: it could not be checked for secrets)"
+
+
+def checked_line(text: str, left_out: Callable[[str], str] | None = None) -> str:
+    """`text` through redact_line, or, where that fails (its imports and the secrets' files at the open-file
+    limit), never `text` as it came: `left_out(reason)` (default: LEFT_OUT, on a line of its own as `text` was).
+    What cli writes on standard output and error, its error line, and what Ray's threads write to descriptor 2
+    (ray_workers.RedactedLines) all go through it."""
+    try:
+        return redact_line(text)
+    except Exception as exc:
+        if left_out is None:
+            return LEFT_OUT + "\n" * text.endswith("\n")
+        return left_out(exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
+
+
 def redact_known(value: Any, api_key: str | None) -> Any:
     """key_redaction.redact_key for the API key and every other secret known (known_secrets): what a server's reply
     or error body echoes of the Hub token or an AWS key of a credentials file went into the response cache,

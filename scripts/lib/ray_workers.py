@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import psutil
 
+from scripts.lib.import_env import checked_line
 from scripts.lib.params import PARAMS_FILE
 
 
@@ -61,18 +62,6 @@ class RedactedLines:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
-
-
-def checked_line(text: str) -> str:
-    """`text` through import_env.redact_line (a known secret, an `*_env` variable's value, a URL's password hidden),
-    or, where that fails (an import at the open-file limit), a line saying it was left out: never `text` as it
-    came. ClusterWatch's last line, written to descriptor 2 itself, showed the address's password hidden alone."""
-    try:
-        from scripts.lib.import_env import redact_line
-
-        return redact_line(text)
-    except Exception:
-        return "(a line left out: it could not be checked for secrets)" + "\n" * text.endswith("\n")
 
 
 # a local Ray's folder of ours (`ray-` and mkdtemp's 8 characters) holds OWNER_FILE: `PID START` of the command

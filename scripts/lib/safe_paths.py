@@ -7,10 +7,13 @@ path, or a link in the folder pointing out of it is one line naming the table an
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import os
+import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -289,3 +292,129 @@ def matches(root: Path, pattern: str) -> list[Path]:
     if not root.is_dir():
         return []  # as glob finds nothing there
     return sorted(path for path in root.iterdir() if fnmatch.fnmatchcase(path.name.lower(), pattern.lower()))
+
+
+# What a run makes inside a folder of its own (replay-history's DEST, sample-data's output), by identity: moved
+# here from replay_history, its first user, as sample_data makes its tree through it too.
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# what a name another put there mid-run gives: it exists, is a link (ELOOP), a FIFO without reader (ENXIO), is
+# not the folder made (ENOTDIR), is gone (ENOENT)
+PLANTED = {errno.EEXIST, errno.ELOOP, errno.ENXIO, errno.ENOTDIR, errno.ENOENT}
+
+
+class MadeHere:
+    """What a run makes under `base`, each entry recorded by identity (device, inode) as it is made. A name is
+    made or opened relative to the open folder above it, with no link followed, so an entry another put there
+    mid-run (a link, a FIFO, a file or a folder of theirs) is refused, never written through; `remove` deletes
+    what the run made, by identity, never by name. `sub` is the same record seen from one of its folders."""
+
+    def __init__(self, base: Path, prefix: str = "", entries: dict[str, tuple[int, int]] | None = None, pin=False):
+        self.base, self.prefix, self.pin = base, prefix, pin
+        self.entries = {} if entries is None else entries
+        # with `pin` (for `remove`), a top-level entry made is held open (O_PATH) for the run: its inode cannot be
+        # freed, so a user's entry put in its place never has its number (a folder removed and made again had it)
+        self.pins: dict[str, int] = {}
+
+    def sub(self, name: str) -> MadeHere:
+        view = MadeHere(self.base, f"{self.prefix}{name}/", self.entries, self.pin)
+        view.pins = self.pins
+        return view
+
+    def close(self) -> None:
+        for pin in self.pins.values():
+            os.close(pin)
+        self.pins.clear()
+
+    def _made(self, key: str, folder: int, leaf: str) -> None:
+        """Record `key`, just made as `leaf` in the open `folder`; pin it if top-level."""
+        self.entries[key] = identity(os.stat(leaf, dir_fd=folder, follow_symlinks=False))
+        if self.pin and "/" not in key:
+            self.pins[key] = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+
+    def new_folder(self, rel: str) -> None:
+        with self._parent(rel) as (folder, leaf, key):
+            os.mkdir(leaf, dir_fd=folder)
+            self._made(key, folder, leaf)
+
+    def new_link(self, rel: str, target: str) -> None:
+        with self._parent(rel) as (folder, leaf, key):
+            os.symlink(target, leaf, dir_fd=folder)
+            self._made(key, folder, leaf)
+
+    def new_file(self, rel: str, data: bytes, mode: int | None = None) -> None:
+        with (
+            self._parent(rel) as (folder, leaf, key),
+            os.fdopen(os.open(leaf, NEW_FILE_FLAGS, 0o666, dir_fd=folder), "wb") as file,
+        ):
+            self._made(key, folder, leaf)
+            if mode is not None:  # a tracked script keeps its exec bit, as shutil.copy2 kept it
+                os.fchmod(file.fileno(), mode)
+            file.write(data)
+
+    def rewrite(self, rel: str, data: bytes) -> None:
+        """New contents for a file this run made, refused unless the name still holds that regular file: a new
+        file beside it renamed over it (a rename replaces a link there, never writes through one)."""
+        with self._parent(rel) as (folder, leaf, key):
+            status = os.stat(leaf, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(status.st_mode) or identity(status) != self.entries.get(key):
+                raise FileExistsError(errno.EEXIST, "not the file this run made")
+            temp = f".{leaf}.tmp-new"
+            new = os.open(temp, NEW_FILE_FLAGS, 0o666, dir_fd=folder)  # a name there already is another's
+            try:
+                with os.fdopen(new, "wb") as file:
+                    os.fchmod(file.fileno(), stat.S_IMODE(status.st_mode))
+                    file.write(data)
+                os.rename(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=folder)
+                raise
+            if key in self.pins:
+                os.close(self.pins.pop(key))
+            self._made(key, folder, leaf)
+
+    def remove(self) -> None:
+        """Delete the top-level entries this run made that are still they (a user's entry put in the place of
+        one, or beside them, stays); what the run's children made inside its folders goes with them."""
+        for key, made in reversed(self.entries.items()):
+            path = self.base / key
+            if "/" in key or not os.path.lexists(path) or identity(path.lstat()) != made:
+                continue
+            if stat.S_ISDIR(path.lstat().st_mode):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _parent(self, rel: str) -> Iterator[tuple[int, str, str]]:
+        """The open folder that holds `rel`, its last name and its key; the folders on the way are made (and
+        recorded) or, made earlier, checked to be the same ones."""
+        key = self.prefix + rel
+        *folders, leaf = key.split("/")
+        folder = os.open(self.base, FOLDER_FLAGS)
+        try:
+            for depth, name in enumerate(folders, start=1):
+                inner_key = "/".join(folders[:depth])
+                if inner_key not in self.entries:
+                    os.mkdir(name, dir_fd=folder)  # new: a name there already is another's
+                    self._made(inner_key, folder, name)
+                inner = os.open(name, FOLDER_FLAGS, dir_fd=folder)
+                os.close(folder)
+                folder = inner
+                if identity(os.fstat(folder)) != self.entries[inner_key]:
+                    raise FileExistsError(errno.EEXIST, "another folder")
+            yield folder, leaf, key
+        except OSError as exc:
+            if exc.errno not in PLANTED:
+                raise
+            raise DataError(
+                f"{shown(self.base / key)}: another entry took this name while the run wrote it (a link, a FIFO "
+                "or another's file or folder); refusing to write through it"
+            ) from None
+        finally:
+            os.close(folder)
+
+
+def identity(status: os.stat_result) -> tuple[int, int]:
+    return status.st_dev, status.st_ino

@@ -147,11 +147,7 @@ def _locked(lock: Path, target: Path) -> int:
     """The lock file of `target`, opened and held (exclusive), or a DataError when another run holds it."""
     while True:
         fd = _open_lock(lock, target)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DataError(f"{target}: another run is writing it (lock {lock}); wait for it to end") from None
+        flock_or_refuse(fd, f"{target}: another run is writing it (lock {lock}); wait for it to end", close=True)
         if not is_our_temp(fd):  # made by no run of ours (each is tagged before it has its name)
             os.close(fd)
             raise _not_our_temp(lock, target)
@@ -163,6 +159,18 @@ def _locked(lock: Path, target: Path) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
+
+
+def flock_or_refuse(fd: int, busy: str, close: bool = False) -> None:
+    """Take the exclusive flock of the open `fd` without waiting, or raise DataError(`busy`): the one line every
+    lock of ours (an output's, tag's, replay-history's DEST) gives when another run holds it. `close`: `fd` is
+    closed on refusal (else the caller's `finally` closes it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if close:
+            os.close(fd)
+        raise DataError(busy) from None
 
 
 def _missing_folders(folder: Path) -> list[Path]:

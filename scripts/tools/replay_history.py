@@ -14,11 +14,9 @@ releases up to it.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import re
-import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -29,7 +27,8 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, os_error_message, shown
-from scripts.lib.safe_paths import resolved
+from scripts.lib.safe_paths import FOLDER_FLAGS, MadeHere, identity, resolved
+from scripts.lib.temps import TEMP_XATTR, flock_or_refuse, is_our_temp, mark_temp
 from scripts.tools.child_group import child_group
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
@@ -102,8 +101,20 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
             if say and stage:
                 print(shown(f"{say}: stage {stage.group(1)}"), flush=True)
     if proc.returncode != 0:
-        tail = "".join(lines).strip().splitlines()[-1:] or ["(no output)"]
+        tail = "".join(lines).strip().splitlines()[-1:] or [ended_silently(proc.returncode)]
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
+
+
+def ended_silently(returncode: int) -> str:
+    """What a child that printed nothing ended by: git killed by SIGXFSZ under `ulimit -f` was `(no output)`."""
+    if returncode >= 0:
+        return f"(no output, exit status {returncode})"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    hint = " (a file size limit: raise `ulimit -f`)" if name == "SIGXFSZ" else ""
+    return f"(no output: killed by {name}){hint}"
 
 
 def built_by_the_pipeline(name: str) -> bool:
@@ -116,134 +127,16 @@ def tracked_files(src: Path) -> list[str]:
     """The files git tracks in `src`, less what the pipeline builds (the replay writes its own)."""
     try:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=src, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    except FileNotFoundError:
+        raise DataError("git is not installed (replay-history needs it)") from None
+    except OSError as exc:  # git not started (`ulimit -n`, memory): it was told as "not a git repository"
+        raise DataError(
+            shown(f"{src}: cannot run `git ls-files` there ({exc.strerror or type(exc).__name__})")
+        ) from None
+    except subprocess.CalledProcessError:
         raise DataError(f"{src}: not a git repository (replay-history copies its tracked files)") from None
     names = (os.fsdecode(name) for name in listed.split(b"\0") if name)
     return [name for name in names if not built_by_the_pipeline(name)]
-
-
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# what a name another put there mid-run gives: it exists, is a link (ELOOP), a FIFO without reader (ENXIO), is
-# not the folder made (ENOTDIR), is gone (ENOENT)
-PLANTED = {errno.EEXIST, errno.ELOOP, errno.ENXIO, errno.ENOTDIR, errno.ENOENT}
-
-
-class MadeHere:
-    """What a run makes under `base`, each entry recorded by identity (device, inode) as it is made. A name is
-    made or opened relative to the open folder above it, with no link followed, so an entry another put there
-    mid-run (a link, a FIFO, a file or a folder of theirs) is refused, never written through; `remove` deletes
-    what the run made, by identity, never by name. `sub` is the same record seen from one of its folders."""
-
-    def __init__(self, base: Path, prefix: str = "", entries: dict[str, tuple[int, int]] | None = None, pin=False):
-        self.base, self.prefix, self.pin = base, prefix, pin
-        self.entries = {} if entries is None else entries
-        # with `pin` (for `remove`), a top-level entry made is held open (O_PATH) for the run: its inode cannot be
-        # freed, so a user's entry put in its place never has its number (a folder removed and made again had it)
-        self.pins: dict[str, int] = {}
-
-    def sub(self, name: str) -> MadeHere:
-        view = MadeHere(self.base, f"{self.prefix}{name}/", self.entries, self.pin)
-        view.pins = self.pins
-        return view
-
-    def close(self) -> None:
-        for pin in self.pins.values():
-            os.close(pin)
-        self.pins.clear()
-
-    def _made(self, key: str, folder: int, leaf: str) -> None:
-        """Record `key`, just made as `leaf` in the open `folder`; pin it if top-level."""
-        self.entries[key] = identity(os.stat(leaf, dir_fd=folder, follow_symlinks=False))
-        if self.pin and "/" not in key:
-            self.pins[key] = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
-
-    def new_folder(self, rel: str) -> None:
-        with self._parent(rel) as (folder, leaf, key):
-            os.mkdir(leaf, dir_fd=folder)
-            self._made(key, folder, leaf)
-
-    def new_link(self, rel: str, target: str) -> None:
-        with self._parent(rel) as (folder, leaf, key):
-            os.symlink(target, leaf, dir_fd=folder)
-            self._made(key, folder, leaf)
-
-    def new_file(self, rel: str, data: bytes, mode: int | None = None) -> None:
-        with (
-            self._parent(rel) as (folder, leaf, key),
-            os.fdopen(os.open(leaf, NEW_FILE_FLAGS, 0o666, dir_fd=folder), "wb") as file,
-        ):
-            self._made(key, folder, leaf)
-            if mode is not None:  # a tracked script keeps its exec bit, as shutil.copy2 kept it
-                os.fchmod(file.fileno(), mode)
-            file.write(data)
-
-    def rewrite(self, rel: str, data: bytes) -> None:
-        """New contents for a file this run made, refused unless the name still holds that regular file: a new
-        file beside it renamed over it (a rename replaces a link there, never writes through one)."""
-        with self._parent(rel) as (folder, leaf, key):
-            status = os.stat(leaf, dir_fd=folder, follow_symlinks=False)
-            if not stat.S_ISREG(status.st_mode) or identity(status) != self.entries.get(key):
-                raise FileExistsError(errno.EEXIST, "not the file this run made")
-            temp = f".{leaf}.tmp-new"
-            new = os.open(temp, NEW_FILE_FLAGS, 0o666, dir_fd=folder)  # a name there already is another's
-            try:
-                with os.fdopen(new, "wb") as file:
-                    os.fchmod(file.fileno(), stat.S_IMODE(status.st_mode))
-                    file.write(data)
-                os.rename(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp, dir_fd=folder)
-                raise
-            if key in self.pins:
-                os.close(self.pins.pop(key))
-            self._made(key, folder, leaf)
-
-    def remove(self) -> None:
-        """Delete the top-level entries this run made that are still they (a user's entry put in the place of
-        one, or beside them, stays); what the run's children made inside its folders goes with them."""
-        for key, made in reversed(self.entries.items()):
-            path = self.base / key
-            if "/" in key or not os.path.lexists(path) or identity(path.lstat()) != made:
-                continue
-            if stat.S_ISDIR(path.lstat().st_mode):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def _parent(self, rel: str) -> Iterator[tuple[int, str, str]]:
-        """The open folder that holds `rel`, its last name and its key; the folders on the way are made (and
-        recorded) or, made earlier, checked to be the same ones."""
-        key = self.prefix + rel
-        *folders, leaf = key.split("/")
-        folder = os.open(self.base, FOLDER_FLAGS)
-        try:
-            for depth, name in enumerate(folders, start=1):
-                inner_key = "/".join(folders[:depth])
-                if inner_key not in self.entries:
-                    os.mkdir(name, dir_fd=folder)  # new: a name there already is another's
-                    self._made(inner_key, folder, name)
-                inner = os.open(name, FOLDER_FLAGS, dir_fd=folder)
-                os.close(folder)
-                folder = inner
-                if identity(os.fstat(folder)) != self.entries[inner_key]:
-                    raise FileExistsError(errno.EEXIST, "another folder")
-            yield folder, leaf, key
-        except OSError as exc:
-            if exc.errno not in PLANTED:
-                raise
-            raise DataError(
-                f"{shown(self.base / key)}: another entry took this name while the run wrote it (a link, a FIFO "
-                "or another's file or folder); refusing to write through it"
-            ) from None
-        finally:
-            os.close(folder)
-
-
-def identity(status: os.stat_result) -> tuple[int, int]:
-    return status.st_dev, status.st_ino
 
 
 def copy_tracked(src: Path, made: MadeHere, names: list[str]) -> None:
@@ -297,31 +190,41 @@ def locked_dest(dest: Path) -> Iterator[MadeHere]:
     try:
         dest.mkdir(parents=True, exist_ok=True)
         folders = [(folder, identity(folder.lstat())) for folder in missing]
+        for folder in missing:  # tagged as a run's: the run that holds the lock may be another, and its failure
+            mark_temp(folder)  # removes them (a run that made DEST and lost the lock left it, empty, for good)
         fd = os.open(dest, FOLDER_FLAGS)
     except OSError as exc:
         raise DataError(os_error_message(exc, dest)) from None
     made = MadeHere(dest, pin=True)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(
-                shown(f"{dest}: another run is writing it (lock: {dest} itself); wait for it to end")
-            ) from None
+        # refused, a run removes nothing: DEST and the folders above it are the holder's to use, and to remove
+        flock_or_refuse(fd, shown(f"{dest}: another run is writing it (lock: {dest} itself); wait for it to end"))
         if os.listdir(fd):
             raise DataError(f"{shown(dest)}: exists and is not empty")
         try:
             yield made
         except BaseException:
             made.remove()
-            for folder, made_as in folders:  # a user's entry put in DEST meanwhile keeps it
-                if os.path.lexists(folder) and identity(folder.lstat()) == made_as:
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
+            remove_run_folders(dest, folders)
             raise
+        with contextlib.suppress(OSError):  # replayed: DEST is the user's now
+            os.removexattr(fd, TEMP_XATTR)
     finally:
         made.close()
         os.close(fd)
+
+
+def remove_run_folders(dest: Path, folders: list[tuple[Path, tuple[int, int]]]) -> None:
+    """DEST and the folders above it that a run made (this one: `folders`, as made; any run: tagged), deepest
+    first, while each is empty: a user's entry put in one meanwhile keeps it and those above it."""
+    for folder in (dest, *dest.parents):
+        try:
+            ours = (folder, identity(folder.lstat())) in folders or is_our_temp(folder)
+            if not ours:
+                return
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def replay_into(src: Path, made: MadeHere, remote: Path | None) -> None:

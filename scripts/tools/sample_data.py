@@ -32,8 +32,8 @@ import typer
 
 from scripts.lib.io import atomic_path, shown
 from scripts.lib.marks import holds_marker
+from scripts.lib.safe_paths import MadeHere
 from scripts.lib.temps import output_lock
-from scripts.tools.replay_history import MadeHere
 
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable

@@ -11,8 +11,8 @@ from stats.json in the message, so `git show V` tells what the version holds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
+import sqlite3
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -23,8 +23,10 @@ import typer
 from scripts.lib.errors import DataError, redact_url_userinfo, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import read_within
+from scripts.lib.temps import flock_or_refuse
 from scripts.summary import stats_path
 from scripts.tools.child_group import run_in_group
+from scripts.tools.replay_history import ended_silently
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 MAX_STATS_BYTES = 16 << 20  # a release's stats.json is a few KiB
@@ -39,7 +41,7 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     except FileNotFoundError:
         raise DataError("git is not installed (tag needs it)") from None
     if check and result.returncode != 0:
-        said = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[0]
+        said = (result.stderr.strip().splitlines() or [ended_silently(result.returncode)])[0]
         raise DataError(f"git {args[0]} failed: {said}")
     return result
 
@@ -113,17 +115,30 @@ def tag_release(name: str, stage: str) -> None:
     if _git("rev-parse", "-q", "--verify", f"refs/tags/{name}", check=False).returncode == 0:
         raise DataError(f"tag {name} already exists")
     check_committed()
-    with Repo(".") as repo:
-        try:
-            repo.stage.collect(stage)
-        except Exception:
-            raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
-        check_up_to_date(repo, stage)
-        check_pushed(repo, stage)
+    try:
+        with Repo(".") as repo:
+            try:
+                repo.stage.collect(stage)
+            except Exception:
+                raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
+            check_up_to_date(repo, stage)
+            check_pushed(repo, stage)
+    except (OSError, sqlite3.Error) as exc:  # DVC's own files: its state database under a full disk or `ulimit -f`
+        raise DataError(dvc_failure_line(exc)) from None
     releases = Path("data/releases")
     message = release_message(name, stats_path(releases, name), stage, releases)
     _git("tag", "-a", name, "-m", message)
     print(shown(f"tagged {name}: {message.splitlines()[0]}"))
+
+
+def dvc_failure_line(exc: OSError | sqlite3.Error) -> str:
+    """The line for DVC failing on its own files in .dvc/ (its state and site-cache databases): under a full disk or
+    a file size limit (`ulimit -f`) sqlite's `disk I/O error` was an internal error at exit 1."""
+    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else ""
+    return shown(
+        f"{Path.cwd() / '.dvc'}: DVC cannot read or write its own files there ({type(exc).__name__}: {said}); "
+        "is the disk full, or a file size limit (`ulimit -f`) set?"
+    )
 
 
 LOCK_NAME = "t2i-tag.lock"  # in git's common folder, beside its own refs' locks
@@ -144,12 +159,7 @@ def tag_lock() -> Iterator[None]:
     except OSError as exc:
         raise DataError(shown(f"{lock}: cannot open tag's lock ({exc.strerror or type(exc).__name__})")) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(
-                shown(f"another tag run is at work in this repository (lock {lock}); wait for it to end")
-            ) from None
+        flock_or_refuse(fd, shown(f"another tag run is at work in this repository (lock {lock}); wait for it to end"))
         yield
     finally:
         os.close(fd)
