@@ -30,9 +30,8 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from stat import S_ISREG
 from typing import Any, BinaryIO
 
 from scripts.lib.errors import DataError
@@ -387,12 +386,29 @@ def parse_ref(ref: str) -> tuple[Path, str | None]:
     return Path(archive), (member if sep else None)
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A file a caller opened ONCE, as a cache key: its version (device, inode, time, size) is compared, its
+    descriptor `fd` and `path` (for messages) are only carried to the read, never opened by name again."""
+
+    dev: int
+    ino: int
+    mtime_ns: int
+    size: int
+    fd: int = field(compare=False, hash=False)
+    path: str = field(compare=False, hash=False)
+
+    @classmethod
+    def of(cls, file: BinaryIO, path: Path | str) -> Opened:
+        found = os.fstat(file.fileno())
+        return cls(found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size, file.fileno(), str(path))
+
+
 @functools.lru_cache(maxsize=4096)  # 8 shards: a release's rows, in id order, hop shards and walked one each time
-def _tar_index(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, int] | None]:
+def _tar_index(opened: Opened) -> dict[str, tuple[int, int] | None]:
     """member name -> (offset, size) of the safe regular members (cached per archive version); None for a
     name the archive holds more than once (any copies, links included): which one a row meant is unknown."""
-    with open_tar(path) as buf:
-        return _index_of(buf)
+    return _index_of(TarBuffer(opened.fd, opened.size, opened.path))
 
 
 def _index_of(buf: Any) -> dict[str, tuple[int, int] | None]:
@@ -410,23 +426,13 @@ def _index_of(buf: Any) -> dict[str, tuple[int, int] | None]:
     return index
 
 
-# _tar_index of shards opened by the caller, per file version (device, inode, time, size); the oldest dropped first
-_OPENED_INDEXES: dict[tuple[int, int, int, int], dict[str, tuple[int, int] | None]] = {}
-
-
 def read_opened_member(file: BinaryIO, path: Path, member: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     """read_member's tar member, from the shard `file` its caller opened ONCE and checked there
     (safe_paths.open_within: in its folder, a regular file, one name): read_member opens the shard by its name,
     and a link out, FIFO or hard link put at a shard's name was read as the release's own.
     Raises UnsafeArchive, or FileNotFoundError for a member the shard lacks."""
     check_member_name(member)
-    found = os.fstat(file.fileno())
-    version = (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_size)
-    if version not in _OPENED_INDEXES:
-        if len(_OPENED_INDEXES) >= 4096:
-            _OPENED_INDEXES.pop(next(iter(_OPENED_INDEXES)))
-        _OPENED_INDEXES[version] = _index_of(TarBuffer(file.fileno(), found.st_size, path))
-    return _member_at(_OPENED_INDEXES[version], file.fileno(), path, member, max_bytes)
+    return _member_at(_tar_index(Opened.of(file, path)), file.fileno(), path, member, max_bytes)
 
 
 def _member_at(index: dict, fd: int, archive: Path, member: str, max_bytes: int) -> bytes:
@@ -447,10 +453,11 @@ def _member_at(index: dict, fd: int, archive: Path, member: str, max_bytes: int)
 
 
 @functools.lru_cache(maxsize=64)  # closed when dropped from the cache: 64 files open at most
-def _open_zip(path: str, mtime_ns: int, size: int, inode: int) -> tuple[zipfile.ZipFile, dict[str, int]]:
-    """A zip opened once per version of the file, and its names' copy counts: opened per member read, its
-    directory was parsed for each (a 20,000-member zip: 68 ms a read, quadratic in its members)."""
-    zf = zipfile.ZipFile(path)
+def _open_zip(opened: Opened) -> tuple[zipfile.ZipFile, dict[str, int]]:
+    """A zip opened once per version of the file, on its own copy of the caller's descriptor (the file checked,
+    never its name again), and its names' copy counts: opened per member read, its directory was parsed for
+    each (a 20,000-member zip: 68 ms a read, quadratic in its members)."""
+    zf = zipfile.ZipFile(os.fdopen(os.dup(opened.fd), "rb"))  # the copy closes when the cache drops the ZipFile
     counts: dict[str, int] = {}  # a name held twice is refused, whichever copy zipfile would read
     for info in zf.infolist():
         counts[info.filename] = counts.get(info.filename, 0) + 1
@@ -460,31 +467,46 @@ def _open_zip(path: str, mtime_ns: int, size: int, inode: int) -> tuple[zipfile.
 def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     """Bytes of the file a reference names: 'archive.tar!/member', 'archive.zip!/member' or a plain path.
 
-    Re-validates the member name, its type (regular file), and its size against `max_bytes`.
+    The file is opened ONCE, never waited on (a FIFO blocked the open in C, deaf to Ctrl-C), checked on what
+    was opened (a regular file) and read from that open (read_opened): it was checked by name, then opened by
+    name again, and a FIFO or another file swapped in between was what was read.
     Raises UnsafeArchive (with `.reason`) or FileNotFoundError.
     """
+    from scripts.lib.side_files import open_regular
+
     archive, member = parse_ref(ref)
-    found = archive.stat()
-    if not S_ISREG(found.st_mode):  # a FIFO would block the open in C, deaf to Ctrl-C
-        raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)")
+    try:
+        file = open_regular(archive)
+    except DataError:  # a FIFO, folder, socket or device: counted, as before
+        raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)") from None
+    with file:
+        return read_opened(file, archive, member, max_bytes)
+
+
+def read_opened(file: BinaryIO, archive: Path, member: str | None, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
+    """read_member's bytes (the plain file, or its member `member`) from the file `file` its caller opened ONCE
+    and checked there: nothing is read by name. Re-validates the member name, its type (regular file) and its
+    size against `max_bytes`. Raises UnsafeArchive or FileNotFoundError."""
     if member is None:
-        if found.st_size > max_bytes:
+        if os.fstat(file.fileno()).st_size > max_bytes:
             raise UnsafeArchive("member_too_large", f"{archive}: larger than {max_bytes} bytes")
-        return archive.read_bytes()
+        data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:  # grown since the fstat
+            raise UnsafeArchive("member_too_large", f"{archive}: larger than {max_bytes} bytes")
+        return data
     check_member_name(member)
-    if archive.suffix.lower() == ".zip":  # PART-1.ZIP too
-        try:
-            zf, counts = _open_zip(str(archive), found.st_mtime_ns, found.st_size, found.st_ino)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
-            raise UnsafeArchive("corrupt_archive", f"{archive}: not a readable zip ({type(exc).__name__})") from None
-        if member not in counts:
-            raise FileNotFoundError(f"{ref}: no such member")
-        if counts[member] > 1:
-            raise UnsafeArchive("duplicate_key", repeated(ref))
-        return read_zip_member(zf, zf.getinfo(member), max_bytes)
-    index = _tar_index(str(archive), found.st_mtime_ns, found.st_size)
-    with open(archive, "rb") as f:
-        return _member_at(index, f.fileno(), archive, member, max_bytes)
+    if archive.suffix.lower() != ".zip":  # PART-1.ZIP too
+        return read_opened_member(file, archive, member, max_bytes)
+    try:
+        zf, counts = _open_zip(Opened.of(file, archive))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
+        raise UnsafeArchive("corrupt_archive", f"{archive}: not a readable zip ({type(exc).__name__})") from None
+    ref = f"{archive}{REF_SEPARATOR}{member}"
+    if member not in counts:
+        raise FileNotFoundError(f"{ref}: no such member")
+    if counts[member] > 1:
+        raise UnsafeArchive("duplicate_key", repeated(ref))
+    return read_zip_member(zf, zf.getinfo(member), max_bytes)
 
 
 def repeated(ref: str) -> str:

@@ -20,7 +20,7 @@ from scripts.lib.archive import (
     make_ref,
     open_tar,
     parse_ref,
-    read_member,
+    read_opened,
 )
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
@@ -163,16 +163,13 @@ def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
 
 def read_image(ref: str, params: CaptionEntry) -> bytes:
     """The bytes of the image `ref` names, from the file opened ONCE and checked there (confined_open): the
-    folder check was of the name (realpath), and a link out or a FIFO swapped in before the open was read."""
+    folder check was of the name (realpath), and a link out or a FIFO swapped in before the open was read; an
+    archive's member was read by name again (read_member) until round 35b."""
     confine(ref, Path(params.images))
     archive, member = parse_ref(ref)
     try:
         with confined_open(archive, Path(params.images), ref) as file:
-            if member is None:
-                return _capped(file, ref, params.max_image_bytes)
-            data = read_member(ref, params.max_image_bytes)  # by name: proved after to be of the file opened
-            _check_still(archive, file, ref)
-            return data
+            return read_opened(file, archive, member, params.max_image_bytes)  # never by name: from this open
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
     except OSError as exc:
@@ -199,23 +196,6 @@ def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
         file.close()
         raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
     return file
-
-
-def _capped(file: BinaryIO, ref: str, max_bytes: int) -> bytes:
-    if os.fstat(file.fileno()).st_size > max_bytes:
-        raise UnsafeArchive("member_too_large", f"{ref}: larger than {max_bytes} bytes")
-    data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grown since
-        raise UnsafeArchive("member_too_large", f"{ref}: larger than {max_bytes} bytes")
-    return data
-
-
-def _check_still(archive: Path, file: BinaryIO, ref: str) -> None:
-    """A DataError unless `archive`'s name still names the file opened and checked, unchanged: its member was
-    read by the name (read_member), and a shard swapped in meanwhile is not the one checked."""
-    opened, now = os.fstat(file.fileno()), os.stat(archive)
-    if not (os.path.samestat(opened, now) and (opened.st_size, opened.st_mtime_ns) == (now.st_size, now.st_mtime_ns)):
-        raise DataError(f"{ref}: its archive was replaced while it was read; refusing to send a file not checked")
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:

@@ -52,9 +52,6 @@ _HEX2 = re.compile(r"[0-9a-f]{2}")
 _TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-\d+|new|old|lock)")
 
 
-# ---------------------------------------------------------------- files
-
-
 def _temp_path(path: Path, tmp_dir: Path | None) -> Path:
     return (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
 
@@ -243,12 +240,13 @@ class ImageStore:
                 (self.root / stored).unlink()
 
     def take(self, src: Path, stored: str) -> bool:
-        """Link `src` in as `stored` unless the store has it; True if it was taken in."""
+        """Link `src` (opened once, not through a link) in as `stored` unless the store has it; True if taken."""
         if self.has(stored) or os.path.lexists(self.root / stored):  # a file the index does not list stays
             return False
         self.index.add(stored)
         self.indexed.add(stored)
-        link_file(src, self.root / stored, self.tmp)
+        with open_within(src, src.parent, follow=False) as opened:  # by name, a link put there since was followed
+            link_file(src, self.root / stored, self.tmp, opened)
         return True
 
     def _sweep(self, indexed: set[str]) -> None:

@@ -81,33 +81,34 @@ def _images_in(kind: str, file: BinaryIO, path: Path, rel: str) -> Iterator[tupl
 
 
 def release_image_bytes(release_dir: Path, ref: str) -> bytes:
-    """The bytes of an image of rows.parquet's `image` column (a file, a tar member, a parquet part's row). A
-    shard or part is opened ONCE with one name, checked there (in the release, a regular file), as publish reads
-    the release's other files (or as DVC's cache.type hardlink checkout left it): a shard was read by name (a
-    link out or FIFO put there was read), and a hard link to a file outside the release kept its name and
-    passed every check."""
+    """The bytes of an image of rows.parquet's `image` column (a file, a tar or zip member, a parquet part's row).
+    The file (a shard, part, zip or image) is opened ONCE, checked there (in the release, a regular file; an
+    archive with one name, or as DVC's cache.type hardlink checkout left it), as publish reads the release's other
+    files: a shard was read by name (a link out or FIFO put there was read), and a hard link to a file outside the
+    release kept its name and passed every check; until round 35b a zip or an image file was still read by name."""
     archive, sep, member = ref.partition("!/")
-    if sep and archive.lower().endswith((".parquet", ".tar")):
-        path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
-        try:
-            with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy, dvc_cache=True) as file:
-                if path.suffix.lower() == ".tar":
-                    return _shard_image(file, path, member, listed)
-                return part_images(file, path)[member]  # the part read once, not a row
-        except FileNotFoundError:
-            raise DataError(f"{path}: not found ({listed})") from None
-        except KeyError:
-            raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
-    return image_bytes(str(Path(release_dir) / ref))
-
-
-def _shard_image(file: BinaryIO, path: Path, member: str, listed: str) -> bytes:
-    """The member `member` of the shard `file` (opened and checked by release_image_bytes), in image_bytes' words."""
-    from scripts.lib.archive import UnsafeArchive, read_opened_member
-
+    path, listed = Path(release_dir) / archive, f"listed in {Path(release_dir) / 'rows.parquet'}"
     try:
-        return read_opened_member(file, path, member)
+        # an image file may be its source's hard link (export links it in); its bytes are told by its sha256
+        with open_within(path, release_dir, one_name=bool(sep), links_ok=is_cache_copy, dvc_cache=True) as file:
+            if sep and path.suffix.lower() == ".parquet":
+                return part_images(file, path)[member]  # the part read once, not a row
+            return _opened_image(file, path, member if sep else None, listed)
     except FileNotFoundError:
-        raise DataError(f"{path}!/{member}: image not found ({listed})") from None
+        raise DataError(f"{path}: not found ({listed})") from None
+    except KeyError:
+        raise DataError(f"{path}: no row with id {member!r} ({listed})") from None
+
+
+def _opened_image(file: BinaryIO, path: Path, member: str | None, listed: str) -> bytes:
+    """The image file `file`, or its member `member` (a tar's or zip's), opened and checked by
+    release_image_bytes, in image_bytes' words."""
+    from scripts.lib.archive import UnsafeArchive, read_opened
+
+    ref = path if member is None else f"{path}!/{member}"
+    try:
+        return read_opened(file, path, member)
+    except FileNotFoundError:
+        raise DataError(f"{ref}: image not found ({listed})") from None
     except UnsafeArchive as exc:
-        raise DataError(f"{path}!/{member}: refused ({exc.reason})") from None
+        raise DataError(f"{ref}: refused ({exc.reason})") from None

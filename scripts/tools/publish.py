@@ -169,8 +169,9 @@ def rows_with_images(records: list[dict]) -> Iterator[tuple[tuple[dict, bytes], 
 def image_read(record: dict) -> bytes:
     """The bytes of a row's image from ONE open, checked there (safe_paths.open_within: in its folder, a regular
     file, with one name where read_split asks it): read_split's checks were by name, and a link out or a file
-    swapped in after them was read and uploaded. A member of an archive is read by its name, its sha256 checked
-    after (recorded_bytes)."""
+    swapped in after them was read and uploaded. A member of an archive is read from its archive's one open,
+    confined to the release (`_root`): given the whole ref against the working folder, a shard swapped for a
+    `..` ref or link out of the release after read_split's checks was read."""
     from scripts.lib.archive import DEFAULT_MAX_MEMBER_BYTES
     from scripts.lib.dvc_cache import is_cache_copy
     from scripts.lib.export import release_image_bytes
@@ -178,7 +179,7 @@ def image_read(record: dict) -> bytes:
 
     ref = record["_ref"]
     if "!/" in ref:
-        return release_image_bytes(Path(), ref)
+        return release_image_bytes(Path(record["_root"]), os.path.relpath(ref, record["_root"]))
     try:
         with open_within(ref, record["_root"], one_name=record["_one_name"], links_ok=is_cache_copy) as file:
             return read_capped(file, DEFAULT_MAX_MEMBER_BYTES, ref)
