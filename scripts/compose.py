@@ -28,7 +28,7 @@ from scripts.lib.compose import (
 from scripts.lib.compose_ops import stage_ops
 from scripts.lib.compose_stream import placements, write_picked_rows
 from scripts.lib.errors import DataError
-from scripts.lib.io import atomic_path, check_not_input, shown
+from scripts.lib.io import atomic_path, check_not_input, check_replaceable, shown
 from scripts.lib.params import load_section
 from scripts.lib.plans import (
     check_plan,
@@ -107,6 +107,7 @@ def cli(
     if plan is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(plan, compose_plan(reads))
     check_not_input(output, [splits, rules, positions])
+    check_replaceable(output, writes=(ROWS, REMOVED))  # before any input is read; atomic_path checks again at the end
     recipe, sources = resolve_recipe(name, plan_releases(reads)), plan_sources(reads)
     roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
     placed = list(placements(recipe, splits, positions)) if picks_only(recipe) else []

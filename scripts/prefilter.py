@@ -148,6 +148,9 @@ def cli(
     if recipe is not None:  # dvc.yaml: the file this stage depends on must hold what it reads
         check_plan(recipe, reads)
     releases = plan_releases(reads)  # what S's steps read, no more
+    stem = output.name.removesuffix(".parquet")
+    removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))
+    check_files_ours(output, removed_path, report_path, inputs=[input, rules, recipe])  # before the input is read
     input = stage_input(input)  # its ids checked and its rows streamed: one file, the first read's
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     check_unique(input)
@@ -165,9 +168,6 @@ def cli(
         built={},
     )
 
-    stem = output.name.removesuffix(".parquet")
-    removed_path, report_path = (output.parent / f"{stem}{suffix}" for suffix in (".removed.parquet", ".report.json"))
-    check_files_ours(output, removed_path, report_path, inputs=[input, rules, recipe])
     rows_in, reasons = 0, Counter()
     with contextlib.ExitStack() as outputs:  # the three appear together: each written whole, then all renamed
         kept_out = outputs.enter_context(row_groups_to(output))

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import typer
 
 from scripts.lib.errors import DataError
-from scripts.lib.io import SPLITS, atomic_path, shown
+from scripts.lib.io import SPLITS, atomic_path, check_replaceable, shown
 from scripts.lib.params import load_section
 from scripts.lib.positions import checked_positions
 from scripts.lib.tables import (
@@ -150,6 +150,9 @@ def cli(
 ) -> None:
     """Split a source's caption table into train and validation."""
     params = load_section("split")
+    check_replaceable(
+        output, writes=[f"{name}.parquet" for name in SPLITS]
+    )  # before the input is read; again at the end
     # each file is read more than once (its ids, its rows): every read is of the file the first one opened
     input, order = stage_input(input), (None if order is None else stage_input(order))
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)

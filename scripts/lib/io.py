@@ -36,9 +36,7 @@ from scripts.lib.marks import (
     unproven_rank,
 )
 from scripts.lib.nesting import dumps_json
-from scripts.lib.side_files import (  # re-exported: read beside what the stages write
-    MAX_CONFIG_BYTES as MAX_CONFIG_BYTES,
-)
+from scripts.lib.side_files import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES  # re-exported: read beside the stages
 from scripts.lib.side_files import bounded_bytes as bounded_bytes
 from scripts.lib.side_files import check_folder_or_file as check_folder_or_file
 from scripts.lib.side_files import config_text as config_text
@@ -196,11 +194,11 @@ def check_files_ours(*paths: Path | str, inputs=()) -> None:
             raise _not_ours(path)
 
 
-def check_replaceable(target: Path | str, new: Path | str | None = None) -> None:
-    """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, a file
-    that is ours (file_is_ours), or a folder that is empty, holds the MARKER, or whose every file
-    `new` holds with the same bytes. A name alone proves nothing: a user's README.md or train.parquet stays. A file
-    `new` replaces a regular file, never a folder, a link or a device."""
+def check_replaceable(target: Path | str, new: Path | str | None = None, writes=()) -> None:
+    """Refuse (DataError, nothing touched) to replace `target` by `new` unless it is absent, a file that is ours
+    (file_is_ours), or a folder that is empty, holds the MARKER, or whose every file `new` holds with the same bytes
+    (a name proves nothing: a user's README.md stays). A file `new` replaces a regular file, never a folder, a link or
+    a device. `writes`, before the work (no `new`): the names written there, a regular file of one proved at the end."""
     target = Path(target)
     check_outside_stores(target)  # never into .git or .dvc, whatever wrote the new copy
     if not os.path.lexists(target):
@@ -220,9 +218,11 @@ def check_replaceable(target: Path | str, new: Path | str | None = None) -> None
     # named first: a file `new` does not hold at all (the user's, where another is only other bytes of ours),
     # then one no mark of ours proves unchanged (marks.unproven_rank: added or edited since)
     def naming_order(rel: str) -> tuple[bool, int]:
-        return new is not None and os.path.lexists(Path(new) / rel), unproven_rank(target, rel)
+        return (new is not None and os.path.lexists(Path(new) / rel)) or rel in writes, unproven_rank(target, rel)
 
     for rel in sorted(files_under(target), key=naming_order):
+        if (rel in writes or (rel == MARKER and bool(writes))) and stat.S_ISREG(os.lstat(target / rel).st_mode):
+            continue  # a file the command writes again: proved or refused by its bytes at the end
         if new is not None and same_bytes(target / rel, Path(new) / rel):
             continue  # a file the command writes again as it is
         if new is not None and rel.endswith("/") and is_real_folder(Path(new) / rel):

@@ -191,12 +191,12 @@ def ours_file_by_file(folder: Path) -> bool:
     except (OSError, AttributeError):
         return False
     return all(
-        unproven_rank(folder, rel) >= 2 or rel.endswith("/") or _shared_unmarked(folder / rel)
+        unproven_rank(folder, rel) >= 2 or rel.endswith("/") or shared_unmarked(folder / rel)
         for rel in files_under(folder)
     )
 
 
-def _shared_unmarked(path: Path) -> bool:
+def shared_unmarked(path: Path) -> bool:
     try:
         status = os.lstat(path)
     except OSError:

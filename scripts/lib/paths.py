@@ -24,7 +24,7 @@ from scripts.lib.io import (
     check_replaceable,
     replace_together,
 )
-from scripts.lib.marks import holds_marker, mark_file, ours_file_by_file
+from scripts.lib.marks import files_under, holds_marker, mark_file, ours_file_by_file, shared_unmarked
 from scripts.lib.params.base import WINDOWS_DEVICES, windows_device
 from scripts.lib.safe_paths import Roots, not_an_image_name
 from scripts.lib.tables import check_cells, check_table
@@ -165,6 +165,18 @@ def check_output(output: Path) -> None:
     for split in SPLITS:  # one changed since but only by a deletion: proved again with the new bytes at the end
         if (output / split).is_dir() and not marked[split] and not ours_file_by_file(output / split):
             check_replaceable(output / split)
+        elif (output / split).is_dir() and not marked[split]:
+            _refuse_linked_in(output / split)
+
+
+def _refuse_linked_in(folder: Path) -> None:
+    """Refuse a split folder holding a file that shares its inode but is no image: a release links only images in
+    (export.place_image), so a user's `notes.txt` hard-linked there is theirs. ours_file_by_file let it pass as an
+    image, and it was refused only at the final rename, after the release's whole work."""
+    entries = files_under(folder)
+    linked = {rel for rel in entries if shared_unmarked(folder / rel) and not_an_image_name(rel) is not None}
+    if linked:  # check_replaceable names one of them first (not among `writes`), in its one line
+        check_replaceable(folder, writes=[rel for rel in entries if rel not in linked])
 
 
 def _refuse_untagged_old(output: Path, names) -> None:
