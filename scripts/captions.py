@@ -14,6 +14,7 @@ language, before the split, as the team's make_captions.py skipped it (undetecta
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from scripts.lib.errors import DataError
 from scripts.lib.external_sort import key_ranks, sorted_rows_to
 from scripts.lib.io import check_files_ours, shown
 from scripts.lib.nesting import dumps_json
-from scripts.lib.params import PARAMS_FILE, load_section
+from scripts.lib.params import load_section
 from scripts.lib.tables import (
     ParquetChunks,
     arrow_table,
@@ -103,9 +104,8 @@ def language_mask(prompts: list[str], language: str, seed: int = 0):
 
 
 def caption_language(source: str):
-    """sources.<source>.caption_language from params.yaml (None without the file, the source or the key)."""
-    if not PARAMS_FILE.exists():
-        return None
+    """sources.<source>.caption_language from params.yaml (None without the source or the key)."""
+    # loaded, never looked at by name first (the stage's runtime section was loaded the same way before it)
     entry = load_section("sources", missing_ok=True).get(source)
     return entry.caption_language if entry is not None else None
 
@@ -126,15 +126,19 @@ def cli(
     input = stage_input(input)  # its ids ranked and its rows streamed: one file, the first read's
     rows = ParquetChunks(input, load_section("runtime", missing_ok=True).stream_rows)
     ranks = key_ranks(check_unique(input))  # each row's place in the output, which is in id order
-    attach = image_joiner(source, images, input, rows.columns)
+    check_images, attach = image_joiner(source, images, input, rows.columns)
     language = caption_language(source)
     offset = not_language = written = 0
     with sorted_rows_to(output, ranks) as out:
-        for chunk in rows.frames(f"captions@{source}"):  # a chunk at a time, sorted on disk: memory stays flat
+        for at, chunk in enumerate(
+            rows.frames(f"captions@{source}")
+        ):  # a chunk at a time, sorted on disk: memory stays flat
             # every column caption_table copies: a missing one was a KeyError traceback, a width of 2.5 or
             # inf a TypeError where it became an integer
             check_table(chunk, input, strings=("id", "text", "prompt", "source", "split", "meta"))
             check_cells(chunk, input, sizes=("width", "height"), first_row=offset)
+            if at == 0:  # once, after the first chunk's own checks: the input's fault is said first
+                check_images()
             positions = np.arange(offset, offset + len(chunk))
             offset += len(chunk)
             if language is not None:
@@ -149,24 +153,16 @@ def cli(
 
 
 def image_joiner(source: str, images: Path, input: Path, columns: list[str]):
-    """rows -> rows with their images: the rendered ones of generate@S's manifest, else the source's own
-    (`columns`: the input's, which must then hold `image`)."""
+    """(check, attach): attach maps rows -> rows with their images: the rendered ones of generate@S's manifest,
+    else the source's own (`columns`: the input's, which must then hold `image`); check checks the manifest's
+    cells the rows take (check_manifest), called once."""
     manifest_path = images / MANIFEST
     if manifest_path.exists():
         manifest = read_parquet(manifest_path)
         check_table(manifest, manifest_path, strings=("id", "file"), unique="id", present=("file",))
-        sizes_checked = False
-
-        def attach(rows: pd.DataFrame) -> pd.DataFrame:
-            # the rows' sizes come from here: a manifest without them was a KeyError, a width of 2.5 or inf a
-            # TypeError; checked at the first chunk, after the input's own checks (the input's fault is said first)
-            nonlocal sizes_checked
-            if not sizes_checked:
-                check_cells(manifest, manifest_path, sizes=("width", "height"))
-                sizes_checked = True
-            return join_rendered(rows, manifest, images.as_posix())
-
-        return attach
+        return (lambda: check_manifest(manifest, manifest_path)), (
+            lambda rows: join_rendered(rows, manifest, images.as_posix())
+        )
     if "image" not in columns:  # a mistyped images folder, or a file: a KeyError traceback at the first chunk
         raise DataError(
             f"{shown(images)}: no {MANIFEST} here, and {shown(input)} has no 'image' column (name generate@S's "
@@ -176,4 +172,35 @@ def image_joiner(source: str, images: Path, input: Path, columns: list[str]):
     # no output byte: not a DVC param of this stage
     entry = load_section("sources", missing_ok=True).get(source)
     text_only = entry is not None and entry.text_only
-    return lambda rows: carried_images(rows, source, text_only=text_only)
+    return (lambda: None), (lambda rows: carried_images(rows, source, text_only=text_only))
+
+
+GENERATION_TEXTS = ("model", "scheduler", "format")  # copied into each row's `generation`, then the card
+MAX_SETTING_CHARS = 1024  # a model id or a scheduler's name is tens of characters
+
+
+def check_manifest(manifest: pd.DataFrame, path: Path) -> None:
+    """One line naming the manifest and the row for a cell the rows take from it that they cannot hold: a width or
+    height (a KeyError or TypeError once) and a generation setting that is no plain text: another type, a NUL, an
+    escape code or other control character, a lone surrogate or over MAX_SETTING_CHARS (copied as it was into
+    `generation`, then the card and the terminal)."""
+    texts = tuple(c for c in GENERATION_TEXTS if c in manifest.columns)  # a manifest before a setting: none
+    check_cells(manifest, path, sizes=("width", "height"), text=texts)
+    for column in texts:
+        values = manifest[column]
+        for value in pd.unique(values[values.notna()]):  # a setting is mostly one value for every row
+            why = setting_problem(value)
+            if why:
+                row = int(np.flatnonzero((values == value).to_numpy())[0]) + 1
+                raise DataError(f"{shown(path)}: row {row}: column '{column}' {why}")
+
+
+def setting_problem(text: str) -> str:
+    """Why `text` is no generation setting ("" when it is one)."""
+    if len(text) > MAX_SETTING_CHARS:
+        return f"holds {len(text):,} characters, over the {MAX_SETTING_CHARS} a setting may have"
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is None:
+        return ""
+    kind = "a lone surrogate (not UTF-8)" if unicodedata.category(bad) == "Cs" else "a control character"
+    return f"holds {kind} {bad!a}; a setting is plain text"

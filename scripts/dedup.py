@@ -10,7 +10,7 @@ release.py, prefilter.py, the tests and the benchmarks import from here.
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from scripts.lib.dedup.embedded import embed as _embed
 from scripts.lib.dedup.stage_input import StageInput, check_unchanged, input_state, release_arrow_memory
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
+from scripts.lib.nesting import dumps_json
 from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
 from scripts.lib.s3_input import is_s3
 from scripts.lib.tables import write_row_groups
@@ -68,7 +69,20 @@ def embed(texts, params=None) -> np.ndarray:
 
 
 def runtime_section() -> Runtime:
-    return load_section("runtime", missing_ok=True) if PARAMS_FILE.exists() else Runtime()
+    return section_or_default("runtime", Runtime())
+
+
+def section_or_default(section: str, default):
+    """params.yaml's `section` (its defaults when absent), or `default` when there is no params.yaml at all: the
+    file is loaded first, never looked at by name before (exists() was False for a link to nothing, or in a
+    loop, and the defaults were used at exit 0; a file swapped between the look and the load). Only a load
+    that failed asks whether anything is there (lstat: a broken link is there, and its one line stands)."""
+    try:
+        return load_section(section, missing_ok=True)
+    except DataError:
+        if not os.path.lexists(PARAMS_FILE):
+            return default
+        raise
 
 
 # --- dedup@S -----------------------------------------------------------------------------------------
@@ -203,7 +217,7 @@ def cli_text(
     Works outside a DVC repo: without params.yaml (or its `dedup:` section) the documented
     defaults (docs/params.md#dedup) apply.
     """
-    params = load_section("dedup", missing_ok=True) if PARAMS_FILE.exists() else Dedup()
+    params = section_or_default("dedup", Dedup())
     if threshold is not None:
         if not 0.0 < threshold <= 1.0:
             raise DataError(f"--threshold must be in (0, 1], got {threshold}")
@@ -212,7 +226,7 @@ def cli_text(
     result = dedup_self(read_lines(input), None, params, runtime_section())
     with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
         for keep, dup in zip(result.keep.tolist(), result.duplicate_of.tolist()):
-            f.write(json.dumps({"keep": keep, "duplicate_of": None if keep else dup}) + "\n")
+            f.write(dumps_json({"keep": keep, "duplicate_of": None if keep else dup}, output) + "\n")
 
 
 def read_lines(path: Path) -> list[str]:

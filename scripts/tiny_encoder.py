@@ -13,7 +13,6 @@ Knobs live in params.yaml `tiny_encoder:`; the command is `python -m scripts tin
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path, shown
+from scripts.lib.nesting import dumps_json
 from scripts.lib.params import TinyEncoder, load_section, parse
 from scripts.tiny_model import _MERGE_CORPUS, _strip_volatile_fields
 
@@ -112,7 +112,8 @@ def save_tiny_encoder(params: TinyEncoder | dict | None, output: Path) -> None:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # dumps_json: no NaN, Infinity or lone surrogate in a config transformers then reads (params.yaml's values)
+    path.write_text(dumps_json(data, path, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def cli(

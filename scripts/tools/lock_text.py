@@ -10,6 +10,7 @@ repository, checked again once open (safe_paths.read_within).
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
@@ -76,19 +77,7 @@ def git_entry(repo: str, commit: str, path: str, where: str) -> tuple[str, str, 
     where the workspace's link out of the repository is refused. So is a folder on the way stored as a
     link (`data/releases -> /elsewhere`): its files were "not found", the link never named."""
     folders = [str(p) for p in reversed(PurePosixPath(path).parents) if str(p) != "."]
-    try:
-        found = subprocess.run(  # literal: a path is no pattern; --full-tree: from the top, whatever the cwd
-            ["git", "--literal-pathspecs", "ls-tree", "-l", "-z", "--full-tree", commit, "--", path, *folders],
-            cwd=repo,
-            capture_output=True,
-            timeout=GIT_TIMEOUT_S,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{where}: git ls-tree failed ({type(exc).__name__})") from None
-    entries = {}  # name -> [mode, kind, object, size]; a folder that is a tree may list its files: not looked at
-    for record in found.stdout.split(b"\0") if found.returncode == 0 else []:
-        fields, _, name = record.partition(b"\t")
-        entries[name] = fields.decode("ascii", "replace").split()
+    entries = tree_listing(repo, commit, where)
     for folder in folders:
         if entries.get(folder.encode("utf-8", "surrogateescape"), [""])[0] == GIT_LINK_MODE:
             raise DataError(
@@ -100,6 +89,38 @@ def git_entry(repo: str, commit: str, path: str, where: str) -> tuple[str, str, 
     if parts[0] == GIT_LINK_MODE:
         raise DataError(f"{where}: is a symbolic link in git; refusing to read it")
     return parts[0], parts[1], parts[3]
+
+
+_LISTINGS: dict[tuple[str, str], dict[bytes, list[str]]] = {}
+_FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def tree_listing(repo: str, commit: str, where: str) -> dict[bytes, list[str]]:
+    """name -> [mode, kind, object, size] of every entry (folders included) of `commit`'s tree, from ONE
+    `git ls-tree -r -t` (a git process per file read was most of diff's time at a revision); kept for the
+    process per (repo, commit) when `commit` is a full id (a commit's tree never changes; a name may move).
+    An unknown revision lists nothing (each of its paths: no entry)."""
+    key = (str(Path(repo).resolve()), commit)
+    if key in _LISTINGS:
+        return _LISTINGS[key]
+    if commit.startswith("-"):  # never read as an option (callers pass commit ids)
+        return {}
+    try:  # --full-tree: from the top, whatever the cwd; -t: folders listed too (a link on the way is refused)
+        found = subprocess.run(
+            ["git", "ls-tree", "-r", "-t", "-l", "-z", "--full-tree", commit],
+            cwd=repo,
+            capture_output=True,
+            timeout=GIT_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataError(f"{where}: git ls-tree failed ({type(exc).__name__})") from None
+    entries = {}
+    for record in found.stdout.split(b"\0") if found.returncode == 0 else []:
+        fields, _, name = record.partition(b"\t")
+        entries[name] = fields.decode("ascii", "replace").split()
+    if _FULL_ID.fullmatch(commit):
+        _LISTINGS[key] = entries
+    return entries
 
 
 def refuse_git_links(repo: str, revs, paths, labels: dict[str, str]) -> None:

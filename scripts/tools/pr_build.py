@@ -16,7 +16,6 @@ Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -160,6 +159,7 @@ def cli(
 def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
     """pr-build's work, its output locked: dvc repro (or pull), the base's missing releases, build.json."""
     from scripts.lib.io import atomic_path
+    from scripts.lib.nesting import dumps_json
     from scripts.tools.diff import open_fs, releases_at
     from scripts.tools.lock_text import git_entry
     from scripts.tools.pr_comment import release_pairs, unchanged_releases
@@ -204,5 +204,7 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
         build_base(repo, base_rev, missing, base_dir)
     report = {"mode": mode, "changed": [b for _, b in changed], "base_built": missing}
     with atomic_path(out / "build.json") as tmp:  # makes `out`; replaces only a build.json of ours
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(
+            dumps_json(report, out / "build.json", indent=2) + "\n", encoding="utf-8"
+        )  # release names: no NaN
     print(shown(f"pr-build: {mode}; changed releases: {', '.join(report['changed']) or 'none'}"), flush=True)
