@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from scripts.lib.errors import DataError, shown_short
+from scripts.lib.interrupts import held
 from scripts.lib.io import shown
 from scripts.lib.side_files import TablePath as TablePath
 from scripts.lib.side_files import held_open as held_open
@@ -332,25 +333,31 @@ class MadeHere:
         if self.pin and "/" not in key:
             self.pins[key] = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
 
+    # Each entry is made and recorded as one step (interrupts.held): a signal between the two left an entry no
+    # record named, which `remove` kept (a replay stopped right after making `.git` left DEST behind)
     def new_folder(self, rel: str) -> None:
-        with self._parent(rel) as (folder, leaf, key):
+        with self._parent(rel) as (folder, leaf, key), held():
             os.mkdir(leaf, dir_fd=folder)
             self._made(key, folder, leaf)
 
     def new_link(self, rel: str, target: str) -> None:
-        with self._parent(rel) as (folder, leaf, key):
+        with self._parent(rel) as (folder, leaf, key), held():
             os.symlink(target, leaf, dir_fd=folder)
             self._made(key, folder, leaf)
 
     def new_file(self, rel: str, data: bytes, mode: int | None = None) -> None:
-        with (
-            self._parent(rel) as (folder, leaf, key),
-            os.fdopen(os.open(leaf, NEW_FILE_FLAGS, 0o666, dir_fd=folder), "wb") as file,
-        ):
-            self._made(key, folder, leaf)
-            if mode is not None:  # a tracked script keeps its exec bit, as shutil.copy2 kept it
-                os.fchmod(file.fileno(), mode)
-            file.write(data)
+        with self._parent(rel) as (folder, leaf, key):
+            with held():
+                fd = os.open(leaf, NEW_FILE_FLAGS, 0o666, dir_fd=folder)
+                try:
+                    self._made(key, folder, leaf)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            with os.fdopen(fd, "wb") as file:
+                if mode is not None:  # a tracked script keeps its exec bit, as shutil.copy2 kept it
+                    os.fchmod(file.fileno(), mode)
+                file.write(data)
 
     def rewrite(self, rel: str, data: bytes) -> None:
         """New contents for a file this run made, refused unless the name still holds that regular file: a new

@@ -26,12 +26,30 @@ LINE_CHARS = 1 << 16  # a child's line is passed on in pieces of this many chara
 @contextlib.contextmanager
 def child_group(cmd: list[str], **popen_kwargs) -> Iterator[subprocess.Popen]:
     """subprocess.Popen(cmd) in a process group of its own, ended (stop_group) if the block raises."""
-    with subprocess.Popen(cmd, process_group=0, **popen_kwargs) as proc:
+    with _started(cmd, **popen_kwargs) as proc:
         try:
             yield proc
         except BaseException:
             stop_group(proc)
             raise
+
+
+def _started(cmd: list[str], **popen_kwargs) -> subprocess.Popen:
+    """Popen(cmd) leading a group of its own. A signal while the child starts is raised once the child is known
+    (interrupts.held), and the child stopped: raised inside Popen, it left the child running unsupervised, and a
+    replay's `git init` wrote into the folder its failed run had just removed."""
+    from scripts.lib.interrupts import held
+
+    started: list[subprocess.Popen] = []
+    try:
+        with held():
+            started.append(subprocess.Popen(cmd, process_group=0, **popen_kwargs))
+    except BaseException:
+        for proc in started:
+            with proc:
+                stop_group(proc)
+        raise
+    return started[0]
 
 
 def run_in_group(cmd: list[str], *, capture_output: bool = False, timeout: float | None = None, **popen_kwargs):
