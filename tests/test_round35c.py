@@ -264,6 +264,7 @@ TLS_TRICKLES = {  # 33c's trickled error bodies, over TLS
 }
 
 
+@pytest.mark.slow  # a TLS handshake and a trickle a row
 @pytest.mark.parametrize("case", sorted(TLS_TRICKLES))
 def test_a_trickle_over_https_is_held_to_its_deadline(tmp_path, monkeypatch, capfd, tls_files, case):
     import scripts.lib.deadline_http as deadline_http
@@ -295,6 +296,7 @@ HUB_FIELDLESS = {  # create_repo's reply: `Hub: 'url'` (huggingface_hub's KeyErr
 }
 
 
+@pytest.mark.slow  # huggingface_hub's import and requests (class C's rows stay in the default tier)
 @pytest.mark.parametrize("case", sorted(HUB_FIELDLESS))
 def test_a_hub_reply_without_its_fields_is_named_so(tmp_path, monkeypatch, case):
     from scripts.tools.publish import upload
