@@ -209,7 +209,7 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
             message = f"HTTP {exc.code}: the server redirects to {where}; redirects are not followed"
             message += " (the API key is sent to base_url only): set base_url to the final address"
             raise FatalError(redact_secrets(message, api_key)) from None
-        detail = redact_secrets(_error_detail(exc), api_key)
+        detail = redact_secrets(_error_detail(exc, api_key), api_key)
         if exc.code == 429:
             raise TransientError(
                 "http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))
@@ -251,14 +251,14 @@ def _stored_holds_key(response: dict, api_key: str) -> bool:
     return not text.isascii() and holds_key(json.dumps(response), api_key)
 
 
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    """The server's own error message, short, on one line.
-
-    OpenAI, vLLM, llama.cpp: {"error": {"message": ...}}; Ollama: {"error": "..."}; FastAPI servers
-    (transformers serve): {"detail": "..."}; vLLM also {"message": ...}.
-    """
+def _error_detail(exc: urllib.error.HTTPError, api_key: str | None) -> str:
+    """The server's own error message, short, on one line. OpenAI, vLLM, llama.cpp: {"error": {"message": ...}};
+    Ollama: {"error": "..."}; FastAPI servers (transformers serve): {"detail": "..."}; vLLM also {"message": ...}."""
+    raw, whole = deadline_http.read_error_start(exc, MAX_ERROR_BYTES)  # a few seconds; read errors are its own
+    if not whole:  # stalled or broken: the part received (redacted by post_chat, cut here)
+        return deadline_http.received_part(raw, api_key)
     try:
-        payload = loads_json(deadline_http.read_error_start(exc, MAX_ERROR_BYTES) or b"null")  # a few seconds
+        payload = loads_json(raw or b"null")
         error = payload.get("error")
         message = error.get("message") if isinstance(error, dict) else error
         message = message or payload.get("detail") or payload.get("message")

@@ -111,6 +111,10 @@ class TooManyInterimReplies(http.client.HTTPException):
     """More than MAX_INTERIM_REPLIES 1xx replies before the real one: a server that never answers."""
 
 
+class UnaskedProtocolSwitch(http.client.HTTPException):
+    """A `101 Switching Protocols` reply: never asked for (no Upgrade header is sent), so no HTTP reply follows."""
+
+
 class InterimSkippingResponse(http.client.HTTPResponse):
     """http.client's response, every 1xx informational reply before the real one skipped (RFC 9110 15.2: a
     client parses and ignores them); http.client skips 100 Continue only, so a `103 Early Hints` failed the
@@ -123,21 +127,47 @@ class InterimSkippingResponse(http.client.HTTPResponse):
     def _read_status(self):
         for _ in range(MAX_INTERIM_REPLIES + 1):
             version, status, reason = super()._read_status()  # type: ignore[misc]  # not in typeshed
-            if not 100 <= status < 200 or status == 101:  # 101: a switch of protocols, never asked for
+            if status == 101:  # what follows is another protocol: taken as the reply, it was an empty success
+                raise UnaskedProtocolSwitch("a 101 Switching Protocols reply, never asked for")
+            if not 100 <= status < 200:
                 return version, status, reason
             http.client.parse_headers(self.fp)  # its header lines, ignored (also bounded: 100 lines at most)
         raise TooManyInterimReplies(f"more than {MAX_INTERIM_REPLIES} informational (1xx) replies")
 
 
-def read_error_start(error, amount: int) -> bytes:
-    """The first `amount` bytes of an HTTPError's body, read by ERROR_BODY_WAIT_S from now (and the request's deadline):
-    the body only gives the message shown beside the status, and one trickling a byte at a time held the
-    request until its deadline (60 s for pr-comment-post) before the status was shown. The caller's except
-    clause takes the TimeoutError and shows the status alone."""
-    sock = getattr(getattr(error, "fp", None), "deadline_sock", None)
+def read_error_start(error, amount: int) -> tuple[bytes, bool]:
+    """(the first `amount` bytes of an HTTPError's body, whether it was read to its end or `amount`), read by
+    ERROR_BODY_WAIT_S from now (and the request's deadline): the body only gives the message shown beside the
+    status, and one trickling a byte at a time held the request until its deadline (60 s for pr-comment-post).
+    A body that stalls, or breaks (a chunk size that is no number, a body cut short), gives the part received
+    (shown by `received_part`); it was dropped, and the status shown alone."""
+    response = getattr(error, "fp", None)
+    sock = getattr(response, "deadline_sock", None)
     if sock is not None:
         sock.end_by(time.monotonic() + ERROR_BODY_WAIT_S)
-    return error.read(amount)
+    read = getattr(response, "read1", None) or error.read  # read1: a piece at a time, kept when the next one fails
+    received = bytearray()
+    try:
+        while len(received) < amount:
+            piece = read(amount - len(received))
+            if not piece:
+                break
+            received += piece
+    except (TimeoutError, http.client.HTTPException, ValueError, OSError):
+        return bytes(received), False
+    return bytes(received), True
+
+
+def received_part(raw: bytes, secret: str | None, limit: int = 200) -> str:
+    """` (the body stopped after N bytes: ...)`, the start of an error body that stopped short, on one line, escaped, the secret redacted,
+    at most `limit` characters; its last bytes are left out where a secret is set: a secret the stop cut in two
+    would not be redacted."""
+    from scripts.lib.errors import shown_short
+    from scripts.lib.key_redaction import redact_secrets
+
+    shown_raw = raw[: max(0, len(raw) - 6 * len(secret))] if secret else raw  # 6: \\uXXXX, a character's longest form
+    text = redact_secrets(" ".join(shown_raw.decode("utf-8", "replace").split()), secret)
+    return f" (the body stopped after {len(raw)} bytes{': ' + shown_short(text, limit) if text else ''})"
 
 
 def connect_by(address: tuple[str, int], deadline: float, cancel: threading.Event | None, source_address=None):

@@ -38,7 +38,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scripts.lib.deadline_http import DeadlineHTTPHandler, DeadlineHTTPSHandler, read_error_start, read_promised
+from scripts.lib.deadline_http import (
+    DeadlineHTTPHandler,
+    DeadlineHTTPSHandler,
+    read_error_start,
+    read_promised,
+    received_part,
+)
 from scripts.lib.errors import DataError, shown
 from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
@@ -219,14 +225,14 @@ def _read_reply(stream, cap: int) -> bytes:
     return data
 
 
-def _error_body(exc: urllib.error.HTTPError) -> bytes:
-    """The start of an error reply's body, b"" where it cannot be read (a chunk size that is no number or
-    negative, a body cut short, or not read within a few seconds: read_error_start): the status alone is still
-    a clear error, and these escaped the except clauses around it as a traceback."""
+def _error_body(exc: urllib.error.HTTPError) -> tuple[bytes, bool]:
+    """The start of an error reply's body and whether it was read whole (read_error_start: a body that stalls
+    or breaks gives the part received); any other failure to read it is (b"", False), the status alone still a
+    clear error: these escaped the except clauses around it as a traceback."""
     try:
         return read_error_start(exc, MAX_ERROR_BYTES)
     except Exception:
-        return b""
+        return b"", False
 
 
 class _Failed(Exception):
@@ -284,14 +290,14 @@ class GitHub:
         url, deadline = endpoint, time.monotonic() + self._deadline_s
         data = json.dumps(body).encode() if body is not None else None
         for _ in range(MAX_REDIRECTS + 1):
-            status, location, raw = self._send(method, url, data, deadline)
+            status, location, raw, whole = self._send(method, url, data, deadline)
             if status in ok:
                 return None
             if 300 <= status < 400:
                 url = self._redirect_target(status, url, location)
                 continue
             if status >= 300:
-                raise _Failed(f"HTTP {status}{_error_message(raw)}")
+                raise _Failed(f"HTTP {status}{_error_message(raw) if whole else received_part(raw, self._token)}")
             try:
                 return loads_json(raw) if raw.strip() else {}
             except ValueError:  # TooDeep, a 5000-digit number, HTML
@@ -307,8 +313,8 @@ class GitHub:
             raise _Failed(f"HTTP {status} redirects to {where}; only {_origin(self.api)} gets the token")
         return target
 
-    def _send(self, method: str, url: str, data: bytes | None, deadline: float) -> tuple[int, str | None, bytes]:
-        """(status, Location, body) of one exchange; _Failed for no answer, a reply too large, a broken one."""
+    def _send(self, method: str, url: str, data: bytes | None, deadline: float) -> tuple[int, str | None, bytes, bool]:
+        """(status, Location, body, whether the body is whole) of one exchange; _Failed for no answer, a reply too large, a broken one."""
         headers = {
             "Authorization": f"Bearer {self._token}",
             "Accept": "application/vnd.github+json",
@@ -319,10 +325,10 @@ class GitHub:
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with _opener(deadline).open(request, timeout=self._deadline_s) as response:
-                return response.status, None, _read_reply(response, MAX_REPLY_BYTES)
+                return response.status, None, _read_reply(response, MAX_REPLY_BYTES), True
         except urllib.error.HTTPError as exc:
             with exc:  # only the start of an error's body: its message is all that is shown
-                return exc.code, exc.headers.get("Location"), _error_body(exc)
+                return exc.code, exc.headers.get("Location"), *_error_body(exc)
         except _Failed:
             raise
         except TimeoutError:

@@ -302,14 +302,22 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
 
     if isinstance(exc, httpx2.TimeoutException):
         detail = f"no whole answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
-    elif isinstance(exc, ValueError) and not isinstance(exc, httpx2.HTTPError):
+    elif isinstance(exc, (ValueError, LookupError, TypeError)) and not isinstance(exc, httpx2.HTTPError):
+        # LookupError, TypeError: huggingface_hub's `d["url"]` on a reply without it, or a list (`Hub: 'url'`)
         detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
     else:
-        detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+        detail = " ".join(_first_lines(str(exc))) or type(exc).__name__
     line = redact_url_userinfo(hide_endpoint_path(f"Hub: {detail}", os.environ.get("HF_ENDPOINT"), secrets))
     for secret in [*secrets, *endpoint_path_secrets(os.environ.get("HF_ENDPOINT"))]:
         line = redact_secrets(line, secret)
     return shown_short(line, MAX_HUB_LINE_CHARS)  # after the redaction: a cut never leaves part of a secret
+
+
+def _first_lines(text: str, count: int = 4) -> list[str]:
+    """The first `count` non-empty lines of an error's text: huggingface_hub's 400 starts with an empty line and
+    "Bad request:", the server's message after them (the line showed "Bad request:" or the error's type alone)."""
+    lines = (line.strip() for line in text[: 64 << 10].splitlines())  # 64 kB: a megabyte message is cut anyway
+    return [line for line in lines if line][:count]
 
 
 def endpoint_path_secrets(endpoint: str | None) -> list[str]:
