@@ -301,6 +301,9 @@ def _quiet_interrupts(previous):
 
 def _interrupted(signum: int) -> int:
     start = "\n" if getattr(sys.stderr, "mid_line", False) else ""
+    # it quotes nothing: a signal during the first imports left redaction's own imports broken, and the
+    # line was `(a line left out: ...)` in its place
+    _NO_DATA.add(f"{start}{line(signum)}")
     _say(f"{start}{line(signum)}")
     said()
     _silence_finalizers()
