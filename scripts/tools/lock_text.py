@@ -92,6 +92,7 @@ def git_entry(repo: str, commit: str, path: str, where: str) -> tuple[str, str, 
 
 
 _LISTINGS: dict[tuple[str, str], dict[bytes, list[str]]] = {}
+LISTINGS_KEPT = 8  # diff and pr-comment read two revisions, history-table one per release
 _FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -119,6 +120,8 @@ def tree_listing(repo: str, commit: str, where: str) -> dict[bytes, list[str]]:
         fields, _, name = record.partition(b"\t")
         entries[name] = fields.decode("ascii", "replace").split()
     if _FULL_ID.fullmatch(commit):
+        if len(_LISTINGS) >= LISTINGS_KEPT:  # the oldest goes: a listing is ~100 bytes an entry of the tree
+            _LISTINGS.pop(next(iter(_LISTINGS)))
         _LISTINGS[key] = entries
     return entries
 
