@@ -10,7 +10,6 @@ release.py, prefilter.py, the tests and the benchmarks import from here.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from scripts.lib.dedup.stage_input import StageInput, check_unchanged, input_sta
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, shown, writing
 from scripts.lib.nesting import dumps_json
-from scripts.lib.params import PARAMS_FILE, Dedup, Runtime, load_section
+from scripts.lib.params import Dedup, Runtime, load_section, section_or_default
 from scripts.lib.s3_input import is_s3
 from scripts.lib.tables import write_row_groups
 from scripts.lib.text_lines import decode_lines, line_batches, text_input
@@ -70,19 +69,6 @@ def embed(texts, params=None) -> np.ndarray:
 
 def runtime_section() -> Runtime:
     return section_or_default("runtime", Runtime())
-
-
-def section_or_default(section: str, default):
-    """params.yaml's `section` (its defaults when absent), or `default` when there is no params.yaml at all: the
-    file is loaded first, never looked at by name before (exists() was False for a link to nothing, or in a
-    loop, and the defaults were used at exit 0; a file swapped between the look and the load). Only a load
-    that failed asks whether anything is there (lstat: a broken link is there, and its one line stands)."""
-    try:
-        return load_section(section, missing_ok=True)
-    except DataError:
-        if not os.path.lexists(PARAMS_FILE):
-            return default
-        raise
 
 
 # --- dedup@S -----------------------------------------------------------------------------------------

@@ -259,3 +259,16 @@ def load_section(section: str, path: Path | str = PARAMS_FILE, missing_ok: bool 
     if section in ENTRY_SECTIONS:
         return {name: parse(model, entry, at=(section, name), file=str(path)) for name, entry in (raw or {}).items()}
     return parse(model, raw or {}, at=(section,), file=str(path))
+
+
+def section_or_default(section: str, default: Any) -> Any:
+    """params.yaml's `section` (its defaults when absent), or `default` when there is no params.yaml at all: the
+    file is loaded first, never looked at by name before (exists() was False for a link to nothing, or in a
+    loop, and the defaults were used at exit 0; a file swapped between the look and the load). Only a load
+    that failed asks whether anything is there (lstat: a broken link is there, and its one line stands)."""
+    try:
+        return load_section(section, missing_ok=True)
+    except DataError:
+        if not os.path.lexists(PARAMS_FILE):
+            return default
+        raise
