@@ -338,7 +338,7 @@ def write_bucketed(
     Rows carry `id, source, text, image` (and optionally `orig_text`, `caption_variant`,
     `caption_selector_index`, `caption_source_id`; `rows.attrs["caption_sources"]` maps a source id to
     its backend/model/created_at/prompt hashes)."""
-    from scripts.lib.shards import ShardWriter
+    from scripts.lib.shards import ShardWriter, json_member
 
     options = normalized(options)
     table = bucket_table(options["base_resolution"], int(options["divisible"]), options["proto_buckets_1024"])
@@ -372,7 +372,7 @@ def write_bucketed(
                 [
                     ("jpg", jpg),
                     ("txt", (caption + "\n").encode("utf-8")),
-                    ("json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")),
+                    ("json", json_member(meta, writer.folder)),
                 ],
             )
             export_hash.update(f"{row.id}\0{bucket.bucket_id}\0{hashlib.sha256(jpg).hexdigest()}\n".encode())
@@ -493,7 +493,7 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict):
         "crop_box": list(plan.crop_box),
         "image_mode": "passthrough_jpeg" if passthrough else "reencode_jpeg",
         "jpeg_subsampling": subsampling,
-        "caption_variant": variant,
+        "caption_variant": redact_known(variant, None),  # a caption source's name, from its config (as manifest.json)
         "caption_selector_index": selector,
         "caption_source_id": source_id,
     }

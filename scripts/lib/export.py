@@ -38,11 +38,11 @@ from scripts.lib import bucketed
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.release_images import IMAGE_SUFFIXES, image_bytes, locate_images
 from scripts.lib.release_images import release_image_bytes as release_image_bytes
 from scripts.lib.safe_paths import link_opened, new_file, open_regular
-from scripts.lib.shards import ShardWriter
+from scripts.lib.shards import ShardWriter, json_member
 from scripts.lib.tables import arrow_table, row_groups_to, write_parquet
 
 FORMATS = ("imagefolder", "webdataset", "simpletuner", "parquet", "bucketed", "prompts")
@@ -198,7 +198,8 @@ def write_imagefolder(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]
     """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it."""
     lines = []
     for row, file_name in placed_images(rows, folder, tick):
-        lines.append(json.dumps({"file_name": file_name, **sample_json(row)}, ensure_ascii=False))
+        record = {"file_name": file_name, **sample_json(row)}  # a NaN or infinity: one line (dumps_json)
+        lines.append(dumps_json(record, folder / "metadata.jsonl", ensure_ascii=False))
     new_file(folder / "metadata.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
 
 
@@ -258,7 +259,7 @@ def write_webdataset(
     writer = ShardWriter(folder, shard_size)
     try:
         for row in rows.itertuples(index=False):
-            meta = json.dumps(sample_json(row), ensure_ascii=False, sort_keys=True).encode("utf-8")
+            meta = json_member(sample_json(row), folder)
             data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None))
             ext, data = image_as(data, image_format, image_ext(row).lstrip("."), row.image)
             writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])

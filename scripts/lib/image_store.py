@@ -239,13 +239,16 @@ class ImageStore:
             if os.path.samefile(self.root / stored, linked):
                 (self.root / stored).unlink()
 
-    def take(self, src: Path, stored: str) -> bool:
-        """Link `src` (opened once, not through a link) in as `stored` unless the store has it; True if taken."""
+    def take(self, src: Path, stored: str, sha256: str | None = None) -> bool:
+        """Link `src` (one open, no link) in as `stored` unless held; True if taken. `sha256`: checked on that open."""
         if self.has(stored) or os.path.lexists(self.root / stored):  # a file the index does not list stays
             return False
         self.index.add(stored)
         self.indexed.add(stored)
         with open_within(src, src.parent, follow=False) as opened:  # by name, a link put there since was followed
+            if sha256 is not None and hashlib.file_digest(opened, "sha256").hexdigest() != sha256:  # type: ignore[arg-type]
+                raise DataError(f"{shown(src)}: changed while generate checked it; not taken into the image store")
+            opened.seek(0)  # hashed by name before, a file renamed in between was taken under another's key
             link_file(src, self.root / stored, self.tmp, opened)
         return True
 
@@ -427,10 +430,9 @@ class OutputFolder:
         if store is not None:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
-                    store.take(self.root / rel, stored_name(keys[rel], rel))
-        write_file_atomic(
-            self.journal.path, Journal.text_with(self.digests_of(sorted(kept)))
-        )  # before the manifest goes
+                    store.take(self.root / rel, stored_name(keys[rel], rel), self.digests.get(rel))
+        # before the manifest goes
+        write_file_atomic(self.journal.path, Journal.text_with(self.digests_of(sorted(kept))))
         removed = 0
         for rel in files:
             if rel not in kept and rel != JOURNAL:

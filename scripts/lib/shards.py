@@ -89,3 +89,11 @@ class ShardWriter:
     @property
     def shards(self) -> int:
         return self.index + 1
+
+
+def json_member(value: dict, shards: Path) -> bytes:
+    """A sample's .json member, by nesting.dumps_json: a NaN or infinity (a float column's value) went in as `NaN`
+    or `Infinity`, which other JSON readers refuse."""
+    from scripts.lib.nesting import dumps_json
+
+    return dumps_json(value, shards, ensure_ascii=False, sort_keys=True).encode("utf-8")
