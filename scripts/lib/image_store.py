@@ -402,35 +402,17 @@ class OutputFolder:
         return manifest_keys(manifest) if manifest.is_file() else {}
 
     def start(self, wanted: set[str], store: ImageStore | None = None) -> int:
-        """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not
-        write, take every image whose key is known into `store`, delete the rest (the manifest too:
-        the output is incomplete until `finish`). Returns how many files besides the manifest went."""
+        """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not write, take every image
+        whose key is known into `store`, delete the rest (the manifest too: incomplete until `finish`); returns how many others went."""
         self.root.mkdir(parents=True, exist_ok=True)
-        keys = self.keys()
-        owned = set(keys) | self.journal.names() | {MANIFEST, JOURNAL}
-        files, folders = _walk(self.root)
-        parents = _ancestors(owned)
-        for rel in files:
-            if rel not in owned and _owner(rel) not in owned:
-                raise DataError(
-                    f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
-                    "not list it); refusing to prune it (point the stage at its own image folder)"
-                )
-        for rel in folders:
-            if rel not in parents:
-                raise DataError(
-                    f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
-                    "it (point the stage at its own image folder)"
-                )
+        files, folders, keys = self.refuse_foreign()
         self._check_ours(files, keys, store)  # before anything is taken into the store or pruned
         kept = {rel for rel in files if rel in wanted}
         if store is not None:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
                     store.take(self.root / rel, stored_name(keys[rel], rel))
-        write_file_atomic(
-            self.journal.path, Journal.text_with(self.digests_of(sorted(kept)))
-        )  # before the manifest goes
+        write_file_atomic(self.journal.path, Journal.text_with(self.digests_of(sorted(kept))))  # before the manifest
         removed = 0
         for rel in files:
             if rel not in kept and rel != JOURNAL:
@@ -440,6 +422,24 @@ class OutputFolder:
             if not any((self.root / rel).iterdir()):
                 (self.root / rel).rmdir()
         return removed
+
+    def refuse_foreign(self) -> tuple[list[str], list[str], dict[str, str]]:
+        """start's refusals that hash nothing (a name neither manifest nor journal lists), also run before the input."""
+        keys = self.keys()
+        owned = set(keys) | self.journal.names() | {MANIFEST, JOURNAL}
+        files, folders = _walk(self.root)
+        for rel in files:
+            if rel not in owned and _owner(rel) not in owned:
+                raise DataError(
+                    f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
+                    "not list it); refusing to prune it (point the stage at its own image folder)"
+                )
+        for rel in sorted(set(folders) - _ancestors(owned)):
+            raise DataError(
+                f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
+                "it (point the stage at its own image folder)"
+            )
+        return files, folders, keys
 
     def _check_ours(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
         """Refuse what generate did not leave as it is: a file under one of its temp names that no run of it
