@@ -77,6 +77,10 @@ def cli(
     if source not in sources:
         raise DataError(f"params.yaml: sources: no source named '{source}'")
     name, mode = source_choice(sources[source].clean)
+    # before the input's footer is opened (a FIFO hung there; the rule set compiled, Ray started): a user's
+    # file at an output is said first
+    dropped_path, report_path = sibling_paths(output)
+    check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     runtime = load_section("runtime", missing_ok=True)
     table = ParquetChunks(input, runtime.stream_rows)
     if "prompt" not in table.columns:
@@ -91,8 +95,6 @@ def cli(
             clean_chunk = _taking(on_ray, mode)
         else:
             clean_chunk = _locally(compiled, mode, local_workers(runtime), f"clean@{source}", input)
-    dropped_path, report_path = sibling_paths(output)
-    check_files_ours(output, dropped_path, report_path, inputs=[input, rules])
     rows_in, reasons = 0, Counter()
     # Ray (started at the first chunk) is shut down on the way out whatever happens, outside the outputs' commit
     with contextlib.closing(on_ray) if on_ray else contextlib.nullcontext(), contextlib.ExitStack() as outputs:

@@ -190,6 +190,10 @@ def cli(
     """Render one image per prompt into OUTPUT (resumable; only images in neither OUTPUT nor the store are rendered)."""
     settings = load_section("generate")
     runtime = load_section("runtime", missing_ok=True)
+    # the output's refusals that hash nothing, before the input is read and the model loaded (minutes at scale):
+    # a user's README.md in OUTPUT, or OUTPUT a link, was said after all of that; generate checks again locked
+    check_output_kind(output)
+    OutputFolder(output).refuse_foreign()
     counts = generate(
         read_parquet(input), settings, output, input_name=str(input), store=store, prefix=source, runtime=runtime
     )

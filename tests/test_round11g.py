@@ -209,7 +209,7 @@ LINKS = {  # case -> (src, dst, temp folder), each "disk" (tmp_path) or "other" 
 def test_a_link_across_filesystems_is_a_copy_renamed_in_on_the_destinations(tmp_path, monkeypatch, case):
     import shutil
 
-    from scripts.lib.image_store import link_file
+    from scripts.lib.store_files import link_file
 
     monkeypatch.chdir(tmp_path)
     other = other_filesystem(tmp_path)

@@ -18,14 +18,11 @@ a folder holding anything unlisted is refused in one line, with nothing touched.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
 import re
-import shutil
 import stat
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,9 +31,10 @@ from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.io import check_output_kind
 from scripts.lib.name_lists import Journal, NameList, open_own
 from scripts.lib.render_plan import KEY, MANIFEST, MANIFEST_COLUMNS, MANIFEST_COLUMNS_BEFORE_SHA256, stored_name
-from scripts.lib.safe_paths import link_opened, open_within, opened_real_path
+from scripts.lib.safe_paths import open_within, opened_real_path
+from scripts.lib.store_files import TEMP_NAME, alive, link_file, write_file_atomic
 from scripts.lib.tables import parquet_source, write_parquet
-from scripts.lib.temps import TEMP_XATTR, is_our_temp, mark_temp, unremovable_folder
+from scripts.lib.temps import is_our_temp, unremovable_folder
 
 STORE_TMP = ".tmp"
 STORE_IGNORE = ".gitignore"
@@ -48,79 +46,6 @@ STORE_MARK = ".t2i-image-store"
 STORE_MARK_TEXT = b"The generation store of t2i-datasets (python -m scripts generate): images by render key.\n"
 JOURNAL = ".generate-journal"
 _HEX2 = re.compile(r"[0-9a-f]{2}")
-# `.<name>.tmp-<pid>-<thread>` (write_file_atomic, link_file) or `.<name>.tmp-new|old|lock` (io.atomic_path)
-_TEMP = re.compile(r"\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-\d+|new|old|lock)")
-
-
-def _temp_path(path: Path, tmp_dir: Path | None) -> Path:
-    return (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
-
-
-def write_file_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Temp file + rename: a name always holds a whole image (the temp file in `tmp_dir`, on the same
-    filesystem, or beside `path`; tagged as ours while it is a temp)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, tmp_dir)
-    with _removed_on_failure(tmp, path):
-        with tmp.open("xb") as f:
-            mark_temp(f.fileno())
-            f.write(data)
-        _rename_in(tmp, path)
-
-
-@contextlib.contextmanager
-def _removed_on_failure(tmp: Path, path: Path):
-    """No temp file outlives a failed write (a full disk left one per writer thread), and the error names
-    the image, not the temp (an ENOSPC from write() names no file at all)."""
-    try:
-        yield
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(os_error_message(exc, path, tmp)) from None
-        raise
-
-
-def _rename_in(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        os.removexattr(path, TEMP_XATTR, follow_symlinks=False)  # no longer a temp
-
-
-def link_file(src: Path, dst: Path, tmp_dir: Path | None = None, opened: BinaryIO | None = None) -> None:
-    """Make `dst` the file `src` (a hard link; a copy across filesystems or where links are refused), never writing
-    into an existing file: a link or a temp copy (in `tmp_dir` on `dst`'s filesystem, else beside it) renamed over
-    `dst`. `opened`: `src` as the caller opened and checked it, the link proved of it and the copy read from it."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if opened is None:
-            os.link(src, dst)
-            return
-        if link_opened(opened, src, dst):  # False where no link can be made: a copy then
-            return
-    except FileExistsError:
-        pass  # a copy: a linked temp could not be tagged (the tag would land on `src`, the same file)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-            raise
-    if tmp_dir is not None and os.stat(tmp_dir).st_dev != os.stat(dst.parent).st_dev:
-        tmp_dir = None  # the copy is renamed in, and no rename crosses filesystems: its temp goes beside `dst`
-    tmp = _temp_path(dst, tmp_dir)
-    with _removed_on_failure(tmp, dst):
-        with open(tmp, "xb") as f, contextlib.nullcontext(opened) if opened else open(src, "rb") as source:
-            mark_temp(f.fileno())
-            shutil.copyfileobj(source, f)
-        _rename_in(tmp, dst)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _walk(root: Path) -> tuple[list[str], list[str]]:
@@ -146,7 +71,7 @@ def _regular(path: Path) -> bool:
 def _owner(rel: str) -> str | None:
     """The name a temp file is being written for (same folder), or None for a file that is no temp."""
     folder, _, name = rel.rpartition("/")
-    match = _TEMP.fullmatch(name)
+    match = TEMP_NAME.fullmatch(name)
     return None if match is None else (f"{folder}/{match['name']}" if folder else match["name"])
 
 
@@ -255,8 +180,8 @@ class ImageStore:
     def _sweep(self, indexed: set[str]) -> None:
         """Delete temp files of dead runs, for names the store writes (its images, index, .gitignore)."""
         for tmp in self.tmp.iterdir():
-            match = _TEMP.fullmatch(tmp.name)
-            if match is None or not match["pid"] or _alive(int(match["pid"])) or not is_our_temp(tmp):
+            match = TEMP_NAME.fullmatch(tmp.name)
+            if match is None or not match["pid"] or alive(int(match["pid"])) or not is_our_temp(tmp):
                 continue
             name = match["name"]
             if name in (STORE_INDEX, STORE_IGNORE) or f"{name[:2]}/{name}" in indexed:
@@ -405,34 +330,17 @@ class OutputFolder:
         return manifest_keys(manifest) if manifest.is_file() else {}
 
     def start(self, wanted: set[str], store: ImageStore | None = None) -> int:
-        """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not
-        write, take every image whose key is known into `store`, delete the rest (the manifest too:
-        the output is incomplete until `finish`). Returns how many files besides the manifest went."""
+        """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not write, take every image
+        whose key is known into `store`, delete the rest (the manifest too: incomplete until `finish`); returns how many others went."""
         self.root.mkdir(parents=True, exist_ok=True)
-        keys = self.keys()
-        owned = set(keys) | self.journal.names() | {MANIFEST, JOURNAL}
-        files, folders = _walk(self.root)
-        parents = _ancestors(owned)
-        for rel in files:
-            if rel not in owned and _owner(rel) not in owned:
-                raise DataError(
-                    f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
-                    "not list it); refusing to prune it (point the stage at its own image folder)"
-                )
-        for rel in folders:
-            if rel not in parents:
-                raise DataError(
-                    f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
-                    "it (point the stage at its own image folder)"
-                )
+        files, folders, keys = self.refuse_foreign()
         self._check_ours(files, keys, store)  # before anything is taken into the store or pruned
         kept = {rel for rel in files if rel in wanted}
         if store is not None:
             for rel in files:
                 if rel in keys and rel not in (MANIFEST, JOURNAL):
                     store.take(self.root / rel, stored_name(keys[rel], rel), self.digests.get(rel))
-        # before the manifest goes
-        write_file_atomic(self.journal.path, Journal.text_with(self.digests_of(sorted(kept))))
+        write_file_atomic(self.journal.path, Journal.text_with(self.digests_of(sorted(kept))))  # before the manifest
         removed = 0
         for rel in files:
             if rel not in kept and rel != JOURNAL:
@@ -443,6 +351,24 @@ class OutputFolder:
                 (self.root / rel).rmdir()
         return removed
 
+    def refuse_foreign(self) -> tuple[list[str], list[str], dict[str, str]]:
+        """start's refusals that hash nothing (a name neither manifest nor journal lists), also run before the input."""
+        keys = self.keys()
+        owned = set(keys) | self.journal.names() | {MANIFEST, JOURNAL}
+        files, folders = _walk(self.root)
+        for rel in files:
+            if rel not in owned and _owner(rel) not in owned:
+                raise DataError(
+                    f"{self.root}: holds {rel!r}, which generate did not write (its manifest and journal do "
+                    "not list it); refusing to prune it (point the stage at its own image folder)"
+                )
+        for rel in sorted(set(folders) - _ancestors(owned)):
+            raise DataError(
+                f"{self.root}: holds the folder {rel!r}, which generate did not write; refusing to prune "
+                "it (point the stage at its own image folder)"
+            )
+        return files, folders, keys
+
     def _check_ours(self, files: list[str], keys: dict[str, str], store: ImageStore | None) -> None:
         """Refuse what generate did not leave as it is: a file under one of its temp names that no run of it
         tagged, anything but a regular file (a FIFO would hang the hash), and a file whose bytes are not a
@@ -452,7 +378,7 @@ class OutputFolder:
         recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
         journaled = self.journal.digests()
         for rel in files:
-            if _TEMP.fullmatch(rel.rpartition("/")[2]) is not None and not is_our_temp(self.root / rel):
+            if TEMP_NAME.fullmatch(rel.rpartition("/")[2]) is not None and not is_our_temp(self.root / rel):
                 raise DataError(
                     f"{shown(self.root / rel)}: named as a temp file of generate's, but no run of it left it; refusing to delete it (move it away)"
                 )
