@@ -297,3 +297,28 @@ def dvc_config_credentials() -> dict[str, str]:
     from scripts.lib.params.credential_files import dvc_config_credentials as held
 
     return held()
+
+
+# huggingface_hub's switches for what it does beside the requests asked of it: unless telemetry is off, its user
+# agent fetched `{HF_ENDPOINT}/api/agent-harnesses` (a request to whatever endpoint is set) and wrote the answer to
+# HF_HOME/.agent_harnesses.json, outside any output (a list answer then broke every later request: `Hub: 'list'
+# object has no attribute 'get'`), and it sent the torch version in every request; hf_xet reads it too.
+HUB_CLIENT_SWITCHES = {"HF_HUB_DISABLE_TELEMETRY": "1"}
+# where a variable names a place of the user's choosing, theirs is kept: hf_xet, once imported, wrote a log file
+# in HF_HOME/xet/logs at every run (a path of theirs in HF_XET_LOG_DEST is where they asked it to log)
+HUB_CLIENT_DEFAULTS = {"HF_XET_LOG_DEST": os.devnull}
+
+
+def quiet_hub_client() -> None:
+    """huggingface_hub sending only the requests asked of it and writing no file of its own: its switches set
+    for this process (and its children) whatever the environment said (`HF_HUB_DISABLE_TELEMETRY=0` too: no
+    command here needs what telemetry adds, and a file written outside the outputs, its content chosen by the
+    endpoint, is no choice to leave to a variable); set on `constants` too where the library was imported
+    before (its import reads them once). Call it before the first request."""
+    for name, value in HUB_CLIENT_SWITCHES.items():
+        os.environ[name] = value
+    for name, value in HUB_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # noqa: B010  # a module of its own, not typed here

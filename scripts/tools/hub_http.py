@@ -349,3 +349,15 @@ def hide_endpoint_path(line: str, endpoint: str | None, secrets: list[str]) -> s
     for form in sorted({path, decoded, urllib.parse.quote(decoded, safe="/")}, key=len, reverse=True):
         line = line.replace(form, "/***")
     return line
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").upper() in ("1", "ON", "YES", "TRUE")  # huggingface_hub's constants._is_true
+
+
+def check_online(dry_run: bool) -> None:
+    """An upload refused at once, before the folder is written, when huggingface_hub is told to stay offline
+    (HF_HUB_OFFLINE, or TRANSFORMERS_OFFLINE as it reads them): every request would fail after the work."""
+    name = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
+    if not dry_run and _is_true(os.environ.get(name)):
+        raise DataError(f"{name} is set: publish uploads to the Hub; unset it, or use --dry-run")

@@ -3,24 +3,21 @@
     python -m scripts publish V --repo-id ORG/NAME [--dry-run] [--out DIR] [--private]
 
 Writes a Hub-ready folder (default dist/hub/V, replaced whole on the next run):
-  data/{split}-NNNNN-of-NNNNN.parquet  the rows with their images embedded, in datasets' Image layout
-      (a struct {bytes, path}; the `huggingface` schema metadata names the features, so
-      `load_dataset("parquet", ...)` and the Hub's viewer decode images), shards of at most
-      --max-shard-mb (default 500 MB) and row groups of 100 rows, <= 10,000 files in the folder;
-  README.md  the data card, built with huggingface_hub.DatasetCard: license (name and link), language,
-      source datasets, features, num_bytes / num_examples per split, size category, a loading
-      snippet, the contact sheet, and the release's own card (rows, removals, recipe, params);
+  data/{split}-NNNNN-of-NNNNN.parquet  rows with images embedded in datasets' Image layout ({bytes, path}; the
+      `huggingface` schema metadata names the features for `load_dataset("parquet")` and the Hub's viewer), shards
+      of at most --max-shard-mb (default 500 MB), row groups of 100 rows, <= 10,000 files in the folder;
+  README.md  the data card (huggingface_hub.DatasetCard): license (name and link), language, source datasets,
+      features, num_bytes / num_examples per split, size category, a loading snippet, the contact sheet, and the
+      release's own card (rows, removals, recipe, params);
   LICENSE.md the licence of each source (params.yaml: sources.S.license), when they are not one;
   preview.jpg the release's contact sheet.
-Then (without --dry-run) creates the dataset repository if needed, uploads the folder with
-`HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, which must point at
-HEAD, with release@V up to date: `python -m scripts tag V` first), so the Hub's `revision="V"` is
-the data of `git checkout V`. The token is read from HF_TOKEN only (never printed nor written);
-HF_ENDPOINT points at another Hub. Reads the release's rows.parquet, so a release in any export layout
-publishes the same rows and images (a release built before rows.parquet: its ImageFolder metadata.jsonl).
+Then (without --dry-run; HF_HUB_OFFLINE refuses it) creates the dataset repository if needed, uploads the folder
+with `HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, at HEAD, with release@V up to
+date: `python -m scripts tag V` first), so the Hub's `revision="V"` is the data of `git checkout V`. The token is
+read from HF_TOKEN only (never printed nor written); HF_ENDPOINT points at another Hub; the client's telemetry is
+off (quiet_hub_client). Reads the release's rows.parquet, so any export layout publishes the same rows and images.
 
-Upload: huggingface_hub 2.x has no `upload_large_folder`; its `upload_folder` took over that job (with
-hf_xet, the default: streamed, several commits for large folders, resumable by re-running).
+Upload: huggingface_hub 2.x's `upload_folder` (with hf_xet: streamed, several commits, resumable by re-running).
 """
 
 from __future__ import annotations
@@ -40,10 +37,12 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
+from scripts.lib.import_env import quiet_hub_client
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.markdown_text import authored, cell, code_span, front_matter_as_code, link
 from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.lib.temps import output_lock
+from scripts.tools.hub_http import check_online
 from scripts.tools.hub_licence import check_licence_options, licence_fields
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
@@ -393,6 +392,7 @@ def upload(folder: Path, repo_id: str, tag: str, commit: str, private: bool) -> 
         refuse_token_in,
     )
 
+    quiet_hub_client()  # only the requests asked for, and no file of its own in HF_HOME
     token = hub_token(os.environ.get("HF_TOKEN"))
     check_proxy_variables()
     refuse_token_in(folder, token)
@@ -449,6 +449,7 @@ def cli(
     if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
         raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
     check_licence_options(license_name, license_link)
+    check_online(dry_run)
     dry_run_head = dry_run and tag is None  # a tag named with --dry-run is checked too: the card names it
     tag = tag or name
     release_dir = Path("data/releases") / name
