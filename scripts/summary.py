@@ -17,10 +17,18 @@ import typer
 
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import MAX_CONFIG_BYTES, check_files_ours, shown, write_json
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import json_found, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import check_stays_in, read_within
 from scripts.lib.temps import output_lock
+
+MAX_COUNT = 2**63 - 1  # what any table of ours (int64) can hold; history-table shows a count past it as unreadable
+
+
+def is_count(value: object) -> bool:
+    """Whether `value` is a row count: a whole number from 0 to MAX_COUNT. A boolean is no count (True was 1), and
+    2**70 was copied into the metrics whole (no release holds it, and no int64 column can)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def summarise(threshold: float, stats: dict[str, dict]) -> dict:
@@ -51,8 +59,10 @@ def read_stats(releases: Path, names: list[str]) -> dict[str, dict]:
             raise DataError(f"{path}: not a release's stats.json ({shown_short(str(exc), 200)})") from None
         except (KeyError, TypeError):
             raise DataError(f"{path}: not a release's stats.json (no rows.total)") from None
-        if not (isinstance(total, int) and not isinstance(total, bool) and total >= 0):
-            raise DataError(f"{path}: rows.total is {type(total).__name__}, not a count of rows; refusing to copy it")
+        if not is_count(total):  # the line says the value: "rows.total is int" was all a -5 or 2**70 got
+            raise DataError(
+                f"{path}: rows.total is {json_found(total)}, not a count of rows (0 to 2**63-1); refusing to copy it"
+            )
     return stats
 
 

@@ -25,6 +25,7 @@ from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.io import config_text
 from scripts.lib.markdown_text import code_span
 from scripts.lib.nesting import loads_json
+from scripts.summary import is_count  # summary's rule: a negative count was shown as rows, a 4,000-digit one whole
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 
@@ -199,15 +200,6 @@ def _number(stats: dict | str, *path: str, missing: int | None = None) -> int | 
         node = node.get(part) if isinstance(node, dict) else None
     value = node.get(path[-1], missing) if isinstance(node, dict) else None
     return value if is_count(value) else UNREADABLE
-
-
-MAX_COUNT = 2**63 - 1  # what any table of ours can hold: a stats.json's 4,000-digit "count" was printed whole
-
-
-def is_count(value: object) -> bool:
-    """Whether `value` is a row count: a whole number from 0 to MAX_COUNT. A negative one was shown as rows
-    (and subtracted into a delta), a boolean in removed_by_split summed as 1 (summary refuses these too)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
 
 
 def _removed(stats: dict | str, split: str, reason: str) -> int | str:
