@@ -59,7 +59,12 @@ def resolve_model(settings: Generate) -> tuple[str, str]:
 
 
 def download_model(settings: Generate, revision: str | None = None) -> tuple[str, str]:
-    """A hub id's snapshot folder in the local Hugging Face cache (fetched only with allow_download)."""
+    """A hub id's snapshot folder in the local Hugging Face cache (fetched only with allow_download). The hub
+    client sends only the download's requests and writes only its cache (import_env.quiet_hub_client: its
+    telemetry fetched `{HF_ENDPOINT}/api/agent-harnesses` and wrote HF_HOME/.agent_harnesses.json)."""
+    from scripts.lib.import_env import quiet_hub_client
+
+    quiet_hub_client()
     check_hub_id(settings)
     quiet_libraries()
     from diffusers import StableDiffusionPipeline
