@@ -89,8 +89,9 @@ def without_line_end(text: str) -> str:
 def raw_lines(f: BinaryIO, max_bytes: int, where: Path | str = "") -> Iterator[bytes | None]:
     """The lines of binary file `f`, each with its end ("\\r\\n", "\\r", "\\n"; the last may have none);
     None for a line of more than `max_bytes` bytes, yielded as soon as that many came (its rest is read
-    past in pieces, never held). A UTF-8 byte order mark is read past; a UTF-16 or UTF-32 one is a DataError
-    naming `where` (without_bom)."""
+    past in pieces, never held). A UTF-8 byte order mark is read past, opening the file or any line (a file joined
+    after another, `cat a.txt b.txt`: kept, it opened that line's prompt invisibly and hid its "- " markup); a
+    UTF-16 or UTF-32 one is a DataError naming `where` (without_bom)."""
     carry, overlong = b"", False  # overlong: in a line already reported, up to its end
     head = f.read(READ_BYTES)
     while len(head) < 4 and (more := f.read(4 - len(head))):  # a pipe may give its first bytes one at a time
@@ -107,13 +108,13 @@ def raw_lines(f: BinaryIO, max_bytes: int, where: Path | str = "") -> Iterator[b
             elif len(line.rstrip(b"\r\n")) > max_bytes:
                 yield None
             else:
-                yield line
+                yield line.removeprefix(codecs.BOM_UTF8)
         if len(carry.removesuffix(b"\r")) > max_bytes:
             if not overlong:
                 yield None
             overlong, carry = True, carry[-1:]  # its last byte: a "\r" may end it
     if carry and not overlong:
-        yield None if len(carry.removesuffix(b"\r")) > max_bytes else carry
+        yield None if len(carry.removesuffix(b"\r")) > max_bytes else carry.removeprefix(codecs.BOM_UTF8)
 
 
 def line_batches(f: BinaryIO, where: Path | str, max_bytes: int = MAX_LINE_BYTES) -> Iterator[list[bytes]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import codecs
 import difflib
+import functools
 import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,29 @@ class Problem:
 
     def message(self) -> str:
         return f"{self.file}: {self.where}: {self.detail}" if self.where else f"{self.file}: {self.detail}"
+
+
+# where the first skipped records are, in the report (`skipped_at`): under `on_error: skip` it counted each reason
+# only, the file and row of a record_too_long being in the `fail` line alone. A million bad rows stay 100 entries.
+SKIPS_NOTED = 100
+
+
+def noting_skips(read: Callable[[SourceConfig, dict], Iterator[Record | Problem]]) -> Callable:
+    """`read` (a reader) noting in its `info` (`skipped_at`, copied into report.json) the reason, file, row or
+    member and detail of its first SKIPS_NOTED problems; documented skips (`always_skip`: blank lines) aside."""
+
+    @functools.wraps(read)
+    def noted(cfg: SourceConfig, info: dict) -> Iterator[Record | Problem]:
+        skipped_at: list[dict[str, str]] = info.setdefault("skipped_at", [])
+        for item in read(cfg, info):
+            if isinstance(item, Problem) and not item.always_skip and len(skipped_at) < SKIPS_NOTED:
+                detail = shown_short(item.detail, 200)
+                skipped_at.append(
+                    {"reason": item.reason, "file": str(item.file), "where": item.where, "detail": detail}
+                )
+            yield item
+
+    return noted
 
 
 LINK_HINT = "refused: a link can pull in any file (set follow_symlinks: true in the source's params to read links)"

@@ -30,6 +30,9 @@ from scripts.lib.text_lines import without_bom
 OPENPROMPTS_META = ["seed", "width", "height", "cfg_scale", "num_step", "image_uri", "timestamp"]
 
 
+# U+FEFF opening a record: the byte order mark of a CSV joined after the first (`cat a.csv b.csv`), read past as
+# utf-8-sig reads the first file's; kept, it opened that row's prompt (or its header's first name) invisibly
+BOM = "\ufeff"
 MAX_CSV_LINE = 4 * 1024 * 1024  # characters: a record of many fields of the csv module's 128 Ki each fits
 
 
@@ -58,6 +61,8 @@ class _LastLine:
         if not line:
             raise StopIteration
         self.count += 1
+        if self.quotes % 2 == 0:  # a record starts here: a byte order mark opening it is a joined file's (cat a b)
+            line = line.removeprefix(BOM)
         self.quotes += line.count('"')
         if len(line) > MAX_CSV_LINE and not line.endswith(("\n", "\r")):
             start = self.count
