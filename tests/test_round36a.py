@@ -5,17 +5,24 @@
    ray://host:port or through `auto`'s RAY_ADDRESS, waited the whole `connect_timeout_s` after Ray's import, then
    blamed a GCS that "did not answer" (8 s of default wait: 16 s on two cores); now one line naming the host;
 2. a ray:// address while Ray Client's grpc is not installed imported Ray (5-8 s) to say "Ray Client requires pip
-   package `ray[client]`"; now one line before the import naming grpc (a port that refuses is still said first).
+   package `ray[client]`"; now one line before the import naming grpc (a port that refuses is still said first);
+3. a stopping signal inside `ray.shutdown` (hooked: the signal sent to the command as Ray's shutdown starts) skipped
+   the reap and left the run's Ray folder in RAY_TMPDIR (`ray_engine._shutdown_to_the_end` now finishes the
+   shutdown, then the signal goes on: its one line and 128 + its number).
 
-The command rows are in the slow tier (a `python -m scripts` start each); none starts a Ray.
+The command rows are in the slow tier (a `python -m scripts` start each); only those of 3 start a (local) Ray.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +143,48 @@ def test_dedup_at_an_address_that_cannot_be_ray_is_one_quick_line(tmp_path, list
     assert "cannot start or join Ray (" in lines[0] and said in lines[0], lines
     assert took < WAIT_S / 4, (took, lines)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --- 3. a signal inside ray.shutdown ------------------------------------------------------------------------
+# the command as `python -m scripts`, with ray.shutdown hooked: its first call sends `signum` to the command
+SIGNAL_IN_SHUTDOWN = """
+import os, runpy, sys, time
+import ray
+signum, shutdown = int(sys.argv[1]), ray.shutdown
+def hooked(*args, **kwargs):
+    if sys._getframe(1).f_code.co_name == "_shutdown" and not os.environ.get("HOOK_FIRED"):
+        os.environ["HOOK_FIRED"] = "1"
+        os.kill(os.getpid(), signum)
+        time.sleep(1)
+    return shutdown(*args, **kwargs)
+ray.shutdown = hooked
+sys.argv = ["scripts", *sys.argv[2:]]
+runpy.run_module("scripts", run_name="__main__", alter_sys=True)
+"""
+SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGHUP": signal.SIGHUP}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", list(SIGNALS.values()), ids=list(SIGNALS))
+def test_a_signal_inside_ray_shutdown_leaves_no_folder_of_ours(tmp_path, signum):
+    from helpers.children import start_child
+    from helpers.ray_runs import session_gone
+
+    # a short RAY_TMPDIR: Ray's socket paths under it must fit 107 bytes (pytest's tmp_path is too long)
+    root, ray_tmp = tmp_path / "ws", Path(tempfile.mkdtemp(prefix="r36a-", dir="/tmp"))
+    root.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["a red fox", "a red fox runs"]}), root / "in.parquet")
+    (root / "params.yaml").write_text(yaml.safe_dump({"dedup": {"threshold": 0.7}, "runtime": {"engine": "ray"}}))
+    (tmp_path / "hooked.py").write_text(SIGNAL_IN_SHUTDOWN, encoding="utf-8")
+    argv = [sys.executable, str(tmp_path / "hooked.py"), str(int(signum)), "dedup", "s", "in.parquet", "out/s.parquet"]
+    proc = start_child(argv, cwd=root, env=scripts_env(RAY_TMPDIR=str(ray_tmp)))
+    try:
+        _, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signum and err.strip().splitlines() == [f"interrupted ({signum.name})"], err
+    left = list(ray_tmp.iterdir())
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert session_gone(proc.pid, 10) and left == [], left
