@@ -7,6 +7,7 @@ ray_engine calls them; `auto_refusal` and `refusal` run before Ray is imported (
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import socket
@@ -30,14 +31,29 @@ def reason(exc: Exception) -> str:
 
 
 def refusal(address: str) -> str | None:
-    """Why `address` (host:port) surely has no Ray: its port refuses connections. Anything else (a timeout,
-    a server that accepts but is not Ray, "auto", ray://) is left to Ray's own client (gcs_silence)."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
-        return None
-    if isinstance(connection_failure(address, 1), ConnectionRefusedError):
+    """Why `address` (host:port, or ray://) surely has no Ray: ray:// without Ray Client's grpc, a host name that
+    cannot resolve, a port that refuses connections. Anything else (a timeout, a server that accepts but is not
+    Ray, "auto") is left to Ray's own client (gcs_silence)."""
+    place = _probed_place(address)
+    host, _, port = place.rpartition(":")
+    failure = connection_failure(place, 1) if host and port.isdigit() else None
+    if isinstance(failure, ConnectionRefusedError):
         return "nothing listens there: connection refused"
+    if unresolvable(failure):
+        # Ray's client waited the whole connect_timeout_s, then blamed a GCS that did not answer
+        return f"the host name {host!r} does not resolve"
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        # Ray's import and 5-8 s first, then its own words on `ray[client]`
+        return "ray:// joins through Ray Client, which needs the grpc package: pip install 'ray[client]'"
     return None
+
+
+def unresolvable(failure: Exception | None) -> bool:
+    """`failure` (connection_failure's) says the host name has no address: no such name (a DNS server that did not
+    answer is left to Ray's bounded wait), or none that can be (an empty label, or one over 63 characters)."""
+    if isinstance(failure, socket.gaierror):
+        return failure.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+    return isinstance(failure, UnicodeError)
 
 
 def connection_failure(place: str, seconds: float) -> Exception | None:
@@ -126,7 +142,7 @@ def auto_refusal(environ: Mapping[str, str], gcs_running: bool | None = None) ->
     a port that refuses), no address file of `ray start`'s, no GCS process on this machine. Ray's own search took
     its import and a ConnectionError (5-15 s) to say so. `gcs_running` None: looked up here."""
     if named := environ.get("RAY_ADDRESS"):  # Ray's "auto" joins it: a GCS, or a client server (ray://)
-        found = refusal(_probed_place(named))
+        found = refusal(named)
         return None if found is None else f"RAY_ADDRESS names {USERINFO.sub('***@', named)}: {found}"
     file = address_file(environ)
     with contextlib.suppress(OSError, UnicodeDecodeError):

@@ -112,10 +112,12 @@ def ray_session(runtime: Runtime, workers_need: Collection[str] = ()) -> Iterato
     finally:
         context.shuffle_strategy = strategy
         if started_here:
-            _shutdown(ray, lost=watch is not None and watch.lost is not None)
-            _reap(children_before)
-            restore_environment(saved)
-            remove_folder(logs)
+            try:
+                _shutdown_to_the_end(ray, lost=watch is not None and watch.lost is not None)
+            finally:
+                _reap(children_before)
+                restore_environment(saved)
+                remove_folder(logs)
 
 
 # a cluster gone mid-run (its head or this machine's raylet stopped): Ray's driver waited for its GCS 60 s
@@ -207,6 +209,17 @@ def _probed(ray: ModuleType) -> dict[str, str]:
         "the cluster's GCS": node.gcs_address,
         "this machine's raylet": f"{node.node_ip_address}:{node.node_manager_port}",
     }
+
+
+def _shutdown_to_the_end(ray: ModuleType, lost: bool) -> None:
+    """_shutdown, finished when a signal cuts it short, then the signal goes on: a SIGTERM inside ray.shutdown
+    skipped the reap and left the session folder of ours behind (Ray's atexit ended what it had started). A
+    second signal there ends the command at once, as in any cleanup."""
+    try:
+        _shutdown(ray, lost)
+    except Interrupted:
+        _shutdown(ray, lost)
+        raise
 
 
 def _shutdown(ray: ModuleType, lost: bool) -> None:
