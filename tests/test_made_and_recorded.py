@@ -26,6 +26,16 @@ from helpers.workspace import error_line
 pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
+@pytest.fixture(autouse=True)
+def _signal_forgotten():
+    """The SIGTERM a row sends is noted by the command's handler (interrupts.note): forgotten after the row, or the
+    next test of this process that holds signals (interrupts.held) raised it as its own."""
+    yield
+    from scripts.lib.interrupts import forget
+
+    forget()
+
+
 def signalled_after(real, when):
     """`real`, then, the first time `when(args, kwargs)` holds, SIGTERM to this process: the handler raises at the
     next step (a second signal would end the process at once, as a second Ctrl-C does)."""
