@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -62,15 +63,30 @@ def run_in_group(cmd: list[str], *, capture_output: bool = False, timeout: float
 
 
 def stop_group(proc: subprocess.Popen) -> None:
-    """End `proc`'s process group: SIGTERM, then SIGKILL if it has not ended within STOP_SECONDS."""
+    """End `proc`'s process group: SIGTERM, then SIGKILL to whatever of it has not ended within STOP_SECONDS.
+    The group, not only its leader, is waited for: dvc ends at once on SIGTERM, and a stage that ignores it (or
+    is slow to end) went on alone, writing after the tool had removed its run."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signum)
-        try:
-            proc.wait(timeout=STOP_SECONDS)
+        deadline = time.monotonic() + STOP_SECONDS
+        while (proc.poll() is None or group_alive(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is not None and not group_alive(proc.pid):
             return
-        except subprocess.TimeoutExpired:
-            continue
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_SECONDS)
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process is left in process group `group` (a member killed but not yet reaped counts)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal is still a member
+        return True
+    return True
 
 
 def run_shown(cmd: list[str], **popen_kwargs) -> int:

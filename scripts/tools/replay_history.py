@@ -176,7 +176,20 @@ def cli(
     dest = Path(os.path.realpath(dest))
     check_outside_stores(src, dest)  # `.git/replay`: a whole repository and its DVC cache written into git's folder
     with locked_dest(dest) as made:
-        replay_into(src, made, remote)
+        try:
+            replay_into(src, made, remote)
+        except OSError as exc:
+            raise DataError(in_dest(exc, dest)) from None
+
+
+def in_dest(exc: OSError, dest: Path) -> str:
+    """One line for an OSError met writing inside DEST: a name made relative to DEST's open folder (`.git`, as
+    MadeHere makes it) was printed alone, `.git: Operation not permitted` for an immutable DEST, DEST unnamed."""
+    name = exc.filename
+    if name is None or os.path.isabs(os.fsdecode(name)):
+        return os_error_message(exc, dest)
+    detail = exc.strerror or type(exc).__name__
+    return f"{shown(dest)}: cannot write {shown(name)} there ({detail})"
 
 
 @contextlib.contextmanager
