@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
 from scripts.tools.side_inputs import commit_of
+from scripts.tools.tag import dvc_index_line
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -78,6 +80,8 @@ def open_fs(repo: str, rev: str):
         fs.t2i_root = Path(repo) if rev == WORKSPACE else None  # the workspace's files are checked first
         fs.t2i_commit = (repo, commit) if commit else None  # a revision's git files: links refused (open_at)
         return fs
+    except (OSError, sqlite3.Error) as exc:  # DVC's index (sqlite) at a full disk, `ulimit -f` or `ulimit -n`
+        raise DataError(dvc_index_line(repo, rev, exc)) from None
     except Exception as exc:
         raise DataError(f"{repo}: cannot open revision {rev!r} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
@@ -439,14 +443,12 @@ def pick_releases(rev_a: str, rev_b: str, release: str | None, at_a: dict, at_b:
 
 
 def is_git_revision(repo: Path, rev: str) -> bool:
-    return (
-        subprocess.run(
-            ["git", "rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{commit}}"],
-            cwd=repo,
-            capture_output=True,
-        ).returncode
-        == 0
-    )
+    verify = ["git", "rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{commit}}"]
+    try:
+        done = subprocess.run(verify, cwd=repo, capture_output=True)
+    except OSError as exc:  # git not started (its pipes, at the open-file limit) is no "unknown revision"
+        raise DataError(shown(f"{repo}: cannot start `git rev-parse` to look up {rev!r} ({exc.strerror})")) from None
+    return done.returncode == 0
 
 
 def workspace_or_rev(repo: Path, rev: str) -> str:

@@ -112,12 +112,11 @@ def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -
     """`dvc repro --pull release@R...` at base_rev in a worktree that uses this repository's cache."""
     if base_dir.exists():
         raise DataError(f"{base_dir}: exists (pr-build makes the base's worktree there)")
-    added = subprocess.run(
-        ["git", "worktree", "add", "-q", "--detach", "--end-of-options", str(base_dir), base_rev],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-    )
+    add = ["git", "worktree", "add", "-q", "--detach", "--end-of-options", str(base_dir), base_rev]
+    try:
+        added = subprocess.run(add, cwd=repo, capture_output=True, text=True)
+    except OSError as exc:  # git not started (its pipes, at the open-file limit): it was a bare "Too many open files"
+        raise DataError(shown(f"{base_dir}: cannot start `git worktree add` ({exc.strerror})")) from None
     if added.returncode != 0:  # a folder that cannot be made, a stale worktree registered there
         detail = [line for line in added.stderr.splitlines() if line.strip()][-1:] or ["no output"]
         raise DataError(shown(f"{base_dir}: git worktree add failed ({detail[0].strip()})"))

@@ -11,14 +11,12 @@ Writes a Hub-ready folder (default dist/hub/V, replaced whole on the next run):
       release's own card (rows, removals, recipe, params);
   LICENSE.md the licence of each source (params.yaml: sources.S.license), when they are not one;
   preview.jpg the release's contact sheet.
-Then (without --dry-run; HF_HUB_OFFLINE refuses it) creates the dataset repository if needed, uploads the folder
-with `HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, at HEAD, with release@V up to
-date: `python -m scripts tag V` first), so the Hub's `revision="V"` is the data of `git checkout V`. The token is
-read from HF_TOKEN only (never printed nor written); HF_ENDPOINT points at another Hub; the client's telemetry is
-off (quiet_hub_client). Reads the release's rows.parquet, so any export layout publishes the same rows and images.
-
-Upload: huggingface_hub 2.x's `upload_folder` (with hf_xet: streamed, several commits, resumable by re-running).
-"""
+Then (without --dry-run; HF_HUB_OFFLINE refuses it) creates the dataset repository if needed, uploads the folder with
+`HfApi.upload_folder` and tags the uploaded commit with the git tag (default V, at HEAD, with release@V up to date:
+`python -m scripts tag V` first), so the Hub's `revision="V"` is the data of `git checkout V`. The token is read from
+HF_TOKEN only (never printed nor written); HF_ENDPOINT points at another Hub; the client's telemetry is off
+(quiet_hub_client). Reads the release's rows.parquet, so any export layout publishes the same rows and images.
+Upload: huggingface_hub 2.x's `upload_folder` (with hf_xet: streamed, several commits, resumable by re-running)."""
 
 from __future__ import annotations
 
@@ -80,9 +78,8 @@ def size_category(rows: int) -> str:
 
 
 def read_split(release_dir: Path, split: str) -> list[dict]:
-    """The rows of one split, each with `_ref` (where its image is: a file, a tar member, a parquet part's
-    row), `_name` (the file name the Hub shows) and `_size` (bytes as recorded: a hint; shards count the
-    bytes they read)."""
+    """The rows of one split, each with `_ref` (where its image is: a file, a tar member, a parquet part's row),
+    `_name` (the file name the Hub shows) and `_size` (bytes as recorded: a hint; shards count the bytes they read)."""
     from scripts.lib.export import read_metadata, read_rows_table
 
     release_file(release_dir, "rows.parquet", str(release_dir))
@@ -349,7 +346,10 @@ def build_card(
 
 
 def _git(*args: str) -> str:
-    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    try:  # git not started (the open-file limit: its pipes) is no "not in a git repository"
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+    except OSError as exc:
+        raise DataError(f"cannot start `git {args[0]}` ({exc.strerror or type(exc).__name__})") from None
     return result.stdout.strip() if result.returncode == 0 else ""
 
 

@@ -11,7 +11,9 @@ from stats.json in the message, so `git show V` tells what the version holds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import resource
 import sqlite3
 import subprocess
 import warnings
@@ -40,6 +42,8 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = run_in_group(["git", *args], capture_output=True, text=True)
     except FileNotFoundError:
         raise DataError("git is not installed (tag needs it)") from None
+    except OSError as exc:  # git not started: at the open-file limit its pipes could not be made
+        raise DataError(f"cannot start `git {args[0]}` ({exc.strerror or type(exc).__name__})") from None
     if check and result.returncode != 0:
         said = (result.stderr.strip().splitlines() or [ended_silently(result.returncode)])[0]
         raise DataError(f"git {args[0]} failed: {said}")
@@ -134,11 +138,35 @@ def tag_release(name: str, stage: str) -> None:
 def dvc_failure_line(exc: OSError | sqlite3.Error) -> str:
     """The line for DVC failing on its own files in .dvc/ (its state and site-cache databases): under a full disk or
     a file size limit (`ulimit -f`) sqlite's `disk I/O error` was an internal error at exit 1."""
-    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc) else ""
-    return shown(
-        f"{Path.cwd() / '.dvc'}: DVC cannot read or write its own files there ({type(exc).__name__}: {said}); "
-        "is the disk full, or a file size limit (`ulimit -f`) set?"
+    where = Path.cwd() / ".dvc"
+    return shown(f"{where}: DVC cannot read or write its own files there ({what_failed(exc)})") + disk_hint(exc)
+
+
+def dvc_index_line(repo: str, rev: str, exc: OSError | sqlite3.Error) -> str:
+    """The line for DVC failing on its index of `repo` (sqlite, written as DVC opens a revision): diff and pr-comment
+    said `.: cannot open revision 'main' (OperationalError: disk I/O error)`, as if the revision were at fault."""
+    return shown(f"DVC's index of {repo}: cannot read or write it to open revision {rev!r} ({what_failed(exc)})") + (
+        disk_hint(exc)
     )
+
+
+def what_failed(exc: OSError | sqlite3.Error) -> str:
+    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {said}"
+
+
+def disk_hint(exc: OSError | sqlite3.Error) -> str:
+    """`; is the disk full ...?`, the file size limit named with its value when one is set (sqlite says only `disk
+    I/O error`); none for the open-file limit, which cli's line names itself (failure_lines.with_limit_hint)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        return ""
+    if isinstance(exc, sqlite3.Error) and "unable to open" in str(exc):  # sqlite's EMFILE, in its own words
+        files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return f"; is the open-file limit ({files} files: `ulimit -n`) too low, or the disk full?"
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return "; is the disk full, or a file size limit (`ulimit -f`) set?"
+    return f"; is the disk full, or the file size limit ({soft} bytes: `ulimit -f`) too low?"
 
 
 LOCK_NAME = "t2i-tag.lock"  # in git's common folder, beside its own refs' locks
