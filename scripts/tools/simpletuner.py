@@ -32,11 +32,22 @@ def check_config_ours(path: Path) -> None:
     proves nothing (a tuned copy of ours lists them too): only file_is_ours does."""
     if os.path.lexists(path):
         check_output_kind(path)
+        if path.is_dir():  # a folder is no config of anyone's: say so, not "one this command did not write"
+            raise DataError(f"{shown(path)}: is a folder, expected a file path for the data-backend config")
         if not file_is_ours(path):
             raise DataError(
                 f"{shown(path)}: a data-backend config this command did not write, or one changed since it "
                 "wrote it; refusing to replace it (--config elsewhere, or move it away)"
             )
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse a --cache-dir SimpleTuner cannot make its cache folders under: a file, a device (/dev/null),
+    a FIFO, or a link to one (the config was written, and SimpleTuner failed at its first cached latent)."""
+    if os.path.lexists(cache_dir) and not cache_dir.is_dir():
+        raise DataError(
+            f"{shown(cache_dir)}: --cache-dir exists and is not a folder (SimpleTuner writes its caches under it)"
+        )
 
 
 def cli(
@@ -103,6 +114,7 @@ def cli_config(
             raise DataError(
                 f"{path}: inside the release folder {release} ({what} must be elsewhere: DVC owns that folder)"
             )
+    check_cache_dir(cache_dir)
     check_config_ours(output)
     with output_lock(output, whole_run=True):  # a second run at once is refused before it reads the release
         entries = absolute_config(split, cache_dir)
