@@ -39,7 +39,7 @@ from scripts.lib.io import (
 from scripts.lib.params import load_section
 from scripts.lib.tables import ParquetRows, size_problem
 from scripts.lib.text_lines import MAX_LINE_BYTES as MAX_PROMPT_BYTES
-from scripts.lib.text_lines import prompt_problem
+from scripts.lib.text_lines import prompt_problem, prompt_too_long
 
 # A record's kept native fields, as JSON: a DALL-E-3 json's every other field, a WebDataset json's caption_*
 # fields, a parquet source's metadata cells. Uncapped, a 60 MB field of one json member went into the table
@@ -80,19 +80,6 @@ def record_problem(
         if side is not None and size_problem(side):
             return "bad_size", f"image size {record.width}x{record.height} out of range"
     return None
-
-
-def prompt_too_long(prompt: str, max_bytes: int) -> tuple[str, str] | None:
-    """("prompt_too_long", detail) when `prompt` holds more than `max_bytes` bytes of UTF-8 (sources.S.max_prompt_bytes),
-    whatever its kind. Only a text line and a WebDataset `.txt` were capped: a DALL-E-3 json caption, a DiffusionDB
-    or Gustavosta parquet prompt of 60 MB (a parquet cell holds up to 2 GB) went into the table whole, and on into
-    clean's regular expressions and dedup's shingles."""
-    if len(prompt) * 4 <= max_bytes:  # UTF-8 is at most 4 bytes a character: most prompts are not encoded here
-        return None
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    if size <= max_bytes:
-        return None
-    return "prompt_too_long", f"prompt is {size:,} bytes, over max_prompt_bytes ({max_bytes:,})"
 
 
 def meta_text(meta: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ files and runs of the command:
    (`sources.S.max_prompt_bytes`, 64 KiB): a DALL-E-3 json caption, a DiffusionDB or Gustavosta parquet prompt and
    a CSV cell (the csv module's limit is 131,072 characters, up to 512 KiB of UTF-8) went into the prompt table
    whole at exit 0, and on into clean's regular expressions and dedup's shingles. Every kind's prompt is now
-   checked in the one record check (ingest.prompt_too_long), and `max_prompt_bytes` is a key of every kind.
+   checked in the one record check (text_lines.prompt_too_long), and `max_prompt_bytes` is a key of every kind.
 2. `generate.preset` of a list or a mapping (`dvc exp run -S 'generate.preset=[fast]'`) was looked up as a dict
    key before validation: a TypeError traceback from every stage that reads params.yaml. It is now validated as
    any other value, one line naming the key (params.generate.preset_values).

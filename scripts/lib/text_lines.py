@@ -35,6 +35,19 @@ def prompt_problem(prompt: str) -> tuple[str, str] | None:
     return None
 
 
+def prompt_too_long(prompt: str, max_bytes: int) -> tuple[str, str] | None:
+    """("prompt_too_long", detail) when `prompt` holds more than `max_bytes` bytes of UTF-8 (sources.S.max_prompt_bytes),
+    whatever its kind. Only a text line and a WebDataset `.txt` were capped: a DALL-E-3 json caption, a DiffusionDB
+    or Gustavosta parquet prompt of 60 MB (a parquet cell holds up to 2 GB) went into the table whole, and on into
+    clean's regular expressions and dedup's shingles."""
+    if len(prompt) * 4 <= max_bytes:  # UTF-8 is at most 4 bytes a character: most prompts are not encoded here
+        return None
+    size = len(prompt.encode("utf-8", "surrogatepass"))
+    if size <= max_bytes:
+        return None
+    return "prompt_too_long", f"prompt is {size:,} bytes, over max_prompt_bytes ({max_bytes:,})"
+
+
 def line_problem(line: str, max_bytes: int = MAX_LINE_BYTES) -> tuple[str, str] | None:
     """(reason, detail) when ingest refuses `line` (without its "\\n") as a `kind: text` prompt at its default
     cap: what prompt_problem refuses, or more bytes than the reader takes (readers/text.py iter_lines); else

@@ -29,11 +29,13 @@ from scripts.lib.io import atomic_path, check_replaceable, commit_together
 from scripts.lib.marks import MARKER
 from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.params.base import windows_device
+from scripts.lib.params.sources import MAX_PROMPT_BYTES
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
 from scripts.lib.safe_paths import not_an_image_name, resolved
 from scripts.lib.simpletuner import backend_config, table_writer, txt_name
 from scripts.lib.tables import size_problem
+from scripts.lib.text_lines import prompt_problem, prompt_too_long
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 NAME_MAX = 255  # bytes of one file name on Linux and macOS
@@ -176,8 +178,13 @@ def image_name_of(sample: Dalle3Sample) -> str | Problem:
             f"image_name {shown_short(repr(name))} is not a plain relative file name",
         )
     stem, dot, ext = name.rpartition("/")[2].rpartition(".")
-    # `a/./b.png` is the file `a/b.png` under a second name; a part over NAME_MAX bytes cannot be written
-    odd = any(part in ("", ".") or len(part.encode()) > NAME_MAX for part in name.split("/"))
+    # `a/./b.png` is the file `a/b.png` under a second name; a part over NAME_MAX bytes cannot be written; a
+    # newline, an escape code or a space at a part's end was written into data/ and the parquet (a file named
+    # `a\nb.png` breaks every line-based tool; Windows drops a part's trailing space)
+    odd = any(
+        part in ("", ".") or len(part.encode()) > NAME_MAX or part != part.strip() or not part.isprintable()
+        for part in name.split("/")
+    )
     if "\\" in name or "\x00" in name or not (stem and dot and ext) or odd:
         return Problem(
             sample.shard,
@@ -304,6 +311,12 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: dic
     if not caption.strip():  # SimpleTuner refuses a parquet whose caption column holds an empty string
         return Problem(
             sample.shard, f"sample {shown_short(repr(sample.key))}", "empty_caption", f"{caption_field} is blank"
+        )
+    # ingest's rule for a prompt (a NUL, over MAX_PROMPT_BYTES): a caption of 10 MB or holding NUL was written whole
+    # into the parquet and the .txt beside its image
+    if found := prompt_problem(caption) or prompt_too_long(caption, MAX_PROMPT_BYTES):
+        return Problem(
+            sample.shard, f"sample {shown_short(repr(sample.key))}", found[0], f"{caption_field}: {found[1]}"
         )
     size = size_of(sample)
     if isinstance(size, Problem):
