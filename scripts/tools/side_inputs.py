@@ -34,8 +34,11 @@ def commit_of(repo: str | Path, rev: str) -> str:
             text=True,
             timeout=60,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{shown(repo)}: git rev-parse failed ({type(exc).__name__})") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:  # the OS's reason: at `ulimit -n` 8 git's pipes fail
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DataError(
+            f"{shown(repo)}: cannot start `git rev-parse` to look up {shown(repr(rev))} ({reason})"
+        ) from None
     if result.returncode != 0 or not result.stdout.strip():
         raise DataError(f"{shown(rev)}: not a git revision in {shown(repo)}")
     return result.stdout.strip()
