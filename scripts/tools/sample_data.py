@@ -30,7 +30,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.io import atomic_path, shown
+from scripts.lib.io import atomic_path, check_replaceable, shown
 from scripts.lib.marks import holds_marker
 from scripts.lib.safe_paths import MadeHere
 from scripts.lib.temps import output_lock
@@ -38,6 +38,22 @@ from scripts.lib.temps import output_lock
 SEED = 20240823
 FIXED_MTIME = 1_700_000_000  # tar member mtime (2023-11-14): a constant keeps shard bytes stable
 FIXED_ZIP_TIME = (2022, 8, 1, 0, 0, 0)
+# every file the sample writes, at any seed (a test checks it against write_all): a folder holding another is
+# refused before the work, not at the final rename after the whole sample was written to a temp folder
+SAMPLE_FILES = (
+    "chatgpt/prompts.txt",
+    "dalle3/data-000000.tar",
+    "diffusiondb/metadata.parquet",
+    "diffusiondb/part-000001.zip",
+    "diffusiondb/part-000002.zip",
+    "gustavosta/data/eval.parquet",
+    "gustavosta/data/train.parquet",
+    "laion_buckets/buckets/p1024x1024/shard-000000.tar",
+    "laion_buckets/buckets/p1216x832/shard-000000.tar",
+    "laion_buckets/buckets/p832x1216/shard-000000.tar",
+    "laion_buckets/manifest.json",
+    "openprompts/openprompts.csv",
+)
 
 # ---------------------------------------------------------------- word lists for prompt-like text
 SUBJECTS = [
@@ -658,6 +674,9 @@ def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)writ
     # over it (refused, untouched, unless every file is that sample's), which marks it ours.
     # one lock for both writes: a second run took it between them and wrote its own sample in the gap
     with output_lock(output, whole_run=True):
+        # a file, link or folder the sample does not write is refused now; one of its names with other bytes
+        # is still proved (or refused) only by the bytes written, at the rename
+        check_replaceable(output, writes=SAMPLE_FILES)
         if seed != SEED and os.path.lexists(output) and not holds_marker(output):
             with atomic_path(output, is_dir=True) as tmp:
                 write_all(tmp, SEED)
