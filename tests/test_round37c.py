@@ -1,6 +1,6 @@
 """Round 37c: dedup-preview bounded per cluster, sample-data refusing a foreign folder before its work.
 
-1. dedup-preview capped the clusters shown (preview.dedup_clusters) but not the rows of one: a cluster of
+1. dedup-preview and the dedup stage's page capped the clusters shown (preview.dedup_clusters), not the rows of one: a cluster of
    100,000 removed rows was a 12.6 MB page of 100,001 table rows (8.9 s, 286 MB; 10^6 rows: ~126 MB). A
    cluster now shows its ROWS_SHOWN most similar removed rows, its caption telling its size and how many
    more (13.6 KB, 6.7 s, 196 MB on the same input), cut in Arrow (only the rows shown become objects).
