@@ -20,7 +20,7 @@ import typer
 
 from scripts.lib.dvc_cache import cached_directory
 from scripts.lib.errors import DataError
-from scripts.lib.image_store import ImageStore, OutputFolder, manifest_keys, store_lock
+from scripts.lib.image_store import ImageStore, OutputFolder, check_store, manifest_keys, store_lock
 from scripts.lib.io import check_output_kind, shown
 from scripts.lib.params import Generate, Runtime, load_section, parse
 from scripts.lib.progress import Progress
@@ -193,6 +193,8 @@ def cli(
     # the output's refusals that hash nothing, before the input is read and the model loaded (minutes at scale):
     # a user's README.md in OUTPUT, or OUTPUT a link, was said after all of that; generate checks again locked
     check_output_kind(output)
+    if store is not None:  # a store reached through a link, or inside OUTPUT, is that said first
+        check_store(store, output)
     OutputFolder(output).refuse_foreign()
     counts = generate(
         read_parquet(input), settings, output, input_name=str(input), store=store, prefix=source, runtime=runtime
