@@ -21,6 +21,15 @@ from collections.abc import Iterator
 from typing import IO
 
 STOP_SECONDS = 1.5  # for dvc and its stage to end on SIGTERM, then SIGKILL
+
+
+def dvc_env(**extra: str) -> dict[str, str]:
+    """The environment of a `dvc` child of ours: DVC's usage analytics off (a repository that does not set
+    `core.analytics = false` had each child write its report in the system's temp folder and send it out: a
+    request no one asked for, a file outside every output), plus `extra`."""
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", **extra}
+
+
 LINE_CHARS = 1 << 16  # a child's line is passed on in pieces of this many characters at most
 
 

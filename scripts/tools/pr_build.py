@@ -16,7 +16,6 @@ Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import typer
 
 from scripts.lib.errors import DataError, shown
-from scripts.tools.child_group import run_in_group, run_shown
+from scripts.tools.child_group import dvc_env, run_in_group, run_shown
 
 
 def dvc(args: list[str], cwd: str | Path) -> int:
@@ -33,7 +32,7 @@ def dvc(args: list[str], cwd: str | Path) -> int:
     print(shown(f"$ dvc {' '.join(args)}"), flush=True)
     # a signal to pr-build alone stops `dvc repro` and its stage too (subprocess.run SIGKILLed dvc only:
     # the stage went on in the worktree that the `finally` below removes); what dvc prints is redacted
-    return run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env())
 
 
 def only_data_missing(status: dict) -> bool:
@@ -165,7 +164,9 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
     from scripts.tools.side_inputs import commit_of
 
     base_name, base_rev = base_rev, commit_of(repo, base_rev)  # an unknown revision, or an option: one line
-    status = run_in_group([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True)
+    status = run_in_group(
+        [sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, env=dvc_env()
+    )
     mode = "pulled"
     if status.returncode == 0 and only_data_missing(dvc_status(status.stdout)):
         mode = "unchanged"  # --allow-missing would still rerun a stage whose folder dependency is only partly here

@@ -34,7 +34,7 @@ import typer
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, check_output_kind, check_replaceable, outputs_together
 from scripts.lib.markdown_text import cell, code, code_span, metrics_table
-from scripts.tools.child_group import run_in_group
+from scripts.tools.child_group import dvc_env, run_in_group
 from scripts.tools.plot_points import dvc_json, plot_changes
 from scripts.tools.side_inputs import check_inside, check_outside_stores
 
@@ -146,7 +146,7 @@ def dvc(args: list[str], repo: str) -> subprocess.CompletedProcess:
             cwd=repo,
             capture_output=True,
             text=True,
-            env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+            env=dvc_env(),
             timeout=DVC_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:

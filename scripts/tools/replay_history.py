@@ -29,7 +29,7 @@ import typer
 from scripts.lib.errors import DataError, os_error_message, shown
 from scripts.lib.safe_paths import FOLDER_FLAGS, MadeHere, identity, resolved
 from scripts.lib.temps import TEMP_XATTR, flock_or_refuse, is_our_temp, mark_temp
-from scripts.tools.child_group import child_group
+from scripts.tools.child_group import child_group, dvc_env
 
 STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
 GIT_ENV = {
@@ -90,7 +90,7 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
     """Run cmd quietly; with `say`, print `say: stage NAME` for each stage DVC starts (the long part)."""
     # dvc.yaml runs `python -m scripts`: put this interpreter first on PATH so it is the one used
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, **GIT_ENV, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = dvc_env(**GIT_ENV, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     # whatever stops this command (a signal, a print that fails) stops dvc and the stage it runs: Popen's
     # exit only waited for them, minutes, while they went on writing the replay
     with child_group(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
