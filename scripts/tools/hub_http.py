@@ -361,3 +361,24 @@ def check_online(dry_run: bool) -> None:
     name = "HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") else "TRANSFORMERS_OFFLINE"
     if not dry_run and _is_true(os.environ.get(name)):
         raise DataError(f"{name} is set: publish uploads to the Hub; unset it, or use --dry-run")
+
+
+# A Hub repository id as the Hub takes it (huggingface_hub's validate_repo_id: each part starts and ends with a
+# letter, digit or '_', no '--' nor '..'): it is pasted into the card's Python snippet, where `me/x", revision=...)`
+# or an escape code changed what a reader copies and runs; `-me/x` or `me/x.` wrote the folder, then every request
+# was refused.
+REPO_ID_PART = r"(?=[\w.-]{1,96}(?:/|$))\w(?:[\w.-]*\w)?"
+REPO_ID = re.compile(rf"{REPO_ID_PART}/{REPO_ID_PART}", re.ASCII)
+
+
+def check_publish_names(repo_id: str, tag: str, tag_option: str, out: Path | None) -> None:
+    """publish's names, checked before any git command, file or request: --repo-id as the Hub takes it, the tag
+    as git does (tag.check_tag_name: `--tag -x` was an option to git, `a..b` a tag that could never be), --out
+    without a control character (a folder `dist/hub\\n` was made, then named in a line it broke)."""
+    from scripts.tools.tag import check_tag_name
+
+    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
+        raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
+    check_tag_name(tag, tag_option)
+    if out is not None and not os.fsdecode(out).isprintable():
+        raise DataError(f"--out {shown(repr(os.fsdecode(out)))}: a control or format character in the path")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -40,7 +39,7 @@ from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.markdown_text import authored, cell, code_span, front_matter_as_code, link
 from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.lib.temps import output_lock
-from scripts.tools.hub_http import check_online
+from scripts.tools.hub_http import check_online, check_publish_names
 from scripts.tools.hub_licence import check_licence_options, licence_fields
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
@@ -51,9 +50,6 @@ ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer 
 CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
     {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS
 ]
-# A Hub repository id as the Hub takes it (huggingface_hub's validate_repo_id): it is pasted into the card's
-# Python snippet, where `me/x", revision=...)` or an escape code changed what a reader copies and runs.
-REPO_ID = re.compile(r"[\w.-]{1,96}/[\w.-]{1,96}", re.ASCII)
 # source kind -> the Hub dataset it comes from (source_datasets: extended|ID); others are "original"
 HUB_SOURCES = {"diffusiondb": "poloclub/diffusiondb", "gustavosta": "Gustavosta/Stable-Diffusion-Prompts"}
 SIZE_CATEGORIES = [
@@ -446,8 +442,7 @@ def cli(
     from scripts.lib.params import load_section
     from scripts.lib.recipe import resolve_recipe
 
-    if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
+    check_publish_names(repo_id, tag or name, "--tag" if tag else "release name", out)
     check_licence_options(license_name, license_link)
     check_online(dry_run)
     dry_run_head = dry_run and tag is None  # a tag named with --dry-run is checked too: the card names it

@@ -16,13 +16,14 @@ import os
 import resource
 import sqlite3
 import subprocess
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, redact_url_userinfo, shown
+from scripts.lib.errors import DataError, quoted, redact_url_userinfo, shown
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import read_within
 from scripts.lib.temps import flock_or_refuse
@@ -32,6 +33,9 @@ from scripts.tools.replay_history import ended_silently
 
 TRACKED = ["params.yaml", "dvc.yaml", "dvc.lock"]
 MAX_STATS_BYTES = 16 << 20  # a release's stats.json is a few KiB
+MAX_TAG_CHARS = 128  # a tag is a file under .git/refs/tags and a release a folder: 255 bytes at most, in UTF-8
+# what git check-ref-format refuses in a tag, and '/' (a release name is one folder, data/releases/NAME)
+GIT_REFUSES = ("..", "@{", "/", "\\", "~", "^", ":", "?", "*", "[")
 
 
 def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -48,6 +52,26 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         said = (result.stderr.strip().splitlines() or [ended_silently(result.returncode)])[0]
         raise DataError(f"git {args[0]} failed: {said}")
     return result
+
+
+def tag_name_problem(name: str) -> str | None:
+    """Why git (or a terminal) cannot take `name` as a tag, or None. Checked before any git command: `-x` was an
+    option to `git tag`, `a..b` or `a.lock` was refused by git only after the whole DVC check, and a control or
+    bidi character (U+202E) put in a tag is shown reversed or as an escape by every `git tag` listing after."""
+    if not name or len(name) > MAX_TAG_CHARS:
+        return f"1 to {MAX_TAG_CHARS} characters"
+    if any(unicodedata.category(c)[0] in "CZ" for c in name):  # controls, format (bidi), spaces, line separators
+        return "a control, format or space character"
+    if name.startswith(("-", ".")) or name.endswith((".", ".lock")) or name == "@":
+        return "a leading '-' or '.', or a trailing '.' or '.lock'"
+    said = next((part for part in GIT_REFUSES if part in name), None)
+    return f"{said!r} in it" if said else None
+
+
+def check_tag_name(name: str, what: str = "tag") -> None:
+    problem = tag_name_problem(name)
+    if problem:
+        raise DataError(f"{what} {quoted(name)}: not a valid git tag name ({problem})")
 
 
 def check_repository() -> None:
@@ -106,6 +130,7 @@ def cli(name: str = typer.Argument(..., help="release name in params.yaml: relea
     # an S3 client that failed mid-call leaves coroutines Python warns about at exit: lines after our one
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
+    check_tag_name(name, "release name")  # before git runs: `-x` was an option to it
     stage = f"release@{name}"
     check_repository()
     with tag_lock():
