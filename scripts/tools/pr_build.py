@@ -16,7 +16,10 @@ Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +32,43 @@ from scripts.tools.child_group import dvc_env, run_in_group, run_shown
 
 def dvc(args: list[str], cwd: str | Path) -> int:
     """A DVC command with its output in this log (python -m dvc: the interpreter that runs this)."""
+    return dvc_watched(args, cwd)[0]
+
+
+# what a dvc child under a file size limit (`ulimit -f`) or on a full disk says: sqlite's words, the OS's
+DISK_SIGNS = ("disk I/O error", "File too large", "No space left on device")
+
+
+def dvc_watched(args: list[str], cwd: str | Path) -> tuple[int, str]:
+    """dvc(args) and what its failure's line should add: the file size limit or a full disk when the child was
+    killed by SIGXFSZ or said so, else "". pr-build said `dvc repro --pull failed (see the log above)`, and the
+    log said `unexpected error - disk I/O error`: the limit, set where pr-build was started, was named nowhere."""
     print(shown(f"$ dvc {' '.join(args)}"), flush=True)
+    seen = _Signs(sys.stdout), _Signs(sys.stderr)
     # a signal to pr-build alone stops `dvc repro` and its stage too (subprocess.run SIGKILLed dvc only:
     # the stage went on in the worktree that the `finally` below removes); what dvc prints is redacted
-    return run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env())
+    with contextlib.redirect_stdout(seen[0]), contextlib.redirect_stderr(seen[1]):
+        code = run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env())
+    if code == 0 or not (code == -signal.SIGXFSZ or seen[0].found or seen[1].found):
+        return code, ""
+    from scripts.tools.tag import disk_hint
+
+    said = "dvc was killed by SIGXFSZ" if code == -signal.SIGXFSZ else "dvc could not write a file"
+    return code, f": {said}{disk_hint(OSError(errno.EFBIG, 'File too large'))}"
+
+
+class _Signs:
+    """A text stream passed on as is, noting whether any of DISK_SIGNS went through it."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.found = stream, False
+
+    def write(self, text: str) -> int:
+        self.found = self.found or any(sign in text for sign in DISK_SIGNS)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def only_data_missing(status: dict) -> bool:
@@ -99,8 +135,29 @@ def readable(repo: str, rev: str, path: str, where: str = "") -> bool:
         with diff.open_fs(repo, rev).open(path, "rb") as f:
             f.read(1)
         return True
-    except Exception:
+    except FileNotFoundError:  # not in the cache, no remote has it: the base's release is built
         return False
+    except OSError as exc:
+        if not _on_this_machine(exc):  # a remote not reached or refusing (ConnectionError, no credentials): built too
+            return False
+        # this machine's own failure (the open-file limit, a cache folder denied or not a folder) was taken as
+        # "missing": the base was built in a worktree, to fail the same way there or hide the cause
+        said = exc.strerror or type(exc).__name__
+        raise DataError(shown(f"{where or f'{rev}:{path}'}: cannot read it from DVC's cache ({said})")) from None
+    except Exception:  # DVC's own errors (no remote configured, a remote refusing): not there to read
+        return False
+
+
+# what reading from the local cache can fail with that is not "absent": one line, not a base build
+LOCAL_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
+
+
+def _on_this_machine(exc: OSError) -> bool:
+    """One of LOCAL_ERRNOS on a file here (the cache's copy): a remote's refusal is a PermissionError too (s3fs's
+    403), named by its URL, and stays "not readable" (the unprivileged job has no credentials)."""
+    import os
+
+    return exc.errno in LOCAL_ERRNOS and isinstance(exc.filename, str) and os.path.lexists(exc.filename)
 
 
 def _rows(release: str) -> str:
@@ -123,11 +180,11 @@ def build_base(repo: Path, base_rev: str, releases: list[str], base_dir: Path) -
         local = repo / ".dvc" / "config.local"  # a remote set with `dvc remote add --local`
         if local.exists():
             shutil.copyfile(local, base_dir / ".dvc" / "config.local")
-        if (
-            dvc(["config", "--local", "cache.dir", str((repo / ".dvc" / "cache").resolve())], base_dir) != 0
-            or dvc(["repro", "--pull", *[f"release@{r}" for r in releases]], base_dir) != 0
-        ):
-            raise DataError(f"building {', '.join(releases)} at {base_rev} failed (see the log above)")
+        code, hint = dvc_watched(["config", "--local", "cache.dir", str((repo / ".dvc" / "cache").resolve())], base_dir)
+        if code == 0:
+            code, hint = dvc_watched(["repro", "--pull", *[f"release@{r}" for r in releases]], base_dir)
+        if code != 0:
+            raise DataError(f"building {', '.join(releases)} at {base_rev} failed (see the log above{hint})")
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base_dir)], cwd=repo, capture_output=True)
 
@@ -182,8 +239,9 @@ def _build(repo: Path, base_rev: str, out: Path, base_dir: Path) -> None:
                 flush=True,
             )
             mode = "rebuilt"
-            if dvc(["repro", "--pull"], repo) != 0:
-                raise DataError("dvc repro --pull failed (see the log above)")
+            code, hint = dvc_watched(["repro", "--pull"], repo)
+            if code != 0:
+                raise DataError(f"dvc repro --pull failed (see the log above{hint})")
     unchanged = unchanged_releases(str(repo), base_rev, "workspace")
     try:  # a base with no params.yaml: all is new; one there but unreadable (a link in git) is its one line
         at_base = releases_at(open_fs(str(repo), base_rev), base_name)
