@@ -41,6 +41,18 @@ def check_config_ours(path: Path) -> None:
             )
 
 
+def check_printable(path: Path | None, what: str) -> None:
+    """Refuse a path this command writes, or writes into SimpleTuner's config, that holds a line break, an
+    escape code or another unprintable character (as given or through the working folder it is resolved
+    against): it was written at exit 0, a file name no listing shows as it is and a config entry no one reads
+    back as typed. An undecodable byte (os.fsdecode's surrogateescape) is unprintable too."""
+    if path is not None and not os.fsdecode(os.path.abspath(path)).isprintable():
+        raise DataError(
+            f"{what} {shown(path)}: holds a line break, escape code or other unprintable character; "
+            "refusing it (name a plain path)"
+        )
+
+
 def check_cache_dir(cache_dir: Path) -> None:
     """Refuse a --cache-dir SimpleTuner cannot make its cache folders under: a file, a device (/dev/null),
     a FIFO, or a link to one (the config was written, and SimpleTuner failed at its first cached latent)."""
@@ -65,6 +77,8 @@ def cli(
         raise DataError(f"--on-error must be skip or fail, got {on_error!r}")
     if config is not None and data_dir is None:
         raise DataError("--config needs --data-dir (the folder the config points SimpleTuner at)")
+    for path, what in ((output, "output"), (data_dir, "--data-dir"), (config, "--config"), (txt_dir, "--txt-dir")):
+        check_printable(path, what)  # the default --config: beside the output, checked as the output
     if data_dir is not None and config is None:
         config = output.parent / CONFIG_NAME
     # before any work: an output that is (or holds) the shards or another output would replace it
@@ -108,6 +122,8 @@ def cli_config(
     from scripts.lib.simpletuner import absolute_config
     from scripts.lib.temps import output_lock
 
+    for path, what in ((output, "--output"), (cache_dir, "--cache-dir"), (split, "split")):
+        check_printable(path, what)  # the split's and the caches' folders are written into the config
     release = resolved(split).parent
     for path, what in ((output, "--output"), (cache_dir, "--cache-dir")):
         if resolved(path) == release or release in resolved(path).parents:
