@@ -143,7 +143,7 @@ def test_a_dvc_failure_with_no_disk_sign_keeps_its_line(tmp_path, monkeypatch):
     """Guard: a plain failure (no limit, nothing said of a disk) adds nothing."""
     from scripts.tools import pr_build as module
 
-    monkeypatch.setattr(module, "run_shown", lambda cmd, **kwargs: 1)
+    monkeypatch.setattr(module, "run_shown", lambda cmd, watch=None, **kwargs: 1)
     assert module.dvc_watched(["repro"], tmp_path) == (1, "")
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 STOP_SECONDS = 1.5  # for dvc and its stage to end on SIGTERM, then SIGKILL
@@ -98,28 +98,30 @@ def group_alive(group: int) -> bool:
     return True
 
 
-def run_shown(cmd: list[str], **popen_kwargs) -> int:
+def run_shown(cmd: list[str], watch: Callable[[str], None] | None = None, **popen_kwargs) -> int:
     """run_in_group(cmd) with the child's standard output and error passed on line by line, each redacted as
     the command's own lines are (import_env.redact_line), to this process's: `dvc pull` wrote straight to the
     terminal, and an error naming a remote's `user:password@` URL, or quoting AWS_SECRET_ACCESS_KEY's value,
-    was printed as DVC gave it. The child's exit status is returned."""
+    was printed as DVC gave it. `watch` sees each line (piece) as it passes. The child's exit status is returned."""
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "errors": "replace"}
     with child_group(cmd, **popen_kwargs, **pipes) as proc:
-        errors = threading.Thread(target=_pass_on, args=(proc.stderr, sys.stderr), daemon=True)
+        errors = threading.Thread(target=_pass_on, args=(proc.stderr, sys.stderr, watch), daemon=True)
         errors.start()
-        _pass_on(proc.stdout, sys.stdout)
+        _pass_on(proc.stdout, sys.stdout, watch)
         errors.join()
         proc.wait()
     return proc.returncode
 
 
-def _pass_on(child: IO[str], ours: IO[str]) -> None:
+def _pass_on(child: IO[str], ours: IO[str], watch: Callable[[str], None] | None = None) -> None:
     """Each line of `child` (a piece of LINE_CHARS at most: a child's endless line is never held whole),
     redacted, written to `ours` as it comes, and a newline after a last line the child did not end."""
     from scripts.lib.import_env import redact_line
 
     line = "\n"
     for line in iter(lambda: child.readline(LINE_CHARS), ""):
+        if watch is not None:
+            watch(line)
         ours.write(redact_line(line))
         ours.flush()
     if not line.endswith("\n"):  # the child's last line unended: the next line (our one error line) its own

@@ -16,7 +16,6 @@ Runs the PR's own code with no credentials: .github/workflows/dataset-diff.yml's
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import shutil
 import signal
@@ -44,31 +43,20 @@ def dvc_watched(args: list[str], cwd: str | Path) -> tuple[int, str]:
     killed by SIGXFSZ or said so, else "". pr-build said `dvc repro --pull failed (see the log above)`, and the
     log said `unexpected error - disk I/O error`: the limit, set where pr-build was started, was named nowhere."""
     print(shown(f"$ dvc {' '.join(args)}"), flush=True)
-    seen = _Signs(sys.stdout), _Signs(sys.stderr)
+    signs: list[str] = []
+
+    def watch(line: str) -> None:
+        signs.extend(sign for sign in DISK_SIGNS if sign in line)
+
     # a signal to pr-build alone stops `dvc repro` and its stage too (subprocess.run SIGKILLed dvc only:
     # the stage went on in the worktree that the `finally` below removes); what dvc prints is redacted
-    with contextlib.redirect_stdout(seen[0]), contextlib.redirect_stderr(seen[1]):
-        code = run_shown([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env())
-    if code == 0 or not (code == -signal.SIGXFSZ or seen[0].found or seen[1].found):
+    code = run_shown([sys.executable, "-m", "dvc", *args], watch, cwd=cwd, env=dvc_env())
+    if code == 0 or not (code == -signal.SIGXFSZ or signs):
         return code, ""
     from scripts.tools.tag import disk_hint
 
     said = "dvc was killed by SIGXFSZ" if code == -signal.SIGXFSZ else "dvc could not write a file"
     return code, f": {said}{disk_hint(OSError(errno.EFBIG, 'File too large'))}"
-
-
-class _Signs:
-    """A text stream passed on as is, noting whether any of DISK_SIGNS went through it."""
-
-    def __init__(self, stream) -> None:
-        self.stream, self.found = stream, False
-
-    def write(self, text: str) -> int:
-        self.found = self.found or any(sign in text for sign in DISK_SIGNS)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 def only_data_missing(status: dict) -> bool:
