@@ -208,3 +208,17 @@ def no_proxy(monkeypatch):
 def fixtures_dir() -> Path:
     """The real corpora in tests/fixtures/ (sources and licences in its README)."""
     return REPO / "tests" / "fixtures"
+
+
+@pytest.fixture
+def fifo_reads_fail():
+    """A FIFO read would block: the test fails after 20 s rather than hang the suite."""
+
+    def stop(signum, frame):
+        raise TimeoutError("the command read its FIFO input")
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -15,6 +15,7 @@ for real, where a row needs it at one exact point). Every row of section 1 faile
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import pytest
 
 from helpers import REPO, env
 from helpers.commands import cli
+from helpers.limits import run_limited
 from helpers.workspace import error_line
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -122,28 +124,6 @@ def test_the_run_that_made_dest_and_lost_its_lock_leaves_nothing(tmp_path, monke
 # ---------------------------------------------------------------- 2. tag and replay-history on a hostile system
 
 
-def limited(resource_name: str, value: int):
-    def set_limit() -> None:
-        import resource
-
-        limit = getattr(resource, resource_name)
-        resource.setrlimit(limit, (value, value))
-
-    return set_limit
-
-
-def run_limited(args: list[str], cwd: Path, preexec) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts", *args],
-        cwd=cwd,
-        env={**env(), "PYTHONPATH": str(REPO)},
-        preexec_fn=preexec,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def a_tag_repository(root: Path) -> Path:
     """A git repository with .dvc/ and a dvc.yaml (no stage): tag opens its DVC repository, then refuses."""
     root.mkdir()
@@ -163,7 +143,7 @@ def test_tag_under_a_file_size_limit_is_one_line(tmp_path, size):
     killed by SIGXFSZ, said nothing: `git status failed: exit status -25`."""
     root = a_tag_repository(tmp_path / "repo")
     before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
-    done = run_limited(["tag", "v2"], root, limited("RLIMIT_FSIZE", size))
+    done = run_limited(["tag", "v2"], root, resource.RLIMIT_FSIZE, size, timeout=120)
     line = error_line(done.stderr)
     assert done.returncode == 2 and "ulimit -f" in line, line  # DVC's database, or git killed by SIGXFSZ
     assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
@@ -176,7 +156,7 @@ def test_replay_history_under_a_file_size_limit_names_it(tmp_path, size):
     """git, killed by SIGXFSZ, printed nothing: the line said `(no output)`, no cause."""
     src = source_repo(tmp_path / "src")
     dest = tmp_path / "out" / "dest"
-    done = run_limited(["replay-history", str(dest)], src, limited("RLIMIT_FSIZE", size))
+    done = run_limited(["replay-history", str(dest)], src, resource.RLIMIT_FSIZE, size, timeout=120)
     line = error_line(done.stderr)
     assert done.returncode == 2 and "killed by SIGXFSZ" in line and "ulimit -f" in line, line
     assert not (tmp_path / "out").exists()  # nothing the run made is left
@@ -189,7 +169,9 @@ def test_replay_history_under_a_file_size_limit_names_it(tmp_path, size):
 def test_replay_history_at_the_open_file_limit_says_so(tmp_path, files, deep):
     """`git ls-files` could not be started (EMFILE): the line said the source was not a git repository."""
     src = source_repo(tmp_path / "src")
-    done = run_limited(["replay-history", str(tmp_path / "out" / deep)], src, limited("RLIMIT_NOFILE", files))
+    done = run_limited(
+        ["replay-history", str(tmp_path / "out" / deep)], src, resource.RLIMIT_NOFILE, files, timeout=120
+    )
     line = error_line(done.stderr)
     assert done.returncode == 2 and "cannot run `git ls-files`" in line and "ulimit -n" in line, line
     assert "not a git repository" not in line

@@ -16,33 +16,20 @@ before its rows).
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from helpers.commands import cli
 from helpers.tiers import fast_first
-from helpers.workspace import error_line, make_splits, write_params
+from helpers.workspace import assert_refused_untouched, make_splits, snapshot, write_params
+
+pytestmark = pytest.mark.usefixtures("fifo_reads_fail")
 
 COMPONENTS = [{"source": "diffusiondb", "split": s, "into": s} for s in ("train", "validation")]
 DID_NOT_WRITE = "which this command did not write"
 LINK = "is a symbolic link"
 NOT_OURS = "cannot prove it wrote it"
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A FIFO read would block: the test fails after 20 s rather than hang the suite."""
-
-    def stop(signum, frame):
-        raise TimeoutError("the command read its FIFO input")
-
-    old = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def _fifo(path: Path) -> None:
@@ -84,21 +71,6 @@ def _foreign(kind: str, out: Path, tmp_path: Path) -> None:
         (out / kind.removeprefix("a link named ")).symlink_to(_mine(tmp_path))
 
 
-def snapshot(root: Path) -> dict[str, object]:
-    """workspace.snapshot, a FIFO (the input) noted, not read: its read would block."""
-    return {
-        p.relative_to(root).as_posix(): "fifo" if p.is_fifo() else None if p.is_dir() else p.read_bytes()
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def _check(result, tmp_path: Path, before: dict, named: str, said: str) -> None:
-    line = error_line(result.stderr)
-    assert result.returncode == 2 and named in line and said in line, result.stderr
-    assert "FIFO" not in line
-    assert snapshot(tmp_path) == before  # the user's files byte for byte, nothing written
-
-
 # ---------------------------------------------------------------- 1. compose, split, prefilter refuse first
 
 FOLDER_CASES = {  # kind of foreign thing: (name in the line, what the line says)
@@ -121,7 +93,7 @@ def test_compose_refuses_a_foreign_output_before_reading_its_splits(tmp_path, mo
     _foreign(kind, ws / "data" / "compose" / "r", tmp_path)
     before = snapshot(tmp_path)
     result = cli(["compose", "r", "data/splits", "data/compose/r"], ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, *FOLDER_CASES[kind])
+    assert_refused_untouched(result, tmp_path, before, *FOLDER_CASES[kind])
 
 
 SPLIT_CASES = {
@@ -142,7 +114,7 @@ def test_split_refuses_a_foreign_output_before_reading_its_input(tmp_path, monke
     _foreign(kind, ws / "data" / "splits" / "notes", tmp_path)
     before = snapshot(tmp_path)
     result = cli(["split", "notes", "data/captions/notes.parquet", "data/splits/notes"], ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, *SPLIT_CASES[kind])
+    assert_refused_untouched(result, tmp_path, before, *SPLIT_CASES[kind])
 
 
 PREFILTER_CASES = {  # the user's file at: (name in the line, what it says)
@@ -166,7 +138,7 @@ def test_prefilter_refuses_a_foreign_output_before_reading_its_input(tmp_path, m
         (ws / "out" / name).write_bytes(b"my own table\n")
     before = snapshot(tmp_path)
     result = cli(["prefilter", "notes", "c.parquet", "out/o.parquet"], ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, *PREFILTER_CASES[kind])
+    assert_refused_untouched(result, tmp_path, before, *PREFILTER_CASES[kind])
 
 
 # ---------------------------------------------------------------- 2. release: a user's file hard-linked in
@@ -191,4 +163,4 @@ def test_release_refuses_a_hard_linked_file_before_its_work(tmp_path, monkeypatc
     _fifo(ws / "data" / "splits" / "diffusiondb" / "train.parquet")  # read by the release's work
     before = snapshot(tmp_path)
     result = cli(argv, ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, rel.split("/", 1)[1], DID_NOT_WRITE)
+    assert_refused_untouched(result, tmp_path, before, rel.split("/", 1)[1], DID_NOT_WRITE)

@@ -14,33 +14,20 @@ before the images, examples or any request), `ingest` and `captions` (check_file
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
 from helpers.commands import cli
 from helpers.tiers import fast_first
-from helpers.workspace import error_line, write_params
+from helpers.workspace import assert_refused_untouched, snapshot, write_params
+
+pytestmark = pytest.mark.usefixtures("fifo_reads_fail")
 
 LINK = "is a symbolic link"
 NOT_OURS = "cannot prove it wrote it"
 NOT_GENERATED = "which generate did not write"
 SOURCE = {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": False}}
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A FIFO read would block: the test fails after 20 s rather than hang the suite."""
-
-    def stop(signum, frame):
-        raise TimeoutError("the command read its FIFO input")
-
-    old = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def _fifo(path: Path) -> None:
@@ -52,21 +39,6 @@ def _mine(tmp_path: Path) -> Path:
     """A user's own file, outside the workspace."""
     (tmp_path / "mine.txt").write_bytes(b"my own words\n")
     return tmp_path / "mine.txt"
-
-
-def snapshot(root: Path) -> dict[str, object]:
-    """workspace.snapshot, a FIFO (the input) noted, not read: its read would block."""
-    return {
-        p.relative_to(root).as_posix(): "fifo" if p.is_fifo() else None if p.is_dir() else p.read_bytes()
-        for p in sorted(root.rglob("*"))
-    }
-
-
-def _check(result, tmp_path: Path, before: dict, named: str, said: str) -> None:
-    line = error_line(result.stderr)
-    assert result.returncode == 2 and named in line and said in line, result.stderr
-    assert "FIFO" not in line
-    assert snapshot(tmp_path) == before  # the user's files byte for byte, nothing written
 
 
 # ---------------------------------------------------------------- 1. clean: its outputs before its input's footer
@@ -95,7 +67,7 @@ def test_clean_refuses_a_foreign_output_before_opening_its_input(tmp_path, monke
         (ws / "out" / name).write_bytes(b"my own table\n")
     before = snapshot(tmp_path)
     result = cli(["clean", "notes", "p.parquet", "out/o.parquet"], ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, *CLEAN_CASES[kind])
+    assert_refused_untouched(result, tmp_path, before, *CLEAN_CASES[kind])
 
 
 # ---------------------------------------------------------------- 2. generate: its image folder before its prompts
@@ -138,4 +110,4 @@ def test_generate_refuses_a_foreign_image_folder_before_reading_its_prompts(tmp_
     _in_images(kind, ws / "data" / "images" / "notes", tmp_path)
     before = snapshot(tmp_path)
     result = cli(["generate", "notes", "p.parquet", "data/images/notes"], ws, monkeypatch, capfd)
-    _check(result, tmp_path, before, *GENERATE_CASES[kind])
+    assert_refused_untouched(result, tmp_path, before, *GENERATE_CASES[kind])

@@ -15,13 +15,13 @@ from __future__ import annotations
 import resource
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from helpers import REPO, dvc_init, env
+from helpers.limits import run_limited
 from helpers.tiers import fast_first
 from helpers.workspace import error_line
 
@@ -30,25 +30,6 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 
 def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
-
-
-def limited(which: int, value: int):
-    def set_limit() -> None:
-        resource.setrlimit(which, (value, value))
-
-    return set_limit
-
-
-def run_limited(args: list[str], cwd: Path, which: int, value: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts", *args],
-        cwd=cwd,
-        env={**env(), "PYTHONPATH": str(REPO)},
-        preexec_fn=limited(which, value),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def a_tag_repository(root: Path) -> Path:

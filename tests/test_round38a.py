@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, dvc_init, env
+from helpers.limits import limited
 from helpers.tiers import fast_first
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -50,13 +51,6 @@ sys.exit(1)
 
 def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
-
-
-def limited(which: int, value: int):
-    def set_limit() -> None:
-        resource.setrlimit(which, (value, value))
-
-    return set_limit
 
 
 def a_repository(root: Path) -> Path:

@@ -106,9 +106,16 @@ def ingest_source(tmp_path: Path, monkeypatch, capfd, source: dict, files: dict[
     return result, (pq.read_table(table).to_pylist() if table.exists() else None)
 
 
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under root -> its bytes (None for a folder): 'nothing touched' is an equal snapshot."""
-    return {p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+def snapshot(root: Path) -> dict[str, bytes | str | None]:
+    """Every path under root -> its bytes (None for a folder, "fifo" for a FIFO, whose read would block):
+    'nothing touched' is an equal snapshot."""
+    return {p.relative_to(root).as_posix(): _content(p) for p in sorted(root.rglob("*"))}
+
+
+def _content(path: Path) -> bytes | str | None:
+    if path.is_fifo():
+        return "fifo"
+    return None if path.is_dir() else path.read_bytes()
 
 
 def leftovers(root: Path) -> list[str]:
@@ -189,3 +196,11 @@ def run_scripts(
         timeout=timeout,
         preexec_fn=child,
     )
+
+
+def assert_refused_untouched(result, root: Path, before: dict, named: str, said: str) -> None:
+    """Exit 2, one line naming `named` and saying `said` (never the FIFO's read), root as `before`."""
+    line = error_line(result.stderr)
+    assert result.returncode == 2 and named in line and said in line, result.stderr
+    assert "FIFO" not in line
+    assert snapshot(root) == before  # the user's files byte for byte, nothing written
