@@ -324,27 +324,29 @@ def holds_key(text: str, api_key: str | None) -> bool:
     return api_key in text if _pieces(api_key) is None else bool(_spans(text, api_key))
 
 
-def holds_whole_key(text: str, api_key: str | None) -> bool:
+def holds_whole_key(text: str, api_key: str | None, least: int = SHORT_KEY) -> bool:
     """Whether `text` holds the whole key in one of ENCODINGS, read through the skeleton (any letter case,
     escapes such as %2F undone, separators left out). What is sent or published on a user's behalf (a PR
     comment, a dataset, params.yaml) is refused on this, not on holds_key's 8-character pieces: megabytes
-    of hex ids and digits hold some piece of some encoding by chance. A short key: as itself, as holds_key."""
-    if not api_key or len(api_key) < SHORT_KEY:
+    of hex ids and digits hold some piece of some encoding by chance. A key shorter than `least`: as itself, as
+    holds_key. params.yaml passes least=PIECE: a known secret of 8+ characters is looked for anywhere in a value,
+    by its encodings of PIECE characters or more (a params value is a few words, not megabytes)."""
+    if not api_key or len(api_key) < least:
         return holds_key(text, api_key)
     if api_key.casefold() in text.casefold():  # also a key of too few letters and digits for a skeleton
         return True
-    forms = _whole_forms(api_key)
+    forms = _whole_forms(api_key, least)
     low = _lowered(skeleton(text)[0]) if forms else ""
     return any(form in low for form in forms)
 
 
-@functools.lru_cache(maxsize=8)
-def _whole_forms(api_key: str) -> frozenset[str]:
+@functools.lru_cache(maxsize=32)
+def _whole_forms(api_key: str, least: int = SHORT_KEY) -> frozenset[str]:
     """The lower-cased skeleton of each of the key's encodings (base64url's too: `-_` are left out like `+/`),
-    those of SHORT_KEY characters or more: a shorter one is in too many texts."""
+    those of `least` characters or more: a shorter one is in too many texts."""
     texts = [text for encode in ENCODINGS.values() for text in encode(api_key)]
     forms = {_skeleton_of(text) for text in texts}
-    return frozenset(form for form in forms if len(form) >= SHORT_KEY)
+    return frozenset(form for form in forms if len(form) >= max(least, PIECE))
 
 
 def redact_key(value: Any, api_key: str | None) -> Any:

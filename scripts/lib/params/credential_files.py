@@ -24,7 +24,8 @@ def credential_sources() -> dict[str, str]:
     profile's keys in the AWS credentials and config files (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, else
     ~/.aws/; AWS_PROFILE picks one, any may be used), the passwords of ~/.netrc (NETRC; requests and curl send
     them), huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token` and
-    `stored_tokens`) and git's credential store (git_store_credentials). A file missing, unreadable, not a
+    `stored_tokens`), Docker's config.json (_docker_secrets), the JSON file GOOGLE_APPLICATION_CREDENTIALS names
+    (_google_secrets) and git's credential store (git_store_credentials). A file missing, unreadable, not a
     regular file or not what it should be adds none: never a failure of the command (nor its line)."""
     home = os.path.expanduser("~")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
@@ -42,7 +43,65 @@ def credential_sources() -> dict[str, str]:
     found[token] = "the Hub's token file"
     netrc = _bounded_text(os.environ.get("NETRC") or os.path.join(home, ".netrc"))
     found |= dict.fromkeys(_netrc_passwords(netrc), "the netrc file")
+    docker = os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.join(home, ".docker"), "config.json")
+    found |= dict.fromkeys(_docker_secrets(_json_of(docker)), "Docker's config.json")
+    google = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    found |= dict.fromkeys(_google_secrets(_json_of(google) if google else None), "Google's credentials file")
     return _secrets_only(found) | git_store_credentials()
+
+
+def _json_of(path: str) -> object:
+    """The JSON a credential file holds (read bounded), or None: a missing, unreadable, truncated or hostile file
+    (too deep for the parser) adds no secret and is no failure of the command."""
+    import json
+
+    text = _bounded_text(path)
+    try:
+        return json.loads(text) if text else None
+    except Exception:  # ValueError, RecursionError: no secret read
+        return None
+
+
+def _docker_secrets(config: object) -> list[str]:
+    """Each registry's password (the `auth` field is base64 of `user:password`), the `auth` itself, and its
+    `identitytoken` / `registrytoken` in Docker's config.json (DOCKER_CONFIG's folder, else ~/.docker):
+    `docker login` writes them there when no credential helper is set."""
+    import base64
+    import binascii
+
+    auths = config.get("auths") if isinstance(config, dict) else None
+    found = []
+    for entry in auths.values() if isinstance(auths, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        found += [
+            entry[name] for name in ("auth", "identitytoken", "registrytoken") if isinstance(entry.get(name), str)
+        ]
+        try:
+            decoded = base64.b64decode(str(entry.get("auth") or ""), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            continue
+        found.append(decoded.partition(":")[2])
+    return [value.strip() for value in found]
+
+
+# the secrets of a service account's key file and of gcloud's application-default login (authorized_user)
+_GOOGLE_SECRET_FIELDS = ("private_key_id", "private_key", "client_secret", "refresh_token")
+
+
+def _google_secrets(credentials: object) -> list[str]:
+    """The secrets of the JSON file GOOGLE_APPLICATION_CREDENTIALS names: a PEM private key as its base64 body
+    alone (one printable line, as a line or a params value would quote a piece of it), its id, a user's
+    client_secret and refresh_token."""
+    if not isinstance(credentials, dict):
+        return []
+    found = []
+    for name in _GOOGLE_SECRET_FIELDS:
+        value = credentials.get(name)
+        if isinstance(value, str):
+            body = [line for line in value.splitlines() if line.strip() and not line.startswith("-----")]
+            found.append("".join("".join(body).split()) if name == "private_key" else value.strip())
+    return found
 
 
 def _secrets_only(found: dict[str, str]) -> dict[str, str]:

@@ -200,29 +200,38 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def refuse_secrets(
-    value: Any, path: str, at: tuple = (), secrets: dict[str, str] | None = None, held: dict[str, str] | None = None
+    value: Any,
+    path: str,
+    at: tuple = (),
+    secrets: dict[str, str] | None = None,
+    held: dict[str, str] | None = None,
+    named: frozenset[str] = frozenset(),
 ) -> None:
     """DataError (naming the key, never the value) for a value shaped like an API key, one holding the value
     of a secret environment variable (holds_secret: a key pasted from the shell; AWS's secret keys have
     no shape) or a secret held elsewhere (`held`, read_secrets: a credential file's, DVC's config's, a proxy's),
     or an `*_env` key whose value is not an environment variable name (a key pasted where its variable's name
-    goes)."""
+    goes). A known secret of 8 to 15 characters (a held one, or a variable an `*_env` key names: `named`) is
+    looked for anywhere in a value (holds_secret's `anywhere`), and across two neighbouring values (_refuse_split)."""
     if secrets is None:
         secrets = secret_env_values(value)
+        named = frozenset(_env_names(value))
     if held is None:
         held = held_secrets()
     if isinstance(value, dict):
         for key, item in value.items():
-            refuse_secrets(key, path, at, secrets, held)
-            refuse_secrets(item, path, (*at, key), secrets, held)
+            refuse_secrets(key, path, at, secrets, held, named)
+            refuse_secrets(item, path, (*at, key), secrets, held, named)
             if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
                 raise DataError(
                     f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
                     "(letters, digits, '_'), not the key itself"
                 )
+        _refuse_split(list(value.items()), path, at, secrets, held, named)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            refuse_secrets(item, path, (*at, index), secrets, held)
+            refuse_secrets(item, path, (*at, index), secrets, held, named)
+        _refuse_split(list(enumerate(value)), path, at, secrets, held, named)
     elif isinstance(value, str):
         where = ".".join(map(str, at)) or "a key"
         if has_secret_shape(value):
@@ -230,18 +239,36 @@ def refuse_secrets(
                 f"{path}: {where}: holds what looks like an API key or token; keep keys out of params.yaml (it "
                 "is committed, and copied into dvc.lock): set an environment variable and name it in api_key_env"
             )
-        for name, secret in secrets.items():
-            if holds_secret(value, secret):
-                raise DataError(
-                    f"{path}: {where}: holds the value of the environment variable {name} (an API key or other "
-                    "secret); keep it out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
-                )
-        for secret, source in held.items():
-            if holds_secret(value, secret):
-                raise DataError(
-                    f"{path}: {where}: holds a secret read from {source}; keep it out of params.yaml (it is "
-                    "committed, and copied into dvc.lock and the outputs)"
-                )
+        _refuse_known(value, f"{path}: {where}: holds", secrets, held, named)
+
+
+def _refuse_known(value: str, subject: str, secrets: dict[str, str], held: dict[str, str], named: frozenset) -> None:
+    """DataError starting with `subject` (the file and key, never the value) when `value` holds a known secret:
+    a secret environment variable's value or one held elsewhere (holds_secret; anywhere for a held one or the
+    value of a variable in `named`)."""
+    for name, secret in secrets.items():
+        if holds_secret(value, secret, anywhere=name in named):
+            raise DataError(
+                f"{subject} the value of the environment variable {name} (an API key or other "
+                "secret); keep it out of params.yaml (it is committed, and copied into dvc.lock and the outputs)"
+            )
+    for secret, source in held.items():
+        if holds_secret(value, secret, anywhere=True):
+            raise DataError(
+                f"{subject} a secret read from {source}; keep it out of params.yaml (it is "
+                "committed, and copied into dvc.lock and the outputs)"
+            )
+
+
+def _refuse_split(
+    items: list[tuple[Any, Any]], path: str, at: tuple, secrets: dict, held: dict, named: frozenset
+) -> None:
+    """A known secret cut in two across neighbouring string values of one mapping or list (`prefix: s3://b/AKx`,
+    `suffix: 9Q...`: a template joins them again, and dvc.lock holds both halves), refused naming both keys."""
+    for (key, text), (next_key, next_text) in itertools.pairwise(items):
+        if isinstance(text, str) and isinstance(next_text, str):
+            both = " and ".join(".".join(map(str, (*at, k))) for k in (key, next_key))
+            _refuse_known(text + next_text, f"{path}: {both}: together hold", secrets, held, named)
 
 
 def held_secrets() -> dict[str, str]:
@@ -304,16 +331,21 @@ def _unquoted(value: str) -> str:
     return value
 
 
-def holds_secret(text: str, secret: str) -> bool:
+def holds_secret(text: str, secret: str, anywhere: bool = False) -> bool:
     """Whether `text` (a scalar of params) holds `secret`. One of MIN_SECRET_CHARS or more anywhere, as
     key_redaction.holds_whole_key finds it: in any letter case, reversed, percent-escaped, base64 at any byte
     offset (`Basic <base64 of user:secret>`), spaces or separators left out. A shorter one only as the whole
     scalar, in any letter case or Unicode form (as a longer one: `HUNTER22X` for hunter22x went into dvc.lock),
-    or the scalar percent- or base64-decoded."""
-    from scripts.lib.key_redaction import holds_whole_key
+    or the scalar percent- or base64-decoded, zero-width characters left out. With `anywhere` (a known secret: a credential
+    file's, or a variable an `*_env` key names), one of 8 to 15 characters (not a word) is looked for anywhere, by key_redaction.holds_whole_key(least=PIECE); 6 or 7 never as a part."""
+    from scripts.lib.key_redaction import PIECE, _is_word, holds_whole_key
 
     if len(secret) >= MIN_SECRET_CHARS:
         return holds_whole_key(text, secret)
+    # 8 to 15 characters: anywhere too, by its encodings of PIECE characters or more (a short secret that was only
+    # part of a value went into dvc.lock); unless it is a word (`sunshine`, `Password`), which prose holds
+    if anywhere and len(secret) >= PIECE and not _is_word(secret) and holds_whole_key(text, secret, least=PIECE):
+        return True
     return _folded(secret) in {_folded(form) for form in _decodings(text)}
 
 
@@ -322,7 +354,8 @@ def _folded(text: str) -> str:
     fullwidth letters), case folded (`HUNTER22X` is hunter22x pasted upper-cased)."""
     import unicodedata
 
-    return unicodedata.normalize("NFKC", " ".join(text.split())).casefold()
+    visible = "".join(char for char in text if unicodedata.category(char) != "Cf")  # a zero-width space hid it
+    return unicodedata.normalize("NFKC", " ".join(visible.split())).casefold()
 
 
 def _decodings(text: str) -> set[str]:
