@@ -30,7 +30,8 @@ from helpers.workspace import run_scripts
 pytestmark = pytest.mark.usefixtures("no_proxy")
 
 LONG = "R32bFILEsecret0123456789abcdEFgh"  # no key shape: found only as a known secret
-SHORT = "Qz7hunt3rX"  # under 16 characters: the params check finds it only as a whole value
+SEVEN = "Qz7hu3X"  # the params check finds one of 6-7 characters only as a whole value
+SHORT = "Qz7hunt3rX"  # 8 to 15 characters: the params check finds it anywhere in a value (round 39e)
 
 
 @pytest.fixture(params=["in process", pytest.param("subprocess", marks=pytest.mark.slow)])
@@ -151,8 +152,8 @@ def test_a_source_path_holding_a_secret_read_from_a_file_is_refused_in_one_line(
 @pytest.mark.parametrize(
     ("label", "secret", "folder"),
     [
-        ("netrc", SHORT, f"{SHORT}"),  # a short secret as one folder of the path
-        ("DVC config.local", SHORT, f"in-{SHORT}-set"),
+        ("netrc", SEVEN, f"{SEVEN}"),  # a secret of 6-7 characters as one folder of the path (8 to 15 are
+        ("DVC config.local", SEVEN, f"in-{SEVEN}-set"),  # refused anywhere since round 39e)
         ("AWS credentials file", LONG, LONG[:12]),  # a piece of a long one: never the whole
         ("HF_TOKEN_PATH", LONG, f"tok{LONG[8:20]}"),
     ],
