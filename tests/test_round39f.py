@@ -141,3 +141,32 @@ def test_a_link_inside_or_a_hard_link_is_still_released(tmp_path, monkeypatch, c
     result = _release(root, monkeypatch, capfd)
     assert result.returncode == 0, result.stderr
     assert (root / "data/releases/r/train/metadata.jsonl").is_file()
+
+
+# ---------------------------------------------------------------- the writers themselves (default tier)
+
+
+@pytest.mark.parametrize("swap", SWAPS, ids=lambda swap: swap.__name__)
+@pytest.mark.parametrize("fmt", ["imagefolder", "webdataset", "parquet"])
+def test_write_split_reads_each_image_in_its_source_folders(tmp_path, fmt, swap):
+    """export.write_split with `roots`, as release@V calls it: an image that leads out is one line naming the row."""
+    import pandas as pd
+
+    from scripts.lib import export
+    from scripts.lib.errors import DataError
+    from scripts.lib.release_images import SourceRoots
+
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    folder = root / "data/images" / SOURCE
+    folder.mkdir(parents=True)
+    outside.mkdir()
+    image = folder / "img.png"
+    image.write_bytes(PNG)
+    roots = SourceRoots({SOURCE: [folder]})  # as release@V: its folders resolved before the images are read
+    swap(image, PNG, outside)
+    rows = pd.DataFrame(
+        {"id": ["a1"], "source": [SOURCE], "text": ["t"], "orig_text": ["t"], "image": [str(image)]}
+    ).assign(width=1, height=1)
+    options = export.export_options(fmt, "test")[1]
+    with pytest.raises(DataError, match=r"image of row 'a1' \(source 'diffusiondb'\) leads out of"):
+        export.write_split(rows, tmp_path / "out", fmt, options, roots=roots)
