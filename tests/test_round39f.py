@@ -170,3 +170,26 @@ def test_write_split_reads_each_image_in_its_source_folders(tmp_path, fmt, swap)
     options = export.export_options(fmt, "test")[1]
     with pytest.raises(DataError, match=r"image of row 'a1' \(source 'diffusiondb'\) leads out of"):
         export.write_split(rows, tmp_path / "out", fmt, options, roots=roots)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("swap", SWAPS, ids=lambda swap: swap.__name__)
+def test_the_preview_reads_each_image_in_its_source_folders(tmp_path, monkeypatch, capfd, swap):
+    """The swap after the export, before the contact sheet read the sample's images by name again."""
+    import scripts.release
+
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    image, data = _workspace(root, "imagefolder")
+    real = scripts.release.without_unexported
+
+    def swapped_after_export(*args, **kwargs):
+        swap(image, data, outside)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scripts.release, "without_unexported", swapped_after_export)
+    result = _release(root, monkeypatch, capfd)
+    assert result.returncode == 2, result.stderr
+    assert "leads out of its source's folders" in error_line(result.stderr)
+    assert not (root / "data/releases/r").exists()
