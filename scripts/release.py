@@ -30,6 +30,7 @@ from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_composed_rows, check_ids_apart, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
+from scripts.lib.release_images import SourceRoots
 from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
 
@@ -141,6 +142,9 @@ def cli(
         rows = rows.assign(image_sha256=[digests.get(key) for key in zip(rows["source"], rows["id"])])
     from scripts.lib.progress import Progress
 
+    # each image is checked in its source's folders on the file it is read from (the rows were, by name)
+    confined = SourceRoots(roots)
+
     # Everything is written into a staging folder first and moved into place only at the end, so a
     # bad image or a crash leaves the previous release whole (never train new and validation old).
     with staging_dir(output) as staging:  # locked; a killed run's staging folder goes on the next run
@@ -154,7 +158,8 @@ def cli(
                 )
             else:
                 for part in SPLITS:
-                    write_split(rows[rows["split"] == part], staging / part, fmt, options, progress.advance, dropped)
+                    split_rows = rows[rows["split"] == part]
+                    write_split(split_rows, staging / part, fmt, options, progress.advance, dropped, confined)
                     mark_folder(staging / part)
         exported, removed = without_unexported(rows, removed, dropped)
         check_exported(recipe, fmt, rows, exported, dropped)
@@ -170,7 +175,9 @@ def cli(
         if streamed:  # the sample's texts from the file: `exported` holds ids, sources and splits only
             write_preview(exported["id"], lambda ids: rows_of(rows_file, ids), staging / "preview.jpg")
         else:
-            write_preview(exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg")
+            write_preview(
+                exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg", roots=confined
+            )
         write_parquet(composed_table(removed), staging / "removed.parquet")
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_json(stats, staging / "stats.json")
@@ -215,22 +222,28 @@ def rows_of(path: Path, ids: list[str]) -> pd.DataFrame:
     return (table.to_pandas() if table is not None else pd.DataFrame(columns=columns)).set_index("id").loc[ids]
 
 
-def write_preview(ids: pd.Series, rows_of: Callable, output: Path, geometry: Preview | None = None) -> None:
+def write_preview(
+    ids: pd.Series, rows_of: Callable, output: Path, geometry: Preview | None = None, roots: SourceRoots | None = None
+) -> None:
     """preview.jpg: contact sheet of a deterministic sample of `ids` (the ids whose sha256 sorts first),
     whose text and image `rows_of(sample ids)` gives (indexed by id); the images come from the image
     store, so it looks the same whatever the export layout; a row without an image (a text-only release)
-    is a grey box over its caption."""
+    is a grey box over its caption. `roots`: where each source's images may be (export.write_split's)."""
     import io
 
-    from scripts.lib.export import recorded_image_bytes
+    from scripts.lib.export import image_check, recorded_image_bytes
     from scripts.lib.preview import contact_sheet, sample_ids
 
     geometry = geometry or load_section("preview", missing_ok=True)
     sample = rows_of(sample_ids(ids, geometry.columns * geometry.rows))
 
-    def picture(ref, sha256):
-        return io.BytesIO(recorded_image_bytes(ref, sha256)) if isinstance(ref, str) and ref else None
+    def picture(ref, sha256, row_id, source):
+        if not (isinstance(ref, str) and ref):
+            return None
+        return io.BytesIO(recorded_image_bytes(ref, sha256, image_check(roots, row_id, source)))
 
     digests = sample["image_sha256"] if "image_sha256" in sample else [None] * len(sample)
-    items = [(picture(image, sha), str(text)) for image, text, sha in zip(sample["image"], sample["text"], digests)]
+    sources = sample["source"] if "source" in sample else [None] * len(sample)
+    columns = zip(sample["image"], sample["text"], digests, sample.index, sources)
+    items = [(picture(image, sha, row_id, source), str(text)) for image, text, sha, row_id, source in columns]
     contact_sheet(items, geometry).save(output, format="JPEG", quality=geometry.quality)

@@ -29,7 +29,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -464,12 +464,13 @@ def _open_zip(opened: Opened) -> tuple[zipfile.ZipFile, dict[str, int]]:
     return zf, counts
 
 
-def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
+def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, check: Callable | None = None) -> bytes:
     """Bytes of the file a reference names: 'archive.tar!/member', 'archive.zip!/member' or a plain path.
 
     The file is opened ONCE, never waited on (a FIFO blocked the open in C, deaf to Ctrl-C), checked on what
     was opened (a regular file) and read from that open (read_opened): it was checked by name, then opened by
     name again, and a FIFO or another file swapped in between was what was read.
+    `check(file, path)`: of the file opened, before a byte is read (release: in its source's folders).
     Raises UnsafeArchive (with `.reason`) or FileNotFoundError.
     """
     from scripts.lib.side_files import open_regular
@@ -480,6 +481,8 @@ def read_member(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> bytes:
     except DataError:  # a FIFO, folder, socket or device: counted, as before
         raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)") from None
     with file:
+        if check is not None:
+            check(file, archive)
         return read_opened(file, archive, member, max_bytes)
 
 

@@ -21,8 +21,8 @@ Layout: `manifest.json` + `buckets/<bucket_id>/shard-NNNNNN.tar`, per sample `<k
 the plan (bucket, target, crop box, drop decision) is the same as re-encoding's, so the loader can apply
 it. A non-JPEG source is re-encoded even then (its sample json says which).
 
-Everything here is deterministic: the same rows and options give the same bytes (manifest included;
-`created` comes from SOURCE_DATE_EPOCH, else null).
+Everything here is deterministic: the same rows and options give the same bytes (manifest included; `created`
+comes from SOURCE_DATE_EPOCH, else null).
 """
 
 from __future__ import annotations
@@ -223,13 +223,13 @@ class ImageFault(Exception):
     """An image that cannot be decoded or encoded: counted, or a DataError under on_error=fail."""
 
 
-def decode(ref: str):
-    """(stored bytes, PIL format name, the image EXIF-transposed and in RGB)."""
+def decode(ref: str, check=None):
+    """(stored bytes, PIL format name, the image EXIF-transposed and in RGB); `check`: read_member's."""
     from scripts.lib.archive import UnsafeArchive, check_image_pixels, read_member
     from scripts.lib.pixels import opened, rgb
 
     try:
-        data = read_member(ref)
+        data = read_member(ref, check=check)
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found") from None
     except UnsafeArchive as exc:
@@ -310,11 +310,8 @@ def provenance(row) -> tuple[str, int, int]:
     source_id = _value(row, "caption_source_id")
     if source_id is None:
         return "prompt", 0, 0
-    return (
-        str(_value(row, "caption_variant") or "prompt"),
-        int(_value(row, "caption_selector_index") or 0),
-        int(source_id),
-    )
+    variant, selector = _value(row, "caption_variant") or "prompt", _value(row, "caption_selector_index") or 0
+    return str(variant), int(selector), int(source_id)
 
 
 SKIP_REASONS = {
@@ -331,9 +328,10 @@ def write_bucketed(
     options: dict,
     tick: Callable[[], None] = lambda: None,
     dropped: dict[str, str] | None = None,
+    roots=None,
 ) -> dict:
     """Write one split as bucketed shards + manifest.json; return the export summary. `dropped` (when
-    given) gets id -> reason (SKIP_REASONS) for every row the card's rules left out.
+    given) gets id -> reason (SKIP_REASONS) for every row the card's rules left out; `roots`: write_split's.
 
     Rows carry `id, source, text, image` (and optionally `orig_text`, `caption_variant`,
     `caption_selector_index`, `caption_source_id`; `rows.attrs["caption_sources"]` maps a source id to
@@ -357,7 +355,7 @@ def write_bucketed(
             summary["images_seen"] += 1
             tick()
             before = dict(summary)
-            sample = _sample(row, table, options, summary)
+            sample = _sample(row, table, options, summary, roots and roots.check(row.id, row.source))
             if sample is None:
                 if dropped is not None:
                     dropped[str(row.id)] = next(SKIP_REASONS[k] for k in SKIP_REASONS if summary[k] != before[k])
@@ -441,14 +439,14 @@ def write_bucketed(
     return summary
 
 
-def _sample(row, table: list[Bucket], options: dict, summary: dict):
+def _sample(row, table: list[Bucket], options: dict, summary: dict, check=None):
     """(bucket, jpg bytes, sample json) of one row, or None when the card's rules skip it (counted)."""
     if caption_of(row) is None and options["missing_caption_policy"] == "skip":
         summary["skipped_no_caption"] += 1
         return None
     fail = options["on_error"] == "fail"
     try:
-        data, fmt, image = decode(str(row.image))
+        data, fmt, image = decode(str(row.image), check)
     except ImageFault as exc:
         if fail:
             raise DataError(f"{row.image}: cannot read image ({exc})") from None

@@ -39,7 +39,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import dumps_json, loads_json
-from scripts.lib.release_images import IMAGE_SUFFIXES, image_bytes, locate_images
+from scripts.lib.release_images import IMAGE_SUFFIXES, OpenedCheck, SourceRoots, image_bytes, locate_images
 from scripts.lib.release_images import release_image_bytes as release_image_bytes
 from scripts.lib.safe_paths import link_opened, new_file, open_regular
 from scripts.lib.shards import ShardWriter, json_member
@@ -85,23 +85,25 @@ def write_split(
     options: dict,
     on_image: Callable[[], None] | None = None,
     dropped: dict[str, str] | None = None,
+    roots: SourceRoots | None = None,
 ):
     """Write one split of a release in the chosen layout; `dropped` gets id -> reason for each row the
-    layout left out (only bucketed leaves rows out)."""
+    layout left out (only bucketed leaves rows out); `roots`: where each source's images may be, checked on
+    the file each is read from (release@V: its sources' folders)."""
     folder.mkdir(parents=True, exist_ok=True)
     tick = on_image or (lambda: None)
     if fmt == "prompts":
         write_prompts(rows, folder, tick)
     elif fmt == "imagefolder":
-        write_imagefolder(rows, folder, tick)
+        write_imagefolder(rows, folder, tick, roots)
     elif fmt == "webdataset":
-        write_webdataset(rows, folder, options["shard_size"], tick, options.get("image_format", "png"))
+        write_webdataset(rows, folder, options["shard_size"], tick, options.get("image_format", "png"), roots)
     elif fmt == "simpletuner":
-        write_simpletuner(rows, folder, tick)
+        write_simpletuner(rows, folder, tick, roots)
     elif fmt == "parquet":
-        write_parquet_shards(rows, folder, options["shard_size"], tick)
+        write_parquet_shards(rows, folder, options["shard_size"], tick, roots)
     else:
-        return bucketed.write_bucketed(rows, folder, options, tick, dropped)  # the export summary
+        return bucketed.write_bucketed(rows, folder, options, tick, dropped, roots)  # the export summary
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -116,19 +118,25 @@ def image_file_name(row) -> str:
     return f"images/{row.source}/{row.id}{image_ext(row)}"
 
 
-def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]):
+def image_check(roots: SourceRoots | None, row_id, source) -> OpenedCheck | None:
+    """The check of a row's opened image file (SourceRoots.check), none without roots."""
+    return None if roots is None else roots.check(row_id, source)
+
+
+def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None], roots: SourceRoots | None = None):
     """Place every row's image under `folder` (images/<source>/<id><ext>); yield (row, file_name)."""
     for row in rows.itertuples(index=False):
         file_name = image_file_name(row)
-        place_image(row.image, folder / file_name, getattr(row, "image_sha256", None))
+        check = image_check(roots, row.id, row.source)
+        place_image(row.image, folder / file_name, getattr(row, "image_sha256", None), check)
         tick()
         yield row, file_name
 
 
-def recorded_image_bytes(ref: str, sha256=None) -> bytes:
+def recorded_image_bytes(ref: str, sha256=None, check: OpenedCheck | None = None) -> bytes:
     """image_bytes, refused unless they are an image (check_recorded) and, where the row records its
     image's `sha256`, those bytes (check_sha256)."""
-    data = image_bytes(ref)
+    data = image_bytes(ref, check)
     check_sha256(ref, data, sha256)
     check_recorded(ref, io.BytesIO(data))
     return data
@@ -157,18 +165,20 @@ def check_recorded(ref: str, image) -> None:
         ) from None
 
 
-def place_image(ref: str, target: Path, sha256=None) -> None:
+def place_image(ref: str, target: Path, sha256=None, check: OpenedCheck | None = None) -> None:
     """Hardlink a rendered image (no copy), or extract a carried one from its archive; either way only an
     image (check_recorded) and only the bytes its row records (check_sha256). A rendered image is checked in
     its one open, and the link made is of that file (safe_paths.link_opened)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if "!/" in ref:
-        return new_file(target, recorded_image_bytes(ref, sha256))
+        return new_file(target, recorded_image_bytes(ref, sha256, check))
     try:
         file = open_regular(ref)  # a link into DVC's cache is followed; a FIFO never waited on
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found") from None
     with file:
+        if check is not None:  # where the file opened is, never the name again
+            check(file, Path(ref))
         if isinstance(sha256, str):
             check_sha256(ref, file.read(), sha256)
         check_recorded(ref, file)
@@ -194,10 +204,12 @@ def sample_json(row) -> dict:
 # --- layouts ------------------------------------------------------------------------------------
 
 
-def write_imagefolder(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
+def write_imagefolder(
+    rows: pd.DataFrame, folder: Path, tick: Callable[[], None], roots: SourceRoots | None = None
+) -> None:
     """Hugging Face ImageFolder: metadata.jsonl beside the images, file_name relative to it."""
     lines = []
-    for row, file_name in placed_images(rows, folder, tick):
+    for row, file_name in placed_images(rows, folder, tick, roots):
         record = {"file_name": file_name, **sample_json(row)}  # a NaN or infinity: one line (dumps_json)
         lines.append(dumps_json(record, folder / "metadata.jsonl", ensure_ascii=False))
     new_file(folder / "metadata.jsonl", ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
@@ -243,24 +255,32 @@ def write_prompts(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) ->
     write_parquet(rows[PROMPT_COLUMNS].reset_index(drop=True), folder / "prompts.parquet")
 
 
-def write_simpletuner(rows: pd.DataFrame, folder: Path, tick: Callable[[], None]) -> None:
+def write_simpletuner(
+    rows: pd.DataFrame, folder: Path, tick: Callable[[], None], roots: SourceRoots | None = None
+) -> None:
     """SimpleTuner's files (scripts/lib/simpletuner.py, the one writer) over an ImageFolder split: the
     metadata.jsonl stays so `datasets` loads the same folder (card_data_files leaves the .txt out)."""
     from scripts.lib.simpletuner import write_release_split
 
-    write_imagefolder(rows, folder, tick)
+    write_imagefolder(rows, folder, tick, roots)
     write_release_split(rows, folder, ((row, image_file_name(row)) for row in rows.itertuples(index=False)))
 
 
 def write_webdataset(
-    rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None], image_format: str = "png"
+    rows: pd.DataFrame,
+    folder: Path,
+    shard_size: int,
+    tick: Callable[[], None],
+    image_format: str = "png",
+    roots: SourceRoots | None = None,
 ) -> None:
     """WebDataset shards: key = sample_key(row id), members image + txt + json, adjacent (its reading rule)."""
     writer = ShardWriter(folder, shard_size)
     try:
         for row in rows.itertuples(index=False):
             meta = json_member(sample_json(row), folder)
-            data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None))
+            check = image_check(roots, row.id, row.source)
+            data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None), check)
             ext, data = image_as(data, image_format, image_ext(row).lstrip("."), row.image)
             writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
             tick()
@@ -326,7 +346,9 @@ def image_table(records: list[dict], images: list[tuple[bytes, str]]):
     return pa.Table.from_arrays([image, *strings, ints("width"), ints("height")], schema=schema)
 
 
-def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None]) -> None:
+def write_parquet_shards(
+    rows: pd.DataFrame, folder: Path, shard_size: int, tick: Callable[[], None], roots: SourceRoots | None = None
+) -> None:
     """part-NNNNN-of-NNNNN.parquet, `shard_size` rows each, row groups of 100 (the viewer reads a group at
     a time); the image bytes as stored."""
     import pyarrow.parquet as pq
@@ -338,7 +360,8 @@ def write_parquet_shards(rows: pd.DataFrame, folder: Path, shard_size: int, tick
         images = []
         for record in chunk:
             ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
-            data = recorded_image_bytes(record["image"], record.get("image_sha256"))
+            check = image_check(roots, record["id"], record["source"])
+            data = recorded_image_bytes(record["image"], record.get("image_sha256"), check)
             images.append((data, f"{record['id']}{ext}"))
             tick()
         pq.write_table(

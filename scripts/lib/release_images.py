@@ -8,25 +8,53 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from scripts.lib.dvc_cache import is_cache_copy
-from scripts.lib.errors import DataError
-from scripts.lib.safe_paths import IMAGE_EXTENSIONS, open_within
+from scripts.lib.errors import DataError, quoted, shown
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, Roots, open_within, opened_real_path
 from scripts.lib.shards import key_id
 from scripts.lib.tables import part_images
 
 IMAGE_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 
+# A check of the file an image was read from, by what its descriptor names (read_member's `check`)
+OpenedCheck = Callable[[BinaryIO, Path], None]
 
-def image_bytes(ref: str) -> bytes:
-    """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png')."""
+
+class SourceRoots:
+    """Where each source's images may be (recipe.source_roots: params.yaml's sources.S.images and path), checked
+    on the file each image is read from. The rows were checked by name when read, and the writers read each image
+    by name again: a link out (or a `..` of a folder swapped for a link) put at an image's name in between was
+    exported as the release's own. A link inside the folders, a hard link (DVC's cache.type hardlink) stay."""
+
+    def __init__(self, roots: dict[str, list[Path]]):
+        self.roots = {source: Roots(folders) for source, folders in roots.items()}
+
+    def check(self, row_id, source) -> OpenedCheck:
+        """The check of the opened image file of row `row_id` of `source`: in its source's folders."""
+        roots = self.roots.get(source) or Roots([])
+
+        def in_roots(file: BinaryIO, path: Path) -> None:
+            if not roots.holds(path, opened_real_path(file, path)):
+                where = ", ".join(shown(root) for root in roots.roots) or "none in params.yaml"
+                raise DataError(
+                    f"{shown(path)}: image of row {quoted(row_id)} (source {quoted(source)}) leads out of "
+                    f"its source's folders ({where}); refusing to read it"
+                )
+
+        return in_roots
+
+
+def image_bytes(ref: str, check: OpenedCheck | None = None) -> bytes:
+    """The stored bytes of an image: a file, or a member of an archive ('x.tar!/m.png'); `check`: of the file
+    opened (SourceRoots.check)."""
     from scripts.lib.archive import UnsafeArchive, read_member
 
     try:
-        return read_member(ref)
+        return read_member(ref, check=check)
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found") from None
     except UnsafeArchive as exc:
