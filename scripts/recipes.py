@@ -25,19 +25,19 @@ from pathlib import Path
 import typer
 
 from scripts.lib.io import atomic_path, shown
-from scripts.lib.nesting import dumps_json
-from scripts.lib.params import load_section
 from scripts.lib.plans import (
+    PlanTexts,
     check_plans_bounded,
     compose_plan,
     plots_plan,
     prefilter_plan,
     release_plan,
-    written_releases,
-    written_sources,
+    written_params,
 )
 from scripts.lib.recipe import Recipes
 from scripts.lib.temps import output_lock
+
+PLAN_KINDS = {"release": "release", "prefilter": "release", "compose": "compose"}  # plots.json holds names alone
 
 
 def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
@@ -47,9 +47,9 @@ def cli(output: Path = typer.Argument(..., help="data/recipes")) -> None:
 
 
 def write_recipes(output: Path) -> None:
-    releases, sources = written_releases(), written_sources()  # a plan holds entries as written (scripts/lib/plans.py)
-    # split.method only decides whether a plan is refused (prefilter@S, which depends on `split`, checks it too)
-    split_method = load_section("split", missing_ok=True).method
+    # a plan holds entries as written (scripts/lib/plans.py); split.method only decides whether a plan is
+    # refused (prefilter@S, which depends on `split`, checks it too). params.yaml is parsed once.
+    releases, sources, split_method = written_params()
     plans, recipes = {}, Recipes(releases)  # one resolver: each release resolved once, however long its chain
     entries = 0  # plans grow as a chain's square: bounded before they are built
     for name in releases:
@@ -64,11 +64,11 @@ def write_recipes(output: Path) -> None:
         }
     )
     plans["plots.json"] = plots_plan(releases, sources)
+    texts = PlanTexts()  # each release entry dumped once per kind, however many plans hold it
     with atomic_path(output, is_dir=True) as tmp:
         for rel, plan in plans.items():
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                dumps_json(plan, output / rel, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+            kind = PLAN_KINDS.get(rel.split("/")[0])  # compose entries lack export and description
+            path.write_text(texts.text(plan, kind, output / rel) + "\n", encoding="utf-8")
     print(shown(f"recipes: {len(releases)} releases, {len(sources)} sources -> {output}/"))

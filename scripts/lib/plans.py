@@ -10,11 +10,12 @@ params.yaml (`check_plan`), so a hand-run stage after an edit fails in one line.
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import config_text
-from scripts.lib.nesting import loads_json
+from scripts.lib.nesting import dumps_json, loads_json
 from scripts.lib.params import PARAMS_FILE, Component, DedupStep, Release, Source, Split, load_params, parse
 from scripts.lib.recipe import Recipes
 
@@ -29,6 +30,14 @@ def written_releases(path: Path | str = PARAMS_FILE) -> dict:
 def written_sources(path: Path | str = PARAMS_FILE) -> dict:
     """`sources` as written in params.yaml (checked against the models)."""
     return load_params(path=path).get("sources") or {}
+
+
+def written_params(path: Path | str = PARAMS_FILE) -> tuple[dict, dict, str]:
+    """`releases` and `sources` as written, and split.method: params.yaml parsed once (each load parsed the
+    whole file again: a release of 10,000 steps was parsed six times a run)."""
+    params = load_params(path=path)
+    split = parse(Split, params.get("split") or {}, at=("split",), file=str(path))
+    return params.get("releases") or {}, params.get("sources") or {}, split.method
 
 
 def releases_read_by(names: list[str], releases: dict, recipes: Recipes | None = None) -> list[str]:
@@ -199,3 +208,37 @@ def check_plan(path: Path, expected: dict) -> None:
         raise DataError(f"{path}: unreadable recipe plan ({exc})") from None
     if plan != json.loads(json.dumps(expected)):
         raise DataError(f"{path}: differs from params.yaml releases (params edited since): run `dvc repro recipes`")
+
+
+class PlanTexts:
+    """The text of each plan file, as dumps_json(plan, indent=2, sort_keys=True) writes it, with each release
+    entry dumped once per kind of plan and spliced in: every plan holds its releases' whole entries, so 1,000
+    releases based on one of 10,000 steps dumped those steps 1,000 times (minutes in json's Python encoder)."""
+
+    ENTRY_INDENT = "\n" + " " * 6  # an entry sits at depth 3: {"releases": [[name, ENTRY]]}
+
+    def __init__(self) -> None:
+        self.token = f"plan-entry-{secrets.token_hex(16)}:"  # a placeholder no params.yaml value holds
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def text(self, plan: dict, kind: str | None, target: Path) -> str:
+        """`plan`'s file text; `kind` names how its entries were cut (release, compose; None: plots.json, whose
+        `releases` are names alone), `target` its file."""
+        if kind is None:
+            return dumps_json(plan, target, indent=2, sort_keys=True, ensure_ascii=False)
+        entries = plan.get("releases", [])
+        skeleton = {**plan, "releases": [[name, f"{self.token}{k}"] for k, (name, _) in enumerate(entries)]}
+        text = dumps_json(skeleton, target, indent=2, sort_keys=True, ensure_ascii=False)
+        pieces = text.split(f'"{self.token}')
+        if len(pieces) != len(entries) + 1:  # a source's value spelled the placeholder: no splicing
+            return dumps_json(plan, target, indent=2, sort_keys=True, ensure_ascii=False)
+        out = [pieces[0]]
+        for (name, entry), piece in zip(entries, pieces[1:]):
+            out += [self._entry(kind, name, entry, target), piece.split('"', 1)[1]]
+        return "".join(out)
+
+    def _entry(self, kind: str, name: str, entry: object, target: Path) -> str:
+        if (kind, name) not in self.entries:  # JSON strings hold no raw line break: only the layout's are indented
+            dumped = dumps_json(entry, target, indent=2, sort_keys=True, ensure_ascii=False)
+            self.entries[kind, name] = dumped.replace("\n", self.ENTRY_INDENT)
+        return self.entries[kind, name]

@@ -9,6 +9,7 @@ against outside a component) in one line naming the key;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,12 @@ class Recipes:
         self.releases = releases
         self.resolved: dict[str, Recipe] = {}
         self.acyclic: set[str] = set()  # releases whose reads are free of cycles (check_no_read_cycle)
+        self.specs: dict[str, Release] = {}  # each entry parsed once: the cycle check reads it again
+
+    def spec(self, name: str) -> Release:
+        if name not in self.specs:
+            self.specs[name] = _spec(name, self.releases)
+        return self.specs[name]
 
     def __call__(self, name: str) -> Recipe:
         chain: dict[str, Release] = {}  # `name` and its bases not yet resolved, `name` first
@@ -86,15 +93,27 @@ class Recipes:
             if at not in self.releases:
                 raise DataError(f"params.yaml: releases.{next(reversed(chain), at)}: unknown release {quoted(at)}")
             if at in chain:
-                raise DataError(f"params.yaml: releases: base cycle {' -> '.join([*chain, at])}")
-            chain[at] = _spec(at, self.releases)
+                raise DataError(f"params.yaml: releases: base cycle {shown_path([*chain, at])}")
+            chain[at] = self.spec(at)
             at = chain[at].base
         for link, spec in reversed(chain.items()):  # the root first: as the recursion this loop replaced
             base = self.resolved[spec.base] if spec.base is not None else None
             self.resolved[link] = _resolved(link, spec, base, self.releases)
         if name not in self.acyclic:  # after the base chain (a cycle of bases alone is named above)
-            check_no_read_cycle(name, self.releases, self.acyclic)
+            check_no_read_cycle(name, self.releases, self.acyclic, self.spec)
         return self.resolved[name]
+
+
+# A path named in a one-line error: a cycle of 1,000 bases was a line of 7,000 characters
+SHOWN_PATH_ENDS = 4
+
+
+def shown_path(names: list[str]) -> str:
+    """`a -> b -> a`; a long path by its first and last few names and how many are left out between."""
+    if len(names) <= 2 * SHOWN_PATH_ENDS + 1:
+        return " -> ".join(names)
+    left_out = len(names) - 2 * SHOWN_PATH_ENDS
+    return " -> ".join([*names[:SHOWN_PATH_ENDS], f"... ({left_out} more)", *names[-SHOWN_PATH_ENDS:]])
 
 
 def _spec(name: str, releases: dict) -> Release:
@@ -139,9 +158,8 @@ def _resolved(name: str, spec: Release, base: Recipe | None, releases: dict) -> 
     )
 
 
-def _reads(name: str, releases: dict) -> list[tuple[str, str]]:
-    """(key path, release) for each release `name` reads: its base and every step's `reference`."""
-    spec = _spec(name, releases)
+def _reads(name: str, spec: Release) -> list[tuple[str, str]]:
+    """(key path, release) for each release `name` (entry `spec`) reads: its base and every step's `reference`."""
     at = f"releases.{name}"
     reads = [(f"{at}.base", spec.base)] if spec.base is not None else []
     steps = [(f"{at}.steps[{k}]", s) for k, s in enumerate(spec.steps)] + [
@@ -150,14 +168,17 @@ def _reads(name: str, releases: dict) -> list[tuple[str, str]]:
     return reads + [(f"{key}.dedup.reference", s.dedup.reference) for key, s in steps if s.dedup and s.dedup.reference]
 
 
-def check_no_read_cycle(name: str, releases: dict, done: set[str] | None = None) -> None:
+def check_no_read_cycle(
+    name: str, releases: dict, done: set[str] | None = None, spec: Callable[[str], Release] | None = None
+) -> None:
     """Refuse a release that reads itself through `base:` and `reference:` together (`a` references `b`,
     whose base is `a`): composing it would compose itself first, without end. One line naming the key
     that starts the cycle. Depth-first with its own stack: a chain of thousands is no recursion. `done`:
-    releases already found free of cycles (not walked again), filled in."""
+    releases already found free of cycles (not walked again), filled in; `spec`: a release's parsed entry."""
     done = set() if done is None else done
+    spec = spec or (lambda other: _spec(other, releases))
     path, keys = [name], list[str]()  # keys[i]: the key of the read from path[i] to path[i + 1]
-    todo = [iter(_reads(name, releases))]
+    todo = [iter(_reads(name, spec(name)))]
     while todo:
         edge = next(todo[-1], None)
         if edge is None:  # every release this one reads is free of cycles
@@ -169,13 +190,13 @@ def check_no_read_cycle(name: str, releases: dict, done: set[str] | None = None)
         if other in path:
             start = path.index(other)
             raise DataError(
-                f"params.yaml: {(keys + [key])[start]}: reference cycle {' -> '.join(path[start:] + [other])}"
+                f"params.yaml: {(keys + [key])[start]}: reference cycle {shown_path(path[start:] + [other])}"
             )
         if other in done or other not in releases:  # an unknown name: resolve_recipe names it
             continue
         path.append(other)
         keys.append(key)
-        todo.append(iter(_reads(other, releases)))
+        todo.append(iter(_reads(other, spec(other))))
 
 
 def _with_shorthand(component: Component) -> Component:
