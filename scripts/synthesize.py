@@ -48,7 +48,7 @@ from scripts.lib.key_redaction import redact_secrets
 from scripts.lib.params import ExampleSource, SynthesizeEntry, load_section, parse
 from scripts.lib.safe_paths import open_regular, own_regular_file
 from scripts.lib.temps import output_lock
-from scripts.lib.text_lines import line_batches, line_problem, split_lines
+from scripts.lib.text_lines import line_batches, line_problem, prompt_problem, split_lines
 
 # ---------------------------------------------------------------- params
 
@@ -256,6 +256,8 @@ def read_example_pool(source: ExampleSource) -> list[str]:
     pool = [prompt for prompt in pool if prompt]
     if not pool:
         raise DataError(f"{shown(path)}: no example prompts")
+    if (problem := next(filter(None, map(prompt_problem, pool)), None)) is not None:  # ingest refuses it too
+        raise DataError(f"{shown(path)}: an example {problem[1]}; the API would be sent it as is")
     return pool
 
 
@@ -330,12 +332,14 @@ def synthesize(
 def _synthesize(name: str, params: SynthesizeEntry, out_dir: Path, api_key: str | None, log) -> dict:
     check_outputs_ours(out_dir, OUTPUTS)  # each one ours and unchanged: a report naming this entry proves
     # nothing of the files beside it (a copy of the folder keeps it; a user edits prompts.txt beside it)
-    cache = ResponseCache(out_dir / "cache").open()
-
+    cache = ResponseCache(out_dir / "cache")
+    cache.check_folder()  # a link refused before the examples are read, as the outputs are
     pools = [read_example_pool(source) for source in params.examples] if params.requests else []
     check_pools(params, pools)
     if params.requests:  # before any body is built: each is built to key it
         check_message_size(name, params, pools)
+    # after the inputs pass: a run refused for a bad examples file left an empty cache/ it had made
+    cache.open()
     total = params.requests
     # keys first (32 bytes each, the bodies dropped): the counts and offline's refusal come before any call
     keys = RequestKeys(params, pools)

@@ -210,14 +210,9 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
             message += " (the API key is sent to base_url only): set base_url to the final address"
             raise FatalError(redact_secrets(message, api_key)) from None
         detail = redact_secrets(_error_detail(exc, api_key), api_key)
-        if exc.code == 429:
-            raise TransientError(
-                "http_429", f"HTTP 429{detail}", parse_retry_after(exc.headers.get("Retry-After"))
-            ) from None
-        if exc.code >= 500:
-            raise TransientError(
-                "http_5xx", f"HTTP {exc.code}{detail}", parse_retry_after(exc.headers.get("Retry-After"))
-            ) from None
+        if exc.code == 429 or exc.code >= 500:
+            kind, wait = "http_429" if exc.code == 429 else "http_5xx", exc.headers.get("Retry-After")
+            raise TransientError(kind, f"HTTP {exc.code}{detail}", parse_retry_after(wait)) from None
         raise FatalError(f"HTTP {exc.code}{detail}") from None
     except TimeoutError:
         raise TransientError("timeout", f"no response within {timeout:g}s") from None
@@ -225,6 +220,8 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
         if isinstance(exc.reason, TimeoutError):
             raise TransientError("timeout", f"no response within {timeout:g}s") from None
         raise TransientError("connection", redact_secrets(f"connection failed ({exc.reason})", api_key)) from None
+    except deadline_http.MalformedReply as exc:  # no HTTP server answers so: not retried, its origin named
+        raise FatalError(redact_secrets(f"{_origin(url)} sent {exc}", api_key)) from None
     except (ConnectionError, http.client.HTTPException, OSError) as exc:
         raise TransientError(
             "connection", redact_secrets(f"connection failed ({type(exc).__name__})", api_key)
@@ -364,7 +361,7 @@ class ResponseCache:
         except UnicodeEncodeError:  # check_reply refuses such a reply; the entry itself is never printed
             raise DataError(f"{shown(self.path(key))}: cannot write cache entry (text that is not Unicode)") from None
 
-    def _check_folder(self) -> None:
+    def check_folder(self) -> None:
         try:
             mode = os.lstat(self.directory).st_mode
         except FileNotFoundError:
@@ -388,9 +385,9 @@ class ResponseCache:
     def open(self) -> ResponseCache:
         """Create the folder and drop a killed run's temp files; returns self. A folder that is a link (or
         not a folder) is refused: new entries were written wherever it pointed."""
-        self._check_folder()
+        self.check_folder()
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._check_folder()  # made by another process since
+        self.check_folder()  # made by another process since
         self.remove_stale_temp_files()
         return self
 

@@ -23,6 +23,7 @@ POLL_S = 0.2  # how often a blocked connect, send or receive looks at the cancel
 ENTRY_WRITE_WAIT_S = 2.0  # a response cache entry is one small file: its write ends long before this
 MAX_INTERIM_REPLIES = 20  # 1xx replies skipped before the real one (103 Early Hints: one or two)
 ERROR_BODY_WAIT_S = 3.0  # an error reply's body is read for its message only: a trickle is not waited out
+MAX_REASON_CHARS = 512  # a status line's reason phrase ("OK", "Too Many Requests"): a few words
 
 
 class Cancelled(Exception):
@@ -115,6 +116,37 @@ class UnaskedProtocolSwitch(http.client.HTTPException):
     """A `101 Switching Protocols` reply: never asked for (no Upgrade header is sent), so no HTTP reply follows."""
 
 
+class MalformedReply(http.client.HTTPException):
+    """A reply no HTTP/1.1 server sends (RFC 9112): its status line or framing is broken; not retried."""
+
+
+class MalformedStatusLine(MalformedReply):
+    """A status line whose reason phrase holds a control character (a NUL), a byte outside ASCII, or runs past
+    MAX_REASON_CHARS: http.client takes any reason, so `HTTP/1.1 200 O\\x00K` was read as a success."""
+
+
+def content_length_problem(values: list[str]) -> str | None:
+    """What is wrong with a reply's Content-Length headers, or None: each a run of ASCII digits (or a list of
+    the same one), all equal. http.client took the first (`5` then `80`: a body cut to 5 bytes, "not JSON"), read
+    `-1` as none (the body up to the close, cached as a success) and `1_0`, `+10` or `٥` as numbers."""
+    parts = [part.strip() for value in values for part in value.split(",")]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        return "a Content-Length that is not a number of bytes"
+    if len({int(part) for part in parts}) > 1:
+        return "two Content-Length headers that differ"
+    return None
+
+
+def reason_problem(reason: str) -> str | None:
+    """What is wrong with a status line's reason phrase (RFC 9112 4: tabs, spaces and visible ASCII), or None."""
+    reason = reason.rstrip("\r\n")
+    if len(reason) > MAX_REASON_CHARS:
+        return f"a reason phrase over {MAX_REASON_CHARS} characters"
+    if any(not (" " <= char <= "~" or char == "\t") for char in reason):
+        return "a control character or a byte outside ASCII in its reason phrase"
+    return None
+
+
 class InterimSkippingResponse(http.client.HTTPResponse):
     """http.client's response, every 1xx informational reply before the real one skipped (RFC 9110 15.2: a
     client parses and ignores them); http.client skips 100 Continue only, so a `103 Early Hints` failed the
@@ -124,9 +156,16 @@ class InterimSkippingResponse(http.client.HTTPResponse):
         super().__init__(sock, *args, **kwargs)
         self.deadline_sock = sock if isinstance(sock, DeadlineSocket) else None
 
+    def begin(self):
+        super().begin()
+        if (problem := content_length_problem(self.msg.get_all("Content-Length") or [])) is not None:
+            raise MalformedReply(f"a malformed HTTP reply ({problem})")
+
     def _read_status(self):
         for _ in range(MAX_INTERIM_REPLIES + 1):
             version, status, reason = super()._read_status()  # type: ignore[misc]  # not in typeshed
+            if (problem := reason_problem(reason)) is not None:
+                raise MalformedStatusLine(f"a malformed HTTP status line ({problem})")
             if status == 101:  # what follows is another protocol: taken as the reply, it was an empty success
                 raise UnaskedProtocolSwitch("a 101 Switching Protocols reply, never asked for")
             if not 100 <= status < 200:
