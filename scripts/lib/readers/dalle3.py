@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,12 +250,12 @@ def compile_simpletuner(
     stats: dict[str, Any] = {"rows_read": 0, "rows_written": 0, "skipped": {}}
     # image_name is the identifier: a second record of one name would overwrite the first. Keyed by disk_name,
     # as written: `Cat.png` after `cat.png` is that one file on macOS and Windows, its caption the other's
-    names: dict[str, str] = {}
     # (its folders as `<name>/`: a name written as a file and as a folder failed the write)
     for folder in (data_dir, write_txt_dir):  # now, not as its temp is renamed in: the config would be in place
         if folder is not None:
             check_replaceable(folder)
     with contextlib.ExitStack() as stack:  # parquet, folders and config appear together, or none
+        names = stack.enter_context(written_names())
         tmp = stack.enter_context(atomic_path(out_parquet))
         folders = {}
         for key, folder in (("data", data_dir), ("txt", write_txt_dir)):
@@ -292,6 +293,46 @@ def compile_simpletuner(
     return stats
 
 
+class WrittenNames:
+    """disk_name -> the name as written, for every file and folder a compile wrote: on disk, not in memory (a
+    dict of them was 0.8 KB a record, 227 MB at 100,000). SQLite's private temporary database (connect("")) is
+    unlinked as it is opened, so no file of it is left by any exit, a signal or a kill included."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")
+        self._db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE; PRAGMA cache_size=-2048;"
+            "CREATE TABLE names (key TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;"
+        )
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT name FROM names WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def __getitem__(self, key: str) -> str:
+        if (name := self.get(key)) is None:
+            raise KeyError(key)
+        return name
+
+    def setdefault(self, key: str, name: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO names VALUES (?, ?)", (key, name))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@contextlib.contextmanager
+def written_names() -> Iterator[WrittenNames]:
+    names = WrittenNames()
+    try:
+        yield names
+    finally:
+        names.close()
+
+
 DISK_NAME_HINT = "; names that differ only by case or Unicode form are one file on macOS and Windows"
 
 
@@ -301,7 +342,7 @@ def disk_name(name: str) -> str:
     return unicodedata.normalize("NFC", name).lower()
 
 
-def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: dict[str, str]):
+def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: WrittenNames):
     """(caption, filename, width, height) or the Problem that skips the record."""
     if isinstance(sample, Problem):
         return sample
@@ -347,7 +388,7 @@ def _check_sample(sample: Dalle3Sample | Problem, caption_field: str, names: dic
     return (caption, filename, *size)
 
 
-def file_folder_clash(filename: str, names: dict[str, str]) -> tuple[str, str] | None:
+def file_folder_clash(filename: str, names: WrittenNames) -> tuple[str, str] | None:
     """(the name, "file" or "folder" as it was written) that would be both a file and a folder if `filename`
     (and its caption beside it) were written after `names` (disk_name -> files, and folders as `<name>/`):
     `a.png/x.png` then `a.png`, `q.png` (so `q.txt`) then `q.txt/z.png`; None if there is none."""
