@@ -23,7 +23,7 @@ from PIL import Image
 from helpers.children import start_scripts
 from scripts.lib.readers.dalle3 import compile_simpletuner
 
-pytestmark = pytest.mark.slow  # records by the thousand, and real children stopped mid-run
+slow = pytest.mark.slow  # records by the thousand, and real children stopped mid-run
 
 
 def tiny_png() -> bytes:
@@ -69,6 +69,7 @@ MEMORY = {  # case: the outputs besides the parquet
 }
 
 
+@slow
 @pytest.mark.parametrize("case", MEMORY)
 def test_memory_does_not_grow_with_the_records(tmp_path, case):
     """Before: each record's names stayed in a dict (about 300 bytes a record traced); now the growth from
@@ -91,6 +92,7 @@ STOPS = {  # case: (signal, exit status, outputs as argv, whether an earlier run
 }
 
 
+@slow
 @pytest.mark.parametrize("case", STOPS)
 def test_a_signal_mid_run_is_one_line_and_leaves_no_temp(tmp_path, case):
     signum, status, outputs, earlier = STOPS[case]
@@ -112,3 +114,23 @@ def test_a_signal_mid_run_is_one_line_and_leaves_no_temp(tmp_path, case):
     assert child.returncode == status, (child.returncode, stderr)
     assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert everything(tmp_path) == before  # no temp left, nothing half-written, the earlier outputs untouched
+
+
+@pytest.mark.parametrize("call", ["get", "setdefault", "contains"])
+def test_a_failing_name_index_is_one_line(call):
+    """SQLite failing under the index (here: closed under it; on a machine, a full temp folder past its 2 MiB
+    cache) is a DataError, one line, not sqlite3's traceback (lead's review of round 39c)."""
+    from scripts.lib.errors import DataError
+    from scripts.lib.readers.dalle3 import WrittenNames
+
+    names = WrittenNames()
+    names.setdefault("a.png", "a.png")
+    names.close()
+    actions = {
+        "get": lambda: names.get("a.png"),
+        "setdefault": lambda: names.setdefault("b", "b"),
+        "contains": lambda: "a.png" in names,
+    }
+    with pytest.raises(DataError, match="index of written names") as raised:
+        actions[call]()
+    assert "\n" not in str(raised.value)

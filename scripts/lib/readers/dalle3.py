@@ -300,13 +300,21 @@ class WrittenNames:
 
     def __init__(self) -> None:
         self._db = sqlite3.connect("")
-        self._db.executescript(
+        self._run(
             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE; PRAGMA cache_size=-2048;"
             "CREATE TABLE names (key TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;"
         )
 
+    def _run(self, script: str, *values: str) -> sqlite3.Cursor:
+        """One statement (or, without values, a script); SQLite's failure (a full temp folder: it spills there
+        past its 2 MiB cache) is one line, not a traceback."""
+        try:
+            return self._db.execute(script, values) if values else self._db.executescript(script)
+        except sqlite3.Error as exc:
+            raise DataError(f"the index of written names (SQLite's temporary file) failed: {exc}") from None
+
     def get(self, key: str, default: str | None = None) -> str | None:
-        row = self._db.execute("SELECT name FROM names WHERE key = ?", (key,)).fetchone()
+        row = self._run("SELECT name FROM names WHERE key = ?", key).fetchone()
         return default if row is None else row[0]
 
     def __contains__(self, key: str) -> bool:
@@ -318,7 +326,7 @@ class WrittenNames:
         return name
 
     def setdefault(self, key: str, name: str) -> None:
-        self._db.execute("INSERT OR IGNORE INTO names VALUES (?, ?)", (key, name))
+        self._run("INSERT OR IGNORE INTO names VALUES (?, ?)", key, name)
 
     def close(self) -> None:
         self._db.close()
