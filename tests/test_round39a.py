@@ -11,6 +11,8 @@ lines' move to scripts/lib/failure_lines. Rows of 1-3 failed before their fix; 4
    from the tag command); their words are unchanged.
 4. guards: replay-history into an immutable DEST (chattr +i) names DEST and the step; tag at `ulimit -n` 6-9 names
    the step and the limit.
+5. replay-history at `ulimit -n` 10-12, its `git init` or `dvc remote modify` not started: `DEST: cannot write (Too
+   many open files)`, no step named. Now `DEST: cannot start `dvc remote` there (...)` (a `_run` child).
 """
 
 from __future__ import annotations
@@ -231,3 +233,20 @@ def test_tag_at_the_open_file_limit_names_the_step_and_the_limit(tmp_path, files
     line = error_line(done.stderr)
     assert done.returncode == 2 and f"this process may hold {files} open files at most" in line, line
     assert "cannot start `git" in line or "/.dvc: DVC cannot read or write its own files" in line, line
+
+
+# ---------------------------------------------------------------- 5. replay-history's children not started
+
+
+@pytest.mark.slow  # a real replay-history run: 1-2 s a row
+@pytest.mark.parametrize("files", [10, 11, 12], ids=lambda n: f"ulimit -n {n}")
+def test_replay_history_names_the_child_it_cannot_start(tmp_path, files):
+    """`git init` or `dvc remote modify` not started (their pipes not made) said `DEST: cannot write (Too many open
+    files)`, as if DEST were at fault, the step unnamed."""
+    src = source_repo(tmp_path / "src")
+    dest = tmp_path / "out" / "dest"
+    args = ["replay-history", str(dest), "--remote", str(tmp_path / "remote")]
+    done = run_scripts(args, src, limited(resource.RLIMIT_NOFILE, files))
+    line = error_line(done.stderr)
+    assert done.returncode == 2 and line.startswith(f"error: {dest}: cannot start `"), line
+    assert "` there (Too many open files)" in line and "ulimit -n" in line, line
