@@ -8,6 +8,10 @@ import errno
 import os
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import sqlite3
 
 MAX_LINE = 2000  # characters of an error line; a longer one keeps its head and its tail (the advice)
 TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: a bug's traceback instead of its one line
@@ -32,6 +36,37 @@ def with_limit_hint(line: str) -> str:
         return line
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return f"{line} (this process may hold {soft} open files at most: raise `ulimit -n`)"
+
+
+def dvc_index_line(repo: str, rev: str, exc: OSError | sqlite3.Error) -> str:
+    """The line for DVC failing on its index of `repo` (sqlite, written as DVC opens a revision): diff and pr-comment
+    said `.: cannot open revision 'main' (OperationalError: disk I/O error)`, as if the revision were at fault."""
+    from scripts.lib.errors import shown
+
+    return shown(f"DVC's index of {repo}: cannot read or write it to open revision {rev!r} ({what_failed(exc)})") + (
+        disk_hint(exc)
+    )
+
+
+def what_failed(exc: OSError | sqlite3.Error) -> str:
+    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {said}"
+
+
+def disk_hint(exc: OSError | sqlite3.Error) -> str:
+    """`; is the disk full ...?`, the file size limit named with its value when one is set (sqlite says only `disk
+    I/O error`); none for the open-file limit, which cli's line names itself (failure_lines.with_limit_hint)."""
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        return ""
+    import sqlite3  # here: cli imports this module first thing, and most commands never touch sqlite
+
+    if isinstance(exc, sqlite3.Error) and "unable to open" in str(exc):  # sqlite's EMFILE, in its own words
+        files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return f"; is the open-file limit ({files} files: `ulimit -n`) too low, or the disk full?"
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft == resource.RLIM_INFINITY:
+        return "; is the disk full, or a file size limit (`ulimit -f`) set?"
+    return f"; is the disk full, or the file size limit ({soft} bytes: `ulimit -f`) too low?"
 
 
 def traceback_asked() -> bool:

@@ -36,13 +36,13 @@ import yaml
 from scripts.lib.clusters_table import CLUSTER_COLUMNS, check_clusters
 from scripts.lib.errors import DataError, shown, shown_lines, shown_short
 from scripts.lib.export import parse_metadata
+from scripts.lib.failure_lines import dvc_index_line
 from scripts.lib.io import MAX_CONFIG_BYTES, SPLITS, regular_file
 from scripts.lib.markdown_text import cell, code, code_span
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table
 from scripts.tools.side_inputs import commit_of
-from scripts.tools.tag import dvc_index_line
 
 SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)

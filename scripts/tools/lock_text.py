@@ -114,7 +114,7 @@ def tree_listing(repo: str, commit: str, where: str) -> dict[bytes, list[str]]:
             timeout=GIT_TIMEOUT_S,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{where}: git ls-tree failed ({type(exc).__name__})") from None
+        raise DataError(git_failure_line(where, "ls-tree", exc)) from None
     entries = {}
     for record in found.stdout.split(b"\0") if found.returncode == 0 else []:
         fields, _, name = record.partition(b"\t")
@@ -124,6 +124,14 @@ def tree_listing(repo: str, commit: str, where: str) -> dict[bytes, list[str]]:
             _LISTINGS.pop(next(iter(_LISTINGS)))
         _LISTINGS[key] = entries
     return entries
+
+
+def git_failure_line(where: str, command: str, exc: OSError | subprocess.TimeoutExpired) -> str:
+    """`git COMMAND` not started or not answering, with the reason: `git ls-tree failed (OSError)` named no limit
+    at `ulimit -n 8` (cli adds the limit's value to a "Too many open files" line: failure_lines.with_limit_hint)."""
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"{where}: `git {command}` did not answer in {GIT_TIMEOUT_S} s"
+    return f"{where}: cannot run `git {command}` ({exc.strerror or type(exc).__name__})"
 
 
 def refuse_git_links(repo: str, revs, paths, labels: dict[str, str]) -> None:
@@ -166,7 +174,7 @@ def _blob_bytes(repo: str, spec: str, where: str) -> bytes:
                 git.kill()  # never left running, nor waited on for good when the block leaves
                 raise
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"{where}: git cat-file failed ({type(exc).__name__})") from None
+        raise DataError(git_failure_line(where, "cat-file", exc)) from None
     if code != 0:
         raise DataError(f"{where}: git cat-file failed (exit {code})")
     return data

@@ -53,7 +53,7 @@ def dvc_watched(args: list[str], cwd: str | Path) -> tuple[int, str]:
     code = run_shown([sys.executable, "-m", "dvc", *args], watch, cwd=cwd, env=dvc_env())
     if code == 0 or not (code == -signal.SIGXFSZ or signs):
         return code, ""
-    from scripts.tools.tag import disk_hint
+    from scripts.lib.failure_lines import disk_hint
 
     said = "dvc was killed by SIGXFSZ" if code == -signal.SIGXFSZ else "dvc could not write a file"
     return code, f": {said}{disk_hint(OSError(errno.EFBIG, 'File too large'))}"

@@ -93,7 +93,13 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
     env = dvc_env(**GIT_ENV, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     # whatever stops this command (a signal, a print that fails) stops dvc and the stage it runs: Popen's
     # exit only waited for them, minutes, while they went on writing the replay
-    with child_group(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+    with contextlib.ExitStack() as stack:
+        try:
+            proc = stack.enter_context(
+                child_group(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            )
+        except OSError as exc:  # its pipes not made (`ulimit -n` 10-12): was `DEST: cannot write`, no step named
+            raise DataError(shown(f"{cwd}: cannot start `{step_of(cmd)}` there ({os_reason(exc)})")) from None
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -103,6 +109,15 @@ def _run(cmd: list[str], cwd: Path, say: str | None = None) -> None:
     if proc.returncode != 0:
         tail = "".join(lines).strip().splitlines()[-1:] or [ended_silently(proc.returncode)]
         raise DataError(f"{' '.join(cmd)} failed in {cwd}: {tail[0]}")
+
+
+def step_of(cmd: list[str]) -> str:
+    """`git init`, `dvc repro`: the command's name and its first argument (python's path and `-m` left out)."""
+    return " ".join(cmd[2:4] if cmd[0] == sys.executable else cmd[:2])
+
+
+def os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
 
 
 def ended_silently(returncode: int) -> str:

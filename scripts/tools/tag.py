@@ -11,9 +11,7 @@ from stats.json in the message, so `git show V` tells what the version holds.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import resource
 import sqlite3
 import subprocess
 import unicodedata
@@ -23,7 +21,8 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, quoted, redact_url_userinfo, shown
+from scripts.lib.errors import DataError, exception_line, quoted, redact_url_userinfo, shown
+from scripts.lib.failure_lines import disk_hint, what_failed
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import read_within
 from scripts.lib.temps import flock_or_refuse
@@ -146,10 +145,7 @@ def tag_release(name: str, stage: str) -> None:
     check_committed()
     try:
         with Repo(".") as repo:
-            try:
-                repo.stage.collect(stage)
-            except Exception:
-                raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
+            collect_stage(repo, name, stage)
             check_up_to_date(repo, stage)
             check_pushed(repo, stage)
     except (OSError, sqlite3.Error) as exc:  # DVC's own files: its state database under a full disk or `ulimit -f`
@@ -160,38 +156,26 @@ def tag_release(name: str, stage: str) -> None:
     print(shown(f"tagged {name}: {message.splitlines()[0]}"))
 
 
+def collect_stage(repo, name: str, stage: str) -> None:
+    """`stage` found in dvc.yaml; only DVC's StageNotFound is "no stage": a dvc.yaml DVC cannot parse (a YAML
+    error, a bad `foreach`) was told as `no stage release@V (is V in params.yaml: releases?)`."""
+    from dvc.stage.exceptions import StageNotFound
+
+    try:
+        repo.stage.collect(stage)
+    except StageNotFound:
+        raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
+    except (OSError, sqlite3.Error):
+        raise  # DVC's own files: dvc_failure_line's
+    except Exception as exc:  # DVC's parse and schema errors: whichever, one line with DVC's reason
+        raise DataError(shown(f"dvc.yaml: DVC cannot read {stage} there ({exception_line(exc)})")) from None
+
+
 def dvc_failure_line(exc: OSError | sqlite3.Error) -> str:
     """The line for DVC failing on its own files in .dvc/ (its state and site-cache databases): under a full disk or
     a file size limit (`ulimit -f`) sqlite's `disk I/O error` was an internal error at exit 1."""
     where = Path.cwd() / ".dvc"
     return shown(f"{where}: DVC cannot read or write its own files there ({what_failed(exc)})") + disk_hint(exc)
-
-
-def dvc_index_line(repo: str, rev: str, exc: OSError | sqlite3.Error) -> str:
-    """The line for DVC failing on its index of `repo` (sqlite, written as DVC opens a revision): diff and pr-comment
-    said `.: cannot open revision 'main' (OperationalError: disk I/O error)`, as if the revision were at fault."""
-    return shown(f"DVC's index of {repo}: cannot read or write it to open revision {rev!r} ({what_failed(exc)})") + (
-        disk_hint(exc)
-    )
-
-
-def what_failed(exc: OSError | sqlite3.Error) -> str:
-    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {said}"
-
-
-def disk_hint(exc: OSError | sqlite3.Error) -> str:
-    """`; is the disk full ...?`, the file size limit named with its value when one is set (sqlite says only `disk
-    I/O error`); none for the open-file limit, which cli's line names itself (failure_lines.with_limit_hint)."""
-    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
-        return ""
-    if isinstance(exc, sqlite3.Error) and "unable to open" in str(exc):  # sqlite's EMFILE, in its own words
-        files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return f"; is the open-file limit ({files} files: `ulimit -n`) too low, or the disk full?"
-    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-    if soft == resource.RLIM_INFINITY:
-        return "; is the disk full, or a file size limit (`ulimit -f`) set?"
-    return f"; is the disk full, or the file size limit ({soft} bytes: `ulimit -f`) too low?"
 
 
 LOCK_NAME = "t2i-tag.lock"  # in git's common folder, beside its own refs' locks
