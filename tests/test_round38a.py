@@ -3,7 +3,7 @@ the open-file and file size limits. Rows of 1 and 2 failed before their fix; 3 h
 
 1. a dvc child under a file size limit (killed by SIGXFSZ, or saying `File too large` / sqlite's `disk I/O error`):
    pr-build said `dvc repro --pull failed (see the log above)`, naming no limit. Now the line names it with its
-   value (tag.disk_hint's words). The dvc here is a fake package (a real child, the limit really set in it); one
+   value (failure_lines.disk_hint's words). The dvc here is a fake package (a real child, the limit really set in it); one
    slow row runs the real DVC.
 2. pr-build's `readable` took any failure to read the base's rows from DVC's cache as "missing" (and built the
    base in a worktree): a cache object that is a folder or a link loop. Now only FileNotFoundError (and a remote not
