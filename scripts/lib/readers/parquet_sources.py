@@ -65,13 +65,37 @@ def iter_parquet(
         kind_of = schema.field(column).type
         if not pa.types.is_null(kind_of) and not COLUMN_KINDS[kind](kind_of, pa):
             raise DataError(f"{file}: column {column!r} holds {kind_of}, expected {kind}")
+    read = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            read += batch.num_rows
             yield from shortest_floats(batch).to_pylist()
+        check_row_count(file, pf.metadata, columns[0], read)
     except DataError:
         raise
     except Exception as exc:  # corrupt pages, invalid UTF-8 in a string column, ...
         raise DataError(f"{file}: unreadable parquet data ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def check_row_count(file: Path, metadata, column: str, read: int) -> None:
+    """One line unless the footer's row count and `column`'s stored values (a flat column holds one a row) both
+    match the `read` rows. pyarrow reads as many rows as a row group's footer entry says: a footer claiming 10^12
+    rows (or 1) of a 3-row file, a truncated or hand-patched one, was read as 3 (or 1) rows at exit 0."""
+    values = 0
+    for group in range(metadata.num_row_groups):
+        chunks = metadata.row_group(group)
+        chunk = next(
+            (chunks.column(i) for i in range(chunks.num_columns) if chunks.column(i).path_in_schema == column), None
+        )
+        if chunk is None:  # a nested column (path `x.list.element`): its values are not rows
+            values = read
+            break
+        values += chunk.num_values
+    if metadata.num_rows != read or values != read:
+        raise DataError(
+            f"{file}: its footer says {metadata.num_rows:,} rows and {values:,} values of {column!r}, its row groups "
+            f"read as {read:,} rows: a truncated or corrupt parquet file"
+        )
 
 
 def shortest_floats(batch):
