@@ -166,6 +166,7 @@ def _generate(
                 folder.link(opened.path(job.stored), job.file)
                 from_store += 1
         missing = [j for j in missing if not folder.has(j.file)]
+        opened.refuse_folders_at([j.stored for j in missing])
     stats = render_missing(missing, settings, model_dir, identity, runtime, folder, opened, source)
     absent = [j.file for j in jobs if not folder.has(j.file)]
     if absent:
@@ -230,12 +231,13 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
         wanted = set()
         for folder in keep or []:
             manifest = Path(folder) / MANIFEST
-            if not manifest.is_file():
+            if not os.path.lexists(manifest):
                 raise DataError(
                     f"{manifest}: not found; its images would be pruned (build it first, name the "
                     "folders to keep with --keep, or empty the store with --all)"
                 )
-            wanted.update(stored_name(k, f) for f, k in manifest_keys(manifest).items() if KEY.fullmatch(k))
+            # OutputFolder.keys: a manifest that is a link, FIFO or folder is refused unread
+            wanted.update(stored_name(k, f) for f, k in OutputFolder(Path(folder)).keys().items() if KEY.fullmatch(k))
     with store_lock(store, exclusive=True):  # not while a generate run links images out of it
         return ImageStore(store).prune(wanted)
 

@@ -152,6 +152,18 @@ class ImageStore:
         under a key's name, or a link out of the store, is never served as a render)."""
         return stored in self.indexed and _regular(self.root / stored)
 
+    def refuse_folders_at(self, stored: list[str]) -> None:
+        """Refuse, before the model loads, a folder at a name the store is to write an image to (a user's, or an
+        image replaced by one): the rename over it failed after the model loaded, on every run, and a rename
+        over an empty one would replace a folder that is not ours."""
+        for name in stored:
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                raise DataError(
+                    f"{shown(path)}: a folder where the generation store keeps an image; refusing to render over "
+                    "it (move it away)"
+                )
+
     def put(self, stored: str, data: bytes) -> None:
         self.index.add(stored)  # before the file: a listed name may be missing, never the reverse
         self.indexed.add(stored)
@@ -325,9 +337,16 @@ class OutputFolder:
         self.digests: dict[str, str] = {}  # file -> sha256 of what this run found verified or wrote
 
     def keys(self) -> dict[str, str]:
-        """file -> key from the manifest (empty without one)."""
+        """file -> key from the manifest (empty without one). A manifest.parquet that is no regular file (a link to
+        /dev/zero, a FIFO or a big file elsewhere) is refused unread: _check_ours' own check came after this read."""
         manifest = self.root / MANIFEST
-        return manifest_keys(manifest) if manifest.is_file() else {}
+        if not os.path.lexists(manifest):
+            return {}
+        if not _regular(manifest):
+            raise DataError(
+                f"{shown(manifest)}: not a regular file (a link, FIFO or device); refusing to read or prune it (move it away)"
+            )
+        return manifest_keys(manifest)
 
     def start(self, wanted: set[str], store: ImageStore | None = None) -> int:
         """Begin a run that keeps the files `wanted`: refuse a folder holding anything we did not write, take every image
@@ -375,7 +394,7 @@ class OutputFolder:
         sha256 the manifest or journal records (retouched or replaced since, or a name added by hand: the
         user's, neither replaced, nor pruned, nor recorded as a render; one changed through the store's hard
         link leaves the store too)."""
-        recorded = manifest_digests(self.root / MANIFEST) if (self.root / MANIFEST).is_file() else {}
+        recorded = manifest_digests(self.root / MANIFEST) if _regular(self.root / MANIFEST) else {}
         journaled = self.journal.digests()
         for rel in files:
             if TEMP_NAME.fullmatch(rel.rpartition("/")[2]) is not None and not is_our_temp(self.root / rel):

@@ -27,9 +27,11 @@ import re
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import Protocol
 
 import typer
 
+from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_replaceable, shown
 from scripts.lib.marks import holds_marker
 from scripts.lib.safe_paths import MadeHere
@@ -54,6 +56,29 @@ SAMPLE_FILES = (
     "laion_buckets/manifest.json",
     "openprompts/openprompts.csv",
 )
+
+
+class Sink(Protocol):
+    """Where a source writer puts its files: a MadeHere on disk, or InMemory."""
+
+    def sub(self, name: str) -> Sink: ...
+
+    def new_file(self, rel: str, data: bytes) -> None: ...
+
+
+class InMemory:
+    """The sample's files as bytes (rel -> data): compared with a folder's files before anything is written."""
+
+    def __init__(self, files: dict[str, bytes] | None = None, prefix: str = ""):
+        self.files = {} if files is None else files
+        self.prefix = prefix
+
+    def sub(self, name: str) -> InMemory:
+        return InMemory(self.files, f"{self.prefix}{name}/")
+
+    def new_file(self, rel: str, data: bytes) -> None:
+        self.files[self.prefix + rel] = data
+
 
 # ---------------------------------------------------------------- word lists for prompt-like text
 SUBJECTS = [
@@ -385,7 +410,7 @@ def diffusiondb_prompts(rng: random.Random) -> list[str]:
     return shuffled(rng, rows)
 
 
-def write_diffusiondb(root: MadeHere, rng: random.Random) -> list[str]:
+def write_diffusiondb(root: Sink, rng: random.Random) -> list[str]:
     """metadata.parquet (13 native columns and dtypes) + part-00000{1,2}.zip with images and part json."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -461,7 +486,7 @@ def write_diffusiondb(root: MadeHere, rng: random.Random) -> list[str]:
     return prompts
 
 
-def write_chatgpt(root: MadeHere, rng: random.Random) -> None:
+def write_chatgpt(root: Sink, rng: random.Random) -> None:
     """One prompt per line; GPT-4 style sentences, some with a leading '- '."""
     taken: set[str] = set()
     rows: list[str] = []
@@ -476,7 +501,7 @@ def write_chatgpt(root: MadeHere, rng: random.Random) -> None:
     root.new_file("prompts.txt", ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-def write_gustavosta(root: MadeHere, rng: random.Random, diffusiondb: list[str]) -> None:
+def write_gustavosta(root: Sink, rng: random.Random, diffusiondb: list[str]) -> None:
     """data/train.parquet + data/eval.parquet with the single column `Prompt`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -541,7 +566,7 @@ def openprompts_batch(rng: random.Random, diffusiondb: list[str], batch: int) ->
     return [openprompts_row(rng, prompt, null_seed=rng.random() < 0.1) for prompt in shuffled(rng, rows)]
 
 
-def write_openprompts(root: MadeHere, batches: list[list[list[str]]]) -> None:
+def write_openprompts(root: Sink, batches: list[list[list[str]]]) -> None:
     """openprompts.csv: the batches one after the other, as the team's one deduplicated list (a release
     takes a batch as a row range: params.yaml releases, `rows: [a, b]`)."""
     import csv
@@ -554,7 +579,7 @@ def write_openprompts(root: MadeHere, batches: list[list[list[str]]]) -> None:
     root.new_file("openprompts.csv", text.getvalue().encode("utf-8"))
 
 
-def write_dalle3(root: MadeHere, rng: random.Random) -> None:
+def write_dalle3(root: Sink, rng: random.Random) -> None:
     """data-000000.tar: <name>.png + <name>.json pairs (a few records without width)."""
     captions: list[str] = []
     members: list[tuple[str, bytes]] = []
@@ -590,7 +615,7 @@ def write_dalle3(root: MadeHere, rng: random.Random) -> None:
     root.new_file("data-000000.tar", tar_bytes(members))
 
 
-def write_laion_buckets(root: MadeHere, rng: random.Random) -> None:
+def write_laion_buckets(root: Sink, rng: random.Random) -> None:
     """manifest.json (bucketed_shards_v1) + buckets/<bucket_id>/shard-000000.tar of jpg/txt/json."""
     # a bucketed export at base resolution 64 (divisible 4), so every target is the JPEG's real size
     buckets = {"p1024x1024": (64, 64, 64, 64), "p1216x832": (76, 52, 76, 52), "p832x1216": (52, 76, 52, 76)}
@@ -638,31 +663,65 @@ def write_laion_buckets(root: MadeHere, rng: random.Random) -> None:
     root.new_file("manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
-def write_all(output: Path, seed: int = SEED) -> None:
-    """Write every sample source under `output` (one seeded RNG per source: adding one leaves the others).
-    Every folder and file is a new one made through MadeHere: a link, FIFO or file put at one of their names
-    mid-run (in the temp folder atomic_path gives) is refused, never written through."""
-    output.mkdir(parents=True, exist_ok=True)  # atomic_path's temp, or a test's folder
-    made = MadeHere(output)
+def write_sources(made: Sink, seed: int) -> None:
+    """Every sample source into `made` (one seeded RNG per source: adding one leaves the others)."""
 
     def rng(name: str) -> random.Random:
         return random.Random(f"{seed}:{name}")
 
+    diffusiondb = write_diffusiondb(made.sub("diffusiondb"), rng("diffusiondb"))
+    write_chatgpt(made.sub("chatgpt"), rng("chatgpt"))
+    write_gustavosta(made.sub("gustavosta"), rng("gustavosta"), diffusiondb)
+    write_openprompts(
+        made.sub("openprompts"),
+        [
+            openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
+            openprompts_batch(rng("openprompts2"), diffusiondb, batch=2),
+        ],
+    )
+    write_dalle3(made.sub("dalle3"), rng("dalle3"))
+    write_laion_buckets(made.sub("laion_buckets"), rng("laion_buckets"))
+
+
+def sample_files(seed: int = SEED) -> dict[str, bytes]:
+    """rel -> bytes of the sample at `seed`, nothing written."""
+    memory = InMemory()
+    write_sources(memory, seed)
+    return memory.files
+
+
+def write_all(output: Path, seed: int = SEED, files: dict[str, bytes] | None = None) -> None:
+    """Write every sample source under `output` (`files`: sample_files(seed), already made).
+    Every folder and file is a new one made through MadeHere: a link, FIFO or file put at one of their names
+    mid-run (in the temp folder atomic_path gives) is refused, never written through."""
+    output.mkdir(parents=True, exist_ok=True)  # atomic_path's temp, or a test's folder
+    made = MadeHere(output)
     try:
-        diffusiondb = write_diffusiondb(made.sub("diffusiondb"), rng("diffusiondb"))
-        write_chatgpt(made.sub("chatgpt"), rng("chatgpt"))
-        write_gustavosta(made.sub("gustavosta"), rng("gustavosta"), diffusiondb)
-        write_openprompts(
-            made.sub("openprompts"),
-            [
-                openprompts_batch(rng("openprompts1"), diffusiondb, batch=1),
-                openprompts_batch(rng("openprompts2"), diffusiondb, batch=2),
-            ],
-        )
-        write_dalle3(made.sub("dalle3"), rng("dalle3"))
-        write_laion_buckets(made.sub("laion_buckets"), rng("laion_buckets"))
+        if files is None:
+            write_sources(made, seed)
+        else:
+            for rel, data in files.items():
+                made.new_file(rel, data)
     finally:
         made.close()
+
+
+def check_sample_bytes(output: Path) -> dict[str, bytes] | None:
+    """Refuse, before anything is written, a folder without our marker holding one of the sample's names with
+    other bytes (the user's, or edited since): it was judged only at the final rename, the whole sample written
+    first. Returns SEED's sample when it was made for this (the first write uses it), else None."""
+    present = [rel for rel in SAMPLE_FILES if os.path.lexists(output / rel)]
+    if not present or holds_marker(output):
+        return None
+    expected = sample_files(SEED)
+    for rel in present:  # check_replaceable proved each a regular file; a size apart is told without a read
+        path = output / rel
+        if os.lstat(path).st_size != len(expected[rel]) or path.read_bytes() != expected[rel]:
+            raise DataError(
+                f"{shown(output)}: holds {rel!r}, not the bytes this command writes there (the user's, or edited "
+                "since); refusing to replace the folder (move that file out of it, or the folder away)"
+            )
+    return expected
 
 
 def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)write"), seed: int = SEED) -> None:
@@ -674,12 +733,12 @@ def cli(output: Path = typer.Argument(Path("data/raw"), help="folder to (re)writ
     # over it (refused, untouched, unless every file is that sample's), which marks it ours.
     # one lock for both writes: a second run took it between them and wrote its own sample in the gap
     with output_lock(output, whole_run=True):
-        # a file, link or folder the sample does not write is refused now; one of its names with other bytes
-        # is still proved (or refused) only by the bytes written, at the rename
+        # a file, link or folder the sample does not write is refused now, and one of its names with other bytes
         check_replaceable(output, writes=SAMPLE_FILES)
+        prepared = check_sample_bytes(output)
         if seed != SEED and os.path.lexists(output) and not holds_marker(output):
             with atomic_path(output, is_dir=True) as tmp:
-                write_all(tmp, SEED)
+                write_all(tmp, SEED, prepared)
         with atomic_path(output, is_dir=True) as tmp:
-            write_all(tmp, seed)
+            write_all(tmp, seed, prepared if seed == SEED else None)
     print(f"sample-data: wrote {shown(output)}")
