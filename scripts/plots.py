@@ -27,7 +27,6 @@ import typer
 from scripts.lib.clusters_table import read_clusters_table
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import (
-    MAX_CONFIG_BYTES,
     SPLITS,
     atomic_path,
     check_files_ours,
@@ -43,6 +42,9 @@ from scripts.lib.temps import output_lock
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: text, or a missing caption
+# a clean report is a few hundred bytes: 60 MB of `[]` (within the 64 MB config cap) parsed into 1.5 GB of lists, 19 s
+# (summary.MAX_REPORT_BYTES for stats.json; not imported: summary.py is no dependency of the plots stage)
+MAX_REPORT_BYTES = 1 << 20
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
     "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
@@ -93,7 +95,7 @@ def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
             raise DataError(f"{shown(path)}: not found (run clean@{source} first)")
         try:
             # the one file table_in checked, opened once (a link out or FIFO swapped in after the check was read)
-            report = loads_json(read_within(path, clean_dir, cap=MAX_CONFIG_BYTES, dvc_cache=True).decode("utf-8"))
+            report = loads_json(read_within(path, clean_dir, cap=MAX_REPORT_BYTES, dvc_cache=True).decode("utf-8"))
         except FileNotFoundError:
             raise DataError(f"{shown(path)}: not found (run clean@{source} first)") from None
         except ValueError as exc:  # NaN, 1e999, a lone surrogate (loads_json) said which, not only "not valid"
