@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from helpers.commands import cli
+from helpers.tiers import fast_first
 from helpers.workspace import error_line
 from scripts.lib.tables import write_parquet
 
@@ -39,7 +40,7 @@ def _padded(report: dict, pad: str) -> str:
     return json.dumps(report)[:-1] + f', "pad": {values[pad]}}}'
 
 
-PADS = ("lists", "objects", "keys", pytest.param("a 50 MB string", marks=pytest.mark.slow))
+PADS = fast_first(("lists", "objects", "keys", pytest.param("a 50 MB string", marks=pytest.mark.slow)))  # a run each
 
 
 def _workspace(root) -> None:
