@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import stat
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,7 @@ def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
+    check_whole(data, image.ref)  # before PIL parses the header: a flood of JPEG segments is kept in memory there
     width, height = check_image_pixels(data, image.ref, params.max_image_pixels)
     try:
         with opened(io.BytesIO(data), image.ref) as img:
@@ -210,3 +212,86 @@ def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
     if fmt not in MIME:
         raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")
     return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height)
+
+
+# ---------------------------------------------------------------- whole files (the bytes sent, never decoded)
+
+MAX_JPEG_SEGMENTS = 4096  # before the first scan; a camera writes dozens (ICC and XMP split in 64 KiB parts)
+JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # markers with no length: TEM, RST0-7
+
+
+def check_whole(data: bytes, ref: str) -> None:
+    """UnsafeArchive for a JPEG, PNG or GIF cut short (no end of image after its pixels) or a JPEG of more than
+    MAX_JPEG_SEGMENTS segments before its pixels. Caption sends the bytes as they are, never decoded: a cut file
+    was sent, and a server refusing it (HTTP 400) failed the stage for every image; PIL kept each of a JPEG's
+    segments in a list (a 16 MB file of 4 million: 600 MB and 24 s). Any other bytes are PIL's to read."""
+    if data[:3] == b"\xff\xd8\xff":
+        whole = _jpeg_whole(data, ref)
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        whole = _png_whole(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        whole = _gif_whole(data)
+    else:
+        return
+    if not whole:
+        raise UnsafeArchive("truncated_image", f"{ref}: cut short (no end of image after its pixels)")
+
+
+def _jpeg_whole(data: bytes, ref: str) -> bool:
+    """Whether the JPEG's segments lead to a scan and an end of image (EOI) after it. Scan data cannot hold
+    FF D9 (a coded FF is followed by 00), so a cut scan has none; bytes after the EOI (a motion photo's video,
+    an MPO's second picture) are left as they are."""
+    at, segments = 2, 0
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return False  # not a marker where one must be: PIL would read a broken file
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise UnsafeArchive("bad_image", f"{ref}: over {MAX_JPEG_SEGMENTS} JPEG segments before its pixels")
+        if marker in JPEG_STANDALONE:
+            at += 2
+            continue
+        if marker == 0xD9:  # an end of image before any scan
+            return False
+        end = at + 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+        if marker == 0xDA:  # start of scan: the entropy-coded data, then more scans or the EOI
+            return data.find(b"\xff\xd9", end) >= 0
+        at = end
+    return False
+
+
+def _png_whole(data: bytes) -> bool:
+    """Whether the PNG's chunks (their lengths, not their contents) run whole to its IEND."""
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[at : at + 8])
+        at += 12 + length
+        if kind == b"IEND":
+            return at <= len(data)
+    return False
+
+
+def _gif_whole(data: bytes) -> bool:
+    """Whether the GIF's blocks (extensions, frames, each of sub-blocks) run whole to its trailer (3B)."""
+    at = 13 + (3 << ((data[10] & 7) + 1) if len(data) > 10 and data[10] & 0x80 else 0)
+    while at < len(data):
+        kind = data[at]
+        if kind == 0x3B:
+            return True
+        if kind == 0x21:  # an extension: its label, then sub-blocks
+            at += 2
+        elif kind == 0x2C:  # a frame: its descriptor, any local colour table, the LZW code size, then sub-blocks
+            if at + 10 > len(data):
+                return False
+            flags = data[at + 9]
+            at += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+        else:
+            return False
+        while at < len(data) and data[at]:  # sub-blocks up to an empty one
+            at += data[at] + 1
+        at += 1
+    return False
