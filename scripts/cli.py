@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_reason, shown
 from scripts.lib.failure_lines import capped, folder_gone_line, internal_error_line, traceback_asked, with_limit_hint
 from scripts.lib.import_env import checked_line
 from scripts.lib.interrupts import (
@@ -237,7 +237,7 @@ def _standard_output_failed(exc: OSError) -> DataError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.close(devnull)
-    reason = exc.strerror or type(exc).__name__
+    reason = os_reason(exc)
     if exc.errno == errno.EPIPE:
         reason += " (what read it stopped reading: the output is cut short)"
     return DataError(f"standard output: {reason}")

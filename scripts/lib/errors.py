@@ -40,6 +40,12 @@ def os_error_message(exc: OSError, target: Path | str, tmp: Path | None = None) 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+def os_reason(exc: BaseException) -> str:
+    """Why an OS call failed, in the system's words (`Too many open files`), else the exception's type name: the
+    part of a one-line error after the step (`cannot start git tag (...)`)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or type(exc).__name__
+
+
 def exception_line(exc: BaseException, limit: int = 200) -> str:
     """A library's exception as one line of ours: `Type: its first line` (at most `limit` characters of it),
     never its traceback or the pages some libraries put in their messages."""

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from scripts.lib.errors import DataError, exception_line, names_a_file, redact_url_userinfo
+from scripts.lib.errors import DataError, exception_line, names_a_file, os_reason, redact_url_userinfo
 
 
 def _whole_seconds(value: str) -> bool:
@@ -223,7 +223,7 @@ def checked_line(text: str, left_out: Callable[[str], str] | None = None) -> str
     except Exception as exc:
         if left_out is None:
             return LEFT_OUT + "\n" * text.endswith("\n")
-        return left_out(exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
+        return left_out(os_reason(exc))
 
 
 def redact_known(value: Any, api_key: str | None) -> Any:

@@ -14,7 +14,7 @@ import re
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_reason, shown
 from scripts.lib.io import MAX_CONFIG_BYTES
 from scripts.lib.safe_paths import read_within
 from scripts.tools.side_inputs import IN_REPOSITORY, WORKSPACE, check_regular, commit_of
@@ -131,7 +131,7 @@ def git_failure_line(where: str, command: str, exc: OSError | subprocess.Timeout
     at `ulimit -n 8` (cli adds the limit's value to a "Too many open files" line: failure_lines.with_limit_hint)."""
     if isinstance(exc, subprocess.TimeoutExpired):
         return f"{where}: `git {command}` did not answer in {GIT_TIMEOUT_S} s"
-    return f"{where}: cannot run `git {command}` ({exc.strerror or type(exc).__name__})"
+    return f"{where}: cannot run `git {command}` ({os_reason(exc)})"
 
 
 def refuse_git_links(repo: str, revs, paths, labels: dict[str, str]) -> None:

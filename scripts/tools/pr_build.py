@@ -25,7 +25,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_reason, shown
 from scripts.tools.child_group import dvc_env, run_in_group, run_shown
 
 
@@ -130,7 +130,7 @@ def readable(repo: str, rev: str, path: str, where: str = "") -> bool:
             return False
         # this machine's own failure (the open-file limit, a cache folder denied or not a folder) was taken as
         # "missing": the base was built in a worktree, to fail the same way there or hide the cause
-        said = exc.strerror or type(exc).__name__
+        said = os_reason(exc)
         raise DataError(shown(f"{where or f'{rev}:{path}'}: cannot read it from DVC's cache ({said})")) from None
     except Exception:  # DVC's own errors (no remote configured, a remote refusing): not there to read
         return False

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, os_error_message, shown
+from scripts.lib.errors import DataError, os_error_message, os_reason, shown
 from scripts.lib.safe_paths import FOLDER_FLAGS, MadeHere, identity, resolved
 from scripts.lib.temps import TEMP_XATTR, flock_or_refuse, is_our_temp, mark_temp
 from scripts.tools.child_group import child_group, dvc_env
@@ -116,10 +116,6 @@ def step_of(cmd: list[str]) -> str:
     return " ".join(cmd[2:4] if cmd[0] == sys.executable else cmd[:2])
 
 
-def os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
-
-
 def ended_silently(returncode: int) -> str:
     """What a child that printed nothing ended by: git killed by SIGXFSZ under `ulimit -f` was `(no output)`."""
     if returncode >= 0:
@@ -145,9 +141,7 @@ def tracked_files(src: Path) -> list[str]:
     except FileNotFoundError:
         raise DataError("git is not installed (replay-history needs it)") from None
     except OSError as exc:  # git not started (`ulimit -n`, memory): it was told as "not a git repository"
-        raise DataError(
-            shown(f"{src}: cannot run `git ls-files` there ({exc.strerror or type(exc).__name__})")
-        ) from None
+        raise DataError(shown(f"{src}: cannot run `git ls-files` there ({os_reason(exc)})")) from None
     except subprocess.CalledProcessError:
         raise DataError(f"{src}: not a git repository (replay-history copies its tracked files)") from None
     names = (os.fsdecode(name) for name in listed.split(b"\0") if name)
@@ -203,7 +197,7 @@ def in_dest(exc: OSError, dest: Path) -> str:
     name = exc.filename
     if name is None or os.path.isabs(os.fsdecode(name)):
         return os_error_message(exc, dest)
-    detail = exc.strerror or type(exc).__name__
+    detail = os_reason(exc)
     return f"{shown(dest)}: cannot write {shown(name)} there ({detail})"
 
 

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_reason, shown
 
 WORKSPACE = "workspace"  # a revision name meaning the working tree
 # The release's own card, pasted under "Release card": release@V writes a few KB. A larger or undecodable
@@ -35,7 +35,7 @@ def commit_of(repo: str | Path, rev: str) -> str:
             timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:  # the OS's reason: at `ulimit -n` 8 git's pipes fail
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        reason = os_reason(exc)
         raise DataError(
             f"{shown(repo)}: cannot start `git rev-parse` to look up {shown(repr(rev))} ({reason})"
         ) from None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from scripts.lib.errors import DataError, exception_line, quoted, redact_url_userinfo, shown
+from scripts.lib.errors import DataError, exception_line, os_reason, quoted, redact_url_userinfo, shown
 from scripts.lib.failure_lines import disk_hint, what_failed
 from scripts.lib.nesting import loads_json
 from scripts.lib.safe_paths import read_within
@@ -46,7 +46,7 @@ def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     except FileNotFoundError:
         raise DataError("git is not installed (tag needs it)") from None
     except OSError as exc:  # git not started: at the open-file limit its pipes could not be made
-        raise DataError(f"cannot start `git {args[0]}` ({exc.strerror or type(exc).__name__})") from None
+        raise DataError(f"cannot start `git {args[0]}` ({os_reason(exc)})") from None
     if check and result.returncode != 0:
         said = (result.stderr.strip().splitlines() or [ended_silently(result.returncode)])[0]
         raise DataError(f"git {args[0]} failed: {said}")
@@ -194,7 +194,7 @@ def tag_lock() -> Iterator[None]:
         # read-only: a flock needs no write access, and the file is never written (empty, made once)
         fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise DataError(shown(f"{lock}: cannot open tag's lock ({exc.strerror or type(exc).__name__})")) from None
+        raise DataError(shown(f"{lock}: cannot open tag's lock ({os_reason(exc)})")) from None
     try:
         flock_or_refuse(fd, shown(f"another tag run is at work in this repository (lock {lock}); wait for it to end"))
         yield
