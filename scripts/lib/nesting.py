@@ -11,6 +11,7 @@ import codecs
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,12 @@ def loads_json(text: str | bytes, limit: int = MAX_DEPTH, non_finite: str = "ref
         text = raw.decode(json.detect_encoding(raw))  # strict: a UnicodeDecodeError is a ValueError
     text = text.removeprefix("\ufeff")
     check_json_depth(text, limit)
-    value = json.loads(text, object_pairs_hook=_unique_keys, **_NUMBERS[non_finite])
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys, **_NUMBERS[non_finite])
+    except ValueError as exc:  # Python's own words advise sys.set_int_max_str_digits(), no advice for a user
+        if "integer string conversion" not in str(exc):
+            raise
+        raise ValueError(f"an integer of more than {sys.get_int_max_str_digits():,} digits") from None
     if _SURROGATE_ESCAPE.search(text):  # the common case: no such escape, no walk
         _check_no_lone_surrogate(value)
     return value
