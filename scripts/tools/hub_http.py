@@ -293,17 +293,18 @@ def hub_client_factory(timeout_s: float):
 
 
 def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
-    """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo, its
+    """Any error of the Hub client (not a TypeError or LookupError of our code: re-raised) as one line, without the secrets (in any case) nor any URL's userinfo, its
     escape codes and other control characters shown escaped and cut at MAX_HUB_LINE_CHARS: h11's protocol
     errors and huggingface_hub's HTTP errors quote what the server sent (megabytes of it, escape codes)."""
     import httpx2
 
     from scripts.lib.key_redaction import redact_secrets
 
+    if isinstance(exc, (TypeError, LookupError)) and not is_reply_shape_error(exc):
+        raise exc  # a bug of ours: shown as one (its traceback), never as the Hub's bad JSON
     if isinstance(exc, httpx2.TimeoutException):
         detail = f"no whole answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
-    elif isinstance(exc, (ValueError, LookupError, TypeError)) and not isinstance(exc, httpx2.HTTPError):
-        # LookupError, TypeError: huggingface_hub's `d["url"]` on a reply without it, or a list (`Hub: 'url'`)
+    elif is_reply_shape_error(exc) and not isinstance(exc, httpx2.HTTPError):
         detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
     else:
         detail = " ".join(_first_lines(str(exc))) or type(exc).__name__
@@ -311,6 +312,26 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
     for secret in [*secrets, *endpoint_path_secrets(os.environ.get("HF_ENDPOINT"))]:
         line = redact_secrets(line, secret)
     return shown_short(line, MAX_HUB_LINE_CHARS)  # after the redaction: a cut never leaves part of a secret
+
+
+def raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is in one of `packages` (a folder name on its path)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and any(p in Path(tb.tb_frame.f_code.co_filename).parts for p in packages)
+
+
+def is_reply_shape_error(exc: BaseException) -> bool:
+    """A reply the Hub client could not read as the Hub's JSON: a ValueError (JSON that does not parse), a
+    RecursionError in the JSON decoder (`[[[...` 10^5 deep), or a LookupError or TypeError raised inside
+    huggingface_hub itself (its `d["url"]` on a reply without it, or a list). A TypeError or KeyError raised
+    in our code (a hook, a wrong argument) is a bug of ours: told as "not the Hub's JSON" it was hidden."""
+    if isinstance(exc, RecursionError):
+        return raised_in(exc, ("json",))
+    if isinstance(exc, (LookupError, TypeError)):
+        return raised_in(exc, ("huggingface_hub",))
+    return isinstance(exc, ValueError)
 
 
 def _first_lines(text: str, count: int = 4) -> list[str]:

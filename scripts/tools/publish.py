@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -219,17 +218,23 @@ def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int
     return info
 
 
-def copy_checked(path: Path, release_dir: Path, target: Path) -> None:
-    """Copy the release's `path` (release_file checked it by name) from one open checked there (open_within,
-    one name or DVC's cache copy): a link out or hard link swapped in after the check was copied and uploaded."""
+def copy_preview(path: Path, release_dir: Path, target: Path) -> None:
+    """Copy the contact sheet `path` (release_file checked it by name) from one open checked there (a link out
+    or hard link swapped in was uploaded), if a JPEG of a sheet's size (pr-comment's MAX_SHEET_BYTES): a 1 GB
+    sparse file was uploaded whole, and any bytes named preview.jpg were published as the card's image."""
     from scripts.lib.dvc_cache import is_cache_copy
     from scripts.lib.safe_paths import open_within
+    from scripts.tools.pr_comment import MAX_SHEET_BYTES
 
     try:
-        with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy) as file, open(target, "xb") as out:
-            shutil.copyfileobj(file, out)
+        with open_within(path, release_dir, one_name=True, links_ok=is_cache_copy) as file:
+            data = file.read(MAX_SHEET_BYTES + 1)
     except FileNotFoundError:
         raise DataError(f"{shown(path)}: removed while the release was read") from None
+    if len(data) > MAX_SHEET_BYTES or not data.startswith(b"\xff\xd8\xff"):
+        raise DataError(f"{shown(path)}: not a JPEG contact sheet of {MAX_SHEET_BYTES >> 20} MB or less; not published")
+    with open(target, "xb") as out:
+        out.write(data)
 
 
 # --- the card ------------------------------------------------------------------------------------
@@ -483,7 +488,7 @@ def cli(
                 (tmp / "LICENSE.md").write_text(licence_text, encoding="utf-8")
             preview = release_file(release_dir, "preview.jpg", str(release_dir))
             if preview:
-                copy_checked(preview, release_dir, tmp / "preview.jpg")
+                copy_preview(preview, release_dir, tmp / "preview.jpg")
             build_card(recipe, release_dir, repo_id, tag, commit, infos, sources, licence, download_size).save(
                 tmp / "README.md"
             )
