@@ -293,9 +293,10 @@ def hub_client_factory(timeout_s: float):
 
 
 def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
-    """Any error of the Hub client (not a TypeError or LookupError of our code: re-raised) as one line, without the secrets (in any case) nor any URL's userinfo, its
+    """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo, its
     escape codes and other control characters shown escaped and cut at MAX_HUB_LINE_CHARS: h11's protocol
-    errors and huggingface_hub's HTTP errors quote what the server sent (megabytes of it, escape codes)."""
+    errors and huggingface_hub's HTTP errors quote what the server sent (megabytes of it, escape codes). A
+    TypeError or LookupError of our own code is re-raised: a bug, shown as one."""
     import httpx2
 
     from scripts.lib.key_redaction import redact_secrets
