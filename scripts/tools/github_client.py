@@ -45,7 +45,7 @@ from scripts.lib.deadline_http import (
     read_promised,
     received_part,
 )
-from scripts.lib.errors import DataError, shown
+from scripts.lib.errors import DataError, os_reason, shown
 from scripts.lib.key_redaction import holds_key, redact_secrets
 from scripts.lib.nesting import loads_json
 
@@ -147,7 +147,7 @@ def read_capped(path: Path, cap: int, what: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:  # ELOOP: a link (in an artifact, the PR's run's own data)
-        reason = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or type(exc).__name__
+        reason = "a symbolic link" if exc.errno == errno.ELOOP else os_reason(exc)
         raise DataError(f"{shown(path)}: cannot read {what} ({reason})") from None
     with open(fd, "rb") as f:
         info = os.fstat(fd)

@@ -31,7 +31,7 @@ from typing import TypeVar
 import pandas as pd
 import typer
 
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, os_reason
 from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.import_env import quiet_hub_client
 from scripts.lib.io import SPLITS, atomic_path, shown
@@ -350,7 +350,7 @@ def _git(*args: str) -> str:
     try:  # git not started (the open-file limit: its pipes) is no "not in a git repository"
         result = subprocess.run(["git", *args], capture_output=True, text=True)
     except OSError as exc:
-        raise DataError(f"cannot start `git {args[0]}` ({exc.strerror or type(exc).__name__})") from None
+        raise DataError(f"cannot start `git {args[0]}` ({os_reason(exc)})") from None
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
