@@ -190,6 +190,48 @@ def _pax_records(data: bytes) -> dict[str, str]:
 SPARSE_RECORD = "GNU.sparse."
 
 
+# A pax or GNU long-name header over this is not read into memory: its records are walked one by one (see _large_pax)
+EXTENSION_CAP = 1024 * 1024
+_KEPT_KEYS = ("path", "size", "GNU.sparse.name")  # what the walk takes from a pax header (and GNU.sparse.*: refused)
+
+
+def _large_pax(buf: Any, start: int, size: int) -> dict[str, str]:
+    """The records the walk uses (path, size, sparse keys) of a pax header over EXTENSION_CAP, read record by record
+    in bounded reads: the rest (a 10 MB `comment`, which GNU tar reads) is passed over by its length, never held.
+    Raises ValueError as _pax_records does; other keys are kept with an empty value."""
+    records: dict[str, str] = {}
+    pos, end = start, start + size
+    while pos < end:
+        head = bytes(buf[pos : min(pos + 300, end)])
+        space = head.find(b" ")
+        if space < 0:
+            if end - pos > len(head):  # no record length within 300 bytes: not one
+                raise ValueError("bad pax record length")
+            break
+        digits = head[:space].decode("latin-1")
+        length = int(digits) if _DECIMAL.fullmatch(digits) else -1
+        if length <= space or pos + length > end:
+            raise ValueError(f"bad pax record length {digits[:40]!r}")
+        key = head[space + 1 : length - 1].partition(b"=")[0].decode("utf-8", "replace")
+        if key in _KEPT_KEYS:
+            if length > EXTENSION_CAP:
+                raise ValueError(f"a {key!r} record of {length} bytes")
+            records.update(_pax_records(bytes(buf[pos : pos + length])))
+        else:
+            records[key] = ""
+        pos += length
+    return records
+
+
+def _rest_unread(pos: int, end: int) -> str:
+    """What a walk that ends before the end of the shard leaves: said in its one counted skip, as its samples
+    cannot be told apart (no later offset can be trusted) and go uncounted."""
+    left = end - pos
+    return (
+        f"; the rest of the shard ({left} bytes from byte {pos}) is not read, its samples not counted" if left else ""
+    )
+
+
 def _check_global(records: dict[str, str]) -> None:
     """Refuse a global pax header's path, size or sparse map: every later member's to GNU tar and tarfile
     (renamed or resized all), which the walk does not apply."""
@@ -202,12 +244,15 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
     UnsafeArchive for a refused one.
 
     A corrupt header (bad checksum, truncated archive) is yielded as UnsafeArchive("corrupt_archive")
-    and ends the walk: after it no offset can be trusted.
+    and ends the walk: after it no offset can be trusted (its detail says how much was not read). An extension
+    header over EXTENSION_CAP is passed over by its size, and only the member it describes refused.
     """
     pos, end = 0, len(buf)
     pending_name: str | None = None
     pending_size: int | None = None
     pending_pax: dict[str, str] | None = None  # the records of the pax header before this member
+    # why the member after an extension header over EXTENSION_CAP is refused, and whether its name was in it
+    oversized: tuple[str, bool] | None = None
     while True:
         header = buf[pos : pos + BLOCK]
         if len(header) < BLOCK:
@@ -226,10 +271,10 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
             checksum = _octal(header[148:156], "checksum")
             size = _octal(header[124:136], "size")
         except UnsafeArchive as exc:  # not a header at all (a shard cut or shifted): the walk ends here
-            yield UnsafeArchive(exc.reason, f"{exc} at byte {pos}")
+            yield UnsafeArchive(exc.reason, f"{exc} at byte {pos}{_rest_unread(pos, end)}")
             return
         if checksum != sum(header) - sum(header[148:156]) + 256:
-            yield UnsafeArchive("corrupt_archive", f"bad tar header checksum at byte {pos}")
+            yield UnsafeArchive("corrupt_archive", f"bad tar header checksum at byte {pos}{_rest_unread(pos, end)}")
             return
         typeflag = header[156:157]
         if pending_size is not None and typeflag not in EXTENSION_TYPES:
@@ -242,17 +287,23 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
             )
             return
         if typeflag in EXTENSION_TYPES:
-            if size > 1024 * 1024:
-                yield UnsafeArchive("corrupt_archive", f"oversized tar extension header at byte {data_at}")
-                return
-            data = bytes(buf[data_at : data_at + size])
-            if typeflag != b"g" and (pending_pax is not None or pending_name is not None):
+            if typeflag != b"g" and (pending_pax is not None or pending_name is not None or oversized is not None):
                 # two of pax `x` and GNU `L` before one member: GNU tar keeps one, tarfile another (x L: A, B)
-                yield UnsafeArchive("corrupt_archive", f"a second extension header for one member at byte {data_at}")
+                rest = _rest_unread(data_at - BLOCK, end)
+                yield UnsafeArchive(
+                    "corrupt_archive", f"a second extension header for one member at byte {data_at}{rest}"
+                )
                 return
+            # over the cap: passed over by its size (ending the walk there lost every later sample, uncounted); the
+            # member it describes is refused, counted, and the walk goes on
+            big = size > EXTENSION_CAP
+            if big and typeflag == b"L":  # the name is the data: never held, the member refused without it
+                oversized = f"oversized GNU long-name header ({size} bytes) at byte {data_at}", True
+                continue
+            data = b"" if big else bytes(buf[data_at : data_at + size])
             if typeflag in (b"x", b"g"):
                 try:
-                    records = _pax_records(data)
+                    records = _large_pax(buf, data_at, size) if big else _pax_records(data)
                     if typeflag == b"g":
                         _check_global(records)
                         continue  # what is left of a global header (a comment: git archive's) names no member
@@ -261,8 +312,11 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                             raise ValueError(f"size {records['size'][:40]!r} is not a plain decimal number")
                         pending_size = int(records["size"])
                 except ValueError as exc:
-                    yield UnsafeArchive("corrupt_archive", f"bad pax header at byte {data_at} ({exc})")
+                    rest = _rest_unread(data_at - BLOCK, end)
+                    yield UnsafeArchive("corrupt_archive", f"bad pax header at byte {data_at} ({exc}){rest}")
                     return
+                if big:
+                    oversized = f"oversized pax header ({size} bytes) at byte {data_at}", False
                 pending_pax = records
                 pending_name = records.get("GNU.sparse.name", records.get("path"))
             elif typeflag == b"L":
@@ -276,9 +330,16 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                 prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
                 name = f"{prefix}/{name}"
         sparse = any(key.startswith(SPARSE_RECORD) for key in pending_pax or {})
-        pending_name = pending_size = pending_pax = None
+        refused = oversized
+        pending_name = pending_size = pending_pax = oversized = None
         if typeflag == b"5":
             continue  # directory entries carry no data
+        if refused is not None:  # its sample sees the name taken (refused), unless the name was the oversized part
+            why, name_lost = refused
+            shown_name = "after it" if name_lost else repr(name)
+            named = None if name_lost or not _plain_name(name) else name
+            yield UnsafeArchive("corrupt_archive", f"{why}: the member {shown_name} is refused", named)
+            continue
         if typeflag not in REGULAR_TYPES or sparse:
             kind = "sparse file (pax GNU.sparse records)" if sparse else TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
             detail = f"member {name!r} is a {kind}, only regular files are read"

@@ -13,6 +13,7 @@ import fnmatch
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -383,15 +384,22 @@ class MadeHere:
 
     def remove(self) -> None:
         """Delete the top-level entries this run made that are still they (a user's entry put in the place of
-        one, or beside them, stays); what the run's children made inside its folders goes with them."""
-        for key, made in reversed(self.entries.items()):
+        one, or beside them, stays); what the run's children made inside its folders goes with them.
+
+        An entry it cannot delete is one DataError naming it (and the failure being handled, if one is): a
+        removal that failed in silence (rmtree at `ulimit -n` 10-12, the run's error being EMFILE) left DEST/.git
+        unsaid. Each entry's pin is closed before its removal, as rmtree needs a descriptor per folder level."""
+        left: list[str] = []
+        for key, made in reversed(list(self.entries.items())):
             path = self.base / key
             if "/" in key or not os.path.lexists(path) or identity(path.lstat()) != made:
                 continue
-            if stat.S_ISDIR(path.lstat().st_mode):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            if key in self.pins:
+                os.close(self.pins.pop(key))
+            if not removed(path):
+                left.append(key)
+        if left:
+            raise DataError(left_behind([self.base / key for key in left])) from None
 
     @contextlib.contextmanager
     def _parent(self, rel: str) -> Iterator[tuple[int, str, str]]:
@@ -421,6 +429,33 @@ class MadeHere:
             ) from None
         finally:
             os.close(folder)
+
+
+def removed(path: Path) -> bool:
+    """Delete `path` (a folder with all inside it); False if any of it is left (each failure collected, none
+    raised: the rest is still removed)."""
+    failures: list[object] = []
+    if stat.S_ISDIR(path.lstat().st_mode):
+        # onexc from Python 3.12 (onerror is deprecated there), onerror before: either collects the failure
+        collect = {"onexc" if sys.version_info >= (3, 12) else "onerror": lambda *failed: failures.append(failed)}
+        shutil.rmtree(path, **collect)  # type: ignore[arg-type]
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failures.append(exc)
+    return not failures and not os.path.lexists(path)
+
+
+def left_behind(paths: list[Path]) -> str:
+    """The line for entries a failed run could not remove, after the failure being handled (sys.exc_info), if any:
+    it replaces that failure's own line, which it repeats (an interrupt is named)."""
+    names = ", ".join(shown(str(path)) for path in paths)
+    line = f"{names} left behind (made by this run, not removed): remove {'it' if len(paths) == 1 else 'them'} by hand"
+    handled = sys.exc_info()[1]
+    if isinstance(handled, Exception) and str(handled):
+        return f"{handled}; {line}"
+    return f"interrupted ({type(handled).__name__}); {line}" if handled is not None else line
 
 
 def identity(status: os.stat_result) -> tuple[int, int]:
