@@ -201,3 +201,25 @@ def test_replay_history_at_the_open_file_limit_removes_what_it_made(tmp_path, fi
     done = run_limited(args, src, resource.RLIMIT_NOFILE, files)
     assert done.returncode == 2 and "Too many open files" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists(), sorted(str(p) for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.parametrize("signal_kind", [KeyboardInterrupt, SystemExit])
+def test_what_a_signal_leaves_is_not_told_over_the_signal(tmp_path, monkeypatch, signal_kind):
+    """Lead's review: under a signal (KeyboardInterrupt, or the SystemExit of a SIGTERM handler) an entry left
+    behind raised a DataError over it, exit 2 instead of 130 or 143; the signal's own line and code now stand."""
+    from scripts.lib import safe_paths
+
+    made = safe_paths.MadeHere(tmp_path)
+    made.new_file("top.txt", b"x")
+    monkeypatch.setattr(safe_paths, "removed", lambda path: False)  # rmtree could not remove it
+    with pytest.raises(signal_kind):
+        try:
+            raise signal_kind()
+        except BaseException:
+            made.remove()
+            raise
+    with pytest.raises(safe_paths.DataError, match="left behind"):  # a failure's line still names it
+        try:
+            raise safe_paths.DataError("the run failed")
+        except safe_paths.DataError:
+            made.remove()

@@ -398,7 +398,8 @@ class MadeHere:
                 os.close(self.pins.pop(key))
             if not removed(path):
                 left.append(key)
-        if left:
+        handled = sys.exc_info()[1]
+        if left and (handled is None or isinstance(handled, Exception)):  # a signal's 130/143 and line stand
             raise DataError(left_behind([self.base / key for key in left])) from None
 
     @contextlib.contextmanager
@@ -449,13 +450,12 @@ def removed(path: Path) -> bool:
 
 def left_behind(paths: list[Path]) -> str:
     """The line for entries a failed run could not remove, after the failure being handled (sys.exc_info), if any:
-    it replaces that failure's own line, which it repeats (an interrupt is named)."""
+    it replaces that failure's own line, which it repeats. (Under a signal the signal's own line and exit code
+    stand: MadeHere.remove raises none.)"""
     names = ", ".join(shown(str(path)) for path in paths)
     line = f"{names} left behind (made by this run, not removed): remove {'it' if len(paths) == 1 else 'them'} by hand"
     handled = sys.exc_info()[1]
-    if isinstance(handled, Exception) and str(handled):
-        return f"{handled}; {line}"
-    return f"interrupted ({type(handled).__name__}); {line}" if handled is not None else line
+    return f"{handled}; {line}" if isinstance(handled, Exception) and str(handled) else line
 
 
 def identity(status: os.stat_result) -> tuple[int, int]:
