@@ -220,13 +220,16 @@ class ImageStore:
             else:
                 (self.root / rel).unlink()
                 removed += 1
-        left = {rel for rel in images if wanted is not None and rel in wanted}
+        # a folder at an indexed name (a user's, or an image replaced by one) is not ours to delete: it stays
+        # listed and counts as kept, never silently forgotten (generate refuses to render over it, naming it)
+        at_folders = indexed & set(folders)
+        left = {rel for rel in images if wanted is not None and rel in wanted} | at_folders
         write_file_atomic(self.index.path, NameList.text(left), self.tmp)
         for folder in reversed(folders):
             if _HEX2.fullmatch(folder) and not any((self.root / folder).iterdir()):
                 (self.root / folder).rmdir()
         self._sweep(indexed)
-        return {"removed": removed, "kept": kept}
+        return {"removed": removed, "kept": kept + len(at_folders)}
 
 
 def check_prunable(store: Path) -> None:

@@ -6,6 +6,7 @@ line goes in whole (scripts/lib/image_store.py says what the records prove).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -21,22 +22,30 @@ class NameList:
         self.path = path
 
     def names(self) -> set[str]:
+        """The names of its whole lines. A last line with no newline is left out: `add` writes a name and its
+        newline in one write, so a cut one (a full disk, a kill) raised before its file was written, and it may
+        be a prefix of a real name or cut inside a character. A line before it that is not UTF-8 is refused."""
         try:
             fd = open_own(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return set()
         try:
             with open(fd, "rb") as f:
-                text = f.read().decode("utf-8")
+                text = _whole_lines(f.read()).decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.path}: unreadable ({type(exc).__name__}); it says which files are ours") from None
         return {line for line in text.split("\n") if line}  # as written: "\n" ends a name, U+2028 does not
 
     def add(self, name: str) -> None:
-        """One line, written whole: after a line a full disk cut short, the next starts a line of its own."""
+        """One line, written whole, under the file's own lock: a last line a full disk or a kill cut short
+        (never a name: see `names`) is cut off first, so it never joins the lines after it."""
         fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
-            data = (("\n" if self._torn() else "") + name + "\n").encode("utf-8")
+            fcntl.flock(fd, fcntl.LOCK_EX)  # threads and processes appending: one cuts a torn line, then appends
+            whole = self._whole_size()
+            if whole != os.fstat(fd).st_size:
+                os.ftruncate(fd, whole)
+            data = (name + "\n").encode("utf-8")
             if os.write(fd, data) != len(data):  # a full disk mid-line: the line is not there
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:
@@ -44,12 +53,20 @@ class NameList:
         finally:
             os.close(fd)
 
-    def _torn(self) -> bool:
-        """The last line has no newline (a write a full disk cut short)."""
+    def _whole_size(self) -> int:
+        """The file's size up to the end of its last whole line."""
         fd = open_own(self.path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
-            return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+            end = os.fstat(fd).st_size
+            if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+                return end
+            while end > 0:
+                start = max(0, end - 4096)
+                found = os.pread(fd, end - start, start).rfind(b"\n")
+                if found >= 0:
+                    return start + found + 1
+                end = start
+            return 0
         finally:
             os.close(fd)
 
@@ -57,6 +74,11 @@ class NameList:
     def text(names: set[str]) -> bytes:
         """A whole list of `names`, sorted: what a rewrite puts in place (a temp file, then a rename)."""
         return "".join(f"{n}\n" for n in sorted(names)).encode("utf-8")
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """`data` without a last line that has no newline."""
+    return data[: data.rfind(b"\n") + 1]
 
 
 def open_own(path: Path, flags: int) -> int:
