@@ -19,7 +19,9 @@ Generation speed is not plotted: generate@S records no timing in its manifest or
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import typer
@@ -32,12 +34,23 @@ from scripts.lib.io import (
     check_files_ours,
     check_output_kind,
     commit_together,
+    present_file,
+    regular_file,
     shown,
 )
 from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import read_within, table_in
-from scripts.lib.tables import check_cells
+from scripts.lib.tables import (
+    check_cells,
+    check_column_names,
+    existing_input,
+    frame_of,
+    parquet_source,
+    reads_as_text,
+    unreadable,
+    utf8_checked,
+)
 from scripts.lib.temps import output_lock
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
@@ -45,6 +58,9 @@ ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: t
 # a clean report is a few hundred bytes: 60 MB of `[]` (within the 64 MB config cap) parsed into 1.5 GB of lists, 19 s
 # (summary.MAX_REPORT_BYTES for stats.json; not imported: summary.py is no dependency of the plots stage)
 MAX_REPORT_BYTES = 1 << 20
+BATCH_ROWS = (
+    4096  # rows of a release read at once: 40 MB of 10,000-character captions (8192 took 1 GB of address space)
+)
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
     "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
@@ -57,33 +73,132 @@ PLOT_FILES = {
 
 
 def read_release_rows(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
-    """release, split, source, text of every row of every release: its rows.parquet (any export layout),
-    or, for a release built before rows.parquet, its ImageFolder metadata.jsonl."""
-    from scripts.lib.export import read_metadata, read_rows_table
+    """release, split, source, text of every row of every release (release_batches' checks): small releases
+    and the tests; the stage itself counts lengths (caption_counts), never holding the texts."""
+    frames = [
+        pd.DataFrame({"release": release, "split": split, "source": source, "text": text})
+        for release in releases
+        for split, source, text in release_batches(releases_dir, release, lengths=False)
+    ]
+    columns = ["release", "split", "source", "text"]
+    return sorted_by_split(pd.concat(frames, ignore_index=True)[columns]) if frames else pd.DataFrame(columns=columns)
 
-    records = []
+
+def caption_counts(releases_dir: Path, releases: list[str]) -> pd.DataFrame:
+    """release, split, source, chars (a caption's length), rows: every release's rows counted batch by batch,
+    in the order whole rows would group (splits in SPLITS order, then first seen). rows.parquet was read whole
+    into pandas: 10^5 captions of 10,000 characters (a 670 KB file) took 3.1 GB and 40 s."""
+    frames = []
     for release in releases:
-        table = read_rows_table(table_in(releases_dir, release, "rows.parquet").parent)  # not through a link out
-        if table is not None:
+        counts: dict[tuple, int] = {}  # (split, source, chars) -> rows, in the order first seen
+        for split, source, chars in release_batches(releases_dir, release, lengths=True):
+            batch = pd.DataFrame({"split": split, "source": source, "chars": chars})
+            for key, n in batch.groupby(["split", "source", "chars"], sort=False).size().items():
+                counts[key] = counts.get(key, 0) + int(n)
+        table = pd.DataFrame([(*key, n) for key, n in counts.items()], columns=["split", "source", "chars", "rows"])
+        frames.append(sorted_by_split(table.assign(release=release)))
+    columns = ["release", "split", "source", "chars", "rows"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def sorted_by_split(rows: pd.DataFrame) -> pd.DataFrame:
+    """Splits in SPLITS order (any other last), rows in the order read."""
+    order = {split: n for n, split in enumerate(SPLITS)}
+    return rows.sort_values("split", key=lambda s: s.map(order), kind="stable", ignore_index=True)
+
+
+def release_batches(releases_dir: Path, release: str, lengths: bool) -> Iterator[tuple[list, list, Any]]:
+    """(splits, sources, captions) of a release a batch at a time: its rows.parquet (any export layout), or,
+    for a release built before rows.parquet, its ImageFolder metadata.jsonl line by line. Captions are their
+    lengths in characters when `lengths` (a missing one: 0), else the texts ("" for a missing one)."""
+    path = table_in(releases_dir, release, "rows.parquet").parent / "rows.parquet"  # not through a link out
+    if present_file(path):
+        yield from parquet_batches(path, lengths)
+        return
+    for split in SPLITS:
+        folder = table_in(releases_dir, release, split, "metadata.jsonl").parent
+        for sources, texts in metadata_batches(folder, f"run release@{release} first"):
+            yield [split] * len(texts), sources, [len(t) for t in texts] if lengths else texts
+
+
+def parquet_batches(path: Path, lengths: bool) -> Iterator[tuple[list, list, Any]]:
+    """release_batches of rows.parquet, checked batch by batch as the whole table was: every column's UTF-8,
+    the release columns there, and split/source text (present), text text or missing (check_cells, the row
+    named as in the file)."""
+    import pyarrow.parquet as pq
+
+    with parquet_source(existing_input(path)) as source:
+        try:
+            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
+            batches = file.iter_batches(batch_size=BATCH_ROWS)
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
+        missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: no {missing[0]!r} column")
+        check_column_names(path, file.schema_arrow.names)
+        first = 0  # rows before this batch
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise unreadable(path, exc) from None
+            if batch is None:
+                return
+            utf8_checked(batch, path, first + 1)
+            keys = frame_of(batch.select(["split", "source"]))
             # as diff reads it: str() made a null caption 'nan' (3 characters), a list or bytes their repr
-            check_cells(table, Path(releases_dir) / release / "rows.parquet", ROW_TEXT, present=("split", "source"))
-            order = {split: n for n, split in enumerate(SPLITS)}  # splits in SPLITS order, rows in file order
-            table = table.sort_values("split", key=lambda s: s.map(order), kind="stable")
-            records += [
-                (release, split, source, "" if pd.isna(text) else text)  # no caption: 0 characters
-                for split, source, text in zip(table["split"], table["source"], table["text"])
-            ]
-            continue
-        records += [
-            (release, split, str(record["source"]), str(record["text"]))
-            for split in SPLITS
-            for record in read_metadata(
-                table_in(releases_dir, release, split, "metadata.jsonl").parent,
-                ("source", "text"),
-                f"run release@{release} first",
-            )
-        ]
-    return pd.DataFrame(records, columns=["release", "split", "source", "text"])
+            check_cells(keys, path, ROW_TEXT[:2], present=("split", "source"), first_row=first)
+            yield keys["split"].tolist(), keys["source"].tolist(), captions(batch, path, first, lengths)
+            first += batch.num_rows
+
+
+def captions(batch, path: Path, first_row: int, lengths: bool):
+    """A batch's text column as lengths (0: no caption) or texts ("" for none), checked by check_cells: a
+    column of text (string, large_string, string_view) passes it cell by cell, so it is counted in Arrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = batch.column("text")
+    if lengths and reads_as_text(column.type) and not pa.types.is_dictionary(column.type):
+        return pc.fill_null(pc.utf8_length(column.cast(pa.large_string())), 0).to_numpy()
+    cells = frame_of(batch.select(["text"]))
+    check_cells(cells, path, ("text",), first_row=first_row)
+    texts = ["" if pd.isna(text) else text for text in cells["text"]]  # no caption: 0 characters
+    return [len(text) for text in texts] if lengths else texts
+
+
+def metadata_batches(folder: Path, hint: str) -> Iterator[tuple[list, list]]:
+    """(sources, texts) of folder/metadata.jsonl, BATCH_ROWS records at a time, read line by line with
+    read_metadata's rules (cut at "\\n", UTF-8, parse_metadata's records): read whole, 10^5 lines of 2 KB
+    took 0.94 GB."""
+    from scripts.lib.export import parse_metadata
+
+    path = Path(folder) / "metadata.jsonl"
+    if not path.exists():
+        raise DataError(f"{path}: not found ({hint})")
+    sources: list[str] = []
+    texts: list[str] = []
+    with open(regular_file(path), "rb") as lines:
+        at = 0  # bytes before this line
+        for line_no, raw in enumerate(lines, start=1):  # binary lines end at b"\n" only (not at U+2028)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:  # bytes not UTF-8 were a traceback in plots and publish
+                raise DataError(f"{shown(path)}: byte {at + exc.start}: not UTF-8 text") from None
+            at += len(raw)
+            try:
+                records = parse_metadata([line], str(path), ("source", "text"))
+            except DataError as exc:  # its one line numbers the line within what it was given
+                raise DataError(str(exc).replace(f"{path}: line 1:", f"{path}: line {line_no}:", 1)) from None
+            for record in records:
+                sources.append(str(record["source"]))
+                texts.append(str(record["text"]))
+            if len(texts) >= BATCH_ROWS:
+                yield sources, texts
+                sources, texts = [], []
+    if texts:
+        yield sources, texts
 
 
 def read_clean_reports(clean_dir: Path, sources: list[str]) -> dict[str, dict]:
@@ -132,26 +247,37 @@ def read_clusters(dedup_dir: Path, sources: list[str]) -> dict[str, pd.DataFrame
 # --- tables (pure) -------------------------------------------------------------------------------
 
 
+def counted(rows: pd.DataFrame) -> pd.DataFrame:
+    """caption_counts' table (chars, rows) of rows one a caption (a `text` column); counts pass as they are."""
+    if "text" not in rows.columns:
+        return rows
+    chars = rows["text"].str.len() if len(rows) else pd.Series([], dtype=int)
+    table = rows.assign(chars=chars).groupby(["release", "split", "source", "chars"], sort=False).size()
+    return table.rename("rows").reset_index()
+
+
 def prompt_lengths(rows: pd.DataFrame, bin_width: int) -> pd.DataFrame:
     """Histogram of caption length in characters per release and split; `chars` is the bin start.
-    Every bin between the shortest and the longest is listed (0 rows included) so lines stay honest."""
+    Every bin between the shortest and the longest is listed (0 rows included) so lines stay honest.
+    `rows`: caption_counts' table, or one row a caption (counted)."""
     if bin_width < 1:
         raise DataError(f"params.yaml: preview.length_bin: expected a positive integer, got {bin_width!r}")
     if rows.empty:
         return pd.DataFrame(columns=PLOT_FILES["prompt_lengths.csv"])
-    binned = rows.assign(chars=rows["text"].str.len() // bin_width * bin_width)
+    counts = counted(rows)
+    binned = counts.assign(chars=counts["chars"].astype("int64") // bin_width * bin_width)
     bins = pd.RangeIndex(int(binned["chars"].min()), int(binned["chars"].max()) + 1, bin_width, name="chars")
     frames = []
     for (release, split), group in binned.groupby(["release", "split"], sort=False):
         # one reindex, not a lookup a bin: a caption of 300,000 characters at length_bin 1 took 22 s
-        rows = group["chars"].value_counts().reindex(bins, fill_value=0).astype(int)
-        frames.append(pd.DataFrame({"release": release, "split": split, "chars": bins, "rows": rows.to_numpy()}))
+        per_bin = group.groupby("chars")["rows"].sum().reindex(bins, fill_value=0).astype(int)
+        frames.append(pd.DataFrame({"release": release, "split": split, "chars": bins, "rows": per_bin.to_numpy()}))
     return pd.concat(frames, ignore_index=True)
 
 
 def source_mix(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows per source in each release and split, with their share of that split."""
-    counts = rows.groupby(["release", "split", "source"], sort=False).size().rename("rows").reset_index()
+    """Rows per source in each release and split, with their share of that split (`rows` as prompt_lengths')."""
+    counts = counted(rows).groupby(["release", "split", "source"], sort=False)["rows"].sum().reset_index()
     totals = counts.groupby(["release", "split"], sort=False)["rows"].transform("sum")
     counts["share"] = (counts["rows"] / totals).round(4)
     counts["panel"] = counts["release"] + " / " + counts["split"]
@@ -194,7 +320,7 @@ def build_plots(
     releases_dir: Path, clean_dir: Path, dedup_dir: Path, releases: list[str], sources: list[str], length_bin: int
 ) -> dict[str, pd.DataFrame]:
     """File name -> table, for every file in PLOT_FILES."""
-    rows = read_release_rows(releases_dir, releases)
+    rows = caption_counts(releases_dir, releases)
     return {
         "prompt_lengths.csv": prompt_lengths(rows, length_bin),
         "source_mix.csv": source_mix(rows),
