@@ -33,7 +33,7 @@ import typer
 
 from scripts.lib.errors import DataError
 from scripts.lib.io import atomic_path, check_replaceable, shown
-from scripts.lib.marks import holds_marker
+from scripts.lib.marks import edited_since, holds_marker
 from scripts.lib.safe_paths import MadeHere
 from scripts.lib.temps import output_lock
 
@@ -717,6 +717,11 @@ def check_sample_bytes(output: Path) -> dict[str, bytes] | None:
     for rel in present:  # check_replaceable proved each a regular file; a size apart is told without a read
         path = output / rel
         if os.lstat(path).st_size != len(expected[rel]) or path.read_bytes() != expected[rel]:
+            if edited_since(path):  # ours once (its mark says so), changed since: io.check_replaceable's words
+                raise DataError(
+                    f"{shown(output)}: holds {rel!r}, edited since this command wrote it (so it cannot prove it its "
+                    "own); refusing to replace the folder (move that file out of it, or delete it yourself)"
+                )
             raise DataError(
                 f"{shown(output)}: holds {rel!r}, not the bytes this command writes there (the user's, or edited "
                 "since); refusing to replace the folder (move that file out of it, or the folder away)"
