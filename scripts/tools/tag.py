@@ -159,15 +159,15 @@ def tag_release(name: str, stage: str) -> None:
 def collect_stage(repo, name: str, stage: str) -> None:
     """`stage` found in dvc.yaml; only DVC's StageNotFound is "no stage": a dvc.yaml DVC cannot parse (a YAML
     error, a bad `foreach`) was told as `no stage release@V (is V in params.yaml: releases?)`."""
-    from dvc.stage.exceptions import StageNotFound
-
     try:
         repo.stage.collect(stage)
-    except StageNotFound:
-        raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
     except (OSError, sqlite3.Error):
         raise  # DVC's own files: dvc_failure_line's
     except Exception as exc:  # DVC's parse and schema errors: whichever, one line with DVC's reason
+        from dvc.stage.exceptions import StageNotFound  # imported on a failure only: a found stage needs none
+
+        if isinstance(exc, StageNotFound):
+            raise DataError(f"dvc.yaml: no stage {stage} (is {name} in params.yaml: releases?)") from None
         raise DataError(shown(f"dvc.yaml: DVC cannot read {stage} there ({exception_line(exc)})")) from None
 
 
