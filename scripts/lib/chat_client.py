@@ -132,13 +132,13 @@ def backoff_delay(failures: int, base: float, cap: float, retry_after: float | N
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds (a number or an HTTP date), None when absent or unreadable."""
+    """Retry-After in seconds (RFC 9110 10.2.3: ASCII digits or an HTTP date), None when absent or unreadable:
+    float() took `1e1`, `1_000`, full-width digits, `inf` (each a wait of backoff_cap_s) and `nan`."""
+    value = (value or "").strip()
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if value.isascii() and value.isdigit():
+        return float(value)  # float, not int: 5,000 digits are inf, not int's ValueError
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -201,6 +201,8 @@ def post_chat(url: str, body: dict, api_key: str | None, timeout: float, cancel:
     )
     try:
         with opener.open(request, timeout=timeout) as response:
+            if (encoding := deadline_http.unasked_encoding(response.headers)) is not None:
+                raise deadline_http.MalformedReply(f"a reply encoded as {encoding}, never asked for")
             raw = _read_capped(response, MAX_REPLY_BYTES, "reply")
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:

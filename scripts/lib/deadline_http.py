@@ -120,6 +120,11 @@ class MalformedReply(http.client.HTTPException):
     """A reply no HTTP/1.1 server sends (RFC 9112): its status line or framing is broken; not retried."""
 
 
+class TooManyHeaders(MalformedReply):
+    """More header lines than http.client reads (100): its own HTTPException said "got more than 100 headers",
+    shown as "connection failed (HTTPException)" and retried."""
+
+
 class MalformedStatusLine(MalformedReply):
     """A status line whose reason phrase holds a control character (a NUL), a byte outside ASCII, or runs past
     MAX_REASON_CHARS: http.client takes any reason, so `HTTP/1.1 200 O\\x00K` was read as a success."""
@@ -134,6 +139,19 @@ def content_length_problem(values: list[str]) -> str | None:
         return "a Content-Length that is not a number of bytes"
     if len({int(part) for part in parts}) > 1:
         return "two Content-Length headers that differ"
+    return None
+
+
+def transfer_encoding_problem(values: list[str], has_length: bool) -> str | None:
+    """What is wrong with a reply's Transfer-Encoding headers, or None: none, or `chunked` alone. http.client
+    read `chunked` beside a Content-Length as chunked (RFC 9112 6.3: no server sends both; a request smuggling
+    shape) and `gzip` or `chunked, identity` as no framing at all (the raw chunks, "not JSON")."""
+    if not values:
+        return None
+    if has_length:
+        return "both Transfer-Encoding and Content-Length"
+    if [value.lower() for value in values] != ["chunked"]:  # as http.client reads chunked: one header, no list
+        return "a Transfer-Encoding other than chunked"
     return None
 
 
@@ -157,8 +175,18 @@ class InterimSkippingResponse(http.client.HTTPResponse):
         self.deadline_sock = sock if isinstance(sock, DeadlineSocket) else None
 
     def begin(self):
-        super().begin()
-        if (problem := content_length_problem(self.msg.get_all("Content-Length") or [])) is not None:
+        try:
+            super().begin()
+        except http.client.HTTPException as exc:  # http.client's own words for its header limit
+            if type(exc) is http.client.HTTPException and str(exc).startswith("got more than"):
+                raise TooManyHeaders(f"a malformed HTTP reply (too many headers: {exc})") from None
+            raise
+        lengths = self.msg.get_all("Content-Length") or []
+        if (problem := content_length_problem(lengths)) is not None:
+            raise MalformedReply(f"a malformed HTTP reply ({problem})")
+        if (
+            problem := transfer_encoding_problem(self.msg.get_all("Transfer-Encoding") or [], bool(lengths))
+        ) is not None:
             raise MalformedReply(f"a malformed HTTP reply ({problem})")
 
     def _read_status(self):
@@ -166,12 +194,24 @@ class InterimSkippingResponse(http.client.HTTPResponse):
             version, status, reason = super()._read_status()  # type: ignore[misc]  # not in typeshed
             if (problem := reason_problem(reason)) is not None:
                 raise MalformedStatusLine(f"a malformed HTTP status line ({problem})")
+            if not 100 <= status <= 599:  # RFC 9110 15: http.client takes any three digits ("HTTP 999", retried)
+                raise MalformedStatusLine(f"a malformed HTTP status line (an invalid status code {status})")
             if status == 101:  # what follows is another protocol: taken as the reply, it was an empty success
                 raise UnaskedProtocolSwitch("a 101 Switching Protocols reply, never asked for")
             if not 100 <= status < 200:
                 return version, status, reason
             http.client.parse_headers(self.fp)  # its header lines, ignored (also bounded: 100 lines at most)
         raise TooManyInterimReplies(f"more than {MAX_INTERIM_REPLIES} informational (1xx) replies")
+
+
+def unasked_encoding(headers) -> str | None:
+    """The Content-Encoding of a reply (gzip, br), shown and cut, where it is not identity: http.client asks
+    for `Accept-Encoding: identity` and decodes nothing, so a gzip body was "response is not JSON"."""
+    from scripts.lib.errors import shown_short
+
+    codings = [part.strip() for value in headers.get_all("Content-Encoding") or [] for part in value.split(",")]
+    unasked = [coding for coding in codings if coding and coding.lower() != "identity"]
+    return shown_short(", ".join(unasked), 40) if unasked else None
 
 
 def read_error_start(error, amount: int) -> tuple[bytes, bool]:
