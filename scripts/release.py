@@ -30,7 +30,7 @@ from scripts.lib.params import Preview, Source, load_section
 from scripts.lib.paths import check_composed_rows, check_ids_apart, check_output, move_into_place
 from scripts.lib.plans import check_plan, plan_releases, plan_sources, release_plan, written_releases, written_sources
 from scripts.lib.recipe import Recipe, resolve_recipe, source_roots
-from scripts.lib.release_images import SourceRoots
+from scripts.lib.release_images import SourceRoots, check_folder_links, of_row
 from scripts.lib.safe_paths import table_in
 from scripts.lib.tables import ParquetChunks, check_table, read_parquet, write_parquet
 
@@ -122,6 +122,7 @@ def cli(
     sources = plan_sources(reads)
     recipe = resolve_recipe(name, plan_releases(reads))
     roots = source_roots(sources, recipe)  # a component of an unknown source: one line, before any work
+    check_folder_links(sources, roots)  # a source folder that is a link out: its target was the root
     text_only = frozenset(source for source, entry in sources.items() if entry.text_only)
     fmt, options = export_options(recipe.export.spec(), f"params.yaml: releases.{name}")
     check_layout_takes(recipe, sources, fmt)
@@ -173,7 +174,7 @@ def cli(
             generation,
         )
         if streamed:  # the sample's texts from the file: `exported` holds ids, sources and splits only
-            write_preview(exported["id"], lambda ids: rows_of(rows_file, ids), staging / "preview.jpg")
+            write_preview(exported["id"], lambda ids: rows_of(rows_file, ids), staging / "preview.jpg", roots=confined)
         else:
             write_preview(
                 exported["id"], lambda ids: exported.set_index("id").loc[ids], staging / "preview.jpg", roots=confined
@@ -214,7 +215,7 @@ def rows_of(path: Path, ids: list[str]) -> pd.DataFrame:
 
     from scripts.lib.tables import parquet_source
 
-    columns = ["id", "text", "image"]
+    columns = ["id", "text", "image", "source"]  # source: where the preview checks each image (SourceRoots)
     table = None
     if ids:
         with parquet_source(path) as source:  # the file the rows were streamed from, never the name again
@@ -240,7 +241,8 @@ def write_preview(
     def picture(ref, sha256, row_id, source):
         if not (isinstance(ref, str) and ref):
             return None
-        return io.BytesIO(recorded_image_bytes(ref, sha256, image_check(roots, row_id, source)))
+        with of_row(row_id, source):
+            return io.BytesIO(recorded_image_bytes(ref, sha256, image_check(roots, row_id, source)))
 
     digests = sample["image_sha256"] if "image_sha256" in sample else [None] * len(sample)
     sources = sample["source"] if "source" in sample else [None] * len(sample)

@@ -41,6 +41,7 @@ from scripts.lib import source_date
 from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.import_env import redact_known
+from scripts.lib.release_images import of_row
 
 MANIFEST_FORMAT = "bucketed_shards_v1"
 # The card's 40 SDXL proto buckets at 1024 (width, height), in bucket-id order as the card lists them.
@@ -355,7 +356,8 @@ def write_bucketed(
             summary["images_seen"] += 1
             tick()
             before = dict(summary)
-            sample = _sample(row, table, options, summary, roots and roots.check(row.id, row.source))
+            with of_row(row.id, row.source):  # a folder, FIFO or 0-byte file at its name: the row named too
+                sample = _sample(row, table, options, summary, roots and roots.check(row.id, row.source))
             if sample is None:
                 if dropped is not None:
                     dropped[str(row.id)] = next(SKIP_REASONS[k] for k in SKIP_REASONS if summary[k] != before[k])

@@ -39,7 +39,7 @@ from scripts.lib.archive import check_sha256
 from scripts.lib.errors import DataError
 from scripts.lib.io import SPLITS, mark_folder, present_file, regular_file, shown
 from scripts.lib.nesting import dumps_json, loads_json
-from scripts.lib.release_images import IMAGE_SUFFIXES, OpenedCheck, SourceRoots, image_bytes, locate_images
+from scripts.lib.release_images import IMAGE_SUFFIXES, OpenedCheck, SourceRoots, image_bytes, locate_images, of_row
 from scripts.lib.release_images import release_image_bytes as release_image_bytes
 from scripts.lib.safe_paths import link_opened, new_file, open_regular
 from scripts.lib.shards import ShardWriter, json_member
@@ -127,8 +127,9 @@ def placed_images(rows: pd.DataFrame, folder: Path, tick: Callable[[], None], ro
     """Place every row's image under `folder` (images/<source>/<id><ext>); yield (row, file_name)."""
     for row in rows.itertuples(index=False):
         file_name = image_file_name(row)
-        check = image_check(roots, row.id, row.source)
-        place_image(row.image, folder / file_name, getattr(row, "image_sha256", None), check)
+        with of_row(row.id, row.source):  # a folder, FIFO or 0-byte file at its name: the row named too
+            check = image_check(roots, row.id, row.source)
+            place_image(row.image, folder / file_name, getattr(row, "image_sha256", None), check)
         tick()
         yield row, file_name
 
@@ -279,8 +280,9 @@ def write_webdataset(
     try:
         for row in rows.itertuples(index=False):
             meta = json_member(sample_json(row), folder)
-            check = image_check(roots, row.id, row.source)
-            data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None), check)
+            with of_row(row.id, row.source):
+                check = image_check(roots, row.id, row.source)
+                data = recorded_image_bytes(row.image, getattr(row, "image_sha256", None), check)
             ext, data = image_as(data, image_format, image_ext(row).lstrip("."), row.image)
             writer.add(row.id, [(ext, data), ("txt", (row.text + "\n").encode("utf-8")), ("json", meta)])
             tick()
@@ -360,8 +362,9 @@ def write_parquet_shards(
         images = []
         for record in chunk:
             ext = os.path.splitext(str(record["image"]))[1].lower() or ".jpg"
-            check = image_check(roots, record["id"], record["source"])
-            data = recorded_image_bytes(record["image"], record.get("image_sha256"), check)
+            with of_row(record["id"], record["source"]):
+                check = image_check(roots, record["id"], record["source"])
+                data = recorded_image_bytes(record["image"], record.get("image_sha256"), check)
             images.append((data, f"{record['id']}{ext}"))
             tick()
         pq.write_table(

@@ -9,12 +9,13 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, quoted, shown
-from scripts.lib.safe_paths import IMAGE_EXTENSIONS, Roots, open_within, opened_real_path
+from scripts.lib.safe_paths import IMAGE_EXTENSIONS, Roots, dvc_cache_of, inside, open_within, opened_real_path
 from scripts.lib.shards import key_id
 from scripts.lib.tables import part_images
 
@@ -46,6 +47,41 @@ class SourceRoots:
                 )
 
         return in_roots
+
+
+def check_folder_links(sources: dict, names) -> None:
+    """Refuse a source's `images` or `path` (params.yaml) that is itself a link leading out of the repository:
+    its target became the root every image was checked in, so a link to /etc or the user's home released
+    what lies there. A link inside the repository (or beside the link, as its folder resolves: data/ on
+    another disk), or into DVC's cache, stays."""
+    repository = os.path.realpath(".")
+    for name in names:
+        for key in ("images", "path"):
+            given = getattr(sources[name], key, None)
+            if not given or not os.path.islink(given):
+                continue
+            real, beside = os.path.realpath(given), os.path.realpath(os.path.dirname(os.path.abspath(given)))
+            if inside(real, repository) or inside(real, beside):
+                continue
+            cache = dvc_cache_of(".")  # only now: the lookup opens the DVC repository
+            if cache is not None and inside(real, cache):
+                continue
+            raise DataError(
+                f"params.yaml: sources.{name}.{key}: {shown(given)} is a link to {shown(real)}, outside the "
+                "repository; refusing to release what it holds (name the folder itself)"
+            )
+
+
+@contextmanager
+def of_row(row_id, source) -> Iterator[None]:
+    """A refusal of a row's image that names the file only (a folder, FIFO or 0-byte file at its name, worded
+    by open_regular, read_member or check_recorded, by layout) names the row id and its source too."""
+    try:
+        yield
+    except DataError as exc:
+        if len(exc.args) == 1 and "image of row " not in str(exc):  # SourceRoots.check names it already
+            exc.args = (f"{exc.args[0]} (image of row {quoted(row_id)}, source {quoted(source)})",)
+        raise
 
 
 def image_bytes(ref: str, check: OpenedCheck | None = None) -> bytes:
