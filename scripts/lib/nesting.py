@@ -18,6 +18,9 @@ from typing import Any
 from scripts.lib.errors import DataError, shown, shown_short
 
 MAX_DEPTH = 200
+# values, lists and mappings in one YAML text: params.yaml has ~2,000, 10,000 releases of a few steps ~500,000;
+# 10**6 empty steps (`[{}, {}, ...]`, 4 MB) took over a minute to build and check before any check refused it
+MAX_YAML_NODES = 1_000_000
 
 
 class TooDeep(ValueError):
@@ -25,6 +28,13 @@ class TooDeep(ValueError):
 
     def __init__(self, depth: int):
         super().__init__(f"nested deeper than {depth} levels")
+
+
+class TooManyNodes(TooDeep):
+    """More than MAX_YAML_NODES nodes: a TooDeep, so every reader that bounds a YAML text's nesting bounds this too."""
+
+    def __init__(self, nodes: int):
+        ValueError.__init__(self, f"more than {nodes:,} YAML values, lists and mappings; refusing to read it")
 
 
 def check_json_depth(text: str | bytes, limit: int = MAX_DEPTH) -> None:
@@ -175,12 +185,21 @@ def json_found(value: Any) -> str:
     return f"{json_kind(value)} {shown_short(repr(value))}"
 
 
-def check_yaml_depth(events, limit: int = MAX_DEPTH):
-    """Pass a YAML event stream through, raising TooDeep once collections nest deeper than `limit`
-    (libyaml's parser is not recursive: the events come before anything is composed)."""
-    depth = 0
+_NODE_EVENTS = frozenset({"ScalarEvent", "MappingStartEvent", "SequenceStartEvent", "AliasEvent"})
+
+
+def check_yaml_depth(events, limit: int = MAX_DEPTH, max_nodes: int | None = None):
+    """Pass a YAML event stream through, raising TooDeep once collections nest deeper than `limit`, and
+    TooManyNodes once it holds more than `max_nodes` nodes (libyaml's parser is not recursive: the events come
+    before anything is composed, and are counted as they come: the stream stops at the cap)."""
+    depth = nodes = 0
+    max_nodes = MAX_YAML_NODES if max_nodes is None else max_nodes  # read now: a test lowers the cap
     for event in events:
         name = type(event).__name__
+        if name in _NODE_EVENTS:
+            nodes += 1
+            if nodes > max_nodes:
+                raise TooManyNodes(max_nodes)
         if name in ("MappingStartEvent", "SequenceStartEvent"):
             depth += 1
             if depth > limit:

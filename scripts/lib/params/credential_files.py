@@ -25,8 +25,9 @@ def credential_sources() -> dict[str, str]:
     ~/.aws/; AWS_PROFILE picks one, any may be used), the passwords of ~/.netrc (NETRC; requests and curl send
     them), huggingface_hub's token files (HF_TOKEN_PATH, else HF_HOME's or ~/.cache/huggingface's `token` and
     `stored_tokens`), Docker's config.json (_docker_secrets), the JSON file GOOGLE_APPLICATION_CREDENTIALS names
-    (_google_secrets) and git's credential store (git_store_credentials). A file missing, unreadable, not a
-    regular file or not what it should be adds none: never a failure of the command (nor its line)."""
+    and gcloud's application-default credentials (_google_secrets, _gcloud_adc_file), and git's credential store
+    (git_store_credentials). A file missing, unreadable, not a regular file or not what it should be adds none:
+    never a failure of the command (nor its line)."""
     home = os.path.expanduser("~")
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     hf_home = os.environ.get("HF_HOME") or os.path.join(cache, "huggingface")
@@ -47,7 +48,18 @@ def credential_sources() -> dict[str, str]:
     found |= dict.fromkeys(_docker_secrets(_json_of(docker)), "Docker's config.json")
     google = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     found |= dict.fromkeys(_google_secrets(_json_of(google) if google else None), "Google's credentials file")
+    found |= dict.fromkeys(
+        _google_secrets(_json_of(_gcloud_adc_file(home))), "gcloud's application-default credentials"
+    )
     return _secrets_only(found) | git_store_credentials()
+
+
+def _gcloud_adc_file(home: str) -> str:
+    """The file `gcloud auth application-default login` writes (CLOUDSDK_CONFIG's folder, else ~/.config/gcloud, as
+    google-auth finds it): the Google SDKs use it when GOOGLE_APPLICATION_CREDENTIALS is unset, so its
+    client_secret and refresh_token are as secret as that file's."""
+    folder = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(home, ".config", "gcloud")
+    return os.path.join(folder, "application_default_credentials.json")
 
 
 def _json_of(path: str) -> object:
