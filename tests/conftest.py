@@ -89,7 +89,16 @@ def pytest_collection_modifyitems(items):
 
 
 # the variables that name a credential file the SDKs (and import_env.file_credentials) read
-CREDENTIAL_VARIABLES = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "NETRC", "HF_TOKEN_PATH", "HF_HOME")
+CREDENTIAL_VARIABLES = (
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "NETRC",
+    "HF_TOKEN_PATH",
+    "HF_HOME",
+    "DOCKER_CONFIG",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_CONFIG",
+)
 # the variables that move the folders of the credential files and of DVC's and git's configs
 CONFIG_VARIABLES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_CONFIG_DIRS", "DVC_GLOBAL_CONFIG_DIR")
 
