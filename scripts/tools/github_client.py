@@ -229,7 +229,9 @@ def _read_reply(stream, cap: int) -> bytes:
         data = read_promised(stream, cap + 1)
     except http.client.IncompleteRead as exc:
         more = f", {exc.expected} more promised" if exc.expected is not None else ""
-        raise _Failed(f"the reply was cut short ({len(exc.partial)} bytes received{more})") from None
+        raise _Failed(
+            f"connection failed (IncompleteRead): the reply was cut short ({len(exc.partial)} bytes received{more})"
+        ) from None
     if len(data) > cap:
         raise _Failed(f"a reply larger than {cap} bytes")
     return data
