@@ -41,6 +41,7 @@ from typing import Any
 from scripts.lib.deadline_http import (
     DeadlineHTTPHandler,
     DeadlineHTTPSHandler,
+    MalformedReply,
     read_error_start,
     read_promised,
     received_part,
@@ -219,7 +220,18 @@ def _opener(deadline: float) -> urllib.request.OpenerDirector:
 
 
 def _read_reply(stream, cap: int) -> bytes:
-    data = read_promised(stream, cap + 1)  # IncompleteRead for a body cut short: a connection failure
+    """The whole body, at most `cap` bytes: a promised length over it is refused before any read, and a body
+    cut short says how much came (either was "connection failed (IncompleteRead)")."""
+    promised = getattr(stream, "length", None)
+    if promised is not None and promised > cap:
+        raise _Failed(f"a reply of {promised} bytes promised, over the {cap}-byte cap")
+    try:
+        data = read_promised(stream, cap + 1)
+    except http.client.IncompleteRead as exc:
+        more = f", {exc.expected} more promised" if exc.expected is not None else ""
+        raise _Failed(
+            f"connection failed (IncompleteRead): the reply was cut short ({len(exc.partial)} bytes received{more})"
+        ) from None
     if len(data) > cap:
         raise _Failed(f"a reply larger than {cap} bytes")
     return data
@@ -331,6 +343,8 @@ class GitHub:
                 return exc.code, exc.headers.get("Location"), *_error_body(exc)
         except _Failed:
             raise
+        except MalformedReply as exc:  # our own text, no server byte; not retried: no HTTP/1.1 server sends it
+            raise _Failed(f"{exc} from {_origin(url)}") from None
         except TimeoutError:
             raise _Failed(f"no answer within {self._deadline_s:g}s") from None
         except urllib.error.URLError as exc:

@@ -296,15 +296,17 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
     """Any error of the Hub client as one line, without the secrets (in any case) nor any URL's userinfo, its
     escape codes and other control characters shown escaped and cut at MAX_HUB_LINE_CHARS: h11's protocol
     errors and huggingface_hub's HTTP errors quote what the server sent (megabytes of it, escape codes). A
-    TypeError or LookupError of our own code is re-raised: a bug, shown as one."""
+    TypeError, LookupError or ValueError of our own code is re-raised: a bug, shown as one."""
     import httpx2
 
     from scripts.lib.key_redaction import redact_secrets
 
-    if isinstance(exc, (TypeError, LookupError)) and not is_reply_shape_error(exc):
+    if isinstance(exc, (TypeError, LookupError, ValueError)) and not is_reply_shape_error(exc):
         raise exc  # a bug of ours: shown as one (its traceback), never as the Hub's bad JSON
     if isinstance(exc, httpx2.TimeoutException):
         detail = f"no whole answer within {timeout_s:g}s (HF_HUB_DOWNLOAD_TIMEOUT)"
+    elif isinstance(exc, httpx2.TooManyRedirects):  # httpx's line named neither the loop nor where it began
+        detail = redirect_loop_detail()
     elif is_reply_shape_error(exc) and not isinstance(exc, httpx2.HTTPError):
         detail = "the reply is not the Hub's JSON (is HF_ENDPOINT a Hub?)"
     else:
@@ -324,15 +326,51 @@ def raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
 
 
 def is_reply_shape_error(exc: BaseException) -> bool:
-    """A reply the Hub client could not read as the Hub's JSON: a ValueError (JSON that does not parse), a
-    RecursionError in the JSON decoder (`[[[...` 10^5 deep), or a LookupError or TypeError raised inside
-    huggingface_hub itself (its `d["url"]` on a reply without it, or a list). A TypeError or KeyError raised
-    in our code (a hook, a wrong argument) is a bug of ours: told as "not the Hub's JSON" it was hidden."""
+    """A reply the Hub client could not read as the Hub's JSON: a ValueError not raised in our code (JSON that
+    does not parse), a RecursionError in the JSON decoder (`[[[...` 10^5 deep), or a LookupError or TypeError
+    raised inside huggingface_hub itself (its `d["url"]` on a reply without it, or a list). A TypeError, KeyError
+    or ValueError raised in our code (a hook, a wrong argument) is a bug of ours: told as "not the Hub's JSON" it
+    was hidden."""
     if isinstance(exc, RecursionError):
         return raised_in(exc, ("json",))
     if isinstance(exc, (LookupError, TypeError)):
         return raised_in(exc, ("huggingface_hub",))
-    return isinstance(exc, ValueError)
+    if isinstance(exc, UnicodeError):  # a host name's or the reply's text: the data's, wherever it was raised
+        return True
+    return isinstance(exc, ValueError) and not raised_in_ours(exc)
+
+
+REPLY_READERS = ("huggingface_hub", "httpx2", "httpcore2", "h11", "json")  # what reads the Hub's reply
+
+
+def raised_in_ours(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc`'s traceback in our package or in a reader of the reply
+    (REPLY_READERS) is ours: our hook's `int(...)` raises in a builtin, its call of urllib in the standard
+    library, both below our frame (json's JSONDecodeError on a reply is the reply's)."""
+    ours = Path(__file__).resolve().parents[1]
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(Path(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    for path in reversed(frames):
+        if any(p in path.parts for p in REPLY_READERS):
+            return False
+        if path.resolve().is_relative_to(ours):
+            return True
+    return False
+
+
+def redirect_loop_detail() -> str:
+    """A redirect loop's line: where it began (HF_ENDPOINT, its user:password@ redacted by hub_error)."""
+    import httpx2
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    return (
+        f"a redirect loop at HF_ENDPOINT {endpoint} (more than {httpx2._config.DEFAULT_MAX_REDIRECTS} "
+        "redirects); is HF_ENDPOINT a Hub?"
+    )
 
 
 def _first_lines(text: str, count: int = 4) -> list[str]:
