@@ -132,7 +132,7 @@ REVISION_FILES = {  # case: (argv, what the line starts with, what it says)
     ),
     "pr-comment: params.yaml at the head over the cap": (
         ["pr-comment", "main", "bigparams"],
-        "params.yaml: larger than 67108864 bytes",  # the head's, as pr-comment names it
+        "bigparams:params.yaml: larger than 67108864 bytes",  # the head's, named by its revision
         "refusing to read it",
     ),
 }

@@ -88,7 +88,7 @@ def test_a_sample_name_with_other_bytes_is_refused_before_the_sample_is_written(
     result = cli(["sample-data", str(raw), *argv], tmp_path, monkeypatch, capfd)
     line = error_line(result.stderr)
     assert result.returncode == 2 and written == [], result.stderr  # before the work: nothing written to a temp
-    assert f"holds '{rel}', not the bytes this command writes there" in line
+    assert f"holds '{rel}', which this command did not write (not the bytes it writes there)" in line
     assert tree(tmp_path) == before
 
 
@@ -98,7 +98,7 @@ def test_a_sample_name_with_other_bytes_is_refused_on_the_real_sample(tmp_path, 
     (raw / "openprompts" / "openprompts.csv").write_bytes(b"prompt,raw_data\nmine,{}\n")
     before = tree(tmp_path)
     result = cli(["sample-data", str(raw)], tmp_path, monkeypatch, capfd)
-    assert result.returncode == 2 and "holds 'openprompts/openprompts.csv', not the bytes" in error_line(result.stderr)
+    assert result.returncode == 2 and "holds 'openprompts/openprompts.csv', which this command did not write" in error_line(result.stderr)
     assert tree(tmp_path) == before
 
 

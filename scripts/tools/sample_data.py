@@ -723,8 +723,8 @@ def check_sample_bytes(output: Path) -> dict[str, bytes] | None:
                     "own); refusing to replace the folder (move that file out of it, or delete it yourself)"
                 )
             raise DataError(
-                f"{shown(output)}: holds {rel!r}, not the bytes this command writes there (the user's, or edited "
-                "since); refusing to replace the folder (move that file out of it, or the folder away)"
+                f"{shown(output)}: holds {rel!r}, which this command did not write (not the bytes it writes there); "
+                "refusing to replace the folder (move that file out of it, or the folder away)"
             )
     return expected
 
