@@ -178,6 +178,7 @@ def cli(
     from scripts.tools.side_inputs import check_outside_stores
 
     src = Path.cwd()
+    check_dest_kind(dest)
     # DEST itself a link (dangling, or to an empty folder): realpath followed it and the replay went wherever it
     # points; a link on the way to DEST is followed, as the system does
     check_output_kind(dest)
@@ -199,6 +200,20 @@ def in_dest(exc: OSError, dest: Path) -> str:
         return os_error_message(exc, dest)
     detail = os_reason(exc)
     return f"{shown(dest)}: cannot write {shown(name)} there ({detail})"
+
+
+def check_dest_kind(dest: Path) -> None:
+    """DEST is a folder, a link (check_output_kind's to judge) or missing: a FIFO or device was refused as "not a
+    regular file", a file as `File exists`, though DEST must be a folder."""
+    from scripts.lib.side_files import file_kind
+
+    try:
+        mode = os.lstat(dest).st_mode
+    except OSError:  # missing (made), or unreadable: the checks after name it
+        return
+    if not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        kind = "a file" if stat.S_ISREG(mode) else file_kind(mode)
+        raise DataError(shown(f"{dest}: is {kind}, not a folder; replay-history replays into a new or empty folder"))
 
 
 @contextlib.contextmanager
