@@ -98,7 +98,10 @@ def test_a_sample_name_with_other_bytes_is_refused_on_the_real_sample(tmp_path, 
     (raw / "openprompts" / "openprompts.csv").write_bytes(b"prompt,raw_data\nmine,{}\n")
     before = tree(tmp_path)
     result = cli(["sample-data", str(raw)], tmp_path, monkeypatch, capfd)
-    assert result.returncode == 2 and "holds 'openprompts/openprompts.csv', which this command did not write" in error_line(result.stderr)
+    assert (
+        result.returncode == 2
+        and "holds 'openprompts/openprompts.csv', which this command did not write" in error_line(result.stderr)
+    )
     assert tree(tmp_path) == before
 
 
