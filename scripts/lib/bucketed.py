@@ -39,7 +39,7 @@ import pandas as pd
 
 from scripts.lib import source_date
 from scripts.lib.archive import check_sha256
-from scripts.lib.errors import DataError
+from scripts.lib.errors import DataError, shown
 from scripts.lib.import_env import redact_known
 from scripts.lib.release_images import of_row
 
@@ -451,7 +451,7 @@ def _sample(row, table: list[Bucket], options: dict, summary: dict, check=None):
         data, fmt, image = decode(str(row.image), check)
     except ImageFault as exc:
         if fail:
-            raise DataError(f"{row.image}: cannot read image ({exc})") from None
+            raise DataError(shown(f"{row.image}: cannot read image ({exc})")) from None
         summary["decode_errors"] += 1
         return None
     check_sha256(str(row.image), data, _value(row, "image_sha256"))  # never a counted skip: not the row's image

@@ -92,9 +92,9 @@ def image_bytes(ref: str, check: OpenedCheck | None = None) -> bytes:
     try:
         return read_member(ref, check=check)
     except FileNotFoundError:
-        raise DataError(f"{ref}: image not found") from None
+        raise DataError(shown(f"{ref}: image not found")) from None
     except UnsafeArchive as exc:
-        raise DataError(f"{ref}: refused ({exc.reason})") from None
+        raise DataError(shown(f"{ref}: refused ({exc.reason})")) from None
 
 
 def locate_images(release_dir: Path, split: str) -> dict[str, tuple[str, str, int]]:
@@ -173,6 +173,6 @@ def _opened_image(file: BinaryIO, path: Path, member: str | None, listed: str) -
     try:
         return read_opened(file, path, member)
     except FileNotFoundError:
-        raise DataError(f"{ref}: image not found ({listed})") from None
+        raise DataError(shown(f"{ref}: image not found ({listed})")) from None
     except UnsafeArchive as exc:
-        raise DataError(f"{ref}: refused ({exc.reason})") from None
+        raise DataError(shown(f"{ref}: refused ({exc.reason})")) from None
