@@ -26,6 +26,7 @@ import pytest
 
 from helpers import REPO, env
 from helpers.commands import CliResult, cli
+from helpers.repos import committed_dvc_repository
 from helpers.tiers import fast_first
 from helpers.workspace import error_line
 
@@ -47,19 +48,6 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
 
 
-def a_repository(root: Path) -> Path:
-    """A git repository with one commit, .dvc/ and a dvc.yaml (no stage): what pr-build and tag start in."""
-    root.mkdir()
-    git("init", "-q", "-b", "main", cwd=root)
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("", encoding="utf-8")
-    (root / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
-    (root / "README.md").write_text("r\n", encoding="utf-8")
-    git("add", "-A", cwd=root)
-    git("commit", "-q", "-m", "base", cwd=root)
-    return root
-
-
 def fake_dvc(tmp_path: Path) -> Path:
     package = tmp_path / "fake" / "dvc"
     package.mkdir(parents=True)
@@ -70,7 +58,7 @@ def fake_dvc(tmp_path: Path) -> Path:
 
 def pr_build(tmp_path: Path, monkeypatch, capfd, **extra: str) -> CliResult:
     """pr-build HEAD in a new repository, run in this process (its dvc a real child: the fake package)."""
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo", files={"README.md": "r\n"})
     monkeypatch.setenv("PYTHONPATH", f"{fake_dvc(tmp_path)}{os.pathsep}{REPO}")
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
@@ -177,7 +165,7 @@ TWO_TAGS = [  # (case, where the second runs, the second's tag name)
 @pytest.mark.slow  # two real tag runs: 2-4 s a row
 @pytest.mark.parametrize(("where", "second_name"), TWO_TAGS)
 def test_a_second_tag_run_is_refused_at_once(tmp_path, where, second_name):
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo", files={"README.md": "r\n"})
     second_root = where(root)
     first = start_tag(root, "v2")
     try:
@@ -213,7 +201,7 @@ HELD_BY_ANOTHER = [  # the second's own failure, had it done its work: the lock'
 
 @pytest.mark.parametrize("setup", fast_first(HELD_BY_ANOTHER))
 def test_the_lock_is_checked_before_any_work(tmp_path, monkeypatch, capfd, setup):
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo", files={"README.md": "r\n"})
     setup(root)
     holder = subprocess.Popen(  # a first run at work: a process holding the lock
         [
@@ -242,7 +230,7 @@ KILLS = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
 @pytest.mark.parametrize("signum", KILLS, ids=[s.name for s in KILLS])
 def test_a_killed_tag_run_blocks_no_later_one(tmp_path, signum):
     """Regression guard, not failing before (there was no lock): a dead holder's lock blocks nothing."""
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo", files={"README.md": "r\n"})
     first = start_tag(root, "v2")
     stopped_holding(first, root / ".git" / "t2i-tag.lock")
     first.send_signal(signum)

@@ -27,6 +27,7 @@ import pytest
 from helpers import REPO, env
 from helpers.commands import cli
 from helpers.limits import run_limited
+from helpers.repos import committed_dvc_repository
 from helpers.workspace import error_line
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -124,24 +125,12 @@ def test_the_run_that_made_dest_and_lost_its_lock_leaves_nothing(tmp_path, monke
 # ---------------------------------------------------------------- 2. tag and replay-history on a hostile system
 
 
-def a_tag_repository(root: Path) -> Path:
-    """A git repository with .dvc/ and a dvc.yaml (no stage): tag opens its DVC repository, then refuses."""
-    root.mkdir()
-    git("init", "-q", "-b", "main", cwd=root)
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("", encoding="utf-8")
-    (root / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
-    git("add", "-A", cwd=root)
-    git("commit", "-q", "-m", "base", cwd=root)
-    return root
-
-
 @pytest.mark.slow  # DVC opens its repository: 1-2 s a row
 @pytest.mark.parametrize("size", [0, 100, 4096], ids=lambda n: f"ulimit -f {n} bytes")
 def test_tag_under_a_file_size_limit_is_one_line(tmp_path, size):
     """DVC's state database (sqlite) could not be written: `OperationalError: disk I/O error` at exit 1; or git,
     killed by SIGXFSZ, said nothing: `git status failed: exit status -25`."""
-    root = a_tag_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo")
     before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
     done = run_limited(["tag", "v2"], root, resource.RLIMIT_FSIZE, size, timeout=120)
     line = error_line(done.stderr)

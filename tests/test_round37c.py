@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.commands import cli
+from helpers.trees import bytes_copy
 from helpers.workspace import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,15 +88,7 @@ def test_a_big_cluster_shows_its_most_similar_rows_and_how_many_more(tmp_path, m
 
 def sample_copy(tmp_path: Path) -> Path:
     """A data/raw as a clone has it: the committed sample's bytes, no extended attribute."""
-    raw = tmp_path / "raw"
-    for path in sorted((ROOT / "data" / "raw").rglob("*")):
-        target = raw / path.relative_to(ROOT / "data" / "raw")
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
-    return raw
+    return bytes_copy(ROOT / "data" / "raw", tmp_path / "raw")
 
 
 FOREIGN = {  # case: (what the user added under data/raw, the name the refusal gives, extra argv)

@@ -22,6 +22,7 @@ import pytest
 
 from helpers import REPO, dvc_init, env
 from helpers.limits import run_limited
+from helpers.repos import committed_dvc_repository
 from helpers.tiers import fast_first
 from helpers.workspace import error_line
 
@@ -30,18 +31,6 @@ pytestmark = pytest.mark.usefixtures("no_proxy")
 
 def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
-
-
-def a_tag_repository(root: Path) -> Path:
-    """A git repository with .dvc/ and a dvc.yaml (no stage): tag would open its DVC repository, then refuse."""
-    root.mkdir()
-    git("init", "-q", "-b", "main", cwd=root)
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("", encoding="utf-8")
-    (root / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
-    git("add", "-A", cwd=root)
-    git("commit", "-q", "-m", "base", cwd=root)
-    return root
 
 
 def release_repo(root: Path) -> Path:
@@ -61,11 +50,11 @@ def release_repo(root: Path) -> Path:
 
 
 def tag_args(root: Path) -> tuple[Path, list[str]]:
-    return a_tag_repository(root / "repo"), ["tag", "v2"]
+    return committed_dvc_repository(root / "repo"), ["tag", "v2"]
 
 
 def publish_args(root: Path) -> tuple[Path, list[str]]:
-    repo = a_tag_repository(root / "repo")
+    repo = committed_dvc_repository(root / "repo")
     shutil.copyfile(REPO / "params.yaml", repo / "params.yaml")  # its releases: publish reads them before git
     return repo, ["publish", "v2", "--repo-id", "me/x", "--dry-run", "--out", str(root / "out" / "hub")]
 

@@ -26,6 +26,7 @@ import pytest
 
 from helpers import REPO, dvc_init, env
 from helpers.limits import limited
+from helpers.repos import committed_dvc_repository
 from helpers.tiers import fast_first
 
 pytestmark = pytest.mark.usefixtures("no_proxy")
@@ -53,17 +54,6 @@ def git(*args: str, cwd: Path) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=env())
 
 
-def a_repository(root: Path) -> Path:
-    root.mkdir(parents=True)
-    git("init", "-q", "-b", "main", cwd=root)
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("", encoding="utf-8")
-    (root / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
-    git("add", "-A", cwd=root)
-    git("commit", "-q", "-m", "base", cwd=root)
-    return root
-
-
 def the_error_line(stderr: str) -> str:
     """pr-build's own line (dvc's lines pass through before it): exactly one `error:` line, no traceback."""
     assert "Traceback" not in stderr, stderr
@@ -76,7 +66,7 @@ def pr_build(tmp_path: Path, size: int, how: str, fake: bool = True) -> subproce
     root = tmp_path / "repo"
     path = [str(REPO)]
     if fake:
-        a_repository(root)
+        committed_dvc_repository(root)
         (tmp_path / "fake" / "dvc").mkdir(parents=True)
         (tmp_path / "fake" / "dvc" / "__init__.py").write_text("", encoding="utf-8")
         (tmp_path / "fake" / "dvc" / "__main__.py").write_text(FAKE_DVC, encoding="utf-8")

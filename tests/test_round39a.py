@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, env
+from helpers.repos import committed_dvc_repository
 from helpers.workspace import error_line
 
 
@@ -66,17 +67,6 @@ def run_scripts(args: list[str], cwd: Path, preexec=None) -> subprocess.Complete
     )
 
 
-def a_repository(root: Path, dvc_yaml: str = "stages: {}\n") -> Path:
-    root.mkdir(parents=True)
-    git("init", "-q", "-b", "main", cwd=root)
-    (root / ".dvc").mkdir()
-    (root / ".dvc" / "config").write_text("", encoding="utf-8")
-    (root / "dvc.yaml").write_text(dvc_yaml, encoding="utf-8")
-    git("add", "-A", cwd=root)
-    git("commit", "-q", "-m", "base", cwd=root)
-    return root
-
-
 # ---------------------------------------------------------------- 1. lock_text's git children at the open-file limit
 
 # the limit is set after the imports (git's pipes are what cannot be made), as a command meets it mid-run
@@ -103,7 +93,7 @@ CALLS = {
     ids=["git_entry, ulimit -n 5", "git_entry, ulimit -n 8", "_blob_bytes, ulimit -n 5"],
 )
 def test_lock_text_at_the_open_file_limit_names_the_step_and_the_reason(tmp_path, call, files, step):
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo")
     done = run_python(LS_TREE.format(files=files, call=CALLS[call]), root)
     said = done.stdout.strip()
     assert done.returncode == 0 and said.startswith("HEAD:dvc.yaml: "), done.stderr
@@ -134,7 +124,7 @@ BROKEN = {
 @pytest.mark.slow  # DVC opens its repository: 1-2 s a row
 @pytest.mark.parametrize("text", list(BROKEN.values()), ids=list(BROKEN))
 def test_tag_on_a_dvc_yaml_dvc_cannot_read_says_so(tmp_path, text):
-    root = a_repository(tmp_path / "repo", text)
+    root = committed_dvc_repository(tmp_path / "repo", text)
     done = run_scripts(["tag", "v2"], root)
     line = error_line(done.stderr)
     assert done.returncode == 2 and line.startswith("error: dvc.yaml: DVC cannot read release@v2 there ("), line
@@ -144,7 +134,9 @@ def test_tag_on_a_dvc_yaml_dvc_cannot_read_says_so(tmp_path, text):
 
 @pytest.mark.slow  # DVC opens its repository
 def test_tag_of_a_release_dvc_yaml_lacks_still_says_no_stage(tmp_path):
-    root = a_repository(tmp_path / "repo", "stages:\n  release:\n    foreach: [v3]\n    do:\n      cmd: echo\n")
+    root = committed_dvc_repository(
+        tmp_path / "repo", "stages:\n  release:\n    foreach: [v3]\n    do:\n      cmd: echo\n"
+    )
     line = error_line(run_scripts(["tag", "v2"], root).stderr)
     assert line == "error: dvc.yaml: no stage release@v2 (is v2 in params.yaml: releases?)", line
 
@@ -228,7 +220,7 @@ def test_replay_history_into_an_immutable_dest_names_it(tmp_path, name):
 @pytest.mark.slow  # DVC opens its repository at the higher limits
 @pytest.mark.parametrize("files", [6, 8, 9], ids=lambda n: f"ulimit -n {n}")
 def test_tag_at_the_open_file_limit_names_the_step_and_the_limit(tmp_path, files):
-    root = a_repository(tmp_path / "repo")
+    root = committed_dvc_repository(tmp_path / "repo")
     done = run_scripts(["tag", "v2"], root, limited(resource.RLIMIT_NOFILE, files))
     line = error_line(done.stderr)
     assert done.returncode == 2 and f"this process may hold {files} open files at most" in line, line

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.workspace import params_error
+
 SHORT = "Gq8lark5Zp2"  # 11 characters: under 16, no word
 SEVEN = "Zq7x9k2"  # 7: looked for only as a whole value
 LONG = "StoreHeldSecret0123456789abcdXY"
@@ -37,19 +39,6 @@ def clean(home, monkeypatch, tmp_path):
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-
-
-def load(root: Path, params: str) -> str | None:
-    """The params error line for `params` written as root/params.yaml, or None when accepted."""
-    from scripts.lib.errors import DataError
-    from scripts.lib.params import load_params
-
-    write(root / "params.yaml", params)
-    try:
-        load_params(path=root / "params.yaml")
-    except DataError as exc:
-        return str(exc)
-    return None
 
 
 def source(value: str) -> str:
@@ -83,7 +72,7 @@ def test_a_short_known_secret_part_of_a_value_is_refused(tmp_path, clean, case):
     holder, pasted = SHORT_PARTS[case]
     file, text, words = holder(SHORT)
     write(tmp_path / file, text)
-    line = load(tmp_path, source(pasted))
+    line = params_error(tmp_path, source(pasted))
     assert line is not None and f"sources.x.path: holds a secret read from {words}" in line, line
     assert "\n" not in line and SHORT.lower() not in line.lower()
 
@@ -94,7 +83,7 @@ def test_a_short_known_secret_part_of_a_value_is_refused(tmp_path, clean, case):
 def test_a_short_value_of_a_variable_an_env_key_names_is_refused_anywhere(tmp_path, clean, monkeypatch, pasted):
     monkeypatch.setenv("MY_SERVICE_KEY", SHORT)
     params = source(pasted) + "synthesize:\n  api_key_env: MY_SERVICE_KEY\n"
-    line = load(tmp_path, params)
+    line = params_error(tmp_path, params)
     assert line is not None and "sources.x.path: holds the value of the environment variable MY_SERVICE_KEY" in line
 
 
@@ -103,7 +92,7 @@ def test_no_false_positive_for_a_7_character_secret_a_word_or_a_piece(tmp_path, 
     """1-7 characters are not looked for as a part; nor a word (`sunshine`); nor a piece of an 11-character one."""
     write(tmp_path / "home/.git-credentials", f"https://me:{SEVEN}@a.example\nhttps://u:sunshine@b.example\n")
     write(tmp_path / "home/.aws/credentials", f"[default]\naws_secret_access_key = {SHORT}\n")
-    line = load(tmp_path, source(pasted))
+    line = params_error(tmp_path, source(pasted))
     assert line is None or "secret" not in line, line
 
 
@@ -145,7 +134,7 @@ def test_docker_and_google_credentials_are_known_secrets(tmp_path, clean, monkey
     if variable:
         target = clean / file
         monkeypatch.setenv(variable, str(target if variable.startswith("GOOGLE") else target.parent))
-    line = load(tmp_path, source(f"data/x{secret}/raw.txt"))
+    line = params_error(tmp_path, source(f"data/x{secret}/raw.txt"))
     assert line is not None and f"sources.x.path: holds a secret read from {words}" in line, line
     assert secret.lower() not in line.lower()
     assert secret not in redact_line(f"error: bad key {secret}")
@@ -194,6 +183,6 @@ def test_a_known_secret_hidden_another_way_is_refused(tmp_path, clean, case):
     params, said = HOSTILE[case]
     creds = "".join(f"https://me{i}:{s}@h{i}.example\n" for i, s in enumerate((SHORT, SEVEN, LONG)))
     write(clean / ".git-credentials", creds)
-    line = load(tmp_path, params)
+    line = params_error(tmp_path, params)
     assert line is not None and f"{said} a secret read from git's credential store" in line, line
     assert "\n" not in line and all(s.lower() not in line.lower() for s in (SHORT, SEVEN, LONG))

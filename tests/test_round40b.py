@@ -17,6 +17,7 @@ import pytest
 
 from helpers.commands import cli
 from helpers.repos import REPO
+from helpers.trees import bytes_copy, tree
 from helpers.workspace import PARAMS, error_line, write_params
 from scripts.lib.marks import MARKER
 
@@ -25,36 +26,12 @@ SOURCE = {"notes": {"kind": "text", "path": "raw", "text_only": True, "clean": F
 NOT_REGULAR = "not a regular file"
 
 
-def tree(root: Path) -> dict[str, object]:
-    """Every path under root -> its bytes, a link's target, "fifo" or None (a folder); nothing followed."""
-    found: dict[str, object] = {}
-    for base, dirs, names in os.walk(root):
-        for name in dirs + names:
-            path = Path(base) / name
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[rel] = f"-> {os.readlink(path)}"
-            elif path.is_fifo():
-                found[rel] = "fifo"
-            else:
-                found[rel] = None if path.is_dir() else path.read_bytes()
-    return found
-
-
 # ---------------------------------------------------------------- 1. sample-data: its own names, other bytes
 
 
 def sample_copy(tmp_path: Path) -> Path:
     """A data/raw as a clone has it: the committed sample's bytes, no extended attribute, no marker."""
-    raw = tmp_path / "raw"
-    for path in sorted(RAW.rglob("*")):
-        target = raw / path.relative_to(RAW)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
-    return raw
+    return bytes_copy(RAW, tmp_path / "raw")
 
 
 OTHER_BYTES = {  # case: (the sample's file the user changed, how, extra argv)

@@ -19,25 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.workspace import params_error
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-
-
-def load(root: Path, params: str) -> str | None:
-    """The params error line for `params` written as root/params.yaml, or None when accepted."""
-    from scripts.lib.errors import DataError
-    from scripts.lib.params import load_params
-
-    write(root / "params.yaml", params)
-    try:
-        load_params(path=root / "params.yaml")
-    except DataError as exc:
-        return str(exc)
-    return None
 
 
 # ---------------------------------------------------------------- 1. nodes bounded before the build
@@ -56,7 +45,7 @@ def test_too_many_nodes_is_one_line_before_the_build(tmp_path, monkeypatch, case
     from scripts.lib import nesting
 
     monkeypatch.setattr(nesting, "MAX_YAML_NODES", CAP)
-    line = load(tmp_path, MANY[case])
+    line = params_error(tmp_path, MANY[case])
     assert line is not None and line.endswith(
         f"params.yaml: more than {CAP:,} YAML values, lists and mappings; refusing to read it"
     ), line
@@ -135,7 +124,7 @@ def test_gcloud_application_default_credentials_are_known_secrets(tmp_path, home
     if folder:
         monkeypatch.setenv("CLOUDSDK_CONFIG", str(where))
     monkeypatch.chdir(tmp_path)
-    line = load(tmp_path, f"sources:\n  x:\n    kind: text\n    path: data/x{secret}/raw.txt\n")
+    line = params_error(tmp_path, f"sources:\n  x:\n    kind: text\n    path: data/x{secret}/raw.txt\n")
     assert line is not None and "secret read from gcloud's application-default credentials" in line, line
     assert secret.lower() not in line.lower() and "\n" not in line
     assert secret not in redact_line(f"error: bad token {secret}")

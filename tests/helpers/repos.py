@@ -125,3 +125,15 @@ def fingerprint(repo: Path) -> dict[str, tuple[int, int]]:
             stat = os.lstat(os.path.join(root, name))
             files[os.path.relpath(os.path.join(root, name), repo)] = (stat.st_size, stat.st_mtime_ns)
     return files
+
+
+def committed_dvc_repository(root: Path, dvc_yaml: str = "stages: {}\n", files: dict[str, str] | None = None) -> Path:
+    """A git repository at `root` (made, parents too) with .dvc/ (an empty config), `dvc_yaml` and `files`
+    (name -> text), all in one commit on `main`: what tag, pr-build and replay-history start in."""
+    root.mkdir(parents=True)
+    for name, text in {".dvc/config": "", "dvc.yaml": dvc_yaml, **(files or {})}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "base"]):
+        subprocess.run(["git", *argv], cwd=root, check=True, capture_output=True, env=env())
+    return root

@@ -57,6 +57,19 @@ def write_params(root: Path, **sections) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
+def params_error(root: Path, text: str) -> str | None:
+    """The params error line for `text` written as root/params.yaml, or None when load_params accepts it."""
+    from scripts.lib.errors import DataError
+    from scripts.lib.params import load_params
+
+    (root / "params.yaml").write_text(text, encoding="utf-8")
+    try:
+        load_params(path=root / "params.yaml")
+    except DataError as exc:
+        return str(exc)
+    return None
+
+
 def naming_its_sources(params: dict, keep: set[str] = frozenset()) -> dict:
     """`params` whose shipped `releases` and `generate.sources` name only entries it holds (every stage refuses a
     file naming a source or release it lacks: params.references): the releases naming another source, or
