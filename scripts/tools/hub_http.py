@@ -317,12 +317,20 @@ def hub_error(exc: Exception, secrets: list[str], timeout_s: float) -> str:
     return shown_short(line, MAX_HUB_LINE_CHARS)  # after the redaction: a cut never leaves part of a secret
 
 
+def traceback_files(exc: BaseException) -> list[Path]:
+    """The file of each frame of `exc`'s traceback, outermost first."""
+    files = []
+    tb = exc.__traceback__
+    while tb is not None:
+        files.append(Path(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    return files
+
+
 def raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
     """Whether the innermost frame of `exc`'s traceback is in one of `packages` (a folder name on its path)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and any(p in Path(tb.tb_frame.f_code.co_filename).parts for p in packages)
+    files = traceback_files(exc)
+    return bool(files) and any(p in files[-1].parts for p in packages)
 
 
 def is_reply_shape_error(exc: BaseException) -> bool:
@@ -348,12 +356,7 @@ def raised_in_ours(exc: BaseException) -> bool:
     (REPLY_READERS) is ours: our hook's `int(...)` raises in a builtin, its call of urllib in the standard
     library, both below our frame (json's JSONDecodeError on a reply is the reply's)."""
     ours = Path(__file__).resolve().parents[1]
-    frames = []
-    tb = exc.__traceback__
-    while tb is not None:
-        frames.append(Path(tb.tb_frame.f_code.co_filename))
-        tb = tb.tb_next
-    for path in reversed(frames):
+    for path in reversed(traceback_files(exc)):
         if any(p in path.parts for p in REPLY_READERS):
             return False
         if path.resolve().is_relative_to(ours):
