@@ -130,9 +130,10 @@ def case_pixel_bomb(root):
 
 
 def case_corrupt_tar_header(root):
-    path = tar_with(root / "data-000000.tar", good_sample(1) + good_sample(2))
+    # a note after sample 1: its header broken, the walk goes on to the next valid header (round 42a: it ended)
+    path = tar_with(root / "data-000000.tar", good_sample(1) + [("0001.txt", b"a note")] + good_sample(2))
     data = bytearray(path.read_bytes())
-    data[2 * 1024] ^= 0xFF  # first byte of the 2nd sample's png header (after 2 members of 1 block each)
+    data[2 * 1024] ^= 0xFF  # first byte of 0001.txt's header (after 2 members of 1 block each)
     path.write_bytes(bytes(data))
     return dict(kind="dalle3", path=str(root)), "corrupt_archive", ["data-000000.tar", "checksum"]
 

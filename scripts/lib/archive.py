@@ -7,10 +7,27 @@ compile reads millions of members); every member is checked before its bytes are
 - names: no absolute paths, no `..`, no empty names;
 - types: regular files only (directories are passed over); symlinks, hardlinks, devices, fifos and
   sparse/unknown members are refused, pax sparse members too;
-- pax records: a member's path and size are followed; records tar readers apply another way (a global
-  header's path or size, two pax or GNU long-name headers before one member) end the walk;
+- pax records: a member's path and size are followed; a global header's path or size (every later member's, to
+  tar) ends the walk; two pax or GNU long-name headers before one member are a corrupt header (below);
 - sizes: a member larger than `max_bytes` is refused without reading it; images larger than
   `max_pixels` (decompression bombs) are refused from their header before any decoding.
+
+A corrupt header (bad checksum or number field, bad pax record, two extension headers for one member, a pax
+path or size record over 1 MiB) does not end the walk: as GNU tar ("Skipping to next header"), it scans on
+block by block (512-aligned) to the next valid header (checksum right, number fields parse, a name) and resumes
+there; the bytes passed over are ONE counted skip (SkippedRegion) naming their range. What that means for safety:
+- a member the corruption touched is never yielded: the corrupt header's own member (and, after a bad extension
+  header, the member it described: its name or size unknown) is passed over with the region, and nothing from
+  before it (a pending pax size or name) applies after the resync, so no member gets another's size;
+- every member after a resync goes through every check above (names, types, sizes, pax rules), as any other;
+- a header found inside a member's data (a tar inside a tar) is walked as GNU tar walks it: its members are
+  yielded as members, and its end blocks end the walk (counted, with the bytes left unread) as they end tar's;
+- a lone zero block in the skipped bytes is data (an image's black rows), two in a row the archive's end;
+- iter_samples never pairs members across a skip: a sample with members on both sides is one counted
+  "incomplete_sample" (the skipped bytes may have held more of it);
+- ingest and a release (read_member's index) walk the same way, so both mean the same members;
+- the scan reads each byte once through the window: a 10,000-member shard costs the same walked with one bad
+  header in it (tests/test_round42a.py, slow tier).
 
 Images inside archives are referenced as "<archive path>!/<member name>", for example
 "data/raw/dalle3/data-000000.tar!/00000001.png"; `read_member(ref)` re-validates everything.
@@ -239,15 +256,96 @@ def _check_global(records: dict[str, str]) -> None:
         raise ValueError(f"a global header sets {', '.join(taken)} for every later member")
 
 
+class SkippedRegion(UnsafeArchive):
+    """A corrupt header and the bytes after it passed over to the next valid header (`stop`; None: none follows)."""
+
+    def __init__(self, detail: str, start: int, stop: int | None):
+        super().__init__("corrupt_archive", detail)
+        self.start, self.stop = start, stop
+
+
+def _header_fault(header: bytes) -> str | None:
+    """Why a 512-byte block is not a tar header the walk can follow (its checksum or size field), or None."""
+    try:
+        checksum = _octal(header[148:156], "checksum")
+        _octal(header[124:136], "size")
+    except UnsafeArchive as exc:
+        return str(exc)
+    if checksum != sum(header) - sum(header[148:156]) + 256:
+        return "bad tar header checksum"
+    return None
+
+
+def _plausible_header(header: bytes) -> bool:
+    """A block a resync may resume at: a named header whose checksum and size fields hold (GNU tar's test), its
+    checksum in octal digits as every writer puts it (tested first: half of random data reads as base-256)."""
+    octal_checksum = _OCTAL.fullmatch(header[148:156].split(b"\x00", 1)[0])
+    return header[0] != 0 and octal_checksum is not None and _header_fault(header) is None
+
+
+def _next_header(buf: Any, pos: int, end: int, past_member: bool) -> int | None:
+    """The offset of the first plausible header from `pos` on, 512-aligned (GNU tar's "Skipping to next header"),
+    or None when the archive ends first (two zero blocks: its end marker; or the end of the file). A lone zero block
+    is member data (an uncompressed image's black rows). `past_member`: the first non-extension header found is the
+    member a refused extension header described (its name or size unknown), passed over with its data."""
+    zero_before = False
+    for at, block in _blocks(buf, pos, end):
+        if block == ZERO_BLOCK:
+            if zero_before:
+                return None
+            zero_before = True
+            continue
+        zero_before = False
+        if block[0] and _plausible_header(block):
+            if not past_member:
+                return at
+            past_member = block[156:157] in EXTENSION_TYPES  # another extension of that member: still before it
+    return None
+
+
+def _blocks(buf: Any, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The whole 512-byte blocks from `pos` with their offsets, read from `buf` a window at a time."""
+    while pos + BLOCK <= end:
+        chunk = buf[pos : min(end, pos + TarBuffer.WINDOW)]
+        whole = len(chunk) // BLOCK * BLOCK
+        for offset in range(0, whole, BLOCK):
+            yield pos + offset, chunk[offset : offset + BLOCK]
+        pos += whole
+
+
+def _skipped(fault: str, at: int, start: int, stop: int | None, end: int) -> SkippedRegion:
+    """The one counted skip of a corrupt header at `at`: the byte range passed over, and where the walk resumes."""
+    if stop is None:
+        told = f"; no valid tar header follows: bytes {start} to {end} ({end - start} bytes) are passed over"
+    else:
+        told = f"; bytes {start} to {stop} ({stop - start} bytes) skipped to the next valid header, the walk goes on"
+    return SkippedRegion(f"{fault} at byte {at}{told}", start, stop)
+
+
+def _only_zeros_after(buf: Any, pos: int, end: int) -> bool:
+    """Whether the file holds nothing but zeros from `pos` (an archive's end blocks and record padding)."""
+    while pos < end:
+        chunk = buf[pos : min(pos + TarBuffer.WINDOW, end)]
+        if chunk.strip(b"\x00"):
+            return False
+        pos += len(chunk)
+    return True
+
+
 def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[TarMember | UnsafeArchive]:
     """Walk a tar archive held in `buf` (see open_tar): yield each safe regular member, or an
     UnsafeArchive for a refused one.
 
-    A corrupt header (bad checksum, truncated archive) is yielded as UnsafeArchive("corrupt_archive")
-    and ends the walk: after it no offset can be trusted (its detail says how much was not read). An extension
-    header over EXTENSION_CAP is passed over by its size, and only the member it describes refused.
+    A corrupt header (a bad checksum or number field, a bad pax record, two extension headers for one member) is
+    ONE SkippedRegion ("corrupt_archive") naming the bytes passed over: the walk resumes at the next valid header
+    (see _next_header), with nothing of what came before it (a pax size or name) carried over. A truncated archive,
+    a global header renaming or resizing every member, and zero blocks followed by data after a resync end the walk
+    (its detail says how much was not read). An extension header over EXTENSION_CAP is passed over by its size,
+    and only the member it describes refused.
     """
     pos, end = 0, len(buf)
+    resynced = False
+    member_at = 0  # where the current member's first header (its extension headers included) starts
     pending_name: str | None = None
     pending_size: int | None = None
     pending_pax: dict[str, str] | None = None  # the records of the pax header before this member
@@ -266,94 +364,133 @@ def iter_tar(buf: Any, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[Ta
                 )
             return
         if header == ZERO_BLOCK:
+            # after a resync the end blocks may be those of a tar inside a member: tar ends there too, said here
+            if resynced and not _only_zeros_after(buf, pos, end):
+                yield UnsafeArchive("corrupt_archive", f"end-of-archive blocks at byte {pos}{_rest_unread(pos, end)}")
             return
-        try:
-            checksum = _octal(header[148:156], "checksum")
+        if pending_name is None and pending_pax is None and oversized is None:
+            member_at = pos
+        fault = _header_fault(header)
+        past_member = False  # whether the skip passes over the member a refused extension header described
+        if fault is None:
             size = _octal(header[124:136], "size")
-        except UnsafeArchive as exc:  # not a header at all (a shard cut or shifted): the walk ends here
-            yield UnsafeArchive(exc.reason, f"{exc} at byte {pos}{_rest_unread(pos, end)}")
-            return
-        if checksum != sum(header) - sum(header[148:156]) + 256:
-            yield UnsafeArchive("corrupt_archive", f"bad tar header checksum at byte {pos}{_rest_unread(pos, end)}")
-            return
-        typeflag = header[156:157]
-        if pending_size is not None and typeflag not in EXTENSION_TYPES:
-            size = pending_size  # a pax header overrides the ustar size field
-        data_at = pos + BLOCK
-        pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
-        if pos > end:
-            yield UnsafeArchive(
-                "corrupt_archive", f"tar member at byte {data_at - BLOCK} runs past the end of the file"
-            )
-            return
-        if typeflag in EXTENSION_TYPES:
-            if typeflag != b"g" and (pending_pax is not None or pending_name is not None or oversized is not None):
-                # two of pax `x` and GNU `L` before one member: GNU tar keeps one, tarfile another (x L: A, B)
-                rest = _rest_unread(data_at - BLOCK, end)
+            typeflag = header[156:157]
+            if pending_size is not None and typeflag not in EXTENSION_TYPES:
+                size = pending_size  # a pax header overrides the ustar size field
+            data_at = pos + BLOCK
+            pos = data_at + (size + BLOCK - 1) // BLOCK * BLOCK
+            if pos > end:
                 yield UnsafeArchive(
-                    "corrupt_archive", f"a second extension header for one member at byte {data_at}{rest}"
+                    "corrupt_archive", f"tar member at byte {data_at - BLOCK} runs past the end of the file"
                 )
                 return
-            # over the cap: passed over by its size (ending the walk there lost every later sample, uncounted); the
-            # member it describes is refused, counted, and the walk goes on
-            big = size > EXTENSION_CAP
-            if big and typeflag == b"L":  # the name is the data: never held, the member refused without it
-                oversized = f"oversized GNU long-name header ({size} bytes) at byte {data_at}", True
-                continue
-            data = b"" if big else bytes(buf[data_at : data_at + size])
-            if typeflag in (b"x", b"g"):
-                try:
-                    records = _large_pax(buf, data_at, size) if big else _pax_records(data)
-                    if typeflag == b"g":
-                        _check_global(records)
-                        continue  # what is left of a global header (a comment: git archive's) names no member
-                    if "size" in records:
-                        if not _DECIMAL.fullmatch(records["size"]):
-                            raise ValueError(f"size {records['size'][:40]!r} is not a plain decimal number")
-                        pending_size = int(records["size"])
-                except ValueError as exc:
-                    rest = _rest_unread(data_at - BLOCK, end)
-                    yield UnsafeArchive("corrupt_archive", f"bad pax header at byte {data_at} ({exc}){rest}")
-                    return
-                if big:
-                    oversized = f"oversized pax header ({size} bytes) at byte {data_at}", False
-                pending_pax = records
-                pending_name = records.get("GNU.sparse.name", records.get("path"))
-            elif typeflag == b"L":
-                pending_name = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
-            continue
-        if pending_name is not None:
-            name = pending_name
+            if typeflag in EXTENSION_TYPES:
+                fault = _extension_fault(typeflag, pending_pax, pending_name, oversized)
+                past_member = typeflag != b"g"  # the member it describes is unknown (its name or size): passed over
+                if fault is None:
+                    # over the cap: passed over by its size (ending the walk there lost every later sample,
+                    # uncounted); the member it describes is refused, counted, and the walk goes on
+                    big = size > EXTENSION_CAP
+                    if big and typeflag == b"L":  # the name is the data: never held, the member refused without it
+                        oversized = f"oversized GNU long-name header ({size} bytes) at byte {data_at}", True
+                        continue
+                    data = b"" if big else bytes(buf[data_at : data_at + size])
+                    if typeflag == b"L":
+                        pending_name = data.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+                        continue
+                    try:
+                        records = _large_pax(buf, data_at, size) if big else _pax_records(data)
+                        if typeflag == b"g":
+                            try:
+                                _check_global(records)
+                            except ValueError as exc:  # every later member is another to tar: none can be walked
+                                rest = _rest_unread(data_at - BLOCK, end)
+                                yield UnsafeArchive(
+                                    "corrupt_archive", f"bad pax header at byte {data_at} ({exc}){rest}"
+                                )
+                                return
+                            continue  # what is left of a global header (a comment: git archive's) names no member
+                        pending_size = _pax_size(records, pending_size)
+                    except ValueError as exc:
+                        fault = f"bad pax header ({exc})"
+                    else:
+                        if big:
+                            oversized = f"oversized pax header ({size} bytes) at byte {data_at}", False
+                        pending_pax = records
+                        pending_name = records.get("GNU.sparse.name", records.get("path"))
+                        continue
+                at = data_at - BLOCK
         else:
-            name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
-            if header[257:263] == b"ustar\x00" and header[345]:
-                prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
-                name = f"{prefix}/{name}"
-        sparse = any(key.startswith(SPARSE_RECORD) for key in pending_pax or {})
-        refused = oversized
+            at, pos = pos, pos + BLOCK
+        if fault is not None:  # a corrupt header: its member and any extension headers before it are passed over
+            stop = _next_header(buf, pos, end, past_member)
+            yield _skipped(fault, at, member_at, stop, end)
+            if stop is None:
+                return
+            pos, resynced = stop, True
+            pending_name = pending_size = pending_pax = oversized = None
+            continue
+        yield from _member(header, typeflag, size, data_at, buf, max_bytes, pending_name, pending_pax, oversized)
         pending_name = pending_size = pending_pax = oversized = None
-        if typeflag == b"5":
-            continue  # directory entries carry no data
-        if refused is not None:  # its sample sees the name taken (refused), unless the name was the oversized part
-            why, name_lost = refused
-            shown_name = "after it" if name_lost else repr(name)
-            named = None if name_lost or not _plain_name(name) else name
-            yield UnsafeArchive("corrupt_archive", f"{why}: the member {shown_name} is refused", named)
-            continue
-        if typeflag not in REGULAR_TYPES or sparse:
-            kind = "sparse file (pax GNU.sparse records)" if sparse else TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
-            detail = f"member {name!r} is a {kind}, only regular files are read"
-            yield UnsafeArchive("unsafe_member", detail, name if _plain_name(name) else None)
-            continue
-        try:
-            check_member_name(name)
-        except UnsafeArchive as exc:
-            yield exc
-            continue
-        if size > max_bytes:
-            yield UnsafeArchive("member_too_large", f"member {name!r} is {size} bytes (cap {max_bytes})", name)
-            continue
-        yield TarMember(name, size, data_at, buf)
+
+
+def _extension_fault(typeflag: bytes, pending_pax, pending_name, oversized) -> str | None:
+    """Two of pax `x` and GNU `L` before one member: GNU tar keeps one, tarfile another (x L: A, B)."""
+    if typeflag != b"g" and (pending_pax is not None or pending_name is not None or oversized is not None):
+        return "a second extension header for one member"
+    return None
+
+
+def _pax_size(records: dict[str, str], pending_size: int | None) -> int | None:
+    if "size" not in records:
+        return pending_size
+    if not _DECIMAL.fullmatch(records["size"]):
+        raise ValueError(f"size {records['size'][:40]!r} is not a plain decimal number")
+    return int(records["size"])
+
+
+def _member(
+    header: bytes,
+    typeflag: bytes,
+    size: int,
+    data_at: int,
+    buf: Any,
+    max_bytes: int,
+    pending_name: str | None,
+    pending_pax: dict[str, str] | None,
+    refused: tuple[str, bool] | None,
+) -> Iterator[TarMember | UnsafeArchive]:
+    """The member a (non-extension) header describes, after every check: yielded, refused, or nothing (a folder)."""
+    if pending_name is not None:
+        name = pending_name
+    else:
+        name = header[:100].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+        if header[257:263] == b"ustar\x00" and header[345]:
+            prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+            name = f"{prefix}/{name}"
+    sparse = any(key.startswith(SPARSE_RECORD) for key in pending_pax or {})
+    if typeflag == b"5":
+        return  # directory entries carry no data
+    if refused is not None:  # its sample sees the name taken (refused), unless the name was the oversized part
+        why, name_lost = refused
+        shown_name = "after it" if name_lost else repr(name)
+        named = None if name_lost or not _plain_name(name) else name
+        yield UnsafeArchive("corrupt_archive", f"{why}: the member {shown_name} is refused", named)
+        return
+    if typeflag not in REGULAR_TYPES or sparse:
+        kind = "sparse file (pax GNU.sparse records)" if sparse else TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
+        detail = f"member {name!r} is a {kind}, only regular files are read"
+        yield UnsafeArchive("unsafe_member", detail, name if _plain_name(name) else None)
+        return
+    try:
+        check_member_name(name)
+    except UnsafeArchive as exc:
+        yield exc
+        return
+    if size > max_bytes:
+        yield UnsafeArchive("member_too_large", f"member {name!r} is {size} bytes (cap {max_bytes})", name)
+        return
+    yield TarMember(name, size, data_at, buf)
 
 
 def _plain_name(name: str) -> bool:
@@ -380,22 +517,33 @@ def iter_samples(
     repeats in a sample two candidates for one file: either is refused whole as "duplicate_key". A copy
     refused on its own (over `max_bytes`, a link) still counts: a release indexes every copy, whatever
     its size, so ingest and release would each mean another one.
+
+    A sample with members on both sides of a SkippedRegion (its .png before a corrupt header, its .json after)
+    is one counted "incomplete_sample": the bytes between may have held more of it (another .json), so neither
+    side is paired with the other.
     """
     key: str | None = None
     group: dict[str, TarMember] = {}
     exts: set[str] = set()  # of the sample's members, refused ones included
     seen: set[str] = set()
     refused: str | None = None
+    torn: SkippedRegion | None = None  # the skip right before this member, while a sample was open at it
     for item in iter_tar(buf, max_bytes):
         if isinstance(item, UnsafeArchive):
             yield item
+            if isinstance(item, SkippedRegion) and key is not None:
+                torn = item
             if item.member is None:
                 continue
         name = item.name if isinstance(item, TarMember) else item.member
         assert name is not None  # a refused member without a name went on above
         item_key, ext = split_key(name)
+        if torn is not None and item_key == key:
+            yield UnsafeArchive("incomplete_sample", straddles(item_key, torn))
+            key, group, refused = None, {}, item_key
+        torn = None
         if item_key == refused:
-            continue  # the rest of a refused duplicate sample
+            continue  # the rest of a refused duplicate sample (or of one torn by a skip)
         if item_key != key:
             if group:
                 assert key is not None  # a group fills only under its sample's key
@@ -416,6 +564,13 @@ def iter_samples(
     if group:
         assert key is not None  # a group fills only under its sample's key
         yield key, group
+
+
+def straddles(key: str, skip: SkippedRegion) -> str:
+    return (
+        f"sample {key!r} has members on both sides of the bytes skipped from byte {skip.start} to {skip.stop}"
+        " (a corrupt header): some of it may be lost, none of it is paired"
+    )
 
 
 # ---------------------------------------------------------------- image headers
