@@ -168,10 +168,10 @@ def test_workers_on_ray_are_as_asked_or_one_per_cpu(requested, cpus, used):
 
 
 GROUPS = {
-    # round 42b: over 2 per worker only with 1,000 rows each (ray_checks.bounded_blocks); it was 3,057 groups
-    "1,000,000 partitions, 3,057 rows": ({"partitions": 1_000_000, "workers": 2}, 3_057, 4),
+    # round 42b: over 64 (or 2 per worker) only with 1,000 rows each (ray_checks.bounded_blocks); it was 3,057
+    "1,000,000 partitions, 3,057 rows": ({"partitions": 1_000_000, "workers": 2}, 3_057, 64),
     "65,536 workers' default, 10 rows": ({"workers": 65_536}, 10, 10),
-    "7 partitions, 556 rows": ({"partitions": 7, "workers": 4}, 556, 7),
+    "7 partitions, 556 rows": ({"partitions": 7}, 556, 7),
     "no rows": ({"partitions": 64}, 0, 1),
 }
 

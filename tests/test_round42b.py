@@ -4,8 +4,8 @@ The class: a param asking for more blocks (or shuffle groups) than the rows can 
 1000000` cut clean@S's 200 rows into 200 one-row blocks (a task and its objects each), dedup@S's five shuffles into
 one group per row (a sort shuffle's N x M pieces each), and dedup-text's `batch_rows: 1` into a block per row: time
 bounded by the param, and runs past a 60 s bound on a loaded 2-core machine (round 40f). Now
-`ray_checks.bounded_blocks` gives at most one block per row, and more than 2 per worker only while each still holds
-MIN_BLOCK_ROWS (1,000) rows, and the stage says so in one line on stdout (`ray_checks.blocks_note`).
+`ray_checks.bounded_blocks` gives at most one block per row, and more than MANY_BLOCKS (64) or 2 per worker only
+while each still holds MIN_BLOCK_ROWS (1,000) rows (7 or 64 asked on small inputs stay as asked), and the stage says so in one line on stdout (`ray_checks.blocks_note`).
 
 Default-tier rows are the pure rules, in process; the rows that run the real command on a local
 `ray.cluster_utils.Cluster` are in the slow tier.
@@ -32,10 +32,12 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 # --- the rule, in process ------------------------------------------------------------------------------------------
 DEDUP_GROUPS = {
-    "partitions 10**6, 3,057 rows, 2 workers": ({"partitions": 1_000_000, "workers": 2}, 3_057, 4),
-    "partitions 10**6, 200 rows, 2 workers": ({"partitions": 1_000_000, "workers": 2}, 200, 4),
+    "partitions 10**6, 3,057 rows, 2 workers": ({"partitions": 1_000_000, "workers": 2}, 3_057, 64),
+    "partitions 10**6, 200 rows, 2 workers": ({"partitions": 1_000_000, "workers": 2}, 200, 64),
+    "partitions 10**6, 3,057 rows, 100 workers: 2 per worker": ({"partitions": 1_000_000, "workers": 100}, 3_057, 200),
     "partitions 5,000, 2M rows, 2 workers: one per 1,000 rows": ({"partitions": 5_000, "workers": 2}, 2_000_000, 2_000),
-    "guard: partitions 7, 556 rows, 4 workers: as asked": ({"partitions": 7, "workers": 4}, 556, 7),
+    "guard: partitions 7, 556 rows: as asked": ({"partitions": 7, "workers": 2}, 556, 7),
+    "guard: partitions 64, 556 rows: as asked": ({"partitions": 64, "workers": 2}, 556, 64),
     "guard: the default, 10 rows, 65,536 workers: one per row": ({"workers": 65_536}, 10, 10),
     "guard: no rows": ({"partitions": 64, "workers": 2}, 0, 1),
 }
@@ -49,8 +51,8 @@ def test_dedups_shuffle_groups_are_bounded_by_the_rows(runtime, rows, groups):
 
 
 CLEAN_BLOCKS = {
-    "partitions 10**6, 200 rows, 2 workers": ({"partitions": 1_000_000}, 2, 200, 4),
-    "partitions 10**6, 3,057 rows, 2 workers": ({"partitions": 1_000_000}, 2, 3_057, 4),
+    "partitions 10**6, 200 rows, 2 workers": ({"partitions": 1_000_000}, 2, 200, 64),
+    "partitions 10**6, 3,057 rows, 2 workers": ({"partitions": 1_000_000}, 2, 3_057, 64),
     "partitions 100,000, 4M rows, 2 workers": ({"partitions": 100_000}, 2, 4_000_000, 4_000),
     "guard: partitions 1": ({"partitions": 1}, 2, 3_057, 1),
     "guard: the default, 250k rows, 1 worker": ({}, 1, 250_000, 3),
@@ -66,13 +68,14 @@ def test_cleans_blocks_are_bounded_by_the_rows(runtime, workers, rows, blocks):
     assert used == blocks
     if table is not None:  # the slices the block count makes: every row, once, in order
         parts = blocks_of(table, used)
-        assert len(parts) == blocks and sum(part.num_rows for part in parts) == rows
+        assert len(parts) <= blocks and sum(part.num_rows for part in parts) == rows
 
 
 BATCH_BLOCKS = {
-    "batch_rows 1, 200 rows, 2 workers": ({"batch_rows": 1, "workers": 2}, 200, 4),
-    "batch_rows 1, 3,057 rows, 2 workers": ({"batch_rows": 1, "workers": 2}, 3_057, 4),
-    "batch_rows 10, 50,000 rows, 2 workers": ({"batch_rows": 10, "workers": 2}, 50_000, 50),
+    "batch_rows 1, 200 rows, 2 workers": ({"batch_rows": 1, "workers": 2}, 200, 50),  # 64 asked: 4 rows each
+    "batch_rows 1, 3,057 rows, 2 workers": ({"batch_rows": 1, "workers": 2}, 3_057, 64),
+    "batch_rows 10, 100,000 rows, 2 workers": ({"batch_rows": 10, "workers": 2}, 100_000, 100),
+    "guard: batch_rows 97, 500 rows: as asked": ({"batch_rows": 97, "workers": 2}, 500, 6),
     "guard: batch_rows 1,000, 3,057 rows": ({"batch_rows": 1_000, "workers": 2}, 3_057, 4),
     "guard: no rows": ({"batch_rows": 1, "workers": 2}, 0, 1),
 }
@@ -162,6 +165,6 @@ def test_partitions_past_the_rows_run_in_rows_bounded_time_with_the_local_bytes(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
-    assert "runtime.partitions=1000000 asks 1000000 blocks for 200 rows: 4 on Ray" in done.stdout, done.stdout
+    assert "runtime.partitions=1000000 asks 1000000 blocks for 200 rows: 64 on Ray" in done.stdout, done.stdout
     with capsys.disabled():
         print(f"\n{runtime}: {seconds:.1f} s")

@@ -81,7 +81,7 @@ def phase(name: str) -> Iterator[None]:
 
 def partitions(runtime: Runtime, rows: int) -> int:
     """Groups of each shuffle: runtime.partitions, else one per 100k rows and at least 2 per worker; at most one
-    per row, and over 2 per worker only with MIN_BLOCK_ROWS rows each (ray_checks.bounded_blocks)."""
+    per row, and over MANY_BLOCKS only with MIN_BLOCK_ROWS rows each (ray_checks.bounded_blocks)."""
     workers = signing.workers(runtime)
     return bounded_blocks(runtime.partitions or max(2 * workers, -(-rows // 100_000)), rows, workers)
 
