@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
 import re
 import socket
@@ -180,7 +181,26 @@ def ray_workers(requested: int, cluster_cpus: float) -> int:
     return requested if requested > 0 else max(1, int(cluster_cpus))
 
 
-def shuffle_groups(groups: int, rows: int) -> int:
-    """A shuffle's groups (runtime.partitions, or its default), at most one per row: more made only empty groups
-    (`partitions: 1000000` for 3,057 rows), each a task of Ray's."""
-    return max(1, min(groups, rows))
+# a block of fewer rows costs Ray more (a task, its objects, a shuffle's N x M pieces) than its rows cost the stage:
+# `partitions: 1000000` cut 200 rows into 200 one-row blocks and a dedup's five shuffles into 200 x 200 pieces each.
+# Up to MANY_BLOCKS (or 2 per worker) any count is as asked: tests and small runs ask 7 or 64 to cross blocks
+MIN_BLOCK_ROWS, MANY_BLOCKS = 1_000, 64
+
+
+def bounded_blocks(asked: int, rows: int, workers: int) -> int:
+    """Blocks (or a shuffle's groups) for `rows` rows where `asked` are (runtime.partitions, or the default's): at
+    most one per row, and over MANY_BLOCKS (or 2 per worker) only while each still holds MIN_BLOCK_ROWS rows. The
+    run's tasks are then bounded by the rows, not by the param (as a Spark engineer's coalesced partitions)."""
+    most = max(MANY_BLOCKS, 2 * workers, math.ceil(rows / MIN_BLOCK_ROWS))
+    return max(1, min(asked, most, rows))
+
+
+def blocks_note(param: str, rows: int, asked: int, used: int) -> str | None:
+    """The line that says `param` (`partitions=1000000`) asked for more blocks than bounded_blocks gave (None: as
+    asked)."""
+    if used >= asked:
+        return None
+    return (
+        f"runtime.{param} asks {asked} blocks for {rows} rows: {used} on Ray "
+        f"(at most one per row, and over {MANY_BLOCKS} or 2 per worker only with {MIN_BLOCK_ROWS:,} rows each)"
+    )

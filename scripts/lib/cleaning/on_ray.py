@@ -35,7 +35,7 @@ from scripts.lib.cleaning.table import (
 from scripts.lib.cleaning.text import Outcome
 from scripts.lib.errors import DataError, shown
 from scripts.lib.params import CleanRules, Runtime
-from scripts.lib.ray_checks import ray_workers
+from scripts.lib.ray_checks import blocks_note, bounded_blocks, ray_workers
 from scripts.lib.ray_engine import failure_line, map_on_actors, ray_session
 from scripts.lib.regex_deadline import RegexTooSlow
 from scripts.lib.workers import Worker
@@ -112,10 +112,8 @@ def outcome_batches(
         workers = ray_workers(runtime.workers, ray.cluster_resources().get("CPU", 1))  # at most the cluster's CPUs
 
         def cleaned() -> Iterator[pa.Table]:
-            for window in prompt_windows(path, column, WINDOW_ROWS):
-                parts = blocks_of(
-                    window, runtime.partitions or max(2 * workers, math.ceil(window.num_rows / ROWS_PER_BLOCK))
-                )
+            for index, window in enumerate(prompt_windows(path, column, WINDOW_ROWS)):
+                parts = blocks_of(window, window_blocks(runtime, workers, window.num_rows, say=index == 0))
                 dataset = map_on_actors(
                     ray.data.from_arrow(parts),
                     BatchCleaner,
@@ -166,6 +164,17 @@ def prompt_windows(path: Path, column: str, rows: int) -> Iterator[pa.Table]:
     for batch in itertools.chain([first], batches):  # checked as the local engine's reads are: a worker's traceback
         yield pa.Table.from_batches([utf8_checked(batch, path, row)])
         row += batch.num_rows
+
+
+def window_blocks(runtime: Runtime, workers: int, rows: int, say: bool) -> int:
+    """Blocks for a window of `rows` rows: runtime.partitions, else one per ROWS_PER_BLOCK rows and at least 2 per
+    worker; bounded by the rows (ray_checks.bounded_blocks: `partitions: 1000000` cut 200 rows into 200 one-row
+    blocks), which `say` prints in one line when it cut the param."""
+    asked = runtime.partitions or max(2 * workers, math.ceil(rows / ROWS_PER_BLOCK))
+    used = bounded_blocks(asked, rows, workers)
+    if say and (note := blocks_note(f"partitions={runtime.partitions}", rows, runtime.partitions, used)):
+        print(note)
+    return used
 
 
 def blocks_of(table: pa.Table, blocks: int) -> list[pa.Table]:

@@ -53,6 +53,7 @@ from scripts.lib.dedup.rows import (
 from scripts.lib.dedup.stage_input import check_same_columns, parquet_file, read, shards
 from scripts.lib.errors import DataError
 from scripts.lib.params import Dedup, Runtime
+from scripts.lib.ray_checks import blocks_note, bounded_blocks
 from scripts.lib.tables import (
     check_column_names,
     plain_schema,
@@ -80,10 +81,21 @@ def phase(name: str) -> Iterator[None]:
 
 def partitions(runtime: Runtime, rows: int) -> int:
     """Groups of each shuffle: runtime.partitions, else one per 100k rows and at least 2 per worker; at most one
-    per row (ray_checks.shuffle_groups)."""
-    from scripts.lib.ray_checks import shuffle_groups
+    per row, and over MANY_BLOCKS only with MIN_BLOCK_ROWS rows each (ray_checks.bounded_blocks)."""
+    workers = signing.workers(runtime)
+    return bounded_blocks(runtime.partitions or max(2 * workers, -(-rows // 100_000)), rows, workers)
 
-    return shuffle_groups(runtime.partitions or max(2 * signing.workers(runtime), -(-rows // 100_000)), rows)
+
+def row_blocks(table: pa.Table, runtime: Runtime) -> list[pa.Table]:
+    """`table` in blocks of `runtime.batch_rows` rows, fewer where bounded_blocks says so (`batch_rows: 1` made a
+    block, a task and a shuffle's row of pieces per row), said in one line; one block of none for no rows."""
+    n = table.num_rows
+    asked = -(-n // runtime.batch_rows)
+    used = bounded_blocks(asked, n, signing.workers(runtime))
+    if note := blocks_note(f"batch_rows={runtime.batch_rows}", n, asked, used):
+        print(note)
+    size = max(1, -(-n // used))
+    return [table.slice(lo, size) for lo in range(0, n, size)] or [table]
 
 
 def dedup_arrays(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -> Result:
@@ -98,8 +110,7 @@ def dedup_arrays(texts: pa.Array, order_keys, params: Dedup, runtime: Runtime) -
         raise DataError(f"order_keys has {len(keys)} values for {n} texts")
     table = pa.table({"row": np.arange(n, dtype=np.int64), "text": texts, "order_key": keys})
     with ray_session(runtime) as ray:
-        blocks = [table.slice(lo, runtime.batch_rows) for lo in range(0, n, runtime.batch_rows)] or [table]
-        rows = ray.data.from_arrow(blocks)
+        rows = ray.data.from_arrow(row_blocks(table, runtime))
         removed, stats = run(ray, rows, n, params, runtime)
     keep = np.ones(n, dtype=bool)
     duplicate_of = np.full(n, -1, dtype=np.int64)
@@ -121,6 +132,8 @@ def run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]
 
 def _run(ray, rows, n: int, params: Dedup, runtime: Runtime) -> tuple[dict, dict]:
     parts = partitions(runtime, n)
+    if note := blocks_note(f"partitions={runtime.partitions}", n, runtime.partitions, parts):
+        print(note)
     bands, _ = signing.banding(params)
     ranks = RANKS[params.keep]
     by_part = dict(batch_format="pyarrow")
