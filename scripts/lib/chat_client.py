@@ -253,6 +253,8 @@ def _stored_holds_key(response: dict, api_key: str) -> bool:
 def _error_detail(exc: urllib.error.HTTPError, api_key: str | None) -> str:
     """The server's own error message, short, on one line. OpenAI, vLLM, llama.cpp: {"error": {"message": ...}};
     Ollama: {"error": "..."}; FastAPI servers (transformers serve): {"detail": "..."}; vLLM also {"message": ...}."""
+    if (encoding := deadline_http.unasked_encoding(exc.headers)) is not None:  # not decoded: no bomb, no garbage
+        return f" (its body encoded as {encoding}, never asked for; not shown)"
     raw, whole = deadline_http.read_error_start(exc, MAX_ERROR_BYTES)  # a few seconds; read errors are its own
     if not whole:  # stalled or broken: the part received (redacted by post_chat, cut here)
         return deadline_http.received_part(raw, api_key)

@@ -24,6 +24,9 @@ ENTRY_WRITE_WAIT_S = 2.0  # a response cache entry is one small file: its write 
 MAX_INTERIM_REPLIES = 20  # 1xx replies skipped before the real one (103 Early Hints: one or two)
 ERROR_BODY_WAIT_S = 3.0  # an error reply's body is read for its message only: a trickle is not waited out
 MAX_REASON_CHARS = 512  # a status line's reason phrase ("OK", "Too Many Requests"): a few words
+MAX_LINE_BYTES = 65_536  # http.client's _MAXLINE: the longest status, header, chunk-size or trailer line it reads
+MAX_TRAILER_LINES = 100  # a chunked body's trailer fields, as http.client bounds header lines (none are read)
+MAX_TRAILER_BYTES = 64 << 10  # and their bytes together: a trailer is a checksum or two, never kilobytes
 
 
 class Cancelled(Exception):
@@ -130,6 +133,28 @@ class MalformedStatusLine(MalformedReply):
     MAX_REASON_CHARS: http.client takes any reason, so `HTTP/1.1 200 O\\x00K` was read as a success."""
 
 
+class MalformedChunking(MalformedReply):
+    """A chunked body whose chunk-size line is not hex digits (RFC 9112 7.1), or whose trailer has no end:
+    http.client read `-5` as a size (the rest of the connection read whatever its length), `0x10`, `+a` and `1_0`
+    as numbers, and discarded a trailer of 200,000 lines until the request's deadline."""
+
+
+def line_too_long(exc: http.client.LineTooLong) -> MalformedReply:
+    """http.client's LineTooLong ("got more than 65536 bytes when reading header line"), in our words: it was
+    "connection failed (LineTooLong)", retried; no server sends a line of 64 KiB."""
+    what = str(exc).rpartition(" when reading ")[2] or "line"
+    return MalformedReply(f"a malformed HTTP reply (a {what} longer than {MAX_LINE_BYTES} bytes)")
+
+
+def chunk_size(line: bytes) -> int | None:
+    """The size a chunk-size line gives (`1a`, `1a;name=value`, leading zeros allowed), None where it is not one
+    (RFC 9112 7.1: 1*HEXDIG, then extensions after `;`)."""
+    size = line.split(b";", 1)[0].rstrip(b"\r\n").rstrip(b" \t")
+    if not size or any(byte not in b"0123456789abcdefABCDEF" for byte in size):
+        return None
+    return int(size, 16)
+
+
 def content_length_problem(values: list[str]) -> str | None:
     """What is wrong with a reply's Content-Length headers, or None: each a run of ASCII digits (or a list of
     the same one), all equal. http.client took the first (`5` then `80`: a body cut to 5 bytes, "not JSON"), read
@@ -177,6 +202,10 @@ class InterimSkippingResponse(http.client.HTTPResponse):
     def begin(self):
         try:
             super().begin()
+        except http.client.LineTooLong as exc:  # a status or header line (an interim reply's too) of 64 KiB
+            raise line_too_long(exc) from None
+        except http.client.UnknownProtocol:  # `HTTP/2.0 200`, `HTTP/3 200`: was "connection failed", retried
+            raise MalformedStatusLine("a malformed HTTP status line (a version other than HTTP/1.x)") from None
         except http.client.HTTPException as exc:  # http.client's own words for its header limit
             if type(exc) is http.client.HTTPException and str(exc).startswith("got more than"):
                 raise TooManyHeaders(f"a malformed HTTP reply (too many headers: {exc})") from None
@@ -188,6 +217,28 @@ class InterimSkippingResponse(http.client.HTTPResponse):
             problem := transfer_encoding_problem(self.msg.get_all("Transfer-Encoding") or [], bool(lengths))
         ) is not None:
             raise MalformedReply(f"a malformed HTTP reply ({problem})")
+
+    def _read_next_chunk_size(self) -> int:
+        """http.client's, strict: a size that is not hex digits, or a line over 64 KiB, is MalformedChunking."""
+        line = self.fp.readline(MAX_LINE_BYTES + 1)
+        if len(line) > MAX_LINE_BYTES:
+            raise MalformedChunking(f"a malformed HTTP reply (a chunk size line longer than {MAX_LINE_BYTES} bytes)")
+        if (size := chunk_size(line)) is None:
+            self._close_conn()  # type: ignore[attr-defined]  # not in typeshed; the framing is lost, as http.client does
+            raise MalformedChunking("a malformed HTTP reply (a chunk size that is not hex digits)")
+        return size
+
+    def _read_and_discard_trailer(self) -> None:
+        """http.client's, bounded: at most MAX_TRAILER_LINES lines of MAX_TRAILER_BYTES in all, else MalformedChunking."""
+        left = MAX_TRAILER_BYTES
+        for _ in range(MAX_TRAILER_LINES + 1):  # the trailer's lines, then the empty line that ends it
+            line = self.fp.readline(MAX_LINE_BYTES + 1)
+            if line in (b"\r\n", b"\n", b""):  # b"": a server that closes without one, as http.client allows
+                return
+            left -= len(line)
+            if left < 0 or len(line) > MAX_LINE_BYTES:
+                raise MalformedChunking(f"a malformed HTTP reply (a chunked trailer over {MAX_TRAILER_BYTES} bytes)")
+        raise MalformedChunking(f"a malformed HTTP reply (more than {MAX_TRAILER_LINES} chunked trailer lines)")
 
     def _read_status(self):
         for _ in range(MAX_INTERIM_REPLIES + 1):
@@ -219,7 +270,11 @@ def read_error_start(error, amount: int) -> tuple[bytes, bool]:
     ERROR_BODY_WAIT_S from now (and the request's deadline): the body only gives the message shown beside the
     status, and one trickling a byte at a time held the request until its deadline (60 s for pr-comment-post).
     A body that stalls, or breaks (a chunk size that is no number, a body cut short), gives the part received
-    (shown by `received_part`); it was dropped, and the status shown alone."""
+    (shown by `received_part`); it was dropped, and the status shown alone. A body in a Content-Encoding never
+    asked for (gzip: its compressed bytes were shown, escaped, as the message) is not read: (b"", True)."""
+    headers = getattr(error, "headers", None)
+    if headers is not None and unasked_encoding(headers) is not None:  # compressed bytes: never read, never shown
+        return b"", True
     response = getattr(error, "fp", None)
     sock = getattr(response, "deadline_sock", None)
     if sock is not None:
