@@ -1,12 +1,15 @@
-"""Peak memory of `simpletuner --data-dir` against its record count: the names it wrote, on disk or in a dict.
+"""Peak memory of `simpletuner` against its record count: the names it wrote, and the rows its parquet holds.
 
-    python benchmarks/simpletuner_memory_bench.py [--records 30000] [--batch-rows 50000] [--out FILE]
+    python benchmarks/simpletuner_memory_bench.py [--records 20000,50000,100000] [--data-dir] [--out FILE]
 
 Round 38b measured about 150 MB + 0.8 KB a record (227 MB at 100,000), most likely compile_simpletuner's set of
-every written name. This builds one shard of N tiny records, then compiles it twice, each in a fresh child process
-(peak RSS is a high-water mark: one process cannot measure two runs): once with the names in a plain dict (the
-baseline, as before round 39c) and once as shipped (readers.dalle3.WrittenNames, a SQLite temporary file). Each
-child's peak comes from os.wait4's rusage; the ratio of the two growths over a 0-record run is printed.
+every written name; round 39c moved the names to SQLite, and peak RSS still grew about 0.5-1 KB a record up to
+50,000 records: the parquet writer's row group, 50,000 rows held as Python lists before round 42f (flat past it).
+This builds shards of 1,000 tiny records (a 4x4 PNG: only its header is read, and its bytes with --data-dir),
+then compiles each count in a fresh child process per variant (peak RSS is a high-water mark: one process cannot
+measure two runs): `dict` (the names in a dict, as before round 39c), `rows50k` (the row group of 50,000 rows,
+as before round 42f) and `shipped`. Each child's peak comes from os.wait4's rusage; the growth over a 0-record
+run of the same variant is printed per record, and the growth from the smallest count to the largest.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ CHILD = """
 import contextlib, sys
 from pathlib import Path
 from scripts.lib.readers import dalle3
-if sys.argv[1] == "dict":  # the baseline: every written name held in memory
+from scripts.lib import simpletuner, tables
+if sys.argv[1] == "dict":  # before round 39c: every written name held in memory
     dalle3.written_names = lambda: contextlib.nullcontext({})
+if sys.argv[1] in ("dict", "rows50k"):  # before round 42f: 50,000 rows held, whatever their text
+    dalle3.table_writer = lambda path, batch_rows: tables.ParquetRows(path, simpletuner._schema(), 50_000)
 root = Path(sys.argv[2])
-dalle3.compile_simpletuner(
-    root / sys.argv[3], root / "out.parquet", data_dir=root / "data", on_error="fail", batch_rows=int(sys.argv[4])
-)
+data = {"data_dir": root / "data"} if sys.argv[4] == "data" else {}
+dalle3.compile_simpletuner(root / sys.argv[3], root / "out.parquet", on_error="fail", **data)
 """
 
 
@@ -62,14 +67,17 @@ def build_shard(path: Path, numbers: range) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def peak_kib(variant: str, root: Path, shard: str, batch_rows: int) -> tuple[int, float]:
+VARIANTS = ("dict", "rows50k", "shipped")
+
+
+def peak_kib(variant: str, root: Path, shards: str, outputs: str) -> tuple[int, float]:
     """(peak RSS in KiB, seconds) of one compile in a child process of its own."""
     for leftover in ("out.parquet", "data", "multidatabackend.json"):
         with contextlib.suppress(FileNotFoundError):
             subprocess.run(["rm", "-rf", str(root / leftover)], check=True)
     started = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, variant, str(root), shard, str(batch_rows)], cwd=Path(__file__).parents[1]
+        [sys.executable, "-c", CHILD, variant, str(root), shards, outputs], cwd=Path(__file__).parents[1]
     )
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -77,32 +85,46 @@ def peak_kib(variant: str, root: Path, shard: str, batch_rows: int) -> tuple[int
     return usage.ru_maxrss, time.perf_counter() - started  # Linux: KiB
 
 
+def build_shards(folder: Path, records: int) -> None:
+    """Shards of SHARD_RECORDS (the archive reader's per-shard key set is freed at each shard's end: many
+    shards, as published)."""
+    build_shard(folder / "data-000000.tar", range(0))
+    for first in range(0, records, SHARD_RECORDS):
+        build_shard(
+            folder / f"data-{first // SHARD_RECORDS:06d}.tar", range(first, min(first + SHARD_RECORDS, records))
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--records", type=int, default=30_000)
-    # the parquet's row group (50,000 rows as shipped) is held until written: bounded, but it hides the names'
-    # cost below 50,000 records; a smaller one shows it on a short run
-    parser.add_argument("--batch-rows", type=int, default=50_000)
+    parser.add_argument("--records", default="20000,50000,100000", help="record counts, comma-separated")
+    parser.add_argument("--data-dir", action="store_true", help="write data/ too (images and captions: slower)")
     add_out_argument(parser)
     args = parser.parse_args()
     record(args.out)
+    counts = sorted(int(n) for n in args.records.split(","))
+    outputs = "data" if args.data_dir else "parquet"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_shard(root / "empty" / "data-000000.tar", range(0))
-        for first in range(0, args.records, SHARD_RECORDS):  # the archive reader's per-shard key set is freed
-            last = min(first + SHARD_RECORDS, args.records)  # at each shard's end: many shards, as published
-            build_shard(root / "many" / f"data-{first // SHARD_RECORDS:06d}.tar", range(first, last))
-        growth = {}
-        for variant in ("dict", "sqlite"):
-            base, _ = peak_kib(variant, root, "empty", args.batch_rows)
-            peak, seconds = peak_kib(variant, root, "many", args.batch_rows)
-            growth[variant] = peak - base
+        for n in [0, *counts]:
+            build_shards(root / f"n{n}", n)
+        for variant in VARIANTS:
+            base, _ = peak_kib(variant, root, "n0", outputs)
+            peaks = {}
+            for n in counts:
+                peaks[n], seconds = peak_kib(variant, root, f"n{n}", outputs)
+                growth = peaks[n] - base
+                print(
+                    f"{variant:8} {outputs}: {n:7} records, peak RSS {peaks[n] / 1024:6.1f} MiB (0 records: "
+                    f"{base / 1024:.1f}), growth {growth / 1024:5.1f} MiB = {growth * 1024 / n:4.0f} B a record, "
+                    f"{seconds:.1f} s",
+                    flush=True,
+                )
+            low, high = counts[0], counts[-1]
             print(
-                f"{variant:6}: {args.records} records, peak RSS {peak / 1024:.1f} MiB (0 records: {base / 1024:.1f}), "
-                f"growth {growth[variant] / 1024:.1f} MiB = {growth[variant] * 1024 / max(args.records, 1):.0f} B a "
-                f"record, {seconds:.1f} s"
+                f"{variant:8} {outputs}: from {low} to {high} records: "
+                f"{(peaks[high] - peaks[low]) * 1024 / max(high - low, 1):.0f} B a record"
             )
-    print(f"ratio sqlite/dict of the growth: {growth['sqlite'] / max(growth['dict'], 1):.3f}")
 
 
 if __name__ == "__main__":

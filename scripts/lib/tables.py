@@ -246,7 +246,8 @@ class RowGroups:
 
 
 class ParquetRows:
-    """A parquet file written row by row, in row groups of `batch_rows` (flat memory, byte-stable).
+    """A parquet file written row by row, in row groups of `batch_rows` (flat memory, byte-stable), or
+    fewer once the rows held hold `flush_bytes` characters of text (a row group of long captions).
 
         with ParquetRows(tmp, schema, 50_000) as table:
             table.add(value_of_column_1, ...)
@@ -254,10 +255,11 @@ class ParquetRows:
     On an error the buffer is dropped, never written: after a Ctrl-C between two columns' appends it is
     ragged, and the caller's temp file is deleted anyway."""
 
-    def __init__(self, path: Path | str, schema, batch_rows: int):
+    def __init__(self, path: Path | str, schema, batch_rows: int, flush_bytes: int | None = None):
         import pyarrow.parquet as pq
 
         self.schema, self.batch_rows, self.rows = schema, batch_rows, 0
+        self.flush_bytes, self.held = flush_bytes, 0  # held: characters of text in the rows not yet written
         self.columns: list[list] = [[] for _ in schema.names]
         self.sink = open(path, "wb")  # noqa: SIM115  # closed by close(); a file object: pyarrow cannot encode a non-UTF-8 file name
         self.writer = pq.ParquetWriter(self.sink, schema, compression="zstd")
@@ -265,7 +267,9 @@ class ParquetRows:
     def add(self, *values) -> None:
         for column, value in zip(self.columns, values, strict=True):
             column.append(value)
-        if len(self.columns[0]) >= self.batch_rows:
+        if self.flush_bytes is not None:
+            self.held += sum(len(value) for value in values if isinstance(value, str))
+        if len(self.columns[0]) >= self.batch_rows or (self.flush_bytes is not None and self.held >= self.flush_bytes):
             self.flush()
 
     def flush(self) -> None:
@@ -277,6 +281,7 @@ class ParquetRows:
             self.rows += len(self.columns[0])
             for values in self.columns:
                 values.clear()
+            self.held = 0
 
     def __enter__(self) -> ParquetRows:
         return self

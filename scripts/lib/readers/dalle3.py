@@ -34,7 +34,7 @@ from scripts.lib.params.sources import MAX_PROMPT_BYTES
 from scripts.lib.pixels import image_head
 from scripts.lib.readers.base import Problem, Record, SourceConfig, head_pixels, source_files
 from scripts.lib.safe_paths import not_an_image_name, resolved
-from scripts.lib.simpletuner import backend_config, table_writer, txt_name
+from scripts.lib.simpletuner import ROW_GROUP_ROWS, backend_config, table_writer, txt_name
 from scripts.lib.tables import size_problem
 from scripts.lib.text_lines import prompt_problem, prompt_too_long
 
@@ -228,7 +228,7 @@ def compile_simpletuner(
     caption_field: str = "short_caption",
     write_txt_dir: Path | None = None,
     on_error: str = "skip",
-    batch_rows: int = 50_000,
+    batch_rows: int = ROW_GROUP_ROWS,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     data_dir: Path | None = None,
