@@ -117,7 +117,11 @@ def peak_growth_mb(folder: Path, tool: str) -> int:
 
 
 MEMORY_ROWS = [  # (id, tool, MB its read may add to the peak, at most)
-    ("guard-diff-reads-its-columns-in-batches", "diff", 3 * CAPTIONS // MB),  # whole: the file, 2 columns x Arrow+pandas
+    (
+        "guard-diff-reads-its-columns-in-batches",
+        "diff",
+        3 * CAPTIONS // MB,
+    ),  # whole: the file, 2 columns x Arrow+pandas
     ("guard-publish-reads-its-columns-in-batches", "publish", 3 * CAPTIONS // MB),
     ("guard-plots-counts-in-byte-batches", "plots", 100),  # 2,000 rows were one 4,096-row batch: 200 MB of captions
 ]
