@@ -31,9 +31,8 @@ import pandas as pd
 from scripts import plots
 releases = Path(sys.argv[2])
 if sys.argv[1] == "whole":  # before round 41b: every row's text in pandas (read_release_rows as it was)
-    from scripts.lib.export import read_rows_table
-    from scripts.lib.tables import check_cells
-    table = read_rows_table(releases / "r")
+    from scripts.lib.tables import check_cells, read_parquet
+    table = read_parquet(releases / "r" / "rows.parquet")  # export.read_rows_table as it was
     check_cells(table, releases / "r" / "rows.parquet", plots.ROW_TEXT, present=("split", "source"))
     rows = pd.DataFrame({"release": "r", "split": table["split"], "source": table["source"],
                          "text": table["text"].fillna("")})

@@ -42,6 +42,9 @@ from scripts.lib.nesting import json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import read_within, table_in
 from scripts.lib.tables import (
+    BATCH_BYTES,
+    BATCH_MAX_ROWS,
+    byte_batches,
     check_cells,
     check_column_names,
     existing_input,
@@ -58,9 +61,6 @@ ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: t
 # a clean report is a few hundred bytes: 60 MB of `[]` (within the 64 MB config cap) parsed into 1.5 GB of lists, 19 s
 # (summary.MAX_REPORT_BYTES for stats.json; not imported: summary.py is no dependency of the plots stage)
 MAX_REPORT_BYTES = 1 << 20
-BATCH_ROWS = (
-    4096  # rows of a release read at once: 40 MB of 10,000-character captions (8192 took 1 GB of address space)
-)
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
     "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
@@ -130,7 +130,6 @@ def parquet_batches(path: Path, lengths: bool) -> Iterator[tuple[list, list, Any
     with parquet_source(existing_input(path)) as source:
         try:
             file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
-            batches = file.iter_batches(batch_size=BATCH_ROWS)
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise unreadable(path, exc) from None
         missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
@@ -138,13 +137,7 @@ def parquet_batches(path: Path, lengths: bool) -> Iterator[tuple[list, list, Any
             raise DataError(f"{path}: no {missing[0]!r} column")
         check_column_names(path, file.schema_arrow.names)
         first = 0  # rows before this batch
-        while True:
-            try:
-                batch = next(batches, None)
-            except Exception as exc:
-                raise unreadable(path, exc) from None
-            if batch is None:
-                return
+        for batch in byte_batches(file, path):  # bounded in bytes: 4,096 captions of 100 KB were 400 MB
             utf8_checked(batch, path, first + 1)
             keys = frame_of(batch.select(["split", "source"]))
             # as diff reads it: str() made a null caption 'nan' (3 characters), a list or bytes their repr
@@ -169,7 +162,7 @@ def captions(batch, path: Path, first_row: int, lengths: bool):
 
 
 def metadata_batches(folder: Path, hint: str) -> Iterator[tuple[list, list]]:
-    """(sources, texts) of folder/metadata.jsonl, BATCH_ROWS records at a time, read line by line with
+    """(sources, texts) of folder/metadata.jsonl, lines of about tables.BATCH_BYTES at a time, read line by line with
     read_metadata's rules (cut at "\\n", UTF-8, parse_metadata's records): read whole, 10^5 lines of 2 KB
     took 0.94 GB."""
     from scripts.lib.export import parse_metadata
@@ -180,13 +173,14 @@ def metadata_batches(folder: Path, hint: str) -> Iterator[tuple[list, list]]:
     sources: list[str] = []
     texts: list[str] = []
     with open(regular_file(path), "rb") as lines:
-        at = 0  # bytes before this line
+        at = held = 0  # bytes before this line; bytes of the lines in this batch
         for line_no, raw in enumerate(lines, start=1):  # binary lines end at b"\n" only (not at U+2028)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:  # bytes not UTF-8 were a traceback in plots and publish
                 raise DataError(f"{shown(path)}: byte {at + exc.start}: not UTF-8 text") from None
             at += len(raw)
+            held += len(raw)
             try:
                 records = parse_metadata([line], str(path), ("source", "text"))
             except DataError as exc:  # its one line numbers the line within what it was given
@@ -194,9 +188,9 @@ def metadata_batches(folder: Path, hint: str) -> Iterator[tuple[list, list]]:
             for record in records:
                 sources.append(str(record["source"]))
                 texts.append(str(record["text"]))
-            if len(texts) >= BATCH_ROWS:
+            if held >= BATCH_BYTES or len(texts) >= BATCH_MAX_ROWS:  # counted in bytes, as byte_batches
                 yield sources, texts
-                sources, texts = [], []
+                sources, texts, held = [], [], 0
     if texts:
         yield sources, texts
 

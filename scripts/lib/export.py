@@ -452,15 +452,22 @@ def write_prompts_release(chunks: Iterable[pd.DataFrame], release_dir: Path, tic
         mark_folder(release_dir / split)
 
 
-def read_rows_table(release_dir: Path) -> pd.DataFrame | None:
-    """rows.parquet of a release, or None for a release built before it existed (read metadata.jsonl)."""
+def read_rows_table(release_dir: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The `columns` (those it has; None: all) of a release's rows.parquet, read in byte-bounded batches (tables.read_columns),
+    or None for a release built before it existed (read metadata.jsonl)."""
     path = Path(release_dir) / "rows.parquet"
     if not present_file(path):  # a FIFO or folder there is one line, never "absent": metadata.jsonl read instead
         return None
-    from scripts.lib.tables import read_parquet
+    import pyarrow.parquet as pq
 
-    table = read_parquet(path)
-    missing = [c for c in ("id", "source", "split", "text", "image") if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: no {missing[0]!r} column")
-    return table
+    from scripts.lib.tables import existing_input, parquet_source, read_columns, unreadable
+
+    with parquet_source(existing_input(path)) as source:
+        try:
+            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
+        missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: no {missing[0]!r} column")
+        return read_columns(file, path, columns)

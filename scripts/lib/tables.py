@@ -422,6 +422,64 @@ class ParquetChunks:
         return table
 
 
+BATCH_BYTES = 16 << 20  # decoded bytes of one byte_batches batch (about): 160 captions of 100 KB, 4,096 of 4 KB
+BATCH_MAX_ROWS = 4096  # rows of one batch however short (round 41b's batch: per-batch pandas work stays cheap)
+PROBE_ROWS = 64  # rows decoded to learn a row group's row size (a repeated caption is one dictionary entry on disk)
+
+
+def byte_batches(file, path: Path | str, columns: list[str] | None = None, max_bytes: int = BATCH_BYTES) -> Iterator:
+    """The record batches of pyarrow ParquetFile `file` (from `path`, named in errors), in order, each of about
+    `max_bytes` decoded bytes at most: a batch counted in rows was 4,096 x 100 KB = 400 MB of captions. Rows per
+    batch come from each row group's size (its row_group_rows); a row far over its group's average can still
+    make one batch larger (no row-counted read bounds that)."""
+    for group in range(file.metadata.num_row_groups):
+        rows = row_group_rows(file, group, path, columns, max_bytes)
+        yield from _read(file.iter_batches(batch_size=rows, row_groups=[group], columns=columns), path)
+
+
+def read_columns(file, path: Path | str, columns: list[str] | None = None):
+    """The `columns` (those it has; None: all) of pyarrow ParquetFile `file` (from `path`) as a DataFrame, read byte_batches
+    at a time, each UTF-8 checked: the file's bytes and its other columns are never held whole (pd.read_parquet
+    of the file's bytes held both, plus every column in Arrow and pandas). The frame is the whole table's."""
+    import pyarrow as pa
+
+    names = file.schema_arrow.names
+    wanted = names if columns is None else [c for c in columns if c in names]
+    batches, first = [], 1
+    for batch in byte_batches(file, path, wanted):
+        batches.append(utf8_checked(batch, path, first))
+        first += batch.num_rows
+    table = pa.Table.from_batches(batches) if batches else file.schema_arrow.empty_table().select(wanted)
+    return frame_of(table)
+
+
+def row_group_rows(file, group: int, path: Path | str, columns: list[str] | None, max_bytes: int) -> int:
+    """Rows of row group `group` that fit `max_bytes`: by the larger of its column chunks' uncompressed bytes
+    a row (the metadata) and the decoded bytes a row of its first PROBE_ROWS rows (a dictionary-encoded
+    column holds a repeated caption once on disk, but every row decodes to its own copy)."""
+    meta = file.metadata.row_group(group)
+    if meta.num_rows == 0:
+        return 1
+    wanted = set(file.schema_arrow.names if columns is None else columns)
+    chunks = [meta.column(i) for i in range(meta.num_columns)]
+    on_disk = sum(c.total_uncompressed_size for c in chunks if c.path_in_schema.split(".")[0] in wanted)
+    probe = next(_read(file.iter_batches(batch_size=PROBE_ROWS, row_groups=[group], columns=columns), path))
+    row_bytes = max(on_disk / meta.num_rows, probe.nbytes / max(probe.num_rows, 1), 1)
+    return max(1, min(BATCH_MAX_ROWS, int(max_bytes // row_bytes)))
+
+
+def _read(batches, path: Path | str) -> Iterator:
+    """`batches`, a pyarrow batch iterator, with a corrupt file's error as one line naming `path`."""
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
+        if batch is None:
+            return
+        yield batch
+
+
 def stage_input(path: Path | str) -> Path:
     """A stage's input named on the command line (`split`'s input and `--order`) as every read of one run takes
     it: the file the first read opened and checked (side_files.held_open), never the name again. A link is

@@ -41,7 +41,7 @@ from scripts.lib.io import MAX_CONFIG_BYTES, SPLITS, regular_file
 from scripts.lib.markdown_text import cell, code, code_span
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
-from scripts.lib.tables import check_cells, check_table
+from scripts.lib.tables import check_cells, check_table, read_columns
 from scripts.tools.side_inputs import commit_of
 
 SAMPLES = 5
@@ -174,6 +174,7 @@ def check_release_entries(releases: dict, where: str) -> dict:
 # A list, an int or a null id there was a traceback where they were hashed, sorted or joined.
 ROW_TEXT = ("id", "source", "split", "text")
 ROW_PRESENT = ("id", "source", "split")
+ROW_COLUMNS = [*ROW_TEXT, "image", "image_sha256"]  # read of rows.parquet (byte-bounded batches): no other column
 
 
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
@@ -181,7 +182,7 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"], rev)
     try:
         with open_at(fs, f"{base}/rows.parquet", f"{rev}:{base}/rows.parquet") as f:
-            table = pd.read_parquet(io.BytesIO(f.read()))
+            table = read_columns(pq.ParquetFile(f, pre_buffer=False), f"{rev}:{base}/rows.parquet", ROW_COLUMNS)
     except FileNotFoundError:
         return _read_metadata_snapshot(fs, rev, release, removed)
     except DataError:

@@ -78,7 +78,7 @@ def read_split(release_dir: Path, split: str) -> list[dict]:
     from scripts.lib.export import read_metadata, read_rows_table
 
     release_file(release_dir, "rows.parquet", str(release_dir))
-    table = read_rows_table(release_dir)
+    table = read_rows_table(release_dir, [*COLUMNS, "split", "image", "image_nbytes", "image_sha256"])
     if table is not None:
         records = []
         for record in table[table["split"] == split].to_dict("records"):
