@@ -34,6 +34,7 @@ from scripts.lib.cleaning import (
 from scripts.lib.cleaning.table import check_mode, clean_batch, slow_regex_error
 from scripts.lib.errors import DataError, shown
 from scripts.lib.io import atomic_path, check_files_ours, commit_together, json_text, write_json
+from scripts.lib.nesting import line_safe_json
 from scripts.lib.params import CleanRules, Runtime, load_section
 from scripts.lib.progress import Progress
 from scripts.lib.regex_deadline import RegexTooSlow
@@ -196,11 +197,12 @@ def cli_text(
                     exc, rules, f"{shown(input)}: line {line_no + lines.index(exc.prompt) + 1}"
                 ) from None
             line_no += len(batch)
-            dst.write("".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results]))
+            lines = "".join([_JSONL_LINE % (_json_value(text), _json_value(reason)) for text, reason in results])
+            dst.write(line_safe_json(lines))  # a kept U+2028 escaped: one record a line for any line reader
             progress.advance(sum(map(len, batch)))
 
 
-# What json.dumps({"text": ..., "reason": ...}, ensure_ascii=False) writes, a few times faster
+# What dumps_json({"text": ..., "reason": ...}, ensure_ascii=False) writes, a few times faster
 # (no dict, no encoder set up per line): this command's output format.
 _JSONL_LINE = '{"text": %s, "reason": %s}\n'
 _json_string = json.JSONEncoder(ensure_ascii=False).encode

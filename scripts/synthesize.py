@@ -189,7 +189,9 @@ def parse_completion(
     ingest would refuse in prompts.txt (a NUL byte, over its line cap: text_lines.line_problem) is dropped
     as `dropped_<its reason>`, a count present only when it is not 0 (the reports of earlier runs stay).
     """
-    lines = content.splitlines()
+    lines = split_lines(content)  # docs/sources.md's line: a reply's U+2028 is inside a prompt, as ingest reads it
+    if lines[-1] == "":
+        lines.pop()  # after the reply's last line end (str.splitlines gave no line there)
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     counts = dict.fromkeys(LINE_COUNTS, 0)
     prompts = []

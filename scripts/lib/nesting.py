@@ -145,13 +145,29 @@ def _encodes(text: str) -> bool:
 
 def dumps_json(value: Any, target: Path | str, **options: Any) -> str:
     """json.dumps refusing NaN and Infinity (allow_nan=False: Python writes them, other JSON readers refuse the
-    file) and a lone surrogate, as a DataError naming `target`, the file it was meant for."""
+    file) and a lone surrogate, as a DataError naming `target`, the file it was meant for; U+2028, U+2029 and
+    U+0085 escaped whatever `ensure_ascii` (line_safe_json)."""
     try:
         text = json.dumps(value, allow_nan=False, **options)
         if _SURROGATE_ESCAPE.search(text) or not _encodes(text):
             _check_no_lone_surrogate(value)
     except ValueError as exc:
         raise DataError(f"{shown(target)}: {exc}; refusing to write it (not JSON)") from None
+    return line_safe_json(text)
+
+
+# Characters JSON lets stay raw in a string that str.splitlines (and JavaScript before ES2019) end a line at: a
+# metadata.jsonl record holding one was read as two torn records by such a reader. Escaped, json.loads gives
+# the same string back. (VT, FF and 0x1C-0x1E, which splitlines also ends a line at, json.dumps escapes itself.)
+_LINE_SEPARATORS = ("\u2028", "\u2029", "\u0085")
+
+
+def line_safe_json(text: str) -> str:
+    """JSON text `text` (json.dumps's, any `ensure_ascii`) with U+2028, U+2029 and U+0085 as \\u escapes: raw,
+    they are only ever inside a string, where the escape means the same character."""
+    for char in _LINE_SEPARATORS:
+        if char in text:  # the common case: none, no copy
+            text = text.replace(char, f"\\u{ord(char):04x}")
     return text
 
 

@@ -128,7 +128,7 @@ def not_plain(path: Path, number: int, row_id) -> DataError:
             f"{path}: row {number}: id {row_id!r} is a device name on Windows ({row_id.split('.')[0].upper()}): "
             f"its file {row_id}.png there is that device, not a file (ids become file names); give the row another id"
         )
-    return DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (letters, digits, '_', '-', '.')")
+    return DataError(f"{path}: row {number}: id {row_id!r} is not a plain name (ASCII letters, digits, '_', '-', '.')")
 
 
 def check_ids_apart(ids: pd.Series, where: str | Path) -> None:

@@ -148,7 +148,7 @@ def plan_jobs(
     `prefix` names the files with `file_names: index` (the stage passes the source name)."""
     field_name = settings.prompt_field
     if settings.file_names == "index" and not INDEX_PREFIX.fullmatch(prefix):
-        raise DataError(f"{prefix!r}: not usable as an image file prefix (letters, digits, . _ -)")
+        raise DataError(f"{prefix!r}: not usable as an image file prefix (ASCII letters, digits, . _ -)")
     for column in ("id", field_name):
         if column not in table.columns:
             raise DataError(f"{input_name}: missing column '{column}' (generate.prompt_field={field_name})")

@@ -441,7 +441,9 @@ def check_publish_names(repo_id: str, tag: str, tag_option: str, out: Path | Non
     from scripts.tools.tag import check_tag_name
 
     if not REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise DataError(f"--repo-id: expected ORG/NAME (letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}")
+        raise DataError(
+            f"--repo-id: expected ORG/NAME (ASCII letters, digits, '-', '_', '.'), got {shown(repr(repo_id))}"
+        )
     check_tag_name(tag, tag_option)
     if out is not None and not os.fsdecode(out).isprintable():
         raise DataError(f"--out {shown(repr(os.fsdecode(out)))}: a control or format character in the path")

@@ -39,8 +39,8 @@ floats must be finite (no `.nan`, `.inf`). `null` is allowed only where the type
 (`*name`) are refused: write repeated entries out. A key left out takes its default; a key marked
 *required* must be set.
 
-The names of `sources`, `releases`, `synthesize` and `caption` entries become file names: plain ASCII
-names (letters, digits, `_`, `-`, `.`), distinct when case is ignored (`Cats` and `cats` are one file
+The names of `sources`, `releases`, `synthesize` and `caption` entries become file names: plain
+names (ASCII letters, digits, `_`, `-`, `.`), distinct when case is ignored (`Cats` and `cats` are one file
 on macOS and Windows); no source is named as another one followed by `.dropped`, `.clusters`,
 `.preview`, `.report` or `.removed` (`x.dropped` and x's `data/clean/x.dropped.parquet` would be one file).
 Each of these four sections, when present, is a mapping: `{}` for no entries, never `null` (DVC's `foreach`

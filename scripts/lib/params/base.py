@@ -160,7 +160,7 @@ def check_name(name: str, what: str = "name") -> str:
     trailing dot from a file name: `v2.` and `v2` would be one folder)."""
     if not ENTRY_NAME.fullmatch(name):
         raise ValueError(
-            f"{what} {quoted(name)} is not a plain name (letters, digits, '_', '-', '.'; it becomes part of file paths)"
+            f"{what} {quoted(name)} is not a plain name (ASCII letters, digits, '_', '-', '.'; it becomes part of file paths)"
         )
     if name.endswith("."):
         raise ValueError(

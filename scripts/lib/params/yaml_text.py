@@ -242,7 +242,7 @@ def refuse_secrets(
             if str(key).endswith("_env") and isinstance(item, str) and not ENV_NAME.fullmatch(item):
                 raise DataError(
                     f"{path}: {'.'.join(map(str, (*at, key)))}: must be the name of an environment variable "
-                    "(letters, digits, '_'), not the key itself"
+                    "(ASCII letters, digits, '_'), not the key itself"
                 )
         _refuse_split(list(value.items()), path, at, secrets, held, named)
     elif isinstance(value, list):
