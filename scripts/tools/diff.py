@@ -182,7 +182,9 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"], rev)
     try:
         with open_at(fs, f"{base}/rows.parquet", f"{rev}:{base}/rows.parquet") as f:
-            table = read_columns(pq.ParquetFile(f, pre_buffer=False), f"{rev}:{base}/rows.parquet", ROW_COLUMNS)
+            table = read_columns(
+                pq.ParquetFile(seekable(f), pre_buffer=False), f"{rev}:{base}/rows.parquet", ROW_COLUMNS
+            )
     except FileNotFoundError:
         return _read_metadata_snapshot(fs, rev, release, removed)
     except DataError:
@@ -210,6 +212,12 @@ def read_snapshot(fs, rev: str, release: str) -> Snapshot:
         else:
             image_md5[row_id] = _file_md5(fs, rev, base, image, f"{base}/rows.parquet", row_id)
     return Snapshot(rev, release, table[["id", "source", "split", "text"]].reset_index(drop=True), removed, image_md5)
+
+
+def seekable(f):
+    """`f` where pyarrow can seek in it (a workspace file, DVC's cache), else its bytes: a git object's stream (a
+    revision's file git stores) cannot seek, and git's object reader hands it over whole anyway."""
+    return f if f.seekable() else io.BytesIO(f.read())
 
 
 def _read_metadata_snapshot(fs, rev: str, release: str, removed: pd.DataFrame) -> Snapshot:
