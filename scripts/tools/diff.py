@@ -42,9 +42,9 @@ from scripts.lib.markdown_text import cell, code, code_span
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
 from scripts.lib.tables import check_cells, check_table, read_columns
+from scripts.tools.diff_rows import compare_rows, leaks, rows_by_id, split_report
 from scripts.tools.side_inputs import commit_of
 
-SAMPLES = 5
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
 NOT_HERE = "not in the DVC cache here (run `dvc pull`, or `dvc fetch` for another revision)"
 
@@ -309,54 +309,13 @@ def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
 
 
 def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
-    """Row-level differences per split and source; explain maps removed ids to reasons."""
-    a_rows, b_rows = a.rows.set_index("id"), b.rows.set_index("id")
+    """Row-level differences per split and source; explain maps removed ids to reasons. The rows are
+    merged in id order (diff_rows): no indexed copies of both tables, no sort of every id in Python."""
+    splits = compare_rows(rows_by_id(a.rows), rows_by_id(b.rows), a.image_md5, b.image_md5, explain)
     report = {"rev_a": a.rev, "rev_b": b.rev, "release_a": a.release, "release_b": b.release, "splits": {}}
-    for split in SPLITS:
-        old = a_rows[a_rows["split"] == split]
-        new = b_rows[b_rows["split"] == split]
-        added = new.index.difference(old.index)
-        removed = old.index.difference(new.index)
-        both = old.index.intersection(new.index)
-        before, after = old.loc[both, "text"], new.loc[both, "text"]
-        text_changed = both[((before != after) & ~(before.isna() & after.isna())).to_numpy()]
-        image_changed = [i for i in both if _changed(a.image_md5.get(i), b.image_md5.get(i))]
-        reasons = pd.Series({i: explain.get(i, "recipe") for i in removed}, dtype=object)
-        report["splits"][split] = {
-            "rows_a": len(old),
-            "rows_b": len(new),
-            "added": len(added),
-            "removed": len(removed),
-            "text_changed": len(text_changed),
-            "image_changed": len(image_changed),
-            "added_by_source": _count(new.loc[added, "source"]),
-            "removed_by_source": _count(old.loc[removed, "source"]),
-            "removed_by_reason": _count(reasons.str.split(" ").str[0]) if len(reasons) else {},
-            "added_ids": sorted(added),
-            "removed_ids": sorted(removed),
-            "samples_added": [_sample(new, i) for i in sorted(added)[:SAMPLES]],
-            "samples_removed": [dict(_sample(old, i), reason=reasons[i]) for i in sorted(removed)[:SAMPLES]],
-            "samples_text_changed": [
-                {"id": i, "before": old.at[i, "text"], "after": new.at[i, "text"]}
-                for i in sorted(text_changed)[:SAMPLES]
-            ],
-        }
-    train_texts = set(b.rows.loc[b.rows["split"] == "train", "text"])
-    report["leaks_b"] = int(b.rows.loc[b.rows["split"] == "validation", "text"].isin(train_texts).sum())
+    report["splits"] = {split: split_report(s) for split, s in splits.items()}
+    report["leaks_b"] = leaks(b.rows)
     return report
-
-
-def _changed(old: str | None, new: str | None) -> bool:
-    """Two hashes of the same kind that differ (an md5 and a sha256 cannot be compared)."""
-    return bool(old and new) and old.split(":", 1)[0] == new.split(":", 1)[0] and old != new
-
-
-def _count(series: pd.Series) -> dict[str, int]:
-    return {str(k): int(v) for k, v in series.value_counts().sort_index().items()}
-
-
-def _sample(frame: pd.DataFrame, row_id: str) -> dict:
-    return {"id": row_id, "source": frame.at[row_id, "source"], "text": frame.at[row_id, "text"]}
 
 
 def to_markdown(report: dict) -> str:
