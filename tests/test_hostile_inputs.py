@@ -393,7 +393,7 @@ def test_read_member_revalidates_names_types_and_caps(tmp_path):
         read_member(f"{shard}!/0001.json", max_bytes=10)
     assert too_big.value.reason == "member_too_large"
     with pytest.raises(UnsafeArchive) as bomb:
-        read_image(f"{shard}!/bomb.png")
+        read_image(f"{shard}!/bomb.png", tmp_path)
     assert bomb.value.reason == "image_too_large"
 
 

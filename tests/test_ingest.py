@@ -213,7 +213,7 @@ def test_gustavosta_kaggle_csv_with_images(tmp_path):
     rows, report = run_ingest(tmp_path, kind="gustavosta", path=str(src))
     assert report["format"] == "kaggle_csv"
     assert [(r["prompt"], r["split"], r["width"], r["height"]) for r in rows] == [("a fox in snow", "train", 12, 10)]
-    assert read_image(rows[0]["image"]).size == (12, 10)
+    assert read_image(rows[0]["image"], src).size == (12, 10)
 
 
 def test_kaggle_sd2_csv_and_row_index_images(tmp_path):
@@ -348,7 +348,7 @@ def test_bucketed_webdataset_reads_manifest_buckets_and_both_size_spellings(tmp_
         ("an owl at night", 608, 416),
     ]
     assert [json.loads(r["meta"])["bucket_id"] for r in rows] == ["p1216x832", "p1216x832"]  # 2nd from the path
-    assert read_image(rows[1]["image"]).size == (12, 8)
+    assert read_image(rows[1]["image"], src).size == (12, 8)
 
 
 # ---------------------------------------------------------------- the embedded sample, ids, bytes

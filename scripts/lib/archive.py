@@ -786,9 +786,26 @@ def read_zip_member(
     return data
 
 
-def read_image(ref: str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-    """Decode the image a reference names (PIL.Image, RGB), after the size and pixel caps."""
-    data = read_member(ref, max_bytes)
+def read_image(
+    ref: str, root: Path | str, max_bytes: int = DEFAULT_MAX_MEMBER_BYTES, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+):
+    """Decode the image a reference names (PIL.Image, RGB), after the size and pixel caps. The file (the image,
+    or the archive of 'x.tar!/m.png') is opened ONCE under `root`, the folder the reference came from, and
+    checked there (safe_paths.open_within: in `root` by what its descriptor names, a regular file, one name
+    unless DVC's cache.type hardlink left it): read by name with no root, a `..`, an absolute path, a link
+    out, a hard link to a file elsewhere or a FIFO named by a row was read (or waited on)."""
+    data = _confined_bytes(ref, Path(root), max_bytes)
     check_image_pixels(data[:65536] if data[:8] == b"\x89PNG\r\n\x1a\n" else data, ref, max_pixels)
     with opened(io.BytesIO(data), ref) as img:
         return img.convert("RGB")
+
+
+def _confined_bytes(ref: str, root: Path, max_bytes: int) -> bytes:
+    """The bytes `ref` names under `root`, from one open checked by open_within (DataError for a path out of
+    it, a FIFO or a shared file; FileNotFoundError the caller's)."""
+    from scripts.lib.dvc_cache import is_cache_copy
+    from scripts.lib.safe_paths import open_within
+
+    archive, member = parse_ref(ref)  # named as the rows name it (from the working folder), lying under `root`
+    with open_within(archive, root, one_name=True, links_ok=is_cache_copy, where=ref) as file:
+        return read_opened(file, archive, member, max_bytes)

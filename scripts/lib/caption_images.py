@@ -23,11 +23,21 @@ from scripts.lib.archive import (
     parse_ref,
     read_opened,
 )
+from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
 from scripts.lib.pixels import opened
-from scripts.lib.safe_paths import confined_file, dvc_cache_of, inside, open_regular, opened_once, opened_real_path
+from scripts.lib.safe_paths import (
+    confined_file,
+    dvc_cache_of,
+    inside,
+    leads_out,
+    open_regular,
+    opened_once,
+    opened_real_path,
+    shares_a_name,
+)
 
 MANIFEST = "manifest.parquet"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")  # the formats OpenAI-compatible servers take
@@ -188,15 +198,28 @@ def confine(ref: str, root: Path) -> None:
 def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
     """The file of a reference (the archive of "a.tar!/m", or the plain file) opened once, never waited on,
     and UnsafeArchive unless it is a regular file inside the images folder after every link, as its
-    descriptor names it."""
+    descriptor names it, with one name: a hard link keeps its name in the folder whatever file it is (a
+    secrets file linked in was sent to the captioning API). DVC's cache.type hardlink checkout stays."""
     try:
         file = open_regular(archive)
     except DataError:  # a FIFO, folder or device: counted, as read_member counts one
         raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)") from None
-    if not inside(opened_real_path(file, archive), os.path.realpath(root)):
+    try:
+        check_own_file(file, archive, root, ref)
+    except BaseException:
         file.close()
-        raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
+        raise
     return file
+
+
+def check_own_file(file: BinaryIO, archive: Path, root: Path, ref: str) -> None:
+    """UnsafeArchive unless the opened `file` lies in `root` (by its descriptor) and has no other name."""
+    if leads_out(archive, root, real=opened_real_path(file, archive)):
+        raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
+    if shares_a_name(os.fstat(file.fileno()), archive, is_cache_copy):
+        raise UnsafeArchive(
+            "hard_link", f"{ref}: has another hard link (a file shared with a name outside the images folder?)"
+        )
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:

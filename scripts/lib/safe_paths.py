@@ -25,6 +25,7 @@ from scripts.lib.side_files import TablePath as TablePath
 from scripts.lib.side_files import held_open as held_open
 from scripts.lib.side_files import open_regular as open_regular
 from scripts.lib.side_files import opened_once as opened_once
+from scripts.lib.side_files import shares_a_name as shares_a_name
 
 # What a release reads back as an image (export.locate_images, the card's data files). An image stored
 # under another name took a name its layout writes beside it: x.txt its caption, x.json its metadata.

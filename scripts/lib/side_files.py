@@ -81,12 +81,18 @@ def open_regular(
     try:
         opened = os.fstat(fd)  # before fdopen, which refuses a folder put there since in its own words
         _check_regular(path, opened.st_mode)
-        if one_link and opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path))):
+        if one_link and shares_a_name(opened, path, links_ok):
             raise DataError(f"{shown(path)}: has another hard link; refusing to read a file shared with another name")
     except BaseException:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+def shares_a_name(opened: os.stat_result, path: Path | str, links_ok: Callable[[Path], bool] | None) -> bool:
+    """Whether the opened file (`opened`: its fstat) has another hard link, which may be anywhere, outside the
+    folder it was named in included; `links_ok(path)` excuses one (DVC's cache.type hardlink checkout)."""
+    return opened.st_nlink > 1 and not (links_ok is not None and links_ok(Path(path)))
 
 
 def _check_regular(path: Path | str, mode: int) -> None:
