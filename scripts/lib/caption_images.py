@@ -23,7 +23,6 @@ from scripts.lib.archive import (
     parse_ref,
     read_opened,
 )
-from scripts.lib.dvc_cache import is_cache_copy
 from scripts.lib.errors import DataError, shown, shown_short
 from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
@@ -36,7 +35,6 @@ from scripts.lib.safe_paths import (
     open_regular,
     opened_once,
     opened_real_path,
-    shares_a_name,
 )
 
 MANIFEST = "manifest.parquet"
@@ -198,8 +196,8 @@ def confine(ref: str, root: Path) -> None:
 def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
     """The file of a reference (the archive of "a.tar!/m", or the plain file) opened once, never waited on,
     and UnsafeArchive unless it is a regular file inside the images folder after every link, as its
-    descriptor names it, with one name: a hard link keeps its name in the folder whatever file it is (a
-    secrets file linked in was sent to the captioning API). DVC's cache.type hardlink checkout stays."""
+    descriptor names it. A hard link is read: generate's images are hard links into the generation store (and
+    DVC's cache), and an images folder of them is what captioning generated images reads."""
     try:
         file = open_regular(archive)
     except DataError:  # a FIFO, folder or device: counted, as read_member counts one
@@ -213,13 +211,9 @@ def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
 
 
 def check_own_file(file: BinaryIO, archive: Path, root: Path, ref: str) -> None:
-    """UnsafeArchive unless the opened `file` lies in `root` (by its descriptor) and has no other name."""
+    """UnsafeArchive unless the opened `file` lies in `root` (by its descriptor)."""
     if leads_out(archive, root, real=opened_real_path(file, archive)):
         raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
-    if shares_a_name(os.fstat(file.fileno()), archive, is_cache_copy):
-        raise UnsafeArchive(
-            "hard_link", f"{ref}: has another hard link (a file shared with a name outside the images folder?)"
-        )
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
