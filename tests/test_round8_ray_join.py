@@ -110,9 +110,7 @@ def wait_until_joining(process: subprocess.Popen, server: CountingHTTPServer) ->
     assert process.poll() is None and server.connections >= 2, "the run never tried to join"
 
 
-@pytest.mark.parametrize(
-    "target, interrupt", fast_first([pytest.param(*row, id=name) for name, row in CASES.items()], keep=3)
-)
+@pytest.mark.parametrize("target, interrupt", fast_first([pytest.param(*row, id=name) for name, row in CASES.items()]))
 def test_a_cluster_that_is_not_there_is_one_line_in_bounded_time(tmp_path, http_server, target, interrupt):
     address = ADDRESSES[target](http_server)
     root = workspace(tmp_path, address)
