@@ -26,6 +26,7 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -41,8 +42,9 @@ from scripts.lib.io import MAX_CONFIG_BYTES, SPLITS, regular_file
 from scripts.lib.markdown_text import cell, code, code_span
 from scripts.lib.nesting import TooDeep
 from scripts.lib.params import read_yaml
-from scripts.lib.tables import check_cells, check_table, read_columns
+from scripts.lib.tables import check_cells, check_table
 from scripts.tools.diff_rows import compare_rows, leaks, rows_by_id, split_report
+from scripts.tools.diff_stream import ROW_PRESENT, ROW_TEXT, SortedRows, read_sorted
 from scripts.tools.side_inputs import commit_of
 
 WORKSPACE = "workspace"  # a revision name meaning the working tree (uncommitted results of `dvc repro`)
@@ -55,11 +57,26 @@ class Snapshot:
 
     rev: str
     release: str
-    rows: pd.DataFrame  # id, source, split, text
+    rows: pd.DataFrame | SortedRows  # id, source, split, text (rows.parquet's: spilled in id order, digests with them)
     removed: pd.DataFrame  # id, reason
     # id -> "md5:<hex>" of an image file (DVC's index) or "sha256:<hex>" of an image inside a shard
-    # (rows.parquet); hashes of two kinds are not compared
+    # (a frame's rows; SortedRows carry theirs); hashes of two kinds are not compared
     image_md5: dict[str, str]
+    sources: set | None = None  # the rows' sources (None: the frame's)
+    leaks: int | None = None  # validation rows whose text is a train row's (None: counted from the frame)
+
+    def row_sources(self) -> set:
+        return self.sources if self.sources is not None else set(self.rows["source"])
+
+    def ordered(self):
+        """The rows in id order as (id, source, split, text, image digest)."""
+        if isinstance(self.rows, SortedRows):
+            return self.rows.rows()
+        return rows_by_id(self.rows, self.image_md5)
+
+    def close(self) -> None:
+        if isinstance(self.rows, SortedRows):
+            self.rows.close()
 
 
 # --- reading at a revision -----------------------------------------------------------------------
@@ -170,48 +187,39 @@ def check_release_entries(releases: dict, where: str) -> dict:
     return releases
 
 
-# The columns diff compares: text, and (but `text`: a row whose caption is missing compares as none) present.
-# A list, an int or a null id there was a traceback where they were hashed, sorted or joined.
-ROW_TEXT = ("id", "source", "split", "text")
-ROW_PRESENT = ("id", "source", "split")
-ROW_COLUMNS = [*ROW_TEXT, "image", "image_sha256"]  # read of rows.parquet (byte-bounded batches): no other column
-
-
 def read_snapshot(fs, rev: str, release: str) -> Snapshot:
     base = f"data/releases/{release}"
     removed = _read_parquet(fs, f"{base}/removed.parquet", ["id", "reason"], rev)
+    where = f"{rev}:{base}/rows.parquet"
     try:
-        with open_at(fs, f"{base}/rows.parquet", f"{rev}:{base}/rows.parquet") as f:
-            table = read_columns(
-                pq.ParquetFile(seekable(f), pre_buffer=False), f"{rev}:{base}/rows.parquet", ROW_COLUMNS
-            )
+        with open_at(fs, f"{base}/rows.parquet", where) as f:
+            file = pq.ParquetFile(seekable(f), pre_buffer=False)
+            rows, sources, leak_count = read_sorted(file, where, partial(_digests, fs, rev, release, where=where))
+            return Snapshot(rev, release, rows, removed, {}, sources=sources, leaks=leak_count)
     except FileNotFoundError:
         return _read_metadata_snapshot(fs, rev, release, removed)
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{rev}:{base}/rows.parquet: not a readable parquet table ({type(exc).__name__})") from None
-    where = f"{rev}:{base}/rows.parquet"
-    check_table(table, where, strings=ROW_TEXT + ("image",), unique="id", present=ROW_PRESENT)
-    foreign = ~table["split"].isin(SPLITS).to_numpy()
-    if foreign.any():  # compare() counts train and validation only: such a row was left out at exit 0
-        row = int(foreign.argmax())
-        raise DataError(
-            f"{where}: row {row + 1}: split {shown_short(table['split'].iloc[row])!r} is not one of {', '.join(SPLITS)}"
-        )
-    if "image_sha256" in table.columns:
-        check_cells(table, where, text=("image_sha256",))
-    image_md5: dict[str, str] = {}
-    sha = table["image_sha256"] if "image_sha256" in table.columns else pd.Series([None] * len(table))
-    for row_id, image, digest in zip(table["id"], table["image"], sha):
-        if image is None or pd.isna(image):
+        raise DataError(f"{where}: not a readable parquet table ({type(exc).__name__})") from None
+
+
+def _digests(fs, rev: str, release: str, batch, where: str) -> list[str | None]:
+    """Each row's image digest ("md5:" from DVC's index, "sha256:" of a shard member), None without an image."""
+    base = f"data/releases/{release}"
+    names = batch.schema.names
+    sha = batch.column("image_sha256").to_pylist() if "image_sha256" in names else [None] * batch.num_rows
+    digests: list[str | None] = []
+    for row_id, image, digest in zip(batch.column("id").to_pylist(), batch.column("image").to_pylist(), sha):
+        if image is None:
+            digests.append(None)
             continue
         check_in_folder(image, f"{where}: id {shown_short(row_id)!r}: image")
         if "!/" in image:
-            image_md5[row_id] = f"sha256:{digest}" if isinstance(digest, str) else ""
+            digests.append(f"sha256:{digest}" if isinstance(digest, str) else "")
         else:
-            image_md5[row_id] = _file_md5(fs, rev, base, image, f"{base}/rows.parquet", row_id)
-    return Snapshot(rev, release, table[["id", "source", "split", "text"]].reset_index(drop=True), removed, image_md5)
+            digests.append(_file_md5(fs, rev, base, image, f"{base}/rows.parquet", row_id))
+    return digests
 
 
 def seekable(f):
@@ -311,10 +319,10 @@ def source_removals(fs, sources: set[str], rev: str = "") -> dict[str, str]:
 def compare(a: Snapshot, b: Snapshot, explain: dict[str, str]) -> dict:
     """Row-level differences per split and source; explain maps removed ids to reasons. The rows are
     merged in id order (diff_rows): no indexed copies of both tables, no sort of every id in Python."""
-    splits = compare_rows(rows_by_id(a.rows), rows_by_id(b.rows), a.image_md5, b.image_md5, explain)
+    splits = compare_rows(a.ordered(), b.ordered(), explain)
     report = {"rev_a": a.rev, "rev_b": b.rev, "release_a": a.release, "release_b": b.release, "splits": {}}
     report["splits"] = {split: split_report(s) for split, s in splits.items()}
-    report["leaks_b"] = leaks(b.rows)
+    report["leaks_b"] = b.leaks if b.leaks is not None else leaks(b.rows)
     return report
 
 
@@ -433,6 +441,21 @@ def workspace_or_rev(repo: Path, rev: str) -> str:
     return rev  # open_fs names it as an unknown revision
 
 
+def _compared(fs_a, fs_b, rev_a: str, rev_b: str, release_a: str, release_b: str) -> dict:
+    """One release pair's report; the snapshots' temp spills go with it (a signal unwinds through here)."""
+    a = b = None
+    try:
+        a = read_snapshot(fs_a, rev_a, release_a)
+        b = read_snapshot(fs_b, rev_b, release_b)
+        explain = source_removals(fs_b, a.row_sources(), rev_b)
+        explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
+        return compare(a, b, explain)
+    finally:
+        for snapshot in (a, b):
+            if snapshot is not None:
+                snapshot.close()
+
+
 def cli(
     rev_a: str = typer.Argument(..., help="base revision (branch, tag or commit)"),
     rev_b: str = typer.Argument(..., help="new revision"),
@@ -449,11 +472,7 @@ def cli(
     for release_a, release_b in pick_releases(
         rev_a, rev_b, release, releases_at(fs_a, rev_a), releases_at(fs_b, rev_b)
     ):
-        a = read_snapshot(fs_a, rev_a, release_a)
-        b = read_snapshot(fs_b, rev_b, release_b)
-        explain = source_removals(fs_b, set(a.rows["source"]), rev_b)
-        explain.update(dict(zip(b.removed["id"], b.removed["reason"])))
-        reports.append(compare(a, b, explain))
+        reports.append(_compared(fs_a, fs_b, rev_a, rev_b, release_a, release_b))
     for rev, at in ((rev_a, at_a), (rev_b, at_b)):
         if at != rev:  # said once the diff is built: a failure stays one line
             print(

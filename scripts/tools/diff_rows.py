@@ -21,17 +21,20 @@ from scripts.lib.io import SPLITS
 
 SAMPLES = 5
 SORT_CHUNK = 8_192  # rows taken from the table at a time in id order: what the stream holds beyond it
-Row = tuple  # (id, source, split, text)
+Row = tuple  # (id, source, split, text, image digest or None)
 ROW = ("id", "source", "split", "text")
 
 
-def rows_by_id(frame) -> Iterator[Row]:
-    """The (id, source, split, text) rows of DataFrame `frame`, in id order, a chunk at a time."""
+def rows_by_id(frame, image_md5: dict | None = None) -> Iterator[Row]:
+    """The (id, source, split, text, digest) rows of DataFrame `frame` (digests: image_md5's), in id order,
+    a chunk at a time."""
     order = pc.sort_indices(pa.array(frame["id"], type=pa.string())).to_numpy()
     frame = frame[list(ROW)]
+    digests = image_md5 or {}
     for start in range(0, len(order), SORT_CHUNK):  # a chunk's cells become Python objects, never all rows'
         chunk = frame.iloc[order[start : start + SORT_CHUNK]]
-        yield from zip(*(chunk[c].to_numpy() for c in ROW))
+        for row in zip(*(chunk[c].to_numpy() for c in ROW)):
+            yield (*row, digests.get(row[0]))
 
 
 def leaks(frame) -> int:
@@ -93,8 +96,9 @@ def image_changed(old: str | None, new: str | None) -> bool:
     return bool(old and new) and old.split(":", 1)[0] == new.split(":", 1)[0] and old != new
 
 
-def compare_rows(old: Iterable[Row], new: Iterable[Row], md5_a: dict, md5_b: dict, explain: dict) -> dict:
-    """{split: SplitDiff} of two id-sorted row streams; explain maps a removed id to its reason."""
+def compare_rows(old: Iterable[Row], new: Iterable[Row], explain: dict) -> dict:
+    """{split: SplitDiff} of two id-sorted row streams (each row with its image digest); explain maps a
+    removed id to its reason."""
     splits = {split: SplitDiff() for split in SPLITS}
     for a, b in merged(old, new):
         if a is not None:
@@ -102,7 +106,7 @@ def compare_rows(old: Iterable[Row], new: Iterable[Row], md5_a: dict, md5_b: dic
         if b is not None:
             splits[b[2]].rows_b += 1
         if a is not None and b is not None and a[2] == b[2]:
-            _both(splits[a[2]], a, b, md5_a, md5_b)
+            _both(splits[a[2]], a, b)
             continue
         if a is not None:
             _removed(splits[a[2]], a, explain.get(a[0], "recipe"))
@@ -111,12 +115,12 @@ def compare_rows(old: Iterable[Row], new: Iterable[Row], md5_a: dict, md5_b: dic
     return splits
 
 
-def _both(s: SplitDiff, a: Row, b: Row, md5_a: dict, md5_b: dict) -> None:
+def _both(s: SplitDiff, a: Row, b: Row) -> None:
     if text_changed(a[3], b[3]):
         s.text_changed += 1
         if len(s.samples_text_changed) < SAMPLES:
             s.samples_text_changed.append({"id": a[0], "before": a[3], "after": b[3]})
-    s.image_changed += image_changed(md5_a.get(a[0]), md5_b.get(a[0]))
+    s.image_changed += image_changed(a[4], b[4])
 
 
 def _removed(s: SplitDiff, a: Row, reason: str) -> None:
