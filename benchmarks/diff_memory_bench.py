@@ -58,7 +58,7 @@ def whole(a, b, explain):  # diff.compare before round 43c (its leaks_b part is 
     return {s: r[:4] for s, r in report.items()}
 
 def merged(a, b, explain):
-    splits = diff_rows.compare_rows(diff_rows.rows_by_id(a.rows), diff_rows.rows_by_id(b.rows), a.image_md5, b.image_md5, explain)
+    splits = diff_rows.compare_rows(diff_rows.rows_by_id(a.rows, a.image_md5), diff_rows.rows_by_id(b.rows, b.image_md5), explain)
     return {s: (len(d.added_ids), len(d.removed_ids), d.text_changed, d.image_changed) for s, d in splits.items()}
 
 a, b = snapshots(int(sys.argv[2]))

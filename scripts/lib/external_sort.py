@@ -70,17 +70,15 @@ class Spill:
         for bucket in np.unique(buckets):
             self._writer(int(bucket), table.schema).write_table(table.filter(pa.array(buckets == bucket)))
 
-    def tables(self, keep: bool = False) -> Iterator[pa.Table]:
-        """The spilled rows in rank order, a bucket at a time, without their rank column (`keep`: the bucket
-        files stay, to be read again; diff reads a release twice when it is compared with two)."""
+    def tables(self) -> Iterator[pa.Table]:
+        """The spilled rows in rank order, a bucket at a time, without their rank column."""
         self.close()
         for bucket in sorted(self.buckets):
             with self._opened(bucket) as source:
                 rows = pa.ipc.open_file(source).read_all()
             yield rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])
             del rows
-            if not keep:
-                os.unlink(self._path(bucket))  # free the disk as we go
+            os.unlink(self._path(bucket))  # free the disk as we go
 
     def close(self) -> None:
         """Close the bucket files (again: a no-op)."""

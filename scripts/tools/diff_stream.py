@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scripts.lib.errors import DataError, shown_short
-from scripts.lib.external_sort import Spill, key_ranks
+from scripts.lib.external_sort import RANK, Spill, key_ranks
 from scripts.lib.io import SPLITS
 from scripts.lib.tables import byte_batches, check_cells, frame_of, utf8_checked
 
@@ -108,13 +108,13 @@ class SortedRows:
 
     def __init__(self, ranks: np.ndarray):
         self._folder = tempfile.TemporaryDirectory(prefix="t2i-diff-")
-        self._spill = Spill(Path(self._folder.name), ranks, BUCKET_ROWS)
+        self._spill = KeptSpill(Path(self._folder.name), ranks, BUCKET_ROWS)
 
     def add(self, table: pa.Table, offset: int) -> None:
         self._spill.add(table, offset)
 
     def rows(self) -> Iterator[tuple]:
-        for table in self._spill.tables(keep=True):
+        for table in self._spill.tables():
             for start in range(0, table.num_rows, CHUNK):
                 chunk = table.slice(start, CHUNK)
                 yield from zip(*(chunk.column(c).to_pylist() for c in ROW))
@@ -122,6 +122,17 @@ class SortedRows:
     def close(self) -> None:
         self._spill.close()
         self._folder.cleanup()
+
+
+class KeptSpill(Spill):
+    """external_sort's spill whose bucket files stay to be read again (a release compared with two)."""
+
+    def tables(self) -> Iterator[pa.Table]:
+        self.close()
+        for bucket in sorted(self.buckets):
+            with self._opened(bucket) as source:
+                rows = pa.ipc.open_file(source).read_all()
+            yield rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])
 
 
 def rows_table(batch, digests: list) -> pa.Table:
