@@ -20,15 +20,12 @@ Upload: huggingface_hub 2.x's `upload_folder` (with hf_xet: streamed, several co
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
-import pandas as pd
 import typer
 
 from scripts.lib.errors import DataError, os_reason
@@ -36,15 +33,17 @@ from scripts.lib.export import TABLE_COLUMNS as COLUMNS
 from scripts.lib.import_env import quiet_hub_client
 from scripts.lib.io import SPLITS, atomic_path, shown
 from scripts.lib.markdown_text import authored, cell, code_span, front_matter_as_code, link
-from scripts.lib.safe_paths import check_image_name, confined_file
 from scripts.lib.temps import output_lock
 from scripts.tools.hub_http import check_online, check_publish_names
 from scripts.tools.hub_licence import check_licence_options, licence_fields
+from scripts.tools.publish_shards import count_rows, release_rows, write_shards
+from scripts.tools.publish_shards import image_read as image_read  # the rows and shards' names, as before
+from scripts.tools.publish_shards import plan_shards as plan_shards
+from scripts.tools.publish_shards import read_split as read_split
+from scripts.tools.publish_shards import rows_with_images as rows_with_images
 from scripts.tools.side_inputs import check_outside_stores, release_card_body, release_file
 
-T = TypeVar("T")
 MAX_FILES_PER_FOLDER = 10_000  # the Hub's limit on files in one folder
-ROW_GROUP_ROWS = 100  # datasets' row group size for image datasets: the viewer reads a group at a time
 # the card's YAML form of the features (their JSON form: scripts/lib/export.py HF_FEATURES, shared with `export: parquet`)
 CARD_FEATURES = [{"name": "image", "dtype": "image"}] + [
     {"name": c, "dtype": "int32" if c in ("width", "height") else "string"} for c in COLUMNS
@@ -69,153 +68,7 @@ def size_category(rows: int) -> str:
     return next((name for limit, name in SIZE_CATEGORIES if rows < limit), "n>1T")
 
 
-# --- rows and shards -----------------------------------------------------------------------------
-
-
-def read_split(release_dir: Path, split: str) -> list[dict]:
-    """The rows of one split, each with `_ref` (where its image is: a file, a tar member, a parquet part's row),
-    `_name` (the file name the Hub shows) and `_size` (bytes as recorded: a hint; shards count the bytes they read)."""
-    from scripts.lib.export import read_metadata, read_rows_table
-
-    release_file(release_dir, "rows.parquet", str(release_dir))
-    table = read_rows_table(release_dir, [*COLUMNS, "split", "image", "image_nbytes", "image_sha256"])
-    if table is not None:
-        records = []
-        for record in table[table["split"] == split].to_dict("records"):
-            ref = record.get("image")
-            if not isinstance(ref, str):
-                raise DataError(f"{release_dir}/rows.parquet: id {record['id']}: its image is not in the release")
-            size = record.get("image_nbytes")
-            if size is None or pd.isna(size):
-                size = (release_dir / ref).stat().st_size if "!/" not in ref and (release_dir / ref).is_file() else 0
-            if not isinstance(record.get("id"), str):
-                raise DataError(f"{release_dir}/rows.parquet: an id is not text")
-            archive, sep, _member = ref.partition("!/")
-            # a path from the table: it must stay in the release (after links) and name a regular file
-            confined_file(release_dir, archive, f"{release_dir}/rows.parquet: id {record['id']}")
-            if not (sep and archive.endswith(".parquet")):  # a parquet part's row is named by its id
-                check_image_name(ref.rpartition("/")[2], f"{release_dir}/rows.parquet: id {record['id']}")
-            records.append(
-                {
-                    **{c: record.get(c) for c in COLUMNS},
-                    "_ref": str(release_dir / ref),
-                    "_name": ref.rpartition("/")[2],
-                    "_size": int(size),
-                    "_sha256": record.get("image_sha256") if isinstance(record.get("image_sha256"), str) else None,
-                    "_root": str(release_dir),  # the folder the opened file must stay in (image_read)
-                    "_one_name": False,  # a hard link (DVC's hardlink checkout) is told by the sha256 recorded
-                }
-            )
-        return records
-    folder = release_dir / split
-    if not (folder / "metadata.jsonl").is_file():
-        raise DataError(
-            f"{release_dir}/rows.parquet: not found, nor {folder}/metadata.jsonl "
-            f"(build the release first: `dvc repro release@{release_dir.name}`)"
-        )
-    release_file(folder, "metadata.jsonl", str(folder))
-    records = read_metadata(folder, ("file_name", "id", "source", "text"))
-    for record in records:  # no sha256 recorded here: the one-link rule keeps another file's bytes out
-        path = release_file(folder, record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
-        if path is None:
-            raise DataError(
-                f"{folder}/metadata.jsonl: id {record['id']}: file {shown(repr(record['file_name']))} not found"
-            )
-        check_image_name(record["file_name"], f"{folder}/metadata.jsonl: id {record['id']}")
-        record["_ref"], record["_name"], record["_size"] = str(path), path.name, path.stat().st_size
-        record["_root"], record["_one_name"] = str(folder), True  # no sha256 here: the one-link rule, where it is read
-    return records
-
-
-def shard_groups(rows: Iterable[tuple[T, int]], max_bytes: int) -> Iterator[list[T]]:
-    """(item, size) pairs grouped in order, each group's sizes summing to at most max_bytes (a bigger item
-    alone). Lazy: a group is yielded as soon as the next item would pass the limit, so a caller that reads
-    each item's bytes as it goes holds one group, and one item more, at a time."""
-    group: list[T] = []
-    total = 0
-    for item, size in rows:
-        if group and total + size > max_bytes:
-            yield group
-            group, total = [], 0
-        group.append(item)
-        total += size
-    if group:
-        yield group
-
-
-def plan_shards(sizes: list[int], max_bytes: int) -> list[tuple[int, int]]:
-    """[start, end) row ranges of shard_groups for known sizes (an empty split: one empty shard)."""
-    groups = shard_groups(enumerate(sizes), max_bytes)
-    return [(group[0], group[-1] + 1) for group in groups] or [(0, 0)]
-
-
-def rows_with_images(records: list[dict]) -> Iterator[tuple[tuple[dict, bytes], int]]:
-    """Each row with its image's bytes, as read (never the size rows.parquet records: a wrong one would
-    put every image in one shard), and the bytes it adds to a shard."""
-    for record in records:
-        data = recorded_bytes(record, image_read(record))
-        yield (record, data), len(data) + len(record["text"].encode())
-
-
-def image_read(record: dict) -> bytes:
-    """The bytes of a row's image from ONE open, checked there (safe_paths.open_within: in its folder, a regular
-    file, with one name where read_split asks it): read_split's checks were by name, and a link out or a file
-    swapped in after them was read and uploaded. A member of an archive is read from its archive's one open,
-    confined to the release (`_root`): given the whole ref against the working folder, a shard swapped for a
-    `..` ref or link out of the release after read_split's checks was read."""
-    from scripts.lib.archive import DEFAULT_MAX_MEMBER_BYTES
-    from scripts.lib.dvc_cache import is_cache_copy
-    from scripts.lib.export import release_image_bytes
-    from scripts.lib.safe_paths import open_within, read_capped
-
-    ref = record["_ref"]
-    if "!/" in ref:
-        return release_image_bytes(Path(record["_root"]), os.path.relpath(ref, record["_root"]))
-    try:
-        with open_within(ref, record["_root"], one_name=record["_one_name"], links_ok=is_cache_copy) as file:
-            return read_capped(file, DEFAULT_MAX_MEMBER_BYTES, ref)
-    except FileNotFoundError:
-        raise DataError(f"{shown(ref)}: image not found (removed while the release was read)") from None
-
-
-def shard_table(rows: list[tuple[dict, bytes]]):
-    """The rows with their images embedded (scripts/lib/export.py's image_table: datasets' Image layout)."""
-    from scripts.lib.export import image_table
-
-    return image_table([r for r, _ in rows], [(data, r["_name"]) for r, data in rows])
-
-
-def recorded_bytes(record: dict, data: bytes) -> bytes:
-    """`data`, the image of `record`, if it is what rows.parquet recorded (its sha256): a file put under
-    its name since the release was built (a hard link to a key or any file elsewhere keeps the name, and
-    passes every path check) is refused instead of uploaded."""
-    if record.get("_sha256") and hashlib.sha256(data).hexdigest() != record["_sha256"]:
-        raise DataError(
-            f"{shown(record['_ref'])}: not the image rows.parquet records (its sha256 differs): the file was "
-            "replaced after the release was built (a hard link or copy of another file?); rebuild the release"
-        )
-    return data
-
-
-def write_shards(records: list[dict], split: str, data_dir: Path, max_bytes: int) -> dict:
-    """Parquet shards of one split, each of at most max_bytes of images and text (one bigger image: a
-    shard of its own), written as their images are read; returns {num_examples, num_bytes (Arrow, as
-    datasets counts), files}."""
-    import pyarrow.parquet as pq
-
-    info: dict = {"num_examples": len(records), "num_bytes": 0, "files": []}
-    parts: list[Path] = []
-    for group in shard_groups(rows_with_images(records), max_bytes) if records else [[]]:
-        table = shard_table(group)
-        parts.append(data_dir / f".{split}-{len(parts):05d}.part")  # the count, in its final name, comes last
-        pq.write_table(table, parts[-1], row_group_size=ROW_GROUP_ROWS, compression="zstd")
-        info["num_bytes"] += table.nbytes
-        del table, group  # held while the next shard's images are read, they would double the memory
-    for index, part in enumerate(parts):
-        name = f"{split}-{index:05d}-of-{len(parts):05d}.parquet"
-        part.rename(data_dir / name)
-        info["files"].append(name)
-    return info
+# --- the contact sheet ---------------------------------------------------------------------------
 
 
 def copy_preview(path: Path, release_dir: Path, target: Path) -> None:
@@ -470,12 +323,15 @@ def cli(
             commit = _git("rev-parse", "HEAD")
         else:
             commit = tag_at_head(tag, name, "or leave out --tag") if dry_run else check_tag(tag, name)
-        splits = {split: read_split(release_dir, split) for split in SPLITS}
-        with atomic_path(out, is_dir=True, inputs=[release_dir]) as tmp:
+        with contextlib.ExitStack() as held:  # rows.parquet opened once, for both passes
+            rows = held.enter_context(release_rows(release_dir))
+            count_rows(rows)  # every row checked before the folder is begun; read again as the shards are written
+            tmp = held.enter_context(atomic_path(out, is_dir=True, inputs=[release_dir]))
             (tmp / "data").mkdir()
-            infos = {}
-            for split, records in splits.items():
-                infos[split] = write_shards(records, split, tmp / "data", max_shard_mb * 1_000_000)
+            infos = {
+                split: write_shards(rows.records(split), split, tmp / "data", max_shard_mb * 1_000_000)
+                for split in SPLITS
+            }
             files = sum(len(i["files"]) for i in infos.values())
             if files > MAX_FILES_PER_FOLDER:
                 raise DataError(
