@@ -366,7 +366,7 @@ def _run_step(
 
     def sender(image: ImageInfo) -> Callable[[], dict]:
         def body() -> dict:  # the image is read when its request starts, not all at once
-            data = read_image(image.ref, params)
+            data = read_image(image.ref, params, image.stored)
             if hashlib.sha256(data).hexdigest() != image.sha256:
                 raise DataError(f"{image.ref}: the image changed while it was captioned; re-run")
             return build_request(params, step, data_url(image, data))
