@@ -10,7 +10,7 @@ does: `caption_variant`, `caption_selector_index` (position in the waterfall) an
 Images (`images` of the entry, read only): a folder with manifest.parquet (generate@S: id, file), or
 any folder of image files and/or WebDataset tar shards (read as streams through scripts/lib/archive.py,
 nothing extracted). Symbolic links are skipped: a link could send any file, a secrets file
-included, to a remote API.
+included, to a remote API; so is a hard link, unless generate's store or DVC's cache made it.
 
 Requests go through scripts/lib/chat_client.py, shared with synthesize@N: the same cache (one file
 per request, keyed by base_url and the request body, the image given by its sha256 so cache files
@@ -366,7 +366,7 @@ def _run_step(
 
     def sender(image: ImageInfo) -> Callable[[], dict]:
         def body() -> dict:  # the image is read when its request starts, not all at once
-            data = read_image(image.ref, params)
+            data = read_image(image.ref, params, image.stored)
             if hashlib.sha256(data).hexdigest() != image.sha256:
                 raise DataError(f"{image.ref}: the image changed while it was captioned; re-run")
             return build_request(params, step, data_url(image, data))

@@ -36,6 +36,7 @@ from scripts.lib.render_plan import (
     stored_name,
     with_model_size,
 )
+from scripts.lib.safe_paths import PIPELINE_STORE
 from scripts.lib.tables import read_parquet
 from scripts.lib.temps import output_lock
 
@@ -243,7 +244,7 @@ def prune_generation_store(store: Path, keep: list[Path] | None, everything: boo
 
 
 def cli_prune(
-    store: Path = typer.Option(Path("data/image_store"), "--store", help="the generation store"),
+    store: Path = typer.Option(PIPELINE_STORE, "--store", help="the generation store"),
     keep: list[Path] | None = typer.Option(
         None, "--keep", help="image folder whose manifest's images stay (repeatable; default: every generate@S output)"
     ),

@@ -129,17 +129,22 @@ def test_caption_reads_only_its_folders_own_files(tmp_path, case):
     assert any(name.endswith("a.png") or name == "r0" for name in sent)  # the folder's own image still is
 
 
-def test_guard_caption_reads_generated_images_hard_linked_from_the_store(tmp_path):
+@pytest.mark.slow  # a manifest asks DVC (dvc_cache_of), which imports dvc
+def test_guard_caption_reads_generated_images_hard_linked_from_the_store(tmp_path, monkeypatch):
     """Round 43e refused every hard-linked image (`hard_link`): generate's data/images/S are hard links into the
     generation store (and DVC's cache), so captioning generated images (docs/captioning.md) skipped them all.
-    The merge kept the confinement and dropped that refusal; this row holds it."""
-    store, images = tmp_path / "image_store", tmp_path / "images"
-    store.mkdir()
+    The merge kept the confinement and dropped that refusal; this row holds it. Since round 44c a hard link is
+    read only as generate's (its manifest row's key names the store entry it is: tests/test_round44c.py)."""
+    monkeypatch.chdir(tmp_path)
+    key = "c" * 64
+    store, images = tmp_path / "data" / "image_store" / key[:2], tmp_path / "images"
+    store.mkdir(parents=True)
     images.mkdir()
-    (store / "k.png").write_bytes(png())
-    os.link(store / "k.png", images / "a.png")
+    (store / f"{key}.png").write_bytes(png())
+    os.link(store / f"{key}.png", images / "a.png")
+    pq.write_table(pa.table({"id": ["r0"], "file": ["a.png"], "key": [key]}), images / "manifest.parquet")
     sent, skipped = _caption_reads(images)
-    assert [name for name in sent if name.endswith("a.png")] and not skipped, (sent, skipped)
+    assert sent == ["r0"] and not skipped, (sent, skipped)
 
 
 # ---------------------------------------------------------------- 2. archive.read_image

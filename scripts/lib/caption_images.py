@@ -1,5 +1,6 @@
 """Which images caption@S reads, and what it may send of each: a manifest's files (confined to the folder),
-image files, or WebDataset samples (headers only, nothing extracted); symbolic links skipped. Read only."""
+image files, or WebDataset samples (headers only, nothing extracted); symbolic links skipped, and a file with
+another hard link unless that name is generate's store entry for the image or DVC's cache copy. Read only."""
 
 from __future__ import annotations
 
@@ -28,13 +29,17 @@ from scripts.lib.io import file_kind
 from scripts.lib.params import CaptionEntry
 from scripts.lib.pixels import opened
 from scripts.lib.safe_paths import (
+    PIPELINE_STORE,
+    STORE_KEY,
     confined_file,
     dvc_cache_of,
     inside,
+    is_store_entry,
     leads_out,
     open_regular,
     opened_once,
     opened_real_path,
+    stored_name,
 )
 
 MANIFEST = "manifest.parquet"
@@ -50,12 +55,14 @@ class ImageInfo:
     mime: str
     width: int
     height: int
+    stored: str | None = None  # Listed.stored
 
 
 @dataclass(frozen=True)
 class Listed:
     id: str
     ref: str
+    stored: str | None = None  # the generation store's entry for this image (its generate manifest's key), if any
 
 
 def list_images(folder: Path) -> tuple[list[Listed], Counter]:
@@ -134,13 +141,23 @@ def _manifest_images(folder: Path, manifest: Path) -> list[Listed]:
     frame = read_parquet(manifest)
     # a null id or file (a traceback at sorting or at the path check) is one line naming its row
     check_table(frame, manifest, strings=("id", "file"), unique="id", present=("file",))
+    keys = frame["key"] if "key" in frame.columns else [None] * len(frame)
     listed = []
-    for row, (image_id, name) in enumerate(zip(frame["id"], frame["file"]), start=1):  # rows count from 1
+    for row, (image_id, name, key) in enumerate(zip(frame["id"], frame["file"], keys), start=1):  # rows from 1
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
             raise DataError(f"{shown(manifest)}: row {row}: file {shown_short(repr(name))} leaves the images folder")
         # resolved where it is read: a link in the folder pointing out of it is refused too
-        listed.append(Listed(image_id, confined_file(folder, name, f"{manifest}: row {row}").as_posix()))
+        path = confined_file(folder, name, f"{manifest}: row {row}").as_posix()
+        listed.append(Listed(image_id, path, store_entry(key, name)))
     return sorted(listed, key=lambda image: image.id)
+
+
+def store_entry(key: object, name: str) -> str | None:
+    """The generation store's entry for a generate manifest row's image (its render key), where generate's
+    image may be a hard link to; None for a row with no key (a manifest of the user's)."""
+    if not isinstance(key, str) or not STORE_KEY.fullmatch(key):
+        return None
+    return (PIPELINE_STORE / stored_name(key, name)).as_posix()
 
 
 def _tar_images(folder: Path, shard: Path, skipped: Counter) -> list[Listed]:
@@ -166,18 +183,18 @@ def _tar_images(folder: Path, shard: Path, skipped: Counter) -> list[Listed]:
 def inspect_image(image: Listed, params: CaptionEntry) -> ImageInfo:
     """sha256, type and size of an image, after the byte and pixel caps; UnsafeArchive (with the
     counted reason) when it cannot be sent."""
-    data = read_image(image.ref, params)
+    data = read_image(image.ref, params, image.stored)
     return _info(image, data, params)
 
 
-def read_image(ref: str, params: CaptionEntry) -> bytes:
+def read_image(ref: str, params: CaptionEntry, stored: str | None = None) -> bytes:
     """The bytes of the image `ref` names, from the file opened ONCE and checked there (confined_open): the
     folder check was of the name (realpath), and a link out or a FIFO swapped in before the open was read; an
-    archive's member was read by name again (read_member) until round 35b."""
+    archive's member was read by name again (read_member) until round 35b. `stored`: Listed.stored."""
     confine(ref, Path(params.images))
     archive, member = parse_ref(ref)
     try:
-        with confined_open(archive, Path(params.images), ref) as file:
+        with confined_open(archive, Path(params.images), ref, stored) as file:
             return read_opened(file, archive, member, params.max_image_bytes)  # never by name: from this open
     except FileNotFoundError:
         raise DataError(f"{ref}: image not found (the images folder changed while it was captioned)") from None
@@ -193,27 +210,44 @@ def confine(ref: str, root: Path) -> None:
         raise UnsafeArchive("ambiguous_name", f"{ref}: both a file and a member of {archive}")
 
 
-def confined_open(archive: Path, root: Path, ref: str) -> BinaryIO:
+def confined_open(archive: Path, root: Path, ref: str, stored: str | None = None) -> BinaryIO:
     """The file of a reference (the archive of "a.tar!/m", or the plain file) opened once, never waited on,
     and UnsafeArchive unless it is a regular file inside the images folder after every link, as its
-    descriptor names it. A hard link is read: generate's images are hard links into the generation store (and
-    DVC's cache), and an images folder of them is what captioning generated images reads."""
+    descriptor names it, with one name or a hard link generate or DVC made (check_own_file)."""
     try:
         file = open_regular(archive)
     except DataError:  # a FIFO, folder or device: counted, as read_member counts one
         raise UnsafeArchive("not_a_regular_file", f"{archive}: not a regular file (a FIFO, socket or device)") from None
     try:
-        check_own_file(file, archive, root, ref)
+        check_own_file(file, archive, root, ref, stored)
     except BaseException:
         file.close()
         raise
     return file
 
 
-def check_own_file(file: BinaryIO, archive: Path, root: Path, ref: str) -> None:
-    """UnsafeArchive unless the opened `file` lies in `root` (by its descriptor)."""
-    if leads_out(archive, root, real=opened_real_path(file, archive)):
+def check_own_file(file: BinaryIO, archive: Path, root: Path, ref: str, stored: str | None = None) -> None:
+    """UnsafeArchive unless the opened `file` lies in `root` (by its descriptor) and is the folder's own: one
+    name, or a hard link generate made (`stored`, the store's entry for this very image) or DVC's cache.type
+    hardlink made. Any other hard link keeps its name in the folder, so no path check sees it: a user's file
+    linked in from elsewhere (a key, a private photo) was captioned, sent to the API."""
+    real = opened_real_path(file, archive)
+    if leads_out(archive, root, real=real):
         raise UnsafeArchive("outside_images_folder", f"{ref}: leaves the images folder {root}")
+    status = os.fstat(file.fileno())  # the file read, never a second look by name
+    if status.st_nlink > 1 and not _links_made_here(status, real, stored):
+        raise UnsafeArchive(
+            "hard_link",
+            f"{shown(ref)}: has another hard link, neither generate's store entry for this image nor DVC's cache "
+            "copy; not read",
+        )
+
+
+def _links_made_here(status: os.stat_result, real: str, stored: str | None) -> bool:
+    """Whether the opened file's other name is the store's entry for its image, or DVC's cache copy of it."""
+    from scripts.lib.dvc_cache import is_cache_copy
+
+    return (stored is not None and is_store_entry(status, stored)) or is_cache_copy(real, opened=status)
 
 
 def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
@@ -228,7 +262,7 @@ def _info(image: Listed, data: bytes, params: CaptionEntry) -> ImageInfo:
         raise UnsafeArchive("bad_image", f"{image.ref}: not a readable image") from None
     if fmt not in MIME:
         raise UnsafeArchive("unsupported_format", f"{image.ref}: {fmt} (servers take {', '.join(MIME)})")
-    return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height)
+    return ImageInfo(image.id, image.ref, hashlib.sha256(data).hexdigest(), MIME[fmt], width, height, image.stored)
 
 
 # ---------------------------------------------------------------- whole files (the bytes sent, never decoded)

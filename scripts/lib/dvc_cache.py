@@ -226,14 +226,15 @@ def repository_cache(folder: Path | str) -> str | None:
     return None
 
 
-def is_cache_copy(path: Path | str, root: Path | str = ".") -> bool:
+def is_cache_copy(path: Path | str, root: Path | str = ".", opened: os.stat_result | None = None) -> bool:
     """`path` is the very file (same inode) the DVC cache of the repository at `root` holds under its md5
-    (wherever `dvc cache dir` put it): what a checkout with cache.type hardlink puts in the workspace."""
+    (wherever `dvc cache dir` put it): what a checkout with cache.type hardlink puts in the workspace.
+    `opened`: the fstat of the file a reader has open, proved to be that cache file (the name only finds it)."""
     md5, files = file_md5(Path(path)), _cache_files(os.path.abspath(root))
     if md5 is None or files is None:
         return False
     try:
-        return os.path.samestat(os.stat(Path(files) / md5[:2] / md5[2:]), os.stat(path))
+        return os.path.samestat(os.stat(Path(files) / md5[:2] / md5[2:]), opened or os.stat(path))
     except OSError:
         return False
 

@@ -20,6 +20,8 @@ from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import config_text
 from scripts.lib.nesting import loads_json
 from scripts.lib.params import Generate
+from scripts.lib.safe_paths import STORE_KEY
+from scripts.lib.safe_paths import stored_name as stored_name
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = [
@@ -45,7 +47,7 @@ MANIFEST_COLUMNS = [
 MANIFEST_COLUMNS_BEFORE_SHA256 = MANIFEST_COLUMNS[:-1]  # a manifest written before it: read, never written
 
 INDEX_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-KEY = re.compile(r"[0-9a-f]{64}")
+KEY = STORE_KEY
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,6 @@ def image_key(model_identity: str, render_settings: dict, prompt: str, seed: int
 def sequential_noise(settings: Generate, row: int) -> dict:
     """Where a row's noise comes from with sequential noise: its generator and its draw from it."""
     return {"seed": settings.seed, "stream": row % settings.noise_streams, "draw": row // settings.noise_streams}
-
-
-def stored_name(key: str, file: str) -> str:
-    """An image's name in the generation store, from its key and any name it has in OUTPUT."""
-    return f"{key[:2]}/{key}{Path(file).suffix}"
 
 
 def plan_jobs(

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fnmatch
 import os
+import re
 import shutil
 import stat
 import sys
@@ -111,6 +112,30 @@ def _led_out(path: Path | str, root: Path | str, where: str | None, root_name: s
     return DataError(
         f"{where or shown(path)}: a link on its way leads out of {root_name or shown(root)}; refusing to read it"
     )
+
+
+# ---------------------------------------------------------------- the generation store's names
+# Here, not in image_store, because readers of generate's images (caption) tell its store links apart by them and
+# depend on this module only; render_plan and image_store take them from here.
+
+PIPELINE_STORE = Path("data/image_store")  # generate's --store in dvc.yaml, generate-prune's default
+STORE_KEY = re.compile(r"[0-9a-f]{64}")  # a render key (sha256 of everything that changes an image's bytes)
+
+
+def stored_name(key: str, file: str) -> str:
+    """An image's name in the generation store, from its key and any name it has in OUTPUT."""
+    return f"{key[:2]}/{key}{Path(file).suffix}"
+
+
+def is_store_entry(opened: os.stat_result, entry: Path | str) -> bool:
+    """Whether the opened file (`opened`: its fstat) is the generation store's `entry` itself (same device and
+    inode, the entry a regular file of its own, not a link): generate's images are hard links into the store,
+    and only that other name of an image proves its link generate's."""
+    try:
+        found = os.lstat(entry)
+    except OSError:
+        return False
+    return stat.S_ISREG(found.st_mode) and os.path.samestat(found, opened)
 
 
 def opened_real_path(file: BinaryIO, path: Path | str) -> str:

@@ -6,6 +6,7 @@ import csv
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.lib.archive import REF_SEPARATOR, UnsafeArchive
 from scripts.lib.errors import DataError, shown, shown_short
@@ -24,6 +25,7 @@ from scripts.lib.readers.base import (
     require_columns,
     source_files,
 )
+from scripts.lib.safe_paths import open_regular, open_within
 from scripts.lib.text_lines import without_bom
 
 # raw_discord_data fields kept in meta (the generation settings of the original image)
@@ -262,26 +264,44 @@ def kaggle_csv_files(cfg: SourceConfig) -> list[Path]:
 
 
 def image_file_size(
-    image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False
+    image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool = False, root: Path | None = None
 ) -> tuple[int, int] | str:
-    """(width, height) of a plain image file within the caps, or "reason:detail"."""
+    """(width, height) of a plain image file within the caps, or "reason:detail". `root`: the source's folder the
+    image must lie in, after every link, unless `follow_symlinks` (the image's folder when None)."""
     try:
-        return _image_file_size(image, max_bytes, max_pixels, follow_symlinks)
+        return _image_file_size(image, max_bytes, max_pixels, follow_symlinks, root or image.parent)
     except OSError as exc:  # a name from the data past NAME_MAX or PATH_MAX: the row's, never the whole run's
         return f"missing_image:image {shown_short(str(image), NAME_SHOWN)}: {exc.strerror}"
 
 
-def _image_file_size(image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool) -> tuple[int, int] | str:
+def _image_file_size(
+    image: Path, max_bytes: int, max_pixels: int, follow_symlinks: bool, root: Path
+) -> tuple[int, int] | str:
     if REF_SEPARATOR in image.as_posix():  # every later stage would read it as an archive member
         return f"unsafe_path:image {image}: a folder name ending in '!' reads as an archive ('!/' marks a member)"
     if image.is_symlink() and not follow_symlinks:
         return f"unsafe_path:image {image} is a symbolic link; {LINK_HINT}"
     if not image.is_file():
         return f"missing_image:image {image} not found (or not a regular file)"
-    if image.stat().st_size > max_bytes:
-        return f"member_too_large:image {image} is larger than {max_bytes} bytes"
     try:
-        with image.open("rb") as f:
-            return head_pixels(lambda n: image_head(stream_reader(f), n), str(image), max_pixels)
-    except UnsafeArchive as exc:
-        return f"{exc.reason}:{exc}"
+        file = _open_image(image, follow_symlinks, root)
+    except FileNotFoundError:
+        return f"missing_image:image {image} not found (removed while it was read)"
+    except DataError as exc:  # replaced since the look above (a link out, a FIFO): the open's own check
+        return f"unsafe_path:image {shown_short(str(exc), 2 * NAME_SHOWN)}"
+    with file:
+        if os.fstat(file.fileno()).st_size > max_bytes:  # of the file opened, never of the name again
+            return f"member_too_large:image {image} is larger than {max_bytes} bytes"
+        try:
+            return head_pixels(lambda n: image_head(stream_reader(file), n), str(image), max_pixels)
+        except UnsafeArchive as exc:
+            return f"{exc.reason}:{exc}"
+
+
+def _open_image(image: Path, follow_symlinks: bool, root: Path) -> BinaryIO:
+    """The image opened ONCE, checked on its descriptor: a regular file (never waited on), in `root` by what the
+    descriptor names, no link unless `follow_symlinks`. Its name was looked at, then opened by name again: a
+    link out or a FIFO put there in between was read (its header) or hung the run."""
+    if follow_symlinks:  # the source's params let links lead anywhere
+        return open_regular(image)
+    return open_within(image, root, follow=False)

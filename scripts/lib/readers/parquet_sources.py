@@ -346,7 +346,7 @@ def _gustavosta_csv(file: Path, root: Path, stem: str, split: str, cfg: SourceCo
                 f"image_path {quoted(relative, NAME_SHOWN)}: {link} is a symbolic link; {LINK_HINT}",
             )
             continue
-        sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels, follow_symlinks=True)
+        sized = image_file_size(root / relative, cfg.max_member_bytes, cfg.max_image_pixels, cfg.follow_symlinks, root)
         if isinstance(sized, str):
             reason, _, detail = sized.partition(":")
             yield Problem(file, f"row {number}", reason, detail)
