@@ -15,6 +15,7 @@ real children, real parquet and real folders.
 from __future__ import annotations
 
 import ast
+import functools
 import signal
 import subprocess
 import sys
@@ -32,10 +33,15 @@ TESTS = REPO / "tests"
 
 
 # --- the source holds each step once ---------------------------------------------------------------------------
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    return parse_python(path)
+
+
 def calls(path: Path, name: str) -> list[int]:
     """Lines of `path` that call something named `name` (`name(...)` or `x.name(...)`)."""
     found = []
-    for node in ast.walk(parse_python(path)):
+    for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Call):
             called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
             if called == name:
@@ -48,7 +54,7 @@ def bodies_spelled_twice(paths: list[Path]) -> list[str]:
     seen: dict[str, str] = {}
     twice = []
     for path in paths:
-        for node in ast.walk(parse_python(path)):
+        for node in ast.walk(parsed(path)):
             if isinstance(node, ast.FunctionDef):
                 body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
                 if len(body) < 3:
