@@ -49,12 +49,14 @@ def run_child(
     env: Mapping[str, str] | None = None,
     capture: bool = True,
     merge_stderr: bool = False,
+    stderr_shown: bool = False,
 ) -> ChildRun:
     """`argv` run in `cwd` (with `env`, or this process's) to its end; its output captured (stderr into stdout
-    with `merge_stderr`), or left on this process's terminal without `capture`."""
+    with `merge_stderr`), or left on this process's terminal without `capture` (stderr alone with
+    `stderr_shown`: a stage's progress lines, as its user sees them)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdout = out if capture else None
-        stderr = (out if merge_stderr else err) if capture else None
+        stderr = (out if merge_stderr else err) if capture and not stderr_shown else None
         started = time.perf_counter()
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=stdout, stderr=stderr)
         _, status, usage = os.wait4(child.pid, 0)

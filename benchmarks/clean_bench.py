@@ -183,9 +183,11 @@ def command_rate(prompts: list[str]) -> tuple[float, float]:
         src, dst = Path(tmp) / "prompts.txt", Path(tmp) / "clean.jsonl"
         src.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        run = run_child([sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)], cwd=ROOT, env=env)
+        run = run_child(
+            [sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)], cwd=ROOT, env=env, stderr_shown=True
+        )
         if run.exit_code != 0:
-            raise SystemExit(f"clean-text failed (exit {run.exit_code}): {run.stderr.strip()[-2000:]}")
+            raise SystemExit(f"clean-text failed (exit {run.exit_code})")
         lines = sum(1 for _ in dst.open(encoding="utf-8"))
         if lines != len(prompts):
             raise SystemExit(f"clean-text wrote {lines} lines for {len(prompts)} prompts")

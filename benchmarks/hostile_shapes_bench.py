@@ -135,9 +135,9 @@ def measure(shape: str, path: Path) -> None:
 def measure_shape(shape: str, path: Path) -> tuple[float, float]:
     """(seconds of the measured code, without the interpreter's start and imports; peak RSS in MiB) of one
     child process measuring `shape` on `path`."""
-    run = run_child([sys.executable, __file__, "--child", shape, str(path)], cwd=ROOT)
+    run = run_child([sys.executable, __file__, "--child", shape, str(path)], cwd=ROOT, stderr_shown=True)
     if run.exit_code != 0:
-        raise SystemExit(f"{shape}: the child failed (exit {run.exit_code}): {run.stderr.strip()[-2000:]}")
+        raise SystemExit(f"{shape}: the child failed (exit {run.exit_code})")
     return float(run.stdout.split()[-1]), run.peak_mib
 
 

@@ -211,3 +211,9 @@ def test_a_bounded_run_in_time_is_its_completed_process(tmp_path):
 
     done, seconds = run_bounded(tmp_path, ["no-such-command"], 60)
     assert done.returncode == 2 and "no-such-command" in done.stderr and 0 < seconds < 60
+
+
+def test_stderr_shown_goes_to_the_terminal_and_stdout_is_kept(capfd):
+    done = run_child("import sys; print('kept'); print('ingest@s: 1 records', file=sys.stderr)", stderr_shown=True)
+    assert (done.stdout, done.stderr) == ("kept\n", "")
+    assert "ingest@s: 1 records" in capfd.readouterr().err
