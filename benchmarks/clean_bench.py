@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._peak_rss import run_child
 from benchmarks.clean_agreement import (
     MIRROR,
     REFERENCES,
@@ -184,21 +183,15 @@ def command_rate(prompts: list[str]) -> tuple[float, float]:
         src, dst = Path(tmp) / "prompts.txt", Path(tmp) / "clean.jsonl"
         src.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
+        run = run_child(
+            [sys.executable, "-m", "scripts", "clean-text", str(src), str(dst)], cwd=ROOT, env=env, stderr_shown=True
         )
-        wall = time.perf_counter() - wall
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if run.exit_code != 0:
+            raise SystemExit(f"clean-text failed (exit {run.exit_code})")
         lines = sum(1 for _ in dst.open(encoding="utf-8"))
         if lines != len(prompts):
             raise SystemExit(f"clean-text wrote {lines} lines for {len(prompts)} prompts")
-    return len(prompts) / cpu, len(prompts) / wall
+    return len(prompts) / run.cpu_seconds, len(prompts) / run.seconds
 
 
 if __name__ == "__main__":

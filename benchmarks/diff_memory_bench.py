@@ -13,14 +13,12 @@ raised it over the snapshots alone (getrusage before and after), and the ratio o
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peak_rss import run_child
 from benchmarks._record import add_out_argument, record
 
 CHILD = r"""
@@ -71,23 +69,11 @@ print(raise_kb, counts)
 
 def measure(mode: str, rows: int) -> tuple[float, float, float, str]:
     """(peak RSS MB, the comparison's raise of it MB, seconds, its counts) of one child."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, str(rows)],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    out = child.stdout.read().strip() if child.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(
-            f"{mode}: exit {os.waitstatus_to_exitcode(status)}: {child.stderr.read() if child.stderr else ''}"
-        )
-    raise_kb, _, counts = out.partition(" ")
-    return usage.ru_maxrss / 1024, int(raise_kb) / 1024, seconds, counts
+    run = run_child([sys.executable, "-c", CHILD, mode, str(rows)])
+    if run.exit_code != 0:
+        raise SystemExit(f"{mode}: exit {run.exit_code}: {run.stderr}")
+    raise_kb, _, counts = run.stdout.strip().partition(" ")
+    return run.peak_mib, int(raise_kb) / 1024, run.seconds, counts
 
 
 def main() -> None:

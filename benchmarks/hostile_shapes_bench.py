@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peak_rss import run_child
 from benchmarks._record import add_out_argument, record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,17 +132,13 @@ def measure(shape: str, path: Path) -> None:
         sum(1 for _ in iter_parquet(path, ["Prompt"], 50_000))
 
 
-def run_child(shape: str, path: Path) -> tuple[float, float]:
+def measure_shape(shape: str, path: Path) -> tuple[float, float]:
     """(seconds of the measured code, without the interpreter's start and imports; peak RSS in MiB) of one
     child process measuring `shape` on `path`."""
-    argv = [sys.executable, __file__, "--child", shape, str(path)]
-    child = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None
-    said = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{shape}: the child failed (status {status})")
-    return float(said.split()[-1]), usage.ru_maxrss / 1024  # Linux: KiB
+    run = run_child([sys.executable, __file__, "--child", shape, str(path)], cwd=ROOT, stderr_shown=True)
+    if run.exit_code != 0:
+        raise SystemExit(f"{shape}: the child failed (exit {run.exit_code})")
+    return float(run.stdout.split()[-1]), run.peak_mib
 
 
 def main() -> None:
@@ -163,7 +158,7 @@ def main() -> None:
         return
     record(args.out)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    _, base = run_child("baseline", args.workdir)
+    _, base = measure_shape("baseline", args.workdir)
     print(f"baseline RSS of a child that imports and measures nothing: {base:.0f} MiB (MiB below: above it)")
     print(
         f"{'shape':<16}{'sizes':>18}{'s small':>9}{'s large':>9}{'MiB small':>10}{'MiB large':>10}"
@@ -171,8 +166,8 @@ def main() -> None:
     )
     for shape in args.shapes:
         small, large = (max(1, int(size * args.scale)) for size in SHAPES[shape])
-        t_small, m_small = run_child(shape, build(shape, small, args.workdir / shape / "small"))
-        t_large, m_large = run_child(shape, build(shape, large, args.workdir / shape / "large"))
+        t_small, m_small = measure_shape(shape, build(shape, small, args.workdir / shape / "small"))
+        t_large, m_large = measure_shape(shape, build(shape, large, args.workdir / shape / "large"))
         m_small, m_large = max(m_small - base, 1.0), max(m_large - base, 1.0)
         print(
             f"{shape:<16}{f'{small:,} -> {large:,}':>18}{t_small:>9.2f}{t_large:>9.2f}{m_small:>10.0f}{m_large:>10.0f}"

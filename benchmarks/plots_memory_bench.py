@@ -13,15 +13,13 @@ plots.caption_counts as shipped. Each child's peak comes from os.wait4's rusage;
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peak_rss import run_child, said
 from benchmarks._record import add_out_argument, record
 
 CHILD = """
@@ -68,20 +66,8 @@ def write_release(folder: Path, rows: int, chars: int) -> Path:
 
 def measure(mode: str, releases: Path) -> tuple[float, float, str]:
     """(peak RSS in MB, seconds, the child's output) of one count in a fresh child."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, str(releases)],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    out = (child.stdout.read() + child.stderr.read()).strip() if child.stdout and child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        out = f"exit {os.waitstatus_to_exitcode(status)}: {out.splitlines()[-1] if out else ''}"
-    return usage.ru_maxrss / 1024, seconds, out
+    run = run_child([sys.executable, "-c", CHILD, mode, str(releases)])
+    return run.peak_mib, run.seconds, said(run)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._peak_rss import run_child
 from benchmarks._record import TreeMemory, add_out_argument, record
 
 SOURCE, RELEASE = "rehearsal", "r"
@@ -114,19 +114,12 @@ def stage_order(folder: Path) -> list[str]:
 
 def run_stage(folder: Path, stage: str, pss: bool) -> tuple[float, float, float, float]:
     """(wall s, CPU s, peak RSS GiB of its largest process, sampled peak PSS GiB of the tree or nan)."""
-    start = time.perf_counter()
     no_sampling = contextlib.nullcontext(SimpleNamespace(peak_gib=float("nan")))
     with TreeMemory(every_s=0.5) if pss else no_sampling as tree:
-        process = subprocess.Popen(
-            ["dvc", "repro", "-s", stage], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        output = process.stdout.read() if process.stdout else b""
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if process.returncode:
-        raise SystemExit(f"{stage} failed (exit {process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 2**20, tree.peak_gib
+        run = run_child(["dvc", "repro", "-s", stage], cwd=folder, merge_stderr=True)
+    if run.exit_code:
+        raise SystemExit(f"{stage} failed (exit {run.exit_code}):\n{run.stdout[-3000:]}")
+    return run.seconds, run.cpu_seconds, run.peak_gib, tree.peak_gib
 
 
 def outputs_digest(folder: Path) -> str:

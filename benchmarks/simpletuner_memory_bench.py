@@ -18,16 +18,15 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peak_rss import run_child
 from benchmarks._record import add_out_argument, record
 
 SHARD_RECORDS = 1000
@@ -75,14 +74,10 @@ def peak_kib(variant: str, root: Path, shards: str, outputs: str) -> tuple[int, 
     for leftover in ("out.parquet", "data", "multidatabackend.json"):
         with contextlib.suppress(FileNotFoundError):
             subprocess.run(["rm", "-rf", str(root / leftover)], check=True)
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, variant, str(root), shards, outputs], cwd=Path(__file__).parents[1]
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{variant} run failed ({status})")
-    return usage.ru_maxrss, time.perf_counter() - started  # Linux: KiB
+    run = run_child([sys.executable, "-c", CHILD, variant, str(root), shards, outputs], capture=False)
+    if run.exit_code != 0:
+        raise SystemExit(f"{variant} run failed (exit {run.exit_code})")
+    return run.peak_kib, run.seconds
 
 
 def build_shards(folder: Path, records: int) -> None:

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from helpers.children import scripts_env, start_scripts
-from helpers.ray_runs import cluster_processes, ray_workspace, two_cpu_cluster, write_numbered_prompts
+from helpers.ray_runs import cluster_processes, out_bytes, ray_stage_folder, two_cpu_cluster, write_numbered_prompts
 from helpers.repos import REPO
 from helpers.tiers import fast_first
 
@@ -141,14 +141,8 @@ def kill_always(cluster, stop: threading.Event) -> None:
 
 
 def clean_workspace(root: Path, runtime: dict) -> Path:
-    ray_workspace(root, FIXTURES, runtime)
-    write_numbered_prompts(root, FIXTURES, 2)
-    (root / "out").mkdir()
+    write_numbered_prompts(ray_stage_folder(root, FIXTURES, runtime), FIXTURES, 2)
     return root
-
-
-def clean_outputs(root: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted((root / "out").iterdir())}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +150,7 @@ def local_clean(tmp_path_factory) -> dict[str, bytes]:
     root = clean_workspace(tmp_path_factory.mktemp("local"), {"engine": "local", "workers": 1})
     done = run(root, "clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet")
     assert done.returncode == 0, done.stderr
-    return clean_outputs(root)
+    return out_bytes(root)
 
 
 def clean_on_cluster(root: Path, cluster, killer: Callable, **runtime) -> subprocess.CompletedProcess:
@@ -191,7 +185,7 @@ def test_a_worker_killed_once_is_started_again_and_the_bytes_are_the_local_engin
     assert done.returncode == 0, done.stderr[-3000:]
     # the raylet's `(raylet) A worker died ...` was printed on stdout beside the stage's lines
     assert "Traceback" not in done.stderr and "(raylet)" not in done.stdout + done.stderr, done.stdout + done.stderr
-    assert clean_outputs(tmp_path) == local_clean
+    assert out_bytes(tmp_path) == local_clean
 
 
 KILLED_ALWAYS = {"one worker": {"workers": 1}, "two workers": {"workers": 2}, "batches of 50": {"batch_rows": 50}}

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 
-from helpers.commands import cli
-from helpers.workspace import error_line
+from helpers.workspace import captions_error_line
 from scripts.lib.errors import DataError
 
 # ---------------------------------------------------------------- 1. captions' generation JSON
@@ -38,21 +36,6 @@ MANIFEST_VALUES = {  # case: (the manifest column, the second row's value, what 
 }
 
 
-def _captions_of(tmp_path, monkeypatch, capfd, manifest: dict) -> str:
-    """captions@s's one error line, for two prompt rows and `manifest` as generate@s's manifest.parquet."""
-    (tmp_path / "params.yaml").write_text("sources: {}\n", encoding="utf-8")
-    (tmp_path / "images").mkdir()
-    rows = {"id": ["a", "b"], "text": ["x", "y"], "prompt": ["x", "y"], "source": ["s", "s"]}
-    rows |= {"split": ["train", "train"], "meta": ["{}", "{}"], "width": [8, 8], "height": [8, 8]}
-    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
-    pd.DataFrame(manifest).to_parquet(tmp_path / "images" / "manifest.parquet")
-    result = cli(["captions", "s", "in.parquet", "images", "out.parquet"], tmp_path, monkeypatch, capfd)
-    line = error_line(result.stderr)
-    assert result.returncode == 2, result.stderr
-    assert not (tmp_path / "out.parquet").exists()
-    return line
-
-
 def _manifest(**columns) -> dict:
     manifest = {"id": ["a", "b"], "file": ["a.png", "b.png"], "width": [8, 8], "height": [8, 8], "model": ["m", "m"]}
     return manifest | {"guidance": [7.5, 7.5], "steps": [1, 1], "seed": [1, 2]} | columns
@@ -61,7 +44,7 @@ def _manifest(**columns) -> dict:
 @pytest.mark.parametrize("case", MANIFEST_VALUES)
 def test_captions_refuses_a_generation_value_json_has_no_word_for(tmp_path, monkeypatch, capfd, case):
     column, value, said = MANIFEST_VALUES[case]
-    line = _captions_of(tmp_path, monkeypatch, capfd, _manifest(**{column: [_manifest()[column][0], value]}))
+    line = captions_error_line(tmp_path, monkeypatch, capfd, _manifest(**{column: [_manifest()[column][0], value]}))
     assert "images/manifest.parquet: id b" in line and said in line, line
 
 
@@ -79,7 +62,7 @@ def test_captions_checks_the_sizes_a_manifest_gives_its_rows(tmp_path, monkeypat
     manifest = _manifest(width=widths)
     if widths is None:
         del manifest["width"]
-    line = _captions_of(tmp_path, monkeypatch, capfd, manifest)
+    line = captions_error_line(tmp_path, monkeypatch, capfd, manifest)
     assert "images/manifest.parquet" in line and said in line, line
 
 

@@ -16,30 +16,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from helpers.commands import cli
 from helpers.repos import GIT_ENV
-from helpers.workspace import error_line
+from helpers.workspace import captions_error_line, error_line
 from scripts.lib.errors import DataError
 
 # ---------------------------------------------------------------- 1. captions: the manifest's settings as text
-
-
-def _captions_of(tmp_path, monkeypatch, capfd, manifest: dict) -> str:
-    """captions@s's one error line, for two prompt rows and `manifest` as generate@s's manifest.parquet."""
-    (tmp_path / "params.yaml").write_text("sources: {}\n", encoding="utf-8")
-    (tmp_path / "images").mkdir()
-    rows = {"id": ["a", "b"], "text": ["x", "y"], "prompt": ["x", "y"], "source": ["s", "s"]}
-    rows |= {"split": ["train", "train"], "meta": ["{}", "{}"], "width": [8, 8], "height": [8, 8]}
-    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
-    pd.DataFrame(manifest).to_parquet(tmp_path / "images" / "manifest.parquet")
-    result = cli(["captions", "s", "in.parquet", "images", "out.parquet"], tmp_path, monkeypatch, capfd)
-    line = error_line(result.stderr)
-    assert result.returncode == 2, result.stderr
-    assert not (tmp_path / "out.parquet").exists()
-    return line
 
 
 def _manifest(**columns) -> dict:
@@ -61,7 +45,7 @@ SETTINGS = {  # case: (the manifest column, its values, the row named, what the 
 @pytest.mark.parametrize("case", SETTINGS)
 def test_captions_refuses_a_manifest_setting_that_is_no_plain_text(tmp_path, monkeypatch, capfd, case):
     column, values, row, said = SETTINGS[case]
-    line = _captions_of(tmp_path, monkeypatch, capfd, _manifest(**{column: values}))
+    line = captions_error_line(tmp_path, monkeypatch, capfd, _manifest(**{column: values}))
     assert f"images/manifest.parquet: row {row}: column {column!r}" in line and said in line, line
     assert len(line) < 400, line
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -22,14 +21,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.children import scripts_env, start_scripts
-from helpers.ray_runs import ray_workspace, write_numbered_prompts
+from helpers.children import communicate_or_kill, scripts_env, start_scripts
+from helpers.ray_runs import (
+    OBJECT_STORE,
+    local_cluster,
+    node_processes,
+    out_bytes,
+    ray_stage_folder,
+    run_bounded,
+    write_numbered_prompts,
+    write_prompts,
+)
 from helpers.repos import REPO
 
 FIXTURES = REPO / "tests" / "fixtures"
 # a row's run: past it, the run is killed with its session and the row fails (rows took 28-77 s on a loaded machine)
 BOUND_S = int(os.environ.get("ROUND40F_BOUND_S", "300"))  # a hang bound, not a speed target (benchmarks/)
-STORE = 80 * 2**20  # Ray's minimum object store (75 MiB), a little over
 # Ray 2.60's core worker line (ray#53727), once per actor pool: known (test_round25f.py)
 KNOWN = ("has constructor arguments in the object store", "Failed to push error to driver")
 
@@ -37,15 +44,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(root: Path, *argv: str) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    process = start_scripts(root, *argv)
-    try:
-        out, err = process.communicate(timeout=BOUND_S)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err), time.monotonic() - start
+    return run_bounded(root, list(argv), BOUND_S)
 
 
 def lines(err: str) -> list[str]:
@@ -67,26 +66,12 @@ def dedup_input(root: Path) -> list[str]:
 
 
 def huge_prompt_input(root: Path) -> list[str]:
-    import pandas as pd
-
-    from scripts.lib.io import PROMPT_COLUMNS
-    from scripts.lib.tables import write_parquet
-
-    prompts = ["a red fox", "word " * (10 * 2**20), "a blue cat", "a red fox"]  # 50 MB in row 1
-    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(prompts))], "source": "t_gpt4", "prompt": prompts})
-    table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
-    write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
+    write_prompts(root, ["a red fox", "word " * (10 * 2**20), "a blue cat", "a red fox"])  # 50 MB in row 1
     return ["clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
 
 
-def outputs(root: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted((root / "out").iterdir())}
-
-
 def workspace(root: Path, make, runtime: dict) -> list[str]:
-    ray_workspace(root, FIXTURES, runtime)
-    (root / "out").mkdir()
-    return make(root)
+    return make(ray_stage_folder(root, FIXTURES, runtime))
 
 
 _LOCAL: dict[str, dict[str, bytes]] = {}
@@ -98,25 +83,13 @@ def local_bytes(tmp_path_factory, make) -> dict[str, bytes]:
         argv = workspace(root, make, {"engine": "local", "workers": 1})
         done, _ = run(root, *argv)
         assert done.returncode == 0, done.stderr
-        _LOCAL[make.__name__] = outputs(root)
+        _LOCAL[make.__name__] = out_bytes(root)
     return _LOCAL[make.__name__]
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    for last_try in (False, True):  # Ray 2.60 waits 30 s for a raylet (fixed): a loaded machine can take longer
-        try:
-            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": STORE})
-            break
-        except Exception:
-            if last_try:
-                raise
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown()
+    yield from local_cluster(1)
 
 
 def held_or_one_line(root: Path, done: subprocess.CompletedProcess, seconds: float, local: dict[str, bytes]) -> str:
@@ -124,7 +97,7 @@ def held_or_one_line(root: Path, done: subprocess.CompletedProcess, seconds: flo
     assert seconds < BOUND_S, seconds
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     if done.returncode == 0:
-        assert outputs(root) == local
+        assert out_bytes(root) == local
         return "held"
     assert done.returncode == 2 and len(lines(done.stderr)) == 1, done.stderr[-3000:]
     assert lines(done.stderr)[0].startswith("error: "), done.stderr
@@ -133,20 +106,6 @@ def held_or_one_line(root: Path, done: subprocess.CompletedProcess, seconds: flo
 
 
 # --- (1) a worker node removed while the stage runs ---------------------------------------------------------------
-def node_processes(node, marker: str) -> list[int]:
-    import contextlib
-
-    import psutil
-
-    found = []
-    for info in node.all_processes.get("raylet", []):
-        for process in psutil.Process(info.process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if marker in " ".join(process.cmdline()):
-                    found.append(process.pid)
-    return found
-
-
 REMOVED = {
     "clean@S, the node removed once its actor works": (clean_input, "MapBatches", 1.0),
     "clean@S, the node removed at its actor's start": (clean_input, "MapBatches", 0.0),
@@ -159,24 +118,19 @@ def test_a_worker_node_removed_mid_run_is_the_local_bytes_or_one_line(
     tmp_path, tmp_path_factory, cluster, make, marker, after_s
 ):
     local = local_bytes(tmp_path_factory, make)
-    node = cluster.add_node(num_cpus=1, object_store_memory=STORE)
+    node = cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
     cluster.wait_for_nodes()
     try:
         argv = workspace(tmp_path, make, {"engine": "ray", "ray_address": cluster.address, "batch_rows": 200})
         start = time.monotonic()
         process = start_scripts(tmp_path, *argv)
-        while not node_processes(node, marker) and time.monotonic() - start < BOUND_S and process.poll() is None:
+        while not node_processes([node], marker) and time.monotonic() - start < BOUND_S and process.poll() is None:
             time.sleep(0.1)
         time.sleep(after_s)
         removed_in_run = process.poll() is None
         cluster.remove_node(node, allow_graceful=False)
         node = None
-        try:
-            out, err = process.communicate(timeout=BOUND_S)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        out, err = communicate_or_kill(process, BOUND_S)
     finally:
         if node is not None:
             cluster.remove_node(node)
@@ -231,7 +185,7 @@ def test_a_50_mb_prompt_on_clean_via_ray_is_the_local_bytes(tmp_path, tmp_path_f
     peak = int(done.stderr.strip().splitlines()[-1].split()[1])
     done.stderr = "\n".join(done.stderr.strip().splitlines()[:-1])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert outputs(tmp_path) == local
+    assert out_bytes(tmp_path) == local
     assert peak < MEMORY_BOUND_MB, peak
     print(
         f"{runtime}: peak {peak} MB, {seconds:.1f} s, children {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024} MB"

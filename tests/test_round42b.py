@@ -14,17 +14,14 @@ Default-tier rows are the pure rules, in process; the rows that run the real com
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers.children import start_scripts
-from helpers.ray_runs import ray_workspace, two_cpu_cluster
+from helpers.ray_runs import out_bytes, ray_stage_folder, run_bounded, two_cpu_cluster, write_prompts
 from helpers.repos import REPO
 from scripts.lib.params import Runtime
 
@@ -106,15 +103,7 @@ def cluster():
 
 
 def clean_input(root: Path, rows: int) -> list[str]:
-    import pandas as pd
-
-    from scripts.lib.io import PROMPT_COLUMNS
-    from scripts.lib.tables import write_parquet
-
-    prompts = (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()[:rows]
-    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(prompts))], "source": "t_gpt4", "prompt": prompts})
-    table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
-    write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
+    write_prompts(root, (FIXTURES / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()[:rows])
     return ["clean", "t_gpt4", "in.parquet", "out/t_gpt4.parquet"]
 
 
@@ -125,26 +114,9 @@ def dedup_input(root: Path, rows: int) -> list[str]:
     return ["dedup", "s", "in.parquet", "out/s.parquet"]
 
 
-def run(root: Path, argv: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    process = start_scripts(root, *argv)
-    try:
-        out, err = process.communicate(timeout=BOUND_S)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err), time.monotonic() - start
-
-
-def outputs(root: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted((root / "out").iterdir())}
-
-
 def stage_run(root: Path, make, runtime: dict) -> tuple[subprocess.CompletedProcess, float]:
-    ray_workspace(root, FIXTURES, runtime)
-    (root / "out").mkdir()
-    return run(root, make(root, 200))
+    ray_stage_folder(root, FIXTURES, runtime)
+    return run_bounded(root, make(root, 200), BOUND_S)
 
 
 RAY_RUNS = {
@@ -164,7 +136,7 @@ def test_partitions_past_the_rows_run_in_rows_bounded_time_with_the_local_bytes(
         tmp_path / "ray", make, {"engine": "ray", "ray_address": cluster.address, "workers": 2, **runtime}
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local")
+    assert out_bytes(tmp_path / "ray") == out_bytes(tmp_path / "local")
     assert "runtime.partitions=1000000 asks 1000000 blocks for 200 rows: 64 on Ray" in done.stdout, done.stdout
     with capsys.disabled():
         print(f"\n{runtime}: {seconds:.1f} s")

@@ -59,3 +59,14 @@ def start_scripts(root: Path, *argv: str, env: Mapping[str, str] | None = None, 
     return start_child(
         [sys.executable, "-m", "scripts", *argv], cwd=root, env=scripts_env() if env is None else env, **options
     )
+
+
+def communicate_or_kill(process: subprocess.Popen, timeout: float) -> tuple[Any, Any]:
+    """(stdout, stderr) of a child start_child started; one still running after `timeout` seconds (or when
+    anything else fails the wait) is killed with its whole session, so no test leaves a stage behind."""
+    try:
+        return process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

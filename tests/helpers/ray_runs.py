@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import yaml
 
-from helpers.children import start_scripts
+from helpers.children import communicate_or_kill, start_scripts
 from helpers.repos import REPO
 
 
@@ -35,20 +35,45 @@ def ray_workspace(root: Path, fixtures: Path, runtime: dict) -> Path:
     return root
 
 
-def write_numbered_prompts(root: Path, fixtures: Path, copies: int) -> Path:
-    """in.parquet: the 3,057 GPT-4 prompts `copies` times, each copy numbered so that no two rows are the
-    same (cleaning takes seconds per actor, and dedup removes nothing)."""
+def ray_stage_folder(root: Path, fixtures: Path, runtime: dict) -> Path:
+    """ray_workspace's folder with an empty out/ for the stage's output."""
+    ray_workspace(root, fixtures, runtime)
+    (root / "out").mkdir()
+    return root
+
+
+def write_prompts(root: Path, prompts: list[str]) -> Path:
+    """in.parquet: `prompts` as a stage's prompt table (ids r0, r1, ...; source t_gpt4)."""
     import pandas as pd
 
     from scripts.lib.io import PROMPT_COLUMNS
     from scripts.lib.tables import write_parquet
 
-    prompts = (fixtures / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
-    texts = [f"{prompt} {i}" for i in range(copies) for prompt in prompts]
-    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "source": "t_gpt4", "prompt": texts})
+    table = pd.DataFrame({"id": [f"r{i}" for i in range(len(prompts))], "source": "t_gpt4", "prompt": prompts})
     table = table.assign(split=None, image=None, width=512, height=512, meta="{}")
     write_parquet(table[PROMPT_COLUMNS], root / "in.parquet")
     return root / "in.parquet"
+
+
+def write_numbered_prompts(root: Path, fixtures: Path, copies: int) -> Path:
+    """in.parquet: the 3,057 GPT-4 prompts `copies` times, each copy numbered so that no two rows are the
+    same (cleaning takes seconds per actor, and dedup removes nothing)."""
+    prompts = (fixtures / "gpt4-prompts-3k.txt").read_text(encoding="utf-8").splitlines()
+    return write_prompts(root, [f"{prompt} {i}" for i in range(copies) for prompt in prompts])
+
+
+def run_bounded(root: Path, argv: list[str], bound_s: float) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m scripts ARGV` in `root` in a session of its own, and its seconds; one that outlives `bound_s`
+    is killed with its whole session (communicate's timeout fails the test)."""
+    start = time.monotonic()
+    process = start_scripts(root, *argv)
+    out, err = communicate_or_kill(process, bound_s)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), time.monotonic() - start
+
+
+def out_bytes(root: Path) -> dict[str, bytes]:
+    """root/out's files by name: a stage's outputs, compared byte for byte between engines."""
+    return {path.name: path.read_bytes() for path in sorted((root / "out").iterdir())}
 
 
 def session_processes(session: int) -> list[str]:
@@ -96,22 +121,40 @@ def clean_on_ray_stopped_by(root: Path, send: Callable[[int], None], settle_s: f
     return Stopped(proc.pid, proc.returncode, err)
 
 
-def two_cpu_cluster() -> Iterator:
-    """A local ray.cluster_utils.Cluster of 2 CPUs and an 80 MiB object store (Ray's minimum, 75), for a module's
-    fixture (`yield from two_cpu_cluster()`); shut down when the module ends."""
+OBJECT_STORE = 80 * 2**20  # Ray's minimum object store (75 MiB), a little over
+
+
+def local_cluster(num_cpus: int) -> Iterator:
+    """A local ray.cluster_utils.Cluster of `num_cpus` CPUs and an 80 MiB object store, for a module's fixture
+    (`yield from local_cluster(1)`); shut down when the module ends."""
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 80 * 2**20})
-    yield cluster
-    cluster.shutdown()
+    for last_try in (False, True):  # Ray 2.60 waits 30 s for a raylet (fixed): a loaded machine can take longer
+        try:
+            cluster = Cluster(
+                initialize_head=True, head_node_args={"num_cpus": num_cpus, "object_store_memory": OBJECT_STORE}
+            )
+            break
+        except Exception:
+            if last_try:
+                raise
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
 
 
-def cluster_processes(cluster, marker: str) -> list[int]:
-    """The pids of the cluster's processes (its raylets' descendants) whose command line holds `marker`."""
+def two_cpu_cluster() -> Iterator:
+    """local_cluster of 2 CPUs."""
+    yield from local_cluster(2)
+
+
+def node_processes(nodes, marker: str) -> list[int]:
+    """The pids of the nodes' processes (their raylets' descendants) whose command line holds `marker`."""
     import psutil
 
-    raylets = [info.process.pid for node in cluster.list_all_nodes() for info in node.all_processes.get("raylet", [])]
+    raylets = [info.process.pid for node in nodes for info in node.all_processes.get("raylet", [])]
     found = []
     for raylet in raylets:
         for process in psutil.Process(raylet).children(recursive=True):
@@ -119,3 +162,8 @@ def cluster_processes(cluster, marker: str) -> list[int]:
                 if marker in " ".join(process.cmdline()):
                     found.append(process.pid)
     return found
+
+
+def cluster_processes(cluster, marker: str) -> list[int]:
+    """node_processes over every node of the cluster."""
+    return node_processes(cluster.list_all_nodes(), marker)

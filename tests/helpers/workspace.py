@@ -144,6 +144,21 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
+def captions_error_line(tmp_path, monkeypatch, capfd, manifest: dict) -> str:
+    """captions@s's one error line (exit 2, no output), for two prompt rows and `manifest` as generate@s's manifest.parquet."""
+    (tmp_path / "params.yaml").write_text("sources: {}\n", encoding="utf-8")
+    (tmp_path / "images").mkdir()
+    rows = {"id": ["a", "b"], "text": ["x", "y"], "prompt": ["x", "y"], "source": ["s", "s"]}
+    rows |= {"split": ["train", "train"], "meta": ["{}", "{}"], "width": [8, 8], "height": [8, 8]}
+    pd.DataFrame(rows).to_parquet(tmp_path / "in.parquet")
+    pd.DataFrame(manifest).to_parquet(tmp_path / "images" / "manifest.parquet")
+    result = cli(["captions", "s", "in.parquet", "images", "out.parquet"], tmp_path, monkeypatch, capfd)
+    line = error_line(result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "out.parquet").exists()
+    return line
+
+
 def split_rows(n: int, source: str, image: Path, split: str | None = None) -> pd.DataFrame:
     ids = [stable_id(source, i) for i in range(n)]
     texts = [f"a red fox number {i}" for i in range(n)]
