@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peak_rss import run_child, said
 from benchmarks._record import add_out_argument, record
 
 PNG = bytes.fromhex(  # a 1x1 PNG: every row's image, so the rows, not the images, are what memory holds
@@ -91,20 +89,8 @@ def write_part_release(release: Path, rows: int, part_rows: int = 1000) -> Path:
 
 def measure(mode: str, release: Path, out: Path, max_bytes: int) -> tuple[float, float, str]:
     """(peak RSS in MB, seconds, the child's output) of one write in a fresh child."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, mode, str(release), str(out), str(max_bytes)],
-        cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    text = (child.stdout.read() + child.stderr.read()).strip() if child.stdout and child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        text = f"exit {os.waitstatus_to_exitcode(status)}: {text.splitlines()[-1] if text else ''}"
-    return usage.ru_maxrss / 1024, seconds, text
+    run = run_child([sys.executable, "-c", CHILD, mode, str(release), str(out), str(max_bytes)])
+    return run.peak_mib, run.seconds, said(run)
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
