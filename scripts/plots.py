@@ -38,7 +38,7 @@ from scripts.lib.io import (
     regular_file,
     shown,
 )
-from scripts.lib.nesting import json_found, json_kind, loads_json
+from scripts.lib.nesting import MAX_REPORT_BYTES, json_found, json_kind, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import read_within, table_in
 from scripts.lib.tables import (
@@ -47,20 +47,15 @@ from scripts.lib.tables import (
     byte_batches,
     check_cells,
     check_column_names,
-    existing_input,
     frame_of,
-    parquet_source,
     reads_as_text,
-    unreadable,
+    release_rows_file,
     utf8_checked,
 )
 from scripts.lib.temps import output_lock
 
 # file name -> its columns, in order (the tests and dvc.yaml's `plots:` rely on these names)
 ROW_TEXT = ("split", "source", "text")  # the columns of rows.parquet plotted: text, or a missing caption
-# a clean report is a few hundred bytes: 60 MB of `[]` (within the 64 MB config cap) parsed into 1.5 GB of lists, 19 s
-# (summary.MAX_REPORT_BYTES for stats.json; not imported: summary.py is no dependency of the plots stage)
-MAX_REPORT_BYTES = 1 << 20
 PLOT_FILES = {
     "prompt_lengths.csv": ["release", "split", "chars", "rows"],
     "source_mix.csv": ["release", "split", "source", "rows", "share", "panel"],
@@ -125,16 +120,7 @@ def parquet_batches(path: Path, lengths: bool) -> Iterator[tuple[list, list, Any
     """release_batches of rows.parquet, checked batch by batch as the whole table was: every column's UTF-8,
     the release columns there, and split/source text (present), text text or missing (check_cells, the row
     named as in the file)."""
-    import pyarrow.parquet as pq
-
-    with parquet_source(existing_input(path)) as source:
-        try:
-            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise unreadable(path, exc) from None
-        missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
-        if missing:
-            raise DataError(f"{path}: no {missing[0]!r} column")
+    with release_rows_file(path) as file:
         check_column_names(path, file.schema_arrow.names)
         first = 0  # rows before this batch
         for batch in byte_batches(file, path):  # bounded in bytes: 4,096 captions of 100 KB were 400 MB

@@ -17,14 +17,11 @@ import typer
 
 from scripts.lib.errors import DataError, shown_short
 from scripts.lib.io import check_files_ours, shown, write_json
-from scripts.lib.nesting import json_found, loads_json
+from scripts.lib.nesting import MAX_REPORT_BYTES, json_found, loads_json
 from scripts.lib.params import load_section
 from scripts.lib.safe_paths import check_stays_in, read_within
 from scripts.lib.temps import output_lock
 
-# a release's stats.json is under a kilobyte: 60 MB of `[]` (within the 64 MB config cap) parsed into 1.5 GB of
-# Python lists, 14 s (history-table reads it with this cap too)
-MAX_REPORT_BYTES = 1 << 20
 MAX_COUNT = 2**63 - 1  # what any table of ours (int64) can hold; history-table shows a count past it as unreadable
 
 

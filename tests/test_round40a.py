@@ -3,7 +3,7 @@
 1. A release's stats.json and a clean report were read up to the 64 MB cap of a config file, then parsed whole: 60 MB of
    `[]` (or `{}`) became 1.5 GB of Python lists and took 13-19 s at summary, history-table and plots, at exit 0; a
    50 MB string or 10^6 keys was read too. Such a file is under a kilobyte (the repository's largest: 656 bytes), so
-   each is now read with a cap of 1 MiB (summary.MAX_REPORT_BYTES, plots.MAX_REPORT_BYTES): one line naming the
+   each is now read with a cap of 1 MiB (nesting.MAX_REPORT_BYTES, one cap for both since session 35): one line naming the
    file, exit 2, the previous summary.json and plots/ byte for byte, nothing printed by history-table.
 
 Held, tried by hand (one line, exit 2, or history-table's `unreadable`): a stats.json nested 10^4 deep, NaN or

@@ -458,16 +458,7 @@ def read_rows_table(release_dir: Path, columns: list[str] | None = None) -> pd.D
     path = Path(release_dir) / "rows.parquet"
     if not present_file(path):  # a FIFO or folder there is one line, never "absent": metadata.jsonl read instead
         return None
-    import pyarrow.parquet as pq
+    from scripts.lib.tables import read_columns, release_rows_file
 
-    from scripts.lib.tables import existing_input, parquet_source, read_columns, unreadable
-
-    with parquet_source(existing_input(path)) as source:
-        try:
-            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise unreadable(path, exc) from None
-        missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
-        if missing:
-            raise DataError(f"{path}: no {missing[0]!r} column")
+    with release_rows_file(path) as file:
         return read_columns(file, path, columns)

@@ -21,6 +21,9 @@ MAX_DEPTH = 200
 # values, lists and mappings in one YAML text: params.yaml has ~2,000, 10,000 releases of a few steps ~500,000;
 # 10**6 empty steps (`[{}, {}, ...]`, 4 MB) took over a minute to build and check before any check refused it
 MAX_YAML_NODES = 1_000_000
+# a report of ours (a release's stats.json, a clean report) is under a kilobyte: 60 MB of `[]` (within the 64 MB
+# config cap) parsed into 1.5 GB of Python lists, 14-19 s. summary, history-table and plots read with this cap.
+MAX_REPORT_BYTES = 1 << 20
 
 
 class TooDeep(ValueError):

@@ -355,6 +355,26 @@ def parquet_source(path: Path | str) -> Iterator[Any]:
         yield file
 
 
+RELEASE_ROW_COLUMNS = ("id", "source", "split", "text", "image")  # every release's rows.parquet has them
+
+
+@contextlib.contextmanager
+def release_rows_file(path: Path) -> Iterator[Any]:
+    """A release's rows.parquet opened once for reads batch by batch (a pyarrow ParquetFile): a file that is not
+    parquet, or lacks a column every release has, is one line naming it. plots, export and publish read it so."""
+    import pyarrow.parquet as pq
+
+    with parquet_source(existing_input(path)) as source:
+        try:
+            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
+        except Exception as exc:  # pyarrow raises many types for corrupt files
+            raise unreadable(path, exc) from None
+        missing = [c for c in RELEASE_ROW_COLUMNS if c not in file.schema_arrow.names]
+        if missing:
+            raise DataError(f"{path}: no {missing[0]!r} column")
+        yield file
+
+
 class ParquetChunks:
     """A stage input read `rows` rows at a time as DataFrames (only `columns`, when given: those the file
     has), for a stage that streams (flat memory).

@@ -24,8 +24,8 @@ import typer
 from scripts.lib.errors import DataError, shown, shown_lines
 from scripts.lib.io import config_text
 from scripts.lib.markdown_text import code_span
-from scripts.lib.nesting import loads_json
-from scripts.summary import MAX_REPORT_BYTES, is_count  # summary's rules: a count 0 to 2**63-1, a file of 1 MiB
+from scripts.lib.nesting import MAX_REPORT_BYTES, loads_json  # stats.json: 1 MiB at most
+from scripts.summary import is_count  # summary's rule: a count 0 to 2**63-1
 
 RELEASES = ("v2", "v3", "v4", "v4-a", "v4-b")
 

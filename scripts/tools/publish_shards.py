@@ -62,23 +62,14 @@ class ReleaseRows:
 @contextlib.contextmanager
 def release_rows(release_dir: Path) -> Iterator[ReleaseRows]:
     """ReleaseRows over rows.parquet opened once (every pass reads the same bytes), or metadata.jsonl."""
-    import pyarrow.parquet as pq
-
-    from scripts.lib.tables import existing_input, parquet_source, unreadable
+    from scripts.lib.tables import release_rows_file
 
     release_file(release_dir, "rows.parquet", str(release_dir))
     path = release_dir / "rows.parquet"
     if not present_file(path):  # a FIFO or folder there is one line, never "absent": metadata.jsonl read instead
         yield ReleaseRows(release_dir)
         return
-    with parquet_source(existing_input(path)) as source:
-        try:
-            file = pq.ParquetFile(source, pre_buffer=False)  # pre-buffering keeps every read row group
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise unreadable(path, exc) from None
-        missing = [c for c in ("id", "source", "split", "text", "image") if c not in file.schema_arrow.names]
-        if missing:
-            raise DataError(f"{path}: no {missing[0]!r} column")
+    with release_rows_file(path) as file:
         yield ReleaseRows(release_dir, file)
 
 
