@@ -60,3 +60,9 @@ _drop_own_torn_cache()
 # the pins left its images unchanged and changed one embedding output; their speed cost is not measured.
 TORCH_CPU_PATHS = {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 os.environ.update(TORCH_CPU_PATHS)
+
+# OpenBLAS (numpy's) starts its thread pool when numpy is imported, and a thread it cannot start (`ulimit -v`, a
+# process limit) makes it raise(SIGINT) on itself: the command said `interrupted (SIGINT)`, exit 130, a resource
+# failure told as the user's Ctrl-C. One thread starts none; no stage does its heavy math in numpy (embedding
+# similarities are torch's, MinHash is element-wise), so nothing is slower. A value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -12,11 +12,46 @@ import signal
 import sys
 from collections.abc import Iterator
 
-# Every signal that ends a command: the two asked for (Ctrl-C, `kill`) and those whose default action
-# would kill the process silently, leaving its temp files, lock and workers behind: SIGHUP (the terminal
-# or ssh session closed), SIGQUIT (Ctrl-backslash) and SIGXCPU (a CPU-time limit, `ulimit -St`). Each exits 128 +
-# its number with the one `interrupted (NAME)` line, like SIGINT and SIGTERM.
-STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGXCPU)
+# Linux's catchable signals whose default action ends the process (signal(7): Term or Core), and whether a
+# command stops on it with the one `interrupted (NAME)` line and exit 128 + its number. Left at its default,
+# such a signal killed the command silently, leaving its temp files and lock until the next run (SIGUSR1: 138).
+TERMINATING_BY_DEFAULT: tuple[tuple[str, bool, str], ...] = (
+    ("SIGHUP", True, "the terminal or ssh session closed"),
+    ("SIGINT", True, "Ctrl-C"),
+    ("SIGQUIT", True, "Ctrl-backslash"),
+    ("SIGILL", False, "a fault of the code running: a handler cannot resume it (faulthandler's to report)"),
+    ("SIGTRAP", False, "a debugger's breakpoint"),
+    ("SIGABRT", False, "abort() in a library: it ends the process whatever a handler does"),
+    ("SIGBUS", False, "a fault of the code running"),
+    ("SIGFPE", False, "a fault of the code running"),
+    ("SIGUSR1", True, "`kill -USR1`: nothing of ours or of our libraries uses it"),
+    ("SIGSEGV", False, "a fault of the code running"),
+    ("SIGUSR2", True, "`kill -USR2`; ray_engine's ClusterWatch borrows it during a Ray run and passes others' on"),
+    ("SIGPIPE", False, "Python ignores it: a closed reader is an EPIPE error, the command's one line"),
+    ("SIGALRM", True, "an alarm nobody of ours armed; regex_deadline borrows it while it bounds the regexes"),
+    ("SIGTERM", True, "`kill`, a CI's cancel"),
+    ("SIGSTKFLT", True, "unused on Linux: only a `kill` sends it"),
+    ("SIGXCPU", True, "a CPU-time limit (`ulimit -St`)"),
+    ("SIGXFSZ", False, "Python ignores it: a write past `ulimit -f` is an EFBIG error, the command's one line"),
+    ("SIGVTALRM", True, "a virtual-time alarm nobody of ours armed"),
+    ("SIGPROF", True, "a profiling alarm nobody armed (a profiler that arms it installs its own handler)"),
+    ("SIGIO", True, "async I/O readiness: nothing of ours asks for it (SIGPOLL is the same number)"),
+    ("SIGPWR", True, "a power failure, as a UPS daemon announces it"),
+    ("SIGSYS", False, "a bad system call (seccomp): a fault of the code running"),
+)
+
+
+def _stopping_signals() -> tuple[int, ...]:
+    """The table's stops that this platform has, then every realtime signal (each ends the process by default;
+    glibc keeps the two below Python's SIGRTMIN for its threads)."""
+    named = tuple(
+        getattr(signal, name) for name, stops, _why in TERMINATING_BY_DEFAULT if stops and hasattr(signal, name)
+    )
+    realtime = tuple(range(signal.SIGRTMIN, signal.SIGRTMAX + 1)) if hasattr(signal, "SIGRTMIN") else ()
+    return named + realtime
+
+
+STOPPING_SIGNALS = _stopping_signals()
 
 
 class Interrupted(BaseException):
@@ -74,7 +109,15 @@ def stop_if_received() -> None:
 
 def line(signum: int) -> str:
     """The one line a stopped command prints."""
-    return f"interrupted ({signal.Signals(signum).name})"
+    return f"interrupted ({name(signum)})"
+
+
+def name(signum: int) -> str:
+    """A signal's name; a realtime one between SIGRTMIN and SIGRTMAX has none of its own (`SIGRTMIN+3`)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
 
 
 _said: list[bool] = []
@@ -91,8 +134,8 @@ def again_line(signum: int) -> str:
     `interrupted again (SIGTERM): stopping now`, and the run's exit and reason are the first signal's."""
     first = received()
     if first is None or _said:
-        return f"interrupted again ({signal.Signals(signum).name}): stopping now"
-    return f"{line(first)}; again ({signal.Signals(signum).name}): stopping now"
+        return f"interrupted again ({name(signum)}): stopping now"
+    return f"{line(first)}; again ({name(signum)}): stopping now"
 
 
 def _exit_at_once(signum: int, frame: object) -> None:

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 
 import psutil
 
@@ -151,9 +151,13 @@ class ClusterWatch:
         if self.lost is not None and kind is not None and issubclass(kind, Exception):
             raise DataError(self.lost) from None  # whatever Ray made of it (its own error, a wrapped one)
 
-    def _raise_lost(self, signum: int, frame: object) -> None:
-        if self._armed and self.lost is not None:
-            raise DataError(self.lost)
+    def _raise_lost(self, signum: int, frame: FrameType | None) -> None:
+        if self.lost is not None:  # the watch's own signal; inert once the watch is closing
+            if self._armed:
+                raise DataError(self.lost)
+            return
+        if callable(self._handler):  # someone's `kill -USR2`: a stop like any other (interrupts.STOPPING_SIGNALS)
+            self._handler(signum, frame)
 
     def _watch(self) -> None:
         silent_since: dict[str, float] = {}

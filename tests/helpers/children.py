@@ -41,8 +41,8 @@ def start_child(
     text: bool = True,
     preexec: Callable[[], None] | None = None,
 ) -> subprocess.Popen:
-    """`argv` started in `cwd` in a session of its own, SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGXCPU at
-    their defaults, then `preexec()` (a umask, an rlimit) run in the child before it executes."""
+    """`argv` started in `cwd` in a session of its own, every stopping signal (SIGINT, SIGTERM, SIGHUP, ...) at
+    its default, then `preexec()` (a umask, an rlimit) run in the child before it executes."""
 
     def child() -> None:
         default_stop_signals()
