@@ -19,9 +19,9 @@ import contextlib
 import json
 import math
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -37,6 +37,7 @@ from scripts.lib.io import (
     stable_id,
 )
 from scripts.lib.params import load_section
+from scripts.lib.side_files import check_files_unchanged, tree_state
 from scripts.lib.tables import ParquetRows, size_problem
 from scripts.lib.text_lines import MAX_LINE_BYTES as MAX_PROMPT_BYTES
 from scripts.lib.text_lines import prompt_problem, prompt_too_long
@@ -47,6 +48,7 @@ from scripts.lib.text_lines import prompt_problem, prompt_too_long
 MAX_META_BYTES = 1 << 20
 # the rows' prompt and meta text the writer holds before it writes them as a row group, whatever batch_rows
 FLUSH_BYTES = 256 << 20
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # the readers (pydantic) load on first use: `python -m scripts clean-text` starts fast
     from scripts.lib.readers import Problem, Record, SourceConfig
@@ -140,16 +142,27 @@ def prompt_schema():
 
 
 def normalise(
-    items: Iterable[Record | Problem], source: str, cfg: SourceConfig, writer: ParquetRows, report: dict[str, Any]
-) -> None:
-    """The shared policy: check each record, apply on_error, give it its stable id, write it."""
+    read: Callable[[], Iterable[Record | Problem]],
+    source: str,
+    cfg: SourceConfig,
+    writer: ParquetRows,
+    report: dict[str, Any],
+) -> Any:
+    """The shared policy: check each record, apply on_error, give it its stable id, write it. Returns the written
+    rows to drop: the later records of a repeated native key (`on_error: skip`; `fail` stops in one line)."""
     from scripts.lib.progress import track
     from scripts.lib.readers import Problem, Record
+    from scripts.lib.readers.native_keys import check_keys
 
     skipped: dict[str, int] = report["skipped"]
     ids = array("Q")  # 8 bytes per row: checks that native keys were unique
+    repeats: list = []
     held = 0  # bytes of text the writer holds (FLUSH_BYTES)
-    for item in track(items, desc=f"ingest@{source}", unit="records"):
+
+    def keys_checked() -> None:  # in track's loop: a repeat's line comes before its success summary
+        repeats.append(check_keys(ids, cfg.on_error, read, source))
+
+    for item in track(then(read(), keys_checked), desc=f"ingest@{source}", unit="records"):
         report["rows_read"] += 1
         if isinstance(item, Record):
             try:
@@ -173,20 +186,15 @@ def normalise(
         if cfg.on_error == "fail" and not problem.always_skip:
             raise DataError(problem.message())
         skipped[problem.reason] = skipped.get(problem.reason, 0) + 1
-    check_unique(ids, source)
+    if len(repeats[0]):  # kept out of the table below, counted as an archive's repeated name is
+        skipped["duplicate_key"] = skipped.get("duplicate_key", 0) + len(repeats[0])
+    return repeats[0]
 
 
-def check_unique(ids: array, source: str) -> None:
-    """Ids must be unique: two records with the same native key would break every later stage."""
-    import numpy as np
-
-    values = np.frombuffer(ids, dtype=np.uint64) if len(ids) else np.zeros(0, np.uint64)
-    values = np.sort(values)
-    repeated = values[1:][values[1:] == values[:-1]]
-    if len(repeated):
-        raise DataError(
-            f"sources.{source}: {len(repeated)} records repeat a native key (e.g. id {int(repeated[0]):016x})"
-        )
+def then(items: Iterable[T], finish: Callable[[], None]) -> Iterator[T]:
+    """`items`, then finish() once the last is taken (and handled by the caller's loop)."""
+    yield from items
+    finish()
 
 
 def check_source_path(path: Path, source: str) -> None:
@@ -200,6 +208,7 @@ def check_source_path(path: Path, source: str) -> None:
 def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
     """Read `source` with its reader and write the prompt table and its report; returns the report."""
     from scripts.lib.readers import READERS
+    from scripts.lib.readers.native_keys import drop_rows
 
     check_source_path(Path(cfg.path), source)
     report: dict[str, Any] = {
@@ -216,9 +225,14 @@ def ingest(source: str, cfg: SourceConfig, output: Path) -> dict[str, Any]:
     with contextlib.ExitStack() as outputs:  # the table and its report appear together, or neither
         tmp = outputs.enter_context(atomic_path(output))
         report_tmp = outputs.enter_context(atomic_path(report_path(output)))
+        before = tree_state(cfg.path)  # every file the reader may open, as it is before the read
+
+        def read() -> Iterator[Record | Problem]:  # checked after its last record, before track's summary
+            return then(READERS[cfg.kind](cfg, info), lambda: check_files_unchanged(before, cfg.path))
+
         with ParquetRows(tmp, prompt_schema(), cfg.batch_rows) as writer:
-            normalise(READERS[cfg.kind](cfg, info), source, cfg, writer, report)
-        report["rows_written"] = writer.rows
+            repeats = normalise(read, source, cfg, writer, report)
+        report["rows_written"] = drop_rows(tmp, repeats, prompt_schema()) if len(repeats) else writer.rows
         report["skipped"] = dict(sorted(report["skipped"].items()))
         report.update(info)
         report = recorded(report)

@@ -427,7 +427,9 @@ def test_a_sample_key_repeated_later_in_a_shard_is_refused_once(tmp_path):
     assert report["rows_written"] == 2 and report["skipped"] == {"duplicate_key": 1}
 
 
-def test_repeated_native_keys_across_files_fail_even_under_skip(tmp_path):
+def test_repeated_native_keys_skipped_under_skip(tmp_path):
+    """Round 45b: a repeated key is a bad record like the others: `skip` keeps the first and counts the rest as
+    `duplicate_key` (as an archive's repeated name is); `fail` is one line naming both rows (tests/test_round45b.py)."""
     src = tmp_path / "src"
     src.mkdir()
     table = pa.table(
@@ -451,6 +453,9 @@ def test_repeated_native_keys_across_files_fail_even_under_skip(tmp_path):
     ):
         table = table.append_column(column, pa.array([None, None], pa.int32()))
     pq.write_table(table, src / "metadata.parquet")
-    with pytest.raises(DataError, match="repeat a native key"):
-        ingest("t", SourceConfig(kind="diffusiondb", path=str(src), on_error="skip"), tmp_path / "t.parquet")
-    assert not (tmp_path / "t.parquet").exists()
+    report = ingest("t", SourceConfig(kind="diffusiondb", path=str(src), on_error="skip"), tmp_path / "t.parquet")
+    assert report["skipped"] == {"duplicate_key": 1} and report["rows_written"] == 1
+    assert pq.read_table(tmp_path / "t.parquet").column("prompt").to_pylist() == ["one prompt"]
+    with pytest.raises(DataError, match="row 2: native key 'a.png' repeats that of .*metadata.parquet: row 1"):
+        ingest("t", SourceConfig(kind="diffusiondb", path=str(src), on_error="fail"), tmp_path / "u.parquet")
+    assert not (tmp_path / "u.parquet").exists()

@@ -1,6 +1,10 @@
 """Reading what a command is given beside its table: the kind of a path (a FIFO blocks an open, /dev/zero never
 ends), and side files (params.yaml, a rule set, a plan, a manifest, a lock) read whole only when regular and
-under a cap. scripts/lib/io.py re-exports these for the stages that read and write.
+under a cap. scripts/lib/io.py re-exports these for the stages that read and write. And what tells a file's content
+now from another (device, inode, size, mtime: file_state), so a stage refuses output made from a file that changed
+while it was read: dedup's input since round 18, ingest's source files since round 45b (a file appended to or
+rewritten during the read was taken as whatever part the reader caught, at exit 0, and dvc.lock then held the md5
+of the file as it ended up).
 """
 
 from __future__ import annotations
@@ -188,3 +192,46 @@ def present_file(path: Path | str, where: str | None = None, *, dangling_absent:
     if not stat.S_ISREG(mode):
         raise DataError(f"{name}: is {file_kind(mode)}, not a regular file; refusing to read it")
     return True
+
+
+# ---------------------------------------------------------------- files unchanged while read
+FileState = tuple[int, int, int, int]
+
+
+def file_state(path: Path | str) -> FileState:
+    """(device, inode, size, mtime in ns) of `path`, after links."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def tree_state(root: Path | str) -> dict[str, FileState]:
+    """file_state of `root` (a file) or of every regular file under it (a folder, links followed as the
+    readers may follow them; a loop or an unreadable entry is left to the reader's own one line)."""
+    if not os.path.isdir(root):
+        return {str(root): file_state(root)} if os.path.isfile(root) else {}
+    states = {}
+    for folder, _, names in os.walk(root, followlinks=False):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                states[path] = file_state(path)
+    return states
+
+
+def check_files_unchanged(before: dict[str, FileState], root: Path | str) -> None:
+    """One line naming the first file of `root` that is not as `before` (tree_state when the read began):
+    grown, rewritten, replaced, added or removed."""
+    now = tree_state(root)
+    for path in sorted(before.keys() | now.keys()):
+        if before.get(path) != now.get(path):
+            raise DataError(f"{shown(path)}: {changed(before.get(path), now.get(path))} while it was read; run again")
+
+
+def changed(was: FileState | None, now: FileState | None) -> str:
+    if was is None:
+        return "appeared"
+    if now is None:
+        return "removed"
+    if was[:2] != now[:2]:
+        return "replaced"
+    return f"changed (size {was[2]:,} -> {now[2]:,} bytes)" if was[2] != now[2] else "changed (modification time)"

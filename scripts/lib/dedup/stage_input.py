@@ -8,7 +8,6 @@ the texts and the other columns are read from the parquet files again by each st
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from scripts.lib import s3_input
 from scripts.lib.errors import DataError, shown
 from scripts.lib.safe_paths import check_stays_in, matches
+from scripts.lib.side_files import file_state
 from scripts.lib.tables import (
     check_column_names,
     existing_input,
@@ -54,12 +54,7 @@ def input_state(path: Path | str) -> list[tuple]:
     size and modification time (an s3:// object's size and modification time)."""
     if s3_input.is_s3(path):
         return list(s3_input.shard_states(str(path)))
-    return [(str(shard), *_file_state(shard)) for shard in shards(path)]
-
-
-def _file_state(shard: Path | str) -> tuple[int, int, int, int]:
-    stat = os.stat(shard)
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return [(str(shard), *file_state(shard)) for shard in shards(path)]
 
 
 def check_unchanged(path: Path | str, before: list[tuple]) -> None:
