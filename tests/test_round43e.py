@@ -15,16 +15,14 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from helpers.archives import write_tar
-from scripts.lib.archive import UnsafeArchive
+from helpers.refusals import caption_reads
 from scripts.lib.errors import DataError
 
 SECRET = b"SECRET-" * 8
@@ -47,21 +45,6 @@ def _outside(tmp_path: Path, name: str = "secret.png", data: bytes | None = None
 
 
 # ---------------------------------------------------------------- 1. caption
-def _caption_reads(images: Path) -> tuple[list[str], Counter]:
-    """What caption._caption does with a folder: list it, inspect (read) each image, count each refusal."""
-    from scripts.lib.caption_images import inspect_image, list_images
-
-    params = SimpleNamespace(images=str(images), max_image_bytes=1 << 20, max_image_pixels=1 << 24)
-    listed, skipped = list_images(images)
-    sent = []
-    for image in listed:
-        try:
-            sent.append(inspect_image(image, params).id)
-        except UnsafeArchive as exc:
-            skipped[exc.reason] += 1
-    return sent, skipped
-
-
 def _manifest(images: Path, names: list[str]) -> None:
     ids = [f"r{n}" for n in range(len(names))]
     pq.write_table(pa.table({"id": ids, "file": names}), images / "manifest.parquet")
@@ -120,10 +103,10 @@ def test_caption_reads_only_its_folders_own_files(tmp_path, case):
     outcome, expected = case(tmp_path, images)
     if outcome == "error":
         with pytest.raises(DataError) as caught:
-            _caption_reads(images)
+            caption_reads(images)
         assert expected in str(caught.value) and "\n" not in str(caught.value)
         return
-    sent, skipped = _caption_reads(images)
+    sent, skipped = caption_reads(images)
     assert skipped[expected] == 1, skipped
     assert all("b" not in name and "s.tar" not in name for name in sent), sent  # nothing from outside was read
     assert any(name.endswith("a.png") or name == "r0" for name in sent)  # the folder's own image still is
@@ -143,7 +126,7 @@ def test_guard_caption_reads_generated_images_hard_linked_from_the_store(tmp_pat
     (store / f"{key}.png").write_bytes(png())
     os.link(store / f"{key}.png", images / "a.png")
     pq.write_table(pa.table({"id": ["r0"], "file": ["a.png"], "key": [key]}), images / "manifest.parquet")
-    sent, skipped = _caption_reads(images)
+    sent, skipped = caption_reads(images)
     assert sent == ["r0"] and not skipped, (sent, skipped)
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.refusals import caption_reads
 from scripts.lib.archive import UnsafeArchive
 
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -46,21 +47,6 @@ def _outside(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- 1. caption
-def _caption_reads(images: Path) -> tuple[list[str], Counter]:
-    """What caption._caption does with a folder: list it, inspect (read) each image, count each refusal."""
-    from scripts.lib.caption_images import inspect_image, list_images
-
-    params = SimpleNamespace(images=str(images), max_image_bytes=1 << 20, max_image_pixels=1 << 24)
-    listed, skipped = list_images(images)
-    sent = []
-    for image in listed:
-        try:
-            sent.append(inspect_image(image, params).id)
-        except UnsafeArchive as exc:
-            skipped[exc.reason] += 1
-    return sent, skipped
-
-
 def _store_entry(key: str, data: bytes) -> Path:
     """generate's store entry for `key` at the pipeline's store (data/image_store, under the test's folder)."""
     entry = Path("data/image_store") / key[:2] / f"{key}.png"
@@ -124,7 +110,7 @@ def test_caption_reads_no_hard_link_but_generates(tmp_path, monkeypatch, case):
     images = tmp_path / "images"
     images.mkdir()
     case(tmp_path, images)
-    sent, skipped = _caption_reads(images)
+    sent, skipped = caption_reads(images)
     assert skipped == Counter({"hard_link": 1}), skipped
     assert len(sent) == 1 and sent[0] in ("r0", "a.png"), sent  # a.png is read (a store link or one name), b never
 
@@ -137,7 +123,7 @@ def test_guard_caption_reads_every_generate_row_linked_to_its_own_store_entry(tm
     os.link(_store_entry(KEY_A, png()), images / "a.png")
     os.link(_store_entry(KEY_B, png(5, 5)), images / "b.png")
     _generated(images, [("a.png", KEY_A), ("b.png", KEY_B)])
-    sent, skipped = _caption_reads(images)
+    sent, skipped = caption_reads(images)
     assert sent == ["r0", "r1"] and not skipped, (sent, skipped)
 
 

@@ -72,13 +72,20 @@ class Spill:
 
     def tables(self) -> Iterator[pa.Table]:
         """The spilled rows in rank order, a bucket at a time, without their rank column."""
+        for bucket, rows in self.sorted_buckets():
+            yield rows
+            del rows  # the next bucket is read with no reference to this one held here
+            os.unlink(self._path(bucket))  # free the disk as we go
+
+    def sorted_buckets(self) -> Iterator[tuple[int, pa.Table]]:
+        """(bucket, its rows in rank order without the rank column), bucket by bucket; the files stay."""
         self.close()
         for bucket in sorted(self.buckets):
             with self._opened(bucket) as source:
                 rows = pa.ipc.open_file(source).read_all()
-            yield rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])
-            del rows
-            os.unlink(self._path(bucket))  # free the disk as we go
+            rows = rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])  # the unsorted copy freed
+            yield bucket, rows
+            del rows  # nor here: one bucket in memory at a time, as before
 
     def close(self) -> None:
         """Close the bucket files (again: a no-op)."""

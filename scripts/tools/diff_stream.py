@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scripts.lib.errors import DataError, shown_short
-from scripts.lib.external_sort import RANK, Spill, key_ranks
+from scripts.lib.external_sort import Spill, key_ranks
 from scripts.lib.io import SPLITS
 from scripts.lib.tables import byte_batches, check_cells, frame_of, utf8_checked
 
@@ -128,11 +128,7 @@ class KeptSpill(Spill):
     """external_sort's spill whose bucket files stay to be read again (a release compared with two)."""
 
     def tables(self) -> Iterator[pa.Table]:
-        self.close()
-        for bucket in sorted(self.buckets):
-            with self._opened(bucket) as source:
-                rows = pa.ipc.open_file(source).read_all()
-            yield rows.take(pc.sort_indices(rows.column(RANK))).drop_columns([RANK])
+        return (rows for _bucket, rows in self.sorted_buckets())
 
 
 def rows_table(batch, digests: list) -> pa.Table:
