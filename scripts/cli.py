@@ -313,9 +313,13 @@ def _interrupted(signum: int) -> int:
 def _error(text: str, code: int = 2) -> int:
     if (signum := received()) is not None:  # a failure after a signal is the signal's (see main)
         return _interrupted(signum)
-    _say(f"error: {_failure_line(text)}")
+    gone = folder_gone_line()  # the folder deleted under the command: an import or path failed for that (exit 2)
+    said = f"error: {gone}" if gone else f"error: {_failure_line(text)}"
+    if gone:
+        _NO_DATA.add(said)  # it quotes nothing: shown though redaction's own imports went with the folder
+    _say(said)
     _silence_finalizers()
-    return code
+    return 2 if gone else code
 
 
 def _failure_line(text: str) -> str:

@@ -7,12 +7,15 @@ folder deleted mid-run: import_env's cache key no longer asks for it).
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from helpers.children import scripts_env
+from helpers.repos import REPO
 
 COMMANDS = [
     ["ingest", "x", "out.parquet"],
@@ -57,3 +60,40 @@ def test_a_line_printed_after_the_folder_went_is_still_checked_for_secrets(tmp_p
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert redact_line(line + " sk-" + "q" * 40) == line + " ***"
+
+
+# The repository itself deleted while the command imports (round 44d's probe: `rm -rf` of the clone 2 s into
+# `python -m scripts clean`): the command's own lazy imports fail (ModuleNotFoundError) and so do the secret
+# redaction's, and the line was "the failure's line could not be checked for secrets", exit 1 or 2, or the
+# placeholder `(a line left out ...)`. The child imports the CLI from a copy of scripts/ in its folder, deletes the
+# folder, then runs the command: the step of the probe, at a known point.
+RUN_IN_A_DELETED_COPY = """
+import os, shutil, sys
+sys.path.insert(0, os.getcwd())
+from scripts.cli import main
+shutil.rmtree(os.getcwd())
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv", COMMANDS[:3], ids=lambda argv: f"repository-gone-{argv[0]}")
+def test_the_repository_deleted_under_a_command_is_the_folder_line(tmp_path, argv):
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "scripts", clone / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_IN_A_DELETED_COPY, *argv],
+        cwd=clone,
+        env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr.splitlines()) == (
+        2,
+        [
+            "error: the current folder cannot be read (No such file or directory: deleted?); cd to the repository's "
+            "root again"
+        ],
+    )
+    assert not clone.exists()
