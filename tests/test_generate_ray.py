@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from helpers import file_digests
-from helpers.children import scripts_env, start_scripts
+from helpers.children import process_alive, scripts_env, start_scripts
 from scripts.generate import generate
 from scripts.lib.params import Generate, Runtime
 from scripts.lib.tables import write_parquet
@@ -80,14 +80,6 @@ def ray_processes(root_pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_ctrl_c_during_a_ray_render_exits_130_and_leaves_no_ray_process(tiny_model_dir, tmp_path):
     params = {
@@ -112,7 +104,7 @@ def test_ctrl_c_during_a_ray_render_exits_130_and_leaves_no_ray_process(tiny_mod
     assert "Traceback" not in stderr
     assert not (tmp_path / "out" / "manifest.parquet").exists()  # no partial output passes for a whole one
     deadline = time.monotonic() + 20
-    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in started if alive(pid)]
+    left = [Path(f"/proc/{pid}/cmdline").read_bytes()[:120] for pid in started if process_alive(pid)]
     assert len(started) >= 2 and not left  # Ray ran (gcs_server, raylet, workers) and is gone

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.children import process_alive
 from helpers.python_ast import parse_python
 from helpers.repos import REPO
 
@@ -193,17 +194,9 @@ def test_a_run_past_its_bound_is_killed_with_its_whole_session(tmp_path):
     assert process.returncode == -signal.SIGKILL
     grandchild = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:  # a zombie of init's until it is reaped
+    while process_alive(grandchild) and time.monotonic() < deadline:  # a zombie of init's until it is reaped
         time.sleep(0.02)
-    assert not _alive(grandchild)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert not process_alive(grandchild)
 
 
 @pytest.mark.slow

@@ -70,3 +70,12 @@ def communicate_or_kill(process: subprocess.Popen, timeout: float) -> tuple[Any,
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs: there, and not a zombie waiting to be reaped (/proc/PID/stat's state field)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
